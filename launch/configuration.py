@@ -1,0 +1,108 @@
+"""From command-line overrides to a validated, typed job config: the only place that talks to Hydra.
+
+Every command's schema is a dataclass registered in Hydra's ConfigStore; `conf/` holds the primary configs and
+the option groups (tokenizer, later model, parallel, cluster, ...). Composition errors and invalid values become
+one `ConfigError` line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from hydra import compose, initialize, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from launch.schemas import PipelineJob
+from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+SCHEMAS: dict[str, type] = {
+    "tokenizer_train": TokenizerTrainJob,
+    "tokenizer_evaluate": TokenizerEvaluateJob,
+    "tokenizer_encode": TokenizerEncodeJob,
+    "pipeline": PipelineJob,
+}
+
+
+class ConfigError(ValueError):
+    """An invalid command line or config; the message is one line."""
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the repository, unless COROLLA_SHARED_DATA points elsewhere."""
+    return Path(os.environ.get("COROLLA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+def _register() -> None:
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        store.store(name=f"{name}_schema", node=schema)
+    if not OmegaConf.has_resolver("sample_data"):
+        OmegaConf.register_new_resolver("sample_data", lambda sub: str(shared_data_dir() / sub))
+
+
+def _messages(error: BaseException) -> list[str]:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines + (_messages(error.__cause__) if error.__cause__ is not None else [])
+
+
+def _one_line(error: Exception) -> str:
+    """Hydra and OmegaConf explain over several lines; say what is wrong with which key and how to fix it."""
+    lines = [line for line in _messages(error) if not re.match(r"(full_key|object_type|reference_type)\b", line)]
+    text = "\n".join(lines)
+    if match := re.search(r"Key '([^']+)' not in '(\w+)'", text):
+        where = re.search(r"Could not override '([^']+)'", text)
+        key = where[1] if where else match[1]
+        return f"unknown config key '{key}': check the spelling, `--cfg` prints every valid key"
+    if match := re.search(r"Could not find '([^']+)/([^']+)'", text):
+        options = (
+            [
+                line
+                for line in lines[lines.index(next(x for x in lines if x.startswith("Available"))) + 1 :]
+                if not line.startswith(("Config search path", "provider="))
+            ]
+            if "Available" in text
+            else []
+        )
+        return f"unknown {match[1]} option '{match[2]}': choose one of {', '.join(options) or 'the files in conf/'}"
+    if match := re.search(r"Error merging override (\S+)", text):
+        reason = next((line for line in lines[1:] if "Error merging" not in line), "")
+        return f"invalid value in {match[1]}: {reason}"
+    return "; ".join(dict.fromkeys(lines)) or type(error).__name__
+
+
+def compose_config(command: str, overrides: list[str]) -> DictConfig:
+    """Composes `conf/<command>.yaml` when it exists (with option groups), else the bare schema.
+
+    Commands without a YAML file take plain values only, so that e.g. `tokenizer=DIR` of `tokenizer evaluate`
+    is a path, not a choice in the `tokenizer` group.
+    """
+    _register()
+    has_yaml = (CONF_DIR / f"{command}.yaml").is_file()
+    context = initialize_config_dir(str(CONF_DIR), version_base=None) if has_yaml else initialize(version_base=None)
+    try:
+        with context:
+            return compose(config_name=command if has_yaml else f"{command}_schema", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+def load_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
+    """The resolved config (for printing and recording) and its typed, validated object."""
+    cfg = compose_config(command, overrides)
+    try:
+        OmegaConf.resolve(cfg)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
+        return cfg, OmegaConf.to_object(cfg)
+    except (OmegaConfBaseException, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(_one_line(error)) from None

@@ -1,0 +1,1 @@
+"""corolla: slurm."""

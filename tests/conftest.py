@@ -1,0 +1,32 @@
+"""Shared fixtures: the sample data beside the repository, and small corpora cut from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+MULTILINGUAL = SHARED_DATA / "multilingual"
+PARALLEL_DEV = SHARED_DATA / "parallel-dev"
+# Twelve languages in eight scripts, English first: enough variety to exercise balancing, small enough to be fast.
+SMALL_LANGUAGES = [
+    "eng_Latn", "fra_Latn", "deu_Latn", "rus_Cyrl", "hin_Deva", "tha_Thai",
+    "zho_Hans", "arb_Arab", "mya_Mymr", "yor_Latn", "khm_Khmr", "por_Latn",
+]  # fmt: skip
+
+
+def cut_corpus(target: Path, languages: list[str], lines: int) -> Path:
+    """Copies the first `lines` lines of each language's sample file into `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for language in languages:
+        with (MULTILINGUAL / f"{language}.txt").open(encoding="utf-8") as source:
+            head = [next(source) for _ in range(lines)]
+        (target / f"{language}.txt").write_text("".join(head), encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cut_corpus(tmp_path_factory.mktemp("corpus"), SMALL_LANGUAGES, 400)

@@ -1,0 +1,118 @@
+"""Typed configuration of the tokenizer commands (the schema behind `conf/tokenizer/*.yaml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class Sampling(Enum):
+    natural = "natural"
+    temperature = "temperature"
+    uniform = "uniform"
+    unimax = "unimax"
+    weights = "weights"
+    parity = "parity"
+
+
+class ModelType(Enum):
+    bpe = "bpe"
+    unigram = "unigram"
+
+
+class SizeMeasure(Enum):
+    bytes = "bytes"
+    chars = "chars"
+
+
+@dataclass
+class TokenizerConfig:
+    model_type: ModelType = ModelType.bpe
+    vocab_size: int = 64000
+    sampling: Sampling = Sampling.temperature
+    alpha: float = 0.3
+    # How a language's size is measured for balancing: UTF-8 bytes penalise scripts that need 3 bytes a character.
+    size_measure: SizeMeasure = SizeMeasure.chars
+    # Total UTF-8 bytes handed to SentencePiece; bounds its memory whatever the corpus size.
+    sample_bytes: int = 40_000_000
+    # UniMax: the most times a language's text may be repeated to reach its share.
+    unimax_max_epochs: float = 4.0
+    # Explicit per-language weights for sampling=weights (languages left out get weight 0).
+    weights: dict[str, float] = field(default_factory=dict)
+    # Parity sampling: a parallel directory, the rounds, and how hard each round pushes.
+    parity_set: str | None = None
+    parity_rounds: int = 4
+    parity_strength: float = 1.0
+    # Fraction of the parallel set's lines used for tuning; the rest is held out for reporting.
+    parity_tune_fraction: float = 0.5
+    reference_language: str = "eng_Latn"
+    character_coverage: float = 0.9995
+    language_tags: bool = False
+    # The model's embedding is padded to a multiple of this times the tensor-parallel size.
+    pad_multiple: int = 128
+    tensor_parallel: int = 1
+    threads: int = 0  # 0: every core
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 256 + 4:
+            raise ValueError(f"tokenizer.vocab_size={self.vocab_size} is too small: byte fallback alone needs 260")
+        if self.sample_bytes <= 0:
+            raise ValueError("tokenizer.sample_bytes must be positive")
+        if self.sampling == Sampling.temperature and not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"tokenizer.alpha={self.alpha} must be within [0, 1]")
+        if self.sampling == Sampling.weights and not self.weights:
+            raise ValueError("tokenizer.sampling=weights needs tokenizer.weights={lang: weight, ...}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("tokenizer.weights must not be negative")
+        if self.sampling == Sampling.parity and not self.parity_set:
+            raise ValueError("tokenizer.sampling=parity needs tokenizer.parity_set=DIR (a parallel directory)")
+        if self.unimax_max_epochs <= 0:
+            raise ValueError("tokenizer.unimax_max_epochs must be positive")
+        if not 0.0 < self.parity_tune_fraction <= 1.0:
+            raise ValueError("tokenizer.parity_tune_fraction must be within (0, 1]")
+        if self.parity_rounds < 1:
+            raise ValueError("tokenizer.parity_rounds must be at least 1")
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ValueError("tokenizer.character_coverage must be within (0, 1]")
+        if self.tensor_parallel < 1 or self.pad_multiple < 1:
+            raise ValueError("tokenizer.tensor_parallel and tokenizer.pad_multiple must be at least 1")
+
+
+@dataclass
+class TokenizerTrainJob:
+    tokenizer: TokenizerConfig = MISSING
+    corpus: str = MISSING
+    output_dir: str = MISSING
+    seed: int = 1234
+    overwrite: bool = False
+
+
+@dataclass
+class TokenizerEvaluateJob:
+    tokenizer: Any = MISSING  # one path, or a list of paths to compare
+    parallel: str = "${sample_data:parallel-dev}"
+    output_dir: str = MISSING
+    reference: str = "eng_Latn"
+    # Optional display names, one per tokenizer; defaults to the directory or file names.
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tokenizer = [self.tokenizer] if isinstance(self.tokenizer, str) else list(self.tokenizer)
+        if not self.tokenizer:
+            raise ValueError("tokenizer=[] names no tokenizer: pass tokenizer=DIR or tokenizer=[A,B]")
+        if self.names and len(self.names) != len(self.tokenizer):
+            raise ValueError(
+                f"names= has {len(self.names)} entries for {len(self.tokenizer)} tokenizers: give one each"
+            )
+
+
+@dataclass
+class TokenizerEncodeJob:
+    tokenizer: str = MISSING
+    corpus: str = MISSING
+    output_dir: str = MISSING
+    append_eos: bool = True
+    workers: int = 0  # 0: every core

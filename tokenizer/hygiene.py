@@ -1,0 +1,62 @@
+"""Text hygiene: NFC, and legacy encodings that look like text but are not Unicode.
+
+Burmese written in the Zawgyi font encoding uses Myanmar code points with other meanings; trained on as-is it
+silently splits the language's vocabulary in two. It is detected per line and converted to Unicode.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+
+from myanmartools import ZawgyiDetector
+from para import zg_to_unicode
+
+ZAWGYI_SCRIPT = "Mymr"
+ZAWGYI_THRESHOLD = 0.95
+_detector: ZawgyiDetector | None = None
+
+
+def _zawgyi_probability(text: str) -> float:
+    global _detector
+    if _detector is None:
+        _detector = ZawgyiDetector()
+    return _detector.get_zawgyi_probability(text)
+
+
+@dataclass
+class HygieneStats:
+    """What was skipped or repaired, per language."""
+
+    invalid_utf8: Counter[str] = field(default_factory=Counter)
+    nfc_changed: Counter[str] = field(default_factory=Counter)
+    zawgyi_converted: Counter[str] = field(default_factory=Counter)
+
+    def count_invalid_utf8(self, language: str) -> None:
+        self.invalid_utf8[language] += 1
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {
+            "invalid_utf8_lines": dict(self.invalid_utf8),
+            "nfc_changed_lines": dict(self.nfc_changed),
+            "zawgyi_converted_lines": dict(self.zawgyi_converted),
+        }
+
+    def warnings(self) -> list[str]:
+        lines = [f"{lang}: {n} lines were not valid UTF-8 and were skipped" for lang, n in self.invalid_utf8.items()]
+        lines += [
+            f"{lang}: {n} lines were Zawgyi-encoded and were converted to Unicode"
+            for lang, n in self.zawgyi_converted.items()
+        ]
+        return lines
+
+
+def clean_text(language: str, text: str, stats: HygieneStats) -> str:
+    if language.endswith(ZAWGYI_SCRIPT) and _zawgyi_probability(text) > ZAWGYI_THRESHOLD:
+        text = zg_to_unicode(text, force=True)
+        stats.zawgyi_converted[language] += 1
+    normal = unicodedata.normalize("NFC", text)
+    if normal != text:
+        stats.nfc_changed[language] += 1
+    return normal

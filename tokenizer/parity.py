@@ -1,0 +1,118 @@
+"""Parity sampling, corolla's own balancing: re-weight languages by what they pay per sentence, retrain, repeat.
+
+Round 1 samples by temperature (alpha). Each later round multiplies every language's share by its premium
+(tokens / reference tokens on the tuning half of a parallel set) to the power `parity_strength`, so expensive
+languages get more of the vocabulary. A round is kept only if it lowers max + mean premium without raising the
+total token count over all languages (balance must not be bought by compressing everything worse); the search
+stops at the first round that does not improve. The held-out half reports how well it generalises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenizer.config import TokenizerConfig
+from tokenizer.corpus import CorpusError
+from tokenizer.evaluate import language_stats, load_parallel, split_parallel, summarize
+from tokenizer.loading import SentencePieceTokenizer
+from tokenizer.sampling import LanguageBudget, LanguageSize, budgets, content_shares, format_budget_table
+
+TrainRound = Callable[[list[LanguageBudget]], tuple[bytes, dict[str, int]]]
+
+
+@dataclass
+class Candidate:
+    round: int
+    plan: list[LanguageBudget]
+    model: bytes
+    sampled: dict[str, int]
+    premiums: dict[str, float]
+    summary: dict
+
+    @property
+    def score(self) -> float:
+        return self.summary["max_premium"] + self.summary["mean_premium"]
+
+
+@dataclass
+class ParityResult:
+    plan: list[LanguageBudget]
+    model: bytes
+    sampled: dict[str, int]
+    history: dict = field(default_factory=dict)
+
+
+def _measure(model: bytes, parallel: dict[str, list[str]], reference: str, workdir: Path) -> tuple[dict, dict]:
+    path = workdir / "parity-round.model"
+    path.write_bytes(model)
+    stats = language_stats(SentencePieceTokenizer(path), parallel, reference)
+    return stats, summarize(stats, reference)
+
+
+def _reweight(weights: dict[str, float], premiums: dict[str, float], strength: float) -> dict[str, float]:
+    return {lang: w * premiums.get(lang, 1.0) ** strength for lang, w in weights.items()}
+
+
+def _improves(candidate: Candidate, best: Candidate | None) -> bool:
+    if best is None:
+        return True
+    return candidate.score < best.score - 1e-3 and candidate.summary["total_tokens"] <= best.summary["total_tokens"]
+
+
+def _round_record(candidate: Candidate, kept: bool) -> dict:
+    summary = candidate.summary
+    return {
+        "round": candidate.round,
+        "kept": kept,
+        "max_premium": summary["max_premium"],
+        "mean_premium": summary["mean_premium"],
+        "total_tokens": summary["total_tokens"],
+        "shares": {row.language: row.share for row in candidate.plan},
+    }
+
+
+def parity_search(
+    sizes: dict[str, LanguageSize], cfg: TokenizerConfig, train_round: TrainRound, workdir: Path, log=print
+) -> ParityResult:
+    reference = cfg.reference_language
+    if reference not in sizes:
+        raise CorpusError(
+            f"parity sampling measures premiums against {reference}, which the corpus lacks: "
+            "add it or set tokenizer.reference_language"
+        )
+    parallel = load_parallel(cfg.parity_set, reference)
+    tune, held_out = split_parallel(parallel, cfg.parity_tune_fraction)
+    tune = {lang: lines for lang, lines in tune.items() if lang in sizes}
+    log(f"parity: tuning on {len(tune)} languages x {len(tune[reference])} sentences of {cfg.parity_set}")
+    weights = content_shares(sizes, cfg)
+    best: Candidate | None = None
+    rounds = []
+    for number in range(1, cfg.parity_rounds + 1):
+        plan = budgets(sizes, cfg, weights)
+        if number == 1:
+            log("sampling budget per language, round 1 (before training):\n" + format_budget_table(plan))
+        model, sampled = train_round(plan)
+        stats, summary = _measure(model, tune, reference, workdir)
+        premiums = {lang: row["premium"] for lang, row in stats.items()}
+        candidate = Candidate(number, plan, model, sampled, premiums, summary)
+        kept = _improves(candidate, best)
+        rounds.append(_round_record(candidate, kept))
+        log(
+            f"parity round {number}: max premium {summary['max_premium']:.3f} ({summary['max_premium_language']}), "
+            f"mean {summary['mean_premium']:.3f}, total tokens {summary['total_tokens']}"
+            + ("" if kept else " - no better, stopping")
+        )
+        if not kept:
+            break
+        best = candidate
+        weights = _reweight({row.language: row.share for row in plan}, premiums, cfg.parity_strength)
+    assert best is not None
+    log(f"parity: keeping round {best.round}; its budget per language:\n" + format_budget_table(best.plan))
+    history = {"rounds": rounds, "kept_round": best.round, "tune_lines": len(tune[reference])}
+    if held_out and held_out.get(reference):
+        _, held_summary = _measure(best.model, held_out, reference, workdir)
+        history["held_out"] = {key: held_summary[key] for key in ("max_premium", "mean_premium", "total_tokens")}
+        log(f"parity: held-out max premium {held_summary['max_premium']:.3f}, mean {held_summary['mean_premium']:.3f}")
+    return ParityResult(best.plan, best.model, best.sampled, history)

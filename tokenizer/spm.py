@@ -1,0 +1,53 @@
+"""The one place that knows SentencePiece's training options and corolla's special tokens."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+
+import sentencepiece as spm
+
+from tokenizer.config import TokenizerConfig
+
+UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
+SPECIAL_IDS = {UNK: 0, BOS: 1, EOS: 2, PAD: 3}
+
+
+def language_tag(language: str) -> str:
+    return f"<{language}>"
+
+
+def train_sentencepiece(
+    sentences: Iterable[str], cfg: TokenizerConfig, seed: int, languages: list[str]
+) -> bytes:
+    """Trains a model on `sentences` (already sampled to the byte budget) and returns the serialized model."""
+    model = io.BytesIO()
+    tags = [language_tag(lang) for lang in languages] if cfg.language_tags else []
+    spm.set_random_generator_seed(seed)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        model_type=cfg.model_type.value,
+        vocab_size=cfg.vocab_size,
+        character_coverage=cfg.character_coverage,
+        byte_fallback=True,
+        split_digits=True,
+        # No lossy normalisation: text is NFC already, whitespace runs are kept.
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        allow_whitespace_only_pieces=True,
+        unk_id=SPECIAL_IDS[UNK],
+        bos_id=SPECIAL_IDS[BOS],
+        eos_id=SPECIAL_IDS[EOS],
+        pad_id=SPECIAL_IDS[PAD],
+        user_defined_symbols=tags,
+        # The sample is already bounded by tokenizer.sample_bytes; let SentencePiece take all of it.
+        input_sentence_size=0,
+        max_sentence_length=1 << 16,
+        shuffle_input_sentence=False,
+        num_threads=cfg.threads or os.cpu_count() or 1,
+        minloglevel=2,
+    )
+    return model.getvalue()

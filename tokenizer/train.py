@@ -1,0 +1,138 @@
+"""`corolla tokenizer train`: corpus → language budgets → sample → SentencePiece → output directory.
+
+The output directory appears whole or not at all: everything is written to a temporary sibling and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict
+from enum import Enum
+from importlib.metadata import version
+from pathlib import Path
+
+from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
+from tokenizer.corpus import CorpusScan, scan_corpus
+from tokenizer.hf_export import export_hf
+from tokenizer.parity import parity_search
+from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
+from tokenizer.spm import train_sentencepiece
+from tokenizer.vocab import padded_vocab_size
+
+
+def _read_sentences(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as sample:
+        for line in sample:
+            yield line.rstrip("\n")
+
+
+def train_on_plan(scan: CorpusScan, plan: list[LanguageBudget], cfg: TokenizerConfig, seed: int, workdir: Path):
+    """Samples by `plan` and trains; returns the serialized model and the bytes sampled per language."""
+    sample_path = workdir / "sample.txt"
+    sampled = sample_sentences(scan, plan, seed, sample_path)
+    try:
+        model = train_sentencepiece(_read_sentences(sample_path), cfg, seed, scan.languages)
+    except RuntimeError as error:
+        raise ValueError(_explain_sentencepiece_error(str(error), cfg)) from None
+    finally:
+        sample_path.unlink()
+    return model, sampled
+
+
+def _explain_sentencepiece_error(message: str, cfg: TokenizerConfig) -> str:
+    if "Vocabulary size too high" in message or ("vocab_size" in message and "too high" in message):
+        limit = message.rsplit("<=", 1)[-1].strip(" .")
+        return (
+            f"tokenizer.vocab_size={cfg.vocab_size} is more than this corpus sample allows (at most {limit}): "
+            "lower tokenizer.vocab_size or give more text"
+        )
+    if "smaller than required_chars" in message:
+        return (
+            f"tokenizer.vocab_size={cfg.vocab_size} cannot hold the corpus's characters at "
+            f"tokenizer.character_coverage={cfg.character_coverage}: raise the vocabulary or lower the coverage"
+        )
+    return "SentencePiece failed: " + message.splitlines()[0]
+
+
+def config_record(cfg: TokenizerConfig) -> dict:
+    """The config as plain JSON values, as recorded in metadata.json."""
+    return {key: value.value if isinstance(value, Enum) else value for key, value in asdict(cfg).items()}
+
+
+def _versions() -> dict[str, str]:
+    packages = ("corolla", "sentencepiece", "tokenizers")
+    return {"python": platform.python_version(), **{name: version(name) for name in packages}}
+
+
+def _metadata(job: TokenizerTrainJob, scan: CorpusScan, plan, sampled: dict[str, int], extra: dict) -> dict:
+    cfg = job.tokenizer
+    return {
+        "languages": scan.languages,
+        "corpus": str(Path(job.corpus).resolve()),
+        "corpus_fingerprint": scan.fingerprint,
+        "corpus_bytes": {lang: size.bytes for lang, size in scan.sizes.items()},
+        "bytes_sampled": sampled,
+        "budget_bytes": {row.language: round(row.budget_bytes) for row in plan},
+        "sampling": cfg.sampling.value,
+        "alpha": cfg.alpha,
+        "seed": job.seed,
+        "vocab_size": cfg.vocab_size,
+        "padded_vocab_size": padded_vocab_size(cfg.vocab_size, cfg.tensor_parallel, cfg.pad_multiple),
+        "tokenizer_config": config_record(cfg),
+        "hygiene": scan.hygiene.as_dict(),
+        "versions": _versions(),
+        **extra,
+    }
+
+
+def _check_output_dir(job: TokenizerTrainJob) -> Path:
+    out = Path(job.output_dir)
+    if out.exists() and any(out.iterdir()) and not job.overwrite:
+        raise ValueError(f"output_dir {out} already exists and is not empty: choose another or pass overwrite=true")
+    return out
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Replaces `out` by `staging` so that a reader never sees a half-written directory."""
+    if out.exists():
+        retired = out.with_name(out.name + ".old")
+        shutil.rmtree(retired, ignore_errors=True)
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(out)
+
+
+def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
+    cfg = job.tokenizer
+    out = _check_output_dir(job)
+    scan = scan_corpus(job.corpus)
+    for warning in scan.hygiene.warnings():
+        log(f"corpus: {warning}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        workdir = Path(tmp)
+        if cfg.sampling == Sampling.parity:
+            result = parity_search(
+                scan.sizes, cfg, lambda plan: train_on_plan(scan, plan, cfg, job.seed, workdir), workdir, log
+            )
+            plan, model, sampled, extra = result.plan, result.model, result.sampled, {"parity": result.history}
+        else:
+            plan = budgets(scan.sizes, cfg)
+            log("sampling budget per language (before training):\n" + format_budget_table(plan))
+            model, sampled = train_on_plan(scan, plan, cfg, job.seed, workdir)
+            extra = {}
+        staging = workdir / "out"
+        staging.mkdir()
+        (staging / "tokenizer.model").write_bytes(model)
+        export_hf(model, staging)
+        metadata = _metadata(job, scan, plan, sampled, extra)
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+        _publish(staging, out)
+    log(f"tokenizer written to {out} (vocab {cfg.vocab_size}, padded {metadata['padded_vocab_size']})")
+    return out
