@@ -44,8 +44,8 @@ class TokenizerConfig:
     weights: dict[str, float] = field(default_factory=dict)
     # Parity sampling: a parallel directory, the rounds, and how hard each round pushes.
     parity_set: str | None = None
-    parity_rounds: int = 4
-    parity_strength: float = 1.0
+    parity_rounds: int = 8
+    parity_strength: float = 2.0
     # Fraction of the parallel set's lines used for tuning; the rest is held out for reporting.
     parity_tune_fraction: float = 0.5
     reference_language: str = "eng_Latn"

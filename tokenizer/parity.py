@@ -2,9 +2,10 @@
 
 Round 1 samples by temperature (alpha). Each later round multiplies every language's share by its premium
 (tokens / reference tokens on the tuning half of a parallel set) to the power `parity_strength`, so expensive
-languages get more of the vocabulary. A round is kept only if it lowers max + mean premium without raising the
-total token count over all languages (balance must not be bought by compressing everything worse); the search
-stops at the first round that does not improve. The held-out half reports how well it generalises.
+languages get more of the vocabulary. A round is kept only if it lowers max + mean premium while the total token
+count over all languages stays at or below round 1's (balance must not be bought by compressing everything worse);
+a round that does not improve is retried from the best one with half the step (twice at most), then the search
+stops. The held-out half reports how well the result generalises.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tokenizer.evaluate import language_stats, load_parallel, split_parallel, su
 from tokenizer.loading import SentencePieceTokenizer
 from tokenizer.sampling import LanguageBudget, LanguageSize, budgets, content_shares, format_budget_table
 
+# A round that does not improve is retried from the best one with half the step, this many times at most.
+MAX_HALVINGS = 2
 TrainRound = Callable[[list[LanguageBudget]], tuple[bytes, dict[str, int]]]
 
 
@@ -55,10 +58,10 @@ def _reweight(weights: dict[str, float], premiums: dict[str, float], strength: f
     return {lang: w * premiums.get(lang, 1.0) ** strength for lang, w in weights.items()}
 
 
-def _improves(candidate: Candidate, best: Candidate | None) -> bool:
+def _improves(candidate: Candidate, best: Candidate | None, baseline_tokens: int) -> bool:
     if best is None:
         return True
-    return candidate.score < best.score - 1e-3 and candidate.summary["total_tokens"] <= best.summary["total_tokens"]
+    return candidate.score < best.score - 1e-3 and candidate.summary["total_tokens"] <= baseline_tokens
 
 
 def _round_record(candidate: Candidate, kept: bool) -> dict:
@@ -86,8 +89,10 @@ def parity_search(
     tune, held_out = split_parallel(parallel, cfg.parity_tune_fraction)
     tune = {lang: lines for lang, lines in tune.items() if lang in sizes}
     log(f"parity: tuning on {len(tune)} languages x {len(tune[reference])} sentences of {cfg.parity_set}")
-    weights = content_shares(sizes, cfg)
     best: Candidate | None = None
+    baseline_tokens = 0  # round 1's, temperature sampling: later rounds may not compress worse overall
+    step, halvings = cfg.parity_strength, 0
+    weights = content_shares(sizes, cfg)
     rounds = []
     for number in range(1, cfg.parity_rounds + 1):
         plan = budgets(sizes, cfg, weights)
@@ -95,19 +100,25 @@ def parity_search(
             log("sampling budget per language, round 1 (before training):\n" + format_budget_table(plan))
         model, sampled = train_round(plan)
         stats, summary = _measure(model, tune, reference, workdir)
-        premiums = {lang: row["premium"] for lang, row in stats.items()}
-        candidate = Candidate(number, plan, model, sampled, premiums, summary)
-        kept = _improves(candidate, best)
+        candidate = Candidate(
+            number, plan, model, sampled, {lang: row["premium"] for lang, row in stats.items()}, summary
+        )
+        baseline_tokens = baseline_tokens or summary["total_tokens"]
+        kept = _improves(candidate, best, baseline_tokens)
         rounds.append(_round_record(candidate, kept))
         log(
             f"parity round {number}: max premium {summary['max_premium']:.3f} ({summary['max_premium_language']}), "
             f"mean {summary['mean_premium']:.3f}, total tokens {summary['total_tokens']}"
-            + ("" if kept else " - no better, stopping")
+            + ("" if kept else " - no better")
         )
-        if not kept:
+        if kept:
+            best = candidate
+        elif halvings < MAX_HALVINGS:
+            step, halvings = step / 2, halvings + 1
+        else:
             break
-        best = candidate
-        weights = _reweight({row.language: row.share for row in plan}, premiums, cfg.parity_strength)
+        # Backtracking: after a round that did not help, step again from the best round, half as far.
+        weights = _reweight({row.language: row.share for row in best.plan}, best.premiums, step)
     assert best is not None
     log(f"parity: keeping round {best.round}; its budget per language:\n" + format_budget_table(best.plan))
     history = {"rounds": rounds, "kept_round": best.round, "tune_lines": len(tune[reference])}

@@ -70,9 +70,14 @@ def _unimax_content(sizes: dict[str, LanguageSize], cfg: TokenizerConfig) -> dic
 
 
 def _content_for_budget(shares: dict[str, float], sizes: dict[str, LanguageSize], cfg: TokenizerConfig):
-    """Scales shares p(L) to content C * p(L) whose bytes, sum of C * p(L) * bytes_per_unit(L), meet the budget."""
-    bytes_per_share = sum(p * sizes[lang].bytes_per_unit(cfg.size_measure) for lang, p in shares.items())
-    scale = cfg.sample_bytes / bytes_per_share
+    """Scales shares p(L) to content C * p(L) whose bytes, the sum of C * p(L) * bytes_per_unit(L), meet the budget.
+
+    C stops where the least-sampled language is used exactly once: repeating every language gains nothing.
+    """
+    measure = cfg.size_measure
+    bytes_per_share = sum(p * sizes[lang].bytes_per_unit(measure) for lang, p in shares.items())
+    whole_corpus = max(sizes[lang].content(measure) / p for lang, p in shares.items() if p > 0)
+    scale = min(cfg.sample_bytes / bytes_per_share, whole_corpus)
     return {lang: scale * p for lang, p in shares.items()}
 
 

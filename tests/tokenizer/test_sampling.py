@@ -48,6 +48,14 @@ def test_budgets_add_up_to_the_byte_budget(sampling: Sampling) -> None:
     assert sum(row.share for row in plan) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("sampling", [Sampling.natural, Sampling.temperature, Sampling.uniform])
+def test_a_budget_beyond_the_corpus_never_repeats_every_language(sampling: Sampling) -> None:
+    plan = budgets(SIZES, config(sampling=sampling, sample_bytes=10**9))
+    assert min(row.ratio for row in plan) == pytest.approx(1.0)
+    if sampling == Sampling.natural:
+        assert sum(row.budget_bytes for row in plan) == pytest.approx(sum(s.bytes for s in SIZES.values()))
+
+
 def test_uniform_gives_every_language_the_same_content_not_the_same_bytes() -> None:
     plan = by_language(budgets(SIZES, config(sampling=Sampling.uniform)))
     content = {lang: row.budget_bytes / SIZES[lang].bytes_per_unit(SizeMeasure.chars) for lang, row in plan.items()}

@@ -1,0 +1,169 @@
+"""`corolla tokenizer train` on real text: reproducible output, every input format, hygiene, parity, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import zstandard
+from conftest import MULTILINGUAL, PARALLEL_DEV, SMALL_LANGUAGES, cut_corpus
+
+from launch.cli import main
+from tokenizer.config import ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
+from tokenizer.corpus import Source, read_documents
+from tokenizer.hygiene import HygieneStats
+from tokenizer.train import train_tokenizer
+
+# Zawgyi byte-for-byte looks like Burmese Unicode with the wrong meaning; the Unicode spelling of each follows.
+ZAWGYI_LINES = ["ျမန္မာစာ", "ေက်ာင္းသား", "ျမန္မာႏိုင္ငံ", "ကၽြန္ေတာ္"]
+UNICODE_LINES = ["မြန်မာစာ", "ကျောင်းသား", "မြန်မာနိုင်ငံ", "ကျွန်တော်"]
+
+
+def train(corpus: Path, out: Path, seed: int = 5, **tokenizer) -> Path:
+    cfg = TokenizerConfig(**{"vocab_size": 2000, "character_coverage": 0.99, "sample_bytes": 400_000, **tokenizer})
+    return train_tokenizer(TokenizerTrainJob(cfg, str(corpus), str(out), seed), log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def trained(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(small_corpus, tmp_path_factory.mktemp("tok") / "out", tensor_parallel=2)
+
+
+def test_output_directory_holds_model_hf_files_and_metadata(trained: Path, small_corpus: Path) -> None:
+    assert {p.name for p in trained.iterdir()} >= {
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metadata.json",
+    }
+    metadata = json.loads((trained / "metadata.json").read_text())
+    assert metadata["languages"] == sorted(SMALL_LANGUAGES)
+    assert set(metadata["bytes_sampled"]) == set(SMALL_LANGUAGES)
+    assert sum(metadata["bytes_sampled"].values()) == pytest.approx(400_000, rel=0.05)
+    assert metadata["alpha"] == 0.3 and metadata["seed"] == 5 and metadata["sampling"] == "temperature"
+    assert metadata["vocab_size"] == 2000
+    assert metadata["padded_vocab_size"] == 2048  # a multiple of 128 x TP=2
+    assert len(metadata["corpus_fingerprint"]) == 64
+    assert {"sentencepiece", "tokenizers", "python", "corolla"} <= set(metadata["versions"])
+
+
+def test_same_seed_gives_a_byte_identical_tokenizer(trained: Path, small_corpus: Path, tmp_path: Path) -> None:
+    again = train(small_corpus, tmp_path / "again", tensor_parallel=2)
+    for name in ("tokenizer.model", "tokenizer.json"):
+        assert (again / name).read_bytes() == (trained / name).read_bytes(), name
+
+
+def test_unigram_is_reproducible_too(small_corpus: Path, tmp_path: Path) -> None:
+    first = train(small_corpus, tmp_path / "a", model_type=ModelType.unigram)
+    second = train(small_corpus, tmp_path / "b", model_type=ModelType.unigram)
+    assert (first / "tokenizer.model").read_bytes() == (second / "tokenizer.model").read_bytes()
+
+
+def test_reads_compressed_text_and_jsonl(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    english = (MULTILINGUAL / "eng_Latn.txt").read_bytes().splitlines(keepends=True)[:300]
+    french = (MULTILINGUAL / "fra_Latn.txt").read_bytes().splitlines(keepends=True)[:300]
+    (corpus / "eng_Latn.txt.gz").write_bytes(gzip.compress(b"".join(english)))
+    (corpus / "fra_Latn.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(b"".join(french)))
+    records = [
+        {"lang": lang, "text": line}
+        for lang in ("deu_Latn", "rus_Cyrl")
+        for line in (MULTILINGUAL / f"{lang}.txt").read_text().splitlines()[:300]
+    ]
+    (corpus / "web.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n")
+    out = train(corpus, tmp_path / "out", vocab_size=1000, sample_bytes=200_000)
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["languages"] == ["deu_Latn", "eng_Latn", "fra_Latn", "rus_Cyrl"]
+    assert metadata["corpus_bytes"]["eng_Latn"] == sum(len(line) - 1 for line in english)
+
+
+def test_zawgyi_burmese_is_detected_and_converted(tmp_path: Path) -> None:
+    path = tmp_path / "mya_Mymr.txt"
+    unicode_text = (MULTILINGUAL / "mya_Mymr.txt").read_text().splitlines()[:20]
+    path.write_text("\n".join(ZAWGYI_LINES + unicode_text) + "\n")
+    stats = HygieneStats()
+    documents = [text for _, text in read_documents(Source(path, "mya_Mymr"), stats)]
+    assert documents[:4] == UNICODE_LINES
+    assert documents[4:] == unicode_text
+    assert stats.zawgyi_converted["mya_Mymr"] == len(ZAWGYI_LINES)
+    assert any("Zawgyi" in warning for warning in stats.warnings())
+
+
+def test_decomposed_text_is_normalised_to_nfc(tmp_path: Path) -> None:
+    path = tmp_path / "fra_Latn.txt"
+    path.write_text("cafe\u0301 au lait\n")
+    stats = HygieneStats()
+    assert [text for _, text in read_documents(Source(path, "fra_Latn"), stats)] == ["caf\u00e9 au lait"]
+    assert stats.nfc_changed["fra_Latn"] == 1
+
+
+def test_a_few_invalid_utf8_lines_are_counted_and_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "fra_Latn.txt"
+    good = [f"ligne numéro {i}".encode() for i in range(30)]
+    path.write_bytes(b"\n".join([*good, b"caf\xe9 cass\xe9"]) + b"\n")
+    stats = HygieneStats()
+    assert len(list(read_documents(Source(path, "fra_Latn"), stats))) == 30
+    assert stats.invalid_utf8["fra_Latn"] == 1
+
+
+def test_parity_sampling_searches_and_records_its_rounds(small_corpus: Path, tmp_path: Path) -> None:
+    parallel = tmp_path / "parallel"
+    parallel.mkdir()
+    for language in SMALL_LANGUAGES:
+        lines = (PARALLEL_DEV / f"{language}.txt").read_text().splitlines()[:200]
+        (parallel / f"{language}.txt").write_text("\n".join(lines) + "\n")
+    out = train(small_corpus, tmp_path / "out", sampling=Sampling.parity, parity_set=str(parallel), parity_rounds=3)
+    parity = json.loads((out / "metadata.json").read_text())["parity"]
+    rounds = parity["rounds"]
+    assert 1 <= len(rounds) <= 3 and parity["tune_lines"] == 100
+    kept = rounds[parity["kept_round"] - 1]
+    first = rounds[0]
+    assert kept["max_premium"] + kept["mean_premium"] <= first["max_premium"] + first["mean_premium"]
+    assert kept["total_tokens"] <= first["total_tokens"]
+    assert set(parity["held_out"]) == {"max_premium", "mean_premium", "total_tokens"}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().err.strip()
+
+
+def latin1_file(path: Path) -> None:
+    path.write_bytes("\n".join(f"été numéro {i}, déjà là" for i in range(50)).encode("latin-1"))
+
+
+@pytest.mark.parametrize(
+    ("make_corpus", "expected"),
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: (d.mkdir(), (d / "fra_Latn.txt").write_text("")), "is empty"),
+        (lambda d: (d.mkdir(), latin1_file(d / "fra_Latn.txt")), "is not UTF-8"),
+        (lambda d: (d.mkdir(), (d / "xx_Latn.txt").write_text("hello\n")), "unknown language code 'xx_Latn'"),
+        (lambda d: (d.mkdir(), (d / "english.txt").write_text("hello\n")), "unknown language code 'english'"),
+        (lambda d: cut_corpus(d, ["eng_Latn", "fra_Latn"], 30), "more than this corpus sample allows"),
+        (lambda d: (d.mkdir(), (d / "web.jsonl").write_text('{"lang": "fra_Latn"}\n')), "lacks string fields"),
+    ],
+    ids=["missing", "empty", "latin1", "unknown-code", "bad-name", "vocab-too-big", "jsonl-no-text"],
+)
+def test_bad_input_gives_one_clear_line_and_no_output(capsys, tmp_path: Path, make_corpus, expected: str) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "runs" / "tok"
+    make_corpus(corpus)
+    code, err = run_cli(
+        capsys, "tokenizer", "train", f"corpus={corpus}", f"output_dir={out}", "tokenizer.vocab_size=8000"
+    )
+    assert code == 2
+    assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
+    assert not out.exists()
+    assert not (out.parent.exists() and list(out.parent.iterdir()))
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_asked(capsys, small_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tok"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, err = run_cli(capsys, "tokenizer", "train", f"corpus={small_corpus}", f"output_dir={out}")
+    assert code == 2 and "overwrite=true" in err
+    assert (out / "keep.txt").read_text() == "mine"
