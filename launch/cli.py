@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from omegaconf import OmegaConf
-from tokenizer.encode import encode_corpus
 
 from launch.configuration import ConfigError, load_job
 from launch.pipeline import run_pipeline
+from tokenizer.encode import encode_corpus
 from tokenizer.evaluate import evaluate, format_summary, write_report
 from tokenizer.train import train_tokenizer
 
@@ -31,7 +31,8 @@ def _evaluate(job) -> None:
 
 def _encode(job) -> None:
     manifest = encode_corpus(job.tokenizer, job.corpus, job.output_dir, job.append_eos, job.workers)
-    print(f"{manifest['total_tokens']} tokens in {len(manifest['languages'])} languages written to {job.output_dir}")
+    totals = manifest["totals"]
+    print(f"{totals['tokens']:,} tokens in {totals['languages']} languages written to {job.output_dir}")
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenizer.encode import encode_corpus
-
 from launch.schemas import PipelineJob
 from tokenizer.config import TokenizerTrainJob
 from tokenizer.corpus import corpus_fingerprint, discover_sources
+from tokenizer.encode import encode_corpus
 from tokenizer.evaluate import evaluate, format_summary, write_report
 from tokenizer.train import config_record, train_tokenizer
 
@@ -43,7 +42,7 @@ def run_pipeline(job: PipelineJob) -> None:
     print(format_summary(report))
     print(f"[3/3] token files for training in {tokens_dir}")
     manifest = encode_corpus(str(tokenizer_dir), job.corpus, str(tokens_dir))
-    print(f"      {manifest['total_tokens']:,} tokens in {len(manifest['languages'])} languages")
+    print(f"      {manifest['totals']['tokens']:,} tokens in {len(manifest['languages'])} languages")
     print("\nDone. Where things are:")
     print(f"  tokenizer        {tokenizer_dir}  (tokenizer.model, tokenizer.json, metadata.json)")
     for kind, path in paths.items():

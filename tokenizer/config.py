@@ -48,6 +48,8 @@ class TokenizerConfig:
     parity_strength: float = 2.0
     # Fraction of the parallel set's lines used for tuning; the rest is held out for reporting.
     parity_tune_fraction: float = 0.5
+    # Later rounds must use this fraction fewer tokens than round 1 in total, on the tuning half.
+    parity_token_margin: float = 0.002
     reference_language: str = "eng_Latn"
     character_coverage: float = 0.9995
     language_tags: bool = False
@@ -71,6 +73,8 @@ class TokenizerConfig:
             raise ValueError("tokenizer.sampling=parity needs tokenizer.parity_set=DIR (a parallel directory)")
         if self.unimax_max_epochs <= 0:
             raise ValueError("tokenizer.unimax_max_epochs must be positive")
+        if not 0.0 <= self.parity_token_margin < 1.0:
+            raise ValueError("tokenizer.parity_token_margin must be within [0, 1)")
         if not 0.0 < self.parity_tune_fraction <= 1.0:
             raise ValueError("tokenizer.parity_tune_fraction must be within (0, 1]")
         if self.parity_rounds < 1:

@@ -3,7 +3,8 @@
 Round 1 samples by temperature (alpha). Each later round multiplies every language's share by its premium
 (tokens / reference tokens on the tuning half of a parallel set) to the power `parity_strength`, so expensive
 languages get more of the vocabulary. A round is kept only if it lowers max + mean premium while the total token
-count over all languages stays at or below round 1's (balance must not be bought by compressing everything worse);
+count over all languages stays below round 1's by `parity_token_margin` (balance must not be bought by compressing
+everything worse, and the margin keeps that true on sentences the search did not see);
 a round that does not improve is retried from the best one with half the step (twice at most), then the search
 stops. The held-out half reports how well the result generalises.
 """
@@ -58,10 +59,10 @@ def _reweight(weights: dict[str, float], premiums: dict[str, float], strength: f
     return {lang: w * premiums.get(lang, 1.0) ** strength for lang, w in weights.items()}
 
 
-def _improves(candidate: Candidate, best: Candidate | None, baseline_tokens: int) -> bool:
+def _improves(candidate: Candidate, best: Candidate | None, token_limit: float) -> bool:
     if best is None:
         return True
-    return candidate.score < best.score - 1e-3 and candidate.summary["total_tokens"] <= baseline_tokens
+    return candidate.score < best.score - 1e-3 and candidate.summary["total_tokens"] <= token_limit
 
 
 def _round_record(candidate: Candidate, kept: bool) -> dict:
@@ -90,7 +91,7 @@ def parity_search(
     tune = {lang: lines for lang, lines in tune.items() if lang in sizes}
     log(f"parity: tuning on {len(tune)} languages x {len(tune[reference])} sentences of {cfg.parity_set}")
     best: Candidate | None = None
-    baseline_tokens = 0  # round 1's, temperature sampling: later rounds may not compress worse overall
+    token_limit = 0.0  # from round 1's total (temperature sampling): later rounds may not compress worse overall
     step, halvings = cfg.parity_strength, 0
     weights = content_shares(sizes, cfg)
     rounds = []
@@ -103,8 +104,8 @@ def parity_search(
         candidate = Candidate(
             number, plan, model, sampled, {lang: row["premium"] for lang, row in stats.items()}, summary
         )
-        baseline_tokens = baseline_tokens or summary["total_tokens"]
-        kept = _improves(candidate, best, baseline_tokens)
+        token_limit = token_limit or summary["total_tokens"] * (1 - cfg.parity_token_margin)
+        kept = _improves(candidate, best, token_limit)
         rounds.append(_round_record(candidate, kept))
         log(
             f"parity round {number}: max premium {summary['max_premium']:.3f} ({summary['max_premium_language']}), "

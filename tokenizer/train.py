@@ -9,11 +9,14 @@ import json
 import platform
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from enum import Enum
 from importlib.metadata import version
 from pathlib import Path
+
+from tqdm import tqdm
 
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import CorpusScan, scan_corpus
@@ -25,21 +28,33 @@ from tokenizer.vocab import padded_vocab_size
 
 
 def _read_sentences(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as sample:
+    """The sample, line by line, with a progress bar while SentencePiece loads it (training follows)."""
+    with (
+        path.open(encoding="utf-8") as sample,
+        tqdm(
+            total=path.stat().st_size, unit="B", unit_scale=True, desc="loading sample", disable=None, leave=False
+        ) as progress,
+    ):
         for line in sample:
+            progress.update(len(line.encode("utf-8")))
             yield line.rstrip("\n")
 
 
-def train_on_plan(scan: CorpusScan, plan: list[LanguageBudget], cfg: TokenizerConfig, seed: int, workdir: Path):
+def train_on_plan(
+    scan: CorpusScan, plan: list[LanguageBudget], cfg: TokenizerConfig, seed: int, workdir: Path, log=print
+) -> tuple[bytes, dict[str, int]]:
     """Samples by `plan` and trains; returns the serialized model and the bytes sampled per language."""
     sample_path = workdir / "sample.txt"
     sampled = sample_sentences(scan, plan, seed, sample_path)
+    start = time.perf_counter()
     try:
         model = train_sentencepiece(_read_sentences(sample_path), cfg, seed, scan.languages)
     except RuntimeError as error:
         raise ValueError(_explain_sentencepiece_error(str(error), cfg)) from None
     finally:
         sample_path.unlink()
+    seconds, megabytes = time.perf_counter() - start, sum(sampled.values()) / 1e6
+    log(f"SentencePiece {cfg.model_type.value} {cfg.vocab_size}: trained on {megabytes:.1f} MB in {seconds:.0f} s")
     return model, sampled
 
 
@@ -119,13 +134,13 @@ def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
         workdir = Path(tmp)
         if cfg.sampling == Sampling.parity:
             result = parity_search(
-                scan.sizes, cfg, lambda plan: train_on_plan(scan, plan, cfg, job.seed, workdir), workdir, log
+                scan.sizes, cfg, lambda plan: train_on_plan(scan, plan, cfg, job.seed, workdir, log), workdir, log
             )
             plan, model, sampled, extra = result.plan, result.model, result.sampled, {"parity": result.history}
         else:
             plan = budgets(scan.sizes, cfg)
             log("sampling budget per language (before training):\n" + format_budget_table(plan))
-            model, sampled = train_on_plan(scan, plan, cfg, job.seed, workdir)
+            model, sampled = train_on_plan(scan, plan, cfg, job.seed, workdir, log)
             extra = {}
         staging = workdir / "out"
         staging.mkdir()

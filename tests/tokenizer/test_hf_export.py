@@ -12,10 +12,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it; the tokenize
 
 import pytest
 import sentencepiece as spm
-from conftest import MULTILINGUAL, PARALLEL_DEV
 from sentencepiece import sentencepiece_model_pb2 as pb
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from conftest import MULTILINGUAL, PARALLEL_DEV
 from tokenizer.config import ModelType, TokenizerConfig
 from tokenizer.hf_export import export_hf
 from tokenizer.loading import load_tokenizer

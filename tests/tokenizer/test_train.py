@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MULTILINGUAL, PARALLEL_DEV, SMALL_LANGUAGES, cut_corpus
 
+from conftest import MULTILINGUAL, PARALLEL_DEV, SMALL_LANGUAGES, cut_corpus
 from launch.cli import main
 from tokenizer.config import ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import Source, read_documents

@@ -1,0 +1,93 @@
+"""The `corolla` command: Hydra overrides, printing the resolved config, one-line errors, the tokenizer flow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MULTILINGUAL, REPO_ROOT, cut_corpus
+from launch.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip()
+
+
+def test_cfg_prints_the_resolved_config_with_the_sample_corpus(capsys) -> None:
+    code, out, _ = run(capsys, "tokenizer", "train", "--cfg")
+    assert code == 0
+    assert f"corpus: {MULTILINGUAL.resolve()}" in out
+    assert "vocab_size: 64000" in out and "sampling: temperature" in out and "alpha: 0.3" in out
+
+
+def test_a_group_option_and_a_value_override_compose(capsys) -> None:
+    code, out, _ = run(capsys, "tokenizer", "train", "--cfg", "tokenizer=tiny", "tokenizer.alpha=0.5", "seed=9")
+    assert code == 0
+    assert "vocab_size: 8000" in out and "alpha: 0.5" in out and "seed: 9" in out
+
+
+def test_evaluate_takes_one_tokenizer_or_a_list(capsys) -> None:
+    code, out, _ = run(capsys, "tokenizer", "evaluate", "--cfg", "tokenizer=[a,b]", "output_dir=o")
+    assert code == 0 and "- a\n" in out and "- b\n" in out
+    code, out, _ = run(capsys, "tokenizer", "evaluate", "--cfg", "tokenizer=some/dir", "output_dir=o")
+    assert code == 0 and "tokenizer: some/dir" in out
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("tokenizer.vocab_sise=8000", "unknown config key 'tokenizer.vocab_sise'"),
+        ("colour=blue", "unknown config key 'colour'"),
+        ("tokenizer.vocab_size=many", "invalid value in tokenizer.vocab_size=many"),
+        ("tokenizer.sampling=random", "expected one of [natural, temperature, uniform, unimax, weights, parity]"),
+        ("tokenizer=huge", "unknown tokenizer option 'huge': choose one of bpe-64k, parity-64k, tiny"),
+        ("tokenizer.alpha=1.5", "tokenizer.alpha=1.5 must be within [0, 1]"),
+        ("tokenizer.sampling=parity", "needs tokenizer.parity_set=DIR"),
+    ],
+)
+def test_bad_overrides_give_one_line_naming_the_problem(capsys, override: str, expected: str) -> None:
+    code, out, err = run(capsys, "tokenizer", "train", override, "--cfg")
+    assert code == 2 and out == ""
+    assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
+
+
+def test_missing_required_values_are_named(capsys) -> None:
+    code, _, err = run(capsys, "tokenizer", "encode")
+    assert code == 2 and "missing value for" in err and "tokenizer" in err and "output_dir" in err
+
+
+def test_the_console_command_is_installed() -> None:
+    corolla = Path(sys.executable).parent / "corolla"
+    result = subprocess.run([corolla, "tokenizer", "train", "--cfg"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "vocab_size: 64000" in result.stdout
+
+
+def test_train_evaluate_encode_through_the_cli(capsys, tmp_path: Path) -> None:
+    corpus = cut_corpus(tmp_path / "corpus", ["eng_Latn", "fra_Latn", "hin_Deva", "zho_Hans"], 300)
+    parallel = cut_corpus(tmp_path / "parallel", ["eng_Latn", "fra_Latn", "hin_Deva", "zho_Hans"], 50)
+    small, large = tmp_path / "tok-2k", tmp_path / "tok-4k"
+    for out, vocab in ((small, 2000), (large, 4000)):
+        overrides = [f"corpus={corpus}", f"output_dir={out}", f"tokenizer.vocab_size={vocab}"]
+        overrides.append("tokenizer.character_coverage=0.99")
+        assert run(capsys, "tokenizer", "train", "tokenizer=tiny", *overrides)[0] == 0
+    report_dir = tmp_path / "report"
+    both = f"tokenizer=[{small},{large}]"
+    code, out, _ = run(capsys, "tokenizer", "evaluate", both, f"parallel={parallel}", f"output_dir={report_dir}")
+    assert code == 0 and "max premium" in out
+    report = json.loads((report_dir / "report.json").read_text())
+    assert set(report["tokenizers"]) == {"tok-2k", "tok-4k"}
+    # A bigger vocabulary never needs more tokens on the same text.
+    totals = {name: t["summary"]["total_tokens"] for name, t in report["tokenizers"].items()}
+    assert totals["tok-4k"] < totals["tok-2k"]
+    tokens = tmp_path / "tok"
+    code, _, _ = run(capsys, "tokenizer", "encode", f"tokenizer={large}", f"corpus={corpus}", f"output_dir={tokens}")
+    assert code == 0
+    manifest = json.loads((tokens / "manifest.json").read_text())
+    assert set(manifest["languages"]) == {"eng_Latn", "fra_Latn", "hin_Deva", "zho_Hans"}

@@ -1,0 +1,323 @@
+"""`corolla tokenizer encode` on real text: round trips, manifest, resuming after a kill, bad input, token files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import unicodedata
+from contextlib import suppress
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import MULTILINGUAL, REPO_ROOT
+from tokenizer.config import TokenizerConfig
+from tokenizer.encode import MANIFEST_NAME, encode_corpus
+from tokenizer.loading import load_tokenizer
+from tokenizer.spm import EOS, SPECIAL_IDS, train_sentencepiece
+from tokenizer.token_files import TokenFile, TokenFileWriter
+
+EOS_ID = SPECIAL_IDS[EOS]
+LINES = 200
+TXT_LANGUAGES = ["eng_Latn", "hin_Deva", "rus_Cyrl", "zho_Hans"]
+GZ_LANGUAGE = "fra_Latn"
+# eng_Latn is in a .txt too: its documents must come from eng_Latn.txt, then from mixed.jsonl.
+JSONL_LANGUAGES = ["eng_Latn", "kor_Hang"]
+LANGUAGES = sorted({*TXT_LANGUAGES, GZ_LANGUAGE, *JSONL_LANGUAGES})
+
+
+def sample_lines(language: str, start: int, stop: int) -> list[bytes]:
+    with (MULTILINGUAL / f"{language}.txt").open("rb") as source:
+        return [line.rstrip(b"\n") for _, line in zip(range(stop), source, strict=False)][start:]
+
+
+def expected_document(line: bytes) -> str:
+    return unicodedata.normalize("NFC", line.decode("utf-8").rstrip("\r"))
+
+
+def write_corpus(target: Path) -> dict[str, list[str]]:
+    """Writes the test corpus; returns the documents expected per language, in order."""
+    target.mkdir()
+    expected: dict[str, list[str]] = {language: [] for language in LANGUAGES}
+    for language in TXT_LANGUAGES:
+        lines = sample_lines(language, 0, LINES)
+        (target / f"{language}.txt").write_bytes(b"\n".join(lines) + b"\n")
+        expected[language] += map(expected_document, lines)
+    lines = sample_lines(GZ_LANGUAGE, 0, LINES)
+    (target / f"{GZ_LANGUAGE}.txt.gz").write_bytes(gzip.compress(b"\n".join(lines) + b"\n", mtime=0))
+    expected[GZ_LANGUAGE] += map(expected_document, lines)
+    english, korean = sample_lines("eng_Latn", LINES, 2 * LINES), sample_lines("kor_Hang", 0, LINES)
+    records = []
+    for pair in zip(english, korean, strict=True):
+        for language, line in zip(JSONL_LANGUAGES, pair, strict=True):
+            records.append(json.dumps({"text": line.decode("utf-8"), "lang": language}, ensure_ascii=False))
+            expected[language].append(expected_document(line))
+    (target / "mixed.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    return expected
+
+
+def train_model(path: Path, vocab_size: int) -> Path:
+    lines = [line.decode("utf-8") for language in LANGUAGES for line in sample_lines(language, 0, 2000)]
+    cfg = TokenizerConfig(vocab_size=vocab_size, character_coverage=0.999)
+    path.write_bytes(train_sentencepiece(lines, cfg, seed=1, languages=LANGUAGES))
+    return path
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def file_identities(directory: Path) -> dict[str, tuple[int, int]]:
+    return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in directory.iterdir()}
+
+
+def file_contents(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in directory.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
+    directory = tmp_path_factory.mktemp("encode") / "corpus"
+    return directory, write_corpus(directory)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_model(tmp_path_factory.mktemp("model") / "tokenizer.model", 4000)
+
+
+@pytest.fixture(scope="module")
+def encoded(corpus: tuple[Path, dict], model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("encoded") / "out"
+    return output, encode_corpus(model, corpus[0], output, workers=1, log=quiet)
+
+
+def test_every_document_decodes_to_its_text_followed_by_eos(encoded, corpus, model: Path) -> None:
+    output, _ = encoded
+    tokenizer = load_tokenizer(model)
+    for language, documents in corpus[1].items():
+        tokens = TokenFile(output / language)
+        assert tokens.dtype == np.uint16
+        assert len(tokens) == len(documents), language
+        for i, text in enumerate(documents):
+            ids = tokens.document(i)
+            assert ids[-1] == EOS_ID and EOS_ID not in ids[:-1]
+            assert tokenizer.decode(ids[:-1].tolist()) == text, (language, i)
+
+
+def test_manifest_describes_the_token_files(encoded, corpus, model: Path) -> None:
+    output, manifest = encoded
+    assert json.loads((output / MANIFEST_NAME).read_text()) == manifest
+    assert manifest["tokenizer"] == {
+        "path": str(model.resolve()),
+        "fingerprint": load_tokenizer(model).fingerprint,
+        "vocab_size": 4000,
+    }
+    assert manifest["append_eos"] is True and manifest["eos_id"] == EOS_ID and manifest["dtype"] == "uint16"
+    assert list(manifest["languages"]) == LANGUAGES
+    for language, entry in manifest["languages"].items():
+        tokens = TokenFile(output / language)
+        assert entry["documents"] == len(tokens) == len(corpus[1][language])
+        assert entry["tokens"] == tokens.num_tokens == (output / f"{language}.bin").stat().st_size // 2
+        assert entry["files"] == [f"{language}.bin", f"{language}.idx"]
+    assert manifest["languages"]["eng_Latn"]["sources"] == ["eng_Latn.txt", "mixed.jsonl"]
+    assert manifest["languages"]["fra_Latn"]["sources"] == ["fra_Latn.txt.gz"]
+    entries = manifest["languages"].values()
+    assert manifest["totals"] == {
+        "languages": len(LANGUAGES),
+        "documents": sum(entry["documents"] for entry in entries),
+        "tokens": sum(entry["tokens"] for entry in entries),
+    }
+    assert sorted(path.name for path in output.iterdir()) == sorted(
+        [MANIFEST_NAME] + [name for entry in entries for name in entry["files"]]
+    )
+
+
+def test_worker_pool_writes_the_same_bytes(encoded, corpus, model: Path, tmp_path: Path) -> None:
+    encode_corpus(model, corpus[0], tmp_path / "out", workers=2, log=quiet)
+    assert file_contents(tmp_path / "out") == file_contents(encoded[0])
+
+
+def test_without_eos_documents_are_the_bare_tokens(encoded, corpus, model: Path, tmp_path: Path) -> None:
+    manifest = encode_corpus(model, corpus[0], tmp_path / "out", append_eos=False, workers=1, log=quiet)
+    assert manifest["eos_id"] is None
+    assert manifest["totals"]["tokens"] == encoded[1]["totals"]["tokens"] - encoded[1]["totals"]["documents"]
+    with_eos, without = TokenFile(encoded[0] / "kor_Hang"), TokenFile(tmp_path / "out" / "kor_Hang")
+    assert np.array_equal(without.document(3), with_eos.document(3)[:-1])
+
+
+def test_rerun_encodes_only_the_language_whose_source_changed(corpus, model: Path, tmp_path: Path) -> None:
+    source = tmp_path / "corpus"
+    shutil.copytree(corpus[0], source)
+    output = tmp_path / "out"
+    encode_corpus(model, source, output, workers=1, log=quiet)
+    before = file_identities(output)
+    messages: list[str] = []
+    encode_corpus(model, source, output, workers=1, log=messages.append)
+    assert file_identities(output) == {**before, MANIFEST_NAME: file_identities(output)[MANIFEST_NAME]}
+    assert f"{len(LANGUAGES)} of {len(LANGUAGES)} languages already encoded" in messages[0]
+
+    russian = source / "rus_Cyrl.txt"
+    russian.write_bytes(russian.read_bytes() + "Ещё одна строка.\n".encode())
+    manifest = encode_corpus(model, source, output, workers=1, log=quiet)
+    after = file_identities(output)
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"rus_Cyrl.bin", "rus_Cyrl.idx", MANIFEST_NAME}
+    assert manifest["languages"]["rus_Cyrl"]["documents"] == LINES + 1
+
+
+def test_changed_tokenizer_reencodes_every_language(encoded, corpus, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    shutil.copytree(encoded[0], output)
+    before = file_identities(output)
+    other = train_model(tmp_path / "other.model", 4500)
+    messages: list[str] = []
+    manifest = encode_corpus(other, corpus[0], output, workers=1, log=messages.append)
+    assert any("tokenizer differs" in message and "re-encoding every language" in message for message in messages)
+    after = file_identities(output)
+    assert all(after[name] != before[name] for name in before)
+    assert manifest["tokenizer"]["fingerprint"] == load_tokenizer(other).fingerprint
+    ids = TokenFile(output / "zho_Hans").document(0)
+    assert load_tokenizer(other).decode(ids[:-1].tolist()) == corpus[1]["zho_Hans"][0]
+
+
+def greek_done_and_english_half_written(output: Path) -> bool:
+    manifest = output / MANIFEST_NAME
+    if not manifest.is_file() or "ell_Grek" not in json.loads(manifest.read_text())["languages"]:
+        return False
+    sizes = []
+    for name in set(os.listdir(output)) - {MANIFEST_NAME, "ell_Grek.bin", "ell_Grek.idx"}:
+        with suppress(FileNotFoundError):  # renamed in the meantime
+            sizes.append((output / name).stat().st_size)
+    return any(sizes)
+
+
+def test_resumes_after_a_kill_without_redoing_finished_languages(model: Path, tmp_path: Path) -> None:
+    # A small language, then one big enough to be killed in the middle of, then another small one.
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for language, lines in (("ell_Grek", LINES), ("eng_Latn", 16_000), ("fra_Latn", LINES)):
+        (corpus / f"{language}.txt").write_bytes(b"\n".join(sample_lines(language, 0, lines)) + b"\n")
+    output = tmp_path / "out"
+    call = f"encode_corpus({str(model)!r}, {str(corpus)!r}, {str(output)!r}, workers=1)"
+    interrupted = subprocess.Popen(
+        [sys.executable, "-c", f"from tokenizer.encode import encode_corpus; {call}"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while not greek_done_and_english_half_written(output):
+            if interrupted.poll() is not None:
+                pytest.fail(f"encoding ended before it could be interrupted: {interrupted.stderr.read().decode()}")
+            assert time.monotonic() < deadline, "the first language never finished"
+            time.sleep(0.001)
+    finally:
+        interrupted.kill()
+        interrupted.wait()
+    assert list(json.loads((output / MANIFEST_NAME).read_text())["languages"]) == ["ell_Grek"]
+    assert not (output / "eng_Latn.bin").exists() and not (output / "eng_Latn.idx").exists()
+    greek = {name: identity for name, identity in file_identities(output).items() if name.startswith("ell_Grek")}
+
+    messages: list[str] = []
+    encode_corpus(model, corpus, output, workers=1, log=messages.append)
+    assert "1 of 3 languages already encoded" in messages[0]
+    assert {name: file_identities(output)[name] for name in greek} == greek
+    encode_corpus(model, corpus, tmp_path / "fresh", workers=1, log=quiet)
+    assert file_contents(output) == file_contents(tmp_path / "fresh")
+
+
+def make_latin1_file(corpus: Path) -> None:
+    lines = [f"Le café numéro {i} est fermé à Noël." for i in range(50)]
+    (corpus / "fra_Latn.txt").write_bytes("\n".join(lines).encode("latin-1"))
+
+
+def make_unknown_language_file(corpus: Path) -> None:
+    (corpus / "xx_Yyyy.txt").write_text("hello\n", encoding="utf-8")
+
+
+def make_unknown_language_record(corpus: Path) -> None:
+    (corpus / "mixed.jsonl").write_text('{"text": "hello", "lang": "eng_Latn"}\n{"text": "x", "lang": "english"}\n')
+
+
+@pytest.mark.parametrize(
+    ("damage", "workers", "message"),
+    [
+        ("missing corpus", 1, "does not exist"),
+        ("missing tokenizer", 1, "does not exist"),
+        (make_unknown_language_file, 1, "unknown language code 'xx_Yyyy'"),
+        (make_unknown_language_record, 1, "unknown language code 'english'"),
+        (make_latin1_file, 1, "is not UTF-8"),
+        (make_latin1_file, 2, "is not UTF-8"),
+    ],
+    ids=["missing-corpus", "missing-tokenizer", "unknown-code-file", "unknown-code-record", "latin-1", "latin-1-pool"],
+)
+def test_bad_input_fails_before_writing_anything(damage, workers: int, message: str, model: Path, tmp_path: Path):
+    corpus, tokenizer, output = tmp_path / "corpus", model, tmp_path / "out"
+    corpus.mkdir()
+    (corpus / "eng_Latn.txt").write_bytes(b"\n".join(sample_lines("eng_Latn", 0, LINES)) + b"\n")
+    if damage == "missing corpus":
+        corpus = tmp_path / "absent"
+    elif damage == "missing tokenizer":
+        tokenizer = tmp_path / "absent.model"
+    else:
+        damage(corpus)
+    with pytest.raises(ValueError, match=message) as error:
+        encode_corpus(tokenizer, corpus, output, workers=workers, log=quiet)
+    assert "\n" not in str(error.value)
+    assert not output.exists()
+
+
+def truncate(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda idx, _: idx.write_bytes(b"NOTMAGIC" + idx.read_bytes()[8:]), r"fra_Latn\.idx is not a corolla"),
+        (lambda idx, _: idx.write_bytes(idx.read_bytes()[:8] + struct.pack("<I", 9) + idx.read_bytes()[12:]), "9"),
+        (lambda idx, _: truncate(idx, 20), r"fra_Latn\.idx is truncated"),
+        (lambda idx, _: truncate(idx, idx.stat().st_size - 8), r"fra_Latn\.idx is truncated"),
+        (lambda _, bin_: truncate(bin_, bin_.stat().st_size - 2), r"fra_Latn\.bin is"),
+    ],
+    ids=["magic", "version", "header", "offsets", "bin"],
+)
+def test_damaged_token_files_are_refused_by_name(damage, message: str, encoded, tmp_path: Path) -> None:
+    for suffix in (".bin", ".idx"):
+        shutil.copy(encoded[0] / f"fra_Latn{suffix}", tmp_path)
+    damage(tmp_path / "fra_Latn.idx", tmp_path / "fra_Latn.bin")
+    with pytest.raises(ValueError, match=message) as error:
+        TokenFile(tmp_path / "fra_Latn")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("vocab_size", "dtype"), [(65536, np.uint16), (65537, np.uint32)])
+def test_token_file_round_trip(vocab_size: int, dtype: type, tmp_path: Path) -> None:
+    documents = [[vocab_size - 1, 0, 7], [], [5]]
+    with TokenFileWriter(tmp_path / "x", vocab_size) as writer:
+        for ids in documents:
+            writer.add_document(ids)
+        writer.finish()
+    tokens = TokenFile(tmp_path / "x")
+    assert tokens.dtype == dtype and len(tokens) == 3 and tokens.num_tokens == 4
+    assert [tokens.document(i).tolist() for i in range(3)] == documents
+    with pytest.raises(IndexError):
+        tokens.document(3)
+
+
+def test_token_file_writer_leaves_nothing_when_interrupted(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), TokenFileWriter(tmp_path / "x", 100) as writer:
+        writer.add_document([1, 2, 3])
+        raise RuntimeError("interrupted")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 100\)"), TokenFileWriter(tmp_path / "y", 100) as writer:
+        writer.add_document([1, 100])
+    assert list(tmp_path.iterdir()) == []
