@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -52,9 +52,9 @@ def train_variants(corpus: Path, parallel: Path, vocab: int, out: Path) -> dict[
 
 
 def hf_bpe_seconds(sample: Path, vocab: int) -> float:
-    """The Hugging Face BPE trainer, configured like corolla's SentencePiece (▁ for spaces, byte fallback)."""
+    """The Hugging Face BPE trainer, set up like corolla's SentencePiece: words split at spaces (▁), byte fallback."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     tokenizer.decoder = decoders.Metaspace()
     special = ["<unk>", "<s>", "</s>", "<pad>"] + [f"<0x{i:02X}>" for i in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=special, show_progress=False)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
         command.run(job)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, OSError) as error:
         if os.environ.get("COROLLA_DEBUG"):
             raise
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -10,32 +10,26 @@ from pathlib import Path
 
 from launch.schemas import PipelineJob
 from tokenizer.config import TokenizerTrainJob
-from tokenizer.corpus import corpus_fingerprint, discover_sources
 from tokenizer.encode import encode_corpus
 from tokenizer.evaluate import evaluate, format_summary, write_report
-from tokenizer.train import config_record, train_tokenizer
-
-
-def _tokenizer_is_current(job: PipelineJob, tokenizer_dir: Path) -> bool:
-    metadata_path = tokenizer_dir / "metadata.json"
-    if not metadata_path.is_file():
-        return False
-    metadata = json.loads(metadata_path.read_text())
-    return (
-        metadata.get("tokenizer_config") == config_record(job.tokenizer)
-        and metadata.get("seed") == job.seed
-        and metadata.get("corpus_fingerprint") == corpus_fingerprint(discover_sources(job.corpus))
-    )
+from tokenizer.train import is_current, train_tokenizer
 
 
 def run_pipeline(job: PipelineJob) -> None:
     run_dir = Path(job.run_dir)
     tokenizer_dir, report_dir, tokens_dir = run_dir / "tokenizer", run_dir / "tokenizer-eval", run_dir / "tokens"
     print(f"[1/3] tokenizer ({job.tokenizer.sampling.value} sampling, vocab {job.tokenizer.vocab_size})")
-    if _tokenizer_is_current(job, tokenizer_dir):
+    train_job = TokenizerTrainJob(job.tokenizer, job.corpus, str(tokenizer_dir), job.seed, overwrite=True)
+    if is_current(train_job):
         print(f"      up to date: {tokenizer_dir}")
     else:
-        train_tokenizer(TokenizerTrainJob(job.tokenizer, job.corpus, str(tokenizer_dir), job.seed, overwrite=True))
+        train_tokenizer(train_job)
+    held_out = json.loads((tokenizer_dir / "metadata.json").read_text()).get("parity", {}).get("held_out")
+    if held_out:
+        print(
+            f"      on parallel sentences parity did not tune on: max premium {held_out['max_premium']:.2f}, "
+            f"mean {held_out['mean_premium']:.2f}"
+        )
     print(f"[2/3] evaluation on {job.parallel}")
     report = evaluate([str(tokenizer_dir)], job.parallel, job.tokenizer.reference_language)
     paths = write_report(report, report_dir)

@@ -91,3 +91,46 @@ def test_train_evaluate_encode_through_the_cli(capsys, tmp_path: Path) -> None:
     assert code == 0
     manifest = json.loads((tokens / "manifest.json").read_text())
     assert set(manifest["languages"]) == {"eng_Latn", "fra_Latn", "hin_Deva", "zho_Hans"}
+
+
+@pytest.mark.parametrize(
+    ("make", "command", "expected"),
+    [
+        (lambda d: None, ["tokenizer", "evaluate", "tokenizer={d}/none", "output_dir={d}/r"], "does not exist"),
+        (
+            lambda d: (d / "bad.model").write_bytes(b"garbage"),
+            ["tokenizer", "evaluate", "tokenizer={d}/bad.model", "output_dir={d}/r"],
+            "cannot be loaded",
+        ),
+        (
+            lambda d: (d / "out").write_text("a file"),
+            ["tokenizer", "train", f"corpus={MULTILINGUAL}", "output_dir={d}/out/tok"],
+            "out",
+        ),
+        (
+            lambda d: None,
+            ["tokenizer", "encode", "tokenizer={d}/none", f"corpus={MULTILINGUAL}", "output_dir={d}/t"],
+            "does not exist",
+        ),
+    ],
+    ids=["evaluate-missing-tokenizer", "evaluate-garbage-model", "train-output-under-a-file", "encode-no-tokenizer"],
+)
+def test_bad_paths_give_one_line(capsys, tmp_path: Path, make, command: list[str], expected: str) -> None:
+    make(tmp_path)
+    code, _, err = run(capsys, *(arg.format(d=tmp_path) for arg in command))
+    assert code == 2 and err.startswith("corolla: error: ") and expected in err and "\n" not in err
+
+
+def test_encode_refuses_a_directory_it_did_not_write(capsys, tmp_path: Path) -> None:
+    corpus = cut_corpus(tmp_path / "corpus", ["eng_Latn", "fra_Latn"], 100)
+    tokenizer = tmp_path / "tok"
+    train_args = [f"corpus={corpus}", f"output_dir={tokenizer}", "tokenizer.vocab_size=1000"]
+    assert run(capsys, "tokenizer", "train", *train_args)[0] == 0
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    code, _, err = run(
+        capsys, "tokenizer", "encode", f"tokenizer={tokenizer}", f"corpus={corpus}", f"output_dir={busy}"
+    )
+    assert code == 2 and "holds files but no manifest.json" in err
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]

@@ -63,10 +63,10 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.vocab_size={self.vocab_size} is too small: byte fallback alone needs 260")
         if self.sample_bytes <= 0:
             raise ValueError("tokenizer.sample_bytes must be positive")
-        if self.sampling == Sampling.temperature and not 0.0 <= self.alpha <= 1.0:
+        if self.sampling in (Sampling.temperature, Sampling.parity) and not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"tokenizer.alpha={self.alpha} must be within [0, 1]")
         if self.sampling == Sampling.weights and not self.weights:
-            raise ValueError("tokenizer.sampling=weights needs tokenizer.weights={lang: weight, ...}")
+            raise ValueError("tokenizer.sampling=weights needs '+tokenizer.weights={fra_Latn: 2, eng_Latn: 1, ...}'")
         if any(w < 0 for w in self.weights.values()):
             raise ValueError("tokenizer.weights must not be negative")
         if self.sampling == Sampling.parity and not self.parity_set:
@@ -77,6 +77,10 @@ class TokenizerConfig:
             raise ValueError("tokenizer.parity_token_margin must be within [0, 1)")
         if not 0.0 < self.parity_tune_fraction <= 1.0:
             raise ValueError("tokenizer.parity_tune_fraction must be within (0, 1]")
+        if self.parity_strength <= 0:
+            raise ValueError("tokenizer.parity_strength must be positive")
+        if self.threads < 0:
+            raise ValueError("tokenizer.threads must be 0 (every core) or a positive count")
         if self.parity_rounds < 1:
             raise ValueError("tokenizer.parity_rounds must be at least 1")
         if not 0.0 < self.character_coverage <= 1.0:

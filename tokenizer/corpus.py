@@ -24,7 +24,7 @@ from tokenizer.config import SizeMeasure
 from tokenizer.hygiene import HygieneStats, clean_text
 
 LANGUAGE_CODE = re.compile(r"^([a-z]{3})_([A-Z][a-z]{3})$")
-COMPRESSIONS = ("", ".gz", ".zst")
+COMPRESSIONS = (".gz", ".zst")
 # A file where more than this share of lines is not UTF-8 is in another encoding, not merely damaged.
 MAX_INVALID_SHARE = 0.1
 
@@ -68,7 +68,7 @@ class Source:
 
 
 def _strip_compression(name: str) -> str:
-    for suffix in COMPRESSIONS[1:]:
+    for suffix in COMPRESSIONS:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -118,24 +118,31 @@ def _decode_record(source: Source, raw: bytes, line_number: int) -> tuple[str, s
     return check_language_code(record["lang"], where), record["text"]
 
 
+def _raw_lines(path: Path) -> Iterator[bytes]:
+    try:
+        with open_binary(path) as handle:
+            yield from handle
+    except (OSError, EOFError, zstandard.ZstdError) as error:
+        raise CorpusError(f"corpus file {path} cannot be read ({error}): replace the damaged file") from None
+
+
 def read_documents(source: Source, stats: HygieneStats) -> Iterator[tuple[str, str]]:
     """Yields (language, clean NFC text) per document, counting what hygiene skipped or repaired in `stats`."""
     invalid = lines = 0
-    with open_binary(source.path) as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            lines += 1
-            try:
-                record = _decode_record(source, raw, line_number)
-            except UnicodeDecodeError:
-                invalid += 1
-                stats.count_invalid_utf8(source.language or "?")
-                continue
-            if record is None:
-                continue
-            language, text = record
-            clean = clean_text(language, text, stats)
-            if clean:
-                yield language, clean
+    for line_number, raw in enumerate(_raw_lines(source.path), start=1):
+        lines += 1
+        try:
+            record = _decode_record(source, raw, line_number)
+        except UnicodeDecodeError:
+            invalid += 1
+            stats.count_invalid_utf8(source.language or "?")
+            continue
+        if record is None:
+            continue
+        language, text = record
+        clean = clean_text(language, text, stats)
+        if clean:
+            yield language, clean
     if lines and invalid > MAX_INVALID_SHARE * lines:
         raise CorpusError(
             f"corpus file {source.path} is not UTF-8 ({invalid} of {lines} lines invalid): convert it, "

@@ -36,7 +36,7 @@ from tokenizer.corpus import CorpusError, Source, corpus_fingerprint, discover_s
 from tokenizer.hygiene import HygieneStats
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.spm import EOS, SPECIAL_IDS
-from tokenizer.token_files import TokenFile, TokenFileWriter, token_dtype
+from tokenizer.token_files import TokenFile, TokenFileWriter, token_dtype, token_file_paths
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -255,17 +255,31 @@ def _scan_corpus(
     return plan_languages(scans)
 
 
-def _read_manifest(path: Path, log: Callable[[str], None]) -> dict | None:
+def _read_manifest(output: Path, log: Callable[[str], None]) -> dict | None:
+    """The previous run's manifest; None for a new or empty directory. Refuses a directory corolla did not write."""
+    path = output / MANIFEST_NAME
     if not path.is_file():
+        if output.is_dir() and any(output.iterdir()):
+            raise ValueError(f"output_dir {output} holds files but no {MANIFEST_NAME}: choose a new or empty directory")
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         manifest = None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != MANIFEST_VERSION:
-        log(f"{path} is not a manifest this corolla wrote (version {MANIFEST_VERSION}): re-encoding every language")
+    keys = {"format_version", "tokenizer", "append_eos", "languages"}
+    if not isinstance(manifest, dict) or not keys <= set(manifest) or "fingerprint" not in manifest["tokenizer"]:
+        raise ValueError(f"{path} is not a token manifest corolla wrote: choose a new or empty output_dir")
+    if manifest["format_version"] != MANIFEST_VERSION:
+        log(f"{path} has format version {manifest['format_version']}, not {MANIFEST_VERSION}: re-encoding everything")
         return None
     return manifest
+
+
+def _remove_stale_files(previous: dict | None, kept: dict[str, dict], output: Path) -> None:
+    """Deletes the token files of the previous run's languages that are not reused (after the manifest dropped them)."""
+    for language in set((previous or {}).get("languages", {})) - set(kept):
+        for path in token_file_paths(output / language):
+            path.unlink(missing_ok=True)
 
 
 def _is_intact(prefix: Path, entry: dict) -> bool:
@@ -361,13 +375,14 @@ def encode_corpus(
     )
     with _worker_pool(workers) as pool:
         plans = _scan_corpus(sources, pool, in_flight, log)
+        previous = _read_manifest(output, log)
         output.mkdir(parents=True, exist_ok=True)
-        previous = _read_manifest(output / MANIFEST_NAME, log)
         manifest.languages = _reusable_languages(previous, manifest, plans, output, log)
         if manifest.languages:
             log(f"{len(manifest.languages)} of {len(plans)} languages already encoded in {output}: skipping them")
         # Written before anything is re-encoded, so that it never lists files that are about to be replaced.
         manifest.write(output)
+        _remove_stale_files(previous, manifest.languages, output)
         todo = [plan for language, plan in plans.items() if language not in manifest.languages]
         if pool is None:
             encode = ChunkEncoder(text_tokenizer, append_eos)

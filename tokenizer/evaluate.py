@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
@@ -65,7 +66,7 @@ def _read_lines(path: Path) -> list[str]:
         ) from None
     if not text.strip():
         raise ParallelError(f"parallel file {path} is empty: remove it or fill it with one sentence a line")
-    return text.removesuffix("\n").split("\n")
+    return [unicodedata.normalize("NFC", line.rstrip("\r")) for line in text.removesuffix("\n").split("\n")]
 
 
 def _check_line_counts(parallel: Parallel, reference: str, directory: Path) -> None:

@@ -76,7 +76,16 @@ class HFTokenizer(TextTokenizer):
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:
-    path = Path(path)
+    try:
+        return _load(Path(path))
+    except ValueError:
+        raise
+    except Exception as error:  # sentencepiece and tokenizers raise bare RuntimeError/Exception on damaged files
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"tokenizer {path} cannot be loaded ({reason}): retrain or re-export it") from None
+
+
+def _load(path: Path) -> TextTokenizer:
     if path.is_dir():
         for name, kind in (("tokenizer.model", SentencePieceTokenizer), ("tokenizer.json", HFTokenizer)):
             if (path / name).is_file():

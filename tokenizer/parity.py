@@ -87,8 +87,15 @@ def parity_search(
             "add it or set tokenizer.reference_language"
         )
     parallel = load_parallel(cfg.parity_set, reference)
-    tune, held_out = split_parallel(parallel, cfg.parity_tune_fraction)
-    tune = {lang: lines for lang, lines in tune.items() if lang in sizes}
+    tune, held_out = (
+        {lang: lines for lang, lines in half.items() if lang in sizes}
+        for half in split_parallel(parallel, cfg.parity_tune_fraction)
+    )
+    if len(tune) < 2:
+        raise CorpusError(
+            f"parallel set {cfg.parity_set} shares no language with the corpus besides {reference}: "
+            "parity needs parallel sentences of the corpus's languages"
+        )
     log(f"parity: tuning on {len(tune)} languages x {len(tune[reference])} sentences of {cfg.parity_set}")
     best: Candidate | None = None
     token_limit = 0.0  # from round 1's total (temperature sampling): later rounds may not compress worse overall

@@ -37,6 +37,9 @@ def content_shares(
     content = {lang: float(size.content(cfg.size_measure)) for lang, size in sizes.items()}
     if weights is not None:
         raw = {lang: weights.get(lang, 0.0) for lang in content}
+    elif cfg.sampling == Sampling.weights and set(cfg.weights) - set(content):
+        unknown = ", ".join(sorted(set(cfg.weights) - set(content)))
+        raise ValueError(f"tokenizer.weights names languages the corpus lacks ({unknown}): fix the codes or drop them")
     elif cfg.sampling == Sampling.natural:
         raw = content
     elif cfg.sampling in (Sampling.temperature, Sampling.parity):
@@ -116,7 +119,9 @@ class DocumentSampler:
         self._rng = {row.language: random.Random(f"{seed}:{row.language}") for row in plan}
 
     def copies(self, language: str) -> int:
-        ratio = self._ratio[language]
+        ratio = self._ratio.get(language, 0.0)
+        if ratio == 0.0:
+            return 0
         whole = int(ratio)
         return whole + (self._rng[language].random() < ratio - whole)
 

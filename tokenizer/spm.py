@@ -7,8 +7,9 @@ import os
 from collections.abc import Iterable
 
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
-from tokenizer.config import TokenizerConfig
+from tokenizer.config import ModelType, TokenizerConfig
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 SPECIAL_IDS = {UNK: 0, BOS: 1, EOS: 2, PAD: 3}
@@ -16,6 +17,21 @@ SPECIAL_IDS = {UNK: 0, BOS: 1, EOS: 2, PAD: 3}
 
 def language_tag(language: str) -> str:
     return f"<{language}>"
+
+
+def training_threads(cfg: TokenizerConfig) -> int:
+    """BPE gives the same pieces on any number of threads, unigram does not: it gets one unless told otherwise."""
+    if cfg.threads:
+        return cfg.threads
+    return (os.cpu_count() or 1) if cfg.model_type == ModelType.bpe else 1
+
+
+def _without_machine_details(model: bytes) -> bytes:
+    """The thread count is stored in the model; drop it so the same seed gives the same file on any machine."""
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model)
+    proto.trainer_spec.ClearField("num_threads")
+    return proto.SerializeToString()
 
 
 def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig, seed: int, languages: list[str]) -> bytes:
@@ -48,7 +64,7 @@ def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig, seed: in
         input_sentence_size=0,
         max_sentence_length=1 << 16,
         shuffle_input_sentence=False,
-        num_threads=cfg.threads or os.cpu_count() or 1,
+        num_threads=training_threads(cfg),
         minloglevel=2,
     )
-    return model.getvalue()
+    return _without_machine_details(model.getvalue())

@@ -19,11 +19,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
-from tokenizer.corpus import CorpusScan, scan_corpus
+from tokenizer.corpus import CorpusScan, corpus_fingerprint, discover_sources, scan_corpus
 from tokenizer.hf_export import export_hf
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
-from tokenizer.spm import train_sentencepiece
+from tokenizer.spm import train_sentencepiece, training_threads
 from tokenizer.vocab import padded_vocab_size
 
 
@@ -59,7 +59,7 @@ def train_on_plan(
 
 
 def _explain_sentencepiece_error(message: str, cfg: TokenizerConfig) -> str:
-    if "Vocabulary size too high" in message or ("vocab_size" in message and "too high" in message):
+    if "Vocabulary size too high" in message:
         limit = message.rsplit("<=", 1)[-1].strip(" .")
         return (
             f"tokenizer.vocab_size={cfg.vocab_size} is more than this corpus sample allows (at most {limit}): "
@@ -79,7 +79,7 @@ def config_record(cfg: TokenizerConfig) -> dict:
 
 
 def _versions() -> dict[str, str]:
-    packages = ("corolla", "sentencepiece", "tokenizers")
+    packages = ("corolla", "sentencepiece", "tokenizers", "myanmartools", "paraencoder", "pycountry")
     return {"python": platform.python_version(), **{name: version(name) for name in packages}}
 
 
@@ -98,10 +98,24 @@ def _metadata(job: TokenizerTrainJob, scan: CorpusScan, plan, sampled: dict[str,
         "vocab_size": cfg.vocab_size,
         "padded_vocab_size": padded_vocab_size(cfg.vocab_size, cfg.tensor_parallel, cfg.pad_multiple),
         "tokenizer_config": config_record(cfg),
+        "training_threads": training_threads(cfg),
         "hygiene": scan.hygiene.as_dict(),
         "versions": _versions(),
         **extra,
     }
+
+
+def is_current(job: TokenizerTrainJob) -> bool:
+    """Whether `job.output_dir` already holds what `job` would train: same config, seed and corpus."""
+    metadata_path = Path(job.output_dir) / "metadata.json"
+    if not metadata_path.is_file():
+        return False
+    metadata = json.loads(metadata_path.read_text())
+    return (
+        metadata.get("tokenizer_config") == config_record(job.tokenizer)
+        and metadata.get("seed") == job.seed
+        and metadata.get("corpus_fingerprint") == corpus_fingerprint(discover_sources(job.corpus))
+    )
 
 
 def _check_output_dir(job: TokenizerTrainJob) -> Path:
@@ -114,11 +128,10 @@ def _check_output_dir(job: TokenizerTrainJob) -> Path:
 def _publish(staging: Path, out: Path) -> None:
     """Replaces `out` by `staging` so that a reader never sees a half-written directory."""
     if out.exists():
-        retired = out.with_name(out.name + ".old")
-        shutil.rmtree(retired, ignore_errors=True)
+        retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.retired.")) / out.name
         out.rename(retired)
         staging.rename(out)
-        shutil.rmtree(retired)
+        shutil.rmtree(retired.parent)
     else:
         staging.rename(out)
 

@@ -6,7 +6,6 @@ import pytest
 
 from tokenizer.config import Sampling, SizeMeasure, TokenizerConfig
 from tokenizer.corpus import scan_corpus
-from tokenizer.hygiene import HygieneStats
 from tokenizer.sampling import DocumentSampler, LanguageSize, budgets, content_shares, sample_sentences
 
 # Latin at 1 byte a character, Khmer at 3, Chinese at 3: the content measure must see through the bytes.
@@ -118,4 +117,3 @@ def test_scan_measures_characters_and_bytes(small_corpus) -> None:
     assert size.documents == 400
     assert size.chars == len(text) - text.count("\n")
     assert size.bytes == len(text.encode()) - text.count("\n")
-    assert isinstance(scan.hygiene, HygieneStats)

@@ -55,6 +55,26 @@ def test_same_seed_gives_a_byte_identical_tokenizer(trained: Path, small_corpus:
         assert (again / name).read_bytes() == (trained / name).read_bytes(), name
 
 
+def test_bpe_gives_the_same_file_on_any_number_of_threads(small_corpus: Path, tmp_path: Path) -> None:
+    one = train(small_corpus, tmp_path / "one", threads=1)
+    two = train(small_corpus, tmp_path / "two", threads=2)
+    assert (one / "tokenizer.model").read_bytes() == (two / "tokenizer.model").read_bytes()
+    assert json.loads((two / "metadata.json").read_text())["training_threads"] == 2
+
+
+def test_explicit_weights_leave_unweighted_languages_out(capsys, small_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [f"corpus={small_corpus}", f"output_dir={out}", "tokenizer.sampling=weights", "tokenizer.vocab_size=2000"]
+    code, err = run_cli(capsys, "tokenizer", "train", *args, "+tokenizer.weights={eng_Latn:1,hin_Deva:3}")
+    assert code == 0, err
+    sampled = json.loads((out / "metadata.json").read_text())["bytes_sampled"]
+    assert {lang for lang, size in sampled.items() if size} == {"eng_Latn", "hin_Deva"}
+    before = (out / "tokenizer.model").read_bytes()
+    code, err = run_cli(capsys, "tokenizer", "train", *args, "overwrite=true", "+tokenizer.weights={xho_Latn:3}")
+    assert code == 2 and "corpus lacks (xho_Latn)" in err
+    assert (out / "tokenizer.model").read_bytes() == before
+
+
 def test_unigram_is_reproducible_too(small_corpus: Path, tmp_path: Path) -> None:
     first = train(small_corpus, tmp_path / "a", model_type=ModelType.unigram)
     second = train(small_corpus, tmp_path / "b", model_type=ModelType.unigram)
@@ -121,9 +141,17 @@ def test_parity_sampling_searches_and_records_its_rounds(small_corpus: Path, tmp
     assert 1 <= len(rounds) <= 3 and parity["tune_lines"] == 100
     kept = rounds[parity["kept_round"] - 1]
     first = rounds[0]
-    assert kept["max_premium"] + kept["mean_premium"] <= first["max_premium"] + first["mean_premium"]
+    assert parity["kept_round"] > 1, "re-weighting by premium should beat plain temperature sampling"
+    assert kept["max_premium"] + kept["mean_premium"] < first["max_premium"] + first["mean_premium"]
     assert kept["total_tokens"] <= first["total_tokens"]
     assert set(parity["held_out"]) == {"max_premium", "mean_premium", "total_tokens"}
+
+
+def test_parity_needs_parallel_sentences_of_corpus_languages(small_corpus: Path, tmp_path: Path) -> None:
+    parallel = cut_corpus(tmp_path / "parallel", ["eng_Latn", "swh_Latn"], 20)
+    with pytest.raises(ValueError, match="shares no language with the corpus besides eng_Latn"):
+        train(small_corpus, tmp_path / "out", sampling=Sampling.parity, parity_set=str(parallel))
+    assert not (tmp_path / "out").exists()
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -145,8 +173,10 @@ def latin1_file(path: Path) -> None:
         (lambda d: (d.mkdir(), (d / "english.txt").write_text("hello\n")), "unknown language code 'english'"),
         (lambda d: cut_corpus(d, ["eng_Latn", "fra_Latn"], 30), "more than this corpus sample allows"),
         (lambda d: (d.mkdir(), (d / "web.jsonl").write_text('{"lang": "fra_Latn"}\n')), "lacks string fields"),
+        (lambda d: (d.mkdir(), (d / "fra_Latn.txt.gz").write_bytes(b"\x1f\x8b not gzip")), "cannot be read"),
+        (lambda d: (d.mkdir(), (d / "fra_Latn.txt.zst").write_bytes(b"not zstd")), "cannot be read"),
     ],
-    ids=["missing", "empty", "latin1", "unknown-code", "bad-name", "vocab-too-big", "jsonl-no-text"],
+    ids=["missing", "empty", "latin1", "unknown-code", "bad-name", "vocab-too-big", "jsonl-no-text", "gz", "zst"],
 )
 def test_bad_input_gives_one_clear_line_and_no_output(capsys, tmp_path: Path, make_corpus, expected: str) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "runs" / "tok"
