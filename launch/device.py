@@ -1,0 +1,58 @@
+"""What differs between a GPU cluster and a CPU machine, in one place: the backend and megatron's RNG tracker.
+
+megatron-core keeps the tensor-parallel RNG state (dropout inside TP regions must differ per TP rank) in a tracker
+built on `torch.cuda` RNG calls. On CPU the same tracker is kept with CPU generator states instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import random as megatron_random
+
+TP_SEED_OFFSET = 2718  # megatron's: TP rank r draws from seed + 2718 + r
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def backend() -> str:
+    return "nccl" if on_gpu() else "gloo"
+
+
+class CpuRNGStatesTracker(megatron_random.CudaRNGStatesTracker):
+    """megatron's tracker with CPU generator states: `fork(name)` swaps the CPU RNG state in and out."""
+
+    def add(self, name: str, seed: int) -> None:
+        if name in self.states_:
+            raise ValueError(f"RNG state {name} already exists")
+        self._is_initialized = True
+        self.seeds_.add(seed)
+        self.states_[name] = torch.Generator().manual_seed(seed).get_state()
+
+    @contextlib.contextmanager
+    def fork(self, name: str = megatron_random._MODEL_PARALLEL_RNG_TRACKER_NAME) -> Iterator[None]:
+        outside = torch.get_rng_state()
+        torch.set_rng_state(self.states_[name])
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(outside)
+
+
+def seed_everything(seed: int) -> None:
+    """The default RNG (same on every TP rank) and the tensor-parallel one (different per TP rank)."""
+    torch.manual_seed(seed)
+    tp_seed = seed + TP_SEED_OFFSET + parallel_state.get_tensor_model_parallel_rank()
+    if on_gpu():
+        megatron_random.model_parallel_cuda_manual_seed(seed)
+        return
+    tracker = CpuRNGStatesTracker()
+    tracker.add(megatron_random._MODEL_PARALLEL_RNG_TRACKER_NAME, tp_seed)
+    megatron_random._CUDA_RNG_STATE_TRACKER = tracker
+    megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True

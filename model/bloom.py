@@ -1,0 +1,168 @@
+"""BLOOM, on megatron-core tensor-parallel layers.
+
+Word embedding + LayerNorm → pre-LN blocks (fused QKV attention with ALiBi, GeLU MLP of 4h) → final LayerNorm →
+logits through the word embedding (tied). Under tensor parallelism every linear layer holds a slice: QKV, the MLP's
+first layer and the embedding are split by output (heads / columns / vocabulary rows), the attention output and the
+MLP's second layer by input, so a block needs one all-reduce after attention and one after the MLP. Activations are
+[batch, sequence, hidden]; logits stay split over the vocabulary (`vocab_parallel_cross_entropy` reads them so).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.model_parallel_config import ModelParallelConfig
+from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    copy_to_tensor_model_parallel_region,
+    get_cuda_rng_tracker,
+    vocab_parallel_cross_entropy,
+)
+from torch import nn
+
+from model.config import ModelConfig
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes: a geometric series from 2^(-8/n); for n not a power of two, the series of the
+    nearest lower power of two, then every other slope of the series for twice that many heads."""
+
+    def series(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    power = 2 ** math.floor(math.log2(num_heads))
+    slopes = series(power) + series(2 * power)[0::2][: num_heads - power]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def parallel_config(params_dtype: torch.dtype = torch.float32) -> ModelParallelConfig:
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    return ModelParallelConfig(tensor_model_parallel_size=tp, use_cpu_initialization=True, params_dtype=params_dtype)
+
+
+def _normal(std: float):
+    return lambda weight: nn.init.normal_(weight, mean=0.0, std=std)
+
+
+class BloomEmbedding(nn.Module):
+    """Token ids → LayerNorm(embedding); also the output projection, through the same (tied) weight."""
+
+    def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
+        super().__init__()
+        vocab = model.padded_vocab_size(config.tensor_model_parallel_size)
+        self.word_embeddings = VocabParallelEmbedding(
+            vocab, model.hidden_size, init_method=_normal(model.std), config=config
+        )
+        self.word_embeddings_layernorm = nn.LayerNorm(model.hidden_size, eps=model.layernorm_epsilon)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings_layernorm(self.word_embeddings(tokens))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[b, s, h] → [b, s, vocab / tp]: this rank's slice of the vocabulary."""
+        return F.linear(copy_to_tensor_model_parallel_region(hidden), self.word_embeddings.weight)
+
+
+class BloomAttention(nn.Module):
+    def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
+        super().__init__()
+        tp, rank = config.tensor_model_parallel_size, parallel_state.get_tensor_model_parallel_rank()
+        if model.num_heads % tp:
+            raise ValueError(f"model.num_heads={model.num_heads} is not divisible by parallel.tp={tp}")
+        self.heads, self.head_dim, self.dropout = model.num_heads // tp, model.head_dim, model.attention_dropout
+        h = model.hidden_size
+        self.query_key_value = ColumnParallelLinear(
+            h, 3 * h, config=config, init_method=_normal(model.std), bias=True, gather_output=False
+        )
+        self.dense = RowParallelLinear(
+            h, h, config=config, init_method=_normal(model.output_std), bias=True, input_is_parallel=True,
+            skip_bias_add=False,
+        )  # fmt: skip
+        slopes = alibi_slopes(model.num_heads)[rank * self.heads : (rank + 1) * self.heads]
+        self.register_buffer("slopes", slopes, persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = hidden.shape
+        qkv, _ = self.query_key_value(hidden)
+        # Per head, query, key and value lie side by side (BLOOM's layout), so a TP slice holds whole heads.
+        query, key, value = qkv.view(batch, seq, self.heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
+        positions = torch.arange(seq, device=hidden.device, dtype=torch.float32)
+        bias = self.slopes[:, None, None] * positions  # [heads, 1, keys]: softmax ignores a per-query offset
+        causal = torch.ones(seq, seq, dtype=torch.bool, device=hidden.device).tril()
+        scores = (query @ key.transpose(-1, -2)).float() / math.sqrt(self.head_dim) + bias
+        scores = scores.masked_fill(~causal, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(value.dtype)
+        if self.training and self.dropout:
+            with get_cuda_rng_tracker().fork():  # heads differ per TP rank, so their dropout masks must too
+                probs = F.dropout(probs, self.dropout)
+        context = (probs @ value).transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)
+        output, _ = self.dense(context)
+        return output
+
+
+class BloomMLP(nn.Module):
+    def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
+        super().__init__()
+        h, ffn = model.hidden_size, model.ffn_hidden_size
+        self.dense_h_to_4h = ColumnParallelLinear(
+            h, ffn, config=config, init_method=_normal(model.std), bias=True, gather_output=False
+        )
+        self.dense_4h_to_h = RowParallelLinear(
+            ffn, h, config=config, init_method=_normal(model.output_std), bias=True, input_is_parallel=True,
+            skip_bias_add=False,
+        )  # fmt: skip
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        intermediate, _ = self.dense_h_to_4h(hidden)
+        output, _ = self.dense_4h_to_h(F.gelu(intermediate, approximate="tanh"))
+        return output
+
+
+class BloomBlock(nn.Module):
+    def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(model.hidden_size, eps=model.layernorm_epsilon)
+        self.self_attention = BloomAttention(model, config)
+        self.post_attention_layernorm = nn.LayerNorm(model.hidden_size, eps=model.layernorm_epsilon)
+        self.mlp = BloomMLP(model, config)
+        self.dropout = model.hidden_dropout
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden + F.dropout(self.self_attention(self.input_layernorm(hidden)), self.dropout, self.training)
+        return hidden + F.dropout(self.mlp(self.post_attention_layernorm(hidden)), self.dropout, self.training)
+
+
+class BloomFinalNorm(nn.LayerNorm):
+    def __init__(self, model: ModelConfig) -> None:
+        super().__init__(model.hidden_size, eps=model.layernorm_epsilon)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over vocabulary-parallel logits [b, s, v/tp] (computed in fp32)."""
+    return vocab_parallel_cross_entropy(logits.float(), labels).mean()
+
+
+class BloomModel(nn.Module):
+    """The whole network in one module, for runs without pipeline parallelism (and tests)."""
+
+    def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
+        super().__init__()
+        self.embedding = BloomEmbedding(model, config)
+        self.blocks = nn.ModuleList(BloomBlock(model, config) for _ in range(model.num_layers))
+        self.final_norm = BloomFinalNorm(model)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.embedding(tokens)
+        for block in self.blocks:
+            hidden = block(hidden)
+        return self.embedding.logits(self.final_norm(hidden))
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """`batch` holds seq_length + 1 tokens a row: inputs are all but the last, labels all but the first."""
+        return lm_loss(self(batch[:, :-1]), batch[:, 1:])

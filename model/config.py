@@ -1,0 +1,53 @@
+"""The shape of a BLOOM model: the schema behind `conf/model/*.yaml`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tokenizer.vocab import padded_vocab_size
+
+
+@dataclass
+class ModelConfig:
+    name: str = "bloom-tiny"
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_heads: int = 4
+    seq_length: int = 128
+    # The tokenizer's vocabulary; the embedding is padded to a multiple of 128 x TP (see padded_vocab_size).
+    vocab_size: int = 64000
+    ffn_multiplier: int = 4
+    layernorm_epsilon: float = 1e-5
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    # None: BLOOM's sqrt(1 / (3 h)); output projections get it / sqrt(2 * layers), as Megatron does.
+    init_std: float | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.num_layers, self.hidden_size, self.num_heads, self.seq_length, self.vocab_size) < 1:
+            raise ValueError(f"model {self.name}: layers, hidden size, heads, sequence and vocabulary must be positive")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}: "
+                "choose heads that divide the hidden size"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        return self.ffn_multiplier * self.hidden_size
+
+    @property
+    def std(self) -> float:
+        return self.init_std if self.init_std is not None else math.sqrt(1.0 / (3 * self.hidden_size))
+
+    @property
+    def output_std(self) -> float:
+        return self.std / math.sqrt(2.0 * self.num_layers)
+
+    def padded_vocab_size(self, tensor_parallel: int) -> int:
+        return padded_vocab_size(self.vocab_size, tensor_parallel)
