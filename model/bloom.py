@@ -50,23 +50,23 @@ def _normal(std: float):
     return lambda weight: nn.init.normal_(weight, mean=0.0, std=std)
 
 
-class BloomEmbedding(nn.Module):
-    """Token ids → LayerNorm(embedding); also the output projection, through the same (tied) weight."""
+class BloomEmbedding(VocabParallelEmbedding):
+    """Token ids → vectors; also the output projection, through the same (tied) weight."""
 
     def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
-        super().__init__()
         vocab = model.padded_vocab_size(config.tensor_model_parallel_size)
-        self.word_embeddings = VocabParallelEmbedding(
-            vocab, model.hidden_size, init_method=_normal(model.std), config=config
-        )
-        self.word_embeddings_layernorm = nn.LayerNorm(model.hidden_size, eps=model.layernorm_epsilon)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.word_embeddings_layernorm(self.word_embeddings(tokens))
+        super().__init__(vocab, model.hidden_size, init_method=_normal(model.std), config=config)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[b, s, h] → [b, s, vocab / tp]: this rank's slice of the vocabulary."""
-        return F.linear(copy_to_tensor_model_parallel_region(hidden), self.word_embeddings.weight)
+        return F.linear(copy_to_tensor_model_parallel_region(hidden), self.weight)
+
+
+class BloomLayerNorm(nn.LayerNorm):
+    """After the word embedding, around attention and the MLP, and after the last block."""
+
+    def __init__(self, model: ModelConfig) -> None:
+        super().__init__(model.hidden_size, eps=model.layernorm_epsilon)
 
 
 class BloomAttention(nn.Module):
@@ -127,20 +127,15 @@ class BloomMLP(nn.Module):
 class BloomBlock(nn.Module):
     def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
         super().__init__()
-        self.input_layernorm = nn.LayerNorm(model.hidden_size, eps=model.layernorm_epsilon)
+        self.input_layernorm = BloomLayerNorm(model)
         self.self_attention = BloomAttention(model, config)
-        self.post_attention_layernorm = nn.LayerNorm(model.hidden_size, eps=model.layernorm_epsilon)
+        self.post_attention_layernorm = BloomLayerNorm(model)
         self.mlp = BloomMLP(model, config)
         self.dropout = model.hidden_dropout
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden + F.dropout(self.self_attention(self.input_layernorm(hidden)), self.dropout, self.training)
         return hidden + F.dropout(self.mlp(self.post_attention_layernorm(hidden)), self.dropout, self.training)
-
-
-class BloomFinalNorm(nn.LayerNorm):
-    def __init__(self, model: ModelConfig) -> None:
-        super().__init__(model.hidden_size, eps=model.layernorm_epsilon)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -153,15 +148,16 @@ class BloomModel(nn.Module):
 
     def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
         super().__init__()
-        self.embedding = BloomEmbedding(model, config)
+        self.word_embeddings = BloomEmbedding(model, config)
+        self.word_embeddings_layernorm = BloomLayerNorm(model)
         self.blocks = nn.ModuleList(BloomBlock(model, config) for _ in range(model.num_layers))
-        self.final_norm = BloomFinalNorm(model)
+        self.final_norm = BloomLayerNorm(model)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.embedding(tokens)
+        hidden = self.word_embeddings_layernorm(self.word_embeddings(tokens))
         for block in self.blocks:
             hidden = block(hidden)
-        return self.embedding.logits(self.final_norm(hidden))
+        return self.word_embeddings.logits(self.final_norm(hidden))
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         """`batch` holds seq_length + 1 tokens a row: inputs are all but the last, labels all but the first."""

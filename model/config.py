@@ -15,8 +15,8 @@ class ModelConfig:
     hidden_size: int = 64
     num_heads: int = 4
     seq_length: int = 128
-    # The tokenizer's vocabulary; the embedding is padded to a multiple of 128 x TP (see padded_vocab_size).
-    vocab_size: int = 64000
+    # The tokenizer's vocabulary (0: take it from the token files); the embedding is padded to 128 x TP.
+    vocab_size: int = 0
     ffn_multiplier: int = 4
     layernorm_epsilon: float = 1e-5
     hidden_dropout: float = 0.0
@@ -25,8 +25,8 @@ class ModelConfig:
     init_std: float | None = None
 
     def __post_init__(self) -> None:
-        if min(self.num_layers, self.hidden_size, self.num_heads, self.seq_length, self.vocab_size) < 1:
-            raise ValueError(f"model {self.name}: layers, hidden size, heads, sequence and vocabulary must be positive")
+        if min(self.num_layers, self.hidden_size, self.num_heads, self.seq_length) < 1 or self.vocab_size < 0:
+            raise ValueError(f"model {self.name}: layers, hidden size, heads and sequence must be positive")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}: "
@@ -50,4 +50,6 @@ class ModelConfig:
         return self.std / math.sqrt(2.0 * self.num_layers)
 
     def padded_vocab_size(self, tensor_parallel: int) -> int:
+        if not self.vocab_size:
+            raise ValueError(f"model {self.name} has no vocabulary size yet: it comes from the tokenizer's token files")
         return padded_vocab_size(self.vocab_size, tensor_parallel)

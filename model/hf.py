@@ -10,7 +10,7 @@ from model.config import ModelConfig
 
 # corolla name pattern → transformers name; the output projection is tied to the word embedding in both.
 _NAMES = [
-    (r"^embedding\.(word_embeddings(_layernorm)?)\.", r"transformer.\1."),
+    (r"^(word_embeddings(_layernorm)?)\.", r"transformer.\1."),
     (r"^blocks\.(\d+)\.", r"transformer.h.\1."),
     (r"^final_norm\.", r"transformer.ln_f."),
 ]

@@ -46,7 +46,7 @@ def _step(tensor_parallel: int, shape: ModelConfig = SHAPE) -> dict:
         return {
             "loss": loss.item(),
             "logits": logits,
-            "embedding_grad": _gather(model.embedding.word_embeddings.weight.grad, dim=0),
+            "embedding_grad": _gather(model.word_embeddings.weight.grad, dim=0),
             "qkv_grad": _gather(model.blocks[0].self_attention.query_key_value.weight.grad, dim=0),
             "mlp_out_grad": _gather(model.blocks[1].mlp.dense_4h_to_h.weight.grad, dim=1),
             "layernorm_grad": model.blocks[1].input_layernorm.weight.grad.clone(),
