@@ -3,51 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
 from launch.configuration import ConfigError, load_job
-from launch.pipeline import run_pipeline
-from tokenizer.encode import encode_corpus
-from tokenizer.evaluate import evaluate, format_summary, write_report
-from tokenizer.train import train_tokenizer
-
-
-def _train(job) -> None:
-    train_tokenizer(job)
-
-
-def _evaluate(job) -> None:
-    report = evaluate(job.tokenizer, job.parallel, job.reference, job.names or None)
-    paths = write_report(report, job.output_dir)
-    print(format_summary(report))
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-
-
-def _encode(job) -> None:
-    manifest = encode_corpus(job.tokenizer, job.corpus, job.output_dir, job.append_eos, job.workers)
-    totals = manifest["totals"]
-    print(f"{totals['tokens']:,} tokens in {totals['languages']} languages written to {job.output_dir}")
 
 
 @dataclass(frozen=True)
 class Command:
     path: tuple[str, ...]
     config: str
-    run: Callable[[object], None]
+    target: str  # "module:function", imported when the command runs: training pulls in DeepSpeed, the rest need not
     help: str
+
+    def run(self, job: object) -> None:
+        module, function = self.target.split(":")
+        getattr(importlib.import_module(module), function)(job)
 
 
 COMMANDS = [
-    Command(("tokenizer", "train"), "tokenizer_train", _train, "train a balanced multilingual SentencePiece tokenizer"),
-    Command(("tokenizer", "evaluate"), "tokenizer_evaluate", _evaluate, "premiums, fertility, byte fallback"),
-    Command(("tokenizer", "encode"), "tokenizer_encode", _encode, "tokenize a corpus into per-language token files"),
-    Command(("pipeline",), "pipeline", run_pipeline, "the main job: the whole pipeline on the sample corpus"),
+    Command(
+        ("tokenizer", "train"), "tokenizer_train", "tokenizer.commands:train", "train a balanced multilingual tokenizer"
+    ),
+    Command(("tokenizer", "evaluate"), "tokenizer_evaluate", "tokenizer.commands:evaluate", "premiums, fertility, ..."),
+    Command(
+        ("tokenizer", "encode"), "tokenizer_encode", "tokenizer.commands:encode", "corpus to per-language token files"
+    ),
+    Command(("train",), "train", "launch.launcher:launch_training", "train a BLOOM model, 3D-parallel"),
+    Command(("pipeline",), "pipeline", "launch.pipeline:run_pipeline", "the main job: the whole pipeline, sample data"),
 ]
 
 
@@ -78,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
         command.run(job)
-    except (ConfigError, ValueError, OSError) as error:
+    except (ConfigError, ValueError, OSError, RuntimeError) as error:
         if os.environ.get("COROLLA_DEBUG"):
             raise
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

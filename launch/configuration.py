@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from launch.schemas import PipelineJob
+from launch.schemas import PipelineJob, TrainJob
 from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +27,7 @@ SCHEMAS: dict[str, type] = {
     "tokenizer_evaluate": TokenizerEvaluateJob,
     "tokenizer_encode": TokenizerEncodeJob,
     "pipeline": PipelineJob,
+    "train": TrainJob,
 }
 
 

@@ -7,8 +7,12 @@ built on `torch.cuda` RNG calls. On CPU the same tracker is kept with CPU genera
 from __future__ import annotations
 
 import contextlib
+import datetime
+import os
+import sys
 from collections.abc import Iterator
 
+import deepspeed
 import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import random as megatron_random
@@ -43,6 +47,16 @@ class CpuRNGStatesTracker(megatron_random.CudaRNGStatesTracker):
         finally:
             self.states_[name] = torch.get_rng_state()
             torch.set_rng_state(outside)
+
+
+def init_distributed(timeout_minutes: float = 10.0) -> None:
+    """Joins the process group that the launcher's environment describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT)."""
+    if not on_gpu():
+        # DeepSpeed JIT-builds a shared-memory op for inference all-reduce here (30+ s of g++); training never uses it.
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    else:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend=backend(), timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
 def seed_everything(seed: int) -> None:

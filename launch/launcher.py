@@ -1,0 +1,43 @@
+"""`corolla train`: validate the whole job before any process starts, write it to the run directory, run the ranks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from launch.data import BlendedDataset, TokenCorpus
+from launch.layout import ParallelLayout
+from launch.local import run_local
+from launch.schemas import TrainJob
+
+JOB_FILE = "job.yaml"
+
+
+def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout]:
+    """The job with the tokenizer's vocabulary filled in, and its layout; ValueError (one line) if it cannot run."""
+    corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
+    if job.model.vocab_size and job.model.vocab_size != corpus.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={job.model.vocab_size} but the tokenizer of {job.data.tokens_dir} has "
+            f"{corpus.vocab_size} tokens: drop model.vocab_size (0 takes the tokenizer's) or re-encode the data"
+        )
+    job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
+    layout = ParallelLayout.for_world(job.parallel.tp, job.parallel.pp, job.parallel.dp or 1, None)
+    problems = layout.problems(job.model, job.train.micro_batch, job.train.global_batch)
+    if problems:
+        raise ValueError("impossible layout: " + "; ".join(problems))
+    BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample
+    return job, layout
+
+
+def launch_training(job: TrainJob) -> None:
+    job, layout = resolve(job)
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / JOB_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
+    print(f"training {job.model.name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
+    status = run_local(run_dir, layout.world_size)
+    if status:
+        raise RuntimeError(f"training failed (a rank exited with status {status}): see its log above")

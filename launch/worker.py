@@ -1,0 +1,66 @@
+"""One training process: `python -m launch.worker RUN_DIR` on every rank (started by torchrun locally, srun on Slurm).
+
+It reads the job that `corolla train` resolved and validated into RUN_DIR/job.yaml, joins the process group, and trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+from omegaconf import OmegaConf
+
+from launch.data import BlendedDataset, TokenCorpus
+from launch.device import init_distributed, seed_everything
+from launch.launcher import JOB_FILE
+from launch.layout import ParallelLayout
+from launch.schemas import TrainJob
+from launch.trainer import StepRecord, build_engine, train_steps
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def load_job(run_dir: Path) -> TrainJob:
+    schema = OmegaConf.structured(TrainJob)
+    return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(run_dir / JOB_FILE)))
+
+
+def _reporter(run_dir: Path, rank: int):
+    """Rank 0 prints one line a step and appends it to metrics.jsonl; other ranks stay quiet."""
+
+    def report(record: StepRecord) -> None:
+        if rank != 0:
+            return
+        print(
+            f"step {record.step:>6}  loss {record.loss:.4f}  lr {record.lr:.3e}  grad norm {record.grad_norm:.3f}  "
+            f"{record.tokens_per_second:,.0f} tokens/s",
+            flush=True,
+        )
+        with (run_dir / METRICS_FILE).open("a") as metrics:
+            metrics.write(json.dumps(record.__dict__) + "\n")
+
+    return report
+
+
+def main(run_dir: Path) -> None:
+    job = load_job(run_dir)
+    init_distributed()
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    layout = ParallelLayout.for_world(job.parallel.tp, job.parallel.pp, job.parallel.dp, world_size)
+    parallel_state.initialize_model_parallel(layout.tp, layout.pp, create_gloo_process_groups=False)
+    seed_everything(job.seed)
+    corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
+    dataset = BlendedDataset(corpus, job.data, job.model.seq_length)
+    engine = build_engine(job.model, layout, job.train, job.parallel.zero_stage, job.seed,
+                          job.parallel.activation_checkpointing)  # fmt: skip
+    train_steps(engine, dataset, layout, job.train, job.model.seq_length, 0, _reporter(run_dir, rank))
+    torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main(Path(sys.argv[1]))

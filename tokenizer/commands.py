@@ -1,0 +1,27 @@
+"""The `corolla tokenizer ...` commands: each takes its validated job and prints where the results are."""
+
+from __future__ import annotations
+
+from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
+from tokenizer.encode import encode_corpus
+from tokenizer.evaluate import evaluate as evaluate_tokenizers
+from tokenizer.evaluate import format_summary, write_report
+from tokenizer.train import train_tokenizer
+
+
+def train(job: TokenizerTrainJob) -> None:
+    train_tokenizer(job)
+
+
+def evaluate(job: TokenizerEvaluateJob) -> None:
+    report = evaluate_tokenizers(job.tokenizer, job.parallel, job.reference, job.names or None)
+    paths = write_report(report, job.output_dir)
+    print(format_summary(report))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
+def encode(job: TokenizerEncodeJob) -> None:
+    manifest = encode_corpus(job.tokenizer, job.corpus, job.output_dir, job.append_eos, job.workers)
+    totals = manifest["totals"]
+    print(f"{totals['tokens']:,} tokens in {totals['languages']} languages written to {job.output_dir}")
