@@ -7,12 +7,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from launch import checkpoint
 from launch.data import BlendedDataset, TokenCorpus
 from launch.layout import ParallelLayout
 from launch.local import run_local
 from launch.schemas import TrainJob
 
 JOB_FILE = "job.yaml"
+CHECKPOINTS = "checkpoints"
 
 
 def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout]:
@@ -35,6 +37,9 @@ def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout]:
 def launch_training(job: TrainJob) -> None:
     job, layout = resolve(job)
     run_dir = Path(job.run_dir)
+    resume_step = checkpoint.latest_step(run_dir / CHECKPOINTS)
+    if resume_step:
+        print(f"{run_dir} holds a checkpoint at step {resume_step}: resuming from it")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / JOB_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
     print(f"training {job.model.name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")

@@ -53,14 +53,20 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     precision: Precision = Precision.fp32
+    checkpoint_interval: int = 10
+    keep_checkpoints: int = 2
+    # Stop (with a checkpoint) after this many steps of one launch; 0: run to train.steps.
+    exit_after: int = 0
 
     def __post_init__(self) -> None:
         if min(self.steps, self.micro_batch, self.global_batch) < 1:
             raise ValueError("train.steps, train.micro_batch and train.global_batch must be at least 1")
         if not 0 < self.min_lr <= self.lr:
             raise ValueError(f"train.min_lr={self.min_lr} must be positive and at most train.lr={self.lr}")
-        if self.warmup_steps < 0:
-            raise ValueError("train.warmup_steps must not be negative")
+        if self.warmup_steps < 0 or self.exit_after < 0:
+            raise ValueError("train.warmup_steps and train.exit_after must not be negative")
+        if self.checkpoint_interval < 1 or self.keep_checkpoints < 1:
+            raise ValueError("train.checkpoint_interval and train.keep_checkpoints must be at least 1")
 
 
 @dataclass

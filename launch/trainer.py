@@ -88,13 +88,19 @@ def train_steps(
     seq_length: int,
     first_step: int,
     on_step: Callable[[StepRecord], None],
-) -> None:
-    """Optimizer steps first_step .. train.steps - 1; the data position follows from the step (samples consumed)."""
+    save: Callable[[int], None],
+) -> int:
+    """Optimizer steps after `first_step` (steps done), saving every train.checkpoint_interval and at the end.
+
+    Stops early, with a checkpoint, after train.exit_after steps of this launch. The data position follows from the
+    step (samples consumed). Returns the last step done.
+    """
     dp_rank = parallel_state.get_data_parallel_rank()
     batches = micro_batches(dataset, first_step * train.global_batch, train.global_batch, train.micro_batch,
                             dp_rank, layout.dp)  # fmt: skip
     data = _pairs(batches)
-    for step in range(first_step, train.steps):
+    last = train.steps if not train.exit_after else min(train.steps, first_step + train.exit_after)
+    for step in range(first_step, last):
         start = time.perf_counter()
         loss = engine.train_batch(data_iter=data)
         seconds = time.perf_counter() - start
@@ -108,3 +114,6 @@ def train_steps(
                 tokens_per_second=train.global_batch * seq_length / seconds,
             )
         )
+        if (step + 1) % train.checkpoint_interval == 0 or step + 1 == last:
+            save(step + 1)
+    return last

@@ -14,9 +14,10 @@ import torch
 from megatron.core import parallel_state
 from omegaconf import OmegaConf
 
+from launch import checkpoint
 from launch.data import BlendedDataset, TokenCorpus
 from launch.device import init_distributed, seed_everything
-from launch.launcher import JOB_FILE
+from launch.launcher import CHECKPOINTS, JOB_FILE
 from launch.layout import ParallelLayout
 from launch.schemas import TrainJob
 from launch.trainer import StepRecord, build_engine, train_steps
@@ -57,7 +58,17 @@ def main(run_dir: Path) -> None:
     dataset = BlendedDataset(corpus, job.data, job.model.seq_length)
     engine = build_engine(job.model, layout, job.train, job.parallel.zero_stage, job.seed,
                           job.parallel.activation_checkpointing)  # fmt: skip
-    train_steps(engine, dataset, layout, job.train, job.model.seq_length, 0, _reporter(run_dir, rank))
+    directory = run_dir / CHECKPOINTS
+    first_step = checkpoint.latest_step(directory) or 0
+    if first_step:
+        checkpoint.load(engine, directory, first_step)
+        if rank == 0:
+            print(f"resumed from {directory / checkpoint.tag_of(first_step)}", flush=True)
+
+    def save(step: int) -> None:
+        checkpoint.save(engine, directory, step, job.train.keep_checkpoints)
+
+    train_steps(engine, dataset, layout, job.train, job.model.seq_length, first_step, _reporter(run_dir, rank), save)
     torch.distributed.barrier()
 
 

@@ -1,0 +1,74 @@
+"""Checkpoints: a stopped run resumes exactly; a crash mid-save leaves the previous checkpoint as `latest`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_train import SHORT_RUN, tokens  # noqa: F401  (the module-scoped token files fixture)
+
+from launch.checkpoint import CRASH_DURING_SAVE, LATEST
+from launch.cli import main
+
+# Dropout on everywhere: resuming must restore every rank's RNG states, not only weights and optimizer.
+RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "model.hidden_dropout=0.1",
+       "model.attention_dropout=0.1"]  # fmt: skip
+THREE_D = "parallel=3d"
+
+
+def train(run_dir: Path, tokens: Path, *overrides: str) -> int:  # noqa: F811
+    return main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *overrides])
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:  # noqa: F811
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    assert train(run_dir, tokens) == 0
+    return losses(run_dir)
+
+
+def test_a_stopped_3d_run_resumes_bit_identically(tokens: Path, tmp_path: Path) -> None:  # noqa: F811
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert train(whole, tokens, THREE_D) == 0
+    assert train(stopped, tokens, THREE_D, "train.exit_after=3") == 0
+    assert sorted(losses(stopped)) == [1, 2, 3]
+    assert (stopped / "checkpoints" / LATEST).read_text().strip() == "step-00000003"
+    assert train(stopped, tokens, THREE_D) == 0
+    assert losses(stopped) == losses(whole)  # steps 4-6 included: same data order, dropout masks and optimizer
+
+
+def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
+    tokens: Path,  # noqa: F811
+    uninterrupted,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv(CRASH_DURING_SAVE, "4")
+    assert train(run_dir, tokens) == 2  # rank 0 died after writing step 4's files, before marking it complete
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / LATEST).read_text().strip() == "step-00000002"
+    assert (checkpoints / "step-00000004").is_dir() and not (checkpoints / "step-00000004" / "COMPLETE").exists()
+    monkeypatch.delenv(CRASH_DURING_SAVE)
+    assert train(run_dir, tokens) == 0
+    resumed = {step: loss for step, loss in losses(run_dir).items() if step > 2}
+    assert resumed == {step: uninterrupted[step] for step in range(3, 7)}
+
+
+def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_path: Path) -> None:  # noqa: F811
+    run_dir = tmp_path / "run"
+    assert train(run_dir, tokens, "train.exit_after=2") == 0
+    capsys.readouterr()
+    shard = next((run_dir / "checkpoints" / "step-00000002").glob("*model_states.pt"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    before = {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")}
+    assert train(run_dir, tokens) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("corolla: error: checkpoint file") and "truncated" in err and "\n" not in err
+    assert {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")} == before
