@@ -34,6 +34,7 @@ COMMANDS = [
         ("tokenizer", "encode"), "tokenizer_encode", "tokenizer.commands:encode", "corpus to per-language token files"
     ),
     Command(("train",), "train", "launch.launcher:launch_training", "train a BLOOM model, 3D-parallel"),
+    Command(("export", "hf"), "export_hf", "launch.export:export_hf", "a checkpoint as a HF BloomForCausalLM"),
     Command(("pipeline",), "pipeline", "launch.pipeline:run_pipeline", "the main job: the whole pipeline, sample data"),
 ]
 

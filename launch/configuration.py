@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from launch.schemas import PipelineJob, TrainJob
+from launch.schemas import ExportJob, PipelineJob, TrainJob
 from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,7 @@ SCHEMAS: dict[str, type] = {
     "tokenizer_encode": TokenizerEncodeJob,
     "pipeline": PipelineJob,
     "train": TrainJob,
+    "export_hf": ExportJob,
 }
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from launch import checkpoint
+from launch import checkpoint, tracking
 from launch.data import BlendedDataset, TokenCorpus
 from launch.layout import ParallelLayout
 from launch.local import run_local
@@ -42,7 +42,13 @@ def launch_training(job: TrainJob) -> None:
         print(f"{run_dir} holds a checkpoint at step {resume_step}: resuming from it")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / JOB_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
+    layout_tag = f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}"
+    tracked = tracking.open_run(run_dir, job.tracking.experiment, job, {"layout": layout_tag, "model": job.model.name},
+                                job.tracking.uri)  # fmt: skip
+    tracking.log_artifact(tracked, run_dir / JOB_FILE)
     print(f"training {job.model.name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
     status = run_local(run_dir, layout.world_size)
+    tracking.finish(tracked, succeeded=status == 0)
     if status:
         raise RuntimeError(f"training failed (a rank exited with status {status}): see its log above")
+    print(f"done: checkpoints in {run_dir / CHECKPOINTS}; MLflow run {tracked.run_id}: {tracking.ui_command(tracked)}")

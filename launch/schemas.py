@@ -70,10 +70,25 @@ class TrainConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # None: the embedded store, an SQLite file in the run directory; else an MLflow tracking server's URI.
+    uri: str | None = None
+    experiment: str = "corolla"
+
+
+@dataclass
 class TrainJob:
     model: ModelConfig = MISSING
     parallel: ParallelConfig = MISSING
     data: DataConfig = MISSING
     train: TrainConfig = MISSING
+    tracking: TrackingConfig = MISSING
     run_dir: str = "runs/train"
     seed: int = 1234
+
+
+@dataclass
+class ExportJob:
+    run_dir: str = MISSING
+    output_dir: str = MISSING
+    step: int = 0  # 0: the latest complete checkpoint

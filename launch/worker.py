@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from launch.device import init_distributed, seed_everything
 from launch.launcher import CHECKPOINTS, JOB_FILE
 from launch.layout import ParallelLayout
 from launch.schemas import TrainJob
+from launch.tracking import StepLogger
 from launch.trainer import StepRecord, build_engine, train_steps
 
 METRICS_FILE = "metrics.jsonl"
@@ -31,18 +33,20 @@ def load_job(run_dir: Path) -> TrainJob:
 
 
 def _reporter(run_dir: Path, rank: int):
-    """Rank 0 prints one line a step and appends it to metrics.jsonl; other ranks stay quiet."""
+    """Rank 0 prints one line a step, logs it to MLflow and appends it to metrics.jsonl; other ranks stay quiet."""
+    if rank != 0:
+        return lambda record: None
+    mlflow = StepLogger(run_dir)
 
     def report(record: StepRecord) -> None:
-        if rank != 0:
-            return
+        mlflow.log(record.step, asdict(record))
         print(
             f"step {record.step:>6}  loss {record.loss:.4f}  lr {record.lr:.3e}  grad norm {record.grad_norm:.3f}  "
             f"{record.tokens_per_second:,.0f} tokens/s",
             flush=True,
         )
         with (run_dir / METRICS_FILE).open("a") as metrics:
-            metrics.write(json.dumps(record.__dict__) + "\n")
+            metrics.write(json.dumps(asdict(record)) + "\n")
 
     return report
 

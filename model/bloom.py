@@ -27,6 +27,24 @@ from torch import nn
 
 from model.config import ModelConfig
 
+# Where tensor parallelism splits each parameter (by name suffix): column-parallel layers and the embedding by
+# rows (dim 0), row-parallel layers by columns (dim 1). Everything else (LayerNorms, row-parallel biases) is whole
+# on every TP rank.
+_TP_SPLIT = {
+    "word_embeddings.weight": 0,
+    "query_key_value.weight": 0,
+    "query_key_value.bias": 0,
+    "dense_h_to_4h.weight": 0,
+    "dense_h_to_4h.bias": 0,
+    "self_attention.dense.weight": 1,
+    "dense_4h_to_h.weight": 1,
+}
+
+
+def tp_split_dim(name: str) -> int | None:
+    """The dimension tensor parallelism splits parameter `name` along, or None if every TP rank holds all of it."""
+    return next((dim for suffix, dim in _TP_SPLIT.items() if name == suffix or name.endswith("." + suffix)), None)
+
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
     """ALiBi's per-head slopes: a geometric series from 2^(-8/n); for n not a power of two, the series of the

@@ -7,6 +7,7 @@ import re
 import torch
 
 from model.config import ModelConfig
+from tokenizer.spm import BOS, EOS, PAD, SPECIAL_IDS
 
 # corolla name pattern → transformers name; the output projection is tied to the word embedding in both.
 _NAMES = [
@@ -31,9 +32,12 @@ def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return hf
 
 
-def hf_config(model: ModelConfig, vocab_size: int, **tokens) -> dict:
+def hf_config(model: ModelConfig, vocab_size: int) -> dict:
     """Keyword arguments of `transformers.BloomConfig`; `vocab_size` is the embedding's (padded) row count."""
     return {
+        "bos_token_id": SPECIAL_IDS[BOS],
+        "eos_token_id": SPECIAL_IDS[EOS],
+        "pad_token_id": SPECIAL_IDS[PAD],
         "vocab_size": vocab_size,
         "hidden_size": model.hidden_size,
         "n_layer": model.num_layers,
@@ -45,5 +49,4 @@ def hf_config(model: ModelConfig, vocab_size: int, **tokens) -> dict:
         "apply_residual_connection_post_layernorm": False,
         "tie_word_embeddings": True,
         "seq_length": model.seq_length,
-        **tokens,
     }

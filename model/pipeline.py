@@ -35,6 +35,13 @@ def layer_specs(model: ModelConfig, config: ModelParallelConfig) -> list[LayerSp
     ]
 
 
+def layer_prefixes(model: ModelConfig) -> list[str]:
+    """The `BloomModel` name prefix of each pipeline layer's parameters, by layer index (the tied output projection
+    at the end is the word embedding again and has none of its own)."""
+    blocks = [f"blocks.{index}." for index in range(model.num_layers)]
+    return ["word_embeddings.", "word_embeddings_layernorm.", *blocks, "final_norm."]
+
+
 def pipeline_module(
     model: ModelConfig, config: ModelParallelConfig, layout: ParallelLayout, seed: int, activation_checkpointing: bool
 ) -> PipelineModule:

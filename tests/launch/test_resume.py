@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from test_train import SHORT_RUN, tokens  # noqa: F401  (the module-scoped token files fixture)
+from mlflow.tracking import MlflowClient
+from test_training import SHORT_RUN, tokens  # noqa: F401  (the module-scoped token files fixture)
 
 from launch.checkpoint import CRASH_DURING_SAVE, LATEST
 from launch.cli import main
+from launch.tracking import RUN_FILE
 
 # Dropout on everywhere: resuming must restore every rank's RNG states, not only weights and optimizer.
 RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "model.hidden_dropout=0.1",
@@ -55,10 +57,21 @@ def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
     checkpoints = run_dir / "checkpoints"
     assert (checkpoints / LATEST).read_text().strip() == "step-00000002"
     assert (checkpoints / "step-00000004").is_dir() and not (checkpoints / "step-00000004" / "COMPLETE").exists()
+    run_record = (run_dir / RUN_FILE).read_text()
     monkeypatch.delenv(CRASH_DURING_SAVE)
     assert train(run_dir, tokens) == 0
     resumed = {step: loss for step, loss in losses(run_dir).items() if step > 2}
     assert resumed == {step: uninterrupted[step] for step in range(3, 7)}
+    # One MLflow run across both launches, one value per step: steps 3-4, redone after the crash, are not repeated.
+    assert (run_dir / RUN_FILE).read_text() == run_record
+    tracked = json.loads(run_record)
+    client = MlflowClient(tracked["tracking_uri"])
+    history = client.get_metric_history(tracked["run_id"], "train_loss")
+    assert sorted(metric.step for metric in history) == [1, 2, 3, 4, 5, 6]
+    assert {metric.step: metric.value for metric in history} == pytest.approx(uninterrupted, abs=1e-6)
+    run = client.get_run(tracked["run_id"])
+    assert run.data.tags["corolla.launches"] == "2" and run.info.status == "FINISHED"
+    assert run.data.params["model.attention_dropout"] == "0.1" and run.data.tags["layout"] == "tp1-pp1-dp1"
 
 
 def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_path: Path) -> None:  # noqa: F811

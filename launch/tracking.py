@@ -1,0 +1,111 @@
+"""MLflow: one run per training run, however many times it is launched; the only module that talks to MLflow.
+
+The launcher opens the run before any process starts and records it in RUN_DIR/run.json (tracking URI, run id);
+a later launch of the same run directory continues that MLflow run. Rank 0 logs each optimizer step; steps that a
+resumed launch redoes (those after the last checkpoint) are already in the history and are not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+RUN_FILE = "run.json"
+STEP_METRICS = {"loss": "train_loss", "lr": "lr", "grad_norm": "grad_norm", "tokens_per_second": "tokens_per_second"}
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    tracking_uri: str
+    run_id: str
+    experiment_id: str
+
+
+def default_uri(run_dir: Path) -> str:
+    """The embedded store: an SQLite file inside the run directory."""
+    return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = str(value.value if isinstance(value, Enum) else value)
+    return flat
+
+
+def _git_revision() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent)  # fmt: skip
+        return result.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None = None) -> TrackedRun:
+    """The run recorded in run_dir (continued, tagged with the restart) or a new one with params and tags."""
+    record = run_dir / RUN_FILE
+    if record.is_file():
+        tracked = TrackedRun(**json.loads(record.read_text()))
+        client = MlflowClient(tracked.tracking_uri)
+        restarts = int(client.get_run(tracked.run_id).data.tags.get("corolla.launches", "1"))
+        client.set_tag(tracked.run_id, "corolla.launches", str(restarts + 1))
+        client.update_run(tracked.run_id, status="RUNNING")
+        return tracked
+    # The embedded store keeps artifacts beside it; a server decides where its artifacts go.
+    artifacts = None if uri else (run_dir / "mlartifacts").resolve().as_uri()
+    uri = uri or default_uri(run_dir)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifacts)
+    all_tags = {"git_revision": _git_revision(), "host": socket.gethostname(), "corolla.launches": "1", **tags}
+    run = client.create_run(experiment_id, tags=all_tags, run_name=run_dir.resolve().name)
+    params = _flatten(OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True))
+    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(params.items())])
+    tracked = TrackedRun(uri, run.info.run_id, experiment_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(asdict(tracked), indent=2) + "\n")
+    return tracked
+
+
+def log_artifact(tracked: TrackedRun, path: Path) -> None:
+    MlflowClient(tracked.tracking_uri).log_artifact(tracked.run_id, str(path))
+
+
+def finish(tracked: TrackedRun, succeeded: bool) -> None:
+    MlflowClient(tracked.tracking_uri).set_terminated(tracked.run_id, "FINISHED" if succeeded else "FAILED")
+
+
+class StepLogger:
+    """Rank 0's metric logger; skips the steps the history already holds (a resumed launch redoes them)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.tracked = TrackedRun(**json.loads((run_dir / RUN_FILE).read_text()))
+        self.client = MlflowClient(self.tracked.tracking_uri)
+        history = self.client.get_metric_history(self.tracked.run_id, "train_loss")
+        self.logged_up_to = max((metric.step for metric in history), default=0)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if step <= self.logged_up_to:
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(STEP_METRICS[key], value, now, step) for key, value in values.items() if key in STEP_METRICS]
+        self.client.log_batch(self.tracked.run_id, metrics=metrics)
+        self.logged_up_to = step
+
+
+def ui_command(tracked: TrackedRun) -> str:
+    return f"mlflow ui --backend-store-uri {tracked.tracking_uri}"
