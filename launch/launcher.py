@@ -38,6 +38,9 @@ def launch_training(job: TrainJob) -> None:
     job, layout = resolve(job)
     run_dir = Path(job.run_dir)
     resume_step = checkpoint.latest_step(run_dir / CHECKPOINTS)
+    if resume_step and resume_step >= job.train.steps:
+        print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
+        return
     if resume_step:
         print(f"{run_dir} holds a checkpoint at step {resume_step}: resuming from it")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """`corolla pipeline`, the main job: every stage on the sample corpus, each skipped when its output is current.
 
-Today: tokenizer → evaluation report → token files. Training joins when the engine lands.
+tokenizer → evaluation report → token files → 3D-parallel training (checkpoints, MLflow) → Hugging Face export.
 """
 
 from __future__ import annotations
@@ -8,17 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launch.schemas import PipelineJob
+from launch.export import export_hf
+from launch.launcher import launch_training
+from launch.schemas import ExportJob, PipelineJob, TrainJob
 from tokenizer.config import TokenizerTrainJob
 from tokenizer.encode import encode_corpus
 from tokenizer.evaluate import evaluate, format_summary, write_report
 from tokenizer.train import is_current, train_tokenizer
 
 
-def run_pipeline(job: PipelineJob) -> None:
-    run_dir = Path(job.run_dir)
-    tokenizer_dir, report_dir, tokens_dir = run_dir / "tokenizer", run_dir / "tokenizer-eval", run_dir / "tokens"
-    print(f"[1/3] tokenizer ({job.tokenizer.sampling.value} sampling, vocab {job.tokenizer.vocab_size})")
+def _tokenizer(job: PipelineJob, tokenizer_dir: Path) -> None:
     train_job = TokenizerTrainJob(job.tokenizer, job.corpus, str(tokenizer_dir), job.seed, overwrite=True)
     if is_current(train_job):
         print(f"      up to date: {tokenizer_dir}")
@@ -30,15 +29,31 @@ def run_pipeline(job: PipelineJob) -> None:
             f"      on parallel sentences parity did not tune on: max premium {held_out['max_premium']:.2f}, "
             f"mean {held_out['mean_premium']:.2f}"
         )
-    print(f"[2/3] evaluation on {job.parallel}")
-    report = evaluate([str(tokenizer_dir)], job.parallel, job.tokenizer.reference_language)
+
+
+def run_pipeline(job: PipelineJob) -> None:
+    run_dir = Path(job.run_dir)
+    tokenizer_dir, report_dir = run_dir / "tokenizer", run_dir / "tokenizer-eval"
+    train_dir, hf_dir = run_dir / "train", run_dir / "hf"
+    print(f"[1/5] tokenizer ({job.tokenizer.sampling.value} sampling, vocab {job.tokenizer.vocab_size})")
+    _tokenizer(job, tokenizer_dir)
+    print(f"[2/5] evaluation on {job.parallel_set}")
+    report = evaluate([str(tokenizer_dir)], job.parallel_set, job.tokenizer.reference_language)
     paths = write_report(report, report_dir)
     print(format_summary(report))
-    print(f"[3/3] token files for training in {tokens_dir}")
-    manifest = encode_corpus(str(tokenizer_dir), job.corpus, str(tokens_dir))
+    print(f"[3/5] token files for training in {job.data.tokens_dir}")
+    manifest = encode_corpus(str(tokenizer_dir), job.corpus, job.data.tokens_dir)
     print(f"      {manifest['totals']['tokens']:,} tokens in {len(manifest['languages'])} languages")
+    print(f"[4/5] training {job.model.name}, {job.train.steps} steps")
+    launch_training(TrainJob(job.model, job.parallel, job.data, job.train, job.tracking, str(train_dir), job.seed))
+    print(f"[5/5] Hugging Face export to {hf_dir}")
+    export_hf(ExportJob(str(train_dir), str(hf_dir)))
+    tracked = json.loads((train_dir / "run.json").read_text())
     print("\nDone. Where things are:")
     print(f"  tokenizer        {tokenizer_dir}  (tokenizer.model, tokenizer.json, metadata.json)")
     for kind, path in paths.items():
         print(f"  {kind:<16} {path}")
-    print(f"  token files      {tokens_dir}/manifest.json")
+    print(f"  token files      {job.data.tokens_dir}/manifest.json")
+    print(f"  checkpoints      {train_dir}/checkpoints  (metrics also in {train_dir}/metrics.jsonl)")
+    print(f"  HF model         {hf_dir}  (transformers.BloomForCausalLM.from_pretrained)")
+    print(f"  MLflow run       {tracked['run_id']}: .venv/bin/mlflow ui --backend-store-uri {tracked['tracking_uri']}")

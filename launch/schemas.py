@@ -12,15 +12,6 @@ from model.config import ModelConfig
 from tokenizer.config import TokenizerConfig
 
 
-@dataclass
-class PipelineJob:
-    tokenizer: TokenizerConfig = MISSING
-    corpus: str = MISSING
-    parallel: str = MISSING
-    run_dir: str = "runs/demo"
-    seed: int = 1234
-
-
 class Precision(Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -92,3 +83,19 @@ class ExportJob:
     run_dir: str = MISSING
     output_dir: str = MISSING
     step: int = 0  # 0: the latest complete checkpoint
+
+
+@dataclass
+class PipelineJob:
+    """The main job: tokenizer → evaluation → token files → training → Hugging Face export, all under run_dir."""
+
+    tokenizer: TokenizerConfig = MISSING
+    corpus: str = MISSING
+    parallel_set: str = MISSING
+    model: ModelConfig = MISSING
+    parallel: ParallelConfig = MISSING
+    train: TrainConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    data: DataConfig = MISSING
+    run_dir: str = "runs/demo"
+    seed: int = 1234
