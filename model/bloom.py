@@ -9,6 +9,7 @@ MLP's second layer by input, so a block needs one all-reduce after attention and
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -104,24 +105,29 @@ class BloomAttention(nn.Module):
         )  # fmt: skip
         slopes = alibi_slopes(model.num_heads)[rank * self.heads : (rank + 1) * self.heads]
         self.register_buffer("slopes", slopes, persistent=False)
+        self._cached_bias: torch.Tensor | None = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = hidden.shape
         qkv, _ = self.query_key_value(hidden)
         # Per head, query, key and value lie side by side (BLOOM's layout), so a TP slice holds whole heads.
         query, key, value = qkv.view(batch, seq, self.heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
-        positions = torch.arange(seq, device=hidden.device, dtype=torch.float32)
-        bias = self.slopes[:, None, None] * positions  # [heads, 1, keys]: softmax ignores a per-query offset
-        causal = torch.ones(seq, seq, dtype=torch.bool, device=hidden.device).tril()
-        scores = (query @ key.transpose(-1, -2)).float() / math.sqrt(self.head_dim) + bias
-        scores = scores.masked_fill(~causal, torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1).to(value.dtype)
-        if self.training and self.dropout:
-            with get_cuda_rng_tracker().fork():  # heads differ per TP rank, so their dropout masks must too
-                probs = F.dropout(probs, self.dropout)
-        context = (probs @ value).transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)
-        output, _ = self.dense(context)
+        bias = self._bias(seq, query.dtype, hidden.device)
+        dropout = self.dropout if self.training else 0.0
+        # Heads differ per TP rank, so their dropout masks must too: draw them from the tensor-parallel RNG.
+        with get_cuda_rng_tracker().fork() if dropout else contextlib.nullcontext():
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+        output, _ = self.dense(context.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
         return output
+
+    def _bias(self, seq: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """ALiBi + causal mask, [heads, queries, keys]; slope x key position (softmax ignores a per-query offset)."""
+        if self._cached_bias is None or self._cached_bias.shape[-1] != seq or self._cached_bias.dtype != dtype:
+            positions = torch.arange(seq, device=device, dtype=torch.float32)
+            alibi = self.slopes.to(device)[:, None, None] * positions
+            causal = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()
+            self._cached_bias = alibi.masked_fill(~causal, float("-inf")).to(dtype)
+        return self._cached_bias
 
 
 class BloomMLP(nn.Module):
