@@ -91,6 +91,8 @@ class TokenCorpus:
         manifest = _read_manifest(self.tokens_dir)
         self.vocab_size: int = manifest["tokenizer"]["vocab_size"]
         self.tokenizer_fingerprint: str = manifest["tokenizer"]["fingerprint"]
+        # The directory `corolla tokenizer train` wrote (tokenizer.model, tokenizer.json, metadata.json).
+        self.tokenizer_dir = Path(manifest["tokenizer"]["path"]).parent
         self.eos_id: int = manifest["eos_id"]
         self.splits = {
             language: _open_split(self.tokens_dir, language, entry, validation_documents)

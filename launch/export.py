@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
 from launch import checkpoint
+from launch.data import TokenCorpus
 from launch.launcher import CHECKPOINTS
 from launch.schemas import ExportJob
 from launch.worker import load_job
@@ -42,11 +42,6 @@ def full_state_dict(directory: Path, model: ModelConfig) -> dict[str, torch.Tens
     return state
 
 
-def _tokenizer_dir(tokens_dir: str) -> Path:
-    manifest = json.loads((Path(tokens_dir) / "manifest.json").read_text())
-    return Path(manifest["tokenizer"]["path"]).parent
-
-
 def export_hf(job: ExportJob) -> None:
     from transformers import BloomConfig, BloomForCausalLM
 
@@ -61,7 +56,7 @@ def export_hf(job: ExportJob) -> None:
     model.load_state_dict(to_hf_state_dict(state), strict=True)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
-    tokenizer = _tokenizer_dir(train_job.data.tokens_dir)
+    tokenizer = TokenCorpus(train_job.data.tokens_dir, train_job.data.validation_documents).tokenizer_dir
     for name in TOKENIZER_FILES:
         if (tokenizer / name).is_file():
             shutil.copy2(tokenizer / name, output / name)

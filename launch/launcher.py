@@ -17,8 +17,8 @@ JOB_FILE = "job.yaml"
 CHECKPOINTS = "checkpoints"
 
 
-def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout]:
-    """The job with the tokenizer's vocabulary filled in, and its layout; ValueError (one line) if it cannot run."""
+def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout, TokenCorpus]:
+    """The job with the tokenizer's vocabulary filled in, its layout and data; one-line ValueError if it cannot run."""
     corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
     if job.model.vocab_size and job.model.vocab_size != corpus.vocab_size:
         raise ValueError(
@@ -31,11 +31,11 @@ def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout]:
     if problems:
         raise ValueError("impossible layout: " + "; ".join(problems))
     BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample
-    return job, layout
+    return job, layout, corpus
 
 
 def launch_training(job: TrainJob) -> None:
-    job, layout = resolve(job)
+    job, layout, corpus = resolve(job)
     run_dir = Path(job.run_dir)
     resume_step = checkpoint.latest_step(run_dir / CHECKPOINTS)
     if resume_step and resume_step >= job.train.steps:
@@ -49,6 +49,8 @@ def launch_training(job: TrainJob) -> None:
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, {"layout": layout_tag, "model": job.model.name},
                                 job.tracking.uri)  # fmt: skip
     tracking.log_artifact(tracked, run_dir / JOB_FILE)
+    if (corpus.tokenizer_dir / "metadata.json").is_file():
+        tracking.log_artifact(tracked, corpus.tokenizer_dir / "metadata.json")
     print(f"training {job.model.name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
     status = run_local(run_dir, layout.world_size)
     tracking.finish(tracked, succeeded=status == 0)

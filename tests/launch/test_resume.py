@@ -72,6 +72,7 @@ def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
     run = client.get_run(tracked["run_id"])
     assert run.data.tags["corolla.launches"] == "2" and run.info.status == "FINISHED"
     assert run.data.params["model.attention_dropout"] == "0.1" and run.data.tags["layout"] == "tp1-pp1-dp1"
+    assert {artifact.path for artifact in client.list_artifacts(tracked["run_id"])} == {"job.yaml", "metadata.json"}
 
 
 def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_path: Path) -> None:  # noqa: F811
