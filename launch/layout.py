@@ -38,10 +38,6 @@ class ParallelLayout:
             raise ValueError(f"tp={tp} x pp={pp} x dp={dp} = {layout.world_size} ranks, but {world_size} processes")
         return layout
 
-    def rank_coordinates(self, rank: int) -> tuple[int, int, int]:
-        """(pipeline stage, data-parallel rank, tensor-parallel rank) of a global rank."""
-        return rank // (self.dp * self.tp), rank // self.tp % self.dp, rank % self.tp
-
     def problems(self, model: ModelConfig, micro_batch: int, global_batch: int) -> list[str]:
         """Every reason this layout cannot train `model` with these batches, one line each; [] if it can."""
         problems = []

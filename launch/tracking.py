@@ -12,7 +12,6 @@ import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
@@ -42,7 +41,7 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             flat.update(_flatten(value, name + "."))
         else:
-            flat[name] = str(value.value if isinstance(value, Enum) else value)
+            flat[name] = str(value)
     return flat
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from model.config import ModelConfig
 
-# Dense bf16 peaks, TFLOP/s per device, for MFU.
-PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
-
 
 def parameter_count(model: ModelConfig, tensor_parallel: int = 1) -> int:
     """Trainable parameters, the padded embedding included (it is tied to the output projection)."""
