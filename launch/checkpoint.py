@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from tokenizer.files import write_atomically
+
 LATEST = "latest"
 COMPLETE = "COMPLETE"
 # Fault injection for tests: a rank that reads its step here dies after writing its files, before COMPLETE.
@@ -52,12 +54,6 @@ def _restore_rng(engine, states: dict) -> None:
     get_cuda_rng_tracker().set_states(states["tracker"])
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def latest_step(directory: Path) -> int | None:
@@ -94,7 +90,7 @@ def save(engine, directory: Path, step: int, keep: int) -> None:
             str(p.relative_to(directory / tag)): p.stat().st_size for p in (directory / tag).rglob("*") if p.is_file()
         }
         (directory / tag / COMPLETE).write_text(json.dumps({"step": step, "files": files}, indent=1) + "\n")
-        _write_atomically(directory / LATEST, tag + "\n")
+        write_atomically(directory / LATEST, tag + "\n")
         _remove_old(directory, keep, current=tag)
     dist.barrier()
 

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tokenizer.corpus import CorpusError, Source, corpus_fingerprint, discover_sources, read_documents
+from tokenizer.files import write_atomically
 from tokenizer.hygiene import HygieneStats
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.spm import EOS, SPECIAL_IDS
@@ -167,13 +168,7 @@ class Manifest:
         }
 
     def write(self, output: Path) -> None:
-        path = output / MANIFEST_NAME
-        temporary = path.with_name(f".{path.name}.tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.write(json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_atomically(output / MANIFEST_NAME, json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
 def scan_source(source: Source) -> SourceScan:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from tokenizer.corpus import check_language_code
+from tokenizer.files import write_atomically
 from tokenizer.loading import TextTokenizer, load_tokenizer
 
 Parallel = dict[str, list[str]]
@@ -233,22 +233,8 @@ def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Pa
     paths = {"json": directory / "report.json", "markdown": directory / "report.md", "chart": directory / "premium.png"}
     directory.mkdir(parents=True, exist_ok=True)
     for kind, path in paths.items():
-        _write_atomically(path, contents[kind])
+        write_atomically(path, contents[kind])
     return paths
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    # A plain open (not tempfile) so the file gets the usual umask permissions rather than 0600.
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temp.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _languages_by_premium(report: dict[str, Any]) -> list[str]:
