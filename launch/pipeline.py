@@ -6,6 +6,7 @@ tokenizer → evaluation report → token files → 3D-parallel training (checkp
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from launch.export import export_hf
@@ -45,7 +46,8 @@ def run_pipeline(job: PipelineJob) -> None:
     manifest = encode_corpus(str(tokenizer_dir), job.corpus, job.data.tokens_dir)
     print(f"      {manifest['totals']['tokens']:,} tokens in {len(manifest['languages'])} languages")
     print(f"[4/5] training {job.model.name}, {job.train.steps} steps")
-    launch_training(TrainJob(job.model, job.parallel, job.data, job.train, job.tracking, str(train_dir), job.seed))
+    training = {field.name: getattr(job, field.name) for field in fields(TrainJob)}
+    launch_training(TrainJob(**{**training, "run_dir": str(train_dir)}))
     print(f"[5/5] Hugging Face export to {hf_dir}")
     export_hf(ExportJob(str(train_dir), str(hf_dir)))
     tracked = json.loads((train_dir / "run.json").read_text())

@@ -86,16 +86,13 @@ class ExportJob:
 
 
 @dataclass
-class PipelineJob:
-    """The main job: tokenizer → evaluation → token files → training → Hugging Face export, all under run_dir."""
+class PipelineJob(TrainJob):
+    """The main job: tokenizer → evaluation → token files → training → Hugging Face export, all under run_dir.
+
+    A training job plus the stages before it; its run_dir holds them all (training in run_dir/train).
+    """
 
     tokenizer: TokenizerConfig = MISSING
     corpus: str = MISSING
     parallel_set: str = MISSING
-    model: ModelConfig = MISSING
-    parallel: ParallelConfig = MISSING
-    train: TrainConfig = MISSING
-    tracking: TrackingConfig = MISSING
-    data: DataConfig = MISSING
     run_dir: str = "runs/demo"
-    seed: int = 1234
