@@ -393,41 +393,40 @@ def _micro_batches(
 
 
 def validation_batches(
-    corpus: TokenCorpus,
-    seq_length: int,
-    micro_batch: int,
-    max_samples: int | None = None,
-    dp_rank: int = 0,
-    dp_size: int = 1,
+    corpus: TokenCorpus, seq_length: int, micro_batch: int, samples: int, dp_rank: int = 0, dp_size: int = 1
 ) -> dict[str, list[torch.Tensor]]:
-    """Per language, this rank's validation micro-batches, [<= micro_batch, seq_length + 1] int64; fixed for a corpus.
+    """Per language, this rank's validation micro-batches, [micro_batch, seq_length + 1] int64; fixed for a corpus.
 
-    A language's validation samples are its held-out tokens cut like training samples, in stream order, the first
-    max_samples of them (all when None); rank r takes samples r, r + dp_size, ... A language's last micro-batch may
-    be smaller and a rank may get none of a language: reduce sums of loss and of tokens over ranks.
+    A language's validation samples are the first `samples` of its held-out tokens cut like training samples; rank r
+    takes the contiguous slice r of samples // dp_size of them. Every rank gets the same number of full micro-batches
+    of every language, so the mean over micro-batches and ranks is the mean over the samples, whatever the layout.
     Empty when the corpus holds no documents out (validation_documents=0).
     """
-    if micro_batch < 1 or not 0 <= dp_rank < dp_size:
-        raise ValueError(f"micro_batch={micro_batch} must be positive and dp_rank={dp_rank} in [0, dp_size={dp_size})")
+    if micro_batch < 1 or not 0 <= dp_rank < dp_size or samples % (micro_batch * dp_size):
+        raise ValueError(
+            f"validation samples={samples} must be a multiple of micro_batch={micro_batch} x dp_size={dp_size}, "
+            f"with dp_rank={dp_rank} in [0, dp_size)"
+        )
     if all(split.validation_documents == 0 for split in corpus.splits.values()):
         return {}
     return {
-        language: _validation_language(split, seq_length, micro_batch, max_samples, dp_rank, dp_size)
+        language: _validation_language(split, seq_length, micro_batch, samples, dp_rank, dp_size)
         for language, split in corpus.splits.items()
     }
 
 
 def _validation_language(
-    split: LanguageSplit, seq_length: int, micro_batch: int, max_samples: int | None, dp_rank: int, dp_size: int
+    split: LanguageSplit, seq_length: int, micro_batch: int, samples: int, dp_rank: int, dp_size: int
 ) -> list[torch.Tensor]:
     tokens = split.validation_tokens
-    samples = (tokens.size - 1) // seq_length if tokens.size else 0
-    if samples == 0:
+    available = (tokens.size - 1) // seq_length if tokens.size else 0
+    if available < samples:
         raise ValueError(
-            f"{split.language}: its {split.validation_documents} held-out documents hold {tokens.size} tokens, "
-            f"fewer than one sample of seq_length + 1 = {seq_length + 1}: raise data.validation_documents, lower "
-            "model.seq_length, or set data.validation_documents=0 to skip validation"
+            f"{split.language}: its {split.validation_documents} held-out documents hold {available} validation "
+            f"samples of seq_length + 1 = {seq_length + 1} tokens, fewer than train.eval_samples={samples}: lower "
+            "train.eval_samples, raise data.validation_documents, or set train.eval_interval=0 to skip validation"
         )
-    starts = range(0, samples * seq_length, seq_length)[:max_samples][dp_rank::dp_size]
+    per_rank = samples // dp_size
+    starts = range(dp_rank * per_rank * seq_length, (dp_rank + 1) * per_rank * seq_length, seq_length)
     mine = [tokens[start : start + seq_length + 1].astype(np.int64) for start in starts]
     return [torch.from_numpy(np.stack(mine[i : i + micro_batch])) for i in range(0, len(mine), micro_batch)]

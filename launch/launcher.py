@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from launch import checkpoint, tracking
-from launch.data import BlendedDataset, TokenCorpus
+from launch.data import BlendedDataset, TokenCorpus, validation_batches
 from launch.layout import ParallelLayout
 from launch.local import run_local
 from launch.schemas import TrainJob
@@ -27,10 +27,17 @@ def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout, TokenCorpus]:
         )
     job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
     layout = ParallelLayout.for_world(job.parallel.tp, job.parallel.pp, job.parallel.dp or 1, None)
-    problems = layout.problems(job.model, job.train.micro_batch, job.train.global_batch)
+    problems = layout.problems(job.model, job.train)
     if problems:
         raise ValueError("impossible layout: " + "; ".join(problems))
     BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample
+    if job.train.eval_interval and not validation_batches(
+        corpus, job.model.seq_length, job.train.micro_batch, job.train.eval_samples, 0, layout.dp
+    ):
+        raise ValueError(
+            f"train.eval_interval={job.train.eval_interval} but data.validation_documents=0 holds nothing out for "
+            "validation: raise data.validation_documents or set train.eval_interval=0"
+        )
     return job, layout, corpus
 
 

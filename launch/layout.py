@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from launch.schedules import batch_sizes
+from launch.schemas import TrainConfig
 from model.config import ModelConfig
 
 
@@ -38,7 +40,7 @@ class ParallelLayout:
             raise ValueError(f"tp={tp} x pp={pp} x dp={dp} = {layout.world_size} ranks, but {world_size} processes")
         return layout
 
-    def problems(self, model: ModelConfig, micro_batch: int, global_batch: int) -> list[str]:
+    def problems(self, model: ModelConfig, train: TrainConfig) -> list[str]:
         """Every reason this layout cannot train `model` with these batches, one line each; [] if it can."""
         problems = []
         if model.num_heads % self.tp:
@@ -47,10 +49,21 @@ class ParallelLayout:
             problems.append(f"the MLP width {model.ffn_hidden_size} is not divisible by parallel.tp={self.tp}")
         if self.pp > model.num_layers:
             problems.append(f"parallel.pp={self.pp} stages for {model.num_layers} layers: use at most one per layer")
-        if global_batch % (micro_batch * self.dp):
+        per_step = train.micro_batch * self.dp
+        if train.global_batch % per_step:
             problems.append(
-                f"train.global_batch={global_batch} is not divisible by train.micro_batch={micro_batch} x "
-                f"dp={self.dp}: make it a multiple of {micro_batch * self.dp}"
+                f"train.global_batch={train.global_batch} is not divisible by train.micro_batch={train.micro_batch} x "
+                f"dp={self.dp}: make it a multiple of {per_step}"
+            )
+        if train.rampup.start and any(size % per_step for size in batch_sizes(train)):
+            problems.append(
+                f"the ramp-up batches (train.rampup.start={train.rampup.start}, increment={train.rampup.increment}) "
+                f"are not all multiples of train.micro_batch x dp = {per_step}: make both multiples of it"
+            )
+        if train.eval_interval and train.eval_samples % per_step:
+            problems.append(
+                f"train.eval_samples={train.eval_samples} is not divisible by train.micro_batch x dp = {per_step}: "
+                f"make it a multiple of {per_step}"
             )
         return problems
 

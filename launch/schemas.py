@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from omegaconf import MISSING
@@ -31,6 +31,23 @@ class ParallelConfig:
 
 
 @dataclass
+class BatchRampup:
+    """BLOOM's batch-size ramp-up: the global batch starts at `start` sequences and grows by `increment` at equal
+    intervals of samples until, after `samples` samples, it is train.global_batch. start=0: no ramp-up."""
+
+    start: int = 0
+    increment: int = 0
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        if self.start and (self.increment < 1 or self.samples < 1):
+            raise ValueError(
+                f"train.rampup.start={self.start} needs a positive train.rampup.increment and train.rampup.samples "
+                "(BLOOM-176B: start=192 increment=16 samples=9765625)"
+            )
+
+
+@dataclass
 class TrainConfig:
     steps: int = 20
     micro_batch: int = 2
@@ -48,6 +65,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # Stop (with a checkpoint) after this many steps of one launch; 0: run to train.steps.
     exit_after: int = 0
+    rampup: BatchRampup = field(default_factory=BatchRampup)
+    # Validation loss per language every eval_interval steps and at the end, on eval_samples held-out sequences of
+    # each language; 0: no validation.
+    eval_interval: int = 0
+    eval_samples: int = 8
 
     def __post_init__(self) -> None:
         if min(self.steps, self.micro_batch, self.global_batch) < 1:
@@ -58,6 +80,17 @@ class TrainConfig:
             raise ValueError("train.warmup_steps and train.exit_after must not be negative")
         if self.checkpoint_interval < 1 or self.keep_checkpoints < 1:
             raise ValueError("train.checkpoint_interval and train.keep_checkpoints must be at least 1")
+        if self.eval_interval < 0 or self.eval_samples < 1:
+            raise ValueError("train.eval_interval must not be negative (0: no validation) and train.eval_samples >= 1")
+        if self.rampup.start and not 0 < self.rampup.start < self.global_batch:
+            raise ValueError(
+                f"train.rampup.start={self.rampup.start} must be below train.global_batch={self.global_batch}"
+            )
+        if self.rampup.start and (self.global_batch - self.rampup.start) % self.rampup.increment:
+            raise ValueError(
+                f"train.rampup.increment={self.rampup.increment} steps from train.rampup.start={self.rampup.start} "
+                f"do not reach train.global_batch={self.global_batch}: make the difference a multiple of it"
+            )
 
 
 @dataclass

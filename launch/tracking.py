@@ -19,7 +19,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 RUN_FILE = "run.json"
-STEP_METRICS = {"loss": "train_loss", "lr": "lr", "grad_norm": "grad_norm", "tokens_per_second": "tokens_per_second"}
+STEP_METRICS = {"loss": "train_loss", "lr": "lr", "grad_norm": "grad_norm", "batch_size": "batch_size",
+                "tokens_per_second": "tokens_per_second"}  # fmt: skip
+# Validation: the mean over languages, and each language as val_loss/<language>.
+VALIDATION_METRIC = "val_loss"
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,26 @@ class StepLogger:
     def __init__(self, run_dir: Path) -> None:
         self.tracked = TrackedRun(**json.loads((run_dir / RUN_FILE).read_text()))
         self.client = MlflowClient(self.tracked.tracking_uri)
-        history = self.client.get_metric_history(self.tracked.run_id, "train_loss")
-        self.logged_up_to = max((metric.step for metric in history), default=0)
+        self.logged_up_to = {series: self._last_step(series) for series in ("train_loss", VALIDATION_METRIC)}
 
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if step <= self.logged_up_to:
+    def _last_step(self, series: str) -> int:
+        return max((metric.step for metric in self.client.get_metric_history(self.tracked.run_id, series)), default=0)
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        named = {STEP_METRICS[key]: value for key, value in values.items() if key in STEP_METRICS}
+        self._log("train_loss", step, named)
+
+    def log_validation(self, step: int, losses: dict[str, float]) -> None:
+        per_language = {f"{VALIDATION_METRIC}/{language}": loss for language, loss in losses.items()}
+        self._log(VALIDATION_METRIC, step, {VALIDATION_METRIC: sum(losses.values()) / len(losses), **per_language})
+
+    def _log(self, series: str, step: int, values: dict[str, float]) -> None:
+        if step <= self.logged_up_to[series]:
             return
         now = int(time.time() * 1000)
-        metrics = [Metric(STEP_METRICS[key], value, now, step) for key, value in values.items() if key in STEP_METRICS]
+        metrics = [Metric(name, value, now, step) for name, value in values.items()]
         self.client.log_batch(self.tracked.run_id, metrics=metrics)
-        self.logged_up_to = step
+        self.logged_up_to[series] = step
 
 
 def ui_command(tracked: TrackedRun) -> str:

@@ -1,15 +1,15 @@
 """The training loop on every rank: DeepSpeed pipeline engine (ZeRO-1) over megatron-core TP layers.
 
-Rank 0 reports each optimizer step (loss, learning rate, gradient norm, tokens/s) to the `on_step` callback; the
-loss is the global batch's mean, the same on every rank.
+Each optimizer step (loss, learning rate, gradient norm, batch size, tokens/s) and each validation (loss per language)
+goes to the callbacks; losses are means over the global batch (or the validation samples), the same on every rank.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import deepspeed
 import torch
@@ -17,6 +17,7 @@ from megatron.core import parallel_state
 
 from launch.data import BlendedDataset, micro_batches
 from launch.layout import ParallelLayout
+from launch.schedules import batch_size_at, lr_at, samples_before
 from launch.schemas import Precision, TrainConfig
 from model.bloom import parallel_config
 from model.config import ModelConfig
@@ -29,15 +30,8 @@ class StepRecord:
     loss: float
     lr: float
     grad_norm: float
+    batch_size: int
     tokens_per_second: float
-
-
-def lr_at(step: int, train: TrainConfig) -> float:
-    """Linear warm-up to train.lr, then cosine decay to train.min_lr at the last step (BLOOM's schedule)."""
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    progress = (step - train.warmup_steps) / max(train.steps - train.warmup_steps, 1)
-    return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _optimizer(module: torch.nn.Module, train: TrainConfig) -> torch.optim.AdamW:
@@ -74,46 +68,78 @@ def build_engine(model: ModelConfig, layout: ParallelLayout, train: TrainConfig,
     return engine
 
 
-def _pairs(batches: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _pairs(batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Micro-batches of seq+1 tokens as (inputs, labels), the pair a DeepSpeed pipeline expects."""
     for batch in batches:
         yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
 
+def validate(engine, batches: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Mean validation loss per language over all data-parallel ranks, the same on every rank.
+
+    Forward passes advance the pipeline's dropout reseed counter; it is put back so that training continues exactly
+    as it would have without validation.
+    """
+    forwards_before = engine.module.micro_offset
+    losses = {
+        language: float(engine.eval_batch(_pairs(micro), num_micro_batches=len(micro)))
+        for language, micro in batches.items()
+    }
+    engine.module.micro_offset = forwards_before
+    return losses
+
+
+@dataclass
+class Callbacks:
+    """What the loop reports to (rank 0 prints and logs; other ranks ignore) and how it saves a checkpoint."""
+
+    on_step: Callable[[StepRecord], None]
+    on_validation: Callable[[int, dict[str, float]], None]
+    save: Callable[[int], None]
+
+
 def train_steps(
     engine,
     dataset: BlendedDataset,
+    validation: dict[str, list[torch.Tensor]],
     layout: ParallelLayout,
     train: TrainConfig,
     seq_length: int,
     first_step: int,
-    on_step: Callable[[StepRecord], None],
-    save: Callable[[int], None],
+    callbacks: Callbacks,
 ) -> int:
-    """Optimizer steps after `first_step` (steps done), saving every train.checkpoint_interval and at the end.
+    """Optimizer steps after `first_step` (steps done); validation every train.eval_interval steps and at the end;
+    a checkpoint every train.checkpoint_interval steps and at the end.
 
-    Stops early, with a checkpoint, after train.exit_after steps of this launch. The data position follows from the
-    step (samples consumed). Returns the last step done.
+    Stops early, with a checkpoint, after train.exit_after steps of this launch. The data position and the batch size
+    follow from the step (samples consumed). Returns the last step done.
     """
     dp_rank = parallel_state.get_data_parallel_rank()
-    batches = micro_batches(dataset, first_step * train.global_batch, train.global_batch, train.micro_batch,
-                            dp_rank, layout.dp)  # fmt: skip
-    data = _pairs(batches)
+    consumed = samples_before(first_step, train)
     last = train.steps if not train.exit_after else min(train.steps, first_step + train.exit_after)
     for step in range(first_step, last):
+        batch_size = batch_size_at(consumed, train)
+        if batch_size != engine.train_batch_size():
+            engine.set_train_batch_size(batch_size)
+        micro = micro_batches(dataset, consumed, batch_size, train.micro_batch, dp_rank, layout.dp)
         start = time.perf_counter()
-        loss = engine.train_batch(data_iter=data)
+        loss = engine.train_batch(data_iter=_pairs(islice(micro, engine.gradient_accumulation_steps())))
         seconds = time.perf_counter() - start
+        consumed += batch_size
         grad_norm = engine.get_global_grad_norm()
-        on_step(
+        callbacks.on_step(
             StepRecord(
                 step=step + 1,
                 loss=float(loss),
                 lr=lr_at(step, train),
                 grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-                tokens_per_second=train.global_batch * seq_length / seconds,
+                batch_size=batch_size,
+                tokens_per_second=batch_size * seq_length / seconds,
             )
         )
-        if (step + 1) % train.checkpoint_interval == 0 or step + 1 == last:
-            save(step + 1)
+        done = step + 1
+        if validation and train.eval_interval and (done % train.eval_interval == 0 or done == train.steps):
+            callbacks.on_validation(done, validate(engine, validation))
+        if done % train.checkpoint_interval == 0 or done == last:
+            callbacks.save(done)
     return last

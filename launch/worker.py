@@ -10,21 +10,23 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from statistics import mean
 
 import torch
 from megatron.core import parallel_state
 from omegaconf import OmegaConf
 
 from launch import checkpoint
-from launch.data import BlendedDataset, TokenCorpus
+from launch.data import BlendedDataset, TokenCorpus, validation_batches
 from launch.device import init_distributed, seed_everything
 from launch.launcher import CHECKPOINTS, JOB_FILE
 from launch.layout import ParallelLayout
 from launch.schemas import TrainJob
 from launch.tracking import StepLogger
-from launch.trainer import StepRecord, build_engine, train_steps
+from launch.trainer import Callbacks, StepRecord, build_engine, train_steps
 
 METRICS_FILE = "metrics.jsonl"
+VALIDATION_FILE = "validation.jsonl"
 
 
 def load_job(run_dir: Path) -> TrainJob:
@@ -32,23 +34,40 @@ def load_job(run_dir: Path) -> TrainJob:
     return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(run_dir / JOB_FILE)))
 
 
-def _reporter(run_dir: Path, rank: int):
-    """Rank 0 prints one line a step, logs it to MLflow and appends it to metrics.jsonl; other ranks stay quiet."""
-    if rank != 0:
-        return lambda record: None
-    mlflow = StepLogger(run_dir)
+class Reporter:
+    """Rank 0 prints one line a step, logs it to MLflow and appends it to metrics.jsonl (validation: to
+    validation.jsonl); other ranks stay quiet."""
 
-    def report(record: StepRecord) -> None:
-        mlflow.log(record.step, asdict(record))
+    def __init__(self, run_dir: Path, rank: int) -> None:
+        self.run_dir = run_dir
+        self.mlflow = StepLogger(run_dir) if rank == 0 else None
+
+    def step(self, record: StepRecord) -> None:
+        if self.mlflow is None:
+            return
+        self.mlflow.log_step(record.step, asdict(record))
         print(
             f"step {record.step:>6}  loss {record.loss:.4f}  lr {record.lr:.3e}  grad norm {record.grad_norm:.3f}  "
-            f"{record.tokens_per_second:,.0f} tokens/s",
+            f"batch {record.batch_size}  {record.tokens_per_second:,.0f} tokens/s",
             flush=True,
         )
-        with (run_dir / METRICS_FILE).open("a") as metrics:
-            metrics.write(json.dumps(asdict(record)) + "\n")
+        self._append(METRICS_FILE, asdict(record))
 
-    return report
+    def validation(self, step: int, losses: dict[str, float]) -> None:
+        if self.mlflow is None:
+            return
+        self.mlflow.log_validation(step, losses)
+        ranked = sorted(losses, key=losses.__getitem__)
+        print(
+            f"validation at step {step}: loss {mean(losses.values()):.4f} over {len(losses)} languages "
+            f"(lowest {ranked[0]} {losses[ranked[0]]:.4f}, highest {ranked[-1]} {losses[ranked[-1]]:.4f})",
+            flush=True,
+        )
+        self._append(VALIDATION_FILE, {"step": step, "loss": losses})
+
+    def _append(self, name: str, record: dict) -> None:
+        with (self.run_dir / name).open("a") as file:
+            file.write(json.dumps(record) + "\n")
 
 
 def main(run_dir: Path) -> None:
@@ -60,6 +79,10 @@ def main(run_dir: Path) -> None:
     seed_everything(job.seed)
     corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
     dataset = BlendedDataset(corpus, job.data, job.model.seq_length)
+    validation = {}
+    if job.train.eval_interval:
+        validation = validation_batches(corpus, job.model.seq_length, job.train.micro_batch, job.train.eval_samples,
+                                        parallel_state.get_data_parallel_rank(), layout.dp)  # fmt: skip
     engine = build_engine(job.model, layout, job.train, job.parallel.zero_stage, job.seed,
                           job.parallel.activation_checkpointing)  # fmt: skip
     directory = run_dir / CHECKPOINTS
@@ -72,7 +95,9 @@ def main(run_dir: Path) -> None:
     def save(step: int) -> None:
         checkpoint.save(engine, directory, step, job.train.keep_checkpoints)
 
-    train_steps(engine, dataset, layout, job.train, job.model.seq_length, first_step, _reporter(run_dir, rank), save)
+    reporter = Reporter(run_dir, rank)
+    callbacks = Callbacks(on_step=reporter.step, on_validation=reporter.validation, save=save)
+    train_steps(engine, dataset, validation, layout, job.train, job.model.seq_length, first_step, callbacks)
     torch.distributed.barrier()
 
 

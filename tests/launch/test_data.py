@@ -239,17 +239,18 @@ def test_validation_documents_never_reach_training(tokens_dir: Path) -> None:
 
 def test_validation_batches_cut_the_held_out_tokens_and_split_them_over_ranks(tokens_dir: Path) -> None:
     corpus = TokenCorpus(tokens_dir, HELD_OUT)
-    whole = validation_batches(corpus, SEQ, micro_batch=2)
+    whole = validation_batches(corpus, SEQ, micro_batch=2, samples=4)
     assert sorted(whole) == sorted(CORPUS_LINES)
     for language, batches in whole.items():
         tokens = corpus.splits[language].validation_tokens
+        assert [len(batch) for batch in batches] == [2, 2]
         samples = torch.cat(batches)
-        assert len(samples) == (tokens.size - 1) // SEQ and all(len(batch) <= 2 for batch in batches)
         for j, sample in enumerate(samples):
             np.testing.assert_array_equal(sample.numpy(), tokens[j * SEQ : j * SEQ + SEQ + 1])
-        ranks = [torch.cat(validation_batches(corpus, SEQ, 2, 3, rank, 2)[language]) for rank in range(2)]
-        assert torch.equal(torch.cat([ranks[0][0:1], ranks[1][0:1], ranks[0][1:2]]), samples[:3])
-    assert validation_batches(TokenCorpus(tokens_dir, 0), SEQ, 2) == {}
+        ranks = [validation_batches(corpus, SEQ, 1, 4, rank, 2)[language] for rank in range(2)]
+        assert [len(batches) for batches in ranks] == [2, 2]
+        assert torch.equal(torch.cat(ranks[0] + ranks[1]), samples)
+    assert validation_batches(TokenCorpus(tokens_dir, 0), SEQ, 2, 4) == {}
 
 
 def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: Path, tmp_path: Path) -> None:
@@ -268,7 +269,9 @@ def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: P
     zho = TokenCorpus(tokens_dir, HELD_OUT).splits["zho_Hans"].train_tokens.size
     fails("zho_Hans: its training split holds", lambda: dataset(tokens_dir, seq_length=zho))
     assert "zho_Hans" not in dataset(tokens_dir, seq_length=zho, weights={"eng_Latn": 1}).sequences
-    fails("validation_documents=0 to skip", lambda: validation_batches(TokenCorpus(tokens_dir, 1), 4096, 1))
+    one_held_out = TokenCorpus(tokens_dir, 1)
+    fails("train.eval_interval=0 to skip", lambda: validation_batches(one_held_out, 4096, 1, 1))
+    fails("multiple of micro_batch=2 x dp_size=2", lambda: validation_batches(one_held_out, 8, 2, 6, 0, 2))
     fails("not a multiple of micro_batch", lambda: micro_batches(dataset(tokens_dir), 0, 12, 4, 0, 2))
     fails("dp_rank=2 in", lambda: micro_batches(dataset(tokens_dir), 0, 8, 2, 2, 2))
     fails("seq_length=0", lambda: dataset(tokens_dir, seq_length=0))

@@ -86,3 +86,12 @@ def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_
     err = capsys.readouterr().err.strip()
     assert err.startswith("corolla: error: checkpoint file") and "truncated" in err and "\n" not in err
     assert {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")} == before
+
+
+def test_validation_leaves_training_as_it_would_be_without(tokens: Path, uninterrupted, tmp_path: Path) -> None:  # noqa: F811
+    # Validating after every step runs forward passes between steps; dropout masks must not shift because of them.
+    run_dir = tmp_path / "run"
+    assert train(run_dir, tokens, "train.eval_interval=1") == 0
+    assert losses(run_dir) == uninterrupted
+    steps = [json.loads(line)["step"] for line in (run_dir / "validation.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

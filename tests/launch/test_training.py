@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from conftest import cut_corpus
 from launch.cli import main
+from launch.tracking import RUN_FILE
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.encode import encode_corpus
 from tokenizer.train import train_tokenizer
@@ -37,12 +39,23 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train(run_dir: Path, tokens: Path, *overrides: str) -> list[dict]:
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, *overrides]) == 0
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records(run_dir)
+
+
+def records(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def one_process(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    return train(tmp_path_factory.mktemp("single") / "run", tokens)
+def one_process_run(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    train(run_dir, tokens)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_process(one_process_run: Path) -> list[dict]:
+    return records(one_process_run)
 
 
 def test_one_process_learns(one_process: list[dict]) -> None:
@@ -51,13 +64,44 @@ def test_one_process_learns(one_process: list[dict]) -> None:
     assert all(record["grad_norm"] > 0 and record["tokens_per_second"] > 0 for record in one_process)
 
 
+def test_validation_loss_per_language_is_logged_at_the_end(one_process: list[dict], one_process_run: Path) -> None:
+    run_dir = one_process_run
+    [validation] = records(run_dir, "validation.jsonl")  # train.eval_interval=10 > train.steps=4: at the end only
+    assert validation["step"] == 4 and sorted(validation["loss"]) == LANGUAGES
+    assert all(abs(loss - one_process[-1]["loss"]) < 1.0 for loss in validation["loss"].values())
+    tracked = json.loads((run_dir / RUN_FILE).read_text())
+    client = MlflowClient(tracked["tracking_uri"])
+    for language, loss in validation["loss"].items():
+        [metric] = client.get_metric_history(tracked["run_id"], f"val_loss/{language}")
+        assert (metric.step, metric.value) == (4, pytest.approx(loss))
+    [mean] = client.get_metric_history(tracked["run_id"], "val_loss")
+    assert mean.value == pytest.approx(sum(validation["loss"].values()) / len(LANGUAGES))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_every_layout_gives_the_one_process_losses(layout: str, tokens: Path, one_process, tmp_path: Path) -> None:
-    records = train(tmp_path / "run", tokens, *LAYOUTS[layout])
-    assert len(records) == len(one_process)
-    for record, reference in zip(records, one_process, strict=True):
+def test_every_layout_gives_the_one_process_losses(layout, tokens, one_process, one_process_run, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    losses = train(run_dir, tokens, *LAYOUTS[layout])
+    assert len(losses) == len(one_process)
+    for record, reference in zip(losses, one_process, strict=True):
         assert abs(record["loss"] - reference["loss"]) <= 1e-5, (layout, record, reference)
         assert record["lr"] == reference["lr"]
+    [validation], [reference] = records(run_dir, "validation.jsonl"), records(one_process_run, "validation.jsonl")
+    assert validation["loss"] == pytest.approx(reference["loss"], abs=1e-5)
+
+
+def test_batch_rampup_in_3d_gives_the_one_process_losses_and_resumes(tokens: Path, tmp_path: Path) -> None:
+    # Batches 4, 4, 6, 6, 8, 8: start 4, +2 every 16 / 2 samples; micro-batch 1 so that DP=2 divides every size.
+    rampup = ["train.steps=6", "train.micro_batch=1", "train.rampup.start=4", "train.rampup.increment=2",
+              "train.rampup.samples=16"]  # fmt: skip
+    single = train(tmp_path / "single", tokens, *rampup)
+    assert [record["batch_size"] for record in single] == [4, 4, 6, 6, 8, 8]
+    stopped = train(tmp_path / "3d", tokens, *rampup, "parallel=3d", "train.exit_after=3")
+    assert [record["step"] for record in stopped] == [1, 2, 3]
+    resumed = train(tmp_path / "3d", tokens, *rampup, "parallel=3d")
+    assert [record["batch_size"] for record in resumed] == [4, 4, 6, 6, 8, 8]
+    for record, reference in zip(resumed, single, strict=True):
+        assert abs(record["loss"] - reference["loss"]) <= 1e-5, (record, reference)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +110,12 @@ def test_every_layout_gives_the_one_process_losses(layout: str, tokens: Path, on
         (["parallel.tp=3"], "model.num_heads=4 is not divisible by parallel.tp=3"),
         (["parallel.pp=3"], "parallel.pp=3 stages for 2 layers"),
         (["parallel.dp=3"], "train.global_batch=8 is not divisible by train.micro_batch=2 x dp=3"),
+        (
+            ["parallel.dp=2", "train.rampup.start=4", "train.rampup.increment=2", "train.rampup.samples=16"],
+            "ramp-up batches (train.rampup.start=4, increment=2) are not all multiples of train.micro_batch x dp = 4",
+        ),
+        (["train.eval_samples=3"], "train.eval_samples=3 is not divisible by train.micro_batch x dp = 2"),
+        (["train.eval_samples=1000"], "fewer than train.eval_samples=1000"),
         (["model.vocab_size=5000"], "model.vocab_size=5000 but the tokenizer of"),
     ],
 )
