@@ -1,0 +1,300 @@
+"""`corolla status | logs | cancel` on run directories built by hand, and on real jobs of a local Slurm cluster."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from slurm.monitor import CancelJob, LogsJob, StatusJob, cancel, show_logs, show_status
+from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
+
+T0 = 1_790_000_000.0  # the first launch, in September 2026
+
+JOB_YAML = """\
+model:
+  name: bloom-test
+  hidden_size: 64
+  num_layers: 2
+  num_heads: 4
+  seq_length: 128
+  vocab_size: 1000
+parallel:
+  tp: 2
+  pp: 1
+  dp: {dp}
+  zero_stage: 1
+train:
+  steps: 20
+  micro_batch: 2
+  global_batch: 8
+  lr: 0.0006
+  eval_interval: 5
+cluster:
+  name: {cluster}
+  scheduler: {scheduler}
+  nodes: 1
+  tasks_per_node: 4
+  max_restarts: 3
+tracking:
+  experiment: corolla
+run_dir: {run_dir}
+seed: 1234
+"""
+
+
+# Here rather than in a conftest.py: tests import the top conftest as `conftest`, and a second one would shadow it.
+@pytest.fixture(scope="module")
+def slurm_cluster() -> Iterator[TestCluster]:
+    """One node, n1, with 2 CPUs, and accounting (sacct); the process environment points at it."""
+    with (
+        temporary_cluster(ClusterSpec(nodes=1, cpus_per_node=2, accounting=True)) as cluster,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        for name, value in cluster.env.items():
+            patch.setenv(name, value)
+        yield cluster
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with path.open("a") as file:
+        file.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def make_run(run_dir: Path, cluster: str = "local", dp: int = 2) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scheduler = "local" if cluster == "local" else "slurm"
+    (run_dir / "job.yaml").write_text(JOB_YAML.format(dp=dp, cluster=cluster, scheduler=scheduler, run_dir=run_dir))
+    return run_dir
+
+
+def step(number: int, loss: float, tokens_per_second: float) -> dict:
+    return {"step": number, "loss": loss, "lr": 6e-4, "grad_norm": 1.5, "batch_size": 8,
+            "tokens_per_second": tokens_per_second}  # fmt: skip
+
+
+def make_trained_run(run_dir: Path) -> Path:
+    """Three launches on one host: the first crashes after step 8 (checkpoint at 5), the second redoes 6-8 and
+    stops cleanly on SIGTERM after step 10 (checkpoint at 10), the third resumes at 10 and is at step 12 of 20."""
+    make_run(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    # 8 x 128 tokens a step: 1024 tokens/s is 1 s a step, 512 is 2 s. The first launch's steps 6-8 (8 s each) are
+    # lost with it: counted, they would move both medians.
+    write_jsonl(metrics, [step(n, 9.0 - n / 10, 1024) for n in range(1, 6)])
+    write_jsonl(metrics, [step(n, 1.0, 128) for n in range(6, 9)])
+    write_jsonl(metrics, [step(n, 8.0 - n / 10, 512) for n in range(6, 11)])
+    with metrics.open("a") as file:
+        file.write(json.dumps(step(11, 4.5, 256)) + "\n" + json.dumps(step(12, 4.25, 256)) + "\n")
+        file.write('{"step": 13, "loss": 4.1')  # cut short: the process is writing it, or died doing so
+    write_jsonl(run_dir / "validation.jsonl", [
+        {"step": 5, "loss": {"eng_Latn": 6.0, "fra_Latn": 6.5}},
+        {"step": 10, "loss": {"eng_Latn": 5.0, "fra_Latn": 5.5}},
+    ])  # fmt: skip
+    write_jsonl(run_dir / "history.jsonl", [
+        {"event": "start", "time": T0, "host": "gpu-box", "resumed_from_step": 0, "steps_redone": 0},
+        {"event": "start", "time": T0 + 600, "host": "gpu-box", "resumed_from_step": 5, "steps_redone": 3},
+        {"event": "stopped", "time": T0 + 900, "step": 10, "signal": "SIGTERM"},
+        {"event": "start", "time": T0 + 3600, "host": "gpu-box", "resumed_from_step": 10, "steps_redone": 0},
+    ])  # fmt: skip
+    checkpoints = run_dir / "checkpoints"
+    for saved in (5, 10):
+        (checkpoints / f"step-{saved:08d}").mkdir(parents=True)
+        (checkpoints / f"step-{saved:08d}" / "COMPLETE").write_text(json.dumps({"step": saved, "files": {}}))
+    (checkpoints / "step-00000012").mkdir()  # a save that crashed before COMPLETE
+    (checkpoints / "latest").write_text("step-00000010\n")
+    tracked = {"tracking_uri": f"sqlite:///{run_dir}/mlflow.db", "run_id": "5f1e0c3a9b", "experiment_id": "1"}
+    (run_dir / "run.json").write_text(json.dumps(tracked))
+    return run_dir
+
+
+def status_of(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    show_status(StatusJob(run_dir=str(run_dir)))
+    return capsys.readouterr().out
+
+
+def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = make_trained_run(tmp_path / "run")
+    at = [datetime.fromtimestamp(T0 + offset).strftime("%Y-%m-%d %H:%M:%S") for offset in (0, 600, 900, 3600)]
+    # Steps 3-12, the last record of each: 1 s a step for 3-5, 2 s for 6-10, 4 s for 11-12; 8 steps left x 2 s.
+    assert status_of(run_dir, capsys).splitlines() == [
+        f"run        {run_dir}",
+        "model      bloom-test, TP 2 x PP 1 x DP 2, 8 sequences x 128 tokens a step",
+        "cluster    local",
+        "history    2 restarts, 1 failure (cluster.max_restarts=3)",
+        f"           {at[0]}  start     on gpu-box, from scratch, 0 steps redone",
+        f"           {at[1]}  start     on gpu-box, resumed from step 5, 3 steps redone",
+        f"           {at[2]}  stopped   at step 10 (SIGTERM)",
+        f"           {at[3]}  start     on gpu-box, resumed from step 10, 0 steps redone",
+        "progress   step 12 of 20, loss 4.2500",
+        "speed      512 tokens/s, 2.00 s a step (median of the last 10 steps)",
+        "eta        16s (8 steps left)",
+        "validation step 10, loss 5.2500 (mean of 2 languages)",
+        f"checkpoint step 10: {run_dir}/checkpoints/step-00000010",
+        f"mlflow     run 5f1e0c3a9b at sqlite:///{run_dir}/mlflow.db",
+    ]
+
+
+def test_status_of_a_run_that_has_not_started(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = make_run(tmp_path / "run", cluster="testcluster", dp=0)
+    output = status_of(run_dir, capsys)
+    assert "TP 2 x PP 1 x DP 2," in output  # dp=0: 1 node x 4 ranks / TP 2
+    for expected in ["no start recorded yet", "no step logged yet, 20 to do", "checkpoint none yet", "no run recorded"]:
+        assert expected in output
+
+
+def test_a_finished_run_has_no_eta_and_a_broken_pointer_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = make_trained_run(tmp_path / "run")
+    write_jsonl(run_dir / "metrics.jsonl", [step(n, 3.0, 1024) for n in range(13, 21)])
+    (run_dir / "checkpoints" / "latest").write_text("step-00000012\n")
+    output = status_of(run_dir, capsys)
+    assert "step 20 of 20, loss 3.0000" in output and "eta        done" in output
+    assert f"{run_dir}/checkpoints/latest names step-00000012, which is not a complete checkpoint" in output
+
+
+@pytest.mark.parametrize(
+    ("layout", "command", "message"),
+    [
+        ("missing", StatusJob, "is not a directory: pass the run directory that `corolla train` or `corolla submit`"),
+        ("empty", StatusJob, "is not a corolla run directory (it has no job.yaml)"),
+        ("not-a-job", StatusJob, "job.yaml is not a corolla job: restore it from MLflow"),
+        ("bad-jobs-file", StatusJob, "slurm-jobs.json is not a JSON list of Slurm job ids"),
+        ("local", LogsJob, "is a local run (no slurm-jobs.json): `corolla logs` is for runs sent to Slurm"),
+        ("local", CancelJob, "is a local run (no slurm-jobs.json): `corolla cancel` is for runs sent to Slurm"),
+    ],
+)
+def test_bad_run_dirs_are_one_line_errors(tmp_path: Path, layout: str, command: type, message: str) -> None:
+    run_dir = tmp_path / "run"
+    if layout != "missing":
+        run_dir.mkdir()
+    if layout in ("not-a-job", "bad-jobs-file", "local"):
+        make_run(run_dir)
+    if layout == "not-a-job":
+        (run_dir / "job.yaml").write_text("- just\n- a list\n")
+    if layout == "bad-jobs-file":
+        (run_dir / "slurm-jobs.json").write_text('{"job": 12}\n')
+    function = {StatusJob: show_status, LogsJob: show_logs, CancelJob: cancel}[command]
+    with pytest.raises(ValueError) as raised:
+        function(command(run_dir=str(run_dir)))
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_logs_arguments_are_checked(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run", cluster="testcluster")
+    (run_dir / "slurm-jobs.json").write_text('["41"]\n')
+    with pytest.raises(ValueError, match="lines must be at least 1"):
+        show_logs(LogsJob(run_dir=str(run_dir), lines=0))
+
+
+def test_status_says_when_slurm_cannot_be_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = make_trained_run(tmp_path / "run")
+    (run_dir / "slurm-jobs.json").write_text('["41", "42"]\n')
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    output = status_of(run_dir, capsys)
+    assert "slurm      job 42 (latest of 2: 41 before): cannot ask Slurm (scontrol not found)" in output
+    assert "progress   step 12 of 20" in output  # the rest is still there
+    with pytest.raises(RuntimeError, match="cannot ask Slurm about job 42 \\(scontrol not found\\)"):
+        cancel(CancelJob(run_dir=str(run_dir)))
+
+
+def sbatch(cluster: TestCluster, run_dir: Path, *arguments: str) -> str:
+    logs = run_dir / "slurm"
+    logs.mkdir(exist_ok=True)
+    output = [f"--output={logs}/%j_0_log.out", f"--error={logs}/%j_0_log.err"]
+    job_id = cluster.run("sbatch", "--parsable", *output, *arguments).stdout.strip()
+    jobs_file = run_dir / "slurm-jobs.json"
+    jobs = json.loads(jobs_file.read_text()) if jobs_file.exists() else []
+    jobs_file.write_text(json.dumps([*jobs, job_id]) + "\n")
+    return job_id
+
+
+def queued(cluster: TestCluster, job_id: str) -> bool:
+    return bool(cluster.run("squeue", "--noheader", "--jobs", job_id, check=False).stdout.strip())
+
+
+def accounted_state(cluster: TestCluster, job_id: str) -> str:
+    return cluster.run("sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State").stdout.strip()
+
+
+def test_status_logs_and_cancel_of_a_running_job(
+    slurm_cluster: TestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = make_run(tmp_path / "run", cluster="testcluster")
+    earlier = sbatch(slurm_cluster, run_dir, "--wait", "--wrap=echo an earlier job")
+    script = "echo started on $(hostname); for n in 1 2 3; do echo line $n; done; echo a warning >&2; sleep 60"
+    job_id = sbatch(slurm_cluster, run_dir, f"--wrap={script}")
+    out_log, err_log = run_dir / "slurm" / f"{job_id}_0_log.out", run_dir / "slurm" / f"{job_id}_0_log.err"
+    assert wait_for(lambda: out_log.exists() and "line 3" in out_log.read_text(), timeout=20, interval=0.2)
+
+    status = status_of(run_dir, capsys)
+    assert f"slurm      job {job_id} (latest of 2: {earlier} before): RUNNING, on n1, run time 00:00:" in status
+    assert "restarts 0 (from scontrol)" in status
+
+    show_logs(LogsJob(run_dir=str(run_dir)))
+    assert capsys.readouterr().out.splitlines() == [
+        f"==> {out_log} <==", "started on n1", "line 1", "line 2", "line 3", "", f"==> {err_log} <==", "a warning",
+    ]  # fmt: skip
+    show_logs(LogsJob(run_dir=str(run_dir), rank=0, lines=2))
+    assert capsys.readouterr().out.splitlines() == [
+        f"==> {out_log} <==", "line 2", "line 3", "", f"==> {err_log} <==", "a warning"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=f"rank=3: Slurm job {job_id} has logs of ranks 0: choose one of them"):
+        show_logs(LogsJob(run_dir=str(run_dir), rank=3))
+
+    cancel(CancelJob(run_dir=str(run_dir)))
+    said = capsys.readouterr().out
+    assert said.startswith(f"cancelled Slurm job {job_id} (was RUNNING, on n1, run time ")
+    assert "; Slurm now says CANCELLED" in said
+    assert wait_for(lambda: not queued(slurm_cluster, job_id), timeout=15, interval=0.2)
+    assert wait_for(lambda: accounted_state(slurm_cluster, job_id).startswith("CANCELLED"), timeout=15, interval=0.5)
+    assert accounted_state(slurm_cluster, earlier) == "COMPLETED"
+
+    status = status_of(run_dir, capsys)
+    assert f"job {job_id} (latest of 2: {earlier} before): CANCELLED by 0, exit code 0:0, ran 00:00:" in status
+    assert "on n1, started 20" in status and "(from sacct)" in status
+
+    cancel(CancelJob(run_dir=str(run_dir)))
+    assert capsys.readouterr().out == f"Slurm job {job_id} has already ended (CANCELLED by 0): nothing to cancel\n"
+
+
+def test_status_of_an_ended_job_without_sacct(
+    slurm_cluster: TestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = make_run(tmp_path / "run", cluster="testcluster")
+    job_id = sbatch(slurm_cluster, run_dir, "--wrap=exit 3")
+    assert wait_for(lambda: "JobState=FAILED" in slurm_cluster.run("scontrol", "show", "job", job_id).stdout, 15, 0.2)
+    # Slurm's clients without sacct: what a cluster without accounting offers.
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    for name in ("scontrol", "squeue", "scancel"):
+        (clients / name).symlink_to(shutil.which(name) or name)
+    monkeypatch.setenv("PATH", str(clients))
+    status = status_of(run_dir, capsys)
+    assert f"slurm      job {job_id}: FAILED, exit code 3:0, ran 00:00:0" in status
+    assert "(from scontrol; sacct unavailable (sacct not found))" in status
+
+
+def test_a_pending_job_shows_its_reason_and_can_be_cancelled(
+    slurm_cluster: TestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = make_run(tmp_path / "run", cluster="testcluster")
+    blocker = sbatch(slurm_cluster, tmp_path, "--cpus-per-task=2", "--wrap=sleep 60")
+    try:
+        job_id = sbatch(slurm_cluster, run_dir, "--cpus-per-task=2", "--wrap=sleep 60")
+        status = status_of(run_dir, capsys)
+        assert f"slurm      job {job_id}: PENDING, reason " in status
+        assert "run time 00:00:00 of " in status and " on n1" not in status
+        show_logs(LogsJob(run_dir=str(run_dir)))
+        assert capsys.readouterr().out.startswith(f"Slurm job {job_id} has no logs in {run_dir}/slurm yet")
+        cancel(CancelJob(run_dir=str(run_dir)))
+        assert capsys.readouterr().out.startswith(f"cancelled Slurm job {job_id} (was PENDING, reason ")
+        assert wait_for(lambda: not queued(slurm_cluster, job_id), timeout=15, interval=0.2)
+    finally:
+        slurm_cluster.run("scancel", blocker)
