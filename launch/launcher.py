@@ -12,13 +12,18 @@ from launch.data import BlendedDataset, TokenCorpus, validation_batches
 from launch.layout import ParallelLayout
 from launch.local import run_local
 from launch.schemas import TrainJob
+from tokenizer.cache import cached_token_files
 
 JOB_FILE = "job.yaml"
 CHECKPOINTS = "checkpoints"
 
 
 def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout, TokenCorpus]:
-    """The job with the tokenizer's vocabulary filled in, its layout and data; one-line ValueError if it cannot run."""
+    """The job with its token files and the tokenizer's vocabulary filled in, its layout and data; a one-line
+    ValueError if it cannot run."""
+    if job.data.tokens_dir is None:
+        tokens_dir = cached_token_files(job.tokenizer, job.data.corpus, job.data.cache_dir, job.seed)
+        job = replace(job, data=replace(job.data, tokens_dir=str(tokens_dir)))
     corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
     if job.model.vocab_size and job.model.vocab_size != corpus.vocab_size:
         raise ValueError(

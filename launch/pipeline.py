@@ -19,7 +19,7 @@ from tokenizer.train import is_current, train_tokenizer
 
 
 def _tokenizer(job: PipelineJob, tokenizer_dir: Path) -> None:
-    train_job = TokenizerTrainJob(job.tokenizer, job.corpus, str(tokenizer_dir), job.seed, overwrite=True)
+    train_job = TokenizerTrainJob(job.tokenizer, job.data.corpus, str(tokenizer_dir), job.seed, overwrite=True)
     if is_current(train_job):
         print(f"      up to date: {tokenizer_dir}")
     else:
@@ -43,7 +43,7 @@ def run_pipeline(job: PipelineJob) -> None:
     paths = write_report(report, report_dir)
     print(format_summary(report))
     print(f"[3/5] token files for training in {job.data.tokens_dir}")
-    manifest = encode_corpus(str(tokenizer_dir), job.corpus, job.data.tokens_dir)
+    manifest = encode_corpus(str(tokenizer_dir), job.data.corpus, job.data.tokens_dir)
     print(f"      {manifest['totals']['tokens']:,} tokens in {len(manifest['languages'])} languages")
     print(f"[4/5] training {job.model.name}, {job.train.steps} steps")
     training = {field.name: getattr(job, field.name) for field in fields(TrainJob)}

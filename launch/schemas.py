@@ -103,6 +103,8 @@ class TrackingConfig:
 @dataclass
 class TrainJob:
     model: ModelConfig = MISSING
+    # The tokenizer that encodes data.corpus when data.tokens_dir is not given.
+    tokenizer: TokenizerConfig = MISSING
     parallel: ParallelConfig = MISSING
     data: DataConfig = MISSING
     train: TrainConfig = MISSING
@@ -122,10 +124,9 @@ class ExportJob:
 class PipelineJob(TrainJob):
     """The main job: tokenizer → evaluation → token files → training → Hugging Face export, all under run_dir.
 
-    A training job plus the stages before it; its run_dir holds them all (training in run_dir/train).
+    A training job plus the stages before it, run in the open rather than through the cache: the tokenizer of
+    data.corpus is evaluated on parallel_set, and run_dir holds every stage (training in run_dir/train).
     """
 
-    tokenizer: TokenizerConfig = MISSING
-    corpus: str = MISSING
     parallel_set: str = MISSING
     run_dir: str = "runs/demo"

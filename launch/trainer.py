@@ -14,11 +14,12 @@ from itertools import islice
 import deepspeed
 import torch
 from megatron.core import parallel_state
+from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
 from launch.data import BlendedDataset, micro_batches
 from launch.layout import ParallelLayout
 from launch.schedules import batch_size_at, lr_at, samples_before
-from launch.schemas import Precision, TrainConfig
+from launch.schemas import ParallelConfig, Precision, TrainConfig
 from model.bloom import parallel_config
 from model.config import ModelConfig
 from model.pipeline import pipeline_module
@@ -34,13 +35,64 @@ class StepRecord:
     tokens_per_second: float
 
 
-def _optimizer(module: torch.nn.Module, train: TrainConfig) -> torch.optim.AdamW:
+def global_grad_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """The L2 norm of the whole model's gradient: each parameter counted once across TP ranks (shards, or rank 0's
+    copy) and pipeline stages (the tied embedding only where DeepSpeed owns it)."""
+    counted = [
+        p.grad
+        for p in parameters
+        if p.grad is not None
+        and not getattr(p, "ds_pipe_replicated", False)
+        and param_is_not_tensor_parallel_duplicate(p)
+    ]
+    squares = torch.stack([grad.float().pow(2).sum() for grad in counted]).sum() if counted else torch.zeros(())
+    torch.distributed.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+    return squares.sqrt()
+
+
+class ClippingAdamW(torch.optim.AdamW):
+    """AdamW that clips gradients to a global norm first, for fp32 without ZeRO: there DeepSpeed's own clipping
+    counts only the first pipeline stage's untied parameters. The norm goes where DeepSpeed's engine reads it."""
+
+    def __init__(self, param_groups: list[dict], max_norm: float, **adamw: float) -> None:
+        super().__init__(param_groups, **adamw)
+        self.max_norm = max_norm
+        self._global_grad_norm: float | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        parameters = [p for group in self.param_groups for p in group["params"]]
+        norm = global_grad_norm(parameters)
+        if self.max_norm > 0:
+            scale = (self.max_norm / (norm + 1e-6)).clamp(max=1.0)
+            for p in parameters:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        self._global_grad_norm = float(norm)
+        return super().step(closure)
+
+
+def zero_stage_for(parallel: ParallelConfig, layout: ParallelLayout, precision: Precision) -> int:
+    """ZeRO-1 shards optimizer states over data-parallel ranks; with one there is nothing to shard, and in fp32 its
+    bookkeeping would cost a fifth of a small model's step. bf16 keeps it: DeepSpeed's bf16 optimizer without ZeRO
+    cannot load the checkpoints it saves (0.19.8, KeyError in `_load_legacy_checkpoint`)."""
+    return parallel.zero_stage if layout.dp > 1 or precision == Precision.bf16 else 0
+
+
+def _clips_itself(train: TrainConfig, zero_stage: int) -> bool:
+    return zero_stage == 0 and train.precision == Precision.fp32
+
+
+def _optimizer(module: torch.nn.Module, train: TrainConfig, zero_stage: int) -> torch.optim.AdamW:
     """AdamW; biases and LayerNorm weights (1-D) are not decayed. A torch optimizer: DeepSpeed's own would JIT-build
     a fused CPU kernel first."""
     decayed = [p for p in module.parameters() if p.ndim >= 2]
     plain = [p for p in module.parameters() if p.ndim < 2]
     groups = [{"params": decayed, "weight_decay": train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps)
+    adamw = {"lr": train.lr, "betas": (train.beta1, train.beta2), "eps": train.eps}
+    if _clips_itself(train, zero_stage):
+        return ClippingAdamW(groups, train.grad_clip, **adamw)
+    return torch.optim.AdamW(groups, **adamw)
 
 
 def deepspeed_config(train: TrainConfig, layout: ParallelLayout, zero_stage: int) -> dict:
@@ -48,7 +100,7 @@ def deepspeed_config(train: TrainConfig, layout: ParallelLayout, zero_stage: int
         "train_batch_size": train.global_batch,
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": layout.gradient_accumulation(train.micro_batch, train.global_batch),
-        "gradient_clipping": train.grad_clip,
+        "gradient_clipping": 0.0 if _clips_itself(train, zero_stage) else train.grad_clip,
         "zero_optimization": {"stage": zero_stage},
         "bf16": {"enabled": train.precision == Precision.bf16},
         "steps_per_print": 10**9,
@@ -56,11 +108,11 @@ def deepspeed_config(train: TrainConfig, layout: ParallelLayout, zero_stage: int
     }
 
 
-def build_engine(model: ModelConfig, layout: ParallelLayout, train: TrainConfig, zero_stage: int, seed: int,
-                 activation_checkpointing: bool):  # fmt: skip
+def build_engine(model: ModelConfig, layout: ParallelLayout, train: TrainConfig, parallel: ParallelConfig, seed: int):
     dtype = torch.bfloat16 if train.precision == Precision.bf16 else torch.float32
-    module = pipeline_module(model, parallel_config(dtype), layout, seed, activation_checkpointing)
-    optimizer = _optimizer(module, train)
+    module = pipeline_module(model, parallel_config(dtype), layout, seed, parallel.activation_checkpointing)
+    zero_stage = zero_stage_for(parallel, layout, train.precision)
+    optimizer = _optimizer(module, train, zero_stage)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, train) / train.lr)
     engine, _, _, _ = deepspeed.initialize(
         model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train, layout, zero_stage)

@@ -83,8 +83,7 @@ def main(run_dir: Path) -> None:
     if job.train.eval_interval:
         validation = validation_batches(corpus, job.model.seq_length, job.train.micro_batch, job.train.eval_samples,
                                         parallel_state.get_data_parallel_rank(), layout.dp)  # fmt: skip
-    engine = build_engine(job.model, layout, job.train, job.parallel.zero_stage, job.seed,
-                          job.parallel.activation_checkpointing)  # fmt: skip
+    engine = build_engine(job.model, layout, job.train, job.parallel, job.seed)
     directory = run_dir / CHECKPOINTS
     first_step = checkpoint.latest_step(directory) or 0
     if first_step:

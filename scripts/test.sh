@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The test suite: sets up .venv if needed, checks style, runs every test (extra arguments go to pytest).
+# The test suite: sets up .venv and Debian's Slurm if needed, checks style, runs every test (extra arguments go to
+# pytest). The Slurm tests start a cluster on this machine (slurm/testcluster.py) and stop it afterwards.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
+bash "$root/scripts/setup-slurm.sh"
 cd "$root"
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .

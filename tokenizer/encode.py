@@ -168,7 +168,11 @@ class Manifest:
         }
 
     def write(self, output: Path) -> None:
-        write_atomically(output / MANIFEST_NAME, json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n")
+        """Leaves an identical manifest untouched, so that current token files keep their times."""
+        text = json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n"
+        path = output / MANIFEST_NAME
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_atomically(path, text)
 
 
 def scan_source(source: Source) -> SourceScan:

@@ -19,7 +19,7 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(capsys, tmp_p
     corpus = cut_corpus(tmp_path / "corpus", LANGUAGES, 300)
     parallel = cut_corpus(tmp_path / "parallel", LANGUAGES, 60)
     run_dir = tmp_path / "demo"
-    args = ["pipeline", f"corpus={corpus}", f"parallel_set={parallel}", f"tokenizer.parity_set={parallel}",
+    args = ["pipeline", f"data.corpus={corpus}", f"parallel_set={parallel}", f"tokenizer.parity_set={parallel}",
             f"run_dir={run_dir}", *SMALL]  # fmt: skip
     assert main(args) == 0
     first = capsys.readouterr().out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import cut_corpus
+from conftest import SHARED_DATA, cut_corpus
 from launch.cli import main
 from launch.tracking import RUN_FILE
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
@@ -16,8 +16,10 @@ from tokenizer.encode import encode_corpus
 from tokenizer.train import train_tokenizer
 
 LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "rus_Cyrl"]
-# A few steps of a tiny BLOOM with a short sequence: enough for the optimizer and the LR schedule to act.
-SHORT_RUN = ["model.seq_length=32", "train.steps=4", "train.global_batch=8", "train.micro_batch=2", "seed=7"]
+# A few steps of a tiny BLOOM with a short sequence: enough for the optimizer and the LR schedule to act, and for
+# gradient clipping (the gradient norm is about 0.8).
+SHORT_RUN = ["model.seq_length=32", "train.steps=4", "train.global_batch=8", "train.micro_batch=2", "seed=7",
+             "train.grad_clip=0.5"]  # fmt: skip
 LAYOUTS = {
     "TP2": ["parallel.tp=2"],
     "PP2": ["parallel.pp=2"],
@@ -85,6 +87,7 @@ def test_every_layout_gives_the_one_process_losses(layout, tokens, one_process, 
     assert len(losses) == len(one_process)
     for record, reference in zip(losses, one_process, strict=True):
         assert abs(record["loss"] - reference["loss"]) <= 1e-5, (layout, record, reference)
+        assert record["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5), (layout, record, reference)
         assert record["lr"] == reference["lr"]
     [validation], [reference] = records(run_dir, "validation.jsonl"), records(one_process_run, "validation.jsonl")
     assert validation["loss"] == pytest.approx(reference["loss"], abs=1e-5)
@@ -131,3 +134,45 @@ def test_missing_token_files_are_named(capsys, tmp_path: Path) -> None:
     assert main(["train", f"data.tokens_dir={tmp_path}/none", f"run_dir={tmp_path}/run"]) == 2
     err = capsys.readouterr().err
     assert "none" in err and err[-1] == "\n" and err.count("\n") == 1
+
+
+def test_with_no_data_arguments_train_reads_the_sample_corpus(capsys) -> None:
+    assert main(["train", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens_dir: null" in out and f"corpus: {(SHARED_DATA / 'multilingual').resolve()}" in out
+    assert "sampling: parity" in out  # the default tokenizer balances languages
+
+
+def test_token_files_are_built_on_first_use_cached_and_rebuilt_when_the_corpus_changes(capsys, tmp_path) -> None:
+    corpus = cut_corpus(tmp_path / "corpus", LANGUAGES, 300)
+    tokenizer = ["tokenizer=tiny", "tokenizer.vocab_size=2000", "tokenizer.character_coverage=0.99"]
+    cached = [f"data.corpus={corpus}", f"data.cache_dir={tmp_path / 'cache'}", *tokenizer, *SHORT_RUN, "train.steps=1"]
+
+    def train_from_corpus(run_dir: Path) -> str:
+        capsys.readouterr()
+        assert main(["train", f"run_dir={run_dir}", *cached]) == 0
+        return capsys.readouterr().out
+
+    assert "training on" in train_from_corpus(tmp_path / "first")
+    [tokens_dir] = (tmp_path / "cache").glob("*/tokens")
+    built = {path: path.stat().st_mtime_ns for path in tokens_dir.iterdir()}
+    assert "tokenizer: cached" in train_from_corpus(tmp_path / "second")
+    assert {path: path.stat().st_mtime_ns for path in tokens_dir.iterdir()} == built
+    assert f"tokens_dir: {tokens_dir}" in (tmp_path / "second" / "job.yaml").read_text()
+
+    with (corpus / "eng_Latn.txt").open("a") as text:
+        text.write("A sentence the cached tokenizer never saw.\n")
+    assert "training on" in train_from_corpus(tmp_path / "third")
+    manifest = json.loads((tokens_dir / "manifest.json").read_text())
+    assert manifest["languages"]["eng_Latn"]["documents"] == 301
+
+
+def test_bf16_trains_close_to_fp32_in_every_layout_and_resumes_bit_identically(tokens, one_process, tmp_path) -> None:
+    bf16 = ["train.precision=bf16", "model.hidden_dropout=0.1"]
+    whole = train(tmp_path / "whole", tokens, *bf16)
+    train(tmp_path / "stopped", tokens, *bf16, "train.exit_after=2")
+    resumed = train(tmp_path / "stopped", tokens, *bf16)
+    assert [(r["loss"], r["grad_norm"]) for r in resumed] == [(r["loss"], r["grad_norm"]) for r in whole]
+    three_d = train(tmp_path / "3d", tokens, *bf16, "parallel=3d")
+    for record, reference in zip(three_d, one_process, strict=True):
+        assert abs(record["loss"] - reference["loss"]) < 0.05 and record["grad_norm"] > 0, (record, reference)
