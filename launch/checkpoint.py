@@ -82,7 +82,8 @@ def save(engine, directory: Path, step: int, keep: int) -> None:
     dist.barrier()
     engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step}, save_latest=False)
     torch.save(_rng_states(engine), directory / tag / f"rng-rank{rank:05d}.pt")
-    if os.environ.get(CRASH_DURING_SAVE) == str(step) and rank == 0:
+    first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"  # a requeued Slurm job keeps its environment
+    if os.environ.get(CRASH_DURING_SAVE) == str(step) and rank == 0 and first_run:
         os._exit(17)
     dist.barrier()
     if rank == 0:

@@ -19,10 +19,11 @@ class Command:
     config: str
     target: str  # "module:function", imported when the command runs: training pulls in DeepSpeed, the rest need not
     help: str
+    flags: tuple[str, ...] = ()  # boolean options, passed to the target as keyword arguments
 
-    def run(self, job: object) -> None:
+    def run(self, job: object, **flags: bool) -> None:
         module, function = self.target.split(":")
-        getattr(importlib.import_module(module), function)(job)
+        getattr(importlib.import_module(module), function)(job, **flags)
 
 
 COMMANDS = [
@@ -33,7 +34,11 @@ COMMANDS = [
     Command(
         ("tokenizer", "encode"), "tokenizer_encode", "tokenizer.commands:encode", "corpus to per-language token files"
     ),
-    Command(("train",), "train", "launch.launcher:launch_training", "train a BLOOM model, 3D-parallel"),
+    Command(("train",), "train", "launch.launcher:launch_training", "train a BLOOM model, 3D-parallel, here"),
+    Command(("submit",), "submit", "slurm.submit:submit_training", "train on a Slurm cluster", flags=("dry_run",)),
+    Command(("status",), "status", "slurm.monitor:show_status", "a run's state, restarts, progress, ETA"),
+    Command(("logs",), "logs", "slurm.monitor:show_logs", "the last lines of every rank's log"),
+    Command(("cancel",), "cancel", "slurm.monitor:cancel", "cancel a run's Slurm job"),
     Command(("export", "hf"), "export_hf", "launch.export:export_hf", "a checkpoint as a HF BloomForCausalLM"),
     Command(("pipeline",), "pipeline", "launch.pipeline:run_pipeline", "the main job: the whole pipeline, sample data"),
 ]
@@ -52,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                 groups[prefix] = group.add_subparsers(dest="_".join(prefix), required=True)
         sub = groups[command.path[:-1]].add_parser(command.path[-1], help=command.help, description=command.help)
         sub.add_argument("--cfg", action="store_true", help="print the resolved config and exit")
+        for flag in command.flags:
+            sub.add_argument(f"--{flag.replace('_', '-')}", action="store_true")
         sub.add_argument("overrides", nargs="*", help="Hydra overrides: key=value, group=option")
         sub.set_defaults(command_spec=command)
     return parser
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cfg:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
-        command.run(job)
+        command.run(job, **{flag: getattr(args, flag) for flag in command.flags})
     except (ConfigError, ValueError, OSError, RuntimeError) as error:
         if os.environ.get("COROLLA_DEBUG"):
             raise

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.schemas import ExportJob, PipelineJob, TrainJob
+from slurm.monitor import CancelJob, LogsJob, StatusJob
 from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,10 @@ SCHEMAS: dict[str, type] = {
     "tokenizer_encode": TokenizerEncodeJob,
     "pipeline": PipelineJob,
     "train": TrainJob,
+    "submit": TrainJob,
+    "status": StatusJob,
+    "logs": LogsJob,
+    "cancel": CancelJob,
     "export_hf": ExportJob,
 }
 

@@ -24,6 +24,11 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def device() -> torch.device:
+    """Where this rank's tensors live: its GPU, or the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
+
+
 def backend() -> str:
     return "nccl" if on_gpu() else "gloo"
 
@@ -49,14 +54,15 @@ class CpuRNGStatesTracker(megatron_random.CudaRNGStatesTracker):
             torch.set_rng_state(outside)
 
 
-def init_distributed(timeout_minutes: float = 10.0) -> None:
-    """Joins the process group that the launcher's environment describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT)."""
+def init_distributed(timeout_s: float) -> None:
+    """Joins the process group that the launcher's environment describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT);
+    a collective that waits longer than `timeout_s` for a peer fails instead of hanging."""
     if not on_gpu():
         # DeepSpeed JIT-builds a shared-memory op for inference all-reduce here (30+ s of g++); training never uses it.
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     else:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    deepspeed.init_distributed(dist_backend=backend(), timeout=datetime.timedelta(minutes=timeout_minutes))
+    deepspeed.init_distributed(dist_backend=backend(), timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def seed_everything(seed: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import pairwise
 from pathlib import Path
 
 HISTORY_FILE = "history.jsonl"
@@ -36,6 +37,6 @@ class RunHistory:
         events = self.events()
         return sum(
             1
-            for previous, event in zip(events, events[1:], strict=False)
+            for previous, event in pairwise(events)
             if event["event"] == "start" and previous["event"] not in ("stopped", "finished")
         )

@@ -1,8 +1,12 @@
-"""`corolla train`: validate the whole job before any process starts, write it to the run directory, run the ranks."""
+"""`corolla train`: validate the whole job before any process starts, prepare its run directory, run the ranks.
+
+`prepare_run` is shared with `corolla submit` (slurm/submit.py): the job, its layout for the world size it will
+get, and a run directory holding job.yaml and the MLflow run, or one clear line saying why it cannot run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -12,15 +16,43 @@ from launch.data import BlendedDataset, TokenCorpus, validation_batches
 from launch.layout import ParallelLayout
 from launch.local import run_local
 from launch.schemas import TrainJob
+from launch.stopping import STOP_FILE
+from slurm.config import Scheduler
 from tokenizer.cache import cached_token_files
 
 JOB_FILE = "job.yaml"
 CHECKPOINTS = "checkpoints"
 
 
-def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout, TokenCorpus]:
+@dataclass(frozen=True)
+class PreparedRun:
+    job: TrainJob
+    layout: ParallelLayout
+    corpus: TokenCorpus
+    run_dir: Path
+    tracked: tracking.TrackedRun | None  # None for a dry run
+
+
+def _layout(job: TrainJob, world_size: int | None) -> ParallelLayout:
+    """Locally the layout decides the world size (DP 1 unless given); on a cluster the nodes do."""
+    parallel = job.parallel
+    if world_size is None:
+        return ParallelLayout.for_world(parallel.tp, parallel.pp, parallel.dp or 1, None)
+    needed = parallel.tp * parallel.pp * parallel.dp
+    if parallel.dp and needed != world_size:
+        cluster = job.cluster
+        raise ValueError(
+            f"parallel.tp={parallel.tp} x pp={parallel.pp} x dp={parallel.dp} needs {needed} ranks but cluster "
+            f"{cluster.name} gives {cluster.nodes} nodes x {cluster.ranks_per_node} = {world_size}: set "
+            f"cluster.nodes={-(-needed // cluster.ranks_per_node)}, or parallel.dp=0 to take DP from the nodes"
+        )
+    return ParallelLayout.for_world(parallel.tp, parallel.pp, parallel.dp, world_size)
+
+
+def resolve(job: TrainJob, world_size: int | None = None) -> tuple[TrainJob, ParallelLayout, TokenCorpus]:
     """The job with its token files and the tokenizer's vocabulary filled in, its layout and data; a one-line
     ValueError if it cannot run."""
+    layout = _layout(job, world_size)
     if job.data.tokens_dir is None:
         tokens_dir = cached_token_files(job.tokenizer, job.data.corpus, job.data.cache_dir, job.seed)
         job = replace(job, data=replace(job.data, tokens_dir=str(tokens_dir)))
@@ -31,7 +63,6 @@ def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout, TokenCorpus]:
             f"{corpus.vocab_size} tokens: drop model.vocab_size (0 takes the tokenizer's) or re-encode the data"
         )
     job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
-    layout = ParallelLayout.for_world(job.parallel.tp, job.parallel.pp, job.parallel.dp or 1, None)
     problems = layout.problems(job.model, job.train)
     if problems:
         raise ValueError("impossible layout: " + "; ".join(problems))
@@ -46,26 +77,43 @@ def resolve(job: TrainJob) -> tuple[TrainJob, ParallelLayout, TokenCorpus]:
     return job, layout, corpus
 
 
+def prepare_run(job: TrainJob, world_size: int | None, create: bool = True) -> PreparedRun:
+    """Validates the job; with `create`, writes job.yaml and opens (or continues) its MLflow run."""
+    if job.tracking.uri:
+        tracking.check_reachable(job.tracking.uri)
+    job, layout, corpus = resolve(job, world_size)
+    run_dir = Path(job.run_dir)
+    if not create:
+        return PreparedRun(job, layout, corpus, run_dir, None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / STOP_FILE).exists():
+        (run_dir / STOP_FILE).unlink()
+        print(f"removed {run_dir / STOP_FILE}, which stopped the previous launch")
+    (run_dir / JOB_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
+    layout_tag = f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}"
+    tags = {"layout": layout_tag, "model": job.model.name, "cluster": job.cluster.name}
+    tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
+    tracking.log_artifact(tracked, run_dir / JOB_FILE)
+    if (corpus.tokenizer_dir / "metadata.json").is_file():
+        tracking.log_artifact(tracked, corpus.tokenizer_dir / "metadata.json")
+    return PreparedRun(job, layout, corpus, run_dir, tracked)
+
+
 def launch_training(job: TrainJob) -> None:
-    job, layout, corpus = resolve(job)
+    if job.cluster.scheduler != Scheduler.local:
+        raise ValueError(f"cluster={job.cluster.name} is a Slurm cluster: submit to it with `corolla submit`")
     run_dir = Path(job.run_dir)
     resume_step = checkpoint.latest_step(run_dir / CHECKPOINTS)
     if resume_step and resume_step >= job.train.steps:
         print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
         return
+    prepared = prepare_run(job, None)
     if resume_step:
         print(f"{run_dir} holds a checkpoint at step {resume_step}: resuming from it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / JOB_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
-    layout_tag = f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}"
-    tracked = tracking.open_run(run_dir, job.tracking.experiment, job, {"layout": layout_tag, "model": job.model.name},
-                                job.tracking.uri)  # fmt: skip
-    tracking.log_artifact(tracked, run_dir / JOB_FILE)
-    if (corpus.tokenizer_dir / "metadata.json").is_file():
-        tracking.log_artifact(tracked, corpus.tokenizer_dir / "metadata.json")
+    layout, tracked = prepared.layout, prepared.tracked
     print(f"training {job.model.name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
     status = run_local(run_dir, layout.world_size)
-    tracking.finish(tracked, succeeded=status == 0)
     if status:
+        tracking.finish(tracked, succeeded=False)
         raise RuntimeError(f"training failed (a rank exited with status {status}): see its log above")
     print(f"done: checkpoints in {run_dir / CHECKPOINTS}; MLflow run {tracked.run_id}: {tracking.ui_command(tracked)}")

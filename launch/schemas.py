@@ -9,6 +9,7 @@ from omegaconf import MISSING
 
 from launch.data import DataConfig
 from model.config import ModelConfig
+from slurm.config import ClusterConfig
 from tokenizer.config import TokenizerConfig
 
 
@@ -70,6 +71,9 @@ class TrainConfig:
     # each language; 0: no validation.
     eval_interval: int = 0
     eval_samples: int = 8
+    # A collective that waits this long for a peer fails, and a rank that makes no progress (no step, save or
+    # validation finished) for this long dumps its stacks and exits: a dead or stuck rank ends the job.
+    hang_timeout_s: int = 1800
 
     def __post_init__(self) -> None:
         if min(self.steps, self.micro_batch, self.global_batch) < 1:
@@ -80,6 +84,8 @@ class TrainConfig:
             raise ValueError("train.warmup_steps and train.exit_after must not be negative")
         if self.checkpoint_interval < 1 or self.keep_checkpoints < 1:
             raise ValueError("train.checkpoint_interval and train.keep_checkpoints must be at least 1")
+        if self.hang_timeout_s < 10:
+            raise ValueError(f"train.hang_timeout_s={self.hang_timeout_s} must be at least 10 seconds")
         if self.eval_interval < 0 or self.eval_samples < 1:
             raise ValueError("train.eval_interval must not be negative (0: no validation) and train.eval_samples >= 1")
         if self.rampup.start and not 0 < self.rampup.start < self.global_batch:
@@ -109,6 +115,7 @@ class TrainJob:
     data: DataConfig = MISSING
     train: TrainConfig = MISSING
     tracking: TrackingConfig = MISSING
+    cluster: ClusterConfig = MISSING
     run_dir: str = "runs/train"
     seed: int = 1234
 

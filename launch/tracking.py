@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,6 +84,33 @@ def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], 
     return tracked
 
 
+def recorded_run(run_dir: Path) -> TrackedRun:
+    """The MLflow run that RUN_DIR/run.json names."""
+    return TrackedRun(**json.loads((run_dir / RUN_FILE).read_text()))
+
+
+def check_reachable(uri: str) -> None:
+    """A tracking server answers, or a one-line error before anything starts."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            response.read()
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"tracking.uri={uri} cannot be reached ({getattr(error, 'reason', error)}): start the MLflow server "
+            "or fix the URI (no uri: the embedded store in the run directory)"
+        ) from None
+
+
+def tag_restart(run_dir: Path, restarts: int, failures: int) -> None:
+    tracked = recorded_run(run_dir)
+    client = MlflowClient(tracked.tracking_uri)
+    client.set_tag(tracked.run_id, "corolla.restarts", str(restarts))
+    client.set_tag(tracked.run_id, "corolla.failures", str(failures))
+    client.update_run(tracked.run_id, status="RUNNING")
+
+
 def log_artifact(tracked: TrackedRun, path: Path) -> None:
     MlflowClient(tracked.tracking_uri).log_artifact(tracked.run_id, str(path))
 
@@ -95,7 +123,7 @@ class StepLogger:
     """Rank 0's metric logger; skips the steps the history already holds (a resumed launch redoes them)."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.tracked = TrackedRun(**json.loads((run_dir / RUN_FILE).read_text()))
+        self.tracked = recorded_run(run_dir)
         self.client = MlflowClient(self.tracked.tracking_uri)
         self.logged_up_to = {series: self._last_step(series) for series in ("train_loss", VALIDATION_METRIC)}
 

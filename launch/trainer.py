@@ -143,11 +143,14 @@ def validate(engine, batches: dict[str, list[torch.Tensor]]) -> dict[str, float]
 
 @dataclass
 class Callbacks:
-    """What the loop reports to (rank 0 prints and logs; other ranks ignore) and how it saves a checkpoint."""
+    """What the loop reports to (rank 0 prints and logs; other ranks ignore), how it saves a checkpoint, whether it
+    was asked to stop (a collective: every rank gets the same answer), and where it signals progress."""
 
     on_step: Callable[[StepRecord], None]
     on_validation: Callable[[int, dict[str, float]], None]
     save: Callable[[int], None]
+    should_stop: Callable[[], bool] = lambda: False
+    progress: Callable[[], None] = lambda: None
 
 
 def train_steps(
@@ -159,12 +162,13 @@ def train_steps(
     seq_length: int,
     first_step: int,
     callbacks: Callbacks,
-) -> int:
+) -> tuple[int, bool]:
     """Optimizer steps after `first_step` (steps done); validation every train.eval_interval steps and at the end;
     a checkpoint every train.checkpoint_interval steps and at the end.
 
-    Stops early, with a checkpoint, after train.exit_after steps of this launch. The data position and the batch size
-    follow from the step (samples consumed). Returns the last step done.
+    Stops early, with a checkpoint, after train.exit_after steps of this launch or when asked to. The data position
+    and the batch size follow from the step (samples consumed). Returns the last step done and whether it was asked
+    to stop.
     """
     dp_rank = parallel_state.get_data_parallel_rank()
     consumed = samples_before(first_step, train)
@@ -190,8 +194,13 @@ def train_steps(
             )
         )
         done = step + 1
+        callbacks.progress()
         if validation and train.eval_interval and (done % train.eval_interval == 0 or done == train.steps):
             callbacks.on_validation(done, validate(engine, validation))
-        if done % train.checkpoint_interval == 0 or done == last:
+            callbacks.progress()
+        stop = done < last and callbacks.should_stop()
+        if stop or done % train.checkpoint_interval == 0 or done == last:
             callbacks.save(done)
-    return last
+        if stop:
+            return done, True
+    return last, False

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from statistics import mean
 
@@ -16,12 +19,14 @@ import torch
 from megatron.core import parallel_state
 from omegaconf import OmegaConf
 
-from launch import checkpoint
+from launch import checkpoint, tracking
 from launch.data import BlendedDataset, TokenCorpus, validation_batches
-from launch.device import init_distributed, seed_everything
+from launch.device import device, init_distributed, seed_everything
+from launch.history import RunHistory
 from launch.launcher import CHECKPOINTS, JOB_FILE
 from launch.layout import ParallelLayout
 from launch.schemas import TrainJob
+from launch.stopping import STOP_FILE, StopSignals, Watchdog
 from launch.tracking import StepLogger
 from launch.trainer import Callbacks, StepRecord, build_engine, train_steps
 
@@ -38,17 +43,22 @@ class Reporter:
     """Rank 0 prints one line a step, logs it to MLflow and appends it to metrics.jsonl (validation: to
     validation.jsonl); other ranks stay quiet."""
 
-    def __init__(self, run_dir: Path, rank: int) -> None:
+    def __init__(self, run_dir: Path, rank: int, total_steps: int) -> None:
         self.run_dir = run_dir
+        self.total_steps = total_steps
         self.mlflow = StepLogger(run_dir) if rank == 0 else None
+
+    def logged_up_to(self) -> int:
+        """The last step the MLflow history holds (0 on ranks other than 0)."""
+        return self.mlflow.logged_up_to["train_loss"] if self.mlflow else 0
 
     def step(self, record: StepRecord) -> None:
         if self.mlflow is None:
             return
         self.mlflow.log_step(record.step, asdict(record))
         print(
-            f"step {record.step:>6}  loss {record.loss:.4f}  lr {record.lr:.3e}  grad norm {record.grad_norm:.3f}  "
-            f"batch {record.batch_size}  {record.tokens_per_second:,.0f} tokens/s",
+            f"step {record.step:>6}/{self.total_steps}  loss {record.loss:.4f}  lr {record.lr:.3e}  "
+            f"grad norm {record.grad_norm:.3f}  batch {record.batch_size}  {record.tokens_per_second:,.0f} tokens/s",
             flush=True,
         )
         self._append(METRICS_FILE, asdict(record))
@@ -70,9 +80,26 @@ class Reporter:
             file.write(json.dumps(record) + "\n")
 
 
-def main(run_dir: Path) -> None:
+class Outcome(Enum):
+    finished = "finished"  # trained to train.steps
+    stopped = "stopped"  # stopped early with a checkpoint: a stop signal, or train.exit_after
+
+
+def _record_start(run_dir: Path, origin: dict[str, object], resumed_from: int, logged_up_to: int) -> None:
+    history = RunHistory(run_dir)
+    history.record("start", **origin, resumed_from_step=resumed_from, steps_redone=max(0, logged_up_to - resumed_from))
+    starts = len(history.starts())
+    if starts > 1:
+        tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures())
+
+
+def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Callable[[], None] = lambda: None
+         ) -> Outcome:  # fmt: skip
+    """Trains this rank; `origin` says where (recorded in the run's history), `on_stall` runs if the watchdog fires."""
     job = load_job(run_dir)
-    init_distributed()
+    watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
+    stop = StopSignals(run_dir / STOP_FILE)
+    init_distributed(job.train.hang_timeout_s)
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     layout = ParallelLayout.for_world(job.parallel.tp, job.parallel.pp, job.parallel.dp, world_size)
     parallel_state.initialize_model_parallel(layout.tp, layout.pp, create_gloo_process_groups=False)
@@ -88,16 +115,34 @@ def main(run_dir: Path) -> None:
     first_step = checkpoint.latest_step(directory) or 0
     if first_step:
         checkpoint.load(engine, directory, first_step)
-        if rank == 0:
+    reporter = Reporter(run_dir, rank, job.train.steps)
+    if rank == 0:
+        if first_step:
             print(f"resumed from {directory / checkpoint.tag_of(first_step)}", flush=True)
+        _record_start(run_dir, origin or {"host": socket.gethostname()}, first_step, reporter.logged_up_to())
 
     def save(step: int) -> None:
         checkpoint.save(engine, directory, step, job.train.keep_checkpoints)
+        watchdog.progress()
 
-    reporter = Reporter(run_dir, rank)
-    callbacks = Callbacks(on_step=reporter.step, on_validation=reporter.validation, save=save)
-    train_steps(engine, dataset, validation, layout, job.train, job.model.seq_length, first_step, callbacks)
+    callbacks = Callbacks(
+        on_step=reporter.step,
+        on_validation=reporter.validation,
+        save=save,
+        should_stop=lambda: stop.agreed(device()),
+        progress=watchdog.progress,
+    )
+    last, stopped = train_steps(engine, dataset, validation, layout, job.train, job.model.seq_length, first_step,
+                                callbacks)  # fmt: skip
     torch.distributed.barrier()
+    outcome = Outcome.stopped if stopped or last < job.train.steps else Outcome.finished
+    if rank == 0:
+        signal_name = {"signal": stop.received.name} if stop.received else {}
+        RunHistory(run_dir).record(outcome.value, step=last, **signal_name)
+        if outcome == Outcome.finished:
+            tracking.finish(tracking.recorded_run(run_dir), succeeded=True)
+    watchdog.stop()
+    return outcome
 
 
 if __name__ == "__main__":

@@ -434,6 +434,9 @@ def remove_network() -> None:
         ip("netns", "delete", namespace.name)
     if Path("/sys/class/net", BRIDGE).exists():
         ip("link", "delete", BRIDGE)
+    # A namespace's veth pair normally goes with it, but the host end was seen to outlive it here: remove it too.
+    for link in Path("/sys/class/net").glob(f"{NAMESPACE_PREFIX}*"):
+        ip("link", "delete", link.name)
 
 
 def check_prerequisites(spec: ClusterSpec) -> None:

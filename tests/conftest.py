@@ -17,6 +17,10 @@ SMALL_LANGUAGES = [
 ]  # fmt: skip
 
 
+# Four languages in three scripts: the token files of the training tests.
+TRAINING_LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "rus_Cyrl"]
+
+
 def cut_corpus(target: Path, languages: list[str], lines: int) -> Path:
     """Copies the first `lines` lines of each language's sample file into `target`."""
     target.mkdir(parents=True, exist_ok=True)
@@ -30,3 +34,18 @@ def cut_corpus(target: Path, languages: list[str], lines: int) -> Path:
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cut_corpus(tmp_path_factory.mktemp("corpus"), SMALL_LANGUAGES, 400)
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Token files of TRAINING_LANGUAGES (300 documents each) under a 2,000-token tokenizer: for training tests."""
+    from tokenizer.config import TokenizerConfig, TokenizerTrainJob
+    from tokenizer.encode import encode_corpus
+    from tokenizer.train import train_tokenizer
+
+    root = tmp_path_factory.mktemp("train")
+    corpus = cut_corpus(root / "corpus", TRAINING_LANGUAGES, 300)
+    cfg = TokenizerConfig(vocab_size=2000, character_coverage=0.99, sample_bytes=1_000_000)
+    tokenizer = train_tokenizer(TokenizerTrainJob(cfg, str(corpus), str(root / "tokenizer")), log=lambda *_: None)
+    encode_corpus(tokenizer, corpus, root / "tokens", workers=1, log=lambda *_: None)
+    return root / "tokens"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from test_training import SHORT_RUN, tokens  # noqa: F401  (the module-scoped token files fixture)
+from test_training import SHORT_RUN
 from transformers import AutoTokenizer, BloomForCausalLM
 
 from launch.cli import main
@@ -15,7 +15,7 @@ from launch.data import BlendedDataset, TokenCorpus
 from launch.worker import load_job
 
 
-def test_exported_model_reproduces_the_next_training_loss(tokens: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+def test_exported_model_reproduces_the_next_training_loss(tokens: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run_dir, exported = tmp_path / "run", tmp_path / "hf"
     layout = ["parallel.tp=2", "parallel.pp=2", "train.steps=3", "train.checkpoint_interval=2"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_training import SHORT_RUN, tokens  # noqa: F401  (the module-scoped token files fixture)
+from test_training import SHORT_RUN
 
 from launch.checkpoint import CRASH_DURING_SAVE, LATEST
 from launch.cli import main
@@ -19,7 +19,7 @@ RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "model.hidden
 THREE_D = "parallel=3d"
 
 
-def train(run_dir: Path, tokens: Path, *overrides: str) -> int:  # noqa: F811
+def train(run_dir: Path, tokens: Path, *overrides: str) -> int:
     return main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *overrides])
 
 
@@ -29,13 +29,13 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:  # noqa: F811
+def uninterrupted(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
     run_dir = tmp_path_factory.mktemp("whole") / "run"
     assert train(run_dir, tokens) == 0
     return losses(run_dir)
 
 
-def test_a_stopped_3d_run_resumes_bit_identically(tokens: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_stopped_3d_run_resumes_bit_identically(tokens: Path, tmp_path: Path) -> None:
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert train(whole, tokens, THREE_D) == 0
     assert train(stopped, tokens, THREE_D, "train.exit_after=3") == 0
@@ -46,7 +46,7 @@ def test_a_stopped_3d_run_resumes_bit_identically(tokens: Path, tmp_path: Path) 
 
 
 def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
-    tokens: Path,  # noqa: F811
+    tokens: Path,
     uninterrupted,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -75,7 +75,7 @@ def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
     assert {artifact.path for artifact in client.list_artifacts(tracked["run_id"])} == {"job.yaml", "metadata.json"}
 
 
-def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert train(run_dir, tokens, "train.exit_after=2") == 0
     capsys.readouterr()
@@ -88,7 +88,7 @@ def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_
     assert {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")} == before
 
 
-def test_validation_leaves_training_as_it_would_be_without(tokens: Path, uninterrupted, tmp_path: Path) -> None:  # noqa: F811
+def test_validation_leaves_training_as_it_would_be_without(tokens: Path, uninterrupted, tmp_path: Path) -> None:
     # Validating after every step runs forward passes between steps; dropout masks must not shift because of them.
     run_dir = tmp_path / "run"
     assert train(run_dir, tokens, "train.eval_interval=1") == 0

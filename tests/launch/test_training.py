@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SHARED_DATA, cut_corpus
+from conftest import SHARED_DATA, TRAINING_LANGUAGES, cut_corpus
 from launch.cli import main
 from launch.tracking import RUN_FILE
-from tokenizer.config import TokenizerConfig, TokenizerTrainJob
-from tokenizer.encode import encode_corpus
-from tokenizer.train import train_tokenizer
 
-LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "rus_Cyrl"]
 # A few steps of a tiny BLOOM with a short sequence: enough for the optimizer and the LR schedule to act, and for
 # gradient clipping (the gradient norm is about 0.8).
 SHORT_RUN = ["model.seq_length=32", "train.steps=4", "train.global_batch=8", "train.micro_batch=2", "seed=7",
@@ -27,16 +23,6 @@ LAYOUTS = {
     "TP2xPP2": ["parallel.tp=2", "parallel.pp=2"],
     "TP2xPP2xDP2": ["parallel=3d"],
 }
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    corpus = cut_corpus(root / "corpus", LANGUAGES, 300)
-    cfg = TokenizerConfig(vocab_size=2000, character_coverage=0.99, sample_bytes=1_000_000)
-    tokenizer = train_tokenizer(TokenizerTrainJob(cfg, str(corpus), str(root / "tokenizer")), log=lambda *_: None)
-    encode_corpus(tokenizer, corpus, root / "tokens", workers=1, log=lambda *_: None)
-    return root / "tokens"
 
 
 def train(run_dir: Path, tokens: Path, *overrides: str) -> list[dict]:
@@ -69,7 +55,7 @@ def test_one_process_learns(one_process: list[dict]) -> None:
 def test_validation_loss_per_language_is_logged_at_the_end(one_process: list[dict], one_process_run: Path) -> None:
     run_dir = one_process_run
     [validation] = records(run_dir, "validation.jsonl")  # train.eval_interval=10 > train.steps=4: at the end only
-    assert validation["step"] == 4 and sorted(validation["loss"]) == LANGUAGES
+    assert validation["step"] == 4 and sorted(validation["loss"]) == TRAINING_LANGUAGES
     assert all(abs(loss - one_process[-1]["loss"]) < 1.0 for loss in validation["loss"].values())
     tracked = json.loads((run_dir / RUN_FILE).read_text())
     client = MlflowClient(tracked["tracking_uri"])
@@ -77,7 +63,7 @@ def test_validation_loss_per_language_is_logged_at_the_end(one_process: list[dic
         [metric] = client.get_metric_history(tracked["run_id"], f"val_loss/{language}")
         assert (metric.step, metric.value) == (4, pytest.approx(loss))
     [mean] = client.get_metric_history(tracked["run_id"], "val_loss")
-    assert mean.value == pytest.approx(sum(validation["loss"].values()) / len(LANGUAGES))
+    assert mean.value == pytest.approx(sum(validation["loss"].values()) / len(TRAINING_LANGUAGES))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -144,7 +130,7 @@ def test_with_no_data_arguments_train_reads_the_sample_corpus(capsys) -> None:
 
 
 def test_token_files_are_built_on_first_use_cached_and_rebuilt_when_the_corpus_changes(capsys, tmp_path) -> None:
-    corpus = cut_corpus(tmp_path / "corpus", LANGUAGES, 300)
+    corpus = cut_corpus(tmp_path / "corpus", TRAINING_LANGUAGES, 300)
     tokenizer = ["tokenizer=tiny", "tokenizer.vocab_size=2000", "tokenizer.character_coverage=0.99"]
     cached = [f"data.corpus={corpus}", f"data.cache_dir={tmp_path / 'cache'}", *tokenizer, *SHORT_RUN, "train.steps=1"]
 

@@ -1,0 +1,173 @@
+"""`corolla submit` on a real Slurm cluster (three nodes on this machine): a 3D job across two nodes gives the local
+losses; a dead node, a stop signal and a crash during a save all end with the same losses, one MLflow run, and
+nothing done by hand. Bad jobs are refused before anything is submitted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from launch.checkpoint import CRASH_DURING_SAVE
+from launch.cli import main
+from launch.history import RunHistory
+from slurm.submit import JOBS_FILE
+from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
+
+# A tiny BLOOM for 12 steps, a checkpoint every 2: long enough to kill a node or signal the job while it trains.
+RUN = ["model.seq_length=32", "train.steps=12", "train.global_batch=8", "train.micro_batch=2", "seed=7",
+       "train.checkpoint_interval=2", "train.hang_timeout_s=60"]  # fmt: skip
+THREE_D = ["cluster=testcluster", "parallel=3d"]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> Iterator[TestCluster]:
+    """n1..n3 with 4 CPUs each; a job takes two of them (conf/cluster/testcluster.yaml), so one can fail."""
+    spec = ClusterSpec(nodes=3, gpus_per_node=0, cpus_per_node=4, accounting=True)
+    with temporary_cluster(spec) as cluster, pytest.MonkeyPatch.context() as patch:
+        for name, value in cluster.env.items():
+            patch.setenv(name, value)
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def local_losses(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    run_dir = tmp_path_factory.mktemp("local") / "run"
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 0
+    return losses(run_dir)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """The loss of each step, the last logged when a step was redone after a failure."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records}
+
+
+def submit(run_dir: Path, tokens: Path, *overrides: str) -> str:
+    assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir='{run_dir}'", *RUN, *THREE_D, *overrides]) == 0
+    return json.loads((run_dir / JOBS_FILE).read_text())[-1]
+
+
+def job_state(cluster: TestCluster, job_id: str) -> str:
+    record = cluster.run("scontrol", "show", "job", job_id, check=False).stdout
+    return next((field.split("=")[1] for field in record.split() if field.startswith("JobState=")), "GONE")
+
+
+def wait_finished(cluster: TestCluster, run_dir: Path, job_id: str, timeout: float = 300) -> None:
+    finished = lambda: any(e["event"] == "finished" for e in RunHistory(run_dir).events())  # noqa: E731
+    ended = lambda: finished() and job_state(cluster, job_id) in ("COMPLETED", "GONE")  # noqa: E731
+    assert wait_for(ended, timeout=timeout, interval=1.0), (job_state(cluster, job_id), logs(run_dir))
+
+
+def wait_checkpoint(run_dir: Path, step: int, timeout: float = 180) -> None:
+    latest = run_dir / "checkpoints" / "latest"
+    reached = lambda: latest.is_file() and int(latest.read_text().strip().split("-")[1]) >= step  # noqa: E731
+    assert wait_for(reached, timeout=timeout, interval=0.2), logs(run_dir)
+
+
+def logs(run_dir: Path) -> str:
+    errors = sorted((run_dir / "slurm").glob("*.err"))
+    return "\n".join(f"== {path.name}\n{path.read_text()[-3000:]}" for path in errors)
+
+
+def one_mlflow_value_per_step(run_dir: Path, expected: dict[int, float]) -> None:
+    tracked = json.loads((run_dir / "run.json").read_text())
+    history = MlflowClient(tracked["tracking_uri"]).get_metric_history(tracked["run_id"], "train_loss")
+    assert sorted(metric.step for metric in history) == sorted(expected)
+    assert {metric.step: metric.value for metric in history} == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_two_node_3d_job_gives_the_local_losses(slurm_cluster, tokens, local_losses, tmp_path) -> None:
+    # A path that would run a command if it reached the sbatch script unquoted.
+    run_dir = tmp_path / 'a "run" $(touch pwned)'
+    job_id = submit(run_dir, tokens)
+    wait_finished(slurm_cluster, run_dir, job_id)
+    assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    [start] = RunHistory(run_dir).starts()
+    assert start["slurm_job"] == job_id and start["nodes"] in ("n[1-2]", "n[1,3]", "n[2-3]")
+    one_mlflow_value_per_step(run_dir, local_losses)
+
+
+def test_a_dead_node_costs_at_most_one_checkpoint_interval(slurm_cluster, tokens, local_losses, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens)
+    wait_checkpoint(run_dir, 4)
+    nodes = slurm_cluster.run("squeue", "--noheader", "--format=%N", "--jobs", job_id).stdout.strip()
+    victim = slurm_cluster.run("scontrol", "show", "hostnames", nodes).stdout.split()[-1]
+    slurm_cluster.kill_node(victim)
+    try:
+        wait_finished(slurm_cluster, run_dir, job_id, timeout=420)
+    finally:
+        slurm_cluster.restart_node(victim)
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    _, second = RunHistory(run_dir).starts()
+    assert second["restart"] >= 1 and victim not in subprocess_hostnames(slurm_cluster, second["nodes"])
+    assert 0 <= second["steps_redone"] <= 2 and second["resumed_from_step"] >= 4
+    assert RunHistory(run_dir).failures() == 1
+    one_mlflow_value_per_step(run_dir, local_losses)
+
+
+def subprocess_hostnames(cluster: TestCluster, node_list: str) -> list[str]:
+    return cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()
+
+
+def test_a_stop_signal_checkpoints_requeues_and_resumes(slurm_cluster, tokens, local_losses, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens)
+    wait_checkpoint(run_dir, 2)
+    slurm_cluster.run("scancel", "--signal=USR2", job_id)
+    wait_finished(slurm_cluster, run_dir, job_id)
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    events = [event["event"] for event in RunHistory(run_dir).events()]
+    assert events == ["start", "stopped", "start", "finished"]
+    stopped = RunHistory(run_dir).events()[1]
+    assert stopped["signal"] == "SIGUSR2" and RunHistory(run_dir).starts()[1]["steps_redone"] == 0
+    assert RunHistory(run_dir).failures() == 0
+
+
+def test_a_crash_during_a_save_resumes_from_the_last_checkpoint(slurm_cluster, tokens, local_losses, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, f"+cluster.env.{CRASH_DURING_SAVE}=4")
+    wait_finished(slurm_cluster, run_dir, job_id)
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    _, second = RunHistory(run_dir).starts()
+    assert second["resumed_from_step"] == 2 and second["steps_redone"] == 2
+    one_mlflow_value_per_step(run_dir, local_losses)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["cluster.partition=nope"], "cluster.partition=nope does not exist on this cluster: choose one of debug"),
+        (["parallel.dp=4"], "needs 16 ranks but cluster testcluster gives 2 nodes x 4 = 8"),
+        (["cluster.nodes=4", "parallel.dp=4"], "cluster.nodes=4 but partition debug has 3 nodes"),
+        (["tracking.uri=http://10.77.0.1:9"], "tracking.uri=http://10.77.0.1:9 cannot be reached"),
+    ],
+)
+def test_bad_jobs_are_refused_before_anything_is_submitted(
+    slurm_cluster, tokens, capsys, tmp_path, overrides, expected
+):
+    queued_before = slurm_cluster.run("squeue", "--noheader").stdout
+    run_dir = tmp_path / "run"
+    assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *THREE_D, *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
+    assert not run_dir.exists() and slurm_cluster.run("squeue", "--noheader").stdout == queued_before
+
+
+def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys, tmp_path) -> None:
+    run_dir = tmp_path / 'a "run" $(touch pwned)'
+    # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation.
+    small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
+    args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, f"run_dir='{run_dir}'"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "TP 4 x PP 12 x DP 8" in out and "48 nodes x 8 ranks" in out
+    for flag in ("--nodes=48", "--ntasks-per-node=8", "--gpus-per-node=8", "--requeue", "--signal=USR2@600",
+                 "--partition=gpu_p5", "--exclusive"):  # fmt: skip
+        assert f"#SBATCH {flag}" in out, flag
+    assert not run_dir.exists() and not Path("pwned").exists()
