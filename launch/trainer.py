@@ -6,6 +6,7 @@ goes to the callbacks; losses are means over the global batch (or the validation
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from launch.schemas import ParallelConfig, Precision, TrainConfig
 from model.bloom import parallel_config
 from model.config import ModelConfig
 from model.pipeline import pipeline_module
+
+# Fault injection for tests: rank COROLLA_TEST_HANG_RANK (default 1) hangs for good after the optimizer step read here
+# (as a rank stuck outside any collective would), and only on a first launch, like checkpoint.CRASH_DURING_SAVE.
+HANG_AT_STEP = "COROLLA_TEST_HANG_AT_STEP"
+HANG_RANK = "COROLLA_TEST_HANG_RANK"
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,14 @@ def validate(engine, batches: dict[str, list[torch.Tensor]]) -> dict[str, float]
     return losses
 
 
+def _hang_if_injected(step: int) -> None:
+    first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
+    rank = str(torch.distributed.get_rank())
+    if os.environ.get(HANG_AT_STEP) == str(step) and rank == os.environ.get(HANG_RANK, "1") and first_run:
+        while True:
+            time.sleep(1)
+
+
 @dataclass
 class Callbacks:
     """What the loop reports to (rank 0 prints and logs; other ranks ignore), how it saves a checkpoint, whether it
@@ -195,6 +209,7 @@ def train_steps(
         )
         done = step + 1
         callbacks.progress()
+        _hang_if_injected(done)
         if validation and train.eval_interval and (done % train.eval_interval == 0 or done == train.steps):
             callbacks.on_validation(done, validate(engine, validation))
             callbacks.progress()
