@@ -6,11 +6,12 @@ import argparse
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from launch.configuration import ConfigError, load_job
+from launch.configuration import ConfigError, load_job, sweep_points
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,23 @@ class Command:
     target: str  # "module:function", imported when the command runs: training pulls in DeepSpeed, the rest need not
     help: str
     flags: tuple[str, ...] = ()  # boolean options, passed to the target as keyword arguments
+    sweep_target: str | None = None  # with --multirun: "module:function" taking every point's job at once
 
     def run(self, job: object, **flags: bool) -> None:
-        module, function = self.target.split(":")
-        getattr(importlib.import_module(module), function)(job, **flags)
+        _function(self.target)(job, **flags)
+
+    def run_sweep(self, overrides: list[str], **flags: bool) -> None:
+        """One job per point of the sweep, each in its own run directory under the run_dir given."""
+        jobs = []
+        for name, point in sweep_points(overrides):
+            job = load_job(self.config, point)[1]
+            jobs.append(replace(job, run_dir=str(Path(job.run_dir) / name)))
+        _function(self.sweep_target)(jobs, **flags)
+
+
+def _function(target: str):
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 COMMANDS = [
@@ -35,7 +49,14 @@ COMMANDS = [
         ("tokenizer", "encode"), "tokenizer_encode", "tokenizer.commands:encode", "corpus to per-language token files"
     ),
     Command(("train",), "train", "launch.launcher:launch_training", "train a BLOOM model, 3D-parallel, here"),
-    Command(("submit",), "submit", "slurm.submit:submit_training", "train on a Slurm cluster", flags=("dry_run",)),
+    Command(
+        ("submit",),
+        "submit",
+        "slurm.submit:submit_training",
+        "train on a Slurm cluster",
+        flags=("dry_run",),
+        sweep_target="slurm.submit:submit_sweep",
+    ),
     Command(("status",), "status", "slurm.monitor:show_status", "a run's state, restarts, progress, ETA"),
     Command(("logs",), "logs", "slurm.monitor:show_logs", "the last lines of every rank's log"),
     Command(("cancel",), "cancel", "slurm.monitor:cancel", "cancel a run's Slurm job"),
@@ -59,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--cfg", action="store_true", help="print the resolved config and exit")
         for flag in command.flags:
             sub.add_argument(f"--{flag.replace('_', '-')}", action="store_true")
+        if command.sweep_target:
+            sub.add_argument("-m", "--multirun", action="store_true", help="a job per point of key=a,b sweeps")
         sub.add_argument("overrides", nargs="*", help="Hydra overrides: key=value, group=option")
         sub.set_defaults(command_spec=command)
     return parser
@@ -68,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: Command = args.command_spec
     try:
+        flags = {flag: getattr(args, flag) for flag in command.flags}
+        if getattr(args, "multirun", False):
+            command.run_sweep(args.overrides, **flags)
+            return 0
         cfg, job = load_job(command.config, args.overrides)
         if args.cfg:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
-        command.run(job, **{flag: getattr(args, flag) for flag in command.flags})
+        command.run(job, **flags)
     except (ConfigError, ValueError, OSError, RuntimeError) as error:
         if os.environ.get("COROLLA_DEBUG"):
             raise

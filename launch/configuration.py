@@ -7,12 +7,14 @@ one `ConfigError` line naming the key and the fix.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
 
 from hydra import compose, initialize, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -84,6 +86,27 @@ def _one_line(error: Exception) -> str:
         reason = next((line for line in lines[1:] if "Error merging" not in line), "")
         return f"invalid value in {match[1]}: {reason}"
     return "; ".join(dict.fromkeys(lines)) or type(error).__name__
+
+
+def sweep_points(overrides: list[str]) -> list[tuple[str, list[str]]]:
+    """Hydra's multirun: every combination of the sweep overrides (`key=a,b`, `key=range(1,3)`), each as a name made
+    of its swept values (for a run directory) and its overrides."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(_one_line(error)) from None
+    axes = [
+        [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+        if override.is_sweep_override()
+        else [text]
+        for text, override in zip(overrides, parsed, strict=True)
+    ]
+    swept = [len(axis) > 1 for axis in axes]
+    points = []
+    for point in itertools.product(*axes):
+        name = ",".join(value for value, is_swept in zip(point, swept, strict=True) if is_swept) or "single"
+        points.append((name.replace("/", "_"), list(point)))
+    return points
 
 
 def compose_config(command: str, overrides: list[str]) -> DictConfig:

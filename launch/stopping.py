@@ -21,9 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 STOP_FILE = "STOP"
@@ -43,6 +44,9 @@ class StopSignals:
 
     def agreed(self, device: torch.device) -> bool:
         """Whether any rank was asked to stop; a collective, so every rank calls it after every step."""
+        import torch  # here, so that the handlers can be installed before torch is imported (seconds)
+        import torch.distributed as dist
+
         flag = torch.tensor([1.0 if self.received or self.stop_file.exists() else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

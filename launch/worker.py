@@ -93,12 +93,13 @@ def _record_start(run_dir: Path, origin: dict[str, object], resumed_from: int, l
         tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures())
 
 
-def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Callable[[], None] = lambda: None
-         ) -> Outcome:  # fmt: skip
-    """Trains this rank; `origin` says where (recorded in the run's history), `on_stall` runs if the watchdog fires."""
+def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Callable[[], None] = lambda: None,
+         stop: StopSignals | None = None) -> Outcome:  # fmt: skip
+    """Trains this rank; `origin` says where (recorded in the run's history), `on_stall` runs if the watchdog fires,
+    `stop` holds the stop signals received so far (installed here if not given)."""
+    stop = stop or StopSignals(run_dir / STOP_FILE)
     job = load_job(run_dir)
     watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
-    stop = StopSignals(run_dir / STOP_FILE)
     init_distributed(job.train.hang_timeout_s)
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     layout = ParallelLayout.for_world(job.parallel.tp, job.parallel.pp, job.parallel.dp, world_size)
@@ -115,6 +116,7 @@ def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Calla
     first_step = checkpoint.latest_step(directory) or 0
     if first_step:
         checkpoint.load(engine, directory, first_step)
+    watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
     reporter = Reporter(run_dir, rank, job.train.steps)
     if rank == 0:
         if first_step:
@@ -137,8 +139,10 @@ def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Calla
     torch.distributed.barrier()
     outcome = Outcome.stopped if stopped or last < job.train.steps else Outcome.finished
     if rank == 0:
-        signal_name = {"signal": stop.received.name} if stop.received else {}
-        RunHistory(run_dir).record(outcome.value, step=last, **signal_name)
+        reason = {"signal": stop.received.name} if stop.received else {}
+        if (run_dir / STOP_FILE).exists():
+            reason = {"signal": STOP_FILE}
+        RunHistory(run_dir).record(outcome.value, step=last, **reason)
         if outcome == Outcome.finished:
             tracking.finish(tracking.recorded_run(run_dir), succeeded=True)
     watchdog.stop()

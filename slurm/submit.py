@@ -103,6 +103,16 @@ def check_partition(cluster: ClusterConfig) -> None:
         )
 
 
+def submit_sweep(jobs: list[TrainJob], dry_run: bool = False) -> None:
+    """Every job of a sweep, each its own Slurm job (not an array: each run keeps its own folder, logs and requeues),
+    none submitted unless all are valid."""
+    for job in jobs:
+        submit_training(job, dry_run=True)
+    if not dry_run:
+        for job in jobs:
+            submit_training(job)
+
+
 def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     if job.cluster.scheduler != Scheduler.slurm:
         raise ValueError(

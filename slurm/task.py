@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch import tracking, worker
 from launch.history import RunHistory
+from launch.stopping import STOP_FILE, StopSignals
 from slurm.environment import SlurmTask, requeue
 
 
@@ -27,6 +27,11 @@ class TrainingTask:
 
     def __call__(self) -> None:
         run_dir = Path(self.run_dir)
+        # First of all: a signal before the time limit may come while the ranks start, and submitit's own handler
+        # would end the job without requeueing it.
+        stop = StopSignals(run_dir / STOP_FILE)
+        from launch import tracking, worker  # torch, DeepSpeed, megatron: seconds to import, after the handlers
+
         task = SlurmTask.from_environment()
         os.environ.update(task.rendezvous())
         job = worker.load_job(run_dir)
@@ -45,9 +50,10 @@ class TrainingTask:
 
         origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
         try:
-            outcome = worker.main(run_dir, origin=origin, on_stall=retry)
+            outcome = worker.main(run_dir, origin=origin, on_stall=retry, stop=stop)
         except Exception:
             retry()
             raise
-        if outcome == worker.Outcome.stopped and task.rank == 0:
+        # A STOP file is a kill switch: the job ends instead of coming back.
+        if outcome == worker.Outcome.stopped and task.rank == 0 and not (run_dir / STOP_FILE).exists():
             requeue(task.job_id)

@@ -5,6 +5,11 @@ nothing done by hand. Bad jobs are refused before anything is submitted."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from launch.checkpoint import CRASH_DURING_SAVE
 from launch.cli import main
 from launch.history import RunHistory
+from launch.tracking import check_reachable
 from slurm.submit import JOBS_FILE
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
 
@@ -31,6 +37,36 @@ def slurm_cluster() -> Iterator[TestCluster]:
         for name, value in cluster.env.items():
             patch.setenv(name, value)
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(slurm_cluster: TestCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` on the host's bridge address, where the nodes reach it; its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as probe:
+        probe.bind((slurm_cluster.host_address, 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", slurm_cluster.host_address,
+               "--port", str(port), "--workers", "1", "--allowed-hosts", "*", "--artifacts-destination", str(root),
+               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]  # fmt: skip
+    with (root / "server.log").open("w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://{slurm_cluster.host_address}:{port}"
+    try:
+        started = wait_for(lambda: check_reachable_quietly(uri), timeout=90, interval=0.5)
+        assert started, (root / "server.log").read_text()
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # its workers linger after a SIGTERM; nothing of it is kept
+        server.wait(timeout=30)
+
+
+def check_reachable_quietly(uri: str) -> bool:
+    try:
+        check_reachable(uri)
+        return True
+    except ValueError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +151,12 @@ def subprocess_hostnames(cluster: TestCluster, node_list: str) -> list[str]:
     return cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()
 
 
-def test_a_stop_signal_checkpoints_requeues_and_resumes(slurm_cluster, tokens, local_losses, tmp_path) -> None:
+def test_a_stop_signal_checkpoints_requeues_and_resumes(
+    slurm_cluster, mlflow_server, tokens, local_losses, tmp_path
+) -> None:
+    # Tracked on a server this time: every rank 0, before and after the requeue, logs to the same run there.
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, tokens)
+    job_id = submit(run_dir, tokens, f"tracking.uri={mlflow_server}")
     wait_checkpoint(run_dir, 2)
     slurm_cluster.run("scancel", "--signal=USR2", job_id)
     wait_finished(slurm_cluster, run_dir, job_id)
@@ -127,6 +166,12 @@ def test_a_stop_signal_checkpoints_requeues_and_resumes(slurm_cluster, tokens, l
     stopped = RunHistory(run_dir).events()[1]
     assert stopped["signal"] == "SIGUSR2" and RunHistory(run_dir).starts()[1]["steps_redone"] == 0
     assert RunHistory(run_dir).failures() == 0
+    tracked = json.loads((run_dir / "run.json").read_text())
+    assert tracked["tracking_uri"] == mlflow_server
+    one_mlflow_value_per_step(run_dir, local_losses)
+    run = MlflowClient(mlflow_server).get_run(tracked["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["corolla.restarts"] == "1"
+    assert run.data.tags["corolla.failures"] == "0" and run.data.tags["cluster"] == "testcluster"
 
 
 def test_a_crash_during_a_save_resumes_from_the_last_checkpoint(slurm_cluster, tokens, local_losses, tmp_path) -> None:
@@ -171,3 +216,44 @@ def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys
                  "--partition=gpu_p5", "--exclusive"):  # fmt: skip
         assert f"#SBATCH {flag}" in out, flag
     assert not run_dir.exists() and not Path("pwned").exists()
+
+
+def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(slurm_cluster, tokens, tmp_path) -> None:
+    # Two-minute jobs, USR2 60 s before the end (Slurm's timing is coarse: 60-90 s after the start), ranks that
+    # take 20-60 s to start here: 400 steps (~60 s) need two of them. The losses are those of the same steps trained
+    # locally.
+    long_run = ["train.steps=400", "train.checkpoint_interval=100"]
+    local = tmp_path / "local"
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={local}", *RUN, *long_run]) == 0
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, *long_run, "cluster.time_limit_min=2", "cluster.signal_delay_s=60")
+    wait_finished(slurm_cluster, run_dir, job_id, timeout=600)
+    assert losses(run_dir) == pytest.approx(losses(local), abs=1e-5)
+    stops = [event for event in RunHistory(run_dir).events() if event["event"] == "stopped"]
+    assert stops and all(event["signal"] == "SIGUSR2" for event in stops), RunHistory(run_dir).events()
+    assert RunHistory(run_dir).failures() == 0
+
+
+def test_a_stop_file_saves_and_ends_the_job_without_requeue(slurm_cluster, tokens, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, "train.steps=300", "train.checkpoint_interval=50")
+    assert wait_for(lambda: (run_dir / "metrics.jsonl").is_file(), timeout=180, interval=0.2), logs(run_dir)
+    (run_dir / "STOP").touch()
+    assert wait_for(lambda: job_state(slurm_cluster, job_id) in ("COMPLETED", "GONE"), timeout=120, interval=0.5)
+    last = RunHistory(run_dir).events()[-1]
+    assert last["event"] == "stopped" and last["signal"] == "STOP" and last["step"] < 300
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{last['step']:08d}"
+    assert len(RunHistory(run_dir).starts()) == 1
+
+
+def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, tokens, tmp_path) -> None:
+    one_node = ["cluster=testcluster", "cluster.nodes=1", "parallel.tp=2", "parallel.pp=2", "parallel.dp=1"]
+    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *one_node, "train.steps=2,3"]
+    assert main(["submit", "--multirun", *args]) == 0
+    runs = {steps: tmp_path / f"train.steps={steps}" for steps in (2, 3)}
+    jobs = {steps: json.loads((run_dir / JOBS_FILE).read_text())[-1] for steps, run_dir in runs.items()}
+    assert len(set(jobs.values())) == 2 and not any((run_dir / "metrics.jsonl").exists() for run_dir in runs.values())
+    for steps, run_dir in runs.items():
+        wait_finished(slurm_cluster, run_dir, jobs[steps])
+    two, three = losses(runs[2]), losses(runs[3])
+    assert sorted(two) == [1, 2] and sorted(three) == [1, 2, 3] and two[1] == pytest.approx(three[1], abs=1e-6)
