@@ -436,7 +436,8 @@ def remove_network() -> None:
         ip("link", "delete", BRIDGE)
     # A namespace's veth pair normally goes with it, but the host end was seen to outlive it here: remove it too.
     for link in Path("/sys/class/net").glob(f"{NAMESPACE_PREFIX}*"):
-        ip("link", "delete", link.name)
+        with contextlib.suppress(ClusterError):  # it may go with its namespace meanwhile
+            ip("link", "delete", link.name)
 
 
 def check_prerequisites(spec: ClusterSpec) -> None:

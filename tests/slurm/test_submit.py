@@ -1,6 +1,6 @@
-"""`corolla submit` on a real Slurm cluster (three nodes on this machine): a 3D job across two nodes gives the local
-losses; a dead node, a stop signal and a crash during a save all end with the same losses, one MLflow run, and
-nothing done by hand. Bad jobs are refused before anything is submitted."""
+"""`corolla submit` on a real Slurm cluster (three nodes on this machine): a 3D job across two nodes that meets a stop
+signal, a time limit, a dead node or a crash during a save ends with the losses of the same job run locally, one
+MLflow run, and nothing done by hand. Bad jobs are refused before anything is submitted."""
 
 from __future__ import annotations
 
@@ -116,18 +116,6 @@ def one_mlflow_value_per_step(run_dir: Path, expected: dict[int, float]) -> None
     assert {metric.step: metric.value for metric in history} == pytest.approx(expected, abs=1e-5)
 
 
-def test_a_two_node_3d_job_gives_the_local_losses(slurm_cluster, tokens, local_losses, tmp_path) -> None:
-    # A path that would run a command if it reached the sbatch script unquoted.
-    run_dir = tmp_path / 'a "run" $(touch pwned)'
-    job_id = submit(run_dir, tokens)
-    wait_finished(slurm_cluster, run_dir, job_id)
-    assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
-    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
-    [start] = RunHistory(run_dir).starts()
-    assert start["slurm_job"] == job_id and start["nodes"] in ("n[1-2]", "n[1,3]", "n[2-3]")
-    one_mlflow_value_per_step(run_dir, local_losses)
-
-
 def test_a_dead_node_costs_at_most_one_checkpoint_interval(slurm_cluster, tokens, local_losses, tmp_path) -> None:
     run_dir = tmp_path / "run"
     job_id = submit(run_dir, tokens)
@@ -154,13 +142,17 @@ def subprocess_hostnames(cluster: TestCluster, node_list: str) -> list[str]:
 def test_a_stop_signal_checkpoints_requeues_and_resumes(
     slurm_cluster, mlflow_server, tokens, local_losses, tmp_path
 ) -> None:
-    # Tracked on a server this time: every rank 0, before and after the requeue, logs to the same run there.
-    run_dir = tmp_path / "run"
+    # Tracked on a server this time: every rank 0, before and after the requeue, logs to the same run there. And a
+    # run directory whose name would run a command if it reached the sbatch script unquoted.
+    run_dir = tmp_path / 'a "run" $(touch pwned)'
     job_id = submit(run_dir, tokens, f"tracking.uri={mlflow_server}")
     wait_checkpoint(run_dir, 2)
     slurm_cluster.run("scancel", "--signal=USR2", job_id)
     wait_finished(slurm_cluster, run_dir, job_id)
-    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)  # two nodes, TP2 x PP2 x DP2, as locally
+    first_start = RunHistory(run_dir).starts()[0]
+    assert first_start["slurm_job"] == job_id and first_start["nodes"] in ("n[1-2]", "n[1,3]", "n[2-3]")
     events = [event["event"] for event in RunHistory(run_dir).events()]
     assert events == ["start", "stopped", "start", "finished"]
     stopped = RunHistory(run_dir).events()[1]
@@ -219,10 +211,10 @@ def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys
 
 
 def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(slurm_cluster, tokens, tmp_path) -> None:
-    # Two-minute jobs, USR2 60 s before the end (Slurm's timing is coarse: 60-90 s after the start), ranks that
-    # take 20-60 s to start here: 400 steps (~60 s) need two of them. The losses are those of the same steps trained
-    # locally.
-    long_run = ["train.steps=400", "train.checkpoint_interval=100"]
+    # Two-minute jobs, USR2 60 s before the end (Slurm's timing is coarse), ranks that take ~45 s to start on these
+    # two cores: each job trains ~15 s (~70 steps), so 120 steps need two. The losses are those of the same steps
+    # trained locally.
+    long_run = ["train.steps=120", "train.checkpoint_interval=60"]
     local = tmp_path / "local"
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={local}", *RUN, *long_run]) == 0
     run_dir = tmp_path / "run"
