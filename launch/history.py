@@ -1,9 +1,13 @@
-"""A run's life across launches: RUN_DIR/history.jsonl, one line per start, clean stop and end (rank 0 writes).
+"""A run's life across launches: RUN_DIR/history.jsonl, one line per event.
 
-A start records where it runs (host or Slurm job, nodes, restart count), the checkpoint step it resumed from and how
-many steps it redoes (logged before, lost with the last launch). A start not preceded by a clean stop (a signal
-before the time limit or a preemption) follows a failure: a dead node, a crashed or hung rank. Failures count
-against the restart budget; clean stops do not.
+- launch: `corolla train` or `corolla submit` prepared the run (written before any rank starts);
+- start: a launch's ranks began (rank 0 writes): where (host or Slurm job, restart count, nodes), the checkpoint
+  step it resumed from and how many steps it redoes (logged before, lost with the previous start);
+- stopped: a clean stop with a checkpoint (a signal before the time limit, a preemption, a STOP file);
+- finished: trained to the last step;
+- gave_up: a failure with no restart left in the budget.
+A start that follows another start (nothing clean in between) follows a failure: a dead node, a crashed or hung
+rank. Failures since the last launch count against the restart budget; clean stops do not.
 """
 
 from __future__ import annotations
@@ -33,10 +37,8 @@ class RunHistory:
         return [event for event in self.events() if event["event"] == "start"]
 
     def failures(self) -> int:
-        """Starts that followed neither nothing (the first launch) nor a clean stop or end."""
+        """Starts since the last launch that directly followed another start."""
         events = self.events()
-        return sum(
-            1
-            for previous, event in pairwise(events)
-            if event["event"] == "start" and previous["event"] not in ("stopped", "finished")
-        )
+        launches = [index for index, event in enumerate(events) if event["event"] == "launch"]
+        since_launch = events[launches[-1] :] if launches else events
+        return sum(1 for previous, event in pairwise(since_launch) if event["event"] == previous["event"] == "start")

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from launch import checkpoint, tracking
 from launch.data import BlendedDataset, TokenCorpus, validation_batches
+from launch.history import RunHistory
 from launch.layout import ParallelLayout
 from launch.local import run_local
 from launch.schemas import TrainJob
@@ -90,6 +91,7 @@ def prepare_run(job: TrainJob, world_size: int | None, create: bool = True) -> P
         (run_dir / STOP_FILE).unlink()
         print(f"removed {run_dir / STOP_FILE}, which stopped the previous launch")
     (run_dir / JOB_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
+    RunHistory(run_dir).record("launch", cluster=job.cluster.name)
     layout_tag = f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}"
     tags = {"layout": layout_tag, "model": job.model.name, "cluster": job.cluster.name}
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)

@@ -311,6 +311,11 @@ def describe_event(event: dict) -> str:
         return f"stopped   at step {event.get('step', '?')} ({event.get('signal', '?')})"
     if kind == "finished":
         return f"finished  at step {event.get('step', '?')}"
+    if kind == "launch":
+        return f"launch    on {event.get('cluster', '?')}"
+    if kind == "gave_up":
+        failures = plural(event.get("failures", 0), "failure")
+        return f"gave up   after {failures} (cluster.max_restarts={event.get('max_restarts')})"
     return kind
 
 

@@ -35,18 +35,28 @@ class TrainingTask:
         task = SlurmTask.from_environment()
         os.environ.update(task.rendezvous())
         job = worker.load_job(run_dir)
-        failures = RunHistory(run_dir).failures()  # read by every rank before any writes (init is a barrier)
-        if failures > job.cluster.max_restarts:
-            if task.rank == 0:
+        failures, budget = RunHistory(run_dir).failures(), job.cluster.max_restarts  # every rank reads it before
+        # any writes to it (joining the process group is a barrier)
+
+        def give_up() -> None:
+            # One rank a node says so (rank 0 may be the one that died); the first to write it is enough.
+            history = RunHistory(run_dir)
+            events = history.events()
+            if task.local_rank == 0 and (not events or events[-1]["event"] != "gave_up"):
+                history.record("gave_up", failures=failures, max_restarts=budget)
                 tracking.finish(tracking.recorded_run(run_dir), succeeded=False)
-            budget = job.cluster.max_restarts
             print(f"corolla: giving up after {failures} failed restarts (cluster.max_restarts={budget}); see "
                   f"{run_dir / 'history.jsonl'}", file=sys.stderr, flush=True)  # fmt: skip
+
+        if failures > budget:
+            give_up()
             sys.exit(1)
 
         def retry() -> None:
-            if failures < job.cluster.max_restarts:
+            if failures < budget:
                 requeue(task.job_id)
+            else:
+                give_up()
 
         origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
         try:

@@ -154,8 +154,8 @@ def test_a_stop_signal_checkpoints_requeues_and_resumes(
     first_start = RunHistory(run_dir).starts()[0]
     assert first_start["slurm_job"] == job_id and first_start["nodes"] in ("n[1-2]", "n[1,3]", "n[2-3]")
     events = [event["event"] for event in RunHistory(run_dir).events()]
-    assert events == ["start", "stopped", "start", "finished"]
-    stopped = RunHistory(run_dir).events()[1]
+    assert events == ["launch", "start", "stopped", "start", "finished"]
+    stopped = RunHistory(run_dir).events()[2]
     assert stopped["signal"] == "SIGUSR2" and RunHistory(run_dir).starts()[1]["steps_redone"] == 0
     assert RunHistory(run_dir).failures() == 0
     tracked = json.loads((run_dir / "run.json").read_text())
@@ -249,3 +249,14 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, toke
         wait_finished(slurm_cluster, run_dir, jobs[steps])
     two, three = losses(runs[2]), losses(runs[3])
     assert sorted(two) == [1, 2] and sorted(three) == [1, 2, 3] and two[1] == pytest.approx(three[1], abs=1e-6)
+
+
+def test_past_its_restart_budget_a_failing_job_gives_up(slurm_cluster, tokens, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, "cluster.max_restarts=0", f"+cluster.env.{CRASH_DURING_SAVE}=4")
+    gave_up = lambda: any(event["event"] == "gave_up" for event in RunHistory(run_dir).events())  # noqa: E731
+    assert wait_for(gave_up, timeout=240, interval=0.5), logs(run_dir)
+    assert wait_for(lambda: job_state(slurm_cluster, job_id) in ("FAILED", "GONE"), timeout=60, interval=0.5)
+    assert len(RunHistory(run_dir).starts()) == 1
+    tracked = json.loads((run_dir / "run.json").read_text())
+    assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "FAILED"

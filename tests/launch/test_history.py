@@ -1,0 +1,28 @@
+"""A run's history: which restarts were failures, counted since the last launch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch.history import RunHistory
+
+
+def history_of(tmp_path: Path, *events: str) -> RunHistory:
+    history = RunHistory(tmp_path)
+    for event in events:
+        history.record(event)
+    return history
+
+
+def test_a_start_right_after_a_start_is_a_failure_a_start_after_a_clean_stop_is_not(tmp_path: Path) -> None:
+    history = history_of(tmp_path, "launch", "start", "stopped", "start", "start", "start", "finished")
+    assert history.failures() == 2 and len(history.starts()) == 4
+
+
+def test_a_new_launch_restores_the_budget(tmp_path: Path) -> None:
+    history = history_of(tmp_path, "launch", "start", "start", "gave_up", "launch", "start")
+    assert history.failures() == 0
+
+
+def test_no_history_no_failures(tmp_path: Path) -> None:
+    assert RunHistory(tmp_path).events() == [] and RunHistory(tmp_path).failures() == 0
