@@ -42,6 +42,10 @@ class StopSignals:
     def _receive(self, number: int, frame: object) -> None:
         self.received = signal.Signals(number)
 
+    def ignore_from_now_on(self) -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+
     def agreed(self, device: torch.device) -> bool:
         """Whether any rank was asked to stop; a collective, so every rank calls it after every step."""
         import torch  # here, so that the handlers can be installed before torch is imported (seconds)

@@ -67,3 +67,6 @@ class TrainingTask:
         # A STOP file is a kill switch: the job ends instead of coming back.
         if outcome == worker.Outcome.stopped and task.rank == 0 and not (run_dir / STOP_FILE).exists():
             requeue(task.job_id)
+        # The work is done; a stop signal now (the time limit's USR2 may come as the ranks exit, when Python no
+        # longer runs handlers) must not kill a task and fail the finished job.
+        stop.ignore_from_now_on()

@@ -212,9 +212,9 @@ def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys
 
 def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(slurm_cluster, tokens, tmp_path) -> None:
     # Two-minute jobs, USR2 60 s before the end (Slurm's timing is coarse), ranks that take ~45 s to start on these
-    # two cores: each job trains ~15 s (~70 steps), so 120 steps need two. The losses are those of the same steps
-    # trained locally.
-    long_run = ["train.steps=120", "train.checkpoint_interval=60"]
+    # two cores: each job trains ~15 s (40-70 steps), so 80 steps need two or three. The losses are those of the
+    # same steps trained locally.
+    long_run = ["train.steps=80", "train.checkpoint_interval=40"]
     local = tmp_path / "local"
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={local}", *RUN, *long_run]) == 0
     run_dir = tmp_path / "run"
