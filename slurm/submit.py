@@ -90,7 +90,9 @@ def check_partition(cluster: ClusterConfig) -> None:
         raise RuntimeError(f"cannot reach Slurm (sinfo: {error}): is this a login node of {cluster.name}?") from None
     if result.returncode:
         raise RuntimeError(f"cannot reach Slurm: sinfo says {result.stderr.strip() or result.returncode}")
-    nodes = {partition: int(count) for partition, count in (line.split() for line in result.stdout.splitlines())}
+    nodes: dict[str, int] = {}
+    for partition, count in (line.split() for line in result.stdout.splitlines()):  # a line per partition and state
+        nodes[partition] = nodes.get(partition, 0) + int(count)
     partition = cluster.partition or next(iter(nodes), "")
     if partition not in nodes:
         raise ValueError(
