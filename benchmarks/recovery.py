@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from launch.cli import main as corolla  # noqa: E402
 from launch.configuration import shared_data_dir  # noqa: E402
 from launch.history import RunHistory  # noqa: E402
-from slurm.submit import JOBS_FILE  # noqa: E402
+from launch.run_files import JOBS_FILE  # noqa: E402
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for  # noqa: E402
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob  # noqa: E402
 from tokenizer.encode import encode_corpus  # noqa: E402

@@ -20,10 +20,9 @@ import torch
 import torch.distributed as dist
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from launch.run_files import COMPLETE, LATEST
 from tokenizer.files import write_atomically
 
-LATEST = "latest"
-COMPLETE = "COMPLETE"
 # Fault injection for tests: a rank that reads its step here dies after writing its files, before COMPLETE.
 CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
 

@@ -9,7 +9,7 @@ import torch
 
 from launch import checkpoint
 from launch.data import TokenCorpus
-from launch.launcher import CHECKPOINTS
+from launch.run_files import CHECKPOINTS
 from launch.schemas import ExportJob
 from launch.worker import load_job
 from model.bloom import tp_split_dim

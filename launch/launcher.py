@@ -16,20 +16,17 @@ from launch.data import BlendedDataset, TokenCorpus, validation_batches
 from launch.history import RunHistory
 from launch.layout import ParallelLayout
 from launch.local import run_local
+from launch.run_files import CHECKPOINTS, JOB_FILE
 from launch.schemas import TrainJob
 from launch.stopping import STOP_FILE
 from slurm.config import Scheduler
 from tokenizer.cache import cached_token_files
-
-JOB_FILE = "job.yaml"
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass(frozen=True)
 class PreparedRun:
     job: TrainJob
     layout: ParallelLayout
-    corpus: TokenCorpus
     run_dir: Path
     tracked: tracking.TrackedRun | None  # None for a dry run
 
@@ -85,7 +82,7 @@ def prepare_run(job: TrainJob, world_size: int | None, create: bool = True) -> P
     job, layout, corpus = resolve(job, world_size)
     run_dir = Path(job.run_dir)
     if not create:
-        return PreparedRun(job, layout, corpus, run_dir, None)
+        return PreparedRun(job, layout, run_dir, None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / STOP_FILE).exists():
         (run_dir / STOP_FILE).unlink()
@@ -98,7 +95,7 @@ def prepare_run(job: TrainJob, world_size: int | None, create: bool = True) -> P
     tracking.log_artifact(tracked, run_dir / JOB_FILE)
     if (corpus.tokenizer_dir / "metadata.json").is_file():
         tracking.log_artifact(tracked, corpus.tokenizer_dir / "metadata.json")
-    return PreparedRun(job, layout, corpus, run_dir, tracked)
+    return PreparedRun(job, layout, run_dir, tracked)
 
 
 def launch_training(job: TrainJob) -> None:

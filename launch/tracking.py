@@ -19,7 +19,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-RUN_FILE = "run.json"
+from launch.run_files import RUN_FILE
+
 STEP_METRICS = {"loss": "train_loss", "lr": "lr", "grad_norm": "grad_norm", "batch_size": "batch_size",
                 "tokens_per_second": "tokens_per_second"}  # fmt: skip
 # Validation: the mean over languages, and each language as val_loss/<language>.

@@ -23,15 +23,12 @@ from launch import checkpoint, tracking
 from launch.data import BlendedDataset, TokenCorpus, validation_batches
 from launch.device import device, init_distributed, seed_everything
 from launch.history import RunHistory
-from launch.launcher import CHECKPOINTS, JOB_FILE
 from launch.layout import ParallelLayout
+from launch.run_files import CHECKPOINTS, JOB_FILE, METRICS_FILE, VALIDATION_FILE
 from launch.schemas import TrainJob
 from launch.stopping import STOP_FILE, StopSignals, Watchdog
 from launch.tracking import StepLogger
 from launch.trainer import Callbacks, StepRecord, build_engine, train_steps
-
-METRICS_FILE = "metrics.jsonl"
-VALIDATION_FILE = "validation.jsonl"
 
 
 def load_job(run_dir: Path) -> TrainJob:

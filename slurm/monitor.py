@@ -22,16 +22,17 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from launch.history import RunHistory
-
-JOB_FILE = "job.yaml"
-JOBS_FILE = "slurm-jobs.json"
-SUBMITIT_DIR = "slurm"
-METRICS_FILE = "metrics.jsonl"
-VALIDATION_FILE = "validation.jsonl"
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-COMPLETE = "COMPLETE"
-RUN_FILE = "run.json"
+from launch.run_files import (
+    CHECKPOINTS,
+    COMPLETE,
+    JOB_FILE,
+    JOBS_FILE,
+    LATEST,
+    METRICS_FILE,
+    RUN_FILE,
+    SUBMITIT_DIR,
+    VALIDATION_FILE,
+)
 
 SPEED_WINDOW = 10  # steps the speed and the ETA are the median of
 SLURM_TIMEOUT_S = 30

@@ -16,12 +16,11 @@ from pathlib import Path
 import submitit
 
 from launch.launcher import prepare_run
+from launch.run_files import JOBS_FILE, SUBMITIT_DIR
 from launch.schemas import TrainJob
 from slurm.config import ClusterConfig, Scheduler
 from slurm.task import TrainingTask
 
-JOBS_FILE = "slurm-jobs.json"
-SUBMITIT_DIR = "slurm"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

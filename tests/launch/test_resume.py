@@ -9,9 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 
-from launch.checkpoint import CRASH_DURING_SAVE, LATEST
+from launch.checkpoint import CRASH_DURING_SAVE
 from launch.cli import main
-from launch.tracking import RUN_FILE
+from launch.run_files import LATEST, RUN_FILE
 
 # Dropout on everywhere: resuming must restore every rank's RNG states, not only weights and optimizer.
 RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "model.hidden_dropout=0.1",

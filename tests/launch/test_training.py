@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import SHARED_DATA, TRAINING_LANGUAGES, cut_corpus
 from launch.cli import main
-from launch.tracking import RUN_FILE
+from launch.run_files import RUN_FILE
 
 # A few steps of a tiny BLOOM with a short sequence: enough for the optimizer and the LR schedule to act, and for
 # gradient clipping (the gradient norm is about 0.8).

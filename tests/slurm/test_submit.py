@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from launch.checkpoint import CRASH_DURING_SAVE
 from launch.cli import main
 from launch.history import RunHistory
+from launch.run_files import JOBS_FILE
 from launch.tracking import check_reachable
-from slurm.submit import JOBS_FILE
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
 
 # A tiny BLOOM for 12 steps, a checkpoint every 2: long enough to kill a node or signal the job while it trains.
