@@ -17,23 +17,33 @@ def parameter_count(model: ModelConfig, tensor_parallel: int = 1) -> int:
     return vocab * h + 2 * h + model.num_layers * per_layer + 2 * h
 
 
-def _step_flops(model: ModelConfig, sequences: int, tensor_parallel: int, passes: float, vocab_share: float) -> float:
-    """passes * 24 B s L h^2 (1 + s/6h + V/(vocab_share L h)): 3 passes (forward + backward), 4 with recompute."""
-    layers, h, s = model.num_layers, model.hidden_size, model.seq_length
-    vocab = model.padded_vocab_size(tensor_parallel)
-    return passes * 24.0 * sequences * s * layers * h * h * (1 + s / (6 * h) + vocab / (vocab_share * layers * h))
+def block_flops(model: ModelConfig, sequences: int, passes: int = 3) -> float:
+    """One transformer block over `sequences` sequences: passes x 24 B s h^2 (1 + s/6h), with 3 passes for forward +
+    backward and 4 when activations are recomputed."""
+    h, s = model.hidden_size, model.seq_length
+    return passes * 24.0 * sequences * s * h * h * (1 + s / (6 * h))
+
+
+def logits_flops(model: ModelConfig, sequences: int, tensor_parallel: int = 1) -> float:
+    """The output projection onto the padded vocabulary, forward + backward (never recomputed): 6 B s h V."""
+    return 6.0 * sequences * model.seq_length * model.hidden_size * model.padded_vocab_size(tensor_parallel)
+
+
+def _step_flops(model: ModelConfig, sequences: int, tensor_parallel: int, passes: int) -> float:
+    """Every block, then the output projection: passes * 24 B s L h^2 (1 + s/6h) + 6 B s h V."""
+    return model.num_layers * block_flops(model, sequences, passes) + logits_flops(model, sequences, tensor_parallel)
 
 
 def model_flops_per_step(model: ModelConfig, sequences: int, tensor_parallel: int = 1) -> float:
     """Forward + backward FLOPs of one step over `sequences` sequences: 72 B s L h^2 (1 + s/6h + V/12Lh)."""
-    return _step_flops(model, sequences, tensor_parallel, passes=3, vocab_share=12)
+    return _step_flops(model, sequences, tensor_parallel, passes=3)
 
 
 def hardware_flops_per_step(model: ModelConfig, sequences: int, tensor_parallel: int = 1, recompute: bool = True):
     """FLOPs the hardware executes: with full activation recompute one more forward, 96 ... V/16Lh."""
     if not recompute:
         return model_flops_per_step(model, sequences, tensor_parallel)
-    return _step_flops(model, sequences, tensor_parallel, passes=4, vocab_share=16)
+    return _step_flops(model, sequences, tensor_parallel, passes=4)
 
 
 def model_flops_per_token(model: ModelConfig, tensor_parallel: int = 1) -> float:
