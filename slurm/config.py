@@ -36,6 +36,14 @@ class ClusterConfig:
     signal_delay_s: int = 120
     # Restarts (requeues after a signal, a node failure, a crashed or hung rank) before the job is given up.
     max_restarts: int = 5
+    # The hardware, for `corolla plan` and the memory check of `corolla submit` (0: unknown): one GPU's memory (GiB),
+    # dense bf16 peak (TFLOP/s) and memory bandwidth (GB/s); GB/s one way from a GPU to the others of its node
+    # (NVLink), and from a node to the others (all its network adapters together).
+    gpu_memory_gib: float = 0.0
+    peak_tflops: float = 0.0
+    memory_bandwidth_gbps: float = 0.0
+    intra_node_gbps: float = 0.0
+    inter_node_gbps: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 0 or self.tasks_per_node < 0 or self.cpus_per_task < 1:
@@ -46,6 +54,13 @@ class ClusterConfig:
         if self.scheduler == Scheduler.slurm and not (self.gpus_per_node or self.tasks_per_node):
             raise ValueError(
                 f"cluster {self.name}: set cluster.gpus_per_node (GPU nodes) or cluster.tasks_per_node (CPU nodes)"
+            )
+        hardware = [self.gpu_memory_gib, self.peak_tflops, self.memory_bandwidth_gbps, self.intra_node_gbps,
+                    self.inter_node_gbps]  # fmt: skip
+        if min(hardware) < 0:
+            raise ValueError(
+                f"cluster {self.name}: gpu_memory_gib, peak_tflops, memory_bandwidth_gbps, intra_node_gbps and "
+                "inter_node_gbps must not be negative (0: unknown)"
             )
         if self.time_limit_min < 1 or not 0 <= self.signal_delay_s < self.time_limit_min * 60 or self.max_restarts < 0:
             raise ValueError(
