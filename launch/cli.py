@@ -62,6 +62,7 @@ COMMANDS = [
     Command(("cancel",), "cancel", "slurm.monitor:cancel", "cancel a run's Slurm job"),
     Command(("export", "hf"), "export_hf", "launch.export:export_hf", "a checkpoint as a HF BloomForCausalLM"),
     Command(("pipeline",), "pipeline", "launch.pipeline:run_pipeline", "the main job: the whole pipeline, sample data"),
+    Command(("plan",), "plan", "launch.plan:show_plan", "layouts that fit the GPUs, ranked by speed", flags=("json",)),
 ]
 
 

@@ -128,6 +128,32 @@ class ExportJob:
 
 
 @dataclass
+class PlanConfig:
+    """`corolla plan`'s own knobs."""
+
+    # The vocabulary when model.vocab_size is 0 (training takes it from the tokenizer's token files): BLOOM's.
+    vocab_size: int = 250680
+    micro_batches: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # train.micro_batch is always tried too
+    top: int = 10  # table rows: the best configuration of each of the `top` best TP x PP x DP layouts
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1 or not self.micro_batches or min(self.micro_batches) < 1 or self.top < 1:
+            raise ValueError("plan.vocab_size, plan.top and every plan.micro_batches entry must be at least 1")
+
+
+@dataclass
+class PlanJob:
+    """A model and its training recipe on a cluster's GPUs; `parallel` and train.micro_batch are the layout the user
+    has in mind, placed among the others."""
+
+    model: ModelConfig = MISSING
+    train: TrainConfig = MISSING
+    parallel: ParallelConfig = MISSING
+    cluster: ClusterConfig = MISSING
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+@dataclass
 class PipelineJob(TrainJob):
     """The main job: tokenizer → evaluation → token files → training → Hugging Face export, all under run_dir.
 

@@ -1,7 +1,8 @@
 """`corolla submit`: a training job on a Slurm cluster, built with submitit from the resolved config.
 
 The whole job is validated and its run directory prepared (job.yaml, the MLflow run) before anything is
-submitted; `--dry-run` stops there and prints the sbatch script. The job asks for whole nodes with one task per
+submitted, and on a GPU cluster that gives its GPU memory a layout the planner says will not fit is refused
+(launch/plan.py); `--dry-run` stops there and prints the sbatch script. The job asks for whole nodes with one task per
 rank, `--requeue`, and USR2 `cluster.signal_delay_s` before the time limit; each task runs slurm.task.TrainingTask.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import submitit
 
 from launch.launcher import prepare_run
+from launch.plan import check_memory
 from launch.run_files import JOBS_FILE, SUBMITIT_DIR
 from launch.schemas import TrainJob
 from slurm.config import ClusterConfig, Scheduler
@@ -120,10 +122,12 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
             f"cluster={job.cluster.name} is not a Slurm cluster: choose one (cluster=testcluster, ...; conf/cluster/), "
             "or run `corolla train`"
         )
-    if dry_run:
-        prepared = prepare_run(job, job.cluster.world_size, create=False)
-    else:
+    if not dry_run:
         check_partition(job.cluster)
+    # The whole job validated with nothing written yet, then the planner's memory check on its resolved shape.
+    prepared = prepare_run(job, job.cluster.world_size, create=False)
+    check_memory(prepared.job, prepared.layout)
+    if not dry_run:
         prepared = prepare_run(job, job.cluster.world_size)
     executor = make_executor(job.cluster, prepared.run_dir)
     layout = prepared.layout

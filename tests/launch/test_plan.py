@@ -1,0 +1,108 @@
+"""`corolla plan` (the ranked table, --json, bad clusters) and `corolla submit`'s refusal of a layout that will not
+fit, with the nearest one that does (a dry run: no Slurm needed)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from launch.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip()
+
+
+def test_plan_ranks_bloom_176b_layouts_with_bloom_s_own_first(capsys) -> None:
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+(yes|no)", line)]
+    assert len(rows) == 10 and all(row[8] == "yes" for row in rows)
+    assert ["4", "12", "8"] in [row[1:4] for row in rows[:5]]
+    steps = [float(row[9]) for row in rows]
+    assert steps == sorted(steps)
+    assert "recommended: parallel.tp=" in out
+    configured = next(line for line in out.splitlines() if line.startswith("configured:"))
+    assert "TP4 x PP12 x DP8, micro-batch 2, activation checkpointing, ZeRO-1" in configured
+    assert ", fits," in configured and "its layout ranks" in configured
+
+
+def test_plan_json_lists_every_layout(capsys) -> None:
+    code, out, _ = run(capsys, "plan", "--json", "experiment=bloom-176b")
+    assert code == 0
+    layouts = json.loads(out)
+    keys = {"tp", "pp", "dp", "micro_batch", "activation_checkpointing", "memory_gib", "fits", "step_time_s",
+            "tflops_per_gpu"}  # fmt: skip
+    assert all(keys <= set(layout) for layout in layouts)
+    assert all(layout["tp"] * layout["pp"] * layout["dp"] == 384 and layout["tp"] <= 8 for layout in layouts)
+    [bloom] = [layout for layout in layouts
+               if (layout["tp"], layout["pp"], layout["dp"], layout["micro_batch"], layout["activation_checkpointing"],
+                   layout["zero_stage"]) == (4, 12, 8, 2, True, 1)]  # fmt: skip
+    assert bloom["fits"] and bloom["memory_gib"] < 80 and bloom["step_time_s"] == pytest.approx(105, rel=0.15)
+    assert any(not layout["fits"] for layout in layouts)
+
+
+def test_plan_takes_a_smaller_model_and_cluster(capsys) -> None:
+    args = ["plan", "model=bloom-560m", "train=tiny", "train.global_batch=64", "cluster.nodes=1", "parallel=single"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "on 8 GPUs of jean-zay-a100" in out and "recommended:" in out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["cluster=local"], "cluster local has no GPUs: set cluster.gpus_per_node"),
+        (["cluster=testcluster"], "cluster testcluster has no GPUs"),
+        (["parallel.tp=16"], "parallel.tp=16 does not fit the 8 GPUs of a node of cluster jean-zay-a100"),
+        (["cluster.peak_tflops=0"], "cluster jean-zay-a100 does not say its peak_tflops: set cluster.peak_tflops=..."),
+        (["cluster.gpu_memory_gib=-1"], "must not be negative (0: unknown)"),
+    ],
+)
+def test_plan_refuses_bad_cluster_descriptions(capsys, overrides: list[str], expected: str) -> None:
+    code, out, err = run(capsys, "plan", "experiment=bloom-176b", *overrides)
+    assert code == 2 and out == ""
+    assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
+
+
+def dry_run(tokens: Path, run_dir: Path, *overrides: str) -> list[str]:
+    # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation.
+    small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
+    return ["submit", "--dry-run", "experiment=bloom-176b", *small_data, f"run_dir={run_dir}", *overrides]
+
+
+def test_submit_passes_bloom_176b_as_bloom_trained_it(tokens, capsys, tmp_path) -> None:
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run"))
+    assert code == 0, err
+    assert "TP 4 x PP 12 x DP 8" in out and "#SBATCH --nodes=48" in out
+
+
+def test_submit_refuses_a_layout_that_will_not_fit_and_names_the_nearest(tokens, capsys, tmp_path) -> None:
+    # 12 nodes of 70 GiB GPUs: BLOOM's TP4 x PP12 leaves DP2; without ZeRO each GPU keeps its stage's whole optimizer.
+    squeezed = ["cluster.nodes=12", "cluster.gpu_memory_gib=70", "parallel.zero_stage=0"]
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", *squeezed))
+    assert code == 2 and "#SBATCH" not in out and "\n" not in err
+    assert re.search(r"TP4 x PP12 x DP2, micro-batch 2, activation checkpointing, ZeRO-0 needs ~\d+\.\d GiB a GPU", err)
+    assert "more than the 70 GiB of jean-zay-a100's GPUs" in err
+    nearest = re.search(r"the nearest layout that fits: ((?:\S+=\S+ ?)+) \(", err)
+    assert nearest, err
+    assert nearest[1].split() == ["parallel.tp=4", "parallel.pp=12", "parallel.dp=2", "train.micro_batch=2",
+                                  "parallel.activation_checkpointing=true", "parallel.zero_stage=1"]  # fmt: skip
+    assert not (tmp_path / "run").exists()
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", *squeezed, *nearest[1].split()))
+    assert code == 0, err
+
+
+def test_submit_says_when_no_layout_of_its_gpus_fits(tokens, capsys, tmp_path) -> None:
+    few = ["cluster.nodes=3", "parallel.tp=4", "parallel.pp=6", "parallel.dp=1"]
+    code, _, err = run(capsys, *dry_run(tokens, tmp_path / "run", *few))
+    assert code == 2 and "no layout of 24 GPUs fits: add nodes (cluster.nodes)" in err
+
+
+def test_submit_refuses_tensor_parallelism_across_nodes(tokens, capsys, tmp_path) -> None:
+    code, _, err = run(capsys, *dry_run(tokens, tmp_path / "run", "parallel.tp=16", "parallel.pp=6", "parallel.dp=4"))
+    assert code == 2 and "parallel.tp=16 does not fit the 8 GPUs of a node of cluster jean-zay-a100" in err
