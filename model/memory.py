@@ -157,7 +157,9 @@ def _working(model: ModelConfig, candidate: Candidate, implementation: Implement
     return gradients + recomputed
 
 
-def _micro_batch_activations(model: ModelConfig, candidate: Candidate, stage: Stage, implementation: Implementation):
+def _micro_batch_activations(
+    model: ModelConfig, candidate: Candidate, stage: Stage, implementation: Implementation
+) -> float:
     unit = _unit(model, candidate)
     per_block = unit if candidate.activation_checkpointing else _block_activations(model, candidate, implementation)
     extra = stage.embedding + 2 * stage.logits + (not stage.logits)  # embedding LN; final LN in and out; output sent
@@ -171,7 +173,9 @@ def _logits(model: ModelConfig, candidate: Candidate) -> float:
     return elements // candidate.layout.tp * (e + 4 + (4 if e != 4 else 0))
 
 
-def _parameter_state(model: ModelConfig, candidate: Candidate, parameters: int, implementation: Implementation):
+def _parameter_state(
+    candidate: Candidate, parameters: int, implementation: Implementation
+) -> tuple[float, float, float]:
     """Weights, gradients and optimizer states (bytes) of `parameters` parameters."""
     bf16 = candidate.precision == Precision.bf16
     zero = candidate.effective_zero_stage
@@ -187,10 +191,12 @@ def _step_transient(candidate: Candidate, parameters: int, implementation: Imple
     return bucket + (4 * parameters / shards if implementation.foreach_adamw else 0)
 
 
-def stage_memory(model: ModelConfig, candidate: Candidate, stage: Stage, implementation: Implementation):
+def stage_memory(
+    model: ModelConfig, candidate: Candidate, stage: Stage, implementation: Implementation
+) -> MemoryEstimate:
     tp = candidate.layout.tp
     parameters = stage_parameters(model, stage, tp)
-    weights, gradients, optimizer = _parameter_state(model, candidate, parameters, implementation)
+    weights, gradients, optimizer = _parameter_state(candidate, parameters, implementation)
     e = candidate.activation_bytes
     bias = stage.blocks * model.num_heads // tp * model.seq_length**2 * e if implementation.alibi_bias else 0
     working = _working(model, candidate, implementation) if stage.blocks else 0
@@ -209,7 +215,9 @@ def stage_memory(model: ModelConfig, candidate: Candidate, stage: Stage, impleme
     )
 
 
-def estimate_memory(model: ModelConfig, candidate: Candidate, implementation: Implementation = COROLLA_GPU):
+def estimate_memory(
+    model: ModelConfig, candidate: Candidate, implementation: Implementation = COROLLA_GPU
+) -> MemoryEstimate:
     """The stage that needs the most memory, and what it needs."""
     stages = pipeline_stages(
         model.num_layers, candidate.layout.pp, candidate.micro_batches, implementation.embedding_is_a_block

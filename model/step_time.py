@@ -100,7 +100,9 @@ def _stage_time(model: ModelConfig, candidate: Candidate, stage: Stage, hardware
     return _StageTime(compute, tensor_parallel, 2 * neighbours * send)
 
 
-def _data_parallel_s(model, candidate: Candidate, stage: Stage, hardware: Hardware, implementation: Implementation):
+def _data_parallel_s(
+    model: ModelConfig, candidate: Candidate, stage: Stage, hardware: Hardware, implementation: Implementation
+) -> float:
     """After the last micro-batch: the stage's gradient reduction and weight all-gather, the tied embedding's."""
     layout = candidate.layout
     parameters = stage_parameters(model, stage, layout.tp)
