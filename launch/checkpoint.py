@@ -1,10 +1,13 @@
 """Checkpoints that are either complete or invisible.
 
-Each checkpoint is a directory `checkpoints/step-00000010/` written by DeepSpeed (weights and optimizer shards per
-rank) plus one RNG file per rank. Only when every rank has finished does rank 0 write `COMPLETE` into it and then
-replace the `latest` pointer atomically; a crash mid-save leaves a directory without `COMPLETE` that nothing reads
-and the next save removes. Resuming reads `latest`: weights, optimizer, LR schedule, step (hence data position)
-and every rank's RNG states, so a resumed run continues exactly as an uninterrupted one.
+Each checkpoint is a directory `checkpoints/step-00000010/`: weights and Adam moments by parameter name, one file
+per tensor x pipeline rank pair (`launch.shards`), the trainer's counters and LR schedule, and one RNG file per rank.
+Only when every rank has finished does rank 0 write `COMPLETE` into it (the layout, the files and their sizes) and
+then replace the `latest` pointer atomically; a crash mid-save leaves a directory without `COMPLETE` that nothing
+reads and the next save removes. Resuming reads `latest`: weights, optimizer, LR schedule, step (hence data
+position) and every rank's RNG states, so a resumed run continues exactly as an uninterrupted one. Resuming on
+another layout reads the same files (resharding needs no conversion); only the RNG states, which belong to ranks,
+cannot carry over, so with dropout the masks then differ from those of a run that kept its layout.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 import torch.distributed as dist
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from launch import shards
+from launch.layout import ParallelLayout
 from launch.run_files import COMPLETE, LATEST
 from tokenizer.files import write_atomically
 
@@ -29,6 +34,9 @@ CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names it and what to do."""
+
+
+TRAINER_FILE = "trainer.pt"
 
 
 def tag_of(step: int) -> str:
@@ -55,41 +63,96 @@ def _restore_rng(engine, states: dict) -> None:
     np.random.set_state(states["numpy"])
 
 
-def latest_step(directory: Path) -> int | None:
-    """The step of the newest complete checkpoint, or None when there is none; checks its files are all there."""
-    pointer = directory / LATEST
-    if not pointer.is_file():
-        return None
-    tag = pointer.read_text().strip()
-    fix = f"restore its files, or write the tag of an older complete checkpoint into {pointer}"
+def _record(directory: Path, tag: str) -> dict:
+    """What COMPLETE says of checkpoint `tag` (step, layout, files), its files checked to be all there."""
+    fix = f"restore its files, or write the tag of an older complete checkpoint into {directory / LATEST}"
     try:
         record = json.loads((directory / tag / COMPLETE).read_text())
     except (OSError, ValueError):
-        raise CheckpointError(f"{pointer} names {tag}, which is not a complete checkpoint: {fix}") from None
+        raise CheckpointError(f"{directory / LATEST} names {tag}, which is not a complete checkpoint: {fix}") from None
     for name, size in record["files"].items():
         path = directory / tag / name
         if not path.is_file() or path.stat().st_size != size:
             raise CheckpointError(f"checkpoint file {path} is missing or truncated: {fix}")
-    return record["step"]
+    return record
 
 
-def save(engine, directory: Path, step: int, keep: int) -> None:
+def latest_tag(directory: Path) -> str | None:
+    pointer = directory / LATEST
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def latest_step(directory: Path) -> int | None:
+    """The step of the newest complete checkpoint, or None when there is none; checks its files are all there."""
+    tag = latest_tag(directory)
+    return _record(directory, tag)["step"] if tag else None
+
+
+def saved_layout(directory: Path, step: int) -> ParallelLayout:
+    return ParallelLayout(**_record(directory, tag_of(step))["layout"])
+
+
+def write_complete(
+    directory: Path, tag: str, step: int, layout: ParallelLayout, leave_out: set[str] = frozenset()
+) -> None:
+    """Marks `tag` complete: its step, layout and every file with its size but those in `leave_out` (atomically)."""
+    files = {str(p.relative_to(directory / tag)): p.stat().st_size for p in (directory / tag).rglob("*") if p.is_file()}
+    for name in {COMPLETE, *leave_out}:
+        files.pop(name, None)
+    record = {"step": step, "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}, "files": files}
+    write_atomically(directory / tag / COMPLETE, json.dumps(record, indent=1) + "\n")
+
+
+def _trainer_state(engine) -> dict:
+    """The engine's counters and the LR schedule; the same on every rank."""
+    return {
+        "adam_steps": shards.adam_steps(engine),
+        "lr_steps": engine.lr_scheduler.last_epoch,
+        "global_steps": engine.global_steps,
+        "global_samples": engine.global_samples,
+        "skipped_steps": engine.skipped_steps,
+    }
+
+
+def _restore_trainer(engine, state: dict) -> None:
+    """The LR schedule is a function of its step count (`LambdaLR`); it is the count that is restored, since a
+    stage of another layout may hold another number of parameter groups (ZeRO drops a stage's empty group)."""
+    scheduler = engine.lr_scheduler
+    scheduler.last_epoch, scheduler._step_count = state["lr_steps"], state["lr_steps"] + 1
+    scheduler._last_lr = [
+        base * factor(scheduler.last_epoch)
+        for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    for group, lr in zip(
+        scheduler.optimizer.param_groups, scheduler._last_lr, strict=True
+    ):  # as LambdaLR.step pairs them
+        group["lr"] = lr
+    engine.global_steps = state["global_steps"]
+    engine.global_samples = state["global_samples"]
+    engine.skipped_steps = state["skipped_steps"]
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng-rank{rank:05d}.pt"
+
+
+def save(engine, directory: Path, step: int, keep: int, layout: ParallelLayout) -> None:
     """Called on every rank at the same step."""
     tag, rank = tag_of(step), dist.get_rank()
     if rank == 0:
         shutil.rmtree(directory / tag, ignore_errors=True)  # a save of this step that crashed before
+        (directory / tag).mkdir(parents=True)
     dist.barrier()
-    engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step}, save_latest=False)
-    torch.save(_rng_states(engine), directory / tag / f"rng-rank{rank:05d}.pt")
+    shards.write(engine, directory / tag, layout)
+    if rank == 0:
+        torch.save(_trainer_state(engine), directory / tag / TRAINER_FILE)
+    torch.save(_rng_states(engine), directory / tag / _rng_file(rank))
     first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"  # a requeued Slurm job keeps its environment
     if os.environ.get(CRASH_DURING_SAVE) == str(step) and rank == 0 and first_run:
         os._exit(17)
     dist.barrier()
     if rank == 0:
-        files = {
-            str(p.relative_to(directory / tag)): p.stat().st_size for p in (directory / tag).rglob("*") if p.is_file()
-        }
-        (directory / tag / COMPLETE).write_text(json.dumps({"step": step, "files": files}, indent=1) + "\n")
+        write_complete(directory, tag, step, layout)
         write_atomically(directory / LATEST, tag + "\n")
         _remove_old(directory, keep, current=tag)
     dist.barrier()
@@ -104,17 +167,26 @@ def _remove_old(directory: Path, keep: int, current: str) -> None:
         shutil.rmtree(directory / tag, ignore_errors=True)
 
 
-def load(engine, directory: Path, step: int) -> None:
-    """Restores everything `save` wrote at `step` on this rank."""
+def load(engine, directory: Path, step: int, layout: ParallelLayout) -> ParallelLayout:
+    """Restores everything `save` wrote at `step` on this rank, whatever layout saved it; returns that layout.
+
+    On the layout that saved it, each rank takes back its own RNG states; on another, rank r takes those of the
+    old rank r (rank 0's where there was none), so that every generator is in a state a run reaches.
+    """
     tag, rank = tag_of(step), dist.get_rank()
+    saved = saved_layout(directory, step)
+    rng_rank = rank if saved == layout or rank < saved.world_size else 0
     try:
-        path, client_state = engine.load_checkpoint(str(directory), tag=tag)
-        rng = torch.load(directory / tag / f"rng-rank{rank:05d}.pt", weights_only=False)
+        trainer = torch.load(directory / tag / TRAINER_FILE, weights_only=False)
+        shards.restore(engine, shards.ShardReader(directory / tag, saved), trainer["adam_steps"])
+        _restore_trainer(engine, trainer)
+        rng = torch.load(directory / tag / _rng_file(rng_rank), weights_only=False)
+    except shards.ShardError as error:
+        raise CheckpointError(f"checkpoint {directory / tag} does not fit this model: {error}") from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {directory / tag} cannot be loaded ({str(error).splitlines()[0]}): "
             "restore its files, or point `latest` at an older complete checkpoint"
         ) from None
-    if path is None or client_state.get("step") != step:
-        raise CheckpointError(f"checkpoint {directory / tag} is incomplete: point `latest` at an older one")
     _restore_rng(engine, rng)
+    return saved

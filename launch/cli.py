@@ -62,6 +62,9 @@ COMMANDS = [
     Command(("cancel",), "cancel", "slurm.monitor:cancel", "cancel a run's Slurm job"),
     Command(("export", "hf"), "export_hf", "launch.export:export_hf", "a checkpoint as a HF BloomForCausalLM"),
     Command(("pipeline",), "pipeline", "launch.pipeline:run_pipeline", "the main job: the whole pipeline, sample data"),
+    Command(
+        ("checkpoint", "reshard"), "checkpoint_reshard", "launch.reshard:reshard", "a checkpoint for another TP x PP"
+    ),
     Command(("plan",), "plan", "launch.plan:show_plan", "layouts that fit the GPUs, ranked by speed", flags=("json",)),
 ]
 

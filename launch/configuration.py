@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from launch.schemas import ExportJob, PipelineJob, PlanJob, TrainJob
+from launch.schemas import ExportJob, PipelineJob, PlanJob, ReshardJob, TrainJob
 from slurm.monitor import CancelJob, LogsJob, StatusJob
 from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
 
@@ -36,6 +36,7 @@ SCHEMAS: dict[str, type] = {
     "logs": LogsJob,
     "cancel": CancelJob,
     "export_hf": ExportJob,
+    "checkpoint_reshard": ReshardJob,
     "plan": PlanJob,
 }
 

@@ -11,8 +11,8 @@ from launch import checkpoint
 from launch.data import TokenCorpus
 from launch.run_files import CHECKPOINTS
 from launch.schemas import ExportJob
+from launch.shards import ShardReader
 from launch.worker import load_job
-from model.bloom import tp_split_dim
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict
 from model.pipeline import layer_prefixes
@@ -20,26 +20,18 @@ from model.pipeline import layer_prefixes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
-def _merge(shards: list[dict[str, torch.Tensor]], prefix: str) -> dict[str, torch.Tensor]:
-    """One pipeline layer's tensor-parallel shards → whole tensors, named as in `BloomModel`."""
-    merged = {}
-    for name, first in shards[0].items():
-        if not isinstance(first, torch.Tensor):  # megatron's `_extra_state`
-            continue
-        dim = tp_split_dim(prefix + name)
-        merged[prefix + name] = first if dim is None else torch.cat([shard[name] for shard in shards], dim=dim)
-    return merged
+def _model_name(pipeline_name: str, prefixes: list[str]) -> str:
+    """A pipeline module's parameter name (`3.mlp.dense_h_to_4h.weight`, `tied_modules.word_embeddings.weight`) →
+    `BloomModel`'s (`blocks.1.mlp.dense_h_to_4h.weight`, `word_embeddings.weight`)."""
+    head, rest = pipeline_name.split(".", 1)
+    return rest if head == "tied_modules" else prefixes[int(head)] + rest
 
 
-def full_state_dict(directory: Path, model: ModelConfig) -> dict[str, torch.Tensor]:
-    """Every parameter of the checkpoint in `directory`, gathered over its TP ranks and pipeline stages."""
-    state = {}
-    for index, prefix in enumerate(layer_prefixes(model)):
-        files = sorted(directory.glob(f"layer_{index:02d}-model_*-model_states.pt"))
-        if not files:
-            raise ValueError(f"checkpoint {directory} has no files for layer {index}: it is not complete")
-        state.update(_merge([torch.load(path, map_location="cpu", weights_only=False) for path in files], prefix))
-    return state
+def full_state_dict(directory: Path, step: int, model: ModelConfig) -> dict[str, torch.Tensor]:
+    """Every weight of the checkpoint of `step` in `directory`, whole, named as in `BloomModel`."""
+    reader = ShardReader(directory / checkpoint.tag_of(step), checkpoint.saved_layout(directory, step))
+    prefixes = layer_prefixes(model)
+    return {_model_name(name, prefixes): reader.full(name).clone() for name in reader.names()}
 
 
 def export_hf(job: ExportJob) -> None:
@@ -50,7 +42,7 @@ def export_hf(job: ExportJob) -> None:
     step = job.step or checkpoint.latest_step(run_dir / CHECKPOINTS)
     if not step:
         raise ValueError(f"{run_dir} has no complete checkpoint to export: train it first")
-    state = full_state_dict(run_dir / CHECKPOINTS / checkpoint.tag_of(step), train_job.model)
+    state = full_state_dict(run_dir / CHECKPOINTS, step, train_job.model)
     vocab = state["word_embeddings.weight"].shape[0]
     model = BloomForCausalLM(BloomConfig(**hf_config(train_job.model, vocab)))
     model.load_state_dict(to_hf_state_dict(state), strict=True)

@@ -19,6 +19,7 @@ from launch.local import run_local
 from launch.run_files import CHECKPOINTS, JOB_FILE
 from launch.schemas import TrainJob
 from launch.stopping import STOP_FILE
+from model.pipeline import stage_problems
 from slurm.config import Scheduler
 from tokenizer.cache import cached_token_files
 
@@ -31,14 +32,49 @@ class PreparedRun:
     tracked: tracking.TrackedRun | None  # None for a dry run
 
 
-def _layout(job: TrainJob, world_size: int | None) -> ParallelLayout:
-    """Locally the layout decides the world size (DP 1 unless given); on a cluster the nodes do."""
+def elastic_layout(job: TrainJob, world_size: int) -> ParallelLayout:
+    """The layout of an elastic job on `world_size` ranks: TP as configured (it stays within a node), the pipeline
+    depth nearest the configured one that leaves a whole DP and can train this model and these batches."""
+    tp, model, train = job.parallel.tp, job.model, job.train
+    for pp in sorted(range(1, model.num_layers + 1), key=lambda depth: (abs(depth - job.parallel.pp), -depth)):
+        if world_size % (tp * pp) == 0:
+            layout = ParallelLayout(tp, pp, world_size // (tp * pp))
+            if not layout.problems(model, train) + stage_problems(model, pp):
+                return layout
+    raise ValueError(
+        f"parallel.elastic: no layout with tp={tp} trains this model and batch on {world_size} ranks: change "
+        f"cluster.min_nodes, or make train.global_batch a multiple of train.micro_batch x every DP the nodes allow"
+    )
+
+
+def layout_for(job: TrainJob, world_size: int) -> ParallelLayout:
+    """The layout a (re)start on `world_size` ranks trains with."""
+    if job.parallel.elastic:
+        return elastic_layout(job, world_size)
     parallel = job.parallel
+    return ParallelLayout.for_world(parallel.tp, parallel.pp, parallel.dp, world_size)
+
+
+def _layout(job: TrainJob, world_size: int | None) -> ParallelLayout:
+    """Locally the layout decides the world size (DP 1 unless given); on a cluster the nodes do. An elastic job is
+    checked on every node count it may get."""
+    parallel, cluster = job.parallel, job.cluster
     if world_size is None:
         return ParallelLayout.for_world(parallel.tp, parallel.pp, parallel.dp or 1, None)
+    if cluster.min_nodes and not parallel.elastic:
+        raise ValueError(
+            f"cluster.min_nodes={cluster.min_nodes} lets Slurm run the job on fewer than {cluster.nodes} nodes: set "
+            "parallel.elastic=true to let it change layout, or cluster.min_nodes=0"
+        )
+    if parallel.elastic:
+        for nodes in cluster.node_counts:
+            try:
+                elastic_layout(job, nodes * cluster.ranks_per_node)
+            except ValueError as error:
+                raise ValueError(f"on {nodes} nodes: {error}") from None
+        return elastic_layout(job, world_size)
     needed = parallel.tp * parallel.pp * parallel.dp
     if parallel.dp and needed != world_size:
-        cluster = job.cluster
         raise ValueError(
             f"parallel.tp={parallel.tp} x pp={parallel.pp} x dp={parallel.dp} needs {needed} ranks but cluster "
             f"{cluster.name} gives {cluster.nodes} nodes x {cluster.ranks_per_node} = {world_size}: set "
@@ -61,7 +97,7 @@ def resolve(job: TrainJob, world_size: int | None = None) -> tuple[TrainJob, Par
             f"{corpus.vocab_size} tokens: drop model.vocab_size (0 takes the tokenizer's) or re-encode the data"
         )
     job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
-    problems = layout.problems(job.model, job.train)
+    problems = layout.problems(job.model, job.train) + stage_problems(job.model, layout.pp)
     if problems:
         raise ValueError("impossible layout: " + "; ".join(problems))
     BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample
@@ -89,8 +125,7 @@ def prepare_run(job: TrainJob, world_size: int | None, create: bool = True) -> P
         print(f"removed {run_dir / STOP_FILE}, which stopped the previous launch")
     (run_dir / JOB_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
     RunHistory(run_dir).record("launch", cluster=job.cluster.name)
-    layout_tag = f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}"
-    tags = {"layout": layout_tag, "model": job.model.name, "cluster": job.cluster.name}
+    tags = {"layout": layout.name, "model": job.model.name, "cluster": job.cluster.name}
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
     tracking.log_artifact(tracked, run_dir / JOB_FILE)
     if (corpus.tokenizer_dir / "metadata.json").is_file():

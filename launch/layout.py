@@ -23,6 +23,10 @@ class ParallelLayout:
     def world_size(self) -> int:
         return self.tp * self.pp * self.dp
 
+    @property
+    def name(self) -> str:
+        return f"tp{self.tp}-pp{self.pp}-dp{self.dp}"
+
     @classmethod
     def for_world(cls, tp: int, pp: int, dp: int, world_size: int | None) -> ParallelLayout:
         """dp=0 means "whatever the world size leaves"; otherwise the product must be the world size."""

@@ -25,6 +25,10 @@ class ParallelConfig:
     dp: int = 0  # 0: what the world size leaves after tp x pp (1 when run locally)
     zero_stage: int = 1
     activation_checkpointing: bool = False
+    # Each (re)start takes the layout that fits the ranks it got (with cluster.min_nodes, Slurm may start or requeue
+    # the job on fewer nodes): TP as given, the pipeline depth nearest pp, DP from what is left; the checkpoint is
+    # resharded on load.
+    elastic: bool = False
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1):
@@ -118,6 +122,17 @@ class TrainJob:
     cluster: ClusterConfig = MISSING
     run_dir: str = "runs/train"
     seed: int = 1234
+
+
+@dataclass
+class ReshardJob:
+    """`corolla checkpoint reshard`: the run whose checkpoint to rewrite, and the layout to rewrite it for."""
+
+    run_dir: str = MISSING
+    tp: int = 1
+    pp: int = 1
+    dp: int = 0  # 0: the data parallelism the checkpoint was saved with
+    step: int = 0  # 0: the latest complete checkpoint
 
 
 @dataclass

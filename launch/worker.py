@@ -23,6 +23,7 @@ from launch import checkpoint, tracking
 from launch.data import BlendedDataset, TokenCorpus, validation_batches
 from launch.device import device, init_distributed, seed_everything
 from launch.history import RunHistory
+from launch.launcher import layout_for
 from launch.layout import ParallelLayout
 from launch.run_files import CHECKPOINTS, JOB_FILE, METRICS_FILE, VALIDATION_FILE
 from launch.schemas import TrainJob
@@ -82,12 +83,19 @@ class Outcome(Enum):
     stopped = "stopped"  # stopped early with a checkpoint: a stop signal, or train.exit_after
 
 
-def _record_start(run_dir: Path, origin: dict[str, object], resumed_from: int, logged_up_to: int) -> None:
+def _record_start(run_dir: Path, origin: dict[str, object], resumed_from: int, logged_up_to: int,
+                  layout: ParallelLayout, saved_layout: ParallelLayout) -> None:  # fmt: skip
+    """History and MLflow: where this start runs, what it resumed, and the layout, if it changed since the save."""
     history = RunHistory(run_dir)
-    history.record("start", **origin, resumed_from_step=resumed_from, steps_redone=max(0, logged_up_to - resumed_from))
+    change = {"layout": layout.name}
+    if saved_layout != layout:
+        change["resharded_from"] = saved_layout.name
+        print(f"resharded the step-{resumed_from} checkpoint from {saved_layout.name} to {layout.name}", flush=True)
+    history.record("start", **origin, resumed_from_step=resumed_from, steps_redone=max(0, logged_up_to - resumed_from),
+                   **change)  # fmt: skip
     starts = len(history.starts())
     if starts > 1:
-        tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures())
+        tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures(), **change)
 
 
 def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Callable[[], None] = lambda: None,
@@ -99,7 +107,7 @@ def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Calla
     watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
     init_distributed(job.train.hang_timeout_s)
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    layout = ParallelLayout.for_world(job.parallel.tp, job.parallel.pp, job.parallel.dp, world_size)
+    layout = layout_for(job, world_size)
     parallel_state.initialize_model_parallel(layout.tp, layout.pp, create_gloo_process_groups=False)
     seed_everything(job.seed)
     corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
@@ -111,17 +119,17 @@ def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Calla
     engine = build_engine(job.model, layout, job.train, job.parallel, job.seed)
     directory = run_dir / CHECKPOINTS
     first_step = checkpoint.latest_step(directory) or 0
-    if first_step:
-        checkpoint.load(engine, directory, first_step)
+    saved_layout = checkpoint.load(engine, directory, first_step, layout) if first_step else layout
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
     reporter = Reporter(run_dir, rank, job.train.steps)
     if rank == 0:
         if first_step:
             print(f"resumed from {directory / checkpoint.tag_of(first_step)}", flush=True)
-        _record_start(run_dir, origin or {"host": socket.gethostname()}, first_step, reporter.logged_up_to())
+        _record_start(run_dir, origin or {"host": socket.gethostname()}, first_step, reporter.logged_up_to(),
+                      layout, saved_layout)  # fmt: skip
 
     def save(step: int) -> None:
-        checkpoint.save(engine, directory, step, job.train.keep_checkpoints)
+        checkpoint.save(engine, directory, step, job.train.keep_checkpoints, layout)
         watchdog.progress()
 
     callbacks = Callbacks(

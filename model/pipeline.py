@@ -8,9 +8,12 @@ the layers are split over stages.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+from deepspeed.runtime.utils import partition_balanced
 from megatron.core.model_parallel_config import ModelParallelConfig
 
 from launch.layout import ParallelLayout
@@ -39,6 +42,28 @@ def layer_prefixes(model: ModelConfig) -> list[str]:
     at the end is the word embedding again and has none of its own)."""
     blocks = [f"blocks.{index}." for index in range(model.num_layers)]
     return ["word_embeddings.", "word_embeddings_layernorm.", *blocks, "final_norm."]
+
+
+def stage_layers(model: ModelConfig, pp: int) -> list[range]:
+    """The layer indices of each pipeline stage, as `PipelineModule` partitions them (its rule for PARTITION)."""
+    kinds = PARTITION.removeprefix("type:").split("|")
+    weights = [int(spec.typename.__name__ in kinds) for spec in layer_specs(model, None)]
+    parts = [int(part) for part in partition_balanced(weights=weights, num_parts=pp)]
+    return [range(start, stop) for start, stop in pairwise(parts)]
+
+
+def stage_problems(model: ModelConfig, pp: int) -> list[str]:
+    """A stage holding nothing but the output embedding has no 1-D parameter, hence one optimizer parameter group
+    where the others have two, and ZeRO's per-group collectives then wait for each other for ever."""
+    specs = layer_specs(model, None)
+    lone = [
+        stage
+        for stage, layers in enumerate(stage_layers(model, pp))
+        if all(specs[index].typename is BloomEmbedding for index in layers)
+    ]
+    if not lone:
+        return []
+    return [f"parallel.pp={pp} leaves stage {lone[0]} with the output embedding alone: use fewer stages or more layers"]
 
 
 def seed_layer(layer_seed: int) -> None:

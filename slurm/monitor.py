@@ -307,7 +307,10 @@ def describe_event(event: dict) -> str:
             where = f"on {event.get('host', '?')}"
         resumed = event.get("resumed_from_step", 0)
         origin = f"resumed from step {resumed}" if resumed else "from scratch"
-        return f"start     {where}, {origin}, {plural(event.get('steps_redone', 0), 'step')} redone"
+        layout = f", {event['layout']}" if "layout" in event else ""
+        if "resharded_from" in event:
+            layout += f" (resharded from {event['resharded_from']})"
+        return f"start     {where}{layout}, {origin}, {plural(event.get('steps_redone', 0), 'step')} redone"
     if kind == "stopped":
         return f"stopped   at step {event.get('step', '?')} ({event.get('signal', '?')})"
     if kind == "finished":

@@ -79,7 +79,7 @@ def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_
     run_dir = tmp_path / "run"
     assert train(run_dir, tokens, "train.exit_after=2") == 0
     capsys.readouterr()
-    shard = next((run_dir / "checkpoints" / "step-00000002").glob("*model_states.pt"))
+    shard = next((run_dir / "checkpoints" / "step-00000002").glob("model-*.pt"))
     shard.write_bytes(shard.read_bytes()[:100])
     before = {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")}
     assert train(run_dir, tokens) == 2

@@ -98,7 +98,8 @@ def make_trained_run(run_dir: Path) -> Path:
         {"event": "start", "time": T0, "host": "gpu-box", "resumed_from_step": 0, "steps_redone": 0},
         {"event": "start", "time": T0 + 600, "host": "gpu-box", "resumed_from_step": 5, "steps_redone": 3},
         {"event": "stopped", "time": T0 + 900, "step": 10, "signal": "SIGTERM"},
-        {"event": "start", "time": T0 + 3600, "host": "gpu-box", "resumed_from_step": 10, "steps_redone": 0},
+        {"event": "start", "time": T0 + 3600, "host": "gpu-box", "resumed_from_step": 10, "steps_redone": 0,
+         "layout": "tp2-pp1-dp2", "resharded_from": "tp2-pp1-dp4"},
     ])  # fmt: skip
     checkpoints = run_dir / "checkpoints"
     for saved in (5, 10):
@@ -128,7 +129,8 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
         f"           {at[0]}  start     on gpu-box, from scratch, 0 steps redone",
         f"           {at[1]}  start     on gpu-box, resumed from step 5, 3 steps redone",
         f"           {at[2]}  stopped   at step 10 (SIGTERM)",
-        f"           {at[3]}  start     on gpu-box, resumed from step 10, 0 steps redone",
+        f"           {at[3]}  start     on gpu-box, tp2-pp1-dp2 (resharded from tp2-pp1-dp4), resumed from step 10, "
+        "0 steps redone",
         "progress   step 12 of 20, loss 4.2500",
         "speed      512 tokens/s, 2.00 s a step (median of the last 10 steps)",
         "eta        16s (8 steps left)",

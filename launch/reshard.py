@@ -1,0 +1,82 @@
+"""`corolla checkpoint reshard`: rewrite a checkpoint's shards for another TP x PP layout, offline.
+
+Not needed to change layouts (a run resumed on another layout reads the old shards directly); it moves the cost of
+cutting slices out of the way of the next start and lets the old layout's files go. The new files are written beside
+the old ones and `COMPLETE` is replaced atomically to name them, so a crash at any point leaves one complete
+checkpoint: the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from launch import checkpoint
+from launch.layout import ParallelLayout
+from launch.run_files import CHECKPOINTS
+from launch.schemas import ReshardJob
+from launch.shards import KEYS, ShardError, ShardReader, shard_file, shard_files
+from model.config import ModelConfig
+from model.pipeline import layer_specs, stage_layers, stage_problems
+
+EMBEDDING = "tied_modules.word_embeddings.weight"
+
+
+def _on_stage(name: str, layers: range, last_layer: int) -> bool:
+    head = name.split(".", 1)[0]
+    if head == "tied_modules":  # the word embedding: on the first layer's stage and the output projection's
+        return 0 in layers or last_layer in layers
+    return int(head) in layers
+
+
+def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, model: ModelConfig) -> ParallelLayout:
+    """Writes `target`'s shards of the checkpoint of `step` beside its own, then names them in COMPLETE; returns the
+    layout it had."""
+    directory, saved = checkpoints / checkpoint.tag_of(step), checkpoint.saved_layout(checkpoints, step)
+    reader = ShardReader(directory, saved)
+    rows = reader.full(EMBEDDING).shape[0]
+    if rows != model.padded_vocab_size(target.tp):
+        raise ShardError(
+            f"the embedding has {rows} rows, padded for TP={saved.tp}, but TP={target.tp} pads the vocabulary to "
+            f"{model.padded_vocab_size(target.tp)}: choose a TP that pads it to {rows}"
+        )
+    last_layer = len(layer_specs(model, None)) - 1
+    for pp_rank, layers in enumerate(stage_layers(model, target.pp)):
+        names = [name for name in reader.names() if _on_stage(name, layers, last_layer)]
+        for tp_rank in range(target.tp):
+            states = {
+                name: {key: reader.local(name, key, target.tp, tp_rank).clone() for key in KEYS} for name in names
+            }
+            torch.save(states, directory / shard_file(target, tp_rank, pp_rank))
+    old = set(shard_files(saved)) - set(shard_files(target))
+    checkpoint.write_complete(checkpoints, directory.name, step, target, leave_out=old)
+    for name in old:
+        (directory / name).unlink()
+    return saved
+
+
+def reshard(job: ReshardJob) -> None:
+    from launch.worker import load_job
+
+    run_dir = Path(job.run_dir)
+    train_job = load_job(run_dir)
+    directory = run_dir / CHECKPOINTS
+    step = job.step or checkpoint.latest_step(directory)
+    if not step:
+        raise ValueError(f"{run_dir} has no complete checkpoint to reshard: train it first")
+    saved = checkpoint.saved_layout(directory, step)
+    target = ParallelLayout(job.tp, job.pp, job.dp or saved.dp)
+    problems = target.problems(train_job.model, train_job.train) + stage_problems(train_job.model, target.pp)
+    if problems:
+        raise ValueError("impossible layout: " + "; ".join(problems))
+    if (saved.tp, saved.pp) == (target.tp, target.pp):
+        print(f"{directory / checkpoint.tag_of(step)} is already laid out for TP={target.tp} x PP={target.pp}")
+        return
+    start = time.perf_counter()
+    reshard_checkpoint(directory, step, target, train_job.model)
+    print(
+        f"resharded step {step} of {run_dir} from {saved.name} to {target.name} in "
+        f"{time.perf_counter() - start:.1f} s: resume it with parallel.tp={target.tp} parallel.pp={target.pp}"
+    )

@@ -1,0 +1,155 @@
+"""A checkpoint's weights and Adam moments by parameter name, in files that any TP x PP x DP layout can read.
+
+The first data-parallel rank of each (tensor, pipeline) rank pair writes one file: for every parameter of its
+pipeline stage, its tensor-parallel slice of the fp32 master weight and of both Adam moments, whole over data
+parallelism (ZeRO-1's partitions are gathered first). Names are the pipeline module's, which number layers
+globally, so a stage of another layout finds its parameters by name; a slice for another TP width is cut from the
+slices joined along the dimension tensor parallelism splits (`model.bloom.tp_split_dim`). Nothing is recomputed or
+rounded, so a run resumed on another layout continues from exactly the numbers it stopped with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_full_optimizer_state,
+    safe_set_full_fp32_param,
+    safe_set_full_optimizer_state,
+)
+from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
+from megatron.core import parallel_state
+
+from launch.layout import ParallelLayout
+from model.bloom import tp_split_dim
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+KEYS = ("weight", *MOMENTS)
+
+
+class ShardError(ValueError):
+    """Shards that do not fit the model being restored; the message says which and why."""
+
+
+def shard_file(layout: ParallelLayout, tp_rank: int, pp_rank: int) -> str:
+    """Named after the layout too, so that a reshard can write the new files beside the old ones."""
+    return f"model-tp{tp_rank:02d}of{layout.tp:02d}-pp{pp_rank:02d}of{layout.pp:02d}.pt"
+
+
+def shard_files(layout: ParallelLayout) -> list[str]:
+    return [shard_file(layout, t, p) for p in range(layout.pp) for t in range(layout.tp)]
+
+
+def _uses_zero(engine) -> bool:
+    return engine.zero_optimization_stage() > 0
+
+
+def _torch_optimizer(engine) -> torch.optim.Optimizer:
+    """The optimizer holding Adam's state: ZeRO's inner one (over flat partitions), or the engine's own."""
+    return engine.optimizer.optimizer if _uses_zero(engine) else engine.optimizer
+
+
+def adam_steps(engine) -> int:
+    states = list(_torch_optimizer(engine).state.values())
+    return int(states[0]["step"]) if states else 0
+
+
+def _parameter_state(engine, parameter: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    if _uses_zero(engine):  # collectives over the data-parallel group: every DP rank calls in the same order
+        values = {"weight": safe_get_full_fp32_param(parameter)}
+        values.update({key: safe_get_full_optimizer_state(parameter, key) for key in MOMENTS})
+    else:
+        state = engine.optimizer.state[parameter]
+        values = {"weight": parameter.detach(), **{key: state[key] for key in MOMENTS}}
+    return {key: value.detach().float().cpu().clone() for key, value in values.items()}
+
+
+def write(engine, directory: Path, layout: ParallelLayout) -> str | None:
+    """Called by every rank; returns the file this rank wrote (None on other DP ranks than the first)."""
+    if _uses_zero(engine):
+        _link_zero_moments(engine, adam_steps(engine))
+    states = {name: _parameter_state(engine, parameter) for name, parameter in engine.module.named_parameters()}
+    if parallel_state.get_data_parallel_rank():
+        return None
+    name = shard_file(
+        layout, parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
+    )
+    torch.save(states, directory / name)
+    return name
+
+
+class ShardReader:
+    """The shards a checkpoint's layout wrote, memory-mapped: only the slices asked for are read."""
+
+    def __init__(self, directory: Path, layout: ParallelLayout) -> None:
+        self.layout = layout
+        self.files = {
+            (t, p): torch.load(directory / shard_file(layout, t, p), mmap=True, weights_only=True, map_location="cpu")
+            for p in range(layout.pp)
+            for t in range(layout.tp)
+        }
+        self.stage_of = {name: p for (t, p), states in self.files.items() if t == 0 for name in states}
+
+    def names(self) -> Iterator[str]:
+        return iter(self.stage_of)
+
+    def _slices(self, name: str, key: str) -> list[torch.Tensor]:
+        if name not in self.stage_of:
+            raise ShardError(f"the checkpoint has no parameter {name}: it was saved from another model shape")
+        return [self.files[(t, self.stage_of[name])][name][key] for t in range(self.layout.tp)]
+
+    def full(self, name: str, key: str = "weight") -> torch.Tensor:
+        slices, dim = self._slices(name, key), tp_split_dim(name)
+        return slices[0] if dim is None else torch.cat(slices, dim)
+
+    def local(self, name: str, key: str, tp: int, tp_rank: int) -> torch.Tensor:
+        """Rank `tp_rank`'s slice under tensor parallelism `tp`."""
+        dim = tp_split_dim(name)
+        if dim is None:
+            return self._slices(name, key)[0]
+        if tp == self.layout.tp:
+            return self._slices(name, key)[tp_rank]
+        full = self.full(name, key)
+        if full.shape[dim] % tp:
+            raise ShardError(f"{name} has {full.shape[dim]} rows or columns, which TP={tp} cannot split evenly")
+        return full.chunk(tp, dim)[tp_rank]
+
+
+def _link_zero_moments(engine, steps: int) -> None:
+    """Points each parameter's ZeRO fragment at its slice of Adam's moments, creating them (zeros) where Adam has
+    not yet: before the first step after a restore. DeepSpeed links them once, after its first parameter group's
+    step, when the second group has no state yet, so the second group's parameters are never linked (0.19.8)."""
+    zero = engine.optimizer
+    state = zero.optimizer.state
+    for group, flat in zip(zero.bit16_groups, zero.single_partition_of_fp32_groups, strict=True):
+        if flat not in state:
+            moments = {key: torch.zeros_like(flat) for key in MOMENTS}
+            state[flat] = {"step": torch.tensor(float(steps)), **moments}
+        lazy_init_hp_params_optimizer_state(group, flat, state)
+
+
+def restore(engine, reader: ShardReader, steps: int) -> None:
+    """Sets this rank's weights (model and fp32 master) and Adam moments from `reader`; `steps` is Adam's count."""
+    tp, tp_rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    zero = _uses_zero(engine)
+    if zero:
+        _link_zero_moments(engine, steps)
+    for name, parameter in engine.module.named_parameters():
+        values = {key: reader.local(name, key, tp, tp_rank) for key in KEYS}
+        if values["weight"].shape != parameter.shape:
+            raise ShardError(
+                f"{name} is {tuple(values['weight'].shape)} in the checkpoint but {tuple(parameter.shape)} here: "
+                "the model shape or the padded vocabulary differs (the vocabulary is padded to 128 x TP)"
+            )
+        with torch.no_grad():
+            parameter.copy_(values["weight"])
+        if zero:
+            safe_set_full_fp32_param(parameter, values["weight"])
+            for key in MOMENTS:
+                safe_set_full_optimizer_state(parameter, values[key], key)
+        else:
+            moments = {key: values[key].to(parameter.device).clone() for key in MOMENTS}
+            engine.optimizer.state[parameter] = {"step": torch.tensor(float(steps)), **moments}

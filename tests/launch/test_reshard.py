@@ -1,0 +1,112 @@
+"""Resharding: a run resumed on another TP x PP x DP layout continues from exactly the state it stopped with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from test_training import SHORT_RUN, records
+
+from launch.cli import main
+from launch.run_files import RUN_FILE
+from model.bloom import BloomBlock
+from model.config import ModelConfig
+from model.pipeline import layer_specs, stage_layers
+from model.stages import pipeline_stages
+
+# Six layers, so that four pipeline stages each hold a block; fp32 and no dropout, so that layouts agree to 1e-5.
+RUN = [*SHORT_RUN, "model.num_layers=6", "train.steps=10", "train.eval_samples=8"]
+# Each hop changes the layout: ZeRO-1 over DP 2 → ... → no ZeRO (DP 1) → ZeRO-1 over DP 4.
+CHAIN = [
+    ("tp2-pp2-dp2", ["parallel.tp=2", "parallel.pp=2", "parallel.dp=2"]),
+    ("tp1-pp4-dp2", ["parallel.tp=1", "parallel.pp=4", "parallel.dp=2"]),
+    ("tp2-pp1-dp1", ["parallel.tp=2", "parallel.pp=1", "parallel.dp=1"]),
+    ("tp1-pp1-dp1", ["parallel.tp=1", "parallel.pp=1", "parallel.dp=1"]),
+    ("tp1-pp2-dp4", ["parallel.tp=1", "parallel.pp=2", "parallel.dp=4"]),
+]
+
+
+def train(run_dir: Path, tokens: Path, *overrides: str) -> int:
+    return main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *overrides])
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {record["step"]: record["loss"] for record in records(run_dir)}
+
+
+@pytest.fixture(scope="module")
+def stayed(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    run_dir = tmp_path_factory.mktemp("stayed") / "run"
+    assert train(run_dir, tokens, *CHAIN[0][1]) == 0
+    return losses(run_dir)
+
+
+def test_a_run_moved_across_five_layouts_keeps_the_losses_of_one_that_stayed(tokens, stayed, tmp_path) -> None:
+    moved = tmp_path / "moved"
+    for _, overrides in CHAIN:
+        assert train(moved, tokens, *overrides, "train.exit_after=2") == 0
+    assert sorted(losses(moved)) == list(range(1, 11))
+    assert losses(moved) == pytest.approx(stayed, abs=1e-5, rel=0)
+    # Adam's state carried over too: a restart with fresh moments changes the next step's loss by far more than 1e-5
+    starts = [json.loads(line) for line in (moved / "history.jsonl").read_text().splitlines()]
+    starts = [event for event in starts if event["event"] == "start"]
+    assert [event["layout"] for event in starts] == [name for name, _ in CHAIN]
+    assert [event.get("resharded_from") for event in starts] == [None] + [name for name, _ in CHAIN[:-1]]
+    tracked = json.loads((moved / RUN_FILE).read_text())
+    run = MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"])
+    assert run.data.tags["layout"] == CHAIN[-1][0] and run.data.tags["corolla.resharded_from"] == CHAIN[-2][0]
+
+
+def shards(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: states for path in checkpoint.glob("model-*.pt") for name, states in torch.load(path).items()}
+
+
+def reshard(run_dir: Path, *overrides: str) -> int:
+    return main(["checkpoint", "reshard", f"run_dir={run_dir}", *overrides])
+
+
+def test_offline_resharding_is_exact_both_ways_and_the_run_resumes_on_the_new_files(capsys, tokens, stayed, tmp_path):
+    run_dir = tmp_path / "run"
+    assert train(run_dir, tokens, *CHAIN[0][1], "train.exit_after=2") == 0
+    saved = run_dir / "checkpoints" / "step-00000002"
+    before = {path.name for path in saved.glob("model-*.pt")}
+    original = shards(saved)
+    assert reshard(run_dir, "tp=1", "pp=4") == 0
+    assert "from tp2-pp2-dp2 to tp1-pp4-dp2" in capsys.readouterr().out
+    assert json.loads((saved / "COMPLETE").read_text())["layout"] == {"tp": 1, "pp": 4, "dp": 2}
+    assert not before & {path.name for path in saved.glob("model-*.pt")}  # the old layout's files are gone
+    assert reshard(run_dir, "tp=2", "pp=2") == 0
+    back = shards(saved)
+    assert back.keys() == original.keys()
+    assert all(torch.equal(back[name][key], original[name][key]) for name in original for key in original[name])
+    assert reshard(run_dir, "tp=1", "pp=4") == 0
+    assert train(run_dir, tokens, *CHAIN[1][1]) == 0
+    starts = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert starts[-2]["layout"] == "tp1-pp4-dp2" and "resharded_from" not in starts[-2]  # read its own files
+    assert losses(run_dir) == pytest.approx(stayed, abs=1e-5, rel=0)
+
+
+def test_a_layout_the_model_cannot_take_is_refused_before_any_file_changes(capsys, tokens, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    assert train(run_dir, tokens, "train.exit_after=1") == 0
+    capsys.readouterr()
+    before = {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")}
+    assert reshard(run_dir, "tp=3") == 2
+    assert capsys.readouterr().err.strip() == (
+        "corolla: error: impossible layout: model.num_heads=4 is not divisible by parallel.tp=3; "
+        "the MLP width 256 is not divisible by parallel.tp=3"
+    )
+    assert reshard(tmp_path / "nothing") == 2
+    assert {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")} == before
+
+
+@pytest.mark.parametrize("layers", [1, 2, 4, 6, 24, 70])
+def test_the_planners_stage_cut_is_the_one_deepspeed_makes(layers: int) -> None:
+    model = ModelConfig(num_layers=layers)
+    for pp in range(1, layers + 1):
+        specs, cut = layer_specs(model, None), stage_layers(model, pp)
+        blocks = [sum(specs[index].typename is BloomBlock for index in stage) for stage in cut]
+        assert blocks == [stage.blocks for stage in pipeline_stages(layers, pp, micro_batches=1)]
