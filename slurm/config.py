@@ -22,6 +22,8 @@ class ClusterConfig:
     account: str | None = None
     qos: str | None = None
     nodes: int = 1
+    # With parallel.elastic: Slurm may start (or requeue) the job on as few as this many nodes; 0: always `nodes`.
+    min_nodes: int = 0
     gpus_per_node: int = 0
     tasks_per_node: int = 0  # CPU nodes: ranks per node; GPU nodes: 0 (one per GPU)
     cpus_per_task: int = 1
@@ -51,6 +53,11 @@ class ClusterConfig:
                 f"cluster {self.name}: nodes={self.nodes} and cpus_per_task={self.cpus_per_task} must be at least 1, "
                 f"gpus_per_node={self.gpus_per_node} and tasks_per_node={self.tasks_per_node} not negative"
             )
+        if not 0 <= self.min_nodes <= self.nodes:
+            raise ValueError(
+                f"cluster {self.name}: min_nodes={self.min_nodes} must lie between 0 (always `nodes`) and "
+                f"nodes={self.nodes}"
+            )
         if self.scheduler == Scheduler.slurm and not (self.gpus_per_node or self.tasks_per_node):
             raise ValueError(
                 f"cluster {self.name}: set cluster.gpus_per_node (GPU nodes) or cluster.tasks_per_node (CPU nodes)"
@@ -71,6 +78,11 @@ class ClusterConfig:
     @property
     def ranks_per_node(self) -> int:
         return self.gpus_per_node or self.tasks_per_node
+
+    @property
+    def node_counts(self) -> range:
+        """Every node count the job may run on."""
+        return range(self.min_nodes or self.nodes, self.nodes + 1)
 
     @property
     def world_size(self) -> int | None:

@@ -55,7 +55,7 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     }
     parameters = {
         "job_name": _single_line("job name", job_name),
-        "nodes": cluster.nodes,
+        "nodes": f"{cluster.min_nodes}-{cluster.nodes}" if cluster.min_nodes else cluster.nodes,
         "ntasks_per_node": cluster.ranks_per_node,
         "cpus_per_task": cluster.cpus_per_task,
         "time": cluster.time_limit_min,
