@@ -2,8 +2,9 @@
 
 Rows (model/calibration.py): BLOOM-176B on 384 A100s of Jean Zay (~105 s an iteration, ~150 TFLOP/s), and
 Megatron-LM's A100 weak-scaling table (Narayanan et al. 2021, Table 1; the time a step there follows from the
-published TFLOP/s). Then where BLOOM's own layout stands among every layout `corolla plan` considers. Arithmetic
-only: no GPU needed, a second or two.
+published TFLOP/s). Then where BLOOM's own layout stands among every layout `corolla plan` considers (arithmetic
+only: no GPU needed, a second or two), and the time to reshard a checkpoint offline as the model grows
+(benchmarks/reshard_time.py: real files, a minute or two).
 
     .venv/bin/python benchmarks/plan_vs_published.py
 
@@ -17,6 +18,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from reshard_time import reshard_section  # noqa: E402
 
 from model.calibration import bloom_176b, published_runs  # noqa: E402
 from model.planner import best_per_layout, describe, evaluate, plan_layouts  # noqa: E402
@@ -58,6 +61,7 @@ def bloom_layouts_section() -> None:
 def main() -> None:
     published_runs_section()
     bloom_layouts_section()
+    reshard_section()
 
 
 if __name__ == "__main__":

@@ -88,18 +88,42 @@ def latest_step(directory: Path) -> int | None:
     return _record(directory, tag)["step"] if tag else None
 
 
+def _layout_of(directory: Path, step: int, key: str) -> ParallelLayout:
+    record = _record(directory, tag_of(step))
+    if key not in record:
+        raise CheckpointError(
+            f"checkpoint {directory / tag_of(step)} was saved in DeepSpeed's format by a corolla before resharding: "
+            "resume it with that version, or start the run again"
+        )
+    return ParallelLayout(**record[key])
+
+
 def saved_layout(directory: Path, step: int) -> ParallelLayout:
-    return ParallelLayout(**_record(directory, tag_of(step))["layout"])
+    """The layout the checkpoint's parameter files are laid out for."""
+    return _layout_of(directory, step, "layout")
+
+
+def rng_layout(directory: Path, step: int) -> ParallelLayout:
+    """The layout of the ranks that wrote its RNG files (an offline reshard changes the other, not this)."""
+    return _layout_of(directory, step, "rng_layout")
 
 
 def write_complete(
-    directory: Path, tag: str, step: int, layout: ParallelLayout, leave_out: set[str] = frozenset()
+    directory: Path,
+    tag: str,
+    step: int,
+    layout: ParallelLayout,
+    rng_layout: ParallelLayout,
+    leave_out: set[str] = frozenset(),
 ) -> None:
-    """Marks `tag` complete: its step, layout and every file with its size but those in `leave_out` (atomically)."""
+    """Marks `tag` complete: its step, the layouts of its parameter and RNG files, and every file with its size but
+    those in `leave_out` (atomically)."""
     files = {str(p.relative_to(directory / tag)): p.stat().st_size for p in (directory / tag).rglob("*") if p.is_file()}
     for name in {COMPLETE, *leave_out}:
         files.pop(name, None)
-    record = {"step": step, "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}, "files": files}
+    layouts = {key: {"tp": value.tp, "pp": value.pp, "dp": value.dp} for key, value in
+               (("layout", layout), ("rng_layout", rng_layout))}  # fmt: skip
+    record = {"step": step, **layouts, "files": files}
     write_atomically(directory / tag / COMPLETE, json.dumps(record, indent=1) + "\n")
 
 
@@ -152,7 +176,7 @@ def save(engine, directory: Path, step: int, keep: int, layout: ParallelLayout) 
         os._exit(17)
     dist.barrier()
     if rank == 0:
-        write_complete(directory, tag, step, layout)
+        write_complete(directory, tag, step, layout, rng_layout=layout)
         write_atomically(directory / LATEST, tag + "\n")
         _remove_old(directory, keep, current=tag)
     dist.barrier()
@@ -175,7 +199,8 @@ def load(engine, directory: Path, step: int, layout: ParallelLayout) -> Parallel
     """
     tag, rank = tag_of(step), dist.get_rank()
     saved = saved_layout(directory, step)
-    rng_rank = rank if saved == layout or rank < saved.world_size else 0
+    rngs = rng_layout(directory, step)
+    rng_rank = rank if rngs == layout or rank < rngs.world_size else 0
     try:
         trainer = torch.load(directory / tag / TRAINER_FILE, weights_only=False)
         shards.restore(engine, shards.ShardReader(directory / tag, saved), trainer["adam_steps"])

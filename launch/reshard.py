@@ -51,7 +51,8 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
             }
             torch.save(states, directory / shard_file(target, tp_rank, pp_rank))
     old = set(shard_files(saved)) - set(shard_files(target))
-    checkpoint.write_complete(checkpoints, directory.name, step, target, leave_out=old)
+    rngs = checkpoint.rng_layout(checkpoints, step)
+    checkpoint.write_complete(checkpoints, directory.name, step, target, rng_layout=rngs, leave_out=old)
     for name in old:
         (directory / name).unlink()
     return saved
@@ -67,7 +68,7 @@ def reshard(job: ReshardJob) -> None:
     if not step:
         raise ValueError(f"{run_dir} has no complete checkpoint to reshard: train it first")
     saved = checkpoint.saved_layout(directory, step)
-    target = ParallelLayout(job.tp, job.pp, job.dp or saved.dp)
+    target = ParallelLayout(job.tp or saved.tp, job.pp or saved.pp, job.dp or saved.dp)
     problems = target.problems(train_job.model, train_job.train) + stage_problems(train_job.model, target.pp)
     if problems:
         raise ValueError("impossible layout: " + "; ".join(problems))

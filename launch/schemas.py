@@ -129,9 +129,9 @@ class ReshardJob:
     """`corolla checkpoint reshard`: the run whose checkpoint to rewrite, and the layout to rewrite it for."""
 
     run_dir: str = MISSING
-    tp: int = 1
-    pp: int = 1
-    dp: int = 0  # 0: the data parallelism the checkpoint was saved with
+    tp: int = 0  # 0: as saved
+    pp: int = 0  # 0: as saved
+    dp: int = 0  # 0: as saved
     step: int = 0  # 0: the latest complete checkpoint
 
 

@@ -71,8 +71,13 @@ def write(engine, directory: Path, layout: ParallelLayout) -> str | None:
     """Called by every rank; returns the file this rank wrote (None on other DP ranks than the first)."""
     if _uses_zero(engine):
         _link_zero_moments(engine, adam_steps(engine))
-    states = {name: _parameter_state(engine, parameter) for name, parameter in engine.module.named_parameters()}
-    if parallel_state.get_data_parallel_rank():
+    writes = parallel_state.get_data_parallel_rank() == 0
+    states = {}
+    for name, parameter in engine.module.named_parameters():
+        values = _parameter_state(engine, parameter)  # gathered on every DP rank, kept on the one that writes
+        if writes:
+            states[name] = values
+    if not writes:
         return None
     name = shard_file(
         layout, parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
@@ -96,22 +101,26 @@ class ShardReader:
     def names(self) -> Iterator[str]:
         return iter(self.stage_of)
 
-    def _slices(self, name: str, key: str) -> list[torch.Tensor]:
+    def _slices(self, name: str, key: str, stage: int | None = None) -> list[torch.Tensor]:
+        """The TP slices of `name`, from `stage`'s files where they hold it (the tied embedding is on two stages,
+        whose copies may differ in the last bits after DP reductions in different buckets), else its first."""
         if name not in self.stage_of:
             raise ShardError(f"the checkpoint has no parameter {name}: it was saved from another model shape")
-        return [self.files[(t, self.stage_of[name])][name][key] for t in range(self.layout.tp)]
+        if stage is None or name not in self.files.get((0, stage), {}):
+            stage = self.stage_of[name]
+        return [self.files[(t, stage)][name][key] for t in range(self.layout.tp)]
 
     def full(self, name: str, key: str = "weight") -> torch.Tensor:
         slices, dim = self._slices(name, key), tp_split_dim(name)
         return slices[0] if dim is None else torch.cat(slices, dim)
 
-    def local(self, name: str, key: str, tp: int, tp_rank: int) -> torch.Tensor:
-        """Rank `tp_rank`'s slice under tensor parallelism `tp`."""
+    def local(self, name: str, key: str, tp: int, tp_rank: int, stage: int | None = None) -> torch.Tensor:
+        """Rank `tp_rank`'s slice under tensor parallelism `tp`; from `stage`'s files where they hold it."""
         dim = tp_split_dim(name)
         if dim is None:
-            return self._slices(name, key)[0]
+            return self._slices(name, key, stage)[0]
         if tp == self.layout.tp:
-            return self._slices(name, key)[tp_rank]
+            return self._slices(name, key, stage)[tp_rank]
         full = self.full(name, key)
         if full.shape[dim] % tp:
             raise ShardError(f"{name} has {full.shape[dim]} rows or columns, which TP={tp} cannot split evenly")
@@ -134,11 +143,13 @@ def _link_zero_moments(engine, steps: int) -> None:
 def restore(engine, reader: ShardReader, steps: int) -> None:
     """Sets this rank's weights (model and fp32 master) and Adam moments from `reader`; `steps` is Adam's count."""
     tp, tp_rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    own_stage = parallel_state.get_pipeline_model_parallel_rank() if pp == reader.layout.pp else None
     zero = _uses_zero(engine)
     if zero:
         _link_zero_moments(engine, steps)
     for name, parameter in engine.module.named_parameters():
-        values = {key: reader.local(name, key, tp, tp_rank) for key in KEYS}
+        values = {key: reader.local(name, key, tp, tp_rank, own_stage) for key in KEYS}
         if values["weight"].shape != parameter.shape:
             raise ShardError(
                 f"{name} is {tuple(values['weight'].shape)} in the checkpoint but {tuple(parameter.shape)} here: "

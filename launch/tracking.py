@@ -104,16 +104,21 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
-def tag_restart(run_dir: Path, restarts: int, failures: int, layout: str, resharded_from: str | None = None) -> None:
-    """A restart's tags; a layout change since the last checkpoint also sets `corolla.resharded_from`."""
+def tag_restart(run_dir: Path, restarts: int, failures: int) -> None:
     tracked = recorded_run(run_dir)
     client = MlflowClient(tracked.tracking_uri)
     client.set_tag(tracked.run_id, "corolla.restarts", str(restarts))
     client.set_tag(tracked.run_id, "corolla.failures", str(failures))
+    client.update_run(tracked.run_id, status="RUNNING")
+
+
+def tag_layout(run_dir: Path, layout: str, resharded_from: str | None = None) -> None:
+    """The layout a start trains with; `corolla.resharded_from` names the last one it changed from."""
+    tracked = recorded_run(run_dir)
+    client = MlflowClient(tracked.tracking_uri)
     client.set_tag(tracked.run_id, "layout", layout)
     if resharded_from:
         client.set_tag(tracked.run_id, "corolla.resharded_from", resharded_from)
-    client.update_run(tracked.run_id, status="RUNNING")
 
 
 def log_artifact(tracked: TrackedRun, path: Path) -> None:

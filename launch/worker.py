@@ -85,7 +85,7 @@ class Outcome(Enum):
 
 def _record_start(run_dir: Path, origin: dict[str, object], resumed_from: int, logged_up_to: int,
                   layout: ParallelLayout, saved_layout: ParallelLayout) -> None:  # fmt: skip
-    """History and MLflow: where this start runs, what it resumed, and the layout, if it changed since the save."""
+    """History and MLflow: where this start runs, what it resumed, its layout and the one it was resharded from."""
     history = RunHistory(run_dir)
     change = {"layout": layout.name}
     if saved_layout != layout:
@@ -93,9 +93,10 @@ def _record_start(run_dir: Path, origin: dict[str, object], resumed_from: int, l
         print(f"resharded the step-{resumed_from} checkpoint from {saved_layout.name} to {layout.name}", flush=True)
     history.record("start", **origin, resumed_from_step=resumed_from, steps_redone=max(0, logged_up_to - resumed_from),
                    **change)  # fmt: skip
+    tracking.tag_layout(run_dir, **change)
     starts = len(history.starts())
     if starts > 1:
-        tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures(), **change)
+        tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures())
 
 
 def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Callable[[], None] = lambda: None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import submitit
 
-from launch.launcher import prepare_run
+from launch.launcher import elastic_layout, prepare_run
 from launch.plan import check_memory
 from launch.run_files import JOBS_FILE, SUBMITIT_DIR
 from launch.schemas import TrainJob
@@ -55,7 +55,7 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     }
     parameters = {
         "job_name": _single_line("job name", job_name),
-        "nodes": f"{cluster.min_nodes}-{cluster.nodes}" if cluster.min_nodes else cluster.nodes,
+        "nodes": cluster.nodes,
         "ntasks_per_node": cluster.ranks_per_node,
         "cpus_per_task": cluster.cpus_per_task,
         "time": cluster.time_limit_min,
@@ -65,6 +65,8 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
         "srun_args": ["--kill-on-bad-exit=1"],
         "additional_parameters": {"requeue": True},
     }
+    if cluster.min_nodes:  # a range for sbatch; submitit keeps counting tasks from `nodes`, an int
+        parameters["additional_parameters"]["nodes"] = f"{cluster.min_nodes}-{cluster.nodes}"
     parameters.update({key: _single_line(key, value) if isinstance(value, str) else value
                        for key, value in optional.items() if value is not None})  # fmt: skip
     return parameters
@@ -127,6 +129,12 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     # The whole job validated with nothing written yet, then the planner's memory check on its resolved shape.
     prepared = prepare_run(job, job.cluster.world_size, create=False)
     check_memory(prepared.job, prepared.layout)
+    if job.parallel.elastic:
+        for nodes in job.cluster.node_counts:
+            try:
+                check_memory(prepared.job, elastic_layout(prepared.job, nodes * job.cluster.ranks_per_node))
+            except ValueError as error:
+                raise ValueError(f"parallel.elastic on {nodes} nodes: {error}") from None
     if not dry_run:
         prepared = prepare_run(job, job.cluster.world_size)
     executor = make_executor(job.cluster, prepared.run_dir)

@@ -70,22 +70,22 @@ def reshard(run_dir: Path, *overrides: str) -> int:
 
 def test_offline_resharding_is_exact_both_ways_and_the_run_resumes_on_the_new_files(capsys, tokens, stayed, tmp_path):
     run_dir = tmp_path / "run"
-    assert train(run_dir, tokens, *CHAIN[0][1], "train.exit_after=2") == 0
+    assert train(run_dir, tokens, *CHAIN[3][1], "train.exit_after=2") == 0  # one rank
     saved = run_dir / "checkpoints" / "step-00000002"
     before = {path.name for path in saved.glob("model-*.pt")}
     original = shards(saved)
-    assert reshard(run_dir, "tp=1", "pp=4") == 0
-    assert "from tp2-pp2-dp2 to tp1-pp4-dp2" in capsys.readouterr().out
-    assert json.loads((saved / "COMPLETE").read_text())["layout"] == {"tp": 1, "pp": 4, "dp": 2}
-    assert not before & {path.name for path in saved.glob("model-*.pt")}  # the old layout's files are gone
     assert reshard(run_dir, "tp=2", "pp=2") == 0
+    assert "from tp1-pp1-dp1 to tp2-pp2-dp1" in capsys.readouterr().out
+    assert json.loads((saved / "COMPLETE").read_text())["layout"] == {"tp": 2, "pp": 2, "dp": 1}
+    assert not before & {path.name for path in saved.glob("model-*.pt")}  # the old layout's files are gone
+    assert reshard(run_dir, "tp=1", "pp=1") == 0
     back = shards(saved)
     assert back.keys() == original.keys()
     assert all(torch.equal(back[name][key], original[name][key]) for name in original for key in original[name])
-    assert reshard(run_dir, "tp=1", "pp=4") == 0
-    assert train(run_dir, tokens, *CHAIN[1][1]) == 0
+    assert reshard(run_dir, "tp=2", "pp=2") == 0
+    assert train(run_dir, tokens, "parallel.tp=2", "parallel.pp=2", "parallel.dp=1") == 0  # four ranks, one RNG file
     starts = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert starts[-2]["layout"] == "tp1-pp4-dp2" and "resharded_from" not in starts[-2]  # read its own files
+    assert starts[-2]["layout"] == "tp2-pp2-dp1" and "resharded_from" not in starts[-2]  # read its own files
     assert losses(run_dir) == pytest.approx(stayed, abs=1e-5, rel=0)
 
 

@@ -106,6 +106,8 @@ def test_batch_rampup_in_3d_gives_the_one_process_losses_and_resumes(tokens: Pat
         (["train.eval_samples=3"], "train.eval_samples=3 is not divisible by train.micro_batch x dp = 2"),
         (["train.eval_samples=1000"], "fewer than train.eval_samples=1000"),
         (["model.vocab_size=5000"], "model.vocab_size=5000 but the tokenizer of"),
+        (["model.num_layers=4", "parallel.pp=4"], "parallel.pp=4 leaves stage 3 with the output embedding alone"),
+        (["train.precision=bf16", "parallel.zero_stage=0"], "train.precision=bf16 needs parallel.zero_stage=1"),
     ],
 )
 def test_impossible_jobs_stop_before_any_process_starts(capsys, tokens, tmp_path, overrides, expected) -> None:

@@ -139,6 +139,34 @@ def subprocess_hostnames(cluster: TestCluster, node_list: str) -> list[str]:
     return cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()
 
 
+def test_an_elastic_run_submitted_again_when_nodes_are_short_reshards_onto_the_nodes_it_gets(
+    slurm_cluster, tokens, local_losses, tmp_path
+) -> None:
+    run_dir, elastic = tmp_path / "run", ["parallel.elastic=true", "cluster.min_nodes=1"]
+    first_job = submit(run_dir, tokens, *elastic)  # three nodes free: it gets the two it asks for
+    wait_checkpoint(run_dir, 2)
+    (run_dir / "STOP").touch()
+    assert wait_for(lambda: job_state(slurm_cluster, first_job) in ("COMPLETED", "GONE"), timeout=120, interval=0.5)
+    short = ["n2", "n3"]
+    for node in short:
+        slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=drain", "reason=corolla-test")
+    try:
+        second_job = submit(run_dir, tokens, *elastic)  # one node left: it starts there, on half the ranks
+        wait_finished(slurm_cluster, run_dir, second_job)
+    finally:
+        for node in short:
+            slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=resume")
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    first, second = RunHistory(run_dir).starts()
+    assert first["layout"] == "tp2-pp2-dp2" and len(subprocess_hostnames(slurm_cluster, first["nodes"])) == 2
+    assert second["nodes"] == "n1" and second["layout"] == "tp2-pp2-dp1"
+    assert second["resharded_from"] == "tp2-pp2-dp2" and second["resumed_from_step"] >= 2
+    tracked = json.loads((run_dir / "run.json").read_text())
+    tags = MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).data.tags
+    assert tags["layout"] == "tp2-pp2-dp1" and tags["corolla.resharded_from"] == "tp2-pp2-dp2"
+    one_mlflow_value_per_step(run_dir, local_losses)
+
+
 def test_a_stop_signal_checkpoints_requeues_and_resumes(
     slurm_cluster, mlflow_server, tokens, local_losses, tmp_path
 ) -> None:

@@ -1,0 +1,89 @@
+"""Time to reshard a checkpoint offline (`corolla checkpoint reshard`) as the model grows.
+
+For each model shape: a checkpoint is written on one rank (TP=1 x PP=1: the fp32 weights of a real, freshly
+initialised BLOOM and two Adam moments), then resharded TP1xPP1 → TP2xPP2 → TP1xPP4 → TP1xPP1. Printed: the
+checkpoint's size, the seconds of each hop, and their rate (GB/s of checkpoint written); the baseline is the time to
+write the same checkpoint once with torch.save (so a ratio of 1.0 means resharding costs one save).
+
+    .venv/bin/python benchmarks/reshard_time.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from megatron.core import parallel_state  # noqa: E402
+
+from launch import checkpoint  # noqa: E402
+from launch.layout import ParallelLayout  # noqa: E402
+from launch.reshard import reshard_checkpoint  # noqa: E402
+from launch.shards import MOMENTS, shard_file  # noqa: E402
+from model.bloom import parallel_config  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.pipeline import pipeline_module  # noqa: E402
+
+SHAPES = [  # layers, hidden, heads: about 30M, 110M and 250M parameters with a 32k vocabulary
+    (8, 512, 8),
+    (8, 1024, 16),
+    (8, 1536, 16),
+]
+HOPS = [ParallelLayout(2, 2, 1), ParallelLayout(1, 4, 1), ParallelLayout(1, 1, 1)]
+STEP = 1
+
+
+def _one_rank() -> None:
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
+
+
+def _write_source(checkpoints: Path, model: ModelConfig) -> tuple[int, float]:
+    """A TP1xPP1 checkpoint of a fresh model; its size in bytes and the seconds torch.save took."""
+    module = pipeline_module(model, parallel_config(), ParallelLayout(), seed=1, activation_checkpointing=False)
+    states = {
+        name: {"weight": p.detach(), **{key: p.detach() * (index + 1) / 10 for index, key in enumerate(MOMENTS)}}
+        for name, p in module.named_parameters()
+    }
+    directory = checkpoints / checkpoint.tag_of(STEP)
+    directory.mkdir(parents=True)
+    path = directory / shard_file(ParallelLayout(), 0, 0)
+    start = time.perf_counter()
+    torch.save(states, path)
+    seconds = time.perf_counter() - start
+    checkpoint.write_complete(checkpoints, directory.name, STEP, ParallelLayout(), rng_layout=ParallelLayout())
+    return path.stat().st_size, seconds
+
+
+def reshard_section() -> None:
+    print("\nTime to reshard a checkpoint offline (fp32 weights + 2 Adam moments; baseline: one torch.save of it)")
+    print(f"{'parameters':>12} {'GB':>6} {'save s':>7} " + " ".join(f"{'→ ' + hop.name[:-4]:>14}" for hop in HOPS))
+    if not dist.is_initialized():
+        _one_rank()
+    for layers, hidden, heads in SHAPES:
+        model = ModelConfig(num_layers=layers, hidden_size=hidden, num_heads=heads, vocab_size=32000)
+        with tempfile.TemporaryDirectory() as workdir:
+            checkpoints = Path(workdir)
+            size, save_seconds = _write_source(checkpoints, model)
+            hops = []
+            for target in HOPS:
+                start = time.perf_counter()
+                reshard_checkpoint(checkpoints, STEP, target, model)
+                hops.append(time.perf_counter() - start)
+        parameters = size / 12
+        cells = " ".join(f"{s:6.2f}s {s / save_seconds:5.2f}x" for s in hops)
+        print(f"{parameters / 1e6:11.0f}M {size / 1e9:6.2f} {save_seconds:7.2f} {cells}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    reshard_section()
