@@ -10,6 +10,8 @@ write the same checkpoint once with torch.save (so a ratio of 1.0 means reshardi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import torch.distributed as dist  # noqa: E402
 from megatron.core import parallel_state  # noqa: E402
 
 from launch import checkpoint  # noqa: E402
+from launch.device import init_distributed  # noqa: E402
 from launch.layout import ParallelLayout  # noqa: E402
 from launch.reshard import reshard_checkpoint  # noqa: E402
 from launch.shards import MOMENTS, shard_file  # noqa: E402
@@ -41,15 +44,16 @@ STEP = 1
 
 
 def _one_rank() -> None:
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
     os.environ.setdefault("MASTER_PORT", "29533")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    init_distributed(timeout_s=600)
     parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
 
 
 def _write_source(checkpoints: Path, model: ModelConfig) -> tuple[int, float]:
     """A TP1xPP1 checkpoint of a fresh model; its size in bytes and the seconds torch.save took."""
-    module = pipeline_module(model, parallel_config(), ParallelLayout(), seed=1, activation_checkpointing=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the stage's layers
+        module = pipeline_module(model, parallel_config(), ParallelLayout(), seed=1, activation_checkpointing=False)
     states = {
         name: {"weight": p.detach(), **{key: p.detach() * (index + 1) / 10 for index, key in enumerate(MOMENTS)}}
         for name, p in module.named_parameters()
