@@ -24,6 +24,7 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from launch import shards
+from launch.device import seed_tensor_parallel
 from launch.layout import ParallelLayout
 from launch.run_files import COMPLETE, LATEST
 from tokenizer.files import write_atomically
@@ -191,11 +192,12 @@ def _remove_old(directory: Path, keep: int, current: str) -> None:
         shutil.rmtree(directory / tag, ignore_errors=True)
 
 
-def load(engine, directory: Path, step: int, layout: ParallelLayout) -> ParallelLayout:
+def load(engine, directory: Path, step: int, layout: ParallelLayout, seed: int) -> ParallelLayout:
     """Restores everything `save` wrote at `step` on this rank, whatever layout saved it; returns that layout.
 
-    On the layout that saved it, each rank takes back its own RNG states; on another, rank r takes those of the
-    old rank r (rank 0's where there was none), so that every generator is in a state a run reaches.
+    On the layout that saved it, each rank takes back its own RNG states. On another, rank r takes those of the old
+    rank r (rank 0's where there was none), and a tensor-parallel RNG seeded anew from `seed`, the step and its TP
+    rank, since borrowed ones could coincide on two TP ranks.
     """
     tag, rank = tag_of(step), dist.get_rank()
     saved = saved_layout(directory, step)
@@ -214,4 +216,6 @@ def load(engine, directory: Path, step: int, layout: ParallelLayout) -> Parallel
             "restore its files, or point `latest` at an older complete checkpoint"
         ) from None
     _restore_rng(engine, rng)
+    if rngs != layout:
+        seed_tensor_parallel(seed + step)
     return saved

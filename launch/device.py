@@ -68,6 +68,11 @@ def init_distributed(timeout_s: float) -> None:
 def seed_everything(seed: int) -> None:
     """The default RNG (same on every TP rank) and the tensor-parallel one (different per TP rank)."""
     torch.manual_seed(seed)
+    seed_tensor_parallel(seed)
+
+
+def seed_tensor_parallel(seed: int) -> None:
+    """A fresh tensor-parallel RNG, different on each TP rank (attention dropout draws from it)."""
     tp_seed = seed + TP_SEED_OFFSET + parallel_state.get_tensor_model_parallel_rank()
     if on_gpu():
         megatron_random.model_parallel_cuda_manual_seed(seed)

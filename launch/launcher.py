@@ -17,7 +17,7 @@ from launch.history import RunHistory
 from launch.layout import ParallelLayout
 from launch.local import run_local
 from launch.run_files import CHECKPOINTS, JOB_FILE
-from launch.schemas import Precision, TrainJob
+from launch.schemas import TrainJob
 from launch.stopping import STOP_FILE
 from model.pipeline import stage_problems
 from slurm.config import Scheduler
@@ -98,11 +98,6 @@ def resolve(job: TrainJob, world_size: int | None = None) -> tuple[TrainJob, Par
         )
     job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
     problems = layout.problems(job.model, job.train) + stage_problems(job.model, layout.pp)
-    if job.train.precision == Precision.bf16 and job.parallel.zero_stage == 0:
-        problems.append(
-            "train.precision=bf16 needs parallel.zero_stage=1: DeepSpeed's bf16 optimizer without ZeRO cannot save "
-            "and restore its fp32 state"
-        )
     if problems:
         raise ValueError("impossible layout: " + "; ".join(problems))
     BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample

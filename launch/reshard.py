@@ -36,7 +36,7 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
     layout it had."""
     directory, saved = checkpoints / checkpoint.tag_of(step), checkpoint.saved_layout(checkpoints, step)
     reader = ShardReader(directory, saved)
-    rows = reader.full(EMBEDDING).shape[0]
+    rows = reader.full_size(EMBEDDING, 0)
     if rows != model.padded_vocab_size(target.tp):
         raise ShardError(
             f"the embedding has {rows} rows, padded for TP={saved.tp}, but TP={target.tp} pads the vocabulary to "

@@ -43,13 +43,25 @@ def shard_files(layout: ParallelLayout) -> list[str]:
     return [shard_file(layout, t, p) for p in range(layout.pp) for t in range(layout.tp)]
 
 
-def _uses_zero(engine) -> bool:
-    return engine.zero_optimization_stage() > 0
+def _master_groups(engine) -> list[tuple[list[torch.nn.Parameter], torch.Tensor]] | None:
+    """Per parameter group, the model's parameters and the flat fp32 partition holding their masters, where
+    DeepSpeed keeps the masters apart: ZeRO-1, or its bf16 optimizer without ZeRO. None where the parameters are
+    their own masters (fp32 without ZeRO)."""
+    optimizer = engine.optimizer
+    if hasattr(optimizer, "single_partition_of_fp32_groups"):  # ZeRO
+        return list(zip(optimizer.bit16_groups, optimizer.single_partition_of_fp32_groups, strict=True))
+    if hasattr(optimizer, "fp32_groups_flat_partition"):  # BF16_Optimizer
+        return list(zip(optimizer.bf16_groups, optimizer.fp32_groups_flat_partition, strict=True))
+    return None
+
+
+def _has_masters(engine) -> bool:
+    return _master_groups(engine) is not None
 
 
 def _torch_optimizer(engine) -> torch.optim.Optimizer:
-    """The optimizer holding Adam's state: ZeRO's inner one (over flat partitions), or the engine's own."""
-    return engine.optimizer.optimizer if _uses_zero(engine) else engine.optimizer
+    """The optimizer holding Adam's state: DeepSpeed's wrapper's inner one (over flat partitions), or the engine's."""
+    return engine.optimizer.optimizer if _has_masters(engine) else engine.optimizer
 
 
 def adam_steps(engine) -> int:
@@ -58,7 +70,7 @@ def adam_steps(engine) -> int:
 
 
 def _parameter_state(engine, parameter: torch.nn.Parameter) -> dict[str, torch.Tensor]:
-    if _uses_zero(engine):  # collectives over the data-parallel group: every DP rank calls in the same order
+    if _has_masters(engine):  # collectives over the data-parallel group: every DP rank calls in the same order
         values = {"weight": safe_get_full_fp32_param(parameter)}
         values.update({key: safe_get_full_optimizer_state(parameter, key) for key in MOMENTS})
     else:
@@ -69,8 +81,8 @@ def _parameter_state(engine, parameter: torch.nn.Parameter) -> dict[str, torch.T
 
 def write(engine, directory: Path, layout: ParallelLayout) -> str | None:
     """Called by every rank; returns the file this rank wrote (None on other DP ranks than the first)."""
-    if _uses_zero(engine):
-        _link_zero_moments(engine, adam_steps(engine))
+    if _has_masters(engine):
+        _link_moments(engine, adam_steps(engine))
     writes = parallel_state.get_data_parallel_rank() == 0
     states = {}
     for name, parameter in engine.module.named_parameters():
@@ -114,27 +126,39 @@ class ShardReader:
         slices, dim = self._slices(name, key), tp_split_dim(name)
         return slices[0] if dim is None else torch.cat(slices, dim)
 
+    def full_size(self, name: str, dim: int) -> int:
+        """The whole parameter's extent along `dim`, without reading it."""
+        slices = self._slices(name, "weight")
+        return sum(piece.shape[dim] for piece in slices) if tp_split_dim(name) == dim else slices[0].shape[dim]
+
     def local(self, name: str, key: str, tp: int, tp_rank: int, stage: int | None = None) -> torch.Tensor:
         """Rank `tp_rank`'s slice under tensor parallelism `tp`; from `stage`'s files where they hold it."""
         dim = tp_split_dim(name)
         if dim is None:
             return self._slices(name, key, stage)[0]
+        slices = self._slices(name, key, stage)
         if tp == self.layout.tp:
-            return self._slices(name, key, stage)[tp_rank]
-        full = self.full(name, key)
-        if full.shape[dim] % tp:
-            raise ShardError(f"{name} has {full.shape[dim]} rows or columns, which TP={tp} cannot split evenly")
-        return full.chunk(tp, dim)[tp_rank]
+            return slices[tp_rank]
+        # Only the old slices that overlap the new one are read (they are memory-mapped), not the whole tensor.
+        old_width, total = slices[0].shape[dim], sum(piece.shape[dim] for piece in slices)
+        if total % tp:
+            raise ShardError(f"{name} has {total} rows or columns, which TP={tp} cannot split evenly")
+        start, stop = tp_rank * total // tp, (tp_rank + 1) * total // tp
+        pieces = []
+        for index, piece in enumerate(slices):
+            low, high = max(start, index * old_width), min(stop, (index + 1) * old_width)
+            if low < high:
+                pieces.append(piece.narrow(dim, low - index * old_width, high - low))
+        return torch.cat(pieces, dim)
 
 
-def _link_zero_moments(engine, steps: int) -> None:
-    """Points each parameter's ZeRO fragment at its slice of Adam's moments, creating them (zeros) where Adam has
+def _link_moments(engine, steps: int) -> None:
+    """Points each parameter's fp32 fragment at its slice of Adam's moments, creating them (zeros) where Adam has
     not yet: before the first step after a restore. DeepSpeed links them once, after its first parameter group's
     step, when the second group has no state yet, so the second group's parameters are never linked (0.19.8)."""
-    zero = engine.optimizer
-    state = zero.optimizer.state
-    for group, flat in zip(zero.bit16_groups, zero.single_partition_of_fp32_groups, strict=True):
-        if flat not in state:
+    state = _torch_optimizer(engine).state
+    for group, flat in _master_groups(engine):
+        if not state.get(flat):
             moments = {key: torch.zeros_like(flat) for key in MOMENTS}
             state[flat] = {"step": torch.tensor(float(steps)), **moments}
         lazy_init_hp_params_optimizer_state(group, flat, state)
@@ -145,9 +169,9 @@ def restore(engine, reader: ShardReader, steps: int) -> None:
     tp, tp_rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     own_stage = parallel_state.get_pipeline_model_parallel_rank() if pp == reader.layout.pp else None
-    zero = _uses_zero(engine)
-    if zero:
-        _link_zero_moments(engine, steps)
+    masters = _has_masters(engine)
+    if masters:
+        _link_moments(engine, steps)
     for name, parameter in engine.module.named_parameters():
         values = {key: reader.local(name, key, tp, tp_rank, own_stage) for key in KEYS}
         if values["weight"].shape != parameter.shape:
@@ -157,7 +181,7 @@ def restore(engine, reader: ShardReader, steps: int) -> None:
             )
         with torch.no_grad():
             parameter.copy_(values["weight"])
-        if zero:
+        if masters:
             safe_set_full_fp32_param(parameter, values["weight"])
             for key in MOMENTS:
                 safe_set_full_optimizer_state(parameter, values[key], key)

@@ -80,8 +80,8 @@ class ClippingAdamW(torch.optim.AdamW):
 
 def zero_stage_for(parallel: ParallelConfig, layout: ParallelLayout, precision: Precision) -> int:
     """ZeRO-1 shards optimizer states over data-parallel ranks; with one there is nothing to shard, and in fp32 its
-    bookkeeping would cost a fifth of a small model's step. bf16 keeps it: DeepSpeed's bf16 optimizer without ZeRO
-    cannot load the checkpoints it saves (0.19.8, KeyError in `_load_legacy_checkpoint`)."""
+    bookkeeping would cost a fifth of a small model's step. In bf16 the configured stage stands: ZeRO-1 keeps the
+    fp32 masters, and so does DeepSpeed's bf16 optimizer at parallel.zero_stage=0."""
     return parallel.zero_stage if layout.dp > 1 or precision == Precision.bf16 else 0
 
 

@@ -120,7 +120,7 @@ def main(run_dir: Path, origin: dict[str, object] | None = None, on_stall: Calla
     engine = build_engine(job.model, layout, job.train, job.parallel, job.seed)
     directory = run_dir / CHECKPOINTS
     first_step = checkpoint.latest_step(directory) or 0
-    saved_layout = checkpoint.load(engine, directory, first_step, layout) if first_step else layout
+    saved_layout = checkpoint.load(engine, directory, first_step, layout, job.seed) if first_step else layout
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
     reporter = Reporter(run_dir, rank, job.train.steps)
     if rank == 0:

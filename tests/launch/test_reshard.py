@@ -11,8 +11,10 @@ from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN, records
 
 from launch.cli import main
+from launch.layout import ParallelLayout
 from launch.run_files import RUN_FILE
-from model.bloom import BloomBlock
+from launch.shards import KEYS, ShardError, ShardReader, shard_file
+from model.bloom import BloomBlock, tp_split_dim
 from model.config import ModelConfig
 from model.pipeline import layer_specs, stage_layers
 from model.stages import pipeline_stages
@@ -110,3 +112,30 @@ def test_the_planners_stage_cut_is_the_one_deepspeed_makes(layers: int) -> None:
         specs, cut = layer_specs(model, None), stage_layers(model, pp)
         blocks = [sum(specs[index].typename is BloomBlock for index in stage) for stage in cut]
         assert blocks == [stage.blocks for stage in pipeline_stages(layers, pp, micro_batches=1)]
+
+
+def test_a_slice_for_another_tp_width_is_cut_from_the_old_slices_exactly(tmp_path: Path) -> None:
+    # Column-parallel (rows split), row-parallel (columns split) and replicated parameters, saved by TP=2 x PP=1.
+    whole = {
+        "3.self_attention.query_key_value.weight": torch.randn(24, 8),
+        "3.self_attention.dense.weight": torch.randn(8, 8),
+        "3.input_layernorm.weight": torch.randn(8),
+    }
+    saved = ParallelLayout(tp=2, pp=1, dp=1)
+    for tp_rank in range(2):
+        states = {}
+        for name, tensor in whole.items():
+            dim = tp_split_dim(name)
+            piece = tensor if dim is None else tensor.chunk(2, dim)[tp_rank]
+            states[name] = {key: piece.clone() for key in KEYS}
+        torch.save(states, tmp_path / shard_file(saved, tp_rank, 0))
+    reader = ShardReader(tmp_path, saved)
+    for name, tensor in whole.items():
+        dim = tp_split_dim(name)
+        assert torch.equal(reader.full(name), tensor)
+        for tp in (1, 2, 4, 8):
+            for tp_rank in range(tp):
+                expected = tensor if dim is None else tensor.chunk(tp, dim)[tp_rank]
+                assert torch.equal(reader.local(name, "exp_avg", tp, tp_rank), expected)
+    with pytest.raises(ShardError, match="TP=16 cannot split evenly"):
+        reader.local("3.self_attention.dense.weight", "weight", 16, 0)
