@@ -28,6 +28,9 @@ from model.pipeline import pipeline_module
 # Fault injection for tests: rank COROLLA_TEST_HANG_RANK (default 1) hangs for good after the optimizer step read here
 # (as a rank stuck outside any collective would), and only on a first launch, like checkpoint.CRASH_DURING_SAVE.
 HANG_AT_STEP = "COROLLA_TEST_HANG_AT_STEP"
+# For tests of time limits: every optimizer step lasts at least this many seconds, as a bigger model's would, so that
+# a job's share of the run does not depend on how fast these cores happen to be.
+STEP_SECONDS = "COROLLA_TEST_STEP_SECONDS"
 HANG_RANK = "COROLLA_TEST_HANG_RANK"
 
 
@@ -210,6 +213,7 @@ def train_steps(
         done = step + 1
         callbacks.progress()
         _hang_if_injected(done)
+        time.sleep(max(0.0, float(os.environ.get(STEP_SECONDS, "0")) - seconds))
         if validation and train.eval_interval and (done % train.eval_interval == 0 or done == train.steps):
             callbacks.on_validation(done, validate(engine, validation))
             callbacks.progress()
