@@ -79,8 +79,8 @@ def _parameter_state(engine, parameter: torch.nn.Parameter) -> dict[str, torch.T
     return {key: value.detach().float().cpu().clone() for key, value in values.items()}
 
 
-def write(engine, directory: Path, layout: ParallelLayout) -> str | None:
-    """Called by every rank; returns the file this rank wrote (None on other DP ranks than the first)."""
+def write(engine, directory: Path, layout: ParallelLayout) -> None:
+    """Called by every rank; the first DP rank of each TP x PP pair writes its file."""
     if _has_masters(engine):
         _link_moments(engine, adam_steps(engine))
     writes = parallel_state.get_data_parallel_rank() == 0
@@ -89,13 +89,12 @@ def write(engine, directory: Path, layout: ParallelLayout) -> str | None:
         values = _parameter_state(engine, parameter)  # gathered on every DP rank, kept on the one that writes
         if writes:
             states[name] = values
-    if not writes:
-        return None
-    name = shard_file(
-        layout, parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
-    )
-    torch.save(states, directory / name)
-    return name
+    if writes:
+        tp_rank, pp_rank = (
+            parallel_state.get_tensor_model_parallel_rank(),
+            parallel_state.get_pipeline_model_parallel_rank(),
+        )
+        torch.save(states, directory / shard_file(layout, tp_rank, pp_rank))
 
 
 class ShardReader:
