@@ -144,13 +144,9 @@ def _restore_trainer(engine, state: dict) -> None:
     stage of another layout may hold another number of parameter groups (ZeRO drops a stage's empty group)."""
     scheduler = engine.lr_scheduler
     scheduler.last_epoch, scheduler._step_count = state["lr_steps"], state["lr_steps"] + 1
-    scheduler._last_lr = [
-        base * factor(scheduler.last_epoch)
-        for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
-    ]
-    for group, lr in zip(
-        scheduler.optimizer.param_groups, scheduler._last_lr, strict=True
-    ):  # as LambdaLR.step pairs them
+    factors = zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    scheduler._last_lr = [base * factor(scheduler.last_epoch) for base, factor in factors]
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler._last_lr, strict=True):
         group["lr"] = lr
     engine.global_steps = state["global_steps"]
     engine.global_samples = state["global_samples"]

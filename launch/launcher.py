@@ -47,6 +47,17 @@ def elastic_layout(job: TrainJob, world_size: int) -> ParallelLayout:
     )
 
 
+def elastic_layouts(job: TrainJob) -> dict[int, ParallelLayout]:
+    """The layout of an elastic job on each node count it may get; a one-line error naming a count that has none."""
+    cluster, layouts = job.cluster, {}
+    for nodes in cluster.node_counts:
+        try:
+            layouts[nodes] = elastic_layout(job, nodes * cluster.ranks_per_node)
+        except ValueError as error:
+            raise ValueError(f"on {nodes} nodes: {error}") from None
+    return layouts
+
+
 def layout_for(job: TrainJob, world_size: int) -> ParallelLayout:
     """The layout a (re)start on `world_size` ranks trains with."""
     if job.parallel.elastic:
@@ -67,12 +78,7 @@ def _layout(job: TrainJob, world_size: int | None) -> ParallelLayout:
             "parallel.elastic=true to let it change layout, or cluster.min_nodes=0"
         )
     if parallel.elastic:
-        for nodes in cluster.node_counts:
-            try:
-                elastic_layout(job, nodes * cluster.ranks_per_node)
-            except ValueError as error:
-                raise ValueError(f"on {nodes} nodes: {error}") from None
-        return elastic_layout(job, world_size)
+        return elastic_layouts(job)[cluster.nodes]
     needed = parallel.tp * parallel.pp * parallel.dp
     if parallel.dp and needed != world_size:
         raise ValueError(

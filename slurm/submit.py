@@ -16,7 +16,7 @@ from pathlib import Path
 
 import submitit
 
-from launch.launcher import elastic_layout, prepare_run
+from launch.launcher import elastic_layouts, prepare_run
 from launch.plan import check_memory
 from launch.run_files import JOBS_FILE, SUBMITIT_DIR
 from launch.schemas import TrainJob
@@ -130,9 +130,9 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     prepared = prepare_run(job, job.cluster.world_size, create=False)
     check_memory(prepared.job, prepared.layout)
     if job.parallel.elastic:
-        for nodes in job.cluster.node_counts:
+        for nodes, layout in elastic_layouts(prepared.job).items():
             try:
-                check_memory(prepared.job, elastic_layout(prepared.job, nodes * job.cluster.ranks_per_node))
+                check_memory(prepared.job, layout)
             except ValueError as error:
                 raise ValueError(f"parallel.elastic on {nodes} nodes: {error}") from None
     if not dry_run:
