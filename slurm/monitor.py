@@ -3,8 +3,9 @@ from Slurm (scontrol while the job is queued or running, sacct once it has ended
 
 The run directory's files are written elsewhere: job.yaml (launch/launcher.py), metrics.jsonl and validation.jsonl
 (launch/worker.py), history.jsonl (launch/history.py), checkpoints/ (launch/checkpoint.py), run.json
-(launch/tracking.py), slurm-jobs.json and the submitit folder slurm/ (slurm/submit.py). Their names are repeated
-here rather than imported: those modules pull in torch, DeepSpeed or MLflow, and these commands must answer at once.
+(launch/tracking.py), slurm-jobs.json (slurm/jobs.py) and the submitit folder slurm/ (slurm/executor.py). Their
+names are repeated here rather than imported: those modules pull in torch, DeepSpeed or MLflow, and these commands
+must answer at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from launch.run_files import (
     SUBMITIT_DIR,
     VALIDATION_FILE,
 )
+from slurm.jobs import recorded_jobs
 
 SPEED_WINDOW = 10  # steps the speed and the ETA are the median of
 SLURM_TIMEOUT_S = 30
@@ -93,27 +95,15 @@ class RunDirectory:
     def setting(self, key: str, default: object = None) -> object:
         return OmegaConf.select(self.job, key, default=default)
 
-    def slurm_jobs(self) -> list[str]:
-        """The Slurm job ids submitted for this run, oldest first; empty for a local run."""
-        record = self.path / JOBS_FILE
-        if not record.is_file():
-            return []
-        try:
-            jobs = json.loads(record.read_text())
-        except ValueError:
-            jobs = None
-        if not isinstance(jobs, list) or not all(isinstance(job, str | int) for job in jobs):
-            raise ValueError(f"{record} is not a JSON list of Slurm job ids: fix it, or remove it if the run is local")
-        return [str(job) for job in jobs]
-
-    def latest_slurm_job(self, command: str) -> str:
-        jobs = self.slurm_jobs()
+    def slurm_jobs(self, command: str) -> list[str]:
+        """The Slurm job ids submitted for this run, oldest first; a one-line error for a local run."""
+        jobs = recorded_jobs(self.path)
         if not jobs:
             raise ValueError(
                 f"{self.path} is a local run (no {JOBS_FILE}): `corolla {command}` is for runs sent to Slurm with "
                 "`corolla submit`; a local run's ranks print to the terminal of `corolla train`"
             )
-        return jobs[-1]
+        return jobs
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -275,15 +265,25 @@ def data_parallel_of_cluster(run: RunDirectory, model_parallel: int) -> int:
 
 
 def slurm_lines(run: RunDirectory) -> list[str]:
-    jobs = run.slurm_jobs()
+    """The latest job; for an elastic run whose latest job waits for the one before to end, that one first."""
+    jobs = recorded_jobs(run.path)
     if not jobs:
         return []
     which = f"job {jobs[-1]}" + (f" (latest of {len(jobs)}: {', '.join(jobs[:-1])} before)" if len(jobs) > 1 else "")
     try:
         state = slurm_state(jobs[-1])
+        current = slurm_state(jobs[-2]) if len(jobs) > 1 and waits_for_another(state) else None
     except SlurmError as error:
         return [line("slurm", f"{which}: cannot ask Slurm ({error}): run this on a login node of the cluster")]
-    return [line("slurm", f"{which}: {state.state}, {state.summary} (from {state.source})")]
+    latest = line("slurm", f"{which}: {state.state}, {state.summary} (from {state.source})")
+    if current is None:
+        return [latest]
+    return [line("slurm", f"job {current.job_id}: {current.state}, {current.summary} (from {current.source})"),
+            line("", f"next: {latest[LABEL_WIDTH:]}")]  # fmt: skip
+
+
+def waits_for_another(state: SlurmState) -> bool:
+    return state.live and "reason Dependency" in state.summary
 
 
 def history_lines(run: RunDirectory) -> list[str]:
@@ -420,7 +420,9 @@ def show_logs(job: LogsJob) -> None:
     if job.lines < 1 or job.rank < -1:
         raise ValueError(f"lines={job.lines} rank={job.rank}: lines must be at least 1, rank -1 (all) or a rank")
     run = RunDirectory.open(job.run_dir)
-    job_id = run.latest_slurm_job("logs")
+    jobs = run.slurm_jobs("logs")
+    # The latest job that has started: an elastic run's latest may be its next job, queued behind the running one.
+    job_id = next((job_id for job_id in reversed(jobs) if rank_logs(run, job_id)), jobs[-1])
     logs = rank_logs(run, job_id)
     if not logs:
         print(f"Slurm job {job_id} has no logs in {run.path / SUBMITIT_DIR} yet: has it started? (corolla status)")
@@ -440,22 +442,26 @@ def show_logs(job: LogsJob) -> None:
 
 
 def cancel(job: CancelJob) -> None:
+    """Every job of the run that is queued or running, newest first (an elastic run's next job waits for the one
+    before it to end, and would start when that one is cancelled)."""
     run = RunDirectory.open(job.run_dir)
-    job_id = run.latest_slurm_job("cancel")
+    jobs = run.slurm_jobs("cancel")
     hint = "run this on a login node of the cluster"
     try:
-        before = slurm_state(job_id)
+        live = [state for state in map(slurm_state, reversed(jobs)) if state.live]
     except SlurmError as error:
-        raise RuntimeError(f"cannot ask Slurm about job {job_id} ({error}): {hint}") from None
-    if not before.live:
-        print(f"Slurm job {job_id} has already ended ({before.state}): nothing to cancel")
+        raise RuntimeError(f"cannot ask Slurm about job {jobs[-1]} ({error}): {hint}") from None
+    if not live:
+        print(f"Slurm job {jobs[-1]} has already ended ({slurm_state(jobs[-1]).state}): nothing to cancel")
         return
-    try:
-        run_slurm("scancel", job_id)
-        after = state_once_ended(job_id)
-    except SlurmError as error:
-        raise RuntimeError(f"cannot cancel Slurm job {job_id} ({error}): {hint}") from None
-    print(f"cancelled Slurm job {job_id} (was {before.state}, {before.summary}); Slurm now says {after.state}")
+    for before in live:
+        try:
+            run_slurm("scancel", before.job_id)
+            after = state_once_ended(before.job_id)
+        except SlurmError as error:
+            raise RuntimeError(f"cannot cancel Slurm job {before.job_id} ({error}): {hint}") from None
+        print(f"cancelled Slurm job {before.job_id} (was {before.state}, {before.summary}); Slurm now says "
+              f"{after.state}")  # fmt: skip
 
 
 def state_once_ended(job_id: str) -> SlurmState:

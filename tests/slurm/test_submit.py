@@ -1,6 +1,7 @@
-"""`corolla submit` on a real Slurm cluster (three nodes on this machine): a 3D job across two nodes that meets a stop
-signal, a time limit, a dead node or a crash during a save ends with the losses of the same job run locally, one
-MLflow run, and nothing done by hand. Bad jobs are refused before anything is submitted."""
+"""`corolla submit` on a real Slurm cluster (three nodes on this machine): a job across two nodes that meets a stop
+signal, a time limit or a dead node ends with the losses of the same job run locally, one MLflow run, and nothing
+done by hand; a 3D one that loses a node goes on, resharded, on the node left. Bad jobs are refused before anything
+is submitted. Jobs whose point is not the layout run one rank a node: ranks start in half a minute on two cores."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_
 RUN = ["model.seq_length=32", "train.steps=12", "train.global_batch=8", "train.micro_batch=2", "seed=7",
        "train.checkpoint_interval=2", "train.hang_timeout_s=60"]  # fmt: skip
 THREE_D = ["cluster=testcluster", "parallel=3d"]
+TWO_RANKS = ["cluster=testcluster", "cluster.tasks_per_node=1"]  # data parallel over two nodes
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +85,8 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in records}
 
 
-def submit(run_dir: Path, tokens: Path, *overrides: str) -> str:
-    assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir='{run_dir}'", *RUN, *THREE_D, *overrides]) == 0
+def submit(run_dir: Path, tokens: Path, *overrides: str, shape: list[str] = TWO_RANKS) -> str:
+    assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir='{run_dir}'", *RUN, *shape, *overrides]) == 0
     return json.loads((run_dir / JOBS_FILE).read_text())[-1]
 
 
@@ -140,28 +142,40 @@ def subprocess_hostnames(cluster: TestCluster, node_list: str) -> list[str]:
     return cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()
 
 
-def test_an_elastic_run_submitted_again_when_nodes_are_short_reshards_onto_the_nodes_it_gets(
-    slurm_cluster, tokens, local_losses, tmp_path
+def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
+    slurm_cluster, tokens, local_losses, tmp_path, capsys
 ) -> None:
+    # Two of three nodes, then one of them dies while the third is drained: the run's next job, queued behind the
+    # first, takes over on the one node left, resharded to half the ranks, with nothing done by hand.
     run_dir, elastic = tmp_path / "run", ["parallel.elastic=true", "cluster.min_nodes=1"]
-    first_job = submit(run_dir, tokens, *elastic)  # three nodes free: it gets the two it asks for
-    wait_checkpoint(run_dir, 2)
-    (run_dir / "STOP").touch()
-    assert wait_for(lambda: job_state(slurm_cluster, first_job) in ("COMPLETED", "GONE"), timeout=120, interval=0.5)
-    short = ["n2", "n3"]
-    for node in short:
-        slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=drain", "reason=corolla-test")
+    submit(run_dir, tokens, *elastic, shape=THREE_D)
+    first_job, next_job = json.loads((run_dir / JOBS_FILE).read_text())
+    wait_checkpoint(run_dir, 4)
+    assert main(["status", f"run_dir={run_dir}"]) == 0
+    status = capsys.readouterr().out
+    assert f"job {first_job}: RUNNING" in status and f"next: job {next_job} (latest of 2" in status, status
+    assert "reason Dependency" in status
+    assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *THREE_D, *elastic]) == 2
+    assert f"has Slurm job {next_job} PENDING already" in capsys.readouterr().err
+    nodes = subprocess_hostnames(slurm_cluster, RunHistory(run_dir).starts()[0]["nodes"])
+    victim, survivor = nodes[-1], nodes[0]
+    spare = next(node for node in slurm_cluster.spec.node_names if node not in nodes)
+    slurm_cluster.run("scontrol", "update", f"nodename={spare}", "state=drain", "reason=corolla-test")
+    slurm_cluster.kill_node(victim)
     try:
-        second_job = submit(run_dir, tokens, *elastic)  # one node left: it starts there, on half the ranks
-        wait_finished(slurm_cluster, run_dir, second_job)
+        wait_finished(slurm_cluster, run_dir, next_job, timeout=420)
     finally:
-        for node in short:
-            slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=resume")
+        slurm_cluster.restart_node(victim)
+        slurm_cluster.run("scontrol", "update", f"nodename={spare}", "state=resume")
     assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
     first, second = RunHistory(run_dir).starts()
-    assert first["layout"] == "tp2-pp2-dp2" and len(subprocess_hostnames(slurm_cluster, first["nodes"])) == 2
-    assert second["nodes"] == "n1" and second["layout"] == "tp2-pp2-dp1"
-    assert second["resharded_from"] == "tp2-pp2-dp2" and second["resumed_from_step"] >= 2
+    assert first["layout"] == "tp2-pp2-dp2" and first["slurm_job"] == first_job
+    assert second["slurm_job"] == next_job and second["nodes"] == survivor and second["layout"] == "tp2-pp2-dp1"
+    assert second["resharded_from"] == "tp2-pp2-dp2" and second["resumed_from_step"] >= 4
+    assert RunHistory(run_dir).failures() == 1
+    # The job the second start queued behind itself was cancelled when the run finished.
+    jobs = json.loads((run_dir / JOBS_FILE).read_text())
+    assert len(jobs) == 3 and wait_for(lambda: job_state(slurm_cluster, jobs[2]) in ("CANCELLED", "GONE"), timeout=30)
     tracked = json.loads((run_dir / "run.json").read_text())
     tags = MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).data.tags
     assert tags["layout"] == "tp2-pp2-dp1" and tags["corolla.resharded_from"] == "tp2-pp2-dp2"
@@ -179,7 +193,7 @@ def test_a_stop_signal_checkpoints_requeues_and_resumes(
     slurm_cluster.run("scancel", "--signal=USR2", job_id)
     wait_finished(slurm_cluster, run_dir, job_id)
     assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
-    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)  # two nodes, TP2 x PP2 x DP2, as locally
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)  # two nodes, DP2, as on one process
     first_start = RunHistory(run_dir).starts()[0]
     assert first_start["slurm_job"] == job_id and first_start["nodes"] in ("n[1-2]", "n[1,3]", "n[2-3]")
     events = [event["event"] for event in RunHistory(run_dir).events()]
@@ -193,16 +207,6 @@ def test_a_stop_signal_checkpoints_requeues_and_resumes(
     run = MlflowClient(mlflow_server).get_run(tracked["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["corolla.restarts"] == "1"
     assert run.data.tags["corolla.failures"] == "0" and run.data.tags["cluster"] == "testcluster"
-
-
-def test_a_crash_during_a_save_resumes_from_the_last_checkpoint(slurm_cluster, tokens, local_losses, tmp_path) -> None:
-    run_dir = tmp_path / "run"
-    job_id = submit(run_dir, tokens, f"+cluster.env.{CRASH_DURING_SAVE}=4")
-    wait_finished(slurm_cluster, run_dir, job_id)
-    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
-    _, second = RunHistory(run_dir).starts()
-    assert second["resumed_from_step"] == 2 and second["steps_redone"] == 2
-    one_mlflow_value_per_step(run_dir, local_losses)
 
 
 @pytest.mark.parametrize(
@@ -239,19 +243,38 @@ def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys
     assert not run_dir.exists() and not Path("pwned").exists()
 
 
+def test_cancelling_an_elastic_run_cancels_the_job_queued_behind_it_too(slurm_cluster, tokens, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    submit(run_dir, tokens, "parallel.elastic=true", "cluster.min_nodes=1")
+    jobs = json.loads((run_dir / JOBS_FILE).read_text())
+    assert len(jobs) == 2
+    assert main(["cancel", f"run_dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"cancelled Slurm job {job}" in out for job in jobs), out
+    assert all(job_state(slurm_cluster, job) in ("CANCELLED", "GONE") for job in jobs)
+
+
+def test_an_elastic_job_asks_for_a_node_range_and_is_not_requeued_by_slurm(tokens, capsys, tmp_path) -> None:
+    elastic = ["parallel.elastic=true", "cluster.min_nodes=1"]
+    assert main(["submit", "--dry-run", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", *RUN, *THREE_D,
+                 *elastic]) == 0  # fmt: skip
+    script = capsys.readouterr().out.splitlines()
+    assert "#SBATCH --nodes=1-2" in script and "#SBATCH --no-requeue" in script and "#SBATCH --requeue" not in script
+
+
 def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(
     slurm_cluster, tokens, tmp_path, monkeypatch
 ) -> None:
-    # Three-minute jobs, USR2 60 s before the end (Slurm's timing is coarse), ranks that take 25-60 s to start on
-    # these two cores: each job trains 60-95 s. Steps of at least 1 s (their pace on these cores varies twofold, and
-    # a fast machine once trained a whole run in one job) make that at most 95 of 120 steps, so two jobs or more.
-    # The losses are those of the same steps trained locally.
-    long_run = ["train.steps=120", "train.checkpoint_interval=40"]
+    # Two-minute jobs, USR2 60 s before the end (Slurm checks time limits every 30 s or so, so it may come that much
+    # earlier), two ranks that take 10-30 s to start on these two cores: each job trains 20-50 s. Steps of at least
+    # 1 s (their pace on these cores varies twofold, and a fast machine once trained a whole run in one job) make that
+    # at most 50 of 70 steps, so two jobs or more. The losses are those of the same steps trained locally.
+    long_run = ["train.steps=70", "train.checkpoint_interval=20"]
     local = tmp_path / "local"
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={local}", *RUN, *long_run]) == 0
     monkeypatch.setenv(STEP_SECONDS, "1")
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, tokens, *long_run, "cluster.time_limit_min=3", "cluster.signal_delay_s=60")
+    job_id = submit(run_dir, tokens, *long_run, "cluster.time_limit_min=2", "cluster.signal_delay_s=60")
     wait_finished(slurm_cluster, run_dir, job_id, timeout=600)
     assert losses(run_dir) == pytest.approx(losses(local), abs=1e-5)
     stops = [event for event in RunHistory(run_dir).events() if event["event"] == "stopped"]
@@ -272,7 +295,7 @@ def test_a_stop_file_saves_and_ends_the_job_without_requeue(slurm_cluster, token
 
 
 def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, tokens, tmp_path) -> None:
-    one_node = ["cluster=testcluster", "cluster.nodes=1", "parallel.tp=2", "parallel.pp=2", "parallel.dp=1"]
+    one_node = ["cluster=testcluster", "cluster.nodes=1", "cluster.tasks_per_node=1"]
     args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *one_node, "train.steps=2,3"]
     assert main(["submit", "--multirun", *args]) == 0
     runs = {steps: tmp_path / f"train.steps={steps}" for steps in (2, 3)}
@@ -282,6 +305,17 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, toke
         wait_finished(slurm_cluster, run_dir, jobs[steps])
     two, three = losses(runs[2]), losses(runs[3])
     assert sorted(two) == [1, 2] and sorted(three) == [1, 2, 3] and two[1] == pytest.approx(three[1], abs=1e-6)
+
+
+def test_a_crash_during_a_save_resumes_from_the_last_checkpoint(slurm_cluster, tokens, local_losses, tmp_path) -> None:
+    run_dir = tmp_path / "run"  # rank 0 dies during the save of step 4, the first time the job runs
+    job_id = submit(run_dir, tokens, f"+cluster.env.{CRASH_DURING_SAVE}=4")
+    wait_finished(slurm_cluster, run_dir, job_id)
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    _, second = RunHistory(run_dir).starts()
+    assert second["slurm_job"] == job_id and second["restart"] == 1
+    assert second["resumed_from_step"] == 2 and second["steps_redone"] == 2
+    one_mlflow_value_per_step(run_dir, local_losses)
 
 
 def test_past_its_restart_budget_a_failing_job_gives_up(slurm_cluster, tokens, tmp_path) -> None:

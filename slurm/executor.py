@@ -1,0 +1,139 @@
+"""A run's Slurm jobs as submitit builds them: the sbatch parameters of a cluster, submission, and an elastic run's
+chain of jobs.
+
+A job asks for whole nodes with one task per rank and USR2 `cluster.signal_delay_s` before the time limit; each task
+runs slurm.task.TrainingTask. A job of a fixed size is submitted `--requeue` and comes back as the same job. Slurm
+fixes a job's node count at its first allocation, so a requeued elastic job (`cluster.min_nodes`) would wait for as
+many nodes as it first had; an elastic run is instead a chain of jobs, `--no-requeue`: each start queues the next
+job, `afterany` itself, asking for `min_nodes-nodes` again, and the run's end cancels it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import submitit
+
+from launch.run_files import SUBMITIT_DIR
+from slurm.config import ClusterConfig
+from slurm.jobs import jobs_after, record_job
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _single_line(name: str, value: str) -> str:
+    """A value bound for the sbatch script; a line break or NUL would end its line and start a command."""
+    if any(character in value for character in "\n\r\0"):
+        raise ValueError(f"{name}={value!r} contains a line break: write it on one line")
+    return value
+
+
+def _setup_lines(cluster: ClusterConfig) -> list[str]:
+    lines = [_single_line("cluster.setup", line) for line in cluster.setup]
+    for name, value in cluster.env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"cluster.env: {name!r} is not an environment variable name: use letters, digits and _")
+        lines.append(f"export {name}={shlex.quote(_single_line(f'cluster.env.{name}', str(value)))}")
+    return lines
+
+
+def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
+    """submitit's SlurmExecutor parameters for a job of this cluster (every value a single line)."""
+    optional = {
+        "partition": cluster.partition,
+        "account": cluster.account,
+        "qos": cluster.qos,
+        "constraint": cluster.constraint,
+        "gpus_per_node": cluster.gpus_per_node or None,
+        "mem": f"{cluster.mem_per_node_gb}GB" if cluster.mem_per_node_gb else None,
+        "exclusive": True if cluster.exclusive else None,
+    }
+    parameters = {
+        "job_name": _single_line("job name", job_name),
+        "nodes": cluster.nodes,
+        "ntasks_per_node": cluster.ranks_per_node,
+        "cpus_per_task": cluster.cpus_per_task,
+        "time": cluster.time_limit_min,
+        "signal_delay_s": cluster.signal_delay_s,
+        "setup": _setup_lines(cluster),
+        # A rank that exits with an error ends the step at once instead of leaving the others waiting.
+        "srun_args": ["--kill-on-bad-exit=1"],
+        "additional_parameters": {"no_requeue": True} if cluster.min_nodes else {"requeue": True},
+    }
+    if cluster.min_nodes:  # a range for sbatch; submitit keeps counting tasks from `nodes`, an int
+        parameters["additional_parameters"]["nodes"] = f"{cluster.min_nodes}-{cluster.nodes}"
+    parameters.update({key: _single_line(key, value) if isinstance(value, str) else value
+                       for key, value in optional.items() if value is not None})  # fmt: skip
+    return parameters
+
+
+def make_executor(cluster: ClusterConfig, run_dir: Path, after: str | None = None) -> submitit.SlurmExecutor:
+    """The executor of the run's jobs; `after`: a job id the job waits for to end (afterany)."""
+    folder = run_dir.resolve() / SUBMITIT_DIR
+    _single_line("run_dir", str(folder))
+    # Requeues are corolla's (slurm/task.py); submitit's own timeout budget must never be the one that stops a run.
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=10**6)
+    executor.update_parameters(**executor_parameters(cluster, f"corolla-{run_dir.resolve().name}"))
+    if after is not None:
+        executor.update_parameters(dependency=f"afterany:{after}")
+    return executor
+
+
+def sbatch_script(executor: submitit.SlurmExecutor) -> str:
+    return executor._make_submission_file_text(executor._submitit_command_str, uid="dry-run")
+
+
+def submit_job(executor: submitit.SlurmExecutor, task: Callable[[], None], run_dir: Path) -> str:
+    """Submits the task and records the job in the run directory; its job id."""
+    with _outside_this_job():
+        job_id = executor.submit(task).job_id
+    record_job(run_dir, job_id)
+    return job_id
+
+
+def queue_next_job(cluster: ClusterConfig, run_dir: Path, task: Callable[[], None], job_id: str) -> str | None:
+    """An elastic run's next job, held until this one ends, unless the run already has one; its id."""
+    if jobs_after(run_dir, job_id):
+        return None
+    return submit_job(make_executor(cluster, run_dir, after=job_id), task, run_dir)
+
+
+def submit_elastic(executor: submitit.SlurmExecutor, cluster: ClusterConfig, run_dir: Path,
+                   task: Callable[[], None]) -> tuple[str, str | None]:  # fmt: skip
+    """An elastic run's first job and its next; the first is held until the next is queued, or it could start first
+    and queue a next job of its own."""
+    held = {**executor.parameters["additional_parameters"], "hold": True}
+    executor.update_parameters(additional_parameters=held)
+    job_id = submit_job(executor, task, run_dir)
+    next_job = queue_next_job(cluster, run_dir, task, job_id)
+    release = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True, check=False)
+    if release.returncode:
+        raise RuntimeError(f"Slurm job {job_id} is held and scontrol cannot release it ({release.stderr.strip()}): "
+                           f"`scontrol release {job_id}`")  # fmt: skip
+    return job_id, next_job
+
+
+def cancel_next_jobs(run_dir: Path, job_id: str) -> None:
+    """The jobs queued after this one: the run has ended, or a person stopped it."""
+    for later in jobs_after(run_dir, job_id):
+        subprocess.run(["scancel", later], capture_output=True, check=False)
+
+
+@contextmanager
+def _outside_this_job() -> Iterator[None]:
+    """sbatch from inside a job (an elastic run's next job, a submit from an allocation): the new job must not
+    inherit this one's SLURM_* variables (its ids, counts, node list), only where the controller is."""
+    inherited = {name: value for name, value in os.environ.items()
+                 if name.startswith(("SLURM_", "SLURMD_", "SBATCH_")) and name != "SLURM_CONF"}  # fmt: skip
+    for name in inherited:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(inherited)

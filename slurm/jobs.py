@@ -1,0 +1,33 @@
+"""The Slurm jobs of a run: their ids in RUN_DIR/slurm-jobs.json, oldest first. `corolla submit` adds the ones it
+submits, and an elastic run adds the next job each start queues behind itself (slurm/executor.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from launch.run_files import JOBS_FILE
+
+
+def recorded_jobs(run_dir: Path) -> list[str]:
+    """The job ids submitted for the run, oldest first; empty for a local run."""
+    record = run_dir / JOBS_FILE
+    if not record.is_file():
+        return []
+    try:
+        jobs = json.loads(record.read_text())
+    except ValueError:
+        jobs = None
+    if not isinstance(jobs, list) or not all(isinstance(job, str | int) for job in jobs):
+        raise ValueError(f"{record} is not a JSON list of Slurm job ids: fix it, or remove it if the run is local")
+    return [str(job) for job in jobs]
+
+
+def record_job(run_dir: Path, job_id: str) -> None:
+    (run_dir / JOBS_FILE).write_text(json.dumps([*recorded_jobs(run_dir), job_id]) + "\n")
+
+
+def jobs_after(run_dir: Path, job_id: str) -> list[str]:
+    """The jobs submitted for the run after this one."""
+    jobs = recorded_jobs(run_dir)
+    return jobs[jobs.index(job_id) + 1 :] if job_id in jobs else []
