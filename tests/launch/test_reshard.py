@@ -21,13 +21,13 @@ from model.stages import pipeline_stages
 
 # Six layers, so that four pipeline stages each hold a block; fp32 and no dropout, so that layouts agree to 1e-5.
 RUN = [*SHORT_RUN, "model.num_layers=6", "train.steps=10", "train.eval_samples=8"]
-# Each hop changes the layout: ZeRO-1 over DP 2 → ... → no ZeRO (DP 1) → ZeRO-1 over DP 4.
+# Each hop changes the layout: ZeRO-1 over DP 2 → ... → no ZeRO (DP 1) → ZeRO-1 over DP 2 on other stages.
 CHAIN = [
     ("tp2-pp2-dp2", ["parallel.tp=2", "parallel.pp=2", "parallel.dp=2"]),
     ("tp1-pp4-dp2", ["parallel.tp=1", "parallel.pp=4", "parallel.dp=2"]),
     ("tp2-pp1-dp1", ["parallel.tp=2", "parallel.pp=1", "parallel.dp=1"]),
     ("tp1-pp1-dp1", ["parallel.tp=1", "parallel.pp=1", "parallel.dp=1"]),
-    ("tp1-pp2-dp4", ["parallel.tp=1", "parallel.pp=2", "parallel.dp=4"]),
+    ("tp1-pp2-dp2", ["parallel.tp=1", "parallel.pp=2", "parallel.dp=2"]),
 ]
 
 

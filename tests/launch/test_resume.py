@@ -16,7 +16,8 @@ from launch.run_files import LATEST, RUN_FILE
 # Dropout on everywhere: resuming must restore every rank's RNG states, not only weights and optimizer.
 RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "model.hidden_dropout=0.1",
        "model.attention_dropout=0.1"]  # fmt: skip
-THREE_D = "parallel=3d"
+# Tensor and data parallel: dropout masks come from the tensor-parallel RNG and from each rank's own.
+TP_DP = ["parallel.tp=2", "parallel.dp=2"]
 
 
 def train(run_dir: Path, tokens: Path, *overrides: str) -> int:
@@ -35,13 +36,13 @@ def uninterrupted(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return losses(run_dir)
 
 
-def test_a_stopped_3d_run_resumes_bit_identically(tokens: Path, tmp_path: Path) -> None:
+def test_a_stopped_parallel_run_resumes_bit_identically(tokens: Path, tmp_path: Path) -> None:
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert train(whole, tokens, THREE_D) == 0
-    assert train(stopped, tokens, THREE_D, "train.exit_after=3") == 0
+    assert train(whole, tokens, *TP_DP) == 0
+    assert train(stopped, tokens, *TP_DP, "train.exit_after=3") == 0
     assert sorted(losses(stopped)) == [1, 2, 3]
     assert (stopped / "checkpoints" / LATEST).read_text().strip() == "step-00000003"
-    assert train(stopped, tokens, THREE_D) == 0
+    assert train(stopped, tokens, *TP_DP) == 0
     assert losses(stopped) == losses(whole)  # steps 4-6 included: same data order, dropout masks and optimizer
 
 

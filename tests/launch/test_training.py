@@ -79,15 +79,15 @@ def test_every_layout_gives_the_one_process_losses(layout, tokens, one_process, 
     assert validation["loss"] == pytest.approx(reference["loss"], abs=1e-5)
 
 
-def test_batch_rampup_in_3d_gives_the_one_process_losses_and_resumes(tokens: Path, tmp_path: Path) -> None:
+def test_batch_rampup_over_stages_and_replicas_gives_the_one_process_losses_and_resumes(tokens, tmp_path) -> None:
     # Batches 4, 4, 6, 6, 8, 8: start 4, +2 every 16 / 2 samples; micro-batch 1 so that DP=2 divides every size.
     rampup = ["train.steps=6", "train.micro_batch=1", "train.rampup.start=4", "train.rampup.increment=2",
               "train.rampup.samples=16"]  # fmt: skip
     single = train(tmp_path / "single", tokens, *rampup)
     assert [record["batch_size"] for record in single] == [4, 4, 6, 6, 8, 8]
-    stopped = train(tmp_path / "3d", tokens, *rampup, "parallel=3d", "train.exit_after=3")
+    stopped = train(tmp_path / "pp-dp", tokens, *rampup, "parallel.pp=2", "parallel.dp=2", "train.exit_after=3")
     assert [record["step"] for record in stopped] == [1, 2, 3]
-    resumed = train(tmp_path / "3d", tokens, *rampup, "parallel=3d")
+    resumed = train(tmp_path / "pp-dp", tokens, *rampup, "parallel.pp=2", "parallel.dp=2")
     assert [record["batch_size"] for record in resumed] == [4, 4, 6, 6, 8, 8]
     for record, reference in zip(resumed, single, strict=True):
         assert abs(record["loss"] - reference["loss"]) <= 1e-5, (record, reference)
