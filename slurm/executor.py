@@ -98,7 +98,7 @@ def submit_job(executor: submitit.SlurmExecutor, task: Callable[[], None], run_d
 
 
 def queue_next_job(cluster: ClusterConfig, run_dir: Path, task: Callable[[], None], job_id: str) -> str | None:
-    """An elastic run's next job, held until this one ends, unless the run already has one; its id."""
+    """An elastic run's next job, pending until this one ends, unless the run already has one; its id (None then)."""
     if jobs_after(run_dir, job_id):
         return None
     return submit_job(make_executor(cluster, run_dir, after=job_id), task, run_dir)
@@ -111,7 +111,11 @@ def submit_elastic(executor: submitit.SlurmExecutor, cluster: ClusterConfig, run
     held = {**executor.parameters["additional_parameters"], "hold": True}
     executor.update_parameters(additional_parameters=held)
     job_id = submit_job(executor, task, run_dir)
-    next_job = queue_next_job(cluster, run_dir, task, job_id)
+    try:
+        next_job = queue_next_job(cluster, run_dir, task, job_id)
+    except BaseException:  # a held job nothing would release
+        subprocess.run(["scancel", job_id], capture_output=True, check=False)
+        raise
     release = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True, check=False)
     if release.returncode:
         raise RuntimeError(f"Slurm job {job_id} is held and scontrol cannot release it ({release.stderr.strip()}): "
