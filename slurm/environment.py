@@ -61,7 +61,15 @@ class SlurmTask:
         }
 
 
+def slurm_command(*command: str) -> bool:
+    """Runs a Slurm command from inside the job; False if it failed. It ignores SIGTERM: when a rank crashes, Slurm
+    ends the step with SIGTERM to every process in it, just as its peers ask for a requeue, and a request cut off
+    halfway is lost (SIGKILL follows only after KillWait, seconds later)."""
+    ignoring_sigterm = ["sh", "-c", 'trap "" TERM; exec "$@"', "slurm-command", *command]
+    return subprocess.run(ignoring_sigterm, capture_output=True).returncode == 0
+
+
 def requeue(job_id: str) -> bool:
     """Asks Slurm to stop the job and queue it again (it must have been submitted with --requeue); False if it
     refused, e.g. because another rank already asked."""
-    return subprocess.run(["scontrol", "requeue", job_id], capture_output=True).returncode == 0
+    return slurm_command("scontrol", "requeue", job_id)

@@ -22,6 +22,7 @@ import submitit
 
 from launch.run_files import SUBMITIT_DIR
 from slurm.config import ClusterConfig
+from slurm.environment import slurm_command
 from slurm.jobs import jobs_after, record_job
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -126,7 +127,7 @@ def submit_elastic(executor: submitit.SlurmExecutor, cluster: ClusterConfig, run
 def cancel_next_jobs(run_dir: Path, job_id: str) -> None:
     """The jobs queued after this one: the run has ended, or a person stopped it."""
     for later in jobs_after(run_dir, job_id):
-        subprocess.run(["scancel", later], capture_output=True, check=False)
+        slurm_command("scancel", later)
 
 
 @contextmanager
