@@ -193,6 +193,12 @@ def slurm_state(job_id: str) -> SlurmState:
     return SlurmState(job_id, "UNKNOWN", False, "the controller no longer knows the job", sacct_problem)
 
 
+def latest_states(jobs: list[str]) -> list[SlurmState]:
+    """What Slurm says of a run's latest jobs, newest first: only they can be live, an elastic run's running job and
+    the next one, queued behind it."""
+    return [slurm_state(job_id) for job_id in reversed(jobs[-2:])]
+
+
 def live_summary(record: dict[str, str]) -> str:
     parts = []
     if record.get("NodeList") not in (None, "", "(null)"):
@@ -448,11 +454,12 @@ def cancel(job: CancelJob) -> None:
     jobs = run.slurm_jobs("cancel")
     hint = "run this on a login node of the cluster"
     try:
-        live = [state for state in map(slurm_state, reversed(jobs)) if state.live]
+        states = latest_states(jobs)
     except SlurmError as error:
         raise RuntimeError(f"cannot ask Slurm about job {jobs[-1]} ({error}): {hint}") from None
+    live = [state for state in states if state.live]
     if not live:
-        print(f"Slurm job {jobs[-1]} has already ended ({slurm_state(jobs[-1]).state}): nothing to cancel")
+        print(f"Slurm job {states[0].job_id} has already ended ({states[0].state}): nothing to cancel")
         return
     for before in live:
         try:

@@ -17,7 +17,7 @@ from launch.schemas import TrainJob
 from slurm.config import ClusterConfig, Scheduler
 from slurm.executor import make_executor, sbatch_script, submit_elastic, submit_job
 from slurm.jobs import recorded_jobs
-from slurm.monitor import slurm_state
+from slurm.monitor import latest_states
 from slurm.task import TrainingTask
 
 
@@ -45,14 +45,12 @@ def check_partition(cluster: ClusterConfig) -> None:
 
 
 def check_no_live_job(run_dir: Path) -> None:
-    """Two jobs training one run directory would overwrite each other's checkpoints. Only the latest two can be live:
-    an elastic run's running job and the next one, queued behind it."""
-    for job_id in reversed(recorded_jobs(run_dir)[-2:]):
-        state = slurm_state(job_id)
+    """Two jobs training one run directory would overwrite each other's checkpoints."""
+    for state in latest_states(recorded_jobs(run_dir)):
         if state.live:
             raise ValueError(
-                f"{run_dir} has Slurm job {job_id} {state.state} already: let it run (corolla status {run_dir}), "
-                f"or `corolla cancel {run_dir}` first"
+                f"{run_dir} has Slurm job {state.job_id} {state.state} already: let it run (corolla status "
+                f"{run_dir}), or `corolla cancel {run_dir}` first"
             )
 
 
