@@ -80,6 +80,12 @@ class ClusterConfig:
         return self.gpus_per_node or self.tasks_per_node
 
     @property
+    def chained(self) -> bool:
+        """Slurm may start the job on fewer than `nodes` nodes, and a requeue would keep the count it first got, so
+        each start is a job of its own, queued by the one before (slurm/executor.py)."""
+        return self.min_nodes > 0
+
+    @property
     def node_counts(self) -> range:
         """Every node count the job may run on."""
         return range(self.min_nodes or self.nodes, self.nodes + 1)

@@ -62,7 +62,7 @@ class SlurmTask:
 
 
 def slurm_command(*command: str) -> bool:
-    """Runs a Slurm command from inside the job; False if it failed. It ignores SIGTERM: when a rank crashes, Slurm
+    """Runs a Slurm command; False if it failed. It ignores SIGTERM: inside a job, when a rank crashes, Slurm
     ends the step with SIGTERM to every process in it, just as its peers ask for a requeue, and a request cut off
     halfway is lost (SIGKILL follows only after KillWait, seconds later)."""
     ignoring_sigterm = ["sh", "-c", 'trap "" TERM; exec "$@"', "slurm-command", *command]

@@ -65,9 +65,9 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
         "setup": _setup_lines(cluster),
         # A rank that exits with an error ends the step at once instead of leaving the others waiting.
         "srun_args": ["--kill-on-bad-exit=1"],
-        "additional_parameters": {"no_requeue": True} if cluster.min_nodes else {"requeue": True},
+        "additional_parameters": {"no_requeue": True} if cluster.chained else {"requeue": True},
     }
-    if cluster.min_nodes:  # a range for sbatch; submitit keeps counting tasks from `nodes`, an int
+    if cluster.chained:  # a range for sbatch; submitit keeps counting tasks from `nodes`, an int
         parameters["additional_parameters"]["nodes"] = f"{cluster.min_nodes}-{cluster.nodes}"
     parameters.update({key: _single_line(key, value) if isinstance(value, str) else value
                        for key, value in optional.items() if value is not None})  # fmt: skip
@@ -115,7 +115,7 @@ def submit_elastic(executor: submitit.SlurmExecutor, cluster: ClusterConfig, run
     try:
         next_job = queue_next_job(cluster, run_dir, task, job_id)
     except BaseException:  # a held job nothing would release
-        subprocess.run(["scancel", job_id], capture_output=True, check=False)
+        slurm_command("scancel", job_id)
         raise
     release = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True, check=False)
     if release.returncode:

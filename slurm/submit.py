@@ -94,7 +94,7 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
         print(f"dry run: the job is valid; this is the sbatch script, not submitted:\n\n{sbatch_script(executor)}")
         return
     task = TrainingTask(str(prepared.run_dir.resolve()))
-    if job.cluster.min_nodes:
+    if job.cluster.chained:
         job_id, next_job = submit_elastic(executor, job.cluster, prepared.run_dir, task)
         print(f"submitted Slurm job {job_id}, and job {next_job} to take over when it ends, on the nodes free then: "
               f"{prepared.run_dir}")  # fmt: skip

@@ -48,7 +48,7 @@ class TrainingTask:
             return
         failures, budget = history.failures(), job.cluster.max_restarts  # every rank reads it before any writes
         # to it (joining the process group is a barrier)
-        chained = bool(job.cluster.min_nodes)
+        chained = job.cluster.chained
 
         def give_up() -> None:
             # One rank a node says so (rank 0 may be the one that died); the first to write it is enough.
