@@ -1,6 +1,6 @@
 """The planner against published runs: predicted vs published time per step and TFLOP/s a GPU, with their ratio.
 
-Rows (model/calibration.py): BLOOM-176B on 384 A100s of Jean Zay (~105 s an iteration, ~150 TFLOP/s), and
+Rows (launch/plan/calibration.py): BLOOM-176B on 384 A100s of Jean Zay (~105 s an iteration, ~150 TFLOP/s), and
 Megatron-LM's A100 weak-scaling table (Narayanan et al. 2021, Table 1; the time a step there follows from the
 published TFLOP/s). Then where BLOOM's own layout stands among every layout `corolla plan` considers (arithmetic
 only: no GPU needed, a second or two), and the time to reshard a checkpoint offline as the model grows
@@ -21,24 +21,28 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from reshard_time import reshard_section  # noqa: E402
 
-from model.calibration import bloom_176b, published_runs  # noqa: E402
-from model.planner import best_per_layout, describe, evaluate, plan_layouts  # noqa: E402
+from launch.plan.calibration import bloom_176b, published_runs  # noqa: E402
+from launch.plan.ranking import best_per_layout, describe, evaluate, plan_layouts  # noqa: E402
 
 
 def published_runs_section() -> None:
     print("== Time per step and TFLOP/s a GPU: predicted vs published (ratio = predicted / published)\n")
-    print(f"{'run':<22} {'GPUs':>5} {'TP':>3} {'PP':>3} {'DP':>3} {'mb':>3}  {'published s':>11} {'predicted s':>11} "
-          f"{'ratio':>6}  {'published TF':>12} {'predicted TF':>12} {'ratio':>6}  {'GiB/GPU':>7}")  # fmt: skip
+    print(
+        f"{'run':<22} {'GPUs':>5} {'TP':>3} {'PP':>3} {'DP':>3} {'mb':>3}  {'published s':>11} {'predicted s':>11} "
+        f"{'ratio':>6}  {'published TF':>12} {'predicted TF':>12} {'ratio':>6}  {'GiB/GPU':>7}"
+    )
     ratios = []
     for run in published_runs():
         plan = evaluate(run.model, run.candidate, run.hardware, run.implementation)
         layout, step = run.candidate.layout, plan.time.total
         ratios.append(step / run.published_step_s)
         derived = "" if run.step_s is not None else "*"
-        print(f"{run.name:<22} {run.gpus:>5} {layout.tp:>3} {layout.pp:>3} {layout.dp:>3} "
-              f"{run.candidate.micro_batch:>3}  {run.published_step_s:>10.1f}{derived or ' '} {step:>11.1f} "
-              f"{ratios[-1]:>6.3f}  {run.tflops_per_gpu:>12.0f} {plan.tflops_per_gpu:>12.1f} "
-              f"{plan.tflops_per_gpu / run.tflops_per_gpu:>6.3f}  {plan.memory_gib:>7.1f}")  # fmt: skip
+        print(
+            f"{run.name:<22} {run.gpus:>5} {layout.tp:>3} {layout.pp:>3} {layout.dp:>3} "
+            f"{run.candidate.micro_batch:>3}  {run.published_step_s:>10.1f}{derived or ' '} {step:>11.1f} "
+            f"{ratios[-1]:>6.3f}  {run.tflops_per_gpu:>12.0f} {plan.tflops_per_gpu:>12.1f} "
+            f"{plan.tflops_per_gpu / run.tflops_per_gpu:>6.3f}  {plan.memory_gib:>7.1f}"
+        )
     print("\n* derived from the published TFLOP/s: hardware FLOPs a step (96 B s l h^2 (1 + s/6h + V/16lh)) / TFLOP/s")
     print(f"ratios of time per step from {min(ratios):.3f} to {max(ratios):.3f} (target: within 0.85 to 1.15)\n")
 
@@ -53,9 +57,11 @@ def bloom_layouts_section() -> None:
     exact = next(index for index, plan in enumerate(plans, 1) if plan.candidate == run.candidate)
     layout_rank = [plan.candidate.layout for plan in layouts].index(run.candidate.layout) + 1
     bloom = plans[exact - 1]
-    print(f"\nBLOOM's {describe(run.candidate)}: {bloom.memory_gib:.1f} GiB, fits: {bloom.fits}, "
-          f"{bloom.time.total:.1f} s a step; its layout ranks {layout_rank}, the configuration {exact} of {len(plans)} "
-          "(the fastest skip recomputation, which corolla's memory-efficient attention lets fit)")  # fmt: skip
+    print(
+        f"\nBLOOM's {describe(run.candidate)}: {bloom.memory_gib:.1f} GiB, fits: {bloom.fits}, "
+        f"{bloom.time.total:.1f} s a step; its layout ranks {layout_rank}, the configuration {exact} of {len(plans)} "
+        "(the fastest skip recomputation, which corolla's memory-efficient attention lets fit)"
+    )
 
 
 def main() -> None:

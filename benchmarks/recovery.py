@@ -26,9 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from launch.cli import main as corolla  # noqa: E402
-from launch.configuration import shared_data_dir  # noqa: E402
-from launch.history import RunHistory  # noqa: E402
-from launch.run_files import JOBS_FILE  # noqa: E402
+from launch.config.compose import shared_data_dir  # noqa: E402
+from launch.rundir.files import JOBS_FILE  # noqa: E402
+from launch.rundir.history import RunHistory  # noqa: E402
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for  # noqa: E402
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob  # noqa: E402
 from tokenizer.encode import encode_corpus  # noqa: E402
@@ -50,9 +50,17 @@ def token_files(workdir: Path) -> Path:
 
 
 def submit(run_dir: Path, tokens: Path, steps: int, interval: int) -> str:
-    overrides = [f"data.tokens_dir={tokens}", f"run_dir={run_dir}", "cluster=testcluster", "parallel=3d",
-                 "model.seq_length=32", f"train.steps={steps}", f"train.checkpoint_interval={interval}",
-                 "train.eval_interval=0", "train.hang_timeout_s=60"]  # fmt: skip
+    overrides = [
+        f"data.tokens_dir={tokens}",
+        f"run_dir={run_dir}",
+        "cluster=testcluster",
+        "parallel=3d",
+        "model.seq_length=32",
+        f"train.steps={steps}",
+        f"train.checkpoint_interval={interval}",
+        "train.eval_interval=0",
+        "train.hang_timeout_s=60",
+    ]
     if corolla(["submit", *overrides]) != 0:
         raise SystemExit("corolla submit failed")
     return json.loads((run_dir / JOBS_FILE).read_text())[-1]
@@ -100,8 +108,11 @@ def node_failure(cluster: TestCluster, tokens: Path, run_dir: Path, steps: int, 
     cluster.kill_node(victim)
     try:
         down = until(lambda: cluster.node_states().get(victim) == "down*")
-        running = until(lambda: job_field(cluster, job_id, "Restarts") == "1"
-                        and job_field(cluster, job_id, "JobState") == "RUNNING")  # fmt: skip
+        running = until(
+            lambda: (
+                job_field(cluster, job_id, "Restarts") == "1" and job_field(cluster, job_id, "JobState") == "RUNNING"
+            )
+        )
         resumed = until(lambda: len(RunHistory(run_dir).starts()) == 2)
         stepped = until(lambda: steps_logged(run_dir) > logged_before)
         until(lambda: finished(run_dir))
@@ -130,13 +141,17 @@ def main() -> None:
         tokens = token_files(workdir)
         baseline = fresh_start(cluster, tokens, workdir / "fresh", args.steps, args.checkpoint_interval)
         failure = node_failure(cluster, tokens, workdir / "failure", args.steps, args.checkpoint_interval)
-    print(f"\ntiny BLOOM, TP2 x PP2 x DP2 on 2 of 3 nodes, {args.steps} steps, checkpoint every "
-          f"{args.checkpoint_interval}; slurm/testcluster.py's Slurm (SlurmdTimeout=10, cred_expire=10)")  # fmt: skip
+    print(
+        f"\ntiny BLOOM, TP2 x PP2 x DP2 on 2 of 3 nodes, {args.steps} steps, checkpoint every "
+        f"{args.checkpoint_interval}; slurm/testcluster.py's Slurm (SlurmdTimeout=10, cred_expire=10)"
+    )
     print(f"  baseline: fresh submission to first step          {baseline:6.1f} s")
     for name in ("node down", "job running again", "ranks resumed", "first new step"):
         print(f"  node killed -> {name:<34} {failure[name]:6.1f} s  ({failure[name] / baseline:.2f}x baseline)")
-    print(f"  resumed from step {failure['resumed from']}, steps redone {failure['steps redone']} "
-          f"(at most one checkpoint interval: {args.checkpoint_interval})")  # fmt: skip
+    print(
+        f"  resumed from step {failure['resumed from']}, steps redone {failure['steps redone']} "
+        f"(at most one checkpoint interval: {args.checkpoint_interval})"
+    )
 
 
 if __name__ == "__main__":

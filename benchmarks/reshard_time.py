@@ -25,11 +25,12 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from megatron.core import parallel_state  # noqa: E402
 
-from launch import checkpoint  # noqa: E402
-from launch.device import init_distributed  # noqa: E402
-from launch.layout import ParallelLayout  # noqa: E402
-from launch.reshard import reshard_checkpoint  # noqa: E402
-from launch.shards import MOMENTS, shard_file  # noqa: E402
+from launch.plan.layout import ParallelLayout  # noqa: E402
+from launch.rundir.files import checkpoint_tag, shard_file  # noqa: E402
+from launch.train.checkpoint import mark_complete  # noqa: E402
+from launch.train.device import init_distributed  # noqa: E402
+from launch.train.reshard import reshard_checkpoint  # noqa: E402
+from launch.train.shards import MOMENTS  # noqa: E402
 from model.bloom import parallel_config  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.pipeline import pipeline_module  # noqa: E402
@@ -53,18 +54,18 @@ def _one_rank() -> None:
 def _write_source(checkpoints: Path, model: ModelConfig) -> tuple[int, float]:
     """A TP1xPP1 checkpoint of a fresh model; its size in bytes and the seconds torch.save took."""
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the stage's layers
-        module = pipeline_module(model, parallel_config(), ParallelLayout(), seed=1, activation_checkpointing=False)
+        module = pipeline_module(model, parallel_config(), pp=1, dp=1, seed=1, activation_checkpointing=False)
     states = {
         name: {"weight": p.detach(), **{key: p.detach() * (index + 1) / 10 for index, key in enumerate(MOMENTS)}}
         for name, p in module.named_parameters()
     }
-    directory = checkpoints / checkpoint.tag_of(STEP)
+    directory = checkpoints / checkpoint_tag(STEP)
     directory.mkdir(parents=True)
-    path = directory / shard_file(ParallelLayout(), 0, 0)
+    path = directory / shard_file(0, 1, 0, 1)
     start = time.perf_counter()
     torch.save(states, path)
     seconds = time.perf_counter() - start
-    checkpoint.write_complete(checkpoints, directory.name, STEP, ParallelLayout(), rng_layout=ParallelLayout())
+    mark_complete(checkpoints, STEP, ParallelLayout(), ParallelLayout())
     return path.stat().st_size, seconds
 
 

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from launch.configuration import shared_data_dir  # noqa: E402
+from launch.config.compose import shared_data_dir  # noqa: E402
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob  # noqa: E402
 from tokenizer.corpus import scan_corpus  # noqa: E402
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel, summarize  # noqa: E402

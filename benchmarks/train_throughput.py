@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from launch.cli import main as corolla  # noqa: E402
-from launch.configuration import shared_data_dir  # noqa: E402
+from launch.config.compose import shared_data_dir  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.hf import hf_config  # noqa: E402
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob  # noqa: E402
@@ -45,9 +45,17 @@ def token_files(workdir: Path) -> Path:
 
 def corolla_tokens_per_second(tokens: Path, run_dir: Path, steps: int, precision: str, *layout: str) -> float:
     shape = [f"model.{key}={value}" for key, value in SHAPE.items()]
-    overrides = [f"data.tokens_dir={tokens}", f"run_dir={run_dir}", f"train.steps={steps}",
-                 f"train.micro_batch={MICRO}", f"train.global_batch={GLOBAL}", f"train.precision={precision}",
-                 f"train.checkpoint_interval={steps}", *shape, *layout]  # fmt: skip
+    overrides = [
+        f"data.tokens_dir={tokens}",
+        f"run_dir={run_dir}",
+        f"train.steps={steps}",
+        f"train.micro_batch={MICRO}",
+        f"train.global_batch={GLOBAL}",
+        f"train.precision={precision}",
+        f"train.checkpoint_interval={steps}",
+        *shape,
+        *layout,
+    ]
     if corolla(["train", *overrides]) != 0:
         raise SystemExit("corolla train failed")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -88,12 +96,16 @@ def main() -> None:
         single = corolla_tokens_per_second(tokens, workdir / "single", args.steps, args.precision, "parallel=single")
         baseline = transformers_tokens_per_second(vocab, args.steps, args.precision)
         three_d = corolla_tokens_per_second(tokens, workdir / "3d", args.steps, args.precision, "parallel=3d")
-    print(f"\nshape {SHAPE}, vocab {vocab}, global batch {GLOBAL} x {SHAPE['seq_length']} tokens, {args.precision}, "
-          f"median over steps {WARMUP + 1}-{args.steps}, {torch.get_num_threads()} CPU threads")  # fmt: skip
+    print(
+        f"\nshape {SHAPE}, vocab {vocab}, global batch {GLOBAL} x {SHAPE['seq_length']} tokens, {args.precision}, "
+        f"median over steps {WARMUP + 1}-{args.steps}, {torch.get_num_threads()} CPU threads"
+    )
     print(f"  transformers BloomForCausalLM, one process : {baseline:>9,.0f} tokens/s  (baseline)")
     print(f"  corolla, one process                        : {single:>9,.0f} tokens/s  {single / baseline:.2f}x")
-    print(f"  corolla, TP2 x PP2 x DP2 (8 processes)      : {three_d:>9,.0f} tokens/s  {three_d / baseline:.2f}x "
-          f"({three_d / single:.2f}x of one process on the same cores)")  # fmt: skip
+    print(
+        f"  corolla, TP2 x PP2 x DP2 (8 processes)      : {three_d:>9,.0f} tokens/s  {three_d / baseline:.2f}x "
+        f"({three_d / single:.2f}x of one process on the same cores)"
+    )
 
 
 if __name__ == "__main__":

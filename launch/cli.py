@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from launch.configuration import ConfigError, load_job, sweep_points
+from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,12 @@ class Command:
     help: str
     flags: tuple[str, ...] = ()  # boolean options, passed to the target as keyword arguments
     sweep_target: str | None = None  # with --multirun: "module:function" taking every point's job at once
+    positional: str | None = None  # the key a first argument without "=" sets: `corolla status RUN_DIR`
+
+    def overrides(self, arguments: list[str]) -> list[str]:
+        if self.positional and arguments and "=" not in arguments[0]:
+            return [f"{self.positional}={quoted(arguments[0])}", *arguments[1:]]
+        return arguments
 
     def run(self, job: object, **flags: bool) -> None:
         _function(self.target)(job, **flags)
@@ -30,7 +36,7 @@ class Command:
         """One job per point of the sweep, each in its own run directory under the run_dir given."""
         jobs = []
         for name, point in sweep_points(overrides):
-            job = load_job(self.config, point)[1]
+            job = compose_job(self.config, point)[1]
             jobs.append(replace(job, run_dir=str(Path(job.run_dir) / name)))
         _function(self.sweep_target)(jobs, **flags)
 
@@ -48,24 +54,37 @@ COMMANDS = [
     Command(
         ("tokenizer", "encode"), "tokenizer_encode", "tokenizer.commands:encode", "corpus to per-language token files"
     ),
-    Command(("train",), "train", "launch.launcher:launch_training", "train a BLOOM model, 3D-parallel, here"),
+    Command(("train",), "train", "launch.commands:train", "train a BLOOM model, 3D-parallel, here", flags=("dry_run",)),
     Command(
         ("submit",),
         "submit",
-        "slurm.submit:submit_training",
+        "launch.commands:submit",
         "train on a Slurm cluster",
         flags=("dry_run",),
         sweep_target="slurm.submit:submit_sweep",
     ),
-    Command(("status",), "status", "slurm.monitor:show_status", "a run's state, restarts, progress, ETA"),
-    Command(("logs",), "logs", "slurm.monitor:show_logs", "the last lines of every rank's log"),
-    Command(("cancel",), "cancel", "slurm.monitor:cancel", "cancel a run's Slurm job"),
-    Command(("export", "hf"), "export_hf", "launch.export:export_hf", "a checkpoint as a HF BloomForCausalLM"),
-    Command(("pipeline",), "pipeline", "launch.pipeline:run_pipeline", "the main job: the whole pipeline, sample data"),
     Command(
-        ("checkpoint", "reshard"), "checkpoint_reshard", "launch.reshard:reshard", "a checkpoint for another TP x PP"
+        ("status",),
+        "status",
+        "launch.commands:show_status",
+        "a run's state, restarts, progress, ETA",
+        positional="run_dir",
     ),
-    Command(("plan",), "plan", "launch.plan:show_plan", "layouts that fit the GPUs, ranked by speed", flags=("json",)),
+    Command(("logs",), "logs", "launch.commands:show_logs", "the last lines of every rank's log", positional="run_dir"),
+    Command(("cancel",), "cancel", "launch.commands:cancel", "cancel a run's Slurm jobs", positional="run_dir"),
+    Command(
+        ("export", "hf"), "export_hf", "launch.train.export:export_hf_model", "a checkpoint as a HF BloomForCausalLM"
+    ),
+    Command(("pipeline",), "pipeline", "launch.jobs.main_job:run_main_job", "the main job: every stage, sample data"),
+    Command(
+        ("checkpoint", "reshard"),
+        "checkpoint_reshard",
+        "launch.train.reshard:reshard",
+        "a checkpoint for another TP x PP",
+    ),
+    Command(
+        ("plan",), "plan", "launch.plan.report:show_plan", "layouts that fit the GPUs, ranked by speed", flags=("json",)
+    ),
 ]
 
 
@@ -96,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     command: Command = args.command_spec
     try:
         flags = {flag: getattr(args, flag) for flag in command.flags}
+        overrides = command.overrides(args.overrides)
         if getattr(args, "multirun", False):
-            command.run_sweep(args.overrides, **flags)
+            command.run_sweep(overrides, **flags)
             return 0
-        cfg, job = load_job(command.config, args.overrides)
+        cfg, job = compose_job(command.config, overrides)
         if args.cfg:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0

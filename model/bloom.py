@@ -100,9 +100,14 @@ class BloomAttention(nn.Module):
             h, 3 * h, config=config, init_method=_normal(model.std), bias=True, gather_output=False
         )
         self.dense = RowParallelLinear(
-            h, h, config=config, init_method=_normal(model.output_std), bias=True, input_is_parallel=True,
+            h,
+            h,
+            config=config,
+            init_method=_normal(model.output_std),
+            bias=True,
+            input_is_parallel=True,
             skip_bias_add=False,
-        )  # fmt: skip
+        )
         slopes = alibi_slopes(model.num_heads)[rank * self.heads : (rank + 1) * self.heads]
         self.register_buffer("slopes", slopes, persistent=False)
         self._cached_bias: torch.Tensor | None = None
@@ -138,9 +143,14 @@ class BloomMLP(nn.Module):
             h, ffn, config=config, init_method=_normal(model.std), bias=True, gather_output=False
         )
         self.dense_4h_to_h = RowParallelLinear(
-            ffn, h, config=config, init_method=_normal(model.output_std), bias=True, input_is_parallel=True,
+            ffn,
+            h,
+            config=config,
+            init_method=_normal(model.output_std),
+            bias=True,
+            input_is_parallel=True,
             skip_bias_add=False,
-        )  # fmt: skip
+        )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         intermediate, _ = self.dense_h_to_4h(hidden)

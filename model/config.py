@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from tokenizer.vocab import padded_vocab_size
 
+BLOOM_VOCABULARY = 250_680  # BLOOM's tokenizer; its embedding is padded to 250,880 under TP4
+
 
 @dataclass
 class ModelConfig:

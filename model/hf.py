@@ -7,7 +7,7 @@ import re
 import torch
 
 from model.config import ModelConfig
-from tokenizer.spm import BOS, EOS, PAD, SPECIAL_IDS
+from tokenizer.vocab import BOS, EOS, PAD, SPECIAL_IDS
 
 # corolla name pattern → transformers name; the output projection is tied to the word embedding in both.
 _NAMES = [

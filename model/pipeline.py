@@ -1,69 +1,41 @@
-"""BLOOM as DeepSpeed pipeline stages: the same modules as `model.bloom`, as a list of layer specs.
+"""BLOOM as DeepSpeed pipeline stages: the same modules as `model.bloom`, one layer spec per entry of
+`model.layers.layer_kinds`.
 
-The word embedding appears twice, tied: at the start (tokens → vectors) and at the end (vectors → logits). Stages
-are balanced over blocks *and* embeddings (BLOOM's `type:transformer|embedding`), since the embedding of a large
-vocabulary weighs as much as several blocks. Layers are seeded by position, so the weights do not depend on how
-the layers are split over stages.
+DeepSpeed balances stages over the layer types PARTITION names, the kinds model.layers.BALANCED lists; the plan
+(launch/plan/stages.py) owns the resulting cut, and each rank checks that DeepSpeed made the same one. Layers are
+seeded by position, so the weights do not depend on how the layers are split over stages.
 """
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
-from deepspeed.runtime.utils import partition_balanced
 from megatron.core.model_parallel_config import ModelParallelConfig
 
-from launch.layout import ParallelLayout
 from model.bloom import BloomBlock, BloomEmbedding, BloomLayerNorm, lm_loss
 from model.config import ModelConfig
+from model.layers import LayerKind, layer_kinds
 
-PARTITION = "type:BloomBlock|BloomEmbedding"
+PARTITION = "type:BloomBlock|BloomEmbedding"  # model.layers.BALANCED, in DeepSpeed's terms
 
 
 def _logits(embedding: BloomEmbedding, hidden: torch.Tensor) -> torch.Tensor:
     return embedding.logits(hidden)
 
 
+def _spec(kind: LayerKind, model: ModelConfig, config: ModelParallelConfig) -> LayerSpec:
+    if kind == LayerKind.embedding:
+        return TiedLayerSpec("word_embeddings", BloomEmbedding, model, config)
+    if kind == LayerKind.logits:
+        return TiedLayerSpec("word_embeddings", BloomEmbedding, model, config, forward_fn=_logits)
+    if kind == LayerKind.block:
+        return LayerSpec(BloomBlock, model, config)
+    return LayerSpec(BloomLayerNorm, model)
+
+
 def layer_specs(model: ModelConfig, config: ModelParallelConfig) -> list[LayerSpec]:
-    return [
-        TiedLayerSpec("word_embeddings", BloomEmbedding, model, config),
-        LayerSpec(BloomLayerNorm, model),
-        *(LayerSpec(BloomBlock, model, config) for _ in range(model.num_layers)),
-        LayerSpec(BloomLayerNorm, model),
-        TiedLayerSpec("word_embeddings", BloomEmbedding, model, config, forward_fn=_logits),
-    ]
-
-
-def layer_prefixes(model: ModelConfig) -> list[str]:
-    """The `BloomModel` name prefix of each pipeline layer's parameters, by layer index (the tied output projection
-    at the end is the word embedding again and has none of its own)."""
-    blocks = [f"blocks.{index}." for index in range(model.num_layers)]
-    return ["word_embeddings.", "word_embeddings_layernorm.", *blocks, "final_norm."]
-
-
-def stage_layers(model: ModelConfig, pp: int) -> list[range]:
-    """The layer indices of each pipeline stage, as `PipelineModule` partitions them (its rule for PARTITION)."""
-    kinds = PARTITION.removeprefix("type:").split("|")
-    weights = [int(spec.typename.__name__ in kinds) for spec in layer_specs(model, None)]
-    parts = [int(part) for part in partition_balanced(weights=weights, num_parts=pp)]
-    return [range(start, stop) for start, stop in pairwise(parts)]
-
-
-def stage_problems(model: ModelConfig, pp: int) -> list[str]:
-    """A stage holding nothing but the output embedding has no 1-D parameter, hence one optimizer parameter group
-    where the others have two, and ZeRO's per-group collectives then wait for each other for ever."""
-    specs = layer_specs(model, None)
-    lone = [
-        stage
-        for stage, layers in enumerate(stage_layers(model, pp))
-        if all(specs[index].typename is BloomEmbedding for index in layers)
-    ]
-    if not lone:
-        return []
-    return [f"parallel.pp={pp} leaves stage {lone[0]} with the output embedding alone: use fewer stages or more layers"]
+    return [_spec(kind, model, config) for kind in layer_kinds(model.num_layers)]
 
 
 def seed_layer(layer_seed: int) -> None:
@@ -76,9 +48,12 @@ def seed_layer(layer_seed: int) -> None:
 
 
 def pipeline_module(
-    model: ModelConfig, config: ModelParallelConfig, layout: ParallelLayout, seed: int, activation_checkpointing: bool
+    model: ModelConfig, config: ModelParallelConfig, pp: int, dp: int, seed: int, activation_checkpointing: bool
 ) -> PipelineModule:
-    topology = PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp)
+    """The rank's stage of the model; TP comes with `config`. DeepSpeed's topology axes (pipe, data, model) give the
+    ranks megatron-core's default order gives: rank = (pipe x dp + data) x tp + tensor."""
+    tp = config.tensor_model_parallel_size
+    topology = PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)
     return PipelineModule(
         layers=layer_specs(model, config),
         topology=topology,

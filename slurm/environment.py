@@ -1,4 +1,4 @@
-"""Inside a Slurm job: who this rank is, where the others are, and asking Slurm to run the job again.
+"""Inside a Slurm job: who this rank is and where the others are; the one place the scheduler's variables are read.
 
 Every rank is one Slurm task (srun); ranks find each other through a TCP rendezvous on the first node of the
 allocation, on a port derived from the job id and its restart count, so a requeued job never meets the previous
@@ -8,9 +8,10 @@ incarnation's sockets.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from slurm.commands import SlurmError, run_slurm
 
 PORT_BASE, PORT_SPAN = 20000, 30000
 
@@ -43,10 +44,13 @@ class SlurmTask:
             raise RuntimeError(f"not in a Slurm job step ({missing.args[0]} is not set): start it with srun") from None
 
     def hosts(self) -> list[str]:
-        result = subprocess.run(["scontrol", "show", "hostnames", self.node_list], capture_output=True, text=True)
-        if result.returncode or not result.stdout.split():
-            raise RuntimeError(f"scontrol cannot expand the node list {self.node_list}: {result.stderr.strip()}")
-        return result.stdout.split()
+        try:
+            hosts = run_slurm("scontrol", "show", "hostnames", self.node_list).split()
+        except SlurmError as error:
+            raise RuntimeError(f"cannot expand the node list {self.node_list} ({error})") from None
+        if not hosts:
+            raise RuntimeError(f"scontrol expands the node list {self.node_list} to no host")
+        return hosts
 
     def rendezvous(self) -> dict[str, str]:
         """The torch.distributed environment of this rank (what torchrun sets locally)."""
@@ -59,17 +63,3 @@ class SlurmTask:
             "LOCAL_RANK": str(self.local_rank),
             "LOCAL_WORLD_SIZE": str(self.ranks_per_node),
         }
-
-
-def slurm_command(*command: str) -> bool:
-    """Runs a Slurm command; False if it failed. It ignores SIGTERM: inside a job, when a rank crashes, Slurm
-    ends the step with SIGTERM to every process in it, just as its peers ask for a requeue, and a request cut off
-    halfway is lost (SIGKILL follows only after KillWait, seconds later)."""
-    ignoring_sigterm = ["sh", "-c", 'trap "" TERM; exec "$@"', "slurm-command", *command]
-    return subprocess.run(ignoring_sigterm, capture_output=True).returncode == 0
-
-
-def requeue(job_id: str) -> bool:
-    """Asks Slurm to stop the job and queue it again (it must have been submitted with --requeue); False if it
-    refused, e.g. because another rank already asked."""
-    return slurm_command("scontrol", "requeue", job_id)

@@ -13,16 +13,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import submitit
 
-from launch.run_files import SUBMITIT_DIR
-from slurm.config import ClusterConfig
-from slurm.environment import slurm_command
+from launch.config.cluster import ClusterConfig
+from launch.rundir.files import SUBMITIT_DIR
+from slurm.commands import SlurmError, request, run_slurm
 from slurm.jobs import jobs_after, record_job
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -69,8 +68,13 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     }
     if cluster.chained:  # a range for sbatch; submitit keeps counting tasks from `nodes`, an int
         parameters["additional_parameters"]["nodes"] = f"{cluster.min_nodes}-{cluster.nodes}"
-    parameters.update({key: _single_line(key, value) if isinstance(value, str) else value
-                       for key, value in optional.items() if value is not None})  # fmt: skip
+    parameters.update(
+        {
+            key: _single_line(key, value) if isinstance(value, str) else value
+            for key, value in optional.items()
+            if value is not None
+        }
+    )
     return parameters
 
 
@@ -84,10 +88,6 @@ def make_executor(cluster: ClusterConfig, run_dir: Path, after: str | None = Non
     if after is not None:
         executor.update_parameters(dependency=f"afterany:{after}")
     return executor
-
-
-def sbatch_script(executor: submitit.SlurmExecutor) -> str:
-    return executor._make_submission_file_text(executor._submitit_command_str, uid="dry-run")
 
 
 def submit_job(executor: submitit.SlurmExecutor, task: Callable[[], None], run_dir: Path) -> str:
@@ -105,8 +105,9 @@ def queue_next_job(cluster: ClusterConfig, run_dir: Path, task: Callable[[], Non
     return submit_job(make_executor(cluster, run_dir, after=job_id), task, run_dir)
 
 
-def submit_elastic(executor: submitit.SlurmExecutor, cluster: ClusterConfig, run_dir: Path,
-                   task: Callable[[], None]) -> tuple[str, str | None]:  # fmt: skip
+def submit_elastic(
+    executor: submitit.SlurmExecutor, cluster: ClusterConfig, run_dir: Path, task: Callable[[], None]
+) -> tuple[str, str | None]:
     """An elastic run's first job and its next; the first is held until the next is queued, or it could start first
     and queue a next job of its own."""
     held = {**executor.parameters["additional_parameters"], "hold": True}
@@ -115,27 +116,32 @@ def submit_elastic(executor: submitit.SlurmExecutor, cluster: ClusterConfig, run
     try:
         next_job = queue_next_job(cluster, run_dir, task, job_id)
     except BaseException:  # a held job nothing would release
-        slurm_command("scancel", job_id)
+        request("scancel", job_id)
         raise
-    release = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True, check=False)
-    if release.returncode:
-        raise RuntimeError(f"Slurm job {job_id} is held and scontrol cannot release it ({release.stderr.strip()}): "
-                           f"`scontrol release {job_id}`")  # fmt: skip
+    try:
+        run_slurm("scontrol", "release", job_id)
+    except SlurmError as error:
+        raise RuntimeError(
+            f"Slurm job {job_id} is held and cannot be released ({error}): `scontrol release {job_id}`"
+        ) from None
     return job_id, next_job
 
 
 def cancel_next_jobs(run_dir: Path, job_id: str) -> None:
     """The jobs queued after this one: the run has ended, or a person stopped it."""
     for later in jobs_after(run_dir, job_id):
-        slurm_command("scancel", later)
+        request("scancel", later)
 
 
 @contextmanager
 def _outside_this_job() -> Iterator[None]:
     """sbatch from inside a job (an elastic run's next job, a submit from an allocation): the new job must not
     inherit this one's SLURM_* variables (its ids, counts, node list), only where the controller is."""
-    inherited = {name: value for name, value in os.environ.items()
-                 if name.startswith(("SLURM_", "SLURMD_", "SBATCH_")) and name != "SLURM_CONF"}  # fmt: skip
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith(("SLURM_", "SLURMD_", "SBATCH_")) and name != "SLURM_CONF"
+    }
     for name in inherited:
         del os.environ[name]
     try:

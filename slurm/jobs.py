@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launch.run_files import JOBS_FILE
+from launch.rundir.files import JOBS_FILE
 
 
 def recorded_jobs(run_dir: Path) -> list[str]:

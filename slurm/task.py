@@ -1,4 +1,4 @@
-"""What every task of a `corolla submit` job runs: one training rank, and the decision to run the job again.
+"""What every task of a `corolla submit` job runs: one training rank, and the decision what follows it.
 
 The job comes back by itself (`scontrol requeue`, or Slurm's own requeue of a job whose node failed) after:
 - a stop signal (USR2 before the time limit, SIGTERM on preemption): every rank stops after the same step,
@@ -8,7 +8,8 @@ The job comes back by itself (`scontrol requeue`, or Slurm's own requeue of a jo
 An elastic run (`cluster.min_nodes`) is not requeued: rank 0 of each start queues the run's next job behind this one,
 which takes over whenever and however this one ends, on the nodes that are free then (slurm/executor.py).
 A restart resumes from the last complete checkpoint. Failures (all but clean stops) count against
-cluster.max_restarts; past it, the job ends failed and says so.
+cluster.max_restarts; past it, the job ends failed and says so. What follows a start is `after_start` and `after`:
+pure functions of the run's history, how the start ended and the budget.
 """
 
 from __future__ import annotations
@@ -17,14 +18,42 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-from launch.history import RunHistory
-from launch.stopping import STOP_FILE, StopSignals
-from slurm.environment import SlurmTask, requeue
+from launch.config.cluster import ClusterConfig
+from launch.rundir.files import HISTORY_FILE, JOB_FILE, STOP_FILE
+from launch.rundir.history import RunHistory, failures, has_ended
+from launch.train.stopping import StopSignals
+from slurm.commands import request
+from slurm.environment import SlurmTask
 from slurm.executor import cancel_next_jobs, queue_next_job
 
-ENDED = ("finished", "gave_up")  # history events after which no job trains the run until it is submitted again
+
+class Next(Enum):
+    train = "train"
+    nothing = "nothing"  # the run has finished or given up: an elastic run's next job that its end did not cancel
+    requeue = "requeue"  # Slurm runs this job again
+    next_job = "next_job"  # an elastic run: the job queued behind this one takes over
+    give_up = "give_up"  # a failure past the restart budget
+    end = "end"  # finished, or stopped by the STOP file
+
+
+def after_start(events: list[dict], budget: int) -> Next:
+    """Whether a start trains, given the history it finds."""
+    if has_ended(events):
+        return Next.nothing
+    return Next.give_up if failures(events) > budget else Next.train
+
+
+def after(ending: str, events: list[dict], budget: int, chained: bool, kill_switch: bool = False) -> Next:
+    """What follows a start that `ending` ("failed", "stopped" or "finished"), given the history it found when it
+    began (`events`), the restart budget, whether the run is a chain of jobs and whether a STOP file is there."""
+    if ending == "failed" and failures(events) >= budget:
+        return Next.give_up
+    if ending == "failed" or (ending == "stopped" and not kill_switch):
+        return Next.next_job if chained else Next.requeue
+    return Next.end
 
 
 @dataclass(frozen=True)
@@ -36,61 +65,74 @@ class TrainingTask:
         # First of all: a signal before the time limit may come while the ranks start, and submitit's own handler
         # would end the job without requeueing it.
         stop = StopSignals(run_dir / STOP_FILE)
-        from launch import tracking, worker  # torch, DeepSpeed, megatron: seconds to import, after the handlers
+        # torch, DeepSpeed, megatron, MLflow: seconds to import, after the handlers.
+        from launch.config.job_file import read_job
+        from launch.rundir import tracking
+        from launch.rundir.run_record import recorded_run
+        from launch.train import worker
 
         task = SlurmTask.from_environment()
         os.environ.update(task.rendezvous())
-        job = worker.load_job(run_dir)
-        history = RunHistory(run_dir)
-        events = history.events()
-        if events and events[-1]["event"] in ENDED:  # an elastic run's next job that its end failed to cancel
-            print(f"corolla: {run_dir} has {events[-1]['event']}; nothing to do", file=sys.stderr, flush=True)
-            return
-        failures, budget = history.failures(), job.cluster.max_restarts  # every rank reads it before any writes
-        # to it (joining the process group is a barrier)
-        chained = job.cluster.chained
+        job = read_job(run_dir / JOB_FILE)
+        # Every rank reads the history before any writes to it (joining the process group is a barrier).
+        events, budget, chained = RunHistory(run_dir).events(), job.cluster.max_restarts, job.cluster.chained
 
         def give_up() -> None:
             # One rank a node says so (rank 0 may be the one that died); the first to write it is enough.
             history = RunHistory(run_dir)
-            events = history.events()
-            if task.local_rank == 0 and (not events or events[-1]["event"] != "gave_up"):
-                history.record("gave_up", failures=failures, max_restarts=budget)
-                tracking.finish(tracking.recorded_run(run_dir), succeeded=False)
+            latest = history.events()
+            if task.local_rank == 0 and (not latest or latest[-1]["event"] != "gave_up"):
+                history.record("gave_up", failures=failures(events), max_restarts=budget)
+                tracking.finish(recorded_run(run_dir), succeeded=False)
             if chained and task.local_rank == 0:
                 cancel_next_jobs(run_dir, task.job_id)
-            print(f"corolla: giving up after {failures} failed restarts (cluster.max_restarts={budget}); see "
-                  f"{run_dir / 'history.jsonl'}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"corolla: giving up after {failures(events)} failed restarts (cluster.max_restarts={budget}); see "
+                f"{run_dir / HISTORY_FILE}",
+                file=sys.stderr,
+                flush=True,
+            )
 
-        if failures > budget:
+        def follow(decision: Next) -> None:
+            if decision == Next.give_up:
+                give_up()
+            elif decision == Next.requeue:
+                request("scontrol", "requeue", task.job_id)
+            elif decision == Next.end and chained:
+                cancel_next_jobs(run_dir, task.job_id)
+
+        start = after_start(events, budget)
+        if start == Next.nothing:
+            print(f"corolla: {run_dir} has {events[-1]['event']}; nothing to do", file=sys.stderr, flush=True)
+            return
+        if start == Next.give_up:
             give_up()
             sys.exit(1)
         if chained and task.rank == 0:
-            try:
-                queue_next_job(job.cluster, run_dir, self, task.job_id)
-            except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # train on: this allocation is here
-                print(f"corolla: cannot queue the run's next job ({str(error).strip()}): nothing will take over when "
-                      f"this job ends; `corolla submit` the run again then", file=sys.stderr, flush=True)  # fmt: skip
+            self._queue_next(job.cluster, run_dir, task)
 
-        def retry() -> None:
-            if failures >= budget:
-                give_up()
-            elif not chained:  # the next job of a chain takes over when this one ends
-                requeue(task.job_id)
+        def failed() -> None:
+            follow(after("failed", events, budget, chained))
 
         origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
         try:
-            outcome = worker.main(run_dir, origin=origin, on_stall=retry, stop=stop)
+            outcome = worker.main(run_dir, origin=origin, on_stall=failed, stop=stop)
         except Exception:
-            retry()
+            failed()
             raise
         if task.rank == 0:
-            # A STOP file is a kill switch: the job ends instead of coming back.
-            come_back = outcome == worker.Outcome.stopped and not (run_dir / STOP_FILE).exists()
-            if come_back and not chained:
-                requeue(task.job_id)
-            elif not come_back and chained:
-                cancel_next_jobs(run_dir, task.job_id)
+            follow(after(outcome.value, events, budget, chained, kill_switch=(run_dir / STOP_FILE).exists()))
         # The work is done; a stop signal now (the time limit's USR2 may come as the ranks exit, when Python no
         # longer runs handlers) must not kill a task and fail the finished job.
         stop.ignore_from_now_on()
+
+    def _queue_next(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask) -> None:
+        try:
+            queue_next_job(cluster, run_dir, self, task.job_id)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # train on: this allocation is here
+            print(
+                f"corolla: cannot queue the run's next job ({str(error).strip()}): nothing will take over when this "
+                "job ends; `corolla submit` the run again then",
+                file=sys.stderr,
+                flush=True,
+            )

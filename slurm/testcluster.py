@@ -50,9 +50,15 @@ SYSTEM_DIRS = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/s
 SETUP_HINT = "run bash scripts/setup-slurm.sh"
 # Durability is worthless here, and fsync makes MariaDB's first start 15 times slower.
 DATABASE_OPTIONS = [
-    "--no-defaults", "--user=root", "--innodb-log-file-size=8M", "--innodb-buffer-pool-size=16M", "--sync-frm=0",
-    "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-flush-method=nosync",
-]  # fmt: skip
+    "--no-defaults",
+    "--user=root",
+    "--innodb-log-file-size=8M",
+    "--innodb-buffer-pool-size=16M",
+    "--sync-frm=0",
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-doublewrite=0",
+    "--innodb-flush-method=nosync",
+]
 
 SLURM_CONF = """\
 ClusterName={cluster}

@@ -6,15 +6,31 @@ from pathlib import Path
 
 import pytest
 
+from launch.config.cluster import ClusterConfig
+from launch.config.data import DataConfig
+from launch.config.schemas import ParallelConfig, TrackingConfig, TrainConfig, TrainJob
+from model.config import ModelConfig
+from tokenizer.config import TokenizerConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 MULTILINGUAL = SHARED_DATA / "multilingual"
 PARALLEL_DEV = SHARED_DATA / "parallel-dev"
 # Twelve languages in eight scripts, English first: enough variety to exercise balancing, small enough to be fast.
 SMALL_LANGUAGES = [
-    "eng_Latn", "fra_Latn", "deu_Latn", "rus_Cyrl", "hin_Deva", "tha_Thai",
-    "zho_Hans", "arb_Arab", "mya_Mymr", "yor_Latn", "khm_Khmr", "por_Latn",
-]  # fmt: skip
+    "eng_Latn",
+    "fra_Latn",
+    "deu_Latn",
+    "rus_Cyrl",
+    "hin_Deva",
+    "tha_Thai",
+    "zho_Hans",
+    "arb_Arab",
+    "mya_Mymr",
+    "yor_Latn",
+    "khm_Khmr",
+    "por_Latn",
+]
 
 
 # Four languages in three scripts: the token files of the training tests.
@@ -31,6 +47,19 @@ def cut_corpus(target: Path, languages: list[str], lines: int) -> Path:
     return target
 
 
+def train_job(model: ModelConfig, **sections: object) -> TrainJob:
+    """A training job of `model` with default sections but those given, as `corolla train` would compose it."""
+    defaults = {
+        "tokenizer": TokenizerConfig(),
+        "parallel": ParallelConfig(),
+        "data": DataConfig(tokens_dir="tokens"),
+        "train": TrainConfig(),
+        "tracking": TrackingConfig(),
+        "cluster": ClusterConfig(),
+    }
+    return TrainJob(model=model, **{**defaults, **sections})
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cut_corpus(tmp_path_factory.mktemp("corpus"), SMALL_LANGUAGES, 400)
@@ -39,7 +68,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Token files of TRAINING_LANGUAGES (300 documents each) under a 2,000-token tokenizer: for training tests."""
-    from tokenizer.config import TokenizerConfig, TokenizerTrainJob
+    from tokenizer.config import TokenizerTrainJob
     from tokenizer.encode import encode_corpus
     from tokenizer.train import train_tokenizer
 

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import MULTILINGUAL, REPO_ROOT, cut_corpus
 from launch.cli import main
+from launch.config.compose import quoted
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -134,3 +136,11 @@ def test_encode_refuses_a_directory_it_did_not_write(capsys, tmp_path: Path) -> 
     )
     assert code == 2 and "holds files but no manifest.json" in err
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "cancel"])
+def test_a_run_directory_may_be_given_as_the_first_argument(capsys, command: str) -> None:
+    weird = 'runs/a "run" $(touch x) it\'s\\'
+    for args in ([weird], [f"run_dir={quoted(weird)}"]):
+        code, out, _ = run(capsys, command, "--cfg", *args)
+        assert code == 0 and yaml.safe_load(out)["run_dir"] == weird

@@ -53,8 +53,8 @@ class TokenizerConfig:
     reference_language: str = "eng_Latn"
     character_coverage: float = 0.9995
     language_tags: bool = False
-    # The model's embedding is padded to a multiple of this times the tensor-parallel size.
-    pad_multiple: int = 128
+    # The tensor parallelism metadata.json's padded vocabulary is given for (128 x TP: tokenizer/vocab.py). It says
+    # nothing about the tokenizer itself: a training run pads for the TP it runs with.
     tensor_parallel: int = 1
     threads: int = 0  # 0: every core
 
@@ -85,8 +85,8 @@ class TokenizerConfig:
             raise ValueError("tokenizer.parity_rounds must be at least 1")
         if not 0.0 < self.character_coverage <= 1.0:
             raise ValueError("tokenizer.character_coverage must be within (0, 1]")
-        if self.tensor_parallel < 1 or self.pad_multiple < 1:
-            raise ValueError("tokenizer.tensor_parallel and tokenizer.pad_multiple must be at least 1")
+        if self.tensor_parallel < 1:
+            raise ValueError("tokenizer.tensor_parallel must be at least 1")
 
 
 @dataclass

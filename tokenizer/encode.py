@@ -36,10 +36,9 @@ from tokenizer.corpus import CorpusError, Source, corpus_fingerprint, discover_s
 from tokenizer.files import write_atomically
 from tokenizer.hygiene import HygieneStats
 from tokenizer.loading import TextTokenizer, load_tokenizer
-from tokenizer.spm import EOS, SPECIAL_IDS
-from tokenizer.token_files import TokenFile, TokenFileWriter, token_dtype, token_file_paths
+from tokenizer.token_files import MANIFEST_NAME, TokenFile, TokenFileWriter, token_dtype, token_file_paths
+from tokenizer.vocab import EOS, SPECIAL_IDS
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 EOS_ID = SPECIAL_IDS[EOS]
 # Text per task: enough to amortise handing it to a worker, little enough to spread one language over all workers.

@@ -31,7 +31,7 @@ Piece = pb.ModelProto.SentencePiece
 _BPE, _UNIGRAM = pb.TrainerSpec.BPE, pb.TrainerSpec.UNIGRAM
 
 
-def export_hf(model_proto: bytes, out_dir: Path, model_max_length: int = 2048) -> None:
+def write_hf_tokenizer(model_proto: bytes, out_dir: Path, model_max_length: int = 2048) -> None:
     """Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` into `out_dir`."""
     proto = pb.ModelProto()
     proto.ParseFromString(model_proto)

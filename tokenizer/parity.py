@@ -27,7 +27,7 @@ TrainRound = Callable[[list[LanguageBudget]], tuple[bytes, dict[str, int]]]
 
 
 @dataclass
-class Candidate:
+class ParityRound:
     round: int
     plan: list[LanguageBudget]
     model: bytes
@@ -59,21 +59,21 @@ def _reweight(weights: dict[str, float], premiums: dict[str, float], strength: f
     return {lang: w * premiums.get(lang, 1.0) ** strength for lang, w in weights.items()}
 
 
-def _improves(candidate: Candidate, best: Candidate | None, token_limit: float) -> bool:
+def _improves(trial: ParityRound, best: ParityRound | None, token_limit: float) -> bool:
     if best is None:
         return True
-    return candidate.score < best.score - 1e-3 and candidate.summary["total_tokens"] <= token_limit
+    return trial.score < best.score - 1e-3 and trial.summary["total_tokens"] <= token_limit
 
 
-def _round_record(candidate: Candidate, kept: bool) -> dict:
-    summary = candidate.summary
+def _round_record(trial: ParityRound, kept: bool) -> dict:
+    summary = trial.summary
     return {
-        "round": candidate.round,
+        "round": trial.round,
         "kept": kept,
         "max_premium": summary["max_premium"],
         "mean_premium": summary["mean_premium"],
         "total_tokens": summary["total_tokens"],
-        "shares": {row.language: row.share for row in candidate.plan},
+        "shares": {row.language: row.share for row in trial.plan},
     }
 
 
@@ -97,7 +97,7 @@ def parity_search(
             "parity needs parallel sentences of the corpus's languages"
         )
     log(f"parity: tuning on {len(tune)} languages x {len(tune[reference])} sentences of {cfg.parity_set}")
-    best: Candidate | None = None
+    best: ParityRound | None = None
     token_limit = 0.0  # from round 1's total (temperature sampling): later rounds may not compress worse overall
     step, halvings = cfg.parity_strength, 0
     weights = content_shares(sizes, cfg)
@@ -108,19 +108,19 @@ def parity_search(
             log("sampling budget per language, round 1 (before training):\n" + format_budget_table(plan))
         model, sampled = train_round(plan)
         stats, summary = _measure(model, tune, reference, workdir)
-        candidate = Candidate(
+        trial = ParityRound(
             number, plan, model, sampled, {lang: row["premium"] for lang, row in stats.items()}, summary
         )
         token_limit = token_limit or summary["total_tokens"] * (1 - cfg.parity_token_margin)
-        kept = _improves(candidate, best, token_limit)
-        rounds.append(_round_record(candidate, kept))
+        kept = _improves(trial, best, token_limit)
+        rounds.append(_round_record(trial, kept))
         log(
             f"parity round {number}: max premium {summary['max_premium']:.3f} ({summary['max_premium_language']}), "
             f"mean {summary['mean_premium']:.3f}, total tokens {summary['total_tokens']}"
             + ("" if kept else " - no better")
         )
         if kept:
-            best = candidate
+            best = trial
         elif halvings < MAX_HALVINGS:
             step, halvings = step / 2, halvings + 1
         else:

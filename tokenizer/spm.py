@@ -1,4 +1,4 @@
-"""The one place that knows SentencePiece's training options and corolla's special tokens."""
+"""The one place that knows SentencePiece's training options (corolla's special tokens: tokenizer/vocab.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from tokenizer.config import ModelType, TokenizerConfig
-
-UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
-SPECIAL_IDS = {UNK: 0, BOS: 1, EOS: 2, PAD: 3}
+from tokenizer.vocab import BOS, EOS, PAD, SPECIAL_IDS, UNK
 
 
 def language_tag(language: str) -> str:

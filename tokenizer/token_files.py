@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+MANIFEST_NAME = "manifest.json"  # beside the pairs: token counts per language, the tokenizer's fingerprint
 MAGIC = b"CRLTIDX\0"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQ")

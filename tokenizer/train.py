@@ -20,11 +20,13 @@ from tqdm import tqdm
 
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import CorpusScan, corpus_fingerprint, discover_sources, scan_corpus
-from tokenizer.hf_export import export_hf
+from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
 from tokenizer.spm import train_sentencepiece, training_threads
 from tokenizer.vocab import padded_vocab_size
+
+METADATA_FILE = "metadata.json"  # beside tokenizer.model: how it was trained, on what
 
 
 def _read_sentences(path: Path) -> Iterator[str]:
@@ -73,9 +75,18 @@ def _explain_sentencepiece_error(message: str, cfg: TokenizerConfig) -> str:
     return "SentencePiece failed: " + message.splitlines()[0]
 
 
+# Config keys that describe the output without changing the tokenizer (pad_multiple: recorded by older corollas).
+DESCRIPTIVE_KEYS = ("tensor_parallel", "pad_multiple")
+
+
 def config_record(cfg: TokenizerConfig) -> dict:
     """The config as plain JSON values, as recorded in metadata.json."""
     return {key: value.value if isinstance(value, Enum) else value for key, value in asdict(cfg).items()}
+
+
+def tokenizer_identity(record: dict) -> dict:
+    """What in a config record decides the trained tokenizer: two configs with the same identity train the same."""
+    return {key: value for key, value in record.items() if key not in DESCRIPTIVE_KEYS}
 
 
 def _versions() -> dict[str, str]:
@@ -96,7 +107,7 @@ def _metadata(job: TokenizerTrainJob, scan: CorpusScan, plan, sampled: dict[str,
         "alpha": cfg.alpha,
         "seed": job.seed,
         "vocab_size": cfg.vocab_size,
-        "padded_vocab_size": padded_vocab_size(cfg.vocab_size, cfg.tensor_parallel, cfg.pad_multiple),
+        "padded_vocab_size": padded_vocab_size(cfg.vocab_size, cfg.tensor_parallel),
         "tokenizer_config": config_record(cfg),
         "training_threads": training_threads(cfg),
         "hygiene": scan.hygiene.as_dict(),
@@ -107,12 +118,12 @@ def _metadata(job: TokenizerTrainJob, scan: CorpusScan, plan, sampled: dict[str,
 
 def is_current(job: TokenizerTrainJob) -> bool:
     """Whether `job.output_dir` already holds what `job` would train: same config, seed and corpus."""
-    metadata_path = Path(job.output_dir) / "metadata.json"
+    metadata_path = Path(job.output_dir) / METADATA_FILE
     if not metadata_path.is_file():
         return False
     metadata = json.loads(metadata_path.read_text())
     return (
-        metadata.get("tokenizer_config") == config_record(job.tokenizer)
+        tokenizer_identity(metadata.get("tokenizer_config", {})) == tokenizer_identity(config_record(job.tokenizer))
         and metadata.get("seed") == job.seed
         and metadata.get("corpus_fingerprint") == corpus_fingerprint(discover_sources(job.corpus))
     )
@@ -158,9 +169,9 @@ def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
         staging = workdir / "out"
         staging.mkdir()
         (staging / "tokenizer.model").write_bytes(model)
-        export_hf(model, staging)
+        write_hf_tokenizer(model, staging)
         metadata = _metadata(job, scan, plan, sampled, extra)
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
         _publish(staging, out)
     log(f"tokenizer written to {out} (vocab {cfg.vocab_size}, padded {metadata['padded_vocab_size']})")
     return out

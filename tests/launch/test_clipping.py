@@ -7,7 +7,7 @@ from distributed import run_ranks
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 
-from launch.trainer import ClippingAdamW
+from launch.train.engine import ClippingAdamW
 
 
 def _clip(tp: int) -> tuple[float, list[torch.Tensor]]:

@@ -12,17 +12,10 @@ import pytest
 import torch
 
 from conftest import MULTILINGUAL
-from launch.data import (
-    BLEND_PERIOD,
-    BlendedDataset,
-    BlendSchedule,
-    DataConfig,
-    LanguageSequences,
-    Permutation,
-    TokenCorpus,
-    micro_batches,
-    validation_batches,
-)
+from launch.config.data import DataConfig
+from launch.data.blend import BLEND_PERIOD, BlendedDataset, BlendSchedule, LanguageSequences, Permutation
+from launch.data.corpus import TokenCorpus
+from launch.train.batches import micro_batches, validation_batches
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import MANIFEST_NAME, encode_corpus
 from tokenizer.spm import train_sentencepiece

@@ -11,8 +11,9 @@ from test_training import SHORT_RUN
 from transformers import AutoTokenizer, BloomForCausalLM
 
 from launch.cli import main
-from launch.data import BlendedDataset, TokenCorpus
-from launch.worker import load_job
+from launch.config.job_file import read_job
+from launch.data.blend import BlendedDataset
+from launch.data.corpus import TokenCorpus
 
 
 def test_exported_model_reproduces_the_next_training_loss(tokens: Path, tmp_path: Path, monkeypatch) -> None:
@@ -23,7 +24,7 @@ def test_exported_model_reproduces_the_next_training_loss(tokens: Path, tmp_path
     assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={exported}", "step=2"]) == 0
 
     model = BloomForCausalLM.from_pretrained(exported).eval()
-    job = load_job(run_dir)
+    job = read_job(run_dir / "job.yaml")
     dataset = BlendedDataset(TokenCorpus(job.data.tokens_dir, job.data.validation_documents), job.data, 32)
     # Step 3 trained on global samples 16..23 with the weights of step 2: the exported model must see the same loss.
     batch = torch.stack([torch.from_numpy(dataset[index]) for index in range(16, 24)])

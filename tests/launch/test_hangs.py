@@ -12,9 +12,9 @@ import psutil
 import pytest
 from test_resume import RUN, losses
 
-from launch.checkpoint import latest_step
 from launch.cli import main
-from launch.trainer import HANG_AT_STEP
+from launch.rundir.checkpoints import latest_step
+from launch.train.faults import HANG_AT_STEP
 
 DP2 = [*RUN, "parallel.dp=2"]
 HANG_TIMEOUT_S = 15  # the least train.hang_timeout_s is 10
@@ -32,7 +32,11 @@ def workers(run_dir: Path) -> list[psutil.Process]:
     alive = []
     for process in psutil.process_iter(["cmdline", "status"]):
         cmdline = process.info["cmdline"] or []
-        if "launch.worker" in cmdline and str(run_dir) in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+        if (
+            "launch.train.worker" in cmdline
+            and str(run_dir) in cmdline
+            and process.info["status"] != psutil.STATUS_ZOMBIE
+        ):
             alive.append(process)
     return alive
 
@@ -71,7 +75,7 @@ def test_a_hung_rank_is_ended_by_its_watchdog_and_the_run_resumes(
     err = capfd.readouterr().err
     assert err.strip().splitlines()[-1].startswith("corolla: error: training failed (a rank exited with status")
     stacks = err[err.index("corolla watchdog: no progress on rank 1 for ") :]
-    hung_thread = r'Thread 0x[0-9a-f]+.*\n(  File .*\n)*  File ".*/launch/trainer\.py", line \d+ in train_steps'
+    hung_thread = r'Thread 0x[0-9a-f]+.*\n(  File .*\n)*  File ".*/launch/train/loop\.py", line \d+ in train_steps'
     assert re.search(hung_thread, stacks)  # faulthandler's dump of the main thread, stuck in the training loop
     assert sorted(losses(run_dir)) == [1, 2, 3]
     assert latest_step(run_dir / "checkpoints") == 2  # intact: every file there, with its size

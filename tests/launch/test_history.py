@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launch.history import RunHistory
+from launch.rundir.history import RunHistory
 
 
 def history_of(tmp_path: Path, *events: str) -> RunHistory:

@@ -10,21 +10,42 @@ from conftest import cut_corpus
 from launch.cli import main
 
 LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "zho_Hans"]
-SMALL = ["tokenizer=tiny", "tokenizer.vocab_size=2000", "tokenizer.character_coverage=0.99",
-         "tokenizer.sampling=parity", "tokenizer.parity_rounds=2", "parallel=single", "train.steps=2",
-         "model.seq_length=32", "data.validation_documents=5"]  # fmt: skip
+SMALL = [
+    "tokenizer=tiny",
+    "tokenizer.vocab_size=2000",
+    "tokenizer.character_coverage=0.99",
+    "tokenizer.sampling=parity",
+    "tokenizer.parity_rounds=2",
+    "parallel=single",
+    "train.steps=2",
+    "model.seq_length=32",
+    "data.validation_documents=5",
+]
 
 
 def test_the_main_job_runs_every_stage_and_then_finds_them_current(capsys, tmp_path: Path) -> None:
     corpus = cut_corpus(tmp_path / "corpus", LANGUAGES, 300)
     parallel = cut_corpus(tmp_path / "parallel", LANGUAGES, 60)
     run_dir = tmp_path / "demo"
-    args = ["pipeline", f"data.corpus={corpus}", f"parallel_set={parallel}", f"tokenizer.parity_set={parallel}",
-            f"run_dir={run_dir}", *SMALL]  # fmt: skip
+    args = [
+        "pipeline",
+        f"data.corpus={corpus}",
+        f"parallel_set={parallel}",
+        f"tokenizer.parity_set={parallel}",
+        f"run_dir={run_dir}",
+        *SMALL,
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
-    for path in ("tokenizer/tokenizer.model", "tokenizer-eval/premium.png", "tokens/manifest.json",
-                 "train/checkpoints/latest", "train/run.json", "hf/config.json", "hf/tokenizer.json"):  # fmt: skip
+    for path in (
+        "tokenizer/tokenizer.model",
+        "tokenizer-eval/premium.png",
+        "tokens/manifest.json",
+        "train/checkpoints/latest",
+        "train/run.json",
+        "hf/config.json",
+        "hf/tokenizer.json",
+    ):
         assert (run_dir / path).is_file(), path
     assert "parity did not tune on" in first and "MLflow run" in first
     assert main(args) == 0

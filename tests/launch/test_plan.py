@@ -36,13 +36,32 @@ def test_plan_json_lists_every_layout(capsys) -> None:
     code, out, _ = run(capsys, "plan", "--json", "experiment=bloom-176b")
     assert code == 0
     layouts = json.loads(out)
-    keys = {"tp", "pp", "dp", "micro_batch", "activation_checkpointing", "memory_gib", "fits", "step_time_s",
-            "tflops_per_gpu"}  # fmt: skip
+    keys = {
+        "tp",
+        "pp",
+        "dp",
+        "micro_batch",
+        "activation_checkpointing",
+        "memory_gib",
+        "fits",
+        "step_time_s",
+        "tflops_per_gpu",
+    }
     assert all(keys <= set(layout) for layout in layouts)
     assert all(layout["tp"] * layout["pp"] * layout["dp"] == 384 and layout["tp"] <= 8 for layout in layouts)
-    [bloom] = [layout for layout in layouts
-               if (layout["tp"], layout["pp"], layout["dp"], layout["micro_batch"], layout["activation_checkpointing"],
-                   layout["zero_stage"]) == (4, 12, 8, 2, True, 1)]  # fmt: skip
+    [bloom] = [
+        layout
+        for layout in layouts
+        if (
+            layout["tp"],
+            layout["pp"],
+            layout["dp"],
+            layout["micro_batch"],
+            layout["activation_checkpointing"],
+            layout["zero_stage"],
+        )
+        == (4, 12, 8, 2, True, 1)
+    ]
     assert bloom["fits"] and bloom["memory_gib"] < 80 and bloom["step_time_s"] == pytest.approx(105, rel=0.15)
     assert any(not layout["fits"] for layout in layouts)
 
@@ -90,8 +109,14 @@ def test_submit_refuses_a_layout_that_will_not_fit_and_names_the_nearest(tokens,
     assert "more than the 70 GiB of jean-zay-a100's GPUs" in err
     nearest = re.search(r"the nearest layout that fits: ((?:\S+=\S+ ?)+) \(", err)
     assert nearest, err
-    assert nearest[1].split() == ["parallel.tp=4", "parallel.pp=12", "parallel.dp=2", "train.micro_batch=2",
-                                  "parallel.activation_checkpointing=true", "parallel.zero_stage=1"]  # fmt: skip
+    assert nearest[1].split() == [
+        "parallel.tp=4",
+        "parallel.pp=12",
+        "parallel.dp=2",
+        "train.micro_batch=2",
+        "parallel.activation_checkpointing=true",
+        "parallel.zero_stage=1",
+    ]
     assert not (tmp_path / "run").exists()
     code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", *squeezed, *nearest[1].split()))
     assert code == 0, err

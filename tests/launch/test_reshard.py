@@ -11,13 +11,13 @@ from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN, records
 
 from launch.cli import main
-from launch.layout import ParallelLayout
-from launch.run_files import RUN_FILE
-from launch.shards import KEYS, ShardError, ShardReader, shard_file
+from launch.plan.layout import ParallelLayout
+from launch.plan.stages import pipeline_stages, stage_cut
+from launch.rundir.files import RUN_FILE, shard_file
+from launch.train.shards import KEYS, ShardError, ShardReader
 from model.bloom import BloomBlock, tp_split_dim
 from model.config import ModelConfig
-from model.pipeline import layer_specs, stage_layers
-from model.stages import pipeline_stages
+from model.pipeline import PARTITION, layer_specs
 
 # Six layers, so that four pipeline stages each hold a block; fp32 and no dropout, so that layouts agree to 1e-5.
 RUN = [*SHORT_RUN, "model.num_layers=6", "train.steps=10", "train.eval_samples=8"]
@@ -107,9 +107,14 @@ def test_a_layout_the_model_cannot_take_is_refused_before_any_file_changes(capsy
 
 @pytest.mark.parametrize("layers", [1, 2, 4, 6, 24, 70])
 def test_the_planners_stage_cut_is_the_one_deepspeed_makes(layers: int) -> None:
+    from deepspeed.runtime.utils import partition_balanced
+
     model = ModelConfig(num_layers=layers)
+    specs = layer_specs(model, None)
+    weights = [int(spec.typename.__name__ in PARTITION.removeprefix("type:").split("|")) for spec in specs]
     for pp in range(1, layers + 1):
-        specs, cut = layer_specs(model, None), stage_layers(model, pp)
+        cut = stage_cut(model, pp)
+        assert [stage.start for stage in cut] + [cut[-1].stop] == partition_balanced(weights, pp)  # PipelineModule's
         blocks = [sum(specs[index].typename is BloomBlock for index in stage) for stage in cut]
         assert blocks == [stage.blocks for stage in pipeline_stages(layers, pp, micro_batches=1)]
 
@@ -128,7 +133,7 @@ def test_a_slice_for_another_tp_width_is_cut_from_the_old_slices_exactly(tmp_pat
             dim = tp_split_dim(name)
             piece = tensor if dim is None else tensor.chunk(2, dim)[tp_rank]
             states[name] = {key: piece.clone() for key in KEYS}
-        torch.save(states, tmp_path / shard_file(saved, tp_rank, 0))
+        torch.save(states, tmp_path / shard_file(tp_rank, saved.tp, 0, saved.pp))
     reader = ShardReader(tmp_path, saved)
     for name, tensor in whole.items():
         dim = tp_split_dim(name)

@@ -9,13 +9,18 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 
-from launch.checkpoint import CRASH_DURING_SAVE
 from launch.cli import main
-from launch.run_files import LATEST, RUN_FILE
+from launch.rundir.files import LATEST, RUN_FILE
+from launch.train.faults import CRASH_DURING_SAVE
 
 # Dropout on everywhere: resuming must restore every rank's RNG states, not only weights and optimizer.
-RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "model.hidden_dropout=0.1",
-       "model.attention_dropout=0.1"]  # fmt: skip
+RUN = [
+    *SHORT_RUN,
+    "train.steps=6",
+    "train.checkpoint_interval=2",
+    "model.hidden_dropout=0.1",
+    "model.attention_dropout=0.1",
+]
 # Tensor and data parallel: dropout masks come from the tensor-parallel RNG and from each rank's own.
 TP_DP = ["parallel.tp=2", "parallel.dp=2"]
 

@@ -6,11 +6,12 @@ from itertools import pairwise
 
 import pytest
 
-from launch.schedules import batch_size_at, batch_sizes, lr_at, samples_before
-from launch.schemas import BatchRampup, TrainConfig
+from launch.config.schemas import BatchRampup, TrainConfig
+from launch.plan.schedules import batch_size_at, batch_sizes, lr_at, samples_before
 
-BLOOM_176B = TrainConfig(steps=95_000, global_batch=2048, micro_batch=2,
-                         rampup=BatchRampup(start=192, increment=16, samples=9_765_625))  # fmt: skip
+BLOOM_176B = TrainConfig(
+    steps=95_000, global_batch=2048, micro_batch=2, rampup=BatchRampup(start=192, increment=16, samples=9_765_625)
+)
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr() -> None:

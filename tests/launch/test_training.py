@@ -10,12 +10,18 @@ from mlflow.tracking import MlflowClient
 
 from conftest import SHARED_DATA, TRAINING_LANGUAGES, cut_corpus
 from launch.cli import main
-from launch.run_files import RUN_FILE
+from launch.rundir.files import RUN_FILE
 
 # A few steps of a tiny BLOOM with a short sequence: enough for the optimizer and the LR schedule to act, and for
 # gradient clipping (the gradient norm is about 0.8).
-SHORT_RUN = ["model.seq_length=32", "train.steps=4", "train.global_batch=8", "train.micro_batch=2", "seed=7",
-             "train.grad_clip=0.5"]  # fmt: skip
+SHORT_RUN = [
+    "model.seq_length=32",
+    "train.steps=4",
+    "train.global_batch=8",
+    "train.micro_batch=2",
+    "seed=7",
+    "train.grad_clip=0.5",
+]
 LAYOUTS = {
     "TP2": ["parallel.tp=2"],
     "PP2": ["parallel.pp=2"],
@@ -81,8 +87,13 @@ def test_every_layout_gives_the_one_process_losses(layout, tokens, one_process, 
 
 def test_batch_rampup_over_stages_and_replicas_gives_the_one_process_losses_and_resumes(tokens, tmp_path) -> None:
     # Batches 4, 4, 6, 6, 8, 8: start 4, +2 every 16 / 2 samples; micro-batch 1 so that DP=2 divides every size.
-    rampup = ["train.steps=6", "train.micro_batch=1", "train.rampup.start=4", "train.rampup.increment=2",
-              "train.rampup.samples=16"]  # fmt: skip
+    rampup = [
+        "train.steps=6",
+        "train.micro_batch=1",
+        "train.rampup.start=4",
+        "train.rampup.increment=2",
+        "train.rampup.samples=16",
+    ]
     single = train(tmp_path / "single", tokens, *rampup)
     assert [record["batch_size"] for record in single] == [4, 4, 6, 6, 8, 8]
     stopped = train(tmp_path / "pp-dp", tokens, *rampup, "parallel.pp=2", "parallel.dp=2", "train.exit_after=3")

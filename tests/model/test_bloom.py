@@ -10,7 +10,7 @@ from megatron.core import parallel_state
 from transformers import BloomConfig, BloomForCausalLM
 from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
 
-from launch.device import seed_everything
+from launch.train.device import seed_everything
 from model.bloom import BloomModel, alibi_slopes, parallel_config
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm.monitor import CancelJob, LogsJob, StatusJob, cancel, show_logs, show_status
+from launch.commands import cancel, show_logs, show_status
+from launch.config.schemas import CancelJob, LogsJob, StatusJob
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
 
 T0 = 1_790_000_000.0  # the first launch, in September 2026
@@ -73,8 +74,14 @@ def make_run(run_dir: Path, cluster: str = "local", dp: int = 2) -> Path:
 
 
 def step(number: int, loss: float, tokens_per_second: float) -> dict:
-    return {"step": number, "loss": loss, "lr": 6e-4, "grad_norm": 1.5, "batch_size": 8,
-            "tokens_per_second": tokens_per_second}  # fmt: skip
+    return {
+        "step": number,
+        "loss": loss,
+        "lr": 6e-4,
+        "grad_norm": 1.5,
+        "batch_size": 8,
+        "tokens_per_second": tokens_per_second,
+    }
 
 
 def make_trained_run(run_dir: Path) -> Path:
@@ -90,17 +97,30 @@ def make_trained_run(run_dir: Path) -> Path:
     with metrics.open("a") as file:
         file.write(json.dumps(step(11, 4.5, 256)) + "\n" + json.dumps(step(12, 4.25, 256)) + "\n")
         file.write('{"step": 13, "loss": 4.1')  # cut short: the process is writing it, or died doing so
-    write_jsonl(run_dir / "validation.jsonl", [
-        {"step": 5, "loss": {"eng_Latn": 6.0, "fra_Latn": 6.5}},
-        {"step": 10, "loss": {"eng_Latn": 5.0, "fra_Latn": 5.5}},
-    ])  # fmt: skip
-    write_jsonl(run_dir / "history.jsonl", [
-        {"event": "start", "time": T0, "host": "gpu-box", "resumed_from_step": 0, "steps_redone": 0},
-        {"event": "start", "time": T0 + 600, "host": "gpu-box", "resumed_from_step": 5, "steps_redone": 3},
-        {"event": "stopped", "time": T0 + 900, "step": 10, "signal": "SIGTERM"},
-        {"event": "start", "time": T0 + 3600, "host": "gpu-box", "resumed_from_step": 10, "steps_redone": 0,
-         "layout": "tp2-pp1-dp2", "resharded_from": "tp2-pp1-dp4"},
-    ])  # fmt: skip
+    write_jsonl(
+        run_dir / "validation.jsonl",
+        [
+            {"step": 5, "loss": {"eng_Latn": 6.0, "fra_Latn": 6.5}},
+            {"step": 10, "loss": {"eng_Latn": 5.0, "fra_Latn": 5.5}},
+        ],
+    )
+    write_jsonl(
+        run_dir / "history.jsonl",
+        [
+            {"event": "start", "time": T0, "host": "gpu-box", "resumed_from_step": 0, "steps_redone": 0},
+            {"event": "start", "time": T0 + 600, "host": "gpu-box", "resumed_from_step": 5, "steps_redone": 3},
+            {"event": "stopped", "time": T0 + 900, "step": 10, "signal": "SIGTERM"},
+            {
+                "event": "start",
+                "time": T0 + 3600,
+                "host": "gpu-box",
+                "resumed_from_step": 10,
+                "steps_redone": 0,
+                "layout": "tp2-pp1-dp2",
+                "resharded_from": "tp2-pp1-dp4",
+            },
+        ],
+    )
     checkpoints = run_dir / "checkpoints"
     for saved in (5, 10):
         (checkpoints / f"step-{saved:08d}").mkdir(parents=True)
@@ -241,12 +261,24 @@ def test_status_logs_and_cancel_of_a_running_job(
 
     show_logs(LogsJob(run_dir=str(run_dir)))
     assert capsys.readouterr().out.splitlines() == [
-        f"==> {out_log} <==", "started on n1", "line 1", "line 2", "line 3", "", f"==> {err_log} <==", "a warning",
-    ]  # fmt: skip
+        f"==> {out_log} <==",
+        "started on n1",
+        "line 1",
+        "line 2",
+        "line 3",
+        "",
+        f"==> {err_log} <==",
+        "a warning",
+    ]
     show_logs(LogsJob(run_dir=str(run_dir), rank=0, lines=2))
     assert capsys.readouterr().out.splitlines() == [
-        f"==> {out_log} <==", "line 2", "line 3", "", f"==> {err_log} <==", "a warning"
-    ]  # fmt: skip
+        f"==> {out_log} <==",
+        "line 2",
+        "line 3",
+        "",
+        f"==> {err_log} <==",
+        "a warning",
+    ]
     with pytest.raises(ValueError, match=f"rank=3: Slurm job {job_id} has logs of ranks 0: choose one of them"):
         show_logs(LogsJob(run_dir=str(run_dir), rank=3))
 

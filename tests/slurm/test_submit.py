@@ -17,17 +17,23 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from launch.checkpoint import CRASH_DURING_SAVE
 from launch.cli import main
-from launch.history import RunHistory
-from launch.run_files import JOBS_FILE
-from launch.tracking import check_reachable
-from launch.trainer import STEP_SECONDS
+from launch.rundir.files import JOBS_FILE
+from launch.rundir.history import RunHistory
+from launch.rundir.tracking import check_reachable
+from launch.train.faults import CRASH_DURING_SAVE, STEP_SECONDS
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
 
 # A tiny BLOOM for 12 steps, a checkpoint every 2: long enough to kill a node or signal the job while it trains.
-RUN = ["model.seq_length=32", "train.steps=12", "train.global_batch=8", "train.micro_batch=2", "seed=7",
-       "train.checkpoint_interval=2", "train.hang_timeout_s=60"]  # fmt: skip
+RUN = [
+    "model.seq_length=32",
+    "train.steps=12",
+    "train.global_batch=8",
+    "train.micro_batch=2",
+    "seed=7",
+    "train.checkpoint_interval=2",
+    "train.hang_timeout_s=60",
+]
 THREE_D = ["cluster=testcluster", "parallel=3d"]
 TWO_RANKS = ["cluster=testcluster", "cluster.tasks_per_node=1"]  # data parallel over two nodes
 
@@ -49,9 +55,22 @@ def mlflow_server(slurm_cluster: TestCluster, tmp_path_factory: pytest.TempPathF
     with socket.socket() as probe:
         probe.bind((slurm_cluster.host_address, 0))
         port = probe.getsockname()[1]
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", slurm_cluster.host_address,
-               "--port", str(port), "--workers", "1", "--allowed-hosts", "*", "--artifacts-destination", str(root),
-               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]  # fmt: skip
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        slurm_cluster.host_address,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        "*",
+        "--artifacts-destination",
+        str(root),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+    ]
     with (root / "server.log").open("w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://{slurm_cluster.host_address}:{port}"
@@ -237,8 +256,15 @@ def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "TP 4 x PP 12 x DP 8" in out and "48 nodes x 8 ranks" in out
-    for flag in ("--nodes=48", "--ntasks-per-node=8", "--gpus-per-node=8", "--requeue", "--signal=USR2@600",
-                 "--partition=gpu_p5", "--exclusive"):  # fmt: skip
+    for flag in (
+        "--nodes=48",
+        "--ntasks-per-node=8",
+        "--gpus-per-node=8",
+        "--requeue",
+        "--signal=USR2@600",
+        "--partition=gpu_p5",
+        "--exclusive",
+    ):
         assert f"#SBATCH {flag}" in out, flag
     assert not run_dir.exists() and not Path("pwned").exists()
 
@@ -256,8 +282,20 @@ def test_cancelling_an_elastic_run_cancels_the_job_queued_behind_it_too(slurm_cl
 
 def test_an_elastic_job_asks_for_a_node_range_and_is_not_requeued_by_slurm(tokens, capsys, tmp_path) -> None:
     elastic = ["parallel.elastic=true", "cluster.min_nodes=1"]
-    assert main(["submit", "--dry-run", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", *RUN, *THREE_D,
-                 *elastic]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "submit",
+                "--dry-run",
+                f"data.tokens_dir={tokens}",
+                f"run_dir={tmp_path / 'run'}",
+                *RUN,
+                *THREE_D,
+                *elastic,
+            ]
+        )
+        == 0
+    )
     script = capsys.readouterr().out.splitlines()
     assert "#SBATCH --nodes=1-2" in script and "#SBATCH --no-requeue" in script and "#SBATCH --requeue" not in script
 

@@ -92,9 +92,14 @@ def test_sbatch_job_runs_one_task_per_node_with_its_gpus(slurm_cluster: TestClus
     output = tmp_path / "job.out"
     report = "echo $SLURM_PROCID $(hostname) $CUDA_VISIBLE_DEVICES"
     job_id = sbatch(
-        slurm_cluster, "--wait", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=2", f"--output={output}",
+        slurm_cluster,
+        "--wait",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=2",
+        f"--output={output}",
         f"--wrap=srun bash -c '{report}'",
-    )  # fmt: skip
+    )
     assert sorted(output.read_text().splitlines()) == ["0 n1 0,1", "1 n2 0,1"]
     assert wait_for(lambda: accounted_states(slurm_cluster, job_id) == ["COMPLETED"], timeout=15, interval=0.5)
 
@@ -135,9 +140,13 @@ def test_jobs_reach_a_server_on_the_host_address(slurm_cluster: TestCluster, tmp
         )
         host, port = server.getsockname()
         sbatch(
-            slurm_cluster, "--wait", "--nodes=2", "--ntasks-per-node=1", f"--output={tmp_path / 'job.out'}",
+            slurm_cluster,
+            "--wait",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            f"--output={tmp_path / 'job.out'}",
             f"--wrap=srun {sys.executable} {client} {host} {port}",
-        )  # fmt: skip
+        )
         listener.join(timeout=30)
     assert sorted(received) == ["n1", "n2"]
 

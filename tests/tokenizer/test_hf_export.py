@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from conftest import MULTILINGUAL, PARALLEL_DEV
 from tokenizer.config import ModelType, TokenizerConfig
-from tokenizer.hf_export import export_hf
+from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.loading import load_tokenizer
 from tokenizer.spm import train_sentencepiece
 
@@ -93,7 +93,7 @@ def exported(
     cfg = TokenizerConfig(model_type=model_type, vocab_size=8000, character_coverage=0.9995, language_tags=tags)
     model = train_sentencepiece(sentences[::stride], cfg, seed=1, languages=languages)
     out = tmp_path_factory.mktemp(model_type.value)
-    export_hf(model, out)
+    write_hf_tokenizer(model, out)
     return Exported(model_type, model, out)
 
 
@@ -177,7 +177,7 @@ def test_special_tokens_and_max_length_are_configured(exported: Exported, tmp_pa
     ids = exported.sp.encode("Bonjour le monde")
     assert tok("Bonjour le monde")["input_ids"] == ids  # like SentencePiece, no BOS/EOS unless asked
     assert tok.decode([tok.bos_token_id, *ids, tok.eos_token_id], skip_special_tokens=True) == "Bonjour le monde"
-    export_hf(exported.model, tmp_path, model_max_length=4096)
+    write_hf_tokenizer(exported.model, tmp_path, model_max_length=4096)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert config["model_max_length"] == 4096 and config["eos_token"] == "</s>"
 
@@ -187,5 +187,5 @@ def test_unsupported_model_types_are_refused(tmp_path: Path) -> None:
     proto.trainer_spec.model_type = pb.TrainerSpec.CHAR
     proto.trainer_spec.byte_fallback = True
     with pytest.raises(ValueError, match="only bpe and unigram"):
-        export_hf(proto.SerializeToString(), tmp_path)
+        write_hf_tokenizer(proto.SerializeToString(), tmp_path)
     assert list(tmp_path.iterdir()) == []

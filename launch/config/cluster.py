@@ -1,0 +1,96 @@
+"""Where a training job runs: this machine, or a Slurm cluster (the schema behind conf/cluster/*.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Scheduler(Enum):
+    local = "local"  # processes on this machine (torchrun), no Slurm
+    slurm = "slurm"
+
+
+@dataclass
+class ClusterConfig:
+    """A cluster and what a job asks of it. A job gets `nodes` whole nodes and runs one rank per GPU on each
+    (`tasks_per_node` ranks on CPU nodes), so its world size is nodes x ranks per node."""
+
+    name: str = "local"
+    scheduler: Scheduler = Scheduler.local
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    # With parallel.elastic: Slurm may start (or requeue) the job on as few as this many nodes; 0: always `nodes`.
+    min_nodes: int = 0
+    gpus_per_node: int = 0
+    tasks_per_node: int = 0  # CPU nodes: ranks per node; GPU nodes: 0 (one per GPU)
+    cpus_per_task: int = 1
+    mem_per_node_gb: int = 0  # 0: Slurm's default
+    time_limit_min: int = 60
+    constraint: str | None = None
+    exclusive: bool = False
+    # Shell lines run before the ranks start (module load ..., source ...), and environment variables (NCCL_...).
+    setup: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    # Slurm sends USR2 this long before the time limit: enough for every rank to finish a step and save.
+    signal_delay_s: int = 120
+    # Restarts (requeues after a signal, a node failure, a crashed or hung rank) before the job is given up.
+    max_restarts: int = 5
+    # The hardware, for `corolla plan` and the memory check of `corolla submit` (0: unknown): one GPU's memory (GiB),
+    # dense bf16 peak (TFLOP/s) and memory bandwidth (GB/s); GB/s one way from a GPU to the others of its node
+    # (NVLink), and from a node to the others (all its network adapters together).
+    gpu_memory_gib: float = 0.0
+    peak_tflops: float = 0.0
+    memory_bandwidth_gbps: float = 0.0
+    intra_node_gbps: float = 0.0
+    inter_node_gbps: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.gpus_per_node < 0 or self.tasks_per_node < 0 or self.cpus_per_task < 1:
+            raise ValueError(
+                f"cluster {self.name}: nodes={self.nodes} and cpus_per_task={self.cpus_per_task} must be at least 1, "
+                f"gpus_per_node={self.gpus_per_node} and tasks_per_node={self.tasks_per_node} not negative"
+            )
+        if not 0 <= self.min_nodes <= self.nodes:
+            raise ValueError(
+                f"cluster {self.name}: min_nodes={self.min_nodes} must lie between 0 (always `nodes`) and "
+                f"nodes={self.nodes}"
+            )
+        if self.scheduler == Scheduler.slurm and not (self.gpus_per_node or self.tasks_per_node):
+            raise ValueError(
+                f"cluster {self.name}: set cluster.gpus_per_node (GPU nodes) or cluster.tasks_per_node (CPU nodes)"
+            )
+        hardware = [
+            self.gpu_memory_gib,
+            self.peak_tflops,
+            self.memory_bandwidth_gbps,
+            self.intra_node_gbps,
+            self.inter_node_gbps,
+        ]
+        if min(hardware) < 0:
+            raise ValueError(
+                f"cluster {self.name}: gpu_memory_gib, peak_tflops, memory_bandwidth_gbps, intra_node_gbps and "
+                "inter_node_gbps must not be negative (0: unknown)"
+            )
+        if self.time_limit_min < 1 or not 0 <= self.signal_delay_s < self.time_limit_min * 60 or self.max_restarts < 0:
+            raise ValueError(
+                f"cluster {self.name}: time_limit_min={self.time_limit_min} must be at least 1, signal_delay_s="
+                f"{self.signal_delay_s} shorter than it, max_restarts={self.max_restarts} not negative"
+            )
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.gpus_per_node or self.tasks_per_node
+
+    @property
+    def chained(self) -> bool:
+        """Slurm may start the job on fewer than `nodes` nodes, and a requeue would keep the count it first got, so
+        each start is a job of its own, queued by the one before (slurm/executor.py)."""
+        return self.min_nodes > 0
+
+    @property
+    def node_counts(self) -> range:
+        """Every node count the job may run on."""
+        return range(self.min_nodes or self.nodes, self.nodes + 1)

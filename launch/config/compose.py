@@ -1,0 +1,156 @@
+"""From command-line overrides to a validated, typed job config: the only place that talks to Hydra.
+
+Every command's schema is a dataclass registered in Hydra's ConfigStore; `conf/` holds the primary configs and
+the option groups (tokenizer, model, parallel, train, data, tracking, cluster, experiment). Composition errors and
+invalid values become one `ConfigError` line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+
+from hydra import compose, initialize, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from launch.config.schemas import (
+    CancelJob,
+    ExportJob,
+    LogsJob,
+    MainJob,
+    PlanJob,
+    ReshardJob,
+    StatusJob,
+    TrainJob,
+)
+from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
+SCHEMAS: dict[str, type] = {
+    "tokenizer_train": TokenizerTrainJob,
+    "tokenizer_evaluate": TokenizerEvaluateJob,
+    "tokenizer_encode": TokenizerEncodeJob,
+    "pipeline": MainJob,
+    "train": TrainJob,
+    "submit": TrainJob,
+    "status": StatusJob,
+    "logs": LogsJob,
+    "cancel": CancelJob,
+    "export_hf": ExportJob,
+    "checkpoint_reshard": ReshardJob,
+    "plan": PlanJob,
+}
+
+
+class ConfigError(ValueError):
+    """An invalid command line or config; the message is one line."""
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the repository, unless COROLLA_SHARED_DATA points elsewhere."""
+    return Path(os.environ.get("COROLLA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+def _register() -> None:
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        store.store(name=f"{name}_schema", node=schema)
+    if not OmegaConf.has_resolver("sample_data"):
+        OmegaConf.register_new_resolver("sample_data", lambda sub: str(shared_data_dir() / sub))
+
+
+def _messages(error: BaseException) -> list[str]:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines + (_messages(error.__cause__) if error.__cause__ is not None else [])
+
+
+def _one_line(error: Exception) -> str:
+    """Hydra and OmegaConf explain over several lines; say what is wrong with which key and how to fix it."""
+    lines = [line for line in _messages(error) if not re.match(r"(full_key|object_type|reference_type)\b", line)]
+    text = "\n".join(lines)
+    if (match := re.search(r"To append to your config use (\+\S+)", text)) and "is not in struct" in text:
+        return f"{match[1][1:].split('=')[0]} takes new keys: write '{match[1]}'"
+    if match := re.search(r"Key '([^']+)' not in '(\w+)'", text):
+        where = re.search(r"Could not override '([^']+)'", text)
+        key = where[1] if where else match[1]
+        return f"unknown config key '{key}': check the spelling, `--cfg` prints every valid key"
+    if match := re.search(r"Could not find '([^']+)/([^']+)'", text):
+        options = (
+            [
+                line
+                for line in lines[lines.index(next(x for x in lines if x.startswith("Available"))) + 1 :]
+                if not line.startswith(("Config search path", "provider="))
+            ]
+            if "Available" in text
+            else []
+        )
+        return f"unknown {match[1]} option '{match[2]}': choose one of {', '.join(options) or 'the files in conf/'}"
+    if match := re.search(r"Error merging override (\S+)", text):
+        reason = next((line for line in lines[1:] if "Error merging" not in line), "")
+        return f"invalid value in {match[1]}: {reason}"
+    return "; ".join(dict.fromkeys(lines)) or type(error).__name__
+
+
+def quoted(value: str) -> str:
+    """A value as a Hydra override writes it, whatever characters it holds (a path with spaces, quotes, `=`)."""
+    value = re.sub(r"(\\*)'", lambda match: match[1] * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda match: match[1] * 2, value) + "'"
+
+
+def sweep_points(overrides: list[str]) -> list[tuple[str, list[str]]]:
+    """Hydra's multirun: every combination of the sweep overrides (`key=a,b`, `key=range(1,3)`), each as a name made
+    of its swept values (for a run directory) and its overrides."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(_one_line(error)) from None
+    axes = [
+        [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+        if override.is_sweep_override()
+        else [text]
+        for text, override in zip(overrides, parsed, strict=True)
+    ]
+    swept = [len(axis) > 1 for axis in axes]
+    points = []
+    for point in itertools.product(*axes):
+        name = ",".join(value for value, is_swept in zip(point, swept, strict=True) if is_swept) or "single"
+        points.append((name.replace("/", "_"), list(point)))
+    return points
+
+
+def compose_config(command: str, overrides: list[str]) -> DictConfig:
+    """Composes `conf/<command>.yaml` when it exists (with option groups), else the bare schema.
+
+    Commands without a YAML file take plain values only, so that e.g. `tokenizer=DIR` of `tokenizer evaluate`
+    is a path, not a choice in the `tokenizer` group.
+    """
+    _register()
+    has_yaml = (CONF_DIR / f"{command}.yaml").is_file()
+    context = initialize_config_dir(str(CONF_DIR), version_base=None) if has_yaml else initialize(version_base=None)
+    try:
+        with context:
+            return compose(config_name=command if has_yaml else f"{command}_schema", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
+    """The resolved config (for printing and recording) and its typed, validated object."""
+    cfg = compose_config(command, overrides)
+    try:
+        OmegaConf.resolve(cfg)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
+        return cfg, OmegaConf.to_object(cfg)
+    except (OmegaConfBaseException, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(_one_line(error)) from None

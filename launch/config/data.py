@@ -1,0 +1,34 @@
+"""What a training job reads: the schema behind conf/data/*.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DataConfig:
+    """What the trainer reads and how.
+
+    tokens_dir: the output_dir of a `corolla tokenizer encode`. None: `corpus` encoded with the job's tokenizer
+    config, both built on first use in `cache_dir` and reused while their inputs are unchanged.
+    weights: explicit per-language weights (normalised; languages left out get 0). None: p(L) ∝ tokens(L)^alpha over
+    the training split's token counts (alpha=1: the natural mix, 0: uniform).
+    validation_documents: per language, the last n documents are held out for validation; a language with n or fewer
+    documents holds out all but its first, which it keeps for training.
+    """
+
+    tokens_dir: str | None = None
+    corpus: str | None = None
+    cache_dir: str = "runs/cache"
+    weights: dict[str, float] | None = None
+    alpha: float = 1.0
+    validation_documents: int = 50
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if not self.alpha >= 0:
+            raise ValueError(f"data.alpha={self.alpha} must be 0 (uniform) or more (1: the natural mix)")
+        if self.validation_documents < 0:
+            raise ValueError(f"data.validation_documents={self.validation_documents} must be 0 or more")
+        if self.tokens_dir is None and self.corpus is None:
+            raise ValueError("set data.tokens_dir (encoded token files) or data.corpus (a corpus to encode)")

@@ -1,0 +1,46 @@
+"""A run's job as written into its run directory (the resolved TrainJob, as YAML) and read back.
+
+`job_config` reads it as it stands, for readers that must cope with a job written by hand or by an older corolla
+(`corolla status`); `read_job` makes it the typed, validated TrainJob again (the ranks, export, resharding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from launch.config.schemas import TrainJob
+
+HINT = "restore it from MLflow (the run's job.yaml artifact)"
+
+
+def job_yaml(job: TrainJob) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(job))
+
+
+def job_config(path: Path) -> DictConfig:
+    """The job file as written; a ValueError naming it when it is not one."""
+    try:
+        job = OmegaConf.load(path)
+    except (OSError, yaml.YAMLError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path} cannot be read ({first_line}): {HINT}") from None
+    if not isinstance(job, DictConfig):
+        raise ValueError(f"{path} is not a corolla job: {HINT}")
+    return job
+
+
+def read_job(path: Path) -> TrainJob:
+    written = job_config(path)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainJob), written))
+    except (OmegaConfBaseException, ValueError) as error:
+        raise ValueError(f"{path} is not a valid job ({str(error).splitlines()[0]}): {HINT}") from None
+
+
+def section(job: DictConfig, key: str, schema: type):
+    """One section of a job file as its typed config, schema defaults for what it leaves out."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), job.get(key) or {}))

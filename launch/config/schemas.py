@@ -1,0 +1,206 @@
+"""Typed configs of the commands other than the tokenizer's (tokenizer/config.py): the schemas behind
+`conf/<command>.yaml` and its option groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from omegaconf import MISSING
+
+from launch.config.cluster import ClusterConfig
+from launch.config.data import DataConfig
+from model.config import BLOOM_VOCABULARY, ModelConfig
+from tokenizer.config import TokenizerConfig
+
+# The micro-batches `corolla plan` (and the submit memory check) tries besides the configured one.
+PLANNED_MICRO_BATCHES = (1, 2, 4, 8)
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    dp: int = 0  # 0: what the world size leaves after tp x pp (1 when run locally)
+    zero_stage: int = 1
+    activation_checkpointing: bool = False
+    # Each (re)start takes the layout that fits the ranks it got (with cluster.min_nodes, Slurm may start or requeue
+    # the job on fewer nodes): TP as given, the pipeline depth nearest pp, DP from what is left; the checkpoint is
+    # resharded on load.
+    elastic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1):
+            raise ValueError(f"parallel.zero_stage={self.zero_stage}: corolla trains with ZeRO stage 0 or 1")
+
+
+@dataclass
+class BatchRampup:
+    """BLOOM's batch-size ramp-up: the global batch starts at `start` sequences and grows by `increment` at equal
+    intervals of samples until, after `samples` samples, it is train.global_batch. start=0: no ramp-up."""
+
+    start: int = 0
+    increment: int = 0
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        if self.start and (self.increment < 1 or self.samples < 1):
+            raise ValueError(
+                f"train.rampup.start={self.start} needs a positive train.rampup.increment and train.rampup.samples "
+                "(BLOOM-176B: start=192 increment=16 samples=9765625)"
+            )
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    micro_batch: int = 2
+    global_batch: int = 8
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 2
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    precision: Precision = Precision.fp32
+    checkpoint_interval: int = 10
+    keep_checkpoints: int = 2
+    # Stop (with a checkpoint) after this many steps of one launch; 0: run to train.steps.
+    exit_after: int = 0
+    rampup: BatchRampup = field(default_factory=BatchRampup)
+    # Validation loss per language every eval_interval steps and at the end, on eval_samples held-out sequences of
+    # each language; 0: no validation.
+    eval_interval: int = 0
+    eval_samples: int = 8
+    # A collective that waits this long for a peer fails, and a rank that makes no progress (no step, save or
+    # validation finished) for this long dumps its stacks and exits: a dead or stuck rank ends the job.
+    hang_timeout_s: int = 1800
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.micro_batch, self.global_batch) < 1:
+            raise ValueError("train.steps, train.micro_batch and train.global_batch must be at least 1")
+        if not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"train.min_lr={self.min_lr} must be positive and at most train.lr={self.lr}")
+        if self.warmup_steps < 0 or self.exit_after < 0:
+            raise ValueError("train.warmup_steps and train.exit_after must not be negative")
+        if self.checkpoint_interval < 1 or self.keep_checkpoints < 1:
+            raise ValueError("train.checkpoint_interval and train.keep_checkpoints must be at least 1")
+        if self.hang_timeout_s < 10:
+            raise ValueError(f"train.hang_timeout_s={self.hang_timeout_s} must be at least 10 seconds")
+        if self.eval_interval < 0 or self.eval_samples < 1:
+            raise ValueError("train.eval_interval must not be negative (0: no validation) and train.eval_samples >= 1")
+        if self.rampup.start and not 0 < self.rampup.start < self.global_batch:
+            raise ValueError(
+                f"train.rampup.start={self.rampup.start} must be below train.global_batch={self.global_batch}"
+            )
+        if self.rampup.start and (self.global_batch - self.rampup.start) % self.rampup.increment:
+            raise ValueError(
+                f"train.rampup.increment={self.rampup.increment} steps from train.rampup.start={self.rampup.start} "
+                f"do not reach train.global_batch={self.global_batch}: make the difference a multiple of it"
+            )
+
+
+@dataclass
+class TrackingConfig:
+    # None: the embedded store, an SQLite file in the run directory; else an MLflow tracking server's URI.
+    uri: str | None = None
+    experiment: str = "corolla"
+
+
+@dataclass
+class TrainJob:
+    model: ModelConfig = MISSING
+    # The tokenizer that encodes data.corpus when data.tokens_dir is not given.
+    tokenizer: TokenizerConfig = MISSING
+    parallel: ParallelConfig = MISSING
+    data: DataConfig = MISSING
+    train: TrainConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    cluster: ClusterConfig = MISSING
+    run_dir: str = "runs/train"
+    seed: int = 1234
+
+
+@dataclass
+class ReshardJob:
+    """`corolla checkpoint reshard`: the run whose checkpoint to rewrite, and the layout to rewrite it for."""
+
+    run_dir: str = MISSING
+    tp: int = 0  # 0: as saved
+    pp: int = 0  # 0: as saved
+    dp: int = 0  # 0: as saved
+    step: int = 0  # 0: the latest complete checkpoint
+
+
+@dataclass
+class ExportJob:
+    run_dir: str = MISSING
+    output_dir: str = MISSING
+    step: int = 0  # 0: the latest complete checkpoint
+
+
+@dataclass
+class PlanConfig:
+    """`corolla plan`'s own knobs."""
+
+    # The vocabulary when model.vocab_size is 0 (training takes it from the tokenizer's token files): BLOOM's.
+    vocab_size: int = BLOOM_VOCABULARY
+    micro_batches: list[int] = field(default_factory=lambda: list(PLANNED_MICRO_BATCHES))  # and train.micro_batch
+    top: int = 10  # table rows: the best configuration of each of the `top` best TP x PP x DP layouts
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1 or not self.micro_batches or min(self.micro_batches) < 1 or self.top < 1:
+            raise ValueError("plan.vocab_size, plan.top and every plan.micro_batches entry must be at least 1")
+
+
+@dataclass
+class PlanJob:
+    """A model and its training recipe on a cluster's GPUs; `parallel` and train.micro_batch are the layout the user
+    has in mind, placed among the others."""
+
+    model: ModelConfig = MISSING
+    train: TrainConfig = MISSING
+    parallel: ParallelConfig = MISSING
+    cluster: ClusterConfig = MISSING
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+@dataclass
+class MainJob(TrainJob):
+    """`corolla pipeline`, the main job: tokenizer → evaluation → token files → training → Hugging Face export, all
+    under run_dir.
+
+    A training job plus the stages before it, run in the open rather than through the cache: the tokenizer of
+    data.corpus is evaluated on parallel_set, and run_dir holds every stage (training in run_dir/train).
+    """
+
+    parallel_set: str = MISSING
+    run_dir: str = "runs/demo"
+
+
+@dataclass
+class StatusJob:
+    run_dir: str = MISSING  # what `corolla train` or `corolla submit` printed
+
+
+@dataclass
+class LogsJob:
+    run_dir: str = MISSING
+    rank: int = -1  # -1: every rank
+    lines: int = 50
+
+    def __post_init__(self) -> None:
+        if self.lines < 1 or self.rank < -1:
+            raise ValueError(f"lines={self.lines} rank={self.rank}: lines must be at least 1, rank -1 (all) or a rank")
+
+
+@dataclass
+class CancelJob:
+    run_dir: str = MISSING

@@ -1,0 +1,96 @@
+"""Data preparation, an explicit step before the plan: the token files a job trains on and what the plan needs to
+know of them.
+
+With data.tokens_dir unset, the tokenizer is trained on data.corpus and the corpus encoded with it on first use, into
+a cache entry per (tokenizer config, seed, corpus path): `<cache_dir>/<key>/tokenizer` and `<key>/tokens`. Each use
+checks them against their inputs (the tokenizer's config and corpus fingerprint, the token files' tokenizer
+fingerprint and source files) and rebuilds what is stale, so an edited corpus or config never trains on old tokens. A
+lock file keeps two jobs starting at once from building the same entry together. A dry run builds nothing: it checks
+token files that exist and takes the vocabulary from the tokenizer config otherwise.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from launch.config.schemas import TrainJob
+from launch.data.blend import BlendedDataset
+from launch.data.corpus import TokenCorpus, validation_samples
+from launch.data.facts import DataFacts
+from tokenizer.config import TokenizerConfig, TokenizerTrainJob
+from tokenizer.encode import encode_corpus
+from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
+
+
+def cache_key(tokenizer: TokenizerConfig, corpus: str | Path, seed: int) -> str:
+    record = {
+        "tokenizer": tokenizer_identity(config_record(tokenizer)),
+        "seed": seed,
+        "corpus": str(Path(corpus).resolve()),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cache_entry(job: TrainJob) -> Path:
+    return Path(job.data.cache_dir) / cache_key(job.tokenizer, job.data.corpus, job.seed)
+
+
+def cached_token_files(job: TrainJob, log: Callable[[str], None] = print) -> Path:
+    """The token files of data.corpus under the job's tokenizer, built or refreshed in the cache as needed."""
+    entry = _cache_entry(job)
+    entry.mkdir(parents=True, exist_ok=True)
+    with (entry / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        tokenizer = TokenizerTrainJob(job.tokenizer, str(job.data.corpus), str(entry / "tokenizer"), job.seed, True)
+        if is_current(tokenizer):
+            log(f"tokenizer: cached in {entry / 'tokenizer'}")
+        else:
+            log(f"tokenizer: training on {job.data.corpus} into {entry / 'tokenizer'} (once; cached for later runs)")
+            train_tokenizer(tokenizer, log=log)
+        encode_corpus(entry / "tokenizer", job.data.corpus, entry / "tokens", log=log)
+    return entry / "tokens"
+
+
+def prepare_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
+    """Builds what the job trains on if needed and checks the job against it: the job with its token files and the
+    tokenizer's vocabulary filled in, and the facts; a one-line ValueError if the data cannot train it."""
+    if job.data.tokens_dir is None:
+        job = replace(job, data=replace(job.data, tokens_dir=str(cached_token_files(job))))
+    return _checked(job, TokenCorpus(job.data.tokens_dir, job.data.validation_documents))
+
+
+def inspect_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
+    """As prepare_data, building nothing: token files that exist (given, or in the cache) are checked; otherwise the
+    vocabulary is the tokenizer config's, and the data is checked when the job is prepared for real."""
+    tokens_dir = job.data.tokens_dir
+    if tokens_dir is None and (_cache_entry(job) / "tokens").is_dir():
+        tokens_dir = str(_cache_entry(job) / "tokens")
+    if tokens_dir is None:
+        vocab_size = job.model.vocab_size or job.tokenizer.vocab_size
+        return replace(job, model=replace(job.model, vocab_size=vocab_size)), DataFacts(vocab_size, None)
+    return _checked(job, TokenCorpus(tokens_dir, job.data.validation_documents))
+
+
+def _checked(job: TrainJob, corpus: TokenCorpus) -> tuple[TrainJob, DataFacts]:
+    if job.model.vocab_size and job.model.vocab_size != corpus.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={job.model.vocab_size} but the tokenizer of {corpus.tokens_dir} has "
+            f"{corpus.vocab_size} tokens: drop model.vocab_size (0 takes the tokenizer's) or re-encode the data"
+        )
+    BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample
+    train = job.train
+    if train.eval_interval:
+        if all(split.validation_documents == 0 for split in corpus.splits.values()):
+            raise ValueError(
+                f"train.eval_interval={train.eval_interval} but data.validation_documents=0 holds nothing out for "
+                "validation: raise data.validation_documents or set train.eval_interval=0"
+            )
+        for split in corpus.splits.values():
+            validation_samples(split, job.model.seq_length, train.eval_samples)
+    job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
+    return job, DataFacts(corpus.vocab_size, str(corpus.tokens_dir), str(corpus.tokenizer_dir))

@@ -1,0 +1,168 @@
+"""`corolla status`: a run's state, read from its run directory (the readers of launch/rundir/) and from the backend
+that ran it (Slurm: its jobs; local: nothing more). Light on purpose: it imports no torch, DeepSpeed or MLflow, and
+answers at once."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import datetime
+
+from launch.config.cluster import ClusterConfig
+from launch.config.job_file import section
+from launch.config.schemas import ParallelConfig
+from launch.jobs.backend import Backend
+from launch.plan.policy import configured_layout
+from launch.plan.run_plan import read_plans
+from launch.rundir.checkpoints import CheckpointError, complete_record, latest_tag
+from launch.rundir.directory import RunDirectory
+from launch.rundir.files import CHECKPOINTS, METRICS_FILE, PLAN_FILE, RUN_FILE, VALIDATION_FILE
+from launch.rundir.history import RunHistory
+from launch.rundir.records import last_record_per_step
+from launch.rundir.run_record import recorded_run
+
+SPEED_WINDOW = 10  # steps the speed and the ETA are the median of
+LABEL_WIDTH = 11
+
+
+def line(label: str, text: str) -> str:
+    return f"{label:<{LABEL_WIDTH}}{text}"
+
+
+def local_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: float) -> str:
+    seconds = round(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def layout_text(run: RunDirectory) -> str:
+    """The layout on the configured nodes: as planned, or for a run planned by an older corolla, as configured."""
+    try:
+        if (run.path / PLAN_FILE).is_file():
+            layout = read_plans(run.path)[0].layout
+        else:
+            parallel, cluster = section(run.job, "parallel", ParallelConfig), section(run.job, "cluster", ClusterConfig)
+            layout = configured_layout(parallel, cluster)
+    except ValueError as error:
+        return f"layout unknown ({error})"
+    return f"TP {layout.tp} x PP {layout.pp} x DP {layout.dp}"
+
+
+def run_lines(run: RunDirectory) -> list[str]:
+    batch = f"{run.setting('train.global_batch', '?')} sequences x {run.setting('model.seq_length', '?')} tokens a step"
+    model = f"{run.setting('model.name', '?')}, {layout_text(run)}, {batch}"
+    return [line("run", str(run.path)), line("model", model), line("cluster", str(run.setting("cluster.name", "?")))]
+
+
+def history_lines(run: RunDirectory) -> list[str]:
+    history = RunHistory(run.path)
+    events = history.events()
+    if not events:
+        return [line("history", "no start recorded yet")]
+    restarts = max(0, len(history.starts()) - 1)
+    budget = run.setting("cluster.max_restarts")
+    limit = f" (cluster.max_restarts={budget})" if budget is not None else ""
+    lines = [line("history", f"{plural(restarts, 'restart')}, {plural(history.failures(), 'failure')}{limit}")]
+    return lines + [line("", f"{local_time(event['time'])}  {describe_event(event)}") for event in events]
+
+
+def describe_event(event: dict) -> str:
+    kind = event["event"]
+    if kind == "start":
+        if "slurm_job" in event:
+            where = f"job {event['slurm_job']} restart {event.get('restart', 0)} on {event.get('nodes', '?')}"
+        else:
+            where = f"on {event.get('host', '?')}"
+        resumed = event.get("resumed_from_step", 0)
+        origin = f"resumed from step {resumed}" if resumed else "from scratch"
+        layout = f", {event['layout']}" if "layout" in event else ""
+        if "resharded_from" in event:
+            layout += f" (resharded from {event['resharded_from']})"
+        return f"start     {where}{layout}, {origin}, {plural(event.get('steps_redone', 0), 'step')} redone"
+    if kind == "stopped":
+        return f"stopped   at step {event.get('step', '?')} ({event.get('signal', '?')})"
+    if kind == "finished":
+        return f"finished  at step {event.get('step', '?')}"
+    if kind == "launch":
+        return f"launch    on {event.get('cluster', '?')}"
+    if kind == "gave_up":
+        failures = plural(event.get("failures", 0), "failure")
+        return f"gave up   after {failures} (cluster.max_restarts={event.get('max_restarts')})"
+    return kind
+
+
+def progress_lines(run: RunDirectory) -> list[str]:
+    steps = last_record_per_step(run.path / METRICS_FILE)
+    total = int(run.setting("train.steps", 0))
+    if not steps:
+        return [line("progress", f"no step logged yet, {total} to do")]
+    last = steps[-1]
+    lines = [line("progress", f"step {last['step']} of {total}, loss {last['loss']:.4f}")]
+    recent = steps[-SPEED_WINDOW:]
+    tokens_per_second = statistics.median(record["tokens_per_second"] for record in recent)
+    seq_length = int(run.setting("model.seq_length", 0))
+    # tokens_per_second is batch_size x seq_length / the step's seconds.
+    seconds_per_step = statistics.median(
+        record["batch_size"] * seq_length / record["tokens_per_second"] for record in recent
+    )
+    speed = f"{tokens_per_second:,.0f} tokens/s, {seconds_per_step:.2f} s a step"
+    lines.append(line("speed", f"{speed} (median of the last {plural(len(recent), 'step')})"))
+    remaining = max(0, total - last["step"])
+    eta = f"{duration(remaining * seconds_per_step)} ({plural(remaining, 'step')} left)" if remaining else "done"
+    return [*lines, line("eta", eta)]
+
+
+def validation_lines(run: RunDirectory) -> list[str]:
+    records = last_record_per_step(run.path / VALIDATION_FILE)
+    if not records or not records[-1].get("loss"):
+        return []
+    step, losses = records[-1]["step"], records[-1]["loss"]
+    mean = statistics.fmean(losses.values())
+    return [line("validation", f"step {step}, loss {mean:.4f} (mean of {plural(len(losses), 'language')})")]
+
+
+def checkpoint_lines(run: RunDirectory) -> list[str]:
+    directory = run.path / CHECKPOINTS
+    tag = latest_tag(directory)
+    if tag is None:
+        return [line("checkpoint", "none yet")]
+    try:
+        step = complete_record(directory, tag)["step"]
+    except CheckpointError as error:
+        return [line("checkpoint", str(error))]
+    return [line("checkpoint", f"step {step}: {directory / tag}")]
+
+
+def tracking_lines(run: RunDirectory) -> list[str]:
+    if not (run.path / RUN_FILE).is_file():
+        return [line("mlflow", "no run recorded")]
+    try:
+        tracked = recorded_run(run.path)
+    except (ValueError, TypeError):
+        return [line("mlflow", f"{run.path / RUN_FILE} cannot be read")]
+    return [line("mlflow", f"run {tracked.run_id} at {tracked.tracking_uri}")]
+
+
+def status_lines(run: RunDirectory, backend: Backend) -> list[str]:
+    return [
+        *run_lines(run),
+        *backend.state_lines(run),
+        *history_lines(run),
+        *progress_lines(run),
+        *validation_lines(run),
+        *checkpoint_lines(run),
+        *tracking_lines(run),
+    ]

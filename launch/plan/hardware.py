@@ -1,0 +1,46 @@
+"""The machine a plan is for: its GPUs (memory, peak, memory bandwidth) and how they talk within and across nodes.
+
+Figures are the vendor's nominal ones; what a kernel or a collective achieves of them is the planner's assumption
+(launch/plan/step_time.py), not the machine's description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from launch.config.cluster import ClusterConfig
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    gpus_per_node: int
+    gpu_memory_gib: float
+    peak_tflops: float  # dense bf16 tensor-core peak of one GPU
+    memory_bandwidth_gbps: float  # GB/s of one GPU's memory (HBM)
+    intra_node_gbps: float  # GB/s one way, one GPU to the others of its node (NVLink)
+    inter_node_gbps: float  # GB/s one way, one node to the others: all its network adapters together
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_node < 1:
+            raise ValueError(f"cluster {self.name} has no GPUs: set cluster.gpus_per_node to plan a GPU layout")
+        figures = [f.name for f in fields(self) if f.name not in ("name", "gpus_per_node")]
+        unknown = [name for name in figures if getattr(self, name) <= 0]
+        if unknown:
+            raise ValueError(
+                f"cluster {self.name} does not say its {', '.join(unknown)}: set "
+                + " ".join(f"cluster.{name}=..." for name in unknown)
+            )
+
+    @classmethod
+    def of(cls, cluster: ClusterConfig) -> Hardware:
+        """The hardware conf/cluster/*.yaml describes; a one-line ValueError if it says too little to plan on."""
+        figures = {f.name: getattr(cluster, f.name) for f in fields(cls)}
+        return cls(**figures)
+
+
+# The GPU of the calibration runs (launch/plan/calibration.py) and conf/cluster/jean-zay-a100.yaml: A100 SXM4 80GB,
+# 312 TFLOP/s dense bf16, 2,039 GB/s HBM2e, NVLink 3 at 300 GB/s each way.
+A100_80GB = {"gpu_memory_gib": 80.0, "peak_tflops": 312.0, "memory_bandwidth_gbps": 2039.0, "intra_node_gbps": 300.0}

@@ -1,0 +1,156 @@
+"""The layout planner: every valid way to train a model on a number of GPUs, its memory and speed, ranked.
+
+A candidate is a layout (TP within a node, PP at most one stage per block, DP what the GPUs leave) with a
+micro-batch, activation checkpointing on or off and ZeRO stage 0 or 1; it is valid if
+ParallelLayout.shape_problems() finds nothing to say. Candidates that fit in GPU memory come first, fastest first;
+the others follow, smallest first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from launch.config.schemas import PLANNED_MICRO_BATCHES, TrainConfig
+from launch.plan.arithmetic import hardware_flops_per_step
+from launch.plan.hardware import GIB, Hardware
+from launch.plan.layout import ParallelLayout
+from launch.plan.memory import COROLLA_GPU, Candidate, Implementation, MemoryEstimate, estimate_memory
+from launch.plan.step_time import StepTime, estimate_step_time
+from model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    candidate: Candidate
+    memory: MemoryEstimate
+    time: StepTime
+    fits: bool
+    tflops_per_gpu: float  # hardware FLOPs (recomputation counted) a second and GPU, as BLOOM and Megatron report
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory.total / GIB
+
+    def overrides(self) -> str:
+        """The layout as `corolla train/submit` overrides."""
+        c = self.candidate
+        checkpointing = str(c.activation_checkpointing).lower()
+        return (
+            f"parallel.tp={c.layout.tp} parallel.pp={c.layout.pp} parallel.dp={c.layout.dp} "
+            f"train.micro_batch={c.micro_batch} parallel.activation_checkpointing={checkpointing} "
+            f"parallel.zero_stage={c.zero_stage}"
+        )
+
+    def record(self) -> dict:
+        """The plan as JSON: the layout, memory (GiB) and time (s) with their parts."""
+        c = self.candidate
+        return {
+            "tp": c.layout.tp,
+            "pp": c.layout.pp,
+            "dp": c.layout.dp,
+            "micro_batch": c.micro_batch,
+            "micro_batches": c.micro_batches,
+            "activation_checkpointing": c.activation_checkpointing,
+            "zero_stage": c.zero_stage,
+            "memory_gib": round(self.memory_gib, 2),
+            "fits": self.fits,
+            "step_time_s": round(self.time.total, 3),
+            "tflops_per_gpu": round(self.tflops_per_gpu, 1),
+            "memory_parts_gib": {name: round(value, 3) for name, value in self.memory.gib().items()},
+            "memory_stage": self.memory.stage,
+            "time_parts_s": {name: round(value, 3) for name, value in vars(self.time).items()},
+        }
+
+
+def evaluate(
+    model: ModelConfig, candidate: Candidate, hardware: Hardware, implementation: Implementation = COROLLA_GPU
+) -> Plan:
+    memory = estimate_memory(model, candidate, implementation)
+    time = estimate_step_time(model, candidate, hardware, implementation)
+    flops = hardware_flops_per_step(
+        model, candidate.global_batch, candidate.layout.tp, recompute=candidate.activation_checkpointing
+    )
+    fits = memory.total <= hardware.gpu_memory_gib * GIB
+    return Plan(candidate, memory, time, fits, flops / time.total / candidate.layout.world_size / 1e12)
+
+
+def _divisors(number: int) -> list[int]:
+    return [d for d in range(1, number + 1) if number % d == 0]
+
+
+def candidates(
+    model: ModelConfig, train: TrainConfig, gpus: int, gpus_per_node: int, micro_batches: list[int], zero_stage: int
+) -> Iterator[Candidate]:
+    """Every valid candidate on `gpus` GPUs; ZeRO 0 and 1 where DP > 1 (with one DP rank, `zero_stage` as given)."""
+    for tp in _divisors(math.gcd(gpus, gpus_per_node)):
+        for pp in [pp for pp in _divisors(gpus // tp) if pp <= model.num_layers]:
+            layout = ParallelLayout(tp, pp, gpus // (tp * pp))
+            for micro_batch in micro_batches:
+                # Not layout.problems: it refuses a last stage holding the output embedding alone, which the ranking
+                # has never excluded (BLOOM-176B's PP=48 layouts rank 8th and 9th).
+                if layout.shape_problems(model, replace(train, micro_batch=micro_batch)):
+                    continue
+                for zero in (0, 1) if layout.dp > 1 else (zero_stage,):
+                    for checkpointing in (False, True):
+                        yield Candidate(layout, micro_batch, train.global_batch, checkpointing, zero, train.precision)
+
+
+def describe(candidate: Candidate) -> str:
+    layout = candidate.layout
+    recompute = "activation checkpointing" if candidate.activation_checkpointing else "no activation checkpointing"
+    return (
+        f"TP{layout.tp} x PP{layout.pp} x DP{layout.dp}, micro-batch {candidate.micro_batch}, {recompute}, "
+        f"ZeRO-{candidate.zero_stage}"
+    )
+
+
+def best_per_layout(plans: list[Plan]) -> list[Plan]:
+    """The best-ranked configuration of each TP x PP x DP layout, in rank order."""
+    best: dict[ParallelLayout, Plan] = {}
+    for plan in plans:
+        best.setdefault(plan.candidate.layout, plan)
+    return list(best.values())
+
+
+def rank(plans: list[Plan]) -> list[Plan]:
+    return sorted(plans, key=lambda plan: (not plan.fits, plan.time.total if plan.fits else plan.memory.total))
+
+
+def plan_layouts(
+    model: ModelConfig,
+    train: TrainConfig,
+    hardware: Hardware,
+    gpus: int,
+    micro_batches: tuple[int, ...] | list[int] = PLANNED_MICRO_BATCHES,
+    zero_stage: int = 1,
+    implementation: Implementation = COROLLA_GPU,
+) -> list[Plan]:
+    """Every valid candidate on `gpus` GPUs of `hardware`, evaluated and ranked."""
+    found = candidates(model, train, gpus, hardware.gpus_per_node, micro_batches, zero_stage)
+    return rank([evaluate(model, candidate, hardware, implementation) for candidate in found])
+
+
+def _distance(plan: Plan, wanted: Candidate) -> tuple:
+    """How far a plan is from the wanted candidate: layout axes changed, other knobs changed, how much, speed."""
+    have = plan.candidate
+    axes = [(have.layout.tp, wanted.layout.tp), (have.layout.pp, wanted.layout.pp), (have.layout.dp, wanted.layout.dp)]
+    knobs = [
+        (have.micro_batch, wanted.micro_batch),
+        (have.activation_checkpointing, wanted.activation_checkpointing),
+        (have.zero_stage, wanted.zero_stage),
+    ]
+    sizes = [*axes, knobs[0]]
+    return (
+        sum(a != b for a, b in axes),
+        sum(a != b for a, b in knobs),
+        sum(abs(math.log2(a / b)) for a, b in sizes),
+        plan.time.total,
+    )
+
+
+def nearest_fitting(plans: list[Plan], wanted: Candidate) -> Plan | None:
+    """The fitting plan that changes the fewest things about `wanted` (the layout last), the fastest of equals."""
+    fitting = [plan for plan in plans if plan.fits]
+    return min(fitting, key=lambda plan: _distance(plan, wanted)) if fitting else None

@@ -1,0 +1,144 @@
+"""What the planner says of a job: `corolla plan`, which layouts of a model fit a cluster's GPUs and how fast each goes
+(ranking.py); and the check every plan of a job on a GPU cluster passes (run_plan.py), which refuses a layout that
+will not fit before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from json import dumps
+
+from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainJob
+from launch.plan.arithmetic import parameter_count
+from launch.plan.hardware import GIB, Hardware
+from launch.plan.layout import ParallelLayout
+from launch.plan.memory import Candidate
+from launch.plan.ranking import Plan, best_per_layout, describe, evaluate, nearest_fitting, plan_layouts
+from model.config import ModelConfig
+
+HEADER = " rank  TP  PP  DP  micro  recompute  ZeRO  GiB/GPU  fits  s/step  TFLOP/s  compute  bubble  comm"
+
+
+def check_tensor_parallel(tp: int, hardware: Hardware) -> None:
+    if hardware.gpus_per_node % tp:
+        raise ValueError(
+            f"parallel.tp={tp} does not fit the {hardware.gpus_per_node} GPUs of a node of cluster {hardware.name}: "
+            f"tensor parallelism stays within a node; choose a TP that divides {hardware.gpus_per_node}"
+        )
+
+
+def _summary(plan: Plan, hardware: Hardware) -> str:
+    return (
+        f"{plan.memory_gib:.1f} of {hardware.gpu_memory_gib:g} GiB, {'fits' if plan.fits else 'does not fit'}, "
+        f"{plan.time.total:.1f} s a step, {plan.tflops_per_gpu:.0f} TFLOP/s a GPU"
+    )
+
+
+def memory_parts(plan: Plan) -> str:
+    """Where a plan's memory goes, in GiB: the peak is the larger of the activations and the optimizer step's
+    buffers, on top of the parameters' state."""
+    parts = plan.memory.gib()
+    activations = parts["activations"] + parts["working"] + parts["logits"]
+    overhead = plan.memory_gib - plan.memory.tensors / GIB
+    return (
+        f"weights {parts['weights']:.1f}, gradients {parts['gradients']:.1f}, optimizer {parts['optimizer']:.1f}, "
+        f"the larger of activations {activations:.1f} and optimizer-step buffers {parts['step_transient']:.1f}, "
+        f"ALiBi bias {parts['alibi_bias']:.1f}, CUDA context and fragmentation {overhead:.1f}"
+    )
+
+
+def _row(rank: int, plan: Plan) -> str:
+    c, t = plan.candidate, plan.time
+    communication = t.tensor_parallel + t.pipeline_sends + t.data_parallel
+    return (
+        f"{rank:>5} {c.layout.tp:>3} {c.layout.pp:>3} {c.layout.dp:>3} {c.micro_batch:>6} "
+        f"{'yes' if c.activation_checkpointing else 'no':>10} {c.zero_stage:>5} {plan.memory_gib:>8.1f} "
+        f"{'yes' if plan.fits else 'no':>5} {t.total:>7.1f} {plan.tflops_per_gpu:>8.1f} {t.compute:>8.1f} "
+        f"{t.bubble:>7.1f} {communication:>5.1f}"
+    )
+
+
+def _configured(job: PlanJob, model: ModelConfig, hardware: Hardware, gpus: int, plans: list[Plan]) -> str:
+    """Where the configured layout (parallel.*, train.*) stands, or why it cannot run."""
+    parallel, train = job.parallel, job.train
+    try:
+        layout = ParallelLayout.for_world(parallel.tp, parallel.pp, parallel.dp, gpus)
+    except ValueError as error:
+        return f"configured layout: {error}"
+    problems = layout.problems(model, train)
+    if problems:
+        return "configured layout: impossible: " + "; ".join(problems)
+    candidate = Candidate.of(layout, train, parallel)
+    plan = evaluate(model, candidate, hardware)
+    position = next(index for index, other in enumerate(plans, 1) if other.candidate == candidate)
+    layouts = [other.candidate.layout for other in best_per_layout(plans)]
+    return (
+        f"configured: {describe(candidate)}: {_summary(plan, hardware)} (configuration {position} of {len(plans)}; "
+        f"its layout ranks {layouts.index(layout) + 1})"
+    )
+
+
+def show_plan(job: PlanJob, json: bool = False) -> None:
+    hardware = Hardware.of(job.cluster)
+    check_tensor_parallel(job.parallel.tp, hardware)
+    model = job.model if job.model.vocab_size else replace(job.model, vocab_size=job.plan.vocab_size)
+    gpus = job.cluster.nodes * hardware.gpus_per_node
+    micro_batches = sorted({*job.plan.micro_batches, job.train.micro_batch})
+    plans = plan_layouts(model, job.train, hardware, gpus, micro_batches, job.parallel.zero_stage)
+    if not plans:
+        raise ValueError(
+            f"no layout of {model.name} on {gpus} GPUs divides train.global_batch={job.train.global_batch} (and its "
+            f"ramp-up) with micro-batches {micro_batches}: change the batch, plan.micro_batches or cluster.nodes"
+        )
+    if json:
+        print(dumps([plan.record() for plan in plans], indent=1))
+        return
+    train = job.train
+    print(
+        f"{model.name}: {parameter_count(model) / 1e9:.1f}B parameters, vocabulary {model.vocab_size:,}, global "
+        f"batch {train.global_batch} x {model.seq_length} tokens, {train.precision.value}; on {gpus} GPUs of "
+        f"{hardware.name} ({job.cluster.nodes} nodes x {hardware.gpus_per_node}, {hardware.gpu_memory_gib:g} GiB "
+        f"and {hardware.peak_tflops:g} TFLOP/s each)"
+    )
+    layouts = best_per_layout(plans)
+    fitting = sum(plan.fits for plan in plans)
+    print(
+        f"{len(plans)} valid configurations in {len(layouts)} layouts, {fitting} fit; the best of each layout "
+        "(seconds a step: compute, pipeline bubble, communication):"
+    )
+    print(HEADER)
+    for rank, plan in enumerate(layouts[: job.plan.top], 1):
+        print(_row(rank, plan))
+    if plans[0].fits:
+        print(f"recommended: {plans[0].overrides()}  ({_summary(plans[0], hardware)})")
+    else:
+        print(f"nothing fits in {hardware.gpu_memory_gib:g} GiB a GPU: add nodes (cluster.nodes)")
+    print(_configured(job, model, hardware, gpus, plans))
+    print("estimates: launch/plan/memory.py and launch/plan/step_time.py, checked by benchmarks/plan_vs_published.py")
+
+
+def check_memory(job: TrainJob, layout: ParallelLayout) -> float | None:
+    """On a GPU cluster that gives its GPU memory, the estimated GiB a GPU of the layout, which must fit: one that
+    does not is refused, with the estimate and the nearest layout that fits on the same GPUs, as overrides to paste.
+    None on a cluster without those figures."""
+    cluster, train = job.cluster, job.train
+    if not cluster.gpus_per_node or not cluster.gpu_memory_gib:
+        return None
+    hardware = Hardware.of(cluster)
+    check_tensor_parallel(layout.tp, hardware)
+    candidate = Candidate.of(layout, train, job.parallel)
+    plan = evaluate(job.model, candidate, hardware)
+    if plan.fits:
+        return plan.memory_gib
+    estimate = (
+        f"{job.model.name} with {describe(candidate)} needs ~{plan.memory_gib:.1f} GiB a GPU "
+        f"({memory_parts(plan)}), more than the {hardware.gpu_memory_gib:g} GiB of {cluster.name}'s GPUs"
+    )
+    micro_batches = sorted({*PLANNED_MICRO_BATCHES, train.micro_batch})
+    plans = plan_layouts(job.model, train, hardware, layout.world_size, micro_batches, job.parallel.zero_stage)
+    nearest = nearest_fitting(plans, candidate)
+    if nearest is None:
+        raise ValueError(f"{estimate}, and no layout of {layout.world_size} GPUs fits: add nodes (cluster.nodes)")
+    raise ValueError(
+        f"{estimate}; the nearest layout that fits: {nearest.overrides()} (~{nearest.memory_gib:.1f} GiB, "
+        f"~{nearest.time.total:.0f} s a step; `corolla plan` ranks them all)"
+    )

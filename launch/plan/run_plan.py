@@ -1,0 +1,134 @@
+"""The run's plan: what every rank trains with, decided once before any rank starts and written into the run
+directory, where each rank reads it instead of deciding again.
+
+`make_plan` is a pure function of the job, the world size and the facts of the data (launch/data/facts.py): the
+layout (launch/plan/policy.py), the ZeRO stage, the pipeline stage cut, the padded vocabulary and, on a GPU cluster
+that gives its figures, the memory a GPU needs, which must fit. A job is planned for every world size it may get (an
+elastic one for each node count of its range), so that whatever a start gets, its plan was checked before anything
+was submitted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from launch.config.schemas import TrainJob
+from launch.data.facts import DataFacts
+from launch.plan.layout import ParallelLayout
+from launch.plan.policy import layout_for, world_sizes
+from launch.plan.report import check_memory
+from launch.plan.stages import stage_cut
+from launch.plan.zero import effective_zero_stage
+from launch.rundir.files import PLAN_FILE
+from tokenizer.files import write_atomically
+
+Planned = TypeVar("Planned")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    world_size: int
+    layout: ParallelLayout
+    zero_stage: int  # the one DeepSpeed gets (launch/plan/zero.py)
+    micro_batch: int
+    micro_batches: int  # a step at the full global batch, per data-parallel rank
+    stage_bounds: tuple[int, ...]  # the first layer of each pipeline stage, then the layer count (model/layers.py)
+    vocab_size: int  # the tokenizer's
+    padded_vocab_size: int  # the embedding's rows under this TP
+    memory_gib: float | None  # the planner's estimate a GPU, on a cluster that gives its GPUs' figures
+
+    @property
+    def stages(self) -> list[range]:
+        return [range(start, stop) for start, stop in zip(self.stage_bounds, self.stage_bounds[1:], strict=False)]
+
+    def record(self) -> dict:
+        return {**asdict(self), "layout": asdict(self.layout), "stage_bounds": list(self.stage_bounds)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunPlan:
+        bounds = tuple(record["stage_bounds"])
+        return cls(**{**record, "layout": ParallelLayout(**record["layout"]), "stage_bounds": bounds})
+
+
+def _layout(job: TrainJob, world_size: int) -> ParallelLayout:
+    layout = layout_for(job, world_size)
+    problems = layout.problems(job.model, job.train)
+    if problems:
+        raise ValueError("impossible layout: " + "; ".join(problems))
+    return layout
+
+
+def make_plan(job: TrainJob, world_size: int, data: DataFacts) -> RunPlan:
+    """The plan of a start on `world_size` ranks; a one-line ValueError when the job cannot train so."""
+    layout = _layout(job, world_size)
+    model = replace(job.model, vocab_size=data.vocab_size)
+    train = job.train
+    cut = stage_cut(model, layout.pp)
+    return RunPlan(
+        world_size=world_size,
+        layout=layout,
+        zero_stage=effective_zero_stage(job.parallel.zero_stage, layout.dp, train.precision),
+        micro_batch=train.micro_batch,
+        micro_batches=layout.gradient_accumulation(train.micro_batch, train.global_batch),
+        stage_bounds=(*(stage.start for stage in cut), cut[-1].stop),
+        vocab_size=data.vocab_size,
+        padded_vocab_size=model.padded_vocab_size(layout.tp),
+        memory_gib=check_memory(replace(job, model=model), layout),
+    )
+
+
+def _for_each_world_size(job: TrainJob, plan: Callable[[int], Planned]) -> list[Planned]:
+    """`plan` of every world size the job may get, the configured node count's first; an error names the node
+    count of an elastic job that has no plan."""
+    sizes = world_sizes(job.parallel, job.cluster)
+    planned = []
+    for nodes in sorted(sizes, key=lambda count: count != job.cluster.nodes):
+        try:
+            planned.append(plan(sizes[nodes]))
+        except ValueError as error:
+            if len(sizes) == 1:
+                raise
+            raise ValueError(f"parallel.elastic on {nodes} nodes: {error}") from None
+    return planned
+
+
+def check_layouts(job: TrainJob) -> None:
+    """What can be checked before the data exists: every world size has a layout that can train the job."""
+    _for_each_world_size(job, lambda world_size: _layout(job, world_size))
+
+
+def make_plans(job: TrainJob, data: DataFacts) -> list[RunPlan]:
+    """A plan for every world size the job may get, the configured node count's first."""
+    return _for_each_world_size(job, lambda world_size: make_plan(job, world_size, data))
+
+
+def write_plans(run_dir: Path, plans: list[RunPlan]) -> None:
+    write_atomically(run_dir / PLAN_FILE, json.dumps({"plans": [plan.record() for plan in plans]}, indent=1) + "\n")
+
+
+def read_plans(run_dir: Path) -> list[RunPlan]:
+    path = run_dir / PLAN_FILE
+    try:
+        return [RunPlan.from_record(record) for record in json.loads(path.read_text())["plans"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} cannot be read ({type(error).__name__}: {error}): launch the run again (corolla train or "
+            "corolla submit), which plans it anew"
+        ) from None
+
+
+def read_plan(run_dir: Path, world_size: int) -> RunPlan:
+    """The plan of a start on `world_size` ranks, as the launch wrote it."""
+    plans = read_plans(run_dir)
+    for plan in plans:
+        if plan.world_size == world_size:
+            return plan
+    planned = ", ".join(str(plan.world_size) for plan in plans)
+    raise ValueError(
+        f"{run_dir} was planned for {planned} ranks, not the {world_size} this start has: launch it again for "
+        "these nodes, or with parallel.elastic=true and cluster.min_nodes"
+    )

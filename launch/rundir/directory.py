@@ -1,0 +1,31 @@
+"""An existing run directory, opened for reading: its path and the job it was launched with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from launch.config.job_file import job_config
+from launch.rundir.files import JOB_FILE
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    path: Path
+    job: DictConfig  # as written: a job from an older corolla or by hand may lack keys
+
+    @classmethod
+    def open(cls, run_dir: str) -> RunDirectory:
+        """The run in `run_dir`; a ValueError when it is not a corolla run directory."""
+        path = Path(run_dir).expanduser()
+        hint = "pass the run directory that `corolla train` or `corolla submit` printed"
+        if not path.is_dir():
+            raise ValueError(f"run_dir={run_dir} is not a directory: {hint}")
+        if not (path / JOB_FILE).is_file():
+            raise ValueError(f"run_dir={run_dir} is not a corolla run directory (it has no {JOB_FILE}): {hint}")
+        return cls(path, job_config(path / JOB_FILE))
+
+    def setting(self, key: str, default: object = None) -> object:
+        return OmegaConf.select(self.job, key, default=default)

@@ -1,0 +1,38 @@
+"""The names of what a run directory holds: the one place they are spelled, so that the light readers (`corolla
+status`) and the code that writes each file agree."""
+
+JOB_FILE = "job.yaml"  # the resolved job (launch/config/job_file.py)
+PLAN_FILE = "plan.json"  # the run's plan for each world size it may get (launch/plan/run_plan.py)
+RUN_FILE = "run.json"  # the MLflow run: tracking URI, run id
+METRICS_FILE = "metrics.jsonl"  # one record per optimizer step
+VALIDATION_FILE = "validation.jsonl"  # one record per validation
+HISTORY_FILE = "history.jsonl"  # one record per launch, start, stop, finish or give-up
+STOP_FILE = "STOP"  # a kill switch: the run saves and ends without being requeued
+MLFLOW_DB = "mlflow.db"  # the embedded MLflow store, when there is no tracking server
+MLFLOW_ARTIFACTS = "mlartifacts"  # ... and its artifacts
+CHECKPOINTS = "checkpoints"  # step-XXXXXXXX/ directories
+LATEST = "latest"  # in CHECKPOINTS: the tag of the newest complete checkpoint
+JOBS_FILE = "slurm-jobs.json"  # the Slurm job ids submitted for the run
+SUBMITIT_DIR = "slurm"  # submitit's folder: sbatch scripts, per-rank logs
+
+# The main job's run directory (`corolla pipeline`): a stage's output each; the token files go where data.tokens_dir
+# says (conf/pipeline.yaml: RUN_DIR/tokens), the training run is a run directory of its own.
+TOKENIZER_DIR, REPORT_DIR, TRAIN_DIR, HF_DIR = "tokenizer", "tokenizer-eval", "train", "hf"
+
+# Inside a checkpoint directory.
+COMPLETE = "COMPLETE"  # written last, when every rank is done: the step, layouts, files and their sizes
+TRAINER_FILE = "trainer.pt"  # the engine's counters and the LR schedule's step
+
+
+def checkpoint_tag(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-rank{rank:05d}.pt"
+
+
+def shard_file(tp_rank: int, tp: int, pp_rank: int, pp: int) -> str:
+    """A tensor x pipeline rank pair's weights and moments, named after its layout too, so that a reshard can write
+    the new files beside the old ones."""
+    return f"model-tp{tp_rank:02d}of{tp:02d}-pp{pp_rank:02d}of{pp:02d}.pt"

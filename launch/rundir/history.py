@@ -1,0 +1,53 @@
+"""A run's life across launches: RUN_DIR/history.jsonl, one line per event.
+
+- launch: `corolla train` or `corolla submit` prepared the run (written before any rank starts);
+- start: a launch's ranks began (rank 0 writes): where (host or Slurm job, restart count, nodes), the checkpoint
+  step it resumed from and how many steps it redoes (logged before, lost with the previous start);
+- stopped: a clean stop with a checkpoint (a signal before the time limit, a preemption, a STOP file);
+- finished: trained to the last step;
+- gave_up: a failure with no restart left in the budget.
+A start that follows another start (nothing clean in between) follows a failure: a dead node, a crashed or hung
+rank. Failures since the last launch count against the restart budget; clean stops do not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import pairwise
+from pathlib import Path
+
+from launch.rundir.files import HISTORY_FILE
+
+ENDED = ("finished", "gave_up")  # events after which no job trains the run until it is launched again
+
+
+def failures(events: list[dict]) -> int:
+    """Starts since the last launch that directly followed another start."""
+    launches = [index for index, event in enumerate(events) if event["event"] == "launch"]
+    since_launch = events[launches[-1] :] if launches else events
+    return sum(1 for previous, event in pairwise(since_launch) if event["event"] == previous["event"] == "start")
+
+
+def has_ended(events: list[dict]) -> bool:
+    return bool(events) and events[-1]["event"] in ENDED
+
+
+class RunHistory:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / HISTORY_FILE
+
+    def events(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def record(self, event: str, **details: object) -> None:
+        with self.path.open("a") as history:
+            history.write(json.dumps({"event": event, "time": time.time(), **details}) + "\n")
+
+    def starts(self) -> list[dict]:
+        return [event for event in self.events() if event["event"] == "start"]
+
+    def failures(self) -> int:
+        return failures(self.events())

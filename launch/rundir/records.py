@@ -1,0 +1,31 @@
+"""The JSON-lines files of a run directory (metrics, validation): appended a record at a time by rank 0, read by
+`corolla status` while the run may be writing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def append_record(path: Path, record: dict) -> None:
+    with path.open("a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a line cut short by a crash mid-write is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def last_record_per_step(path: Path) -> list[dict]:
+    """A restarted run appends the steps it redoes again: the last record of each step wins. Sorted by step."""
+    by_step = {record["step"]: record for record in read_jsonl(path) if "step" in record}
+    return [by_step[step] for step in sorted(by_step)]

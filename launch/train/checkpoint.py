@@ -1,0 +1,170 @@
+"""Checkpoints that are either complete or invisible.
+
+Each checkpoint is a directory `checkpoints/step-00000010/`: weights and Adam moments by parameter name, one file
+per tensor x pipeline rank pair (launch/train/shards.py), the trainer's counters and LR schedule, and one RNG file per
+rank. Only when every rank has finished does rank 0 write `COMPLETE` into it (launch/rundir/checkpoints.py: the
+layout, the files and their sizes) and then replace the `latest` pointer atomically; a crash mid-save leaves a
+directory without `COMPLETE` that nothing reads and the next save removes. Resuming reads `latest`: weights,
+optimizer, LR schedule, step (hence data position) and every rank's RNG states, so a resumed run continues exactly
+as an uninterrupted one. Resuming on another layout reads the same files (resharding needs no conversion); only the
+RNG states, which belong to ranks, cannot carry over, so with dropout the masks then differ from those of a run that
+kept its layout.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+from launch.plan.layout import ParallelLayout
+from launch.rundir.checkpoints import (
+    CheckpointError,
+    complete_tags,
+    point_latest,
+    step_record,
+    write_complete,
+)
+from launch.rundir.files import TRAINER_FILE, checkpoint_tag, rng_file
+from launch.train import compat, shards
+from launch.train.device import seed_tensor_parallel
+
+
+def _rng_states(engine) -> dict:
+    """Every random state a step draws from, the pipeline's count of forward passes included."""
+    return {
+        "micro_offset": compat.forward_count(engine),
+        "torch": torch.get_rng_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def _restore_rng(engine, states: dict) -> None:
+    compat.set_forward_count(engine, states["micro_offset"])
+    torch.set_rng_state(states["torch"])
+    get_cuda_rng_tracker().set_states(states["tracker"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+
+
+def _layout_of(directory: Path, step: int, key: str) -> ParallelLayout:
+    record = step_record(directory, step)
+    if key not in record:
+        raise CheckpointError(
+            f"checkpoint {directory / checkpoint_tag(step)} was saved in DeepSpeed's format by a corolla before "
+            "resharding: resume it with that version, or start the run again"
+        )
+    return ParallelLayout(**record[key])
+
+
+def saved_layout(directory: Path, step: int) -> ParallelLayout:
+    """The layout the checkpoint's parameter files are laid out for."""
+    return _layout_of(directory, step, "layout")
+
+
+def rng_layout(directory: Path, step: int) -> ParallelLayout:
+    """The layout of the ranks that wrote its RNG files (an offline reshard changes the other, not this)."""
+    return _layout_of(directory, step, "rng_layout")
+
+
+def mark_complete(
+    directory: Path,
+    step: int,
+    layout: ParallelLayout,
+    rngs: ParallelLayout,
+    leave_out: frozenset[str] = frozenset(),
+) -> None:
+    """Marks the checkpoint of `step` complete: its step, the layouts of its parameter and RNG files."""
+    record = {"step": step, "layout": asdict(layout), "rng_layout": asdict(rngs)}
+    write_complete(directory, checkpoint_tag(step), record, leave_out)
+
+
+def _trainer_state(engine) -> dict:
+    """The engine's counters and the LR schedule; the same on every rank."""
+    return {
+        "adam_steps": shards.adam_steps(engine),
+        "lr_steps": engine.lr_scheduler.last_epoch,
+        "global_steps": engine.global_steps,
+        "global_samples": engine.global_samples,
+        "skipped_steps": engine.skipped_steps,
+    }
+
+
+def _restore_trainer(engine, state: dict) -> None:
+    compat.set_lr_schedule_step(engine.lr_scheduler, state["lr_steps"])
+    engine.global_steps = state["global_steps"]
+    engine.global_samples = state["global_samples"]
+    engine.skipped_steps = state["skipped_steps"]
+
+
+def save(
+    engine,
+    directory: Path,
+    step: int,
+    keep: int,
+    layout: ParallelLayout,
+    before_commit: Callable[[int], None] = lambda step: None,
+) -> None:
+    """Called on every rank at the same step; `before_commit` runs on each once its files are written."""
+    tag, rank = checkpoint_tag(step), dist.get_rank()
+    if rank == 0:
+        shutil.rmtree(directory / tag, ignore_errors=True)  # a save of this step that crashed before
+        (directory / tag).mkdir(parents=True)
+    dist.barrier()
+    shards.write(engine, directory / tag, layout)
+    if rank == 0:
+        torch.save(_trainer_state(engine), directory / tag / TRAINER_FILE)
+    torch.save(_rng_states(engine), directory / tag / rng_file(rank))
+    before_commit(step)
+    dist.barrier()
+    if rank == 0:
+        mark_complete(directory, step, layout, layout)
+        point_latest(directory, tag)
+        _remove_old(directory, keep, current=tag)
+    dist.barrier()
+
+
+def _remove_old(directory: Path, keep: int, current: str) -> None:
+    """Keeps the newest `keep` complete checkpoints; removes older ones and every incomplete one but `current`."""
+    complete, incomplete = complete_tags(directory)
+    doomed = set(complete[:-keep] if keep > 0 else []) | set(incomplete)
+    for tag in doomed - {current}:
+        shutil.rmtree(directory / tag, ignore_errors=True)
+
+
+def load(engine, directory: Path, step: int, layout: ParallelLayout, seed: int) -> ParallelLayout:
+    """Restores everything `save` wrote at `step` on this rank, whatever layout saved it; returns that layout.
+
+    On the layout that saved it, each rank takes back its own RNG states. On another, rank r takes those of the old
+    rank r (rank 0's where there was none), and a tensor-parallel RNG seeded anew from `seed`, the step and its TP
+    rank, since borrowed ones could coincide on two TP ranks.
+    """
+    tag, rank = checkpoint_tag(step), dist.get_rank()
+    saved = saved_layout(directory, step)
+    rngs = rng_layout(directory, step)
+    rng_rank = rank if rngs == layout or rank < rngs.world_size else 0
+    try:
+        trainer = torch.load(directory / tag / TRAINER_FILE, weights_only=False)
+        shards.restore(engine, shards.ShardReader(directory / tag, saved), trainer["adam_steps"])
+        _restore_trainer(engine, trainer)
+        rng = torch.load(directory / tag / rng_file(rng_rank), weights_only=False)
+    except shards.ShardError as error:
+        raise CheckpointError(f"checkpoint {directory / tag} does not fit this model: {error}") from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {directory / tag} cannot be loaded ({str(error).splitlines()[0]}): "
+            "restore its files, or point `latest` at an older complete checkpoint"
+        ) from None
+    _restore_rng(engine, rng)
+    if rngs != layout:
+        seed_tensor_parallel(seed + step)
+    return saved

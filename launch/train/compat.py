@@ -1,0 +1,142 @@
+"""Every place corolla reaches into a library past its public interface, or around a bug of it: one module, each
+workaround with the reason and the version it was written for, and `check_versions`, which every rank calls before
+it trains, so that an upgrade that may break one says so in one line instead of training wrong.
+
+Libraries are imported where a workaround needs them, so that the Slurm side (submitit's) does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+# The releases the workarounds below were written and tested for: deepspeed and megatron-core exactly (private
+# attributes, a bug), torch by minor version (the LR scheduler's private counters; 2.11 is the GPU machine's).
+WRITTEN_FOR = {
+    "deepspeed": ("0.19.8",),
+    "megatron-core": ("0.16.1",),
+    "torch": ("2.11", "2.12", "2.13"),
+    "submitit": ("1.5.4",),
+}
+
+
+def _matches(installed: str, accepted: tuple[str, ...]) -> bool:
+    release = installed.split("+")[0]
+    return any(release == wanted or release.startswith(wanted + ".") for wanted in accepted)
+
+
+def check_versions(packages: tuple[str, ...] = ("torch", "deepspeed", "megatron-core")) -> None:
+    """A RuntimeError naming every installed package that is not a release the workarounds were written for."""
+    wrong = []
+    for package in packages:
+        try:
+            installed = version(package)
+        except PackageNotFoundError:
+            installed = "none"
+        if not _matches(installed, WRITTEN_FOR[package]):
+            wrong.append(f"{package} {installed} (written for {' or '.join(WRITTEN_FOR[package])})")
+    if wrong:
+        raise RuntimeError(
+            f"corolla's library workarounds (launch/train/compat.py) do not know {', '.join(wrong)}: install the "
+            "versions requirements.lock pins, or check each workaround there against the new release"
+        )
+
+
+# deepspeed 0.19.8
+
+
+def skip_cpu_shm_op_build() -> None:
+    """On CPU, `deepspeed.init_distributed` JIT-builds a shared-memory op for inference all-reduce (30+ s of g++) that
+    training never uses. The builder is looked up in `deepspeed.comm.torch`, which the name `torch` shadows on
+    attribute access: reached through sys.modules."""
+    import deepspeed.comm.torch  # noqa: F401  (loads the module sys.modules holds)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+def forward_count(engine) -> int:
+    """DeepSpeed's pipeline module reseeds each layer before its forward from a count of the forward passes this
+    process made (`micro_offset`), so that count is part of the random state."""
+    return engine.module.micro_offset
+
+
+def set_forward_count(engine, count: int) -> None:
+    engine.module.micro_offset = count
+
+
+def report_grad_norm(optimizer, norm: float) -> None:
+    """DeepSpeed's engine takes the gradient norm it reports from the optimizer's `_global_grad_norm` after a step."""
+    optimizer._global_grad_norm = norm
+
+
+def master_groups(engine) -> list[tuple[list, object]] | None:
+    """Per parameter group, the model's parameters and the flat fp32 partition holding their masters, where
+    DeepSpeed keeps the masters apart: ZeRO-1, or its bf16 optimizer without ZeRO. None where the parameters are
+    their own masters (fp32 without ZeRO)."""
+    optimizer = engine.optimizer
+    if hasattr(optimizer, "single_partition_of_fp32_groups"):  # ZeRO
+        return list(zip(optimizer.bit16_groups, optimizer.single_partition_of_fp32_groups, strict=True))
+    if hasattr(optimizer, "fp32_groups_flat_partition"):  # BF16_Optimizer
+        return list(zip(optimizer.bf16_groups, optimizer.fp32_groups_flat_partition, strict=True))
+    return None
+
+
+def adam_optimizer(engine):
+    """The optimizer holding Adam's state: DeepSpeed's wrapper's inner one (over flat partitions), or the engine's."""
+    return engine.optimizer.optimizer if master_groups(engine) is not None else engine.optimizer
+
+
+def link_moments(engine, steps: int, moments: tuple[str, ...]) -> None:
+    """Points each parameter's fp32 fragment at its slice of Adam's moments, creating them (zeros) where Adam has
+    not yet: before the first step after a restore. DeepSpeed links them once, after its first parameter group's
+    step, when the second group has no state yet, so the second group's parameters are never linked (0.19.8)."""
+    import torch
+    from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
+
+    state = adam_optimizer(engine).state
+    for group, flat in master_groups(engine):
+        if not state.get(flat):
+            state[flat] = {"step": torch.tensor(float(steps)), **{key: torch.zeros_like(flat) for key in moments}}
+        lazy_init_hp_params_optimizer_state(group, flat, state)
+
+
+# megatron-core 0.16.1
+
+
+def tensor_parallel_rng_name() -> str:
+    """The name megatron's tracker keeps the tensor-parallel RNG state under (no public getter)."""
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    return megatron_random._MODEL_PARALLEL_RNG_TRACKER_NAME
+
+
+def install_rng_tracker(tracker) -> None:
+    """megatron keeps the tensor-parallel RNG tracker in module globals and offers no way to install one of another
+    kind (on CPU, one of CPU generator states: launch/train/device.py)."""
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    megatron_random._CUDA_RNG_STATE_TRACKER = tracker
+    megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+
+# torch 2.11-2.13
+
+
+def set_lr_schedule_step(scheduler, steps: int) -> None:
+    """Puts a LambdaLR at step `steps`, its learning rates included. Restored from the count rather than its state
+    dict, since a stage of another layout may hold another number of parameter groups (ZeRO drops a stage's empty
+    group); LambdaLR has no public way to set its position."""
+    scheduler.last_epoch, scheduler._step_count = steps, steps + 1
+    factors = zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    scheduler._last_lr = [base * factor(scheduler.last_epoch) for base, factor in factors]
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler._last_lr, strict=True):
+        group["lr"] = lr
+
+
+# submitit 1.5.4
+
+
+def sbatch_script(executor) -> str:
+    """The sbatch script the executor would submit; submitit writes it only as it submits."""
+    check_versions(("submitit",))
+    return executor._make_submission_file_text(executor._submitit_command_str, uid="dry-run")

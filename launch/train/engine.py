@@ -1,0 +1,131 @@
+"""One rank's DeepSpeed pipeline engine (ZeRO-0/1) over megatron-core tensor-parallel layers, as the run's plan says,
+and the checks that megatron's process groups, DeepSpeed's topology and pipeline cut are the plan's."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import deepspeed
+import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+
+from launch.config.schemas import Precision, TrainConfig
+from launch.plan.run_plan import RunPlan
+from launch.plan.schedules import lr_at
+from launch.train import compat
+from model.bloom import parallel_config
+from model.config import ModelConfig
+from model.pipeline import pipeline_module
+
+
+def global_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+    """The L2 norm of the whole model's gradient: each parameter counted once across TP ranks (shards, or rank 0's
+    copy) and pipeline stages (the tied embedding only where DeepSpeed owns it)."""
+    counted = [
+        p.grad
+        for p in parameters
+        if p.grad is not None
+        and not getattr(p, "ds_pipe_replicated", False)
+        and param_is_not_tensor_parallel_duplicate(p)
+    ]
+    squares = torch.stack([grad.float().pow(2).sum() for grad in counted]).sum() if counted else torch.zeros(())
+    torch.distributed.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+    return squares.sqrt()
+
+
+class ClippingAdamW(torch.optim.AdamW):
+    """AdamW that clips gradients to a global norm first, for fp32 without ZeRO: there DeepSpeed's own clipping
+    counts only the first pipeline stage's untied parameters."""
+
+    def __init__(self, param_groups: list[dict], max_norm: float, **adamw: float) -> None:
+        super().__init__(param_groups, **adamw)
+        self.max_norm = max_norm
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        parameters = [p for group in self.param_groups for p in group["params"]]
+        norm = global_grad_norm(parameters)
+        if self.max_norm > 0:
+            scale = (self.max_norm / (norm + 1e-6)).clamp(max=1.0)
+            for p in parameters:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        compat.report_grad_norm(self, float(norm))
+        return super().step(closure)
+
+
+def _clips_itself(train: TrainConfig, zero_stage: int) -> bool:
+    return zero_stage == 0 and train.precision == Precision.fp32
+
+
+def _optimizer(module: torch.nn.Module, train: TrainConfig, zero_stage: int) -> torch.optim.AdamW:
+    """AdamW; biases and LayerNorm weights (1-D) are not decayed. A torch optimizer: DeepSpeed's own would JIT-build
+    a fused CPU kernel first."""
+    decayed = [p for p in module.parameters() if p.ndim >= 2]
+    plain = [p for p in module.parameters() if p.ndim < 2]
+    groups = [{"params": decayed, "weight_decay": train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    adamw = {"lr": train.lr, "betas": (train.beta1, train.beta2), "eps": train.eps}
+    if _clips_itself(train, zero_stage):
+        return ClippingAdamW(groups, train.grad_clip, **adamw)
+    return torch.optim.AdamW(groups, **adamw)
+
+
+def deepspeed_config(train: TrainConfig, plan: RunPlan) -> dict:
+    return {
+        "train_batch_size": train.global_batch,
+        "train_micro_batch_size_per_gpu": plan.micro_batch,
+        "gradient_accumulation_steps": plan.micro_batches,
+        "gradient_clipping": 0.0 if _clips_itself(train, plan.zero_stage) else train.grad_clip,
+        "zero_optimization": {"stage": plan.zero_stage},
+        "bf16": {"enabled": train.precision == Precision.bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def check_groups(plan: RunPlan, rank: int) -> None:
+    """This rank's place in megatron's process groups is the plan's: rank = (pipe x dp + data) x tp + tensor."""
+    planned = plan.layout.coordinates(rank)
+    megatron = (
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_data_parallel_rank(),
+        parallel_state.get_pipeline_model_parallel_rank(),
+    )
+    if megatron != planned:
+        raise RuntimeError(
+            f"rank {rank} is (tensor, data, pipeline) {megatron} in megatron's groups, but {planned} in the plan of "
+            f"{plan.layout.name}: megatron-core's rank order changed (launch/train/compat.py lists the versions)"
+        )
+
+
+def _check_engine(engine, plan: RunPlan, rank: int) -> None:
+    """DeepSpeed's topology places this rank and cuts the pipeline as the plan does."""
+    grid = engine.grid
+    deepspeed_place = (grid.get_slice_parallel_rank(), grid.get_data_parallel_rank(), grid.get_stage_id())
+    if deepspeed_place != plan.layout.coordinates(rank):
+        raise RuntimeError(
+            f"rank {rank} is (tensor, data, pipeline) {deepspeed_place} in DeepSpeed's topology, but "
+            f"{plan.layout.coordinates(rank)} in the plan of {plan.layout.name}"
+        )
+    if tuple(engine.module.parts) != plan.stage_bounds:
+        raise RuntimeError(
+            f"DeepSpeed cut the pipeline at layers {list(engine.module.parts)}, the plan at {list(plan.stage_bounds)} "
+            "(launch/plan/stages.py): their rules differ"
+        )
+
+
+def build_engine(model: ModelConfig, plan: RunPlan, train: TrainConfig, activation_checkpointing: bool, seed: int):
+    """The rank's engine: its pipeline stage, AdamW, the LR schedule (a function of the step)."""
+    model = replace(model, vocab_size=plan.vocab_size)
+    dtype = torch.bfloat16 if train.precision == Precision.bf16 else torch.float32
+    module = pipeline_module(
+        model, parallel_config(dtype), plan.layout.pp, plan.layout.dp, seed, activation_checkpointing
+    )
+    optimizer = _optimizer(module, train, plan.zero_stage)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, train) / train.lr)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train, plan)
+    )
+    _check_engine(engine, plan, torch.distributed.get_rank())
+    return engine

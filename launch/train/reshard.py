@@ -1,0 +1,76 @@
+"""`corolla checkpoint reshard`: rewrite a checkpoint's shards for another TP x PP layout, offline.
+
+Not needed to change layouts (a run resumed on another layout reads the old shards directly); it moves the cost of
+cutting slices out of the way of the next start and lets the old layout's files go. The new files are written beside
+the old ones and `COMPLETE` is replaced atomically to name them, so a crash at any point leaves one complete
+checkpoint: the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from launch.config.job_file import read_job
+from launch.config.schemas import ReshardJob
+from launch.plan.layout import ParallelLayout
+from launch.plan.stages import stage_cut
+from launch.rundir.checkpoints import latest_step
+from launch.rundir.files import CHECKPOINTS, JOB_FILE, checkpoint_tag, shard_file
+from launch.train import checkpoint
+from launch.train.shards import KEYS, ShardError, ShardReader, shard_files
+from model.config import ModelConfig
+from model.layers import TIED_PREFIX, holds
+
+EMBEDDING = TIED_PREFIX + "word_embeddings.weight"
+
+
+def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, model: ModelConfig) -> ParallelLayout:
+    """Writes `target`'s shards of the checkpoint of `step` beside its own, then names them in COMPLETE; returns the
+    layout it had."""
+    directory, saved = checkpoints / checkpoint_tag(step), checkpoint.saved_layout(checkpoints, step)
+    reader = ShardReader(directory, saved)
+    rows = reader.full_size(EMBEDDING, 0)
+    if rows != model.padded_vocab_size(target.tp):
+        raise ShardError(
+            f"the embedding has {rows} rows, padded for TP={saved.tp}, but TP={target.tp} pads the vocabulary to "
+            f"{model.padded_vocab_size(target.tp)}: choose a TP that pads it to {rows}"
+        )
+    for pp_rank, layers in enumerate(stage_cut(model, target.pp)):
+        names = [name for name in reader.names() if holds(name, layers, model.num_layers)]
+        for tp_rank in range(target.tp):
+            states = {
+                name: {key: reader.local(name, key, target.tp, tp_rank).clone() for key in KEYS} for name in names
+            }
+            torch.save(states, directory / shard_file(tp_rank, target.tp, pp_rank, target.pp))
+    old = frozenset(shard_files(saved)) - frozenset(shard_files(target))
+    rngs = checkpoint.rng_layout(checkpoints, step)
+    checkpoint.mark_complete(checkpoints, step, target, rngs, leave_out=old)
+    for name in old:
+        (directory / name).unlink()
+    return saved
+
+
+def reshard(job: ReshardJob) -> None:
+    run_dir = Path(job.run_dir)
+    train_job = read_job(run_dir / JOB_FILE)
+    directory = run_dir / CHECKPOINTS
+    step = job.step or latest_step(directory)
+    if not step:
+        raise ValueError(f"{run_dir} has no complete checkpoint to reshard: train it first")
+    saved = checkpoint.saved_layout(directory, step)
+    target = ParallelLayout(job.tp or saved.tp, job.pp or saved.pp, job.dp or saved.dp)
+    problems = target.problems(train_job.model, train_job.train)
+    if problems:
+        raise ValueError("impossible layout: " + "; ".join(problems))
+    if (saved.tp, saved.pp) == (target.tp, target.pp):
+        print(f"{directory / checkpoint_tag(step)} is already laid out for TP={target.tp} x PP={target.pp}")
+        return
+    start = time.perf_counter()
+    reshard_checkpoint(directory, step, target, train_job.model)
+    print(
+        f"resharded step {step} of {run_dir} from {saved.name} to {target.name} in "
+        f"{time.perf_counter() - start:.1f} s: resume it with parallel.tp={target.tp} parallel.pp={target.pp}"
+    )

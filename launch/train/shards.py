@@ -1,0 +1,154 @@
+"""A checkpoint's weights and Adam moments by parameter name, in files that any TP x PP x DP layout can read.
+
+The first data-parallel rank of each (tensor, pipeline) rank pair writes one file: for every parameter of its
+pipeline stage, its tensor-parallel slice of the fp32 master weight and of both Adam moments, whole over data
+parallelism (ZeRO-1's partitions are gathered first). Names are the pipeline module's, which number layers
+globally, so a stage of another layout finds its parameters by name; a slice for another TP width is cut from the
+slices joined along the dimension tensor parallelism splits (`model.bloom.tp_split_dim`). Nothing is recomputed or
+rounded, so a run resumed on another layout continues from exactly the numbers it stopped with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_full_optimizer_state,
+    safe_set_full_fp32_param,
+    safe_set_full_optimizer_state,
+)
+from megatron.core import parallel_state
+
+from launch.plan.layout import ParallelLayout
+from launch.rundir.files import shard_file
+from launch.train import compat
+from model.bloom import tp_split_dim
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+KEYS = ("weight", *MOMENTS)
+
+
+class ShardError(ValueError):
+    """Shards that do not fit the model being restored; the message says which and why."""
+
+
+def shard_files(layout: ParallelLayout) -> list[str]:
+    return [shard_file(t, layout.tp, p, layout.pp) for p in range(layout.pp) for t in range(layout.tp)]
+
+
+def adam_steps(engine) -> int:
+    states = list(compat.adam_optimizer(engine).state.values())
+    return int(states[0]["step"]) if states else 0
+
+
+def _parameter_state(engine, parameter: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    if compat.master_groups(engine) is not None:  # collectives over the DP group: every DP rank, in the same order
+        values = {"weight": safe_get_full_fp32_param(parameter)}
+        values.update({key: safe_get_full_optimizer_state(parameter, key) for key in MOMENTS})
+    else:
+        state = engine.optimizer.state[parameter]
+        values = {"weight": parameter.detach(), **{key: state[key] for key in MOMENTS}}
+    return {key: value.detach().float().cpu().clone() for key, value in values.items()}
+
+
+def write(engine, directory: Path, layout: ParallelLayout) -> None:
+    """Called by every rank; the first DP rank of each TP x PP pair writes its file."""
+    if compat.master_groups(engine) is not None:
+        compat.link_moments(engine, adam_steps(engine), MOMENTS)
+    writes = parallel_state.get_data_parallel_rank() == 0
+    states = {}
+    for name, parameter in engine.module.named_parameters():
+        values = _parameter_state(engine, parameter)  # gathered on every DP rank, kept on the one that writes
+        if writes:
+            states[name] = values
+    if writes:
+        tp_rank, pp_rank = (
+            parallel_state.get_tensor_model_parallel_rank(),
+            parallel_state.get_pipeline_model_parallel_rank(),
+        )
+        torch.save(states, directory / shard_file(tp_rank, layout.tp, pp_rank, layout.pp))
+
+
+class ShardReader:
+    """The shards a checkpoint's layout wrote, memory-mapped: only the slices asked for are read."""
+
+    def __init__(self, directory: Path, layout: ParallelLayout) -> None:
+        self.layout = layout
+        self.files = {
+            (t, p): torch.load(
+                directory / shard_file(t, layout.tp, p, layout.pp), mmap=True, weights_only=True, map_location="cpu"
+            )
+            for p in range(layout.pp)
+            for t in range(layout.tp)
+        }
+        self.stage_of = {name: p for (t, p), states in self.files.items() if t == 0 for name in states}
+
+    def names(self) -> Iterator[str]:
+        return iter(self.stage_of)
+
+    def _slices(self, name: str, key: str, stage: int | None = None) -> list[torch.Tensor]:
+        """The TP slices of `name`, from `stage`'s files where they hold it (the tied embedding is on two stages,
+        whose copies may differ in the last bits after DP reductions in different buckets), else its first."""
+        if name not in self.stage_of:
+            raise ShardError(f"the checkpoint has no parameter {name}: it was saved from another model shape")
+        if stage is None or name not in self.files.get((0, stage), {}):
+            stage = self.stage_of[name]
+        return [self.files[(t, stage)][name][key] for t in range(self.layout.tp)]
+
+    def full(self, name: str, key: str = "weight") -> torch.Tensor:
+        slices, dim = self._slices(name, key), tp_split_dim(name)
+        return slices[0] if dim is None else torch.cat(slices, dim)
+
+    def full_size(self, name: str, dim: int) -> int:
+        """The whole parameter's extent along `dim`, without reading it."""
+        slices = self._slices(name, "weight")
+        return sum(piece.shape[dim] for piece in slices) if tp_split_dim(name) == dim else slices[0].shape[dim]
+
+    def local(self, name: str, key: str, tp: int, tp_rank: int, stage: int | None = None) -> torch.Tensor:
+        """Rank `tp_rank`'s slice under tensor parallelism `tp`; from `stage`'s files where they hold it."""
+        dim = tp_split_dim(name)
+        if dim is None:
+            return self._slices(name, key, stage)[0]
+        slices = self._slices(name, key, stage)
+        if tp == self.layout.tp:
+            return slices[tp_rank]
+        # Only the old slices that overlap the new one are read (they are memory-mapped), not the whole tensor.
+        old_width, total = slices[0].shape[dim], sum(piece.shape[dim] for piece in slices)
+        if total % tp:
+            raise ShardError(f"{name} has {total} rows or columns, which TP={tp} cannot split evenly")
+        start, stop = tp_rank * total // tp, (tp_rank + 1) * total // tp
+        pieces = []
+        for index, piece in enumerate(slices):
+            low, high = max(start, index * old_width), min(stop, (index + 1) * old_width)
+            if low < high:
+                pieces.append(piece.narrow(dim, low - index * old_width, high - low))
+        return torch.cat(pieces, dim)
+
+
+def restore(engine, reader: ShardReader, steps: int) -> None:
+    """Sets this rank's weights (model and fp32 master) and Adam moments from `reader`; `steps` is Adam's count."""
+    tp, tp_rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    own_stage = parallel_state.get_pipeline_model_parallel_rank() if pp == reader.layout.pp else None
+    masters = compat.master_groups(engine) is not None
+    if masters:
+        compat.link_moments(engine, steps, MOMENTS)
+    for name, parameter in engine.module.named_parameters():
+        values = {key: reader.local(name, key, tp, tp_rank, own_stage) for key in KEYS}
+        if values["weight"].shape != parameter.shape:
+            raise ShardError(
+                f"{name} is {tuple(values['weight'].shape)} in the checkpoint but {tuple(parameter.shape)} here: "
+                "the model shape or the padded vocabulary differs (the vocabulary is padded to 128 x TP)"
+            )
+        with torch.no_grad():
+            parameter.copy_(values["weight"])
+        if masters:
+            safe_set_full_fp32_param(parameter, values["weight"])
+            for key in MOMENTS:
+                safe_set_full_optimizer_state(parameter, values[key], key)
+        else:
+            moments = {key: values[key].to(parameter.device).clone() for key in MOMENTS}
+            engine.optimizer.state[parameter] = {"step": torch.tensor(float(steps)), **moments}

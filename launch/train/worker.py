@@ -1,0 +1,139 @@
+"""One training rank: `python -m launch.train.worker RUN_DIR` on every rank (started by torchrun locally, by the
+Slurm task on a cluster).
+
+It reads what the launch wrote into RUN_DIR: the job (job.yaml) and the plan for its world size (plan.json), joins
+the process group, checks that the libraries lay the ranks out as planned, and trains.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+
+from launch.config.job_file import read_job
+from launch.config.schemas import TrainJob
+from launch.data.blend import BlendedDataset
+from launch.data.corpus import TokenCorpus
+from launch.plan.layout import ParallelLayout
+from launch.plan.run_plan import RunPlan, read_plan
+from launch.rundir import tracking
+from launch.rundir.checkpoints import latest_step
+from launch.rundir.files import CHECKPOINTS, JOB_FILE, STOP_FILE, checkpoint_tag
+from launch.rundir.history import RunHistory
+from launch.train import checkpoint, compat
+from launch.train.batches import validation_batches
+from launch.train.device import device, init_distributed, seed_everything
+from launch.train.engine import build_engine, check_groups
+from launch.train.faults import Faults
+from launch.train.loop import Callbacks, DataShard, train_steps
+from launch.train.reporter import Reporter
+from launch.train.stopping import StopSignals, Watchdog
+
+
+class Outcome(Enum):
+    finished = "finished"  # trained to train.steps
+    stopped = "stopped"  # stopped early with a checkpoint: a stop signal, or train.exit_after
+
+
+def _record_start(
+    run_dir: Path,
+    origin: dict[str, object],
+    resumed_from: int,
+    logged_up_to: int,
+    layout: ParallelLayout,
+    saved_layout: ParallelLayout,
+) -> None:
+    """History and MLflow: where this start runs, what it resumed, its layout and the one it was resharded from."""
+    history = RunHistory(run_dir)
+    change = {"layout": layout.name}
+    if saved_layout != layout:
+        change["resharded_from"] = saved_layout.name
+        print(f"resharded the step-{resumed_from} checkpoint from {saved_layout.name} to {layout.name}", flush=True)
+    redone = max(0, logged_up_to - resumed_from)
+    history.record("start", **origin, resumed_from_step=resumed_from, steps_redone=redone, **change)
+    tracking.tag_layout(run_dir, **change)
+    starts = len(history.starts())
+    if starts > 1:
+        tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures())
+
+
+def _data(job: TrainJob, plan: RunPlan) -> DataShard:
+    corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    validation = {}
+    if job.train.eval_interval:
+        train, seq_length = job.train, job.model.seq_length
+        validation = validation_batches(
+            corpus, seq_length, train.micro_batch, train.eval_samples, dp_rank, plan.layout.dp
+        )
+    return DataShard(BlendedDataset(corpus, job.data, job.model.seq_length), dp_rank, plan.layout.dp, validation)
+
+
+def main(
+    run_dir: Path,
+    origin: dict[str, object] | None = None,
+    on_stall: Callable[[], None] = lambda: None,
+    stop: StopSignals | None = None,
+) -> Outcome:
+    """Trains this rank; `origin` says where (recorded in the run's history), `on_stall` runs if the watchdog fires,
+    `stop` holds the stop signals received so far (installed here if not given)."""
+    stop = stop or StopSignals(run_dir / STOP_FILE)
+    job = read_job(run_dir / JOB_FILE)
+    watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
+    compat.check_versions()
+    init_distributed(job.train.hang_timeout_s)
+    rank = torch.distributed.get_rank()
+    plan = read_plan(run_dir, torch.distributed.get_world_size())
+    faults = Faults.from_environment(rank)
+    parallel_state.initialize_model_parallel(plan.layout.tp, plan.layout.pp, create_gloo_process_groups=False)
+    check_groups(plan, rank)
+    seed_everything(job.seed)
+    data = _data(job, plan)
+    engine = build_engine(job.model, plan, job.train, job.parallel.activation_checkpointing, job.seed)
+    directory = run_dir / CHECKPOINTS
+    first_step = latest_step(directory) or 0
+    layout = plan.layout
+    saved_layout = checkpoint.load(engine, directory, first_step, layout, job.seed) if first_step else layout
+    watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
+    reporter = Reporter(run_dir, rank, job.train.steps)
+    if rank == 0:
+        if first_step:
+            print(f"resumed from {directory / checkpoint_tag(first_step)}", flush=True)
+        where = origin or {"host": socket.gethostname()}
+        _record_start(run_dir, where, first_step, reporter.logged_up_to(), layout, saved_layout)
+
+    def save(step: int) -> None:
+        checkpoint.save(engine, directory, step, job.train.keep_checkpoints, layout, faults.before_commit)
+        watchdog.progress()
+
+    callbacks = Callbacks(
+        on_step=reporter.step,
+        on_validation=reporter.validation,
+        save=save,
+        should_stop=lambda: stop.agreed(device()),
+        progress=watchdog.progress,
+    )
+    last, stopped = train_steps(engine, data, job.train, job.model.seq_length, first_step, faults.wrap(callbacks))
+    torch.distributed.barrier()
+    outcome = Outcome.stopped if stopped or last < job.train.steps else Outcome.finished
+    if rank == 0:
+        reason = {"signal": stop.received.name} if stop.received else {}
+        if (run_dir / STOP_FILE).exists():
+            reason = {"signal": STOP_FILE}
+        RunHistory(run_dir).record(outcome.value, step=last, **reason)
+        if outcome == Outcome.finished:
+            tracking.finish(tracking.recorded_run(run_dir), succeeded=True)
+    watchdog.stop()
+    return outcome
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main(Path(sys.argv[1]))

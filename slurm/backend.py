@@ -1,0 +1,127 @@
+"""The Slurm backend: a run submitted as Slurm jobs (slurm/submit.py), what Slurm says of them, their logs, and
+cancelling them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from launch.config.schemas import TrainJob
+from launch.jobs.backend import Backend
+from launch.jobs.monitor import LABEL_WIDTH, line
+from launch.rundir.directory import RunDirectory
+from launch.rundir.files import JOBS_FILE, SUBMITIT_DIR
+from slurm.client import SlurmState, latest_states, slurm_state
+from slurm.commands import SlurmError, run_slurm
+from slurm.jobs import recorded_jobs
+
+CANCEL_WAIT_S = 10
+HINT = "run this on a login node of the cluster"
+
+
+def _jobs(run: RunDirectory) -> list[str]:
+    """The Slurm job ids submitted for this run, oldest first."""
+    jobs = recorded_jobs(run.path)
+    if not jobs:
+        raise ValueError(f"{run.path / JOBS_FILE} lists no Slurm job: submit the run with `corolla submit`")
+    return jobs
+
+
+def last_lines(path: Path, count: int, block_size: int = 1 << 16) -> list[str]:
+    """The last `count` lines of a file, read from its end (logs of long runs grow large)."""
+    with path.open("rb") as file:
+        position = file.seek(0, os.SEEK_END)
+        tail = b""
+        while position > 0 and tail.count(b"\n") <= count:
+            size = min(block_size, position)
+            position -= size
+            file.seek(position)
+            tail = file.read(size) + tail
+    return tail.decode(errors="replace").splitlines()[-count:]
+
+
+def rank_logs(run: RunDirectory, job_id: str) -> dict[int, list[Path]]:
+    """submitit's `<job>_<rank>_log.out` and `.err` of the job, by rank."""
+    logs: dict[int, list[Path]] = {}
+    for path in sorted((run.path / SUBMITIT_DIR).glob(f"{job_id}_*_log.*")):
+        rank = path.name.removeprefix(f"{job_id}_").split("_")[0]
+        if rank.isdigit() and path.suffix in (".out", ".err"):
+            logs.setdefault(int(rank), []).append(path)
+    return {rank: sorted(paths, key=lambda path: path.suffix != ".out") for rank, paths in sorted(logs.items())}
+
+
+def state_once_ended(job_id: str) -> SlurmState:
+    """The job's state when it has ended, or after CANCEL_WAIT_S (it stays COMPLETING while its processes end)."""
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    state = slurm_state(job_id)
+    while state.live and time.monotonic() < deadline:
+        time.sleep(0.25)
+        state = slurm_state(job_id)
+    return state
+
+
+class SlurmBackend(Backend):
+    def start(self, job: TrainJob, dry_run: bool = False) -> None:
+        from slurm.submit import submit_training  # the data preparation: seconds to import, status needs none of it
+
+        submit_training(job, dry_run)
+
+    def state_lines(self, run: RunDirectory) -> list[str]:
+        """The latest job; for an elastic run whose latest job waits for the one before to end, that one first."""
+        jobs = recorded_jobs(run.path)
+        if not jobs:
+            return []
+        before = f" (latest of {len(jobs)}: {', '.join(jobs[:-1])} before)" if len(jobs) > 1 else ""
+        which = f"job {jobs[-1]}{before}"
+        try:
+            state = slurm_state(jobs[-1])
+            current = slurm_state(jobs[-2]) if len(jobs) > 1 and state.waits_for_another else None
+        except SlurmError as error:
+            return [line("slurm", f"{which}: cannot ask Slurm ({error}): {HINT}")]
+        latest = line("slurm", f"{which}: {state.state}, {state.summary} (from {state.source})")
+        if current is None:
+            return [latest]
+        running = f"job {current.job_id}: {current.state}, {current.summary} (from {current.source})"
+        return [line("slurm", running), line("", f"next: {latest[LABEL_WIDTH:]}")]
+
+    def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:
+        jobs = _jobs(run)
+        # The latest job that has started: an elastic run's latest may be its next job, queued behind the running one.
+        job_id = next((job_id for job_id in reversed(jobs) if rank_logs(run, job_id)), jobs[-1])
+        logs = rank_logs(run, job_id)
+        if not logs:
+            print(f"Slurm job {job_id} has no logs in {run.path / SUBMITIT_DIR} yet: has it started? (corolla status)")
+            return
+        if rank != -1 and rank not in logs:
+            ranks = ", ".join(str(number) for number in logs)
+            raise ValueError(f"rank={rank}: Slurm job {job_id} has logs of ranks {ranks}: choose one of them")
+        paths = logs[rank] if rank != -1 else [path for paths in logs.values() for path in paths]
+        sections = []
+        for path in paths:
+            text = last_lines(path, lines)
+            sections.append("\n".join([f"==> {path} <==", *(text or ["(empty)"])]))
+        print("\n\n".join(sections))
+
+    def cancel(self, run: RunDirectory) -> None:
+        """Every job of the run that is queued or running, newest first (an elastic run's next job waits for the one
+        before it to end, and would start when that one is cancelled)."""
+        jobs = _jobs(run)
+        try:
+            states = latest_states(jobs)
+        except SlurmError as error:
+            raise RuntimeError(f"cannot ask Slurm about job {jobs[-1]} ({error}): {HINT}") from None
+        live = [state for state in states if state.live]
+        if not live:
+            print(f"Slurm job {states[0].job_id} has already ended ({states[0].state}): nothing to cancel")
+            return
+        for before in live:
+            try:
+                run_slurm("scancel", before.job_id)
+                after = state_once_ended(before.job_id)
+            except SlurmError as error:
+                raise RuntimeError(f"cannot cancel Slurm job {before.job_id} ({error}): {HINT}") from None
+            print(
+                f"cancelled Slurm job {before.job_id} (was {before.state}, {before.summary}); Slurm now says "
+                f"{after.state}"
+            )

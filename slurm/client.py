@@ -1,0 +1,109 @@
+"""What Slurm says of a job: scontrol while the controller knows it, sacct once it has ended (and the controller may
+have forgotten it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slurm.commands import SlurmError, run_slurm
+
+# Job states after which Slurm will not run the job again by itself (a requeued job is PENDING, not one of these).
+ENDED_STATES = {
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "REVOKED",
+    "TIMEOUT",
+}
+
+
+def controller_record(job_id: str) -> dict[str, str] | None:
+    """`scontrol show job` as a dict, None when the controller no longer knows the job (ended > MinJobAge ago)."""
+    try:
+        output = run_slurm("scontrol", "show", "job", job_id)
+    except SlurmError as error:
+        if "Invalid job id" in str(error):
+            return None
+        raise
+    fields = (token.partition("=") for token in output.split())
+    return {key: value for key, separator, value in fields if separator}
+
+
+def accounting_record(job_id: str) -> dict[str, str] | None:
+    """sacct's record of the job's allocation (its latest run when it was requeued), None when sacct lacks it."""
+    names = ["State", "ExitCode", "Elapsed", "Start", "End", "NodeList"]
+    output = run_slurm("sacct", "-j", job_id, "-X", "-n", "-P", "-o", ",".join(names))
+    lines = output.strip().splitlines()
+    return dict(zip(names, lines[-1].split("|"), strict=False)) if lines else None
+
+
+def has_ended(state: str) -> bool:
+    return state.split()[0] in ENDED_STATES if state else False
+
+
+@dataclass(frozen=True)
+class SlurmState:
+    job_id: str
+    state: str  # as Slurm says it: RUNNING, PENDING, "CANCELLED by 0", ...
+    live: bool  # queued or running: scancel applies
+    summary: str  # the rest, in words
+    source: str  # scontrol, sacct, or why neither answered
+
+    @property
+    def waits_for_another(self) -> bool:
+        return self.live and "reason Dependency" in self.summary
+
+
+def slurm_state(job_id: str) -> SlurmState:
+    """What Slurm says of the job; a SlurmError when the controller cannot be asked."""
+    record = controller_record(job_id)
+    if record is not None and not has_ended(record.setdefault("JobState", "UNKNOWN")):
+        return SlurmState(job_id, record["JobState"], True, live_summary(record), "scontrol")
+    try:
+        accounted = accounting_record(job_id)
+        sacct_problem = "" if accounted else "sacct has no record of it"
+    except SlurmError as error:
+        accounted, sacct_problem = None, f"sacct unavailable ({error})"
+    # Accounting lags the controller by a moment: a job just ended can still be RUNNING there.
+    if accounted is not None and (has_ended(accounted["State"]) or record is None):
+        return SlurmState(job_id, accounted["State"], False, accounted_summary(accounted), "sacct")
+    if record is not None:
+        source = f"scontrol; {sacct_problem}" if sacct_problem else "scontrol; sacct has not caught up"
+        return SlurmState(job_id, record["JobState"], False, ended_summary(record), source)
+    return SlurmState(job_id, "UNKNOWN", False, "the controller no longer knows the job", sacct_problem)
+
+
+def latest_states(jobs: list[str]) -> list[SlurmState]:
+    """What Slurm says of a run's latest jobs, newest first: only they can be live, an elastic run's running job and
+    the next one, queued behind it."""
+    return [slurm_state(job_id) for job_id in reversed(jobs[-2:])]
+
+
+def live_summary(record: dict[str, str]) -> str:
+    parts = []
+    if record.get("NodeList") not in (None, "", "(null)"):
+        parts.append(f"on {record['NodeList']}")
+    if record.get("Reason") not in (None, "", "None"):
+        parts.append(f"reason {record['Reason']}")
+    parts.append(f"run time {record.get('RunTime', '?')} of {record.get('TimeLimit', '?')}")
+    parts.append(f"restarts {record.get('Restarts', '?')}")
+    return ", ".join(parts)
+
+
+def ended_summary(record: dict[str, str]) -> str:
+    return (
+        f"exit code {record.get('ExitCode', '?')}, ran {record.get('RunTime', '?')} on {record.get('NodeList', '?')}, "
+        f"ended {record.get('EndTime', '?')}, restarts {record.get('Restarts', '?')}"
+    )
+
+
+def accounted_summary(record: dict[str, str]) -> str:
+    return (
+        f"exit code {record['ExitCode']}, ran {record['Elapsed']} on {record['NodeList']}, "
+        f"started {record['Start']}, ended {record['End']}"
+    )

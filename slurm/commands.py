@@ -1,0 +1,42 @@
+"""The one way corolla runs a Slurm command (sinfo, squeue, scontrol, sacct, scancel): with a timeout, and a
+SlurmError saying in one line which command failed and what it said. (submitit runs sbatch itself.)"""
+
+from __future__ import annotations
+
+import subprocess
+
+TIMEOUT_S = 30
+# Inside a job, when a rank crashes, Slurm ends the step with SIGTERM to every process in it just as its peers ask for
+# a requeue, and a request cut off halfway is lost (SIGKILL follows only after KillWait, seconds later).
+SURVIVE_SIGTERM = ["sh", "-c", 'trap "" TERM; exec "$@"', "slurm-command"]
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command that is missing, timed out or failed; the message names it and what it said."""
+
+
+def run_slurm(*command: str, survive_sigterm: bool = False) -> str:
+    """The command's output; `survive_sigterm` for requests sent from inside a job's step."""
+    argv = [*SURVIVE_SIGTERM, *command] if survive_sigterm else list(command)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    except FileNotFoundError:
+        raise SlurmError(f"{command[0]} not found") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{command[0]} did not answer within {TIMEOUT_S} s") from None
+    if result.returncode == 127 and survive_sigterm:  # the shell did not find it
+        raise SlurmError(f"{command[0]} not found")
+    if result.returncode:
+        said = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        raise SlurmError(f"{command[0]}: {said[-1] if said else f'exit status {result.returncode}'}")
+    return result.stdout
+
+
+def request(*command: str) -> bool:
+    """A request from inside a job (requeue it, cancel the run's next job): whether Slurm took it. A refusal is not
+    an error there: another rank may have asked first."""
+    try:
+        run_slurm(*command, survive_sigterm=True)
+    except SlurmError:
+        return False
+    return True

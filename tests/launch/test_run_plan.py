@@ -1,0 +1,99 @@
+"""The run's plan on its own: a pure function of the job, the world size and the facts of the data, written once
+and read by every rank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import train_job
+from launch.config.cluster import ClusterConfig, Scheduler
+from launch.config.compose import compose_job
+from launch.config.schemas import ParallelConfig, Precision, TrainConfig
+from launch.data.facts import DataFacts
+from launch.plan.layout import ParallelLayout
+from launch.plan.run_plan import make_plan, make_plans, read_plan, write_plans
+from model.config import ModelConfig
+
+TINY = ModelConfig(num_layers=2, hidden_size=64, num_heads=4, seq_length=32)
+DATA = DataFacts(vocab_size=2000, tokens_dir=None)
+THREE_D = ParallelConfig(tp=2, pp=2, dp=2)
+
+
+def test_a_3d_job_on_eight_ranks() -> None:
+    plan = make_plan(train_job(TINY, parallel=THREE_D), 8, DATA)
+    assert plan.layout == ParallelLayout(2, 2, 2) and plan.world_size == 8
+    assert plan.zero_stage == 1 and plan.micro_batch == 2 and plan.micro_batches == 2  # 8 sequences, DP 2
+    # embedding, its LayerNorm, 2 blocks, the final LayerNorm, the tied output: 2 balanced layers a stage
+    assert plan.stage_bounds == (0, 3, 6) and [list(stage) for stage in plan.stages] == [[0, 1, 2], [3, 4, 5]]
+    assert (plan.vocab_size, plan.padded_vocab_size) == (2000, 2048)
+    assert plan.memory_gib is None  # no GPU figures for this machine
+
+
+@pytest.mark.parametrize(
+    ("dp", "precision", "zero_stage"),
+    [(1, Precision.fp32, 0), (2, Precision.fp32, 1), (1, Precision.bf16, 1)],
+)
+def test_the_zero_stage_is_the_one_that_runs(dp: int, precision: Precision, zero_stage: int) -> None:
+    job = train_job(TINY, parallel=ParallelConfig(dp=dp, zero_stage=1), train=TrainConfig(precision=precision))
+    assert make_plan(job, dp, DATA).zero_stage == zero_stage
+
+
+@pytest.mark.parametrize(
+    ("parallel", "model", "world_size", "expected"),
+    [
+        (ParallelConfig(tp=3), TINY, 3, "model.num_heads=4 is not divisible by parallel.tp=3"),
+        (ParallelConfig(pp=4), ModelConfig(num_layers=4), 4, "leaves stage 3 with the output embedding alone"),
+        (ParallelConfig(dp=2), TINY, 4, "tp=1 x pp=1 x dp=2 = 2 ranks, but 4 processes"),
+        (ParallelConfig(dp=3), TINY, 3, "train.global_batch=8 is not divisible by train.micro_batch=2 x dp=3"),
+    ],
+)
+def test_a_job_that_cannot_train_so_has_no_plan(parallel, model, world_size: int, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        make_plan(train_job(model, parallel=parallel), world_size, DATA)
+
+
+def test_an_elastic_job_is_planned_for_every_node_count_it_may_get() -> None:
+    cluster = ClusterConfig(name="c", scheduler=Scheduler.slurm, nodes=2, min_nodes=1, tasks_per_node=4)
+    job = train_job(TINY, parallel=ParallelConfig(tp=2, pp=2, elastic=True), cluster=cluster)
+    plans = make_plans(job, DATA)
+    assert [(plan.world_size, plan.layout.name) for plan in plans] == [(8, "tp2-pp2-dp2"), (4, "tp2-pp2-dp1")]
+    six = TrainConfig(global_batch=6, micro_batch=2)
+    odd = train_job(TINY, parallel=ParallelConfig(tp=2, pp=2, elastic=True), cluster=cluster, train=six)
+    with pytest.raises(ValueError, match=r"parallel.elastic on 2 nodes: .*no layout with tp=2"):
+        make_plans(odd, DATA)
+
+
+def test_on_a_gpu_cluster_the_plan_says_what_a_gpu_needs_and_refuses_what_does_not_fit() -> None:
+    job = compose_job("train", ["experiment=bloom-176b"])[1]
+    [plan] = make_plans(job, DataFacts(vocab_size=250680, tokens_dir=None))
+    assert plan.layout.name == "tp4-pp12-dp8" and 40 < plan.memory_gib < 80
+    squeezed = compose_job("train", ["experiment=bloom-176b", "cluster.gpu_memory_gib=40"])[1]
+    with pytest.raises(ValueError, match="more than the 40 GiB of jean-zay-a100's GPUs"):
+        make_plans(squeezed, DataFacts(vocab_size=250680, tokens_dir=None))
+
+
+def test_the_plan_is_written_once_and_read_back_by_world_size(tmp_path: Path) -> None:
+    cluster = ClusterConfig(name="c", scheduler=Scheduler.slurm, nodes=2, min_nodes=1, tasks_per_node=4)
+    plans = make_plans(train_job(TINY, parallel=ParallelConfig(tp=2, pp=2, elastic=True), cluster=cluster), DATA)
+    write_plans(tmp_path, plans)
+    assert [read_plan(tmp_path, size) for size in (8, 4)] == plans
+    assert [plan["world_size"] for plan in json.loads((tmp_path / "plan.json").read_text())["plans"]] == [8, 4]
+    with pytest.raises(ValueError, match="was planned for 8, 4 ranks, not the 2 this start has"):
+        read_plan(tmp_path, 2)
+    (tmp_path / "plan.json").write_text("{")
+    with pytest.raises(ValueError, match=r"plan.json cannot be read .*launch the run again"):
+        read_plan(tmp_path, 8)
+
+
+@pytest.mark.parametrize(("tp", "pp", "dp"), [(2, 2, 2), (1, 4, 2), (4, 1, 2), (2, 3, 1)])
+def test_the_plans_rank_order_is_deepspeeds_topology(tp: int, pp: int, dp: int) -> None:
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    topology = PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)
+    layout = ParallelLayout(tp, pp, dp)
+    for rank in range(layout.world_size):
+        coordinate = topology.get_coord(rank)
+        assert layout.coordinates(rank) == (coordinate.model, coordinate.data, coordinate.pipe)
