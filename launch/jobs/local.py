@@ -45,9 +45,13 @@ class LocalBackend(Backend):
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
             return
         prepared = prepare_run(job, dry_run)
-        layout = prepared.plan.layout
+        plan = prepared.plan
+        layout = plan.layout
         if dry_run:
-            print(f"dry run: the job is valid; it would train on {layout.name} here")
+            print(
+                f"dry run: the job is valid; it would train {job.model.name} here on {layout.world_size} processes, "
+                f"{layout.name}, ZeRO-{plan.zero_stage}, pipeline stages from layers {list(plan.stage_bounds[:-1])}"
+            )
             return
         if resume_step:
             print(f"{run_dir} holds a checkpoint at step {resume_step}: resuming from it")
