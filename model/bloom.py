@@ -5,12 +5,10 @@ logits through the word embedding (tied). Under tensor parallelism every linear 
 first layer and the embedding are split by output (heads / columns / vocabulary rows), the attention output and the
 MLP's second layer by input, so a block needs one all-reduce after attention and one after the MLP. Activations are
 [batch, sequence, hidden]; logits stay split over the vocabulary (`vocab_parallel_cross_entropy` reads them so).
+Attention runs one of two kernels (model/attention.py); weights are drawn by model/weights.py.
 """
 
 from __future__ import annotations
-
-import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
@@ -21,52 +19,29 @@ from megatron.core.tensor_parallel import (
     RowParallelLinear,
     VocabParallelEmbedding,
     copy_to_tensor_model_parallel_region,
-    get_cuda_rng_tracker,
     vocab_parallel_cross_entropy,
 )
 from torch import nn
 
-from model.config import ModelConfig
-
-# Where tensor parallelism splits each parameter (by name suffix): column-parallel layers and the embedding by
-# rows (dim 0), row-parallel layers by columns (dim 1). Everything else (LayerNorms, row-parallel biases) is whole
-# on every TP rank.
-_TP_SPLIT = {
-    "word_embeddings.weight": 0,
-    "query_key_value.weight": 0,
-    "query_key_value.bias": 0,
-    "dense_h_to_4h.weight": 0,
-    "dense_h_to_4h.bias": 0,
-    "self_attention.dense.weight": 1,
-    "dense_4h_to_h.weight": 1,
-}
-
-
-def tp_split_dim(name: str) -> int | None:
-    """The dimension tensor parallelism splits parameter `name` along, or None if every TP rank holds all of it."""
-    return next((dim for suffix, dim in _TP_SPLIT.items() if name == suffix or name.endswith("." + suffix)), None)
-
-
-def alibi_slopes(num_heads: int) -> torch.Tensor:
-    """ALiBi's per-head slopes: a geometric series from 2^(-8/n); for n not a power of two, the series of the
-    nearest lower power of two, then every other slope of the series for twice that many heads."""
-
-    def series(n: int) -> list[float]:
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-
-    power = 2 ** math.floor(math.log2(num_heads))
-    slopes = series(power) + series(2 * power)[0::2][: num_heads - power]
-    return torch.tensor(slopes, dtype=torch.float32)
+from model.attention import alibi_bias, alibi_slopes, flex_attention_alibi, kernel_for, sdpa_attention
+from model.config import Attention, ModelConfig
+from model.weights import initialize
 
 
 def parallel_config(params_dtype: torch.dtype = torch.float32) -> ModelParallelConfig:
+    """megatron's layers allocate this rank's slices on its device, uninitialised: model/weights.py fills them."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    return ModelParallelConfig(tensor_model_parallel_size=tp, use_cpu_initialization=True, params_dtype=params_dtype)
+    on_cpu = not torch.cuda.is_available()
+    return ModelParallelConfig(
+        tensor_model_parallel_size=tp,
+        use_cpu_initialization=on_cpu,
+        perform_initialization=False,
+        params_dtype=params_dtype,
+    )
 
 
-def _normal(std: float):
-    return lambda weight: nn.init.normal_(weight, mean=0.0, std=std)
+def _uninitialised(weight: torch.Tensor) -> None:
+    """megatron's init_method, unused (perform_initialization=False): model/weights.py initialises every parameter."""
 
 
 class BloomEmbedding(VocabParallelEmbedding):
@@ -74,7 +49,7 @@ class BloomEmbedding(VocabParallelEmbedding):
 
     def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
         vocab = model.padded_vocab_size(config.tensor_model_parallel_size)
-        super().__init__(vocab, model.hidden_size, init_method=_normal(model.std), config=config)
+        super().__init__(vocab, model.hidden_size, init_method=_uninitialised, config=config)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[b, s, h] → [b, s, vocab / tp]: this rank's slice of the vocabulary."""
@@ -95,21 +70,23 @@ class BloomAttention(nn.Module):
         if model.num_heads % tp:
             raise ValueError(f"model.num_heads={model.num_heads} is not divisible by parallel.tp={tp}")
         self.heads, self.head_dim, self.dropout = model.num_heads // tp, model.head_dim, model.attention_dropout
+        self.attention = model.attention
         h = model.hidden_size
         self.query_key_value = ColumnParallelLinear(
-            h, 3 * h, config=config, init_method=_normal(model.std), bias=True, gather_output=False
+            h, 3 * h, config=config, init_method=_uninitialised, bias=True, gather_output=False
         )
         self.dense = RowParallelLinear(
             h,
             h,
             config=config,
-            init_method=_normal(model.output_std),
+            init_method=_uninitialised,
             bias=True,
             input_is_parallel=True,
             skip_bias_add=False,
         )
         slopes = alibi_slopes(model.num_heads)[rank * self.heads : (rank + 1) * self.heads]
         self.register_buffer("slopes", slopes, persistent=False)
+        self.slope_values = tuple(slopes.tolist())  # for flex attention's score modification, without a device sync
         self._cached_bias: torch.Tensor | None = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -117,44 +94,51 @@ class BloomAttention(nn.Module):
         qkv, _ = self.query_key_value(hidden)
         # Per head, query, key and value lie side by side (BLOOM's layout), so a TP slice holds whole heads.
         query, key, value = qkv.view(batch, seq, self.heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
-        bias = self._bias(seq, query.dtype, hidden.device)
         dropout = self.dropout if self.training else 0.0
-        # Heads differ per TP rank, so their dropout masks must too: draw them from the tensor-parallel RNG.
-        with get_cuda_rng_tracker().fork() if dropout else contextlib.nullcontext():
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+        if kernel_for(self.attention, hidden.device, dropout) == Attention.flex:
+            context = flex_attention_alibi(query, key, value, self.slope_values)
+        else:
+            context = sdpa_attention(query, key, value, self._bias(seq, query.dtype, hidden.device), dropout)
         output, _ = self.dense(context.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
         return output
 
     def _bias(self, seq: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """ALiBi + causal mask, [heads, queries, keys]; slope x key position (softmax ignores a per-query offset)."""
         if self._cached_bias is None or self._cached_bias.shape[-1] != seq or self._cached_bias.dtype != dtype:
-            positions = torch.arange(seq, device=device, dtype=torch.float32)
-            alibi = self.slopes.to(device)[:, None, None] * positions
-            causal = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()
-            self._cached_bias = alibi.masked_fill(~causal, float("-inf")).to(dtype)
+            self._cached_bias = alibi_bias(self.slopes, seq, dtype, device)
         return self._cached_bias
+
+
+def bias_gelu(intermediate: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.gelu(intermediate + bias, approximate="tanh")
+
+
+# One kernel for the bias and the GeLU, which also keeps only its input for backward.
+_compiled_bias_gelu = torch.compile(bias_gelu, dynamic=False)
 
 
 class BloomMLP(nn.Module):
     def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
         super().__init__()
         h, ffn = model.hidden_size, model.ffn_hidden_size
+        self.compiled = model.compile
         self.dense_h_to_4h = ColumnParallelLinear(
-            h, ffn, config=config, init_method=_normal(model.std), bias=True, gather_output=False
+            h, ffn, config=config, init_method=_uninitialised, bias=True, gather_output=False, skip_bias_add=True
         )
         self.dense_4h_to_h = RowParallelLinear(
             ffn,
             h,
             config=config,
-            init_method=_normal(model.output_std),
+            init_method=_uninitialised,
             bias=True,
             input_is_parallel=True,
             skip_bias_add=False,
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        intermediate, _ = self.dense_h_to_4h(hidden)
-        output, _ = self.dense_4h_to_h(F.gelu(intermediate, approximate="tanh"))
+        intermediate, bias = self.dense_h_to_4h(hidden)
+        compiled = self.compiled if self.compiled is not None else hidden.is_cuda
+        activated = (_compiled_bias_gelu if compiled else bias_gelu)(intermediate, bias)
+        output, _ = self.dense_4h_to_h(activated)
         return output
 
 
@@ -178,14 +162,17 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class BloomModel(nn.Module):
-    """The whole network in one module, for runs without pipeline parallelism (and tests)."""
+    """The whole network in one module, for runs without pipeline parallelism (and tests); its weights as
+    model/weights.py draws them from `seed`."""
 
-    def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
+    def __init__(self, model: ModelConfig, config: ModelParallelConfig, seed: int) -> None:
         super().__init__()
         self.word_embeddings = BloomEmbedding(model, config)
         self.word_embeddings_layernorm = BloomLayerNorm(model)
         self.blocks = nn.ModuleList(BloomBlock(model, config) for _ in range(model.num_layers))
         self.final_norm = BloomLayerNorm(model)
+        tp, tp_rank = config.tensor_model_parallel_size, parallel_state.get_tensor_model_parallel_rank()
+        initialize(self.named_parameters(), model, seed, tp, tp_rank)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden = self.word_embeddings_layernorm(self.word_embeddings(tokens))

@@ -1,13 +1,22 @@
-"""The shape of a BLOOM model: the schema behind `conf/model/*.yaml`."""
+"""The shape of a BLOOM model and the kernels it runs with: the schema behind `conf/model/*.yaml`."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 from tokenizer.vocab import padded_vocab_size
 
 BLOOM_VOCABULARY = 250_680  # BLOOM's tokenizer; its embedding is padded to 250,880 under TP4
+
+
+class Attention(Enum):
+    """The attention kernel (model/attention.py); auto: flex on a GPU, sdpa on CPU."""
+
+    auto = "auto"
+    flex = "flex"
+    sdpa = "sdpa"
 
 
 @dataclass
@@ -25,10 +34,18 @@ class ModelConfig:
     attention_dropout: float = 0.0
     # None: BLOOM's sqrt(1 / (3 h)); output projections get it / sqrt(2 * layers), as Megatron does.
     init_std: float | None = None
+    attention: Attention = Attention.auto
+    # torch.compile of each block's bias + GeLU (one kernel, its input kept for backward); None: on a GPU only.
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         if min(self.num_layers, self.hidden_size, self.num_heads, self.seq_length) < 1 or self.vocab_size < 0:
             raise ValueError(f"model {self.name}: layers, hidden size, heads and sequence must be positive")
+        if self.attention == Attention.flex and self.attention_dropout:
+            raise ValueError(
+                f"model.attention=flex has no dropout but model.attention_dropout={self.attention_dropout}: use "
+                "model.attention=sdpa (or auto), or model.attention_dropout=0"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}: "

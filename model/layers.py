@@ -1,5 +1,6 @@
-"""BLOOM's layers in pipeline order, without torch: what the pipeline specs build (model/pipeline.py), what the plan
-cuts into stages (launch/plan/stages.py), and how each layer's parameter names map to `BloomModel`'s.
+"""BLOOM's layers in pipeline order and its parameters' names, without torch: what the pipeline specs build
+(model/pipeline.py), what the plan cuts into stages (launch/plan/stages.py), how each layer's parameter names map to
+`BloomModel`'s, and which dimension of each parameter tensor parallelism splits.
 
 The word embedding appears twice, tied: first (tokens → vectors) and last (vectors → logits). A pipeline module
 names parameters by layer index (`3.mlp.dense_h_to_4h.weight`), except the tied embedding, which it keeps under
@@ -65,3 +66,22 @@ def model_name(parameter: str, num_layers: int) -> str:
         LayerKind.final_norm: "final_norm.",
     }[kind]
     return prefix + rest
+
+
+# Where tensor parallelism splits each parameter (by name suffix): column-parallel layers and the embedding by
+# rows (dim 0), row-parallel layers by columns (dim 1). Everything else (LayerNorms, row-parallel biases) is whole
+# on every TP rank.
+_TP_SPLIT = {
+    "word_embeddings.weight": 0,
+    "query_key_value.weight": 0,
+    "query_key_value.bias": 0,
+    "dense_h_to_4h.weight": 0,
+    "dense_h_to_4h.bias": 0,
+    "self_attention.dense.weight": 1,
+    "dense_4h_to_h.weight": 1,
+}
+
+
+def tp_split_dim(name: str) -> int | None:
+    """The dimension tensor parallelism splits parameter `name` along, or None if every TP rank holds all of it."""
+    return next((dim for suffix, dim in _TP_SPLIT.items() if name == suffix or name.endswith("." + suffix)), None)

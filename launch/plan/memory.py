@@ -18,7 +18,7 @@ On a GPU the total adds the CUDA context and NCCL buffers and the caching alloca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from launch.config.schemas import ParallelConfig, Precision, TrainConfig
 from launch.plan.arithmetic import block_parameters
@@ -26,7 +26,7 @@ from launch.plan.hardware import GIB
 from launch.plan.layout import ParallelLayout
 from launch.plan.stages import Stage, pipeline_stages
 from launch.plan.zero import effective_zero_stage
-from model.config import ModelConfig
+from model.config import Attention, ModelConfig
 
 REDUCE_BUCKET = 500_000_000  # gradient elements DeepSpeed flattens at once for the data-parallel all-reduce
 
@@ -79,15 +79,16 @@ class Implementation:
     fragmentation: float  # the allocator's fragmentation, a share of the tensors
 
 
-# corolla on GPUs: scaled_dot_product_attention with a float bias runs the memory-efficient kernel, which keeps Q, K, V
-# (views of the QKV output) and its output (copied again for the output projection), not the scores.
+# corolla on GPUs: flex attention (model/attention.py) keeps Q, K, V (views of the QKV output) and its output (copied
+# again for the output projection), neither the scores nor an ALiBi bias; the compiled bias + GeLU keeps its input,
+# and the MLP's second layer the GeLU's output, as the eager pair did.
 COROLLA_GPU = Implementation(
     "corolla",
     embedding_is_a_block=True,
     kept_whole=4,
     kept_split=13,
     score_copies=0,
-    alibi_bias=True,
+    alibi_bias=False,
     low_precision_grads=True,
     gathers_weights=True,
     flat_gradient_copy=True,
@@ -95,6 +96,17 @@ COROLLA_GPU = Implementation(
     framework_gib=2.0,
     fragmentation=0.10,
 )
+# ... with scaled_dot_product_attention (model.attention=sdpa, or attention dropout): the memory-efficient kernel keeps
+# what flex attention does, and each block caches its ALiBi + causal bias.
+COROLLA_GPU_SDPA = replace(COROLLA_GPU, name="corolla-sdpa", alibi_bias=True)
+
+
+def corolla_on_gpus(model: ModelConfig) -> Implementation:
+    """What corolla keeps training `model` on GPUs, by the attention kernel it runs there."""
+    flex = model.attention == Attention.flex or (model.attention == Attention.auto and not model.attention_dropout)
+    return COROLLA_GPU if flex else COROLLA_GPU_SDPA
+
+
 # corolla on CPU: the math kernel copies Q, K, V and keeps the softmax [b, heads, s, s]; no CUDA, no foreach AdamW.
 COROLLA_CPU = Implementation(
     "corolla-cpu",

@@ -16,7 +16,7 @@ from launch.config.schemas import PLANNED_MICRO_BATCHES, TrainConfig
 from launch.plan.arithmetic import hardware_flops_per_step
 from launch.plan.hardware import GIB, Hardware
 from launch.plan.layout import ParallelLayout
-from launch.plan.memory import COROLLA_GPU, Candidate, Implementation, MemoryEstimate, estimate_memory
+from launch.plan.memory import Candidate, Implementation, MemoryEstimate, corolla_on_gpus, estimate_memory
 from launch.plan.step_time import StepTime, estimate_step_time
 from model.config import ModelConfig
 
@@ -65,8 +65,9 @@ class Plan:
 
 
 def evaluate(
-    model: ModelConfig, candidate: Candidate, hardware: Hardware, implementation: Implementation = COROLLA_GPU
+    model: ModelConfig, candidate: Candidate, hardware: Hardware, implementation: Implementation | None = None
 ) -> Plan:
+    implementation = implementation or corolla_on_gpus(model)
     memory = estimate_memory(model, candidate, implementation)
     time = estimate_step_time(model, candidate, hardware, implementation)
     flops = hardware_flops_per_step(
@@ -125,7 +126,7 @@ def plan_layouts(
     gpus: int,
     micro_batches: tuple[int, ...] | list[int] = PLANNED_MICRO_BATCHES,
     zero_stage: int = 1,
-    implementation: Implementation = COROLLA_GPU,
+    implementation: Implementation | None = None,
 ) -> list[Plan]:
     """Every valid candidate on `gpus` GPUs of `hardware`, evaluated and ranked."""
     found = candidates(model, train, gpus, hardware.gpus_per_node, micro_batches, zero_stage)

@@ -3,6 +3,7 @@ and the checks that megatron's process groups, DeepSpeed's topology and pipeline
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import deepspeed
@@ -16,7 +17,9 @@ from launch.plan.schedules import lr_at
 from launch.train import compat
 from model.bloom import parallel_config
 from model.config import ModelConfig
+from model.layers import model_name
 from model.pipeline import pipeline_module
+from model.weights import initialize
 
 
 def global_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -119,9 +122,11 @@ def build_engine(model: ModelConfig, plan: RunPlan, train: TrainConfig, activati
     """The rank's engine: its pipeline stage, AdamW, the LR schedule (a function of the step)."""
     model = replace(model, vocab_size=plan.vocab_size)
     dtype = torch.bfloat16 if train.precision == Precision.bf16 else torch.float32
-    module = pipeline_module(
-        model, parallel_config(dtype), plan.layout.pp, plan.layout.dp, seed, activation_checkpointing
-    )
+    config = parallel_config(dtype)
+    module = pipeline_module(model, config, plan.layout.pp, plan.layout.dp, seed, activation_checkpointing)
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    names = functools.partial(model_name, num_layers=model.num_layers)
+    initialize(module.named_parameters(), model, seed, plan.layout.tp, tp_rank, names)
     optimizer = _optimizer(module, train, plan.zero_stage)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, train) / train.lr)
     engine, _, _, _ = deepspeed.initialize(

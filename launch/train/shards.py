@@ -4,7 +4,7 @@ The first data-parallel rank of each (tensor, pipeline) rank pair writes one fil
 pipeline stage, its tensor-parallel slice of the fp32 master weight and of both Adam moments, whole over data
 parallelism (ZeRO-1's partitions are gathered first). Names are the pipeline module's, which number layers
 globally, so a stage of another layout finds its parameters by name; a slice for another TP width is cut from the
-slices joined along the dimension tensor parallelism splits (`model.bloom.tp_split_dim`). Nothing is recomputed or
+slices joined along the dimension tensor parallelism splits (`model.layers.tp_split_dim`). Nothing is recomputed or
 rounded, so a run resumed on another layout continues from exactly the numbers it stopped with.
 """
 
@@ -25,7 +25,7 @@ from megatron.core import parallel_state
 from launch.plan.layout import ParallelLayout
 from launch.rundir.files import shard_file
 from launch.train import compat
-from model.bloom import tp_split_dim
+from model.layers import tp_split_dim
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 KEYS = ("weight", *MOMENTS)

@@ -15,8 +15,9 @@ from launch.plan.layout import ParallelLayout
 from launch.plan.stages import pipeline_stages, stage_cut
 from launch.rundir.files import RUN_FILE, shard_file
 from launch.train.shards import KEYS, ShardError, ShardReader
-from model.bloom import BloomBlock, tp_split_dim
+from model.bloom import BloomBlock
 from model.config import ModelConfig
+from model.layers import tp_split_dim
 from model.pipeline import PARTITION, layer_specs
 
 # Six layers, so that four pipeline stages each hold a block; fp32 and no dropout, so that layouts agree to 1e-5.

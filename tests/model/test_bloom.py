@@ -11,7 +11,8 @@ from transformers import BloomConfig, BloomForCausalLM
 from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
 
 from launch.train.device import seed_everything
-from model.bloom import BloomModel, alibi_slopes, parallel_config
+from model.attention import alibi_slopes
+from model.bloom import BloomModel, parallel_config
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict
 
@@ -35,7 +36,7 @@ def _step(tensor_parallel: int, shape: ModelConfig = SHAPE) -> dict:
     parallel_state.initialize_model_parallel(tensor_parallel, 1, create_gloo_process_groups=False)
     try:
         seed_everything(1234)
-        model = BloomModel(shape, parallel_config())
+        model = BloomModel(shape, parallel_config(), seed=1234)
         batch = torch.randint(
             0, shape.vocab_size, (3, shape.seq_length + 1), generator=torch.Generator().manual_seed(7)
         )

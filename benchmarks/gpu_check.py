@@ -1,0 +1,380 @@
+"""corolla on one GPU, measured: its BLOOM against transformers', its two attention kernels against each other, and
+its training step (the DeepSpeed engine `corolla train` builds) against transformers' and the planner's estimates.
+
+    benchmarks/gpu_check.sh OUT_DIR              # on the GPU machine: installs .gpu-bundle/, then runs this
+    python benchmarks/gpu_check.py OUT_DIR       # where corolla's dependencies are installed
+    python benchmarks/gpu_check.py --smoke OUT   # tiny shapes on CPU: the same code path, for tests
+
+Prints each figure and writes OUT_DIR/gpu_check.json:
+- device: name, memory, the peak bf16 TFLOP/s MFU is measured against;
+- correctness: max |difference| of bloom-560m-shaped logits (random weights) against BloomForCausalLM with the same
+  weights in fp32, and in bf16 beside transformers' own fp32-to-bf16 spread; flex attention against SDPA (logits and
+  gradients); three fp32 AdamW steps of corolla against transformers (losses);
+- runs: bloom-560m and bloom-1b7, bf16, sequence 2048, for a few micro-batches, activation checkpointing on and off,
+  flex and SDPA: tokens/s, model TFLOP/s and MFU, peak CUDA memory and time a step against the planner's estimates
+  (launch/plan/memory.py, step_time.py), and transformers' BloomForCausalLM on the same shape and batch (baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from megatron.core import parallel_state  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from launch.config.cluster import ClusterConfig  # noqa: E402
+from launch.config.data import DataConfig  # noqa: E402
+from launch.config.schemas import ParallelConfig, Precision, TrackingConfig, TrainConfig, TrainJob  # noqa: E402
+from launch.data.facts import DataFacts  # noqa: E402
+from launch.plan.arithmetic import model_flops_per_step  # noqa: E402
+from launch.plan.hardware import Hardware  # noqa: E402
+from launch.plan.layout import ParallelLayout  # noqa: E402
+from launch.plan.memory import Candidate, corolla_on_gpus, estimate_memory  # noqa: E402
+from launch.plan.run_plan import make_plan  # noqa: E402
+from launch.plan.step_time import estimate_step_time  # noqa: E402
+from launch.train import compat  # noqa: E402
+from launch.train.device import init_distributed, seed_everything  # noqa: E402
+from launch.train.engine import build_engine  # noqa: E402
+from launch.train.loop import pairs  # noqa: E402
+from model.bloom import BloomModel, lm_loss, parallel_config  # noqa: E402
+from model.config import BLOOM_VOCABULARY, Attention, ModelConfig  # noqa: E402
+from model.hf import hf_config, to_hf_state_dict  # noqa: E402
+from tokenizer.config import TokenizerConfig  # noqa: E402
+
+GIB = 1024**3
+SEED = 1234
+# H200 / H100 SXM dense bf16 peak, by the vendor's datasheet (MFU is measured against it).
+PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}
+
+
+@dataclass(frozen=True)
+class Setting:
+    model: str
+    micro_batch: int
+    activation_checkpointing: bool
+    attention: Attention
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What a check runs at: on the GPU, BLOOM's shapes; with --smoke, tiny ones on CPU."""
+
+    correctness_model: str
+    correctness_seq: int
+    vocab_size: int
+    seq_length: int
+    micro_batches: int  # a step's micro-batches (gradient accumulation)
+    warmup_steps: int
+    timed_steps: int
+    settings: tuple[Setting, ...]  # transformers' baseline runs once for each model, micro-batch and checkpointing
+
+
+GPU = Scale(
+    correctness_model="bloom-560m",
+    correctness_seq=512,
+    vocab_size=BLOOM_VOCABULARY,
+    seq_length=2048,
+    micro_batches=2,
+    warmup_steps=2,
+    timed_steps=4,
+    settings=(  # shapes flex attention compiles for: two (a recompiled kernel costs ~half a minute)
+        Setting("bloom-560m", 8, False, Attention.flex),
+        Setting("bloom-560m", 8, False, Attention.sdpa),
+        Setting("bloom-1b7", 4, False, Attention.flex),
+        Setting("bloom-1b7", 4, True, Attention.flex),
+    ),
+)
+SMOKE = Scale(
+    correctness_model="bloom-tiny",
+    correctness_seq=32,
+    vocab_size=1000,
+    seq_length=32,
+    micro_batches=2,
+    warmup_steps=1,
+    timed_steps=1,
+    settings=(Setting("bloom-tiny", 2, False, Attention.sdpa), Setting("bloom-tiny", 2, True, Attention.sdpa)),
+)
+
+
+def published_shape(name: str, scale: Scale, seq_length: int) -> ModelConfig:
+    """conf/model/NAME.yaml's shape (read without Hydra, which the GPU machine lacks), at the check's vocabulary."""
+    written = OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml")
+    shape = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), written))
+    return replace(shape, vocab_size=scale.vocab_size, seq_length=seq_length)
+
+
+def join_process_group() -> torch.device:
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
+    os.environ.setdefault("MASTER_PORT", "29541")
+    init_distributed(timeout_s=600)
+    parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 comparisons in fp32
+    torch.backends.cudnn.allow_tf32 = False
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def device_info(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {"name": "cpu", "memory_gib": None, "peak_bf16_tflops": None}
+    properties = torch.cuda.get_device_properties(device)
+    peak = next((tflops for key, tflops in PEAK_TFLOPS.items() if key in properties.name), None)
+    return {"name": properties.name, "memory_gib": round(properties.total_memory / GIB, 1), "peak_bf16_tflops": peak}
+
+
+def batch_of(shape: ModelConfig, rows: int, device: torch.device, seed: int = 7) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, shape.vocab_size, (rows, shape.seq_length + 1), generator=generator).to(device)
+
+
+def corolla_model(shape: ModelConfig, dtype: torch.dtype, device: torch.device) -> BloomModel:
+    return BloomModel(shape, parallel_config(dtype), seed=SEED).to(device)
+
+
+def hf_model(shape: ModelConfig, corolla: BloomModel, dtype: torch.dtype, device: torch.device):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    state = {name: tensor for name, tensor in corolla.state_dict().items() if isinstance(tensor, torch.Tensor)}
+    model = BloomForCausalLM(BloomConfig(**hf_config(shape, shape.padded_vocab_size(1))))
+    model.load_state_dict({name: tensor.float() for name, tensor in to_hf_state_dict(state).items()})
+    return model.to(device=device, dtype=dtype)
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def logits_against_transformers(shape: ModelConfig, device: torch.device) -> dict:
+    inputs = batch_of(shape, 2, device)[:, :-1]
+    with torch.no_grad():
+        ours = corolla_model(shape, torch.float32, device).eval()
+        reference = hf_model(shape, ours, torch.float32, device).eval()
+        expected = reference(inputs).logits.float()
+        fp32 = max_difference(ours(inputs), expected)
+        ours_bf16 = corolla_model(shape, torch.bfloat16, device).eval()
+        bf16 = max_difference(ours_bf16(inputs), expected)
+        spread = max_difference(reference.to(torch.bfloat16)(inputs).logits, expected)
+    return {"logits_fp32": fp32, "logits_bf16": bf16, "transformers_bf16_spread": spread}
+
+
+def kernels_against_each_other(shape: ModelConfig, device: torch.device) -> dict:
+    """Flex attention against SDPA in the same model: logits and every parameter's gradient (forward only on CPU,
+    where flex attention has no backward)."""
+    batch = batch_of(shape, 2, device)
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        outputs = {}
+        for attention in (Attention.flex, Attention.sdpa):
+            model = corolla_model(replace(shape, attention=attention), dtype, device)
+            with torch.set_grad_enabled(device.type == "cuda"):
+                logits = model(batch[:, :-1])
+                grads = []
+                if device.type == "cuda":
+                    lm_loss(logits, batch[:, 1:]).backward()
+                    grads = [parameter.grad.float() for parameter in model.parameters()]
+            outputs[attention] = (logits.detach().float(), grads)
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        (flex, flex_grads), (sdpa, sdpa_grads) = outputs[Attention.flex], outputs[Attention.sdpa]
+        results[f"flex_vs_sdpa_logits_{name}"] = max_difference(flex, sdpa)
+        if flex_grads:
+            results[f"flex_vs_sdpa_gradients_{name}"] = max(map(max_difference, flex_grads, sdpa_grads))
+    return results
+
+
+def transformers_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    logits = model(batch[:, :-1]).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+
+def steps_against_transformers(shape: ModelConfig, device: torch.device, steps: int = 3) -> dict:
+    """fp32 AdamW steps of corolla's BLOOM and transformers' from the same weights on the same batches."""
+    ours = corolla_model(shape, torch.float32, device)
+    reference = hf_model(shape, ours, torch.float32, device)
+    losses = {
+        "corolla": (ours, ours.loss),
+        "transformers": (reference, lambda batch: transformers_loss(reference, batch)),
+    }
+    optimizers = {
+        name: torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0) for name, (model, _) in losses.items()
+    }
+    differences = []
+    for step in range(steps):
+        batch = batch_of(shape, 2, device, seed=100 + step)
+        values = {}
+        for name, (_, loss_of) in losses.items():
+            loss = loss_of(batch)
+            loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad()
+            values[name] = loss.item()
+        differences.append(abs(values["corolla"] - values["transformers"]))
+    return {"training_steps_fp32": max(differences), "training_steps": steps}
+
+
+def correctness(scale: Scale, device: torch.device) -> dict:
+    shape = published_shape(scale.correctness_model, scale, scale.correctness_seq)
+    return {
+        **logits_against_transformers(shape, device),
+        **kernels_against_each_other(shape, device),
+        **steps_against_transformers(shape, device),
+    }
+
+
+def hardware_of(device: dict) -> Hardware:
+    """The planner's view of this GPU: its memory and peak; NVLink and HBM by the datasheet (one GPU: unused)."""
+    return Hardware(
+        device["name"],
+        gpus_per_node=1,
+        gpu_memory_gib=device["memory_gib"] or 1.0,
+        peak_tflops=device["peak_bf16_tflops"] or 1.0,
+        memory_bandwidth_gbps=4800.0,
+        intra_node_gbps=450.0,
+        inter_node_gbps=50.0,
+    )
+
+
+def train_job(shape: ModelConfig, setting: Setting, scale: Scale) -> TrainJob:
+    train = TrainConfig(
+        steps=scale.warmup_steps + scale.timed_steps,
+        micro_batch=setting.micro_batch,
+        global_batch=setting.micro_batch * scale.micro_batches,
+        precision=Precision.bf16,
+        warmup_steps=1,
+    )
+    parallel = ParallelConfig(activation_checkpointing=setting.activation_checkpointing)
+    data = DataConfig(tokens_dir="-")
+    return TrainJob(shape, TokenizerConfig(), parallel, data, train, TrackingConfig(), ClusterConfig())
+
+
+def timed(step, warmup: int, timed_steps: int, device: torch.device) -> float:
+    """Seconds a step, the mean of `timed_steps` after `warmup` (compilation, allocator warm-up)."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(timed_steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / timed_steps
+
+
+def reset_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The allocator's peak, plus what the device holds beyond the allocator (CUDA context, NCCL buffers)."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    outside = total - free - torch.cuda.memory_reserved(device)
+    return round((torch.cuda.max_memory_reserved(device) + outside) / GIB, 2)
+
+
+def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict) -> dict:
+    shape = replace(published_shape(setting.model, scale, scale.seq_length), attention=setting.attention)
+    job = train_job(shape, setting, scale)
+    plan = make_plan(job, world_size=1, data=DataFacts(shape.vocab_size, None))
+    reset_memory(device)
+    seed_everything(SEED)
+    engine = build_engine(shape, plan, job.train, setting.activation_checkpointing, SEED)
+    batch = batch_of(shape, job.train.global_batch, device)
+
+    def step() -> None:
+        engine.train_batch(data_iter=pairs(batch.split(setting.micro_batch)))
+
+    seconds = timed(step, scale.warmup_steps, scale.timed_steps, device)
+    peak = peak_memory_gib(device)
+    model = replace(shape, vocab_size=plan.vocab_size)
+    tflops = model_flops_per_step(model, job.train.global_batch) / seconds / 1e12
+    candidate = Candidate.of(ParallelLayout(), job.train, job.parallel)
+    hardware = hardware_of(info)
+    implementation = corolla_on_gpus(model)
+    return {
+        **{key: value.value if isinstance(value, Attention) else value for key, value in asdict(setting).items()},
+        "global_batch": job.train.global_batch,
+        "tokens_per_second": round(job.train.global_batch * shape.seq_length / seconds, 1),
+        "model_tflops": round(tflops, 1),
+        "mfu": round(tflops / info["peak_bf16_tflops"], 3) if info["peak_bf16_tflops"] else None,
+        "peak_memory_gib": peak,
+        "estimated_memory_gib": round(estimate_memory(model, candidate, implementation).total / GIB, 2),
+        "step_time_s": round(seconds, 3),
+        "estimated_step_time_s": round(estimate_step_time(model, candidate, hardware, implementation).total, 3),
+    }
+
+
+def baseline_tokens_per_second(setting: Setting, scale: Scale, device: torch.device) -> float:
+    """transformers' BloomForCausalLM in bf16 with torch's AdamW, the same shape, batch and micro-batches."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    shape = published_shape(setting.model, scale, scale.seq_length)
+    reset_memory(device)
+    model = BloomForCausalLM(BloomConfig(**hf_config(shape, shape.padded_vocab_size(1)))).to(device, torch.bfloat16)
+    if setting.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = batch_of(shape, setting.micro_batch * scale.micro_batches, device)
+
+    def step() -> None:
+        for micro in batch.split(setting.micro_batch):
+            logits = model(micro[:, :-1]).logits
+            F.cross_entropy(logits.float().flatten(0, 1), micro[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    seconds = timed(step, scale.warmup_steps, scale.timed_steps, device)
+    return round(len(batch) * shape.seq_length / seconds, 1)
+
+
+def write(report: dict, out_dir: Path) -> None:
+    """After each part, so that a check cut short by its time limit still leaves what it measured."""
+    (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def main(out_dir: Path, smoke: bool) -> dict:
+    compat.check_versions(("torch", "deepspeed", "megatron-core"))
+    scale = SMOKE if smoke else GPU
+    device = join_process_group()
+    if device.type != "cuda" and not smoke:
+        raise SystemExit("gpu_check: no GPU here (pass --smoke for the CPU code path)")
+    torch._dynamo.config.cache_size_limit = 32  # every shape, dtype and grad mode compiles flex attention anew
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = device_info(device)
+    report: dict = {"device": info, "correctness": correctness(scale, device), "runs": []}
+    print(json.dumps(report, indent=1), flush=True)
+    write(report, out_dir)
+    baselines: dict[tuple, float] = {}
+    for setting in scale.settings:
+        key = (setting.model, setting.micro_batch, setting.activation_checkpointing)
+        if key not in baselines:
+            baselines[key] = baseline_tokens_per_second(setting, scale, device)
+        run = {**corolla_run(setting, scale, device, info), "baseline_tokens_per_second": baselines[key]}
+        report["runs"].append(run)
+        print(json.dumps(run), flush=True)
+        write(report, out_dir)
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: the code path, not the figures")
+    arguments = parser.parse_args()
+    main(arguments.out_dir, arguments.smoke)

@@ -1,0 +1,97 @@
+"""BLOOM's attention kernels: ALiBi + causal attention of one TP rank's heads, [batch, heads, seq, head_dim] in and out.
+
+- flex: `torch.nn.attention.flex_attention`, compiled, with ALiBi as a score modification and causality as a block
+  mask: FlashAttention-class speed, nothing [heads, seq, seq] kept. PyTorch runs it forward only on CPU, and it has
+  no dropout.
+- sdpa: `scaled_dot_product_attention` with ALiBi and causality as a float mask (the memory-efficient kernel on a GPU,
+  the math one on CPU), which each layer keeps: the fallback, and what attention dropout needs.
+The two give the same outputs and gradients (tests/model/test_attention.py); `auto` takes flex on a GPU, sdpa on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import get_cuda_rng_tracker
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from model.config import Attention
+
+_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes: a geometric series from 2^(-8/n); for n not a power of two, the series of the
+    nearest lower power of two, then every other slope of the series for twice that many heads."""
+
+    def series(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    power = 2 ** math.floor(math.log2(num_heads))
+    slopes = series(power) + series(2 * power)[0::2][: num_heads - power]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def kernel_for(attention: Attention, device: torch.device, dropout: float) -> Attention:
+    """The kernel a forward pass runs: auto takes flex on a GPU, unless attention dropout is on."""
+    if attention == Attention.auto:
+        return Attention.flex if device.type == "cuda" and not dropout else Attention.sdpa
+    if attention == Attention.flex and device.type != "cuda" and torch.is_grad_enabled():
+        raise ValueError(
+            "model.attention=flex trains on GPUs only (PyTorch's flex attention has no backward on CPU): use "
+            "model.attention=auto or sdpa"
+        )
+    return attention
+
+
+def alibi_bias(slopes: torch.Tensor, seq: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """ALiBi + causal mask as a float bias, [heads, queries, keys]: slope x key position (softmax ignores a per-query
+    offset), -inf above the diagonal."""
+    positions = torch.arange(seq, device=device, dtype=torch.float32)
+    alibi = slopes.to(device)[:, None, None] * positions
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()
+    return alibi.masked_fill(~causal, float("-inf")).to(dtype)
+
+
+def sdpa_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, dropout: float
+) -> torch.Tensor:
+    # Heads differ per TP rank, so their dropout masks must too: drawn from the tensor-parallel RNG.
+    with get_cuda_rng_tracker().fork() if dropout else contextlib.nullcontext():
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+
+
+@functools.cache
+def alibi_score_mod(slopes: tuple[float, ...], device: torch.device):
+    """ALiBi as flex attention's score modification; one function per set of slopes, so that every layer of a rank
+    shares one compiled kernel."""
+    table = torch.tensor(slopes, dtype=torch.float32, device=device)
+
+    def alibi(score, batch, head, query_index, key_index):
+        return score + table[head] * key_index
+
+    return alibi
+
+
+def _causal(batch, head, query_index, key_index):
+    return query_index >= key_index
+
+
+@functools.cache
+def causal_block_mask(seq: int, device: torch.device) -> BlockMask:
+    return create_block_mask(_causal, None, None, seq, seq, device=device)
+
+
+def flex_attention_alibi(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slopes: tuple[float, ...]
+) -> torch.Tensor:
+    """Compiled on a GPU (the fused kernel); on CPU, PyTorch's unfused reference (forward only there)."""
+    score_mod = alibi_score_mod(slopes, query.device)
+    mask = causal_block_mask(query.shape[-2], query.device)
+    attend = _compiled_flex_attention if query.is_cuda else flex_attention
+    return attend(query, key, value, score_mod=score_mod, block_mask=mask)

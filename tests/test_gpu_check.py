@@ -1,0 +1,92 @@
+"""The GPU check, ready for a GPU: its bundle holds every package it imports that the GPU machine lacks, within the
+size that travels, and its code runs end to end on CPU at tiny shapes (--smoke). Its figures come from a GPU."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+LIMIT_BYTES = 64 * 1024**2  # what travels to the GPU machine: the repository and what it carries
+GPU_IMAGE = REPO_ROOT / "benchmarks" / "gpu_image_packages.txt"
+
+
+def normalised(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu-bundle.sh")], check=True, timeout=900)
+    return REPO_ROOT / ".gpu-bundle"
+
+
+def site_with(distributions: set[str], folder: Path) -> Path:
+    """A site-packages of links to the installed files of `distributions` only (their metadata included)."""
+    folder.mkdir()
+    for dist in importlib.metadata.distributions():
+        if normalised(dist.metadata["Name"]) not in distributions:
+            continue
+        for top in {Path(str(path)).parts[0] for path in dist.files or []} - {".."}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (folder / top).exists():
+                (folder / top).symlink_to(source)
+    return folder
+
+
+def test_the_bundle_holds_what_the_check_imports_and_the_gpu_machine_lacks(bundle: Path, tmp_path: Path) -> None:
+    """The check's imports in a Python holding nothing but the GPU machine's packages and the bundle's: optional
+    imports of anything else are skipped there, required ones fail."""
+    image = {normalised(line) for line in GPU_IMAGE.read_text().splitlines() if line and not line.startswith("#")}
+    bundled = {normalised(wheel.name.split("-")[0]) for wheel in bundle.glob("*.whl")}
+    site = site_with(image | bundled, tmp_path / "site")
+    probe = "import json, sys; import benchmarks.gpu_check; print(json.dumps(sorted(sys.modules)))"
+    environment = {"PYTHONPATH": f"{site}:{REPO_ROOT}", "PATH": os.environ["PATH"]}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, env=environment
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = {module.split(".")[0] for module in json.loads(result.stdout.strip().splitlines()[-1])}
+    owners = importlib.metadata.packages_distributions()
+    used = {normalised(dist) for module in loaded for dist in owners.get(module, [])}
+    assert sorted(bundled - used) == []  # nothing carried for nothing
+
+
+def test_the_bundle_and_the_repository_fit_what_travels(bundle: Path) -> None:
+    tracked = subprocess.run(["git", "ls-files", "-z"], capture_output=True, cwd=REPO_ROOT, check=True).stdout
+    repository = sum((REPO_ROOT / name).stat().st_size for name in tracked.decode().split("\0") if name)
+    wheels = sum(path.stat().st_size for path in bundle.glob("*.whl"))
+    assert repository + wheels < LIMIT_BYTES / 4, (repository, wheels)
+
+
+def test_the_check_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
+    script = REPO_ROOT / "benchmarks" / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script), "--smoke", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    correctness = report["correctness"]
+    assert correctness["logits_fp32"] < 1e-4 and correctness["training_steps_fp32"] < 1e-4
+    assert correctness["flex_vs_sdpa_logits_fp32"] < 1e-4
+    assert correctness["logits_bf16"] < 10 * correctness["transformers_bf16_spread"]
+    keys = {
+        "model",
+        "attention",
+        "micro_batch",
+        "activation_checkpointing",
+        "tokens_per_second",
+        "mfu",
+        "peak_memory_gib",
+        "estimated_memory_gib",
+        "step_time_s",
+        "estimated_step_time_s",
+        "baseline_tokens_per_second",
+    }
+    assert len(report["runs"]) == 2 and all(keys <= set(run) for run in report["runs"])
+    assert all(run["tokens_per_second"] > 0 and run["baseline_tokens_per_second"] > 0 for run in report["runs"])
