@@ -2,8 +2,9 @@
 
 Rows (launch/plan/calibration.py): BLOOM-176B on 384 A100s of Jean Zay (~105 s an iteration, ~150 TFLOP/s), and
 Megatron-LM's A100 weak-scaling table (Narayanan et al. 2021, Table 1; the time a step there follows from the
-published TFLOP/s). Then where BLOOM's own layout stands among every layout `corolla plan` considers (arithmetic
-only: no GPU needed, a second or two), and the time to reshard a checkpoint offline as the model grows
+published TFLOP/s); corolla's own runs on one H200, measured by benchmarks/gpu_check.sh (memory and time). Then where
+BLOOM's own layout stands among every layout `corolla plan` considers (arithmetic only: no GPU needed, a second or
+two), and the time to reshard a checkpoint offline as the model grows
 (benchmarks/reshard_time.py: real files, a minute or two).
 
     .venv/bin/python benchmarks/plan_vs_published.py
@@ -21,7 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from reshard_time import reshard_section  # noqa: E402
 
-from launch.plan.calibration import bloom_176b, published_runs  # noqa: E402
+from launch.plan.calibration import bloom_176b, measured_runs, published_runs  # noqa: E402
 from launch.plan.ranking import best_per_layout, describe, evaluate, plan_layouts  # noqa: E402
 
 
@@ -47,6 +48,21 @@ def published_runs_section() -> None:
     print(f"ratios of time per step from {min(ratios):.3f} to {max(ratios):.3f} (target: within 0.85 to 1.15)\n")
 
 
+def measured_runs_section() -> None:
+    print("== corolla on one H200, measured by benchmarks/gpu_check.sh: predicted / measured\n")
+    print(
+        f"{'run':<28} {'measured s':>10} {'predicted s':>11} {'ratio':>6}  "
+        f"{'measured GiB':>12} {'predicted GiB':>13} {'ratio':>6}"
+    )
+    for run in measured_runs():
+        plan = evaluate(run.model, run.candidate, run.hardware, run.implementation)
+        print(
+            f"{run.name:<28} {run.step_s:>10.3f} {plan.time.total:>11.3f} {plan.time.total / run.step_s:>6.3f}  "
+            f"{run.peak_memory_gib:>12.2f} {plan.memory_gib:>13.2f} {plan.memory_gib / run.peak_memory_gib:>6.3f}"
+        )
+    print("targets: memory within 0.90 to 1.10, time a step within 0.85 to 1.15\n")
+
+
 def bloom_layouts_section() -> None:
     run = bloom_176b()
     plans = plan_layouts(run.model, run.train, run.hardware, run.gpus, zero_stage=run.candidate.zero_stage)
@@ -66,6 +82,7 @@ def bloom_layouts_section() -> None:
 
 def main() -> None:
     published_runs_section()
+    measured_runs_section()
     bloom_layouts_section()
     reshard_section()
 

@@ -16,6 +16,8 @@
   gradients, master weights and Adam moments (18 bytes a parameter, no ZeRO); fp32 gradient all-reduce.
 - Megatron-Core on H100 (the Megatron-LM README's weak-scaling table) is not here: the README publishes its layouts
   only as an image.
+- corolla on one H200, measured by benchmarks/gpu_check.sh (marked measured, not published): bloom-560m and bloom-1b7
+  in bf16 at sequence 2048, the time a step and the CUDA peak memory.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import yaml
 from launch.config.compose import compose_job
 from launch.config.schemas import PlanJob, Precision, TrainConfig
 from launch.plan.arithmetic import hardware_flops_per_step
-from launch.plan.hardware import A100_80GB, Hardware
+from launch.plan.hardware import A100_80GB, H200, Hardware
 from launch.plan.layout import ParallelLayout
-from launch.plan.memory import COROLLA_GPU, Candidate, Implementation
-from model.config import BLOOM_VOCABULARY, ModelConfig
+from launch.plan.memory import COROLLA_GPU, Candidate, Implementation, corolla_on_gpus
+from model.config import BLOOM_VOCABULARY, Attention, ModelConfig
 
 PUBLISHED = Path(__file__).with_name("published_runs.yaml")
 MEGATRON_LM_2021 = replace(
@@ -59,6 +61,7 @@ class PublishedRun:
     implementation: Implementation
     tflops_per_gpu: float  # as published: hardware FLOPs (recomputation counted) per second and GPU
     step_s: float | None = None  # as published; None: only the TFLOP/s were
+    peak_memory_gib: float | None = None  # measured runs: the CUDA peak of one GPU
 
     @property
     def gpus(self) -> int:
@@ -113,6 +116,30 @@ def megatron_runs() -> list[PublishedRun]:
         candidate = Candidate(layout, 1, batch, True, 0, train.precision)
         name = f"Megatron-LM {row['billions']}B"
         runs.append(PublishedRun(name, model, train, candidate, selene, MEGATRON_LM_2021, row["tflops_per_gpu"]))
+    return runs
+
+
+def measured_runs() -> list[PublishedRun]:
+    """corolla's own runs on one H200 (benchmarks/gpu_check.sh), each on its config's shape and the check's recipe."""
+    table = _published()["measured_h200"]
+    h200 = Hardware("h200", gpus_per_node=1, inter_node_gbps=50.0, **H200)
+    runs = []
+    for values in table["rows"]:
+        row = dict(zip(table["columns"], values, strict=True))
+        job: PlanJob = compose_job("plan", [f"model={row['model']}"])[1]
+        model = replace(job.model, vocab_size=BLOOM_VOCABULARY, seq_length=2048, attention=Attention(row["attention"]))
+        batch, checkpointing = 2 * row["micro_batch"], row["activation_checkpointing"]
+        train = TrainConfig(steps=1, micro_batch=row["micro_batch"], global_batch=batch, precision=Precision.bf16)
+        candidate = Candidate(ParallelLayout(), row["micro_batch"], batch, checkpointing, 1, train.precision)
+        flops = hardware_flops_per_step(model, batch, 1, checkpointing)
+        name = f"{row['model']} {row['attention']} mb{row['micro_batch']}{' ckpt' if checkpointing else ''}"
+        implementation = corolla_on_gpus(model)
+        tflops = flops / row["step_s"] / 1e12
+        runs.append(
+            PublishedRun(
+                name, model, train, candidate, h200, implementation, tflops, row["step_s"], row["peak_memory_gib"]
+            )
+        )
     return runs
 
 

@@ -44,3 +44,6 @@ class Hardware:
 # The GPU of the calibration runs (launch/plan/calibration.py) and conf/cluster/jean-zay-a100.yaml: A100 SXM4 80GB,
 # 312 TFLOP/s dense bf16, 2,039 GB/s HBM2e, NVLink 3 at 300 GB/s each way.
 A100_80GB = {"gpu_memory_gib": 80.0, "peak_tflops": 312.0, "memory_bandwidth_gbps": 2039.0, "intra_node_gbps": 300.0}
+# One H200 SXM 141GB, as the GPU check measures it (launch/plan/calibration.py's measured rows): 989.5 TFLOP/s dense
+# bf16, 4,800 GB/s HBM3e, NVLink 4 at 450 GB/s each way; the network figure is unused by a one-GPU run.
+H200 = {"gpu_memory_gib": 139.8, "peak_tflops": 989.5, "memory_bandwidth_gbps": 4800.0, "intra_node_gbps": 450.0}

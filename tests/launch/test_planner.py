@@ -12,7 +12,7 @@ from conftest import train_job
 from launch.config.schemas import ParallelConfig, Precision, TrainConfig
 from launch.data.facts import DataFacts
 from launch.plan.arithmetic import hardware_flops_per_step, parameter_count
-from launch.plan.calibration import bloom_176b, published_runs
+from launch.plan.calibration import bloom_176b, measured_runs, published_runs
 from launch.plan.hardware import A100_80GB, GIB, Hardware
 from launch.plan.layout import ParallelLayout
 from launch.plan.memory import COROLLA_GPU, Candidate, estimate_memory, stage_parameters
@@ -116,6 +116,14 @@ def test_published_runs_are_predicted_within_15_percent(name: str) -> None:
     assert plan.time.total == pytest.approx(run.published_step_s, rel=0.15)
     assert plan.tflops_per_gpu == pytest.approx(run.tflops_per_gpu, rel=0.15)
     assert plan.fits and plan.memory.total > 0.3 * run.hardware.gpu_memory_gib * GIB
+
+
+@pytest.mark.parametrize("run", measured_runs(), ids=lambda run: run.name)
+def test_memory_estimates_are_within_10_percent_of_the_peaks_measured_on_an_h200(run) -> None:
+    """The memory model against corolla's own CUDA peaks (benchmarks/gpu_check.sh); the time a step is reported by
+    benchmarks/plan_vs_published.py, not held to a bound here: the step-time model undershoots one GPU by 18-46%."""
+    plan = evaluate(run.model, run.candidate, run.hardware, run.implementation)
+    assert plan.memory_gib == pytest.approx(run.peak_memory_gib, rel=0.10)
 
 
 @pytest.mark.parametrize("name", RUNS)
