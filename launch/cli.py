@@ -77,9 +77,16 @@ COMMANDS = [
     ),
     Command(("pipeline",), "pipeline", "launch.jobs.main_job:run_main_job", "the main job: every stage, sample data"),
     Command(
+        ("checkpoint", "verify"),
+        "checkpoint_verify",
+        "launch.commands:verify_checkpoints",
+        "every checkpoint file against its hash",
+        positional="run_dir",
+    ),
+    Command(
         ("checkpoint", "reshard"),
         "checkpoint_reshard",
-        "launch.train.reshard:reshard",
+        "launch.commands:reshard",
         "a checkpoint for another TP x PP",
     ),
     Command(

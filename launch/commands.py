@@ -3,22 +3,45 @@ run's backend (local processes, or Slurm) is chosen."""
 
 from __future__ import annotations
 
-from launch.config.schemas import CancelJob, LogsJob, StatusJob, TrainJob
+from pathlib import Path
+
+from launch.config.schemas import CancelJob, LogsJob, ReshardJob, StatusJob, TrainJob, VerifyJob
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
 from launch.jobs.monitor import status_lines
+from launch.rundir.checkpoints import CheckpointError, complete_tags, verify
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import JOBS_FILE
+from launch.rundir.files import CHECKPOINTS, JOBS_FILE
+from launch.rundir.lock import holding
 from slurm.backend import SlurmBackend
+from slurm.client import latest_states
+from slurm.commands import SlurmError
+from slurm.jobs import recorded_jobs
+
+
+def live_slurm_job(run_dir: Path) -> str | None:
+    """A Slurm job of the run that is queued or running (None where Slurm cannot be asked: it runs none here)."""
+    try:
+        return next((state.job_id for state in latest_states(recorded_jobs(run_dir)) if state.live), None)
+    except SlurmError:
+        return None
 
 
 def backend_of(run: RunDirectory) -> Backend:
     """The backend that ran the run: Slurm, when it recorded the run's jobs."""
-    return SlurmBackend() if (run.path / JOBS_FILE).is_file() else LocalBackend()
+    return SlurmBackend() if (run.path / JOBS_FILE).is_file() else LocalBackend(live_slurm_job)
 
 
 def train(job: TrainJob, dry_run: bool = False) -> None:
-    LocalBackend().start(job, dry_run)
+    LocalBackend(live_slurm_job).start(job, dry_run)
+
+
+def reshard(job: ReshardJob) -> None:
+    """The offline reshard, as the run's one writer."""
+    from launch.train.reshard import reshard as reshard_checkpoint  # torch: only for this command
+
+    with holding(Path(job.run_dir), live_slurm_job):
+        reshard_checkpoint(job)
 
 
 def submit(job: TrainJob, dry_run: bool = False) -> None:
@@ -38,3 +61,25 @@ def show_logs(job: LogsJob) -> None:
 def cancel(job: CancelJob) -> None:
     run = RunDirectory.open(job.run_dir)
     backend_of(run).cancel(run)
+
+
+def verify_checkpoints(job: VerifyJob) -> None:
+    """Hashes every file of the run's checkpoints (or of one) against COMPLETE; a one-line error if one fails."""
+    directory = RunDirectory.open(job.run_dir).path / CHECKPOINTS
+    steps = [job.step] if job.step else [int(tag.removeprefix("step-")) for tag in complete_tags(directory)[0]]
+    if not steps:
+        raise ValueError(f"{directory} holds no complete checkpoint to verify")
+    failed = []
+    for step in steps:
+        try:
+            files, size, bad = verify(directory, step)
+        except CheckpointError as error:
+            files, size, bad = 0, 0, [str(error)]
+        verdict = f"FAILS ({', '.join(bad)})" if bad else "verified"
+        print(f"step {step:>8}: {files} files, {size / 1e6:,.1f} MB: {verdict}")
+        failed += [step] * bool(bad)
+    if failed:
+        raise ValueError(
+            f"{len(failed)} of {len(steps)} checkpoints fail their checksums (steps {', '.join(map(str, failed))}): "
+            "a start resumes from the newest that verifies"
+        )

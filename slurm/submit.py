@@ -14,6 +14,7 @@ from pathlib import Path
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import TrainJob
 from launch.jobs.prepare import prepare_run
+from launch.rundir.lock import check_unheld
 from launch.train import compat
 from slurm.client import latest_states
 from slurm.commands import SlurmError, run_slurm
@@ -73,6 +74,7 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     if not dry_run:
         check_partition(cluster)
         check_no_live_job(Path(job.run_dir))
+        check_unheld(Path(job.run_dir))
     prepared = prepare_run(job, dry_run)
     executor = make_executor(cluster, prepared.run_dir)
     plan, train = prepared.plan, prepared.job.train

@@ -36,7 +36,7 @@ class Next(Enum):
     requeue = "requeue"  # Slurm runs this job again
     next_job = "next_job"  # an elastic run: the job queued behind this one takes over
     give_up = "give_up"  # a failure past the restart budget
-    end = "end"  # finished, or stopped by the STOP file
+    end = "end"  # finished, diverged, or stopped by the STOP file
 
 
 def after_start(events: list[dict], budget: int) -> Next:
@@ -47,8 +47,9 @@ def after_start(events: list[dict], budget: int) -> Next:
 
 
 def after(ending: str, events: list[dict], budget: int, chained: bool, kill_switch: bool = False) -> Next:
-    """What follows a start that `ending` ("failed", "stopped" or "finished"), given the history it found when it
-    began (`events`), the restart budget, whether the run is a chain of jobs and whether a STOP file is there."""
+    """What follows a start that `ending` ("failed", "stopped", "finished" or "diverged"), given the history it found
+    when it began (`events`), the restart budget, whether the run is a chain of jobs and whether a STOP file is
+    there. A diverged run would diverge again from the same checkpoint: it ends."""
     if ending == "failed" and failures(events) >= budget:
         return Next.give_up
     if ending == "failed" or (ending == "stopped" and not kill_switch):
@@ -83,7 +84,7 @@ class TrainingTask:
             latest = history.events()
             if task.local_rank == 0 and (not latest or latest[-1]["event"] != "gave_up"):
                 history.record("gave_up", failures=failures(events), max_restarts=budget)
-                tracking.finish(recorded_run(run_dir), succeeded=False)
+                tracking.finish(recorded_run(run_dir), "FAILED")
             if chained and task.local_rank == 0:
                 cancel_next_jobs(run_dir, task.job_id)
             print(

@@ -28,6 +28,7 @@ from launch.config.schemas import (
     ReshardJob,
     StatusJob,
     TrainJob,
+    VerifyJob,
 )
 from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
 
@@ -45,6 +46,7 @@ SCHEMAS: dict[str, type] = {
     "cancel": CancelJob,
     "export_hf": ExportJob,
     "checkpoint_reshard": ReshardJob,
+    "checkpoint_verify": VerifyJob,
     "plan": PlanJob,
 }
 

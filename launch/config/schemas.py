@@ -74,6 +74,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # Stop (with a checkpoint) after this many steps of one launch; 0: run to train.steps.
     exit_after: int = 0
+    # Steps whose loss or gradient norm is not finite leave the weights as they are; past this many in one launch,
+    # the run stops without saving them (0: at the first), says which step, and its MLflow run is marked failed.
+    skip_nonfinite: int = 0
     rampup: BatchRampup = field(default_factory=BatchRampup)
     # Validation loss per language every eval_interval steps and at the end, on eval_samples held-out sequences of
     # each language; 0: no validation.
@@ -88,8 +91,8 @@ class TrainConfig:
             raise ValueError("train.steps, train.micro_batch and train.global_batch must be at least 1")
         if not 0 < self.min_lr <= self.lr:
             raise ValueError(f"train.min_lr={self.min_lr} must be positive and at most train.lr={self.lr}")
-        if self.warmup_steps < 0 or self.exit_after < 0:
-            raise ValueError("train.warmup_steps and train.exit_after must not be negative")
+        if self.warmup_steps < 0 or self.exit_after < 0 or self.skip_nonfinite < 0:
+            raise ValueError("train.warmup_steps, train.exit_after and train.skip_nonfinite must not be negative")
         if self.checkpoint_interval < 1 or self.keep_checkpoints < 1:
             raise ValueError("train.checkpoint_interval and train.keep_checkpoints must be at least 1")
         if self.hang_timeout_s < 10:
@@ -137,6 +140,14 @@ class ReshardJob:
     pp: int = 0  # 0: as saved
     dp: int = 0  # 0: as saved
     step: int = 0  # 0: the latest complete checkpoint
+
+
+@dataclass
+class VerifyJob:
+    """`corolla checkpoint verify`: every file of a run's checkpoints against the hashes written with them."""
+
+    run_dir: str = MISSING
+    step: int = 0  # 0: every complete checkpoint
 
 
 @dataclass

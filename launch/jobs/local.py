@@ -1,19 +1,57 @@
 """The local backend: every rank of a run as a process on this machine, started by torchrun (which picks a free
-port), watched until they end; `corolla train`."""
+port), watched until they end; `corolla train`.
+
+torchrun runs in a session of its own, so a terminal's Ctrl-C or hang-up reaches corolla alone; corolla passes
+SIGINT, SIGTERM and SIGHUP on to the ranks themselves (not through torchrun, which would kill them 30 s later), and
+they stop after the same step, with a checkpoint. A second signal ends torchrun and its ranks at once. torchrun gets
+SIGTERM should corolla die: nothing outlives the launcher.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from launch.config.cluster import Scheduler
 from launch.config.schemas import TrainJob
 from launch.jobs.backend import Backend
-from launch.rundir.checkpoints import latest_step
+from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOBS_FILE
+from launch.rundir.history import RunHistory
+from launch.rundir.lock import holding
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
+
+
+def _ended_with_parent() -> None:
+    """In torchrun, before it runs: SIGTERM when corolla dies, whatever kills it."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _Forwarding:
+    """While the ranks run: each signal of FORWARDED goes to them; the second one ends torchrun's session."""
+
+    def __init__(self, torchrun: subprocess.Popen) -> None:
+        self.torchrun, self.received = torchrun, []
+
+    def __call__(self, number: int, frame: object) -> None:
+        self.received.append(number)
+        if len(self.received) > 1:
+            os.killpg(self.torchrun.pid, signal.SIGKILL)
+            return
+        for rank in psutil.Process(self.torchrun.pid).children():
+            rank.send_signal(number)
 
 
 def run_ranks(run_dir: Path, world_size: int) -> int:
@@ -21,7 +59,19 @@ def run_ranks(run_dir: Path, world_size: int) -> int:
     threads = max(1, (os.cpu_count() or 1) // world_size)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
-    return subprocess.run([*torchrun, "-m", "launch.train.worker", str(run_dir)], env=env, check=False).returncode
+    command = [*torchrun, "-m", "launch.train.worker", str(run_dir)]
+    process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_ended_with_parent)
+    previous = {}
+    try:
+        if threading.current_thread() is threading.main_thread():  # where Python lets handlers be installed
+            forwarding = _Forwarding(process)
+            previous = {number: signal.signal(number, forwarding) for number in FORWARDED}
+        return process.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _not_here(run: RunDirectory, command: str) -> ValueError:
@@ -32,7 +82,17 @@ def _not_here(run: RunDirectory, command: str) -> ValueError:
 
 
 class LocalBackend(Backend):
+    def __init__(self, live_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
+        self.live_job = live_job  # a Slurm job of the run that is queued or running, if any: it holds the run
+
     def start(self, job: TrainJob, dry_run: bool = False) -> None:
+        if dry_run:
+            self._start(job, dry_run=True)
+            return
+        with holding(Path(job.run_dir), self.live_job):
+            self._start(job, dry_run=False)
+
+    def _start(self, job: TrainJob, dry_run: bool) -> None:
         # Here rather than above: the data preparation and MLflow take seconds to import, status and logs need neither.
         from launch.jobs.prepare import prepare_run
         from launch.rundir import tracking
@@ -40,7 +100,7 @@ class LocalBackend(Backend):
         if job.cluster.scheduler != Scheduler.local:
             raise ValueError(f"cluster={job.cluster.name} is a Slurm cluster: submit to it with `corolla submit`")
         run_dir = Path(job.run_dir)
-        resume_step = latest_step(run_dir / CHECKPOINTS)
+        resume_step = newest_intact(run_dir / CHECKPOINTS)
         if resume_step and resume_step >= job.train.steps:
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
             return
@@ -59,8 +119,20 @@ class LocalBackend(Backend):
         status = run_ranks(run_dir, layout.world_size)
         tracked = prepared.tracked
         if status:
-            tracking.finish(tracked, succeeded=False)
+            events = RunHistory(run_dir).events()
+            if events and events[-1]["event"] == "diverged":
+                raise RuntimeError(
+                    f"training stopped at step {events[-1]['step']}: its loss or gradients are not finite"
+                )
+            tracking.finish(tracked, "FAILED")
             raise RuntimeError(f"training failed (a rank exited with status {status}): see its log above")
+        last = RunHistory(run_dir).events()[-1]
+        if last["event"] == "stopped" and "signal" in last:
+            tracking.finish(tracked, "KILLED")
+            raise RuntimeError(
+                f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: `corolla train` with the same "
+                "run_dir resumes it"
+            )
         print(
             f"done: checkpoints in {run_dir / CHECKPOINTS}; MLflow run {tracked.run_id}: {tracking.ui_command(tracked)}"
         )

@@ -98,6 +98,10 @@ def describe_event(event: dict) -> str:
         return f"finished  at step {event.get('step', '?')}"
     if kind == "launch":
         return f"launch    on {event.get('cluster', '?')}"
+    if kind == "diverged":
+        ranks = event.get("ranks") or []
+        where = f", non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else ""
+        return f"diverged  at step {event.get('step', '?')}, loss {event.get('loss', '?')}{where}"
     if kind == "gave_up":
         failures = plural(event.get("failures", 0), "failure")
         return f"gave up   after {failures} (cluster.max_restarts={event.get('max_restarts')})"

@@ -1,13 +1,16 @@
 """Which checkpoints a run directory holds: the `latest` pointer and each checkpoint's COMPLETE record.
 
 A checkpoint directory is complete when it holds COMPLETE (written last, atomically): its step, the layouts of its
-parameter and RNG files, and every file with its size. This module reads and writes that record; what goes into
-the files is launch/train/checkpoint.py's.
+parameter and RNG files, and every file with its size and SHA-256 (computed as it was written). A file missing or of
+another size fails at once; one whose bytes changed fails when its hash is checked (`unverified`). This module reads
+and writes that record; what goes into the files is launch/train/checkpoint.py's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from launch.rundir.files import COMPLETE, LATEST, checkpoint_tag
@@ -23,6 +26,14 @@ def latest_tag(directory: Path) -> str | None:
     return pointer.read_text().strip() if pointer.is_file() else None
 
 
+def file_entries(record: dict) -> dict[str, tuple[int, str | None]]:
+    """Each file's size and SHA-256 as COMPLETE records them (an older corolla recorded sizes only)."""
+    return {
+        name: (entry, None) if isinstance(entry, int) else (entry["bytes"], entry["sha256"])
+        for name, entry in record.get("files", {}).items()
+    }
+
+
 def complete_record(directory: Path, tag: str) -> dict:
     """What COMPLETE says of checkpoint `tag` (step, layouts, files), its files checked to be all there."""
     fix = f"restore its files, or write the tag of an older complete checkpoint into {directory / LATEST}"
@@ -32,11 +43,56 @@ def complete_record(directory: Path, tag: str) -> dict:
         raise CheckpointError(f"{directory / LATEST} names {tag}, which is not a complete checkpoint: {fix}") from None
     if not isinstance(record, dict) or not isinstance(record.get("step"), int):
         raise CheckpointError(f"{directory / tag / COMPLETE} is not a checkpoint record: {fix}")
-    for name, size in record.get("files", {}).items():
+    for name, (size, _) in file_entries(record).items():
         path = directory / tag / name
         if not path.is_file() or path.stat().st_size != size:
             raise CheckpointError(f"checkpoint file {path} is missing or truncated: {fix}")
     return record
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unverified(directory: Path, tag: str, names: Iterable[str]) -> list[str]:
+    """Those of `names` whose bytes are not what COMPLETE's hash says, a few words each (read whole: the cost of a
+    verification)."""
+    entries = file_entries(complete_record(directory, tag))
+    changed = [name for name in names if entries[name][1] and sha256_of(directory / tag / name) != entries[name][1]]
+    return [f"{name} changed since written" for name in changed]
+
+
+def verify(directory: Path, step: int) -> tuple[int, int, list[str]]:
+    """The files and bytes of the checkpoint of `step`, and those of its files that fail their hashes."""
+    entries = file_entries(step_record(directory, step))
+    bad = unverified(directory, checkpoint_tag(step), entries)
+    return len(entries), sum(size for size, _ in entries.values()), bad
+
+
+def newest_intact(directory: Path, log: Callable[[str], None] = print, below: str | None = None) -> int | None:
+    """The step of the newest complete checkpoint, from `latest` (or below the tag `below`) down, whose files are all
+    there at their sizes (a line for each one passed over); None when there is none to try, a CheckpointError when
+    none of those tried is intact."""
+    latest = latest_tag(directory)
+    if latest is None:
+        return None
+    complete, _ = complete_tags(directory)
+    candidates = [latest] if below is None else []
+    candidates += [tag for tag in reversed(complete) if tag < (below or latest)]
+    if not candidates:
+        return None
+    errors = []
+    for tag in candidates:
+        try:
+            return complete_record(directory, tag)["step"]
+        except CheckpointError as error:
+            errors.append(error)
+            log(f"corolla: passing over {directory / tag}: {error}")
+    raise errors[0]
 
 
 def latest_step(directory: Path) -> int | None:
@@ -46,14 +102,25 @@ def latest_step(directory: Path) -> int | None:
 
 
 def step_record(directory: Path, step: int) -> dict:
+    """COMPLETE of the checkpoint of `step`, which must be one."""
+    if not (directory / checkpoint_tag(step) / COMPLETE).is_file():
+        steps = ", ".join(str(int(tag.removeprefix("step-"))) for tag in complete_tags(directory)[0]) or "none"
+        raise CheckpointError(f"{directory} has no complete checkpoint of step {step}: choose one of {steps}")
     return complete_record(directory, checkpoint_tag(step))
 
 
-def write_complete(directory: Path, tag: str, record: dict, leave_out: frozenset[str] = frozenset()) -> None:
-    """Marks `tag` complete (atomically): `record` (step, layouts) and every file with its size, but `leave_out`."""
-    files = {str(p.relative_to(directory / tag)): p.stat().st_size for p in (directory / tag).rglob("*") if p.is_file()}
-    for name in {COMPLETE, *leave_out}:
-        files.pop(name, None)
+def write_complete(
+    directory: Path, tag: str, record: dict, checksums: Mapping[str, str], leave_out: frozenset[str] = frozenset()
+) -> None:
+    """Marks `tag` complete (atomically): `record` (step, layouts) and every file with its size and SHA-256, but
+    `leave_out`."""
+    paths = [path for path in (directory / tag).rglob("*") if path.is_file()]
+    names = {str(path.relative_to(directory / tag)): path for path in paths}
+    files = {
+        name: {"bytes": path.stat().st_size, "sha256": checksums[name]}
+        for name, path in sorted(names.items())
+        if name not in {COMPLETE, *leave_out}
+    }
     write_atomically(directory / tag / COMPLETE, json.dumps({**record, "files": files}, indent=1) + "\n")
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from launch.config.job_file import job_config
+from launch.config.job_file import job_config, read_job
+from launch.config.schemas import TrainJob
 from launch.rundir.files import JOB_FILE
 
 
@@ -29,3 +30,7 @@ class RunDirectory:
 
     def setting(self, key: str, default: object = None) -> object:
         return OmegaConf.select(self.job, key, default=default)
+
+    def train_job(self) -> TrainJob:
+        """The job, typed and validated."""
+        return read_job(self.path / JOB_FILE)

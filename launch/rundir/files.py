@@ -4,10 +4,12 @@ status`) and the code that writes each file agree."""
 JOB_FILE = "job.yaml"  # the resolved job (launch/config/job_file.py)
 PLAN_FILE = "plan.json"  # the run's plan for each world size it may get (launch/plan/run_plan.py)
 RUN_FILE = "run.json"  # the MLflow run: tracking URI, run id
-METRICS_FILE = "metrics.jsonl"  # one record per optimizer step
+TRACKING_STATE = "tracking.json"  # how far MLflow holds the records, what is left to send (launch/rundir/outbox.py)
+METRICS_FILE = "metrics.jsonl"  # one record per optimizer step (the last, if a resumed launch redid it)
 VALIDATION_FILE = "validation.jsonl"  # one record per validation
 HISTORY_FILE = "history.jsonl"  # one record per launch, start, stop, finish or give-up
 STOP_FILE = "STOP"  # a kill switch: the run saves and ends without being requeued
+LOCK_FILE = "LOCK"  # the process writing the run directory (launch/rundir/lock.py)
 MLFLOW_DB = "mlflow.db"  # the embedded MLflow store, when there is no tracking server
 MLFLOW_ARTIFACTS = "mlartifacts"  # ... and its artifacts
 CHECKPOINTS = "checkpoints"  # step-XXXXXXXX/ directories

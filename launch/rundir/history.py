@@ -5,7 +5,8 @@
   step it resumed from and how many steps it redoes (logged before, lost with the previous start);
 - stopped: a clean stop with a checkpoint (a signal before the time limit, a preemption, a STOP file);
 - finished: trained to the last step;
-- gave_up: a failure with no restart left in the budget.
+- gave_up: a failure with no restart left in the budget;
+- diverged: a step's loss or gradient norm was not finite, one too many: stopped, nothing of it saved.
 A start that follows another start (nothing clean in between) follows a failure: a dead node, a crashed or hung
 rank. Failures since the last launch count against the restart budget; clean stops do not.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from launch.rundir.files import HISTORY_FILE
 
-ENDED = ("finished", "gave_up")  # events after which no job trains the run until it is launched again
+ENDED = ("finished", "gave_up", "diverged")  # after these no job trains the run until it is launched again
 
 
 def failures(events: list[dict]) -> int:

@@ -118,8 +118,9 @@ def log_artifact(tracked: TrackedRun, path: Path) -> None:
     MlflowClient(tracked.tracking_uri).log_artifact(tracked.run_id, str(path))
 
 
-def finish(tracked: TrackedRun, succeeded: bool) -> None:
-    MlflowClient(tracked.tracking_uri).set_terminated(tracked.run_id, "FINISHED" if succeeded else "FAILED")
+def finish(tracked: TrackedRun, status: str) -> None:
+    """FINISHED, FAILED, or KILLED: stopped by a person, to be resumed (a later launch makes it RUNNING again)."""
+    MlflowClient(tracked.tracking_uri).set_terminated(tracked.run_id, status)
 
 
 class StepLogger:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,13 +28,17 @@ from launch.plan.layout import ParallelLayout
 from launch.rundir.checkpoints import (
     CheckpointError,
     complete_tags,
+    file_entries,
+    newest_intact,
     point_latest,
     step_record,
+    unverified,
     write_complete,
 )
 from launch.rundir.files import TRAINER_FILE, checkpoint_tag, rng_file
 from launch.train import compat, shards
 from launch.train.device import seed_tensor_parallel
+from launch.train.hashed_save import save_hashed
 
 
 def _rng_states(engine) -> dict:
@@ -81,11 +85,13 @@ def mark_complete(
     step: int,
     layout: ParallelLayout,
     rngs: ParallelLayout,
+    checksums: Mapping[str, str],
     leave_out: frozenset[str] = frozenset(),
 ) -> None:
-    """Marks the checkpoint of `step` complete: its step, the layouts of its parameter and RNG files."""
+    """Marks the checkpoint of `step` complete: its step, the layouts of its parameter and RNG files, its files'
+    hashes."""
     record = {"step": step, "layout": asdict(layout), "rng_layout": asdict(rngs)}
-    write_complete(directory, checkpoint_tag(step), record, leave_out)
+    write_complete(directory, checkpoint_tag(step), record, checksums, leave_out)
 
 
 def _trainer_state(engine) -> dict:
@@ -120,14 +126,17 @@ def save(
         shutil.rmtree(directory / tag, ignore_errors=True)  # a save of this step that crashed before
         (directory / tag).mkdir(parents=True)
     dist.barrier()
-    shards.write(engine, directory / tag, layout)
+    written = shards.write(engine, directory / tag, layout)
     if rank == 0:
-        torch.save(_trainer_state(engine), directory / tag / TRAINER_FILE)
-    torch.save(_rng_states(engine), directory / tag / rng_file(rank))
+        written[TRAINER_FILE] = save_hashed(_trainer_state(engine), directory / tag / TRAINER_FILE)
+    written[rng_file(rank)] = save_hashed(_rng_states(engine), directory / tag / rng_file(rank))
     before_commit(step)
-    dist.barrier()
+    every_rank: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(every_rank, written)  # also: every rank has written its files
     if rank == 0:
-        mark_complete(directory, step, layout, layout)
+        mark_complete(
+            directory, step, layout, layout, {name: sha for files in every_rank for name, sha in files.items()}
+        )
         point_latest(directory, tag)
         _remove_old(directory, keep, current=tag)
     dist.barrier()
@@ -139,6 +148,32 @@ def _remove_old(directory: Path, keep: int, current: str) -> None:
     doomed = set(complete[:-keep] if keep > 0 else []) | set(incomplete)
     for tag in doomed - {current}:
         shutil.rmtree(directory / tag, ignore_errors=True)
+
+
+def verified_step(directory: Path) -> int:
+    """The step of the newest checkpoint, from `latest` down, whose files are all there and hash to what COMPLETE
+    says (each rank hashes its share of them); 0 when there is none. A collective: every rank gets the same answer.
+    One that fails is passed over, in one line, and left as it is; a CheckpointError when there were some and none
+    verifies."""
+    rank, ranks = dist.get_rank(), dist.get_world_size()
+    log = print if rank == 0 else (lambda line: None)
+    step = newest_intact(directory, log)
+    failed = []
+    while step:
+        names = sorted(file_entries(step_record(directory, step)))
+        bad: list[list[str]] = [[] for _ in range(ranks)]
+        dist.all_gather_object(bad, unverified(directory, checkpoint_tag(step), names[rank::ranks]))
+        if not any(bad):
+            return step
+        failed.append(f"{checkpoint_tag(step)} ({', '.join(name for names in bad for name in names)})")
+        log(f"corolla: checkpoint {directory / failed[-1]} fails its checksums: passing over it")
+        step = newest_intact(directory, log, below=checkpoint_tag(step))
+    if failed:
+        raise CheckpointError(
+            f"no checkpoint in {directory} verifies ({'; '.join(failed)} fail their checksums): restore their files "
+            "from a copy, or start the run again in a new run_dir"
+        )
+    return 0
 
 
 def load(engine, directory: Path, step: int, layout: ParallelLayout, seed: int) -> ParallelLayout:

@@ -37,24 +37,41 @@ def global_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     return squares.sqrt()
 
 
-class ClippingAdamW(torch.optim.AdamW):
-    """AdamW that clips gradients to a global norm first, for fp32 without ZeRO: there DeepSpeed's own clipping
-    counts only the first pipeline stage's untied parameters."""
+class GuardedAdamW(torch.optim.AdamW):
+    """AdamW that leaves the weights as they are when any rank's gradients are not finite (and says which ranks),
+    so that a non-finite step never reaches the weights. With `max_norm` (fp32 without ZeRO) it first clips the
+    gradients to a global norm: there DeepSpeed's own clipping counts only the first pipeline stage's untied
+    parameters. Elsewhere DeepSpeed clips, and this is its inner optimizer, over the flat fp32 partitions."""
 
-    def __init__(self, param_groups: list[dict], max_norm: float, **adamw: float) -> None:
+    def __init__(self, param_groups: list[dict], max_norm: float | None = None, **adamw: float) -> None:
         super().__init__(param_groups, **adamw)
         self.max_norm = max_norm
+        self.nonfinite_ranks: list[int] = []
+
+    def _nonfinite_ranks(self, gradients: list[torch.Tensor]) -> list[int]:
+        """A collective over every rank: every optimizer of the run steps together."""
+        if gradients:
+            finite = torch.stack([torch.isfinite(grad).all() for grad in gradients]).all().reshape(1).int()
+        else:
+            finite = torch.ones(1, dtype=torch.int32, device=self.param_groups[0]["params"][0].device)
+        every = [torch.empty_like(finite) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(every, finite)
+        return [rank for rank, flag in enumerate(torch.cat(every).tolist()) if not flag]
 
     @torch.no_grad()
     def step(self, closure=None):
         parameters = [p for group in self.param_groups for p in group["params"]]
-        norm = global_grad_norm(parameters)
-        if self.max_norm > 0:
-            scale = (self.max_norm / (norm + 1e-6)).clamp(max=1.0)
-            for p in parameters:
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-        compat.report_grad_norm(self, float(norm))
+        gradients = [p.grad for p in parameters if p.grad is not None]
+        self.nonfinite_ranks = self._nonfinite_ranks(gradients)
+        if self.max_norm is not None:
+            norm = global_grad_norm(parameters)
+            compat.report_grad_norm(self, float(norm))
+            if self.max_norm > 0 and not self.nonfinite_ranks:
+                scale = (self.max_norm / (norm + 1e-6)).clamp(max=1.0)
+                for grad in gradients:
+                    grad.mul_(scale)
+        if self.nonfinite_ranks:
+            return None
         return super().step(closure)
 
 
@@ -63,15 +80,13 @@ def _clips_itself(train: TrainConfig, zero_stage: int) -> bool:
 
 
 def _optimizer(module: torch.nn.Module, train: TrainConfig, zero_stage: int) -> torch.optim.AdamW:
-    """AdamW; biases and LayerNorm weights (1-D) are not decayed. A torch optimizer: DeepSpeed's own would JIT-build
-    a fused CPU kernel first."""
+    """AdamW, guarded; biases and LayerNorm weights (1-D) are not decayed. A torch optimizer: DeepSpeed's own would
+    JIT-build a fused CPU kernel first."""
     decayed = [p for p in module.parameters() if p.ndim >= 2]
     plain = [p for p in module.parameters() if p.ndim < 2]
     groups = [{"params": decayed, "weight_decay": train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
     adamw = {"lr": train.lr, "betas": (train.beta1, train.beta2), "eps": train.eps}
-    if _clips_itself(train, zero_stage):
-        return ClippingAdamW(groups, train.grad_clip, **adamw)
-    return torch.optim.AdamW(groups, **adamw)
+    return GuardedAdamW(groups, train.grad_clip if _clips_itself(train, zero_stage) else None, **adamw)
 
 
 def deepspeed_config(train: TrainConfig, plan: RunPlan) -> dict:
@@ -81,6 +96,7 @@ def deepspeed_config(train: TrainConfig, plan: RunPlan) -> dict:
         "gradient_accumulation_steps": plan.micro_batches,
         "gradient_clipping": 0.0 if _clips_itself(train, plan.zero_stage) else train.grad_clip,
         "zero_optimization": {"stage": plan.zero_stage},
+        "zero_allow_untested_optimizer": True,  # GuardedAdamW: torch's AdamW, but for the skipped non-finite step
         "bf16": {"enabled": train.precision == Precision.bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from launch.config.job_file import read_job
 from launch.config.schemas import ExportJob
 from launch.data.corpus import TokenCorpus
-from launch.rundir.checkpoints import latest_step
-from launch.rundir.files import CHECKPOINTS, JOB_FILE, checkpoint_tag
+from launch.rundir.checkpoints import CheckpointError, latest_step, verify
+from launch.rundir.directory import RunDirectory
+from launch.rundir.files import CHECKPOINTS, checkpoint_tag
 from launch.train import checkpoint
 from launch.train.shards import ShardReader
 from model.config import ModelConfig
@@ -30,11 +30,14 @@ def full_state_dict(directory: Path, step: int, model: ModelConfig) -> dict[str,
 def export_hf_model(job: ExportJob) -> None:
     from transformers import BloomConfig, BloomForCausalLM
 
-    run_dir, output = Path(job.run_dir), Path(job.output_dir)
-    train_job = read_job(run_dir / JOB_FILE)
+    run = RunDirectory.open(job.run_dir)
+    run_dir, output, train_job = run.path, Path(job.output_dir), run.train_job()
     step = job.step or latest_step(run_dir / CHECKPOINTS)
     if not step:
         raise ValueError(f"{run_dir} has no complete checkpoint to export: train it first")
+    _, _, bad = verify(run_dir / CHECKPOINTS, step)
+    if bad:
+        raise CheckpointError(f"checkpoint {step} of {run_dir} fails its checksums ({', '.join(bad)}): export another")
     state = full_state_dict(run_dir / CHECKPOINTS, step, train_job.model)
     vocab = state["word_embeddings.weight"].shape[0]
     model = BloomForCausalLM(BloomConfig(**hf_config(train_job.model, vocab)))

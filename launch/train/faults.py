@@ -1,13 +1,15 @@
 """Fault injection, for tests only: read once when a rank starts, applied by wrapping what the training loop calls
-back; the loop itself never looks.
+back (and, for a NaN, by a hook on the model); the loop itself never looks.
 
 - COROLLA_TEST_HANG_AT_STEP=N: rank COROLLA_TEST_HANG_RANK (default 1) hangs for good once step N is reported, as a
   rank stuck outside any collective would;
 - COROLLA_TEST_CRASH_DURING_SAVE=N: rank 0 dies after writing its files of step N's checkpoint, before the checkpoint
   is marked complete;
+- COROLLA_TEST_NAN_AT_STEP=N: step N's forward passes give NaN (every rank), as a numerical blow-up would;
 - COROLLA_TEST_STEP_SECONDS=S: steps follow each other no faster than every S seconds, as a bigger model's would, so
   that a job's share of a run does not depend on how fast these cores happen to be.
-A hang or a crash is injected on a first launch only: a requeued Slurm job keeps its environment, and must recover.
+A hang, a crash or a NaN is injected on a first launch only: a requeued Slurm job keeps its environment, and must
+recover.
 """
 
 from __future__ import annotations
@@ -17,37 +19,56 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+import torch
+
 from launch.train.loop import Callbacks, StepRecord
 
 HANG_AT_STEP = "COROLLA_TEST_HANG_AT_STEP"
 HANG_RANK = "COROLLA_TEST_HANG_RANK"
 CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
+NAN_AT_STEP = "COROLLA_TEST_NAN_AT_STEP"
 STEP_SECONDS = "COROLLA_TEST_STEP_SECONDS"
 CRASHED_EXIT = 17
 
 
-@dataclass(frozen=True)
+def _step(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+@dataclass
 class Faults:
     rank: int
     hang_at_step: int | None = None
     crash_during_save: int | None = None
+    nan_at_step: int | None = None
     step_seconds: float = 0.0
+    training_step: int = 0  # the step being trained, for the NaN hook
 
     @classmethod
     def from_environment(cls, rank: int, env: Mapping[str, str] = os.environ) -> Faults:
         first_launch = env.get("SLURM_RESTART_COUNT", "0") == "0"
         hang_rank = int(env.get(HANG_RANK, "1"))
-        hang = env.get(HANG_AT_STEP) if first_launch and rank == hang_rank else None
-        crash = env.get(CRASH_DURING_SAVE) if first_launch and rank == 0 else None
         return cls(
             rank,
-            int(hang) if hang else None,
-            int(crash) if crash else None,
-            float(env.get(STEP_SECONDS, "0")),
+            hang_at_step=_step(env.get(HANG_AT_STEP)) if first_launch and rank == hang_rank else None,
+            crash_during_save=_step(env.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
+            nan_at_step=_step(env.get(NAN_AT_STEP)) if first_launch else None,
+            step_seconds=float(env.get(STEP_SECONDS, "0")),
         )
 
+    def install(self, module: torch.nn.Module, first_step: int) -> None:
+        """The NaN, if one is asked for: a hook on the rank's model that spoils its outputs during that step."""
+        if self.nan_at_step is None:
+            return
+        self.training_step = first_step + 1
+
+        def spoil(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor | None:
+            return output * float("nan") if self.training_step == self.nan_at_step else None
+
+        module.register_forward_hook(spoil)
+
     def wrap(self, callbacks: Callbacks) -> Callbacks:
-        if self.hang_at_step is None and not self.step_seconds:
+        if self.hang_at_step is None and not self.step_seconds and self.nan_at_step is None:
             return callbacks
         return replace(callbacks, on_step=self._on_step(callbacks.on_step))
 
@@ -57,6 +78,7 @@ class Faults:
         def injected(record: StepRecord) -> None:
             nonlocal previous
             on_step(record)
+            self.training_step = record.step + 1
             if record.step == self.hang_at_step:
                 while True:
                     time.sleep(1)

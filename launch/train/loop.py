@@ -7,6 +7,7 @@ The engine is any object with DeepSpeed's pipeline engine's methods used here, s
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,18 @@ class StepRecord:
     grad_norm: float
     batch_size: int
     tokens_per_second: float
+
+
+class NonFiniteStep(RuntimeError):
+    """A step whose loss or gradient norm is not finite, one too many (train.skip_nonfinite)."""
+
+    def __init__(self, record: StepRecord) -> None:
+        super().__init__(f"step {record.step}: loss {record.loss}, gradient norm {record.grad_norm}")
+        self.record = record
+
+
+def finite(record: StepRecord) -> bool:
+    return math.isfinite(record.loss) and math.isfinite(record.grad_norm)
 
 
 @dataclass
@@ -99,16 +112,21 @@ def train_steps(
     """Optimizer steps after `first_step` (steps done); validation every train.eval_interval steps and at the end;
     a checkpoint every train.checkpoint_interval steps and at the end.
 
-    Stops early, with a checkpoint, after train.exit_after steps of this launch or when asked to. The data position
-    and the batch size follow from the step (samples consumed). Returns the last step done and whether it was asked
-    to stop.
+    Stops early, with a checkpoint, after train.exit_after steps of this launch or when asked to; raises NonFiniteStep,
+    saving nothing more, at the first non-finite step past train.skip_nonfinite (the optimizer left the weights as
+    they were). The data position and the batch size follow from the step (samples consumed). Returns the last step
+    done and whether it was asked to stop.
     """
-    consumed = samples_before(first_step, train)
+    consumed, skipped = samples_before(first_step, train), 0
     last = train.steps if not train.exit_after else min(train.steps, first_step + train.exit_after)
     for step in range(first_step, last):
         batch_size = batch_size_at(consumed, train)
         batches = micro_batches(data.dataset, consumed, batch_size, train.micro_batch, data.dp_rank, data.dp)
-        callbacks.on_step(_step(engine, batches, step, batch_size, train, seq_length))
+        record = _step(engine, batches, step, batch_size, train, seq_length)
+        callbacks.on_step(record)
+        skipped += not finite(record)
+        if skipped > train.skip_nonfinite:
+            raise NonFiniteStep(record)
         consumed += batch_size
         done = step + 1
         callbacks.progress()

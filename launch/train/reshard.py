@@ -11,15 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
-from launch.config.job_file import read_job
 from launch.config.schemas import ReshardJob
 from launch.plan.layout import ParallelLayout
 from launch.plan.stages import stage_cut
-from launch.rundir.checkpoints import latest_step
-from launch.rundir.files import CHECKPOINTS, JOB_FILE, checkpoint_tag, shard_file
+from launch.rundir.checkpoints import CheckpointError, file_entries, latest_step, step_record, verify
+from launch.rundir.directory import RunDirectory
+from launch.rundir.files import CHECKPOINTS, checkpoint_tag, shard_file
 from launch.train import checkpoint
+from launch.train.hashed_save import save_hashed
 from launch.train.shards import KEYS, ShardError, ShardReader, shard_files
 from model.config import ModelConfig
 from model.layers import TIED_PREFIX, holds
@@ -38,28 +37,33 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
             f"the embedding has {rows} rows, padded for TP={saved.tp}, but TP={target.tp} pads the vocabulary to "
             f"{model.padded_vocab_size(target.tp)}: choose a TP that pads it to {rows}"
         )
+    checksums = {name: sha for name, (_, sha) in file_entries(step_record(checkpoints, step)).items()}
     for pp_rank, layers in enumerate(stage_cut(model, target.pp)):
         names = [name for name in reader.names() if holds(name, layers, model.num_layers)]
         for tp_rank in range(target.tp):
             states = {
                 name: {key: reader.local(name, key, target.tp, tp_rank).clone() for key in KEYS} for name in names
             }
-            torch.save(states, directory / shard_file(tp_rank, target.tp, pp_rank, target.pp))
+            file = shard_file(tp_rank, target.tp, pp_rank, target.pp)
+            checksums[file] = save_hashed(states, directory / file)
     old = frozenset(shard_files(saved)) - frozenset(shard_files(target))
     rngs = checkpoint.rng_layout(checkpoints, step)
-    checkpoint.mark_complete(checkpoints, step, target, rngs, leave_out=old)
+    checkpoint.mark_complete(checkpoints, step, target, rngs, checksums, leave_out=old)
     for name in old:
         (directory / name).unlink()
     return saved
 
 
 def reshard(job: ReshardJob) -> None:
-    run_dir = Path(job.run_dir)
-    train_job = read_job(run_dir / JOB_FILE)
+    run = RunDirectory.open(job.run_dir)
+    run_dir, train_job = run.path, run.train_job()
     directory = run_dir / CHECKPOINTS
     step = job.step or latest_step(directory)
     if not step:
         raise ValueError(f"{run_dir} has no complete checkpoint to reshard: train it first")
+    _, _, bad = verify(directory, step)
+    if bad:
+        raise CheckpointError(f"checkpoint {step} of {run_dir} fails its checksums ({', '.join(bad)}): reshard another")
     saved = checkpoint.saved_layout(directory, step)
     target = ParallelLayout(job.tp or saved.tp, job.pp or saved.pp, job.dp or saved.dp)
     problems = target.problems(train_job.model, train_job.train)

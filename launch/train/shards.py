@@ -25,6 +25,7 @@ from megatron.core import parallel_state
 from launch.plan.layout import ParallelLayout
 from launch.rundir.files import shard_file
 from launch.train import compat
+from launch.train.hashed_save import save_hashed
 from model.layers import tp_split_dim
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -54,8 +55,9 @@ def _parameter_state(engine, parameter: torch.nn.Parameter) -> dict[str, torch.T
     return {key: value.detach().float().cpu().clone() for key, value in values.items()}
 
 
-def write(engine, directory: Path, layout: ParallelLayout) -> None:
-    """Called by every rank; the first DP rank of each TP x PP pair writes its file."""
+def write(engine, directory: Path, layout: ParallelLayout) -> dict[str, str]:
+    """Called by every rank; the first DP rank of each TP x PP pair writes its file. The SHA-256 of what this rank
+    wrote, by file name."""
     if compat.master_groups(engine) is not None:
         compat.link_moments(engine, adam_steps(engine), MOMENTS)
     writes = parallel_state.get_data_parallel_rank() == 0
@@ -64,12 +66,14 @@ def write(engine, directory: Path, layout: ParallelLayout) -> None:
         values = _parameter_state(engine, parameter)  # gathered on every DP rank, kept on the one that writes
         if writes:
             states[name] = values
-    if writes:
-        tp_rank, pp_rank = (
-            parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_pipeline_model_parallel_rank(),
-        )
-        torch.save(states, directory / shard_file(tp_rank, layout.tp, pp_rank, layout.pp))
+    if not writes:
+        return {}
+    tp_rank, pp_rank = (
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_pipeline_model_parallel_rank(),
+    )
+    name = shard_file(tp_rank, layout.tp, pp_rank, layout.pp)
+    return {name: save_hashed(states, directory / name)}
 
 
 class ShardReader:

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+# Slurm's USR2 before the time limit, SIGTERM on preemption; locally what corolla passes on (a terminal's Ctrl-C or
+# hang-up, a kill).
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # The exit status of a process the watchdog ended.
 STALLED_EXIT = 75
 

@@ -24,15 +24,16 @@ from launch.data.corpus import TokenCorpus
 from launch.plan.layout import ParallelLayout
 from launch.plan.run_plan import RunPlan, read_plan
 from launch.rundir import tracking
-from launch.rundir.checkpoints import latest_step
+from launch.rundir.checkpoints import CheckpointError
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, STOP_FILE, checkpoint_tag
 from launch.rundir.history import RunHistory
+from launch.rundir.run_record import recorded_run
 from launch.train import checkpoint, compat
 from launch.train.batches import validation_batches
 from launch.train.device import device, init_distributed, seed_everything
 from launch.train.engine import build_engine, check_groups
 from launch.train.faults import Faults
-from launch.train.loop import Callbacks, DataShard, train_steps
+from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter
 from launch.train.stopping import StopSignals, Watchdog
 
@@ -40,6 +41,7 @@ from launch.train.stopping import StopSignals, Watchdog
 class Outcome(Enum):
     finished = "finished"  # trained to train.steps
     stopped = "stopped"  # stopped early with a checkpoint: a stop signal, or train.exit_after
+    diverged = "diverged"  # a non-finite loss or gradient norm, one too many: stopped, nothing of it saved
 
 
 def _record_start(
@@ -62,6 +64,22 @@ def _record_start(
     starts = len(history.starts())
     if starts > 1:
         tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures())
+
+
+def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: list[int]) -> None:
+    """History, MLflow (failed) and one line: which step, and the ranks whose gradients were not finite."""
+    if rank != 0:
+        return
+    record = error.record
+    where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else "non-finite loss"
+    RunHistory(run_dir).record("diverged", step=record.step, loss=str(record.loss), ranks=ranks)
+    tracking.finish(recorded_run(run_dir), "FAILED")
+    print(
+        f"corolla: error: {error} ({where}): stopped without saving it; the weights are those before it. Lower "
+        "train.lr, or let steps pass with train.skip_nonfinite=N, and launch again to resume from the last checkpoint",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _data(job: TrainJob, plan: RunPlan) -> DataShard:
@@ -98,9 +116,15 @@ def main(
     data = _data(job, plan)
     engine = build_engine(job.model, plan, job.train, job.parallel.activation_checkpointing, job.seed)
     directory = run_dir / CHECKPOINTS
-    first_step = latest_step(directory) or 0
+    try:
+        first_step = checkpoint.verified_step(directory)
+    except CheckpointError as error:
+        if rank == 0:
+            print(f"corolla: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     layout = plan.layout
     saved_layout = checkpoint.load(engine, directory, first_step, layout, job.seed) if first_step else layout
+    faults.install(engine.module, first_step)
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
     reporter = Reporter(run_dir, rank, job.train.steps)
     if rank == 0:
@@ -120,7 +144,12 @@ def main(
         should_stop=lambda: stop.agreed(device()),
         progress=watchdog.progress,
     )
-    last, stopped = train_steps(engine, data, job.train, job.model.seq_length, first_step, faults.wrap(callbacks))
+    try:
+        last, stopped = train_steps(engine, data, job.train, job.model.seq_length, first_step, faults.wrap(callbacks))
+    except NonFiniteStep as error:
+        _record_divergence(run_dir, rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
+        watchdog.stop()
+        return Outcome.diverged
     torch.distributed.barrier()
     outcome = Outcome.stopped if stopped or last < job.train.steps else Outcome.finished
     if rank == 0:
@@ -129,11 +158,12 @@ def main(
             reason = {"signal": STOP_FILE}
         RunHistory(run_dir).record(outcome.value, step=last, **reason)
         if outcome == Outcome.finished:
-            tracking.finish(tracking.recorded_run(run_dir), succeeded=True)
+            tracking.finish(recorded_run(run_dir), "FINISHED")
     watchdog.stop()
     return outcome
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main(Path(sys.argv[1]))
+    if main(Path(sys.argv[1])) == Outcome.diverged:
+        sys.exit(3)

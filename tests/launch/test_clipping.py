@@ -7,7 +7,7 @@ from distributed import run_ranks
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 
-from launch.train.engine import ClippingAdamW
+from launch.train.engine import GuardedAdamW
 
 
 def _clip(tp: int) -> tuple[float, list[torch.Tensor]]:
@@ -21,7 +21,7 @@ def _clip(tp: int) -> tuple[float, list[torch.Tensor]]:
     full_weight_grad = torch.arange(8.0).reshape(2, 4)
     weight.grad = full_weight_grad[:, rank * (4 // tp) : (rank + 1) * (4 // tp)].clone()
     bias.grad = torch.ones(4)
-    optimizer = ClippingAdamW([{"params": [weight, bias]}], max_norm=1.0, lr=0.0)
+    optimizer = GuardedAdamW([{"params": [weight, bias]}], max_norm=1.0, lr=0.0)
     optimizer.step()
     norm = optimizer._global_grad_norm
     parallel_state.destroy_model_parallel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from test_training import SHORT_RUN
 
 from launch.cli import main
 from launch.rundir.files import LATEST, RUN_FILE
-from launch.train.faults import CRASH_DURING_SAVE
+from launch.rundir.history import RunHistory
+from launch.train.faults import CRASH_DURING_SAVE, NAN_AT_STEP
 
 # Dropout on everywhere: resuming must restore every rank's RNG states, not only weights and optimizer.
 RUN = [
@@ -101,3 +103,73 @@ def test_validation_leaves_training_as_it_would_be_without(tokens: Path, uninter
     assert losses(run_dir) == uninterrupted
     steps = [json.loads(line)["step"] for line in (run_dir / "validation.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def flip_bytes(path: Path, offset_share: float = 0.6, count: int = 16) -> None:
+    """Changes `count` bytes inside the file, its size kept: what a failing disk or a bad copy does."""
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * offset_share)
+    data[start : start + count] = bytes(255 - byte for byte in data[start : start + count])
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_verifies(
+    capfd, tokens: Path, uninterrupted, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    assert train(run_dir, tokens, "train.exit_after=4") == 0  # checkpoints at steps 2 and 4
+    flip_bytes(next((run_dir / "checkpoints" / "step-00000004").glob("model-*.pt")))
+    capfd.readouterr()
+    assert main(["checkpoint", "verify", str(run_dir)]) == 2
+    out, err = capfd.readouterr()
+    assert "step        2: " in out and out.count("verified") == 1 and "model-tp00of01-pp00of01.pt changed" in out
+    assert "1 of 2 checkpoints fail their checksums (steps 4)" in err
+    assert train(run_dir, tokens) == 0
+    passed_over = "step-00000004 (model-tp00of01-pp00of01.pt changed since written) fails its checksums"
+    assert passed_over in capfd.readouterr().out
+    events = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert events[-2]["resumed_from_step"] == 2  # the last start: resumed from the checkpoint that verified
+    assert losses(run_dir) == uninterrupted  # steps 3-6 trained again from step 2's state
+    assert main(["checkpoint", "verify", str(run_dir)]) == 0
+
+
+def test_when_no_checkpoint_verifies_the_run_refuses_to_start_again(capfd, tokens: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert train(run_dir, tokens, "train.exit_after=2") == 0
+    flip_bytes(run_dir / "checkpoints" / "step-00000002" / "trainer.pt", offset_share=0.5, count=4)
+    assert train(run_dir, tokens) == 2
+    err = capfd.readouterr().err
+    assert "corolla: error: no checkpoint in" in err and "trainer.pt changed since written" in err
+    assert sorted(losses(run_dir)) == [1, 2]
+
+
+def test_a_non_finite_step_stops_the_run_unsaved_and_it_resumes_from_the_checkpoint_before(
+    capfd, tokens: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv(NAN_AT_STEP, "3")
+    assert train(run_dir, tokens, *TP_DP) == 2
+    err = capfd.readouterr().err
+    assert "corolla: error: step 3: loss nan" in err and "stopped without saving it" in err
+    assert "training stopped at step 3: its loss or gradients are not finite" in err
+    assert (run_dir / "checkpoints" / LATEST).read_text().strip() == "step-00000002"
+    assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "diverged"
+    tracked = json.loads((run_dir / RUN_FILE).read_text())
+    assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "FAILED"
+    monkeypatch.delenv(NAN_AT_STEP)
+    assert train(run_dir, tokens, *TP_DP) == 0
+    whole = tmp_path / "whole"
+    assert train(whole, tokens, *TP_DP) == 0
+    assert losses(run_dir) == losses(whole)  # step 3 trained again, from step 2's weights
+
+
+def test_non_finite_steps_can_be_let_pass_and_leave_the_weights_as_they_were(
+    tokens: Path, uninterrupted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv(NAN_AT_STEP, "3")
+    assert train(run_dir, tokens, "train.skip_nonfinite=1") == 0
+    trained = losses(run_dir)
+    assert math.isnan(trained[3]) and all(math.isfinite(trained[step]) for step in (1, 2, 4, 5, 6))
+    assert [trained[step] for step in (1, 2)] == [uninterrupted[step] for step in (1, 2)]
+    assert RunHistory(run_dir).events()[-1]["event"] == "finished"

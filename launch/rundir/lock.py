@@ -1,0 +1,103 @@
+"""One writer per run directory: RUN_DIR/LOCK names the process that trains it (host, pid, the process's start),
+held from before its launch touches the run directory until its ranks have ended.
+
+A second `corolla train`, `corolla checkpoint reshard` or `corolla submit` of the run is refused in one line naming
+the holder. A lock whose process has ended on this host (or whose pid now belongs to another process) is stale: it is
+taken over, with a line saying so. On another host corolla cannot tell, and says how to clear it. (A run trained by
+Slurm jobs is held by them: the caller says whether one is live.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from launch.rundir.files import LOCK_FILE
+
+
+class RunLocked(RuntimeError):
+    """The run directory has another writer; the message names it and what to do."""
+
+
+def _started(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, /proc), None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _holder() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()), "since": time.time()}
+
+
+def describe(holder: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+    return f"process {holder.get('pid')} on {holder.get('host')} (since {since})"
+
+
+def _alive(holder: dict) -> bool | None:
+    """Whether the holder still runs: known on this host only (None elsewhere)."""
+    if holder.get("host") != socket.gethostname():
+        return None
+    return _started(int(holder.get("pid", -1))) == holder.get("started")
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _refuse_if_held(path: Path, slurm_job: Callable[[Path], str | None]) -> dict | None:
+    """The lock's holder, when it has ended (stale); a RunLocked error when a writer may still run."""
+    run_dir = path.parent
+    job = slurm_job(run_dir)
+    if job is not None:
+        raise RunLocked(f"{run_dir} is trained by Slurm job {job}: let it run, or `corolla cancel {run_dir}` first")
+    if not path.exists():
+        return None
+    holder = _read(path) or {}  # unreadable: a writer that died writing it
+    alive = _alive(holder) if holder else False
+    if alive:
+        raise RunLocked(f"{run_dir} is being written by {describe(holder)}: wait for it to end, or stop it")
+    if alive is None:
+        raise RunLocked(f"{run_dir} is being written by {describe(holder)}: if that process is gone, remove {path}")
+    return holder
+
+
+def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
+    """A RunLocked error when a live process, or a live Slurm job of the run (`slurm_job`: its id), writes it."""
+    _refuse_if_held(run_dir / LOCK_FILE, slurm_job)
+
+
+@contextmanager
+def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> Iterator[None]:
+    """This process writes the run directory while the context lasts; a RunLocked error when another does."""
+    path, mine = run_dir / LOCK_FILE, json.dumps(_holder())
+    stale = _refuse_if_held(path, slurm_job)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if stale is None:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:  # another writer came in between
+            raise RunLocked(f"{run_dir} is being written by {describe(_read(path) or {})}: wait for it") from None
+        with os.fdopen(descriptor, "w") as file:
+            file.write(mine)
+    else:
+        temporary = path.with_name(f".{LOCK_FILE}.{os.getpid()}")
+        temporary.write_text(mine)
+        os.replace(temporary, path)
+        print(f"corolla: took over {path} from {describe(stale)}, which has ended")
+    try:
+        yield
+    finally:
+        if path.is_file() and path.read_text() == mine:
+            path.unlink()

@@ -1,0 +1,33 @@
+"""torch.save that hashes the bytes as it writes them: a checkpoint file's SHA-256 without reading it again."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import torch
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, file: io.BufferedWriter) -> None:
+        self.file = file
+        self.digest = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def save_hashed(value: object, path: Path) -> str:
+    """Writes `value` to `path` as torch.save does; the SHA-256 of the file's bytes (hex)."""
+    with path.open("wb") as file:
+        writer = _HashingWriter(file)
+        torch.save(value, writer)
+    return writer.digest.hexdigest()

@@ -1,0 +1,106 @@
+"""One writer per run directory, and nothing outliving it: a second `corolla train` (or reshard, or submit) of a run
+being trained is refused in one line naming the writer; a lock its writer left when it died is taken over; a signal
+to the `corolla` process alone stops every rank after a saved step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+from test_training import SHORT_RUN
+
+from conftest import REPO_ROOT
+from launch.cli import main
+from launch.rundir.history import RunHistory
+from launch.train.faults import STEP_SECONDS
+
+SLOW = [*SHORT_RUN, "train.steps=6", "parallel.dp=2"]
+
+
+def test_a_second_writer_is_refused_and_the_first_trains_on_undisturbed(capsys, tokens: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "launch.cli", "train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SLOW]
+    first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "LOCK").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        holder = json.loads((run_dir / "LOCK").read_text())
+        again = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SLOW]
+        for second in (again, ["checkpoint", "reshard", f"run_dir={run_dir}", "tp=2"]):
+            assert main(second) == 2
+            err = capsys.readouterr().err.strip()
+            assert err == (
+                f"corolla: error: {run_dir} is being written by process {first.pid} on {socket.gethostname()} "
+                f"(since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))}): wait for it to end, "
+                "or stop it"
+            )
+        assert first.wait(timeout=300) == 0
+    finally:
+        first.kill()
+    assert not (run_dir / "LOCK").exists()
+    assert [event["event"] for event in RunHistory(run_dir).events()] == ["launch", "start", "finished"]
+    tracked = json.loads((run_dir / "run.json").read_text())
+    history = MlflowClient(tracked["tracking_uri"]).get_metric_history(tracked["run_id"], "train_loss")
+    assert sorted(metric.step for metric in history) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_lock_left_by_a_process_that_ended_is_taken_over(capsys, tokens: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"host": socket.gethostname(), "pid": int(ended.stdout), "started": "1", "since": 0}
+    (run_dir / "LOCK").write_text(json.dumps(stale))
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=1"]) == 0
+    assert f"took over {run_dir / 'LOCK'} from process {stale['pid']}" in capsys.readouterr().out
+    assert not (run_dir / "LOCK").exists()
+
+
+def test_a_lock_of_another_host_is_obeyed_and_says_how_to_clear_it(capsys, tokens: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "LOCK").write_text(json.dumps({"host": "n7", "pid": 4242, "started": "9", "since": 0}))
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]) == 2
+    err = capsys.readouterr().err
+    assert "is being written by process 4242 on n7" in err and f"if that process is gone, remove {run_dir}" in err
+    assert sorted(path.name for path in run_dir.iterdir()) == ["LOCK"]  # nothing written
+
+
+def workers(run_dir: Path) -> list[psutil.Process]:
+    return [
+        process
+        for process in psutil.process_iter(["cmdline", "status"])
+        if "launch.train.worker" in (process.info["cmdline"] or [])
+        and str(run_dir) in process.info["cmdline"]
+        and process.info["status"] != psutil.STATUS_ZOMBIE
+    ]
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
+def test_a_signal_to_corolla_alone_stops_every_rank_after_a_saved_step(tokens: Path, tmp_path: Path, number) -> None:
+    run_dir = tmp_path / "run"
+    arguments = [f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SLOW, "train.steps=30"]
+    command = [sys.executable, "-m", "launch.cli", "train", *arguments, "train.checkpoint_interval=50"]
+    environment = {**os.environ, STEP_SECONDS: "1"}
+    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(launcher.pid, number)  # as a terminal's Ctrl-C, a hang-up or a `kill PID` would
+    assert launcher.wait(timeout=120) == 2
+    stopped = RunHistory(run_dir).events()[-1]
+    assert stopped["event"] == "stopped" and stopped["signal"] == signal.Signals(number).name
+    assert f"stopped at step {stopped['step']} ({stopped['signal']}), with a checkpoint" in launcher.stderr.read()
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped['step']:08d}"
+    assert stopped["step"] < 30 and not workers(run_dir)
+    tracked = json.loads((run_dir / "run.json").read_text())
+    assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "KILLED"
