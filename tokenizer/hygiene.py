@@ -1,13 +1,18 @@
-"""Text hygiene: NFC, and legacy encodings that look like text but are not Unicode.
+"""Text hygiene: NFC, legacy encodings that look like text but are not Unicode, and documents too long to sample.
 
 Burmese written in the Zawgyi font encoding uses Myanmar code points with other meanings; trained on as-is it
 silently splits the language's vocabulary in two. It is detected per line and converted to Unicode.
+
+A document sampled whole or not at all, and a sentence longer than SentencePiece takes (it skips those without a
+word), would drop a language whose file is one huge line: documents over MAX_PIECE_CHARS are counted here and cut
+into pieces for sampling (tokenizer/sampling.py).
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from myanmartools import ZawgyiDetector
@@ -15,6 +20,7 @@ from para import zg_to_unicode
 
 ZAWGYI_SCRIPT = "Mymr"
 ZAWGYI_THRESHOLD = 0.95
+MAX_PIECE_CHARS = 1 << 14  # at most 64 KiB of UTF-8: SentencePiece's max_sentence_length (tokenizer/spm.py)
 _detector: ZawgyiDetector | None = None
 
 
@@ -32,6 +38,7 @@ class HygieneStats:
     invalid_utf8: Counter[str] = field(default_factory=Counter)
     nfc_changed: Counter[str] = field(default_factory=Counter)
     zawgyi_converted: Counter[str] = field(default_factory=Counter)
+    long_documents: Counter[str] = field(default_factory=Counter)
 
     def count_invalid_utf8(self, language: str) -> None:
         self.invalid_utf8[language] += 1
@@ -41,6 +48,7 @@ class HygieneStats:
             "invalid_utf8_lines": dict(self.invalid_utf8),
             "nfc_changed_lines": dict(self.nfc_changed),
             "zawgyi_converted_lines": dict(self.zawgyi_converted),
+            "long_documents": dict(self.long_documents),
         }
 
     def warnings(self) -> list[str]:
@@ -48,6 +56,11 @@ class HygieneStats:
         lines += [
             f"{lang}: {n} lines were Zawgyi-encoded and were converted to Unicode"
             for lang, n in self.zawgyi_converted.items()
+        ]
+        lines += [
+            f"{lang}: {n} documents over {MAX_PIECE_CHARS:,} characters were cut into pieces of at most that to be "
+            "sampled"
+            for lang, n in self.long_documents.items()
         ]
         return lines
 
@@ -59,4 +72,19 @@ def clean_text(language: str, text: str, stats: HygieneStats) -> str:
     normal = unicodedata.normalize("NFC", text)
     if normal != text:
         stats.nfc_changed[language] += 1
+    if len(normal) > MAX_PIECE_CHARS:
+        stats.long_documents[language] += 1
     return normal
+
+
+def pieces(text: str, limit: int = MAX_PIECE_CHARS) -> Iterator[str]:
+    """`text` in pieces of at most `limit` characters, cut after the last space or line break before the limit
+    where one is in its second half (text without spaces, as Thai or Chinese, is cut at the limit)."""
+    start = 0
+    while len(text) - start > limit:
+        end = start + limit
+        cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+        cut = cut + 1 if cut > start + limit // 2 else end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokenizer.config import Sampling, TokenizerConfig
 from tokenizer.corpus import CorpusScan, LanguageSize, iter_corpus
-from tokenizer.hygiene import HygieneStats
+from tokenizer.hygiene import HygieneStats, pieces
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,10 @@ def sample_sentences(scan: CorpusScan, plan: list[LanguageBudget], seed: int, pa
     """Writes the sampled training text to `path`, one sentence a line; returns the bytes sampled per language."""
     sampler = DocumentSampler(plan, seed)
     sampled = dict.fromkeys(scan.languages, 0)
+    documents = iter_corpus(scan.sources, HygieneStats(), "sampling")
+    cut = ((language, piece) for language, text in documents for piece in pieces(text))
     with path.open("w", encoding="utf-8") as sample:
-        for language, text in sampler.sample(iter_corpus(scan.sources, HygieneStats(), "sampling")):
+        for language, text in sampler.sample(cut):
             for sentence in text.splitlines():
                 sample.write(sentence + "\n")
             sampled[language] += len(text.encode("utf-8"))

@@ -197,3 +197,19 @@ def test_an_existing_output_is_kept_unless_overwrite_is_asked(capsys, small_corp
     code, err = run_cli(capsys, "tokenizer", "train", f"corpus={small_corpus}", f"output_dir={out}")
     assert code == 2 and "overwrite=true" in err
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_language_written_as_one_huge_line_is_cut_into_pieces_and_sampled(small_corpus: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for path in small_corpus.iterdir():
+        (corpus / path.name).write_bytes(path.read_bytes())
+    french = (MULTILINGUAL / "fra_Latn.txt").read_text().splitlines()
+    (corpus / "fra_Latn.txt").write_text(" ".join(french) + "\n")  # the whole file on one line
+    said: list[str] = []
+    cfg = TokenizerConfig(vocab_size=2000, character_coverage=0.99, sample_bytes=400_000)
+    out = train_tokenizer(TokenizerTrainJob(cfg, str(corpus), str(tmp_path / "out"), 5), log=said.append)
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["bytes_sampled"]["fra_Latn"] == pytest.approx(metadata["budget_bytes"]["fra_Latn"], rel=0.2)
+    cut = "corpus: fra_Latn: 1 documents over 16,384 characters were cut into pieces of at most that to be sampled"
+    assert cut in said
