@@ -84,6 +84,13 @@ COMMANDS = [
         positional="run_dir",
     ),
     Command(
+        ("tracking", "sync"),
+        "tracking_sync",
+        "launch.commands:sync_tracking",
+        "send MLflow what it lacks of a run",
+        positional="run_dir",
+    ),
+    Command(
         ("checkpoint", "reshard"),
         "checkpoint_reshard",
         "launch.commands:reshard",

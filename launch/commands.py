@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launch.config.schemas import CancelJob, LogsJob, ReshardJob, StatusJob, TrainJob, VerifyJob
+from launch.config.schemas import CancelJob, LogsJob, ReshardJob, StatusJob, TrackingSyncJob, TrainJob, VerifyJob
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
 from launch.jobs.monitor import status_lines
 from launch.rundir.checkpoints import CheckpointError, complete_tags, verify
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHECKPOINTS, JOBS_FILE
+from launch.rundir.files import CHECKPOINTS, JOBS_FILE, VALIDATION_FILE
 from launch.rundir.lock import holding
+from launch.rundir.run_record import masked, recorded_run
 from slurm.backend import SlurmBackend
 from slurm.client import latest_states
 from slurm.commands import SlurmError
@@ -61,6 +62,20 @@ def show_logs(job: LogsJob) -> None:
 def cancel(job: CancelJob) -> None:
     run = RunDirectory.open(job.run_dir)
     backend_of(run).cancel(run)
+
+
+def sync_tracking(job: TrackingSyncJob) -> None:
+    """Sends MLflow what it lacks of a run (or all of it, to a new run on another server), as the run's one writer."""
+    from launch.rundir import outbox  # MLflow: only for this command
+
+    run = RunDirectory.open(job.run_dir)
+    with holding(run.path, live_slurm_job):
+        state = outbox.sync(run.path, job.uri or None)
+    tracked = recorded_run(run.path)
+    print(
+        f"MLflow run {tracked.run_id} at {masked(tracked.tracking_uri)} holds steps to {state.sent_up_to()} "
+        f"and validations to {state.sent_up_to(VALIDATION_FILE)}"
+    )
 
 
 def verify_checkpoints(job: VerifyJob) -> None:

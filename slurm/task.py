@@ -47,9 +47,10 @@ def after_start(events: list[dict], budget: int) -> Next:
 
 
 def after(ending: str, events: list[dict], budget: int, chained: bool, kill_switch: bool = False) -> Next:
-    """What follows a start that `ending` ("failed", "stopped", "finished" or "diverged"), given the history it found
-    when it began (`events`), the restart budget, whether the run is a chain of jobs and whether a STOP file is
-    there. A diverged run would diverge again from the same checkpoint: it ends."""
+    """What follows a start that `ending` ("failed", "stopped", "finished", "diverged" or "no_space"), given the
+    history it found when it began (`events`), the restart budget, whether the run is a chain of jobs and whether a
+    STOP file is there. A diverged run would diverge again from the same checkpoint, one out of space would fill its
+    disk again: they end."""
     if ending == "failed" and failures(events) >= budget:
         return Next.give_up
     if ending == "failed" or (ending == "stopped" and not kill_switch):
@@ -68,8 +69,7 @@ class TrainingTask:
         stop = StopSignals(run_dir / STOP_FILE)
         # torch, DeepSpeed, megatron, MLflow: seconds to import, after the handlers.
         from launch.config.job_file import read_job
-        from launch.rundir import tracking
-        from launch.rundir.run_record import recorded_run
+        from launch.rundir import outbox
         from launch.train import worker
 
         task = SlurmTask.from_environment()
@@ -84,7 +84,7 @@ class TrainingTask:
             latest = history.events()
             if task.local_rank == 0 and (not latest or latest[-1]["event"] != "gave_up"):
                 history.record("gave_up", failures=failures(events), max_restarts=budget)
-                tracking.finish(recorded_run(run_dir), "FAILED")
+                outbox.update(run_dir, status="FAILED")
             if chained and task.local_rank == 0:
                 cancel_next_jobs(run_dir, task.job_id)
             print(

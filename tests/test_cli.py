@@ -144,3 +144,16 @@ def test_a_run_directory_may_be_given_as_the_first_argument(capsys, command: str
     for args in ([weird], [f"run_dir={quoted(weird)}"]):
         code, out, _ = run(capsys, command, "--cfg", *args)
         assert code == 0 and yaml.safe_load(out)["run_dir"] == weird
+
+
+def test_a_value_hydra_cannot_read_is_refused_with_the_quoting_that_works(capsys) -> None:
+    path = "/tmp/my run (copy)"
+    code, _, err = run(capsys, "train", "--cfg", f"run_dir={path}")
+    assert code == 2
+    suggested = "run_dir='/tmp/my run (copy)'"
+    assert err.strip() == (
+        f"corolla: error: run_dir={path} cannot be read as key=value (mismatched input ' (' expecting <EOF>): quote "
+        f'the value, as in "{suggested}" (the quotes outside for the shell)'
+    )
+    code, out, _ = run(capsys, "train", "--cfg", suggested)
+    assert code == 0 and yaml.safe_load(out)["run_dir"] == path

@@ -27,6 +27,7 @@ from launch.config.schemas import (
     PlanJob,
     ReshardJob,
     StatusJob,
+    TrackingSyncJob,
     TrainJob,
     VerifyJob,
 )
@@ -47,6 +48,7 @@ SCHEMAS: dict[str, type] = {
     "export_hf": ExportJob,
     "checkpoint_reshard": ReshardJob,
     "checkpoint_verify": VerifyJob,
+    "tracking_sync": TrackingSyncJob,
     "plan": PlanJob,
 }
 
@@ -140,7 +142,23 @@ def compose_config(command: str, overrides: list[str]) -> DictConfig:
         with context:
             return compose(config_name=command if has_yaml else f"{command}_schema", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(_one_line(error)) from None
+        raise ConfigError(_unreadable(overrides) or _one_line(error)) from None
+
+
+def _unreadable(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar cannot read (a path with spaces and brackets, a quote, an `=`), and how to
+    write it so that it can."""
+    for override in overrides:
+        try:
+            OverridesParser.create().parse_overrides([override])
+        except HydraException as error:
+            key, _, value = override.partition("=")
+            reason = _one_line(error).split(";")[0]
+            return (
+                f"{override} cannot be read as key=value ({reason}): quote the value, as in "
+                f'"{key}={quoted(value)}" (the quotes outside for the shell)'
+            )
+    return None
 
 
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:

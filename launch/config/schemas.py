@@ -151,6 +151,14 @@ class VerifyJob:
 
 
 @dataclass
+class TrackingSyncJob:
+    """`corolla tracking sync`: what MLflow lacks of a run, sent; with uri=..., all of it, to a new run there."""
+
+    run_dir: str = MISSING
+    uri: str = ""  # empty: the run's own tracking server or store (RUN_DIR/run.json)
+
+
+@dataclass
 class ExportJob:
     run_dir: str = MISSING
     output_dir: str = MISSING

@@ -95,7 +95,7 @@ class LocalBackend(Backend):
     def _start(self, job: TrainJob, dry_run: bool) -> None:
         # Here rather than above: the data preparation and MLflow take seconds to import, status and logs need neither.
         from launch.jobs.prepare import prepare_run
-        from launch.rundir import tracking
+        from launch.rundir import outbox, tracking
 
         if job.cluster.scheduler != Scheduler.local:
             raise ValueError(f"cluster={job.cluster.name} is a Slurm cluster: submit to it with `corolla submit`")
@@ -124,11 +124,13 @@ class LocalBackend(Backend):
                 raise RuntimeError(
                     f"training stopped at step {events[-1]['step']}: its loss or gradients are not finite"
                 )
-            tracking.finish(tracked, "FAILED")
+            if events and events[-1]["event"] == "no_space":
+                raise RuntimeError(events[-1]["reason"])
+            outbox.update(run_dir, status="FAILED")
             raise RuntimeError(f"training failed (a rank exited with status {status}): see its log above")
         last = RunHistory(run_dir).events()[-1]
         if last["event"] == "stopped" and "signal" in last:
-            tracking.finish(tracked, "KILLED")
+            outbox.update(run_dir, status="KILLED")
             raise RuntimeError(
                 f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: `corolla train` with the same "
                 "run_dir resumes it"

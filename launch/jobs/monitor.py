@@ -5,6 +5,7 @@ answers at once."""
 from __future__ import annotations
 
 import statistics
+import time
 from datetime import datetime
 
 from launch.config.cluster import ClusterConfig
@@ -18,7 +19,8 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, METRICS_FILE, PLAN_FILE, RUN_FILE, VALIDATION_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.records import last_record_per_step
-from launch.rundir.run_record import recorded_run
+from launch.rundir.run_record import masked, recorded_run
+from launch.rundir.tracking_state import read_state
 
 SPEED_WINDOW = 10  # steps the speed and the ETA are the median of
 LABEL_WIDTH = 11
@@ -102,6 +104,8 @@ def describe_event(event: dict) -> str:
         ranks = event.get("ranks") or []
         where = f", non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else ""
         return f"diverged  at step {event.get('step', '?')}, loss {event.get('loss', '?')}{where}"
+    if kind == "no_space":
+        return f"no space  {event.get('reason', '')}"
     if kind == "gave_up":
         failures = plural(event.get("failures", 0), "failure")
         return f"gave up   after {failures} (cluster.max_restarts={event.get('max_restarts')})"
@@ -157,7 +161,25 @@ def tracking_lines(run: RunDirectory) -> list[str]:
         tracked = recorded_run(run.path)
     except (ValueError, TypeError):
         return [line("mlflow", f"{run.path / RUN_FILE} cannot be read")]
-    return [line("mlflow", f"run {tracked.run_id} at {tracked.tracking_uri}")]
+    return [line("mlflow", f"run {tracked.run_id} at {masked(tracked.tracking_uri)}"), *tracking_lag_lines(run)]
+
+
+def tracking_lag_lines(run: RunDirectory) -> list[str]:
+    """How far MLflow is behind metrics.jsonl, and why (launch/rundir/outbox.py sends in the background)."""
+    state = read_state(run.path)
+    steps = last_record_per_step(run.path / METRICS_FILE)
+    if state.sent is None or not steps:
+        return []
+    behind = len([record for record in steps if record["step"] > state.sent_up_to()])
+    pending = [name for name, there in (("tags", state.tags), ("end status", state.status)) if there]
+    if not behind and not pending:
+        return [line("tracking", f"MLflow holds every step (to {state.sent_up_to()})")]
+    lag = f"MLflow holds steps to {state.sent_up_to()}, {plural(behind, 'step')} behind"
+    lag += f", {' and '.join(pending)} to send" if pending else ""
+    if state.error:
+        since = time.strftime("%H:%M:%S", time.localtime(state.failing_since)) if state.failing_since else "?"
+        lag += f"; not reached since {since}: {state.error}"
+    return [line("tracking", lag)]
 
 
 def status_lines(run: RunDirectory, backend: Backend) -> list[str]:

@@ -6,9 +6,11 @@
 - stopped: a clean stop with a checkpoint (a signal before the time limit, a preemption, a STOP file);
 - finished: trained to the last step;
 - gave_up: a failure with no restart left in the budget;
-- diverged: a step's loss or gradient norm was not finite, one too many: stopped, nothing of it saved.
+- diverged: a step's loss or gradient norm was not finite, one too many: stopped, nothing of it saved;
+- no_space: the checkpoint's filesystem was full: stopped, the previous checkpoint kept.
 A start that follows another start (nothing clean in between) follows a failure: a dead node, a crashed or hung
-rank. Failures since the last launch count against the restart budget; clean stops do not.
+rank. Failures since the last launch count against the restart budget; clean stops do not. `crashes` counts them
+over the whole history, launches by hand included.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from launch.rundir.files import HISTORY_FILE
 
-ENDED = ("finished", "gave_up", "diverged")  # after these no job trains the run until it is launched again
+ENDED = ("finished", "gave_up", "diverged", "no_space")  # after these no job trains the run until it is launched again
 
 
 def failures(events: list[dict]) -> int:
@@ -28,6 +30,12 @@ def failures(events: list[dict]) -> int:
     launches = [index for index, event in enumerate(events) if event["event"] == "launch"]
     since_launch = events[launches[-1] :] if launches else events
     return sum(1 for previous, event in pairwise(since_launch) if event["event"] == previous["event"] == "start")
+
+
+def crashes(events: list[dict]) -> int:
+    """Starts that ended without a word: another start or launch came next."""
+    kinds = [event["event"] for event in events if event["event"] != "gave_up"]
+    return sum(1 for previous, kind in pairwise(kinds) if previous == "start" and kind in ("start", "launch"))
 
 
 def has_ended(events: list[dict]) -> bool:
@@ -52,3 +60,6 @@ class RunHistory:
 
     def failures(self) -> int:
         return failures(self.events())
+
+    def crashes(self) -> int:
+        return crashes(self.events())

@@ -80,9 +80,11 @@ def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda
 
 @contextmanager
 def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> Iterator[None]:
-    """This process writes the run directory while the context lasts; a RunLocked error when another does."""
+    """This process writes the run directory while the context lasts; a RunLocked error when another does. A
+    directory made for the lock alone (a job refused before it wrote anything) is removed with it."""
     path, mine = run_dir / LOCK_FILE, json.dumps(_holder())
     stale = _refuse_if_held(path, slurm_job)
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     if stale is None:
         try:
@@ -101,3 +103,5 @@ def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_
     finally:
         if path.is_file() and path.read_text() == mine:
             path.unlink()
+            if made and not any(run_dir.iterdir()):
+                run_dir.rmdir()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -29,3 +30,16 @@ def last_record_per_step(path: Path) -> list[dict]:
     """A restarted run appends the steps it redoes again: the last record of each step wins. Sorted by step."""
     by_step = {record["step"]: record for record in read_jsonl(path) if "step" in record}
     return [by_step[step] for step in sorted(by_step)]
+
+
+def keep_steps_up_to(path: Path, step: int) -> int:
+    """Drops the records after `step` (those a resumed launch is about to redo), keeping the last of each step;
+    returns the last step the file held. Whole or not at all: the file is replaced, never cut mid-way."""
+    records = last_record_per_step(path)
+    if not records:
+        return 0
+    kept = [record for record in records if record["step"] <= step]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    os.replace(partial, path)
+    return records[-1]["step"]

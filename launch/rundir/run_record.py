@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from launch.rundir.files import RUN_FILE
+
+_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+
+
+def masked(text: str) -> str:
+    """`text` with the user and password of every URI in it replaced: what corolla prints or records of a URI."""
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)
@@ -16,10 +24,23 @@ class TrackedRun:
     experiment_id: str
 
 
+SQLITE = "sqlite:///"
+
+
 def recorded_run(run_dir: Path) -> TrackedRun:
-    """The MLflow run that RUN_DIR/run.json names."""
-    return TrackedRun(**json.loads((run_dir / RUN_FILE).read_text()))
+    """The MLflow run that RUN_DIR/run.json names; a store inside the run directory is found wherever it now is."""
+    record = json.loads((run_dir / RUN_FILE).read_text())
+    uri = record["tracking_uri"]
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):  # relative: to the run directory
+        record["tracking_uri"] = f"{SQLITE}{(run_dir / uri.removeprefix(SQLITE)).resolve()}"
+    return TrackedRun(**record)
 
 
 def record_run(run_dir: Path, tracked: TrackedRun) -> None:
-    (run_dir / RUN_FILE).write_text(json.dumps(asdict(tracked), indent=2) + "\n")
+    """run.json, with a store inside the run directory named relative to it, so that the directory can be moved."""
+    record = asdict(tracked)
+    if tracked.tracking_uri.startswith(SQLITE + "/"):
+        path = Path(tracked.tracking_uri.removeprefix(SQLITE))
+        if path.is_relative_to(run_dir.resolve()):
+            record["tracking_uri"] = SQLITE + str(path.relative_to(run_dir.resolve()))
+    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")

@@ -1,25 +1,29 @@
 """MLflow: one run per training run, however many times it is launched; the only module that talks to MLflow.
 
 The launcher opens the run before any process starts and records it in RUN_DIR/run.json (tracking URI, run id);
-a later launch of the same run directory continues that MLflow run. Rank 0 logs each optimizer step; steps that a
-resumed launch redoes (those after the last checkpoint) are already in the history and are not logged twice.
+a later launch of the same run directory continues that MLflow run. Everything after that (metrics, tags, the end
+status) goes through launch/rundir/outbox.py, which calls the senders below from a thread and retries: each request
+fails fast here (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _TIMEOUT), so that a server that is away costs a retry, not minutes.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from launch.rundir.files import MLFLOW_ARTIFACTS, MLFLOW_DB, RUN_FILE
-from launch.rundir.run_record import TrackedRun, record_run, recorded_run
+from launch.rundir.run_record import TrackedRun, masked, record_run, recorded_run
 
 STEP_METRICS = {
     "loss": "train_loss",
@@ -30,6 +34,14 @@ STEP_METRICS = {
 }
 # Validation: the mean over languages, and each language as val_loss/<language>.
 VALIDATION_METRIC = "val_loss"
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def safe_message(error: Exception) -> str:
+    """An MLflow failure in one line, credentials masked."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return masked(f"{type(error).__name__}: {first}"[:300])
 
 
 def default_uri(run_dir: Path) -> str:
@@ -59,14 +71,14 @@ def _git_revision() -> str:
 
 
 def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None = None) -> TrackedRun:
-    """The run recorded in run_dir (continued, tagged with the restart) or a new one with params and tags."""
+    """The run recorded in run_dir (continued: nothing asked of MLflow) or a new one with params and tags."""
     if (run_dir / RUN_FILE).is_file():
-        tracked = recorded_run(run_dir)
-        client = MlflowClient(tracked.tracking_uri)
-        restarts = int(client.get_run(tracked.run_id).data.tags.get("corolla.launches", "1"))
-        client.set_tag(tracked.run_id, "corolla.launches", str(restarts + 1))
-        client.update_run(tracked.run_id, status="RUNNING")
-        return tracked
+        return recorded_run(run_dir)
+    return create_run(run_dir, experiment, job, tags, uri)
+
+
+def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None) -> TrackedRun:
+    """A new MLflow run with the job's parameters, recorded in RUN_DIR/run.json as the run's."""
     # The embedded store keeps artifacts beside it; a server decides where its artifacts go.
     artifacts = None if uri else (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri()
     uri = uri or default_uri(run_dir)
@@ -76,7 +88,7 @@ def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], 
     all_tags = {"git_revision": _git_revision(), "host": socket.gethostname(), "corolla.launches": "1", **tags}
     run = client.create_run(experiment_id, tags=all_tags, run_name=run_dir.resolve().name)
     params = _flatten(OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True))
-    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(params.items())])
+    client.log_batch(run.info.run_id, params=[Param(k, masked(v)[:6000]) for k, v in sorted(params.items())])
     tracked = TrackedRun(uri, run.info.run_id, experiment_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     record_run(run_dir, tracked)
@@ -92,64 +104,48 @@ def check_reachable(uri: str) -> None:
             response.read()
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"tracking.uri={uri} cannot be reached ({getattr(error, 'reason', error)}): start the MLflow server "
-            "or fix the URI (no uri: the embedded store in the run directory)"
+            f"tracking.uri={masked(uri)} cannot be reached ({getattr(error, 'reason', error)}): start the MLflow "
+            "server or fix the URI (no uri: the embedded store in the run directory)"
         ) from None
 
 
-def tag_restart(run_dir: Path, restarts: int, failures: int) -> None:
-    tracked = recorded_run(run_dir)
-    client = MlflowClient(tracked.tracking_uri)
-    client.set_tag(tracked.run_id, "corolla.restarts", str(restarts))
-    client.set_tag(tracked.run_id, "corolla.failures", str(failures))
-    client.update_run(tracked.run_id, status="RUNNING")
-
-
-def tag_layout(run_dir: Path, layout: str, resharded_from: str | None = None) -> None:
-    """The layout a start trains with; `corolla.resharded_from` names the last one it changed from."""
-    tracked = recorded_run(run_dir)
-    client = MlflowClient(tracked.tracking_uri)
-    client.set_tag(tracked.run_id, "layout", layout)
-    if resharded_from:
-        client.set_tag(tracked.run_id, "corolla.resharded_from", resharded_from)
-
-
 def log_artifact(tracked: TrackedRun, path: Path) -> None:
-    MlflowClient(tracked.tracking_uri).log_artifact(tracked.run_id, str(path))
+    """Logs a file; not where the embedded store's artifact folder went with a run directory that was moved (MLflow
+    keeps its absolute path, and would recreate the old directory)."""
+    client = MlflowClient(tracked.tracking_uri)
+    destination = client.get_run(tracked.run_id).info.artifact_uri
+    if destination.startswith("file:") and not Path(urlparse(destination).path).parents[2].is_dir():
+        return
+    client.log_artifact(tracked.run_id, str(path))
 
 
-def finish(tracked: TrackedRun, status: str) -> None:
-    """FINISHED, FAILED, or KILLED: stopped by a person, to be resumed (a later launch makes it RUNNING again)."""
-    MlflowClient(tracked.tracking_uri).set_terminated(tracked.run_id, status)
+def log_records(tracked: TrackedRun, records: list[tuple[int, int | None, dict[str, float]]]) -> None:
+    """(step, time in ms or None for now, {metric: value}) records, in one request."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, value, at or now, step) for step, at, values in records for name, value in values.items()]
+    MlflowClient(tracked.tracking_uri).log_batch(tracked.run_id, metrics=metrics)
 
 
-class StepLogger:
-    """Rank 0's metric logger; skips the steps the history already holds (a resumed launch redoes them)."""
+def last_step(tracked: TrackedRun, metric: str) -> int:
+    """The last step of `metric` the run holds (0: none)."""
+    history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, metric)
+    return max((entry.step for entry in history), default=0)
 
-    def __init__(self, run_dir: Path) -> None:
-        self.tracked = recorded_run(run_dir)
-        self.client = MlflowClient(self.tracked.tracking_uri)
-        self.logged_up_to = {series: self._last_step(series) for series in ("train_loss", VALIDATION_METRIC)}
 
-    def _last_step(self, series: str) -> int:
-        return max((metric.step for metric in self.client.get_metric_history(self.tracked.run_id, series)), default=0)
+def set_tags(tracked: TrackedRun, tags: dict[str, str]) -> None:
+    MlflowClient(tracked.tracking_uri).log_batch(tracked.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def log_step(self, step: int, values: dict[str, float]) -> None:
-        named = {STEP_METRICS[key]: value for key, value in values.items() if key in STEP_METRICS}
-        self._log("train_loss", step, named)
 
-    def log_validation(self, step: int, losses: dict[str, float]) -> None:
-        per_language = {f"{VALIDATION_METRIC}/{language}": loss for language, loss in losses.items()}
-        self._log(VALIDATION_METRIC, step, {VALIDATION_METRIC: sum(losses.values()) / len(losses), **per_language})
-
-    def _log(self, series: str, step: int, values: dict[str, float]) -> None:
-        if step <= self.logged_up_to[series]:
-            return
-        now = int(time.time() * 1000)
-        metrics = [Metric(name, value, now, step) for name, value in values.items()]
-        self.client.log_batch(self.tracked.run_id, metrics=metrics)
-        self.logged_up_to[series] = step
+def set_status(tracked: TrackedRun, status: str) -> None:
+    """RUNNING; or FINISHED, FAILED, KILLED (stopped by a person, to be resumed: a later launch makes it RUNNING)."""
+    client = MlflowClient(tracked.tracking_uri)
+    if status == "RUNNING":
+        client.update_run(tracked.run_id, status=status)
+    else:
+        client.set_terminated(tracked.run_id, status)
 
 
 def ui_command(tracked: TrackedRun) -> str:
-    return f".venv/bin/mlflow ui --backend-store-uri {shlex.quote(tracked.tracking_uri)}"
+    """The command that shows the run: this environment's `mlflow ui` on the run's store, quoted for a shell."""
+    mlflow = shlex.quote(str(Path(sys.executable).with_name("mlflow")))
+    return f"{mlflow} ui --backend-store-uri {shlex.quote(masked(tracked.tracking_uri))}"

@@ -13,6 +13,8 @@ kept its layout.
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import shutil
 from collections.abc import Callable, Mapping
@@ -39,6 +41,9 @@ from launch.rundir.files import TRAINER_FILE, checkpoint_tag, rng_file
 from launch.train import compat, shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
+
+GIB = 1024**3
+NEARLY_FULL = 16 * 2**20  # bytes free under which a failed write is taken for a full filesystem
 
 
 def _rng_states(engine) -> dict:
@@ -112,6 +117,54 @@ def _restore_trainer(engine, state: dict) -> None:
     engine.skipped_steps = state["skipped_steps"]
 
 
+class NoSpace(Exception):
+    """The checkpoint's filesystem has no room for it; the previous checkpoint is kept."""
+
+
+def _filesystem(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def _gib(size: float) -> str:
+    return f"{size / GIB:.2f} GiB" if size >= GIB / 10 else f"{size / 2**20:.1f} MiB"
+
+
+def _no_space_message(directory: Path, step: int, needed: int) -> str:
+    free = shutil.disk_usage(directory).free
+    kept = _newest(directory)
+    keeps = f"the step-{kept} checkpoint is kept" if kept else "there is no checkpoint yet"
+    return (
+        f"no space on {_filesystem(directory)} for the step-{step} checkpoint: {_gib(free)} free, it needs about "
+        f"{_gib(needed)} ({keeps}); free space there or move run_dir, then launch again to resume"
+    )
+
+
+def _is_no_space(error: Exception, directory: Path) -> bool:
+    """ENOSPC, or torch.save's RuntimeError for it ("unexpected pos", "file write failed") on a full filesystem."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RuntimeError) and shutil.disk_usage(directory).free < NEARLY_FULL
+
+
+def _checkpoint_bytes(directory: Path) -> int:
+    """The size of the newest complete checkpoint: what the next one will need (0: none yet)."""
+    step = _newest(directory)
+    return sum(size for size, _ in file_entries(step_record(directory, step)).values()) if step else 0
+
+
+def _newest(directory: Path) -> int | None:
+    return newest_intact(directory, log=lambda line: None)
+
+
+def _from_rank_0(value: object) -> object:
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
 def save(
     engine,
     directory: Path,
@@ -120,19 +173,38 @@ def save(
     layout: ParallelLayout,
     before_commit: Callable[[int], None] = lambda step: None,
 ) -> None:
-    """Called on every rank at the same step; `before_commit` runs on each once its files are written."""
+    """Called on every rank at the same step; `before_commit` runs on each once its files are written. NoSpace on
+    every rank, the partial checkpoint removed, when its filesystem has no room for it."""
     tag, rank = checkpoint_tag(step), dist.get_rank()
+    problem = None
     if rank == 0:
         shutil.rmtree(directory / tag, ignore_errors=True)  # a save of this step that crashed before
-        (directory / tag).mkdir(parents=True)
-    dist.barrier()
-    written = shards.write(engine, directory / tag, layout)
-    if rank == 0:
-        written[TRAINER_FILE] = save_hashed(_trainer_state(engine), directory / tag / TRAINER_FILE)
-    written[rng_file(rank)] = save_hashed(_rng_states(engine), directory / tag / rng_file(rank))
+        directory.mkdir(parents=True, exist_ok=True)
+        needed = _checkpoint_bytes(directory)
+        if needed > shutil.disk_usage(directory).free:
+            problem = _no_space_message(directory, step, needed)
+        else:
+            (directory / tag).mkdir()
+    if problem := _from_rank_0(problem):
+        raise NoSpace(problem)
+    written: dict[str, str] | str
+    try:
+        written = shards.write(engine, directory / tag, layout)
+        if rank == 0:
+            written[TRAINER_FILE] = save_hashed(_trainer_state(engine), directory / tag / TRAINER_FILE)
+        written[rng_file(rank)] = save_hashed(_rng_states(engine), directory / tag / rng_file(rank))
+    except (OSError, RuntimeError) as error:
+        if not _is_no_space(error, directory):
+            raise
+        written = _no_space_message(directory, step, _checkpoint_bytes(directory) or _size(directory / tag))
     before_commit(step)
-    every_rank: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
+    every_rank: list[dict[str, str] | str] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(every_rank, written)  # also: every rank has written its files
+    if problems := [files for files in every_rank if isinstance(files, str)]:
+        if rank == 0:
+            shutil.rmtree(directory / tag, ignore_errors=True)
+        dist.barrier()
+        raise NoSpace(problems[0])
     if rank == 0:
         mark_complete(
             directory, step, layout, layout, {name: sha for files in every_rank for name, sha in files.items()}
@@ -140,6 +212,10 @@ def save(
         point_latest(directory, tag)
         _remove_old(directory, keep, current=tag)
     dist.barrier()
+
+
+def _size(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
 def _remove_old(directory: Path, keep: int, current: str) -> None:

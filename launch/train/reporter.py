@@ -1,47 +1,68 @@
-"""What rank 0 says of each step and validation: a line on its output, MLflow, metrics.jsonl and validation.jsonl.
-Other ranks stay quiet."""
+"""What rank 0 says of each step and validation: a line on its output, metrics.jsonl and validation.jsonl, and
+MLflow through the background sender (launch/rundir/outbox.py), which no step waits on. Other ranks stay quiet."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
 
 from launch.rundir.files import METRICS_FILE, VALIDATION_FILE
-from launch.rundir.records import append_record
-from launch.rundir.tracking import StepLogger
+from launch.rundir.outbox import Sender
+from launch.rundir.records import append_record, keep_steps_up_to
 from launch.train.loop import StepRecord
+
+CLOSE_TIMEOUT_S = 20.0  # what the end of a launch waits for MLflow to take the rest; then it is sent later
 
 
 class Reporter:
-    def __init__(self, run_dir: Path, rank: int, total_steps: int) -> None:
+    def __init__(self, run_dir: Path, rank: int, total_steps: int, resumed_from: int) -> None:
+        """On rank 0, drops the records after `resumed_from` (this launch redoes those steps) and starts the sender."""
         self.run_dir = run_dir
         self.total_steps = total_steps
-        self.mlflow = StepLogger(run_dir) if rank == 0 else None
-
-    def logged_up_to(self) -> int:
-        """The last step the MLflow history holds (0 on ranks other than 0)."""
-        return self.mlflow.logged_up_to["train_loss"] if self.mlflow else 0
+        self.sender: Sender | None = None
+        self.steps_redone = 0
+        if rank == 0:
+            last_step = keep_steps_up_to(run_dir / METRICS_FILE, resumed_from)
+            keep_steps_up_to(run_dir / VALIDATION_FILE, resumed_from)
+            self.steps_redone = max(0, last_step - resumed_from)
+            self.sender = Sender(run_dir)
 
     def step(self, record: StepRecord) -> None:
-        if self.mlflow is None:
+        if self.sender is None:
             return
-        self.mlflow.log_step(record.step, asdict(record))
         print(
             f"step {record.step:>6}/{self.total_steps}  loss {record.loss:.4f}  lr {record.lr:.3e}  "
             f"grad norm {record.grad_norm:.3f}  batch {record.batch_size}  {record.tokens_per_second:,.0f} tokens/s",
             flush=True,
         )
-        append_record(self.run_dir / METRICS_FILE, asdict(record))
+        self._append(METRICS_FILE, asdict(record))
 
     def validation(self, step: int, losses: dict[str, float]) -> None:
-        if self.mlflow is None:
+        if self.sender is None:
             return
-        self.mlflow.log_validation(step, losses)
         ranked = sorted(losses, key=losses.__getitem__)
         print(
             f"validation at step {step}: loss {mean(losses.values()):.4f} over {len(losses)} languages "
             f"(lowest {ranked[0]} {losses[ranked[0]]:.4f}, highest {ranked[-1]} {losses[ranked[-1]]:.4f})",
             flush=True,
         )
-        append_record(self.run_dir / VALIDATION_FILE, {"step": step, "loss": losses})
+        self._append(VALIDATION_FILE, {"step": step, "loss": losses})
+
+    def _append(self, series: str, record: dict) -> None:
+        append_record(self.run_dir / series, {**record, "time": int(time.time() * 1000)})
+        self.sender.notify()
+
+    def tag(self, tags: dict[str, str] | None = None, status: str | None = None) -> None:
+        if self.sender is not None:
+            self.sender.set(tags, status)
+
+    def close(self) -> None:
+        """Gives MLflow a bounded time to take the rest; what it does not take stays for the next start or a sync."""
+        if self.sender is not None and not self.sender.close(CLOSE_TIMEOUT_S):
+            print(
+                f"corolla: MLflow has not taken every record yet ({self.sender.state.error or 'slow'}): the next "
+                f"start, or `corolla tracking sync {self.run_dir}`, sends the rest",
+                flush=True,
+            )

@@ -23,11 +23,9 @@ from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus
 from launch.plan.layout import ParallelLayout
 from launch.plan.run_plan import RunPlan, read_plan
-from launch.rundir import tracking
 from launch.rundir.checkpoints import CheckpointError
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, STOP_FILE, checkpoint_tag
 from launch.rundir.history import RunHistory
-from launch.rundir.run_record import recorded_run
 from launch.train import checkpoint, compat
 from launch.train.batches import validation_batches
 from launch.train.device import device, init_distributed, seed_everything
@@ -42,44 +40,58 @@ class Outcome(Enum):
     finished = "finished"  # trained to train.steps
     stopped = "stopped"  # stopped early with a checkpoint: a stop signal, or train.exit_after
     diverged = "diverged"  # a non-finite loss or gradient norm, one too many: stopped, nothing of it saved
+    no_space = "no_space"  # the checkpoint's filesystem is full: stopped, the previous checkpoint kept
+
+
+EXIT_STATUS = {Outcome.diverged: 3, Outcome.no_space: 4}
 
 
 def _record_start(
-    run_dir: Path,
+    reporter: Reporter,
     origin: dict[str, object],
     resumed_from: int,
-    logged_up_to: int,
     layout: ParallelLayout,
     saved_layout: ParallelLayout,
 ) -> None:
     """History and MLflow: where this start runs, what it resumed, its layout and the one it was resharded from."""
-    history = RunHistory(run_dir)
+    history = RunHistory(reporter.run_dir)
     change = {"layout": layout.name}
     if saved_layout != layout:
         change["resharded_from"] = saved_layout.name
         print(f"resharded the step-{resumed_from} checkpoint from {saved_layout.name} to {layout.name}", flush=True)
-    redone = max(0, logged_up_to - resumed_from)
+    redone = reporter.steps_redone
     history.record("start", **origin, resumed_from_step=resumed_from, steps_redone=redone, **change)
-    tracking.tag_layout(run_dir, **change)
+    tags = {"layout": layout.name}
+    if saved_layout != layout:
+        tags["corolla.resharded_from"] = saved_layout.name
     starts = len(history.starts())
     if starts > 1:
-        tracking.tag_restart(run_dir, restarts=starts - 1, failures=history.failures())
+        tags |= {"corolla.restarts": str(starts - 1), "corolla.failures": str(history.crashes())}
+    reporter.tag(tags)
 
 
-def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: list[int]) -> None:
+def _record_divergence(reporter: Reporter, rank: int, error: NonFiniteStep, ranks: list[int]) -> None:
     """History, MLflow (failed) and one line: which step, and the ranks whose gradients were not finite."""
     if rank != 0:
         return
     record = error.record
     where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else "non-finite loss"
-    RunHistory(run_dir).record("diverged", step=record.step, loss=str(record.loss), ranks=ranks)
-    tracking.finish(recorded_run(run_dir), "FAILED")
+    RunHistory(reporter.run_dir).record("diverged", step=record.step, loss=str(record.loss), ranks=ranks)
+    reporter.tag(status="FAILED")
     print(
         f"corolla: error: {error} ({where}): stopped without saving it; the weights are those before it. Lower "
         "train.lr, or let steps pass with train.skip_nonfinite=N, and launch again to resume from the last checkpoint",
         file=sys.stderr,
         flush=True,
     )
+
+
+def _record_no_space(reporter: Reporter, rank: int, error: checkpoint.NoSpace) -> None:
+    if rank != 0:
+        return
+    RunHistory(reporter.run_dir).record("no_space", reason=str(error))
+    reporter.tag(status="FAILED")
+    print(f"corolla: error: {error}", file=sys.stderr, flush=True)
 
 
 def _data(job: TrainJob, plan: RunPlan) -> DataShard:
@@ -126,44 +138,52 @@ def main(
     saved_layout = checkpoint.load(engine, directory, first_step, layout, job.seed) if first_step else layout
     faults.install(engine.module, first_step)
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
-    reporter = Reporter(run_dir, rank, job.train.steps)
-    if rank == 0:
-        if first_step:
-            print(f"resumed from {directory / checkpoint_tag(first_step)}", flush=True)
-        where = origin or {"host": socket.gethostname()}
-        _record_start(run_dir, where, first_step, reporter.logged_up_to(), layout, saved_layout)
-
-    def save(step: int) -> None:
-        checkpoint.save(engine, directory, step, job.train.keep_checkpoints, layout, faults.before_commit)
-        watchdog.progress()
-
-    callbacks = Callbacks(
-        on_step=reporter.step,
-        on_validation=reporter.validation,
-        save=save,
-        should_stop=lambda: stop.agreed(device()),
-        progress=watchdog.progress,
-    )
+    reporter = Reporter(run_dir, rank, job.train.steps, first_step)
     try:
-        last, stopped = train_steps(engine, data, job.train, job.model.seq_length, first_step, faults.wrap(callbacks))
-    except NonFiniteStep as error:
-        _record_divergence(run_dir, rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
+        if rank == 0:
+            if first_step:
+                print(f"resumed from {directory / checkpoint_tag(first_step)}", flush=True)
+            _record_start(reporter, origin or {"host": socket.gethostname()}, first_step, layout, saved_layout)
+
+        def save(step: int) -> None:
+            checkpoint.save(engine, directory, step, job.train.keep_checkpoints, layout, faults.before_commit)
+            watchdog.progress()
+
+        callbacks = Callbacks(
+            on_step=reporter.step,
+            on_validation=reporter.validation,
+            save=save,
+            should_stop=lambda: stop.agreed(device()),
+            progress=watchdog.progress,
+        )
+        train, seq_length = job.train, job.model.seq_length
+        try:
+            last, stopped = train_steps(engine, data, train, seq_length, first_step, faults.wrap(callbacks))
+        except NonFiniteStep as error:
+            _record_divergence(reporter, rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
+            return Outcome.diverged
+        except checkpoint.NoSpace as error:
+            _record_no_space(reporter, rank, error)
+            return Outcome.no_space
+        torch.distributed.barrier()
+        outcome = Outcome.stopped if stopped or last < job.train.steps else Outcome.finished
+        if rank == 0:
+            _record_end(reporter, outcome, last, stop)
+        return outcome
+    finally:
+        reporter.close()
         watchdog.stop()
-        return Outcome.diverged
-    torch.distributed.barrier()
-    outcome = Outcome.stopped if stopped or last < job.train.steps else Outcome.finished
-    if rank == 0:
-        reason = {"signal": stop.received.name} if stop.received else {}
-        if (run_dir / STOP_FILE).exists():
-            reason = {"signal": STOP_FILE}
-        RunHistory(run_dir).record(outcome.value, step=last, **reason)
-        if outcome == Outcome.finished:
-            tracking.finish(recorded_run(run_dir), "FINISHED")
-    watchdog.stop()
-    return outcome
+
+
+def _record_end(reporter: Reporter, outcome: Outcome, last: int, stop: StopSignals) -> None:
+    reason = {"signal": stop.received.name} if stop.received else {}
+    if (reporter.run_dir / STOP_FILE).exists():
+        reason = {"signal": STOP_FILE}
+    RunHistory(reporter.run_dir).record(outcome.value, step=last, **reason)
+    if outcome == Outcome.finished:
+        reporter.tag(status="FINISHED")
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if main(Path(sys.argv[1])) == Outcome.diverged:
-        sys.exit(3)
+    sys.exit(EXIT_STATUS.get(main(Path(sys.argv[1])), 0))

@@ -16,7 +16,7 @@ from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus
 
 
-def test_exported_model_reproduces_the_next_training_loss(tokens: Path, tmp_path: Path, monkeypatch) -> None:
+def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run_dir, exported = tmp_path / "run", tmp_path / "hf"
     layout = ["parallel.tp=2", "parallel.pp=2", "train.steps=3", "train.checkpoint_interval=2"]
@@ -37,3 +37,10 @@ def test_exported_model_reproduces_the_next_training_loss(tokens: Path, tmp_path
     tokenizer = AutoTokenizer.from_pretrained(exported)
     assert tokenizer("Bonjour", add_special_tokens=False)["input_ids"]
     assert model.config.vocab_size == 2048 and model.config.n_layer == 2
+
+    # A step never saved, and a directory that is no run, are said as such.
+    checkpoints = run_dir / "checkpoints"
+    assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={tmp_path / 'hf1'}", "step=1"]) == 2
+    assert f"{checkpoints} has no complete checkpoint of step 1: choose one of 2, 3" in capsys.readouterr().err
+    assert main(["export", "hf", f"run_dir={tmp_path}", f"output_dir={tmp_path / 'hf2'}"]) == 2
+    assert f"run_dir={tmp_path} is not a corolla run directory (it has no job.yaml)" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
@@ -21,6 +22,7 @@ from test_training import SHORT_RUN
 from conftest import REPO_ROOT
 from launch.cli import main
 from launch.rundir.history import RunHistory
+from launch.rundir.run_record import recorded_run
 from launch.train.faults import STEP_SECONDS
 
 SLOW = [*SHORT_RUN, "train.steps=6", "parallel.dp=2"]
@@ -49,7 +51,7 @@ def test_a_second_writer_is_refused_and_the_first_trains_on_undisturbed(capsys, 
         first.kill()
     assert not (run_dir / "LOCK").exists()
     assert [event["event"] for event in RunHistory(run_dir).events()] == ["launch", "start", "finished"]
-    tracked = json.loads((run_dir / "run.json").read_text())
+    tracked = asdict(recorded_run(run_dir))
     history = MlflowClient(tracked["tracking_uri"]).get_metric_history(tracked["run_id"], "train_loss")
     assert sorted(metric.step for metric in history) == [1, 2, 3, 4, 5, 6]
 
@@ -102,5 +104,5 @@ def test_a_signal_to_corolla_alone_stops_every_rank_after_a_saved_step(tokens: P
     assert f"stopped at step {stopped['step']} ({stopped['signal']}), with a checkpoint" in launcher.stderr.read()
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped['step']:08d}"
     assert stopped["step"] < 30 and not workers(run_dir)
-    tracked = json.loads((run_dir / "run.json").read_text())
+    tracked = asdict(recorded_run(run_dir))
     assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "KILLED"

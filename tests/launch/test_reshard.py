@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from test_training import SHORT_RUN, records
 from launch.cli import main
 from launch.plan.layout import ParallelLayout
 from launch.plan.stages import pipeline_stages, stage_cut
-from launch.rundir.files import RUN_FILE, shard_file
+from launch.rundir.files import shard_file
+from launch.rundir.run_record import recorded_run
 from launch.train.shards import KEYS, ShardError, ShardReader
 from model.bloom import BloomBlock
 from model.config import ModelConfig
@@ -58,7 +60,7 @@ def test_a_run_moved_across_five_layouts_keeps_the_losses_of_one_that_stayed(tok
     starts = [event for event in starts if event["event"] == "start"]
     assert [event["layout"] for event in starts] == [name for name, _ in CHAIN]
     assert [event.get("resharded_from") for event in starts] == [None] + [name for name, _ in CHAIN[:-1]]
-    tracked = json.loads((moved / RUN_FILE).read_text())
+    tracked = asdict(recorded_run(moved))
     run = MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"])
     assert run.data.tags["layout"] == CHAIN[-1][0] and run.data.tags["corolla.resharded_from"] == CHAIN[-2][0]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from test_training import SHORT_RUN
 from launch.cli import main
 from launch.rundir.files import LATEST, RUN_FILE
 from launch.rundir.history import RunHistory
+from launch.rundir.records import read_jsonl
+from launch.rundir.run_record import recorded_run
 from launch.train.faults import CRASH_DURING_SAVE, NAN_AT_STEP
 
 # Dropout on everywhere: resuming must restore every rank's RNG states, not only weights and optimizer.
@@ -72,13 +75,16 @@ def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
     assert resumed == {step: uninterrupted[step] for step in range(3, 7)}
     # One MLflow run across both launches, one value per step: steps 3-4, redone after the crash, are not repeated.
     assert (run_dir / RUN_FILE).read_text() == run_record
-    tracked = json.loads(run_record)
+    tracked = asdict(recorded_run(run_dir))
     client = MlflowClient(tracked["tracking_uri"])
     history = client.get_metric_history(tracked["run_id"], "train_loss")
     assert sorted(metric.step for metric in history) == [1, 2, 3, 4, 5, 6]
     assert {metric.step: metric.value for metric in history} == pytest.approx(uninterrupted, abs=1e-6)
     run = client.get_run(tracked["run_id"])
     assert run.data.tags["corolla.launches"] == "2" and run.info.status == "FINISHED"
+    assert run.data.tags["corolla.failures"] == "1" and run.data.tags["corolla.restarts"] == "1"
+    # metrics.jsonl too holds each step once: the relaunch replaced the records of the steps it redid.
+    assert [record["step"] for record in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert run.data.params["model.attention_dropout"] == "0.1" and run.data.tags["layout"] == "tp1-pp1-dp1"
     assert {artifact.path for artifact in client.list_artifacts(tracked["run_id"])} == {"job.yaml", "metadata.json"}
 
@@ -154,7 +160,7 @@ def test_a_non_finite_step_stops_the_run_unsaved_and_it_resumes_from_the_checkpo
     assert "training stopped at step 3: its loss or gradients are not finite" in err
     assert (run_dir / "checkpoints" / LATEST).read_text().strip() == "step-00000002"
     assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "diverged"
-    tracked = json.loads((run_dir / RUN_FILE).read_text())
+    tracked = asdict(recorded_run(run_dir))
     assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "FAILED"
     monkeypatch.delenv(NAN_AT_STEP)
     assert train(run_dir, tokens, *TP_DP) == 0

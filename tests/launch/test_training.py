@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import SHARED_DATA, TRAINING_LANGUAGES, cut_corpus
 from launch.cli import main
-from launch.rundir.files import RUN_FILE
+from launch.rundir.run_record import recorded_run
 
 # A few steps of a tiny BLOOM with a short sequence: enough for the optimizer and the LR schedule to act, and for
 # gradient clipping (the gradient norm is about 0.8).
@@ -66,7 +67,7 @@ def test_validation_loss_per_language_is_logged_at_the_end(one_process: list[dic
     [validation] = records(run_dir, "validation.jsonl")  # train.eval_interval=10 > train.steps=4: at the end only
     assert validation["step"] == 4 and sorted(validation["loss"]) == TRAINING_LANGUAGES
     assert all(abs(loss - one_process[-1]["loss"]) < 1.0 for loss in validation["loss"].values())
-    tracked = json.loads((run_dir / RUN_FILE).read_text())
+    tracked = asdict(recorded_run(run_dir))
     client = MlflowClient(tracked["tracking_uri"])
     for language, loss in validation["loss"].items():
         [metric] = client.get_metric_history(tracked["run_id"], f"val_loss/{language}")

@@ -6,21 +6,16 @@ is submitted. Jobs whose point is not the layout run one rank a node: ranks star
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from tracking_server import MlflowServer
 
 from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
-from launch.rundir.tracking import check_reachable
 from launch.train.faults import CRASH_DURING_SAVE, STEP_SECONDS
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
 
@@ -51,44 +46,11 @@ def slurm_cluster() -> Iterator[TestCluster]:
 @pytest.fixture(scope="module")
 def mlflow_server(slurm_cluster: TestCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow server` on the host's bridge address, where the nodes reach it; its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as probe:
-        probe.bind((slurm_cluster.host_address, 0))
-        port = probe.getsockname()[1]
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host",
-        slurm_cluster.host_address,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--allowed-hosts",
-        "*",
-        "--artifacts-destination",
-        str(root),
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-    ]
-    with (root / "server.log").open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://{slurm_cluster.host_address}:{port}"
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), slurm_cluster.host_address)
     try:
-        started = wait_for(lambda: check_reachable_quietly(uri), timeout=90, interval=0.5)
-        assert started, (root / "server.log").read_text()
-        yield uri
+        yield server.start()
     finally:
-        os.killpg(server.pid, signal.SIGKILL)  # its workers linger after a SIGTERM; nothing of it is kept
-        server.wait(timeout=30)
-
-
-def check_reachable_quietly(uri: str) -> bool:
-    try:
-        check_reachable(uri)
-        return True
-    except ValueError:
-        return False
+        server.kill()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,238 @@
+"""Tracking that never holds training: what a run tells MLflow goes through its run directory first.
+
+Step and validation records are written to metrics.jsonl and validation.jsonl; RUN_DIR/tracking.json says how far
+MLflow holds each series (`sent`), the tags and the end status still to be set, and the last failure to reach it.
+A sender thread on rank 0 sends what is new, in order and in batches, and retries with backoff: a slow server or
+one that is away makes tracking lag, never a step wait. What a launch leaves unsent goes at the next start, or with
+`corolla tracking sync RUN_DIR`. A record carries the time it was written as its MLflow timestamp, so a batch sent
+twice (a reply lost after the server stored it) is stored once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from launch.config.job_file import read_job
+from launch.rundir import tracking
+from launch.rundir.files import JOB_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
+from launch.rundir.history import RunHistory
+from launch.rundir.records import last_record_per_step
+from launch.rundir.run_record import masked, recorded_run
+from launch.rundir.tracking_state import TrackingState, read_state, write_state
+
+BATCH_RECORDS = 100  # records a request; MLflow takes up to 1,000 metrics a batch
+RETRY_S = (1, 2, 5, 10, 30)  # waits after failures in a row; the last repeats
+
+
+def _keep(run_dir: Path, state: TrackingState) -> None:
+    """tracking.json, where it can be written: on a full disk the state lives on in memory until it can."""
+    with contextlib.suppress(OSError):
+        write_state(run_dir, state)
+
+
+def _step_metrics(record: dict) -> dict[str, float]:
+    return {name: record[key] for key, name in tracking.STEP_METRICS.items() if key in record}
+
+
+def _validation_metrics(record: dict) -> dict[str, float]:
+    losses = record["loss"]
+    per_language = {f"{tracking.VALIDATION_METRIC}/{language}": loss for language, loss in losses.items()}
+    return {tracking.VALIDATION_METRIC: sum(losses.values()) / len(losses), **per_language}
+
+
+SERIES: dict[str, Callable[[dict], dict[str, float]]] = {
+    METRICS_FILE: _step_metrics,
+    VALIDATION_FILE: _validation_metrics,
+}
+SERIES_METRIC = {METRICS_FILE: "train_loss", VALIDATION_FILE: tracking.VALIDATION_METRIC}  # what says a step is in
+
+
+Unsent = Callable[[str, int], list[dict]]  # (series, the last step sent) -> the records after it, in step order
+
+
+def read_unsent(run_dir: Path) -> Unsent:
+    """Reading each file whole: for a launcher or a sync, which send once."""
+    return lambda series, after: [record for record in last_record_per_step(run_dir / series) if record["step"] > after]
+
+
+class _Tail:
+    """A series file as the sender follows it: only what was appended since it last looked is read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.by_step: dict[int, dict] = {}
+
+    def unsent(self, after: int) -> list[dict]:
+        if self.path.is_file():
+            with self.path.open("rb") as file:
+                file.seek(self.offset)
+                appended = file.read()
+            whole = appended[: appended.rfind(b"\n") + 1]  # a line still being written waits for the next look
+            self.offset += len(whole)
+            for line in whole.decode().splitlines():
+                record = json.loads(line)
+                self.by_step[record["step"]] = record
+        self.by_step = {step: record for step, record in self.by_step.items() if step > after}
+        return [self.by_step[step] for step in sorted(self.by_step)]
+
+
+def send_pending(run_dir: Path, state: TrackingState, unsent: Unsent, guard: threading.Lock | None = None) -> None:
+    """Every unsent record, then the tags, then the status; `state` (and tracking.json) follow what got through.
+    Raises what MLflow raised, once the state says how far it got."""
+    guard = guard or threading.Lock()
+    tracked = recorded_run(run_dir)
+    if state.sent is None:
+        last = {series: tracking.last_step(tracked, metric) for series, metric in SERIES_METRIC.items()}
+        with guard:
+            state.sent = last
+    for series, metrics_of in SERIES.items():
+        records = unsent(series, state.sent_up_to(series))
+        for start in range(0, len(records), BATCH_RECORDS):
+            batch = records[start : start + BATCH_RECORDS]
+            sent = [(record["step"], record.get("time"), metrics_of(record)) for record in batch]
+            tracking.log_records(tracked, sent)
+            with guard:
+                state.sent = {**state.sent, series: batch[-1]["step"]}
+                _keep(run_dir, state)
+    with guard:
+        tags, artifacts, status = dict(state.tags), list(state.artifacts), state.status
+    if tags:
+        tracking.set_tags(tracked, tags)
+    for path in artifacts:
+        if Path(path).is_file():
+            tracking.log_artifact(tracked, Path(path))
+    if status:
+        tracking.set_status(tracked, status)
+    with guard:
+        state.tags = {name: value for name, value in state.tags.items() if tags.get(name) != value}
+        state.artifacts = [path for path in state.artifacts if path not in artifacts]
+        state.status = None if state.status == status else state.status
+        state.error = state.failing_since = None
+        _keep(run_dir, state)
+
+
+def _failed(run_dir: Path, state: TrackingState, error: Exception, guard: threading.Lock) -> None:
+    with guard:
+        state.error = tracking.safe_message(error)
+        state.failing_since = state.failing_since or time.time()
+        _keep(run_dir, state)
+
+
+def update(
+    run_dir: Path, tags: dict[str, str] | None = None, status: str | None = None, artifacts: list[Path] = ()
+) -> bool:
+    """From a launcher (no sender running): queue tags, files and a status and try to send them, with the metrics
+    still unsent, once. False, with one line said, if MLflow did not take them: they go at the next start or sync."""
+    state = read_state(run_dir)
+    state.tags.update(tags or {})
+    state.artifacts.extend(str(path.resolve()) for path in artifacts if str(path.resolve()) not in state.artifacts)
+    state.status = status or state.status
+    _keep(run_dir, state)
+    try:
+        send_pending(run_dir, state, read_unsent(run_dir))
+    except Exception as error:  # whatever MLflow raises, the run goes on and says so
+        _failed(run_dir, state, error, threading.Lock())
+        print(
+            f"corolla: MLflow did not answer ({state.error}); kept in {run_dir / TRACKING_STATE}, sent at the next "
+            f"start or by `corolla tracking sync {run_dir}`",
+            flush=True,
+        )
+        return False
+    return True
+
+
+END_STATUS = {
+    "finished": "FINISHED",
+    "diverged": "FAILED",
+    "no_space": "FAILED",
+    "gave_up": "FAILED",
+    "stopped": "KILLED",
+}
+
+
+def sync(run_dir: Path, uri: str | None = None) -> TrackingState:
+    """Sends what MLflow lacks of the run; with `uri`, everything, to a new run on that server, which the run directory
+    continues from then on. A one-line ValueError if MLflow does not take it."""
+    if uri:
+        _move(run_dir, uri)
+    state = read_state(run_dir)
+    try:
+        send_pending(run_dir, state, read_unsent(run_dir))
+    except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
+        _failed(run_dir, state, error, threading.Lock())
+        raise ValueError(f"MLflow did not take the run's records ({state.error}): try again when it answers") from None
+    return state
+
+
+def _move(run_dir: Path, uri: str) -> None:
+    tracking.check_reachable(uri)
+    job = read_job(run_dir / JOB_FILE)
+    old = recorded_run(run_dir)
+    tags = {"corolla.moved_from": f"{masked(old.tracking_uri)} run {old.run_id}"}
+    tracking.create_run(run_dir, job.tracking.experiment, job, tags, uri)
+    events = RunHistory(run_dir).events()
+    status = END_STATUS.get(events[-1]["event"]) if events else None
+    launches = str(len([event for event in events if event["event"] == "launch"]))
+    moved = TrackingState(sent={}, tags={"corolla.launches": launches}, artifacts=[str(run_dir / JOB_FILE)])
+    moved.status = status
+    write_state(run_dir, moved)
+
+
+class Sender:
+    """Rank 0's background sender: `notify()` after a record is written, `set()` for tags and status, `close()`
+    at the end (waits a bounded time for the sender to catch up)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.state = read_state(run_dir)
+        self.guard = threading.Lock()
+        self.wake = threading.Event()
+        self.closing = False
+        tails = {series: _Tail(run_dir / series) for series in SERIES}
+        self.unsent: Unsent = lambda series, after: tails[series].unsent(after)
+        self.thread = threading.Thread(target=self._run, name="corolla-tracking", daemon=True)
+        self.thread.start()
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    def set(self, tags: dict[str, str] | None = None, status: str | None = None) -> None:
+        with self.guard:
+            self.state.tags.update(tags or {})
+            self.state.status = status or self.state.status
+            _keep(self.run_dir, self.state)
+        self.wake.set()
+
+    def caught_up(self) -> bool:
+        with self.guard:
+            pending = self.state.tags or self.state.status
+        unsent = read_unsent(self.run_dir)
+        return not pending and not any(unsent(series, self.state.sent_up_to(series)) for series in SERIES)
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            self.wake.wait(RETRY_S[min(failures, len(RETRY_S) - 1)] if failures else None)
+            self.wake.clear()
+            last_attempt = self.closing
+            try:
+                send_pending(self.run_dir, self.state, self.unsent, self.guard)
+                failures = 0
+            except Exception as error:  # a tracking failure must never reach training
+                _failed(self.run_dir, self.state, error, self.guard)
+                failures += 1
+            if last_attempt:
+                return
+
+    def close(self, timeout_s: float) -> bool:
+        """Sends what is left, for at most `timeout_s`; True if MLflow holds everything."""
+        self.closing = True
+        self.wake.set()
+        self.thread.join(timeout_s)
+        return not self.thread.is_alive() and self.caught_up()

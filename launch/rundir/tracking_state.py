@@ -1,0 +1,39 @@
+"""RUN_DIR/tracking.json: how far MLflow holds a run's records, what is still to be sent, and why not; written by
+launch/rundir/outbox.py, read by `corolla status` (without MLflow)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from launch.rundir.files import METRICS_FILE, TRACKING_STATE
+
+
+@dataclass
+class TrackingState:
+    # series (file name) -> the last step MLflow holds; None: not known here (a run directory from before
+    # tracking.json, or one that lost it), asked of MLflow before anything is sent
+    sent: dict[str, int] | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # to set
+    artifacts: list[str] = field(default_factory=list)  # files to log
+    status: str | None = None  # to set once the metrics are in: FINISHED, FAILED or KILLED
+    error: str | None = None  # why the last attempt failed; None once one succeeds
+    failing_since: float | None = None  # time of the first failure in a row
+
+    def sent_up_to(self, series: str = METRICS_FILE) -> int:
+        return (self.sent or {}).get(series, 0)
+
+
+def read_state(run_dir: Path) -> TrackingState:
+    path = run_dir / TRACKING_STATE
+    return TrackingState(**json.loads(path.read_text())) if path.is_file() else TrackingState()
+
+
+def write_state(run_dir: Path, state: TrackingState) -> None:
+    """Whole or not at all: a crash mid-write leaves the previous state."""
+    path = run_dir / TRACKING_STATE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(asdict(state), indent=1) + "\n")
+    os.replace(partial, path)

@@ -1,0 +1,75 @@
+"""A full disk is said as one: which filesystem, how much the checkpoint needs; the previous checkpoint is kept, the
+run stops (no restart loop), MLflow says failed, and a launch after space is freed resumes. The run directory lives
+on a real tmpfs of a few MiB (mounted here: the tests run as root)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from test_training import SHORT_RUN
+
+from launch.cli import main
+from launch.rundir.checkpoints import latest_step
+from launch.rundir.history import RunHistory
+from launch.rundir.run_record import recorded_run
+
+RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "train.keep_checkpoints=2"]
+
+
+@contextmanager
+def small_filesystem(path: Path, mib: int) -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}M", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def resize(path: Path, mib: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={mib}M", str(path)], check=True)
+
+
+def mlflow_status(run_dir: Path) -> str:
+    tracked = recorded_run(run_dir)
+    return MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status
+
+
+def test_a_checkpoint_with_no_room_keeps_the_last_one_and_stops_until_space_is_freed(
+    capsys, tokens: Path, tmp_path: Path
+) -> None:
+    with small_filesystem(tmp_path / "disk", mib=8) as disk:
+        run_dir = disk / "run"
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]
+        assert main(train) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"corolla: error: no space on {disk} for the step-6 checkpoint: ")
+        assert "(the step-4 checkpoint is kept); free space there or move run_dir, then launch again" in err
+        assert latest_step(run_dir / "checkpoints") == 4
+        assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [
+            "latest",
+            "step-00000002",
+            "step-00000004",
+        ]
+        assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "no_space"
+        assert mlflow_status(run_dir) == "FAILED"
+
+        resize(disk, 32)
+        assert main(train) == 0
+        assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == 4
+        assert latest_step(run_dir / "checkpoints") == 6 and mlflow_status(run_dir) == "FINISHED"
+
+
+def test_a_first_checkpoint_that_fills_the_disk_is_removed_and_said(capsys, tokens: Path, tmp_path: Path) -> None:
+    with small_filesystem(tmp_path / "disk", mib=3) as disk:
+        run_dir = disk / "run"
+        assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"corolla: error: no space on {disk} for the step-2 checkpoint: ")
+        assert "(there is no checkpoint yet)" in err
+        assert [path.name for path in (run_dir / "checkpoints").iterdir()] == []
+        assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "no_space"

@@ -1,0 +1,104 @@
+"""Tracking never holds training: with its MLflow server gone, a run trains on and says how far tracking lags; once
+the server is back, `corolla tracking sync` sends the rest, in order, no step twice. A run tracked in its embedded
+store can be sent whole to a server later; a URI's credentials are never printed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from test_training import SHORT_RUN
+from tracking_server import MlflowServer
+
+from conftest import REPO_ROOT
+from launch.cli import main
+from launch.rundir.records import read_jsonl
+from launch.rundir.run_record import recorded_run
+
+
+def corolla(*arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "launch.cli", *arguments]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def steps_logged(run_dir: Path, metric: str = "train_loss") -> list[int]:
+    tracked = recorded_run(run_dir)
+    return sorted(entry.step for entry in MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, metric))
+
+
+def test_a_run_trains_on_while_its_server_is_away_and_a_sync_sends_the_rest_once(tokens: Path, tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path / "server")
+    (tmp_path / "server").mkdir()
+    run_dir = tmp_path / "run"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.checkpoint_interval=2"]
+    try:
+        uri = server.start()
+        assert main([*train, "train.steps=2", f"tracking.uri={uri}"]) == 0
+        server.kill()
+
+        away = corolla(*train, "train.steps=6", f"tracking.uri={uri}")
+        assert away.returncode == 0, away.stderr[-3000:]
+        assert "corolla tracking sync" in away.stdout
+        assert [record["step"] for record in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+        state = json.loads((run_dir / "tracking.json").read_text())
+        assert state["sent"]["metrics.jsonl"] == 2 and state["status"] == "FINISHED" and state["error"]
+        status = corolla("status", str(run_dir)).stdout
+        assert "MLflow holds steps to 2, 4 steps behind, tags and end status to send; not reached since" in status
+
+        server.start()
+        synced = corolla("tracking", "sync", str(run_dir))
+        assert synced.returncode == 0, synced.stderr
+        assert synced.stdout.strip().endswith("holds steps to 6 and validations to 6")
+    finally:
+        server.kill()
+    server.start()
+    try:
+        assert steps_logged(run_dir) == [1, 2, 3, 4, 5, 6]
+        tracked = recorded_run(run_dir)
+        run = MlflowClient(tracked.tracking_uri).get_run(tracked.run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["corolla.launches"] == "2"
+        assert "tracking   MLflow holds every step (to 6)" in corolla("status", str(run_dir)).stdout
+    finally:
+        server.kill()
+
+
+def test_a_run_in_its_embedded_store_is_sent_whole_to_a_server_later(tokens: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]) == 0
+    embedded = recorded_run(run_dir)
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server")
+    try:
+        uri = server.start()
+        assert main(["tracking", "sync", str(run_dir), f"uri={uri}"]) == 0
+        moved = recorded_run(run_dir)
+        assert moved.tracking_uri == uri and moved.run_id != embedded.run_id
+        assert steps_logged(run_dir) == [1, 2, 3, 4]
+        assert steps_logged(run_dir, "val_loss") == [4]
+        run = MlflowClient(uri).get_run(moved.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["corolla.moved_from"] == f"{embedded.tracking_uri} run {embedded.run_id}"
+    finally:
+        server.kill()
+
+
+def test_a_moved_run_directory_keeps_its_mlflow_run(tokens: Path, tmp_path: Path) -> None:
+    first, moved = tmp_path / "first", tmp_path / "elsewhere" / "run"
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={first}", *SHORT_RUN, "train.exit_after=2"]) == 0
+    run_id = recorded_run(first).run_id
+    moved.parent.mkdir()
+    first.rename(moved)
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={moved}", *SHORT_RUN]) == 0
+    assert recorded_run(moved).run_id == run_id and steps_logged(moved) == [1, 2, 3, 4]
+    assert not first.exists()
+
+
+def test_credentials_in_a_tracking_uri_are_never_printed(capsys, tokens: Path, tmp_path: Path) -> None:
+    secret_uri = "http://alice:s3cret@127.0.0.1:9"  # the discard port: nothing answers
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}"]
+    assert main([*train, f"tracking.uri={secret_uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.uri=http://***@127.0.0.1:9 cannot be reached" in err and "s3cret" not in err
