@@ -1,0 +1,351 @@
+"""Faults against a fault-free run of the same job: does the run survive, with the same losses, nothing missing or
+twice in MLflow, and how much does the fault cost?
+
+Each fault strikes N times (`--trials`, at least 3) at a random step of a tiny BLOOM (DP=2, 10 steps, a checkpoint
+every 2) trained by `corolla train` as a user runs it; where the fault stops the run, the same command is run again,
+as a user (or Slurm's requeue) would. Then, for every trial:
+- survived: the run finished by itself or after that one relaunch, or was refused cleanly where refusing is right
+  (a second writer);
+- max |loss - fault-free loss| over the steps (target: 1e-5), steps redone (the history's `steps_redone`);
+- MLflow's train_loss: steps missing and steps logged twice (target: none);
+- seconds lost: the trial's wall time (relaunches included) minus the fault-free run's.
+The slow tracking server's trials compare the time a step takes against a fault-free run's (target: < 5%).
+
+    .venv/bin/python benchmarks/faults.py [--trials 3] [--faults rank_killed,nan,...] [--seed 0]
+
+Runs as root (the full disk is a tmpfs mounted here). Not here: a node killed and USR2 on a Slurm cluster, which
+benchmarks/recovery.py times and tests/slurm/test_submit.py checks on the local test cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
+
+import psutil  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from recovery import token_files  # noqa: E402
+from tracking_server import MlflowServer  # noqa: E402
+
+from launch.rundir.history import RunHistory  # noqa: E402
+from launch.rundir.records import last_record_per_step  # noqa: E402
+from launch.rundir.run_record import recorded_run  # noqa: E402
+from launch.train.faults import CRASH_DURING_SAVE, HANG_AT_STEP, NAN_AT_STEP, STEP_SECONDS  # noqa: E402
+
+STEPS, INTERVAL = 10, 2
+JOB = [
+    "model.seq_length=32",
+    f"train.steps={STEPS}",
+    "train.global_batch=8",
+    "train.micro_batch=2",
+    "parallel.dp=2",
+    "seed=7",
+    f"train.checkpoint_interval={INTERVAL}",
+    "train.hang_timeout_s=20",
+]
+PACED = {STEP_SECONDS: "0.5"}  # steps no faster than this, so that a fault lands where it is aimed
+
+
+@dataclass
+class Trial:
+    fault: str
+    step: int
+    survived: bool
+    launches: int
+    seconds: float
+    note: str = ""
+    run_dir: Path | None = None
+    figures: dict = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(self, workdir: Path, tokens: Path) -> None:
+        self.workdir, self.tokens = workdir, tokens
+        self.count = 0
+        self.servers: list[MlflowServer] = []  # a trial's tracking servers: up until its figures are read
+
+    def server(self) -> MlflowServer:
+        server = MlflowServer(Path(tempfile.mkdtemp(dir=self.workdir)))
+        self.servers.append(server)
+        return server
+
+    def end_trial(self) -> None:
+        while self.servers:
+            self.servers.pop().kill()
+
+    def run_dir(self) -> Path:
+        self.count += 1
+        return self.workdir / f"run{self.count}"
+
+    def command(self, run_dir: Path, *extra: str) -> list[str]:
+        train = ["train", f"data.tokens_dir={self.tokens}", f"run_dir={run_dir}", *JOB, *extra]
+        return [sys.executable, "-m", "launch.cli", *train]
+
+    def start(self, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = (run_dir.parent / f"{run_dir.name}.log").open("a")
+        environment = {**os.environ, **PACED, **(env or {})}
+        command = self.command(run_dir, *extra)
+        return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
+
+    def train(self, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> int:
+        return self.start(run_dir, *extra, env=env).wait(timeout=900)
+
+
+def logged_step(run_dir: Path) -> int:
+    records = last_record_per_step(run_dir / "metrics.jsonl")
+    return records[-1]["step"] if records else 0
+
+
+def wait_for_step(run_dir: Path, step: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while logged_step(run_dir) < step:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run_dir} did not reach step {step}")
+        time.sleep(0.05)
+
+
+def workers(run_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "launch.train.worker" in cmdline and str(run_dir) in cmdline:
+            found.append(process)
+    return found
+
+
+# Each fault: (bench, run_dir, step) -> (survived, launches, note). `step` is where it strikes.
+
+
+def rank_killed(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    launcher = bench.start(run_dir)
+    wait_for_step(run_dir, step)
+    random.choice(workers(run_dir)).send_signal(signal.SIGKILL)
+    first = launcher.wait(timeout=300)
+    return first != 0 and bench.train(run_dir) == 0, 2, f"first launch exited {first}"
+
+
+def hung_rank(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    first = bench.train(run_dir, env={HANG_AT_STEP: str(step)})
+    return first != 0 and bench.train(run_dir) == 0, 2, f"first launch exited {first} (watchdog)"
+
+
+def killed_during_save(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    save_step = max(INTERVAL, step - step % INTERVAL)
+    first = bench.train(run_dir, env={CRASH_DURING_SAVE: str(save_step)})
+    return first != 0 and bench.train(run_dir) == 0, 2, f"rank 0 died saving step {save_step}"
+
+
+def launcher_killed(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    launcher = bench.start(run_dir)
+    wait_for_step(run_dir, step)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while workers(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = len(workers(run_dir))
+    return orphans == 0 and bench.train(run_dir) == 0, 2, f"{orphans} ranks outlived the launcher"
+
+
+def flipped_byte(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    save_step = max(2 * INTERVAL, step - step % INTERVAL)
+    assert bench.train(run_dir, f"train.exit_after={save_step}") == 0
+    shard = sorted((run_dir / "checkpoints" / f"step-{save_step:08d}").glob("model-*.pt"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return bench.train(run_dir) == 0, 2, f"a byte of step {save_step}'s {shard.name} flipped"
+
+
+def nan_in_loss(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    first = bench.train(run_dir, env={NAN_AT_STEP: str(step)})
+    stopped = RunHistory(run_dir).events()[-1]["event"] == "diverged"
+    return first != 0 and stopped and bench.train(run_dir) == 0, 2, f"stopped as diverged: {stopped}"
+
+
+def second_writer(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    launcher = bench.start(run_dir)
+    wait_for_step(run_dir, step)
+    second = subprocess.run(bench.command(run_dir), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    refused = second.returncode == 2 and "is being written by process" in second.stderr
+    return refused and launcher.wait(timeout=300) == 0, 1, "refused" if refused else second.stderr[-200:]
+
+
+def full_disk(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    """The run directory on a tmpfs with room for MLflow and about two checkpoints; then room is made."""
+    disk = run_dir.parent / f"{run_dir.name}-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(disk)], check=True)
+    try:
+        inside = disk / "run"
+        first = bench.train(inside)
+        said = RunHistory(inside).events()[-1]["event"] == "no_space"
+        subprocess.run(["mount", "-o", "remount,size=64M", str(disk)], check=True)
+        finished = bench.train(inside) == 0
+        subprocess.run(["cp", "-a", str(inside), str(run_dir)], check=True)
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+    return first != 0 and said and finished, 2, f"stopped with no_space: {said}"
+
+
+def tracking_server_down(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    server = bench.server()
+    launcher = bench.start(run_dir, f"tracking.uri={server.start()}")
+    wait_for_step(run_dir, step)
+    server.kill()  # for the rest of the run
+    finished = launcher.wait(timeout=600) == 0
+    server.start()
+    sync = [sys.executable, "-m", "launch.cli", "tracking", "sync", str(run_dir)]
+    synced = subprocess.run(sync, cwd=REPO_ROOT, capture_output=True, text=True).returncode == 0
+    return finished and synced, 1, "synced after the run" if synced else "sync failed"
+
+
+def delaying_proxy(target: tuple[str, int], delay_s: float) -> int:
+    """A TCP proxy that holds each chunk a client sends for `delay_s`: a server that answers every request late."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(source: socket.socket, sink: socket.socket, delay: float) -> None:
+        try:
+            while chunk := source.recv(65536):
+                time.sleep(delay)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def serve() -> None:
+        while True:
+            client, _ = listener.accept()
+            upstream = socket.create_connection(target)
+            threading.Thread(target=pipe, args=(client, upstream, delay_s), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client, 0.0), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def tracking_server_slow(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    server = bench.server()
+    server.start()
+    port = delaying_proxy((server.host, server.port), 3.0)
+    finished = bench.train(run_dir, f"tracking.uri=http://127.0.0.1:{port}", env={STEP_SECONDS: "0"}) == 0
+    sync = [sys.executable, "-m", "launch.cli", "tracking", "sync", str(run_dir)]
+    synced = subprocess.run(sync, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600).returncode == 0
+    return finished and synced, 1, "3 s a request"
+
+
+FAULTS: dict[str, Callable[[Bench, Path, int], tuple[bool, int, str]]] = {
+    "rank_killed": rank_killed,
+    "hung_rank": hung_rank,
+    "killed_during_save": killed_during_save,
+    "launcher_killed": launcher_killed,
+    "tracking_server_down": tracking_server_down,
+    "tracking_server_slow": tracking_server_slow,
+    "full_disk": full_disk,
+    "flipped_byte": flipped_byte,
+    "nan_in_loss": nan_in_loss,
+    "second_writer": second_writer,
+}
+
+
+def step_seconds(run_dir: Path) -> float:
+    """The median time between consecutive step records of the last launch."""
+    times = [record["time"] / 1000 for record in last_record_per_step(run_dir / "metrics.jsonl")]
+    return statistics.median(b - a for a, b in itertools.pairwise(times[1:]))  # the first step warms up
+
+
+def figures(run_dir: Path, baseline: dict[int, float]) -> dict:
+    losses = {record["step"]: record["loss"] for record in last_record_per_step(run_dir / "metrics.jsonl")}
+    tracked = recorded_run(run_dir)
+    history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, "train_loss")
+    logged = [entry.step for entry in history]
+    return {
+        "max_loss_difference": max(abs(losses.get(step, float("inf")) - loss) for step, loss in baseline.items()),
+        "steps_redone": sum(start.get("steps_redone", 0) for start in RunHistory(run_dir).starts()),
+        "mlflow_missing": len(set(baseline) - set(logged)),
+        "mlflow_twice": len(logged) - len(set(logged)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--seed", type=int, default=0)
+    arguments = parser.parse_args()
+    chosen = arguments.faults.split(",")
+    rng = random.Random(arguments.seed)
+    with tempfile.TemporaryDirectory(prefix="corolla-faults-") as tmp:
+        workdir = Path(tmp)
+        bench = Bench(workdir, token_files(workdir))
+        clean = bench.run_dir()
+        started = time.monotonic()
+        assert bench.train(clean) == 0, "the fault-free run failed"
+        clean_seconds = time.monotonic() - started
+        baseline = {record["step"]: record["loss"] for record in last_record_per_step(clean / "metrics.jsonl")}
+        unpaced = bench.run_dir()
+        assert bench.train(unpaced, env={STEP_SECONDS: "0"}) == 0
+        print(f"fault-free run: {clean_seconds:.1f} s, {STEPS} steps; unpaced: {step_seconds(unpaced):.3f} s a step\n")
+        print(
+            f"{'fault':<22} {'trial':>5} {'step':>4} {'survived':>8} {'launches':>8} {'max |dloss|':>11} "
+            f"{'redone':>6} {'missing':>7} {'twice':>5} {'s lost':>7}  note"
+        )
+        trials = []
+        for name in chosen:
+            for trial_number in range(1, arguments.trials + 1):
+                run_dir, step = bench.run_dir(), rng.randint(2, STEPS - 2)
+                started = time.monotonic()
+                try:
+                    survived, launches, note = FAULTS[name](bench, run_dir, step)
+                    seconds = time.monotonic() - started
+                    trial = Trial(name, step, survived, launches, seconds, note, run_dir, figures(run_dir, baseline))
+                finally:
+                    bench.end_trial()
+                if name == "tracking_server_slow":
+                    ratio = step_seconds(run_dir) / step_seconds(unpaced)
+                    trial.figures["step_time_ratio"] = round(ratio, 3)
+                    trial.note += f"; a step takes {ratio:.3f} x the fault-free one"
+                    lost = "-"
+                else:
+                    lost = f"{seconds - clean_seconds:7.1f}"
+                trials.append(trial)
+                f = trial.figures
+                print(
+                    f"{name:<22} {trial_number:>5} {step:>4} {survived!s:>8} {launches:>8} "
+                    f"{f['max_loss_difference']:>11.2e} {f['steps_redone']:>6} {f['mlflow_missing']:>7} "
+                    f"{f['mlflow_twice']:>5} {lost:>7}  {note}",
+                    flush=True,
+                )
+        survived = sum(trial.survived for trial in trials)
+        identical = sum(trial.figures["max_loss_difference"] <= 1e-5 for trial in trials)
+        clean_mlflow = sum(
+            not trial.figures["mlflow_missing"] and not trial.figures["mlflow_twice"] for trial in trials
+        )
+        print(
+            f"\n{survived} of {len(trials)} trials survived; {identical} with losses within 1e-5 of the fault-free "
+            f"run; {clean_mlflow} with MLflow holding every step once"
+        )
+        summary = [{**{k: v for k, v in vars(t).items() if k != "run_dir"}} for t in trials]
+        print(json.dumps({"clean_seconds": round(clean_seconds, 1), "trials": summary}, default=str))
+
+
+if __name__ == "__main__":
+    main()
