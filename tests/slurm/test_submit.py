@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from tracking_server import MlflowServer
 from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
+from launch.rundir.run_record import recorded_run
 from launch.train.faults import CRASH_DURING_SAVE, STEP_SECONDS
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
 
@@ -94,7 +96,7 @@ def logs(run_dir: Path) -> str:
 
 
 def one_mlflow_value_per_step(run_dir: Path, expected: dict[int, float]) -> None:
-    tracked = json.loads((run_dir / "run.json").read_text())
+    tracked = asdict(recorded_run(run_dir))
     history = MlflowClient(tracked["tracking_uri"]).get_metric_history(tracked["run_id"], "train_loss")
     assert sorted(metric.step for metric in history) == sorted(expected)
     assert {metric.step: metric.value for metric in history} == pytest.approx(expected, abs=1e-5)
@@ -157,7 +159,7 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
     # The job the second start queued behind itself was cancelled when the run finished.
     jobs = json.loads((run_dir / JOBS_FILE).read_text())
     assert len(jobs) == 3 and wait_for(lambda: job_state(slurm_cluster, jobs[2]) in ("CANCELLED", "GONE"), timeout=30)
-    tracked = json.loads((run_dir / "run.json").read_text())
+    tracked = asdict(recorded_run(run_dir))
     tags = MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).data.tags
     assert tags["layout"] == "tp2-pp2-dp1" and tags["corolla.resharded_from"] == "tp2-pp2-dp2"
     one_mlflow_value_per_step(run_dir, local_losses)
@@ -182,7 +184,7 @@ def test_a_stop_signal_checkpoints_requeues_and_resumes(
     stopped = RunHistory(run_dir).events()[2]
     assert stopped["signal"] == "SIGUSR2" and RunHistory(run_dir).starts()[1]["steps_redone"] == 0
     assert RunHistory(run_dir).failures() == 0
-    tracked = json.loads((run_dir / "run.json").read_text())
+    tracked = asdict(recorded_run(run_dir))
     assert tracked["tracking_uri"] == mlflow_server
     one_mlflow_value_per_step(run_dir, local_losses)
     run = MlflowClient(mlflow_server).get_run(tracked["run_id"])
@@ -325,5 +327,5 @@ def test_past_its_restart_budget_a_failing_job_gives_up(slurm_cluster, tokens, t
     assert wait_for(gave_up, timeout=240, interval=0.5), logs(run_dir)
     assert wait_for(lambda: job_state(slurm_cluster, job_id) in ("FAILED", "GONE"), timeout=60, interval=0.5)
     assert len(RunHistory(run_dir).starts()) == 1
-    tracked = json.loads((run_dir / "run.json").read_text())
+    tracked = asdict(recorded_run(run_dir))
     assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "FAILED"
