@@ -11,15 +11,20 @@ as a user (or Slurm's requeue) would. Then, for every trial:
 - seconds lost: the trial's wall time (relaunches included) minus the fault-free run's.
 The slow tracking server's trials compare the time a step takes against a fault-free run's (target: < 5%).
 
+The Slurm faults (a node killed, USR2) strike the same job submitted with `corolla submit` to a three-node test
+cluster on this machine (slurm/testcluster.py), DP2 over two of its nodes; Slurm requeues it and nobody relaunches
+anything. Their seconds lost are against a fault-free submission of the same job.
+
     .venv/bin/python benchmarks/faults.py [--trials 3] [--faults rank_killed,nan,...] [--seed 0]
 
-Runs as root (the full disk is a tmpfs mounted here). Not here: a node killed and USR2 on a Slurm cluster, which
-benchmarks/recovery.py times and tests/slurm/test_submit.py checks on the local test cluster.
+Runs as root (the full disk is a tmpfs mounted here); the Slurm faults need `bash scripts/setup-slurm.sh` and no
+other test cluster running.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -41,13 +46,15 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 import psutil  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-from recovery import token_files  # noqa: E402
+from recovery import finished, job_field, token_files  # noqa: E402
 from tracking_server import MlflowServer  # noqa: E402
 
+from launch.rundir.files import JOBS_FILE  # noqa: E402
 from launch.rundir.history import RunHistory  # noqa: E402
 from launch.rundir.records import last_record_per_step  # noqa: E402
 from launch.rundir.run_record import recorded_run  # noqa: E402
 from launch.train.faults import CRASH_DURING_SAVE, HANG_AT_STEP, NAN_AT_STEP, STEP_SECONDS  # noqa: E402
+from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for  # noqa: E402
 
 STEPS, INTERVAL = 10, 2
 JOB = [
@@ -58,8 +65,10 @@ JOB = [
     "parallel.dp=2",
     "seed=7",
     f"train.checkpoint_interval={INTERVAL}",
-    "train.hang_timeout_s=20",
 ]
+LOCAL = ["train.hang_timeout_s=20"]
+SLURM_CLUSTER = ClusterSpec(nodes=3, gpus_per_node=0, cpus_per_node=4, accounting=True)
+SLURM = ["cluster=testcluster", "cluster.tasks_per_node=1", "train.hang_timeout_s=60"]  # ranks start slower there
 PACED = {STEP_SECONDS: "0.5"}  # steps no faster than this, so that a fault lands where it is aimed
 
 
@@ -78,6 +87,7 @@ class Trial:
 class Bench:
     def __init__(self, workdir: Path, tokens: Path) -> None:
         self.workdir, self.tokens = workdir, tokens
+        self.cluster: TestCluster | None = None  # for the Slurm faults only
         self.count = 0
         self.servers: list[MlflowServer] = []  # a trial's tracking servers: up until its figures are read
 
@@ -95,7 +105,7 @@ class Bench:
         return self.workdir / f"run{self.count}"
 
     def command(self, run_dir: Path, *extra: str) -> list[str]:
-        train = ["train", f"data.tokens_dir={self.tokens}", f"run_dir={run_dir}", *JOB, *extra]
+        train = ["train", f"data.tokens_dir={self.tokens}", f"run_dir={run_dir}", *JOB, *LOCAL, *extra]
         return [sys.executable, "-m", "launch.cli", *train]
 
     def start(self, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -106,6 +116,19 @@ class Bench:
 
     def train(self, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> int:
         return self.start(run_dir, *extra, env=env).wait(timeout=900)
+
+    def submit(self, run_dir: Path) -> str:
+        """`corolla submit` of the job to the test cluster; the Slurm job id."""
+        submit = ["submit", f"data.tokens_dir={self.tokens}", f"run_dir={run_dir}", *JOB, *SLURM]
+        environment = {**os.environ, **PACED, **self.cluster.env}
+        command = [sys.executable, "-m", "launch.cli", *submit]
+        subprocess.run(command, cwd=REPO_ROOT, env=environment, check=True, capture_output=True, text=True)
+        return json.loads((run_dir / JOBS_FILE).read_text())[-1]
+
+    def slurm_job_ended(self, run_dir: Path, job_id: str, timeout: float = 600) -> bool:
+        """Whether the run finished and its Slurm job left the queue within `timeout`."""
+        gone = lambda: job_field(self.cluster, job_id, "JobState") in ("COMPLETED", "")  # noqa: E731
+        return wait_for(lambda: finished(run_dir) and gone(), timeout=timeout, interval=1.0)
 
 
 def logged_step(run_dir: Path) -> int:
@@ -252,7 +275,34 @@ def tracking_server_slow(bench: Bench, run_dir: Path, step: int) -> tuple[bool, 
     return finished and synced, 1, "3 s a request"
 
 
+def node_killed(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    job_id = bench.submit(run_dir)
+    wait_for_step(run_dir, step)
+    nodes = job_field(bench.cluster, job_id, "NodeList")
+    victim = bench.cluster.run("scontrol", "show", "hostnames", nodes).stdout.split()[-1]
+    bench.cluster.kill_node(victim)
+    try:
+        ended = bench.slurm_job_ended(run_dir, job_id)
+    finally:
+        bench.cluster.restart_node(victim)
+        bench.cluster.wait_ready()
+    starts = RunHistory(run_dir).starts()
+    return ended and len(starts) == 2, len(starts), f"{victim} killed; requeued by Slurm"
+
+
+def stop_signal(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
+    job_id = bench.submit(run_dir)
+    wait_for_step(run_dir, step)
+    bench.cluster.run("scancel", "--signal=USR2", job_id)
+    ended = bench.slurm_job_ended(run_dir, job_id)
+    stops = [event for event in RunHistory(run_dir).events() if event["event"] == "stopped"]
+    saved = [event.get("signal") for event in stops] == ["SIGUSR2"]
+    return ended and saved, len(RunHistory(run_dir).starts()), f"stopped on SIGUSR2 and requeued: {saved}"
+
+
 FAULTS: dict[str, Callable[[Bench, Path, int], tuple[bool, int, str]]] = {
+    "node_killed": node_killed,
+    "usr2": stop_signal,
     "rank_killed": rank_killed,
     "hung_rank": hung_rank,
     "killed_during_save": killed_during_save,
@@ -264,6 +314,7 @@ FAULTS: dict[str, Callable[[Bench, Path, int], tuple[bool, int, str]]] = {
     "nan_in_loss": nan_in_loss,
     "second_writer": second_writer,
 }
+SLURM_FAULTS = {"node_killed", "usr2"}
 
 
 def step_seconds(run_dir: Path) -> float:
@@ -285,6 +336,59 @@ def figures(run_dir: Path, baseline: dict[int, float]) -> dict:
     }
 
 
+def fault_free(bench: Bench, slurm: bool) -> tuple[dict[int, float], dict[str, float], Path]:
+    """The fault-free run's losses, its seconds (locally, and submitted to Slurm when a Slurm fault is chosen), and
+    an unpaced run, whose steps the slow tracking server's are compared with."""
+    clean, started = bench.run_dir(), time.monotonic()
+    assert bench.train(clean) == 0, "the fault-free run failed"
+    seconds = {"local": time.monotonic() - started}
+    losses = {record["step"]: record["loss"] for record in last_record_per_step(clean / "metrics.jsonl")}
+    unpaced = bench.run_dir()
+    assert bench.train(unpaced, env={STEP_SECONDS: "0"}) == 0
+    print(f"fault-free run: {seconds['local']:.1f} s, {STEPS} steps; unpaced: {step_seconds(unpaced):.3f} s a step")
+    if slurm:
+        submitted, started = bench.run_dir(), time.monotonic()
+        assert bench.slurm_job_ended(submitted, bench.submit(submitted)), "the fault-free Slurm job failed"
+        seconds["slurm"] = time.monotonic() - started
+        print(f"fault-free Slurm job: {seconds['slurm']:.1f} s from submission to its end")
+    return losses, seconds, unpaced
+
+
+def run_trial(bench: Bench, name: str, step: int, baseline: dict[int, float]) -> Trial:
+    run_dir, started = bench.run_dir(), time.monotonic()
+    try:
+        survived, launches, note = FAULTS[name](bench, run_dir, step)
+        seconds = time.monotonic() - started
+        return Trial(name, step, survived, launches, seconds, note, run_dir, figures(run_dir, baseline))
+    finally:
+        bench.end_trial()
+
+
+HEADER = (
+    f"{'fault':<22} {'trial':>5} {'step':>4} {'survived':>8} {'launches':>8} {'max |dloss|':>11} "
+    f"{'redone':>6} {'missing':>7} {'twice':>5} {'s lost':>7}  note"
+)
+
+
+def row(trial: Trial, number: int, lost: str) -> str:
+    f = trial.figures
+    return (
+        f"{trial.fault:<22} {number:>5} {trial.step:>4} {trial.survived!s:>8} {trial.launches:>8} "
+        f"{f['max_loss_difference']:>11.2e} {f['steps_redone']:>6} {f['mlflow_missing']:>7} "
+        f"{f['mlflow_twice']:>5} {lost:>7}  {trial.note}"
+    )
+
+
+def totals(trials: list[Trial]) -> str:
+    survived = sum(trial.survived for trial in trials)
+    identical = sum(trial.figures["max_loss_difference"] <= 1e-5 for trial in trials)
+    once = sum(not trial.figures["mlflow_missing"] and not trial.figures["mlflow_twice"] for trial in trials)
+    return (
+        f"{survived} of {len(trials)} trials survived; {identical} with losses within 1e-5 of the fault-free run; "
+        f"{once} with MLflow holding every step once"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
@@ -293,58 +397,30 @@ def main() -> None:
     arguments = parser.parse_args()
     chosen = arguments.faults.split(",")
     rng = random.Random(arguments.seed)
-    with tempfile.TemporaryDirectory(prefix="corolla-faults-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="corolla-faults-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         bench = Bench(workdir, token_files(workdir))
-        clean = bench.run_dir()
-        started = time.monotonic()
-        assert bench.train(clean) == 0, "the fault-free run failed"
-        clean_seconds = time.monotonic() - started
-        baseline = {record["step"]: record["loss"] for record in last_record_per_step(clean / "metrics.jsonl")}
-        unpaced = bench.run_dir()
-        assert bench.train(unpaced, env={STEP_SECONDS: "0"}) == 0
-        print(f"fault-free run: {clean_seconds:.1f} s, {STEPS} steps; unpaced: {step_seconds(unpaced):.3f} s a step\n")
-        print(
-            f"{'fault':<22} {'trial':>5} {'step':>4} {'survived':>8} {'launches':>8} {'max |dloss|':>11} "
-            f"{'redone':>6} {'missing':>7} {'twice':>5} {'s lost':>7}  note"
-        )
+        if SLURM_FAULTS & set(chosen):
+            bench.cluster = stack.enter_context(temporary_cluster(SLURM_CLUSTER))
+        baseline, clean_seconds, unpaced = fault_free(bench, slurm=bench.cluster is not None)
+        print(f"\n{HEADER}")
         trials = []
         for name in chosen:
-            for trial_number in range(1, arguments.trials + 1):
-                run_dir, step = bench.run_dir(), rng.randint(2, STEPS - 2)
-                started = time.monotonic()
-                try:
-                    survived, launches, note = FAULTS[name](bench, run_dir, step)
-                    seconds = time.monotonic() - started
-                    trial = Trial(name, step, survived, launches, seconds, note, run_dir, figures(run_dir, baseline))
-                finally:
-                    bench.end_trial()
+            for number in range(1, arguments.trials + 1):
+                trial = run_trial(bench, name, rng.randint(2, STEPS - 2), baseline)
                 if name == "tracking_server_slow":
-                    ratio = step_seconds(run_dir) / step_seconds(unpaced)
+                    ratio = step_seconds(trial.run_dir) / step_seconds(unpaced)
                     trial.figures["step_time_ratio"] = round(ratio, 3)
                     trial.note += f"; a step takes {ratio:.3f} x the fault-free one"
                     lost = "-"
                 else:
-                    lost = f"{seconds - clean_seconds:7.1f}"
+                    lost = f"{trial.seconds - clean_seconds['slurm' if name in SLURM_FAULTS else 'local']:7.1f}"
                 trials.append(trial)
-                f = trial.figures
-                print(
-                    f"{name:<22} {trial_number:>5} {step:>4} {survived!s:>8} {launches:>8} "
-                    f"{f['max_loss_difference']:>11.2e} {f['steps_redone']:>6} {f['mlflow_missing']:>7} "
-                    f"{f['mlflow_twice']:>5} {lost:>7}  {note}",
-                    flush=True,
-                )
-        survived = sum(trial.survived for trial in trials)
-        identical = sum(trial.figures["max_loss_difference"] <= 1e-5 for trial in trials)
-        clean_mlflow = sum(
-            not trial.figures["mlflow_missing"] and not trial.figures["mlflow_twice"] for trial in trials
-        )
-        print(
-            f"\n{survived} of {len(trials)} trials survived; {identical} with losses within 1e-5 of the fault-free "
-            f"run; {clean_mlflow} with MLflow holding every step once"
-        )
-        summary = [{**{k: v for k, v in vars(t).items() if k != "run_dir"}} for t in trials]
-        print(json.dumps({"clean_seconds": round(clean_seconds, 1), "trials": summary}, default=str))
+                print(row(trial, number, lost), flush=True)
+        print(f"\n{totals(trials)}")
+        summary = [{k: v for k, v in vars(t).items() if k != "run_dir"} for t in trials]
+        rounded = {kind: round(seconds, 1) for kind, seconds in clean_seconds.items()}
+        print(json.dumps({"clean_seconds": rounded, "trials": summary}, default=str))
 
 
 if __name__ == "__main__":
