@@ -96,6 +96,7 @@ class LocalBackend(Backend):
         # Here rather than above: the data preparation and MLflow take seconds to import, status and logs need neither.
         from launch.jobs.prepare import prepare_run
         from launch.rundir import outbox, tracking
+        from launch.rundir.loss_chart import write_loss_chart
 
         if job.cluster.scheduler != Scheduler.local:
             raise ValueError(f"cluster={job.cluster.name} is a Slurm cluster: submit to it with `corolla submit`")
@@ -135,8 +136,10 @@ class LocalBackend(Backend):
                 f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: `corolla train` with the same "
                 "run_dir resumes it"
             )
+        chart = write_loss_chart(run_dir, prepared.job.model.vocab_size)
         print(
-            f"done: checkpoints in {run_dir / CHECKPOINTS}; MLflow run {tracked.run_id}: {tracking.ui_command(tracked)}"
+            f"done: checkpoints in {run_dir / CHECKPOINTS}, loss curve {chart}; MLflow run {tracked.run_id}: "
+            f"{tracking.ui_command(tracked)}"
         )
 
     def state_lines(self, run: RunDirectory) -> list[str]:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 from launch.config.schemas import ExportJob, MainJob, TrainJob
 from launch.jobs.local import LocalBackend
-from launch.rundir.files import CHECKPOINTS, HF_DIR, METRICS_FILE, REPORT_DIR, TOKENIZER_DIR, TRAIN_DIR
+from launch.rundir.files import (
+    CHECKPOINTS,
+    HF_DIR,
+    LOSS_CHART,
+    METRICS_FILE,
+    REPORT_DIR,
+    TOKENIZER_DIR,
+    TRAIN_DIR,
+)
 from launch.rundir.run_record import recorded_run
 from launch.rundir.tracking import ui_command
 from launch.train.export import export_hf_model
@@ -61,5 +69,6 @@ def run_main_job(job: MainJob) -> None:
         print(f"  {kind:<16} {path}")
     print(f"  token files      {Path(job.data.tokens_dir) / MANIFEST_NAME}")
     print(f"  checkpoints      {train_dir / CHECKPOINTS}  (metrics also in {train_dir / METRICS_FILE})")
+    print(f"  loss curve       {train_dir / LOSS_CHART}  (train and validation per language)")
     print(f"  HF model         {hf_dir}  (transformers.BloomForCausalLM.from_pretrained)")
     print(f"  MLflow run       {tracked.run_id}: {ui_command(tracked)}")
