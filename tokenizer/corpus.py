@@ -1,11 +1,19 @@
 """Text in: find a corpus's per-language sources and stream clean documents out of them.
 
-A corpus directory holds `<lang>.txt` files (one document per line, optionally `.gz`/`.zst`) and/or JSONL files
-whose records have `text` and `lang` fields. Language codes are FLORES-200 style: ISO 639-3 + ISO 15924 (`fra_Latn`).
+A corpus directory holds, in any mix:
+- `<lang>.txt` files, one document per line;
+- JSONL files whose records have `text` and `lang` fields;
+- per-language directories of shards, as today's open corpora come (FineWeb-2's `fra_Latn/train/000_00000.parquet`):
+  every `.txt`, `.jsonl` and `.parquet` file under a directory named with a language code is of that language
+  (JSONL records then need `text` only, parquet files a `text` column);
+- parquet files elsewhere, whose rows name their language in a `lang` or `language` column.
+Text files may be `.gz` or `.zst` compressed. Every file is read streaming, never whole. Language codes are
+FLORES-200 style: ISO 639-3 + ISO 15924 (`fra_Latn`).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -46,10 +54,14 @@ class CorpusError(ValueError):
     """Bad corpus input; the message names the file and the fix."""
 
 
-def check_language_code(code: str, where: str) -> str:
+@functools.cache
+def _known_code(code: str) -> bool:
     match = LANGUAGE_CODE.match(code)
-    known = match and pycountry.languages.get(alpha_3=match[1]) and pycountry.scripts.get(alpha_4=match[2])
-    if not known:
+    return bool(match and pycountry.languages.get(alpha_3=match[1]) and pycountry.scripts.get(alpha_4=match[2]))
+
+
+def check_language_code(code: str, where: str) -> str:
+    if not _known_code(code):
         raise CorpusError(
             f"unknown language code {code!r} in {where}: name languages FLORES-200 style, ISO 639-3 + ISO 15924 "
             "script (e.g. fra_Latn.txt)"
@@ -57,14 +69,24 @@ def check_language_code(code: str, where: str) -> str:
     return code
 
 
+TEXT, JSONL, PARQUET = ".txt", ".jsonl", ".parquet"
+LANGUAGE_COLUMNS = ("lang", "language")  # a parquet file outside a language directory: where rows name theirs
+PARQUET_ROWS_PER_BATCH = 1024
+
+
 @dataclass(frozen=True)
 class Source:
     path: Path
-    language: str | None  # None for JSONL, whose records name their language
+    language: str | None  # None where each record names its language
+    name: str = ""  # the path inside the corpus directory: tells apart shards of the same file name
 
     @property
-    def is_jsonl(self) -> bool:
-        return self.language is None
+    def format(self) -> str:
+        return Path(_strip_compression(self.path.name)).suffix
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path.name
 
 
 def _strip_compression(name: str) -> str:
@@ -74,19 +96,45 @@ def _strip_compression(name: str) -> str:
     return name
 
 
+def _language_directory(relative: Path) -> str | None:
+    """The language of the nearest enclosing directory named with a language code, if any."""
+    return next((part for part in reversed(relative.parts[:-1]) if LANGUAGE_CODE.match(part)), None)
+
+
+def _source(corpus: Path, path: Path) -> Source | None:
+    """The source a corpus file is, None for a file that is not text (a README, a checksum list)."""
+    relative = path.relative_to(corpus)
+    name, where = relative.as_posix(), str(path)
+    fmt = Path(_strip_compression(path.name)).suffix
+    if fmt not in (TEXT, JSONL, PARQUET) or (fmt == PARQUET and path.name != _strip_compression(path.name)):
+        return None
+    directory = _language_directory(relative)
+    if directory:
+        return Source(path, check_language_code(directory, where), name)
+    if fmt == TEXT and len(relative.parts) == 1:
+        return Source(path, check_language_code(_strip_compression(path.name)[: -len(TEXT)], where), name)
+    if fmt == TEXT:
+        raise CorpusError(
+            f"{path} is in no language directory: name one of its enclosing directories with its language code "
+            "(e.g. fra_Latn/), or put it at the top as <lang>.txt"
+        )
+    return Source(path, None, name)
+
+
 def discover_sources(corpus_dir: str | Path) -> list[Source]:
     corpus = Path(corpus_dir)
     if not corpus.is_dir():
-        raise CorpusError(f"corpus directory {corpus} does not exist: pass corpus=DIR with <lang>.txt or .jsonl files")
-    sources = []
-    for path in sorted(p for p in corpus.iterdir() if p.is_file()):
-        name = _strip_compression(path.name)
-        if name.endswith(".jsonl"):
-            sources.append(Source(path, None))
-        elif name.endswith(".txt"):
-            sources.append(Source(path, check_language_code(name[: -len(".txt")], str(path))))
+        raise CorpusError(
+            f"corpus directory {corpus} does not exist: pass corpus=DIR with <lang>.txt or .jsonl files, or "
+            "per-language directories of shards"
+        )
+    found = (_source(corpus, path) for path in sorted(corpus.rglob("*")) if path.is_file())
+    sources = [source for source in found if source is not None]
     if not sources:
-        raise CorpusError(f"corpus directory {corpus} has no <lang>.txt[.gz|.zst] or .jsonl files")
+        raise CorpusError(
+            f"corpus directory {corpus} has no <lang>.txt[.gz|.zst], .jsonl or .parquet files, nor per-language "
+            "directories of them"
+        )
     for source in sources:
         if source.path.stat().st_size == 0:
             raise CorpusError(f"corpus file {source.path} is empty: remove it or fill it")
@@ -104,18 +152,20 @@ def open_binary(path: Path) -> BinaryIO:
 def _decode_record(source: Source, raw: bytes, line_number: int) -> tuple[str, str] | None:
     """(language, text) of one line, or None where the line is blank."""
     text = raw.decode("utf-8").rstrip("\r\n")
-    if not source.is_jsonl:
-        return (source.language, text) if text.strip() else None  # type: ignore[return-value]
     if not text.strip():
         return None
+    if source.format == TEXT:
+        return source.language, text  # type: ignore[return-value]
     where = f"{source.path}:{line_number}"
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
         raise CorpusError(f"{where} is not valid JSON ({error.msg}): each line must be one JSON object") from None
-    if not (isinstance(record, dict) and isinstance(record.get("text"), str) and isinstance(record.get("lang"), str)):
-        raise CorpusError(f"{where} lacks string fields 'text' and 'lang': each record needs both")
-    return check_language_code(record["lang"], where), record["text"]
+    language = source.language or (record.get("lang") if isinstance(record, dict) else None)
+    if not (isinstance(record, dict) and isinstance(record.get("text"), str) and isinstance(language, str)):
+        needed = "'text'" if source.language else "'text' and 'lang'"
+        raise CorpusError(f"{where} lacks string fields {needed}: each record needs them")
+    return check_language_code(language, where), record["text"]
 
 
 def _raw_lines(path: Path) -> Iterator[bytes]:
@@ -126,8 +176,8 @@ def _raw_lines(path: Path) -> Iterator[bytes]:
         raise CorpusError(f"corpus file {path} cannot be read ({error}): replace the damaged file") from None
 
 
-def read_documents(source: Source, stats: HygieneStats) -> Iterator[tuple[str, str]]:
-    """Yields (language, clean NFC text) per document, counting what hygiene skipped or repaired in `stats`."""
+def _line_records(source: Source, stats: HygieneStats) -> Iterator[tuple[str, str]]:
+    """(language, text) per line of a text or JSONL file; lines that are not UTF-8 are counted and skipped."""
     invalid = lines = 0
     for line_number, raw in enumerate(_raw_lines(source.path), start=1):
         lines += 1
@@ -137,12 +187,8 @@ def read_documents(source: Source, stats: HygieneStats) -> Iterator[tuple[str, s
             invalid += 1
             stats.count_invalid_utf8(source.language or "?")
             continue
-        if record is None:
-            continue
-        language, text = record
-        clean = clean_text(language, text, stats)
-        if clean:
-            yield language, clean
+        if record is not None:
+            yield record
     if lines and invalid > MAX_INVALID_SHARE * lines:
         raise CorpusError(
             f"corpus file {source.path} is not UTF-8 ({invalid} of {lines} lines invalid): convert it, "
@@ -150,11 +196,46 @@ def read_documents(source: Source, stats: HygieneStats) -> Iterator[tuple[str, s
         )
 
 
+def _parquet_records(source: Source) -> Iterator[tuple[str, str]]:
+    """(language, text) per row of a parquet file, a batch of rows in memory at a time."""
+    import pyarrow.parquet  # here: a second to import, and only parquet corpora need it
+
+    try:
+        table = pyarrow.parquet.ParquetFile(source.path)
+        columns = table.schema_arrow.names
+    except (OSError, pyarrow.ArrowException) as error:
+        raise CorpusError(f"corpus file {source.path} cannot be read as parquet ({error}): replace it") from None
+    language_column = next((name for name in LANGUAGE_COLUMNS if name in columns), None)
+    if "text" not in columns or (source.language is None and language_column is None):
+        needed = "a 'text' column" if source.language else "a 'text' and a 'lang' (or 'language') column"
+        raise CorpusError(
+            f"{source.path} has columns {', '.join(columns)}, not {needed}: rename them, or put the file in a "
+            "directory named with its language code (e.g. fra_Latn/)"
+        )
+    wanted = ["text"] if source.language else ["text", language_column]
+    for number, batch in enumerate(table.iter_batches(PARQUET_ROWS_PER_BATCH, columns=wanted)):
+        texts = batch.column("text").to_pylist()
+        languages = [source.language] * len(texts) if source.language else batch.column(1).to_pylist()
+        for row, (language, text) in enumerate(zip(languages, texts, strict=True)):
+            if text and text.strip():
+                where = f"{source.path}: row {number * PARQUET_ROWS_PER_BATCH + row + 1}"
+                yield (source.language or check_language_code(str(language), where)), text
+
+
+def read_documents(source: Source, stats: HygieneStats) -> Iterator[tuple[str, str]]:
+    """Yields (language, clean NFC text) per document, counting what hygiene skipped or repaired in `stats`."""
+    records = _parquet_records(source) if source.format == PARQUET else _line_records(source, stats)
+    for language, text in records:
+        clean = clean_text(language, text, stats)
+        if clean:
+            yield language, clean
+
+
 def corpus_fingerprint(sources: list[Source]) -> str:
     """Identifies the corpus by its files' names, sizes and contents (hashed in streaming fashion)."""
     digest = hashlib.sha256()
     for source in sources:
-        digest.update(source.path.name.encode() + b"\0")
+        digest.update(source.label.encode() + b"\0")
         with source.path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

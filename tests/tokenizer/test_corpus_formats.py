@@ -1,0 +1,121 @@
+"""Real corpus layouts: per-language directories of shards (.txt, .jsonl, .gz, .zst, parquet, as FineWeb-2 and
+CulturaX ship them) and parquet files whose rows name their language read the same documents, in the same order, as
+one `<lang>.txt` per language: the same sizes, the same tokenizer, byte-identical token files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from conftest import cut_corpus
+from tokenizer.config import TokenizerConfig, TokenizerTrainJob
+from tokenizer.corpus import CorpusError, discover_sources, scan_corpus
+from tokenizer.encode import encode_corpus
+from tokenizer.train import train_tokenizer
+
+LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "zho_Hans"]
+DOCUMENTS = 240
+QUIET = {"log": lambda *_: None}
+
+
+def documents(flat: Path, language: str) -> list[str]:
+    return (flat / f"{language}.txt").read_text(encoding="utf-8").splitlines()
+
+
+def thirds(lines: list[str]) -> list[list[str]]:
+    size = len(lines) // 3
+    return [lines[:size], lines[size : 2 * size], lines[2 * size :]]
+
+
+def write_parquet(path: Path, columns: dict[str, list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path, row_group_size=50)  # several row groups: read a batch at a time
+
+
+def sharded(flat: Path, root: Path) -> Path:
+    """The flat corpus's documents, each language's in order over three shards of another kind."""
+    eng, fra, hin, zho = (thirds(documents(flat, language)) for language in LANGUAGES)
+    # FineWeb-2: data/<lang>/train/000_0000N.parquet, a `text` column among others.
+    for number, part in enumerate(eng):
+        write_parquet(
+            root / "data" / "eng_Latn" / "train" / f"000_{number:05d}.parquet", {"id": ["x"] * len(part), "text": part}
+        )
+    # jsonl.zst shards, records with `text` only: the directory names the language.
+    for number, part in enumerate(fra):
+        shard = root / "fra_Latn" / f"part-{number}.jsonl.zst"
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps({"text": text, "url": "u"}, ensure_ascii=False) + "\n" for text in part)
+        shard.write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    # .txt and .txt.gz shards.
+    (root / "hin_Deva").mkdir()
+    (root / "hin_Deva" / "a.txt").write_text("\n".join(hin[0]) + "\n", encoding="utf-8")
+    (root / "hin_Deva" / "b.txt.gz").write_bytes(gzip.compress(("\n".join(hin[1]) + "\n").encode()))
+    (root / "hin_Deva" / "c.txt").write_text("\n".join(hin[2]) + "\n", encoding="utf-8")
+    # Parquet outside any language directory: each row says its language.
+    for number, part in enumerate(zho):
+        write_parquet(root / "mixed" / f"{number}.parquet", {"text": part, "language": ["zho_Hans"] * len(part)})
+    (root / "README.md").write_text("not corpus text\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    flat = cut_corpus(tmp_path_factory.mktemp("flat"), LANGUAGES, DOCUMENTS)
+    return flat, sharded(flat, tmp_path_factory.mktemp("sharded"))
+
+
+def test_a_sharded_corpus_reads_as_the_flat_one(corpora) -> None:
+    flat, shards = corpora
+    assert len(discover_sources(shards)) == 12
+    flat_scan, sharded_scan = scan_corpus(str(flat)), scan_corpus(str(shards))
+    assert sharded_scan.sizes == flat_scan.sizes and sharded_scan.languages == LANGUAGES
+
+
+def test_a_sharded_corpus_trains_the_same_tokenizer_and_encodes_identical_token_files(corpora, tmp_path) -> None:
+    config = TokenizerConfig(vocab_size=2000, character_coverage=0.99, sample_bytes=400_000)
+    outputs = {}
+    for name, corpus in zip(("flat", "sharded"), corpora, strict=True):
+        tokenizer = train_tokenizer(TokenizerTrainJob(config, str(corpus), str(tmp_path / name / "tokenizer")), **QUIET)
+        encode_corpus(tokenizer, corpus, tmp_path / name / "tokens", workers=1, **QUIET)
+        outputs[name] = tmp_path / name
+    flat, sharded_output = outputs["flat"], outputs["sharded"]
+    assert (flat / "tokenizer" / "tokenizer.model").read_bytes() == (
+        sharded_output / "tokenizer" / "tokenizer.model"
+    ).read_bytes()
+    for language in LANGUAGES:
+        for suffix in (".bin", ".idx"):
+            name = f"{language}{suffix}"
+            assert (flat / "tokens" / name).read_bytes() == (sharded_output / "tokens" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        ({"shards/a.txt": "text\n"}, "is in no language directory: name one of its enclosing directories"),
+        ({"fra_Latm/a.txt": "text\n"}, "unknown language code 'fra_Latm'"),
+        ({"fra_Latn/a.jsonl": '{"body": "x"}\n'}, "lacks string fields 'text': each record needs them"),
+        ({"x.parquet": {"text": ["a"]}}, "not a 'text' and a 'lang' (or 'language') column"),
+        ({"fra_Latn/x.parquet": {"content": ["a"]}}, "has columns content, not a 'text' column"),
+        ({"x.parquet": {"text": ["a"], "lang": ["french"]}}, "unknown language code 'french' in"),
+        ({"fra_Latn/x.parquet": b"PAR1 not really"}, "cannot be read as parquet"),
+    ],
+)
+def test_bad_shards_are_refused_in_one_line(tmp_path: Path, layout: dict, expected: str) -> None:
+    for name, content in layout.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, dict):
+            write_parquet(path, content)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    with pytest.raises(CorpusError) as error:
+        scan_corpus(str(tmp_path))
+    assert expected in str(error.value) and "\n" not in str(error.value)
