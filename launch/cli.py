@@ -22,10 +22,10 @@ class Command:
     help: str
     flags: tuple[str, ...] = ()  # boolean options, passed to the target as keyword arguments
     sweep_target: str | None = None  # with --multirun: "module:function" taking every point's job at once
-    positional: str | None = None  # the key a first argument without "=" sets: `corolla status RUN_DIR`
+    positional: str | None = None  # the key a first argument that is a path sets: `corolla status RUN_DIR`
 
     def overrides(self, arguments: list[str]) -> list[str]:
-        if self.positional and arguments and "=" not in arguments[0]:
+        if self.positional and arguments and _is_path(arguments[0]):
             return [f"{self.positional}={quoted(arguments[0])}", *arguments[1:]]
         return arguments
 
@@ -39,6 +39,12 @@ class Command:
             job = compose_job(self.config, point)[1]
             jobs.append(replace(job, run_dir=str(Path(job.run_dir) / name)))
         _function(self.sweep_target)(jobs, **flags)
+
+
+def _is_path(argument: str) -> bool:
+    """A path rather than an override: no `=`, a `/` before the first one (no key has one: a sweep's run directory,
+    runs/sweep/train.lr=0.001), or a directory that exists."""
+    return "=" not in argument or "/" in argument.split("=", 1)[0] or Path(argument).is_dir()
 
 
 def _function(target: str):

@@ -11,7 +11,7 @@ from launch.config.schemas import TrainJob
 from launch.jobs.backend import Backend
 from launch.jobs.monitor import LABEL_WIDTH, line
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import JOBS_FILE, SUBMITIT_DIR
+from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states, slurm_state
 from slurm.commands import SlurmError, run_slurm
 from slurm.jobs import recorded_jobs
@@ -105,7 +105,8 @@ class SlurmBackend(Backend):
 
     def cancel(self, run: RunDirectory) -> None:
         """Every job of the run that is queued or running, newest first (an elastic run's next job waits for the one
-        before it to end, and would start when that one is cancelled)."""
+        before it to end, and would start when that one is cancelled). The STOP file goes first: scancel's SIGTERM
+        is what preemption sends too, and would otherwise have the job save and requeue itself."""
         jobs = _jobs(run)
         try:
             states = latest_states(jobs)
@@ -115,6 +116,7 @@ class SlurmBackend(Backend):
         if not live:
             print(f"Slurm job {states[0].job_id} has already ended ({states[0].state}): nothing to cancel")
             return
+        (run.path / STOP_FILE).touch()
         for before in live:
             try:
                 run_slurm("scancel", before.job_id)

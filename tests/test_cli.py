@@ -141,9 +141,10 @@ def test_encode_refuses_a_directory_it_did_not_write(capsys, tmp_path: Path) -> 
 @pytest.mark.parametrize("command", ["status", "logs", "cancel"])
 def test_a_run_directory_may_be_given_as_the_first_argument(capsys, command: str) -> None:
     weird = 'runs/a "run" $(touch x) it\'s\\'
-    for args in ([weird], [f"run_dir={quoted(weird)}"]):
-        code, out, _ = run(capsys, command, "--cfg", *args)
-        assert code == 0 and yaml.safe_load(out)["run_dir"] == weird
+    swept = "runs/sweep/train.lr=0.001"  # a sweep's point
+    for argument, expected in ((weird, weird), (f"run_dir={quoted(weird)}", weird), (swept, swept)):
+        code, out, _ = run(capsys, command, "--cfg", argument)
+        assert code == 0 and yaml.safe_load(out)["run_dir"] == expected
 
 
 def test_a_value_hydra_cannot_read_is_refused_with_the_quoting_that_works(capsys) -> None:

@@ -1,0 +1,253 @@
+"""Every command line of the README, run: the short ones as written, the long ones with small overrides (a cut of the
+sample corpus, a small tokenizer, a few steps). They run in the README's order, as a newcomer would type them, in a
+fresh working directory laid out like the repository (its scripts and venv linked), so that `runs/...` land there.
+A command line added to the README that no test here runs fails the first test.
+
+Command lines: each line of a ```bash block, and each inline code span that starts with `.venv/bin/` or `bash `."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO_ROOT, cut_corpus
+from launch.rundir.files import JOBS_FILE
+from launch.rundir.run_record import recorded_run
+from slurm.testcluster import TestCluster, wait_for
+
+LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "zho_Hans"]
+SMALL_TOKENIZER = ["tokenizer=tiny", "tokenizer.vocab_size=2000", "tokenizer.character_coverage=0.99"]
+SHORT = ["train.steps=2", "model.seq_length=32", "data.validation_documents=5"]
+
+# The README's command lines, in its order.
+MAIN = "bash scripts/main.sh"
+TESTS = "bash scripts/test.sh"
+COROLLA = ".venv/bin/corolla"
+MAIN_OVERRIDES = "bash scripts/main.sh tokenizer=bpe-64k parallel=single run_dir=runs/alpha"
+TOKENIZER_TRAIN = (
+    ".venv/bin/corolla tokenizer train corpus=DIR output_dir=DIR [tokenizer=bpe-64k|parity-64k|unigram-64k|tiny] "
+    "[tokenizer.KEY=VALUE ...]"
+)
+TOKENIZER_EVALUATE = ".venv/bin/corolla tokenizer evaluate tokenizer=DIR parallel=DIR output_dir=DIR"
+TOKENIZER_ENCODE = ".venv/bin/corolla tokenizer encode tokenizer=DIR corpus=DIR output_dir=DIR"
+TOKENIZER_CFG = ".venv/bin/corolla tokenizer train --cfg tokenizer=parity-64k"
+TRAIN = ".venv/bin/corolla train"
+TRAIN_3D = ".venv/bin/corolla train parallel=3d run_dir=runs/3d"
+TRAIN_TOKENS = ".venv/bin/corolla train data.tokens_dir=runs/demo/tokens run_dir=runs/mine"
+MLFLOW_UI = ".venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/RUN_DIR/mlflow.db"
+SUBMIT = ".venv/bin/corolla submit cluster=testcluster parallel=3d run_dir=runs/slurm"
+STATUS = ".venv/bin/corolla status runs/slurm"
+LOGS = ".venv/bin/corolla logs runs/slurm [rank=N]"
+CANCEL = ".venv/bin/corolla cancel runs/slurm"
+DRY_RUN = ".venv/bin/corolla submit --dry-run experiment=bloom-176b"
+SWEEP = ".venv/bin/corolla submit --multirun cluster=testcluster parallel=3d train.lr=3e-4,1e-3 run_dir=runs/sweep"
+SETUP_SLURM = "bash scripts/setup-slurm.sh"
+CLUSTER_START = ".venv/bin/python -m slurm.testcluster start --nodes 3 --cpus-per-node 4 --accounting"
+PLAN = ".venv/bin/corolla plan experiment=bloom-176b"
+PLAN_JSON = ".venv/bin/corolla plan --json model=bloom-7b1 train.global_batch=512 cluster.nodes=4"
+GPU_BUNDLE = "bash scripts/gpu-bundle.sh"
+GPU_CHECK = "bash benchmarks/gpu_check.sh OUT_DIR"
+
+RUN_HERE = [MAIN, COROLLA, MAIN_OVERRIDES, TOKENIZER_TRAIN, TOKENIZER_EVALUATE, TOKENIZER_ENCODE, TOKENIZER_CFG]
+RUN_HERE += [TRAIN, TRAIN_3D, TRAIN_TOKENS, MLFLOW_UI, SUBMIT, STATUS, LOGS, CANCEL, DRY_RUN, SWEEP, SETUP_SLURM]
+RUN_HERE += [CLUSTER_START, PLAN, PLAN_JSON, GPU_BUNDLE]
+# Not run by this module, and why: the test command is what CI runs (its first test below holds .ci/run to it); the
+# GPU check needs a GPU (its Python part runs on CPU with --smoke in tests/test_gpu_check.py, its wheels are CPython
+# 3.12's, this machine's Python is 3.11).
+RUN_ELSEWHERE = [TESTS, GPU_CHECK]
+
+
+def readme_command_lines() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    fenced = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    inline = re.findall(r"`((?:\.venv/bin/|bash )[^`]+)`", text)
+    lines = [" ".join(re.sub(r"\s#.*", "", line).split()) for line in fenced + inline]
+    return [line for line in dict.fromkeys(lines) if line]
+
+
+def test_every_readme_command_line_is_run_here_or_named_with_the_reason_it_is_not() -> None:
+    readme = readme_command_lines()
+    unrun = sorted(set(readme) - set(RUN_HERE + RUN_ELSEWHERE))
+    assert not unrun, f"README lines no test runs: {unrun}"
+    gone = sorted(set(RUN_HERE + RUN_ELSEWHERE) - set(readme))
+    assert not gone, f"lines this module runs that the README no longer has: {gone}"
+    assert readme[:2] == [MAIN, TESTS], "the README starts with the main job's command and the test command"
+    assert (REPO_ROOT / ".ci" / "run").read_text().splitlines()[-1] == f"exec {TESTS}"
+
+
+def installed_as_pinned() -> bool:
+    """Whether scripts/setup.sh would leave .venv as it is (the test command runs it first): else the README's
+    scripts, run from the working directory below, would install corolla from there."""
+    wanted = hashlib.sha256(
+        (REPO_ROOT / "pyproject.toml").read_bytes() + (REPO_ROOT / "requirements.lock").read_bytes()
+    )
+    stamp = REPO_ROOT / ".venv" / ".corolla-installed"
+    return stamp.is_file() and stamp.read_text().strip() == wanted.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory laid out like the repository for what the README's lines touch, with small data beside."""
+    assert installed_as_pinned(), (
+        "pyproject.toml or requirements.lock changed since .venv was set up: run scripts/test.sh"
+    )
+    root = tmp_path_factory.mktemp("readme")
+    for name in (".venv", "scripts", "benchmarks", "pyproject.toml", "requirements.lock"):
+        (root / name).symlink_to(REPO_ROOT / name)
+    cut_corpus(root / "data" / "corpus", LANGUAGES, 300)
+    cut_corpus(root / "data" / "parallel", LANGUAGES, 60)
+    return root
+
+
+class Shell:
+    def __init__(self, cwd: Path) -> None:
+        self.cwd, self.env = cwd, {}
+
+    def __call__(self, line: str, *extra: str, timeout: float = 900) -> str:
+        """Runs `line` (with `extra` arguments) in bash; its output, or a failure with it."""
+        command = " ".join([line, *map(shlex.quote, extra)])
+        env = {**os.environ, **self.env}
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=self.cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def shell(workspace: Path) -> Shell:
+    return Shell(workspace)
+
+
+def sample(workspace: Path) -> list[str]:
+    """The sample data, cut small, and the small tokenizer: the overrides of every line that trains."""
+    return [f"data.corpus={workspace / 'data' / 'corpus'}", *SMALL_TOKENIZER, *SHORT]
+
+
+def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell, workspace: Path) -> None:
+    data = workspace / "data"
+    small = [f"parallel_set={data / 'parallel'}", f"tokenizer.parity_set={data / 'parallel'}"]
+    small += ["tokenizer.sampling=parity", "tokenizer.parity_rounds=2", "parallel=single", *sample(workspace)]
+    first = shell(MAIN, *small)
+    demo = workspace / "runs" / "demo"
+    for path in ("tokenizer/tokenizer.model", "tokenizer-eval/premium.png", "tokens/manifest.json"):
+        assert (demo / path).is_file(), path
+    for path in ("train/checkpoints/latest", "train/loss.png", "train/run.json", "hf/config.json", "hf/tokenizer.json"):
+        assert (demo / path).is_file(), path
+    assert "parity did not tune on" in first and "MLflow run" in first
+    second = shell(MAIN, *small)
+    assert "up to date" in second and "already trained to step 2 of 2" in second
+    assert json.loads((demo / "hf" / "config.json").read_text())["n_layer"] == 2
+
+
+def test_the_corolla_command_and_the_main_job_with_overrides(shell: Shell) -> None:
+    assert "tokenizer" in shell(COROLLA, "--help") and "submit" in shell(COROLLA, "--help")
+    # The line as written would train a 64k tokenizer on the whole corpus: its config is what it shows here.
+    config = shell(MAIN_OVERRIDES, "--cfg")
+    assert "model_type: bpe" in config and "run_dir: runs/alpha" in config and "tp: 1" in config
+
+
+def test_the_tokenizer_lines(shell: Shell, workspace: Path) -> None:
+    data = workspace / "data"
+    train = TOKENIZER_TRAIN.split(" corpus=")[0]
+    shell(train, f"corpus={data / 'corpus'}", "output_dir=tok", *SMALL_TOKENIZER)
+    assert (workspace / "tok" / "tokenizer.model").is_file()
+    evaluate = TOKENIZER_EVALUATE.replace("tokenizer=DIR parallel=DIR output_dir=DIR", "")
+    shell(evaluate, "tokenizer=tok", f"parallel={data / 'parallel'}", "output_dir=eval")
+    assert json.loads((workspace / "eval" / "report.json").read_text())["summary"]
+    encode = TOKENIZER_ENCODE.replace("tokenizer=DIR corpus=DIR output_dir=DIR", "")
+    shell(encode, "tokenizer=tok", f"corpus={data / 'corpus'}", "output_dir=tokens")
+    assert set(json.loads((workspace / "tokens" / "manifest.json").read_text())["languages"]) == set(LANGUAGES)
+    assert "parity_strength" in shell(TOKENIZER_CFG)
+
+
+def test_the_training_lines(shell: Shell, workspace: Path) -> None:
+    shell(TRAIN, *sample(workspace))
+    shell(TRAIN_3D, *sample(workspace))  # the same data: the cache the first line built
+    assert len(list((workspace / "runs" / "cache").iterdir())) == 1
+    shell(TRAIN_TOKENS, *SHORT)
+    for run in ("train", "3d", "mine"):
+        assert (workspace / "runs" / run / "checkpoints" / "latest").read_text().strip() == "step-00000002", run
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_mlflow_ui_line_shows_the_run(workspace: Path) -> None:
+    port = free_port()
+    line = MLFLOW_UI.replace("RUN_DIR", "runs/mine") + f" --host 127.0.0.1 --port {port}"
+    log = workspace / "mlflow-ui.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=workspace, stdout=output, stderr=output)
+    try:
+        client, tracked = MlflowClient(f"http://127.0.0.1:{port}"), recorded_run(workspace / "runs" / "mine")
+
+        def shows_the_run() -> bool:
+            assert server.poll() is None, log.read_text()[-2000:]
+            try:
+                return client.get_run(tracked.run_id).info.status == "FINISHED"
+            except Exception:  # not listening yet
+                return False
+
+        assert wait_for(shows_the_run, timeout=120, interval=0.5), log.read_text()[-2000:]
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(shell: Shell) -> Iterator[TestCluster]:
+    """The README's test cluster, started by its line; stopped (every daemon and job) when the module ends."""
+    shell(SETUP_SLURM)
+    started = shell(CLUSTER_START)
+    shell.env["SLURM_CONF"] = re.search(r"export SLURM_CONF=(\S+)", started).group(1)
+    try:
+        yield TestCluster.from_directory(Path(shell.env["SLURM_CONF"]).parent)
+    finally:
+        subprocess.run([str(REPO_ROOT / ".venv/bin/python"), "-m", "slurm.testcluster", "stop"], check=True)
+
+
+def test_the_slurm_lines(shell: Shell, workspace: Path, cluster: TestCluster) -> None:
+    slurm = workspace / "runs" / "slurm"
+    shell(SUBMIT, *sample(workspace), "train.steps=1000")
+    assert wait_for(lambda: (slurm / "metrics.jsonl").is_file(), timeout=300, interval=1.0), shell(LOGS.split(" [")[0])
+    assert "RUNNING" in shell(STATUS)
+    assert "==> " in shell(LOGS.replace("[rank=N]", "rank=0"))
+    cancelled = shell(CANCEL)
+    job = json.loads((slurm / JOBS_FILE).read_text())[-1]
+    state = lambda: cluster.run("scontrol", "show", "job", job, check=False).stdout  # noqa: E731
+    assert wait_for(lambda: "JobState=CANCELLED" in state(), timeout=60, interval=1.0), (cancelled, state())
+    shell(SWEEP, *sample(workspace))
+    points = sorted((workspace / "runs" / "sweep").iterdir())
+    assert [point.name for point in points] == ["train.lr=0.0003", "train.lr=0.001"]
+    for point in points:
+        assert (point / JOBS_FILE).is_file()
+        shell(CANCEL.replace("runs/slurm", shlex.quote(str(point))))
+
+
+def test_the_dry_run_and_the_planner_lines(shell: Shell, workspace: Path) -> None:
+    cache = workspace / "runs" / "cache"
+    built_before = sorted(cache.iterdir())
+    dry_run = shell(DRY_RUN)  # the sample corpus and BLOOM's tokenizer config, as written: nothing built for them
+    assert "#SBATCH --nodes=48" in dry_run and "TP 4 x PP 12 x DP 8" in dry_run
+    assert sorted(cache.iterdir()) == built_before and not (workspace / "runs" / "submit").exists()
+    assert "recommended: parallel.tp=4 parallel.pp=12 parallel.dp=8" in shell(PLAN)
+    layouts = json.loads(shell(PLAN_JSON))
+    assert {layout["tp"] * layout["pp"] * layout["dp"] for layout in layouts} == {32}
+
+
+def test_the_gpu_bundle_line(shell: Shell) -> None:
+    assert "wheels" in shell(GPU_BUNDLE)
