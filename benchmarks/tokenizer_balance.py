@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from launch.config.compose import shared_data_dir  # noqa: E402
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob  # noqa: E402
-from tokenizer.corpus import scan_corpus  # noqa: E402
+from tokenizer.corpus_scan import scan_corpus  # noqa: E402
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel, summarize  # noqa: E402
 from tokenizer.loading import load_tokenizer  # noqa: E402
 from tokenizer.sampling import budgets, sample_sentences  # noqa: E402

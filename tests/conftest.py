@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,16 @@ def train_job(model: ModelConfig, **sections: object) -> TrainJob:
         "cluster": ClusterConfig(),
     }
     return TrainJob(model=model, **{**defaults, **sections})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def corpus_scan_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite's own cache of corpus measurements (tokenizer/corpus_scan.py), not the user's; processes the tests
+    start inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        directory = tmp_path_factory.mktemp("corolla-cache")
+        patch.setenv("COROLLA_CACHE", str(directory))
+        yield directory
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import io
 import json
 import re
@@ -231,29 +230,6 @@ def read_documents(source: Source, stats: HygieneStats) -> Iterator[tuple[str, s
             yield language, clean
 
 
-def corpus_fingerprint(sources: list[Source]) -> str:
-    """Identifies the corpus by its files' names, sizes and contents (hashed in streaming fashion)."""
-    digest = hashlib.sha256()
-    for source in sources:
-        digest.update(source.label.encode() + b"\0")
-        with source.path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass
-class CorpusScan:
-    sources: list[Source]
-    sizes: dict[str, LanguageSize]
-    hygiene: HygieneStats
-    fingerprint: str
-
-    @property
-    def languages(self) -> list[str]:
-        return sorted(self.sizes)
-
-
 def iter_corpus(sources: list[Source], hygiene: HygieneStats, desc: str) -> Iterator[tuple[str, str]]:
     """Every (language, document) of the corpus, streamed, with a progress bar over the files' bytes."""
     total = sum(source.path.stat().st_size for source in sources)
@@ -261,19 +237,3 @@ def iter_corpus(sources: list[Source], hygiene: HygieneStats, desc: str) -> Iter
         for source in sources:
             yield from read_documents(source, hygiene)
             progress.update(source.path.stat().st_size)
-
-
-def scan_corpus(corpus_dir: str) -> CorpusScan:
-    sources = discover_sources(corpus_dir)
-    hygiene = HygieneStats()
-    counts: dict[str, list[int]] = {}
-    for language, text in iter_corpus(sources, hygiene, "reading corpus"):
-        count = counts.setdefault(language, [0, 0, 0])
-        count[0] += len(text.encode("utf-8"))
-        count[1] += len(text)
-        count[2] += 1
-    for source in sources:
-        if source.language is not None and source.language not in counts:
-            raise CorpusError(f"corpus file {source.path} has no usable text: remove it or fill it")
-    sizes = {lang: LanguageSize(*count) for lang, count in sorted(counts.items())}
-    return CorpusScan(sources, sizes, hygiene, corpus_fingerprint(sources))

@@ -32,7 +32,8 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from tokenizer.corpus import CorpusError, Source, corpus_fingerprint, discover_sources, read_documents
+from tokenizer.corpus import CorpusError, Source, discover_sources, read_documents
+from tokenizer.corpus_scan import corpus_fingerprint, source_facts
 from tokenizer.files import write_atomically
 from tokenizer.hygiene import HygieneStats
 from tokenizer.loading import TextTokenizer, load_tokenizer
@@ -175,11 +176,11 @@ class Manifest:
 
 
 def scan_source(source: Source) -> SourceScan:
-    hygiene = HygieneStats()
-    documents: Counter[str] = Counter(language for language, _ in read_documents(source, hygiene))
+    facts = source_facts(source)
+    documents: Counter[str] = Counter({language: size.documents for language, size in facts.sizes.items()})
     if not documents:
         raise CorpusError(f"corpus file {source.path} has no usable text: remove it or fill it")
-    return SourceScan(source, documents, corpus_fingerprint([source]), hygiene)
+    return SourceScan(source, documents, corpus_fingerprint([source]), facts.hygiene)
 
 
 def plan_languages(scans: list[SourceScan]) -> dict[str, LanguagePlan]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizer.config import Sampling, TokenizerConfig
-from tokenizer.corpus import CorpusScan, LanguageSize, iter_corpus
+from tokenizer.corpus import LanguageSize, iter_corpus
+from tokenizer.corpus_scan import CorpusScan
 from tokenizer.hygiene import HygieneStats, pieces
 
 

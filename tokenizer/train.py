@@ -19,7 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
-from tokenizer.corpus import CorpusScan, corpus_fingerprint, discover_sources, scan_corpus
+from tokenizer.corpus import discover_sources
+from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences

@@ -1,11 +1,13 @@
 """Real corpus layouts: per-language directories of shards (.txt, .jsonl, .gz, .zst, parquet, as FineWeb-2 and
 CulturaX ship them) and parquet files whose rows name their language read the same documents, in the same order, as
-one `<lang>.txt` per language: the same sizes, the same tokenizer, byte-identical token files."""
+one `<lang>.txt` per language: the same sizes, the same tokenizer, byte-identical token files. A file is measured
+once, while its size and modification time stay."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +17,8 @@ import zstandard
 
 from conftest import cut_corpus
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
-from tokenizer.corpus import CorpusError, discover_sources, scan_corpus
+from tokenizer.corpus import CorpusError, discover_sources
+from tokenizer.corpus_scan import scan_corpus
 from tokenizer.encode import encode_corpus
 from tokenizer.train import train_tokenizer
 
@@ -119,3 +122,25 @@ def test_bad_shards_are_refused_in_one_line(tmp_path: Path, layout: dict, expect
     with pytest.raises(CorpusError) as error:
         scan_corpus(str(tmp_path))
     assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_file_is_measured_once_while_its_size_and_time_stay(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COROLLA_CACHE", str(tmp_path / "cache"))
+    corpus = cut_corpus(tmp_path / "corpus", ["fra_Latn"], 50)
+    text = corpus / "fra_Latn.txt"
+    first = scan_corpus(str(corpus))
+    # Same size, same modification time, other bytes: what a second scan reads is the cache, not the file.
+    stat = text.stat()
+    text.write_bytes(text.read_bytes().replace(b"\n", b" ", 10))
+    os.utime(text, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert scan_corpus(str(corpus)).sizes == first.sizes and scan_corpus(str(corpus)).fingerprint == first.fingerprint
+    os.utime(text)  # touched: measured again
+    second = scan_corpus(str(corpus))
+    assert second.sizes["fra_Latn"].documents == 40 and second.fingerprint != first.fingerprint
+
+
+def test_a_cache_that_cannot_be_written_costs_only_time(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("COROLLA_CACHE", str(tmp_path / "not-a-directory"))
+    corpus = cut_corpus(tmp_path / "corpus", ["fra_Latn"], 50)
+    assert scan_corpus(str(corpus)).sizes["fra_Latn"].documents == 50

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tokenizer.config import Sampling, SizeMeasure, TokenizerConfig
-from tokenizer.corpus import scan_corpus
+from tokenizer.corpus_scan import scan_corpus
 from tokenizer.sampling import DocumentSampler, LanguageSize, budgets, content_shares, sample_sentences
 
 # Latin at 1 byte a character, Khmer at 3, Chinese at 3: the content measure must see through the bytes.
