@@ -12,12 +12,12 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from distributed import free_port
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO_ROOT, cut_corpus
@@ -178,12 +178,7 @@ def test_the_training_lines(shell: Shell, workspace: Path) -> None:
     shell(TRAIN_TOKENS, *SHORT)
     for run in ("train", "3d", "mine"):
         assert (workspace / "runs" / run / "checkpoints" / "latest").read_text().strip() == "step-00000002", run
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        assert (workspace / "runs" / run / "loss.png").read_bytes().startswith(b"\x89PNG"), run
 
 
 def test_the_mlflow_ui_line_shows_the_run(workspace: Path) -> None:

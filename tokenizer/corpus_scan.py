@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tokenizer.corpus import CorpusError, LanguageSize, Source, discover_sources, read_documents
+from tokenizer.files import write_atomically
 from tokenizer.hygiene import HygieneStats
 
 CACHE_VERSION = 1  # raised whenever what a scan counts changes: older entries are then measured again
@@ -76,11 +77,9 @@ def source_facts(source: Source) -> SourceFacts:
     facts = _measure(source)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        partial = entry.with_name(f"{entry.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps({"stamp": stamp, "path": str(source.path), **facts.as_dict()}))
-        os.replace(partial, entry)
+        write_atomically(entry, json.dumps({"stamp": stamp, "path": str(source.path), **facts.as_dict()}))
     except OSError:
-        pass
+        pass  # measured again next time
     return facts
 
 
