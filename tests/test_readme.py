@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,7 +187,9 @@ def test_the_mlflow_ui_line_shows_the_run(workspace: Path) -> None:
     line = MLFLOW_UI.replace("RUN_DIR", "runs/mine") + f" --host 127.0.0.1 --port {port}"
     log = workspace / "mlflow-ui.log"
     with log.open("w") as output:
-        server = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=workspace, stdout=output, stderr=output)
+        # A session of its own: `mlflow ui` serves from a uvicorn child, which must end with it.
+        command = ["bash", "-c", f"exec {line}"]
+        server = subprocess.Popen(command, cwd=workspace, stdout=output, stderr=output, start_new_session=True)
     try:
         client, tracked = MlflowClient(f"http://127.0.0.1:{port}"), recorded_run(workspace / "runs" / "mine")
 
@@ -199,7 +202,7 @@ def test_the_mlflow_ui_line_shows_the_run(workspace: Path) -> None:
 
         assert wait_for(shows_the_run, timeout=120, interval=0.5), log.read_text()[-2000:]
     finally:
-        server.kill()
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait()
 
 
