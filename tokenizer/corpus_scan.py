@@ -83,11 +83,11 @@ def source_facts(source: Source) -> SourceFacts:
     return facts
 
 
-def corpus_fingerprint(sources: list[Source]) -> str:
-    """Identifies the corpus by its files' names (inside the corpus) and contents."""
+def corpus_fingerprint(sources: list[Source], facts: list[SourceFacts] | None = None) -> str:
+    """Identifies the corpus by its files' names (inside the corpus) and contents (`facts`: theirs, if at hand)."""
     digest = hashlib.sha256()
-    for source in sources:
-        digest.update(f"{source.label}\0{source_facts(source).digest}\0".encode())
+    for source, known in zip(sources, facts or map(source_facts, sources), strict=True):
+        digest.update(f"{source.label}\0{known.digest}\0".encode())
     return digest.hexdigest()
 
 
@@ -105,16 +105,16 @@ class CorpusScan:
 
 def scan_corpus(corpus_dir: str) -> CorpusScan:
     sources = discover_sources(corpus_dir)
-    hygiene, totals = HygieneStats(), {}
+    hygiene, totals, measured = HygieneStats(), {}, []
     for source in tqdm(sources, unit="file", desc="measuring corpus", disable=None, leave=False):
         facts = source_facts(source)
+        measured.append(facts)
         if source.language is not None and not facts.sizes:
             raise CorpusError(f"corpus file {source.path} has no usable text: remove it or fill it")
-        for counter in fields(HygieneStats):
-            getattr(hygiene, counter.name).update(getattr(facts.hygiene, counter.name))
+        hygiene.add(facts.hygiene)
         for language, size in facts.sizes.items():
             total = totals.get(language, LanguageSize(0, 0, 0))
             totals[language] = LanguageSize(
                 total.bytes + size.bytes, total.chars + size.chars, total.documents + size.documents
             )
-    return CorpusScan(sources, dict(sorted(totals.items())), hygiene, corpus_fingerprint(sources))
+    return CorpusScan(sources, dict(sorted(totals.items())), hygiene, corpus_fingerprint(sources, measured))

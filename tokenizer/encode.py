@@ -23,9 +23,9 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
-from itertools import chain, product
+from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
@@ -247,8 +247,8 @@ def _scan_corpus(
     results = _ordered_map(pool, scan_source, sources, in_flight)
     scans = list(tqdm(results, total=len(sources), unit="file", desc="scanning corpus", disable=None, leave=False))
     hygiene = HygieneStats()
-    for scan, counter in product(scans, fields(HygieneStats)):
-        getattr(hygiene, counter.name).update(getattr(scan.hygiene, counter.name))
+    for scan in scans:
+        hygiene.add(scan.hygiene)
     for warning in hygiene.warnings():
         log(f"corpus: {warning}")
     return plan_languages(scans)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from myanmartools import ZawgyiDetector
 from para import zg_to_unicode
@@ -42,6 +42,11 @@ class HygieneStats:
 
     def count_invalid_utf8(self, language: str) -> None:
         self.invalid_utf8[language] += 1
+
+    def add(self, other: HygieneStats) -> None:
+        """Adds another reading's counts to these."""
+        for counter in fields(self):
+            getattr(self, counter.name).update(getattr(other, counter.name))
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {
