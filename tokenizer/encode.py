@@ -1,21 +1,25 @@
-"""`corolla tokenizer encode`: corpus → one token file pair per language (see token_files.py) + manifest.json.
+"""`corolla tokenizer encode`: a corpus → token files (token_files.py), a pair per corpus file and language, and a
+manifest that lists them:
 
-1. Load the tokenizer and discover the sources: bad input fails here, before output_dir is touched.
-2. Scan every source, in parallel: this validates it (UTF-8, JSON, language codes), finds the languages each JSONL
-   file holds, counts documents and fingerprints the files, so that a bad file also fails before anything is written.
-3. Read the documents of the languages still to encode in corpus order, hand them to the workers in chunks, and
-   write the chunks' tokens in the order they were handed out: the output does not depend on the worker count.
-   Reading and cleaning stay in this process; on the sample corpus with an 8k SentencePiece model they cost about a
-   quarter of what tokenizing does, so beyond about four workers this process is the bottleneck.
+    output_dir/<lang>/<shard>.bin, .idx    one corpus file's documents in one language, in file order
+    output_dir/records/<shard>.json        written once the file's pairs are in place: what they hold, from which
+                                           corpus file (its size, time and digest), under which tokenizer
+    output_dir/manifest.json               written last: every language's pairs in corpus order, token counts, the
+                                           tokenizer's fingerprint; it copies no token data
 
-A language's files are renamed into place and recorded in the manifest (itself replaced atomically) as soon as its
-last chunk is written. A rerun skips every language the manifest records with the same sources, tokenizer and
-append_eos, and encodes the rest from scratch; half-written files only ever exist under temporary names.
+A language's training stream is its pairs in corpus order (launch/data/corpus.py). The work is split by corpus file:
+`encode_corpus` does every file here and writes the manifest; on a cluster each task of a Slurm array encodes a group
+of files (`encode_sources`) and a last step writes the manifest (`write_manifest`). A file whose record is current is
+never encoded again, so a rerun, a requeued task or a resubmitted pipeline redoes only what had not finished.
+Half-written pairs exist only under temporary names, and the manifest is removed before anything is re-encoded: a
+reader sees a complete, consistent directory or none.
+
+Within a run, documents are read in this process and handed to the workers in chunks; their tokens are written in
+the order the chunks were handed out, so the output does not depend on the worker count.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -23,7 +27,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -37,18 +41,43 @@ from tokenizer.corpus_scan import corpus_fingerprint, source_facts
 from tokenizer.files import write_atomically
 from tokenizer.hygiene import HygieneStats
 from tokenizer.loading import TextTokenizer, load_tokenizer
-from tokenizer.token_files import MANIFEST_NAME, TokenFile, TokenFileWriter, token_dtype, token_file_paths
+from tokenizer.token_files import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    TokenFile,
+    TokenFileWriter,
+    token_dtype,
+    token_file_paths,
+)
 from tokenizer.vocab import EOS, SPECIAL_IDS
 
-MANIFEST_VERSION = 1
+RECORDS_DIR = "records"
 EOS_ID = SPECIAL_IDS[EOS]
-# Text per task: enough to amortise handing it to a worker, little enough to spread one language over all workers.
+# Text per task: enough to amortise handing it to a worker, little enough to spread one file over all workers.
 CHUNK_CHARS = 1 << 18
 # Chunks handed out ahead per worker: keeps the workers busy while bounding the text held in memory.
 CHUNKS_IN_FLIGHT_PER_WORKER = 4
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+def shard_name(label: str) -> str:
+    """A corpus file's name among the token files: its path inside the corpus (Source.label), `/` written `~`."""
+    return label.replace("/", "~")
+
+
+def pair_prefix(output: Path, language: str, source: Source) -> Path:
+    return output / language / shard_name(source.label)
+
+
+def record_path(output: Path, source: Source) -> Path:
+    return output / RECORDS_DIR / f"{shard_name(source.label)}.json"
+
+
+def file_stamp(source: Source) -> list[int]:
+    stat = source.path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 @dataclass(frozen=True)
@@ -59,54 +88,74 @@ class SourceScan:
     hygiene: HygieneStats
 
 
-@dataclass
-class LanguagePlan:
-    """One language's share of the corpus: the sources holding its documents, in corpus order."""
-
-    language: str
-    scans: list[SourceScan] = field(default_factory=list)
-
-    @property
-    def documents(self) -> int:
-        return sum(scan.documents[self.language] for scan in self.scans)
-
-    @property
-    def source_fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for scan in self.scans:
-            digest.update(scan.fingerprint.encode())
-        return digest.hexdigest()
-
-    def manifest_entry(self, writer: TokenFileWriter) -> dict:
-        return {
-            "documents": writer.documents,
-            "tokens": writer.num_tokens,
-            "files": [writer.bin_path.name, writer.idx_path.name],
-            "sources": [scan.source.path.name for scan in self.scans],
-            "source_fingerprint": self.source_fingerprint,
-        }
-
-
-@dataclass
-class Chunk:
-    language: str
-    texts: list[str]
-    last: bool  # the language's final chunk: its token files can be finished after it
-
-
-@dataclass
-class EncodedChunk:
-    language: str
-    tokens: np.ndarray  # the documents' ids back to back
-    lengths: np.ndarray
-    last: bool
+def scan_source(source: Source) -> SourceScan:
+    facts = source_facts(source)
+    documents: Counter[str] = Counter({language: size.documents for language, size in facts.sizes.items()})
+    if not documents:
+        raise CorpusError(f"corpus file {source.path} has no usable text: remove it or fill it")
+    return SourceScan(source, documents, corpus_fingerprint([source]), facts.hygiene)
 
 
 @dataclass(frozen=True)
 class EncoderSettings:
     tokenizer_path: Path
     tokenizer_fingerprint: str
+    vocab_size: int
     append_eos: bool
+
+    @classmethod
+    def of(cls, tokenizer: TextTokenizer, append_eos: bool) -> EncoderSettings:
+        return cls(tokenizer.path.resolve(), tokenizer.fingerprint, tokenizer.vocab_size, append_eos)
+
+
+def _read_record(output: Path, source: Source) -> dict | None:
+    try:
+        record = json.loads(record_path(output, source).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("format_version") == MANIFEST_VERSION else None
+
+
+def _pairs_intact(output: Path, source: Source, languages: dict[str, dict]) -> bool:
+    for language, entry in languages.items():
+        try:
+            tokens = TokenFile(pair_prefix(output, language, source))
+        except ValueError:
+            return False
+        if (len(tokens), tokens.num_tokens) != (entry["documents"], entry["tokens"]):
+            return False
+    return True
+
+
+def current_record(output: Path, source: Source, settings: EncoderSettings, fingerprint: str | None) -> dict | None:
+    """The file's record if its pairs are current: same tokenizer and append_eos, same file (by its digest, or
+    without one, by its size and modification time: what a login node can check without reading the corpus) and
+    pairs intact."""
+    record = _read_record(output, source)
+    if record is None or (record["tokenizer"], record["append_eos"]) != (
+        settings.tokenizer_fingerprint,
+        settings.append_eos,
+    ):
+        return None
+    same_file = record["fingerprint"] == fingerprint if fingerprint else record["stamp"] == file_stamp(source)
+    return record if same_file and _pairs_intact(output, source, record["languages"]) else None
+
+
+@dataclass
+class Chunk:
+    index: int  # of the file among those being encoded
+    language: str
+    texts: list[str]
+    ends_file: bool  # the file's last chunk: its pairs can be finished after it
+
+
+@dataclass
+class EncodedChunk:
+    index: int
+    language: str
+    tokens: np.ndarray  # the documents' ids back to back
+    lengths: np.ndarray
+    ends_file: bool
 
 
 @dataclass(frozen=True)
@@ -129,7 +178,7 @@ class ChunkEncoder:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         dtype = token_dtype(self.tokenizer.vocab_size)
         tokens = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-        return EncodedChunk(chunk.language, tokens, lengths, chunk.last)
+        return EncodedChunk(chunk.index, chunk.language, tokens, lengths, chunk.ends_file)
 
 
 _worker_encoder: ChunkEncoder | None = None
@@ -143,72 +192,20 @@ def _encode_in_worker(settings: EncoderSettings, chunk: Chunk) -> EncodedChunk:
     return _worker_encoder(chunk)
 
 
-@dataclass
-class Manifest:
-    tokenizer: dict
-    corpus: str
-    append_eos: bool
-    languages: dict[str, dict] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        languages = dict(sorted(self.languages.items()))
-        return {
-            "format_version": MANIFEST_VERSION,
-            "tokenizer": self.tokenizer,
-            "corpus": self.corpus,
-            "append_eos": self.append_eos,
-            "eos_id": EOS_ID if self.append_eos else None,
-            "dtype": token_dtype(self.tokenizer["vocab_size"]).name,
-            "languages": languages,
-            "totals": {
-                "languages": len(languages),
-                "documents": sum(entry["documents"] for entry in languages.values()),
-                "tokens": sum(entry["tokens"] for entry in languages.values()),
-            },
-        }
-
-    def write(self, output: Path) -> None:
-        """Leaves an identical manifest untouched, so that current token files keep their times."""
-        text = json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n"
-        path = output / MANIFEST_NAME
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            write_atomically(path, text)
-
-
-def scan_source(source: Source) -> SourceScan:
-    facts = source_facts(source)
-    documents: Counter[str] = Counter({language: size.documents for language, size in facts.sizes.items()})
-    if not documents:
-        raise CorpusError(f"corpus file {source.path} has no usable text: remove it or fill it")
-    return SourceScan(source, documents, corpus_fingerprint([source]), facts.hygiene)
-
-
-def plan_languages(scans: list[SourceScan]) -> dict[str, LanguagePlan]:
-    plans: dict[str, LanguagePlan] = {}
-    for scan in scans:
-        for language in scan.documents:
-            plans.setdefault(language, LanguagePlan(language)).scans.append(scan)
-    return dict(sorted(plans.items()))
-
-
-def chunk_documents(plans: list[LanguagePlan], corpus: list[Source]) -> Iterator[Chunk]:
-    """The documents of `plans`' languages in corpus order, in chunks; each language's last chunk says so."""
-    needed = {scan.source for plan in plans for scan in plan.scans}
-    sources = [source for source in corpus if source in needed]
-    ending_at = {source: [plan.language for plan in plans if plan.scans[-1].source == source] for source in sources}
-    texts: dict[str, list[str]] = {plan.language: [] for plan in plans}
-    chars = dict.fromkeys(texts, 0)
-    for source in sources:
-        for language, text in read_documents(source, HygieneStats()):
-            if language not in texts:
-                continue  # encoded by an earlier run
+def file_chunks(scans: list[SourceScan]) -> Iterator[Chunk]:
+    """The documents of each file in chunks per language; every language of a file gets at least its last chunk."""
+    for index, scan in enumerate(scans):
+        texts: dict[str, list[str]] = {language: [] for language in sorted(scan.documents)}
+        chars = dict.fromkeys(texts, 0)
+        for language, text in read_documents(scan.source, HygieneStats()):
             texts[language].append(text)
             chars[language] += len(text)
             if chars[language] >= CHUNK_CHARS:
-                yield Chunk(language, texts[language], last=False)
+                yield Chunk(index, language, texts[language], ends_file=False)
                 texts[language], chars[language] = [], 0
-        for language in ending_at[source]:
-            yield Chunk(language, texts.pop(language), last=True)
+        last = list(texts)[-1]
+        for language, rest in texts.items():
+            yield Chunk(index, language, rest, ends_file=language == last)
 
 
 def _ordered_map(
@@ -241,9 +238,7 @@ def _worker_pool(workers: int) -> Iterator[Executor | None]:
         yield pool
 
 
-def _scan_corpus(
-    sources: list[Source], pool: Executor | None, in_flight: int, log: Callable[[str], None]
-) -> dict[str, LanguagePlan]:
+def _scan(sources: list[Source], pool: Executor | None, in_flight: int, log: Callable[[str], None]) -> list[SourceScan]:
     results = _ordered_map(pool, scan_source, sources, in_flight)
     scans = list(tqdm(results, total=len(sources), unit="file", desc="scanning corpus", disable=None, leave=False))
     hygiene = HygieneStats()
@@ -251,97 +246,190 @@ def _scan_corpus(
         hygiene.add(scan.hygiene)
     for warning in hygiene.warnings():
         log(f"corpus: {warning}")
-    return plan_languages(scans)
+    return scans
 
 
-def _read_manifest(output: Path, log: Callable[[str], None]) -> dict | None:
-    """The previous run's manifest; None for a new or empty directory. Refuses a directory corolla did not write."""
-    path = output / MANIFEST_NAME
-    if not path.is_file():
-        if output.is_dir() and any(output.iterdir()):
-            raise ValueError(f"output_dir {output} holds files but no {MANIFEST_NAME}: choose a new or empty directory")
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        manifest = None
-    keys = {"format_version", "tokenizer", "append_eos", "languages"}
-    if not isinstance(manifest, dict) or not keys <= set(manifest) or "fingerprint" not in manifest["tokenizer"]:
-        raise ValueError(f"{path} is not a token manifest corolla wrote: choose a new or empty output_dir")
-    if manifest["format_version"] != MANIFEST_VERSION:
-        log(f"{path} has format version {manifest['format_version']}, not {MANIFEST_VERSION}: re-encoding everything")
-        return None
-    return manifest
+def _open_output(output: Path, log: Callable[[str], None]) -> None:
+    """Creates output_dir or checks it is one corolla writes; the pairs of an older layout go."""
+    manifest = output / MANIFEST_NAME
+    if not manifest.is_file() and not (output / RECORDS_DIR).is_dir() and output.is_dir() and any(output.iterdir()):
+        raise ValueError(f"output_dir {output} holds files but no {MANIFEST_NAME}: choose a new or empty directory")
+    if manifest.is_file():
+        try:
+            previous = json.loads(manifest.read_text(encoding="utf-8"))
+            version, languages = previous["format_version"], previous["languages"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(
+                f"{manifest} is not a token manifest corolla wrote: choose a new or empty output_dir"
+            ) from None
+        if version != MANIFEST_VERSION:
+            log(f"{manifest} has format version {version}, not {MANIFEST_VERSION}: re-encoding everything")
+            manifest.unlink()
+            for language in languages:
+                for path in token_file_paths(output / language):
+                    path.unlink(missing_ok=True)
+    (output / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
 
 
-def _remove_stale_files(previous: dict | None, kept: dict[str, dict], output: Path) -> None:
-    """Deletes the token files of the previous run's languages that are not reused (after the manifest dropped them)."""
-    for language in set((previous or {}).get("languages", {})) - set(kept):
-        for path in token_file_paths(output / language):
-            path.unlink(missing_ok=True)
-
-
-def _is_intact(prefix: Path, entry: dict) -> bool:
-    try:
-        tokens = TokenFile(prefix)
-    except ValueError:
-        return False
-    return len(tokens) == entry["documents"] and tokens.num_tokens == entry["tokens"]
-
-
-def _reusable_languages(
-    previous: dict | None, manifest: Manifest, plans: dict[str, LanguagePlan], output: Path, log: Callable[[str], None]
-) -> dict[str, dict]:
-    """The previous run's entries that stay valid: same tokenizer, append_eos and sources, files intact."""
-    if previous is None:
-        return {}
-    old, new = previous["tokenizer"]["fingerprint"], manifest.tokenizer["fingerprint"]
-    if old != new:
-        log(f"tokenizer differs from the last run's (sha256 {old[:12]}…, now {new[:12]}…): re-encoding every language")
-        return {}
-    if previous["append_eos"] != manifest.append_eos:
-        log(f"append_eos was {previous['append_eos']}, now {manifest.append_eos}: re-encoding every language")
-        return {}
-    return {
-        language: entry
-        for language, entry in previous["languages"].items()
-        if language in plans
-        and entry["source_fingerprint"] == plans[language].source_fingerprint
-        and _is_intact(output / language, entry)
+def _finish_file(scan: SourceScan, writers: dict[str, TokenFileWriter], settings: EncoderSettings, output: Path):
+    for language, writer in writers.items():
+        if writer.documents != scan.documents[language]:
+            raise CorpusError(
+                f"{scan.source.path}: {writer.documents} {language} documents read, {scan.documents[language]} when "
+                "scanned: the corpus changed during encoding, run again"
+            )
+        writer.finish()
+    record = {
+        "format_version": MANIFEST_VERSION,
+        "source": scan.source.label,
+        "stamp": file_stamp(scan.source),
+        "fingerprint": scan.fingerprint,
+        "tokenizer": settings.tokenizer_fingerprint,
+        "append_eos": settings.append_eos,
+        "languages": {name: {"documents": pair.documents, "tokens": pair.num_tokens} for name, pair in writers.items()},
     }
+    write_atomically(record_path(output, scan.source), json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 
 
-def _encode_languages(
-    plans: list[LanguagePlan], encoded_chunks: Iterable[EncodedChunk], manifest: Manifest, output: Path
+def _write_files(
+    scans: list[SourceScan], encoded_chunks: Iterable[EncodedChunk], settings: EncoderSettings, output: Path
 ) -> None:
-    by_language = {plan.language: plan for plan in plans}
     writers: dict[str, TokenFileWriter] = {}
-    total = sum(plan.documents for plan in plans)
+    total = sum(sum(scan.documents.values()) for scan in scans)
     try:
         with tqdm(total=total, unit="doc", desc="encoding", disable=None, leave=False) as progress:
             for encoded in encoded_chunks:
+                scan = scans[encoded.index]
                 if encoded.language not in writers:
-                    writers[encoded.language] = TokenFileWriter(
-                        output / encoded.language, manifest.tokenizer["vocab_size"]
-                    )
+                    prefix = pair_prefix(output, encoded.language, scan.source)
+                    prefix.parent.mkdir(exist_ok=True)
+                    writers[encoded.language] = TokenFileWriter(prefix, settings.vocab_size)
                 writers[encoded.language].add_documents(encoded.tokens, encoded.lengths)
                 progress.update(encoded.lengths.size)
-                if encoded.last:
-                    _finish_language(writers.pop(encoded.language), by_language[encoded.language], manifest, output)
+                if encoded.ends_file:
+                    _finish_file(scan, writers, settings, output)
+                    writers = {}
     finally:
         for writer in writers.values():
             writer.abort()
 
 
-def _finish_language(writer: TokenFileWriter, plan: LanguagePlan, manifest: Manifest, output: Path) -> None:
-    if writer.documents != plan.documents:
+def _encode(
+    sources: list[Source], output: Path, tokenizer: TextTokenizer, append_eos: bool, workers: int, log
+) -> list[SourceScan]:
+    """Encodes the files among `sources` whose pairs are not current; the scans of all of them."""
+    settings = EncoderSettings.of(tokenizer, append_eos)
+    workers = workers or len(os.sched_getaffinity(0))  # the cores this process may use: a Slurm task's, not the node's
+    in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * workers
+    with _worker_pool(workers) as pool:
+        scans = _scan(sources, pool, in_flight, log)
+        _open_output(output, log)
+        todo = [scan for scan in scans if current_record(output, scan.source, settings, scan.fingerprint) is None]
+        if len(todo) < len(scans):
+            log(f"{len(scans) - len(todo)} of {len(scans)} corpus files already encoded in {output}: skipping them")
+        if not todo:
+            return scans
+        log(f"encoding {len(todo)} of {len(scans)} corpus files into {output}")
+        # Gone before anything is rewritten: it is written again once every file's pairs are current.
+        (output / MANIFEST_NAME).unlink(missing_ok=True)
+        encode = ChunkEncoder(tokenizer, append_eos) if pool is None else partial(_encode_in_worker, settings)
+        _write_files(todo, _ordered_map(pool, encode, file_chunks(todo), in_flight), settings, output)
+    return scans
+
+
+def encode_sources(
+    tokenizer: str | Path,
+    corpus_dir: str | Path,
+    output_dir: str | Path,
+    names: list[str],
+    append_eos: bool = True,
+    workers: int = 0,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Encodes the corpus files named (their paths inside the corpus) whose pairs are not current; no manifest."""
+    sources = {source.label: source for source in discover_sources(corpus_dir)}
+    missing = [name for name in names if name not in sources]
+    if missing:
         raise CorpusError(
-            f"{plan.language}: {writer.documents} documents read, {plan.documents} when scanned: "
-            "the corpus changed during encoding, run again"
+            f"{len(missing)} corpus files to encode are no longer in {corpus_dir} (first: {missing[0]}): submit the "
+            "pipeline again, which regroups the files"
         )
-    writer.finish()
-    manifest.languages[plan.language] = plan.manifest_entry(writer)
-    manifest.write(output)
+    _encode([sources[name] for name in names], Path(output_dir), load_tokenizer(tokenizer), append_eos, workers, log)
+
+
+def manifest_of(records: list[dict], settings: EncoderSettings, corpus_dir: str | Path) -> dict:
+    languages: dict[str, dict] = {}
+    for record in records:
+        for language, counts in sorted(record["languages"].items()):
+            entry = languages.setdefault(language, {"documents": 0, "tokens": 0, "shards": []})
+            entry["documents"] += counts["documents"]
+            entry["tokens"] += counts["tokens"]
+            shard = f"{language}/{shard_name(record['source'])}"
+            entry["shards"].append({"file": shard, "source": record["source"], **counts})
+    languages = dict(sorted(languages.items()))
+    return {
+        "format_version": MANIFEST_VERSION,
+        "tokenizer": {
+            "path": str(settings.tokenizer_path),
+            "fingerprint": settings.tokenizer_fingerprint,
+            "vocab_size": settings.vocab_size,
+        },
+        "corpus": str(Path(corpus_dir).resolve()),
+        "append_eos": settings.append_eos,
+        "eos_id": EOS_ID if settings.append_eos else None,
+        "dtype": token_dtype(settings.vocab_size).name,
+        "languages": languages,
+        "totals": {
+            "languages": len(languages),
+            "documents": sum(entry["documents"] for entry in languages.values()),
+            "tokens": sum(entry["tokens"] for entry in languages.values()),
+        },
+    }
+
+
+def _remove_leftovers(output: Path, kept: set[str]) -> None:
+    """The pairs and records of corpus files no longer in the corpus, and temporaries of writes that were killed."""
+    for path in (output / RECORDS_DIR).glob("*.json"):
+        if path.stem not in kept:
+            languages = json.loads(path.read_text(encoding="utf-8")).get("languages", {})
+            for language in languages:
+                for pair in token_file_paths(output / language / path.stem):
+                    pair.unlink(missing_ok=True)
+            path.unlink()
+    for temporary in output.glob("*/.*.tmp"):
+        temporary.unlink(missing_ok=True)
+
+
+def write_manifest(
+    tokenizer: str | Path,
+    corpus_dir: str | Path,
+    output_dir: str | Path,
+    append_eos: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Once every corpus file's pairs are current: the manifest, written (left untouched when identical, so that
+    current token files keep their times) and returned; a one-line ValueError naming what is missing otherwise."""
+    output = Path(output_dir)
+    settings = EncoderSettings.of(load_tokenizer(tokenizer), append_eos)
+    sources = discover_sources(corpus_dir)
+    records = []
+    for source in sources:
+        record = current_record(output, source, settings, corpus_fingerprint([source]))
+        if record is None:
+            raise ValueError(
+                f"{source.path} is not encoded (or not with this tokenizer, or it changed since): run the encoding "
+                f"again into {output}"
+            )
+        records.append(record)
+    manifest = manifest_of(records, settings, corpus_dir)
+    _remove_leftovers(output, {shard_name(source.label) for source in sources})
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    path = output / MANIFEST_NAME
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        write_atomically(path, text)
+    totals = manifest["totals"]
+    log(f"{output}: {totals['languages']} languages, {totals['documents']} documents, {totals['tokens']} tokens")
+    return manifest
 
 
 def encode_corpus(
@@ -352,45 +440,11 @@ def encode_corpus(
     workers: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Encodes every document of `corpus_dir` into `<lang>.bin`/`<lang>.idx` in `output_dir`; returns the manifest.
-
-    workers=0 uses every core; workers=1 runs in this process.
-    """
+    """Encodes every file of `corpus_dir` whose pairs are not current into `output_dir`, and writes the manifest,
+    which it returns. workers=0 uses every core; workers=1 runs in this process."""
     if workers < 0:
         raise ValueError(f"workers={workers} must be 0 (every core) or more")
     text_tokenizer = load_tokenizer(tokenizer)
-    sources = discover_sources(corpus_dir)
-    output = Path(output_dir)
-    workers = workers or os.cpu_count() or 1
-    in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * workers
-    manifest = Manifest(
-        tokenizer={
-            "path": str(text_tokenizer.path.resolve()),
-            "fingerprint": text_tokenizer.fingerprint,
-            "vocab_size": text_tokenizer.vocab_size,
-        },
-        corpus=str(Path(corpus_dir).resolve()),
-        append_eos=append_eos,
-    )
-    with _worker_pool(workers) as pool:
-        plans = _scan_corpus(sources, pool, in_flight, log)
-        previous = _read_manifest(output, log)
-        output.mkdir(parents=True, exist_ok=True)
-        manifest.languages = _reusable_languages(previous, manifest, plans, output, log)
-        if manifest.languages:
-            log(f"{len(manifest.languages)} of {len(plans)} languages already encoded in {output}: skipping them")
-        # Written before anything is re-encoded, so that it never lists files that are about to be replaced.
-        manifest.write(output)
-        _remove_stale_files(previous, manifest.languages, output)
-        todo = [plan for language, plan in plans.items() if language not in manifest.languages]
-        if pool is None:
-            encode = ChunkEncoder(text_tokenizer, append_eos)
-        else:
-            settings = EncoderSettings(text_tokenizer.path.resolve(), text_tokenizer.fingerprint, append_eos)
-            encode = partial(_encode_in_worker, settings)
-        encoded_chunks = _ordered_map(pool, encode, chunk_documents(todo, sources), in_flight)
-        _encode_languages(todo, encoded_chunks, manifest, output)
-    result = manifest.as_dict()
-    totals = result["totals"]
-    log(f"{output}: {totals['languages']} languages, {totals['documents']} documents, {totals['tokens']} tokens")
-    return result
+    sources = discover_sources(corpus_dir)  # bad input fails here, before output_dir is touched
+    _encode(sources, Path(output_dir), text_tokenizer, append_eos, workers, log)
+    return write_manifest(tokenizer, corpus_dir, output_dir, append_eos, log)

@@ -1,4 +1,4 @@
-"""Token files: what the training data pipeline reads, one pair per language.
+"""Token files: what the training data pipeline reads, a pair per corpus file and language (encode.py lays them out).
 
 `<prefix>.bin` holds every document's token ids back to back, little-endian, uint16 when the vocabulary fits in
 16 bits and uint32 otherwise. `<prefix>.idx` says where each document starts (all fields little-endian):
@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-MANIFEST_NAME = "manifest.json"  # beside the pairs: token counts per language, the tokenizer's fingerprint
+MANIFEST_VERSION = 2  # of manifest.json; 1: a single pair per language
+MANIFEST_NAME = "manifest.json"  # above the pairs: each language's pairs and token counts, the tokenizer's fingerprint
 MAGIC = b"CRLTIDX\0"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQ")

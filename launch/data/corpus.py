@@ -1,37 +1,84 @@
-"""The token files of a `corolla tokenizer encode` output directory (tokenizer/token_files.py: one `<lang>.bin` /
-`<lang>.idx` pair per language and manifest.json), memory-mapped, each language split by document into training and
-held-out validation documents."""
+"""The token files of a `corolla tokenizer encode` output directory (tokenizer/encode.py: a `.bin` / `.idx` pair per
+corpus file and language, listed by manifest.json), memory-mapped: each language's pairs in corpus order are one
+stream of documents, split by document into training and held-out validation documents.
+
+Opening it reads the manifest and each pair's 24-byte header, nothing of the tokens: hundreds of pairs a language
+open in well under a second.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from tokenizer.token_files import MANIFEST_NAME, TokenFile
+from tokenizer.token_files import MANIFEST_NAME, MANIFEST_VERSION, TokenFile
 
 
-@dataclass(frozen=True, eq=False)
+class TokenStream:
+    """Token arrays back to back as one sequence: a slice reads only the arrays it covers (one array: a view)."""
+
+    def __init__(self, pieces: Sequence[np.ndarray], dtype: np.dtype) -> None:
+        self.pieces = [piece for piece in pieces if piece.size]
+        self.ends = np.cumsum([piece.size for piece in self.pieces], dtype=np.int64)
+        self.size = int(self.ends[-1]) if self.pieces else 0
+        self.dtype = dtype
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop, step = key.indices(self.size)
+        if step != 1:
+            raise ValueError("a token stream is sliced with step 1 only")
+        parts = []
+        index = int(np.searchsorted(self.ends, start, side="right"))
+        while start < stop:
+            piece_start = int(self.ends[index]) - self.pieces[index].size
+            end = min(stop, int(self.ends[index]))
+            parts.append(self.pieces[index][start - piece_start : end - piece_start])
+            start, index = end, index + 1
+        if not parts:
+            return np.empty(0, self.dtype)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def window(self, start: int, stop: int) -> TokenStream:
+        """Tokens [start, stop) as a stream of their own."""
+        pieces, offset = [], 0
+        for piece in self.pieces:
+            low, high = max(start - offset, 0), min(stop - offset, piece.size)
+            if low < high:
+                pieces.append(piece[low:high])
+            offset += piece.size
+        return TokenStream(pieces, self.dtype)
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return self[:].astype(dtype or self.dtype, copy=False)
+
+
 class LanguageSplit:
-    """One language's token file: documents [0, train_documents) for training, the rest held out for validation."""
+    """One language's pairs as a stream of documents: [0, train_documents) for training, the rest held out."""
 
-    language: str
-    file: TokenFile
-    train_documents: int
+    def __init__(self, language: str, files: list[TokenFile], train_documents: int) -> None:
+        self.language, self.files, self.train_documents = language, files, train_documents
+        self.documents = sum(len(file) for file in files)
+        self.stream = TokenStream([file.tokens for file in files], files[0].dtype)
+        boundary = self._token_offset(train_documents)
+        self.train_tokens = self.stream.window(0, boundary)
+        self.validation_tokens = self.stream.window(boundary, self.stream.size)
 
     @property
     def validation_documents(self) -> int:
-        return len(self.file) - self.train_documents
+        return self.documents - self.train_documents
 
-    @property
-    def train_tokens(self) -> np.ndarray:
-        return self.file.tokens[: self.file.offsets[self.train_documents]]
-
-    @property
-    def validation_tokens(self) -> np.ndarray:
-        return self.file.tokens[self.file.offsets[self.train_documents] :]
+    def _token_offset(self, document: int) -> int:
+        """Where document `document` starts in the stream (the stream's size for one past the last)."""
+        tokens = 0
+        for file in self.files:
+            if document <= len(file):
+                return tokens + int(file.offsets[document])
+            document -= len(file)
+            tokens += file.num_tokens
+        return tokens
 
 
 class TokenCorpus:
@@ -69,6 +116,11 @@ def _read_manifest(tokens_dir: Path) -> dict:
         manifest = None
     if not isinstance(manifest, dict) or not {"tokenizer", "append_eos", "eos_id", "languages"} <= set(manifest):
         raise ValueError(f"{path} is not a token manifest corolla wrote: re-run `corolla tokenizer encode`")
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise ValueError(
+            f"{path} has format version {manifest.get('format_version')}, this corolla reads {MANIFEST_VERSION}: "
+            "re-run `corolla tokenizer encode` into the same output_dir, which rewrites it"
+        )
     if not manifest["languages"]:
         raise ValueError(f"{path} lists no languages (did the encode finish?): re-run `corolla tokenizer encode`")
     if not manifest["append_eos"]:
@@ -80,14 +132,18 @@ def _read_manifest(tokens_dir: Path) -> dict:
 
 
 def _open_split(tokens_dir: Path, language: str, entry: dict, validation_documents: int) -> LanguageSplit:
-    file = TokenFile(tokens_dir / language)
-    if (len(file), file.num_tokens) != (entry["documents"], entry["tokens"]):
-        raise ValueError(
-            f"token files of {language} in {tokens_dir} hold {len(file)} documents and {file.num_tokens} tokens, "
-            f"{MANIFEST_NAME} says {entry['documents']} and {entry['tokens']}: re-run `corolla tokenizer encode`"
-        )
-    held_out = max(0, min(validation_documents, len(file) - 1))
-    return LanguageSplit(language, file, len(file) - held_out)
+    files = []
+    for shard in entry["shards"]:
+        file = TokenFile(tokens_dir / shard["file"])
+        if (len(file), file.num_tokens) != (shard["documents"], shard["tokens"]):
+            raise ValueError(
+                f"token files {tokens_dir / shard['file']}.* hold {len(file)} documents and {file.num_tokens} tokens, "
+                f"{MANIFEST_NAME} says {shard['documents']} and {shard['tokens']}: re-run `corolla tokenizer encode`"
+            )
+        files.append(file)
+    documents = sum(len(file) for file in files)
+    held_out = max(0, min(validation_documents, documents - 1))
+    return LanguageSplit(language, files, documents - held_out)
 
 
 def validation_samples(split: LanguageSplit, seq_length: int, wanted: int) -> int:

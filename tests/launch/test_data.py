@@ -73,7 +73,7 @@ def test_the_corpus_splits_by_document_and_packs_documents_ending_in_eos(tokens_
     assert corpus.languages == sorted(CORPUS_LINES)
     assert corpus.vocab_size == 2000
     for language, split in corpus.splits.items():
-        file = TokenFile(tokens_dir / language)
+        file = TokenFile(tokens_dir / language / f"{language}.txt")
         assert (split.train_documents, split.validation_documents) == (len(file) - HELD_OUT, HELD_OUT)
         documents = [file.document(i) for i in range(len(file))]
         assert all(document[-1] == corpus.eos_id for document in documents)
@@ -86,7 +86,7 @@ def test_the_corpus_splits_by_document_and_packs_documents_ending_in_eos(tokens_
 
 def test_samples_are_slices_of_a_languages_training_stream(tokens_dir: Path) -> None:
     data = dataset(tokens_dir)
-    files = {language: TokenFile(tokens_dir / language) for language in CORPUS_LINES}
+    files = {language: TokenFile(tokens_dir / language / f"{language}.txt") for language in CORPUS_LINES}
     for i in range(400):
         language, k = data.locate(i)
         sample = data[i]
@@ -147,7 +147,7 @@ def test_the_blend_follows_token_counts_to_the_power_alpha(tokens_dir: Path, alp
     data = dataset(tokens_dir, alpha=alpha)
     tokens = {}
     for language in CORPUS_LINES:
-        file = TokenFile(tokens_dir / language)
+        file = TokenFile(tokens_dir / language / f"{language}.txt")
         tokens[language] = float(file.offsets[len(file) - HELD_OUT]) ** alpha
     assert_blend_follows(data, {language: value / sum(tokens.values()) for language, value in tokens.items()})
 
@@ -222,7 +222,7 @@ def ngrams(tokens: np.ndarray, n: int = 8) -> set[tuple[int, ...]]:
 def test_validation_documents_never_reach_training(tokens_dir: Path) -> None:
     data = dataset(tokens_dir)
     for language, sequences in data.sequences.items():
-        file = TokenFile(tokens_dir / language)
+        file = TokenFile(tokens_dir / language / f"{language}.txt")
         boundary = file.offsets[len(file) - HELD_OUT]
         held_out_only = ngrams(file.tokens[boundary:]) - ngrams(file.tokens[:boundary])
         assert len(held_out_only) > 50
@@ -270,3 +270,32 @@ def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: P
     fails("seq_length=0", lambda: dataset(tokens_dir, seq_length=0))
     no_eos = encode(model, tmp_path / "no-eos", {"eng_Latn": 20}, append_eos=False)
     fails("append_eos=true", lambda: TokenCorpus(no_eos, 5))
+
+
+def test_a_language_in_many_shards_reads_as_one_stream(model: Path, tokens_dir: Path, tmp_path: Path) -> None:
+    """eng_Latn cut into 7 shard files of a language directory: the same training and validation tokens, samples and
+    validation batches as from one file, samples across shard boundaries included."""
+    lines = head("eng_Latn", CORPUS_LINES["eng_Latn"])
+    corpus = tmp_path / "corpus" / "eng_Latn"
+    corpus.mkdir(parents=True)
+    for shard, start in enumerate(range(0, len(lines), 37)):
+        (corpus / f"part-{shard:02d}.txt").write_text("".join(lines[start : start + 37]), encoding="utf-8")
+    sharded = tmp_path / "tokens"
+    manifest = encode_corpus(model, corpus.parent, sharded, workers=1, log=quiet)
+    assert len(manifest["languages"]["eng_Latn"]["shards"]) == 7
+
+    whole, split = TokenCorpus(tokens_dir, 40).splits["eng_Latn"], TokenCorpus(sharded, 40).splits["eng_Latn"]
+    assert (split.train_documents, split.validation_documents) == (whole.train_documents, 40)
+    assert len(split.train_tokens.pieces) > 1  # the split falls inside a shard, and training spans several
+    np.testing.assert_array_equal(np.asarray(split.train_tokens), np.asarray(whole.train_tokens))
+    np.testing.assert_array_equal(np.asarray(split.validation_tokens), np.asarray(whole.validation_tokens))
+    ends = [0, *split.stream.ends.tolist()]
+    for start in (0, ends[1] - 3, ends[2] - 1, ends[-1] - 10):  # within a shard, and across boundaries
+        np.testing.assert_array_equal(split.stream[start : start + 20], whole.stream[start : start + 20])
+    cfg = DataConfig(str(sharded), validation_documents=40, weights={"eng_Latn": 1.0})
+    one = dataset(tokens_dir, validation_documents=40, weights={"eng_Latn": 1.0})
+    many = BlendedDataset(TokenCorpus(sharded, 40), cfg, SEQ)
+    assert all(np.array_equal(many[i], one[i]) for i in range(300))
+    batches = validation_batches(TokenCorpus(sharded, 40), SEQ, 2, 4)["eng_Latn"]
+    expected = validation_batches(TokenCorpus(tokens_dir, 40), SEQ, 2, 4)["eng_Latn"]
+    assert all(torch.equal(got, want) for got, want in zip(batches, expected, strict=True))

@@ -74,12 +74,26 @@ def quiet(_: str) -> None:
     pass
 
 
+def files(directory: Path) -> list[Path]:
+    return [path for path in sorted(directory.rglob("*")) if path.is_file()]
+
+
 def file_identities(directory: Path) -> dict[str, tuple[int, int]]:
-    return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in directory.iterdir()}
+    return {
+        str(path.relative_to(directory)): (path.stat().st_ino, path.stat().st_mtime_ns) for path in files(directory)
+    }
 
 
 def file_contents(directory: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in directory.iterdir()}
+    return {str(path.relative_to(directory)): path.read_bytes() for path in files(directory)}
+
+
+def pairs(output: Path, manifest: dict, language: str) -> list[TokenFile]:
+    return [TokenFile(output / shard["file"]) for shard in manifest["languages"][language]["shards"]]
+
+
+def documents(output: Path, manifest: dict, language: str) -> list[np.ndarray]:
+    return [pair.document(i) for pair in pairs(output, manifest, language) for i in range(len(pair))]
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +114,13 @@ def encoded(corpus: tuple[Path, dict], model: Path, tmp_path_factory: pytest.Tem
 
 
 def test_every_document_decodes_to_its_text_followed_by_eos(encoded, corpus, model: Path) -> None:
-    output, _ = encoded
+    output, manifest = encoded
     tokenizer = load_tokenizer(model)
-    for language, documents in corpus[1].items():
-        tokens = TokenFile(output / language)
-        assert tokens.dtype == np.uint16
-        assert len(tokens) == len(documents), language
-        for i, text in enumerate(documents):
-            ids = tokens.document(i)
+    for language, texts in corpus[1].items():
+        assert all(pair.dtype == np.uint16 for pair in pairs(output, manifest, language))
+        encoded_documents = documents(output, manifest, language)
+        assert len(encoded_documents) == len(texts), language
+        for i, (ids, text) in enumerate(zip(encoded_documents, texts, strict=True)):
             assert ids[-1] == EOS_ID and EOS_ID not in ids[:-1]
             assert tokenizer.decode(ids[:-1].tolist()) == text, (language, i)
 
@@ -123,20 +136,30 @@ def test_manifest_describes_the_token_files(encoded, corpus, model: Path) -> Non
     assert manifest["append_eos"] is True and manifest["eos_id"] == EOS_ID and manifest["dtype"] == "uint16"
     assert list(manifest["languages"]) == LANGUAGES
     for language, entry in manifest["languages"].items():
-        tokens = TokenFile(output / language)
-        assert entry["documents"] == len(tokens) == len(corpus[1][language])
-        assert entry["tokens"] == tokens.num_tokens == (output / f"{language}.bin").stat().st_size // 2
-        assert entry["files"] == [f"{language}.bin", f"{language}.idx"]
-    assert manifest["languages"]["eng_Latn"]["sources"] == ["eng_Latn.txt", "mixed.jsonl"]
-    assert manifest["languages"]["fra_Latn"]["sources"] == ["fra_Latn.txt.gz"]
+        assert entry["documents"] == len(corpus[1][language])
+        assert entry["documents"] == sum(shard["documents"] for shard in entry["shards"])
+        assert entry["tokens"] == sum(shard["tokens"] for shard in entry["shards"])
+        for shard, pair in zip(entry["shards"], pairs(output, manifest, language), strict=True):
+            assert (shard["documents"], shard["tokens"]) == (len(pair), pair.num_tokens)
+            assert shard["tokens"] == (output / f"{shard['file']}.bin").stat().st_size // 2
+    # A language's pairs in corpus order: eng_Latn.txt's documents, then mixed.jsonl's.
+    assert [shard["file"] for shard in manifest["languages"]["eng_Latn"]["shards"]] == [
+        "eng_Latn/eng_Latn.txt",
+        "eng_Latn/mixed.jsonl",
+    ]
+    assert [shard["source"] for shard in manifest["languages"]["fra_Latn"]["shards"]] == ["fra_Latn.txt.gz"]
     entries = manifest["languages"].values()
     assert manifest["totals"] == {
         "languages": len(LANGUAGES),
         "documents": sum(entry["documents"] for entry in entries),
         "tokens": sum(entry["tokens"] for entry in entries),
     }
-    assert sorted(path.name for path in output.iterdir()) == sorted(
-        [MANIFEST_NAME] + [name for entry in entries for name in entry["files"]]
+    sources = ["eng_Latn.txt", "fra_Latn.txt.gz", "hin_Deva.txt", "mixed.jsonl", "rus_Cyrl.txt", "zho_Hans.txt"]
+    shards = [
+        f"{shard['file']}{suffix}" for entry in entries for shard in entry["shards"] for suffix in (".bin", ".idx")
+    ]
+    assert sorted(file_identities(output)) == sorted(
+        [MANIFEST_NAME, *shards, *(f"records/{source}.json" for source in sources)]
     )
 
 
@@ -149,11 +172,11 @@ def test_without_eos_documents_are_the_bare_tokens(encoded, corpus, model: Path,
     manifest = encode_corpus(model, corpus[0], tmp_path / "out", append_eos=False, workers=1, log=quiet)
     assert manifest["eos_id"] is None
     assert manifest["totals"]["tokens"] == encoded[1]["totals"]["tokens"] - encoded[1]["totals"]["documents"]
-    with_eos, without = TokenFile(encoded[0] / "kor_Hang"), TokenFile(tmp_path / "out" / "kor_Hang")
-    assert np.array_equal(without.document(3), with_eos.document(3)[:-1])
+    with_eos = documents(encoded[0], encoded[1], "kor_Hang")[3]
+    assert np.array_equal(documents(tmp_path / "out", manifest, "kor_Hang")[3], with_eos[:-1])
 
 
-def test_rerun_encodes_only_the_language_whose_source_changed(corpus, model: Path, tmp_path: Path) -> None:
+def test_rerun_encodes_only_the_file_that_changed(corpus, model: Path, tmp_path: Path) -> None:
     source = tmp_path / "corpus"
     shutil.copytree(corpus[0], source)
     output = tmp_path / "out"
@@ -162,14 +185,19 @@ def test_rerun_encodes_only_the_language_whose_source_changed(corpus, model: Pat
     messages: list[str] = []
     encode_corpus(model, source, output, workers=1, log=messages.append)
     assert file_identities(output) == {**before, MANIFEST_NAME: file_identities(output)[MANIFEST_NAME]}
-    assert f"{len(LANGUAGES)} of {len(LANGUAGES)} languages already encoded" in messages[0]
+    assert "6 of 6 corpus files already encoded" in messages[0]
 
     russian = source / "rus_Cyrl.txt"
     russian.write_bytes(russian.read_bytes() + "Ещё одна строка.\n".encode())
     manifest = encode_corpus(model, source, output, workers=1, log=quiet)
     after = file_identities(output)
     changed = {name for name in before if after[name] != before[name]}
-    assert changed == {"rus_Cyrl.bin", "rus_Cyrl.idx", MANIFEST_NAME}
+    assert changed == {
+        "rus_Cyrl/rus_Cyrl.txt.bin",
+        "rus_Cyrl/rus_Cyrl.txt.idx",
+        "records/rus_Cyrl.txt.json",
+        MANIFEST_NAME,
+    }
     assert manifest["languages"]["rus_Cyrl"]["documents"] == LINES + 1
 
 
@@ -180,26 +208,25 @@ def test_changed_tokenizer_reencodes_every_language(encoded, corpus, tmp_path: P
     other = train_model(tmp_path / "other.model", 4500)
     messages: list[str] = []
     manifest = encode_corpus(other, corpus[0], output, workers=1, log=messages.append)
-    assert any("tokenizer differs" in message and "re-encoding every language" in message for message in messages)
+    assert "encoding 6 of 6 corpus files" in messages[0]
     after = file_identities(output)
     assert all(after[name] != before[name] for name in before)
     assert manifest["tokenizer"]["fingerprint"] == load_tokenizer(other).fingerprint
-    ids = TokenFile(output / "zho_Hans").document(0)
+    ids = documents(output, manifest, "zho_Hans")[0]
     assert load_tokenizer(other).decode(ids[:-1].tolist()) == corpus[1]["zho_Hans"][0]
 
 
 def greek_done_and_english_half_written(output: Path) -> bool:
-    manifest = output / MANIFEST_NAME
-    if not manifest.is_file() or "ell_Grek" not in json.loads(manifest.read_text())["languages"]:
+    if not (output / "records" / "ell_Grek.txt.json").is_file() or not (output / "eng_Latn").is_dir():
         return False
     sizes = []
-    for name in set(os.listdir(output)) - {MANIFEST_NAME, "ell_Grek.bin", "ell_Grek.idx"}:
+    for name in os.listdir(output / "eng_Latn"):
         with suppress(FileNotFoundError):  # renamed in the meantime
-            sizes.append((output / name).stat().st_size)
+            sizes.append((output / "eng_Latn" / name).stat().st_size)
     return any(sizes)
 
 
-def test_resumes_after_a_kill_without_redoing_finished_languages(model: Path, tmp_path: Path) -> None:
+def test_resumes_after_a_kill_without_redoing_finished_files(model: Path, tmp_path: Path) -> None:
     # A small language, then one big enough to be killed in the middle of, then another small one.
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -223,13 +250,14 @@ def test_resumes_after_a_kill_without_redoing_finished_languages(model: Path, tm
     finally:
         interrupted.kill()
         interrupted.wait()
-    assert list(json.loads((output / MANIFEST_NAME).read_text())["languages"]) == ["ell_Grek"]
-    assert not (output / "eng_Latn.bin").exists() and not (output / "eng_Latn.idx").exists()
-    greek = {name: identity for name, identity in file_identities(output).items() if name.startswith("ell_Grek")}
+    assert not (output / MANIFEST_NAME).exists()  # the directory is not complete: nothing may train on it
+    assert not [path for path in (output / "eng_Latn").iterdir() if not path.name.endswith(".tmp")]
+    greek = {name: identity for name, identity in file_identities(output).items() if "ell_Grek" in name}
+    assert len(greek) == 3
 
     messages: list[str] = []
     encode_corpus(model, corpus, output, workers=1, log=messages.append)
-    assert "1 of 3 languages already encoded" in messages[0]
+    assert "1 of 3 corpus files already encoded" in messages[0]
     assert {name: file_identities(output)[name] for name in greek} == greek
     encode_corpus(model, corpus, tmp_path / "fresh", workers=1, log=quiet)
     assert file_contents(output) == file_contents(tmp_path / "fresh")
@@ -293,7 +321,7 @@ def truncate(path: Path, size: int) -> None:
 )
 def test_damaged_token_files_are_refused_by_name(damage, message: str, encoded, tmp_path: Path) -> None:
     for suffix in (".bin", ".idx"):
-        shutil.copy(encoded[0] / f"fra_Latn{suffix}", tmp_path)
+        shutil.copy(encoded[0] / "fra_Latn" / f"fra_Latn.txt.gz{suffix}", tmp_path / f"fra_Latn{suffix}")
     damage(tmp_path / "fra_Latn.idx", tmp_path / "fra_Latn.bin")
     with pytest.raises(ValueError, match=message) as error:
         TokenFile(tmp_path / "fra_Latn")
