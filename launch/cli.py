@@ -81,7 +81,13 @@ COMMANDS = [
     Command(
         ("export", "hf"), "export_hf", "launch.train.export:export_hf_model", "a checkpoint as a HF BloomForCausalLM"
     ),
-    Command(("pipeline",), "pipeline", "launch.jobs.main_job:run_main_job", "the main job: every stage, sample data"),
+    Command(
+        ("pipeline",),
+        "pipeline",
+        "launch.commands:pipeline",
+        "every stage, here or as a chain of Slurm jobs (cluster=NAME); sample data by default",
+        flags=("dry_run",),
+    ),
     Command(
         ("checkpoint", "verify"),
         "checkpoint_verify",

@@ -5,16 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launch.config.schemas import CancelJob, LogsJob, ReshardJob, StatusJob, TrackingSyncJob, TrainJob, VerifyJob
+from launch.config.cluster import Scheduler
+from launch.config.schemas import (
+    CancelJob,
+    LogsJob,
+    MainJob,
+    ReshardJob,
+    StatusJob,
+    TrackingSyncJob,
+    TrainJob,
+    VerifyJob,
+)
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
 from launch.jobs.monitor import status_lines
 from launch.rundir.checkpoints import CheckpointError, complete_tags, verify
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHECKPOINTS, JOBS_FILE, VALIDATION_FILE
+from launch.rundir.files import CHAIN_FILE, CHECKPOINTS, JOB_FILE, JOBS_FILE, TRAIN_DIR, VALIDATION_FILE
 from launch.rundir.lock import holding
 from launch.rundir.run_record import masked, recorded_run
 from slurm.backend import SlurmBackend
+from slurm.chain import cancel_chain, chain_lines, show_stage_logs, submit_pipeline
 from slurm.client import latest_states
 from slurm.commands import SlurmError
 from slurm.jobs import recorded_jobs
@@ -49,17 +60,48 @@ def submit(job: TrainJob, dry_run: bool = False) -> None:
     SlurmBackend().start(job, dry_run)
 
 
+def pipeline(job: MainJob, dry_run: bool = False) -> None:
+    if job.cluster.scheduler == Scheduler.local:
+        from launch.jobs.main_job import run_main_job  # the stages' libraries: seconds to import
+
+        run_main_job(job, dry_run)
+    else:
+        submit_pipeline(job, dry_run)
+
+
+def is_chain(run_dir: str) -> bool:
+    """A pipeline submitted to Slurm as a chain of stage jobs (slurm/chain.py)."""
+    return (Path(run_dir) / CHAIN_FILE).is_file()
+
+
 def show_status(job: StatusJob) -> None:
-    run = RunDirectory.open(job.run_dir)
-    print("\n".join(status_lines(run, backend_of(run))))
+    lines = []
+    run_dir = Path(job.run_dir)
+    if is_chain(job.run_dir):
+        lines = chain_lines(run_dir)
+        if not (run_dir / TRAIN_DIR / JOB_FILE).is_file():  # the training run is not prepared yet
+            print("\n".join(lines))
+            return
+        lines.append("")
+        run_dir = run_dir / TRAIN_DIR
+    run = RunDirectory.open(str(run_dir))
+    print("\n".join([*lines, *status_lines(run, backend_of(run))]))
 
 
 def show_logs(job: LogsJob) -> None:
+    if is_chain(job.run_dir):
+        show_stage_logs(Path(job.run_dir), job.stage, job.lines)
+        return
+    if job.stage:
+        raise ValueError(f"stage={job.stage}: {job.run_dir} is not a pipeline submitted to Slurm, it has no stages")
     run = RunDirectory.open(job.run_dir)
     backend_of(run).show_logs(run, job.rank, job.lines)
 
 
 def cancel(job: CancelJob) -> None:
+    if is_chain(job.run_dir):
+        cancel_chain(Path(job.run_dir))
+        return
     run = RunDirectory.open(job.run_dir)
     backend_of(run).cancel(run)
 

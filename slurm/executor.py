@@ -78,15 +78,15 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     return parameters
 
 
-def make_executor(cluster: ClusterConfig, run_dir: Path, after: str | None = None) -> submitit.SlurmExecutor:
-    """The executor of the run's jobs; `after`: a job id the job waits for to end (afterany)."""
+def make_executor(cluster: ClusterConfig, run_dir: Path, dependency: str | None = None) -> submitit.SlurmExecutor:
+    """The executor of the run's jobs; `dependency`: what the job waits for (sbatch's, e.g. afterany:JOB)."""
     folder = run_dir.resolve() / SUBMITIT_DIR
     _single_line("run_dir", str(folder))
     # Requeues are corolla's (slurm/task.py); submitit's own timeout budget must never be the one that stops a run.
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=10**6)
     executor.update_parameters(**executor_parameters(cluster, f"corolla-{run_dir.resolve().name}"))
-    if after is not None:
-        executor.update_parameters(dependency=f"afterany:{after}")
+    if dependency is not None:
+        executor.update_parameters(dependency=dependency)
     return executor
 
 
@@ -102,7 +102,7 @@ def queue_next_job(cluster: ClusterConfig, run_dir: Path, task: Callable[[], Non
     """An elastic run's next job, pending until this one ends, unless the run already has one; its id (None then)."""
     if jobs_after(run_dir, job_id):
         return None
-    return submit_job(make_executor(cluster, run_dir, after=job_id), task, run_dir)
+    return submit_job(make_executor(cluster, run_dir, f"afterany:{job_id}"), task, run_dir)
 
 
 def submit_elastic(

@@ -1,8 +1,9 @@
-"""Shared fixtures: the sample data beside the repository, and small corpora cut from it."""
+"""Shared fixtures: the sample data beside the repository, small corpora cut from it, and test Slurm clusters."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from launch.config.cluster import ClusterConfig
 from launch.config.data import DataConfig
 from launch.config.schemas import ParallelConfig, TrackingConfig, TrainConfig, TrainJob
 from model.config import ModelConfig
+from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster
 from tokenizer.config import TokenizerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,17 @@ def cut_corpus(target: Path, languages: list[str], lines: int) -> Path:
             head = [next(source) for _ in range(lines)]
         (target / f"{language}.txt").write_text("".join(head), encoding="utf-8")
     return target
+
+
+@contextmanager
+def cluster_in_environment(spec: ClusterSpec) -> Iterator[TestCluster]:
+    """A fresh test cluster (slurm/testcluster.py), the process environment pointing at it (SLURM_CONF) so that
+    sbatch, squeue and submitit reach it directly; every daemon and job ends with the block. For a module fixture of
+    tests/slurm/ (a conftest.py there would shadow this one, which tests import as `conftest`)."""
+    with temporary_cluster(spec) as cluster, pytest.MonkeyPatch.context() as patch:
+        for name, value in cluster.env.items():
+            patch.setenv(name, value)
+        yield cluster
 
 
 def train_job(model: ModelConfig, **sections: object) -> TrainJob:

@@ -38,6 +38,12 @@ class ClusterConfig:
     signal_delay_s: int = 120
     # Restarts (requeues after a signal, a node failure, a crashed or hung rank) before the job is given up.
     max_restarts: int = 5
+    # `corolla pipeline`'s data stages (tokenizer, evaluation, encoding, export) take one node each, no GPU: of this
+    # partition (None: the training one), with this many cores (0: a training node's, cpus_per_task x ranks).
+    cpu_partition: str | None = None
+    cpu_cores: int = 0
+    # Encoding tasks of a pipeline's job array running at once.
+    array_parallelism: int = 16
     # The hardware, for `corolla plan` and the memory check of `corolla submit` (0: unknown): one GPU's memory (GiB),
     # dense bf16 peak (TFLOP/s) and memory bandwidth (GB/s); GB/s one way from a GPU to the others of its node
     # (NVLink), and from a node to the others (all its network adapters together).
@@ -74,6 +80,11 @@ class ClusterConfig:
                 f"cluster {self.name}: gpu_memory_gib, peak_tflops, memory_bandwidth_gbps, intra_node_gbps and "
                 "inter_node_gbps must not be negative (0: unknown)"
             )
+        if self.cpu_cores < 0 or self.array_parallelism < 1:
+            raise ValueError(
+                f"cluster {self.name}: cpu_cores={self.cpu_cores} must not be negative (0: a training node's) and "
+                f"array_parallelism={self.array_parallelism} at least 1"
+            )
         if self.time_limit_min < 1 or not 0 <= self.signal_delay_s < self.time_limit_min * 60 or self.max_restarts < 0:
             raise ValueError(
                 f"cluster {self.name}: time_limit_min={self.time_limit_min} must be at least 1, signal_delay_s="
@@ -83,6 +94,11 @@ class ClusterConfig:
     @property
     def ranks_per_node(self) -> int:
         return self.gpus_per_node or self.tasks_per_node
+
+    @property
+    def node_cores(self) -> int:
+        """The cores a data stage of the pipeline gets."""
+        return self.cpu_cores or self.cpus_per_task * self.ranks_per_node
 
     @property
     def chained(self) -> bool:

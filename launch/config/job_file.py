@@ -33,10 +33,10 @@ def job_config(path: Path) -> DictConfig:
     return job
 
 
-def read_job(path: Path) -> TrainJob:
+def read_job(path: Path, schema: type[TrainJob] = TrainJob) -> TrainJob:
     written = job_config(path)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainJob), written))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), written))
     except (OmegaConfBaseException, ValueError) as error:
         raise ValueError(f"{path} is not a valid job ({str(error).splitlines()[0]}): {HINT}") from None
 

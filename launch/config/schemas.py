@@ -202,6 +202,12 @@ class MainJob(TrainJob):
 
     parallel_set: str = MISSING
     run_dir: str = "runs/demo"
+    # On a cluster, each task of the encoding job array takes corpus files of about this many MB in all.
+    encode_task_mb: float = 1024.0
+
+    def __post_init__(self) -> None:
+        if not self.encode_task_mb > 0:
+            raise ValueError(f"encode_task_mb={self.encode_task_mb} must be positive")
 
 
 @dataclass
@@ -214,6 +220,7 @@ class LogsJob:
     run_dir: str = MISSING
     rank: int = -1  # -1: every rank
     lines: int = 50
+    stage: str = ""  # a pipeline submitted to Slurm: the stage whose logs (empty: the latest that has any)
 
     def __post_init__(self) -> None:
         if self.lines < 1 or self.rank < -1:

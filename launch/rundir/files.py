@@ -19,8 +19,11 @@ JOBS_FILE = "slurm-jobs.json"  # the Slurm job ids submitted for the run
 SUBMITIT_DIR = "slurm"  # submitit's folder: sbatch scripts, per-rank logs
 
 # The main job's run directory (`corolla pipeline`): a stage's output each; the token files go where data.tokens_dir
-# says (conf/pipeline.yaml: RUN_DIR/tokens), the training run is a run directory of its own.
-TOKENIZER_DIR, REPORT_DIR, TRAIN_DIR, HF_DIR = "tokenizer", "tokenizer-eval", "train", "hf"
+# says (RUN_DIR/tokens unless set), the training run is a run directory of its own.
+TOKENIZER_DIR, REPORT_DIR, TOKENS_DIR, TRAIN_DIR, HF_DIR = "tokenizer", "tokenizer-eval", "tokens", "train", "hf"
+PIPELINE_JOB = "pipeline.yaml"  # the resolved main job a cluster's stages read
+CHAIN_FILE = "chain.json"  # on a cluster: each submission's stages and their Slurm jobs (slurm/chain.py)
+STAGE_ERRORS = "stage-errors"  # on a cluster: why a stage failed, one line a file
 
 # Inside a checkpoint directory.
 COMPLETE = "COMPLETE"  # written last, when every rank is done: the step, layouts, files and their sizes

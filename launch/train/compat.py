@@ -136,7 +136,11 @@ def set_lr_schedule_step(scheduler, steps: int) -> None:
 # submitit 1.5.4
 
 
-def sbatch_script(executor) -> str:
-    """The sbatch script the executor would submit; submitit writes it only as it submits."""
+def sbatch_script(executor, array_tasks: int = 1) -> str:
+    """The sbatch script the executor would submit (a job array's, for several tasks); submitit writes it only as it
+    submits, and adds the array's parameters only then."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
     check_versions(("submitit",))
-    return executor._make_submission_file_text(executor._submitit_command_str, uid="dry-run")
+    parameters = {**executor.parameters, **({"map_count": array_tasks} if array_tasks > 1 else {})}
+    return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **parameters)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cluster_in_environment
 from launch.commands import cancel, show_logs, show_status
 from launch.config.schemas import CancelJob, LogsJob, StatusJob
-from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
+from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 T0 = 1_790_000_000.0  # the first launch, in September 2026
 
@@ -48,16 +49,10 @@ seed: 1234
 """
 
 
-# Here rather than in a conftest.py: tests import the top conftest as `conftest`, and a second one would shadow it.
 @pytest.fixture(scope="module")
 def slurm_cluster() -> Iterator[TestCluster]:
-    """One node, n1, with 2 CPUs, and accounting (sacct); the process environment points at it."""
-    with (
-        temporary_cluster(ClusterSpec(nodes=1, cpus_per_node=2, accounting=True)) as cluster,
-        pytest.MonkeyPatch.context() as patch,
-    ):
-        for name, value in cluster.env.items():
-            patch.setenv(name, value)
+    """One node, n1, with 2 CPUs, and accounting (sacct)."""
+    with cluster_in_environment(ClusterSpec(nodes=1, cpus_per_node=2, accounting=True)) as cluster:
         yield cluster
 
 

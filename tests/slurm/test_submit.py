@@ -14,12 +14,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tracking_server import MlflowServer
 
+from conftest import cluster_in_environment
 from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
 from launch.train.faults import CRASH_DURING_SAVE, STEP_SECONDS
-from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for
+from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 # A tiny BLOOM for 12 steps, a checkpoint every 2: long enough to kill a node or signal the job while it trains.
 RUN = [
@@ -38,10 +39,7 @@ TWO_RANKS = ["cluster=testcluster", "cluster.tasks_per_node=1"]  # data parallel
 @pytest.fixture(scope="module")
 def slurm_cluster() -> Iterator[TestCluster]:
     """n1..n3 with 4 CPUs each; a job takes two of them (conf/cluster/testcluster.yaml), so one can fail."""
-    spec = ClusterSpec(nodes=3, gpus_per_node=0, cpus_per_node=4, accounting=True)
-    with temporary_cluster(spec) as cluster, pytest.MonkeyPatch.context() as patch:
-        for name, value in cluster.env.items():
-            patch.setenv(name, value)
+    with cluster_in_environment(ClusterSpec(nodes=3, gpus_per_node=0, cpus_per_node=4, accounting=True)) as cluster:
         yield cluster
 
 

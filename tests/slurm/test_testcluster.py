@@ -17,6 +17,7 @@ import cloudpickle
 import pytest
 import submitit
 
+from conftest import cluster_in_environment
 from slurm.testcluster import (
     BRIDGE,
     NAMESPACE_PREFIX,
@@ -25,7 +26,6 @@ from slurm.testcluster import (
     ClusterSpec,
     TestCluster,
     process_name,
-    temporary_cluster,
     wait_for,
 )
 
@@ -35,15 +35,10 @@ DAEMON_NAMES = {"munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "slurms
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-# Here rather than in a conftest.py: tests import the top conftest as `conftest`, and a second one would shadow it.
 @pytest.fixture(scope="module")
 def slurm_cluster() -> Iterator[TestCluster]:
-    """Nodes n1 and n2 with 2 CPUs and 2 GPUs each, and accounting (sacct, submitit's job states); the process
-    environment points at it (SLURM_CONF), so sbatch, squeue and submitit reach it directly."""
-    spec = ClusterSpec(nodes=2, gpus_per_node=2, cpus_per_node=2, accounting=True)
-    with temporary_cluster(spec) as cluster, pytest.MonkeyPatch.context() as patch:
-        for name, value in cluster.env.items():
-            patch.setenv(name, value)
+    """Nodes n1 and n2 with 2 CPUs and 2 GPUs each, and accounting (sacct, submitit's job states)."""
+    with cluster_in_environment(ClusterSpec(nodes=2, gpus_per_node=2, cpus_per_node=2, accounting=True)) as cluster:
         yield cluster
 
 

@@ -1,0 +1,174 @@
+"""The main job's stages (`corolla pipeline`): what each does, where its output goes and whether that output is
+current. The local pipeline (main_job.py) runs them in turn here; on a Slurm cluster each is a job of a chain
+(slurm/chain.py), and encoding a job array, a task per group of corpus files.
+
+    tokenizer → evaluation → encoding → preparation (manifest, plan, run directory, MLflow run) → training → export
+
+Every stage skips what is current, so running one again, or resubmitting a chain, redoes only what had not finished.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from launch.config.schemas import ExportJob, MainJob, TrainJob
+from launch.jobs.prepare import PreparedRun, prepare_run
+from launch.rundir.checkpoints import newest_intact
+from launch.rundir.files import CHECKPOINTS, HF_DIR, LATEST, REPORT_DIR, TOKENIZER_DIR, TOKENS_DIR, TRAIN_DIR
+from tokenizer.config import TokenizerTrainJob
+from tokenizer.corpus import Source, discover_sources
+from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
+from tokenizer.evaluate import evaluate, format_summary, write_report
+from tokenizer.loading import load_tokenizer
+from tokenizer.token_files import MANIFEST_NAME
+from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
+
+REPORT_JSON = "report.json"  # tokenizer/evaluate.py's write_report
+
+
+@dataclass(frozen=True)
+class PipelinePaths:
+    run_dir: Path
+    tokenizer: Path
+    report: Path
+    tokens: Path
+    train: Path
+    hf: Path
+
+    @classmethod
+    def of(cls, job: MainJob) -> PipelinePaths:
+        run_dir = Path(job.run_dir)
+        return cls(
+            run_dir,
+            run_dir / TOKENIZER_DIR,
+            run_dir / REPORT_DIR,
+            Path(job.data.tokens_dir or run_dir / TOKENS_DIR),
+            run_dir / TRAIN_DIR,
+            run_dir / HF_DIR,
+        )
+
+
+def tokenizer_job(job: MainJob) -> TokenizerTrainJob:
+    return TokenizerTrainJob(job.tokenizer, job.data.corpus, str(PipelinePaths.of(job).tokenizer), job.seed, True)
+
+
+def training_job(job: MainJob) -> TrainJob:
+    training = {field.name: getattr(job, field.name) for field in fields(TrainJob)}
+    return TrainJob(**{**training, "run_dir": str(PipelinePaths.of(job).train)})
+
+
+def tokenizer_is_current(job: MainJob) -> bool:
+    return is_current(tokenizer_job(job))
+
+
+def train_tokenizer_stage(job: MainJob, log: Callable[[str], None] = print) -> None:
+    tokenizer = tokenizer_job(job)
+    if is_current(tokenizer):
+        log(f"      up to date: {tokenizer.output_dir}")
+    else:
+        train_tokenizer(tokenizer, log=log)
+    metadata = json.loads((Path(tokenizer.output_dir) / METADATA_FILE).read_text())
+    held_out = metadata.get("parity", {}).get("held_out")
+    if held_out:
+        log(
+            f"      on parallel sentences parity did not tune on: max premium {held_out['max_premium']:.2f}, "
+            f"mean {held_out['mean_premium']:.2f}"
+        )
+
+
+def evaluation_is_current(job: MainJob) -> bool:
+    """The report is newer than the tokenizer it reports on."""
+    paths = PipelinePaths.of(job)
+    report, metadata = paths.report / REPORT_JSON, paths.tokenizer / METADATA_FILE
+    return report.is_file() and metadata.is_file() and report.stat().st_mtime_ns >= metadata.stat().st_mtime_ns
+
+
+def evaluate_stage(job: MainJob, log: Callable[[str], None] = print) -> dict[str, Path]:
+    paths = PipelinePaths.of(job)
+    report = evaluate([str(paths.tokenizer)], job.parallel_set, job.tokenizer.reference_language)
+    written = write_report(report, paths.report)
+    log(format_summary(report))
+    return written
+
+
+def encoding_groups(job: MainJob) -> list[list[Source]]:
+    """The corpus files in corpus order, cut into groups of about encode_task_mb MB: an encoding task each."""
+    limit = job.encode_task_mb * 1e6
+    groups: list[list[Source]] = [[]]
+    size = 0
+    for source in discover_sources(job.data.corpus):
+        file_size = source.path.stat().st_size
+        if groups[-1] and size + file_size > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(source)
+        size += file_size
+    return groups
+
+
+def groups_to_encode(job: MainJob, groups: list[list[Source]]) -> list[int]:
+    """The groups with a file whose token files are not current (every group without a tokenizer yet). Judged by
+    the files' sizes and times, not their contents: a login node does not read the corpus; the task checks more."""
+    paths = PipelinePaths.of(job)
+    if not tokenizer_is_current(job):
+        return list(range(len(groups)))
+    settings = EncoderSettings.of(load_tokenizer(paths.tokenizer), append_eos=True)
+    return [
+        index
+        for index, group in enumerate(groups)
+        if any(current_record(paths.tokens, source, settings, None) is None for source in group)
+    ]
+
+
+def encode_stage(job: MainJob, names: list[str], workers: int = 0, log: Callable[[str], None] = print) -> None:
+    """Encodes the corpus files named (Source.label) whose token files are not current."""
+    paths = PipelinePaths.of(job)
+    encode_sources(paths.tokenizer, job.data.corpus, paths.tokens, names, workers=workers, log=log)
+
+
+def manifest_stage(job: MainJob, log: Callable[[str], None] = print) -> None:
+    """The manifest over every corpus file's token files (a one-line error if one is missing)."""
+    paths = PipelinePaths.of(job)
+    write_manifest(paths.tokenizer, job.data.corpus, paths.tokens, log=log)
+
+
+def prepare_training_stage(job: MainJob, log: Callable[[str], None] = print) -> PreparedRun | None:
+    """On a cluster, before the training job: the manifest, then, unless the run is trained already, its plan,
+    directory and MLflow run."""
+    manifest_stage(job, log)
+    return None if training_is_finished(job) else prepare_run(training_job(job))
+
+
+def data_is_current(job: MainJob) -> bool:
+    """The token files are this corpus's under this tokenizer, and the manifest lists them."""
+    if not (PipelinePaths.of(job).tokens / MANIFEST_NAME).is_file():
+        return False
+    return not groups_to_encode(job, encoding_groups(job))
+
+
+def checkable_training_job(job: MainJob) -> TrainJob:
+    """The training job as a dry run can check it before its data is built: with the token files only when they are
+    current (otherwise with the tokenizer config's vocabulary, and the data checked as the run is prepared)."""
+    train = training_job(job)
+    return train if data_is_current(job) else replace(train, data=replace(train.data, tokens_dir=None))
+
+
+def training_is_finished(job: MainJob) -> bool:
+    return (newest_intact(PipelinePaths.of(job).train / CHECKPOINTS) or 0) >= job.train.steps
+
+
+def export_is_current(job: MainJob) -> bool:
+    """The export is newer than the training run's last checkpoint."""
+    paths = PipelinePaths.of(job)
+    config, latest = paths.hf / "config.json", paths.train / CHECKPOINTS / LATEST
+    return config.is_file() and latest.is_file() and config.stat().st_mtime_ns >= latest.stat().st_mtime_ns
+
+
+def export_stage(job: MainJob) -> None:
+    from launch.train.export import export_hf_model  # torch and transformers: only for this stage
+
+    paths = PipelinePaths.of(job)
+    export_hf_model(ExportJob(str(paths.train), str(paths.hf)))

@@ -1,0 +1,398 @@
+"""`corolla pipeline cluster=NAME`: the main job's stages (launch/jobs/stages.py) as a chain of Slurm jobs, through
+submitit, each starting when the one before has succeeded (`afterok`; Slurm cancels what follows a failure):
+
+    tokenizer (one node, all its cores) → evaluate → encode (a job array, a task per group of corpus files, at most
+    cluster.array_parallelism at once) → prepare (manifest, plan, run directory, MLflow run) → train (the job
+    `corolla submit` makes, with its requeues) → export
+
+Submission returns once every job is queued. Stages whose output is current are not submitted, nor encoding tasks
+whose files are all encoded, so submitting again resumes the chain where it stopped. A data stage's job is requeued
+after a node failure; on USR2 (the time limit's warning, or preemption) submitit requeues it as this module's
+`checkpoint` asks. Either way it starts again and skips what it had finished: an encoding task, the files it had
+encoded. A stage that fails writes why, in one line, to RUN_DIR/stage-errors/, where `corolla status` finds it.
+
+Each submission is recorded in RUN_DIR/chain.json: its stages and their jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+
+from launch.config.cluster import ClusterConfig
+from launch.config.job_file import job_yaml, read_job
+from launch.config.schemas import MainJob
+from launch.jobs.monitor import line, local_time
+from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
+from slurm.client import ENDED_STATES, slurm_state
+from slurm.commands import SlurmError, run_slurm
+from slurm.executor import executor_parameters, make_executor, submit_job
+
+STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
+DATA_STAGES = {"tokenizer", "evaluate", "encode", "prepare", "export"}  # one node, no GPU
+HINT = "run this on a login node of the cluster"
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """What a data stage's job runs (the train stage runs slurm.task.TrainingTask)."""
+
+    run_dir: str
+    stage: str
+    files: tuple[str, ...] = ()  # encode: the corpus files (their paths inside the corpus) of this array task
+    group: int = 0  # encode: which group of files
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}-{self.group}" if self.stage == "encode" else self.stage
+
+    def __call__(self) -> None:
+        run_dir = Path(self.run_dir)
+        error_file = run_dir / STAGE_ERRORS / f"{self.name}.txt"
+        error_file.unlink(missing_ok=True)
+        try:
+            self._run(read_job(run_dir / PIPELINE_JOB, MainJob))
+        except Exception as error:
+            error_file.parent.mkdir(exist_ok=True)
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            error_file.write_text(first_line + "\n")
+            raise
+
+    def _run(self, job: MainJob) -> None:
+        from launch.jobs import stages  # the stages' libraries: only in the stage's job
+
+        if self.stage == "tokenizer":
+            stages.train_tokenizer_stage(job)
+        elif self.stage == "evaluate":
+            stages.evaluate_stage(job)
+        elif self.stage == "encode":
+            stages.encode_stage(job, list(self.files))
+        elif self.stage == "prepare":
+            stages.prepare_training_stage(job)
+        elif self.stage == "export":
+            stages.export_stage(job)
+        else:
+            raise ValueError(f"{self.stage} is not a data stage of the pipeline")
+
+    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
+        """submitit's question on USR2: what to requeue. The same task: it skips what it had finished."""
+        return submitit.helpers.DelayedSubmission(self)
+
+
+@dataclass(frozen=True)
+class StageJob:
+    stage: str
+    job_id: str
+    tasks: int = 1  # an array's
+
+    @property
+    def label(self) -> str:
+        return f"job {self.job_id}" + (f" ({self.tasks} tasks)" if self.tasks > 1 else "")
+
+
+def chain_jobs(run_dir: Path) -> list[StageJob]:
+    """The latest submission's stage jobs, in chain order; empty when the run was never submitted as a chain."""
+    path = run_dir / CHAIN_FILE
+    if not path.is_file():
+        return []
+    try:
+        submissions = json.loads(path.read_text())
+        return [StageJob(**stage) for stage in submissions[-1]["jobs"]]
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise ValueError(
+            f"{path} is not a chain record corolla wrote: remove it and submit the pipeline again"
+        ) from None
+
+
+def _record(run_dir: Path, jobs: list[StageJob], skipped: list[str]) -> None:
+    path = run_dir / CHAIN_FILE
+    submissions = json.loads(path.read_text()) if path.is_file() else []
+    submission = {"time": time.time(), "jobs": [job.__dict__ for job in jobs], "skipped": skipped}
+    path.write_text(json.dumps([*submissions, submission], indent=1) + "\n")
+
+
+def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency: str | None) -> submitit.SlurmExecutor:
+    """A data stage's job: one task on one node, all its cores, no GPU; on cluster.cpu_partition where there is one
+    (the GPU partition's QOS, constraint and exclusivity then stay with the training job)."""
+    executor = submitit.SlurmExecutor(folder=run_dir.resolve() / SUBMITIT_DIR, max_num_timeout=10**6)
+    parameters = executor_parameters(cluster, f"corolla-{run_dir.resolve().name}-{stage}")
+    parameters.update(nodes=1, ntasks_per_node=1, cpus_per_task=cluster.node_cores)
+    parameters.pop("gpus_per_node", None)
+    if cluster.cpu_partition:
+        parameters["partition"] = cluster.cpu_partition
+        for key in ("qos", "constraint", "exclusive"):
+            parameters.pop(key, None)
+    parameters["additional_parameters"] = {"requeue": True}
+    executor.update_parameters(**parameters)
+    return _after(executor, dependency)
+
+
+def _after(executor: submitit.SlurmExecutor, dependency: str | None) -> submitit.SlurmExecutor:
+    """Waits for `dependency`; should that fail, Slurm cancels the job rather than leaving it pending for ever."""
+    if dependency:
+        extra = {**executor.parameters.get("additional_parameters", {}), "kill_on_invalid_dep": "yes"}
+        executor.update_parameters(dependency=dependency, additional_parameters=extra)
+    return executor
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """What a submission runs: the stages whose output is not current, and which encoding groups."""
+
+    stages: list[str]
+    groups: dict[int, tuple[str, ...]]  # encode: group → its corpus files
+
+    @property
+    def skipped(self) -> list[str]:
+        return [stage for stage in STAGES if stage not in self.stages]
+
+
+def plan_chain(job: MainJob) -> ChainPlan:
+    from launch.jobs import stages
+
+    groups = stages.encoding_groups(job)
+    tokenizer = not stages.tokenizer_is_current(job)
+    todo = stages.groups_to_encode(job, groups)
+    train = not stages.training_is_finished(job)
+    wanted = {
+        "tokenizer": tokenizer,
+        "evaluate": tokenizer or not stages.evaluation_is_current(job),
+        "encode": bool(todo),
+        "prepare": train or bool(todo),
+        "train": train,
+        "export": train or not stages.export_is_current(job),
+    }
+    files = {index: tuple(source.label for source in groups[index]) for index in todo}
+    return ChainPlan([stage for stage in STAGES if wanted[stage]], files)
+
+
+def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
+    from launch.jobs.prepare import prepare_run
+    from launch.jobs.stages import PipelinePaths, checkable_training_job
+    from launch.rundir.lock import check_unheld
+    from slurm.submit import check_no_live_job, check_partition
+
+    cluster, paths = job.cluster, PipelinePaths.of(job)
+    if cluster.chained:
+        raise ValueError(
+            f"cluster.min_nodes={cluster.min_nodes}: the pipeline's training takes a fixed node count; set "
+            "cluster.min_nodes=0, or run the pipeline's training alone with `corolla submit`"
+        )
+    prepare_run(checkable_training_job(job), dry_run=True)  # a bad training job fails now, not after hours of data
+    plan = plan_chain(job)
+    if not plan.stages:
+        print(
+            f"{paths.run_dir}: every stage is current (trained to step {job.train.steps} and exported): nothing to do"
+        )
+        return
+    if dry_run:
+        _print_scripts(job, plan)
+        return
+    check_partition(cluster)
+    check_no_live_chain(paths.run_dir)
+    check_no_live_job(paths.train)
+    check_unheld(paths.train)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    (paths.run_dir / PIPELINE_JOB).write_text(job_yaml(job))
+    for error in (paths.run_dir / STAGE_ERRORS).glob("*.txt"):
+        error.unlink()
+    jobs = _submit(job, plan)
+    _record(paths.run_dir, jobs, plan.skipped)
+    skipped = f"; current, not submitted: {', '.join(plan.skipped)}" if plan.skipped else ""
+    print(f"submitted the pipeline to {cluster.name}: {', '.join(f'{j.stage} {j.label}' for j in jobs)}{skipped}")
+    print(f"  follow it: corolla status {paths.run_dir}  |  corolla logs {paths.run_dir} stage=STAGE")
+
+
+def _executors(job: MainJob, plan: ChainPlan, dependency_of) -> Iterator[tuple[str, submitit.SlurmExecutor]]:
+    """Each stage's executor, made when the one before has been submitted: `dependency_of(previous stage)` may name
+    its job then."""
+    run_dir, cluster, previous = Path(job.run_dir), job.cluster, None
+    for stage in plan.stages:
+        dependency = dependency_of(previous)
+        if stage == "train":
+            executor = _after(make_executor(cluster, run_dir / TRAIN_DIR), dependency)
+        else:
+            executor = stage_executor(cluster, run_dir, stage, dependency)
+        if stage == "encode":
+            executor.update_parameters(array_parallelism=cluster.array_parallelism)
+        yield stage, executor
+        previous = stage
+
+
+def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
+    from launch.train import compat
+
+    print(
+        f"dry run: the pipeline is valid; {len(plan.stages)} jobs, not submitted"
+        + (f" (current, skipped: {', '.join(plan.skipped)})" if plan.skipped else "")
+    )
+    for stage, executor in _executors(job, plan, lambda before: before and f"afterok:<{before} job>"):
+        tasks = len(plan.groups) if stage == "encode" else 1
+        where = f", {tasks} tasks of about {job.encode_task_mb} MB of corpus each" if tasks > 1 else ""
+        print(f"\n# {stage}{where}\n{compat.sbatch_script(executor, tasks)}")
+
+
+def _submit(job: MainJob, plan: ChainPlan) -> list[StageJob]:
+    from slurm.task import TrainingTask
+
+    run_dir = Path(job.run_dir).resolve()
+    submitted: list[StageJob] = []
+
+    def dependency_of(previous: str | None) -> str | None:
+        return f"afterok:{submitted[-1].job_id}" if previous else None
+
+    for stage, executor in _executors(job, plan, dependency_of):
+        try:
+            if stage == "train":
+                job_id = submit_job(executor, TrainingTask(str(run_dir / TRAIN_DIR)), run_dir / TRAIN_DIR)
+                submitted.append(StageJob(stage, job_id))
+            elif stage == "encode":
+                with executor.batch():
+                    tasks = [
+                        executor.submit(StageTask(str(run_dir), stage, files, group))
+                        for group, files in plan.groups.items()
+                    ]
+                submitted.append(StageJob(stage, tasks[0].job_id.split("_")[0], len(tasks)))
+            else:
+                submitted.append(StageJob(stage, executor.submit(StageTask(str(run_dir), stage)).job_id))
+        except BaseException:
+            for before in reversed(submitted):  # half a chain would run stages nothing follows
+                run_slurm("scancel", before.job_id)
+            raise
+    return submitted
+
+
+def check_no_live_chain(run_dir: Path) -> None:
+    for stage_job in chain_jobs(run_dir):
+        state = stage_state(stage_job)
+        if state.live:
+            raise ValueError(
+                f"{run_dir} has its {stage_job.stage} stage's Slurm job {stage_job.job_id} {state.state} already: let "
+                f"the chain run (corolla status {run_dir}), or `corolla cancel {run_dir}` first"
+            )
+
+
+@dataclass(frozen=True)
+class StageState:
+    state: str  # one word: COMPLETED, RUNNING, FAILED...; an array's worst
+    live: bool
+    summary: str
+
+
+def tasks_in(job_field: str) -> int:
+    """How many array tasks a sacct JobID names: `14_3` one, `14_[0-3,7%2]` (pending tasks, on one line) five."""
+    ids = job_field.partition("_")[2]
+    if not ids.startswith("["):
+        return 1
+    count = 0
+    for part in ids.strip("[]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+def array_states(job_id: str) -> list[str]:
+    """The state of each task of an array job, from sacct."""
+    output = run_slurm("sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State")
+    states = []
+    for record in output.strip().splitlines():
+        task, _, state = record.partition("|")
+        states += [state.split()[0]] * tasks_in(task)
+    return states
+
+
+def stage_state(stage_job: StageJob) -> StageState:
+    if stage_job.tasks == 1:
+        state = slurm_state(stage_job.job_id)
+        if not state.live and "started None" in state.summary:  # sacct's word for a job cancelled while pending
+            return StageState(state.state.split()[0], False, f"{state.state}, never started")
+        return StageState(state.state.split()[0], state.live, f"{state.state}, {state.summary}")
+    states = array_states(stage_job.job_id)
+    if not states:  # accounting has not recorded the array yet
+        return StageState("PENDING", True, "submitted, not in sacct yet")
+    counts = {state: states.count(state) for state in dict.fromkeys(states)}
+    summary = ", ".join(f"{count} {state}" for state, count in counts.items())
+    failed = [state for state in counts if state in ENDED_STATES and state != "COMPLETED"]
+    live = [state for state in counts if state not in ENDED_STATES]
+    return StageState((failed + live + ["COMPLETED"])[0], bool(live), summary)
+
+
+def _why(run_dir: Path, stage_job: StageJob, state: StageState) -> str:
+    errors = sorted((run_dir / STAGE_ERRORS).glob(f"{stage_job.stage}*.txt"))
+    if errors:
+        return errors[0].read_text().strip()
+    if stage_job.stage == "train":
+        return f"{state.state}: see the training's lines below and `corolla logs {run_dir / TRAIN_DIR}`"
+    return f"Slurm says {state.summary}"
+
+
+def chain_lines(run_dir: Path) -> list[str]:
+    """The latest submission's stages, what Slurm says of each, and the first that failed, in one line."""
+    submissions = json.loads((run_dir / CHAIN_FILE).read_text())
+    latest = submissions[-1]
+    skipped = f"; current, not submitted: {', '.join(latest['skipped'])}" if latest["skipped"] else ""
+    lines = [line("pipeline", f"{run_dir}, submitted {local_time(latest['time'])}{skipped}")]
+    failure = None
+    for stage_job in chain_jobs(run_dir):
+        try:
+            state = stage_state(stage_job)
+        except SlurmError as error:
+            lines.append(line(stage_job.stage, f"{stage_job.label}: cannot ask Slurm ({error}): {HINT}"))
+            continue
+        lines.append(line(stage_job.stage, f"{stage_job.label}: {state.summary}"))
+        if failure is None and not state.live and state.state != "COMPLETED":
+            why = _why(run_dir, stage_job, state)
+            failure = line(
+                "failed",
+                f"stage {stage_job.stage} ({stage_job.label}): {why}; the stages after it do not run: fix it and "
+                "submit the pipeline again, which resumes from there",
+            )
+    return lines + ([failure] if failure else [])
+
+
+def show_stage_logs(run_dir: Path, stage: str, lines: int) -> None:
+    from slurm.backend import last_lines
+
+    jobs = {stage_job.stage: stage_job for stage_job in chain_jobs(run_dir)}
+    if stage and stage not in jobs:
+        raise ValueError(f"stage={stage}: the latest submission of {run_dir} ran {', '.join(jobs)}: choose one")
+    chosen = (
+        jobs[stage]
+        if stage
+        else next((job for job in reversed(list(jobs.values())) if _logs(run_dir, job)), next(iter(jobs.values())))
+    )
+    paths = _logs(run_dir, chosen)
+    if not paths:
+        print(f"the {chosen.stage} stage's Slurm {chosen.label} has no logs yet: has it started? (corolla status)")
+        return
+    sections = ["\n".join([f"==> {path} <==", *(last_lines(path, lines) or ["(empty)"])]) for path in paths]
+    print("\n\n".join(sections))
+
+
+def _logs(run_dir: Path, stage_job: StageJob) -> list[Path]:
+    folder = run_dir / (TRAIN_DIR if stage_job.stage == "train" else "") / SUBMITIT_DIR
+    return sorted(folder.glob(f"{stage_job.job_id}_*_log.*"))
+
+
+def cancel_chain(run_dir: Path) -> None:
+    """Every job of the latest submission that is queued or running, the last stage first; the training run's STOP
+    file before, so that its job ends rather than saving and requeueing itself."""
+    train_dir = run_dir / TRAIN_DIR
+    if (train_dir / JOB_FILE).is_file():
+        (train_dir / STOP_FILE).touch()
+    cancelled = 0
+    for stage_job in reversed(chain_jobs(run_dir)):
+        try:
+            if stage_state(stage_job).live:
+                run_slurm("scancel", stage_job.job_id)
+                print(f"cancelled the {stage_job.stage} stage's Slurm {stage_job.label}")
+                cancelled += 1
+        except SlurmError as error:
+            raise RuntimeError(f"cannot cancel Slurm job {stage_job.job_id} ({error}): {HINT}") from None
+    if not cancelled:
+        print(f"no stage of {run_dir} is queued or running: nothing to cancel")

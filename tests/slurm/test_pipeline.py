@@ -1,0 +1,215 @@
+"""`corolla pipeline cluster=testcluster`: the main job's stages as a chain of Slurm jobs on a real cluster (three
+nodes on this machine). The chain ends with the token files and losses of the same pipeline run here; encoding tasks
+come back from a dead node and a time limit and still write the same bytes; a failed stage stops what follows and
+says why in one line; submitting again redoes only what had not finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import MULTILINGUAL, cluster_in_environment
+from launch.cli import main
+from slurm.chain import chain_jobs, stage_state
+from slurm.testcluster import ClusterSpec, TestCluster, wait_for
+
+LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "rus_Cyrl", "swh_Latn", "zho_Hans"]
+BIG = ["eng_Latn", "fra_Latn"]  # each with a shard big enough to kill its encoding task in the middle of
+# A tiny tokenizer and BLOOM, 4 steps, DP over two nodes of one rank each; encoding tasks of about 2 MB of corpus.
+PIPELINE = [
+    "tokenizer=tiny",
+    "tokenizer.vocab_size=2000",
+    "tokenizer.character_coverage=0.99",
+    "train=tiny",
+    "train.steps=4",
+    "train.eval_samples=4",
+    "model.seq_length=32",
+    "parallel=single",
+    "encode_task_mb=2",
+]
+ON_SLURM = ["cluster=testcluster", "cluster.tasks_per_node=1"]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> Iterator[TestCluster]:
+    """n1..n3 with 4 CPUs each: the training takes two, a data stage one."""
+    with cluster_in_environment(ClusterSpec(nodes=3, gpus_per_node=0, cpus_per_node=4, accounting=True)) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Per-language directories of shards: three of 200 lines each, and for BIG a fourth of about 8 MB."""
+    root = tmp_path_factory.mktemp("pipeline") / "corpus"
+    for language in LANGUAGES:
+        lines = (MULTILINGUAL / f"{language}.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+        directory = root / language
+        directory.mkdir(parents=True)
+        for shard in range(3):
+            (directory / f"part-{shard}.txt").write_text("".join(lines[shard * 200 : shard * 200 + 200]))
+        if language in BIG:
+            text = "".join(lines)
+            (directory / "part-3.txt").write_text(text * (8_000_000 // len(text.encode())), encoding="utf-8")
+    return root
+
+
+def pipeline(run_dir: Path, corpus: Path, *overrides: str) -> int:
+    return main(["pipeline", *PIPELINE, f"data.corpus={corpus}", f"run_dir={run_dir}", *overrides])
+
+
+def wait_chain(run_dir: Path, timeout: float = 300) -> dict[str, str]:
+    """Waits until no stage of the latest submission is queued or running; each stage's state."""
+    states: dict[str, str] = {}
+
+    def ended() -> bool:
+        states.update({job.stage: stage_state(job) for job in chain_jobs(run_dir)})
+        return not any(state.live for state in states.values())
+
+    assert wait_for(ended, timeout=timeout, interval=1.0), (states, stage_logs(run_dir))
+    return {stage: state.state for stage, state in states.items()}
+
+
+def stage_logs(run_dir: Path) -> str:
+    errors = sorted(run_dir.rglob("slurm/*.err"))
+    return "\n".join(f"== {path.name}\n{path.read_text()[-2000:]}" for path in errors)
+
+
+def token_bytes(tokens: Path) -> dict[str, bytes]:
+    """Every token file and record, by path (the manifest names the tokenizer's path: compared apart)."""
+    return {
+        str(path.relative_to(tokens)): path.read_bytes()
+        for path in sorted(tokens.rglob("*"))
+        if path.is_file() and path.name != "manifest.json"
+    }
+
+
+def losses(train_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records}
+
+
+@dataclass(frozen=True)
+class Finished:
+    run_dir: Path
+    tokens: dict[str, bytes]  # as the first chain wrote them
+    losses: dict[int, float]
+
+
+@pytest.fixture(scope="module")
+def chain(slurm_cluster: TestCluster, corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Finished:
+    run_dir = tmp_path_factory.mktemp("chain") / "run"
+    assert pipeline(run_dir, corpus, *ON_SLURM) == 0
+    stages = ["tokenizer", "evaluate", "encode", "prepare", "train", "export"]
+    assert wait_chain(run_dir) == dict.fromkeys(stages, "COMPLETED")
+    return Finished(run_dir, token_bytes(run_dir / "tokens"), losses(run_dir / "train"))
+
+
+def test_the_chain_ends_with_the_local_pipelines_token_files_and_losses(chain, corpus, tmp_path, capsys) -> None:
+    local = tmp_path / "local"
+    assert pipeline(local, corpus) == 0
+    assert token_bytes(local / "tokens") == chain.tokens
+    manifests = [json.loads((run / "tokens" / "manifest.json").read_text()) for run in (local, chain.run_dir)]
+    assert manifests[0]["languages"] == manifests[1]["languages"] and len(manifests[0]["languages"]) == 6
+    assert len(manifests[1]["languages"]["eng_Latn"]["shards"]) == 4
+    assert chain.losses == pytest.approx(losses(local / "train"), abs=1e-5)  # DP2 over two nodes, as one process
+    assert (chain.run_dir / "hf" / "config.json").is_file() and (chain.run_dir / "tokenizer-eval").is_dir()
+    (encode,) = [job for job in chain_jobs(chain.run_dir) if job.stage == "encode"]
+    assert encode.tasks == 5  # eng_Latn's small shards, its big one, fra_Latn's two groups, then the other four
+
+    capsys.readouterr()
+    assert main(["status", str(chain.run_dir)]) == 0
+    status = capsys.readouterr().out
+    assert "encode     job" in status and "(5 tasks): 5 COMPLETED" in status and "failed" not in status
+    assert "progress   step 4 of 4" in status  # the training run's own lines follow the chain's
+    assert main(["logs", str(chain.run_dir), "stage=encode"]) == 0
+    assert "encoding" in capsys.readouterr().out
+    assert pipeline(chain.run_dir, corpus, *ON_SLURM) == 0  # everything current: nothing is submitted
+    assert "every stage is current" in capsys.readouterr().out
+
+
+def running_task(cluster: TestCluster, array_job: str) -> tuple[str, str]:
+    """(task id, node) of the one running task of an array that runs one at a time."""
+    output = cluster.run("squeue", "-j", array_job, "-r", "-h", "-t", "RUNNING", "-o", "%i %N").stdout.split()
+    return output[0], output[1]
+
+
+def mid_write(tokens: Path, language: str) -> bool:
+    """A temporary token file of the language's big shard exists and holds data."""
+    temporary = tokens / language / f".{language}~part-3.txt.bin.tmp"
+    return temporary.exists() and temporary.stat().st_size > 0
+
+
+def test_encoding_tasks_resume_after_a_dead_node_and_a_time_limit(slurm_cluster, chain, corpus) -> None:
+    # The token files gone: a resubmission encodes again, and only that (and the manifest), one task at a time in
+    # two groups of files: eng_Latn's shards and fra_Latn's small ones, then fra_Latn's big one and the rest.
+    shutil.rmtree(chain.run_dir / "tokens")
+    assert pipeline(chain.run_dir, corpus, *ON_SLURM, "cluster.array_parallelism=1", "encode_task_mb=10") == 0
+    assert [job.stage for job in chain_jobs(chain.run_dir)] == ["encode", "prepare"]
+    (encode,) = [job for job in chain_jobs(chain.run_dir) if job.stage == "encode"]
+    tokens = chain.run_dir / "tokens"
+
+    assert wait_for(lambda: mid_write(tokens, "eng_Latn"), timeout=180, interval=0.01), stage_logs(chain.run_dir)
+    killed_task, victim = running_task(slurm_cluster, encode.job_id)
+    small = tokens / "records" / "eng_Latn~part-0.txt.json"  # encoded by the same task before the big shard
+    identity = (small.stat().st_ino, small.stat().st_mtime_ns)
+    slurm_cluster.kill_node(victim)
+    try:
+        assert wait_for(lambda: mid_write(tokens, "fra_Latn"), timeout=240, interval=0.01), stage_logs(chain.run_dir)
+        signalled_task, _ = running_task(slurm_cluster, encode.job_id)
+        slurm_cluster.run("scancel", "--signal=USR2", signalled_task)  # as Slurm does before a time limit
+        assert wait_chain(chain.run_dir, timeout=420) == {"encode": "COMPLETED", "prepare": "COMPLETED"}
+    finally:
+        slurm_cluster.restart_node(victim)
+    assert token_bytes(tokens) == chain.tokens  # byte-identical, nothing half-written left behind
+    assert (small.stat().st_ino, small.stat().st_mtime_ns) == identity  # the requeued task did not redo it
+    for task in (killed_task, signalled_task):
+        log = (chain.run_dir / "slurm" / f"{task}_0_log.out").read_text()
+        assert log.count("Starting with JobEnvironment") == 2, log  # stopped once, requeued, finished
+    assert "Requeued job" in (chain.run_dir / "slurm" / f"{signalled_task}_0_log.out").read_text()  # by submitit
+
+
+def test_a_failed_stage_stops_the_chain_and_a_resubmission_resumes_it(
+    slurm_cluster, chain, corpus, tmp_path, capsys
+) -> None:
+    # Cancelled as soon as it is queued: every stage's job goes, the training's STOP file first.
+    cancelled = tmp_path / "cancelled"
+    assert pipeline(cancelled, corpus, *ON_SLURM) == 0
+    capsys.readouterr()
+    assert main(["cancel", str(cancelled)]) == 0
+    assert capsys.readouterr().out.count("cancelled the") == 6
+    assert set(wait_chain(cancelled).values()) == {"CANCELLED"}
+
+    # A tokenizer that cannot be trained: nothing after it runs, and status says which stage failed and why.
+    broken = tmp_path / "broken"
+    assert pipeline(broken, corpus, *ON_SLURM, "tokenizer.character_coverage=0.9995") == 0
+    states = wait_chain(broken)
+    assert states["tokenizer"] == "FAILED" and all(states[stage] == "CANCELLED" for stage in list(states)[1:])
+    capsys.readouterr()
+    assert main(["status", str(broken)]) == 0
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("failed")]
+    assert len(failed) == 1 and "stage tokenizer (job" in failed[0], failed
+    assert "cannot hold the corpus's characters" in failed[0] and "raise the vocabulary" in failed[0]
+
+    # A trained run taken further, whose export meets a file where its directory goes: the export fails...
+    shutil.rmtree(chain.run_dir / "hf")
+    (chain.run_dir / "hf").write_text("not a directory")
+    assert pipeline(chain.run_dir, corpus, *ON_SLURM, "train.steps=6") == 0
+    assert [job.stage for job in chain_jobs(chain.run_dir)] == ["prepare", "train", "export"]
+    assert wait_chain(chain.run_dir)["export"] == "FAILED"
+    capsys.readouterr()
+    assert main(["status", str(chain.run_dir)]) == 0
+    status = capsys.readouterr().out
+    assert "failed     stage export (job" in status and "File exists" in status, status
+    assert "progress   step 6 of 6" in status
+    # ... and once the file is gone, submitting again runs the export alone.
+    os.remove(chain.run_dir / "hf")
+    assert pipeline(chain.run_dir, corpus, *ON_SLURM, "train.steps=6") == 0
+    assert [job.stage for job in chain_jobs(chain.run_dir)] == ["export"]
+    assert wait_chain(chain.run_dir) == {"export": "COMPLETED"}
+    assert (chain.run_dir / "hf" / "config.json").is_file()
