@@ -9,11 +9,12 @@ layout (`<lang>/train/000_NNNNN.parquet`), half as `<lang>/part-NNNNN.jsonl.zst`
 2. on --encode-mb MB of the sample corpus's documents (cycled through), cleaned, in memory: MB/s per core of the trained
    tokenizer through SentencePiece (what `corolla tokenizer encode` runs) and through `tokenizers` loading its
    export (`tokenizer.json`, one thread); target >= 1.0x: the two encode identically, so corolla may use either;
-3. `corolla tokenizer encode` of that text with 1 and 2 processes: MB/s and the speed-up.
-Not measured yet: the training data index over >= 500 shard files (training reads one token file per language
-today; issue 14).
+3. `corolla tokenizer encode` of that text with 1 and 2 processes: MB/s and the speed-up;
+4. the training data index: the sample corpus as --index-files shard files (default 600: 10 a language), encoded,
+   then opened as training opens it (the manifest, every pair's header, each language's stream, the blend and a
+   sample of every language); baseline: the same documents as one file a language; target: under 10 s.
 
-    .venv/bin/python benchmarks/corpus_scale.py [--gb 5] [--encode-mb 100]
+    .venv/bin/python benchmarks/corpus_scale.py [--gb 5] [--encode-mb 100] [--index-files 600] [--only index]
 """
 
 from __future__ import annotations
@@ -171,18 +172,76 @@ def encoding_processes(work: Path, tokenizer: Path, documents: dict[str, list[st
     print(f"speed-up from 1 to 2 processes: {rates[2] / rates[1]:.2f}x")
 
 
+def write_language_shards(corpus: Path, documents: dict[str, list[str]], per_language: int) -> int:
+    """Each language's documents cut into `per_language` .txt shards in its own directory; the file count."""
+    for language, texts in documents.items():
+        directory = corpus / language
+        directory.mkdir(parents=True)
+        step = -(-len(texts) // per_language)
+        for index in range(per_language):
+            part = texts[index * step : (index + 1) * step] or texts[-1:]
+            (directory / f"part-{index:05d}.txt").write_text("\n".join(part) + "\n", encoding="utf-8")
+    return len(documents) * per_language
+
+
+def open_for_training(tokens: Path) -> float:
+    """Seconds to open token files as a training rank does, until it holds a sample of every language."""
+    from launch.config.data import DataConfig
+    from launch.data.blend import BlendedDataset
+    from launch.data.corpus import TokenCorpus
+
+    started = time.perf_counter()
+    config = DataConfig(str(tokens))
+    dataset = BlendedDataset(TokenCorpus(tokens, config.validation_documents), config, seq_length=128)
+    seen = set()
+    for index in range(10**6):
+        seen.add(dataset.language_of(index))
+        dataset[index]
+        if len(seen) == len(dataset.sequences):
+            break
+    return time.perf_counter() - started
+
+
+def training_index(work: Path, tokenizer: Path, documents: dict[str, list[str]], files: int) -> None:
+    from tokenizer.encode import encode_corpus
+
+    times = {}
+    for per_language in (1, -(-files // len(documents))):
+        corpus, tokens = work / f"index-corpus-{per_language}", work / f"index-tokens-{per_language}"
+        count = write_language_shards(corpus, documents, per_language)
+        encode_corpus(tokenizer, corpus, tokens, workers=1, log=lambda _: None)
+        times[count] = min(open_for_training(tokens) for _ in range(3))
+        print(f"training data index over {count} token file pairs: {times[count]:.3f} s (best of 3)")
+    few, many = sorted(times)
+    print(f"{many} files: {times[many]:.2f} s (target: under 10 s), {times[many] / times[few]:.2f}x the time of {few}")
+
+
+def sample_tokenizer(work: Path) -> Path:
+    """A small tokenizer of the sample corpus, for --only index."""
+    output = work / "sample-tokenizer"
+    command = corolla("tokenizer", "train", "tokenizer=tiny", f"output_dir={output}")
+    subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
+    return output
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=5.0)
     parser.add_argument("--small-gb", type=float, default=1.0, help="the corpus the --gb one is compared with")
     parser.add_argument("--encode-mb", type=float, default=100.0)
+    parser.add_argument("--index-files", type=int, default=600)
+    parser.add_argument("--only", choices=["index"], help="only the training data index (with a small tokenizer)")
     arguments = parser.parse_args()
     documents = sample_documents()
     with tempfile.TemporaryDirectory(prefix="corolla-corpus-scale-") as tmp:
         work = Path(tmp)
+        if arguments.only == "index":
+            training_index(work, sample_tokenizer(work), documents, arguments.index_files)
+            return
         tokenizer = memory_as_the_corpus_grows(work, documents, (arguments.small_gb, arguments.gb))
         engines(tokenizer, documents, arguments.encode_mb)
         encoding_processes(work, tokenizer, documents, arguments.encode_mb)
+        training_index(work, tokenizer, documents, arguments.index_files)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,12 @@ LOGS = ".venv/bin/corolla logs runs/slurm [rank=N]"
 CANCEL = ".venv/bin/corolla cancel runs/slurm"
 DRY_RUN = ".venv/bin/corolla submit --dry-run experiment=bloom-176b"
 SWEEP = ".venv/bin/corolla submit --multirun cluster=testcluster parallel=3d train.lr=3e-4,1e-3 run_dir=runs/sweep"
+PIPELINE_SLURM = ".venv/bin/corolla pipeline cluster=testcluster run_dir=runs/chain"
+PIPELINE_STATUS = ".venv/bin/corolla status runs/chain"
+PIPELINE_LOGS = ".venv/bin/corolla logs runs/chain stage=encode"
+PIPELINE_DRY_RUN = (
+    ".venv/bin/corolla pipeline --dry-run experiment=bloom-176b data.corpus=DIR encode_task_mb=2048 run_dir=runs/bloom"
+)
 SETUP_SLURM = "bash scripts/setup-slurm.sh"
 CLUSTER_START = ".venv/bin/python -m slurm.testcluster start --nodes 3 --cpus-per-node 4 --accounting"
 PLAN = ".venv/bin/corolla plan experiment=bloom-176b"
@@ -60,7 +66,8 @@ GPU_BUNDLE = "bash scripts/gpu-bundle.sh"
 GPU_CHECK = "bash benchmarks/gpu_check.sh OUT_DIR"
 
 RUN_HERE = [MAIN, COROLLA, MAIN_OVERRIDES, TOKENIZER_TRAIN, TOKENIZER_EVALUATE, TOKENIZER_ENCODE, TOKENIZER_CFG]
-RUN_HERE += [TRAIN, TRAIN_3D, TRAIN_TOKENS, MLFLOW_UI, SUBMIT, STATUS, LOGS, CANCEL, DRY_RUN, SWEEP, SETUP_SLURM]
+RUN_HERE += [TRAIN, TRAIN_3D, TRAIN_TOKENS, MLFLOW_UI, SUBMIT, STATUS, LOGS, CANCEL, DRY_RUN, SWEEP]
+RUN_HERE += [PIPELINE_SLURM, PIPELINE_STATUS, PIPELINE_LOGS, PIPELINE_DRY_RUN, SETUP_SLURM]
 RUN_HERE += [CLUSTER_START, PLAN, PLAN_JSON, GPU_BUNDLE]
 # Not run by this module, and why: the test command is what CI runs (its first test below holds .ci/run to it); the
 # GPU check needs a GPU (its Python part runs on CPU with --smoke in tests/test_gpu_check.py, its wheels are CPython
@@ -234,6 +241,58 @@ def test_the_slurm_lines(shell: Shell, workspace: Path, cluster: TestCluster) ->
     for point in points:
         assert (point / JOBS_FILE).is_file()
         shell(CANCEL.replace("runs/slurm", shlex.quote(str(point))))
+
+
+def test_the_pipeline_lines(shell: Shell, workspace: Path, cluster: TestCluster) -> None:
+    # Two ranks, one a node, rather than the 3D layout's eight: they start in a third of the time on two cores.
+    two_ranks = ["parallel=single", "cluster.tasks_per_node=1"]
+    shell(PIPELINE_SLURM, f"parallel_set={workspace / 'data' / 'parallel'}", *sample(workspace), *two_ranks)
+
+    def ended() -> bool:
+        stages = shell(PIPELINE_STATUS).split("\n\n")[0]  # the chain's lines, before the training's
+        lines = stages.splitlines()
+        return any(line.startswith("failed") or (line.startswith("export") and ": COMPLETED" in line) for line in lines)
+
+    assert wait_for(ended, timeout=600, interval=2.0), shell(PIPELINE_STATUS)
+    status = shell(PIPELINE_STATUS)
+    assert "failed" not in status and "progress   step 2 of 2" in status, status
+    assert (workspace / "runs" / "chain" / "hf" / "config.json").is_file()
+    assert "==> " in shell(PIPELINE_LOGS) and "encoding" in shell(PIPELINE_LOGS)
+
+
+def sharded_corpus(root: Path) -> Path:
+    """The README's real-corpus layout, small: FineWeb-2's parquet shards and JSONL.zst ones, a directory each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    for index, language in enumerate(LANGUAGES):
+        lines = (root.parent / "corpus" / f"{language}.txt").read_text().splitlines()
+        for shard in range(2):
+            part = lines[shard * 150 : (shard + 1) * 150]
+            if index % 2:
+                path = root / language / f"part-{shard:05d}.jsonl.zst"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                text = "".join(json.dumps({"text": line}, ensure_ascii=False) + "\n" for line in part)
+                path.write_bytes(zstandard.compress(text.encode()))
+            else:
+                path = root / language / "train" / f"000_{shard:05d}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.table({"text": part}), path)
+    return root
+
+
+def test_the_pipeline_dry_run_on_a_real_corpus_layout_builds_nothing(shell: Shell, workspace: Path) -> None:
+    corpus = sharded_corpus(workspace / "data" / "sharded")
+    before = sorted(path for path in (workspace / "runs").rglob("*"))
+    # A task per 1 kB of corpus, where the README asks 2 GB of a terabyte corpus: an array of 8 tasks, a file each.
+    line = PIPELINE_DRY_RUN.replace("DIR", str(corpus)).replace("encode_task_mb=2048", "encode_task_mb=0.001")
+    dry_run = shell(line)
+    for stage in ("tokenizer", "evaluate", "encode", "prepare", "train", "export"):
+        assert f"\n# {stage}" in dry_run, stage
+    assert "#SBATCH --array=0-7%8" in dry_run and "#SBATCH --partition=cpu_p1" in dry_run
+    assert "#SBATCH --nodes=48" in dry_run and "#SBATCH --dependency='afterok:<encode job>'" in dry_run
+    assert sorted(path for path in (workspace / "runs").rglob("*")) == before
 
 
 def test_the_dry_run_and_the_planner_lines(shell: Shell, workspace: Path) -> None:
