@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Tokenizer
 
+from tokenizer.vocab import SPECIAL_IDS
+
 BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
+SPACE_MARK = "\u2581"  # SentencePiece's ▁: a space
 
 
 class TextTokenizer(ABC):
@@ -36,6 +42,25 @@ class TextTokenizer(ABC):
     def byte_piece_ids(self) -> frozenset[int]:
         return frozenset(i for i in range(self.vocab_size) if BYTE_PIECE.match(self.piece(i)))
 
+    @property
+    @abstractmethod
+    def prefix_space(self) -> bool:
+        """Whether encoding puts a space before each text (SentencePiece's dummy prefix): one byte of a text's ids
+        that the text does not have."""
+
+    def token_bytes(self) -> np.ndarray:
+        """The bytes of UTF-8 text each id stands for, by id (0 for special tokens): a text's ids add up to its size
+        in bytes, plus one if `prefix_space`. What bits per byte divide by."""
+        return np.fromiter((self._piece_bytes(i) for i in range(self.vocab_size)), np.int64, self.vocab_size)
+
+    @abstractmethod
+    def _piece_bytes(self, token_id: int) -> int: ...
+
+
+def _marked_piece_bytes(piece: str) -> int:
+    """A SentencePiece-style piece's bytes: `<0xNN>` one, `▁` a space."""
+    return 1 if BYTE_PIECE.match(piece) else len(piece.replace(SPACE_MARK, " ").encode())
+
 
 class SentencePieceTokenizer(TextTokenizer):
     def __init__(self, path: Path) -> None:
@@ -55,6 +80,16 @@ class SentencePieceTokenizer(TextTokenizer):
     def piece(self, token_id: int) -> str:
         return self.processor.id_to_piece(token_id)
 
+    @property
+    def prefix_space(self) -> bool:
+        model = sentencepiece_model_pb2.ModelProto.FromString(self.path.read_bytes())
+        return model.normalizer_spec.add_dummy_prefix
+
+    def _piece_bytes(self, token_id: int) -> int:
+        if self.processor.is_control(token_id) or self.processor.is_unknown(token_id):
+            return 0
+        return _marked_piece_bytes(self.processor.id_to_piece(token_id))
+
 
 class HFTokenizer(TextTokenizer):
     def __init__(self, path: Path) -> None:
@@ -73,6 +108,42 @@ class HFTokenizer(TextTokenizer):
 
     def piece(self, token_id: int) -> str:
         return self.tokenizer.id_to_token(token_id) or ""
+
+    @property
+    def _components(self) -> list[dict]:
+        """The normalizer's and pre-tokenizer's steps, sequences flattened."""
+        config = json.loads(self.path.read_text(encoding="utf-8"))
+        steps, found = [config.get("normalizer"), config.get("pre_tokenizer")], []
+        while steps:
+            step = steps.pop()
+            if isinstance(step, dict):
+                steps += step.get("normalizers", []) + step.get("pretokenizers", [])
+                found.append(step)
+        return found
+
+    @property
+    def byte_level(self) -> bool:
+        """GPT-2-style byte-level BPE (BLOOM's): each character of a piece stands for one byte."""
+        return any(step.get("type") == "ByteLevel" for step in self._components)
+
+    @property
+    def prefix_space(self) -> bool:
+        for step in self._components:
+            kind = step.get("type")
+            if kind == "Prepend" and step.get("prepend") == SPACE_MARK:
+                return True
+            if kind in ("Metaspace", "ByteLevel") and (
+                step.get("add_prefix_space") or step.get("prepend_scheme") in ("always", "first")
+            ):
+                return True
+        return False
+
+    def _piece_bytes(self, token_id: int) -> int:
+        added = self.tokenizer.get_added_tokens_decoder().get(token_id)
+        piece = self.piece(token_id)
+        if (added is not None and added.special) or SPECIAL_IDS.get(piece) == token_id:  # corolla's export: in place
+            return 0
+        return len(piece) if self.byte_level else _marked_piece_bytes(piece)
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:

@@ -137,9 +137,10 @@ def validation_lines(run: RunDirectory) -> list[str]:
     records = last_record_per_step(run.path / VALIDATION_FILE)
     if not records or not records[-1].get("loss"):
         return []
-    step, losses = records[-1]["step"], records[-1]["loss"]
-    mean = statistics.fmean(losses.values())
-    return [line("validation", f"step {step}, loss {mean:.4f} (mean of {plural(len(losses), 'language')})")]
+    step, losses, bpb = records[-1]["step"], records[-1]["loss"], records[-1].get("bpb")
+    in_bits = f", {statistics.fmean(bpb.values()):.4f} bits per byte" if bpb else ""
+    mean = f"loss {statistics.fmean(losses.values()):.4f}{in_bits}"
+    return [line("validation", f"step {step}, {mean} (mean of {plural(len(losses), 'language')})")]
 
 
 def checkpoint_lines(run: RunDirectory) -> list[str]:

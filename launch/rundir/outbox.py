@@ -40,9 +40,13 @@ def _step_metrics(record: dict) -> dict[str, float]:
 
 
 def _validation_metrics(record: dict) -> dict[str, float]:
-    losses = record["loss"]
-    per_language = {f"{tracking.VALIDATION_METRIC}/{language}": loss for language, loss in losses.items()}
-    return {tracking.VALIDATION_METRIC: sum(losses.values()) / len(losses), **per_language}
+    metrics = {}
+    for key, name in (("loss", tracking.VALIDATION_METRIC), ("bpb", tracking.BITS_PER_BYTE_METRIC)):
+        values = record.get(key) or {}
+        metrics.update({f"{name}/{language}": value for language, value in values.items()})
+        if values:
+            metrics[name] = sum(values.values()) / len(values)
+    return metrics
 
 
 SERIES: dict[str, Callable[[dict], dict[str, float]]] = {

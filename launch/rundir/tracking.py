@@ -32,8 +32,8 @@ STEP_METRICS = {
     "batch_size": "batch_size",
     "tokens_per_second": "tokens_per_second",
 }
-# Validation: the mean over languages, and each language as val_loss/<language>.
-VALIDATION_METRIC = "val_loss"
+# Validation: the mean over languages, and each language as val_loss/<language>; the same in bits per byte.
+VALIDATION_METRIC, BITS_PER_BYTE_METRIC = "val_loss", "val_bpb"
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 

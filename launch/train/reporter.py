@@ -3,6 +3,7 @@ MLflow through the background sender (launch/rundir/outbox.py), which no step wa
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,11 +17,29 @@ from launch.train.loop import StepRecord
 CLOSE_TIMEOUT_S = 20.0  # what the end of a launch waits for MLflow to take the rest; then it is sent later
 
 
+def bits_per_byte(losses: dict[str, float], bytes_per_token: dict[str, float]) -> dict[str, float]:
+    """Nats per token x tokens / (bytes x ln 2): a language's loss that compares across tokenizers."""
+    return {
+        language: loss / (math.log(2) * bytes_per_token[language])
+        for language, loss in losses.items()
+        if bytes_per_token.get(language)
+    }
+
+
 class Reporter:
-    def __init__(self, run_dir: Path, rank: int, total_steps: int, resumed_from: int) -> None:
-        """On rank 0, drops the records after `resumed_from` (this launch redoes those steps) and starts the sender."""
+    def __init__(
+        self,
+        run_dir: Path,
+        rank: int,
+        total_steps: int,
+        resumed_from: int,
+        bytes_per_token: dict[str, float] | None = None,
+    ) -> None:
+        """On rank 0, drops the records after `resumed_from` (this launch redoes those steps) and starts the sender.
+        `bytes_per_token` of each language's validation samples gives validations in bits per byte too."""
         self.run_dir = run_dir
         self.total_steps = total_steps
+        self.bytes_per_token = bytes_per_token or {}
         self.sender: Sender | None = None
         self.steps_redone = 0
         if rank == 0:
@@ -43,12 +62,14 @@ class Reporter:
         if self.sender is None:
             return
         ranked = sorted(losses, key=losses.__getitem__)
+        bpb = bits_per_byte(losses, self.bytes_per_token)
+        in_bits = f", {mean(bpb.values()):.4f} bits per byte" if bpb else ""
         print(
-            f"validation at step {step}: loss {mean(losses.values()):.4f} over {len(losses)} languages "
+            f"validation at step {step}: loss {mean(losses.values()):.4f}{in_bits} over {len(losses)} languages "
             f"(lowest {ranked[0]} {losses[ranked[0]]:.4f}, highest {ranked[-1]} {losses[ranked[-1]]:.4f})",
             flush=True,
         )
-        self._append(VALIDATION_FILE, {"step": step, "loss": losses})
+        self._append(VALIDATION_FILE, {"step": step, "loss": losses, **({"bpb": bpb} if bpb else {})})
 
     def _append(self, series: str, record: dict) -> None:
         append_record(self.run_dir / series, {**record, "time": int(time.time() * 1000)})

@@ -15,9 +15,10 @@ from conftest import MULTILINGUAL
 from launch.config.data import DataConfig
 from launch.data.blend import BLEND_PERIOD, BlendedDataset, BlendSchedule, LanguageSequences, Permutation
 from launch.data.corpus import TokenCorpus
-from launch.train.batches import micro_batches, validation_batches
+from launch.train.batches import micro_batches, validation_batches, validation_bytes_per_token
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import MANIFEST_NAME, encode_corpus
+from tokenizer.loading import load_tokenizer
 from tokenizer.spm import train_sentencepiece
 from tokenizer.token_files import TokenFile
 
@@ -299,3 +300,17 @@ def test_a_language_in_many_shards_reads_as_one_stream(model: Path, tokens_dir: 
     batches = validation_batches(TokenCorpus(sharded, 40), SEQ, 2, 4)["eng_Latn"]
     expected = validation_batches(TokenCorpus(tokens_dir, 40), SEQ, 2, 4)["eng_Latn"]
     assert all(torch.equal(got, want) for got, want in zip(batches, expected, strict=True))
+
+
+def test_validation_bytes_per_token_are_the_held_out_texts_bytes(model: Path, tokens_dir: Path) -> None:
+    """One sample as long as each language's held-out stream: its labels are every held-out token but the first, and
+    their bytes the held-out documents' UTF-8 bytes less the first token's (whose dummy prefix decode drops)."""
+    tokenizer = load_tokenizer(model)
+    corpus = TokenCorpus(tokens_dir, HELD_OUT)
+    for language, split in corpus.splits.items():
+        tokens = np.asarray(split.validation_tokens)
+        ratio = validation_bytes_per_token(corpus, tokens.size - 1, 1, tokenizer)[language]
+        held_out = [line.rstrip("\n") for line in head(language, CORPUS_LINES[language])[-HELD_OUT:]]
+        text_bytes = sum(len(document.encode()) for document in held_out)
+        first = len(tokenizer.decode([int(tokens[0])]).encode())
+        assert ratio == pytest.approx((text_bytes - first) / (tokens.size - 1), rel=1e-12), language
