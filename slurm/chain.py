@@ -3,7 +3,8 @@ submitit, each starting when the one before has succeeded (`afterok`; Slurm canc
 
     tokenizer (one node, all its cores) → evaluate → encode (a job array, a task per group of corpus files, at most
     cluster.array_parallelism at once) → prepare (manifest, plan, run directory, MLflow run) → train (the job
-    `corolla submit` makes, with its requeues) → export
+    `corolla submit` makes, with its requeues; an elastic run's chain of jobs) → export (after an elastic run's first
+    training job, whatever its end, and then after the run's newest job, until the run has finished)
 
 Submission returns once every job is queued. Stages whose output is current are not submitted, nor encoding tasks
 whose files are all encoded, so submitting again resumes the chain where it stopped. A data stage's job is requeued
@@ -29,9 +30,10 @@ from launch.config.job_file import job_yaml, read_job
 from launch.config.schemas import MainJob
 from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
-from slurm.client import ENDED_STATES, slurm_state
+from slurm.client import ENDED_STATES, latest_states, slurm_state
 from slurm.commands import SlurmError, run_slurm
-from slurm.executor import executor_parameters, make_executor, submit_job
+from slurm.executor import executor_parameters, make_executor, outside_this_job, submit_elastic, submit_job
+from slurm.jobs import recorded_jobs
 
 STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
 DATA_STAGES = {"tokenizer", "evaluate", "encode", "prepare", "export"}  # one node, no GPU
@@ -74,10 +76,27 @@ class StageTask:
             stages.encode_stage(job, list(self.files))
         elif self.stage == "prepare":
             stages.prepare_training_stage(job)
+        elif self.stage == "export" and job.cluster.chained and not stages.training_is_finished(job):
+            self._follow_training(job)
         elif self.stage == "export":
             stages.export_stage(job)
         else:
             raise ValueError(f"{self.stage} is not a data stage of the pipeline")
+
+    def _follow_training(self, job: MainJob) -> None:
+        """An elastic run's export waits for the training job it was queued behind; when the run went on in the job
+        queued behind that one, the export queues itself again, behind the run's newest job."""
+        run_dir = Path(self.run_dir)
+        live = [state for state in latest_states(recorded_jobs(run_dir / TRAIN_DIR)) if state.live]
+        if not live:
+            raise ValueError(
+                f"the training ended before step train.steps={job.train.steps}: see `corolla status {run_dir}`"
+            )
+        executor = stage_executor(job.cluster, run_dir, self.stage, f"afterany:{live[0].job_id}")
+        with outside_this_job():
+            follower = executor.submit(self).job_id
+        _replace_job(run_dir, self.stage, follower)
+        print(f"the training goes on in Slurm job {live[0].job_id}: the export follows it, as job {follower}")
 
     def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
         """submitit's question on USR2: what to requeue. The same task: it skips what it had finished."""
@@ -114,6 +133,16 @@ def _record(run_dir: Path, jobs: list[StageJob], skipped: list[str]) -> None:
     submissions = json.loads(path.read_text()) if path.is_file() else []
     submission = {"time": time.time(), "jobs": [job.__dict__ for job in jobs], "skipped": skipped}
     path.write_text(json.dumps([*submissions, submission], indent=1) + "\n")
+
+
+def _replace_job(run_dir: Path, stage: str, job_id: str) -> None:
+    """The stage's job in the latest submission is now `job_id` (an elastic run's export, following its training)."""
+    path = run_dir / CHAIN_FILE
+    submissions = json.loads(path.read_text())
+    for stage_job in submissions[-1]["jobs"]:
+        if stage_job["stage"] == stage:
+            stage_job["job_id"] = job_id
+    path.write_text(json.dumps(submissions, indent=1) + "\n")
 
 
 def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency: str | None) -> submitit.SlurmExecutor:
@@ -178,11 +207,6 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     from slurm.submit import check_no_live_job, check_partition
 
     cluster, paths = job.cluster, PipelinePaths.of(job)
-    if cluster.chained:
-        raise ValueError(
-            f"cluster.min_nodes={cluster.min_nodes}: the pipeline's training takes a fixed node count; set "
-            "cluster.min_nodes=0, or run the pipeline's training alone with `corolla submit`"
-        )
     prepare_run(checkable_training_job(job), dry_run=True)  # a bad training job fails now, not after hours of data
     plan = plan_chain(job)
     if not plan.stages:
@@ -224,6 +248,12 @@ def _executors(job: MainJob, plan: ChainPlan, dependency_of) -> Iterator[tuple[s
         previous = stage
 
 
+def _dependency_kind(job: MainJob, previous: str) -> str:
+    """afterok; but an elastic run's training may go on in later jobs, which its first job's end starts: the export
+    waits for that end, whatever it was, and then for the run's newest job if there is one (StageTask)."""
+    return "afterany" if previous == "train" and job.cluster.chained else "afterok"
+
+
 def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
     from launch.train import compat
 
@@ -231,7 +261,8 @@ def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
         f"dry run: the pipeline is valid; {len(plan.stages)} jobs, not submitted"
         + (f" (current, skipped: {', '.join(plan.skipped)})" if plan.skipped else "")
     )
-    for stage, executor in _executors(job, plan, lambda before: before and f"afterok:<{before} job>"):
+    dependency_of = lambda before: before and f"{_dependency_kind(job, before)}:<{before} job>"  # noqa: E731
+    for stage, executor in _executors(job, plan, dependency_of):
         tasks = len(plan.groups) if stage == "encode" else 1
         where = f", {tasks} tasks of about {job.encode_task_mb} MB of corpus each" if tasks > 1 else ""
         print(f"\n# {stage}{where}\n{compat.sbatch_script(executor, tasks)}")
@@ -244,12 +275,16 @@ def _submit(job: MainJob, plan: ChainPlan) -> list[StageJob]:
     submitted: list[StageJob] = []
 
     def dependency_of(previous: str | None) -> str | None:
-        return f"afterok:{submitted[-1].job_id}" if previous else None
+        return f"{_dependency_kind(job, previous)}:{submitted[-1].job_id}" if previous else None
 
     for stage, executor in _executors(job, plan, dependency_of):
         try:
             if stage == "train":
-                job_id = submit_job(executor, TrainingTask(str(run_dir / TRAIN_DIR)), run_dir / TRAIN_DIR)
+                task = TrainingTask(str(run_dir / TRAIN_DIR))
+                if job.cluster.chained:
+                    job_id, _ = submit_elastic(executor, job.cluster, run_dir / TRAIN_DIR, task)
+                else:
+                    job_id = submit_job(executor, task, run_dir / TRAIN_DIR)
                 submitted.append(StageJob(stage, job_id))
             elif stage == "encode":
                 with executor.batch():
@@ -380,19 +415,26 @@ def _logs(run_dir: Path, stage_job: StageJob) -> list[Path]:
 
 
 def cancel_chain(run_dir: Path) -> None:
-    """Every job of the latest submission that is queued or running, the last stage first; the training run's STOP
-    file before, so that its job ends rather than saving and requeueing itself."""
+    """Every job of the latest submission that is queued or running, and the training run's own (an elastic run's
+    next job), in one scancel: a job waiting on another that ends would start. The training's STOP file goes first,
+    so that its job ends rather than saving and requeueing itself."""
     train_dir = run_dir / TRAIN_DIR
     if (train_dir / JOB_FILE).is_file():
         (train_dir / STOP_FILE).touch()
-    cancelled = 0
-    for stage_job in reversed(chain_jobs(run_dir)):
-        try:
-            if stage_state(stage_job).live:
-                run_slurm("scancel", stage_job.job_id)
-                print(f"cancelled the {stage_job.stage} stage's Slurm {stage_job.label}")
-                cancelled += 1
-        except SlurmError as error:
-            raise RuntimeError(f"cannot cancel Slurm job {stage_job.job_id} ({error}): {HINT}") from None
-    if not cancelled:
+    try:
+        live = {
+            job.job_id: f"the {job.stage} stage's Slurm {job.label}"
+            for job in chain_jobs(run_dir)
+            if stage_state(job).live
+        }
+        for state in latest_states(recorded_jobs(train_dir)):
+            if state.live:
+                live.setdefault(state.job_id, f"the training's next Slurm job {state.job_id}")
+        if live:
+            run_slurm("scancel", *live)
+    except SlurmError as error:
+        raise RuntimeError(f"cannot cancel the chain's jobs ({error}): {HINT}") from None
+    for what in live.values():
+        print(f"cancelled {what}")
+    if not live:
         print(f"no stage of {run_dir} is queued or running: nothing to cancel")

@@ -92,7 +92,7 @@ def make_executor(cluster: ClusterConfig, run_dir: Path, dependency: str | None 
 
 def submit_job(executor: submitit.SlurmExecutor, task: Callable[[], None], run_dir: Path) -> str:
     """Submits the task and records the job in the run directory; its job id."""
-    with _outside_this_job():
+    with outside_this_job():
         job_id = executor.submit(task).job_id
     record_job(run_dir, job_id)
     return job_id
@@ -134,7 +134,7 @@ def cancel_next_jobs(run_dir: Path, job_id: str) -> None:
 
 
 @contextmanager
-def _outside_this_job() -> Iterator[None]:
+def outside_this_job() -> Iterator[None]:
     """sbatch from inside a job (an elastic run's next job, a submit from an allocation): the new job must not
     inherit this one's SLURM_* variables (its ids, counts, node list), only where the controller is."""
     inherited = {

@@ -152,7 +152,9 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell,
         assert (demo / path).is_file(), path
     for path in ("train/checkpoints/latest", "train/loss.png", "train/run.json", "hf/config.json", "hf/tokenizer.json"):
         assert (demo / path).is_file(), path
-    assert "parity did not tune on" in first and "MLflow run" in first
+    assert "parity did not tune on" in first and "MLflow run" in first and "bits per byte" in first
+    validation = json.loads((demo / "train" / "validation.jsonl").read_text().splitlines()[-1])
+    assert set(validation["bpb"]) == set(validation["loss"]) == set(LANGUAGES)
     second = shell(MAIN, *small)
     assert "up to date" in second and "already trained to step 2 of 2" in second
     assert json.loads((demo / "hf" / "config.json").read_text())["n_layer"] == 2
@@ -208,6 +210,10 @@ def test_the_mlflow_ui_line_shows_the_run(workspace: Path) -> None:
                 return False
 
         assert wait_for(shows_the_run, timeout=120, interval=0.5), log.read_text()[-2000:]
+        # Validation per language in nats per token and in bits per byte, which compares across tokenizers.
+        metrics = client.get_run(tracked.run_id).data.metrics
+        for name in ("val_loss", "val_bpb"):
+            assert name in metrics and all(f"{name}/{language}" in metrics for language in LANGUAGES), metrics
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import MULTILINGUAL, cluster_in_environment
 from launch.cli import main
+from launch.rundir.history import RunHistory
 from slurm.chain import chain_jobs, stage_state
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
@@ -196,12 +197,21 @@ def test_a_failed_stage_stops_the_chain_and_a_resubmission_resumes_it(
     assert len(failed) == 1 and "stage tokenizer (job" in failed[0], failed
     assert "cannot hold the corpus's characters" in failed[0] and "raise the vocabulary" in failed[0]
 
-    # A trained run taken further, whose export meets a file where its directory goes: the export fails...
+    # The trained run taken two steps further, elastic now and a step a job (as if each met its time limit): the
+    # training goes on in the job its first queued behind itself, and the export follows it there. It meets a file
+    # where its directory goes, and fails...
     shutil.rmtree(chain.run_dir / "hf")
     (chain.run_dir / "hf").write_text("not a directory")
-    assert pipeline(chain.run_dir, corpus, *ON_SLURM, "train.steps=6") == 0
+    further = ["train.steps=6", "parallel.elastic=true", "cluster.min_nodes=1", "train.exit_after=1"]
+    assert pipeline(chain.run_dir, corpus, *ON_SLURM, *further) == 0
     assert [job.stage for job in chain_jobs(chain.run_dir)] == ["prepare", "train", "export"]
+    first_export = chain_jobs(chain.run_dir)[-1].job_id
     assert wait_chain(chain.run_dir)["export"] == "FAILED"
+    assert chain_jobs(chain.run_dir)[-1].job_id != first_export  # the export that followed the training's next job
+    starts = RunHistory(chain.run_dir / "train").starts()
+    assert [start["resumed_from_step"] for start in starts[-2:]] == [4, 5] and starts[-2]["slurm_job"] != starts[-1][
+        "slurm_job"
+    ]
     capsys.readouterr()
     assert main(["status", str(chain.run_dir)]) == 0
     status = capsys.readouterr().out
@@ -209,7 +219,7 @@ def test_a_failed_stage_stops_the_chain_and_a_resubmission_resumes_it(
     assert "progress   step 6 of 6" in status
     # ... and once the file is gone, submitting again runs the export alone.
     os.remove(chain.run_dir / "hf")
-    assert pipeline(chain.run_dir, corpus, *ON_SLURM, "train.steps=6") == 0
+    assert pipeline(chain.run_dir, corpus, *ON_SLURM, *further) == 0
     assert [job.stage for job in chain_jobs(chain.run_dir)] == ["export"]
     assert wait_chain(chain.run_dir) == {"export": "COMPLETED"}
     assert (chain.run_dir / "hf" / "config.json").is_file()
