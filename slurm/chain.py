@@ -34,6 +34,7 @@ from slurm.client import ENDED_STATES, latest_states, slurm_state
 from slurm.commands import SlurmError, run_slurm
 from slurm.executor import executor_parameters, make_executor, outside_this_job, submit_elastic, submit_job
 from slurm.jobs import recorded_jobs
+from tokenizer.files import write_atomically
 
 STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
 DATA_STAGES = {"tokenizer", "evaluate", "encode", "prepare", "export"}  # one node, no GPU
@@ -132,7 +133,7 @@ def _record(run_dir: Path, jobs: list[StageJob], skipped: list[str]) -> None:
     path = run_dir / CHAIN_FILE
     submissions = json.loads(path.read_text()) if path.is_file() else []
     submission = {"time": time.time(), "jobs": [job.__dict__ for job in jobs], "skipped": skipped}
-    path.write_text(json.dumps([*submissions, submission], indent=1) + "\n")
+    write_atomically(path, json.dumps([*submissions, submission], indent=1) + "\n")
 
 
 def _replace_job(run_dir: Path, stage: str, job_id: str) -> None:
@@ -142,7 +143,7 @@ def _replace_job(run_dir: Path, stage: str, job_id: str) -> None:
     for stage_job in submissions[-1]["jobs"]:
         if stage_job["stage"] == stage:
             stage_job["job_id"] = job_id
-    path.write_text(json.dumps(submissions, indent=1) + "\n")
+    write_atomically(path, json.dumps(submissions, indent=1) + "\n")
 
 
 def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency: str | None) -> submitit.SlurmExecutor:
@@ -202,13 +203,14 @@ def plan_chain(job: MainJob) -> ChainPlan:
 
 def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     from launch.jobs.prepare import prepare_run
-    from launch.jobs.stages import PipelinePaths, checkable_training_job
+    from launch.jobs.stages import PipelinePaths, checkable_training_job, data_is_current
     from launch.rundir.lock import check_unheld
     from slurm.submit import check_no_live_job, check_partition
 
     cluster, paths = job.cluster, PipelinePaths.of(job)
-    prepare_run(checkable_training_job(job), dry_run=True)  # a bad training job fails now, not after hours of data
     plan = plan_chain(job)
+    # A bad training job fails now, not after hours of data preparation.
+    prepare_run(checkable_training_job(job, data_is_current(job, list(plan.groups))), dry_run=True)
     if not plan.stages:
         print(
             f"{paths.run_dir}: every stage is current (trained to step {job.train.steps} and exported): nothing to do"
@@ -264,7 +266,7 @@ def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
     dependency_of = lambda before: before and f"{_dependency_kind(job, before)}:<{before} job>"  # noqa: E731
     for stage, executor in _executors(job, plan, dependency_of):
         tasks = len(plan.groups) if stage == "encode" else 1
-        where = f", {tasks} tasks of about {job.encode_task_mb} MB of corpus each" if tasks > 1 else ""
+        where = f", {tasks} tasks of about {job.encode_task_mb:g} MB of corpus each" if tasks > 1 else ""
         print(f"\n# {stage}{where}\n{compat.sbatch_script(executor, tasks)}")
 
 

@@ -11,6 +11,7 @@ from launch.jobs.local import LocalBackend
 from launch.jobs.stages import (
     PipelinePaths,
     checkable_training_job,
+    data_is_current,
     encode_stage,
     encoding_groups,
     evaluate_stage,
@@ -29,7 +30,7 @@ from tokenizer.train import METADATA_FILE
 def run_main_job(job: MainJob, dry_run: bool = False) -> None:
     paths = PipelinePaths.of(job)
     if dry_run:
-        LocalBackend().start(checkable_training_job(job), dry_run=True)
+        LocalBackend().start(checkable_training_job(job, data_is_current(job)), dry_run=True)
         print(f"dry run: the stages would run here, in {paths.run_dir}")
         return
     print(f"[1/5] tokenizer ({job.tokenizer.sampling.value} sampling, vocab {job.tokenizer.vocab_size})")

@@ -142,18 +142,19 @@ def prepare_training_stage(job: MainJob, log: Callable[[str], None] = print) -> 
     return None if training_is_finished(job) else prepare_run(training_job(job))
 
 
-def data_is_current(job: MainJob) -> bool:
-    """The token files are this corpus's under this tokenizer, and the manifest lists them."""
+def data_is_current(job: MainJob, groups_to_do: list[int] | None = None) -> bool:
+    """The token files are this corpus's under this tokenizer, and the manifest lists them; `groups_to_do`:
+    groups_to_encode's answer, where the caller has it already."""
     if not (PipelinePaths.of(job).tokens / MANIFEST_NAME).is_file():
         return False
-    return not groups_to_encode(job, encoding_groups(job))
+    return not (groups_to_encode(job, encoding_groups(job)) if groups_to_do is None else groups_to_do)
 
 
-def checkable_training_job(job: MainJob) -> TrainJob:
+def checkable_training_job(job: MainJob, data_current: bool) -> TrainJob:
     """The training job as a dry run can check it before its data is built: with the token files only when they are
     current (otherwise with the tokenizer config's vocabulary, and the data checked as the run is prepared)."""
     train = training_job(job)
-    return train if data_is_current(job) else replace(train, data=replace(train.data, tokens_dir=None))
+    return train if data_current else replace(train, data=replace(train.data, tokens_dir=None))
 
 
 def training_is_finished(job: MainJob) -> bool:
