@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from run_copies import stopped_copy
 from test_training import SHORT_RUN, records
 
 from launch.cli import main
@@ -43,10 +44,17 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def stayed(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+def stayed_run(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """On one process, every layout's reference; a checkpoint every 2 steps, all kept, for the tests that start from
+    one of its steps (run_copies.py)."""
     run_dir = tmp_path_factory.mktemp("stayed") / "run"
-    assert train(run_dir, tokens, *CHAIN[0][1]) == 0
-    return losses(run_dir)
+    assert train(run_dir, tokens, *CHAIN[3][1], "train.checkpoint_interval=2", "train.keep_checkpoints=5") == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def stayed(stayed_run: Path) -> dict[int, float]:
+    return losses(stayed_run)
 
 
 def test_a_run_moved_across_five_layouts_keeps_the_losses_of_one_that_stayed(tokens, stayed, tmp_path) -> None:
@@ -73,9 +81,10 @@ def reshard(run_dir: Path, *overrides: str) -> int:
     return main(["checkpoint", "reshard", f"run_dir={run_dir}", *overrides])
 
 
-def test_offline_resharding_is_exact_both_ways_and_the_run_resumes_on_the_new_files(capsys, tokens, stayed, tmp_path):
-    run_dir = tmp_path / "run"
-    assert train(run_dir, tokens, *CHAIN[3][1], "train.exit_after=2") == 0  # one rank
+def test_offline_resharding_is_exact_both_ways_and_the_run_resumes_on_the_new_files(
+    capsys, tokens, stayed_run, stayed, tmp_path
+) -> None:
+    run_dir = stopped_copy(stayed_run, tmp_path / "run", 2)  # saved by one rank
     saved = run_dir / "checkpoints" / "step-00000002"
     before = {path.name for path in saved.glob("model-*.pt")}
     original = shards(saved)
@@ -94,10 +103,8 @@ def test_offline_resharding_is_exact_both_ways_and_the_run_resumes_on_the_new_fi
     assert losses(run_dir) == pytest.approx(stayed, abs=1e-5, rel=0)
 
 
-def test_a_layout_the_model_cannot_take_is_refused_before_any_file_changes(capsys, tokens, tmp_path) -> None:
-    run_dir = tmp_path / "run"
-    assert train(run_dir, tokens, "train.exit_after=1") == 0
-    capsys.readouterr()
+def test_a_layout_the_model_cannot_take_is_refused_before_any_file_changes(capsys, stayed_run, tmp_path) -> None:
+    run_dir = stopped_copy(stayed_run, tmp_path / "run", 2)
     before = {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")}
     assert reshard(run_dir, "tp=3") == 2
     assert capsys.readouterr().err.strip() == (

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from run_copies import stopped_copy
 from test_training import SHORT_RUN
 
 from launch.cli import main
@@ -40,20 +41,39 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+def uninterrupted_run(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Checkpoints at steps 2, 4 and 6, all kept: the tests that start from a stopped run copy it (run_copies.py)."""
     run_dir = tmp_path_factory.mktemp("whole") / "run"
-    assert train(run_dir, tokens) == 0
-    return losses(run_dir)
+    assert train(run_dir, tokens, "train.keep_checkpoints=3") == 0
+    return run_dir
 
 
-def test_a_stopped_parallel_run_resumes_bit_identically(tokens: Path, tmp_path: Path) -> None:
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run: Path) -> dict[int, float]:
+    return losses(uninterrupted_run)
+
+
+def test_a_parallel_run_stopped_by_a_non_finite_step_then_on_request_resumes_bit_identically(
+    capfd, tokens: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv(NAN_AT_STEP, "3")
+    assert train(run_dir, tokens, *TP_DP) == 2
+    err = capfd.readouterr().err
+    assert "corolla: error: step 3: loss nan" in err and "stopped without saving it" in err
+    assert "training stopped at step 3: its loss or gradients are not finite" in err
+    assert (run_dir / "checkpoints" / LATEST).read_text().strip() == "step-00000002"
+    assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "diverged"
+    tracked = asdict(recorded_run(run_dir))
+    assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "FAILED"
+    monkeypatch.delenv(NAN_AT_STEP)
+    assert train(run_dir, tokens, *TP_DP, "train.exit_after=1") == 0  # step 3 trained again, from step 2's weights
+    assert sorted(losses(run_dir)) == [1, 2, 3]
+    assert (run_dir / "checkpoints" / LATEST).read_text().strip() == "step-00000003"
+    assert train(run_dir, tokens, *TP_DP) == 0
+    whole = tmp_path / "whole"
     assert train(whole, tokens, *TP_DP) == 0
-    assert train(stopped, tokens, *TP_DP, "train.exit_after=3") == 0
-    assert sorted(losses(stopped)) == [1, 2, 3]
-    assert (stopped / "checkpoints" / LATEST).read_text().strip() == "step-00000003"
-    assert train(stopped, tokens, *TP_DP) == 0
-    assert losses(stopped) == losses(whole)  # steps 4-6 included: same data order, dropout masks and optimizer
+    assert losses(run_dir) == losses(whole)  # steps 4-6 included: same data order, dropout masks and optimizer
 
 
 def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
@@ -89,10 +109,8 @@ def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
     assert {artifact.path for artifact in client.list_artifacts(tracked["run_id"])} == {"job.yaml", "metadata.json"}
 
 
-def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    assert train(run_dir, tokens, "train.exit_after=2") == 0
-    capsys.readouterr()
+def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, uninterrupted_run, tmp_path) -> None:
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 2)
     shard = next((run_dir / "checkpoints" / "step-00000002").glob("model-*.pt"))
     shard.write_bytes(shard.read_bytes()[:100])
     before = {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")}
@@ -120,10 +138,9 @@ def flip_bytes(path: Path, offset_share: float = 0.6, count: int = 16) -> None:
 
 
 def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_verifies(
-    capfd, tokens: Path, uninterrupted, tmp_path: Path
+    capfd, tokens: Path, uninterrupted_run: Path, uninterrupted, tmp_path: Path
 ) -> None:
-    run_dir = tmp_path / "run"
-    assert train(run_dir, tokens, "train.exit_after=4") == 0  # checkpoints at steps 2 and 4
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 4)  # checkpoints at steps 2 and 4
     flip_bytes(next((run_dir / "checkpoints" / "step-00000004").glob("model-*.pt")))
     capfd.readouterr()
     assert main(["checkpoint", "verify", str(run_dir)]) == 2
@@ -139,34 +156,13 @@ def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_ver
     assert main(["checkpoint", "verify", str(run_dir)]) == 0
 
 
-def test_when_no_checkpoint_verifies_the_run_refuses_to_start_again(capfd, tokens: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    assert train(run_dir, tokens, "train.exit_after=2") == 0
+def test_when_no_checkpoint_verifies_the_run_refuses_to_start_again(capfd, tokens, uninterrupted_run, tmp_path) -> None:
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 2)
     flip_bytes(run_dir / "checkpoints" / "step-00000002" / "trainer.pt", offset_share=0.5, count=4)
     assert train(run_dir, tokens) == 2
     err = capfd.readouterr().err
     assert "corolla: error: no checkpoint in" in err and "trainer.pt changed since written" in err
     assert sorted(losses(run_dir)) == [1, 2]
-
-
-def test_a_non_finite_step_stops_the_run_unsaved_and_it_resumes_from_the_checkpoint_before(
-    capfd, tokens: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    run_dir = tmp_path / "run"
-    monkeypatch.setenv(NAN_AT_STEP, "3")
-    assert train(run_dir, tokens, *TP_DP) == 2
-    err = capfd.readouterr().err
-    assert "corolla: error: step 3: loss nan" in err and "stopped without saving it" in err
-    assert "training stopped at step 3: its loss or gradients are not finite" in err
-    assert (run_dir / "checkpoints" / LATEST).read_text().strip() == "step-00000002"
-    assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "diverged"
-    tracked = asdict(recorded_run(run_dir))
-    assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "FAILED"
-    monkeypatch.delenv(NAN_AT_STEP)
-    assert train(run_dir, tokens, *TP_DP) == 0
-    whole = tmp_path / "whole"
-    assert train(whole, tokens, *TP_DP) == 0
-    assert losses(run_dir) == losses(whole)  # step 3 trained again, from step 2's weights
 
 
 def test_non_finite_steps_can_be_let_pass_and_leave_the_weights_as_they_were(

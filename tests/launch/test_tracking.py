@@ -65,27 +65,7 @@ def test_a_run_trains_on_while_its_server_is_away_and_a_sync_sends_the_rest_once
         server.kill()
 
 
-def test_a_run_in_its_embedded_store_is_sent_whole_to_a_server_later(tokens: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]) == 0
-    embedded = recorded_run(run_dir)
-    (tmp_path / "server").mkdir()
-    server = MlflowServer(tmp_path / "server")
-    try:
-        uri = server.start()
-        assert main(["tracking", "sync", str(run_dir), f"uri={uri}"]) == 0
-        moved = recorded_run(run_dir)
-        assert moved.tracking_uri == uri and moved.run_id != embedded.run_id
-        assert steps_logged(run_dir) == [1, 2, 3, 4]
-        assert steps_logged(run_dir, "val_loss") == [4]
-        run = MlflowClient(uri).get_run(moved.run_id)
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["corolla.moved_from"] == f"{embedded.tracking_uri} run {embedded.run_id}"
-    finally:
-        server.kill()
-
-
-def test_a_moved_run_directory_keeps_its_mlflow_run(tokens: Path, tmp_path: Path) -> None:
+def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_server_later(tokens, tmp_path) -> None:
     first, moved = tmp_path / "first", tmp_path / "elsewhere" / "run"
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={first}", *SHORT_RUN, "train.exit_after=2"]) == 0
     run_id = recorded_run(first).run_id
@@ -94,6 +74,23 @@ def test_a_moved_run_directory_keeps_its_mlflow_run(tokens: Path, tmp_path: Path
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={moved}", *SHORT_RUN]) == 0
     assert recorded_run(moved).run_id == run_id and steps_logged(moved) == [1, 2, 3, 4]
     assert not first.exists()
+
+    # The same run, tracked in its embedded store so far, sent to a server.
+    embedded = recorded_run(moved)
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server")
+    try:
+        uri = server.start()
+        assert main(["tracking", "sync", str(moved), f"uri={uri}"]) == 0
+        sent = recorded_run(moved)
+        assert sent.tracking_uri == uri and sent.run_id != embedded.run_id
+        assert steps_logged(moved) == [1, 2, 3, 4]
+        assert steps_logged(moved, "val_loss") == [4]
+        run = MlflowClient(uri).get_run(sent.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["corolla.moved_from"] == f"{embedded.tracking_uri} run {embedded.run_id}"
+    finally:
+        server.kill()
 
 
 def test_credentials_in_a_tracking_uri_are_never_printed(capsys, tokens: Path, tmp_path: Path) -> None:

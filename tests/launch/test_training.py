@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from run_copies import stopped_copy
 
 from conftest import SHARED_DATA, TRAINING_LANGUAGES, cut_corpus
 from launch.cli import main
@@ -27,8 +28,7 @@ LAYOUTS = {
     "TP2": ["parallel.tp=2"],
     "PP2": ["parallel.pp=2"],
     "DP2": ["parallel.dp=2"],
-    "TP2xPP2": ["parallel.tp=2", "parallel.pp=2"],
-    "TP2xPP2xDP2": ["parallel=3d"],
+    "TP2xPP2xDP2": ["parallel=3d"],  # every mix of two at once too
 }
 
 
@@ -39,6 +39,13 @@ def train(run_dir: Path, tokens: Path, *overrides: str) -> list[dict]:
 
 def records(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
     return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
+
+
+def whole_and_resumed(tokens: Path, tmp_path: Path, *overrides: str) -> tuple[list[dict], list[dict]]:
+    """The records of a run saved at step 2, and of a copy of it stopped there (run_copies.py) and resumed."""
+    resumable = [*overrides, "train.checkpoint_interval=2"]
+    whole = train(tmp_path / "whole", tokens, *resumable)
+    return whole, train(stopped_copy(tmp_path / "whole", tmp_path / "stopped", 2), tokens, *resumable)
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +179,13 @@ def test_token_files_are_built_on_first_use_cached_and_rebuilt_when_the_corpus_c
 def test_bf16_without_zero_resumes_bit_identically(tokens: Path, tmp_path: Path) -> None:
     # DeepSpeed's own bf16 optimizer (no ZeRO) keeps the fp32 masters; corolla's checkpoint carries them.
     bf16 = ["train.precision=bf16", "parallel.zero_stage=0", "model.hidden_dropout=0.1"]
-    whole = train(tmp_path / "whole", tokens, *bf16)
-    train(tmp_path / "stopped", tokens, *bf16, "train.exit_after=2")
-    resumed = train(tmp_path / "stopped", tokens, *bf16)
+    whole, resumed = whole_and_resumed(tokens, tmp_path, *bf16)
     assert [(r["loss"], r["grad_norm"]) for r in resumed] == [(r["loss"], r["grad_norm"]) for r in whole]
 
 
 def test_bf16_trains_close_to_fp32_in_every_layout_and_resumes_bit_identically(tokens, one_process, tmp_path) -> None:
     bf16 = ["train.precision=bf16", "model.hidden_dropout=0.1"]
-    whole = train(tmp_path / "whole", tokens, *bf16)
-    train(tmp_path / "stopped", tokens, *bf16, "train.exit_after=2")
-    resumed = train(tmp_path / "stopped", tokens, *bf16)
+    whole, resumed = whole_and_resumed(tokens, tmp_path, *bf16)
     assert [(r["loss"], r["grad_norm"]) for r in resumed] == [(r["loss"], r["grad_norm"]) for r in whole]
     three_d = train(tmp_path / "3d", tokens, *bf16, "parallel=3d")
     for record, reference in zip(three_d, one_process, strict=True):

@@ -60,9 +60,21 @@ def _step(tensor_parallel: int, shape: ModelConfig = SHAPE) -> dict:
         parallel_state.destroy_model_parallel()
 
 
+def _one_then_two_way() -> dict[int, dict]:
+    """`_step` without tensor parallelism (each rank the whole model, as one process) and then with TP=2."""
+    return {tp: _step(tp) for tp in (1, 2)}
+
+
 @pytest.fixture(scope="module")
-def one_process() -> dict:
-    return run_ranks(1, _step, 1)[0]
+def by_tp() -> dict[int, list[dict]]:
+    """Each rank's `_step` by tensor-parallel size, from one pair of processes: one start-up instead of two."""
+    ranks = run_ranks(2, _one_then_two_way)
+    return {tp: [rank[tp] for rank in ranks] for tp in (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def one_process(by_tp: dict[int, list[dict]]) -> dict:
+    return by_tp[1][0]
 
 
 def test_logits_match_transformers_bloom(one_process: dict) -> None:
@@ -74,9 +86,8 @@ def test_logits_match_transformers_bloom(one_process: dict) -> None:
     assert (one_process["logits"] - expected).abs().max().item() <= 1e-5
 
 
-def test_tensor_parallel_matches_one_process(one_process: dict) -> None:
-    ranks = run_ranks(2, _step, 2)
-    for rank in ranks:
+def test_tensor_parallel_matches_one_process(by_tp: dict[int, list[dict]], one_process: dict) -> None:
+    for rank in by_tp[2]:
         assert rank["loss"] == pytest.approx(one_process["loss"], abs=1e-6)
         for key in ("logits", "embedding_grad", "qkv_grad", "mlp_out_grad", "layernorm_grad"):
             assert (rank[key] - one_process[key]).abs().max().item() <= 1e-5, key
