@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tokenizer.token_files import MANIFEST_NAME, MANIFEST_VERSION, TokenFile
+
+if TYPE_CHECKING:  # a rank loads no tokenizer library
+    from tokenizer.loading import TextTokenizer
 
 
 class TokenStream:
@@ -158,3 +162,22 @@ def validation_samples(split: LanguageSplit, seq_length: int, wanted: int) -> in
             "train.eval_samples, raise data.validation_documents, or set train.eval_interval=0 to skip validation"
         )
     return available
+
+
+def validation_bytes_per_token(
+    corpus: TokenCorpus, seq_length: int, samples: int, tokenizer: TextTokenizer
+) -> dict[str, float]:
+    """Bytes of text per predicted token in each language's validation samples (every data-parallel rank's): what
+    turns a validation loss into bits per byte, a figure that does not depend on the tokenizer. The samples' labels
+    are the held-out tokens [1, samples x seq_length]; their bytes are their ids' (token_bytes), less the space a
+    tokenizer with a prefix space put before each document."""
+    table = tokenizer.token_bytes()
+    ratios = {}
+    for language, split in corpus.splits.items():
+        tokens = np.asarray(split.validation_tokens[: samples * seq_length + 1])
+        if tokens.size < 2:
+            continue
+        labels, before = tokens[1:], tokens[:-1]
+        starts = int(np.count_nonzero(before == corpus.eos_id)) if tokenizer.prefix_space else 0
+        ratios[language] = (int(table[labels].sum()) - starts) / labels.size
+    return ratios

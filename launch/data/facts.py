@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -10,3 +10,5 @@ class DataFacts:
     vocab_size: int  # the tokenizer's
     tokens_dir: str | None  # where the token files are; None: not built yet (a dry run)
     tokenizer_dir: str | None = None  # the tokenizer they were encoded with
+    # Bytes of text per predicted token of each language's validation samples: for bits per byte (corpus.py).
+    validation_bytes_per_token: dict[str, float] = field(default_factory=dict)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from launch.config.schemas import TrainJob
 from launch.data.blend import BlendedDataset
-from launch.data.corpus import TokenCorpus, validation_samples
+from launch.data.corpus import TokenCorpus, validation_bytes_per_token, validation_samples
 from launch.data.facts import DataFacts
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.encode import encode_corpus
+from tokenizer.loading import load_tokenizer
 from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
 
 
@@ -93,4 +94,16 @@ def _checked(job: TrainJob, corpus: TokenCorpus) -> tuple[TrainJob, DataFacts]:
         for split in corpus.splits.values():
             validation_samples(split, job.model.seq_length, train.eval_samples)
     job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
-    return job, DataFacts(corpus.vocab_size, str(corpus.tokens_dir), str(corpus.tokenizer_dir))
+    bytes_per_token = _bytes_per_token(corpus, job) if train.eval_interval else {}
+    return job, DataFacts(corpus.vocab_size, str(corpus.tokens_dir), str(corpus.tokenizer_dir), bytes_per_token)
+
+
+def _bytes_per_token(corpus: TokenCorpus, job: TrainJob) -> dict[str, float]:
+    """Here rather than in the ranks, which load no tokenizer; none (validation in nats per token only) when the
+    tokenizer is no longer where the token files say."""
+    try:
+        tokenizer = load_tokenizer(corpus.tokenizer_dir)
+    except ValueError as error:
+        print(f"corolla: validation without bits per byte ({error})")
+        return {}
+    return validation_bytes_per_token(corpus, job.model.seq_length, job.train.eval_samples, tokenizer)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +40,8 @@ class RunPlan:
     vocab_size: int  # the tokenizer's
     padded_vocab_size: int  # the embedding's rows under this TP
     memory_gib: float | None  # the planner's estimate a GPU, on a cluster that gives its GPUs' figures
+    # Bytes of text per predicted token of each language's validation samples (DataFacts): for bits per byte.
+    validation_bytes_per_token: dict[str, float] = field(default_factory=dict)
 
     @property
     def stages(self) -> list[range]:
@@ -78,6 +80,7 @@ def make_plan(job: TrainJob, world_size: int, data: DataFacts) -> RunPlan:
         vocab_size=data.vocab_size,
         padded_vocab_size=model.padded_vocab_size(layout.tp),
         memory_gib=check_memory(replace(job, model=model), layout),
+        validation_bytes_per_token=data.validation_bytes_per_token,
     )
 
 

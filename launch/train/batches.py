@@ -11,7 +11,6 @@ import torch
 
 from launch.data.blend import BlendedDataset
 from launch.data.corpus import LanguageSplit, TokenCorpus, validation_samples
-from tokenizer.loading import TextTokenizer
 
 
 def micro_batches(
@@ -78,22 +77,3 @@ def _validation_language(
     starts = range(dp_rank * per_rank * seq_length, (dp_rank + 1) * per_rank * seq_length, seq_length)
     mine = [tokens[start : start + seq_length + 1].astype(np.int64) for start in starts]
     return [torch.from_numpy(np.stack(mine[i : i + micro_batch])) for i in range(0, len(mine), micro_batch)]
-
-
-def validation_bytes_per_token(
-    corpus: TokenCorpus, seq_length: int, samples: int, tokenizer: TextTokenizer
-) -> dict[str, float]:
-    """Bytes of text per predicted token in each language's validation samples (every data-parallel rank's): what
-    turns a validation loss into bits per byte, a figure that does not depend on the tokenizer. The samples' labels
-    are the held-out tokens [1, samples x seq_length]; their bytes are their ids' (token_bytes), less the space a
-    tokenizer with a prefix space put before each document."""
-    table = tokenizer.token_bytes()
-    ratios = {}
-    for language, split in corpus.splits.items():
-        tokens = np.asarray(split.validation_tokens[: samples * seq_length + 1])
-        if tokens.size < 2:
-            continue
-        labels, before = tokens[1:], tokens[:-1]
-        starts = int(np.count_nonzero(before == corpus.eos_id)) if tokenizer.prefix_space else 0
-        ratios[language] = (int(table[labels].sum()) - starts) / labels.size
-    return ratios

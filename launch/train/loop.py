@@ -64,7 +64,6 @@ class DataShard:
     dp_rank: int
     dp: int
     validation: dict[str, list[torch.Tensor]]
-    validation_bytes_per_token: dict[str, float]  # batches.validation_bytes_per_token: for bits per byte
 
 
 def pairs(batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

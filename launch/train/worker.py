@@ -27,14 +27,13 @@ from launch.rundir.checkpoints import CheckpointError
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, STOP_FILE, checkpoint_tag
 from launch.rundir.history import RunHistory
 from launch.train import checkpoint, compat
-from launch.train.batches import validation_batches, validation_bytes_per_token
+from launch.train.batches import validation_batches
 from launch.train.device import device, init_distributed, seed_everything
 from launch.train.engine import build_engine, check_groups
 from launch.train.faults import Faults
 from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter
 from launch.train.stopping import StopSignals, Watchdog
-from tokenizer.loading import load_tokenizer
 
 
 class Outcome(Enum):
@@ -98,26 +97,14 @@ def _record_no_space(reporter: Reporter, rank: int, error: checkpoint.NoSpace) -
 def _data(job: TrainJob, plan: RunPlan) -> DataShard:
     corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
     dp_rank = parallel_state.get_data_parallel_rank()
-    validation, bytes_per_token = {}, {}
+    validation = {}
     if job.train.eval_interval:
         train, seq_length = job.train, job.model.seq_length
         validation = validation_batches(
             corpus, seq_length, train.micro_batch, train.eval_samples, dp_rank, plan.layout.dp
         )
-        bytes_per_token = _bytes_per_token(corpus, seq_length, train.eval_samples)
     dataset = BlendedDataset(corpus, job.data, job.model.seq_length)
-    return DataShard(dataset, dp_rank, plan.layout.dp, validation, bytes_per_token)
-
-
-def _bytes_per_token(corpus: TokenCorpus, seq_length: int, samples: int) -> dict[str, float]:
-    """For bits per byte; none (validation in nats per token only) when the tokenizer is no longer where it was."""
-    try:
-        tokenizer = load_tokenizer(corpus.tokenizer_dir)
-    except ValueError as error:
-        if torch.distributed.get_rank() == 0:
-            print(f"corolla: no bits per byte in validation ({error})", file=sys.stderr, flush=True)
-        return {}
-    return validation_bytes_per_token(corpus, seq_length, samples, tokenizer)
+    return DataShard(dataset, dp_rank, plan.layout.dp, validation)
 
 
 def main(
@@ -152,7 +139,7 @@ def main(
     saved_layout = checkpoint.load(engine, directory, first_step, layout, job.seed) if first_step else layout
     faults.install(engine.module, first_step)
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
-    reporter = Reporter(run_dir, rank, job.train.steps, first_step, data.validation_bytes_per_token)
+    reporter = Reporter(run_dir, rank, job.train.steps, first_step, plan.validation_bytes_per_token)
     try:
         if rank == 0:
             if first_step:

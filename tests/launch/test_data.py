@@ -14,8 +14,8 @@ import torch
 from conftest import MULTILINGUAL
 from launch.config.data import DataConfig
 from launch.data.blend import BLEND_PERIOD, BlendedDataset, BlendSchedule, LanguageSequences, Permutation
-from launch.data.corpus import TokenCorpus
-from launch.train.batches import micro_batches, validation_batches, validation_bytes_per_token
+from launch.data.corpus import TokenCorpus, validation_bytes_per_token
+from launch.train.batches import micro_batches, validation_batches
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import MANIFEST_NAME, encode_corpus
 from tokenizer.loading import load_tokenizer

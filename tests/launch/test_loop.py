@@ -75,7 +75,7 @@ class Recorder:
 def run(train: TrainConfig, first_step: int = 0, dp_rank: int = 0, dp: int = 1, validation=None, recorder=None):
     engine = FakeEngine(train.global_batch, train.micro_batch, dp)
     recorder = recorder or Recorder()
-    data = DataShard(Samples(), dp_rank, dp, validation or {}, {})
+    data = DataShard(Samples(), dp_rank, dp, validation or {})
     result = train_steps(engine, data, train, SEQ, first_step, recorder.callbacks())
     return engine, recorder, result
 
