@@ -13,7 +13,8 @@ from launch.rundir.records import keep_steps_up_to
 
 def stopped_copy(run_dir: Path, target: Path, step: int) -> Path:
     """`run_dir` copied to `target` as a launch that stopped after `step` leaves it: the checkpoints after `step`
-    gone, `latest` naming that step's, no record of a later step. The copy keeps its own MLflow store."""
+    gone, `latest` naming that step's, no record of a later step. The copy has its own MLflow store, whose artifact
+    folder is still the original's (MLflow keeps its absolute path): a launch of the copy logs its job.yaml there."""
     shutil.copytree(run_dir, target)
     checkpoints, tag = target / CHECKPOINTS, checkpoint_tag(step)
     assert (checkpoints / tag).is_dir(), f"{run_dir} keeps no checkpoint of step {step}"

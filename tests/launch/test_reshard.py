@@ -25,12 +25,13 @@ from model.pipeline import PARTITION, layer_specs
 
 # Six layers, so that four pipeline stages each hold a block; fp32 and no dropout, so that layouts agree to 1e-5.
 RUN = [*SHORT_RUN, "model.num_layers=6", "train.steps=10", "train.eval_samples=8"]
-# Each hop changes the layout: ZeRO-1 over DP 2 → ... → no ZeRO (DP 1) → ZeRO-1 over DP 2 on other stages.
+# Each hop changes the layout: no ZeRO (DP 1) → ZeRO-1 over DP 2 → ZeRO-1 over DP 2 on other stages → no ZeRO →
+# ZeRO-1 again. The first is the layout of the run that stayed, whose first two steps the moved run starts from.
 CHAIN = [
+    ("tp1-pp1-dp1", ["parallel.tp=1", "parallel.pp=1", "parallel.dp=1"]),
     ("tp2-pp2-dp2", ["parallel.tp=2", "parallel.pp=2", "parallel.dp=2"]),
     ("tp1-pp4-dp2", ["parallel.tp=1", "parallel.pp=4", "parallel.dp=2"]),
     ("tp2-pp1-dp1", ["parallel.tp=2", "parallel.pp=1", "parallel.dp=1"]),
-    ("tp1-pp1-dp1", ["parallel.tp=1", "parallel.pp=1", "parallel.dp=1"]),
     ("tp1-pp2-dp2", ["parallel.tp=1", "parallel.pp=2", "parallel.dp=2"]),
 ]
 
@@ -48,7 +49,7 @@ def stayed_run(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """On one process, every layout's reference; a checkpoint every 2 steps, all kept, for the tests that start from
     one of its steps (run_copies.py)."""
     run_dir = tmp_path_factory.mktemp("stayed") / "run"
-    assert train(run_dir, tokens, *CHAIN[3][1], "train.checkpoint_interval=2", "train.keep_checkpoints=5") == 0
+    assert train(run_dir, tokens, *CHAIN[0][1], "train.checkpoint_interval=2", "train.keep_checkpoints=5") == 0
     return run_dir
 
 
@@ -57,9 +58,11 @@ def stayed(stayed_run: Path) -> dict[int, float]:
     return losses(stayed_run)
 
 
-def test_a_run_moved_across_five_layouts_keeps_the_losses_of_one_that_stayed(tokens, stayed, tmp_path) -> None:
-    moved = tmp_path / "moved"
-    for _, overrides in CHAIN:
+def test_a_run_moved_across_five_layouts_keeps_the_losses_of_one_that_stayed(
+    tokens, stayed_run, stayed, tmp_path
+) -> None:
+    moved = stopped_copy(stayed_run, tmp_path / "moved", 2)
+    for _, overrides in CHAIN[1:]:
         assert train(moved, tokens, *overrides, "train.exit_after=2") == 0
     assert sorted(losses(moved)) == list(range(1, 11))
     assert losses(moved) == pytest.approx(stayed, abs=1e-5, rel=0)

@@ -76,23 +76,25 @@ def test_a_parallel_run_stopped_by_a_non_finite_step_then_on_request_resumes_bit
     assert losses(run_dir) == losses(whole)  # steps 4-6 included: same data order, dropout masks and optimizer
 
 
-def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
+def test_a_crash_during_a_save_keeps_the_previous_checkpoint_and_validation_leaves_training_as_it_was(
     tokens: Path,
     uninterrupted,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    run_dir = tmp_path / "run"
+    # Validating after every step runs forward passes between steps; dropout masks must not shift because of them.
+    run_dir, validated = tmp_path / "run", "train.eval_interval=1"
     monkeypatch.setenv(CRASH_DURING_SAVE, "4")
-    assert train(run_dir, tokens) == 2  # rank 0 died after writing step 4's files, before marking it complete
+    assert train(run_dir, tokens, validated) == 2  # rank 0 died after writing step 4's files, before marking it done
     checkpoints = run_dir / "checkpoints"
     assert (checkpoints / LATEST).read_text().strip() == "step-00000002"
     assert (checkpoints / "step-00000004").is_dir() and not (checkpoints / "step-00000004" / "COMPLETE").exists()
     run_record = (run_dir / RUN_FILE).read_text()
     monkeypatch.delenv(CRASH_DURING_SAVE)
-    assert train(run_dir, tokens) == 0
-    resumed = {step: loss for step, loss in losses(run_dir).items() if step > 2}
-    assert resumed == {step: uninterrupted[step] for step in range(3, 7)}
+    assert train(run_dir, tokens, validated) == 0
+    assert losses(run_dir) == uninterrupted  # steps 3-6 trained again after the crash
+    steps = [json.loads(line)["step"] for line in (run_dir / "validation.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
     # One MLflow run across both launches, one value per step: steps 3-4, redone after the crash, are not repeated.
     assert (run_dir / RUN_FILE).read_text() == run_record
     tracked = asdict(recorded_run(run_dir))
@@ -118,15 +120,6 @@ def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, unin
     err = capsys.readouterr().err.strip()
     assert err.startswith("corolla: error: checkpoint file") and "truncated" in err and "\n" not in err
     assert {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")} == before
-
-
-def test_validation_leaves_training_as_it_would_be_without(tokens: Path, uninterrupted, tmp_path: Path) -> None:
-    # Validating after every step runs forward passes between steps; dropout masks must not shift because of them.
-    run_dir = tmp_path / "run"
-    assert train(run_dir, tokens, "train.eval_interval=1") == 0
-    assert losses(run_dir) == uninterrupted
-    steps = [json.loads(line)["step"] for line in (run_dir / "validation.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def flip_bytes(path: Path, offset_share: float = 0.6, count: int = 16) -> None:
