@@ -58,6 +58,12 @@ COMMANDS = [
     ),
     Command(("tokenizer", "evaluate"), "tokenizer_evaluate", "tokenizer.commands:evaluate", "premiums, fertility, ..."),
     Command(
+        ("tokenizer", "extend"),
+        "tokenizer_extend",
+        "tokenizer.commands:extend",
+        "append pieces for the languages a tokenizer serves badly",
+    ),
+    Command(
         ("tokenizer", "encode"), "tokenizer_encode", "tokenizer.commands:encode", "corpus to per-language token files"
     ),
     Command(("train",), "train", "launch.commands:train", "train a BLOOM model, 3D-parallel, here", flags=("dry_run",)),
@@ -80,6 +86,12 @@ COMMANDS = [
     Command(("cancel",), "cancel", "launch.commands:cancel", "cancel a run's Slurm jobs", positional="run_dir"),
     Command(
         ("export", "hf"), "export_hf", "launch.train.export:export_hf_model", "a checkpoint as a HF BloomForCausalLM"
+    ),
+    Command(
+        ("import", "hf"),
+        "import_hf",
+        "launch.train.import_hf:import_hf_model",
+        "a HF BloomForCausalLM as a run directory at step 0, for init_from",
     ),
     Command(
         ("pipeline",),

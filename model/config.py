@@ -28,6 +28,8 @@ class ModelConfig:
     seq_length: int = 128
     # The tokenizer's vocabulary (0: take it from the token files); the embedding is padded to 128 x TP.
     vocab_size: int = 0
+    # The embedding's rows when they are given rather than padded: an imported model's (0: padded to 128 x TP).
+    embedding_rows: int = 0
     ffn_multiplier: int = 4
     layernorm_epsilon: float = 1e-5
     hidden_dropout: float = 0.0
@@ -39,7 +41,10 @@ class ModelConfig:
     compile: bool | None = None
 
     def __post_init__(self) -> None:
-        if min(self.num_layers, self.hidden_size, self.num_heads, self.seq_length) < 1 or self.vocab_size < 0:
+        if (
+            min(self.num_layers, self.hidden_size, self.num_heads, self.seq_length) < 1
+            or min(self.vocab_size, self.embedding_rows) < 0
+        ):
             raise ValueError(f"model {self.name}: layers, hidden size, heads and sequence must be positive")
         if self.attention == Attention.flex and self.attention_dropout:
             raise ValueError(
@@ -71,4 +76,16 @@ class ModelConfig:
     def padded_vocab_size(self, tensor_parallel: int) -> int:
         if not self.vocab_size:
             raise ValueError(f"model {self.name} has no vocabulary size yet: it comes from the tokenizer's token files")
-        return padded_vocab_size(self.vocab_size, tensor_parallel)
+        if not self.embedding_rows:
+            return padded_vocab_size(self.vocab_size, tensor_parallel)
+        if self.vocab_size > self.embedding_rows:
+            raise ValueError(
+                f"the tokenizer has {self.vocab_size} tokens but model {self.name}'s embedding only "
+                f"{self.embedding_rows} rows: use the model's own tokenizer (or one extended for it)"
+            )
+        if self.embedding_rows % tensor_parallel:
+            raise ValueError(
+                f"model {self.name}'s embedding has {self.embedding_rows} rows, which TP={tensor_parallel} cannot "
+                "split evenly: choose a parallel.tp that divides them"
+            )
+        return self.embedding_rows

@@ -25,6 +25,80 @@ def hf_name(name: str) -> str:
     raise ValueError(f"parameter {name} has no Hugging Face counterpart")
 
 
+def corolla_name(name: str) -> str | None:
+    """A `BloomForCausalLM` or `BloomModel` name → corolla's (the inverse of `hf_name`); None for `lm_head.weight`,
+    the tied word embedding again."""
+    if name == "lm_head.weight":
+        return None
+    name = name.removeprefix("transformer.")
+    for pattern, replacement in (
+        (r"^(word_embeddings(_layernorm)?)\.", r"\1."),
+        (r"^h\.(\d+)\.", r"blocks.\1."),
+        (r"^ln_f\.", r"final_norm."),
+    ):
+        renamed, count = re.subn(pattern, replacement, name)
+        if count:
+            return renamed
+    raise ValueError(f"{name} is no parameter of a BloomForCausalLM")
+
+
+def parameter_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter of `model` (whole, with `model.embedding_rows` rows) by corolla's name."""
+    h, ffn = model.hidden_size, model.ffn_hidden_size
+    norm = {"weight": (h,), "bias": (h,)}
+    block = {
+        **{f"input_layernorm.{key}": shape for key, shape in norm.items()},
+        "self_attention.query_key_value.weight": (3 * h, h),
+        "self_attention.query_key_value.bias": (3 * h,),
+        "self_attention.dense.weight": (h, h),
+        "self_attention.dense.bias": (h,),
+        **{f"post_attention_layernorm.{key}": shape for key, shape in norm.items()},
+        "mlp.dense_h_to_4h.weight": (ffn, h),
+        "mlp.dense_h_to_4h.bias": (ffn,),
+        "mlp.dense_4h_to_h.weight": (h, ffn),
+        "mlp.dense_4h_to_h.bias": (h,),
+    }
+    shapes = {"word_embeddings.weight": (model.embedding_rows, h)}
+    shapes |= {f"word_embeddings_layernorm.{key}": shape for key, shape in norm.items()}
+    for layer in range(model.num_layers):
+        shapes |= {f"blocks.{layer}.{key}": shape for key, shape in block.items()}
+    return shapes | {f"final_norm.{key}": shape for key, shape in norm.items()}
+
+
+def model_config(config: dict, name: str, vocab_size: int) -> ModelConfig:
+    """The corolla model of a `BloomForCausalLM`'s config.json (any BLOOM size; `n_embed` and `num_attention_heads`
+    as BLOOM's own files spell them), with the tokenizer's `vocab_size`; a one-line ValueError for another model."""
+    kind = config.get("model_type")
+    if kind != "bloom":
+        raise ValueError(
+            f"it holds a {kind or 'unknown'} model (config.json model_type), not BLOOM: corolla imports "
+            "BloomForCausalLM only"
+        )
+    if config.get("apply_residual_connection_post_layernorm") or not config.get("tie_word_embeddings", True):
+        raise ValueError(
+            "its config.json asks for post-LayerNorm residuals or an untied output layer, which BLOOM "
+            "does not have: corolla imports BLOOM's own architecture only"
+        )
+    hidden = config.get("hidden_size", config.get("n_embed"))
+    inner = config.get("n_inner") or 4 * hidden
+    if inner % hidden:
+        raise ValueError(f"its MLP is {inner} wide, not a multiple of hidden_size={hidden}: corolla cannot build it")
+    return ModelConfig(
+        name=name,
+        num_layers=config.get("n_layer", config.get("num_hidden_layers")),
+        hidden_size=hidden,
+        num_heads=config.get("n_head", config.get("num_attention_heads")),
+        seq_length=config.get("seq_length", 2048),
+        vocab_size=vocab_size,
+        embedding_rows=config["vocab_size"],
+        ffn_multiplier=inner // hidden,
+        layernorm_epsilon=config.get("layer_norm_epsilon", 1e-5),
+        hidden_dropout=config.get("hidden_dropout", 0.0),
+        attention_dropout=config.get("attention_dropout", 0.0),
+        init_std=config.get("initializer_range"),
+    )
+
+
 def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tensors only: megatron's layers also keep an `_extra_state` entry (None) that has no counterpart."""
     hf = {hf_name(name): tensor for name, tensor in state.items() if isinstance(tensor, torch.Tensor)}

@@ -68,6 +68,18 @@ def model_name(parameter: str, num_layers: int) -> str:
     return prefix + rest
 
 
+def pipeline_name(name: str, num_layers: int) -> str:
+    """`BloomModel`'s parameter name → a pipeline module's: the inverse of `model_name`."""
+    head, rest = name.split(".", 1)
+    if head == "word_embeddings":
+        return TIED_PREFIX + name
+    if head == "blocks":
+        block, rest = rest.split(".", 1)
+        return f"{layer_kinds(num_layers).index(LayerKind.block) + int(block)}.{rest}"
+    kind = {"word_embeddings_layernorm": LayerKind.embedding_norm, "final_norm": LayerKind.final_norm}[head]
+    return f"{layer_kinds(num_layers).index(kind)}.{rest}"
+
+
 # Where tensor parallelism splits each parameter (by name suffix): column-parallel layers and the embedding by
 # rows (dim 0), row-parallel layers by columns (dim 1). Everything else (LayerNorms, row-parallel biases) is whole
 # on every TP rank.

@@ -79,7 +79,7 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     executor = make_executor(cluster, prepared.run_dir)
     plan, train = prepared.plan, prepared.job.train
     print(
-        f"{job.model.name} on {cluster.nodes} nodes x {cluster.ranks_per_node} ranks of {cluster.name}: TP "
+        f"{prepared.job.model.name} on {cluster.nodes} nodes x {cluster.ranks_per_node} ranks of {cluster.name}: TP "
         f"{plan.layout.tp} x PP {plan.layout.pp} x DP {plan.layout.dp}, {train.micro_batch} sequences a micro-batch, "
         f"{plan.micro_batches} micro-batches a step"
     )

@@ -61,6 +61,24 @@ def cluster_in_environment(spec: ClusterSpec) -> Iterator[TestCluster]:
         yield cluster
 
 
+def byte_level_bpe(path: Path, texts: list[str], vocab_size: int = 1000) -> Path:
+    """A byte-level BPE `tokenizer.json` trained with `tokenizers` on `texts`, as BLOOM's was (no prefix space, the
+    special tokens first)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.save(str(path))
+    return path
+
+
 def train_job(model: ModelConfig, **sections: object) -> TrainJob:
     """A training job of `model` with default sections but those given, as `corolla train` would compose it."""
     defaults = {

@@ -21,7 +21,7 @@ import pytest
 from distributed import free_port
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO_ROOT, cut_corpus
+from conftest import REPO_ROOT, byte_level_bpe, cut_corpus
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.run_record import recorded_run
 from slurm.testcluster import TestCluster, wait_for
@@ -41,11 +41,14 @@ TOKENIZER_TRAIN = (
 )
 TOKENIZER_EVALUATE = ".venv/bin/corolla tokenizer evaluate tokenizer=DIR parallel=DIR output_dir=DIR"
 TOKENIZER_ENCODE = ".venv/bin/corolla tokenizer encode tokenizer=DIR corpus=DIR output_dir=DIR"
+TOKENIZER_EXTEND = ".venv/bin/corolla tokenizer extend base=DIR corpus=DIR output_dir=DIR [tokenizer.parity_set=DIR]"
 TOKENIZER_CFG = ".venv/bin/corolla tokenizer train --cfg tokenizer=parity-64k"
 TRAIN = ".venv/bin/corolla train"
 TRAIN_3D = ".venv/bin/corolla train parallel=3d run_dir=runs/3d"
 TRAIN_TOKENS = ".venv/bin/corolla train data.tokens_dir=runs/demo/tokens run_dir=runs/mine"
 MLFLOW_UI = ".venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/RUN_DIR/mlflow.db"
+IMPORT = ".venv/bin/corolla import hf hf_dir=DIR run_dir=runs/imported"
+INIT_FROM = ".venv/bin/corolla train init_from=runs/imported run_dir=runs/continued"
 SUBMIT = ".venv/bin/corolla submit cluster=testcluster parallel=3d run_dir=runs/slurm"
 STATUS = ".venv/bin/corolla status runs/slurm"
 LOGS = ".venv/bin/corolla logs runs/slurm [rank=N]"
@@ -65,8 +68,9 @@ PLAN_JSON = ".venv/bin/corolla plan --json model=bloom-7b1 train.global_batch=51
 GPU_BUNDLE = "bash scripts/gpu-bundle.sh"
 GPU_CHECK = "bash benchmarks/gpu_check.sh OUT_DIR"
 
-RUN_HERE = [MAIN, COROLLA, MAIN_OVERRIDES, TOKENIZER_TRAIN, TOKENIZER_EVALUATE, TOKENIZER_ENCODE, TOKENIZER_CFG]
-RUN_HERE += [TRAIN, TRAIN_3D, TRAIN_TOKENS, MLFLOW_UI, SUBMIT, STATUS, LOGS, CANCEL, DRY_RUN, SWEEP]
+RUN_HERE = [MAIN, COROLLA, MAIN_OVERRIDES, TOKENIZER_TRAIN, TOKENIZER_EVALUATE, TOKENIZER_ENCODE, TOKENIZER_EXTEND]
+RUN_HERE += [TOKENIZER_CFG]
+RUN_HERE += [TRAIN, TRAIN_3D, TRAIN_TOKENS, MLFLOW_UI, IMPORT, INIT_FROM, SUBMIT, STATUS, LOGS, CANCEL, DRY_RUN, SWEEP]
 RUN_HERE += [PIPELINE_SLURM, PIPELINE_STATUS, PIPELINE_LOGS, PIPELINE_DRY_RUN, SETUP_SLURM]
 RUN_HERE += [CLUSTER_START, PLAN, PLAN_JSON, GPU_BUNDLE]
 # Not run by this module, and why: the test command is what CI runs (its first test below holds .ci/run to it); the
@@ -178,6 +182,11 @@ def test_the_tokenizer_lines(shell: Shell, workspace: Path) -> None:
     encode = TOKENIZER_ENCODE.replace("tokenizer=DIR corpus=DIR output_dir=DIR", "")
     shell(encode, "tokenizer=tok", f"corpus={data / 'corpus'}", "output_dir=tokens")
     assert set(json.loads((workspace / "tokens" / "manifest.json").read_text())["languages"]) == set(LANGUAGES)
+    extend = TOKENIZER_EXTEND.split(" base=")[0]
+    parallel = f"tokenizer.parity_set={data / 'parallel'}"
+    arguments = ["base=tok", f"corpus={data / 'corpus'}", "output_dir=extended", parallel, "premium_threshold=1.5"]
+    shell(extend, *arguments, "added_pieces=800", "tokenizer.sample_bytes=300000")
+    assert json.loads((workspace / "extended" / "metadata.json").read_text())["extension"]["base_vocab_size"] == 2000
     assert "parity_strength" in shell(TOKENIZER_CFG)
 
 
@@ -229,6 +238,21 @@ def cluster(shell: Shell) -> Iterator[TestCluster]:
         yield TestCluster.from_directory(Path(shell.env["SLURM_CONF"]).parent)
     finally:
         subprocess.run([str(REPO_ROOT / ".venv/bin/python"), "-m", "slurm.testcluster", "stop"], check=True)
+
+
+def test_the_import_and_init_from_lines(shell: Shell, workspace: Path) -> None:
+    """A small BloomForCausalLM with a byte-level BPE tokenizer, made here, stands for a released model."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    hf_dir = workspace / "hf-bloom"
+    texts = (workspace / "data" / "corpus" / "eng_Latn.txt").read_text(encoding="utf-8").splitlines()
+    hf_dir.mkdir()
+    byte_level_bpe(hf_dir / "tokenizer.json", texts, vocab_size=500)
+    BloomForCausalLM(BloomConfig(vocab_size=512, hidden_size=32, n_layer=2, n_head=4)).save_pretrained(hf_dir)
+    assert "imported" in shell(IMPORT.replace("DIR", str(hf_dir)))
+    output = shell(INIT_FROM, f"data.corpus={workspace / 'data' / 'corpus'}", *SHORT)
+    assert "starting from the weights of" in output
+    assert (workspace / "runs" / "continued" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
 
 
 def test_the_slurm_lines(shell: Shell, workspace: Path, cluster: TestCluster) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
+from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerExtendJob, TokenizerTrainJob
 from tokenizer.encode import encode_corpus
 from tokenizer.evaluate import evaluate as evaluate_tokenizers
 from tokenizer.evaluate import format_summary, write_report
+from tokenizer.extend import extend_tokenizer
 from tokenizer.train import train_tokenizer
 
 
@@ -25,3 +26,7 @@ def encode(job: TokenizerEncodeJob) -> None:
     manifest = encode_corpus(job.tokenizer, job.corpus, job.output_dir, job.append_eos, job.workers)
     totals = manifest["totals"]
     print(f"{totals['tokens']:,} tokens in {totals['languages']} languages written to {job.output_dir}")
+
+
+def extend(job: TokenizerExtendJob) -> None:
+    extend_tokenizer(job)

@@ -99,6 +99,32 @@ class TokenizerTrainJob:
 
 
 @dataclass
+class TokenizerExtendJob:
+    """`corolla tokenizer extend`: pieces for the corpus languages `base` serves badly, appended to its vocabulary.
+
+    `tokenizer` says how the pieces are trained (sampling, parity_set, reference_language, sample_bytes, ...); its
+    vocab_size is `added_pieces`'s. Languages: those named, else those whose premium under `base` on the tuning half
+    of tokenizer.parity_set is above premium_threshold.
+    """
+
+    base: str = MISSING
+    corpus: str = MISSING
+    output_dir: str = MISSING
+    tokenizer: TokenizerConfig = MISSING
+    added_pieces: int = 8000  # the vocabulary trained for the added languages; pieces base has already are skipped
+    premium_threshold: float = 1.45
+    languages: list[str] = field(default_factory=list)
+    seed: int = 1234
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.added_pieces < 260:
+            raise ValueError(f"added_pieces={self.added_pieces} is too small: the pieces' own byte fallback needs 260")
+        if self.premium_threshold < 1.0:
+            raise ValueError(f"premium_threshold={self.premium_threshold} must be at least 1 (the reference's own)")
+
+
+@dataclass
 class TokenizerEvaluateJob:
     tokenizer: Any = MISSING  # one path, or a list of paths to compare
     parallel: str = "${sample_data:parallel-dev}"

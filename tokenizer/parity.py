@@ -78,17 +78,24 @@ def _round_record(trial: ParityRound, kept: bool) -> dict:
 
 
 def parity_search(
-    sizes: dict[str, LanguageSize], cfg: TokenizerConfig, train_round: TrainRound, workdir: Path, log=print
+    sizes: dict[str, LanguageSize],
+    cfg: TokenizerConfig,
+    train_round: TrainRound,
+    workdir: Path,
+    log=print,
+    measured: frozenset[str] | None = None,
 ) -> ParityResult:
+    """`measured`: the languages whose premiums are balanced (default: those sampled); the reference among them."""
     reference = cfg.reference_language
-    if reference not in sizes:
+    measured = frozenset(sizes) if measured is None else measured
+    if reference not in measured:
         raise CorpusError(
             f"parity sampling measures premiums against {reference}, which the corpus lacks: "
             "add it or set tokenizer.reference_language"
         )
     parallel = load_parallel(cfg.parity_set, reference)
     tune, held_out = (
-        {lang: lines for lang, lines in half.items() if lang in sizes}
+        {lang: lines for lang, lines in half.items() if lang in measured}
         for half in split_parallel(parallel, cfg.parity_tune_fraction)
     )
     if len(tune) < 2:

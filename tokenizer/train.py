@@ -90,7 +90,7 @@ def tokenizer_identity(record: dict) -> dict:
     return {key: value for key, value in record.items() if key not in DESCRIPTIVE_KEYS}
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     packages = ("corolla", "sentencepiece", "tokenizers", "myanmartools", "paraencoder", "pycountry")
     return {"python": platform.python_version(), **{name: version(name) for name in packages}}
 
@@ -112,7 +112,7 @@ def _metadata(job: TokenizerTrainJob, scan: CorpusScan, plan, sampled: dict[str,
         "tokenizer_config": config_record(cfg),
         "training_threads": training_threads(cfg),
         "hygiene": scan.hygiene.as_dict(),
-        "versions": _versions(),
+        "versions": versions(),
         **extra,
     }
 
@@ -130,14 +130,14 @@ def is_current(job: TokenizerTrainJob) -> bool:
     )
 
 
-def _check_output_dir(job: TokenizerTrainJob) -> Path:
-    out = Path(job.output_dir)
-    if out.exists() and any(out.iterdir()) and not job.overwrite:
+def check_output_dir(output_dir: str, overwrite: bool) -> Path:
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output_dir {out} already exists and is not empty: choose another or pass overwrite=true")
     return out
 
 
-def _publish(staging: Path, out: Path) -> None:
+def publish(staging: Path, out: Path) -> None:
     """Replaces `out` by `staging` so that a reader never sees a half-written directory."""
     if out.exists():
         retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.retired.")) / out.name
@@ -150,7 +150,7 @@ def _publish(staging: Path, out: Path) -> None:
 
 def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
     cfg = job.tokenizer
-    out = _check_output_dir(job)
+    out = check_output_dir(job.output_dir, job.overwrite)
     scan = scan_corpus(job.corpus)
     for warning in scan.hygiene.warnings():
         log(f"corpus: {warning}")
@@ -173,6 +173,6 @@ def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
         write_hf_tokenizer(model, staging)
         metadata = _metadata(job, scan, plan, sampled, extra)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-        _publish(staging, out)
+        publish(staging, out)
     log(f"tokenizer written to {out} (vocab {cfg.vocab_size}, padded {metadata['padded_vocab_size']})")
     return out

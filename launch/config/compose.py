@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from launch.config.schemas import (
     CancelJob,
     ExportJob,
+    ImportJob,
     LogsJob,
     MainJob,
     PlanJob,
@@ -31,7 +32,7 @@ from launch.config.schemas import (
     TrainJob,
     VerifyJob,
 )
-from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerTrainJob
+from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerExtendJob, TokenizerTrainJob
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -39,6 +40,7 @@ SCHEMAS: dict[str, type] = {
     "tokenizer_train": TokenizerTrainJob,
     "tokenizer_evaluate": TokenizerEvaluateJob,
     "tokenizer_encode": TokenizerEncodeJob,
+    "tokenizer_extend": TokenizerExtendJob,
     "pipeline": MainJob,
     "train": TrainJob,
     "submit": TrainJob,
@@ -46,6 +48,7 @@ SCHEMAS: dict[str, type] = {
     "logs": LogsJob,
     "cancel": CancelJob,
     "export_hf": ExportJob,
+    "import_hf": ImportJob,
     "checkpoint_reshard": ReshardJob,
     "checkpoint_verify": VerifyJob,
     "tracking_sync": TrackingSyncJob,

@@ -11,6 +11,7 @@ class DataConfig:
 
     tokens_dir: the output_dir of a `corolla tokenizer encode`. None: `corpus` encoded with the job's tokenizer
     config, both built on first use in `cache_dir` and reused while their inputs are unchanged.
+    tokenizer_dir: a trained tokenizer that encodes `corpus` instead (with init_from: the weights' own).
     weights: explicit per-language weights (normalised; languages left out get 0). None: p(L) ∝ tokens(L)^alpha over
     the training split's token counts (alpha=1: the natural mix, 0: uniform).
     validation_documents: per language, the last n documents are held out for validation; a language with n or fewer
@@ -19,6 +20,7 @@ class DataConfig:
 
     tokens_dir: str | None = None
     corpus: str | None = None
+    tokenizer_dir: str | None = None
     cache_dir: str = "runs/cache"
     weights: dict[str, float] | None = None
     alpha: float = 1.0

@@ -129,6 +129,10 @@ class TrainJob:
     cluster: ClusterConfig = MISSING
     run_dir: str = "runs/train"
     seed: int = 1234
+    # The weights a new run starts from, with a fresh optimizer and LR schedule: a corolla run directory (its latest
+    # checkpoint), an imported model or a Hugging Face BloomForCausalLM directory. The model's shape and the tokenizer
+    # that encodes data.corpus are then theirs. None: random weights.
+    init_from: str | None = None
 
 
 @dataclass
@@ -163,6 +167,15 @@ class ExportJob:
     run_dir: str = MISSING
     output_dir: str = MISSING
     step: int = 0  # 0: the latest complete checkpoint
+
+
+@dataclass
+class ImportJob:
+    """`corolla import hf`: a Hugging Face BloomForCausalLM directory (with its tokenizer) → a run directory at step
+    0 that any layout trains from (`corolla train init_from=RUN_DIR`)."""
+
+    hf_dir: str = MISSING
+    run_dir: str = MISSING
 
 
 @dataclass

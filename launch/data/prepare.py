@@ -28,9 +28,10 @@ from tokenizer.loading import load_tokenizer
 from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
 
 
-def cache_key(tokenizer: TokenizerConfig, corpus: str | Path, seed: int) -> str:
+def cache_key(tokenizer: TokenizerConfig | str, corpus: str | Path, seed: int) -> str:
+    """The cache entry of a corpus under a tokenizer config, or under a trained tokenizer (its fingerprint)."""
     record = {
-        "tokenizer": tokenizer_identity(config_record(tokenizer)),
+        "tokenizer": tokenizer if isinstance(tokenizer, str) else tokenizer_identity(config_record(tokenizer)),
         "seed": seed,
         "corpus": str(Path(corpus).resolve()),
     }
@@ -38,23 +39,32 @@ def cache_key(tokenizer: TokenizerConfig, corpus: str | Path, seed: int) -> str:
 
 
 def _cache_entry(job: TrainJob) -> Path:
-    return Path(job.data.cache_dir) / cache_key(job.tokenizer, job.data.corpus, job.seed)
+    data = job.data
+    tokenizer = load_tokenizer(data.tokenizer_dir).fingerprint if data.tokenizer_dir else job.tokenizer
+    return Path(data.cache_dir) / cache_key(tokenizer, data.corpus, job.seed)
 
 
 def cached_token_files(job: TrainJob, log: Callable[[str], None] = print) -> Path:
-    """The token files of data.corpus under the job's tokenizer, built or refreshed in the cache as needed."""
+    """The token files of data.corpus under data.tokenizer_dir or the job's tokenizer config (trained first), built
+    or refreshed in the cache as needed."""
     entry = _cache_entry(job)
     entry.mkdir(parents=True, exist_ok=True)
     with (entry / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        tokenizer = TokenizerTrainJob(job.tokenizer, str(job.data.corpus), str(entry / "tokenizer"), job.seed, True)
-        if is_current(tokenizer):
-            log(f"tokenizer: cached in {entry / 'tokenizer'}")
-        else:
-            log(f"tokenizer: training on {job.data.corpus} into {entry / 'tokenizer'} (once; cached for later runs)")
-            train_tokenizer(tokenizer, log=log)
-        encode_corpus(entry / "tokenizer", job.data.corpus, entry / "tokens", log=log)
+        encode_corpus(
+            job.data.tokenizer_dir or _cached_tokenizer(job, entry, log), job.data.corpus, entry / "tokens", log=log
+        )
     return entry / "tokens"
+
+
+def _cached_tokenizer(job: TrainJob, entry: Path, log: Callable[[str], None]) -> Path:
+    tokenizer = TokenizerTrainJob(job.tokenizer, str(job.data.corpus), str(entry / "tokenizer"), job.seed, True)
+    if is_current(tokenizer):
+        log(f"tokenizer: cached in {entry / 'tokenizer'}")
+    else:
+        log(f"tokenizer: training on {job.data.corpus} into {entry / 'tokenizer'} (once; cached for later runs)")
+        train_tokenizer(tokenizer, log=log)
+    return entry / "tokenizer"
 
 
 def prepare_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
@@ -72,9 +82,13 @@ def inspect_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
     if tokens_dir is None and (_cache_entry(job) / "tokens").is_dir():
         tokens_dir = str(_cache_entry(job) / "tokens")
     if tokens_dir is None:
-        vocab_size = job.model.vocab_size or job.tokenizer.vocab_size
+        vocab_size = job.model.vocab_size or _tokenizer_vocabulary(job)
         return replace(job, model=replace(job.model, vocab_size=vocab_size)), DataFacts(vocab_size, None)
     return _checked(job, TokenCorpus(tokens_dir, job.data.validation_documents))
+
+
+def _tokenizer_vocabulary(job: TrainJob) -> int:
+    return load_tokenizer(job.data.tokenizer_dir).vocab_size if job.data.tokenizer_dir else job.tokenizer.vocab_size
 
 
 def _checked(job: TrainJob, corpus: TokenCorpus) -> tuple[TrainJob, DataFacts]:

@@ -106,17 +106,17 @@ class LocalBackend(Backend):
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
             return
         prepared = prepare_run(job, dry_run)
-        plan = prepared.plan
+        plan, name = prepared.plan, prepared.job.model.name
         layout = plan.layout
         if dry_run:
             print(
-                f"dry run: the job is valid; it would train {job.model.name} here on {layout.world_size} processes, "
+                f"dry run: the job is valid; it would train {name} here on {layout.world_size} processes, "
                 f"{layout.name}, ZeRO-{plan.zero_stage}, pipeline stages from layers {list(plan.stage_bounds[:-1])}"
             )
             return
         if resume_step:
             print(f"{run_dir} holds a checkpoint at step {resume_step}: resuming from it")
-        print(f"training {job.model.name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
+        print(f"training {name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
         status = run_ranks(run_dir, layout.world_size)
         tracked = prepared.tracked
         if status:

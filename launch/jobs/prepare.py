@@ -6,17 +6,22 @@ passed every check; a dry run writes nothing and builds no data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from launch.config.data import DataConfig
 from launch.config.job_file import job_yaml
-from launch.config.schemas import TrainJob
+from launch.config.schemas import ImportJob, TrainJob
+from launch.data.corpus import TokenCorpus
 from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, write_plans
+from launch.plan.weights import Weights, import_record, weights_of
 from launch.rundir import outbox, tracking
-from launch.rundir.files import JOB_FILE, RUN_FILE, STOP_FILE
+from launch.rundir.files import IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.tracking_state import TrackingState, write_state
+from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE
 
 
@@ -36,9 +41,15 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     """Validates the job (a one-line ValueError otherwise); unless a dry run, writes its run directory and opens (or
     continues) its MLflow run."""
     run_dir = Path(job.run_dir)
+    if (run_dir / IMPORT_FILE).is_file():
+        raise ValueError(
+            f"run_dir={run_dir} holds a model imported from Hugging Face: train from it in a new run directory, "
+            f"with init_from={run_dir} run_dir=NEW"
+        )
     new_run = not (run_dir / RUN_FILE).is_file()
     if job.tracking.uri and new_run:  # a run already open waits for a server that is away (launch/rundir/outbox.py)
         tracking.check_reachable(job.tracking.uri)
+    job, weights = initial_weights(job, dry_run)
     check_layouts(job)  # before the data, which may take minutes to build
     job, data = inspect_data(job) if dry_run else prepare_data(job)
     plans = make_plans(job, data)
@@ -53,6 +64,11 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     history = RunHistory(run_dir)
     history.record("launch", cluster=job.cluster.name)
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
+    if weights:
+        tags |= {
+            "corolla.init_from": str(weights.imported_from or weights.run_dir),
+            "corolla.init_step": str(weights.step),
+        }
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
     if new_run:
         write_state(run_dir, TrackingState(sent={}))
@@ -62,3 +78,62 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     launches = str(len([event for event in history.events() if event["event"] == "launch"]))
     outbox.update(run_dir, {"corolla.launches": launches}, "RUNNING", artifacts)
     return PreparedRun(job, plans, run_dir, tracked)
+
+
+def _imported(source: Path, job: TrainJob, dry_run: bool) -> Path:
+    """A Hugging Face directory's import, in the cache (made once, reused while its files are unchanged)."""
+    from launch.train.import_hf import import_hf_model  # torch: only where an import is asked for
+
+    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
+    target = Path(job.data.cache_dir) / "imports" / f"{source.resolve().name}-{key}"
+    if not dry_run:
+        import_hf_model(ImportJob(str(source), str(target)))
+    return target
+
+
+def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, Weights | None]:
+    """With init_from: the job with the weights' model shape (its sequence length, kernels and dropout stay the
+    job's) and, unless data.tokens_dir or data.tokenizer_dir says otherwise, their tokenizer for data.corpus; the
+    weights' checkpoint becomes init_from, which every rank reads."""
+    if not job.init_from:
+        return job, None
+    source = Path(job.init_from)
+    is_hf = (source / "config.json").is_file() and import_record(source) is None and not (source / JOB_FILE).is_file()
+    if is_hf and dry_run and not (target := _imported(source, job, True)).is_dir():
+        from launch.train.import_hf import read_hf_model
+
+        weights = Weights(target, 0, read_hf_model(source), source, str(source))
+    else:
+        weights = weights_of(_imported(source, job, dry_run) if is_hf else source)
+    kept = job.model
+    model = replace(
+        weights.model,
+        seq_length=kept.seq_length,
+        attention=kept.attention,
+        compile=kept.compile,
+        hidden_dropout=kept.hidden_dropout,
+        attention_dropout=kept.attention_dropout,
+    )
+    data = job.data
+    if data.tokens_dir is None and data.tokenizer_dir is None:
+        data = replace(data, tokenizer_dir=str(weights.tokenizer_dir))
+    _check_tokenizer(weights, data)
+    return replace(job, model=model, data=data, init_from=str(weights.checkpoint.resolve())), weights
+
+
+def _check_tokenizer(weights: Weights, data: DataConfig) -> None:
+    """The data is encoded with the weights' own tokenizer: another one's ids mean other text to the model."""
+    ours = load_tokenizer(weights.tokenizer_dir)
+    if data.tokens_dir:
+        corpus = TokenCorpus(data.tokens_dir, data.validation_documents)
+        fingerprint, used = corpus.tokenizer_fingerprint, f"the token files in {data.tokens_dir} were encoded"
+    else:
+        fingerprint, used = (
+            load_tokenizer(data.tokenizer_dir).fingerprint,
+            f"data.tokenizer_dir={data.tokenizer_dir} is",
+        )
+    if fingerprint != ours.fingerprint:
+        raise ValueError(
+            f"{used} with another tokenizer than that of init_from's weights ({ours.path}): encode data.corpus with "
+            "it (drop data.tokens_dir and data.tokenizer_dir) or pass token files made with it"
+        )

@@ -59,6 +59,8 @@ class ParallelLayout:
             problems.append(f"model.num_heads={model.num_heads} is not divisible by parallel.tp={self.tp}")
         if model.ffn_hidden_size % self.tp:
             problems.append(f"the MLP width {model.ffn_hidden_size} is not divisible by parallel.tp={self.tp}")
+        if model.embedding_rows % self.tp:
+            problems.append(f"the embedding's {model.embedding_rows} rows are not divisible by parallel.tp={self.tp}")
         if self.pp > model.num_layers:
             problems.append(f"parallel.pp={self.pp} stages for {model.num_layers} layers: use at most one per layer")
         per_step = train.micro_batch * self.dp

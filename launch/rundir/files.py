@@ -2,6 +2,7 @@
 status`) and the code that writes each file agree."""
 
 JOB_FILE = "job.yaml"  # the resolved job (launch/config/job_file.py)
+IMPORT_FILE = "imported.json"  # instead of JOB_FILE in a model imported from Hugging Face (launch/plan/weights.py)
 PLAN_FILE = "plan.json"  # the run's plan for each world size it may get (launch/plan/run_plan.py)
 RUN_FILE = "run.json"  # the MLflow run: tracking URI, run id
 TRACKING_STATE = "tracking.json"  # how far MLflow holds the records, what is left to send (launch/rundir/outbox.py)

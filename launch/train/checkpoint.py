@@ -27,8 +27,10 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from launch.plan.layout import ParallelLayout
+from launch.plan.weights import checkpoint_layout
 from launch.rundir.checkpoints import (
     CheckpointError,
+    complete_record,
     complete_tags,
     file_entries,
     newest_intact,
@@ -65,24 +67,14 @@ def _restore_rng(engine, states: dict) -> None:
     np.random.set_state(states["numpy"])
 
 
-def _layout_of(directory: Path, step: int, key: str) -> ParallelLayout:
-    record = step_record(directory, step)
-    if key not in record:
-        raise CheckpointError(
-            f"checkpoint {directory / checkpoint_tag(step)} was saved in DeepSpeed's format by a corolla before "
-            "resharding: resume it with that version, or start the run again"
-        )
-    return ParallelLayout(**record[key])
-
-
 def saved_layout(directory: Path, step: int) -> ParallelLayout:
     """The layout the checkpoint's parameter files are laid out for."""
-    return _layout_of(directory, step, "layout")
+    return checkpoint_layout(directory, step)
 
 
 def rng_layout(directory: Path, step: int) -> ParallelLayout:
     """The layout of the ranks that wrote its RNG files (an offline reshard changes the other, not this)."""
-    return _layout_of(directory, step, "rng_layout")
+    return checkpoint_layout(directory, step, "rng_layout")
 
 
 def mark_complete(
@@ -279,3 +271,21 @@ def load(engine, directory: Path, step: int, layout: ParallelLayout, seed: int) 
     if rngs != layout:
         seed_tensor_parallel(seed + step)
     return saved
+
+
+def load_weights(engine, checkpoint_dir: Path) -> ParallelLayout:
+    """Sets this rank's weights from the checkpoint in `checkpoint_dir` (another run's, or an import's), whatever
+    layout saved it, and nothing else: optimizer, LR schedule, step and RNG start afresh. Returns its layout."""
+    directory, tag = checkpoint_dir.parent, checkpoint_dir.name
+    try:
+        step = complete_record(directory, tag)["step"]
+        layout = saved_layout(directory, step)
+        shards.restore_weights(engine, shards.ShardReader(checkpoint_dir, layout))
+    except shards.ShardError as error:
+        raise CheckpointError(f"init_from's checkpoint {checkpoint_dir} does not fit this model: {error}") from None
+    except (RuntimeError, OSError, EOFError, KeyError) as error:
+        raise CheckpointError(
+            f"init_from's checkpoint {checkpoint_dir} cannot be loaded ({str(error).splitlines()[0]}): restore its "
+            "files, or import the model again"
+        ) from None
+    return layout

@@ -132,27 +132,48 @@ class ShardReader:
         return torch.cat(pieces, dim)
 
 
+def _set_weight(engine, name: str, parameter: torch.nn.Parameter, weight: torch.Tensor, masters: bool) -> None:
+    if weight.shape != parameter.shape:
+        raise ShardError(
+            f"{name} is {tuple(weight.shape)} in the checkpoint but {tuple(parameter.shape)} here: the model shape "
+            "or the embedding's rows differ (a vocabulary is padded to 128 x TP, an imported embedding keeps its rows)"
+        )
+    with torch.no_grad():
+        parameter.copy_(weight)
+    if masters:
+        safe_set_full_fp32_param(parameter, weight)
+
+
+def _this_rank() -> tuple[int, int, int]:
+    """This rank's TP width, TP rank and pipeline depth."""
+    return (
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_pipeline_model_parallel_world_size(),
+    )
+
+
 def restore(engine, reader: ShardReader, steps: int) -> None:
     """Sets this rank's weights (model and fp32 master) and Adam moments from `reader`; `steps` is Adam's count."""
-    tp, tp_rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
-    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    tp, tp_rank, pp = _this_rank()
     own_stage = parallel_state.get_pipeline_model_parallel_rank() if pp == reader.layout.pp else None
     masters = compat.master_groups(engine) is not None
     if masters:
         compat.link_moments(engine, steps, MOMENTS)
     for name, parameter in engine.module.named_parameters():
         values = {key: reader.local(name, key, tp, tp_rank, own_stage) for key in KEYS}
-        if values["weight"].shape != parameter.shape:
-            raise ShardError(
-                f"{name} is {tuple(values['weight'].shape)} in the checkpoint but {tuple(parameter.shape)} here: "
-                "the model shape or the padded vocabulary differs (the vocabulary is padded to 128 x TP)"
-            )
-        with torch.no_grad():
-            parameter.copy_(values["weight"])
+        _set_weight(engine, name, parameter, values["weight"], masters)
         if masters:
-            safe_set_full_fp32_param(parameter, values["weight"])
             for key in MOMENTS:
                 safe_set_full_optimizer_state(parameter, values[key], key)
         else:
             moments = {key: values[key].to(parameter.device).clone() for key in MOMENTS}
             engine.optimizer.state[parameter] = {"step": torch.tensor(float(steps)), **moments}
+
+
+def restore_weights(engine, reader: ShardReader) -> None:
+    """Sets this rank's weights (model and fp32 master) from `reader` and nothing else: the optimizer starts afresh."""
+    tp, tp_rank, _ = _this_rank()
+    masters = compat.master_groups(engine) is not None
+    for name, parameter in engine.module.named_parameters():
+        _set_weight(engine, name, parameter, reader.local(name, "weight", tp, tp_rank), masters)

@@ -107,6 +107,20 @@ def _data(job: TrainJob, plan: RunPlan) -> DataShard:
     return DataShard(dataset, dp_rank, plan.layout.dp, validation)
 
 
+def _starting_weights(
+    engine, job: TrainJob, directory: Path, first_step: int, layout: ParallelLayout
+) -> ParallelLayout:
+    """The run's own checkpoint of `first_step` in `directory` (returns the layout that saved it), else init_from's
+    weights, else the random ones the engine has."""
+    if first_step:
+        return checkpoint.load(engine, directory, first_step, layout, job.seed)
+    if job.init_from:
+        saved = checkpoint.load_weights(engine, Path(job.init_from))
+        if torch.distributed.get_rank() == 0:
+            print(f"starting from the weights of {job.init_from} ({saved.name}), optimizer afresh", flush=True)
+    return layout
+
+
 def main(
     run_dir: Path,
     origin: dict[str, object] | None = None,
@@ -129,14 +143,14 @@ def main(
     data = _data(job, plan)
     engine = build_engine(job.model, plan, job.train, job.parallel.activation_checkpointing, job.seed)
     directory = run_dir / CHECKPOINTS
+    layout = plan.layout
     try:
         first_step = checkpoint.verified_step(directory)
+        saved_layout = _starting_weights(engine, job, directory, first_step, layout)
     except CheckpointError as error:
         if rank == 0:
             print(f"corolla: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    layout = plan.layout
-    saved_layout = checkpoint.load(engine, directory, first_step, layout, job.seed) if first_step else layout
     faults.install(engine.module, first_step)
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
     reporter = Reporter(run_dir, rank, job.train.steps, first_step, plan.validation_bytes_per_token)

@@ -43,4 +43,6 @@ def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, 
     assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={tmp_path / 'hf1'}", "step=1"]) == 2
     assert f"{checkpoints} has no complete checkpoint of step 1: choose one of 2, 3" in capsys.readouterr().err
     assert main(["export", "hf", f"run_dir={tmp_path}", f"output_dir={tmp_path / 'hf2'}"]) == 2
-    assert f"run_dir={tmp_path} is not a corolla run directory (it has no job.yaml)" in capsys.readouterr().err
+    assert (
+        f"{tmp_path} is neither a corolla run directory (no job.yaml) nor an imported model" in capsys.readouterr().err
+    )

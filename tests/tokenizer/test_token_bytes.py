@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from conftest import MULTILINGUAL
+from conftest import MULTILINGUAL, byte_level_bpe
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import train_tokenizer
@@ -32,21 +31,6 @@ def corolla_tokenizer(small_corpus: Path, tmp_path_factory: pytest.TempPathFacto
     return output
 
 
-def byte_level_bpe(path: Path) -> Path:
-    """A byte-level BPE trained with `tokenizers`, as BLOOM's was (no prefix space, an `</s>` special token)."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(texts(), trainer)
-    tokenizer.save(str(path))
-    return path
-
-
 @pytest.mark.parametrize("name", ["tokenizer.model", "tokenizer.json"])
 def test_corolla_tokenizers_count_every_byte_and_the_prefix_space(corolla_tokenizer: Path, name: str) -> None:
     tokenizer = load_tokenizer(corolla_tokenizer / name)
@@ -58,7 +42,7 @@ def test_corolla_tokenizers_count_every_byte_and_the_prefix_space(corolla_tokeni
 
 
 def test_a_byte_level_bpe_counts_a_byte_per_character_of_its_pieces(tmp_path: Path) -> None:
-    tokenizer = load_tokenizer(byte_level_bpe(tmp_path / "tokenizer.json"))
+    tokenizer = load_tokenizer(byte_level_bpe(tmp_path / "tokenizer.json", texts()))
     table = tokenizer.token_bytes()
     assert not tokenizer.prefix_space and table[2] == 0  # </s> is special
     samples = texts()

@@ -1,0 +1,100 @@
+"""Where a model's weights are: a checkpoint of a corolla run, or a model imported from Hugging Face (`corolla import
+hf`, a run directory at step 0 whose `imported.json` stands for job.yaml), with the model's shape and its tokenizer.
+What `corolla export hf` reads, and what `corolla train init_from=DIR` starts from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from launch.config.job_file import read_job
+from launch.data.corpus import TokenCorpus
+from launch.plan.layout import ParallelLayout
+from launch.rundir.checkpoints import CheckpointError, latest_step, step_record
+from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, TOKENIZER_DIR, checkpoint_tag
+from model.config import ModelConfig
+from tokenizer.files import write_atomically
+
+IMPORT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Weights:
+    run_dir: Path
+    step: int
+    model: ModelConfig  # its shape, the tokenizer's vocabulary and the checkpoint's embedding rows
+    tokenizer_dir: Path
+    imported_from: str | None  # the Hugging Face directory, for an import
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / CHECKPOINTS
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoints / checkpoint_tag(self.step)
+
+
+def write_import_record(run_dir: Path, model: ModelConfig, source: dict) -> None:
+    """`imported.json`: the model's shape and where it came from (`source`: the directory and its files' stamps)."""
+    record = {
+        "format_version": IMPORT_FORMAT,
+        "model": OmegaConf.to_container(OmegaConf.structured(model), enum_to_str=True),
+        "source": source,
+    }
+    write_atomically(run_dir / IMPORT_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def import_record(run_dir: Path) -> dict | None:
+    """What `imported.json` says, None when `run_dir` is no import."""
+    path = run_dir / IMPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format_version") != IMPORT_FORMAT:
+            raise ValueError(f"format version {record.get('format_version')}, this corolla reads {IMPORT_FORMAT}")
+        record["model"] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), record["model"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} cannot be read ({error}): import the model again into a new run_dir") from None
+    return record
+
+
+def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
+    """The weights of checkpoint `step` of a run (0: its latest) or of an import; a one-line ValueError if there are
+    none."""
+    path = Path(run_dir)
+    if (record := import_record(path)) is not None:
+        if step:
+            raise ValueError(f"{path} is an imported model, whose only checkpoint is step 0: drop step={step}")
+        step_record(path / CHECKPOINTS, 0)  # complete, its files there
+        return Weights(path, 0, record["model"], path / TOKENIZER_DIR, record["source"]["hf_dir"])
+    if not (path / JOB_FILE).is_file():
+        raise ValueError(
+            f"{path} is neither a corolla run directory (no {JOB_FILE}) nor an imported model (no {IMPORT_FILE}): "
+            "pass a run directory, or a Hugging Face model directory where init_from takes one"
+        )
+    step = step or latest_step(path / CHECKPOINTS) or 0
+    if not step:
+        raise ValueError(f"{path} has no complete checkpoint: train it first")
+    layout = checkpoint_layout(path / CHECKPOINTS, step)
+    job = read_job(path / JOB_FILE)
+    model = replace(job.model, embedding_rows=job.model.padded_vocab_size(layout.tp))
+    tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
+    return Weights(path, step, model, tokenizer_dir, None)
+
+
+def checkpoint_layout(directory: Path, step: int, key: str = "layout") -> ParallelLayout:
+    """The layout the checkpoint's parameter files are laid out for (key "rng_layout": that of the ranks that wrote
+    its RNG files; an offline reshard changes the first, not this)."""
+    record = step_record(directory, step)
+    if key not in record:
+        raise CheckpointError(
+            f"checkpoint {directory / checkpoint_tag(step)} was saved in DeepSpeed's format by a corolla before "
+            "resharding: resume it with that version, or start the run again"
+        )
+    return ParallelLayout(**record[key])

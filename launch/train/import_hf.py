@@ -1,0 +1,209 @@
+"""`corolla import hf`: a Hugging Face `BloomForCausalLM` directory → a run directory at step 0.
+
+The weights (safetensors or PyTorch files, sharded or not) become a checkpoint in corolla's layout-free format, as
+fp32 master weights without Adam moments, cut into pipeline stages of at most `STAGE_BYTES` so that no file and no
+moment of the import holds more than one stage; any TP x PP x DP layout reads it (launch/train/shards.py). The model's
+shape comes from config.json, the embedding keeps its rows, and the tokenizer (a SentencePiece `tokenizer.model` or a
+`tokenizer.json` only) is copied beside it. Everything is written under a temporary name first: a failed import
+leaves no run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from launch.config.schemas import ImportJob
+from launch.plan.layout import ParallelLayout
+from launch.plan.stages import stage_cut
+from launch.plan.weights import import_record, write_import_record
+from launch.rundir.checkpoints import point_latest, write_complete
+from launch.rundir.files import CHECKPOINTS, TOKENIZER_DIR, checkpoint_tag, shard_file
+from launch.train.hashed_save import save_hashed
+from model.config import ModelConfig
+from model.hf import corolla_name, model_config, parameter_shapes
+from model.layers import holds, model_name, pipeline_name
+from tokenizer.loading import load_tokenizer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+STAGE_BYTES = 16 * 2**30
+
+
+class HFWeights:
+    """A Hugging Face directory's tensors by corolla name, each read from its file when asked for."""
+
+    def __init__(self, hf_dir: Path) -> None:
+        self.hf_dir = hf_dir
+        self.files = _weight_files(hf_dir)
+        self._opened: dict[Path, object] = {}
+        self.file_of = {}
+        for path in sorted(set(self.files)):
+            for name in self._open(path).keys():  # noqa: SIM118 (safetensors' safe_open has keys(), no iterator)
+                if (corolla := corolla_name(name)) is not None:
+                    self.file_of[corolla] = (path, name)
+
+    def _open(self, path: Path):
+        if path not in self._opened:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                self._opened[path] = safe_open(str(path), framework="pt")
+            else:
+                self._opened[path] = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        return self._opened[path]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        path, key = self.file_of[name]
+        opened = self._open(path)
+        return tuple(opened.get_slice(key).get_shape() if path.suffix == ".safetensors" else opened[key].shape)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        path, key = self.file_of[name]
+        opened = self._open(path)
+        return opened.get_tensor(key) if path.suffix == ".safetensors" else opened[key]
+
+    def stamp(self) -> list[list]:
+        """The weight files' names, sizes and times: whether a later import of the same directory is the same."""
+        return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in sorted(set(self.files))]
+
+
+def _weight_files(hf_dir: Path) -> list[Path]:
+    """The files that hold the weights; a one-line ValueError when one is missing."""
+    for index in WEIGHT_INDEXES:
+        if (hf_dir / index).is_file():
+            files = sorted(set(json.loads((hf_dir / index).read_text())["weight_map"].values()))
+            missing = [name for name in files if not (hf_dir / name).is_file()]
+            if missing:
+                raise ValueError(
+                    f"hf_dir={hf_dir} lacks {missing[0]}, one of the {len(files)} weight files its {index} lists "
+                    f"({len(missing)} missing): copy the whole model directory"
+                )
+            return [hf_dir / name for name in files]
+    for name in WEIGHT_FILES:
+        if (hf_dir / name).is_file():
+            return [hf_dir / name]
+    raise ValueError(
+        f"hf_dir={hf_dir} holds no weights ({', '.join(WEIGHT_FILES)} or a sharded index): pass a directory that "
+        "save_pretrained wrote"
+    )
+
+
+def read_hf_model(hf_dir: Path) -> ModelConfig:
+    """The corolla model of a Hugging Face directory, from config.json and its tokenizer; nothing is written."""
+    if not (hf_dir / "config.json").is_file():
+        raise ValueError(f"hf_dir={hf_dir} has no config.json: pass a Hugging Face model directory")
+    config = json.loads((hf_dir / "config.json").read_text())
+    tokenizer = load_tokenizer(hf_dir)
+    try:
+        model = model_config(config, hf_dir.resolve().name, tokenizer.vocab_size)
+    except ValueError as error:
+        raise ValueError(f"hf_dir={hf_dir}: {error}") from None
+    if model.vocab_size > model.embedding_rows:
+        raise ValueError(
+            f"hf_dir={hf_dir}: its tokenizer has {model.vocab_size} tokens but the embedding only "
+            f"{model.embedding_rows} rows (config.json vocab_size): the tokenizer is not the model's"
+        )
+    return model
+
+
+def _check_shapes(hf_dir: Path, model: ModelConfig, weights: HFWeights) -> None:
+    expected = parameter_shapes(model)
+    missing = sorted(set(expected) - set(weights.file_of))
+    extra = sorted(set(weights.file_of) - set(expected))
+    if missing or extra:
+        which = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which it should not"
+        raise ValueError(
+            f"hf_dir={hf_dir}: its weights do not match its config.json ({model.num_layers} layers): the model "
+            f"{which} ({len(missing)} missing, {len(extra)} extra); fix config.json or the weight files"
+        )
+    for name, shape in expected.items():
+        if weights.shape(name) != shape:
+            raise ValueError(
+                f"hf_dir={hf_dir}: {name} is {list(weights.shape(name))} in the weights but {list(shape)} by its "
+                "config.json: the config does not match its weights; fix one of them"
+            )
+
+
+def _stages(model: ModelConfig) -> list[list[str]]:
+    """The pipeline module's parameter names, by stage of the import's pipeline cut."""
+    shapes = parameter_shapes(model)
+    size = 4 * sum(math.prod(shape) for shape in shapes.values())
+    cut = stage_cut(model, min(model.num_layers, max(1, math.ceil(size / STAGE_BYTES))))
+    names = [pipeline_name(name, model.num_layers) for name in shapes]
+    return [[name for name in names if holds(name, stage, model.num_layers)] for stage in cut]
+
+
+def _write_checkpoint(directory: Path, model: ModelConfig, weights: HFWeights) -> int:
+    """The step-0 checkpoint; the number of parameters."""
+    stages, tag = _stages(model), checkpoint_tag(0)
+    (directory / tag).mkdir(parents=True)
+    checksums = {}
+    for index, names in enumerate(stages):
+        states = {
+            name: {"weight": weights.tensor(model_name(name, model.num_layers)).to(torch.float32, copy=True)}
+            for name in names
+        }
+        file = shard_file(0, 1, index, len(stages))
+        checksums[file] = save_hashed(states, directory / tag / file)
+    layout = asdict(ParallelLayout(1, len(stages), 1))
+    write_complete(directory, tag, {"step": 0, "layout": layout, "rng_layout": layout}, checksums)
+    point_latest(directory, tag)
+    return sum(math.prod(shape) for shape in parameter_shapes(model).values())
+
+
+def _copy_tokenizer(hf_dir: Path, output: Path) -> None:
+    output.mkdir()
+    for name in TOKENIZER_FILES:
+        if (hf_dir / name).is_file():
+            shutil.copy2(hf_dir / name, output / name)
+
+
+def _already_imported(run_dir: Path, hf_dir: Path) -> bool:
+    """Whether run_dir holds this very import; a ValueError when it holds anything else."""
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return False
+    record = import_record(run_dir) if run_dir.is_dir() else None
+    if record and record["source"]["hf_dir"] == str(hf_dir.resolve()):
+        if record["source"]["files"] == HFWeights(hf_dir).stamp():
+            return True
+        raise ValueError(
+            f"run_dir={run_dir} holds an import of {hf_dir} whose weight files have changed since: import into a new "
+            "run_dir"
+        )
+    raise ValueError(f"run_dir={run_dir} exists and holds something else: import into a new run_dir")
+
+
+def import_hf_model(job: ImportJob) -> None:
+    hf_dir, run_dir = Path(job.hf_dir), Path(job.run_dir)
+    if not hf_dir.is_dir():
+        raise ValueError(f"hf_dir={hf_dir} is not a directory: pass a Hugging Face BloomForCausalLM directory")
+    if _already_imported(run_dir, hf_dir):
+        print(f"{run_dir} already holds this import of {hf_dir}: nothing to do")
+        return
+    model = read_hf_model(hf_dir)
+    weights = HFWeights(hf_dir)
+    _check_shapes(hf_dir, model, weights)
+    staging = run_dir.with_name(run_dir.name + ".importing")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        parameters = _write_checkpoint(staging / CHECKPOINTS, model, weights)
+        _copy_tokenizer(hf_dir, staging / TOKENIZER_DIR)
+        write_import_record(staging, model, {"hf_dir": str(hf_dir.resolve()), "files": weights.stamp()})
+        if run_dir.is_dir():
+            run_dir.rmdir()  # empty: checked above
+        staging.rename(run_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(
+        f"imported {hf_dir} into {run_dir}: BLOOM of {model.num_layers} layers, hidden {model.hidden_size}, "
+        f"{model.num_heads} heads, {parameters:,} parameters, a {model.vocab_size}-token tokenizer "
+        f"({model.embedding_rows} embedding rows); train from it with `corolla train init_from={run_dir}`"
+    )

@@ -1,0 +1,208 @@
+"""`corolla import hf` and `corolla train init_from=...`: a small BLOOM made here with `transformers` (random weights,
+nothing downloaded), once with a corolla SentencePiece tokenizer and once with a byte-level BPE `tokenizer.json` as
+BLOOM's, imported exactly, trained on as `transformers` trains it, and refused in one line when it cannot be."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from distributed import run_ranks
+from megatron.core import parallel_state
+from mlflow.tracking import MlflowClient
+from test_training import records
+from transformers import BloomConfig, BloomForCausalLM
+
+from conftest import MULTILINGUAL, TRAINING_LANGUAGES, byte_level_bpe
+from launch.cli import main
+from launch.config.job_file import read_job
+from launch.data.blend import BlendedDataset
+from launch.data.corpus import TokenCorpus
+from launch.plan.schedules import lr_at
+from launch.plan.weights import weights_of
+from launch.rundir.run_record import recorded_run
+from launch.train.export import full_state_dict
+from model.bloom import BloomModel, parallel_config
+
+SHAPE = {"hidden_size": 64, "n_layer": 4, "n_head": 4, "seq_length": 64}
+RUN = ["model.seq_length=32", "train.steps=3", "train.global_batch=8", "train.micro_batch=2", "train.warmup_steps=1"]
+
+
+def make_bloom(directory: Path, rows: int, tokenizer_files: list[Path], safetensors: bool) -> Path:
+    """A random BloomForCausalLM with `rows` embedding rows, LayerNorms and biases not at their initial values."""
+    torch.manual_seed(3)
+    model = BloomForCausalLM(BloomConfig(vocab_size=rows, **SHAPE))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 1:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.save_pretrained(directory, max_shard_size="300KB", safe_serialization=safetensors)
+    for path in tokenizer_files:
+        shutil.copy2(path, directory / path.name)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def corolla_bloom(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """With corolla's 2,000-token tokenizer (both its files) and 2,048 embedding rows, in sharded safetensors."""
+    tokenizer = tokens.parent / "tokenizer"
+    files = [tokenizer / name for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")]
+    return make_bloom(tmp_path_factory.mktemp("corolla-bloom"), 2048, files, safetensors=True)
+
+
+@pytest.fixture(scope="module")
+def bpe_bloom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """With a 1,000-token byte-level BPE `tokenizer.json` only and as many rows, in sharded PyTorch files."""
+    texts = []
+    for language in TRAINING_LANGUAGES:
+        texts += (MULTILINGUAL / f"{language}.txt").read_text(encoding="utf-8").splitlines()[:300]
+    tokenizer = byte_level_bpe(tmp_path_factory.mktemp("bpe") / "tokenizer.json", texts)
+    return make_bloom(tmp_path_factory.mktemp("bpe-bloom"), 1000, [tokenizer], safetensors=False)
+
+
+@pytest.mark.parametrize("bloom", ["corolla_bloom", "bpe_bloom"])
+def test_import_then_export_gives_back_every_tensor_bit_for_bit(bloom: str, request, tmp_path: Path) -> None:
+    hf_dir = request.getfixturevalue(bloom)
+    assert main(["import", "hf", f"hf_dir={hf_dir}", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert main(["import", "hf", f"hf_dir={hf_dir}", f"run_dir={tmp_path / 'run'}"]) == 0  # nothing to do
+    assert main(["export", "hf", f"run_dir={tmp_path / 'run'}", f"output_dir={tmp_path / 'hf'}"]) == 0
+    original = BloomForCausalLM.from_pretrained(hf_dir).state_dict()
+    exported = BloomForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+    assert original.keys() == exported.keys()
+    assert all(torch.equal(original[name], exported[name]) for name in original)
+    tokenizer = "tokenizer.model" if bloom == "corolla_bloom" else "tokenizer.json"
+    assert (tmp_path / "hf" / tokenizer).read_bytes() == (hf_dir / tokenizer).read_bytes()
+
+
+def _corolla_logits(run_dir: Path, batch: torch.Tensor) -> torch.Tensor:
+    parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
+    try:
+        weights = weights_of(run_dir)
+        model = BloomModel(weights.model, parallel_config(), seed=1)
+        model.load_state_dict(full_state_dict(weights.checkpoints, 0, weights.model), strict=False)
+        with torch.no_grad():
+            return model(batch)
+    finally:
+        parallel_state.destroy_model_parallel()
+
+
+def test_the_imported_model_computes_the_logits_of_transformers(corolla_bloom: Path, tmp_path: Path) -> None:
+    assert main(["import", "hf", f"hf_dir={corolla_bloom}", f"run_dir={tmp_path / 'run'}"]) == 0
+    batch = torch.randint(0, 2000, (3, 48), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = BloomForCausalLM.from_pretrained(corolla_bloom).eval()(batch).logits
+    (logits,) = run_ranks(1, _corolla_logits, tmp_path / "run", batch)
+    assert logits.shape == expected.shape == (3, 48, 2048)
+    assert (logits - expected).abs().max() <= 1e-5
+
+
+def transformers_losses(hf_dir: Path, run_dir: Path) -> list[float]:
+    """The same steps in `transformers`: the run's batches, AdamW (no decay on 1-D weights), clipping, LR schedule."""
+    job = read_job(run_dir / "job.yaml")
+    train = job.train
+    corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
+    dataset = BlendedDataset(corpus, job.data, job.model.seq_length)
+    model = BloomForCausalLM.from_pretrained(hf_dir).train()
+    groups = [
+        {"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": train.weight_decay},
+        {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps)
+    losses = []
+    for step in range(train.steps):
+        samples = range(step * train.global_batch, (step + 1) * train.global_batch)
+        batch = torch.from_numpy(np.stack([dataset[index] for index in samples]).astype(np.int64))
+        logits = model(batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, train)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize(
+    ("bloom", "layout"),
+    [
+        ("corolla_bloom", ["parallel.tp=1", "parallel.pp=1"]),
+        ("corolla_bloom", ["parallel.tp=2", "parallel.pp=2", "parallel.dp=2"]),
+        ("bpe_bloom", ["parallel.tp=1", "parallel.pp=2", "parallel.dp=2"]),
+    ],
+)
+def test_continued_training_takes_the_steps_transformers_takes(
+    bloom: str, layout: list[str], request, tokens: Path, tmp_path: Path
+) -> None:
+    """The first step's loss is the imported weights' on its batch (the logits under that layout); the next ones
+    follow the optimizer. The corolla tokenizer's model trains on the token files of its tokenizer; the BPE one on
+    a corpus encoded with its own tokenizer.json."""
+    hf_dir = request.getfixturevalue(bloom)
+    data = [f"data.tokens_dir={tokens}"] if bloom == "corolla_bloom" else [f"data.corpus={tokens.parent / 'corpus'}"]
+    run_dir = tmp_path / "run"
+    arguments = [f"init_from={hf_dir}", f"run_dir={run_dir}", f"data.cache_dir={tmp_path / 'cache'}", *data]
+    assert main(["train", *arguments, *RUN, *layout]) == 0
+    losses = [record["loss"] for record in records(run_dir)]
+    expected = transformers_losses(hf_dir, run_dir)
+    assert abs(losses[0] - expected[0]) <= 1e-5, (losses, expected)
+    assert np.allclose(losses, expected, rtol=0, atol=1e-4), (losses, expected)
+
+    job = read_job(run_dir / "job.yaml")
+    assert job.model.num_layers == 4 and job.model.embedding_rows == (2048 if bloom == "corolla_bloom" else 1000)
+    tracked = recorded_run(run_dir)
+    tags = MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).data.tags
+    assert tags["corolla.init_from"] == str(hf_dir.resolve()) and tags["corolla.init_step"] == "0"
+
+
+def _broken_copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _config(hf_dir: Path, **changes: object) -> None:
+    config = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directory(
+    capsys, corolla_bloom: Path, bpe_bloom: Path, tokens: Path, tmp_path: Path
+) -> None:
+    missing = _broken_copy(corolla_bloom, tmp_path / "missing")
+    next(missing.glob("model-00002-of-*.safetensors")).unlink()
+    other = _broken_copy(corolla_bloom, tmp_path / "other")
+    _config(other, model_type="gpt2")
+    mismatched = _broken_copy(corolla_bloom, tmp_path / "mismatched")
+    _config(mismatched, n_layer=5)
+    narrow = _broken_copy(bpe_bloom, tmp_path / "narrow")
+    (narrow / "tokenizer.json").unlink()
+    shutil.copy2(tokens.parent / "tokenizer" / "tokenizer.model", narrow)  # 2,000 tokens, 1,000 rows
+    cases = {
+        missing: "lacks model-00002-of-",
+        other: "holds a gpt2 model (config.json model_type), not BLOOM",
+        mismatched: "its weights do not match its config.json (5 layers): the model lacks blocks.4.",
+        narrow: "its tokenizer has 2000 tokens but the embedding only 1000 rows",
+    }
+    for hf_dir, reason in cases.items():
+        run_dir = tmp_path / f"run-{hf_dir.name}"
+        assert main(["import", "hf", f"hf_dir={hf_dir}", f"run_dir={run_dir}"]) == 2
+        error = capsys.readouterr().err
+        assert reason in error and error.count("\n") == 1, error
+        assert not run_dir.exists() and not list(tmp_path.glob("*.importing"))
+
+    # An imported model is trained from, not in; and only on token files of its own tokenizer.
+    imported = tmp_path / "imported"
+    assert main(["import", "hf", f"hf_dir={bpe_bloom}", f"run_dir={imported}"]) == 0
+    assert main(["train", f"run_dir={imported}", f"data.tokens_dir={tokens}"]) == 2
+    assert f"init_from={imported} run_dir=NEW" in capsys.readouterr().err
+    new_run = tmp_path / "new"
+    assert main(["train", f"init_from={imported}", f"run_dir={new_run}", f"data.tokens_dir={tokens}"]) == 2
+    assert f"the token files in {tokens} were encoded with another tokenizer than that of init_from's weights" in (
+        capsys.readouterr().err
+    )
+    assert not new_run.exists()
