@@ -15,11 +15,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 
 from tokenizer.config import Sampling, TokenizerExtendJob
 from tokenizer.corpus_scan import CorpusScan, scan_corpus
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
+from tokenizer.files import ADDED_PIECES_FILE
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.loading import SentencePieceTokenizer
 from tokenizer.parity import parity_search
@@ -54,6 +56,28 @@ def append_pieces(base: pb.ModelProto, trained: bytes) -> tuple[bytes, int]:
         extended.pieces.add(piece=piece.piece, score=lowest - rank, type=NORMAL)
     extended.trainer_spec.vocab_size = len(extended.pieces)
     return extended.SerializeToString(), len(new)
+
+
+def decompositions(base: pb.ModelProto, extended: bytes) -> dict[int, list[int]]:
+    """Each added piece's text as the base tokenizer encodes it (no dummy prefix: a piece's own spaces only)."""
+    plain = pb.ModelProto()
+    plain.CopyFrom(base)
+    plain.normalizer_spec.add_dummy_prefix = False
+    processor = spm.SentencePieceProcessor(model_proto=plain.SerializeToString())
+    pieces = pb.ModelProto.FromString(extended).pieces
+    return {
+        index: processor.encode(pieces[index].piece.replace("\u2581", " "))
+        for index in range(len(base.pieces), len(pieces))
+    }
+
+
+def write_added_pieces(path: Path, base: SentencePieceTokenizer, proto: pb.ModelProto, extended: bytes) -> None:
+    record = {
+        "base_fingerprint": base.fingerprint,
+        "base_vocab_size": base.vocab_size,
+        "decompositions": {str(index): ids for index, ids in decompositions(proto, extended).items()},
+    }
+    path.write_text(json.dumps(record) + "\n")
 
 
 def _premiums(tokenizer: SentencePieceTokenizer, parallel: dict[str, list[str]], reference: str) -> dict[str, float]:
@@ -114,6 +138,7 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
         staging.mkdir()
         (staging / "tokenizer.model").write_bytes(model)
         write_hf_tokenizer(model, staging)
+        write_added_pieces(staging / ADDED_PIECES_FILE, base, proto, model)
         extended = SentencePieceTokenizer(staging / "tokenizer.model")
         held_out = held_out if held_out.get(reference) else tune
         premiums = {"before": _premiums(base, held_out, reference), "after": _premiums(extended, held_out, reference)}

@@ -1,9 +1,12 @@
-"""Writing a file so that readers see the old contents or the new, never a half-written file."""
+"""Tokenizer outputs: the names of shared files, and writing a file so that readers see the old contents or the new,
+never a half-written file."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+ADDED_PIECES_FILE = "added_pieces.json"  # in an extended tokenizer (tokenizer/extend.py): how an embedding grows
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:

@@ -17,6 +17,13 @@ from tokenizer.config import TokenizerConfig
 PLANNED_MICRO_BATCHES = (1, 2, 4, 8)
 
 
+class NewRows(Enum):
+    """How the rows an extended tokenizer adds to an init_from embedding start (launch/train/shards.py)."""
+
+    mean = "mean"  # the mean of the rows of the new piece's pieces under the base tokenizer
+    random = "random"  # drawn as a fresh model's
+
+
 class Precision(Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -133,6 +140,9 @@ class TrainJob:
     # checkpoint), an imported model or a Hugging Face BloomForCausalLM directory. The model's shape and the tokenizer
     # that encodes data.corpus are then theirs. None: random weights.
     init_from: str | None = None
+    # With init_from and data.tokenizer_dir (or token files) of an extension of the weights' tokenizer: the embedding
+    # grows, and its new rows start as this says.
+    init_new_rows: NewRows = NewRows.mean
 
 
 @dataclass

@@ -12,3 +12,5 @@ class DataFacts:
     tokenizer_dir: str | None = None  # the tokenizer they were encoded with
     # Bytes of text per predicted token of each language's validation samples: for bits per byte (corpus.py).
     validation_bytes_per_token: dict[str, float] = field(default_factory=dict)
+    # With init_from and a tokenizer that extends the weights' one: the vocabulary the embedding grows from.
+    grown_from_vocab: int = 0

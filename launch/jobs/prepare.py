@@ -7,6 +7,7 @@ passed every check; a dry run writes nothing and builds no data.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from launch.rundir import outbox, tracking
 from launch.rundir.files import IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.tracking_state import TrackingState, write_state
+from tokenizer.files import ADDED_PIECES_FILE
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE
 
@@ -49,9 +51,11 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     new_run = not (run_dir / RUN_FILE).is_file()
     if job.tracking.uri and new_run:  # a run already open waits for a server that is away (launch/rundir/outbox.py)
         tracking.check_reachable(job.tracking.uri)
-    job, weights = initial_weights(job, dry_run)
+    job, start = initial_weights(job, dry_run)
     check_layouts(job)  # before the data, which may take minutes to build
     job, data = inspect_data(job) if dry_run else prepare_data(job)
+    if start:
+        data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
     if dry_run:
         return PreparedRun(job, plans, run_dir, None)
@@ -64,11 +68,8 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     history = RunHistory(run_dir)
     history.record("launch", cluster=job.cluster.name)
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
-    if weights:
-        tags |= {
-            "corolla.init_from": str(weights.imported_from or weights.run_dir),
-            "corolla.init_step": str(weights.step),
-        }
+    if start:
+        tags |= start.tags()
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
     if new_run:
         write_state(run_dir, TrackingState(sent={}))
@@ -91,20 +92,44 @@ def _imported(source: Path, job: TrainJob, dry_run: bool) -> Path:
     return target
 
 
-def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, Weights | None]:
-    """With init_from: the job with the weights' model shape (its sequence length, kernels and dropout stay the
-    job's) and, unless data.tokens_dir or data.tokenizer_dir says otherwise, their tokenizer for data.corpus; the
-    weights' checkpoint becomes init_from, which every rank reads."""
-    if not job.init_from:
-        return job, None
+@dataclass(frozen=True)
+class StartingWeights:
+    weights: Weights
+    grown_from_vocab: int  # the data's tokenizer extends the weights': the embedding grows from their vocabulary
+
+    def tags(self) -> dict[str, str]:
+        weights = self.weights
+        tags = {
+            "corolla.init_from": str(weights.imported_from or weights.run_dir),
+            "corolla.init_step": str(weights.step),
+        }
+        if self.grown_from_vocab:
+            tags["corolla.init_vocab_grown_from"] = str(self.grown_from_vocab)
+        return tags
+
+
+def _source_weights(job: TrainJob, dry_run: bool) -> Weights:
     source = Path(job.init_from)
     is_hf = (source / "config.json").is_file() and import_record(source) is None and not (source / JOB_FILE).is_file()
     if is_hf and dry_run and not (target := _imported(source, job, True)).is_dir():
         from launch.train.import_hf import read_hf_model
 
-        weights = Weights(target, 0, read_hf_model(source), source, str(source))
-    else:
-        weights = weights_of(_imported(source, job, dry_run) if is_hf else source)
+        return Weights(target, 0, read_hf_model(source), source, str(source))
+    return weights_of(_imported(source, job, dry_run) if is_hf else source)
+
+
+def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, StartingWeights | None]:
+    """With init_from: the job with the weights' model shape (its sequence length, kernels and dropout stay the
+    job's) and, unless data.tokens_dir or data.tokenizer_dir says otherwise, their tokenizer for data.corpus; the
+    weights' checkpoint becomes init_from, which every rank reads. Data of a tokenizer that extends the weights'
+    grows the vocabulary (the embedding padded for TP again)."""
+    if not job.init_from:
+        return job, None
+    weights = _source_weights(job, dry_run)
+    data = job.data
+    if data.tokens_dir is None and data.tokenizer_dir is None:
+        data = replace(data, tokenizer_dir=str(weights.tokenizer_dir))
+    grown_from, vocab_size = _vocabulary_growth(weights, data)
     kept = job.model
     model = replace(
         weights.model,
@@ -114,26 +139,29 @@ def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, Wei
         hidden_dropout=kept.hidden_dropout,
         attention_dropout=kept.attention_dropout,
     )
-    data = job.data
-    if data.tokens_dir is None and data.tokenizer_dir is None:
-        data = replace(data, tokenizer_dir=str(weights.tokenizer_dir))
-    _check_tokenizer(weights, data)
-    return replace(job, model=model, data=data, init_from=str(weights.checkpoint.resolve())), weights
+    if grown_from:
+        model = replace(model, vocab_size=vocab_size, embedding_rows=0)
+    job = replace(job, model=model, data=data, init_from=str(weights.checkpoint.resolve()))
+    return job, StartingWeights(weights, grown_from)
 
 
-def _check_tokenizer(weights: Weights, data: DataConfig) -> None:
-    """The data is encoded with the weights' own tokenizer: another one's ids mean other text to the model."""
+def _vocabulary_growth(weights: Weights, data: DataConfig) -> tuple[int, int]:
+    """(the weights' vocabulary, the data's) when the data's tokenizer extends the weights' (`corolla tokenizer
+    extend`); (0, 0) when it is theirs; a one-line ValueError for another one, whose ids mean other text."""
     ours = load_tokenizer(weights.tokenizer_dir)
     if data.tokens_dir:
         corpus = TokenCorpus(data.tokens_dir, data.validation_documents)
-        fingerprint, used = corpus.tokenizer_fingerprint, f"the token files in {data.tokens_dir} were encoded"
+        fingerprint, tokenizer_dir = corpus.tokenizer_fingerprint, corpus.tokenizer_dir
+        used = f"the token files in {data.tokens_dir} were encoded"
     else:
-        fingerprint, used = (
-            load_tokenizer(data.tokenizer_dir).fingerprint,
-            f"data.tokenizer_dir={data.tokenizer_dir} is",
-        )
-    if fingerprint != ours.fingerprint:
-        raise ValueError(
-            f"{used} with another tokenizer than that of init_from's weights ({ours.path}): encode data.corpus with "
-            "it (drop data.tokens_dir and data.tokenizer_dir) or pass token files made with it"
-        )
+        tokenizer_dir = Path(data.tokenizer_dir)
+        fingerprint, used = load_tokenizer(tokenizer_dir).fingerprint, f"data.tokenizer_dir={data.tokenizer_dir} is"
+    if fingerprint == ours.fingerprint:
+        return 0, 0
+    added = tokenizer_dir / ADDED_PIECES_FILE
+    if added.is_file() and json.loads(added.read_text())["base_fingerprint"] == ours.fingerprint:
+        return ours.vocab_size, load_tokenizer(tokenizer_dir).vocab_size
+    raise ValueError(
+        f"{used} with another tokenizer than that of init_from's weights ({ours.path}), and not one extended from "
+        "it: encode data.corpus with it (drop data.tokens_dir and data.tokenizer_dir), or with its extension"
+    )

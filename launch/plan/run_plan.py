@@ -42,6 +42,8 @@ class RunPlan:
     memory_gib: float | None  # the planner's estimate a GPU, on a cluster that gives its GPUs' figures
     # Bytes of text per predicted token of each language's validation samples (DataFacts): for bits per byte.
     validation_bytes_per_token: dict[str, float] = field(default_factory=dict)
+    # init_from's embedding grows from this vocabulary to this run's (DataFacts); 0: it does not grow.
+    grown_from_vocab: int = 0
 
     @property
     def stages(self) -> list[range]:
@@ -81,6 +83,7 @@ def make_plan(job: TrainJob, world_size: int, data: DataFacts) -> RunPlan:
         padded_vocab_size=model.padded_vocab_size(layout.tp),
         memory_gib=check_memory(replace(job, model=model), layout),
         validation_bytes_per_token=data.validation_bytes_per_token,
+        grown_from_vocab=data.grown_from_vocab,
     )
 
 

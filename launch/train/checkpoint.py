@@ -273,14 +273,15 @@ def load(engine, directory: Path, step: int, layout: ParallelLayout, seed: int) 
     return saved
 
 
-def load_weights(engine, checkpoint_dir: Path) -> ParallelLayout:
+def load_weights(engine, checkpoint_dir: Path, growth: shards.EmbeddingGrowth | None = None) -> ParallelLayout:
     """Sets this rank's weights from the checkpoint in `checkpoint_dir` (another run's, or an import's), whatever
-    layout saved it, and nothing else: optimizer, LR schedule, step and RNG start afresh. Returns its layout."""
+    layout saved it, and nothing else: optimizer, LR schedule, step and RNG start afresh; with `growth`, the word
+    embedding grows. Returns its layout."""
     directory, tag = checkpoint_dir.parent, checkpoint_dir.name
     try:
         step = complete_record(directory, tag)["step"]
         layout = saved_layout(directory, step)
-        shards.restore_weights(engine, shards.ShardReader(checkpoint_dir, layout))
+        shards.restore_weights(engine, shards.ShardReader(checkpoint_dir, layout), growth)
     except shards.ShardError as error:
         raise CheckpointError(f"init_from's checkpoint {checkpoint_dir} does not fit this model: {error}") from None
     except (RuntimeError, OSError, EOFError, KeyError) as error:

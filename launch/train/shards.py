@@ -11,6 +11,7 @@ rounded, so a run resumed on another layout continues from exactly the numbers i
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -119,16 +120,21 @@ class ShardReader:
         slices = self._slices(name, key, stage)
         if tp == self.layout.tp:
             return slices[tp_rank]
-        # Only the old slices that overlap the new one are read (they are memory-mapped), not the whole tensor.
-        old_width, total = slices[0].shape[dim], sum(piece.shape[dim] for piece in slices)
+        total = sum(piece.shape[dim] for piece in slices)
         if total % tp:
             raise ShardError(f"{name} has {total} rows or columns, which TP={tp} cannot split evenly")
-        start, stop = tp_rank * total // tp, (tp_rank + 1) * total // tp
-        pieces = []
+        return self.span(name, key, tp_rank * total // tp, (tp_rank + 1) * total // tp, stage)
+
+    def span(self, name: str, key: str, start: int, stop: int, stage: int | None = None) -> torch.Tensor:
+        """Rows or columns [start, stop) of the whole parameter along the dimension TP splits. Only the old slices
+        that overlap them are read (they are memory-mapped), not the whole tensor."""
+        dim = tp_split_dim(name)
+        slices = self._slices(name, key, stage)
+        width, pieces = slices[0].shape[dim], []
         for index, piece in enumerate(slices):
-            low, high = max(start, index * old_width), min(stop, (index + 1) * old_width)
+            low, high = max(start, index * width), min(stop, (index + 1) * width)
             if low < high:
-                pieces.append(piece.narrow(dim, low - index * old_width, high - low))
+                pieces.append(piece.narrow(dim, low - index * width, high - low))
         return torch.cat(pieces, dim)
 
 
@@ -171,9 +177,38 @@ def restore(engine, reader: ShardReader, steps: int) -> None:
             engine.optimizer.state[parameter] = {"step": torch.tensor(float(steps)), **moments}
 
 
-def restore_weights(engine, reader: ShardReader) -> None:
-    """Sets this rank's weights (model and fp32 master) from `reader` and nothing else: the optimizer starts afresh."""
+@dataclass(frozen=True)
+class EmbeddingGrowth:
+    """A vocabulary grown from `base_vocab` ids (`corolla tokenizer extend`): the rows of the base ids are the
+    checkpoint's; each added id's row is the mean of the rows of its pieces under the base tokenizer (`rows`), or,
+    with `rows` None, drawn as a fresh model's are; padding rows are drawn too."""
+
+    base_vocab: int
+    rows: dict[int, list[int]] | None
+
+
+def _grown_embedding(reader: ShardReader, name: str, fresh: torch.Tensor, growth: EmbeddingGrowth) -> torch.Tensor:
+    """This rank's slice of the grown embedding; `fresh` is the slice as the engine drew it."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    start = tp_rank * fresh.shape[0]
+    grown = fresh.detach().float().cpu().clone()
+    kept = min(growth.base_vocab, start + fresh.shape[0]) - start
+    if kept > 0:
+        grown[:kept] = reader.span(name, "weight", start, start + kept)
+    for index, pieces in (growth.rows or {}).items():
+        if start <= index < start + fresh.shape[0]:
+            grown[index - start] = torch.stack([reader.span(name, "weight", row, row + 1)[0] for row in pieces]).mean(0)
+    return grown
+
+
+def restore_weights(engine, reader: ShardReader, growth: EmbeddingGrowth | None = None) -> None:
+    """Sets this rank's weights (model and fp32 master) from `reader` and nothing else: the optimizer starts afresh.
+    With `growth`, the word embedding grows from the checkpoint's."""
     tp, tp_rank, _ = _this_rank()
     masters = compat.master_groups(engine) is not None
     for name, parameter in engine.module.named_parameters():
-        _set_weight(engine, name, parameter, reader.local(name, "weight", tp, tp_rank), masters)
+        if growth and name.endswith("word_embeddings.weight"):
+            weight = _grown_embedding(reader, name, parameter, growth)
+        else:
+            weight = reader.local(name, "weight", tp, tp_rank)
+        _set_weight(engine, name, parameter, weight, masters)

@@ -7,6 +7,7 @@ the process group, checks that the libraries lay the ranks out as planned, and t
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -18,7 +19,7 @@ import torch
 from megatron.core import parallel_state
 
 from launch.config.job_file import read_job
-from launch.config.schemas import TrainJob
+from launch.config.schemas import NewRows, TrainJob
 from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus
 from launch.plan.layout import ParallelLayout
@@ -33,7 +34,9 @@ from launch.train.engine import build_engine, check_groups
 from launch.train.faults import Faults
 from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter
+from launch.train.shards import EmbeddingGrowth
 from launch.train.stopping import StopSignals, Watchdog
+from tokenizer.files import ADDED_PIECES_FILE
 
 
 class Outcome(Enum):
@@ -107,15 +110,26 @@ def _data(job: TrainJob, plan: RunPlan) -> DataShard:
     return DataShard(dataset, dp_rank, plan.layout.dp, validation)
 
 
+def _growth(job: TrainJob, plan: RunPlan) -> EmbeddingGrowth | None:
+    """How init_from's embedding grows to this run's vocabulary, if it does."""
+    if not plan.grown_from_vocab:
+        return None
+    if job.init_new_rows == NewRows.random:
+        return EmbeddingGrowth(plan.grown_from_vocab, None)
+    tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
+    record = json.loads((tokenizer_dir / ADDED_PIECES_FILE).read_text())
+    return EmbeddingGrowth(plan.grown_from_vocab, {int(i): ids for i, ids in record["decompositions"].items()})
+
+
 def _starting_weights(
-    engine, job: TrainJob, directory: Path, first_step: int, layout: ParallelLayout
+    engine, job: TrainJob, directory: Path, first_step: int, layout: ParallelLayout, growth: EmbeddingGrowth | None
 ) -> ParallelLayout:
     """The run's own checkpoint of `first_step` in `directory` (returns the layout that saved it), else init_from's
-    weights, else the random ones the engine has."""
+    weights (grown by `growth`), else the random ones the engine has."""
     if first_step:
         return checkpoint.load(engine, directory, first_step, layout, job.seed)
     if job.init_from:
-        saved = checkpoint.load_weights(engine, Path(job.init_from))
+        saved = checkpoint.load_weights(engine, Path(job.init_from), growth)
         if torch.distributed.get_rank() == 0:
             print(f"starting from the weights of {job.init_from} ({saved.name}), optimizer afresh", flush=True)
     return layout
@@ -146,7 +160,7 @@ def main(
     layout = plan.layout
     try:
         first_step = checkpoint.verified_step(directory)
-        saved_layout = _starting_weights(engine, job, directory, first_step, layout)
+        saved_layout = _starting_weights(engine, job, directory, first_step, layout, _growth(job, plan))
     except CheckpointError as error:
         if rank == 0:
             print(f"corolla: error: {error}", file=sys.stderr, flush=True)

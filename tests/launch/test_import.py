@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from test_training import records
 from transformers import BloomConfig, BloomForCausalLM
 
-from conftest import MULTILINGUAL, TRAINING_LANGUAGES, byte_level_bpe
+from conftest import MULTILINGUAL, SHARED_DATA, TRAINING_LANGUAGES, byte_level_bpe, cut_corpus
 from launch.cli import main
 from launch.config.job_file import read_job
 from launch.data.blend import BlendedDataset
@@ -206,3 +206,34 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
         capsys.readouterr().err
     )
     assert not new_run.exists()
+
+
+def test_an_extended_tokenizer_grows_the_embedding_with_the_mean_of_each_new_pieces_base_rows(
+    corolla_bloom: Path, tmp_path: Path
+) -> None:
+    """The 2,000-token tokenizer extended with Greek and Amharic, which it lacks; a step at a learning rate of 1e-9
+    under TP2 x PP2 leaves the rows as they started."""
+    corpus = cut_corpus(tmp_path / "corpus", ["eng_Latn", "ell_Grek", "amh_Ethi"], 300)
+    extended = tmp_path / "extended"
+    arguments = [f"base={corolla_bloom}", f"corpus={corpus}", f"output_dir={extended}", "languages=[ell_Grek,amh_Ethi]"]
+    arguments += ["added_pieces=1000", "tokenizer=tiny", f"tokenizer.parity_set={SHARED_DATA / 'parallel-dev'}"]
+    assert main(["tokenizer", "extend", *arguments]) == 0
+    run_dir = tmp_path / "run"
+    arguments = [f"init_from={corolla_bloom}", f"run_dir={run_dir}", f"data.tokenizer_dir={extended}"]
+    arguments += [f"data.corpus={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "train.lr=1e-9", "train.min_lr=1e-9"]
+    assert main(["train", *arguments, *RUN, "train.steps=1", "parallel.tp=2", "parallel.pp=2"]) == 0
+
+    job = read_job(run_dir / "job.yaml")
+    vocab = job.model.vocab_size
+    assert vocab > 2300 and job.model.embedding_rows == 0
+    grown = full_state_dict(run_dir / "checkpoints", 1, job.model)["word_embeddings.weight"]
+    assert grown.shape == (-(-vocab // 256) * 256, 64)  # padded to 128 x TP
+    base = BloomForCausalLM.from_pretrained(corolla_bloom).state_dict()["transformer.word_embeddings.weight"]
+    assert torch.allclose(grown[:2000], base[:2000], atol=1e-6)
+    pieces = json.loads((extended / "added_pieces.json").read_text())["decompositions"]
+    means = torch.stack([base[ids].mean(0) for _, ids in sorted(pieces.items(), key=lambda item: int(item[0]))])
+    assert torch.allclose(grown[2000:vocab], means, atol=1e-6)
+    tracked = recorded_run(run_dir)
+    assert (
+        MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).data.tags["corolla.init_vocab_grown_from"] == "2000"
+    )
