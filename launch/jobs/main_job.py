@@ -16,6 +16,7 @@ from launch.jobs.stages import (
     encoding_groups,
     evaluate_stage,
     export_stage,
+    given_tokenizer,
     manifest_stage,
     train_tokenizer_stage,
     training_job,
@@ -33,7 +34,11 @@ def run_main_job(job: MainJob, dry_run: bool = False) -> None:
         LocalBackend().start(checkable_training_job(job, data_is_current(job)), dry_run=True)
         print(f"dry run: the stages would run here, in {paths.run_dir}")
         return
-    print(f"[1/5] tokenizer ({job.tokenizer.sampling.value} sampling, vocab {job.tokenizer.vocab_size})")
+    print(
+        f"[1/5] tokenizer ({job.tokenizer.sampling.value} sampling, vocab {job.tokenizer.vocab_size})"
+        if not given_tokenizer(job)
+        else "[1/5] tokenizer"
+    )
     train_tokenizer_stage(job)
     print(f"[2/5] evaluation on {job.parallel_set}")
     reports = evaluate_stage(job)

@@ -17,7 +17,7 @@ from launch.config.schemas import ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, write_plans
-from launch.plan.weights import Weights, import_record, weights_of
+from launch.plan.weights import Weights, is_hf_directory, weights_of
 from launch.rundir import outbox, tracking
 from launch.rundir.files import IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import RunHistory
@@ -110,7 +110,7 @@ class StartingWeights:
 
 def _source_weights(job: TrainJob, dry_run: bool) -> Weights:
     source = Path(job.init_from)
-    is_hf = (source / "config.json").is_file() and import_record(source) is None and not (source / JOB_FILE).is_file()
+    is_hf = is_hf_directory(source)
     if is_hf and dry_run and not (target := _imported(source, job, True)).is_dir():
         from launch.train.import_hf import read_hf_model
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from launch.config.schemas import ExportJob, MainJob, TrainJob
 from launch.jobs.prepare import PreparedRun, prepare_run
+from launch.plan.weights import tokenizer_of
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS, HF_DIR, LATEST, REPORT_DIR, TOKENIZER_DIR, TOKENS_DIR, TRAIN_DIR
 from tokenizer.config import TokenizerTrainJob
@@ -43,12 +44,19 @@ class PipelinePaths:
         run_dir = Path(job.run_dir)
         return cls(
             run_dir,
-            run_dir / TOKENIZER_DIR,
+            given_tokenizer(job) or run_dir / TOKENIZER_DIR,
             run_dir / REPORT_DIR,
             Path(job.data.tokens_dir or run_dir / TOKENS_DIR),
             run_dir / TRAIN_DIR,
             run_dir / HF_DIR,
         )
+
+
+def given_tokenizer(job: MainJob) -> Path | None:
+    """The tokenizer the pipeline encodes with instead of training one: data.tokenizer_dir, else init_from's own."""
+    if job.data.tokenizer_dir:
+        return Path(job.data.tokenizer_dir)
+    return tokenizer_of(job.init_from) if job.init_from else None
 
 
 def tokenizer_job(job: MainJob) -> TokenizerTrainJob:
@@ -61,10 +69,13 @@ def training_job(job: MainJob) -> TrainJob:
 
 
 def tokenizer_is_current(job: MainJob) -> bool:
-    return is_current(tokenizer_job(job))
+    return given_tokenizer(job) is not None or is_current(tokenizer_job(job))
 
 
 def train_tokenizer_stage(job: MainJob, log: Callable[[str], None] = print) -> None:
+    if given := given_tokenizer(job):
+        log(f"      {given}, given (data.tokenizer_dir, or init_from's own): nothing to train")
+        return
     tokenizer = tokenizer_job(job)
     if is_current(tokenizer):
         log(f"      up to date: {tokenizer.output_dir}")
@@ -80,10 +91,12 @@ def train_tokenizer_stage(job: MainJob, log: Callable[[str], None] = print) -> N
 
 
 def evaluation_is_current(job: MainJob) -> bool:
-    """The report is newer than the tokenizer it reports on."""
+    """The report is newer than the tokenizer it reports on (its metadata, or its model where it has none)."""
     paths = PipelinePaths.of(job)
-    report, metadata = paths.report / REPORT_JSON, paths.tokenizer / METADATA_FILE
-    return report.is_file() and metadata.is_file() and report.stat().st_mtime_ns >= metadata.stat().st_mtime_ns
+    report = paths.report / REPORT_JSON
+    written = [paths.tokenizer / name for name in (METADATA_FILE, "tokenizer.model", "tokenizer.json")]
+    tokenizer = next((path for path in written if path.is_file()), None)
+    return report.is_file() and tokenizer is not None and report.stat().st_mtime_ns >= tokenizer.stat().st_mtime_ns
 
 
 def evaluate_stage(job: MainJob, log: Callable[[str], None] = print) -> dict[str, Path]:

@@ -98,3 +98,14 @@ def checkpoint_layout(directory: Path, step: int, key: str = "layout") -> Parall
             "resharding: resume it with that version, or start the run again"
         )
     return ParallelLayout(**record[key])
+
+
+def is_hf_directory(path: Path) -> bool:
+    """A Hugging Face model directory, not yet imported."""
+    return (path / "config.json").is_file() and not (path / IMPORT_FILE).is_file() and not (path / JOB_FILE).is_file()
+
+
+def tokenizer_of(init_from: str | Path) -> Path:
+    """The tokenizer directory of init_from's weights, without importing them."""
+    path = Path(init_from)
+    return path if is_hf_directory(path) else weights_of(path).tokenizer_dir

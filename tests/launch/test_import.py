@@ -237,3 +237,19 @@ def test_an_extended_tokenizer_grows_the_embedding_with_the_mean_of_each_new_pie
     assert (
         MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).data.tags["corolla.init_vocab_grown_from"] == "2000"
     )
+
+
+def test_the_pipeline_encodes_with_the_imported_models_tokenizer_and_continues_it(
+    bpe_bloom: Path, tokens: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "pipeline"
+    arguments = [f"init_from={bpe_bloom}", f"run_dir={run_dir}", f"data.corpus={tokens.parent / 'corpus'}"]
+    arguments += [f"data.cache_dir={tmp_path / 'cache'}", *RUN, "train.steps=2", "parallel=single"]
+    assert main(["pipeline", *arguments]) == 0
+    assert not (run_dir / "tokenizer").exists()  # none trained: the model's own
+    manifest = json.loads((run_dir / "tokens" / "manifest.json").read_text())
+    assert manifest["tokenizer"]["path"] == str(bpe_bloom / "tokenizer.json")
+    report = json.loads((run_dir / "tokenizer-eval" / "report.json").read_text())
+    assert report["languages"]["fra_Latn"]["premium"] > 1
+    assert BloomForCausalLM.from_pretrained(run_dir / "hf").config.vocab_size == 1000
+    assert [record["step"] for record in records(run_dir / "train")] == [1, 2]
