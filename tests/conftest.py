@@ -40,6 +40,39 @@ SMALL_LANGUAGES = [
 TRAINING_LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "rus_Cyrl"]
 
 
+# The modules that start a Slurm cluster on this machine: one runs at a time (slurm/testcluster.py), so with pytest's
+# workers (`-n 2`, scripts/test.sh) they all go to one worker, first, as they take longest.
+CLUSTER_MODULES = {
+    "tests/test_readme.py",
+    "tests/slurm/test_pipeline.py",
+    "tests/slurm/test_monitor.py",
+    "tests/slurm/test_submit.py",
+    "tests/slurm/test_testcluster.py",
+}
+
+
+def _work_unit(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return "slurm-cluster" if module in CLUSTER_MODULES else module
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _work_unit(item.nodeid) != "slurm-cluster")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Each worker takes whole modules (their module fixtures built once), and one takes every CLUSTER_MODULES one.
+    (xdist's own `--dist loadgroup` renames test ids, which this pytest no longer lets it do.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return ModuleScheduling(config, log)
+
+
 def cut_corpus(target: Path, languages: list[str], lines: int) -> Path:
     """Copies the first `lines` lines of each language's sample file into `target`."""
     target.mkdir(parents=True, exist_ok=True)
