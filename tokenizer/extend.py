@@ -1,47 +1,38 @@
 """`corolla tokenizer extend`: add languages to a trained tokenizer without changing what it does for the others.
 
 The languages the base serves badly (premium above a threshold on the tuning half of a parallel set, or named) get
-a SentencePiece BPE of their own, trained with the usual sampling (parity: re-weighted by the premiums the extended
-tokenizer gives them). Its pieces that the base lacks are appended after the base's, scored below every base piece,
-in their own order. So every base id keeps its piece, byte fallback and special tokens are the base's, and the base's
-merges all come first: on text of the base languages the new pieces only join what the base left as two pieces. The
-Hugging Face export is written from the extended model as for any corolla tokenizer.
+a BPE of their own, trained with the usual sampling (parity: re-weighted by the premiums the extended tokenizer gives
+them), and what of it the base lacks is appended after the base's own, in its own order. A corolla SentencePiece
+base gets the pieces, scored below every base piece (its Hugging Face export written as for any corolla tokenizer); a
+byte-level BPE `tokenizer.json` (BLOOM's kind) gets the tokens as new ids and their merges after its own. Either way
+every base id keeps its piece, byte fallback and special tokens are the base's, and the base's merges all come first:
+on text of the base languages the new pieces only join what the base left as two pieces.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from pathlib import Path
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
+from tokenizers import Tokenizer, pre_tokenizers, trainers
 
 from tokenizer.config import Sampling, TokenizerExtendJob
 from tokenizer.corpus_scan import CorpusScan, scan_corpus
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
 from tokenizer.files import ADDED_PIECES_FILE
 from tokenizer.hf_export import write_hf_tokenizer
-from tokenizer.loading import SentencePieceTokenizer
+from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.parity import parity_search
-from tokenizer.sampling import budgets, format_budget_table
+from tokenizer.sampling import budgets, format_budget_table, sample_sentences
 from tokenizer.train import METADATA_FILE, check_output_dir, config_record, publish, train_on_plan, versions
 
 NORMAL = pb.ModelProto.SentencePiece.NORMAL
-
-
-def _base_model(base: Path) -> tuple[SentencePieceTokenizer, pb.ModelProto]:
-    path = base / "tokenizer.model" if base.is_dir() else base
-    if not path.is_file():
-        raise ValueError(
-            f"base={base} has no tokenizer.model: extension appends to a corolla (SentencePiece) tokenizer; one "
-            "that is only a tokenizer.json, such as BLOOM's byte-level BPE, cannot be extended yet"
-        )
-    proto = pb.ModelProto.FromString(path.read_bytes())
-    if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
-        raise ValueError(f"base={base} is a unigram model: extension appends BPE pieces, train the base with BPE")
-    return SentencePieceTokenizer(path), proto
 
 
 def append_pieces(base: pb.ModelProto, trained: bytes) -> tuple[bytes, int]:
@@ -58,29 +49,145 @@ def append_pieces(base: pb.ModelProto, trained: bytes) -> tuple[bytes, int]:
     return extended.SerializeToString(), len(new)
 
 
-def decompositions(base: pb.ModelProto, extended: bytes) -> dict[int, list[int]]:
-    """Each added piece's text as the base tokenizer encodes it (no dummy prefix: a piece's own spaces only)."""
-    plain = pb.ModelProto()
-    plain.CopyFrom(base)
-    plain.normalizer_spec.add_dummy_prefix = False
-    processor = spm.SentencePieceProcessor(model_proto=plain.SerializeToString())
-    pieces = pb.ModelProto.FromString(extended).pieces
-    return {
-        index: processor.encode(pieces[index].piece.replace("\u2581", " "))
-        for index in range(len(base.pieces), len(pieces))
-    }
+def append_merges(base: dict, trained: dict) -> dict:
+    """A `tokenizer.json` BPE `base` with the tokens of the `trained` one it lacks appended to its vocabulary (new
+    ids after its last) and their merges after its own, in the trained order: the base's merges all come first."""
+    extended = json.loads(json.dumps(base))
+    vocab, merges = extended["model"]["vocab"], extended["model"]["merges"]
+    next_id = max([*vocab.values(), *(token["id"] for token in extended.get("added_tokens", []))]) + 1
+    for token, _ in sorted(trained["model"]["vocab"].items(), key=lambda item: item[1]):
+        if token not in vocab:
+            vocab[token], next_id = next_id, next_id + 1
+    as_text = not merges or isinstance(merges[0], str)  # "a b", or ["a", "b"] (newer tokenizers)
+    known = {tuple(_pair(merge)) for merge in merges}
+    for merge in map(_pair, trained["model"]["merges"]):
+        if tuple(merge) not in known:
+            merges.append(" ".join(merge) if as_text else merge)
+    return extended
 
 
-def write_added_pieces(path: Path, base: SentencePieceTokenizer, proto: pb.ModelProto, extended: bytes) -> None:
-    record = {
-        "base_fingerprint": base.fingerprint,
-        "base_vocab_size": base.vocab_size,
-        "decompositions": {str(index): ids for index, ids in decompositions(proto, extended).items()},
-    }
-    path.write_text(json.dumps(record) + "\n")
+def _pair(merge: str | list[str]) -> list[str]:
+    return merge.split(" ", 1) if isinstance(merge, str) else list(merge)
 
 
-def _premiums(tokenizer: SentencePieceTokenizer, parallel: dict[str, list[str]], reference: str) -> dict[str, float]:
+class ExtensibleBase(ABC):
+    """A base tokenizer of one kind: how pieces are trained for it, appended to it and written."""
+
+    model_file: str
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tokenizer = load_tokenizer(path)
+
+    @abstractmethod
+    def train(self, scan: CorpusScan, plan: list, cfg, seed: int, workdir: Path, log) -> tuple[bytes, dict[str, int]]:
+        """A model of the languages' sample, serialized, and the bytes sampled per language."""
+
+    @abstractmethod
+    def append(self, trained: bytes) -> bytes: ...
+
+    @abstractmethod
+    def decompositions(self, extended: bytes) -> dict[int, list[int]]:
+        """Each added id's text as the base tokenizer encodes it."""
+
+    def write(self, extended: bytes, directory: Path) -> None:
+        (directory / self.model_file).write_bytes(extended)
+        ids = self.decompositions(extended)
+        record = {
+            "base_fingerprint": self.tokenizer.fingerprint,
+            "base_vocab_size": self.tokenizer.vocab_size,
+            "decompositions": {str(index): pieces for index, pieces in ids.items()},
+        }
+        (directory / ADDED_PIECES_FILE).write_text(json.dumps(record) + "\n")
+
+
+class SentencePieceBase(ExtensibleBase):
+    model_file = "tokenizer.model"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.proto = pb.ModelProto.FromString(path.read_bytes())
+        if self.proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
+            raise ValueError(f"base={path.parent} is a unigram model: extension appends BPE pieces, train it with BPE")
+
+    def train(self, scan, plan, cfg, seed, workdir, log):
+        return train_on_plan(scan, plan, cfg, seed, workdir, log)
+
+    def append(self, trained: bytes) -> bytes:
+        return append_pieces(self.proto, trained)[0]
+
+    def decompositions(self, extended: bytes) -> dict[int, list[int]]:
+        plain = pb.ModelProto()  # no dummy prefix: a piece's own spaces only
+        plain.CopyFrom(self.proto)
+        plain.normalizer_spec.add_dummy_prefix = False
+        processor = spm.SentencePieceProcessor(model_proto=plain.SerializeToString())
+        pieces = pb.ModelProto.FromString(extended).pieces
+        start = len(self.proto.pieces)
+        return {
+            index: processor.encode(pieces[index].piece.replace("\u2581", " ")) for index in range(start, len(pieces))
+        }
+
+    def write(self, extended: bytes, directory: Path) -> None:
+        super().write(extended, directory)
+        write_hf_tokenizer(extended, directory)
+
+
+class ByteLevelBase(ExtensibleBase):
+    """A byte-level BPE `tokenizer.json`, as BLOOM's: pieces trained with `tokenizers` and the base's pre-tokenizer."""
+
+    model_file = "tokenizer.json"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.config = json.loads(path.read_text(encoding="utf-8"))
+        if self.config["model"]["type"] != "BPE" or not self.tokenizer.byte_level:
+            raise ValueError(
+                f"base={path.parent} holds a tokenizer.json that is no byte-level BPE: extension appends to a "
+                "SentencePiece BPE tokenizer.model or a byte-level BPE tokenizer.json (as BLOOM's)"
+            )
+
+    def train(self, scan, plan, cfg, seed, workdir, log):
+        sample = workdir / "sample.txt"
+        sampled = sample_sentences(scan, plan, seed, sample)
+        tokenizer = Tokenizer.from_file(str(self.path))
+        trainer = trainers.BpeTrainer(
+            vocab_size=cfg.vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tokenizer.train([str(sample)], trainer)
+        sample.unlink()
+        log(f"byte-level BPE {cfg.vocab_size}: trained on {sum(sampled.values()) / 1e6:.1f} MB")
+        return tokenizer.to_str().encode(), sampled
+
+    def append(self, trained: bytes) -> bytes:
+        return json.dumps(append_merges(self.config, json.loads(trained)), ensure_ascii=False).encode()
+
+    def decompositions(self, extended: bytes) -> dict[int, list[int]]:
+        base = Tokenizer.from_file(str(self.path))
+        vocab = json.loads(extended)["model"]["vocab"]
+        start = self.tokenizer.vocab_size
+        # The base's BPE on the token's own byte symbols: exact even for a token that holds part of a character.
+        return {
+            index: [piece.id for piece in base.model.tokenize(token)]
+            for token, index in vocab.items()
+            if index >= start
+        }
+
+    def write(self, extended: bytes, directory: Path) -> None:
+        super().write(extended, directory)
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if (self.path.parent / name).is_file():
+                shutil.copy2(self.path.parent / name, directory / name)
+
+
+def _base(base: Path) -> ExtensibleBase:
+    if (base / "tokenizer.model").is_file():
+        return SentencePieceBase(base / "tokenizer.model")
+    if (base / "tokenizer.json").is_file():
+        return ByteLevelBase(base / "tokenizer.json")
+    raise ValueError(f"base={base} holds neither tokenizer.model nor tokenizer.json: pass a tokenizer directory")
+
+
+def _premiums(tokenizer: TextTokenizer, parallel: dict[str, list[str]], reference: str) -> dict[str, float]:
     return {language: row["premium"] for language, row in language_stats(tokenizer, parallel, reference).items()}
 
 
@@ -106,12 +213,12 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
     cfg = replace(job.tokenizer, vocab_size=job.added_pieces)
     if not cfg.parity_set:
         raise ValueError("tokenizer extend measures premiums on a parallel set: pass tokenizer.parity_set=DIR")
-    base, proto = _base_model(Path(job.base))
+    base = _base(Path(job.base))
     out = check_output_dir(job.output_dir, job.overwrite)
     reference = cfg.reference_language
     tune, held_out = split_parallel(load_parallel(cfg.parity_set, reference), cfg.parity_tune_fraction)
     scan = scan_corpus(job.corpus)
-    before = _premiums(base, tune, reference)
+    before = _premiums(base.tokenizer, tune, reference)
     languages = _languages(job, scan, before)
     log("extending for " + ", ".join(f"{lang} (premium {before.get(lang, float('nan')):.2f})" for lang in languages))
     sizes = {lang: scan.sizes[lang] for lang in languages}
@@ -121,14 +228,15 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
 
         def train_round(plan):
             try:
-                trained, sampled = train_on_plan(scan, plan, cfg, job.seed, workdir, log)
+                trained, sampled = base.train(scan, plan, cfg, job.seed, workdir, log)
             except ValueError as error:  # said of the trained vocabulary, which is added_pieces here
                 raise ValueError(str(error).replace("tokenizer.vocab_size", "added_pieces")) from None
-            return append_pieces(proto, trained)[0], sampled
+            return base.append(trained), sampled
 
         if cfg.sampling == Sampling.parity:
             measured = frozenset(languages) | {reference}
-            result = parity_search(sizes, cfg, train_round, workdir, log, measured=measured)
+            suffix = Path(base.model_file).suffix
+            result = parity_search(sizes, cfg, train_round, workdir, log, measured=measured, suffix=suffix)
             model, history = result.model, {"parity": result.history}
         else:
             plan = budgets(sizes, cfg)
@@ -136,25 +244,26 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
             model, history = train_round(plan)[0], {}
         staging = workdir / "out"
         staging.mkdir()
-        (staging / "tokenizer.model").write_bytes(model)
-        write_hf_tokenizer(model, staging)
-        write_added_pieces(staging / ADDED_PIECES_FILE, base, proto, model)
-        extended = SentencePieceTokenizer(staging / "tokenizer.model")
+        base.write(model, staging)
+        extended = load_tokenizer(staging / base.model_file)
         held_out = held_out if held_out.get(reference) else tune
-        premiums = {"before": _premiums(base, held_out, reference), "after": _premiums(extended, held_out, reference)}
-        metadata = _metadata(job, base, proto, extended, languages, before, premiums, history)
+        premiums = {
+            "before": _premiums(base.tokenizer, held_out, reference),
+            "after": _premiums(extended, held_out, reference),
+        }
+        metadata = _metadata(job, base.tokenizer, extended, languages, before, premiums, history)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
         publish(staging, out)
-    added = extended.vocab_size - base.vocab_size
+    added = extended.vocab_size - base.tokenizer.vocab_size
     log(
-        f"tokenizer written to {out}: {base.vocab_size} base pieces (ids unchanged) + {added} for "
+        f"tokenizer written to {out}: {base.tokenizer.vocab_size} base pieces (ids unchanged) + {added} for "
         f"{len(languages)} languages; held-out premiums "
         + ", ".join(f"{lang} {premiums['after'][lang]:.2f}" for lang in languages if lang in premiums["after"])
     )
     return out
 
 
-def _metadata(job, base, proto, extended, languages, chosen_by, premiums, history) -> dict:
+def _metadata(job, base, extended, languages, chosen_by, premiums, history) -> dict:
     base_metadata = Path(job.base) / METADATA_FILE
     base_languages = json.loads(base_metadata.read_text()).get("languages", []) if base_metadata.is_file() else []
     return {
@@ -167,7 +276,7 @@ def _metadata(job, base, proto, extended, languages, chosen_by, premiums, histor
             "base_vocab_size": base.vocab_size,
             "added_languages": languages,
             "added_pieces": extended.vocab_size - base.vocab_size,
-            "first_added_id": len(proto.pieces),
+            "first_added_id": base.vocab_size,
             "premium_threshold": None if job.languages else job.premium_threshold,
             "tune_premiums": {lang: chosen_by[lang] for lang in languages if lang in chosen_by},
             "held_out_premiums_before": premiums["before"],

@@ -18,7 +18,7 @@ from pathlib import Path
 from tokenizer.config import TokenizerConfig
 from tokenizer.corpus import CorpusError
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel, summarize
-from tokenizer.loading import SentencePieceTokenizer
+from tokenizer.loading import load_tokenizer
 from tokenizer.sampling import LanguageBudget, LanguageSize, budgets, content_shares, format_budget_table
 
 # A round that does not improve is retried from the best one with half the step, this many times at most.
@@ -48,10 +48,12 @@ class ParityResult:
     history: dict = field(default_factory=dict)
 
 
-def _measure(model: bytes, parallel: dict[str, list[str]], reference: str, workdir: Path) -> tuple[dict, dict]:
-    path = workdir / "parity-round.model"
+def _measure(
+    model: bytes, parallel: dict[str, list[str]], reference: str, workdir: Path, suffix: str
+) -> tuple[dict, dict]:
+    path = workdir / f"parity-round{suffix}"
     path.write_bytes(model)
-    stats = language_stats(SentencePieceTokenizer(path), parallel, reference)
+    stats = language_stats(load_tokenizer(path), parallel, reference)
     return stats, summarize(stats, reference)
 
 
@@ -84,8 +86,10 @@ def parity_search(
     workdir: Path,
     log=print,
     measured: frozenset[str] | None = None,
+    suffix: str = ".model",
 ) -> ParityResult:
-    """`measured`: the languages whose premiums are balanced (default: those sampled); the reference among them."""
+    """`measured`: the languages whose premiums are balanced (default: those sampled), the reference among them;
+    `suffix`: what the models `train_round` returns are, SentencePiece's `.model` or a `.json` tokenizer."""
     reference = cfg.reference_language
     measured = frozenset(sizes) if measured is None else measured
     if reference not in measured:
@@ -114,7 +118,7 @@ def parity_search(
         if number == 1:
             log("sampling budget per language, round 1 (before training):\n" + format_budget_table(plan))
         model, sampled = train_round(plan)
-        stats, summary = _measure(model, tune, reference, workdir)
+        stats, summary = _measure(model, tune, reference, workdir, suffix)
         trial = ParityRound(
             number, plan, model, sampled, {lang: row["premium"] for lang, row in stats.items()}, summary
         )
@@ -138,7 +142,7 @@ def parity_search(
     log(f"parity: keeping round {best.round}; its budget per language:\n" + format_budget_table(best.plan))
     history = {"rounds": rounds, "kept_round": best.round, "tune_lines": len(tune[reference])}
     if held_out and held_out.get(reference):
-        _, held_summary = _measure(best.model, held_out, reference, workdir)
+        _, held_summary = _measure(best.model, held_out, reference, workdir, suffix)
         history["held_out"] = {key: held_summary[key] for key in ("max_premium", "mean_premium", "total_tokens")}
         log(f"parity: held-out max premium {held_summary['max_premium']:.3f}, mean {held_summary['mean_premium']:.3f}")
     return ParityResult(best.plan, best.model, best.sampled, history)

@@ -17,10 +17,10 @@ import pytest
 from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import Tokenizer
 
-from conftest import MULTILINGUAL, SHARED_DATA
+from conftest import MULTILINGUAL, SHARED_DATA, byte_level_bpe
 from launch.cli import main
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
-from tokenizer.loading import SentencePieceTokenizer
+from tokenizer.loading import SentencePieceTokenizer, load_tokenizer
 
 ADDED = ["amh_Ethi", "bod_Tibt", "ell_Grek", "hye_Armn", "kat_Geor", "khm_Khmr", "lao_Laoo", "mya_Mymr", "sin_Sinh"]
 ADDED += ["tha_Thai"]
@@ -50,7 +50,7 @@ def extended(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def held_out_stats(tokenizer: Path) -> dict:
     _, held_out = split_parallel(load_parallel(PARALLEL), 0.5)
-    return language_stats(SentencePieceTokenizer(tokenizer / "tokenizer.model"), held_out, "eng_Latn")
+    return language_stats(load_tokenizer(tokenizer), held_out, "eng_Latn")
 
 
 def test_the_added_languages_come_within_the_parity_target_and_the_others_stay(base: Path, extended: Path) -> None:
@@ -101,7 +101,48 @@ def test_what_cannot_be_extended_is_said_in_one_line(capsys, base: Path, tmp_pat
     (hf_only / "tokenizer.json").write_bytes((base / "tokenizer.json").read_bytes())
     common = [f"corpus={MULTILINGUAL}", f"output_dir={tmp_path / 'out'}", f"tokenizer.parity_set={PARALLEL}"]
     assert main(["tokenizer", "extend", f"base={hf_only}", *common]) == 2
-    assert "has no tokenizer.model: extension appends to a corolla (SentencePiece) tokenizer" in capsys.readouterr().err
+    assert "holds a tokenizer.json that is no byte-level BPE: extension appends to a" in capsys.readouterr().err
     assert main(["tokenizer", "extend", f"base={base}", *common, "premium_threshold=9"]) == 2
     assert "has a premium above premium_threshold=9.0 under" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_byte_level_bpe_like_blooms_is_extended_with_new_ids_and_merges_after_its_own(tmp_path: Path) -> None:
+    texts = []
+    for path in sorted(MULTILINGUAL.glob("*.txt")):
+        if path.stem not in ADDED:
+            texts += path.read_text(encoding="utf-8").splitlines()[:300]
+    base = tmp_path / "base"
+    base.mkdir()
+    byte_level_bpe(base / "tokenizer.json", texts, vocab_size=8000)
+    extended = tmp_path / "extended"
+    arguments = [f"base={base}", f"corpus={MULTILINGUAL}", f"output_dir={extended}", f"tokenizer.parity_set={PARALLEL}"]
+    arguments += [
+        "tokenizer=tiny",
+        "added_pieces=6000",
+        "tokenizer.sample_bytes=2000000",
+        f"languages=[{','.join(ADDED)}]",
+    ]
+    assert main(["tokenizer", "extend", *arguments]) == 0
+
+    old = json.loads((base / "tokenizer.json").read_text())["model"]
+    new = json.loads((extended / "tokenizer.json").read_text())["model"]
+    assert all(new["vocab"][token] == index for token, index in old["vocab"].items())
+    assert new["merges"][: len(old["merges"])] == old["merges"] and len(new["vocab"]) > 12000
+    before, after = held_out_stats(base), held_out_stats(extended)
+    assert all(after[lang]["tokens"] < 0.5 * before[lang]["tokens"] for lang in ADDED), after
+    changes = {lang: after[lang]["tokens"] / before[lang]["tokens"] - 1 for lang in before if lang not in ADDED}
+    assert max(abs(change) for change in changes.values()) <= 0.01, changes
+    base_tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
+    extended_tokenizer = Tokenizer.from_file(str(extended / "tokenizer.json"))
+    lines = texts[::50]
+    same = sum(
+        a.ids == b.ids
+        for a, b in zip(base_tokenizer.encode_batch(lines), extended_tokenizer.encode_batch(lines), strict=True)
+    )
+    assert same / len(lines) >= 0.97
+    pieces = json.loads((extended / "added_pieces.json").read_text())
+    assert pieces["base_vocab_size"] == 8000 and min(map(int, pieces["decompositions"])) == 8000
+    token_of = {index: token for token, index in new["vocab"].items()}
+    for index, ids in pieces["decompositions"].items():  # each new token spelled with base tokens
+        assert "".join(token_of[i] for i in ids) == token_of[int(index)] and max(ids) < 8000
