@@ -137,7 +137,10 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
     assert f"job {first_job}: RUNNING" in status and f"next: job {next_job} (latest of 2" in status, status
     assert "reason Dependency" in status
     assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *THREE_D, *elastic]) == 2
-    assert f"has Slurm job {next_job} PENDING already" in capsys.readouterr().err
+    # Refused while a job of the run lives: the queued one is named, or the running one where the queued one reads as
+    # not live for that instant (seen once, on two busy workers).
+    refusal = capsys.readouterr().err
+    assert f"has Slurm job {next_job} PENDING already" in refusal or f"has Slurm job {first_job} RUNNING" in refusal
     nodes = subprocess_hostnames(slurm_cluster, RunHistory(run_dir).starts()[0]["nodes"])
     victim, survivor = nodes[-1], nodes[0]
     spare = next(node for node in slurm_cluster.spec.node_names if node not in nodes)
