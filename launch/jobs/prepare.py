@@ -110,12 +110,14 @@ class StartingWeights:
 
 def _source_weights(job: TrainJob, dry_run: bool) -> Weights:
     source = Path(job.init_from)
-    is_hf = is_hf_directory(source)
-    if is_hf and dry_run and not (target := _imported(source, job, True)).is_dir():
+    if not is_hf_directory(source):
+        return weights_of(source)
+    target = _imported(source, job, dry_run)
+    if dry_run and not target.is_dir():  # not imported yet, and a dry run imports nothing: its config says enough
         from launch.train.import_hf import read_hf_model
 
         return Weights(target, 0, read_hf_model(source), source, str(source))
-    return weights_of(_imported(source, job, dry_run) if is_hf else source)
+    return weights_of(target)
 
 
 def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, StartingWeights | None]:
@@ -151,16 +153,16 @@ def _vocabulary_growth(weights: Weights, data: DataConfig) -> tuple[int, int]:
     ours = load_tokenizer(weights.tokenizer_dir)
     if data.tokens_dir:
         corpus = TokenCorpus(data.tokens_dir, data.validation_documents)
-        fingerprint, tokenizer_dir = corpus.tokenizer_fingerprint, corpus.tokenizer_dir
+        fingerprint, vocab_size, tokenizer_dir = corpus.tokenizer_fingerprint, corpus.vocab_size, corpus.tokenizer_dir
         used = f"the token files in {data.tokens_dir} were encoded"
     else:
-        tokenizer_dir = Path(data.tokenizer_dir)
-        fingerprint, used = load_tokenizer(tokenizer_dir).fingerprint, f"data.tokenizer_dir={data.tokenizer_dir} is"
+        theirs, tokenizer_dir = load_tokenizer(data.tokenizer_dir), Path(data.tokenizer_dir)
+        fingerprint, vocab_size, used = theirs.fingerprint, theirs.vocab_size, f"data.tokenizer_dir={tokenizer_dir} is"
     if fingerprint == ours.fingerprint:
         return 0, 0
     added = tokenizer_dir / ADDED_PIECES_FILE
     if added.is_file() and json.loads(added.read_text())["base_fingerprint"] == ours.fingerprint:
-        return ours.vocab_size, load_tokenizer(tokenizer_dir).vocab_size
+        return ours.vocab_size, vocab_size
     raise ValueError(
         f"{used} with another tokenizer than that of init_from's weights ({ours.path}), and not one extended from "
         "it: encode data.corpus with it (drop data.tokens_dir and data.tokenizer_dir), or with its extension"

@@ -138,7 +138,7 @@ class ShardReader:
         return torch.cat(pieces, dim)
 
 
-def _set_weight(engine, name: str, parameter: torch.nn.Parameter, weight: torch.Tensor, masters: bool) -> None:
+def _set_weight(name: str, parameter: torch.nn.Parameter, weight: torch.Tensor, masters: bool) -> None:
     if weight.shape != parameter.shape:
         raise ShardError(
             f"{name} is {tuple(weight.shape)} in the checkpoint but {tuple(parameter.shape)} here: the model shape "
@@ -168,7 +168,7 @@ def restore(engine, reader: ShardReader, steps: int) -> None:
         compat.link_moments(engine, steps, MOMENTS)
     for name, parameter in engine.module.named_parameters():
         values = {key: reader.local(name, key, tp, tp_rank, own_stage) for key in KEYS}
-        _set_weight(engine, name, parameter, values["weight"], masters)
+        _set_weight(name, parameter, values["weight"], masters)
         if masters:
             for key in MOMENTS:
                 safe_set_full_optimizer_state(parameter, values[key], key)
@@ -211,4 +211,4 @@ def restore_weights(engine, reader: ShardReader, growth: EmbeddingGrowth | None 
             weight = _grown_embedding(reader, name, parameter, growth)
         else:
             weight = reader.local(name, "weight", tp, tp_rank)
-        _set_weight(engine, name, parameter, weight, masters)
+        _set_weight(name, parameter, weight, masters)

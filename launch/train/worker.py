@@ -121,15 +121,14 @@ def _growth(job: TrainJob, plan: RunPlan) -> EmbeddingGrowth | None:
     return EmbeddingGrowth(plan.grown_from_vocab, {int(i): ids for i, ids in record["decompositions"].items()})
 
 
-def _starting_weights(
-    engine, job: TrainJob, directory: Path, first_step: int, layout: ParallelLayout, growth: EmbeddingGrowth | None
-) -> ParallelLayout:
+def _starting_weights(engine, job: TrainJob, plan: RunPlan, directory: Path, first_step: int) -> ParallelLayout:
     """The run's own checkpoint of `first_step` in `directory` (returns the layout that saved it), else init_from's
-    weights (grown by `growth`), else the random ones the engine has."""
+    weights (grown as the plan says), else the random ones the engine has."""
+    layout = plan.layout
     if first_step:
         return checkpoint.load(engine, directory, first_step, layout, job.seed)
     if job.init_from:
-        saved = checkpoint.load_weights(engine, Path(job.init_from), growth)
+        saved = checkpoint.load_weights(engine, Path(job.init_from), _growth(job, plan))
         if torch.distributed.get_rank() == 0:
             print(f"starting from the weights of {job.init_from} ({saved.name}), optimizer afresh", flush=True)
     return layout
@@ -160,7 +159,7 @@ def main(
     layout = plan.layout
     try:
         first_step = checkpoint.verified_step(directory)
-        saved_layout = _starting_weights(engine, job, directory, first_step, layout, _growth(job, plan))
+        saved_layout = _starting_weights(engine, job, plan, directory, first_step)
     except CheckpointError as error:
         if rank == 0:
             print(f"corolla: error: {error}", file=sys.stderr, flush=True)
