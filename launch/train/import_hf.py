@@ -40,11 +40,10 @@ class HFWeights:
     """A Hugging Face directory's tensors by corolla name, each read from its file when asked for."""
 
     def __init__(self, hf_dir: Path) -> None:
-        self.hf_dir = hf_dir
-        self.files = _weight_files(hf_dir)
+        self.files = _weight_files(hf_dir)  # sorted, each once
         self._opened: dict[Path, object] = {}
         self.file_of = {}
-        for path in sorted(set(self.files)):
+        for path in self.files:
             for name in self._open(path).keys():  # noqa: SIM118 (safetensors' safe_open has keys(), no iterator)
                 if (corolla := corolla_name(name)) is not None:
                     self.file_of[corolla] = (path, name)
@@ -71,7 +70,7 @@ class HFWeights:
 
     def stamp(self) -> list[list]:
         """The weight files' names, sizes and times: whether a later import of the same directory is the same."""
-        return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in sorted(set(self.files))]
+        return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in self.files]
 
 
 def _weight_files(hf_dir: Path) -> list[Path]:
