@@ -23,7 +23,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from reshard_time import reshard_section  # noqa: E402
 
 from launch.plan.calibration import bloom_176b, measured_runs, published_runs  # noqa: E402
+from launch.plan.memory import COROLLA_GPU_SDPA  # noqa: E402
 from launch.plan.ranking import best_per_layout, describe, evaluate, plan_layouts  # noqa: E402
+from launch.plan.step_time import implied_kernel_efficiency  # noqa: E402
 
 
 def published_runs_section() -> None:
@@ -52,15 +54,21 @@ def measured_runs_section() -> None:
     print("== corolla on one H200, measured by benchmarks/gpu_check.sh: predicted / measured\n")
     print(
         f"{'run':<28} {'measured s':>10} {'predicted s':>11} {'ratio':>6}  "
-        f"{'measured GiB':>12} {'predicted GiB':>13} {'ratio':>6}"
+        f"{'measured GiB':>12} {'predicted GiB':>13} {'ratio':>6}  {'implied kernel_efficiency':>25}"
     )
     for run in measured_runs():
         plan = evaluate(run.model, run.candidate, run.hardware, run.implementation)
+        implied = implied_kernel_efficiency(plan.time, run.step_s, run.hardware)
         print(
             f"{run.name:<28} {run.step_s:>10.3f} {plan.time.total:>11.3f} {plan.time.total / run.step_s:>6.3f}  "
-            f"{run.peak_memory_gib:>12.2f} {plan.memory_gib:>13.2f} {plan.memory_gib / run.peak_memory_gib:>6.3f}"
+            f"{run.peak_memory_gib:>12.2f} {plan.memory_gib:>13.2f} {plan.memory_gib / run.peak_memory_gib:>6.3f}  "
+            f"{implied:>25.3f}"
         )
-    print("targets: memory within 0.90 to 1.10, time a step within 0.85 to 1.15\n")
+    print(
+        f"targets: memory within 0.90 to 1.10, time a step within 0.85 to 1.15 (fitted here: the H200's "
+        f"kernel_efficiency {measured_runs()[0].hardware.kernel_efficiency} and SDPA's attention cost "
+        f"{COROLLA_GPU_SDPA.attention_cost}, from these rows)\n"
+    )
 
 
 def bloom_layouts_section() -> None:

@@ -52,6 +52,9 @@ class ClusterConfig:
     memory_bandwidth_gbps: float = 0.0
     intra_node_gbps: float = 0.0
     inter_node_gbps: float = 0.0
+    # How fast corolla's kernels run on these GPUs, as a share of the planner's A100-calibrated figure: 1 for A100s,
+    # 0.77 measured on an H200; `bash benchmarks/gpu_check.sh OUT` prints it for the GPU it runs on.
+    kernel_efficiency: float = 1.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 0 or self.tasks_per_node < 0 or self.cpus_per_task < 1:
@@ -79,6 +82,11 @@ class ClusterConfig:
             raise ValueError(
                 f"cluster {self.name}: gpu_memory_gib, peak_tflops, memory_bandwidth_gbps, intra_node_gbps and "
                 "inter_node_gbps must not be negative (0: unknown)"
+            )
+        if not 0 < self.kernel_efficiency <= 2:
+            raise ValueError(
+                f"cluster {self.name}: kernel_efficiency={self.kernel_efficiency} must lie in (0, 2]: 1 for A100s, or "
+                "what benchmarks/gpu_check.sh prints for your GPU"
             )
         if self.cpu_cores < 0 or self.array_parallelism < 1:
             raise ValueError(

@@ -22,6 +22,9 @@ class Hardware:
     memory_bandwidth_gbps: float  # GB/s of one GPU's memory (HBM)
     intra_node_gbps: float  # GB/s one way, one GPU to the others of its node (NVLink)
     inter_node_gbps: float  # GB/s one way, one node to the others: all its network adapters together
+    # The speed of corolla's kernels on this GPU, as a share of what the planner assumes (launch/plan/step_time.py,
+    # calibrated on A100s): measured, not nominal; benchmarks/gpu_check.sh prints it for the GPU it runs on.
+    kernel_efficiency: float = 1.0
 
     def __post_init__(self) -> None:
         if self.gpus_per_node < 1:
@@ -45,5 +48,18 @@ class Hardware:
 # 312 TFLOP/s dense bf16, 2,039 GB/s HBM2e, NVLink 3 at 300 GB/s each way.
 A100_80GB = {"gpu_memory_gib": 80.0, "peak_tflops": 312.0, "memory_bandwidth_gbps": 2039.0, "intra_node_gbps": 300.0}
 # One H200 SXM 141GB, as the GPU check measures it (launch/plan/calibration.py's measured rows): 989.5 TFLOP/s dense
-# bf16, 4,800 GB/s HBM3e, NVLink 4 at 450 GB/s each way; the network figure is unused by a one-GPU run.
-H200 = {"gpu_memory_gib": 139.8, "peak_tflops": 989.5, "memory_bandwidth_gbps": 4800.0, "intra_node_gbps": 450.0}
+# bf16, 4,800 GB/s HBM3e, NVLink 4 at 450 GB/s each way; the network figure is unused by a one-GPU run. Its kernels
+# ran at 0.77 of the A100-calibrated speed: the geometric mean of what the three flex-attention rows measured by
+# benchmarks/gpu_check.sh imply (0.75, 0.75, 0.81; benchmarks/plan_vs_published.py prints them).
+H200 = {
+    "gpu_memory_gib": 139.8,
+    "peak_tflops": 989.5,
+    "memory_bandwidth_gbps": 4800.0,
+    "intra_node_gbps": 450.0,
+    "kernel_efficiency": 0.77,
+}
+# One H100 SXM 80GB: the H200's chip with less and slower memory (3,350 GB/s HBM3). Not measured: its kernels are
+# taken to run as the H200's did.
+H100 = {**H200, "gpu_memory_gib": 79.6, "memory_bandwidth_gbps": 3350.0}
+# By the name CUDA gives the device (torch.cuda.get_device_name): benchmarks/gpu_check.py's view of the GPU it runs on.
+KNOWN_GPUS = {"A100": A100_80GB, "H100": H100, "H200": H200}

@@ -77,6 +77,7 @@ class Implementation:
     foreach_adamw: bool  # AdamW's update makes an fp32 temporary of its parameters (torch's foreach, on GPUs)
     framework_gib: float  # CUDA context and NCCL buffers
     fragmentation: float  # the allocator's fragmentation, a share of the tensors
+    attention_cost: float = 1.0  # time of its attention kernels, as a multiple of flex attention's (step_time.py)
 
 
 # corolla on GPUs: flex attention (model/attention.py) keeps Q, K, V (views of the QKV output) and its output (copied
@@ -97,8 +98,10 @@ COROLLA_GPU = Implementation(
     fragmentation=0.10,
 )
 # ... with scaled_dot_product_attention (model.attention=sdpa, or attention dropout): the memory-efficient kernel keeps
-# what flex attention does, and each block caches its ALiBi + causal bias.
-COROLLA_GPU_SDPA = replace(COROLLA_GPU, name="corolla-sdpa", alibi_bias=True)
+# what flex attention does, and each block caches its ALiBi + causal bias. With a float mask it computes the whole
+# s x s square, not its causal half, and reads the bias: 3.8 times flex attention's time, as the SDPA row measured on
+# an H200 implies beside the flex one (launch/plan/calibration.py, benchmarks/plan_vs_published.py).
+COROLLA_GPU_SDPA = replace(COROLLA_GPU, name="corolla-sdpa", alibi_bias=True, attention_cost=3.8)
 
 
 def corolla_on_gpus(model: ModelConfig) -> Implementation:

@@ -1,7 +1,9 @@
 """Time of one optimizer step under a layout, on given hardware.
 
 Each pipeline stage spends, per micro-batch: its blocks' (and the output projection's) FLOPs at matmul_efficiency()
-of the GPU's peak (launch/plan/arithmetic.py: 3 passes, 4 when activations are recomputed), the tensor-parallel
+of the GPU's peak (launch/plan/arithmetic.py: 3 passes, 4 when activations are recomputed), scaled by the GPU's
+measured kernel_efficiency (launch/plan/hardware.py), the attention's share weighted by the attention kernel's cost
+(launch/plan/memory.py's Implementation: SDPA's kernel is slower than flex attention's); the tensor-parallel
 all-reduces of an s x b x h activation (2 in forward and 2 in backward per block, 2 more when it is recomputed; one
 for the embedding, one for the output projection), and the sends to and from its neighbours (DeepSpeed splits them
 over the TP ranks). Under 1F1B the slowest stage sets the pace: (micro-batches - 1) x its time plus every stage's
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from launch.config.schemas import Precision
-from launch.plan.arithmetic import block_flops, logits_flops
+from launch.plan.arithmetic import attention_flops, block_flops, logits_flops
 from launch.plan.hardware import Hardware
 from launch.plan.memory import COROLLA_GPU, Candidate, Implementation, stage_parameters
 from launch.plan.stages import Stage, pipeline_stages
@@ -83,12 +85,17 @@ class _StageTime:
         return self.compute + self.tensor_parallel + self.sends
 
 
-def _stage_time(model: ModelConfig, candidate: Candidate, stage: Stage, hardware: Hardware) -> _StageTime:
+def _stage_time(
+    model: ModelConfig, candidate: Candidate, stage: Stage, hardware: Hardware, implementation: Implementation
+) -> _StageTime:
     """One micro-batch through one stage, forward and backward."""
     layout, b = candidate.layout, candidate.micro_batch
     passes = 4 if candidate.activation_checkpointing else 3
-    flops = stage.blocks * block_flops(model, b, passes) + (logits_flops(model, b, layout.tp) if stage.logits else 0)
-    compute = flops / layout.tp / (hardware.peak_tflops * 1e12 * matmul_efficiency(model))
+    # FLOPs at the speed of the blocks' kernels: the attention's count as many times over as its kernel is slower.
+    block = block_flops(model, b, passes) + (implementation.attention_cost - 1) * attention_flops(model, b, passes)
+    flops = stage.blocks * block + (logits_flops(model, b, layout.tp) if stage.logits else 0)
+    speed = hardware.peak_tflops * 1e12 * matmul_efficiency(model) * hardware.kernel_efficiency
+    compute = flops / layout.tp / speed
     activation = b * model.seq_length * model.hidden_size * candidate.activation_bytes
     all_reduces = stage.blocks * (6 if candidate.activation_checkpointing else 4) + stage.embedding + stage.logits
     intra = _bandwidth(hardware, layout.tp, hardware.gpus_per_node)
@@ -129,7 +136,7 @@ def estimate_step_time(
 ) -> StepTime:
     layout, micro_batches = candidate.layout, candidate.micro_batches
     stages = pipeline_stages(model.num_layers, layout.pp, micro_batches, implementation.embedding_is_a_block)
-    times = [_stage_time(model, candidate, stage, hardware) for stage in stages]
+    times = [_stage_time(model, candidate, stage, hardware, implementation) for stage in stages]
     slowest = max(times, key=lambda time: time.total)
     return StepTime(
         compute=micro_batches * slowest.compute,
@@ -139,3 +146,11 @@ def estimate_step_time(
         data_parallel=max(_data_parallel_s(model, candidate, stage, hardware, implementation) for stage in stages),
         optimizer=max(_optimizer_s(model, candidate, stage, hardware) for stage in stages),
     )
+
+
+def implied_kernel_efficiency(estimate: StepTime, measured_s: float, hardware: Hardware) -> float:
+    """The hardware's kernel_efficiency that would make `estimate` (made with `hardware`) equal the measured time a
+    step: what a GPU check prints for `cluster.kernel_efficiency`. Exact for one pipeline stage (the check's runs):
+    the kernels' time scales, communication does not, and a pipeline's bubble holds some of both."""
+    kernels = estimate.compute + estimate.bubble
+    return hardware.kernel_efficiency * kernels / max(measured_s - (estimate.total - kernels), 1e-9)

@@ -11,15 +11,15 @@ import pytest
 from conftest import train_job
 from launch.config.schemas import ParallelConfig, Precision, TrainConfig
 from launch.data.facts import DataFacts
-from launch.plan.arithmetic import hardware_flops_per_step, parameter_count
+from launch.plan.arithmetic import attention_flops, hardware_flops_per_step, parameter_count
 from launch.plan.calibration import bloom_176b, measured_runs, published_runs
 from launch.plan.hardware import A100_80GB, GIB, Hardware
 from launch.plan.layout import ParallelLayout
-from launch.plan.memory import COROLLA_GPU, Candidate, estimate_memory, stage_parameters
+from launch.plan.memory import COROLLA_GPU, COROLLA_GPU_SDPA, Candidate, estimate_memory, stage_parameters
 from launch.plan.ranking import best_per_layout, evaluate, nearest_fitting, plan_layouts
 from launch.plan.run_plan import make_plan
 from launch.plan.stages import pipeline_stages
-from launch.plan.step_time import estimate_step_time, matmul_efficiency
+from launch.plan.step_time import estimate_step_time, implied_kernel_efficiency, matmul_efficiency
 from model.config import ModelConfig
 
 RUNS = {run.name: run for run in published_runs()}
@@ -120,10 +120,44 @@ def test_published_runs_are_predicted_within_15_percent(name: str) -> None:
 
 @pytest.mark.parametrize("run", measured_runs(), ids=lambda run: run.name)
 def test_memory_estimates_are_within_10_percent_of_the_peaks_measured_on_an_h200(run) -> None:
-    """The memory model against corolla's own CUDA peaks (benchmarks/gpu_check.sh); the time a step is reported by
-    benchmarks/plan_vs_published.py, not held to a bound here: the step-time model undershoots one GPU by 18-46%."""
+    """The memory model against corolla's own CUDA peaks (benchmarks/gpu_check.sh)."""
     plan = evaluate(run.model, run.candidate, run.hardware, run.implementation)
     assert plan.memory_gib == pytest.approx(run.peak_memory_gib, rel=0.10)
+
+
+@pytest.mark.parametrize("run", measured_runs(), ids=lambda run: run.name)
+def test_step_time_estimates_are_within_15_percent_of_the_steps_measured_on_an_h200(run) -> None:
+    """The time a step against corolla's own H200 steps. Two figures were fitted to these same rows: the H200's
+    kernel_efficiency (one for the three flex rows) and SDPA's attention cost (from its one row): so this holds the
+    model to them, it does not validate it on unseen runs."""
+    plan = evaluate(run.model, run.candidate, run.hardware, run.implementation)
+    assert plan.time.total == pytest.approx(run.step_s, rel=0.15)
+
+
+def test_a_gpu_slower_than_the_calibration_stretches_the_kernels_time_and_nothing_else() -> None:
+    model = replace(SMALL, num_layers=8)
+    half = replace(NODE, kernel_efficiency=0.5)
+    layout = candidate(tp=2, pp=2, dp=2, global_batch=32)
+    step, slower = estimate_step_time(model, layout, NODE), estimate_step_time(model, layout, half)
+    assert slower.compute == pytest.approx(2 * step.compute) and slower.bubble > step.bubble
+    assert (slower.tensor_parallel, slower.data_parallel, slower.optimizer) == (
+        step.tensor_parallel,
+        step.data_parallel,
+        step.optimizer,
+    )
+    one_stage = candidate(tp=2, dp=2, global_batch=32)  # the bubble then holds no communication
+    measured = estimate_step_time(model, one_stage, half).total
+    assert implied_kernel_efficiency(estimate_step_time(model, one_stage, NODE), measured, NODE) == pytest.approx(0.5)
+
+
+def test_sdpa_costs_more_time_than_flex_attention_by_its_share_of_the_flops() -> None:
+    model = replace(SMALL, seq_length=2048)
+    step = estimate_step_time(model, candidate(), NODE, COROLLA_GPU)
+    sdpa = estimate_step_time(model, candidate(), NODE, COROLLA_GPU_SDPA)
+    # 8 micro-batches of 2 sequences through 6 blocks, each block's attention FLOPs counted attention_cost times.
+    attention_s = 8 * 6 * attention_flops(model, 2) / (NODE.peak_tflops * 1e12 * matmul_efficiency(model))
+    assert sdpa.compute - step.compute == pytest.approx((COROLLA_GPU_SDPA.attention_cost - 1) * attention_s)
+    assert sdpa.optimizer == step.optimizer
 
 
 @pytest.mark.parametrize("name", RUNS)
