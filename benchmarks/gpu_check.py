@@ -10,9 +10,11 @@ Prints each figure and writes OUT_DIR/gpu_check.json:
 - correctness: max |difference| of bloom-560m-shaped logits (random weights) against BloomForCausalLM with the same
   weights in fp32, and in bf16 beside transformers' own fp32-to-bf16 spread; flex attention against SDPA (logits and
   gradients); three fp32 AdamW steps of corolla against transformers (losses);
-- runs: bloom-560m and bloom-1b7, bf16, sequence 2048, for a few micro-batches, activation checkpointing on and off,
-  flex and SDPA: tokens/s, model TFLOP/s and MFU, peak CUDA memory and time a step against the planner's estimates
-  (launch/plan/memory.py, step_time.py), and transformers' BloomForCausalLM on the same shape and batch (baseline).
+- runs: bloom-560m and bloom-1b7, bf16, sequence 2048, for a few micro-batches (and micro-batches a step), activation
+  checkpointing on and off, flex and SDPA: tokens/s, model TFLOP/s and MFU, peak CUDA memory and time a step against
+  the planner's estimates (launch/plan/memory.py, step_time.py), the kernel_efficiency the time implies (what to set
+  as `cluster.kernel_efficiency` for this GPU), and transformers' BloomForCausalLM on the same shape and batch
+  (baseline); for one bloom-1b7 run, where a step's GPU time goes, by kind of kernel.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ from launch.config.data import DataConfig  # noqa: E402
 from launch.config.schemas import ParallelConfig, Precision, TrackingConfig, TrainConfig, TrainJob  # noqa: E402
 from launch.data.facts import DataFacts  # noqa: E402
 from launch.plan.arithmetic import model_flops_per_step  # noqa: E402
-from launch.plan.hardware import Hardware  # noqa: E402
+from launch.plan.hardware import H200, KNOWN_GPUS, Hardware  # noqa: E402
 from launch.plan.layout import ParallelLayout  # noqa: E402
 from launch.plan.memory import Candidate, corolla_on_gpus, estimate_memory  # noqa: E402
 from launch.plan.run_plan import make_plan  # noqa: E402
-from launch.plan.step_time import estimate_step_time  # noqa: E402
+from launch.plan.step_time import estimate_step_time, implied_kernel_efficiency  # noqa: E402
 from launch.train import compat  # noqa: E402
 from launch.train.device import init_distributed, seed_everything  # noqa: E402
 from launch.train.engine import build_engine  # noqa: E402
@@ -56,8 +58,6 @@ from tokenizer.config import TokenizerConfig  # noqa: E402
 
 GIB = 1024**3
 SEED = 1234
-# H200 / H100 SXM dense bf16 peak, by the vendor's datasheet (MFU is measured against it).
-PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class Setting:
     micro_batch: int
     activation_checkpointing: bool
     attention: Attention
+    micro_batches: int = 2  # a step's micro-batches (gradient accumulation)
+    profiled: bool = False  # one more step under torch's profiler: where the GPU's time goes, by kind of kernel
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,9 @@ class Scale:
     correctness_seq: int
     vocab_size: int
     seq_length: int
-    micro_batches: int  # a step's micro-batches (gradient accumulation)
     warmup_steps: int
     timed_steps: int
-    settings: tuple[Setting, ...]  # transformers' baseline runs once for each model, micro-batch and checkpointing
+    settings: tuple[Setting, ...]  # transformers' baseline runs once for each model, batch and checkpointing
 
 
 GPU = Scale(
@@ -87,14 +88,15 @@ GPU = Scale(
     correctness_seq=512,
     vocab_size=BLOOM_VOCABULARY,
     seq_length=2048,
-    micro_batches=2,
     warmup_steps=2,
     timed_steps=4,
     settings=(  # shapes flex attention compiles for: two (a recompiled kernel costs ~half a minute)
         Setting("bloom-560m", 8, False, Attention.flex),
         Setting("bloom-560m", 8, False, Attention.sdpa),
-        Setting("bloom-1b7", 4, False, Attention.flex),
+        Setting("bloom-1b7", 4, False, Attention.flex, profiled=True),
         Setting("bloom-1b7", 4, True, Attention.flex),
+        # The optimizer's step and the gradients' fp32 copy spread over 32 sequences, not 8.
+        Setting("bloom-1b7", 4, False, Attention.flex, micro_batches=8),
     ),
 )
 SMOKE = Scale(
@@ -102,10 +104,12 @@ SMOKE = Scale(
     correctness_seq=32,
     vocab_size=1000,
     seq_length=32,
-    micro_batches=2,
     warmup_steps=1,
     timed_steps=1,
-    settings=(Setting("bloom-tiny", 2, False, Attention.sdpa), Setting("bloom-tiny", 2, True, Attention.sdpa)),
+    settings=(
+        Setting("bloom-tiny", 2, False, Attention.sdpa, profiled=True),
+        Setting("bloom-tiny", 2, True, Attention.sdpa, micro_batches=3),
+    ),
 )
 
 
@@ -126,11 +130,17 @@ def join_process_group() -> torch.device:
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def known_gpu(name: str) -> dict:
+    """The planner's figures for the GPU (launch/plan/hardware.py; empty for one it does not know)."""
+    return next((figures for key, figures in KNOWN_GPUS.items() if key in name), {})
+
+
 def device_info(device: torch.device) -> dict:
+    """The GPU, with the dense bf16 peak (the datasheet's) that MFU is measured against."""
     if device.type != "cuda":
         return {"name": "cpu", "memory_gib": None, "peak_bf16_tflops": None}
     properties = torch.cuda.get_device_properties(device)
-    peak = next((tflops for key, tflops in PEAK_TFLOPS.items() if key in properties.name), None)
+    peak = known_gpu(properties.name).get("peak_tflops")
     return {"name": properties.name, "memory_gib": round(properties.total_memory / GIB, 1), "peak_bf16_tflops": peak}
 
 
@@ -234,23 +244,17 @@ def correctness(scale: Scale, device: torch.device) -> dict:
 
 
 def hardware_of(device: dict) -> Hardware:
-    """The planner's view of this GPU: its memory and peak; NVLink and HBM by the datasheet (one GPU: unused)."""
-    return Hardware(
-        device["name"],
-        gpus_per_node=1,
-        gpu_memory_gib=device["memory_gib"] or 1.0,
-        peak_tflops=device["peak_bf16_tflops"] or 1.0,
-        memory_bandwidth_gbps=4800.0,
-        intra_node_gbps=450.0,
-        inter_node_gbps=50.0,
-    )
+    """The planner's view of this GPU: as launch/plan/hardware.py knows it, with the memory CUDA reports (one GPU: no
+    network). A GPU it does not know is planned as an H200 with the memory CUDA reports."""
+    figures = {**H200, **known_gpu(device["name"]), "gpu_memory_gib": device["memory_gib"] or 1.0}
+    return Hardware(device["name"], gpus_per_node=1, inter_node_gbps=50.0, **figures)
 
 
 def train_job(shape: ModelConfig, setting: Setting, scale: Scale) -> TrainJob:
     train = TrainConfig(
         steps=scale.warmup_steps + scale.timed_steps,
         micro_batch=setting.micro_batch,
-        global_batch=setting.micro_batch * scale.micro_batches,
+        global_batch=setting.micro_batch * setting.micro_batches,
         precision=Precision.bf16,
         warmup_steps=1,
     )
@@ -309,12 +313,14 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
 
     seconds = timed(step, scale.warmup_steps, scale.timed_steps, device)
     peak = peak_memory_gib(device, held_before)
+    profiled = {"profile": kernel_profile(step, device)} if setting.profiled else {}
     engine.destroy()
     model = replace(shape, vocab_size=plan.vocab_size)
     tflops = model_flops_per_step(model, job.train.global_batch) / seconds / 1e12
     candidate = Candidate.of(ParallelLayout(), job.train, job.parallel)
     hardware = hardware_of(info)
     implementation = corolla_on_gpus(model)
+    estimate = estimate_step_time(model, candidate, hardware, implementation)
     return {
         **{key: value.value if isinstance(value, Attention) else value for key, value in asdict(setting).items()},
         "global_batch": job.train.global_batch,
@@ -324,7 +330,56 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
         "peak_memory_gib": peak,
         "estimated_memory_gib": round(estimate_memory(model, candidate, implementation).total / GIB, 2),
         "step_time_s": round(seconds, 3),
-        "estimated_step_time_s": round(estimate_step_time(model, candidate, hardware, implementation).total, 3),
+        "estimated_step_time_s": round(estimate.total, 3),
+        "implied_kernel_efficiency": round(implied_kernel_efficiency(estimate, seconds, hardware), 3),
+        **profiled,
+    }
+
+
+# Kinds of kernel, by what their names contain, the first kind that matches (flex attention's Triton template or
+# SDPA's kernels, which are CUTLASS too; cuBLAS/CUTLASS GEMMs, NCCL, the optimizer's foreach kernels); the rest is
+# elementwise work, norms, copies and reductions.
+KERNEL_KINDS = {
+    "attention": ("flex", "triton_tem", "fmha", "flash", "attention", "efficient"),
+    "matmul": ("gemm", "matmul", "cutlass", "xmma", "nvjet", "aten::mm", "aten::addmm", "aten::bmm"),
+    "communication": ("nccl", "c10d", "gloo"),
+    "optimizer": ("adam", "foreach", "multi_tensor"),
+}
+
+
+def kind_of(kernel: str) -> str:
+    name = kernel.lower()
+    return next((kind for kind, marks in KERNEL_KINDS.items() if any(mark in name for mark in marks)), "other")
+
+
+def kernel_profile(step, device: torch.device, top: int = 12) -> dict:
+    """One step under torch's profiler: the device's time by kind of kernel, and its longest kernels (on CPU, the
+    operators' own time: the code path, not the figures)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as profiler:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = [
+        (event.key, event.self_device_time_total if cuda else event.self_cpu_time_total)
+        for event in profiler.key_averages()
+        if (event.device_type == DeviceType.CUDA) == cuda
+    ]
+    total = sum(us for _, us in events) or 1.0
+    by_kind: dict[str, float] = {}
+    for name, us in events:
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us / total
+    longest = sorted(events, key=lambda event: event[1], reverse=True)[:top]
+    return {
+        "device_ms": round(total / 1e3, 1),
+        "by_kind": {kind: round(share, 3) for kind, share in sorted(by_kind.items(), key=lambda item: -item[1])},
+        "longest": [
+            {"kernel": name[:100], "ms": round(us / 1e3, 2), "share": round(us / total, 3)} for name, us in longest
+        ],
     }
 
 
@@ -353,7 +408,7 @@ def transformers_tokens_per_second(setting: Setting, micro_batch: int, scale: Sc
     if setting.activation_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = batch_of(shape, setting.micro_batch * scale.micro_batches, device)
+    batch = batch_of(shape, setting.micro_batch * setting.micro_batches, device)
 
     def step() -> None:
         for micro in batch.split(micro_batch):
@@ -386,7 +441,7 @@ def main(out_dir: Path, smoke: bool) -> dict:
     write(report, out_dir)
     baselines: dict[tuple, dict] = {}
     for setting in scale.settings:
-        key = (setting.model, setting.micro_batch, setting.activation_checkpointing)
+        key = (setting.model, setting.micro_batch, setting.micro_batches, setting.activation_checkpointing)
         if key not in baselines:
             baselines[key] = baseline_tokens_per_second(setting, scale, device)
         run = {**corolla_run(setting, scale, device, info), **baselines[key]}

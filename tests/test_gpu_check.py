@@ -87,6 +87,12 @@ def test_the_check_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
         "step_time_s",
         "estimated_step_time_s",
         "baseline_tokens_per_second",
+        "implied_kernel_efficiency",
     }
     assert len(report["runs"]) == 2 and all(keys <= set(run) for run in report["runs"])
     assert all(run["tokens_per_second"] > 0 and run["baseline_tokens_per_second"] > 0 for run in report["runs"])
+    assert [run["global_batch"] for run in report["runs"]] == [4, 6]  # 2 and 3 micro-batches of 2
+    profile = report["runs"][0]["profile"]
+    assert profile["device_ms"] > 0 and sum(profile["by_kind"].values()) == pytest.approx(1, abs=0.01)
+    assert profile["by_kind"]["matmul"] > 0 and profile["longest"][0]["ms"] > 0
+    assert "profile" not in report["runs"][1]
