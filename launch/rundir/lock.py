@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from launch.rundir.files import LOCK_FILE
+from tokenizer.files import write_atomically
 
 
 class RunLocked(RuntimeError):
@@ -94,9 +95,7 @@ def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_
         with os.fdopen(descriptor, "w") as file:
             file.write(mine)
     else:
-        temporary = path.with_name(f".{LOCK_FILE}.{os.getpid()}")
-        temporary.write_text(mine)
-        os.replace(temporary, path)
+        write_atomically(path, mine)
         print(f"corolla: took over {path} from {describe(stale)}, which has ended")
     try:
         yield

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from launch.rundir.files import LOSS_CHART, METRICS_FILE, VALIDATION_FILE
 from launch.rundir.records import last_record_per_step
+from tokenizer.files import write_atomically
 
 
 def render_loss_chart(run_dir: Path, vocab_size: int | None = None) -> bytes:
@@ -44,7 +44,5 @@ def render_loss_chart(run_dir: Path, vocab_size: int | None = None) -> bytes:
 def write_loss_chart(run_dir: Path, vocab_size: int | None = None) -> Path:
     """RUN_DIR/loss.png, replaced whole."""
     path = run_dir / LOSS_CHART
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(render_loss_chart(run_dir, vocab_size))
-    os.replace(partial, path)
+    write_atomically(path, render_loss_chart(run_dir, vocab_size))
     return path

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from tokenizer.files import write_atomically
 
 
 def append_record(path: Path, record: dict) -> None:
@@ -39,7 +40,5 @@ def keep_steps_up_to(path: Path, step: int) -> int:
     if not records:
         return 0
     kept = [record for record in records if record["step"] <= step]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
-    os.replace(partial, path)
+    write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
     return records[-1]["step"]

@@ -4,11 +4,11 @@ launch/rundir/outbox.py, read by `corolla status` (without MLflow)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from launch.rundir.files import METRICS_FILE, TRACKING_STATE
+from tokenizer.files import write_atomically
 
 
 @dataclass
@@ -33,7 +33,4 @@ def read_state(run_dir: Path) -> TrackingState:
 
 def write_state(run_dir: Path, state: TrackingState) -> None:
     """Whole or not at all: a crash mid-write leaves the previous state."""
-    path = run_dir / TRACKING_STATE
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(asdict(state), indent=1) + "\n")
-    os.replace(partial, path)
+    write_atomically(run_dir / TRACKING_STATE, json.dumps(asdict(state), indent=1) + "\n")
