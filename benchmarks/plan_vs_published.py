@@ -7,20 +7,21 @@ BLOOM's own layout stands among every layout `corolla plan` considers (arithmeti
 two), and the time to reshard a checkpoint offline as the model grows
 (benchmarks/reshard_time.py: real files, a minute or two).
 
-    .venv/bin/python benchmarks/plan_vs_published.py
+    .venv/bin/python benchmarks/plan_vs_published.py [--smoke]    # --smoke: the reshard on one tiny shape
 
 Each section is a function of its own, called by main(): add one for another comparison.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from reshard_time import reshard_section  # noqa: E402
+from reshard_time import SHAPES, SMOKE_SHAPES, reshard_section  # noqa: E402
 
 from launch.plan.calibration import bloom_176b, measured_runs, published_runs  # noqa: E402
 from launch.plan.memory import COROLLA_GPU_SDPA  # noqa: E402
@@ -88,12 +89,14 @@ def bloom_layouts_section() -> None:
     )
 
 
-def main() -> None:
+def main(smoke: bool) -> None:
     published_runs_section()
     measured_runs_section()
     bloom_layouts_section()
-    reshard_section()
+    reshard_section(SMOKE_SHAPES if smoke else SHAPES)
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the reshard on one tiny shape: its code path only")
+    main(parser.parse_args().smoke)

@@ -3,13 +3,15 @@
 For each model shape: a checkpoint is written on one rank (TP=1 x PP=1: the fp32 weights of a real, freshly
 initialised BLOOM and two Adam moments), then resharded TP1xPP1 → TP2xPP2 → TP1xPP4 → TP1xPP1. Printed: the
 checkpoint's size, the seconds of each hop, and their rate (GB/s of checkpoint written); the baseline is the time to
-write the same checkpoint once with torch.save (so a ratio of 1.0 means resharding costs one save).
+write the same checkpoint once as training does, hashed as it is written (so a ratio of 1.0 means resharding costs
+one save).
 
-    .venv/bin/python benchmarks/reshard_time.py
+    .venv/bin/python benchmarks/reshard_time.py [--smoke]    # --smoke: one tiny shape, the code path only
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -29,6 +31,7 @@ from launch.plan.layout import ParallelLayout  # noqa: E402
 from launch.rundir.files import checkpoint_tag, shard_file  # noqa: E402
 from launch.train.checkpoint import mark_complete  # noqa: E402
 from launch.train.device import init_distributed  # noqa: E402
+from launch.train.hashed_save import save_hashed  # noqa: E402
 from launch.train.reshard import reshard_checkpoint  # noqa: E402
 from launch.train.shards import MOMENTS  # noqa: E402
 from model.bloom import parallel_config  # noqa: E402
@@ -40,6 +43,7 @@ SHAPES = [  # layers, hidden, heads: about 30M, 110M and 250M parameters with a 
     (8, 1024, 16),
     (8, 1536, 16),
 ]
+SMOKE_SHAPES = [(4, 64, 4)]
 HOPS = [ParallelLayout(2, 2, 1), ParallelLayout(1, 4, 1), ParallelLayout(1, 1, 1)]
 STEP = 1
 
@@ -52,7 +56,7 @@ def _one_rank() -> None:
 
 
 def _write_source(checkpoints: Path, model: ModelConfig) -> tuple[int, float]:
-    """A TP1xPP1 checkpoint of a fresh model; its size in bytes and the seconds torch.save took."""
+    """A TP1xPP1 checkpoint of a fresh model; its size in bytes and the seconds its hashed save took."""
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the stage's layers
         module = pipeline_module(model, parallel_config(), pp=1, dp=1, seed=1, activation_checkpointing=False)
     states = {
@@ -63,18 +67,18 @@ def _write_source(checkpoints: Path, model: ModelConfig) -> tuple[int, float]:
     directory.mkdir(parents=True)
     path = directory / shard_file(0, 1, 0, 1)
     start = time.perf_counter()
-    torch.save(states, path)
+    checksum = save_hashed(states, path)
     seconds = time.perf_counter() - start
-    mark_complete(checkpoints, STEP, ParallelLayout(), ParallelLayout())
+    mark_complete(checkpoints, STEP, ParallelLayout(), ParallelLayout(), {path.name: checksum})
     return path.stat().st_size, seconds
 
 
-def reshard_section() -> None:
-    print("\nTime to reshard a checkpoint offline (fp32 weights + 2 Adam moments; baseline: one torch.save of it)")
+def reshard_section(shapes: list[tuple[int, int, int]] = SHAPES) -> None:
+    print("\nTime to reshard a checkpoint offline (fp32 weights + 2 Adam moments; baseline: one save of it)")
     print(f"{'parameters':>12} {'GB':>6} {'save s':>7} " + " ".join(f"{'→ ' + hop.name[:-4]:>14}" for hop in HOPS))
     if not dist.is_initialized():
         _one_rank()
-    for layers, hidden, heads in SHAPES:
+    for layers, hidden, heads in shapes:
         model = ModelConfig(num_layers=layers, hidden_size=hidden, num_heads=heads, vocab_size=32000)
         with tempfile.TemporaryDirectory() as workdir:
             checkpoints = Path(workdir)
@@ -90,5 +94,7 @@ def reshard_section() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="one tiny shape: the code path, not the figures")
     torch.set_num_threads(2)
-    reshard_section()
+    reshard_section(SMOKE_SHAPES if parser.parse_args().smoke else SHAPES)
