@@ -4,7 +4,8 @@ submitit, each starting when the one before has succeeded (`afterok`; Slurm canc
     tokenizer (one node, all its cores) → evaluate → encode (a job array, a task per group of corpus files, at most
     cluster.array_parallelism at once) → prepare (manifest, plan, run directory, MLflow run) → train (the job
     `corolla submit` makes, with its requeues; an elastic run's chain of jobs) → export (after an elastic run's first
-    training job, whatever its end, and then after the run's newest job, until the run has finished)
+    training job, whatever its end, and then after the run's newest job, until the run has finished; so too after a
+    job that gave way to one without its unfit nodes)
 
 Submission returns once every job is queued. Stages whose output is current are not submitted, nor encoding tasks
 whose files are all encoded, so submitting again resumes the chain where it stopped. A data stage's job is requeued
@@ -32,7 +33,14 @@ from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
 from slurm.client import ENDED_STATES, latest_states, slurm_state
 from slurm.commands import SlurmError, run_slurm
-from slurm.executor import executor_parameters, make_executor, outside_this_job, submit_elastic, submit_job
+from slurm.executor import (
+    excluded_nodes,
+    executor_parameters,
+    make_executor,
+    outside_this_job,
+    submit_elastic,
+    submit_job,
+)
 from slurm.jobs import recorded_jobs
 from tokenizer.files import write_atomically
 
@@ -77,27 +85,36 @@ class StageTask:
             stages.encode_stage(job, list(self.files))
         elif self.stage == "prepare":
             stages.prepare_training_stage(job)
-        elif self.stage == "export" and job.cluster.chained and not stages.training_is_finished(job):
-            self._follow_training(job)
         elif self.stage == "export":
-            stages.export_stage(job)
+            self._export(job)
         else:
             raise ValueError(f"{self.stage} is not a data stage of the pipeline")
 
-    def _follow_training(self, job: MainJob) -> None:
-        """An elastic run's export waits for the training job it was queued behind; when the run went on in the job
-        queued behind that one, the export queues itself again, behind the run's newest job."""
+    def _export(self, job: MainJob) -> None:
+        """The export waits for the training job it was queued behind. When the run went on in a job queued behind
+        that one (an elastic run's next job, or one that took over from a job on unfit nodes), the export queues
+        itself again, behind the run's newest job."""
+        from launch.jobs import stages
+
         run_dir = Path(self.run_dir)
-        live = [state for state in latest_states(recorded_jobs(run_dir / TRAIN_DIR)) if state.live]
-        if not live:
-            raise ValueError(
-                f"the training ended before step train.steps={job.train.steps}: see `corolla status {run_dir}`"
-            )
-        executor = stage_executor(job.cluster, run_dir, self.stage, f"afterany:{live[0].job_id}")
+        if not stages.training_is_finished(job):
+            live = [state for state in latest_states(recorded_jobs(run_dir / TRAIN_DIR)) if state.live]
+            if live:
+                self._follow(job, live[0].job_id)
+                return
+            if job.cluster.chained:
+                raise ValueError(
+                    f"the training ended before step train.steps={job.train.steps}: see `corolla status {run_dir}`"
+                )
+        stages.export_stage(job)
+
+    def _follow(self, job: MainJob, training_job: str) -> None:
+        run_dir = Path(self.run_dir)
+        executor = stage_executor(job.cluster, run_dir, self.stage, f"afterany:{training_job}")
         with outside_this_job():
             follower = executor.submit(self).job_id
         _replace_job(run_dir, self.stage, follower)
-        print(f"the training goes on in Slurm job {live[0].job_id}: the export follows it, as job {follower}")
+        print(f"the training goes on in Slurm job {training_job}: the export follows it, as job {follower}")
 
     def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
         """submitit's question on USR2: what to requeue. The same task: it skips what it had finished."""
@@ -219,7 +236,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     if dry_run:
         _print_scripts(job, plan)
         return
-    check_partition(cluster)
+    check_partition(cluster, excluded_nodes(cluster, paths.train))
     check_no_live_chain(paths.run_dir)
     check_no_live_job(paths.train)
     check_unheld(paths.train)

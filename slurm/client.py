@@ -42,6 +42,15 @@ def accounting_record(job_id: str) -> dict[str, str] | None:
     return dict(zip(names, lines[-1].split("|"), strict=False)) if lines else None
 
 
+def partition_nodes() -> dict[str, set[str]]:
+    """Every partition's nodes by name, the partitions in sinfo's order; a SlurmError when Slurm cannot be asked."""
+    nodes: dict[str, set[str]] = {}
+    output = run_slurm("sinfo", "--noheader", "--Node", "--format=%R %N")
+    for partition, node in (line.split() for line in output.splitlines()):
+        nodes.setdefault(partition, set()).add(node)
+    return nodes
+
+
 def has_ended(state: str) -> bool:
     return state.split()[0] in ENDED_STATES if state else False
 

@@ -5,7 +5,9 @@ A job asks for whole nodes with one task per rank and USR2 `cluster.signal_delay
 runs slurm.task.TrainingTask. A job of a fixed size is submitted `--requeue` and comes back as the same job. Slurm
 fixes a job's node count at its first allocation, so a requeued elastic job (`cluster.min_nodes`) would wait for as
 many nodes as it first had; an elastic run is instead a chain of jobs, `--no-requeue`: each start queues the next
-job, `afterany` itself, asking for `min_nodes-nodes` again, and the run's end cancels it.
+job, `afterany` itself, asking for `min_nodes-nodes` again, and the run's end cancels it. Every job of a run leaves
+out `cluster.exclude` and the nodes its health checks found unfit (launch/train/health.py); a start that finds one
+gives way to a job without it (`replace_job`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import submitit
 
 from launch.config.cluster import ClusterConfig
 from launch.rundir.files import SUBMITIT_DIR
+from launch.rundir.history import RunHistory
+from slurm.client import partition_nodes
 from slurm.commands import SlurmError, request, run_slurm
 from slurm.jobs import jobs_after, record_job
 
@@ -78,8 +82,16 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     return parameters
 
 
-def make_executor(cluster: ClusterConfig, run_dir: Path, dependency: str | None = None) -> submitit.SlurmExecutor:
-    """The executor of the run's jobs; `dependency`: what the job waits for (sbatch's, e.g. afterany:JOB)."""
+def excluded_nodes(cluster: ClusterConfig, run_dir: Path) -> set[str]:
+    """The nodes the run's jobs leave out: cluster.exclude's, and those its health checks found unfit."""
+    return set(cluster.exclude) | RunHistory(run_dir).unfit_nodes()
+
+
+def make_executor(
+    cluster: ClusterConfig, run_dir: Path, dependency: str | None = None, unfit: frozenset[str] = frozenset()
+) -> submitit.SlurmExecutor:
+    """The executor of the run's jobs; `dependency`: what the job waits for (sbatch's, e.g. afterany:JOB); `unfit`:
+    nodes to leave out beside those the run leaves out already."""
     folder = run_dir.resolve() / SUBMITIT_DIR
     _single_line("run_dir", str(folder))
     # Requeues are corolla's (slurm/task.py); submitit's own timeout budget must never be the one that stops a run.
@@ -87,6 +99,9 @@ def make_executor(cluster: ClusterConfig, run_dir: Path, dependency: str | None 
     executor.update_parameters(**executor_parameters(cluster, f"corolla-{run_dir.resolve().name}"))
     if dependency is not None:
         executor.update_parameters(dependency=dependency)
+    excluded = excluded_nodes(cluster, run_dir) | unfit
+    if excluded:
+        executor.update_parameters(exclude=_single_line("cluster.exclude", ",".join(sorted(excluded))))
     return executor
 
 
@@ -125,6 +140,25 @@ def submit_elastic(
             f"Slurm job {job_id} is held and cannot be released ({error}): `scontrol release {job_id}`"
         ) from None
     return job_id, next_job
+
+
+def usable_nodes(cluster: ClusterConfig, run_dir: Path, unfit: frozenset[str]) -> int:
+    """How many nodes of the partition the run's jobs could use, `unfit` ones left out too."""
+    nodes = partition_nodes()
+    partition = nodes.get(cluster.partition or next(iter(nodes), ""), set())
+    return len(partition - excluded_nodes(cluster, run_dir) - unfit)
+
+
+def replace_job(
+    cluster: ClusterConfig, run_dir: Path, task: Callable[[], None], job_id: str, unfit: frozenset[str]
+) -> str:
+    """A job in place of this one, queued behind it, that leaves the `unfit` nodes out too (an elastic run's next
+    job, queued before they were found, gives way to it); its id."""
+    replacement = submit_job(make_executor(cluster, run_dir, f"afterany:{job_id}", unfit), task, run_dir)
+    for later in jobs_after(run_dir, job_id):
+        if later != replacement:
+            request("scancel", later)
+    return replacement
 
 
 def cancel_next_jobs(run_dir: Path, job_id: str) -> None:

@@ -16,30 +16,32 @@ from launch.config.schemas import TrainJob
 from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import check_unheld
 from launch.train import compat
-from slurm.client import latest_states
-from slurm.commands import SlurmError, run_slurm
-from slurm.executor import make_executor, submit_elastic, submit_job
+from slurm.client import latest_states, partition_nodes
+from slurm.commands import SlurmError
+from slurm.executor import excluded_nodes, make_executor, submit_elastic, submit_job
 from slurm.jobs import recorded_jobs
 from slurm.task import TrainingTask
 
 
-def check_partition(cluster: ClusterConfig) -> None:
-    """The partition exists and has the nodes the job asks for (asks sinfo)."""
+def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
+    """The partition exists and has the nodes the job asks for, the `excluded` ones left out (asks sinfo)."""
     try:
-        output = run_slurm("sinfo", "--noheader", "--format=%R %D")
+        nodes = partition_nodes()
     except SlurmError as error:
         raise RuntimeError(f"cannot reach Slurm ({error}): is this a login node of {cluster.name}?") from None
-    nodes: dict[str, int] = {}
-    for partition, count in (line.split() for line in output.splitlines()):  # a line per partition and state
-        nodes[partition] = nodes.get(partition, 0) + int(count)
     partition = cluster.partition or next(iter(nodes), "")
     if partition not in nodes:
         raise ValueError(
             f"cluster.partition={partition} does not exist on this cluster: choose one of {', '.join(sorted(nodes))}"
         )
-    if nodes[partition] < cluster.nodes:
+    usable = nodes[partition] - excluded
+    if len(usable) < cluster.nodes:
+        left_out = nodes[partition] & excluded
+        because = (
+            f" once {', '.join(sorted(left_out))} (cluster.exclude, or found unfit) are left out" if left_out else ""
+        )
         raise ValueError(
-            f"cluster.nodes={cluster.nodes} but partition {partition} has {nodes[partition]} nodes: lower "
+            f"cluster.nodes={cluster.nodes} but partition {partition} has {len(usable)} nodes{because}: lower "
             "cluster.nodes (and the layout with it)"
         )
 
@@ -72,7 +74,7 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
             "or run `corolla train`"
         )
     if not dry_run:
-        check_partition(cluster)
+        check_partition(cluster, excluded_nodes(cluster, Path(job.run_dir)))
         check_no_live_job(Path(job.run_dir))
         check_unheld(Path(job.run_dir))
     prepared = prepare_run(job, dry_run)

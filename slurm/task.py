@@ -4,7 +4,9 @@ The job comes back by itself (`scontrol requeue`, or Slurm's own requeue of a jo
 - a stop signal (USR2 before the time limit, SIGTERM on preemption): every rank stops after the same step,
   the checkpoint is saved, rank 0 requeues;
 - a rank that crashed: its peers' collectives fail, and they requeue;
-- a rank that hangs: every rank's watchdog requeues and ends its process.
+- a rank that hangs: every rank's watchdog requeues and ends its process;
+- a node its health check finds unfit (launch/train/health.py): a job that leaves it out takes over, queued behind
+  this one, which ends.
 An elastic run (`cluster.min_nodes`) is not requeued: rank 0 of each start queues the run's next job behind this one,
 which takes over whenever and however this one ends, on the nodes that are free then (slurm/executor.py).
 A restart resumes from the last complete checkpoint. Failures (all but clean stops) count against
@@ -14,6 +16,7 @@ pure functions of the run's history, how the start ended and the budget.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -27,7 +30,7 @@ from launch.rundir.history import RunHistory, failures, has_ended
 from launch.train.stopping import StopSignals
 from slurm.commands import request
 from slurm.environment import SlurmTask
-from slurm.executor import cancel_next_jobs, queue_next_job
+from slurm.executor import cancel_next_jobs, queue_next_job, replace_job, usable_nodes
 
 
 class Next(Enum):
@@ -37,6 +40,7 @@ class Next(Enum):
     next_job = "next_job"  # an elastic run: the job queued behind this one takes over
     give_up = "give_up"  # a failure past the restart budget
     end = "end"  # finished, diverged, or stopped by the STOP file
+    replaced = "replaced"  # unfit nodes: the job queued behind this one, without them, takes over
 
 
 def after_start(events: list[dict], budget: int) -> Next:
@@ -50,7 +54,9 @@ def after(ending: str, events: list[dict], budget: int, chained: bool, kill_swit
     """What follows a start that `ending` ("failed", "stopped", "finished", "diverged" or "no_space"), given the
     history it found when it began (`events`), the restart budget, whether the run is a chain of jobs and whether a
     STOP file is there. A diverged run would diverge again from the same checkpoint, one out of space would fill its
-    disk again: they end."""
+    disk again: they end. One that found unfit nodes has given way to a job without them."""
+    if ending == "unfit":
+        return Next.replaced
     if ending == "failed" and failures(events) >= budget:
         return Next.give_up
     if ending == "failed" or (ending == "stopped" and not kill_switch):
@@ -71,6 +77,7 @@ class TrainingTask:
         from launch.config.job_file import read_job
         from launch.rundir import outbox
         from launch.train import worker
+        from launch.train.health import HealthCheck
 
         task = SlurmTask.from_environment()
         os.environ.update(task.rendezvous())
@@ -116,8 +123,12 @@ class TrainingTask:
             follow(after("failed", events, budget, chained))
 
         origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
+        health = None
+        if job.cluster.health_slowdown:
+            give_way = functools.partial(self._give_way, job.cluster, run_dir, task)
+            health = HealthCheck(task.node_name, job.cluster.health_slowdown, give_way)
         try:
-            outcome = worker.main(run_dir, origin=origin, on_stall=failed, stop=stop)
+            outcome = worker.main(run_dir, origin=origin, on_stall=failed, stop=stop, health=health)
         except Exception:
             failed()
             raise
@@ -126,6 +137,24 @@ class TrainingTask:
         # The work is done; a stop signal now (the time limit's USR2 may come as the ranks exit, when Python no
         # longer runs handlers) must not kill a task and fail the finished job.
         stop.ignore_from_now_on()
+
+    def _give_way(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask, unfit: dict[str, str]) -> bool:
+        """Rank 0, when the health check found `unfit` nodes: whether a job that leaves them out was queued to take
+        over (not when the partition would keep too few nodes for the run, nor when Slurm refuses it)."""
+        reasons = "; ".join(f"{node}: {why}" for node, why in unfit.items())
+        needed = cluster.min_nodes if cluster.chained else cluster.nodes
+        try:
+            enough = usable_nodes(cluster, run_dir, frozenset(unfit)) >= needed
+            replacement = replace_job(cluster, run_dir, self, task.job_id, frozenset(unfit)) if enough else None
+            problem = "" if enough else f"the partition has no other nodes for the run's {needed}"
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            replacement, problem = None, f"no job without them could be queued ({str(error).strip()})"
+        RunHistory(run_dir).record("unfit", nodes=unfit, left_out=replacement is not None, slurm_job=task.job_id)
+        if replacement is None:
+            print(f"corolla: unfit: {reasons}; {problem}: training on them", file=sys.stderr, flush=True)
+            return False
+        print(f"corolla: unfit: {reasons}; job {replacement}, which leaves them out, takes over", flush=True)
+        return True
 
     def _queue_next(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask) -> None:
         try:

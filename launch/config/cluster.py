@@ -38,6 +38,12 @@ class ClusterConfig:
     signal_delay_s: int = 120
     # Restarts (requeues after a signal, a node failure, a crashed or hung rank) before the job is given up.
     max_restarts: int = 5
+    # Nodes the run's jobs never use (sbatch --exclude), beside those its health checks found unfit.
+    exclude: list[str] = field(default_factory=list)
+    # Before each start on Slurm trains, every rank times the same matmuls on its device: a node whose rank fails that,
+    # or takes more than this many times the fastest rank's time, is unfit, and the job gives way to one that leaves
+    # it out (0: no check). BLOOM-176B once ran 5% slow for days on one slow GPU.
+    health_slowdown: float = 1.25
     # `corolla pipeline`'s data stages (tokenizer, evaluation, encoding, export) take one node each, no GPU: of this
     # partition (None: the training one), with this many cores (0: a training node's, cpus_per_task x ranks).
     cpu_partition: str | None = None
@@ -82,6 +88,11 @@ class ClusterConfig:
             raise ValueError(
                 f"cluster {self.name}: gpu_memory_gib, peak_tflops, memory_bandwidth_gbps, intra_node_gbps and "
                 "inter_node_gbps must not be negative (0: unknown)"
+            )
+        if self.health_slowdown and self.health_slowdown <= 1:
+            raise ValueError(
+                f"cluster {self.name}: health_slowdown={self.health_slowdown} must be above 1 (a rank slower than that "
+                "many times the fastest is unfit) or 0 (no health check)"
             )
         if not 0 < self.kernel_efficiency <= 2:
             raise ValueError(

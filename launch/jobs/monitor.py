@@ -106,6 +106,10 @@ def describe_event(event: dict) -> str:
         return f"diverged  at step {event.get('step', '?')}, loss {event.get('loss', '?')}{where}"
     if kind == "no_space":
         return f"no space  {event.get('reason', '')}"
+    if kind == "unfit":
+        nodes = "; ".join(f"{node}: {why}" for node, why in event.get("nodes", {}).items())
+        outcome = "left out from then on" if event.get("left_out") else "trained on, no other nodes"
+        return f"unfit     job {event.get('slurm_job', '?')}: {nodes} ({outcome})"
     if kind == "gave_up":
         failures = plural(event.get("failures", 0), "failure")
         return f"gave up   after {failures} (cluster.max_restarts={event.get('max_restarts')})"

@@ -7,7 +7,9 @@
 - finished: trained to the last step;
 - gave_up: a failure with no restart left in the budget;
 - diverged: a step's loss or gradient norm was not finite, one too many: stopped, nothing of it saved;
-- no_space: the checkpoint's filesystem was full: stopped, the previous checkpoint kept.
+- no_space: the checkpoint's filesystem was full: stopped, the previous checkpoint kept;
+- unfit: a start's health check found nodes unfit (launch/train/health.py), and why; `left_out`: the run's jobs
+  leave them out from then on (a job without them took over), or trained on them (the partition has no others).
 A start that follows another start (nothing clean in between) follows a failure: a dead node, a crashed or hung
 rank. Failures since the last launch count against the restart budget; clean stops do not. `crashes` counts them
 over the whole history, launches by hand included.
@@ -63,3 +65,8 @@ class RunHistory:
 
     def crashes(self) -> int:
         return crashes(self.events())
+
+    def unfit_nodes(self) -> set[str]:
+        """The nodes the run's jobs leave out: found unfit, and left out then."""
+        unfit = (event for event in self.events() if event["event"] == "unfit" and event.get("left_out"))
+        return {node for event in unfit for node in event["nodes"]}

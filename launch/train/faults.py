@@ -7,17 +7,22 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
   is marked complete;
 - COROLLA_TEST_NAN_AT_STEP=N: step N's forward passes give NaN (every rank), as a numerical blow-up would;
 - COROLLA_TEST_STEP_SECONDS=S: steps follow each other no faster than every S seconds, as a bigger model's would, so
-  that a job's share of a run does not depend on how fast these cores happen to be.
+  that a job's share of a run does not depend on how fast these cores happen to be;
+- COROLLA_TEST_UNFIT_NODE_FILE=PATH: the node of the first rank 1 to run a health check (launch/train/health.py) is
+  written there, and from then on every rank on that node fails its self-test, in every job, as on a broken GPU;
+- COROLLA_TEST_SLOW_NODE=NODE: ranks on NODE take 10 times as long for their self-test, as on a throttled GPU.
 A hang, a crash or a NaN is injected on a first launch only: a requeued Slurm job keeps its environment, and must
-recover.
+recover. A node stays unfit whichever job lands on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -28,6 +33,8 @@ HANG_RANK = "COROLLA_TEST_HANG_RANK"
 CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
 NAN_AT_STEP = "COROLLA_TEST_NAN_AT_STEP"
 STEP_SECONDS = "COROLLA_TEST_STEP_SECONDS"
+UNFIT_NODE_FILE = "COROLLA_TEST_UNFIT_NODE_FILE"
+SLOW_NODE = "COROLLA_TEST_SLOW_NODE"
 CRASHED_EXIT = 17
 
 
@@ -42,6 +49,8 @@ class Faults:
     crash_during_save: int | None = None
     nan_at_step: int | None = None
     step_seconds: float = 0.0
+    unfit_node_file: Path | None = None
+    slow_node: str | None = None
     training_step: int = 0  # the step being trained, for the NaN hook
 
     @classmethod
@@ -54,7 +63,24 @@ class Faults:
             crash_during_save=_step(env.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
             nan_at_step=_step(env.get(NAN_AT_STEP)) if first_launch else None,
             step_seconds=float(env.get(STEP_SECONDS, "0")),
+            unfit_node_file=Path(env[UNFIT_NODE_FILE]) if env.get(UNFIT_NODE_FILE) else None,
+            slow_node=env.get(SLOW_NODE) or None,
         )
+
+    def self_test(self, node: str) -> Callable[[float], float]:
+        """What a health check on `node` makes of its self-test's seconds: raises on the unfit node, stretches them on
+        the slow one."""
+
+        def injected(seconds: float) -> float:
+            if self.unfit_node_file is not None:
+                if self.rank == 1:
+                    with contextlib.suppress(FileExistsError), self.unfit_node_file.open("x") as marked:
+                        marked.write(node)
+                if self.unfit_node_file.is_file() and self.unfit_node_file.read_text() == node:
+                    raise RuntimeError(f"injected: the device of {node} fails")
+            return seconds * 10 if node == self.slow_node else seconds
+
+        return injected
 
     def install(self, module: torch.nn.Module, first_step: int) -> None:
         """The NaN, if one is asked for: a hook on the rank's model that spoils its outputs during that step."""

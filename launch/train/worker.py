@@ -32,6 +32,7 @@ from launch.train.batches import validation_batches
 from launch.train.device import device, init_distributed, seed_everything
 from launch.train.engine import build_engine, check_groups
 from launch.train.faults import Faults
+from launch.train.health import HealthCheck, check
 from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter
 from launch.train.shards import EmbeddingGrowth
@@ -44,6 +45,7 @@ class Outcome(Enum):
     stopped = "stopped"  # stopped early with a checkpoint: a stop signal, or train.exit_after
     diverged = "diverged"  # a non-finite loss or gradient norm, one too many: stopped, nothing of it saved
     no_space = "no_space"  # the checkpoint's filesystem is full: stopped, the previous checkpoint kept
+    unfit = "unfit"  # the health check found nodes unfit: not trained, a job without them takes over
 
 
 EXIT_STATUS = {Outcome.diverged: 3, Outcome.no_space: 4}
@@ -134,14 +136,27 @@ def _starting_weights(engine, job: TrainJob, plan: RunPlan, directory: Path, fir
     return layout
 
 
+def _gives_way(health: HealthCheck, rank: int, faults: Faults) -> bool:
+    """The health check: whether this start gives way to a job without the nodes it found unfit (rank 0 decides, and
+    every rank follows)."""
+    unfit = check(health, faults.self_test(health.node))
+    if not unfit:
+        return False
+    decision = [health.on_unfit(unfit) if rank == 0 else None]
+    torch.distributed.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
+
+
 def main(
     run_dir: Path,
     origin: dict[str, object] | None = None,
     on_stall: Callable[[], None] = lambda: None,
     stop: StopSignals | None = None,
+    health: HealthCheck | None = None,
 ) -> Outcome:
     """Trains this rank; `origin` says where (recorded in the run's history), `on_stall` runs if the watchdog fires,
-    `stop` holds the stop signals received so far (installed here if not given)."""
+    `stop` holds the stop signals received so far (installed here if not given), `health` checks the nodes first (on
+    a cluster)."""
     stop = stop or StopSignals(run_dir / STOP_FILE)
     job = read_job(run_dir / JOB_FILE)
     watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
@@ -150,6 +165,9 @@ def main(
     rank = torch.distributed.get_rank()
     plan = read_plan(run_dir, torch.distributed.get_world_size())
     faults = Faults.from_environment(rank)
+    if health is not None and _gives_way(health, rank, faults):
+        watchdog.stop()
+        return Outcome.unfit
     parallel_state.initialize_model_parallel(plan.layout.tp, plan.layout.pp, create_gloo_process_groups=False)
     check_groups(plan, rank)
     seed_everything(job.seed)

@@ -81,6 +81,7 @@ def test_plan_takes_a_smaller_model_and_cluster(capsys) -> None:
         (["cluster.peak_tflops=0"], "cluster jean-zay-a100 does not say its peak_tflops: set cluster.peak_tflops=..."),
         (["cluster.gpu_memory_gib=-1"], "must not be negative (0: unknown)"),
         (["cluster.kernel_efficiency=0"], "kernel_efficiency=0.0 must lie in (0, 2]: 1 for A100s, or what"),
+        (["cluster.health_slowdown=0.5"], "health_slowdown=0.5 must be above 1 (a rank slower than that many times"),
     ],
 )
 def test_plan_refuses_bad_cluster_descriptions(capsys, overrides: list[str], expected: str) -> None:
@@ -99,6 +100,12 @@ def test_submit_passes_bloom_176b_as_bloom_trained_it(tokens, capsys, tmp_path) 
     code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run"))
     assert code == 0, err
     assert "TP 4 x PP 12 x DP 8" in out and "#SBATCH --nodes=48" in out
+
+
+def test_submit_leaves_out_the_nodes_cluster_exclude_names(tokens, capsys, tmp_path) -> None:
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", "cluster.exclude=[jz-gpu-17,jz-gpu-3]"))
+    assert code == 0, err
+    assert "#SBATCH --exclude=jz-gpu-17,jz-gpu-3" in out
 
 
 def test_submit_refuses_a_layout_that_will_not_fit_and_names_the_nearest(tokens, capsys, tmp_path) -> None:

@@ -19,7 +19,7 @@ from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
-from launch.train.faults import CRASH_DURING_SAVE, STEP_SECONDS
+from launch.train.faults import CRASH_DURING_SAVE, STEP_SECONDS, UNFIT_NODE_FILE
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 # A tiny BLOOM for 12 steps, a checkpoint every 2: long enough to kill a node or signal the job while it trains.
@@ -126,6 +126,32 @@ def subprocess_hostnames(cluster: TestCluster, node_list: str) -> list[str]:
     return cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()
 
 
+def test_a_node_that_fails_its_health_check_is_left_out_by_a_job_that_takes_over(
+    slurm_cluster, tokens, local_losses, tmp_path, capsys, monkeypatch
+) -> None:
+    # The node of the first job's rank 1 fails its self-test, in that job and any other, as a broken GPU would.
+    marked = tmp_path / "unfit-node"
+    monkeypatch.setenv(UNFIT_NODE_FILE, str(marked))
+    run_dir = tmp_path / "run"
+    first_job = submit(run_dir, tokens, "cluster.health_slowdown=100")  # only a failure is unfit on shared cores
+    assert wait_for(lambda: len(json.loads((run_dir / JOBS_FILE).read_text())) == 2, timeout=120), logs(run_dir)
+    replacement = json.loads((run_dir / JOBS_FILE).read_text())[1]
+    unfit = marked.read_text()
+    assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", replacement).stdout
+    wait_finished(slurm_cluster, run_dir, replacement)
+    assert job_state(slurm_cluster, first_job) in ("COMPLETED", "GONE")
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    [event] = [event for event in RunHistory(run_dir).events() if event["event"] == "unfit"]
+    why = f"rank 1 failed its self-test (RuntimeError: injected: the device of {unfit} fails)"
+    assert event["nodes"] == {unfit: why} and event["left_out"] and event["slurm_job"] == first_job
+    [start] = RunHistory(run_dir).starts()  # the first job trained nothing
+    assert start["slurm_job"] == replacement and unfit not in subprocess_hostnames(slurm_cluster, start["nodes"])
+    assert RunHistory(run_dir).failures() == 0
+    one_mlflow_value_per_step(run_dir, local_losses)
+    assert main(["status", f"run_dir={run_dir}"]) == 0
+    assert f"unfit     job {first_job}: {unfit}: {why} (left out from then on)" in capsys.readouterr().out
+
+
 def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
     slurm_cluster, tokens, local_losses, tmp_path, capsys, monkeypatch
 ) -> None:
@@ -203,6 +229,10 @@ def test_a_stop_signal_checkpoints_requeues_and_resumes(
         (["parallel.dp=4"], "needs 16 ranks but cluster testcluster gives 2 nodes x 4 = 8"),
         (["cluster.nodes=4", "parallel.dp=4"], "cluster.nodes=4 but partition debug has 3 nodes"),
         (["tracking.uri=http://10.77.0.1:9"], "tracking.uri=http://10.77.0.1:9 cannot be reached"),
+        (
+            ["cluster.exclude=[n1,n3]"],
+            "partition debug has 1 nodes once n1, n3 (cluster.exclude, or found unfit) are left out: lower",
+        ),
     ],
 )
 def test_bad_jobs_are_refused_before_anything_is_submitted(

@@ -1,0 +1,93 @@
+"""Before a start on a cluster trains: whether every node is fit to.
+
+Every rank times the same matmuls on its device (an error there, a broken GPU's, counts as unfit) and the ranks
+gather what each found, so that all reach the same verdict: a node is unfit when one of its ranks failed, or took more
+than `slowdown` times the fastest rank's time (a throttled or faulty GPU holds every step of a synchronous job back:
+BLOOM-176B ran 5% slow for days on one, found by bisecting with --exclude). What follows a verdict is the
+scheduler's: slurm/task.py gives the job up for one that leaves the unfit nodes out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from launch.train.device import device, on_gpu
+
+WARMUP, ROUNDS, PER_ROUND = 3, 5, 4  # matmuls; the fastest round counts: a transient stall is not a slow device
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """What a start on a cluster checks before it trains, and who acts on an unfit node."""
+
+    node: str  # this rank's node, as the scheduler names it
+    slowdown: float  # cluster.health_slowdown
+    # On rank 0: leave these nodes (name: why) out, True, or train on them (False: the cluster has no others).
+    on_unfit: Callable[[dict[str, str]], bool]
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    rank: int
+    node: str
+    seconds: float | None  # None: it failed
+    error: str = ""
+
+
+def time_matmuls() -> float:
+    """Seconds of the fastest of ROUNDS rounds of PER_ROUND square matmuls on this rank's device (a round: a few
+    milliseconds, on a GPU as on a CPU core)."""
+    size, dtype = (8192, torch.bfloat16) if on_gpu() else (256, torch.float32)
+    matrix = torch.randn(size, size, device=device(), dtype=dtype)
+    for _ in range(WARMUP):
+        matrix @ matrix
+    rounds = []
+    for _ in range(ROUNDS):
+        if on_gpu():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(PER_ROUND):
+            matrix @ matrix
+        if on_gpu():
+            torch.cuda.synchronize()
+        rounds.append(time.perf_counter() - start)
+    return min(rounds)
+
+
+def self_test(rank: int, node: str, injected: Callable[[float], float] = float) -> SelfTest:
+    """The rank's self-test; `injected`: what test-only faults make of its seconds (launch/train/faults.py)."""
+    try:
+        return SelfTest(rank, node, injected(time_matmuls()))
+    except Exception as error:  # a device that cannot compute: the verdict says so, the rank does not die of it
+        return SelfTest(rank, node, None, f"{type(error).__name__}: {error}")
+
+
+def unfit_nodes(results: list[SelfTest], slowdown: float) -> dict[str, str]:
+    """Each unfit node and why (its first rank that is); empty when every node is fit."""
+    timed = [result.seconds for result in results if result.seconds is not None]
+    fastest = min(timed, default=0.0)
+    unfit: dict[str, str] = {}
+    for result in results:
+        if result.node in unfit:
+            continue
+        if result.seconds is None:
+            unfit[result.node] = f"rank {result.rank} failed its self-test ({result.error})"
+        elif result.seconds > slowdown * fastest:
+            unfit[result.node] = (
+                f"rank {result.rank} took {result.seconds / fastest:.1f}x the fastest rank's time for the same matmuls "
+                f"(cluster.health_slowdown={slowdown:g})"
+            )
+    return unfit
+
+
+def check(health: HealthCheck, injected: Callable[[float], float] = float) -> dict[str, str]:
+    """Every rank's self-test, gathered: the unfit nodes, the same verdict on every rank (a collective)."""
+    rank = torch.distributed.get_rank()
+    mine = self_test(rank, health.node, injected)
+    results: list[SelfTest | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(results, mine)
+    return unfit_nodes([result for result in results if result is not None], health.slowdown)

@@ -1,0 +1,54 @@
+"""The health check a start on a cluster runs before it trains (launch/train/health.py): the verdict from every
+rank's self-test, and the same verdict on every rank of a real gloo group. What follows on Slurm (a job without the
+unfit node takes over) is tested on the test cluster, in tests/slurm/test_submit.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distributed import run_ranks
+
+from launch.train.faults import Faults
+from launch.train.health import HealthCheck, SelfTest, check, unfit_nodes
+
+
+def test_a_node_is_unfit_when_a_rank_of_it_fails_or_is_slower_than_the_bound() -> None:
+    results = [
+        SelfTest(0, "n1", 1.0),
+        SelfTest(1, "n1", 1.2),
+        SelfTest(2, "n2", 1.2),
+        SelfTest(3, "n2", None, "RuntimeError: CUDA error: uncorrectable ECC error encountered"),
+        SelfTest(4, "n3", 1.1),
+        SelfTest(5, "n3", 3.0),
+    ]
+    assert unfit_nodes(results, slowdown=1.25) == {
+        "n2": "rank 3 failed its self-test (RuntimeError: CUDA error: uncorrectable ECC error encountered)",
+        "n3": "rank 5 took 3.0x the fastest rank's time for the same matmuls (cluster.health_slowdown=1.25)",
+    }
+    assert unfit_nodes(results[:3], slowdown=1.25) == {}
+    assert list(unfit_nodes(results[:3], slowdown=1.1)) == ["n1", "n2"]  # 1.2x the fastest
+
+
+def health_verdicts(marked: str) -> list[dict[str, str]]:
+    """This rank's verdict with a node that fails, with a node ten times slower, and with neither."""
+    import torch
+
+    rank = torch.distributed.get_rank()
+    node = f"node{rank}"
+    verdicts = []
+    for faults, slowdown in [
+        (Faults(rank, unfit_node_file=Path(marked)), 100.0),
+        (Faults(rank, slow_node="node1"), 3.0),  # scheduling on two shared cores varies the rest
+        (Faults(rank), 100.0),
+    ]:
+        verdicts.append(check(HealthCheck(node, slowdown, on_unfit=lambda unfit: True), faults.self_test(node)))
+    return verdicts
+
+
+def test_every_rank_reaches_the_same_verdict(tmp_path: Path) -> None:
+    marked = tmp_path / "unfit-node"
+    (broken, slow, fit), others = run_ranks(2, health_verdicts, str(marked))
+    assert marked.read_text() == "node1"  # rank 1's node, as the fault injection marks it
+    assert broken == {"node1": "rank 1 failed its self-test (RuntimeError: injected: the device of node1 fails)"}
+    assert list(slow) == ["node1"] and "took" in slow["node1"] and fit == {}
+    assert others == [broken, slow, fit]
