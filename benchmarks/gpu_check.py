@@ -7,6 +7,8 @@ its training step (the DeepSpeed engine `corolla train` builds) against transfor
 
 Prints each figure and writes OUT_DIR/gpu_check.json:
 - device: name, memory, the peak bf16 TFLOP/s MFU is measured against;
+- self_test: the health check's self-test repeated: its fastest time, and the slowest over it (a healthy device's
+  spread, against cluster.health_slowdown);
 - correctness: max |difference| of bloom-560m-shaped logits (random weights) against BloomForCausalLM with the same
   weights in fp32, and in bf16 beside transformers' own fp32-to-bf16 spread; flex attention against SDPA (logits and
   gradients); three fp32 AdamW steps of corolla against transformers (losses);
@@ -50,6 +52,7 @@ from launch.plan.step_time import estimate_step_time, implied_kernel_efficiency 
 from launch.train import compat  # noqa: E402
 from launch.train.device import init_distributed, seed_everything  # noqa: E402
 from launch.train.engine import build_engine  # noqa: E402
+from launch.train.health import time_matmuls  # noqa: E402
 from launch.train.loop import pairs  # noqa: E402
 from model.bloom import BloomModel, lm_loss, parallel_config  # noqa: E402
 from model.config import BLOOM_VOCABULARY, Attention, ModelConfig  # noqa: E402
@@ -232,6 +235,13 @@ def steps_against_transformers(shape: ModelConfig, device: torch.device, steps: 
             values[name] = loss.item()
         differences.append(abs(values["corolla"] - values["transformers"]))
     return {"training_steps_fp32": max(differences), "training_steps": steps}
+
+
+def self_test_spread(repeats: int = 10) -> dict:
+    """The health check's self-test (launch/train/health.py), repeated on this one GPU: how far its time varies on
+    a healthy device, against cluster.health_slowdown's bound."""
+    seconds = [time_matmuls() for _ in range(repeats)]
+    return {"fastest_ms": round(1e3 * min(seconds), 3), "slowest_over_fastest": round(max(seconds) / min(seconds), 3)}
 
 
 def correctness(scale: Scale, device: torch.device) -> dict:
@@ -436,7 +446,12 @@ def main(out_dir: Path, smoke: bool) -> dict:
     torch._dynamo.config.cache_size_limit = 32  # every shape, dtype and grad mode compiles flex attention anew
     out_dir.mkdir(parents=True, exist_ok=True)
     info = device_info(device)
-    report: dict = {"device": info, "correctness": correctness(scale, device), "runs": []}
+    report: dict = {
+        "device": info,
+        "self_test": self_test_spread(),
+        "correctness": correctness(scale, device),
+        "runs": [],
+    }
     print(json.dumps(report, indent=1), flush=True)
     write(report, out_dir)
     baselines: dict[tuple, dict] = {}

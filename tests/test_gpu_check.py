@@ -71,6 +71,7 @@ def test_the_check_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(script), "--smoke", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["self_test"]["fastest_ms"] > 0 and report["self_test"]["slowest_over_fastest"] >= 1
     correctness = report["correctness"]
     assert correctness["logits_fp32"] < 1e-4 and correctness["training_steps_fp32"] < 1e-4
     assert correctness["flex_vs_sdpa_logits_fp32"] < 1e-4
