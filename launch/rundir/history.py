@@ -28,7 +28,9 @@ ENDED = ("finished", "gave_up", "diverged", "no_space")  # after these no job tr
 
 
 def failures(events: list[dict]) -> int:
-    """Starts since the last launch that directly followed another start."""
+    """Starts since the last launch that directly followed another start (a health check's verdict between them
+    aside)."""
+    events = [event for event in events if event["event"] != "unfit"]
     launches = [index for index, event in enumerate(events) if event["event"] == "launch"]
     since_launch = events[launches[-1] :] if launches else events
     return sum(1 for previous, event in pairwise(since_launch) if event["event"] == previous["event"] == "start")
@@ -36,7 +38,7 @@ def failures(events: list[dict]) -> int:
 
 def crashes(events: list[dict]) -> int:
     """Starts that ended without a word: another start or launch came next."""
-    kinds = [event["event"] for event in events if event["event"] != "gave_up"]
+    kinds = [event["event"] for event in events if event["event"] not in ("gave_up", "unfit")]
     return sum(1 for previous, kind in pairwise(kinds) if previous == "start" and kind in ("start", "launch"))
 
 
