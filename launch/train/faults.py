@@ -8,8 +8,9 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
 - COROLLA_TEST_NAN_AT_STEP=N: step N's forward passes give NaN (every rank), as a numerical blow-up would;
 - COROLLA_TEST_STEP_SECONDS=S: steps follow each other no faster than every S seconds, as a bigger model's would, so
   that a job's share of a run does not depend on how fast these cores happen to be;
-- COROLLA_TEST_UNFIT_NODE_FILE=PATH: the node of the first rank 1 to run a health check (launch/train/health.py) is
-  written there, and from then on every rank on that node fails its self-test, in every job, as on a broken GPU;
+- COROLLA_TEST_UNFIT_NODE_FILE=PATH: the node of the first rank 0 to run a health check (launch/train/health.py) is
+  written there (every allocation has one, however few nodes an elastic job gets), and from then on every rank on
+  that node fails its self-test, in every job, as on a broken GPU;
 - COROLLA_TEST_SLOW_NODE=NODE: ranks on NODE take 10 times as long for their self-test, as on a throttled GPU.
 A hang, a crash or a NaN is injected on a first launch only: a requeued Slurm job keeps its environment, and must
 recover. A node stays unfit whichever job lands on it.
@@ -73,7 +74,7 @@ class Faults:
 
         def injected(seconds: float) -> float:
             if self.unfit_node_file is not None:
-                if self.rank == 1:
+                if self.rank == 0:
                     with contextlib.suppress(FileExistsError), self.unfit_node_file.open("x") as marked:
                         marked.write(node)
                 if self.unfit_node_file.is_file() and self.unfit_node_file.read_text() == node:

@@ -167,6 +167,9 @@ def main(
     faults = Faults.from_environment(rank)
     if health is not None and _gives_way(health, rank, faults):
         watchdog.stop()
+        # Every rank leaves the group before any exits: a process ending with the group's threads alive aborts.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
         return Outcome.unfit
     parallel_state.initialize_model_parallel(plan.layout.tp, plan.layout.pp, create_gloo_process_groups=False)
     check_groups(plan, rank)

@@ -48,7 +48,7 @@ def health_verdicts(marked: str) -> list[dict[str, str]]:
 def test_every_rank_reaches_the_same_verdict(tmp_path: Path) -> None:
     marked = tmp_path / "unfit-node"
     (broken, slow, fit), others = run_ranks(2, health_verdicts, str(marked))
-    assert marked.read_text() == "node1"  # rank 1's node, as the fault injection marks it
-    assert broken == {"node1": "rank 1 failed its self-test (RuntimeError: injected: the device of node1 fails)"}
+    assert marked.read_text() == "node0"  # rank 0's node, as the fault injection marks it
+    assert broken == {"node0": "rank 0 failed its self-test (RuntimeError: injected: the device of node0 fails)"}
     assert list(slow) == ["node1"] and "took" in slow["node1"] and fit == {}
     assert others == [broken, slow, fit]

@@ -126,27 +126,39 @@ def subprocess_hostnames(cluster: TestCluster, node_list: str) -> list[str]:
     return cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()
 
 
+@pytest.mark.parametrize("elastic", [False, True], ids=["requeued", "elastic"])
 def test_a_node_that_fails_its_health_check_is_left_out_by_a_job_that_takes_over(
-    slurm_cluster, tokens, local_losses, tmp_path, capsys, monkeypatch
+    slurm_cluster, tokens, local_losses, tmp_path, capsys, monkeypatch, elastic
 ) -> None:
-    # The node of the first job's rank 1 fails its self-test, in that job and any other, as a broken GPU would.
+    # The node of the first job's rank 0 fails its self-test, in that job and any other, as a broken GPU would. An
+    # elastic run's first job has a next job queued already: it is cancelled for the one that leaves the node out.
     marked = tmp_path / "unfit-node"
     monkeypatch.setenv(UNFIT_NODE_FILE, str(marked))
     run_dir = tmp_path / "run"
-    first_job = submit(run_dir, tokens, "cluster.health_slowdown=100")  # only a failure is unfit on shared cores
-    assert wait_for(lambda: len(json.loads((run_dir / JOBS_FILE).read_text())) == 2, timeout=120), logs(run_dir)
-    replacement = json.loads((run_dir / JOBS_FILE).read_text())[1]
-    unfit = marked.read_text()
+    chain = ["parallel.elastic=true", "cluster.min_nodes=1"] if elastic else []
+    submit(run_dir, tokens, "cluster.health_slowdown=100", *chain)  # only failures count on shared cores
+    replaced_at = 2 if elastic else 1
+    jobs = lambda: json.loads((run_dir / JOBS_FILE).read_text())  # noqa: E731
+    first_job = jobs()[0]
+    assert wait_for(lambda: len(jobs()) > replaced_at, timeout=120), logs(run_dir)
+    replacement, unfit = jobs()[replaced_at], marked.read_text()
     assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", replacement).stdout
     wait_finished(slurm_cluster, run_dir, replacement)
     assert job_state(slurm_cluster, first_job) in ("COMPLETED", "GONE")
     assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
     [event] = [event for event in RunHistory(run_dir).events() if event["event"] == "unfit"]
-    why = f"rank 1 failed its self-test (RuntimeError: injected: the device of {unfit} fails)"
+    why = f"rank 0 failed its self-test (RuntimeError: injected: the device of {unfit} fails)"
     assert event["nodes"] == {unfit: why} and event["left_out"] and event["slurm_job"] == first_job
     [start] = RunHistory(run_dir).starts()  # the first job trained nothing
     assert start["slurm_job"] == replacement and unfit not in subprocess_hostnames(slurm_cluster, start["nodes"])
     assert RunHistory(run_dir).failures() == 0
+    if elastic:  # the first next job gave way; the replacement's own next job left the node out too, and was cancelled
+        first_next, last_next = jobs()[1], jobs()[3]
+        assert job_state(slurm_cluster, first_next) in ("CANCELLED", "GONE") and len(jobs()) == 4
+        assert wait_for(lambda: job_state(slurm_cluster, last_next) in ("CANCELLED", "GONE"), timeout=30)
+        assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", last_next).stdout
+    else:
+        assert len(jobs()) == 2
     one_mlflow_value_per_step(run_dir, local_losses)
     assert main(["status", f"run_dir={run_dir}"]) == 0
     assert f"unfit     job {first_job}: {unfit}: {why} (left out from then on)" in capsys.readouterr().out
