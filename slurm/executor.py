@@ -142,11 +142,15 @@ def submit_elastic(
     return job_id, next_job
 
 
+def job_partition(cluster: ClusterConfig, nodes: dict[str, set[str]]) -> str:
+    """The partition the cluster's jobs run in, of those sinfo lists (`partition_nodes`): the first, unless named."""
+    return cluster.partition or next(iter(nodes), "")
+
+
 def usable_nodes(cluster: ClusterConfig, run_dir: Path, unfit: frozenset[str]) -> int:
     """How many nodes of the partition the run's jobs could use, `unfit` ones left out too."""
     nodes = partition_nodes()
-    partition = nodes.get(cluster.partition or next(iter(nodes), ""), set())
-    return len(partition - excluded_nodes(cluster, run_dir) - unfit)
+    return len(nodes.get(job_partition(cluster, nodes), set()) - excluded_nodes(cluster, run_dir) - unfit)
 
 
 def replace_job(

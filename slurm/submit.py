@@ -18,7 +18,7 @@ from launch.rundir.lock import check_unheld
 from launch.train import compat
 from slurm.client import latest_states, partition_nodes
 from slurm.commands import SlurmError
-from slurm.executor import excluded_nodes, make_executor, submit_elastic, submit_job
+from slurm.executor import excluded_nodes, job_partition, make_executor, submit_elastic, submit_job
 from slurm.jobs import recorded_jobs
 from slurm.task import TrainingTask
 
@@ -29,7 +29,7 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
         nodes = partition_nodes()
     except SlurmError as error:
         raise RuntimeError(f"cannot reach Slurm ({error}): is this a login node of {cluster.name}?") from None
-    partition = cluster.partition or next(iter(nodes), "")
+    partition = job_partition(cluster, nodes)
     if partition not in nodes:
         raise ValueError(
             f"cluster.partition={partition} does not exist on this cluster: choose one of {', '.join(sorted(nodes))}"
