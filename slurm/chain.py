@@ -93,7 +93,8 @@ class StageTask:
     def _export(self, job: MainJob) -> None:
         """The export waits for the training job it was queued behind. When the run went on in a job queued behind
         that one (an elastic run's next job, or one that took over from a job on unfit nodes), the export queues
-        itself again, behind the run's newest job."""
+        itself again, behind the run's newest job. A run that ended short of its steps with no job left (the STOP
+        file ends a job as COMPLETED) is not exported as if it were done."""
         from launch.jobs import stages
 
         run_dir = Path(self.run_dir)
@@ -102,10 +103,10 @@ class StageTask:
             if live:
                 self._follow(job, live[0].job_id)
                 return
-            if job.cluster.chained:
-                raise ValueError(
-                    f"the training ended before step train.steps={job.train.steps}: see `corolla status {run_dir}`"
-                )
+            raise ValueError(
+                f"the training ended at step {stages.trained_steps(job)} of train.steps={job.train.steps} with no job "
+                f"of it left: there is no final model to export (see `corolla status {run_dir}`)"
+            )
         stages.export_stage(job)
 
     def _follow(self, job: MainJob, training_job: str) -> None:

@@ -170,8 +170,13 @@ def checkable_training_job(job: MainJob, data_current: bool) -> TrainJob:
     return train if data_current else replace(train, data=replace(train.data, tokens_dir=None))
 
 
+def trained_steps(job: MainJob) -> int:
+    """The step of the training run's newest complete checkpoint (0 before the first)."""
+    return newest_intact(PipelinePaths.of(job).train / CHECKPOINTS) or 0
+
+
 def training_is_finished(job: MainJob) -> bool:
-    return (newest_intact(PipelinePaths.of(job).train / CHECKPOINTS) or 0) >= job.train.steps
+    return trained_steps(job) >= job.train.steps
 
 
 def export_is_current(job: MainJob) -> bool:

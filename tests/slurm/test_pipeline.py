@@ -1,7 +1,8 @@
 """`corolla pipeline cluster=testcluster`: the main job's stages as a chain of Slurm jobs on a real cluster (three
 nodes on this machine). The chain ends with the token files and losses of the same pipeline run here; encoding tasks
 come back from a dead node and a time limit and still write the same bytes; a failed stage stops what follows and
-says why in one line; submitting again redoes only what had not finished."""
+says why in one line; submitting again redoes only what had not finished; an export released before the training is
+done follows the job that took over, and does not export a model half trained."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import pytest
 
 from conftest import MULTILINGUAL, cluster_in_environment
 from launch.cli import main
+from launch.rundir.files import STAGE_ERRORS
 from launch.rundir.history import RunHistory
-from slurm.chain import chain_jobs, stage_state
+from slurm.chain import StageTask, chain_jobs, stage_state
+from slurm.jobs import record_job
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "rus_Cyrl", "swh_Latn", "zho_Hans"]
@@ -223,3 +226,38 @@ def test_a_failed_stage_stops_the_chain_and_a_resubmission_resumes_it(
     assert [job.stage for job in chain_jobs(chain.run_dir)] == ["export"]
     assert wait_chain(chain.run_dir) == {"export": "COMPLETED"}
     assert (chain.run_dir / "hf" / "config.json").is_file()
+
+
+def test_an_export_released_before_the_training_is_done_follows_the_job_that_took_over_then_fails_in_one_line(
+    slurm_cluster, corpus, tmp_path, capsys
+) -> None:
+    # A training job that gave way to one without its unfit nodes, or that the STOP file ended, ends COMPLETED, which
+    # releases the export queued `afterok` behind it before the run is done. Here the chain is cancelled at once
+    # (nothing trains), a sleeping job stands in for the training job that took over, and the export's task runs in
+    # this process as its released job would.
+    run_dir = tmp_path / "run"
+    assert pipeline(run_dir, corpus, *ON_SLURM) == 0
+    assert main(["cancel", str(run_dir)]) == 0
+    assert set(wait_chain(run_dir).values()) == {"CANCELLED"}
+    sleep = ("sbatch", "--parsable", f"--output={tmp_path / 'sleep.out'}", "--wrap", "sleep 300")
+    took_over = slurm_cluster.run(*sleep).stdout.strip()
+    record_job(run_dir / "train", took_over)
+    first_export = chain_jobs(run_dir)[-1].job_id
+
+    StageTask(str(run_dir), "export")()
+    follower = chain_jobs(run_dir)[-1]
+    assert follower.stage == "export" and follower.job_id != first_export
+    assert f"afterany:{took_over}" in slurm_cluster.run("scontrol", "show", "job", follower.job_id).stdout
+    followed = f"the training goes on in Slurm job {took_over}: the export follows it, as job {follower.job_id}"
+    assert followed in capsys.readouterr().out
+
+    # The job that took over ends short of the run's steps (cancelled): the export does not export a model half
+    # trained, and says why where `corolla status` finds it (the chain's first failure here is its cancelled tokenizer).
+    slurm_cluster.run("scancel", took_over)
+    assert wait_chain(run_dir)["export"] == "FAILED"
+    why = (run_dir / STAGE_ERRORS / "export.txt").read_text()
+    assert why == (
+        f"the training ended at step 0 of train.steps=4 with no job of it left: there is no final model to export "
+        f"(see `corolla status {run_dir}`)\n"
+    )
+    assert not (run_dir / "hf").exists()
