@@ -59,6 +59,25 @@ def test_bad_overrides_give_one_line_naming_the_problem(capsys, override: str, e
     assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
 
 
+def test_per_language_training_weights_are_new_keys_of_data_weights(capsys) -> None:
+    code, out, _ = run(capsys, "train", "--cfg", "+data.weights.eng_Latn=2", "+data.weights.fra_Latn=0.5")
+    assert code == 0 and yaml.safe_load(out)["data"]["weights"] == {"eng_Latn": 2.0, "fra_Latn": 0.5}
+    code, out, _ = run(capsys, "train", "--cfg", "+data.weights={hin_Deva: 1}")
+    assert code == 0 and yaml.safe_load(out)["data"]["weights"] == {"hin_Deva": 1.0}
+    code, _, err = run(capsys, "train", "--cfg", "data.weights.eng_Latn=2")
+    assert code == 2 and err == "corolla: error: data.weights.eng_Latn takes new keys: write '+data.weights.eng_Latn=2'"
+
+
+@pytest.mark.parametrize(
+    "command", [["train", "tracking.uri=ftp://alice:s3cret@host/x"], ["tracking", "sync", "run", "uri=s3://bucket"]]
+)
+def test_a_tracking_uri_mlflow_cannot_use_is_refused_in_one_line(capsys, command: list[str]) -> None:
+    code, _, err = run(capsys, *command)
+    key, scheme = ("tracking.uri", "ftp") if command[0] == "train" else ("uri", "s3")
+    assert code == 2 and err.startswith(f"corolla: error: {key} has the scheme {scheme}:, which MLflow cannot track")
+    assert "\n" not in err and "s3cret" not in err
+
+
 def test_missing_required_values_are_named(capsys) -> None:
     code, _, err = run(capsys, "tokenizer", "encode")
     assert code == 2 and "missing value for" in err and "tokenizer" in err and "output_dir" in err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -12,7 +12,7 @@ class DataConfig:
     tokens_dir: the output_dir of a `corolla tokenizer encode`. None: `corpus` encoded with the job's tokenizer
     config, both built on first use in `cache_dir` and reused while their inputs are unchanged.
     tokenizer_dir: a trained tokenizer that encodes `corpus` instead (with init_from: the weights' own).
-    weights: explicit per-language weights (normalised; languages left out get 0). None: p(L) ∝ tokens(L)^alpha over
+    weights: explicit per-language weights (normalised; languages left out get 0). Empty: p(L) ∝ tokens(L)^alpha over
     the training split's token counts (alpha=1: the natural mix, 0: uniform).
     validation_documents: per language, the last n documents are held out for validation; a language with n or fewer
     documents holds out all but its first, which it keeps for training.
@@ -22,7 +22,7 @@ class DataConfig:
     corpus: str | None = None
     tokenizer_dir: str | None = None
     cache_dir: str = "runs/cache"
-    weights: dict[str, float] | None = None
+    weights: dict[str, float] | None = field(default_factory=dict)
     alpha: float = 1.0
     validation_documents: int = 50
     seed: int = 1234

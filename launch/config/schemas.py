@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from urllib.parse import urlparse
 
 from omegaconf import MISSING
 
@@ -12,6 +13,9 @@ from launch.config.cluster import ClusterConfig
 from launch.config.data import DataConfig
 from model.config import BLOOM_VOCABULARY, ModelConfig
 from tokenizer.config import TokenizerConfig
+
+# What MLflow tracks to: a server, a database through SQLAlchemy (`postgresql+psycopg2://` too), a file store.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 # The micro-batches `corolla plan` (and the submit memory check) tries besides the configured one.
 PLANNED_MICRO_BATCHES = (1, 2, 4, 8)
@@ -123,6 +127,19 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "corolla"
 
+    def __post_init__(self) -> None:
+        check_tracking_uri("tracking.uri", self.uri)
+
+
+def check_tracking_uri(key: str, uri: str | None) -> None:
+    """A URI MLflow can track to, or a one-line error that names its scheme only (a URI may hold a password)."""
+    scheme = urlparse(uri or "").scheme.split("+")[0]
+    if scheme and scheme not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"{key} has the scheme {scheme}:, which MLflow cannot track to: give a server (http://HOST:PORT), a "
+            "database (sqlite:///PATH, postgresql://...), or no URI for the run directory's own store"
+        )
+
 
 @dataclass
 class TrainJob:
@@ -170,6 +187,9 @@ class TrackingSyncJob:
 
     run_dir: str = MISSING
     uri: str = ""  # empty: the run's own tracking server or store (RUN_DIR/run.json)
+
+    def __post_init__(self) -> None:
+        check_tracking_uri("uri", self.uri)
 
 
 @dataclass

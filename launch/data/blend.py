@@ -37,7 +37,7 @@ def blend_weights(
 
     `weights` normalised, languages it leaves out getting 0; without weights, p(L) ∝ train_tokens(L)^alpha.
     """
-    if weights is None:
+    if not weights:
         raw = {language: float(tokens) ** alpha for language, tokens in train_tokens.items()}
     else:
         unknown = sorted(set(weights) - set(train_tokens))
