@@ -78,6 +78,23 @@ def test_a_tracking_uri_mlflow_cannot_use_is_refused_in_one_line(capsys, command
     assert "\n" not in err and "s3cret" not in err
 
 
+@pytest.mark.parametrize("command", [["train", "run_dir="], ["tokenizer", "train", "output_dir="]])
+def test_an_empty_directory_is_refused_rather_than_writing_into_the_working_directory(
+    capsys, tmp_path: Path, monkeypatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *command)
+    key = command[-1].rstrip("=")
+    assert code == 2
+    assert err == f"corolla: error: {key} is empty, which would mean the working directory: pass {key}=DIR"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_list_key_given_one_value_is_shown_the_list_form(capsys) -> None:
+    code, _, err = run(capsys, "submit", "--dry-run", "cluster=jean-zay-a100", "cluster.exclude=n7")
+    assert code == 2 and err == "corolla: error: cluster.exclude takes a list: write cluster.exclude=[n7]"
+
+
 def test_missing_required_values_are_named(capsys) -> None:
     code, _, err = run(capsys, "tokenizer", "encode")
     assert code == 2 and "missing value for" in err and "tokenizer" in err and "output_dir" in err

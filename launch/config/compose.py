@@ -101,6 +101,9 @@ def _one_line(error: Exception) -> str:
         return f"unknown {match[1]} option '{match[2]}': choose one of {', '.join(options) or 'the files in conf/'}"
     if match := re.search(r"Error merging override (\S+)", text):
         reason = next((line for line in lines[1:] if "Error merging" not in line), "")
+        if "is not a ListConfig" in reason:
+            key, _, value = match[1].partition("=")
+            return f"{key} takes a list: write {key}=[{value}]"
         return f"invalid value in {match[1]}: {reason}"
     return "; ".join(dict.fromkeys(lines)) or type(error).__name__
 
@@ -164,6 +167,15 @@ def _unreadable(overrides: list[str]) -> str | None:
     return None
 
 
+def _check_no_empty_directory(cfg: DictConfig, prefix: str = "") -> None:
+    """A directory given as "" would be the working directory: `run_dir=` would write a run among whatever is there."""
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            _check_no_empty_directory(value, f"{prefix}{key}.")
+        elif str(key).endswith("_dir") and value == "":
+            raise ConfigError(f"{prefix}{key} is empty, which would mean the working directory: pass {prefix}{key}=DIR")
+
+
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
     """The resolved config (for printing and recording) and its typed, validated object."""
     cfg = compose_config(command, overrides)
@@ -172,6 +184,7 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             raise ConfigError(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
+        _check_no_empty_directory(cfg)
         return cfg, OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, ValueError) as error:
         if isinstance(error, ConfigError):
