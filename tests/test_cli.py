@@ -95,6 +95,24 @@ def test_a_list_key_given_one_value_is_shown_the_list_form(capsys) -> None:
     assert code == 2 and err == "corolla: error: cluster.exclude takes a list: write cluster.exclude=[n7]"
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.steps=0", "train.steps, train.micro_batch and train.global_batch must be at least 1"),
+        ("train.min_lr=1", "train.min_lr=1.0 must be positive and at most train.lr=0.0006"),
+        ("train.hang_timeout_s=5", "train.hang_timeout_s=5 must be at least 10 seconds"),
+        ("train.beta2=1.5", "AdamW takes train.beta1=0.9 and train.beta2=1.5 in [0, 1)"),
+        ("train.eps=0", "a positive train.eps=0.0"),
+        ("train.weight_decay=-0.1", "a train.weight_decay=-0.1 of 0 or more"),
+        ("train.grad_clip=-1", "train.grad_clip=-1.0 must be 0 (no clipping) or positive"),
+        ("train.rampup.start=4", "train.rampup.start=4 needs a positive train.rampup.increment"),
+    ],
+)
+def test_a_training_setting_out_of_range_is_refused_in_one_line(capsys, override: str, expected: str) -> None:
+    code, out, err = run(capsys, "train", "--cfg", override)
+    assert code == 2 and out == "" and expected in err and "\n" not in err
+
+
 def test_missing_required_values_are_named(capsys) -> None:
     code, _, err = run(capsys, "tokenizer", "encode")
     assert code == 2 and "missing value for" in err and "tokenizer" in err and "output_dir" in err

@@ -108,6 +108,13 @@ class TrainConfig:
             raise ValueError("train.checkpoint_interval and train.keep_checkpoints must be at least 1")
         if self.hang_timeout_s < 10:
             raise ValueError(f"train.hang_timeout_s={self.hang_timeout_s} must be at least 10 seconds")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0 and self.weight_decay >= 0):
+            raise ValueError(
+                f"AdamW takes train.beta1={self.beta1} and train.beta2={self.beta2} in [0, 1), a positive "
+                f"train.eps={self.eps} and a train.weight_decay={self.weight_decay} of 0 or more"
+            )
+        if not self.grad_clip >= 0:
+            raise ValueError(f"train.grad_clip={self.grad_clip} must be 0 (no clipping) or positive")
         if self.eval_interval < 0 or self.eval_samples < 1:
             raise ValueError("train.eval_interval must not be negative (0: no validation) and train.eval_samples >= 1")
         if self.rampup.start and not 0 < self.rampup.start < self.global_batch:
