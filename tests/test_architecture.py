@@ -143,8 +143,13 @@ def test_commands_that_only_look_load_no_torch(slurm_run: Path, tmp_path: Path) 
         (["logs", str(slurm_run)], no_slurm, 0),
         (["cancel", str(slurm_run)], no_slurm, 2),  # Slurm cannot be asked
         (["plan", "experiment=bloom-176b"], path, 0),
-        (["submit", "--dry-run", "experiment=bloom-176b", f"run_dir={tmp_path}/dry"], path, 0),
-        (["train", "--dry-run", "parallel=3d", f"run_dir={tmp_path}/dry"], path, 0),
+        # With a cache of their own: what the repository's runs/cache holds is no business of this test.
+        (
+            ["submit", "--dry-run", "experiment=bloom-176b", f"run_dir={tmp_path}/dry", f"data.cache_dir={tmp_path}"],
+            path,
+            0,
+        ),
+        (["train", "--dry-run", "parallel=3d", f"run_dir={tmp_path}/dry", f"data.cache_dir={tmp_path}"], path, 0),
     ]
     _, printed = loaded_by(COMMANDS_IN_TURN, json.dumps([[args, path] for args, path, _ in commands]))
     outcomes = [json.loads(line.removeprefix("PROBE ")) for line in printed.splitlines() if line.startswith("PROBE ")]

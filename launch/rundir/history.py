@@ -23,6 +23,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from launch.rundir.files import HISTORY_FILE
+from launch.rundir.records import append_record, read_jsonl
 
 ENDED = ("finished", "gave_up", "diverged", "no_space")  # after these no job trains the run until it is launched again
 
@@ -51,13 +52,18 @@ class RunHistory:
         self.path = run_dir / HISTORY_FILE
 
     def events(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        """Every event recorded; a line cut short by a crash mid-write is passed over (records.py)."""
+        events = read_jsonl(self.path)
+        for event in events:
+            if not (isinstance(event.get("event"), str) and isinstance(event.get("time"), int | float)):
+                raise ValueError(
+                    f"{self.path} holds a line that is not an event corolla wrote ({json.dumps(event)[:80]}): "
+                    "remove that line"
+                )
+        return events
 
     def record(self, event: str, **details: object) -> None:
-        with self.path.open("a") as history:
-            history.write(json.dumps({"event": event, "time": time.time(), **details}) + "\n")
+        append_record(self.path, {"event": event, "time": time.time(), **details})
 
     def starts(self) -> list[dict]:
         return [event for event in self.events() if event["event"] == "start"]

@@ -4,26 +4,35 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tokenizer.files import write_atomically
 
 
 def append_record(path: Path, record: dict) -> None:
-    with path.open("a") as file:
-        file.write(json.dumps(record) + "\n")
+    """Appends a line; after a line cut short by a crash mid-write, on a line of its own."""
+    line = (json.dumps(record) + "\n").encode()
+    with path.open("a+b") as file:
+        if file.seek(0, os.SEEK_END):
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":
+                line = b"\n" + line
+        file.write(line)
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file; a line cut short by a crash mid-write is skipped."""
+    """The records (JSON objects) of a JSON-lines file; a line cut short by a crash mid-write is skipped."""
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

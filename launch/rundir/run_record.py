@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from launch.rundir.files import RUN_FILE
+from tokenizer.files import write_atomically
 
 _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 
@@ -29,8 +30,16 @@ SQLITE = "sqlite:///"
 
 def recorded_run(run_dir: Path) -> TrackedRun:
     """The MLflow run that RUN_DIR/run.json names; a store inside the run directory is found wherever it now is."""
-    record = json.loads((run_dir / RUN_FILE).read_text())
-    uri = record["tracking_uri"]
+    path = run_dir / RUN_FILE
+    try:
+        record = json.loads(path.read_text())
+        uri = record["tracking_uri"]
+        TrackedRun(**record)
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{path} is not the record of an MLflow run that corolla wrote: restore its tracking_uri, run_id and "
+            f"experiment_id (those of the MLflow run named {run_dir.resolve().name})"
+        ) from None
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):  # relative: to the run directory
         record["tracking_uri"] = f"{SQLITE}{(run_dir / uri.removeprefix(SQLITE)).resolve()}"
     return TrackedRun(**record)
@@ -43,4 +52,4 @@ def record_run(run_dir: Path, tracked: TrackedRun) -> None:
         path = Path(tracked.tracking_uri.removeprefix(SQLITE))
         if path.is_relative_to(run_dir.resolve()):
             record["tracking_uri"] = SQLITE + str(path.relative_to(run_dir.resolve()))
-    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_atomically(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import pytest
+
 from launch.rundir.history import RunHistory
+from launch.rundir.run_record import recorded_run
 
 
 def history_of(tmp_path: Path, *events: str) -> RunHistory:
@@ -41,3 +46,33 @@ def test_the_nodes_left_out_are_those_found_unfit_and_left_out(tmp_path: Path) -
     history.record("unfit", nodes={"n2": "rank 3 took 2.0x ..."}, left_out=False, slurm_job="3")
     history.record("unfit", nodes={"n4": "...", "n5": "..."}, left_out=True, slurm_job="4")
     assert history.unfit_nodes() == {"n1", "n4", "n5"}
+
+
+def test_a_line_cut_short_by_a_crash_is_passed_over_and_the_next_event_has_a_line_of_its_own(tmp_path: Path) -> None:
+    history = history_of(tmp_path, "launch", "start")
+    with history.path.open("a") as file:
+        file.write('{"event": "stopped", "ti')  # the writer died mid-line
+    history.record("start")
+    assert [event["event"] for event in history.events()] == ["launch", "start", "start"]
+    assert history.failures() == 1
+    assert history.path.read_text().splitlines()[2] == '{"event": "stopped", "ti'
+
+
+@pytest.mark.parametrize("line", ["{}", '{"event": "start"}', '{"event": 5, "time": 1}'])
+def test_a_line_that_is_no_event_corolla_wrote_is_named_with_its_file(tmp_path: Path, line: str) -> None:
+    history = history_of(tmp_path, "launch")
+    with history.path.open("a") as file:
+        file.write(line + "\n")
+    with pytest.raises(
+        ValueError, match=re.escape(f"history.jsonl holds a line that is not an event corolla wrote ({line})")
+    ):
+        history.events()
+
+
+@pytest.mark.parametrize("text", ["", "{bad json", "{}", "[1]", "5", json.dumps({"run_id": "x"})])
+def test_a_run_record_that_is_not_one_is_named_and_the_fix_said(tmp_path: Path, text: str) -> None:
+    (tmp_path / "run.json").write_text(text)
+    with pytest.raises(
+        ValueError, match=r"run\.json is not the record of an MLflow run that corolla wrote: restore its"
+    ):
+        recorded_run(tmp_path)

@@ -90,6 +90,8 @@ def test_a_crash_during_a_save_keeps_the_previous_checkpoint_and_validation_leav
     assert (checkpoints / LATEST).read_text().strip() == "step-00000002"
     assert (checkpoints / "step-00000004").is_dir() and not (checkpoints / "step-00000004" / "COMPLETE").exists()
     run_record = (run_dir / RUN_FILE).read_text()
+    with (run_dir / "history.jsonl").open("a") as history:
+        history.write('{"event": "stopped", "ti')  # as if it had died mid-line there too: passed over
     monkeypatch.delenv(CRASH_DURING_SAVE)
     assert train(run_dir, tokens, validated) == 0
     assert losses(run_dir) == uninterrupted  # steps 3-6 trained again after the crash
