@@ -27,8 +27,16 @@ class TrackingState:
 
 
 def read_state(run_dir: Path) -> TrackingState:
+    """The state as written; none, or one that is not a state corolla wrote, is taken as lost: how far MLflow holds
+    the run is then asked of MLflow, and the start's tags and the run's end status are set again as they come."""
     path = run_dir / TRACKING_STATE
-    return TrackingState(**json.loads(path.read_text())) if path.is_file() else TrackingState()
+    if not path.is_file():
+        return TrackingState()
+    try:
+        return TrackingState(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        print(f"corolla: {path} is not a tracking state corolla wrote: taken as lost, MLflow is asked how far it is")
+        return TrackingState()
 
 
 def write_state(run_dir: Path, state: TrackingState) -> None:

@@ -61,13 +61,18 @@ def test_a_run_trains_on_while_its_server_is_away_and_a_sync_sends_the_rest_once
         server.kill()
 
 
-def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_server_later(tokens, tmp_path) -> None:
+def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_server_later(
+    tokens, tmp_path, capsys
+) -> None:
     first, moved = tmp_path / "first", tmp_path / "elsewhere" / "run"
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={first}", *SHORT_RUN, "train.exit_after=2"]) == 0
     run_id = recorded_run(first).run_id
     moved.parent.mkdir()
     first.rename(moved)
+    # Its tracking state garbled too: taken as lost, MLflow asked how far it is, no step sent twice.
+    (moved / "tracking.json").write_text("xx garbage")
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={moved}", *SHORT_RUN]) == 0
+    assert "tracking.json is not a tracking state corolla wrote: taken as lost" in capsys.readouterr().out
     assert recorded_run(moved).run_id == run_id and steps_logged(moved) == [1, 2, 3, 4]
     assert not first.exists()
 
