@@ -242,7 +242,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     check_no_live_job(paths.train)
     check_unheld(paths.train)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    (paths.run_dir / PIPELINE_JOB).write_text(job_yaml(job))
+    write_atomically(paths.run_dir / PIPELINE_JOB, job_yaml(job))
     for error in (paths.run_dir / STAGE_ERRORS).glob("*.txt"):
         error.unlink()
     jobs = _submit(job, plan)

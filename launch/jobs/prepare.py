@@ -22,7 +22,7 @@ from launch.rundir import outbox, tracking
 from launch.rundir.files import IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.tracking_state import TrackingState, write_state
-from tokenizer.files import ADDED_PIECES_FILE
+from tokenizer.files import ADDED_PIECES_FILE, write_atomically
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE
 
@@ -63,7 +63,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     if (run_dir / STOP_FILE).exists():
         (run_dir / STOP_FILE).unlink()
         print(f"removed {run_dir / STOP_FILE}, which stopped the previous launch")
-    (run_dir / JOB_FILE).write_text(job_yaml(job))
+    write_atomically(run_dir / JOB_FILE, job_yaml(job))
     write_plans(run_dir, plans)
     history = RunHistory(run_dir)
     history.record("launch", cluster=job.cluster.name)
