@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -34,6 +35,18 @@ def file_entries(record: dict) -> dict[str, tuple[int, str | None]]:
     }
 
 
+def _lists_files(record: dict) -> bool:
+    """COMPLETE's files are a mapping of names to a size, or to a size and a SHA-256."""
+    files = record.get("files", {})
+
+    def entry_ok(entry: object) -> bool:
+        if isinstance(entry, dict):
+            return isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)
+        return isinstance(entry, int)
+
+    return isinstance(files, dict) and all(entry_ok(entry) for entry in files.values())
+
+
 def complete_record(directory: Path, tag: str) -> dict:
     """What COMPLETE says of checkpoint `tag` (step, layouts, files), its files checked to be all there."""
     fix = f"restore its files, or write the tag of an older complete checkpoint into {directory / LATEST}"
@@ -41,7 +54,7 @@ def complete_record(directory: Path, tag: str) -> dict:
         record = json.loads((directory / tag / COMPLETE).read_text())
     except (OSError, ValueError):
         raise CheckpointError(f"{directory / LATEST} names {tag}, which is not a complete checkpoint: {fix}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+    if not (isinstance(record, dict) and isinstance(record.get("step"), int) and _lists_files(record)):
         raise CheckpointError(f"{directory / tag / COMPLETE} is not a checkpoint record: {fix}")
     for name, (size, _) in file_entries(record).items():
         path = directory / tag / name
@@ -82,7 +95,9 @@ def newest_intact(directory: Path, log: Callable[[str], None] = print, below: st
         return None
     complete, _ = complete_tags(directory)
     candidates = [latest] if below is None else []
-    candidates += [tag for tag in reversed(complete) if tag < (below or latest)]
+    # Older than `latest`; every complete one when `latest` is no tag at all (garbled), lest none be tried.
+    limit = below or (latest if re.fullmatch(r"step-\d{8}", latest) else None)
+    candidates += [tag for tag in reversed(complete) if limit is None or tag < limit]
     if not candidates:
         return None
     errors = []

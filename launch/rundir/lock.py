@@ -38,6 +38,8 @@ def _holder() -> dict:
 
 
 def describe(holder: dict) -> str:
+    if not holder:
+        return "a writer whose lock cannot be read (it died writing it)"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
     return f"process {holder.get('pid')} on {holder.get('host')} (since {since})"
 
@@ -54,7 +56,8 @@ def _read(path: Path) -> dict | None:
         holder = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return holder if isinstance(holder, dict) else None
+    readable = isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str)
+    return holder if readable else None
 
 
 def _refuse_if_held(path: Path, slurm_job: Callable[[Path], str | None]) -> dict | None:

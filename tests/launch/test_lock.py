@@ -56,14 +56,18 @@ def test_a_second_writer_is_refused_and_the_first_trains_on_undisturbed(capsys, 
     assert sorted(metric.step for metric in history) == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_lock_left_by_a_process_that_ended_is_taken_over(capsys, tokens: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("readable", [True, False], ids=["ended", "unreadable"])
+def test_a_lock_left_by_a_process_that_ended_is_taken_over(capsys, tokens: Path, tmp_path: Path, readable) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = {"host": socket.gethostname(), "pid": int(ended.stdout), "started": "1", "since": 0}
+    if not readable:  # as if its writer had died writing it
+        stale["pid"] = "12"
     (run_dir / "LOCK").write_text(json.dumps(stale))
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=1"]) == 0
-    assert f"took over {run_dir / 'LOCK'} from process {stale['pid']}" in capsys.readouterr().out
+    holder = f"process {stale['pid']} on " if readable else "a writer whose lock cannot be read (it died writing it),"
+    assert f"took over {run_dir / 'LOCK'} from {holder}" in capsys.readouterr().out
     assert not (run_dir / "LOCK").exists()
 
 

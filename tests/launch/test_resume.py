@@ -13,7 +13,8 @@ from run_copies import stopped_copy
 from test_training import SHORT_RUN
 
 from launch.cli import main
-from launch.rundir.files import LATEST, RUN_FILE
+from launch.rundir.checkpoints import newest_intact
+from launch.rundir.files import COMPLETE, LATEST, RUN_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.records import read_jsonl
 from launch.rundir.run_record import recorded_run
@@ -149,6 +150,30 @@ def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_ver
     assert events[-2]["resumed_from_step"] == 2  # the last start: resumed from the checkpoint that verified
     assert losses(run_dir) == uninterrupted  # steps 3-6 trained again from step 2's state
     assert main(["checkpoint", "verify", str(run_dir)]) == 0
+
+
+@pytest.mark.parametrize("latest", ["hello world", "", ".."])
+def test_a_garbled_latest_pointer_is_passed_over_for_the_newest_complete_checkpoint(
+    uninterrupted_run, tmp_path, latest: str
+) -> None:
+    checkpoints = stopped_copy(uninterrupted_run, tmp_path / "run", 4) / "checkpoints"
+    (checkpoints / LATEST).write_text(latest)
+    passed_over: list[str] = []
+    assert newest_intact(checkpoints, passed_over.append) == 4
+    assert len(passed_over) == 1 and "which is not a complete checkpoint" in passed_over[0]
+
+
+@pytest.mark.parametrize("files", [{"model.pt": "x"}, [1], {"model.pt": {"bytes": 1}}])
+def test_a_checkpoint_record_whose_files_are_not_a_listing_is_passed_over(uninterrupted_run, tmp_path, files) -> None:
+    checkpoints = stopped_copy(uninterrupted_run, tmp_path / "run", 4) / "checkpoints"
+    (checkpoints / "step-00000004" / COMPLETE).write_text(json.dumps({"step": 4, "files": files}))
+    passed_over: list[str] = []
+    assert newest_intact(checkpoints, passed_over.append) == 2
+    record, fix = checkpoints / "step-00000004" / COMPLETE, "restore its files, or write the tag of an older"
+    assert len(passed_over) == 1
+    assert passed_over[0].startswith(
+        f"corolla: passing over {record.parent}: {record} is not a checkpoint record: {fix}"
+    )
 
 
 def test_when_no_checkpoint_verifies_the_run_refuses_to_start_again(capfd, tokens, uninterrupted_run, tmp_path) -> None:
