@@ -37,8 +37,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def last_record_per_step(path: Path) -> list[dict]:
-    """A restarted run appends the steps it redoes again: the last record of each step wins. Sorted by step."""
-    by_step = {record["step"]: record for record in read_jsonl(path) if "step" in record}
+    """A restarted run appends the steps it redoes again: the last record of each step wins. Sorted by step; a record
+    without a whole-number step is none of corolla's, and passed over."""
+    by_step = {record["step"]: record for record in read_jsonl(path) if type(record.get("step")) is int}
     return [by_step[step] for step in sorted(by_step)]
 
 

@@ -1,4 +1,5 @@
-"""A run's history: which restarts were failures, counted since the last launch."""
+"""A run's history: which restarts were failures, counted since the last launch; and the run directory's record files
+(history, metrics, run.json) as a crash mid-write or a hand edit leaves them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from launch.rundir.history import RunHistory
+from launch.rundir.records import append_record, last_record_per_step
 from launch.rundir.run_record import recorded_run
 
 
@@ -76,3 +78,16 @@ def test_a_run_record_that_is_not_one_is_named_and_the_fix_said(tmp_path: Path, 
         ValueError, match=r"run\.json is not the record of an MLflow run that corolla wrote: restore its"
     ):
         recorded_run(tmp_path)
+
+
+def test_step_records_keep_the_last_of_each_step_and_pass_over_what_is_no_step_record(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    for step, loss in [(1, 9.0), (2, 8.0), (2, 7.5), (3, 7.0)]:
+        append_record(metrics, {"step": step, "loss": loss})
+    with metrics.open("a") as file:
+        file.write('5\n{"step": "x", "loss": 1}\n{"step": true}\n{"step": 4, "lo')
+    assert last_record_per_step(metrics) == [
+        {"step": 1, "loss": 9.0},
+        {"step": 2, "loss": 7.5},
+        {"step": 3, "loss": 7.0},
+    ]
