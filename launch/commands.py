@@ -130,13 +130,15 @@ def verify_checkpoints(job: VerifyJob) -> None:
     for step in steps:
         try:
             files, size, bad = verify(directory, step)
+            verdict = f"{files} files, {size / 1e6:,.1f} MB: " + (f"FAILS ({', '.join(bad)})" if bad else "verified")
         except CheckpointError as error:
-            files, size, bad = 0, 0, [str(error)]
-        verdict = f"FAILS ({', '.join(bad)})" if bad else "verified"
-        print(f"step {step:>8}: {files} files, {size / 1e6:,.1f} MB: {verdict}")
+            if job.step:  # the one asked for: no such checkpoint, or its record or files damaged
+                raise
+            bad, verdict = [str(error)], f"FAILS ({error})"
+        print(f"step {step:>8}: {verdict}")
         failed += [step] * bool(bad)
     if failed:
         raise ValueError(
-            f"{len(failed)} of {len(steps)} checkpoints fail their checksums (steps {', '.join(map(str, failed))}): "
+            f"{len(failed)} of {len(steps)} checkpoints fail verification (steps {', '.join(map(str, failed))}): "
             "a start resumes from the newest that verifies"
         )

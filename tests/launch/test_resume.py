@@ -142,7 +142,9 @@ def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_ver
     assert main(["checkpoint", "verify", str(run_dir)]) == 2
     out, err = capfd.readouterr()
     assert "step        2: " in out and out.count("verified") == 1 and "model-tp00of01-pp00of01.pt changed" in out
-    assert "1 of 2 checkpoints fail their checksums (steps 4)" in err
+    assert "1 of 2 checkpoints fail verification (steps 4)" in err
+    assert main(["checkpoint", "verify", str(run_dir), "step=99"]) == 2
+    assert capfd.readouterr().err.endswith("has no complete checkpoint of step 99: choose one of 2, 4\n")
     assert train(run_dir, tokens) == 0
     passed_over = "step-00000004 (model-tp00of01-pp00of01.pt changed since written) fails its checksums"
     assert passed_over in capfd.readouterr().out
