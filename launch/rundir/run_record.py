@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from launch.rundir.files import RUN_FILE
@@ -32,17 +32,18 @@ def recorded_run(run_dir: Path) -> TrackedRun:
     """The MLflow run that RUN_DIR/run.json names; a store inside the run directory is found wherever it now is."""
     path = run_dir / RUN_FILE
     try:
-        record = json.loads(path.read_text())
-        uri = record["tracking_uri"]
-        TrackedRun(**record)
-    except (ValueError, KeyError, TypeError):
+        tracked = TrackedRun(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        tracked = None
+    if tracked is None or not isinstance(tracked.tracking_uri, str):
         raise ValueError(
             f"{path} is not the record of an MLflow run that corolla wrote: restore its tracking_uri, run_id and "
             f"experiment_id (those of the MLflow run named {run_dir.resolve().name})"
-        ) from None
+        )
+    uri = tracked.tracking_uri
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):  # relative: to the run directory
-        record["tracking_uri"] = f"{SQLITE}{(run_dir / uri.removeprefix(SQLITE)).resolve()}"
-    return TrackedRun(**record)
+        return replace(tracked, tracking_uri=f"{SQLITE}{(run_dir / uri.removeprefix(SQLITE)).resolve()}")
+    return tracked
 
 
 def record_run(run_dir: Path, tracked: TrackedRun) -> None:
