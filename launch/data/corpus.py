@@ -106,6 +106,19 @@ class TokenCorpus:
         return list(self.splits)
 
 
+def _manifest_shaped(manifest: object) -> bool:
+    """The keys and nesting a manifest of `corolla tokenizer encode` has (its values are checked as they are used)."""
+    if not isinstance(manifest, dict) or not {"tokenizer", "append_eos", "eos_id", "languages"} <= set(manifest):
+        return False
+    tokenizer, languages = manifest["tokenizer"], manifest["languages"]
+    return (
+        isinstance(tokenizer, dict)
+        and {"vocab_size", "fingerprint", "path"} <= set(tokenizer)
+        and isinstance(languages, dict)
+        and all(isinstance(entry, dict) and isinstance(entry.get("shards"), list) for entry in languages.values())
+    )
+
+
 def _read_manifest(tokens_dir: Path) -> dict:
     if not tokens_dir.is_dir():
         raise ValueError(f"tokens_dir {tokens_dir} does not exist: run `corolla tokenizer encode output_dir=...` first")
@@ -118,7 +131,7 @@ def _read_manifest(tokens_dir: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         manifest = None
-    if not isinstance(manifest, dict) or not {"tokenizer", "append_eos", "eos_id", "languages"} <= set(manifest):
+    if not _manifest_shaped(manifest):
         raise ValueError(f"{path} is not a token manifest corolla wrote: re-run `corolla tokenizer encode`")
     if manifest.get("format_version") != MANIFEST_VERSION:
         raise ValueError(

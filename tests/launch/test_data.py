@@ -257,6 +257,10 @@ def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: P
     fails(f"has no {MANIFEST_NAME}", lambda: TokenCorpus(tmp_path, 5))
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"languages": {}}))
     fails("not a token manifest", lambda: TokenCorpus(tmp_path, 5))
+    real = json.loads((tokens_dir / MANIFEST_NAME).read_text())
+    for languages in ({"eng_Latn": 5}, ["eng_Latn"], {"eng_Latn": {"shards": 5}}):  # its keys, not their nesting
+        (tmp_path / MANIFEST_NAME).write_text(json.dumps({**real, "languages": languages}))
+        fails("not a token manifest corolla wrote: re-run `corolla tokenizer encode`", lambda: TokenCorpus(tmp_path, 5))
     fails("do not hold: kor_Hang", lambda: dataset(tokens_dir, weights={"eng_Latn": 1, "kor_Hang": 1}))
     fails("every language weight 0", lambda: dataset(tokens_dir, weights={"eng_Latn": 0}))
     fails("eng_Latn must be finite", lambda: dataset(tokens_dir, weights={"eng_Latn": -1}))
