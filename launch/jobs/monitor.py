@@ -16,7 +16,7 @@ from launch.plan.policy import configured_layout
 from launch.plan.run_plan import read_plans
 from launch.rundir.checkpoints import CheckpointError, complete_record, latest_tag
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHECKPOINTS, METRICS_FILE, PLAN_FILE, RUN_FILE, VALIDATION_FILE
+from launch.rundir.files import CHECKPOINTS, JOB_FILE, METRICS_FILE, PLAN_FILE, RUN_FILE, VALIDATION_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
@@ -116,16 +116,26 @@ def describe_event(event: dict) -> str:
     return kind
 
 
+def whole_setting(run: RunDirectory, key: str) -> int:
+    value = run.setting(key, 0)
+    if type(value) is not int:
+        raise ValueError(
+            f"{run.path / JOB_FILE} says {key}={value}, not a whole number: fix it, or launch the run again, which "
+            "rewrites it"
+        )
+    return value
+
+
 def progress_lines(run: RunDirectory) -> list[str]:
     steps = last_record_per_step(run.path / METRICS_FILE)
-    total = int(run.setting("train.steps", 0))
+    total = whole_setting(run, "train.steps")
     if not steps:
         return [line("progress", f"no step logged yet, {total} to do")]
     last = steps[-1]
     lines = [line("progress", f"step {last['step']} of {total}, loss {last['loss']:.4f}")]
     recent = steps[-SPEED_WINDOW:]
     tokens_per_second = statistics.median(record["tokens_per_second"] for record in recent)
-    seq_length = int(run.setting("model.seq_length", 0))
+    seq_length = whole_setting(run, "model.seq_length")
     # tokens_per_second is batch_size x seq_length / the step's seconds.
     seconds_per_step = statistics.median(
         record["batch_size"] * seq_length / record["tokens_per_second"] for record in recent

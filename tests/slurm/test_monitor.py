@@ -180,6 +180,7 @@ def test_a_finished_run_has_no_eta_and_a_broken_pointer_is_named(
         ("missing", StatusJob, "is not a directory: pass the run directory that `corolla train` or `corolla submit`"),
         ("empty", StatusJob, "is not a corolla run directory (it has no job.yaml)"),
         ("not-a-job", StatusJob, "job.yaml is not a corolla job: restore it from MLflow"),
+        ("steps-not-a-number", StatusJob, "job.yaml says train.steps=abc, not a whole number: fix it, or launch"),
         ("bad-jobs-file", StatusJob, "slurm-jobs.json is not a JSON list of Slurm job ids"),
         ("local", LogsJob, "is a local run (no slurm-jobs.json): `corolla logs` is for runs sent to Slurm"),
         ("local", CancelJob, "is a local run (no slurm-jobs.json): `corolla cancel` is for runs sent to Slurm"),
@@ -189,8 +190,11 @@ def test_bad_run_dirs_are_one_line_errors(tmp_path: Path, layout: str, command: 
     run_dir = tmp_path / "run"
     if layout != "missing":
         run_dir.mkdir()
-    if layout in ("not-a-job", "bad-jobs-file", "local"):
+    if layout in ("not-a-job", "steps-not-a-number", "bad-jobs-file", "local"):
         make_run(run_dir)
+    if layout == "steps-not-a-number":
+        job = (run_dir / "job.yaml").read_text()
+        (run_dir / "job.yaml").write_text(job.replace("  steps: 20\n", "  steps: abc\n", 1))
     if layout == "not-a-job":
         (run_dir / "job.yaml").write_text("- just\n- a list\n")
     if layout == "bad-jobs-file":
