@@ -23,7 +23,13 @@ from launch.rundir.files import JOB_FILE, METRICS_FILE, TRACKING_STATE, VALIDATI
 from launch.rundir.history import RunHistory
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
-from launch.rundir.tracking_state import TrackingState, read_state, write_state
+from launch.rundir.tracking_state import (
+    TrackingState,
+    how_to_send_the_rest,
+    read_state,
+    store_lost,
+    write_state,
+)
 
 BATCH_RECORDS = 100  # records a request; MLflow takes up to 1,000 metrics a batch
 RETRY_S = (1, 2, 5, 10, 30)  # waits after failures in a row; the last repeats
@@ -143,8 +149,8 @@ def update(
     except Exception as error:  # whatever MLflow raises, the run goes on and says so
         _failed(run_dir, state, error, threading.Lock())
         print(
-            f"corolla: MLflow did not answer ({state.error}); kept in {run_dir / TRACKING_STATE}, sent at the next "
-            f"start or by `corolla tracking sync {run_dir}`",
+            f"corolla: MLflow did not take it ({state.error}); kept in {run_dir / TRACKING_STATE}: "
+            + how_to_send_the_rest(run_dir, state.error),
             flush=True,
         )
         return False
@@ -161,16 +167,19 @@ END_STATUS = {
 
 
 def sync(run_dir: Path, uri: str | None = None) -> TrackingState:
-    """Sends what MLflow lacks of the run; with `uri`, everything, to a new run on that server, which the run directory
-    continues from then on. A one-line ValueError if MLflow does not take it."""
+    """Sends what MLflow lacks of the run, after its last step of each series; with `uri`, everything, to a new run
+    there, which the run directory continues from then on. A one-line ValueError if MLflow does not take it."""
     if uri:
         _move(run_dir, uri)
     state = read_state(run_dir)
+    state.sent = None  # asked of MLflow: a store that lost the run (or steps of it) says so here
     try:
         send_pending(run_dir, state, read_unsent(run_dir))
     except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
         _failed(run_dir, state, error, threading.Lock())
-        raise ValueError(f"MLflow did not take the run's records ({state.error}): try again when it answers") from None
+        lost = store_lost(state.error)
+        hint = how_to_send_the_rest(run_dir, state.error) if lost else "try again when it answers"
+        raise ValueError(f"MLflow did not take the run's records ({state.error}): {hint}") from None
     return state
 
 

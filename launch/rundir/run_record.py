@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from launch.rundir.files import RUN_FILE
+from launch.rundir.files import MLFLOW_DB, RUN_FILE
 from tokenizer.files import write_atomically
 
 _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
@@ -26,6 +26,11 @@ class TrackedRun:
 
 
 SQLITE = "sqlite:///"
+
+
+def default_uri(run_dir: Path) -> str:
+    """The embedded store: an SQLite file inside the run directory."""
+    return f"{SQLITE}{(run_dir / MLFLOW_DB).resolve()}"
 
 
 def recorded_run(run_dir: Path) -> TrackedRun:

@@ -22,8 +22,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from launch.rundir.files import MLFLOW_ARTIFACTS, MLFLOW_DB, RUN_FILE
-from launch.rundir.run_record import TrackedRun, masked, record_run, recorded_run
+from launch.rundir.files import MLFLOW_ARTIFACTS, RUN_FILE
+from launch.rundir.run_record import TrackedRun, default_uri, masked, record_run, recorded_run
 
 STEP_METRICS = {
     "loss": "train_loss",
@@ -42,11 +42,6 @@ def safe_message(error: Exception) -> str:
     """An MLflow failure in one line, credentials masked."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return masked(f"{type(error).__name__}: {first}"[:300])
-
-
-def default_uri(run_dir: Path) -> str:
-    """The embedded store: an SQLite file inside the run directory."""
-    return f"sqlite:///{(run_dir / MLFLOW_DB).resolve()}"
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -80,8 +75,8 @@ def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], 
 def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None) -> TrackedRun:
     """A new MLflow run with the job's parameters, recorded in RUN_DIR/run.json as the run's."""
     # The embedded store keeps artifacts beside it; a server decides where its artifacts go.
-    artifacts = None if uri else (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri()
     uri = uri or default_uri(run_dir)
+    artifacts = (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri() if uri == default_uri(run_dir) else None
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifacts)

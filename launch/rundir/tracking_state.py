@@ -4,10 +4,12 @@ launch/rundir/outbox.py, read by `corolla status` (without MLflow)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from launch.rundir.files import METRICS_FILE, TRACKING_STATE
+from launch.rundir.files import METRICS_FILE, MLFLOW_DB, TRACKING_STATE
+from launch.rundir.run_record import default_uri, recorded_run
 from tokenizer.files import write_atomically
 
 
@@ -42,3 +44,25 @@ def read_state(run_dir: Path) -> TrackingState:
 def write_state(run_dir: Path, state: TrackingState) -> None:
     """Whole or not at all: a crash mid-write leaves the previous state."""
     write_atomically(run_dir / TRACKING_STATE, json.dumps(asdict(state), indent=1) + "\n")
+
+
+# What MLflow says once its store no longer holds the run: an SQLite file damaged, or made anew without it.
+STORE_LOST = re.compile(r"file is not a database|database disk image is malformed|Run (with id=)?'?\w+'? not found")
+
+
+def store_lost(error: str | None) -> bool:
+    return bool(error and STORE_LOST.search(error))
+
+
+def how_to_send_the_rest(run_dir: Path, error: str | None) -> str:
+    """What sends MLflow the records it lacks after `error`: another try, unless its store no longer holds the run,
+    which the run's own records (metrics.jsonl, validation.jsonl) then rebuild in a new MLflow run."""
+    if not store_lost(error):
+        return f"the next start, or `corolla tracking sync {run_dir}`, sends the rest"
+    embedded = default_uri(run_dir)
+    if recorded_run(run_dir).tracking_uri == embedded:
+        return (
+            f"its MLflow store no longer holds the run: move {run_dir / MLFLOW_DB} aside, and `corolla tracking sync "
+            f"{run_dir} uri={embedded}` rebuilds it from the run's records"
+        )
+    return f"its MLflow store no longer holds the run: `corolla tracking sync {run_dir} uri=URI` sends all of it there"

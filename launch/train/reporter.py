@@ -12,6 +12,7 @@ from statistics import mean
 from launch.rundir.files import METRICS_FILE, VALIDATION_FILE
 from launch.rundir.outbox import Sender
 from launch.rundir.records import append_record, keep_steps_up_to
+from launch.rundir.tracking_state import how_to_send_the_rest
 from launch.train.loop import StepRecord
 
 CLOSE_TIMEOUT_S = 20.0  # what the end of a launch waits for MLflow to take the rest; then it is sent later
@@ -82,8 +83,9 @@ class Reporter:
     def close(self) -> None:
         """Gives MLflow a bounded time to take the rest; what it does not take stays for the next start or a sync."""
         if self.sender is not None and not self.sender.close(CLOSE_TIMEOUT_S):
+            error = self.sender.state.error
             print(
-                f"corolla: MLflow has not taken every record yet ({self.sender.state.error or 'slow'}): the next "
-                f"start, or `corolla tracking sync {self.run_dir}`, sends the rest",
+                f"corolla: MLflow has not taken every record yet ({error or 'slow'}): "
+                + how_to_send_the_rest(self.run_dir, error),
                 flush=True,
             )

@@ -94,6 +94,37 @@ def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_serve
         server.kill()
 
 
+def test_a_damaged_embedded_store_is_rebuilt_from_the_runs_records_as_the_error_says(tokens, tmp_path, capsys) -> None:
+    # SQLite on a shared filesystem is easily damaged: training goes on, and what MLflow held is in the run's records.
+    run_dir = tmp_path / "run"
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]) == 0
+    first_run = recorded_run(run_dir).run_id
+    (run_dir / "mlflow.db").write_bytes(b"\0" * 4096)
+    capsys.readouterr()
+    assert main(["tracking", "sync", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "file is not a database" in err and "its MLflow store no longer holds the run: move" in err
+    command = err.split("`")[1].split()  # corolla tracking sync RUN_DIR uri=sqlite:///RUN_DIR/mlflow.db
+    assert command[:3] == ["corolla", "tracking", "sync"] and command[-1] == f"uri=sqlite:///{run_dir}/mlflow.db"
+    (run_dir / "mlflow.db").rename(run_dir / "mlflow.db.damaged")
+    rebuilt = corolla(*command[1:])  # as the user runs it: this process's MLflow keeps its engine on the old file
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    tracked = recorded_run(run_dir)
+    assert tracked.run_id != first_run and json.loads((run_dir / "run.json").read_text())["tracking_uri"] == (
+        "sqlite:///mlflow.db"
+    )
+    # Read in another process, as `mlflow ui` would: this one's MLflow still holds the damaged file open.
+    read = (
+        "import json, sys; from mlflow.tracking import MlflowClient; c = MlflowClient(sys.argv[1]); r = sys.argv[2];"
+        "print(json.dumps([[m.step for m in c.get_metric_history(r, k)] for k in ('train_loss', 'val_loss')]"
+        " + [c.get_run(r).info.status, c.get_run(r).info.artifact_uri]))"
+    )
+    held = subprocess.run([sys.executable, "-c", read, tracked.tracking_uri, tracked.run_id], capture_output=True)
+    train_steps, validation_steps, status, artifacts = json.loads(held.stdout)
+    assert train_steps == [1, 2, 3, 4] and validation_steps == [4] and status == "FINISHED"
+    assert artifacts.startswith((run_dir / "mlartifacts").as_uri())
+
+
 def test_credentials_in_a_tracking_uri_are_never_printed(capsys, tokens: Path, tmp_path: Path) -> None:
     secret_uri = "http://alice:s3cret@127.0.0.1:9"  # the discard port: nothing answers
     train = ["train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}"]
