@@ -20,7 +20,7 @@ from launch.rundir.files import CHECKPOINTS, JOB_FILE, METRICS_FILE, PLAN_FILE, 
 from launch.rundir.history import RunHistory
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
-from launch.rundir.tracking_state import how_to_send_the_rest, read_state, store_lost
+from launch.rundir.tracking_state import lost_store_fix, read_state
 
 SPEED_WINDOW = 10  # steps the speed and the ETA are the median of
 LABEL_WIDTH = 11
@@ -194,8 +194,8 @@ def tracking_lag_lines(run: RunDirectory) -> list[str]:
     if state.error:
         since = time.strftime("%H:%M:%S", time.localtime(state.failing_since)) if state.failing_since else "?"
         lag += f"; not reached since {since}: {state.error}"
-        if store_lost(state.error):
-            lag += f"; {how_to_send_the_rest(run.path, state.error)}"
+        if fix := lost_store_fix(run.path, state.error):
+            lag += f"; {fix}"
     return [line("tracking", lag)]
 
 

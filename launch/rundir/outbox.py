@@ -26,8 +26,8 @@ from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
     TrackingState,
     how_to_send_the_rest,
+    lost_store_fix,
     read_state,
-    store_lost,
     write_state,
 )
 
@@ -177,9 +177,8 @@ def sync(run_dir: Path, uri: str | None = None) -> TrackingState:
         send_pending(run_dir, state, read_unsent(run_dir))
     except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
         _failed(run_dir, state, error, threading.Lock())
-        lost = store_lost(state.error)
-        hint = how_to_send_the_rest(run_dir, state.error) if lost else "try again when it answers"
-        raise ValueError(f"MLflow did not take the run's records ({state.error}): {hint}") from None
+        fix = lost_store_fix(run_dir, state.error) or "try again when it answers"
+        raise ValueError(f"MLflow did not take the run's records ({state.error}): {fix}") from None
     return state
 
 

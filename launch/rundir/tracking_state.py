@@ -50,15 +50,11 @@ def write_state(run_dir: Path, state: TrackingState) -> None:
 STORE_LOST = re.compile(r"file is not a database|database disk image is malformed|Run (with id=)?'?\w+'? not found")
 
 
-def store_lost(error: str | None) -> bool:
-    return bool(error and STORE_LOST.search(error))
-
-
-def how_to_send_the_rest(run_dir: Path, error: str | None) -> str:
-    """What sends MLflow the records it lacks after `error`: another try, unless its store no longer holds the run,
-    which the run's own records (metrics.jsonl, validation.jsonl) then rebuild in a new MLflow run."""
-    if not store_lost(error):
-        return f"the next start, or `corolla tracking sync {run_dir}`, sends the rest"
+def lost_store_fix(run_dir: Path, error: str | None) -> str | None:
+    """When `error` says MLflow's store no longer holds the run, what rebuilds it from the run's own records
+    (metrics.jsonl, validation.jsonl) in a new MLflow run; None for any other error, which another try may cure."""
+    if not (error and STORE_LOST.search(error)):
+        return None
     embedded = default_uri(run_dir)
     if recorded_run(run_dir).tracking_uri == embedded:
         return (
@@ -66,3 +62,8 @@ def how_to_send_the_rest(run_dir: Path, error: str | None) -> str:
             f"{run_dir} uri={embedded}` rebuilds it from the run's records"
         )
     return f"its MLflow store no longer holds the run: `corolla tracking sync {run_dir} uri=URI` sends all of it there"
+
+
+def how_to_send_the_rest(run_dir: Path, error: str | None) -> str:
+    """What sends MLflow the records it lacks after `error`."""
+    return lost_store_fix(run_dir, error) or f"the next start, or `corolla tracking sync {run_dir}`, sends the rest"
