@@ -207,33 +207,6 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
     one_mlflow_value_per_step(run_dir, local_losses)
 
 
-def test_a_stop_signal_checkpoints_requeues_and_resumes(
-    slurm_cluster, mlflow_server, tokens, local_losses, tmp_path
-) -> None:
-    # Tracked on a server this time: every rank 0, before and after the requeue, logs to the same run there. And a
-    # run directory whose name would run a command if it reached the sbatch script unquoted.
-    run_dir = tmp_path / 'a "run" $(touch pwned)'
-    job_id = submit(run_dir, tokens, f"tracking.uri={mlflow_server}")
-    wait_checkpoint(run_dir, 2)
-    slurm_cluster.run("scancel", "--signal=USR2", job_id)
-    wait_finished(slurm_cluster, run_dir, job_id)
-    assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
-    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)  # two nodes, DP2, as on one process
-    first_start = RunHistory(run_dir).starts()[0]
-    assert first_start["slurm_job"] == job_id and first_start["nodes"] in ("n[1-2]", "n[1,3]", "n[2-3]")
-    events = [event["event"] for event in RunHistory(run_dir).events()]
-    assert events == ["launch", "start", "stopped", "start", "finished"]
-    stopped = RunHistory(run_dir).events()[2]
-    assert stopped["signal"] == "SIGUSR2" and RunHistory(run_dir).starts()[1]["steps_redone"] == 0
-    assert RunHistory(run_dir).failures() == 0
-    tracked = asdict(recorded_run(run_dir))
-    assert tracked["tracking_uri"] == mlflow_server
-    one_mlflow_value_per_step(run_dir, local_losses)
-    run = MlflowClient(mlflow_server).get_run(tracked["run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["corolla.restarts"] == "1"
-    assert run.data.tags["corolla.failures"] == "0" and run.data.tags["cluster"] == "testcluster"
-
-
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -311,23 +284,38 @@ def test_an_elastic_job_asks_for_a_node_range_and_is_not_requeued_by_slurm(token
 
 
 def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(
-    slurm_cluster, tokens, tmp_path, monkeypatch
+    slurm_cluster, mlflow_server, tokens, tmp_path, monkeypatch
 ) -> None:
     # Two-minute jobs, USR2 60 s before the end (Slurm checks time limits every 30 s or so, so it may come that much
     # earlier), two ranks that take 10-30 s to start on these two cores: each job trains 20-50 s. Steps of at least
     # 1 s (their pace on these cores varies twofold, and a fast machine once trained a whole run in one job) make that
-    # at most 50 of 70 steps, so two jobs or more. The losses are those of the same steps trained locally.
-    long_run = ["train.steps=70", "train.checkpoint_interval=20"]
+    # at most 50 of 55 steps, so two jobs or more. The losses are those of the same steps trained locally.
+    # Tracked on a server: every rank 0, before and after each requeue, logs to the same run there. And a run
+    # directory whose name would run a command if it reached the sbatch script unquoted.
+    long_run = ["train.steps=55", "train.checkpoint_interval=20"]
     local = tmp_path / "local"
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={local}", *RUN, *long_run]) == 0
+    expected = losses(local)
     monkeypatch.setenv(STEP_SECONDS, "1")
-    run_dir = tmp_path / "run"
-    job_id = submit(run_dir, tokens, *long_run, "cluster.time_limit_min=2", "cluster.signal_delay_s=60")
+    run_dir = tmp_path / 'a "run" $(touch pwned)'
+    time_limit = ["cluster.time_limit_min=2", "cluster.signal_delay_s=60", f"tracking.uri={mlflow_server}"]
+    job_id = submit(run_dir, tokens, *long_run, *time_limit)
     wait_finished(slurm_cluster, run_dir, job_id, timeout=600)
-    assert losses(run_dir) == pytest.approx(losses(local), abs=1e-5)
-    stops = [event for event in RunHistory(run_dir).events() if event["event"] == "stopped"]
-    assert 1 <= len(stops) <= 5 and all(event["signal"] == "SIGUSR2" for event in stops), RunHistory(run_dir).events()
-    assert RunHistory(run_dir).failures() == 0
+    assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
+    assert losses(run_dir) == pytest.approx(expected, abs=1e-5)  # two nodes, DP2, as on one process
+    events = RunHistory(run_dir).events()
+    stops = [event for event in events if event["event"] == "stopped"]
+    assert 1 <= len(stops) <= 5 and all(event["signal"] == "SIGUSR2" for event in stops), events
+    assert [event["event"] for event in events] == ["launch", *["start", "stopped"] * len(stops), "start", "finished"]
+    starts = RunHistory(run_dir).starts()
+    assert all(start["slurm_job"] == job_id and start["steps_redone"] == 0 for start in starts)
+    assert starts[0]["nodes"] in ("n[1-2]", "n[1,3]", "n[2-3]") and RunHistory(run_dir).failures() == 0
+    tracked = asdict(recorded_run(run_dir))
+    assert tracked["tracking_uri"] == mlflow_server
+    one_mlflow_value_per_step(run_dir, expected)
+    run = MlflowClient(mlflow_server).get_run(tracked["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["corolla.restarts"] == str(len(stops))
+    assert run.data.tags["corolla.failures"] == "0" and run.data.tags["cluster"] == "testcluster"
 
 
 def test_a_stop_file_saves_and_ends_the_job_without_requeue(slurm_cluster, tokens, tmp_path) -> None:
