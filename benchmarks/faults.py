@@ -148,7 +148,7 @@ def workers(run_dir: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "launch.train.worker" in cmdline and str(run_dir) in cmdline:
+        if "launch.train" in cmdline and str(run_dir) in cmdline:
             found.append(process)
     return found
 

@@ -73,7 +73,10 @@ class TrainingTask:
         # First of all: a signal before the time limit may come while the ranks start, and submitit's own handler
         # would end the job without requeueing it.
         stop = StopSignals(run_dir / STOP_FILE)
-        # torch, DeepSpeed, megatron, MLflow: seconds to import, after the handlers.
+        # torch, DeepSpeed, megatron: seconds to import, after the handlers.
+        from launch.train.compat import import_deepspeed_without_mlflow
+
+        import_deepspeed_without_mlflow()
         from launch.config.job_file import read_job
         from launch.rundir import outbox
         from launch.train import worker

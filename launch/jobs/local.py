@@ -59,7 +59,7 @@ def run_ranks(run_dir: Path, world_size: int) -> int:
     threads = max(1, (os.cpu_count() or 1) // world_size)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
-    command = [*torchrun, "-m", "launch.train.worker", str(run_dir)]
+    command = [*torchrun, "-m", "launch.train", str(run_dir)]
     process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_ended_with_parent)
     previous = {}
     try:

@@ -16,14 +16,16 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from launch.rundir.files import MLFLOW_ARTIFACTS, RUN_FILE
 from launch.rundir.run_record import TrackedRun, default_uri, masked, record_run, recorded_run
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 STEP_METRICS = {
     "loss": "train_loss",
@@ -72,12 +74,22 @@ def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], 
     return create_run(run_dir, experiment, job, tags, uri)
 
 
+def _client(uri: str) -> MlflowClient:
+    # MLflow is imported here, not above: every rank imports this module (the reporter's names) and only rank 0 talks
+    # to MLflow; the import costs each of the others two seconds of start.
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
 def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None) -> TrackedRun:
     """A new MLflow run with the job's parameters, recorded in RUN_DIR/run.json as the run's."""
     # The embedded store keeps artifacts beside it; a server decides where its artifacts go.
     uri = uri or default_uri(run_dir)
     artifacts = (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri() if uri == default_uri(run_dir) else None
-    client = MlflowClient(uri)
+    from mlflow.entities import Param
+
+    client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifacts)
     all_tags = {"git_revision": _git_revision(), "host": socket.gethostname(), "corolla.launches": "1", **tags}
@@ -107,7 +119,7 @@ def check_reachable(uri: str) -> None:
 def log_artifact(tracked: TrackedRun, path: Path) -> None:
     """Logs a file; not where the embedded store's artifact folder went with a run directory that was moved (MLflow
     keeps its absolute path, and would recreate the old directory)."""
-    client = MlflowClient(tracked.tracking_uri)
+    client = _client(tracked.tracking_uri)
     destination = client.get_run(tracked.run_id).info.artifact_uri
     if destination.startswith("file:") and not Path(urlparse(destination).path).parents[2].is_dir():
         return
@@ -116,24 +128,28 @@ def log_artifact(tracked: TrackedRun, path: Path) -> None:
 
 def log_records(tracked: TrackedRun, records: list[tuple[int, int | None, dict[str, float]]]) -> None:
     """(step, time in ms or None for now, {metric: value}) records, in one request."""
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     metrics = [Metric(name, value, at or now, step) for step, at, values in records for name, value in values.items()]
-    MlflowClient(tracked.tracking_uri).log_batch(tracked.run_id, metrics=metrics)
+    _client(tracked.tracking_uri).log_batch(tracked.run_id, metrics=metrics)
 
 
 def last_step(tracked: TrackedRun, metric: str) -> int:
     """The last step of `metric` the run holds (0: none)."""
-    history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, metric)
+    history = _client(tracked.tracking_uri).get_metric_history(tracked.run_id, metric)
     return max((entry.step for entry in history), default=0)
 
 
 def set_tags(tracked: TrackedRun, tags: dict[str, str]) -> None:
-    MlflowClient(tracked.tracking_uri).log_batch(tracked.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    from mlflow.entities import RunTag
+
+    _client(tracked.tracking_uri).log_batch(tracked.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def set_status(tracked: TrackedRun, status: str) -> None:
     """RUNNING; or FINISHED, FAILED, KILLED (stopped by a person, to be resumed: a later launch makes it RUNNING)."""
-    client = MlflowClient(tracked.tracking_uri)
+    client = _client(tracked.tracking_uri)
     if status == "RUNNING":
         client.update_run(tracked.run_id, status=status)
     else:

@@ -45,6 +45,20 @@ def check_versions(packages: tuple[str, ...] = ("torch", "deepspeed", "megatron-
 # deepspeed 0.19.8
 
 
+def import_deepspeed_without_mlflow() -> None:
+    """`import deepspeed` imports its autotuner, which imports mlflow whenever it is installed, for a feature corolla
+    does not use: two seconds of each rank's start, on ranks that never talk to MLflow. mlflow is hidden during that
+    import only (the autotuner takes it as absent) and importable again after it; rank 0 imports it when it first
+    sends. Called before anything imports deepspeed (python -m launch.train, the Slurm task)."""
+    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
+        return
+    sys.modules["mlflow"] = None  # type: ignore[assignment]
+    try:
+        import deepspeed  # noqa: F401
+    finally:
+        del sys.modules["mlflow"]
+
+
 def skip_cpu_shm_op_build() -> None:
     """On CPU, `deepspeed.init_distributed` JIT-builds a shared-memory op for inference all-reduce (30+ s of g++) that
     training never uses. The builder is looked up in `deepspeed.comm.torch`, which the name `torch` shadows on

@@ -1,5 +1,5 @@
-"""One training rank: `python -m launch.train.worker RUN_DIR` on every rank (started by torchrun locally, by the
-Slurm task on a cluster).
+"""One training rank: `main` on every rank (`python -m launch.train RUN_DIR` under torchrun locally, the Slurm task on
+a cluster).
 
 It reads what the launch wrote into RUN_DIR: the job (job.yaml) and the plan for its world size (plan.json), joins
 the process group, checks that the libraries lay the ranks out as planned, and trains.
@@ -8,7 +8,6 @@ the process group, checks that the libraries lay the ranks out as planned, and t
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 from collections.abc import Callable
@@ -231,8 +230,3 @@ def _record_end(reporter: Reporter, outcome: Outcome, last: int, stop: StopSigna
     RunHistory(reporter.run_dir).record(outcome.value, step=last, **reason)
     if outcome == Outcome.finished:
         reporter.tag(status="FINISHED")
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(EXIT_STATUS.get(main(Path(sys.argv[1])), 0))

@@ -32,11 +32,7 @@ def workers(run_dir: Path) -> list[psutil.Process]:
     alive = []
     for process in psutil.process_iter(["cmdline", "status"]):
         cmdline = process.info["cmdline"] or []
-        if (
-            "launch.train.worker" in cmdline
-            and str(run_dir) in cmdline
-            and process.info["status"] != psutil.STATUS_ZOMBIE
-        ):
+        if "launch.train" in cmdline and str(run_dir) in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
             alive.append(process)
     return alive
 

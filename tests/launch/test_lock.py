@@ -85,7 +85,7 @@ def workers(run_dir: Path) -> list[psutil.Process]:
     return [
         process
         for process in psutil.process_iter(["cmdline", "status"])
-        if "launch.train.worker" in (process.info["cmdline"] or [])
+        if "launch.train" in (process.info["cmdline"] or [])
         and str(run_dir) in process.info["cmdline"]
         and process.info["status"] != psutil.STATUS_ZOMBIE
     ]
