@@ -322,7 +322,7 @@ def test_a_pending_job_shows_its_reason_and_can_be_cancelled(
     try:
         job_id = sbatch(slurm_cluster, run_dir, "--cpus-per-task=2", "--wrap=sleep 60")
         status = status_of(run_dir, capsys)
-        assert f"slurm      job {job_id}: PENDING, reason " in status
+        assert f"slurm      job {job_id}: PENDING, reason " in status, status.splitlines()
         assert "run time 00:00:00 of " in status and " on n1" not in status
         show_logs(LogsJob(run_dir=str(run_dir)))
         assert capsys.readouterr().out.startswith(f"Slurm job {job_id} has no logs in {run_dir}/slurm yet")
