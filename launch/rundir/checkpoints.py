@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from launch.rundir.files import COMPLETE, LATEST, checkpoint_tag
+from launch.rundir.files import COMPLETE, LATEST, checkpoint_tag, is_checkpoint_tag
 from tokenizer.files import write_atomically
 
 
@@ -96,7 +95,7 @@ def newest_intact(directory: Path, log: Callable[[str], None] = print, below: st
     complete, _ = complete_tags(directory)
     candidates = [latest] if below is None else []
     # Older than `latest`; every complete one when `latest` is no tag at all (garbled), lest none be tried.
-    limit = below or (latest if re.fullmatch(r"step-\d{8}", latest) else None)
+    limit = below or (latest if is_checkpoint_tag(latest) else None)
     candidates += [tag for tag in reversed(complete) if limit is None or tag < limit]
     if not candidates:
         return None

@@ -1,6 +1,8 @@
 """The names of what a run directory holds: the one place they are spelled, so that the light readers (`corolla
 status`) and the code that writes each file agree."""
 
+import re
+
 JOB_FILE = "job.yaml"  # the resolved job (launch/config/job_file.py)
 IMPORT_FILE = "imported.json"  # instead of JOB_FILE in a model imported from Hugging Face (launch/plan/weights.py)
 PLAN_FILE = "plan.json"  # the run's plan for each world size it may get (launch/plan/run_plan.py)
@@ -33,6 +35,10 @@ TRAINER_FILE = "trainer.pt"  # the engine's counters and the LR schedule's step
 
 def checkpoint_tag(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def is_checkpoint_tag(name: str) -> bool:
+    return re.fullmatch(r"step-\d{8}", name) is not None
 
 
 def rng_file(rank: int) -> str:
