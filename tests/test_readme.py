@@ -331,6 +331,9 @@ def test_the_dry_run_and_the_planner_lines(shell: Shell, workspace: Path) -> Non
     dry_run = shell(DRY_RUN)  # the sample corpus and BLOOM's tokenizer config, as written: nothing built for them
     assert "#SBATCH --nodes=48" in dry_run and "TP 4 x PP 12 x DP 8" in dry_run
     assert sorted(cache.iterdir()) == built_before and not (workspace / "runs" / "submit").exists()
+    # Where token files exist they are checked: the sample's documents are far too short for BLOOM's validation.
+    checked = shell(DRY_RUN, "data.tokens_dir=runs/demo/tokens")
+    assert "#SBATCH --nodes=48" in checked and "so the run validates nothing" in checked
     assert "recommended: parallel.tp=4 parallel.pp=12 parallel.dp=8" in shell(PLAN)
     layouts = json.loads(shell(PLAN_JSON))
     assert {layout["tp"] * layout["pp"] * layout["dp"] for layout in layouts} == {32}

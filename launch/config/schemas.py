@@ -90,7 +90,7 @@ class TrainConfig:
     skip_nonfinite: int = 0
     rampup: BatchRampup = field(default_factory=BatchRampup)
     # Validation loss per language every eval_interval steps and at the end, on eval_samples held-out sequences of
-    # each language; 0: no validation.
+    # each language (fewer where its held-out documents hold fewer: launch/plan/run_plan.py); 0: no validation.
     eval_interval: int = 0
     eval_samples: int = 8
     # A collective that waits this long for a peer fails, and a rank that makes no progress (no step, save or

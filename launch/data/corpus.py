@@ -163,34 +163,22 @@ def _open_split(tokens_dir: Path, language: str, entry: dict, validation_documen
     return LanguageSplit(language, files, documents - held_out)
 
 
-def validation_samples(split: LanguageSplit, seq_length: int, wanted: int) -> int:
-    """How many validation samples of seq_length + 1 tokens a language's held-out documents hold; a ValueError if
-    fewer than `wanted`."""
+def validation_samples(split: LanguageSplit, seq_length: int) -> int:
+    """How many validation samples of seq_length + 1 tokens a language's held-out documents hold."""
     tokens = split.validation_tokens
-    available = (tokens.size - 1) // seq_length if tokens.size else 0
-    if available < wanted:
-        raise ValueError(
-            f"{split.language}: its {split.validation_documents} held-out documents hold {available} validation "
-            f"samples of seq_length + 1 = {seq_length + 1} tokens, fewer than train.eval_samples={wanted}: lower "
-            "train.eval_samples, raise data.validation_documents, or set train.eval_interval=0 to skip validation"
-        )
-    return available
+    return (tokens.size - 1) // seq_length if tokens.size else 0
 
 
-def validation_bytes_per_token(
-    corpus: TokenCorpus, seq_length: int, samples: int, tokenizer: TextTokenizer
-) -> dict[str, float]:
-    """Bytes of text per predicted token in each language's validation samples (every data-parallel rank's): what
-    turns a validation loss into bits per byte, a figure that does not depend on the tokenizer. The samples' labels
-    are the held-out tokens [1, samples x seq_length]; their bytes are their ids' (token_bytes), less the space a
-    tokenizer with a prefix space put before each document."""
-    table = tokenizer.token_bytes()
-    ratios = {}
-    for language, split in corpus.splits.items():
-        tokens = np.asarray(split.validation_tokens[: samples * seq_length + 1])
-        if tokens.size < 2:
-            continue
-        labels, before = tokens[1:], tokens[:-1]
-        starts = int(np.count_nonzero(before == corpus.eos_id)) if tokenizer.prefix_space else 0
-        ratios[language] = (int(table[labels].sum()) - starts) / labels.size
-    return ratios
+def validation_sample_bytes(
+    split: LanguageSplit, seq_length: int, samples: int, tokenizer: TextTokenizer, eos_id: int
+) -> list[int]:
+    """Bytes of text each of a language's first `samples` validation samples predicts: what turns a validation loss
+    into bits per byte, a figure that does not depend on the tokenizer. Sample i's labels are the held-out tokens
+    [i x seq_length + 1, (i + 1) x seq_length]; their bytes are their ids' (token_bytes), less the space a tokenizer
+    with a prefix space put before each document."""
+    tokens = np.asarray(split.validation_tokens[: samples * seq_length + 1])
+    labels, before = tokens[1:].reshape(samples, seq_length), tokens[:-1].reshape(samples, seq_length)
+    label_bytes = tokenizer.token_bytes()[labels].sum(axis=1)
+    if tokenizer.prefix_space:
+        label_bytes -= np.count_nonzero(before == eos_id, axis=1)
+    return [int(count) for count in label_bytes]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from launch.config.schemas import TrainJob
 from launch.data.blend import BlendedDataset
-from launch.data.corpus import TokenCorpus, validation_bytes_per_token, validation_samples
+from launch.data.corpus import TokenCorpus, validation_sample_bytes, validation_samples
 from launch.data.facts import DataFacts
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.encode import encode_corpus
@@ -98,26 +98,32 @@ def _checked(job: TrainJob, corpus: TokenCorpus) -> tuple[TrainJob, DataFacts]:
             f"{corpus.vocab_size} tokens: drop model.vocab_size (0 takes the tokenizer's) or re-encode the data"
         )
     BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample
-    train = job.train
-    if train.eval_interval:
-        if all(split.validation_documents == 0 for split in corpus.splits.values()):
-            raise ValueError(
-                f"train.eval_interval={train.eval_interval} but data.validation_documents=0 holds nothing out for "
-                "validation: raise data.validation_documents or set train.eval_interval=0"
-            )
-        for split in corpus.splits.values():
-            validation_samples(split, job.model.seq_length, train.eval_samples)
     job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
-    bytes_per_token = _bytes_per_token(corpus, job) if train.eval_interval else {}
-    return job, DataFacts(corpus.vocab_size, str(corpus.tokens_dir), str(corpus.tokenizer_dir), bytes_per_token)
+    facts = DataFacts(corpus.vocab_size, str(corpus.tokens_dir), str(corpus.tokenizer_dir))
+    return job, _with_validation(facts, corpus, job) if job.train.eval_interval else facts
 
 
-def _bytes_per_token(corpus: TokenCorpus, job: TrainJob) -> dict[str, float]:
-    """Here rather than in the ranks, which load no tokenizer; none (validation in nats per token only) when the
-    tokenizer is no longer where the token files say."""
+def _with_validation(facts: DataFacts, corpus: TokenCorpus, job: TrainJob) -> DataFacts:
+    """The validation samples each language holds (the plan cuts them to whole micro-batches) and their bytes of
+    text, computed here rather than in the ranks, which load no tokenizer; no bytes (validation in nats per token
+    only) when the tokenizer is no longer where the token files say."""
+    if all(split.validation_documents == 0 for split in corpus.splits.values()):
+        raise ValueError(
+            f"train.eval_interval={job.train.eval_interval} but data.validation_documents=0 holds nothing out for "
+            "validation: raise data.validation_documents or set train.eval_interval=0"
+        )
+    seq_length = job.model.seq_length
+    samples = {
+        language: min(validation_samples(split, seq_length), job.train.eval_samples)
+        for language, split in corpus.splits.items()
+    }
     try:
         tokenizer = load_tokenizer(corpus.tokenizer_dir)
     except ValueError as error:
         print(f"corolla: validation without bits per byte ({error})")
-        return {}
-    return validation_bytes_per_token(corpus, job.model.seq_length, job.train.eval_samples, tokenizer)
+        return replace(facts, validation_samples=samples)
+    sample_bytes = {
+        language: validation_sample_bytes(split, seq_length, samples[language], tokenizer, corpus.eos_id)
+        for language, split in corpus.splits.items()
+    }
+    return replace(facts, validation_samples=samples, validation_sample_bytes=sample_bytes)

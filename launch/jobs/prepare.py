@@ -16,7 +16,7 @@ from launch.config.job_file import job_yaml
 from launch.config.schemas import ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.prepare import inspect_data, prepare_data
-from launch.plan.run_plan import RunPlan, check_layouts, make_plans, write_plans
+from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
 from launch.plan.weights import Weights, is_hf_directory, weights_of
 from launch.rundir import outbox, tracking
 from launch.rundir.files import IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
@@ -57,6 +57,8 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     if start:
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
+    if shortfall := validation_shortfall(plans[0], job):
+        print(shortfall)
     if dry_run:
         return PreparedRun(job, plans, run_dir, None)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,10 @@ class RunPlan:
     vocab_size: int  # the tokenizer's
     padded_vocab_size: int  # the embedding's rows under this TP
     memory_gib: float | None  # the planner's estimate a GPU, on a cluster that gives its GPUs' figures
-    # Bytes of text per predicted token of each language's validation samples (DataFacts): for bits per byte.
+    # Per language, how many held-out samples each validation uses: train.eval_samples, or what the language holds
+    # cut to whole micro-batches of every data-parallel rank (0: not validated). Empty: train.eval_interval=0.
+    validation_samples: dict[str, int] = field(default_factory=dict)
+    # Bytes of text per predicted token of those samples (DataFacts): for bits per byte.
     validation_bytes_per_token: dict[str, float] = field(default_factory=dict)
     # init_from's embedding grows from this vocabulary to this run's (DataFacts); 0: it does not grow.
     grown_from_vocab: int = 0
@@ -72,6 +75,7 @@ def make_plan(job: TrainJob, world_size: int, data: DataFacts) -> RunPlan:
     model = replace(job.model, vocab_size=data.vocab_size)
     train = job.train
     cut = stage_cut(model, layout.pp)
+    samples, bytes_per_token = _validation(job, layout, data)
     return RunPlan(
         world_size=world_size,
         layout=layout,
@@ -82,8 +86,46 @@ def make_plan(job: TrainJob, world_size: int, data: DataFacts) -> RunPlan:
         vocab_size=data.vocab_size,
         padded_vocab_size=model.padded_vocab_size(layout.tp),
         memory_gib=check_memory(replace(job, model=model), layout),
-        validation_bytes_per_token=data.validation_bytes_per_token,
+        validation_samples=samples,
+        validation_bytes_per_token=bytes_per_token,
         grown_from_vocab=data.grown_from_vocab,
+    )
+
+
+def _validation(job: TrainJob, layout: ParallelLayout, data: DataFacts) -> tuple[dict[str, int], dict[str, float]]:
+    """Every language's held-out samples cut to whole micro-batches of every data-parallel rank, and their bytes of
+    text per predicted token."""
+    per_step = job.train.micro_batch * layout.dp
+    samples = {language: held // per_step * per_step for language, held in data.validation_samples.items()}
+    seq_length = job.model.seq_length
+    bytes_per_token = {
+        language: sum(data.validation_sample_bytes[language][:count]) / (count * seq_length)
+        for language, count in samples.items()
+        if count and language in data.validation_sample_bytes
+    }
+    return samples, bytes_per_token
+
+
+def validation_shortfall(plan: RunPlan, job: TrainJob) -> str | None:
+    """A line naming the languages validated on fewer than train.eval_samples samples, if any: validation is a
+    measurement, so a language whose held-out documents are too short is measured on what they hold, or not at all,
+    rather than refusing the run."""
+    eval_samples = job.train.eval_samples
+    short = {language: count for language, count in plan.validation_samples.items() if count < eval_samples}
+    if not short:
+        return None
+    if not any(plan.validation_samples.values()):
+        return (
+            f"corolla: warning: no language's held-out documents hold train.micro_batch x dp = "
+            f"{job.train.micro_batch * plan.layout.dp} validation samples of seq_length + 1 = "
+            f"{job.model.seq_length + 1} tokens, so the run validates nothing: raise data.validation_documents, or "
+            "set train.eval_interval=0"
+        )
+    counts = ", ".join(f"{language} {count}" for language, count in short.items())
+    return (
+        f"corolla: validation on fewer held-out samples than train.eval_samples={eval_samples} in {len(short)} "
+        f"language(s), whose held-out documents are too short (0: not validated; raise data.validation_documents "
+        f"for more): {counts}"
     )
 
 

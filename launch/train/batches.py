@@ -46,32 +46,37 @@ def _micro_batches(
 
 
 def validation_batches(
-    corpus: TokenCorpus, seq_length: int, micro_batch: int, samples: int, dp_rank: int = 0, dp_size: int = 1
+    corpus: TokenCorpus, seq_length: int, micro_batch: int, samples: dict[str, int], dp_rank: int = 0, dp_size: int = 1
 ) -> dict[str, list[torch.Tensor]]:
     """Per language, this rank's validation micro-batches, [micro_batch, seq_length + 1] int64; fixed for a corpus.
 
-    A language's validation samples are the first `samples` of its held-out tokens cut like training samples; rank r
-    takes the contiguous slice r of samples // dp_size of them. Every rank gets the same number of full micro-batches
-    of every language, so the mean over micro-batches and ranks is the mean over the samples, whatever the layout.
-    Empty when the corpus holds no documents out (validation_documents=0).
+    A language's validation samples are the first `samples[language]` of its held-out tokens cut like training
+    samples (the plan's count; 0 leaves it out); rank r takes the contiguous slice r of them. Every rank gets the same
+    number of full micro-batches of a language, so the mean over micro-batches and ranks is the mean over its samples,
+    whatever the layout.
     """
-    if micro_batch < 1 or not 0 <= dp_rank < dp_size or samples % (micro_batch * dp_size):
-        raise ValueError(
-            f"validation samples={samples} must be a multiple of micro_batch={micro_batch} x dp_size={dp_size}, "
-            f"with dp_rank={dp_rank} in [0, dp_size)"
-        )
-    if all(split.validation_documents == 0 for split in corpus.splits.values()):
-        return {}
+    for language, wanted in samples.items():
+        if micro_batch < 1 or not 0 <= dp_rank < dp_size or wanted % (micro_batch * dp_size):
+            raise ValueError(
+                f"{language}: validation samples={wanted} must be a multiple of micro_batch={micro_batch} x "
+                f"dp_size={dp_size}, with dp_rank={dp_rank} in [0, dp_size)"
+            )
+        held = validation_samples(corpus.splits[language], seq_length)
+        if held < wanted:
+            raise ValueError(
+                f"{language}: its held-out documents hold {held} validation samples of {seq_length + 1} tokens, not "
+                f"the {wanted} planned: the token files changed since the run was planned; launch it again"
+            )
     return {
-        language: _validation_language(split, seq_length, micro_batch, samples, dp_rank, dp_size)
-        for language, split in corpus.splits.items()
+        language: _validation_language(corpus.splits[language], seq_length, micro_batch, wanted, dp_rank, dp_size)
+        for language, wanted in samples.items()
+        if wanted
     }
 
 
 def _validation_language(
     split: LanguageSplit, seq_length: int, micro_batch: int, samples: int, dp_rank: int, dp_size: int
 ) -> list[torch.Tensor]:
-    validation_samples(split, seq_length, samples)
     tokens = split.validation_tokens
     per_rank = samples // dp_size
     starts = range(dp_rank * per_rank * seq_length, (dp_rank + 1) * per_rank * seq_length, seq_length)

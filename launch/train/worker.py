@@ -101,12 +101,9 @@ def _record_no_space(reporter: Reporter, rank: int, error: checkpoint.NoSpace) -
 def _data(job: TrainJob, plan: RunPlan) -> DataShard:
     corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
     dp_rank = parallel_state.get_data_parallel_rank()
-    validation = {}
-    if job.train.eval_interval:
-        train, seq_length = job.train, job.model.seq_length
-        validation = validation_batches(
-            corpus, seq_length, train.micro_batch, train.eval_samples, dp_rank, plan.layout.dp
-        )
+    validation = validation_batches(
+        corpus, job.model.seq_length, job.train.micro_batch, plan.validation_samples, dp_rank, plan.layout.dp
+    )
     dataset = BlendedDataset(corpus, job.data, job.model.seq_length)
     return DataShard(dataset, dp_rank, plan.layout.dp, validation)
 

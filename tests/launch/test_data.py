@@ -14,7 +14,7 @@ import torch
 from conftest import MULTILINGUAL
 from launch.config.data import DataConfig
 from launch.data.blend import BLEND_PERIOD, BlendedDataset, BlendSchedule, LanguageSequences, Permutation
-from launch.data.corpus import TokenCorpus, validation_bytes_per_token
+from launch.data.corpus import TokenCorpus, validation_sample_bytes
 from launch.train.batches import micro_batches, validation_batches
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import MANIFEST_NAME, encode_corpus
@@ -233,7 +233,7 @@ def test_validation_documents_never_reach_training(tokens_dir: Path) -> None:
 
 def test_validation_batches_cut_the_held_out_tokens_and_split_them_over_ranks(tokens_dir: Path) -> None:
     corpus = TokenCorpus(tokens_dir, HELD_OUT)
-    whole = validation_batches(corpus, SEQ, micro_batch=2, samples=4)
+    whole = validation_batches(corpus, SEQ, micro_batch=2, samples=dict.fromkeys(CORPUS_LINES, 4))
     assert sorted(whole) == sorted(CORPUS_LINES)
     for language, batches in whole.items():
         tokens = corpus.splits[language].validation_tokens
@@ -241,10 +241,12 @@ def test_validation_batches_cut_the_held_out_tokens_and_split_them_over_ranks(to
         samples = torch.cat(batches)
         for j, sample in enumerate(samples):
             np.testing.assert_array_equal(sample.numpy(), tokens[j * SEQ : j * SEQ + SEQ + 1])
-        ranks = [validation_batches(corpus, SEQ, 1, 4, rank, 2)[language] for rank in range(2)]
+        ranks = [validation_batches(corpus, SEQ, 1, {language: 4}, rank, 2)[language] for rank in range(2)]
         assert [len(batches) for batches in ranks] == [2, 2]
         assert torch.equal(torch.cat(ranks[0] + ranks[1]), samples)
-    assert validation_batches(TokenCorpus(tokens_dir, 0), SEQ, 2, 4) == {}
+    # Each language's count is the plan's: fewer samples are the first ones, and a language planned 0 is left out.
+    fewer = validation_batches(corpus, SEQ, 2, {"eng_Latn": 2, "zho_Hans": 0})
+    assert list(fewer) == ["eng_Latn"] and torch.equal(fewer["eng_Latn"][0], whole["eng_Latn"][0])
 
 
 def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: Path, tmp_path: Path) -> None:
@@ -268,8 +270,12 @@ def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: P
     fails("zho_Hans: its training split holds", lambda: dataset(tokens_dir, seq_length=zho))
     assert "zho_Hans" not in dataset(tokens_dir, seq_length=zho, weights={"eng_Latn": 1}).sequences
     one_held_out = TokenCorpus(tokens_dir, 1)
-    fails("train.eval_interval=0 to skip", lambda: validation_batches(one_held_out, 4096, 1, 1))
-    fails("multiple of micro_batch=2 x dp_size=2", lambda: validation_batches(one_held_out, 8, 2, 6, 0, 2))
+    fails(
+        "not the 1 planned: the token files changed", lambda: validation_batches(one_held_out, 4096, 1, {"eng_Latn": 1})
+    )
+    fails(
+        "multiple of micro_batch=2 x dp_size=2", lambda: validation_batches(one_held_out, 8, 2, {"eng_Latn": 6}, 0, 2)
+    )
     fails("not a multiple of micro_batch", lambda: micro_batches(dataset(tokens_dir), 0, 12, 4, 0, 2))
     fails("dp_rank=2 in", lambda: micro_batches(dataset(tokens_dir), 0, 8, 2, 2, 2))
     fails("seq_length=0", lambda: dataset(tokens_dir, seq_length=0))
@@ -301,20 +307,24 @@ def test_a_language_in_many_shards_reads_as_one_stream(model: Path, tokens_dir: 
     one = dataset(tokens_dir, validation_documents=40, weights={"eng_Latn": 1.0})
     many = BlendedDataset(TokenCorpus(sharded, 40), cfg, SEQ)
     assert all(np.array_equal(many[i], one[i]) for i in range(300))
-    batches = validation_batches(TokenCorpus(sharded, 40), SEQ, 2, 4)["eng_Latn"]
-    expected = validation_batches(TokenCorpus(tokens_dir, 40), SEQ, 2, 4)["eng_Latn"]
+    batches = validation_batches(TokenCorpus(sharded, 40), SEQ, 2, {"eng_Latn": 4})["eng_Latn"]
+    expected = validation_batches(TokenCorpus(tokens_dir, 40), SEQ, 2, {"eng_Latn": 4})["eng_Latn"]
     assert all(torch.equal(got, want) for got, want in zip(batches, expected, strict=True))
 
 
-def test_validation_bytes_per_token_are_the_held_out_texts_bytes(model: Path, tokens_dir: Path) -> None:
+def test_validation_sample_bytes_are_the_held_out_texts_bytes(model: Path, tokens_dir: Path) -> None:
     """One sample as long as each language's held-out stream: its labels are every held-out token but the first, and
-    their bytes the held-out documents' UTF-8 bytes less the first token's (whose dummy prefix decode drops)."""
+    their bytes the held-out documents' UTF-8 bytes less the first token's (whose dummy prefix decode drops). Cut into
+    samples of SEQ tokens, the same labels: the samples' bytes add up to those of one sample over them all."""
     tokenizer = load_tokenizer(model)
     corpus = TokenCorpus(tokens_dir, HELD_OUT)
     for language, split in corpus.splits.items():
         tokens = np.asarray(split.validation_tokens)
-        ratio = validation_bytes_per_token(corpus, tokens.size - 1, 1, tokenizer)[language]
+        [whole] = validation_sample_bytes(split, tokens.size - 1, 1, tokenizer, corpus.eos_id)
         held_out = [line.rstrip("\n") for line in head(language, CORPUS_LINES[language])[-HELD_OUT:]]
         text_bytes = sum(len(document.encode()) for document in held_out)
         first = len(tokenizer.decode([int(tokens[0])]).encode())
-        assert ratio == pytest.approx((text_bytes - first) / (tokens.size - 1), rel=1e-12), language
+        assert whole == text_bytes - first, language
+        samples = (tokens.size - 1) // SEQ
+        [covering] = validation_sample_bytes(split, samples * SEQ, 1, tokenizer, corpus.eos_id)
+        assert sum(validation_sample_bytes(split, SEQ, samples, tokenizer, corpus.eos_id)) == covering, language

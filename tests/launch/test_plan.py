@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from launch.cli import main
+from launch.data.corpus import TokenCorpus
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -91,7 +92,7 @@ def test_plan_refuses_bad_cluster_descriptions(capsys, overrides: list[str], exp
 
 
 def dry_run(tokens: Path, run_dir: Path, *overrides: str) -> list[str]:
-    # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation.
+    # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation (below).
     small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
     return ["submit", "--dry-run", "experiment=bloom-176b", *small_data, f"run_dir={run_dir}", *overrides]
 
@@ -100,6 +101,44 @@ def test_submit_passes_bloom_176b_as_bloom_trained_it(tokens, capsys, tmp_path) 
     code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run"))
     assert code == 0, err
     assert "TP 4 x PP 12 x DP 8" in out and "#SBATCH --nodes=48" in out
+
+
+def test_languages_whose_held_out_documents_are_short_are_validated_on_what_they_hold(tokens, capsys, tmp_path) -> None:
+    """BLOOM's validation, 64 samples a language, on the test's token files (50 held-out documents a language): at 32
+    tokens a sample each language holds fewer, and is validated on as many as make whole micro-batches of its 8
+    replicas (2 x 8 = 16 samples at a time); at BLOOM's 2,048 none holds 16, and the run validates nothing. The job
+    passes either way and says so: validation measures the run, it does not decide whether it can train."""
+    code, out, err = run(
+        capsys,
+        "submit",
+        "--dry-run",
+        "experiment=bloom-176b",
+        f"data.tokens_dir={tokens}",
+        "model.seq_length=32",
+        f"run_dir={tmp_path / 'run'}",
+    )
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if "validation on fewer held-out samples" in line]
+    assert "than train.eval_samples=64 in" in line
+    counts = dict(re.findall(r"(\w+_\w+) (\d+)", line.split("): ")[-1]))
+    corpus = TokenCorpus(tokens, 50)
+    for language, split in corpus.splits.items():
+        held = (split.validation_tokens.size - 1) // 32
+        assert int(counts.get(language, 64)) == min(held, 64) // 16 * 16, language
+    code, out, err = run(
+        capsys,
+        "submit",
+        "--dry-run",
+        "experiment=bloom-176b",
+        f"data.tokens_dir={tokens}",
+        f"run_dir={tmp_path / 'run'}",
+    )
+    assert code == 0, err
+    assert (
+        "corolla: warning: no language's held-out documents hold train.micro_batch x dp = 16 validation samples "
+        "of seq_length + 1 = 2049 tokens, so the run validates nothing" in out
+    )
+    assert "#SBATCH --nodes=48" in out
 
 
 def test_submit_leaves_out_the_nodes_cluster_exclude_names(tokens, capsys, tmp_path) -> None:

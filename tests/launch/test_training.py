@@ -12,6 +12,7 @@ from run_copies import stopped_copy
 
 from conftest import SHARED_DATA, TRAINING_LANGUAGES, cut_corpus
 from launch.cli import main
+from launch.plan.run_plan import read_plans
 from launch.rundir.run_record import recorded_run
 
 # A few steps of a tiny BLOOM with a short sequence: enough for the optimizer and the LR schedule to act, and for
@@ -73,6 +74,8 @@ def test_validation_loss_per_language_is_logged_at_the_end(one_process: list[dic
     run_dir = one_process_run
     [validation] = records(run_dir, "validation.jsonl")  # train.eval_interval=10 > train.steps=4: at the end only
     assert validation["step"] == 4 and sorted(validation["loss"]) == TRAINING_LANGUAGES
+    [plan] = read_plans(run_dir)
+    assert plan.validation_samples == dict.fromkeys(TRAINING_LANGUAGES, 4)  # train/tiny.yaml's eval_samples
     assert all(abs(loss - one_process[-1]["loss"]) < 1.0 for loss in validation["loss"].values())
     tracked = asdict(recorded_run(run_dir))
     client = MlflowClient(tracked["tracking_uri"])
@@ -126,7 +129,7 @@ def test_batch_rampup_over_stages_and_replicas_gives_the_one_process_losses_and_
             "ramp-up batches (train.rampup.start=4, increment=2) are not all multiples of train.micro_batch x dp = 4",
         ),
         (["train.eval_samples=3"], "train.eval_samples=3 is not divisible by train.micro_batch x dp = 2"),
-        (["train.eval_samples=1000"], "fewer than train.eval_samples=1000"),
+        (["data.validation_documents=0"], "data.validation_documents=0 holds nothing out for validation"),
         (["model.vocab_size=5000"], "model.vocab_size=5000 but the tokenizer of"),
         (["model.num_layers=4", "parallel.pp=4"], "parallel.pp=4 leaves stage 3 with the output embedding alone"),
     ],
