@@ -16,7 +16,7 @@ from launch.plan.policy import configured_layout
 from launch.plan.run_plan import read_plans
 from launch.rundir.checkpoints import CheckpointError, complete_record, latest_tag
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHECKPOINTS, JOB_FILE, METRICS_FILE, PLAN_FILE, RUN_FILE, VALIDATION_FILE
+from launch.rundir.files import CHECKPOINTS, JOB_FILE, METRICS_FILE, PLAN_FILE, RUN_FILE, SET_ASIDE, VALIDATION_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
@@ -93,6 +93,9 @@ def describe_event(event: dict) -> str:
         layout = f", {event['layout']}" if "layout" in event else ""
         if "resharded_from" in event:
             layout += f" (resharded from {event['resharded_from']})"
+        aside = event.get("set_aside")
+        if isinstance(aside, list) and aside:
+            origin += f" ({plural(len(aside), 'newer checkpoint')} set aside in {CHECKPOINTS}/{SET_ASIDE})"
         return f"start     {where}{layout}, {origin}, {plural(event.get('steps_redone', 0), 'step')} redone"
     if kind == "stopped":
         return f"stopped   at step {event.get('step', '?')} ({event.get('signal', '?')})"

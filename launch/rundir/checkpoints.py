@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from launch.rundir.files import COMPLETE, LATEST, checkpoint_tag, is_checkpoint_tag
+from launch.rundir.files import COMPLETE, LATEST, SET_ASIDE, checkpoint_tag, is_checkpoint_tag
 from tokenizer.files import write_atomically
 
 
@@ -107,6 +107,27 @@ def newest_intact(directory: Path, log: Callable[[str], None] = print, below: st
             errors.append(error)
             log(f"corolla: passing over {directory / tag}: {error}")
     raise errors[0]
+
+
+def set_aside_newer(directory: Path, step: int) -> list[str]:
+    """Moves every complete checkpoint newer than `step`, the one a start resumes from (0: none), into SET_ASIDE,
+    where the steps trained again cannot overwrite them, and points `latest` at `step`'s; their paths there. A
+    checkpoint passed over as damaged may only have been unreadable for a while, and one `latest` was pointed back past
+    is someone's to delete."""
+    newer = [tag for tag in complete_tags(directory)[0] if tag > checkpoint_tag(step)]
+    moved = []
+    for tag in newer:
+        target = directory / SET_ASIDE / tag
+        copies = 1
+        while target.exists():
+            copies += 1
+            target = directory / SET_ASIDE / f"{tag}.{copies}"
+        target.parent.mkdir(exist_ok=True)
+        (directory / tag).rename(target)
+        moved.append(str(target))
+    if step and latest_tag(directory) != checkpoint_tag(step):
+        point_latest(directory, checkpoint_tag(step))
+    return moved
 
 
 def latest_step(directory: Path) -> int | None:

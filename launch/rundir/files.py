@@ -18,6 +18,9 @@ MLFLOW_DB = "mlflow.db"  # the embedded MLflow store, when there is no tracking 
 MLFLOW_ARTIFACTS = "mlartifacts"  # ... and its artifacts
 CHECKPOINTS = "checkpoints"  # step-XXXXXXXX/ directories
 LATEST = "latest"  # in CHECKPOINTS: the tag of the newest complete checkpoint
+# In CHECKPOINTS: complete checkpoints newer than the one a start resumed from (damaged, or `latest` was pointed back
+# past them), moved here rather than overwritten when their steps are trained again.
+SET_ASIDE = "set-aside"
 JOBS_FILE = "slurm-jobs.json"  # the Slurm job ids submitted for the run
 SUBMITIT_DIR = "slurm"  # submitit's folder: sbatch scripts, per-rank logs
 

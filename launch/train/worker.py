@@ -23,7 +23,7 @@ from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus
 from launch.plan.layout import ParallelLayout
 from launch.plan.run_plan import RunPlan, read_plan
-from launch.rundir.checkpoints import CheckpointError
+from launch.rundir.checkpoints import CheckpointError, set_aside_newer
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, STOP_FILE, checkpoint_tag
 from launch.rundir.history import RunHistory
 from launch.train import checkpoint, compat
@@ -56,10 +56,14 @@ def _record_start(
     resumed_from: int,
     layout: ParallelLayout,
     saved_layout: ParallelLayout,
+    set_aside: list[str],
 ) -> None:
-    """History and MLflow: where this start runs, what it resumed, its layout and the one it was resharded from."""
+    """History and MLflow: where this start runs, what it resumed (and the newer checkpoints it set aside), its
+    layout and the one it was resharded from."""
     history = RunHistory(reporter.run_dir)
-    change = {"layout": layout.name}
+    change: dict[str, object] = {"layout": layout.name}
+    if set_aside:
+        change["set_aside"] = set_aside
     if saved_layout != layout:
         change["resharded_from"] = saved_layout.name
         print(f"resharded the step-{resumed_from} checkpoint from {saved_layout.name} to {layout.name}", flush=True)
@@ -186,9 +190,13 @@ def main(
     reporter = Reporter(run_dir, rank, job.train.steps, first_step, plan.validation_bytes_per_token)
     try:
         if rank == 0:
+            set_aside = set_aside_newer(directory, first_step)
+            for path in set_aside:
+                print(f"corolla: set {path} aside: the steps after {first_step} are trained again", flush=True)
             if first_step:
                 print(f"resumed from {directory / checkpoint_tag(first_step)}", flush=True)
-            _record_start(reporter, origin or {"host": socket.gethostname()}, first_step, layout, saved_layout)
+            where = origin or {"host": socket.gethostname()}
+            _record_start(reporter, where, first_step, layout, saved_layout, set_aside)
 
         def save(step: int) -> None:
             checkpoint.save(engine, directory, step, job.train.keep_checkpoints, layout, faults.before_commit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from run_copies import stopped_copy
 from test_training import SHORT_RUN
 
 from launch.cli import main
-from launch.rundir.checkpoints import newest_intact
+from launch.rundir.checkpoints import newest_intact, set_aside_newer
 from launch.rundir.files import COMPLETE, LATEST, RUN_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.records import read_jsonl
@@ -135,7 +136,9 @@ def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_ver
     capfd, tokens: Path, uninterrupted_run: Path, uninterrupted, tmp_path: Path
 ) -> None:
     run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 4)  # checkpoints at steps 2 and 4
-    flip_bytes(next((run_dir / "checkpoints" / "step-00000004").glob("model-*.pt")))
+    damaged = next((run_dir / "checkpoints" / "step-00000004").glob("model-*.pt"))
+    flip_bytes(damaged)
+    damaged_bytes = damaged.read_bytes()
     capfd.readouterr()
     assert main(["checkpoint", "verify", str(run_dir)]) == 2
     out, err = capfd.readouterr()
@@ -150,6 +153,27 @@ def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_ver
     assert events[-2]["resumed_from_step"] == 2  # the last start: resumed from the checkpoint that verified
     assert losses(run_dir) == uninterrupted  # steps 3-6 trained again from step 2's state
     assert main(["checkpoint", "verify", str(run_dir)]) == 0
+    # The damaged checkpoint was set aside before step 4 was saved again, not overwritten: its bytes are all there.
+    aside = run_dir / "checkpoints" / "set-aside" / "step-00000004"
+    assert events[-2]["set_aside"] == [str(aside)]
+    assert (aside / damaged.name).read_bytes() == damaged_bytes and (aside / COMPLETE).is_file()
+    assert (run_dir / "checkpoints" / "step-00000004" / damaged.name).read_bytes() != damaged_bytes
+    capfd.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    assert "resumed from step 2 (1 newer checkpoint set aside in checkpoints/set-aside)" in capfd.readouterr().out
+
+
+def test_checkpoints_newer_than_the_one_resumed_from_are_set_aside_never_overwritten(uninterrupted_run, tmp_path):
+    checkpoints = stopped_copy(uninterrupted_run, tmp_path / "run", 6) / "checkpoints"  # steps 2, 4 and 6
+    (checkpoints / LATEST).write_text("step-00000002\n")  # pointed back past 4 and 6, as a roll-back does
+    aside = checkpoints / "set-aside"
+    assert set_aside_newer(checkpoints, 2) == [str(aside / "step-00000004"), str(aside / "step-00000006")]
+    assert newest_intact(checkpoints) == 2 and not (checkpoints / "step-00000004").exists()
+    shutil.copytree(aside / "step-00000004", checkpoints / "step-00000004")  # saved again, then damaged again
+    (checkpoints / LATEST).write_text("step-00000004\n")
+    assert set_aside_newer(checkpoints, 2) == [str(aside / "step-00000004.2")]  # beside the first, not over it
+    assert (checkpoints / LATEST).read_text() == "step-00000002\n"
+    assert sorted(path.name for path in aside.iterdir()) == ["step-00000004", "step-00000004.2", "step-00000006"]
 
 
 @pytest.mark.parametrize("latest", ["hello world", "", ".."])
