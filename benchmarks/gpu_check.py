@@ -324,6 +324,7 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
     seconds = timed(step, scale.warmup_steps, scale.timed_steps, device)
     peak = peak_memory_gib(device, held_before)
     profiled = {"profile": kernel_profile(step, device)} if setting.profiled else {}
+    adamw = "fused" if compat.adam_optimizer(engine).defaults["fused"] else "foreach"  # the calibration table's column
     engine.destroy()
     model = replace(shape, vocab_size=plan.vocab_size)
     tflops = model_flops_per_step(model, job.train.global_batch) / seconds / 1e12
@@ -334,6 +335,7 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
     return {
         **{key: value.value if isinstance(value, Attention) else value for key, value in asdict(setting).items()},
         "global_batch": job.train.global_batch,
+        "adamw": adamw,
         "tokens_per_second": round(job.train.global_batch * shape.seq_length / seconds, 1),
         "model_tflops": round(tflops, 1),
         "mfu": round(tflops / info["peak_bf16_tflops"], 3) if info["peak_bf16_tflops"] else None,

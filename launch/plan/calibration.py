@@ -133,7 +133,8 @@ def measured_runs() -> list[PublishedRun]:
         candidate = Candidate(ParallelLayout(), row["micro_batch"], batch, checkpointing, 1, train.precision)
         flops = hardware_flops_per_step(model, batch, 1, checkpointing)
         name = f"{row['model']} {row['attention']} mb{row['micro_batch']}{' ckpt' if checkpointing else ''}"
-        implementation = corolla_on_gpus(model)
+        # Rows measured before corolla's AdamW was fused say so: torch's foreach one made an fp32 temporary.
+        implementation = replace(corolla_on_gpus(model), foreach_adamw=row["adamw"] == "foreach")
         tflops = flops / row["step_s"] / 1e12
         runs.append(
             PublishedRun(

@@ -74,7 +74,7 @@ class Implementation:
     low_precision_grads: bool  # in bf16, gradients accumulate in bf16 before the fp32 copy (DeepSpeed's optimizer)
     gathers_weights: bool  # ZeRO-1 all-gathers the updated weights over data-parallel ranks after the step
     flat_gradient_copy: bool  # the data-parallel reduction flattens the gradients into a bucket first
-    foreach_adamw: bool  # AdamW's update makes an fp32 temporary of its parameters (torch's foreach, on GPUs)
+    foreach_adamw: bool  # AdamW's update makes an fp32 temporary of its parameters (torch's foreach, not fused)
     framework_gib: float  # CUDA context and NCCL buffers
     fragmentation: float  # the allocator's fragmentation, a share of the tensors
     attention_cost: float = 1.0  # time of its attention kernels, as a multiple of flex attention's (step_time.py)
@@ -82,7 +82,7 @@ class Implementation:
 
 # corolla on GPUs: flex attention (model/attention.py) keeps Q, K, V (views of the QKV output) and its output (copied
 # again for the output projection), neither the scores nor an ALiBi bias; the compiled bias + GeLU keeps its input,
-# and the MLP's second layer the GeLU's output, as the eager pair did.
+# and the MLP's second layer the GeLU's output, as the eager pair did. Its fused AdamW updates in place.
 COROLLA_GPU = Implementation(
     "corolla",
     embedding_is_a_block=True,
@@ -93,7 +93,7 @@ COROLLA_GPU = Implementation(
     low_precision_grads=True,
     gathers_weights=True,
     flat_gradient_copy=True,
-    foreach_adamw=True,
+    foreach_adamw=False,
     framework_gib=2.0,
     fragmentation=0.10,
 )
@@ -110,7 +110,7 @@ def corolla_on_gpus(model: ModelConfig) -> Implementation:
     return COROLLA_GPU if flex else COROLLA_GPU_SDPA
 
 
-# corolla on CPU: the math kernel copies Q, K, V and keeps the softmax [b, heads, s, s]; no CUDA, no foreach AdamW.
+# corolla on CPU: the math kernel copies Q, K, V and keeps the softmax [b, heads, s, s]; no CUDA.
 COROLLA_CPU = Implementation(
     "corolla-cpu",
     embedding_is_a_block=True,

@@ -104,13 +104,12 @@ def link_moments(engine, steps: int, moments: tuple[str, ...]) -> None:
     """Points each parameter's fp32 fragment at its slice of Adam's moments, creating them (zeros) where Adam has
     not yet: before the first step after a restore. DeepSpeed links them once, after its first parameter group's
     step, when the second group has no state yet, so the second group's parameters are never linked (0.19.8)."""
-    import torch
     from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
 
     state = adam_optimizer(engine).state
     for group, flat in master_groups(engine):
         if not state.get(flat):
-            state[flat] = {"step": torch.tensor(float(steps)), **{key: torch.zeros_like(flat) for key in moments}}
+            state[flat] = {"step": adam_step(steps, flat), **{key: flat.new_zeros(flat.shape) for key in moments}}
         lazy_init_hp_params_optimizer_state(group, flat, state)
 
 
@@ -134,6 +133,14 @@ def install_rng_tracker(tracker) -> None:
 
 
 # torch 2.11-2.13
+
+
+def adam_step(steps: int, parameter):
+    """Adam's count of steps as torch's AdamW keeps it in a parameter's state: a float32 scalar tensor, which the
+    fused kernels read on the parameter's device (the others take it on either)."""
+    import torch
+
+    return torch.tensor(float(steps), dtype=torch.float32, device=parameter.device)
 
 
 def set_lr_schedule_step(scheduler, steps: int) -> None:

@@ -43,7 +43,7 @@ class GuardedAdamW(torch.optim.AdamW):
     gradients to a global norm: there DeepSpeed's own clipping counts only the first pipeline stage's untied
     parameters. Elsewhere DeepSpeed clips, and this is its inner optimizer, over the flat fp32 partitions."""
 
-    def __init__(self, param_groups: list[dict], max_norm: float | None = None, **adamw: float) -> None:
+    def __init__(self, param_groups: list[dict], max_norm: float | None = None, **adamw: object) -> None:
         super().__init__(param_groups, **adamw)
         self.max_norm = max_norm
         self.nonfinite_ranks: list[int] = []
@@ -80,12 +80,12 @@ def _clips_itself(train: TrainConfig, zero_stage: int) -> bool:
 
 
 def _optimizer(module: torch.nn.Module, train: TrainConfig, zero_stage: int) -> torch.optim.AdamW:
-    """AdamW, guarded; biases and LayerNorm weights (1-D) are not decayed. A torch optimizer: DeepSpeed's own would
-    JIT-build a fused CPU kernel first."""
+    """AdamW, guarded, fused (one kernel over each tensor, on GPU and CPU alike); biases and LayerNorm weights (1-D)
+    are not decayed. A torch optimizer: DeepSpeed's own would JIT-build a fused CPU kernel first."""
     decayed = [p for p in module.parameters() if p.ndim >= 2]
     plain = [p for p in module.parameters() if p.ndim < 2]
     groups = [{"params": decayed, "weight_decay": train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    adamw = {"lr": train.lr, "betas": (train.beta1, train.beta2), "eps": train.eps}
+    adamw = {"lr": train.lr, "betas": (train.beta1, train.beta2), "eps": train.eps, "fused": True}
     return GuardedAdamW(groups, train.grad_clip if _clips_itself(train, zero_stage) else None, **adamw)
 
 

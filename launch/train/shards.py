@@ -174,7 +174,7 @@ def restore(engine, reader: ShardReader, steps: int) -> None:
                 safe_set_full_optimizer_state(parameter, values[key], key)
         else:
             moments = {key: values[key].to(parameter.device).clone() for key in MOMENTS}
-            engine.optimizer.state[parameter] = {"step": torch.tensor(float(steps)), **moments}
+            engine.optimizer.state[parameter] = {"step": compat.adam_step(steps, parameter), **moments}
 
 
 @dataclass(frozen=True)
