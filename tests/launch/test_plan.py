@@ -108,15 +108,8 @@ def test_languages_whose_held_out_documents_are_short_are_validated_on_what_they
     tokens a sample each language holds fewer, and is validated on as many as make whole micro-batches of its 8
     replicas (2 x 8 = 16 samples at a time); at BLOOM's 2,048 none holds 16, and the run validates nothing. The job
     passes either way and says so: validation measures the run, it does not decide whether it can train."""
-    code, out, err = run(
-        capsys,
-        "submit",
-        "--dry-run",
-        "experiment=bloom-176b",
-        f"data.tokens_dir={tokens}",
-        "model.seq_length=32",
-        f"run_dir={tmp_path / 'run'}",
-    )
+    bloom = ["submit", "--dry-run", "experiment=bloom-176b", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}"]
+    code, out, err = run(capsys, *bloom, "model.seq_length=32")
     assert code == 0, err
     [line] = [line for line in out.splitlines() if "validation on fewer held-out samples" in line]
     assert "than train.eval_samples=64 in" in line
@@ -125,14 +118,7 @@ def test_languages_whose_held_out_documents_are_short_are_validated_on_what_they
     for language, split in corpus.splits.items():
         held = (split.validation_tokens.size - 1) // 32
         assert int(counts.get(language, 64)) == min(held, 64) // 16 * 16, language
-    code, out, err = run(
-        capsys,
-        "submit",
-        "--dry-run",
-        "experiment=bloom-176b",
-        f"data.tokens_dir={tokens}",
-        f"run_dir={tmp_path / 'run'}",
-    )
+    code, out, err = run(capsys, *bloom)
     assert code == 0, err
     assert (
         "corolla: warning: no language's held-out documents hold train.micro_batch x dp = 16 validation samples "
