@@ -170,15 +170,19 @@ def validation_samples(split: LanguageSplit, seq_length: int) -> int:
 
 
 def validation_sample_bytes(
-    split: LanguageSplit, seq_length: int, samples: int, tokenizer: TextTokenizer, eos_id: int
-) -> list[int]:
-    """Bytes of text each of a language's first `samples` validation samples predicts: what turns a validation loss
-    into bits per byte, a figure that does not depend on the tokenizer. Sample i's labels are the held-out tokens
-    [i x seq_length + 1, (i + 1) x seq_length]; their bytes are their ids' (token_bytes), less the space a tokenizer
-    with a prefix space put before each document."""
-    tokens = np.asarray(split.validation_tokens[: samples * seq_length + 1])
-    labels, before = tokens[1:].reshape(samples, seq_length), tokens[:-1].reshape(samples, seq_length)
-    label_bytes = tokenizer.token_bytes()[labels].sum(axis=1)
-    if tokenizer.prefix_space:
-        label_bytes -= np.count_nonzero(before == eos_id, axis=1)
-    return [int(count) for count in label_bytes]
+    corpus: TokenCorpus, seq_length: int, samples: dict[str, int], tokenizer: TextTokenizer
+) -> dict[str, list[int]]:
+    """Bytes of text each of a language's first `samples[language]` validation samples predicts: what turns a
+    validation loss into bits per byte, a figure that does not depend on the tokenizer. Sample i's labels are the
+    held-out tokens [i x seq_length + 1, (i + 1) x seq_length]; their bytes are their ids' (token_bytes), less the
+    space a tokenizer with a prefix space put before each document."""
+    table = tokenizer.token_bytes()
+    sample_bytes = {}
+    for language, count in samples.items():
+        tokens = np.asarray(corpus.splits[language].validation_tokens[: count * seq_length + 1])
+        labels, before = tokens[1:].reshape(count, seq_length), tokens[:-1].reshape(count, seq_length)
+        label_bytes = table[labels].sum(axis=1)
+        if tokenizer.prefix_space:
+            label_bytes -= np.count_nonzero(before == corpus.eos_id, axis=1)
+        sample_bytes[language] = [int(size) for size in label_bytes]
+    return sample_bytes

@@ -122,8 +122,5 @@ def _with_validation(facts: DataFacts, corpus: TokenCorpus, job: TrainJob) -> Da
     except ValueError as error:
         print(f"corolla: validation without bits per byte ({error})")
         return replace(facts, validation_samples=samples)
-    sample_bytes = {
-        language: validation_sample_bytes(split, seq_length, samples[language], tokenizer, corpus.eos_id)
-        for language, split in corpus.splits.items()
-    }
+    sample_bytes = validation_sample_bytes(corpus, seq_length, samples, tokenizer)
     return replace(facts, validation_samples=samples, validation_sample_bytes=sample_bytes)

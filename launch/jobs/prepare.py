@@ -57,7 +57,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     if start:
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
-    if shortfall := validation_shortfall(plans[0], job):
+    if shortfall := validation_shortfall(plans, job):
         print(shortfall)
     if dry_run:
         return PreparedRun(job, plans, run_dir, None)

@@ -47,7 +47,7 @@ MEGATRON_LM_2021 = replace(
     low_precision_grads=False,
     gathers_weights=False,
     flat_gradient_copy=False,
-    foreach_adamw=False,
+    step_temporary=0,
 )
 
 
@@ -134,7 +134,7 @@ def measured_runs() -> list[PublishedRun]:
         flops = hardware_flops_per_step(model, batch, 1, checkpointing)
         name = f"{row['model']} {row['attention']} mb{row['micro_batch']}{' ckpt' if checkpointing else ''}"
         # Rows measured before corolla's AdamW was fused say so: torch's foreach one made an fp32 temporary.
-        implementation = replace(corolla_on_gpus(model), foreach_adamw=row["adamw"] == "foreach")
+        implementation = replace(corolla_on_gpus(model), step_temporary=4 if row["adamw"] == "foreach" else 1)
         tflops = flops / row["step_s"] / 1e12
         runs.append(
             PublishedRun(

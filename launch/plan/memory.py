@@ -74,7 +74,9 @@ class Implementation:
     low_precision_grads: bool  # in bf16, gradients accumulate in bf16 before the fp32 copy (DeepSpeed's optimizer)
     gathers_weights: bool  # ZeRO-1 all-gathers the updated weights over data-parallel ranks after the step
     flat_gradient_copy: bool  # the data-parallel reduction flattens the gradients into a bucket first
-    foreach_adamw: bool  # AdamW's update makes an fp32 temporary of its parameters (torch's foreach, not fused)
+    # Bytes a parameter the optimizer step allocates beside its state: corolla's finiteness check a bool (1), and
+    # torch's foreach AdamW, which corolla used before its fused one, an fp32 copy (4, the larger of the two).
+    step_temporary: float
     framework_gib: float  # CUDA context and NCCL buffers
     fragmentation: float  # the allocator's fragmentation, a share of the tensors
     attention_cost: float = 1.0  # time of its attention kernels, as a multiple of flex attention's (step_time.py)
@@ -93,7 +95,7 @@ COROLLA_GPU = Implementation(
     low_precision_grads=True,
     gathers_weights=True,
     flat_gradient_copy=True,
-    foreach_adamw=False,
+    step_temporary=1,
     framework_gib=2.0,
     fragmentation=0.10,
 )
@@ -121,7 +123,7 @@ COROLLA_CPU = Implementation(
     low_precision_grads=True,
     gathers_weights=True,
     flat_gradient_copy=True,
-    foreach_adamw=False,
+    step_temporary=1,
     framework_gib=0.0,
     fragmentation=0.0,
 )
@@ -227,7 +229,7 @@ def _parameter_state(
 def _step_transient(candidate: Candidate, parameters: int, implementation: Implementation) -> float:
     bucket = 4 * min(parameters, REDUCE_BUCKET) if implementation.flat_gradient_copy else 0
     shards = candidate.layout.dp if candidate.effective_zero_stage else 1
-    return bucket + (4 * parameters / shards if implementation.foreach_adamw else 0)
+    return bucket + implementation.step_temporary * parameters / shards
 
 
 def stage_memory(

@@ -11,6 +11,7 @@ was submitted.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,8 +42,10 @@ class RunPlan:
     padded_vocab_size: int  # the embedding's rows under this TP
     memory_gib: float | None  # the planner's estimate a GPU, on a cluster that gives its GPUs' figures
     # Per language, how many held-out samples each validation uses: train.eval_samples, or what the language holds
-    # cut to whole micro-batches of every data-parallel rank (0: not validated). Empty: train.eval_interval=0.
-    validation_samples: dict[str, int] = field(default_factory=dict)
+    # cut to whole micro-batches of every data-parallel rank of every world size the run may get, so that each
+    # validates the same samples (0: not validated). Empty: train.eval_interval=0. Required: a plan.json of an older
+    # corolla, without it, is planned anew rather than read as one that validates nothing.
+    validation_samples: dict[str, int]
     # Bytes of text per predicted token of those samples (DataFacts): for bits per byte.
     validation_bytes_per_token: dict[str, float] = field(default_factory=dict)
     # init_from's embedding grows from this vocabulary to this run's (DataFacts); 0: it does not grow.
@@ -69,13 +72,15 @@ def _layout(job: TrainJob, world_size: int) -> ParallelLayout:
     return layout
 
 
-def make_plan(job: TrainJob, world_size: int, data: DataFacts) -> RunPlan:
-    """The plan of a start on `world_size` ranks; a one-line ValueError when the job cannot train so."""
+def make_plan(job: TrainJob, world_size: int, data: DataFacts, validation_batch: int = 0) -> RunPlan:
+    """The plan of a start on `world_size` ranks; a one-line ValueError when the job cannot train so. Each language's
+    validation samples are cut to a multiple of `validation_batch` (make_plans: one for every world size), or of
+    this layout's micro_batch x dp."""
     layout = _layout(job, world_size)
     model = replace(job.model, vocab_size=data.vocab_size)
     train = job.train
     cut = stage_cut(model, layout.pp)
-    samples, bytes_per_token = _validation(job, layout, data)
+    samples, bytes_per_token = _validation(job, validation_batch or train.micro_batch * layout.dp, data)
     return RunPlan(
         world_size=world_size,
         layout=layout,
@@ -92,11 +97,10 @@ def make_plan(job: TrainJob, world_size: int, data: DataFacts) -> RunPlan:
     )
 
 
-def _validation(job: TrainJob, layout: ParallelLayout, data: DataFacts) -> tuple[dict[str, int], dict[str, float]]:
-    """Every language's held-out samples cut to whole micro-batches of every data-parallel rank, and their bytes of
-    text per predicted token."""
-    per_step = job.train.micro_batch * layout.dp
-    samples = {language: held // per_step * per_step for language, held in data.validation_samples.items()}
+def _validation(job: TrainJob, batch: int, data: DataFacts) -> tuple[dict[str, int], dict[str, float]]:
+    """Every language's held-out samples cut to a multiple of `batch`, and their bytes of text per predicted
+    token."""
+    samples = {language: held // batch * batch for language, held in data.validation_samples.items()}
     seq_length = job.model.seq_length
     bytes_per_token = {
         language: sum(data.validation_sample_bytes[language][:count]) / (count * seq_length)
@@ -106,20 +110,25 @@ def _validation(job: TrainJob, layout: ParallelLayout, data: DataFacts) -> tuple
     return samples, bytes_per_token
 
 
-def validation_shortfall(plan: RunPlan, job: TrainJob) -> str | None:
-    """A line naming the languages validated on fewer than train.eval_samples samples, if any: validation is a
-    measurement, so a language whose held-out documents are too short is measured on what they hold, or not at all,
-    rather than refusing the run."""
-    eval_samples = job.train.eval_samples
-    short = {language: count for language, count in plan.validation_samples.items() if count < eval_samples}
+def _validation_batch(job: TrainJob, layouts: list[ParallelLayout]) -> int:
+    """The fewest validation samples that make whole micro-batches of every data-parallel rank of every layout."""
+    return math.lcm(*(job.train.micro_batch * layout.dp for layout in layouts))
+
+
+def validation_shortfall(plans: list[RunPlan], job: TrainJob) -> str | None:
+    """A line naming the languages validated on fewer than train.eval_samples samples, if any (every plan validates
+    the same): validation is a measurement, so a language whose held-out documents are too short is measured on
+    what they hold, or not at all, rather than refusing the run."""
+    eval_samples, counts = job.train.eval_samples, plans[0].validation_samples
+    short = {language: count for language, count in counts.items() if count < eval_samples}
     if not short:
         return None
-    if not any(plan.validation_samples.values()):
+    if not any(counts.values()):
+        batch = _validation_batch(job, [plan.layout for plan in plans])
         return (
-            f"corolla: warning: no language's held-out documents hold train.micro_batch x dp = "
-            f"{job.train.micro_batch * plan.layout.dp} validation samples of seq_length + 1 = "
-            f"{job.model.seq_length + 1} tokens, so the run validates nothing: raise data.validation_documents, or "
-            "set train.eval_interval=0"
+            f"corolla: warning: no language's held-out documents hold {batch} validation samples of seq_length + 1 = "
+            f"{job.model.seq_length + 1} tokens (whole micro-batches of every data-parallel rank), so the run "
+            "validates nothing: raise data.validation_documents, or set train.eval_interval=0"
         )
     counts = ", ".join(f"{language} {count}" for language, count in short.items())
     return (
@@ -151,7 +160,8 @@ def check_layouts(job: TrainJob) -> None:
 
 def make_plans(job: TrainJob, data: DataFacts) -> list[RunPlan]:
     """A plan for every world size the job may get, the configured node count's first."""
-    return _for_each_world_size(job, lambda world_size: make_plan(job, world_size, data))
+    validation_batch = _validation_batch(job, _for_each_world_size(job, lambda world_size: _layout(job, world_size)))
+    return _for_each_world_size(job, lambda world_size: make_plan(job, world_size, data, validation_batch))
 
 
 def write_plans(run_dir: Path, plans: list[RunPlan]) -> None:

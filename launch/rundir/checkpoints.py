@@ -110,10 +110,12 @@ def newest_intact(directory: Path, log: Callable[[str], None] = print, below: st
 
 
 def set_aside_newer(directory: Path, step: int) -> list[str]:
-    """Moves every complete checkpoint newer than `step`, the one a start resumes from (0: none), into SET_ASIDE,
-    where the steps trained again cannot overwrite them, and points `latest` at `step`'s; their paths there. A
+    """Points `latest` at `step`'s checkpoint, the one a start resumes from (0: none), and moves every complete one
+    newer than it into SET_ASIDE, where the steps trained again cannot overwrite them; their paths there. A
     checkpoint passed over as damaged may only have been unreadable for a while, and one `latest` was pointed back past
     is someone's to delete."""
+    if step and latest_tag(directory) != checkpoint_tag(step):  # first: `latest` never names a moved checkpoint
+        point_latest(directory, checkpoint_tag(step))
     newer = [tag for tag in complete_tags(directory)[0] if tag > checkpoint_tag(step)]
     moved = []
     for tag in newer:
@@ -125,8 +127,6 @@ def set_aside_newer(directory: Path, step: int) -> list[str]:
         target.parent.mkdir(exist_ok=True)
         (directory / tag).rename(target)
         moved.append(str(target))
-    if step and latest_tag(directory) != checkpoint_tag(step):
-        point_latest(directory, checkpoint_tag(step))
     return moved
 
 

@@ -320,11 +320,11 @@ def test_validation_sample_bytes_are_the_held_out_texts_bytes(model: Path, token
     corpus = TokenCorpus(tokens_dir, HELD_OUT)
     for language, split in corpus.splits.items():
         tokens = np.asarray(split.validation_tokens)
-        [whole] = validation_sample_bytes(split, tokens.size - 1, 1, tokenizer, corpus.eos_id)
+        [whole] = validation_sample_bytes(corpus, tokens.size - 1, {language: 1}, tokenizer)[language]
         held_out = [line.rstrip("\n") for line in head(language, CORPUS_LINES[language])[-HELD_OUT:]]
         text_bytes = sum(len(document.encode()) for document in held_out)
         first = len(tokenizer.decode([int(tokens[0])]).encode())
         assert whole == text_bytes - first, language
         samples = (tokens.size - 1) // SEQ
-        [covering] = validation_sample_bytes(split, samples * SEQ, 1, tokenizer, corpus.eos_id)
-        assert sum(validation_sample_bytes(split, SEQ, samples, tokenizer, corpus.eos_id)) == covering, language
+        [covering] = validation_sample_bytes(corpus, samples * SEQ, {language: 1}, tokenizer)[language]
+        assert sum(validation_sample_bytes(corpus, SEQ, {language: samples}, tokenizer)[language]) == covering

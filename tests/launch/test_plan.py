@@ -121,8 +121,8 @@ def test_languages_whose_held_out_documents_are_short_are_validated_on_what_they
     code, out, err = run(capsys, *bloom)
     assert code == 0, err
     assert (
-        "corolla: warning: no language's held-out documents hold train.micro_batch x dp = 16 validation samples "
-        "of seq_length + 1 = 2049 tokens, so the run validates nothing" in out
+        "corolla: warning: no language's held-out documents hold 16 validation samples of seq_length + 1 = 2049 "
+        "tokens (whole micro-batches of every data-parallel rank), so the run validates nothing" in out
     )
     assert "#SBATCH --nodes=48" in out
 

@@ -66,6 +66,23 @@ def test_an_elastic_job_is_planned_for_every_node_count_it_may_get() -> None:
         make_plans(odd, DATA)
 
 
+def test_every_node_count_of_an_elastic_job_validates_the_same_samples() -> None:
+    """Whole micro-batches of every DP rank at DP 2 and at DP 1 (2 x 2 and 2 x 1 samples): multiples of 4 in both
+    plans, not of 2 in the smaller one; bits per byte over exactly the samples kept."""
+    cluster = ClusterConfig(name="c", scheduler=Scheduler.slurm, nodes=2, min_nodes=1, tasks_per_node=4)
+    train = TrainConfig(global_batch=8, micro_batch=2, eval_interval=10, eval_samples=8)
+    job = train_job(TINY, parallel=ParallelConfig(tp=2, pp=2, elastic=True), cluster=cluster, train=train)
+    held = {"full": 8, "short": 6, "shorter": 3}
+    sample_bytes = {"full": [64] * 8, "short": [1, 2, 3, 4, 5, 6], "shorter": [9, 9, 9]}
+    facts = DataFacts(2000, "tokens", validation_samples=held, validation_sample_bytes=sample_bytes)
+    plans = make_plans(job, facts)
+    assert [plan.layout.dp for plan in plans] == [2, 1]
+    for plan in plans:
+        assert plan.validation_samples == {"full": 8, "short": 4, "shorter": 0}
+        assert plan.validation_bytes_per_token == {"full": 64 / 32, "short": 10 / (4 * 32)}
+    assert make_plan(job, 4, facts).validation_samples["short"] == 6  # planned alone, at DP 1 only
+
+
 def test_on_a_gpu_cluster_the_plan_says_what_a_gpu_needs_and_refuses_what_does_not_fit() -> None:
     job = compose_job("train", ["experiment=bloom-176b"])[1]
     [plan] = make_plans(job, DataFacts(vocab_size=250680, tokens_dir=None))
@@ -85,6 +102,10 @@ def test_the_plan_is_written_once_and_read_back_by_world_size(tmp_path: Path) ->
         read_plan(tmp_path, 2)
     (tmp_path / "plan.json").write_text("{")
     with pytest.raises(ValueError, match=r"plan.json cannot be read .*launch the run again"):
+        read_plan(tmp_path, 8)
+    older = [{key: value for key, value in plan.record().items() if key != "validation_samples"} for plan in plans]
+    (tmp_path / "plan.json").write_text(json.dumps({"plans": older}))  # an older corolla's: planned anew, not read
+    with pytest.raises(ValueError, match=r"plan.json cannot be read .*validation_samples.*launch the run again"):
         read_plan(tmp_path, 8)
 
 
