@@ -44,7 +44,7 @@ class RunPlan:
     # Per language, how many held-out samples each validation uses: train.eval_samples, or what the language holds
     # cut to whole micro-batches of every data-parallel rank of every world size the run may get, so that each
     # validates the same samples (0: not validated). Empty: train.eval_interval=0. Required: a plan.json of an older
-    # corolla, without it, is planned anew rather than read as one that validates nothing.
+    # corolla, without it, is refused (launch again, which plans anew) rather than read as one that validates nothing.
     validation_samples: dict[str, int]
     # Bytes of text per predicted token of those samples (DataFacts): for bits per byte.
     validation_bytes_per_token: dict[str, float] = field(default_factory=dict)
