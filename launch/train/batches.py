@@ -55,11 +55,13 @@ def validation_batches(
     number of full micro-batches of a language, so the mean over micro-batches and ranks is the mean over its samples,
     whatever the layout.
     """
+    if micro_batch < 1 or not 0 <= dp_rank < dp_size:
+        raise ValueError(f"micro_batch={micro_batch} must be 1 or more and dp_rank={dp_rank} in [0, {dp_size})")
     for language, wanted in samples.items():
-        if micro_batch < 1 or not 0 <= dp_rank < dp_size or wanted % (micro_batch * dp_size):
+        if wanted % (micro_batch * dp_size):
             raise ValueError(
                 f"{language}: validation samples={wanted} must be a multiple of micro_batch={micro_batch} x "
-                f"dp_size={dp_size}, with dp_rank={dp_rank} in [0, dp_size)"
+                f"dp_size={dp_size}"
             )
         held = validation_samples(corpus.splits[language], seq_length)
         if held < wanted:
