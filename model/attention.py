@@ -13,15 +13,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from model.config import Attention
 
-_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -84,7 +85,17 @@ def _causal(batch, head, query_index, key_index):
 
 @functools.cache
 def causal_block_mask(seq: int, device: torch.device) -> BlockMask:
+    from torch.nn.attention.flex_attention import create_block_mask
+
     return create_block_mask(_causal, None, None, seq, seq, device=device)
+
+
+# Flex attention's module imports TorchDynamo (a second of each rank's start): imported when flex first runs.
+@functools.cache
+def _flex_attention(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
 
 def flex_attention_alibi(
@@ -93,5 +104,4 @@ def flex_attention_alibi(
     """Compiled on a GPU (the fused kernel); on CPU, PyTorch's unfused reference (forward only there)."""
     score_mod = alibi_score_mod(slopes, query.device)
     mask = causal_block_mask(query.shape[-2], query.device)
-    attend = _compiled_flex_attention if query.is_cuda else flex_attention
-    return attend(query, key, value, score_mod=score_mod, block_mask=mask)
+    return _flex_attention(query.is_cuda)(query, key, value, score_mod=score_mod, block_mask=mask)

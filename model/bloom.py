@@ -10,6 +10,8 @@ Attention runs one of two kernels (model/attention.py); weights are drawn by mod
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -112,8 +114,11 @@ def bias_gelu(intermediate: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return F.gelu(intermediate + bias, approximate="tanh")
 
 
-# One kernel for the bias and the GeLU, which also keeps only its input for backward.
-_compiled_bias_gelu = torch.compile(bias_gelu, dynamic=False)
+@functools.cache
+def _compiled_bias_gelu():
+    """One kernel for the bias and the GeLU, which also keeps only its input for backward; compiled when first run, so
+    that ranks that never compile do not import the compiler."""
+    return torch.compile(bias_gelu, dynamic=False)
 
 
 class BloomMLP(nn.Module):
@@ -137,7 +142,7 @@ class BloomMLP(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         intermediate, bias = self.dense_h_to_4h(hidden)
         compiled = self.compiled if self.compiled is not None else hidden.is_cuda
-        activated = (_compiled_bias_gelu if compiled else bias_gelu)(intermediate, bias)
+        activated = (_compiled_bias_gelu() if compiled else bias_gelu)(intermediate, bias)
         output, _ = self.dense_4h_to_h(activated)
         return output
 

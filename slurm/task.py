@@ -74,9 +74,9 @@ class TrainingTask:
         # would end the job without requeueing it.
         stop = StopSignals(run_dir / STOP_FILE)
         # torch, DeepSpeed, megatron: seconds to import, after the handlers.
-        from launch.train.compat import import_deepspeed_without_mlflow
+        from launch.train.compat import import_training_libraries
 
-        import_deepspeed_without_mlflow()
+        import_training_libraries()
         from launch.config.job_file import read_job
         from launch.rundir import outbox
         from launch.train import worker

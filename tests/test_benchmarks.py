@@ -29,3 +29,9 @@ def test_the_planner_against_published_and_measured_runs() -> None:
     assert all(0.90 <= float(memory) <= 1.10 for _, memory in measured), out
     assert "BLOOM's TP4 x PP12 x DP8" in out and "its layout ranks" in out
     assert re.search(r"^\s+\d+M\s+[\d.]+\s+[\d.]+( +[\d.]+s +[\d.]+x){3}$", out, re.MULTILINE), out
+
+
+def test_a_ranks_start_and_exit_are_timed_against_plain_imports() -> None:
+    out = run_benchmark("rank_start.py", "--repeats", "1")
+    assert re.search(r"^  baseline +[\d.]+ s", out, re.MULTILINE) and re.search(r"^  corolla +[\d.]+ s", out, re.M)
+    assert re.search(r"^  ratio +[\d.]+ +\(corolla / baseline\)$", out, re.MULTILINE), out

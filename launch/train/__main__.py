@@ -1,11 +1,17 @@
 """`python -m launch.train RUN_DIR`: one training rank (launch/train/worker.py), as torchrun starts it locally."""
 
+import os
 import sys
 from pathlib import Path
 
-from launch.train.compat import import_deepspeed_without_mlflow
+from launch.train.compat import import_training_libraries
 
-import_deepspeed_without_mlflow()
+import_training_libraries()
 from launch.train.worker import EXIT_STATUS, main  # noqa: E402  (after the import above, which must come first)
 
-sys.exit(EXIT_STATUS.get(main(Path(sys.argv[1])), 0))
+status = EXIT_STATUS.get(main(Path(sys.argv[1])), 0)
+# Everything the rank writes is closed by now, and what MLflow has not taken is in the outbox: the interpreter's
+# teardown of torch, DeepSpeed and megatron (a second or two of each rank's end, for nothing) is skipped.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(status)

@@ -7,7 +7,9 @@ Libraries are imported where a workaround needs them, so that the Slurm side (su
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 # The releases the workarounds below were written and tested for: deepspeed and megatron-core exactly (private
@@ -42,14 +44,17 @@ def check_versions(packages: tuple[str, ...] = ("torch", "deepspeed", "megatron-
         )
 
 
-# deepspeed 0.19.8
+# deepspeed 0.19.8, megatron-core 0.16.1
 
 
-def import_deepspeed_without_mlflow() -> None:
-    """`import deepspeed` imports its autotuner, which imports mlflow whenever it is installed, for a feature corolla
-    does not use: two seconds of each rank's start, on ranks that never talk to MLflow. mlflow is hidden during that
-    import only (the autotuner takes it as absent) and importable again after it; rank 0 imports it when it first
-    sends. Called before anything imports deepspeed (python -m launch.train, the Slurm task)."""
+def import_training_libraries() -> None:
+    """deepspeed and megatron-core, imported for a rank without what corolla never uses: seconds of every rank's
+    start. Called before anything imports them (python -m launch.train, the Slurm task).
+    - `import deepspeed` imports its autotuner, which imports mlflow whenever it is installed: mlflow is hidden during
+      that import only (the autotuner takes it as absent); rank 0 imports it when it first sends.
+    - megatron-core applies `torch.compile` to its fused activations as it defines them, which imports TorchDynamo and
+      Inductor (two seconds); corolla calls none of them. During that import `torch.compile` waits for a function's
+      first call, as it does anyway for its compilation: only the compiler's import moves."""
     if "deepspeed" in sys.modules or "mlflow" in sys.modules:
         return
     sys.modules["mlflow"] = None  # type: ignore[assignment]
@@ -57,6 +62,32 @@ def import_deepspeed_without_mlflow() -> None:
         import deepspeed  # noqa: F401
     finally:
         del sys.modules["mlflow"]
+    import torch
+
+    compile_now = torch.compile
+    torch.compile = _compiled_at_first_call(compile_now)
+    try:
+        import megatron.core.tensor_parallel  # noqa: F401
+    finally:
+        torch.compile = compile_now
+
+
+def _compiled_at_first_call(compile_now: Callable) -> Callable:
+    def compile_later(function: Callable | None = None, **options: object) -> Callable:
+        if function is None:  # used as @torch.compile(...)
+            return lambda function: compile_later(function, **options)
+        compiled = None
+
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_now(function, **options)
+            return compiled(*args, **kwargs)
+
+        return run
+
+    return compile_later
 
 
 def skip_cpu_shm_op_build() -> None:

@@ -25,16 +25,20 @@ def test_another_release_is_named_with_the_one_written_for(monkeypatch: pytest.M
     assert "torch" not in message  # the GPU machine's 2.11 is one of torch's
 
 
-def test_deepspeed_is_imported_without_mlflow_which_stays_importable() -> None:
-    # A fresh interpreter: this one has imported both already.
+def test_a_rank_imports_neither_mlflow_nor_the_compiler_and_megatrons_fusions_still_compile_when_called() -> None:
+    # A fresh interpreter: this one has imported all of them already.
     probe = (
-        "import sys\n"
-        "from launch.train.compat import import_deepspeed_without_mlflow\n"
-        "import_deepspeed_without_mlflow()\n"
+        "import sys, torch\n"
+        "from launch.train.compat import import_training_libraries\n"
+        "import_training_libraries()\n"
         "from deepspeed.autotuning import autotuner\n"
-        "assert not autotuner.has_mlflow and 'mlflow' not in sys.modules\n"
+        "assert not autotuner.has_mlflow\n"
         "import launch.train.worker\n"
-        "assert 'mlflow' not in sys.modules\n"
+        "assert 'mlflow' not in sys.modules and 'torch._dynamo' not in sys.modules, 'imported'\n"
+        "from megatron.core.fusions.fused_bias_gelu import bias_gelu\n"
+        "x = torch.ones(3)\n"
+        "assert torch.allclose(bias_gelu(x, x), torch.nn.functional.gelu(2 * x, approximate='tanh'), atol=1e-3)\n"
+        "assert 'torch._dynamo' in sys.modules and torch.compile.__module__ == 'torch'\n"
         "import mlflow\n"
         "print('ok', mlflow.__name__)\n"
     )
