@@ -31,6 +31,10 @@ from slurm.jobs import jobs_after, record_job
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+# How long the ranks of a step have, once one of them has exited, before srun ends them.
+STEP_WAIT_S = 60
+
+
 def _single_line(name: str, value: str) -> str:
     """A value bound for the sbatch script; a line break or NUL would end its line and start a command."""
     if any(character in value for character in "\n\r\0"):
@@ -66,8 +70,10 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
         "time": cluster.time_limit_min,
         "signal_delay_s": cluster.signal_delay_s,
         "setup": _setup_lines(cluster),
-        # A rank that exits with an error ends the step at once instead of leaving the others waiting.
-        "srun_args": ["--kill-on-bad-exit=1"],
+        # When a rank dies, the others end the step by themselves once they have requeued the job or given up, and
+        # said so (a collective with the dead rank fails); those stuck in one are ended a minute later. (srun's
+        # --kill-on-bad-exit ended them at once, in the middle of that bookkeeping.)
+        "srun_args": ["--kill-on-bad-exit=0", f"--wait={STEP_WAIT_S}"],
         "additional_parameters": {"no_requeue": True} if cluster.chained else {"requeue": True},
     }
     if cluster.chained:  # a range for sbatch; submitit keeps counting tasks from `nodes`, an int
