@@ -117,21 +117,24 @@ class LocalBackend(Backend):
         if resume_step:
             print(f"{run_dir} holds a checkpoint at step {resume_step}: resuming from it")
         print(f"training {name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
-        status = run_ranks(run_dir, layout.world_size)
+        # The ranks write, this process sends MLflow what they write, and how the launch ended.
+        sender = outbox.Sender(run_dir)
+        try:
+            status = run_ranks(run_dir, layout.world_size)
+            last = RunHistory(run_dir).events()[-1]
+            killed = last["event"] == "stopped" and "signal" in last  # by a person, to be resumed
+            if status or killed:
+                sender.set("FAILED" if status else "KILLED")
+        finally:
+            sender.close()
         tracked = prepared.tracked
         if status:
-            events = RunHistory(run_dir).events()
-            if events and events[-1]["event"] == "diverged":
-                raise RuntimeError(
-                    f"training stopped at step {events[-1]['step']}: its loss or gradients are not finite"
-                )
-            if events and events[-1]["event"] == "no_space":
-                raise RuntimeError(events[-1]["reason"])
-            outbox.update(run_dir, status="FAILED")
+            if last["event"] == "diverged":
+                raise RuntimeError(f"training stopped at step {last['step']}: its loss or gradients are not finite")
+            if last["event"] == "no_space":
+                raise RuntimeError(last["reason"])
             raise RuntimeError(f"training failed (a rank exited with status {status}): see its log above")
-        last = RunHistory(run_dir).events()[-1]
-        if last["event"] == "stopped" and "signal" in last:
-            outbox.update(run_dir, status="KILLED")
+        if killed:
             raise RuntimeError(
                 f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: `corolla train` with the same "
                 "run_dir resumes it"

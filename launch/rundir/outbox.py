@@ -1,17 +1,20 @@
 """Tracking that never holds training: what a run tells MLflow goes through its run directory first.
 
-Step and validation records are written to metrics.jsonl and validation.jsonl; RUN_DIR/tracking.json says how far
-MLflow holds each series (`sent`), the tags and the end status still to be set, and the last failure to reach it.
-A sender thread on rank 0 sends what is new, in order and in batches, and retries with backoff: a slow server or
-one that is away makes tracking lag, never a step wait. What a launch leaves unsent goes at the next start, or with
-`corolla tracking sync RUN_DIR`. A record carries the time it was written as its MLflow timestamp, so a batch sent
-twice (a reply lost after the server stored it) is stored once.
+Rank 0 writes step and validation records to metrics.jsonl and validation.jsonl, and each start and end to the
+run's history; RUN_DIR/tracking.json says how far MLflow holds each series (`sent`), the tags and the end status
+still to be set, and the last failure to reach it. A sender thread follows those files and sends what is new, in
+order and in batches, with each start's tags and the run's end status, and retries with backoff: a slow server or
+one that is away makes tracking lag, never a step wait. It runs on rank 0 on a cluster, and in `corolla train`
+while its local ranks train (a rank then spends no time on MLflow). What a launch leaves unsent goes at the next
+start, or with `corolla tracking sync RUN_DIR`. A record carries the time it was written as its MLflow timestamp, so
+a batch sent twice (a reply lost after the server stored it) is stored once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from pathlib import Path
 from launch.config.job_file import read_job
 from launch.rundir import tracking
 from launch.rundir.files import JOB_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
-from launch.rundir.history import RunHistory
+from launch.rundir.history import ENDED, RunHistory, crashes
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
@@ -33,6 +36,8 @@ from launch.rundir.tracking_state import (
 
 BATCH_RECORDS = 100  # records a request; MLflow takes up to 1,000 metrics a batch
 RETRY_S = (1, 2, 5, 10, 30)  # waits after failures in a row; the last repeats
+POLL_S = 2.0  # how often the sender looks for new records, tags and an end status
+CLOSE_TIMEOUT_S = 20.0  # what the end of a launch waits for MLflow to take the rest; then it is sent later
 
 
 def _keep(run_dir: Path, state: TrackingState) -> None:
@@ -71,25 +76,54 @@ def read_unsent(run_dir: Path) -> Unsent:
 
 
 class _Tail:
-    """A series file as the sender follows it: only what was appended since it last looked is read."""
+    """A series file as the sender follows it: only what was appended since it last looked is read; all of it again
+    once the file was replaced (a resumed launch drops the steps it redoes, records.keep_steps_up_to)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.offset = 0
+        self.inode = self.offset = 0
         self.by_step: dict[int, dict] = {}
 
     def unsent(self, after: int) -> list[dict]:
         if self.path.is_file():
             with self.path.open("rb") as file:
+                inode = os.fstat(file.fileno()).st_ino
+                if inode != self.inode:
+                    self.inode, self.offset, self.by_step = inode, 0, {}
                 file.seek(self.offset)
                 appended = file.read()
             whole = appended[: appended.rfind(b"\n") + 1]  # a line still being written waits for the next look
             self.offset += len(whole)
-            for line in whole.decode().splitlines():
-                record = json.loads(line)
-                self.by_step[record["step"]] = record
+            for line in whole.decode(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):  # a line cut short by a crash mid-write (records.py)
+                    record = json.loads(line)
+                    self.by_step[record["step"]] = record
         self.by_step = {step: record for step, record in self.by_step.items() if step > after}
         return [self.by_step[step] for step in sorted(self.by_step)]
+
+
+def start_tags(events: list[dict]) -> dict[str, str]:
+    """MLflow's tags for the last of `events`, a start: its layout and the one it resharded from, and after the first
+    start the restarts and crashes so far."""
+    start = events[-1]
+    tags = {"layout": start["layout"]}
+    if "resharded_from" in start:
+        tags["corolla.resharded_from"] = start["resharded_from"]
+    starts = sum(1 for event in events if event["event"] == "start")
+    if starts > 1:
+        tags |= {"corolla.restarts": str(starts - 1), "corolla.failures": str(crashes(events))}
+    return tags
+
+
+def from_history(events: list[dict], seen: int) -> tuple[dict[str, str], str | None]:
+    """What the events after the first `seen` tell MLflow: each start's tags, and the end status of a run that ended."""
+    tags, status = {}, None
+    for index in range(seen, len(events)):
+        if events[index]["event"] == "start":
+            tags |= start_tags(events[: index + 1])
+        elif events[index]["event"] in ENDED:
+            status = END_STATUS[events[index]["event"]]
+    return tags, status
 
 
 def send_pending(run_dir: Path, state: TrackingState, unsent: Unsent, guard: threading.Lock | None = None) -> None:
@@ -97,7 +131,8 @@ def send_pending(run_dir: Path, state: TrackingState, unsent: Unsent, guard: thr
     Raises what MLflow raised, once the state says how far it got."""
     guard = guard or threading.Lock()
     tracked = recorded_run(run_dir)
-    if state.sent is None:
+    asked = state.sent is None
+    if asked:
         last = {series: tracking.last_step(tracked, metric) for series, metric in SERIES_METRIC.items()}
         with guard:
             state.sent = last
@@ -120,11 +155,12 @@ def send_pending(run_dir: Path, state: TrackingState, unsent: Unsent, guard: thr
     if status:
         tracking.set_status(tracked, status)
     with guard:
-        state.tags = {name: value for name, value in state.tags.items() if tags.get(name) != value}
-        state.artifacts = [path for path in state.artifacts if path not in artifacts]
-        state.status = None if state.status == status else state.status
-        state.error = state.failing_since = None
-        _keep(run_dir, state)
+        if asked or tags or artifacts or status or state.error:  # else tracking.json says all there is already
+            state.tags = {name: value for name, value in state.tags.items() if tags.get(name) != value}
+            state.artifacts = [path for path in state.artifacts if path not in artifacts]
+            state.status = None if state.status == status else state.status
+            state.error = state.failing_since = None
+            _keep(run_dir, state)
 
 
 def _failed(run_dir: Path, state: TrackingState, error: Exception, guard: threading.Lock) -> None:
@@ -197,12 +233,14 @@ def _move(run_dir: Path, uri: str) -> None:
 
 
 class Sender:
-    """Rank 0's background sender: `notify()` after a record is written, `set()` for tags and status, `close()`
-    at the end (waits a bounded time for the sender to catch up)."""
+    """A background thread that follows a run directory and sends MLflow what is new (module docstring): on rank 0 on
+    a cluster, in `corolla train` while its local ranks train. `set()` queues a status the run's files do not say,
+    `close()` at the end waits a bounded time for the sender to catch up."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.state = read_state(run_dir)
+        self.history_seen = len(RunHistory(run_dir).events())  # what came before is not this launch's to tell
         self.guard = threading.Lock()
         self.wake = threading.Event()
         self.closing = False
@@ -211,13 +249,9 @@ class Sender:
         self.thread = threading.Thread(target=self._run, name="corolla-tracking", daemon=True)
         self.thread.start()
 
-    def notify(self) -> None:
-        self.wake.set()
-
-    def set(self, tags: dict[str, str] | None = None, status: str | None = None) -> None:
+    def set(self, status: str) -> None:
         with self.guard:
-            self.state.tags.update(tags or {})
-            self.state.status = status or self.state.status
+            self.state.status = status
             _keep(self.run_dir, self.state)
         self.wake.set()
 
@@ -227,13 +261,24 @@ class Sender:
         unsent = read_unsent(self.run_dir)
         return not pending and not any(unsent(series, self.state.sent_up_to(series)) for series in SERIES)
 
+    def _take_history(self) -> None:
+        events = RunHistory(self.run_dir).events()
+        tags, status = from_history(events, self.history_seen)
+        self.history_seen = len(events)
+        if tags or status:
+            with self.guard:
+                self.state.tags.update(tags)
+                self.state.status = status or self.state.status
+                _keep(self.run_dir, self.state)
+
     def _run(self) -> None:
         failures = 0
         while True:
-            self.wake.wait(RETRY_S[min(failures, len(RETRY_S) - 1)] if failures else None)
+            self.wake.wait(RETRY_S[min(failures, len(RETRY_S) - 1)] if failures else POLL_S)
             self.wake.clear()
             last_attempt = self.closing
             try:
+                self._take_history()
                 send_pending(self.run_dir, self.state, self.unsent, self.guard)
                 failures = 0
             except Exception as error:  # a tracking failure must never reach training
@@ -242,9 +287,19 @@ class Sender:
             if last_attempt:
                 return
 
-    def close(self, timeout_s: float) -> bool:
-        """Sends what is left, for at most `timeout_s`; True if MLflow holds everything."""
+    def close(self) -> None:
+        """Sends what is left, for at most CLOSE_TIMEOUT_S; what MLflow has not taken by then stays for the next
+        start or a sync, and one line says so."""
         self.closing = True
         self.wake.set()
-        self.thread.join(timeout_s)
-        return not self.thread.is_alive() and self.caught_up()
+        self.thread.join(CLOSE_TIMEOUT_S)
+        if self.thread.is_alive():
+            # Still waiting on MLflow: held from writing tracking.json once this launch has let go of the run.
+            self.guard.acquire()
+        elif self.caught_up():
+            return
+        print(
+            f"corolla: MLflow has not taken every record yet ({self.state.error or 'slow'}): "
+            + how_to_send_the_rest(self.run_dir, self.state.error),
+            flush=True,
+        )

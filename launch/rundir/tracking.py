@@ -75,8 +75,8 @@ def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], 
 
 
 def _client(uri: str) -> MlflowClient:
-    # MLflow is imported here, not above: every rank imports this module (the reporter's names) and only rank 0 talks
-    # to MLflow; the import costs each of the others two seconds of start.
+    # MLflow is imported here, not above: every rank imports this module (the sender's names), and only a sender talks
+    # to MLflow (rank 0's in a Slurm job, none in a local run's ranks); the import costs a rank two seconds.
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(uri)

@@ -51,7 +51,7 @@ def import_training_libraries() -> None:
     """deepspeed and megatron-core, imported for a rank without what corolla never uses: seconds of every rank's
     start. Called before anything imports them (python -m launch.train, the Slurm task).
     - `import deepspeed` imports its autotuner, which imports mlflow whenever it is installed: mlflow is hidden during
-      that import only (the autotuner takes it as absent); rank 0 imports it when it first sends.
+      that import only (the autotuner takes it as absent); rank 0 of a Slurm job imports it when it first sends.
     - megatron-core applies `torch.compile` to its fused activations as it defines them, which imports TorchDynamo and
       Inductor (two seconds); corolla calls none of them. During that import `torch.compile` waits for a function's
       first call, as it does anyway for its compilation: only the compiler's import moves."""

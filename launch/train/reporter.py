@@ -1,5 +1,6 @@
-"""What rank 0 says of each step and validation: a line on its output, metrics.jsonl and validation.jsonl, and
-MLflow through the background sender (launch/rundir/outbox.py), which no step waits on. Other ranks stay quiet."""
+"""What rank 0 says of each step and validation: a line on its output, and a record in metrics.jsonl and
+validation.jsonl, which MLflow is sent in the background (launch/rundir/outbox.py), never waited on by a step: by
+rank 0's own sender on a cluster, by `corolla train` for local ranks. Other ranks stay quiet."""
 
 from __future__ import annotations
 
@@ -12,10 +13,7 @@ from statistics import mean
 from launch.rundir.files import METRICS_FILE, VALIDATION_FILE
 from launch.rundir.outbox import Sender
 from launch.rundir.records import append_record, keep_steps_up_to
-from launch.rundir.tracking_state import how_to_send_the_rest
 from launch.train.loop import StepRecord
-
-CLOSE_TIMEOUT_S = 20.0  # what the end of a launch waits for MLflow to take the rest; then it is sent later
 
 
 def bits_per_byte(losses: dict[str, float], bytes_per_token: dict[str, float]) -> dict[str, float]:
@@ -35,22 +33,25 @@ class Reporter:
         total_steps: int,
         resumed_from: int,
         bytes_per_token: dict[str, float] | None = None,
+        sends: bool = True,
     ) -> None:
-        """On rank 0, drops the records after `resumed_from` (this launch redoes those steps) and starts the sender.
-        `bytes_per_token` of each language's validation samples gives validations in bits per byte too."""
+        """On rank 0, drops the records after `resumed_from` (this launch redoes those steps) and, if it `sends`,
+        starts the sender. `bytes_per_token` of each language's validation samples gives validations in bits per byte
+        too."""
         self.run_dir = run_dir
         self.total_steps = total_steps
         self.bytes_per_token = bytes_per_token or {}
+        self.writes = rank == 0
         self.sender: Sender | None = None
         self.steps_redone = 0
-        if rank == 0:
+        if self.writes:
             last_step = keep_steps_up_to(run_dir / METRICS_FILE, resumed_from)
             keep_steps_up_to(run_dir / VALIDATION_FILE, resumed_from)
             self.steps_redone = max(0, last_step - resumed_from)
-            self.sender = Sender(run_dir)
+            self.sender = Sender(run_dir) if sends else None
 
     def step(self, record: StepRecord) -> None:
-        if self.sender is None:
+        if not self.writes:
             return
         print(
             f"step {record.step:>6}/{self.total_steps}  loss {record.loss:.4f}  lr {record.lr:.3e}  "
@@ -60,7 +61,7 @@ class Reporter:
         self._append(METRICS_FILE, asdict(record))
 
     def validation(self, step: int, losses: dict[str, float]) -> None:
-        if self.sender is None:
+        if not self.writes:
             return
         ranked = sorted(losses, key=losses.__getitem__)
         bpb = bits_per_byte(losses, self.bytes_per_token)
@@ -74,18 +75,9 @@ class Reporter:
 
     def _append(self, series: str, record: dict) -> None:
         append_record(self.run_dir / series, {**record, "time": int(time.time() * 1000)})
-        self.sender.notify()
-
-    def tag(self, tags: dict[str, str] | None = None, status: str | None = None) -> None:
-        if self.sender is not None:
-            self.sender.set(tags, status)
 
     def close(self) -> None:
-        """Gives MLflow a bounded time to take the rest; what it does not take stays for the next start or a sync."""
-        if self.sender is not None and not self.sender.close(CLOSE_TIMEOUT_S):
-            error = self.sender.state.error
-            print(
-                f"corolla: MLflow has not taken every record yet ({error or 'slow'}): "
-                + how_to_send_the_rest(self.run_dir, error),
-                flush=True,
-            )
+        """Gives MLflow a bounded time to take the rest, the run's start and end included (its history says them);
+        what it does not take stays for the next start or a sync."""
+        if self.sender is not None:
+            self.sender.close()

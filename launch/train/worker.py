@@ -58,8 +58,8 @@ def _record_start(
     saved_layout: ParallelLayout,
     set_aside: list[str],
 ) -> None:
-    """History and MLflow: where this start runs, what it resumed (and the newer checkpoints it set aside), its
-    layout and the one it was resharded from."""
+    """The history's start (MLflow's tags are taken from it, launch/rundir/outbox.py): where this start runs, what it
+    resumed (and the newer checkpoints it set aside), its layout and the one it was resharded from."""
     history = RunHistory(reporter.run_dir)
     change: dict[str, object] = {"layout": layout.name}
     if set_aside:
@@ -69,23 +69,15 @@ def _record_start(
         print(f"resharded the step-{resumed_from} checkpoint from {saved_layout.name} to {layout.name}", flush=True)
     redone = reporter.steps_redone
     history.record("start", **origin, resumed_from_step=resumed_from, steps_redone=redone, **change)
-    tags = {"layout": layout.name}
-    if saved_layout != layout:
-        tags["corolla.resharded_from"] = saved_layout.name
-    starts = len(history.starts())
-    if starts > 1:
-        tags |= {"corolla.restarts": str(starts - 1), "corolla.failures": str(history.crashes())}
-    reporter.tag(tags)
 
 
-def _record_divergence(reporter: Reporter, rank: int, error: NonFiniteStep, ranks: list[int]) -> None:
-    """History, MLflow (failed) and one line: which step, and the ranks whose gradients were not finite."""
+def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: list[int]) -> None:
+    """History (MLflow: failed) and one line: which step, and the ranks whose gradients were not finite."""
     if rank != 0:
         return
     record = error.record
     where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else "non-finite loss"
-    RunHistory(reporter.run_dir).record("diverged", step=record.step, loss=str(record.loss), ranks=ranks)
-    reporter.tag(status="FAILED")
+    RunHistory(run_dir).record("diverged", step=record.step, loss=str(record.loss), ranks=ranks)
     print(
         f"corolla: error: {error} ({where}): stopped without saving it; the weights are those before it. Lower "
         "train.lr, or let steps pass with train.skip_nonfinite=N, and launch again to resume from the last checkpoint",
@@ -94,11 +86,10 @@ def _record_divergence(reporter: Reporter, rank: int, error: NonFiniteStep, rank
     )
 
 
-def _record_no_space(reporter: Reporter, rank: int, error: checkpoint.NoSpace) -> None:
+def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> None:
     if rank != 0:
         return
-    RunHistory(reporter.run_dir).record("no_space", reason=str(error))
-    reporter.tag(status="FAILED")
+    RunHistory(run_dir).record("no_space", reason=str(error))
     print(f"corolla: error: {error}", file=sys.stderr, flush=True)
 
 
@@ -153,10 +144,11 @@ def main(
     on_stall: Callable[[], None] = lambda: None,
     stop: StopSignals | None = None,
     health: HealthCheck | None = None,
+    sends: bool = True,
 ) -> Outcome:
     """Trains this rank; `origin` says where (recorded in the run's history), `on_stall` runs if the watchdog fires,
     `stop` holds the stop signals received so far (installed here if not given), `health` checks the nodes first (on
-    a cluster)."""
+    a cluster); rank 0 `sends` MLflow what the run writes, unless a launcher waiting on the ranks does."""
     stop = stop or StopSignals(run_dir / STOP_FILE)
     job = read_job(run_dir / JOB_FILE)
     watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
@@ -187,7 +179,7 @@ def main(
         raise SystemExit(2) from None
     faults.install(engine.module, first_step)
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
-    reporter = Reporter(run_dir, rank, job.train.steps, first_step, plan.validation_bytes_per_token)
+    reporter = Reporter(run_dir, rank, job.train.steps, first_step, plan.validation_bytes_per_token, sends)
     try:
         if rank == 0:
             set_aside = set_aside_newer(directory, first_step)
@@ -213,25 +205,23 @@ def main(
         try:
             last, stopped = train_steps(engine, data, train, seq_length, first_step, faults.wrap(callbacks))
         except NonFiniteStep as error:
-            _record_divergence(reporter, rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
+            _record_divergence(run_dir, rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
             return Outcome.diverged
         except checkpoint.NoSpace as error:
-            _record_no_space(reporter, rank, error)
+            _record_no_space(run_dir, rank, error)
             return Outcome.no_space
         torch.distributed.barrier()
         outcome = Outcome.stopped if stopped or last < job.train.steps else Outcome.finished
         if rank == 0:
-            _record_end(reporter, outcome, last, stop)
+            _record_end(run_dir, outcome, last, stop)
         return outcome
     finally:
         reporter.close()
         watchdog.stop()
 
 
-def _record_end(reporter: Reporter, outcome: Outcome, last: int, stop: StopSignals) -> None:
+def _record_end(run_dir: Path, outcome: Outcome, last: int, stop: StopSignals) -> None:
     reason = {"signal": stop.received.name} if stop.received else {}
-    if (reporter.run_dir / STOP_FILE).exists():
+    if (run_dir / STOP_FILE).exists():
         reason = {"signal": STOP_FILE}
-    RunHistory(reporter.run_dir).record(outcome.value, step=last, **reason)
-    if outcome == Outcome.finished:
-        reporter.tag(status="FINISHED")
+    RunHistory(run_dir).record(outcome.value, step=last, **reason)

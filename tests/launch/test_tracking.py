@@ -5,18 +5,23 @@ store can be sent whole to a server later; a URI's credentials are never printed
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 from tracking_server import MlflowServer
 
 from conftest import REPO_ROOT
 from launch.cli import main
+from launch.rundir.history import RunHistory
 from launch.rundir.records import read_jsonl
 from launch.rundir.run_record import recorded_run
+from launch.train.faults import STEP_SECONDS
+from slurm.testcluster import wait_for
 
 
 def corolla(*arguments: str) -> subprocess.CompletedProcess:
@@ -27,6 +32,32 @@ def corolla(*arguments: str) -> subprocess.CompletedProcess:
 def steps_logged(run_dir: Path, metric: str = "train_loss") -> list[int]:
     tracked = recorded_run(run_dir)
     return sorted(entry.step for entry in MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, metric))
+
+
+def test_a_local_run_is_in_mlflow_as_it_trains_sent_by_corolla_train_not_by_its_ranks(tokens, tmp_path) -> None:
+    # The ranks write the run's files; `corolla train`, which waits on them anyway, sends MLflow what they write.
+    run_dir = tmp_path / "run"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=12", "parallel.dp=2"]
+    command = [sys.executable, "-m", "launch.cli", *train]
+    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, STEP_SECONDS: "1"}, text=True)
+    store = run_dir / "mlflow.db"
+
+    def sent_while_training() -> bool:
+        events = RunHistory(run_dir).events()
+        return bool(events) and events[-1]["event"] == "start" and store.is_file() and len(steps_logged(run_dir)) >= 2
+
+    try:
+        assert wait_for(sent_while_training, timeout=300, interval=0.5)
+        torchrun_and_ranks = psutil.Process(launcher.pid).children(recursive=True)
+        assert len(torchrun_and_ranks) == 3
+        assert not [file for child in torchrun_and_ranks for file in child.open_files() if file.path == str(store)]
+        assert launcher.wait(timeout=300) == 0
+    finally:
+        launcher.kill()
+    assert steps_logged(run_dir) == list(range(1, 13))
+    assert MlflowClient(recorded_run(run_dir).tracking_uri).get_run(recorded_run(run_dir).run_id).info.status == (
+        "FINISHED"
+    )
 
 
 def test_a_run_trains_on_while_its_server_is_away_and_a_sync_sends_the_rest_once(tokens: Path, tmp_path: Path) -> None:
