@@ -55,9 +55,8 @@ def test_a_local_run_is_in_mlflow_as_it_trains_sent_by_corolla_train_not_by_its_
     finally:
         launcher.kill()
     assert steps_logged(run_dir) == list(range(1, 13))
-    assert MlflowClient(recorded_run(run_dir).tracking_uri).get_run(recorded_run(run_dir).run_id).info.status == (
-        "FINISHED"
-    )
+    tracked = recorded_run(run_dir)
+    assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "FINISHED"
 
 
 def test_a_run_trains_on_while_its_server_is_away_and_a_sync_sends_the_rest_once(tokens: Path, tmp_path: Path) -> None:
