@@ -12,6 +12,8 @@ Prints each figure and writes OUT_DIR/gpu_check.json:
 - correctness: max |difference| of bloom-560m-shaped logits (random weights) against BloomForCausalLM with the same
   weights in fp32, and in bf16 beside transformers' own fp32-to-bf16 spread; flex attention against SDPA (logits and
   gradients); three fp32 AdamW steps of corolla against transformers (losses);
+- loss_kernels: the loss training runs (fused, compiled) against megatron-core's on one bloom-1b7 micro-batch's
+  logits: time and memory of a forward and backward, their ratios, and the differences in loss and gradient;
 - runs: bloom-560m and bloom-1b7, bf16, sequence 2048, for a few micro-batches (and micro-batches a step), activation
   checkpointing on and off, flex and SDPA: tokens/s, model TFLOP/s and MFU, peak CUDA memory and time a step against
   the planner's estimates (launch/plan/memory.py, step_time.py), the kernel_efficiency the time implies (what to set
@@ -39,6 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from megatron.core import parallel_state  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from benchmarks.loss_kernel import compare as compare_losses  # noqa: E402
 from launch.config.cluster import ClusterConfig  # noqa: E402
 from launch.config.data import DataConfig  # noqa: E402
 from launch.config.schemas import ParallelConfig, Precision, TrackingConfig, TrainConfig, TrainJob  # noqa: E402
@@ -56,6 +59,7 @@ from launch.train.health import time_matmuls  # noqa: E402
 from launch.train.loop import pairs  # noqa: E402
 from model.bloom import BloomModel, lm_loss, parallel_config  # noqa: E402
 from model.config import BLOOM_VOCABULARY, Attention, ModelConfig  # noqa: E402
+from model.fused import compiles, runs_fused  # noqa: E402
 from model.hf import hf_config, to_hf_state_dict  # noqa: E402
 from tokenizer.config import TokenizerConfig  # noqa: E402
 
@@ -324,7 +328,9 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
     seconds = timed(step, scale.warmup_steps, scale.timed_steps, device)
     peak = peak_memory_gib(device, held_before)
     profiled = {"profile": kernel_profile(step, device)} if setting.profiled else {}
-    adamw = "fused" if compat.adam_optimizer(engine).defaults["fused"] else "foreach"  # the calibration table's column
+    # The calibration table's columns: which AdamW and which loss ran.
+    adamw = "fused" if compat.adam_optimizer(engine).defaults["fused"] else "foreach"
+    loss = "fused" if runs_fused(compiles(shape.compile, device), torch.bfloat16) else "megatron"
     engine.destroy()
     model = replace(shape, vocab_size=plan.vocab_size)
     tflops = model_flops_per_step(model, job.train.global_batch) / seconds / 1e12
@@ -336,6 +342,7 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
         **{key: value.value if isinstance(value, Attention) else value for key, value in asdict(setting).items()},
         "global_batch": job.train.global_batch,
         "adamw": adamw,
+        "loss": loss,
         "tokens_per_second": round(job.train.global_batch * shape.seq_length / seconds, 1),
         "model_tflops": round(tflops, 1),
         "mfu": round(tflops / info["peak_bf16_tflops"], 3) if info["peak_bf16_tflops"] else None,
@@ -434,6 +441,18 @@ def transformers_tokens_per_second(setting: Setting, micro_batch: int, scale: Sc
     return round(len(batch) * shape.seq_length / seconds, 1)
 
 
+def loss_kernels(scale: Scale, device: torch.device) -> dict:
+    """The loss training runs (fused and compiled on a GPU) against megatron's, on the logits of the profiled run's
+    micro-batch, in bf16: time and memory of a forward and backward, and their differences (benchmarks/loss_kernel.py).
+    """
+    setting = next(setting for setting in scale.settings if setting.profiled)
+    vocab = published_shape(setting.model, scale, scale.seq_length).padded_vocab_size(1)
+    rows = (setting.micro_batch, scale.seq_length)
+    reset_memory(device)
+    report = compare_losses(rows, vocab, torch.bfloat16, device, compiles(None, device), scale.timed_steps)
+    return {"logits": "x".join(map(str, (*rows, vocab))), **report}
+
+
 def write(report: dict, out_dir: Path) -> None:
     """After each part, so that a check cut short by its time limit still leaves what it measured."""
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -452,6 +471,7 @@ def main(out_dir: Path, smoke: bool) -> dict:
         "device": info,
         "self_test": self_test_spread(),
         "correctness": correctness(scale, device),
+        "loss_kernels": loss_kernels(scale, device),
         "runs": [],
     }
     print(json.dumps(report, indent=1), flush=True)

@@ -4,13 +4,12 @@ Word embedding + LayerNorm → pre-LN blocks (fused QKV attention with ALiBi, Ge
 logits through the word embedding (tied). Under tensor parallelism every linear layer holds a slice: QKV, the MLP's
 first layer and the embedding are split by output (heads / columns / vocabulary rows), the attention output and the
 MLP's second layer by input, so a block needs one all-reduce after attention and one after the MLP. Activations are
-[batch, sequence, hidden]; logits stay split over the vocabulary (`vocab_parallel_cross_entropy` reads them so).
-Attention runs one of two kernels (model/attention.py); weights are drawn by model/weights.py.
+[batch, sequence, hidden]; logits stay split over the vocabulary (the loss reads them so). Attention runs one of two
+kernels (model/attention.py), the bias + GeLU and the loss are compiled on a GPU (model/fused.py), weights are drawn
+by model/weights.py.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +20,12 @@ from megatron.core.tensor_parallel import (
     RowParallelLinear,
     VocabParallelEmbedding,
     copy_to_tensor_model_parallel_region,
-    vocab_parallel_cross_entropy,
 )
 from torch import nn
 
 from model.attention import alibi_bias, alibi_slopes, flex_attention_alibi, kernel_for, sdpa_attention
 from model.config import Attention, ModelConfig
+from model.fused import bias_gelu, compiled, compiles, vocab_parallel_cross_entropy
 from model.weights import initialize
 
 
@@ -110,22 +109,11 @@ class BloomAttention(nn.Module):
         return self._cached_bias
 
 
-def bias_gelu(intermediate: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return F.gelu(intermediate + bias, approximate="tanh")
-
-
-@functools.cache
-def _compiled_bias_gelu():
-    """One kernel for the bias and the GeLU, which also keeps only its input for backward; compiled when first run, so
-    that ranks that never compile do not import the compiler."""
-    return torch.compile(bias_gelu, dynamic=False)
-
-
 class BloomMLP(nn.Module):
     def __init__(self, model: ModelConfig, config: ModelParallelConfig) -> None:
         super().__init__()
         h, ffn = model.hidden_size, model.ffn_hidden_size
-        self.compiled = model.compile
+        self.compile = model.compile
         self.dense_h_to_4h = ColumnParallelLinear(
             h, ffn, config=config, init_method=_uninitialised, bias=True, gather_output=False, skip_bias_add=True
         )
@@ -141,8 +129,7 @@ class BloomMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         intermediate, bias = self.dense_h_to_4h(hidden)
-        compiled = self.compiled if self.compiled is not None else hidden.is_cuda
-        activated = (_compiled_bias_gelu() if compiled else bias_gelu)(intermediate, bias)
+        activated = (compiled(bias_gelu) if compiles(self.compile, hidden.device) else bias_gelu)(intermediate, bias)
         output, _ = self.dense_4h_to_h(activated)
         return output
 
@@ -161,9 +148,10 @@ class BloomBlock(nn.Module):
         return hidden + F.dropout(self.mlp(self.post_attention_layernorm(hidden)), self.dropout, self.training)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over vocabulary-parallel logits [b, s, v/tp] (computed in fp32)."""
-    return vocab_parallel_cross_entropy(logits.float(), labels).mean()
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, compile_setting: bool | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over vocabulary-parallel logits [b, s, v/tp] (computed in fp32);
+    `compile_setting` is `model.compile`."""
+    return vocab_parallel_cross_entropy(logits, labels, compiles(compile_setting, logits.device)).mean()
 
 
 class BloomModel(nn.Module):
@@ -176,6 +164,7 @@ class BloomModel(nn.Module):
         self.word_embeddings_layernorm = BloomLayerNorm(model)
         self.blocks = nn.ModuleList(BloomBlock(model, config) for _ in range(model.num_layers))
         self.final_norm = BloomLayerNorm(model)
+        self.compile = model.compile
         tp, tp_rank = config.tensor_model_parallel_size, parallel_state.get_tensor_model_parallel_rank()
         initialize(self.named_parameters(), model, seed, tp, tp_rank)
 
@@ -187,4 +176,4 @@ class BloomModel(nn.Module):
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         """`batch` holds seq_length + 1 tokens a row: inputs are all but the last, labels all but the first."""
-        return lm_loss(self(batch[:, :-1]), batch[:, 1:])
+        return lm_loss(self(batch[:, :-1]), batch[:, 1:], self.compile)

@@ -8,6 +8,8 @@ seeded by position, so the weights do not depend on how the layers are split ove
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
@@ -57,7 +59,7 @@ def pipeline_module(
     return PipelineModule(
         layers=layer_specs(model, config),
         topology=topology,
-        loss_fn=lm_loss,
+        loss_fn=functools.partial(lm_loss, compile_setting=model.compile),
         partition_method=PARTITION,
         seed_layers=True,
         seed_fn=seed_layer,

@@ -4,6 +4,7 @@ that need root and Slurm (recovery.py, faults.py) and the GPU check (tests/test_
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -35,3 +36,23 @@ def test_a_ranks_start_and_exit_are_timed_against_plain_imports() -> None:
     out = run_benchmark("rank_start.py", "--repeats", "1")
     assert re.search(r"^  baseline +[\d.]+ s", out, re.MULTILINE) and re.search(r"^  corolla +[\d.]+ s", out, re.M)
     assert re.search(r"^  ratio +[\d.]+ +\(corolla / baseline\)$", out, re.MULTILINE), out
+
+
+def test_the_fused_loss_is_timed_and_measured_against_megatrons() -> None:
+    out = run_benchmark(
+        "loss_kernel.py",
+        "--micro-batch",
+        "1",
+        "--seq-length",
+        "64",
+        "--vocab",
+        "512",
+        "--dtype",
+        "fp32",
+        "--repeats",
+        "1",
+    )
+    report = json.loads(out[out.index("{") :])
+    assert report["logits"] == "1x64x512" and report["max_difference"]["loss"] < 1e-5
+    assert all(report[name]["ms"] > 0 and report[name]["peak_gib"] >= 0 for name in ("corolla", "megatron"))
+    assert report["time_ratio"] > 0

@@ -93,7 +93,11 @@ def test_the_check_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert len(report["runs"]) == 2 and all(keys <= set(run) for run in report["runs"])
     assert all(run["tokens_per_second"] > 0 and run["baseline_tokens_per_second"] > 0 for run in report["runs"])
     assert [run["global_batch"] for run in report["runs"]] == [4, 6]  # 2 and 3 micro-batches of 2
-    assert all(run["adamw"] == "fused" for run in report["runs"])  # the calibration table's column
+    assert all(run["adamw"] == "fused" for run in report["runs"])  # the calibration table's columns
+    assert all(run["loss"] == "megatron" for run in report["runs"])  # eager on CPU; compiled, fused, on a GPU
+    losses = report["loss_kernels"]
+    assert losses["corolla"]["ms"] > 0 and losses["megatron"]["ms"] > 0 and losses["time_ratio"] > 0
+    assert losses["max_difference"]["loss"] < 1e-5
     profile = report["runs"][0]["profile"]
     assert profile["device_ms"] > 0 and sum(profile["by_kind"].values()) == pytest.approx(1, abs=0.01)
     assert profile["by_kind"]["matmul"] > 0 and profile["longest"][0]["ms"] > 0

@@ -48,6 +48,7 @@ MEGATRON_LM_2021 = replace(
     gathers_weights=False,
     flat_gradient_copy=False,
     step_temporary=0,
+    fused_loss=False,
 )
 
 
@@ -133,8 +134,13 @@ def measured_runs() -> list[PublishedRun]:
         candidate = Candidate(ParallelLayout(), row["micro_batch"], batch, checkpointing, 1, train.precision)
         flops = hardware_flops_per_step(model, batch, 1, checkpointing)
         name = f"{row['model']} {row['attention']} mb{row['micro_batch']}{' ckpt' if checkpointing else ''}"
-        # Rows measured before corolla's AdamW was fused say so: torch's foreach one made an fp32 temporary.
-        implementation = replace(corolla_on_gpus(model), step_temporary=4 if row["adamw"] == "foreach" else 1)
+        # Rows measured before corolla's AdamW or loss were fused say so: torch's foreach AdamW made an fp32
+        # temporary, megatron's loss an fp32 copy of the logits and their softmax.
+        implementation = replace(
+            corolla_on_gpus(model),
+            step_temporary=4 if row["adamw"] == "foreach" else 1,
+            fused_loss=row["loss"] == "fused",
+        )
         tflops = flops / row["step_s"] / 1e12
         runs.append(
             PublishedRun(

@@ -80,11 +80,15 @@ class Implementation:
     framework_gib: float  # CUDA context and NCCL buffers
     fragmentation: float  # the allocator's fragmentation, a share of the tensors
     attention_cost: float = 1.0  # time of its attention kernels, as a multiple of flex attention's (step_time.py)
+    # In bf16 the loss keeps the logits as they are and writes their gradient in bf16 (model/fused.py), rather than
+    # working on an fp32 copy and keeping the fp32 softmax (megatron's vocab_parallel_cross_entropy, which fp32 runs).
+    fused_loss: bool = True
 
 
 # corolla on GPUs: flex attention (model/attention.py) keeps Q, K, V (views of the QKV output) and its output (copied
 # again for the output projection), neither the scores nor an ALiBi bias; the compiled bias + GeLU keeps its input,
-# and the MLP's second layer the GeLU's output, as the eager pair did. Its fused AdamW updates in place.
+# and the MLP's second layer the GeLU's output, as the eager pair did; the compiled loss is the fused one. Its fused
+# AdamW updates in place.
 COROLLA_GPU = Implementation(
     "corolla",
     embedding_is_a_block=True,
@@ -112,7 +116,8 @@ def corolla_on_gpus(model: ModelConfig) -> Implementation:
     return COROLLA_GPU if flex else COROLLA_GPU_SDPA
 
 
-# corolla on CPU: the math kernel copies Q, K, V and keeps the softmax [b, heads, s, s]; no CUDA.
+# corolla on CPU: the math kernel copies Q, K, V and keeps the softmax [b, heads, s, s]; eager, megatron's loss; no
+# CUDA.
 COROLLA_CPU = Implementation(
     "corolla-cpu",
     embedding_is_a_block=True,
@@ -126,6 +131,7 @@ COROLLA_CPU = Implementation(
     step_temporary=1,
     framework_gib=0.0,
     fragmentation=0.0,
+    fused_loss=False,
 )
 
 
@@ -207,11 +213,13 @@ def _micro_batch_activations(
     return stage.blocks * per_block + extra * unit
 
 
-def _logits(model: ModelConfig, candidate: Candidate) -> float:
-    """One micro-batch's logits slice, and the fp32 copy and softmax vocab_parallel_cross_entropy works on."""
+def _logits(model: ModelConfig, candidate: Candidate, implementation: Implementation) -> float:
+    """One micro-batch's logits slice, and what the loss adds: their gradient (the fused loss), or the fp32 copy and
+    softmax megatron's vocab_parallel_cross_entropy works on."""
     e = candidate.activation_bytes
     elements = candidate.micro_batch * model.seq_length * model.padded_vocab_size(candidate.layout.tp)
-    return elements // candidate.layout.tp * (e + 4 + (4 if e != 4 else 0))
+    added = e if implementation.fused_loss and e < 4 else 4 + (4 if e != 4 else 0)
+    return elements // candidate.layout.tp * (e + added)
 
 
 def _parameter_state(
@@ -249,7 +257,7 @@ def stage_memory(
         alibi_bias=bias,
         activations=stage.in_flight * _micro_batch_activations(model, candidate, stage, implementation),
         working=working,
-        logits=_logits(model, candidate) if stage.logits else 0,
+        logits=_logits(model, candidate, implementation) if stage.logits else 0,
         step_transient=_step_transient(candidate, parameters, implementation),
         framework=implementation.framework_gib * GIB,
         fragmentation_share=implementation.fragmentation,
