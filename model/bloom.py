@@ -5,8 +5,8 @@ logits through the word embedding (tied). Under tensor parallelism every linear 
 first layer and the embedding are split by output (heads / columns / vocabulary rows), the attention output and the
 MLP's second layer by input, so a block needs one all-reduce after attention and one after the MLP. Activations are
 [batch, sequence, hidden]; logits stay split over the vocabulary (the loss reads them so). Attention runs one of two
-kernels (model/attention.py), the bias + GeLU and the loss are compiled on a GPU (model/fused.py), weights are drawn
-by model/weights.py.
+kernels (model/attention.py), the bias + GeLU and a bf16 run's loss are compiled on a GPU (model/fused.py), weights
+are drawn by model/weights.py.
 """
 
 from __future__ import annotations

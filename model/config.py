@@ -37,7 +37,7 @@ class ModelConfig:
     # None: BLOOM's sqrt(1 / (3 h)); output projections get it / sqrt(2 * layers), as Megatron does.
     init_std: float | None = None
     attention: Attention = Attention.auto
-    # torch.compile of each block's bias + GeLU and of the loss (model/fused.py); None: on a GPU only.
+    # torch.compile of each block's bias + GeLU and of a bf16 run's loss (model/fused.py); None: on a GPU only.
     compile: bool | None = None
 
     def __post_init__(self) -> None:

@@ -54,5 +54,6 @@ def test_the_fused_loss_is_timed_and_measured_against_megatrons() -> None:
     )
     report = json.loads(out[out.index("{") :])
     assert report["logits"] == "1x64x512" and report["max_difference"]["loss"] < 1e-5
+    assert report["max_difference"]["gradient"] < 1e-6
     assert all(report[name]["ms"] > 0 and report[name]["peak_gib"] >= 0 for name in ("corolla", "megatron"))
     assert report["time_ratio"] > 0

@@ -111,9 +111,10 @@ COROLLA_GPU_SDPA = replace(COROLLA_GPU, name="corolla-sdpa", alibi_bias=True, at
 
 
 def corolla_on_gpus(model: ModelConfig) -> Implementation:
-    """What corolla keeps training `model` on GPUs, by the attention kernel it runs there."""
+    """What corolla keeps training `model` on GPUs, by the attention kernel it runs there and whether its kernels are
+    compiled (`model.compile=false`: megatron's loss)."""
     flex = model.attention == Attention.flex or (model.attention == Attention.auto and not model.attention_dropout)
-    return COROLLA_GPU if flex else COROLLA_GPU_SDPA
+    return replace(COROLLA_GPU if flex else COROLLA_GPU_SDPA, fused_loss=model.compile is not False)
 
 
 # corolla on CPU: the math kernel copies Q, K, V and keeps the softmax [b, heads, s, s]; eager, megatron's loss; no
