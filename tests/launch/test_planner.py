@@ -15,7 +15,14 @@ from launch.plan.arithmetic import attention_flops, hardware_flops_per_step, par
 from launch.plan.calibration import bloom_176b, measured_runs, published_runs
 from launch.plan.hardware import A100_80GB, GIB, Hardware
 from launch.plan.layout import ParallelLayout
-from launch.plan.memory import COROLLA_GPU, COROLLA_GPU_SDPA, Candidate, estimate_memory, stage_parameters
+from launch.plan.memory import (
+    COROLLA_GPU,
+    COROLLA_GPU_SDPA,
+    Candidate,
+    corolla_on_gpus,
+    estimate_memory,
+    stage_parameters,
+)
 from launch.plan.ranking import best_per_layout, evaluate, nearest_fitting, plan_layouts
 from launch.plan.run_plan import make_plan
 from launch.plan.stages import pipeline_stages
@@ -91,6 +98,14 @@ def test_memory_saving_knobs_save_memory() -> None:
     assert zero.optimizer == pytest.approx(base.optimizer / 4) and zero.activations == base.activations
     assert recompute.activations < base.activations / 4 and recompute.weights == base.weights
     assert tensor.activations < base.activations and tensor.weights < base.weights
+
+
+@pytest.mark.parametrize("precision", [Precision.bf16, Precision.fp32])
+def test_the_loss_adds_a_gradient_in_bf16_compiled_and_megatrons_fp32_copies_otherwise(precision: Precision) -> None:
+    logits = 2 * 256 * SMALL.padded_vocab_size(1)  # one micro-batch's, at TP 1
+    fused, eager = (corolla_on_gpus(replace(SMALL, compile=setting)) for setting in (None, False))
+    sizes = [estimate_memory(SMALL, candidate(precision=precision), kind).logits / logits for kind in (fused, eager)]
+    assert sizes == ([2 + 2, 2 + 4 + 4] if precision == Precision.bf16 else [4 + 4, 4 + 4])
 
 
 def test_a_cluster_without_gpus_or_figures_is_refused() -> None:
