@@ -162,13 +162,7 @@ def main() -> None:
     alone = (
         {name: one_process(name, arguments) for name in LOSSES} if device.type == "cpu" and not arguments.only else {}
     )
-    os.environ.update(
-        {
-            "RANK": "0",
-            "WORLD_SIZE": "1",
-            "MASTER_ADDR": "127.0.0.1",
-        }
-    )
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
     os.environ.setdefault("MASTER_PORT", "29547")
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
