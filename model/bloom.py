@@ -25,7 +25,7 @@ from torch import nn
 
 from model.attention import alibi_bias, alibi_slopes, flex_attention_alibi, kernel_for, sdpa_attention
 from model.config import Attention, ModelConfig
-from model.fused import bias_gelu, compiled, compiles, vocab_parallel_cross_entropy
+from model.fused import bias_gelu, compiles, kernel, vocab_parallel_cross_entropy
 from model.weights import initialize
 
 
@@ -129,7 +129,7 @@ class BloomMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         intermediate, bias = self.dense_h_to_4h(hidden)
-        activated = (compiled(bias_gelu) if compiles(self.compile, hidden.device) else bias_gelu)(intermediate, bias)
+        activated = kernel(bias_gelu, compiles(self.compile, hidden.device))(intermediate, bias)
         output, _ = self.dense_4h_to_h(activated)
         return output
 

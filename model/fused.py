@@ -58,7 +58,8 @@ def logit_gradient(
     return ((probabilities - one_hot.float()) * scale.unsqueeze(-1)).to(logits.dtype)
 
 
-def _kernel(function: Callable, compile_kernels: bool) -> Callable:
+def kernel(function: Callable, compile_kernels: bool) -> Callable:
+    """`function`, compiled or as it is."""
     return compiled(function) if compile_kernels else function
 
 
@@ -74,7 +75,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         first = parallel_state.get_tensor_model_parallel_rank() * columns
         target = labels - first
         target = target.masked_fill((target < 0) | (target >= columns), -1)
-        row_max, sum_exp = _kernel(row_statistics, compile_kernels)(logits)
+        row_max, sum_exp = kernel(row_statistics, compile_kernels)(logits)
         global_max = row_max.clone()
         _all_reduce(global_max, dist.ReduceOp.MAX)
         sum_exp *= torch.exp(row_max - global_max)
@@ -90,7 +91,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         logits, log_sum_exp, target = ctx.saved_tensors
-        gradient = _kernel(logit_gradient, ctx.compile_kernels)
+        gradient = kernel(logit_gradient, ctx.compile_kernels)
         return gradient(logits, log_sum_exp, target, grad_loss.float()), None, None
 
 

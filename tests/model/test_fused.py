@@ -96,5 +96,5 @@ def test_losses_and_logit_gradients_are_megatrons(compared: list[dict], case: in
 def test_training_runs_the_fused_loss_compiled_on_bf16_logits_and_megatrons_otherwise(compared: list[dict]) -> None:
     (eager, _), (fp32, _), (fused, gradient) = compared[0]["routes"]
     assert eager == fp32 == "_VocabParallelCrossEntropyBackward" and fused == "_FusedCrossEntropyBackward"
-    expected = compared[0]["routes"][0][1]  # megatron's, of the same bf16 logits: the mean's gradient, compiled
+    expected = compared[0]["routes"][0][1]  # megatron's mean's gradient, of the same bf16 logits
     assert torch.allclose(gradient.float(), expected.float(), rtol=2**-7, atol=1e-9)
