@@ -19,6 +19,8 @@ Prints each figure and writes OUT_DIR/gpu_check.json:
   the planner's estimates (launch/plan/memory.py, step_time.py), the kernel_efficiency the time implies (what to set
   as `cluster.kernel_efficiency` for this GPU), and transformers' BloomForCausalLM on the same shape and batch
   (baseline); for one bloom-1b7 run, where a step's GPU time goes, by kind of kernel.
+A part that fails leaves its error (`error`, or `<part>_error` inside correctness, `baseline_error` in a run) in place
+of its figures and the other parts still run; the check then exits 1, naming the failed parts.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ import json
 import os
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -248,13 +253,27 @@ def self_test_spread(repeats: int = 10) -> dict:
     return {"fastest_ms": round(1e3 * min(seconds), 3), "slowest_over_fastest": round(max(seconds) / min(seconds), 3)}
 
 
+def guarded(measure: Callable[[], dict], error_key: str = "error") -> dict:
+    """A part's figures, or the error that cut it short under `error_key` (its traceback printed): a part that breaks on
+    a GPU, where the check runs once, leaves the other parts' figures."""
+    try:
+        return measure()
+    except Exception as error:  # any failure of one part is a finding, reported beside the other parts' figures
+        traceback.print_exc()
+        return {error_key: f"{type(error).__name__}: {error}"[:1000]}
+
+
 def correctness(scale: Scale, device: torch.device) -> dict:
     shape = published_shape(scale.correctness_model, scale, scale.correctness_seq)
-    return {
-        **logits_against_transformers(shape, device),
-        **kernels_against_each_other(shape, device),
-        **steps_against_transformers(shape, device),
+    parts = {
+        "logits": logits_against_transformers,
+        "kernels": kernels_against_each_other,
+        "training_steps": steps_against_transformers,
     }
+    figures: dict = {}
+    for name, measure in parts.items():
+        figures.update(guarded(partial(measure, shape, device), f"{name}_error"))
+    return figures
 
 
 def hardware_of(device: dict) -> Hardware:
@@ -312,6 +331,10 @@ def held_memory(device: torch.device) -> int:
     return torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
 
 
+def described(setting: Setting) -> dict:
+    return {key: value.value if isinstance(value, Attention) else value for key, value in asdict(setting).items()}
+
+
 def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict) -> dict:
     shape = replace(published_shape(setting.model, scale, scale.seq_length), attention=setting.attention)
     job = train_job(shape, setting, scale)
@@ -325,13 +348,15 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
     def step() -> None:
         engine.train_batch(data_iter=pairs(batch.split(setting.micro_batch)))
 
-    seconds = timed(step, scale.warmup_steps, scale.timed_steps, device)
-    peak = peak_memory_gib(device, held_before)
-    profiled = {"profile": kernel_profile(step, device)} if setting.profiled else {}
-    # The calibration table's columns: which AdamW and which loss ran.
-    adamw = "fused" if compat.adam_optimizer(engine).defaults["fused"] else "foreach"
-    loss = "fused" if runs_fused(compiles(shape.compile, device), torch.bfloat16) else "megatron"
-    engine.destroy()
+    try:
+        seconds = timed(step, scale.warmup_steps, scale.timed_steps, device)
+        peak = peak_memory_gib(device, held_before)
+        profiled = {"profile": kernel_profile(step, device)} if setting.profiled else {}
+        # The calibration table's columns: which AdamW and which loss ran.
+        adamw = "fused" if compat.adam_optimizer(engine).defaults["fused"] else "foreach"
+        loss = "fused" if runs_fused(compiles(shape.compile, device), torch.bfloat16) else "megatron"
+    finally:
+        engine.destroy()
     model = replace(shape, vocab_size=plan.vocab_size)
     tflops = model_flops_per_step(model, job.train.global_batch) / seconds / 1e12
     candidate = Candidate.of(ParallelLayout(), job.train, job.parallel)
@@ -339,7 +364,6 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
     implementation = corolla_on_gpus(model)
     estimate = estimate_step_time(model, candidate, hardware, implementation)
     return {
-        **{key: value.value if isinstance(value, Attention) else value for key, value in asdict(setting).items()},
         "global_batch": job.train.global_batch,
         "adamw": adamw,
         "loss": loss,
@@ -458,20 +482,25 @@ def write(report: dict, out_dir: Path) -> None:
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
-def main(out_dir: Path, smoke: bool) -> dict:
+def failures(report: dict) -> list[str]:
+    """The parts that failed, by where their error is in the report."""
+    parts = [(part, report[part]) for part in ("self_test", "correctness", "loss_kernels")]
+    parts += [(f"runs[{index}]", run) for index, run in enumerate(report["runs"])]
+    return [f"{where}.{key}" for where, figures in parts for key in figures if key.endswith("error")]
+
+
+def main(out_dir: Path, scale: Scale) -> dict:
+    """The report, written part by part; exits non-zero, once every part has run, where any failed."""
     compat.check_versions(("torch", "deepspeed", "megatron-core"))
-    scale = SMOKE if smoke else GPU
     device = join_process_group()
-    if device.type != "cuda" and not smoke:
-        raise SystemExit("gpu_check: no GPU here (pass --smoke for the CPU code path)")
     torch._dynamo.config.cache_size_limit = 32  # every shape, dtype and grad mode compiles flex attention anew
     out_dir.mkdir(parents=True, exist_ok=True)
     info = device_info(device)
     report: dict = {
         "device": info,
-        "self_test": self_test_spread(),
-        "correctness": correctness(scale, device),
-        "loss_kernels": loss_kernels(scale, device),
+        "self_test": guarded(self_test_spread),
+        "correctness": guarded(partial(correctness, scale, device)),
+        "loss_kernels": guarded(partial(loss_kernels, scale, device)),
         "runs": [],
     }
     print(json.dumps(report, indent=1), flush=True)
@@ -480,11 +509,14 @@ def main(out_dir: Path, smoke: bool) -> dict:
     for setting in scale.settings:
         key = (setting.model, setting.micro_batch, setting.micro_batches, setting.activation_checkpointing)
         if key not in baselines:
-            baselines[key] = baseline_tokens_per_second(setting, scale, device)
-        run = {**corolla_run(setting, scale, device, info), **baselines[key]}
+            baselines[key] = guarded(partial(baseline_tokens_per_second, setting, scale, device), "baseline_error")
+        run = {**described(setting), **guarded(partial(corolla_run, setting, scale, device, info)), **baselines[key]}
         report["runs"].append(run)
         print(json.dumps(run), flush=True)
         write(report, out_dir)
+    failed = failures(report)
+    if failed:
+        sys.exit(f"gpu_check: {len(failed)} part(s) failed, the others measured: {', '.join(failed)}")
     return report
 
 
@@ -493,4 +525,6 @@ if __name__ == "__main__":
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: the code path, not the figures")
     arguments = parser.parse_args()
-    main(arguments.out_dir, arguments.smoke)
+    if not arguments.smoke and not torch.cuda.is_available():
+        sys.exit("gpu_check: no GPU here (pass --smoke for the CPU code path)")
+    main(arguments.out_dir, SMOKE if arguments.smoke else GPU)

@@ -102,3 +102,33 @@ def test_the_check_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert profile["device_ms"] > 0 and sum(profile["by_kind"].values()) == pytest.approx(1, abs=0.01)
     assert profile["by_kind"]["matmul"] > 0 and profile["longest"][0]["ms"] > 0
     assert "profile" not in report["runs"][1]
+
+
+FAILING_PART = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks import gpu_check as check
+from model.config import Attention
+
+flex = check.Setting("bloom-tiny", 2, False, Attention.flex)
+settings = (flex, replace(flex, attention=Attention.sdpa, profiled=True))  # the loss kernels' shape: the profiled one
+check.main(Path(sys.argv[1]), replace(check.SMOKE, settings=settings))
+"""
+
+
+def test_a_part_that_fails_leaves_the_others_figures_and_the_check_exits_non_zero(tmp_path: Path) -> None:
+    """A GPU runs the check once: a part that breaks there must not cost the rest. On CPU, flex attention cannot
+    train (it has no backward here), so that run fails for real; the run after it is still measured."""
+    result = subprocess.run(
+        [sys.executable, "-c", FAILING_PART, str(tmp_path)], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == "gpu_check: 1 part(s) failed, the others measured: runs[0].error"
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    failed, measured = report["runs"]
+    assert failed["attention"] == "flex" and "flex attention has no backward on CPU" in failed["error"]
+    assert failed["baseline_tokens_per_second"] > 0  # transformers' baseline is its own part
+    assert measured["attention"] == "sdpa" and measured["tokens_per_second"] > 0 and "error" not in measured
+    assert "error" not in report["loss_kernels"] and report["correctness"]["logits_fp32"] < 1e-4
