@@ -20,7 +20,7 @@ class Command:
     config: str
     target: str  # "module:function", imported when the command runs: training pulls in DeepSpeed, the rest need not
     help: str
-    flags: tuple[str, ...] = ()  # boolean options, passed to the target as keyword arguments
+    flags: tuple[tuple[str, str], ...] = ()  # boolean options (name, help), passed to the target as keyword arguments
     sweep_target: str | None = None  # with --multirun: "module:function" taking every point's job at once
     positional: str | None = None  # the key a first argument that is a path sets: `corolla status RUN_DIR`
 
@@ -66,13 +66,21 @@ COMMANDS = [
     Command(
         ("tokenizer", "encode"), "tokenizer_encode", "tokenizer.commands:encode", "corpus to per-language token files"
     ),
-    Command(("train",), "train", "launch.commands:train", "train a BLOOM model, 3D-parallel, here", flags=("dry_run",)),
+    Command(
+        ("train",),
+        "train",
+        "launch.commands:train",
+        "train a BLOOM model, 3D-parallel, here",
+        flags=(("dry_run", "check and plan the job, and stop: no data built, no process started"),),
+    ),
     Command(
         ("submit",),
         "submit",
         "launch.commands:submit",
         "train on a Slurm cluster",
-        flags=("dry_run",),
+        flags=(
+            ("dry_run", "check, plan and print the sbatch script, and stop: the cluster is not asked, no data built"),
+        ),
         sweep_target="slurm.submit:submit_sweep",
     ),
     Command(
@@ -82,7 +90,13 @@ COMMANDS = [
         "a run's state, restarts, progress, ETA",
         positional="run_dir",
     ),
-    Command(("logs",), "logs", "launch.commands:show_logs", "the last lines of every rank's log", positional="run_dir"),
+    Command(
+        ("logs",),
+        "logs",
+        "launch.commands:show_logs",
+        "the last lines of every rank's log, of a run sent to Slurm",
+        positional="run_dir",
+    ),
     Command(("cancel",), "cancel", "launch.commands:cancel", "cancel a run's Slurm jobs", positional="run_dir"),
     Command(
         ("export", "hf"), "export_hf", "launch.train.export:export_hf_model", "a checkpoint as a HF BloomForCausalLM"
@@ -98,7 +112,12 @@ COMMANDS = [
         "pipeline",
         "launch.commands:pipeline",
         "every stage, here or as a chain of Slurm jobs (cluster=NAME); sample data by default",
-        flags=("dry_run",),
+        flags=(
+            (
+                "dry_run",
+                "check config and layout, say what would run (on a cluster, each job's sbatch script); build nothing",
+            ),
+        ),
     ),
     Command(
         ("checkpoint", "verify"),
@@ -119,9 +138,14 @@ COMMANDS = [
         "checkpoint_reshard",
         "launch.commands:reshard",
         "a checkpoint for another TP x PP",
+        positional="run_dir",
     ),
     Command(
-        ("plan",), "plan", "launch.plan.report:show_plan", "layouts that fit the GPUs, ranked by speed", flags=("json",)
+        ("plan",),
+        "plan",
+        "launch.plan.report:show_plan",
+        "layouts that fit the GPUs, ranked by speed",
+        flags=(("json", "every configuration weighed, with its memory and time, as JSON"),),
     ),
 ]
 
@@ -139,8 +163,8 @@ def _parser() -> argparse.ArgumentParser:
                 groups[prefix] = group.add_subparsers(dest="_".join(prefix), required=True)
         sub = groups[command.path[:-1]].add_parser(command.path[-1], help=command.help, description=command.help)
         sub.add_argument("--cfg", action="store_true", help="print the resolved config and exit")
-        for flag in command.flags:
-            sub.add_argument(f"--{flag.replace('_', '-')}", action="store_true")
+        for flag, text in command.flags:
+            sub.add_argument(f"--{flag.replace('_', '-')}", action="store_true", help=text)
         if command.sweep_target:
             sub.add_argument("-m", "--multirun", action="store_true", help="a job per point of key=a,b sweeps")
         sub.add_argument("overrides", nargs="*", help="Hydra overrides: key=value, group=option")
@@ -152,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: Command = args.command_spec
     try:
-        flags = {flag: getattr(args, flag) for flag in command.flags}
+        flags = {flag: getattr(args, flag) for flag, _ in command.flags}
         overrides = command.overrides(args.overrides)
         if getattr(args, "multirun", False):
             command.run_sweep(overrides, **flags)

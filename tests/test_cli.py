@@ -66,6 +66,11 @@ def test_per_language_training_weights_are_new_keys_of_data_weights(capsys) -> N
     assert code == 0 and yaml.safe_load(out)["data"]["weights"] == {"hin_Deva": 1.0}
     code, _, err = run(capsys, "train", "--cfg", "data.weights.eng_Latn=2")
     assert code == 2 and err == "corolla: error: data.weights.eng_Latn takes new keys: write '+data.weights.eng_Latn=2'"
+    code, _, err = run(capsys, "train", "--cfg", "data.weights={hin_Deva: 1, eng_Latn: 2}")  # the README's form
+    assert (
+        code == 2
+        and err == "corolla: error: data.weights takes new keys: write '+data.weights={hin_Deva: 1, eng_Latn: 2}'"
+    )
 
 
 @pytest.mark.parametrize(
@@ -192,12 +197,14 @@ def test_encode_refuses_a_directory_it_did_not_write(capsys, tmp_path: Path) -> 
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
 
 
-@pytest.mark.parametrize("command", ["status", "logs", "cancel"])
+@pytest.mark.parametrize(
+    "command", ["status", "logs", "cancel", "tracking sync", "checkpoint verify", "checkpoint reshard"]
+)
 def test_a_run_directory_may_be_given_as_the_first_argument(capsys, command: str) -> None:
     weird = 'runs/a "run" $(touch x) it\'s\\'
     swept = "runs/sweep/train.lr=0.001"  # a sweep's point
     for argument, expected in ((weird, weird), (f"run_dir={quoted(weird)}", weird), (swept, swept)):
-        code, out, _ = run(capsys, command, "--cfg", argument)
+        code, out, _ = run(capsys, *command.split(), "--cfg", argument)
         assert code == 0 and yaml.safe_load(out)["run_dir"] == expected
 
 

@@ -2,7 +2,9 @@
 
 Shares are decided over *content* (characters by default, so a Khmer sentence is not counted three times as big
 as its English translation because its script needs 3 bytes a character), then turned into byte budgets that add
-up to `tokenizer.sample_bytes`. A language's budget may exceed its text: it is then repeated (upsampled).
+up to at most `tokenizer.sample_bytes` (less where the language sampled least for its size would otherwise be
+repeated: repeating every language gains nothing). A language's budget may exceed its text: it is then repeated
+(upsampled).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def _one_line(error: Exception) -> str:
     """Hydra and OmegaConf explain over several lines; say what is wrong with which key and how to fix it."""
     lines = [line for line in _messages(error) if not re.match(r"(full_key|object_type|reference_type)\b", line)]
     text = "\n".join(lines)
-    if (match := re.search(r"To append to your config use (\+\S+)", text)) and "is not in struct" in text:
+    if (match := re.search(r"To append to your config use (\+.+)$", text, re.M)) and "is not in struct" in text:
         return f"{match[1][1:].split('=')[0]} takes new keys: write '{match[1]}'"
     if match := re.search(r"Key '([^']+)' not in '(\w+)'", text):
         where = re.search(r"Could not override '([^']+)'", text)
