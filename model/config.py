@@ -46,6 +46,16 @@ class ModelConfig:
             or min(self.vocab_size, self.embedding_rows) < 0
         ):
             raise ValueError(f"model {self.name}: layers, hidden size, heads and sequence must be positive")
+        if self.ffn_multiplier < 1 or not self.layernorm_epsilon > 0:
+            raise ValueError(
+                f"model.ffn_multiplier={self.ffn_multiplier} must be at least 1 and model.layernorm_epsilon="
+                f"{self.layernorm_epsilon} positive (BLOOM: 4 and 1e-5)"
+            )
+        if not (0 <= self.hidden_dropout < 1 and 0 <= self.attention_dropout < 1):
+            raise ValueError(
+                f"model.hidden_dropout={self.hidden_dropout} and model.attention_dropout={self.attention_dropout} are "
+                "probabilities: give each in [0, 1) (BLOOM: 0)"
+            )
         if self.attention == Attention.flex and self.attention_dropout:
             raise ValueError(
                 f"model.attention=flex has no dropout but model.attention_dropout={self.attention_dropout}: use "

@@ -74,13 +74,18 @@ def test_per_language_training_weights_are_new_keys_of_data_weights(capsys) -> N
 
 
 @pytest.mark.parametrize(
-    "command", [["train", "tracking.uri=ftp://alice:s3cret@host/x"], ["tracking", "sync", "run", "uri=s3://bucket"]]
+    ("command", "problem"),
+    [
+        (["train", "tracking.uri=ftp://alice:s3cret@host/x"], "tracking.uri has the scheme ftp:"),
+        (["tracking", "sync", "run", "uri=s3://bucket"], "uri has the scheme s3:"),
+        (["train", "tracking.uri=file:///tmp/mlruns"], "tracking.uri has the scheme file:"),  # MLflow 3 refuses it
+        (["train", "--dry-run", "tracking.uri=garbage"], "tracking.uri has no scheme (a path: MLflow's file store)"),
+    ],
 )
-def test_a_tracking_uri_mlflow_cannot_use_is_refused_in_one_line(capsys, command: list[str]) -> None:
+def test_a_tracking_uri_mlflow_cannot_use_is_refused_in_one_line(capsys, command: list[str], problem: str) -> None:
     code, _, err = run(capsys, *command)
-    key, scheme = ("tracking.uri", "ftp") if command[0] == "train" else ("uri", "s3")
-    assert code == 2 and err.startswith(f"corolla: error: {key} has the scheme {scheme}:, which MLflow cannot track")
-    assert "\n" not in err and "s3cret" not in err
+    assert code == 2 and err.startswith(f"corolla: error: {problem}, which MLflow cannot track to")
+    assert "\n" not in err.strip() and "s3cret" not in err
 
 
 @pytest.mark.parametrize("command", [["train", "run_dir="], ["tokenizer", "train", "output_dir="]])
@@ -104,18 +109,43 @@ def test_a_list_key_given_one_value_is_shown_the_list_form(capsys) -> None:
     ("override", "expected"),
     [
         ("train.steps=0", "train.steps, train.micro_batch and train.global_batch must be at least 1"),
-        ("train.min_lr=1", "train.min_lr=1.0 must be positive and at most train.lr=0.0006"),
+        ("train.min_lr=1", "train.min_lr=1.0 positive and at most train.lr"),
+        ("train.lr=inf", "train.lr=inf must be finite"),
+        ("train.eps=inf", "a positive train.eps=inf"),
         ("train.hang_timeout_s=5", "train.hang_timeout_s=5 must be at least 10 seconds"),
         ("train.beta2=1.5", "AdamW takes train.beta1=0.9 and train.beta2=1.5 in [0, 1)"),
         ("train.eps=0", "a positive train.eps=0.0"),
         ("train.weight_decay=-0.1", "a train.weight_decay=-0.1 of 0 or more"),
         ("train.grad_clip=-1", "train.grad_clip=-1.0 must be 0 (no clipping) or positive"),
         ("train.rampup.start=4", "train.rampup.start=4 needs a positive train.rampup.increment"),
+        ("model.hidden_dropout=2", "model.hidden_dropout=2.0 and model.attention_dropout=0.0 are probabilities"),
+        ("model.ffn_multiplier=0", "model.ffn_multiplier=0 must be at least 1"),
+        ("model.layernorm_epsilon=-1", "model.layernorm_epsilon=-1.0 positive"),
+        ("data.alpha=60", "data.alpha=60.0 must lie in [0, 10]"),
+        ("cluster.mem_per_node_gb=-5", "mem_per_node_gb=-5 (0: Slurm's default) must not be negative"),
     ],
 )
 def test_a_training_setting_out_of_range_is_refused_in_one_line(capsys, override: str, expected: str) -> None:
     code, out, err = run(capsys, "train", "--cfg", override)
     assert code == 2 and out == "" and expected in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("checkpoint reshard runs/x tp=-1", "tp=-1 pp=0 dp=0: each must be at least 1, or 0 for as saved"),
+        ("checkpoint reshard runs/x step=-2", "step=-2: give a checkpoint's step, or 0 for the latest complete one"),
+        ("checkpoint verify runs/x step=-1", "step=-1: give a checkpoint's step, or 0 for the latest complete one"),
+        (
+            "export hf run_dir=runs/x output_dir=out step=-1",
+            "step=-1: give a checkpoint's step, or 0 for the latest complete one",
+        ),
+    ],
+)
+def test_a_checkpoint_command_refuses_a_negative_layout_or_step(capsys, command: str, expected: str) -> None:
+    """Before it reads anything: a negative layout once deleted a checkpoint's weights in `reshard`."""
+    code, _, err = run(capsys, *command.split(), "--cfg")
+    assert code == 2 and err.strip() == f"corolla: error: {expected}"
 
 
 def test_missing_required_values_are_named(capsys) -> None:

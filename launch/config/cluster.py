@@ -99,10 +99,11 @@ class ClusterConfig:
                 f"cluster {self.name}: kernel_efficiency={self.kernel_efficiency} must lie in (0, 2]: 1 for A100s, or "
                 "what benchmarks/gpu_check.sh prints for your GPU"
             )
-        if self.cpu_cores < 0 or self.array_parallelism < 1:
+        if self.cpu_cores < 0 or self.mem_per_node_gb < 0 or self.array_parallelism < 1:
             raise ValueError(
-                f"cluster {self.name}: cpu_cores={self.cpu_cores} must not be negative (0: a training node's) and "
-                f"array_parallelism={self.array_parallelism} at least 1"
+                f"cluster {self.name}: cpu_cores={self.cpu_cores} (0: a training node's) and mem_per_node_gb="
+                f"{self.mem_per_node_gb} (0: Slurm's default) must not be negative, array_parallelism="
+                f"{self.array_parallelism} at least 1"
             )
         if self.time_limit_min < 1 or not 0 <= self.signal_delay_s < self.time_limit_min * 60 or self.max_restarts < 0:
             raise ValueError(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Beyond this the largest language is all there is (and tokens^alpha overflows a float).
+MAX_ALPHA = 10.0
+
 
 @dataclass
 class DataConfig:
@@ -28,8 +31,11 @@ class DataConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        if not self.alpha >= 0:
-            raise ValueError(f"data.alpha={self.alpha} must be 0 (uniform) or more (1: the natural mix)")
+        if not 0 <= self.alpha <= MAX_ALPHA:
+            raise ValueError(
+                f"data.alpha={self.alpha} must lie in [0, {MAX_ALPHA:g}]: 0 uniform, 1 the natural mix, above 1 "
+                "favouring the large languages"
+            )
         if self.validation_documents < 0:
             raise ValueError(f"data.validation_documents={self.validation_documents} must be 0 or more")
         if self.tokens_dir is None and self.corpus is None:

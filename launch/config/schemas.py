@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import urlparse
@@ -15,7 +16,8 @@ from model.config import BLOOM_VOCABULARY, ModelConfig
 from tokenizer.config import TokenizerConfig
 
 # What MLflow tracks to: a server, a database through SQLAlchemy (`postgresql+psycopg2://` too), a file store.
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+# MLflow's file store (file: URIs and bare paths) is not among them: MLflow 3 refuses to write one.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 
 # The micro-batches `corolla plan` (and the submit memory check) tries besides the configured one.
 PLANNED_MICRO_BATCHES = (1, 2, 4, 8)
@@ -100,15 +102,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if min(self.steps, self.micro_batch, self.global_batch) < 1:
             raise ValueError("train.steps, train.micro_batch and train.global_batch must be at least 1")
-        if not 0 < self.min_lr <= self.lr:
-            raise ValueError(f"train.min_lr={self.min_lr} must be positive and at most train.lr={self.lr}")
+        if not (math.isfinite(self.lr) and 0 < self.min_lr <= self.lr):
+            raise ValueError(
+                f"train.lr={self.lr} must be finite, and train.min_lr={self.min_lr} positive and at most train.lr"
+            )
         if self.warmup_steps < 0 or self.exit_after < 0 or self.skip_nonfinite < 0:
             raise ValueError("train.warmup_steps, train.exit_after and train.skip_nonfinite must not be negative")
         if self.checkpoint_interval < 1 or self.keep_checkpoints < 1:
             raise ValueError("train.checkpoint_interval and train.keep_checkpoints must be at least 1")
         if self.hang_timeout_s < 10:
             raise ValueError(f"train.hang_timeout_s={self.hang_timeout_s} must be at least 10 seconds")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0 and self.weight_decay >= 0):
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and 0 < self.eps < math.inf and self.weight_decay >= 0):
             raise ValueError(
                 f"AdamW takes train.beta1={self.beta1} and train.beta2={self.beta2} in [0, 1), a positive "
                 f"train.eps={self.eps} and a train.weight_decay={self.weight_decay} of 0 or more"
@@ -140,11 +144,14 @@ class TrackingConfig:
 
 def check_tracking_uri(key: str, uri: str | None) -> None:
     """A URI MLflow can track to, or a one-line error that names its scheme only (a URI may hold a password)."""
-    scheme = urlparse(uri or "").scheme.split("+")[0]
-    if scheme and scheme not in TRACKING_SCHEMES:
+    if not uri:
+        return
+    scheme = urlparse(uri).scheme.split("+")[0]
+    what = f"has the scheme {scheme}:" if scheme else "has no scheme (a path: MLflow's file store)"
+    if scheme not in TRACKING_SCHEMES:
         raise ValueError(
-            f"{key} has the scheme {scheme}:, which MLflow cannot track to: give a server (http://HOST:PORT), a "
-            "database (sqlite:///PATH, postgresql://...), or no URI for the run directory's own store"
+            f"{key} {what}, which MLflow cannot track to: give a server (http://HOST:PORT), a database "
+            "(sqlite:///PATH, postgresql://...), or no URI for the run directory's own store"
         )
 
 
@@ -169,6 +176,11 @@ class TrainJob:
     init_new_rows: NewRows = NewRows.mean
 
 
+def check_step(step: int) -> None:
+    if step < 0:
+        raise ValueError(f"step={step}: give a checkpoint's step, or 0 for the latest complete one")
+
+
 @dataclass
 class ReshardJob:
     """`corolla checkpoint reshard`: the run whose checkpoint to rewrite, and the layout to rewrite it for."""
@@ -179,6 +191,11 @@ class ReshardJob:
     dp: int = 0  # 0: as saved
     step: int = 0  # 0: the latest complete checkpoint
 
+    def __post_init__(self) -> None:
+        if min(self.tp, self.pp, self.dp) < 0:
+            raise ValueError(f"tp={self.tp} pp={self.pp} dp={self.dp}: each must be at least 1, or 0 for as saved")
+        check_step(self.step)
+
 
 @dataclass
 class VerifyJob:
@@ -186,6 +203,9 @@ class VerifyJob:
 
     run_dir: str = MISSING
     step: int = 0  # 0: every complete checkpoint
+
+    def __post_init__(self) -> None:
+        check_step(self.step)
 
 
 @dataclass
@@ -204,6 +224,10 @@ class ExportJob:
     run_dir: str = MISSING
     output_dir: str = MISSING
     step: int = 0  # 0: the latest complete checkpoint
+    overwrite: bool = False  # write into an output_dir that holds files already
+
+    def __post_init__(self) -> None:
+        check_step(self.step)
 
 
 @dataclass

@@ -190,4 +190,4 @@ def export_stage(job: MainJob) -> None:
     from launch.train.export import export_hf_model  # torch and transformers: only for this stage
 
     paths = PipelinePaths.of(job)
-    export_hf_model(ExportJob(str(paths.train), str(paths.hf)))
+    export_hf_model(ExportJob(str(paths.train), str(paths.hf), overwrite=True))  # the stage's own, redone

@@ -22,8 +22,9 @@ class CheckpointError(ValueError):
 
 
 def latest_tag(directory: Path) -> str | None:
+    """What `latest` holds: a checkpoint's tag, unless damaged (then what it holds, undecodable bytes replaced)."""
     pointer = directory / LATEST
-    return pointer.read_text().strip() if pointer.is_file() else None
+    return pointer.read_bytes().decode(errors="replace").strip() if pointer.is_file() else None
 
 
 def file_entries(record: dict) -> dict[str, tuple[int, str | None]]:
@@ -49,10 +50,18 @@ def _lists_files(record: dict) -> bool:
 def complete_record(directory: Path, tag: str) -> dict:
     """What COMPLETE says of checkpoint `tag` (step, layouts, files), its files checked to be all there."""
     fix = f"restore its files, or write the tag of an older complete checkpoint into {directory / LATEST}"
+    if not is_checkpoint_tag(tag):  # never a path to follow: `latest` names a checkpoint of this directory
+        complete = ", ".join(complete_tags(directory)[0]) or "none"
+        raise CheckpointError(
+            f"{directory / LATEST} holds {tag[:40]!r}, not a checkpoint's tag: write the newest complete one's into it "
+            f"(complete: {complete})"
+        )
     try:
         record = json.loads((directory / tag / COMPLETE).read_text())
-    except (OSError, ValueError):
+    except OSError:
         raise CheckpointError(f"{directory / LATEST} names {tag}, which is not a complete checkpoint: {fix}") from None
+    except ValueError:
+        record = None
     if not (isinstance(record, dict) and isinstance(record.get("step"), int) and _lists_files(record)):
         raise CheckpointError(f"{directory / tag / COMPLETE} is not a checkpoint record: {fix}")
     for name, (size, _) in file_entries(record).items():
@@ -133,7 +142,7 @@ def set_aside_newer(directory: Path, step: int) -> list[str]:
 def latest_step(directory: Path) -> int | None:
     """The step of the newest complete checkpoint, or None when there is none; checks its files are all there."""
     tag = latest_tag(directory)
-    return complete_record(directory, tag)["step"] if tag else None
+    return complete_record(directory, tag)["step"] if tag is not None else None
 
 
 def step_record(directory: Path, step: int) -> dict:

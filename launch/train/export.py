@@ -25,6 +25,16 @@ def full_state_dict(directory: Path, step: int, model: ModelConfig) -> dict[str,
     return {model_name(name, model.num_layers): reader.full(name).clone() for name in reader.names()}
 
 
+def check_output_dir(output: Path, run_dir: Path, overwrite: bool) -> None:
+    """Before the weights are read: not into the run directory, nor over files unless asked to."""
+    if output.resolve().is_relative_to(run_dir.resolve()):
+        raise ValueError(f"output_dir={output} is inside run_dir={run_dir}: export to a directory of its own")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output_dir={output} is a file: choose a directory")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ValueError(f"output_dir={output} already holds files: choose another, or pass overwrite=true")
+
+
 def export_hf_model(job: ExportJob) -> None:
     from transformers import BloomConfig, BloomForCausalLM
 
@@ -32,6 +42,7 @@ def export_hf_model(job: ExportJob) -> None:
     if not Path(job.run_dir).is_dir():
         raise ValueError(f"run_dir={job.run_dir} is not a directory: pass a run directory or an imported model")
     weights = weights_of(job.run_dir, job.step)
+    check_output_dir(output, Path(job.run_dir), job.overwrite)
     _, _, bad = verify(weights.checkpoints, weights.step)
     if bad:
         raise CheckpointError(

@@ -38,6 +38,18 @@ def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, 
     assert tokenizer("Bonjour", add_special_tokens=False)["input_ids"]
     assert model.config.vocab_size == 2048 and model.config.n_layer == 2
 
+    # An output directory that holds files is kept as it is unless overwrite=true; the run directory is never one.
+    written = {path.name: path.stat().st_mtime_ns for path in exported.iterdir()}
+    assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={exported}", "step=3"]) == 2
+    assert (
+        f"output_dir={exported} already holds files: choose another, or pass overwrite=true" in capsys.readouterr().err
+    )
+    assert {path.name: path.stat().st_mtime_ns for path in exported.iterdir()} == written
+    assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={exported}", "step=3", "overwrite=true"]) == 0
+    assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={run_dir / 'hf'}"]) == 2
+    assert f"output_dir={run_dir / 'hf'} is inside run_dir={run_dir}" in capsys.readouterr().err
+    assert not (run_dir / "hf").exists()
+
     # A step never saved, and a directory that is no run, are said as such.
     checkpoints = run_dir / "checkpoints"
     assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={tmp_path / 'hf1'}", "step=1"]) == 2

@@ -14,7 +14,7 @@ from run_copies import stopped_copy
 from test_training import SHORT_RUN
 
 from launch.cli import main
-from launch.rundir.checkpoints import newest_intact, set_aside_newer
+from launch.rundir.checkpoints import CheckpointError, latest_step, newest_intact, set_aside_newer
 from launch.rundir.files import COMPLETE, LATEST, RUN_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.records import read_jsonl
@@ -176,15 +176,21 @@ def test_checkpoints_newer_than_the_one_resumed_from_are_set_aside_never_overwri
     assert sorted(path.name for path in aside.iterdir()) == ["step-00000004", "step-00000004.2", "step-00000006"]
 
 
-@pytest.mark.parametrize("latest", ["hello world", "", ".."])
+@pytest.mark.parametrize(
+    "latest", [b"hello world", b"", b"..", b"garbage\x00\xff", b"../../other/checkpoints/step-00000002"]
+)
 def test_a_garbled_latest_pointer_is_passed_over_for_the_newest_complete_checkpoint(
-    uninterrupted_run, tmp_path, latest: str
+    uninterrupted_run, tmp_path, latest: bytes
 ) -> None:
+    """Whatever `latest` holds, a start tries the complete checkpoints, and nothing follows it as a path (status and
+    export say what is wrong with it, in one line)."""
     checkpoints = stopped_copy(uninterrupted_run, tmp_path / "run", 4) / "checkpoints"
-    (checkpoints / LATEST).write_text(latest)
+    (checkpoints / LATEST).write_bytes(latest)
     passed_over: list[str] = []
     assert newest_intact(checkpoints, passed_over.append) == 4
-    assert len(passed_over) == 1 and "which is not a complete checkpoint" in passed_over[0]
+    assert len(passed_over) == 1 and "not a checkpoint's tag: write the newest complete one's" in passed_over[0]
+    with pytest.raises(CheckpointError, match=r"complete: step-00000002, step-00000004\)$"):
+        latest_step(checkpoints)
 
 
 @pytest.mark.parametrize("files", [{"model.pt": "x"}, [1], {"model.pt": {"bytes": 1}}])
