@@ -100,6 +100,25 @@ def test_an_empty_directory_is_refused_rather_than_writing_into_the_working_dire
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("train +data.weight.fra_Latn=2", "unknown config key 'data.weight' (did you mean data.weights?)"),
+        ("train ++train.stepz=5", "unknown config key 'train.stepz' (did you mean train.steps?)"),
+        ("train +trian.steps=5", "unknown config key 'trian' (did you mean train?)"),
+        ("plan +cluster.gpu_mem=10", "unknown config key 'cluster.gpu_mem' (did you mean cluster.gpu_memory_gib?)"),
+    ],
+)
+def test_a_key_added_with_a_plus_must_be_one_the_schema_has(capsys, command: str, expected: str) -> None:
+    """`+` adds any key, and the typed job would drop a misspelt one without a word (the natural mix trained where
+    data.weights was meant); mappings such as data.weights still take new keys."""
+    code, _, err = run(capsys, *command.split(), "--cfg")
+    assert code == 2 and err.strip() == f"corolla: error: {expected}: `--cfg` prints every valid key"
+    code, out, _ = run(capsys, "train", "--cfg", "+data.weights.fra_Latn=2", "+cluster.env.SOME_FLAG=1")
+    config = yaml.safe_load(out)
+    assert code == 0 and config["data"]["weights"] == {"fra_Latn": 2.0} and config["cluster"]["env"]["SOME_FLAG"]
+
+
 def test_a_list_key_given_one_value_is_shown_the_list_form(capsys) -> None:
     code, _, err = run(capsys, "submit", "--dry-run", "cluster=jean-zay-a100", "cluster.exclude=n7")
     assert code == 2 and err == "corolla: error: cluster.exclude takes a list: write cluster.exclude=[n7]"

@@ -7,6 +7,8 @@ invalid values become one `ConfigError` line naming the key and the fix.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import itertools
 import os
 import re
@@ -176,6 +178,20 @@ def _check_no_empty_directory(cfg: DictConfig, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{key} is empty, which would mean the working directory: pass {prefix}{key}=DIR")
 
 
+def _check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """Every key of a schema's node is one of its fields: `+` adds any key, and the typed object would drop a misspelt
+    one (`+data.weight.fra_Latn=2`) without a word. Mappings (`data.weights`) take any key."""
+    schema = OmegaConf.get_type(cfg)
+    fields = [field.name for field in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key, value in cfg.items():
+        if fields is not None and key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}: `--cfg` prints every valid key")
+        if isinstance(value, DictConfig):
+            _check_known_keys(value, f"{prefix}{key}.")
+
+
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
     """The resolved config (for printing and recording) and its typed, validated object."""
     cfg = compose_config(command, overrides)
@@ -185,6 +201,7 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
         if missing:
             raise ConfigError(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
         _check_no_empty_directory(cfg)
+        _check_known_keys(cfg)
         return cfg, OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, ValueError) as error:
         if isinstance(error, ConfigError):
