@@ -172,8 +172,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options_last(argv: list[str]) -> list[str]:
+    """`corolla train model=x --dry-run run_dir=y`: every option is a switch and no override starts with "-", so the
+    options may come anywhere among the overrides."""
+    return [arg for arg in argv if not arg.startswith("-")] + [arg for arg in argv if arg.startswith("-")]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_options_last(sys.argv[1:] if argv is None else argv))
     command: Command = args.command_spec
     try:
         flags = {flag: getattr(args, flag) for flag, _ in command.flags}

@@ -32,6 +32,8 @@ def test_a_group_option_and_a_value_override_compose(capsys) -> None:
     code, out, _ = run(capsys, "tokenizer", "train", "--cfg", "tokenizer=tiny", "tokenizer.alpha=0.5", "seed=9")
     assert code == 0
     assert "vocab_size: 8000" in out and "alpha: 0.5" in out and "seed: 9" in out
+    code, out, _ = run(capsys, "tokenizer", "train", "tokenizer=tiny", "--cfg", "seed=9")  # options anywhere
+    assert code == 0 and "vocab_size: 8000" in out and "seed: 9" in out
 
 
 def test_evaluate_takes_one_tokenizer_or_a_list(capsys) -> None:

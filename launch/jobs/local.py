@@ -109,8 +109,9 @@ class LocalBackend(Backend):
         plan, name = prepared.plan, prepared.job.model.name
         layout = plan.layout
         if dry_run:
+            processes = f"{layout.world_size} process{'es' if layout.world_size > 1 else ''}"
             print(
-                f"dry run: the job is valid; it would train {name} here on {layout.world_size} processes, "
+                f"dry run: the job is valid; it would train {name} here on {processes}, "
                 f"{layout.name}, ZeRO-{plan.zero_stage}, pipeline stages from layers {list(plan.stage_bounds[:-1])}"
             )
             return
