@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,19 +55,56 @@ class _Forwarding:
             rank.send_signal(number)
 
 
-def run_ranks(run_dir: Path, world_size: int) -> int:
-    """Runs the run's ranks here and waits; returns the exit status (non-zero if any rank failed)."""
+# What a rank says of why it failed: corolla's own one-line errors, or the last line of a Python traceback (torchrun
+# prefixes a rank's lines with "[rankN]:"); torchrun's summary of the failure names no reason.
+CAUSE = re.compile(r"^(?:\[rank(\d+)\]:\s*)?((?:corolla(?: watchdog)?: |(?:[\w.]*(?:Error|Exception)): ).+)$")
+
+
+class _FirstCause:
+    """Passes the ranks' error output on as it comes, and keeps the first line that says why one failed: corolla's
+    own before a Python exception's (a rank's collective times out on a peer that corolla's watchdog then names), the
+    first of each (the others' failures usually follow from it)."""
+
+    def __init__(self, stream) -> None:
+        self.causes: dict[bool, str] = {}  # by whether corolla said it
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream) -> None:
+        for raw in stream:
+            text = raw.decode(errors="replace")
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            match = CAUSE.match(text.rstrip())
+            if match and "ChildFailedError" not in match[2]:
+                cause = match[2].removeprefix("corolla: error: ")
+                self.causes.setdefault(
+                    match[2].startswith("corolla"), f"rank {match[1]}: {cause}" if match[1] else cause
+                )
+
+    def wait(self) -> str | None:
+        self.thread.join()
+        return self.causes.get(True) or self.causes.get(False)
+
+
+def run_ranks(run_dir: Path, world_size: int) -> tuple[int, str | None]:
+    """Runs the run's ranks here and waits; returns the exit status (non-zero if any rank failed) and the first
+    reason a rank gave for failing, if any."""
     threads = max(1, (os.cpu_count() or 1) // world_size)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
     command = [*torchrun, "-m", "launch.train", str(run_dir)]
-    process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_ended_with_parent)
+    process = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_ended_with_parent
+    )
+    errors = _FirstCause(process.stderr)
     previous = {}
     try:
         if threading.current_thread() is threading.main_thread():  # where Python lets handlers be installed
             forwarding = _Forwarding(process)
             previous = {number: signal.signal(number, forwarding) for number in FORWARDED}
-        return process.wait()
+        status = process.wait()
+        return status, errors.wait()
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -121,7 +159,7 @@ class LocalBackend(Backend):
         # The ranks write, this process sends MLflow what they write, and how the launch ended.
         sender = outbox.Sender(run_dir)
         try:
-            status = run_ranks(run_dir, layout.world_size)
+            status, cause = run_ranks(run_dir, layout.world_size)
             last = RunHistory(run_dir).events()[-1]
             killed = last["event"] == "stopped" and "signal" in last  # by a person, to be resumed
             if status or killed:
@@ -134,7 +172,8 @@ class LocalBackend(Backend):
                 raise RuntimeError(f"training stopped at step {last['step']}: its loss or gradients are not finite")
             if last["event"] == "no_space":
                 raise RuntimeError(last["reason"])
-            raise RuntimeError(f"training failed (a rank exited with status {status}): see its log above")
+            cause = cause or f"a rank exited with status {status}"
+            raise RuntimeError(f"training failed, {cause}: see the log above")
         if killed:
             raise RuntimeError(
                 f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: `corolla train` with the same "

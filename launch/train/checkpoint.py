@@ -17,6 +17,7 @@ import errno
 import os
 import random
 import shutil
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -216,6 +217,25 @@ def _remove_old(directory: Path, keep: int, current: str) -> None:
     doomed = set(complete[:-keep] if keep > 0 else []) | set(incomplete)
     for tag in doomed - {current}:
         shutil.rmtree(directory / tag, ignore_errors=True)
+
+
+def check_writable(directory: Path) -> None:
+    """Before the first step rather than at the first save: every rank can write into `directory` (a collective; a
+    CheckpointError on every rank where one cannot)."""
+    probe = directory / f".writable-rank{dist.get_rank():05d}"
+    try:
+        directory.resolve().mkdir(parents=True, exist_ok=True)  # through a link to a filesystem elsewhere
+        probe.write_bytes(b"")
+        probe.unlink()
+        problem = ""
+    except OSError as error:
+        problem = f"{error.strerror} on {socket.gethostname()}"
+    problems: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    if reason := next((problem for problem in problems if problem), ""):
+        raise CheckpointError(
+            f"{directory} cannot be written ({reason}): make it writable, or give another run_dir; nothing was trained"
+        )
 
 
 def verified_step(directory: Path) -> int:

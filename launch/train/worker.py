@@ -171,6 +171,7 @@ def main(
     directory = run_dir / CHECKPOINTS
     layout = plan.layout
     try:
+        checkpoint.check_writable(directory)
         first_step = checkpoint.verified_step(directory)
         saved_layout = _starting_weights(engine, job, plan, directory, first_step)
     except CheckpointError as error:

@@ -4,6 +4,7 @@ on a real tmpfs of a few MiB (mounted here: the tests run as root)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,3 +74,23 @@ def test_a_first_checkpoint_that_fills_the_disk_is_removed_and_said(capsys, toke
         assert "(there is no checkpoint yet)" in err
         assert [path.name for path in (run_dir / "checkpoints").iterdir()] == []
         assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "no_space"
+
+
+def test_a_checkpoint_directory_that_cannot_be_written_is_refused_before_the_first_step(
+    capsys, tokens: Path, tmp_path: Path
+) -> None:
+    """`checkpoints` linked to a filesystem mounted read-only: said at the start, not after training to the first
+    save; the launcher's last line gives the rank's reason."""
+    with small_filesystem(tmp_path / "scratch", mib=1) as scratch:
+        (scratch / "checkpoints").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(scratch)], check=True)
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        (run_dir / "checkpoints").symlink_to(scratch / "checkpoints")
+        assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"corolla: error: training failed, {run_dir / 'checkpoints'} cannot be written (Read-only file system "
+            f"on {socket.gethostname()}): make it writable, or give another run_dir; nothing was trained: see the log "
+            "above"
+        )
+        assert not (run_dir / "metrics.jsonl").exists() and mlflow_status(run_dir) == "FAILED"
