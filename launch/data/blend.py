@@ -20,7 +20,7 @@ from itertools import count, islice
 import numpy as np
 
 from launch.config.data import DataConfig
-from launch.data.corpus import TokenCorpus
+from launch.data.corpus import TokenCorpus, checked_ids
 
 # The blend repeats after this many samples; the weights are rounded to multiples of 1 / BLEND_PERIOD.
 BLEND_PERIOD = 1 << 20
@@ -231,7 +231,7 @@ class BlendedDataset:
     def __init__(self, corpus: TokenCorpus, config: DataConfig, seq_length: int) -> None:
         if seq_length < 1:
             raise ValueError(f"model.seq_length={seq_length} must be at least 1")
-        self.seq_length = seq_length
+        self.seq_length, self.vocab_size, self.tokens_dir = seq_length, corpus.vocab_size, corpus.tokens_dir
         train_tokens = {language: split.train_tokens.size for language, split in corpus.splits.items()}
         self.weights = blend_weights(train_tokens, config.weights, config.alpha)
         self.schedule = BlendSchedule(self.weights)
@@ -248,4 +248,5 @@ class BlendedDataset:
 
     def __getitem__(self, index: int) -> np.ndarray:
         language, k = self.locate(index)
-        return self.sequences[language].sample(k).astype(np.int64)
+        sample = self.sequences[language].sample(k).astype(np.int64)
+        return checked_ids(sample, self.vocab_size, f"{language}'s sample {k} in {self.tokens_dir}")

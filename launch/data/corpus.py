@@ -163,6 +163,16 @@ def _open_split(tokens_dir: Path, language: str, entry: dict, validation_documen
     return LanguageSplit(language, files, documents - held_out)
 
 
+def checked_ids(tokens: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
+    """`tokens`, whose ids must be the tokenizer's: those of a damaged token file would index past the embedding."""
+    if tokens.size and (largest := int(tokens.max())) >= vocab_size:
+        raise ValueError(
+            f"{where} holds token id {largest}, beyond the tokenizer's {vocab_size}: the token files are damaged; "
+            "encode the corpus again (corolla tokenizer encode, or remove them from data.cache_dir)"
+        )
+    return tokens
+
+
 def validation_samples(split: LanguageSplit, seq_length: int) -> int:
     """How many validation samples of seq_length + 1 tokens a language's held-out documents hold."""
     tokens = split.validation_tokens
@@ -180,6 +190,7 @@ def validation_sample_bytes(
     sample_bytes = {}
     for language, count in samples.items():
         tokens = np.asarray(corpus.splits[language].validation_tokens[: count * seq_length + 1])
+        checked_ids(tokens, len(table), f"{language}'s held-out text in {corpus.tokens_dir}")
         labels, before = tokens[1:].reshape(count, seq_length), tokens[:-1].reshape(count, seq_length)
         label_bytes = table[labels].sum(axis=1)
         if tokenizer.prefix_space:

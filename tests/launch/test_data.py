@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -281,6 +283,25 @@ def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: P
     fails("seq_length=0", lambda: dataset(tokens_dir, seq_length=0))
     no_eos = encode(model, tmp_path / "no-eos", {"eng_Latn": 20}, append_eos=False)
     fails("append_eos=true", lambda: TokenCorpus(no_eos, 5))
+
+
+def test_token_ids_past_the_vocabulary_are_refused_as_damaged_files(
+    model: Path, tokens_dir: Path, tmp_path: Path
+) -> None:
+    """A .bin overwritten (same size, so its index and manifest still agree) holds ids the embedding does not have:
+    named, for training samples and for the held-out ones the launcher measures, rather than an IndexError."""
+    damaged = tmp_path / "tokens"
+    shutil.copytree(tokens_dir, damaged)
+    [bin_file] = (damaged / "eng_Latn").glob("*.bin")
+    bin_file.write_bytes(b"\xff" * bin_file.stat().st_size)
+    corpus = TokenCorpus(damaged, HELD_OUT)
+    where = f"eng_Latn's sample 0 in {damaged} holds token id 65535, beyond the tokenizer's {corpus.vocab_size}"
+    data = dataset(damaged, weights={"eng_Latn": 1})
+    with pytest.raises(ValueError, match=re.escape(where) + ": the token files are damaged; encode the corpus again"):
+        data[0]
+    with pytest.raises(ValueError, match=re.escape(f"eng_Latn's held-out text in {damaged} holds token id 65535")):
+        validation_sample_bytes(corpus, SEQ, {"eng_Latn": 1}, load_tokenizer(model))
+    assert dataset(damaged, weights={"fra_Latn": 1})[0].max() < corpus.vocab_size  # the other languages read on
 
 
 def test_a_language_in_many_shards_reads_as_one_stream(model: Path, tokens_dir: Path, tmp_path: Path) -> None:
