@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizer.config import Sampling, TokenizerExtendJob
 from tokenizer.corpus_scan import CorpusScan, scan_corpus
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
-from tokenizer.files import ADDED_PIECES_FILE
+from tokenizer.files import ADDED_PIECES_FILE, read_json
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.parity import parity_search
@@ -265,7 +265,8 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
 
 def _metadata(job, base, extended, languages, chosen_by, premiums, history) -> dict:
     base_metadata = Path(job.base) / METADATA_FILE
-    base_languages = json.loads(base_metadata.read_text()).get("languages", []) if base_metadata.is_file() else []
+    recorded = read_json(base_metadata, "restore the base tokenizer's metadata") if base_metadata.is_file() else {}
+    base_languages = recorded.get("languages", [])
     return {
         "languages": sorted(set(base_languages) | set(languages)),
         "corpus": str(Path(job.corpus).resolve()),

@@ -3,10 +3,21 @@ never a half-written file."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 ADDED_PIECES_FILE = "added_pieces.json"  # in an extended tokenizer (tokenizer/extend.py): how an embedding grows
+
+
+def read_json(path: Path, fix: str) -> object:
+    """A JSON file's contents, or a one-line ValueError that names the file and `fix`."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg}, line {error.lineno}): {fix}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not text: {fix}") from None
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:

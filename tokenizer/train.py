@@ -21,6 +21,7 @@ from tqdm import tqdm
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
+from tokenizer.files import read_json
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
@@ -122,7 +123,10 @@ def is_current(job: TokenizerTrainJob) -> bool:
     metadata_path = Path(job.output_dir) / METADATA_FILE
     if not metadata_path.is_file():
         return False
-    metadata = json.loads(metadata_path.read_text())
+    try:
+        metadata = read_json(metadata_path, "")
+    except ValueError:  # damaged: what it holds is not known to be current
+        return False
     return (
         tokenizer_identity(metadata.get("tokenizer_config", {})) == tokenizer_identity(config_record(job.tokenizer))
         and metadata.get("seed") == job.seed

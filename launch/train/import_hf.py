@@ -10,7 +10,6 @@ leaves no run directory.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from launch.train.hashed_save import save_hashed
 from model.config import ModelConfig
 from model.hf import corolla_name, model_config, parameter_shapes
 from model.layers import holds, model_name, pipeline_name
+from tokenizer.files import read_json
 from tokenizer.loading import load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
@@ -50,12 +50,12 @@ class HFWeights:
 
     def _open(self, path: Path):
         if path not in self._opened:
-            if path.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                self._opened[path] = safe_open(str(path), framework="pt")
-            else:
-                self._opened[path] = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+            try:
+                self._opened[path] = _opened(path)
+            except Exception as error:  # safetensors' and torch's own errors for a file that is not what it says
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                message = f"weight file {path} cannot be read ({reason}): restore it from the model's source"
+                raise ValueError(message) from None
         return self._opened[path]
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -73,11 +73,20 @@ class HFWeights:
         return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in self.files]
 
 
+def _opened(path: Path):
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        return safe_open(str(path), framework="pt")
+    return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+
+
 def _weight_files(hf_dir: Path) -> list[Path]:
     """The files that hold the weights; a one-line ValueError when one is missing."""
     for index in WEIGHT_INDEXES:
         if (hf_dir / index).is_file():
-            files = sorted(set(json.loads((hf_dir / index).read_text())["weight_map"].values()))
+            listing = read_json(hf_dir / index, "restore it from the model's source")
+            files = sorted(set(listing["weight_map"].values()))
             missing = [name for name in files if not (hf_dir / name).is_file()]
             if missing:
                 raise ValueError(
@@ -98,7 +107,7 @@ def read_hf_model(hf_dir: Path) -> ModelConfig:
     """The corolla model of a Hugging Face directory, from config.json and its tokenizer; nothing is written."""
     if not (hf_dir / "config.json").is_file():
         raise ValueError(f"hf_dir={hf_dir} has no config.json: pass a Hugging Face model directory")
-    config = json.loads((hf_dir / "config.json").read_text())
+    config = read_json(hf_dir / "config.json", "restore it from the model's source")
     tokenizer = load_tokenizer(hf_dir)
     try:
         model = model_config(config, hf_dir.resolve().name, tokenizer.vocab_size)

@@ -7,7 +7,6 @@ the process group, checks that the libraries lay the ranks out as planned, and t
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter
 from launch.train.shards import EmbeddingGrowth
 from launch.train.stopping import StopSignals, Watchdog
-from tokenizer.files import ADDED_PIECES_FILE
+from tokenizer.files import ADDED_PIECES_FILE, read_json
 
 
 class Outcome(Enum):
@@ -110,7 +109,7 @@ def _growth(job: TrainJob, plan: RunPlan) -> EmbeddingGrowth | None:
     if job.init_new_rows == NewRows.random:
         return EmbeddingGrowth(plan.grown_from_vocab, None)
     tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
-    record = json.loads((tokenizer_dir / ADDED_PIECES_FILE).read_text())
+    record = read_json(tokenizer_dir / ADDED_PIECES_FILE, "extend the base tokenizer again (corolla tokenizer extend)")
     return EmbeddingGrowth(plan.grown_from_vocab, {int(i): ids for i, ids in record["decompositions"].items()})
 
 

@@ -179,6 +179,11 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     _config(other, model_type="gpt2")
     mismatched = _broken_copy(corolla_bloom, tmp_path / "mismatched")
     _config(mismatched, n_layer=5)
+    garbled = _broken_copy(corolla_bloom, tmp_path / "garbled")
+    (garbled / "config.json").write_text('{"n_layer": 2,\n')
+    cut = _broken_copy(corolla_bloom, tmp_path / "cut")
+    weights = next(cut.glob("model-00001-of-*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
     narrow = _broken_copy(bpe_bloom, tmp_path / "narrow")
     (narrow / "tokenizer.json").unlink()
     shutil.copy2(tokens.parent / "tokenizer" / "tokenizer.model", narrow)  # 2,000 tokens, 1,000 rows
@@ -187,6 +192,8 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
         other: "holds a gpt2 model (config.json model_type), not BLOOM",
         mismatched: "its weights do not match its config.json (5 layers): the model lacks blocks.4.",
         narrow: "its tokenizer has 2000 tokens but the embedding only 1000 rows",
+        garbled: f"{garbled / 'config.json'} is not valid JSON (Expecting property name enclosed in double quotes",
+        cut: f"weight file {weights} cannot be read (",
     }
     for hf_dir, reason in cases.items():
         run_dir = tmp_path / f"run-{hf_dir.name}"

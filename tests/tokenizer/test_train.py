@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from launch.cli import main
 from tokenizer.config import ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import Source, read_documents
 from tokenizer.hygiene import HygieneStats
-from tokenizer.train import train_tokenizer
+from tokenizer.train import is_current, train_tokenizer
 
 # Zawgyi byte-for-byte looks like Burmese Unicode with the wrong meaning; the Unicode spelling of each follows.
 ZAWGYI_LINES = ["ျမန္မာစာ", "ေက်ာင္းသား", "ျမန္မာႏိုင္ငံ", "ကၽြန္ေတာ္"]
@@ -47,6 +48,19 @@ def test_output_directory_holds_model_hf_files_and_metadata(trained: Path, small
     assert metadata["padded_vocab_size"] == 2048  # a multiple of 128 x TP=2
     assert len(metadata["corpus_fingerprint"]) == 64
     assert {"sentencepiece", "tokenizers", "python", "corolla"} <= set(metadata["versions"])
+
+
+def test_a_tokenizer_is_current_for_its_own_job_and_not_once_its_record_is_damaged(
+    trained: Path, small_corpus: Path, tmp_path: Path
+) -> None:
+    """What decides whether a cached tokenizer is reused: a garbled metadata.json means train again, not an error."""
+    cfg = TokenizerConfig(vocab_size=2000, character_coverage=0.99, sample_bytes=400_000, tensor_parallel=2)
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    job = TokenizerTrainJob(cfg, str(small_corpus), str(copy), 5)
+    assert is_current(job) and not is_current(TokenizerTrainJob(cfg, str(small_corpus), str(copy), 6))
+    (copy / "metadata.json").write_text('{"seed": 5,')
+    assert not is_current(job)
 
 
 def test_same_seed_gives_a_byte_identical_tokenizer(trained: Path, small_corpus: Path, tmp_path: Path) -> None:
