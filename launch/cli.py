@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -178,6 +179,23 @@ def _options_last(argv: list[str]) -> list[str]:
     return [arg for arg in argv if not arg.startswith("-")] + [arg for arg in argv if arg.startswith("-")]
 
 
+# What an OSError from the filesystem means for a path the user gave, and what to do (errno's words say neither).
+FILESYSTEM_ERRORS = {
+    errno.EEXIST: "{path} exists and is not a directory: give a directory's path",
+    errno.ENOTDIR: "{path} is, or lies under, a file rather than a directory: give a directory's path",
+    errno.EROFS: "{path} is on a read-only filesystem: give a path where corolla can write",
+    errno.EACCES: "{path} is not writable by this user: change its permissions, or give another path",
+    errno.EPERM: "{path} is not writable by this user: change its permissions, or give another path",
+    errno.ENOSPC: "no space left on the filesystem of {path}: free some, or give a path on another one",
+}
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, OSError) and error.errno in FILESYSTEM_ERRORS and error.filename:
+        return FILESYSTEM_ERRORS[error.errno].format(path=error.filename)
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_options_last(sys.argv[1:] if argv is None else argv))
     command: Command = args.command_spec
@@ -195,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError, RuntimeError) as error:
         if os.environ.get("COROLLA_DEBUG"):
             raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"corolla: error: {message}", file=sys.stderr)
+        print(f"corolla: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -169,6 +169,32 @@ def test_a_checkpoint_command_refuses_a_negative_layout_or_step(capsys, command:
     assert code == 2 and err.strip() == f"corolla: error: {expected}"
 
 
+@pytest.mark.parametrize("output", ["a-file", "a-file/tokenizer"])
+def test_a_file_where_a_directory_belongs_is_said_so(capsys, tmp_path: Path, output: str) -> None:
+    (tmp_path / "a-file").write_text("notes")
+    code, _, err = run(capsys, "tokenizer", "train", f"output_dir={tmp_path / output}", "corpus=x")
+    assert code == 2 and err.strip() == (
+        f"corolla: error: output_dir {tmp_path / output} is, or lies under, the file {tmp_path / 'a-file'}: give a "
+        "directory's path"
+    )
+    assert (tmp_path / "a-file").read_text() == "notes"
+
+
+@pytest.mark.parametrize(("run_dir", "problem"), [("a-file", "exists and is not a directory"), ("a-file/run", None)])
+def test_a_run_directory_that_is_a_file_is_said_so(capsys, tokens: Path, tmp_path: Path, run_dir: str, problem) -> None:
+    """errno's words ("[Errno 17] File exists") name neither the problem nor the fix."""
+    (tmp_path / "a-file").write_text("notes")
+    code, _, err = run(capsys, "train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / run_dir}")
+    where = tmp_path / run_dir
+    problem = problem or "is, or lies under, a file rather than a directory"
+    assert (
+        code == 2
+        and err.strip().startswith(f"corolla: error: {where}")
+        and err.strip().endswith(f"{problem}: give a directory's path")
+    )
+    assert (tmp_path / "a-file").read_text() == "notes"
+
+
 def test_missing_required_values_are_named(capsys) -> None:
     code, _, err = run(capsys, "tokenizer", "encode")
     assert code == 2 and "missing value for" in err and "tokenizer" in err and "output_dir" in err

@@ -136,6 +136,9 @@ def is_current(job: TokenizerTrainJob) -> bool:
 
 def check_output_dir(output_dir: str, overwrite: bool) -> Path:
     out = Path(output_dir)
+    nearest = next(path for path in (out, *out.parents) if path.exists())
+    if not nearest.is_dir():
+        raise ValueError(f"output_dir {out} is, or lies under, the file {nearest}: give a directory's path")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output_dir {out} already exists and is not empty: choose another or pass overwrite=true")
     return out
