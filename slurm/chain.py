@@ -221,11 +221,12 @@ def plan_chain(job: MainJob) -> ChainPlan:
 
 def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     from launch.jobs.prepare import prepare_run
-    from launch.jobs.stages import PipelinePaths, checkable_training_job, data_is_current
+    from launch.jobs.stages import PipelinePaths, check_inputs, checkable_training_job, data_is_current
     from launch.rundir.lock import check_unheld
     from slurm.submit import check_no_live_job, check_partition
 
     cluster, paths = job.cluster, PipelinePaths.of(job)
+    check_inputs(job)
     plan = plan_chain(job)
     # A bad training job fails now, not after hours of data preparation.
     prepare_run(checkable_training_job(job, data_is_current(job, list(plan.groups))), dry_run=True)

@@ -195,6 +195,25 @@ def test_a_run_directory_that_is_a_file_is_said_so(capsys, tokens: Path, tmp_pat
     assert (tmp_path / "a-file").read_text() == "notes"
 
 
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("train --dry-run data.corpus=MISSING", "corpus directory MISSING does not exist"),
+        ("submit --dry-run experiment=bloom-176b data.corpus=MISSING", "corpus directory MISSING does not exist"),
+        ("pipeline --dry-run data.corpus=MISSING", "corpus directory MISSING does not exist"),
+        ("pipeline --dry-run parallel_set=MISSING", "parallel directory MISSING does not exist"),
+        ("pipeline --dry-run cluster=testcluster parallel_set=MISSING", "parallel directory MISSING does not exist"),
+    ],
+)
+def test_a_dry_run_finds_a_missing_corpus_or_parallel_set(capsys, tmp_path: Path, command: str, expected: str) -> None:
+    """What a real run would fail on later (for a pipeline, once its tokenizer is trained), a dry run finds now."""
+    missing = str(tmp_path / "missing")
+    arguments = [argument.replace("MISSING", missing) for argument in command.split()]
+    code, _, err = run(capsys, *arguments, f"run_dir={tmp_path / 'run'}")
+    assert code == 2 and err.startswith(f"corolla: error: {expected.replace('MISSING', missing)}: pass ")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_required_values_are_named(capsys) -> None:
     code, _, err = run(capsys, "tokenizer", "encode")
     assert code == 2 and "missing value for" in err and "tokenizer" in err and "output_dir" in err

@@ -23,6 +23,7 @@ from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus, validation_sample_bytes, validation_samples
 from launch.data.facts import DataFacts
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
+from tokenizer.corpus import discover_sources
 from tokenizer.encode import encode_corpus
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
@@ -82,6 +83,7 @@ def inspect_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
     if tokens_dir is None and (_cache_entry(job) / "tokens").is_dir():
         tokens_dir = str(_cache_entry(job) / "tokens")
     if tokens_dir is None:
+        discover_sources(job.data.corpus)  # there to be encoded: its files listed, none read
         vocab_size = job.model.vocab_size or _tokenizer_vocabulary(job)
         return replace(job, model=replace(job.model, vocab_size=vocab_size)), DataFacts(vocab_size, None)
     return _checked(job, TokenCorpus(tokens_dir, job.data.validation_documents))

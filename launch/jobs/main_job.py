@@ -10,6 +10,7 @@ from launch.config.schemas import MainJob
 from launch.jobs.local import LocalBackend
 from launch.jobs.stages import (
     PipelinePaths,
+    check_inputs,
     checkable_training_job,
     data_is_current,
     encode_stage,
@@ -30,6 +31,7 @@ from tokenizer.train import METADATA_FILE
 
 def run_main_job(job: MainJob, dry_run: bool = False) -> None:
     paths = PipelinePaths.of(job)
+    check_inputs(job)
     if dry_run:
         LocalBackend().start(checkable_training_job(job, data_is_current(job)), dry_run=True)
         print(f"dry run: the stages would run here, in {paths.run_dir}")

@@ -22,7 +22,7 @@ from launch.rundir.files import CHECKPOINTS, HF_DIR, LATEST, REPORT_DIR, TOKENIZ
 from tokenizer.config import TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
-from tokenizer.evaluate import evaluate, format_summary, write_report
+from tokenizer.evaluate import evaluate, format_summary, load_parallel, write_report
 from tokenizer.loading import load_tokenizer
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
@@ -97,6 +97,13 @@ def evaluation_is_current(job: MainJob) -> bool:
     written = [paths.tokenizer / name for name in (METADATA_FILE, "tokenizer.model", "tokenizer.json")]
     tokenizer = next((path for path in written if path.is_file()), None)
     return report.is_file() and tokenizer is not None and report.stat().st_mtime_ns >= tokenizer.stat().st_mtime_ns
+
+
+def check_inputs(job: MainJob) -> None:
+    """The corpus and the parallel set, before any stage: a missing one would otherwise fail the evaluation or the
+    encoding after the tokenizer is trained (on a cluster, a job later)."""
+    discover_sources(job.data.corpus)
+    load_parallel(job.parallel_set, job.tokenizer.reference_language)
 
 
 def evaluate_stage(job: MainJob, log: Callable[[str], None] = print) -> dict[str, Path]:
