@@ -36,10 +36,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def _figures(value: object) -> bool:
+    """A number, or a mapping (per language) of numbers: what corolla's step and validation records hold."""
+    if isinstance(value, dict):
+        return all(_figures(item) for item in value.values())
+    return type(value) in (int, float)
+
+
 def last_record_per_step(path: Path) -> list[dict]:
     """A restarted run appends the steps it redoes again: the last record of each step wins. Sorted by step; a record
-    without a whole-number step is none of corolla's, and passed over."""
-    by_step = {record["step"]: record for record in read_jsonl(path) if type(record.get("step")) is int}
+    without a whole-number step, or holding anything but figures, is none of corolla's, and passed over."""
+    records = (record for record in read_jsonl(path) if type(record.get("step")) is int and _figures(record))
+    by_step = {record["step"]: record for record in records}
     return [by_step[step] for step in sorted(by_step)]
 
 

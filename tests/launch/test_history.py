@@ -85,7 +85,8 @@ def test_step_records_keep_the_last_of_each_step_and_pass_over_what_is_no_step_r
     for step, loss in [(1, 9.0), (2, 8.0), (2, 7.5), (3, 7.0)]:
         append_record(metrics, {"step": step, "loss": loss})
     with metrics.open("a") as file:
-        file.write('5\n{"step": "x", "loss": 1}\n{"step": true}\n{"step": 4, "lo')
+        file.write('5\n{"step": "x", "loss": 1}\n{"step": true}\n{"step": 3, "loss": "abc"}\n')
+        file.write('{"step": 3, "loss": {"fra_Latn": null}}\n{"step": 4, "lo')
     assert last_record_per_step(metrics) == [
         {"step": 1, "loss": 9.0},
         {"step": 2, "loss": 7.5},
