@@ -112,10 +112,10 @@ def run_ranks(run_dir: Path, world_size: int) -> tuple[int, str | None]:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def _not_here(run: RunDirectory, command: str) -> ValueError:
+def _not_here(run: RunDirectory, command: str, instead: str) -> ValueError:
     return ValueError(
         f"{run.path} is a local run (no {JOBS_FILE}): `corolla {command}` is for runs sent to Slurm with "
-        "`corolla submit`; a local run's ranks print to the terminal of `corolla train`"
+        f"`corolla submit`; {instead}"
     )
 
 
@@ -189,7 +189,7 @@ class LocalBackend(Backend):
         return []
 
     def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:
-        raise _not_here(run, "logs")
+        raise _not_here(run, "logs", "a local run's ranks print to the terminal of `corolla train`")
 
     def cancel(self, run: RunDirectory) -> None:
-        raise _not_here(run, "cancel")
+        raise _not_here(run, "cancel", "stop a local run with Ctrl-C in its terminal (it saves a checkpoint first)")

@@ -183,7 +183,7 @@ def test_a_finished_run_has_no_eta_and_a_broken_pointer_is_named(
         ("steps-not-a-number", StatusJob, "job.yaml says train.steps=abc, not a whole number: fix it, or launch"),
         ("bad-jobs-file", StatusJob, "slurm-jobs.json is not a JSON list of Slurm job ids"),
         ("local", LogsJob, "is a local run (no slurm-jobs.json): `corolla logs` is for runs sent to Slurm"),
-        ("local", CancelJob, "is a local run (no slurm-jobs.json): `corolla cancel` is for runs sent to Slurm"),
+        ("local", CancelJob, "`corolla cancel` is for runs sent to Slurm with `corolla submit`; stop a local run with"),
     ],
 )
 def test_bad_run_dirs_are_one_line_errors(tmp_path: Path, layout: str, command: type, message: str) -> None:
