@@ -60,12 +60,22 @@ def cached_token_files(job: TrainJob, log: Callable[[str], None] = print) -> Pat
 
 def _cached_tokenizer(job: TrainJob, entry: Path, log: Callable[[str], None]) -> Path:
     tokenizer = TokenizerTrainJob(job.tokenizer, str(job.data.corpus), str(entry / "tokenizer"), job.seed, True)
-    if is_current(tokenizer):
+    if is_current(tokenizer) and _loads(entry / "tokenizer", log):
         log(f"tokenizer: cached in {entry / 'tokenizer'}")
     else:
         log(f"tokenizer: training on {job.data.corpus} into {entry / 'tokenizer'} (once; cached for later runs)")
         train_tokenizer(tokenizer, log=log)
     return entry / "tokenizer"
+
+
+def _loads(tokenizer_dir: Path, log: Callable[[str], None]) -> bool:
+    """Whether a cached tokenizer loads; one that does not is the cache's to make again, not the user's to fix."""
+    try:
+        load_tokenizer(tokenizer_dir)
+    except ValueError as error:
+        log(f"tokenizer: the cached one cannot be loaded ({str(error).splitlines()[0]}): training it again")
+        return False
+    return True
 
 
 def prepare_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
@@ -79,14 +89,18 @@ def prepare_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
 def inspect_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
     """As prepare_data, building nothing: token files that exist (given, or in the cache) are checked; otherwise the
     vocabulary is the tokenizer config's, and the data is checked when the job is prepared for real."""
-    tokens_dir = job.data.tokens_dir
-    if tokens_dir is None and (_cache_entry(job) / "tokens").is_dir():
-        tokens_dir = str(_cache_entry(job) / "tokens")
-    if tokens_dir is None:
-        discover_sources(job.data.corpus)  # there to be encoded: its files listed, none read
-        vocab_size = job.model.vocab_size or _tokenizer_vocabulary(job)
-        return replace(job, model=replace(job.model, vocab_size=vocab_size)), DataFacts(vocab_size, None)
-    return _checked(job, TokenCorpus(tokens_dir, job.data.validation_documents))
+    if job.data.tokens_dir is not None:
+        return _checked(job, TokenCorpus(job.data.tokens_dir, job.data.validation_documents))
+    cached = _cache_entry(job) / "tokens"
+    try:
+        corpus = TokenCorpus(cached, job.data.validation_documents) if cached.is_dir() else None
+    except ValueError:  # damaged: a real run encodes them again, as it builds missing ones
+        corpus = None
+    if corpus is not None:
+        return _checked(job, corpus)
+    discover_sources(job.data.corpus)  # there to be encoded: its files listed, none read
+    vocab_size = job.model.vocab_size or _tokenizer_vocabulary(job)
+    return replace(job, model=replace(job.model, vocab_size=vocab_size)), DataFacts(vocab_size, None)
 
 
 def _tokenizer_vocabulary(job: TrainJob) -> int:

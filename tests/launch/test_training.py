@@ -171,6 +171,18 @@ def test_token_files_are_built_on_first_use_cached_and_rebuilt_when_the_corpus_c
     assert "tokenizer: cached" in train_from_corpus(tmp_path / "second")
     assert {path: path.stat().st_mtime_ns for path in tokens_dir.iterdir()} == built
     assert f"tokens_dir: {tokens_dir}" in (tmp_path / "second" / "job.yaml").read_text()
+    [model] = (tmp_path / "cache").glob("*/tokenizer/tokenizer.model")
+    model.write_bytes(b"damaged")  # the cache's to make again: the same tokenizer, whose token files stay current
+    out = train_from_corpus(tmp_path / "damaged")
+    assert "tokenizer: the cached one cannot be loaded" in out and "training it again" in out
+    assert {path: path.stat().st_mtime_ns for path in tokens_dir.iterdir()} == built
+    [cut] = tokens_dir.glob("eng_Latn/*.bin")
+    cut.write_bytes(cut.read_bytes()[:100])  # the cache's too: a dry run says the job is valid, a run encodes again
+    capsys.readouterr()
+    assert main(["train", "--dry-run", f"run_dir={tmp_path / 'cut'}", *cached]) == 0
+    assert "dry run: the job is valid" in capsys.readouterr().out
+    train_from_corpus(tmp_path / "cut")
+    assert cut.stat().st_size > 100
 
     with (corpus / "eng_Latn.txt").open("a") as text:
         text.write("A sentence the cached tokenizer never saw.\n")
