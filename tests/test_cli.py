@@ -53,6 +53,8 @@ def test_evaluate_takes_one_tokenizer_or_a_list(capsys) -> None:
         ("tokenizer=huge", "unknown tokenizer option 'huge': choose one of bpe-64k, parity-64k, tiny"),
         ("tokenizer.alpha=1.5", "tokenizer.alpha=1.5 must be within [0, 1]"),
         ("tokenizer.sampling=parity", "needs tokenizer.parity_set=DIR"),
+        ("tokenizer=", "unknown tokenizer option '': choose one of bpe-64k, parity-64k, tiny"),
+        ("seed=1,2", "seed=1,2 holds a comma: give a list seed=[1,2], a string seed='1,2', or sweep it with"),
     ],
 )
 def test_bad_overrides_give_one_line_naming_the_problem(capsys, override: str, expected: str) -> None:

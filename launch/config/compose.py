@@ -90,7 +90,13 @@ def _one_line(error: Exception) -> str:
         where = re.search(r"Could not override '([^']+)'", text)
         key = where[1] if where else match[1]
         return f"unknown config key '{key}': check the spelling, `--cfg` prints every valid key"
-    if match := re.search(r"Could not find '([^']+)/([^']+)'", text):
+    if match := re.search(r"Ambiguous value for argument '([^=']+)=([^']*)'", text):
+        key, value = match[1], match[2]
+        return (
+            f"{key}={value} holds a comma: give a list {key}=[{value}], a string {key}='{value}', or sweep it with "
+            "`corolla submit --multirun`"
+        )
+    if match := re.search(r"Could not find '([^']+)/([^']*)'", text):
         options = (
             [
                 line
