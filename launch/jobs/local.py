@@ -24,11 +24,12 @@ import psutil
 from launch.config.cluster import Scheduler
 from launch.config.schemas import TrainJob
 from launch.jobs.backend import Backend
+from launch.jobs.monitor import line
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOBS_FILE
 from launch.rundir.history import RunHistory
-from launch.rundir.lock import holding
+from launch.rundir.lock import holding, live_writer
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -186,6 +187,18 @@ class LocalBackend(Backend):
         )
 
     def state_lines(self, run: RunDirectory) -> list[str]:
+        """Whether a `corolla train` runs it now; if none does, a start the history saw no end of ended in a failure."""
+        if writer := live_writer(run.path):
+            return [line("state", f"running: {writer}")]
+        events = RunHistory(run.path).events()
+        if events and events[-1]["event"] == "start":
+            return [
+                line(
+                    "state",
+                    "not running, and its last start recorded no end: a rank failed (`corolla train` said why in its "
+                    "last line) or was killed; `corolla train` on it resumes from the newest checkpoint",
+                )
+            ]
         return []
 
     def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:

@@ -77,6 +77,12 @@ def _refuse_if_held(path: Path, slurm_job: Callable[[Path], str | None]) -> dict
     return holder
 
 
+def live_writer(run_dir: Path) -> str | None:
+    """The process on this host that writes the run directory now, described; None when none does."""
+    holder = _read(run_dir / LOCK_FILE)
+    return describe(holder) if holder and _alive(holder) else None
+
+
 def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
     """A RunLocked error when a live process, or a live Slurm job of the run (`slurm_job`: its id), writes it."""
     _refuse_if_held(run_dir / LOCK_FILE, slurm_job)
