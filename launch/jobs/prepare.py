@@ -8,23 +8,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from launch.config.data import DataConfig
-from launch.config.job_file import job_yaml
+from launch.config.job_file import job_yaml, read_job
 from launch.config.schemas import ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
 from launch.plan.weights import Weights, is_hf_directory, weights_of
 from launch.rundir import outbox, tracking
-from launch.rundir.files import IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
+from launch.rundir.checkpoints import newest_intact
+from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.tracking_state import TrackingState, write_state
+from model.config import ModelConfig
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE
+
+# The model settings a job keeps for itself on weights it starts from (init_from) or resumes (a relaunch): the weights
+# do not depend on them. The rest of the model's config is the weights' own, which a relaunch must keep (its name only
+# labels them).
+JOB_MODEL_SETTINGS = ("seq_length", "attention", "compile", "hidden_dropout", "attention_dropout")
+WEIGHTS_MODEL_SETTINGS = tuple(f.name for f in fields(ModelConfig) if f.name not in (*JOB_MODEL_SETTINGS, "name"))
+# In the history's launch events: the fingerprint of the tokenizer the run's token files were encoded with.
+TOKENIZER_RECORD = "tokenizer_fingerprint"
 
 
 @dataclass(frozen=True)
@@ -51,9 +61,12 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     new_run = not (run_dir / RUN_FILE).is_file()
     if job.tracking.uri and new_run:  # a run already open waits for a server that is away (launch/rundir/outbox.py)
         tracking.check_reachable(job.tracking.uri)
+    saved = saved_run(run_dir)
     job, start = initial_weights(job, dry_run)
-    check_layouts(job)  # before the data, which may take minutes to build
+    job = matched_to(job, saved)  # before the data, which may take minutes to build, and again with it
+    check_layouts(job)
     job, data = inspect_data(job) if dry_run else prepare_data(job)
+    job = matched_to(job, saved)
     if start:
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
@@ -68,7 +81,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     write_atomically(run_dir / JOB_FILE, job_yaml(job))
     write_plans(run_dir, plans)
     history = RunHistory(run_dir)
-    history.record("launch", cluster=job.cluster.name)
+    history.record("launch", cluster=job.cluster.name, **{TOKENIZER_RECORD: _tokenizer_fingerprint(job)})
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
     if start:
         tags |= start.tags()
@@ -81,6 +94,101 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     launches = str(len([event for event in history.events() if event["event"] == "launch"]))
     outbox.update(run_dir, {"corolla.launches": launches}, "RUNNING", artifacts)
     return PreparedRun(job, plans, run_dir, tracked)
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """What a run directory's own checkpoints were trained as, which a relaunch on it must match."""
+
+    run_dir: Path
+    step: int  # its newest intact checkpoint's
+    job: TrainJob  # as its job.yaml says
+    tokenizer_fingerprint: str | None  # of its token files, as its launches recorded it (None: an older corolla's)
+
+
+def saved_run(run_dir: Path) -> SavedRun | None:
+    """None where run_dir holds no checkpoint of its own: a launch there starts afresh (or from init_from)."""
+    step = newest_intact(run_dir / CHECKPOINTS, log=lambda line: None)  # the start names those it passes over
+    if not step or not (run_dir / JOB_FILE).is_file():
+        return None
+    launches = [event for event in RunHistory(run_dir).events() if event["event"] == "launch"]
+    recorded = [event[TOKENIZER_RECORD] for event in launches if event.get(TOKENIZER_RECORD)]
+    return SavedRun(run_dir, step, read_job(run_dir / JOB_FILE), recorded[-1] if recorded else None)
+
+
+def matched_to(job: TrainJob, saved: SavedRun | None) -> TrainJob:
+    """The job, checked against the run whose checkpoints it resumes, if any: a one-line ValueError where it would
+    train them as something else (another init_from, tokenizer or model shape). What is not known yet (the token
+    files, the vocabulary before the data is built) is checked when the job is matched again with its data."""
+    if saved is None:
+        return job
+    job = _same_start(job, saved)
+    _check_tokenizer(job, saved)
+    _check_shape(job.model, saved)
+    return job
+
+
+def _same_start(job: TrainJob, saved: SavedRun) -> TrainJob:
+    """A relaunch resumes the run's own checkpoint, so init_from may only name the weights the run started from
+    (from the same source, whose latest checkpoint may have moved on since): the job keeps the one it started from."""
+    if not job.init_from:
+        return job
+    started = Path(saved.job.init_from) if saved.job.init_from else None
+    if started and _source(started) == _source(Path(job.init_from)):
+        return replace(job, init_from=saved.job.init_from)
+    if started:
+        fix = f"to continue {saved.run_dir} give the init_from it started from ({_source(started)})"
+    else:
+        fix = f"to continue {saved.run_dir} drop init_from"
+    raise ValueError(
+        f"run_dir={saved.run_dir} already holds checkpoint step {saved.step} of its own: init_from starts a new run, "
+        f"give a new run_dir; {fix}"
+    )
+
+
+def _source(checkpoint: Path) -> Path:
+    """The run directory (or import) of a checkpoint init_from resolved to (Weights.checkpoint)."""
+    return checkpoint.resolve().parent.parent
+
+
+def _tokenizer_fingerprint(job: TrainJob) -> str | None:
+    """That of the tokenizer the job's token files were encoded with; None before they are known (a dry run may
+    not have them)."""
+    if not job.data.tokens_dir:
+        return None
+    return TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_fingerprint
+
+
+def _check_tokenizer(job: TrainJob, saved: SavedRun) -> None:
+    """The run's checkpoints learnt what its token ids meant: other token files must mean the same (same
+    tokenizer). Nothing to compare with in a run directory of an older corolla, which recorded nothing."""
+    fingerprint = _tokenizer_fingerprint(job)
+    if not (saved.tokenizer_fingerprint and fingerprint) or fingerprint == saved.tokenizer_fingerprint:
+        return
+    tokens_dir, theirs = job.data.tokens_dir, saved.job.data.tokens_dir
+    if theirs is None or Path(theirs).resolve() == Path(tokens_dir).resolve():
+        fix = f"encode {tokens_dir} again with the run's tokenizer ({saved.tokenizer_fingerprint[:8]})"
+    else:
+        fix = f"use the run's data (data.tokens_dir={theirs})"
+    raise ValueError(
+        f"run_dir={saved.run_dir} was trained on token files of tokenizer {saved.tokenizer_fingerprint[:8]}, those "
+        f"in {tokens_dir} were encoded with {fingerprint[:8]}: {fix} or start a new run_dir"
+    )
+
+
+def _check_shape(model: ModelConfig, saved: SavedRun) -> None:
+    """The model's shape (what decides its weights; the settings a job keeps for itself aside) is the checkpoints'.
+    A vocabulary of 0 is not known yet: it comes with the data."""
+    names = [name for name in WEIGHTS_MODEL_SETTINGS if name != "vocab_size" or model.vocab_size]
+    differ = [name for name in names if getattr(model, name) != getattr(saved.job.model, name)]
+    if not differ:
+        return
+    theirs = " ".join(f"model.{name}={getattr(saved.job.model, name)}" for name in differ)
+    ours = " ".join(f"model.{name}={getattr(model, name)}" for name in differ)
+    raise ValueError(
+        f"run_dir={saved.run_dir} holds checkpoints of {theirs}, this job has {ours}: use the run's model settings "
+        "(and data) or a new run_dir"
+    )
 
 
 def _imported(source: Path, job: TrainJob, dry_run: bool) -> Path:
@@ -134,15 +242,7 @@ def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, Sta
     if data.tokens_dir is None and data.tokenizer_dir is None:
         data = replace(data, tokenizer_dir=str(weights.tokenizer_dir))
     grown_from, vocab_size = _vocabulary_growth(weights, data)
-    kept = job.model
-    model = replace(
-        weights.model,
-        seq_length=kept.seq_length,
-        attention=kept.attention,
-        compile=kept.compile,
-        hidden_dropout=kept.hidden_dropout,
-        attention_dropout=kept.attention_dropout,
-    )
+    model = replace(weights.model, **{name: getattr(job.model, name) for name in JOB_MODEL_SETTINGS})
     if grown_from:
         model = replace(model, vocab_size=vocab_size, embedding_rows=0)
     job = replace(job, model=model, data=data, init_from=str(weights.checkpoint.resolve()))

@@ -1,6 +1,7 @@
 """A run's life across launches: RUN_DIR/history.jsonl, one line per event.
 
-- launch: `corolla train` or `corolla submit` prepared the run (written before any rank starts);
+- launch: `corolla train` or `corolla submit` prepared the run (written before any rank starts), with the
+  fingerprint of the tokenizer of its token files (`tokenizer_fingerprint`), which a relaunch must match;
 - start: a launch's ranks began (rank 0 writes): where (host or Slurm job, restart count, nodes), the checkpoint
   step it resumed from and how many steps it redoes (logged before, lost with the previous start);
 - stopped: a clean stop with a checkpoint (a signal before the time limit, a preemption, a STOP file);

@@ -1,0 +1,159 @@
+"""A relaunch on a run directory that holds checkpoints resumes them as what they are, or is refused in one line
+before any file of the run directory changes: token files of another tokenizer, an init_from other than the one the
+run started from, another model shape. The same command again (a requeue) still resumes, init_from runs included."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_training import SHORT_RUN
+
+from conftest import SHARED_DATA, byte_level_bpe, cut_corpus
+from launch.cli import main
+from launch.config.job_file import read_job
+from launch.data.corpus import TokenCorpus
+from launch.rundir.history import RunHistory
+
+RUN = [*SHORT_RUN, "train.steps=1", "train.eval_interval=0"]
+
+
+def train(*overrides: str) -> int:
+    return main(["train", "data.tokens_dir=tokens", *RUN, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding token files (a copy of `tokens`) and `run`, trained on them for a step; both named
+    relative to the directory, so that a copy of it is a run with data of its own."""
+    root = tmp_path_factory.mktemp("relaunch")
+    shutil.copytree(tokens, root / "tokens")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert train("run_dir=run") == 0
+    return root
+
+
+@pytest.fixture
+def workspace(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of `trained`, the working directory of the test."""
+    copy = shutil.copytree(trained, tmp_path / "workspace")
+    monkeypatch.chdir(copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE trained on the same corpus: another tokenizer than that of `tokens`."""
+    corpus = tokens.parent / "corpus"
+    texts = [line for path in sorted(corpus.glob("*.txt")) for line in path.read_text(encoding="utf-8").splitlines()]
+    return byte_level_bpe(tmp_path_factory.mktemp("bpe") / "tokenizer.json", texts)
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of the run directory and its bytes (job.yaml, plan, history, checkpoints, MLflow's store...)."""
+    return {str(path.relative_to(run_dir)): path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()}
+
+
+def refused(capsys: pytest.CaptureFixture, run_dir: Path, *arguments: str) -> str:
+    """The one line a `corolla train` on `run_dir` to a step it has not reached is refused with; the run directory
+    is left as it was."""
+    before = snapshot(run_dir)
+    capsys.readouterr()
+    assert main(["train", f"run_dir={run_dir}", *RUN, "train.steps=3", *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("corolla: error: ") and err.count("\n") == 1, err
+    assert snapshot(run_dir) == before
+    return err
+
+
+def fingerprint(tokens_dir: Path) -> str:
+    return TokenCorpus(tokens_dir, 0).tokenizer_fingerprint
+
+
+def test_token_files_of_another_tokenizer_are_refused_whether_re_encoded_in_place_or_elsewhere(
+    capsys, workspace: Path, other_tokenizer: Path, tokens: Path
+) -> None:
+    ours, corpus = fingerprint(workspace / "tokens"), tokens.parent / "corpus"
+    encode = ["tokenizer", "encode", f"tokenizer={other_tokenizer}", f"corpus={corpus}", "workers=1"]
+    assert main([*encode, "output_dir=elsewhere"]) == 0
+    theirs = fingerprint(workspace / "elsewhere")
+    err = refused(capsys, Path("run"), "data.tokens_dir=elsewhere")
+    assert (
+        f"run_dir=run was trained on token files of tokenizer {ours[:8]}, those in elsewhere were encoded with "
+        f"{theirs[:8]}: use the run's data (data.tokens_dir=tokens) or start a new run_dir"
+    ) in err
+    # Its tokenizer with the corpus, encoded into the cache: the same refusal.
+    cache = f"data.cache_dir={workspace / 'cache'}"
+    arguments = [f"data.tokenizer_dir={other_tokenizer.parent}", f"data.corpus={corpus}", cache, "data.tokens_dir=null"]
+    assert "use the run's data (data.tokens_dir=tokens)" in refused(capsys, Path("run"), *arguments)
+    # The run's own token files encoded again, in place, with the other tokenizer.
+    assert main([*encode, "output_dir=tokens"]) == 0
+    err = refused(capsys, Path("run"), "data.tokens_dir=tokens")
+    assert f"encoded with {theirs[:8]}: encode tokens again with the run's tokenizer ({ours[:8]}) or start a new" in err
+
+
+def test_a_run_of_an_older_corolla_without_the_record_resumes_and_a_launch_records_it(workspace: Path) -> None:
+    history = workspace / "run" / "history.jsonl"
+    events = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [event["tokenizer_fingerprint"] for event in events if event["event"] == "launch"] == [
+        fingerprint(workspace / "tokens")
+    ]
+    for event in events:
+        event.pop("tokenizer_fingerprint", None)
+    history.write_text("".join(json.dumps(event) + "\n" for event in events))
+    # What a resume may change: the steps, the sequence length and the dropout.
+    assert train("run_dir=run", "train.steps=2", "model.seq_length=16", "model.hidden_dropout=0.1") == 0
+    assert RunHistory(workspace / "run").starts()[-1]["resumed_from_step"] == 1
+    launches = [event for event in RunHistory(workspace / "run").events() if event["event"] == "launch"]
+    assert launches[-1]["tokenizer_fingerprint"] == fingerprint(workspace / "tokens")
+
+
+def test_init_from_is_refused_on_a_run_with_checkpoints_of_its_own_and_the_same_init_from_resumes(
+    capsys, workspace: Path, trained: Path
+) -> None:
+    err = refused(capsys, Path("run"), "data.tokens_dir=tokens", f"init_from={trained / 'run'}")
+    assert (
+        "run_dir=run already holds checkpoint step 1 of its own: init_from starts a new run, give a new run_dir; "
+        "to continue run drop init_from"
+    ) in err
+
+    # A run started from `run`'s weights, stopped after a step as a preemption stops it; meanwhile `run` trains on.
+    continued = ["run_dir=continued", "init_from=run", "train.steps=2", "train.exit_after=1"]
+    assert train(*continued) == 0
+    started_from = read_job(workspace / "continued" / "job.yaml").init_from
+    assert started_from == str((workspace / "run" / "checkpoints" / "step-00000001").resolve())
+    assert train("run_dir=run", "train.steps=2") == 0
+    # Another init_from is refused ...
+    err = refused(capsys, Path("continued"), "data.tokens_dir=tokens", f"init_from={trained / 'run'}")
+    assert f"to continue continued give the init_from it started from ({(workspace / 'run').resolve()})" in err
+    # ... the same command again resumes, from its own checkpoint, and still says where it started.
+    assert train(*continued) == 0
+    assert RunHistory(workspace / "continued").starts()[-1]["resumed_from_step"] == 1
+    assert read_job(workspace / "continued" / "job.yaml").init_from == started_from
+
+
+def test_an_init_from_run_whose_vocabulary_grew_resumes(workspace: Path, tokens: Path) -> None:
+    """Its data's tokenizer extends that of the weights (`corolla tokenizer extend`): neither its vocabulary nor its
+    tokenizer is the weights', and a relaunch resumes all the same."""
+    corpus = cut_corpus(workspace / "corpus", ["eng_Latn", "ell_Grek", "amh_Ethi"], 300)
+    extend = ["tokenizer", "extend", f"base={tokens.parent / 'tokenizer'}", f"corpus={corpus}", "output_dir=extended"]
+    extend += ["languages=[ell_Grek,amh_Ethi]", "added_pieces=1000", "tokenizer=tiny"]
+    assert main([*extend, f"tokenizer.parity_set={SHARED_DATA / 'parallel-dev'}"]) == 0
+    grown = ["run_dir=grown", "init_from=run", "data.tokenizer_dir=extended", f"data.corpus={corpus}"]
+    grown += ["data.tokens_dir=null", "data.cache_dir=cache", "train.steps=2", "train.exit_after=1"]
+    assert train(*grown) == 0
+    assert read_job(workspace / "grown" / "job.yaml").model.vocab_size > 2000
+    assert train(*grown) == 0
+    assert RunHistory(workspace / "grown").starts()[-1]["resumed_from_step"] == 1
+
+
+def test_another_model_shape_is_refused_before_job_yaml_changes(capsys, workspace: Path) -> None:
+    err = refused(capsys, Path("run"), "data.tokens_dir=tokens", "model.hidden_size=128")
+    assert "run_dir=run holds checkpoints of model.hidden_size=64, this job has model.hidden_size=128: use the " in err
+    err = refused(capsys, Path("run"), "data.tokens_dir=tokens", "model.num_layers=3", "model.num_heads=8")
+    assert "holds checkpoints of model.num_layers=2 model.num_heads=4, this job has model.num_layers=3 " in err
+    # A dry run says so too.
+    assert "this job has model.hidden_size=128" in refused(capsys, Path("run"), "--dry-run", "model.hidden_size=128")
