@@ -181,16 +181,16 @@ def _options_last(argv: list[str]) -> list[str]:
 
 # What an OSError from the filesystem means for a path the user gave, and what to do (errno's words say neither).
 FILESYSTEM_ERRORS = {
-    errno.EEXIST: "{path} exists and is not a directory: give a directory's path",
+    errno.EEXIST: "{path} exists where corolla needs a directory of its own: remove it, or give another path",
     errno.ENOTDIR: "{path} is, or lies under, a file rather than a directory: give a directory's path",
     errno.EROFS: "{path} is on a read-only filesystem: give a path where corolla can write",
-    errno.EACCES: "{path} is not writable by this user: change its permissions, or give another path",
-    errno.EPERM: "{path} is not writable by this user: change its permissions, or give another path",
+    errno.EACCES: "{path} cannot be accessed by this user (permissions): change them, or give another path",
+    errno.EPERM: "{path} cannot be accessed by this user (permissions): change them, or give another path",
     errno.ENOSPC: "no space left on the filesystem of {path}: free some, or give a path on another one",
 }
 
 
-def _one_line(error: Exception) -> str:
+def _error_line(error: Exception) -> str:
     if isinstance(error, OSError) and error.errno in FILESYSTEM_ERRORS and error.filename:
         return FILESYSTEM_ERRORS[error.errno].format(path=error.filename)
     return str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError, RuntimeError) as error:
         if os.environ.get("COROLLA_DEBUG"):
             raise
-        print(f"corolla: error: {_one_line(error)}", file=sys.stderr)
+        print(f"corolla: error: {_error_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -182,18 +182,21 @@ def test_a_file_where_a_directory_belongs_is_said_so(capsys, tmp_path: Path, out
     assert (tmp_path / "a-file").read_text() == "notes"
 
 
-@pytest.mark.parametrize(("run_dir", "problem"), [("a-file", "exists and is not a directory"), ("a-file/run", None)])
-def test_a_run_directory_that_is_a_file_is_said_so(capsys, tokens: Path, tmp_path: Path, run_dir: str, problem) -> None:
+@pytest.mark.parametrize(
+    ("run_dir", "problem"),
+    [
+        ("a-file", "exists where corolla needs a directory of its own: remove it, or give another path"),
+        ("a-file/run", "is, or lies under, a file rather than a directory: give a directory's path"),
+    ],
+)
+def test_a_run_directory_that_is_a_file_is_said_so(
+    capsys, tokens: Path, tmp_path: Path, run_dir: str, problem: str
+) -> None:
     """errno's words ("[Errno 17] File exists") name neither the problem nor the fix."""
     (tmp_path / "a-file").write_text("notes")
     code, _, err = run(capsys, "train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / run_dir}")
     where = tmp_path / run_dir
-    problem = problem or "is, or lies under, a file rather than a directory"
-    assert (
-        code == 2
-        and err.strip().startswith(f"corolla: error: {where}")
-        and err.strip().endswith(f"{problem}: give a directory's path")
-    )
+    assert code == 2 and err.strip().startswith(f"corolla: error: {where}") and err.strip().endswith(problem)
     assert (tmp_path / "a-file").read_text() == "notes"
 
 

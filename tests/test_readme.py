@@ -162,6 +162,12 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell,
     second = shell(MAIN, *small)
     assert "up to date" in second and "already trained to step 2 of 2" in second
     assert json.loads((demo / "hf" / "config.json").read_text())["n_layer"] == 2
+    # Another tokenizer setting would train the tokenizer anew under a run trained on the old one: refused first.
+    changed = [*small, "tokenizer.parity_rounds=3", "--dry-run"]
+    result = subprocess.run(
+        ["bash", "-c", " ".join([MAIN, *map(shlex.quote, changed)])], cwd=workspace, text=True, capture_output=True
+    )
+    assert result.returncode == 2 and "which this pipeline would train anew" in result.stderr.strip().splitlines()[-1]
 
 
 def test_the_corolla_command_and_the_main_job_with_overrides(shell: Shell) -> None:

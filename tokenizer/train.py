@@ -124,7 +124,7 @@ def is_current(job: TokenizerTrainJob) -> bool:
     if not metadata_path.is_file():
         return False
     try:
-        metadata = read_json(metadata_path, "")
+        metadata = read_json(metadata_path, "train the tokenizer again")
     except ValueError:  # damaged: what it holds is not known to be current
         return False
     return (

@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -29,7 +30,7 @@ from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOBS_FILE
 from launch.rundir.history import RunHistory
-from launch.rundir.lock import holding, live_writer
+from launch.rundir.lock import holding, writer
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -61,30 +62,37 @@ class _Forwarding:
 CAUSE = re.compile(r"^(?:\[rank(\d+)\]:\s*)?((?:corolla(?: watchdog)?: |(?:[\w.]*(?:Error|Exception)): ).+)$")
 
 
+READ_ON_S = 10.0  # after torchrun ends, how long its ranks' last words may take to come through
+
+
 class _FirstCause:
     """Passes the ranks' error output on as it comes, and keeps the first line that says why one failed: corolla's
     own before a Python exception's (a rank's collective times out on a peer that corolla's watchdog then names), the
     first of each (the others' failures usually follow from it)."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         self.causes: dict[bool, str] = {}  # by whether corolla said it
         self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.thread.start()
 
-    def _read(self, stream) -> None:
-        for raw in stream:
+    def _read(self, stream: IO[bytes]) -> None:
+        passing_on = True
+        for raw in stream:  # read to the end whatever happens: a pipe left full would block every rank
             text = raw.decode(errors="replace")
-            sys.stderr.write(text)
-            sys.stderr.flush()
-            match = CAUSE.match(text.rstrip())
-            if match and "ChildFailedError" not in match[2]:
-                cause = match[2].removeprefix("corolla: error: ")
+            if passing_on:
+                try:
+                    sys.stderr.write(text)
+                    sys.stderr.flush()
+                except OSError:  # the terminal or pipe corolla writes to is gone
+                    passing_on = False
+            if (match := CAUSE.match(text.rstrip())) and "ChildFailedError" not in match[2]:
+                cause = match[2].removeprefix("corolla: error: ").split("; stacks of every thread")[0]
                 self.causes.setdefault(
                     match[2].startswith("corolla"), f"rank {match[1]}: {cause}" if match[1] else cause
                 )
 
     def wait(self) -> str | None:
-        self.thread.join()
+        self.thread.join(timeout=READ_ON_S)  # a rank that outlived torchrun may hold the pipe open
         return self.causes.get(True) or self.causes.get(False)
 
 
@@ -105,12 +113,12 @@ def run_ranks(run_dir: Path, world_size: int) -> tuple[int, str | None]:
             forwarding = _Forwarding(process)
             previous = {number: signal.signal(number, forwarding) for number in FORWARDED}
         status = process.wait()
-        return status, errors.wait()
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+    return status, errors.wait()
 
 
 def _not_here(run: RunDirectory, command: str, instead: str) -> ValueError:
@@ -187,19 +195,24 @@ class LocalBackend(Backend):
         )
 
     def state_lines(self, run: RunDirectory) -> list[str]:
-        """Whether a `corolla train` runs it now; if none does, a start the history saw no end of ended in a failure."""
-        if writer := live_writer(run.path):
-            return [line("state", f"running: {writer}")]
+        """Whether a `corolla train` runs it now; if none does, whether its last launch ended without a word."""
+        held = writer(run.path)
+        if held and held[1]:
+            return [line("state", f"running: {held[0]}")]
+        if held and held[1] is None:
+            return [line("state", f"held by {held[0]}, on another host: whether it runs cannot be seen from here")]
         events = RunHistory(run.path).events()
-        if events and events[-1]["event"] == "start":
-            return [
-                line(
-                    "state",
-                    "not running, and its last start recorded no end: a rank failed (`corolla train` said why in its "
-                    "last line) or was killed; `corolla train` on it resumes from the newest checkpoint",
-                )
-            ]
-        return []
+        last = events[-1]["event"] if events else None
+        if last not in ("start", "launch"):
+            return []
+        ended = "its last start recorded no end" if last == "start" else "its last launch recorded no start"
+        return [
+            line(
+                "state",
+                f"not running, and {ended}: it failed (`corolla train` said why in its last line) or was killed; "
+                "`corolla train` on it resumes from the newest checkpoint",
+            )
+        ]
 
     def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:
         raise _not_here(run, "logs", "a local run's ranks print to the terminal of `corolla train`")

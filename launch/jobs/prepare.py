@@ -63,10 +63,10 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         tracking.check_reachable(job.tracking.uri)
     saved = saved_run(run_dir)
     job, start = initial_weights(job, dry_run)
-    job = matched_to(job, saved)  # before the data, which may take minutes to build, and again with it
+    job = matched_to(job, saved, job.data.tokens_dir)  # before the data, which may take minutes to build; again with it
     check_layouts(job)
     job, data = inspect_data(job) if dry_run else prepare_data(job)
-    job = matched_to(job, saved)
+    job = matched_to(job, saved, data.tokens_dir)
     if start:
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
@@ -81,7 +81,9 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     write_atomically(run_dir / JOB_FILE, job_yaml(job))
     write_plans(run_dir, plans)
     history = RunHistory(run_dir)
-    history.record("launch", cluster=job.cluster.name, **{TOKENIZER_RECORD: _tokenizer_fingerprint(job)})
+    history.record(
+        "launch", cluster=job.cluster.name, **{TOKENIZER_RECORD: _tokenizer_fingerprint(job, data.tokens_dir)}
+    )
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
     if start:
         tags |= start.tags()
@@ -116,14 +118,14 @@ def saved_run(run_dir: Path) -> SavedRun | None:
     return SavedRun(run_dir, step, read_job(run_dir / JOB_FILE), recorded[-1] if recorded else None)
 
 
-def matched_to(job: TrainJob, saved: SavedRun | None) -> TrainJob:
+def matched_to(job: TrainJob, saved: SavedRun | None, tokens_dir: str | None) -> TrainJob:
     """The job, checked against the run whose checkpoints it resumes, if any: a one-line ValueError where it would
-    train them as something else (another init_from, tokenizer or model shape). What is not known yet (the token
-    files, the vocabulary before the data is built) is checked when the job is matched again with its data."""
+    train them as something else (another init_from, tokenizer or model shape). What is not known yet (`tokens_dir`,
+    the vocabulary before the data is built) is checked when the job is matched again with its data."""
     if saved is None:
         return job
     job = _same_start(job, saved)
-    _check_tokenizer(job, saved)
+    _check_tokenizer(job, saved, tokens_dir)
     _check_shape(job.model, saved)
     return job
 
@@ -131,11 +133,19 @@ def matched_to(job: TrainJob, saved: SavedRun | None) -> TrainJob:
 def _same_start(job: TrainJob, saved: SavedRun) -> TrainJob:
     """A relaunch resumes the run's own checkpoint, so init_from may only name the weights the run started from
     (from the same source, whose latest checkpoint may have moved on since): the job keeps the one it started from."""
-    if not job.init_from:
-        return job
     started = Path(saved.job.init_from) if saved.job.init_from else None
+    if not job.init_from:
+        if started:
+            raise ValueError(
+                f"run_dir={saved.run_dir} started from init_from={_source(started)}, whose model it trains: give it "
+                "again (the command that started the run) to resume it"
+            )
+        return job
     if started and _source(started) == _source(Path(job.init_from)):
-        return replace(job, init_from=saved.job.init_from)
+        # The weights it started from, whatever the source's latest checkpoint has become since (another TP pads
+        # the vocabulary to other rows).
+        weights = {name: getattr(saved.job.model, name) for name in WEIGHTS_MODEL_SETTINGS}
+        return replace(job, init_from=saved.job.init_from, model=replace(job.model, **weights))
     if started:
         fix = f"to continue {saved.run_dir} give the init_from it started from ({_source(started)})"
     else:
@@ -151,28 +161,30 @@ def _source(checkpoint: Path) -> Path:
     return checkpoint.resolve().parent.parent
 
 
-def _tokenizer_fingerprint(job: TrainJob) -> str | None:
-    """That of the tokenizer the job's token files were encoded with; None before they are known (a dry run may
-    not have them)."""
-    if not job.data.tokens_dir:
+def _tokenizer_fingerprint(job: TrainJob, tokens_dir: str | None) -> str | None:
+    """That of the tokenizer `tokens_dir` was encoded with; None before they are known (a dry run may not have them)."""
+    if not tokens_dir:
         return None
-    return TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_fingerprint
+    return TokenCorpus(tokens_dir, job.data.validation_documents).tokenizer_fingerprint
 
 
-def _check_tokenizer(job: TrainJob, saved: SavedRun) -> None:
+def _check_tokenizer(job: TrainJob, saved: SavedRun, tokens_dir: str | None) -> None:
     """The run's checkpoints learnt what its token ids meant: other token files must mean the same (same
     tokenizer). Nothing to compare with in a run directory of an older corolla, which recorded nothing."""
-    fingerprint = _tokenizer_fingerprint(job)
+    fingerprint = _tokenizer_fingerprint(job, tokens_dir)
     if not (saved.tokenizer_fingerprint and fingerprint) or fingerprint == saved.tokenizer_fingerprint:
         return
-    tokens_dir, theirs = job.data.tokens_dir, saved.job.data.tokens_dir
-    if theirs is None or Path(theirs).resolve() == Path(tokens_dir).resolve():
-        fix = f"encode {tokens_dir} again with the run's tokenizer ({saved.tokenizer_fingerprint[:8]})"
+    theirs = saved.job.data.tokens_dir
+    if Path(theirs).resolve() == Path(tokens_dir).resolve():
+        fix = (
+            f"they were encoded again in place: encode {tokens_dir} again with the run's tokenizer "
+            f"({saved.tokenizer_fingerprint[:8]}) where it still exists, or train them in a new run_dir"
+        )
     else:
-        fix = f"use the run's data (data.tokens_dir={theirs})"
+        fix = f"use the run's data (data.tokens_dir={theirs}) or start a new run_dir"
     raise ValueError(
         f"run_dir={saved.run_dir} was trained on token files of tokenizer {saved.tokenizer_fingerprint[:8]}, those "
-        f"in {tokens_dir} were encoded with {fingerprint[:8]}: {fix} or start a new run_dir"
+        f"in {tokens_dir} were encoded with {fingerprint[:8]}: {fix}"
     )
 
 

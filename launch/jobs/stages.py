@@ -100,10 +100,18 @@ def evaluation_is_current(job: MainJob) -> bool:
 
 
 def check_inputs(job: MainJob) -> None:
-    """The corpus and the parallel set, before any stage: a missing one would otherwise fail the evaluation or the
-    encoding after the tokenizer is trained (on a cluster, a job later)."""
+    """Before any stage: the corpus and the parallel set (a missing one would otherwise fail the evaluation or the
+    encoding after the tokenizer is trained; on a cluster, a job later), and that a run trained on the pipeline's
+    tokenizer does not see it trained anew (the training's relaunch would then be refused, hours later)."""
     discover_sources(job.data.corpus)
     load_parallel(job.parallel_set, job.tokenizer.reference_language)
+    paths = PipelinePaths.of(job)
+    if trained_steps(job) and not tokenizer_is_current(job):
+        raise ValueError(
+            f"{paths.train} holds checkpoints trained on the tokenizer in {paths.tokenizer}, which this pipeline would "
+            "train anew (its corpus or tokenizer settings changed, or it is gone): give a new run_dir, or the run's "
+            "corpus and settings"
+        )
 
 
 def evaluate_stage(job: MainJob, log: Callable[[str], None] = print) -> dict[str, Path]:

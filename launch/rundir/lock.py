@@ -77,10 +77,11 @@ def _refuse_if_held(path: Path, slurm_job: Callable[[Path], str | None]) -> dict
     return holder
 
 
-def live_writer(run_dir: Path) -> str | None:
-    """The process on this host that writes the run directory now, described; None when none does."""
+def writer(run_dir: Path) -> tuple[str, bool | None] | None:
+    """The process that holds the run directory, described, and whether it still runs (None: on another host, where
+    this one cannot see); None when no lock is held."""
     holder = _read(run_dir / LOCK_FILE)
-    return describe(holder) if holder and _alive(holder) else None
+    return (describe(holder), _alive(holder)) if holder else None
 
 
 def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:

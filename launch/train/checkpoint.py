@@ -223,13 +223,16 @@ def check_writable(directory: Path) -> None:
     """Before the first step rather than at the first save: every rank can write into `directory` (a collective; a
     CheckpointError on every rank where one cannot)."""
     probe = directory / f".writable-rank{dist.get_rank():05d}"
-    try:
-        directory.resolve().mkdir(parents=True, exist_ok=True)  # through a link to a filesystem elsewhere
-        probe.write_bytes(b"")
-        probe.unlink()
-        problem = ""
-    except OSError as error:
-        problem = f"{error.strerror} on {socket.gethostname()}"
+    problem = ""
+    if directory.is_symlink() and not directory.exists():  # made here, it would be on the wrong filesystem
+        problem = f"it links to {os.readlink(directory)}, which is not there on {socket.gethostname()}"
+    else:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            problem = f"{error.strerror or error} on {socket.gethostname()}"
     problems: list[str] = [""] * dist.get_world_size()
     dist.all_gather_object(problems, problem)
     if reason := next((problem for problem in problems if problem), ""):

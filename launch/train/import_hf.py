@@ -73,7 +73,7 @@ class HFWeights:
         return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in self.files]
 
 
-def _opened(path: Path):
+def _opened(path: Path) -> object:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 

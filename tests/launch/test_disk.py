@@ -94,3 +94,11 @@ def test_a_checkpoint_directory_that_cannot_be_written_is_refused_before_the_fir
             "above"
         )
         assert not (run_dir / "metrics.jsonl").exists() and mlflow_status(run_dir) == "FAILED"
+    # A link to a mount that is not there: refused too, its target not made on whatever filesystem holds its parent.
+    missing = tmp_path / "unmounted" / "checkpoints"
+    run_dir = tmp_path / "run2"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").symlink_to(missing)
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 2
+    assert f"cannot be written (it links to {missing}, which is not there on " in capsys.readouterr().err
+    assert not (tmp_path / "unmounted").exists()

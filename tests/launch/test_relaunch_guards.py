@@ -89,10 +89,14 @@ def test_token_files_of_another_tokenizer_are_refused_whether_re_encoded_in_plac
     cache = f"data.cache_dir={workspace / 'cache'}"
     arguments = [f"data.tokenizer_dir={other_tokenizer.parent}", f"data.corpus={corpus}", cache, "data.tokens_dir=null"]
     assert "use the run's data (data.tokens_dir=tokens)" in refused(capsys, Path("run"), *arguments)
+    assert "use the run's data (data.tokens_dir=tokens)" in refused(capsys, Path("run"), "--dry-run", *arguments)
     # The run's own token files encoded again, in place, with the other tokenizer.
     assert main([*encode, "output_dir=tokens"]) == 0
     err = refused(capsys, Path("run"), "data.tokens_dir=tokens")
-    assert f"encoded with {theirs[:8]}: encode tokens again with the run's tokenizer ({ours[:8]}) or start a new" in err
+    assert (
+        f"encoded with {theirs[:8]}: they were encoded again in place: encode tokens again with the run's tokenizer "
+        f"({ours[:8]}) where it still exists, or train them in a new run_dir"
+    ) in err
 
 
 def test_a_run_of_an_older_corolla_without_the_record_resumes_and_a_launch_records_it(workspace: Path) -> None:
@@ -133,6 +137,10 @@ def test_init_from_is_refused_on_a_run_with_checkpoints_of_its_own_and_the_same_
     assert train(*continued) == 0
     assert RunHistory(workspace / "continued").starts()[-1]["resumed_from_step"] == 1
     assert read_job(workspace / "continued" / "job.yaml").init_from == started_from
+    # Without it, the relaunch would train the weights as the job's own model: it is asked for.
+    err = refused(capsys, Path("continued"), "data.tokens_dir=tokens")
+    source = (workspace / "run").resolve()
+    assert f"run_dir=continued started from init_from={source}, whose model it trains: give it again" in err
 
 
 def test_an_init_from_run_whose_vocabulary_grew_resumes(workspace: Path, tokens: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from conftest import cluster_in_environment
 from launch.commands import cancel, show_logs, show_status
 from launch.config.schemas import CancelJob, LogsJob, StatusJob
-from launch.rundir.lock import holding, live_writer
+from launch.rundir.lock import holding, writer
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 T0 = 1_790_000_000.0  # the first launch, in September 2026
@@ -140,13 +140,13 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     at = [datetime.fromtimestamp(T0 + offset).strftime("%Y-%m-%d %H:%M:%S") for offset in (0, 600, 900, 3600)]
     # Steps 3-12, the last record of each: 1 s a step for 3-5, 2 s for 6-10, 4 s for 11-12; 8 steps left x 2 s.
     with holding(run_dir):  # the third launch's `corolla train`, training
-        output, writer = status_of(run_dir, capsys), live_writer(run_dir)
-    assert writer is not None and writer.startswith(f"process {os.getpid()} on {socket.gethostname()}")
+        output, (holder, alive) = status_of(run_dir, capsys), writer(run_dir)
+    assert alive and holder.startswith(f"process {os.getpid()} on {socket.gethostname()}")
     assert output.splitlines() == [
         f"run        {run_dir}",
         "model      bloom-test, TP 2 x PP 1 x DP 2, 8 sequences x 128 tokens a step",
         "cluster    local",
-        f"state      running: {writer}",
+        f"state      running: {holder}",
         "history    2 restarts, 1 failure (cluster.max_restarts=3)",
         f"           {at[0]}  start     on gpu-box, from scratch, 0 steps redone",
         f"           {at[1]}  start     on gpu-box, resumed from step 5, 3 steps redone",
@@ -161,7 +161,9 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
         f"mlflow     run 5f1e0c3a9b at sqlite:///{run_dir}/mlflow.db",
     ]
     # Its `corolla train` gone with no end recorded: a rank failed, or it was killed.
-    assert "state      not running, and its last start recorded no end: a rank failed" in status_of(run_dir, capsys)
+    assert "state      not running, and its last start recorded no end: it failed" in status_of(run_dir, capsys)
+    (run_dir / "LOCK").write_text(json.dumps({"host": "elsewhere", "pid": 7, "started": "1", "since": T0}))
+    assert "state      held by process 7 on elsewhere (since " in status_of(run_dir, capsys)
 
 
 def test_status_of_a_run_that_has_not_started(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
