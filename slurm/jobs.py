@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from launch.rundir.files import JOBS_FILE
+from tokenizer.files import write_atomically
 
 
 def recorded_jobs(run_dir: Path) -> list[str]:
@@ -24,7 +25,8 @@ def recorded_jobs(run_dir: Path) -> list[str]:
 
 
 def record_job(run_dir: Path, job_id: str) -> None:
-    (run_dir / JOBS_FILE).write_text(json.dumps([*recorded_jobs(run_dir), job_id]) + "\n")
+    # Replaced whole: `corolla status` and a job's own start read it while it is rewritten.
+    write_atomically(run_dir / JOBS_FILE, json.dumps([*recorded_jobs(run_dir), job_id]) + "\n")
 
 
 def jobs_after(run_dir: Path, job_id: str) -> list[str]:
