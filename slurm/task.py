@@ -140,6 +140,12 @@ class TrainingTask:
         # The work is done; a stop signal now (the time limit's USR2 may come as the ranks exit, when Python no
         # longer runs handlers) must not kill a task and fail the finished job.
         stop.ignore_from_now_on()
+        # Nor may the interpreter's teardown of torch's process group and store: under load their threads can abort
+        # the process ("terminate called without an active exception"), and Slurm marks the job FAILED. Everything
+        # the task writes is closed by now; `python -m launch.train` ends its ranks the same way.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     def _give_way(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask, unfit: dict[str, str]) -> bool:
         """Rank 0, when the health check found `unfit` nodes: whether a job that leaves them out was queued to take
