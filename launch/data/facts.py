@@ -10,6 +10,7 @@ class DataFacts:
     vocab_size: int  # the tokenizer's
     tokens_dir: str | None  # where the token files are; None: not built yet (a dry run)
     tokenizer_dir: str | None = None  # the tokenizer they were encoded with
+    tokenizer_fingerprint: str | None = None  # that tokenizer's, as their manifest records it
     # Per language, the held-out samples of seq_length + 1 tokens that validation may use, at most train.eval_samples
     # (none: no validation, or a dry run without data), and, where the tokenizer is at hand, the bytes of text each of
     # them predicts: for bits per byte (corpus.py).

@@ -115,7 +115,9 @@ def _checked(job: TrainJob, corpus: TokenCorpus) -> tuple[TrainJob, DataFacts]:
         )
     BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample
     job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
-    facts = DataFacts(corpus.vocab_size, str(corpus.tokens_dir), str(corpus.tokenizer_dir))
+    facts = DataFacts(
+        corpus.vocab_size, str(corpus.tokens_dir), str(corpus.tokenizer_dir), corpus.tokenizer_fingerprint
+    )
     return job, _with_validation(facts, corpus, job) if job.train.eval_interval else facts
 
 

@@ -15,6 +15,7 @@ from launch.config.data import DataConfig
 from launch.config.job_file import job_yaml, read_job
 from launch.config.schemas import ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
+from launch.data.facts import DataFacts
 from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
 from launch.plan.weights import Weights, is_hf_directory, weights_of
@@ -63,10 +64,10 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         tracking.check_reachable(job.tracking.uri)
     saved = saved_run(run_dir)
     job, start = initial_weights(job, dry_run)
-    job = matched_to(job, saved, job.data.tokens_dir)  # before the data, which may take minutes to build; again with it
+    job = matched_to(job, saved)  # before the data, which may take minutes to build; again with it
     check_layouts(job)
     job, data = inspect_data(job) if dry_run else prepare_data(job)
-    job = matched_to(job, saved, data.tokens_dir)
+    job = matched_to(job, saved, data)
     if start:
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
@@ -81,9 +82,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     write_atomically(run_dir / JOB_FILE, job_yaml(job))
     write_plans(run_dir, plans)
     history = RunHistory(run_dir)
-    history.record(
-        "launch", cluster=job.cluster.name, **{TOKENIZER_RECORD: _tokenizer_fingerprint(job, data.tokens_dir)}
-    )
+    history.record("launch", cluster=job.cluster.name, **{TOKENIZER_RECORD: data.tokenizer_fingerprint})
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
     if start:
         tags |= start.tags()
@@ -118,14 +117,15 @@ def saved_run(run_dir: Path) -> SavedRun | None:
     return SavedRun(run_dir, step, read_job(run_dir / JOB_FILE), recorded[-1] if recorded else None)
 
 
-def matched_to(job: TrainJob, saved: SavedRun | None, tokens_dir: str | None) -> TrainJob:
+def matched_to(job: TrainJob, saved: SavedRun | None, data: DataFacts | None = None) -> TrainJob:
     """The job, checked against the run whose checkpoints it resumes, if any: a one-line ValueError where it would
-    train them as something else (another init_from, tokenizer or model shape). What is not known yet (`tokens_dir`,
-    the vocabulary before the data is built) is checked when the job is matched again with its data."""
+    train them as something else (another init_from, tokenizer or model shape). What is not known before the data
+    (its tokenizer, the vocabulary) is checked when the job is matched again with `data`."""
     if saved is None:
         return job
     job = _same_start(job, saved)
-    _check_tokenizer(job, saved, tokens_dir)
+    if data is not None:
+        _check_tokenizer(saved, data)
     _check_shape(job.model, saved)
     return job
 
@@ -161,17 +161,11 @@ def _source(checkpoint: Path) -> Path:
     return checkpoint.resolve().parent.parent
 
 
-def _tokenizer_fingerprint(job: TrainJob, tokens_dir: str | None) -> str | None:
-    """That of the tokenizer `tokens_dir` was encoded with; None before they are known (a dry run may not have them)."""
-    if not tokens_dir:
-        return None
-    return TokenCorpus(tokens_dir, job.data.validation_documents).tokenizer_fingerprint
-
-
-def _check_tokenizer(job: TrainJob, saved: SavedRun, tokens_dir: str | None) -> None:
+def _check_tokenizer(saved: SavedRun, data: DataFacts) -> None:
     """The run's checkpoints learnt what its token ids meant: other token files must mean the same (same
-    tokenizer). Nothing to compare with in a run directory of an older corolla, which recorded nothing."""
-    fingerprint = _tokenizer_fingerprint(job, tokens_dir)
+    tokenizer). Nothing to compare with in a run directory of an older corolla, which recorded nothing, nor in a dry
+    run whose token files are not built yet."""
+    fingerprint, tokens_dir = data.tokenizer_fingerprint, data.tokens_dir
     if not (saved.tokenizer_fingerprint and fingerprint) or fingerprint == saved.tokenizer_fingerprint:
         return
     theirs = saved.job.data.tokens_dir
