@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
-from model.config import Attention
+from model.config import FLEX_NEEDS_GPU, Attention
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -43,10 +43,7 @@ def kernel_for(attention: Attention, device: torch.device, dropout: float) -> At
     if attention == Attention.auto:
         return Attention.flex if device.type == "cuda" and not dropout else Attention.sdpa
     if attention == Attention.flex and device.type != "cuda" and torch.is_grad_enabled():
-        raise ValueError(
-            "model.attention=flex trains on GPUs only (PyTorch's flex attention has no backward on CPU): use "
-            "model.attention=auto or sdpa"
-        )
+        raise ValueError(FLEX_NEEDS_GPU)
     return attention
 
 

@@ -19,6 +19,12 @@ class Attention(Enum):
     sdpa = "sdpa"
 
 
+FLEX_NEEDS_GPU = (
+    "model.attention=flex trains on GPUs only (PyTorch's flex attention has no backward on CPU): use "
+    "model.attention=auto or sdpa"
+)
+
+
 @dataclass
 class ModelConfig:
     name: str = "bloom-tiny"

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from launch.config.cluster import Scheduler
 from launch.config.schemas import TrainJob
 from launch.data.facts import DataFacts
 from launch.plan.layout import ParallelLayout
@@ -25,6 +26,7 @@ from launch.plan.report import check_memory
 from launch.plan.stages import stage_cut
 from launch.plan.zero import effective_zero_stage
 from launch.rundir.files import PLAN_FILE
+from model.config import FLEX_NEEDS_GPU, Attention
 from tokenizer.files import write_atomically
 
 Planned = TypeVar("Planned")
@@ -154,7 +156,11 @@ def _for_each_world_size(job: TrainJob, plan: Callable[[int], Planned]) -> list[
 
 
 def check_layouts(job: TrainJob) -> None:
-    """What can be checked before the data exists: every world size has a layout that can train the job."""
+    """What can be checked before the data exists: the nodes can run the attention kernel, and every world size has a
+    layout that can train the job."""
+    cluster = job.cluster
+    if job.model.attention == Attention.flex and cluster.scheduler == Scheduler.slurm and not cluster.gpus_per_node:
+        raise ValueError(f"cluster {cluster.name} has CPU nodes (cluster.gpus_per_node=0): {FLEX_NEEDS_GPU}")
     _for_each_world_size(job, lambda world_size: _layout(job, world_size))
 
 

@@ -218,6 +218,10 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
             ["cluster.exclude=[n1,n3]"],
             "partition debug has 1 nodes once n1, n3 (cluster.exclude, or found unfit) are left out: lower",
         ),
+        (
+            ["model.attention=flex"],
+            "cluster testcluster has CPU nodes (cluster.gpus_per_node=0): model.attention=flex trains on GPUs only",
+        ),
     ],
 )
 def test_bad_jobs_are_refused_before_anything_is_submitted(
