@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -18,3 +19,21 @@ class DataFacts:
     validation_sample_bytes: dict[str, list[int]] = field(default_factory=dict)
     # With init_from and a tokenizer that extends the weights' one: the vocabulary the embedding grows from.
     grown_from_vocab: int = 0
+
+
+class TokenizerChanged(ValueError):
+    """Token files encoded with another tokenizer (`found`) than the one whose ids a run's checkpoints learnt
+    (`trained`); the fix depends on whether they are the run's own (`run_tokens_dir`), encoded again in place."""
+
+    def __init__(self, run_dir: Path, trained: str, tokens_dir: str, found: str, run_tokens_dir: str) -> None:
+        if Path(run_tokens_dir).resolve() == Path(tokens_dir).resolve():
+            fix = (
+                f"they were encoded again in place: encode {tokens_dir} again with the run's tokenizer "
+                f"({trained[:8]}) where it still exists, or train them in a new run_dir"
+            )
+        else:
+            fix = f"use the run's data (data.tokens_dir={run_tokens_dir}) or start a new run_dir"
+        super().__init__(
+            f"run_dir={run_dir} was trained on token files of tokenizer {trained[:8]}, those in {tokens_dir} were "
+            f"encoded with {found[:8]}: {fix}"
+        )

@@ -15,7 +15,7 @@ from launch.config.data import DataConfig
 from launch.config.job_file import job_yaml, read_job
 from launch.config.schemas import ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
-from launch.data.facts import DataFacts
+from launch.data.facts import DataFacts, TokenizerChanged
 from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
 from launch.plan.weights import Weights, is_hf_directory, weights_of
@@ -165,21 +165,11 @@ def _check_tokenizer(saved: SavedRun, data: DataFacts) -> None:
     """The run's checkpoints learnt what its token ids meant: other token files must mean the same (same
     tokenizer). Nothing to compare with in a run directory of an older corolla, which recorded nothing, nor in a dry
     run whose token files are not built yet."""
-    fingerprint, tokens_dir = data.tokenizer_fingerprint, data.tokens_dir
-    if not (saved.tokenizer_fingerprint and fingerprint) or fingerprint == saved.tokenizer_fingerprint:
-        return
-    theirs = saved.job.data.tokens_dir
-    if Path(theirs).resolve() == Path(tokens_dir).resolve():
-        fix = (
-            f"they were encoded again in place: encode {tokens_dir} again with the run's tokenizer "
-            f"({saved.tokenizer_fingerprint[:8]}) where it still exists, or train them in a new run_dir"
+    fingerprint = data.tokenizer_fingerprint
+    if saved.tokenizer_fingerprint and fingerprint and fingerprint != saved.tokenizer_fingerprint:
+        raise TokenizerChanged(
+            saved.run_dir, saved.tokenizer_fingerprint, data.tokens_dir, fingerprint, saved.job.data.tokens_dir
         )
-    else:
-        fix = f"use the run's data (data.tokens_dir={theirs}) or start a new run_dir"
-    raise ValueError(
-        f"run_dir={saved.run_dir} was trained on token files of tokenizer {saved.tokenizer_fingerprint[:8]}, those "
-        f"in {tokens_dir} were encoded with {fingerprint[:8]}: {fix}"
-    )
 
 
 def _check_shape(model: ModelConfig, saved: SavedRun) -> None:

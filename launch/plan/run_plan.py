@@ -52,6 +52,9 @@ class RunPlan:
     validation_bytes_per_token: dict[str, float] = field(default_factory=dict)
     # init_from's embedding grows from this vocabulary to this run's (DataFacts); 0: it does not grow.
     grown_from_vocab: int = 0
+    # The tokenizer the token files were encoded with (DataFacts), which every start finds them still encoded with
+    # ("": not known, a plan of an older corolla's).
+    tokenizer_fingerprint: str = ""
 
     @property
     def stages(self) -> list[range]:
@@ -96,6 +99,7 @@ def make_plan(job: TrainJob, world_size: int, data: DataFacts, validation_batch:
         validation_samples=samples,
         validation_bytes_per_token=bytes_per_token,
         grown_from_vocab=data.grown_from_vocab,
+        tokenizer_fingerprint=data.tokenizer_fingerprint or "",
     )
 
 

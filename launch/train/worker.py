@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from megatron.core import parallel_state
@@ -20,6 +21,7 @@ from launch.config.job_file import read_job
 from launch.config.schemas import NewRows, TrainJob
 from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus
+from launch.data.facts import TokenizerChanged
 from launch.plan.layout import ParallelLayout
 from launch.plan.run_plan import RunPlan, read_plan
 from launch.rundir.checkpoints import CheckpointError, set_aside_newer
@@ -85,6 +87,14 @@ def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: li
     )
 
 
+def _refuse(rank: int, error: ValueError) -> NoReturn:
+    """Ends the start on what no restart would mend: one line, and exit status 2, which a Slurm task does not
+    requeue."""
+    if rank == 0:
+        print(f"corolla: error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+
 def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> None:
     if rank != 0:
         return
@@ -92,8 +102,13 @@ def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> Non
     print(f"corolla: error: {error}", file=sys.stderr, flush=True)
 
 
-def _data(job: TrainJob, plan: RunPlan) -> DataShard:
+def _data(run_dir: Path, job: TrainJob, plan: RunPlan) -> DataShard:
+    """This rank's share of the token files, which must still be those the run was launched on: files encoded again
+    in place since (by hand, or by a data cache other runs share) would train the checkpoints on other ids."""
     corpus = TokenCorpus(job.data.tokens_dir, job.data.validation_documents)
+    found, tokens_dir = corpus.tokenizer_fingerprint, job.data.tokens_dir
+    if plan.tokenizer_fingerprint and found != plan.tokenizer_fingerprint:
+        raise TokenizerChanged(run_dir, plan.tokenizer_fingerprint, tokens_dir, found, tokens_dir)
     dp_rank = parallel_state.get_data_parallel_rank()
     validation = validation_batches(
         corpus, job.model.seq_length, job.train.micro_batch, plan.validation_samples, dp_rank, plan.layout.dp
@@ -165,7 +180,10 @@ def main(
     parallel_state.initialize_model_parallel(plan.layout.tp, plan.layout.pp, create_gloo_process_groups=False)
     check_groups(plan, rank)
     seed_everything(job.seed)
-    data = _data(job, plan)
+    try:
+        data = _data(run_dir, job, plan)
+    except TokenizerChanged as error:  # another start would find the same files
+        _refuse(rank, error)
     engine = build_engine(job.model, plan, job.train, job.parallel.activation_checkpointing, job.seed)
     directory = run_dir / CHECKPOINTS
     layout = plan.layout
@@ -174,9 +192,7 @@ def main(
         first_step = checkpoint.verified_step(directory)
         saved_layout = _starting_weights(engine, job, plan, directory, first_step)
     except CheckpointError as error:
-        if rank == 0:
-            print(f"corolla: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        _refuse(rank, error)
     faults.install(engine.module, first_step)
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
     reporter = Reporter(run_dir, rank, job.train.steps, first_step, plan.validation_bytes_per_token, sends)

@@ -15,6 +15,8 @@ from conftest import SHARED_DATA, byte_level_bpe, cut_corpus
 from launch.cli import main
 from launch.config.job_file import read_job
 from launch.data.corpus import TokenCorpus
+from launch.jobs.local import run_ranks
+from launch.plan.run_plan import read_plans
 from launch.rundir.history import RunHistory
 
 RUN = [*SHORT_RUN, "train.steps=1", "train.eval_interval=0"]
@@ -97,6 +99,25 @@ def test_token_files_of_another_tokenizer_are_refused_whether_re_encoded_in_plac
         f"encoded with {theirs[:8]}: they were encoded again in place: encode tokens again with the run's tokenizer "
         f"({ours[:8]}) where it still exists, or train them in a new run_dir"
     ) in err
+
+
+def test_a_start_without_a_launch_refuses_the_runs_token_files_encoded_again_since(
+    capsys, workspace: Path, other_tokenizer: Path, tokens: Path
+) -> None:
+    """As a requeued Slurm job starts: the ranks alone, on what the launch wrote, no launch to check the data. A start
+    on the run's token files encoded again in place (by hand, or by a data cache another run shares) ends at once, its
+    checkpoints untouched, and exits 2, which a Slurm task does not requeue."""
+    ours = fingerprint(workspace / "tokens")
+    encode = ["tokenizer", "encode", f"tokenizer={other_tokenizer}", f"corpus={tokens.parent / 'corpus'}", "workers=1"]
+    assert main([*encode, "output_dir=tokens"]) == 0
+    run_dir = workspace / "run"
+    checkpoints = snapshot(run_dir / "checkpoints")
+    status, cause = run_ranks(run_dir, read_plans(run_dir)[0].world_size)
+    assert status != 0 and cause is not None
+    assert f"run_dir={run_dir} was trained on token files of tokenizer {ours[:8]}" in cause, cause
+    assert "they were encoded again in place: encode tokens again" in cause
+    assert "exitcode  : 2" in capsys.readouterr().err  # torchrun's report of the rank
+    assert snapshot(run_dir / "checkpoints") == checkpoints
 
 
 def test_a_run_of_an_older_corolla_without_the_record_resumes_and_a_launch_records_it(workspace: Path) -> None:
