@@ -63,17 +63,30 @@ def _measure(source: Source) -> SourceFacts:
     return SourceFacts(digest.hexdigest(), sizes, hygiene)
 
 
-def source_facts(source: Source) -> SourceFacts:
-    """The file's facts: from the cache while its size and modification time are those measured, else measured."""
+def _cache_file(source: Source) -> tuple[dict, Path]:
+    """The stamp the file's cached facts must carry (its size and modification time), and where they are kept."""
     stat = source.path.stat()
     stamp = {"version": CACHE_VERSION, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    entry = cache_directory() / f"{hashlib.sha256(str(source.path.resolve()).encode()).hexdigest()}.json"
+    return stamp, cache_directory() / f"{hashlib.sha256(str(source.path.resolve()).encode()).hexdigest()}.json"
+
+
+def cached_facts(source: Source) -> SourceFacts | None:
+    """The file's facts from the cache while its size and modification time are those measured; None otherwise."""
+    stamp, entry = _cache_file(source)
     try:
         cached = json.loads(entry.read_text())
         if cached["stamp"] == stamp:
             return SourceFacts.from_dict(cached)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not measured yet, or an entry this version cannot read
+    return None
+
+
+def source_facts(source: Source) -> SourceFacts:
+    """The file's facts: from the cache while its size and modification time are those measured, else measured."""
+    if (facts := cached_facts(source)) is not None:
+        return facts
+    stamp, entry = _cache_file(source)
     facts = _measure(source)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +102,12 @@ def corpus_fingerprint(sources: list[Source], facts: list[SourceFacts] | None = 
     for source, known in zip(sources, facts or map(source_facts, sources), strict=True):
         digest.update(f"{source.label}\0{known.digest}\0".encode())
     return digest.hexdigest()
+
+
+def measured_fingerprint(sources: list[Source]) -> str | None:
+    """corpus_fingerprint without reading the corpus: None while a file has no current facts in the cache."""
+    facts = [cached_facts(source) for source in sources]
+    return None if any(known is None for known in facts) else corpus_fingerprint(sources, facts)
 
 
 @dataclass

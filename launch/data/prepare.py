@@ -2,10 +2,12 @@
 know of them.
 
 With data.tokens_dir unset, the tokenizer is trained on data.corpus and the corpus encoded with it on first use, into
-a cache entry per (tokenizer config, seed, corpus path): `<cache_dir>/<key>/tokenizer` and `<key>/tokens`. Each use
-checks them against their inputs (the tokenizer's config and corpus fingerprint, the token files' tokenizer
-fingerprint and source files) and rebuilds what is stale, so an edited corpus or config never trains on old tokens. A
-lock file keeps two jobs starting at once from building the same entry together. A dry run builds nothing: it checks
+a cache entry per (tokenizer config, seed, corpus path, corpus contents): `<cache_dir>/<key>/tokenizer` and
+`<key>/tokens`. An edited corpus or config thus never trains on old tokens, and gets an entry of its own rather than
+rebuilding one under the runs that trained on it, whose next start would find other token files. Each use checks an
+entry against its inputs (the tokenizer's config and corpus fingerprint, the token files' tokenizer fingerprint and
+source files) and rebuilds what is damaged or missing. A lock file keeps two jobs starting at once from building the
+same entry together. A dry run builds nothing: it checks
 token files that exist and takes the vocabulary from the tokenizer config otherwise.
 """
 
@@ -24,25 +26,34 @@ from launch.data.corpus import TokenCorpus, validation_sample_bytes, validation_
 from launch.data.facts import DataFacts
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
+from tokenizer.corpus_scan import corpus_fingerprint, measured_fingerprint
 from tokenizer.encode import encode_corpus
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
 
 
-def cache_key(tokenizer: TokenizerConfig | str, corpus: str | Path, seed: int) -> str:
-    """The cache entry of a corpus under a tokenizer config, or under a trained tokenizer (its fingerprint)."""
+def cache_key(tokenizer: TokenizerConfig | str, corpus: str | Path, seed: int, contents: str) -> str:
+    """The cache entry of a corpus (its path and `contents`, its fingerprint) under a tokenizer config, or under a
+    trained tokenizer (its fingerprint)."""
     record = {
         "tokenizer": tokenizer if isinstance(tokenizer, str) else tokenizer_identity(config_record(tokenizer)),
         "seed": seed,
         "corpus": str(Path(corpus).resolve()),
+        "corpus_fingerprint": contents,
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _cache_entry(job: TrainJob) -> Path:
+def _cache_entry(job: TrainJob, measure: bool = True) -> Path | None:
+    """The job's cache entry; None, unless `measure`, where the corpus has not been measured as it is now (a dry run
+    reads no corpus: an entry for it cannot be there, unless the measurements were deleted)."""
     data = job.data
+    sources = discover_sources(data.corpus)
+    contents = corpus_fingerprint(sources) if measure else measured_fingerprint(sources)
+    if contents is None:
+        return None
     tokenizer = load_tokenizer(data.tokenizer_dir).fingerprint if data.tokenizer_dir else job.tokenizer
-    return Path(data.cache_dir) / cache_key(tokenizer, data.corpus, job.seed)
+    return Path(data.cache_dir) / cache_key(tokenizer, data.corpus, job.seed, contents)
 
 
 def cached_token_files(job: TrainJob, log: Callable[[str], None] = print) -> Path:
@@ -91,14 +102,14 @@ def inspect_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
     vocabulary is the tokenizer config's, and the data is checked when the job is prepared for real."""
     if job.data.tokens_dir is not None:
         return _checked(job, TokenCorpus(job.data.tokens_dir, job.data.validation_documents))
-    cached = _cache_entry(job) / "tokens"
+    entry = _cache_entry(job, measure=False)
     try:
-        corpus = TokenCorpus(cached, job.data.validation_documents) if cached.is_dir() else None
+        cached = entry / "tokens" if entry else None
+        corpus = TokenCorpus(cached, job.data.validation_documents) if cached and cached.is_dir() else None
     except ValueError:  # damaged: a real run encodes them again, as it builds missing ones
         corpus = None
     if corpus is not None:
         return _checked(job, corpus)
-    discover_sources(job.data.corpus)  # there to be encoded: its files listed, none read
     vocab_size = job.model.vocab_size or _tokenizer_vocabulary(job)
     return replace(job, model=replace(job.model, vocab_size=vocab_size)), DataFacts(vocab_size, None)
 

@@ -155,7 +155,7 @@ def test_with_no_data_arguments_train_reads_the_sample_corpus(capsys) -> None:
     assert "sampling: parity" in out  # the default tokenizer balances languages
 
 
-def test_token_files_are_built_on_first_use_cached_and_rebuilt_when_the_corpus_changes(capsys, tmp_path) -> None:
+def test_token_files_are_built_on_first_use_cached_and_built_anew_when_the_corpus_changes(capsys, tmp_path) -> None:
     corpus = cut_corpus(tmp_path / "corpus", TRAINING_LANGUAGES, 300)
     tokenizer = ["tokenizer=tiny", "tokenizer.vocab_size=2000", "tokenizer.character_coverage=0.99"]
     cached = [f"data.corpus={corpus}", f"data.cache_dir={tmp_path / 'cache'}", *tokenizer, *SHORT_RUN, "train.steps=1"]
@@ -184,11 +184,15 @@ def test_token_files_are_built_on_first_use_cached_and_rebuilt_when_the_corpus_c
     train_from_corpus(tmp_path / "cut")
     assert cut.stat().st_size > 100
 
+    # An edited corpus gets an entry of its own: the runs trained on it as it was find their token files unchanged.
+    built = {path: path.stat().st_mtime_ns for path in tokens_dir.iterdir()}
     with (corpus / "eng_Latn.txt").open("a") as text:
         text.write("A sentence the cached tokenizer never saw.\n")
     assert "training on" in train_from_corpus(tmp_path / "third")
-    manifest = json.loads((tokens_dir / "manifest.json").read_text())
-    assert manifest["languages"]["eng_Latn"]["documents"] == 301
+    [edited] = set((tmp_path / "cache").glob("*/tokens")) - {tokens_dir}
+    assert f"tokens_dir: {edited}" in (tmp_path / "third" / "job.yaml").read_text()
+    assert json.loads((edited / "manifest.json").read_text())["languages"]["eng_Latn"]["documents"] == 301
+    assert {path: path.stat().st_mtime_ns for path in tokens_dir.iterdir()} == built
 
 
 def test_bf16_without_zero_resumes_bit_identically(tokens: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import zstandard
 from conftest import cut_corpus
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import CorpusError, discover_sources
-from tokenizer.corpus_scan import scan_corpus
+from tokenizer.corpus_scan import measured_fingerprint, scan_corpus
 from tokenizer.encode import encode_corpus
 from tokenizer.token_files import MANIFEST_NAME, TokenFile
 from tokenizer.train import train_tokenizer
@@ -144,8 +144,10 @@ def test_a_file_is_measured_once_while_its_size_and_time_stay(tmp_path: Path, mo
     os.utime(text, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert scan_corpus(str(corpus)).sizes == first.sizes and scan_corpus(str(corpus)).fingerprint == first.fingerprint
     os.utime(text)  # touched: measured again
+    assert measured_fingerprint(discover_sources(str(corpus))) is None  # what a dry run sees: not measured as it is
     second = scan_corpus(str(corpus))
     assert second.sizes["fra_Latn"].documents == 40 and second.fingerprint != first.fingerprint
+    assert measured_fingerprint(discover_sources(str(corpus))) == second.fingerprint
 
 
 def test_a_cache_that_cannot_be_written_costs_only_time(tmp_path: Path, monkeypatch) -> None:
