@@ -13,11 +13,10 @@ from launch.jobs.monitor import LABEL_WIDTH, line
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states, slurm_state
-from slurm.commands import SlurmError, run_slurm
+from slurm.commands import HINT, SlurmError, run_slurm
 from slurm.jobs import recorded_jobs
 
 CANCEL_WAIT_S = 10
-HINT = "run this on a login node of the cluster"
 
 
 def _jobs(run: RunDirectory) -> list[str]:
@@ -41,10 +40,20 @@ def last_lines(path: Path, count: int, block_size: int = 1 << 16) -> list[str]:
     return tail.decode(errors="replace").splitlines()[-count:]
 
 
+def job_logs(folder: Path, job_id: str) -> list[Path]:
+    """submitit's `<job>_<task>_log.out` and `.err` of the job, in its `folder`."""
+    return sorted(folder.glob(f"{job_id}_*_log.*"))
+
+
+def print_tails(paths: list[Path], lines: int) -> None:
+    """The last `lines` of each file, under its name."""
+    print("\n\n".join("\n".join([f"==> {path} <==", *(last_lines(path, lines) or ["(empty)"])]) for path in paths))
+
+
 def rank_logs(run: RunDirectory, job_id: str) -> dict[int, list[Path]]:
     """submitit's `<job>_<rank>_log.out` and `.err` of the job, by rank."""
     logs: dict[int, list[Path]] = {}
-    for path in sorted((run.path / SUBMITIT_DIR).glob(f"{job_id}_*_log.*")):
+    for path in job_logs(run.path / SUBMITIT_DIR, job_id):
         rank = path.name.removeprefix(f"{job_id}_").split("_")[0]
         if rank.isdigit() and path.suffix in (".out", ".err"):
             logs.setdefault(int(rank), []).append(path)
@@ -96,12 +105,7 @@ class SlurmBackend(Backend):
         if rank != -1 and rank not in logs:
             ranks = ", ".join(str(number) for number in logs)
             raise ValueError(f"rank={rank}: Slurm job {job_id} has logs of ranks {ranks}: choose one of them")
-        paths = logs[rank] if rank != -1 else [path for paths in logs.values() for path in paths]
-        sections = []
-        for path in paths:
-            text = last_lines(path, lines)
-            sections.append("\n".join([f"==> {path} <==", *(text or ["(empty)"])]))
-        print("\n\n".join(sections))
+        print_tails(logs[rank] if rank != -1 else [path for paths in logs.values() for path in paths], lines)
 
     def cancel(self, run: RunDirectory) -> None:
         """Every job of the run that is queued or running, newest first (an elastic run's next job waits for the one

@@ -31,13 +31,16 @@ from launch.config.job_file import job_yaml, read_job
 from launch.config.schemas import MainJob
 from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
+from slurm.backend import job_logs, print_tails
 from slurm.client import ENDED_STATES, latest_states, slurm_state
-from slurm.commands import SlurmError, run_slurm
+from slurm.commands import HINT, SlurmError, run_slurm
 from slurm.executor import (
     excluded_nodes,
     executor_parameters,
+    job_name,
     make_executor,
     outside_this_job,
+    run_executor,
     submit_elastic,
     submit_job,
 )
@@ -45,8 +48,6 @@ from slurm.jobs import recorded_jobs
 from tokenizer.files import write_atomically
 
 STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
-DATA_STAGES = {"tokenizer", "evaluate", "encode", "prepare", "export"}  # one node, no GPU
-HINT = "run this on a login node of the cluster"
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,8 @@ def _replace_job(run_dir: Path, stage: str, job_id: str) -> None:
 def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency: str | None) -> submitit.SlurmExecutor:
     """A data stage's job: one task on one node, all its cores, no GPU; on cluster.cpu_partition where there is one
     (the GPU partition's QOS, constraint and exclusivity then stay with the training job)."""
-    executor = submitit.SlurmExecutor(folder=run_dir.resolve() / SUBMITIT_DIR, max_num_timeout=10**6)
-    parameters = executor_parameters(cluster, f"corolla-{run_dir.resolve().name}-{stage}")
+    executor = run_executor(run_dir)
+    parameters = executor_parameters(cluster, job_name(run_dir, stage))
     parameters.update(nodes=1, ntasks_per_node=1, cpus_per_task=cluster.node_cores)
     parameters.pop("gpus_per_node", None)
     if cluster.cpu_partition:
@@ -412,8 +413,6 @@ def chain_lines(run_dir: Path) -> list[str]:
 
 
 def show_stage_logs(run_dir: Path, stage: str, lines: int) -> None:
-    from slurm.backend import last_lines
-
     jobs = {stage_job.stage: stage_job for stage_job in chain_jobs(run_dir)}
     if stage and stage not in jobs:
         raise ValueError(f"stage={stage}: the latest submission of {run_dir} ran {', '.join(jobs)}: choose one")
@@ -426,13 +425,11 @@ def show_stage_logs(run_dir: Path, stage: str, lines: int) -> None:
     if not paths:
         print(f"the {chosen.stage} stage's Slurm {chosen.label} has no logs yet: has it started? (corolla status)")
         return
-    sections = ["\n".join([f"==> {path} <==", *(last_lines(path, lines) or ["(empty)"])]) for path in paths]
-    print("\n\n".join(sections))
+    print_tails(paths, lines)
 
 
 def _logs(run_dir: Path, stage_job: StageJob) -> list[Path]:
-    folder = run_dir / (TRAIN_DIR if stage_job.stage == "train" else "") / SUBMITIT_DIR
-    return sorted(folder.glob(f"{stage_job.job_id}_*_log.*"))
+    return job_logs(run_dir / (TRAIN_DIR if stage_job.stage == "train" else "") / SUBMITIT_DIR, stage_job.job_id)
 
 
 def cancel_chain(run_dir: Path) -> None:

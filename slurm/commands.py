@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 
 TIMEOUT_S = 30
+HINT = "run this on a login node of the cluster"  # what mends a Slurm command that cannot be run here
 # Inside a job, when a rank crashes, Slurm ends the step with SIGTERM to every process in it just as its peers ask for
 # a requeue, and a request cut off halfway is lost (SIGKILL follows only after KillWait, seconds later).
 SURVIVE_SIGTERM = ["sh", "-c", 'trap "" TERM; exec "$@"', "slurm-command"]

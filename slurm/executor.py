@@ -93,16 +93,25 @@ def excluded_nodes(cluster: ClusterConfig, run_dir: Path) -> set[str]:
     return set(cluster.exclude) | RunHistory(run_dir).unfit_nodes()
 
 
+def job_name(run_dir: Path, stage: str = "") -> str:
+    return f"corolla-{run_dir.resolve().name}" + (f"-{stage}" if stage else "")
+
+
+def run_executor(run_dir: Path) -> submitit.SlurmExecutor:
+    """An executor of the run's jobs, writing into its submitit folder, with no parameters yet."""
+    folder = run_dir.resolve() / SUBMITIT_DIR
+    _single_line("run_dir", str(folder))
+    # Requeues are corolla's (slurm/task.py); submitit's own timeout budget must never be the one that stops a run.
+    return submitit.SlurmExecutor(folder=folder, max_num_timeout=10**6)
+
+
 def make_executor(
     cluster: ClusterConfig, run_dir: Path, dependency: str | None = None, unfit: frozenset[str] = frozenset()
 ) -> submitit.SlurmExecutor:
     """The executor of the run's jobs; `dependency`: what the job waits for (sbatch's, e.g. afterany:JOB); `unfit`:
     nodes to leave out beside those the run leaves out already."""
-    folder = run_dir.resolve() / SUBMITIT_DIR
-    _single_line("run_dir", str(folder))
-    # Requeues are corolla's (slurm/task.py); submitit's own timeout budget must never be the one that stops a run.
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=10**6)
-    executor.update_parameters(**executor_parameters(cluster, f"corolla-{run_dir.resolve().name}"))
+    executor = run_executor(run_dir)
+    executor.update_parameters(**executor_parameters(cluster, job_name(run_dir)))
     if dependency is not None:
         executor.update_parameters(dependency=dependency)
     excluded = excluded_nodes(cluster, run_dir) | unfit
