@@ -155,8 +155,9 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, compile_setting: bool | 
 
 
 class BloomModel(nn.Module):
-    """The whole network in one module, for runs without pipeline parallelism (and tests); its weights as
-    model/weights.py draws them from `seed`."""
+    """The whole network in one module, whose parameter names are those every weight is known by (model/layers.py
+    maps a pipeline stage's to them); training runs it as pipeline stages (model/pipeline.py), the GPU check and the
+    tests compare it with transformers' as it is. Its weights as model/weights.py draws them from `seed`."""
 
     def __init__(self, model: ModelConfig, config: ModelParallelConfig, seed: int) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tokenizer.corpus import CorpusError, LanguageSize, Source, discover_sources, read_documents
-from tokenizer.files import write_atomically
+from tokenizer.files import sha256_of, write_atomically
 from tokenizer.hygiene import HygieneStats
 
 CACHE_VERSION = 1  # raised whenever what a scan counts changes: older entries are then measured again
@@ -48,10 +48,6 @@ class SourceFacts:
 
 
 def _measure(source: Source) -> SourceFacts:
-    digest = hashlib.sha256()
-    with source.path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     hygiene = HygieneStats()
     counts: dict[str, list[int]] = {}
     for language, text in read_documents(source, hygiene):
@@ -60,7 +56,7 @@ def _measure(source: Source) -> SourceFacts:
         count[1] += len(text)
         count[2] += 1
     sizes = {language: LanguageSize(*count) for language, count in sorted(counts.items())}
-    return SourceFacts(digest.hexdigest(), sizes, hygiene)
+    return SourceFacts(sha256_of(source.path), sizes, hygiene)
 
 
 def _cache_file(source: Source) -> tuple[dict, Path]:

@@ -342,11 +342,9 @@ def encode_sources(
     corpus_dir: str | Path,
     output_dir: str | Path,
     names: list[str],
-    append_eos: bool = True,
-    workers: int = 0,
-    log: Callable[[str], None] = print,
 ) -> None:
-    """Encodes the corpus files named (their paths inside the corpus) whose pairs are not current; no manifest."""
+    """Encodes the corpus files named (their paths inside the corpus) whose pairs are not current, with an end of
+    document after each; no manifest."""
     sources = {source.label: source for source in discover_sources(corpus_dir)}
     missing = [name for name in names if name not in sources]
     if missing:
@@ -354,7 +352,7 @@ def encode_sources(
             f"{len(missing)} corpus files to encode are no longer in {corpus_dir} (first: {missing[0]}): submit the "
             "pipeline again, which regroups the files"
         )
-    _encode([sources[name] for name in names], Path(output_dir), load_tokenizer(tokenizer), append_eos, workers, log)
+    _encode([sources[name] for name in names], Path(output_dir), load_tokenizer(tokenizer), True, 0, print)
 
 
 def manifest_of(records: list[dict], settings: EncoderSettings, corpus_dir: str | Path) -> dict:

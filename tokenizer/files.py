@@ -1,8 +1,10 @@
-"""Tokenizer outputs: the names of shared files, and writing a file so that readers see the old contents or the new,
-never a half-written file."""
+"""Files, for the tokenizer and every module above it: the name of a tokenizer output that others read, writing a
+file so that readers see the old contents or the new (never a half-written file), reading JSON with a one-line error,
+and a file's digest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +20,15 @@ def read_json(path: Path, fix: str) -> object:
         raise ValueError(f"{path} is not valid JSON ({error.msg}, line {error.lineno}): {fix}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not text: {fix}") from None
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:

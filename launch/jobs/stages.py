@@ -10,7 +10,6 @@ Every stage skips what is current, so running one again, or resubmitting a chain
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -72,19 +71,19 @@ def tokenizer_is_current(job: MainJob) -> bool:
     return given_tokenizer(job) is not None or is_current(tokenizer_job(job))
 
 
-def train_tokenizer_stage(job: MainJob, log: Callable[[str], None] = print) -> None:
+def train_tokenizer_stage(job: MainJob) -> None:
     if given := given_tokenizer(job):
-        log(f"      {given}, given (data.tokenizer_dir, or init_from's own): nothing to train")
+        print(f"      {given}, given (data.tokenizer_dir, or init_from's own): nothing to train")
         return
     tokenizer = tokenizer_job(job)
     if is_current(tokenizer):
-        log(f"      up to date: {tokenizer.output_dir}")
+        print(f"      up to date: {tokenizer.output_dir}")
     else:
-        train_tokenizer(tokenizer, log=log)
+        train_tokenizer(tokenizer)
     metadata = json.loads((Path(tokenizer.output_dir) / METADATA_FILE).read_text())
     held_out = metadata.get("parity", {}).get("held_out")
     if held_out:
-        log(
+        print(
             f"      on parallel sentences parity did not tune on: max premium {held_out['max_premium']:.2f}, "
             f"mean {held_out['mean_premium']:.2f}"
         )
@@ -114,11 +113,11 @@ def check_inputs(job: MainJob) -> None:
         )
 
 
-def evaluate_stage(job: MainJob, log: Callable[[str], None] = print) -> dict[str, Path]:
+def evaluate_stage(job: MainJob) -> dict[str, Path]:
     paths = PipelinePaths.of(job)
     report = evaluate([str(paths.tokenizer)], job.parallel_set, job.tokenizer.reference_language)
     written = write_report(report, paths.report)
-    log(format_summary(report))
+    print(format_summary(report))
     return written
 
 
@@ -151,22 +150,22 @@ def groups_to_encode(job: MainJob, groups: list[list[Source]]) -> list[int]:
     ]
 
 
-def encode_stage(job: MainJob, names: list[str], workers: int = 0, log: Callable[[str], None] = print) -> None:
+def encode_stage(job: MainJob, names: list[str]) -> None:
     """Encodes the corpus files named (Source.label) whose token files are not current."""
     paths = PipelinePaths.of(job)
-    encode_sources(paths.tokenizer, job.data.corpus, paths.tokens, names, workers=workers, log=log)
+    encode_sources(paths.tokenizer, job.data.corpus, paths.tokens, names)
 
 
-def manifest_stage(job: MainJob, log: Callable[[str], None] = print) -> None:
+def manifest_stage(job: MainJob) -> None:
     """The manifest over every corpus file's token files (a one-line error if one is missing)."""
     paths = PipelinePaths.of(job)
-    write_manifest(paths.tokenizer, job.data.corpus, paths.tokens, log=log)
+    write_manifest(paths.tokenizer, job.data.corpus, paths.tokens)
 
 
-def prepare_training_stage(job: MainJob, log: Callable[[str], None] = print) -> PreparedRun | None:
+def prepare_training_stage(job: MainJob) -> PreparedRun | None:
     """On a cluster, before the training job: the manifest, then, unless the run is trained already, its plan,
     directory and MLflow run."""
-    manifest_stage(job, log)
+    manifest_stage(job)
     return None if training_is_finished(job) else prepare_run(training_job(job))
 
 

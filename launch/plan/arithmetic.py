@@ -56,8 +56,8 @@ def hardware_flops_per_step(model: ModelConfig, sequences: int, tensor_parallel:
     return _step_flops(model, sequences, tensor_parallel, passes=4)
 
 
-def model_flops_per_token(model: ModelConfig, tensor_parallel: int = 1) -> float:
-    return model_flops_per_step(model, 1, tensor_parallel) / model.seq_length
+def model_flops_per_token(model: ModelConfig) -> float:
+    return model_flops_per_step(model, 1) / model.seq_length
 
 
 def mfu(tokens_per_second: float, model: ModelConfig, devices: int, peak_tflops: float) -> float:

@@ -8,13 +8,12 @@ and writes that record; what goes into the files is launch/train/checkpoint.py's
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from launch.rundir.files import COMPLETE, LATEST, SET_ASIDE, checkpoint_tag, is_checkpoint_tag
-from tokenizer.files import write_atomically
+from tokenizer.files import sha256_of, write_atomically
 
 
 class CheckpointError(ValueError):
@@ -69,14 +68,6 @@ def complete_record(directory: Path, tag: str) -> dict:
         if not path.is_file() or path.stat().st_size != size:
             raise CheckpointError(f"checkpoint file {path} is missing or truncated: {fix}")
     return record
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def unverified(directory: Path, tag: str, names: Iterable[str]) -> list[str]:

@@ -84,9 +84,9 @@ def writer(run_dir: Path) -> tuple[str, bool | None] | None:
     return (describe(holder), _alive(holder)) if holder else None
 
 
-def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
-    """A RunLocked error when a live process, or a live Slurm job of the run (`slurm_job`: its id), writes it."""
-    _refuse_if_held(run_dir / LOCK_FILE, slurm_job)
+def check_unheld(run_dir: Path) -> None:
+    """A RunLocked error when a live process writes the run directory."""
+    _refuse_if_held(run_dir / LOCK_FILE, lambda run_dir: None)
 
 
 @contextmanager

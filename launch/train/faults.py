@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,17 +55,17 @@ class Faults:
     training_step: int = 0  # the step being trained, for the NaN hook
 
     @classmethod
-    def from_environment(cls, rank: int, env: Mapping[str, str] = os.environ) -> Faults:
-        first_launch = env.get("SLURM_RESTART_COUNT", "0") == "0"
-        hang_rank = int(env.get(HANG_RANK, "1"))
+    def from_environment(cls, rank: int) -> Faults:
+        first_launch = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
+        hang_rank = int(os.environ.get(HANG_RANK, "1"))
         return cls(
             rank,
-            hang_at_step=_step(env.get(HANG_AT_STEP)) if first_launch and rank == hang_rank else None,
-            crash_during_save=_step(env.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
-            nan_at_step=_step(env.get(NAN_AT_STEP)) if first_launch else None,
-            step_seconds=float(env.get(STEP_SECONDS, "0")),
-            unfit_node_file=Path(env[UNFIT_NODE_FILE]) if env.get(UNFIT_NODE_FILE) else None,
-            slow_node=env.get(SLOW_NODE) or None,
+            hang_at_step=_step(os.environ.get(HANG_AT_STEP)) if first_launch and rank == hang_rank else None,
+            crash_during_save=_step(os.environ.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
+            nan_at_step=_step(os.environ.get(NAN_AT_STEP)) if first_launch else None,
+            step_seconds=float(os.environ.get(STEP_SECONDS, "0")),
+            unfit_node_file=Path(os.environ[UNFIT_NODE_FILE]) if os.environ.get(UNFIT_NODE_FILE) else None,
+            slow_node=os.environ.get(SLOW_NODE) or None,
         )
 
     def self_test(self, node: str) -> Callable[[float], float]:
