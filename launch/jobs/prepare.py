@@ -92,8 +92,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     artifacts = [run_dir / JOB_FILE]
     if data.tokenizer_dir and (Path(data.tokenizer_dir) / METADATA_FILE).is_file():
         artifacts.append(Path(data.tokenizer_dir) / METADATA_FILE)
-    launches = str(len([event for event in history.events() if event["event"] == "launch"]))
-    outbox.update(run_dir, {"corolla.launches": launches}, "RUNNING", artifacts)
+    outbox.update(run_dir, {tracking.LAUNCHES_TAG: str(len(history.launches()))}, "RUNNING", artifacts)
     return PreparedRun(job, plans, run_dir, tracked)
 
 
@@ -112,8 +111,7 @@ def saved_run(run_dir: Path) -> SavedRun | None:
     step = newest_intact(run_dir / CHECKPOINTS, log=lambda line: None)  # the start names those it passes over
     if not step or not (run_dir / JOB_FILE).is_file():
         return None
-    launches = [event for event in RunHistory(run_dir).events() if event["event"] == "launch"]
-    recorded = [event[TOKENIZER_RECORD] for event in launches if event.get(TOKENIZER_RECORD)]
+    recorded = [event[TOKENIZER_RECORD] for event in RunHistory(run_dir).launches() if event.get(TOKENIZER_RECORD)]
     return SavedRun(run_dir, step, read_job(run_dir / JOB_FILE), recorded[-1] if recorded else None)
 
 

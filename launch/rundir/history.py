@@ -29,6 +29,10 @@ from launch.rundir.records import append_record, read_jsonl
 ENDED = ("finished", "gave_up", "diverged", "no_space")  # after these no job trains the run until it is launched again
 
 
+def launches(events: list[dict]) -> list[dict]:
+    return [event for event in events if event["event"] == "launch"]
+
+
 def failures(events: list[dict]) -> int:
     """Starts since the last launch that directly followed another start (a health check's verdict between them
     aside)."""
@@ -65,6 +69,9 @@ class RunHistory:
 
     def record(self, event: str, **details: object) -> None:
         append_record(self.path, {"event": event, "time": time.time(), **details})
+
+    def launches(self) -> list[dict]:
+        return launches(self.events())
 
     def starts(self) -> list[dict]:
         return [event for event in self.events() if event["event"] == "start"]

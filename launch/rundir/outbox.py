@@ -23,7 +23,7 @@ from pathlib import Path
 from launch.config.job_file import read_job
 from launch.rundir import tracking
 from launch.rundir.files import JOB_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
-from launch.rundir.history import ENDED, RunHistory, crashes
+from launch.rundir.history import ENDED, RunHistory, crashes, launches
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
@@ -64,7 +64,8 @@ SERIES: dict[str, Callable[[dict], dict[str, float]]] = {
     METRICS_FILE: _step_metrics,
     VALIDATION_FILE: _validation_metrics,
 }
-SERIES_METRIC = {METRICS_FILE: "train_loss", VALIDATION_FILE: tracking.VALIDATION_METRIC}  # what says a step is in
+# The metric of each series whose last step in MLflow says how far the series was sent
+SERIES_METRIC = {METRICS_FILE: tracking.STEP_METRICS["loss"], VALIDATION_FILE: tracking.VALIDATION_METRIC}
 
 
 Unsent = Callable[[str, int], list[dict]]  # (series, the last step sent) -> the records after it, in step order
@@ -226,8 +227,8 @@ def _move(run_dir: Path, uri: str) -> None:
     tracking.create_run(run_dir, job.tracking.experiment, job, tags, uri)
     events = RunHistory(run_dir).events()
     status = END_STATUS.get(events[-1]["event"]) if events else None
-    launches = str(len([event for event in events if event["event"] == "launch"]))
-    moved = TrackingState(sent={}, tags={"corolla.launches": launches}, artifacts=[str(run_dir / JOB_FILE)])
+    tags = {tracking.LAUNCHES_TAG: str(len(launches(events)))}
+    moved = TrackingState(sent={}, tags=tags, artifacts=[str(run_dir / JOB_FILE)])
     moved.status = status
     write_state(run_dir, moved)
 

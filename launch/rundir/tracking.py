@@ -36,6 +36,7 @@ STEP_METRICS = {
 }
 # Validation: the mean over languages, and each language as val_loss/<language>; the same in bits per byte.
 VALIDATION_METRIC, BITS_PER_BYTE_METRIC = "val_loss", "val_bpb"
+LAUNCHES_TAG = "corolla.launches"  # how many times the run was launched (corolla train or submit), restarts aside
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
@@ -92,7 +93,7 @@ def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str]
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifacts)
-    all_tags = {"git_revision": _git_revision(), "host": socket.gethostname(), "corolla.launches": "1", **tags}
+    all_tags = {"git_revision": _git_revision(), "host": socket.gethostname(), LAUNCHES_TAG: "1", **tags}
     run = client.create_run(experiment_id, tags=all_tags, run_name=run_dir.resolve().name)
     params = _flatten(OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True))
     client.log_batch(run.info.run_id, params=[Param(k, masked(v)[:6000]) for k, v in sorted(params.items())])
