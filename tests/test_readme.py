@@ -159,8 +159,13 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell,
     assert "parity did not tune on" in first and "MLflow run" in first and "bits per byte" in first
     validation = json.loads((demo / "train" / "validation.jsonl").read_text().splitlines()[-1])
     assert set(validation["bpb"]) == set(validation["loss"]) == set(LANGUAGES)
+    written = {
+        path: path.stat().st_mtime_ns for path in [*(demo / "hf").iterdir(), demo / "tokenizer-eval/report.json"]
+    }
     second = shell(MAIN, *small)
     assert "up to date" in second and "already trained to step 2 of 2" in second
+    # The evaluation and the export are current too: neither is done again.
+    assert {path: path.stat().st_mtime_ns for path in written} == written
     assert json.loads((demo / "hf" / "config.json").read_text())["n_layer"] == 2
     # Another tokenizer setting would train the tokenizer anew under a run trained on the old one: refused first.
     changed = [*small, "tokenizer.parity_rounds=3", "--dry-run"]

@@ -222,6 +222,12 @@ def _evaluate_one(path: Path, parallel: Parallel, reference: str) -> dict[str, A
     }
 
 
+def report_paths(output_dir: str | Path) -> dict[str, Path]:
+    """Where write_report writes each form of the report."""
+    directory = Path(output_dir)
+    return {"json": directory / "report.json", "markdown": directory / "report.md", "chart": directory / "premium.png"}
+
+
 def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Path]:
     """Writes report.json, report.md and premium.png; all are rendered before any is written."""
     directory = Path(output_dir)
@@ -230,7 +236,7 @@ def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Pa
         "markdown": render_markdown(report).encode(),
         "chart": render_premium_chart(report),
     }
-    paths = {"json": directory / "report.json", "markdown": directory / "report.md", "chart": directory / "premium.png"}
+    paths = report_paths(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for kind, path in paths.items():
         write_atomically(path, contents[kind])

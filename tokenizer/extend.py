@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import replace
 from pathlib import Path
@@ -25,12 +24,12 @@ from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizer.config import Sampling, TokenizerExtendJob
 from tokenizer.corpus_scan import CorpusScan, scan_corpus
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
-from tokenizer.files import ADDED_PIECES_FILE, read_json
+from tokenizer.files import ADDED_PIECES_FILE, publish, read_json, staging_area
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import budgets, format_budget_table, sample_sentences
-from tokenizer.train import METADATA_FILE, check_output_dir, config_record, publish, train_on_plan, versions
+from tokenizer.train import METADATA_FILE, check_output_dir, config_record, train_on_plan, versions
 
 NORMAL = pb.ModelProto.SentencePiece.NORMAL
 
@@ -222,9 +221,7 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
     languages = _languages(job, scan, before)
     log("extending for " + ", ".join(f"{lang} (premium {before.get(lang, float('nan')):.2f})" for lang in languages))
     sizes = {lang: scan.sizes[lang] for lang in languages}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        workdir = Path(tmp)
+    with staging_area(out) as workdir:
 
         def train_round(plan):
             try:

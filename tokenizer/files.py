@@ -7,6 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ADDED_PIECES_FILE = "added_pieces.json"  # in an extended tokenizer (tokenizer/extend.py): how an embedding grows
@@ -44,3 +48,41 @@ def write_atomically(path: Path, data: bytes | str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staging_area(out: Path) -> Iterator[Path]:
+    """A fresh working directory beside `out` (on its filesystem, so that what is built there is renamed to `out`
+    whole, by `publish`), removed when the context ends, however it ends. Those that processes of this host left when
+    killed outright (no `finally` runs then) are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.staging-{socket.gethostname()}-"
+    for stale in out.parent.glob(f"{prefix}*"):
+        pid = stale.name.removeprefix(prefix)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    area = out.parent / f"{prefix}{os.getpid()}"
+    shutil.rmtree(area, ignore_errors=True)
+    area.mkdir()
+    try:
+        yield area
+    finally:
+        shutil.rmtree(area, ignore_errors=True)
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Replaces `out` by `staging`, a directory in `out`'s staging area, so that a reader never sees a half-written
+    directory: the old one, whole, until the new one, whole."""
+    if out.exists():
+        out.rename(staging.parent / "retired")  # removed with the staging area
+    staging.rename(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -21,7 +19,7 @@ from tqdm import tqdm
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
-from tokenizer.files import read_json
+from tokenizer.files import publish, read_json, staging_area
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
@@ -144,26 +142,13 @@ def check_output_dir(output_dir: str, overwrite: bool) -> Path:
     return out
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Replaces `out` by `staging` so that a reader never sees a half-written directory."""
-    if out.exists():
-        retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.retired.")) / out.name
-        out.rename(retired)
-        staging.rename(out)
-        shutil.rmtree(retired.parent)
-    else:
-        staging.rename(out)
-
-
 def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
     cfg = job.tokenizer
     out = check_output_dir(job.output_dir, job.overwrite)
     scan = scan_corpus(job.corpus)
     for warning in scan.hygiene.warnings():
         log(f"corpus: {warning}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        workdir = Path(tmp)
+    with staging_area(out) as workdir:
         if cfg.sampling == Sampling.parity:
             result = parity_search(
                 scan.sizes, cfg, lambda plan: train_on_plan(scan, plan, cfg, job.seed, workdir, log), workdir, log

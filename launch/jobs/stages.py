@@ -21,12 +21,10 @@ from launch.rundir.files import CHECKPOINTS, HF_DIR, LATEST, REPORT_DIR, TOKENIZ
 from tokenizer.config import TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
-from tokenizer.evaluate import evaluate, format_summary, load_parallel, write_report
+from tokenizer.evaluate import evaluate, format_summary, load_parallel, report_paths, write_report
 from tokenizer.loading import load_tokenizer
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
-
-REPORT_JSON = "report.json"  # tokenizer/evaluate.py's write_report
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ def train_tokenizer_stage(job: MainJob) -> None:
 def evaluation_is_current(job: MainJob) -> bool:
     """The report is newer than the tokenizer it reports on (its metadata, or its model where it has none)."""
     paths = PipelinePaths.of(job)
-    report = paths.report / REPORT_JSON
+    report = report_paths(paths.report)["json"]
     written = [paths.tokenizer / name for name in (METADATA_FILE, "tokenizer.model", "tokenizer.json")]
     tokenizer = next((path for path in written if path.is_file()), None)
     return report.is_file() and tokenizer is not None and report.stat().st_mtime_ns >= tokenizer.stat().st_mtime_ns
@@ -114,7 +112,11 @@ def check_inputs(job: MainJob) -> None:
 
 
 def evaluate_stage(job: MainJob) -> dict[str, Path]:
+    """The tokenizer's report on the parallel set, unless the one there is current."""
     paths = PipelinePaths.of(job)
+    if evaluation_is_current(job):
+        print(f"      up to date: {paths.report}")
+        return report_paths(paths.report)
     report = evaluate([str(paths.tokenizer)], job.parallel_set, job.tokenizer.reference_language)
     written = write_report(report, paths.report)
     print(format_summary(report))
@@ -194,14 +196,18 @@ def training_is_finished(job: MainJob) -> bool:
 
 
 def export_is_current(job: MainJob) -> bool:
-    """The export is newer than the training run's last checkpoint."""
+    """The export holds its weights and is newer than the training run's last checkpoint."""
     paths = PipelinePaths.of(job)
     config, latest = paths.hf / "config.json", paths.train / CHECKPOINTS / LATEST
-    return config.is_file() and latest.is_file() and config.stat().st_mtime_ns >= latest.stat().st_mtime_ns
+    weights = any((paths.hf / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+    return weights and config.is_file() and latest.is_file() and config.stat().st_mtime_ns >= latest.stat().st_mtime_ns
 
 
 def export_stage(job: MainJob) -> None:
     from launch.train.export import export_hf_model  # torch and transformers: only for this stage
 
     paths = PipelinePaths.of(job)
-    export_hf_model(ExportJob(str(paths.train), str(paths.hf), overwrite=True))  # the stage's own, redone
+    if export_is_current(job):
+        print(f"      up to date: {paths.hf}")
+        return
+    export_hf_model(ExportJob(str(paths.train), str(paths.hf), overwrite=True))  # the stage's own, replaced whole

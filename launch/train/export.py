@@ -17,6 +17,7 @@ from launch.train.shards import ShardReader
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict
 from model.layers import model_name
+from tokenizer.files import publish, staging_area
 
 
 def full_state_dict(directory: Path, step: int, model: ModelConfig) -> dict[str, torch.Tensor]:
@@ -52,11 +53,13 @@ def export_hf_model(job: ExportJob) -> None:
     vocab = state["word_embeddings.weight"].shape[0]
     model = BloomForCausalLM(BloomConfig(**hf_config(weights.model, vocab)))
     model.load_state_dict(to_hf_state_dict(state), strict=True)
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output)
-    for name in TOKENIZER_FILES:
-        if (weights.tokenizer_dir / name).is_file():
-            shutil.copy2(weights.tokenizer_dir / name, output / name)
+    with staging_area(output) as area:  # an export stopped halfway leaves the directory as it was
+        staging = area / "out"
+        model.save_pretrained(staging)
+        for name in TOKENIZER_FILES:
+            if (weights.tokenizer_dir / name).is_file():
+                shutil.copy2(weights.tokenizer_dir / name, staging / name)
+        publish(staging, output)
     parameters = sum(tensor.numel() for tensor in state.values())
     print(
         f"exported step {weights.step} of {weights.run_dir} to {output}: BloomForCausalLM, {parameters:,} parameters, "

@@ -27,7 +27,7 @@ from launch.train.hashed_save import save_hashed
 from model.config import ModelConfig
 from model.hf import corolla_name, model_config, parameter_shapes
 from model.layers import holds, model_name, pipeline_name
-from tokenizer.files import read_json
+from tokenizer.files import publish, read_json, staging_area
 from tokenizer.loading import load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
@@ -198,18 +198,13 @@ def import_hf_model(job: ImportJob) -> None:
     model = read_hf_model(hf_dir)
     weights = HFWeights(hf_dir)
     _check_shapes(hf_dir, model, weights)
-    staging = run_dir.with_name(run_dir.name + ".importing")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir(parents=True)
+    with staging_area(run_dir) as area:
+        staging = area / "out"
+        staging.mkdir()
         parameters = _write_checkpoint(staging / CHECKPOINTS, model, weights)
         _copy_tokenizer(hf_dir, staging / TOKENIZER_DIR)
         write_import_record(staging, model, {"hf_dir": str(hf_dir.resolve()), "files": weights.stamp()})
-        if run_dir.is_dir():
-            run_dir.rmdir()  # empty: checked above
-        staging.rename(run_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, run_dir)  # over an empty directory at most (checked above)
     print(
         f"imported {hf_dir} into {run_dir}: BLOOM of {model.num_layers} layers, hidden {model.hidden_size}, "
         f"{model.num_heads} heads, {parameters:,} parameters, a {model.vocab_size}-token tokenizer "
