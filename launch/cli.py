@@ -6,7 +6,11 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -199,6 +203,24 @@ def _error_line(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_options_last(sys.argv[1:] if argv is None else argv))
     command: Command = args.command_spec
+    with _terminated_as_interrupted():
+        return _run(command, args)
+
+
+@contextmanager
+def _terminated_as_interrupted() -> Iterator[None]:
+    """SIGTERM stops a command as Ctrl-C does, its clean-up run (staging areas, locks), rather than where it stands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _run(command: Command, args: argparse.Namespace) -> int:
     try:
         flags = {flag: getattr(args, flag) for flag, _ in command.flags}
         overrides = command.overrides(args.overrides)
@@ -215,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"corolla: error: {_error_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("corolla: interrupted: run the same command again to go on", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -36,6 +36,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from tokenizer.children import ended_with_parent
 from tokenizer.corpus import CorpusError, Source, discover_sources, read_documents
 from tokenizer.corpus_scan import corpus_fingerprint, source_facts
 from tokenizer.files import write_atomically
@@ -226,7 +227,8 @@ def _ordered_map(
 
 @contextmanager
 def _worker_pool(workers: int) -> Iterator[Executor | None]:
-    """None for a single worker: everything then runs in this process, leaving no child behind if it is killed.
+    """None for a single worker: everything then runs in this process. Workers end with this process, however it
+    ends.
 
     A process pool from concurrent.futures rather than multiprocessing.Pool: a worker killed (e.g. out of memory)
     fails the run instead of hanging it.
@@ -234,7 +236,8 @@ def _worker_pool(workers: int) -> Iterator[Executor | None]:
     if workers == 1:
         yield None
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=ended_with_parent) as pool:
         yield pool
 
 

@@ -9,7 +9,6 @@ SIGTERM should corolla die: nothing outlives the launcher.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
@@ -31,15 +30,9 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOBS_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.lock import holding, writer
+from tokenizer.children import ended_with_parent
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
-
-
-def _ended_with_parent() -> None:
-    """In torchrun, before it runs: SIGTERM when corolla dies, whatever kills it."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class _Forwarding:
@@ -104,7 +97,7 @@ def run_ranks(run_dir: Path, world_size: int) -> tuple[int, str | None]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
     command = [*torchrun, "-m", "launch.train", str(run_dir)]
     process = subprocess.Popen(
-        command, env=env, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_ended_with_parent
+        command, env=env, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=ended_with_parent
     )
     errors = _FirstCause(process.stderr)
     previous = {}
@@ -170,12 +163,18 @@ class LocalBackend(Backend):
         try:
             status, cause = run_ranks(run_dir, layout.world_size)
             last = RunHistory(run_dir).events()[-1]
-            killed = last["event"] == "stopped" and "signal" in last  # by a person, to be resumed
+            # By a person, to be resumed: saved, even where a second signal then ended the ranks outright.
+            killed = last["event"] == "stopped" and "signal" in last
             if status or killed:
-                sender.set("FAILED" if status else "KILLED")
+                sender.set("KILLED" if killed else "FAILED")
         finally:
             sender.close()
         tracked = prepared.tracked
+        if killed:
+            raise RuntimeError(
+                f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: the same command again "
+                "resumes it"
+            )
         if status:
             if last["event"] == "diverged":
                 raise RuntimeError(f"training stopped at step {last['step']}: its loss or gradients are not finite")
@@ -183,11 +182,6 @@ class LocalBackend(Backend):
                 raise RuntimeError(last["reason"])
             cause = cause or f"a rank exited with status {status}"
             raise RuntimeError(f"training failed, {cause}: see the log above")
-        if killed:
-            raise RuntimeError(
-                f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: `corolla train` with the same "
-                "run_dir resumes it"
-            )
         chart = write_loss_chart(run_dir, prepared.job.model.vocab_size)
         print(
             f"done: checkpoints in {run_dir / CHECKPOINTS}, loss curve {chart}; MLflow run {tracked.run_id}: "

@@ -5,12 +5,20 @@ import os
 import sys
 from pathlib import Path
 
-from launch.train.compat import import_training_libraries
+from launch.rundir.files import STOP_FILE
+from launch.train.stopping import StopSignals
+
+run_dir = Path(sys.argv[1])
+# First of all: a Ctrl-C while the libraries load (seconds) stops the rank at its first step boundary, with a
+# checkpoint, rather than killing it halfway through an import.
+stop = StopSignals(run_dir / STOP_FILE)
+
+from launch.train.compat import import_training_libraries  # noqa: E402
 
 import_training_libraries()
 from launch.train.worker import EXIT_STATUS, main  # noqa: E402  (after the import above, which must come first)
 
-status = EXIT_STATUS.get(main(Path(sys.argv[1]), sends=False), 0)
+status = EXIT_STATUS.get(main(run_dir, stop=stop, sends=False), 0)
 # Everything the rank writes is closed by now: the interpreter's teardown of torch, DeepSpeed and megatron (a second
 # or two of each rank's end, for nothing) is skipped.
 sys.stdout.flush()

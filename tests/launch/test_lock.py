@@ -110,3 +110,33 @@ def test_a_signal_to_corolla_alone_stops_every_rank_after_a_saved_step(tokens: P
     assert stopped["step"] < 30 and not workers(run_dir)
     tracked = asdict(recorded_run(run_dir))
     assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "KILLED"
+
+
+def importing_torch(process: psutil.Process) -> bool:
+    """Whether the process has loaded torch's library: its first seconds, the interpreter's own start-up over."""
+    try:
+        return "libtorch" in Path(f"/proc/{process.pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_a_signal_while_the_ranks_load_their_libraries_stops_them_with_a_checkpoint(tokens, tmp_path) -> None:
+    """The ranks take seconds to import torch, DeepSpeed and megatron: a Ctrl-C then is a stop like any other, at
+    the first step boundary, not a failure."""
+    run_dir = tmp_path / "run"
+    arguments = [f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SLOW, "train.steps=30"]
+    command = [sys.executable, "-m", "launch.cli", "train", *arguments, "train.checkpoint_interval=50"]
+    launcher = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        ranks = [process for process in workers(run_dir) if "torch.distributed.run" not in process.info["cmdline"]]
+        if len(ranks) == 2 and all(importing_torch(rank) for rank in ranks):
+            break
+        time.sleep(0.01)
+    os.kill(launcher.pid, signal.SIGINT)
+    assert launcher.wait(timeout=120) == 2
+    stopped = RunHistory(run_dir).events()[-1]
+    assert [event["event"] for event in RunHistory(run_dir).events()] == ["launch", "start", "stopped"]
+    assert f"stopped at step {stopped['step']} (SIGINT), with a checkpoint" in launcher.stderr.read()
+    tracked = asdict(recorded_run(run_dir))
+    assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "KILLED"

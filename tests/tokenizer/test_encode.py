@@ -15,6 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from conftest import MULTILINGUAL, REPO_ROOT
@@ -261,6 +262,29 @@ def test_resumes_after_a_kill_without_redoing_finished_files(model: Path, tmp_pa
     assert {name: file_identities(output)[name] for name in greek} == greek
     encode_corpus(model, corpus, tmp_path / "fresh", workers=1, log=quiet)
     assert file_contents(output) == file_contents(tmp_path / "fresh")
+
+
+def test_the_workers_end_with_an_encoding_killed_outright(model: Path, tmp_path: Path) -> None:
+    """Nothing else would end them: they wait on the queue of a parent that is gone (SIGKILL, or the OOM killer)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for language in ("ell_Grek", "eng_Latn", "fra_Latn"):
+        (corpus / f"{language}.txt").write_bytes(b"\n".join(sample_lines(language, 0, 16_000)) + b"\n")
+    call = f"encode_corpus({str(model)!r}, {str(corpus)!r}, {str(tmp_path / 'out')!r}, workers=2)"
+    command = [sys.executable, "-c", f"from tokenizer.encode import encode_corpus; {call}"]
+    killed = subprocess.Popen(command, cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while len(workers) < 2 and killed.poll() is None and time.monotonic() < deadline:
+            children = psutil.Process(killed.pid).children()
+            workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+            time.sleep(0.05)
+        assert len(workers) == 2, "the pool never started its workers"
+    finally:
+        killed.kill()
+        killed.wait()
+    assert not psutil.wait_procs(workers, timeout=30)[1]
 
 
 def make_latin1_file(corpus: Path) -> None:

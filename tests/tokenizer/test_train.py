@@ -5,12 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from conftest import MULTILINGUAL, PARALLEL_DEV, SMALL_LANGUAGES, cut_corpus
+from conftest import MULTILINGUAL, PARALLEL_DEV, REPO_ROOT, SMALL_LANGUAGES, cut_corpus
 from launch.cli import main
 from tokenizer.config import ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import Source, read_documents
@@ -227,3 +231,37 @@ def test_a_language_written_as_one_huge_line_is_cut_into_pieces_and_sampled(smal
     assert metadata["bytes_sampled"]["fra_Latn"] == pytest.approx(metadata["budget_bytes"]["fra_Latn"], rel=0.2)
     cut = "corpus: fra_Latn: 1 documents over 16,384 characters were cut into pieces of at most that to be sampled"
     assert cut in said
+
+
+@pytest.mark.parametrize("number", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda number: number.name)
+def test_a_training_stopped_by_a_signal_leaves_the_output_as_it_was_and_nothing_beside_it(
+    small_corpus: Path, tmp_path: Path, number: signal.Signals
+) -> None:
+    """SIGTERM and Ctrl-C end the command in one line, its staging area (samples, models) removed; SIGKILL leaves
+    no chance to clean up, and the next training of that output removes what the killed one left."""
+    out = tmp_path / "tok"
+    out.mkdir()
+    (out / "tokenizer.model").write_text("the old one")
+    arguments = ["tokenizer", "train", f"corpus={small_corpus}", f"output_dir={out}", "tokenizer=tiny"]
+    arguments.append("overwrite=true")
+    command = [sys.executable, "-m", "launch.cli", *arguments]
+    stopped = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".tok.staging-*/*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped.send_signal(number)
+        err = stopped.communicate(timeout=120)[1]
+    finally:
+        stopped.kill()
+    assert [path.name for path in out.iterdir()] == ["tokenizer.model"]
+    assert (out / "tokenizer.model").read_text() == "the old one"
+    left = list(tmp_path.glob(".tok.*"))
+    if number == signal.SIGKILL:
+        assert len(left) == 1
+    else:
+        assert stopped.returncode == 130 and not left
+        assert err.strip().splitlines()[-1] == "corolla: interrupted: run the same command again to go on", err
+    assert main(arguments) == 0
+    assert not list(tmp_path.glob(".tok.*"))
+    assert (out / "metadata.json").is_file() and (out / "tokenizer.model").read_bytes() != b"the old one"
