@@ -88,15 +88,15 @@ def verify(directory: Path, step: int) -> tuple[int, int, list[str]]:
 def newest_intact(directory: Path, log: Callable[[str], None] = print, below: str | None = None) -> int | None:
     """The step of the newest complete checkpoint, from `latest` (or below the tag `below`) down, whose files are all
     there at their sizes (a line for each one passed over); None when there is none to try, a CheckpointError when
-    none of those tried is intact."""
+    none of those tried is intact. A save cut off between its COMPLETE and `latest` counts (_unpointed)."""
     latest = latest_tag(directory)
-    if latest is None:
-        return None
     complete, _ = complete_tags(directory)
-    candidates = [latest] if below is None else []
+    pointed = [] if latest is None else [latest]
+    candidates = [*_unpointed(directory, complete, latest), *pointed] if below is None else []
     # Older than `latest`; every complete one when `latest` is no tag at all (garbled), lest none be tried.
-    limit = below or (latest if is_checkpoint_tag(latest) else None)
-    candidates += [tag for tag in reversed(complete) if limit is None or tag < limit]
+    limit = below or (latest if latest is not None and is_checkpoint_tag(latest) else None)
+    if latest is not None or below:
+        candidates += [tag for tag in reversed(complete) if limit is None or tag < limit]
     if not candidates:
         return None
     errors = []
@@ -107,6 +107,20 @@ def newest_intact(directory: Path, log: Callable[[str], None] = print, below: st
             errors.append(error)
             log(f"corolla: passing over {directory / tag}: {error}")
     raise errors[0]
+
+
+def _unpointed(directory: Path, complete: list[str], latest: str | None) -> list[str]:
+    """The complete checkpoints, newest first, whose save was cut off after their COMPLETE and before `latest` named
+    them: every one with no `latest` yet, else those newer than it whose COMPLETE was written after it (a checkpoint
+    that a user pointed `latest` back past was written before)."""
+    if latest is None:
+        return complete[::-1]
+    if not is_checkpoint_tag(latest):
+        return []
+    pointed = (directory / LATEST).stat().st_mtime_ns
+    return [
+        tag for tag in reversed(complete) if tag > latest and (directory / tag / COMPLETE).stat().st_mtime_ns >= pointed
+    ]
 
 
 def set_aside_newer(directory: Path, step: int) -> list[str]:
@@ -160,6 +174,8 @@ def write_complete(
 
 
 def point_latest(directory: Path, tag: str) -> None:
+    for left in directory.glob(f".{LATEST}.*.tmp"):  # by a writer killed halfway; the run has one writer (its lock)
+        left.unlink(missing_ok=True)
     write_atomically(directory / LATEST, tag + "\n")
 
 

@@ -7,6 +7,8 @@ JOB_FILE = "job.yaml"  # the resolved job (launch/config/job_file.py)
 IMPORT_FILE = "imported.json"  # instead of JOB_FILE in a model imported from Hugging Face (launch/plan/weights.py)
 PLAN_FILE = "plan.json"  # the run's plan for each world size it may get (launch/plan/run_plan.py)
 RUN_FILE = "run.json"  # the MLflow run: tracking URI, run id
+# While a launch creates the MLflow run, until RUN_FILE names it: the tag the creation gives it (rundir/tracking.py)
+RUN_CREATION = "run-creation"
 TRACKING_STATE = "tracking.json"  # how far MLflow holds the records, what is left to send (launch/rundir/outbox.py)
 METRICS_FILE = "metrics.jsonl"  # one record per optimizer step (the last, if a resumed launch redid it)
 VALIDATION_FILE = "validation.jsonl"  # one record per validation

@@ -15,14 +15,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
-from launch.rundir.files import MLFLOW_ARTIFACTS, RUN_FILE
-from launch.rundir.run_record import TrackedRun, default_uri, masked, record_run, recorded_run
+from launch.rundir.files import MLFLOW_ARTIFACTS, MLFLOW_DB, RUN_CREATION, RUN_FILE
+from launch.rundir.run_record import SQLITE, TrackedRun, default_uri, masked, record_run, recorded_run
+from tokenizer.files import write_atomically
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -37,6 +39,7 @@ STEP_METRICS = {
 # Validation: the mean over languages, and each language as val_loss/<language>; the same in bits per byte.
 VALIDATION_METRIC, BITS_PER_BYTE_METRIC = "val_loss", "val_bpb"
 LAUNCHES_TAG = "corolla.launches"  # how many times the run was launched (corolla train or submit), restarts aside
+CREATION_TAG = "corolla.creation"  # RUN_CREATION's token: which launch created the run
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
@@ -71,6 +74,7 @@ def _git_revision() -> str:
 def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None = None) -> TrackedRun:
     """The run recorded in run_dir (continued: nothing asked of MLflow) or a new one with params and tags."""
     if (run_dir / RUN_FILE).is_file():
+        (run_dir / RUN_CREATION).unlink(missing_ok=True)  # a launch killed as it finished creating the run left it
         return recorded_run(run_dir)
     return create_run(run_dir, experiment, job, tags, uri)
 
@@ -84,23 +88,55 @@ def _client(uri: str) -> MlflowClient:
 
 
 def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None) -> TrackedRun:
-    """A new MLflow run with the job's parameters, recorded in RUN_DIR/run.json as the run's."""
+    """A new MLflow run with the job's parameters, recorded in RUN_DIR/run.json as the run's. A launch stopped while
+    it did so leaves no second run in MLflow, nor a store that cannot be opened."""
     # The embedded store keeps artifacts beside it; a server decides where its artifacts go.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    embedded = uri is None or uri == default_uri(run_dir)
     uri = uri or default_uri(run_dir)
-    artifacts = (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri() if uri == default_uri(run_dir) else None
+    if embedded:
+        _create_store(run_dir)
+    artifacts = (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri() if embedded else None
     from mlflow.entities import Param
 
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifacts)
+    _delete_unrecorded(client, run_dir, experiment_id)
+    creation = uuid.uuid4().hex
+    write_atomically(run_dir / RUN_CREATION, creation + "\n")
     all_tags = {"git_revision": _git_revision(), "host": socket.gethostname(), LAUNCHES_TAG: "1", **tags}
+    all_tags[CREATION_TAG] = creation
     run = client.create_run(experiment_id, tags=all_tags, run_name=run_dir.resolve().name)
     params = _flatten(OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True))
     client.log_batch(run.info.run_id, params=[Param(k, masked(v)[:6000]) for k, v in sorted(params.items())])
     tracked = TrackedRun(uri, run.info.run_id, experiment_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
     record_run(run_dir, tracked)
+    (run_dir / RUN_CREATION).unlink()
     return tracked
+
+
+def _create_store(run_dir: Path) -> None:
+    """The embedded store, built whole under another name and then renamed: MLflow makes its schema in a series of
+    migrations, and a launch killed among them would leave a database no later launch can open. (The name is new
+    each time: MLflow keeps a store open per URI.)"""
+    if (run_dir / MLFLOW_DB).exists():
+        return
+    for left in run_dir.glob(f".{MLFLOW_DB}.*.tmp"):  # by a launch killed while it built one
+        left.unlink()
+    building = run_dir / f".{MLFLOW_DB}.{uuid.uuid4().hex}.tmp"
+    _client(f"{SQLITE}{building.resolve()}")  # creates the database and its tables
+    os.replace(building, run_dir / MLFLOW_DB)
+
+
+def _delete_unrecorded(client: MlflowClient, run_dir: Path, experiment_id: str) -> None:
+    """The run a launch killed after creating it, before run.json named it, is deleted: the run directory has one."""
+    path = run_dir / RUN_CREATION
+    if not path.is_file():
+        return
+    query = f"tags.`{CREATION_TAG}` = '{path.read_text().strip()}'"
+    for run in client.search_runs([experiment_id], filter_string=query):
+        client.delete_run(run.info.run_id)
 
 
 def check_reachable(uri: str) -> None:

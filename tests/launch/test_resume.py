@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +15,7 @@ from run_copies import stopped_copy
 from test_training import SHORT_RUN
 
 from launch.cli import main
-from launch.rundir.checkpoints import CheckpointError, latest_step, newest_intact, set_aside_newer
+from launch.rundir.checkpoints import CheckpointError, latest_step, newest_intact, point_latest, set_aside_newer
 from launch.rundir.files import COMPLETE, LATEST, RUN_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.records import read_jsonl
@@ -174,6 +175,30 @@ def test_checkpoints_newer_than_the_one_resumed_from_are_set_aside_never_overwri
     assert set_aside_newer(checkpoints, 2) == [str(aside / "step-00000004.2")]  # beside the first, not over it
     assert (checkpoints / LATEST).read_text() == "step-00000002\n"
     assert sorted(path.name for path in aside.iterdir()) == ["step-00000004", "step-00000004.2", "step-00000006"]
+
+
+def test_a_save_cut_off_between_its_record_and_latest_is_resumed_from(
+    capfd, tokens: Path, uninterrupted_run: Path, uninterrupted, tmp_path: Path
+) -> None:
+    """A kill after a checkpoint's COMPLETE and before `latest` names it leaves a complete checkpoint, which is
+    resumed from rather than set aside as a roll-back's would be; so is a first checkpoint cut off before any
+    `latest`."""
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 4)  # checkpoints at steps 2 and 4
+    checkpoints = run_dir / "checkpoints"
+    record = (checkpoints / "step-00000004" / COMPLETE).stat()
+    point_latest(checkpoints, "step-00000002")  # as step 2's save wrote it, before step 4's record
+    os.utime(checkpoints / LATEST, ns=(record.st_atime_ns, record.st_mtime_ns - 10**9))
+    (checkpoints / ".latest.12345.tmp").write_text("step-000")  # what the killed write of `latest` left
+    (checkpoints / LATEST).rename(tmp_path / "latest")
+    assert newest_intact(checkpoints) == 4  # no `latest` yet
+    (tmp_path / "latest").rename(checkpoints / LATEST)
+    assert newest_intact(checkpoints) == 4
+    capfd.readouterr()
+    assert train(run_dir, tokens) == 0
+    assert "resumed from" in capfd.readouterr().out
+    start = RunHistory(run_dir).starts()[-1]
+    assert start["resumed_from_step"] == 4 and "set_aside" not in start
+    assert losses(run_dir) == uninterrupted and not list(checkpoints.glob(".latest.*"))
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import psutil
+import pytest
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 from tracking_server import MlflowServer
@@ -153,6 +156,41 @@ def test_a_damaged_embedded_store_is_rebuilt_from_the_runs_records_as_the_error_
     train_steps, validation_steps, status, artifacts = json.loads(held.stdout)
     assert train_steps == [1, 2, 3, 4] and validation_steps == [4] and status == "FINISHED"
     assert artifacts.startswith((run_dir / "mlartifacts").as_uri())
+
+
+def created_unrecorded(run_dir: Path) -> bool:
+    """The launch has created its MLflow run in the embedded store, and run.json does not name it yet."""
+    if (run_dir / "run.json").exists() or not (run_dir / "run-creation").exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{run_dir / 'mlflow.db'}?mode=ro", uri=True, timeout=0)) as store:
+            return store.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+    except sqlite3.Error:  # not there yet, or being written
+        return False
+
+
+@pytest.mark.parametrize(
+    "reached",
+    [lambda run_dir: any(run_dir.glob(".mlflow.db.*.tmp")), created_unrecorded],
+    ids=["building-the-store", "run-created-not-recorded"],
+)
+def test_a_launch_killed_while_it_creates_the_mlflow_run_leaves_one_run_and_a_store_that_opens(
+    tokens: Path, tmp_path: Path, reached
+) -> None:
+    run_dir = tmp_path / "run"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=1"]
+    command = [sys.executable, "-m", "launch.cli", *train]
+    killed = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: reached(run_dir), timeout=120, interval=0.002)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert main(train) == 0
+    tracked = recorded_run(run_dir)
+    runs = MlflowClient(tracked.tracking_uri).search_runs([tracked.experiment_id])
+    assert [run.info.run_id for run in runs] == [tracked.run_id] and runs[0].info.status == "FINISHED"
+    assert not [path.name for path in run_dir.iterdir() if path.name.startswith(".") or path.name == "run-creation"]
 
 
 def test_credentials_in_a_tracking_uri_are_never_printed(capsys, tokens: Path, tmp_path: Path) -> None:
