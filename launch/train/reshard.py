@@ -16,7 +16,7 @@ from launch.plan.layout import ParallelLayout
 from launch.plan.stages import stage_cut
 from launch.rundir.checkpoints import CheckpointError, file_entries, latest_step, step_record, verify
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHECKPOINTS, checkpoint_tag, shard_file
+from launch.rundir.files import CHECKPOINTS, COMPLETE, checkpoint_tag, shard_file
 from launch.train import checkpoint
 from launch.train.hashed_save import save_hashed
 from launch.train.shards import KEYS, ShardError, ShardReader, shard_files
@@ -38,6 +38,9 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
             f"{model.padded_vocab_size(target.tp)}: choose a TP that pads it to {rows}"
         )
     checksums = {name: sha for name, (_, sha) in file_entries(step_record(checkpoints, step)).items()}
+    for path in directory.rglob("*"):  # written by a reshard stopped halfway: no layout's, whatever it was for
+        if path.is_file() and str(path.relative_to(directory)) not in {*checksums, COMPLETE}:
+            path.unlink()
     for pp_rank, layers in enumerate(stage_cut(model, target.pp)):
         names = [name for name in reader.names() if holds(name, layers, model.num_layers)]
         for tp_rank in range(target.tp):

@@ -106,6 +106,22 @@ def test_offline_resharding_is_exact_both_ways_and_the_run_resumes_on_the_new_fi
     assert losses(run_dir) == pytest.approx(stayed, abs=1e-5, rel=0)
 
 
+def test_a_reshard_stopped_halfway_leaves_the_checkpoint_whole_and_the_next_reshard_clears_its_files(
+    capsys, stayed_run, tmp_path
+) -> None:
+    """Killed while it wrote the new layout's shards, a reshard leaves them beside the checkpoint's own, which COMPLETE
+    still lists; a reshard to any layout then removes them."""
+    run_dir = stopped_copy(stayed_run, tmp_path / "run", 2)
+    saved = run_dir / "checkpoints" / "step-00000002"
+    (saved / shard_file(1, 4, 0, 1)).write_bytes(b"half a shard")  # of tp=4, which it was resharding to
+    assert main(["checkpoint", "verify", str(run_dir), "step=2"]) == 0
+    assert reshard(run_dir, "pp=2") == 0
+    assert not (saved / shard_file(1, 4, 0, 1)).exists()
+    listed = json.loads((saved / "COMPLETE").read_text())["files"]
+    assert sorted(path.name for path in saved.iterdir() if path.name != "COMPLETE") == sorted(listed)
+    assert main(["checkpoint", "verify", str(run_dir), "step=2"]) == 0
+
+
 def test_a_layout_the_model_cannot_take_is_refused_before_any_file_changes(capsys, stayed_run, tmp_path) -> None:
     run_dir = stopped_copy(stayed_run, tmp_path / "run", 2)
     before = {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")}
