@@ -204,19 +204,31 @@ END_STATUS = {
 
 
 def sync(run_dir: Path, uri: str | None = None) -> TrackingState:
-    """Sends what MLflow lacks of the run, after its last step of each series; with `uri`, everything, to a new run
-    there, which the run directory continues from then on. A one-line ValueError if MLflow does not take it."""
+    """Sends what MLflow lacks of the run, after its last step of each series, and how it ended where no one said;
+    with `uri`, everything, to a new run there, which the run directory continues from then on. A one-line ValueError
+    if MLflow does not take it."""
     if uri:
         _move(run_dir, uri)
     state = read_state(run_dir)
     state.sent = None  # asked of MLflow: a store that lost the run (or steps of it) says so here
     try:
+        state.status = state.status or _untold_end(run_dir)
         send_pending(run_dir, state, read_unsent(run_dir))
     except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
         _failed(run_dir, state, error, threading.Lock())
         fix = lost_store_fix(run_dir, state.error) or "try again when it answers"
         raise ValueError(f"MLflow did not take the run's records ({state.error}): {fix}") from None
     return state
+
+
+def _untold_end(run_dir: Path) -> str | None:
+    """The status of a run that MLflow still has RUNNING though nothing trains it (a sync holds it): how its history
+    ends, or FAILED where its last launch or start recorded no end. Its launcher was killed before it could say."""
+    events = RunHistory(run_dir).events()
+    if not events or tracking.run_status(recorded_run(run_dir)) != "RUNNING":
+        return None
+    last = events[-1]["event"]
+    return END_STATUS.get(last) or ("FAILED" if last in ("launch", "start") else None)
 
 
 def _move(run_dir: Path, uri: str) -> None:

@@ -184,6 +184,10 @@ def set_tags(tracked: TrackedRun, tags: dict[str, str]) -> None:
     _client(tracked.tracking_uri).log_batch(tracked.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
+def run_status(tracked: TrackedRun) -> str:
+    return _client(tracked.tracking_uri).get_run(tracked.run_id).info.status
+
+
 def set_status(tracked: TrackedRun, status: str) -> None:
     """RUNNING; or FINISHED, FAILED, KILLED (stopped by a person, to be resumed: a later launch makes it RUNNING)."""
     client = _client(tracked.tracking_uri)

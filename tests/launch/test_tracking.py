@@ -158,6 +158,27 @@ def test_a_damaged_embedded_store_is_rebuilt_from_the_runs_records_as_the_error_
     assert artifacts.startswith((run_dir / "mlartifacts").as_uri())
 
 
+def test_a_run_whose_launcher_was_killed_outright_is_told_to_mlflow_whole_by_a_sync(tokens, tmp_path) -> None:
+    """The ranks stop with a checkpoint (torchrun ends with its parent, and stops them), but the launcher that sends
+    MLflow their records and the end is gone: a sync sends the rest, and the stop."""
+    run_dir = tmp_path / "run"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=30"]
+    command = [sys.executable, "-m", "launch.cli", *train, "parallel.dp=2"]
+    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, STEP_SECONDS: "1"})
+    try:
+        assert wait_for(lambda: len(read_jsonl(run_dir / "metrics.jsonl")) >= 2, timeout=300, interval=0.2)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert wait_for(lambda: RunHistory(run_dir).events()[-1]["event"] == "stopped", timeout=120, interval=0.5)
+    stopped = RunHistory(run_dir).events()[-1]["step"]
+    tracked = recorded_run(run_dir)
+    assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "RUNNING"
+    assert main(["tracking", "sync", str(run_dir)]) == 0
+    assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "KILLED"
+    assert steps_logged(run_dir) == list(range(1, stopped + 1))
+
+
 def created_unrecorded(run_dir: Path) -> bool:
     """The launch has created its MLflow run in the embedded store, and run.json does not name it yet."""
     if (run_dir / "run.json").exists() or not (run_dir / "run-creation").exists():
