@@ -7,6 +7,7 @@ import re
 import torch
 
 from model.config import ModelConfig
+from model.layers import EMBEDDING
 from tokenizer.vocab import BOS, EOS, PAD, SPECIAL_IDS
 
 # corolla name pattern → transformers name; the output projection is tied to the word embedding in both.
@@ -58,7 +59,7 @@ def parameter_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
         "mlp.dense_4h_to_h.weight": (h, ffn),
         "mlp.dense_4h_to_h.bias": (h,),
     }
-    shapes = {"word_embeddings.weight": (model.embedding_rows, h)}
+    shapes = {EMBEDDING: (model.embedding_rows, h)}
     shapes |= {f"word_embeddings_layernorm.{key}": shape for key, shape in norm.items()}
     for layer in range(model.num_layers):
         shapes |= {f"blocks.{layer}.{key}": shape for key, shape in block.items()}

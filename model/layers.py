@@ -12,6 +12,7 @@ from __future__ import annotations
 from enum import Enum
 
 TIED_PREFIX = "tied_modules."
+EMBEDDING = "word_embeddings.weight"  # BloomModel's name of the (tied) embedding
 
 
 class LayerKind(Enum):
@@ -84,7 +85,7 @@ def pipeline_name(name: str, num_layers: int) -> str:
 # rows (dim 0), row-parallel layers by columns (dim 1). Everything else (LayerNorms, row-parallel biases) is whole
 # on every TP rank.
 _TP_SPLIT = {
-    "word_embeddings.weight": 0,
+    EMBEDDING: 0,
     "query_key_value.weight": 0,
     "query_key_value.bias": 0,
     "dense_h_to_4h.weight": 0,

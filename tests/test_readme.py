@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -166,6 +167,14 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell,
     assert "up to date" in second and "already trained to step 2 of 2" in second
     # The evaluation and the export are current too: neither is done again.
     assert {path: path.stat().st_mtime_ns for path in written} == written
+    # Another parallel set: the evaluation, and it alone, is done again.
+    shutil.copytree(data / "parallel", data / "parallel-copy")
+    shell(MAIN, *[f"parallel_set={data / 'parallel-copy'}", *small[1:]])
+    report = demo / "tokenizer-eval" / "report.json"
+    assert json.loads(report.read_text())["parallel"] == str(data / "parallel-copy")
+    assert {path: path.stat().st_mtime_ns for path in written if path != report} == {
+        path: mtime for path, mtime in written.items() if path != report
+    }
     assert json.loads((demo / "hf" / "config.json").read_text())["n_layer"] == 2
     # Another tokenizer setting would train the tokenizer anew under a run trained on the old one: refused first.
     changed = [*small, "tokenizer.parity_rounds=3", "--dry-run"]

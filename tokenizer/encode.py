@@ -36,7 +36,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from tokenizer.children import ended_with_parent
+from tokenizer.children import worker_of
 from tokenizer.corpus import CorpusError, Source, discover_sources, read_documents
 from tokenizer.corpus_scan import corpus_fingerprint, source_facts
 from tokenizer.files import write_atomically
@@ -237,7 +237,7 @@ def _worker_pool(workers: int) -> Iterator[Executor | None]:
         yield None
         return
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=ended_with_parent) as pool:
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=worker_of, initargs=(os.getpid(),)) as pool:
         yield pool
 
 

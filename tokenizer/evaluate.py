@@ -199,6 +199,7 @@ def evaluate(
         "reference": reference,
         "parallel": str(parallel_dir),
         "sentences": len(parallel[reference]),
+        "paths": {label: str(path.resolve()) for label, path in zip(labels, paths, strict=True)},
         "tokenizers": {
             label: _evaluate_one(path, parallel, reference) for label, path in zip(labels, paths, strict=True)
         },

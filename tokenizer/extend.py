@@ -24,7 +24,15 @@ from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizer.config import Sampling, TokenizerExtendJob
 from tokenizer.corpus_scan import CorpusScan, scan_corpus
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
-from tokenizer.files import ADDED_PIECES_FILE, publish, read_json, staging_area
+from tokenizer.files import (
+    ADDED_PIECES_FILE,
+    HF_CONFIG_FILES,
+    HF_TOKENIZER_FILE,
+    SPM_MODEL_FILE,
+    publish,
+    read_json,
+    staging_area,
+)
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.parity import parity_search
@@ -101,7 +109,7 @@ class ExtensibleBase(ABC):
 
 
 class SentencePieceBase(ExtensibleBase):
-    model_file = "tokenizer.model"
+    model_file = SPM_MODEL_FILE
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -134,7 +142,7 @@ class SentencePieceBase(ExtensibleBase):
 class ByteLevelBase(ExtensibleBase):
     """A byte-level BPE `tokenizer.json`, as BLOOM's: pieces trained with `tokenizers` and the base's pre-tokenizer."""
 
-    model_file = "tokenizer.json"
+    model_file = HF_TOKENIZER_FILE
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -173,16 +181,16 @@ class ByteLevelBase(ExtensibleBase):
 
     def write(self, extended: bytes, directory: Path) -> None:
         super().write(extended, directory)
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        for name in HF_CONFIG_FILES:
             if (self.path.parent / name).is_file():
                 shutil.copy2(self.path.parent / name, directory / name)
 
 
 def _base(base: Path) -> ExtensibleBase:
-    if (base / "tokenizer.model").is_file():
-        return SentencePieceBase(base / "tokenizer.model")
-    if (base / "tokenizer.json").is_file():
-        return ByteLevelBase(base / "tokenizer.json")
+    if (base / SPM_MODEL_FILE).is_file():
+        return SentencePieceBase(base / SPM_MODEL_FILE)
+    if (base / HF_TOKENIZER_FILE).is_file():
+        return ByteLevelBase(base / HF_TOKENIZER_FILE)
     raise ValueError(f"base={base} holds neither tokenizer.model nor tokenizer.json: pass a tokenizer directory")
 
 

@@ -8,12 +8,19 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+RETIRED = "retired"  # in a staging area: the output `publish` replaced
 ADDED_PIECES_FILE = "added_pieces.json"  # in an extended tokenizer (tokenizer/extend.py): how an embedding grows
+SPM_MODEL_FILE = "tokenizer.model"  # a SentencePiece tokenizer's model (tokenizer/train.py)
+HF_TOKENIZER_FILE = "tokenizer.json"  # Hugging Face's form of it (tokenizer/hf_export.py), a byte-level BPE's own
+HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS = "tokenizer_config.json", "special_tokens_map.json"  # for transformers
+HF_CONFIG_FILES = (HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS)
+TOKENIZER_FILES = (HF_TOKENIZER_FILE, *HF_CONFIG_FILES, SPM_MODEL_FILE)  # what a model directory carries of one
 
 
 def read_json(path: Path, fix: str) -> object:
@@ -60,6 +67,8 @@ def staging_area(out: Path) -> Iterator[Path]:
     for stale in out.parent.glob(f"{prefix}*"):
         pid = stale.name.removeprefix(prefix)
         if pid.isdigit() and not _alive(int(pid)):
+            if (stale / RETIRED).is_dir() and not out.exists():  # killed between publish's two renames
+                (stale / RETIRED).rename(out)
             shutil.rmtree(stale, ignore_errors=True)
     area = out.parent / f"{prefix}{os.getpid()}"
     shutil.rmtree(area, ignore_errors=True)
@@ -72,10 +81,22 @@ def staging_area(out: Path) -> Iterator[Path]:
 
 def publish(staging: Path, out: Path) -> None:
     """Replaces `out` by `staging`, a directory in `out`'s staging area, so that a reader never sees a half-written
-    directory: the old one, whole, until the new one, whole."""
-    if out.exists():
-        out.rename(staging.parent / "retired")  # removed with the staging area
-    staging.rename(out)
+    directory: the old one, whole, until the new one, whole. A Ctrl-C or SIGTERM waits for both renames (the old one
+    is removed with the staging area); a SIGKILL between them leaves the old one for the next staging area to give
+    back."""
+    retired = staging.parent / RETIRED
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if out.exists():
+            out.rename(retired)
+        try:
+            staging.rename(out)
+        except OSError:
+            if retired.is_dir():
+                retired.rename(out)
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _alive(pid: int) -> bool:

@@ -26,6 +26,8 @@ from pathlib import Path
 from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from tokenizer.files import HF_SPECIAL_TOKENS, HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE
+
 SPACE = "▁"
 Piece = pb.ModelProto.SentencePiece
 _BPE, _UNIGRAM = pb.TrainerSpec.BPE, pb.TrainerSpec.UNIGRAM
@@ -45,7 +47,7 @@ def write_hf_tokenizer(model_proto: bytes, out_dir: Path, model_max_length: int 
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    tokenizer.save(str(out_dir / "tokenizer.json"))
+    tokenizer.save(str(out_dir / HF_TOKENIZER_FILE))
     special = _special_tokens(proto)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -57,8 +59,8 @@ def write_hf_tokenizer(model_proto: bytes, out_dir: Path, model_max_length: int 
         "add_eos_token": False,
         **special,
     }
-    _write_json(out_dir / "tokenizer_config.json", config)
-    _write_json(out_dir / "special_tokens_map.json", special)
+    _write_json(out_dir / HF_TOKENIZER_CONFIG, config)
+    _write_json(out_dir / HF_SPECIAL_TOKENS, special)
 
 
 def _check_supported(proto: pb.ModelProto) -> None:

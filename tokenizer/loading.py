@@ -13,6 +13,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Tokenizer
 
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE
 from tokenizer.vocab import SPECIAL_IDS
 
 BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
@@ -158,7 +159,7 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
 
 def _load(path: Path) -> TextTokenizer:
     if path.is_dir():
-        for name, kind in (("tokenizer.model", SentencePieceTokenizer), ("tokenizer.json", HFTokenizer)):
+        for name, kind in ((SPM_MODEL_FILE, SentencePieceTokenizer), (HF_TOKENIZER_FILE, HFTokenizer)):
             if (path / name).is_file():
                 return kind(path / name)
         raise ValueError(f"tokenizer directory {path} holds neither tokenizer.model nor tokenizer.json")

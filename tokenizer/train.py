@@ -19,7 +19,7 @@ from tqdm import tqdm
 from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
-from tokenizer.files import publish, read_json, staging_area
+from tokenizer.files import SPM_MODEL_FILE, publish, read_json, staging_area
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
@@ -161,7 +161,7 @@ def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
             extra = {}
         staging = workdir / "out"
         staging.mkdir()
-        (staging / "tokenizer.model").write_bytes(model)
+        (staging / SPM_MODEL_FILE).write_bytes(model)
         write_hf_tokenizer(model, staging)
         metadata = _metadata(job, scan, plan, sampled, extra)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")

@@ -9,6 +9,7 @@ SIGTERM should corolla die: nothing outlives the launcher.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -97,7 +98,11 @@ def run_ranks(run_dir: Path, world_size: int) -> tuple[int, str | None]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
     command = [*torchrun, "-m", "launch.train", str(run_dir)]
     process = subprocess.Popen(
-        command, env=env, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=ended_with_parent
+        command,
+        env=env,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=functools.partial(ended_with_parent, os.getpid()),
     )
     errors = _FirstCause(process.stderr)
     previous = {}

@@ -15,13 +15,23 @@ from pathlib import Path
 
 from launch.config.schemas import ExportJob, MainJob, TrainJob
 from launch.jobs.prepare import PreparedRun, prepare_run
-from launch.plan.weights import tokenizer_of
+from launch.plan.weights import HF_CONFIG_FILE, holds_hf_weights, tokenizer_of
 from launch.rundir.checkpoints import newest_intact
-from launch.rundir.files import CHECKPOINTS, HF_DIR, LATEST, REPORT_DIR, TOKENIZER_DIR, TOKENS_DIR, TRAIN_DIR
+from launch.rundir.files import (
+    CHECKPOINTS,
+    COMPLETE,
+    HF_DIR,
+    REPORT_DIR,
+    TOKENIZER_DIR,
+    TOKENS_DIR,
+    TRAIN_DIR,
+    checkpoint_tag,
+)
 from tokenizer.config import TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
 from tokenizer.evaluate import evaluate, format_summary, load_parallel, report_paths, write_report
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE
 from tokenizer.loading import load_tokenizer
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
@@ -88,12 +98,20 @@ def train_tokenizer_stage(job: MainJob) -> None:
 
 
 def evaluation_is_current(job: MainJob) -> bool:
-    """The report is newer than the tokenizer it reports on (its metadata, or its model where it has none)."""
+    """The report is of this tokenizer on this parallel set and reference language, and newer than the tokenizer
+    (its metadata, or its model where it has none)."""
     paths = PipelinePaths.of(job)
     report = report_paths(paths.report)["json"]
-    written = [paths.tokenizer / name for name in (METADATA_FILE, "tokenizer.model", "tokenizer.json")]
+    written = [paths.tokenizer / name for name in (METADATA_FILE, SPM_MODEL_FILE, HF_TOKENIZER_FILE)]
     tokenizer = next((path for path in written if path.is_file()), None)
-    return report.is_file() and tokenizer is not None and report.stat().st_mtime_ns >= tokenizer.stat().st_mtime_ns
+    if not (report.is_file() and tokenizer is not None and report.stat().st_mtime_ns >= tokenizer.stat().st_mtime_ns):
+        return False
+    asked = (Path(job.parallel_set).resolve(), job.tokenizer.reference_language, [str(paths.tokenizer.resolve())])
+    try:
+        said = json.loads(report.read_text())
+        return (Path(said["parallel"]).resolve(), said["reference"], list(said["paths"].values())) == asked
+    except (ValueError, KeyError, TypeError, AttributeError):  # damaged, or of an older corolla: evaluated again
+        return False
 
 
 def check_inputs(job: MainJob) -> None:
@@ -196,11 +214,13 @@ def training_is_finished(job: MainJob) -> bool:
 
 
 def export_is_current(job: MainJob) -> bool:
-    """The export holds its weights and is newer than the training run's last checkpoint."""
+    """The export holds its weights and is newer than the training run's newest checkpoint."""
     paths = PipelinePaths.of(job)
-    config, latest = paths.hf / "config.json", paths.train / CHECKPOINTS / LATEST
-    weights = any((paths.hf / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
-    return weights and config.is_file() and latest.is_file() and config.stat().st_mtime_ns >= latest.stat().st_mtime_ns
+    step, config = trained_steps(job), paths.hf / HF_CONFIG_FILE
+    if not (step and config.is_file() and holds_hf_weights(paths.hf)):
+        return False
+    saved = paths.train / CHECKPOINTS / checkpoint_tag(step) / COMPLETE
+    return config.stat().st_mtime_ns >= saved.stat().st_mtime_ns
 
 
 def export_stage(job: MainJob) -> None:

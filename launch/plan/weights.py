@@ -100,9 +100,19 @@ def checkpoint_layout(directory: Path, step: int, key: str = "layout") -> Parall
     return ParallelLayout(**record[key])
 
 
+# A Hugging Face model directory's files: its config, and its weights whole or as an index of shards.
+HF_CONFIG_FILE = "config.json"
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
 def is_hf_directory(path: Path) -> bool:
     """A Hugging Face model directory, not yet imported."""
-    return (path / "config.json").is_file() and not (path / IMPORT_FILE).is_file() and not (path / JOB_FILE).is_file()
+    return (path / HF_CONFIG_FILE).is_file() and not (path / IMPORT_FILE).is_file() and not (path / JOB_FILE).is_file()
+
+
+def holds_hf_weights(path: Path) -> bool:
+    return any((path / name).is_file() for name in (*HF_WEIGHT_FILES, *HF_WEIGHT_INDEXES))
 
 
 def tokenizer_of(init_from: str | Path) -> Path:

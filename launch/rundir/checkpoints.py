@@ -145,8 +145,11 @@ def set_aside_newer(directory: Path, step: int) -> list[str]:
 
 
 def latest_step(directory: Path) -> int | None:
-    """The step of the newest complete checkpoint, or None when there is none; checks its files are all there."""
+    """The step of the newest complete checkpoint (`latest`'s, or one a save cut off before it named it), or None when
+    there is none; checks its files are all there."""
     tag = latest_tag(directory)
+    unpointed = _unpointed(directory, complete_tags(directory)[0], tag)
+    tag = unpointed[0] if unpointed else tag
     return complete_record(directory, tag)["step"] if tag is not None else None
 
 

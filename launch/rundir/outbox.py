@@ -22,7 +22,7 @@ from pathlib import Path
 
 from launch.config.job_file import read_job
 from launch.rundir import tracking
-from launch.rundir.files import JOB_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
+from launch.rundir.files import JOB_FILE, JOBS_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
 from launch.rundir.history import ENDED, RunHistory, crashes, launches
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
@@ -222,13 +222,13 @@ def sync(run_dir: Path, uri: str | None = None) -> TrackingState:
 
 
 def _untold_end(run_dir: Path) -> str | None:
-    """The status of a run that MLflow still has RUNNING though nothing trains it (a sync holds it): how its history
-    ends, or FAILED where its last launch or start recorded no end. Its launcher was killed before it could say."""
+    """The end a local run's history records that MLflow, which still has the run RUNNING, was not told: its launcher
+    (which tells it) was killed. Nothing else is inferred: a Slurm run's stop is followed by a requeue, and a last
+    start with no end may still be training."""
     events = RunHistory(run_dir).events()
-    if not events or tracking.run_status(recorded_run(run_dir)) != "RUNNING":
+    if (run_dir / JOBS_FILE).exists() or not events or events[-1]["event"] not in END_STATUS:
         return None
-    last = events[-1]["event"]
-    return END_STATUS.get(last) or ("FAILED" if last in ("launch", "start") else None)
+    return END_STATUS[events[-1]["event"]] if tracking.run_status(recorded_run(run_dir)) == "RUNNING" else None
 
 
 def _move(run_dir: Path, uri: str) -> None:

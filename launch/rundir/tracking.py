@@ -122,7 +122,7 @@ def _create_store(run_dir: Path) -> None:
     each time: MLflow keeps a store open per URI.)"""
     if (run_dir / MLFLOW_DB).exists():
         return
-    for left in run_dir.glob(f".{MLFLOW_DB}.*.tmp"):  # by a launch killed while it built one
+    for left in run_dir.glob(f".{MLFLOW_DB}.*.tmp*"):  # by a launch killed while it built one (and SQLite's journal)
         left.unlink()
     building = run_dir / f".{MLFLOW_DB}.{uuid.uuid4().hex}.tmp"
     _client(f"{SQLITE}{building.resolve()}")  # creates the database and its tables

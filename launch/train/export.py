@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import shutil
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
 
 from launch.config.schemas import ExportJob
-from launch.plan.weights import weights_of
+from launch.plan.weights import HF_CONFIG_FILE, HF_WEIGHT_FILES, HF_WEIGHT_INDEXES, weights_of
 from launch.rundir.checkpoints import CheckpointError, verify
 from launch.rundir.files import checkpoint_tag
 from launch.train import checkpoint
-from launch.train.import_hf import TOKENIZER_FILES
 from launch.train.shards import ShardReader
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict
-from model.layers import model_name
-from tokenizer.files import publish, staging_area
+from model.layers import EMBEDDING, model_name
+from tokenizer.files import TOKENIZER_FILES, publish, staging_area
 
 
 def full_state_dict(directory: Path, step: int, model: ModelConfig) -> dict[str, torch.Tensor]:
@@ -27,13 +27,34 @@ def full_state_dict(directory: Path, step: int, model: ModelConfig) -> dict[str,
 
 
 def check_output_dir(output: Path, run_dir: Path, overwrite: bool) -> None:
-    """Before the weights are read: not into the run directory, nor over files unless asked to."""
-    if output.resolve().is_relative_to(run_dir.resolve()):
-        raise ValueError(f"output_dir={output} is inside run_dir={run_dir}: export to a directory of its own")
+    """Before the weights are read: a directory of its own (the export replaces it whole), and over an earlier export
+    only when asked to."""
+    if output.resolve().is_relative_to(run_dir.resolve()) or run_dir.resolve().is_relative_to(output.resolve()):
+        raise ValueError(
+            f"output_dir={output} and run_dir={run_dir} lie one inside the other: export to a directory of its own"
+        )
     if output.exists() and not output.is_dir():
         raise ValueError(f"output_dir={output} is a file: choose a directory")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(f"output_dir={output} already holds files: choose another, or pass overwrite=true")
+    held = sorted(path.name for path in output.iterdir()) if output.is_dir() else []
+    foreign = [name for name in held if not any(fnmatch(name, pattern) for pattern in EXPORT_FILES)]
+    if foreign:
+        raise ValueError(
+            f"output_dir={output} holds files that are not an export's ({', '.join(foreign[:3])}): the export replaces "
+            "the directory whole, so choose an empty or new one"
+        )
+    if held and not overwrite:
+        raise ValueError(f"output_dir={output} already holds an export: choose another, or pass overwrite=true")
+
+
+# What an export writes: the model's config and weights (save_pretrained's names), and the tokenizer's files.
+EXPORT_FILES = (
+    HF_CONFIG_FILE,
+    "generation_config.json",
+    *HF_WEIGHT_FILES,
+    *HF_WEIGHT_INDEXES,
+    "model-*-of-*.safetensors",
+    *TOKENIZER_FILES,
+)
 
 
 def export_hf_model(job: ExportJob) -> None:
@@ -50,7 +71,7 @@ def export_hf_model(job: ExportJob) -> None:
             f"checkpoint {weights.step} of {weights.run_dir} fails its checksums ({', '.join(bad)}): export another"
         )
     state = full_state_dict(weights.checkpoints, weights.step, weights.model)
-    vocab = state["word_embeddings.weight"].shape[0]
+    vocab = state[EMBEDDING].shape[0]
     model = BloomForCausalLM(BloomConfig(**hf_config(weights.model, vocab)))
     model.load_state_dict(to_hf_state_dict(state), strict=True)
     with staging_area(output) as area:  # an export stopped halfway leaves the directory as it was

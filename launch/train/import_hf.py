@@ -20,19 +20,22 @@ import torch
 from launch.config.schemas import ImportJob
 from launch.plan.layout import ParallelLayout
 from launch.plan.stages import stage_cut
-from launch.plan.weights import import_record, write_import_record
+from launch.plan.weights import (
+    HF_CONFIG_FILE,
+    HF_WEIGHT_FILES,
+    HF_WEIGHT_INDEXES,
+    import_record,
+    write_import_record,
+)
 from launch.rundir.checkpoints import point_latest, write_complete
 from launch.rundir.files import CHECKPOINTS, TOKENIZER_DIR, checkpoint_tag, shard_file
 from launch.train.hashed_save import save_hashed
 from model.config import ModelConfig
 from model.hf import corolla_name, model_config, parameter_shapes
 from model.layers import holds, model_name, pipeline_name
-from tokenizer.files import publish, read_json, staging_area
+from tokenizer.files import TOKENIZER_FILES, read_json, staging_area
 from tokenizer.loading import load_tokenizer
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 STAGE_BYTES = 16 * 2**30
 
 
@@ -83,7 +86,7 @@ def _opened(path: Path) -> object:
 
 def _weight_files(hf_dir: Path) -> list[Path]:
     """The files that hold the weights; a one-line ValueError when one is missing."""
-    for index in WEIGHT_INDEXES:
+    for index in HF_WEIGHT_INDEXES:
         if (hf_dir / index).is_file():
             listing = read_json(hf_dir / index, "restore it from the model's source")
             files = sorted(set(listing["weight_map"].values()))
@@ -94,20 +97,20 @@ def _weight_files(hf_dir: Path) -> list[Path]:
                     f"({len(missing)} missing): copy the whole model directory"
                 )
             return [hf_dir / name for name in files]
-    for name in WEIGHT_FILES:
+    for name in HF_WEIGHT_FILES:
         if (hf_dir / name).is_file():
             return [hf_dir / name]
     raise ValueError(
-        f"hf_dir={hf_dir} holds no weights ({', '.join(WEIGHT_FILES)} or a sharded index): pass a directory that "
+        f"hf_dir={hf_dir} holds no weights ({', '.join(HF_WEIGHT_FILES)} or a sharded index): pass a directory that "
         "save_pretrained wrote"
     )
 
 
 def read_hf_model(hf_dir: Path) -> ModelConfig:
     """The corolla model of a Hugging Face directory, from config.json and its tokenizer; nothing is written."""
-    if not (hf_dir / "config.json").is_file():
+    if not (hf_dir / HF_CONFIG_FILE).is_file():
         raise ValueError(f"hf_dir={hf_dir} has no config.json: pass a Hugging Face model directory")
-    config = read_json(hf_dir / "config.json", "restore it from the model's source")
+    config = read_json(hf_dir / HF_CONFIG_FILE, "restore it from the model's source")
     tokenizer = load_tokenizer(hf_dir)
     try:
         model = model_config(config, hf_dir.resolve().name, tokenizer.vocab_size)
@@ -204,7 +207,9 @@ def import_hf_model(job: ImportJob) -> None:
         parameters = _write_checkpoint(staging / CHECKPOINTS, model, weights)
         _copy_tokenizer(hf_dir, staging / TOKENIZER_DIR)
         write_import_record(staging, model, {"hf_dir": str(hf_dir.resolve()), "files": weights.stamp()})
-        publish(staging, run_dir)  # over an empty directory at most (checked above)
+        if run_dir.is_dir():
+            run_dir.rmdir()  # empty, as checked above; one that is not by now is not the import's to replace
+        staging.rename(run_dir)
     print(
         f"imported {hf_dir} into {run_dir}: BLOOM of {model.num_layers} layers, hidden {model.hidden_size}, "
         f"{model.num_heads} heads, {parameters:,} parameters, a {model.vocab_size}-token tokenizer "

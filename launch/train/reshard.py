@@ -21,9 +21,9 @@ from launch.train import checkpoint
 from launch.train.hashed_save import save_hashed
 from launch.train.shards import KEYS, ShardError, ShardReader, shard_files
 from model.config import ModelConfig
-from model.layers import TIED_PREFIX, holds
+from model.layers import EMBEDDING, TIED_PREFIX, holds
 
-EMBEDDING = TIED_PREFIX + "word_embeddings.weight"
+TIED_EMBEDDING = TIED_PREFIX + EMBEDDING
 
 
 def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, model: ModelConfig) -> ParallelLayout:
@@ -31,7 +31,7 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
     layout it had."""
     directory, saved = checkpoints / checkpoint_tag(step), checkpoint.saved_layout(checkpoints, step)
     reader = ShardReader(directory, saved)
-    rows = reader.full_size(EMBEDDING, 0)
+    rows = reader.full_size(TIED_EMBEDDING, 0)
     if rows != model.padded_vocab_size(target.tp):
         raise ShardError(
             f"the embedding has {rows} rows, padded for TP={saved.tp}, but TP={target.tp} pads the vocabulary to "

@@ -27,7 +27,7 @@ from launch.plan.layout import ParallelLayout
 from launch.rundir.files import shard_file
 from launch.train import compat
 from launch.train.hashed_save import save_hashed
-from model.layers import tp_split_dim
+from model.layers import EMBEDDING, tp_split_dim
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 KEYS = ("weight", *MOMENTS)
@@ -207,7 +207,7 @@ def restore_weights(engine, reader: ShardReader, growth: EmbeddingGrowth | None 
     tp, tp_rank, _ = _this_rank()
     masters = compat.master_groups(engine) is not None
     for name, parameter in engine.module.named_parameters():
-        if growth and name.endswith("word_embeddings.weight"):
+        if growth and name.endswith(EMBEDDING):
             weight = _grown_embedding(reader, name, parameter, growth)
         else:
             weight = reader.local(name, "weight", tp, tp_rank)

@@ -38,17 +38,24 @@ def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, 
     assert tokenizer("Bonjour", add_special_tokens=False)["input_ids"]
     assert model.config.vocab_size == 2048 and model.config.n_layer == 2
 
-    # An output directory that holds files is kept as it is unless overwrite=true; the run directory is never one.
+    # An export is kept as it is unless overwrite=true, which replaces it whole; a directory that holds anything else,
+    # the run directory or one that holds it, never is an export's.
     written = {path.name: path.stat().st_mtime_ns for path in exported.iterdir()}
     assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={exported}", "step=3"]) == 2
-    assert (
-        f"output_dir={exported} already holds files: choose another, or pass overwrite=true" in capsys.readouterr().err
+    assert f"output_dir={exported} already holds an export: choose another, or pass overwrite=true" in (
+        capsys.readouterr().err
     )
     assert {path.name: path.stat().st_mtime_ns for path in exported.iterdir()} == written
     assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={exported}", "step=3", "overwrite=true"]) == 0
-    assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={run_dir / 'hf'}"]) == 2
-    assert f"output_dir={run_dir / 'hf'} is inside run_dir={run_dir}" in capsys.readouterr().err
-    assert not (run_dir / "hf").exists()
+    assert not list(tmp_path.glob(".hf.*"))  # its staging area, gone with it
+    for inside in (run_dir / "hf", tmp_path):
+        assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={inside}", "overwrite=true"]) == 2
+        assert f"output_dir={inside} and run_dir={run_dir} lie one inside the other" in capsys.readouterr().err
+    assert not (run_dir / "hf").exists() and (run_dir / "checkpoints").is_dir()
+    (exported / "notes.txt").write_text("mine")
+    assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={exported}", "overwrite=true"]) == 2
+    assert "holds files that are not an export's (notes.txt)" in capsys.readouterr().err
+    assert (exported / "notes.txt").read_text() == "mine"
 
     # A step never saved, and a directory that is no run, are said as such.
     checkpoints = run_dir / "checkpoints"

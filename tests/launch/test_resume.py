@@ -193,6 +193,7 @@ def test_a_save_cut_off_between_its_record_and_latest_is_resumed_from(
     assert newest_intact(checkpoints) == 4  # no `latest` yet
     (tmp_path / "latest").rename(checkpoints / LATEST)
     assert newest_intact(checkpoints) == 4
+    assert latest_step(checkpoints) == 4  # what status, export and reshard take too
     capfd.readouterr()
     assert train(run_dir, tokens) == 0
     assert "resumed from" in capfd.readouterr().out

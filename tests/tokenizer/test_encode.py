@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -284,6 +285,33 @@ def test_the_workers_end_with_an_encoding_killed_outright(model: Path, tmp_path:
     finally:
         killed.kill()
         killed.wait()
+    assert not psutil.wait_procs(workers, timeout=30)[1]
+
+
+def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(model: Path, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C goes to the whole process group, workers included: they leave it to corolla, which says
+    one line."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for language in ("ell_Grek", "eng_Latn", "fra_Latn"):
+        (corpus / f"{language}.txt").write_bytes(b"\n".join(sample_lines(language, 0, 16_000)) + b"\n")
+    arguments = [f"tokenizer={model}", f"corpus={corpus}", f"output_dir={tmp_path / 'out'}", "workers=2"]
+    command = [sys.executable, "-m", "launch.cli", "tokenizer", "encode", *arguments]
+    stopped = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while not (len(workers) == 2 and all(worker.cpu_times().user > 0.5 for worker in workers)):
+            assert stopped.poll() is None and time.monotonic() < deadline, "the encoding ended before its Ctrl-C"
+            children = psutil.Process(stopped.pid).children()
+            workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+            time.sleep(0.05)
+        os.killpg(stopped.pid, signal.SIGINT)
+        err = stopped.communicate(timeout=120)[1]
+    finally:
+        stopped.kill()
+    assert stopped.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "corolla: interrupted: run the same command again to go on"
     assert not psutil.wait_procs(workers, timeout=30)[1]
 
 
