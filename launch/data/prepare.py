@@ -44,14 +44,9 @@ def cache_key(tokenizer: TokenizerConfig | str, corpus: str | Path, seed: int, c
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _cache_entry(job: TrainJob, measure: bool = True) -> Path | None:
-    """The job's cache entry; None, unless `measure`, where the corpus has not been measured as it is now (a dry run
-    reads no corpus: an entry for it cannot be there, unless the measurements were deleted)."""
+def _cache_entry(job: TrainJob, contents: str) -> Path:
+    """The job's cache entry, for data.corpus of fingerprint `contents`."""
     data = job.data
-    sources = discover_sources(data.corpus)
-    contents = corpus_fingerprint(sources) if measure else measured_fingerprint(sources)
-    if contents is None:
-        return None
     tokenizer = load_tokenizer(data.tokenizer_dir).fingerprint if data.tokenizer_dir else job.tokenizer
     return Path(data.cache_dir) / cache_key(tokenizer, data.corpus, job.seed, contents)
 
@@ -59,7 +54,7 @@ def _cache_entry(job: TrainJob, measure: bool = True) -> Path | None:
 def cached_token_files(job: TrainJob, log: Callable[[str], None] = print) -> Path:
     """The token files of data.corpus under data.tokenizer_dir or the job's tokenizer config (trained first), built
     or refreshed in the cache as needed."""
-    entry = _cache_entry(job)
+    entry = _cache_entry(job, corpus_fingerprint(discover_sources(job.data.corpus)))
     entry.mkdir(parents=True, exist_ok=True)
     with (entry / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -102,7 +97,9 @@ def inspect_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:
     vocabulary is the tokenizer config's, and the data is checked when the job is prepared for real."""
     if job.data.tokens_dir is not None:
         return _checked(job, TokenCorpus(job.data.tokens_dir, job.data.validation_documents))
-    entry = _cache_entry(job, measure=False)
+    # A dry run reads no corpus: one not measured as it is now has no entry (unless its measurements were deleted).
+    contents = measured_fingerprint(discover_sources(job.data.corpus))
+    entry = _cache_entry(job, contents) if contents else None
     try:
         cached = entry / "tokens" if entry else None
         corpus = TokenCorpus(cached, job.data.validation_documents) if cached and cached.is_dir() else None
