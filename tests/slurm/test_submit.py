@@ -334,7 +334,9 @@ def test_a_stop_file_saves_and_ends_the_job_without_requeue(slurm_cluster, token
     assert len(RunHistory(run_dir).starts()) == 1
 
 
-def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, tokens, tmp_path) -> None:
+def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, tokens, tmp_path, monkeypatch) -> None:
+    # Steps of 2 s: on an idle cluster the first point's job once logged a step before the second point was submitted.
+    monkeypatch.setenv(STEP_SECONDS, "2")
     one_node = ["cluster=testcluster", "cluster.nodes=1", "cluster.tasks_per_node=1"]
     args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *one_node, "train.steps=2,3"]
     assert main(["submit", "--multirun", *args]) == 0

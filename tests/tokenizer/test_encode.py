@@ -265,12 +265,34 @@ def test_resumes_after_a_kill_without_redoing_finished_files(model: Path, tmp_pa
     assert file_contents(output) == file_contents(tmp_path / "fresh")
 
 
-def test_the_workers_end_with_an_encoding_killed_outright(model: Path, tmp_path: Path) -> None:
-    """Nothing else would end them: they wait on the queue of a parent that is gone (SIGKILL, or the OOM killer)."""
-    corpus = tmp_path / "corpus"
+def long_corpus(corpus: Path) -> Path:
+    """Three languages, each its sample four times over: seconds of encoding for two workers."""
     corpus.mkdir()
     for language in ("ell_Grek", "eng_Latn", "fra_Latn"):
-        (corpus / f"{language}.txt").write_bytes(b"\n".join(sample_lines(language, 0, 16_000)) + b"\n")
+        (corpus / f"{language}.txt").write_bytes((b"\n".join(sample_lines(language, 0, 16_000)) + b"\n") * 4)
+    return corpus
+
+
+def pool_workers(pid: int) -> list[psutil.Process]:
+    """The process pool's workers among the children of `pid` (one that ended meanwhile is not among them)."""
+    workers = []
+    for child in psutil.Process(pid).children():
+        with suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()):
+                workers.append(child)
+    return workers
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    try:
+        return process.cpu_times().user
+    except psutil.Error:  # ended meanwhile
+        return 0.0
+
+
+def test_the_workers_end_with_an_encoding_killed_outright(model: Path, tmp_path: Path) -> None:
+    """Nothing else would end them: they wait on the queue of a parent that is gone (SIGKILL, or the OOM killer)."""
+    corpus = long_corpus(tmp_path / "corpus")
     call = f"encode_corpus({str(model)!r}, {str(corpus)!r}, {str(tmp_path / 'out')!r}, workers=2)"
     command = [sys.executable, "-c", f"from tokenizer.encode import encode_corpus; {call}"]
     killed = subprocess.Popen(command, cwd=REPO_ROOT)
@@ -278,8 +300,7 @@ def test_the_workers_end_with_an_encoding_killed_outright(model: Path, tmp_path:
         deadline = time.monotonic() + 60
         workers: list[psutil.Process] = []
         while len(workers) < 2 and killed.poll() is None and time.monotonic() < deadline:
-            children = psutil.Process(killed.pid).children()
-            workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+            workers = pool_workers(killed.pid)
             time.sleep(0.05)
         assert len(workers) == 2, "the pool never started its workers"
     finally:
@@ -291,20 +312,16 @@ def test_the_workers_end_with_an_encoding_killed_outright(model: Path, tmp_path:
 def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(model: Path, tmp_path: Path) -> None:
     """A terminal's Ctrl-C goes to the whole process group, workers included: they leave it to corolla, which says
     one line."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for language in ("ell_Grek", "eng_Latn", "fra_Latn"):
-        (corpus / f"{language}.txt").write_bytes(b"\n".join(sample_lines(language, 0, 16_000)) + b"\n")
+    corpus = long_corpus(tmp_path / "corpus")
     arguments = [f"tokenizer={model}", f"corpus={corpus}", f"output_dir={tmp_path / 'out'}", "workers=2"]
     command = [sys.executable, "-m", "launch.cli", "tokenizer", "encode", *arguments]
     stopped = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         workers: list[psutil.Process] = []
-        while not (len(workers) == 2 and all(worker.cpu_times().user > 0.5 for worker in workers)):
+        while not (len(workers) == 2 and all(cpu_seconds(worker) > 0.3 for worker in workers)):
             assert stopped.poll() is None and time.monotonic() < deadline, "the encoding ended before its Ctrl-C"
-            children = psutil.Process(stopped.pid).children()
-            workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+            workers = pool_workers(stopped.pid)
             time.sleep(0.05)
         os.killpg(stopped.pid, signal.SIGINT)
         err = stopped.communicate(timeout=120)[1]
