@@ -33,7 +33,7 @@ from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
 from slurm.backend import job_logs, print_tails
 from slurm.client import ENDED_STATES, latest_states, slurm_state
-from slurm.commands import HINT, SlurmError, run_slurm
+from slurm.commands import HINT, SURVIVE_SIGTERM, SlurmError, run_slurm
 from slurm.executor import (
     excluded_nodes,
     executor_parameters,
@@ -64,6 +64,9 @@ class StageTask:
         return f"{self.stage}-{self.group}" if self.stage == "encode" else self.stage
 
     def __call__(self) -> None:
+        from launch.train import compat
+
+        compat.requeue_behind(SURVIVE_SIGTERM)
         run_dir = Path(self.run_dir)
         error_file = run_dir / STAGE_ERRORS / f"{self.name}.txt"
         error_file.unlink(missing_ok=True)

@@ -196,3 +196,21 @@ def sbatch_script(executor, array_tasks: int = 1) -> str:
     check_versions(("submitit",))
     parameters = {**executor.parameters, **({"map_count": array_tasks} if array_tasks > 1 else {})}
     return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **parameters)
+
+
+def requeue_behind(prefix: list[str]) -> None:
+    """submitit requeues a job on USR2 with `scontrol requeue` run from the job's step, and the requeue ends that
+    step with SIGTERM: the SIGTERM can kill scontrol after the requeue took effect and before submitit logged it,
+    which then fails with a CalledProcessError traceback. `prefix` runs scontrol ignoring SIGTERM."""
+    import subprocess
+
+    from submitit.core import logger
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    check_versions(("submitit",))
+
+    def requeue(environment: SlurmJobEnvironment, countdown: int) -> None:
+        subprocess.check_call([*prefix, "scontrol", "requeue", environment.job_id], timeout=60)
+        logger.get_logger().info(f"Requeued job {environment.job_id} ({countdown} remaining timeouts)")
+
+    SlurmJobEnvironment._requeue = requeue
