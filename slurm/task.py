@@ -26,7 +26,7 @@ from pathlib import Path
 
 from launch.config.cluster import ClusterConfig
 from launch.rundir.files import HISTORY_FILE, JOB_FILE, STOP_FILE
-from launch.rundir.history import RunHistory, failures, has_ended
+from launch.rundir.history import Event, RunHistory, failures, has_ended
 from launch.train.stopping import StopSignals
 from slurm.commands import request
 from slurm.environment import SlurmTask
@@ -50,16 +50,16 @@ def after_start(events: list[dict], budget: int) -> Next:
     return Next.give_up if failures(events) > budget else Next.train
 
 
-def after(ending: str, events: list[dict], budget: int, chained: bool, kill_switch: bool = False) -> Next:
-    """What follows a start that `ending` ("failed", "stopped", "finished", "diverged" or "no_space"), given the
+def after(ending: Event | None, events: list[dict], budget: int, chained: bool, kill_switch: bool = False) -> Next:
+    """What follows a start that ended as `ending` (None: it failed: a crash, a dead node, a hung rank), given the
     history it found when it began (`events`), the restart budget, whether the run is a chain of jobs and whether a
     STOP file is there. A diverged run would diverge again from the same checkpoint, one out of space would fill its
     disk again: they end. One that found unfit nodes has given way to a job without them."""
-    if ending == "unfit":
+    if ending == Event.unfit:
         return Next.replaced
-    if ending == "failed" and failures(events) >= budget:
+    if ending is None and failures(events) >= budget:
         return Next.give_up
-    if ending == "failed" or (ending == "stopped" and not kill_switch):
+    if ending is None or (ending == Event.stopped and not kill_switch):
         return Next.next_job if chained else Next.requeue
     return Next.end
 
@@ -92,8 +92,8 @@ class TrainingTask:
             # One rank a node says so (rank 0 may be the one that died); the first to write it is enough.
             history = RunHistory(run_dir)
             latest = history.events()
-            if task.local_rank == 0 and (not latest or latest[-1]["event"] != "gave_up"):
-                history.record("gave_up", failures=failures(events), max_restarts=budget)
+            if task.local_rank == 0 and (not latest or latest[-1]["event"] != Event.gave_up):
+                history.record(Event.gave_up, failures=failures(events), max_restarts=budget)
                 outbox.update(run_dir, status="FAILED")
             if chained and task.local_rank == 0:
                 cancel_next_jobs(run_dir, task.job_id)
@@ -123,7 +123,7 @@ class TrainingTask:
             self._queue_next(job.cluster, run_dir, task)
 
         def failed() -> None:
-            follow(after("failed", events, budget, chained))
+            follow(after(None, events, budget, chained))
 
         origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
         health = None
@@ -136,7 +136,7 @@ class TrainingTask:
             failed()
             raise
         if task.rank == 0:
-            follow(after(outcome.value, events, budget, chained, kill_switch=(run_dir / STOP_FILE).exists()))
+            follow(after(outcome, events, budget, chained, kill_switch=(run_dir / STOP_FILE).exists()))
         # The work is done; a stop signal now (the time limit's USR2 may come as the ranks exit, when Python no
         # longer runs handlers) must not kill a task and fail the finished job.
         stop.ignore_from_now_on()
@@ -158,7 +158,7 @@ class TrainingTask:
             problem = "" if enough else f"the partition has no other nodes for the run's {needed}"
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
             replacement, problem = None, f"no job without them could be queued ({str(error).strip()})"
-        RunHistory(run_dir).record("unfit", nodes=unfit, left_out=replacement is not None, slurm_job=task.job_id)
+        RunHistory(run_dir).record(Event.unfit, nodes=unfit, left_out=replacement is not None, slurm_job=task.job_id)
         if replacement is None:
             print(f"corolla: unfit: {reasons}; {problem}: training on them", file=sys.stderr, flush=True)
             return False

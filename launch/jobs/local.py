@@ -29,7 +29,7 @@ from launch.jobs.monitor import line
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOBS_FILE
-from launch.rundir.history import RunHistory
+from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
 from tokenizer.children import ended_with_parent
 
@@ -169,7 +169,7 @@ class LocalBackend(Backend):
             status, cause = run_ranks(run_dir, layout.world_size)
             last = RunHistory(run_dir).events()[-1]
             # By a person, to be resumed: saved, even where a second signal then ended the ranks outright.
-            killed = last["event"] == "stopped" and "signal" in last
+            killed = last["event"] == Event.stopped and "signal" in last
             if status or killed:
                 sender.set("KILLED" if killed else "FAILED")
         finally:
@@ -181,9 +181,9 @@ class LocalBackend(Backend):
                 "resumes it"
             )
         if status:
-            if last["event"] == "diverged":
+            if last["event"] == Event.diverged:
                 raise RuntimeError(f"training stopped at step {last['step']}: its loss or gradients are not finite")
-            if last["event"] == "no_space":
+            if last["event"] == Event.no_space:
                 raise RuntimeError(last["reason"])
             cause = cause or f"a rank exited with status {status}"
             raise RuntimeError(f"training failed, {cause}: see the log above")
@@ -202,9 +202,9 @@ class LocalBackend(Backend):
             return [line("state", f"held by {held[0]}, on another host: whether it runs cannot be seen from here")]
         events = RunHistory(run.path).events()
         last = events[-1]["event"] if events else None
-        if last not in ("start", "launch"):
+        if last not in (Event.start, Event.launch):
             return []
-        ended = "its last start recorded no end" if last == "start" else "its last launch recorded no start"
+        ended = "its last start recorded no end" if last == Event.start else "its last launch recorded no start"
         return [
             line(
                 "state",

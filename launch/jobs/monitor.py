@@ -17,7 +17,7 @@ from launch.plan.run_plan import read_plans
 from launch.rundir.checkpoints import CheckpointError, complete_record, latest_tag
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, METRICS_FILE, PLAN_FILE, RUN_FILE, SET_ASIDE, VALIDATION_FILE
-from launch.rundir.history import RunHistory
+from launch.rundir.history import Event, RunHistory
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import lost_store_fix, read_state
@@ -83,7 +83,7 @@ def history_lines(run: RunDirectory) -> list[str]:
 
 def describe_event(event: dict) -> str:
     kind = event["event"]
-    if kind == "start":
+    if kind == Event.start:
         if "slurm_job" in event:
             where = f"job {event['slurm_job']} restart {event.get('restart', 0)} on {event.get('nodes', '?')}"
         else:
@@ -97,23 +97,23 @@ def describe_event(event: dict) -> str:
         if isinstance(aside, list) and aside:
             origin += f" ({plural(len(aside), 'newer checkpoint')} set aside in {CHECKPOINTS}/{SET_ASIDE})"
         return f"start     {where}{layout}, {origin}, {plural(event.get('steps_redone', 0), 'step')} redone"
-    if kind == "stopped":
+    if kind == Event.stopped:
         return f"stopped   at step {event.get('step', '?')} ({event.get('signal', '?')})"
-    if kind == "finished":
+    if kind == Event.finished:
         return f"finished  at step {event.get('step', '?')}"
-    if kind == "launch":
+    if kind == Event.launch:
         return f"launch    on {event.get('cluster', '?')}"
-    if kind == "diverged":
+    if kind == Event.diverged:
         ranks = event.get("ranks") or []
         where = f", non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else ""
         return f"diverged  at step {event.get('step', '?')}, loss {event.get('loss', '?')}{where}"
-    if kind == "no_space":
+    if kind == Event.no_space:
         return f"no space  {event.get('reason', '')}"
-    if kind == "unfit":
+    if kind == Event.unfit:
         nodes = "; ".join(f"{node}: {why}" for node, why in event.get("nodes", {}).items())
         outcome = "left out from then on" if event.get("left_out") else "trained on, no other nodes"
         return f"unfit     job {event.get('slurm_job', '?')}: {nodes} ({outcome})"
-    if kind == "gave_up":
+    if kind == Event.gave_up:
         failures = plural(event.get("failures", 0), "failure")
         return f"gave up   after {failures} (cluster.max_restarts={event.get('max_restarts')})"
     return kind

@@ -22,7 +22,7 @@ from launch.plan.weights import Weights, is_hf_directory, weights_of
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
-from launch.rundir.history import RunHistory
+from launch.rundir.history import Event, RunHistory
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
@@ -82,7 +82,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     write_atomically(run_dir / JOB_FILE, job_yaml(job))
     write_plans(run_dir, plans)
     history = RunHistory(run_dir)
-    history.record("launch", cluster=job.cluster.name, **{TOKENIZER_RECORD: data.tokenizer_fingerprint})
+    history.record(Event.launch, cluster=job.cluster.name, **{TOKENIZER_RECORD: data.tokenizer_fingerprint})
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
     if start:
         tags |= start.tags()

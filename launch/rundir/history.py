@@ -20,32 +20,50 @@ from __future__ import annotations
 
 import json
 import time
+from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
 
 from launch.rundir.files import HISTORY_FILE
 from launch.rundir.records import append_record, read_jsonl
 
-ENDED = ("finished", "gave_up", "diverged", "no_space")  # after these no job trains the run until it is launched again
+
+class Event(StrEnum):
+    """The kinds of line in the history, as the module's docstring describes them."""
+
+    launch = "launch"
+    start = "start"
+    stopped = "stopped"
+    finished = "finished"
+    gave_up = "gave_up"
+    diverged = "diverged"
+    no_space = "no_space"
+    unfit = "unfit"
+
+
+# After these no job trains the run until it is launched again.
+ENDED = (Event.finished, Event.gave_up, Event.diverged, Event.no_space)
 
 
 def launches(events: list[dict]) -> list[dict]:
-    return [event for event in events if event["event"] == "launch"]
+    return [event for event in events if event["event"] == Event.launch]
 
 
 def failures(events: list[dict]) -> int:
     """Starts since the last launch that directly followed another start (a health check's verdict between them
     aside)."""
-    events = [event for event in events if event["event"] != "unfit"]
-    launches = [index for index, event in enumerate(events) if event["event"] == "launch"]
+    events = [event for event in events if event["event"] != Event.unfit]
+    launches = [index for index, event in enumerate(events) if event["event"] == Event.launch]
     since_launch = events[launches[-1] :] if launches else events
-    return sum(1 for previous, event in pairwise(since_launch) if event["event"] == previous["event"] == "start")
+    return sum(1 for previous, event in pairwise(since_launch) if event["event"] == previous["event"] == Event.start)
 
 
 def crashes(events: list[dict]) -> int:
     """Starts that ended without a word: another start or launch came next."""
-    kinds = [event["event"] for event in events if event["event"] not in ("gave_up", "unfit")]
-    return sum(1 for previous, kind in pairwise(kinds) if previous == "start" and kind in ("start", "launch"))
+    kinds = [event["event"] for event in events if event["event"] not in (Event.gave_up, Event.unfit)]
+    return sum(
+        1 for previous, kind in pairwise(kinds) if previous == Event.start and kind in (Event.start, Event.launch)
+    )
 
 
 def has_ended(events: list[dict]) -> bool:
@@ -67,14 +85,14 @@ class RunHistory:
                 )
         return events
 
-    def record(self, event: str, **details: object) -> None:
+    def record(self, event: Event, **details: object) -> None:
         append_record(self.path, {"event": event, "time": time.time(), **details})
 
     def launches(self) -> list[dict]:
         return launches(self.events())
 
     def starts(self) -> list[dict]:
-        return [event for event in self.events() if event["event"] == "start"]
+        return [event for event in self.events() if event["event"] == Event.start]
 
     def failures(self) -> int:
         return failures(self.events())
@@ -84,5 +102,5 @@ class RunHistory:
 
     def unfit_nodes(self) -> set[str]:
         """The nodes the run's jobs leave out: found unfit, and left out then."""
-        unfit = (event for event in self.events() if event["event"] == "unfit" and event.get("left_out"))
+        unfit = (event for event in self.events() if event["event"] == Event.unfit and event.get("left_out"))
         return {node for event in unfit for node in event["nodes"]}

@@ -23,7 +23,7 @@ from pathlib import Path
 from launch.config.job_file import read_job
 from launch.rundir import tracking
 from launch.rundir.files import JOB_FILE, JOBS_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
-from launch.rundir.history import ENDED, RunHistory, crashes, launches
+from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
@@ -110,7 +110,7 @@ def start_tags(events: list[dict]) -> dict[str, str]:
     tags = {"layout": start["layout"]}
     if "resharded_from" in start:
         tags["corolla.resharded_from"] = start["resharded_from"]
-    starts = sum(1 for event in events if event["event"] == "start")
+    starts = sum(1 for event in events if event["event"] == Event.start)
     if starts > 1:
         tags |= {"corolla.restarts": str(starts - 1), "corolla.failures": str(crashes(events))}
     return tags
@@ -120,7 +120,7 @@ def from_history(events: list[dict], seen: int) -> tuple[dict[str, str], str | N
     """What the events after the first `seen` tell MLflow: each start's tags, and the end status of a run that ended."""
     tags, status = {}, None
     for index in range(seen, len(events)):
-        if events[index]["event"] == "start":
+        if events[index]["event"] == Event.start:
             tags |= start_tags(events[: index + 1])
         elif events[index]["event"] in ENDED:
             status = END_STATUS[events[index]["event"]]
@@ -195,11 +195,11 @@ def update(
 
 
 END_STATUS = {
-    "finished": "FINISHED",
-    "diverged": "FAILED",
-    "no_space": "FAILED",
-    "gave_up": "FAILED",
-    "stopped": "KILLED",
+    Event.finished: "FINISHED",
+    Event.diverged: "FAILED",
+    Event.no_space: "FAILED",
+    Event.gave_up: "FAILED",
+    Event.stopped: "KILLED",
 }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,7 +25,7 @@ from launch.plan.layout import ParallelLayout
 from launch.plan.run_plan import RunPlan, read_plan
 from launch.rundir.checkpoints import CheckpointError, set_aside_newer
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, STOP_FILE, checkpoint_tag
-from launch.rundir.history import RunHistory
+from launch.rundir.history import Event, RunHistory
 from launch.train import checkpoint, compat
 from launch.train.batches import validation_batches
 from launch.train.device import device, init_distributed, seed_everything
@@ -39,16 +38,7 @@ from launch.train.shards import EmbeddingGrowth
 from launch.train.stopping import StopSignals, Watchdog
 from tokenizer.files import ADDED_PIECES_FILE, read_json
 
-
-class Outcome(Enum):
-    finished = "finished"  # trained to train.steps
-    stopped = "stopped"  # stopped early with a checkpoint: a stop signal, or train.exit_after
-    diverged = "diverged"  # a non-finite loss or gradient norm, one too many: stopped, nothing of it saved
-    no_space = "no_space"  # the checkpoint's filesystem is full: stopped, the previous checkpoint kept
-    unfit = "unfit"  # the health check found nodes unfit: not trained, a job without them takes over
-
-
-EXIT_STATUS = {Outcome.diverged: 3, Outcome.no_space: 4}
+EXIT_STATUS = {Event.diverged: 3, Event.no_space: 4}
 
 
 def _record_start(
@@ -69,7 +59,7 @@ def _record_start(
         change["resharded_from"] = saved_layout.name
         print(f"resharded the step-{resumed_from} checkpoint from {saved_layout.name} to {layout.name}", flush=True)
     redone = reporter.steps_redone
-    history.record("start", **origin, resumed_from_step=resumed_from, steps_redone=redone, **change)
+    history.record(Event.start, **origin, resumed_from_step=resumed_from, steps_redone=redone, **change)
 
 
 def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: list[int]) -> None:
@@ -78,7 +68,7 @@ def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: li
         return
     record = error.record
     where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else "non-finite loss"
-    RunHistory(run_dir).record("diverged", step=record.step, loss=str(record.loss), ranks=ranks)
+    RunHistory(run_dir).record(Event.diverged, step=record.step, loss=str(record.loss), ranks=ranks)
     print(
         f"corolla: error: {error} ({where}): stopped without saving it; the weights are those before it. Lower "
         "train.lr, or let steps pass with train.skip_nonfinite=N, and launch again to resume from the last checkpoint",
@@ -98,7 +88,7 @@ def _refuse(rank: int, error: ValueError) -> NoReturn:
 def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> None:
     if rank != 0:
         return
-    RunHistory(run_dir).record("no_space", reason=str(error))
+    RunHistory(run_dir).record(Event.no_space, reason=str(error))
     print(f"corolla: error: {error}", file=sys.stderr, flush=True)
 
 
@@ -159,10 +149,11 @@ def main(
     stop: StopSignals | None = None,
     health: HealthCheck | None = None,
     sends: bool = True,
-) -> Outcome:
+) -> Event:
     """Trains this rank; `origin` says where (recorded in the run's history), `on_stall` runs if the watchdog fires,
     `stop` holds the stop signals received so far (installed here if not given), `health` checks the nodes first (on
-    a cluster); rank 0 `sends` MLflow what the run writes, unless a launcher waiting on the ranks does."""
+    a cluster); rank 0 `sends` MLflow what the run writes, unless a launcher waiting on the ranks does. Returns how
+    the start ended: finished, stopped (a stop signal or train.exit_after), diverged, no_space or unfit."""
     stop = stop or StopSignals(run_dir / STOP_FILE)
     job = read_job(run_dir / JOB_FILE)
     watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
@@ -176,7 +167,7 @@ def main(
         # Every rank leaves the group before any exits: a process ending with the group's threads alive aborts.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-        return Outcome.unfit
+        return Event.unfit
     parallel_state.initialize_model_parallel(plan.layout.tp, plan.layout.pp, create_gloo_process_groups=False)
     check_groups(plan, rank)
     seed_everything(job.seed)
@@ -222,12 +213,12 @@ def main(
             last, stopped = train_steps(engine, data, train, seq_length, first_step, faults.wrap(callbacks))
         except NonFiniteStep as error:
             _record_divergence(run_dir, rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
-            return Outcome.diverged
+            return Event.diverged
         except checkpoint.NoSpace as error:
             _record_no_space(run_dir, rank, error)
-            return Outcome.no_space
+            return Event.no_space
         torch.distributed.barrier()
-        outcome = Outcome.stopped if stopped or last < job.train.steps else Outcome.finished
+        outcome = Event.stopped if stopped or last < job.train.steps else Event.finished
         if rank == 0:
             _record_end(run_dir, outcome, last, stop)
         return outcome
@@ -236,8 +227,8 @@ def main(
         watchdog.stop()
 
 
-def _record_end(run_dir: Path, outcome: Outcome, last: int, stop: StopSignals) -> None:
+def _record_end(run_dir: Path, outcome: Event, last: int, stop: StopSignals) -> None:
     reason = {"signal": stop.received.name} if stop.received else {}
     if (run_dir / STOP_FILE).exists():
         reason = {"signal": STOP_FILE}
-    RunHistory(run_dir).record(outcome.value, step=last, **reason)
+    RunHistory(run_dir).record(outcome, step=last, **reason)

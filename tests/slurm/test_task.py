@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from launch.rundir.history import Event
 from slurm.task import Next, after, after_start
 
 
@@ -31,17 +32,17 @@ def test_a_start_trains_unless_the_run_ended_or_spent_its_budget(events, budget,
 @pytest.mark.parametrize(
     ("ending", "events", "budget", "chained", "kill_switch", "expected"),
     [
-        ("failed", history("launch"), 1, False, False, Next.requeue),
-        ("failed", history("launch"), 1, True, False, Next.next_job),
-        ("failed", history("launch"), 0, False, False, Next.give_up),  # max_restarts=0: the first failure ends it
-        ("failed", history("launch", "start", "start", "start"), 2, True, False, Next.give_up),
-        ("failed", history("launch", "start", "stopped", "start", "stopped"), 1, False, False, Next.requeue),
-        ("stopped", history("launch"), 0, False, False, Next.requeue),  # a time limit costs no restart
-        ("stopped", history("launch"), 0, True, False, Next.next_job),
-        ("stopped", history("launch"), 3, False, True, Next.end),  # the STOP file: no coming back
-        ("stopped", history("launch"), 3, True, True, Next.end),
-        ("finished", history("launch", "start", "start"), 3, False, False, Next.end),
-        ("finished", history("launch"), 3, True, False, Next.end),
+        (None, history("launch"), 1, False, False, Next.requeue),
+        (None, history("launch"), 1, True, False, Next.next_job),
+        (None, history("launch"), 0, False, False, Next.give_up),  # max_restarts=0: the first failure ends it
+        (None, history("launch", "start", "start", "start"), 2, True, False, Next.give_up),
+        (None, history("launch", "start", "stopped", "start", "stopped"), 1, False, False, Next.requeue),
+        (Event.stopped, history("launch"), 0, False, False, Next.requeue),  # a time limit costs no restart
+        (Event.stopped, history("launch"), 0, True, False, Next.next_job),
+        (Event.stopped, history("launch"), 3, False, True, Next.end),  # the STOP file: no coming back
+        (Event.stopped, history("launch"), 3, True, True, Next.end),
+        (Event.finished, history("launch", "start", "start"), 3, False, False, Next.end),
+        (Event.finished, history("launch"), 3, True, False, Next.end),
     ],
 )
 def test_what_follows_a_start(ending, events, budget, chained, kill_switch, expected) -> None:
