@@ -31,6 +31,7 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOBS_FILE
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
+from launch.train.stopping import RANK_ERROR, STACKS_FOLLOW, WATCHDOG
 from tokenizer.children import ended_with_parent
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -53,7 +54,7 @@ class _Forwarding:
 
 # What a rank says of why it failed: corolla's own one-line errors, or the last line of a Python traceback (torchrun
 # prefixes a rank's lines with "[rankN]:"); torchrun's summary of the failure names no reason.
-CAUSE = re.compile(r"^(?:\[rank(\d+)\]:\s*)?((?:corolla(?: watchdog)?: |(?:[\w.]*(?:Error|Exception)): ).+)$")
+CAUSE = re.compile(rf"^(?:\[rank(\d+)\]:\s*)?((?:corolla: |{WATCHDOG}|[\w.]*(?:Error|Exception): ).+)$")
 
 
 READ_ON_S = 10.0  # after torchrun ends, how long its ranks' last words may take to come through
@@ -80,7 +81,7 @@ class _FirstCause:
                 except OSError:  # the terminal or pipe corolla writes to is gone
                     passing_on = False
             if (match := CAUSE.match(text.rstrip())) and "ChildFailedError" not in match[2]:
-                cause = match[2].removeprefix("corolla: error: ").split("; stacks of every thread")[0]
+                cause = match[2].removeprefix(RANK_ERROR).split(STACKS_FOLLOW)[0]
                 self.causes.setdefault(
                     match[2].startswith("corolla"), f"rank {match[1]}: {cause}" if match[1] else cause
                 )

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # The exit status of a process the watchdog ended.
 STALLED_EXIT = 75
+# How a rank's last words begin, which the local launcher reads for the cause of a failure (launch/jobs/local.py):
+# corolla's one-line error, and the watchdog's line, which the stacks follow.
+RANK_ERROR = "corolla: error: "
+WATCHDOG = "corolla watchdog: "
+STACKS_FOLLOW = "; stacks of every thread follow"
 
 
 class StopSignals:
@@ -77,8 +82,8 @@ class Watchdog:
             stalled = time.monotonic() - self.last_progress
             if stalled > self.timeout_s:
                 print(
-                    f"corolla watchdog: no progress on rank {os.environ.get('RANK', '?')} for {stalled:.0f} s "
-                    f"(train.hang_timeout_s={self.timeout_s:g}); stacks of every thread follow, then this rank exits",
+                    f"{WATCHDOG}no progress on rank {os.environ.get('RANK', '?')} for {stalled:.0f} s "
+                    f"(train.hang_timeout_s={self.timeout_s:g}){STACKS_FOLLOW}, then this rank exits",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -35,7 +35,7 @@ from launch.train.health import HealthCheck, check
 from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter
 from launch.train.shards import EmbeddingGrowth
-from launch.train.stopping import StopSignals, Watchdog
+from launch.train.stopping import RANK_ERROR, StopSignals, Watchdog
 from tokenizer.files import ADDED_PIECES_FILE, read_json
 
 EXIT_STATUS = {Event.diverged: 3, Event.no_space: 4}
@@ -70,7 +70,7 @@ def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: li
     where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else "non-finite loss"
     RunHistory(run_dir).record(Event.diverged, step=record.step, loss=str(record.loss), ranks=ranks)
     print(
-        f"corolla: error: {error} ({where}): stopped without saving it; the weights are those before it. Lower "
+        f"{RANK_ERROR}{error} ({where}): stopped without saving it; the weights are those before it. Lower "
         "train.lr, or let steps pass with train.skip_nonfinite=N, and launch again to resume from the last checkpoint",
         file=sys.stderr,
         flush=True,
@@ -81,7 +81,7 @@ def _refuse(rank: int, error: ValueError) -> NoReturn:
     """Ends the start on what no restart would mend: one line, and exit status 2, which a Slurm task does not
     requeue."""
     if rank == 0:
-        print(f"corolla: error: {error}", file=sys.stderr, flush=True)
+        print(f"{RANK_ERROR}{error}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None
 
 
@@ -89,7 +89,7 @@ def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> Non
     if rank != 0:
         return
     RunHistory(run_dir).record(Event.no_space, reason=str(error))
-    print(f"corolla: error: {error}", file=sys.stderr, flush=True)
+    print(f"{RANK_ERROR}{error}", file=sys.stderr, flush=True)
 
 
 def _data(run_dir: Path, job: TrainJob, plan: RunPlan) -> DataShard:
