@@ -74,10 +74,12 @@ def history_lines(run: RunDirectory) -> list[str]:
     events = history.events()
     if not events:
         return [line("history", "no start recorded yet")]
+    # Restarts and failures over the run's life, as MLflow's tags count them; the budget counts since the last launch.
     restarts = max(0, len(history.starts()) - 1)
     budget = run.setting("cluster.max_restarts")
-    limit = f" (cluster.max_restarts={budget})" if budget is not None else ""
-    lines = [line("history", f"{plural(restarts, 'restart')}, {plural(history.failures(), 'failure')}{limit}")]
+    spent = f" ({history.failures()} of cluster.max_restarts={budget} spent since the last launch)"
+    spent = spent if budget is not None else ""
+    lines = [line("history", f"{plural(restarts, 'restart')}, {plural(history.crashes(), 'failure')}{spent}")]
     return lines + [line("", f"{local_time(event['time'])}  {describe_event(event)}") for event in events]
 
 

@@ -147,7 +147,7 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "model      bloom-test, TP 2 x PP 1 x DP 2, 8 sequences x 128 tokens a step",
         "cluster    local",
         f"state      running: {holder}",
-        "history    2 restarts, 1 failure (cluster.max_restarts=3)",
+        "history    2 restarts, 1 failure (1 of cluster.max_restarts=3 spent since the last launch)",
         f"           {at[0]}  start     on gpu-box, from scratch, 0 steps redone",
         f"           {at[1]}  start     on gpu-box, resumed from step 5, 3 steps redone",
         f"           {at[2]}  stopped   at step 10 (SIGTERM)",
@@ -172,6 +172,19 @@ def test_status_of_a_run_that_has_not_started(tmp_path: Path, capsys: pytest.Cap
     assert "TP 2 x PP 1 x DP 2," in output  # dp=0: 1 node x 4 ranks / TP 2
     for expected in ["no start recorded yet", "no step logged yet, 20 to do", "checkpoint none yet", "no run recorded"]:
         assert expected in output
+
+
+def test_failures_are_counted_over_the_runs_life_and_the_budget_since_its_last_launch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Four starts that failed, the last of them past the budget of 3 (it gave up), a launch by hand that restores the
+    # budget, and one more failure: counted as MLflow's tags count them (corolla.restarts, corolla.failures), and the
+    # budget as the job spends it.
+    run_dir = make_run(tmp_path / "run")
+    kinds = ["launch", "start", "start", "start", "start", "gave_up", "launch", "start", "start"]
+    write_jsonl(run_dir / "history.jsonl", [{"event": kind, "time": T0 + index} for index, kind in enumerate(kinds)])
+    history = status_of(run_dir, capsys).splitlines()[4]
+    assert history == "history    5 restarts, 5 failures (1 of cluster.max_restarts=3 spent since the last launch)"
 
 
 def test_a_finished_run_has_no_eta_and_a_broken_pointer_is_named(
