@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import deepspeed
 import torch
+from deepspeed.runtime.pipe.engine import PipelineEngine
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
@@ -134,7 +135,9 @@ def _check_engine(engine, plan: RunPlan, rank: int) -> None:
         )
 
 
-def build_engine(model: ModelConfig, plan: RunPlan, train: TrainConfig, activation_checkpointing: bool, seed: int):
+def build_engine(
+    model: ModelConfig, plan: RunPlan, train: TrainConfig, activation_checkpointing: bool, seed: int
+) -> PipelineEngine:
     """The rank's engine: its pipeline stage, AdamW, the LR schedule (a function of the step)."""
     model = replace(model, vocab_size=plan.vocab_size)
     dtype = torch.bfloat16 if train.precision == Precision.bf16 else torch.float32

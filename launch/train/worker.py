@@ -10,10 +10,12 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 import torch
+from deepspeed.runtime.pipe.engine import PipelineEngine
 from megatron.core import parallel_state
 
 from launch.config.job_file import read_job
@@ -142,6 +144,23 @@ def _gives_way(health: HealthCheck, rank: int, faults: Faults) -> bool:
     return bool(decision[0])
 
 
+@dataclass(frozen=True)
+class RankStart:
+    """What every part of a rank's start reads: the run, its job and plan, this rank, and what watches over it."""
+
+    run_dir: Path
+    job: TrainJob
+    plan: RunPlan
+    rank: int
+    faults: Faults
+    watchdog: Watchdog
+    stop: StopSignals
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / CHECKPOINTS
+
+
 def main(
     run_dir: Path,
     origin: dict[str, object] | None = None,
@@ -161,70 +180,89 @@ def main(
     init_distributed(job.train.hang_timeout_s)
     rank = torch.distributed.get_rank()
     plan = read_plan(run_dir, torch.distributed.get_world_size())
-    faults = Faults.from_environment(rank)
-    if health is not None and _gives_way(health, rank, faults):
+    start = RankStart(run_dir, job, plan, rank, Faults.from_environment(rank), watchdog, stop)
+    if health is not None and _gives_way(health, rank, start.faults):
         watchdog.stop()
         # Every rank leaves the group before any exits: a process ending with the group's threads alive aborts.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
         return Event.unfit
-    parallel_state.initialize_model_parallel(plan.layout.tp, plan.layout.pp, create_gloo_process_groups=False)
-    check_groups(plan, rank)
-    seed_everything(job.seed)
-    try:
-        data = _data(run_dir, job, plan)
-    except TokenizerChanged as error:  # another start would find the same files
-        _refuse(rank, error)
-    engine = build_engine(job.model, plan, job.train, job.parallel.activation_checkpointing, job.seed)
-    directory = run_dir / CHECKPOINTS
-    layout = plan.layout
-    try:
-        checkpoint.check_writable(directory)
-        first_step = checkpoint.verified_step(directory)
-        saved_layout = _starting_weights(engine, job, plan, directory, first_step)
-    except CheckpointError as error:
-        _refuse(rank, error)
-    faults.install(engine.module, first_step)
+    data, engine, first_step, saved_layout = _set_up(start)
+    start.faults.install(engine.module, first_step)
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
     reporter = Reporter(run_dir, rank, job.train.steps, first_step, plan.validation_bytes_per_token, sends)
     try:
         if rank == 0:
-            set_aside = set_aside_newer(directory, first_step)
-            for path in set_aside:
-                print(f"corolla: set {path} aside: the steps after {first_step} are trained again", flush=True)
-            if first_step:
-                print(f"resumed from {directory / checkpoint_tag(first_step)}", flush=True)
-            where = origin or {"host": socket.gethostname()}
-            _record_start(reporter, where, first_step, layout, saved_layout, set_aside)
-
-        def save(step: int) -> None:
-            checkpoint.save(engine, directory, step, job.train.keep_checkpoints, layout, faults.before_commit)
-            watchdog.progress()
-
-        callbacks = Callbacks(
-            on_step=reporter.step,
-            on_validation=reporter.validation,
-            save=save,
-            should_stop=lambda: stop.agreed(device()),
-            progress=watchdog.progress,
-        )
-        train, seq_length = job.train, job.model.seq_length
-        try:
-            last, stopped = train_steps(engine, data, train, seq_length, first_step, faults.wrap(callbacks))
-        except NonFiniteStep as error:
-            _record_divergence(run_dir, rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
-            return Event.diverged
-        except checkpoint.NoSpace as error:
-            _record_no_space(run_dir, rank, error)
-            return Event.no_space
-        torch.distributed.barrier()
-        outcome = Event.stopped if stopped or last < job.train.steps else Event.finished
-        if rank == 0:
-            _record_end(run_dir, outcome, last, stop)
-        return outcome
+            _announce(start, reporter, origin or {"host": socket.gethostname()}, first_step, saved_layout)
+        return _train(start, engine, data, reporter, first_step)
     finally:
         reporter.close()
         watchdog.stop()
+
+
+def _set_up(start: RankStart) -> tuple[DataShard, PipelineEngine, int, ParallelLayout]:
+    """The model-parallel groups, this rank's data, the engine, and its weights: (data, engine, the checkpoint step
+    it resumed from or 0, the layout that saved that checkpoint). What no restart would mend ends the start."""
+    job, plan = start.job, start.plan
+    parallel_state.initialize_model_parallel(plan.layout.tp, plan.layout.pp, create_gloo_process_groups=False)
+    check_groups(plan, start.rank)
+    seed_everything(job.seed)
+    try:
+        data = _data(start.run_dir, job, plan)
+    except TokenizerChanged as error:  # another start would find the same files
+        _refuse(start.rank, error)
+    engine = build_engine(job.model, plan, job.train, job.parallel.activation_checkpointing, job.seed)
+    try:
+        checkpoint.check_writable(start.checkpoints)
+        first_step = checkpoint.verified_step(start.checkpoints)
+        saved_layout = _starting_weights(engine, job, plan, start.checkpoints, first_step)
+    except CheckpointError as error:
+        _refuse(start.rank, error)
+    return data, engine, first_step, saved_layout
+
+
+def _announce(
+    start: RankStart, reporter: Reporter, origin: dict[str, object], first_step: int, saved_layout: ParallelLayout
+) -> None:
+    """Rank 0: sets aside the checkpoints newer than the one resumed, says what it resumed, records the start."""
+    set_aside = set_aside_newer(start.checkpoints, first_step)
+    for path in set_aside:
+        print(f"corolla: set {path} aside: the steps after {first_step} are trained again", flush=True)
+    if first_step:
+        print(f"resumed from {start.checkpoints / checkpoint_tag(first_step)}", flush=True)
+    _record_start(reporter, origin, first_step, start.plan.layout, saved_layout, set_aside)
+
+
+def _train(start: RankStart, engine: PipelineEngine, data: DataShard, reporter: Reporter, first_step: int) -> Event:
+    """The steps from `first_step` on, until the last, a stop, a divergence or a full disk; recorded in the history."""
+    job, faults, watchdog = start.job, start.faults, start.watchdog
+
+    def save(step: int) -> None:
+        checkpoint.save(
+            engine, start.checkpoints, step, job.train.keep_checkpoints, start.plan.layout, faults.before_commit
+        )
+        watchdog.progress()
+
+    callbacks = Callbacks(
+        on_step=reporter.step,
+        on_validation=reporter.validation,
+        save=save,
+        should_stop=lambda: start.stop.agreed(device()),
+        progress=watchdog.progress,
+    )
+    try:
+        last, stopped = train_steps(engine, data, job.train, job.model.seq_length, first_step, faults.wrap(callbacks))
+    except NonFiniteStep as error:
+        _record_divergence(start.run_dir, start.rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
+        return Event.diverged
+    except checkpoint.NoSpace as error:
+        _record_no_space(start.run_dir, start.rank, error)
+        return Event.no_space
+    torch.distributed.barrier()
+    outcome = Event.stopped if stopped or last < job.train.steps else Event.finished
+    if start.rank == 0:
+        _record_end(start.run_dir, outcome, last, start.stop)
+    return outcome
 
 
 def _record_end(run_dir: Path, outcome: Event, last: int, stop: StopSignals) -> None:
