@@ -65,6 +65,47 @@ def after(ending: Event | None, events: list[dict], budget: int, chained: bool, 
 
 
 @dataclass(frozen=True)
+class JobStart:
+    """One start of the run in this job's task: the history it found before any rank wrote to it, the restart budget,
+    whether the run is a chain of jobs; and what it does about how it ended."""
+
+    run_dir: Path
+    task: SlurmTask
+    events: list[dict]
+    budget: int
+    chained: bool
+
+    def follow(self, decision: Next) -> None:
+        if decision == Next.give_up:
+            self.give_up()
+        elif decision == Next.requeue:
+            request("scontrol", "requeue", self.task.job_id)
+        elif decision == Next.end and self.chained:
+            cancel_next_jobs(self.run_dir, self.task.job_id)
+
+    def failed(self) -> None:
+        self.follow(after(None, self.events, self.budget, self.chained))
+
+    def give_up(self) -> None:
+        from launch.rundir import outbox
+
+        # One rank a node says so (rank 0 may be the one that died); the first to write it is enough.
+        history, spent = RunHistory(self.run_dir), failures(self.events)
+        latest = history.events()
+        if self.task.local_rank == 0 and (not latest or latest[-1]["event"] != Event.gave_up):
+            history.record(Event.gave_up, failures=spent, max_restarts=self.budget)
+            outbox.update(self.run_dir, status="FAILED")
+        if self.chained and self.task.local_rank == 0:
+            cancel_next_jobs(self.run_dir, self.task.job_id)
+        print(
+            f"corolla: giving up after {spent} failed restarts (cluster.max_restarts={self.budget}); see "
+            f"{self.run_dir / HISTORY_FILE}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+@dataclass(frozen=True)
 class TrainingTask:
     run_dir: str
 
@@ -78,65 +119,15 @@ class TrainingTask:
 
         import_training_libraries()
         from launch.config.job_file import read_job
-        from launch.rundir import outbox
-        from launch.train import worker
-        from launch.train.health import HealthCheck
 
         task = SlurmTask.from_environment()
         os.environ.update(task.rendezvous())
         job = read_job(run_dir / JOB_FILE)
         # Every rank reads the history before any writes to it (joining the process group is a barrier).
-        events, budget, chained = RunHistory(run_dir).events(), job.cluster.max_restarts, job.cluster.chained
-
-        def give_up() -> None:
-            # One rank a node says so (rank 0 may be the one that died); the first to write it is enough.
-            history = RunHistory(run_dir)
-            latest = history.events()
-            if task.local_rank == 0 and (not latest or latest[-1]["event"] != Event.gave_up):
-                history.record(Event.gave_up, failures=failures(events), max_restarts=budget)
-                outbox.update(run_dir, status="FAILED")
-            if chained and task.local_rank == 0:
-                cancel_next_jobs(run_dir, task.job_id)
-            print(
-                f"corolla: giving up after {failures(events)} failed restarts (cluster.max_restarts={budget}); see "
-                f"{run_dir / HISTORY_FILE}",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        def follow(decision: Next) -> None:
-            if decision == Next.give_up:
-                give_up()
-            elif decision == Next.requeue:
-                request("scontrol", "requeue", task.job_id)
-            elif decision == Next.end and chained:
-                cancel_next_jobs(run_dir, task.job_id)
-
-        start = after_start(events, budget)
-        if start == Next.nothing:
-            print(f"corolla: {run_dir} has {events[-1]['event']}; nothing to do", file=sys.stderr, flush=True)
+        start = JobStart(run_dir, task, RunHistory(run_dir).events(), job.cluster.max_restarts, job.cluster.chained)
+        if not self._begins(start, job.cluster):
             return
-        if start == Next.give_up:
-            give_up()
-            sys.exit(1)
-        if chained and task.rank == 0:
-            self._queue_next(job.cluster, run_dir, task)
-
-        def failed() -> None:
-            follow(after(None, events, budget, chained))
-
-        origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
-        health = None
-        if job.cluster.health_slowdown:
-            give_way = functools.partial(self._give_way, job.cluster, run_dir, task)
-            health = HealthCheck(task.node_name, job.cluster.health_slowdown, give_way)
-        try:
-            outcome = worker.main(run_dir, origin=origin, on_stall=failed, stop=stop, health=health)
-        except Exception:
-            failed()
-            raise
-        if task.rank == 0:
-            follow(after(outcome, events, budget, chained, kill_switch=(run_dir / STOP_FILE).exists()))
+        self._train(start, job.cluster, stop)
         # The work is done; a stop signal now (the time limit's USR2 may come as the ranks exit, when Python no
         # longer runs handlers) must not kill a task and fail the finished job.
         stop.ignore_from_now_on()
@@ -146,6 +137,43 @@ class TrainingTask:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+    def _begins(self, start: JobStart, cluster: ClusterConfig) -> bool:
+        """Whether the start trains: not when the run has ended, nor past its budget (it gives up, and the task
+        fails). An elastic run's first rank queues the run's next job first."""
+        decision = after_start(start.events, start.budget)
+        if decision == Next.nothing:
+            print(
+                f"corolla: {start.run_dir} has {start.events[-1]['event']}; nothing to do", file=sys.stderr, flush=True
+            )
+            return False
+        if decision == Next.give_up:
+            start.give_up()
+            sys.exit(1)
+        if start.chained and start.task.rank == 0:
+            self._queue_next(cluster, start.run_dir, start.task)
+        return True
+
+    def _train(self, start: JobStart, cluster: ClusterConfig, stop: StopSignals) -> None:
+        """This task's rank, and on rank 0 what follows how it ended; a rank that failed or hung asks for a restart
+        (or gives up) from every rank, since rank 0 may be the one that died."""
+        from launch.train import worker
+        from launch.train.health import HealthCheck
+
+        task, run_dir = start.task, start.run_dir
+        origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
+        health = None
+        if cluster.health_slowdown:
+            give_way = functools.partial(self._give_way, cluster, run_dir, task)
+            health = HealthCheck(task.node_name, cluster.health_slowdown, give_way)
+        try:
+            outcome = worker.main(run_dir, origin=origin, on_stall=start.failed, stop=stop, health=health)
+        except Exception:
+            start.failed()
+            raise
+        if task.rank == 0:
+            kill_switch = (run_dir / STOP_FILE).exists()
+            start.follow(after(outcome, start.events, start.budget, start.chained, kill_switch=kill_switch))
 
     def _give_way(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask, unfit: dict[str, str]) -> bool:
         """Rank 0, when the health check found `unfit` nodes: whether a job that leaves them out was queued to take
