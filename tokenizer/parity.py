@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokenizer.config import TokenizerConfig
 from tokenizer.corpus import CorpusError
-from tokenizer.evaluate import language_stats, load_parallel, split_parallel, summarize
+from tokenizer.evaluate import Parallel, language_stats, load_parallel, split_parallel, summarize
 from tokenizer.loading import load_tokenizer
 from tokenizer.sampling import LanguageBudget, LanguageSize, budgets, content_shares, format_budget_table
 
@@ -91,22 +91,7 @@ def parity_search(
     """`measured`: the languages whose premiums are balanced (default: those sampled), the reference among them;
     `suffix`: what the models `train_round` returns are, SentencePiece's `.model` or a `.json` tokenizer."""
     reference = cfg.reference_language
-    measured = frozenset(sizes) if measured is None else measured
-    if reference not in measured:
-        raise CorpusError(
-            f"parity sampling measures premiums against {reference}, which the corpus lacks: "
-            "add it or set tokenizer.reference_language"
-        )
-    parallel = load_parallel(cfg.parity_set, reference)
-    tune, held_out = (
-        {lang: lines for lang, lines in half.items() if lang in measured}
-        for half in split_parallel(parallel, cfg.parity_tune_fraction)
-    )
-    if len(tune) < 2:
-        raise CorpusError(
-            f"parallel set {cfg.parity_set} shares no language with the corpus besides {reference}: "
-            "parity needs parallel sentences of the corpus's languages"
-        )
+    tune, held_out = _parallel_halves(cfg, frozenset(sizes) if measured is None else measured)
     log(f"parity: tuning on {len(tune)} languages x {len(tune[reference])} sentences of {cfg.parity_set}")
     best: ParityRound | None = None
     token_limit = 0.0  # from round 1's total (temperature sampling): later rounds may not compress worse overall
@@ -146,3 +131,25 @@ def parity_search(
         history["held_out"] = {key: held_summary[key] for key in ("max_premium", "mean_premium", "total_tokens")}
         log(f"parity: held-out max premium {held_summary['max_premium']:.3f}, mean {held_summary['mean_premium']:.3f}")
     return ParityResult(best.plan, best.model, best.sampled, history)
+
+
+def _parallel_halves(cfg: TokenizerConfig, measured: frozenset[str]) -> tuple[Parallel, Parallel]:
+    """The parallel set's sentences of the `measured` languages, split into the half the rounds are tuned on and the
+    half held out to check the kept round."""
+    reference = cfg.reference_language
+    if reference not in measured:
+        raise CorpusError(
+            f"parity sampling measures premiums against {reference}, which the corpus lacks: "
+            "add it or set tokenizer.reference_language"
+        )
+    parallel = load_parallel(cfg.parity_set, reference)
+    tune, held_out = (
+        {lang: lines for lang, lines in half.items() if lang in measured}
+        for half in split_parallel(parallel, cfg.parity_tune_fraction)
+    )
+    if len(tune) < 2:
+        raise CorpusError(
+            f"parallel set {cfg.parity_set} shares no language with the corpus besides {reference}: "
+            "parity needs parallel sentences of the corpus's languages"
+        )
+    return tune, held_out
