@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,17 +61,12 @@ def write_atomically(path: Path, data: bytes | str) -> None:
 @contextmanager
 def staging_area(out: Path) -> Iterator[Path]:
     """A fresh working directory beside `out` (on its filesystem, so that what is built there is renamed to `out`
-    whole, by `publish`), removed when the context ends, however it ends. Those that processes of this host left when
-    killed outright (no `finally` runs then) are removed first."""
+    whole, by `publish`), removed when the context ends, however it ends. Those that processes killed outright left
+    (no `finally` runs then) are removed first, or named when their host is another."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{out.name}.staging-{socket.gethostname()}-"
-    for stale in out.parent.glob(f"{prefix}*"):
-        pid = stale.name.removeprefix(prefix)
-        if pid.isdigit() and not _alive(int(pid)):
-            if (stale / RETIRED).is_dir() and not out.exists():  # killed between publish's two renames
-                (stale / RETIRED).rename(out)
-            shutil.rmtree(stale, ignore_errors=True)
-    area = out.parent / f"{prefix}{os.getpid()}"
+    for left in out.parent.glob(f".{out.name}.staging-*"):
+        _sweep(left, out)
+    area = out.parent / f".{out.name}.staging-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(area, ignore_errors=True)
     area.mkdir()
     try:
@@ -97,6 +93,26 @@ def publish(staging: Path, out: Path) -> None:
             raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _sweep(left: Path, out: Path) -> None:
+    """Removes a staging area of `out` whose process on this host has ended, after giving back the output it had
+    retired (killed between publish's two renames). One of another host cannot be told from one in use there: it is
+    named, with what it holds, for a person to remove."""
+    host, _, pid = left.name.removeprefix(f".{out.name}.staging-").rpartition("-")
+    if host != socket.gethostname():
+        held = f", and holds the {out.name} it replaced, in {RETIRED}/" if (left / RETIRED).is_dir() else ""
+        print(
+            f"corolla: warning: {left} was left by a process on {host}, which cannot be seen from here{held}: remove "
+            f"it once nothing on {host} writes {out}",
+            file=sys.stderr,
+        )
+        return
+    if not pid.isdigit() or _alive(int(pid)):
+        return
+    if (left / RETIRED).is_dir() and not out.exists():
+        (left / RETIRED).rename(out)
+    shutil.rmtree(left, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
