@@ -3,12 +3,14 @@ port), watched until they end; `corolla train`.
 
 torchrun runs in a session of its own, so a terminal's Ctrl-C or hang-up reaches corolla alone; corolla passes
 SIGINT, SIGTERM and SIGHUP on to the ranks themselves (not through torchrun, which would kill them 30 s later), and
-they stop after the same step, with a checkpoint. A second signal ends torchrun and its ranks at once. torchrun gets
-SIGTERM should corolla die: nothing outlives the launcher.
+they stop after the same step, with a checkpoint. A second signal kills torchrun and its ranks at once (each rank
+runs in a session of its own, under torchrun). torchrun gets SIGTERM should corolla die: nothing outlives the
+launcher.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -46,10 +49,21 @@ class _Forwarding:
     def __call__(self, number: int, frame: object) -> None:
         self.received.append(number)
         if len(self.received) > 1:
-            os.killpg(self.torchrun.pid, signal.SIGKILL)
+            _kill(self.torchrun)
             return
         for rank in psutil.Process(self.torchrun.pid).children():
             rank.send_signal(number)
+
+
+def _kill(torchrun: subprocess.Popen) -> None:
+    """SIGKILL to torchrun and every process under it: its ranks run in sessions of their own, which a kill of
+    torchrun's would miss, and nothing would end them then."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        under = psutil.Process(torchrun.pid).children(recursive=True)
+        torchrun.kill()  # first, so that it starts no rank again
+        for process in under:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 # What a rank says of why it failed: corolla's own one-line errors, or the last line of a Python traceback (torchrun
@@ -91,9 +105,15 @@ class _FirstCause:
         return self.causes.get(True) or self.causes.get(False)
 
 
-def run_ranks(run_dir: Path, world_size: int) -> tuple[int, str | None]:
-    """Runs the run's ranks here and waits; returns the exit status (non-zero if any rank failed) and the first
-    reason a rank gave for failing, if any."""
+@dataclass(frozen=True)
+class RanksEnd:
+    status: int  # torchrun's exit status: non-zero if any rank failed
+    cause: str | None  # the first reason a rank gave for failing
+    cut_short: signal.Signals | None  # a second signal, which ended the ranks outright before they stopped
+
+
+def run_ranks(run_dir: Path, world_size: int) -> RanksEnd:
+    """Runs the run's ranks here and waits for their end."""
     threads = max(1, (os.cpu_count() or 1) // world_size)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
@@ -106,7 +126,7 @@ def run_ranks(run_dir: Path, world_size: int) -> tuple[int, str | None]:
         preexec_fn=functools.partial(ended_with_parent, os.getpid()),
     )
     errors = _FirstCause(process.stderr)
-    previous = {}
+    previous, forwarding = {}, None
     try:
         if threading.current_thread() is threading.main_thread():  # where Python lets handlers be installed
             forwarding = _Forwarding(process)
@@ -116,8 +136,9 @@ def run_ranks(run_dir: Path, world_size: int) -> tuple[int, str | None]:
         for number, handler in previous.items():
             signal.signal(number, handler)
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    return status, errors.wait()
+            _kill(process)
+    second = forwarding.received[1:] if forwarding and status else []
+    return RanksEnd(status, errors.wait(), signal.Signals(second[0]) if second else None)
 
 
 def _not_here(run: RunDirectory, command: str, instead: str) -> ValueError:
@@ -125,6 +146,27 @@ def _not_here(run: RunDirectory, command: str, instead: str) -> ValueError:
         f"{run.path} is a local run (no {JOBS_FILE}): `corolla {command}` is for runs sent to Slurm with "
         f"`corolla submit`; {instead}"
     )
+
+
+def _why_ended(run_dir: Path, end: RanksEnd, last: dict, stopped: bool) -> str:
+    """The one line for ranks that did not train to the end: stopped with a checkpoint, ended outright by a second
+    signal, or failed; `last` is the history's last event."""
+    if stopped:
+        return (
+            f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: the same command again resumes it"
+        )
+    if end.cut_short:
+        saved = newest_intact(run_dir / CHECKPOINTS)
+        resumed = f"its checkpoint of step {saved}" if saved else "the start (no checkpoint was saved)"
+        return (
+            f"ended outright by a second {end.cut_short.name} before the ranks stopped: the same command again resumes "
+            f"from {resumed}"
+        )
+    if last["event"] == Event.diverged:
+        return f"training stopped at step {last['step']}: its loss or gradients are not finite"
+    if last["event"] == Event.no_space:
+        return last["reason"]
+    return f"training failed, {end.cause or f'a rank exited with status {end.status}'}: see the log above"
 
 
 class LocalBackend(Backend):
@@ -167,27 +209,17 @@ class LocalBackend(Backend):
         # The ranks write, this process sends MLflow what they write, and how the launch ended.
         sender = outbox.Sender(run_dir)
         try:
-            status, cause = run_ranks(run_dir, layout.world_size)
+            end = run_ranks(run_dir, layout.world_size)
             last = RunHistory(run_dir).events()[-1]
-            # By a person, to be resumed: saved, even where a second signal then ended the ranks outright.
-            killed = last["event"] == Event.stopped and "signal" in last
-            if status or killed:
-                sender.set("KILLED" if killed else "FAILED")
+            # By a person, to be resumed: saved (even where a second signal then ended the ranks outright), or not.
+            stopped = last["event"] == Event.stopped and "signal" in last
+            if end.status or stopped:
+                sender.set("KILLED" if stopped or end.cut_short else "FAILED")
         finally:
             sender.close()
+        if stopped or end.status:
+            raise RuntimeError(_why_ended(run_dir, end, last, stopped))
         tracked = prepared.tracked
-        if killed:
-            raise RuntimeError(
-                f"stopped at step {last['step']} ({last['signal']}), with a checkpoint: the same command again "
-                "resumes it"
-            )
-        if status:
-            if last["event"] == Event.diverged:
-                raise RuntimeError(f"training stopped at step {last['step']}: its loss or gradients are not finite")
-            if last["event"] == Event.no_space:
-                raise RuntimeError(last["reason"])
-            cause = cause or f"a rank exited with status {status}"
-            raise RuntimeError(f"training failed, {cause}: see the log above")
         chart = write_loss_chart(run_dir, prepared.job.model.vocab_size)
         print(
             f"done: checkpoints in {run_dir / CHECKPOINTS}, loss curve {chart}; MLflow run {tracked.run_id}: "

@@ -91,16 +91,22 @@ def workers(run_dir: Path) -> list[psutil.Process]:
     ]
 
 
+def launch_until(arguments: list[str], step_seconds: int, written: Path) -> subprocess.Popen:
+    """`corolla train` with steps of `step_seconds`, once it has written `written`."""
+    command = [sys.executable, "-m", "launch.cli", "train", *arguments]
+    environment = {**os.environ, STEP_SECONDS: str(step_seconds)}
+    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not written.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return launcher
+
+
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
 def test_a_signal_to_corolla_alone_stops_every_rank_after_a_saved_step(tokens: Path, tmp_path: Path, number) -> None:
     run_dir = tmp_path / "run"
     arguments = [f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SLOW, "train.steps=30"]
-    command = [sys.executable, "-m", "launch.cli", "train", *arguments, "train.checkpoint_interval=50"]
-    environment = {**os.environ, STEP_SECONDS: "1"}
-    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not (run_dir / "metrics.jsonl").is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    launcher = launch_until([*arguments, "train.checkpoint_interval=50"], 1, run_dir / "metrics.jsonl")
     os.kill(launcher.pid, number)  # as a terminal's Ctrl-C, a hang-up or a `kill PID` would
     assert launcher.wait(timeout=120) == 2
     stopped = RunHistory(run_dir).events()[-1]
@@ -110,6 +116,37 @@ def test_a_signal_to_corolla_alone_stops_every_rank_after_a_saved_step(tokens: P
     assert stopped["step"] < 30 and not workers(run_dir)
     tracked = asdict(recorded_run(run_dir))
     assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "KILLED"
+
+
+def test_a_second_signal_ends_the_ranks_outright_and_the_run_resumes_from_its_last_checkpoint(
+    tokens: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C twice, the second before the step the first asked to stop at has ended: the ranks are killed, which is
+    no failure (MLflow: killed) and says where the next launch resumes."""
+    run_dir = tmp_path / "run"
+    arguments = [
+        f"data.tokens_dir={tokens}",
+        f"run_dir={run_dir}",
+        *SLOW,
+        "train.steps=8",
+        "train.checkpoint_interval=1",
+    ]
+    launcher = launch_until(arguments, 5, run_dir / "checkpoints" / "latest")
+    time.sleep(1)  # into the next step, which takes 5 s
+    for _ in range(2):
+        os.kill(launcher.pid, signal.SIGINT)
+        time.sleep(0.5)
+    assert launcher.wait(timeout=120) == 2
+    saved = int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step-"))
+    assert launcher.stderr.read().strip().splitlines()[-1] == (
+        "corolla: error: ended outright by a second SIGINT before the ranks stopped: the same command again resumes "
+        f"from its checkpoint of step {saved}"
+    )
+    assert RunHistory(run_dir).events()[-1]["event"] == "start" and not workers(run_dir)
+    tracked = asdict(recorded_run(run_dir))
+    assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "KILLED"
+    assert main(["train", *arguments]) == 0
+    assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == saved
 
 
 def importing_torch(process: psutil.Process) -> bool:

@@ -112,10 +112,10 @@ def test_a_start_without_a_launch_refuses_the_runs_token_files_encoded_again_sin
     assert main([*encode, "output_dir=tokens"]) == 0
     run_dir = workspace / "run"
     checkpoints = snapshot(run_dir / "checkpoints")
-    status, cause = run_ranks(run_dir, read_plans(run_dir)[0].world_size)
-    assert status != 0 and cause is not None
-    assert f"run_dir={run_dir} was trained on token files of tokenizer {ours[:8]}" in cause, cause
-    assert "they were encoded again in place: encode tokens again" in cause
+    end = run_ranks(run_dir, read_plans(run_dir)[0].world_size)
+    assert end.status != 0 and end.cause is not None
+    assert f"run_dir={run_dir} was trained on token files of tokenizer {ours[:8]}" in end.cause, end.cause
+    assert "they were encoded again in place: encode tokens again" in end.cause
     assert "exitcode  : 2" in capsys.readouterr().err  # torchrun's report of the rank
     assert snapshot(run_dir / "checkpoints") == checkpoints
 
