@@ -21,7 +21,8 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 
-from tokenizer.config import Sampling, TokenizerExtendJob
+from tokenizer.config import Sampling, TokenizerConfig, TokenizerExtendJob
+from tokenizer.corpus import LanguageSize
 from tokenizer.corpus_scan import CorpusScan, scan_corpus
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
 from tokenizer.files import (
@@ -230,23 +231,7 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
     log("extending for " + ", ".join(f"{lang} (premium {before.get(lang, float('nan')):.2f})" for lang in languages))
     sizes = {lang: scan.sizes[lang] for lang in languages}
     with staging_area(out) as workdir:
-
-        def train_round(plan):
-            try:
-                trained, sampled = base.train(scan, plan, cfg, job.seed, workdir, log)
-            except ValueError as error:  # said of the trained vocabulary, which is added_pieces here
-                raise ValueError(str(error).replace("tokenizer.vocab_size", "added_pieces")) from None
-            return base.append(trained), sampled
-
-        if cfg.sampling == Sampling.parity:
-            measured = frozenset(languages) | {reference}
-            suffix = Path(base.model_file).suffix
-            result = parity_search(sizes, cfg, train_round, workdir, log, measured=measured, suffix=suffix)
-            model, history = result.model, {"parity": result.history}
-        else:
-            plan = budgets(sizes, cfg)
-            log("sampling budget per language (before training):\n" + format_budget_table(plan))
-            model, history = train_round(plan)[0], {}
+        model, history = _extended_model(base, scan, sizes, cfg, job.seed, workdir, log)
         staging = workdir / "out"
         staging.mkdir()
         base.write(model, staging)
@@ -266,6 +251,35 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
         + ", ".join(f"{lang} {premiums['after'][lang]:.2f}" for lang in languages if lang in premiums["after"])
     )
     return out
+
+
+def _extended_model(
+    base: ExtensibleBase,
+    scan: CorpusScan,
+    sizes: dict[str, LanguageSize],
+    cfg: TokenizerConfig,
+    seed: int,
+    workdir: Path,
+    log,
+) -> tuple[bytes, dict]:
+    """The base with the pieces trained on the languages of `sizes` appended, sampled as `cfg` says (parity: over
+    rounds, each measured against the reference language); and the parity search's history, if any."""
+
+    def train_round(plan):
+        try:
+            trained, sampled = base.train(scan, plan, cfg, seed, workdir, log)
+        except ValueError as error:  # said of the trained vocabulary, which is added_pieces here
+            raise ValueError(str(error).replace("tokenizer.vocab_size", "added_pieces")) from None
+        return base.append(trained), sampled
+
+    if cfg.sampling == Sampling.parity:
+        measured = frozenset(sizes) | {cfg.reference_language}
+        suffix = Path(base.model_file).suffix
+        result = parity_search(sizes, cfg, train_round, workdir, log, measured=measured, suffix=suffix)
+        return result.model, {"parity": result.history}
+    plan = budgets(sizes, cfg)
+    log("sampling budget per language (before training):\n" + format_budget_table(plan))
+    return train_round(plan)[0], {}
 
 
 def _metadata(job, base, extended, languages, chosen_by, premiums, history) -> dict:
