@@ -9,6 +9,8 @@ Slurm jobs is held by them: the caller says whether one is live.)
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -90,23 +92,51 @@ def check_unheld(run_dir: Path) -> None:
 
 
 @contextmanager
+def _one_at_a_time(run_dir: Path) -> Iterator[None]:
+    """Processes that take the lock do it one after the other: between reading a lock and writing its own, another
+    could judge the same stale lock, or a lock not yet written, as ended, and both would hold it. flock, on the
+    directory; where its filesystem has none (some network filesystems), a lock newly made is still made whole at
+    once (_create), and only two takeovers of one stale lock can meet."""
+    descriptor = os.open(run_dir, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the flock
+
+
+def _create(path: Path, mine: str) -> None:
+    """The lock, written whole under another name and linked in place: no reader ever sees it empty."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(mine)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:  # another writer came in between
+        raise RunLocked(f"{path.parent} is being written by {describe(_read(path) or {})}: wait for it") from None
+    finally:
+        temporary.unlink()
+
+
+@contextmanager
 def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> Iterator[None]:
     """This process writes the run directory while the context lasts; a RunLocked error when another does. A
     directory made for the lock alone (a job refused before it wrote anything) is removed with it."""
     path, mine = run_dir / LOCK_FILE, json.dumps(_holder())
-    stale = _refuse_if_held(path, slurm_job)
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if stale is None:
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:  # another writer came in between
-            raise RunLocked(f"{run_dir} is being written by {describe(_read(path) or {})}: wait for it") from None
-        with os.fdopen(descriptor, "w") as file:
-            file.write(mine)
-    else:
-        write_atomically(path, mine)
-        print(f"corolla: took over {path} from {describe(stale)}, which has ended")
+    try:
+        with _one_at_a_time(run_dir):
+            stale = _refuse_if_held(path, slurm_job)
+            if stale is None:
+                _create(path, mine)
+            else:
+                write_atomically(path, mine)
+                print(f"corolla: took over {path} from {describe(stale)}, which has ended")
+    except RunLocked:
+        if made and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     try:
         yield
     finally:

@@ -4,13 +4,18 @@ to the `corolla` process alone stops every rank after a saved step."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import redirect_stdout
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from test_training import SHORT_RUN
 from conftest import REPO_ROOT
 from launch.cli import main
 from launch.rundir.history import RunHistory
+from launch.rundir.lock import RunLocked, holding
 from launch.rundir.run_record import recorded_run
 from launch.train.faults import STEP_SECONDS
 
@@ -79,6 +85,36 @@ def test_a_lock_of_another_host_is_obeyed_and_says_how_to_clear_it(capsys, token
     err = capsys.readouterr().err
     assert "is being written by process 4242 on n7" in err and f"if that process is gone, remove {run_dir}" in err
     assert sorted(path.name for path in run_dir.iterdir()) == ["LOCK"]  # nothing written
+
+
+def _take(run_dir: Path, ready: multiprocessing.synchronize.Barrier, held: multiprocessing.Queue) -> None:
+    ready.wait()
+    with contextlib.suppress(RunLocked), redirect_stdout(io.StringIO()), holding(run_dir):
+        held.put(os.getpid())
+        time.sleep(0.2)  # both would hold it at once
+
+
+@pytest.mark.parametrize("left", [None, "ended"], ids=["fresh", "stale"])
+def test_two_processes_taking_the_lock_at_once_never_both_hold_it(tmp_path: Path, left: str | None) -> None:
+    """Two launches at the same moment, on a new run directory or on the lock a killed launch left: one holds it."""
+    context = multiprocessing.get_context("fork")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for trial in range(40):
+        run_dir = tmp_path / str(trial)
+        run_dir.mkdir()
+        if left:
+            stale = {"host": socket.gethostname(), "pid": int(ended.stdout), "started": "1", "since": 0}
+            (run_dir / "LOCK").write_text(json.dumps(stale))
+        ready, held = context.Barrier(2), context.Queue()
+        takers = [context.Process(target=_take, args=(run_dir, ready, held)) for _ in range(2)]
+        for taker in takers:
+            taker.start()
+        for taker in takers:
+            taker.join(timeout=30)
+        holders = []
+        while not held.empty():
+            holders.append(held.get())
+        assert len(holders) == 1, f"trial {trial}: {len(holders)} processes held the lock"
 
 
 def workers(run_dir: Path) -> list[psutil.Process]:
