@@ -22,7 +22,7 @@ from launch.plan.weights import Weights, is_hf_directory, weights_of
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
-from launch.rundir.history import Event, RunHistory
+from launch.rundir.history import TOKENIZER_RECORD, Event, RunHistory
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
@@ -34,8 +34,6 @@ from tokenizer.train import METADATA_FILE
 # labels them).
 JOB_MODEL_SETTINGS = ("seq_length", "attention", "compile", "hidden_dropout", "attention_dropout")
 WEIGHTS_MODEL_SETTINGS = tuple(f.name for f in fields(ModelConfig) if f.name not in (*JOB_MODEL_SETTINGS, "name"))
-# In the history's launch events: the fingerprint of the tokenizer the run's token files were encoded with.
-TOKENIZER_RECORD = "tokenizer_fingerprint"
 
 
 @dataclass(frozen=True)
@@ -111,8 +109,7 @@ def saved_run(run_dir: Path) -> SavedRun | None:
     step = newest_intact(run_dir / CHECKPOINTS, log=lambda line: None)  # the start names those it passes over
     if not step or not (run_dir / JOB_FILE).is_file():
         return None
-    recorded = [event[TOKENIZER_RECORD] for event in RunHistory(run_dir).launches() if event.get(TOKENIZER_RECORD)]
-    return SavedRun(run_dir, step, read_job(run_dir / JOB_FILE), recorded[-1] if recorded else None)
+    return SavedRun(run_dir, step, read_job(run_dir / JOB_FILE), RunHistory(run_dir).tokenizer_fingerprint())
 
 
 def matched_to(job: TrainJob, saved: SavedRun | None, data: DataFacts | None = None) -> TrainJob:

@@ -16,6 +16,7 @@ from launch.data.corpus import TokenCorpus
 from launch.plan.layout import ParallelLayout
 from launch.rundir.checkpoints import CheckpointError, latest_step, step_record
 from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, TOKENIZER_DIR, checkpoint_tag
+from launch.rundir.history import RunHistory
 from model.config import ModelConfig
 from tokenizer.files import write_atomically
 
@@ -85,7 +86,23 @@ def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
     job = read_job(path / JOB_FILE)
     model = replace(job.model, embedding_rows=job.model.padded_vocab_size(layout.tp))
     tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
+    _check_tokenizer(path, tokenizer_dir)
     return Weights(path, step, model, tokenizer_dir, None)
+
+
+def _check_tokenizer(run_dir: Path, tokenizer_dir: Path) -> None:
+    """The tokenizer the run's token files name now must be the one its checkpoints learnt: one trained again in
+    place since would go out with weights whose ids mean other pieces. (A run of an older corolla recorded none.)"""
+    from tokenizer.loading import load_tokenizer  # sentencepiece: not in a rank, which reads checkpoint layouts here
+
+    learnt = RunHistory(run_dir).tokenizer_fingerprint()
+    found = load_tokenizer(tokenizer_dir).fingerprint
+    if learnt and found != learnt:
+        raise ValueError(
+            f"{run_dir} was trained on tokenizer {learnt[:8]}, but {tokenizer_dir} now holds tokenizer {found[:8]} "
+            "(trained again since): its weights do not go with it; put the run's tokenizer back there, or use a run "
+            "trained on this one"
+        )
 
 
 def checkpoint_layout(directory: Path, step: int, key: str = "layout") -> ParallelLayout:

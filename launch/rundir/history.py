@@ -41,6 +41,8 @@ class Event(StrEnum):
     unfit = "unfit"
 
 
+# In a launch: the fingerprint of the tokenizer of the token files it trains on.
+TOKENIZER_RECORD = "tokenizer_fingerprint"
 # After these no job trains the run until it is launched again.
 ENDED = (Event.finished, Event.gave_up, Event.diverged, Event.no_space)
 
@@ -99,6 +101,11 @@ class RunHistory:
 
     def crashes(self) -> int:
         return crashes(self.events())
+
+    def tokenizer_fingerprint(self) -> str | None:
+        """The tokenizer the run's checkpoints learnt, as its last launch recorded it (None: an older corolla's)."""
+        recorded = [event[TOKENIZER_RECORD] for event in self.launches() if event.get(TOKENIZER_RECORD)]
+        return recorded[-1] if recorded else None
 
     def unfit_nodes(self) -> set[str]:
         """The nodes the run's jobs leave out: found unfit, and left out then."""

@@ -120,6 +120,25 @@ def test_a_start_without_a_launch_refuses_the_runs_token_files_encoded_again_sin
     assert snapshot(run_dir / "checkpoints") == checkpoints
 
 
+def test_an_export_refuses_a_tokenizer_other_than_the_one_the_checkpoints_learnt(
+    capsys, workspace: Path, other_tokenizer: Path, tokens: Path
+) -> None:
+    """The token files encoded again in place with another tokenizer (by hand, or by a second pipeline on the same
+    run_dir): an export would ship the run's weights with that tokenizer, whose ids mean other pieces."""
+    ours = fingerprint(workspace / "tokens")
+    encode = ["tokenizer", "encode", f"tokenizer={other_tokenizer}", f"corpus={tokens.parent / 'corpus'}", "workers=1"]
+    assert main([*encode, "output_dir=tokens"]) == 0
+    capsys.readouterr()
+    assert main(["export", "hf", "run_dir=run", "output_dir=hf"]) == 2
+    theirs = fingerprint(workspace / "tokens")
+    assert capsys.readouterr().err.strip() == (
+        f"corolla: error: run was trained on tokenizer {ours[:8]}, but {other_tokenizer.parent} now holds tokenizer "
+        f"{theirs[:8]} (trained again since): its weights do not go with it; put the run's tokenizer back there, or "
+        "use a run trained on this one"
+    )
+    assert not Path("hf").exists()
+
+
 def test_a_run_of_an_older_corolla_without_the_record_resumes_and_a_launch_records_it(workspace: Path) -> None:
     history = workspace / "run" / "history.jsonl"
     events = [json.loads(line) for line in history.read_text().splitlines()]
