@@ -243,7 +243,7 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
         }
         metadata = _metadata(job, base.tokenizer, extended, languages, before, premiums, history)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-        publish(staging, out)
+        publish(staging, out, job.overwrite)
     added = extended.vocab_size - base.tokenizer.vocab_size
     log(
         f"tokenizer written to {out}: {base.tokenizer.vocab_size} base pieces (ids unchanged) + {added} for "

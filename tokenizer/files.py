@@ -4,6 +4,7 @@ and a file's digest."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -75,11 +76,23 @@ def staging_area(out: Path) -> Iterator[Path]:
         shutil.rmtree(area, ignore_errors=True)
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Replaces `out` by `staging`, a directory in `out`'s staging area, so that a reader never sees a half-written
-    directory: the old one, whole, until the new one, whole. A Ctrl-C or SIGTERM waits for both renames (the old one
-    is removed with the staging area); a SIGKILL between them leaves the old one for the next staging area to give
-    back."""
+def publish(staging: Path, out: Path, replace: bool) -> None:
+    """Puts `staging`, a directory in `out`'s staging area, in `out`'s place, so that a reader never sees a
+    half-written directory: the old one, whole, until the new one, whole. Unless `replace`, an `out` that holds
+    anything now (another command wrote it meanwhile) is kept, and this one refused. A Ctrl-C or SIGTERM waits for
+    both renames (the old one is removed with the staging area); a SIGKILL between them leaves the old one for the
+    next staging area to give back."""
+    if not replace:
+        try:
+            staging.rename(out)  # over nothing, or an empty directory; never over one that holds files
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise ValueError(
+                f"{out} was written by another command while this one ran: see what it holds, and run again with "
+                "overwrite=true to replace it"
+            ) from None
+        return
     retired = staging.parent / RETIRED
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:

@@ -165,6 +165,6 @@ def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
         write_hf_tokenizer(model, staging)
         metadata = _metadata(job, scan, plan, sampled, extra)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-        publish(staging, out)
+        publish(staging, out, job.overwrite)
     log(f"tokenizer written to {out} (vocab {cfg.vocab_size}, padded {metadata['padded_vocab_size']})")
     return out

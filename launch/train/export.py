@@ -80,7 +80,7 @@ def export_hf_model(job: ExportJob) -> None:
         for name in TOKENIZER_FILES:
             if (weights.tokenizer_dir / name).is_file():
                 shutil.copy2(weights.tokenizer_dir / name, staging / name)
-        publish(staging, output)
+        publish(staging, output, job.overwrite)
     parameters = sum(tensor.numel() for tensor in state.values())
     print(
         f"exported step {weights.step} of {weights.run_dir} to {output}: BloomForCausalLM, {parameters:,} parameters, "

@@ -37,7 +37,7 @@ def test_an_ended_process_of_this_host_gives_back_the_output_it_had_retired(tmp_
         assert (out / "tokenizer.model").read_text() == "the old one" and not left.exists()
         (area / "new").mkdir()
         (area / "new" / "tokenizer.model").write_text("the new one")
-        publish(area / "new", out)
+        publish(area / "new", out, replace=True)
     assert (out / "tokenizer.model").read_text() == "the new one"
     assert [path.name for path in tmp_path.iterdir()] == ["tok"]
 
@@ -63,3 +63,18 @@ def test_another_hosts_area_is_named_and_kept(tmp_path: Path, capsys: pytest.Cap
         f"corolla: warning: {left} was left by a process on gpu-node-17, which cannot be seen from here, and holds "
         f"the tok it replaced, in {RETIRED}/: remove it once nothing on gpu-node-17 writes {out}"
     ]
+
+
+def test_an_output_another_command_wrote_meanwhile_is_kept_unless_replacing_was_asked(tmp_path: Path) -> None:
+    """Two trainings of one output_dir, neither with overwrite=true: the second to finish is refused, and the first's
+    output stays as it was."""
+    out = tmp_path / "tok"
+    with staging_area(out) as area:
+        (area / "new").mkdir()
+        (area / "new" / "tokenizer.model").write_text("mine")
+        out.mkdir()
+        (out / "tokenizer.model").write_text("theirs")  # published by the other command while this one ran
+        with pytest.raises(ValueError, match=f"^{out} was written by another command while this one ran: see what"):
+            publish(area / "new", out, replace=False)
+    assert (out / "tokenizer.model").read_text() == "theirs"
+    assert [path.name for path in tmp_path.iterdir()] == ["tok"]
