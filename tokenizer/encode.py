@@ -26,7 +26,7 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
@@ -39,7 +39,7 @@ from tqdm import tqdm
 from tokenizer.children import worker_of
 from tokenizer.corpus import CorpusError, Source, discover_sources, read_documents
 from tokenizer.corpus_scan import corpus_fingerprint, source_facts
-from tokenizer.files import write_atomically
+from tokenizer.files import directory_lock, write_atomically
 from tokenizer.hygiene import HygieneStats
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.token_files import (
@@ -317,26 +317,45 @@ def _write_files(
             writer.abort()
 
 
+@contextmanager
+def _alone(output: Path) -> Iterator[None]:
+    """No other encoding into `output` meanwhile: two would write the same token files (each removing the other's
+    temporary ones). The tasks of a pipeline's encoding stage, which write files of their own, go without."""
+    with directory_lock(output, wait=False) as alone:
+        if not alone:
+            raise ValueError(f"output_dir {output} is being encoded by another command: wait for it to end")
+        yield
+
+
 def _encode(
-    sources: list[Source], output: Path, tokenizer: TextTokenizer, append_eos: bool, workers: int, log
+    sources: list[Source],
+    output: Path,
+    tokenizer: TextTokenizer,
+    append_eos: bool,
+    workers: int,
+    log: Callable[[str], None],
+    alone: bool = False,
 ) -> list[SourceScan]:
-    """Encodes the files among `sources` whose pairs are not current; the scans of all of them."""
+    """Encodes the files among `sources` whose pairs are not current; the scans of all of them. `alone`: refused
+    while another encoding writes `output`."""
     settings = EncoderSettings.of(tokenizer, append_eos)
     workers = workers or len(os.sched_getaffinity(0))  # the cores this process may use: a Slurm task's, not the node's
     in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * workers
     with _worker_pool(workers) as pool:
         scans = _scan(sources, pool, in_flight, log)
-        _open_output(output, log)
-        todo = [scan for scan in scans if current_record(output, scan.source, settings, scan.fingerprint) is None]
-        if len(todo) < len(scans):
-            log(f"{len(scans) - len(todo)} of {len(scans)} corpus files already encoded in {output}: skipping them")
-        if not todo:
-            return scans
-        log(f"encoding {len(todo)} of {len(scans)} corpus files into {output}")
-        # Gone before anything is rewritten: it is written again once every file's pairs are current.
-        (output / MANIFEST_NAME).unlink(missing_ok=True)
-        encode = ChunkEncoder(tokenizer, append_eos) if pool is None else partial(_encode_in_worker, settings)
-        _write_files(todo, _ordered_map(pool, encode, file_chunks(todo), in_flight), settings, output)
+        output.mkdir(parents=True, exist_ok=True)
+        with _alone(output) if alone else nullcontext():
+            _open_output(output, log)
+            todo = [scan for scan in scans if current_record(output, scan.source, settings, scan.fingerprint) is None]
+            if len(todo) < len(scans):
+                log(f"{len(scans) - len(todo)} of {len(scans)} corpus files already encoded in {output}: skipping them")
+            if not todo:
+                return scans
+            log(f"encoding {len(todo)} of {len(scans)} corpus files into {output}")
+            # Gone before anything is rewritten: it is written again once every file's pairs are current.
+            (output / MANIFEST_NAME).unlink(missing_ok=True)
+            encode = ChunkEncoder(tokenizer, append_eos) if pool is None else partial(_encode_in_worker, settings)
+            _write_files(todo, _ordered_map(pool, encode, file_chunks(todo), in_flight), settings, output)
     return scans
 
 
@@ -447,5 +466,6 @@ def encode_corpus(
         raise ValueError(f"workers={workers} must be 0 (every core) or more")
     text_tokenizer = load_tokenizer(tokenizer)
     sources = discover_sources(corpus_dir)  # bad input fails here, before output_dir is touched
-    _encode(sources, Path(output_dir), text_tokenizer, append_eos, workers, log)
-    return write_manifest(tokenizer, corpus_dir, output_dir, append_eos, log)
+    _encode(sources, Path(output_dir), text_tokenizer, append_eos, workers, log, alone=True)
+    with _alone(Path(output_dir)):
+        return write_manifest(tokenizer, corpus_dir, output_dir, append_eos, log)

@@ -5,6 +5,7 @@ and a file's digest."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -57,6 +58,25 @@ def write_atomically(path: Path, data: bytes | str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def directory_lock(directory: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on the directory itself while the context lasts, so that processes that take it go one
+    after the other; yields False, without it, when `wait` is off and another process holds it. Where the filesystem
+    has no flock (some network filesystems) nothing is locked, and it yields True."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:
+            pass
+        yield True
+    finally:
+        os.close(descriptor)  # releases the flock
 
 
 @contextmanager

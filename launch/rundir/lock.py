@@ -9,8 +9,6 @@ Slurm jobs is held by them: the caller says whether one is live.)
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -20,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from launch.rundir.files import LOCK_FILE
-from tokenizer.files import write_atomically
+from tokenizer.files import directory_lock, write_atomically
 
 
 class RunLocked(RuntimeError):
@@ -91,21 +89,6 @@ def check_unheld(run_dir: Path) -> None:
     _refuse_if_held(run_dir / LOCK_FILE, lambda run_dir: None)
 
 
-@contextmanager
-def _one_at_a_time(run_dir: Path) -> Iterator[None]:
-    """Processes that take the lock do it one after the other: between reading a lock and writing its own, another
-    could judge the same stale lock, or a lock not yet written, as ended, and both would hold it. flock, on the
-    directory; where its filesystem has none (some network filesystems), a lock newly made is still made whole at
-    once (_create), and only two takeovers of one stale lock can meet."""
-    descriptor = os.open(run_dir, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # releases the flock
-
-
 def _create(path: Path, mine: str) -> None:
     """The lock, written whole under another name and linked in place: no reader ever sees it empty."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -126,7 +109,10 @@ def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with _one_at_a_time(run_dir):
+        # One process after the other: between reading a lock and writing its own, another could judge the same
+        # stale lock, or a lock not yet written, as ended, and both would hold it. Where the filesystem has no
+        # flock, a new lock is still made whole at once (_create), and only two takeovers of one stale lock can meet.
+        with directory_lock(run_dir):
             stale = _refuse_if_held(path, slurm_job)
             if stale is None:
                 _create(path, mine)

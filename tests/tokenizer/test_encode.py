@@ -20,6 +20,8 @@ import psutil
 import pytest
 
 from conftest import MULTILINGUAL, REPO_ROOT
+from launch.cli import main
+from launch.data.corpus import TokenCorpus
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import MANIFEST_NAME, encode_corpus
 from tokenizer.loading import load_tokenizer
@@ -330,6 +332,30 @@ def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(m
     assert stopped.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "corolla: interrupted: run the same command again to go on"
     assert not psutil.wait_procs(workers, timeout=30)[1]
+
+
+def test_a_second_encoding_into_the_same_output_is_refused_while_the_first_runs(
+    capsys, model: Path, tmp_path: Path
+) -> None:
+    """Two encodings would write the same token files (another tokenizer's ids into the first's, each removing the
+    other's temporary files); a training on that directory is told to wait too."""
+    corpus, out = long_corpus(tmp_path / "corpus"), tmp_path / "out"
+    arguments = ["tokenizer", "encode", f"tokenizer={model}", f"corpus={corpus}", f"output_dir={out}", "workers=1"]
+    first = subprocess.Popen([sys.executable, "-m", "launch.cli", *arguments], cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("*/.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert main(arguments) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"corolla: error: output_dir {out} is being encoded by another command: wait for it to end"
+        )
+        with pytest.raises(ValueError, match=f"^tokens_dir {out} is being encoded by another command: wait for it"):
+            TokenCorpus(out, 0)
+        assert first.wait(timeout=300) == 0
+    finally:
+        first.kill()
+    assert len(TokenCorpus(out, 0).languages) == 3
 
 
 def make_latin1_file(corpus: Path) -> None:
