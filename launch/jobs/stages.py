@@ -27,6 +27,7 @@ from launch.rundir.files import (
     TRAIN_DIR,
     checkpoint_tag,
 )
+from launch.rundir.lock import writer
 from tokenizer.config import TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
@@ -126,6 +127,12 @@ def check_inputs(job: MainJob) -> None:
             f"{paths.train} holds checkpoints trained on the tokenizer in {paths.tokenizer}, which this pipeline would "
             "train anew (its corpus or tokenizer settings changed, or it is gone): give a new run_dir, or the run's "
             "corpus and settings"
+        )
+    held = writer(paths.train)
+    if held and held[1] is not False and not (tokenizer_is_current(job) and data_is_current(job)):
+        raise ValueError(
+            f"{paths.train} is being trained by {held[0]}: this pipeline would make its tokenizer or token files anew "
+            "under it; wait for it to end, or give a new run_dir"
         )
 
 
