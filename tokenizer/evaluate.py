@@ -230,7 +230,8 @@ def report_paths(output_dir: str | Path) -> dict[str, Path]:
 
 
 def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Path]:
-    """Writes report.json, report.md and premium.png; all are rendered before any is written."""
+    """Writes report.md, premium.png and then report.json, the mark of a whole report (a pipeline's rerun takes one
+    with it as current); all are rendered before any is written."""
     directory = Path(output_dir)
     contents = {
         "json": json.dumps(report, indent=2, ensure_ascii=False).encode() + b"\n",
@@ -239,8 +240,8 @@ def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Pa
     }
     paths = report_paths(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for kind, path in paths.items():
-        write_atomically(path, contents[kind])
+    for kind in ("markdown", "chart", "json"):
+        write_atomically(paths[kind], contents[kind])
     return paths
 
 

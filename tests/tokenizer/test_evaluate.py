@@ -164,6 +164,15 @@ def test_write_report_side_by_side(parallel_dir: Path, latin_tokenizer: Path, wi
     assert paths["chart"].read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_report_cut_short_leaves_no_report_json(parallel_dir: Path, latin_tokenizer: Path, tmp_path: Path) -> None:
+    """report.json, by which a pipeline's rerun takes the report as current, is written last: a write that fails
+    before it (a full disk) leaves a report the rerun writes again."""
+    (tmp_path / "out" / "premium.png").mkdir(parents=True)  # where the chart cannot be written
+    with pytest.raises(IsADirectoryError):
+        write_report(evaluate([latin_tokenizer], parallel_dir), tmp_path / "out")
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         write_report({"reference": "eng_Latn", "tokenizers": {}}, tmp_path / "out")
