@@ -9,7 +9,10 @@ and writes that record; what goes into the files is launch/train/checkpoint.py's
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from launch.rundir.files import COMPLETE, LATEST, SET_ASIDE, checkpoint_tag, is_checkpoint_tag
@@ -18,6 +21,25 @@ from tokenizer.files import sha256_of, write_atomically
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names it and what to do."""
+
+
+class CheckpointRemoved(CheckpointError):
+    """A checkpoint that went while it was read: the training that runs removed it, or a reshard rewrote it."""
+
+    def __init__(self, directory: Path, step: int) -> None:
+        super().__init__(
+            f"checkpoint {directory / checkpoint_tag(step)} was removed while it was read (a training that runs keeps "
+            "only its newest train.keep_checkpoints, a reshard rewrites their files): run the command again"
+        )
+
+
+@contextmanager
+def reading(directory: Path, step: int) -> Iterator[None]:
+    """Reads of the checkpoint of `step`: a file of it that is gone meanwhile is a CheckpointRemoved."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise CheckpointRemoved(directory, step) from None
 
 
 def latest_tag(directory: Path) -> str | None:
@@ -81,7 +103,8 @@ def unverified(directory: Path, tag: str, names: Iterable[str]) -> list[str]:
 def verify(directory: Path, step: int) -> tuple[int, int, list[str]]:
     """The files and bytes of the checkpoint of `step`, and those of its files that fail their hashes."""
     entries = file_entries(step_record(directory, step))
-    bad = unverified(directory, checkpoint_tag(step), entries)
+    with reading(directory, step):
+        bad = unverified(directory, checkpoint_tag(step), entries)
     return len(entries), sum(size for size, _ in entries.values()), bad
 
 
@@ -142,6 +165,19 @@ def set_aside_newer(directory: Path, step: int) -> list[str]:
         (directory / tag).rename(target)
         moved.append(str(target))
     return moved
+
+
+def remove_checkpoints(directory: Path, tags: Iterable[str]) -> None:
+    """Removes checkpoints so that a reader (an export, a verification, while the run trains) finds each whole or
+    gone, never half-deleted: each is renamed away at once, then deleted; what a removal cut short left goes too."""
+    for tag in tags:
+        with suppress(FileNotFoundError):
+            (directory / tag).rename(directory / f".{tag}{REMOVING}{os.getpid()}")
+    for doomed in directory.glob(f".*{REMOVING}*"):
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+REMOVING = ".removing-"
 
 
 def latest_step(directory: Path) -> int | None:

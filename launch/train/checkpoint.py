@@ -36,6 +36,7 @@ from launch.rundir.checkpoints import (
     file_entries,
     newest_intact,
     point_latest,
+    remove_checkpoints,
     step_record,
     unverified,
     write_complete,
@@ -215,8 +216,7 @@ def _remove_old(directory: Path, keep: int, current: str) -> None:
     """Keeps the newest `keep` complete checkpoints; removes older ones and every incomplete one but `current`."""
     complete, incomplete = complete_tags(directory)
     doomed = set(complete[:-keep] if keep > 0 else []) | set(incomplete)
-    for tag in doomed - {current}:
-        shutil.rmtree(directory / tag, ignore_errors=True)
+    remove_checkpoints(directory, sorted(doomed - {current}))
 
 
 def check_writable(directory: Path) -> None:

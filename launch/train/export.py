@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from launch.config.schemas import ExportJob
-from launch.plan.weights import HF_CONFIG_FILE, HF_WEIGHT_FILES, HF_WEIGHT_INDEXES, weights_of
-from launch.rundir.checkpoints import CheckpointError, verify
+from launch.plan.weights import HF_CONFIG_FILE, HF_WEIGHT_FILES, HF_WEIGHT_INDEXES, Weights, weights_of
+from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, reading, verify
 from launch.rundir.files import checkpoint_tag
 from launch.train import checkpoint
 from launch.train.shards import ShardReader
@@ -46,6 +46,33 @@ def check_output_dir(output: Path, run_dir: Path, overwrite: bool) -> None:
         raise ValueError(f"output_dir={output} already holds an export: choose another, or pass overwrite=true")
 
 
+def _read_weights(job: ExportJob, weights: Weights, tries: int = 3) -> tuple[Weights, dict[str, torch.Tensor]]:
+    """The checkpoint's weights, whole and verified. The run's latest (no step given) is found and read again,
+    `tries` times in all, when the training that runs removes it meanwhile."""
+    try:
+        return weights, _verified_state(weights)
+    except CheckpointRemoved:
+        if job.step or tries == 1:
+            raise
+        return _read_weights(job, weights_of(job.run_dir), tries - 1)
+
+
+def _verified_state(weights: Weights) -> dict[str, torch.Tensor]:
+    directory, step = weights.checkpoints, weights.step
+    try:
+        _, _, bad = verify(directory, step)
+    except CheckpointError:
+        if not (directory / checkpoint_tag(step)).exists():  # there a moment ago, when weights_of found it
+            raise CheckpointRemoved(directory, step) from None
+        raise
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {step} of {weights.run_dir} fails its checksums ({', '.join(bad)}): export another"
+        )
+    with reading(directory, step):
+        return full_state_dict(directory, step, weights.model)
+
+
 # What an export writes: the model's config and weights (save_pretrained's names), and the tokenizer's files.
 EXPORT_FILES = (
     HF_CONFIG_FILE,
@@ -65,12 +92,7 @@ def export_hf_model(job: ExportJob) -> None:
         raise ValueError(f"run_dir={job.run_dir} is not a directory: pass a run directory or an imported model")
     weights = weights_of(job.run_dir, job.step)
     check_output_dir(output, Path(job.run_dir), job.overwrite)
-    _, _, bad = verify(weights.checkpoints, weights.step)
-    if bad:
-        raise CheckpointError(
-            f"checkpoint {weights.step} of {weights.run_dir} fails its checksums ({', '.join(bad)}): export another"
-        )
-    state = full_state_dict(weights.checkpoints, weights.step, weights.model)
+    weights, state = _read_weights(job, weights)
     vocab = state[EMBEDDING].shape[0]
     model = BloomForCausalLM(BloomConfig(**hf_config(weights.model, vocab)))
     model.load_state_dict(to_hf_state_dict(state), strict=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -10,6 +14,7 @@ import torch.nn.functional as F
 from test_training import SHORT_RUN
 from transformers import AutoTokenizer, BloomForCausalLM
 
+from conftest import REPO_ROOT
 from launch.cli import main
 from launch.config.job_file import read_job
 from launch.data.blend import BlendedDataset
@@ -65,3 +70,42 @@ def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, 
     assert (
         f"{tmp_path} is neither a corolla run directory (no job.yaml) nor an imported model" in capsys.readouterr().err
     )
+
+
+def test_reading_the_checkpoints_of_a_run_that_trains_meets_no_missing_file(
+    capsys, tokens: Path, tmp_path: Path
+) -> None:
+    """A training that saves every step and keeps one checkpoint removes each as the next is saved: `checkpoint
+    verify` passes over the ones it removes, and `export hf` of the latest reads the next one, or (saves this fast
+    outrun its tries) says in one line that the checkpoint went; neither fails on a file gone meanwhile."""
+    run_dir = tmp_path / "run"
+    arguments = [
+        f"data.tokens_dir={tokens}",
+        f"run_dir={run_dir}",
+        *SHORT_RUN,
+        "train.steps=200",
+        "train.eval_interval=0",
+    ]
+    rotating = [*arguments, "train.checkpoint_interval=1", "train.keep_checkpoints=1"]
+    command = [sys.executable, "-m", "launch.cli", "train", *rotating]
+    training = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoints" / "latest").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        verified, exported = [], []
+        for attempt in range(30):
+            verified.append(main(["checkpoint", "verify", str(run_dir)]))
+            if attempt % 5 == 0:
+                exported.append(
+                    main(["export", "hf", f"run_dir={run_dir}", f"output_dir={tmp_path / 'hf'}", "overwrite=true"])
+                )
+        assert training.poll() is None, "the training ended before the reads did: they raced nothing"
+    finally:
+        training.kill()
+        training.wait()
+    said = capsys.readouterr()
+    assert verified == [0] * len(verified), said.out + said.err
+    removed = re.compile(r"corolla: error: checkpoint \S+/step-\d+ was removed while it was read \(a training that ")
+    errors = [line for line in said.err.splitlines() if line.startswith("corolla:")]
+    assert all(removed.match(line) for line in errors) and len(errors) == exported.count(2), said.err
