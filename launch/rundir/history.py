@@ -8,7 +8,8 @@
 - finished: trained to the last step;
 - gave_up: a failure with no restart left in the budget;
 - diverged: a step's loss or gradient norm was not finite, one too many: stopped, nothing of it saved;
-- no_space: the checkpoint's filesystem was full: stopped, the previous checkpoint kept;
+- no_space: the filesystem of the checkpoint or of the run directory's records was full: stopped, the previous
+  checkpoint kept;
 - unfit: a start's health check found nodes unfit (launch/train/health.py), and why; `left_out`: the run's jobs
   leave them out from then on (a job without them took over), or trained on them (the partition has no others).
 A start that follows another start (nothing clean in between) follows a failure: a dead node, a crashed or hung

@@ -112,10 +112,10 @@ def _restore_trainer(engine, state: dict) -> None:
 
 
 class NoSpace(Exception):
-    """The checkpoint's filesystem has no room for it; the previous checkpoint is kept."""
+    """No room for a checkpoint (the previous one is kept) or for a record of the run directory: every rank stops."""
 
 
-def _filesystem(path: Path) -> Path:
+def filesystem(path: Path) -> Path:
     path = path.resolve()
     while not os.path.ismount(path):
         path = path.parent
@@ -131,12 +131,12 @@ def _no_space_message(directory: Path, step: int, needed: int) -> str:
     kept = _newest(directory)
     keeps = f"the step-{kept} checkpoint is kept" if kept else "there is no checkpoint yet"
     return (
-        f"no space on {_filesystem(directory)} for the step-{step} checkpoint: {_gib(free)} free, it needs about "
+        f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_gib(free)} free, it needs about "
         f"{_gib(needed)} ({keeps}); free space there or move run_dir, then launch again to resume"
     )
 
 
-def _is_no_space(error: Exception, directory: Path) -> bool:
+def is_no_space(error: Exception, directory: Path) -> bool:
     """ENOSPC, or torch.save's RuntimeError for it ("unexpected pos", "file write failed") on a full filesystem."""
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -153,7 +153,7 @@ def _newest(directory: Path) -> int | None:
     return newest_intact(directory, log=lambda line: None)
 
 
-def _from_rank_0(value: object) -> object:
+def from_rank_0(value: object) -> object:
     shared = [value]
     dist.broadcast_object_list(shared, src=0)
     return shared[0]
@@ -179,7 +179,7 @@ def save(
             problem = _no_space_message(directory, step, needed)
         else:
             (directory / tag).mkdir()
-    if problem := _from_rank_0(problem):
+    if problem := from_rank_0(problem):
         raise NoSpace(problem)
     written: dict[str, str] | str
     try:
@@ -188,7 +188,7 @@ def save(
             written[TRAINER_FILE] = save_hashed(_trainer_state(engine), directory / tag / TRAINER_FILE)
         written[rng_file(rank)] = save_hashed(_rng_states(engine), directory / tag / rng_file(rank))
     except (OSError, RuntimeError) as error:
-        if not _is_no_space(error, directory):
+        if not is_no_space(error, directory):
             raise
         written = _no_space_message(directory, step, _checkpoint_bytes(directory) or _size(directory / tag))
     before_commit(step)

@@ -1,6 +1,7 @@
 """What rank 0 says of each step and validation: a line on its output, and a record in metrics.jsonl and
 validation.jsonl, which MLflow is sent in the background (launch/rundir/outbox.py), never waited on by a step: by
-rank 0's own sender on a cluster, by `corolla train` for local ranks. Other ranks stay quiet."""
+rank 0's own sender on a cluster, by `corolla train` for local ranks. Other ranks stay quiet, but learn whether rank 0
+found no room for a record: every rank then stops, as on a checkpoint with no room."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from statistics import mean
 from launch.rundir.files import METRICS_FILE, VALIDATION_FILE
 from launch.rundir.outbox import Sender
 from launch.rundir.records import append_record, keep_steps_up_to
+from launch.train.checkpoint import NoSpace, filesystem, from_rank_0, is_no_space
 from launch.train.loop import StepRecord
 
 
@@ -51,30 +53,45 @@ class Reporter:
             self.sender = Sender(run_dir) if sends else None
 
     def step(self, record: StepRecord) -> None:
-        if not self.writes:
-            return
-        print(
-            f"step {record.step:>6}/{self.total_steps}  loss {record.loss:.4f}  lr {record.lr:.3e}  "
-            f"grad norm {record.grad_norm:.3f}  batch {record.batch_size}  {record.tokens_per_second:,.0f} tokens/s",
-            flush=True,
-        )
+        """Called on every rank (a collective): NoSpace on every rank where rank 0 found no room for the record."""
+        if self.writes:
+            print(
+                f"step {record.step:>6}/{self.total_steps}  loss {record.loss:.4f}  lr {record.lr:.3e}  "
+                f"grad norm {record.grad_norm:.3f}  batch {record.batch_size}  "
+                f"{record.tokens_per_second:,.0f} tokens/s",
+                flush=True,
+            )
         self._append(METRICS_FILE, asdict(record))
 
     def validation(self, step: int, losses: dict[str, float]) -> None:
-        if not self.writes:
-            return
-        ranked = sorted(losses, key=losses.__getitem__)
+        """Called on every rank, as `step`."""
         bpb = bits_per_byte(losses, self.bytes_per_token)
-        in_bits = f", {mean(bpb.values()):.4f} bits per byte" if bpb else ""
-        print(
-            f"validation at step {step}: loss {mean(losses.values()):.4f}{in_bits} over {len(losses)} languages "
-            f"(lowest {ranked[0]} {losses[ranked[0]]:.4f}, highest {ranked[-1]} {losses[ranked[-1]]:.4f})",
-            flush=True,
-        )
+        if self.writes:
+            ranked = sorted(losses, key=losses.__getitem__)
+            in_bits = f", {mean(bpb.values()):.4f} bits per byte" if bpb else ""
+            print(
+                f"validation at step {step}: loss {mean(losses.values()):.4f}{in_bits} over {len(losses)} languages "
+                f"(lowest {ranked[0]} {losses[ranked[0]]:.4f}, highest {ranked[-1]} {losses[ranked[-1]]:.4f})",
+                flush=True,
+            )
         self._append(VALIDATION_FILE, {"step": step, "loss": losses, **({"bpb": bpb} if bpb else {})})
 
     def _append(self, series: str, record: dict) -> None:
-        append_record(self.run_dir / series, {**record, "time": int(time.time() * 1000)})
+        """Rank 0 appends the record; every rank raises NoSpace if its filesystem had no room for it."""
+        problem = None
+        if self.writes:
+            path = self.run_dir / series
+            try:
+                append_record(path, {**record, "time": int(time.time() * 1000)})
+            except OSError as error:
+                if not is_no_space(error, self.run_dir):
+                    raise
+                problem = (
+                    f"no space on {filesystem(self.run_dir)} for {path}: free space there or move run_dir, then "
+                    "launch again to resume from the last checkpoint"
+                )
+        if problem := from_rank_0(problem):
+            raise NoSpace(problem)
 
     def close(self) -> None:
         """Gives MLflow a bounded time to take the rest, the run's start and end included (its history says them);

@@ -88,10 +88,15 @@ def _refuse(rank: int, error: ValueError) -> NoReturn:
 
 
 def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> None:
+    """One line and, where the full filesystem leaves room for it, the history's no_space (MLflow: failed)."""
     if rank != 0:
         return
-    RunHistory(run_dir).record(Event.no_space, reason=str(error))
     print(f"{RANK_ERROR}{error}", file=sys.stderr, flush=True)
+    try:
+        RunHistory(run_dir).record(Event.no_space, reason=str(error))
+    except OSError as failure:
+        if not checkpoint.is_no_space(failure, run_dir):
+            raise
 
 
 def _data(run_dir: Path, job: TrainJob, plan: RunPlan) -> DataShard:

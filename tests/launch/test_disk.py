@@ -4,8 +4,13 @@ on a real tmpfs of a few MiB (mounted here: the tests run as root)."""
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +38,31 @@ def small_filesystem(path: Path, mib: int) -> Iterator[Path]:
 
 def resize(path: Path, mib: int) -> None:
     subprocess.run(["mount", "-o", f"remount,size={mib}M", str(path)], check=True)
+
+
+def fill(disk: Path) -> None:
+    """Writes zeros into `disk` until it is full."""
+    with (disk / "filler").open("wb") as filler:
+        try:
+            while True:
+                filler.write(bytes(2**20))
+                filler.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+
+
+def fill_once_trained_to(step: int, run_dir: Path, disk: Path) -> threading.Thread:
+    """A thread that fills `disk` once the run's metrics.jsonl holds `step`."""
+
+    def watch() -> None:
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.is_file() and f'"step": {step},' in metrics.read_text()):
+            time.sleep(0.05)
+        fill(disk)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
 
 def mlflow_status(run_dir: Path) -> str:
@@ -102,3 +132,35 @@ def test_a_checkpoint_directory_that_cannot_be_written_is_refused_before_the_fir
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 2
     assert f"cannot be written (it links to {missing}, which is not there on " in capsys.readouterr().err
     assert not (tmp_path / "unmounted").exists()
+
+
+def test_a_run_directory_with_no_room_for_its_records_stops_every_rank_as_a_full_checkpoint_does(
+    capsys, monkeypatch, tokens: Path, tmp_path: Path
+) -> None:
+    """The run directory fills between checkpoints (they are elsewhere): at the next record every rank stops, exit
+    status 4 (Slurm does not requeue it), one line names the filesystem and the fix; space freed, the run resumes."""
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.setenv("COROLLA_TEST_STEP_SECONDS", "0.3")  # room for the filler between step 3 and the validation
+    with small_filesystem(tmp_path / "disk", mib=20) as disk:
+        run_dir = disk / "run"
+        run_dir.mkdir()
+        (run_dir / "checkpoints").symlink_to(tmp_path / "checkpoints")
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "parallel.dp=2"]
+        evaluated = [*train, "train.steps=12", "train.eval_interval=10", "train.checkpoint_interval=6"]
+        filler = fill_once_trained_to(3, run_dir, disk)
+        assert main(evaluated) == 2
+        filler.join()
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == (
+            f"corolla: error: no space on {disk} for {run_dir / 'validation.jsonl'}: free space there or move "
+            "run_dir, then launch again to resume from the last checkpoint"
+        )
+        assert "OSError" not in err
+        assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "no_space"
+        assert latest_step(run_dir / "checkpoints") == 6
+
+        os.remove(disk / "filler")
+        assert main(evaluated) == 0
+        assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == 6
+        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, 13)) and mlflow_status(run_dir) == "FINISHED"
