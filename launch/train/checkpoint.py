@@ -127,12 +127,15 @@ def _gib(size: float) -> str:
 
 
 def _no_space_message(directory: Path, step: int, needed: int) -> str:
+    """What is free (once a partial checkpoint is gone) against what the save needs: `needed`, the estimate, unless
+    the save failed with that much free."""
     free = shutil.disk_usage(directory).free
+    needs = f"about {_gib(needed)}" if needed > free else f"more than {_gib(free)}"
     kept = _newest(directory)
     keeps = f"the step-{kept} checkpoint is kept" if kept else "there is no checkpoint yet"
     return (
-        f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_gib(free)} free, it needs about "
-        f"{_gib(needed)} ({keeps}); free space there or move run_dir, then launch again to resume"
+        f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_gib(free)} free, it needs {needs} "
+        f"({keeps}); free space there or move run_dir, then launch again to resume"
     )
 
 
@@ -143,10 +146,12 @@ def is_no_space(error: Exception, directory: Path) -> bool:
     return isinstance(error, RuntimeError) and shutil.disk_usage(directory).free < NEARLY_FULL
 
 
-def _checkpoint_bytes(directory: Path) -> int:
-    """The size of the newest complete checkpoint: what the next one will need (0: none yet)."""
-    step = _newest(directory)
-    return sum(size for size, _ in file_entries(step_record(directory, step)).values()) if step else 0
+def _bytes_to_write(engine) -> int:
+    """What this save writes on every rank together, about (a collective): the weights and Adam moments; the files of
+    counters and RNG states are small."""
+    every_rank = [0] * dist.get_world_size()
+    dist.all_gather_object(every_rank, shards.bytes_to_write(engine))
+    return sum(every_rank)
 
 
 def _newest(directory: Path) -> int | None:
@@ -170,18 +175,18 @@ def save(
     """Called on every rank at the same step; `before_commit` runs on each once its files are written. NoSpace on
     every rank, the partial checkpoint removed, when its filesystem has no room for it."""
     tag, rank = checkpoint_tag(step), dist.get_rank()
+    needed = _bytes_to_write(engine)
     problem = None
     if rank == 0:
         shutil.rmtree(directory / tag, ignore_errors=True)  # a save of this step that crashed before
         directory.mkdir(parents=True, exist_ok=True)
-        needed = _checkpoint_bytes(directory)
         if needed > shutil.disk_usage(directory).free:
             problem = _no_space_message(directory, step, needed)
         else:
             (directory / tag).mkdir()
     if problem := from_rank_0(problem):
         raise NoSpace(problem)
-    written: dict[str, str] | str
+    written: dict[str, str] | None  # None: no room for this rank's files
     try:
         written = shards.write(engine, directory / tag, layout)
         if rank == 0:
@@ -190,15 +195,15 @@ def save(
     except (OSError, RuntimeError) as error:
         if not is_no_space(error, directory):
             raise
-        written = _no_space_message(directory, step, _checkpoint_bytes(directory) or _size(directory / tag))
+        written = None
     before_commit(step)
-    every_rank: list[dict[str, str] | str] = [{} for _ in range(dist.get_world_size())]
+    every_rank: list[dict[str, str] | None] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(every_rank, written)  # also: every rank has written its files
-    if problems := [files for files in every_rank if isinstance(files, str)]:
+    if None in every_rank:
         if rank == 0:
             shutil.rmtree(directory / tag, ignore_errors=True)
-        dist.barrier()
-        raise NoSpace(problems[0])
+            problem = _no_space_message(directory, step, needed)
+        raise NoSpace(from_rank_0(problem))  # once the partial checkpoint is gone
     if rank == 0:
         mark_complete(
             directory, step, layout, layout, {name: sha for files in every_rank for name, sha in files.items()}
@@ -206,10 +211,6 @@ def save(
         point_latest(directory, tag)
         _remove_old(directory, keep, current=tag)
     dist.barrier()
-
-
-def _size(path: Path) -> int:
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
 def _remove_old(directory: Path, keep: int, current: str) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -38,6 +40,17 @@ def small_filesystem(path: Path, mib: int) -> Iterator[Path]:
 
 def resize(path: Path, mib: int) -> None:
     subprocess.run(["mount", "-o", f"remount,size={mib}M", str(path)], check=True)
+
+
+def figures(line: str) -> tuple[float, float]:
+    """The MiB free and the MiB needed that a checkpoint's no-space line says."""
+    said = re.search(r": ([\d.]+) MiB free, it needs about ([\d.]+) MiB \(", line)
+    assert said, line
+    return float(said[1]), float(said[2])
+
+
+def mib_of(checkpoint: Path) -> float:
+    return sum(file.stat().st_size for file in checkpoint.iterdir()) / 2**20
 
 
 def fill(disk: Path) -> None:
@@ -104,6 +117,29 @@ def test_a_first_checkpoint_that_fills_the_disk_is_removed_and_said(capsys, toke
         assert "(there is no checkpoint yet)" in err
         assert [path.name for path in (run_dir / "checkpoints").iterdir()] == []
         assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "no_space"
+        free, needed = figures(err)
+        assert abs(free - shutil.disk_usage(disk).free / 2**20) < 0.2 and needed > free
+
+
+def test_the_space_a_checkpoint_needs_is_its_own_on_another_layout(capsys, tokens: Path, tmp_path: Path) -> None:
+    """A one-process run's checkpoint (2.7 MiB) resumed on TP=2 x PP=2 x DP=2, whose checkpoint is bigger (both
+    pipeline stages hold the tied embedding): refused before writing, with what the new layout's checkpoint needs."""
+    with small_filesystem(tmp_path / "disk", mib=7) as disk:
+        run_dir = disk / "run"
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, "train.steps=4"]
+        assert main([*train, "train.exit_after=2"]) == 0
+        assert main([*train, "parallel=3d"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"corolla: error: no space on {disk} for the step-4 checkpoint: ")
+        assert "(the step-2 checkpoint is kept)" in err
+        free, needed = figures(err)
+        assert abs(free - shutil.disk_usage(disk).free / 2**20) < 0.2 and needed > free
+
+        resize(disk, 16)
+        assert main([*train, "parallel=3d"]) == 0
+        written = mib_of(run_dir / "checkpoints" / "step-00000004")
+        assert written > 1.5 * mib_of(run_dir / "checkpoints" / "step-00000002")
+        assert abs(needed - written) < 0.05 * written
 
 
 def test_a_checkpoint_directory_that_cannot_be_written_is_refused_before_the_first_step(
