@@ -26,12 +26,13 @@ from typing import IO
 import psutil
 
 from launch.config.cluster import Scheduler
+from launch.config.job_file import read_job
 from launch.config.schemas import TrainJob
 from launch.jobs.backend import Backend
 from launch.jobs.monitor import line
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHECKPOINTS, JOBS_FILE
+from launch.rundir.files import CHECKPOINTS, JOB_FILE, JOBS_FILE, LOSS_CHART
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
 from launch.train.stopping import RANK_ERROR, STACKS_FOLLOW, WATCHDOG
@@ -169,6 +170,17 @@ def _why_ended(run_dir: Path, end: RanksEnd, last: dict, stopped: bool) -> str:
     return f"training failed, {end.cause or f'a rank exited with status {end.status}'}: see the log above"
 
 
+def _finish_the_end(run_dir: Path) -> None:
+    """What the end of a trained run's launch may have left undone (its disk full, MLflow away): the loss chart drawn
+    if it is missing, MLflow sent the records and the end it lacks (a one-line ValueError if it does not take them)."""
+    from launch.rundir import outbox
+    from launch.rundir.loss_chart import write_loss_chart
+
+    if not (run_dir / LOSS_CHART).is_file():
+        print(f"loss curve {write_loss_chart(run_dir, read_job(run_dir / JOB_FILE).model.vocab_size)}")
+    outbox.sync(run_dir)
+
+
 class LocalBackend(Backend):
     def __init__(self, live_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
         self.live_job = live_job  # a Slurm job of the run that is queued or running, if any: it holds the run
@@ -191,6 +203,8 @@ class LocalBackend(Backend):
         run_dir = Path(job.run_dir)
         resume_step = newest_intact(run_dir / CHECKPOINTS)
         if resume_step and resume_step >= job.train.steps:
+            if not dry_run:
+                _finish_the_end(run_dir)
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
             return
         prepared = prepare_run(job, dry_run)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from launch.rundir.files import METRICS_FILE, MLFLOW_DB, TRACKING_STATE
-from launch.rundir.run_record import default_uri, recorded_run
+from launch.rundir.run_record import SQLITE, default_uri, recorded_run
 from tokenizer.files import write_atomically
 
 
@@ -64,6 +64,23 @@ def lost_store_fix(run_dir: Path, error: str | None) -> str | None:
     return f"its MLflow store no longer holds the run: `corolla tracking sync {run_dir} uri=URI` sends all of it there"
 
 
+# What MLflow says when its store's filesystem is full: SQLite's words, or the system's.
+STORE_FULL = re.compile(r"database or disk is full|No space left on device")
+
+
+def full_store_fix(run_dir: Path, error: str | None) -> str | None:
+    """When `error` says MLflow's store has no room, where to free space; None for any other error."""
+    if not (error and STORE_FULL.search(error)):
+        return None
+    uri = recorded_run(run_dir).tracking_uri
+    store = f"its MLflow store {uri.removeprefix(SQLITE)}" if uri.startswith(SQLITE) else "the MLflow server's store"
+    return f"no space left on the filesystem of {store}: free some, then `corolla tracking sync {run_dir}` again"
+
+
 def how_to_send_the_rest(run_dir: Path, error: str | None) -> str:
     """What sends MLflow the records it lacks after `error`."""
-    return lost_store_fix(run_dir, error) or f"the next start, or `corolla tracking sync {run_dir}`, sends the rest"
+    return (
+        lost_store_fix(run_dir, error)
+        or full_store_fix(run_dir, error)
+        or f"the next start, or `corolla tracking sync {run_dir}`, sends the rest"
+    )

@@ -53,15 +53,16 @@ def mib_of(checkpoint: Path) -> float:
     return sum(file.stat().st_size for file in checkpoint.iterdir()) / 2**20
 
 
-def fill(disk: Path) -> None:
-    """Writes zeros into `disk` until it is full."""
-    with (disk / "filler").open("wb") as filler:
+def fill(disk: Path, leave: int = 0) -> None:
+    """Writes zeros into `disk` until it is full, then gives `leave` bytes back."""
+    with (disk / "filler").open("ab") as filler:
         try:
             while True:
                 filler.write(bytes(2**20))
                 filler.flush()
         except OSError as error:
             assert error.errno == errno.ENOSPC
+        filler.truncate(filler.tell() - leave)
 
 
 def fill_once_trained_to(step: int, run_dir: Path, disk: Path) -> threading.Thread:
@@ -200,3 +201,44 @@ def test_a_run_directory_with_no_room_for_its_records_stops_every_rank_as_a_full
         assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == 6
         steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert steps == list(range(1, 13)) and mlflow_status(run_dir) == "FINISHED"
+
+
+def test_a_trained_run_whose_end_found_the_disk_full_is_finished_by_its_next_launch(
+    capsys, monkeypatch, tokens: Path, tmp_path: Path
+) -> None:
+    """The run directory fills as the last step trains (checkpoints elsewhere): MLflow, whose store is there, lacks
+    the last records and the end, and no loss chart is drawn. A sync says where to free space; once freed, the same
+    `corolla train` draws the chart and completes MLflow before saying there is nothing to train."""
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.setenv("COROLLA_TEST_STEP_SECONDS", "1")
+    with small_filesystem(tmp_path / "disk", mib=20) as disk:
+        run_dir = disk / "run"
+        run_dir.mkdir()
+        (run_dir / "checkpoints").symlink_to(tmp_path / "checkpoints")
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.eval_interval=2"]
+        filler = fill_once_trained_to(3, run_dir, disk)
+        assert main(train) == 2
+        filler.join()
+        assert RunHistory(run_dir).events()[-1]["event"] == "finished"
+        assert not (run_dir / "loss.png").exists() and mlflow_status(run_dir) == "RUNNING"
+
+        fill(disk, leave=4096)  # room for the sync's lock, not for MLflow's writes
+        capsys.readouterr()
+        assert main(["tracking", "sync", str(run_dir)]) == 2
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .splitlines()[-1]
+            .endswith(
+                f"): no space left on the filesystem of its MLflow store {run_dir / 'mlflow.db'}: free some, then "
+                f"`corolla tracking sync {run_dir}` again"
+            )
+        )
+
+        os.remove(disk / "filler")
+        assert main(train) == 0
+        assert capsys.readouterr().out.strip().endswith(f"{run_dir} is already trained to step 4 of 4: nothing to do")
+        assert (run_dir / "loss.png").is_file() and mlflow_status(run_dir) == "FINISHED"
+        tracked = recorded_run(run_dir)
+        validations = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, "val_loss")
+        assert sorted(metric.step for metric in validations) == [2, 4]
