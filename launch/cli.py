@@ -192,11 +192,17 @@ FILESYSTEM_ERRORS = {
     errno.EPERM: "{path} cannot be accessed by this user (permissions): change them, or give another path",
     errno.ENOSPC: "no space left on the filesystem of {path}: free some, or give a path on another one",
 }
+# A write() or close() that fails names no file: the paths the command was given say where it writes.
+NO_SPACE_UNNAMED = (
+    "no space left on a filesystem this command writes to: free some there, or give its output paths on another one"
+)
 
 
 def _error_line(error: Exception) -> str:
     if isinstance(error, OSError) and error.errno in FILESYSTEM_ERRORS and error.filename:
         return FILESYSTEM_ERRORS[error.errno].format(path=error.filename)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return NO_SPACE_UNNAMED
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 

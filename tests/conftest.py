@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +93,21 @@ def cluster_in_environment(spec: ClusterSpec) -> Iterator[TestCluster]:
         for name, value in cluster.env.items():
             patch.setenv(name, value)
         yield cluster
+
+
+@contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` ("300k", "8M", as mount takes it) at `path`: a disk that fills (the tests run as root)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def resize(path: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
 
 
 def byte_level_bpe(path: Path, texts: list[str], vocab_size: int = 1000) -> Path:

@@ -45,12 +45,23 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError raised inside names `path` if it names no file, as a failing write() or close() does not (a full
+    disk): the error line then says which filesystem."""
+    try:
+        yield
+    except OSError as error:
+        error.filename = error.filename or str(path)
+        raise
+
+
 def write_atomically(path: Path, data: bytes | str) -> None:
     """Writes `data` to a temporary sibling, flushes it to disk, and renames it over `path`."""
     # A plain open (not tempfile) so the file gets the usual umask permissions rather than 0600.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with temporary.open("wb") as file:
+        with naming(path), temporary.open("wb") as file:
             file.write(data.encode("utf-8") if isinstance(data, str) else data)
             file.flush()
             os.fsync(file.fileno())

@@ -17,6 +17,7 @@ from pathlib import Path
 from tokenizer.config import Sampling, TokenizerConfig
 from tokenizer.corpus import LanguageSize, iter_corpus
 from tokenizer.corpus_scan import CorpusScan
+from tokenizer.files import naming
 from tokenizer.hygiene import HygieneStats, pieces
 
 
@@ -140,7 +141,7 @@ def sample_sentences(scan: CorpusScan, plan: list[LanguageBudget], seed: int, pa
     sampled = dict.fromkeys(scan.languages, 0)
     documents = iter_corpus(scan.sources, HygieneStats(), "sampling")
     cut = ((language, piece) for language, text in documents for piece in pieces(text))
-    with path.open("w", encoding="utf-8") as sample:
+    with naming(path), path.open("w", encoding="utf-8") as sample:
         for language, text in sampler.sample(cut):
             for sentence in text.splitlines():
                 sample.write(sentence + "\n")

@@ -1,6 +1,6 @@
 """A full disk is said as one: which filesystem, how much the checkpoint needs; the previous checkpoint is kept, the
 run stops (no restart loop), MLflow says failed, and a launch after space is freed resumes. The run directory lives
-on a real tmpfs of a few MiB (mounted here: the tests run as root)."""
+on a real tmpfs of a few MiB (tests/conftest.py mounts it: the tests run as root)."""
 
 from __future__ import annotations
 
@@ -13,33 +13,18 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 
+from conftest import resize, small_filesystem
 from launch.cli import main
 from launch.rundir.checkpoints import latest_step
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
 
 RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "train.keep_checkpoints=2"]
-
-
-@contextmanager
-def small_filesystem(path: Path, mib: int) -> Iterator[Path]:
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}M", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=True)
-
-
-def resize(path: Path, mib: int) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={mib}M", str(path)], check=True)
 
 
 def figures(line: str) -> tuple[float, float]:
@@ -87,7 +72,7 @@ def mlflow_status(run_dir: Path) -> str:
 def test_a_checkpoint_with_no_room_keeps_the_last_one_and_stops_until_space_is_freed(
     capsys, tokens: Path, tmp_path: Path
 ) -> None:
-    with small_filesystem(tmp_path / "disk", mib=8) as disk:
+    with small_filesystem(tmp_path / "disk", size="8M") as disk:
         run_dir = disk / "run"
         train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]
         assert main(train) == 2
@@ -103,14 +88,14 @@ def test_a_checkpoint_with_no_room_keeps_the_last_one_and_stops_until_space_is_f
         assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "no_space"
         assert mlflow_status(run_dir) == "FAILED"
 
-        resize(disk, 32)
+        resize(disk, "32M")
         assert main(train) == 0
         assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == 4
         assert latest_step(run_dir / "checkpoints") == 6 and mlflow_status(run_dir) == "FINISHED"
 
 
 def test_a_first_checkpoint_that_fills_the_disk_is_removed_and_said(capsys, tokens: Path, tmp_path: Path) -> None:
-    with small_filesystem(tmp_path / "disk", mib=3) as disk:
+    with small_filesystem(tmp_path / "disk", size="3M") as disk:
         run_dir = disk / "run"
         assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -125,7 +110,7 @@ def test_a_first_checkpoint_that_fills_the_disk_is_removed_and_said(capsys, toke
 def test_the_space_a_checkpoint_needs_is_its_own_on_another_layout(capsys, tokens: Path, tmp_path: Path) -> None:
     """A one-process run's checkpoint (2.7 MiB) resumed on TP=2 x PP=2 x DP=2, whose checkpoint is bigger (both
     pipeline stages hold the tied embedding): refused before writing, with what the new layout's checkpoint needs."""
-    with small_filesystem(tmp_path / "disk", mib=7) as disk:
+    with small_filesystem(tmp_path / "disk", size="7M") as disk:
         run_dir = disk / "run"
         train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, "train.steps=4"]
         assert main([*train, "train.exit_after=2"]) == 0
@@ -136,7 +121,7 @@ def test_the_space_a_checkpoint_needs_is_its_own_on_another_layout(capsys, token
         free, needed = figures(err)
         assert abs(free - shutil.disk_usage(disk).free / 2**20) < 0.2 and needed > free
 
-        resize(disk, 16)
+        resize(disk, "16M")
         assert main([*train, "parallel=3d"]) == 0
         written = mib_of(run_dir / "checkpoints" / "step-00000004")
         assert written > 1.5 * mib_of(run_dir / "checkpoints" / "step-00000002")
@@ -148,7 +133,7 @@ def test_a_checkpoint_directory_that_cannot_be_written_is_refused_before_the_fir
 ) -> None:
     """`checkpoints` linked to a filesystem mounted read-only: said at the start, not after training to the first
     save; the launcher's last line gives the rank's reason."""
-    with small_filesystem(tmp_path / "scratch", mib=1) as scratch:
+    with small_filesystem(tmp_path / "scratch", size="1M") as scratch:
         (scratch / "checkpoints").mkdir()
         subprocess.run(["mount", "-o", "remount,ro", str(scratch)], check=True)
         run_dir = tmp_path / "run"
@@ -178,7 +163,7 @@ def test_a_run_directory_with_no_room_for_its_records_stops_every_rank_as_a_full
     status 4 (Slurm does not requeue it), one line names the filesystem and the fix; space freed, the run resumes."""
     (tmp_path / "checkpoints").mkdir()
     monkeypatch.setenv("COROLLA_TEST_STEP_SECONDS", "0.3")  # room for the filler between step 3 and the validation
-    with small_filesystem(tmp_path / "disk", mib=20) as disk:
+    with small_filesystem(tmp_path / "disk", size="20M") as disk:
         run_dir = disk / "run"
         run_dir.mkdir()
         (run_dir / "checkpoints").symlink_to(tmp_path / "checkpoints")
@@ -211,7 +196,7 @@ def test_a_trained_run_whose_end_found_the_disk_full_is_finished_by_its_next_lau
     `corolla train` draws the chart and completes MLflow before saying there is nothing to train."""
     (tmp_path / "checkpoints").mkdir()
     monkeypatch.setenv("COROLLA_TEST_STEP_SECONDS", "1")
-    with small_filesystem(tmp_path / "disk", mib=20) as disk:
+    with small_filesystem(tmp_path / "disk", size="20M") as disk:
         run_dir = disk / "run"
         run_dir.mkdir()
         (run_dir / "checkpoints").symlink_to(tmp_path / "checkpoints")

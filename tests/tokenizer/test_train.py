@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import MULTILINGUAL, PARALLEL_DEV, REPO_ROOT, SMALL_LANGUAGES, cut_corpus
+from conftest import MULTILINGUAL, PARALLEL_DEV, REPO_ROOT, SMALL_LANGUAGES, cut_corpus, small_filesystem
 from launch.cli import main
 from tokenizer.config import ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import Source, read_documents
@@ -265,3 +265,28 @@ def test_a_training_stopped_by_a_signal_leaves_the_output_as_it_was_and_nothing_
     assert main(arguments) == 0
     assert not list(tmp_path.glob(".tok.*"))
     assert (out / "metadata.json").is_file() and (out / "tokenizer.model").read_bytes() != b"the old one"
+
+
+def test_a_disk_that_fills_while_the_sample_is_written_is_named_in_one_line(
+    capsys, small_corpus: Path, tmp_path: Path
+) -> None:
+    """The sample's write() fails, naming no file: the line names it, on the filesystem of output_dir."""
+    with small_filesystem(tmp_path / "disk", "300k") as disk:
+        arguments = ["tokenizer", "train", f"corpus={small_corpus}", f"output_dir={disk / 'tok'}", "tokenizer=tiny"]
+        code, err = run_cli(capsys, *arguments)
+        assert code == 2 and "\n" not in err
+        assert err.startswith(f"corolla: error: no space left on the filesystem of {disk}/.tok.staging-"), err
+        assert err.endswith("/sample.txt: free some, or give a path on another one")
+        assert not list(disk.iterdir())
+
+
+def test_a_disk_that_fills_under_a_write_that_names_no_file_is_said_in_one_line(
+    capsys, trained: Path, small_corpus: Path, tmp_path: Path
+) -> None:
+    with small_filesystem(tmp_path / "disk", "100k") as disk:
+        arguments = ["tokenizer", "encode", f"tokenizer={trained}", f"corpus={small_corpus}", f"output_dir={disk}/t"]
+        assert run_cli(capsys, *arguments) == (
+            2,
+            "corolla: error: no space left on a filesystem this command writes to: free some there, or give its "
+            "output paths on another one",
+        )
