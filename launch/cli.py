@@ -199,10 +199,12 @@ NO_SPACE_UNNAMED = (
 
 
 def _error_line(error: Exception) -> str:
-    if isinstance(error, OSError) and error.errno in FILESYSTEM_ERRORS and error.filename:
-        return FILESYSTEM_ERRORS[error.errno].format(path=error.filename)
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return NO_SPACE_UNNAMED
+    if isinstance(error, OSError) and error.errno in FILESYSTEM_ERRORS:
+        # A copy or a rename names the file it writes second (shutil.copy2's error names the source first).
+        if path := error.filename2 or error.filename:
+            return FILESYSTEM_ERRORS[error.errno].format(path=path)
+        if error.errno == errno.ENOSPC:
+            return NO_SPACE_UNNAMED
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 

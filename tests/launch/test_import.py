@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from test_training import records
 from transformers import BloomConfig, BloomForCausalLM
 
-from conftest import MULTILINGUAL, SHARED_DATA, TRAINING_LANGUAGES, byte_level_bpe, cut_corpus
+from conftest import MULTILINGUAL, SHARED_DATA, TRAINING_LANGUAGES, byte_level_bpe, cut_corpus, small_filesystem
 from launch.cli import main
 from launch.config.job_file import read_job
 from launch.data.blend import BlendedDataset
@@ -77,6 +77,20 @@ def test_import_then_export_gives_back_every_tensor_bit_for_bit(bloom: str, requ
     assert all(torch.equal(original[name], exported[name]) for name in original)
     tokenizer = "tokenizer.model" if bloom == "corolla_bloom" else "tokenizer.json"
     assert (tmp_path / "hf" / tokenizer).read_bytes() == (hf_dir / tokenizer).read_bytes()
+
+
+def test_an_export_onto_a_full_disk_names_the_filesystem_it_writes_to(capsys, bpe_bloom: Path, tmp_path: Path) -> None:
+    run_dir, whole = tmp_path / "run", tmp_path / "whole"
+    assert main(["import", "hf", f"hf_dir={bpe_bloom}", f"run_dir={run_dir}"]) == 0
+    assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={whole}"]) == 0
+    pages = [-(-path.stat().st_size // 4096) * 4 for path in whole.iterdir() if path.name != "tokenizer.json"]
+    capsys.readouterr()
+    with small_filesystem(tmp_path / "disk", f"{sum(pages) + 16}k") as disk:  # room for the weights, not the tokenizer
+        assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={disk / 'hf'}"]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' progress bar
+        assert line.startswith(f"corolla: error: no space left on the filesystem of {disk}/.hf.staging-"), line
+        assert line.endswith("/out/tokenizer.json: free some, or give a path on another one")
+        assert not list(disk.iterdir())
 
 
 def _corolla_logits(run_dir: Path, batch: torch.Tensor) -> torch.Tensor:
