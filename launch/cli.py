@@ -6,6 +6,7 @@ import argparse
 import errno
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -198,6 +199,19 @@ NO_SPACE_UNNAMED = (
 )
 
 
+# What corolla says in one line; any other exception is a bug, shown with its traceback.
+SAID = (ConfigError, ValueError, OSError, RuntimeError)
+
+
+def _said(error: Exception) -> Exception | None:
+    """`error` as one line can say it, or None: corolla's errors and the filesystem's, and the I/O error that a Rust
+    library (safetensors) gives as an exception of its own, "... No space left on device (os error 28)"."""
+    if isinstance(error, SAID):
+        return error
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return OSError(int(found[1]), str(error)) if found else None
+
+
 def _error_line(error: Exception) -> str:
     if isinstance(error, OSError) and error.errno in FILESYSTEM_ERRORS:
         # A copy or a rename names the file it writes second (shutil.copy2's error names the source first).
@@ -240,10 +254,11 @@ def _run(command: Command, args: argparse.Namespace) -> int:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
         command.run(job, **flags)
-    except (ConfigError, ValueError, OSError, RuntimeError) as error:
-        if os.environ.get("COROLLA_DEBUG"):
+    except Exception as error:
+        said = _said(error)
+        if said is None or os.environ.get("COROLLA_DEBUG"):
             raise
-        print(f"corolla: error: {_error_line(error)}", file=sys.stderr)
+        print(f"corolla: error: {_error_line(said)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("corolla: interrupted: run the same command again to go on", file=sys.stderr)

@@ -79,7 +79,7 @@ def test_import_then_export_gives_back_every_tensor_bit_for_bit(bloom: str, requ
     assert (tmp_path / "hf" / tokenizer).read_bytes() == (hf_dir / tokenizer).read_bytes()
 
 
-def test_an_export_onto_a_full_disk_names_the_filesystem_it_writes_to(capsys, bpe_bloom: Path, tmp_path: Path) -> None:
+def test_an_export_onto_a_full_disk_is_said_in_one_line(capsys, bpe_bloom: Path, tmp_path: Path) -> None:
     run_dir, whole = tmp_path / "run", tmp_path / "whole"
     assert main(["import", "hf", f"hf_dir={bpe_bloom}", f"run_dir={run_dir}"]) == 0
     assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={whole}"]) == 0
@@ -90,6 +90,13 @@ def test_an_export_onto_a_full_disk_names_the_filesystem_it_writes_to(capsys, bp
         line = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' progress bar
         assert line.startswith(f"corolla: error: no space left on the filesystem of {disk}/.hf.staging-"), line
         assert line.endswith("/out/tokenizer.json: free some, or give a path on another one")
+        assert not list(disk.iterdir())
+    with small_filesystem(tmp_path / "smaller", f"{sum(pages) // 2}k") as disk:  # safetensors' own error
+        assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={disk / 'hf'}"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "corolla: error: no space left on a filesystem this command writes to: free some there, or give its "
+            "output paths on another one"
+        )
         assert not list(disk.iterdir())
 
 
