@@ -47,7 +47,6 @@ from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
 
 GIB = 1024**3
-NEARLY_FULL = 16 * 2**20  # bytes free under which a failed write is taken for a full filesystem
 
 
 def _rng_states(engine) -> dict:
@@ -139,11 +138,9 @@ def _no_space_message(directory: Path, step: int, needed: int) -> str:
     )
 
 
-def is_no_space(error: Exception, directory: Path) -> bool:
-    """ENOSPC, or torch.save's RuntimeError for it ("unexpected pos", "file write failed") on a full filesystem."""
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(error, RuntimeError) and shutil.disk_usage(directory).free < NEARLY_FULL
+def is_no_space(error: OSError) -> bool:
+    """A full filesystem, or a full quota (save_hashed raises torch.save's failed write as its OSError)."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _bytes_to_write(engine) -> int:
@@ -192,8 +189,8 @@ def save(
         if rank == 0:
             written[TRAINER_FILE] = save_hashed(_trainer_state(engine), directory / tag / TRAINER_FILE)
         written[rng_file(rank)] = save_hashed(_rng_states(engine), directory / tag / rng_file(rank))
-    except (OSError, RuntimeError) as error:
-        if not is_no_space(error, directory):
+    except OSError as error:
+        if not is_no_space(error):
             raise
         written = None
     before_commit(step)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from tokenizer.files import naming
+
 
 class _HashingWriter(io.RawIOBase):
     def __init__(self, file: io.BufferedWriter) -> None:
@@ -26,8 +28,15 @@ class _HashingWriter(io.RawIOBase):
 
 
 def save_hashed(value: object, path: Path) -> str:
-    """Writes `value` to `path` as torch.save does; the SHA-256 of the file's bytes (hex)."""
-    with path.open("wb") as file:
-        writer = _HashingWriter(file)
-        torch.save(value, writer)
+    """Writes `value` to `path` as torch.save does; the SHA-256 of the file's bytes (hex). A write that fails (a full
+    disk) raises its OSError, naming `path`."""
+    with naming(path):
+        try:
+            with path.open("wb") as file:
+                writer = _HashingWriter(file)
+                torch.save(value, writer)
+        except RuntimeError as error:  # torch.save's own for a write that failed: "[enforce fail ...] unexpected pos"
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
     return writer.digest.hexdigest()

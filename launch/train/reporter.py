@@ -84,7 +84,7 @@ class Reporter:
             try:
                 append_record(path, {**record, "time": int(time.time() * 1000)})
             except OSError as error:
-                if not is_no_space(error, self.run_dir):
+                if not is_no_space(error):
                     raise
                 problem = (
                     f"no space on {filesystem(self.run_dir)} for {path}: free space there or move run_dir, then "

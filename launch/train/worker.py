@@ -95,7 +95,7 @@ def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> Non
     try:
         RunHistory(run_dir).record(Event.no_space, reason=str(error))
     except OSError as failure:
-        if not checkpoint.is_no_space(failure, run_dir):
+        if not checkpoint.is_no_space(failure):
             raise
 
 

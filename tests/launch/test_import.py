@@ -100,6 +100,17 @@ def test_an_export_onto_a_full_disk_is_said_in_one_line(capsys, bpe_bloom: Path,
         assert not list(disk.iterdir())
 
 
+def test_an_import_onto_a_full_disk_is_said_in_one_line_and_leaves_nothing(
+    capsys, bpe_bloom: Path, tmp_path: Path
+) -> None:
+    with small_filesystem(tmp_path / "disk", "200k") as disk:  # torch.save's error for it: "unexpected pos"
+        assert main(["import", "hf", f"hf_dir={bpe_bloom}", f"run_dir={disk / 'run'}"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"corolla: error: no space left on the filesystem of {disk}/.run.staging-"), error
+        assert error.endswith(".pt: free some, or give a path on another one\n") and error.count("\n") == 1
+        assert not list(disk.iterdir())
+
+
 def _corolla_logits(run_dir: Path, batch: torch.Tensor) -> torch.Tensor:
     parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
     try:
