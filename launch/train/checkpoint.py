@@ -125,16 +125,17 @@ def _gib(size: float) -> str:
     return f"{size / GIB:.2f} GiB" if size >= GIB / 10 else f"{size / 2**20:.1f} MiB"
 
 
-def _no_space_message(directory: Path, step: int, needed: int) -> str:
-    """What is free (once a partial checkpoint is gone) against what the save needs: `needed`, the estimate, unless
-    the save failed with that much free."""
+def no_space_message(directory: Path, step: int, needed: int, then: str = "launch again to resume") -> str:
+    """The line for a checkpoint of `step` that `directory`'s filesystem has no room for: what is free (once a partial
+    checkpoint is gone) against what it needs (`needed`, the estimate, unless it failed with that much free), what is
+    kept, and what to do, `then`."""
     free = shutil.disk_usage(directory).free
     needs = f"about {_gib(needed)}" if needed > free else f"more than {_gib(free)}"
     kept = _newest(directory)
     keeps = f"the step-{kept} checkpoint is kept" if kept else "there is no checkpoint yet"
     return (
         f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_gib(free)} free, it needs {needs} "
-        f"({keeps}); free space there or move run_dir, then launch again to resume"
+        f"({keeps}); free space there or move run_dir, then {then}"
     )
 
 
@@ -178,7 +179,7 @@ def save(
         shutil.rmtree(directory / tag, ignore_errors=True)  # a save of this step that crashed before
         directory.mkdir(parents=True, exist_ok=True)
         if needed > shutil.disk_usage(directory).free:
-            problem = _no_space_message(directory, step, needed)
+            problem = no_space_message(directory, step, needed)
         else:
             (directory / tag).mkdir()
     if problem := from_rank_0(problem):
@@ -199,7 +200,7 @@ def save(
     if None in every_rank:
         if rank == 0:
             shutil.rmtree(directory / tag, ignore_errors=True)
-            problem = _no_space_message(directory, step, needed)
+            problem = no_space_message(directory, step, needed)
         raise NoSpace(from_rank_0(problem))  # once the partial checkpoint is gone
     if rank == 0:
         mark_complete(

@@ -28,7 +28,7 @@ TIED_EMBEDDING = TIED_PREFIX + EMBEDDING
 
 def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, model: ModelConfig) -> ParallelLayout:
     """Writes `target`'s shards of the checkpoint of `step` beside its own, then names them in COMPLETE; returns the
-    layout it had."""
+    layout it had. One that fails (a full disk: a CheckpointError that says so) removes what it wrote."""
     directory, saved = checkpoints / checkpoint_tag(step), checkpoint.saved_layout(checkpoints, step)
     reader = ShardReader(directory, saved)
     rows = reader.full_size(TIED_EMBEDDING, 0)
@@ -41,6 +41,34 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
     for path in directory.rglob("*"):  # written by a reshard stopped halfway: no layout's, whatever it was for
         if path.is_file() and str(path.relative_to(directory)) not in {*checksums, COMPLETE}:
             path.unlink()
+    new = [name for name in shard_files(target) if name not in checksums]
+    old = frozenset(shard_files(saved)) - frozenset(shard_files(target))
+    try:
+        checksums |= _write_shards(reader, directory, target, model)
+        rngs = checkpoint.rng_layout(checkpoints, step)
+        checkpoint.mark_complete(checkpoints, step, target, rngs, checksums, leave_out=old)
+    except BaseException as error:
+        if checkpoint.saved_layout(checkpoints, step) == saved:  # COMPLETE not replaced: the new files are no one's
+            for name in new:
+                (directory / name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and checkpoint.is_no_space(error):
+            raise CheckpointError(_no_space_message(checkpoints, step, saved)) from None
+        raise
+    for name in old:
+        (directory / name).unlink()
+    return saved
+
+
+def _no_space_message(checkpoints: Path, step: int, saved: ParallelLayout) -> str:
+    """The new layout's shards need about as much room as the old one's."""
+    entries = file_entries(step_record(checkpoints, step))
+    needed = sum(entries[name][0] for name in shard_files(saved))
+    return checkpoint.no_space_message(checkpoints, step, needed, then=f"reshard step {step} again")
+
+
+def _write_shards(reader: ShardReader, directory: Path, target: ParallelLayout, model: ModelConfig) -> dict[str, str]:
+    """`target`'s shard files, cut from `reader`'s, written into `directory`; their SHA-256s by name."""
+    checksums = {}
     for pp_rank, layers in enumerate(stage_cut(model, target.pp)):
         names = [name for name in reader.names() if holds(name, layers, model.num_layers)]
         for tp_rank in range(target.tp):
@@ -49,12 +77,7 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
             }
             file = shard_file(tp_rank, target.tp, pp_rank, target.pp)
             checksums[file] = save_hashed(states, directory / file)
-    old = frozenset(shard_files(saved)) - frozenset(shard_files(target))
-    rngs = checkpoint.rng_layout(checkpoints, step)
-    checkpoint.mark_complete(checkpoints, step, target, rngs, checksums, leave_out=old)
-    for name in old:
-        (directory / name).unlink()
-    return saved
+    return checksums
 
 
 def reshard(job: ReshardJob) -> None:

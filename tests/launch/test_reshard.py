@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from run_copies import stopped_copy
 from test_training import SHORT_RUN, records
 
+from conftest import resize, small_filesystem
 from launch.cli import main
 from launch.plan.layout import ParallelLayout
 from launch.plan.stages import pipeline_stages, stage_cut
@@ -120,6 +122,28 @@ def test_a_reshard_stopped_halfway_leaves_the_checkpoint_whole_and_the_next_resh
     listed = json.loads((saved / "COMPLETE").read_text())["files"]
     assert sorted(path.name for path in saved.iterdir() if path.name != "COMPLETE") == sorted(listed)
     assert main(["checkpoint", "verify", str(run_dir), "step=2"]) == 0
+
+
+def test_a_reshard_the_disk_has_no_room_for_says_so_and_leaves_the_checkpoint_as_it_was(
+    capsys, stayed_run, tmp_path
+) -> None:
+    with small_filesystem(tmp_path / "disk", "64M") as disk:
+        run_dir = stopped_copy(stayed_run, disk / "run", 2)
+        saved = run_dir / "checkpoints" / "step-00000002"
+        before = {path.name: path.read_bytes() for path in saved.iterdir()}
+        shard = (saved / shard_file(0, 1, 0, 1)).stat().st_size
+        resize(disk, f"{(shutil.disk_usage(disk).used + shard // 2) // 1024}k")  # room for half the new shards
+        assert reshard(run_dir, "tp=2") == 2
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .splitlines()[-1]
+            .startswith(f"corolla: error: no space on {disk} for the step-2 checkpoint: ")
+        )
+        assert {path.name: path.read_bytes() for path in saved.iterdir()} == before
+        assert main(["checkpoint", "verify", str(run_dir), "step=2"]) == 0
+        resize(disk, "64M")
+        assert reshard(run_dir, "tp=2") == 0
 
 
 def test_a_layout_the_model_cannot_take_is_refused_before_any_file_changes(capsys, stayed_run, tmp_path) -> None:
