@@ -8,9 +8,11 @@ fails fast here (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _TIMEOUT), so that a server th
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from omegaconf import OmegaConf
 
 from launch.rundir.files import MLFLOW_ARTIFACTS, MLFLOW_DB, RUN_CREATION, RUN_FILE
 from launch.rundir.run_record import SQLITE, TrackedRun, default_uri, masked, record_run, recorded_run
-from tokenizer.files import write_atomically
+from tokenizer.files import staging_area, write_atomically
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -117,16 +119,31 @@ def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str]
 
 
 def _create_store(run_dir: Path) -> None:
-    """The embedded store, built whole under another name and then renamed: MLflow makes its schema in a series of
-    migrations, and a launch killed among them would leave a database no later launch can open. (The name is new
-    each time: MLflow keeps a store open per URI.)"""
-    if (run_dir / MLFLOW_DB).exists():
+    """The embedded store, built whole in a staging area and then renamed: MLflow makes its schema in a series of
+    migrations, and a launch killed among them, or a disk that fills, would leave a database no later launch can open;
+    the staging area goes, whatever happened. (The name is new each time: MLflow keeps a store open per URI.) An
+    OSError naming the store when its disk is full."""
+    path = run_dir / MLFLOW_DB
+    if path.exists():
         return
-    for left in run_dir.glob(f".{MLFLOW_DB}.*.tmp*"):  # by a launch killed while it built one (and SQLite's journal)
-        left.unlink()
-    building = run_dir / f".{MLFLOW_DB}.{uuid.uuid4().hex}.tmp"
-    _client(f"{SQLITE}{building.resolve()}")  # creates the database and its tables
-    os.replace(building, run_dir / MLFLOW_DB)
+    with staging_area(path) as area:
+        building = area / f"{uuid.uuid4().hex}.db"
+        try:
+            _client(f"{SQLITE}{building.resolve()}")  # creates the database and its tables
+        except Exception as error:
+            if _disk_full(error):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise
+        os.replace(building, path)
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """SQLite's "database or disk is full", however deep MLflow and SQLAlchemy wrap it."""
+    while error is not None:
+        if isinstance(error, sqlite3.Error) and error.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _delete_unrecorded(client: MlflowClient, run_dir: Path, experiment_id: str) -> None:

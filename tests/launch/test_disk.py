@@ -227,3 +227,19 @@ def test_a_trained_run_whose_end_found_the_disk_full_is_finished_by_its_next_lau
         tracked = recorded_run(run_dir)
         validations = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, "val_loss")
         assert sorted(metric.step for metric in validations) == [2, 4]
+
+
+def test_a_disk_that_fills_as_the_mlflow_store_is_made_is_said_and_leaves_no_half_store(
+    capsys, tokens: Path, tmp_path: Path
+) -> None:
+    with small_filesystem(tmp_path / "disk", size="600k") as disk:
+        run_dir = disk / "run"
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=1"]
+        assert main(train) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"corolla: error: no space left on the filesystem of {run_dir / 'mlflow.db'}: free some, or give a path "
+            "on another one"
+        )
+        assert not [path.name for path in run_dir.iterdir() if path.name.startswith(".") or path.name == "mlflow.db"]
+        resize(disk, "32M")
+        assert main(train) == 0 and mlflow_status(run_dir) == "FINISHED"

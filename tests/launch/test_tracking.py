@@ -192,7 +192,7 @@ def created_unrecorded(run_dir: Path) -> bool:
 
 @pytest.mark.parametrize(
     "reached",
-    [lambda run_dir: any(run_dir.glob(".mlflow.db.*.tmp")), created_unrecorded],
+    [lambda run_dir: any(run_dir.glob(".mlflow.db.staging-*/*.db")), created_unrecorded],
     ids=["building-the-store", "run-created-not-recorded"],
 )
 def test_a_launch_killed_while_it_creates_the_mlflow_run_leaves_one_run_and_a_store_that_opens(
