@@ -18,13 +18,14 @@ import sys
 import time
 import urllib.request
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
-from launch.rundir.files import MLFLOW_ARTIFACTS, MLFLOW_DB, RUN_CREATION, RUN_FILE
+from launch.rundir.files import MLFLOW_ARTIFACTS, RUN_CREATION, RUN_FILE
 from launch.rundir.run_record import SQLITE, TrackedRun, default_uri, masked, record_run, recorded_run
 from tokenizer.files import staging_area, write_atomically
 
@@ -96,8 +97,8 @@ def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str]
     run_dir.mkdir(parents=True, exist_ok=True)
     embedded = uri is None or uri == default_uri(run_dir)
     uri = uri or default_uri(run_dir)
-    if embedded:
-        _create_store(run_dir)
+    if uri.startswith(SQLITE):
+        _create_store(Path(uri.removeprefix(SQLITE)))
     artifacts = (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri() if embedded else None
     from mlflow.entities import Param
 
@@ -118,12 +119,11 @@ def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str]
     return tracked
 
 
-def _create_store(run_dir: Path) -> None:
-    """The embedded store, built whole in a staging area and then renamed: MLflow makes its schema in a series of
-    migrations, and a launch killed among them, or a disk that fills, would leave a database no later launch can open;
-    the staging area goes, whatever happened. (The name is new each time: MLflow keeps a store open per URI.) An
-    OSError naming the store when its disk is full."""
-    path = run_dir / MLFLOW_DB
+def _create_store(path: Path) -> None:
+    """An SQLite store that is not there yet (the embedded one, or one the URI names), built whole in a staging area
+    and then linked to `path`: MLflow makes its schema in a series of migrations, and a launch killed among them, or a
+    disk that fills, would leave a database no later launch can open; the staging area goes, whatever happened. (The
+    name is new each time: MLflow keeps a store open per URI.) An OSError naming the store when its disk is full."""
     if path.exists():
         return
     with staging_area(path) as area:
@@ -134,7 +134,8 @@ def _create_store(run_dir: Path) -> None:
             if _disk_full(error):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
             raise
-        os.replace(building, path)
+        with suppress(FileExistsError):  # made meanwhile by a launch of another run: kept, not replaced
+            os.link(building, path)
 
 
 def _disk_full(error: BaseException | None) -> bool:

@@ -243,3 +243,29 @@ def test_a_disk_that_fills_as_the_mlflow_store_is_made_is_said_and_leaves_no_hal
         assert not [path.name for path in run_dir.iterdir() if path.name.startswith(".") or path.name == "mlflow.db"]
         resize(disk, "32M")
         assert main(train) == 0 and mlflow_status(run_dir) == "FINISHED"
+
+
+def test_a_tracking_store_named_on_a_disk_that_fills_is_not_left_half_built(
+    capsys, monkeypatch, tokens: Path, tmp_path: Path
+) -> None:
+    """Half-built, it could never be opened again ("table ... already exists"): a launch after space is freed makes
+    it whole, and a sync to a new store on a full disk leaves none either."""
+    monkeypatch.chdir(tmp_path)  # where MLflow puts the artifacts of a store that is not the run directory's
+    run_dir = tmp_path / "run"
+    with small_filesystem(tmp_path / "disk", size="600k") as disk:
+        store = disk / "mlflow.db"
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=1"]
+        assert main([*train, f"tracking.uri=sqlite:///{store}"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"corolla: error: no space left on the filesystem of {store}: free some, or give a path on another one"
+        )
+        assert list(disk.iterdir()) == []
+        resize(disk, "32M")
+        assert main([*train, f"tracking.uri=sqlite:///{store}"]) == 0 and mlflow_status(run_dir) == "FINISHED"
+    with small_filesystem(tmp_path / "other", size="600k") as other:
+        assert main(["tracking", "sync", str(run_dir), f"uri=sqlite:///{other / 'new.db'}"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"corolla: error: no space left on the filesystem of {other / 'new.db'}: free some, or give a path on "
+            "another one"
+        )
+        assert list(other.iterdir()) == []
