@@ -10,6 +10,7 @@ leaves no run directory.
 
 from __future__ import annotations
 
+import errno
 import math
 import shutil
 from dataclasses import asdict
@@ -191,6 +192,20 @@ def _already_imported(run_dir: Path, hf_dir: Path) -> bool:
     raise ValueError(f"run_dir={run_dir} exists and holds something else: import into a new run_dir")
 
 
+def _move_into_place(staging: Path, run_dir: Path, hf_dir: Path) -> bool:
+    """Renames the import to run_dir; False when another process has put the same import there since it was checked
+    (one of something else: the ValueError of _already_imported)."""
+    try:
+        if run_dir.is_dir():
+            run_dir.rmdir()  # empty, as checked before; one that is not by now is not the import's to replace
+        staging.rename(run_dir)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _already_imported(run_dir, hf_dir):
+            raise
+        return False
+    return True
+
+
 def import_hf_model(job: ImportJob) -> None:
     hf_dir, run_dir = Path(job.hf_dir), Path(job.run_dir)
     if not hf_dir.is_dir():
@@ -207,9 +222,9 @@ def import_hf_model(job: ImportJob) -> None:
         parameters = _write_checkpoint(staging / CHECKPOINTS, model, weights)
         _copy_tokenizer(hf_dir, staging / TOKENIZER_DIR)
         write_import_record(staging, model, {"hf_dir": str(hf_dir.resolve()), "files": weights.stamp()})
-        if run_dir.is_dir():
-            run_dir.rmdir()  # empty, as checked above; one that is not by now is not the import's to replace
-        staging.rename(run_dir)
+        if not _move_into_place(staging, run_dir, hf_dir):
+            print(f"{run_dir} was given this import of {hf_dir} by another corolla meanwhile: nothing to do")
+            return
     print(
         f"imported {hf_dir} into {run_dir}: BLOOM of {model.num_layers} layers, hidden {model.hidden_size}, "
         f"{model.num_heads} heads, {parameters:,} parameters, a {model.vocab_size}-token tokenizer "

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +20,23 @@ from mlflow.tracking import MlflowClient
 from test_training import records
 from transformers import BloomConfig, BloomForCausalLM
 
-from conftest import MULTILINGUAL, SHARED_DATA, TRAINING_LANGUAGES, byte_level_bpe, cut_corpus, small_filesystem
+from conftest import (
+    MULTILINGUAL,
+    REPO_ROOT,
+    SHARED_DATA,
+    TRAINING_LANGUAGES,
+    byte_level_bpe,
+    cut_corpus,
+    small_filesystem,
+)
 from launch.cli import main
 from launch.config.job_file import read_job
 from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus
 from launch.plan.schedules import lr_at
-from launch.plan.weights import weights_of
+from launch.plan.weights import import_record, weights_of, write_import_record
 from launch.rundir.run_record import recorded_run
+from launch.train import import_hf
 from launch.train.export import full_state_dict
 from model.bloom import BloomModel, parallel_config
 
@@ -109,6 +120,32 @@ def test_an_import_onto_a_full_disk_is_said_in_one_line_and_leaves_nothing(
         assert error.startswith(f"corolla: error: no space left on the filesystem of {disk}/.run.staging-"), error
         assert error.endswith(".pt: free some, or give a path on another one\n") and error.count("\n") == 1
         assert not list(disk.iterdir())
+
+
+@pytest.mark.parametrize("other", ["bpe_bloom", "corolla_bloom"], ids=["the-same-import", "another-import"])
+def test_an_import_that_another_puts_in_its_run_dir_first_is_that_import_or_said(
+    capsys, monkeypatch, bpe_bloom: Path, other: str, request, tmp_path: Path
+) -> None:
+    """Two imports into one run_dir at once: the one that finishes second finds the other's there, its own import if
+    of the same model (nothing to do, as a rerun), else a line saying so."""
+    run_dir, other_dir = tmp_path / "run", request.getfixturevalue(other)
+
+    def other_first(*arguments: object) -> None:  # another corolla's import finishes while this one is built
+        command = [sys.executable, "-m", "launch.cli", "import", "hf", f"hf_dir={other_dir}", f"run_dir={run_dir}"]
+        subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, timeout=600)
+        write_import_record(*arguments)
+
+    monkeypatch.setattr(import_hf, "write_import_record", other_first)
+    code = main(["import", "hf", f"hf_dir={bpe_bloom}", f"run_dir={run_dir}"])
+    out, err = capsys.readouterr()
+    if other == "bpe_bloom":
+        assert code == 0 and out.strip().endswith("by another corolla meanwhile: nothing to do"), err
+    else:
+        assert code == 2 and err.strip().splitlines()[-1] == (  # after the progress bar of the fixture's making
+            f"corolla: error: run_dir={run_dir} exists and holds something else: import into a new run_dir"
+        )
+    assert import_record(run_dir)["source"]["hf_dir"] == str(other_dir.resolve())  # the other's, whole
+    assert [path.name for path in tmp_path.iterdir()] == ["run"]
 
 
 def _corolla_logits(run_dir: Path, batch: torch.Tensor) -> torch.Tensor:
