@@ -25,3 +25,4 @@ def worker_of(parent: int) -> None:
     one line) instead of printing a traceback of its own."""
     ended_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while it started (tokenizer/encode.py)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -238,7 +239,20 @@ def _worker_pool(workers: int) -> Iterator[Executor | None]:
         return
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=spawn, initializer=worker_of, initargs=(os.getpid(),)) as pool:
+        _start_workers(pool, workers)
         yield pool
+
+
+def _start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
+    """Starts every worker now (the pool starts one a task) with SIGINT blocked, a mask a child keeps across exec: a
+    terminal's Ctrl-C while a worker still imports what it needs would print its traceback (worker_of, once it runs,
+    ignores SIGINT). A Ctrl-C meanwhile reaches this process as soon as they are started."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for _ in range(workers):
+            pool.submit(os.getpid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _scan(sources: list[Source], pool: Executor | None, in_flight: int, log: Callable[[str], None]) -> list[SourceScan]:

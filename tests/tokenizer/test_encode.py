@@ -311,9 +311,12 @@ def test_the_workers_end_with_an_encoding_killed_outright(model: Path, tmp_path:
     assert not psutil.wait_procs(workers, timeout=30)[1]
 
 
-def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(model: Path, tmp_path: Path) -> None:
-    """A terminal's Ctrl-C goes to the whole process group, workers included: they leave it to corolla, which says
-    one line."""
+@pytest.mark.parametrize("worked", [0.0, 0.3], ids=["starting", "encoding"])
+def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(
+    model: Path, tmp_path: Path, worked: float
+) -> None:
+    """A terminal's Ctrl-C goes to the whole process group, workers included, whether they still import what they
+    need or encode (`worked` CPU seconds): they leave it to corolla, which says one line."""
     corpus = long_corpus(tmp_path / "corpus")
     arguments = [f"tokenizer={model}", f"corpus={corpus}", f"output_dir={tmp_path / 'out'}", "workers=2"]
     command = [sys.executable, "-m", "launch.cli", "tokenizer", "encode", *arguments]
@@ -321,7 +324,7 @@ def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(m
     try:
         deadline = time.monotonic() + 60
         workers: list[psutil.Process] = []
-        while not (len(workers) == 2 and all(cpu_seconds(worker) > 0.3 for worker in workers)):
+        while not (len(workers) == 2 and all(cpu_seconds(worker) > worked for worker in workers)):
             assert stopped.poll() is None and time.monotonic() < deadline, "the encoding ended before its Ctrl-C"
             workers = pool_workers(stopped.pid)
             time.sleep(0.05)
