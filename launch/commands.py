@@ -19,9 +19,9 @@ from launch.config.schemas import (
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
 from launch.jobs.monitor import status_lines
-from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, complete_tags, verify
+from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, complete_tags, reading, step_record, verify
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHAIN_FILE, CHECKPOINTS, JOB_FILE, JOBS_FILE, TRAIN_DIR, VALIDATION_FILE, checkpoint_tag
+from launch.rundir.files import CHAIN_FILE, CHECKPOINTS, JOB_FILE, JOBS_FILE, TRAIN_DIR, VALIDATION_FILE
 from launch.rundir.lock import holding
 from launch.rundir.run_record import masked, recorded_run
 from slurm.backend import SlurmBackend
@@ -126,15 +126,18 @@ def verify_checkpoints(job: VerifyJob) -> None:
     steps = [job.step] if job.step else [int(tag.removeprefix("step-")) for tag in complete_tags(directory)[0]]
     if not steps:
         raise ValueError(f"{directory} holds no complete checkpoint to verify")
+    if job.step:
+        step_record(directory, job.step)  # the one asked for must be a complete checkpoint
     failed = []
     for step in steps:
         try:
-            files, size, bad = verify(directory, step)
+            with reading(directory, step):  # found there a moment ago
+                files, size, bad = verify(directory, step)
             verdict = f"{files} files, {size / 1e6:,.1f} MB: " + (f"FAILS ({', '.join(bad)})" if bad else "verified")
         except CheckpointError as error:
-            if job.step:  # the one asked for: no such checkpoint, or its record or files damaged
+            if job.step:  # the one asked for: its record or files damaged, or removed meanwhile
                 raise
-            if isinstance(error, CheckpointRemoved) or not (directory / checkpoint_tag(step)).exists():
+            if isinstance(error, CheckpointRemoved):
                 bad, verdict = [], "removed while it was read, by the training that runs: nothing to verify"
             else:
                 bad, verdict = [str(error)], f"FAILS ({error})"

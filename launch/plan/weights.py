@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from launch.config.job_file import read_job
 from launch.data.corpus import TokenCorpus
 from launch.plan.layout import ParallelLayout
-from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, latest_step, step_record
+from launch.rundir.checkpoints import CheckpointError, latest_step, reading, step_record
 from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, TOKENIZER_DIR, checkpoint_tag
 from launch.rundir.history import RunHistory
 from model.config import ModelConfig
@@ -79,16 +79,12 @@ def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
             f"{path} is neither a corolla run directory (no {JOB_FILE}) nor an imported model (no {IMPORT_FILE}): "
             "pass a run directory, or a Hugging Face model directory where init_from takes one"
         )
-    latest = not step
-    step = step or latest_step(path / CHECKPOINTS) or 0
-    if not step:
+    if step:
+        step_record(path / CHECKPOINTS, step)  # the one asked for must be a complete checkpoint
+    elif not (step := latest_step(path / CHECKPOINTS) or 0):
         raise ValueError(f"{path} has no complete checkpoint: train it first")
-    try:
+    with reading(path / CHECKPOINTS, step):  # found there a moment ago: the training that runs may remove it
         layout = checkpoint_layout(path / CHECKPOINTS, step)
-    except CheckpointError:
-        if latest and not (path / CHECKPOINTS / checkpoint_tag(step)).exists():  # the training that runs removed it
-            raise CheckpointRemoved(path / CHECKPOINTS, step) from None
-        raise
     job = read_job(path / JOB_FILE)
     model = replace(job.model, embedding_rows=job.model.padded_vocab_size(layout.tp))
     tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir

@@ -35,10 +35,15 @@ class CheckpointRemoved(CheckpointError):
 
 @contextmanager
 def reading(directory: Path, step: int) -> Iterator[None]:
-    """Reads of the checkpoint of `step`: a file of it that is gone meanwhile is a CheckpointRemoved."""
+    """Reads of the checkpoint of `step`, which was there when they began: one gone meanwhile (a file of it, or its
+    directory under a CheckpointError) is a CheckpointRemoved."""
     try:
         yield
     except FileNotFoundError:
+        raise CheckpointRemoved(directory, step) from None
+    except CheckpointError as error:
+        if isinstance(error, CheckpointRemoved) or (directory / checkpoint_tag(step)).exists():
+            raise
         raise CheckpointRemoved(directory, step) from None
 
 

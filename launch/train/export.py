@@ -59,12 +59,8 @@ def _read_weights(job: ExportJob, weights: Weights, tries: int = 3) -> tuple[Wei
 
 def _verified_state(weights: Weights) -> dict[str, torch.Tensor]:
     directory, step = weights.checkpoints, weights.step
-    try:
+    with reading(directory, step):  # there a moment ago, when weights_of found it
         _, _, bad = verify(directory, step)
-    except CheckpointError:
-        if not (directory / checkpoint_tag(step)).exists():  # there a moment ago, when weights_of found it
-            raise CheckpointRemoved(directory, step) from None
-        raise
     if bad:
         raise CheckpointError(
             f"checkpoint {step} of {weights.run_dir} fails its checksums ({', '.join(bad)}): export another"
