@@ -35,6 +35,7 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, JOBS_FILE, LOSS_CHART
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
+from launch.train.compat import torchrun
 from launch.train.stopping import RANK_ERROR, STACKS_FOLLOW, WATCHDOG
 from tokenizer.children import ended_with_parent
 
@@ -68,7 +69,7 @@ def _kill(torchrun: subprocess.Popen) -> None:
 
 
 # What a rank says of why it failed: corolla's own one-line errors, or the last line of a Python traceback (torchrun
-# prefixes a rank's lines with "[rankN]:"); torchrun's summary of the failure names no reason.
+# prefixes a rank's lines with "[rankN]:").
 CAUSE = re.compile(rf"^(?:\[rank(\d+)\]:\s*)?((?:corolla: |{WATCHDOG}|[\w.]*(?:Error|Exception): ).+)$")
 
 
@@ -95,7 +96,7 @@ class _FirstCause:
                     sys.stderr.flush()
                 except OSError:  # the terminal or pipe corolla writes to is gone
                     passing_on = False
-            if (match := CAUSE.match(text.rstrip())) and "ChildFailedError" not in match[2]:
+            if match := CAUSE.match(text.rstrip()):
                 cause = match[2].removeprefix(RANK_ERROR).split(STACKS_FOLLOW)[0]
                 self.causes.setdefault(
                     match[2].startswith("corolla"), f"rank {match[1]}: {cause}" if match[1] else cause
@@ -117,8 +118,7 @@ def run_ranks(run_dir: Path, world_size: int) -> RanksEnd:
     """Runs the run's ranks here and waits for their end."""
     threads = max(1, (os.cpu_count() or 1) // world_size)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
-    command = [*torchrun, "-m", "launch.train", str(run_dir)]
+    command = [*torchrun(), "--standalone", f"--nproc-per-node={world_size}", "-m", "launch.train", str(run_dir)]
     process = subprocess.Popen(
         command,
         env=env,

@@ -185,6 +185,19 @@ def set_lr_schedule_step(scheduler, steps: int) -> None:
         group["lr"] = lr
 
 
+def torchrun() -> list[str]:
+    """The command that runs torchrun (torch.distributed.run) without the ChildFailedError it raises from its main
+    when a rank fails: Python printed its traceback and summary, thirty lines that name no reason, between the ranks'
+    own errors and corolla's last line. Exits with torchrun's status for it, 1."""
+    quiet = (
+        "import sys\n"
+        "from torch.distributed.elastic.multiprocessing.errors import ChildFailedError\n"
+        "from torch.distributed.run import main\n"
+        "try:\n    main()\nexcept ChildFailedError:\n    sys.exit(1)\n"
+    )
+    return [sys.executable, "-c", quiet]
+
+
 # submitit 1.5.4
 
 

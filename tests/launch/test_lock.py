@@ -202,7 +202,8 @@ def test_a_signal_while_the_ranks_load_their_libraries_stops_them_with_a_checkpo
     launcher = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        ranks = [process for process in workers(run_dir) if "torch.distributed.run" not in process.info["cmdline"]]
+        # The ranks, not torchrun (whose arguments are its own, then theirs).
+        ranks = [process for process in workers(run_dir) if "--standalone" not in process.info["cmdline"]]
         if len(ranks) == 2 and all(importing_torch(rank) for rank in ranks):
             break
         time.sleep(0.01)
