@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
@@ -27,30 +28,50 @@ def bits_per_byte(losses: dict[str, float], bytes_per_token: dict[str, float]) -
     }
 
 
+def written_by_rank_0(writes: bool, run_dir: Path, written: Path, write: Callable[[], None]) -> None:
+    """Runs `write` where `writes` (rank 0); then, on every rank (a collective), NoSpace where it found no room on the
+    filesystem of the run directory for what it writes (`written`, said)."""
+    problem = None
+    if writes:
+        try:
+            write()
+        except OSError as error:
+            if not is_no_space(error):
+                raise
+            problem = (
+                f"no space on {filesystem(run_dir)} for {written}: free space there or move run_dir, then launch "
+                "again to resume from the last checkpoint"
+            )
+    if problem := from_rank_0(problem):
+        raise NoSpace(problem)
+
+
 class Reporter:
     def __init__(
         self,
         run_dir: Path,
         rank: int,
         total_steps: int,
-        resumed_from: int,
         bytes_per_token: dict[str, float] | None = None,
         sends: bool = True,
     ) -> None:
-        """On rank 0, drops the records after `resumed_from` (this launch redoes those steps) and, if it `sends`,
-        starts the sender. `bytes_per_token` of each language's validation samples gives validations in bits per byte
-        too."""
+        """`bytes_per_token` of each language's validation samples gives validations in bits per byte too; rank 0
+        `sends` MLflow the records once it begins."""
         self.run_dir = run_dir
         self.total_steps = total_steps
         self.bytes_per_token = bytes_per_token or {}
         self.writes = rank == 0
+        self.sends = sends
         self.sender: Sender | None = None
         self.steps_redone = 0
-        if self.writes:
-            last_step = keep_steps_up_to(run_dir / METRICS_FILE, resumed_from)
-            keep_steps_up_to(run_dir / VALIDATION_FILE, resumed_from)
-            self.steps_redone = max(0, last_step - resumed_from)
-            self.sender = Sender(run_dir) if sends else None
+
+    def begin(self, resumed_from: int) -> None:
+        """Rank 0: drops the records after `resumed_from` (this launch redoes those steps), then, if it sends, starts
+        the sender, which must not send them."""
+        last_step = keep_steps_up_to(self.run_dir / METRICS_FILE, resumed_from)
+        keep_steps_up_to(self.run_dir / VALIDATION_FILE, resumed_from)
+        self.steps_redone = max(0, last_step - resumed_from)
+        self.sender = Sender(self.run_dir) if self.sends else None
 
     def step(self, record: StepRecord) -> None:
         """Called on every rank (a collective): NoSpace on every rank where rank 0 found no room for the record."""
@@ -78,20 +99,8 @@ class Reporter:
 
     def _append(self, series: str, record: dict) -> None:
         """Rank 0 appends the record; every rank raises NoSpace if its filesystem had no room for it."""
-        problem = None
-        if self.writes:
-            path = self.run_dir / series
-            try:
-                append_record(path, {**record, "time": int(time.time() * 1000)})
-            except OSError as error:
-                if not is_no_space(error):
-                    raise
-                problem = (
-                    f"no space on {filesystem(self.run_dir)} for {path}: free space there or move run_dir, then "
-                    "launch again to resume from the last checkpoint"
-                )
-        if problem := from_rank_0(problem):
-            raise NoSpace(problem)
+        path, stamped = self.run_dir / series, {**record, "time": int(time.time() * 1000)}
+        written_by_rank_0(self.writes, self.run_dir, path, lambda: append_record(path, stamped))
 
     def close(self) -> None:
         """Gives MLflow a bounded time to take the rest, the run's start and end included (its history says them);

@@ -26,7 +26,7 @@ from launch.data.facts import TokenizerChanged
 from launch.plan.layout import ParallelLayout
 from launch.plan.run_plan import RunPlan, read_plan
 from launch.rundir.checkpoints import CheckpointError, set_aside_newer
-from launch.rundir.files import CHECKPOINTS, JOB_FILE, STOP_FILE, checkpoint_tag
+from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, JOB_FILE, STOP_FILE, checkpoint_tag
 from launch.rundir.history import Event, RunHistory
 from launch.train import checkpoint, compat
 from launch.train.batches import validation_batches
@@ -35,7 +35,7 @@ from launch.train.engine import build_engine, check_groups
 from launch.train.faults import Faults
 from launch.train.health import HealthCheck, check
 from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
-from launch.train.reporter import Reporter
+from launch.train.reporter import Reporter, written_by_rank_0
 from launch.train.shards import EmbeddingGrowth
 from launch.train.stopping import RANK_ERROR, StopSignals, Watchdog
 from tokenizer.files import ADDED_PIECES_FILE, read_json
@@ -64,13 +64,23 @@ def _record_start(
     history.record(Event.start, **origin, resumed_from_step=resumed_from, steps_redone=redone, **change)
 
 
+def _record_if_room(run_dir: Path, event: Event, **details: object) -> None:
+    """Rank 0 records how the start ended, unless the run directory's filesystem is full: the line it says then is
+    the record that matters."""
+    try:
+        RunHistory(run_dir).record(event, **details)
+    except OSError as error:
+        if not checkpoint.is_no_space(error):
+            raise
+
+
 def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: list[int]) -> None:
     """History (MLflow: failed) and one line: which step, and the ranks whose gradients were not finite."""
     if rank != 0:
         return
     record = error.record
     where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else "non-finite loss"
-    RunHistory(run_dir).record(Event.diverged, step=record.step, loss=str(record.loss), ranks=ranks)
+    _record_if_room(run_dir, Event.diverged, step=record.step, loss=str(record.loss), ranks=ranks)
     print(
         f"{RANK_ERROR}{error} ({where}): stopped without saving it; the weights are those before it. Lower "
         "train.lr, or let steps pass with train.skip_nonfinite=N, and launch again to resume from the last checkpoint",
@@ -92,11 +102,7 @@ def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> Non
     if rank != 0:
         return
     print(f"{RANK_ERROR}{error}", file=sys.stderr, flush=True)
-    try:
-        RunHistory(run_dir).record(Event.no_space, reason=str(error))
-    except OSError as failure:
-        if not checkpoint.is_no_space(failure):
-            raise
+    _record_if_room(run_dir, Event.no_space, reason=str(error))
 
 
 def _data(run_dir: Path, job: TrainJob, plan: RunPlan) -> DataShard:
@@ -195,11 +201,16 @@ def main(
     data, engine, first_step, saved_layout = _set_up(start)
     start.faults.install(engine.module, first_step)
     watchdog.progress()  # start-up and a large checkpoint's load may take long; the steps start the clock again
-    reporter = Reporter(run_dir, rank, job.train.steps, first_step, plan.validation_bytes_per_token, sends)
+    reporter = Reporter(run_dir, rank, job.train.steps, plan.validation_bytes_per_token, sends)
+    origin = origin or {"host": socket.gethostname()}
     try:
-        if rank == 0:
-            _announce(start, reporter, origin or {"host": socket.gethostname()}, first_step, saved_layout)
+        written_by_rank_0(
+            rank == 0, run_dir, run_dir, lambda: _announce(start, reporter, origin, first_step, saved_layout)
+        )
         return _train(start, engine, data, reporter, first_step)
+    except checkpoint.NoSpace as error:
+        _record_no_space(start.run_dir, start.rank, error)
+        return Event.no_space
     finally:
         reporter.close()
         watchdog.stop()
@@ -229,7 +240,9 @@ def _set_up(start: RankStart) -> tuple[DataShard, PipelineEngine, int, ParallelL
 def _announce(
     start: RankStart, reporter: Reporter, origin: dict[str, object], first_step: int, saved_layout: ParallelLayout
 ) -> None:
-    """Rank 0: sets aside the checkpoints newer than the one resumed, says what it resumed, records the start."""
+    """Rank 0: drops the records of the steps this start redoes, sets aside the checkpoints newer than the one
+    resumed, says what it resumed, records the start."""
+    reporter.begin(first_step)
     set_aside = set_aside_newer(start.checkpoints, first_step)
     for path in set_aside:
         print(f"corolla: set {path} aside: the steps after {first_step} are trained again", flush=True)
@@ -260,18 +273,15 @@ def _train(start: RankStart, engine: PipelineEngine, data: DataShard, reporter: 
     except NonFiniteStep as error:
         _record_divergence(start.run_dir, start.rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
         return Event.diverged
-    except checkpoint.NoSpace as error:
-        _record_no_space(start.run_dir, start.rank, error)
-        return Event.no_space
     torch.distributed.barrier()
     outcome = Event.stopped if stopped or last < job.train.steps else Event.finished
-    if start.rank == 0:
-        _record_end(start.run_dir, outcome, last, start.stop)
+    history = start.run_dir / HISTORY_FILE
+    written_by_rank_0(start.rank == 0, start.run_dir, history, lambda: _record_end(start, outcome, last))
     return outcome
 
 
-def _record_end(run_dir: Path, outcome: Event, last: int, stop: StopSignals) -> None:
-    reason = {"signal": stop.received.name} if stop.received else {}
-    if (run_dir / STOP_FILE).exists():
+def _record_end(start: RankStart, outcome: Event, last: int) -> None:
+    reason = {"signal": start.stop.received.name} if start.stop.received else {}
+    if (start.run_dir / STOP_FILE).exists():
         reason = {"signal": STOP_FILE}
-    RunHistory(run_dir).record(outcome, step=last, **reason)
+    RunHistory(start.run_dir).record(outcome, step=last, **reason)

@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 
-from conftest import resize, small_filesystem
+from conftest import REPO_ROOT, resize, small_filesystem
 from launch.cli import main
 from launch.rundir.checkpoints import latest_step
 from launch.rundir.history import RunHistory
@@ -188,6 +189,35 @@ def test_a_run_directory_with_no_room_for_its_records_stops_every_rank_as_a_full
         assert steps == list(range(1, 13)) and mlflow_status(run_dir) == "FINISHED"
 
 
+def test_a_resumed_run_whose_directory_is_full_stops_every_rank_before_its_first_step(tokens: Path, tmp_path: Path):
+    """A start's own writes (the records of the steps it redoes dropped, its start recorded) find no room: every rank
+    stops as on a full checkpoint (exit status 4, which Slurm does not requeue), in one line, not a traceback; the
+    records and checkpoints stay as they were."""
+    (tmp_path / "checkpoints").mkdir()
+    with small_filesystem(tmp_path / "disk", size="20M") as disk:
+        run_dir = disk / "run"
+        run_dir.mkdir()
+        (run_dir / "checkpoints").symlink_to(tmp_path / "checkpoints")
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "parallel.dp=2"]
+        assert main([*train, "train.exit_after=3"]) == 0  # stopped, with a checkpoint of step 3
+        records = (run_dir / "metrics.jsonl").read_bytes()
+        command = [sys.executable, "-m", "launch.cli", *train]
+        launch = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in launch.stdout:  # the launcher's writes are done: the disk fills as its ranks import torch
+            if line.startswith("training "):
+                fill(disk)
+                break
+        _, err = launch.communicate(timeout=300)
+        assert launch.returncode == 2, err
+        assert err.strip().splitlines()[-1] == (
+            f"corolla: error: no space on {disk} for {run_dir}: free space there or move run_dir, then launch again "
+            "to resume from the last checkpoint"
+        )
+        assert "Traceback" not in err, err
+        assert (run_dir / "metrics.jsonl").read_bytes() == records
+        assert latest_step(run_dir / "checkpoints") == 3
+
+
 def test_a_trained_run_whose_end_found_the_disk_full_is_finished_by_its_next_launch(
     capsys, monkeypatch, tokens: Path, tmp_path: Path
 ) -> None:
@@ -210,15 +240,12 @@ def test_a_trained_run_whose_end_found_the_disk_full_is_finished_by_its_next_lau
         fill(disk, leave=4096)  # room for the sync's lock, not for MLflow's writes
         capsys.readouterr()
         assert main(["tracking", "sync", str(run_dir)]) == 2
-        assert (
-            capsys.readouterr()
-            .err.strip()
-            .splitlines()[-1]
-            .endswith(
-                f"): no space left on the filesystem of its MLflow store {run_dir / 'mlflow.db'}: free some, then "
-                f"`corolla tracking sync {run_dir}` again"
-            )
+        said = capsys.readouterr().err.strip().splitlines()[-1]
+        assert said.endswith(
+            f"): no space left on the filesystem of its MLflow store {run_dir / 'mlflow.db'}: free some, then "
+            f"`corolla tracking sync {run_dir}` again"
         )
+        assert "database or disk is full" in said and "autoflush" not in said  # SQLite's words, not SQLAlchemy's
 
         os.remove(disk / "filler")
         assert main(train) == 0
