@@ -225,7 +225,7 @@ def plan_chain(job: MainJob) -> ChainPlan:
 
 def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     from launch.jobs.prepare import prepare_run
-    from launch.jobs.stages import PipelinePaths, check_inputs, checkable_training_job, data_is_current
+    from launch.jobs.stages import PipelinePaths, check_inputs, checkable_training_job, data_is_current, one_pipeline
     from launch.rundir.lock import check_unheld
     from slurm.submit import check_no_live_job, check_partition
 
@@ -243,15 +243,15 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
         _print_scripts(job, plan)
         return
     check_partition(cluster, excluded_nodes(cluster, paths.train))
-    check_no_live_chain(paths.run_dir)
-    check_no_live_job(paths.train)
-    check_unheld(paths.train)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(paths.run_dir / PIPELINE_JOB, job_yaml(job))
-    for error in (paths.run_dir / STAGE_ERRORS).glob("*.txt"):
-        error.unlink()
-    jobs = _submit(job, plan)
-    _record(paths.run_dir, jobs, plan.skipped)
+    with one_pipeline(paths.run_dir):
+        check_no_live_chain(paths.run_dir)
+        check_no_live_job(paths.train)
+        check_unheld(paths.train)
+        write_atomically(paths.run_dir / PIPELINE_JOB, job_yaml(job))
+        for error in (paths.run_dir / STAGE_ERRORS).glob("*.txt"):
+            error.unlink()
+        jobs = _submit(job, plan)
+        _record(paths.run_dir, jobs, plan.skipped)
     skipped = f"; current, not submitted: {', '.join(plan.skipped)}" if plan.skipped else ""
     print(f"submitted the pipeline to {cluster.name}: {', '.join(f'{j.stage} {j.label}' for j in jobs)}{skipped}")
     print(f"  follow it: corolla status {paths.run_dir}  |  corolla logs {paths.run_dir} stage=STAGE")

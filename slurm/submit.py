@@ -14,7 +14,7 @@ from pathlib import Path
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import TrainJob
 from launch.jobs.prepare import prepare_run
-from launch.rundir.lock import check_unheld
+from launch.rundir.lock import holding
 from launch.train import compat
 from slurm.client import latest_states, partition_nodes
 from slurm.commands import SlurmError
@@ -73,10 +73,19 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
             f"cluster={cluster.name} is not a Slurm cluster: choose one (cluster=testcluster, ...; conf/cluster/), "
             "or run `corolla train`"
         )
-    if not dry_run:
-        check_partition(cluster, excluded_nodes(cluster, Path(job.run_dir)))
+    if dry_run:
+        _submit_training(job, dry_run=True)
+        return
+    check_partition(cluster, excluded_nodes(cluster, Path(job.run_dir)))
+    # As the run's one writer until its job is recorded: a second submission (or a `corolla train`) meanwhile is
+    # refused, and one after it finds the job.
+    with holding(Path(job.run_dir)):
         check_no_live_job(Path(job.run_dir))
-        check_unheld(Path(job.run_dir))
+        _submit_training(job, dry_run=False)
+
+
+def _submit_training(job: TrainJob, dry_run: bool) -> None:
+    cluster = job.cluster
     prepared = prepare_run(job, dry_run)
     executor = make_executor(cluster, prepared.run_dir)
     plan, train = prepared.plan, prepared.job.train

@@ -19,13 +19,13 @@ from launch.jobs.stages import (
     export_stage,
     given_tokenizer,
     manifest_stage,
+    one_pipeline,
     train_tokenizer_stage,
     training_job,
 )
 from launch.rundir.files import CHECKPOINTS, LOSS_CHART, METRICS_FILE
 from launch.rundir.run_record import recorded_run
 from launch.rundir.tracking import ui_command
-from tokenizer.files import directory_lock
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE
 
@@ -37,10 +37,7 @@ def run_main_job(job: MainJob, dry_run: bool = False) -> None:
         LocalBackend().start(checkable_training_job(job, data_is_current(job)), dry_run=True)
         print(f"dry run: the stages would run here, in {paths.run_dir}")
         return
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    with directory_lock(paths.run_dir, wait=False) as alone:
-        if not alone:
-            raise ValueError(f"run_dir={paths.run_dir} is being run by another `corolla pipeline`: wait for it to end")
+    with one_pipeline(paths.run_dir):
         _run_stages(job)
 
 

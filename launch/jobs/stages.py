@@ -10,6 +10,8 @@ Every stage skips what is current, so running one again, or resubmitting a chain
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from tokenizer.config import TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
 from tokenizer.evaluate import evaluate, format_summary, load_parallel, report_paths, write_report
-from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, directory_lock
 from tokenizer.loading import load_tokenizer
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
@@ -113,6 +115,19 @@ def evaluation_is_current(job: MainJob) -> bool:
         return (Path(said["parallel"]).resolve(), said["reference"], list(said["paths"].values())) == asked
     except (ValueError, KeyError, TypeError, AttributeError):  # damaged, or of an older corolla: evaluated again
         return False
+
+
+@contextmanager
+def one_pipeline(run_dir: Path) -> Iterator[None]:
+    """This process runs the pipeline of `run_dir` here, or submits it to Slurm, while the context lasts: a second
+    `corolla pipeline` on it meanwhile is refused (one submitting finds the first's chain, submitted, once it ends)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with directory_lock(run_dir, wait=False) as alone:
+        if not alone:
+            raise ValueError(
+                f"run_dir={run_dir} is being run or submitted by another `corolla pipeline`: wait for it to end"
+            )
+        yield
 
 
 def check_inputs(job: MainJob) -> None:

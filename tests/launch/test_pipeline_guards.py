@@ -45,8 +45,9 @@ def test_a_second_pipeline_on_a_running_one_changes_nothing_under_it(capsys, tmp
 
         assert main(arguments) == 2
         err = capsys.readouterr().err.strip()
-        assert (
-            err == f"corolla: error: run_dir={run_dir} is being run by another `corolla pipeline`: wait for it to end"
+        assert err == (
+            f"corolla: error: run_dir={run_dir} is being run or submitted by another `corolla pipeline`: wait for it "
+            "to end"
         )
         assert main([*arguments, "tokenizer.vocab_size=1900"]) == 2
         err = capsys.readouterr().err.strip()

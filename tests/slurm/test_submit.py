@@ -6,6 +6,8 @@ is submitted. Jobs whose point is not the layout run one rank a node: ranks star
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tracking_server import MlflowServer
 
-from conftest import cluster_in_environment
+from conftest import REPO_ROOT, cluster_in_environment
 from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
@@ -335,18 +337,39 @@ def test_a_stop_file_saves_and_ends_the_job_without_requeue(slurm_cluster, token
 
 
 def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, tokens, tmp_path, monkeypatch) -> None:
-    # Steps of 2 s: on an idle cluster the first point's job once logged a step before the second point was submitted.
-    monkeypatch.setenv(STEP_SECONDS, "2")
+    # Steps of 5 s: the first point's job cannot finish before the second point is submitted, however loaded the
+    # machine (the first step could: its job once logged it before `submit` returned).
+    monkeypatch.setenv(STEP_SECONDS, "5")
     one_node = ["cluster=testcluster", "cluster.nodes=1", "cluster.tasks_per_node=1"]
     args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *one_node, "train.steps=2,3"]
     assert main(["submit", "--multirun", *args]) == 0
     runs = {steps: tmp_path / f"train.steps={steps}" for steps in (2, 3)}
     jobs = {steps: json.loads((run_dir / JOBS_FILE).read_text())[-1] for steps, run_dir in runs.items()}
-    assert len(set(jobs.values())) == 2 and not any((run_dir / "metrics.jsonl").exists() for run_dir in runs.values())
+    assert len(set(jobs.values())) == 2
+    assert not any(event["event"] == "finished" for run_dir in runs.values() for event in RunHistory(run_dir).events())
     for steps, run_dir in runs.items():
         wait_finished(slurm_cluster, run_dir, jobs[steps])
     two, three = losses(runs[2]), losses(runs[3])
     assert sorted(two) == [1, 2] and sorted(three) == [1, 2, 3] and two[1] == pytest.approx(three[1], abs=1e-6)
+
+
+def test_two_submissions_of_one_run_at_once_submit_one_job(slurm_cluster, tokens, tmp_path) -> None:
+    """Both would find no job of the run, and both submit one, training it twice into the same checkpoints: the
+    second is refused, whether it comes while the first submits or after."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "launch.cli", "submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}"]
+    command += [*RUN, *TWO_RANKS, "train.steps=300"]
+    submissions = [subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [submission.communicate(timeout=300)[1] for submission in submissions]
+    ends = [(submission.returncode, err) for submission, err in zip(submissions, errors, strict=True)]
+    try:
+        assert sorted(status for status, _ in ends) == [0, 2], ends
+        refused = next(err for status, err in ends if status).strip().splitlines()[-1]
+        assert f"{run_dir} is being written by process " in refused or f"{run_dir} has Slurm job " in refused
+        assert len(json.loads((run_dir / JOBS_FILE).read_text())) == 1
+        assert len(RunHistory(run_dir).launches()) == 1
+    finally:
+        main(["cancel", f"run_dir={run_dir}"])
 
 
 def test_a_crash_during_a_save_resumes_from_the_last_checkpoint(slurm_cluster, tokens, local_losses, tmp_path) -> None:
