@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from test_training import SHORT_RUN
@@ -19,6 +20,16 @@ from launch.cli import main
 from launch.config.job_file import read_job
 from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus
+from launch.rundir.checkpoints import (
+    CheckpointError,
+    CheckpointRemoved,
+    reading,
+    remove_checkpoints,
+    verify,
+    write_complete,
+)
+from launch.rundir.files import checkpoint_tag
+from tokenizer.files import sha256_of
 
 
 def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, tmp_path: Path, monkeypatch) -> None:
@@ -109,3 +120,21 @@ def test_reading_the_checkpoints_of_a_run_that_trains_meets_no_missing_file(
     removed = re.compile(r"corolla: error: checkpoint \S+/step-\d+ was removed while it was read \(a training that ")
     errors = [line for line in said.err.splitlines() if line.startswith("corolla:")]
     assert all(removed.match(line) for line in errors) and len(errors) == exported.count(2), said.err
+
+
+def test_a_checkpoint_gone_between_being_found_and_read_is_said_to_be_removed(tmp_path: Path) -> None:
+    """What the race above meets by chance, in order: a checkpoint found, then removed by the training, is said to be
+    removed when read; one asked for that was never there is said to be missing, with the complete ones named."""
+    directory, tag = tmp_path / "checkpoints", checkpoint_tag(2)
+    (directory / tag).mkdir(parents=True)
+    (directory / tag / "weights").write_bytes(b"weights of step 2")
+    write_complete(directory, tag, {"step": 2}, {"weights": sha256_of(directory / tag / "weights")})
+    assert verify(directory, 2) == (1, 17, [])
+    remove_checkpoints(directory, [tag])
+    removed = re.escape(f"checkpoint {directory / tag} was removed while it was read")
+    with pytest.raises(CheckpointRemoved, match=removed), reading(directory, 2):  # found a moment ago
+        verify(directory, 2)
+    missing = re.escape(f"{directory} has no complete checkpoint of step 2: choose one of none")
+    with pytest.raises(CheckpointError, match=missing) as asked:
+        verify(directory, 2)  # asked for by a user
+    assert not isinstance(asked.value, CheckpointRemoved)
