@@ -170,15 +170,20 @@ def _why_ended(run_dir: Path, end: RanksEnd, last: dict, stopped: bool) -> str:
     return f"training failed, {end.cause or f'a rank exited with status {end.status}'}: see the log above"
 
 
-def _finish_the_end(run_dir: Path) -> None:
-    """What the end of a trained run's launch may have left undone (its disk full, MLflow away): the loss chart drawn
-    if it is missing, MLflow sent the records and the end it lacks (a one-line ValueError if it does not take them)."""
+def _finish_the_end(run_dir: Path, step: int) -> None:
+    """What the end of a run trained to `step`, its last, may have left undone (its disk full, MLflow away): the
+    history's end (its ranks found no room to record it), the loss chart drawn if it is missing, MLflow sent the
+    records and the end it lacks (a one-line ValueError if it does not take them)."""
     from launch.rundir import outbox
     from launch.rundir.loss_chart import write_loss_chart
 
+    history, status = RunHistory(run_dir), None
+    if [event["event"] for event in history.events()[-1:]] != [Event.finished]:
+        history.record(Event.finished, step=step)
+        status = "FINISHED"  # over the FAILED its launcher told MLflow when the ranks could not record it
     if not (run_dir / LOSS_CHART).is_file():
         print(f"loss curve {write_loss_chart(run_dir, read_job(run_dir / JOB_FILE).model.vocab_size)}")
-    outbox.sync(run_dir)
+    outbox.sync(run_dir, status=status)
 
 
 class LocalBackend(Backend):
@@ -204,7 +209,7 @@ class LocalBackend(Backend):
         resume_step = newest_intact(run_dir / CHECKPOINTS)
         if resume_step and resume_step >= job.train.steps:
             if not dry_run:
-                _finish_the_end(run_dir)
+                _finish_the_end(run_dir, resume_step)
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
             return
         prepared = prepare_run(job, dry_run)

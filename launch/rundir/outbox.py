@@ -204,16 +204,16 @@ END_STATUS = {
 }
 
 
-def sync(run_dir: Path, uri: str | None = None) -> TrackingState:
-    """Sends what MLflow lacks of the run, after its last step of each series, and how it ended where no one said;
-    with `uri`, everything, to a new run there, which the run directory continues from then on. A one-line ValueError
-    if MLflow does not take it."""
+def sync(run_dir: Path, uri: str | None = None, status: str | None = None) -> TrackingState:
+    """Sends what MLflow lacks of the run, after its last step of each series, and how it ended where no one said (or
+    `status`, what the caller knows it ended as); with `uri`, everything, to a new run there, which the run directory
+    continues from then on. A one-line ValueError if MLflow does not take it."""
     if uri:
         _move(run_dir, uri)
     state = read_state(run_dir)
     state.sent = None  # asked of MLflow: a store that lost the run (or steps of it) says so here
     try:
-        state.status = state.status or _untold_end(run_dir)
+        state.status = status or state.status or _untold_end(run_dir)
         send_pending(run_dir, state, read_unsent(run_dir))
     except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
         _failed(run_dir, state, error, threading.Lock())

@@ -256,6 +256,31 @@ def test_a_trained_run_whose_end_found_the_disk_full_is_finished_by_its_next_lau
         assert sorted(metric.step for metric in validations) == [2, 4]
 
 
+def test_a_trained_run_whose_ranks_had_no_room_to_record_its_end_is_finished_by_its_next_launch(
+    capsys, tokens: Path, tmp_path: Path
+) -> None:
+    """The state a start that trained to the last step leaves when the run directory has no room for the end's record
+    (exit 4, MLflow marked FAILED by its launcher, no end in the history), made here by removing that record: a tmpfs
+    gives an append the room left in the file's last page, so a full disk cannot be relied on to refuse it. `corolla
+    status` said it failed and `corolla train` that there was nothing to do; the next launch records the end."""
+    run_dir = tmp_path / "run"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]
+    assert main(train) == 0
+    history = run_dir / "history.jsonl"
+    lines = history.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["event"] == "finished"
+    history.write_text("".join(lines[:-1]))
+    tracked = recorded_run(run_dir)
+    MlflowClient(tracked.tracking_uri).set_terminated(tracked.run_id, "FAILED")
+    capsys.readouterr()
+
+    assert main(train) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{run_dir} is already trained to step 4 of 4: nothing to do")
+    assert RunHistory(run_dir).events()[-1]["event"] == "finished" and mlflow_status(run_dir) == "FINISHED"
+    assert main(["status", str(run_dir)]) == 0
+    assert "recorded no end" not in capsys.readouterr().out
+
+
 def test_a_disk_that_fills_as_the_mlflow_store_is_made_is_said_and_leaves_no_half_store(
     capsys, tokens: Path, tmp_path: Path
 ) -> None:
