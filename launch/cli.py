@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
+from tokenizer.files import NO_SPACE, is_no_space
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ FILESYSTEM_ERRORS = {
     errno.EROFS: "{path} is on a read-only filesystem: give a path where corolla can write",
     errno.EACCES: "{path} cannot be accessed by this user (permissions): change them, or give another path",
     errno.EPERM: "{path} cannot be accessed by this user (permissions): change them, or give another path",
-    errno.ENOSPC: "no space left on the filesystem of {path}: free some, or give a path on another one",
+    **dict.fromkeys(NO_SPACE, "no space left on the filesystem of {path}: free some, or give a path on another one"),
 }
 # A write() or close() that fails names no file: the paths the command was given say where it writes.
 NO_SPACE_UNNAMED = (
@@ -217,7 +218,7 @@ def _error_line(error: Exception) -> str:
         # A copy or a rename names the file it writes second (shutil.copy2's error names the source first).
         if path := error.filename2 or error.filename:
             return FILESYSTEM_ERRORS[error.errno].format(path=path)
-        if error.errno == errno.ENOSPC:
+        if is_no_space(error):
             return NO_SPACE_UNNAMED
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 

@@ -45,6 +45,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# A full filesystem, or a full quota (what a cluster's per-user or per-project quota gives).
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_no_space(error: OSError) -> bool:
+    return error.errno in NO_SPACE
+
+
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
     """An OSError raised inside names `path` if it names no file, as a failing write() or close() does not (a full

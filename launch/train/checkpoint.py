@@ -13,7 +13,6 @@ kept its layout.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import shutil
@@ -45,6 +44,7 @@ from launch.rundir.files import TRAINER_FILE, checkpoint_tag, rng_file
 from launch.train import compat, shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
+from tokenizer.files import is_no_space
 
 GIB = 1024**3
 
@@ -137,11 +137,6 @@ def no_space_message(directory: Path, step: int, needed: int, then: str = "launc
         f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_gib(free)} free, it needs {needs} "
         f"({keeps}); free space there or move run_dir, then {then}"
     )
-
-
-def is_no_space(error: OSError) -> bool:
-    """A full filesystem, or a full quota (save_hashed raises torch.save's failed write as its OSError)."""
-    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _bytes_to_write(engine) -> int:

@@ -15,8 +15,9 @@ from statistics import mean
 from launch.rundir.files import METRICS_FILE, VALIDATION_FILE
 from launch.rundir.outbox import Sender
 from launch.rundir.records import append_record, keep_steps_up_to
-from launch.train.checkpoint import NoSpace, filesystem, from_rank_0, is_no_space
+from launch.train.checkpoint import NoSpace, filesystem, from_rank_0
 from launch.train.loop import StepRecord
+from tokenizer.files import is_no_space
 
 
 def bits_per_byte(losses: dict[str, float], bytes_per_token: dict[str, float]) -> dict[str, float]:

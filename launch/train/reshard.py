@@ -22,6 +22,7 @@ from launch.train.hashed_save import save_hashed
 from launch.train.shards import KEYS, ShardError, ShardReader, shard_files
 from model.config import ModelConfig
 from model.layers import EMBEDDING, TIED_PREFIX, holds
+from tokenizer.files import is_no_space
 
 TIED_EMBEDDING = TIED_PREFIX + EMBEDDING
 
@@ -51,7 +52,7 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
         if checkpoint.saved_layout(checkpoints, step) == saved:  # COMPLETE not replaced: the new files are no one's
             for name in new:
                 (directory / name).unlink(missing_ok=True)
-        if isinstance(error, OSError) and checkpoint.is_no_space(error):
+        if isinstance(error, OSError) and is_no_space(error):
             raise CheckpointError(_no_space_message(checkpoints, step, saved)) from None
         raise
     for name in old:

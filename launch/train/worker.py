@@ -38,7 +38,7 @@ from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter, written_by_rank_0
 from launch.train.shards import EmbeddingGrowth
 from launch.train.stopping import RANK_ERROR, StopSignals, Watchdog
-from tokenizer.files import ADDED_PIECES_FILE, read_json
+from tokenizer.files import ADDED_PIECES_FILE, is_no_space, read_json
 
 EXIT_STATUS = {Event.diverged: 3, Event.no_space: 4}
 
@@ -70,7 +70,7 @@ def _record_if_room(run_dir: Path, event: Event, **details: object) -> None:
     try:
         RunHistory(run_dir).record(event, **details)
     except OSError as error:
-        if not checkpoint.is_no_space(error):
+        if not is_no_space(error):
             raise
 
 
