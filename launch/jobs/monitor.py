@@ -20,7 +20,7 @@ from launch.rundir.files import CHECKPOINTS, JOB_FILE, METRICS_FILE, PLAN_FILE, 
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
-from launch.rundir.tracking_state import lost_store_fix, read_state
+from launch.rundir.tracking_state import read_state, store_fix
 
 SPEED_WINDOW = 10  # steps the speed and the ETA are the median of
 LABEL_WIDTH = 11
@@ -199,7 +199,7 @@ def tracking_lag_lines(run: RunDirectory) -> list[str]:
     if state.error:
         since = time.strftime("%H:%M:%S", time.localtime(state.failing_since)) if state.failing_since else "?"
         lag += f"; not reached since {since}: {state.error}"
-        if fix := lost_store_fix(run.path, state.error):
+        if fix := store_fix(run.path, state.error):
             lag += f"; {fix}"
     return [line("tracking", lag)]
 

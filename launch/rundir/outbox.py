@@ -28,10 +28,9 @@ from launch.rundir.records import last_record_per_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
     TrackingState,
-    full_store_fix,
     how_to_send_the_rest,
-    lost_store_fix,
     read_state,
+    store_fix,
     write_state,
 )
 
@@ -217,8 +216,7 @@ def sync(run_dir: Path, uri: str | None = None, status: str | None = None) -> Tr
         send_pending(run_dir, state, read_unsent(run_dir))
     except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
         _failed(run_dir, state, error, threading.Lock())
-        # The whole error: SQLite's "database or disk is full" may follow another line of SQLAlchemy's.
-        fix = lost_store_fix(run_dir, state.error) or full_store_fix(run_dir, str(error)) or "try again when it answers"
+        fix = store_fix(run_dir, str(error)) or "try again when it answers"
         raise ValueError(f"MLflow did not take the run's records ({state.error}): {fix}") from None
     return state
 

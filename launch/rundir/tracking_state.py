@@ -77,10 +77,12 @@ def full_store_fix(run_dir: Path, error: str | None) -> str | None:
     return f"no space left on the filesystem of {store}: free some, then `corolla tracking sync {run_dir}` again"
 
 
+def store_fix(run_dir: Path, error: str | None) -> str | None:
+    """What mends MLflow's store after `error`, when `error` says it lost the run or has no room; None for any other
+    error, which another try may cure."""
+    return lost_store_fix(run_dir, error) or full_store_fix(run_dir, error)
+
+
 def how_to_send_the_rest(run_dir: Path, error: str | None) -> str:
     """What sends MLflow the records it lacks after `error`."""
-    return (
-        lost_store_fix(run_dir, error)
-        or full_store_fix(run_dir, error)
-        or f"the next start, or `corolla tracking sync {run_dir}`, sends the rest"
-    )
+    return store_fix(run_dir, error) or f"the next start, or `corolla tracking sync {run_dir}`, sends the rest"

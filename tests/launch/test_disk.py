@@ -314,6 +314,12 @@ def test_a_tracking_store_named_on_a_disk_that_fills_is_not_left_half_built(
         assert list(disk.iterdir()) == []
         resize(disk, "32M")
         assert main([*train, f"tracking.uri=sqlite:///{store}"]) == 0 and mlflow_status(run_dir) == "FINISHED"
+        fill(disk)  # the store's disk fills, the run directory's has room: the failure is kept, and said by status
+        assert main([*train, "train.steps=2", f"tracking.uri=sqlite:///{store}"]) == 0
+        capsys.readouterr()
+        assert main(["status", str(run_dir)]) == 0
+        assert f"no space left on the filesystem of its MLflow store {store}: free some" in capsys.readouterr().out
+        os.remove(disk / "filler")
     with small_filesystem(tmp_path / "other", size="600k") as other:
         assert main(["tracking", "sync", str(run_dir), f"uri=sqlite:///{other / 'new.db'}"]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == (
