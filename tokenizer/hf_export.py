@@ -33,7 +33,11 @@ Piece = pb.ModelProto.SentencePiece
 _BPE, _UNIGRAM = pb.TrainerSpec.BPE, pb.TrainerSpec.UNIGRAM
 
 
-def write_hf_tokenizer(model_proto: bytes, out_dir: Path, model_max_length: int = 2048) -> None:
+# A tokenizer trained on its own knows no model's sequence length: BLOOM's, until an export of a model sets its own.
+STANDALONE_MAX_LENGTH = 2048
+
+
+def write_hf_tokenizer(model_proto: bytes, out_dir: Path) -> None:
     """Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` into `out_dir`."""
     proto = pb.ModelProto()
     proto.ParseFromString(model_proto)
@@ -51,7 +55,7 @@ def write_hf_tokenizer(model_proto: bytes, out_dir: Path, model_max_length: int 
     special = _special_tokens(proto)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": model_max_length,
+        "model_max_length": STANDALONE_MAX_LENGTH,
         "clean_up_tokenization_spaces": False,
         # Like SentencePiece, read "<s>" in text as characters; special ids are only ever added explicitly.
         "split_special_tokens": True,
@@ -61,6 +65,13 @@ def write_hf_tokenizer(model_proto: bytes, out_dir: Path, model_max_length: int 
     }
     _write_json(out_dir / HF_TOKENIZER_CONFIG, config)
     _write_json(out_dir / HF_SPECIAL_TOKENS, special)
+
+
+def set_model_max_length(out_dir: Path, length: int) -> None:
+    """The longest input the model that goes with the tokenizer in `out_dir` was trained on, as transformers reads it
+    (truncation, warnings)."""
+    config = json.loads((out_dir / HF_TOKENIZER_CONFIG).read_text(encoding="utf-8"))
+    _write_json(out_dir / HF_TOKENIZER_CONFIG, {**config, "model_max_length": length})
 
 
 def _check_supported(proto: pb.ModelProto) -> None:

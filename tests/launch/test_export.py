@@ -52,6 +52,7 @@ def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, 
 
     tokenizer = AutoTokenizer.from_pretrained(exported)
     assert tokenizer("Bonjour", add_special_tokens=False)["input_ids"]
+    assert tokenizer.model_max_length == 32  # the model's sequence length, not the standalone tokenizer's 2048
     assert model.config.vocab_size == 2048 and model.config.n_layer == 2
 
     # An export is kept as it is unless overwrite=true, which replaces it whole; a directory that holds anything else,

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from conftest import MULTILINGUAL, PARALLEL_DEV
 from tokenizer.config import ModelType, TokenizerConfig
-from tokenizer.hf_export import write_hf_tokenizer
+from tokenizer.hf_export import set_model_max_length, write_hf_tokenizer
 from tokenizer.loading import load_tokenizer
 from tokenizer.spm import train_sentencepiece
 
@@ -177,7 +177,8 @@ def test_special_tokens_and_max_length_are_configured(exported: Exported, tmp_pa
     ids = exported.sp.encode("Bonjour le monde")
     assert tok("Bonjour le monde")["input_ids"] == ids  # like SentencePiece, no BOS/EOS unless asked
     assert tok.decode([tok.bos_token_id, *ids, tok.eos_token_id], skip_special_tokens=True) == "Bonjour le monde"
-    write_hf_tokenizer(exported.model, tmp_path, model_max_length=4096)
+    write_hf_tokenizer(exported.model, tmp_path)
+    set_model_max_length(tmp_path, 4096)  # an export's, for its model's sequence length
     config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert config["model_max_length"] == 4096 and config["eos_token"] == "</s>"
 
