@@ -40,7 +40,7 @@ from tqdm import tqdm
 from tokenizer.children import worker_of
 from tokenizer.corpus import CorpusError, Source, discover_sources, read_documents
 from tokenizer.corpus_scan import corpus_fingerprint, source_facts
-from tokenizer.files import directory_lock, write_atomically
+from tokenizer.files import exclusively, write_atomically
 from tokenizer.hygiene import HygieneStats
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.token_files import (
@@ -335,9 +335,7 @@ def _write_files(
 def _alone(output: Path) -> Iterator[None]:
     """No other encoding into `output` meanwhile: two would write the same token files (each removing the other's
     temporary ones). The tasks of a pipeline's encoding stage, which write files of their own, go without."""
-    with directory_lock(output, wait=False) as alone:
-        if not alone:
-            raise ValueError(f"output_dir {output} is being encoded by another command: wait for it to end")
+    with exclusively(output, f"output_dir {output} is being encoded by another command: wait for it to end"):
         yield
 
 

@@ -99,6 +99,15 @@ def directory_lock(directory: Path, wait: bool = True) -> Iterator[bool]:
 
 
 @contextmanager
+def exclusively(directory: Path, refusal: str) -> Iterator[None]:
+    """directory_lock without waiting: a ValueError saying `refusal` when another process holds it."""
+    with directory_lock(directory, wait=False) as alone:
+        if not alone:
+            raise ValueError(refusal)
+        yield
+
+
+@contextmanager
 def staging_area(out: Path) -> Iterator[Path]:
     """A fresh working directory beside `out` (on its filesystem, so that what is built there is renamed to `out`
     whole, by `publish`), removed when the context ends, however it ends. Those that processes killed outright left

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tokenizer.files import directory_lock
+from tokenizer.files import exclusively
 from tokenizer.token_files import MANIFEST_NAME, MANIFEST_VERSION, TokenFile
 
 if TYPE_CHECKING:  # a rank loads no tokenizer library
@@ -125,9 +125,9 @@ def _read_manifest(tokens_dir: Path) -> dict:
         raise ValueError(f"tokens_dir {tokens_dir} does not exist: run `corolla tokenizer encode output_dir=...` first")
     path = tokens_dir / MANIFEST_NAME
     if not path.is_file():
-        with directory_lock(tokens_dir, wait=False) as unheld:
-            if not unheld:
-                raise ValueError(f"tokens_dir {tokens_dir} is being encoded by another command: wait for it to end")
+        encoding = f"tokens_dir {tokens_dir} is being encoded by another command: wait for it to end"
+        with exclusively(tokens_dir, encoding):
+            pass  # no encoding holds it: the manifest is missing for good
         raise ValueError(
             f"tokens_dir {tokens_dir} has no {MANIFEST_NAME}: point it at an output_dir of `corolla tokenizer encode`"
         )

@@ -13,7 +13,6 @@ token files that exist and takes the vocabulary from the tokenizer config otherw
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import corpus_fingerprint, measured_fingerprint
 from tokenizer.encode import encode_corpus
+from tokenizer.files import directory_lock
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
 
@@ -56,8 +56,7 @@ def cached_token_files(job: TrainJob, log: Callable[[str], None] = print) -> Pat
     or refreshed in the cache as needed."""
     entry = _cache_entry(job, corpus_fingerprint(discover_sources(job.data.corpus)))
     entry.mkdir(parents=True, exist_ok=True)
-    with (entry / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with directory_lock(entry):  # one process builds an entry; others wait, then find it built
         encode_corpus(
             job.data.tokenizer_dir or _cached_tokenizer(job, entry, log), job.data.corpus, entry / "tokens", log=log
         )

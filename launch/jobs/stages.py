@@ -34,7 +34,7 @@ from tokenizer.config import TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
 from tokenizer.evaluate import evaluate, format_summary, load_parallel, report_paths, write_report
-from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, directory_lock
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, exclusively
 from tokenizer.loading import load_tokenizer
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
@@ -122,11 +122,8 @@ def one_pipeline(run_dir: Path) -> Iterator[None]:
     """This process runs the pipeline of `run_dir` here, or submits it to Slurm, while the context lasts: a second
     `corolla pipeline` on it meanwhile is refused (one submitting finds the first's chain, submitted, once it ends)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with directory_lock(run_dir, wait=False) as alone:
-        if not alone:
-            raise ValueError(
-                f"run_dir={run_dir} is being run or submitted by another `corolla pipeline`: wait for it to end"
-            )
+    running = f"run_dir={run_dir} is being run or submitted by another `corolla pipeline`: wait for it to end"
+    with exclusively(run_dir, running):
         yield
 
 
