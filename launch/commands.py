@@ -26,15 +26,14 @@ from launch.rundir.lock import holding
 from launch.rundir.run_record import masked, recorded_run
 from slurm.backend import SlurmBackend
 from slurm.chain import cancel_chain, chain_lines, show_stage_logs, submit_pipeline
-from slurm.client import latest_states
 from slurm.commands import SlurmError
-from slurm.jobs import recorded_jobs
+from slurm.jobs import live_jobs
 
 
 def live_slurm_job(run_dir: Path) -> str | None:
     """A Slurm job of the run that is queued or running (None where Slurm cannot be asked: it runs none here)."""
     try:
-        return next((state.job_id for state in latest_states(recorded_jobs(run_dir)) if state.live), None)
+        return next((state.job_id for state in live_jobs(run_dir)), None)
     except SlurmError:
         return None
 

@@ -32,7 +32,7 @@ from launch.config.schemas import MainJob
 from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
 from slurm.backend import job_logs, print_tails
-from slurm.client import ENDED_STATES, latest_states, slurm_state
+from slurm.client import ENDED_STATES, slurm_state
 from slurm.commands import HINT, SURVIVE_SIGTERM, SlurmError, run_slurm
 from slurm.executor import (
     excluded_nodes,
@@ -44,7 +44,7 @@ from slurm.executor import (
     submit_elastic,
     submit_job,
 )
-from slurm.jobs import recorded_jobs
+from slurm.jobs import live_jobs
 from tokenizer.files import write_atomically
 
 STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
@@ -103,7 +103,7 @@ class StageTask:
 
         run_dir = Path(self.run_dir)
         if not stages.training_is_finished(job):
-            live = [state for state in latest_states(recorded_jobs(run_dir / TRAIN_DIR)) if state.live]
+            live = live_jobs(run_dir / TRAIN_DIR)
             if live:
                 self._follow(job, live[0].job_id)
                 return
@@ -448,9 +448,8 @@ def cancel_chain(run_dir: Path) -> None:
             for job in chain_jobs(run_dir)
             if stage_state(job).live
         }
-        for state in latest_states(recorded_jobs(train_dir)):
-            if state.live:
-                live.setdefault(state.job_id, f"the training's next Slurm job {state.job_id}")
+        for state in live_jobs(train_dir):
+            live.setdefault(state.job_id, f"the training's next Slurm job {state.job_id}")
         if live:
             run_slurm("scancel", *live)
     except SlurmError as error:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from launch.rundir.files import JOBS_FILE
+from slurm.client import SlurmState, latest_states
 from tokenizer.files import write_atomically
 
 
@@ -33,3 +34,8 @@ def jobs_after(run_dir: Path, job_id: str) -> list[str]:
     """The jobs submitted for the run after this one."""
     jobs = recorded_jobs(run_dir)
     return jobs[jobs.index(job_id) + 1 :] if job_id in jobs else []
+
+
+def live_jobs(run_dir: Path) -> list[SlurmState]:
+    """The run's jobs that are queued or running, newest first; a SlurmError when Slurm cannot be asked."""
+    return [state for state in latest_states(recorded_jobs(run_dir)) if state.live]

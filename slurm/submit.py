@@ -16,10 +16,10 @@ from launch.config.schemas import TrainJob
 from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
 from launch.train import compat
-from slurm.client import latest_states, partition_nodes
+from slurm.client import partition_nodes
 from slurm.commands import SlurmError
 from slurm.executor import excluded_nodes, job_partition, make_executor, submit_elastic, submit_job
-from slurm.jobs import recorded_jobs
+from slurm.jobs import live_jobs
 from slurm.task import TrainingTask
 
 
@@ -48,12 +48,11 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
 
 def check_no_live_job(run_dir: Path) -> None:
     """Two jobs training one run directory would overwrite each other's checkpoints."""
-    for state in latest_states(recorded_jobs(run_dir)):
-        if state.live:
-            raise ValueError(
-                f"{run_dir} has Slurm job {state.job_id} {state.state} already: let it run (corolla status "
-                f"{run_dir}), or `corolla cancel {run_dir}` first"
-            )
+    if live := live_jobs(run_dir):
+        raise ValueError(
+            f"{run_dir} has Slurm job {live[0].job_id} {live[0].state} already: let it run (corolla status "
+            f"{run_dir}), or `corolla cancel {run_dir}` first"
+        )
 
 
 def submit_sweep(jobs: list[TrainJob], dry_run: bool = False) -> None:
