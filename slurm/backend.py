@@ -13,7 +13,7 @@ from launch.jobs.monitor import LABEL_WIDTH, line
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states, slurm_state
-from slurm.commands import HINT, SlurmError, run_slurm
+from slurm.commands import SlurmError, run_slurm
 from slurm.jobs import recorded_jobs
 
 CANCEL_WAIT_S = 10
@@ -87,7 +87,7 @@ class SlurmBackend(Backend):
             state = slurm_state(jobs[-1])
             current = slurm_state(jobs[-2]) if len(jobs) > 1 and state.waits_for_another else None
         except SlurmError as error:
-            return [line("slurm", f"{which}: cannot ask Slurm ({error}): {HINT}")]
+            return [line("slurm", f"{which}: cannot ask Slurm ({error}): {error.hint}")]
         latest = line("slurm", f"{which}: {state.state}, {state.summary} (from {state.source})")
         if current is None:
             return [latest]
@@ -115,7 +115,7 @@ class SlurmBackend(Backend):
         try:
             states = latest_states(jobs)
         except SlurmError as error:
-            raise RuntimeError(f"cannot ask Slurm about job {jobs[-1]} ({error}): {HINT}") from None
+            raise RuntimeError(f"cannot ask Slurm about job {jobs[-1]} ({error}): {error.hint}") from None
         live = [state for state in states if state.live]
         if not live:
             print(f"Slurm job {states[0].job_id} has already ended ({states[0].state}): nothing to cancel")
@@ -126,7 +126,7 @@ class SlurmBackend(Backend):
                 run_slurm("scancel", before.job_id)
                 after = state_once_ended(before.job_id)
             except SlurmError as error:
-                raise RuntimeError(f"cannot cancel Slurm job {before.job_id} ({error}): {HINT}") from None
+                raise RuntimeError(f"cannot cancel Slurm job {before.job_id} ({error}): {error.hint}") from None
             print(
                 f"cancelled Slurm job {before.job_id} (was {before.state}, {before.summary}); Slurm now says "
                 f"{after.state}"

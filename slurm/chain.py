@@ -33,7 +33,7 @@ from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
 from slurm.backend import job_logs, print_tails
 from slurm.client import ENDED_STATES, slurm_state
-from slurm.commands import HINT, SURVIVE_SIGTERM, SlurmError, run_slurm
+from slurm.commands import SURVIVE_SIGTERM, SlurmError, run_slurm
 from slurm.executor import (
     excluded_nodes,
     executor_parameters,
@@ -402,7 +402,7 @@ def chain_lines(run_dir: Path) -> list[str]:
         try:
             state = stage_state(stage_job)
         except SlurmError as error:
-            lines.append(line(stage_job.stage, f"{stage_job.label}: cannot ask Slurm ({error}): {HINT}"))
+            lines.append(line(stage_job.stage, f"{stage_job.label}: cannot ask Slurm ({error}): {error.hint}"))
             continue
         lines.append(line(stage_job.stage, f"{stage_job.label}: {state.summary}"))
         if failure is None and not state.live and state.state != "COMPLETED":
@@ -453,7 +453,7 @@ def cancel_chain(run_dir: Path) -> None:
         if live:
             run_slurm("scancel", *live)
     except SlurmError as error:
-        raise RuntimeError(f"cannot cancel the chain's jobs ({error}): {HINT}") from None
+        raise RuntimeError(f"cannot cancel the chain's jobs ({error}): {error.hint}") from None
     for what in live.values():
         print(f"cancelled {what}")
     if not live:

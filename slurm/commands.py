@@ -7,6 +7,9 @@ import subprocess
 
 TIMEOUT_S = 30
 HINT = "run this on a login node of the cluster"  # what mends a Slurm command that cannot be run here
+# What Slurm's commands say when the controller is down, restarting or overloaded: they run, and it does not answer.
+UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "did not answer within")
+UNREACHABLE_HINT = "Slurm's controller does not answer: run the command again once `sinfo` does, or ask the admins"
 # Inside a job, when a rank crashes, Slurm ends the step with SIGTERM to every process in it just as its peers ask for
 # a requeue, and a request cut off halfway is lost (SIGKILL follows only after KillWait, seconds later).
 SURVIVE_SIGTERM = ["sh", "-c", 'trap "" TERM; exec "$@"', "slurm-command"]
@@ -14,6 +17,11 @@ SURVIVE_SIGTERM = ["sh", "-c", 'trap "" TERM; exec "$@"', "slurm-command"]
 
 class SlurmError(RuntimeError):
     """A Slurm command that is missing, timed out or failed; the message names it and what it said."""
+
+    @property
+    def hint(self) -> str:
+        """What mends it: a login node where the command cannot be run here, patience where the controller is down."""
+        return UNREACHABLE_HINT if any(words in str(self) for words in UNREACHABLE) else HINT
 
 
 def run_slurm(*command: str, survive_sigterm: bool = False) -> str:

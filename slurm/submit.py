@@ -17,7 +17,7 @@ from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
 from launch.train import compat
 from slurm.client import partition_nodes
-from slurm.commands import SlurmError
+from slurm.commands import HINT, SlurmError
 from slurm.executor import excluded_nodes, job_partition, make_executor, submit_elastic, submit_job
 from slurm.jobs import live_jobs
 from slurm.task import TrainingTask
@@ -28,6 +28,8 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
     try:
         nodes = partition_nodes()
     except SlurmError as error:
+        if error.hint != HINT:
+            raise RuntimeError(f"cannot reach Slurm ({error}): {error.hint}") from None
         raise RuntimeError(f"cannot reach Slurm ({error}): is this a login node of {cluster.name}?") from None
     partition = job_partition(cluster, nodes)
     if partition not in nodes:

@@ -592,6 +592,14 @@ class TestCluster:
         ip("link", "set", namespace_path(name).name, "up")
         self._start_node(name)
 
+    def stop_controller(self) -> None:
+        """slurmctld gone (a crash, a restart, a login node cut off from it): every client fails to contact it. Jobs
+        on the nodes go on; start_controller brings it back with its saved state."""
+        self.files.slurmctld().stop(grace=10)
+
+    def start_controller(self) -> None:
+        self._start_controller()
+
     def _check_node(self, name: str) -> None:
         if name not in self.node_names:
             raise ClusterError(f"no node {name!r}: the nodes are {', '.join(self.node_names)}")

@@ -16,6 +16,7 @@ from conftest import cluster_in_environment
 from launch.commands import cancel, show_logs, show_status
 from launch.config.schemas import CancelJob, LogsJob, StatusJob
 from launch.rundir.lock import holding, writer
+from slurm.commands import UNREACHABLE_HINT
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 T0 = 1_790_000_000.0  # the first launch, in September 2026
@@ -336,6 +337,29 @@ def test_status_of_an_ended_job_without_sacct(
     status = status_of(run_dir, capsys)
     assert f"slurm      job {job_id}: FAILED, exit code 3:0, ran 00:00:0" in status
     assert "(from scontrol; sacct unavailable (sacct not found))" in status
+
+
+def test_status_and_cancel_say_when_slurms_controller_does_not_answer(
+    slurm_cluster: TestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not "run this on a login node": the user is on one, and the controller is down (or restarting)."""
+    run_dir = make_run(tmp_path / "run", cluster="testcluster")
+    job_id = sbatch(slurm_cluster, run_dir, "--wrap=sleep 60")
+    slurm_cluster.stop_controller()
+    try:
+        status = status_of(run_dir, capsys)
+        assert f"slurm      job {job_id}: cannot ask Slurm (scontrol: " in status
+        assert f"Unable to contact slurm controller (connect failure)): {UNREACHABLE_HINT}" in status
+        with pytest.raises(RuntimeError) as refused:
+            cancel(CancelJob(run_dir=str(run_dir)))
+        assert str(refused.value).startswith(f"cannot ask Slurm about job {job_id} (scontrol: ")
+        assert str(refused.value).endswith(f"Unable to contact slurm controller (connect failure)): {UNREACHABLE_HINT}")
+        assert "login node" not in status + str(refused.value)
+    finally:
+        slurm_cluster.start_controller()
+    cancel(CancelJob(run_dir=str(run_dir)))  # the same command, once the controller answers
+    assert capsys.readouterr().out.startswith(f"cancelled Slurm job {job_id} (was ")
+    assert wait_for(lambda: not queued(slurm_cluster, job_id), timeout=15, interval=0.2)
 
 
 def test_a_pending_job_shows_its_reason_and_can_be_cancelled(
