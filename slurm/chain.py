@@ -33,16 +33,16 @@ from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
 from slurm.backend import job_logs, print_tails
 from slurm.client import ENDED_STATES, slurm_state
-from slurm.commands import SURVIVE_SIGTERM, SlurmError, run_slurm
+from slurm.commands import SURVIVE_SIGTERM, SlurmError, request, run_slurm
 from slurm.executor import (
     excluded_nodes,
     executor_parameters,
     job_name,
     make_executor,
-    outside_this_job,
     run_executor,
     submit_elastic,
     submit_job,
+    submitting,
 )
 from slurm.jobs import live_jobs
 from tokenizer.files import write_atomically
@@ -116,7 +116,7 @@ class StageTask:
     def _follow(self, job: MainJob, training_job: str) -> None:
         run_dir = Path(self.run_dir)
         executor = stage_executor(job.cluster, run_dir, self.stage, f"afterany:{training_job}")
-        with outside_this_job():
+        with submitting():
             follower = executor.submit(self).job_id
         _replace_job(run_dir, self.stage, follower)
         print(f"the training goes on in Slurm job {training_job}: the export follows it, as job {follower}")
@@ -312,17 +312,23 @@ def _submit(job: MainJob, plan: ChainPlan) -> list[StageJob]:
                     job_id = submit_job(executor, task, run_dir / TRAIN_DIR)
                 submitted.append(StageJob(stage, job_id))
             elif stage == "encode":
-                with executor.batch():
+                with submitting(), executor.batch():
                     tasks = [
                         executor.submit(StageTask(str(run_dir), stage, files, group))
                         for group, files in plan.groups.items()
                     ]
                 submitted.append(StageJob(stage, tasks[0].job_id.split("_")[0], len(tasks)))
             else:
-                submitted.append(StageJob(stage, executor.submit(StageTask(str(run_dir), stage)).job_id))
-        except BaseException:
-            for before in reversed(submitted):  # half a chain would run stages nothing follows
-                run_slurm("scancel", before.job_id)
+                with submitting():
+                    submitted.append(StageJob(stage, executor.submit(StageTask(str(run_dir), stage)).job_id))
+        except BaseException as error:
+            # Half a chain would run stages nothing follows; the chain is not recorded, so name what stays queued.
+            left = [before.job_id for before in reversed(submitted) if not request("scancel", before.job_id)]
+            if left and isinstance(error, Exception):
+                raise RuntimeError(
+                    f"{str(error).splitlines()[0]}; and the stages submitted before it could not be cancelled: "
+                    f"`scancel {' '.join(left)}` once Slurm answers"
+                ) from None
             raise
     return submitted
 

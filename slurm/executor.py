@@ -24,8 +24,9 @@ import submitit
 from launch.config.cluster import ClusterConfig
 from launch.rundir.files import SUBMITIT_DIR
 from launch.rundir.history import RunHistory
+from launch.train import compat
 from slurm.client import partition_nodes
-from slurm.commands import SlurmError, request, run_slurm
+from slurm.commands import HINT, SlurmError, request, run_slurm
 from slurm.jobs import jobs_after, record_job
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -120,9 +121,29 @@ def make_executor(
     return executor
 
 
+# What mends a job sbatch refuses: what its words name is a setting of the cluster's config.
+REFUSED_FIX = (
+    "change the setting it names (cluster.partition, account, qos, time_limit_min, nodes, ...; conf/cluster/) "
+    "and submit again"
+)
+
+
+@contextmanager
+def submitting() -> Iterator[None]:
+    """Around submitit's submissions (it runs sbatch): outside this job's variables (outside_this_job), and a job
+    sbatch does not take a SlurmError in one line that names what sbatch said and what mends it."""
+    try:
+        with outside_this_job(), compat.sbatch_refusals():
+            yield
+    except compat.SbatchRefused as refusal:
+        said = SlurmError(f"sbatch: {refusal}")
+        fix = said.hint if said.hint != HINT else REFUSED_FIX
+        raise SlurmError(f"Slurm did not take the job ({said}): {fix}") from None
+
+
 def submit_job(executor: submitit.SlurmExecutor, task: Callable[[], None], run_dir: Path) -> str:
     """Submits the task and records the job in the run directory; its job id."""
-    with outside_this_job():
+    with submitting():
         job_id = executor.submit(task).job_id
     record_job(run_dir, job_id)
     return job_id
@@ -145,7 +166,14 @@ def submit_elastic(
     job_id = submit_job(executor, task, run_dir)
     try:
         next_job = queue_next_job(cluster, run_dir, task, job_id)
-    except BaseException:  # a held job nothing would release
+    except Exception as error:  # a held job nothing would release
+        if request("scancel", job_id):
+            raise
+        raise RuntimeError(
+            f"{str(error).splitlines()[0]}; and Slurm job {job_id}, held until then, could not be cancelled: "
+            f"`corolla cancel {shlex.quote(str(run_dir))}` once Slurm answers"
+        ) from None
+    except BaseException:
         request("scancel", job_id)
         raise
     try:

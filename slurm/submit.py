@@ -50,7 +50,13 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
 
 def check_no_live_job(run_dir: Path) -> None:
     """Two jobs training one run directory would overwrite each other's checkpoints."""
-    if live := live_jobs(run_dir):
+    live = live_jobs(run_dir)
+    if held := [state for state in live if "reason JobHeldUser" in state.summary]:  # a submission cut off halfway
+        raise ValueError(
+            f"{run_dir} has Slurm job {held[0].job_id} held, which nothing will release: `corolla cancel {run_dir}` "
+            "first"
+        )
+    if live:
         raise ValueError(
             f"{run_dir} has Slurm job {live[0].job_id} {live[0].state} already: let it run (corolla status "
             f"{run_dir}), or `corolla cancel {run_dir}` first"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +94,21 @@ def cluster_in_environment(spec: ClusterSpec) -> Iterator[TestCluster]:
         for name, value in cluster.env.items():
             patch.setenv(name, value)
         yield cluster
+
+
+def sbatch_that_stops_the_controller(cluster: TestCluster, bin_dir: Path, at: int) -> Path:
+    """A folder to put first on PATH: its `sbatch` stops the cluster's slurmctld before the `at`-th call (counted from
+    1) and every later one, then runs the real sbatch, which cannot reach it. (start_controller brings it back.)"""
+    bin_dir.mkdir()
+    count, sbatch = bin_dir / "calls", bin_dir / "sbatch"
+    controller_pid = cluster.files.slurmctld().pid_file
+    sbatch.write_text(
+        f"#!/bin/sh\necho >> {count}\n"
+        f"[ $(wc -l < {count}) -ge {at} ] && kill $(cat {controller_pid}) 2>/dev/null && sleep 1\n"
+        f'exec {shutil.which("sbatch")} "$@"\n'
+    )
+    sbatch.chmod(0o755)
+    return bin_dir
 
 
 @contextmanager

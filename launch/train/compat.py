@@ -7,9 +7,11 @@ Libraries are imported where a workaround needs them, so that the Slurm side (su
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 # The releases the workarounds below were written and tested for: deepspeed and megatron-core exactly (private
@@ -209,6 +211,32 @@ def sbatch_script(executor, array_tasks: int = 1) -> str:
     check_versions(("submitit",))
     parameters = {**executor.parameters, **({"map_count": array_tasks} if array_tasks > 1 else {})}
     return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **parameters)
+
+
+class SbatchRefused(RuntimeError):
+    """sbatch did not take a job submitit asked it to: its last line, without its "sbatch: error: "."""
+
+
+@contextlib.contextmanager
+def sbatch_refusals() -> Iterator[None]:
+    """Around submitit's submissions: when sbatch fails, submitit prints its error output itself and then raises a
+    FailedJobError holding the same text, so the user met sbatch's line twice, once bare and once as corolla's. Kept
+    from the terminal, the printed copy is dropped and the error becomes SbatchRefused, one line (anything else
+    submitit printed is passed on)."""
+    from submitit.core.utils import FailedJobError
+
+    check_versions(("submitit",))
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    except FailedJobError as error:
+        said = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise SbatchRefused(said[-1].removeprefix("sbatch: error: ") if said else "sbatch failed") from None
+    except BaseException:
+        sys.stderr.write(printed.getvalue())
+        raise
+    sys.stderr.write(printed.getvalue())
 
 
 def requeue_behind(prefix: list[str]) -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MULTILINGUAL, cluster_in_environment
+from conftest import MULTILINGUAL, cluster_in_environment, sbatch_that_stops_the_controller
 from launch.cli import main
 from launch.rundir.files import STAGE_ERRORS
 from launch.rundir.history import RunHistory
 from slurm.chain import StageTask, chain_jobs, stage_state
+from slurm.commands import UNREACHABLE_HINT
 from slurm.jobs import record_job
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
@@ -261,3 +262,29 @@ def test_an_export_released_before_the_training_is_done_follows_the_job_that_too
         f"(see `corolla status {run_dir}`)\n"
     )
     assert not (run_dir / "hf").exists()
+
+
+def test_a_submission_that_slurm_cuts_off_halfway_names_the_stages_it_could_not_cancel(
+    slurm_cluster, corpus, tmp_path, capsys, monkeypatch
+) -> None:
+    """The controller goes away after the tokenizer's job is queued: neither the next stage nor the cancelling of
+    that job reaches it, and the chain is not recorded, so `corolla cancel` would not find it either."""
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv(
+        "PATH", f"{sbatch_that_stops_the_controller(slurm_cluster, tmp_path / 'bin', at=2)}:{os.environ['PATH']}"
+    )
+    try:
+        assert pipeline(run_dir, corpus, *ON_SLURM) == 2
+    finally:
+        monkeypatch.undo()
+        slurm_cluster.start_controller()
+    queued = slurm_cluster.run("squeue", "--noheader", "--format=%i %j").stdout.split()
+    tokenizer_job = queued[queued.index(f"corolla-{run_dir.name}-tokenizer") - 1]
+    try:
+        assert capsys.readouterr().err == (
+            "corolla: error: Slurm did not take the job (sbatch: Batch job submission failed: Unable to contact slurm "
+            f"controller (connect failure)): {UNREACHABLE_HINT}; and the stages submitted before it could not be "
+            f"cancelled: `scancel {tokenizer_job}` once Slurm answers\n"
+        )
+    finally:
+        slurm_cluster.run("scancel", tokenizer_job)

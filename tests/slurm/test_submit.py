@@ -6,6 +6,7 @@ is submitted. Jobs whose point is not the layout run one rank a node: ranks star
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,12 +17,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tracking_server import MlflowServer
 
-from conftest import REPO_ROOT, cluster_in_environment
+from conftest import REPO_ROOT, cluster_in_environment, sbatch_that_stops_the_controller
 from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
 from launch.train.faults import CRASH_DURING_SAVE, STEP_SECONDS, UNFIT_NODE_FILE
+from slurm.commands import UNREACHABLE_HINT
+from slurm.executor import REFUSED_FIX
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 # A tiny BLOOM for 12 steps, a checkpoint every 2: long enough to kill a node or signal the job while it trains.
@@ -267,6 +270,48 @@ def test_cancelling_an_elastic_run_cancels_the_job_queued_behind_it_too(slurm_cl
     out = capsys.readouterr().out
     assert all(f"cancelled Slurm job {job}" in out for job in jobs), out
     assert all(job_state(slurm_cluster, job) in ("CANCELLED", "GONE") for job in jobs)
+
+
+def test_a_job_sbatch_refuses_is_one_line_naming_what_sbatch_said_and_the_fix(slurm_cluster, tokens, tmp_path, capsys):
+    queued_before = slurm_cluster.run("squeue", "--noheader").stdout
+    run_dir = tmp_path / "run"
+    assert (
+        main(["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *TWO_RANKS, "cluster.constraint=nope"])
+        == 2
+    )
+    # submitit printed sbatch's own line before corolla's, which said it again and no fix.
+    assert capsys.readouterr().err == (
+        "corolla: error: Slurm did not take the job (sbatch: Batch job submission failed: Invalid feature "
+        f"specification): {REFUSED_FIX}\n"
+    )
+    assert slurm_cluster.run("squeue", "--noheader").stdout == queued_before
+
+
+def test_an_elastic_submission_that_slurm_cuts_off_names_the_held_job_it_leaves(
+    slurm_cluster, tokens, tmp_path, capsys
+):
+    """The controller goes away between the first job (held until the next is queued) and the next: the held job
+    cannot be cancelled either, and nothing would ever release it."""
+    bin_dir = sbatch_that_stops_the_controller(slurm_cluster, tmp_path / "bin", at=2)
+    run_dir, elastic = tmp_path / "run", ["parallel.elastic=true", "cluster.min_nodes=1"]
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{bin_dir}:{path}"
+    try:
+        assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *TWO_RANKS, *elastic]) == 2
+    finally:
+        os.environ["PATH"] = path
+        slurm_cluster.start_controller()
+    held = json.loads((run_dir / JOBS_FILE).read_text())[-1]
+    assert capsys.readouterr().err == (
+        "corolla: error: Slurm did not take the job (sbatch: Batch job submission failed: Unable to contact slurm "
+        f"controller (connect failure)): {UNREACHABLE_HINT}; and Slurm job {held}, held until then, could not be "
+        f"cancelled: `corolla cancel {run_dir}` once Slurm answers\n"
+    )
+    assert job_state(slurm_cluster, held) == "PENDING"  # held: not "let it run"
+    assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *TWO_RANKS, *elastic]) == 2
+    assert f"has Slurm job {held} held, which nothing will release: `corolla cancel" in capsys.readouterr().err
+    assert main(["cancel", str(run_dir)]) == 0
+    assert job_state(slurm_cluster, held) in ("CANCELLED", "GONE")
 
 
 def test_an_elastic_job_asks_for_a_node_range_and_is_not_requeued_by_slurm(tokens, capsys, tmp_path) -> None:
