@@ -31,7 +31,11 @@ def controller_record(job_id: str) -> dict[str, str] | None:
             return None
         raise
     fields = (token.partition("=") for token in output.split())
-    return {key: value for key, separator, value in fields if separator}
+    record = {key: value for key, separator, value in fields if separator}
+    if "JobId" not in record or "JobState" not in record:  # no state to act on: an answer, not a record
+        said = output.strip().splitlines()[0][:80] if output.strip() else "nothing"
+        raise SlurmError(f"scontrol show job {job_id} answered no record of the job ({said})")
+    return record
 
 
 def accounting_record(job_id: str) -> dict[str, str] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -248,6 +249,20 @@ def test_status_says_when_slurm_cannot_be_asked(
     assert "progress   step 12 of 20" in output  # the rest is still there
     with pytest.raises(RuntimeError, match="cannot ask Slurm about job 42 \\(scontrol not found\\)"):
         cancel(CancelJob(run_dir=str(run_dir)))
+
+    # An scontrol that answers nothing (or not a job's record) says nothing of the job: not a live job in state
+    # UNKNOWN that `cancel` then said it "cancelled".
+    clients = tmp_path / "answers-nothing"
+    clients.mkdir()
+    (clients / "scontrol").write_text("#!/bin/sh\nexit 0\n")
+    (clients / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", str(clients))
+    answer = "scontrol show job 42 answered no record of the job (nothing)"
+    assert f"slurm      job 42 (latest of 2: 41 before): cannot ask Slurm ({answer})" in status_of(run_dir, capsys)
+    nothing = f"cannot ask Slurm about job 42 ({answer})"
+    with pytest.raises(RuntimeError, match=re.escape(nothing)):
+        cancel(CancelJob(run_dir=str(run_dir)))
+    assert not (run_dir / "STOP").exists()
 
 
 def sbatch(cluster: TestCluster, run_dir: Path, *arguments: str) -> str:
