@@ -1,6 +1,7 @@
-"""Files, for the tokenizer and every module above it: the name of a tokenizer output that others read, writing a
-file so that readers see the old contents or the new (never a half-written file), reading JSON with a one-line error,
-and a file's digest."""
+"""Files, for the tokenizer and every module above it: the names of a tokenizer's outputs that others read; writing
+a file, or a directory (built in a staging area, then published by a rename), so that readers see the old contents
+or the new, never half; locking a directory against a second writer; what a full disk is, and an error that names
+the path a write failed on; reading JSON with a one-line error, and a file's digest."""
 
 from __future__ import annotations
 

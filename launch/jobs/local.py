@@ -43,7 +43,8 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class _Forwarding:
-    """While the ranks run: each signal of FORWARDED goes to them; the second one ends torchrun's session."""
+    """While the ranks run: each signal of FORWARDED goes to them; the second one kills torchrun and every process
+    under it (_kill)."""
 
     def __init__(self, torchrun: subprocess.Popen) -> None:
         self.torchrun, self.received = torchrun, []
