@@ -113,6 +113,16 @@ def verify(directory: Path, step: int) -> tuple[int, int, list[str]]:
     return len(entries), sum(size for size, _ in entries.values()), bad
 
 
+def verified(directory: Path, step: int, then: str) -> None:
+    """The checkpoint of `step` hashes whole to what COMPLETE says; else a CheckpointError naming the files that do
+    not, and `then`, what to do instead."""
+    _, _, bad = verify(directory, step)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {directory / checkpoint_tag(step)} fails its checksums ({', '.join(bad)}): {then}"
+        )
+
+
 def newest_intact(directory: Path, log: Callable[[str], None] = print, below: str | None = None) -> int | None:
     """The step of the newest complete checkpoint, from `latest` (or below the tag `below`) down, whose files are all
     there at their sizes (a line for each one passed over); None when there is none to try, a CheckpointError when

@@ -4,7 +4,8 @@ Each checkpoint is a directory `checkpoints/step-00000010/`: weights and Adam mo
 per tensor x pipeline rank pair (launch/train/shards.py), the trainer's counters and LR schedule, and one RNG file per
 rank. Only when every rank has finished does rank 0 write `COMPLETE` into it (launch/rundir/checkpoints.py: the
 layout, the files and their sizes) and then replace the `latest` pointer atomically; a crash mid-save leaves a
-directory without `COMPLETE` that nothing reads and the next save removes. Resuming reads `latest`: weights,
+directory without `COMPLETE` that nothing reads and the next save removes. Resuming reads the newest complete
+checkpoint (`latest`'s, or a newer one whose save was cut off before it named it): weights,
 optimizer, LR schedule, step (hence data position) and every rank's RNG states, so a resumed run continues exactly
 as an uninterrupted one. Resuming on another layout reads the same files (resharding needs no conversion); only the
 RNG states, which belong to ranks, cannot carry over, so with dropout the masks then differ from those of a run that
@@ -66,11 +67,6 @@ def _restore_rng(engine, states: dict) -> None:
     get_cuda_rng_tracker().set_states(states["tracker"])
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
-
-
-def saved_layout(directory: Path, step: int) -> ParallelLayout:
-    """The layout the checkpoint's parameter files are laid out for."""
-    return checkpoint_layout(directory, step)
 
 
 def rng_layout(directory: Path, step: int) -> ParallelLayout:
@@ -236,10 +232,10 @@ def check_writable(directory: Path) -> None:
 
 
 def verified_step(directory: Path) -> int:
-    """The step of the newest checkpoint, from `latest` down, whose files are all there and hash to what COMPLETE
-    says (each rank hashes its share of them); 0 when there is none. A collective: every rank gets the same answer.
-    One that fails is passed over, in one line, and left as it is; a CheckpointError when there were some and none
-    verifies."""
+    """The step of the newest checkpoint, from `latest` (or a newer complete one it does not name yet) down, whose
+    files are all there and hash to what COMPLETE says (each rank hashes its share of them); 0 when there is none. A
+    collective: every rank gets the same answer. One that fails is passed over, in one line, and left as it is; a
+    CheckpointError when there were some and none verifies."""
     rank, ranks = dist.get_rank(), dist.get_world_size()
     log = print if rank == 0 else (lambda line: None)
     step = newest_intact(directory, log)
@@ -269,7 +265,7 @@ def load(engine, directory: Path, step: int, layout: ParallelLayout, seed: int) 
     rank, since borrowed ones could coincide on two TP ranks.
     """
     tag, rank = checkpoint_tag(step), dist.get_rank()
-    saved = saved_layout(directory, step)
+    saved = checkpoint_layout(directory, step)
     rngs = rng_layout(directory, step)
     rng_rank = rank if rngs == layout or rank < rngs.world_size else 0
     try:
@@ -297,7 +293,7 @@ def load_weights(engine, checkpoint_dir: Path, growth: shards.EmbeddingGrowth | 
     directory, tag = checkpoint_dir.parent, checkpoint_dir.name
     try:
         step = complete_record(directory, tag)["step"]
-        layout = saved_layout(directory, step)
+        layout = checkpoint_layout(directory, step)
         shards.restore_weights(engine, shards.ShardReader(checkpoint_dir, layout), growth)
     except shards.ShardError as error:
         raise CheckpointError(f"init_from's checkpoint {checkpoint_dir} does not fit this model: {error}") from None

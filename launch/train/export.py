@@ -9,10 +9,16 @@ from pathlib import Path
 import torch
 
 from launch.config.schemas import ExportJob
-from launch.plan.weights import HF_CONFIG_FILE, HF_WEIGHT_FILES, HF_WEIGHT_INDEXES, Weights, weights_of
-from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, reading, verify
+from launch.plan.weights import (
+    HF_CONFIG_FILE,
+    HF_WEIGHT_FILES,
+    HF_WEIGHT_INDEXES,
+    Weights,
+    checkpoint_layout,
+    weights_of,
+)
+from launch.rundir.checkpoints import CheckpointRemoved, reading, verified
 from launch.rundir.files import checkpoint_tag
-from launch.train import checkpoint
 from launch.train.shards import ShardReader
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict
@@ -23,7 +29,7 @@ from tokenizer.hf_export import set_model_max_length
 
 def full_state_dict(directory: Path, step: int, model: ModelConfig) -> dict[str, torch.Tensor]:
     """Every weight of the checkpoint of `step` in `directory`, whole, named as in `BloomModel`."""
-    reader = ShardReader(directory / checkpoint_tag(step), checkpoint.saved_layout(directory, step))
+    reader = ShardReader(directory / checkpoint_tag(step), checkpoint_layout(directory, step))
     return {model_name(name, model.num_layers): reader.full(name).clone() for name in reader.names()}
 
 
@@ -61,11 +67,7 @@ def _read_weights(job: ExportJob, weights: Weights, tries: int = 3) -> tuple[Wei
 def _verified_state(weights: Weights) -> dict[str, torch.Tensor]:
     directory, step = weights.checkpoints, weights.step
     with reading(directory, step):  # there a moment ago, when weights_of found it
-        _, _, bad = verify(directory, step)
-    if bad:
-        raise CheckpointError(
-            f"checkpoint {step} of {weights.run_dir} fails its checksums ({', '.join(bad)}): export another"
-        )
+        verified(directory, step, then="export another")
     with reading(directory, step):
         return full_state_dict(directory, step, weights.model)
 

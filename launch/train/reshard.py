@@ -14,7 +14,8 @@ from pathlib import Path
 from launch.config.schemas import ReshardJob
 from launch.plan.layout import ParallelLayout
 from launch.plan.stages import stage_cut
-from launch.rundir.checkpoints import CheckpointError, file_entries, latest_step, step_record, verify
+from launch.plan.weights import checkpoint_layout
+from launch.rundir.checkpoints import CheckpointError, file_entries, latest_step, step_record, verified
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, COMPLETE, checkpoint_tag, shard_file
 from launch.train import checkpoint
@@ -30,7 +31,7 @@ TIED_EMBEDDING = TIED_PREFIX + EMBEDDING
 def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, model: ModelConfig) -> ParallelLayout:
     """Writes `target`'s shards of the checkpoint of `step` beside its own, then names them in COMPLETE; returns the
     layout it had. One that fails (a full disk: a CheckpointError that says so) removes what it wrote."""
-    directory, saved = checkpoints / checkpoint_tag(step), checkpoint.saved_layout(checkpoints, step)
+    directory, saved = checkpoints / checkpoint_tag(step), checkpoint_layout(checkpoints, step)
     reader = ShardReader(directory, saved)
     rows = reader.full_size(TIED_EMBEDDING, 0)
     if rows != model.padded_vocab_size(target.tp):
@@ -49,7 +50,7 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
         rngs = checkpoint.rng_layout(checkpoints, step)
         checkpoint.mark_complete(checkpoints, step, target, rngs, checksums, leave_out=old)
     except BaseException as error:
-        if checkpoint.saved_layout(checkpoints, step) == saved:  # COMPLETE not replaced: the new files are no one's
+        if checkpoint_layout(checkpoints, step) == saved:  # COMPLETE not replaced: the new files are no one's
             for name in new:
                 (directory / name).unlink(missing_ok=True)
         if isinstance(error, OSError) and is_no_space(error):
@@ -88,10 +89,8 @@ def reshard(job: ReshardJob) -> None:
     step = job.step or latest_step(directory)
     if not step:
         raise ValueError(f"{run_dir} has no complete checkpoint to reshard: train it first")
-    _, _, bad = verify(directory, step)
-    if bad:
-        raise CheckpointError(f"checkpoint {step} of {run_dir} fails its checksums ({', '.join(bad)}): reshard another")
-    saved = checkpoint.saved_layout(directory, step)
+    verified(directory, step, then="reshard another")
+    saved = checkpoint_layout(directory, step)
     target = ParallelLayout(job.tp or saved.tp, job.pp or saved.pp, job.dp or saved.dp)
     problems = target.problems(train_job.model, train_job.train)
     if problems:

@@ -147,6 +147,13 @@ def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_ver
     assert "1 of 2 checkpoints fail verification (steps 4)" in err
     assert main(["checkpoint", "verify", str(run_dir), "step=99"]) == 2
     assert capfd.readouterr().err.endswith("has no complete checkpoint of step 99: choose one of 2, 4\n")
+    # Neither exported nor resharded: each says which file changed, and what to do instead.
+    damage = f"checkpoint {damaged.parent} fails its checksums ({damaged.name} changed since written)"
+    assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={run_dir.parent / 'hf'}", "step=4"]) == 2
+    assert capfd.readouterr().err.strip().endswith(f"{damage}: export another")
+    assert main(["checkpoint", "reshard", f"run_dir={run_dir}", "step=4", "tp=2"]) == 2
+    assert capfd.readouterr().err.strip().endswith(f"{damage}: reshard another")
+    assert damaged.read_bytes() == damaged_bytes and not (run_dir.parent / "hf").exists()
     assert train(run_dir, tokens) == 0
     passed_over = "step-00000004 (model-tp00of01-pp00of01.pt changed since written) fails its checksums"
     assert passed_over in capfd.readouterr().out
