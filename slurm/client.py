@@ -55,6 +55,25 @@ def partition_nodes() -> dict[str, set[str]]:
     return nodes
 
 
+def partition_limits(partition: str) -> tuple[str, int | None]:
+    """Whether the partition takes jobs (sinfo's word: up, down, drain, inact) and its time limit in minutes (None:
+    none); a SlurmError when Slurm cannot be asked."""
+    output = run_slurm("sinfo", "--noheader", f"--partition={partition}", "--format=%a %l")
+    available, limit = output.split()[:2]
+    return available, _minutes(limit)
+
+
+def _minutes(limit: str) -> int | None:
+    """A Slurm time limit ("infinite", "days-hours:minutes:seconds", "hours:minutes:seconds", "minutes:seconds",
+    "minutes") in whole minutes, or None."""
+    if not limit[:1].isdigit():
+        return None
+    days, _, clock = limit.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    hours, minutes, _ = [0] * (3 - len(parts)) + parts if len(parts) > 1 else (0, parts[0], 0)
+    return (int(days or 0) * 24 + hours) * 60 + minutes
+
+
 def has_ended(state: str) -> bool:
     return state.split()[0] in ENDED_STATES if state else False
 

@@ -16,7 +16,7 @@ from launch.config.schemas import TrainJob
 from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
 from launch.train import compat
-from slurm.client import partition_nodes
+from slurm.client import partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
 from slurm.executor import excluded_nodes, job_partition, make_executor, submit_elastic, submit_job
 from slurm.jobs import live_jobs
@@ -36,6 +36,7 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
         raise ValueError(
             f"cluster.partition={partition} does not exist on this cluster: choose one of {', '.join(sorted(nodes))}"
         )
+    _check_takes(cluster, partition)
     usable = nodes[partition] - excluded
     if len(usable) < cluster.nodes:
         left_out = nodes[partition] & excluded
@@ -45,6 +46,22 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
         raise ValueError(
             f"cluster.nodes={cluster.nodes} but partition {partition} has {len(usable)} nodes{because}: lower "
             "cluster.nodes (and the layout with it)"
+        )
+
+
+def _check_takes(cluster: ClusterConfig, partition: str) -> None:
+    """sbatch queues a job a partition down or a time limit over its own forbids, where it waits for good."""
+    available, limit = partition_limits(partition)
+    if available != "up":
+        raise ValueError(
+            f"partition {partition} is {available} (sinfo): a job would wait in the queue until an admin brings it up; "
+            "choose another with cluster.partition=NAME, or submit once it is up"
+        )
+    if limit is not None and cluster.time_limit_min > limit:
+        raise ValueError(
+            f"cluster.time_limit_min={cluster.time_limit_min} is over partition {partition}'s limit of {limit} "
+            f"minutes, where a job waits for good: set cluster.time_limit_min={limit} or less (a run resumes across "
+            "time limits)"
         )
 
 

@@ -240,6 +240,31 @@ def test_bad_jobs_are_refused_before_anything_is_submitted(
     assert not run_dir.exists() and slurm_cluster.run("squeue", "--noheader").stdout == queued_before
 
 
+def test_a_partition_down_or_with_a_shorter_time_limit_is_refused_before_anything_is_submitted(
+    slurm_cluster, tokens, capsys, tmp_path
+) -> None:
+    """sbatch takes either job, which then waits in the queue for good (PartitionDown, PartitionTimeLimit)."""
+    run_dir = tmp_path / "run"
+    submit = ["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *TWO_RANKS]
+    try:
+        slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=down")
+        assert main(submit) == 2
+        assert capsys.readouterr().err.strip() == (
+            "corolla: error: partition debug is down (sinfo): a job would wait in the queue until an admin brings it "
+            "up; choose another with cluster.partition=NAME, or submit once it is up"
+        )
+        slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=up", "maxtime=30")
+        assert main([*submit, "cluster.time_limit_min=45"]) == 2
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .startswith("corolla: error: cluster.time_limit_min=45 is over partition debug's limit of 30 minutes")
+        )
+    finally:
+        slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=up", "maxtime=infinite")
+    assert not run_dir.exists()
+
+
 def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys, tmp_path) -> None:
     run_dir = tmp_path / 'a "run" $(touch pwned)'
     # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation.
