@@ -39,8 +39,10 @@ def live_slurm_job(run_dir: Path) -> str | None:
 
 
 def backend_of(run: RunDirectory) -> Backend:
-    """The backend that ran the run: Slurm, when it recorded the run's jobs."""
-    return SlurmBackend() if (run.path / JOBS_FILE).is_file() else LocalBackend(live_slurm_job)
+    """The backend that ran the run: Slurm, when it recorded the run's jobs or its job names a Slurm cluster (a
+    submission sbatch refused records none)."""
+    submitted = (run.path / JOBS_FILE).is_file() or run.setting("cluster.scheduler") == Scheduler.slurm.value
+    return SlurmBackend() if submitted else LocalBackend(live_slurm_job)
 
 
 def train(job: TrainJob, dry_run: bool = False) -> None:

@@ -80,7 +80,12 @@ class SlurmBackend(Backend):
         """The latest job; for an elastic run whose latest job waits for the one before to end, that one first."""
         jobs = recorded_jobs(run.path)
         if not jobs:
-            return []
+            return [
+                line(
+                    "slurm",
+                    "no Slurm job: its submission did not go through (`corolla submit` said why); submit it again",
+                )
+            ]
         before = f" (latest of {len(jobs)}: {', '.join(jobs[:-1])} before)" if len(jobs) > 1 else ""
         which = f"job {jobs[-1]}{before}"
         try:

@@ -310,6 +310,11 @@ def test_a_job_sbatch_refuses_is_one_line_naming_what_sbatch_said_and_the_fix(sl
         f"specification): {REFUSED_FIX}\n"
     )
     assert slurm_cluster.run("squeue", "--noheader").stdout == queued_before
+    # The run directory was written before sbatch ran: its status says what a refused submission needs, not what a
+    # local run whose ranks died would.
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "no Slurm job: its submission did not go through" in out and "corolla train" not in out
 
 
 def test_an_elastic_submission_that_slurm_cuts_off_names_the_held_job_it_leaves(
