@@ -17,6 +17,7 @@ from slurm.commands import SlurmError, run_slurm
 from slurm.jobs import recorded_jobs
 
 CANCEL_WAIT_S = 10
+LOG_BLOCK = 1 << 16  # bytes read at a time from a log's end
 
 
 def _jobs(run: RunDirectory) -> list[str]:
@@ -27,13 +28,13 @@ def _jobs(run: RunDirectory) -> list[str]:
     return jobs
 
 
-def last_lines(path: Path, count: int, block_size: int = 1 << 16) -> list[str]:
+def last_lines(path: Path, count: int) -> list[str]:
     """The last `count` lines of a file, read from its end (logs of long runs grow large)."""
     with path.open("rb") as file:
         position = file.seek(0, os.SEEK_END)
         tail = b""
         while position > 0 and tail.count(b"\n") <= count:
-            size = min(block_size, position)
+            size = min(LOG_BLOCK, position)
             position -= size
             file.seek(position)
             tail = file.read(size) + tail

@@ -251,11 +251,11 @@ def _languages_by_premium(report: dict[str, Any]) -> list[str]:
     return sorted(first, key=lambda code: (-first[code]["premium"], code))
 
 
-def _cell(value: Any, digits: int = 2) -> str:
+def _cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.2f}"
     return str(value).replace("|", "\\|")
 
 

@@ -82,14 +82,14 @@ def clean_text(language: str, text: str, stats: HygieneStats) -> str:
     return normal
 
 
-def pieces(text: str, limit: int = MAX_PIECE_CHARS) -> Iterator[str]:
-    """`text` in pieces of at most `limit` characters, cut after the last space or line break before the limit
-    where one is in its second half (text without spaces, as Thai or Chinese, is cut at the limit)."""
+def pieces(text: str) -> Iterator[str]:
+    """`text` in pieces of at most MAX_PIECE_CHARS characters, cut after the last space or line break before the
+    limit where one is in its second half (text without spaces, as Thai or Chinese, is cut at the limit)."""
     start = 0
-    while len(text) - start > limit:
-        end = start + limit
+    while len(text) - start > MAX_PIECE_CHARS:
+        end = start + MAX_PIECE_CHARS
         cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
-        cut = cut + 1 if cut > start + limit // 2 else end
+        cut = cut + 1 if cut > start + MAX_PIECE_CHARS // 2 else end
         yield text[start:cut]
         start = cut
     yield text[start:]

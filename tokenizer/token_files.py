@@ -72,9 +72,6 @@ class TokenFileWriter:
         self._finished = False
         self._bin = _temporary(self.bin_path).open("wb")
 
-    def add_document(self, ids: Sequence[int] | np.ndarray) -> None:
-        self.add_documents(ids, [len(ids)])
-
     def add_documents(self, tokens: Sequence[int] | np.ndarray, lengths: Sequence[int] | np.ndarray) -> None:
         """Appends len(lengths) documents whose ids lie back to back in `tokens`."""
         tokens = np.asarray(tokens)

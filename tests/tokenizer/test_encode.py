@@ -431,7 +431,7 @@ def test_token_file_round_trip(vocab_size: int, dtype: type, tmp_path: Path) -> 
     documents = [[vocab_size - 1, 0, 7], [], [5]]
     with TokenFileWriter(tmp_path / "x", vocab_size) as writer:
         for ids in documents:
-            writer.add_document(ids)
+            writer.add_documents(ids, [len(ids)])
         writer.finish()
     tokens = TokenFile(tmp_path / "x")
     assert tokens.dtype == dtype and len(tokens) == 3 and tokens.num_tokens == 4
@@ -442,8 +442,8 @@ def test_token_file_round_trip(vocab_size: int, dtype: type, tmp_path: Path) -> 
 
 def test_token_file_writer_leaves_nothing_when_interrupted(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), TokenFileWriter(tmp_path / "x", 100) as writer:
-        writer.add_document([1, 2, 3])
+        writer.add_documents([1, 2, 3], [3])
         raise RuntimeError("interrupted")
     with pytest.raises(ValueError, match=r"must lie in \[0, 100\)"), TokenFileWriter(tmp_path / "y", 100) as writer:
-        writer.add_document([1, 100])
+        writer.add_documents([1, 100], [2])
     assert list(tmp_path.iterdir()) == []
