@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
-from tokenizer.files import NO_SPACE, is_no_space
+from tokenizer.files import NO_SPACE, first_line, is_no_space
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def _error_line(error: Exception) -> str:
             return FILESYSTEM_ERRORS[error.errno].format(path=path)
         if is_no_space(error):
             return NO_SPACE_UNNAMED
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return first_line(error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from slurm.executor import (
     submitting,
 )
 from slurm.jobs import live_jobs
-from tokenizer.files import write_atomically
+from tokenizer.files import first_line, write_atomically
 
 STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
 
@@ -74,8 +74,7 @@ class StageTask:
             self._run(read_job(run_dir / PIPELINE_JOB, MainJob))
         except Exception as error:
             error_file.parent.mkdir(exist_ok=True)
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-            error_file.write_text(first_line + "\n")
+            error_file.write_text(first_line(error) + "\n")
             raise
 
     def _run(self, job: MainJob) -> None:
@@ -326,7 +325,7 @@ def _submit(job: MainJob, plan: ChainPlan) -> list[StageJob]:
             left = [before.job_id for before in reversed(submitted) if not request("scancel", before.job_id)]
             if left and isinstance(error, Exception):
                 raise RuntimeError(
-                    f"{str(error).splitlines()[0]}; and the stages submitted before it could not be cancelled: "
+                    f"{first_line(error)}; and the stages submitted before it could not be cancelled: "
                     f"`scancel {' '.join(left)}` once Slurm answers"
                 ) from None
             raise

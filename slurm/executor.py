@@ -28,6 +28,7 @@ from launch.train import compat
 from slurm.client import partition_nodes
 from slurm.commands import HINT, SlurmError, request, run_slurm
 from slurm.jobs import jobs_after, record_job
+from tokenizer.files import first_line
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -170,7 +171,7 @@ def submit_elastic(
         if request("scancel", job_id):
             raise
         raise RuntimeError(
-            f"{str(error).splitlines()[0]}; and Slurm job {job_id}, held until then, could not be cancelled: "
+            f"{first_line(error)}; and Slurm job {job_id}, held until then, could not be cancelled: "
             f"`corolla cancel {shlex.quote(str(run_dir))}` once Slurm answers"
         ) from None
     except BaseException:

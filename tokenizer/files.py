@@ -46,6 +46,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line, for a message of one line; its type's name when it says nothing."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 # A full filesystem, or a full quota (what a cluster's per-user or per-project quota gives).
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 

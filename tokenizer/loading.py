@@ -13,7 +13,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Tokenizer
 
-from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, first_line
 from tokenizer.vocab import SPECIAL_IDS
 
 BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
@@ -153,7 +153,7 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     except ValueError:
         raise
     except Exception as error:  # sentencepiece and tokenizers raise bare RuntimeError/Exception on damaged files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise ValueError(f"tokenizer {path} cannot be loaded ({reason}): retrain or re-export it") from None
 
 

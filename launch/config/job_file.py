@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.config.schemas import TrainJob
+from tokenizer.files import first_line
 
 HINT = "restore it from MLflow (the run's job.yaml artifact)"
 
@@ -26,8 +27,7 @@ def job_config(path: Path) -> DictConfig:
     try:
         job = OmegaConf.load(path)
     except (OSError, yaml.YAMLError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{path} cannot be read ({first_line}): {HINT}") from None
+        raise ValueError(f"{path} cannot be read ({first_line(error)}): {HINT}") from None
     if not isinstance(job, DictConfig):
         raise ValueError(f"{path} is not a corolla job: {HINT}")
     return job
@@ -38,7 +38,7 @@ def read_job(path: Path, schema: type[TrainJob] = TrainJob) -> TrainJob:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), written))
     except (OmegaConfBaseException, ValueError) as error:
-        raise ValueError(f"{path} is not a valid job ({str(error).splitlines()[0]}): {HINT}") from None
+        raise ValueError(f"{path} is not a valid job ({first_line(error)}): {HINT}") from None
 
 
 def section(job: DictConfig, key: str, schema: type):

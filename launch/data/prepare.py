@@ -27,7 +27,7 @@ from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import corpus_fingerprint, measured_fingerprint
 from tokenizer.encode import encode_corpus
-from tokenizer.files import directory_lock
+from tokenizer.files import directory_lock, first_line
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
 
@@ -78,7 +78,7 @@ def _loads(tokenizer_dir: Path, log: Callable[[str], None]) -> bool:
     try:
         load_tokenizer(tokenizer_dir)
     except ValueError as error:
-        log(f"tokenizer: the cached one cannot be loaded ({str(error).splitlines()[0]}): training it again")
+        log(f"tokenizer: the cached one cannot be loaded ({first_line(error)}): training it again")
         return False
     return True
 

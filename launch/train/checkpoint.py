@@ -45,7 +45,7 @@ from launch.rundir.files import TRAINER_FILE, checkpoint_tag, rng_file
 from launch.train import compat, shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
-from tokenizer.files import is_no_space
+from tokenizer.files import first_line, is_no_space
 
 GIB = 1024**3
 
@@ -277,7 +277,7 @@ def load(engine, directory: Path, step: int, layout: ParallelLayout, seed: int) 
         raise CheckpointError(f"checkpoint {directory / tag} does not fit this model: {error}") from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError) as error:
         raise CheckpointError(
-            f"checkpoint {directory / tag} cannot be loaded ({str(error).splitlines()[0]}): "
+            f"checkpoint {directory / tag} cannot be loaded ({first_line(error)}): "
             "restore its files, or point `latest` at an older complete checkpoint"
         ) from None
     _restore_rng(engine, rng)
@@ -299,7 +299,7 @@ def load_weights(engine, checkpoint_dir: Path, growth: shards.EmbeddingGrowth | 
         raise CheckpointError(f"init_from's checkpoint {checkpoint_dir} does not fit this model: {error}") from None
     except (RuntimeError, OSError, EOFError, KeyError) as error:
         raise CheckpointError(
-            f"init_from's checkpoint {checkpoint_dir} cannot be loaded ({str(error).splitlines()[0]}): restore its "
+            f"init_from's checkpoint {checkpoint_dir} cannot be loaded ({first_line(error)}): restore its "
             "files, or import the model again"
         ) from None
     return layout

@@ -34,7 +34,7 @@ from launch.train.hashed_save import save_hashed
 from model.config import ModelConfig
 from model.hf import corolla_name, model_config, parameter_shapes
 from model.layers import holds, model_name, pipeline_name
-from tokenizer.files import TOKENIZER_FILES, read_json, staging_area
+from tokenizer.files import TOKENIZER_FILES, first_line, read_json, staging_area
 from tokenizer.loading import load_tokenizer
 
 STAGE_BYTES = 16 * 2**30
@@ -57,7 +57,7 @@ class HFWeights:
             try:
                 self._opened[path] = _opened(path)
             except Exception as error:  # safetensors' and torch's own errors for a file that is not what it says
-                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                reason = first_line(error)
                 message = f"weight file {path} cannot be read ({reason}): restore it from the model's source"
                 raise ValueError(message) from None
         return self._opened[path]
