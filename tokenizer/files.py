@@ -130,6 +130,10 @@ def staging_area(out: Path) -> Iterator[Path]:
         shutil.rmtree(area, ignore_errors=True)
 
 
+class OutputTaken(ValueError):
+    """Another command put an output where this one was about to publish its own."""
+
+
 def publish(staging: Path, out: Path, replace: bool) -> None:
     """Puts `staging`, a directory in `out`'s staging area, in `out`'s place, so that a reader never sees a
     half-written directory: the old one, whole, until the new one, whole. Unless `replace`, an `out` that holds
@@ -142,7 +146,7 @@ def publish(staging: Path, out: Path, replace: bool) -> None:
         except OSError as error:
             if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-            raise ValueError(
+            raise OutputTaken(
                 f"{out} was written by another command while this one ran: see what it holds, and run again with "
                 "overwrite=true to replace it"
             ) from None

@@ -10,7 +10,6 @@ leaves no run directory.
 
 from __future__ import annotations
 
-import errno
 import math
 import shutil
 from dataclasses import asdict
@@ -34,7 +33,7 @@ from launch.train.hashed_save import save_hashed
 from model.config import ModelConfig
 from model.hf import corolla_name, model_config, parameter_shapes
 from model.layers import holds, model_name, pipeline_name
-from tokenizer.files import TOKENIZER_FILES, first_line, read_json, staging_area
+from tokenizer.files import TOKENIZER_FILES, OutputTaken, first_line, publish, read_json, staging_area
 from tokenizer.loading import load_tokenizer
 
 STAGE_BYTES = 16 * 2**30
@@ -196,11 +195,9 @@ def _move_into_place(staging: Path, run_dir: Path, hf_dir: Path) -> bool:
     """Renames the import to run_dir; False when another process has put the same import there since it was checked
     (one of something else: the ValueError of _already_imported)."""
     try:
-        if run_dir.is_dir():
-            run_dir.rmdir()  # empty, as checked before; one that is not by now is not the import's to replace
-        staging.rename(run_dir)
-    except OSError as error:
-        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _already_imported(run_dir, hf_dir):
+        publish(staging, run_dir, replace=False)
+    except OutputTaken:
+        if not _already_imported(run_dir, hf_dir):
             raise
         return False
     return True
