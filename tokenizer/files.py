@@ -70,10 +70,20 @@ def naming(path: Path) -> Iterator[None]:
         raise
 
 
+def temporary_of(path: Path) -> Path:
+    """Where this process writes `path` before it takes its place: a hidden sibling, its own."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def temporaries_of(path: Path) -> list[Path]:
+    """The temporaries of `path` that writers killed halfway left (any process's)."""
+    return list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 def write_atomically(path: Path, data: bytes | str) -> None:
     """Writes `data` to a temporary sibling, flushes it to disk, and renames it over `path`."""
     # A plain open (not tempfile) so the file gets the usual umask permissions rather than 0600.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_of(path)
     try:
         with naming(path), temporary.open("wb") as file:
             file.write(data.encode("utf-8") if isinstance(data, str) else data)

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from launch.rundir.files import COMPLETE, LATEST, SET_ASIDE, checkpoint_tag, is_checkpoint_tag
-from tokenizer.files import sha256_of, write_atomically
+from tokenizer.files import sha256_of, temporaries_of, write_atomically
 
 
 class CheckpointError(ValueError):
@@ -228,7 +228,7 @@ def write_complete(
 
 
 def point_latest(directory: Path, tag: str) -> None:
-    for left in directory.glob(f".{LATEST}.*.tmp"):  # by a writer killed halfway; the run has one writer (its lock)
+    for left in temporaries_of(directory / LATEST):  # by a writer killed halfway; the run has one writer (its lock)
         left.unlink(missing_ok=True)
     write_atomically(directory / LATEST, tag + "\n")
 

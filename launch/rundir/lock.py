@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from launch.rundir.files import LOCK_FILE
-from tokenizer.files import directory_lock, write_atomically
+from tokenizer.files import directory_lock, temporary_of, write_atomically
 
 
 class RunLocked(RuntimeError):
@@ -91,7 +91,7 @@ def check_unheld(run_dir: Path) -> None:
 
 def _create(path: Path, mine: str) -> None:
     """The lock, written whole under another name and linked in place: no reader ever sees it empty."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_of(path)
     temporary.write_text(mine)
     try:
         os.link(temporary, path)
