@@ -19,7 +19,7 @@ from launch.config.schemas import (
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
 from launch.jobs.monitor import status_lines
-from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, complete_tags, reading, step_record, verify
+from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, complete_steps, reading, step_record, verify
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHAIN_FILE, CHECKPOINTS, JOB_FILE, JOBS_FILE, TRAIN_DIR, VALIDATION_FILE
 from launch.rundir.lock import holding
@@ -124,7 +124,7 @@ def sync_tracking(job: TrackingSyncJob) -> None:
 def verify_checkpoints(job: VerifyJob) -> None:
     """Hashes every file of the run's checkpoints (or of one) against COMPLETE; a one-line error if one fails."""
     directory = RunDirectory.open(job.run_dir).path / CHECKPOINTS
-    steps = [job.step] if job.step else [int(tag.removeprefix("step-")) for tag in complete_tags(directory)[0]]
+    steps = [job.step] if job.step else complete_steps(directory)
     if not steps:
         raise ValueError(f"{directory} holds no complete checkpoint to verify")
     if job.step:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from launch.rundir.files import COMPLETE, LATEST, SET_ASIDE, checkpoint_tag, is_checkpoint_tag
+from launch.rundir.files import COMPLETE, LATEST, SET_ASIDE, checkpoint_step, checkpoint_tag, is_checkpoint_tag
 from tokenizer.files import sha256_of, temporaries_of, write_atomically
 
 
@@ -207,7 +207,7 @@ def latest_step(directory: Path) -> int | None:
 def step_record(directory: Path, step: int) -> dict:
     """COMPLETE of the checkpoint of `step`, which must be one."""
     if not (directory / checkpoint_tag(step) / COMPLETE).is_file():
-        steps = ", ".join(str(int(tag.removeprefix("step-"))) for tag in complete_tags(directory)[0]) or "none"
+        steps = ", ".join(str(step) for step in complete_steps(directory)) or "none"
         raise CheckpointError(f"{directory} has no complete checkpoint of step {step}: choose one of {steps}")
     return complete_record(directory, checkpoint_tag(step))
 
@@ -231,6 +231,11 @@ def point_latest(directory: Path, tag: str) -> None:
     for left in temporaries_of(directory / LATEST):  # by a writer killed halfway; the run has one writer (its lock)
         left.unlink(missing_ok=True)
     write_atomically(directory / LATEST, tag + "\n")
+
+
+def complete_steps(directory: Path) -> list[int]:
+    """The steps of the complete checkpoints in `directory`, oldest first."""
+    return [checkpoint_step(tag) for tag in complete_tags(directory)[0]]
 
 
 def complete_tags(directory: Path) -> tuple[list[str], list[str]]:

@@ -42,6 +42,10 @@ def checkpoint_tag(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def checkpoint_step(tag: str) -> int:
+    return int(tag.removeprefix("step-"))
+
+
 def is_checkpoint_tag(name: str) -> bool:
     return re.fullmatch(r"step-\d{8}", name) is not None
 
