@@ -26,6 +26,7 @@ from launch.jobs.stages import (
 from launch.rundir.files import CHECKPOINTS, LOSS_CHART, METRICS_FILE
 from launch.rundir.run_record import recorded_run
 from launch.rundir.tracking import ui_command
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE
 
@@ -60,7 +61,7 @@ def _run_stages(job: MainJob) -> None:
     export_stage(job)
     tracked = recorded_run(paths.train)
     print("\nDone. Where things are:")
-    print(f"  tokenizer        {paths.tokenizer}  (tokenizer.model, tokenizer.json, {METADATA_FILE})")
+    print(f"  tokenizer        {paths.tokenizer}  ({SPM_MODEL_FILE}, {HF_TOKENIZER_FILE}, {METADATA_FILE})")
     for kind, path in reports.items():
         print(f"  {kind:<16} {path}")
     print(f"  token files      {paths.tokens / MANIFEST_NAME}")
