@@ -293,9 +293,6 @@ def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
 
 
 def _submit(job: MainJob, plan: ChainPlan) -> list[StageJob]:
-    from slurm.task import TrainingTask
-
-    run_dir = Path(job.run_dir).resolve()
     submitted: list[StageJob] = []
 
     def dependency_of(previous: str | None) -> str | None:
@@ -303,23 +300,7 @@ def _submit(job: MainJob, plan: ChainPlan) -> list[StageJob]:
 
     for stage, executor in _executors(job, plan, dependency_of):
         try:
-            if stage == "train":
-                task = TrainingTask(str(run_dir / TRAIN_DIR))
-                if job.cluster.chained:
-                    job_id, _ = submit_elastic(executor, job.cluster, run_dir / TRAIN_DIR, task)
-                else:
-                    job_id = submit_job(executor, task, run_dir / TRAIN_DIR)
-                submitted.append(StageJob(stage, job_id))
-            elif stage == "encode":
-                with submitting(), executor.batch():
-                    tasks = [
-                        executor.submit(StageTask(str(run_dir), stage, files, group))
-                        for group, files in plan.groups.items()
-                    ]
-                submitted.append(StageJob(stage, tasks[0].job_id.split("_")[0], len(tasks)))
-            else:
-                with submitting():
-                    submitted.append(StageJob(stage, executor.submit(StageTask(str(run_dir), stage)).job_id))
+            submitted.append(_submit_stage(job, plan, stage, executor))
         except BaseException as error:
             # Half a chain would run stages nothing follows; the chain is not recorded, so name what stays queued.
             left = [before.job_id for before in reversed(submitted) if not request("scancel", before.job_id)]
@@ -330,6 +311,27 @@ def _submit(job: MainJob, plan: ChainPlan) -> list[StageJob]:
                 ) from None
             raise
     return submitted
+
+
+def _submit_stage(job: MainJob, plan: ChainPlan, stage: str, executor: submitit.SlurmExecutor) -> StageJob:
+    """The stage's job: the training's (an elastic one's first, the next queued behind it), the encoding's array of
+    a task per group of corpus files, or another stage's."""
+    from slurm.task import TrainingTask
+
+    run_dir = Path(job.run_dir).resolve()
+    if stage == "train":
+        task = TrainingTask(str(run_dir / TRAIN_DIR))
+        if job.cluster.chained:
+            return StageJob(stage, submit_elastic(executor, job.cluster, run_dir / TRAIN_DIR, task)[0])
+        return StageJob(stage, submit_job(executor, task, run_dir / TRAIN_DIR))
+    with submitting():
+        if stage != "encode":
+            return StageJob(stage, executor.submit(StageTask(str(run_dir), stage)).job_id)
+        with executor.batch():
+            tasks = [
+                executor.submit(StageTask(str(run_dir), stage, files, group)) for group, files in plan.groups.items()
+            ]
+    return StageJob(stage, tasks[0].job_id.split("_")[0], len(tasks))
 
 
 def check_no_live_chain(run_dir: Path) -> None:
