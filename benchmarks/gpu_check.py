@@ -47,6 +47,7 @@ from megatron.core import parallel_state  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from benchmarks.loss_kernel import compare as compare_losses  # noqa: E402
+from launch import compat  # noqa: E402
 from launch.config.cluster import ClusterConfig  # noqa: E402
 from launch.config.data import DataConfig  # noqa: E402
 from launch.config.schemas import ParallelConfig, Precision, TrackingConfig, TrainConfig, TrainJob  # noqa: E402
@@ -57,7 +58,6 @@ from launch.plan.layout import ParallelLayout  # noqa: E402
 from launch.plan.memory import Candidate, corolla_on_gpus, estimate_memory  # noqa: E402
 from launch.plan.run_plan import make_plan  # noqa: E402
 from launch.plan.step_time import estimate_step_time, implied_kernel_efficiency  # noqa: E402
-from launch.train import compat  # noqa: E402
 from launch.train.device import init_distributed, seed_everything  # noqa: E402
 from launch.train.engine import build_engine  # noqa: E402
 from launch.train.health import time_matmuls  # noqa: E402

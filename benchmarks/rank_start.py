@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "import deepspeed, megatron.core.tensor_parallel, launch.train.worker"
 COROLLA = (
     "import os, sys\n"
-    "from launch.train.compat import import_training_libraries\n"
+    "from launch.compat import import_training_libraries\n"
     "import_training_libraries()\n"
     "import launch.train.worker\n"
     "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)\n"

@@ -6,7 +6,6 @@ import argparse
 import errno
 import importlib
 import os
-import re
 import signal
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from launch import compat
 from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
 from tokenizer.files import NO_SPACE, first_line, is_no_space
 
@@ -207,10 +207,7 @@ SAID = (ConfigError, ValueError, OSError, RuntimeError)
 def _said(error: Exception) -> Exception | None:
     """`error` as one line can say it, or None: corolla's errors and the filesystem's, and the I/O error that a Rust
     library (safetensors) gives as an exception of its own, "... No space left on device (os error 28)"."""
-    if isinstance(error, SAID):
-        return error
-    found = re.search(r"\(os error (\d+)\)", str(error))
-    return OSError(int(found[1]), str(error)) if found else None
+    return error if isinstance(error, SAID) else compat.rust_os_error(error)
 
 
 def _error_line(error: Exception) -> str:

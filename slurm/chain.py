@@ -64,7 +64,7 @@ class StageTask:
         return f"{self.stage}-{self.group}" if self.stage == "encode" else self.stage
 
     def __call__(self) -> None:
-        from launch.train import compat
+        from launch import compat
 
         compat.requeue_behind(SURVIVE_SIGTERM)
         run_dir = Path(self.run_dir)
@@ -279,7 +279,7 @@ def _dependency_kind(job: MainJob, previous: str) -> str:
 
 
 def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
-    from launch.train import compat
+    from launch import compat
 
     print(
         f"dry run: the pipeline is valid; {len(plan.stages)} jobs, not submitted"

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import submitit
 
+from launch import compat
 from launch.config.cluster import ClusterConfig
 from launch.rundir.files import SUBMITIT_DIR
 from launch.rundir.history import RunHistory
-from launch.train import compat
 from slurm.client import partition_nodes
 from slurm.commands import HINT, SlurmError, request, run_slurm
 from slurm.jobs import jobs_after, record_job

@@ -11,11 +11,11 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from launch import compat
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import TrainJob
 from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
-from launch.train import compat
 from slurm.client import partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
 from slurm.executor import excluded_nodes, job_partition, make_executor, submit_elastic, submit_job

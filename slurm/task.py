@@ -115,7 +115,7 @@ class TrainingTask:
         # would end the job without requeueing it.
         stop = StopSignals(run_dir / STOP_FILE)
         # torch, DeepSpeed, megatron: seconds to import, after the handlers.
-        from launch.train.compat import import_training_libraries
+        from launch.compat import import_training_libraries
 
         import_training_libraries()
         from launch.config.job_file import read_job

@@ -18,6 +18,7 @@ from conftest import REPO_ROOT
 LAYERS = {
     "tokenizer": 0,
     "model": 0,
+    "launch.compat": 0,  # library workarounds, for every layer
     "launch.config": 1,
     "launch.data": 2,
     "launch.rundir": 2,

@@ -25,6 +25,7 @@ from typing import IO
 
 import psutil
 
+from launch.compat import torchrun
 from launch.config.cluster import Scheduler
 from launch.config.job_file import read_job
 from launch.config.schemas import TrainJob
@@ -35,7 +36,6 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, JOBS_FILE, LOSS_CHART
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
-from launch.train.compat import torchrun
 from launch.train.stopping import RANK_ERROR, STACKS_FOLLOW, WATCHDOG
 from tokenizer.children import ended_with_parent
 

@@ -9,7 +9,6 @@ fails fast here (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _TIMEOUT), so that a server th
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import shlex
 import socket
@@ -26,6 +25,7 @@ from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
+from launch import compat
 from launch.rundir.files import MLFLOW_ARTIFACTS, RUN_CREATION, RUN_FILE
 from launch.rundir.run_record import SQLITE, TrackedRun, default_uri, masked, record_run, recorded_run
 from tokenizer.files import staging_area, write_atomically
@@ -48,13 +48,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
-# SQLAlchemy's first line of an error raised while it flushed, before the line that says what failed.
-AUTOFLUSH_PREAMBLE = "(raised as a result of Query-invoked autoflush"
-
-
 def safe_message(error: Exception) -> str:
     """An MLflow failure in one line, credentials masked: its first line that says what failed."""
-    lines = [line for line in str(error).strip().splitlines() if not line.startswith(AUTOFLUSH_PREAMBLE)]
+    lines = compat.telling_lines(error)
     return masked(f"{type(error).__name__}: {lines[0] if lines else ''}"[:300])
 
 
@@ -92,8 +88,7 @@ def _client(uri: str) -> MlflowClient:
     # to MLflow (rank 0's in a Slurm job, none in a local run's ranks); the import costs a rank two seconds.
     from mlflow.tracking import MlflowClient
 
-    # corolla says a failure of the store in one line (outbox.py); MLflow would log its traceback first.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    compat.quiet_mlflow_store()
     return MlflowClient(uri)
 
 

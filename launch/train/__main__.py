@@ -13,7 +13,7 @@ run_dir = Path(sys.argv[1])
 # checkpoint, rather than killing it halfway through an import.
 stop = StopSignals(run_dir / STOP_FILE)
 
-from launch.train.compat import import_training_libraries  # noqa: E402
+from launch.compat import import_training_libraries  # noqa: E402
 
 import_training_libraries()
 from launch.train.worker import EXIT_STATUS, main  # noqa: E402  (after the import above, which must come first)

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from launch import compat
 from launch.plan.layout import ParallelLayout
 from launch.plan.weights import checkpoint_layout
 from launch.rundir.checkpoints import (
@@ -42,7 +43,7 @@ from launch.rundir.checkpoints import (
     write_complete,
 )
 from launch.rundir.files import TRAINER_FILE, checkpoint_tag, rng_file
-from launch.train import compat, shards
+from launch.train import shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
 from tokenizer.files import first_line, is_no_space

@@ -16,7 +16,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import random as megatron_random
 
-from launch.train import compat
+from launch import compat
 
 TP_SEED_OFFSET = 2718  # megatron's: TP rank r draws from seed + 2718 + r
 # On GPUs, unless set otherwise: a failed NCCL collective raises (ending the rank) instead of hanging, as BLOOM needed;

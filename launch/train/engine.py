@@ -12,10 +12,10 @@ from deepspeed.runtime.pipe.engine import PipelineEngine
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
+from launch import compat
 from launch.config.schemas import Precision, TrainConfig
 from launch.plan.run_plan import RunPlan
 from launch.plan.schedules import lr_at
-from launch.train import compat
 from model.bloom import parallel_config
 from model.config import ModelConfig
 from model.layers import model_name
@@ -115,7 +115,7 @@ def check_groups(plan: RunPlan, rank: int) -> None:
     if megatron != planned:
         raise RuntimeError(
             f"rank {rank} is (tensor, data, pipeline) {megatron} in megatron's groups, but {planned} in the plan of "
-            f"{plan.layout.name}: megatron-core's rank order changed (launch/train/compat.py lists the versions)"
+            f"{plan.layout.name}: megatron-core's rank order changed (launch/compat.py lists the versions)"
         )
 
 

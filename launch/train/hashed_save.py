@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from launch import compat
 from tokenizer.files import naming
 
 
@@ -35,8 +36,8 @@ def save_hashed(value: object, path: Path) -> str:
             with path.open("wb") as file:
                 writer = _HashingWriter(file)
                 torch.save(value, writer)
-        except RuntimeError as error:  # torch.save's own for a write that failed: "[enforce fail ...] unexpected pos"
-            if isinstance(error.__context__, OSError):
-                raise error.__context__ from None
+        except RuntimeError as error:
+            if underneath := compat.torch_save_os_error(error):
+                raise underneath from None
             raise
     return writer.digest.hexdigest()

@@ -15,10 +15,10 @@ from itertools import islice
 
 import torch
 
+from launch import compat
 from launch.config.schemas import TrainConfig
 from launch.data.blend import BlendedDataset
 from launch.plan.schedules import batch_size_at, lr_at, samples_before
-from launch.train import compat
 from launch.train.batches import micro_batches
 
 

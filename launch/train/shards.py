@@ -23,9 +23,9 @@ from deepspeed.utils import (
 )
 from megatron.core import parallel_state
 
+from launch import compat
 from launch.plan.layout import ParallelLayout
 from launch.rundir.files import shard_file
-from launch.train import compat
 from launch.train.hashed_save import save_hashed
 from model.layers import EMBEDDING, tp_split_dim
 

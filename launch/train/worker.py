@@ -18,6 +18,7 @@ import torch
 from deepspeed.runtime.pipe.engine import PipelineEngine
 from megatron.core import parallel_state
 
+from launch import compat
 from launch.config.job_file import read_job
 from launch.config.schemas import NewRows, TrainJob
 from launch.data.blend import BlendedDataset
@@ -28,7 +29,7 @@ from launch.plan.run_plan import RunPlan, read_plan
 from launch.rundir.checkpoints import CheckpointError, set_aside_newer
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, JOB_FILE, STOP_FILE, checkpoint_tag
 from launch.rundir.history import Event, RunHistory
-from launch.train import checkpoint, compat
+from launch.train import checkpoint
 from launch.train.batches import validation_batches
 from launch.train.device import device, init_distributed, seed_everything
 from launch.train.engine import build_engine, check_groups

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from launch.train import compat
+from launch import compat
 
 
 def test_the_installed_releases_are_the_ones_written_for() -> None:
@@ -29,7 +29,7 @@ def test_a_rank_imports_neither_mlflow_nor_the_compiler_and_megatrons_fusions_st
     # A fresh interpreter: this one has imported all of them already.
     probe = (
         "import sys, torch\n"
-        "from launch.train.compat import import_training_libraries\n"
+        "from launch.compat import import_training_libraries\n"
         "import_training_libraries()\n"
         "from deepspeed.autotuning import autotuner\n"
         "assert not autotuner.has_mlflow\n"

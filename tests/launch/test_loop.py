@@ -28,7 +28,7 @@ class FakeEngine:
 
     def __init__(self, global_batch: int, micro_batch: int, dp: int) -> None:
         self.batch, self.micro_batch, self.dp = global_batch, micro_batch, dp
-        self.module = SimpleNamespace(micro_offset=0)  # DeepSpeed's count of forward passes (launch/train/compat.py)
+        self.module = SimpleNamespace(micro_offset=0)  # DeepSpeed's count of forward passes (launch/compat.py)
         self.trained: list[list[int]] = []  # the samples of each step, on this data-parallel rank
         self.batch_sizes: list[int] = []
 

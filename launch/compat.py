@@ -41,7 +41,7 @@ def check_versions(packages: tuple[str, ...] = ("torch", "deepspeed", "megatron-
             wrong.append(f"{package} {installed} (written for {' or '.join(WRITTEN_FOR[package])})")
     if wrong:
         raise RuntimeError(
-            f"corolla's library workarounds (launch/train/compat.py) do not know {', '.join(wrong)}: install the "
+            f"corolla's library workarounds (launch/compat.py) do not know {', '.join(wrong)}: install the "
             "versions requirements.lock pins, or check each workaround there against the new release"
         )
 
@@ -200,6 +200,12 @@ def torchrun() -> list[str]:
     return [sys.executable, "-c", quiet]
 
 
+def torch_save_os_error(error: RuntimeError) -> OSError | None:
+    """The OSError under torch.save's own RuntimeError for a write that failed ("[enforce fail at
+    inline_container.cc] unexpected pos"), which names neither the file nor the cause (a full disk)."""
+    return error.__context__ if isinstance(error.__context__, OSError) else None
+
+
 # submitit 1.5.4
 
 
@@ -255,3 +261,31 @@ def requeue_behind(prefix: list[str]) -> None:
         logger.get_logger().info(f"Requeued job {environment.job_id} ({countdown} remaining timeouts)")
 
     SlurmJobEnvironment._requeue = requeue
+
+
+# mlflow 3, SQLAlchemy 2, safetensors (Rust)
+
+# SQLAlchemy's first line of an error raised while it flushed, before the line that says what failed.
+AUTOFLUSH_PREAMBLE = "(raised as a result of Query-invoked autoflush"
+
+
+def telling_lines(error: Exception) -> list[str]:
+    """The lines of an MLflow store's error that say what failed: SQLAlchemy's autoflush preamble left out."""
+    return [line for line in str(error).strip().splitlines() if not line.startswith(AUTOFLUSH_PREAMBLE)]
+
+
+def quiet_mlflow_store() -> None:
+    """MLflow's SQL store logs a database error's whole traceback before it raises; corolla says the error in one
+    line itself (launch/rundir/outbox.py)."""
+    import logging
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def rust_os_error(error: Exception) -> OSError | None:
+    """The I/O error a Rust library (safetensors) raises as an exception of its own type, "... No space left on device
+    (os error 28)", as the OSError it is."""
+    import re
+
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return OSError(int(found[1]), str(error)) if found else None
