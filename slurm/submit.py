@@ -51,7 +51,10 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
 
 def _check_takes(cluster: ClusterConfig, partition: str) -> None:
     """sbatch queues a job a partition down or a time limit over its own forbids, where it waits for good."""
-    available, limit = partition_limits(partition)
+    try:
+        available, limit = partition_limits(partition)
+    except SlurmError as error:  # it answered sinfo a moment ago
+        raise RuntimeError(f"cannot reach Slurm ({error}): {error.hint}") from None
     if available != "up":
         raise ValueError(
             f"partition {partition} is {available} (sinfo): a job would wait in the queue until an admin brings it up; "
