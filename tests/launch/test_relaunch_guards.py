@@ -116,7 +116,7 @@ def test_a_start_without_a_launch_refuses_the_runs_token_files_encoded_again_sin
     assert end.status != 0 and end.cause is not None
     assert f"run_dir={run_dir} was trained on token files of tokenizer {ours[:8]}" in end.cause, end.cause
     assert "they were encoded again in place: encode tokens again" in end.cause
-    assert "exitcode  : 2" in capsys.readouterr().err  # torchrun's report of the rank
+    assert "failed (exitcode: 2) local_rank: 0" in capsys.readouterr().err  # torchrun's log line of the rank
     assert snapshot(run_dir / "checkpoints") == checkpoints
 
 
