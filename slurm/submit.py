@@ -27,16 +27,17 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
     """The partition exists and has the nodes the job asks for, the `excluded` ones left out (asks sinfo)."""
     try:
         nodes = partition_nodes()
+        partition = job_partition(cluster, nodes)
+        available, limit = partition_limits(partition) if partition in nodes else ("up", None)
     except SlurmError as error:
         if error.hint != HINT:
             raise RuntimeError(f"cannot reach Slurm ({error}): {error.hint}") from None
         raise RuntimeError(f"cannot reach Slurm ({error}): is this a login node of {cluster.name}?") from None
-    partition = job_partition(cluster, nodes)
     if partition not in nodes:
         raise ValueError(
             f"cluster.partition={partition} does not exist on this cluster: choose one of {', '.join(sorted(nodes))}"
         )
-    _check_takes(cluster, partition)
+    _check_takes(cluster, partition, available, limit)
     usable = nodes[partition] - excluded
     if len(usable) < cluster.nodes:
         left_out = nodes[partition] & excluded
@@ -49,12 +50,9 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
         )
 
 
-def _check_takes(cluster: ClusterConfig, partition: str) -> None:
-    """sbatch queues a job a partition down or a time limit over its own forbids, where it waits for good."""
-    try:
-        available, limit = partition_limits(partition)
-    except SlurmError as error:  # it answered sinfo a moment ago
-        raise RuntimeError(f"cannot reach Slurm ({error}): {error.hint}") from None
+def _check_takes(cluster: ClusterConfig, partition: str, available: str, limit: int | None) -> None:
+    """sbatch queues a job that the partition's state (`available`, sinfo's word) or its time `limit` (minutes, None:
+    none) forbids, where it waits for good."""
     if available != "up":
         raise ValueError(
             f"partition {partition} is {available} (sinfo): a job would wait in the queue until an admin brings it up; "
