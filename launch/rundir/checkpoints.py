@@ -127,14 +127,7 @@ def newest_intact(directory: Path, log: Callable[[str], None] = print, below: st
     """The step of the newest complete checkpoint, from `latest` (or below the tag `below`) down, whose files are all
     there at their sizes (a line for each one passed over); None when there is none to try, a CheckpointError when
     none of those tried is intact. A save cut off between its COMPLETE and `latest` counts (_unpointed)."""
-    latest = latest_tag(directory)
-    complete, _ = complete_tags(directory)
-    pointed = [] if latest is None else [latest]
-    candidates = [*_unpointed(directory, complete, latest), *pointed] if below is None else []
-    # Older than `latest`; every complete one when `latest` is no tag at all (garbled), lest none be tried.
-    limit = below or (latest if latest is not None and is_checkpoint_tag(latest) else None)
-    if latest is not None or below:
-        candidates += [tag for tag in reversed(complete) if limit is None or tag < limit]
+    candidates = _candidates(directory, below)
     if not candidates:
         return None
     errors = []
@@ -145,6 +138,20 @@ def newest_intact(directory: Path, log: Callable[[str], None] = print, below: st
             errors.append(error)
             log(f"corolla: passing over {directory / tag}: {error}")
     raise errors[0]
+
+
+def _candidates(directory: Path, below: str | None = None) -> list[str]:
+    """The checkpoint tags a start may resume from, the one to take first first: those a save cut off before `latest`
+    named them, `latest`'s, then the older complete ones (or those older than `below`, alone, when given)."""
+    latest = latest_tag(directory)
+    complete, _ = complete_tags(directory)
+    pointed = [] if latest is None else [latest]
+    candidates = [*_unpointed(directory, complete, latest), *pointed] if below is None else []
+    # Older than `latest`; every complete one when `latest` is no tag at all (garbled), lest none be tried.
+    limit = below or (latest if latest is not None and is_checkpoint_tag(latest) else None)
+    if latest is not None or below:
+        candidates += [tag for tag in reversed(complete) if limit is None or tag < limit]
+    return candidates
 
 
 def _unpointed(directory: Path, complete: list[str], latest: str | None) -> list[str]:
@@ -197,11 +204,10 @@ REMOVING = ".removing-"
 
 def latest_step(directory: Path) -> int | None:
     """The step of the newest complete checkpoint (`latest`'s, or one a save cut off before it named it), or None when
-    there is none; checks its files are all there."""
-    tag = latest_tag(directory)
-    unpointed = _unpointed(directory, complete_tags(directory)[0], tag)
-    tag = unpointed[0] if unpointed else tag
-    return complete_record(directory, tag)["step"] if tag is not None else None
+    there is none; checks its files are all there. Unlike newest_intact, a damaged one is an error, never passed over
+    for an older one: an export or reshard takes the checkpoint it names, or none."""
+    candidates = _candidates(directory)
+    return complete_record(directory, candidates[0])["step"] if candidates else None
 
 
 def step_record(directory: Path, step: int) -> dict:
