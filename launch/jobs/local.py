@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import psutil
 
@@ -38,6 +38,9 @@ from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
 from launch.train.stopping import RANK_ERROR, STACKS_FOLLOW, WATCHDOG
 from tokenizer.children import ended_with_parent
+
+if TYPE_CHECKING:
+    from launch.jobs.prepare import PreparedRun
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -187,6 +190,33 @@ def _finish_the_end(run_dir: Path, step: int) -> None:
     outbox.sync(run_dir, status=status)
 
 
+def _train(run_dir: Path, prepared: PreparedRun) -> None:
+    """Runs the prepared run's ranks to their end, this process sending MLflow what they write and how the launch
+    ended; a one-line RuntimeError where they did not train to the end."""
+    from launch.rundir import outbox, tracking
+    from launch.rundir.loss_chart import write_loss_chart
+
+    layout, name = prepared.plan.layout, prepared.job.model.name
+    print(f"training {name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
+    sender = outbox.Sender(run_dir)
+    try:
+        end = run_ranks(run_dir, layout.world_size)
+        last = RunHistory(run_dir).events()[-1]
+        # By a person, to be resumed: saved (even where a second signal then ended the ranks outright), or not.
+        stopped = last["event"] == Event.stopped and "signal" in last
+        if end.status or stopped:
+            sender.set("KILLED" if stopped or end.cut_short else "FAILED")
+    finally:
+        sender.close()
+    if stopped or end.status:
+        raise RuntimeError(_why_ended(run_dir, end, last, stopped))
+    chart = write_loss_chart(run_dir, prepared.job.model.vocab_size)
+    print(
+        f"done: checkpoints in {run_dir / CHECKPOINTS}, loss curve {chart}; MLflow run {prepared.tracked.run_id}: "
+        f"{tracking.ui_command(prepared.tracked)}"
+    )
+
+
 class LocalBackend(Backend):
     def __init__(self, live_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
         self.live_job = live_job  # a Slurm job of the run that is queued or running, if any: it holds the run
@@ -199,10 +229,8 @@ class LocalBackend(Backend):
             self._start(job, dry_run=False)
 
     def _start(self, job: TrainJob, dry_run: bool) -> None:
-        # Here rather than above: the data preparation and MLflow take seconds to import, status and logs need neither.
+        # Here rather than above: the data preparation takes seconds to import, status and logs need none of it.
         from launch.jobs.prepare import prepare_run
-        from launch.rundir import outbox, tracking
-        from launch.rundir.loss_chart import write_loss_chart
 
         if job.cluster.scheduler != Scheduler.local:
             raise ValueError(f"cluster={job.cluster.name} is a Slurm cluster: submit to it with `corolla submit`")
@@ -214,37 +242,17 @@ class LocalBackend(Backend):
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
             return
         prepared = prepare_run(job, dry_run)
-        plan, name = prepared.plan, prepared.job.model.name
-        layout = plan.layout
         if dry_run:
+            layout, plan = prepared.plan.layout, prepared.plan
             processes = f"{layout.world_size} process{'es' if layout.world_size > 1 else ''}"
             print(
-                f"dry run: the job is valid; it would train {name} here on {processes}, "
+                f"dry run: the job is valid; it would train {prepared.job.model.name} here on {processes}, "
                 f"{layout.name}, ZeRO-{plan.zero_stage}, pipeline stages from layers {list(plan.stage_bounds[:-1])}"
             )
             return
         if resume_step:
             print(f"{run_dir} holds a checkpoint at step {resume_step}: resuming from it")
-        print(f"training {name} on {layout.tp} x {layout.pp} x {layout.dp} (TP x PP x DP) ranks in {run_dir}")
-        # The ranks write, this process sends MLflow what they write, and how the launch ended.
-        sender = outbox.Sender(run_dir)
-        try:
-            end = run_ranks(run_dir, layout.world_size)
-            last = RunHistory(run_dir).events()[-1]
-            # By a person, to be resumed: saved (even where a second signal then ended the ranks outright), or not.
-            stopped = last["event"] == Event.stopped and "signal" in last
-            if end.status or stopped:
-                sender.set("KILLED" if stopped or end.cut_short else "FAILED")
-        finally:
-            sender.close()
-        if stopped or end.status:
-            raise RuntimeError(_why_ended(run_dir, end, last, stopped))
-        tracked = prepared.tracked
-        chart = write_loss_chart(run_dir, prepared.job.model.vocab_size)
-        print(
-            f"done: checkpoints in {run_dir / CHECKPOINTS}, loss curve {chart}; MLflow run {tracked.run_id}: "
-            f"{tracking.ui_command(tracked)}"
-        )
+        _train(run_dir, prepared)
 
     def state_lines(self, run: RunDirectory) -> list[str]:
         """Whether a `corolla train` runs it now; if none does, whether its last launch ended without a word."""
