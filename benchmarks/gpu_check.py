@@ -52,7 +52,7 @@ from launch.config.cluster import ClusterConfig  # noqa: E402
 from launch.config.data import DataConfig  # noqa: E402
 from launch.config.schemas import ParallelConfig, Precision, TrackingConfig, TrainConfig, TrainJob  # noqa: E402
 from launch.data.facts import DataFacts  # noqa: E402
-from launch.plan.arithmetic import model_flops_per_step  # noqa: E402
+from launch.plan.arithmetic import mfu, model_flops_per_step  # noqa: E402
 from launch.plan.hardware import H200, KNOWN_GPUS, Hardware  # noqa: E402
 from launch.plan.layout import ParallelLayout  # noqa: E402
 from launch.plan.memory import Candidate, corolla_on_gpus, estimate_memory  # noqa: E402
@@ -359,6 +359,8 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
         engine.destroy()
     model = replace(shape, vocab_size=plan.vocab_size)
     tflops = model_flops_per_step(model, job.train.global_batch) / seconds / 1e12
+    tokens_per_second = job.train.global_batch * shape.seq_length / seconds
+    peak_tflops = info["peak_bf16_tflops"]
     candidate = Candidate.of(ParallelLayout(), job.train, job.parallel)
     hardware = hardware_of(info)
     implementation = corolla_on_gpus(model)
@@ -367,9 +369,9 @@ def corolla_run(setting: Setting, scale: Scale, device: torch.device, info: dict
         "global_batch": job.train.global_batch,
         "adamw": adamw,
         "loss": loss,
-        "tokens_per_second": round(job.train.global_batch * shape.seq_length / seconds, 1),
+        "tokens_per_second": round(tokens_per_second, 1),
         "model_tflops": round(tflops, 1),
-        "mfu": round(tflops / info["peak_bf16_tflops"], 3) if info["peak_bf16_tflops"] else None,
+        "mfu": round(mfu(tokens_per_second, model, devices=1, peak_tflops=peak_tflops), 3) if peak_tflops else None,
         "peak_memory_gib": peak,
         "estimated_memory_gib": round(estimate_memory(model, candidate, implementation).total / GIB, 2),
         "step_time_s": round(seconds, 3),
