@@ -122,7 +122,9 @@ def run_ranks(run_dir: Path, world_size: int) -> RanksEnd:
     """Runs the run's ranks here and waits for their end."""
     threads = max(1, (os.cpu_count() or 1) // world_size)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    command = [*torchrun(), "--standalone", f"--nproc-per-node={world_size}", "-m", "launch.train", str(run_dir)]
+    # No log directory: torchrun would leave an empty one in /tmp at every launch; the ranks' errors come on stderr.
+    launcher = [*torchrun(), "--standalone", f"--nproc-per-node={world_size}", f"--log-dir={os.devnull}"]
+    command = [*launcher, "-m", "launch.train", str(run_dir)]
     process = subprocess.Popen(
         command,
         env=env,

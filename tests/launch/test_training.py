@@ -70,6 +70,14 @@ def test_one_process_learns(one_process: list[dict], tokens: Path, tmp_path: Pat
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1, losses
 
 
+def test_a_local_run_leaves_nothing_of_torchrun_in_the_temporary_directory(tokens, tmp_path, monkeypatch) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    train(tmp_path / "run", tokens, "train.steps=1", "parallel.dp=2")
+    assert not list(scratch.glob("torchelastic_*"))
+
+
 def test_validation_loss_per_language_is_logged_at_the_end(one_process: list[dict], one_process_run: Path) -> None:
     run_dir = one_process_run
     [validation] = records(run_dir, "validation.jsonl")  # train.eval_interval=10 > train.steps=4: at the end only
