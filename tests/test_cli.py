@@ -92,7 +92,22 @@ def test_a_tracking_uri_mlflow_cannot_use_is_refused_in_one_line(capsys, command
     assert "\n" not in err.strip() and "s3cret" not in err
 
 
-@pytest.mark.parametrize("command", [["train", "run_dir="], ["tokenizer", "train", "output_dir="]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "run_dir="],
+        ["tokenizer", "train", "output_dir="],
+        ["tokenizer", "train", "output_dir=o", "corpus="],
+        ["tokenizer", "train", "output_dir=o", "tokenizer=parity-64k", "tokenizer.parity_set="],
+        ["tokenizer", "encode", "tokenizer=t", "output_dir=o", "corpus="],
+        ["tokenizer", "encode", "corpus=c", "output_dir=o", "tokenizer="],
+        ["tokenizer", "evaluate", "tokenizer=t", "output_dir=o", "parallel="],
+        ["tokenizer", "extend", "corpus=c", "output_dir=o", "base="],
+        ["train", "--dry-run", "data.corpus="],
+        ["train", "--dry-run", "init_from="],
+        ["pipeline", "--dry-run", "parallel_set="],
+    ],
+)
 def test_an_empty_directory_is_refused_rather_than_writing_into_the_working_directory(
     capsys, tmp_path: Path, monkeypatch, command: list[str]
 ) -> None:
@@ -102,6 +117,22 @@ def test_an_empty_directory_is_refused_rather_than_writing_into_the_working_dire
     assert code == 2
     assert err == f"corolla: error: {key} is empty, which would mean the working directory: pass {key}=DIR"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_corpus_is_refused_rather_than_encoding_the_working_directory(
+    capsys, tmp_path: Path, monkeypatch
+) -> None:
+    corpus = cut_corpus(tmp_path / "corpus", ["eng_Latn", "fra_Latn"], 100)
+    tokenizer = tmp_path / "tok"
+    train_args = [f"corpus={corpus}", f"output_dir={tokenizer}", "tokenizer.vocab_size=1000"]
+    assert run(capsys, "tokenizer", "train", *train_args)[0] == 0
+    monkeypatch.chdir(corpus)  # `corpus=` would be this directory's text, whatever it is
+    code, _, err = run(
+        capsys, "tokenizer", "encode", f"tokenizer={tokenizer}", "corpus=", f"output_dir={tmp_path / 't'}"
+    )
+    assert code == 2
+    assert err == "corolla: error: corpus is empty, which would mean the working directory: pass corpus=DIR"
+    assert not (tmp_path / "t").exists()
 
 
 @pytest.mark.parametrize(

@@ -175,12 +175,17 @@ def _unreadable(overrides: list[str]) -> str | None:
     return None
 
 
+# The keys that name a path without ending in `_dir`: a corpus, a parallel set, a tokenizer, weights to start from.
+PATH_KEYS = frozenset({"corpus", "parallel", "parallel_set", "parity_set", "base", "tokenizer", "init_from"})
+
+
 def _check_no_empty_directory(cfg: DictConfig, prefix: str = "") -> None:
-    """A directory given as "" would be the working directory: `run_dir=` would write a run among whatever is there."""
+    """A path given as "" would be the working directory: `run_dir=` would write a run among whatever is there, and
+    `corpus=` would encode whatever text is there."""
     for key, value in cfg.items():
         if isinstance(value, DictConfig):
             _check_no_empty_directory(value, f"{prefix}{key}.")
-        elif str(key).endswith("_dir") and value == "":
+        elif (str(key).endswith("_dir") or key in PATH_KEYS) and value == "":
             raise ConfigError(f"{prefix}{key} is empty, which would mean the working directory: pass {prefix}{key}=DIR")
 
 
