@@ -184,6 +184,24 @@ def test_a_training_setting_out_of_range_is_refused_in_one_line(capsys, override
     assert code == 2 and out == "" and expected in err and "\n" not in err
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+@pytest.mark.parametrize(
+    "command", ["tokenizer train", "tokenizer extend base=b output_dir=o", "train", "pipeline", "submit"]
+)
+def test_a_seed_sentencepiece_cannot_take_is_refused_in_one_line(capsys, command: str, seed: str) -> None:
+    code, out, err = run(capsys, *command.split(), f"seed={seed}", "--cfg")
+    assert code == 2 and out == ""
+    assert err == f"corolla: error: seed={seed} is out of range: give a seed from 0 to 4294967295"
+
+
+def test_a_negative_seed_trains_no_tokenizer_and_shows_no_traceback(capsys, tmp_path: Path) -> None:
+    """SentencePiece took it only after the corpus was scanned and sampled, and failed with a TypeError."""
+    corpus = cut_corpus(tmp_path / "corpus", ["eng_Latn", "fra_Latn"], 100)
+    out = tmp_path / "tok"
+    code, _, err = run(capsys, "tokenizer", "train", f"corpus={corpus}", f"output_dir={out}", "seed=-1")
+    assert code == 2 and err.startswith("corolla: error: seed=-1 is out of range") and not out.exists()
+
+
 @pytest.mark.parametrize(
     ("command", "expected"),
     [

@@ -89,6 +89,16 @@ class TokenizerConfig:
             raise ValueError("tokenizer.tensor_parallel must be at least 1")
 
 
+# SentencePiece's random generator takes an unsigned 32-bit seed.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int) -> None:
+    """A seed that every RNG a run seeds takes (SentencePiece's, torch's): another failed midway, with a traceback."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed} is out of range: give a seed from 0 to {MAX_SEED}")
+
+
 @dataclass
 class TokenizerTrainJob:
     tokenizer: TokenizerConfig = MISSING
@@ -96,6 +106,9 @@ class TokenizerTrainJob:
     output_dir: str = MISSING
     seed: int = 1234
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
 
 
 @dataclass
@@ -118,6 +131,7 @@ class TokenizerExtendJob:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.added_pieces < 260:
             raise ValueError(f"added_pieces={self.added_pieces} is too small: the pieces' own byte fallback needs 260")
         if self.premium_threshold < 1.0:

@@ -13,7 +13,7 @@ from omegaconf import MISSING
 from launch.config.cluster import ClusterConfig
 from launch.config.data import DataConfig
 from model.config import BLOOM_VOCABULARY, ModelConfig
-from tokenizer.config import TokenizerConfig
+from tokenizer.config import TokenizerConfig, check_seed
 
 # What MLflow tracks to: a server, a database through SQLAlchemy (`postgresql+psycopg2://` too), a file store.
 # MLflow's file store (file: URIs and bare paths) is not among them: MLflow 3 refuses to write one.
@@ -175,6 +175,9 @@ class TrainJob:
     # grows, and its new rows start as this says.
     init_new_rows: NewRows = NewRows.mean
 
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+
 
 def check_step(step: int) -> None:
     if step < 0:
@@ -280,6 +283,7 @@ class MainJob(TrainJob):
     encode_task_mb: float = 1024.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.encode_task_mb > 0:
             raise ValueError(f"encode_task_mb={self.encode_task_mb} must be positive")
 
