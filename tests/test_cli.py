@@ -55,6 +55,11 @@ def test_evaluate_takes_one_tokenizer_or_a_list(capsys) -> None:
         ("tokenizer.sampling=parity", "needs tokenizer.parity_set=DIR"),
         ("tokenizer=", "unknown tokenizer option '': choose one of bpe-64k, parity-64k, tiny"),
         ("seed=1,2", "seed=1,2 holds a comma: give a list seed=[1,2], a string seed='1,2', or sweep it with"),
+        ("tokenizer.parity_strength=nan", "tokenizer.parity_strength=nan must be positive and finite"),
+        ("tokenizer.parity_strength=inf", "tokenizer.parity_strength=inf must be positive and finite"),
+        ("tokenizer.unimax_max_epochs=nan", "tokenizer.unimax_max_epochs=nan must be positive"),
+        ("+tokenizer.weights={fra_Latn: nan}", "tokenizer.weights of fra_Latn must be finite and 0 or more"),
+        ("+tokenizer.weights={fra_Latn: inf, eng_Latn: -1}", "weights of eng_Latn, fra_Latn must be finite and 0 or"),
     ],
 )
 def test_bad_overrides_give_one_line_naming_the_problem(capsys, override: str, expected: str) -> None:
@@ -182,6 +187,11 @@ def test_a_list_key_given_one_value_is_shown_the_list_form(capsys) -> None:
 def test_a_training_setting_out_of_range_is_refused_in_one_line(capsys, override: str, expected: str) -> None:
     code, out, err = run(capsys, "train", "--cfg", override)
     assert code == 2 and out == "" and expected in err and "\n" not in err
+
+
+def test_an_extension_premium_threshold_of_nan_is_refused_in_one_line(capsys) -> None:
+    code, _, err = run(capsys, "tokenizer", "extend", "base=b", "output_dir=o", "premium_threshold=nan", "--cfg")
+    assert code == 2 and err == "corolla: error: premium_threshold=nan must be at least 1 (the reference's own)"
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -67,18 +68,21 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.alpha={self.alpha} must be within [0, 1]")
         if self.sampling == Sampling.weights and not self.weights:
             raise ValueError("tokenizer.sampling=weights needs '+tokenizer.weights={fra_Latn: 2, eng_Latn: 1, ...}'")
-        if any(w < 0 for w in self.weights.values()):
-            raise ValueError("tokenizer.weights must not be negative")
+        bad = sorted(
+            language for language, weight in self.weights.items() if not (math.isfinite(weight) and weight >= 0)
+        )
+        if bad:
+            raise ValueError(f"tokenizer.weights of {', '.join(bad)} must be finite and 0 or more")
         if self.sampling == Sampling.parity and not self.parity_set:
             raise ValueError("tokenizer.sampling=parity needs tokenizer.parity_set=DIR (a parallel directory)")
-        if self.unimax_max_epochs <= 0:
-            raise ValueError("tokenizer.unimax_max_epochs must be positive")
+        if not self.unimax_max_epochs > 0:  # NaN too
+            raise ValueError(f"tokenizer.unimax_max_epochs={self.unimax_max_epochs} must be positive")
         if not 0.0 <= self.parity_token_margin < 1.0:
             raise ValueError("tokenizer.parity_token_margin must be within [0, 1)")
         if not 0.0 < self.parity_tune_fraction <= 1.0:
             raise ValueError("tokenizer.parity_tune_fraction must be within (0, 1]")
-        if self.parity_strength <= 0:
-            raise ValueError("tokenizer.parity_strength must be positive")
+        if not 0 < self.parity_strength < math.inf:  # NaN too
+            raise ValueError(f"tokenizer.parity_strength={self.parity_strength} must be positive and finite")
         if self.threads < 0:
             raise ValueError("tokenizer.threads must be 0 (every core) or a positive count")
         if self.parity_rounds < 1:
@@ -134,7 +138,7 @@ class TokenizerExtendJob:
         check_seed(self.seed)
         if self.added_pieces < 260:
             raise ValueError(f"added_pieces={self.added_pieces} is too small: the pieces' own byte fallback needs 260")
-        if self.premium_threshold < 1.0:
+        if not self.premium_threshold >= 1.0:  # NaN too
             raise ValueError(f"premium_threshold={self.premium_threshold} must be at least 1 (the reference's own)")
 
 
