@@ -58,6 +58,10 @@ def test_evaluate_takes_one_tokenizer_or_a_list(capsys) -> None:
         ("tokenizer.parity_strength=nan", "tokenizer.parity_strength=nan must be positive and finite"),
         ("tokenizer.parity_strength=inf", "tokenizer.parity_strength=inf must be positive and finite"),
         ("tokenizer.unimax_max_epochs=nan", "tokenizer.unimax_max_epochs=nan must be positive"),
+        (
+            "tokenizer.threads=5000",
+            "tokenizer.threads=5000 must be 0 (every core) or a count up to 1024, SentencePiece's",
+        ),
         ("+tokenizer.weights={fra_Latn: nan}", "tokenizer.weights of fra_Latn must be finite and 0 or more"),
         ("+tokenizer.weights={fra_Latn: inf, eng_Latn: -1}", "weights of eng_Latn, fra_Latn must be finite and 0 or"),
     ],

@@ -29,6 +29,9 @@ class SizeMeasure(Enum):
     chars = "chars"
 
 
+MAX_THREADS = 1024  # the most SentencePiece trains on
+
+
 @dataclass
 class TokenizerConfig:
     model_type: ModelType = ModelType.bpe
@@ -83,8 +86,11 @@ class TokenizerConfig:
             raise ValueError("tokenizer.parity_tune_fraction must be within (0, 1]")
         if not 0 < self.parity_strength < math.inf:  # NaN too
             raise ValueError(f"tokenizer.parity_strength={self.parity_strength} must be positive and finite")
-        if self.threads < 0:
-            raise ValueError("tokenizer.threads must be 0 (every core) or a positive count")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ValueError(
+                f"tokenizer.threads={self.threads} must be 0 (every core) or a count up to {MAX_THREADS}, "
+                "SentencePiece's most"
+            )
         if self.parity_rounds < 1:
             raise ValueError("tokenizer.parity_rounds must be at least 1")
         if not 0.0 < self.character_coverage <= 1.0:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from tokenizer.config import ModelType, TokenizerConfig
+from tokenizer.config import MAX_THREADS, ModelType, TokenizerConfig
 from tokenizer.vocab import BOS, EOS, PAD, SPECIAL_IDS, UNK
 
 
@@ -21,7 +21,7 @@ def training_threads(cfg: TokenizerConfig) -> int:
     """BPE gives the same pieces on any number of threads, unigram does not: it gets one unless told otherwise."""
     if cfg.threads:
         return cfg.threads
-    return (os.cpu_count() or 1) if cfg.model_type == ModelType.bpe else 1
+    return min(os.cpu_count() or 1, MAX_THREADS) if cfg.model_type == ModelType.bpe else 1
 
 
 def _without_machine_details(model: bytes) -> bytes:
