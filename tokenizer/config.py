@@ -30,6 +30,7 @@ class SizeMeasure(Enum):
 
 
 MAX_THREADS = 1024  # the most SentencePiece trains on
+DEFAULT_SAMPLE_BYTES = 40_000_000
 
 
 @dataclass
@@ -41,7 +42,7 @@ class TokenizerConfig:
     # How a language's size is measured for balancing: UTF-8 bytes penalise scripts that need 3 bytes a character.
     size_measure: SizeMeasure = SizeMeasure.chars
     # Total UTF-8 bytes handed to SentencePiece; bounds its memory whatever the corpus size.
-    sample_bytes: int = 40_000_000
+    sample_bytes: int = DEFAULT_SAMPLE_BYTES
     # UniMax: the most times a language's text may be repeated to reach its share.
     unimax_max_epochs: float = 4.0
     # Explicit per-language weights for sampling=weights (languages left out get weight 0).

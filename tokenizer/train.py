@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tokenizer.config import Sampling, TokenizerConfig, TokenizerTrainJob
+from tokenizer.config import DEFAULT_SAMPLE_BYTES, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
 from tokenizer.files import SPM_MODEL_FILE, publish, read_json, staging_area
@@ -50,6 +50,11 @@ def train_on_plan(
     sampled = sample_sentences(scan, plan, seed, sample_path)
     start = time.perf_counter()
     try:
+        if not any(sampled.values()):
+            raise ValueError(
+                f"tokenizer.sample_bytes={cfg.sample_bytes} drew no text from the corpus: raise it "
+                f"({DEFAULT_SAMPLE_BYTES} by default)"
+            )
         model = train_sentencepiece(_read_sentences(sample_path), cfg, seed, scan.languages)
     except RuntimeError as error:
         raise ValueError(_explain_sentencepiece_error(str(error), cfg)) from None

@@ -208,6 +208,28 @@ def test_bad_input_gives_one_clear_line_and_no_output(capsys, tmp_path: Path, ma
     assert not (out.parent.exists() and list(out.parent.iterdir()))
 
 
+@pytest.mark.parametrize("sample_bytes", [1, 100])
+def test_a_sample_too_small_to_hold_a_sentence_is_said_in_one_line(
+    capsys, small_corpus: Path, tmp_path: Path, sample_bytes: int
+) -> None:
+    """SentencePiece was handed an empty sample and failed with its internal check's text."""
+    out = tmp_path / "tok"
+    code, err = run_cli(
+        capsys,
+        "tokenizer",
+        "train",
+        f"corpus={small_corpus}",
+        f"output_dir={out}",
+        f"tokenizer.sample_bytes={sample_bytes}",
+    )
+    assert code == 2
+    assert err == (
+        f"corolla: error: tokenizer.sample_bytes={sample_bytes} drew no text from the corpus: raise it "
+        "(40000000 by default)"
+    )
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_an_existing_output_is_kept_unless_overwrite_is_asked(capsys, small_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "tok"
     out.mkdir()
