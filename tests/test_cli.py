@@ -282,6 +282,41 @@ def test_a_dry_run_finds_a_missing_corpus_or_parallel_set(capsys, tmp_path: Path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "key"),
+    [
+        ("tokenizer train corpus=CORPUS output_dir=OUT tokenizer.sampling=parity tokenizer.parity_set=PARALLEL", None),
+        ("tokenizer extend base=OUT corpus=CORPUS output_dir=EXT tokenizer.parity_set=PARALLEL", None),
+        ("pipeline --dry-run data.corpus=CORPUS parallel_set=PARALLEL run_dir=OUT", None),
+        ("tokenizer evaluate tokenizer=OUT parallel=PARALLEL output_dir=EXT", "reference"),
+    ],
+    ids=["train", "extend", "pipeline", "evaluate"],
+)
+def test_a_parallel_set_without_the_reference_names_the_key_that_sets_it(
+    capsys, tmp_path: Path, command: str, key: str | None
+) -> None:
+    """Only `tokenizer evaluate` has a `reference=`; elsewhere the reference is tokenizer.reference_language."""
+    corpus = cut_corpus(tmp_path / "corpus", ["eng_Latn", "fra_Latn"], 100)
+    parallel = cut_corpus(tmp_path / "parallel", ["deu_Latn", "fra_Latn"], 20)
+    out = tmp_path / "tok"
+    if command.startswith(("tokenizer extend", "tokenizer evaluate")):
+        assert (
+            run(capsys, "tokenizer", "train", f"corpus={corpus}", f"output_dir={out}", "tokenizer.vocab_size=1000")[0]
+            == 0
+        )
+    paths = {"CORPUS": corpus, "PARALLEL": parallel, "OUT": out, "EXT": tmp_path / "ext"}
+    arguments = command.split()
+    for name, path in paths.items():
+        arguments = [argument.replace(name, str(path)) for argument in arguments]
+    code, _, err = run(capsys, *arguments)
+    assert code == 2
+    assert err == (
+        f"corolla: error: reference language eng_Latn has no file in {parallel}: add eng_Latn.txt or pass "
+        f"{key or 'tokenizer.reference_language'}= one of deu_Latn, fra_Latn"
+    )
+    assert not (tmp_path / "ext").exists()
+
+
 def test_missing_required_values_are_named(capsys) -> None:
     code, _, err = run(capsys, "tokenizer", "encode")
     assert code == 2 and "missing value for" in err and "tokenizer" in err and "output_dir" in err

@@ -31,6 +31,7 @@ class SizeMeasure(Enum):
 
 MAX_THREADS = 1024  # the most SentencePiece trains on
 DEFAULT_SAMPLE_BYTES = 40_000_000
+REFERENCE_KEY = "tokenizer.reference_language"  # the override that sets TokenizerConfig.reference_language
 
 
 @dataclass

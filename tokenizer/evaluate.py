@@ -33,8 +33,9 @@ class ParallelError(ValueError):
     """Bad parallel-set input; the message names the file and the fix."""
 
 
-def load_parallel(parallel_dir: str | Path, reference: str = "eng_Latn") -> Parallel:
-    """Reads every `<lang>.txt` of `parallel_dir` (other files such as MANIFEST.tsv are ignored), sorted by code."""
+def load_parallel(parallel_dir: str | Path, reference: str = "eng_Latn", reference_key: str = "reference") -> Parallel:
+    """Reads every `<lang>.txt` of `parallel_dir` (other files such as MANIFEST.tsv are ignored), sorted by code.
+    `reference_key`: the override that sets `reference`, named in the error when it has no file."""
     directory = Path(parallel_dir)
     if not directory.is_dir():
         raise ParallelError(
@@ -51,7 +52,7 @@ def load_parallel(parallel_dir: str | Path, reference: str = "eng_Latn") -> Para
     if reference not in parallel:
         raise ParallelError(
             f"reference language {reference} has no file in {directory}: add {reference}.txt "
-            f"or pass reference= one of {', '.join(parallel)}"
+            f"or pass {reference_key}= one of {', '.join(parallel)}"
         )
     _check_line_counts(parallel, reference, directory)
     return parallel

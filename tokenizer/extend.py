@@ -21,7 +21,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 
-from tokenizer.config import Sampling, TokenizerConfig, TokenizerExtendJob
+from tokenizer.config import REFERENCE_KEY, Sampling, TokenizerConfig, TokenizerExtendJob
 from tokenizer.corpus import LanguageSize
 from tokenizer.corpus_scan import CorpusScan, scan_corpus
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
@@ -224,7 +224,7 @@ def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
     base = _base(Path(job.base))
     out = check_output_dir(job.output_dir, job.overwrite)
     reference = cfg.reference_language
-    tune, held_out = split_parallel(load_parallel(cfg.parity_set, reference), cfg.parity_tune_fraction)
+    tune, held_out = split_parallel(load_parallel(cfg.parity_set, reference, REFERENCE_KEY), cfg.parity_tune_fraction)
     scan = scan_corpus(job.corpus)
     before = _premiums(base.tokenizer, tune, reference)
     languages = _languages(job, scan, before)

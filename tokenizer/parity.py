@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizer.config import TokenizerConfig
+from tokenizer.config import REFERENCE_KEY, TokenizerConfig
 from tokenizer.corpus import CorpusError
 from tokenizer.evaluate import Parallel, language_stats, load_parallel, split_parallel, summarize
 from tokenizer.loading import load_tokenizer
@@ -142,7 +142,7 @@ def _parallel_halves(cfg: TokenizerConfig, measured: frozenset[str]) -> tuple[Pa
             f"parity sampling measures premiums against {reference}, which the corpus lacks: "
             "add it or set tokenizer.reference_language"
         )
-    parallel = load_parallel(cfg.parity_set, reference)
+    parallel = load_parallel(cfg.parity_set, reference, REFERENCE_KEY)
     tune, held_out = (
         {lang: lines for lang, lines in half.items() if lang in measured}
         for half in split_parallel(parallel, cfg.parity_tune_fraction)

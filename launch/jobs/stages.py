@@ -30,7 +30,7 @@ from launch.rundir.files import (
     checkpoint_tag,
 )
 from launch.rundir.lock import writer
-from tokenizer.config import TokenizerTrainJob
+from tokenizer.config import REFERENCE_KEY, TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
 from tokenizer.evaluate import evaluate, format_summary, load_parallel, report_paths, write_report
@@ -132,7 +132,7 @@ def check_inputs(job: MainJob) -> None:
     encoding after the tokenizer is trained; on a cluster, a job later), and that a run trained on the pipeline's
     tokenizer does not see it trained anew (the training's relaunch would then be refused, hours later)."""
     discover_sources(job.data.corpus)
-    load_parallel(job.parallel_set, job.tokenizer.reference_language)
+    load_parallel(job.parallel_set, job.tokenizer.reference_language, REFERENCE_KEY)
     paths = PipelinePaths.of(job)
     if trained_steps(job) and not tokenizer_is_current(job):
         raise ValueError(
