@@ -123,8 +123,9 @@ def _source(corpus: Path, path: Path) -> Source | None:
 def discover_sources(corpus_dir: str | Path) -> list[Source]:
     corpus = Path(corpus_dir)
     if not corpus.is_dir():
+        problem = "is a file, not a directory" if corpus.exists() else "does not exist"
         raise CorpusError(
-            f"corpus directory {corpus} does not exist: pass corpus=DIR with <lang>.txt or .jsonl files, or "
+            f"corpus directory {corpus} {problem}: pass corpus=DIR with <lang>.txt or .jsonl files, or "
             "per-language directories of shards"
         )
     found = (_source(corpus, path) for path in sorted(corpus.rglob("*")) if path.is_file())

@@ -38,8 +38,9 @@ def load_parallel(parallel_dir: str | Path, reference: str = "eng_Latn", referen
     `reference_key`: the override that sets `reference`, named in the error when it has no file."""
     directory = Path(parallel_dir)
     if not directory.is_dir():
+        problem = "is a file, not a directory" if directory.exists() else "does not exist"
         raise ParallelError(
-            f"parallel directory {directory} does not exist: pass a directory of <lang>.txt files "
+            f"parallel directory {directory} {problem}: pass a directory of <lang>.txt files "
             "where line i is the same sentence in every file"
         )
     paths = sorted(p for p in directory.glob("*.txt") if p.is_file())

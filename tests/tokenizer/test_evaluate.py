@@ -206,6 +206,12 @@ def test_missing_parallel_dir(tmp_path: Path) -> None:
     assert "\n" not in str(error.value)
 
 
+def test_a_parallel_file_given_for_its_directory_is_said_to_be_a_file(tmp_path: Path) -> None:
+    (tmp_path / "eng_Latn.txt").write_text(ENG)
+    with pytest.raises(ValueError, match=r"eng_Latn\.txt is a file, not a directory: pass a directory of <lang>\.txt"):
+        load_parallel(tmp_path / "eng_Latn.txt")
+
+
 @pytest.mark.parametrize(
     ("count", "names", "problem"),
     [(0, None, "no tokenizer to evaluate"), (2, ["a"], "1 names for 2 tokenizers"), (2, ["a", "a"], "repeat a name")],

@@ -185,6 +185,7 @@ def latin1_file(path: Path) -> None:
     ("make_corpus", "expected"),
     [
         (lambda d: None, "does not exist"),
+        (lambda d: d.write_text("hello\n"), "corpus directory {} is a file, not a directory: pass corpus=DIR"),
         (lambda d: (d.mkdir(), (d / "fra_Latn.txt").write_text("")), "is empty"),
         (lambda d: (d.mkdir(), latin1_file(d / "fra_Latn.txt")), "is not UTF-8"),
         (lambda d: (d.mkdir(), (d / "xx_Latn.txt").write_text("hello\n")), "unknown language code 'xx_Latn'"),
@@ -194,7 +195,18 @@ def latin1_file(path: Path) -> None:
         (lambda d: (d.mkdir(), (d / "fra_Latn.txt.gz").write_bytes(b"\x1f\x8b not gzip")), "cannot be read"),
         (lambda d: (d.mkdir(), (d / "fra_Latn.txt.zst").write_bytes(b"not zstd")), "cannot be read"),
     ],
-    ids=["missing", "empty", "latin1", "unknown-code", "bad-name", "vocab-too-big", "jsonl-no-text", "gz", "zst"],
+    ids=[
+        "missing",
+        "a-file",
+        "empty",
+        "latin1",
+        "unknown-code",
+        "bad-name",
+        "vocab-too-big",
+        "jsonl-no-text",
+        "gz",
+        "zst",
+    ],
 )
 def test_bad_input_gives_one_clear_line_and_no_output(capsys, tmp_path: Path, make_corpus, expected: str) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "runs" / "tok"
@@ -203,7 +215,7 @@ def test_bad_input_gives_one_clear_line_and_no_output(capsys, tmp_path: Path, ma
         capsys, "tokenizer", "train", f"corpus={corpus}", f"output_dir={out}", "tokenizer.vocab_size=8000"
     )
     assert code == 2
-    assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
+    assert err.startswith("corolla: error: ") and expected.format(corpus) in err and "\n" not in err
     assert not out.exists()
     assert not (out.parent.exists() and list(out.parent.iterdir()))
 
