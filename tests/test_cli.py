@@ -317,6 +317,15 @@ def test_a_parallel_set_without_the_reference_names_the_key_that_sets_it(
     assert not (tmp_path / "ext").exists()
 
 
+def test_a_tokenizer_path_hydra_reads_as_a_number_is_still_a_path(capsys, tmp_path: Path, monkeypatch) -> None:
+    """It was 'Could not create instance of `TokenizerEvaluateJob`: 'int' object is not iterable'."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "tokenizer", "evaluate", "tokenizer=2024", "output_dir=r")
+    assert code == 2 and err.startswith("corolla: error: tokenizer 2024 does not exist: pass a corolla tokenizer")
+    code, out, _ = run(capsys, "tokenizer", "evaluate", "tokenizer=[2024,b]", "output_dir=r", "--cfg")
+    assert code == 0 and "- 2024\n" in out
+
+
 def test_missing_required_values_are_named(capsys) -> None:
     code, _, err = run(capsys, "tokenizer", "encode")
     assert code == 2 and "missing value for" in err and "tokenizer" in err and "output_dir" in err

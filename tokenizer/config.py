@@ -160,7 +160,9 @@ class TokenizerEvaluateJob:
     names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.tokenizer = [self.tokenizer] if isinstance(self.tokenizer, str) else list(self.tokenizer)
+        # A path Hydra read as a number (`tokenizer=5`, `tokenizer=[2024,2025]`) is still a path.
+        paths = self.tokenizer if isinstance(self.tokenizer, list) else [self.tokenizer]
+        self.tokenizer = [str(path) for path in paths]
         if not self.tokenizer:
             raise ValueError("tokenizer=[] names no tokenizer: pass tokenizer=DIR or tokenizer=[A,B]")
         if self.names and len(self.names) != len(self.tokenizer):
