@@ -18,7 +18,7 @@ from hydra import compose, initialize, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.config.schemas import (
@@ -109,9 +109,14 @@ def _one_line(error: Exception) -> str:
         return f"unknown {match[1]} option '{match[2]}': choose one of {', '.join(options) or 'the files in conf/'}"
     if match := re.search(r"Error merging override (\S+)", text):
         reason = next((line for line in lines[1:] if "Error merging" not in line), "")
+        key, _, value = match[1].partition("=")
         if "is not a ListConfig" in reason:
-            key, _, value = match[1].partition("=")
             return f"{key} takes a list: write {key}=[{value}]"
+        if "'dict'" in reason and "." in key:  # `tokenizer.vocab_size=` where `tokenizer` is a path, or `seed.x=`
+            parent = key.rsplit(".", 1)[0]
+            return (
+                f"{parent} is a single value in this command, with no {key}: drop it (`--cfg` prints every valid key)"
+            )
         return f"invalid value in {match[1]}: {reason}"
     return "; ".join(dict.fromkeys(lines)) or type(error).__name__
 
@@ -203,12 +208,24 @@ def _check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
             _check_known_keys(value, f"{prefix}{key}.")
 
 
+def _deleted_required(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """The schema's fields with no default that an override deleted (`~corpus`): the typed object would take MISSING's
+    placeholder, "???", as their value."""
+    schema = OmegaConf.get_type(cfg)
+    fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else []
+    deleted = [f"{prefix}{field.name}" for field in fields if field.default == MISSING and field.name not in cfg]
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            deleted += _deleted_required(value, f"{prefix}{key}.")
+    return deleted
+
+
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
     """The resolved config (for printing and recording) and its typed, validated object."""
     cfg = compose_config(command, overrides)
     try:
         OmegaConf.resolve(cfg)
-        missing = sorted(OmegaConf.missing_keys(cfg))
+        missing = sorted({*OmegaConf.missing_keys(cfg), *_deleted_required(cfg)})
         if missing:
             raise ConfigError(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
         _check_no_empty_directory(cfg)
