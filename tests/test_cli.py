@@ -64,6 +64,12 @@ def test_evaluate_takes_one_tokenizer_or_a_list(capsys) -> None:
         ),
         ("+tokenizer.weights={fra_Latn: nan}", "tokenizer.weights of fra_Latn must be finite and 0 or more"),
         ("+tokenizer.weights={fra_Latn: inf, eng_Latn: -1}", "weights of eng_Latn, fra_Latn must be finite and 0 or"),
+        (
+            "+tokenizer.weights={fra_Latn: 2}",
+            "tokenizer.weights are read by tokenizer.sampling=weights alone, not temperature: add tokenizer.sampling=",
+        ),
+        ("~corpus", "missing value for corpus: pass corpus=..."),
+        ("seed.x=1", "seed is a single value in this command, with no seed.x: drop it"),
     ],
 )
 def test_bad_overrides_give_one_line_naming_the_problem(capsys, override: str, expected: str) -> None:

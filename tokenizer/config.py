@@ -78,6 +78,11 @@ class TokenizerConfig:
         )
         if bad:
             raise ValueError(f"tokenizer.weights of {', '.join(bad)} must be finite and 0 or more")
+        if self.weights and self.sampling != Sampling.weights:
+            raise ValueError(
+                f"tokenizer.weights are read by tokenizer.sampling=weights alone, not {self.sampling.value}: add "
+                "tokenizer.sampling=weights or drop the weights"
+            )
         if self.sampling == Sampling.parity and not self.parity_set:
             raise ValueError("tokenizer.sampling=parity needs tokenizer.parity_set=DIR (a parallel directory)")
         if not self.unimax_max_epochs > 0:  # NaN too
