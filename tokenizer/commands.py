@@ -23,7 +23,9 @@ def evaluate(job: TokenizerEvaluateJob) -> None:
 
 
 def encode(job: TokenizerEncodeJob) -> None:
-    manifest = encode_corpus(job.tokenizer, job.corpus, job.output_dir, job.append_eos, job.workers)
+    manifest = encode_corpus(
+        job.tokenizer, job.corpus, job.output_dir, job.append_eos, job.workers, overwrite=job.overwrite
+    )
     totals = manifest["totals"]
     print(f"{totals['tokens']:,} tokens in {totals['languages']} languages written to {job.output_dir}")
 

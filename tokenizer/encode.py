@@ -27,7 +27,7 @@ import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
@@ -419,6 +419,21 @@ def manifest_of(records: list[dict], settings: EncoderSettings, corpus_dir: str 
     }
 
 
+def _check_no_other_tokenizer(output: Path, fingerprint: str) -> None:
+    """Token files of another tokenizer are another dataset, one a training run may read (and resume on): encoding
+    anew over them is refused."""
+    others = set()
+    for path in (output / RECORDS_DIR).glob("*.json"):
+        with suppress(OSError, ValueError, TypeError, KeyError):
+            others.add(json.loads(path.read_text(encoding="utf-8"))["tokenizer"])
+    others.discard(fingerprint)
+    if others:
+        raise ValueError(
+            f"output_dir {output} holds token files of another tokenizer ({min(others)[:8]}), which a training run may "
+            "read: choose another output_dir, or pass overwrite=true to encode them anew with this one"
+        )
+
+
 def _remove_leftovers(output: Path, kept: set[str]) -> None:
     """The pairs and records of corpus files no longer in the corpus, and temporaries of writes that were killed."""
     for path in (output / RECORDS_DIR).glob("*.json"):
@@ -471,13 +486,17 @@ def encode_corpus(
     append_eos: bool = True,
     workers: int = 0,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict:
     """Encodes every file of `corpus_dir` whose pairs are not current into `output_dir`, and writes the manifest,
-    which it returns. workers=0 uses every core; workers=1 runs in this process."""
+    which it returns. workers=0 uses every core; workers=1 runs in this process. Token files of another tokenizer
+    there are replaced only when `overwrite`."""
     if workers < 0:
         raise ValueError(f"workers={workers} must be 0 (every core) or more")
     text_tokenizer = load_tokenizer(tokenizer)
     sources = discover_sources(corpus_dir)  # bad input fails here, before output_dir is touched
+    if not overwrite:
+        _check_no_other_tokenizer(Path(output_dir), text_tokenizer.fingerprint)
     _encode(sources, Path(output_dir), text_tokenizer, append_eos, workers, log, alone=True)
     with _alone(Path(output_dir)):
         return write_manifest(tokenizer, corpus_dir, output_dir, append_eos, log)

@@ -211,7 +211,10 @@ def test_changed_tokenizer_reencodes_every_language(encoded, corpus, tmp_path: P
     before = file_identities(output)
     other = train_model(tmp_path / "other.model", 4500)
     messages: list[str] = []
-    manifest = encode_corpus(other, corpus[0], output, workers=1, log=messages.append)
+    with pytest.raises(ValueError, match=r"holds token files of another tokenizer \(\w{8}\), which a training run"):
+        encode_corpus(other, corpus[0], output, workers=1, log=messages.append)
+    assert file_identities(output) == before and not messages
+    manifest = encode_corpus(other, corpus[0], output, workers=1, log=messages.append, overwrite=True)
     assert "encoding 6 of 6 corpus files" in messages[0]
     after = file_identities(output)
     assert all(after[name] != before[name] for name in before)
@@ -447,3 +450,30 @@ def test_token_file_writer_leaves_nothing_when_interrupted(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"must lie in \[0, 100\)"), TokenFileWriter(tmp_path / "y", 100) as writer:
         writer.add_documents([1, 100], [2])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_encoding_with_another_tokenizer_over_token_files_needs_overwrite(capsys, encoded, corpus, tmp_path) -> None:
+    """Another tokenizer's token files are another dataset, one a training run may be reading."""
+    output = tmp_path / "out"
+    shutil.copytree(encoded[0], output)
+    before = file_identities(output)
+    other = train_model(tmp_path / "other.model", 4500)
+    arguments = [
+        "tokenizer",
+        "encode",
+        f"tokenizer={other}",
+        f"corpus={corpus[0]}",
+        f"output_dir={output}",
+        "workers=1",
+    ]
+    assert main(arguments) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"corolla: error: output_dir {output} holds token files of another tokenizer"
+    ) and err.endswith("pass overwrite=true to encode them anew with this one")
+    assert file_identities(output) == before
+    assert main([*arguments, "overwrite=true"]) == 0
+    assert (
+        json.loads((output / MANIFEST_NAME).read_text())["tokenizer"]["fingerprint"]
+        == load_tokenizer(other).fingerprint
+    )
