@@ -361,6 +361,18 @@ def test_train_evaluate_encode_through_the_cli(capsys, tmp_path: Path) -> None:
     # A bigger vocabulary never needs more tokens on the same text.
     totals = {name: t["summary"]["total_tokens"] for name, t in report["tokenizers"].items()}
     assert totals["tok-4k"] < totals["tok-2k"]
+    # The same evaluation again replaces its report; another's is kept unless overwrite=true.
+    assert run(capsys, "tokenizer", "evaluate", both, f"parallel={parallel}", f"output_dir={report_dir}")[0] == 0
+    before = (report_dir / "report.json").read_bytes()
+    one = ["tokenizer", "evaluate", f"tokenizer={small}", f"parallel={parallel}", f"output_dir={report_dir}"]
+    code, _, err = run(capsys, *one)
+    assert code == 2 and err == (
+        f"corolla: error: output_dir {report_dir} holds the report of {small}, {large}: choose another output_dir, "
+        "or pass overwrite=true to replace it"
+    )
+    assert (report_dir / "report.json").read_bytes() == before
+    assert run(capsys, *one, "overwrite=true")[0] == 0
+    assert set(json.loads((report_dir / "report.json").read_text())["tokenizers"]) == {"tok-2k"}
     tokens = tmp_path / "tok"
     code, _, _ = run(capsys, "tokenizer", "encode", f"tokenizer={large}", f"corpus={corpus}", f"output_dir={tokens}")
     assert code == 0

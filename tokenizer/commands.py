@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerExtendJob, TokenizerTrainJob
 from tokenizer.encode import encode_corpus
+from tokenizer.evaluate import check_report_dir, format_summary, write_report
 from tokenizer.evaluate import evaluate as evaluate_tokenizers
-from tokenizer.evaluate import format_summary, write_report
 from tokenizer.extend import extend_tokenizer
 from tokenizer.train import train_tokenizer
 
@@ -15,6 +15,8 @@ def train(job: TokenizerTrainJob) -> None:
 
 
 def evaluate(job: TokenizerEvaluateJob) -> None:
+    if not job.overwrite:
+        check_report_dir(job.output_dir, job.tokenizer)
     report = evaluate_tokenizers(job.tokenizer, job.parallel, job.reference, job.names or None)
     paths = write_report(report, job.output_dir)
     print(format_summary(report))

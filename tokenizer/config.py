@@ -163,6 +163,7 @@ class TokenizerEvaluateJob:
     reference: str = "eng_Latn"
     # Optional display names, one per tokenizer; defaults to the directory or file names.
     names: list[str] = field(default_factory=list)
+    overwrite: bool = False  # replace a report of other tokenizers in output_dir
 
     def __post_init__(self) -> None:
         # A path Hydra read as a number (`tokenizer=5`, `tokenizer=[2024,2025]`) is still a path.

@@ -231,6 +231,21 @@ def report_paths(output_dir: str | Path) -> dict[str, Path]:
     return {"json": directory / "report.json", "markdown": directory / "report.md", "chart": directory / "premium.png"}
 
 
+def check_report_dir(output_dir: str | Path, tokenizers: list[str]) -> None:
+    """Refuses an output_dir that holds the report of other tokenizers, which writing this one would lose; that of
+    the same ones (a rerun) is replaced."""
+    path = report_paths(output_dir)["json"]
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))["paths"]
+    except (OSError, ValueError, TypeError, KeyError):  # none, or none readable: nothing to lose
+        return
+    if sorted(previous.values()) != sorted(str(Path(tokenizer).resolve()) for tokenizer in tokenizers):
+        raise ValueError(
+            f"output_dir {Path(output_dir)} holds the report of {', '.join(previous.values())}: choose another "
+            "output_dir, or pass overwrite=true to replace it"
+        )
+
+
 def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Path]:
     """Writes report.md, premium.png and then report.json, the mark of a whole report (a pipeline's rerun takes one
     with it as current); all are rendered before any is written."""
