@@ -179,8 +179,11 @@ def _raw_lines(path: Path) -> Iterator[bytes]:
 def _line_records(source: Source, stats: HygieneStats) -> Iterator[tuple[str, str]]:
     """(language, text) per line of a text or JSONL file; lines that are not UTF-8 are counted and skipped."""
     invalid = lines = 0
+    encoding = "<encoding>"
     for line_number, raw in enumerate(_raw_lines(source.path), start=1):
         lines += 1
+        if line_number == 1 and raw[:2] in UTF16_MARKS:
+            encoding = "UTF-16"
         try:
             record = _decode_record(source, raw, line_number)
         except UnicodeDecodeError:
@@ -192,8 +195,11 @@ def _line_records(source: Source, stats: HygieneStats) -> Iterator[tuple[str, st
     if lines and invalid > MAX_INVALID_SHARE * lines:
         raise CorpusError(
             f"corpus file {source.path} is not UTF-8 ({invalid} of {lines} lines invalid): convert it, "
-            "e.g. iconv -f <encoding> -t UTF-8"
+            f"e.g. iconv -f {encoding} -t UTF-8"
         )
+
+
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # the byte-order marks a UTF-16 file begins with, either endianness
 
 
 def _parquet_records(source: Source) -> Iterator[tuple[str, str]]:

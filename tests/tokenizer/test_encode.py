@@ -369,6 +369,11 @@ def make_latin1_file(corpus: Path) -> None:
     (corpus / "fra_Latn.txt").write_bytes("\n".join(lines).encode("latin-1"))
 
 
+def make_utf16_file(corpus: Path) -> None:
+    lines = [f"Le café numéro {i} est fermé à Noël." for i in range(50)]
+    (corpus / "fra_Latn.txt").write_bytes("\n".join(lines).encode("utf-16"))
+
+
 def make_unknown_language_file(corpus: Path) -> None:
     (corpus / "xx_Yyyy.txt").write_text("hello\n", encoding="utf-8")
 
@@ -384,10 +389,19 @@ def make_unknown_language_record(corpus: Path) -> None:
         ("missing tokenizer", 1, "does not exist"),
         (make_unknown_language_file, 1, "unknown language code 'xx_Yyyy'"),
         (make_unknown_language_record, 1, "unknown language code 'english'"),
-        (make_latin1_file, 1, "is not UTF-8"),
+        (make_latin1_file, 1, "is not UTF-8.*iconv -f <encoding> -t UTF-8"),
         (make_latin1_file, 2, "is not UTF-8"),
+        (make_utf16_file, 1, "is not UTF-8.*iconv -f UTF-16 -t UTF-8"),
     ],
-    ids=["missing-corpus", "missing-tokenizer", "unknown-code-file", "unknown-code-record", "latin-1", "latin-1-pool"],
+    ids=[
+        "missing-corpus",
+        "missing-tokenizer",
+        "unknown-code-file",
+        "unknown-code-record",
+        "latin-1",
+        "latin-1-pool",
+        "utf-16",
+    ],
 )
 def test_bad_input_fails_before_writing_anything(damage, workers: int, message: str, model: Path, tmp_path: Path):
     corpus, tokenizer, output = tmp_path / "corpus", model, tmp_path / "out"
