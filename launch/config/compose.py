@@ -213,10 +213,11 @@ def _deleted_required(cfg: DictConfig, prefix: str = "") -> list[str]:
     placeholder, "???", as their value."""
     schema = OmegaConf.get_type(cfg)
     fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else []
-    deleted = [f"{prefix}{field.name}" for field in fields if field.default == MISSING and field.name not in cfg]
-    for key, value in cfg.items():
-        if isinstance(value, DictConfig):
-            deleted += _deleted_required(value, f"{prefix}{key}.")
+    keys = list(cfg.keys())
+    deleted = [f"{prefix}{field.name}" for field in fields if field.default == MISSING and field.name not in keys]
+    for key in keys:
+        if not OmegaConf.is_missing(cfg, key) and isinstance(cfg[key], DictConfig):
+            deleted += _deleted_required(cfg[key], f"{prefix}{key}.")
     return deleted
 
 
