@@ -29,7 +29,8 @@ def encode(job: TokenizerEncodeJob) -> None:
         job.tokenizer, job.corpus, job.output_dir, job.append_eos, job.workers, overwrite=job.overwrite
     )
     totals = manifest["totals"]
-    print(f"{totals['tokens']:,} tokens in {totals['languages']} languages written to {job.output_dir}")
+    languages = f"{totals['languages']} language{'s' if totals['languages'] != 1 else ''}"
+    print(f"{totals['tokens']:,} tokens in {languages} written to {job.output_dir}")
 
 
 def extend(job: TokenizerExtendJob) -> None:

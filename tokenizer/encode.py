@@ -435,16 +435,23 @@ def _check_no_other_tokenizer(output: Path, fingerprint: str) -> None:
 
 
 def _remove_leftovers(output: Path, kept: set[str]) -> None:
-    """The pairs and records of corpus files no longer in the corpus, and temporaries of writes that were killed."""
-    for path in (output / RECORDS_DIR).glob("*.json"):
-        if path.stem not in kept:
-            languages = json.loads(path.read_text(encoding="utf-8")).get("languages", {})
-            for language in languages:
-                for pair in token_file_paths(output / language / path.stem):
-                    pair.unlink(missing_ok=True)
-            path.unlink()
+    """The pairs and records of corpus files no longer in the corpus, the pairs of languages a file no longer holds
+    (a JSONL file's records of one language removed), temporaries of writes that were killed, and the language
+    directories this leaves empty."""
     for temporary in output.glob("*/.*.tmp"):
         temporary.unlink(missing_ok=True)
+    language_dirs = [path for path in output.iterdir() if path.is_dir() and path.name != RECORDS_DIR]
+    for record in (output / RECORDS_DIR).glob("*.json"):
+        languages = json.loads(record.read_text(encoding="utf-8")).get("languages", {}) if record.stem in kept else {}
+        for directory in language_dirs:
+            if directory.name not in languages:
+                for pair in token_file_paths(directory / record.stem):
+                    pair.unlink(missing_ok=True)
+        if record.stem not in kept:
+            record.unlink()
+    for directory in language_dirs:
+        if not any(directory.iterdir()):
+            directory.rmdir()
 
 
 def write_manifest(

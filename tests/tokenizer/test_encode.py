@@ -205,6 +205,19 @@ def test_rerun_encodes_only_the_file_that_changed(corpus, model: Path, tmp_path:
     assert manifest["languages"]["rus_Cyrl"]["documents"] == LINES + 1
 
 
+def test_a_language_gone_from_a_file_leaves_no_token_files(corpus, model: Path, tmp_path: Path) -> None:
+    source, output = tmp_path / "corpus", tmp_path / "out"
+    shutil.copytree(corpus[0], source)
+    encode_corpus(model, source, output, workers=1, log=quiet)
+    assert (output / "kor_Hang" / "mixed.jsonl.bin").is_file()
+    mixed = source / "mixed.jsonl"
+    kept = [line for line in mixed.read_text(encoding="utf-8").splitlines() if '"kor_Hang"' not in line]
+    mixed.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    manifest = encode_corpus(model, source, output, workers=1, log=quiet)
+    assert "kor_Hang" not in manifest["languages"] and not (output / "kor_Hang").exists()
+    assert manifest["languages"]["eng_Latn"]["documents"] == 2 * LINES
+
+
 def test_changed_tokenizer_reencodes_every_language(encoded, corpus, tmp_path: Path) -> None:
     output = tmp_path / "out"
     shutil.copytree(encoded[0], output)
