@@ -245,7 +245,8 @@ class LocalBackend(Backend):
             return
         prepared = prepare_run(job, dry_run)
         if dry_run:
-            layout, plan = prepared.plan.layout, prepared.plan
+            plan = prepared.plan
+            layout = plan.layout
             processes = f"{layout.world_size} process{'es' if layout.world_size > 1 else ''}"
             print(
                 f"dry run: the job is valid; it would train {prepared.job.model.name} here on {processes}, "
