@@ -55,6 +55,22 @@ def partition_nodes() -> dict[str, set[str]]:
     return nodes
 
 
+# sinfo's short node states (%t, without the marks * ~ # ! % $ @ ^ -) of a node that takes no job until an admin
+# resumes it (drained, draining, failed) or its slurmd comes back (down).
+OUT_OF_SERVICE = {"down", "drain", "drng", "fail", "failg", "inval"}
+
+
+def out_of_service(partition: str) -> dict[str, str]:
+    """The partition's nodes that take no job, each with its state and why, as sinfo says them ("drain: maintenance");
+    a SlurmError when Slurm cannot be asked."""
+    output = run_slurm("sinfo", "--noheader", "--Node", f"--partition={partition}", "--format=%N|%t|%E")
+    nodes = {}
+    for node, state, reason in (line.split("|", 2) for line in output.splitlines() if line.count("|") >= 2):
+        if state.rstrip("*~#!%$@^-") in OUT_OF_SERVICE:
+            nodes[node] = f"{state}: {reason}" if reason.strip() not in ("", "none") else state
+    return nodes
+
+
 def partition_limits(partition: str) -> tuple[str, int | None]:
     """Whether the partition takes jobs (sinfo's word: up, down, drain, inact) and its time limit in minutes (None:
     none); a SlurmError when Slurm cannot be asked."""

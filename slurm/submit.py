@@ -16,7 +16,7 @@ from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import TrainJob
 from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
-from slurm.client import partition_limits, partition_nodes
+from slurm.client import out_of_service, partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
 from slurm.executor import excluded_nodes, job_partition, make_executor, submit_elastic, submit_job
 from slurm.jobs import live_jobs
@@ -29,6 +29,7 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
         nodes = partition_nodes()
         partition = job_partition(cluster, nodes)
         available, limit = partition_limits(partition) if partition in nodes else ("up", None)
+        unavailable = out_of_service(partition) if partition in nodes else {}
     except SlurmError as error:
         if error.hint != HINT:
             raise RuntimeError(f"cannot reach Slurm ({error}): {error.hint}") from None
@@ -48,6 +49,7 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
             f"cluster.nodes={cluster.nodes} but partition {partition} has {len(usable)} nodes{because}: lower "
             "cluster.nodes (and the layout with it)"
         )
+    _check_in_service(cluster, partition, usable, unavailable)
 
 
 def _check_takes(cluster: ClusterConfig, partition: str, available: str, limit: int | None) -> None:
@@ -64,6 +66,20 @@ def _check_takes(cluster: ClusterConfig, partition: str, available: str, limit: 
             f"minutes, where a job waits for good: set cluster.time_limit_min={limit} or less (a run resumes across "
             "time limits)"
         )
+
+
+def _check_in_service(cluster: ClusterConfig, partition: str, usable: set[str], unavailable: dict[str, str]) -> None:
+    """sbatch queues a job that needs more nodes than the partition has in service (the others drained or down: an
+    admin's doing), where it waits until an admin resumes enough of them."""
+    in_service, needed = len(usable - set(unavailable)), min(cluster.node_counts)
+    if in_service >= needed:
+        return
+    out = "; ".join(f"{node} {why}" for node, why in sorted(unavailable.items()) if node in usable)
+    raise ValueError(
+        f"partition {partition} has {in_service} of the {needed} nodes the job needs in service ({out}): a job would "
+        "wait until an admin resumes them (sinfo -R); lower cluster.nodes (and the layout with it), choose another "
+        "partition with cluster.partition=NAME, or submit once they are back"
+    )
 
 
 def check_no_live_job(run_dir: Path) -> None:

@@ -265,6 +265,26 @@ def test_a_partition_down_or_with_a_shorter_time_limit_is_refused_before_anythin
     assert not run_dir.exists()
 
 
+def test_a_partition_without_the_nodes_in_service_is_refused_before_anything_is_submitted(
+    slurm_cluster, tokens, capsys, tmp_path
+) -> None:
+    """Drained nodes take no job, yet sbatch takes one, which then waits for an admin to resume them ("Nodes required
+    for job are DOWN, DRAINED or reserved for jobs in higher priority partitions")."""
+    run_dir = tmp_path / "run"
+    queued_before = slurm_cluster.run("squeue", "--noheader").stdout
+    slurm_cluster.run("scontrol", "update", "nodename=n1,n3", "state=drain", "reason=bad link")
+    try:
+        assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *TWO_RANKS]) == 2
+    finally:
+        slurm_cluster.run("scontrol", "update", "nodename=n1,n3", "state=resume")
+    assert capsys.readouterr().err == (
+        "corolla: error: partition debug has 1 of the 2 nodes the job needs in service (n1 drain: bad link; n3 drain: "
+        "bad link): a job would wait until an admin resumes them (sinfo -R); lower cluster.nodes (and the layout with "
+        "it), choose another partition with cluster.partition=NAME, or submit once they are back\n"
+    )
+    assert not run_dir.exists() and slurm_cluster.run("squeue", "--noheader").stdout == queued_before
+
+
 def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys, tmp_path) -> None:
     run_dir = tmp_path / 'a "run" $(touch pwned)'
     # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation.
