@@ -4,6 +4,7 @@ cancelling them."""
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from launch.jobs.backend import Backend
 from launch.jobs.monitor import LABEL_WIDTH, line
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
-from slurm.client import SlurmState, latest_states, slurm_state
+from slurm.client import SlurmState, latest_states, out_of_service, slurm_state
 from slurm.commands import SlurmError, run_slurm
 from slurm.jobs import recorded_jobs
 
@@ -71,6 +72,28 @@ def state_once_ended(job_id: str) -> SlurmState:
     return state
 
 
+def waiting_lines(run: RunDirectory, state: SlurmState) -> list[str]:
+    """For a job pending on nodes out of service: which, and what ends the wait (nothing, when sinfo cannot say)."""
+    if not state.waits_for_nodes_out:
+        return []
+    try:
+        unavailable = out_of_service(state.partition)
+    except SlurmError:
+        return []
+    if not unavailable:
+        return []
+    nodes = "; ".join(f"{node} {why}" for node, why in sorted(unavailable.items()))
+    return [
+        line(
+            "waiting",
+            f"for nodes out of service in partition {state.partition} ({nodes}): the job starts once an admin resumes "
+            f"them (sinfo -R); to go on without them, `corolla cancel {shlex.quote(str(run.path))}` and submit the run "
+            "on fewer nodes (cluster.nodes) or another partition (cluster.partition): it resumes from its last "
+            "checkpoint",
+        )
+    ]
+
+
 class SlurmBackend(Backend):
     def start(self, job: TrainJob, dry_run: bool = False) -> None:
         from slurm.submit import submit_training  # the data preparation: seconds to import, status needs none of it
@@ -96,7 +119,7 @@ class SlurmBackend(Backend):
             return [line("slurm", f"{which}: cannot ask Slurm ({error}): {error.hint}")]
         latest = line("slurm", f"{which}: {state.state}, {state.summary} (from {state.source})")
         if current is None:
-            return [latest]
+            return [latest, *waiting_lines(run, state)]
         running = f"job {current.job_id}: {current.state}, {current.summary} (from {current.source})"
         return [line("slurm", running), line("", f"next: {latest[LABEL_WIDTH:]}")]
 

@@ -94,6 +94,10 @@ def has_ended(state: str) -> bool:
     return state.split()[0] in ENDED_STATES if state else False
 
 
+# A pending job's reasons (scontrol's) that mean nodes it needs take no job: drained, down, failed.
+NODES_OUT_REASONS = ("ReqNodeNotAvail", "Nodes_required_for_job_are_DOWN")
+
+
 @dataclass(frozen=True)
 class SlurmState:
     job_id: str
@@ -101,17 +105,25 @@ class SlurmState:
     live: bool  # queued or running: scancel applies
     summary: str  # the rest, in words
     source: str  # scontrol, sacct, or why neither answered
+    reason: str = ""  # why a live job waits, as scontrol says it (Dependency, Resources, ReqNodeNotAvail, ...)
+    partition: str = ""  # a live job's
 
     @property
     def waits_for_another(self) -> bool:
-        return self.live and "reason Dependency" in self.summary
+        return self.live and self.reason == "Dependency"
+
+    @property
+    def waits_for_nodes_out(self) -> bool:
+        """Pending on nodes that take no job until an admin resumes them (or, down, until they come back)."""
+        return self.state == "PENDING" and self.reason.startswith(NODES_OUT_REASONS)
 
 
 def slurm_state(job_id: str) -> SlurmState:
     """What Slurm says of the job; a SlurmError when the controller cannot be asked."""
     record = controller_record(job_id)
     if record is not None and not has_ended(record.setdefault("JobState", "UNKNOWN")):
-        return SlurmState(job_id, record["JobState"], True, live_summary(record), "scontrol")
+        reason, partition = record.get("Reason", ""), record.get("Partition", "")
+        return SlurmState(job_id, record["JobState"], True, live_summary(record), "scontrol", reason, partition)
     try:
         accounted = accounting_record(job_id)
         sacct_problem = "" if accounted else "sacct has no record of it"
@@ -137,7 +149,7 @@ def live_summary(record: dict[str, str]) -> str:
     if record.get("NodeList") not in (None, "", "(null)"):
         parts.append(f"on {record['NodeList']}")
     if record.get("Reason") not in (None, "", "None"):
-        parts.append(f"reason {record['Reason']}")
+        parts.append(f"reason {record['Reason'].replace('_', ' ')}")  # scontrol's words joined by _
     parts.append(f"run time {record.get('RunTime', '?')} of {record.get('TimeLimit', '?')}")
     parts.append(f"restarts {record.get('Restarts', '?')}")
     return ", ".join(parts)

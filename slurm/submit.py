@@ -85,7 +85,7 @@ def _check_in_service(cluster: ClusterConfig, partition: str, usable: set[str], 
 def check_no_live_job(run_dir: Path) -> None:
     """Two jobs training one run directory would overwrite each other's checkpoints."""
     live = live_jobs(run_dir)
-    if held := [state for state in live if "reason JobHeldUser" in state.summary]:  # a submission cut off halfway
+    if held := [state for state in live if state.reason == "JobHeldUser"]:  # a submission cut off halfway
         raise ValueError(
             f"{run_dir} has Slurm job {held[0].job_id} held, which nothing will release: `corolla cancel {run_dir}` "
             "first"

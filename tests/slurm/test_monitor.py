@@ -394,3 +394,26 @@ def test_a_pending_job_shows_its_reason_and_can_be_cancelled(
         assert wait_for(lambda: not queued(slurm_cluster, job_id), timeout=15, interval=0.2)
     finally:
         slurm_cluster.run("scancel", blocker)
+
+
+def test_a_job_pending_on_drained_nodes_says_which_and_what_ends_the_wait(
+    slurm_cluster: TestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Slurm's reason alone ("Nodes_required_for_job_are_DOWN,_DRAINED_or...") names no node and no way out."""
+    run_dir = make_run(tmp_path / "run", cluster="testcluster")
+    reason = "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions"
+    slurm_cluster.wait_idle()  # n1's slurmd registered again after an earlier test's controller restart
+    slurm_cluster.run("scontrol", "update", "nodename=n1", "state=drain", "reason=bad link")
+    try:
+        job_id = sbatch(slurm_cluster, run_dir, "--wrap=sleep 60")
+        assert wait_for(lambda: reason in status_of(run_dir, capsys), timeout=20, interval=0.5)
+        status = status_of(run_dir, capsys).splitlines()
+    finally:
+        slurm_cluster.run("scontrol", "update", "nodename=n1", "state=resume")
+        slurm_cluster.run("scancel", job_id)
+    assert status[3].startswith(f"slurm      job {job_id}: PENDING, reason {reason}, run time 00:00:00 of "), status
+    assert status[4] == (
+        "waiting    for nodes out of service in partition debug (n1 drain: bad link): the job starts once an admin "
+        f"resumes them (sinfo -R); to go on without them, `corolla cancel {run_dir}` and submit the run on fewer "
+        "nodes (cluster.nodes) or another partition (cluster.partition): it resumes from its last checkpoint"
+    )
