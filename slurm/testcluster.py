@@ -627,6 +627,7 @@ class TestCluster:
         for name in self.node_names:
             self._start_node(name)
         self._cancel_recovered_jobs()
+        self._resume_drained_nodes()
         self.wait_ready()
 
     def _cancel_recovered_jobs(self) -> None:
@@ -638,6 +639,13 @@ class TestCluster:
         jobs = self.run("squeue", "--noheader", "--format=%A").stdout.split()
         if jobs:
             self.run("scancel", *jobs, check=False)
+
+    def _resume_drained_nodes(self) -> None:
+        """Nodes drained in the state of an earlier start (`scontrol update state=drain`) would stay out of service,
+        and the start would wait for them in vain: a start begins with every node in service."""
+        drained = [name for name, state in self.node_states().items() if state.rstrip("*") in ("drain", "drng")]
+        if drained:
+            self.run("scontrol", "update", f"nodename={','.join(drained)}", "state=resume")
 
     def _write_files(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -203,6 +203,14 @@ def test_start_recovers_from_a_crash(slurm_cluster: TestCluster, tmp_path: Path)
     assert sorted(output.split()) == ["n1", "n2"]
 
 
+def test_a_start_begins_with_the_nodes_an_earlier_start_left_drained_in_service(slurm_cluster: TestCluster) -> None:
+    """The controller keeps a drained node drained across restarts: the start waited for it in vain, then failed."""
+    slurm_cluster.run("scontrol", "update", "nodename=n2", "state=drain", "reason=corolla-test")
+    slurm_cluster.stop()
+    slurm_cluster.start()
+    assert slurm_cluster.node_states() == {"n1": "idle", "n2": "idle"}
+
+
 def test_stop_leaves_no_daemon_and_no_network(slurm_cluster: TestCluster) -> None:
     slurm_cluster.stop()
     slurm_cluster.stop()  # nothing left to stop
