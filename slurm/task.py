@@ -28,7 +28,7 @@ from launch.config.cluster import ClusterConfig
 from launch.rundir.files import HISTORY_FILE, JOB_FILE, STOP_FILE
 from launch.rundir.history import Event, RunHistory, failures, has_ended
 from launch.train.stopping import StopSignals
-from slurm.commands import request
+from slurm.commands import UNREACHABLE_HINT, requeue
 from slurm.environment import SlurmTask
 from slurm.executor import cancel_next_jobs, queue_next_job, replace_job, usable_nodes
 
@@ -79,9 +79,21 @@ class JobStart:
         if decision == Next.give_up:
             self.give_up()
         elif decision == Next.requeue:
-            request("scontrol", "requeue", self.task.job_id)
+            self.requeue()
         elif decision == Next.end and self.chained:
             cancel_next_jobs(self.run_dir, self.task.job_id)
+
+    def requeue(self) -> None:
+        """Slurm runs the job again; a controller that does not answer is waited for (commands.requeue), and one that
+        never does leaves the run stopped at its last checkpoint."""
+        problem = requeue(self.task.job_id)
+        if problem is not None and problem.hint == UNREACHABLE_HINT:
+            print(
+                f"corolla: job {self.task.job_id} is not requeued ({problem}): the run stops at its last checkpoint; "
+                f"`corolla submit` it again once `sinfo` answers",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def failed(self) -> None:
         self.follow(after(None, self.events, self.budget, self.chained))

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -476,6 +478,48 @@ def test_a_crash_during_a_save_resumes_from_the_last_checkpoint(slurm_cluster, t
     assert second["slurm_job"] == job_id and second["restart"] == 1
     assert second["resumed_from_step"] == 2 and second["steps_redone"] == 2
     one_mlflow_value_per_step(run_dir, local_losses)
+
+
+def job_ranks(job_id: str) -> list[int]:
+    """The pids of the job's ranks: every node's processes are this machine's."""
+    ranks = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or one that ended
+            continue
+        if f"SLURM_JOB_ID={job_id}".encode() in environ and b"submitit.core._submit" in argv and b"python" in argv[0]:
+            ranks.append(int(entry.name))
+    return ranks
+
+
+def test_a_requeue_asked_while_the_controller_is_away_is_taken_once_it_is_back(
+    slurm_cluster, tokens, local_losses, tmp_path, monkeypatch
+) -> None:
+    """The time limit's USR2 came, the ranks saved, and rank 0's requeue met no controller (a restart, a failover):
+    the job then ended, Slurm never ran it again, and the run stopped for good with nothing said."""
+    monkeypatch.setenv(STEP_SECONDS, "2")
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens)
+    wait_checkpoint(run_dir, 2)
+    slurm_cluster.stop_controller()
+    try:
+        for pid in job_ranks(job_id):
+            os.kill(pid, signal.SIGUSR2)
+        stopped = lambda: RunHistory(run_dir).events()[-1]["event"] == "stopped"  # noqa: E731
+        assert wait_for(stopped, timeout=60, interval=0.5), logs(run_dir)
+        time.sleep(10)  # the controller stays away a while
+    finally:
+        slurm_cluster.start_controller()
+    wait_finished(slurm_cluster, run_dir, job_id, timeout=240)
+    assert f"corolla: the requeue of job {job_id} is not taken (scontrol: " in logs(run_dir)
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    stop = next(event for event in RunHistory(run_dir).events() if event["event"] == "stopped")
+    _, second = RunHistory(run_dir).starts()
+    assert second["slurm_job"] == job_id and second["resumed_from_step"] == stop["step"]
+    assert second["steps_redone"] == 0 and RunHistory(run_dir).failures() == 0
+    one_mlflow_value_per_step(run_dir, local_losses)  # the same MLflow run, each step once
 
 
 def test_past_its_restart_budget_a_failing_job_gives_up(slurm_cluster, tokens, tmp_path) -> None:
