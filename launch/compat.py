@@ -245,19 +245,19 @@ def sbatch_refusals() -> Iterator[None]:
     sys.stderr.write(printed.getvalue())
 
 
-def requeue_behind(prefix: list[str]) -> None:
-    """submitit requeues a job on USR2 with `scontrol requeue` run from the job's step, and the requeue ends that
-    step with SIGTERM: the SIGTERM can kill scontrol after the requeue took effect and before submitit logged it,
-    which then fails with a CalledProcessError traceback. `prefix` runs scontrol ignoring SIGTERM."""
-    import subprocess
-
+def requeue_with(ask: Callable[[str], Exception | None]) -> None:
+    """submitit requeues a job on USR2 with its own `scontrol requeue`, run from the job's step: the requeue ends
+    that step with SIGTERM, which can kill scontrol after the requeue took effect and before submitit logged it, and a
+    controller that does not answer for a minute fails it; either way a CalledProcessError traceback, and the job not
+    run again. `ask(job_id)` requeues it instead: None once Slurm took it, else the error, raised."""
     from submitit.core import logger
     from submitit.slurm.slurm import SlurmJobEnvironment
 
     check_versions(("submitit",))
 
     def requeue(environment: SlurmJobEnvironment, countdown: int) -> None:
-        subprocess.check_call([*prefix, "scontrol", "requeue", environment.job_id], timeout=60)
+        if problem := ask(environment.job_id):
+            raise problem
         logger.get_logger().info(f"Requeued job {environment.job_id} ({countdown} remaining timeouts)")
 
     SlurmJobEnvironment._requeue = requeue

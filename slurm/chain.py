@@ -33,7 +33,7 @@ from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
 from slurm.backend import job_logs, print_tails
 from slurm.client import ENDED_STATES, slurm_state
-from slurm.commands import SURVIVE_SIGTERM, SlurmError, request, run_slurm
+from slurm.commands import SlurmError, request, requeue, run_slurm
 from slurm.executor import (
     excluded_nodes,
     executor_parameters,
@@ -66,7 +66,7 @@ class StageTask:
     def __call__(self) -> None:
         from launch import compat
 
-        compat.requeue_behind(SURVIVE_SIGTERM)
+        compat.requeue_with(requeue)
         run_dir = Path(self.run_dir)
         error_file = run_dir / STAGE_ERRORS / f"{self.name}.txt"
         error_file.unlink(missing_ok=True)
