@@ -148,7 +148,12 @@ def progress_lines(run: RunDirectory) -> list[str]:
     speed = f"{tokens_per_second:,.0f} tokens/s, {seconds_per_step:.2f} s a step"
     lines.append(line("speed", f"{speed} (median of the last {plural(len(recent), 'step')})"))
     remaining = max(0, total - last["step"])
-    eta = f"{duration(remaining * seconds_per_step)} ({plural(remaining, 'step')} left)" if remaining else "done"
+    # The training time left, at this speed: a job that waits in the queue adds its wait.
+    eta = (
+        f"{duration(remaining * seconds_per_step)} of training ({plural(remaining, 'step')} left)"
+        if remaining
+        else "done"
+    )
     return [*lines, line("eta", eta)]
 
 

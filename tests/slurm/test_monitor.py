@@ -157,7 +157,7 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "0 steps redone",
         "progress   step 12 of 20, loss 4.2500",
         "speed      512 tokens/s, 2.00 s a step (median of the last 10 steps)",
-        "eta        16s (8 steps left)",
+        "eta        16s of training (8 steps left)",
         "validation step 10, loss 5.2500 (mean of 2 languages)",
         f"checkpoint step 10: {run_dir}/checkpoints/step-00000010",
         f"mlflow     run 5f1e0c3a9b at sqlite:///{run_dir}/mlflow.db",
