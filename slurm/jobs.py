@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launch.rundir.files import JOBS_FILE
+from launch.rundir.files import JOBS_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states
+from slurm.commands import run_slurm
 from tokenizer.files import write_atomically
 
 
@@ -37,5 +38,19 @@ def jobs_after(run_dir: Path, job_id: str) -> list[str]:
 
 
 def live_jobs(run_dir: Path) -> list[SlurmState]:
-    """The run's jobs that are queued or running, newest first; a SlurmError when Slurm cannot be asked."""
-    return [state for state in latest_states(recorded_jobs(run_dir)) if state.live]
+    """The run's jobs that are queued or running (those its record lacks too: unrecorded_jobs), newest first; a
+    SlurmError when Slurm cannot be asked."""
+    return [state for state in latest_states([*recorded_jobs(run_dir), *unrecorded_jobs(run_dir)]) if state.live]
+
+
+def unrecorded_jobs(run_dir: Path) -> list[str]:
+    """The run's queued or running jobs that its record lacks: sbatch's answer lost (a controller that timed out
+    after it had queued the job), the job queued all the same. Told by their batch script, which submitit writes in the
+    run's own submitit folder; a SlurmError when Slurm cannot be asked."""
+    folder = run_dir.resolve() / SUBMITIT_DIR
+    if not folder.is_dir():  # nothing was ever submitted for it: Slurm need not be asked (nor be here)
+        return []
+    recorded = set(recorded_jobs(run_dir))
+    queued = (row.split("|", 1) for row in run_slurm("squeue", "--me", "--noheader", "--format=%i|%o").splitlines())
+    inside = f"{folder}/"
+    return [job for job, *script in queued if script and script[0].startswith(inside) and job not in recorded]

@@ -19,7 +19,7 @@ from launch.rundir.lock import holding
 from slurm.client import out_of_service, partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
 from slurm.executor import excluded_nodes, job_partition, make_executor, submit_elastic, submit_job
-from slurm.jobs import live_jobs
+from slurm.jobs import live_jobs, record_job, unrecorded_jobs
 from slurm.task import TrainingTask
 
 
@@ -83,7 +83,11 @@ def _check_in_service(cluster: ClusterConfig, partition: str, usable: set[str], 
 
 
 def check_no_live_job(run_dir: Path) -> None:
-    """Two jobs training one run directory would overwrite each other's checkpoints."""
+    """Two jobs training one run directory would overwrite each other's checkpoints: a job a submission queued though
+    its answer was lost is recorded first, then refused like any other."""
+    for job_id in unrecorded_jobs(run_dir):
+        record_job(run_dir, job_id)
+        print(f"corolla: Slurm job {job_id} of {run_dir} was queued though sbatch's answer was lost: recorded")
     live = live_jobs(run_dir)
     if held := [state for state in live if state.reason == "JobHeldUser"]:  # a submission cut off halfway
         raise ValueError(

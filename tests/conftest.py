@@ -111,6 +111,19 @@ def sbatch_that_stops_the_controller(cluster: TestCluster, bin_dir: Path, at: in
     return bin_dir
 
 
+def sbatch_whose_answer_is_lost(bin_dir: Path) -> Path:
+    """A folder to put first on PATH: its `sbatch` queues the job, then fails as sbatch does when a busy controller's
+    answer times out after it took the job."""
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(
+        f'#!/bin/sh\n{shutil.which("sbatch")} "$@" > /dev/null || exit\n'
+        "echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv operation' >&2\nexit 1\n"
+    )
+    sbatch.chmod(0o755)
+    return bin_dir
+
+
 @contextmanager
 def small_filesystem(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` ("300k", "8M", as mount takes it) at `path`: a disk that fills (the tests run as root)."""

@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tracking_server import MlflowServer
 
-from conftest import REPO_ROOT, cluster_in_environment, sbatch_that_stops_the_controller
+from conftest import REPO_ROOT, cluster_in_environment, sbatch_that_stops_the_controller, sbatch_whose_answer_is_lost
 from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
@@ -364,6 +364,32 @@ def test_an_elastic_submission_that_slurm_cuts_off_names_the_held_job_it_leaves(
     assert f"has Slurm job {held} held, which nothing will release: `corolla cancel" in capsys.readouterr().err
     assert main(["cancel", str(run_dir)]) == 0
     assert job_state(slurm_cluster, held) in ("CANCELLED", "GONE")
+
+
+def test_a_job_queued_though_sbatchs_answer_was_lost_is_found_by_the_next_submission(
+    slurm_cluster, tokens, tmp_path, capsys
+):
+    """A busy controller can time out sbatch's answer after it queued the job: the submission fails, and submitting
+    the run again must not queue a second job training into the same checkpoints."""
+    bin_dir, run_dir = sbatch_whose_answer_is_lost(tmp_path / "bin"), tmp_path / "run"
+    arguments = ["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *TWO_RANKS]
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{bin_dir}:{path}"
+    try:
+        assert main(arguments) == 2
+    finally:
+        os.environ["PATH"] = path
+    assert "Socket timed out" in capsys.readouterr().err and not (run_dir / JOBS_FILE).exists()
+    try:
+        assert main(arguments) == 2
+        out, err = capsys.readouterr()
+        lost = json.loads((run_dir / JOBS_FILE).read_text())
+        assert len(lost) == 1
+        assert f"Slurm job {lost[0]} of {run_dir} was queued though sbatch's answer was lost: recorded" in out
+        assert f"has Slurm job {lost[0]} " in err and "already: let it run" in err
+    finally:
+        assert main(["cancel", str(run_dir)]) == 0
+    assert wait_for(lambda: not slurm_cluster.run("squeue", "--noheader").stdout.strip(), timeout=60)
 
 
 def test_an_elastic_job_asks_for_a_node_range_and_is_not_requeued_by_slurm(tokens, capsys, tmp_path) -> None:
