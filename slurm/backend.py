@@ -15,7 +15,7 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states, out_of_service, slurm_state
 from slurm.commands import SlurmError, run_slurm
-from slurm.jobs import recorded_jobs
+from slurm.jobs import recorded_jobs, unrecorded_jobs
 
 CANCEL_WAIT_S = 10
 LOG_BLOCK = 1 << 16  # bytes read at a time from a log's end
@@ -94,6 +94,20 @@ def waiting_lines(run: RunDirectory, state: SlurmState) -> list[str]:
     ]
 
 
+def _unrecorded(run_dir: Path) -> str:
+    """For a run whose submission recorded no job: whether sbatch queued one all the same (its answer lost)."""
+    try:
+        lost = unrecorded_jobs(run_dir)
+    except SlurmError:
+        lost = []
+    if lost:
+        return (
+            f"job {lost[-1]}, queued though sbatch's answer was lost (the submission said it failed): `corolla "
+            "submit` the run again to record it and follow it here, or `scancel` it"
+        )
+    return "no Slurm job: its submission did not go through (`corolla submit` said why); submit it again"
+
+
 class SlurmBackend(Backend):
     def start(self, job: TrainJob, dry_run: bool = False) -> None:
         from slurm.submit import submit_training  # the data preparation: seconds to import, status needs none of it
@@ -104,12 +118,7 @@ class SlurmBackend(Backend):
         """The latest job; for an elastic run whose latest job waits for the one before to end, that one first."""
         jobs = recorded_jobs(run.path)
         if not jobs:
-            return [
-                line(
-                    "slurm",
-                    "no Slurm job: its submission did not go through (`corolla submit` said why); submit it again",
-                )
-            ]
+            return [line("slurm", _unrecorded(run.path))]
         before = f" (latest of {len(jobs)}: {', '.join(jobs[:-1])} before)" if len(jobs) > 1 else ""
         which = f"job {jobs[-1]}{before}"
         try:

@@ -381,6 +381,10 @@ def test_a_job_queued_though_sbatchs_answer_was_lost_is_found_by_the_next_submis
         os.environ["PATH"] = path
     assert "Socket timed out" in capsys.readouterr().err and not (run_dir / JOBS_FILE).exists()
     try:
+        assert main(["status", str(run_dir)]) == 0
+        assert "queued though sbatch's answer was lost (the submission said it failed): `corolla submit` the run" in (
+            capsys.readouterr().out
+        )
         assert main(arguments) == 2
         out, err = capsys.readouterr()
         lost = json.loads((run_dir / JOBS_FILE).read_text())
