@@ -15,7 +15,7 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states, out_of_service, slurm_state
 from slurm.commands import SlurmError, run_slurm
-from slurm.jobs import recorded_jobs, unrecorded_jobs
+from slurm.jobs import excluded_nodes, recorded_jobs, unrecorded_jobs
 
 CANCEL_WAIT_S = 10
 LOG_BLOCK = 1 << 16  # bytes read at a time from a log's end
@@ -80,6 +80,9 @@ def waiting_lines(run: RunDirectory, state: SlurmState) -> list[str]:
         unavailable = out_of_service(state.partition)
     except SlurmError:
         return []
+    # Those the run's jobs leave out keep none of them waiting.
+    for node in excluded_nodes(run.setting("cluster.exclude", []), run.path):
+        unavailable.pop(node, None)
     if not unavailable:
         return []
     nodes = "; ".join(f"{node} {why}" for node, why in sorted(unavailable.items()))

@@ -35,7 +35,6 @@ from slurm.backend import job_logs, print_tails
 from slurm.client import ENDED_STATES, slurm_state
 from slurm.commands import SlurmError, request, requeue, run_slurm
 from slurm.executor import (
-    excluded_nodes,
     executor_parameters,
     job_name,
     make_executor,
@@ -44,7 +43,7 @@ from slurm.executor import (
     submit_job,
     submitting,
 )
-from slurm.jobs import live_jobs
+from slurm.jobs import excluded_nodes, live_jobs
 from tokenizer.files import first_line, write_atomically
 
 STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
@@ -241,7 +240,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     if dry_run:
         _print_scripts(job, plan)
         return
-    check_partition(cluster, excluded_nodes(cluster, paths.train))
+    check_partition(cluster, excluded_nodes(cluster.exclude, paths.train))
     with one_pipeline(paths.run_dir):
         check_no_live_chain(paths.run_dir)
         check_no_live_job(paths.train)

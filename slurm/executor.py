@@ -24,10 +24,9 @@ import submitit
 from launch import compat
 from launch.config.cluster import ClusterConfig
 from launch.rundir.files import SUBMITIT_DIR
-from launch.rundir.history import RunHistory
 from slurm.client import partition_nodes
 from slurm.commands import HINT, SlurmError, request, run_slurm
-from slurm.jobs import jobs_after, record_job
+from slurm.jobs import excluded_nodes, jobs_after, record_job
 from tokenizer.files import first_line
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -90,11 +89,6 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     return parameters
 
 
-def excluded_nodes(cluster: ClusterConfig, run_dir: Path) -> set[str]:
-    """The nodes the run's jobs leave out: cluster.exclude's, and those its health checks found unfit."""
-    return set(cluster.exclude) | RunHistory(run_dir).unfit_nodes()
-
-
 def job_name(run_dir: Path, stage: str = "") -> str:
     return f"corolla-{run_dir.resolve().name}" + (f"-{stage}" if stage else "")
 
@@ -116,7 +110,7 @@ def make_executor(
     executor.update_parameters(**executor_parameters(cluster, job_name(run_dir)))
     if dependency is not None:
         executor.update_parameters(dependency=dependency)
-    excluded = excluded_nodes(cluster, run_dir) | unfit
+    excluded = excluded_nodes(cluster.exclude, run_dir) | unfit
     if excluded:
         executor.update_parameters(exclude=_single_line("cluster.exclude", ",".join(sorted(excluded))))
     return executor
@@ -194,7 +188,7 @@ def job_partition(cluster: ClusterConfig, nodes: dict[str, set[str]]) -> str:
 def usable_nodes(cluster: ClusterConfig, run_dir: Path, unfit: frozenset[str]) -> int:
     """How many nodes of the partition the run's jobs could use, `unfit` ones left out too."""
     nodes = partition_nodes()
-    return len(nodes.get(job_partition(cluster, nodes), set()) - excluded_nodes(cluster, run_dir) - unfit)
+    return len(nodes.get(job_partition(cluster, nodes), set()) - excluded_nodes(cluster.exclude, run_dir) - unfit)
 
 
 def replace_job(

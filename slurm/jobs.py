@@ -4,9 +4,11 @@ submits, and an elastic run adds the next job each start queues behind itself (s
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from launch.rundir.files import JOBS_FILE, SUBMITIT_DIR
+from launch.rundir.history import RunHistory
 from slurm.client import SlurmState, latest_states
 from slurm.commands import run_slurm
 from tokenizer.files import write_atomically
@@ -29,6 +31,11 @@ def recorded_jobs(run_dir: Path) -> list[str]:
 def record_job(run_dir: Path, job_id: str) -> None:
     # Replaced whole: `corolla status` and a job's own start read it while it is rewritten.
     write_atomically(run_dir / JOBS_FILE, json.dumps([*recorded_jobs(run_dir), job_id]) + "\n")
+
+
+def excluded_nodes(exclude: Iterable[str], run_dir: Path) -> set[str]:
+    """The nodes the run's jobs leave out: `exclude` (cluster.exclude), and those its health checks found unfit."""
+    return set(exclude) | RunHistory(run_dir).unfit_nodes()
 
 
 def jobs_after(run_dir: Path, job_id: str) -> list[str]:

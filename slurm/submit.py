@@ -18,8 +18,8 @@ from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
 from slurm.client import out_of_service, partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
-from slurm.executor import excluded_nodes, job_partition, make_executor, submit_elastic, submit_job
-from slurm.jobs import live_jobs, record_job, unrecorded_jobs
+from slurm.executor import job_partition, make_executor, submit_elastic, submit_job
+from slurm.jobs import excluded_nodes, live_jobs, record_job, unrecorded_jobs
 from slurm.task import TrainingTask
 
 
@@ -121,7 +121,7 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     if dry_run:
         _submit_training(job, dry_run=True)
         return
-    check_partition(cluster, excluded_nodes(cluster, Path(job.run_dir)))
+    check_partition(cluster, excluded_nodes(cluster.exclude, Path(job.run_dir)))
     # As the run's one writer until its job is recorded: a second submission (or a `corolla train`) meanwhile is
     # refused, and one after it finds the job.
     with holding(Path(job.run_dir)):

@@ -16,6 +16,7 @@ import pytest
 from conftest import cluster_in_environment
 from launch.commands import cancel, show_logs, show_status
 from launch.config.schemas import CancelJob, LogsJob, StatusJob
+from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
 from slurm.commands import UNREACHABLE_HINT
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
@@ -408,6 +409,9 @@ def test_a_job_pending_on_drained_nodes_says_which_and_what_ends_the_wait(
         job_id = sbatch(slurm_cluster, run_dir, "--wrap=sleep 60")
         assert wait_for(lambda: reason in status_of(run_dir, capsys), timeout=20, interval=0.5)
         status = status_of(run_dir, capsys).splitlines()
+        # Left out by the run's own jobs (unfit), n1 keeps none of them waiting.
+        RunHistory(run_dir).record(Event.unfit, slurm_job=job_id, nodes={"n1": "slow"}, left_out=True)
+        assert not [row for row in status_of(run_dir, capsys).splitlines() if row.startswith("waiting")]
     finally:
         slurm_cluster.run("scontrol", "update", "nodename=n1", "state=resume")
         slurm_cluster.run("scancel", job_id)
