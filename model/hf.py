@@ -66,9 +66,12 @@ def parameter_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes | {f"final_norm.{key}": shape for key, shape in norm.items()}
 
 
-def model_config(config: dict, name: str, vocab_size: int) -> ModelConfig:
+def model_config(config: object, name: str, vocab_size: int) -> ModelConfig:
     """The corolla model of a `BloomForCausalLM`'s config.json (any BLOOM size; `n_embed` and `num_attention_heads`
-    as BLOOM's own files spell them), with the tokenizer's `vocab_size`; a one-line ValueError for another model."""
+    as BLOOM's own files spell them), with the tokenizer's `vocab_size`; a one-line ValueError for another model, or
+    a config.json whose shape is missing or not numbers."""
+    if not isinstance(config, dict):
+        raise ValueError(f"its config.json holds {type(config).__name__}, not a JSON object: {RESTORE_CONFIG}")
     kind = config.get("model_type")
     if kind != "bloom":
         raise ValueError(
@@ -80,24 +83,50 @@ def model_config(config: dict, name: str, vocab_size: int) -> ModelConfig:
             "its config.json asks for post-LayerNorm residuals or an untied output layer, which BLOOM "
             "does not have: corolla imports BLOOM's own architecture only"
         )
-    hidden = config.get("hidden_size", config.get("n_embed"))
-    inner = config.get("n_inner") or 4 * hidden
+    hidden = _positive(config, "hidden_size", "n_embed")
+    inner = _positive(config, "n_inner") if config.get("n_inner") is not None else 4 * hidden
     if inner % hidden:
         raise ValueError(f"its MLP is {inner} wide, not a multiple of hidden_size={hidden}: corolla cannot build it")
     return ModelConfig(
         name=name,
-        num_layers=config.get("n_layer", config.get("num_hidden_layers")),
+        num_layers=_positive(config, "n_layer", "num_hidden_layers"),
         hidden_size=hidden,
-        num_heads=config.get("n_head", config.get("num_attention_heads")),
-        seq_length=config.get("seq_length", 2048),
+        num_heads=_positive(config, "n_head", "num_attention_heads"),
+        seq_length=_positive(config, "seq_length") if config.get("seq_length") is not None else 2048,
         vocab_size=vocab_size,
-        embedding_rows=config["vocab_size"],
+        embedding_rows=_positive(config, "vocab_size"),
         ffn_multiplier=inner // hidden,
-        layernorm_epsilon=config.get("layer_norm_epsilon", 1e-5),
-        hidden_dropout=config.get("hidden_dropout", 0.0),
-        attention_dropout=config.get("attention_dropout", 0.0),
-        init_std=config.get("initializer_range"),
+        layernorm_epsilon=_number(config, "layer_norm_epsilon", 1e-5),
+        hidden_dropout=_number(config, "hidden_dropout", 0.0),
+        attention_dropout=_number(config, "attention_dropout", 0.0),
+        init_std=_number(config, "initializer_range", None),
     )
+
+
+RESTORE_CONFIG = "restore config.json from the model's source"
+
+
+def _positive(config: dict, *names: str) -> int:
+    """The first of `names` that config.json gives (BLOOM's files spell some keys their own way), a positive
+    integer."""
+    spelled = " or ".join(names)
+    found = [name for name in names if name in config]
+    if not found:
+        raise ValueError(f"its config.json has no {spelled}: {RESTORE_CONFIG}")
+    value = config[found[0]]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"its config.json gives {found[0]}={value!r}, not a positive integer: {RESTORE_CONFIG}")
+    return value
+
+
+def _number(config: dict, name: str, default: float | None) -> float | None:
+    """An optional number of config.json (null: `default`)."""
+    value = config.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"its config.json gives {name}={value!r}, not a number: {RESTORE_CONFIG}")
+    return value
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -250,6 +250,12 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     _config(mismatched, n_layer=5)
     garbled = _broken_copy(corolla_bloom, tmp_path / "garbled")
     (garbled / "config.json").write_text('{"n_layer": 2,\n')
+    listed = _broken_copy(corolla_bloom, tmp_path / "listed")  # JSON, but not a config: each a traceback once
+    (listed / "config.json").write_text("[1, 2]")
+    shapeless = _broken_copy(corolla_bloom, tmp_path / "shapeless")
+    _config(shapeless, hidden_size=None, n_embed=None)
+    worded = _broken_copy(corolla_bloom, tmp_path / "worded")
+    _config(worded, n_layer="four", layer_norm_epsilon=1e-5)
     cut = _broken_copy(corolla_bloom, tmp_path / "cut")
     weights = next(cut.glob("model-00001-of-*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])
@@ -263,6 +269,9 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
         narrow: "its tokenizer has 2000 tokens but the embedding only 1000 rows",
         garbled: f"{garbled / 'config.json'} is not valid JSON (Expecting property name enclosed in double quotes",
         cut: f"weight file {weights} cannot be read (",
+        listed: "its config.json holds list, not a JSON object: restore config.json from the model's source",
+        shapeless: "its config.json gives hidden_size=None, not a positive integer: restore config.json from the",
+        worded: "its config.json gives n_layer='four', not a positive integer",
     }
     for hf_dir, reason in cases.items():
         run_dir = tmp_path / f"run-{hf_dir.name}"
