@@ -38,7 +38,6 @@ from launch.rundir.checkpoints import (
     newest_intact,
     point_latest,
     remove_checkpoints,
-    step_record,
     unverified,
     write_complete,
 )
@@ -232,22 +231,28 @@ def check_writable(directory: Path) -> None:
         )
 
 
+def changed_files(directory: Path, tag: str) -> list[str]:
+    """The files of checkpoint `tag` whose bytes are not what COMPLETE's hashes say, a few words each; each rank hashes
+    its share of them. A collective: every rank gets the same answer."""
+    rank, ranks = dist.get_rank(), dist.get_world_size()
+    names = sorted(file_entries(complete_record(directory, tag)))
+    bad: list[list[str]] = [[] for _ in range(ranks)]
+    dist.all_gather_object(bad, unverified(directory, tag, names[rank::ranks]))
+    return [name for names in bad for name in names]
+
+
 def verified_step(directory: Path) -> int:
     """The step of the newest checkpoint, from `latest` (or a newer complete one it does not name yet) down, whose
     files are all there and hash to what COMPLETE says (each rank hashes its share of them); 0 when there is none. A
     collective: every rank gets the same answer. One that fails is passed over, in one line, and left as it is; a
     CheckpointError when there were some and none verifies."""
-    rank, ranks = dist.get_rank(), dist.get_world_size()
-    log = print if rank == 0 else (lambda line: None)
+    log = print if dist.get_rank() == 0 else (lambda line: None)
     step = newest_intact(directory, log)
     failed = []
     while step:
-        names = sorted(file_entries(step_record(directory, step)))
-        bad: list[list[str]] = [[] for _ in range(ranks)]
-        dist.all_gather_object(bad, unverified(directory, checkpoint_tag(step), names[rank::ranks]))
-        if not any(bad):
+        if not (bad := changed_files(directory, checkpoint_tag(step))):
             return step
-        failed.append(f"{checkpoint_tag(step)} ({', '.join(name for names in bad for name in names)})")
+        failed.append(f"{checkpoint_tag(step)} ({', '.join(bad)})")
         log(f"corolla: checkpoint {directory / failed[-1]} fails its checksums: passing over it")
         step = newest_intact(directory, log, below=checkpoint_tag(step))
     if failed:
@@ -294,6 +299,11 @@ def load_weights(engine, checkpoint_dir: Path, growth: shards.EmbeddingGrowth | 
     directory, tag = checkpoint_dir.parent, checkpoint_dir.name
     try:
         step = complete_record(directory, tag)["step"]
+        if bad := changed_files(directory, tag):  # what the run learns from must be what was saved
+            raise CheckpointError(
+                f"init_from's checkpoint {checkpoint_dir} fails its checksums ({', '.join(bad)}): restore its files "
+                "from a copy (an imported model: import it again); nothing was trained"
+            )
         layout = checkpoint_layout(directory, step)
         shards.restore_weights(engine, shards.ShardReader(checkpoint_dir, layout), growth)
     except shards.ShardError as error:

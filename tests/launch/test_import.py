@@ -293,6 +293,30 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     assert not new_run.exists()
 
 
+def test_init_from_weights_whose_bytes_changed_trains_nothing_until_they_are_restored(
+    capsys, bpe_bloom: Path, tokens: Path, tmp_path: Path
+) -> None:
+    """A checkpoint file of the same size but other bytes (a flipped bit on disk) loads; its hash says it is not what
+    was saved, as for a resume, and the run learns nothing from it."""
+    imported, run_dir = tmp_path / "imported", tmp_path / "run"
+    assert main(["import", "hf", f"hf_dir={bpe_bloom}", f"run_dir={imported}"]) == 0
+    (shard,) = (imported / "checkpoints" / "step-00000000").glob("model-*.pt")
+    intact = shard.read_bytes()
+    damaged = bytearray(intact)
+    damaged[len(damaged) // 2] ^= 0xFF
+    shard.write_bytes(damaged)
+    arguments = ["train", f"init_from={imported}", f"run_dir={run_dir}", f"data.corpus={tokens.parent / 'corpus'}"]
+    arguments += [f"data.cache_dir={tmp_path / 'cache'}", *RUN, "train.steps=1"]
+    capsys.readouterr()
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"init_from's checkpoint {shard.parent} fails its checksums ({shard.name} changed since written)" in error
+    assert not list((run_dir / "checkpoints").glob("step-*"))
+    shard.write_bytes(intact)
+    assert main(arguments) == 0  # the same command, once the files are restored
+    assert [record["step"] for record in records(run_dir)] == [1]
+
+
 def test_an_extended_tokenizer_grows_the_embedding_with_the_mean_of_each_new_pieces_base_rows(
     corolla_bloom: Path, tmp_path: Path
 ) -> None:
