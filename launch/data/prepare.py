@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -121,7 +122,9 @@ def _checked(job: TrainJob, corpus: TokenCorpus) -> tuple[TrainJob, DataFacts]:
             f"{corpus.vocab_size} tokens: drop model.vocab_size (0 takes the tokenizer's) or re-encode the data"
         )
     BlendedDataset(corpus, job.data, job.model.seq_length)  # every weighted language holds a sample
-    job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size))
+    # Absolute: the run's job.yaml is read from elsewhere too (an export, an init_from, a rank on another node).
+    data = replace(job.data, tokens_dir=os.path.abspath(corpus.tokens_dir))
+    job = replace(job, model=replace(job.model, vocab_size=corpus.vocab_size), data=data)
     facts = DataFacts(
         corpus.vocab_size, str(corpus.tokens_dir), str(corpus.tokenizer_dir), corpus.tokenizer_fingerprint
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -139,3 +140,20 @@ def test_a_checkpoint_gone_between_being_found_and_read_is_said_to_be_removed(tm
     with pytest.raises(CheckpointError, match=missing) as asked:
         verify(directory, 2)  # asked for by a user
     assert not isinstance(asked.value, CheckpointRemoved)
+
+
+def test_a_run_launched_with_relative_paths_is_exported_and_continued_from_anywhere(
+    capsys, tokens: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Its job.yaml names the token files whose tokenizer goes with the weights: a path relative to where `corolla
+    train` ran would send a reader elsewhere to other files, or none."""
+    launched = tmp_path / "launched"
+    launched.mkdir()
+    monkeypatch.chdir(launched)
+    relative = os.path.relpath(tokens, launched)
+    assert main(["train", f"data.tokens_dir={relative}", "run_dir=run", *SHORT_RUN, "train.steps=1"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "hf", "run_dir=launched/run", "output_dir=hf"]) == 0, capsys.readouterr().err
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")("Bonjour", add_special_tokens=False)["input_ids"]
+    continued = ["train", "init_from=launched/run", "run_dir=continued", f"data.tokens_dir={tokens}", *SHORT_RUN]
+    assert main([*continued, "train.steps=1"]) == 0, capsys.readouterr().err

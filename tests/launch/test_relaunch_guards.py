@@ -40,8 +40,11 @@ def trained(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def workspace(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of `trained`, the working directory of the test."""
+    """A copy of `trained`, the working directory of the test; its run names the copy's token files (job.yaml holds
+    them by an absolute path)."""
     copy = shutil.copytree(trained, tmp_path / "workspace")
+    job = copy / "run" / "job.yaml"
+    job.write_text(job.read_text().replace(str(trained), str(copy)))
     monkeypatch.chdir(copy)
     return copy
 
@@ -85,13 +88,14 @@ def test_token_files_of_another_tokenizer_are_refused_whether_re_encoded_in_plac
     err = refused(capsys, Path("run"), "data.tokens_dir=elsewhere")
     assert (
         f"run_dir=run was trained on token files of tokenizer {ours[:8]}, those in elsewhere were encoded with "
-        f"{theirs[:8]}: use the run's data (data.tokens_dir=tokens) or start a new run_dir"
+        f"{theirs[:8]}: use the run's data (data.tokens_dir={workspace / 'tokens'}) or start a new run_dir"
     ) in err
     # Its tokenizer with the corpus, encoded into the cache: the same refusal.
     cache = f"data.cache_dir={workspace / 'cache'}"
     arguments = [f"data.tokenizer_dir={other_tokenizer.parent}", f"data.corpus={corpus}", cache, "data.tokens_dir=null"]
-    assert "use the run's data (data.tokens_dir=tokens)" in refused(capsys, Path("run"), *arguments)
-    assert "use the run's data (data.tokens_dir=tokens)" in refused(capsys, Path("run"), "--dry-run", *arguments)
+    ours_given = f"use the run's data (data.tokens_dir={workspace / 'tokens'})"
+    assert ours_given in refused(capsys, Path("run"), *arguments)
+    assert ours_given in refused(capsys, Path("run"), "--dry-run", *arguments)
     # The run's own token files encoded again, in place, with the other tokenizer.
     assert main([*encode, "output_dir=tokens"]) == 0
     err = refused(capsys, Path("run"), "data.tokens_dir=tokens")
@@ -115,7 +119,7 @@ def test_a_start_without_a_launch_refuses_the_runs_token_files_encoded_again_sin
     end = run_ranks(run_dir, read_plans(run_dir)[0].world_size)
     assert end.status != 0 and end.cause is not None
     assert f"run_dir={run_dir} was trained on token files of tokenizer {ours[:8]}" in end.cause, end.cause
-    assert "they were encoded again in place: encode tokens again" in end.cause
+    assert f"they were encoded again in place: encode {workspace / 'tokens'} again" in end.cause
     assert "failed (exitcode: 2) local_rank: 0" in capsys.readouterr().err  # torchrun's log line of the rank
     assert snapshot(run_dir / "checkpoints") == checkpoints
 
