@@ -97,7 +97,7 @@ def test_token_files_of_another_tokenizer_are_refused_whether_re_encoded_in_plac
     assert ours_given in refused(capsys, Path("run"), *arguments)
     assert ours_given in refused(capsys, Path("run"), "--dry-run", *arguments)
     # The run's own token files encoded again, in place, with the other tokenizer.
-    assert main([*encode, "output_dir=tokens"]) == 0
+    assert main([*encode, "output_dir=tokens", "overwrite=true"]) == 0
     err = refused(capsys, Path("run"), "data.tokens_dir=tokens")
     assert (
         f"encoded with {theirs[:8]}: they were encoded again in place: encode tokens again with the run's tokenizer "
@@ -113,7 +113,7 @@ def test_a_start_without_a_launch_refuses_the_runs_token_files_encoded_again_sin
     checkpoints untouched, and exits 2, which a Slurm task does not requeue."""
     ours = fingerprint(workspace / "tokens")
     encode = ["tokenizer", "encode", f"tokenizer={other_tokenizer}", f"corpus={tokens.parent / 'corpus'}", "workers=1"]
-    assert main([*encode, "output_dir=tokens"]) == 0
+    assert main([*encode, "output_dir=tokens", "overwrite=true"]) == 0
     run_dir = workspace / "run"
     checkpoints = snapshot(run_dir / "checkpoints")
     end = run_ranks(run_dir, read_plans(run_dir)[0].world_size)
@@ -131,7 +131,7 @@ def test_an_export_refuses_a_tokenizer_other_than_the_one_the_checkpoints_learnt
     run_dir): an export would ship the run's weights with that tokenizer, whose ids mean other pieces."""
     ours = fingerprint(workspace / "tokens")
     encode = ["tokenizer", "encode", f"tokenizer={other_tokenizer}", f"corpus={tokens.parent / 'corpus'}", "workers=1"]
-    assert main([*encode, "output_dir=tokens"]) == 0
+    assert main([*encode, "output_dir=tokens", "overwrite=true"]) == 0
     capsys.readouterr()
     assert main(["export", "hf", "run_dir=run", "output_dir=hf"]) == 2
     theirs = fingerprint(workspace / "tokens")
