@@ -18,7 +18,7 @@ from launch.data.corpus import TokenCorpus
 from launch.data.facts import DataFacts, TokenizerChanged
 from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
-from launch.plan.weights import Weights, is_hf_directory, weights_of
+from launch.plan.weights import Weights, import_record, is_hf_directory, weights_of
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
@@ -152,8 +152,12 @@ def _same_start(job: TrainJob, saved: SavedRun) -> TrainJob:
 
 
 def _source(checkpoint: Path) -> Path:
-    """The run directory (or import) of a checkpoint init_from resolved to (Weights.checkpoint)."""
-    return checkpoint.resolve().parent.parent
+    """Where the weights of a checkpoint init_from resolved to (Weights.checkpoint) come from: its run directory, or
+    the Hugging Face directory an import of it was made from (whose import in the cache is made anew when its files
+    change)."""
+    run_dir = checkpoint.resolve().parent.parent
+    record = import_record(run_dir)
+    return Path(record["source"]["hf_dir"]) if record else run_dir
 
 
 def _check_tokenizer(saved: SavedRun, data: DataFacts) -> None:
@@ -183,10 +187,12 @@ def _check_shape(model: ModelConfig, saved: SavedRun) -> None:
 
 
 def _imported(source: Path, job: TrainJob, dry_run: bool) -> Path:
-    """A Hugging Face directory's import, in the cache (made once, reused while its files are unchanged)."""
-    from launch.train.import_hf import import_hf_model  # torch: only where an import is asked for
+    """A Hugging Face directory's import, in the cache: made once for each content of its weight files (their stamp),
+    and reused while they are unchanged. Imports of earlier contents stay, for the runs that started from them."""
+    from launch.train.import_hf import import_hf_model, weights_stamp  # torch: only where an import is asked for
 
-    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
+    identity = json.dumps([str(source.resolve()), weights_stamp(source)])
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     target = Path(job.data.cache_dir) / "imports" / f"{source.resolve().name}-{key}"
     if not dry_run:
         import_hf_model(ImportJob(str(source), str(target)))

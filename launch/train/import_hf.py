@@ -72,8 +72,18 @@ class HFWeights:
         return opened.get_tensor(key) if path.suffix == ".safetensors" else opened[key]
 
     def stamp(self) -> list[list]:
-        """The weight files' names, sizes and times: whether a later import of the same directory is the same."""
-        return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in self.files]
+        return stamp_of(self.files)
+
+
+def stamp_of(files: list[Path]) -> list[list]:
+    """The weight files' names, sizes and times: whether a later import of the same directory is the same."""
+    return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in files]
+
+
+def weights_stamp(hf_dir: Path) -> list[list]:
+    """The stamp of a Hugging Face directory's weight files, without opening them; a one-line ValueError when one is
+    missing."""
+    return stamp_of(_weight_files(hf_dir))
 
 
 def _opened(path: Path) -> object:

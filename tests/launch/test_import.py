@@ -317,6 +317,31 @@ def test_init_from_weights_whose_bytes_changed_trains_nothing_until_they_are_res
     assert [record["step"] for record in records(run_dir)] == [1]
 
 
+def test_init_from_a_hugging_face_directory_whose_weights_changed_imports_them_anew(
+    capsys, bpe_bloom: Path, tokens: Path, tmp_path: Path
+) -> None:
+    """Its import in data.cache_dir is of the weights as they were: a new run starts from the new ones, and a run
+    that started from the old ones still resumes (both runs with the same command, as before the change)."""
+    hf_dir = _broken_copy(bpe_bloom, tmp_path / "bloom")
+    data = [f"data.corpus={tokens.parent / 'corpus'}", f"data.cache_dir={tmp_path / 'cache'}", *RUN]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", f"init_from={hf_dir}", f"run_dir={first}", *data, "train.steps=1"]) == 0
+    model = BloomForCausalLM.from_pretrained(hf_dir)
+    with torch.no_grad():
+        model.transformer.ln_f.bias.add_(0.5)  # trained further, saved again in place
+    model.save_pretrained(hf_dir, max_shard_size="300KB", safe_serialization=False)
+    capsys.readouterr()
+    assert main(["train", f"init_from={hf_dir}", f"run_dir={second}", *data, "train.steps=1"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert records(second)[0]["loss"] != records(first)[0]["loss"]
+    assert main(["train", f"init_from={hf_dir}", f"run_dir={first}", *data, "train.steps=2"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert [record["step"] for record in records(first)] == [1, 2]
+    assert len(list((tmp_path / "cache" / "imports").iterdir())) == 2
+
+
 def test_an_extended_tokenizer_grows_the_embedding_with_the_mean_of_each_new_pieces_base_rows(
     corolla_bloom: Path, tmp_path: Path
 ) -> None:
