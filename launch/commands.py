@@ -21,7 +21,7 @@ from launch.jobs.local import LocalBackend
 from launch.jobs.monitor import status_lines
 from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, complete_steps, reading, step_record, verify
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHAIN_FILE, CHECKPOINTS, JOB_FILE, JOBS_FILE, TRAIN_DIR, VALIDATION_FILE
+from launch.rundir.files import CHAIN_FILE, CHECKPOINTS, IMPORT_FILE, JOB_FILE, JOBS_FILE, TRAIN_DIR, VALIDATION_FILE
 from launch.rundir.lock import holding
 from launch.rundir.run_record import masked, recorded_run
 from slurm.backend import SlurmBackend
@@ -121,9 +121,17 @@ def sync_tracking(job: TrackingSyncJob) -> None:
     )
 
 
+def _checkpoints_to_verify(run_dir: Path) -> tuple[Path, str]:
+    """The checkpoints of a run directory, or of a model imported from Hugging Face (its step 0), and what to do when
+    they fail."""
+    if (run_dir / IMPORT_FILE).is_file():
+        return run_dir / CHECKPOINTS, "import the model again into a new run_dir"
+    return RunDirectory.open(str(run_dir)).path / CHECKPOINTS, "a start resumes from the newest that verifies"
+
+
 def verify_checkpoints(job: VerifyJob) -> None:
     """Hashes every file of the run's checkpoints (or of one) against COMPLETE; a one-line error if one fails."""
-    directory = RunDirectory.open(job.run_dir).path / CHECKPOINTS
+    directory, fix = _checkpoints_to_verify(Path(job.run_dir))
     steps = [job.step] if job.step else complete_steps(directory)
     if not steps:
         raise ValueError(f"{directory} holds no complete checkpoint to verify")
@@ -146,6 +154,5 @@ def verify_checkpoints(job: VerifyJob) -> None:
         failed += [step] * bool(bad)
     if failed:
         raise ValueError(
-            f"{len(failed)} of {len(steps)} checkpoints fail verification (steps {', '.join(map(str, failed))}): "
-            "a start resumes from the newest that verifies"
+            f"{len(failed)} of {len(steps)} checkpoints fail verification (steps {', '.join(map(str, failed))}): {fix}"
         )

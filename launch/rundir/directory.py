@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launch.config.job_file import job_config, read_job
 from launch.config.schemas import TrainJob
-from launch.rundir.files import JOB_FILE
+from launch.rundir.files import IMPORT_FILE, JOB_FILE
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,11 @@ class RunDirectory:
         hint = "pass the run directory that `corolla train` or `corolla submit` printed"
         if not path.is_dir():
             raise ValueError(f"run_dir={run_dir} is not a directory: {hint}")
+        if (path / IMPORT_FILE).is_file():
+            raise ValueError(
+                f"run_dir={run_dir} holds a model imported from Hugging Face, not a training run: any layout reads it "
+                f"as it is; train from it with init_from={run_dir} run_dir=NEW"
+            )
         if not (path / JOB_FILE).is_file():
             raise ValueError(f"run_dir={run_dir} is not a corolla run directory (it has no {JOB_FILE}): {hint}")
         return cls(path, job_config(path / JOB_FILE))

@@ -308,11 +308,23 @@ def test_init_from_weights_whose_bytes_changed_trains_nothing_until_they_are_res
     arguments = ["train", f"init_from={imported}", f"run_dir={run_dir}", f"data.corpus={tokens.parent / 'corpus'}"]
     arguments += [f"data.cache_dir={tmp_path / 'cache'}", *RUN, "train.steps=1"]
     capsys.readouterr()
+    assert main(["checkpoint", "verify", str(imported)]) == 2  # an import's step 0 is verified as a run's checkpoints
+    said = capsys.readouterr()
+    assert f"step        0: 1 files, {len(intact) / 1e6:,.1f} MB: FAILS ({shard.name} changed" in said.out
+    assert said.err == (
+        "corolla: error: 1 of 1 checkpoints fail verification (steps 0): import the model again into a new run_dir\n"
+    )
     assert main(arguments) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"init_from's checkpoint {shard.parent} fails its checksums ({shard.name} changed since written)" in error
     assert not list((run_dir / "checkpoints").glob("step-*"))
     shard.write_bytes(intact)
+    assert main(["checkpoint", "verify", str(imported)]) == 0
+    assert main(["checkpoint", "reshard", str(imported), "tp=2"]) == 2  # nothing to reshard: any layout reads it
+    assert capsys.readouterr().err == (
+        f"corolla: error: run_dir={imported} holds a model imported from Hugging Face, not a training run: any layout "
+        f"reads it as it is; train from it with init_from={imported} run_dir=NEW\n"
+    )
     assert main(arguments) == 0  # the same command, once the files are restored
     assert [record["step"] for record in records(run_dir)] == [1]
 
