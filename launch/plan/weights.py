@@ -75,10 +75,7 @@ def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
         step_record(path / CHECKPOINTS, 0)  # complete, its files there
         return Weights(path, 0, record["model"], path / TOKENIZER_DIR, record["source"]["hf_dir"])
     if not (path / JOB_FILE).is_file():
-        raise ValueError(
-            f"{path} is neither a corolla run directory (no {JOB_FILE}) nor an imported model (no {IMPORT_FILE}): "
-            "pass a run directory, or a Hugging Face model directory where init_from takes one"
-        )
+        raise ValueError(_not_weights(path))
     if step:
         step_record(path / CHECKPOINTS, step)  # the one asked for must be a complete checkpoint
     elif not (step := latest_step(path / CHECKPOINTS) or 0):
@@ -90,6 +87,18 @@ def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
     tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
     _check_tokenizer(path, tokenizer_dir)
     return Weights(path, step, model, tokenizer_dir, None)
+
+
+def _not_weights(path: Path) -> str:
+    """Why `path` holds no weights corolla reads, and what to pass instead."""
+    if not path.exists():
+        return f"{path} does not exist: pass a run directory, an imported model or a Hugging Face model directory"
+    if holds_hf_weights(path):
+        return f"{path} holds Hugging Face weights but no {HF_CONFIG_FILE}: restore it from the model's source"
+    return (
+        f"{path} is neither a corolla run directory (no {JOB_FILE}) nor an imported model (no {IMPORT_FILE}): "
+        "pass a run directory, or a Hugging Face model directory where init_from takes one"
+    )
 
 
 def _check_tokenizer(run_dir: Path, tokenizer_dir: Path) -> None:

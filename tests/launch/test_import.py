@@ -290,6 +290,15 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     assert f"the token files in {tokens} were encoded with another tokenizer than that of init_from's weights" in (
         capsys.readouterr().err
     )
+    configless = _broken_copy(bpe_bloom, tmp_path / "configless")
+    (configless / "config.json").unlink()
+    for source, reason in {
+        tmp_path / "nowhere": "does not exist: pass a run directory, an imported model or a Hugging Face model "
+        "directory",
+        configless: "holds Hugging Face weights but no config.json: restore it from the model's source",
+    }.items():
+        assert main(["train", f"init_from={source}", f"run_dir={new_run}", f"data.tokens_dir={tokens}"]) == 2
+        assert capsys.readouterr().err == f"corolla: error: {source} {reason}\n"
     assert not new_run.exists()
 
 
