@@ -27,6 +27,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from tokenizer.files import HF_SPECIAL_TOKENS, HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE
+from tokenizer.vocab import BOS, EOS, PAD, SPECIAL_IDS, UNK
 
 SPACE = "▁"
 Piece = pb.ModelProto.SentencePiece
@@ -69,9 +70,19 @@ def write_hf_tokenizer(model_proto: bytes, out_dir: Path) -> None:
 
 def set_model_max_length(out_dir: Path, length: int) -> None:
     """The longest input the model that goes with the tokenizer in `out_dir` was trained on, as transformers reads it
-    (truncation, warnings)."""
-    config = json.loads((out_dir / HF_TOKENIZER_CONFIG).read_text(encoding="utf-8"))
-    _write_json(out_dir / HF_TOKENIZER_CONFIG, {**config, "model_max_length": length})
+    (truncation, warnings). A `tokenizer.json` alone (BLOOM's byte-level BPE, imported) gets a config of its own, which
+    names its special tokens: transformers finds none in the file itself (no padding, no end of sequence)."""
+    path = out_dir / HF_TOKENIZER_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else _bare_config(out_dir)
+    _write_json(path, {**config, "model_max_length": length})
+
+
+def _bare_config(out_dir: Path) -> dict:
+    """The tokenizer config of a `tokenizer.json` alone: the special tokens it holds at corolla's (BLOOM's) ids."""
+    vocab = Tokenizer.from_file(str(out_dir / HF_TOKENIZER_FILE)).get_vocab()
+    named = {"unk_token": UNK, "bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+    special = {key: token for key, token in named.items() if vocab.get(token) == SPECIAL_IDS[token]}
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **special}
 
 
 def _check_supported(proto: pb.ModelProto) -> None:

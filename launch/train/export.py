@@ -23,7 +23,7 @@ from launch.train.shards import ShardReader
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict
 from model.layers import EMBEDDING, model_name
-from tokenizer.files import HF_TOKENIZER_CONFIG, TOKENIZER_FILES, publish, staging_area
+from tokenizer.files import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILES, publish, staging_area
 from tokenizer.hf_export import set_model_max_length
 
 
@@ -101,7 +101,7 @@ def export_hf_model(job: ExportJob) -> None:
         for name in TOKENIZER_FILES:
             if (weights.tokenizer_dir / name).is_file():
                 shutil.copy2(weights.tokenizer_dir / name, staging / name)
-        if (staging / HF_TOKENIZER_CONFIG).is_file():
+        if any((staging / name).is_file() for name in (HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE)):
             set_model_max_length(staging, weights.model.seq_length)
         publish(staging, output, job.overwrite)
     parameters = sum(tensor.numel() for tensor in state.values())

@@ -18,7 +18,7 @@ from distributed import run_ranks
 from megatron.core import parallel_state
 from mlflow.tracking import MlflowClient
 from test_training import records
-from transformers import BloomConfig, BloomForCausalLM
+from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
 
 from conftest import (
     MULTILINGUAL,
@@ -88,6 +88,10 @@ def test_import_then_export_gives_back_every_tensor_bit_for_bit(bloom: str, requ
     assert all(torch.equal(original[name], exported[name]) for name in original)
     tokenizer = "tokenizer.model" if bloom == "corolla_bloom" else "tokenizer.json"
     assert (tmp_path / "hf" / tokenizer).read_bytes() == (hf_dir / tokenizer).read_bytes()
+    # transformers' tokenizer of it knows the model's special tokens and length, a tokenizer.json alone too.
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert (loaded.unk_token_id, loaded.bos_token_id, loaded.eos_token_id, loaded.pad_token_id) == (0, 1, 2, 3)
+    assert loaded.model_max_length == SHAPE["seq_length"]
 
 
 def test_an_export_onto_a_full_disk_is_said_in_one_line(capsys, bpe_bloom: Path, tmp_path: Path) -> None:
