@@ -29,7 +29,7 @@ class TokenizerChanged(ValueError):
         if Path(run_tokens_dir).resolve() == Path(tokens_dir).resolve():
             fix = (
                 f"they were encoded again in place: encode {tokens_dir} again with the run's tokenizer "
-                f"({trained[:8]}) where it still exists, or train them in a new run_dir"
+                f"({trained[:8]}) and overwrite=true where it still exists, or train them in a new run_dir"
             )
         else:
             fix = f"use the run's data (data.tokens_dir={run_tokens_dir}) or start a new run_dir"

@@ -101,7 +101,7 @@ def test_token_files_of_another_tokenizer_are_refused_whether_re_encoded_in_plac
     err = refused(capsys, Path("run"), "data.tokens_dir=tokens")
     assert (
         f"encoded with {theirs[:8]}: they were encoded again in place: encode tokens again with the run's tokenizer "
-        f"({ours[:8]}) where it still exists, or train them in a new run_dir"
+        f"({ours[:8]}) and overwrite=true where it still exists, or train them in a new run_dir"
     ) in err
 
 
