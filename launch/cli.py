@@ -223,6 +223,7 @@ def _error_line(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_options_last(sys.argv[1:] if argv is None else argv))
     command: Command = args.command_spec
+    compat.quiet_library_notices(cpu_by_design=True)
     with _terminated_as_interrupted():
         return _run(command, args)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
@@ -49,6 +51,20 @@ def check_versions(packages: tuple[str, ...] = ("torch", "deepspeed", "megatron-
 # deepspeed 0.19.8, megatron-core 0.16.1
 
 
+def quiet_library_notices(cpu_by_design: bool = False) -> None:
+    """Drops what the training libraries print at import that tells a corolla user nothing: megatron-core's warnings
+    that Transformer Engine and Apex are not installed (corolla uses neither), a line each for four of its modules,
+    in every process. `cpu_by_design` (corolla's own process: an export, a reshard, on CPU whatever the machine) drops
+    DeepSpeed's warning that it found no GPU too; in a rank it stays, the sign of a GPU node whose GPUs are not seen."""
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed", category=UserWarning)
+    if cpu_by_design:
+        logging.getLogger("DeepSpeed").addFilter(_not_the_cpu_notice)  # once: the same filter is added once
+
+
+def _not_the_cpu_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
 def import_training_libraries() -> None:
     """deepspeed and megatron-core, imported for a rank without what corolla never uses: seconds of every rank's
     start. Called before anything imports them (python -m launch.train, the Slurm task).
@@ -59,6 +75,7 @@ def import_training_libraries() -> None:
       first call, as it does anyway for its compilation: only the compiler's import moves."""
     if "deepspeed" in sys.modules or "mlflow" in sys.modules:
         return
+    quiet_library_notices()
     sys.modules["mlflow"] = None  # type: ignore[assignment]
     try:
         import deepspeed  # noqa: F401
@@ -277,8 +294,6 @@ def telling_lines(error: Exception) -> list[str]:
 def quiet_mlflow_store() -> None:
     """MLflow's SQL store logs a database error's whole traceback before it raises; corolla says the error in one
     line itself (launch/rundir/outbox.py)."""
-    import logging
-
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 

@@ -158,6 +158,7 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell,
     for path in ("train/checkpoints/latest", "train/loss.png", "train/run.json", "hf/config.json", "hf/tokenizer.json"):
         assert (demo / path).is_file(), path
     assert "parity did not tune on" in first and "MLflow run" in first and "bits per byte" in first
+    assert "Transformer Engine and Apex are not installed" not in first  # megatron's, of what corolla never uses
     validation = json.loads((demo / "train" / "validation.jsonl").read_text().splitlines()[-1])
     assert set(validation["bpb"]) == set(validation["loss"]) == set(LANGUAGES)
     written = {
