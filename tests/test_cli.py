@@ -445,3 +445,19 @@ def test_a_value_hydra_cannot_read_is_refused_with_the_quoting_that_works(capsys
     )
     code, out, _ = run(capsys, "train", "--cfg", suggested)
     assert code == 0 and yaml.safe_load(out)["run_dir"] == path
+
+
+@pytest.mark.parametrize("override", ["model.hidden_size=128", "model=bloom-560m", "model.num_layers=4"])
+def test_a_model_shape_given_with_init_from_is_refused_not_dropped(capsys, override: str) -> None:
+    """The weights' shape is the model's: the override would be dropped without a word, the run another than asked."""
+    code, _, err = run(capsys, "train", "--dry-run", "init_from=runs/none", override)
+    assert code == 2 and err == (
+        f"corolla: error: {override}: with init_from the model's shape is the weights' own; drop it (a job sets only "
+        "model.seq_length, model.attention, model.compile, model.hidden_dropout, model.attention_dropout on weights "
+        "it starts from)"
+    )
+    code, _, err = run(capsys, "train", "--dry-run", "init_from=runs/none", "model.seq_length=64")
+    assert err == (  # a setting the job keeps: on to the weights' own check
+        "corolla: error: runs/none does not exist: pass a run directory, an imported model or a Hugging Face model "
+        "directory"
+    )

@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.config.schemas import (
+    JOB_MODEL_SETTINGS,
     CancelJob,
     ExportJob,
     ImportJob,
@@ -221,6 +222,17 @@ def _deleted_required(cfg: DictConfig, prefix: str = "") -> list[str]:
     return deleted
 
 
+def _check_shape_not_set(overrides: list[str]) -> None:
+    """With init_from, the model's shape is the weights': an override of it would be dropped without a word."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key == "model" or (key.startswith("model.") and key.removeprefix("model.") not in JOB_MODEL_SETTINGS):
+            raise ConfigError(
+                f"{override}: with init_from the model's shape is the weights' own; drop it (a job sets only "
+                f"{', '.join(f'model.{name}' for name in JOB_MODEL_SETTINGS)} on weights it starts from)"
+            )
+
+
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
     """The resolved config (for printing and recording) and its typed, validated object."""
     cfg = compose_config(command, overrides)
@@ -231,7 +243,10 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
             raise ConfigError(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
         _check_no_empty_directory(cfg)
         _check_known_keys(cfg)
-        return cfg, OmegaConf.to_object(cfg)
+        job = OmegaConf.to_object(cfg)
+        if getattr(job, "init_from", None):
+            _check_shape_not_set(overrides)
+        return cfg, job
     except (OmegaConfBaseException, ValueError) as error:
         if isinstance(error, ConfigError):
             raise

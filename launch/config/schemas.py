@@ -168,8 +168,8 @@ class TrainJob:
     run_dir: str = "runs/train"
     seed: int = 1234
     # The weights a new run starts from, with a fresh optimizer and LR schedule: a corolla run directory (its latest
-    # checkpoint), an imported model or a Hugging Face BloomForCausalLM directory. The model's shape and the tokenizer
-    # that encodes data.corpus are then theirs. None: random weights.
+    # checkpoint), an imported model or a Hugging Face BloomForCausalLM directory. The model's shape (all of `model`
+    # but JOB_MODEL_SETTINGS) and the tokenizer that encodes data.corpus are then theirs. None: random weights.
     init_from: str | None = None
     # With init_from and data.tokenizer_dir (or token files) of an extension of the weights' tokenizer: the embedding
     # grows, and its new rows start as this says.
@@ -177,6 +177,12 @@ class TrainJob:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+
+
+# The model settings a job keeps for itself on weights it starts from (init_from) or resumes (a relaunch): the weights
+# do not depend on them. The rest of the model's config is the weights' own, which a relaunch must keep (its name only
+# labels them).
+JOB_MODEL_SETTINGS = ("seq_length", "attention", "compile", "hidden_dropout", "attention_dropout")
 
 
 def check_step(step: int) -> None:

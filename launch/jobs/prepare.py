@@ -13,7 +13,7 @@ from pathlib import Path
 
 from launch.config.data import DataConfig
 from launch.config.job_file import job_yaml, read_job
-from launch.config.schemas import ImportJob, TrainJob
+from launch.config.schemas import JOB_MODEL_SETTINGS, ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.facts import DataFacts, TokenizerChanged
 from launch.data.prepare import inspect_data, prepare_data
@@ -29,10 +29,6 @@ from tokenizer.files import ADDED_PIECES_FILE, write_atomically
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE
 
-# The model settings a job keeps for itself on weights it starts from (init_from) or resumes (a relaunch): the weights
-# do not depend on them. The rest of the model's config is the weights' own, which a relaunch must keep (its name only
-# labels them).
-JOB_MODEL_SETTINGS = ("seq_length", "attention", "compile", "hidden_dropout", "attention_dropout")
 WEIGHTS_MODEL_SETTINGS = tuple(f.name for f in fields(ModelConfig) if f.name not in (*JOB_MODEL_SETTINGS, "name"))
 
 
