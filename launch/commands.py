@@ -19,9 +19,26 @@ from launch.config.schemas import (
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
 from launch.jobs.monitor import status_lines
-from launch.rundir.checkpoints import CheckpointError, CheckpointRemoved, complete_steps, reading, step_record, verify
+from launch.rundir.checkpoints import (
+    CheckpointError,
+    CheckpointRemoved,
+    complete_steps,
+    dangling_latest,
+    reading,
+    step_record,
+    verify,
+)
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHAIN_FILE, CHECKPOINTS, IMPORT_FILE, JOB_FILE, JOBS_FILE, TRAIN_DIR, VALIDATION_FILE
+from launch.rundir.files import (
+    CHAIN_FILE,
+    CHECKPOINTS,
+    IMPORT_FILE,
+    JOB_FILE,
+    JOBS_FILE,
+    LATEST,
+    TRAIN_DIR,
+    VALIDATION_FILE,
+)
 from launch.rundir.lock import holding
 from launch.rundir.run_record import masked, recorded_run
 from slurm.backend import SlurmBackend
@@ -152,7 +169,12 @@ def verify_checkpoints(job: VerifyJob) -> None:
                 bad, verdict = [str(error)], f"FAILS ({error})"
         print(f"step {step:>8}: {verdict}")
         failed += [step] * bool(bad)
+    pointer = None if job.step else dangling_latest(directory)
+    if pointer:
+        print(f"{LATEST:>13}: FAILS ({pointer})")
     if failed:
         raise ValueError(
             f"{len(failed)} of {len(steps)} checkpoints fail verification (steps {', '.join(map(str, failed))}): {fix}"
         )
+    if pointer:
+        raise ValueError(pointer)

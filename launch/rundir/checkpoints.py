@@ -168,6 +168,21 @@ def _unpointed(directory: Path, complete: list[str], latest: str | None) -> list
     ]
 
 
+def dangling_latest(directory: Path) -> str | None:
+    """What is wrong with `latest` when it names no complete checkpoint (its tag garbled, or the checkpoint's record
+    gone), in one line with the fix; None when it names one, is absent, or moved on while read (a training that runs
+    saved a newer checkpoint and removed the one read)."""
+    tag = latest_tag(directory)
+    sound = tag is None or (is_checkpoint_tag(tag) and (directory / tag / COMPLETE).is_file())
+    if sound or latest_tag(directory) != tag:  # read again after the check, as `latest` only ever moves on
+        return None
+    try:
+        complete_record(directory, tag)
+    except CheckpointError as error:
+        return str(error)
+    return None
+
+
 def set_aside_newer(directory: Path, step: int) -> list[str]:
     """Points `latest` at `step`'s checkpoint, the one a start resumes from (0: none), and moves every complete one
     newer than it into SET_ASIDE, where the steps trained again cannot overwrite them; their paths there. A

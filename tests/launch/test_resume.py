@@ -213,10 +213,10 @@ def test_a_save_cut_off_between_its_record_and_latest_is_resumed_from(
     "latest", [b"hello world", b"", b"..", b"garbage\x00\xff", b"../../other/checkpoints/step-00000002"]
 )
 def test_a_garbled_latest_pointer_is_passed_over_for_the_newest_complete_checkpoint(
-    uninterrupted_run, tmp_path, latest: bytes
+    capsys, uninterrupted_run, tmp_path, latest: bytes
 ) -> None:
-    """Whatever `latest` holds, a start tries the complete checkpoints, and nothing follows it as a path (status and
-    export say what is wrong with it, in one line)."""
+    """Whatever `latest` holds, a start tries the complete checkpoints, and nothing follows it as a path (status,
+    export and verify say what is wrong with it, in one line)."""
     checkpoints = stopped_copy(uninterrupted_run, tmp_path / "run", 4) / "checkpoints"
     (checkpoints / LATEST).write_bytes(latest)
     passed_over: list[str] = []
@@ -224,6 +224,30 @@ def test_a_garbled_latest_pointer_is_passed_over_for_the_newest_complete_checkpo
     assert len(passed_over) == 1 and "not a checkpoint's tag: write the newest complete one's" in passed_over[0]
     with pytest.raises(CheckpointError, match=r"complete: step-00000002, step-00000004\)$"):
         latest_step(checkpoints)
+    capsys.readouterr()
+    assert main(["checkpoint", "verify", str(checkpoints.parent)]) == 2
+    out, err = capsys.readouterr()
+    assert out.count("verified") == 2 and "       latest: FAILS (" in out
+    assert err.startswith("corolla: error: ") and err.endswith("(complete: step-00000002, step-00000004)\n")
+
+
+def test_a_latest_pointer_naming_a_checkpoint_whose_record_is_gone_fails_verification(
+    capsys, tokens: Path, uninterrupted_run: Path, tmp_path: Path
+) -> None:
+    """Every complete checkpoint verifying is not enough when `latest`, what an export and a reshard take, names one
+    that is not complete: verify says so and fails; a start resumes from the newest complete one and mends it."""
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 4)  # checkpoints at steps 2 and 4
+    checkpoints = run_dir / "checkpoints"
+    (checkpoints / "step-00000004" / COMPLETE).unlink()
+    capsys.readouterr()
+    assert main(["checkpoint", "verify", str(run_dir)]) == 2
+    out, err = capsys.readouterr()
+    assert out.count("verified") == 1 and "       latest: FAILS (" in out
+    named = f"{checkpoints / LATEST} names step-00000004, which is not a complete checkpoint: restore its files"
+    assert err.startswith(f"corolla: error: {named}") and err.count("\n") == 1
+    assert train(run_dir, tokens) == 0
+    capsys.readouterr()
+    assert main(["checkpoint", "verify", str(run_dir)]) == 0
 
 
 @pytest.mark.parametrize("files", [{"model.pt": "x"}, [1], {"model.pt": {"bytes": 1}}])
