@@ -223,6 +223,27 @@ def test_a_negative_seed_trains_no_tokenizer_and_shows_no_traceback(capsys, tmp_
 
 
 @pytest.mark.parametrize(
+    "command",
+    [
+        "train parallel.activation_checkpointing=2",
+        "export hf run_dir=x output_dir=y overwrite=-1",
+        "train cluster.exclusive=7",
+    ],
+)
+def test_a_switch_given_a_count_is_refused(capsys, command: str) -> None:
+    """OmegaConf takes any number as true: `parallel.activation_checkpointing=2` switched it on without a word."""
+    *words, setting = command.split()
+    key, value = setting.split("=")
+    code, _, err = run(capsys, *words, setting, "--cfg")
+    assert (
+        code == 2
+        and err.strip() == f"corolla: error: {key}={value} is not a switch's value: write {key}=true or {key}=false"
+    )
+    code, out, _ = run(capsys, *words, f"{key}=1", "--cfg")
+    assert code == 0 and f"{key.rsplit('.', 1)[-1]}: true" in out
+
+
+@pytest.mark.parametrize(
     ("command", "expected"),
     [
         ("checkpoint reshard runs/x tp=-1", "tp=-1 pp=0 dp=0: each must be at least 1, or 0 for as saved"),

@@ -233,9 +233,21 @@ def _check_shape_not_set(overrides: list[str]) -> None:
             )
 
 
+def _check_switches(cfg: DictConfig, overrides: list[str]) -> None:
+    """An on/off knob given a number other than 0 or 1: OmegaConf takes any number as true, so a knob misread as a
+    count (`parallel.activation_checkpointing=2`) would switch it on without a word."""
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key, value = override.key_or_group, override.value()
+        if override.is_delete() or type(value) is not int or value in (0, 1):
+            continue
+        if isinstance(OmegaConf.select(cfg, key, default=None), bool):
+            raise ConfigError(f"{key}={value} is not a switch's value: write {key}=true or {key}=false")
+
+
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
     """The resolved config (for printing and recording) and its typed, validated object."""
     cfg = compose_config(command, overrides)
+    _check_switches(cfg, overrides)
     try:
         OmegaConf.resolve(cfg)
         missing = sorted({*OmegaConf.missing_keys(cfg), *_deleted_required(cfg)})
