@@ -113,11 +113,13 @@ def verify(directory: Path, step: int) -> tuple[int, int, list[str]]:
     return len(entries), sum(size for size, _ in entries.values()), bad
 
 
-def verified(directory: Path, step: int, then: str) -> None:
+def verified(directory: Path, step: int, command: str) -> None:
     """The checkpoint of `step` hashes whole to what COMPLETE says; else a CheckpointError naming the files that do
-    not, and `then`, what to do instead."""
+    not, and the other checkpoints `command` (export, reshard) may take instead."""
     _, _, bad = verify(directory, step)
     if bad:
+        others = ", ".join(str(other) for other in complete_steps(directory) if other != step)
+        then = f"{command} another with step=N (complete: {others})" if others else f"no other is complete to {command}"
         raise CheckpointError(
             f"checkpoint {directory / checkpoint_tag(step)} fails its checksums ({', '.join(bad)}): {then}"
         )

@@ -67,7 +67,7 @@ def _read_weights(job: ExportJob, weights: Weights, tries: int = 3) -> tuple[Wei
 def _verified_state(weights: Weights) -> dict[str, torch.Tensor]:
     directory, step = weights.checkpoints, weights.step
     with reading(directory, step):  # there a moment ago, when weights_of found it
-        verified(directory, step, then="export another")
+        verified(directory, step, "export")
     with reading(directory, step):
         return full_state_dict(directory, step, weights.model)
 

@@ -89,7 +89,7 @@ def reshard(job: ReshardJob) -> None:
     step = job.step or latest_step(directory)
     if not step:
         raise ValueError(f"{run_dir} has no complete checkpoint to reshard: train it first")
-    verified(directory, step, then="reshard another")
+    verified(directory, step, "reshard")
     saved = checkpoint_layout(directory, step)
     target = ParallelLayout(job.tp or saved.tp, job.pp or saved.pp, job.dp or saved.dp)
     problems = target.problems(train_job.model, train_job.train)

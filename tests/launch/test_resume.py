@@ -150,9 +150,9 @@ def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_newest_that_ver
     # Neither exported nor resharded: each says which file changed, and what to do instead.
     damage = f"checkpoint {damaged.parent} fails its checksums ({damaged.name} changed since written)"
     assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={run_dir.parent / 'hf'}", "step=4"]) == 2
-    assert capfd.readouterr().err.strip().endswith(f"{damage}: export another")
+    assert capfd.readouterr().err.strip().endswith(f"{damage}: export another with step=N (complete: 2)")
     assert main(["checkpoint", "reshard", f"run_dir={run_dir}", "step=4", "tp=2"]) == 2
-    assert capfd.readouterr().err.strip().endswith(f"{damage}: reshard another")
+    assert capfd.readouterr().err.strip().endswith(f"{damage}: reshard another with step=N (complete: 2)")
     assert damaged.read_bytes() == damaged_bytes and not (run_dir.parent / "hf").exists()
     assert train(run_dir, tokens) == 0
     passed_over = "step-00000004 (model-tp00of01-pp00of01.pt changed since written) fails its checksums"
