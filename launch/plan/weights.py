@@ -84,6 +84,13 @@ def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
         layout = checkpoint_layout(path / CHECKPOINTS, step)
     job = read_job(path / JOB_FILE)
     model = replace(job.model, embedding_rows=job.model.padded_vocab_size(layout.tp))
+    tokens_dir = Path(job.data.tokens_dir)
+    if not tokens_dir.is_absolute() and not tokens_dir.exists():
+        raise ValueError(
+            f"{path / JOB_FILE} names its token files by a path relative to where the run was launched "
+            f"(data.tokens_dir: {tokens_dir}, as an older corolla wrote it): run this from there, or write their "
+            "absolute path into it"
+        )
     tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
     _check_tokenizer(path, tokenizer_dir)
     return Weights(path, step, model, tokenizer_dir, None)

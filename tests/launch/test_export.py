@@ -157,3 +157,11 @@ def test_a_run_launched_with_relative_paths_is_exported_and_continued_from_anywh
     assert AutoTokenizer.from_pretrained(tmp_path / "hf")("Bonjour", add_special_tokens=False)["input_ids"]
     continued = ["train", "init_from=launched/run", "run_dir=continued", f"data.tokens_dir={tokens}", *SHORT_RUN]
     assert main([*continued, "train.steps=1"]) == 0, capsys.readouterr().err
+    job_file = launched / "run" / "job.yaml"  # as an older corolla wrote it: the path as given
+    job_file.write_text(job_file.read_text().replace(f"tokens_dir: {tokens}", f"tokens_dir: {relative}"))
+    capsys.readouterr()
+    assert main(["export", "hf", "run_dir=launched/run", "output_dir=hf2"]) == 2
+    relative_named = "launched/run/job.yaml names its token files by a path relative to where the run was launched"
+    assert capsys.readouterr().err.startswith(f"corolla: error: {relative_named} (data.tokens_dir: {relative},")
+    monkeypatch.chdir(launched)
+    assert main(["export", "hf", "run_dir=run", f"output_dir={tmp_path / 'hf2'}"]) == 0
