@@ -28,6 +28,7 @@ import zstandard
 from tqdm import tqdm
 
 from tokenizer.config import SizeMeasure
+from tokenizer.files import not_a_directory
 from tokenizer.hygiene import HygieneStats, clean_text
 
 LANGUAGE_CODE = re.compile(r"^([a-z]{3})_([A-Z][a-z]{3})$")
@@ -122,8 +123,7 @@ def _source(corpus: Path, path: Path) -> Source | None:
 
 def discover_sources(corpus_dir: str | Path) -> list[Source]:
     corpus = Path(corpus_dir)
-    if not corpus.is_dir():
-        problem = "is a file, not a directory" if corpus.exists() else "does not exist"
+    if problem := not_a_directory(corpus):
         raise CorpusError(
             f"corpus directory {corpus} {problem}: pass corpus=DIR with <lang>.txt or .jsonl files, or "
             "per-language directories of shards"

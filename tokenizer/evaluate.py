@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from tokenizer.corpus import check_language_code
-from tokenizer.files import write_atomically
+from tokenizer.files import not_a_directory, write_atomically
 from tokenizer.loading import TextTokenizer, load_tokenizer
 
 Parallel = dict[str, list[str]]
@@ -37,8 +37,7 @@ def load_parallel(parallel_dir: str | Path, reference: str = "eng_Latn", referen
     """Reads every `<lang>.txt` of `parallel_dir` (other files such as MANIFEST.tsv are ignored), sorted by code.
     `reference_key`: the override that sets `reference`, named in the error when it has no file."""
     directory = Path(parallel_dir)
-    if not directory.is_dir():
-        problem = "is a file, not a directory" if directory.exists() else "does not exist"
+    if problem := not_a_directory(directory):
         raise ParallelError(
             f"parallel directory {directory} {problem}: pass a directory of <lang>.txt files "
             "where line i is the same sentence in every file"

@@ -37,6 +37,13 @@ def read_json(path: Path, fix: str) -> object:
         raise ValueError(f"{path} is not text: {fix}") from None
 
 
+def not_a_directory(path: Path) -> str | None:
+    """Why `path` is not a directory to read, in a few words; None when it is one."""
+    if path.is_dir():
+        return None
+    return "is a file, not a directory" if path.exists() else "does not exist"
+
+
 def sha256_of(path: Path) -> str:
     """The SHA-256 of a file's bytes, read a block at a time."""
     digest = hashlib.sha256()

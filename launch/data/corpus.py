@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tokenizer.files import exclusively
+from tokenizer.files import exclusively, not_a_directory
 from tokenizer.token_files import MANIFEST_NAME, MANIFEST_VERSION, TokenFile
 
 if TYPE_CHECKING:  # a rank loads no tokenizer library
@@ -121,8 +121,8 @@ def _manifest_shaped(manifest: object) -> bool:
 
 
 def _read_manifest(tokens_dir: Path) -> dict:
-    if not tokens_dir.is_dir():
-        raise ValueError(f"tokens_dir {tokens_dir} does not exist: run `corolla tokenizer encode output_dir=...` first")
+    if problem := not_a_directory(tokens_dir):
+        raise ValueError(f"tokens_dir {tokens_dir} {problem}: run `corolla tokenizer encode output_dir=...` first")
     path = tokens_dir / MANIFEST_NAME
     if not path.is_file():
         encoding = f"tokens_dir {tokens_dir} is being encoded by another command: wait for it to end"
