@@ -48,6 +48,11 @@ class ParallelConfig:
     elastic: bool = False
 
     def __post_init__(self) -> None:
+        if min(self.tp, self.pp) < 1 or self.dp < 0:
+            raise ValueError(
+                f"parallel.tp={self.tp} and parallel.pp={self.pp} must be at least 1, parallel.dp={self.dp} at least 1 "
+                "or 0 (DP from the world size)"
+            )
         if self.zero_stage not in (0, 1):
             raise ValueError(f"parallel.zero_stage={self.zero_stage}: corolla trains with ZeRO stage 0 or 1")
 

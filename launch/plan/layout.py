@@ -31,8 +31,6 @@ class ParallelLayout:
     @classmethod
     def for_world(cls, tp: int, pp: int, dp: int, world_size: int | None) -> ParallelLayout:
         """dp=0 means "whatever the world size leaves"; otherwise the product must be the world size."""
-        if min(tp, pp) < 1 or dp < 0:
-            raise ValueError(f"parallel.tp={tp}, parallel.pp={pp} must be at least 1 and parallel.dp={dp} not negative")
         if dp == 0:
             if world_size is None or world_size % (tp * pp):
                 raise ValueError(

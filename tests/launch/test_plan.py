@@ -91,6 +91,15 @@ def test_plan_refuses_bad_cluster_descriptions(capsys, overrides: list[str], exp
     assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
 
 
+@pytest.mark.parametrize("axis", ["parallel.tp=0", "parallel.pp=0", "parallel.tp=-4", "parallel.dp=-1"])
+def test_plan_refuses_a_layout_axis_below_one_in_one_line(capsys, axis: str) -> None:
+    """parallel.tp=0 was a ZeroDivisionError's traceback; a negative one was planned around, as if not given."""
+    code, out, err = run(capsys, "plan", "experiment=bloom-176b", axis)
+    assert code == 2 and out == ""
+    assert err.startswith("corolla: error: ") and "\n" not in err
+    assert axis in err and "must be at least 1" in err
+
+
 def dry_run(tokens: Path, run_dir: Path, *overrides: str) -> list[str]:
     # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation (below).
     small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
