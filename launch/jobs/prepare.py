@@ -18,7 +18,14 @@ from launch.data.corpus import TokenCorpus
 from launch.data.facts import DataFacts, TokenizerChanged
 from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
-from launch.plan.weights import Weights, import_record, is_hf_directory, weights_of
+from launch.plan.weights import (
+    Weights,
+    embedding_rows_problem,
+    import_record,
+    is_hf_directory,
+    saved_embedding_rows,
+    weights_of,
+)
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
@@ -65,6 +72,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     if start:
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
+    _check_embedding_rows(plans, saved)
     if shortfall := validation_shortfall(plans, job):
         print(shortfall)
     if dry_run:
@@ -180,6 +188,18 @@ def _check_shape(model: ModelConfig, saved: SavedRun) -> None:
         f"run_dir={saved.run_dir} holds checkpoints of {theirs}, this job has {ours}: use the run's model settings "
         "(and data) or a new run_dir"
     )
+
+
+def _check_embedding_rows(plans: list[RunPlan], saved: SavedRun | None) -> None:
+    """The checkpoint a relaunch resumes holds the embedding padded for the TP it was saved with: every layout the
+    job may start on must pad the vocabulary to as many rows, or its ranks would start only to fail as they load."""
+    if saved is None or not saved.job.model.vocab_size:
+        return
+    rows, saved_tp = saved_embedding_rows(saved.job.model, saved.run_dir / CHECKPOINTS, saved.step)
+    for plan in plans:
+        if plan.padded_vocab_size != rows:
+            problem = embedding_rows_problem(saved.job.model, rows, saved_tp, plan.layout.tp)
+            raise ValueError(f"run_dir={saved.run_dir} resumes step {saved.step}: {problem}")
 
 
 def _imported(source: Path, job: TrainJob, dry_run: bool) -> Path:

@@ -135,6 +135,25 @@ def checkpoint_layout(directory: Path, step: int, key: str = "layout") -> Parall
     return ParallelLayout(**record[key])
 
 
+def embedding_rows_problem(model: ModelConfig, rows: int, saved_tp: int, tp: int) -> str | None:
+    """Why a checkpoint whose embedding has `rows` rows (saved under TP=`saved_tp`) cannot go to a layout of TP=`tp`,
+    or None: the vocabulary is padded to 128 x TP, and another TP that pads it to other rows cannot take the
+    embedding."""
+    padded = model.padded_vocab_size(tp)
+    if rows == padded:
+        return None
+    return (
+        f"the checkpoint's embedding has {rows} rows, the vocabulary padded for TP={saved_tp}, but TP={tp} pads it to "
+        f"{padded}: choose a TP that pads it to {rows}, such as parallel.tp={saved_tp}"
+    )
+
+
+def saved_embedding_rows(model: ModelConfig, checkpoints: Path, step: int) -> tuple[int, int]:
+    """(the embedding's rows, the TP they are laid out for) of a run's checkpoint of `step`, trained as `model`."""
+    tp = checkpoint_layout(checkpoints, step).tp
+    return model.padded_vocab_size(tp), tp
+
+
 # A Hugging Face model directory's files: its config, and its weights whole or as an index of shards.
 HF_CONFIG_FILE = "config.json"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

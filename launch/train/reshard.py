@@ -14,7 +14,7 @@ from pathlib import Path
 from launch.config.schemas import ReshardJob
 from launch.plan.layout import ParallelLayout
 from launch.plan.stages import stage_cut
-from launch.plan.weights import checkpoint_layout
+from launch.plan.weights import checkpoint_layout, embedding_rows_problem
 from launch.rundir.checkpoints import CheckpointError, file_entries, latest_step, step_record, verified
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, COMPLETE, checkpoint_tag, shard_file
@@ -33,12 +33,8 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
     layout it had. One that fails (a full disk: a CheckpointError that says so) removes what it wrote."""
     directory, saved = checkpoints / checkpoint_tag(step), checkpoint_layout(checkpoints, step)
     reader = ShardReader(directory, saved)
-    rows = reader.full_size(TIED_EMBEDDING, 0)
-    if rows != model.padded_vocab_size(target.tp):
-        raise ShardError(
-            f"the embedding has {rows} rows, padded for TP={saved.tp}, but TP={target.tp} pads the vocabulary to "
-            f"{model.padded_vocab_size(target.tp)}: choose a TP that pads it to {rows}"
-        )
+    if problem := embedding_rows_problem(model, reader.full_size(TIED_EMBEDDING, 0), saved.tp, target.tp):
+        raise ShardError(problem)
     checksums = {name: sha for name, (_, sha) in file_entries(step_record(checkpoints, step)).items()}
     for path in directory.rglob("*"):  # written by a reshard stopped halfway: no layout's, whatever it was for
         if path.is_file() and str(path.relative_to(directory)) not in {*checksums, COMPLETE}:

@@ -197,3 +197,39 @@ def test_a_slice_for_another_tp_width_is_cut_from_the_old_slices_exactly(tmp_pat
                 assert torch.equal(reader.local(name, "exp_avg", tp, tp_rank), expected)
     with pytest.raises(ShardError, match="TP=16 cannot split evenly"):
         reader.local("3.self_attention.dense.weight", "weight", 16, 0)
+
+
+def test_a_tp_that_pads_the_vocabulary_to_other_rows_is_refused_before_any_rank_starts(
+    capsys, tokens, tmp_path
+) -> None:
+    """The test tokenizer's 2,000 tokens are padded to 2,048 rows at TP 1, 2 and 4, but to 2,304 at TP 3 (a model of
+    six heads takes it). A resume on TP 3 was called valid by --dry-run, then started its ranks, which failed as they
+    loaded the embedding; now the launch refuses it, as the offline reshard does, and the run is left as it was."""
+    six_heads = ["model.hidden_size=96", "model.num_heads=6", "model.num_layers=3", "train.steps=2"]
+    run_dir = tmp_path / "run"
+    assert train(run_dir, tokens, *six_heads) == 0
+    capsys.readouterr()
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    expected = (
+        "the checkpoint's embedding has 2048 rows, the vocabulary padded for TP=1, but TP=3 pads it to 2304: choose "
+        "a TP that pads it to 2048, such as parallel.tp=1"
+    )
+    for dry_run in ([], ["--dry-run"]):
+        code = main(
+            [
+                "train",
+                *dry_run,
+                f"data.tokens_dir={tokens}",
+                f"run_dir={run_dir}",
+                *RUN,
+                *six_heads,
+                "train.steps=4",
+                "parallel.tp=3",
+            ]
+        )
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"corolla: error: run_dir={run_dir} resumes step 2: {expected}"
+    assert reshard(run_dir, "tp=3") == 2
+    assert capsys.readouterr().err.strip() == f"corolla: error: {expected}"
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
