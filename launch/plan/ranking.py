@@ -17,6 +17,7 @@ from launch.plan.arithmetic import hardware_flops_per_step
 from launch.plan.hardware import GIB, Hardware
 from launch.plan.layout import ParallelLayout
 from launch.plan.memory import Candidate, Implementation, MemoryEstimate, corolla_on_gpus, estimate_memory
+from launch.plan.stages import stage_problems
 from launch.plan.step_time import StepTime, estimate_step_time
 from model.config import ModelConfig
 
@@ -28,6 +29,8 @@ class Plan:
     time: StepTime
     fits: bool
     tflops_per_gpu: float  # hardware FLOPs (recomputation counted) a second and GPU, as BLOOM and Megatron report
+    # `corolla train` takes the layout: none of its pipeline stages holds the output embedding alone (stages.py)
+    trainable: bool = True
 
     @property
     def memory_gib(self) -> float:
@@ -56,6 +59,7 @@ class Plan:
             "zero_stage": c.zero_stage,
             "memory_gib": round(self.memory_gib, 2),
             "fits": self.fits,
+            "trainable": self.trainable,
             "step_time_s": round(self.time.total, 3),
             "tflops_per_gpu": round(self.tflops_per_gpu, 1),
             "memory_parts_gib": {name: round(value, 3) for name, value in self.memory.gib().items()},
@@ -74,7 +78,9 @@ def evaluate(
         model, candidate.global_batch, candidate.layout.tp, recompute=candidate.activation_checkpointing
     )
     fits = memory.total <= hardware.gpu_memory_gib * GIB
-    return Plan(candidate, memory, time, fits, flops / time.total / candidate.layout.world_size / 1e12)
+    pp = candidate.layout.pp
+    trainable = pp <= model.num_layers and not stage_problems(model, pp)
+    return Plan(candidate, memory, time, fits, flops / time.total / candidate.layout.world_size / 1e12, trainable)
 
 
 def _divisors(number: int) -> list[int]:
@@ -133,6 +139,11 @@ def plan_layouts(
     return rank([evaluate(model, candidate, hardware, implementation) for candidate in found])
 
 
+def recommended(plans: list[Plan]) -> Plan | None:
+    """The fastest plan that fits and that `corolla train` takes; None if none does."""
+    return next((plan for plan in plans if plan.fits and plan.trainable), None)
+
+
 def _distance(plan: Plan, wanted: Candidate) -> tuple:
     """How far a plan is from the wanted candidate: layout axes changed, other knobs changed, how much, speed."""
     have = plan.candidate
@@ -152,6 +163,7 @@ def _distance(plan: Plan, wanted: Candidate) -> tuple:
 
 
 def nearest_fitting(plans: list[Plan], wanted: Candidate) -> Plan | None:
-    """The fitting plan that changes the fewest things about `wanted` (the layout last), the fastest of equals."""
-    fitting = [plan for plan in plans if plan.fits]
+    """The fitting plan `corolla train` takes that changes the fewest things about `wanted` (the layout last), the
+    fastest of equals."""
+    fitting = [plan for plan in plans if plan.fits and plan.trainable]
     return min(fitting, key=lambda plan: _distance(plan, wanted)) if fitting else None

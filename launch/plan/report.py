@@ -12,7 +12,15 @@ from launch.plan.arithmetic import parameter_count
 from launch.plan.hardware import GIB, Hardware
 from launch.plan.layout import ParallelLayout
 from launch.plan.memory import Candidate
-from launch.plan.ranking import Plan, best_per_layout, describe, evaluate, nearest_fitting, plan_layouts
+from launch.plan.ranking import (
+    Plan,
+    best_per_layout,
+    describe,
+    evaluate,
+    nearest_fitting,
+    plan_layouts,
+    recommended,
+)
 from model.config import ModelConfig
 
 HEADER = " rank  TP  PP  DP  micro  recompute  ZeRO  GiB/GPU  fits  s/step  TFLOP/s  compute  bubble  comm"
@@ -108,8 +116,14 @@ def show_plan(job: PlanJob, json: bool = False) -> None:
     print(HEADER)
     for rank, plan in enumerate(layouts[: job.plan.top], 1):
         print(_row(rank, plan))
-    if plans[0].fits:
-        print(f"recommended: {plans[0].overrides()}  ({_summary(plans[0], hardware)})")
+    if best := recommended(plans):
+        print(f"recommended: {best.overrides()}  ({_summary(best, hardware)})")
+    elif plans[0].fits:
+        print(
+            "only layouts that leave a pipeline stage with the output embedding alone fit in "
+            f"{hardware.gpu_memory_gib:g} GiB a GPU, and corolla train refuses those: change cluster.nodes or "
+            "train.global_batch for a layout it trains"
+        )
     else:
         print(f"nothing fits in {hardware.gpu_memory_gib:g} GiB a GPU: add nodes (cluster.nodes)")
     print(_configured(job, model, hardware, gpus, plans))

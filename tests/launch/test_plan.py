@@ -100,6 +100,40 @@ def test_plan_refuses_a_layout_axis_below_one_in_one_line(capsys, axis: str) -> 
     assert axis in err and "must be at least 1" in err
 
 
+# Three layers on three GPUs: a global batch of 8 leaves only PP=3, whose last stage holds the output embedding alone.
+LONE_EMBEDDING = [
+    "model=bloom-560m",
+    "model.num_layers=3",
+    "parallel=single",
+    "train.global_batch=8",
+    "train.micro_batch=1",
+    "train.rampup.start=0",
+    "train.eval_samples=8",
+    "cluster.nodes=1",
+    "cluster.gpus_per_node=3",
+    "cluster.gpu_memory_gib=12",
+]
+
+
+def test_plan_never_recommends_a_layout_corolla_train_refuses(capsys) -> None:
+    """The ranking lists a layout whose last pipeline stage holds the output embedding alone, but recommended it as
+    overrides to paste, which `corolla train` then refused."""
+    code, out, _ = run(capsys, "plan", *LONE_EMBEDDING)
+    assert code == 0 and "recommended:" not in out
+    assert (
+        "only layouts that leave a pipeline stage with the output embedding alone fit in 12 GiB a GPU, and corolla "
+        "train refuses those: change cluster.nodes or train.global_batch for a layout it trains"
+    ) in out
+    code, out, _ = run(capsys, "plan", "--json", *LONE_EMBEDDING)
+    assert {(layout["pp"], layout["fits"], layout["trainable"]) for layout in json.loads(out)} == {
+        (3, True, False),
+        (3, False, False),
+    }
+    code, out, _ = run(capsys, "plan", *LONE_EMBEDDING, "train.global_batch=12", "train.eval_samples=12")
+    recommended = next(line for line in out.splitlines() if line.startswith("recommended:"))
+    assert "parallel.pp=1 parallel.dp=3" in recommended
+
+
 def dry_run(tokens: Path, run_dir: Path, *overrides: str) -> list[str]:
     # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation (below).
     small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]

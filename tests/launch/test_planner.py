@@ -213,6 +213,18 @@ def test_the_nearest_fitting_layout_changes_the_least() -> None:
     assert nearest_fitting(plan_layouts(run.model, run.train, squeezed, 48), wanted) is None  # 48 GPUs: too few
 
 
+def test_the_nearest_fitting_layout_is_one_corolla_trains() -> None:
+    """Three layers on three GPUs, a batch of 8: PP=3 fits, but its last stage holds the output embedding alone, which
+    `corolla train` refuses; it was named as the layout to paste instead of one that does not fit."""
+    model = ModelConfig("three", num_layers=3, hidden_size=1024, num_heads=16, seq_length=2048, vocab_size=250_680)
+    train = TrainConfig(micro_batch=1, global_batch=8, precision=Precision.bf16)
+    hardware = Hardware("three-gpus", gpus_per_node=3, inter_node_gbps=100.0, **{**A100_80GB, "gpu_memory_gib": 12})
+    plans = plan_layouts(model, train, hardware, 3)
+    assert {plan.candidate.layout for plan in plans if plan.fits} == {ParallelLayout(1, 3, 1)}
+    assert not any(plan.trainable for plan in plans)
+    assert nearest_fitting(plans, candidate(dp=3, micro_batch=1, global_batch=9)) is None
+
+
 def test_the_memory_estimate_of_bloom_is_plausible() -> None:
     """BLOOM's parameters per GPU (a stage of 6 blocks' quarters, ~3.7-4.0B) in bf16 with ZeRO-1 over 8: 8 bytes
     each whole and 12 sharded, the rest activations; below the 80 GiB it trained in."""
