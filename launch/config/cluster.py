@@ -61,6 +61,8 @@ class ClusterConfig:
     # How fast corolla's kernels run on these GPUs, as a share of the planner's A100-calibrated figure: 1 for A100s,
     # 0.77 measured on an H200; `bash benchmarks/gpu_check.sh OUT` prints it for the GPU it runs on.
     kernel_efficiency: float = 1.0
+    # One GPU's dense fp32 peak (TFLOP/s; corolla leaves TF32 off), to plan train.precision=fp32 (0: unknown).
+    fp32_peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 0 or self.tasks_per_node < 0 or self.cpus_per_task < 1:
@@ -83,11 +85,12 @@ class ClusterConfig:
             self.memory_bandwidth_gbps,
             self.intra_node_gbps,
             self.inter_node_gbps,
+            self.fp32_peak_tflops,
         ]
         if min(hardware) < 0:
             raise ValueError(
-                f"cluster {self.name}: gpu_memory_gib, peak_tflops, memory_bandwidth_gbps, intra_node_gbps and "
-                "inter_node_gbps must not be negative (0: unknown)"
+                f"cluster {self.name}: gpu_memory_gib, peak_tflops, memory_bandwidth_gbps, intra_node_gbps, "
+                "inter_node_gbps and fp32_peak_tflops must not be negative (0: unknown)"
             )
         if self.health_slowdown and self.health_slowdown <= 1:
             raise ValueError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from launch.config.cluster import ClusterConfig
+from launch.config.schemas import Precision
 
 GIB = 1024**3
 
@@ -25,17 +26,33 @@ class Hardware:
     # The speed of corolla's kernels on this GPU, as a share of what the planner assumes (launch/plan/step_time.py,
     # calibrated on A100s): measured, not nominal; benchmarks/gpu_check.sh prints it for the GPU it runs on.
     kernel_efficiency: float = 1.0
+    # Dense fp32 peak of one GPU, without TF32 (which corolla leaves off): what a train.precision=fp32 run's matmuls
+    # get; 0: unknown, and such a run is not planned.
+    fp32_peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
         if self.gpus_per_node < 1:
             raise ValueError(f"cluster {self.name} has no GPUs: set cluster.gpus_per_node to plan a GPU layout")
-        figures = [f.name for f in fields(self) if f.name not in ("name", "gpus_per_node")]
+        figures = [f.name for f in fields(self) if f.name not in ("name", "gpus_per_node", "fp32_peak_tflops")]
         unknown = [name for name in figures if getattr(self, name) <= 0]
         if unknown:
             raise ValueError(
                 f"cluster {self.name} does not say its {', '.join(unknown)}: set "
                 + " ".join(f"cluster.{name}=..." for name in unknown)
             )
+
+    def peak(self, precision: Precision) -> float:
+        """The dense peak (TFLOP/s) of one GPU's matmuls in `precision`: tensor cores in bf16, CUDA cores in fp32 (an
+        A100's 19.5 against its 312 in bf16)."""
+        if precision == Precision.bf16:
+            return self.peak_tflops
+        if not self.fp32_peak_tflops > 0:
+            raise ValueError(
+                f"cluster {self.name} does not say its fp32_peak_tflops, the speed of a train.precision=fp32 run's "
+                "matmuls (TF32 off): set cluster.fp32_peak_tflops=... (A100: 19.5, H100 and H200: 67), or plan "
+                "train.precision=bf16"
+            )
+        return self.fp32_peak_tflops
 
     @classmethod
     def of(cls, cluster: ClusterConfig) -> Hardware:
@@ -45,18 +62,25 @@ class Hardware:
 
 
 # The GPU of the calibration runs (launch/plan/calibration.py) and conf/cluster/jean-zay-a100.yaml: A100 SXM4 80GB,
-# 312 TFLOP/s dense bf16, 2,039 GB/s HBM2e, NVLink 3 at 300 GB/s each way.
-A100_80GB = {"gpu_memory_gib": 80.0, "peak_tflops": 312.0, "memory_bandwidth_gbps": 2039.0, "intra_node_gbps": 300.0}
+# 312 TFLOP/s dense bf16 (19.5 in fp32), 2,039 GB/s HBM2e, NVLink 3 at 300 GB/s each way.
+A100_80GB = {
+    "gpu_memory_gib": 80.0,
+    "peak_tflops": 312.0,
+    "memory_bandwidth_gbps": 2039.0,
+    "intra_node_gbps": 300.0,
+    "fp32_peak_tflops": 19.5,
+}
 # One H200 SXM 141GB, as the GPU check measures it (launch/plan/calibration.py's measured rows): 989.5 TFLOP/s dense
-# bf16, 4,800 GB/s HBM3e, NVLink 4 at 450 GB/s each way; the network figure is unused by a one-GPU run. Its kernels
-# ran at 0.77 of the A100-calibrated speed: the geometric mean of what the three flex-attention rows measured by
-# benchmarks/gpu_check.sh imply (0.75, 0.75, 0.81; benchmarks/plan_vs_published.py prints them).
+# bf16 (67 in fp32), 4,800 GB/s HBM3e, NVLink 4 at 450 GB/s each way; the network figure is unused by a one-GPU run.
+# Its kernels ran at 0.77 of the A100-calibrated speed: the geometric mean of what the three flex-attention rows
+# measured by benchmarks/gpu_check.sh imply (0.75, 0.75, 0.81; benchmarks/plan_vs_published.py prints them).
 H200 = {
     "gpu_memory_gib": 139.8,
     "peak_tflops": 989.5,
     "memory_bandwidth_gbps": 4800.0,
     "intra_node_gbps": 450.0,
     "kernel_efficiency": 0.77,
+    "fp32_peak_tflops": 67.0,
 }
 # One H100 SXM 80GB: the H200's chip with less and slower memory (3,350 GB/s HBM3). Not measured: its kernels are
 # taken to run as the H200's did.

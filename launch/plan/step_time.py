@@ -94,7 +94,7 @@ def _stage_time(
     # FLOPs at the speed of the blocks' kernels: the attention's count as many times over as its kernel is slower.
     block = block_flops(model, b, passes) + (implementation.attention_cost - 1) * attention_flops(model, b, passes)
     flops = stage.blocks * block + (logits_flops(model, b, layout.tp) if stage.logits else 0)
-    speed = hardware.peak_tflops * 1e12 * matmul_efficiency(model) * hardware.kernel_efficiency
+    speed = hardware.peak(candidate.precision) * 1e12 * matmul_efficiency(model) * hardware.kernel_efficiency
     compute = flops / layout.tp / speed
     activation = b * model.seq_length * model.hidden_size * candidate.activation_bytes
     all_reduces = stage.blocks * (6 if candidate.activation_checkpointing else 4) + stage.embedding + stage.logits

@@ -71,6 +71,9 @@ def test_plan_takes_a_smaller_model_and_cluster(capsys) -> None:
     args = ["plan", "model=bloom-560m", "train=tiny", "train.global_batch=64", "cluster.nodes=1", "parallel=single"]
     code, out, _ = run(capsys, *args)
     assert code == 0 and "on 8 GPUs of jean-zay-a100" in out and "recommended:" in out
+    # train=tiny trains in fp32, which an A100 runs at 19.5 TFLOP/s (TF32 off), not at its bf16 312
+    assert ", fp32; on 8 GPUs" in out
+    assert 0 < float(re.search(r"recommended: .*, ([\d.]+) TFLOP/s a GPU\)", out)[1]) < 19.5
 
 
 @pytest.mark.parametrize(
@@ -80,6 +83,10 @@ def test_plan_takes_a_smaller_model_and_cluster(capsys) -> None:
         (["cluster=testcluster"], "cluster testcluster has no GPUs"),
         (["parallel.tp=16"], "parallel.tp=16 does not fit the 8 GPUs of a node of cluster jean-zay-a100"),
         (["cluster.peak_tflops=0"], "cluster jean-zay-a100 does not say its peak_tflops: set cluster.peak_tflops=..."),
+        (
+            ["train.precision=fp32", "cluster.fp32_peak_tflops=0"],
+            "cluster jean-zay-a100 does not say its fp32_peak_tflops, the speed of a train.precision=fp32 run's",
+        ),
         (["cluster.gpu_memory_gib=-1"], "must not be negative (0: unknown)"),
         (["cluster.kernel_efficiency=0"], "kernel_efficiency=0.0 must lie in (0, 2]: 1 for A100s, or what"),
         (["cluster.health_slowdown=0.5"], "health_slowdown=0.5 must be above 1 (a rank slower than that many times"),

@@ -81,6 +81,20 @@ def test_compute_time_is_the_flop_count_at_the_stated_efficiency(checkpointing: 
     assert time.bubble == 0 and time.tensor_parallel == 0 and time.pipeline_sends == 0 and time.data_parallel == 0
 
 
+def test_an_fp32_run_is_timed_at_the_gpus_fp32_peak() -> None:
+    """corolla trains fp32 with TF32 off: its matmuls run at an A100's 19.5 TFLOP/s, not the 312 of bf16 tensor cores,
+    which the planner took for every precision (bloom-560m in fp32 at 109 TFLOP/s a GPU, 16 times too fast)."""
+    fp32 = evaluate(SMALL, candidate(precision=Precision.fp32), NODE)
+    bf16 = evaluate(SMALL, candidate(precision=Precision.bf16), NODE)
+    assert fp32.time.compute == pytest.approx(bf16.time.compute * 312 / 19.5)
+    assert fp32.tflops_per_gpu < 19.5
+    unknown = replace(NODE, fp32_peak_tflops=0.0)
+    with pytest.raises(ValueError, match=r"does not say its fp32_peak_tflops.*set cluster\.fp32_peak_tflops=") as error:
+        evaluate(SMALL, candidate(precision=Precision.fp32), unknown)
+    assert "\n" not in str(error.value)
+    assert evaluate(SMALL, candidate(precision=Precision.bf16), unknown).time == bf16.time
+
+
 def test_the_bubble_is_the_pipeline_filling_and_draining() -> None:
     # 6 blocks + 2 embeddings over 4 stages: 2 items each; each stage's time once, less the slowest's.
     model = replace(SMALL, num_layers=6)
