@@ -61,7 +61,8 @@ class ClusterConfig:
     # How fast corolla's kernels run on these GPUs, as a share of the planner's A100-calibrated figure: 1 for A100s,
     # 0.77 measured on an H200; `bash benchmarks/gpu_check.sh OUT` prints it for the GPU it runs on.
     kernel_efficiency: float = 1.0
-    # One GPU's dense fp32 peak (TFLOP/s; corolla leaves TF32 off), to plan train.precision=fp32 (0: unknown).
+    # One GPU's dense fp32 peak (TFLOP/s; corolla leaves TF32 off), to plan train.precision=fp32 (0: an A100's
+    # ratio to peak_tflops, 1/16).
     fp32_peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ class Hardware:
     # calibrated on A100s): measured, not nominal; benchmarks/gpu_check.sh prints it for the GPU it runs on.
     kernel_efficiency: float = 1.0
     # Dense fp32 peak of one GPU, without TF32 (which corolla leaves off): what a train.precision=fp32 run's matmuls
-    # get; 0: unknown, and such a run is not planned.
+    # get; 0: unknown, taken as peak_tflops / FP32_SLOWDOWN.
     fp32_peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
@@ -43,16 +43,10 @@ class Hardware:
 
     def peak(self, precision: Precision) -> float:
         """The dense peak (TFLOP/s) of one GPU's matmuls in `precision`: tensor cores in bf16, CUDA cores in fp32 (an
-        A100's 19.5 against its 312 in bf16)."""
+        A100's 19.5 against its 312 in bf16; where fp32_peak_tflops is not given, the bf16 peak over that ratio)."""
         if precision == Precision.bf16:
             return self.peak_tflops
-        if not self.fp32_peak_tflops > 0:
-            raise ValueError(
-                f"cluster {self.name} does not say its fp32_peak_tflops, the speed of a train.precision=fp32 run's "
-                "matmuls (TF32 off): set cluster.fp32_peak_tflops=... (A100: 19.5, H100 and H200: 67), or plan "
-                "train.precision=bf16"
-            )
-        return self.fp32_peak_tflops
+        return self.fp32_peak_tflops or self.peak_tflops / FP32_SLOWDOWN
 
     @classmethod
     def of(cls, cluster: ClusterConfig) -> Hardware:
@@ -61,6 +55,9 @@ class Hardware:
         return cls(**figures)
 
 
+# How many times slower than bf16 tensor cores a GPU's fp32 matmuls run with TF32 off: an A100's 312 / 19.5 (an
+# H100's 989.5 / 67 is 14.8).
+FP32_SLOWDOWN = 16.0
 # The GPU of the calibration runs (launch/plan/calibration.py) and conf/cluster/jean-zay-a100.yaml: A100 SXM4 80GB,
 # 312 TFLOP/s dense bf16 (19.5 in fp32), 2,039 GB/s HBM2e, NVLink 3 at 300 GB/s each way.
 A100_80GB = {
