@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,6 +28,11 @@ class TrackedRun:
 
 
 SQLITE = "sqlite:///"
+
+
+def mlflow_command(*arguments: str) -> str:
+    """A command of this environment's `mlflow`, quoted for a shell."""
+    return shlex.join([str(Path(sys.executable).with_name("mlflow")), *arguments])
 
 
 def default_uri(run_dir: Path) -> str:

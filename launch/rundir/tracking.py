@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shlex
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -27,7 +25,15 @@ from omegaconf import OmegaConf
 
 from launch import compat
 from launch.rundir.files import MLFLOW_ARTIFACTS, RUN_CREATION, RUN_FILE
-from launch.rundir.run_record import SQLITE, TrackedRun, default_uri, masked, record_run, recorded_run
+from launch.rundir.run_record import (
+    SQLITE,
+    TrackedRun,
+    default_uri,
+    masked,
+    mlflow_command,
+    record_run,
+    recorded_run,
+)
 from tokenizer.files import staging_area, write_atomically
 
 if TYPE_CHECKING:
@@ -219,5 +225,4 @@ def set_status(tracked: TrackedRun, status: str) -> None:
 
 def ui_command(tracked: TrackedRun) -> str:
     """The command that shows the run: this environment's `mlflow ui` on the run's store, quoted for a shell."""
-    mlflow = shlex.quote(str(Path(sys.executable).with_name("mlflow")))
-    return f"{mlflow} ui --backend-store-uri {shlex.quote(masked(tracked.tracking_uri))}"
+    return mlflow_command("ui", "--backend-store-uri", masked(tracked.tracking_uri))

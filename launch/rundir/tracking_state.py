@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from launch.rundir.files import METRICS_FILE, MLFLOW_DB, TRACKING_STATE
-from launch.rundir.run_record import SQLITE, default_uri, recorded_run
+from launch.rundir.run_record import SQLITE, default_uri, masked, mlflow_command, recorded_run
 from tokenizer.files import write_atomically
 
 
@@ -77,10 +78,29 @@ def full_store_fix(run_dir: Path, error: str | None) -> str | None:
     return f"no space left on the filesystem of {store}: free some, then `corolla tracking sync {run_dir}` again"
 
 
+# What MLflow says of a run deleted there (the UI's Delete, `mlflow runs delete`), or of a run of an experiment deleted:
+# kept in the store, refused every request, until it is restored.
+RUN_DELETED = re.compile(r"must be in the 'active' state\. Current state is deleted")
+
+
+def deleted_run_fix(run_dir: Path, error: str | None) -> str | None:
+    """When `error` says the run was deleted in MLflow, how to restore it; None for any other error."""
+    if not (error and RUN_DELETED.search(error)):
+        return None
+    tracked = recorded_run(run_dir)
+    store = f"MLFLOW_TRACKING_URI={shlex.quote(masked(tracked.tracking_uri))}"
+    run = mlflow_command("runs", "restore", "--run-id", tracked.run_id)
+    experiment = mlflow_command("experiments", "restore", "--experiment-id", tracked.experiment_id)
+    return (
+        f"its MLflow run {tracked.run_id} was deleted in MLflow: restore it (`{store} {run}`, or `{store} "
+        f"{experiment}` where its experiment was deleted), then `corolla tracking sync {run_dir}` sends the rest"
+    )
+
+
 def store_fix(run_dir: Path, error: str | None) -> str | None:
-    """What mends MLflow's store after `error`, when `error` says it lost the run or has no room; None for any other
-    error, which another try may cure."""
-    return lost_store_fix(run_dir, error) or full_store_fix(run_dir, error)
+    """What mends MLflow's store after `error`, when `error` says it lost the run, has no room or holds it deleted;
+    None for any other error, which another try may cure."""
+    return lost_store_fix(run_dir, error) or full_store_fix(run_dir, error) or deleted_run_fix(run_dir, error)
 
 
 def how_to_send_the_rest(run_dir: Path, error: str | None) -> str:

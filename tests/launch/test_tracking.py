@@ -220,3 +220,24 @@ def test_credentials_in_a_tracking_uri_are_never_printed(capsys, tokens: Path, t
     assert main([*train, f"tracking.uri={secret_uri}"]) == 2
     err = capsys.readouterr().err
     assert "tracking.uri=http://***@127.0.0.1:9 cannot be reached" in err and "s3cret" not in err
+
+
+def test_a_run_deleted_in_mlflow_trains_on_and_the_error_says_how_to_restore_it(tokens, tmp_path, capsys) -> None:
+    # Deleted in the UI (MLflow keeps it, refusing every request): "the next start sends the rest" would never come.
+    run_dir = tmp_path / "run"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]
+    assert main([*train, "train.exit_after=2"]) == 0
+    tracked = recorded_run(run_dir)
+    MlflowClient(tracked.tracking_uri).delete_run(tracked.run_id)
+    capsys.readouterr()
+    assert main(train) == 0
+    out = capsys.readouterr().out
+    assert f"its MLflow run {tracked.run_id} was deleted in MLflow: restore it" in out and "next start" not in out
+    assert "was deleted in MLflow: restore it" in corolla("status", str(run_dir)).stdout
+    synced = corolla("tracking", "sync", str(run_dir))
+    assert synced.returncode == 2 and "try again when it answers" not in synced.stderr
+    restore = synced.stderr.split("`")[1]  # MLFLOW_TRACKING_URI=URI .venv/bin/mlflow runs restore --run-id ID
+    assert subprocess.run(restore, shell=True, capture_output=True).returncode == 0
+    assert main(["tracking", "sync", str(run_dir)]) == 0
+    assert steps_logged(run_dir) == [1, 2, 3, 4]
+    assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "FINISHED"
