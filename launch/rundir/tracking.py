@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import socket
 import sqlite3
 import subprocess
@@ -112,6 +113,12 @@ def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str]
 
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
+    if found is not None and found.lifecycle_stage == "deleted":  # MLflow keeps it, and refuses it a run
+        restore = mlflow_command("experiments", "restore", "--experiment-id", found.experiment_id)
+        raise ValueError(
+            f"tracking.experiment={experiment} was deleted in MLflow at {masked(uri)}: restore it "
+            f"(`MLFLOW_TRACKING_URI={shlex.quote(masked(uri))} {restore}`), or give another tracking.experiment"
+        )
     experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifacts)
     _delete_unrecorded(client, run_dir, experiment_id)
     creation = uuid.uuid4().hex

@@ -241,3 +241,23 @@ def test_a_run_deleted_in_mlflow_trains_on_and_the_error_says_how_to_restore_it(
     assert main(["tracking", "sync", str(run_dir)]) == 0
     assert steps_logged(run_dir) == [1, 2, 3, 4]
     assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "FINISHED"
+
+
+def test_a_new_run_in_an_experiment_deleted_in_mlflow_is_refused_in_one_line_naming_the_restore(
+    tokens, tmp_path, capsys, monkeypatch
+) -> None:
+    # A shared store whose experiment someone deleted in the UI: MLflow keeps it by name, and refuses it a new run.
+    monkeypatch.chdir(tmp_path)  # a database URI's artifacts go to ./mlruns
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    train = ["train", f"data.tokens_dir={tokens}", *SHORT_RUN, "train.steps=1", f"tracking.uri={store}"]
+    assert main([*train, f"run_dir={tmp_path / 'first'}"]) == 0
+    client = MlflowClient(store)
+    client.delete_experiment(client.get_experiment_by_name("corolla").experiment_id)
+    capsys.readouterr()
+    second = [*train, f"run_dir={tmp_path / 'second'}"]
+    assert main(second) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("corolla: error: tracking.experiment=corolla was deleted in MLflow at") and "\n" not in err
+    assert subprocess.run(err.split("`")[1], shell=True, capture_output=True).returncode == 0  # mlflow ... restore
+    assert main(second) == 0
+    assert client.get_run(recorded_run(tmp_path / "second").run_id).info.status == "FINISHED"
