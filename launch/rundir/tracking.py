@@ -109,6 +109,30 @@ def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str]
     if uri.startswith(SQLITE):
         _create_store(Path(uri.removeprefix(SQLITE)))
     artifacts = (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri() if embedded else None
+    try:
+        return _new_run(run_dir, experiment, job, tags, uri, artifacts)
+    except Exception as error:  # whatever MLflow raises, in one line (a run it made meanwhile: the next launch deletes)
+        if type(error) is ValueError or (isinstance(error, OSError) and error.errno):  # corolla's, the filesystem's
+            raise
+        if _disk_full(error):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), uri.removeprefix(SQLITE)) from None
+        fix = _creation_fix(error)
+        raise ValueError(f"MLflow at {masked(uri)} did not create the run ({safe_message(error)}): {fix}") from None
+
+
+def _creation_fix(error: Exception) -> str:
+    if isinstance(error, ImportError):
+        return (
+            f"install the database driver it lacks (the Python package of {error.name}) into this environment, or "
+            "give another tracking.uri"
+        )
+    return "when its store answers (an SQLite file another process holds locked?), run the same command again"
+
+
+def _new_run(
+    run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str, artifacts: str | None
+) -> TrackedRun:
+    """create_run's requests to MLflow, and run.json once it made the run."""
     from mlflow.entities import Param
 
     client = _client(uri)

@@ -27,9 +27,10 @@ from launch.train.faults import STEP_SECONDS
 from slurm.testcluster import wait_for
 
 
-def corolla(*arguments: str) -> subprocess.CompletedProcess:
+def corolla(*arguments: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "launch.cli", *arguments]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def steps_logged(run_dir: Path, metric: str = "train_loss") -> list[int]:
@@ -261,3 +262,38 @@ def test_a_new_run_in_an_experiment_deleted_in_mlflow_is_refused_in_one_line_nam
     assert subprocess.run(err.split("`")[1], shell=True, capture_output=True).returncode == 0  # mlflow ... restore
     assert main(second) == 0
     assert client.get_run(recorded_run(tmp_path / "second").run_id).info.status == "FINISHED"
+
+
+def test_a_store_that_fails_as_a_new_run_is_created_is_said_in_one_line_and_the_same_command_then_goes_on(
+    tokens, tmp_path
+) -> None:
+    # An SQLite store another process holds locked (a long `mlflow gc`, a sqlite3 shell), then free again.
+    store = tmp_path / "shared.db"
+    MlflowClient(f"sqlite:///{store}").search_experiments()  # made
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", *SHORT_RUN, "train.steps=1"]
+    train.append(f"tracking.uri=sqlite:///{store}")
+    with closing(sqlite3.connect(store, isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        locked = corolla(*train, cwd=tmp_path)  # a database URI's artifacts go to ./mlruns
+    assert locked.returncode == 2 and "Traceback" not in locked.stderr, locked.stderr[-2000:]
+    assert locked.stderr.strip() == (
+        f"corolla: error: MLflow at sqlite:///{store} did not create the run (OperationalError: (sqlite3."
+        "OperationalError) database is locked): when its store answers (an SQLite file another process holds "
+        "locked?), run the same command again"
+    )
+    again = corolla(*train, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    tracked = recorded_run(tmp_path / "run")
+    runs = MlflowClient(tracked.tracking_uri).search_runs([tracked.experiment_id])
+    assert [run.info.run_id for run in runs] == [tracked.run_id] and runs[0].info.status == "FINISHED"
+
+
+def test_a_database_uri_whose_driver_is_not_installed_is_said_in_one_line(tokens, tmp_path, capsys) -> None:
+    uri = "postgresql://alice:s3cret@127.0.0.1:9/mlflow"  # psycopg is not in this environment
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", f"tracking.uri={uri}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "corolla: error: MLflow at postgresql://***@127.0.0.1:9/mlflow did not create the run (ModuleNotFoundError: "
+        "No module named 'psycopg'): install the database driver it lacks (the Python package of psycopg) into this "
+        "environment, or give another tracking.uri"
+    )
