@@ -104,6 +104,10 @@ def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str]
     it did so leaves no second run in MLflow, nor a store that cannot be opened."""
     # The embedded store keeps artifacts beside it; a server decides where its artifacts go.
     run_dir.mkdir(parents=True, exist_ok=True)
+    if uri and uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        # Relative to where the command runs, as SQLAlchemy reads it; run.json names it relative to the run directory
+        # only where it lies inside it.
+        uri = f"{SQLITE}{Path(uri.removeprefix(SQLITE)).resolve()}"
     embedded = uri is None or uri == default_uri(run_dir)
     uri = uri or default_uri(run_dir)
     if uri.startswith(SQLITE):

@@ -297,3 +297,15 @@ def test_a_database_uri_whose_driver_is_not_installed_is_said_in_one_line(tokens
         "No module named 'psycopg'): install the database driver it lacks (the Python package of psycopg) into this "
         "environment, or give another tracking.uri"
     )
+
+
+def test_a_relative_sqlite_uri_is_the_store_where_the_command_runs_for_every_later_launch(tokens, tmp_path) -> None:
+    # sqlite:///mlflow.db names ./mlflow.db; run.json holds relative URIs as the run directory's own.
+    run_dir = tmp_path / "runs" / "run"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "tracking.uri=sqlite:///shared.db"]
+    first = corolla(*train, "train.exit_after=2", cwd=tmp_path)
+    assert first.returncode == 0 and "MLflow has not taken" not in first.stdout, first.stdout[-2000:]
+    assert recorded_run(run_dir).tracking_uri == f"sqlite:///{tmp_path / 'shared.db'}"
+    resumed = corolla(*train, cwd=tmp_path / "runs")  # from elsewhere: the run keeps its store
+    assert resumed.returncode == 0 and "MLflow has not taken" not in resumed.stdout, resumed.stdout[-2000:]
+    assert steps_logged(run_dir) == [1, 2, 3, 4] and not (run_dir / "shared.db").exists()
