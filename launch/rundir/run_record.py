@@ -47,7 +47,7 @@ def recorded_run(run_dir: Path) -> TrackedRun:
         tracked = TrackedRun(**json.loads(path.read_text()))
     except (ValueError, TypeError):
         tracked = None
-    if tracked is None or not isinstance(tracked.tracking_uri, str):
+    if tracked is None or not all(isinstance(value, str) and value for value in asdict(tracked).values()):
         raise ValueError(
             f"{path} is not the record of an MLflow run that corolla wrote: restore its tracking_uri, run_id and "
             f"experiment_id (those of the MLflow run named {run_dir.resolve().name})"

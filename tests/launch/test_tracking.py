@@ -309,3 +309,24 @@ def test_a_relative_sqlite_uri_is_the_store_where_the_command_runs_for_every_lat
     resumed = corolla(*train, cwd=tmp_path / "runs")  # from elsewhere: the run keeps its store
     assert resumed.returncode == 0 and "MLflow has not taken" not in resumed.stdout, resumed.stdout[-2000:]
     assert steps_logged(run_dir) == [1, 2, 3, 4] and not (run_dir / "shared.db").exists()
+
+
+@pytest.mark.parametrize("field", ["run_id", "experiment_id"])
+def test_a_run_json_without_its_run_id_is_named_with_the_fix_not_taken_as_a_tracking_outage(
+    tokens, tmp_path, capsys, field
+) -> None:
+    run_dir = tmp_path / "run"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]
+    assert main([*train, "train.exit_after=2"]) == 0
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, field: None}))
+    capsys.readouterr()
+    assert main(train) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"corolla: error: {run_dir / 'run.json'} is not the record of an MLflow run that corolla wrote: restore its "
+        "tracking_uri, run_id and experiment_id (those of the MLflow run named run)"
+    )
+    assert "run.json cannot be read" in corolla("status", str(run_dir)).stdout
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert main(train) == 0 and steps_logged(run_dir) == [1, 2, 3, 4]
