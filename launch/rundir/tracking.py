@@ -86,8 +86,21 @@ def open_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], 
     """The run recorded in run_dir (continued: nothing asked of MLflow) or a new one with params and tags."""
     if (run_dir / RUN_FILE).is_file():
         (run_dir / RUN_CREATION).unlink(missing_ok=True)  # a launch killed as it finished creating the run left it
-        return recorded_run(run_dir)
+        tracked = recorded_run(run_dir)
+        if uri and _absolute(uri) != tracked.tracking_uri:
+            print(
+                f"corolla: {run_dir} is tracked at {masked(tracked.tracking_uri)} (its {RUN_FILE}), not at "
+                f"tracking.uri={masked(uri)}: `corolla tracking sync {run_dir} uri={masked(uri)}` moves it there"
+            )
+        return tracked
     return create_run(run_dir, experiment, job, tags, uri)
+
+
+def _absolute(uri: str) -> str:
+    """A relative SQLite URI as SQLAlchemy reads it, relative to where the command runs; any other URI as it is."""
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        return f"{SQLITE}{Path(uri.removeprefix(SQLITE)).resolve()}"
+    return uri
 
 
 def _client(uri: str) -> MlflowClient:
@@ -104,10 +117,7 @@ def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str]
     it did so leaves no second run in MLflow, nor a store that cannot be opened."""
     # The embedded store keeps artifacts beside it; a server decides where its artifacts go.
     run_dir.mkdir(parents=True, exist_ok=True)
-    if uri and uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
-        # Relative to where the command runs, as SQLAlchemy reads it; run.json names it relative to the run directory
-        # only where it lies inside it.
-        uri = f"{SQLITE}{Path(uri.removeprefix(SQLITE)).resolve()}"
+    uri = uri and _absolute(uri)  # run.json names it relative to the run directory only where it lies inside it
     embedded = uri is None or uri == default_uri(run_dir)
     uri = uri or default_uri(run_dir)
     if uri.startswith(SQLITE):

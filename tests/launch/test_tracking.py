@@ -330,3 +330,20 @@ def test_a_run_json_without_its_run_id_is_named_with_the_fix_not_taken_as_a_trac
     assert "run.json cannot be read" in corolla("status", str(run_dir)).stdout
     (run_dir / "run.json").write_text(json.dumps(record))
     assert main(train) == 0 and steps_logged(run_dir) == [1, 2, 3, 4]
+
+
+def test_a_resume_given_another_tracking_uri_says_where_the_run_is_tracked_and_how_to_move_it(
+    tokens, tmp_path, capsys
+) -> None:
+    # The run keeps its MLflow run (run.json); the URI given is not silently dropped.
+    run_dir, other = tmp_path / "run", f"sqlite:///{tmp_path / 'other.db'}"
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]
+    assert main([*train, "train.exit_after=2"]) == 0
+    embedded = recorded_run(run_dir)
+    capsys.readouterr()
+    assert main([*train, f"tracking.uri={other}"]) == 0
+    assert (
+        f"corolla: {run_dir} is tracked at {embedded.tracking_uri} (its run.json), not at tracking.uri={other}: "
+        f"`corolla tracking sync {run_dir} uri={other}` moves it there"
+    ) in capsys.readouterr().out
+    assert recorded_run(run_dir) == embedded and steps_logged(run_dir) == [1, 2, 3, 4]
