@@ -28,8 +28,9 @@ from launch.plan.weights import (
 )
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
-from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
-from launch.rundir.history import TOKENIZER_RECORD, Event, RunHistory
+from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
+from launch.rundir.history import MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
+from launch.rundir.run_record import record_run, run_record, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
@@ -60,7 +61,8 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
             f"run_dir={run_dir} holds a model imported from Hugging Face: train from it in a new run directory, "
             f"with init_from={run_dir} run_dir=NEW"
         )
-    new_run = not (run_dir / RUN_FILE).is_file()
+    lost = None if (run_dir / RUN_FILE).is_file() else RunHistory(run_dir).mlflow_run()
+    new_run = not (run_dir / RUN_FILE).is_file() and lost is None
     if job.tracking.uri and new_run:  # a run already open waits for a server that is away (launch/rundir/outbox.py)
         tracking.check_reachable(job.tracking.uri)
     saved = saved_run(run_dir)
@@ -83,12 +85,15 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         print(f"removed {run_dir / STOP_FILE}, which stopped the previous launch")
     write_atomically(run_dir / JOB_FILE, job_yaml(job))
     write_plans(run_dir, plans)
-    history = RunHistory(run_dir)
-    history.record(Event.launch, cluster=job.cluster.name, **{TOKENIZER_RECORD: data.tokenizer_fingerprint})
+    if lost is not None:
+        _restore_run_record(run_dir, lost)
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
     if start:
         tags |= start.tags()
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
+    history = RunHistory(run_dir)
+    records = {TOKENIZER_RECORD: data.tokenizer_fingerprint, MLFLOW_RUN_RECORD: run_record(run_dir, tracked)}
+    history.record(Event.launch, cluster=job.cluster.name, **records)
     if new_run:
         write_state(run_dir, TrackingState(sent={}))
     artifacts = [run_dir / JOB_FILE]
@@ -96,6 +101,14 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         artifacts.append(Path(data.tokenizer_dir) / METADATA_FILE)
     outbox.update(run_dir, {tracking.LAUNCHES_TAG: str(len(history.launches()))}, "RUNNING", artifacts)
     return PreparedRun(job, plans, run_dir, tracked)
+
+
+def _restore_run_record(run_dir: Path, record: object) -> None:
+    """run.json gone (deleted, or left out of a copy) from a run whose launches recorded its MLflow run: written back,
+    so that the run goes on in that MLflow run, not in a new one that would hold its steps twice."""
+    tracked = tracked_run(run_dir, record, run_dir / HISTORY_FILE)
+    record_run(run_dir, tracked)
+    print(f"corolla: {run_dir / RUN_FILE} was missing: written back from {HISTORY_FILE} (MLflow run {tracked.run_id})")
 
 
 @dataclass(frozen=True)

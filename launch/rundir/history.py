@@ -1,7 +1,8 @@
 """A run's life across launches: RUN_DIR/history.jsonl, one line per event.
 
 - launch: `corolla train` or `corolla submit` prepared the run (written before any rank starts), with the
-  fingerprint of the tokenizer of its token files (`tokenizer_fingerprint`), which a relaunch must match;
+  fingerprint of the tokenizer of its token files (`tokenizer_fingerprint`), which a relaunch must match, and its
+  MLflow run as run.json names it (`mlflow_run`), which a launch that finds run.json gone writes back;
 - start: a launch's ranks began (rank 0 writes): where (host or Slurm job, restart count, nodes), the checkpoint
   step it resumed from and how many steps it redoes (logged before, lost with the previous start);
 - stopped: a clean stop with a checkpoint (a signal before the time limit, a preemption, a STOP file);
@@ -42,8 +43,9 @@ class Event(StrEnum):
     unfit = "unfit"
 
 
-# In a launch: the fingerprint of the tokenizer of the token files it trains on.
+# In a launch: the fingerprint of the tokenizer of its token files; its MLflow run (run.json's record).
 TOKENIZER_RECORD = "tokenizer_fingerprint"
+MLFLOW_RUN_RECORD = "mlflow_run"
 # After these no job trains the run until it is launched again.
 ENDED = (Event.finished, Event.gave_up, Event.diverged, Event.no_space)
 
@@ -106,6 +108,11 @@ class RunHistory:
     def tokenizer_fingerprint(self) -> str | None:
         """The tokenizer the run's checkpoints learnt, as its last launch recorded it (None: an older corolla's)."""
         recorded = [event[TOKENIZER_RECORD] for event in self.launches() if event.get(TOKENIZER_RECORD)]
+        return recorded[-1] if recorded else None
+
+    def mlflow_run(self) -> object:
+        """run.json's record, as the last launch that recorded one copied it (None: none did, or an older corolla's)."""
+        recorded = [event[MLFLOW_RUN_RECORD] for event in self.launches() if event.get(MLFLOW_RUN_RECORD)]
         return recorded[-1] if recorded else None
 
     def unfit_nodes(self) -> set[str]:

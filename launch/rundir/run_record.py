@@ -44,12 +44,22 @@ def recorded_run(run_dir: Path) -> TrackedRun:
     """The MLflow run that RUN_DIR/run.json names; a store inside the run directory is found wherever it now is."""
     path = run_dir / RUN_FILE
     try:
-        tracked = TrackedRun(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
+        record = json.loads(path.read_text())
+    except ValueError:
+        record = None
+    return tracked_run(run_dir, record, path)
+
+
+def tracked_run(run_dir: Path, record: object, source: Path) -> TrackedRun:
+    """The MLflow run that `record` (read from `source`: run.json, or the history's copy of it) names, resolved as
+    recorded_run says; a one-line ValueError when it is not one corolla wrote."""
+    try:
+        tracked = TrackedRun(**record) if isinstance(record, dict) else None
+    except TypeError:
         tracked = None
     if tracked is None or not all(isinstance(value, str) and value for value in asdict(tracked).values()):
         raise ValueError(
-            f"{path} is not the record of an MLflow run that corolla wrote: restore its tracking_uri, run_id and "
+            f"{source} is not the record of an MLflow run that corolla wrote: restore its tracking_uri, run_id and "
             f"experiment_id (those of the MLflow run named {run_dir.resolve().name})"
         )
     uri = tracked.tracking_uri
@@ -58,11 +68,16 @@ def recorded_run(run_dir: Path) -> TrackedRun:
     return tracked
 
 
-def record_run(run_dir: Path, tracked: TrackedRun) -> None:
-    """run.json, with a store inside the run directory named relative to it, so that the directory can be moved."""
+def run_record(run_dir: Path, tracked: TrackedRun) -> dict[str, str]:
+    """What run.json holds: a store inside the run directory named relative to it, so that the directory can be
+    moved."""
     record = asdict(tracked)
     if tracked.tracking_uri.startswith(SQLITE + "/"):
         path = Path(tracked.tracking_uri.removeprefix(SQLITE))
         if path.is_relative_to(run_dir.resolve()):
             record["tracking_uri"] = SQLITE + str(path.relative_to(run_dir.resolve()))
-    write_atomically(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def record_run(run_dir: Path, tracked: TrackedRun) -> None:
+    write_atomically(run_dir / RUN_FILE, json.dumps(run_record(run_dir, tracked), indent=2) + "\n")

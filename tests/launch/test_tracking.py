@@ -128,6 +128,25 @@ def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_serve
         server.kill()
 
 
+def test_a_run_whose_run_json_was_lost_goes_on_in_its_own_mlflow_run(tokens, tmp_path, capsys) -> None:
+    """run.json deleted by hand, or left out of a copy, from a run that has trained, its directory moved too: the next
+    launch writes it back from the history, so the run goes on in the same MLflow run, no step logged twice (it made a
+    second run, sent every step again, and left the first RUNNING)."""
+    first, moved = tmp_path / "first", tmp_path / "elsewhere" / "run"
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={first}", *SHORT_RUN, "train.exit_after=2"]) == 0
+    tracked = recorded_run(first)
+    moved.parent.mkdir()
+    first.rename(moved)
+    (moved / "run.json").unlink()
+    capsys.readouterr()
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={moved}", *SHORT_RUN]) == 0
+    restored = f"{moved / 'run.json'} was missing: written back from history.jsonl (MLflow run {tracked.run_id})"
+    assert restored in capsys.readouterr().out
+    assert recorded_run(moved).run_id == tracked.run_id and steps_logged(moved) == [1, 2, 3, 4]
+    client = MlflowClient(recorded_run(moved).tracking_uri)
+    assert [run.info.status for run in client.search_runs([tracked.experiment_id])] == ["FINISHED"]
+
+
 def test_a_damaged_embedded_store_is_rebuilt_from_the_runs_records_as_the_error_says(tokens, tmp_path, capsys) -> None:
     # SQLite on a shared filesystem is easily damaged: training goes on, and what MLflow held is in the run's records.
     run_dir = tmp_path / "run"
