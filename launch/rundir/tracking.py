@@ -115,14 +115,14 @@ def _client(uri: str) -> MlflowClient:
 def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None) -> TrackedRun:
     """A new MLflow run with the job's parameters, recorded in RUN_DIR/run.json as the run's. A launch stopped while
     it did so leaves no second run in MLflow, nor a store that cannot be opened."""
-    # The embedded store keeps artifacts beside it; a server decides where its artifacts go.
     run_dir.mkdir(parents=True, exist_ok=True)
-    uri = uri and _absolute(uri)  # run.json names it relative to the run directory only where it lies inside it
-    embedded = uri is None or uri == default_uri(run_dir)
-    uri = uri or default_uri(run_dir)
+    uri = _absolute(uri) if uri else default_uri(run_dir)  # run.json names it relative to the run directory only there
+    artifacts = None  # a server decides where its artifacts go
     if uri.startswith(SQLITE):
-        _create_store(Path(uri.removeprefix(SQLITE)))
-    artifacts = (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri() if embedded else None
+        _create_store(store := Path(uri.removeprefix(SQLITE)))
+        # Beside the store (the embedded one's: in the run directory), not MLflow's default: ./mlruns, wherever the
+        # command runs.
+        artifacts = (store.parent / MLFLOW_ARTIFACTS).as_uri()
     try:
         return _new_run(run_dir, experiment, job, tags, uri, artifacts)
     except Exception as error:  # whatever MLflow raises, in one line (a run it made meanwhile: the next launch deletes)

@@ -319,7 +319,7 @@ def test_a_database_uri_whose_driver_is_not_installed_is_said_in_one_line(tokens
 
 
 def test_a_relative_sqlite_uri_is_the_store_where_the_command_runs_for_every_later_launch(tokens, tmp_path) -> None:
-    # sqlite:///mlflow.db names ./mlflow.db; run.json holds relative URIs as the run directory's own.
+    # sqlite:///shared.db names ./shared.db; run.json holds relative URIs as the run directory's own.
     run_dir = tmp_path / "runs" / "run"
     train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "tracking.uri=sqlite:///shared.db"]
     first = corolla(*train, "train.exit_after=2", cwd=tmp_path)
@@ -328,6 +328,8 @@ def test_a_relative_sqlite_uri_is_the_store_where_the_command_runs_for_every_lat
     resumed = corolla(*train, cwd=tmp_path / "runs")  # from elsewhere: the run keeps its store
     assert resumed.returncode == 0 and "MLflow has not taken" not in resumed.stdout, resumed.stdout[-2000:]
     assert steps_logged(run_dir) == [1, 2, 3, 4] and not (run_dir / "shared.db").exists()
+    # Its artifacts beside the store, not in MLflow's ./mlruns of wherever the first command ran.
+    assert list((tmp_path / "mlartifacts").rglob("job.yaml")) and not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.parametrize("field", ["run_id", "experiment_id"])
