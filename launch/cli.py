@@ -6,6 +6,7 @@ import argparse
 import errno
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -254,6 +255,9 @@ def _run(command: Command, args: argparse.Namespace) -> int:
             return 0
         command.run(job, **flags)
     except Exception as error:
+        if isinstance(error, BrokenPipeError) and _reader_gone():  # `corolla plan --json | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+            return 128 + signal.SIGPIPE  # as a command that does not catch the signal ends
         said = _said(error)
         if said is None or os.environ.get("COROLLA_DEBUG"):
             raise
@@ -263,6 +267,13 @@ def _run(command: Command, args: argparse.Namespace) -> int:
         print("corolla: interrupted: run the same command again to go on", file=sys.stderr)
         return 130
     return 0
+
+
+def _reader_gone() -> bool:
+    """The reader of standard output went (a pipe to `head` closed): nothing said there is read any more."""
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":

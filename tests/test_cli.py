@@ -482,3 +482,13 @@ def test_a_model_shape_given_with_init_from_is_refused_not_dropped(capsys, overr
         "corolla: error: runs/none does not exist: pass a run directory, an imported model or a Hugging Face model "
         "directory"
     )
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`corolla plan --json | head`: the rest of the output has nowhere to go, which is no error of the command's
+    (it said 'corolla: error: [Errno 32] Broken pipe' and exited 2)."""
+    command = [sys.executable, "-m", "launch.cli", "plan", "--json"]
+    plan = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert plan.stdout.read(2) == b"[\n"  # the rest (84 kB) overflows the pipe's buffer, and then its reader goes
+    plan.stdout.close()
+    assert plan.wait(timeout=120) == 141 and plan.stderr.read() == b""
