@@ -21,8 +21,8 @@ def elastic_layout(job: TrainJob, world_size: int) -> ParallelLayout:
             if not layout.problems(model, train):
                 return layout
     raise ValueError(
-        f"parallel.elastic: no layout with tp={tp} trains this model and batch on {world_size} ranks: change "
-        f"cluster.min_nodes, or make train.global_batch a multiple of train.micro_batch x every DP the nodes allow"
+        f"no layout with tp={tp} trains this model and batch on {world_size} ranks: make train.global_batch a "
+        "multiple of train.micro_batch x every DP the nodes allow"
     )
 
 

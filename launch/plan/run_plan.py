@@ -155,7 +155,8 @@ def _for_each_world_size(job: TrainJob, plan: Callable[[int], Planned]) -> list[
         except ValueError as error:
             if len(sizes) == 1:
                 raise
-            raise ValueError(f"parallel.elastic on {nodes} nodes: {error}") from None
+            fewer = f", or raise cluster.min_nodes above {nodes}" if nodes < job.cluster.nodes else ""
+            raise ValueError(f"parallel.elastic on {nodes} nodes: {error}{fewer}") from None
     return planned
 
 

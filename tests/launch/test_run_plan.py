@@ -4,6 +4,7 @@ and read by every rank."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,12 @@ def test_an_elastic_job_is_planned_for_every_node_count_it_may_get() -> None:
     assert [(plan.world_size, plan.layout.name) for plan in plans] == [(8, "tp2-pp2-dp2"), (4, "tp2-pp2-dp1")]
     six = TrainConfig(global_batch=6, micro_batch=2)
     odd = train_job(TINY, parallel=ParallelConfig(tp=2, pp=2, elastic=True), cluster=cluster, train=six)
-    with pytest.raises(ValueError, match=r"parallel.elastic on 2 nodes: .*no layout with tp=2"):
+    with pytest.raises(ValueError, match=r"^parallel.elastic on 2 nodes: no layout with tp=2 .* the nodes allow$"):
         make_plans(odd, DATA)
+    three = replace(cluster, nodes=3, min_nodes=2)  # DP 3 takes 6, DP 2 does not
+    fewer = r"^parallel.elastic on 2 nodes: no layout .* the nodes allow, or raise cluster.min_nodes above 2$"
+    with pytest.raises(ValueError, match=fewer):
+        make_plans(train_job(TINY, parallel=ParallelConfig(tp=2, pp=2, elastic=True), cluster=three, train=six), DATA)
 
 
 def test_every_node_count_of_an_elastic_job_validates_the_same_samples() -> None:
