@@ -58,4 +58,16 @@ def world_sizes(parallel: ParallelConfig, cluster: ClusterConfig) -> dict[int, i
             f"{cluster.name} gives {cluster.nodes} nodes x {cluster.ranks_per_node} = {world_size}: set "
             f"cluster.nodes={-(-needed // cluster.ranks_per_node)}, or parallel.dp=0 to take DP from the nodes"
         )
+    model_parallel = parallel.tp * parallel.pp
+    if not parallel.elastic and not parallel.dp and world_size % model_parallel:
+        fits = next(
+            nodes
+            for nodes in range(cluster.nodes, cluster.nodes + model_parallel + 1)
+            if not nodes * cluster.ranks_per_node % model_parallel
+        )
+        raise ValueError(
+            f"parallel.dp=0 takes DP from the nodes, but cluster {cluster.name}'s {cluster.nodes} nodes x "
+            f"{cluster.ranks_per_node} = {world_size} ranks do not split into tp={parallel.tp} x pp={parallel.pp}: "
+            f"set cluster.nodes={fits}, or parallel.tp and parallel.pp to divide them"
+        )
     return {nodes: nodes * cluster.ranks_per_node for nodes in cluster.node_counts}

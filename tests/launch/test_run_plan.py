@@ -15,6 +15,7 @@ from launch.config.compose import compose_job
 from launch.config.schemas import ParallelConfig, Precision, TrainConfig
 from launch.data.facts import DataFacts
 from launch.plan.layout import ParallelLayout
+from launch.plan.policy import world_sizes
 from launch.plan.run_plan import make_plan, make_plans, read_plan, write_plans
 from model.config import ModelConfig
 
@@ -123,3 +124,14 @@ def test_the_plans_rank_order_is_deepspeeds_topology(tp: int, pp: int, dp: int) 
     for rank in range(layout.world_size):
         coordinate = topology.get_coord(rank)
         assert layout.coordinates(rank) == (coordinate.model, coordinate.data, coordinate.pipe)
+
+
+def test_a_layout_that_does_not_split_the_nodes_ranks_names_the_node_count_that_does() -> None:
+    """parallel.dp=0 on a cluster: the nodes make the world size, so the fix is a node count (it said to 'change the
+    process count', which no setting is called)."""
+    cluster = ClusterConfig(name="c", scheduler=Scheduler.slurm, nodes=2, tasks_per_node=4)
+    with pytest.raises(ValueError, match=r"^parallel.dp=0 takes DP from the nodes, but cluster c's 2 nodes x 4 = 8 "):
+        world_sizes(ParallelConfig(tp=2, pp=3), cluster)
+    with pytest.raises(ValueError, match=r"do not split into tp=2 x pp=3: set cluster.nodes=3, or parallel.tp and"):
+        world_sizes(ParallelConfig(tp=2, pp=3), cluster)
+    assert world_sizes(ParallelConfig(tp=2, pp=3), replace(cluster, nodes=3)) == {3: 12}
