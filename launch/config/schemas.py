@@ -128,7 +128,8 @@ class TrainConfig:
             raise ValueError("train.eval_interval must not be negative (0: no validation) and train.eval_samples >= 1")
         if self.rampup.start and not 0 < self.rampup.start < self.global_batch:
             raise ValueError(
-                f"train.rampup.start={self.rampup.start} must be below train.global_batch={self.global_batch}"
+                f"train.rampup.start={self.rampup.start} must be below train.global_batch={self.global_batch} "
+                "(train.rampup.start=0: no ramp-up)"
             )
         if self.rampup.start and (self.global_batch - self.rampup.start) % self.rampup.increment:
             raise ValueError(

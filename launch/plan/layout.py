@@ -70,7 +70,8 @@ class ParallelLayout:
         if train.rampup.start and any(size % per_step for size in batch_sizes(train)):
             problems.append(
                 f"the ramp-up batches (train.rampup.start={train.rampup.start}, increment={train.rampup.increment}) "
-                f"are not all multiples of train.micro_batch x dp = {per_step}: make both multiples of it"
+                f"are not all multiples of train.micro_batch x dp = {per_step}: make both multiples of it, or "
+                "train.rampup.start=0 for no ramp-up"
             )
         if train.eval_interval and train.eval_samples % per_step:
             problems.append(

@@ -50,7 +50,10 @@ def test_without_rampup_every_step_is_the_global_batch() -> None:
     ("rampup", "expected"),
     [
         ({"start": 4}, "needs a positive train.rampup.increment"),
-        ({"start": 8, "increment": 2, "samples": 16}, "must be below train.global_batch=8"),
+        (
+            {"start": 8, "increment": 2, "samples": 16},
+            r"must be below train.global_batch=8 \(train.rampup.start=0: no ramp-up\)$",
+        ),
         ({"start": 3, "increment": 2, "samples": 16}, "do not reach train.global_batch=8"),
     ],
 )

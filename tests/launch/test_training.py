@@ -134,7 +134,8 @@ def test_batch_rampup_over_stages_and_replicas_gives_the_one_process_losses_and_
         (["parallel.dp=3"], "train.global_batch=8 is not divisible by train.micro_batch=2 x dp=3"),
         (
             ["parallel.dp=2", "train.rampup.start=4", "train.rampup.increment=2", "train.rampup.samples=16"],
-            "ramp-up batches (train.rampup.start=4, increment=2) are not all multiples of train.micro_batch x dp = 4",
+            "ramp-up batches (train.rampup.start=4, increment=2) are not all multiples of train.micro_batch x dp = 4: "
+            "make both multiples of it, or train.rampup.start=0 for no ramp-up",
         ),
         (["train.eval_samples=3"], "train.eval_samples=3 is not divisible by train.micro_batch x dp = 2"),
         (["data.validation_documents=0"], "data.validation_documents=0 holds nothing out for validation"),
