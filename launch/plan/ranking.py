@@ -43,7 +43,7 @@ class Plan:
         return (
             f"parallel.tp={c.layout.tp} parallel.pp={c.layout.pp} parallel.dp={c.layout.dp} "
             f"train.micro_batch={c.micro_batch} parallel.activation_checkpointing={checkpointing} "
-            f"parallel.zero_stage={c.zero_stage}"
+            f"parallel.zero_stage={c.effective_zero_stage}"
         )
 
     def record(self) -> dict:
@@ -56,7 +56,7 @@ class Plan:
             "micro_batch": c.micro_batch,
             "micro_batches": c.micro_batches,
             "activation_checkpointing": c.activation_checkpointing,
-            "zero_stage": c.zero_stage,
+            "zero_stage": c.effective_zero_stage,
             "memory_gib": round(self.memory_gib, 2),
             "fits": self.fits,
             "trainable": self.trainable,
@@ -109,7 +109,7 @@ def describe(candidate: Candidate) -> str:
     recompute = "activation checkpointing" if candidate.activation_checkpointing else "no activation checkpointing"
     return (
         f"TP{layout.tp} x PP{layout.pp} x DP{layout.dp}, micro-batch {candidate.micro_batch}, {recompute}, "
-        f"ZeRO-{candidate.zero_stage}"
+        f"ZeRO-{candidate.effective_zero_stage}"
     )
 
 

@@ -59,7 +59,7 @@ def _row(rank: int, plan: Plan) -> str:
     communication = t.tensor_parallel + t.pipeline_sends + t.data_parallel
     return (
         f"{rank:>5} {c.layout.tp:>3} {c.layout.pp:>3} {c.layout.dp:>3} {c.micro_batch:>6} "
-        f"{'yes' if c.activation_checkpointing else 'no':>10} {c.zero_stage:>5} {plan.memory_gib:>8.1f} "
+        f"{'yes' if c.activation_checkpointing else 'no':>10} {c.effective_zero_stage:>5} {plan.memory_gib:>8.1f} "
         f"{'yes' if plan.fits else 'no':>5} {t.total:>7.1f} {plan.tflops_per_gpu:>8.1f} {t.compute:>8.1f} "
         f"{t.bubble:>7.1f} {communication:>5.1f}"
     )

@@ -23,7 +23,7 @@ from launch.plan.memory import (
     estimate_memory,
     stage_parameters,
 )
-from launch.plan.ranking import best_per_layout, evaluate, nearest_fitting, plan_layouts
+from launch.plan.ranking import best_per_layout, describe, evaluate, nearest_fitting, plan_layouts
 from launch.plan.run_plan import make_plan
 from launch.plan.stages import pipeline_stages
 from launch.plan.step_time import estimate_step_time, implied_kernel_efficiency, matmul_efficiency
@@ -246,3 +246,13 @@ def test_the_memory_estimate_of_bloom_is_plausible() -> None:
     assert 3.6e9 < per_gpu < 4.1e9
     assert memory.optimizer == pytest.approx(per_gpu * 12 / 8)
     assert 40 * GIB < memory.total < 80 * GIB
+
+
+def test_a_plan_shows_the_zero_stage_that_trains() -> None:
+    """With one DP rank in fp32 nothing is sharded (launch/plan/zero.py): the table, the JSON and the overrides said
+    ZeRO 1 for what trains with ZeRO off."""
+    unsharded = evaluate(SMALL, candidate(zero=1, precision=Precision.fp32), NODE)
+    assert "ZeRO-0" in describe(unsharded.candidate) and unsharded.record()["zero_stage"] == 0
+    assert unsharded.overrides().endswith("parallel.zero_stage=0")
+    sharded = evaluate(SMALL, candidate(dp=2, zero=1, precision=Precision.fp32), NODE)
+    assert sharded.record()["zero_stage"] == 1 and "ZeRO-1" in describe(sharded.candidate)
