@@ -52,22 +52,52 @@ def check_versions(packages: tuple[str, ...] = ("torch", "deepspeed", "megatron-
 
 
 def quiet_library_notices(cpu_by_design: bool = False) -> None:
-    """Drops what the training libraries print at import that tells a corolla user nothing: megatron-core's warnings
-    that Transformer Engine and Apex are not installed (corolla uses neither), a line each for four of its modules,
-    in every process. `cpu_by_design` (corolla's own process: an export, a reshard, on CPU whatever the machine) drops
-    DeepSpeed's warning that it found no GPU too; in a rank it stays, the sign of a GPU node whose GPUs are not seen."""
+    """Drops what the training libraries print that tells a corolla user nothing, in every process:
+    - megatron-core's warnings that Transformer Engine and Apex are not installed (corolla uses neither), a line each
+      for four of its modules;
+    - DeepSpeed's "untested optimizer" with ZeRO: corolla's AdamW (launch/train/engine.py) is tested with ZeRO-1, a
+      resume bit-identical to an unbroken run;
+    - torch's FutureWarning, from DeepSpeed's ZeRO-1 in bf16, that `all_gather_into_tensor` is deprecated;
+    - megatron-core's advice, with TP, to set CUDA_DEVICE_MAX_CONNECTIONS=1: corolla sets it on GPUs
+      (launch/train/device.py), and a CPU has no CUDA connections.
+    `cpu_by_design` drops DeepSpeed's warning that it found no GPU too: in corolla's own process (an export, a reshard,
+    on CPU whatever the machine) and in the ranks but the first of each node, whose line is the sign of a GPU node
+    whose GPUs are not seen."""
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated")
+    warnings.filterwarnings("ignore", message=r"When using .* environment variable CUDA_DEVICE_MAX_CONNECTIONS to 1")
+    deepspeed_log = logging.getLogger("DeepSpeed")
+    deepspeed_log.addFilter(_not_the_optimizer_notice)  # once: the same filter is added once
     if cpu_by_design:
-        logging.getLogger("DeepSpeed").addFilter(_not_the_cpu_notice)  # once: the same filter is added once
+        deepspeed_log.addFilter(_not_the_cpu_notice)
 
 
 def _not_the_cpu_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Setting accelerator to CPU")
 
 
-def import_training_libraries() -> None:
+def _not_the_optimizer_notice(record: logging.LogRecord) -> bool:
+    return "You are using ZeRO with an untested optimizer" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def building_pipeline() -> Iterator[None]:
+    """DeepSpeed's PipelineModule as corolla builds it (deepspeed/runtime/pipe/module.py):
+    - without autograd: it broadcasts the tied embedding in place, which autograd would record, and then warn in every
+      rank's first backward that it cannot differentiate `c10d::broadcast_` (the gradients were right all the same:
+      every layout gives one process's losses and gradient norms, tests/launch/test_training.py);
+    - its printouts on rank 0 (the seed settings, the topology, each stage's layers) dropped: the stage cut is the
+      run's plan.json."""
+    import torch
+
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def import_training_libraries(first_on_node: bool = True) -> None:
     """deepspeed and megatron-core, imported for a rank without what corolla never uses: seconds of every rank's
-    start. Called before anything imports them (python -m launch.train, the Slurm task).
+    start. Called before anything imports them (python -m launch.train, the Slurm task); `first_on_node`: the rank
+    whose line says that DeepSpeed found no GPU on its node (quiet_library_notices).
     - `import deepspeed` imports its autotuner, which imports mlflow whenever it is installed: mlflow is hidden during
       that import only (the autotuner takes it as absent); rank 0 of a Slurm job imports it when it first sends.
     - megatron-core applies `torch.compile` to its fused activations as it defines them, which imports TorchDynamo and
@@ -75,7 +105,7 @@ def import_training_libraries() -> None:
       first call, as it does anyway for its compilation: only the compiler's import moves."""
     if "deepspeed" in sys.modules or "mlflow" in sys.modules:
         return
-    quiet_library_notices()
+    quiet_library_notices(cpu_by_design=not first_on_node)
     sys.modules["mlflow"] = None  # type: ignore[assignment]
     try:
         import deepspeed  # noqa: F401

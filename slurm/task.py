@@ -129,7 +129,7 @@ class TrainingTask:
         # torch, DeepSpeed, megatron: seconds to import, after the handlers.
         from launch.compat import import_training_libraries
 
-        import_training_libraries()
+        import_training_libraries(first_on_node=os.environ.get("SLURM_LOCALID", "0") == "0")
         from launch.config.job_file import read_job
 
         task = SlurmTask.from_environment()

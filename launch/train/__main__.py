@@ -15,7 +15,7 @@ stop = StopSignals(run_dir / STOP_FILE)
 
 from launch.compat import import_training_libraries  # noqa: E402
 
-import_training_libraries()
+import_training_libraries(first_on_node=os.environ.get("LOCAL_RANK", "0") == "0")  # torchrun sets it
 from launch.train.worker import EXIT_STATUS, main  # noqa: E402  (after the import above, which must come first)
 
 status = EXIT_STATUS.get(main(run_dir, stop=stop, sends=False), 0)

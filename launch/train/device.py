@@ -20,8 +20,14 @@ from launch import compat
 
 TP_SEED_OFFSET = 2718  # megatron's: TP rank r draws from seed + 2718 + r
 # On GPUs, unless set otherwise: a failed NCCL collective raises (ending the rank) instead of hanging, as BLOOM needed;
-# the caching allocator grows segments instead of fragmenting across micro-batches of changing shapes.
-GPU_ENVIRONMENT = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+# the caching allocator grows segments instead of fragmenting across micro-batches of changing shapes; one hardware
+# queue, so that megatron-core's TP all-reduce, launched before the weight-gradient matmul, runs beside it rather
+# than after it (what megatron-core asks for, set before the rank's CUDA context is made).
+GPU_ENVIRONMENT = {
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+}
 TP_RNG = compat.tensor_parallel_rng_name()
 
 

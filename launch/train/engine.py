@@ -142,7 +142,8 @@ def build_engine(
     model = replace(model, vocab_size=plan.vocab_size)
     dtype = torch.bfloat16 if train.precision == Precision.bf16 else torch.float32
     config = parallel_config(dtype)
-    module = pipeline_module(model, config, plan.layout.pp, plan.layout.dp, seed, activation_checkpointing)
+    with compat.building_pipeline():
+        module = pipeline_module(model, config, plan.layout.pp, plan.layout.dp, seed, activation_checkpointing)
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     names = functools.partial(model_name, num_layers=model.num_layers)
     initialize(module.named_parameters(), model, seed, plan.layout.tp, tp_rank, names)
