@@ -179,16 +179,24 @@ def _create_store(path: Path) -> None:
     name is new each time: MLflow keeps a store open per URI.) An OSError naming the store when its disk is full."""
     if path.exists():
         return
-    with staging_area(path) as area:
-        building = area / f"{uuid.uuid4().hex}.db"
-        try:
-            _client(f"{SQLITE}{building.resolve()}")  # creates the database and its tables
-        except Exception as error:
-            if _disk_full(error):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+    try:
+        with staging_area(path) as area:
+            building = area / f"{uuid.uuid4().hex}.db"
+            try:
+                _client(f"{SQLITE}{building.resolve()}")  # creates the database and its tables
+            except Exception as error:
+                if _disk_full(error):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+                raise
+            with suppress(FileExistsError):  # made meanwhile by a launch of another run: kept, not replaced
+                os.link(building, path)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
             raise
-        with suppress(FileExistsError):  # made meanwhile by a launch of another run: kept, not replaced
-            os.link(building, path)
+        raise ValueError(
+            f"MLflow store {path} cannot be made ({error.strerror}): give tracking.uri an SQLite file in a folder "
+            "corolla can write, or no tracking.uri for the run directory's own store"
+        ) from None
 
 
 def _disk_full(error: BaseException | None) -> bool:

@@ -318,6 +318,17 @@ def test_a_database_uri_whose_driver_is_not_installed_is_said_in_one_line(tokens
     )
 
 
+def test_an_sqlite_store_in_a_folder_that_cannot_hold_one_is_named_in_one_line(tokens, tmp_path, capsys) -> None:
+    """/proc takes no new file, as a folder without write permission does not for a user who is not root: the line
+    named the temporary folder corolla builds a store in, and gave no fix."""
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", "tracking.uri=sqlite:////proc/x.db"]
+    assert main(train) == 2
+    assert capsys.readouterr().err.strip() == (
+        "corolla: error: MLflow store /proc/x.db cannot be made (No such file or directory): give tracking.uri an "
+        "SQLite file in a folder corolla can write, or no tracking.uri for the run directory's own store"
+    )
+
+
 def test_a_relative_sqlite_uri_is_the_store_where_the_command_runs_for_every_later_launch(tokens, tmp_path) -> None:
     # sqlite:///shared.db names ./shared.db; run.json holds relative URIs as the run directory's own.
     run_dir = tmp_path / "runs" / "run"
