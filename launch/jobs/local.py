@@ -206,15 +206,22 @@ def _train(run_dir: Path, prepared: PreparedRun) -> None:
         last = RunHistory(run_dir).events()[-1]
         # By a person, to be resumed: saved (even where a second signal then ended the ranks outright), or not.
         stopped = last["event"] == Event.stopped and "signal" in last
-        if end.status or stopped:
-            sender.set("KILLED" if stopped or end.cut_short else "FAILED")
+        # As the job asked: after train.exit_after steps of this launch, with a checkpoint, to go on later.
+        paused = last["event"] == Event.stopped and not stopped
+        if end.status or stopped or paused:
+            sender.set("KILLED" if stopped or paused or end.cut_short else "FAILED")
     finally:
         sender.close()
     if stopped or end.status:
         raise RuntimeError(_why_ended(run_dir, end, last, stopped))
     chart = write_loss_chart(run_dir, prepared.job.model.vocab_size)
+    train = prepared.job.train
+    ended = "done"
+    if paused:
+        ended = f"stopped at step {last['step']} of {train.steps}, as train.exit_after={train.exit_after} asks (the "
+        ended += "same command again goes on)"
     print(
-        f"done: checkpoints in {run_dir / CHECKPOINTS}, loss curve {chart}; MLflow run {prepared.tracked.run_id}: "
+        f"{ended}: checkpoints in {run_dir / CHECKPOINTS}, loss curve {chart}; MLflow run {prepared.tracked.run_id}: "
         f"{tracking.ui_command(prepared.tracked)}"
     )
 

@@ -128,6 +128,18 @@ def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_serve
         server.kill()
 
 
+def test_a_launch_that_stops_after_its_exit_after_steps_says_so_and_is_not_left_running(tokens, tmp_path, capsys):
+    """It said 'done' halfway through, and MLflow showed the run RUNNING with nothing training it."""
+    train = ["train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", *SHORT_RUN, "train.exit_after=2"]
+    assert main(train) == 0
+    said = capsys.readouterr().out
+    assert "stopped at step 2 of 4, as train.exit_after=2 asks (the same command again goes on): " in said
+    tracked = recorded_run(tmp_path / "run")
+    assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "KILLED"
+    assert main(train) == 0 and "\ndone: checkpoints in" in capsys.readouterr().out
+    assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "FINISHED"
+
+
 def test_a_run_whose_run_json_was_lost_goes_on_in_its_own_mlflow_run(tokens, tmp_path, capsys) -> None:
     """run.json deleted by hand, or left out of a copy, from a run that has trained, its directory moved too: the next
     launch writes it back from the history, so the run goes on in the same MLflow run, no step logged twice (it made a
