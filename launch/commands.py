@@ -56,9 +56,11 @@ def live_slurm_job(run_dir: Path) -> str | None:
 
 
 def backend_of(run: RunDirectory) -> Backend:
-    """The backend that ran the run: Slurm, when it recorded the run's jobs or its job names a Slurm cluster (a
-    submission sbatch refused records none)."""
-    submitted = (run.path / JOBS_FILE).is_file() or run.setting("cluster.scheduler") == Scheduler.slurm.value
+    """The backend of the run's latest launch, whose job.yaml names its cluster: Slurm for `corolla submit` (a
+    submission sbatch refused records no job), local for `corolla train`, also on a run whose earlier jobs went to
+    Slurm. A job.yaml of an older corolla, without the scheduler: Slurm when the run recorded jobs."""
+    scheduler = run.setting("cluster.scheduler")
+    submitted = scheduler == Scheduler.slurm.value or (scheduler is None and (run.path / JOBS_FILE).is_file())
     return SlurmBackend() if submitted else LocalBackend(live_slurm_job)
 
 

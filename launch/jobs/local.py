@@ -149,9 +149,12 @@ def run_ranks(run_dir: Path, world_size: int) -> RanksEnd:
 
 
 def _not_here(run: RunDirectory, command: str, instead: str) -> ValueError:
+    # A run sent to Slurm before may go on locally: its jobs have ended (`corolla train` refuses to start while one is
+    # queued or running), and what it does now is the local launch's.
+    why = f"no {JOBS_FILE}" if not (run.path / JOBS_FILE).is_file() else "its latest launch was `corolla train`"
     return ValueError(
-        f"{run.path} is a local run (no {JOBS_FILE}): `corolla {command}` is for runs sent to Slurm with "
-        f"`corolla submit`; {instead}"
+        f"{run.path} is a local run ({why}): `corolla {command}` is for runs sent to Slurm with `corolla submit`; "
+        f"{instead}"
     )
 
 

@@ -201,6 +201,26 @@ def test_a_finished_run_has_no_eta_and_a_broken_pointer_is_named(
     assert f"{run_dir}/checkpoints/latest names step-00000012, which is not a complete checkpoint" in output
 
 
+def test_a_run_sent_to_slurm_then_trained_locally_is_followed_as_the_local_run_it_is_now(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its Slurm job cancelled, the run goes on with `corolla train` here (job.yaml now names the local cluster): status
+    said the old job was CANCELLED and not that the run trains, and cancel said 'nothing to cancel' while it trained."""
+    run_dir = make_trained_run(tmp_path / "run")
+    (run_dir / "slurm-jobs.json").write_text('["41"]\n')
+    make_run(run_dir, cluster="local")  # the local launch's job.yaml
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # nothing of the local run needs Slurm
+    with holding(run_dir):
+        output, (holder, _) = status_of(run_dir, capsys), writer(run_dir)
+    assert f"state      running: {holder}" in output and "\nslurm " not in output
+    for command, function in (("cancel", cancel), ("logs", show_logs)):
+        with pytest.raises(ValueError) as refused:
+            function({"cancel": CancelJob, "logs": LogsJob}[command](run_dir=str(run_dir)))
+        assert str(refused.value).startswith(
+            f"{run_dir} is a local run (its latest launch was `corolla train`): `corolla {command}` is for runs sent"
+        )
+
+
 @pytest.mark.parametrize(
     ("layout", "command", "message"),
     [
@@ -218,7 +238,7 @@ def test_bad_run_dirs_are_one_line_errors(tmp_path: Path, layout: str, command: 
     if layout != "missing":
         run_dir.mkdir()
     if layout in ("not-a-job", "steps-not-a-number", "bad-jobs-file", "local"):
-        make_run(run_dir)
+        make_run(run_dir, cluster="testcluster" if layout == "bad-jobs-file" else "local")
     if layout == "steps-not-a-number":
         job = (run_dir / "job.yaml").read_text()
         (run_dir / "job.yaml").write_text(job.replace("  steps: 20\n", "  steps: abc\n", 1))
@@ -242,7 +262,7 @@ def test_logs_arguments_are_checked(tmp_path: Path) -> None:
 def test_status_says_when_slurm_cannot_be_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_dir = make_trained_run(tmp_path / "run")
+    run_dir = make_run(make_trained_run(tmp_path / "run"), cluster="testcluster")
     (run_dir / "slurm-jobs.json").write_text('["41", "42"]\n')
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
     output = status_of(run_dir, capsys)
