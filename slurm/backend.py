@@ -15,7 +15,7 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states, out_of_service, slurm_state
 from slurm.commands import SlurmError, run_slurm
-from slurm.jobs import excluded_nodes, recorded_jobs, unrecorded_jobs
+from slurm.jobs import excluded_nodes, recorded_jobs, unrecorded_jobs, written_elsewhere
 
 CANCEL_WAIT_S = 10
 LOG_BLOCK = 1 << 16  # bytes read at a time from a log's end
@@ -111,6 +111,9 @@ def _unrecorded(run_dir: Path) -> str:
     return "no Slurm job: its submission did not go through (`corolla submit` said why); submit it again"
 
 
+_COPY = "a copy of that run, or moved from there"
+
+
 class SlurmBackend(Backend):
     def start(self, job: TrainJob, dry_run: bool = False) -> None:
         from slurm.submit import submit_training  # the data preparation: seconds to import, status needs none of it
@@ -129,6 +132,8 @@ class SlurmBackend(Backend):
             current = slurm_state(jobs[-2]) if len(jobs) > 1 and state.waits_for_another else None
         except SlurmError as error:
             return [line("slurm", f"{which}: cannot ask Slurm ({error}): {error.hint}")]
+        if (other := written_elsewhere(run.path, state)) is not None:
+            which += f" of the run in {other}, not of this directory ({_COPY})"
         latest = line("slurm", f"{which}: {state.state}, {state.summary} (from {state.source})")
         if current is None:
             return [latest, *waiting_lines(run, state)]
@@ -158,6 +163,13 @@ class SlurmBackend(Backend):
         except SlurmError as error:
             raise RuntimeError(f"cannot ask Slurm about job {jobs[-1]} ({error}): {error.hint}") from None
         live = [state for state in states if state.live]
+        for state in live:
+            if (other := written_elsewhere(run.path, state)) is not None:
+                raise ValueError(
+                    f"Slurm job {state.job_id} ({state.state}) trains the run in {other}, not {run.path} ({_COPY}): "
+                    f"nothing cancelled; cancel it there (`corolla cancel {shlex.quote(str(other))}`), or `scancel "
+                    f"{state.job_id}` if that directory is gone"
+                )
         if not live:
             print(f"Slurm job {states[0].job_id} has already ended ({states[0].state}): nothing to cancel")
             return

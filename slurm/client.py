@@ -107,6 +107,7 @@ class SlurmState:
     source: str  # scontrol, sacct, or why neither answered
     reason: str = ""  # why a live job waits, as scontrol says it (Dependency, Resources, ReqNodeNotAvail, ...)
     partition: str = ""  # a live job's
+    output: str = ""  # where the job writes its output (scontrol's StdOut), while the controller knows it
 
     @property
     def waits_for_another(self) -> bool:
@@ -122,19 +123,21 @@ def slurm_state(job_id: str) -> SlurmState:
     """What Slurm says of the job; a SlurmError when the controller cannot be asked."""
     record = controller_record(job_id)
     if record is not None and not has_ended(record.setdefault("JobState", "UNKNOWN")):
-        reason, partition = record.get("Reason", ""), record.get("Partition", "")
-        return SlurmState(job_id, record["JobState"], True, live_summary(record), "scontrol", reason, partition)
+        reason, partition, output = record.get("Reason", ""), record.get("Partition", ""), record.get("StdOut", "")
+        summary = live_summary(record)
+        return SlurmState(job_id, record["JobState"], True, summary, "scontrol", reason, partition, output)
     try:
         accounted = accounting_record(job_id)
         sacct_problem = "" if accounted else "sacct has no record of it"
     except SlurmError as error:
         accounted, sacct_problem = None, f"sacct unavailable ({error})"
     # Accounting lags the controller by a moment: a job just ended can still be RUNNING there.
+    output = record.get("StdOut", "") if record is not None else ""
     if accounted is not None and (has_ended(accounted["State"]) or record is None):
-        return SlurmState(job_id, accounted["State"], False, accounted_summary(accounted), "sacct")
+        return SlurmState(job_id, accounted["State"], False, accounted_summary(accounted), "sacct", output=output)
     if record is not None:
         source = f"scontrol; {sacct_problem}" if sacct_problem else "scontrol; sacct has not caught up"
-        return SlurmState(job_id, record["JobState"], False, ended_summary(record), source)
+        return SlurmState(job_id, record["JobState"], False, ended_summary(record), source, output=output)
     return SlurmState(job_id, "UNKNOWN", False, "the controller no longer knows the job", sacct_problem)
 
 

@@ -33,6 +33,16 @@ def record_job(run_dir: Path, job_id: str) -> None:
     write_atomically(run_dir / JOBS_FILE, json.dumps([*recorded_jobs(run_dir), job_id]) + "\n")
 
 
+def written_elsewhere(run_dir: Path, state: SlurmState) -> Path | None:
+    """The run directory the job writes to, where it is not `run_dir`: this one is a copy of that run, or was moved
+    from there, and the job ids it recorded are that run's. Told by the job's output, which goes to its run's submitit
+    folder; None where Slurm no longer says where (sacct does not)."""
+    if not state.output or state.output == "(null)":
+        return None
+    folder = Path(state.output).resolve().parent
+    return None if folder == (run_dir / SUBMITIT_DIR).resolve() else folder.parent
+
+
 def excluded_nodes(exclude: Iterable[str], run_dir: Path) -> set[str]:
     """The nodes the run's jobs leave out: `exclude` (cluster.exclude), and those its health checks found unfit."""
     return set(exclude) | RunHistory(run_dir).unfit_nodes()

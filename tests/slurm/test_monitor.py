@@ -441,3 +441,34 @@ def test_a_job_pending_on_drained_nodes_says_which_and_what_ends_the_wait(
         f"resumes them (sinfo -R); to go on without them, `corolla cancel {run_dir}` and submit the run on fewer "
         "nodes (cluster.nodes) or another partition (cluster.partition): it resumes from its last checkpoint"
     )
+
+
+def test_a_copied_or_moved_run_directory_does_not_take_the_original_runs_job_for_its_own(
+    slurm_cluster: TestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy holds the original's slurm-jobs.json: status said the original's job RUNNING as the copy's, and cancel
+    of the copy cancelled it, its STOP file written in the copy, where the job does not look (it requeued itself)."""
+    run_dir = make_run(tmp_path / "run", cluster="testcluster")
+    job_id = sbatch(slurm_cluster, run_dir, "--wrap=sleep 60")
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    try:
+        assert wait_for(lambda: "RUNNING" in status_of(run_dir, capsys), timeout=20, interval=0.5)
+        assert "not of this directory" not in status_of(run_dir, capsys)
+        mine = f"slurm      job {job_id} of the run in {run_dir}, not of this directory (a copy of that run, or moved"
+        assert mine in status_of(copy, capsys)
+        with pytest.raises(ValueError) as refused:
+            cancel(CancelJob(run_dir=str(copy)))
+        assert str(refused.value).startswith(f"Slurm job {job_id} (RUNNING) trains the run in {run_dir}, not {copy} (")
+        assert f"nothing cancelled; cancel it there (`corolla cancel {run_dir}`), or `scancel {job_id}`" in str(
+            refused.value
+        )
+        assert queued(slurm_cluster, job_id) and not (copy / "STOP").exists()
+        moved = tmp_path / "moved"
+        run_dir.rename(moved)
+        assert f"slurm      job {job_id} of the run in {run_dir}, not of this directory" in status_of(moved, capsys)
+        moved.rename(run_dir)
+        cancel(CancelJob(run_dir=str(run_dir)))
+        assert capsys.readouterr().out.startswith(f"cancelled Slurm job {job_id} (was RUNNING")
+    finally:
+        slurm_cluster.run("scancel", job_id)
