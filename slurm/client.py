@@ -46,6 +46,17 @@ def accounting_record(job_id: str) -> dict[str, str] | None:
     return dict(zip(names, lines[-1].split("|"), strict=False)) if lines else None
 
 
+def was_cancelled(job_id: str) -> bool:
+    """Whether Slurm's accounting says the job was cancelled (scancel): a SIGTERM that is not a preemption, which the
+    job must not answer with a requeue. The controller hides it (a cancelled job ending is COMPLETING there); False
+    where sacct cannot say."""
+    try:
+        record = accounting_record(job_id)
+    except SlurmError:
+        return False
+    return record is not None and record["State"].startswith("CANCELLED")
+
+
 def partition_nodes() -> dict[str, set[str]]:
     """Every partition's nodes by name, the partitions in sinfo's order; a SlurmError when Slurm cannot be asked."""
     nodes: dict[str, set[str]] = {}

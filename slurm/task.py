@@ -28,6 +28,7 @@ from launch.config.cluster import ClusterConfig
 from launch.rundir.files import HISTORY_FILE, JOB_FILE, STOP_FILE
 from launch.rundir.history import Event, RunHistory, failures, has_ended
 from launch.train.stopping import StopSignals
+from slurm.client import was_cancelled
 from slurm.commands import UNREACHABLE_HINT, requeue
 from slurm.environment import SlurmTask
 from slurm.executor import cancel_next_jobs, queue_next_job, replace_job, usable_nodes
@@ -39,7 +40,7 @@ class Next(Enum):
     requeue = "requeue"  # Slurm runs this job again
     next_job = "next_job"  # an elastic run: the job queued behind this one takes over
     give_up = "give_up"  # a failure past the restart budget
-    end = "end"  # finished, diverged, or stopped by the STOP file
+    end = "end"  # finished, diverged, or stopped by the STOP file or scancel
     replaced = "replaced"  # unfit nodes: the job queued behind this one, without them, takes over
 
 
@@ -184,7 +185,9 @@ class TrainingTask:
             start.failed()
             raise
         if task.rank == 0:
-            kill_switch = (run_dir / STOP_FILE).exists()
+            # The STOP file (`corolla cancel`), or a user's own scancel: its SIGTERM stopped the ranks as a preemption's
+            # does, and a requeue would undo the cancel.
+            kill_switch = (run_dir / STOP_FILE).exists() or (outcome == Event.stopped and was_cancelled(task.job_id))
             start.follow(after(outcome, start.events, start.budget, start.chained, kill_switch=kill_switch))
 
     def _give_way(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask, unfit: dict[str, str]) -> bool:

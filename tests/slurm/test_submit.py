@@ -463,6 +463,26 @@ def test_a_stop_file_saves_and_ends_the_job_without_requeue(slurm_cluster, token
     assert len(RunHistory(run_dir).starts()) == 1
 
 
+def test_a_users_own_scancel_ends_the_job_without_requeue(slurm_cluster, tokens, tmp_path, monkeypatch, capsys) -> None:
+    """scancel, not `corolla cancel`: no STOP file, and its SIGTERM read as a preemption, so the job saved, requeued
+    itself and trained on, the cancel undone. Slurm's accounting says CANCELLED: the job saves and ends."""
+    monkeypatch.setenv(STEP_SECONDS, "1")
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, "train.steps=300", "train.checkpoint_interval=50")
+    assert wait_for(lambda: (run_dir / "metrics.jsonl").is_file(), timeout=180, interval=0.2), logs(run_dir)
+    slurm_cluster.run("scancel", job_id)
+    stopped = lambda: RunHistory(run_dir).events()[-1]["event"] == "stopped"  # noqa: E731
+    assert wait_for(stopped, timeout=60, interval=0.5), logs(run_dir)
+    time.sleep(20)  # a requeued job starts again ~12 s after its requeue here
+    assert job_state(slurm_cluster, job_id) == "CANCELLED", logs(run_dir)
+    last = RunHistory(run_dir).events()[-1]
+    assert last["event"] == "stopped" and last["signal"] == "SIGTERM" and len(RunHistory(run_dir).starts()) == 1
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{last['step']:08d}"
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    assert f"slurm      job {job_id}: CANCELLED" in capsys.readouterr().out
+
+
 def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, tokens, tmp_path, monkeypatch) -> None:
     # Steps of 5 s: the first point's job cannot finish before the second point is submitted, however loaded the
     # machine (the first step could: its job once logged it before `submit` returned).
