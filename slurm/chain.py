@@ -43,7 +43,7 @@ from slurm.executor import (
     submit_job,
     submitting,
 )
-from slurm.jobs import excluded_nodes, live_jobs
+from slurm.jobs import excluded_nodes, live_jobs, written_elsewhere
 from tokenizer.files import first_line, write_atomically
 
 STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
@@ -441,11 +441,32 @@ def _logs(run_dir: Path, stage_job: StageJob) -> list[Path]:
     return job_logs(run_dir / (TRAIN_DIR if stage_job.stage == "train" else "") / SUBMITIT_DIR, stage_job.job_id)
 
 
+def _check_own_chain(run_dir: Path) -> None:
+    """A ValueError when the chain's live jobs write to another run directory: `run_dir` is a copy of that one (or was
+    moved from there), its chain.json that run's. Told by the stages of one task, whose output Slurm names."""
+    for stage_job in chain_jobs(run_dir):
+        if stage_job.tasks > 1:
+            continue
+        state = slurm_state(stage_job.job_id)
+        folder = run_dir / TRAIN_DIR if stage_job.stage == "train" else run_dir
+        if state.live and (other := written_elsewhere(folder, state)) is not None:
+            other = other.parent if stage_job.stage == "train" else other
+            raise ValueError(
+                f"the {stage_job.stage} stage's Slurm job {stage_job.job_id} ({state.state}) runs the pipeline in "
+                f"{other}, not {run_dir} (a copy of it, or moved from there): nothing cancelled; cancel it there "
+                f"(`corolla cancel {other}`)"
+            )
+
+
 def cancel_chain(run_dir: Path) -> None:
     """Every job of the latest submission that is queued or running, and the training run's own (an elastic run's
     next job), in one scancel: a job waiting on another that ends would start. The training's STOP file goes first,
     so that its job ends rather than saving and requeueing itself."""
     train_dir = run_dir / TRAIN_DIR
+    try:
+        _check_own_chain(run_dir)
+    except SlurmError as error:
+        raise RuntimeError(f"cannot ask Slurm about the chain's jobs ({error}): {error.hint}") from None
     if (train_dir / JOB_FILE).is_file():
         (train_dir / STOP_FILE).touch()
     try:

@@ -288,3 +288,21 @@ def test_a_submission_that_slurm_cuts_off_halfway_names_the_stages_it_could_not_
         )
     finally:
         slurm_cluster.run("scancel", tokenizer_job)
+
+
+def test_cancel_of_a_copied_pipeline_leaves_the_original_chain_alone(slurm_cluster, corpus, tmp_path, capsys) -> None:
+    """The copy holds the original's chain.json: `corolla cancel COPY` cancelled every stage of the original's chain."""
+    run_dir, copy = tmp_path / "run", tmp_path / "copy"
+    assert pipeline(run_dir, corpus, *ON_SLURM) == 0
+    try:
+        shutil.copytree(run_dir, copy)
+        capsys.readouterr()
+        assert main(["cancel", str(copy)]) == 2
+        said = capsys.readouterr().err
+        assert f"stage's Slurm job {chain_jobs(run_dir)[0].job_id} (" in said, said
+        assert f"runs the pipeline in {run_dir}, not {copy} (a copy of it, or moved from there): nothing" in said
+        assert all(stage_state(job).live for job in chain_jobs(run_dir))
+    finally:
+        assert main(["cancel", str(run_dir)]) == 0
+    assert capsys.readouterr().out.count("cancelled the") == 6
+    assert set(wait_chain(run_dir).values()) == {"CANCELLED"}
