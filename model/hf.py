@@ -16,14 +16,27 @@ _NAMES = [
     (r"^blocks\.(\d+)\.", r"transformer.h.\1."),
     (r"^final_norm\.", r"transformer.ln_f."),
 ]
+# transformers name (without its "transformer." prefix) → corolla name: _NAMES the other way.
+_COROLLA_NAMES = [
+    (r"^(word_embeddings(_layernorm)?)\.", r"\1."),
+    (r"^h\.(\d+)\.", r"blocks.\1."),
+    (r"^ln_f\.", r"final_norm."),
+]
 
 
-def hf_name(name: str) -> str:
-    for pattern, replacement in _NAMES:
+def _renamed(name: str, rules: list[tuple[str, str]]) -> str | None:
+    """`name` by the first rule whose pattern it matches; None where none does."""
+    for pattern, replacement in rules:
         renamed, count = re.subn(pattern, replacement, name)
         if count:
             return renamed
-    raise ValueError(f"parameter {name} has no Hugging Face counterpart")
+    return None
+
+
+def hf_name(name: str) -> str:
+    if (renamed := _renamed(name, _NAMES)) is None:
+        raise ValueError(f"parameter {name} has no Hugging Face counterpart")
+    return renamed
 
 
 def corolla_name(name: str) -> str | None:
@@ -32,15 +45,9 @@ def corolla_name(name: str) -> str | None:
     if name == "lm_head.weight":
         return None
     name = name.removeprefix("transformer.")
-    for pattern, replacement in (
-        (r"^(word_embeddings(_layernorm)?)\.", r"\1."),
-        (r"^h\.(\d+)\.", r"blocks.\1."),
-        (r"^ln_f\.", r"final_norm."),
-    ):
-        renamed, count = re.subn(pattern, replacement, name)
-        if count:
-            return renamed
-    raise ValueError(f"{name} is no parameter of a BloomForCausalLM")
+    if (renamed := _renamed(name, _COROLLA_NAMES)) is None:
+        raise ValueError(f"{name} is no parameter of a BloomForCausalLM")
+    return renamed
 
 
 def parameter_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
