@@ -5,7 +5,8 @@
   MLflow run as run.json names it (`mlflow_run`), which a launch that finds run.json gone writes back;
 - start: a launch's ranks began (rank 0 writes): where (host or Slurm job, restart count, nodes), the checkpoint
   step it resumed from and how many steps it redoes (logged before, lost with the previous start);
-- stopped: a clean stop with a checkpoint (a signal before the time limit, a preemption, a STOP file);
+- stopped: a clean stop with a checkpoint, for a `signal` (one before the time limit, a preemption, a STOP file), or
+  with no signal after train.exit_after steps of the launch;
 - finished: trained to the last step;
 - gave_up: a failure with no restart left in the budget;
 - diverged: a step's loss or gradient norm was not finite, one too many: stopped, nothing of it saved;
