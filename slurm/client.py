@@ -133,7 +133,7 @@ class SlurmState:
 def slurm_state(job_id: str) -> SlurmState:
     """What Slurm says of the job; a SlurmError when the controller cannot be asked."""
     record = controller_record(job_id)
-    if record is not None and not has_ended(record.setdefault("JobState", "UNKNOWN")):
+    if record is not None and not has_ended(record["JobState"]):
         reason, partition, output = record.get("Reason", ""), record.get("Partition", ""), record.get("StdOut", "")
         summary = live_summary(record)
         return SlurmState(job_id, record["JobState"], True, summary, "scontrol", reason, partition, output)
