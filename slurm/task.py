@@ -40,7 +40,7 @@ class Next(Enum):
     requeue = "requeue"  # Slurm runs this job again
     next_job = "next_job"  # an elastic run: the job queued behind this one takes over
     give_up = "give_up"  # a failure past the restart budget
-    end = "end"  # finished, diverged, or stopped by the STOP file or scancel
+    end = "end"  # finished, diverged, out of space, or stopped by the STOP file or scancel
     replaced = "replaced"  # unfit nodes: the job queued behind this one, without them, takes over
 
 
