@@ -100,7 +100,7 @@ def describe_event(event: dict) -> str:
             origin += f" ({plural(len(aside), 'newer checkpoint')} set aside in {CHECKPOINTS}/{SET_ASIDE})"
         return f"start     {where}{layout}, {origin}, {plural(event.get('steps_redone', 0), 'step')} redone"
     if kind == Event.stopped:
-        return f"stopped   at step {event.get('step', '?')} ({event.get('signal', '?')})"
+        return f"stopped   at step {event.get('step', '?')} ({event.get('signal', 'train.exit_after')})"
     if kind == Event.finished:
         return f"finished  at step {event.get('step', '?')}"
     if kind == Event.launch:

@@ -136,6 +136,8 @@ def test_a_launch_that_stops_after_its_exit_after_steps_says_so_and_is_not_left_
     assert "stopped at step 2 of 4, as train.exit_after=2 asks (the same command again goes on): " in said
     tracked = recorded_run(tmp_path / "run")
     assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "KILLED"
+    assert main(["status", str(tmp_path / "run")]) == 0
+    assert "stopped   at step 2 (train.exit_after)" in capsys.readouterr().out  # it said (?)
     assert main(train) == 0 and "\ndone: checkpoints in" in capsys.readouterr().out
     assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "FINISHED"
 
