@@ -14,6 +14,7 @@ from pathlib import Path
 from launch import compat
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import TrainJob
+from launch.jobs.monitor import plural
 from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
 from slurm.client import out_of_service, partition_limits, partition_nodes
@@ -46,8 +47,8 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
             f" once {', '.join(sorted(left_out))} (cluster.exclude, or found unfit) are left out" if left_out else ""
         )
         raise ValueError(
-            f"cluster.nodes={cluster.nodes} but partition {partition} has {len(usable)} nodes{because}: lower "
-            "cluster.nodes (and the layout with it)"
+            f"cluster.nodes={cluster.nodes} but partition {partition} has {plural(len(usable), 'node')}{because}: "
+            "lower cluster.nodes (and the layout with it)"
         )
     _check_in_service(cluster, partition, usable, unavailable)
 
@@ -135,9 +136,9 @@ def _submit_training(job: TrainJob, dry_run: bool) -> None:
     executor = make_executor(cluster, prepared.run_dir)
     plan, train = prepared.plan, prepared.job.train
     print(
-        f"{prepared.job.model.name} on {cluster.nodes} nodes x {cluster.ranks_per_node} ranks of {cluster.name}: TP "
-        f"{plan.layout.tp} x PP {plan.layout.pp} x DP {plan.layout.dp}, {train.micro_batch} sequences a micro-batch, "
-        f"{plan.micro_batches} micro-batches a step"
+        f"{prepared.job.model.name} on {plural(cluster.nodes, 'node')} x {cluster.ranks_per_node} ranks of "
+        f"{cluster.name}: TP {plan.layout.tp} x PP {plan.layout.pp} x DP {plan.layout.dp}, {train.micro_batch} "
+        f"sequences a micro-batch, {plan.micro_batches} micro-batches a step"
     )
     if dry_run:
         script = compat.sbatch_script(executor)

@@ -223,7 +223,7 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
         (["tracking.uri=http://10.77.0.1:9"], "tracking.uri=http://10.77.0.1:9 cannot be reached"),
         (
             ["cluster.exclude=[n1,n3]"],
-            "partition debug has 1 nodes once n1, n3 (cluster.exclude, or found unfit) are left out: lower",
+            "partition debug has 1 node once n1, n3 (cluster.exclude, or found unfit) are left out: lower",
         ),
         (
             ["model.attention=flex"],
