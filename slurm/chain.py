@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from launch.config.schemas import MainJob
 from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
 from slurm.backend import job_logs, print_tails
-from slurm.client import ENDED_STATES, slurm_state
+from slurm.client import ENDED_STATES, SlurmState, slurm_state
 from slurm.commands import SlurmError, request, requeue, run_slurm
 from slurm.executor import (
     executor_parameters,
@@ -403,6 +404,9 @@ def chain_lines(run_dir: Path) -> list[str]:
     latest = submissions[-1]
     skipped = f"; current, not submitted: {', '.join(latest['skipped'])}" if latest["skipped"] else ""
     lines = [line("pipeline", f"{run_dir}, submitted {local_time(latest['time'])}{skipped}")]
+    with suppress(SlurmError):  # said below, stage by stage
+        if (elsewhere := _chain_elsewhere(run_dir)) is not None:
+            lines.append(line("copy", f"these are the jobs of the pipeline in {elsewhere[2]}, not of this directory"))
     failure = None
     for stage_job in chain_jobs(run_dir):
         try:
@@ -441,21 +445,29 @@ def _logs(run_dir: Path, stage_job: StageJob) -> list[Path]:
     return job_logs(run_dir / (TRAIN_DIR if stage_job.stage == "train" else "") / SUBMITIT_DIR, stage_job.job_id)
 
 
-def _check_own_chain(run_dir: Path) -> None:
-    """A ValueError when the chain's live jobs write to another run directory: `run_dir` is a copy of that one (or was
-    moved from there), its chain.json that run's. Told by the stages of one task, whose output Slurm names."""
+def _chain_elsewhere(run_dir: Path) -> tuple[StageJob, SlurmState, Path] | None:
+    """The first stage job, with what Slurm says of it, that writes to another pipeline directory, and that directory:
+    `run_dir` is a copy of it (or was moved from there), its chain.json that run's; None when the jobs are this one's,
+    or Slurm no longer says where they write. Told by the stages of one task, whose output Slurm names."""
     for stage_job in chain_jobs(run_dir):
         if stage_job.tasks > 1:
             continue
         state = slurm_state(stage_job.job_id)
         folder = run_dir / TRAIN_DIR if stage_job.stage == "train" else run_dir
-        if state.live and (other := written_elsewhere(folder, state)) is not None:
-            other = other.parent if stage_job.stage == "train" else other
-            raise ValueError(
-                f"the {stage_job.stage} stage's Slurm job {stage_job.job_id} ({state.state}) runs the pipeline in "
-                f"{other}, not {run_dir} (a copy of it, or moved from there): nothing cancelled; cancel it there "
-                f"(`corolla cancel {other}`)"
-            )
+        if (other := written_elsewhere(folder, state)) is not None:
+            return stage_job, state, other.parent if stage_job.stage == "train" else other
+    return None
+
+
+def _check_own_chain(run_dir: Path) -> None:
+    """A ValueError when the chain's jobs are another pipeline directory's (_chain_elsewhere)."""
+    if (elsewhere := _chain_elsewhere(run_dir)) is not None:
+        stage_job, state, other = elsewhere
+        raise ValueError(
+            f"the {stage_job.stage} stage's Slurm job {stage_job.job_id} ({state.state}) runs the pipeline in "
+            f"{other}, not {run_dir} (a copy of it, or moved from there): nothing cancelled; cancel it there "
+            f"(`corolla cancel {other}`)"
+        )
 
 
 def cancel_chain(run_dir: Path) -> None:

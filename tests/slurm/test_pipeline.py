@@ -302,6 +302,9 @@ def test_cancel_of_a_copied_pipeline_leaves_the_original_chain_alone(slurm_clust
         assert f"stage's Slurm job {chain_jobs(run_dir)[0].job_id} (" in said, said
         assert f"runs the pipeline in {run_dir}, not {copy} (a copy of it, or moved from there): nothing" in said
         assert all(stage_state(job).live for job in chain_jobs(run_dir))
+        assert main(["status", str(copy)]) == 0  # it showed the original's stages as the copy's
+        assert f"these are the jobs of the pipeline in {run_dir}, not of this directory" in capsys.readouterr().out
+        assert main(["status", str(run_dir)]) == 0 and "these are the jobs" not in capsys.readouterr().out
     finally:
         assert main(["cancel", str(run_dir)]) == 0
     assert capsys.readouterr().out.count("cancelled the") == 6
