@@ -30,7 +30,7 @@ from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
-from launch.rundir.run_record import record_run, run_record, tracked_run
+from launch.rundir.run_record import as_recorded, record_run, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
@@ -92,7 +92,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         tags |= start.tags()
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
     history = RunHistory(run_dir)
-    records = {TOKENIZER_RECORD: data.tokenizer_fingerprint, MLFLOW_RUN_RECORD: run_record(run_dir, tracked)}
+    records = {TOKENIZER_RECORD: data.tokenizer_fingerprint, MLFLOW_RUN_RECORD: as_recorded(run_dir, tracked)}
     history.record(Event.launch, cluster=job.cluster.name, **records)
     if new_run:
         write_state(run_dir, TrackingState(sent={}))

@@ -68,7 +68,7 @@ def tracked_run(run_dir: Path, record: object, source: Path) -> TrackedRun:
     return tracked
 
 
-def run_record(run_dir: Path, tracked: TrackedRun) -> dict[str, str]:
+def as_recorded(run_dir: Path, tracked: TrackedRun) -> dict[str, str]:
     """What run.json holds: a store inside the run directory named relative to it, so that the directory can be
     moved."""
     record = asdict(tracked)
@@ -80,4 +80,4 @@ def run_record(run_dir: Path, tracked: TrackedRun) -> dict[str, str]:
 
 
 def record_run(run_dir: Path, tracked: TrackedRun) -> None:
-    write_atomically(run_dir / RUN_FILE, json.dumps(run_record(run_dir, tracked), indent=2) + "\n")
+    write_atomically(run_dir / RUN_FILE, json.dumps(as_recorded(run_dir, tracked), indent=2) + "\n")
