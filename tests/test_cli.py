@@ -191,11 +191,12 @@ def test_a_list_key_given_one_value_is_shown_the_list_form(capsys) -> None:
         ("model.ffn_multiplier=0", "model.ffn_multiplier=0 must be at least 1"),
         ("model.layernorm_epsilon=-1", "model.layernorm_epsilon=-1.0 positive"),
         ("data.alpha=60", "data.alpha=60.0 must lie in [0, 10]"),
+        ("+data.weights.fra_Latn=2 data.alpha=0.3", "data.alpha=0.3 sets the mix only where data.weights do not"),
         ("cluster.mem_per_node_gb=-5", "mem_per_node_gb=-5 (0: Slurm's default) must not be negative"),
     ],
 )
 def test_a_training_setting_out_of_range_is_refused_in_one_line(capsys, override: str, expected: str) -> None:
-    code, out, err = run(capsys, "train", "--cfg", override)
+    code, out, err = run(capsys, "train", "--cfg", *override.split(" "))
     assert code == 2 and out == "" and expected in err and "\n" not in err
 
 

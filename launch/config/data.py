@@ -36,6 +36,11 @@ class DataConfig:
                 f"data.alpha={self.alpha} must lie in [0, {MAX_ALPHA:g}]: 0 uniform, 1 the natural mix, above 1 "
                 "favouring the large languages"
             )
+        if self.weights and self.alpha != DataConfig.alpha:
+            raise ValueError(
+                f"data.alpha={self.alpha:g} sets the mix only where data.weights do not, and they are given: drop "
+                "data.alpha or data.weights"
+            )
         if self.validation_documents < 0:
             raise ValueError(f"data.validation_documents={self.validation_documents} must be 0 or more")
         if self.tokens_dir is None and self.corpus is None:
