@@ -485,6 +485,18 @@ def test_a_model_shape_given_with_init_from_is_refused_not_dropped(capsys, overr
     )
 
 
+@pytest.mark.parametrize("command", ["train", "submit", "pipeline"])
+def test_init_new_rows_without_init_from_is_refused(capsys, command: str) -> None:
+    """It starts the new embedding rows of weights a run starts from: with random weights it was dropped unread."""
+    code, _, err = run(capsys, command, "--cfg", "init_new_rows=random")
+    assert code == 2 and err == (
+        "corolla: error: init_new_rows=random starts the rows an extended tokenizer adds to weights given with "
+        "init_from, and none are: pass init_from=DIR, or drop init_new_rows"
+    )
+    code, out, _ = run(capsys, command, "--cfg", "init_new_rows=random", "init_from=runs/imported")
+    assert code == 0 and "init_new_rows: random" in out
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     """`corolla plan --json | head`: the rest of the output has nowhere to go, which is no error of the command's
     (it said 'corolla: error: [Errno 32] Broken pipe' and exited 2)."""

@@ -183,6 +183,11 @@ class TrainJob:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        if self.init_new_rows != NewRows.mean and not self.init_from:
+            raise ValueError(
+                f"init_new_rows={self.init_new_rows.value} starts the rows an extended tokenizer adds to weights "
+                "given with init_from, and none are: pass init_from=DIR, or drop init_new_rows"
+            )
 
 
 # The model settings a job keeps for itself on weights it starts from (init_from) or resumes (a relaunch): the weights
