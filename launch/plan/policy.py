@@ -52,7 +52,8 @@ def world_sizes(parallel: ParallelConfig, cluster: ClusterConfig) -> dict[int, i
         )
     needed = parallel.tp * parallel.pp * parallel.dp
     world_size = cluster.nodes * cluster.ranks_per_node
-    if not parallel.elastic and parallel.dp and needed != world_size:
+    # An elastic job's starts take DP from the ranks they get: a dp given must at least be the configured nodes' one.
+    if parallel.dp and needed != world_size:
         raise ValueError(
             f"parallel.tp={parallel.tp} x pp={parallel.pp} x dp={parallel.dp} needs {needed} ranks but cluster "
             f"{cluster.name} gives {cluster.nodes} nodes x {cluster.ranks_per_node} = {world_size}: set "

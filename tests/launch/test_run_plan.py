@@ -135,3 +135,14 @@ def test_a_layout_that_does_not_split_the_nodes_ranks_names_the_node_count_that_
     with pytest.raises(ValueError, match=r"do not split into tp=2 x pp=3: set cluster.nodes=3, or parallel.tp and"):
         world_sizes(ParallelConfig(tp=2, pp=3), cluster)
     assert world_sizes(ParallelConfig(tp=2, pp=3), replace(cluster, nodes=3)) == {3: 12}
+
+
+def test_an_elastic_job_on_a_cluster_refuses_a_dp_that_its_nodes_do_not_give() -> None:
+    """Each start of an elastic job takes DP from the ranks it gets: parallel.dp=4 on 2 nodes of 4 ranks trained at
+    DP 2 (tp=2 x pp=2), without a word. The DP the configured nodes give (parallel=3d's 2) is taken as said."""
+    cluster = ClusterConfig(name="c", scheduler=Scheduler.slurm, nodes=2, min_nodes=1, tasks_per_node=4)
+    with pytest.raises(ValueError, match=r"^parallel.tp=2 x pp=2 x dp=4 needs 16 ranks but cluster c gives 2 nodes"):
+        world_sizes(ParallelConfig(tp=2, pp=2, dp=4, elastic=True), cluster)
+    expected = {1: 4, 2: 8}
+    assert world_sizes(ParallelConfig(tp=2, pp=2, dp=2, elastic=True), cluster) == expected
+    assert world_sizes(ParallelConfig(tp=2, pp=2, elastic=True), cluster) == expected
