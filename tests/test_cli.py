@@ -200,6 +200,27 @@ def test_a_training_setting_out_of_range_is_refused_in_one_line(capsys, override
     assert code == 2 and out == "" and expected in err and "\n" not in err
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "tokenizer.vocab_size=4000",
+            "tokenizer.vocab_size=4000: tokenizer extend trains added_pieces pieces, whatever tokenizer.vocab_size "
+            "says: write added_pieces=4000",
+        ),
+        ("tokenizer=unigram-64k", "tokenizer.model_type=unigram: tokenizer extend appends BPE pieces to a BPE base"),
+        ("tokenizer.language_tags=true", "tokenizer.language_tags=true: tokenizer extend appends trained pieces only"),
+    ],
+)
+def test_an_extension_refuses_tokenizer_settings_it_would_not_follow(capsys, override: str, expected: str) -> None:
+    """Its vocabulary is added_pieces, its pieces are BPE and only normal ones are appended: each of these was
+    dropped, or (unigram) gave pieces the base's merges cannot all reach, without a word."""
+    code, _, err = run(capsys, "tokenizer", "extend", "base=b", "output_dir=o", override, "--cfg")
+    assert code == 2 and err.startswith(f"corolla: error: {expected}") and "\n" not in err
+    code, _, _ = run(capsys, "tokenizer", "extend", "base=b", "output_dir=o", "added_pieces=4000", "--cfg")
+    assert code == 0
+
+
 def test_an_extension_premium_threshold_of_nan_is_refused_in_one_line(capsys) -> None:
     code, _, err = run(capsys, "tokenizer", "extend", "base=b", "output_dir=o", "premium_threshold=nan", "--cfg")
     assert code == 2 and err == "corolla: error: premium_threshold=nan must be at least 1 (the reference's own)"

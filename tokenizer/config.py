@@ -153,6 +153,16 @@ class TokenizerExtendJob:
             raise ValueError(f"added_pieces={self.added_pieces} is too small: the pieces' own byte fallback needs 260")
         if not self.premium_threshold >= 1.0:  # NaN too
             raise ValueError(f"premium_threshold={self.premium_threshold} must be at least 1 (the reference's own)")
+        if self.tokenizer.model_type != ModelType.bpe:
+            raise ValueError(
+                f"tokenizer.model_type={self.tokenizer.model_type.value}: tokenizer extend appends BPE pieces to a BPE "
+                "base (a unigram vocabulary's pieces are not all reachable by its merges): use tokenizer.model_type=bpe"
+            )
+        if self.tokenizer.language_tags:
+            raise ValueError(
+                "tokenizer.language_tags=true: tokenizer extend appends trained pieces only, never language tags: "
+                "drop it (the base keeps the tags it has)"
+            )
 
 
 @dataclass

@@ -233,6 +233,18 @@ def _check_shape_not_set(overrides: list[str]) -> None:
             )
 
 
+def _check_vocabulary_not_set(overrides: list[str]) -> None:
+    """tokenizer extend trains `added_pieces` pieces: a tokenizer.vocab_size given to it would be replaced without a
+    word."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "tokenizer.vocab_size":
+            raise ConfigError(
+                f"{override}: tokenizer extend trains added_pieces pieces, whatever tokenizer.vocab_size says: write "
+                f"added_pieces={value or 'N'}"
+            )
+
+
 def _check_switches(cfg: DictConfig, overrides: list[str]) -> None:
     """An on/off knob given a number other than 0 or 1: OmegaConf takes any number as true, so a knob misread as a
     count (`parallel.activation_checkpointing=2`) would switch it on without a word."""
@@ -258,6 +270,8 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
         job = OmegaConf.to_object(cfg)
         if getattr(job, "init_from", None):
             _check_shape_not_set(overrides)
+        if isinstance(job, TokenizerExtendJob):
+            _check_vocabulary_not_set(overrides)
         return cfg, job
     except (OmegaConfBaseException, ValueError) as error:
         if isinstance(error, ConfigError):
