@@ -110,7 +110,7 @@ def show_status(job: StatusJob) -> None:
 
 def show_logs(job: LogsJob) -> None:
     if is_chain(job.run_dir):
-        show_stage_logs(Path(job.run_dir), job.stage, job.lines)
+        show_stage_logs(Path(job.run_dir), job.stage, job.lines, job.rank)
         return
     if job.stage:
         raise ValueError(f"stage={job.stage}: {job.run_dir} is not a pipeline submitted to Slurm, it has no stages")

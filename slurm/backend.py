@@ -53,9 +53,14 @@ def print_tails(paths: list[Path], lines: int) -> None:
 
 
 def rank_logs(run: RunDirectory, job_id: str) -> dict[int, list[Path]]:
-    """submitit's `<job>_<rank>_log.out` and `.err` of the job, by rank."""
+    """submitit's `<job>_<rank>_log.out` and `.err` of the run's job, by rank."""
+    return logs_by_rank(run.path / SUBMITIT_DIR, job_id)
+
+
+def logs_by_rank(folder: Path, job_id: str) -> dict[int, list[Path]]:
+    """submitit's `<job>_<rank>_log.out` and `.err` of the job, in its `folder`, by rank."""
     logs: dict[int, list[Path]] = {}
-    for path in job_logs(run.path / SUBMITIT_DIR, job_id):
+    for path in job_logs(folder, job_id):
         rank = path.name.removeprefix(f"{job_id}_").split("_")[0]
         if rank.isdigit() and path.suffix in (".out", ".err"):
             logs.setdefault(int(rank), []).append(path)

@@ -32,7 +32,7 @@ from launch.config.job_file import job_yaml, read_job
 from launch.config.schemas import MainJob
 from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
-from slurm.backend import job_logs, print_tails
+from slurm.backend import job_logs, logs_by_rank, print_tails
 from slurm.client import ENDED_STATES, SlurmState, slurm_state
 from slurm.commands import SlurmError, request, requeue, run_slurm
 from slurm.executor import (
@@ -425,7 +425,7 @@ def chain_lines(run_dir: Path) -> list[str]:
     return lines + ([failure] if failure else [])
 
 
-def show_stage_logs(run_dir: Path, stage: str, lines: int) -> None:
+def show_stage_logs(run_dir: Path, stage: str, lines: int, rank: int = -1) -> None:
     jobs = {stage_job.stage: stage_job for stage_job in chain_jobs(run_dir)}
     if stage and stage not in jobs:
         raise ValueError(f"stage={stage}: the latest submission of {run_dir} ran {', '.join(jobs)}: choose one")
@@ -434,7 +434,17 @@ def show_stage_logs(run_dir: Path, stage: str, lines: int) -> None:
         if stage
         else next((job for job in reversed(list(jobs.values())) if _logs(run_dir, job)), next(iter(jobs.values())))
     )
+    if rank != -1 and chosen.stage != "train":
+        raise ValueError(
+            f"rank={rank}: the {chosen.stage} stage has no ranks; the train stage's are shown with stage=train rank=N"
+        )
     paths = _logs(run_dir, chosen)
+    if rank != -1 and paths:
+        by_rank = logs_by_rank(run_dir / TRAIN_DIR / SUBMITIT_DIR, chosen.job_id)
+        if rank not in by_rank:
+            ranks = ", ".join(str(number) for number in by_rank)
+            raise ValueError(f"rank={rank}: the train stage's {chosen.label} has logs of ranks {ranks}: choose one")
+        paths = by_rank[rank]
     if not paths:
         print(f"the {chosen.stage} stage's Slurm {chosen.label} has no logs yet: has it started? (corolla status)")
         return

@@ -472,3 +472,23 @@ def test_a_copied_or_moved_run_directory_does_not_take_the_original_runs_job_for
         assert capsys.readouterr().out.startswith(f"cancelled Slurm job {job_id} (was RUNNING")
     finally:
         slurm_cluster.run("scancel", job_id)
+
+
+def test_logs_of_a_pipeline_take_the_rank_of_its_train_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`corolla logs RUN_DIR rank=1` of a pipeline submitted to Slurm printed every log of the stage, the rank
+    dropped without a word: it now picks the train stage's rank, and a stage without ranks refuses it."""
+    run_dir = tmp_path / "chain"
+    jobs = [{"stage": "tokenizer", "job_id": "40"}, {"stage": "train", "job_id": "41"}]
+    (run_dir / "train" / "slurm").mkdir(parents=True)
+    (run_dir / "chain.json").write_text(json.dumps([{"time": T0, "jobs": jobs, "skipped": []}]))
+    for rank in (0, 1):
+        (run_dir / "train" / "slurm" / f"41_{rank}_log.out").write_text(f"rank {rank} trains\n")
+    show_logs(LogsJob(run_dir=str(run_dir), stage="train", rank=1))
+    output = capsys.readouterr().out
+    assert "rank 1 trains" in output and "rank 0" not in output
+    with pytest.raises(ValueError, match=r"^rank=2: the train stage's job 41 has logs of ranks 0, 1: choose one$"):
+        show_logs(LogsJob(run_dir=str(run_dir), stage="train", rank=2))
+    with pytest.raises(ValueError, match=r"^rank=1: the tokenizer stage has no ranks; .* with stage=train rank=N$"):
+        show_logs(LogsJob(run_dir=str(run_dir), stage="tokenizer", rank=1))
