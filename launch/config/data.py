@@ -19,6 +19,8 @@ class DataConfig:
     the training split's token counts (alpha=1: the natural mix, 0: uniform).
     validation_documents: per language, the last n documents are held out for validation; a language with n or fewer
     documents holds out all but its first, which it keeps for training.
+    seed: the order of each language's sequences, reshuffled every epoch (launch/data/blend.py); the job's own seed
+    draws the weights and trains the tokenizer.
     """
 
     tokens_dir: str | None = None
