@@ -70,6 +70,10 @@ def test_evaluate_takes_one_tokenizer_or_a_list(capsys) -> None:
         ),
         ("~corpus", "missing value for corpus: pass corpus=..."),
         ("seed.x=1", "seed is a single value in this command, with no seed.x: drop it"),
+        (
+            "tokenizer.parity_rounds=3",
+            "tokenizer.parity_rounds is read by tokenizer.sampling=parity alone, not temperature: drop it, or choose",
+        ),
     ],
 )
 def test_bad_overrides_give_one_line_naming_the_problem(capsys, override: str, expected: str) -> None:
@@ -526,3 +530,15 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     assert plan.stdout.read(2) == b"[\n"  # the rest (84 kB) overflows the pipe's buffer, and then its reader goes
     plan.stdout.close()
     assert plan.wait(timeout=120) == 141 and plan.stderr.read() == b""
+
+
+@pytest.mark.parametrize("command", ["tokenizer train", "pipeline", "train"])
+def test_a_sampling_knob_the_sampling_does_not_read_is_refused(capsys, command: str) -> None:
+    """tokenizer.alpha with sampling=unimax was dropped without a word (the tokenizer was trained as if not given)."""
+    code, _, err = run(capsys, *command.split(), "tokenizer.sampling=unimax", "tokenizer.alpha=0.5", "--cfg")
+    assert code == 2 and err.strip() == (
+        "corolla: error: tokenizer.alpha is read by tokenizer.sampling=temperature or tokenizer.sampling=parity "
+        "alone, not unimax: drop it, or choose that"
+    )
+    code, out, _ = run(capsys, *command.split(), "tokenizer.sampling=temperature", "tokenizer.alpha=0.5", "--cfg")
+    assert code == 0 and "alpha: 0.5" in out

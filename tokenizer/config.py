@@ -29,6 +29,15 @@ class SizeMeasure(Enum):
     chars = "chars"
 
 
+# The knobs that only some sampling methods read, and which (tokenizer.weights: sampling=weights, checked below).
+SAMPLING_KNOBS = {
+    "alpha": (Sampling.temperature, Sampling.parity),
+    "unimax_max_epochs": (Sampling.unimax,),
+    **dict.fromkeys(
+        ["parity_set", "parity_rounds", "parity_strength", "parity_tune_fraction", "parity_token_margin"],
+        (Sampling.parity,),
+    ),
+}
 MAX_THREADS = 1024  # the most SentencePiece trains on
 DEFAULT_SAMPLE_BYTES = 40_000_000
 REFERENCE_KEY = "tokenizer.reference_language"  # the override that sets TokenizerConfig.reference_language

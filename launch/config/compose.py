@@ -35,7 +35,14 @@ from launch.config.schemas import (
     TrainJob,
     VerifyJob,
 )
-from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerExtendJob, TokenizerTrainJob
+from tokenizer.config import (
+    SAMPLING_KNOBS,
+    Sampling,
+    TokenizerEncodeJob,
+    TokenizerEvaluateJob,
+    TokenizerExtendJob,
+    TokenizerTrainJob,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -245,6 +252,21 @@ def _check_vocabulary_not_set(overrides: list[str]) -> None:
             )
 
 
+def _check_sampling_knobs(cfg: DictConfig, overrides: list[str]) -> None:
+    """A tokenizer knob given where the sampling method does not read it (`tokenizer.alpha` with sampling=unimax)
+    would be dropped without a word."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        node, _, knob = key.rpartition(".")
+        sampling = OmegaConf.select(cfg, f"{node}.sampling", default=None) if node == "tokenizer" else None
+        readers = SAMPLING_KNOBS.get(knob, ())
+        if sampling is not None and readers and Sampling(getattr(sampling, "value", sampling)) not in readers:
+            names = " or ".join(f"tokenizer.sampling={reader.value}" for reader in readers)
+            raise ConfigError(
+                f"{key} is read by {names} alone, not {Sampling(sampling).value}: drop it, or choose that"
+            )
+
+
 def _check_switches(cfg: DictConfig, overrides: list[str]) -> None:
     """An on/off knob given a number other than 0 or 1: OmegaConf takes any number as true, so a knob misread as a
     count (`parallel.activation_checkpointing=2`) would switch it on without a word."""
@@ -272,6 +294,8 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
             _check_shape_not_set(overrides)
         if isinstance(job, TokenizerExtendJob):
             _check_vocabulary_not_set(overrides)
+        else:
+            _check_sampling_knobs(cfg, overrides)
         return cfg, job
     except (OmegaConfBaseException, ValueError) as error:
         if isinstance(error, ConfigError):
