@@ -133,17 +133,16 @@ class SlurmState:
 def slurm_state(job_id: str) -> SlurmState:
     """What Slurm says of the job; a SlurmError when the controller cannot be asked."""
     record = controller_record(job_id)
+    output = record.get("StdOut", "") if record is not None else ""
     if record is not None and not has_ended(record["JobState"]):
-        reason, partition, output = record.get("Reason", ""), record.get("Partition", ""), record.get("StdOut", "")
-        summary = live_summary(record)
-        return SlurmState(job_id, record["JobState"], True, summary, "scontrol", reason, partition, output)
+        reason, partition = record.get("Reason", ""), record.get("Partition", "")
+        return SlurmState(job_id, record["JobState"], True, live_summary(record), "scontrol", reason, partition, output)
     try:
         accounted = accounting_record(job_id)
         sacct_problem = "" if accounted else "sacct has no record of it"
     except SlurmError as error:
         accounted, sacct_problem = None, f"sacct unavailable ({error})"
     # Accounting lags the controller by a moment: a job just ended can still be RUNNING there.
-    output = record.get("StdOut", "") if record is not None else ""
     if accounted is not None and (has_ended(accounted["State"]) or record is None):
         return SlurmState(job_id, accounted["State"], False, accounted_summary(accounted), "sacct", output=output)
     if record is not None:
