@@ -144,7 +144,7 @@ def embedding_rows_problem(model: ModelConfig, rows: int, saved_tp: int, tp: int
         return None
     return (
         f"the checkpoint's embedding has {rows} rows, the vocabulary padded for TP={saved_tp}, but TP={tp} pads it to "
-        f"{padded}: choose a TP that pads it to {rows}, such as parallel.tp={saved_tp}"
+        f"{padded}: choose a TP that pads it to {rows}, such as {saved_tp}"
     )
 
 

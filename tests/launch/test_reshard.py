@@ -212,7 +212,7 @@ def test_a_tp_that_pads_the_vocabulary_to_other_rows_is_refused_before_any_rank_
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
     expected = (
         "the checkpoint's embedding has 2048 rows, the vocabulary padded for TP=1, but TP=3 pads it to 2304: choose "
-        "a TP that pads it to 2048, such as parallel.tp=1"
+        "a TP that pads it to 2048, such as 1"
     )
     for dry_run in ([], ["--dry-run"]):
         code = main(
