@@ -542,3 +542,11 @@ def test_a_sampling_knob_the_sampling_does_not_read_is_refused(capsys, command: 
     )
     code, out, _ = run(capsys, *command.split(), "tokenizer.sampling=temperature", "tokenizer.alpha=0.5", "--cfg")
     assert code == 0 and "alpha: 0.5" in out
+
+
+def test_tokenizer_extend_refuses_a_sampling_knob_but_the_parallel_set_it_always_reads(capsys) -> None:
+    extend = ["tokenizer", "extend", "base=b", "corpus=c", "output_dir=o", "tokenizer.parity_set=p", "--cfg"]
+    code, _, err = run(capsys, *extend, "tokenizer.sampling=unimax", "tokenizer.alpha=0.5")
+    assert code == 2 and "tokenizer.alpha is read by tokenizer.sampling=temperature or" in err
+    code, out, _ = run(capsys, *extend, "tokenizer.sampling=temperature", "tokenizer.parity_tune_fraction=0.4")
+    assert code == 0 and "parity_tune_fraction: 0.4" in out

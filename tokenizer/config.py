@@ -137,6 +137,11 @@ class TokenizerTrainJob:
         check_seed(self.seed)
 
 
+# What tokenizer extend reads of the tokenizer's parity settings whatever its sampling: it measures the premiums that
+# choose the languages to extend on the parallel set's tuning half.
+EXTEND_READS = frozenset({"parity_set", "parity_tune_fraction"})
+
+
 @dataclass
 class TokenizerExtendJob:
     """`corolla tokenizer extend`: pieces for the corpus languages `base` serves badly, appended to its vocabulary.

@@ -36,6 +36,7 @@ from launch.config.schemas import (
     VerifyJob,
 )
 from tokenizer.config import (
+    EXTEND_READS,
     SAMPLING_KNOBS,
     Sampling,
     TokenizerEncodeJob,
@@ -252,12 +253,14 @@ def _check_vocabulary_not_set(overrides: list[str]) -> None:
             )
 
 
-def _check_sampling_knobs(cfg: DictConfig, overrides: list[str]) -> None:
+def _check_sampling_knobs(cfg: DictConfig, overrides: list[str], read_anyway: frozenset[str] = frozenset()) -> None:
     """A tokenizer knob given where the sampling method does not read it (`tokenizer.alpha` with sampling=unimax)
-    would be dropped without a word."""
+    would be dropped without a word; `read_anyway`: the command's knobs that it reads whatever the sampling."""
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         node, _, knob = key.rpartition(".")
+        if knob in read_anyway:
+            continue
         sampling = OmegaConf.select(cfg, f"{node}.sampling", default=None) if node == "tokenizer" else None
         readers = SAMPLING_KNOBS.get(knob, ())
         if sampling is not None and readers and Sampling(getattr(sampling, "value", sampling)) not in readers:
@@ -294,8 +297,7 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
             _check_shape_not_set(overrides)
         if isinstance(job, TokenizerExtendJob):
             _check_vocabulary_not_set(overrides)
-        else:
-            _check_sampling_knobs(cfg, overrides)
+        _check_sampling_knobs(cfg, overrides, EXTEND_READS if isinstance(job, TokenizerExtendJob) else frozenset())
         return cfg, job
     except (OmegaConfBaseException, ValueError) as error:
         if isinstance(error, ConfigError):
