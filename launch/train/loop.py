@@ -18,7 +18,7 @@ import torch
 from launch import compat
 from launch.config.schemas import TrainConfig
 from launch.data.blend import BlendedDataset
-from launch.plan.schedules import batch_size_at, lr_at, samples_before
+from launch.plan.schedules import batch_size_at, lr_at
 from launch.train.batches import micro_batches
 
 
@@ -107,17 +107,24 @@ def _step(
 
 
 def train_steps(
-    engine, data: DataShard, train: TrainConfig, seq_length: int, first_step: int, callbacks: Callbacks
+    engine,
+    data: DataShard,
+    train: TrainConfig,
+    seq_length: int,
+    first_step: int,
+    first_sample: int,
+    callbacks: Callbacks,
 ) -> tuple[int, bool]:
-    """Optimizer steps after `first_step` (steps done); validation every train.eval_interval steps and at the end;
+    """Optimizer steps after `first_step` (steps done), on the global samples from `first_sample` (those the steps
+    before it trained, whatever batch sizes they had) on; validation every train.eval_interval steps and at the end;
     a checkpoint every train.checkpoint_interval steps and at the end.
 
     Stops early, with a checkpoint, after train.exit_after steps of this launch or when asked to; raises NonFiniteStep,
     saving nothing more, at the first non-finite step past train.skip_nonfinite (the optimizer left the weights as
-    they were). The data position and the batch size follow from the step (samples consumed). Returns the last step
-    done and whether it was asked to stop.
+    they were). The batch size follows from the samples consumed. Returns the last step done and whether it was
+    asked to stop.
     """
-    consumed, skipped = samples_before(first_step, train), 0
+    consumed, skipped = first_sample, 0
     last = train.steps if not train.exit_after else min(train.steps, first_step + train.exit_after)
     for step in range(first_step, last):
         batch_size = batch_size_at(consumed, train)

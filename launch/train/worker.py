@@ -270,7 +270,10 @@ def _train(start: RankStart, engine: PipelineEngine, data: DataShard, reporter: 
         progress=watchdog.progress,
     )
     try:
-        last, stopped = train_steps(engine, data, job.train, job.model.seq_length, first_step, faults.wrap(callbacks))
+        # The samples the checkpoint's steps trained (its engine counters; 0 for a fresh start): not first_step x
+        # train.global_batch, which a resume with another batch size would skip or repeat samples by.
+        consumed, seq_length = engine.global_samples, job.model.seq_length
+        last, stopped = train_steps(engine, data, job.train, seq_length, first_step, consumed, faults.wrap(callbacks))
     except NonFiniteStep as error:
         _record_divergence(start.run_dir, start.rank, error, compat.adam_optimizer(engine).nonfinite_ranks)
         return Event.diverged

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from launch.config.schemas import BatchRampup, TrainConfig
-from launch.plan.schedules import lr_at
+from launch.plan.schedules import lr_at, samples_before
 from launch.train.loop import Callbacks, DataShard, StepRecord, train_steps
 
 SEQ = 4
@@ -72,11 +72,20 @@ class Recorder:
         )
 
 
-def run(train: TrainConfig, first_step: int = 0, dp_rank: int = 0, dp: int = 1, validation=None, recorder=None):
+def run(
+    train: TrainConfig,
+    first_step: int = 0,
+    dp_rank: int = 0,
+    dp: int = 1,
+    validation=None,
+    recorder=None,
+    first_sample: int | None = None,
+):
     engine = FakeEngine(train.global_batch, train.micro_batch, dp)
     recorder = recorder or Recorder()
     data = DataShard(Samples(), dp_rank, dp, validation or {})
-    result = train_steps(engine, data, train, SEQ, first_step, recorder.callbacks())
+    first_sample = samples_before(first_step, train) if first_sample is None else first_sample
+    result = train_steps(engine, data, train, SEQ, first_step, first_sample, recorder.callbacks())
     return engine, recorder, result
 
 
@@ -105,6 +114,13 @@ def test_a_resumed_loop_trains_on_what_the_uninterrupted_one_did_after_that_step
     assert whole.batch_sizes == [2, 2, 4, 6, 6, 6] and resumed.batch_sizes == whole.batch_sizes[3:]
     assert resumed.trained == whole.trained[3:]
     assert [record.step for record in recorder.steps] == [4, 5, 6]
+
+
+def test_a_resume_with_another_batch_size_trains_the_samples_after_those_already_trained() -> None:
+    before, _, _ = run(TrainConfig(steps=4, global_batch=4, micro_batch=2, exit_after=2))
+    after, _, _ = run(TrainConfig(steps=4, global_batch=8, micro_batch=2), first_step=2, first_sample=8)
+    bounds = [(0, 4), (4, 8), (8, 16), (16, 24)]  # not 16-31 and 24-39: 2 steps x the new batch
+    assert before.trained + after.trained == [list(range(start, stop)) for start, stop in bounds]
 
 
 def test_validation_runs_on_its_interval_and_leaves_the_forward_count_as_it_was() -> None:

@@ -126,6 +126,19 @@ def test_batch_rampup_over_stages_and_replicas_gives_the_one_process_losses_and_
         assert abs(record["loss"] - reference["loss"]) <= 1e-5, (record, reference)
 
 
+def test_a_resume_with_another_global_batch_goes_on_from_the_samples_already_trained(tokens, tmp_path) -> None:
+    """2 steps of 8 sequences, resumed with train.global_batch=16: steps 3 and 4 train sequences 16-47, as a ramp-up
+    from 8 to 16 after 16 samples does, not 32-63 (step x the new batch), which skipped 16 sequences."""
+    rampup = ["train.global_batch=16", "train.rampup.start=8", "train.rampup.increment=8", "train.rampup.samples=16"]
+    reference = train(tmp_path / "rampup", tokens, *rampup)
+    assert [record["batch_size"] for record in reference] == [8, 8, 16, 16]
+    train(tmp_path / "run", tokens, "train.exit_after=2")
+    resumed = train(tmp_path / "run", tokens, "train.global_batch=16")
+    assert [record["batch_size"] for record in resumed] == [8, 8, 16, 16]
+    for record, expected in zip(resumed, reference, strict=True):
+        assert abs(record["loss"] - expected["loss"]) <= 1e-5, (record, expected)
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
