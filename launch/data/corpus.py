@@ -116,7 +116,21 @@ def _manifest_shaped(manifest: object) -> bool:
         isinstance(tokenizer, dict)
         and {"vocab_size", "fingerprint", "path"} <= set(tokenizer)
         and isinstance(languages, dict)
-        and all(isinstance(entry, dict) and isinstance(entry.get("shards"), list) for entry in languages.values())
+        and all(isinstance(entry, dict) and _shards_shaped(entry.get("shards")) for entry in languages.values())
+    )
+
+
+def _shards_shaped(shards: object) -> bool:
+    """A language's pairs as encode lists them: at least one, each a file with its document and token counts."""
+    return (
+        isinstance(shards, list)
+        and bool(shards)
+        and all(
+            isinstance(shard, dict)
+            and isinstance(shard.get("file"), str)
+            and all(type(shard.get(count)) is int for count in ("documents", "tokens"))
+            for shard in shards
+        )
     )
 
 

@@ -262,7 +262,17 @@ def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: P
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"languages": {}}))
     fails("not a token manifest", lambda: TokenCorpus(tmp_path, 5))
     real = json.loads((tokens_dir / MANIFEST_NAME).read_text())
-    for languages in ({"eng_Latn": 5}, ["eng_Latn"], {"eng_Latn": {"shards": 5}}):  # its keys, not their nesting
+    # Its keys, not their nesting; a language with no pairs, or a pair that is not a file with its counts.
+    shard = {"file": "eng_Latn/eng_Latn.txt", "source": "eng_Latn.txt", "documents": 240, "tokens": 5}
+    for languages in (
+        {"eng_Latn": 5},
+        ["eng_Latn"],
+        {"eng_Latn": {"shards": 5}},
+        {"eng_Latn": {"shards": []}},
+        {"eng_Latn": {"shards": ["eng_Latn/eng_Latn.txt"]}},
+        {"eng_Latn": {"shards": [{"file": "eng_Latn/eng_Latn.txt"}]}},
+        {"eng_Latn": {"shards": [{**shard, "documents": "240"}]}},
+    ):
         (tmp_path / MANIFEST_NAME).write_text(json.dumps({**real, "languages": languages}))
         fails("not a token manifest corolla wrote: re-run `corolla tokenizer encode`", lambda: TokenCorpus(tmp_path, 5))
     fails("do not hold: kor_Hang", lambda: dataset(tokens_dir, weights={"eng_Latn": 1, "kor_Hang": 1}))
