@@ -131,14 +131,15 @@ def saved_run(run_dir: Path) -> SavedRun | None:
 
 def matched_to(job: TrainJob, saved: SavedRun | None, data: DataFacts | None = None) -> TrainJob:
     """The job, checked against the run whose checkpoints it resumes, if any: a one-line ValueError where it would
-    train them as something else (another init_from, tokenizer or model shape). What is not known before the data
-    (its tokenizer, the vocabulary) is checked when the job is matched again with `data`."""
+    train them as something else (another init_from, tokenizer, model shape or held-out documents). What is not
+    known before the data (its tokenizer, the vocabulary) is checked when the job is matched again with `data`."""
     if saved is None:
         return job
     job = _same_start(job, saved)
     if data is not None:
         _check_tokenizer(saved, data)
     _check_shape(job.model, saved)
+    _check_held_out(job.data.validation_documents, saved)
     return job
 
 
@@ -201,6 +202,19 @@ def _check_shape(model: ModelConfig, saved: SavedRun) -> None:
         f"run_dir={saved.run_dir} holds checkpoints of {theirs}, this job has {ours}: use the run's model settings "
         "(and data) or a new run_dir"
     )
+
+
+def _check_held_out(validation_documents: int, saved: SavedRun) -> None:
+    """The documents held out for validation are the run's: fewer would train its checkpoints on documents it
+    validated on, more would validate them on documents they trained on."""
+    held_out = saved.job.data.validation_documents
+    if validation_documents != held_out:
+        raise ValueError(
+            f"run_dir={saved.run_dir} held out the last {held_out} documents of each language for validation "
+            f"(data.validation_documents={held_out}), this job {validation_documents}: fewer would train on documents "
+            f"it validated on, more validate on documents it trained on; keep data.validation_documents={held_out} "
+            "or use a new run_dir"
+        )
 
 
 def _check_embedding_rows(plans: list[RunPlan], saved: SavedRun | None) -> None:

@@ -1,6 +1,7 @@
 """A relaunch on a run directory that holds checkpoints resumes them as what they are, or is refused in one line
 before any file of the run directory changes: token files of another tokenizer, an init_from other than the one the
-run started from, another model shape. The same command again (a requeue) still resumes, init_from runs included."""
+run started from, another model shape, other held-out documents. The same command again (a requeue) still resumes,
+init_from runs included."""
 
 from __future__ import annotations
 
@@ -209,3 +210,15 @@ def test_another_model_shape_is_refused_before_job_yaml_changes(capsys, workspac
     assert "holds checkpoints of model.num_layers=2 model.num_heads=4, this job has model.num_layers=3 " in err
     # A dry run says so too.
     assert "this job has model.hidden_size=128" in refused(capsys, Path("run"), "--dry-run", "model.hidden_size=128")
+
+
+def test_another_number_of_held_out_documents_is_refused(capsys, workspace: Path) -> None:
+    """Fewer would train the run on documents it validated on, more validate it on documents it trained on."""
+    for held_out in (5, 80):
+        err = refused(capsys, Path("run"), "data.tokens_dir=tokens", f"data.validation_documents={held_out}")
+        assert (
+            "run_dir=run held out the last 50 documents of each language for validation (data.validation_documents=50)"
+            f", this job {held_out}: " in err
+        )
+    assert "data.validation_documents=50)" in refused(capsys, Path("run"), "--dry-run", "data.validation_documents=5")
+    assert train("run_dir=run", "train.steps=2", "data.validation_documents=50") == 0
