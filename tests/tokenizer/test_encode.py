@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -430,6 +431,30 @@ def test_bad_input_fails_before_writing_anything(damage, workers: int, message: 
         encode_corpus(tokenizer, corpus, output, workers=workers, log=quiet)
     assert "\n" not in str(error.value)
     assert not output.exists()
+
+
+def test_a_tokenizer_without_eos_at_its_id_is_refused_before_writing_anything(tmp_path: Path) -> None:
+    """A byte-level BPE whose one special token comes first, as GPT-2's has it last: its id 2 is a byte, `"` here,
+    which documents were joined by, run together; without EOS after documents it encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    lines = [line.decode() for line in sample_lines("eng_Latn", 0, LINES)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe.train_from_iterator(
+        lines, trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet)
+    )
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    corpus, output = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    (corpus / "eng_Latn.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    expected = f"tokenizer {tmp_path / 'tokenizer.json'} has '\"' at id {EOS_ID}, where token files put {EOS} after"
+    with pytest.raises(ValueError, match=re.escape(expected)) as error:
+        encode_corpus(tmp_path / "tokenizer.json", corpus, output, workers=1, log=quiet)
+    assert "\n" not in str(error.value)
+    assert not output.exists()
+    encode_corpus(tmp_path / "tokenizer.json", corpus, output, append_eos=False, workers=1, log=quiet)
 
 
 def truncate(path: Path, size: int) -> None:
