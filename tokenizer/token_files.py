@@ -133,7 +133,7 @@ class TokenFile:
 
     def _read_header(self) -> tuple[np.dtype, int]:
         if not self.idx_path.is_file():
-            raise ValueError(f"token file {self.idx_path} does not exist")
+            raise self._invalid(self.idx_path, "missing")
         size = self.idx_path.stat().st_size
         with self.idx_path.open("rb") as idx:
             header = idx.read(HEADER.size)
@@ -155,7 +155,7 @@ class TokenFile:
 
     def _map_tokens(self) -> np.ndarray:
         if not self.bin_path.is_file():
-            raise ValueError(f"token file {self.bin_path} does not exist")
+            raise self._invalid(self.bin_path, "missing")
         first, last = int(self.offsets[0]), int(self.offsets[-1])
         size = self.bin_path.stat().st_size
         if first != 0 or size != last * self.dtype.itemsize:

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -293,6 +294,10 @@ def test_bad_input_fails_with_one_line_naming_the_fix(tokens_dir: Path, model: P
     fails("seq_length=0", lambda: dataset(tokens_dir, seq_length=0))
     no_eos = encode(model, tmp_path / "no-eos", {"eng_Latn": 20}, append_eos=False)
     fails("append_eos=true", lambda: TokenCorpus(no_eos, 5))
+    for suffix in (".idx", ".bin"):  # a file of a pair gone: the line said it does not exist, and no more
+        pair = encode(model, tmp_path / f"pair{suffix}", {"eng_Latn": 20})
+        next(pair.rglob(f"*{suffix}")).unlink()
+        fails(rf"{suffix} is missing: re-run `corolla tokenizer encode` to rewrite it", partial(TokenCorpus, pair, 5))
 
 
 def test_token_ids_past_the_vocabulary_are_refused_as_damaged_files(
