@@ -20,10 +20,10 @@ from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
 from launch.plan.weights import (
     Weights,
+    checkpoint_layout,
     embedding_rows_problem,
     import_record,
     is_hf_directory,
-    saved_embedding_rows,
     weights_of,
 )
 from launch.rundir import outbox, tracking
@@ -222,7 +222,8 @@ def _check_embedding_rows(plans: list[RunPlan], saved: SavedRun | None) -> None:
     job may start on must pad the vocabulary to as many rows, or its ranks would start only to fail as they load."""
     if saved is None or not saved.job.model.vocab_size:
         return
-    rows, saved_tp = saved_embedding_rows(saved.job.model, saved.run_dir / CHECKPOINTS, saved.step)
+    saved_tp = checkpoint_layout(saved.run_dir / CHECKPOINTS, saved.step).tp
+    rows = saved.job.model.padded_vocab_size(saved_tp)
     for plan in plans:
         if plan.padded_vocab_size != rows:
             problem = embedding_rows_problem(saved.job.model, rows, saved_tp, plan.layout.tp)

@@ -148,12 +148,6 @@ def embedding_rows_problem(model: ModelConfig, rows: int, saved_tp: int, tp: int
     )
 
 
-def saved_embedding_rows(model: ModelConfig, checkpoints: Path, step: int) -> tuple[int, int]:
-    """(the embedding's rows, the TP they are laid out for) of a run's checkpoint of `step`, trained as `model`."""
-    tp = checkpoint_layout(checkpoints, step).tp
-    return model.padded_vocab_size(tp), tp
-
-
 # A Hugging Face model directory's files: its config, and its weights whole or as an index of shards.
 HF_CONFIG_FILE = "config.json"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
