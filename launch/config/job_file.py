@@ -22,6 +22,28 @@ def job_yaml(job: TrainJob) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(job))
 
 
+def job_settings(job: TrainJob) -> dict[str, str]:
+    """The job's every setting by its dotted name (`data.alpha`), as text: its MLflow params."""
+    return _flattened(OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True))
+
+
+def changed_settings(before: TrainJob, after: TrainJob) -> dict[str, tuple[str, str]]:
+    """The settings `after` gives otherwise than `before`, with both values."""
+    old, new = job_settings(before), job_settings(after)
+    return {name: (old.get(name, ""), value) for name, value in new.items() if old.get(name) != value}
+
+
+def _flattened(config: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flattened(value, name + "."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
 def job_config(path: Path) -> DictConfig:
     """The job file as written; a ValueError naming it when it is not one."""
     try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from launch.config.data import DataConfig
-from launch.config.job_file import job_yaml, read_job
+from launch.config.job_file import changed_settings, job_yaml, read_job
 from launch.config.schemas import JOB_MODEL_SETTINGS, ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.facts import DataFacts, TokenizerChanged
@@ -29,8 +29,8 @@ from launch.plan.weights import (
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
-from launch.rundir.history import MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
-from launch.rundir.run_record import as_recorded, record_run, tracked_run
+from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
+from launch.rundir.run_record import as_recorded, masked, record_run, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
@@ -77,6 +77,13 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     _check_embedding_rows(plans, saved)
     if shortfall := validation_shortfall(plans, job):
         print(shortfall)
+    changed = (
+        {name: (masked(old), masked(new)) for name, (old, new) in changed_settings(saved.job, job).items()}
+        if saved
+        else {}
+    )
+    if changed:
+        print(_changes_line(saved, changed, dry_run))
     if dry_run:
         return PreparedRun(job, plans, run_dir, None)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,14 +100,34 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
     history = RunHistory(run_dir)
     records = {TOKENIZER_RECORD: data.tokenizer_fingerprint, MLFLOW_RUN_RECORD: as_recorded(run_dir, tracked)}
+    if changed:
+        records[CHANGED_RECORD] = {name: list(values) for name, values in changed.items()}
     history.record(Event.launch, cluster=job.cluster.name, **records)
     if new_run:
         write_state(run_dir, TrackingState(sent={}))
     artifacts = [run_dir / JOB_FILE]
     if data.tokenizer_dir and (Path(data.tokenizer_dir) / METADATA_FILE).is_file():
         artifacts.append(Path(data.tokenizer_dir) / METADATA_FILE)
-    outbox.update(run_dir, {tracking.LAUNCHES_TAG: str(len(history.launches()))}, "RUNNING", artifacts)
+    launch_count = str(len(history.launches()))
+    launch_tags = {tracking.LAUNCHES_TAG: launch_count}
+    if changed:  # MLflow keeps the params the run was created with: the tag says what later launches changed
+        launch_tags[f"{tracking.CHANGED_TAG}.{launch_count}"] = _listed(changed)[:5000]
+    outbox.update(run_dir, launch_tags, "RUNNING", artifacts)
     return PreparedRun(job, plans, run_dir, tracked)
+
+
+def _changes_line(saved: SavedRun, changed: dict[str, tuple[str, str]], dry_run: bool) -> str:
+    """What a relaunch changes of the settings its checkpoints were trained with: said, never silent, as a changed
+    blend, seed or sequence length reorders the samples from the resumed step on."""
+    verb = "would resume" if dry_run else "resumes"
+    return (
+        f"run_dir={saved.run_dir} {verb} step {saved.step} with settings changed since its last launch: "
+        f"{_listed(changed)} (the launch records them in {HISTORY_FILE})"
+    )
+
+
+def _listed(changed: dict[str, tuple[str, str]]) -> str:
+    return ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items())
 
 
 def _restore_run_record(run_dir: Path, record: object) -> None:

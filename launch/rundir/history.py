@@ -2,7 +2,8 @@
 
 - launch: `corolla train` or `corolla submit` prepared the run (written before any rank starts), with the
   fingerprint of the tokenizer of its token files (`tokenizer_fingerprint`), which a relaunch must match, and its
-  MLflow run as run.json names it (`mlflow_run`), which a launch that finds run.json gone writes back;
+  MLflow run as run.json names it (`mlflow_run`), which a launch that finds run.json gone writes back, and the
+  settings it changed of those its checkpoints were trained with (`changed`);
 - start: a launch's ranks began (rank 0 writes): where (host or Slurm job, restart count, nodes), the checkpoint
   step it resumed from and how many steps it redoes (logged before, lost with the previous start);
 - stopped: a clean stop with a checkpoint, for a `signal` (one before the time limit, a preemption, a STOP file), or
@@ -44,9 +45,11 @@ class Event(StrEnum):
     unfit = "unfit"
 
 
-# In a launch: the fingerprint of the tokenizer of its token files; its MLflow run (run.json's record).
+# In a launch: the fingerprint of the tokenizer of its token files; its MLflow run (run.json's record); the settings
+# it changed of the job its checkpoints were trained as ({name: [before, after]}).
 TOKENIZER_RECORD = "tokenizer_fingerprint"
 MLFLOW_RUN_RECORD = "mlflow_run"
+CHANGED_RECORD = "changed"
 # After these no job trains the run until it is launched again.
 ENDED = (Event.finished, Event.gave_up, Event.diverged, Event.no_space)
 

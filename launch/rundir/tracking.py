@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from omegaconf import OmegaConf
-
 from launch import compat
+from launch.config.job_file import job_settings
 from launch.rundir.files import MLFLOW_ARTIFACTS, RUN_CREATION, RUN_FILE
 from launch.rundir.run_record import (
     SQLITE,
@@ -50,6 +49,7 @@ STEP_METRICS = {
 # Validation: the mean over languages, and each language as val_loss/<language>; the same in bits per byte.
 VALIDATION_METRIC, BITS_PER_BYTE_METRIC = "val_loss", "val_bpb"
 LAUNCHES_TAG = "corolla.launches"  # how many times the run was launched (corolla train or submit), restarts aside
+CHANGED_TAG = "corolla.changed_at_launch"  # .N: the settings launch N changed (the params are the first launch's)
 CREATION_TAG = "corolla.creation"  # RUN_CREATION's token: which launch created the run
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -59,17 +59,6 @@ def safe_message(error: Exception) -> str:
     """An MLflow failure in one line, credentials masked: its first line that says what failed."""
     lines = compat.telling_lines(error)
     return masked(f"{type(error).__name__}: {lines[0] if lines else ''}"[:300])
-
-
-def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 def _git_revision() -> str:
@@ -164,8 +153,8 @@ def _new_run(
     all_tags = {"git_revision": _git_revision(), "host": socket.gethostname(), LAUNCHES_TAG: "1", **tags}
     all_tags[CREATION_TAG] = creation
     run = client.create_run(experiment_id, tags=all_tags, run_name=run_dir.resolve().name)
-    params = _flatten(OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True))
-    client.log_batch(run.info.run_id, params=[Param(k, masked(v)[:6000]) for k, v in sorted(params.items())])
+    params = sorted(job_settings(job).items())
+    client.log_batch(run.info.run_id, params=[Param(k, masked(v)[:6000]) for k, v in params])
     tracked = TrackedRun(uri, run.info.run_id, experiment_id)
     record_run(run_dir, tracked)
     (run_dir / RUN_CREATION).unlink()

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 
 from conftest import SHARED_DATA, byte_level_bpe, cut_corpus
@@ -19,6 +20,7 @@ from launch.data.corpus import TokenCorpus
 from launch.jobs.local import run_ranks
 from launch.plan.run_plan import read_plans
 from launch.rundir.history import RunHistory
+from launch.rundir.run_record import recorded_run
 
 RUN = [*SHORT_RUN, "train.steps=1", "train.eval_interval=0"]
 
@@ -158,6 +160,40 @@ def test_a_run_of_an_older_corolla_without_the_record_resumes_and_a_launch_recor
     assert RunHistory(workspace / "run").starts()[-1]["resumed_from_step"] == 1
     launches = [event for event in RunHistory(workspace / "run").events() if event["event"] == "launch"]
     assert launches[-1]["tokenizer_fingerprint"] == fingerprint(workspace / "tokens")
+
+
+def test_a_relaunch_that_changes_settings_says_which_and_records_them(capsys, workspace: Path) -> None:
+    """A resume may change the data's seed or blend, the sequence length, the steps: each reorders or extends what the
+    checkpoints train on from there, so it is said, recorded in the history and tagged on the MLflow run (whose
+    params stay the first launch's). The same command again changes nothing and says nothing."""
+    capsys.readouterr()
+    relaunch = ["run_dir=run", "train.steps=2", "data.seed=7", "model.seq_length=16"]
+    assert main(["train", "--dry-run", "data.tokens_dir=tokens", *RUN, *relaunch]) == 0
+    said = "run_dir=run would resume step 1 with settings changed since its last launch: "
+    assert said in capsys.readouterr().out
+    assert train(*relaunch) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "with settings changed" in line)
+    assert line == (
+        "run_dir=run resumes step 1 with settings changed since its last launch: model.seq_length 32 -> 16, "
+        "data.seed 1234 -> 7, train.steps 1 -> 2 (the launch records them in history.jsonl)"
+    )
+    launch = RunHistory(workspace / "run").launches()[-1]
+    assert launch["changed"] == {
+        "model.seq_length": ["32", "16"],
+        "train.steps": ["1", "2"],
+        "data.seed": ["1234", "7"],
+    }
+    tracked = recorded_run(workspace / "run")
+    run = MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).data
+    assert run.tags["corolla.changed_at_launch.2"] == line.split(": ", 1)[1].split(" (")[0]
+    assert run.params["data.seed"] == "1234"
+    stopped_early = [*relaunch, "train.steps=4", "train.exit_after=1"]
+    assert train(*stopped_early) == 0
+    assert "with settings changed since its last launch: train.steps 2 -> 4, " in capsys.readouterr().out
+    assert train(*stopped_early) == 0
+    assert "with settings changed" not in capsys.readouterr().out
+    launches = RunHistory(workspace / "run").launches()
+    assert len(launches) == 4 and "changed" not in launches[-1]
 
 
 def test_init_from_is_refused_on_a_run_with_checkpoints_of_its_own_and_the_same_init_from_resumes(
