@@ -550,3 +550,27 @@ def test_tokenizer_extend_refuses_a_sampling_knob_but_the_parallel_set_it_always
     assert code == 2 and "tokenizer.alpha is read by tokenizer.sampling=temperature or" in err
     code, out, _ = run(capsys, *extend, "tokenizer.sampling=temperature", "tokenizer.parity_tune_fraction=0.4")
     assert code == 0 and "parity_tune_fraction: 0.4" in out
+
+
+@pytest.mark.parametrize(
+    ("given", "reason"),
+    [
+        ("data.tokens_dir=tokens", "data.tokens_dir=tokens holds token files encoded already"),
+        ("data.tokenizer_dir=tok", "data.tokenizer_dir=tok encodes data.corpus"),
+        ("init_from=runs/imported", "init_from's tokenizer encodes data.corpus"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "submit"])
+def test_tokenizer_settings_are_refused_where_the_training_job_trains_no_tokenizer(
+    capsys, command: str, given: str, reason: str
+) -> None:
+    """They choose the tokenizer the job trains to encode data.corpus: given with token files, a tokenizer or weights
+    of its own, they were dropped without a word."""
+    for tokenizer in ("tokenizer=bpe-64k", "tokenizer.vocab_size=1000"):
+        code, _, err = run(capsys, command, given, tokenizer, "--cfg")
+        assert code == 2 and err == (
+            f"corolla: error: {tokenizer}: {reason}, so this job trains no tokenizer: drop it, or give data.corpus "
+            "alone for the job to encode with a tokenizer of these settings"
+        )
+    code, out, _ = run(capsys, command, "tokenizer.vocab_size=1000", "--cfg")
+    assert code == 0 and "vocab_size: 1000" in out

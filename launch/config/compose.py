@@ -253,6 +253,30 @@ def _check_vocabulary_not_set(overrides: list[str]) -> None:
             )
 
 
+def _tokenizer_unused(job: TrainJob) -> str | None:
+    """Why a training job trains no tokenizer of its own, if it does not: its token files or tokenizer are given."""
+    if job.data.tokens_dir:
+        return f"data.tokens_dir={job.data.tokens_dir} holds token files encoded already"
+    if job.data.tokenizer_dir:
+        return f"data.tokenizer_dir={job.data.tokenizer_dir} encodes data.corpus"
+    if job.init_from:
+        return "init_from's tokenizer encodes data.corpus"
+    return None
+
+
+def _check_tokenizer_not_set(job: TrainJob, overrides: list[str]) -> None:
+    """The tokenizer settings of a training job choose the tokenizer it trains to encode data.corpus: given where it
+    trains none, they would be dropped without a word."""
+    reason = _tokenizer_unused(job)
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if reason and (key == "tokenizer" or key.startswith("tokenizer.")):
+            raise ConfigError(
+                f"{override}: {reason}, so this job trains no tokenizer: drop it, or give data.corpus alone for the "
+                "job to encode with a tokenizer of these settings"
+            )
+
+
 def _check_sampling_knobs(cfg: DictConfig, overrides: list[str], read_anyway: frozenset[str] = frozenset()) -> None:
     """A tokenizer knob given where the sampling method does not read it (`tokenizer.alpha` with sampling=unimax)
     would be dropped without a word; `read_anyway`: the command's knobs that it reads whatever the sampling."""
@@ -297,6 +321,8 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
             _check_shape_not_set(overrides)
         if isinstance(job, TokenizerExtendJob):
             _check_vocabulary_not_set(overrides)
+        if type(job) is TrainJob:  # the main job trains its tokenizer, into its data.tokens_dir
+            _check_tokenizer_not_set(job, overrides)
         _check_sampling_knobs(cfg, overrides, EXTEND_READS if isinstance(job, TokenizerExtendJob) else frozenset())
         return cfg, job
     except (OmegaConfBaseException, ValueError) as error:
