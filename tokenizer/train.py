@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tokenizer.config import DEFAULT_SAMPLE_BYTES, Sampling, TokenizerConfig, TokenizerTrainJob
+from tokenizer.config import DEFAULT_SAMPLE_BYTES, ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
 from tokenizer.files import SPM_MODEL_FILE, publish, read_json, staging_area
@@ -90,8 +90,14 @@ def config_record(cfg: TokenizerConfig) -> dict:
 
 
 def tokenizer_identity(record: dict) -> dict:
-    """What in a config record decides the trained tokenizer: two configs with the same identity train the same."""
-    return {key: value for key, value in record.items() if key not in DESCRIPTIVE_KEYS}
+    """What in a config record decides the trained tokenizer: two configs with the same identity train the same. The
+    thread count decides a unigram model (0 trains it on one), not a BPE one (training_threads)."""
+    identity = {key: value for key, value in record.items() if key not in DESCRIPTIVE_KEYS}
+    if identity.get("model_type") == ModelType.bpe.value:
+        identity.pop("threads", None)
+    elif "threads" in identity:
+        identity["threads"] = identity["threads"] or 1
+    return identity
 
 
 def versions() -> dict[str, str]:

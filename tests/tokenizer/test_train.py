@@ -19,7 +19,7 @@ from launch.cli import main
 from tokenizer.config import ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import Source, read_documents
 from tokenizer.hygiene import HygieneStats
-from tokenizer.train import is_current, train_tokenizer
+from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
 
 # Zawgyi byte-for-byte looks like Burmese Unicode with the wrong meaning; the Unicode spelling of each follows.
 ZAWGYI_LINES = ["ျမန္မာစာ", "ေက်ာင္းသား", "ျမန္မာႏိုင္ငံ", "ကၽြန္ေတာ္"]
@@ -78,6 +78,20 @@ def test_bpe_gives_the_same_file_on_any_number_of_threads(small_corpus: Path, tm
     two = train(small_corpus, tmp_path / "two", threads=2)
     assert (one / "tokenizer.model").read_bytes() == (two / "tokenizer.model").read_bytes()
     assert json.loads((two / "metadata.json").read_text())["training_threads"] == 2
+    # So the trained one is current for any thread count (and a training job's cache entry the same): it was
+    # trained again when a job ran on a machine with more cores, or was given another tokenizer.threads.
+    for threads in (0, 2, 3):
+        cfg = TokenizerConfig(vocab_size=2000, character_coverage=0.99, sample_bytes=400_000, threads=threads)
+        assert is_current(TokenizerTrainJob(cfg, str(small_corpus), str(one), 5))
+
+
+def test_the_thread_count_decides_a_unigram_model() -> None:
+    """Unigram trains other pieces on other thread counts, and on one where none is given."""
+    identity = [
+        tokenizer_identity(config_record(TokenizerConfig(model_type=ModelType.unigram, threads=threads)))
+        for threads in (0, 1, 2)
+    ]
+    assert identity[0] == identity[1] != identity[2]
 
 
 def test_explicit_weights_leave_unweighted_languages_out(capsys, small_corpus: Path, tmp_path: Path) -> None:
