@@ -173,7 +173,15 @@ class TokenFile:
     def num_tokens(self) -> int:
         return self.tokens.size
 
+    def start(self, i: int) -> int:
+        """Where document i starts in the .bin (its token count for i = len(self)); an offset out of order with its
+        neighbours is a damaged index (checked here, where it is read, not over the whole index at every open)."""
+        around = [int(offset) for offset in self.offsets[max(i - 1, 0) : i + 2]]
+        if around != sorted(around):
+            raise self._invalid(self.idx_path, f"damaged (document {i} starts at {int(self.offsets[i])})")
+        return int(self.offsets[i])
+
     def document(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
             raise IndexError(f"document {i} out of range: {self.idx_path} holds {len(self)}")
-        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+        return self.tokens[self.start(i) : self.start(i + 1)]

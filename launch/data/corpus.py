@@ -80,7 +80,7 @@ class LanguageSplit:
         tokens = 0
         for file in self.files:
             if document <= len(file):
-                return tokens + int(file.offsets[document])
+                return tokens + file.start(document)
             document -= len(file)
             tokens += file.num_tokens
         return tokens

@@ -22,12 +22,12 @@ import pytest
 
 from conftest import MULTILINGUAL, REPO_ROOT
 from launch.cli import main
-from launch.data.corpus import TokenCorpus
+from launch.data.corpus import LanguageSplit, TokenCorpus
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import MANIFEST_NAME, encode_corpus
 from tokenizer.loading import load_tokenizer
 from tokenizer.spm import EOS, SPECIAL_IDS, train_sentencepiece
-from tokenizer.token_files import TokenFile, TokenFileWriter
+from tokenizer.token_files import HEADER, OFFSET_DTYPE, TokenFile, TokenFileWriter
 
 EOS_ID = SPECIAL_IDS[EOS]
 LINES = 200
@@ -479,6 +479,26 @@ def test_damaged_token_files_are_refused_by_name(damage, message: str, encoded, 
     with pytest.raises(ValueError, match=message) as error:
         TokenFile(tmp_path / "fra_Latn")
     assert "\n" not in str(error.value)
+
+
+def test_a_document_offset_out_of_order_is_refused_where_it_is_read(tmp_path: Path) -> None:
+    """Only the first and last offsets are checked as a pair opens: a garbled one between them made a document of
+    another's tokens, or cut the held-out documents of a language at the wrong place."""
+    with TokenFileWriter(tmp_path / "x", 100) as writer:
+        writer.add_documents([1, 2, 3, 4, 5, 6], [2, 2, 2])
+        writer.finish()
+    idx = tmp_path / "x.idx"
+    offsets = HEADER.size + OFFSET_DTYPE.itemsize * np.arange(4)
+    data = bytearray(idx.read_bytes())
+    data[offsets[2] : offsets[2] + 8] = struct.pack("<q", 99)
+    idx.write_bytes(bytes(data))
+    tokens = TokenFile(tmp_path / "x")
+    assert tokens.document(0).tolist() == [1, 2]
+    for document in (1, 2):  # each ends or starts where document 2 starts
+        with pytest.raises(ValueError, match=r"x\.idx is damaged \(document 2 starts at 99\)"):
+            tokens.document(document)
+    with pytest.raises(ValueError, match="re-run `corolla tokenizer encode` to rewrite it"):
+        LanguageSplit("eng_Latn", [tokens], 2)  # held out from where document 2 starts
 
 
 @pytest.mark.parametrize(("vocab_size", "dtype"), [(65536, np.uint16), (65537, np.uint32)])
