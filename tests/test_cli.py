@@ -168,7 +168,7 @@ def test_a_key_added_with_a_plus_must_be_one_the_schema_has(capsys, command: str
     data.weights was meant); mappings such as data.weights still take new keys."""
     code, _, err = run(capsys, *command.split(), "--cfg")
     assert code == 2 and err.strip() == f"corolla: error: {expected}: `--cfg` prints every valid key"
-    code, out, _ = run(capsys, "train", "--cfg", "+data.weights.fra_Latn=2", "+cluster.env.SOME_FLAG=1")
+    code, out, _ = run(capsys, "submit", "--cfg", "+data.weights.fra_Latn=2", "+cluster.env.SOME_FLAG=1")
     config = yaml.safe_load(out)
     assert code == 0 and config["data"]["weights"] == {"fra_Latn": 2.0} and config["cluster"]["env"]["SOME_FLAG"]
 
@@ -253,7 +253,7 @@ def test_a_negative_seed_trains_no_tokenizer_and_shows_no_traceback(capsys, tmp_
     [
         "train parallel.activation_checkpointing=2",
         "export hf run_dir=x output_dir=y overwrite=-1",
-        "train cluster.exclusive=7",
+        "submit cluster.exclusive=7",
     ],
 )
 def test_a_switch_given_a_count_is_refused(capsys, command: str) -> None:
@@ -574,3 +574,28 @@ def test_tokenizer_settings_are_refused_where_the_training_job_trains_no_tokeniz
         )
     code, out, _ = run(capsys, command, "tokenizer.vocab_size=1000", "--cfg")
     assert code == 0 and "vocab_size: 1000" in out
+
+
+@pytest.mark.parametrize(
+    ("command", "setting", "on_slurm"),
+    [
+        ("train", "cluster.partition=gpu", "corolla submit cluster=NAME"),
+        ("train", "+cluster.env.NCCL_DEBUG=INFO", "corolla submit cluster=NAME"),
+        ("train", "cluster.nodes=2", "corolla submit cluster=NAME"),
+        ("pipeline", "cluster.time_limit_min=5", "corolla pipeline cluster=NAME"),
+    ],
+)
+def test_slurm_settings_are_refused_where_the_job_runs_on_this_machine(
+    capsys, command: str, setting: str, on_slurm: str
+) -> None:
+    """A local run takes its world size from the layout and its environment from the command's, and asks Slurm for
+    nothing: these were dropped without a word. The hardware, which plans the run, is still taken."""
+    code, _, err = run(capsys, command, setting, "--cfg")
+    assert code == 2 and err == (
+        f"corolla: error: {setting}: corolla {command} on cluster.scheduler=local runs here, where Slurm's settings "
+        f"do nothing: drop it, or run on a Slurm cluster ({on_slurm})"
+    )
+    code, out, _ = run(capsys, command, "cluster.gpu_memory_gib=80", "--cfg")
+    assert code == 0 and "gpu_memory_gib: 80" in out
+    code, out, _ = run(capsys, command, "cluster=testcluster", setting, "--cfg")
+    assert code == 0

@@ -11,6 +11,33 @@ class Scheduler(Enum):
     slurm = "slurm"
 
 
+# What only Slurm reads of a cluster: a run on this machine (cluster.scheduler=local) takes its world size from the
+# layout, its environment from the command's, and restarts nothing.
+SLURM_SETTINGS = (
+    "partition",
+    "account",
+    "qos",
+    "nodes",
+    "min_nodes",
+    "gpus_per_node",
+    "tasks_per_node",
+    "cpus_per_task",
+    "mem_per_node_gb",
+    "time_limit_min",
+    "constraint",
+    "exclusive",
+    "setup",
+    "env",
+    "signal_delay_s",
+    "max_restarts",
+    "exclude",
+    "health_slowdown",
+    "cpu_partition",
+    "cpu_cores",
+    "array_parallelism",
+)
+
+
 @dataclass
 class ClusterConfig:
     """A cluster and what a job asks of it. A job gets `nodes` whole nodes and runs one rank per GPU on each

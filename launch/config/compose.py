@@ -21,6 +21,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from launch.config.cluster import SLURM_SETTINGS, Scheduler
 from launch.config.schemas import (
     JOB_MODEL_SETTINGS,
     CancelJob,
@@ -277,6 +278,19 @@ def _check_tokenizer_not_set(job: TrainJob, overrides: list[str]) -> None:
             )
 
 
+def _check_slurm_settings_not_set(command: str, overrides: list[str]) -> None:
+    """A run on this machine reads none of Slurm's settings: given to it, they would be dropped without a word."""
+    on_slurm = "corolla pipeline cluster=NAME" if command == "pipeline" else "corolla submit cluster=NAME"
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        node, _, setting = key.partition(".")
+        if node == "cluster" and setting.split(".")[0] in SLURM_SETTINGS:
+            raise ConfigError(
+                f"{override}: corolla {command} on cluster.scheduler=local runs here, where Slurm's settings do "
+                f"nothing: drop it, or run on a Slurm cluster ({on_slurm})"
+            )
+
+
 def _check_sampling_knobs(cfg: DictConfig, overrides: list[str], read_anyway: frozenset[str] = frozenset()) -> None:
     """A tokenizer knob given where the sampling method does not read it (`tokenizer.alpha` with sampling=unimax)
     would be dropped without a word; `read_anyway`: the command's knobs that it reads whatever the sampling."""
@@ -323,6 +337,8 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
             _check_vocabulary_not_set(overrides)
         if type(job) is TrainJob:  # the main job trains its tokenizer, into its data.tokens_dir
             _check_tokenizer_not_set(job, overrides)
+        if isinstance(job, TrainJob) and command != "submit" and job.cluster.scheduler == Scheduler.local:
+            _check_slurm_settings_not_set(command, overrides)
         _check_sampling_knobs(cfg, overrides, EXTEND_READS if isinstance(job, TokenizerExtendJob) else frozenset())
         return cfg, job
     except (OmegaConfBaseException, ValueError) as error:
