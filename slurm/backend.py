@@ -3,9 +3,9 @@ cancelling them."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
+from itertools import islice
 from pathlib import Path
 
 from launch.config.schemas import TrainJob
@@ -16,9 +16,9 @@ from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states, out_of_service, slurm_state
 from slurm.commands import SlurmError, run_slurm
 from slurm.jobs import excluded_nodes, recorded_jobs, unrecorded_jobs, written_elsewhere
+from tokenizer.files import lines_from_end
 
 CANCEL_WAIT_S = 10
-LOG_BLOCK = 1 << 16  # bytes read at a time from a log's end
 
 
 def _jobs(run: RunDirectory) -> list[str]:
@@ -32,14 +32,8 @@ def _jobs(run: RunDirectory) -> list[str]:
 def last_lines(path: Path, count: int) -> list[str]:
     """The last `count` lines of a file, read from its end (logs of long runs grow large)."""
     with path.open("rb") as file:
-        position = file.seek(0, os.SEEK_END)
-        tail = b""
-        while position > 0 and tail.count(b"\n") <= count:
-            size = min(LOG_BLOCK, position)
-            position -= size
-            file.seek(position)
-            tail = file.read(size) + tail
-    return tail.decode(errors="replace").splitlines()[-count:]
+        tail = [line for _, line in islice(lines_from_end(file), count)][::-1]
+    return [part for line in tail for part in line.decode(errors="replace").splitlines() or [""]][-count:]
 
 
 def job_logs(folder: Path, job_id: str) -> list[Path]:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 RETIRED = "retired"  # in a staging area: the output `publish` replaced
 ADDED_PIECES_FILE = "added_pieces.json"  # in an extended tokenizer (tokenizer/extend.py): how an embedding grows
@@ -51,6 +52,31 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+END_BLOCK = 1 << 16  # bytes read at a time from a file's end
+
+
+def lines_from_end(file: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """The lines of a file open for reading in binary, last first, each with the offset it starts at, read a block at
+    a time from the end: what a reader of the end of a log or a records file that grows for weeks reads is what it
+    takes, not the whole file. The last line counts without its line break too (one being written)."""
+    end = file.seek(0, os.SEEK_END)
+    position, first = end, b""  # `first`: a line whose start lies in a block not read yet
+    while position > 0:
+        size = min(END_BLOCK, position)
+        position -= size
+        file.seek(position)
+        data = file.read(size) + first
+        first, *lines = data.split(b"\n")
+        cursor = position + len(data)
+        for line in reversed(lines):
+            cursor -= len(line)
+            if cursor < end or line:  # not the nothing after a final line break
+                yield cursor, line
+            cursor -= 1
+    if end:
+        yield 0, first
 
 
 def first_line(error: BaseException) -> str:

@@ -18,7 +18,7 @@ from launch.rundir.checkpoints import CheckpointError, complete_record, latest_t
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, METRICS_FILE, PLAN_FILE, RUN_FILE, SET_ASIDE, VALIDATION_FILE
 from launch.rundir.history import Event, RunHistory
-from launch.rundir.records import last_record_per_step
+from launch.rundir.records import last_records
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import read_state, store_fix
 
@@ -132,13 +132,12 @@ def whole_setting(run: RunDirectory, key: str) -> int:
 
 
 def progress_lines(run: RunDirectory) -> list[str]:
-    steps = last_record_per_step(run.path / METRICS_FILE)
+    recent = last_records(run.path / METRICS_FILE, SPEED_WINDOW)
     total = whole_setting(run, "train.steps")
-    if not steps:
+    if not recent:
         return [line("progress", f"no step logged yet, {total} to do")]
-    last = steps[-1]
+    last = recent[-1]
     lines = [line("progress", f"step {last['step']} of {total}, loss {last['loss']:.4f}")]
-    recent = steps[-SPEED_WINDOW:]
     tokens_per_second = statistics.median(record["tokens_per_second"] for record in recent)
     seq_length = whole_setting(run, "model.seq_length")
     # tokens_per_second is batch_size x seq_length / the step's seconds.
@@ -158,7 +157,7 @@ def progress_lines(run: RunDirectory) -> list[str]:
 
 
 def validation_lines(run: RunDirectory) -> list[str]:
-    records = last_record_per_step(run.path / VALIDATION_FILE)
+    records = last_records(run.path / VALIDATION_FILE, 1)
     if not records or not records[-1].get("loss"):
         return []
     step, losses, bpb = records[-1]["step"], records[-1]["loss"], records[-1].get("bpb")
@@ -190,12 +189,13 @@ def tracking_lines(run: RunDirectory) -> list[str]:
 
 
 def tracking_lag_lines(run: RunDirectory) -> list[str]:
-    """How far MLflow is behind metrics.jsonl, and why (launch/rundir/outbox.py sends in the background)."""
+    """How far MLflow is behind metrics.jsonl (a record a step), and why (launch/rundir/outbox.py sends in the
+    background)."""
     state = read_state(run.path)
-    steps = last_record_per_step(run.path / METRICS_FILE)
-    if state.sent is None or not steps:
+    last = last_records(run.path / METRICS_FILE, 1)
+    if state.sent is None or not last:
         return []
-    behind = len([record for record in steps if record["step"] > state.sent_up_to()])
+    behind = max(0, last[0]["step"] - state.sent_up_to())
     pending = [name for name, there in (("tags", state.tags), ("end status", state.status)) if there]
     if not behind and not pending:
         return [line("tracking", f"MLflow holds every step (to {state.sent_up_to()})")]

@@ -1,13 +1,20 @@
 """The JSON-lines files of a run directory (metrics, validation): appended a record at a time by rank 0, read by
-`corolla status` while the run may be writing."""
+`corolla status` while the run may be writing.
+
+A file's records are appended in step order: a resumed launch first drops the records of the steps it redoes
+(keep_steps_up_to), so that its last lines hold its last steps. What wants only those (`corolla status`) reads the
+file from its end, as far as it needs: a run of a million steps writes 160 MB of them."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
+from typing import BinaryIO
 
-from tokenizer.files import write_atomically
+from tokenizer.files import lines_from_end, write_atomically
 
 
 def append_record(path: Path, record: dict) -> None:
@@ -43,12 +50,38 @@ def _figures(value: object) -> bool:
     return type(value) in (int, float)
 
 
+def _is_step_record(record: object) -> bool:
+    """A record with a whole-number step that holds figures only: corolla's; anything else is passed over."""
+    return isinstance(record, dict) and type(record.get("step")) is int and _figures(record)
+
+
 def last_record_per_step(path: Path) -> list[dict]:
     """A restarted run appends the steps it redoes again: the last record of each step wins. Sorted by step; a record
     without a whole-number step, or holding anything but figures, is none of corolla's, and passed over."""
-    records = (record for record in read_jsonl(path) if type(record.get("step")) is int and _figures(record))
-    by_step = {record["step"]: record for record in records}
+    by_step = {record["step"]: record for record in read_jsonl(path) if _is_step_record(record)}
     return [by_step[step] for step in sorted(by_step)]
+
+
+def _from_end(file: BinaryIO) -> Iterator[tuple[int, dict]]:
+    """The step records of a file, the last written first, with where each line after it starts; of a step written
+    twice, the last record only."""
+    seen = set()
+    for start, line in lines_from_end(file):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a crash mid-write
+            continue
+        if _is_step_record(record) and record["step"] not in seen:
+            seen.add(record["step"])
+            yield start + len(line) + 1, record
+
+
+def last_records(path: Path, count: int) -> list[dict]:
+    """The records of the last `count` steps, as last_record_per_step ends, read from the file's end."""
+    if not path.is_file():
+        return []
+    with path.open("rb") as file:
+        return [record for _, record in islice(_from_end(file), count)][::-1]
 
 
 def keep_steps_up_to(path: Path, step: int) -> int:

@@ -1,0 +1,50 @@
+"""What a run that trains for weeks, resumed dozens of times, costs each command: its records grow a line a step
+(160 MB a million steps), and what wants their last steps reads them from the end, as far as it needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from launch.cli import main
+from launch.rundir.files import JOB_FILE, METRICS_FILE, RUN_FILE, TRACKING_STATE, VALIDATION_FILE
+
+STEPS = 200_000  # 30 MB of step records
+
+
+def bytes_read() -> int:
+    """What this process has read so far, from any file (Linux's count)."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
+def long_run(run_dir: Path, steps: int = STEPS, sent: int = STEPS) -> Path:
+    """A run directory that trained `steps` steps, validating every 1,000, and MLflow holds `sent` of them."""
+    run_dir.mkdir()
+    (run_dir / JOB_FILE).write_text(f"train:\n  steps: {steps}\nmodel:\n  seq_length: 2048\n")
+    with (run_dir / METRICS_FILE).open("w") as file:
+        for step in range(1, steps + 1):
+            record = {"step": step, "loss": 2 + 1 / step, "lr": 3e-4, "grad_norm": 0.8, "batch_size": 512}
+            file.write(json.dumps({**record, "tokens_per_second": 4096.0, "time": step}) + "\n")
+    with (run_dir / VALIDATION_FILE).open("w") as file:
+        for step in range(1000, steps + 1, 1000):
+            file.write(json.dumps({"step": step, "loss": {"eng_Latn": 2.0, "fra_Latn": 3.0}, "time": step}) + "\n")
+    run = {"tracking_uri": "sqlite:///mlflow.db", "run_id": "0123abcd", "experiment_id": "1"}
+    (run_dir / RUN_FILE).write_text(json.dumps(run))
+    (run_dir / TRACKING_STATE).write_text(json.dumps({"sent": {METRICS_FILE: sent, VALIDATION_FILE: sent}}))
+    return run_dir
+
+
+def test_status_of_a_long_run_reads_the_end_of_its_records_not_the_whole_files(tmp_path: Path, capsys) -> None:
+    run_dir = long_run(tmp_path / "run", sent=STEPS - 10)
+    assert main(["status", str(run_dir)]) == 0  # what it imports is read once
+    capsys.readouterr()
+    before = bytes_read()
+    assert main(["status", str(run_dir)]) == 0
+    read = bytes_read() - before
+    status = capsys.readouterr().out
+    assert f"step {STEPS} of {STEPS}, loss 2.0000" in status
+    assert "(median of the last 10 steps)" in status
+    assert f"validation step {STEPS}, loss 2.5000 (mean of 2 languages)" in status
+    assert f"MLflow holds steps to {STEPS - 10}, 10 steps behind" in status
+    assert read < (run_dir / METRICS_FILE).stat().st_size / 50
