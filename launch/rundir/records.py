@@ -2,8 +2,8 @@
 `corolla status` while the run may be writing.
 
 A file's records are appended in step order: a resumed launch first drops the records of the steps it redoes
-(keep_steps_up_to), so that its last lines hold its last steps. What wants only those (`corolla status`) reads the
-file from its end, as far as it needs: a run of a million steps writes 160 MB of them."""
+(keep_steps_up_to), so that its last lines hold its last steps. What wants only those (`corolla status`, a resume that
+redoes no step) reads the file from its end, as far as it needs: a run of a million steps writes 160 MB of them."""
 
 from __future__ import annotations
 
@@ -86,10 +86,12 @@ def last_records(path: Path, count: int) -> list[dict]:
 
 def keep_steps_up_to(path: Path, step: int) -> int:
     """Drops the records after `step` (those a resumed launch is about to redo), keeping the last of each step;
-    returns the last step the file held. Whole or not at all: the file is replaced, never cut mid-way."""
-    records = last_record_per_step(path)
-    if not records:
-        return 0
-    kept = [record for record in records if record["step"] <= step]
+    returns the last step the file held. Whole or not at all: the file is replaced, never cut mid-way; and only
+    where a record is to go (after a crash between checkpoints): a resume from the step a launch stopped at with a
+    checkpoint reads the last line alone."""
+    last = last_records(path, 1)
+    if not last or last[0]["step"] <= step:
+        return last[0]["step"] if last else 0
+    kept = [record for record in last_record_per_step(path) if record["step"] <= step]
     write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
-    return records[-1]["step"]
+    return last[0]["step"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from launch.cli import main
 from launch.rundir.files import JOB_FILE, METRICS_FILE, RUN_FILE, TRACKING_STATE, VALIDATION_FILE
+from launch.rundir.records import append_record, keep_steps_up_to, read_jsonl
 
 STEPS = 200_000  # 30 MB of step records
 
@@ -48,3 +49,22 @@ def test_status_of_a_long_run_reads_the_end_of_its_records_not_the_whole_files(t
     assert f"validation step {STEPS}, loss 2.5000 (mean of 2 languages)" in status
     assert f"MLflow holds steps to {STEPS - 10}, 10 steps behind" in status
     assert read < (run_dir / METRICS_FILE).stat().st_size / 50
+
+
+def test_a_resume_that_redoes_no_step_leaves_the_records_as_they_are_and_reads_their_end(tmp_path: Path) -> None:
+    # A clean stop (a time limit, a preemption, train.exit_after) saves the step it stopped at: nothing to drop.
+    metrics = long_run(tmp_path / "run") / METRICS_FILE
+    file_before, before = metrics.stat(), bytes_read()
+    assert keep_steps_up_to(metrics, STEPS) == STEPS
+    assert bytes_read() - before < metrics.stat().st_size / 50
+    assert (metrics.stat().st_ino, metrics.stat().st_mtime_ns) == (file_before.st_ino, file_before.st_mtime_ns)
+
+
+def test_a_resume_after_a_crash_drops_the_steps_it_redoes(tmp_path: Path) -> None:
+    metrics = tmp_path / METRICS_FILE
+    for step in [1, 2, 3, 2, 3, 4, 5]:  # the steps an older corolla appended again after a crash
+        append_record(metrics, {"step": step, "loss": float(step)})
+    metrics.write_text(metrics.read_text() + '{"step": 6, "lo')  # cut short by the crash
+    assert keep_steps_up_to(metrics, 3) == 5
+    assert [record["step"] for record in read_jsonl(metrics)] == [1, 2, 3]
+    assert keep_steps_up_to(metrics, 3) == 3
