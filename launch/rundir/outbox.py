@@ -24,7 +24,7 @@ from launch.config.job_file import read_job
 from launch.rundir import tracking
 from launch.rundir.files import JOB_FILE, JOBS_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
 from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches
-from launch.rundir.records import last_record_per_step
+from launch.rundir.records import offset_after, records_after
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
     TrackingState,
@@ -72,13 +72,14 @@ Unsent = Callable[[str, int], list[dict]]  # (series, the last step sent) -> the
 
 
 def read_unsent(run_dir: Path) -> Unsent:
-    """Reading each file whole: for a launcher or a sync, which send once."""
-    return lambda series, after: [record for record in last_record_per_step(run_dir / series) if record["step"] > after]
+    """Reading each file from its end back to the last step sent: for a launcher or a sync, which send once."""
+    return lambda series, after: records_after(run_dir / series, after)
 
 
 class _Tail:
-    """A series file as the sender follows it: only what was appended since it last looked is read; all of it again
-    once the file was replaced (a resumed launch drops the steps it redoes, records.keep_steps_up_to)."""
+    """A series file as the sender follows it: only what was appended since it last looked is read; at its first
+    look, and once the file was replaced (a resumed launch drops the steps it redoes, records.keep_steps_up_to),
+    what follows the last step sent, found from the file's end."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -90,7 +91,7 @@ class _Tail:
             with self.path.open("rb") as file:
                 inode = os.fstat(file.fileno()).st_ino
                 if inode != self.inode:
-                    self.inode, self.offset, self.by_step = inode, 0, {}
+                    self.inode, self.offset, self.by_step = inode, offset_after(file, after), {}
                 file.seek(self.offset)
                 appended = file.read()
             whole = appended[: appended.rfind(b"\n") + 1]  # a line still being written waits for the next look

@@ -3,14 +3,15 @@
 
 A file's records are appended in step order: a resumed launch first drops the records of the steps it redoes
 (keep_steps_up_to), so that its last lines hold its last steps. What wants only those (`corolla status`, a resume that
-redoes no step) reads the file from its end, as far as it needs: a run of a million steps writes 160 MB of them."""
+redoes no step, the records MLflow lacks) reads the file from its end, as far as it needs: a run of a million steps
+writes 160 MB of them."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterator
-from itertools import islice
+from itertools import islice, takewhile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -82,6 +83,22 @@ def last_records(path: Path, count: int) -> list[dict]:
         return []
     with path.open("rb") as file:
         return [record for _, record in islice(_from_end(file), count)][::-1]
+
+
+def offset_after(file: BinaryIO, step: int) -> int:
+    """Where the lines after the last record of a step up to `step` start (0 where none is), read from the file's
+    end: the records of the steps after `step` follow."""
+    return next((end for end, record in _from_end(file) if record["step"] <= step), 0)
+
+
+def records_after(path: Path, step: int) -> list[dict]:
+    """The records of the steps after `step`, as last_record_per_step has them, read from the file's end back to
+    `step`: as far as a reader that holds the steps up to it (MLflow) lags, not the whole file."""
+    if not path.is_file():
+        return []
+    with path.open("rb") as file:
+        after = takewhile(lambda found: found[1]["step"] > step, _from_end(file))
+        return [record for _, record in after][::-1]
 
 
 def keep_steps_up_to(path: Path, step: int) -> int:

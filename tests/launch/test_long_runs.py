@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
 from launch.cli import main
+from launch.rundir import outbox, tracking
 from launch.rundir.files import JOB_FILE, METRICS_FILE, RUN_FILE, TRACKING_STATE, VALIDATION_FILE
 from launch.rundir.records import append_record, keep_steps_up_to, read_jsonl
+from launch.rundir.run_record import TrackedRun, default_uri, record_run
 
 STEPS = 200_000  # 30 MB of step records
 
@@ -68,3 +73,29 @@ def test_a_resume_after_a_crash_drops_the_steps_it_redoes(tmp_path: Path) -> Non
     assert keep_steps_up_to(metrics, 3) == 5
     assert [record["step"] for record in read_jsonl(metrics)] == [1, 2, 3]
     assert keep_steps_up_to(metrics, 3) == 3
+
+
+def tracked_long_run(run_dir: Path, sent: int) -> TrackedRun:
+    """long_run, its MLflow run in its embedded store holding the steps up to `sent`."""
+    long_run(run_dir, sent=sent)
+    client = MlflowClient(default_uri(run_dir))
+    experiment = client.create_experiment("long", artifact_location=(run_dir / "mlartifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_batch(run_id, metrics=[Metric(tracking.STEP_METRICS["loss"], 2.0, sent, sent)])
+    tracked = TrackedRun(default_uri(run_dir), run_id, experiment)
+    record_run(run_dir, tracked)
+    return tracked
+
+
+def test_mlflow_is_sent_what_it_lacks_of_a_long_run_from_the_end_of_its_records(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    tracked = tracked_long_run(run_dir, sent=STEPS - 10)
+    assert outbox.update(run_dir)  # a launch's: what it imports is read once
+    assert tracking.last_step(tracked, tracking.STEP_METRICS["loss"]) == STEPS
+    for step in range(STEPS + 1, STEPS + 11):  # the next launch trains on
+        append_record(run_dir / METRICS_FILE, {"step": step, "loss": 2.0, "time": step})
+    before = bytes_read()
+    sender = outbox.Sender(run_dir)  # the launcher's, while the ranks train
+    sender.close()
+    assert bytes_read() - before < (run_dir / METRICS_FILE).stat().st_size / 10
+    assert tracking.last_step(tracked, tracking.STEP_METRICS["loss"]) == STEPS + 10
