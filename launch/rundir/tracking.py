@@ -241,9 +241,10 @@ def log_records(tracked: TrackedRun, records: list[tuple[int, int | None, dict[s
 
 
 def last_step(tracked: TrackedRun, metric: str) -> int:
-    """The last step of `metric` the run holds (0: none)."""
-    history = _client(tracked.tracking_uri).get_metric_history(tracked.run_id, metric)
-    return max((entry.step for entry in history), default=0)
+    """The last step of `metric` the run holds (0: none): MLflow keeps each metric's latest (its highest step) with
+    the run, so that this is one request, not the metric's whole history (a request per 25,000 steps)."""
+    data = _client(tracked.tracking_uri).get_run(tracked.run_id).data.to_proto()
+    return next((entry.step for entry in data.metrics if entry.key == metric), 0)
 
 
 def set_tags(tracked: TrackedRun, tags: dict[str, str]) -> None:

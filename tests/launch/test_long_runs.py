@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from tracking_server import MlflowServer
 
 from launch.cli import main
 from launch.rundir import outbox, tracking
@@ -75,14 +76,15 @@ def test_a_resume_after_a_crash_drops_the_steps_it_redoes(tmp_path: Path) -> Non
     assert keep_steps_up_to(metrics, 3) == 3
 
 
-def tracked_long_run(run_dir: Path, sent: int) -> TrackedRun:
-    """long_run, its MLflow run in its embedded store holding the steps up to `sent`."""
-    long_run(run_dir, sent=sent)
-    client = MlflowClient(default_uri(run_dir))
+def tracked_long_run(run_dir: Path, sent: int, uri: str | None = None, steps: int = STEPS) -> TrackedRun:
+    """long_run, its MLflow run (in its embedded store, or at `uri`) holding the steps up to `sent`."""
+    long_run(run_dir, steps, sent)
+    uri = uri or default_uri(run_dir)
+    client = MlflowClient(uri)
     experiment = client.create_experiment("long", artifact_location=(run_dir / "mlartifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    client.log_batch(run_id, metrics=[Metric(tracking.STEP_METRICS["loss"], 2.0, sent, sent)])
-    tracked = TrackedRun(default_uri(run_dir), run_id, experiment)
+    client.log_batch(run_id, metrics=[Metric(tracking.STEP_METRICS["loss"], 2.0, step, step) for step in (1, sent)])
+    tracked = TrackedRun(uri, run_id, experiment)
     record_run(run_dir, tracked)
     return tracked
 
@@ -99,3 +101,18 @@ def test_mlflow_is_sent_what_it_lacks_of_a_long_run_from_the_end_of_its_records(
     sender.close()
     assert bytes_read() - before < (run_dir / METRICS_FILE).stat().st_size / 10
     assert tracking.last_step(tracked, tracking.STEP_METRICS["loss"]) == STEPS + 10
+
+
+def test_a_sync_asks_mlflow_for_the_run_not_for_every_step_it_holds(tmp_path: Path) -> None:
+    # A sync (and a launch that lost tracking.json) asks MLflow how far it holds the run: its metrics' whole history
+    # was a request per 25,000 steps, 40 of them at a million, each of them megabytes.
+    server = MlflowServer(tmp_path / "server")
+    (tmp_path / "server").mkdir()
+    try:
+        tracked = tracked_long_run(tmp_path / "run", sent=1990, uri=server.start(), steps=2000)
+        outbox.sync(tmp_path / "run")
+        assert tracking.last_step(tracked, tracking.STEP_METRICS["loss"]) == 2000
+    finally:
+        server.kill()
+    requests = (tmp_path / "server" / "server.log").read_text()
+    assert "/metrics/get-history" not in requests and "/runs/get?" in requests
