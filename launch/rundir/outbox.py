@@ -13,7 +13,6 @@ a batch sent twice (a reply lost after the server stored it) is stored once.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -24,7 +23,7 @@ from launch.config.job_file import read_job
 from launch.rundir import tracking
 from launch.rundir.files import JOB_FILE, JOBS_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
 from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches
-from launch.rundir.records import offset_after, records_after
+from launch.rundir.records import last_records, offset_after, step_record
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
     TrackingState,
@@ -35,6 +34,7 @@ from launch.rundir.tracking_state import (
 )
 
 BATCH_RECORDS = 100  # records a request; MLflow takes up to 1,000 metrics a batch
+UNSENT_RECORDS = 10 * BATCH_RECORDS  # the most records of a series a look at its file takes
 RETRY_S = (1, 2, 5, 10, 30)  # waits after failures in a row; the last repeats
 POLL_S = 2.0  # how often the sender looks for new records, tags and an end status
 CLOSE_TIMEOUT_S = 20.0  # what the end of a launch waits for MLflow to take the rest; then it is sent later
@@ -68,40 +68,44 @@ SERIES: dict[str, Callable[[dict], dict[str, float]]] = {
 SERIES_METRIC = {METRICS_FILE: tracking.STEP_METRICS["loss"], VALIDATION_FILE: tracking.VALIDATION_METRIC}
 
 
-Unsent = Callable[[str, int], list[dict]]  # (series, the last step sent) -> the records after it, in step order
-
-
-def read_unsent(run_dir: Path) -> Unsent:
-    """Reading each file from its end back to the last step sent: for a launcher or a sync, which send once."""
-    return lambda series, after: records_after(run_dir / series, after)
+# (series, the last step sent) -> the records after it, in step order, UNSENT_RECORDS at most: asked again until none
+Unsent = Callable[[str, int], list[dict]]
 
 
 class _Tail:
-    """A series file as the sender follows it: only what was appended since it last looked is read; at its first
-    look, and once the file was replaced (a resumed launch drops the steps it redoes, records.keep_steps_up_to),
-    what follows the last step sent, found from the file's end."""
+    """A series file as the sender follows it, by where its first record MLflow lacks starts: found from the file's
+    end at the first look, and again once the file was replaced (a resumed launch drops the steps it redoes,
+    records.keep_steps_up_to); each look reads on from there, UNSENT_RECORDS at most, all that the sender holds
+    however long MLflow is away."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.inode = self.offset = 0
-        self.by_step: dict[int, dict] = {}
 
     def unsent(self, after: int) -> list[dict]:
-        if self.path.is_file():
-            with self.path.open("rb") as file:
-                inode = os.fstat(file.fileno()).st_ino
-                if inode != self.inode:
-                    self.inode, self.offset, self.by_step = inode, offset_after(file, after), {}
-                file.seek(self.offset)
-                appended = file.read()
-            whole = appended[: appended.rfind(b"\n") + 1]  # a line still being written waits for the next look
-            self.offset += len(whole)
-            for line in whole.decode(errors="replace").splitlines():
-                with contextlib.suppress(ValueError):  # a line cut short by a crash mid-write (records.py)
-                    record = json.loads(line)
-                    self.by_step[record["step"]] = record
-        self.by_step = {step: record for step, record in self.by_step.items() if step > after}
-        return [self.by_step[step] for step in sorted(self.by_step)]
+        if not self.path.is_file():
+            return []
+        by_step: dict[int, dict] = {}
+        with self.path.open("rb") as file:
+            inode = os.fstat(file.fileno()).st_ino
+            if inode != self.inode:
+                self.inode, self.offset = inode, offset_after(file, after)
+            file.seek(self.offset)
+            for line in file:
+                if not line.endswith(b"\n") or len(by_step) == UNSENT_RECORDS:
+                    break  # a line still being written waits for the next look
+                record = step_record(line)
+                if record is not None and record["step"] > after:
+                    by_step[record["step"]] = record
+                elif not by_step:
+                    self.offset += len(line)  # sent, or cut short by a crash mid-write: not read again
+        return [by_step[step] for step in sorted(by_step)]
+
+
+def read_unsent(run_dir: Path) -> Unsent:
+    """The run's series files, followed from a first look at their ends."""
+    tails = {series: _Tail(run_dir / series) for series in SERIES}
+    return lambda series, after: tails[series].unsent(after)
 
 
 def start_tags(events: list[dict]) -> dict[str, str]:
@@ -139,14 +143,14 @@ def send_pending(run_dir: Path, state: TrackingState, unsent: Unsent, guard: thr
         with guard:
             state.sent = last
     for series, metrics_of in SERIES.items():
-        records = unsent(series, state.sent_up_to(series))
-        for start in range(0, len(records), BATCH_RECORDS):
-            batch = records[start : start + BATCH_RECORDS]
-            sent = [(record["step"], record.get("time"), metrics_of(record)) for record in batch]
-            tracking.log_records(tracked, sent)
-            with guard:
-                state.sent = {**state.sent, series: batch[-1]["step"]}
-                _keep(run_dir, state)
+        while records := unsent(series, state.sent_up_to(series)):
+            for start in range(0, len(records), BATCH_RECORDS):
+                batch = records[start : start + BATCH_RECORDS]
+                sent = [(record["step"], record.get("time"), metrics_of(record)) for record in batch]
+                tracking.log_records(tracked, sent)
+                with guard:
+                    state.sent = {**state.sent, series: batch[-1]["step"]}
+                    _keep(run_dir, state)
     with guard:
         tags, artifacts, status = dict(state.tags), list(state.artifacts), state.status
     if tags:
@@ -258,8 +262,7 @@ class Sender:
         self.guard = threading.Lock()
         self.wake = threading.Event()
         self.closing = False
-        tails = {series: _Tail(run_dir / series) for series in SERIES}
-        self.unsent: Unsent = lambda series, after: tails[series].unsent(after)
+        self.unsent = read_unsent(run_dir)
         self.thread = threading.Thread(target=self._run, name="corolla-tracking", daemon=True)
         self.thread.start()
 
@@ -272,8 +275,10 @@ class Sender:
     def caught_up(self) -> bool:
         with self.guard:
             pending = self.state.tags or self.state.status
-        unsent = read_unsent(self.run_dir)
-        return not pending and not any(unsent(series, self.state.sent_up_to(series)) for series in SERIES)
+        last = {series: last_records(self.run_dir / series, 1) for series in SERIES}
+        return not pending and not any(
+            ends and ends[0]["step"] > self.state.sent_up_to(series) for series, ends in last.items()
+        )
 
     def _take_history(self) -> None:
         events = RunHistory(self.run_dir).events()

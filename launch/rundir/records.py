@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from itertools import islice, takewhile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,6 +55,15 @@ def _is_step_record(record: object) -> bool:
     return isinstance(record, dict) and type(record.get("step")) is int and _figures(record)
 
 
+def step_record(line: bytes) -> dict | None:
+    """A line's step record; None for a line cut short by a crash mid-write, or that holds none of corolla's."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if _is_step_record(record) else None
+
+
 def last_record_per_step(path: Path) -> list[dict]:
     """A restarted run appends the steps it redoes again: the last record of each step wins. Sorted by step; a record
     without a whole-number step, or holding anything but figures, is none of corolla's, and passed over."""
@@ -64,16 +72,9 @@ def last_record_per_step(path: Path) -> list[dict]:
 
 
 def _from_end(file: BinaryIO) -> Iterator[tuple[int, dict]]:
-    """The step records of a file, the last written first, with where each line after it starts; of a step written
-    twice, the last record only."""
-    seen = set()
+    """The step records of a file, the last written first, each with where the line after it starts."""
     for start, line in lines_from_end(file):
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut short by a crash mid-write
-            continue
-        if _is_step_record(record) and record["step"] not in seen:
-            seen.add(record["step"])
+        if (record := step_record(line)) is not None:
             yield start + len(line) + 1, record
 
 
@@ -81,24 +82,19 @@ def last_records(path: Path, count: int) -> list[dict]:
     """The records of the last `count` steps, as last_record_per_step ends, read from the file's end."""
     if not path.is_file():
         return []
+    by_step: dict[int, dict] = {}
     with path.open("rb") as file:
-        return [record for _, record in islice(_from_end(file), count)][::-1]
+        for _, record in _from_end(file):
+            if len(by_step) == count:
+                break
+            by_step.setdefault(record["step"], record)  # of a step written twice, the last record
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def offset_after(file: BinaryIO, step: int) -> int:
     """Where the lines after the last record of a step up to `step` start (0 where none is), read from the file's
     end: the records of the steps after `step` follow."""
     return next((end for end, record in _from_end(file) if record["step"] <= step), 0)
-
-
-def records_after(path: Path, step: int) -> list[dict]:
-    """The records of the steps after `step`, as last_record_per_step has them, read from the file's end back to
-    `step`: as far as a reader that holds the steps up to it (MLflow) lags, not the whole file."""
-    if not path.is_file():
-        return []
-    with path.open("rb") as file:
-        after = takewhile(lambda found: found[1]["step"] > step, _from_end(file))
-        return [record for _, record in after][::-1]
 
 
 def keep_steps_up_to(path: Path, step: int) -> int:

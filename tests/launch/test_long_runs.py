@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import tracemalloc
 from pathlib import Path
 
 from mlflow.entities import Metric
@@ -91,9 +93,10 @@ def tracked_long_run(run_dir: Path, sent: int, uri: str | None = None, steps: in
 
 def test_mlflow_is_sent_what_it_lacks_of_a_long_run_from_the_end_of_its_records(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    tracked = tracked_long_run(run_dir, sent=STEPS - 10)
-    assert outbox.update(run_dir)  # a launch's: what it imports is read once
-    assert tracking.last_step(tracked, tracking.STEP_METRICS["loss"]) == STEPS
+    tracked = tracked_long_run(run_dir, sent=STEPS - 2500)
+    assert outbox.update(run_dir)  # a launch's, sending more records than a look takes; what it imports is read once
+    history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, tracking.STEP_METRICS["loss"])
+    assert sorted(entry.step for entry in history) == [1, *range(STEPS - 2500, STEPS + 1)]
     for step in range(STEPS + 1, STEPS + 11):  # the next launch trains on
         append_record(run_dir / METRICS_FILE, {"step": step, "loss": 2.0, "time": step})
     before = bytes_read()
@@ -116,3 +119,20 @@ def test_a_sync_asks_mlflow_for_the_run_not_for_every_step_it_holds(tmp_path: Pa
         server.kill()
     requests = (tmp_path / "server" / "server.log").read_text()
     assert "/metrics/get-history" not in requests and "/runs/get?" in requests
+
+
+def test_a_sender_whose_mlflow_is_away_holds_no_more_of_the_records_the_longer_it_is_away(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: a server that is away
+        probe.bind(("127.0.0.1", 0))
+        away = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    run_dir = long_run(tmp_path / "run", steps=40_000, sent=0)  # a day of steps MLflow never got: 70 MB as records
+    record_run(run_dir, TrackedRun(away, "0123abcd", "1"))
+    tracemalloc.start()
+    try:
+        sender = outbox.Sender(run_dir)
+        sender.close()
+        held = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "Connection" in (sender.state.error or "")
+    assert held < 8 * 2**20
