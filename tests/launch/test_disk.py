@@ -200,6 +200,8 @@ def test_a_resumed_run_whose_directory_is_full_stops_every_rank_before_its_first
         (run_dir / "checkpoints").symlink_to(tmp_path / "checkpoints")
         train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "parallel.dp=2"]
         assert main([*train, "train.exit_after=3"]) == 0  # stopped, with a checkpoint of step 3
+        with (run_dir / "metrics.jsonl").open("a") as metrics:  # and step 4 trained by a launch that then crashed
+            metrics.write(json.dumps({"step": 4, "loss": 7.0, "lr": 1e-4, "grad_norm": 1.0, "batch_size": 8}) + "\n")
         records = (run_dir / "metrics.jsonl").read_bytes()
         command = [sys.executable, "-m", "launch.cli", *train]
         launch = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
