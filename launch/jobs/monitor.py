@@ -16,13 +16,23 @@ from launch.plan.policy import configured_layout
 from launch.plan.run_plan import read_plans
 from launch.rundir.checkpoints import CheckpointError, complete_record, latest_tag
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHECKPOINTS, JOB_FILE, METRICS_FILE, PLAN_FILE, RUN_FILE, SET_ASIDE, VALIDATION_FILE
-from launch.rundir.history import Event, RunHistory
+from launch.rundir.files import (
+    CHECKPOINTS,
+    HISTORY_FILE,
+    JOB_FILE,
+    METRICS_FILE,
+    PLAN_FILE,
+    RUN_FILE,
+    SET_ASIDE,
+    VALIDATION_FILE,
+)
+from launch.rundir.history import CHANGED_RECORD, Event, RunHistory
 from launch.rundir.records import last_records
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import read_state, store_fix
 
 SPEED_WINDOW = 10  # steps the speed and the ETA are the median of
+EVENTS_SHOWN = 20  # the history's last events, which status lists
 LABEL_WIDTH = 11
 
 
@@ -80,7 +90,11 @@ def history_lines(run: RunDirectory) -> list[str]:
     spent = f" ({history.failures()} of cluster.max_restarts={budget} spent since the last launch)"
     spent = spent if budget is not None else ""
     lines = [line("history", f"{plural(restarts, 'restart')}, {plural(history.crashes(), 'failure')}{spent}")]
-    return lines + [line("", f"{local_time(event['time'])}  {describe_event(event)}") for event in events]
+    if len(events) > EVENTS_SHOWN:  # a run resumed for weeks has hundreds
+        earlier = len(events) - EVENTS_SHOWN
+        lines.append(line("", f"{plural(earlier, 'earlier event')} in {run.path / HISTORY_FILE}"))
+    shown = events[-EVENTS_SHOWN:]
+    return lines + [line("", f"{local_time(event['time'])}  {describe_event(event)}") for event in shown]
 
 
 def describe_event(event: dict) -> str:
@@ -104,7 +118,9 @@ def describe_event(event: dict) -> str:
     if kind == Event.finished:
         return f"finished  at step {event.get('step', '?')}"
     if kind == Event.launch:
-        return f"launch    on {event.get('cluster', '?')}"
+        changed = event.get(CHANGED_RECORD) or {}
+        settings = "".join(f", {name} {old} -> {new}" for name, (old, new) in changed.items())
+        return f"launch    on {event.get('cluster', '?')}{settings}"
     if kind == Event.diverged:
         ranks = event.get("ranks") or []
         where = f", non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else ""

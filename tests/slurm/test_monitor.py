@@ -190,6 +190,23 @@ def test_failures_are_counted_over_the_runs_life_and_the_budget_since_its_last_l
     assert history == "history    5 restarts, 5 failures (1 of cluster.max_restarts=3 spent since the last launch)"
 
 
+def test_status_lists_the_last_twenty_events_and_what_each_launch_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run resumed for weeks has hundreds of events, which status listed whole (194 lines after 60 resumes)."""
+    run_dir = make_run(tmp_path / "run")
+    events = [{"event": "launch", "time": T0, "cluster": "local"}]
+    events += [{"event": kind, "time": T0 + index} for index, kind in enumerate(["start", "stopped"] * 30, 1)]
+    changed = {"data.seed": ["1234", "7"], "train.steps": ["20", "40"]}
+    events.append({"event": "launch", "time": T0 + 61, "cluster": "local", "changed": changed})
+    write_jsonl(run_dir / "history.jsonl", events)
+    lines = status_of(run_dir, capsys).splitlines()
+    listed = lines[lines.index(next(text for text in lines if text.startswith("history"))) + 1 :][:21]
+    assert listed[0] == f"           42 earlier events in {run_dir / 'history.jsonl'}"
+    assert listed[1].endswith("  stopped   at step ? (train.exit_after)") and len(listed) == 21
+    assert listed[-1].endswith("  launch    on local, data.seed 1234 -> 7, train.steps 20 -> 40")
+
+
 def test_a_finished_run_has_no_eta_and_a_broken_pointer_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
