@@ -40,6 +40,7 @@ from slurm.executor import (
     job_name,
     make_executor,
     run_executor,
+    srun_arguments,
     submit_elastic,
     submit_job,
     submitting,
@@ -172,7 +173,8 @@ def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency
     (the GPU partition's QOS, constraint and exclusivity then stay with the training job)."""
     executor = run_executor(run_dir)
     parameters = executor_parameters(cluster, job_name(run_dir, stage))
-    parameters.update(nodes=1, ntasks_per_node=1, cpus_per_task=cluster.node_cores)
+    cores = cluster.node_cores
+    parameters.update(nodes=1, ntasks_per_node=1, cpus_per_task=cores, srun_args=srun_arguments(cores))
     parameters.pop("gpus_per_node", None)
     if cluster.cpu_partition:
         parameters["partition"] = cluster.cpu_partition

@@ -52,6 +52,16 @@ def _setup_lines(cluster: ClusterConfig) -> list[str]:
     return lines
 
 
+def srun_arguments(cpus_per_task: int) -> list[str]:
+    """srun's options for a job's tasks. The task's cores are asked again: since Slurm 22.05 srun no longer inherits
+    sbatch's --cpus-per-task, and without it each task gets (and is bound to) one core, so that a rank's data loading
+    and compilation, or a data stage's every worker, shared a single core.
+    When a rank dies, the others end the step by themselves once they have requeued the job or given up, and said so
+    (a collective with the dead rank fails); those stuck in one are ended a minute later. (srun's --kill-on-bad-exit
+    ended them at once, in the middle of that bookkeeping.)"""
+    return [f"--cpus-per-task={cpus_per_task}", "--kill-on-bad-exit=0", f"--wait={STEP_WAIT_S}"]
+
+
 def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     """submitit's SlurmExecutor parameters for a job of this cluster (every value a single line)."""
     optional = {
@@ -71,10 +81,7 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
         "time": cluster.time_limit_min,
         "signal_delay_s": cluster.signal_delay_s,
         "setup": _setup_lines(cluster),
-        # When a rank dies, the others end the step by themselves once they have requeued the job or given up, and
-        # said so (a collective with the dead rank fails); those stuck in one are ended a minute later. (srun's
-        # --kill-on-bad-exit ended them at once, in the middle of that bookkeeping.)
-        "srun_args": ["--kill-on-bad-exit=0", f"--wait={STEP_WAIT_S}"],
+        "srun_args": srun_arguments(cluster.cpus_per_task),
         "additional_parameters": {"no_requeue": True} if cluster.chained else {"requeue": True},
     }
     if cluster.chained:  # a range for sbatch; submitit keeps counting tasks from `nodes`, an int

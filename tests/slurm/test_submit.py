@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tracking_server import MlflowServer
 
-from conftest import REPO_ROOT, cluster_in_environment, sbatch_that_stops_the_controller, sbatch_whose_answer_is_lost
+from conftest import (
+    MULTILINGUAL,
+    REPO_ROOT,
+    cluster_in_environment,
+    sbatch_that_stops_the_controller,
+    sbatch_whose_answer_is_lost,
+)
 from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
@@ -306,6 +313,25 @@ def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys
     ):
         assert f"#SBATCH {flag}" in out, flag
     assert not run_dir.exists() and not Path("pwned").exists()
+
+
+def cores_asked(script: str) -> list[tuple[str, str]]:
+    """Each job's cores, as its sbatch and its srun ask for them."""
+    asked = re.findall(r"#SBATCH --cpus-per-task=(\d+)\n.*?\nsrun ([^\n]*)", script, re.DOTALL)
+    return [(sbatch, next(iter(re.findall(r"--cpus-per-task=(\d+)", srun)), "none")) for sbatch, srun in asked]
+
+
+def test_every_srun_asks_again_for_the_cores_its_job_asked_for(tokens, capsys, tmp_path) -> None:
+    """Since Slurm 22.05 srun does not inherit sbatch's --cpus-per-task: without its own, each task is bound to one
+    core (a GPU rank's data loading and compilation, a data stage's every encoding worker on one core)."""
+    small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
+    args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, f"run_dir={tmp_path / 'run'}"]
+    assert main(args) == 0
+    assert cores_asked(capsys.readouterr().out) == [("8", "8")]  # jean-zay-a100: 8 cores for each of 8 ranks a node
+    stages = ["pipeline", "--dry-run", "experiment=bloom-176b", f"data.corpus={MULTILINGUAL}", f"run_dir={tmp_path}/p"]
+    assert main(stages) == 0
+    # tokenizer, evaluate, encode, prepare on a CPU node's 40 cores (cluster.cpu_cores); train; export
+    assert cores_asked(capsys.readouterr().out) == [*[("40", "40")] * 4, ("8", "8"), ("40", "40")]
 
 
 def test_cancelling_an_elastic_run_cancels_the_job_queued_behind_it_too(slurm_cluster, tokens, tmp_path, capsys):
