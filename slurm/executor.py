@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,13 +109,20 @@ def run_executor(run_dir: Path) -> submitit.SlurmExecutor:
     return submitit.SlurmExecutor(folder=folder, max_num_timeout=10**6)
 
 
+def after_step_line(run_dir: Path) -> str:
+    """The batch script's line after srun: a step whose ranks all died outright (slurm/task.py's after_step) is
+    restarted as one whose ranks said so would be."""
+    command = [sys.executable, "-m", "slurm.task", _single_line("run_dir", str(run_dir.resolve()))]
+    return f"{shlex.join(command)} $?"
+
+
 def make_executor(
     cluster: ClusterConfig, run_dir: Path, dependency: str | None = None, unfit: frozenset[str] = frozenset()
 ) -> submitit.SlurmExecutor:
     """The executor of the run's jobs; `dependency`: what the job waits for (sbatch's, e.g. afterany:JOB); `unfit`:
     nodes to leave out beside those the run leaves out already."""
     executor = run_executor(run_dir)
-    executor.update_parameters(**executor_parameters(cluster, job_name(run_dir)))
+    executor.update_parameters(**executor_parameters(cluster, job_name(run_dir)), teardown=[after_step_line(run_dir)])
     if dependency is not None:
         executor.update_parameters(dependency=dependency)
     excluded = excluded_nodes(cluster.exclude, run_dir) | unfit

@@ -3,7 +3,8 @@
 The job comes back by itself (`scontrol requeue`, or Slurm's own requeue of a job whose node failed) after:
 - a stop signal (USR2 before the time limit, SIGTERM on preemption): every rank stops after the same step,
   the checkpoint is saved, rank 0 requeues;
-- a rank that crashed: its peers' collectives fail, and they requeue;
+- a rank that crashed: its peers' collectives fail, and they requeue (ranks that all died outright, as NCCL's
+  watchdog takes them down, leave it to the batch script: after_step);
 - a rank that hangs: every rank's watchdog requeues and ends its process;
 - a node its health check finds unfit (launch/train/health.py): a job that leaves it out takes over, queued behind
   this one, which ends.
@@ -20,6 +21,7 @@ import functools
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -27,7 +29,7 @@ from pathlib import Path
 from launch.config.cluster import ClusterConfig
 from launch.rundir.files import HISTORY_FILE, JOB_FILE, STOP_FILE
 from launch.rundir.history import Event, RunHistory, failures, has_ended
-from launch.train.stopping import StopSignals
+from launch.train.stopping import REFUSED_EXIT, StopSignals
 from slurm.client import was_cancelled
 from slurm.commands import UNREACHABLE_HINT, requeue
 from slurm.environment import SlurmTask
@@ -116,6 +118,41 @@ class JobStart:
             file=sys.stderr,
             flush=True,
         )
+
+
+def found_at_start(events: list[dict], task: SlurmTask) -> list[dict]:
+    """The history as this start of the job found it: before the start it recorded, if it got that far."""
+    own = [
+        index
+        for index, event in enumerate(events)
+        if event["event"] == Event.start
+        and str(event.get("slurm_job")) == task.job_id
+        and event.get("restart") == task.restart_count
+    ]
+    return events[: own[-1]] if own else events
+
+
+def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) -> None:
+    """The batch script's last word, once the ranks' srun has ended with `status`. A rank that fails in Python asks
+    for the restart itself (JobStart.failed), and a requeue ends the batch script before this runs; but ranks that die
+    outright ask nothing, and on GPUs one rank's death takes every other down so: NCCL's watchdog ends a process whose
+    collective fails or times out without running any more Python (TORCH_NCCL_ASYNC_ERROR_HANDLING). What a rank
+    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT) or the run has ended."""
+    if status in (0, REFUSED_EXIT):
+        return
+    events = RunHistory(run_dir).events()
+    if has_ended(events):
+        return
+    from launch.config.job_file import read_job
+
+    task, cluster = SlurmTask.from_environment(env), read_job(run_dir / JOB_FILE).cluster
+    print(
+        f"corolla: the ranks of job {task.job_id} ended (srun's exit status {status}) and none asked for a restart: "
+        "asking for them",
+        file=sys.stderr,
+        flush=True,
+    )
+    JobStart(run_dir, task, found_at_start(events, task), cluster.max_restarts, cluster.chained).failed()
 
 
 @dataclass(frozen=True)
@@ -218,3 +255,7 @@ class TrainingTask:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+if __name__ == "__main__":  # the batch script, after srun: python -m slurm.task RUN_DIR STATUS
+    after_step(Path(sys.argv[1]), int(sys.argv[2]))

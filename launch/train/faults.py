@@ -3,6 +3,8 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
 
 - COROLLA_TEST_HANG_AT_STEP=N: rank COROLLA_TEST_HANG_RANK (default 1) hangs for good once step N is reported, as a
   rank stuck outside any collective would;
+- COROLLA_TEST_ABORT_AT_STEP=N: every rank's process is taken down (SIGABRT) once step N is reported, no Python run
+  after it, as NCCL's watchdog takes every rank down when a collective with a dead rank fails;
 - COROLLA_TEST_CRASH_DURING_SAVE=N: rank 0 dies after writing its files of step N's checkpoint, before the checkpoint
   is marked complete;
 - COROLLA_TEST_NAN_AT_STEP=N: step N's forward passes give NaN (every rank), as a numerical blow-up would;
@@ -12,8 +14,8 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
   written there (every allocation has one, however few nodes an elastic job gets), and from then on every rank on
   that node fails its self-test, in every job, as on a broken GPU;
 - COROLLA_TEST_SLOW_NODE=NODE: ranks on NODE take 10 times as long for their self-test, as on a throttled GPU.
-A hang, a crash or a NaN is injected on a first launch only: a requeued Slurm job keeps its environment, and must
-recover. A node stays unfit whichever job lands on it.
+A hang, an abort, a crash or a NaN is injected on a first launch only: a requeued Slurm job keeps its environment, and
+must recover. A node stays unfit whichever job lands on it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from launch.train.loop import Callbacks, StepRecord
 
 HANG_AT_STEP = "COROLLA_TEST_HANG_AT_STEP"
 HANG_RANK = "COROLLA_TEST_HANG_RANK"
+ABORT_AT_STEP = "COROLLA_TEST_ABORT_AT_STEP"
 CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
 NAN_AT_STEP = "COROLLA_TEST_NAN_AT_STEP"
 STEP_SECONDS = "COROLLA_TEST_STEP_SECONDS"
@@ -47,6 +50,7 @@ def _step(value: str | None) -> int | None:
 class Faults:
     rank: int
     hang_at_step: int | None = None
+    abort_at_step: int | None = None
     crash_during_save: int | None = None
     nan_at_step: int | None = None
     step_seconds: float = 0.0
@@ -61,6 +65,7 @@ class Faults:
         return cls(
             rank,
             hang_at_step=_step(os.environ.get(HANG_AT_STEP)) if first_launch and rank == hang_rank else None,
+            abort_at_step=_step(os.environ.get(ABORT_AT_STEP)) if first_launch else None,
             crash_during_save=_step(os.environ.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
             nan_at_step=_step(os.environ.get(NAN_AT_STEP)) if first_launch else None,
             step_seconds=float(os.environ.get(STEP_SECONDS, "0")),
@@ -95,7 +100,8 @@ class Faults:
         module.register_forward_hook(spoil)
 
     def wrap(self, callbacks: Callbacks) -> Callbacks:
-        if self.hang_at_step is None and not self.step_seconds and self.nan_at_step is None:
+        steps = (self.hang_at_step, self.abort_at_step, self.nan_at_step)
+        if all(step is None for step in steps) and not self.step_seconds:
             return callbacks
         return replace(callbacks, on_step=self._on_step(callbacks.on_step))
 
@@ -109,6 +115,8 @@ class Faults:
             if record.step == self.hang_at_step:
                 while True:
                     time.sleep(1)
+            if record.step == self.abort_at_step:
+                os.abort()
             time.sleep(max(0.0, previous + self.step_seconds - time.monotonic()))
             previous = time.monotonic()
 

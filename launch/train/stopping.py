@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # The exit status of a process the watchdog ended.
 STALLED_EXIT = 75
+# The exit status of a start refused for what no restart would mend (a Slurm job is not requeued after it).
+REFUSED_EXIT = 2
 # How a rank's last words begin, which the local launcher reads for the cause of a failure (launch/jobs/local.py):
 # corolla's one-line error, and the watchdog's line, which the stacks follow.
 RANK_ERROR = "corolla: error: "

@@ -38,7 +38,7 @@ from launch.train.health import HealthCheck, check
 from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter, written_by_rank_0
 from launch.train.shards import EmbeddingGrowth
-from launch.train.stopping import RANK_ERROR, StopSignals, Watchdog
+from launch.train.stopping import RANK_ERROR, REFUSED_EXIT, StopSignals, Watchdog
 from tokenizer.files import ADDED_PIECES_FILE, is_no_space, read_json
 
 EXIT_STATUS = {Event.diverged: 3, Event.no_space: 4}
@@ -91,11 +91,11 @@ def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: li
 
 
 def _refuse(rank: int, error: ValueError) -> NoReturn:
-    """Ends the start on what no restart would mend: one line, and exit status 2, which a Slurm task does not
-    requeue."""
+    """Ends the start on what no restart would mend: one line, and exit status REFUSED_EXIT, which a Slurm job is not
+    requeued after."""
     if rank == 0:
         print(f"{RANK_ERROR}{error}", file=sys.stderr, flush=True)
-    raise SystemExit(2) from None
+    raise SystemExit(REFUSED_EXIT) from None
 
 
 def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> None:

@@ -31,7 +31,7 @@ from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
-from launch.train.faults import CRASH_DURING_SAVE, STEP_SECONDS, UNFIT_NODE_FILE
+from launch.train.faults import ABORT_AT_STEP, CRASH_DURING_SAVE, STEP_SECONDS, UNFIT_NODE_FILE
 from slurm.commands import UNREACHABLE_HINT
 from slurm.executor import REFUSED_FIX
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
@@ -553,6 +553,24 @@ def test_a_crash_during_a_save_resumes_from_the_last_checkpoint(slurm_cluster, t
     _, second = RunHistory(run_dir).starts()
     assert second["slurm_job"] == job_id and second["restart"] == 1
     assert second["resumed_from_step"] == 2 and second["steps_redone"] == 2
+    one_mlflow_value_per_step(run_dir, local_losses)
+
+
+def test_ranks_that_all_die_outright_are_restarted_from_the_last_checkpoint(
+    slurm_cluster, tokens, local_losses, tmp_path
+) -> None:
+    """On GPUs a rank that dies takes every other down with no Python run: NCCL's watchdog ends a process whose
+    collective fails (TORCH_NCCL_ASYNC_ERROR_HANDLING), so no rank is left to ask for a restart. (No NCCL here: every
+    rank aborts itself after step 5, the first time the job runs.) The batch script asks for it."""
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, f"+cluster.env.{ABORT_AT_STEP}=5")
+    wait_finished(slurm_cluster, run_dir, job_id)
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    _, second = RunHistory(run_dir).starts()
+    assert second["slurm_job"] == job_id and second["restart"] == 1
+    assert second["resumed_from_step"] == 4 and second["steps_redone"] == 1
+    assert RunHistory(run_dir).failures() == 1
+    assert "none asked for a restart: asking for them" in logs(run_dir)
     one_mlflow_value_per_step(run_dir, local_losses)
 
 

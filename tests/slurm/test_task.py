@@ -3,10 +3,14 @@ budget: train or not, requeue, leave it to an elastic run's next job, give up, o
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from launch.rundir.history import Event
-from slurm.task import Next, after, after_start
+from launch.rundir.history import Event, RunHistory
+from launch.train.stopping import REFUSED_EXIT
+from slurm.environment import SlurmTask
+from slurm.task import Next, after, after_start, after_step, found_at_start
 
 
 def history(*kinds: str) -> list[dict]:
@@ -47,3 +51,26 @@ def test_a_start_trains_unless_the_run_ended_or_spent_its_budget(events, budget,
 )
 def test_what_follows_a_start(ending, events, budget, chained, kill_switch, expected) -> None:
     assert after(ending, events, budget, chained, kill_switch) == expected
+
+
+def test_the_batch_script_counts_a_silent_failure_against_the_history_its_start_found() -> None:
+    """After srun, the batch script decides as the start's ranks would have: on the history before the start that
+    this job's restart recorded, not counting that start as a failure of its own."""
+    env = {"SLURM_JOB_ID": "41", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8"}
+    task = SlurmTask.from_environment({**env, "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]"})
+    events = history("launch", "start", "start")
+    events[1].update(slurm_job="41", restart=0)
+    events[2].update(slurm_job="41", restart=1)
+    assert found_at_start(events, task) == events[:1]  # restart 0 of job 41: the one that found only the launch
+    assert found_at_start(events, replace(task, restart_count=1)) == events[:2]
+    assert found_at_start(events[:1], task) == events[:1]  # it died before it recorded its start
+
+
+@pytest.mark.parametrize("status", [0, REFUSED_EXIT])
+def test_the_batch_script_leaves_a_step_that_succeeded_or_was_refused_alone(status, tmp_path) -> None:
+    after_step(tmp_path, status, env={})  # outside a job: it would fail, were it to ask Slurm anything
+
+
+def test_the_batch_script_leaves_a_run_that_has_ended_alone(tmp_path) -> None:
+    RunHistory(tmp_path).record(Event.gave_up, failures=3, max_restarts=3)
+    after_step(tmp_path, 134, env={})
