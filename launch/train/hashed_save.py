@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import torch
@@ -29,13 +30,17 @@ class _HashingWriter(io.RawIOBase):
 
 
 def save_hashed(value: object, path: Path) -> str:
-    """Writes `value` to `path` as torch.save does; the SHA-256 of the file's bytes (hex). A write that fails (a full
-    disk) raises its OSError, naming `path`."""
+    """Writes `value` to `path` as torch.save does, and onto its disk before it returns: a checkpoint is marked complete
+    (by rank 0, on another node) once every rank has returned, and what a node's page cache still held when it crashed
+    would be lost (Lustre and GPFS clients cache writes as a local disk does). The SHA-256 of the file's bytes (hex). A
+    write that fails (a full disk) raises its OSError, naming `path`."""
     with naming(path):
         try:
             with path.open("wb") as file:
                 writer = _HashingWriter(file)
                 torch.save(value, writer)
+                file.flush()
+                os.fsync(file.fileno())
         except RuntimeError as error:
             if underneath := compat.torch_save_os_error(error):
                 raise underneath from None

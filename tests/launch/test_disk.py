@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import torch
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 
@@ -24,6 +25,7 @@ from launch.cli import main
 from launch.rundir.checkpoints import latest_step
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
+from launch.train.hashed_save import save_hashed
 
 RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "train.keep_checkpoints=2"]
 
@@ -68,6 +70,23 @@ def fill_once_trained_to(step: int, run_dir: Path, disk: Path) -> threading.Thre
 def mlflow_status(run_dir: Path) -> str:
     tracked = recorded_run(run_dir)
     return MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status
+
+
+def test_a_checkpoint_file_is_on_its_disk_before_its_rank_reports_it_written(tmp_path: Path, monkeypatch) -> None:
+    """Rank 0 marks a checkpoint complete once every rank has reported its files; a node that crashes then loses what
+    its page cache still held of them (a Lustre or GPFS client's too), and with train.keep_checkpoints=1 the run
+    would keep no checkpoint that verifies. No node can crash here: the flush to disk is watched instead."""
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def watched(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", watched)
+    path = tmp_path / "shard.pt"
+    save_hashed({"weight": torch.ones(4)}, path)
+    assert synced == [str(path)]
 
 
 def test_a_checkpoint_with_no_room_keeps_the_last_one_and_stops_until_space_is_freed(
