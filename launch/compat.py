@@ -212,6 +212,18 @@ def install_rng_tracker(tracker) -> None:
     megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
 
+def share_rng_tracker_with_deepspeed() -> None:
+    """DeepSpeed's activation checkpointing keeps a tensor-parallel RNG tracker of its own, whose states it saves
+    before a checkpointed layer's forward and restores for its recompute (deepspeed 0.19.8,
+    runtime/activation_checkpointing/checkpointing.py); attention dropout draws from megatron's. Left apart, the
+    recompute drew other dropout masks than the forward (gradients of another network) and advanced megatron's
+    tracker, so that every later micro-batch's masks changed too. Megatron's tracker is made DeepSpeed's."""
+    from deepspeed.runtime.activation_checkpointing import checkpointing
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    checkpointing._CUDA_RNG_STATE_TRACKER = megatron_random.get_cuda_rng_tracker()
+
+
 # torch 2.11-2.13
 
 

@@ -77,11 +77,13 @@ def seed_everything(seed: int) -> None:
 
 
 def seed_tensor_parallel(seed: int) -> None:
-    """A fresh tensor-parallel RNG, different on each TP rank (attention dropout draws from it)."""
+    """A fresh tensor-parallel RNG, different on each TP rank (attention dropout draws from it, and activation
+    checkpointing's recompute restores it)."""
     if on_gpu():
         megatron_random.model_parallel_cuda_manual_seed(seed)
-        return
-    tracker = CpuRNGStatesTracker()
-    tp_seed = seed + TP_SEED_OFFSET + parallel_state.get_tensor_model_parallel_rank()
-    tracker.set_states({TP_RNG: torch.Generator().manual_seed(tp_seed).get_state()})
-    compat.install_rng_tracker(tracker)
+    else:
+        tracker = CpuRNGStatesTracker()
+        tp_seed = seed + TP_SEED_OFFSET + parallel_state.get_tensor_model_parallel_rank()
+        tracker.set_states({TP_RNG: torch.Generator().manual_seed(tp_seed).get_state()})
+        compat.install_rng_tracker(tracker)
+    compat.share_rng_tracker_with_deepspeed()

@@ -107,6 +107,16 @@ def test_every_layout_gives_the_one_process_losses(layout, tokens, one_process, 
     assert validation["loss"] == pytest.approx(reference["loss"], abs=1e-5)
 
 
+def test_activation_checkpointing_recomputes_the_attention_dropout_masks_of_the_forward(tokens, tmp_path) -> None:
+    """The recompute draws attention dropout from the tensor-parallel RNG as it stood before the forward: the same
+    losses and gradient norms as without recomputation. (DeepSpeed restored a tracker of its own, not megatron's that
+    dropout draws from: the recompute drew other masks and shifted every later micro-batch's, from step 1 on.)"""
+    dropout = ["model.attention_dropout=0.3", "train.steps=3"]
+    kept = train(tmp_path / "kept", tokens, *dropout)
+    recomputed = train(tmp_path / "recomputed", tokens, *dropout, "parallel.activation_checkpointing=true")
+    assert [(r["loss"], r["grad_norm"]) for r in recomputed] == [(r["loss"], r["grad_norm"]) for r in kept]
+
+
 def test_batch_rampup_over_stages_and_replicas_gives_the_one_process_losses_and_resumes(tokens, tmp_path) -> None:
     # Batches 4, 4, 6, 6, 8, 8: start 4, +2 every 16 / 2 samples; micro-batch 1 so that DP=2 divides every size.
     rampup = [
