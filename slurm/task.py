@@ -258,4 +258,6 @@ class TrainingTask:
 
 
 if __name__ == "__main__":  # the batch script, after srun: python -m slurm.task RUN_DIR STATUS
+    # Ends with srun's status, the batch script's last: Slurm's state of the job (FAILED, COMPLETED) stays srun's.
     after_step(Path(sys.argv[1]), int(sys.argv[2]))
+    sys.exit(int(sys.argv[2]))
