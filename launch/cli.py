@@ -43,7 +43,7 @@ class Command:
     def run_sweep(self, overrides: list[str], **flags: bool) -> None:
         """One job per point of the sweep, each in its own run directory under the run_dir given."""
         jobs = []
-        for name, point in sweep_points(overrides):
+        for name, point in sweep_points(self.config, overrides):
             job = compose_job(self.config, point)[1]
             jobs.append(replace(job, run_dir=str(Path(job.run_dir) / name)))
         _function(self.sweep_target)(jobs, **flags)

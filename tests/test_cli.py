@@ -599,3 +599,27 @@ def test_slurm_settings_are_refused_where_the_job_runs_on_this_machine(
     assert code == 0 and "gpu_memory_gib: 80" in out
     code, out, _ = run(capsys, command, "cluster=testcluster", setting, "--cfg")
     assert code == 0
+
+
+SWEEP = ["submit", "--multirun", "--dry-run", "cluster=testcluster", "parallel=3d"]
+
+
+def swept_run_dirs(out: str) -> list[str]:
+    """The run directory of each point a sweep's dry run printed the sbatch script of, in order."""
+    outputs = [line.split("=", 1)[1] for line in out.splitlines() if line.startswith("#SBATCH --output=")]
+    return [output.removesuffix("/slurm/%j_0_log.out") for output in outputs]
+
+
+def test_a_sweep_over_a_groups_options_by_glob_runs_each_one(capsys, tmp_path: Path) -> None:
+    """glob() picks among a group's options, which Hydra reads from conf/: the sweep ended in Hydra's traceback."""
+    code, out, err = run(capsys, *SWEEP, "model=glob(*,exclude=[bloom-1*,bloom-3b,bloom-7b1])", f"run_dir={tmp_path}")
+    assert code == 0, err
+    assert swept_run_dirs(out) == [f"{tmp_path}/model=bloom-560m", f"{tmp_path}/model=bloom-tiny"]
+
+
+def test_an_interval_sweep_is_refused_with_the_values_to_give(capsys) -> None:
+    code, _, err = run(capsys, *SWEEP, "train.lr=interval(0.0001,0.001)")
+    assert code == 2 and err == (
+        "corolla: error: train.lr=interval(0.0001,0.001): an interval is for a sweeper that draws values, and corolla "
+        "runs every point of a sweep: list them, train.lr=a,b,c or train.lr=range(start,stop,step)"
+    )

@@ -12,11 +12,15 @@ import difflib
 import itertools
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -137,19 +141,16 @@ def quoted(value: str) -> str:
     return "'" + re.sub(r"(\\+)$", lambda match: match[1] * 2, value) + "'"
 
 
-def sweep_points(overrides: list[str]) -> list[tuple[str, list[str]]]:
-    """Hydra's multirun: every combination of the sweep overrides (`key=a,b`, `key=range(1,3)`), each as a name made
-    of its swept values (for a run directory) and its overrides."""
+def sweep_points(command: str, overrides: list[str]) -> list[tuple[str, list[str]]]:
+    """Hydra's multirun: every combination of the sweep overrides (`key=a,b`, `key=range(1,3)`, `group=glob(*)`), each
+    as a name made of its swept values (for a run directory) and its overrides."""
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        with _initialized(command):
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+            parsed = parser.parse_overrides(overrides)
+            axes = [_sweep_axis(text, override) for text, override in zip(overrides, parsed, strict=True)]
     except HydraException as error:
         raise ConfigError(_one_line(error)) from None
-    axes = [
-        [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
-        if override.is_sweep_override()
-        else [text]
-        for text, override in zip(overrides, parsed, strict=True)
-    ]
     swept = [len(axis) > 1 for axis in axes]
     points = []
     for point in itertools.product(*axes):
@@ -158,18 +159,39 @@ def sweep_points(overrides: list[str]) -> list[tuple[str, list[str]]]:
     return points
 
 
+def _sweep_axis(text: str, override: Override) -> list[str]:
+    """The overrides one command-line override stands for: itself, or one per value it sweeps."""
+    if not override.is_sweep_override():
+        return [text]
+    key = override.get_key_element()
+    if override.value_type == ValueType.INTERVAL_SWEEP:
+        raise ConfigError(
+            f"{text}: an interval is for a sweeper that draws values, and corolla runs every point of a sweep: list "
+            f"them, {key}=a,b,c or {key}=range(start,stop,step)"
+        )
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+
+
+@contextmanager
+def _initialized(command: str) -> Iterator[str]:
+    """Hydra set up for the command, with the name of its primary config: `conf/<command>.yaml` when it exists (with
+    option groups), else the bare schema."""
+    _register()
+    has_yaml = (CONF_DIR / f"{command}.yaml").is_file()
+    context = initialize_config_dir(str(CONF_DIR), version_base=None) if has_yaml else initialize(version_base=None)
+    with context:
+        yield command if has_yaml else f"{command}_schema"
+
+
 def compose_config(command: str, overrides: list[str]) -> DictConfig:
     """Composes `conf/<command>.yaml` when it exists (with option groups), else the bare schema.
 
     Commands without a YAML file take plain values only, so that e.g. `tokenizer=DIR` of `tokenizer evaluate`
     is a path, not a choice in the `tokenizer` group.
     """
-    _register()
-    has_yaml = (CONF_DIR / f"{command}.yaml").is_file()
-    context = initialize_config_dir(str(CONF_DIR), version_base=None) if has_yaml else initialize(version_base=None)
     try:
-        with context:
-            return compose(config_name=command if has_yaml else f"{command}_schema", overrides=overrides)
+        with _initialized(command) as config_name:
+            return compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_unreadable(overrides) or _one_line(error)) from None
 
