@@ -623,3 +623,23 @@ def test_an_interval_sweep_is_refused_with_the_values_to_give(capsys) -> None:
         "corolla: error: train.lr=interval(0.0001,0.001): an interval is for a sweeper that draws values, and corolla "
         "runs every point of a sweep: list them, train.lr=a,b,c or train.lr=range(start,stop,step)"
     )
+
+
+NO_GLOB_MATCH = (
+    "glob() picks among a group's options: give a pattern that matches some (model=glob(bloom-*): conf/model/)"
+)
+
+
+@pytest.mark.parametrize(
+    ("sweep", "fix"),
+    [
+        ("train.steps=range(5,1)", "give a range() whose start comes before its stop, in the direction of its step"),
+        ("model=glob(gpt-*)", NO_GLOB_MATCH),
+        ("train.lr=glob(*)", NO_GLOB_MATCH),
+    ],
+)
+def test_a_sweep_of_no_value_is_refused_rather_than_running_nothing(capsys, sweep: str, fix: str) -> None:
+    """It printed nothing and ended with 0, as if every point had been submitted."""
+    code, out, err = run(capsys, *SWEEP, sweep)
+    assert code == 2 and not out
+    assert err == f"corolla: error: {sweep} gives no value, so the sweep would run nothing: {fix}"

@@ -169,7 +169,15 @@ def _sweep_axis(text: str, override: Override) -> list[str]:
             f"{text}: an interval is for a sweeper that draws values, and corolla runs every point of a sweep: list "
             f"them, {key}=a,b,c or {key}=range(start,stop,step)"
         )
-    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+    values = list(override.sweep_string_iterator())
+    if not values:
+        fix = (
+            "glob() picks among a group's options: give a pattern that matches some (model=glob(bloom-*): conf/model/)"
+            if override.value_type == ValueType.GLOB_CHOICE_SWEEP
+            else "give a range() whose start comes before its stop, in the direction of its step"
+        )
+        raise ConfigError(f"{text} gives no value, so the sweep would run nothing: {fix}")
+    return [f"{key}={value}" for value in values]
 
 
 @contextmanager
