@@ -643,3 +643,25 @@ def test_a_sweep_of_no_value_is_refused_rather_than_running_nothing(capsys, swee
     code, out, err = run(capsys, *SWEEP, sweep)
     assert code == 2 and not out
     assert err == f"corolla: error: {sweep} gives no value, so the sweep would run nothing: {fix}"
+
+
+@pytest.mark.parametrize(
+    ("sweep", "problem"),
+    [
+        (
+            ["train.lr=1e-3,0.001"],
+            "the sweep gives train.lr=0.001 twice, two jobs for one run directory: give each value once (1e-3 and "
+            "0.001 are one number)",
+        ),
+        (
+            ["data.tokens_dir=tokens/fr,tokens_fr"],
+            "data.tokens_dir=tokens/fr and data.tokens_dir=tokens_fr would train one run directory, as '/' in a run "
+            "directory's name is written '_': sweep them with separate run_dir's",
+        ),
+    ],
+)
+def test_two_points_of_a_sweep_in_one_run_directory_are_refused(capsys, sweep: list[str], problem: str) -> None:
+    """Both points were checked and printed with the one run directory; submitted, the second either failed on the
+    first's job or resumed the first's checkpoints as its own."""
+    code, out, err = run(capsys, *SWEEP, *sweep)
+    assert code == 2 and not out and err == f"corolla: error: {problem}"

@@ -152,11 +152,27 @@ def sweep_points(command: str, overrides: list[str]) -> list[tuple[str, list[str
     except HydraException as error:
         raise ConfigError(_one_line(error)) from None
     swept = [len(axis) > 1 for axis in axes]
-    points = []
+    points: dict[str, tuple[str, list[str]]] = {}
     for point in itertools.product(*axes):
-        name = ",".join(value for value, is_swept in zip(point, swept, strict=True) if is_swept) or "single"
-        points.append((name.replace("/", "_"), list(point)))
-    return points
+        values = ",".join(value for value, is_swept in zip(point, swept, strict=True) if is_swept) or "single"
+        name = values.replace("/", "_")
+        if name in points:
+            raise ConfigError(_one_run_dir(points[name][0], values))
+        points[name] = (values, list(point))
+    return [(name, point) for name, (_, point) in points.items()]
+
+
+def _one_run_dir(first: str, second: str) -> str:
+    """Why two points of a sweep would train one run directory, each resuming the other's checkpoints."""
+    if first == second:
+        return (
+            f"the sweep gives {first} twice, two jobs for one run directory: give each value once (1e-3 and 0.001 are "
+            "one number)"
+        )
+    return (
+        f"{first} and {second} would train one run directory, as '/' in a run directory's name is written '_': sweep "
+        "them with separate run_dir's"
+    )
 
 
 def _sweep_axis(text: str, override: Override) -> list[str]:
