@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from launch import compat
 from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
@@ -40,12 +40,17 @@ class Command:
     def run(self, job: object, **flags: bool) -> None:
         _function(self.target)(job, **flags)
 
-    def run_sweep(self, overrides: list[str], **flags: bool) -> None:
-        """One job per point of the sweep, each in its own run directory under the run_dir given."""
-        jobs = []
+    def sweep(self, overrides: list[str]) -> list[tuple[DictConfig, object]]:
+        """The resolved config and job of each point of the sweep, each in its own run directory under the run_dir
+        given."""
+        points = []
         for name, point in sweep_points(self.config, overrides):
-            job = compose_job(self.config, point)[1]
-            jobs.append(replace(job, run_dir=str(Path(job.run_dir) / name)))
+            cfg, job = compose_job(self.config, point)
+            cfg.run_dir = str(Path(job.run_dir) / name)
+            points.append((cfg, replace(job, run_dir=cfg.run_dir)))
+        return points
+
+    def run_sweep(self, jobs: list[object], **flags: bool) -> None:
         _function(self.sweep_target)(jobs, **flags)
 
 
@@ -247,7 +252,11 @@ def _run(command: Command, args: argparse.Namespace) -> int:
         flags = {flag: getattr(args, flag) for flag, _ in command.flags}
         overrides = command.overrides(args.overrides)
         if getattr(args, "multirun", False):
-            command.run_sweep(overrides, **flags)
+            points = command.sweep(overrides)
+            if args.cfg:  # each point's config, as one YAML document each
+                print("---\n".join(OmegaConf.to_yaml(cfg) for cfg, _ in points), end="")
+                return 0
+            command.run_sweep([job for _, job in points], **flags)
             return 0
         cfg, job = compose_job(command.config, overrides)
         if args.cfg:

@@ -665,3 +665,15 @@ def test_two_points_of_a_sweep_in_one_run_directory_are_refused(capsys, sweep: l
     first's job or resumed the first's checkpoints as its own."""
     code, out, err = run(capsys, *SWEEP, *sweep)
     assert code == 2 and not out and err == f"corolla: error: {problem}"
+
+
+def test_a_sweeps_cfg_prints_each_points_config_and_submits_nothing(capsys, tmp_path: Path) -> None:
+    """--cfg was passed over with --multirun: the sweep was submitted (here refused: cluster=local is not Slurm's)."""
+    code, out, err = run(capsys, "submit", "--multirun", "--cfg", "train.lr=3e-4,1e-3", f"run_dir={tmp_path}")
+    assert code == 0, err
+    points = list(yaml.safe_load_all(out))
+    assert [(point["train"]["lr"], point["run_dir"]) for point in points] == [
+        (0.0003, f"{tmp_path}/train.lr=0.0003"),
+        (0.001, f"{tmp_path}/train.lr=0.001"),
+    ]
+    assert not list(tmp_path.iterdir())
