@@ -54,7 +54,7 @@ def test_evaluate_takes_one_tokenizer_or_a_list(capsys) -> None:
         ("tokenizer.alpha=1.5", "tokenizer.alpha=1.5 must be within [0, 1]"),
         ("tokenizer.sampling=parity", "needs tokenizer.parity_set=DIR"),
         ("tokenizer=", "unknown tokenizer option '': choose one of bpe-64k, parity-64k, tiny"),
-        ("seed=1,2", "seed=1,2 holds a comma: give a list seed=[1,2], a string seed='1,2', or sweep it with"),
+        ("seed=1,2", "seed=1,2 holds a comma: give a list seed=[1,2] or a string seed='1,2'"),
         ("tokenizer.parity_strength=nan", "tokenizer.parity_strength=nan must be positive and finite"),
         ("tokenizer.parity_strength=inf", "tokenizer.parity_strength=inf must be positive and finite"),
         ("tokenizer.unimax_max_epochs=nan", "tokenizer.unimax_max_epochs=nan must be positive"),
@@ -677,3 +677,22 @@ def test_a_sweeps_cfg_prints_each_points_config_and_submits_nothing(capsys, tmp_
         (0.001, f"{tmp_path}/train.lr=0.001"),
     ]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("command", "sweep"),
+    [
+        ("train", " or sweep it on Slurm with `corolla submit --multirun`"),
+        ("submit", " or sweep it with `corolla submit --multirun`"),
+        ("plan", ""),
+        ("pipeline", ""),
+    ],
+)
+def test_a_comma_is_shown_a_sweep_only_by_a_command_whose_jobs_sweep(capsys, command: str, sweep: str) -> None:
+    """Every command was told to sweep with `corolla submit --multirun`: followed from `corolla plan`, it submitted
+    training jobs where the user wanted plans."""
+    code, _, err = run(capsys, command, "train.global_batch=512,1024", "--cfg")
+    forms = "a list train.global_batch=[512,1024]" + (", a string" if sweep else " or a string")
+    assert code == 2 and err == (
+        f"corolla: error: train.global_batch=512,1024 holds a comma: give {forms} train.global_batch='512,1024'{sweep}"
+    )

@@ -94,8 +94,16 @@ def _messages(error: BaseException) -> list[str]:
     return lines + (_messages(error.__cause__) if error.__cause__ is not None else [])
 
 
-def _one_line(error: Exception) -> str:
-    """Hydra and OmegaConf explain over several lines; say what is wrong with which key and how to fix it."""
+# The commands whose jobs a sweep (`key=a,b`) can run, and how: training, on a Slurm cluster.
+SWEEPS = {
+    "submit": "sweep it with `corolla submit --multirun`",
+    "train": "sweep it on Slurm with `corolla submit --multirun`",
+}
+
+
+def _one_line(error: Exception, command: str = "") -> str:
+    """Hydra and OmegaConf explain over several lines; say what is wrong with which key and how to fix it (in
+    `command`'s terms)."""
     lines = [line for line in _messages(error) if not re.match(r"(full_key|object_type|reference_type)\b", line)]
     text = "\n".join(lines)
     if (match := re.search(r"To append to your config use (\+.+)$", text, re.M)) and "is not in struct" in text:
@@ -106,10 +114,12 @@ def _one_line(error: Exception) -> str:
         return f"unknown config key '{key}': check the spelling, `--cfg` prints every valid key"
     if match := re.search(r"Ambiguous value for argument '([^=']+)=([^']*)'", text):
         key, value = match[1], match[2]
-        return (
-            f"{key}={value} holds a comma: give a list {key}=[{value}], a string {key}='{value}', or sweep it with "
-            "`corolla submit --multirun`"
-        )
+        forms = [
+            f"a list {key}=[{value}]",
+            f"a string {key}='{value}'",
+            *([SWEEPS[command]] if command in SWEEPS else []),
+        ]
+        return f"{key}={value} holds a comma: give {', '.join(forms[:-1])} or {forms[-1]}"
     if match := re.search(r"Could not find '([^']+)/([^']*)'", text):
         options = (
             [
@@ -217,7 +227,7 @@ def compose_config(command: str, overrides: list[str]) -> DictConfig:
         with _initialized(command) as config_name:
             return compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(_unreadable(overrides) or _one_line(error)) from None
+        raise ConfigError(_unreadable(overrides) or _one_line(error, command)) from None
 
 
 def _unreadable(overrides: list[str]) -> str | None:
