@@ -6,6 +6,7 @@ from itertools import pairwise
 
 import pytest
 
+from launch.config.compose import compose_job
 from launch.config.schemas import BatchRampup, TrainConfig
 from launch.plan.schedules import batch_size_at, batch_sizes, lr_at, samples_before
 
@@ -60,3 +61,12 @@ def test_without_rampup_every_step_is_the_global_batch() -> None:
 def test_impossible_rampups_are_named(rampup: dict, expected: str) -> None:
     with pytest.raises(ValueError, match=expected):
         TrainConfig(global_batch=8, rampup=BatchRampup(**rampup))
+
+
+def test_the_bloom_176b_preset_warms_up_and_trains_for_as_many_tokens_as_bloom() -> None:
+    """BLOOM warmed up over 183,105 samples (375M tokens) and stopped at step 95,000 (~366B tokens): the preset, which
+    says so, warmed up for 183 steps (35,136 samples at the ramp-up's first batches) and trained 344B tokens."""
+    job = compose_job("submit", ["experiment=bloom-176b"])[1]
+    train, tokens = job.train, job.model.seq_length
+    assert samples_before(train.warmup_steps - 1, train) < 183_105 <= samples_before(train.warmup_steps, train)
+    assert samples_before(train.steps, train) * tokens == pytest.approx(366e9, rel=0.005)
