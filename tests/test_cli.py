@@ -696,3 +696,26 @@ def test_a_comma_is_shown_a_sweep_only_by_a_command_whose_jobs_sweep(capsys, com
     assert code == 2 and err == (
         f"corolla: error: train.global_batch=512,1024 holds a comma: give {forms} train.global_batch='512,1024'{sweep}"
     )
+
+
+def test_a_sweep_typed_in_another_order_names_the_same_run_directories(capsys, tmp_path: Path) -> None:
+    """The names followed the command line's order: the same sweep run again with its keys the other way round
+    started every point anew in new directories, rather than resuming them."""
+    run_dirs = []
+    for sweep in (["train.lr=1e-3,3e-4", "seed=1,2"], ["seed=2,1", "train.lr=3e-4,1e-3"]):
+        code, out, err = run(capsys, *SWEEP, *sweep, f"run_dir={tmp_path}")
+        assert code == 0, err
+        run_dirs.append(sorted(swept_run_dirs(out)))
+    assert (
+        run_dirs[0]
+        == run_dirs[1]
+        == [
+            f"{tmp_path}/{name}"
+            for name in (
+                "seed=1,train.lr=0.0003",
+                "seed=1,train.lr=0.001",
+                "seed=2,train.lr=0.0003",
+                "seed=2,train.lr=0.001",
+            )
+        ]
+    )

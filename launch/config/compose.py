@@ -153,7 +153,7 @@ def quoted(value: str) -> str:
 
 def sweep_points(command: str, overrides: list[str]) -> list[tuple[str, list[str]]]:
     """Hydra's multirun: every combination of the sweep overrides (`key=a,b`, `key=range(1,3)`, `group=glob(*)`), each
-    as a name made of its swept values (for a run directory) and its overrides."""
+    as a name made of its swept values in key order (for a run directory) and its overrides."""
     try:
         with _initialized(command):
             parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
@@ -164,7 +164,8 @@ def sweep_points(command: str, overrides: list[str]) -> list[tuple[str, list[str
     swept = [len(axis) > 1 for axis in axes]
     points: dict[str, tuple[str, list[str]]] = {}
     for point in itertools.product(*axes):
-        values = ",".join(value for value, is_swept in zip(point, swept, strict=True) if is_swept) or "single"
+        # In one order, whatever the command line's: the same sweep typed in another order resumes the same runs.
+        values = ",".join(sorted(value for value, is_swept in zip(point, swept, strict=True) if is_swept)) or "single"
         name = values.replace("/", "_")
         if name in points:
             raise ConfigError(_one_run_dir(points[name][0], values))
