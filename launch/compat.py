@@ -11,6 +11,7 @@ import contextlib
 import functools
 import io
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -94,10 +95,27 @@ def building_pipeline() -> Iterator[None]:
         yield
 
 
+# On GPUs, unless set otherwise: a failed NCCL collective raises (ending the rank) instead of hanging, as BLOOM needed;
+# the caching allocator grows segments instead of fragmenting across micro-batches of changing shapes; one hardware
+# queue, so that megatron-core's TP all-reduce, launched before the weight-gradient matmul, runs beside it rather
+# than after it (what megatron-core asks for). Read as torch's allocator and the CUDA context are made: set before any
+# library that may make them is imported. Nothing reads them on CPU.
+GPU_ENVIRONMENT = {
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+}
+
+
+def set_gpu_environment() -> None:
+    for name, value in GPU_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 def import_training_libraries(first_on_node: bool = True) -> None:
     """deepspeed and megatron-core, imported for a rank without what corolla never uses: seconds of every rank's
     start. Called before anything imports them (python -m launch.train, the Slurm task); `first_on_node`: the rank
-    whose line says that DeepSpeed found no GPU on its node (quiet_library_notices).
+    whose line says that DeepSpeed found no GPU on its node (quiet_library_notices). GPU_ENVIRONMENT is set first.
     - `import deepspeed` imports its autotuner, which imports mlflow whenever it is installed: mlflow is hidden during
       that import only (the autotuner takes it as absent); rank 0 of a Slurm job imports it when it first sends.
     - megatron-core applies `torch.compile` to its fused activations as it defines them, which imports TorchDynamo and
@@ -105,6 +123,7 @@ def import_training_libraries(first_on_node: bool = True) -> None:
       first call, as it does anyway for its compilation: only the compiler's import moves."""
     if "deepspeed" in sys.modules or "mlflow" in sys.modules:
         return
+    set_gpu_environment()
     quiet_library_notices(cpu_by_design=not first_on_node)
     sys.modules["mlflow"] = None  # type: ignore[assignment]
     try:

@@ -19,15 +19,6 @@ from megatron.core.tensor_parallel import random as megatron_random
 from launch import compat
 
 TP_SEED_OFFSET = 2718  # megatron's: TP rank r draws from seed + 2718 + r
-# On GPUs, unless set otherwise: a failed NCCL collective raises (ending the rank) instead of hanging, as BLOOM needed;
-# the caching allocator grows segments instead of fragmenting across micro-batches of changing shapes; one hardware
-# queue, so that megatron-core's TP all-reduce, launched before the weight-gradient matmul, runs beside it rather
-# than after it (what megatron-core asks for, set before the rank's CUDA context is made).
-GPU_ENVIRONMENT = {
-    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
-    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
-    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
-}
 TP_RNG = compat.tensor_parallel_rng_name()
 
 
@@ -62,8 +53,7 @@ def init_distributed(timeout_s: float) -> None:
     """Joins the process group that the launcher's environment describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT);
     a collective that waits longer than `timeout_s` for a peer fails instead of hanging."""
     if on_gpu():
-        for name, value in GPU_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
+        compat.set_gpu_environment()  # a rank did it before any library loaded; a benchmark's process does it here
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     else:
         compat.skip_cpu_shm_op_build()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -44,3 +46,33 @@ def test_a_rank_imports_neither_mlflow_nor_the_compiler_and_megatrons_fusions_st
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok mlflow" in result.stdout, result.stderr[-2000:]
+
+
+def test_a_rank_sets_the_gpu_environment_before_any_library_loads_and_keeps_what_the_user_set() -> None:
+    """CUDA_DEVICE_MAX_CONNECTIONS is read as the CUDA context is made, the allocator's settings as torch's allocator
+    is: they were set only as the rank joined its process group, after deepspeed, megatron-core and torch had loaded
+    (one of them may make the context as it loads)."""
+    names = list(compat.GPU_ENVIRONMENT)
+    probe = (
+        "import builtins, json, os, sys\n"
+        "seen, load = {}, builtins.__import__\n"
+        "def watch(name, *args, **kwargs):\n"
+        "    if name == 'torch' and 'torch' not in sys.modules and not seen:\n"
+        f"        seen.update({{key: os.environ.get(key) for key in {names!r}}})\n"
+        "    return load(name, *args, **kwargs)\n"
+        "builtins.__import__ = watch\n"
+        "from launch.compat import import_training_libraries\n"
+        "import_training_libraries()\n"
+        "print(json.dumps(seen))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in names}
+    env["PYTORCH_CUDA_ALLOC_CONF"] = "max_split_size_mb:128"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128",
+        "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    }
