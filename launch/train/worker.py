@@ -7,6 +7,7 @@ the process group, checks that the libraries lay the ranks out as planned, and t
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -189,7 +190,10 @@ def main(
     job = read_job(run_dir / JOB_FILE)
     watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
     compat.check_versions()
-    init_distributed(job.train.hang_timeout_s)
+    try:
+        init_distributed(job.train.hang_timeout_s)
+    except ValueError as error:  # too few GPUs: so at every start
+        _refuse(int(os.environ.get("RANK", "0")), error)
     rank = torch.distributed.get_rank()
     plan = read_plan(run_dir, torch.distributed.get_world_size())
     start = RankStart(run_dir, job, plan, rank, Faults.from_environment(rank), watchdog, stop)
