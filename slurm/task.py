@@ -120,8 +120,8 @@ class JobStart:
         )
 
 
-def found_at_start(events: list[dict], task: SlurmTask) -> list[dict]:
-    """The history as this start of the job found it: before the start it recorded, if it got that far."""
+def own_start(events: list[dict], task: SlurmTask) -> int | None:
+    """Where in the history this start of the job recorded itself; None if it never got that far."""
     own = [
         index
         for index, event in enumerate(events)
@@ -129,7 +129,7 @@ def found_at_start(events: list[dict], task: SlurmTask) -> list[dict]:
         and str(event.get("slurm_job")) == task.job_id
         and event.get("restart") == task.restart_count
     ]
-    return events[: own[-1]] if own else events
+    return own[-1] if own else None
 
 
 def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) -> None:
@@ -137,22 +137,34 @@ def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) 
     for the restart itself (JobStart.failed), and a requeue ends the batch script before this runs; but ranks that die
     outright ask nothing, and on GPUs one rank's death takes every other down so: NCCL's watchdog ends a process whose
     collective fails or times out without running any more Python (TORCH_NCCL_ASYNC_ERROR_HANDLING). What a rank
-    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT) or the run has ended."""
+    would have asked is asked here, for a start that recorded itself (it trained): one that died before would die so
+    again at every restart, whose failures, never recorded, would spend no budget. Nothing where the step succeeded,
+    was refused (REFUSED_EXIT) or the run has ended."""
     if status in (0, REFUSED_EXIT):
         return
     events = RunHistory(run_dir).events()
     if has_ended(events):
         return
+    task = SlurmTask.from_environment(env)
+    started = own_start(events, task)
+    if started is None:
+        print(
+            f"corolla: the ranks of job {task.job_id} ended (srun's exit status {status}) before they started "
+            f"training: not restarted, as they would end so again; the job's log says why",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
     from launch.config.job_file import read_job
 
-    task, cluster = SlurmTask.from_environment(env), read_job(run_dir / JOB_FILE).cluster
+    cluster = read_job(run_dir / JOB_FILE).cluster
     print(
         f"corolla: the ranks of job {task.job_id} ended (srun's exit status {status}) and none asked for a restart: "
         "asking for them",
         file=sys.stderr,
         flush=True,
     )
-    JobStart(run_dir, task, found_at_start(events, task), cluster.max_restarts, cluster.chained).failed()
+    JobStart(run_dir, task, events[:started], cluster.max_restarts, cluster.chained).failed()
 
 
 @dataclass(frozen=True)

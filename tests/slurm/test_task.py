@@ -10,7 +10,7 @@ import pytest
 from launch.rundir.history import Event, RunHistory
 from launch.train.stopping import REFUSED_EXIT
 from slurm.environment import SlurmTask
-from slurm.task import Next, after, after_start, after_step, found_at_start
+from slurm.task import Next, after, after_start, after_step, own_start
 
 
 def history(*kinds: str) -> list[dict]:
@@ -61,14 +61,23 @@ def test_the_batch_script_counts_a_silent_failure_against_the_history_its_start_
     events = history("launch", "start", "start")
     events[1].update(slurm_job="41", restart=0)
     events[2].update(slurm_job="41", restart=1)
-    assert found_at_start(events, task) == events[:1]  # restart 0 of job 41: the one that found only the launch
-    assert found_at_start(events, replace(task, restart_count=1)) == events[:2]
-    assert found_at_start(events[:1], task) == events[:1]  # it died before it recorded its start
+    assert own_start(events, task) == 1  # restart 0 of job 41, which found only the launch
+    assert own_start(events, replace(task, restart_count=1)) == 2
+    assert own_start(events[:1], task) is None  # it died before it recorded its start
 
 
 @pytest.mark.parametrize("status", [0, REFUSED_EXIT])
 def test_the_batch_script_leaves_a_step_that_succeeded_or_was_refused_alone(status, tmp_path) -> None:
     after_step(tmp_path, status, env={})  # outside a job: it would fail, were it to ask Slurm anything
+
+
+def test_the_batch_script_restarts_no_start_that_died_before_it_recorded_itself(tmp_path, capsys) -> None:
+    """Ranks killed as they load a checkpoint (the node's memory), or a broken install: no start recorded, so no
+    failure counted, and each restart would end so again: requeued for ever."""
+    RunHistory(tmp_path).record(Event.launch, cluster="testcluster")
+    env = {"SLURM_JOB_ID": "41", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8"}
+    after_step(tmp_path, 137, env={**env, "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]"})
+    assert "ended (srun's exit status 137) before they started training: not restarted" in capsys.readouterr().err
 
 
 def test_the_batch_script_leaves_a_run_that_has_ended_alone(tmp_path) -> None:
