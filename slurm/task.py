@@ -229,7 +229,10 @@ class TrainingTask:
             give_way = functools.partial(self._give_way, cluster, run_dir, task)
             health = HealthCheck(task.node_name, cluster.health_slowdown, give_way)
         try:
-            outcome = worker.main(run_dir, origin=origin, on_stall=start.failed, stop=stop, health=health)
+            # A task that sees one GPU was given it: the job asked for a GPU a rank on every node.
+            outcome = worker.main(
+                run_dir, origin=origin, on_stall=start.failed, stop=stop, health=health, gpu_per_task=True
+            )
         except Exception:
             start.failed()
             raise

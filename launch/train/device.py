@@ -49,10 +49,10 @@ class CpuRNGStatesTracker(megatron_random.CudaRNGStatesTracker):
             torch.set_rng_state(outside)
 
 
-def gpu_of(local_rank: int, visible: int, bound_by_slurm: bool) -> int:
+def gpu_of(local_rank: int, visible: int, gpu_per_task: bool) -> int:
     """The GPU a rank trains on, of those it sees: its node's LOCAL_RANK-th, or the only one where Slurm gave each task
     a GPU of its own (a site's --gpu-bind or --gpus-per-task). A one-line ValueError where it sees too few."""
-    if visible == 1 and bound_by_slurm:
+    if visible == 1 and gpu_per_task:
         return 0
     if local_rank < visible:
         return local_rank
@@ -63,14 +63,14 @@ def gpu_of(local_rank: int, visible: int, bound_by_slurm: bool) -> int:
     )
 
 
-def init_distributed(timeout_s: float) -> None:
+def init_distributed(timeout_s: float, gpu_per_task: bool = False) -> None:
     """Joins the process group that the launcher's environment describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT), on
     this rank's GPU if there are any; a collective that waits longer than `timeout_s` for a peer fails instead of
     hanging."""
     if on_gpu():
         compat.set_gpu_environment()  # a rank did it before any library loaded; a benchmark's process does it here
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(gpu_of(local_rank, torch.cuda.device_count(), "SLURM_JOB_ID" in os.environ))
+        torch.cuda.set_device(gpu_of(local_rank, torch.cuda.device_count(), gpu_per_task))
     else:
         compat.skip_cpu_shm_op_build()
     deepspeed.init_distributed(dist_backend=backend(), timeout=datetime.timedelta(seconds=timeout_s))

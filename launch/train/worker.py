@@ -7,7 +7,6 @@ the process group, checks that the libraries lay the ranks out as planned, and t
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from collections.abc import Callable
@@ -181,19 +180,21 @@ def main(
     stop: StopSignals | None = None,
     health: HealthCheck | None = None,
     sends: bool = True,
+    gpu_per_task: bool = False,
 ) -> Event:
     """Trains this rank; `origin` says where (recorded in the run's history), `on_stall` runs if the watchdog fires,
     `stop` holds the stop signals received so far (installed here if not given), `health` checks the nodes first (on
-    a cluster); rank 0 `sends` MLflow what the run writes, unless a launcher waiting on the ranks does. Returns how
-    the start ended: finished, stopped (a stop signal or train.exit_after), diverged, no_space or unfit."""
+    a cluster); rank 0 `sends` MLflow what the run writes, unless a launcher waiting on the ranks does;
+    `gpu_per_task`: a rank that sees one GPU was given it (a Slurm task: device.gpu_of). Returns how the start ended:
+    finished, stopped (a stop signal or train.exit_after), diverged, no_space or unfit."""
     stop = stop or StopSignals(run_dir / STOP_FILE)
     job = read_job(run_dir / JOB_FILE)
     watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
     compat.check_versions()
     try:
-        init_distributed(job.train.hang_timeout_s)
-    except ValueError as error:  # too few GPUs: so at every start
-        _refuse(int(os.environ.get("RANK", "0")), error)
+        init_distributed(job.train.hang_timeout_s, gpu_per_task)
+    except ValueError as error:  # too few GPUs, which only ranks past the first meet: each says so
+        _refuse(0, error)
     rank = torch.distributed.get_rank()
     plan = read_plan(run_dir, torch.distributed.get_world_size())
     start = RankStart(run_dir, job, plan, rank, Faults.from_environment(rank), watchdog, stop)
