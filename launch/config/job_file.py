@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -28,9 +29,17 @@ def job_settings(job: TrainJob) -> dict[str, str]:
 
 
 def changed_settings(before: TrainJob, after: TrainJob) -> dict[str, tuple[str, str]]:
-    """The settings `after` gives otherwise than `before`, with both values."""
+    """The settings `after` gives otherwise than `before`, with both values ("" for one that only one of them has: a
+    language's data.weights given or dropped)."""
     old, new = job_settings(before), job_settings(after)
-    return {name: (old.get(name, ""), value) for name, value in new.items() if old.get(name) != value}
+    names = [*new, *(name for name in old if name not in new)]
+    return {name: (old.get(name, ""), new.get(name, "")) for name in names if old.get(name) != new.get(name)}
+
+
+def changes_text(changed: Mapping[str, Sequence[str]]) -> str:
+    """changed_settings' (or its record's) as a line says them: `data.seed 1234 -> 7, data.weights.fra_Latn 2.0 ->
+    unset`."""
+    return ", ".join(f"{name} {old or 'unset'} -> {new or 'unset'}" for name, (old, new) in changed.items())
 
 
 def _flattened(config: dict, prefix: str = "") -> dict[str, str]:

@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 
 from launch.config.cluster import ClusterConfig
-from launch.config.job_file import section
+from launch.config.job_file import changes_text, section
 from launch.config.schemas import ParallelConfig
 from launch.jobs.backend import Backend
 from launch.plan.policy import configured_layout
@@ -118,8 +118,8 @@ def describe_event(event: dict) -> str:
     if kind == Event.finished:
         return f"finished  at step {event.get('step', '?')}"
     if kind == Event.launch:
-        changed = event.get(CHANGED_RECORD) or {}
-        settings = "".join(f", {name} {old} -> {new}" for name, (old, new) in changed.items())
+        changed = event.get(CHANGED_RECORD)
+        settings = f", {changes_text(changed)}" if changed else ""
         return f"launch    on {event.get('cluster', '?')}{settings}"
     if kind == Event.diverged:
         ranks = event.get("ranks") or []

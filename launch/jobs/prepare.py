@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from launch.config.data import DataConfig
-from launch.config.job_file import changed_settings, job_yaml, read_job
+from launch.config.job_file import changed_settings, changes_text, job_yaml, read_job
 from launch.config.schemas import JOB_MODEL_SETTINGS, ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.facts import DataFacts, TokenizerChanged
@@ -111,7 +111,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     launch_count = str(len(history.launches()))
     launch_tags = {tracking.LAUNCHES_TAG: launch_count}
     if changed:  # MLflow keeps the params the run was created with: the tag says what later launches changed
-        launch_tags[f"{tracking.CHANGED_TAG}.{launch_count}"] = _listed(changed)[:5000]
+        launch_tags[f"{tracking.CHANGED_TAG}.{launch_count}"] = changes_text(changed)[:5000]
     outbox.update(run_dir, launch_tags, "RUNNING", artifacts)
     return PreparedRun(job, plans, run_dir, tracked)
 
@@ -122,12 +122,8 @@ def _changes_line(saved: SavedRun, changed: dict[str, tuple[str, str]], dry_run:
     verb = "would resume" if dry_run else "resumes"
     return (
         f"run_dir={saved.run_dir} {verb} step {saved.step} with settings changed since its last launch: "
-        f"{_listed(changed)} (the launch records them in {HISTORY_FILE})"
+        f"{changes_text(changed)} (the launch records them in {HISTORY_FILE})"
     )
-
-
-def _listed(changed: dict[str, tuple[str, str]]) -> str:
-    return ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items())
 
 
 def _restore_run_record(run_dir: Path, record: object) -> None:

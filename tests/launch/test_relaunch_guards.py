@@ -187,13 +187,18 @@ def test_a_relaunch_that_changes_settings_says_which_and_records_them(capsys, wo
     run = MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).data
     assert run.tags["corolla.changed_at_launch.2"] == line.split(": ", 1)[1].split(" (")[0]
     assert run.params["data.seed"] == "1234"
-    stopped_early = [*relaunch, "train.steps=4", "train.exit_after=1"]
+    stopped_early = [*relaunch, "train.steps=6", "train.exit_after=1", "+data.weights.eng_Latn=1"]
     assert train(*stopped_early) == 0
-    assert "with settings changed since its last launch: train.steps 2 -> 4, " in capsys.readouterr().out
+    said = "with settings changed since its last launch: data.weights.eng_Latn unset -> 1.0, train.steps 2 -> 6, "
+    assert said in capsys.readouterr().out
+    # A language's weight dropped is a change too (the blend goes back to data.alpha).
+    stopped_early.remove("+data.weights.eng_Latn=1")
+    assert train(*stopped_early) == 0
+    assert "since its last launch: data.weights.eng_Latn 1.0 -> unset (" in capsys.readouterr().out
     assert train(*stopped_early) == 0
     assert "with settings changed" not in capsys.readouterr().out
     launches = RunHistory(workspace / "run").launches()
-    assert len(launches) == 4 and "changed" not in launches[-1]
+    assert len(launches) == 5 and "changed" not in launches[-1]
 
 
 def test_init_from_is_refused_on_a_run_with_checkpoints_of_its_own_and_the_same_init_from_resumes(
