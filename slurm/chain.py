@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,11 +376,20 @@ def array_states(job_id: str) -> list[str]:
 
 def stage_state(stage_job: StageJob) -> StageState:
     if stage_job.tasks == 1:
-        state = slurm_state(stage_job.job_id)
-        if not state.live and "started None" in state.summary:  # sacct's word for a job cancelled while pending
-            return StageState(state.state.split()[0], False, f"{state.state}, never started")
-        return StageState(state.state.split()[0], state.live, f"{state.state}, {state.summary}")
-    states = array_states(stage_job.job_id)
+        return _one_task_state(slurm_state(stage_job.job_id))
+    return _array_state(stage_job.job_id)
+
+
+def _one_task_state(state: SlurmState) -> StageState:
+    """A one-task stage's state, from what Slurm says of its job."""
+    if not state.live and "started None" in state.summary:  # sacct's word for a job cancelled while pending
+        return StageState(state.state.split()[0], False, f"{state.state}, never started")
+    return StageState(state.state.split()[0], state.live, f"{state.state}, {state.summary}")
+
+
+def _array_state(job_id: str) -> StageState:
+    """An array stage's state: its worst task's, a failed one before a live one."""
+    states = array_states(job_id)
     if not states:  # accounting has not recorded the array yet
         return StageState("PENDING", True, "submitted, not in sacct yet")
     counts = {state: states.count(state) for state in dict.fromkeys(states)}
@@ -405,17 +413,17 @@ def chain_lines(run_dir: Path) -> list[str]:
     submissions = json.loads((run_dir / CHAIN_FILE).read_text())
     latest = submissions[-1]
     skipped = f"; current, not submitted: {', '.join(latest['skipped'])}" if latest["skipped"] else ""
-    lines = [line("pipeline", f"{run_dir}, submitted {local_time(latest['time'])}{skipped}")]
-    with suppress(SlurmError):  # said below, stage by stage
-        if (elsewhere := _chain_elsewhere(run_dir)) is not None:
-            lines.append(line("copy", f"these are the jobs of the pipeline in {elsewhere[2]}, not of this directory"))
-    failure = None
+    lines: list[str] = []
+    failure, elsewhere = None, None
     for stage_job in chain_jobs(run_dir):
-        try:
-            state = stage_state(stage_job)
+        try:  # Slurm asked once a job: a one-task stage's answer also says where its job writes
+            asked = slurm_state(stage_job.job_id) if stage_job.tasks == 1 else None
+            state = _one_task_state(asked) if asked is not None else _array_state(stage_job.job_id)
         except SlurmError as error:
             lines.append(line(stage_job.stage, f"{stage_job.label}: cannot ask Slurm ({error}): {error.hint}"))
             continue
+        if elsewhere is None and asked is not None:
+            elsewhere = _written_elsewhere(run_dir, stage_job, asked)
         lines.append(line(stage_job.stage, f"{stage_job.label}: {state.summary}"))
         if failure is None and not state.live and state.state != "COMPLETED":
             why = _why(run_dir, stage_job, state)
@@ -424,7 +432,10 @@ def chain_lines(run_dir: Path) -> list[str]:
                 f"stage {stage_job.stage} ({stage_job.label}): {why}; the stages after it do not run: fix it and "
                 "submit the pipeline again, which resumes from there",
             )
-    return lines + ([failure] if failure else [])
+    header = [line("pipeline", f"{run_dir}, submitted {local_time(latest['time'])}{skipped}")]
+    if elsewhere is not None:
+        header.append(line("copy", f"these are the jobs of the pipeline in {elsewhere}, not of this directory"))
+    return header + lines + ([failure] if failure else [])
 
 
 def show_stage_logs(run_dir: Path, stage: str, lines: int, rank: int = -1) -> None:
@@ -465,10 +476,17 @@ def _chain_elsewhere(run_dir: Path) -> tuple[StageJob, SlurmState, Path] | None:
         if stage_job.tasks > 1:
             continue
         state = slurm_state(stage_job.job_id)
-        folder = run_dir / TRAIN_DIR if stage_job.stage == "train" else run_dir
-        if (other := written_elsewhere(folder, state)) is not None:
-            return stage_job, state, other.parent if stage_job.stage == "train" else other
+        if (other := _written_elsewhere(run_dir, stage_job, state)) is not None:
+            return stage_job, state, other
     return None
+
+
+def _written_elsewhere(run_dir: Path, stage_job: StageJob, state: SlurmState) -> Path | None:
+    """The pipeline directory the one-task stage's job writes to, where it is not `run_dir` (None where Slurm no
+    longer says)."""
+    folder = run_dir / TRAIN_DIR if stage_job.stage == "train" else run_dir
+    other = written_elsewhere(folder, state)
+    return other.parent if other is not None and stage_job.stage == "train" else other
 
 
 def _check_own_chain(run_dir: Path) -> None:

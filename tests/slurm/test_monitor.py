@@ -509,3 +509,38 @@ def test_logs_of_a_pipeline_take_the_rank_of_its_train_stage(
         show_logs(LogsJob(run_dir=str(run_dir), stage="train", rank=2))
     with pytest.raises(ValueError, match=r"^rank=1: the tokenizer stage has no ranks; .* with stage=train rank=N$"):
         show_logs(LogsJob(run_dir=str(run_dir), stage="tokenizer", rank=1))
+
+
+def counting(commands: tuple[str, ...], bin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The `commands` first on PATH, each logging its call (a line: the command and its arguments) before it runs the
+    real one; the log's path."""
+    bin_dir.mkdir()
+    calls = bin_dir / "calls"
+    calls.touch()
+    for command in commands:
+        shim = bin_dir / command
+        shim.write_text(f'#!/bin/sh\necho "{command} $*" >> {calls}\nexec {shutil.which(command)} "$@"\n')
+        shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return calls
+
+
+def test_status_of_a_pipeline_asks_slurm_once_a_job(
+    slurm_cluster: TestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each one-task stage's job was asked of scontrol (and, ended, of sacct) twice: once to see whether the chain is
+    this directory's, once for its state."""
+    run_dir = tmp_path / "chain"
+    run_dir.mkdir()
+    stages = {stage: sbatch(slurm_cluster, run_dir, "--wait", "--wrap=true") for stage in ("tokenizer", "evaluate")}
+    jobs = sorted(stages.values())
+    chain = [{"stage": stage, "job_id": job_id} for stage, job_id in stages.items()]
+    (run_dir / "chain.json").write_text(json.dumps([{"time": T0, "jobs": chain, "skipped": []}]))
+    calls = counting(("scontrol", "sacct"), tmp_path / "bin", monkeypatch)
+    output = status_of(run_dir, capsys)
+    assert all(f"{stage:<11}job {job_id}: COMPLETED" in output for stage, job_id in stages.items()), output
+    logged = calls.read_text().splitlines()
+    assert sorted(call for call in logged if call.startswith("scontrol")) == [
+        f"scontrol show job {job}" for job in jobs
+    ]
+    assert len([call for call in logged if call.startswith("sacct")]) == len(jobs)
