@@ -8,7 +8,9 @@ builds nothing and prints the sbatch script. The job's shape and, for an elastic
 
 from __future__ import annotations
 
+import io
 import shlex
+from contextlib import redirect_stdout
 from pathlib import Path
 
 from launch import compat
@@ -105,20 +107,26 @@ def check_no_live_job(run_dir: Path) -> None:
 def submit_sweep(jobs: list[TrainJob], dry_run: bool = False) -> None:
     """Every job of a sweep, each its own Slurm job (not an array: each run keeps its own folder, logs and requeues),
     none submitted unless all are valid."""
-    for job in jobs:
-        submit_training(job, dry_run=True)
-    if not dry_run:
+    if dry_run:
         for job in jobs:
-            submit_training(job)
+            submit_training(job, dry_run=True)
+        return
+    for job in jobs:
+        check_training(job)
+    for job in jobs:
+        submit_training(job)
+
+
+def check_training(job: TrainJob) -> None:
+    """The job validated as a dry run validates it, nothing written or submitted and nothing said but errors."""
+    _check_slurm_cluster(job.cluster)
+    with redirect_stdout(io.StringIO()):  # its script unsaid: what else the dry run says, the submission says again
+        _submit_training(job, dry_run=True)
 
 
 def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     cluster = job.cluster
-    if cluster.scheduler != Scheduler.slurm:
-        raise ValueError(
-            f"cluster={cluster.name} is not a Slurm cluster: choose one (cluster=testcluster, ...; conf/cluster/), "
-            "or run `corolla train`"
-        )
+    _check_slurm_cluster(cluster)
     if dry_run:
         _submit_training(job, dry_run=True)
         return
@@ -128,6 +136,14 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     with holding(Path(job.run_dir)):
         check_no_live_job(Path(job.run_dir))
         _submit_training(job, dry_run=False)
+
+
+def _check_slurm_cluster(cluster: ClusterConfig) -> None:
+    if cluster.scheduler != Scheduler.slurm:
+        raise ValueError(
+            f"cluster={cluster.name} is not a Slurm cluster: choose one (cluster=testcluster, ...; conf/cluster/), "
+            "or run `corolla train`"
+        )
 
 
 def _submit_training(job: TrainJob, dry_run: bool) -> None:

@@ -509,16 +509,24 @@ def test_a_users_own_scancel_ends_the_job_without_requeue(slurm_cluster, tokens,
     assert f"slurm      job {job_id}: CANCELLED" in capsys.readouterr().out
 
 
-def test_a_sweep_submits_a_job_per_point_and_returns_at_once(slurm_cluster, tokens, tmp_path, monkeypatch) -> None:
+ONE_NODE = ["cluster=testcluster", "cluster.nodes=1", "cluster.tasks_per_node=1"]
+
+
+def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
+    slurm_cluster, tokens, tmp_path, monkeypatch, capsys
+) -> None:
     # Steps of 5 s: the first point's job cannot finish before the second point is submitted, however loaded the
     # machine (the first step could: its job once logged it before `submit` returned).
     monkeypatch.setenv(STEP_SECONDS, "5")
-    one_node = ["cluster=testcluster", "cluster.nodes=1", "cluster.tasks_per_node=1"]
-    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *one_node, "train.steps=2,3"]
+    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *ONE_NODE, "train.steps=2,3"]
     assert main(["submit", "--multirun", *args]) == 0
     runs = {steps: tmp_path / f"train.steps={steps}" for steps in (2, 3)}
     jobs = {steps: json.loads((run_dir / JOBS_FILE).read_text())[-1] for steps, run_dir in runs.items()}
     assert len(set(jobs.values())) == 2
+    # Every point was checked first, as a dry run that printed its sbatch script under "dry run: ... not submitted".
+    out = capsys.readouterr().out
+    assert "dry run" not in out and "not submitted" not in out and "#SBATCH" not in out, out
+    assert all(f"submitted Slurm job {jobs[steps]}: {run_dir}\n" in out for steps, run_dir in runs.items()), out
     assert not any(event["event"] == "finished" for run_dir in runs.values() for event in RunHistory(run_dir).events())
     for steps, run_dir in runs.items():
         wait_finished(slurm_cluster, run_dir, jobs[steps])
