@@ -2,8 +2,10 @@
 
 The cluster is asked first whether the partition has the nodes and whether the run has a job queued or running
 already; then the whole job is validated, its data prepared and planned for every node count it may get, and its run
-directory written (launch/jobs/prepare.py), before anything is submitted. `--dry-run` asks nothing of the cluster,
-builds nothing and prints the sbatch script. The job's shape and, for an elastic run, its chain: slurm/executor.py.
+directory written (launch/jobs/prepare.py), before anything is submitted. A sweep makes these checks of every
+point (the job validated as by a dry run) before it submits any, and skips a point whose run has a job queued or
+running. `--dry-run` asks nothing of the cluster, builds nothing and prints the sbatch script. The job's shape and,
+for an elastic run, its chain: slurm/executor.py.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from launch.config.schemas import TrainJob
 from launch.jobs.monitor import plural
 from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
-from slurm.client import out_of_service, partition_limits, partition_nodes
+from slurm.client import SlurmState, out_of_service, partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
 from slurm.executor import job_partition, make_executor, submit_elastic, submit_job
 from slurm.jobs import excluded_nodes, live_jobs, record_job, unrecorded_jobs
@@ -86,42 +88,65 @@ def _check_in_service(cluster: ClusterConfig, partition: str, usable: set[str], 
 
 
 def check_no_live_job(run_dir: Path) -> None:
-    """Two jobs training one run directory would overwrite each other's checkpoints: a job a submission queued though
-    its answer was lost is recorded first, then refused like any other."""
+    """Two jobs training one run directory would overwrite each other's checkpoints."""
+    if (live := live_job(run_dir)) is not None:
+        raise ValueError(
+            f"{run_dir} has Slurm job {live.job_id} {live.state} already: let it run (corolla status {run_dir}), or "
+            f"`corolla cancel {run_dir}` first"
+        )
+
+
+def live_job(run_dir: Path) -> SlurmState | None:
+    """The run's job queued or running, if any. A job a submission queued though its answer was lost is recorded
+    first, then counted like any other; one held, which nothing will release (a submission cut off halfway), is
+    refused."""
     for job_id in unrecorded_jobs(run_dir):
         record_job(run_dir, job_id)
         print(f"corolla: Slurm job {job_id} of {run_dir} was queued though sbatch's answer was lost: recorded")
     live = live_jobs(run_dir)
-    if held := [state for state in live if state.reason == "JobHeldUser"]:  # a submission cut off halfway
+    if held := [state for state in live if state.reason == "JobHeldUser"]:
         raise ValueError(
             f"{run_dir} has Slurm job {held[0].job_id} held, which nothing will release: `corolla cancel {run_dir}` "
             "first"
         )
-    if live:
-        raise ValueError(
-            f"{run_dir} has Slurm job {live[0].job_id} {live[0].state} already: let it run (corolla status "
-            f"{run_dir}), or `corolla cancel {run_dir}` first"
-        )
+    return live[0] if live else None
 
 
 def submit_sweep(jobs: list[TrainJob], dry_run: bool = False) -> None:
     """Every job of a sweep, each its own Slurm job (not an array: each run keeps its own folder, logs and requeues),
-    none submitted unless all are valid."""
+    none submitted unless all are valid. A point whose run has a job queued or running is skipped, and said so: that
+    job goes on training it, so that a sweep submitted again once some of its jobs have ended submits those points
+    and leaves the others to their jobs (a user could not sweep just the rest of a product of several keys)."""
     if dry_run:
         for job in jobs:
             submit_training(job, dry_run=True)
         return
+    to_submit = []
     for job in jobs:
-        check_training(job)
-    for job in jobs:
+        if (live := check_training(job)) is None:
+            to_submit.append(job)
+        else:
+            run_dir = shlex.quote(job.run_dir)
+            print(
+                f"skipped {job.run_dir}: Slurm job {live.job_id} {live.state} already, which goes on as it was "
+                f"submitted (corolla status {run_dir}); to submit it anew with these settings, `corolla cancel "
+                f"{run_dir}` first"
+            )
+    for job in to_submit:
         submit_training(job)
 
 
-def check_training(job: TrainJob) -> None:
-    """The job validated as a dry run validates it, nothing written or submitted and nothing said but errors."""
+def check_training(job: TrainJob) -> SlurmState | None:
+    """Every check `submit_training` makes, nothing submitted and nothing said but errors (and a job found queued
+    though sbatch's answer was lost, which is recorded): the run's job queued or running, if any, in which case the
+    job itself is not checked, as it is not submitted."""
     _check_slurm_cluster(job.cluster)
+    check_partition(job.cluster, excluded_nodes(job.cluster.exclude, Path(job.run_dir)))
+    if (live := live_job(Path(job.run_dir))) is not None:
+        return live
     with redirect_stdout(io.StringIO()):  # its script unsaid: what else the dry run says, the submission says again
         _submit_training(job, dry_run=True)
+    return None
 
 
 def submit_training(job: TrainJob, dry_run: bool = False) -> None:

@@ -534,6 +534,30 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
     assert sorted(two) == [1, 2] and sorted(three) == [1, 2, 3] and two[1] == pytest.approx(three[1], abs=1e-6)
 
 
+def test_a_sweep_submitted_again_skips_the_points_still_queued_or_running_and_submits_the_rest(
+    slurm_cluster, tokens, tmp_path, monkeypatch, capsys
+) -> None:
+    """The points before the first live one were submitted, that one refused (exit 2), and the rest never submitted."""
+    monkeypatch.setenv(STEP_SECONDS, "5")  # the live point's job runs past the sweep's submission
+    runs = {seed: tmp_path / f"seed={seed}" for seed in (1, 2, 3)}
+    live = submit(runs[2], tokens, "seed=2", shape=ONE_NODE)
+    capsys.readouterr()
+    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *ONE_NODE, "seed=1,2,3"]
+    try:
+        assert main(["submit", "--multirun", *args]) == 0
+        out = capsys.readouterr().out
+        assert json.loads((runs[2] / JOBS_FILE).read_text()) == [live]
+        assert len(RunHistory(runs[2]).launches()) == 1
+        jobs = {seed: json.loads((runs[seed] / JOBS_FILE).read_text()) for seed in (1, 3)}
+        assert all(
+            len(ids) == 1 and f"submitted Slurm job {ids[0]}: {runs[seed]}\n" in out for seed, ids in jobs.items()
+        )
+        assert f"skipped {runs[2]}: Slurm job {live} " in out and "`corolla cancel" in out, out
+    finally:
+        for run_dir in runs.values():
+            main(["cancel", str(run_dir)])
+
+
 def test_two_submissions_of_one_run_at_once_submit_one_job(slurm_cluster, tokens, tmp_path) -> None:
     """Both would find no job of the run, and both submit one, training it twice into the same checkpoints: the
     second is refused, whether it comes while the first submits or after."""
