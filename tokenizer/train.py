@@ -91,12 +91,13 @@ def config_record(cfg: TokenizerConfig) -> dict:
 
 def tokenizer_identity(record: dict) -> dict:
     """What in a config record decides the trained tokenizer: two configs with the same identity train the same. The
-    thread count decides a unigram model (0 trains it on one), not a BPE one (training_threads)."""
+    thread count decides a unigram model (0 trains it on one), not a BPE one (training_threads): each is counted as
+    the default, 0, where it trains the same, so that the identity of a default config, a cache entry's key
+    (launch/data/prepare.py), stays what it was."""
     identity = {key: value for key, value in record.items() if key not in DESCRIPTIVE_KEYS}
-    if identity.get("model_type") == ModelType.bpe.value:
-        identity.pop("threads", None)
-    elif "threads" in identity:
-        identity["threads"] = identity["threads"] or 1
+    bpe = identity.get("model_type") == ModelType.bpe.value
+    if "threads" in identity and (bpe or identity["threads"] == 1):
+        identity["threads"] = 0
     return identity
 
 

@@ -19,7 +19,7 @@ from launch.cli import main
 from tokenizer.config import ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import Source, read_documents
 from tokenizer.hygiene import HygieneStats
-from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
+from tokenizer.train import DESCRIPTIVE_KEYS, config_record, is_current, tokenizer_identity, train_tokenizer
 
 # Zawgyi byte-for-byte looks like Burmese Unicode with the wrong meaning; the Unicode spelling of each follows.
 ZAWGYI_LINES = ["ျမန္မာစာ", "ေက်ာင္းသား", "ျမန္မာႏိုင္ငံ", "ကၽြန္ေတာ္"]
@@ -92,6 +92,14 @@ def test_the_thread_count_decides_a_unigram_model() -> None:
         for threads in (0, 1, 2)
     ]
     assert identity[0] == identity[1] != identity[2]
+
+
+@pytest.mark.parametrize("model_type", list(ModelType))
+def test_a_default_configs_identity_is_the_one_an_older_corolla_keyed_its_cache_entries_by(model_type) -> None:
+    """Every config's record as it stands, the descriptive keys aside: a key of another form for the same tokenizer
+    would orphan every data cache entry, its corpus trained and encoded again at the next launch."""
+    record = config_record(TokenizerConfig(model_type=model_type))
+    assert tokenizer_identity(record) == {key: value for key, value in record.items() if key not in DESCRIPTIVE_KEYS}
 
 
 def test_explicit_weights_leave_unweighted_languages_out(capsys, small_corpus: Path, tmp_path: Path) -> None:
