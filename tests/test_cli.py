@@ -595,8 +595,8 @@ def test_slurm_settings_are_refused_where_the_job_runs_on_this_machine(
         f"corolla: error: {setting}: corolla {command} on cluster.scheduler=local runs here, where Slurm's settings "
         f"do nothing: drop it, or run on a Slurm cluster ({on_slurm})"
     )
-    code, out, _ = run(capsys, command, "cluster.gpu_memory_gib=80", "--cfg")
-    assert code == 0 and "gpu_memory_gib: 80" in out
+    code, out, _ = run(capsys, command, "cluster.gpus_per_node=8", "cluster.gpu_memory_gib=80", "--cfg")
+    assert code == 0 and "gpu_memory_gib: 80" in out and "gpus_per_node: 8" in out
     code, out, _ = run(capsys, command, "cluster=testcluster", setting, "--cfg")
     assert code == 0
 

@@ -12,14 +12,14 @@ class Scheduler(Enum):
 
 
 # What only Slurm reads of a cluster: a run on this machine (cluster.scheduler=local) takes its world size from the
-# layout, its environment from the command's, and restarts nothing.
+# layout, its environment from the command's, and restarts nothing. The hardware (gpus_per_node, gpu_memory_gib, ...)
+# is read by both, to check that the layout fits.
 SLURM_SETTINGS = (
     "partition",
     "account",
     "qos",
     "nodes",
     "min_nodes",
-    "gpus_per_node",
     "tasks_per_node",
     "cpus_per_task",
     "mem_per_node_gb",
