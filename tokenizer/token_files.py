@@ -176,9 +176,11 @@ class TokenFile:
     def start(self, i: int) -> int:
         """Where document i starts in the .bin (its token count for i = len(self)); an offset out of order with its
         neighbours is a damaged index (checked here, where it is read, not over the whole index at every open)."""
-        around = [int(offset) for offset in self.offsets[max(i - 1, 0) : i + 2]]
+        first = max(i - 1, 0)
+        around = [int(offset) for offset in self.offsets[first : i + 2]]
         if around != sorted(around):
-            raise self._invalid(self.idx_path, f"damaged (document {i} starts at {int(self.offsets[i])})")
+            starts = ", ".join(f"{document} at {offset}" for document, offset in enumerate(around, first))
+            raise self._invalid(self.idx_path, f"damaged (documents start out of order: {starts})")
         return int(self.offsets[i])
 
     def document(self, i: int) -> np.ndarray:
