@@ -311,28 +311,30 @@ def _check_vocabulary_not_set(overrides: list[str]) -> None:
             )
 
 
+NO_TOKENIZER = "this job trains no tokenizer"
+
+
 def _tokenizer_unused(job: TrainJob) -> str | None:
-    """Why a training job trains no tokenizer of its own, if it does not: its token files or tokenizer are given."""
+    """Why a training job trains no tokenizer of its own, and what to do instead, if it does not: its token files,
+    its tokenizer or its weights' tokenizer are given."""
+    instead = "drop it, or give data.corpus alone for the job to encode with a tokenizer of these settings"
     if job.data.tokens_dir:
-        return f"data.tokens_dir={job.data.tokens_dir} holds token files encoded already"
+        return f"data.tokens_dir={job.data.tokens_dir} holds token files encoded already, so {NO_TOKENIZER}: {instead}"
     if job.data.tokenizer_dir:
-        return f"data.tokenizer_dir={job.data.tokenizer_dir} encodes data.corpus"
+        return f"data.tokenizer_dir={job.data.tokenizer_dir} encodes data.corpus, so {NO_TOKENIZER}: {instead}"
     if job.init_from:
-        return "init_from's tokenizer encodes data.corpus"
+        return f"init_from's weights come with their tokenizer, so {NO_TOKENIZER}: drop it"
     return None
 
 
 def _check_tokenizer_not_set(job: TrainJob, overrides: list[str]) -> None:
     """The tokenizer settings of a training job choose the tokenizer it trains to encode data.corpus: given where it
     trains none, they would be dropped without a word."""
-    reason = _tokenizer_unused(job)
+    why = _tokenizer_unused(job)
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
-        if reason and (key == "tokenizer" or key.startswith("tokenizer.")):
-            raise ConfigError(
-                f"{override}: {reason}, so this job trains no tokenizer: drop it, or give data.corpus alone for the "
-                "job to encode with a tokenizer of these settings"
-            )
+        if why and (key == "tokenizer" or key.startswith("tokenizer.")):
+            raise ConfigError(f"{override}: {why}")
 
 
 def _check_slurm_settings_not_set(command: str, overrides: list[str]) -> None:
