@@ -44,9 +44,12 @@ class Command:
         """The resolved config and job of each point of the sweep, each in its own run directory under the run_dir
         given."""
         points = []
-        for name, point in sweep_points(self.config, overrides):
+        for name, former, point in sweep_points(self.config, overrides):
             cfg, job = compose_job(self.config, point)
-            cfg.run_dir = str(Path(job.run_dir) / name)
+            run_dir = Path(job.run_dir) / name
+            if not run_dir.exists() and (Path(job.run_dir) / former).is_dir():  # an older corolla's: resumed there
+                run_dir = Path(job.run_dir) / former
+            cfg.run_dir = str(run_dir)
             points.append((cfg, replace(job, run_dir=cfg.run_dir)))
         return points
 

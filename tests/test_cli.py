@@ -654,10 +654,11 @@ def test_a_sweep_of_no_value_is_refused_rather_than_running_nothing(capsys, swee
             "the sweep gives train.lr=0.001 twice, two jobs for one run directory: give each value once (1e-3 and "
             "0.001 are one number)",
         ),
+        (["seed=1,2,1"], "the sweep gives seed=1 twice, two jobs for one run directory: give each value once"),
         (
             ["data.tokens_dir=tokens/fr,tokens_fr"],
             "data.tokens_dir=tokens/fr and data.tokens_dir=tokens_fr would train one run directory, as '/' in a run "
-            "directory's name is written '_': sweep them with separate run_dir's",
+            "directory's name is written '_': sweep them apart, each with a run_dir of its own",
         ),
     ],
 )
@@ -720,3 +721,9 @@ def test_a_sweep_typed_in_another_order_names_the_same_run_directories(capsys, t
             )
         ]
     )
+    # A point an older corolla named in the command line's order resumes there.
+    (tmp_path / "train.lr=0.001,seed=2").mkdir()
+    code, out, err = run(capsys, *SWEEP, "train.lr=1e-3,3e-4", "seed=1,2", f"run_dir={tmp_path}")
+    assert code == 0, err
+    assert f"{tmp_path}/train.lr=0.001,seed=2" in swept_run_dirs(out)
+    assert f"{tmp_path}/seed=2,train.lr=0.001" not in swept_run_dirs(out)

@@ -151,9 +151,10 @@ def quoted(value: str) -> str:
     return "'" + re.sub(r"(\\+)$", lambda match: match[1] * 2, value) + "'"
 
 
-def sweep_points(command: str, overrides: list[str]) -> list[tuple[str, list[str]]]:
+def sweep_points(command: str, overrides: list[str]) -> list[tuple[str, str, list[str]]]:
     """Hydra's multirun: every combination of the sweep overrides (`key=a,b`, `key=range(1,3)`, `group=glob(*)`), each
-    as a name made of its swept values in key order (for a run directory) and its overrides."""
+    as a name made of its swept values in key order (for a run directory), the name an older corolla gave it (in the
+    command line's order), and its overrides."""
     try:
         with _initialized(command):
             parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
@@ -162,27 +163,27 @@ def sweep_points(command: str, overrides: list[str]) -> list[tuple[str, list[str
     except HydraException as error:
         raise ConfigError(_one_line(error)) from None
     swept = [len(axis) > 1 for axis in axes]
-    points: dict[str, tuple[str, list[str]]] = {}
+    points: dict[str, tuple[str, str, list[str]]] = {}
     for point in itertools.product(*axes):
+        typed = [value for value, is_swept in zip(point, swept, strict=True) if is_swept]
         # In one order, whatever the command line's: the same sweep typed in another order resumes the same runs.
-        values = ",".join(sorted(value for value, is_swept in zip(point, swept, strict=True) if is_swept)) or "single"
+        values = ",".join(sorted(typed)) or "single"
         name = values.replace("/", "_")
         if name in points:
             raise ConfigError(_one_run_dir(points[name][0], values))
-        points[name] = (values, list(point))
-    return [(name, point) for name, (_, point) in points.items()]
+        points[name] = (values, (",".join(typed) or "single").replace("/", "_"), list(point))
+    return [(name, former, point) for name, (_, former, point) in points.items()]
 
 
 def _one_run_dir(first: str, second: str) -> str:
     """Why two points of a sweep would train one run directory, each resuming the other's checkpoints."""
     if first == second:
-        return (
-            f"the sweep gives {first} twice, two jobs for one run directory: give each value once (1e-3 and 0.001 are "
-            "one number)"
-        )
+        value = first.rpartition("=")[2]
+        numbers = " (1e-3 and 0.001 are one number)" if re.fullmatch(r"[-+]?\d*\.\d*(e[-+]?\d+)?", value) else ""
+        return f"the sweep gives {first} twice, two jobs for one run directory: give each value once{numbers}"
     return (
-        f"{first} and {second} would train one run directory, as '/' in a run directory's name is written '_': sweep "
-        "them with separate run_dir's"
+        f"{first} and {second} would train one run directory, as '/' in a run directory's name is written '_': "
+        "sweep them apart, each with a run_dir of its own"
     )
 
 
