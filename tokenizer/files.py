@@ -114,7 +114,7 @@ def temporaries_of(path: Path) -> list[Path]:
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:
-    """Writes `data` to a temporary sibling, flushes it to disk, and renames it over `path`."""
+    """Writes `data` to a temporary sibling, flushes it to disk, renames it over `path`, and flushes the rename."""
     # A plain open (not tempfile) so the file gets the usual umask permissions rather than 0600.
     temporary = temporary_of(path)
     try:
@@ -126,6 +126,20 @@ def write_atomically(path: Path, data: bytes | str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """Flushes the names a directory holds to disk (a file's own flush does not, on ext4 and XFS): what a crash would
+    otherwise undo of a rename or a file just made."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError as error:  # some filesystems cannot flush a directory: nothing more to do there
+        if error.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager

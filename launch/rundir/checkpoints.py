@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from launch.rundir.files import COMPLETE, LATEST, SET_ASIDE, checkpoint_step, checkpoint_tag, is_checkpoint_tag
-from tokenizer.files import sha256_of, temporaries_of, write_atomically
+from tokenizer.files import sha256_of, sync_directory, temporaries_of, write_atomically
 
 
 class CheckpointError(ValueError):
@@ -247,6 +247,11 @@ def write_complete(
         for name, path in sorted(names.items())
         if name not in {COMPLETE, *leave_out}
     }
+    # Each rank flushed its files; the names of them, and of their folders, are flushed here, before COMPLETE says
+    # the checkpoint is whole (the older ones it replaces go once it does).
+    folders = [path for path in (directory / tag).rglob("*") if path.is_dir()]
+    for folder in [*folders, directory / tag, directory]:
+        sync_directory(folder)
     write_atomically(directory / tag / COMPLETE, json.dumps({**record, "files": files}, indent=1) + "\n")
 
 

@@ -22,7 +22,7 @@ from test_training import SHORT_RUN
 
 from conftest import REPO_ROOT, resize, small_filesystem
 from launch.cli import main
-from launch.rundir.checkpoints import latest_step
+from launch.rundir.checkpoints import latest_step, write_complete
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
 from launch.train.hashed_save import save_hashed
@@ -87,6 +87,26 @@ def test_a_checkpoint_file_is_on_its_disk_before_its_rank_reports_it_written(tmp
     path = tmp_path / "shard.pt"
     save_hashed({"weight": torch.ones(4)}, path)
     assert synced == [str(path)]
+
+
+def test_a_checkpoints_names_are_on_disk_before_complete_says_it_is_whole(tmp_path: Path, monkeypatch) -> None:
+    """A file's flush does not flush its name (ext4, XFS): a crash after COMPLETE (and the removal of the older
+    checkpoints) could leave a complete checkpoint without its files. Watched, as a crash cannot be staged here."""
+    tag = tmp_path / "step-00000002"
+    (tag / "layer_01").mkdir(parents=True)
+    (tag / "layer_01" / "model.pt").write_bytes(b"weights")
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def watched(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", watched)
+    write_complete(tmp_path, tag.name, {"step": 2}, {"layer_01/model.pt": "0" * 64})
+    complete = synced.index(next(path for path in synced if path.startswith(f"{tag}/.COMPLETE.")))
+    assert {str(tag / "layer_01"), str(tag), str(tmp_path)} <= set(synced[:complete])
+    assert synced[complete + 1 :] == [str(tag)]  # COMPLETE's own name
 
 
 def test_a_checkpoint_with_no_room_keeps_the_last_one_and_stops_until_space_is_freed(
