@@ -577,32 +577,31 @@ def test_two_submissions_of_one_run_at_once_submit_one_job(slurm_cluster, tokens
         main(["cancel", f"run_dir={run_dir}"])
 
 
-def test_a_crash_during_a_save_resumes_from_the_last_checkpoint(slurm_cluster, tokens, local_losses, tmp_path) -> None:
-    run_dir = tmp_path / "run"  # rank 0 dies during the save of step 4, the first time the job runs
-    job_id = submit(run_dir, tokens, f"+cluster.env.{CRASH_DURING_SAVE}=4")
-    wait_finished(slurm_cluster, run_dir, job_id)
-    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
-    _, second = RunHistory(run_dir).starts()
-    assert second["slurm_job"] == job_id and second["restart"] == 1
-    assert second["resumed_from_step"] == 2 and second["steps_redone"] == 2
-    one_mlflow_value_per_step(run_dir, local_losses)
-
-
-def test_ranks_that_all_die_outright_are_restarted_from_the_last_checkpoint(
-    slurm_cluster, tokens, local_losses, tmp_path
+@pytest.mark.parametrize(
+    ("fault", "resumed", "redone"),
+    [
+        (f"+cluster.env.{CRASH_DURING_SAVE}=4", 2, 2),  # rank 0 dies during the save of step 4
+        # On GPUs a rank that dies takes every other down with no Python run: NCCL's watchdog ends a process whose
+        # collective fails (TORCH_NCCL_ASYNC_ERROR_HANDLING), so no rank is left to ask for a restart. (No NCCL here:
+        # every rank aborts itself after step 5.) The batch script asks for it.
+        (f"+cluster.env.{ABORT_AT_STEP}=5", 4, 1),
+    ],
+    ids=["crash-during-a-save", "every-rank-dies-outright"],
+)
+def test_a_failed_start_resumes_from_the_last_checkpoint(
+    slurm_cluster, tokens, local_losses, tmp_path, fault: str, resumed: int, redone: int
 ) -> None:
-    """On GPUs a rank that dies takes every other down with no Python run: NCCL's watchdog ends a process whose
-    collective fails (TORCH_NCCL_ASYNC_ERROR_HANDLING), so no rank is left to ask for a restart. (No NCCL here: every
-    rank aborts itself after step 5, the first time the job runs.) The batch script asks for it."""
+    """The fault strikes the first time the job runs; the requeued job trains on to the end, as a run without it."""
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, tokens, f"+cluster.env.{ABORT_AT_STEP}=5")
+    job_id = submit(run_dir, tokens, fault)
     wait_finished(slurm_cluster, run_dir, job_id)
     assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
     _, second = RunHistory(run_dir).starts()
     assert second["slurm_job"] == job_id and second["restart"] == 1
-    assert second["resumed_from_step"] == 4 and second["steps_redone"] == 1
+    assert second["resumed_from_step"] == resumed and second["steps_redone"] == redone
     assert RunHistory(run_dir).failures() == 1
-    assert "none asked for a restart: asking for them" in logs(run_dir)
+    if ABORT_AT_STEP in fault:
+        assert "none asked for a restart: asking for them" in logs(run_dir)
     one_mlflow_value_per_step(run_dir, local_losses)
 
 
