@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
@@ -72,37 +73,35 @@ def mlflow_status(run_dir: Path) -> str:
     return MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status
 
 
-def test_a_checkpoint_file_is_on_its_disk_before_its_rank_reports_it_written(tmp_path: Path, monkeypatch) -> None:
-    """Rank 0 marks a checkpoint complete once every rank has reported its files; a node that crashes then loses what
-    its page cache still held of them (a Lustre or GPFS client's too), and with train.keep_checkpoints=1 the run
-    would keep no checkpoint that verifies. No node can crash here: the flush to disk is watched instead."""
-    synced: list[str] = []
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths os.fsync flushes from now on, in order."""
+    paths: list[str] = []
     fsync = os.fsync
 
     def watched(descriptor: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        paths.append(os.readlink(f"/proc/self/fd/{descriptor}"))
         fsync(descriptor)
 
     monkeypatch.setattr(os, "fsync", watched)
+    return paths
+
+
+def test_a_checkpoint_file_is_on_its_disk_before_its_rank_reports_it_written(tmp_path: Path, synced) -> None:
+    """Rank 0 marks a checkpoint complete once every rank has reported its files; a node that crashes then loses what
+    its page cache still held of them (a Lustre or GPFS client's too), and with train.keep_checkpoints=1 the run
+    would keep no checkpoint that verifies. No node can crash here: the flush to disk is watched instead."""
     path = tmp_path / "shard.pt"
     save_hashed({"weight": torch.ones(4)}, path)
     assert synced == [str(path)]
 
 
-def test_a_checkpoints_names_are_on_disk_before_complete_says_it_is_whole(tmp_path: Path, monkeypatch) -> None:
+def test_a_checkpoints_names_are_on_disk_before_complete_says_it_is_whole(tmp_path: Path, synced) -> None:
     """A file's flush does not flush its name (ext4, XFS): a crash after COMPLETE (and the removal of the older
     checkpoints) could leave a complete checkpoint without its files. Watched, as a crash cannot be staged here."""
     tag = tmp_path / "step-00000002"
     (tag / "layer_01").mkdir(parents=True)
     (tag / "layer_01" / "model.pt").write_bytes(b"weights")
-    synced: list[str] = []
-    fsync = os.fsync
-
-    def watched(descriptor: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
-        fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", watched)
     write_complete(tmp_path, tag.name, {"step": 2}, {"layer_01/model.pt": "0" * 64})
     complete = synced.index(next(path for path in synced if path.startswith(f"{tag}/.COMPLETE.")))
     assert {str(tag / "layer_01"), str(tag), str(tmp_path)} <= set(synced[:complete])
