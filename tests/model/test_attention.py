@@ -42,6 +42,22 @@ def test_flex_and_sdpa_give_the_same_outputs(num_heads: int, tp: int, rank: int)
     assert (flex - sdpa).abs().max().item() < 1e-5
 
 
+def test_both_kernels_keep_alibi_exact_in_bf16_over_long_sequences() -> None:
+    """A bf16 run's SDPA takes its bias in bf16: near the diagonal, where a steep head attends, it must be exact (as
+    slope x key position it was not: at 2,048 tokens bf16 rounds it to steps of 8, and outputs moved by up to 4)."""
+    seq, slopes = 2048, rank_slopes(16, 4, 0)  # BLOOM-560m's steepest heads: 2^-0.5 ... 2^-2
+    generator = torch.Generator().manual_seed(3)
+    query, key, value = (torch.randn(1, len(slopes), seq, 32, generator=generator).bfloat16() for _ in range(3))
+    with torch.no_grad():
+        wide = [tensor.double() for tensor in (query, key, value)]
+        exact = sdpa_attention(*wide, alibi_bias(slopes, seq, torch.float64, query.device), dropout=0.0)
+        sdpa = sdpa_attention(query, key, value, alibi_bias(slopes, seq, torch.bfloat16, query.device), dropout=0.0)
+        flex = flex_attention_alibi(query, key, value, tuple(slopes.tolist()))
+    for output in (sdpa, flex):
+        assert output.dtype == torch.bfloat16
+        assert (output.double() - exact).abs().max().item() < 0.05  # bf16 outputs: 2^-8 of values up to ~4
+
+
 @pytest.mark.parametrize(("num_heads", "tp", "rank"), [(6, 1, 0), (12, 2, 1), (112, 8, 5)])
 def test_the_score_modification_adds_sdpas_bias(num_heads: int, tp: int, rank: int) -> None:
     slopes = rank_slopes(num_heads, tp, rank)
