@@ -91,6 +91,15 @@ def _optimizer(module: torch.nn.Module, train: TrainConfig, zero_stage: int) -> 
 
 
 def deepspeed_config(train: TrainConfig, plan: RunPlan) -> dict:
+    """Gradients are reduced over DP in fp32, as the planner counts them (launch/plan/step_time.py), and in bf16 with
+    ZeRO-1 micro-batches' gradients are summed in fp32 too, as BLOOM's were. DeepSpeed's defaults (0.19.8) do both in
+    bf16 in a bf16 run (`communication_data_type` and `data_types.grad_accum_dtype` are the model's dtype unless
+    given): a step's gradient came 0.5% off the fp32 sum of its 16 micro-batches' gradients, 2% at 128 (BLOOM-176B's
+    per DP rank), and even summed in fp32 it was rounded to bf16 once more for the DP reduction. With fp32 sums
+    DeepSpeed runs its bf16 optimizer, whose fp32 masters and moments are split over DP as ZeRO-1's are; without ZeRO
+    it takes bf16 sums only (it refuses fp32 ones there)."""
+    bf16 = train.precision == Precision.bf16
+    fp32_sums = bf16 and plan.zero_stage == 1
     return {
         "train_batch_size": train.global_batch,
         "train_micro_batch_size_per_gpu": plan.micro_batch,
@@ -98,7 +107,9 @@ def deepspeed_config(train: TrainConfig, plan: RunPlan) -> dict:
         "gradient_clipping": 0.0 if _clips_itself(train, plan.zero_stage) else train.grad_clip,
         "zero_optimization": {"stage": plan.zero_stage},
         "zero_allow_untested_optimizer": True,  # GuardedAdamW: torch's AdamW, but for the skipped non-finite step
-        "bf16": {"enabled": train.precision == Precision.bf16},
+        "bf16": {"enabled": bf16},
+        "data_types": {"grad_accum_dtype": "fp32" if fp32_sums else None},
+        "communication_data_type": "fp32",
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

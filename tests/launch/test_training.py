@@ -248,4 +248,6 @@ def test_bf16_trains_close_to_fp32_in_every_layout_and_resumes_bit_identically(
     assert said.count("Setting accelerator to CPU") == 1
     assert not [noise for noise in ("Warning:", "Using topology", "stage=0", "untested optimizer") if noise in said]
     for record, reference in zip(three_d, one_process, strict=True):
-        assert abs(record["loss"] - reference["loss"]) < 0.05 and record["grad_norm"] > 0, (record, reference)
+        assert abs(record["loss"] - reference["loss"]) < 0.05, (record, reference)
+        # DeepSpeed's bf16 optimizer clips by a norm that counts each TP shard and pipeline stage once
+        assert record["grad_norm"] == pytest.approx(reference["grad_norm"], rel=0.02), (record, reference)
