@@ -11,7 +11,8 @@ Prints each figure and writes OUT_DIR/gpu_check.json:
   spread, against cluster.health_slowdown);
 - correctness: max |difference| of bloom-560m-shaped logits (random weights) against BloomForCausalLM with the same
   weights in fp32, and in bf16 beside transformers' own fp32-to-bf16 spread; flex attention against SDPA (logits and
-  gradients); three fp32 AdamW steps of corolla against transformers (losses);
+  gradients); both attention kernels in bf16 at 2,048 tokens against fp32 attention (ALiBi exact near the diagonal);
+  three fp32 AdamW steps of corolla against transformers (losses);
 - loss_kernels: the loss training runs (fused, compiled) against megatron-core's on one bloom-1b7 micro-batch's
   logits: time and memory of a forward and backward, their ratios, and the differences in loss and gradient;
 - runs: bloom-560m and bloom-1b7, bf16, sequence 2048, for a few micro-batches (and micro-batches a step), activation
@@ -62,6 +63,7 @@ from launch.train.device import init_distributed, seed_everything  # noqa: E402
 from launch.train.engine import build_engine  # noqa: E402
 from launch.train.health import time_matmuls  # noqa: E402
 from launch.train.loop import pairs  # noqa: E402
+from model.attention import alibi_bias, alibi_slopes, flex_attention_alibi, sdpa_attention  # noqa: E402
 from model.bloom import BloomModel, lm_loss, parallel_config  # noqa: E402
 from model.config import BLOOM_VOCABULARY, Attention, ModelConfig  # noqa: E402
 from model.fused import compiles, runs_fused  # noqa: E402
@@ -216,6 +218,27 @@ def kernels_against_each_other(shape: ModelConfig, device: torch.device) -> dict
     return results
 
 
+def alibi_attention_bf16(shape: ModelConfig, device: torch.device) -> dict:
+    """Both attention kernels in bf16 at four times the correctness sequence (2,048 tokens on the GPU) against the same
+    inputs' attention in fp32 with an fp32 bias: ALiBi must stay exact near the diagonal, where a bf16 bias of slope x
+    key position was off by up to 4."""
+    seq, heads = 4 * shape.seq_length, shape.num_heads
+    generator = torch.Generator().manual_seed(3)
+    query, key, value = (
+        torch.randn(1, heads, seq, shape.head_dim, generator=generator).to(device, torch.bfloat16) for _ in range(3)
+    )
+    slopes = alibi_slopes(heads)
+    with torch.no_grad():
+        wide = [tensor.float() for tensor in (query, key, value)]
+        exact = sdpa_attention(*wide, alibi_bias(slopes, seq, torch.float32, device), dropout=0.0)
+        sdpa = sdpa_attention(query, key, value, alibi_bias(slopes, seq, torch.bfloat16, device), dropout=0.0)
+        flex = flex_attention_alibi(query, key, value, tuple(slopes.tolist()))
+    return {
+        "sdpa_vs_exact_bf16_long": max_difference(sdpa, exact),
+        "flex_vs_exact_bf16_long": max_difference(flex, exact),
+    }
+
+
 def transformers_loss(model, batch: torch.Tensor) -> torch.Tensor:
     logits = model(batch[:, :-1]).logits
     return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
@@ -268,6 +291,7 @@ def correctness(scale: Scale, device: torch.device) -> dict:
     parts = {
         "logits": logits_against_transformers,
         "kernels": kernels_against_each_other,
+        "long_attention": alibi_attention_bf16,
         "training_steps": steps_against_transformers,
     }
     figures: dict = {}

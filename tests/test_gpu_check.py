@@ -75,6 +75,7 @@ def test_the_check_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     correctness = report["correctness"]
     assert correctness["logits_fp32"] < 1e-4 and correctness["training_steps_fp32"] < 1e-4
     assert correctness["flex_vs_sdpa_logits_fp32"] < 1e-4
+    assert max(correctness["sdpa_vs_exact_bf16_long"], correctness["flex_vs_exact_bf16_long"]) < 0.05
     assert correctness["logits_bf16"] < 10 * correctness["transformers_bf16_spread"]
     keys = {
         "model",
