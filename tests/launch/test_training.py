@@ -234,6 +234,19 @@ def test_bf16_without_zero_resumes_bit_identically(tokens: Path, tmp_path: Path)
     assert [(r["loss"], r["grad_norm"]) for r in resumed] == [(r["loss"], r["grad_norm"]) for r in whole]
 
 
+def test_bf16_over_data_parallel_ranks_resumes_bit_identically_and_on_another_layout(tokens, tmp_path) -> None:
+    """ZeRO-1 in bf16 runs DeepSpeed's bf16 optimizer, its fp32 masters and moments split over DP: corolla's
+    checkpoint gathers them by parameter, and a resume on the same ranks, or on one, scatters them again."""
+    bf16 = ["train.precision=bf16", "parallel.dp=2"]
+    whole, resumed = whole_and_resumed(tokens, tmp_path, *bf16)
+    assert [(r["loss"], r["grad_norm"]) for r in resumed] == [(r["loss"], r["grad_norm"]) for r in whole]
+    one_rank = stopped_copy(tmp_path / "whole", tmp_path / "one-rank", 2)
+    alone = train(one_rank, tokens, "train.precision=bf16", "train.checkpoint_interval=2", "parallel.dp=1")
+    assert [r["step"] for r in alone] == [r["step"] for r in whole]
+    for record, reference in zip(alone[2:], whole[2:], strict=True):
+        assert abs(record["loss"] - reference["loss"]) < 0.02, (record, reference)
+
+
 def test_bf16_trains_close_to_fp32_in_every_layout_and_resumes_bit_identically(
     capfd, tokens, one_process, tmp_path
 ) -> None:
