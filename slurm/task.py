@@ -28,7 +28,7 @@ from pathlib import Path
 
 from launch.config.cluster import ClusterConfig
 from launch.rundir.files import HISTORY_FILE, JOB_FILE, STOP_FILE
-from launch.rundir.history import Event, RunHistory, failures, has_ended
+from launch.rundir.history import BEFORE_TRAINING, Event, RunHistory, failures, has_ended
 from launch.train.stopping import REFUSED_EXIT, StopSignals
 from slurm.client import was_cancelled
 from slurm.commands import UNREACHABLE_HINT, requeue
@@ -99,6 +99,10 @@ class JobStart:
             )
 
     def failed(self) -> None:
+        """A start that failed, recorded first if its ranks never got to (set-up, a checkpoint's load): such a start
+        would fail so again at every restart, which must spend the budget as any other failure does."""
+        if self.task.rank == 0:
+            record_unrecorded_start(self.run_dir, self.task)
         self.follow(after(None, self.events, self.budget, self.chained))
 
     def give_up(self) -> None:
@@ -132,39 +136,37 @@ def own_start(events: list[dict], task: SlurmTask) -> int | None:
     return own[-1] if own else None
 
 
+def record_unrecorded_start(run_dir: Path, task: SlurmTask) -> None:
+    """This start in the history, as one that failed before it trained, unless its rank 0 recorded it."""
+    history = RunHistory(run_dir)
+    if own_start(history.events(), task) is None:
+        origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
+        history.record(Event.start, **origin, **{BEFORE_TRAINING: True})
+
+
 def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) -> None:
     """The batch script's last word, once the ranks' srun has ended with `status`. A rank that fails in Python asks
     for the restart itself (JobStart.failed), and a requeue ends the batch script before this runs; but ranks that die
     outright ask nothing, and on GPUs one rank's death takes every other down so: NCCL's watchdog ends a process whose
     collective fails or times out without running any more Python (TORCH_NCCL_ASYNC_ERROR_HANDLING). What a rank
-    would have asked is asked here, for a start that recorded itself (it trained): one that died before would die so
-    again at every restart, whose failures, never recorded, would spend no budget. Nothing where the step succeeded,
-    was refused (REFUSED_EXIT) or the run has ended."""
+    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT) or the run has ended."""
     if status in (0, REFUSED_EXIT):
         return
     events = RunHistory(run_dir).events()
     if has_ended(events):
         return
-    task = SlurmTask.from_environment(env)
-    started = own_start(events, task)
-    if started is None:
-        print(
-            f"corolla: the ranks of job {task.job_id} ended (srun's exit status {status}) before they started "
-            f"training: not restarted, as they would end so again; the job's log says why",
-            file=sys.stderr,
-            flush=True,
-        )
-        return
     from launch.config.job_file import read_job
 
-    cluster = read_job(run_dir / JOB_FILE).cluster
+    task, cluster = SlurmTask.from_environment(env), read_job(run_dir / JOB_FILE).cluster
     print(
         f"corolla: the ranks of job {task.job_id} ended (srun's exit status {status}) and none asked for a restart: "
         "asking for them",
         file=sys.stderr,
         flush=True,
     )
-    JobStart(run_dir, task, events[:started], cluster.max_restarts, cluster.chained).failed()
+    started = own_start(events, task)
+    found = events if started is None else events[:started]
+    JobStart(run_dir, task, found, cluster.max_restarts, cluster.chained).failed()
 
 
 @dataclass(frozen=True)

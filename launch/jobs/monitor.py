@@ -26,7 +26,7 @@ from launch.rundir.files import (
     SET_ASIDE,
     VALIDATION_FILE,
 )
-from launch.rundir.history import CHANGED_RECORD, Event, RunHistory
+from launch.rundir.history import BEFORE_TRAINING, CHANGED_RECORD, Event, RunHistory
 from launch.rundir.records import last_records
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import read_state, store_fix
@@ -104,6 +104,8 @@ def describe_event(event: dict) -> str:
             where = f"job {event['slurm_job']} restart {event.get('restart', 0)} on {event.get('nodes', '?')}"
         else:
             where = f"on {event.get('host', '?')}"
+        if event.get(BEFORE_TRAINING):
+            return f"start     {where}, failed before it trained"
         resumed = event.get("resumed_from_step", 0)
         origin = f"resumed from step {resumed}" if resumed else "from scratch"
         layout = f", {event['layout']}" if "layout" in event else ""

@@ -5,7 +5,8 @@
   MLflow run as run.json names it (`mlflow_run`), which a launch that finds run.json gone writes back, and the
   settings it changed of those its checkpoints were trained with (`changed`);
 - start: a launch's ranks began (rank 0 writes): where (host or Slurm job, restart count, nodes), the checkpoint
-  step it resumed from and how many steps it redoes (logged before, lost with the previous start);
+  step it resumed from and how many steps it redoes (logged before, lost with the previous start); or, marked
+  `before_training`, a Slurm start that failed before its rank 0 wrote that (slurm/task.py), which counts as any;
 - stopped: a clean stop with a checkpoint, for a `signal` (one before the time limit, a preemption, a STOP file), or
   with no signal after train.exit_after steps of the launch;
 - finished: trained to the last step;
@@ -50,6 +51,8 @@ class Event(StrEnum):
 TOKENIZER_RECORD = "tokenizer_fingerprint"
 MLFLOW_RUN_RECORD = "mlflow_run"
 CHANGED_RECORD = "changed"
+# In a start: it failed before it trained, recorded by what asked for the restart.
+BEFORE_TRAINING = "before_training"
 # After these no job trains the run until it is launched again.
 ENDED = (Event.finished, Event.gave_up, Event.diverged, Event.no_space)
 

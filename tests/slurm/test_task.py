@@ -7,8 +7,13 @@ from dataclasses import replace
 
 import pytest
 
+from conftest import train_job
+from launch.config.cluster import ClusterConfig, Scheduler
+from launch.config.job_file import job_yaml
+from launch.jobs.monitor import describe_event
 from launch.rundir.history import Event, RunHistory
 from launch.train.stopping import REFUSED_EXIT
+from model.config import ModelConfig
 from slurm.environment import SlurmTask
 from slurm.task import Next, after, after_start, after_step, own_start
 
@@ -71,13 +76,24 @@ def test_the_batch_script_leaves_a_step_that_succeeded_or_was_refused_alone(stat
     after_step(tmp_path, status, env={})  # outside a job: it would fail, were it to ask Slurm anything
 
 
-def test_the_batch_script_restarts_no_start_that_died_before_it_recorded_itself(tmp_path, capsys) -> None:
-    """Ranks killed as they load a checkpoint (the node's memory), or a broken install: no start recorded, so no
-    failure counted, and each restart would end so again: requeued for ever."""
+def test_a_start_that_failed_before_it_trained_is_recorded_and_spends_the_budget(tmp_path, capsys) -> None:
+    """Ranks killed as they load a checkpoint (the node's memory), a set-up that raises at every start: no start was
+    recorded, so no failure counted, and each restart, which would end so again, was requeued for ever."""
+    cluster = ClusterConfig(name="testcluster", scheduler=Scheduler.slurm, tasks_per_node=4, max_restarts=1)
+    (tmp_path / "job.yaml").write_text(job_yaml(train_job(ModelConfig(), cluster=cluster)))
     RunHistory(tmp_path).record(Event.launch, cluster="testcluster")
     env = {"SLURM_JOB_ID": "41", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8"}
-    after_step(tmp_path, 137, env={**env, "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]"})
-    assert "ended (srun's exit status 137) before they started training: not restarted" in capsys.readouterr().err
+    env |= {"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]"}
+    start = {"slurm_job": "41", "nodes": "n[1-2]", "before_training": True}
+    for restart in (0, 1):  # two starts whose failures were recorded so
+        RunHistory(tmp_path).record(Event.start, **start, restart=restart)
+    # The third dies before it trains too, past the budget of one restart: recorded, and the run gives up.
+    after_step(tmp_path, 137, env={**env, "SLURM_RESTART_COUNT": "2"})
+    events = RunHistory(tmp_path).events()
+    assert [event["event"] for event in events] == ["launch", "start", "start", "start", "gave_up"]
+    assert {key: events[3][key] for key in start} == start and events[3]["restart"] == 2
+    assert "giving up after 1 failed restarts (cluster.max_restarts=1)" in capsys.readouterr().err
+    assert describe_event(events[3]) == "start     job 41 restart 2 on n[1-2], failed before it trained"
 
 
 def test_the_batch_script_leaves_a_run_that_has_ended_alone(tmp_path) -> None:
