@@ -132,7 +132,10 @@ def write_atomically(path: Path, data: bytes | str) -> None:
 def sync_directory(directory: Path) -> None:
     """Flushes the names a directory holds to disk (a file's own flush does not, on ext4 and XFS): what a crash would
     otherwise undo of a rename or a file just made."""
-    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except PermissionError:  # a folder one may write in but not read: the system flushes its names in its own time
+        return
     try:
         os.fsync(descriptor)
     except OSError as error:  # some filesystems cannot flush a directory: nothing more to do there

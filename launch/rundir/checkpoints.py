@@ -240,7 +240,8 @@ def write_complete(
 ) -> None:
     """Marks `tag` complete (atomically): `record` (step, layouts) and every file with its size and SHA-256, but
     `leave_out`."""
-    paths = [path for path in (directory / tag).rglob("*") if path.is_file()]
+    entries = list((directory / tag).rglob("*"))
+    paths = [path for path in entries if path.is_file()]
     names = {str(path.relative_to(directory / tag)): path for path in paths}
     files = {
         name: {"bytes": path.stat().st_size, "sha256": checksums[name]}
@@ -249,8 +250,7 @@ def write_complete(
     }
     # Each rank flushed its files; the names of them, and of their folders, are flushed here, before COMPLETE says
     # the checkpoint is whole (the older ones it replaces go once it does).
-    folders = [path for path in (directory / tag).rglob("*") if path.is_dir()]
-    for folder in [*folders, directory / tag, directory]:
+    for folder in [*(path for path in entries if path.is_dir()), directory / tag, directory]:
         sync_directory(folder)
     write_atomically(directory / tag / COMPLETE, json.dumps({**record, "files": files}, indent=1) + "\n")
 
