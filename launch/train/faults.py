@@ -7,6 +7,8 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
   after it, as NCCL's watchdog takes every rank down when a collective with a dead rank fails;
 - COROLLA_TEST_CRASH_DURING_SAVE=N: rank 0 dies after writing its files of step N's checkpoint, before the checkpoint
   is marked complete;
+- COROLLA_TEST_FAIL_BEFORE_TRAINING=1: every rank raises once its model is built, before the start is recorded, at
+  every start, as a set-up that fails so at every restart would (a checkpoint too large for the node's memory);
 - COROLLA_TEST_NAN_AT_STEP=N: step N's forward passes give NaN (every rank), as a numerical blow-up would;
 - COROLLA_TEST_STEP_SECONDS=S: steps follow each other no faster than every S seconds, as a bigger model's would, so
   that a job's share of a run does not depend on how fast these cores happen to be;
@@ -15,7 +17,7 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
   that node fails its self-test, in every job, as on a broken GPU;
 - COROLLA_TEST_SLOW_NODE=NODE: ranks on NODE take 10 times as long for their self-test, as on a throttled GPU.
 A hang, an abort, a crash or a NaN is injected on a first launch only: a requeued Slurm job keeps its environment, and
-must recover. A node stays unfit whichever job lands on it.
+must recover. A node stays unfit whichever job lands on it, and a failing set-up fails at every start.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ HANG_AT_STEP = "COROLLA_TEST_HANG_AT_STEP"
 HANG_RANK = "COROLLA_TEST_HANG_RANK"
 ABORT_AT_STEP = "COROLLA_TEST_ABORT_AT_STEP"
 CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
+FAIL_BEFORE_TRAINING = "COROLLA_TEST_FAIL_BEFORE_TRAINING"
 NAN_AT_STEP = "COROLLA_TEST_NAN_AT_STEP"
 STEP_SECONDS = "COROLLA_TEST_STEP_SECONDS"
 UNFIT_NODE_FILE = "COROLLA_TEST_UNFIT_NODE_FILE"
@@ -53,6 +56,7 @@ class Faults:
     abort_at_step: int | None = None
     crash_during_save: int | None = None
     nan_at_step: int | None = None
+    fail_before_training: bool = False
     step_seconds: float = 0.0
     unfit_node_file: Path | None = None
     slow_node: str | None = None
@@ -68,6 +72,7 @@ class Faults:
             abort_at_step=_step(os.environ.get(ABORT_AT_STEP)) if first_launch else None,
             crash_during_save=_step(os.environ.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
             nan_at_step=_step(os.environ.get(NAN_AT_STEP)) if first_launch else None,
+            fail_before_training=os.environ.get(FAIL_BEFORE_TRAINING) == "1",
             step_seconds=float(os.environ.get(STEP_SECONDS, "0")),
             unfit_node_file=Path(os.environ[UNFIT_NODE_FILE]) if os.environ.get(UNFIT_NODE_FILE) else None,
             slow_node=os.environ.get(SLOW_NODE) or None,
@@ -89,7 +94,10 @@ class Faults:
         return injected
 
     def install(self, module: torch.nn.Module, first_step: int) -> None:
-        """The NaN, if one is asked for: a hook on the rank's model that spoils its outputs during that step."""
+        """The failed set-up, if one is asked for; the NaN, if one is: a hook on the rank's model that spoils its
+        outputs during that step."""
+        if self.fail_before_training:
+            raise RuntimeError("injected: the start fails before it trains")
         if self.nan_at_step is None:
             return
         self.training_step = first_step + 1

@@ -31,7 +31,13 @@ from launch.cli import main
 from launch.rundir.files import JOBS_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
-from launch.train.faults import ABORT_AT_STEP, CRASH_DURING_SAVE, STEP_SECONDS, UNFIT_NODE_FILE
+from launch.train.faults import (
+    ABORT_AT_STEP,
+    CRASH_DURING_SAVE,
+    FAIL_BEFORE_TRAINING,
+    STEP_SECONDS,
+    UNFIT_NODE_FILE,
+)
 from slurm.commands import UNREACHABLE_HINT
 from slurm.executor import REFUSED_FIX
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
@@ -645,6 +651,19 @@ def test_a_requeue_asked_while_the_controller_is_away_is_taken_once_it_is_back(
     assert second["slurm_job"] == job_id and second["resumed_from_step"] == stop["step"]
     assert second["steps_redone"] == 0 and RunHistory(run_dir).failures() == 0
     one_mlflow_value_per_step(run_dir, local_losses)  # the same MLflow run, each step once
+
+
+def test_a_start_that_fails_before_it_trains_at_every_restart_spends_the_budget_and_gives_up(
+    slurm_cluster, tokens, tmp_path
+) -> None:
+    """No start was recorded, so no failure counted: each restart, failing so again, was requeued for ever."""
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, "cluster.max_restarts=1", f"+cluster.env.{FAIL_BEFORE_TRAINING}=1")
+    gave_up = lambda: any(event["event"] == "gave_up" for event in RunHistory(run_dir).events())  # noqa: E731
+    assert wait_for(gave_up, timeout=300, interval=0.5), logs(run_dir)
+    assert wait_for(lambda: job_state(slurm_cluster, job_id) in ("FAILED", "GONE"), timeout=60, interval=0.5)
+    starts = RunHistory(run_dir).starts()
+    assert [start["restart"] for start in starts] == [0, 1, 2] and all(start["before_training"] for start in starts)
 
 
 def test_past_its_restart_budget_a_failing_job_gives_up(slurm_cluster, tokens, tmp_path) -> None:
