@@ -205,12 +205,24 @@ def test_a_run_whose_launcher_was_killed_outright_is_told_to_mlflow_whole_by_a_s
         launcher.kill()
         launcher.wait()
     assert wait_for(lambda: RunHistory(run_dir).events()[-1]["event"] == "stopped", timeout=120, interval=0.5)
+    # torchrun ends too: once it hung for hours at its interpreter's exit, on threads tailing its ranks' output.
+    assert wait_for(lambda: not torchruns_of(run_dir), timeout=60, interval=0.5), torchruns_of(run_dir)
     stopped = RunHistory(run_dir).events()[-1]["step"]
     tracked = recorded_run(run_dir)
     assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "RUNNING"
     assert main(["tracking", "sync", str(run_dir)]) == 0
     assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "KILLED"
     assert steps_logged(run_dir) == list(range(1, stopped + 1))
+
+
+def torchruns_of(run_dir: Path) -> list[int]:
+    """The torchrun processes running the ranks of run_dir."""
+    running = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "torch.distributed.run" in " ".join(command) and str(run_dir) in command:
+            running.append(process.pid)
+    return running
 
 
 def created_unrecorded(run_dir: Path) -> bool:
