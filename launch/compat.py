@@ -269,19 +269,23 @@ def torchrun() -> list[str]:
     """The command that runs torchrun (torch.distributed.run) without the ChildFailedError it raises from its main
     when a rank fails: Python printed its traceback and summary, thirty lines that name no reason, between the ranks'
     own errors and corolla's last line. Exits with torchrun's status for it, 1.
-    It ends at once once its main has (os._exit): ended by a signal (its parent gone), torchrun's main could leave
-    the threads that tail its ranks' output running, which the interpreter's exit then waited for, for ever (torch
-    2.13: a torchrun seen in a futex for hours, its ranks ended and unreaped)."""
+    It ends at once once its main has (os._exit, whatever is raised on the way: its parent gone, a write to its
+    stderr raises): ended by a signal, torchrun's main could leave the threads that tail its ranks' output running,
+    which the interpreter's exit then waited for, for ever (torch 2.13: a torchrun seen in a futex for hours, its
+    ranks ended and unreaped)."""
     quiet = (
-        "import os, sys, traceback\n"
+        "import contextlib, os, sys, traceback\n"
         "from torch.distributed.elastic.multiprocessing.errors import ChildFailedError\n"
         "from torch.distributed.run import main\n"
-        "status = 0\n"
-        "try:\n    main()\n"
-        "except ChildFailedError:\n    status = 1\n"
+        "status = 1\n"
+        "try:\n    main()\n    status = 0\n"
+        "except ChildFailedError:\n    pass\n"
         "except SystemExit as exit:  # argparse's\n    status = exit.code if isinstance(exit.code, int) else 1\n"
-        "except BaseException:\n    traceback.print_exc()\n    status = 1\n"
-        "sys.stdout.flush()\nsys.stderr.flush()\nos._exit(status)\n"
+        "except BaseException:\n    with contextlib.suppress(Exception):\n        traceback.print_exc()\n"
+        "finally:  # whatever a write to a reader gone raises\n"
+        "    for stream in (sys.stdout, sys.stderr):\n"
+        "        with contextlib.suppress(Exception):\n            stream.flush()\n"
+        "    os._exit(status)\n"
     )
     return [sys.executable, "-c", quiet]
 
