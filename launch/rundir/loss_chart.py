@@ -10,18 +10,34 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from launch.rundir.files import LOSS_CHART, METRICS_FILE, VALIDATION_FILE
-from launch.rundir.records import last_record_per_step
+from launch.rundir.records import last_record_per_step, last_value_per_step
 from tokenizer.files import write_atomically
+
+TRAIN_POINTS = 2000  # more than the chart's width in pixels shows
+
+
+def _means(values: list[float], group: int) -> list[float]:
+    return [sum(values[i : i + group]) / len(values[i : i + group]) for i in range(0, len(values), group)]
+
+
+def _training_curve(run_dir: Path) -> tuple[list[float], list[float], str]:
+    """Each step's training loss; past TRAIN_POINTS steps, the mean of each run of consecutive steps, so that a run of
+    a million steps draws as fast as a short one."""
+    steps, losses = last_value_per_step(run_dir / METRICS_FILE, "loss")
+    group = -(-len(steps) // TRAIN_POINTS)
+    if group <= 1:
+        return steps, losses, "train"
+    return _means(steps, group), _means(losses, group), f"train (mean of each {group:,} steps)"
 
 
 def render_loss_chart(run_dir: Path, vocab_size: int | None = None) -> bytes:
     """Training loss per step, validation loss per language (dashed, its mean bold) and, given the vocabulary,
     ln(vocab): what a model that learnt nothing scores."""
-    steps = last_record_per_step(run_dir / METRICS_FILE)
+    steps, losses, train_label = _training_curve(run_dir)
     validations = last_record_per_step(run_dir / VALIDATION_FILE)
     figure = Figure(figsize=(12, 6), layout="constrained")
     axes = figure.add_subplot()
-    axes.plot([r["step"] for r in steps], [r["loss"] for r in steps], color="black", linewidth=1.5, label="train")
+    axes.plot(steps, losses, color="black", linewidth=1.5, label=train_label)
     languages = sorted({language for record in validations for language in record["loss"]})
     for language in languages:
         points = [(r["step"], r["loss"][language]) for r in validations if language in r["loss"]]

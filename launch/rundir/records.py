@@ -28,19 +28,23 @@ def append_record(path: Path, record: dict) -> None:
         file.write(line)
 
 
+def _objects(path: Path) -> Iterator[dict]:
+    """The JSON objects of a JSON-lines file, a line at a time; a line cut short by a crash mid-write is skipped."""
+    if not path.is_file():
+        return
+    with path.open("rb") as file:
+        for line in file:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The records (JSON objects) of a JSON-lines file; a line cut short by a crash mid-write is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return list(_objects(path))
 
 
 def _figures(value: object) -> bool:
@@ -67,8 +71,16 @@ def step_record(line: bytes) -> dict | None:
 def last_record_per_step(path: Path) -> list[dict]:
     """A restarted run appends the steps it redoes again: the last record of each step wins. Sorted by step; a record
     without a whole-number step, or holding anything but figures, is none of corolla's, and passed over."""
-    by_step = {record["step"]: record for record in read_jsonl(path) if _is_step_record(record)}
+    by_step = {record["step"]: record for record in _objects(path) if _is_step_record(record)}
     return [by_step[step] for step in sorted(by_step)]
+
+
+def last_value_per_step(path: Path, key: str) -> tuple[list[int], list]:
+    """The steps and one figure of each step's last record, as last_record_per_step orders them, the file read a
+    line at a time: what a chart of a run of a million steps holds is two lists, not a million records."""
+    by_step = {record["step"]: record[key] for record in _objects(path) if _is_step_record(record) and key in record}
+    steps = sorted(by_step)
+    return steps, [by_step[step] for step in steps]
 
 
 def _from_end(file: BinaryIO) -> Iterator[tuple[int, dict]]:

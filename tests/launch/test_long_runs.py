@@ -15,7 +15,8 @@ from tracking_server import MlflowServer
 from launch.cli import main
 from launch.rundir import outbox, tracking
 from launch.rundir.files import JOB_FILE, METRICS_FILE, RUN_FILE, TRACKING_STATE, VALIDATION_FILE
-from launch.rundir.records import append_record, keep_steps_up_to, read_jsonl
+from launch.rundir.loss_chart import render_loss_chart
+from launch.rundir.records import append_record, keep_steps_up_to, last_value_per_step, read_jsonl
 from launch.rundir.run_record import TrackedRun, default_uri, record_run
 
 STEPS = 200_000  # 30 MB of step records
@@ -136,3 +137,19 @@ def test_a_sender_whose_mlflow_is_away_holds_no_more_of_the_records_the_longer_i
         tracemalloc.stop()
     assert "Connection" in (sender.state.error or "")
     assert held < 8 * 2**20
+
+
+def test_the_loss_chart_of_a_long_run_holds_one_figure_a_step_not_its_records(tmp_path: Path) -> None:
+    run_dir = long_run(tmp_path / "run")
+    append_record(run_dir / METRICS_FILE, {"step": STEPS, "loss": 1.5})  # a step redone: its last record counts
+    append_record(run_dir / METRICS_FILE, {"step": STEPS + 1, "note": "none of corolla's"})
+    steps, losses = last_value_per_step(run_dir / METRICS_FILE, "loss")
+    assert steps == list(range(1, STEPS + 1)) and losses[0] == 3.0 and losses[-1] == 1.5
+    tracemalloc.start()
+    try:
+        chart = render_loss_chart(run_dir, 64_000)
+        held = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert chart.startswith(b"\x89PNG")
+    assert held < (run_dir / METRICS_FILE).stat().st_size  # the records as dicts: 200 MB
