@@ -108,9 +108,10 @@ def temporary_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def temporaries_of(path: Path) -> list[Path]:
-    """The temporaries of `path` that writers killed halfway left (any process's)."""
-    return list(path.parent.glob(f".{path.name}.*.tmp"))
+def temporaries_of(directory: Path, name: str = "*") -> list[Path]:
+    """The temporaries of the file `name` in `directory` (of any file there by default) that writers killed halfway
+    left, any process's."""
+    return list(directory.glob(f".{name}.*.tmp"))
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:

@@ -256,7 +256,7 @@ def write_complete(
 
 
 def point_latest(directory: Path, tag: str) -> None:
-    for left in temporaries_of(directory / LATEST):  # by a writer killed halfway; the run has one writer (its lock)
+    for left in temporaries_of(directory, LATEST):  # by a writer killed halfway; the run has one writer (its lock)
         left.unlink(missing_ok=True)
     write_atomically(directory / LATEST, tag + "\n")
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from launch.rundir.files import LOCK_FILE
-from tokenizer.files import directory_lock, temporary_of, write_atomically
+from tokenizer.files import directory_lock, temporaries_of, temporary_of, write_atomically
 
 
 class RunLocked(RuntimeError):
@@ -123,6 +123,8 @@ def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_
         if made and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
+    for left in temporaries_of(run_dir):  # by a writer killed halfway: none other writes here now
+        left.unlink(missing_ok=True)
     try:
         yield
     finally:

@@ -71,10 +71,15 @@ def test_a_lock_left_by_a_process_that_ended_is_taken_over(capsys, tokens: Path,
     if not readable:  # as if its writer had died writing it
         stale["pid"] = "12"
     (run_dir / "LOCK").write_text(json.dumps(stale))
+    left = [run_dir / f".{name}.{ended.stdout.strip()}.tmp" for name in ("tracking.json", "job.yaml", "plan.json")]
+    for path in [*left, run_dir / ".notes", run_dir / "notes.1.tmp"]:  # the killed writer's, and the user's own
+        path.write_text("{")
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=1"]) == 0
     holder = f"process {stale['pid']} on " if readable else "a writer whose lock cannot be read (it died writing it),"
     assert f"took over {run_dir / 'LOCK'} from {holder}" in capsys.readouterr().out
     assert not (run_dir / "LOCK").exists()
+    assert not any(path.exists() for path in left)
+    assert (run_dir / ".notes").exists() and (run_dir / "notes.1.tmp").exists()
 
 
 def test_a_lock_of_another_host_is_obeyed_and_says_how_to_clear_it(capsys, tokens: Path, tmp_path: Path) -> None:
