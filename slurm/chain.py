@@ -227,7 +227,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     from launch.jobs.prepare import prepare_run
     from launch.jobs.stages import PipelinePaths, check_inputs, checkable_training_job, data_is_current, one_pipeline
     from launch.rundir.lock import check_unheld
-    from slurm.submit import check_no_live_job, check_partition
+    from slurm.submit import check_partition, live_job_id
 
     cluster, paths = job.cluster, PipelinePaths.of(job)
     check_inputs(job)
@@ -245,8 +245,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     check_partition(cluster, excluded_nodes(cluster.exclude, paths.train))
     with one_pipeline(paths.run_dir):
         check_no_live_chain(paths.run_dir)
-        check_no_live_job(paths.train)
-        check_unheld(paths.train)
+        check_unheld(paths.train, live_job_id)
         write_atomically(paths.run_dir / PIPELINE_JOB, job_yaml(job))
         for error in (paths.run_dir / STAGE_ERRORS).glob("*.txt"):
             error.unlink()

@@ -87,13 +87,11 @@ def _check_in_service(cluster: ClusterConfig, partition: str, usable: set[str], 
     )
 
 
-def check_no_live_job(run_dir: Path) -> None:
-    """Two jobs training one run directory would overwrite each other's checkpoints."""
-    if (live := live_job(run_dir)) is not None:
-        raise ValueError(
-            f"{run_dir} has Slurm job {live.job_id} {live.state} already: let it run (corolla status {run_dir}), or "
-            f"`corolla cancel {run_dir}` first"
-        )
+def live_job_id(run_dir: Path) -> str | None:
+    """The run's job queued or running, if any (live_job): two jobs training one run directory would overwrite each
+    other's checkpoints."""
+    live = live_job(run_dir)
+    return live.job_id if live else None
 
 
 def live_job(run_dir: Path) -> SlurmState | None:
@@ -158,8 +156,7 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
     check_partition(cluster, excluded_nodes(cluster.exclude, Path(job.run_dir)))
     # As the run's one writer until its job is recorded: a second submission (or a `corolla train`) meanwhile is
     # refused, and one after it finds the job.
-    with holding(Path(job.run_dir)):
-        check_no_live_job(Path(job.run_dir))
+    with holding(Path(job.run_dir), live_job_id):
         _submit_training(job, dry_run=False)
 
 

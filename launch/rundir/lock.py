@@ -65,7 +65,10 @@ def _refuse_if_held(path: Path, slurm_job: Callable[[Path], str | None]) -> dict
     run_dir = path.parent
     job = slurm_job(run_dir)
     if job is not None:
-        raise RunLocked(f"{run_dir} is trained by Slurm job {job}: let it run, or `corolla cancel {run_dir}` first")
+        raise RunLocked(
+            f"{run_dir} has Slurm job {job} queued or running: let it run (`corolla status {run_dir}`), or "
+            f"`corolla cancel {run_dir}` first"
+        )
     if not path.exists():
         return None
     holder = _read(path) or {}  # unreadable: a writer that died writing it
@@ -84,9 +87,9 @@ def writer(run_dir: Path) -> tuple[str, bool | None] | None:
     return (describe(holder), _alive(holder)) if holder else None
 
 
-def check_unheld(run_dir: Path) -> None:
-    """A RunLocked error when a live process writes the run directory."""
-    _refuse_if_held(run_dir / LOCK_FILE, lambda run_dir: None)
+def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
+    """A RunLocked error when a live process, or a Slurm job (`slurm_job` says which is), writes the run directory."""
+    _refuse_if_held(run_dir / LOCK_FILE, slurm_job)
 
 
 def _create(path: Path, mine: str) -> None:
