@@ -124,6 +124,11 @@ class JobStart:
         )
 
 
+def start_origin(task: SlurmTask) -> dict[str, object]:
+    """Where a start ran, as its history record says it: the job, its restart and its nodes (own_start reads them)."""
+    return {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
+
+
 def own_start(events: list[dict], task: SlurmTask) -> int | None:
     """Where in the history this start of the job recorded itself; None if it never got that far."""
     own = [
@@ -140,8 +145,7 @@ def record_unrecorded_start(run_dir: Path, task: SlurmTask) -> None:
     """This start in the history, as one that failed before it trained, unless its rank 0 recorded it."""
     history = RunHistory(run_dir)
     if own_start(history.events(), task) is None:
-        origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
-        history.record(Event.start, **origin, **{BEFORE_TRAINING: True})
+        history.record(Event.start, **start_origin(task), **{BEFORE_TRAINING: True})
 
 
 def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) -> None:
@@ -178,13 +182,13 @@ class TrainingTask:
         # First of all: a signal before the time limit may come while the ranks start, and submitit's own handler
         # would end the job without requeueing it.
         stop = StopSignals(run_dir / STOP_FILE)
+        task = SlurmTask.from_environment()
         # torch, DeepSpeed, megatron: seconds to import, after the handlers.
         from launch.compat import import_training_libraries
 
-        import_training_libraries(first_on_node=os.environ.get("SLURM_LOCALID", "0") == "0")
+        import_training_libraries(first_on_node=task.local_rank == 0)
         from launch.config.job_file import read_job
 
-        task = SlurmTask.from_environment()
         os.environ.update(task.rendezvous())
         job = read_job(run_dir / JOB_FILE)
         # Every rank reads the history before any writes to it (joining the process group is a barrier).
@@ -225,7 +229,6 @@ class TrainingTask:
         from launch.train.health import HealthCheck
 
         task, run_dir = start.task, start.run_dir
-        origin = {"slurm_job": task.job_id, "restart": task.restart_count, "nodes": task.node_list}
         health = None
         if cluster.health_slowdown:
             give_way = functools.partial(self._give_way, cluster, run_dir, task)
@@ -233,7 +236,7 @@ class TrainingTask:
         try:
             # A task that sees one GPU was given it: the job asked for a GPU a rank on every node.
             outcome = worker.main(
-                run_dir, origin=origin, on_stall=start.failed, stop=stop, health=health, gpu_per_task=True
+                run_dir, origin=start_origin(task), on_stall=start.failed, stop=stop, health=health, gpu_per_task=True
             )
         except Exception:
             start.failed()
