@@ -77,15 +77,31 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     _check_embedding_rows(plans, saved)
     if shortfall := validation_shortfall(plans, job):
         print(shortfall)
-    changed = (
-        {name: (masked(old), masked(new)) for name, (old, new) in changed_settings(saved.job, job).items()}
-        if saved
-        else {}
-    )
+    changed = _changed_since(saved, job)
     if changed:
         print(_changes_line(saved, changed, dry_run))
     if dry_run:
         return PreparedRun(job, plans, run_dir, None)
+    _write_job(run_dir, job, plans, lost)
+    tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
+    if start:
+        tags |= start.tags()
+    tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
+    _record_launch(run_dir, job, data, tracked, changed, new_run)
+    return PreparedRun(job, plans, run_dir, tracked)
+
+
+def _changed_since(saved: SavedRun | None, job: TrainJob) -> dict[str, tuple[str, str]]:
+    """The settings the job changes of those its run's checkpoints were trained with, (old, new) as text, secrets
+    masked; none for a run without checkpoints."""
+    if saved is None:
+        return {}
+    return {name: (masked(old), masked(new)) for name, (old, new) in changed_settings(saved.job, job).items()}
+
+
+def _write_job(run_dir: Path, job: TrainJob, plans: list[RunPlan], lost: object | None) -> None:
+    """The run directory, with the job and its plans, the previous launch's STOP file removed and a run.json that
+    went missing written back from the history (`lost`, its record there)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / STOP_FILE).exists():
         (run_dir / STOP_FILE).unlink()
@@ -94,10 +110,18 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     write_plans(run_dir, plans)
     if lost is not None:
         _restore_run_record(run_dir, lost)
-    tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
-    if start:
-        tags |= start.tags()
-    tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
+
+
+def _record_launch(
+    run_dir: Path,
+    job: TrainJob,
+    data: DataFacts,
+    tracked: tracking.TrackedRun,
+    changed: dict[str, tuple[str, str]],
+    new_run: bool,
+) -> None:
+    """The history's launch (its tokenizer, MLflow run and changed settings), and what MLflow is to be sent of it: the
+    launch count, the changes, the job file and the tokenizer's metadata."""
     history = RunHistory(run_dir)
     records = {TOKENIZER_RECORD: data.tokenizer_fingerprint, MLFLOW_RUN_RECORD: as_recorded(run_dir, tracked)}
     if changed:
@@ -113,7 +137,6 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     if changed:  # MLflow keeps the params the run was created with: the tag says what later launches changed
         launch_tags[f"{tracking.CHANGED_TAG}.{launch_count}"] = changes_text(changed)[:5000]
     outbox.update(run_dir, launch_tags, "RUNNING", artifacts)
-    return PreparedRun(job, plans, run_dir, tracked)
 
 
 def _changes_line(saved: SavedRun, changed: dict[str, tuple[str, str]], dry_run: bool) -> str:
