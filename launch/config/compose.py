@@ -289,10 +289,15 @@ def _deleted_required(cfg: DictConfig, prefix: str = "") -> list[str]:
     return deleted
 
 
+def _key_of(override: str) -> str:
+    """The key an override sets, adds (`+key=`) or deletes (`~key`)."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def _check_shape_not_set(overrides: list[str]) -> None:
     """With init_from, the model's shape is the weights': an override of it would be dropped without a word."""
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = _key_of(override)
         if key == "model" or (key.startswith("model.") and key.removeprefix("model.") not in JOB_MODEL_SETTINGS):
             raise ConfigError(
                 f"{override}: with init_from the model's shape is the weights' own; drop it (a job sets only "
@@ -304,7 +309,7 @@ def _check_vocabulary_not_set(overrides: list[str]) -> None:
     """tokenizer extend trains `added_pieces` pieces: a tokenizer.vocab_size given to it would be replaced without a
     word."""
     for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
+        key, value = _key_of(override), override.partition("=")[2]
         if key == "tokenizer.vocab_size":
             raise ConfigError(
                 f"{override}: tokenizer extend trains added_pieces pieces, whatever tokenizer.vocab_size says: write "
@@ -333,7 +338,7 @@ def _check_tokenizer_not_set(job: TrainJob, overrides: list[str]) -> None:
     trains none, they would be dropped without a word."""
     why = _tokenizer_unused(job)
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = _key_of(override)
         if why and (key == "tokenizer" or key.startswith("tokenizer.")):
             raise ConfigError(f"{override}: {why}")
 
@@ -342,7 +347,7 @@ def _check_slurm_settings_not_set(command: str, overrides: list[str]) -> None:
     """A run on this machine reads none of Slurm's settings: given to it, they would be dropped without a word."""
     on_slurm = "corolla pipeline cluster=NAME" if command == "pipeline" else "corolla submit cluster=NAME"
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = _key_of(override)
         node, _, setting = key.partition(".")
         if node == "cluster" and setting.split(".")[0] in SLURM_SETTINGS:
             raise ConfigError(
@@ -355,7 +360,7 @@ def _check_sampling_knobs(cfg: DictConfig, overrides: list[str], read_anyway: fr
     """A tokenizer knob given where the sampling method does not read it (`tokenizer.alpha` with sampling=unimax)
     would be dropped without a word; `read_anyway`: the command's knobs that it reads whatever the sampling."""
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = _key_of(override)
         node, _, knob = key.rpartition(".")
         if knob in read_anyway:
             continue
