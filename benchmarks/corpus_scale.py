@@ -41,6 +41,7 @@ import zstandard  # noqa: E402
 
 from launch.config.compose import shared_data_dir  # noqa: E402
 from tokenizer.corpus import discover_sources, read_documents  # noqa: E402
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE  # noqa: E402
 from tokenizer.hygiene import HygieneStats  # noqa: E402
 from tokenizer.loading import HFTokenizer, SentencePieceTokenizer  # noqa: E402
 
@@ -147,8 +148,8 @@ def engines(tokenizer: Path, documents: dict[str, list[str]], megabytes: float) 
     while size < megabytes * 10**6:
         texts.append(cycle[len(texts) % len(cycle)])
         size += len(texts[-1].encode())
-    sentencepiece = SentencePieceTokenizer(tokenizer / "tokenizer.model")
-    hf = HFTokenizer(tokenizer / "tokenizer.json")
+    sentencepiece = SentencePieceTokenizer(tokenizer / SPM_MODEL_FILE)
+    hf = HFTokenizer(tokenizer / HF_TOKENIZER_FILE)
     assert sentencepiece.encode_batch(texts[:500]) == hf.encode_batch(texts[:500]), "the export encodes otherwise"
     spm_rate = megabytes_per_second(sentencepiece.encode_batch, texts, size / 10**6)
     hf_rate = megabytes_per_second(hf.encode_batch, texts, size / 10**6)

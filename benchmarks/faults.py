@@ -47,7 +47,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from recovery import finished, job_field, token_files  # noqa: E402
 from tracking_server import MlflowServer  # noqa: E402
 
-from launch.rundir.files import JOBS_FILE  # noqa: E402
+from launch.rundir.files import CHECKPOINTS, JOBS_FILE, METRICS_FILE, checkpoint_tag  # noqa: E402
 from launch.rundir.history import RunHistory  # noqa: E402
 from launch.rundir.records import last_record_per_step  # noqa: E402
 from launch.rundir.run_record import recorded_run  # noqa: E402
@@ -130,7 +130,7 @@ class Bench:
 
 
 def logged_step(run_dir: Path) -> int:
-    records = last_record_per_step(run_dir / "metrics.jsonl")
+    records = last_record_per_step(run_dir / METRICS_FILE)
     return records[-1]["step"] if records else 0
 
 
@@ -188,7 +188,7 @@ def launcher_killed(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, 
 def flipped_byte(bench: Bench, run_dir: Path, step: int) -> tuple[bool, int, str]:
     save_step = max(2 * INTERVAL, step - step % INTERVAL)
     assert bench.train(run_dir, f"train.exit_after={save_step}") == 0
-    shard = sorted((run_dir / "checkpoints" / f"step-{save_step:08d}").glob("model-*.pt"))[0]
+    shard = sorted((run_dir / CHECKPOINTS / checkpoint_tag(save_step)).glob("model-*.pt"))[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -318,12 +318,12 @@ SLURM_FAULTS = {"node_killed", "usr2"}
 def step_seconds(run_dir: Path) -> float:
     """The mean time a step takes after the first (which warms up), checkpoints included: steps with and without a
     save alternate, so a median of single steps jumps between the two."""
-    times = [record["time"] / 1000 for record in last_record_per_step(run_dir / "metrics.jsonl")]
+    times = [record["time"] / 1000 for record in last_record_per_step(run_dir / METRICS_FILE)]
     return (times[-1] - times[1]) / (len(times) - 2)
 
 
 def figures(run_dir: Path, baseline: dict[int, float]) -> dict:
-    losses = {record["step"]: record["loss"] for record in last_record_per_step(run_dir / "metrics.jsonl")}
+    losses = {record["step"]: record["loss"] for record in last_record_per_step(run_dir / METRICS_FILE)}
     tracked = recorded_run(run_dir)
     history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, "train_loss")
     logged = [entry.step for entry in history]
@@ -341,7 +341,7 @@ def fault_free(bench: Bench, slurm: bool) -> tuple[dict[int, float], dict[str, f
     clean, started = bench.run_dir(), time.monotonic()
     assert bench.train(clean) == 0, "the fault-free run failed"
     seconds = {"local": time.monotonic() - started}
-    losses = {record["step"]: record["loss"] for record in last_record_per_step(clean / "metrics.jsonl")}
+    losses = {record["step"]: record["loss"] for record in last_record_per_step(clean / METRICS_FILE)}
     unpaced = bench.run_dir()
     assert bench.train(unpaced, env={STEP_SECONDS: "0"}) == 0
     print(f"fault-free run: {seconds['local']:.1f} s, {STEPS} steps; unpaced: {step_seconds(unpaced):.3f} s a step")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from launch.cli import main as corolla  # noqa: E402
 from launch.config.compose import shared_data_dir  # noqa: E402
+from launch.rundir.files import VALIDATION_FILE  # noqa: E402
 
 NEW = ["amh_Ethi", "bod_Tibt", "ell_Grek", "hye_Armn", "kat_Geor", "khm_Khmr", "lao_Laoo", "mya_Mymr", "sin_Sinh"]
 NEW += ["tha_Thai"]
@@ -42,7 +43,7 @@ def run(*arguments: str) -> None:
 
 def final_bpb(run_dir: Path) -> dict[str, float]:
     """Each language's bits per byte at the run's last validation."""
-    records = [json.loads(line) for line in (run_dir / "validation.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / VALIDATION_FILE).read_text().splitlines()]
     return records[-1]["bpb"]
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from launch.cli import main as corolla  # noqa: E402
 from launch.config.compose import shared_data_dir  # noqa: E402
-from launch.rundir.files import JOBS_FILE  # noqa: E402
+from launch.rundir.files import CHECKPOINTS, JOBS_FILE, LATEST, METRICS_FILE, checkpoint_step  # noqa: E402
 from launch.rundir.history import RunHistory  # noqa: E402
 from slurm.testcluster import ClusterSpec, TestCluster, temporary_cluster, wait_for  # noqa: E402
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob  # noqa: E402
@@ -67,13 +67,13 @@ def submit(run_dir: Path, tokens: Path, steps: int, interval: int) -> str:
 
 
 def steps_logged(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / METRICS_FILE
     return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
 
 
 def latest_checkpoint(run_dir: Path) -> int:
-    pointer = run_dir / "checkpoints" / "latest"
-    return int(pointer.read_text().strip().split("-")[1]) if pointer.is_file() else 0
+    pointer = run_dir / CHECKPOINTS / LATEST
+    return checkpoint_step(pointer.read_text().strip()) if pointer.is_file() else 0
 
 
 def job_field(cluster: TestCluster, job_id: str, name: str) -> str:

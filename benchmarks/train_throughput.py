@@ -25,10 +25,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from launch.cli import main as corolla  # noqa: E402
 from launch.config.compose import shared_data_dir  # noqa: E402
+from launch.rundir.files import METRICS_FILE  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.hf import hf_config  # noqa: E402
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob  # noqa: E402
 from tokenizer.encode import encode_corpus  # noqa: E402
+from tokenizer.token_files import MANIFEST_NAME  # noqa: E402
 from tokenizer.train import train_tokenizer  # noqa: E402
 
 SHAPE = {"num_layers": 4, "hidden_size": 256, "num_heads": 8, "seq_length": 256}
@@ -58,7 +60,7 @@ def corolla_tokens_per_second(tokens: Path, run_dir: Path, steps: int, precision
     ]
     if corolla(["train", *overrides]) != 0:
         raise SystemExit("corolla train failed")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     return statistics.median(record["tokens_per_second"] for record in records[WARMUP:])
 
 
@@ -92,7 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         tokens = token_files(workdir)
-        vocab = json.loads((tokens / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+        vocab = json.loads((tokens / MANIFEST_NAME).read_text())["tokenizer"]["vocab_size"]
         single = corolla_tokens_per_second(tokens, workdir / "single", args.steps, args.precision, "parallel=single")
         baseline = transformers_tokens_per_second(vocab, args.steps, args.precision)
         three_d = corolla_tokens_per_second(tokens, workdir / "3d", args.steps, args.precision, "parallel=3d")
