@@ -1,4 +1,5 @@
-"""Inside a Slurm job: who this rank is and where the others are; the one place the scheduler's variables are read.
+"""Inside a Slurm job: who this rank is and where the others are; the one place the scheduler's variables are read
+(but for SLURM_RESTART_COUNT in the test-only launch/train/faults.py, which slurm/ lies above).
 
 Every rank is one Slurm task (srun); ranks find each other through a TCP rendezvous on the first node of the
 allocation, on a port derived from the job id and its restart count, so a requeued job never meets the previous
