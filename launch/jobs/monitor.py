@@ -100,21 +100,7 @@ def history_lines(run: RunDirectory) -> list[str]:
 def describe_event(event: dict) -> str:
     kind = event["event"]
     if kind == Event.start:
-        if "slurm_job" in event:
-            where = f"job {event['slurm_job']} restart {event.get('restart', 0)} on {event.get('nodes', '?')}"
-        else:
-            where = f"on {event.get('host', '?')}"
-        if event.get(BEFORE_TRAINING):
-            return f"start     {where}, failed before it trained"
-        resumed = event.get("resumed_from_step", 0)
-        origin = f"resumed from step {resumed}" if resumed else "from scratch"
-        layout = f", {event['layout']}" if "layout" in event else ""
-        if "resharded_from" in event:
-            layout += f" (resharded from {event['resharded_from']})"
-        aside = event.get("set_aside")
-        if isinstance(aside, list) and aside:
-            origin += f" ({plural(len(aside), 'newer checkpoint')} set aside in {CHECKPOINTS}/{SET_ASIDE})"
-        return f"start     {where}{layout}, {origin}, {plural(event.get('steps_redone', 0), 'step')} redone"
+        return _describe_start(event)
     if kind == Event.stopped:
         return f"stopped   at step {event.get('step', '?')} ({event.get('signal', 'train.exit_after')})"
     if kind == Event.finished:
@@ -137,6 +123,25 @@ def describe_event(event: dict) -> str:
         failures = plural(event.get("failures", 0), "failure")
         return f"gave up   after {failures} (cluster.max_restarts={event.get('max_restarts')})"
     return kind
+
+
+def _describe_start(event: dict) -> str:
+    """Where a start ran and, unless it failed before it trained, on which layout and from which step."""
+    if "slurm_job" in event:
+        where = f"job {event['slurm_job']} restart {event.get('restart', 0)} on {event.get('nodes', '?')}"
+    else:
+        where = f"on {event.get('host', '?')}"
+    if event.get(BEFORE_TRAINING):
+        return f"start     {where}, failed before it trained"
+    resumed = event.get("resumed_from_step", 0)
+    origin = f"resumed from step {resumed}" if resumed else "from scratch"
+    layout = f", {event['layout']}" if "layout" in event else ""
+    if "resharded_from" in event:
+        layout += f" (resharded from {event['resharded_from']})"
+    aside = event.get("set_aside")
+    if isinstance(aside, list) and aside:
+        origin += f" ({plural(len(aside), 'newer checkpoint')} set aside in {CHECKPOINTS}/{SET_ASIDE})"
+    return f"start     {where}{layout}, {origin}, {plural(event.get('steps_redone', 0), 'step')} redone"
 
 
 def whole_setting(run: RunDirectory, key: str) -> int:
