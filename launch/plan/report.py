@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from json import dumps
 
+from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainJob
 from launch.plan.arithmetic import parameter_count
 from launch.plan.hardware import GIB, Hardware
@@ -130,6 +131,19 @@ def show_plan(job: PlanJob, json: bool = False) -> None:
     print("estimates: launch/plan/memory.py and launch/plan/step_time.py, checked by benchmarks/plan_vs_published.py")
 
 
+def _more_gpus(cluster: ClusterConfig, layout: ParallelLayout) -> str:
+    """How a job gets more GPUs: more nodes on Slurm; here, where the layout's ranks are the world (cluster.nodes is
+    Slurm's alone), more of the machine's GPUs, or a cluster once it uses them all."""
+    if cluster.scheduler == Scheduler.slurm:
+        return "add nodes (cluster.nodes)"
+    if layout.world_size < cluster.gpus_per_node:
+        return f"train on more of this machine's {cluster.gpus_per_node} GPUs (parallel.tp x pp x dp ranks)"
+    return (
+        f"train on more GPUs than this machine's {cluster.gpus_per_node}: on a Slurm cluster's nodes (corolla submit "
+        "cluster=NAME cluster.nodes=N)"
+    )
+
+
 def check_memory(job: TrainJob, layout: ParallelLayout) -> float | None:
     """On a GPU cluster that gives its GPU memory, the estimated GiB a GPU of the layout, which must fit: one that
     does not is refused, with the estimate and the nearest layout that fits on the same GPUs, as overrides to paste.
@@ -151,7 +165,7 @@ def check_memory(job: TrainJob, layout: ParallelLayout) -> float | None:
     plans = plan_layouts(job.model, train, hardware, layout.world_size, micro_batches, job.parallel.zero_stage)
     nearest = nearest_fitting(plans, candidate)
     if nearest is None:
-        raise ValueError(f"{estimate}, and no layout of {layout.world_size} GPUs fits: add nodes (cluster.nodes)")
+        raise ValueError(f"{estimate}, and no layout of {layout.world_size} GPUs fits: {_more_gpus(cluster, layout)}")
     raise ValueError(
         f"{estimate}; the nearest layout that fits: {nearest.overrides()} (~{nearest.memory_gib:.1f} GiB, "
         f"~{nearest.time.total:.0f} s a step; `corolla plan` ranks them all)"

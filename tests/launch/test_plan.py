@@ -207,6 +207,35 @@ def test_submit_says_when_no_layout_of_its_gpus_fits(tokens, capsys, tmp_path) -
     assert code == 2 and "no layout of 24 GPUs fits: add nodes (cluster.nodes)" in err
 
 
+A100_FIGURES = ["cluster.peak_tflops=312", "cluster.memory_bandwidth_gbps=2039", "cluster.intra_node_gbps=300"]
+LOCAL_GPUS = ["cluster.gpus_per_node=8", "cluster.gpu_memory_gib=16", *A100_FIGURES, "cluster.inter_node_gbps=100"]
+
+
+@pytest.mark.parametrize(
+    ("ranks", "advice"),
+    [
+        ("parallel.dp=1", "train on more of this machine's 8 GPUs (parallel.tp x pp x dp ranks)"),
+        ("parallel.dp=8", "train on more GPUs than this machine's 8: on a Slurm cluster's nodes (corolla submit"),
+    ],
+)
+def test_train_here_says_how_to_get_more_gpus_when_no_layout_of_its_gpus_fits(
+    tokens, capsys, tmp_path, ranks: str, advice: str
+) -> None:
+    """A run on this machine takes its ranks from the layout: it was told to add nodes (cluster.nodes), which
+    `corolla train` here refuses as a setting of Slurm's."""
+    train = ["train", "--dry-run", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", "model=bloom-7b1"]
+    layout = [
+        "parallel.tp=1",
+        "parallel.pp=1",
+        ranks,
+        "train.global_batch=64",
+        "train.micro_batch=1",
+        "train.eval_interval=0",
+    ]
+    code, _, err = run(capsys, *train, *LOCAL_GPUS, *layout)
+    assert code == 2 and f"GPUs fits: {advice}" in err and "add nodes" not in err, err
+
+
 def test_submit_refuses_tensor_parallelism_across_nodes(tokens, capsys, tmp_path) -> None:
     code, _, err = run(capsys, *dry_run(tokens, tmp_path / "run", "parallel.tp=16", "parallel.pp=6", "parallel.dp=4"))
     assert code == 2 and "parallel.tp=16 does not fit the 8 GPUs of a node of cluster jean-zay-a100" in err
