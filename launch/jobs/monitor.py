@@ -115,6 +115,8 @@ def describe_event(event: dict) -> str:
         return f"diverged  at step {event.get('step', '?')}, loss {event.get('loss', '?')}{where}"
     if kind == Event.no_space:
         return f"no space  {event.get('reason', '')}"
+    if kind == Event.refused:
+        return f"refused   {event.get('reason', '')}"
     if kind == Event.unfit:
         nodes = "; ".join(f"{node}: {why}" for node, why in event.get("nodes", {}).items())
         outcome = "left out from then on" if event.get("left_out") else "trained on, no other nodes"

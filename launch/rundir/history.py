@@ -14,6 +14,8 @@
 - diverged: a step's loss or gradient norm was not finite, one too many: stopped, nothing of it saved;
 - no_space: the filesystem of the checkpoint or of the run directory's records was full: stopped, the previous
   checkpoint kept;
+- refused: a start ended on what no restart would mend (its token files encoded again, a damaged checkpoint, a rank
+  without a GPU of its own), and why (`reason`): no job trains the run until it is launched again;
 - unfit: a start's health check found nodes unfit (launch/train/health.py), and why; `left_out`: the run's jobs
   leave them out from then on (a job without them took over), or trained on them (the partition has no others).
 A start that follows another start (nothing clean in between) follows a failure: a dead node, a crashed or hung
@@ -43,6 +45,7 @@ class Event(StrEnum):
     gave_up = "gave_up"
     diverged = "diverged"
     no_space = "no_space"
+    refused = "refused"
     unfit = "unfit"
 
 
@@ -54,7 +57,7 @@ CHANGED_RECORD = "changed"
 # In a start: it failed before it trained, recorded by what asked for the restart.
 BEFORE_TRAINING = "before_training"
 # After these no job trains the run until it is launched again.
-ENDED = (Event.finished, Event.gave_up, Event.diverged, Event.no_space)
+ENDED = (Event.finished, Event.gave_up, Event.diverged, Event.no_space, Event.refused)
 
 
 def launches(events: list[dict]) -> list[dict]:

@@ -204,6 +204,7 @@ END_STATUS = {
     Event.diverged: "FAILED",
     Event.no_space: "FAILED",
     Event.gave_up: "FAILED",
+    Event.refused: "FAILED",
     Event.stopped: "KILLED",
 }
 

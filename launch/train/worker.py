@@ -66,7 +66,7 @@ def _record_start(
 
 
 def _record_if_room(run_dir: Path, event: Event, **details: object) -> None:
-    """Rank 0 records how the start ended, unless the run directory's filesystem is full: the line it says then is
+    """Records how the start ended, unless the run directory's filesystem is full: the line it says then is
     the record that matters."""
     try:
         RunHistory(run_dir).record(event, **details)
@@ -90,11 +90,13 @@ def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: li
     )
 
 
-def _refuse(error: ValueError, says: bool) -> NoReturn:
-    """Ends the start on what no restart would mend: one line, from the ranks that `says` (rank 0, of what every rank
-    meets), and exit status REFUSED_EXIT, which a Slurm job is not requeued after."""
+def _refuse(run_dir: Path, error: ValueError, says: bool) -> NoReturn:
+    """Ends the start on what no restart would mend: one line and the history's refused, from the ranks that `says`
+    (rank 0, of what every rank meets), and exit status REFUSED_EXIT. The history is what keeps a Slurm job from being
+    requeued: a refusal that some ranks alone meet leaves the others to be killed, and srun ends with their signal."""
     if says:
         print(f"{RANK_ERROR}{error}", file=sys.stderr, flush=True)
+        _record_if_room(run_dir, Event.refused, reason=str(error))
     raise SystemExit(REFUSED_EXIT) from None
 
 
@@ -194,7 +196,7 @@ def main(
     try:
         init_distributed(job.train.hang_timeout_s, gpu_per_task)
     except ValueError as error:  # too few GPUs, which only ranks past the first meet: each says so
-        _refuse(error, says=True)
+        _refuse(run_dir, error, says=True)
     rank = torch.distributed.get_rank()
     plan = read_plan(run_dir, torch.distributed.get_world_size())
     start = RankStart(run_dir, job, plan, rank, Faults.from_environment(rank), watchdog, stop)
@@ -232,14 +234,14 @@ def _set_up(start: RankStart) -> tuple[DataShard, PipelineEngine, int, ParallelL
     try:
         data = _data(start.run_dir, job, plan)
     except TokenizerChanged as error:  # another start would find the same files
-        _refuse(error, says=start.rank == 0)
+        _refuse(start.run_dir, error, says=start.rank == 0)
     engine = build_engine(job.model, plan, job.train, job.parallel.activation_checkpointing, job.seed)
     try:
         checkpoint.check_writable(start.checkpoints)
         first_step = checkpoint.verified_step(start.checkpoints)
         saved_layout = _starting_weights(engine, job, plan, start.checkpoints, first_step)
     except CheckpointError as error:
-        _refuse(error, says=start.rank == 0)
+        _refuse(start.run_dir, error, says=start.rank == 0)
     return data, engine, first_step, saved_layout
 
 

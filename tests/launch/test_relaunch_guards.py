@@ -18,8 +18,9 @@ from launch.cli import main
 from launch.config.job_file import read_job
 from launch.data.corpus import TokenCorpus
 from launch.jobs.local import run_ranks
+from launch.jobs.monitor import describe_event
 from launch.plan.run_plan import read_plans
-from launch.rundir.history import RunHistory
+from launch.rundir.history import Event, RunHistory
 from launch.rundir.run_record import recorded_run
 
 RUN = [*SHORT_RUN, "train.steps=1", "train.eval_interval=0"]
@@ -125,6 +126,9 @@ def test_a_start_without_a_launch_refuses_the_runs_token_files_encoded_again_sin
     assert f"they were encoded again in place: encode {workspace / 'tokens'} again" in end.cause
     assert "failed (exitcode: 2) local_rank: 0" in capsys.readouterr().err  # torchrun's log line of the rank
     assert snapshot(run_dir / "checkpoints") == checkpoints
+    refusal = RunHistory(run_dir).events()[-1]  # what keeps a Slurm job from requeueing it, whatever srun's status
+    assert refusal["event"] == Event.refused and refusal["reason"] in end.cause
+    assert describe_event(refusal) == f"refused   {refusal['reason']}"
 
 
 def test_an_export_refuses_a_tokenizer_other_than_the_one_the_checkpoints_learnt(

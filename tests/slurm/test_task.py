@@ -96,6 +96,15 @@ def test_a_start_that_failed_before_it_trained_is_recorded_and_spends_the_budget
     assert describe_event(events[3]) == "start     job 41 restart 2 on n[1-2], failed before it trained"
 
 
-def test_the_batch_script_leaves_a_run_that_has_ended_alone(tmp_path) -> None:
-    RunHistory(tmp_path).record(Event.gave_up, failures=3, max_restarts=3)
-    after_step(tmp_path, 134, env={})
+@pytest.mark.parametrize(
+    ("event", "details"),
+    [
+        (Event.gave_up, {"failures": 3, "max_restarts": 3}),
+        # A rank without a GPU of its own refuses alone, the others killed as they wait for it: srun ends with 137.
+        (Event.refused, {"reason": "local rank 4 has no GPU of its own"}),
+    ],
+)
+def test_the_batch_script_leaves_a_run_that_has_ended_alone(event, details, tmp_path) -> None:
+    RunHistory(tmp_path).record(event, **details)
+    after_step(tmp_path, 137, env={})
+    assert [event["event"] for event in RunHistory(tmp_path).events()] == [event]
