@@ -153,11 +153,17 @@ def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) 
     for the restart itself (JobStart.failed), and a requeue ends the batch script before this runs; but ranks that die
     outright ask nothing, and on GPUs one rank's death takes every other down so: NCCL's watchdog ends a process whose
     collective fails or times out without running any more Python (TORCH_NCCL_ASYNC_ERROR_HANDLING). What a rank
-    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT) or the run has ended."""
-    if status in (0, REFUSED_EXIT):
+    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT) or the run has ended. A
+    refusal, which no rank that sends MLflow lived to say, is said to MLflow here."""
+    if status == 0:
         return
     events = RunHistory(run_dir).events()
-    if has_ended(events):
+    if events and events[-1]["event"] == Event.refused:
+        from launch.rundir import outbox
+
+        outbox.update(run_dir, status=outbox.END_STATUS[Event.refused])
+        return
+    if status == REFUSED_EXIT or has_ended(events):
         return
     from launch.config.job_file import read_job
 

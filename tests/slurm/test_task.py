@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from conftest import train_job
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.job_file import job_yaml
 from launch.jobs.monitor import describe_event
+from launch.rundir import tracking
 from launch.rundir.history import Event, RunHistory
 from launch.train.stopping import REFUSED_EXIT
 from model.config import ModelConfig
@@ -96,15 +98,21 @@ def test_a_start_that_failed_before_it_trained_is_recorded_and_spends_the_budget
     assert describe_event(events[3]) == "start     job 41 restart 2 on n[1-2], failed before it trained"
 
 
-@pytest.mark.parametrize(
-    ("event", "details"),
-    [
-        (Event.gave_up, {"failures": 3, "max_restarts": 3}),
-        # A rank without a GPU of its own refuses alone, the others killed as they wait for it: srun ends with 137.
-        (Event.refused, {"reason": "local rank 4 has no GPU of its own"}),
-    ],
-)
-def test_the_batch_script_leaves_a_run_that_has_ended_alone(event, details, tmp_path) -> None:
-    RunHistory(tmp_path).record(event, **details)
-    after_step(tmp_path, 137, env={})
-    assert [event["event"] for event in RunHistory(tmp_path).events()] == [event]
+def test_the_batch_script_leaves_a_run_that_has_ended_alone(tmp_path) -> None:
+    RunHistory(tmp_path).record(Event.gave_up, failures=3, max_restarts=3)
+    after_step(tmp_path, 134, env={})
+
+
+def test_the_batch_script_marks_a_refused_start_failed_in_mlflow_and_asks_for_no_restart(tmp_path) -> None:
+    """A rank without a GPU of its own refuses alone, the others killed as they wait for it: srun ends with 137, and
+    no rank that sends MLflow lived to say how the start ended."""
+    job = train_job(
+        ModelConfig(), cluster=ClusterConfig(name="testcluster", scheduler=Scheduler.slurm, tasks_per_node=4)
+    )
+    (tmp_path / "job.yaml").write_text(job_yaml(job))
+    tracked = tracking.open_run(tmp_path, "refusals", job, {})
+    RunHistory(tmp_path).record(Event.launch, cluster="testcluster")
+    RunHistory(tmp_path).record(Event.refused, reason="local rank 4 has no GPU of its own")
+    after_step(tmp_path, 137, env={})  # outside a job: it would fail, were it to ask Slurm anything
+    assert [event["event"] for event in RunHistory(tmp_path).events()] == [Event.launch, Event.refused]
+    assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "FAILED"
