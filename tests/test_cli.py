@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 
 from conftest import MULTILINGUAL, REPO_ROOT, cut_corpus
 from launch.cli import main
+from launch.config.cluster import READ_HERE, ClusterConfig
 from launch.config.compose import quoted
 
 
@@ -600,6 +602,12 @@ def test_slurm_settings_are_refused_where_the_job_runs_on_this_machine(
     assert code == 0 and "gpu_memory_gib: 80" in out and "gpus_per_node: 8" in out
     code, out, _ = run(capsys, command, "cluster=testcluster", setting, "--cfg")
     assert code == 0
+
+
+def test_the_cluster_settings_read_here_are_the_schemas() -> None:
+    """What a local run reads is listed, and the rest of the schema is Slurm's (refused here): a name listed that the
+    schema lacks (a typo, a setting renamed) would leave the setting it meant refused."""
+    assert set(READ_HERE) <= {setting.name for setting in fields(ClusterConfig)}
 
 
 SWEEP = ["submit", "--multirun", "--dry-run", "cluster=testcluster", "parallel=3d"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 
 
@@ -11,30 +11,20 @@ class Scheduler(Enum):
     slurm = "slurm"
 
 
-# What only Slurm reads of a cluster: a run on this machine (cluster.scheduler=local) takes its world size from the
-# layout, its environment from the command's, and restarts nothing. The hardware (gpus_per_node, gpu_memory_gib, ...)
-# is read by both, to check that the layout fits.
-SLURM_SETTINGS = (
-    "partition",
-    "account",
-    "qos",
-    "nodes",
-    "min_nodes",
-    "tasks_per_node",
-    "cpus_per_task",
-    "mem_per_node_gb",
-    "time_limit_min",
-    "constraint",
-    "exclusive",
-    "setup",
-    "env",
-    "signal_delay_s",
-    "max_restarts",
-    "exclude",
-    "health_slowdown",
-    "cpu_partition",
-    "cpu_cores",
-    "array_parallelism",
+# What a run on this machine (cluster.scheduler=local) reads of a cluster: the hardware, to check that the layout fits.
+# Everything else only Slurm reads (SLURM_SETTINGS, below the schema): a local run takes its world size from the
+# layout, its environment from the command's, and restarts nothing.
+READ_HERE = (
+    "name",
+    "scheduler",
+    "gpus_per_node",
+    "gpu_memory_gib",
+    "peak_tflops",
+    "memory_bandwidth_gbps",
+    "intra_node_gbps",
+    "inter_node_gbps",
+    "kernel_efficiency",
+    "fp32_peak_tflops",
 )
 
 
@@ -161,3 +151,7 @@ class ClusterConfig:
     def node_counts(self) -> range:
         """Every node count the job may run on."""
         return range(self.min_nodes or self.nodes, self.nodes + 1)
+
+
+# Derived, so that a setting added to the schema is refused on this machine unless it is read here: never dropped.
+SLURM_SETTINGS = tuple(setting.name for setting in fields(ClusterConfig) if setting.name not in READ_HERE)
