@@ -131,7 +131,7 @@ def submit_sweep(jobs: list[TrainJob], dry_run: bool = False) -> None:
                 f"{run_dir}` first"
             )
     for job in to_submit:
-        submit_training(job)
+        _submit_checked(job)
 
 
 def check_training(job: TrainJob) -> SlurmState | None:
@@ -154,8 +154,12 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
         _submit_training(job, dry_run=True)
         return
     check_partition(cluster, excluded_nodes(cluster.exclude, Path(job.run_dir)))
-    # As the run's one writer until its job is recorded: a second submission (or a `corolla train`) meanwhile is
-    # refused, and one after it finds the job.
+    _submit_checked(job)
+
+
+def _submit_checked(job: TrainJob) -> None:
+    """Submits a job whose cluster and partition were checked. As the run's one writer until its job is recorded: a
+    second submission (or a `corolla train`) meanwhile is refused, and one after it finds the job."""
     with holding(Path(job.run_dir), live_job_id):
         _submit_training(job, dry_run=False)
 

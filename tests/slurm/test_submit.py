@@ -12,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from test_monitor import counting
 from tracking_server import MlflowServer
 
 from conftest import (
@@ -525,7 +527,10 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
     # machine (the first step could: its job once logged it before `submit` returned).
     monkeypatch.setenv(STEP_SECONDS, "5")
     args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *ONE_NODE, "train.steps=2,3"]
+    calls = counting(("sinfo",), tmp_path / "bin", monkeypatch)
     assert main(["submit", "--multirun", *args]) == 0
+    asked = Counter(calls.read_text().splitlines())
+    assert asked and set(asked.values()) == {2}, asked  # each point's partition checked once, not again as submitted
     runs = {steps: tmp_path / f"train.steps={steps}" for steps in (2, 3)}
     jobs = {steps: json.loads((run_dir / JOBS_FILE).read_text())[-1] for steps, run_dir in runs.items()}
     assert len(set(jobs.values())) == 2
