@@ -373,10 +373,17 @@ def array_states(job_id: str) -> list[str]:
     return states
 
 
-def stage_state(stage_job: StageJob) -> StageState:
+def stage_state(stage_job: StageJob, asked: SlurmState | None = None) -> StageState:
+    """What Slurm says of a stage; `asked`: its one-task job's state, if asked already (asked_of_slurm)."""
     if stage_job.tasks == 1:
-        return _one_task_state(slurm_state(stage_job.job_id))
+        return _one_task_state(asked or slurm_state(stage_job.job_id))
     return _array_state(stage_job.job_id)
+
+
+def asked_of_slurm(run_dir: Path) -> list[tuple[StageJob, SlurmState | None]]:
+    """The latest submission's stage jobs, each one-task stage's with what Slurm says of it, which also says where it
+    writes (an array's is asked of sacct as stage_state needs it): Slurm asked once a job."""
+    return [(job, slurm_state(job.job_id) if job.tasks == 1 else None) for job in chain_jobs(run_dir)]
 
 
 def _one_task_state(state: SlurmState) -> StageState:
@@ -417,7 +424,7 @@ def chain_lines(run_dir: Path) -> list[str]:
     for stage_job in chain_jobs(run_dir):
         try:  # Slurm asked once a job: a one-task stage's answer also says where its job writes
             asked = slurm_state(stage_job.job_id) if stage_job.tasks == 1 else None
-            state = _one_task_state(asked) if asked is not None else _array_state(stage_job.job_id)
+            state = stage_state(stage_job, asked)
         except SlurmError as error:
             lines.append(line(stage_job.stage, f"{stage_job.label}: cannot ask Slurm ({error}): {error.hint}"))
             continue
@@ -467,15 +474,14 @@ def _logs(run_dir: Path, stage_job: StageJob) -> list[Path]:
     return job_logs(run_dir / (TRAIN_DIR if stage_job.stage == "train" else "") / SUBMITIT_DIR, stage_job.job_id)
 
 
-def _chain_elsewhere(run_dir: Path) -> tuple[StageJob, SlurmState, Path] | None:
+def _chain_elsewhere(
+    run_dir: Path, asked: list[tuple[StageJob, SlurmState | None]]
+) -> tuple[StageJob, SlurmState, Path] | None:
     """The first stage job, with what Slurm says of it, that writes to another pipeline directory, and that directory:
     `run_dir` is a copy of it (or was moved from there), its chain.json that run's; None when the jobs are this one's,
     or Slurm no longer says where they write. Told by the stages of one task, whose output Slurm names."""
-    for stage_job in chain_jobs(run_dir):
-        if stage_job.tasks > 1:
-            continue
-        state = slurm_state(stage_job.job_id)
-        if (other := _written_elsewhere(run_dir, stage_job, state)) is not None:
+    for stage_job, state in asked:
+        if state is not None and (other := _written_elsewhere(run_dir, stage_job, state)) is not None:
             return stage_job, state, other
     return None
 
@@ -488,9 +494,9 @@ def _written_elsewhere(run_dir: Path, stage_job: StageJob, state: SlurmState) ->
     return other.parent if other is not None and stage_job.stage == "train" else other
 
 
-def _check_own_chain(run_dir: Path) -> None:
+def _check_own_chain(run_dir: Path, asked: list[tuple[StageJob, SlurmState | None]]) -> None:
     """A ValueError when the chain's jobs are another pipeline directory's (_chain_elsewhere)."""
-    if (elsewhere := _chain_elsewhere(run_dir)) is not None:
+    if (elsewhere := _chain_elsewhere(run_dir, asked)) is not None:
         stage_job, state, other = elsewhere
         raise ValueError(
             f"the {stage_job.stage} stage's Slurm job {stage_job.job_id} ({state.state}) runs the pipeline in "
@@ -505,16 +511,17 @@ def cancel_chain(run_dir: Path) -> None:
     so that its job ends rather than saving and requeueing itself."""
     train_dir = run_dir / TRAIN_DIR
     try:
-        _check_own_chain(run_dir)
+        asked = asked_of_slurm(run_dir)
     except SlurmError as error:
         raise RuntimeError(f"cannot ask Slurm about the chain's jobs ({error}): {error.hint}") from None
+    _check_own_chain(run_dir, asked)
     if (train_dir / JOB_FILE).is_file():
         (train_dir / STOP_FILE).touch()
     try:
         live = {
             job.job_id: f"the {job.stage} stage's Slurm {job.label}"
-            for job in chain_jobs(run_dir)
-            if stage_state(job).live
+            for job, state in asked
+            if stage_state(job, state).live
         }
         for state in live_jobs(train_dir):
             live.setdefault(state.job_id, f"the training's next Slurm job {state.job_id}")

@@ -544,3 +544,11 @@ def test_status_of_a_pipeline_asks_slurm_once_a_job(
         f"scontrol show job {job}" for job in jobs
     ]
     assert len([call for call in logged if call.startswith("sacct")]) == len(jobs)
+    # Cancel likewise: whether the jobs write this directory, and whether they are live, from one answer a job.
+    calls.write_text("")
+    cancel(CancelJob(run_dir=str(run_dir)))
+    assert capsys.readouterr().out == f"no stage of {run_dir} is queued or running: nothing to cancel\n"
+    logged = calls.read_text().splitlines()
+    assert sorted(call for call in logged if call.startswith("scontrol")) == [
+        f"scontrol show job {job}" for job in jobs
+    ]
