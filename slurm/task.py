@@ -169,8 +169,8 @@ def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) 
 
     task, cluster = SlurmTask.from_environment(env), read_job(run_dir / JOB_FILE).cluster
     print(
-        f"corolla: the ranks of job {task.job_id} ended (srun's exit status {status}) and none asked for a restart: "
-        "asking for them",
+        f"corolla: the ranks of job {task.job_id} ended (srun's exit status {status}) and the run goes on: what "
+        "follows is decided here too, as ranks that die outright decide nothing",
         file=sys.stderr,
         flush=True,
     )
