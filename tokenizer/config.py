@@ -117,6 +117,7 @@ class TokenizerConfig:
 
 # SentencePiece's random generator takes an unsigned 32-bit seed.
 MAX_SEED = 2**32 - 1
+DEFAULT_SEED = 1234  # every command's, conf/*.yaml's too
 
 
 def check_seed(seed: int) -> None:
@@ -130,7 +131,7 @@ class TokenizerTrainJob:
     tokenizer: TokenizerConfig = MISSING
     corpus: str = MISSING
     output_dir: str = MISSING
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -158,7 +159,7 @@ class TokenizerExtendJob:
     added_pieces: int = 8000  # the vocabulary trained for the added languages; pieces base has already are skipped
     premium_threshold: float = 1.45
     languages: list[str] = field(default_factory=list)
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokenizer.config import DEFAULT_SEED
+
 # Beyond this the largest language is all there is (and tokens^alpha overflows a float).
 MAX_ALPHA = 10.0
 
@@ -30,7 +32,7 @@ class DataConfig:
     weights: dict[str, float] | None = field(default_factory=dict)
     alpha: float = 1.0
     validation_documents: int = 50
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= MAX_ALPHA:

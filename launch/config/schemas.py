@@ -13,7 +13,7 @@ from omegaconf import MISSING
 from launch.config.cluster import ClusterConfig
 from launch.config.data import DataConfig
 from model.config import BLOOM_VOCABULARY, ModelConfig
-from tokenizer.config import TokenizerConfig, check_seed
+from tokenizer.config import DEFAULT_SEED, TokenizerConfig, check_seed
 
 # What MLflow tracks to: a server, a database through SQLAlchemy (`postgresql+psycopg2://` too), a file store.
 # MLflow's file store (file: URIs and bare paths) is not among them: MLflow 3 refuses to write one.
@@ -172,7 +172,7 @@ class TrainJob:
     tracking: TrackingConfig = MISSING
     cluster: ClusterConfig = MISSING
     run_dir: str = "runs/train"
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
     # The weights a new run starts from, with a fresh optimizer and LR schedule: a corolla run directory (its latest
     # checkpoint), an imported model or a Hugging Face BloomForCausalLM directory. The model's shape (all of `model`
     # but JOB_MODEL_SETTINGS) and the tokenizer that encodes data.corpus are then theirs. None: random weights.
