@@ -28,6 +28,7 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from launch import compat
+from launch.plan.hardware import GIB
 from launch.plan.layout import ParallelLayout
 from launch.plan.weights import checkpoint_layout
 from launch.rundir.checkpoints import (
@@ -46,8 +47,6 @@ from launch.train import shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
 from tokenizer.files import first_line, is_no_space
-
-GIB = 1024**3
 
 
 def _rng_states(engine) -> dict:
@@ -117,7 +116,8 @@ def filesystem(path: Path) -> Path:
     return path
 
 
-def _gib(size: float) -> str:
+def _size(size: float) -> str:
+    """A size in bytes, in GiB, or in MiB below a tenth of one."""
     return f"{size / GIB:.2f} GiB" if size >= GIB / 10 else f"{size / 2**20:.1f} MiB"
 
 
@@ -126,11 +126,11 @@ def no_space_message(directory: Path, step: int, needed: int, then: str = "launc
     checkpoint is gone) against what it needs (`needed`, the estimate, unless it failed with that much free), what is
     kept, and what to do, `then`."""
     free = shutil.disk_usage(directory).free
-    needs = f"about {_gib(needed)}" if needed > free else f"more than {_gib(free)}"
+    needs = f"about {_size(needed)}" if needed > free else f"more than {_size(free)}"
     kept = _newest(directory)
     keeps = f"the step-{kept} checkpoint is kept" if kept else "there is no checkpoint yet"
     return (
-        f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_gib(free)} free, it needs {needs} "
+        f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_size(free)} free, it needs {needs} "
         f"({keeps}); free space there or move run_dir, then {then}"
     )
 
