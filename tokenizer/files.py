@@ -240,14 +240,16 @@ def _sweep(left: Path, out: Path) -> None:
             file=sys.stderr,
         )
         return
-    if not pid.isdigit() or _alive(int(pid)):
+    if not pid.isdigit() or process_exists(int(pid)):
         return
     if (left / RETIRED).is_dir() and not out.exists():
         (left / RETIRED).rename(out)
     shutil.rmtree(left, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process of this pid runs on this host, whoever's: asked of the kernel, which /proc mounted with
+    hidepid (as on shared login nodes) does not show another user's."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

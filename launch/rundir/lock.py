@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from launch.rundir.files import LOCK_FILE
-from tokenizer.files import directory_lock, temporaries_of, temporary_of, write_atomically
+from tokenizer.files import directory_lock, process_exists, temporaries_of, temporary_of, write_atomically
 
 
 class RunLocked(RuntimeError):
@@ -45,10 +45,15 @@ def describe(holder: dict) -> str:
 
 
 def _alive(holder: dict) -> bool | None:
-    """Whether the holder still runs: known on this host only (None elsewhere)."""
+    """Whether the holder still runs: known on this host only (None elsewhere). A pid that /proc does not show but
+    that runs is taken for the holder: /proc mounted with hidepid (shared login nodes) hides other users' processes."""
     if holder.get("host") != socket.gethostname():
         return None
-    return _started(int(holder.get("pid", -1))) == holder.get("started")
+    pid = int(holder.get("pid", -1))
+    started = _started(pid)
+    if started is None:
+        return pid > 0 and process_exists(pid)
+    return started == holder.get("started")
 
 
 def _read(path: Path) -> dict | None:

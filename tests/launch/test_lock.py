@@ -92,6 +92,34 @@ def test_a_lock_of_another_host_is_obeyed_and_says_how_to_clear_it(capsys, token
     assert sorted(path.name for path in run_dir.iterdir()) == ["LOCK"]  # nothing written
 
 
+def test_a_lock_held_by_another_users_process_that_proc_hides_is_obeyed(tokens: Path, tmp_path: Path) -> None:
+    """On a shared login node /proc is often mounted with hidepid: another user's live process is not there to
+    read, and its lock must not be taken for an ended one's. (The tests run as root: the holder is `nobody`'s sleep,
+    and the second launch runs without CAP_SYS_PTRACE, under a /proc of its own mounted with hidepid.)"""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "120"])
+    try:
+        started = Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        lock = {"host": socket.gethostname(), "pid": holder.pid, "started": started, "since": 0}
+        (run_dir / "LOCK").write_text(json.dumps(lock))
+        hidden = (
+            'mount -t proc -o hidepid=invisible,gid=54321 proc /proc && exec setpriv --bounding-set=-sys_ptrace "$@"'
+        )
+        train = [sys.executable, "-m", "launch.cli", "train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}"]
+        second = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", hidden, "sh", *train, *SHORT_RUN],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        holder.kill()
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"is being written by process {holder.pid} on {socket.gethostname()}" in second.stderr
+    assert json.loads((run_dir / "LOCK").read_text()) == lock
+
+
 def _take(run_dir: Path, ready: multiprocessing.synchronize.Barrier, held: multiprocessing.Queue) -> None:
     ready.wait()
     with contextlib.suppress(RunLocked), redirect_stdout(io.StringIO()), holding(run_dir):
