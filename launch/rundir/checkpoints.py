@@ -8,6 +8,7 @@ and writes that record; what goes into the files is launch/train/checkpoint.py's
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -36,10 +37,13 @@ class CheckpointRemoved(CheckpointError):
 @contextmanager
 def reading(directory: Path, step: int) -> Iterator[None]:
     """Reads of the checkpoint of `step`, which was there when they began: one gone meanwhile (a file of it, or its
-    directory under a CheckpointError) is a CheckpointRemoved."""
+    directory under a CheckpointError) is a CheckpointRemoved. On NFS a file open here that the training removes
+    from another node is not kept for its reader: its reads fail with ESTALE."""
     try:
         yield
-    except FileNotFoundError:
+    except OSError as error:
+        if not (isinstance(error, FileNotFoundError) or error.errno == errno.ESTALE):
+            raise
         raise CheckpointRemoved(directory, step) from None
     except CheckpointError as error:
         if isinstance(error, CheckpointRemoved) or (directory / checkpoint_tag(step)).exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -140,6 +141,22 @@ def test_a_checkpoint_gone_between_being_found_and_read_is_said_to_be_removed(tm
     with pytest.raises(CheckpointError, match=missing) as asked:
         verify(directory, 2)  # asked for by a user
     assert not isinstance(asked.value, CheckpointRemoved)
+
+
+def test_a_checkpoint_removed_from_another_nfs_client_while_read_is_said_to_be_removed(tmp_path: Path) -> None:
+    """On NFS, a reader on the login node whose checkpoint file the training on a compute node removes gets ESTALE
+    from its next read, not ENOENT (only a file removed by the reader's own client is kept for it). No NFS here: the
+    read's error is raised as NFS raises it."""
+    directory, tag = tmp_path / "checkpoints", checkpoint_tag(2)
+    (directory / tag).mkdir(parents=True)
+    (directory / tag / "weights").write_bytes(b"weights of step 2")
+    write_complete(directory, tag, {"step": 2}, {"weights": sha256_of(directory / tag / "weights")})
+    remove_checkpoints(directory, [tag])
+    removed = re.escape(f"checkpoint {directory / tag} was removed while it was read")
+    with pytest.raises(CheckpointRemoved, match=removed), reading(directory, 2):
+        raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(directory / tag / "weights"))
+    with pytest.raises(PermissionError), reading(directory, 2):  # any other failure is what it is
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory / tag / "weights"))
 
 
 def test_a_run_launched_with_relative_paths_is_exported_and_continued_from_anywhere(
