@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launch import compat
 from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
-from tokenizer.files import NO_SPACE, first_line, is_no_space
+from tokenizer.files import first_line, is_no_space, over_quota
 
 
 @dataclass(frozen=True)
@@ -201,12 +201,9 @@ FILESYSTEM_ERRORS = {
     errno.EROFS: "{path} is on a read-only filesystem: give a path where corolla can write",
     errno.EACCES: "{path} cannot be accessed by this user (permissions): change them, or give another path",
     errno.EPERM: "{path} cannot be accessed by this user (permissions): change them, or give another path",
-    **dict.fromkeys(NO_SPACE, "no space left on the filesystem of {path}: free some, or give a path on another one"),
+    errno.ENOSPC: "no space left on the filesystem of {path}: free some, or give a path on another one",
+    errno.EDQUOT: over_quota("the filesystem of {path}") + ": free some, or give a path on another one",
 }
-# A write() or close() that fails names no file: the paths the command was given say where it writes.
-NO_SPACE_UNNAMED = (
-    "no space left on a filesystem this command writes to: free some there, or give its output paths on another one"
-)
 
 
 # What corolla says in one line; any other exception is a bug, shown with its traceback.
@@ -224,8 +221,10 @@ def _error_line(error: Exception) -> str:
         # A copy or a rename names the file it writes second (shutil.copy2's error names the source first).
         if path := error.filename2 or error.filename:
             return FILESYSTEM_ERRORS[error.errno].format(path=path)
-        if is_no_space(error):
-            return NO_SPACE_UNNAMED
+        if is_no_space(error):  # a write() or close() names no file: the paths the command was given say where
+            where = "a filesystem this command writes to"
+            full = over_quota(where) if error.errno == errno.EDQUOT else f"no space left on {where}"
+            return f"{full}: free some there, or give its output paths on another one"
     return first_line(error)
 
 

@@ -92,6 +92,11 @@ def is_no_space(error: OSError) -> bool:
     return error.errno in NO_SPACE
 
 
+def over_quota(where: object) -> str:
+    """What EDQUOT says of `where`, whose filesystem may have petabytes free, and how to see the quota."""
+    return f"over a disk quota (yours or your project's; `quota -s`, or `lfs quota -h -u $USER` on Lustre) on {where}"
+
+
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
     """An OSError raised inside names `path` if it names no file, as a failing write() or close() does not (a full

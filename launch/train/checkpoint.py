@@ -14,6 +14,7 @@ kept its layout.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -46,7 +47,7 @@ from launch.rundir.files import TRAINER_FILE, checkpoint_tag, rng_file
 from launch.train import shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
-from tokenizer.files import first_line, is_no_space
+from tokenizer.files import first_line, is_no_space, over_quota
 
 
 def _rng_states(engine) -> dict:
@@ -121,14 +122,19 @@ def _size(size: float) -> str:
     return f"{size / GIB:.2f} GiB" if size >= GIB / 10 else f"{size / 2**20:.1f} MiB"
 
 
-def no_space_message(directory: Path, step: int, needed: int, then: str = "launch again to resume") -> str:
-    """The line for a checkpoint of `step` that `directory`'s filesystem has no room for: what is free (once a partial
-    checkpoint is gone) against what it needs (`needed`, the estimate, unless it failed with that much free), what is
-    kept, and what to do, `then`."""
-    free = shutil.disk_usage(directory).free
-    needs = f"about {_size(needed)}" if needed > free else f"more than {_size(free)}"
+def no_space_message(
+    directory: Path, step: int, needed: int, then: str = "launch again to resume", number: int | None = None
+) -> str:
+    """The line for a checkpoint of `step` that `directory`'s filesystem (or, `number` EDQUOT, a quota there) has no
+    room for: what is free (once a partial checkpoint is gone) against what it needs (`needed`, the estimate, unless
+    it failed with that much free), what is kept, and what to do, `then`."""
     kept = _newest(directory)
     keeps = f"the step-{kept} checkpoint is kept" if kept else "there is no checkpoint yet"
+    if number == errno.EDQUOT:  # what the filesystem has free says nothing of the quota's
+        full = over_quota(filesystem(directory))
+        return f"{full} for the step-{step} checkpoint of about {_size(needed)} ({keeps}): free some, then {then}"
+    free = shutil.disk_usage(directory).free
+    needs = f"about {_size(needed)}" if needed > free else f"more than {_size(free)}"
     return (
         f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_size(free)} free, it needs {needs} "
         f"({keeps}); free space there or move run_dir, then {then}"
@@ -175,7 +181,7 @@ def save(
             (directory / tag).mkdir()
     if problem := from_rank_0(problem):
         raise NoSpace(problem)
-    written: dict[str, str] | None  # None: no room for this rank's files
+    written: dict[str, str] | int  # an errno: no room for this rank's files
     try:
         written = shards.write(engine, directory / tag, layout)
         if rank == 0:
@@ -184,14 +190,14 @@ def save(
     except OSError as error:
         if not is_no_space(error):
             raise
-        written = None
+        written = error.errno
     before_commit(step)
-    every_rank: list[dict[str, str] | None] = [{} for _ in range(dist.get_world_size())]
+    every_rank: list[dict[str, str] | int] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(every_rank, written)  # also: every rank has written its files
-    if None in every_rank:
+    if full := [entry for entry in every_rank if isinstance(entry, int)]:
         if rank == 0:
             shutil.rmtree(directory / tag, ignore_errors=True)
-            problem = no_space_message(directory, step, needed)
+            problem = no_space_message(directory, step, needed, number=errno.EDQUOT if errno.EDQUOT in full else None)
         raise NoSpace(from_rank_0(problem))  # once the partial checkpoint is gone
     if rank == 0:
         mark_complete(

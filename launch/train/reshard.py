@@ -50,18 +50,18 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
             for name in new:
                 (directory / name).unlink(missing_ok=True)
         if isinstance(error, OSError) and is_no_space(error):
-            raise CheckpointError(_no_space_message(checkpoints, step, saved)) from None
+            raise CheckpointError(_no_space_message(checkpoints, step, saved, error.errno)) from None
         raise
     for name in old:
         (directory / name).unlink()
     return saved
 
 
-def _no_space_message(checkpoints: Path, step: int, saved: ParallelLayout) -> str:
+def _no_space_message(checkpoints: Path, step: int, saved: ParallelLayout, number: int) -> str:
     """The new layout's shards need about as much room as the old one's."""
     entries = file_entries(step_record(checkpoints, step))
     needed = sum(entries[name][0] for name in shard_files(saved))
-    return checkpoint.no_space_message(checkpoints, step, needed, then=f"reshard step {step} again")
+    return checkpoint.no_space_message(checkpoints, step, needed, then=f"reshard step {step} again", number=number)
 
 
 def _write_shards(reader: ShardReader, directory: Path, target: ParallelLayout, model: ModelConfig) -> dict[str, str]:

@@ -22,10 +22,11 @@ from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 
 from conftest import REPO_ROOT, resize, small_filesystem
-from launch.cli import main
+from launch.cli import FILESYSTEM_ERRORS, main
 from launch.rundir.checkpoints import latest_step, write_complete
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
+from launch.train import checkpoint
 from launch.train.hashed_save import save_hashed
 
 RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "train.keep_checkpoints=2"]
@@ -367,3 +368,23 @@ def test_a_tracking_store_named_on_a_disk_that_fills_is_not_left_half_built(
             "another one"
         )
         assert list(other.iterdir()) == []
+
+
+def test_a_full_quota_is_said_as_one_not_as_a_full_filesystem(tmp_path: Path) -> None:
+    """On a cluster's project filesystem a quota fills long before the disk: a checkpoint refused by EDQUOT was said
+    as 'no space ...: 1.2 PiB free, it needs more than 1.2 PiB'. (This kernel has no quotas: the words are checked
+    as the ranks and the command line put them, given the errno.)"""
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    line = checkpoint.no_space_message(checkpoints, 4, 3 * 2**30, number=errno.EDQUOT)
+    assert line == (
+        f"over a disk quota (yours or your project's; `quota -s`, or `lfs quota -h -u $USER` on Lustre) on "
+        f"{checkpoint.filesystem(checkpoints)} for the step-4 checkpoint of about 3.00 GiB (there is no checkpoint "
+        "yet): free some, then launch again to resume"
+    )
+    path = tmp_path / "run" / "metrics.jsonl"
+    assert FILESYSTEM_ERRORS[errno.EDQUOT].format(path=path) == (
+        "over a disk quota (yours or your project's; `quota -s`, or `lfs quota -h -u $USER` on Lustre) on the "
+        f"filesystem of {path}: free some, or give a path on another one"
+    )
+    assert FILESYSTEM_ERRORS[errno.ENOSPC].format(path=path).startswith(f"no space left on the filesystem of {path}")
