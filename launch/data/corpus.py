@@ -109,7 +109,8 @@ class TokenCorpus:
 
 def _manifest_shaped(manifest: object) -> bool:
     """The keys and nesting a manifest of `corolla tokenizer encode` has (its values are checked as they are used)."""
-    if not isinstance(manifest, dict) or not {"tokenizer", "append_eos", "eos_id", "languages"} <= set(manifest):
+    keys = {"format_version", "tokenizer", "append_eos", "eos_id", "languages"}
+    if not isinstance(manifest, dict) or not keys <= set(manifest):
         return False
     tokenizer, languages = manifest["tokenizer"], manifest["languages"]
     return (
@@ -149,13 +150,14 @@ def _read_manifest(tokens_dir: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         manifest = None
-    if not _manifest_shaped(manifest):
-        raise ValueError(f"{path} is not a token manifest corolla wrote: re-run `corolla tokenizer encode`")
-    if manifest.get("format_version") != MANIFEST_VERSION:
+    # The version first: an older corolla's manifest has another shape, and is no less corolla's.
+    if isinstance(manifest, dict) and manifest.get("format_version", MANIFEST_VERSION) != MANIFEST_VERSION:
         raise ValueError(
-            f"{path} has format version {manifest.get('format_version')}, this corolla reads {MANIFEST_VERSION}: "
+            f"{path} has format version {manifest['format_version']}, this corolla reads {MANIFEST_VERSION}: "
             "re-run `corolla tokenizer encode` into the same output_dir, which rewrites it"
         )
+    if not _manifest_shaped(manifest):
+        raise ValueError(f"{path} is not a token manifest corolla wrote: re-run `corolla tokenizer encode`")
     if not manifest["languages"]:
         raise ValueError(f"{path} lists no languages (did the encode finish?): re-run `corolla tokenizer encode`")
     if not manifest["append_eos"]:

@@ -205,6 +205,26 @@ def test_a_relaunch_that_changes_settings_says_which_and_records_them(capsys, wo
     assert len(launches) == 5 and "changed" not in launches[-1]
 
 
+def test_token_files_of_an_older_corolla_a_pair_per_language_are_refused_with_the_encode_that_rewrites_them(
+    capsys, workspace: Path
+) -> None:
+    """Before manifest format 2, encode wrote one `<lang>.bin` / `<lang>.idx` pair per language, listed under `files`:
+    the refusal names the format and the fix, not 'a manifest corolla did not write'."""
+    tokens = workspace / "tokens"
+    manifest = json.loads((tokens / "manifest.json").read_text())
+    for language, entry in manifest["languages"].items():
+        (shard,) = entry.pop("shards")
+        for suffix in (".bin", ".idx"):
+            (tokens / f"{shard['file']}{suffix}").rename(tokens / f"{language}{suffix}")
+        entry |= {"files": [f"{language}.bin", f"{language}.idx"], "sources": [shard["source"]]}
+    (tokens / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    err = refused(capsys, workspace / "run", "data.tokens_dir=tokens")
+    assert err.endswith(
+        "manifest.json has format version 1, this corolla reads 2: re-run `corolla tokenizer encode` into the same "
+        "output_dir, which rewrites it\n"
+    )
+
+
 def test_init_from_is_refused_on_a_run_with_checkpoints_of_its_own_and_the_same_init_from_resumes(
     capsys, workspace: Path, trained: Path
 ) -> None:
