@@ -35,6 +35,8 @@ class DataConfig:
     seed: int = DEFAULT_SEED
 
     def __post_init__(self) -> None:
+        # A corolla before per-language weights wrote none as null: the same blend as {}, not a change of it.
+        self.weights = self.weights or {}
         if not 0 <= self.alpha <= MAX_ALPHA:
             raise ValueError(
                 f"data.alpha={self.alpha} must lie in [0, {MAX_ALPHA:g}]: 0 uniform, 1 the natural mix, above 1 "

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 
@@ -223,6 +224,21 @@ def test_token_files_of_an_older_corolla_a_pair_per_language_are_refused_with_th
         "manifest.json has format version 1, this corolla reads 2: re-run `corolla tokenizer encode` into the same "
         "output_dir, which rewrites it\n"
     )
+
+
+def test_a_job_yaml_of_an_older_corolla_whose_data_weights_are_null_resumes_with_no_change_said(
+    capsys, workspace: Path
+) -> None:
+    """A corolla before per-language weights wrote `data.weights: null` for none: the blend the relaunch keeps."""
+    job = workspace / "run" / "job.yaml"
+    written = yaml.safe_load(job.read_text())
+    written["data"]["weights"] = None
+    job.write_text(yaml.safe_dump(written))
+    capsys.readouterr()
+    assert train("run_dir=run", "train.steps=2") == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "with settings changed" in line)
+    assert line.endswith("since its last launch: train.steps 1 -> 2 (the launch records them in history.jsonl)")
+    assert RunHistory(workspace / "run").launches()[-1]["changed"] == {"train.steps": ["1", "2"]}
 
 
 def test_init_from_is_refused_on_a_run_with_checkpoints_of_its_own_and_the_same_init_from_resumes(
