@@ -13,7 +13,7 @@ from launch.config.job_file import changes_text, section
 from launch.config.schemas import ParallelConfig
 from launch.jobs.backend import Backend
 from launch.plan.policy import configured_layout
-from launch.plan.run_plan import read_plans
+from launch.plan.run_plan import planned_layout
 from launch.rundir.checkpoints import CheckpointError, complete_record, latest_tag
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import (
@@ -64,7 +64,7 @@ def layout_text(run: RunDirectory) -> str:
     """The layout on the configured nodes: as planned, or for a run planned by an older corolla, as configured."""
     try:
         if (run.path / PLAN_FILE).is_file():
-            layout = read_plans(run.path)[0].layout
+            layout = planned_layout(run.path)
         else:
             parallel, cluster = section(run.job, "parallel", ParallelConfig), section(run.job, "cluster", ClusterConfig)
             layout = configured_layout(parallel, cluster)

@@ -180,10 +180,20 @@ def write_plans(run_dir: Path, plans: list[RunPlan]) -> None:
 
 
 def read_plans(run_dir: Path) -> list[RunPlan]:
+    return _parsed(run_dir, lambda records: [RunPlan.from_record(record) for record in records])
+
+
+def planned_layout(run_dir: Path) -> ParallelLayout:
+    """The layout on the configured nodes, which the plan of every corolla records: what `corolla status` shows, also
+    of a run an older corolla trains, whose plan the ranks of this one would refuse."""
+    return _parsed(run_dir, lambda records: ParallelLayout(**records[0]["layout"]))
+
+
+def _parsed(run_dir: Path, parse: Callable[[list[dict]], Planned]) -> Planned:
     path = run_dir / PLAN_FILE
     try:
-        return [RunPlan.from_record(record) for record in json.loads(path.read_text())["plans"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        return parse(json.loads(path.read_text())["plans"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
         raise ValueError(
             f"{path} cannot be read ({type(error).__name__}: {error}): launch the run again (corolla train or "
             "corolla submit), which plans it anew"

@@ -241,6 +241,18 @@ def test_a_job_yaml_of_an_older_corolla_whose_data_weights_are_null_resumes_with
     assert RunHistory(workspace / "run").launches()[-1]["changed"] == {"train.steps": ["1", "2"]}
 
 
+def test_status_shows_the_layout_of_a_plan_an_older_corolla_wrote(capsys, workspace: Path) -> None:
+    """Before 747c4d5 a plan had no validation_samples: the ranks of this corolla refuse it (a launch plans anew), but
+    the run may still be training under the older one, and its layout is there to show."""
+    plan = workspace / "run" / "plan.json"
+    records = json.loads(plan.read_text())["plans"]
+    older = [{key: record[key] for key in ("world_size", "layout", "zero_stage", "stage_bounds")} for record in records]
+    plan.write_text(json.dumps({"plans": older}))
+    capsys.readouterr()
+    assert main(["status", "run"]) == 0
+    assert "model      bloom-tiny, TP 1 x PP 1 x DP 1, 8 sequences x 32 tokens a step\n" in capsys.readouterr().out
+
+
 def test_init_from_is_refused_on_a_run_with_checkpoints_of_its_own_and_the_same_init_from_resumes(
     capsys, workspace: Path, trained: Path
 ) -> None:
