@@ -24,6 +24,7 @@ from launch.rundir.checkpoints import (
     CheckpointRemoved,
     complete_steps,
     dangling_latest,
+    hashes_recorded,
     reading,
     step_record,
     verify,
@@ -148,6 +149,13 @@ def _checkpoints_to_verify(run_dir: Path) -> tuple[Path, str]:
     return RunDirectory.open(str(run_dir)).path / CHECKPOINTS, "a start resumes from the newest that verifies"
 
 
+def _verdict(bad: list[str], hashed: bool) -> str:
+    if bad:
+        return f"FAILS ({', '.join(bad)})"
+    unhashed = "sizes as recorded, bytes unverified (its COMPLETE, of an older corolla, has no hashes)"
+    return "verified" if hashed else unhashed
+
+
 def verify_checkpoints(job: VerifyJob) -> None:
     """Hashes every file of the run's checkpoints (or of one) against COMPLETE; a one-line error if one fails."""
     directory, fix = _checkpoints_to_verify(Path(job.run_dir))
@@ -161,7 +169,8 @@ def verify_checkpoints(job: VerifyJob) -> None:
         try:
             with reading(directory, step):  # found there a moment ago
                 files, size, bad = verify(directory, step)
-            verdict = f"{files} files, {size / 1e6:,.1f} MB: " + (f"FAILS ({', '.join(bad)})" if bad else "verified")
+                hashed = hashes_recorded(directory, step)
+            verdict = f"{files} files, {size / 1e6:,.1f} MB: " + _verdict(bad, hashed)
         except CheckpointError as error:
             if job.step:  # the one asked for: its record or files damaged, or removed meanwhile
                 raise

@@ -117,6 +117,11 @@ def verify(directory: Path, step: int) -> tuple[int, int, list[str]]:
     return len(entries), sum(size for size, _ in entries.values()), bad
 
 
+def hashes_recorded(directory: Path, step: int) -> bool:
+    """Whether COMPLETE of `step` holds a SHA-256 of every file (a corolla before checksums recorded sizes only)."""
+    return all(sha256 for _, sha256 in file_entries(step_record(directory, step)).values())
+
+
 def verified(directory: Path, step: int, command: str) -> None:
     """The checkpoint of `step` hashes whole to what COMPLETE says; else a CheckpointError naming the files that do
     not, and the other checkpoints `command` (export, reshard) may take instead."""

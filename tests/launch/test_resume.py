@@ -125,6 +125,19 @@ def test_a_damaged_checkpoint_is_named_and_left_alone(capsys, tokens: Path, unin
     assert {path: path.stat().st_mtime_ns for path in (run_dir / "checkpoints").rglob("*")} == before
 
 
+def test_verify_does_not_call_a_checkpoint_whose_record_has_no_hashes_verified(capsys, uninterrupted_run, tmp_path):
+    """A corolla before checksums recorded each file's size only in COMPLETE: nothing says its bytes are intact."""
+    checkpoints = stopped_copy(uninterrupted_run, tmp_path / "run", 2) / "checkpoints"
+    record = json.loads((checkpoints / "step-00000002" / COMPLETE).read_text())
+    record["files"] = {name: entry["bytes"] for name, entry in record["files"].items()}
+    (checkpoints / "step-00000002" / COMPLETE).write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["checkpoint", "verify", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith(": sizes as recorded, bytes unverified (its COMPLETE, of an older corolla, has no hashes)\n")
+    assert "verified\n" not in out
+
+
 def flip_bytes(path: Path, offset_share: float = 0.6, count: int = 16) -> None:
     """Changes `count` bytes inside the file, its size kept: what a failing disk or a bad copy does."""
     data = bytearray(path.read_bytes())
