@@ -40,19 +40,22 @@ from launch.rundir.files import (
     TRAIN_DIR,
     VALIDATION_FILE,
 )
-from launch.rundir.lock import holding
+from launch.rundir.lock import RunLocked, holding
 from launch.rundir.run_record import masked, recorded_run
 from slurm.backend import SlurmBackend
 from slurm.chain import cancel_chain, chain_lines, show_stage_logs, submit_pipeline
-from slurm.commands import SlurmError
+from slurm.commands import UNREACHABLE_HINT, SlurmError
 from slurm.jobs import live_jobs
 
 
 def live_slurm_job(run_dir: Path) -> str | None:
-    """A Slurm job of the run that is queued or running (None where Slurm cannot be asked: it runs none here)."""
+    """A Slurm job of the run that is queued or running: None where there is no Slurm to ask (a run copied off its
+    cluster), a RunLocked error where its controller does not answer, as a job of the run may be training it."""
     try:
         return next((state.job_id for state in live_jobs(run_dir)), None)
-    except SlurmError:
+    except SlurmError as error:
+        if error.hint == UNREACHABLE_HINT:
+            raise RunLocked(f"cannot ask Slurm whether a job of {run_dir} runs ({error}): {error.hint}") from None
         return None
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cluster_in_environment
+from launch.cli import main
 from launch.commands import cancel, show_logs, show_status
 from launch.config.schemas import CancelJob, LogsJob, StatusJob
 from launch.rundir.history import Event, RunHistory
@@ -408,6 +409,11 @@ def test_status_and_cancel_say_when_slurms_controller_does_not_answer(
         assert str(refused.value).startswith(f"cannot ask Slurm about job {job_id} (scontrol: ")
         assert str(refused.value).endswith(f"Unable to contact slurm controller (connect failure)): {UNREACHABLE_HINT}")
         assert "login node" not in status + str(refused.value)
+        # Nor is the run written meanwhile as if no job held it (its job may be training it).
+        assert main(["tracking", "sync", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"corolla: error: cannot ask Slurm whether a job of {run_dir} runs (squeue: "), err
+        assert err.strip().endswith(UNREACHABLE_HINT) and not (run_dir / "LOCK").exists()
     finally:
         slurm_cluster.start_controller()
     cancel(CancelJob(run_dir=str(run_dir)))  # the same command, once the controller answers
