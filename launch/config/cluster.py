@@ -53,6 +53,9 @@ class ClusterConfig:
     env: dict[str, str] = field(default_factory=dict)
     # Slurm sends USR2 this long before the time limit: enough for every rank to finish a step and save.
     signal_delay_s: int = 120
+    # GB/s that a job's nodes write to the run directory's filesystem together: what a checkpoint's save takes, which
+    # signal_delay_s must leave time for (0: unknown).
+    filesystem_gbps: float = 0.0
     # Restarts (requeues after a signal, a node failure, a crashed or hung rank) before the job is given up.
     max_restarts: int = 5
     # Nodes the run's jobs never use (sbatch --exclude), beside those its health checks found unfit.
@@ -119,6 +122,10 @@ class ClusterConfig:
             raise ValueError(
                 f"cluster {self.name}: kernel_efficiency={self.kernel_efficiency} must lie in (0, 2]: 1 for A100s, or "
                 "what benchmarks/gpu_check.sh prints for your GPU"
+            )
+        if self.filesystem_gbps < 0:
+            raise ValueError(
+                f"cluster {self.name}: filesystem_gbps={self.filesystem_gbps} must not be negative (0: unknown)"
             )
         if self.cpu_cores < 0 or self.mem_per_node_gb < 0 or self.array_parallelism < 1:
             raise ValueError(

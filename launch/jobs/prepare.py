@@ -17,6 +17,7 @@ from launch.config.schemas import JOB_MODEL_SETTINGS, ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.facts import DataFacts, TokenizerChanged
 from launch.data.prepare import inspect_data, prepare_data
+from launch.plan.report import signal_shortfall
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
 from launch.plan.weights import (
     Weights,
@@ -75,8 +76,9 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
     _check_embedding_rows(plans, saved)
-    if shortfall := validation_shortfall(plans, job):
-        print(shortfall)
+    for warning in (validation_shortfall(plans, job), signal_shortfall(job, plans[0].layout)):
+        if warning:
+            print(warning)
     changed = _changed_since(saved, job)
     if changed:
         print(_changes_line(saved, changed, dry_run))

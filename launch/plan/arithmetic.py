@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from model.config import ModelConfig
 
+# What a checkpoint holds of each parameter, written once whatever the data parallelism: its fp32 weight and Adam's two
+# moments (launch/train/shards.py's KEYS).
+CHECKPOINT_BYTES_PER_PARAMETER = 12
+
 
 def block_parameters(model: ModelConfig, tensor_parallel: int = 1) -> int:
     """One transformer block's parameters on one tensor-parallel rank: the fused QKV, the attention output and the

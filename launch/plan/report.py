@@ -4,12 +4,13 @@ will not fit before anything starts."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from json import dumps
 
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainJob
-from launch.plan.arithmetic import parameter_count
+from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER, parameter_count
 from launch.plan.hardware import GIB, Hardware
 from launch.plan.layout import ParallelLayout
 from launch.plan.memory import Candidate
@@ -169,4 +170,35 @@ def check_memory(job: TrainJob, layout: ParallelLayout) -> float | None:
     raise ValueError(
         f"{estimate}; the nearest layout that fits: {nearest.overrides()} (~{nearest.memory_gib:.1f} GiB, "
         f"~{nearest.time.total:.0f} s a step; `corolla plan` ranks them all)"
+    )
+
+
+def signal_shortfall(job: TrainJob, layout: ParallelLayout) -> str | None:
+    """On a Slurm cluster whose GPUs' figures give a step's time: a warning when cluster.signal_delay_s leaves the
+    ranks less than the step under way and the checkpoint's save (at cluster.filesystem_gbps, where given) before the
+    time limit kills them, and each job that reaches it redoes the steps since its last checkpoint."""
+    cluster = job.cluster
+    if cluster.scheduler != Scheduler.slurm or not cluster.gpus_per_node:
+        return None
+    try:
+        hardware = Hardware.of(cluster)
+    except ValueError:  # figures unknown: no step time to count
+        return None
+    step = evaluate(job.model, Candidate.of(layout, job.train, job.parallel), hardware).time.total
+    size = CHECKPOINT_BYTES_PER_PARAMETER * parameter_count(job.model)
+    save = size / (cluster.filesystem_gbps * 1e9) if cluster.filesystem_gbps else 0.0
+    if cluster.signal_delay_s >= step + save:
+        return None
+    size_tb, gbps = size / 1e12, cluster.filesystem_gbps
+    saving = (
+        f"its checkpoint's save ({size_tb:.2f} TB at cluster.filesystem_gbps={gbps:g}: ~{save:.0f} s)"
+        if save
+        else f"its checkpoint's save ({size_tb:.2f} TB; set cluster.filesystem_gbps to count its time)"
+    )
+    enough = 60 * math.ceil(1.5 * (step + save) / 60)
+    return (
+        f"corolla: warning: cluster.signal_delay_s={cluster.signal_delay_s} leaves the ranks less than a step "
+        f"(~{step:.0f} s) and {saving} before the time limit kills them: each job that reaches it would redo the "
+        f"steps since its last checkpoint (up to train.checkpoint_interval={job.train.checkpoint_interval}); set "
+        f"cluster.signal_delay_s={enough} or more"
     )

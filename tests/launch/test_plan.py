@@ -11,6 +11,8 @@ import pytest
 
 from launch.cli import main
 from launch.data.corpus import TokenCorpus
+from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER
+from launch.train import shards
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -141,6 +143,31 @@ def dry_run(tokens: Path, run_dir: Path, *overrides: str) -> list[str]:
     # The test's token files are too small for BLOOM's sequences and validation: shorter ones, no validation (below).
     small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
     return ["submit", "--dry-run", "experiment=bloom-176b", *small_data, f"run_dir={run_dir}", *overrides]
+
+
+def test_submit_warns_when_the_signal_before_the_time_limit_leaves_no_time_to_save(tokens, capsys, tmp_path) -> None:
+    """USR2 comes cluster.signal_delay_s before the time limit: too late, and the ranks are killed before their
+    checkpoint is written, each job redoing the steps since its last. BLOOM-176B's 2.07 TB (fp32 weights and Adam's
+    moments) at Jean Zay's 57 GB/s (BLOOM's 2.3 TB took ~40 s there): ~36 s."""
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run"))
+    assert code == 0 and "signal_delay_s" not in out, err  # jean-zay-a100's 600 s
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", "cluster.signal_delay_s=30"))
+    warning = next(line for line in out.splitlines() if "cluster.signal_delay_s=30" in line)
+    assert re.fullmatch(
+        r"corolla: warning: cluster\.signal_delay_s=30 leaves the ranks less than a step \(~\d+ s\) and its "
+        r"checkpoint's save \(2\.07 TB at cluster\.filesystem_gbps=57: ~36 s\) before the time limit kills them: "
+        r"each job that reaches it would redo the steps since its last checkpoint \(up to "
+        r"train\.checkpoint_interval=100\); set cluster\.signal_delay_s=\d+ or more",
+        warning,
+    ), warning
+    # Where the filesystem's speed is not given, only a step is counted: ~5 s at these 32 tokens a sequence.
+    unknown = ["cluster.signal_delay_s=30", "cluster.filesystem_gbps=0"]
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", *unknown))
+    assert code == 0 and "signal_delay_s" not in out, err
+
+
+def test_the_planned_checkpoint_holds_what_the_ranks_write_of_each_parameter() -> None:
+    assert 4 * len(shards.KEYS) == CHECKPOINT_BYTES_PER_PARAMETER  # fp32, each
 
 
 def test_submit_passes_bloom_176b_as_bloom_trained_it(tokens, capsys, tmp_path) -> None:
