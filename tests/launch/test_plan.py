@@ -86,6 +86,7 @@ def test_plan_takes_a_smaller_model_and_cluster(capsys) -> None:
         (["parallel.tp=16"], "parallel.tp=16 does not fit the 8 GPUs of a node of cluster jean-zay-a100"),
         (["cluster.peak_tflops=0"], "cluster jean-zay-a100 does not say its peak_tflops: set cluster.peak_tflops=..."),
         (["cluster.gpu_memory_gib=-1"], "must not be negative (0: unknown)"),
+        (["cluster.filesystem_gbps=-57"], "filesystem_gbps=-57.0 must not be negative (0: unknown)"),
         (["cluster.kernel_efficiency=0"], "kernel_efficiency=0.0 must lie in (0, 2]: 1 for A100s, or what"),
         (["cluster.health_slowdown=0.5"], "health_slowdown=0.5 must be above 1 (a rank slower than that many times"),
     ],
