@@ -76,7 +76,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
     _check_embedding_rows(plans, saved)
-    for warning in (validation_shortfall(plans, job), signal_shortfall(job, plans[0].layout)):
+    for warning in (validation_shortfall(plans, job), signal_shortfall(job, [plan.layout for plan in plans])):
         if warning:
             print(warning)
     changed = _changed_since(saved, job)

@@ -173,10 +173,11 @@ def check_memory(job: TrainJob, layout: ParallelLayout) -> float | None:
     )
 
 
-def signal_shortfall(job: TrainJob, layout: ParallelLayout) -> str | None:
+def signal_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None:
     """On a Slurm cluster whose GPUs' figures give a step's time: a warning when cluster.signal_delay_s leaves the
     ranks less than the step under way and the checkpoint's save (at cluster.filesystem_gbps, where given) before the
-    time limit kills them, and each job that reaches it redoes the steps since its last checkpoint."""
+    time limit kills them, and each job that reaches it redoes the steps since its last checkpoint. `layouts`: one for
+    each node count the job may get (an elastic run's), whose slowest step counts."""
     cluster = job.cluster
     if cluster.scheduler != Scheduler.slurm or not cluster.gpus_per_node:
         return None
@@ -184,7 +185,9 @@ def signal_shortfall(job: TrainJob, layout: ParallelLayout) -> str | None:
         hardware = Hardware.of(cluster)
     except ValueError:  # figures unknown: no step time to count
         return None
-    step = evaluate(job.model, Candidate.of(layout, job.train, job.parallel), hardware).time.total
+    step = max(
+        evaluate(job.model, Candidate.of(layout, job.train, job.parallel), hardware).time.total for layout in layouts
+    )
     size = CHECKPOINT_BYTES_PER_PARAMETER * parameter_count(job.model)
     save = size / (cluster.filesystem_gbps * 1e9) if cluster.filesystem_gbps else 0.0
     if cluster.signal_delay_s >= step + save:

@@ -167,6 +167,19 @@ def test_submit_warns_when_the_signal_before_the_time_limit_leaves_no_time_to_sa
     assert code == 0 and "signal_delay_s" not in out, err
 
 
+def test_an_elastic_runs_signal_warning_counts_the_step_of_its_slowest_node_count(tokens, capsys, tmp_path) -> None:
+    """An elastic job may run on any of its node counts: on 35 nodes (TP 4 x PP 35 x DP 2) a step takes ~3 s, on 30
+    (DP 4, PP 15) ~5 s, and a signal 4 s before the time limit leaves the job that got 30 nodes no time to finish one.
+    Only the configured node count's step was counted."""
+    elastic = ["parallel.elastic=true", "cluster.nodes=35", "cluster.signal_delay_s=4", "cluster.filesystem_gbps=0"]
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", *elastic, "cluster.min_nodes=35"))
+    assert code == 0 and "signal_delay_s" not in out, err
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", *elastic, "cluster.min_nodes=30"))
+    assert code == 0, err
+    warning = next(line for line in out.splitlines() if "cluster.signal_delay_s=4 " in line)
+    assert re.search(r"less than a step \(~5 s\) and its checkpoint's save", warning), warning
+
+
 def test_the_planned_checkpoint_holds_what_the_ranks_write_of_each_parameter() -> None:
     assert 4 * len(shards.KEYS) == CHECKPOINT_BYTES_PER_PARAMETER  # fp32, each
 
