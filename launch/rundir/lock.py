@@ -131,7 +131,9 @@ def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_
         if made and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
-    for left in temporaries_of(run_dir):  # by a writer killed halfway: none other writes here now
+    # By a writer killed halfway: none other writes here now, but for another process taking the lock, whose own
+    # temporary of it (_create, a takeover) is there until it finds the lock taken, on a filesystem without flock.
+    for left in set(temporaries_of(run_dir)) - set(temporaries_of(run_dir, LOCK_FILE)):
         left.unlink(missing_ok=True)
     try:
         yield

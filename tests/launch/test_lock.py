@@ -120,6 +120,24 @@ def test_a_lock_held_by_another_users_process_that_proc_hides_is_obeyed(tokens: 
     assert json.loads((run_dir / "LOCK").read_text()) == lock
 
 
+def test_the_lock_taken_leaves_the_temporary_of_another_taker_of_it_alone(tmp_path: Path) -> None:
+    """Where the filesystem has no flock (NFS) two launches may take the lock at once: the second writes its lock under
+    a temporary name, to link it in place, and finds it taken then. Removed meanwhile by the first as a killed writer's
+    leftover, its link failed on the missing file ('No such file or directory: .LOCK.<pid>.tmp') rather than saying
+    who holds the run. (The second launch, mid-way, is a live process and its temporary: no NFS here.)"""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    second = subprocess.Popen(["sleep", "60"])
+    try:
+        taking = run_dir / f".LOCK.{second.pid}.tmp"
+        taking.write_text(json.dumps({"host": socket.gethostname(), "pid": second.pid}))
+        with redirect_stdout(io.StringIO()), holding(run_dir):
+            assert taking.exists()
+    finally:
+        second.kill()
+        second.wait()
+
+
 def _take(run_dir: Path, ready: multiprocessing.synchronize.Barrier, held: multiprocessing.Queue) -> None:
     ready.wait()
     with contextlib.suppress(RunLocked), redirect_stdout(io.StringIO()), holding(run_dir):
