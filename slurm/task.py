@@ -100,7 +100,11 @@ class JobStart:
 
     def failed(self) -> None:
         """A start that failed, recorded first if its ranks never got to (set-up, a checkpoint's load): such a start
-        would fail so again at every restart, which must spend the budget as any other failure does."""
+        would fail so again at every restart, which must spend the budget as any other failure does. Not where the run
+        has ended meanwhile: a rank without a GPU of its own refuses alone (refused), and its peers, waiting for it,
+        fail on their rendezvous's timeout (train.hang_timeout_s) if srun has not killed them first."""
+        if has_ended(RunHistory(self.run_dir).events()):
+            return
         if self.task.rank == 0:
             record_unrecorded_start(self.run_dir, self.task)
         self.follow(after(None, self.events, self.budget, self.chained))

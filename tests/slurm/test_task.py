@@ -17,7 +17,7 @@ from launch.rundir.history import Event, RunHistory
 from launch.train.stopping import REFUSED_EXIT
 from model.config import ModelConfig
 from slurm.environment import SlurmTask
-from slurm.task import Next, after, after_start, after_step, own_start
+from slurm.task import JobStart, Next, after, after_start, after_step, own_start
 
 
 def history(*kinds: str) -> list[dict]:
@@ -116,3 +116,16 @@ def test_the_batch_script_marks_a_refused_start_failed_in_mlflow_and_asks_for_no
     after_step(tmp_path, 137, env={})  # outside a job: it would fail, were it to ask Slurm anything
     assert [event["event"] for event in RunHistory(tmp_path).events()] == [Event.launch, Event.refused]
     assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "FAILED"
+
+
+def test_a_peer_that_fails_after_a_refusal_asks_for_no_restart(tmp_path) -> None:
+    """A rank without a GPU of its own refuses the start alone; its peers wait for it at the rendezvous, and where
+    train.hang_timeout_s is shorter than srun's --wait they fail on its timeout first: rank 0 recorded a start that
+    failed before it trained after the refusal, and requeued the job, which refused again until its budget was spent."""
+    env = {"SLURM_JOB_ID": "41", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8"}
+    task = SlurmTask.from_environment({**env, "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]"})
+    RunHistory(tmp_path).record(Event.launch, cluster="testcluster")
+    found = RunHistory(tmp_path).events()
+    RunHistory(tmp_path).record(Event.refused, reason="local rank 4 has no GPU of its own")
+    JobStart(tmp_path, task, found, budget=3, chained=False).failed()  # outside a job: a requeue would fail
+    assert [event["event"] for event in RunHistory(tmp_path).events()] == [Event.launch, Event.refused]
