@@ -13,7 +13,7 @@ from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainJob
 from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER, parameter_count
 from launch.plan.hardware import GIB, Hardware
 from launch.plan.layout import ParallelLayout
-from launch.plan.memory import Candidate
+from launch.plan.memory import Candidate, stage_parameters
 from launch.plan.ranking import (
     Plan,
     best_per_layout,
@@ -23,6 +23,7 @@ from launch.plan.ranking import (
     plan_layouts,
     recommended,
 )
+from launch.plan.stages import pipeline_stages
 from model.config import ModelConfig
 
 HEADER = " rank  TP  PP  DP  micro  recompute  ZeRO  GiB/GPU  fits  s/step  TFLOP/s  compute  bubble  comm"
@@ -173,6 +174,14 @@ def check_memory(job: TrainJob, layout: ParallelLayout) -> float | None:
     )
 
 
+def checkpoint_bytes(model: ModelConfig, layout: ParallelLayout) -> int:
+    """What a checkpoint of the layout holds: each TP rank's parameters of each stage (the last stage's tied copy of
+    the embedding, the vocabulary padded for TP and the LayerNorms each TP rank keeps included), once."""
+    stages = pipeline_stages(model.num_layers, layout.pp, micro_batches=1)
+    parameters = layout.tp * sum(stage_parameters(model, stage, layout.tp) for stage in stages)
+    return CHECKPOINT_BYTES_PER_PARAMETER * parameters
+
+
 def signal_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None:
     """On a Slurm cluster whose GPUs' figures give a step's time: a warning when cluster.signal_delay_s leaves the
     ranks less than the step under way and the checkpoint's save (at cluster.filesystem_gbps, where given) before the
@@ -188,7 +197,7 @@ def signal_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None
     step = max(
         evaluate(job.model, Candidate.of(layout, job.train, job.parallel), hardware).time.total for layout in layouts
     )
-    size = CHECKPOINT_BYTES_PER_PARAMETER * parameter_count(job.model)
+    size = max(checkpoint_bytes(job.model, layout) for layout in layouts)
     save = size / (cluster.filesystem_gbps * 1e9) if cluster.filesystem_gbps else 0.0
     if cluster.signal_delay_s >= step + save:
         return None

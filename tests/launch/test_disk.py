@@ -23,6 +23,9 @@ from test_training import SHORT_RUN
 
 from conftest import REPO_ROOT, resize, small_filesystem
 from launch.cli import FILESYSTEM_ERRORS, main
+from launch.config.job_file import read_job
+from launch.plan.layout import ParallelLayout
+from launch.plan.report import checkpoint_bytes
 from launch.rundir.checkpoints import latest_step, write_complete
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
@@ -166,6 +169,11 @@ def test_the_space_a_checkpoint_needs_is_its_own_on_another_layout(capsys, token
         written = mib_of(run_dir / "checkpoints" / "step-00000004")
         assert written > 1.5 * mib_of(run_dir / "checkpoints" / "step-00000002")
         assert abs(needed - written) < 0.05 * written
+        # The planner's figure (corolla submit's signal_delay_s warning) likewise, for both layouts.
+        model = read_job(run_dir / "job.yaml").model
+        for layout, step in ((ParallelLayout(1, 1, 1), 2), (ParallelLayout(2, 2, 2), 4)):
+            written = mib_of(run_dir / "checkpoints" / f"step-{step:08d}")
+            assert abs(checkpoint_bytes(model, layout) / 2**20 - written) < 0.05 * written, layout
 
 
 def test_a_checkpoint_directory_that_cannot_be_written_is_refused_before_the_first_step(
