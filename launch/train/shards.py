@@ -24,6 +24,7 @@ from deepspeed.utils import (
 from megatron.core import parallel_state
 
 from launch import compat
+from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER
 from launch.plan.layout import ParallelLayout
 from launch.rundir.files import shard_file
 from launch.train.hashed_save import save_hashed
@@ -82,7 +83,7 @@ def bytes_to_write(engine) -> int:
     first DP rank of each TP x PP pair, nothing on the others."""
     if parallel_state.get_data_parallel_rank() != 0:
         return 0
-    return 4 * len(KEYS) * sum(parameter.numel() for parameter in engine.module.parameters())
+    return CHECKPOINT_BYTES_PER_PARAMETER * sum(parameter.numel() for parameter in engine.module.parameters())
 
 
 class ShardReader:
