@@ -94,7 +94,10 @@ def is_no_space(error: OSError) -> bool:
 
 def over_quota(where: object) -> str:
     """What EDQUOT says of `where`, whose filesystem may have petabytes free, and how to see the quota."""
-    return f"over a disk quota (yours or your project's; `quota -s`, or `lfs quota -h -u $USER` on Lustre) on {where}"
+    return (
+        f"over a disk quota (yours or your project's; `quota -s`, or on Lustre `lfs quota -h -u $USER`, `-g GROUP` or "
+        f"`-p PROJECT`) on {where}"
+    )
 
 
 @contextmanager

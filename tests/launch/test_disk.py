@@ -386,13 +386,13 @@ def test_a_full_quota_is_said_as_one_not_as_a_full_filesystem(tmp_path: Path) ->
     checkpoints.mkdir()
     line = checkpoint.no_space_message(checkpoints, 4, 3 * 2**30, number=errno.EDQUOT)
     assert line == (
-        f"over a disk quota (yours or your project's; `quota -s`, or `lfs quota -h -u $USER` on Lustre) on "
-        f"{checkpoint.filesystem(checkpoints)} for the step-4 checkpoint of about 3.00 GiB (there is no checkpoint "
-        "yet): free some, then launch again to resume"
+        "over a disk quota (yours or your project's; `quota -s`, or on Lustre `lfs quota -h -u $USER`, `-g GROUP` "
+        f"or `-p PROJECT`) on {checkpoint.filesystem(checkpoints)} for the step-4 checkpoint of about 3.00 GiB (there "
+        "is no checkpoint yet): free some, then launch again to resume"
     )
     path = tmp_path / "run" / "metrics.jsonl"
     assert FILESYSTEM_ERRORS[errno.EDQUOT].format(path=path) == (
-        "over a disk quota (yours or your project's; `quota -s`, or `lfs quota -h -u $USER` on Lustre) on the "
-        f"filesystem of {path}: free some, or give a path on another one"
+        "over a disk quota (yours or your project's; `quota -s`, or on Lustre `lfs quota -h -u $USER`, `-g GROUP` "
+        f"or `-p PROJECT`) on the filesystem of {path}: free some, or give a path on another one"
     )
     assert FILESYSTEM_ERRORS[errno.ENOSPC].format(path=path).startswith(f"no space left on the filesystem of {path}")
