@@ -381,9 +381,14 @@ def stage_state(stage_job: StageJob, asked: SlurmState | None = None) -> StageSt
 
 
 def asked_of_slurm(run_dir: Path) -> list[tuple[StageJob, SlurmState | None]]:
-    """The latest submission's stage jobs, each one-task stage's with what Slurm says of it, which also says where it
-    writes (an array's is asked of sacct as stage_state needs it): Slurm asked once a job."""
-    return [(job, slurm_state(job.job_id) if job.tasks == 1 else None) for job in chain_jobs(run_dir)]
+    """The latest submission's stage jobs, each with _asked's answer: Slurm asked once a job."""
+    return [(job, _asked(job)) for job in chain_jobs(run_dir)]
+
+
+def _asked(stage_job: StageJob) -> SlurmState | None:
+    """What Slurm says of a one-task stage's job, which also says where it writes; None for an array's, asked of sacct
+    as stage_state needs it."""
+    return slurm_state(stage_job.job_id) if stage_job.tasks == 1 else None
 
 
 def _one_task_state(state: SlurmState) -> StageState:
@@ -423,7 +428,7 @@ def chain_lines(run_dir: Path) -> list[str]:
     failure, elsewhere = None, None
     for stage_job in chain_jobs(run_dir):
         try:  # Slurm asked once a job: a one-task stage's answer also says where its job writes
-            asked = slurm_state(stage_job.job_id) if stage_job.tasks == 1 else None
+            asked = _asked(stage_job)
             state = stage_state(stage_job, asked)
         except SlurmError as error:
             lines.append(line(stage_job.stage, f"{stage_job.label}: cannot ask Slurm ({error}): {error.hint}"))
