@@ -9,6 +9,7 @@ fails fast here (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _TIMEOUT), so that a server th
 from __future__ import annotations
 
 import errno
+import http.client
 import os
 import shlex
 import socket
@@ -20,7 +21,7 @@ import uuid
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from launch import compat
 from launch.config.job_file import job_settings
@@ -212,13 +213,20 @@ def check_reachable(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+        with urllib.request.urlopen(f"{_without_credentials(uri).rstrip('/')}/health", timeout=10) as response:
             response.read()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, http.client.HTTPException) as error:
         raise ValueError(
-            f"tracking.uri={masked(uri)} cannot be reached ({getattr(error, 'reason', error)}): start the MLflow "
-            "server or fix the URI (no uri: the embedded store in the run directory)"
+            f"tracking.uri={masked(uri)} cannot be reached ({masked(str(getattr(error, 'reason', error)))}): start "
+            "the MLflow server or fix the URI (no uri: the embedded store in the run directory)"
         ) from None
+
+
+def _without_credentials(uri: str) -> str:
+    """The URI without its user and password, which urllib would take for part of the host (MLflow's requests sends
+    them as Basic authentication; a server's /health asks for none)."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def log_artifact(tracked: TrackedRun, path: Path) -> None:

@@ -268,6 +268,24 @@ def test_credentials_in_a_tracking_uri_are_never_printed(capsys, tokens: Path, t
     assert "tracking.uri=http://***@127.0.0.1:9 cannot be reached" in err and "s3cret" not in err
 
 
+def test_a_server_whose_uri_holds_credentials_is_reached_and_they_are_never_printed(capsys, tokens, tmp_path) -> None:
+    # urllib took `alice:s3cret@127.0.0.1` for the host: the server checked never answered (or the port was the
+    # password, and a traceback printed it); MLflow sends them as Basic authentication.
+    server = MlflowServer(tmp_path)
+    try:
+        secret_uri = server.start().replace("http://", "http://alice:s3cret@")
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", *SHORT_RUN]
+        assert main([*train, f"tracking.uri={secret_uri}"]) == 0
+        assert steps_logged(tmp_path / "run") == [1, 2, 3, 4]
+    finally:
+        server.kill()
+    capsys.readouterr()
+    assert main([*train, f"run_dir={tmp_path / 'other'}", "tracking.uri=http://alice:s3cret@127.0.0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and err.count("\n") == 1
+    assert err.startswith("corolla: error: tracking.uri=http://***@127.0.0.1 cannot be reached (")
+
+
 def test_a_run_deleted_in_mlflow_trains_on_and_the_error_says_how_to_restore_it(tokens, tmp_path, capsys) -> None:
     # Deleted in the UI (MLflow keeps it, refusing every request): "the next start sends the rest" would never come.
     run_dir = tmp_path / "run"
