@@ -54,6 +54,8 @@ CHANGED_TAG = "corolla.changed_at_launch"  # .N: the settings launch N changed (
 CREATION_TAG = "corolla.creation"  # RUN_CREATION's token: which launch created the run
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# MLflow prints a server's run URL as it ends a run, the URI's credentials in it (into a Slurm job's log on rank 0).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def safe_message(error: Exception) -> str:
