@@ -31,7 +31,7 @@ from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
-from launch.rundir.run_record import as_recorded, masked, record_run, tracked_run
+from launch.rundir.run_record import as_recorded, masked_setting, record_run, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
@@ -98,7 +98,8 @@ def _changed_since(saved: SavedRun | None, job: TrainJob) -> dict[str, tuple[str
     masked; none for a run without checkpoints."""
     if saved is None:
         return {}
-    return {name: (masked(old), masked(new)) for name, (old, new) in changed_settings(saved.job, job).items()}
+    changed = changed_settings(saved.job, job).items()
+    return {name: (masked_setting(name, old), masked_setting(name, new)) for name, (old, new) in changed}
 
 
 def _write_job(run_dir: Path, job: TrainJob, plans: list[RunPlan], lost: object | None) -> None:

@@ -13,11 +13,22 @@ from launch.rundir.files import MLFLOW_DB, RUN_FILE
 from tokenizer.files import write_atomically
 
 _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+# A name that says its value is a secret: HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_PASSWORD, a URI's ?token= or ?sig=.
+_SECRET_NAME = r"[\w.-]*(?:token|secret|password|passwd|pass|key|credentials?|auth|signature|sig)"
+_SECRET = re.compile(_SECRET_NAME, re.IGNORECASE)
+_ASSIGNED_SECRET = re.compile(rf"\b({_SECRET_NAME})=(\"[^\"]*\"|'[^']*'|[^\s&;'\",\]]+)", re.IGNORECASE)
 
 
 def masked(text: str) -> str:
-    """`text` with the user and password of every URI in it replaced: what corolla prints or records of a URI."""
-    return _CREDENTIALS.sub(r"\1***@", text)
+    """`text` with the user and password of every URI in it replaced, and every value given to a secret's name
+    (`?token=...`, `export HF_TOKEN=...`): what corolla prints or records of a URI or a shell line."""
+    return _ASSIGNED_SECRET.sub(r"\1=***", _CREDENTIALS.sub(r"\1***@", text))
+
+
+def masked_setting(name: str, value: str) -> str:
+    """A setting as corolla prints it or records it outside the run directory: *** for one whose name says it is a
+    secret (`cluster.env.HF_TOKEN`), any other masked."""
+    return "***" if value and _SECRET.fullmatch(name.rpartition(".")[2]) else masked(value)
 
 
 @dataclass(frozen=True)

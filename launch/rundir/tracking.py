@@ -31,6 +31,7 @@ from launch.rundir.run_record import (
     TrackedRun,
     default_uri,
     masked,
+    masked_setting,
     mlflow_command,
     record_run,
     recorded_run,
@@ -157,7 +158,7 @@ def _new_run(
     all_tags[CREATION_TAG] = creation
     run = client.create_run(experiment_id, tags=all_tags, run_name=run_dir.resolve().name)
     params = sorted(job_settings(job).items())
-    client.log_batch(run.info.run_id, params=[Param(k, masked(v)[:6000]) for k, v in params])
+    client.log_batch(run.info.run_id, params=[Param(k, masked_setting(k, v)[:6000]) for k, v in params])
     tracked = TrackedRun(uri, run.info.run_id, experiment_id)
     record_run(run_dir, tracked)
     (run_dir / RUN_CREATION).unlink()

@@ -20,6 +20,8 @@ from tracking_server import MlflowServer
 
 from conftest import REPO_ROOT
 from launch.cli import main
+from launch.config.compose import compose_job
+from launch.rundir import tracking
 from launch.rundir.history import RunHistory
 from launch.rundir.records import read_jsonl
 from launch.rundir.run_record import recorded_run
@@ -284,6 +286,38 @@ def test_a_server_whose_uri_holds_credentials_is_reached_and_they_are_never_prin
     err = capsys.readouterr().err
     assert "s3cret" not in err and err.count("\n") == 1
     assert err.startswith("corolla: error: tracking.uri=http://***@127.0.0.1 cannot be reached (")
+
+
+# A cluster's secrets, as a research group gives them: tokens in its environment and in its setup lines.
+CLUSTER_SECRETS = [
+    "cluster=testcluster",
+    "cluster.nodes=1",
+    "cluster.tasks_per_node=1",
+    "+cluster.env.HF_TOKEN=hf_s3cret",
+    "cluster.setup=['export WANDB_API_KEY=wb_s3cret']",
+]
+
+
+def test_a_clusters_secrets_are_masked_in_mlflow_params_and_in_a_relaunchs_changed_settings(
+    tokens, tmp_path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    job = [f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]
+    assert main(["train", *job, "train.exit_after=2"]) == 0
+    capsys.readouterr()
+    assert main(["submit", "--dry-run", *job, *CLUSTER_SECRETS]) == 0
+    changes = capsys.readouterr().out.splitlines()[0]
+    assert "cluster.setup [] -> ['export WANDB_API_KEY=***']" in changes, changes
+    assert "cluster.env.HF_TOKEN unset -> ***" in changes and "s3cret" not in changes
+
+    _, slurm_job = compose_job("submit", [*job, f"run_dir={tmp_path / 'slurm'}", *CLUSTER_SECRETS])
+    tracked = tracking.create_run(tmp_path / "slurm", "corolla", slurm_job, {}, None)
+    params = MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).data.params
+    assert params["cluster.env.HF_TOKEN"] == "***" and params["cluster.env.OMP_NUM_THREADS"] == "1"
+    assert params["cluster.setup"] == "['export WANDB_API_KEY=***']"
+    # A token in a URI's query is masked as its user and password are.
+    assert main(["train", *job, f"run_dir={tmp_path / 'other'}", "tracking.uri='http://127.0.0.1:9/?token=t0k3n'"]) == 2
+    assert "tracking.uri=http://127.0.0.1:9/?token=*** cannot be reached" in capsys.readouterr().err
 
 
 def test_a_run_deleted_in_mlflow_trains_on_and_the_error_says_how_to_restore_it(tokens, tmp_path, capsys) -> None:
