@@ -15,6 +15,7 @@ import shlex
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
+from omegaconf import OmegaConf
+
 from launch import compat
-from launch.config.job_file import job_settings
-from launch.rundir.files import MLFLOW_ARTIFACTS, RUN_CREATION, RUN_FILE
+from launch.config.job_file import job_config, job_settings
+from launch.rundir.files import JOB_FILE, MLFLOW_ARTIFACTS, RUN_CREATION, RUN_FILE
 from launch.rundir.run_record import (
     SQLITE,
     TrackedRun,
@@ -233,13 +236,34 @@ def _without_credentials(uri: str) -> str:
 
 
 def log_artifact(tracked: TrackedRun, path: Path) -> None:
-    """Logs a file; not where the embedded store's artifact folder went with a run directory that was moved (MLflow
-    keeps its absolute path, and would recreate the old directory)."""
+    """Logs a file (a job file with its secrets masked, as in the params); not where the embedded store's artifact
+    folder went with a run directory that was moved (MLflow keeps its absolute path, and would recreate the old
+    directory)."""
     client = _client(tracked.tracking_uri)
     destination = client.get_run(tracked.run_id).info.artifact_uri
     if destination.startswith("file:") and not Path(urlparse(destination).path).parents[2].is_dir():
         return
-    client.log_artifact(tracked.run_id, str(path))
+    if path.name != JOB_FILE:
+        client.log_artifact(tracked.run_id, str(path))
+        return
+    with tempfile.TemporaryDirectory() as folder:  # the job as its params say it: its secrets masked
+        shared = Path(folder) / JOB_FILE
+        shared.write_text(OmegaConf.to_yaml(_masked_tree(OmegaConf.to_container(job_config(path)))))
+        client.log_artifact(tracked.run_id, str(shared))
+
+
+def _masked_tree(tree: dict, prefix: str = "") -> dict:
+    return {key: _masked_value(f"{prefix}{key}", value) for key, value in tree.items()}
+
+
+def _masked_value(name: str, value: object) -> object:
+    """A job file's value as masked_setting masks it (a number or a switch kept as such, unless it is a secret)."""
+    if isinstance(value, dict):
+        return _masked_tree(value, name + ".")
+    if isinstance(value, list):
+        return [_masked_value(name, item) for item in value]
+    text = masked_setting(name, str(value))
+    return value if text == str(value) else text
 
 
 def log_records(tracked: TrackedRun, records: list[tuple[int, int | None, dict[str, float]]]) -> None:

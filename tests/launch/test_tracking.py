@@ -279,6 +279,9 @@ def test_a_server_whose_uri_holds_credentials_is_reached_and_they_are_never_prin
         train = ["train", f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'run'}", *SHORT_RUN]
         assert main([*train, f"tracking.uri={secret_uri}"]) == 0
         assert steps_logged(tmp_path / "run") == [1, 2, 3, 4]
+        # The run's job.yaml, which MLflow keeps as an artifact, as its params say it.
+        job = MlflowClient(server.uri).download_artifacts(recorded_run(tmp_path / "run").run_id, "job.yaml", tmp_path)
+        assert f"uri: http://***@127.0.0.1:{server.port}" in Path(job).read_text()
     finally:
         server.kill()
     assert "s3cret" not in "".join(capsys.readouterr())
