@@ -31,6 +31,7 @@ from launch.config.job_file import job_yaml, read_job
 from launch.config.schemas import MainJob
 from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
+from launch.rundir.run_record import masked
 from slurm.backend import job_logs, logs_by_rank, print_tails
 from slurm.client import ENDED_STATES, SlurmState, slurm_state
 from slurm.commands import SlurmError, request, requeue, run_slurm
@@ -289,7 +290,7 @@ def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
     for stage, executor in _executors(job, plan, dependency_of):
         tasks = len(plan.groups) if stage == "encode" else 1
         where = f", {tasks} tasks of about {job.encode_task_mb:g} MB of corpus each" if tasks > 1 else ""
-        print(f"\n# {stage}{where}\n{compat.sbatch_script(executor, tasks)}")
+        print(f"\n# {stage}{where}\n{masked(compat.sbatch_script(executor, tasks))}")
 
 
 def _submit(job: MainJob, plan: ChainPlan) -> list[StageJob]:

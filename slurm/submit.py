@@ -21,6 +21,7 @@ from launch.config.schemas import TrainJob
 from launch.jobs.monitor import plural
 from launch.jobs.prepare import prepare_run
 from launch.rundir.lock import holding
+from launch.rundir.run_record import masked
 from slurm.client import SlurmState, out_of_service, partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
 from slurm.executor import job_partition, make_executor, submit_elastic, submit_job
@@ -183,7 +184,7 @@ def _submit_training(job: TrainJob, dry_run: bool) -> None:
         f"sequences a micro-batch, {plan.micro_batches} micro-batches a step"
     )
     if dry_run:
-        script = compat.sbatch_script(executor)
+        script = masked(compat.sbatch_script(executor))  # its secrets as MLflow's params say them
         print(f"dry run: the job is valid; this is the sbatch script, not submitted:\n\n{script}")
         return
     task = TrainingTask(str(prepared.run_dir.resolve()))

@@ -323,6 +323,18 @@ def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys
     assert not run_dir.exists() and not Path("pwned").exists()
 
 
+def test_a_dry_run_prints_the_sbatch_scripts_with_their_secrets_masked(tokens, capsys, tmp_path) -> None:
+    secrets = ["+cluster.env.HF_TOKEN=hf_s3cret", "cluster.setup=['export WANDB_API_KEY=\"wb s3cret\"']"]
+    small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
+    assert main(["submit", "--dry-run", *RUN, *TWO_RANKS, *small_data, *secrets, f"run_dir={tmp_path / 'r'}"]) == 0
+    stages = ["pipeline", "--dry-run", "cluster=testcluster", f"data.corpus={MULTILINGUAL}", *secrets]
+    assert main([*stages, f"run_dir={tmp_path / 'p'}"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    # the training job, then the pipeline's six
+    assert out.count("export HF_TOKEN=***\n") == 7 and out.count("export WANDB_API_KEY=***\n") == 7, out
+
+
 def cores_asked(script: str) -> list[tuple[str, str]]:
     """Each job's cores, as its sbatch and its srun ask for them."""
     asked = re.findall(r"#SBATCH --cpus-per-task=(\d+)\n.*?\nsrun ([^\n]*)", script, re.DOTALL)
