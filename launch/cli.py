@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launch import compat
 from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
-from tokenizer.files import first_line, is_no_space, over_quota
+from tokenizer.files import NO_SPACE, first_line, is_no_space, no_room
 
 
 @dataclass(frozen=True)
@@ -201,8 +201,10 @@ FILESYSTEM_ERRORS = {
     errno.EROFS: "{path} is on a read-only filesystem: give a path where corolla can write",
     errno.EACCES: "{path} cannot be accessed by this user (permissions): change them, or give another path",
     errno.EPERM: "{path} cannot be accessed by this user (permissions): change them, or give another path",
-    errno.ENOSPC: "no space left on the filesystem of {path}: free some, or give a path on another one",
-    errno.EDQUOT: over_quota("the filesystem of {path}") + ": free some, or give a path on another one",
+    **{
+        number: no_room(number, "the filesystem of {path}") + ": free some, or give a path on another one"
+        for number in NO_SPACE
+    },
 }
 
 
@@ -222,8 +224,7 @@ def _error_line(error: Exception) -> str:
         if path := error.filename2 or error.filename:
             return FILESYSTEM_ERRORS[error.errno].format(path=path)
         if is_no_space(error):  # a write() or close() names no file: the paths the command was given say where
-            where = "a filesystem this command writes to"
-            full = over_quota(where) if error.errno == errno.EDQUOT else f"no space left on {where}"
+            full = no_room(error.errno, "a filesystem this command writes to")
             return f"{full}: free some there, or give its output paths on another one"
     return first_line(error)
 

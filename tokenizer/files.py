@@ -100,6 +100,11 @@ def over_quota(where: object) -> str:
     )
 
 
+def no_room(number: int | None, where: object) -> str:
+    """What a write that found no room on `where` says of it: a full quota (EDQUOT, over_quota), or a full disk."""
+    return over_quota(where) if number == errno.EDQUOT else f"no space left on {where}"
+
+
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
     """An OSError raised inside names `path` if it names no file, as a failing write() or close() does not (a full

@@ -5,7 +5,6 @@ found no room for a record: every rank then stops, as on a checkpoint with no ro
 
 from __future__ import annotations
 
-import errno
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from launch.rundir.outbox import Sender
 from launch.rundir.records import append_record, keep_steps_up_to
 from launch.train.checkpoint import NoSpace, filesystem, from_rank_0
 from launch.train.loop import StepRecord
-from tokenizer.files import is_no_space, over_quota
+from tokenizer.files import is_no_space, no_room
 
 
 def bits_per_byte(losses: dict[str, float], bytes_per_token: dict[str, float]) -> dict[str, float]:
@@ -40,11 +39,9 @@ def written_by_rank_0(writes: bool, run_dir: Path, written: Path, write: Callabl
         except OSError as error:
             if not is_no_space(error):
                 raise
-            where = filesystem(run_dir)
-            full = over_quota(where) if error.errno == errno.EDQUOT else f"no space on {where}"
             problem = (
-                f"{full} for {written}: free space there or move run_dir, then launch again to resume from the last "
-                "checkpoint"
+                f"{no_room(error.errno, filesystem(run_dir))} for {written}: free space there or move run_dir, then "
+                "launch again to resume from the last checkpoint"
             )
     if problem := from_rank_0(problem):
         raise NoSpace(problem)

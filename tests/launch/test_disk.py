@@ -222,7 +222,7 @@ def test_a_run_directory_with_no_room_for_its_records_stops_every_rank_as_a_full
         filler.join()
         err = capsys.readouterr().err
         assert err.strip().splitlines()[-1] == (
-            f"corolla: error: no space on {disk} for {run_dir / 'validation.jsonl'}: free space there or move "
+            f"corolla: error: no space left on {disk} for {run_dir / 'validation.jsonl'}: free space there or move "
             "run_dir, then launch again to resume from the last checkpoint"
         )
         assert "OSError" not in err
@@ -259,8 +259,8 @@ def test_a_resumed_run_whose_directory_is_full_stops_every_rank_before_its_first
         _, err = launch.communicate(timeout=300)
         assert launch.returncode == 2, err
         assert err.strip().splitlines()[-1] == (
-            f"corolla: error: no space on {disk} for {run_dir}: free space there or move run_dir, then launch again "
-            "to resume from the last checkpoint"
+            f"corolla: error: no space left on {disk} for {run_dir}: free space there or move run_dir, then launch "
+            "again to resume from the last checkpoint"
         )
         assert "Traceback" not in err, err
         assert (run_dir / "metrics.jsonl").read_bytes() == records
