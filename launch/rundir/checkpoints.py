@@ -37,15 +37,16 @@ class CheckpointRemoved(CheckpointError):
 @contextmanager
 def reading(directory: Path, step: int) -> Iterator[None]:
     """Reads of the checkpoint of `step`, which was there when they began: one gone meanwhile (a file of it, or its
-    directory under a CheckpointError) is a CheckpointRemoved. On NFS a file open here that the training removes
-    from another node is not kept for its reader: its reads fail with ESTALE."""
+    directory under a CheckpointError, or under torch's RuntimeError "unable to open file", which is no OSError) is a
+    CheckpointRemoved. On NFS a file open here that the training removes from another node is not kept for its
+    reader: its reads fail with ESTALE."""
     try:
         yield
     except OSError as error:
         if not (isinstance(error, FileNotFoundError) or error.errno == errno.ESTALE):
             raise
         raise CheckpointRemoved(directory, step) from None
-    except CheckpointError as error:
+    except (CheckpointError, RuntimeError) as error:
         if isinstance(error, CheckpointRemoved) or (directory / checkpoint_tag(step)).exists():
             raise
         raise CheckpointRemoved(directory, step) from None
