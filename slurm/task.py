@@ -100,14 +100,16 @@ class JobStart:
 
     def failed(self) -> None:
         """A start that failed, recorded first if its ranks never got to (set-up, a checkpoint's load): such a start
-        would fail so again at every restart, which must spend the budget as any other failure does. Not where the run
-        has ended meanwhile: a rank without a GPU of its own refuses alone (refused), and its peers, waiting for it,
-        fail on their rendezvous's timeout (train.hang_timeout_s) if srun has not killed them first."""
+        would fail so again at every restart, which must spend the budget as any other failure does. Rank 0 records
+        it, and so does a rank that gives up (rank 0 may be dead, or may come too late: it leaves an ended run alone).
+        Not where the run has ended meanwhile: a rank without a GPU of its own refuses alone (refused), and its peers,
+        waiting for it, fail on their rendezvous's timeout (train.hang_timeout_s) if srun has not killed them first."""
         if has_ended(RunHistory(self.run_dir).events()):
             return
-        if self.task.rank == 0:
+        decision = after(None, self.events, self.budget, self.chained)
+        if self.task.rank == 0 or (decision == Next.give_up and self.task.local_rank == 0):
             record_unrecorded_start(self.run_dir, self.task)
-        self.follow(after(None, self.events, self.budget, self.chained))
+        self.follow(decision)
 
     def give_up(self) -> None:
         from launch.rundir import outbox

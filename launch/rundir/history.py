@@ -7,6 +7,7 @@
 - start: a launch's ranks began (rank 0 writes): where (host or Slurm job, restart count, nodes), the checkpoint
   step it resumed from and how many steps it redoes (logged before, lost with the previous start); or, marked
   `before_training`, a Slurm start that failed before its rank 0 wrote that (slurm/task.py), which counts as any;
+  two ranks that fail at once may each record it, and the history reads it once;
 - stopped: a clean stop with a checkpoint, for a `signal` (one before the time limit, a preemption, a STOP file), or
   with no signal after train.exit_after steps of the launch;
 - finished: trained to the last step;
@@ -81,6 +82,21 @@ def crashes(events: list[dict]) -> int:
     )
 
 
+def once_per_start(events: list[dict]) -> list[dict]:
+    """The events, without a second record of a Slurm start (its job and restart count) since the launch."""
+    kept, seen = [], set()
+    for event in events:
+        if event["event"] == Event.launch:
+            seen.clear()
+        elif event["event"] == Event.start and "slurm_job" in event:
+            start = (str(event["slurm_job"]), event.get("restart"))
+            if start in seen:
+                continue
+            seen.add(start)
+        kept.append(event)
+    return kept
+
+
 def has_ended(events: list[dict]) -> bool:
     return bool(events) and events[-1]["event"] in ENDED
 
@@ -90,7 +106,8 @@ class RunHistory:
         self.path = run_dir / HISTORY_FILE
 
     def events(self) -> list[dict]:
-        """Every event recorded; a line cut short by a crash mid-write is passed over (records.py)."""
+        """Every event recorded, a start recorded twice once; a line cut short by a crash mid-write is passed over
+        (records.py)."""
         events = read_jsonl(self.path)
         for event in events:
             if not (isinstance(event.get("event"), str) and isinstance(event.get("time"), int | float)):
@@ -98,7 +115,7 @@ class RunHistory:
                     f"{self.path} holds a line that is not an event corolla wrote ({json.dumps(event)[:80]}): "
                     "remove that line"
                 )
-        return events
+        return once_per_start(events)
 
     def record(self, event: Event, **details: object) -> None:
         append_record(self.path, {"event": event, "time": time.time(), **details})

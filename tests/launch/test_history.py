@@ -42,6 +42,27 @@ def test_a_health_verdict_between_two_starts_neither_hides_a_crash_nor_is_one(tm
     assert history_of(tmp_path / "fresh", "launch", "unfit", "start").failures() == 0
 
 
+def test_a_slurm_start_two_ranks_recorded_reads_once_and_a_later_launchs_same_job_number_counts(tmp_path: Path) -> None:
+    """Two ranks that fail at once may each find the start unrecorded and record it (slurm/task.py); a cluster whose job
+    numbers began again may run a later launch as the same job."""
+    history = RunHistory(tmp_path)
+    history.record("launch")
+    for restart in (0, 1, 1):
+        history.record("start", slurm_job="7", restart=restart, before_training=True)
+    history.record("gave_up")
+    history.record("start", slurm_job="7", restart=1)  # the slower rank, behind the give-up
+    history.record("launch")
+    history.record("start", slurm_job="7", restart=0)
+    assert [(event["event"], event.get("restart")) for event in history.events()] == [
+        ("launch", None),
+        ("start", 0),
+        ("start", 1),
+        ("gave_up", None),
+        ("launch", None),
+        ("start", 0),
+    ]
+
+
 def test_the_nodes_left_out_are_those_found_unfit_and_left_out(tmp_path: Path) -> None:
     history = RunHistory(tmp_path)
     history.record("unfit", nodes={"n1": "rank 1 failed its self-test (...)"}, left_out=True, slurm_job="2")

@@ -13,7 +13,7 @@ from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.job_file import job_yaml
 from launch.jobs.monitor import describe_event
 from launch.rundir import tracking
-from launch.rundir.history import Event, RunHistory
+from launch.rundir.history import BEFORE_TRAINING, Event, RunHistory
 from launch.train.stopping import REFUSED_EXIT
 from model.config import ModelConfig
 from slurm.environment import SlurmTask
@@ -96,6 +96,28 @@ def test_a_start_that_failed_before_it_trained_is_recorded_and_spends_the_budget
     assert {key: events[3][key] for key in start} == start and events[3]["restart"] == 2
     assert "giving up after 1 failed restarts (cluster.max_restarts=1)" in capsys.readouterr().err
     assert describe_event(events[3]) == "start     job 41 restart 2 on n[1-2], failed before it trained"
+
+
+def test_a_rank_that_gives_up_before_rank_0_records_the_start_it_gives_up_on(tmp_path, capsys) -> None:
+    """Rank 1 failed first and gave up; rank 0, which alone recorded a start that failed before it trained, found the
+    run ended and left it alone: the history missed the start (CI met it)."""
+    RunHistory(tmp_path).record(Event.launch, cluster="testcluster")
+    for restart in (0, 1):
+        RunHistory(tmp_path).record(Event.start, slurm_job="41", restart=restart, before_training=True)
+    found = RunHistory(tmp_path).events()
+    env = {"SLURM_JOB_ID": "41", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]"}
+    env |= {"SLURM_LOCALID": "0", "SLURM_RESTART_COUNT": "2"}
+    for rank in ("1", "0"):
+        task = SlurmTask.from_environment({**env, "SLURM_PROCID": rank})
+        JobStart(tmp_path, task, found, budget=1, chained=False).failed()
+    events = RunHistory(tmp_path).events()
+    assert [(event["event"], event.get("restart")) for event in events][1:] == [
+        (Event.start, 0),
+        (Event.start, 1),
+        (Event.start, 2),
+        (Event.gave_up, None),
+    ]
+    assert events[3][BEFORE_TRAINING] and "giving up after 1 failed restarts" in capsys.readouterr().err
 
 
 def test_the_batch_script_leaves_a_run_that_has_ended_alone(tmp_path) -> None:
