@@ -468,16 +468,16 @@ def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(
     slurm_cluster, mlflow_server, tokens, tmp_path, monkeypatch
 ) -> None:
     # Two-minute jobs, USR2 60 s before the end (Slurm checks time limits every 30 s or so, so it may come that much
-    # earlier), two ranks that take 10-30 s to start on these two cores: each job trains 20-50 s. Steps of at least
-    # 1 s (their pace on these cores varies twofold, and a fast machine once trained a whole run in one job) make that
-    # at most 50 of 55 steps, so two jobs or more. The losses are those of the same steps trained locally.
+    # earlier), two ranks that take 5-30 s to start on these two cores: each job trains 0-55 s. Steps of at least
+    # 1.5 s (their pace on these cores varies twofold; a fast machine trained 55 steps of 1 s in one job) make that
+    # at most 37 of 55 steps, so two jobs or more. The losses are those of the same steps trained locally.
     # Tracked on a server: every rank 0, before and after each requeue, logs to the same run there. And a run
     # directory whose name would run a command if it reached the sbatch script unquoted.
     long_run = ["train.steps=55", "train.checkpoint_interval=20"]
     local = tmp_path / "local"
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={local}", *RUN, *long_run]) == 0
     expected = losses(local)
-    monkeypatch.setenv(STEP_SECONDS, "1")
+    monkeypatch.setenv(STEP_SECONDS, "1.5")
     run_dir = tmp_path / 'a "run" $(touch pwned)'
     time_limit = ["cluster.time_limit_min=2", "cluster.signal_delay_s=60", f"tracking.uri={mlflow_server}"]
     job_id = submit(run_dir, tokens, *long_run, *time_limit)
