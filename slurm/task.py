@@ -159,15 +159,12 @@ def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) 
     for the restart itself (JobStart.failed), and a requeue ends the batch script before this runs; but ranks that die
     outright ask nothing, and on GPUs one rank's death takes every other down so: NCCL's watchdog ends a process whose
     collective fails or times out without running any more Python (TORCH_NCCL_ASYNC_ERROR_HANDLING). What a rank
-    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT) or the run has ended. A
-    refusal, which no rank that sends MLflow lived to say, is said to MLflow here."""
+    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT) or the run has ended."""
     if status == 0:
         return
     events = RunHistory(run_dir).events()
     if events and events[-1]["event"] == Event.refused:
-        from launch.rundir import outbox
-
-        outbox.update(run_dir, status=outbox.END_STATUS[Event.refused])
+        _refused(run_dir, env)
         return
     if status == REFUSED_EXIT or has_ended(events):
         return
@@ -183,6 +180,17 @@ def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) 
     started = own_start(events, task)
     found = events if started is None else events[:started]
     JobStart(run_dir, task, found, cluster.max_restarts, cluster.chained).failed()
+
+
+def _refused(run_dir: Path, env: Mapping[str, str]) -> None:
+    """A refused start's end: said to MLflow, which no rank that sends it lived to say, and an elastic run's next job,
+    which the start queued as it began, cancelled: it would find nothing to do but hold its nodes a while."""
+    from launch.config.job_file import read_job
+    from launch.rundir import outbox
+
+    outbox.update(run_dir, status=outbox.END_STATUS[Event.refused])
+    if read_job(run_dir / JOB_FILE).cluster.chained:
+        cancel_next_jobs(run_dir, SlurmTask.from_environment(env).job_id)
 
 
 @dataclass(frozen=True)

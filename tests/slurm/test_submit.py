@@ -30,7 +30,7 @@ from conftest import (
     sbatch_whose_answer_is_lost,
 )
 from launch.cli import main
-from launch.rundir.files import JOBS_FILE
+from launch.rundir.files import JOBS_FILE, PLAN_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
 from launch.train.faults import (
@@ -365,6 +365,31 @@ def test_cancelling_an_elastic_run_cancels_the_job_queued_behind_it_too(slurm_cl
     out = capsys.readouterr().out
     assert all(f"cancelled Slurm job {job}" in out for job in jobs), out
     assert all(job_state(slurm_cluster, job) in ("CANCELLED", "GONE") for job in jobs)
+
+
+def test_an_elastic_run_refused_at_a_start_cancels_the_job_that_start_queued(
+    slurm_cluster, tokens, tmp_path, monkeypatch
+) -> None:
+    """The job that took over at the time limit refused the run (here its plan names other token files, as when they
+    are encoded again under it): the job it had queued behind itself as it began started later, found nothing to do
+    and ended, holding its nodes meanwhile, and showing as queued until then."""
+    monkeypatch.setenv(STEP_SECONDS, "1")
+    run_dir = tmp_path / "run"
+    submit(run_dir, tokens, "parallel.elastic=true", "cluster.min_nodes=1", "train.steps=300")
+    first = json.loads((run_dir / JOBS_FILE).read_text())[0]  # submit's is the job queued behind it
+    assert wait_for(lambda: (run_dir / "metrics.jsonl").is_file(), timeout=180, interval=0.2), logs(run_dir)
+    plan = json.loads((run_dir / PLAN_FILE).read_text())
+    for each in plan["plans"]:
+        each["tokenizer_fingerprint"] = "0" * 64
+    (run_dir / PLAN_FILE).write_text(json.dumps(plan))
+    for pid in job_ranks(first):
+        os.kill(pid, signal.SIGUSR2)  # as the time limit's: the job queued behind this one takes over
+    refused = lambda: RunHistory(run_dir).events()[-1]["event"] == "refused"  # noqa: E731
+    assert wait_for(refused, timeout=180, interval=0.5), logs(run_dir)
+    jobs = json.loads((run_dir / JOBS_FILE).read_text())
+    assert len(jobs) == 3  # the first, the one that refused, the one it queued
+    cancelled = lambda: job_state(slurm_cluster, jobs[-1]) == "CANCELLED"  # noqa: E731
+    assert wait_for(cancelled, timeout=60, interval=0.5), (job_state(slurm_cluster, jobs[-1]), logs(run_dir))
 
 
 def test_a_job_sbatch_refuses_is_one_line_naming_what_sbatch_said_and_the_fix(slurm_cluster, tokens, tmp_path, capsys):
