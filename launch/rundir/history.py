@@ -82,7 +82,7 @@ def crashes(events: list[dict]) -> int:
     )
 
 
-def once_per_start(events: list[dict]) -> list[dict]:
+def _once_per_start(events: list[dict]) -> list[dict]:
     """The events, without a second record of a Slurm start (its job and restart count) since the launch."""
     kept, seen = [], set()
     for event in events:
@@ -115,7 +115,7 @@ class RunHistory:
                     f"{self.path} holds a line that is not an event corolla wrote ({json.dumps(event)[:80]}): "
                     "remove that line"
                 )
-        return once_per_start(events)
+        return _once_per_start(events)
 
     def record(self, event: Event, **details: object) -> None:
         append_record(self.path, {"event": event, "time": time.time(), **details})
