@@ -690,7 +690,10 @@ def test_a_requeue_asked_while_the_controller_is_away_is_taken_once_it_is_back(
             os.kill(pid, signal.SIGUSR2)
         stopped = lambda: RunHistory(run_dir).events()[-1]["event"] == "stopped"  # noqa: E731
         assert wait_for(stopped, timeout=60, interval=0.5), logs(run_dir)
-        time.sleep(10)  # the controller stays away a while
+        # The controller stays away until rank 0's requeue has met it away (not a fixed while: a rank slow to get
+        # from its stop to the requeue met the controller back, and its first request was taken).
+        not_taken = f"corolla: the requeue of job {job_id} is not taken (scontrol: "
+        assert wait_for(lambda: not_taken in logs(run_dir), timeout=60, interval=0.5), logs(run_dir)
     finally:
         slurm_cluster.start_controller()
     wait_finished(slurm_cluster, run_dir, job_id, timeout=240)
