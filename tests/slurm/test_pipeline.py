@@ -293,7 +293,10 @@ def test_a_submission_that_slurm_cuts_off_halfway_names_the_stages_it_could_not_
 def test_cancel_of_a_copied_pipeline_leaves_the_original_chain_alone(slurm_cluster, corpus, tmp_path, capsys) -> None:
     """The copy holds the original's chain.json: `corolla cancel COPY` cancelled every stage of the original's chain."""
     run_dir, copy = tmp_path / "run", tmp_path / "copy"
-    assert pipeline(run_dir, corpus, *ON_SLURM) == 0
+    # Every stage's job sleeps before its task: the chain stays live, and writes nothing, until it is cancelled. (The
+    # tokenizer stage trains in 2 s on a fast machine: its job could end, or write as the copy is made, before the
+    # checks below that the whole chain lives and that its six stages are cancelled.)
+    assert pipeline(run_dir, corpus, *ON_SLURM, "cluster.setup=['sleep 300']") == 0
     try:
         shutil.copytree(run_dir, copy)
         capsys.readouterr()
