@@ -197,7 +197,9 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
     run_dir, elastic = tmp_path / "run", ["parallel.elastic=true", "cluster.min_nodes=1"]
     submit(run_dir, tokens, *elastic, shape=THREE_D)
     first_job, next_job = json.loads((run_dir / JOBS_FILE).read_text())
-    wait_checkpoint(run_dir, 4)
+    # What is checked of the running job is checked while it trains to step 4, so that the node dies soon after that
+    # checkpoint: these commands take seconds on loaded cores, and the 8 steps left take 20 s.
+    wait_checkpoint(run_dir, 2)
     assert main(["status", f"run_dir={run_dir}"]) == 0
     status = capsys.readouterr().out
     assert f"job {first_job}: RUNNING" in status and f"next: job {next_job} (latest of 2" in status, status
@@ -207,6 +209,7 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
     nodes = subprocess_hostnames(slurm_cluster, RunHistory(run_dir).starts()[0]["nodes"])
     victim, survivor = nodes[-1], nodes[0]
     spare = next(node for node in slurm_cluster.spec.node_names if node not in nodes)
+    wait_checkpoint(run_dir, 4)
     slurm_cluster.run("scontrol", "update", f"nodename={spare}", "state=drain", "reason=corolla-test")
     slurm_cluster.kill_node(victim)
     try:
