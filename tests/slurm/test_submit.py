@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -523,7 +524,7 @@ def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(
     # Each job resumed where the one before stopped, and trained on: no job that stopped without a step.
     stopped_at = [event["step"] for event in stops]
     assert [start["resumed_from_step"] for start in starts] == [0, *stopped_at], events
-    assert all(before < after for before, after in zip([0, *stopped_at], stopped_at, strict=True)), events
+    assert all(before < after for before, after in pairwise([0, *stopped_at])), events
     assert starts[0]["nodes"] in ("n[1-2]", "n[1,3]", "n[2-3]") and RunHistory(run_dir).failures() == 0
     tracked = asdict(recorded_run(run_dir))
     assert tracked["tracking_uri"] == mlflow_server
