@@ -129,9 +129,10 @@ def test_a_dead_node_costs_at_most_one_checkpoint_interval(
     monkeypatch.setenv(STEP_SECONDS, "1")  # the node dies mid-run, not after a run these cores finish in seconds
     run_dir = tmp_path / "run"
     job_id = submit(run_dir, tokens)
-    wait_checkpoint(run_dir, 4)
+    wait_checkpoint(run_dir, 2)  # its nodes are asked while it trains on, so that one dies right after checkpoint 4
     nodes = slurm_cluster.run("squeue", "--noheader", "--format=%N", "--jobs", job_id).stdout.strip()
     victim = slurm_cluster.run("scontrol", "show", "hostnames", nodes).stdout.split()[-1]
+    wait_checkpoint(run_dir, 4)
     slurm_cluster.kill_node(victim)
     try:
         wait_finished(slurm_cluster, run_dir, job_id, timeout=420)
