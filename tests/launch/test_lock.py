@@ -4,7 +4,6 @@ to the `corolla` process alone stops every rank after a saved step."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import multiprocessing
@@ -138,11 +137,19 @@ def test_the_lock_taken_leaves_the_temporary_of_another_taker_of_it_alone(tmp_pa
         second.wait()
 
 
-def _take(run_dir: Path, ready: multiprocessing.synchronize.Barrier, held: multiprocessing.Queue) -> None:
+def _take(
+    run_dir: Path, ready: multiprocessing.synchronize.Barrier, tried: multiprocessing.synchronize.Barrier, held
+) -> None:
+    """Takes the lock at once with another taker, and holds it until that one has tried too (not for a fixed while: a
+    taker that a loaded machine held back longer took the lock after the first let it go, and both said they held
+    it)."""
     ready.wait()
-    with contextlib.suppress(RunLocked), redirect_stdout(io.StringIO()), holding(run_dir):
-        held.put(os.getpid())
-        time.sleep(0.2)  # both would hold it at once
+    try:
+        with redirect_stdout(io.StringIO()), holding(run_dir):
+            held.put(os.getpid())
+            tried.wait(timeout=30)
+    except RunLocked:
+        tried.wait(timeout=30)
 
 
 @pytest.mark.parametrize("left", [None, "ended"], ids=["fresh", "stale"])
@@ -156,8 +163,8 @@ def test_two_processes_taking_the_lock_at_once_never_both_hold_it(tmp_path: Path
         if left:
             stale = {"host": socket.gethostname(), "pid": int(ended.stdout), "started": "1", "since": 0}
             (run_dir / "LOCK").write_text(json.dumps(stale))
-        ready, held = context.Barrier(2), context.Queue()
-        takers = [context.Process(target=_take, args=(run_dir, ready, held)) for _ in range(2)]
+        ready, tried, held = context.Barrier(2), context.Barrier(2), context.Queue()
+        takers = [context.Process(target=_take, args=(run_dir, ready, tried, held)) for _ in range(2)]
         for taker in takers:
             taker.start()
         for taker in takers:
