@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import MULTILINGUAL, cluster_in_environment, sbatch_that_stops_the_controller
@@ -150,6 +151,20 @@ def mid_write(tokens: Path, language: str) -> bool:
     return temporary.exists() and temporary.stat().st_size > 0
 
 
+def suspend_writer(tokens: Path, language: str) -> psutil.Process:
+    """The process writing the language's big shard, stopped (SIGSTOP) where it is: a shard encodes in about a second
+    on a fast machine, less than what the test asks Slurm before it strikes."""
+    temporary = tokens / language / f".{language}~part-3.txt.bin.tmp"
+    for process in psutil.process_iter():
+        try:
+            if any(Path(opened.path) == temporary for opened in process.open_files()):
+                process.suspend()
+                return process
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no process writes {temporary} any more: it was seen mid-write")
+
+
 def test_encoding_tasks_resume_after_a_dead_node_and_a_time_limit(slurm_cluster, chain, corpus) -> None:
     # The token files gone: a resubmission encodes again, and only that (and the manifest), one task at a time in
     # two groups of files: eng_Latn's shards and fra_Latn's small ones, then fra_Latn's big one and the rest.
@@ -160,14 +175,17 @@ def test_encoding_tasks_resume_after_a_dead_node_and_a_time_limit(slurm_cluster,
     tokens = chain.run_dir / "tokens"
 
     assert wait_for(lambda: mid_write(tokens, "eng_Latn"), timeout=180, interval=0.01), stage_logs(chain.run_dir)
+    suspend_writer(tokens, "eng_Latn")  # the node's death kills it stopped
     killed_task, victim = running_task(slurm_cluster, encode.job_id)
     small = tokens / "records" / "eng_Latn~part-0.txt.json"  # encoded by the same task before the big shard
     identity = (small.stat().st_ino, small.stat().st_mtime_ns)
     slurm_cluster.kill_node(victim)
     try:
         assert wait_for(lambda: mid_write(tokens, "fra_Latn"), timeout=240, interval=0.01), stage_logs(chain.run_dir)
+        writer = suspend_writer(tokens, "fra_Latn")
         signalled_task, _ = running_task(slurm_cluster, encode.job_id)
         slurm_cluster.run("scancel", "--signal=USR2", signalled_task)  # as Slurm does before a time limit
+        writer.resume()  # and meets the signal mid-write
         assert wait_chain(chain.run_dir, timeout=420) == {"encode": "COMPLETED", "prepare": "COMPLETED"}
     finally:
         slurm_cluster.restart_node(victim)

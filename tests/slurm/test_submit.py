@@ -169,7 +169,7 @@ def test_a_node_that_fails_its_health_check_is_left_out_by_a_job_that_takes_over
     replaced_at = 2 if elastic else 1
     jobs = lambda: json.loads((run_dir / JOBS_FILE).read_text())  # noqa: E731
     first_job = jobs()[0]
-    assert wait_for(lambda: len(jobs()) > replaced_at, timeout=120), logs(run_dir)
+    assert wait_for(lambda: len(jobs()) > replaced_at, timeout=180), logs(run_dir)
     replacement, unfit = jobs()[replaced_at], marked.read_text()
     assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", replacement).stdout
     wait_finished(slurm_cluster, run_dir, replacement)
