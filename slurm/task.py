@@ -6,8 +6,8 @@ The job comes back by itself (`scontrol requeue`, or Slurm's own requeue of a jo
 - a rank that crashed: its peers' collectives fail, and they requeue (ranks that all died outright, as NCCL's
   watchdog takes them down, leave it to the batch script: after_step);
 - a rank that hangs: every rank's watchdog requeues and ends its process;
-- a node its health check finds unfit (launch/train/health.py): a job that leaves it out takes over, queued behind
-  this one, which ends.
+- a node its health check finds unfit (launch/train/health.py), before the start trains or after a checkpoint: a
+  job that leaves it out takes over, queued behind this one, which ends.
 An elastic run (`cluster.min_nodes`) is not requeued: rank 0 of each start queues the run's next job behind this one,
 which takes over whenever and however this one ends, on the nodes that are free then (slurm/executor.py).
 A restart resumes from the last complete checkpoint. Failures (all but clean stops) count against
@@ -269,7 +269,15 @@ class TrainingTask:
 
     def _give_way(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask, unfit: dict[str, str]) -> bool:
         """Rank 0, when the health check found `unfit` nodes: whether a job that leaves them out was queued to take
-        over (not when the partition would keep too few nodes for the run, nor when Slurm refuses it)."""
+        over (not when the partition would keep too few nodes for the run, nor when Slurm refuses it). Nodes this job
+        found unfit and trained on before (each checkpoint checks again) are trained on without a word."""
+        trained_on = (
+            event["nodes"]
+            for event in RunHistory(run_dir).events()
+            if event["event"] == Event.unfit and event.get("slurm_job") == task.job_id and not event.get("left_out")
+        )
+        if any(set(unfit) <= set(nodes) for nodes in trained_on):
+            return False
         reasons = "; ".join(f"{node}: {why}" for node, why in unfit.items())
         needed = cluster.min_nodes if cluster.chained else cluster.nodes
         try:

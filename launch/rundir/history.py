@@ -8,8 +8,9 @@
   step it resumed from and how many steps it redoes (logged before, lost with the previous start); or, marked
   `before_training`, a Slurm start that failed before its rank 0 wrote that (slurm/task.py), which counts as any;
   two ranks that fail at once may each record it, and the history reads it once;
-- stopped: a clean stop with a checkpoint, for a `signal` (one before the time limit, a preemption, a STOP file), or
-  with no signal after train.exit_after steps of the launch;
+- stopped: a clean stop with a checkpoint, for a `signal` (one before the time limit, a preemption, a STOP file, or
+  UNFIT_NODES: the health check after that checkpoint found nodes unfit, and a job without them takes over), or with
+  no signal after train.exit_after steps of the launch;
 - finished: trained to the last step;
 - gave_up: a failure with no restart left in the budget;
 - diverged: a step's loss or gradient norm was not finite, one too many: stopped, nothing of it saved;
@@ -17,8 +18,9 @@
   checkpoint kept;
 - refused: a start ended on what no restart would mend (its token files encoded again, a damaged checkpoint, a rank
   without a GPU of its own), and why (`reason`): no job trains the run until it is launched again;
-- unfit: a start's health check found nodes unfit (launch/train/health.py), and why; `left_out`: the run's jobs
-  leave them out from then on (a job without them took over), or trained on them (the partition has no others).
+- unfit: a start's health check (before it trains, or after a checkpoint) found nodes unfit (launch/train/health.py),
+  and why; `left_out`: the run's jobs leave them out from then on (a job without them took over), or trained on them
+  (the partition has no others).
 A start that follows another start (nothing clean in between) follows a failure: a dead node, a crashed or hung
 rank. Failures since the last launch count against the restart budget; clean stops do not. `crashes` counts them
 over the whole history, launches by hand included.
@@ -57,6 +59,8 @@ MLFLOW_RUN_RECORD = "mlflow_run"
 CHANGED_RECORD = "changed"
 # In a start: it failed before it trained, recorded by what asked for the restart.
 BEFORE_TRAINING = "before_training"
+# A stopped start's signal when it gave way after a checkpoint to a job without the nodes found unfit.
+UNFIT_NODES = "unfit nodes"
 # After these no job trains the run until it is launched again.
 ENDED = (Event.finished, Event.gave_up, Event.diverged, Event.no_space, Event.refused)
 

@@ -15,6 +15,8 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
 - COROLLA_TEST_UNFIT_NODE_FILE=PATH: the node of the first rank 0 to run a health check (launch/train/health.py) is
   written there (every allocation has one, however few nodes an elastic job gets), and from then on every rank on
   that node fails its self-test, in every job, as on a broken GPU;
+- COROLLA_TEST_UNFIT_MID_RUN=1: that node is the one of the first rank 0 to run a health check after a checkpoint
+  (a GPU that breaks while the run trains), not before;
 - COROLLA_TEST_SLOW_NODE=NODE: ranks on NODE take 10 times as long for their self-test, as on a throttled GPU.
 A hang, an abort, a crash or a NaN is injected on a first launch only: a requeued Slurm job keeps its environment, and
 must recover. A node stays unfit whichever job lands on it, and a failing set-up fails at every start.
@@ -42,6 +44,7 @@ NAN_AT_STEP = "COROLLA_TEST_NAN_AT_STEP"
 STEP_SECONDS = "COROLLA_TEST_STEP_SECONDS"
 UNFIT_NODE_FILE = "COROLLA_TEST_UNFIT_NODE_FILE"
 SLOW_NODE = "COROLLA_TEST_SLOW_NODE"
+UNFIT_MID_RUN = "COROLLA_TEST_UNFIT_MID_RUN"
 CRASHED_EXIT = 17
 
 
@@ -59,6 +62,7 @@ class Faults:
     fail_before_training: bool = False
     step_seconds: float = 0.0
     unfit_node_file: Path | None = None
+    unfit_mid_run: bool = False
     slow_node: str | None = None
     training_step: int = 0  # the step being trained, for the NaN hook
 
@@ -75,16 +79,17 @@ class Faults:
             fail_before_training=os.environ.get(FAIL_BEFORE_TRAINING) == "1",
             step_seconds=float(os.environ.get(STEP_SECONDS, "0")),
             unfit_node_file=Path(os.environ[UNFIT_NODE_FILE]) if os.environ.get(UNFIT_NODE_FILE) else None,
+            unfit_mid_run=os.environ.get(UNFIT_MID_RUN) == "1",
             slow_node=os.environ.get(SLOW_NODE) or None,
         )
 
-    def self_test(self, node: str) -> Callable[[float], float]:
-        """What a health check on `node` makes of its self-test's seconds: raises on the unfit node, stretches them on
-        the slow one."""
+    def self_test(self, node: str, mid_run: bool = False) -> Callable[[float], float]:
+        """What a health check on `node` (`mid_run`: after a checkpoint) makes of its self-test's seconds: raises on
+        the unfit node, stretches them on the slow one."""
 
         def injected(seconds: float) -> float:
             if self.unfit_node_file is not None:
-                if self.rank == 0:
+                if self.rank == 0 and (mid_run or not self.unfit_mid_run):
                     with contextlib.suppress(FileExistsError), self.unfit_node_file.open("x") as marked:
                         marked.write(node)
                 if self.unfit_node_file.is_file() and self.unfit_node_file.read_text() == node:

@@ -1,4 +1,4 @@
-"""Before a start on a cluster trains: whether every node is fit to.
+"""Before a start on a cluster trains, and after each checkpoint it saves: whether every node is fit to.
 
 Every rank times the same matmuls on its device (an error there, a broken GPU's, counts as unfit) and the ranks
 gather what each found, so that all reach the same verdict: a node is unfit when one of its ranks failed, or took more

@@ -47,13 +47,15 @@ def finite(record: StepRecord) -> bool:
 @dataclass
 class Callbacks:
     """What the loop reports to (rank 0 prints and logs; other ranks ignore), how it saves a checkpoint, whether it
-    was asked to stop (a collective: every rank gets the same answer), and where it signals progress."""
+    was asked to stop and whether it gives way once a checkpoint is saved (collectives: every rank gets the same
+    answer), and where it signals progress."""
 
     on_step: Callable[[StepRecord], None]
     on_validation: Callable[[int, dict[str, float]], None]
     save: Callable[[int], None]
     should_stop: Callable[[], bool] = lambda: False
     progress: Callable[[], None] = lambda: None
+    gives_way: Callable[[], bool] = lambda: False
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ def train_steps(
     before it trained, whatever batch sizes they had) on; validation every train.eval_interval steps and at the end;
     a checkpoint every train.checkpoint_interval steps and at the end.
 
-    Stops early, with a checkpoint, after train.exit_after steps of this launch or when asked to; raises NonFiniteStep,
+    Stops early, with a checkpoint, after train.exit_after steps of this launch, when asked to, or when it gives way
+    after a checkpoint it saved before the last step (to a job without nodes found unfit); raises NonFiniteStep,
     saving nothing more, at the first non-finite step past train.skip_nonfinite (the optimizer left the weights as
     they were). The batch size follows from the samples consumed. Returns the last step done and whether it was
     asked to stop.
@@ -143,6 +146,7 @@ def train_steps(
         stop = done < last and callbacks.should_stop()
         if stop or done % train.checkpoint_interval == 0 or done == last:
             callbacks.save(done)
+            stop = stop or (done < last and callbacks.gives_way())
         if stop:
             return done, True
     return last, False

@@ -28,7 +28,7 @@ from launch.plan.layout import ParallelLayout
 from launch.plan.run_plan import RunPlan, read_plan
 from launch.rundir.checkpoints import CheckpointError, set_aside_newer
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, JOB_FILE, STOP_FILE, checkpoint_tag
-from launch.rundir.history import Event, RunHistory
+from launch.rundir.history import UNFIT_NODES, Event, RunHistory
 from launch.train import checkpoint
 from launch.train.batches import validation_batches
 from launch.train.device import device, init_distributed, seed_everything
@@ -147,10 +147,10 @@ def _starting_weights(engine, job: TrainJob, plan: RunPlan, directory: Path, fir
     return layout
 
 
-def _gives_way(health: HealthCheck, rank: int, faults: Faults) -> bool:
-    """The health check: whether this start gives way to a job without the nodes it found unfit (rank 0 decides, and
-    every rank follows)."""
-    unfit = check(health, faults.self_test(health.node))
+def _gives_way(health: HealthCheck, rank: int, faults: Faults, mid_run: bool = False) -> bool:
+    """The health check, before the start trains or (`mid_run`) after each checkpoint it saves: whether the start
+    gives way to a job without the nodes it found unfit (rank 0 decides, and every rank follows)."""
+    unfit = check(health, faults.self_test(health.node, mid_run))
     if not unfit:
         return False
     decision = [health.on_unfit(unfit) if rank == 0 else None]
@@ -188,7 +188,8 @@ def main(
     `stop` holds the stop signals received so far (installed here if not given), `health` checks the nodes first (on
     a cluster); rank 0 `sends` MLflow what the run writes, unless a launcher waiting on the ranks does;
     `gpu_per_task`: a rank that sees one GPU was given it (a Slurm task: device.gpu_of). Returns how the start ended:
-    finished, stopped (a stop signal or train.exit_after), diverged, no_space or unfit."""
+    finished, stopped (a stop signal or train.exit_after), diverged, no_space or unfit (before it trained, or after a
+    checkpoint: a GPU may break at any time, and a synchronous job goes at its slowest GPU's pace)."""
     stop = stop or StopSignals(run_dir / STOP_FILE)
     job = read_job(run_dir / JOB_FILE)
     watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
@@ -215,7 +216,7 @@ def main(
         written_by_rank_0(
             rank == 0, run_dir, run_dir, lambda: _announce(start, reporter, origin, first_step, saved_layout)
         )
-        return _train(start, engine, data, reporter, first_step)
+        return _train(start, engine, data, reporter, first_step, health)
     except checkpoint.NoSpace as error:
         _record_no_space(start.run_dir, start.rank, error)
         return Event.no_space
@@ -259,9 +260,18 @@ def _announce(
     _record_start(reporter, origin, first_step, start.plan.layout, saved_layout, set_aside)
 
 
-def _train(start: RankStart, engine: PipelineEngine, data: DataShard, reporter: Reporter, first_step: int) -> Event:
-    """The steps from `first_step` on, until the last, a stop, a divergence or a full disk; recorded in the history."""
+def _train(
+    start: RankStart,
+    engine: PipelineEngine,
+    data: DataShard,
+    reporter: Reporter,
+    first_step: int,
+    health: HealthCheck | None,
+) -> Event:
+    """The steps from `first_step` on, until the last, a stop, a divergence, a full disk or unfit nodes found after a
+    checkpoint; recorded in the history."""
     job, faults, watchdog = start.job, start.faults, start.watchdog
+    gave_way = False
 
     def save(step: int) -> None:
         checkpoint.save(
@@ -269,12 +279,19 @@ def _train(start: RankStart, engine: PipelineEngine, data: DataShard, reporter: 
         )
         watchdog.progress()
 
+    def gives_way() -> bool:
+        nonlocal gave_way
+        gave_way = health is not None and _gives_way(health, start.rank, faults, mid_run=True)
+        watchdog.progress()
+        return gave_way
+
     callbacks = Callbacks(
         on_step=reporter.step,
         on_validation=reporter.validation,
         save=save,
         should_stop=lambda: start.stop.agreed(device()),
         progress=watchdog.progress,
+        gives_way=gives_way,
     )
     try:
         # The samples the checkpoint's steps trained (its engine counters; 0 for a fresh start): not first_step x
@@ -287,12 +304,14 @@ def _train(start: RankStart, engine: PipelineEngine, data: DataShard, reporter: 
     torch.distributed.barrier()
     outcome = Event.stopped if stopped or last < job.train.steps else Event.finished
     history = start.run_dir / HISTORY_FILE
-    written_by_rank_0(start.rank == 0, start.run_dir, history, lambda: _record_end(start, outcome, last))
-    return outcome
+    written_by_rank_0(start.rank == 0, start.run_dir, history, lambda: _record_end(start, outcome, last, gave_way))
+    return Event.unfit if gave_way else outcome
 
 
-def _record_end(start: RankStart, outcome: Event, last: int) -> None:
+def _record_end(start: RankStart, outcome: Event, last: int, gave_way: bool) -> None:
     reason = {"signal": start.stop.received.name} if start.stop.received else {}
     if (start.run_dir / STOP_FILE).exists():
         reason = {"signal": STOP_FILE}
+    if gave_way:
+        reason = {"signal": UNFIT_NODES}
     RunHistory(start.run_dir).record(outcome, step=last, **reason)

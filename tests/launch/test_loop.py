@@ -57,11 +57,12 @@ class FakeEngine:
 
 
 class Recorder:
-    def __init__(self, stop_after: int | None = None) -> None:
+    def __init__(self, stop_after: int | None = None, gives_way_after: int | None = None) -> None:
         self.steps: list[StepRecord] = []
         self.validations: list[tuple[int, dict[str, float]]] = []
         self.saves: list[int] = []
-        self.stop_after = stop_after
+        self.stop_after, self.gives_way_after = stop_after, gives_way_after
+        self.asked_to_give_way: list[int] = []  # the checkpoints after which the loop asked
 
     def callbacks(self) -> Callbacks:
         return Callbacks(
@@ -69,7 +70,12 @@ class Recorder:
             on_validation=lambda step, losses: self.validations.append((step, losses)),
             save=self.saves.append,
             should_stop=lambda: self.stop_after is not None and self.steps[-1].step >= self.stop_after,
+            gives_way=self.gives_way,
         )
+
+    def gives_way(self) -> bool:
+        self.asked_to_give_way.append(self.saves[-1])
+        return self.gives_way_after is not None and self.saves[-1] >= self.gives_way_after
 
 
 def run(
@@ -137,3 +143,14 @@ def test_a_launch_stops_early_with_a_checkpoint(exit_after: int, stop_after, exp
     train = TrainConfig(steps=10, global_batch=2, micro_batch=1, checkpoint_interval=5, exit_after=exit_after)
     _, recorder, result = run(train, first_step=1 if exit_after else 0, recorder=Recorder(stop_after))
     assert result == expected and recorder.saves == [expected[0]]
+
+
+def test_a_launch_gives_way_after_a_checkpoint_it_saved_and_is_asked_only_then() -> None:
+    train = TrainConfig(steps=10, global_batch=2, micro_batch=1, checkpoint_interval=3)
+    _, recorder, result = run(train, recorder=Recorder(gives_way_after=6))
+    assert result == (6, True) and recorder.saves == [3, 6] and recorder.asked_to_give_way == [3, 6]
+    _, recorder, result = run(train, recorder=Recorder(gives_way_after=0))
+    assert result == (3, True) and len(recorder.steps) == 3
+    # Not after the last step's checkpoint: the run is done, there is nothing to give way to.
+    _, recorder, result = run(train, first_step=7, recorder=Recorder(gives_way_after=10))
+    assert result == (10, False) and recorder.saves == [9, 10] and recorder.asked_to_give_way == [9]

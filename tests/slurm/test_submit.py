@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from itertools import pairwise
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -32,13 +33,14 @@ from conftest import (
 )
 from launch.cli import main
 from launch.rundir.files import JOBS_FILE, PLAN_FILE
-from launch.rundir.history import RunHistory
+from launch.rundir.history import UNFIT_NODES, Event, RunHistory
 from launch.rundir.run_record import recorded_run
 from launch.train.faults import (
     ABORT_AT_STEP,
     CRASH_DURING_SAVE,
     FAIL_BEFORE_TRAINING,
     STEP_SECONDS,
+    UNFIT_MID_RUN,
     UNFIT_NODE_FILE,
 )
 from slurm.commands import UNREACHABLE_HINT
@@ -540,6 +542,56 @@ def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(
     run = MlflowClient(mlflow_server).get_run(tracked["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["corolla.restarts"] == str(len(stops))
     assert run.data.tags["corolla.failures"] == "0" and run.data.tags["cluster"] == "testcluster"
+
+
+def test_a_node_found_unfit_after_a_checkpoint_is_left_out_by_a_job_that_resumes_from_that_checkpoint(
+    slurm_cluster, tokens, local_losses, tmp_path, monkeypatch
+) -> None:
+    # The node of the first job's rank 0 fails its self-test from the check after the first checkpoint on, as a GPU
+    # that breaks while the run trains.
+    marked = tmp_path / "unfit-node"
+    monkeypatch.setenv(UNFIT_NODE_FILE, str(marked))
+    monkeypatch.setenv(UNFIT_MID_RUN, "1")
+    run_dir = tmp_path / "run"
+    first_job = submit(run_dir, tokens, "cluster.health_slowdown=100")  # only failures count on shared cores
+    jobs = lambda: json.loads((run_dir / JOBS_FILE).read_text())  # noqa: E731
+    assert wait_for(lambda: len(jobs()) > 1, timeout=240), logs(run_dir)
+    replacement, unfit = jobs()[1], marked.read_text()
+    assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", replacement).stdout
+    wait_finished(slurm_cluster, run_dir, replacement)
+    assert job_state(slurm_cluster, first_job) in ("COMPLETED", "GONE")
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    events = [event for event in RunHistory(run_dir).events() if event["event"] != Event.launch]
+    assert [(event["event"], event.get("slurm_job")) for event in events] == [
+        (Event.start, first_job),
+        (Event.unfit, first_job),
+        (Event.stopped, None),
+        (Event.start, replacement),
+        (Event.finished, None),
+    ]
+    why = f"rank 0 failed its self-test (RuntimeError: injected: the device of {unfit} fails)"
+    assert events[1]["nodes"] == {unfit: why} and events[1]["left_out"]
+    assert events[2]["step"] == 2 and events[2]["signal"] == UNFIT_NODES  # the first checkpoint: nothing redone
+    assert events[3]["resumed_from_step"] == 2 and RunHistory(run_dir).failures() == 0
+
+
+def test_a_node_found_unfit_after_a_checkpoint_with_no_other_to_take_over_is_trained_on_and_said_once(
+    slurm_cluster, tokens, local_losses, tmp_path, monkeypatch
+) -> None:
+    marked = tmp_path / "unfit-node"
+    monkeypatch.setenv(UNFIT_NODE_FILE, str(marked))
+    monkeypatch.setenv(UNFIT_MID_RUN, "1")
+    run_dir = tmp_path / "run"
+    # n3 left out: a job of two nodes has no other once one of its own is unfit.
+    job = submit(run_dir, tokens, "cluster.health_slowdown=100", "cluster.exclude=[n3]")
+    wait_finished(slurm_cluster, run_dir, job)
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    events = [event for event in RunHistory(run_dir).events() if event["event"] != Event.launch]
+    # Each checkpoint before the last found the node unfit again (steps 2 to 10): the first check says so.
+    assert [event["event"] for event in events] == [Event.start, Event.unfit, Event.finished]
+    assert events[1]["nodes"] == {marked.read_text(): ANY} and not events[1]["left_out"]
+    log = (run_dir / "slurm" / f"{job}_0_log.err").read_text()
+    assert log.count("corolla: unfit: ") == 1 and "the partition has no other nodes for the run's 2" in log, log
 
 
 def test_a_stop_file_saves_and_ends_the_job_without_requeue(slurm_cluster, tokens, tmp_path) -> None:
