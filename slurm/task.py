@@ -251,7 +251,7 @@ class TrainingTask:
         task, run_dir = start.task, start.run_dir
         health = None
         if cluster.health_slowdown:
-            give_way = functools.partial(self._give_way, cluster, run_dir, task)
+            give_way = functools.partial(self._give_way, cluster, run_dir, task, set())
             health = HealthCheck(task.node_name, cluster.health_slowdown, give_way)
         try:
             # A task that sees one GPU was given it: the job asked for a GPU a rank on every node.
@@ -267,30 +267,26 @@ class TrainingTask:
             kill_switch = (run_dir / STOP_FILE).exists() or (outcome == Event.stopped and was_cancelled(task.job_id))
             start.follow(after(outcome, start.events, start.budget, start.chained, kill_switch=kill_switch))
 
-    def _give_way(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask, unfit: dict[str, str]) -> bool:
+    def _give_way(
+        self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask, trained_on: set[str], unfit: dict[str, str]
+    ) -> bool:
         """Rank 0, when the health check found `unfit` nodes: whether a job that leaves them out was queued to take
-        over (not when the partition would keep too few nodes for the run, nor when Slurm refuses it). Nodes this job
-        found unfit and trained on before (each checkpoint checks again) are trained on without a word."""
-        trained_on = (
-            event["nodes"]
-            for event in RunHistory(run_dir).events()
-            if event["event"] == Event.unfit and event.get("slurm_job") == task.job_id and not event.get("left_out")
-        )
-        if any(set(unfit) <= set(nodes) for nodes in trained_on):
-            return False
-        reasons = "; ".join(f"{node}: {why}" for node, why in unfit.items())
+        over (not when the partition would keep too few nodes for the run, nor when Slurm refuses it). `trained_on`:
+        the nodes this start trains on for want of others, which a check after a checkpoint finds again without a
+        word (what Slurm refused is said, and tried again, at every check)."""
         needed = cluster.min_nodes if cluster.chained else cluster.nodes
         try:
             enough = usable_nodes(cluster, run_dir, frozenset(unfit)) >= needed
             replacement = replace_job(cluster, run_dir, self, task.job_id, frozenset(unfit)) if enough else None
-            problem = "" if enough else f"the partition has no other nodes for the run's {needed}"
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-            replacement, problem = None, f"no job without them could be queued ({str(error).strip()})"
-        RunHistory(run_dir).record(Event.unfit, nodes=unfit, left_out=replacement is not None, slurm_job=task.job_id)
+            return _trains_on(run_dir, task, unfit, f"no job without them could be queued ({str(error).strip()})")
         if replacement is None:
-            print(f"corolla: unfit: {reasons}; {problem}: training on them", file=sys.stderr, flush=True)
-            return False
-        print(f"corolla: unfit: {reasons}; job {replacement}, which leaves them out, takes over", flush=True)
+            if set(unfit) <= trained_on:
+                return False
+            trained_on.update(unfit)
+            return _trains_on(run_dir, task, unfit, f"the partition has no other nodes for the run's {needed}")
+        _record_unfit(run_dir, task, unfit, left_out=True)
+        print(f"corolla: unfit: {_reasons(unfit)}; job {replacement}, which leaves them out, takes over", flush=True)
         return True
 
     def _queue_next(self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask) -> None:
@@ -303,6 +299,27 @@ class TrainingTask:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _reasons(unfit: dict[str, str]) -> str:
+    return "; ".join(f"{node}: {why}" for node, why in unfit.items())
+
+
+def _record_unfit(run_dir: Path, task: SlurmTask, unfit: dict[str, str], left_out: bool) -> None:
+    """The verdict in the history; a run directory that takes no record now is said, not raised: every rank waits
+    for rank 0's decision."""
+    try:
+        RunHistory(run_dir).record(Event.unfit, nodes=unfit, left_out=left_out, slurm_job=task.job_id)
+    except OSError as error:
+        print(
+            f"corolla: cannot record the unfit nodes in {run_dir / HISTORY_FILE} ({error})", file=sys.stderr, flush=True
+        )
+
+
+def _trains_on(run_dir: Path, task: SlurmTask, unfit: dict[str, str], problem: str) -> bool:
+    _record_unfit(run_dir, task, unfit, left_out=False)
+    print(f"corolla: unfit: {_reasons(unfit)}; {problem}: training on them", file=sys.stderr, flush=True)
+    return False
 
 
 if __name__ == "__main__":  # the batch script, after srun: python -m slurm.task RUN_DIR STATUS

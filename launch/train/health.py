@@ -22,7 +22,7 @@ WARMUP, ROUNDS, PER_ROUND = 3, 5, 4  # matmuls; the fastest round counts: a tran
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """What a start on a cluster checks before it trains, and who acts on an unfit node."""
+    """What a start on a cluster checks before it trains and after each checkpoint, and who acts on an unfit node."""
 
     node: str  # this rank's node, as the scheduler names it
     slowdown: float  # cluster.health_slowdown
@@ -36,6 +36,8 @@ class SelfTest:
     node: str
     seconds: float | None  # None: it failed
     error: str = ""
+    # No verdict on the rank: after a checkpoint, the run's own tensors may leave no room for the test's matrices.
+    inconclusive: bool = False
 
 
 def time_matmuls() -> float:
@@ -58,16 +60,22 @@ def time_matmuls() -> float:
     return min(rounds)
 
 
-def self_test(rank: int, node: str, injected: Callable[[float], float] = float) -> SelfTest:
-    """The rank's self-test; `injected`: what test-only faults make of its seconds (launch/train/faults.py)."""
+def self_test(rank: int, node: str, injected: Callable[[float], float] = float, mid_run: bool = False) -> SelfTest:
+    """The rank's self-test, before the start trains or (`mid_run`) after a checkpoint; `injected`: what test-only
+    faults make of its seconds (launch/train/faults.py)."""
     try:
         return SelfTest(rank, node, injected(time_matmuls()))
+    except torch.OutOfMemoryError as error:
+        # Before the run has a tensor, a device with no room is held by another process: unfit. After a checkpoint,
+        # the room is the run's own.
+        return SelfTest(rank, node, None, f"{type(error).__name__}: {error}", inconclusive=mid_run)
     except Exception as error:  # a device that cannot compute: the verdict says so, the rank does not die of it
         return SelfTest(rank, node, None, f"{type(error).__name__}: {error}")
 
 
 def unfit_nodes(results: list[SelfTest], slowdown: float) -> dict[str, str]:
     """Each unfit node and why (its first rank that is); empty when every node is fit."""
+    results = [result for result in results if not result.inconclusive]
     timed = [result.seconds for result in results if result.seconds is not None]
     fastest = min(timed, default=0.0)
     unfit: dict[str, str] = {}
@@ -84,10 +92,10 @@ def unfit_nodes(results: list[SelfTest], slowdown: float) -> dict[str, str]:
     return unfit
 
 
-def check(health: HealthCheck, injected: Callable[[float], float] = float) -> dict[str, str]:
+def check(health: HealthCheck, injected: Callable[[float], float] = float, mid_run: bool = False) -> dict[str, str]:
     """Every rank's self-test, gathered: the unfit nodes, the same verdict on every rank (a collective)."""
     rank = torch.distributed.get_rank()
-    mine = self_test(rank, health.node, injected)
+    mine = self_test(rank, health.node, injected, mid_run)
     results: list[SelfTest | None] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(results, mine)
     return unfit_nodes([result for result in results if result is not None], health.slowdown)

@@ -146,7 +146,8 @@ def train_steps(
         stop = done < last and callbacks.should_stop()
         if stop or done % train.checkpoint_interval == 0 or done == last:
             callbacks.save(done)
-            stop = stop or (done < last and callbacks.gives_way())
+            # A stop asked for during the save (a cancel, a time limit's signal) comes before giving way.
+            stop = stop or (done < last and (callbacks.should_stop() or callbacks.gives_way()))
         if stop:
             return done, True
     return last, False

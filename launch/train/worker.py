@@ -150,7 +150,7 @@ def _starting_weights(engine, job: TrainJob, plan: RunPlan, directory: Path, fir
 def _gives_way(health: HealthCheck, rank: int, faults: Faults, mid_run: bool = False) -> bool:
     """The health check, before the start trains or (`mid_run`) after each checkpoint it saves: whether the start
     gives way to a job without the nodes it found unfit (rank 0 decides, and every rank follows)."""
-    unfit = check(health, faults.self_test(health.node, mid_run))
+    unfit = check(health, faults.self_test(health.node, mid_run), mid_run)
     if not unfit:
         return False
     decision = [health.on_unfit(unfit) if rank == 0 else None]

@@ -1,15 +1,17 @@
-"""The health check a start on a cluster runs before it trains (launch/train/health.py): the verdict from every
-rank's self-test, and the same verdict on every rank of a real gloo group. What follows on Slurm (a job without the
-unfit node takes over) is tested on the test cluster, in tests/slurm/test_submit.py."""
+"""The health check a start on a cluster runs before it trains and after each checkpoint (launch/train/health.py):
+the verdict from every rank's self-test, and the same verdict on every rank of a real gloo group. What follows on
+Slurm (a job without the unfit node takes over) is tested on the test cluster, in tests/slurm/test_submit.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
 from distributed import run_ranks
 
 from launch.train.faults import Faults
-from launch.train.health import HealthCheck, SelfTest, check, unfit_nodes
+from launch.train.health import HealthCheck, SelfTest, check, self_test, unfit_nodes
 
 
 def test_a_node_is_unfit_when_a_rank_of_it_fails_or_is_slower_than_the_bound() -> None:
@@ -52,3 +54,16 @@ def test_every_rank_reaches_the_same_verdict(tmp_path: Path) -> None:
     assert broken == {"node0": "rank 0 failed its self-test (RuntimeError: injected: the device of node0 fails)"}
     assert list(slow) == ["node1"] and "took" in slow["node1"] and fit == {}
     assert others == [broken, slow, fit]
+
+
+def no_room(seconds: float) -> float:
+    """What a GPU with no room for the self-test's matrices raises (simulated: no GPU here)."""
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 128.00 MiB")
+
+
+@pytest.mark.parametrize("mid_run", [False, True], ids=["before-training", "after-a-checkpoint"])
+def test_a_device_without_room_is_unfit_before_the_run_trains_and_no_verdict_after_a_checkpoint(mid_run: bool) -> None:
+    # Before training, the room is held by another process; after a checkpoint, by the run itself.
+    results = [self_test(0, "n1", no_room, mid_run), SelfTest(1, "n2", 1.0)]
+    assert list(unfit_nodes(results, slowdown=1.25)) == ([] if mid_run else ["n1"])
+    assert results[0].error.startswith("OutOfMemoryError: CUDA out of memory")

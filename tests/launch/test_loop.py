@@ -57,11 +57,13 @@ class FakeEngine:
 
 
 class Recorder:
-    def __init__(self, stop_after: int | None = None, gives_way_after: int | None = None) -> None:
+    def __init__(
+        self, stop_after: int | None = None, gives_way_after: int | None = None, stop_in_save: int | None = None
+    ) -> None:
         self.steps: list[StepRecord] = []
         self.validations: list[tuple[int, dict[str, float]]] = []
         self.saves: list[int] = []
-        self.stop_after, self.gives_way_after = stop_after, gives_way_after
+        self.stop_after, self.gives_way_after, self.stop_in_save = stop_after, gives_way_after, stop_in_save
         self.asked_to_give_way: list[int] = []  # the checkpoints after which the loop asked
 
     def callbacks(self) -> Callbacks:
@@ -69,9 +71,13 @@ class Recorder:
             on_step=self.steps.append,
             on_validation=lambda step, losses: self.validations.append((step, losses)),
             save=self.saves.append,
-            should_stop=lambda: self.stop_after is not None and self.steps[-1].step >= self.stop_after,
+            should_stop=self.should_stop,
             gives_way=self.gives_way,
         )
+
+    def should_stop(self) -> bool:
+        asked = self.stop_after is not None and self.steps[-1].step >= self.stop_after
+        return asked or (self.stop_in_save is not None and self.stop_in_save in self.saves)
 
     def gives_way(self) -> bool:
         self.asked_to_give_way.append(self.saves[-1])
@@ -154,3 +160,6 @@ def test_a_launch_gives_way_after_a_checkpoint_it_saved_and_is_asked_only_then()
     # Not after the last step's checkpoint: the run is done, there is nothing to give way to.
     _, recorder, result = run(train, first_step=7, recorder=Recorder(gives_way_after=10))
     assert result == (10, False) and recorder.saves == [9, 10] and recorder.asked_to_give_way == [9]
+    # A stop asked for while the checkpoint was saved stops there, as asked: it does not give way.
+    _, recorder, result = run(train, recorder=Recorder(gives_way_after=0, stop_in_save=3))
+    assert result == (3, True) and recorder.asked_to_give_way == []

@@ -544,24 +544,40 @@ def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(
     assert run.data.tags["corolla.failures"] == "0" and run.data.tags["cluster"] == "testcluster"
 
 
-def test_a_node_found_unfit_after_a_checkpoint_is_left_out_by_a_job_that_resumes_from_that_checkpoint(
-    slurm_cluster, tokens, local_losses, tmp_path, monkeypatch
-) -> None:
-    # The node of the first job's rank 0 fails its self-test from the check after the first checkpoint on, as a GPU
-    # that breaks while the run trains.
+def submit_breaking_mid_run(tmp_path: Path, tokens: Path, monkeypatch, *overrides: str) -> tuple[str, Path, Path]:
+    """A run whose first job's rank 0 node fails its self-test from the check after the first checkpoint on, as a GPU
+    that breaks while the run trains: (the job, the run directory, the file that names the node)."""
     marked = tmp_path / "unfit-node"
     monkeypatch.setenv(UNFIT_NODE_FILE, str(marked))
     monkeypatch.setenv(UNFIT_MID_RUN, "1")
     run_dir = tmp_path / "run"
-    first_job = submit(run_dir, tokens, "cluster.health_slowdown=100")  # only failures count on shared cores
+    # health_slowdown=100: only failures count on shared cores.
+    return submit(run_dir, tokens, "cluster.health_slowdown=100", *overrides), run_dir, marked
+
+
+def events_after_launch(run_dir: Path) -> list[dict]:
+    return [event for event in RunHistory(run_dir).events() if event["event"] != Event.launch]
+
+
+@pytest.mark.parametrize("elastic", [False, True], ids=["requeued", "elastic"])
+def test_a_node_found_unfit_after_a_checkpoint_is_left_out_by_a_job_that_resumes_from_that_checkpoint(
+    slurm_cluster, tokens, local_losses, tmp_path, monkeypatch, elastic
+) -> None:
+    # An elastic run's first job has its next job queued already: it is cancelled for the one without the node.
+    chain = ["parallel.elastic=true", "cluster.min_nodes=1"] if elastic else []
+    _, run_dir, marked = submit_breaking_mid_run(tmp_path, tokens, monkeypatch, *chain)
+    replaced_at = 2 if elastic else 1
     jobs = lambda: json.loads((run_dir / JOBS_FILE).read_text())  # noqa: E731
-    assert wait_for(lambda: len(jobs()) > 1, timeout=240), logs(run_dir)
-    replacement, unfit = jobs()[1], marked.read_text()
+    first_job = jobs()[0]
+    assert wait_for(lambda: len(jobs()) > replaced_at, timeout=240), logs(run_dir)
+    replacement, unfit = jobs()[replaced_at], marked.read_text()
     assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", replacement).stdout
     wait_finished(slurm_cluster, run_dir, replacement)
     assert job_state(slurm_cluster, first_job) in ("COMPLETED", "GONE")
+    if elastic:
+        assert job_state(slurm_cluster, jobs()[1]) in ("CANCELLED", "GONE")
     assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
-    events = [event for event in RunHistory(run_dir).events() if event["event"] != Event.launch]
+    events = events_after_launch(run_dir)
     assert [(event["event"], event.get("slurm_job")) for event in events] == [
         (Event.start, first_job),
         (Event.unfit, first_job),
@@ -578,15 +594,11 @@ def test_a_node_found_unfit_after_a_checkpoint_is_left_out_by_a_job_that_resumes
 def test_a_node_found_unfit_after_a_checkpoint_with_no_other_to_take_over_is_trained_on_and_said_once(
     slurm_cluster, tokens, local_losses, tmp_path, monkeypatch
 ) -> None:
-    marked = tmp_path / "unfit-node"
-    monkeypatch.setenv(UNFIT_NODE_FILE, str(marked))
-    monkeypatch.setenv(UNFIT_MID_RUN, "1")
-    run_dir = tmp_path / "run"
     # n3 left out: a job of two nodes has no other once one of its own is unfit.
-    job = submit(run_dir, tokens, "cluster.health_slowdown=100", "cluster.exclude=[n3]")
+    job, run_dir, marked = submit_breaking_mid_run(tmp_path, tokens, monkeypatch, "cluster.exclude=[n3]")
     wait_finished(slurm_cluster, run_dir, job)
     assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
-    events = [event for event in RunHistory(run_dir).events() if event["event"] != Event.launch]
+    events = events_after_launch(run_dir)
     # Each checkpoint before the last found the node unfit again (steps 2 to 10): the first check says so.
     assert [event["event"] for event in events] == [Event.start, Event.unfit, Event.finished]
     assert events[1]["nodes"] == {marked.read_text(): ANY} and not events[1]["left_out"]
