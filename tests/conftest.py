@@ -124,6 +124,22 @@ def sbatch_whose_answer_is_lost(bin_dir: Path) -> Path:
     return bin_dir
 
 
+def sbatch_that_refuses(bin_dir: Path, call: int) -> Path:
+    """A folder to put first on PATH: its `sbatch` refuses the `call`-th call (counted from 1), as Slurm refuses a job
+    it cannot place now, and runs the real sbatch for every other."""
+    bin_dir.mkdir()
+    count, sbatch = bin_dir / "calls", bin_dir / "sbatch"
+    sbatch.write_text(
+        f"#!/bin/sh\necho >> {count}\n"
+        f"if [ $(wc -l < {count}) -eq {call} ]; then\n"
+        "  echo 'sbatch: error: Batch job submission failed: Requested node configuration is not available' >&2\n"
+        "  exit 1\nfi\n"
+        f'exec {shutil.which("sbatch")} "$@"\n'
+    )
+    sbatch.chmod(0o755)
+    return bin_dir
+
+
 @contextmanager
 def small_filesystem(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` ("300k", "8M", as mount takes it) at `path`: a disk that fills (the tests run as root)."""

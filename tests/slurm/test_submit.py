@@ -28,6 +28,7 @@ from conftest import (
     MULTILINGUAL,
     REPO_ROOT,
     cluster_in_environment,
+    sbatch_that_refuses,
     sbatch_that_stops_the_controller,
     sbatch_whose_answer_is_lost,
 )
@@ -604,6 +605,30 @@ def test_a_node_found_unfit_after_a_checkpoint_with_no_other_to_take_over_is_tra
     assert events[1]["nodes"] == {marked.read_text(): ANY} and not events[1]["left_out"]
     log = (run_dir / "slurm" / f"{job}_0_log.err").read_text()
     assert log.count("corolla: unfit: ") == 1 and "the partition has no other nodes for the run's 2" in log, log
+
+
+def test_a_job_without_the_unfit_node_that_slurm_refuses_is_asked_for_again_at_the_next_checkpoint(
+    slurm_cluster, tokens, local_losses, tmp_path, monkeypatch
+) -> None:
+    # The first sbatch is the submission's; the second, the job's first try at a replacement (the jobs inherit PATH).
+    monkeypatch.setenv("PATH", f"{sbatch_that_refuses(tmp_path / 'bin', call=2)}:{os.environ['PATH']}")
+    first_job, run_dir, _ = submit_breaking_mid_run(tmp_path, tokens, monkeypatch)
+    jobs = lambda: json.loads((run_dir / JOBS_FILE).read_text())  # noqa: E731
+    assert wait_for(lambda: len(jobs()) > 1, timeout=240), logs(run_dir)
+    wait_finished(slurm_cluster, run_dir, jobs()[1])
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
+    events = events_after_launch(run_dir)
+    assert [(event["event"], event.get("left_out")) for event in events] == [
+        (Event.start, None),
+        (Event.unfit, False),  # after checkpoint 2: refused, trained on
+        (Event.unfit, True),  # after checkpoint 4: queued
+        (Event.stopped, None),
+        (Event.start, None),
+        (Event.finished, None),
+    ]
+    assert events[3]["step"] == 4 and events[4]["resumed_from_step"] == 4
+    log = (run_dir / "slurm" / f"{first_job}_0_log.err").read_text()
+    assert "no job without them could be queued (" in log and "Requested node configuration" in log, log
 
 
 def test_a_stop_file_saves_and_ends_the_job_without_requeue(slurm_cluster, tokens, tmp_path) -> None:
