@@ -18,6 +18,7 @@ from launch.rundir.checkpoints import CheckpointError, complete_record, latest_t
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import (
     CHECKPOINTS,
+    HEALTH_FILE,
     HISTORY_FILE,
     JOB_FILE,
     METRICS_FILE,
@@ -191,6 +192,19 @@ def validation_lines(run: RunDirectory) -> list[str]:
     return [line("validation", f"step {step}, {mean} (mean of {plural(len(losses), 'language')})")]
 
 
+def health_lines(run: RunDirectory) -> list[str]:
+    """The last health check after a checkpoint that timed a node: the slowest node against the fastest rank (a
+    slowdown too small for cluster.health_slowdown shows here first; nodes that failed it are the history's)."""
+    records = last_records(run.path / HEALTH_FILE, 1)
+    if not records or "slowdown" not in records[-1]:
+        return []
+    seconds, bound = records[-1]["seconds"], run.setting("cluster.health_slowdown")
+    slowest = max(seconds, key=seconds.__getitem__)
+    text = f"slowest node {slowest}, {records[-1]['slowdown']:.2f}x the fastest rank's self-test time"
+    text += f" (cluster.health_slowdown={bound:g})" if isinstance(bound, int | float) else ""
+    return [line("health", f"after step {records[-1]['step']}: {text}")]
+
+
 def checkpoint_lines(run: RunDirectory) -> list[str]:
     directory = run.path / CHECKPOINTS
     tag = latest_tag(directory)
@@ -241,6 +255,7 @@ def status_lines(run: RunDirectory, backend: Backend) -> list[str]:
         *history_lines(run),
         *progress_lines(run),
         *validation_lines(run),
+        *health_lines(run),
         *checkpoint_lines(run),
         *tracking_lines(run),
     ]

@@ -12,6 +12,7 @@ RUN_CREATION = "run-creation"
 TRACKING_STATE = "tracking.json"  # how far MLflow holds the records, what is left to send (launch/rundir/outbox.py)
 METRICS_FILE = "metrics.jsonl"  # one record per optimizer step (the last, if a resumed launch redid it)
 VALIDATION_FILE = "validation.jsonl"  # one record per validation
+HEALTH_FILE = "health.jsonl"  # on a cluster, one record per health check after a checkpoint (launch/train/health.py)
 LOSS_CHART = "loss.png"  # both, drawn when a local run ends (launch/rundir/loss_chart.py)
 HISTORY_FILE = "history.jsonl"  # one record per launch, start, stop, finish or give-up
 STOP_FILE = "STOP"  # a kill switch: the run saves and ends without being requeued

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from launch.config.job_file import read_job
 from launch.rundir import tracking
-from launch.rundir.files import JOB_FILE, JOBS_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
+from launch.rundir.files import HEALTH_FILE, JOB_FILE, JOBS_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
 from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches
 from launch.rundir.records import last_records, offset_after, step_record
 from launch.rundir.run_record import masked, recorded_run
@@ -60,12 +60,21 @@ def _validation_metrics(record: dict) -> dict[str, float]:
     return metrics
 
 
+def _health_metrics(record: dict) -> dict[str, float]:
+    return {tracking.HEALTH_METRIC: record["slowdown"]} if "slowdown" in record else {}
+
+
 SERIES: dict[str, Callable[[dict], dict[str, float]]] = {
     METRICS_FILE: _step_metrics,
     VALIDATION_FILE: _validation_metrics,
+    HEALTH_FILE: _health_metrics,
 }
 # The metric of each series whose last step in MLflow says how far the series was sent
-SERIES_METRIC = {METRICS_FILE: tracking.STEP_METRICS["loss"], VALIDATION_FILE: tracking.VALIDATION_METRIC}
+SERIES_METRIC = {
+    METRICS_FILE: tracking.STEP_METRICS["loss"],
+    VALIDATION_FILE: tracking.VALIDATION_METRIC,
+    HEALTH_FILE: tracking.HEALTH_METRIC,
+}
 
 
 # (series, the last step sent) -> the records after it, in step order, UNSENT_RECORDS at most: asked again until none

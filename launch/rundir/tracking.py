@@ -53,6 +53,8 @@ STEP_METRICS = {
 }
 # Validation: the mean over languages, and each language as val_loss/<language>; the same in bits per byte.
 VALIDATION_METRIC, BITS_PER_BYTE_METRIC = "val_loss", "val_bpb"
+# The health check after a checkpoint: the slowest node's self-test time against the fastest rank's.
+HEALTH_METRIC = "health_slowdown"
 LAUNCHES_TAG = "corolla.launches"  # how many times the run was launched (corolla train or submit), restarts aside
 CHANGED_TAG = "corolla.changed_at_launch"  # .N: the settings launch N changed (the params are the first launch's)
 CREATION_TAG = "corolla.creation"  # RUN_CREATION's token: which launch created the run

@@ -92,10 +92,51 @@ def unfit_nodes(results: list[SelfTest], slowdown: float) -> dict[str, str]:
     return unfit
 
 
-def check(health: HealthCheck, injected: Callable[[float], float] = float, mid_run: bool = False) -> dict[str, str]:
-    """Every rank's self-test, gathered: the unfit nodes, the same verdict on every rank (a collective)."""
+def node_seconds(results: list[SelfTest]) -> dict[str, float | None]:
+    """Each node's self-test seconds: its slowest rank's, None where one failed (ranks that gave no verdict aside)."""
+    seconds: dict[str, float | None] = {}
+    for result in results:
+        if result.inconclusive:
+            continue
+        before = seconds.get(result.node, 0.0)
+        seconds[result.node] = None if None in (before, result.seconds) else max(before, result.seconds)
+    return seconds
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a check found: the unfit nodes and why, each node's seconds (node_seconds), and the fastest rank's."""
+
+    unfit: dict[str, str]
+    seconds: dict[str, float | None]
+    fastest: float | None
+
+    def timed(self) -> dict[str, float]:
+        return {node: seconds for node, seconds in self.seconds.items() if seconds is not None}
+
+    def slowest(self) -> tuple[str, float] | None:
+        """The slowest node that finished its self-test, and its time against the fastest rank's (what
+        cluster.health_slowdown bounds); None where none did."""
+        timed = self.timed()
+        if not (timed and self.fastest):
+            return None
+        node = max(timed, key=timed.__getitem__)
+        return node, timed[node] / self.fastest
+
+    def record(self) -> dict[str, object]:
+        """What the run's health series holds of it (figures only, records.py): the seconds of each node that
+        finished its self-test (those that failed it are the history's unfit events), and the slowest one's
+        slowdown."""
+        slowest = self.slowest()
+        return {"seconds": self.timed(), **({"slowdown": round(slowest[1], 4)} if slowest else {})}
+
+
+def check(health: HealthCheck, injected: Callable[[float], float] = float, mid_run: bool = False) -> Verdict:
+    """Every rank's self-test, gathered: the same verdict on every rank (a collective)."""
     rank = torch.distributed.get_rank()
     mine = self_test(rank, health.node, injected, mid_run)
-    results: list[SelfTest | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(results, mine)
-    return unfit_nodes([result for result in results if result is not None], health.slowdown)
+    gathered: list[SelfTest | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    results = [result for result in gathered if result is not None]
+    timed = [result.seconds for result in results if result.seconds is not None]
+    return Verdict(unfit_nodes(results, health.slowdown), node_seconds(results), min(timed, default=None))

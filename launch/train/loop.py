@@ -55,7 +55,7 @@ class Callbacks:
     save: Callable[[int], None]
     should_stop: Callable[[], bool] = lambda: False
     progress: Callable[[], None] = lambda: None
-    gives_way: Callable[[], bool] = lambda: False
+    gives_way: Callable[[int], bool] = lambda step: False
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def train_steps(
         if stop or done % train.checkpoint_interval == 0 or done == last:
             callbacks.save(done)
             # A stop asked for during the save (a cancel, a time limit's signal) comes before giving way.
-            stop = stop or (done < last and (callbacks.should_stop() or callbacks.gives_way()))
+            stop = stop or (done < last and (callbacks.should_stop() or callbacks.gives_way(done)))
         if stop:
             return done, True
     return last, False

@@ -12,10 +12,11 @@ from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
 
-from launch.rundir.files import METRICS_FILE, VALIDATION_FILE
+from launch.rundir.files import HEALTH_FILE, METRICS_FILE, VALIDATION_FILE
 from launch.rundir.outbox import Sender
 from launch.rundir.records import append_record, keep_steps_up_to
 from launch.train.checkpoint import NoSpace, filesystem, from_rank_0
+from launch.train.health import Verdict
 from launch.train.loop import StepRecord
 from tokenizer.files import is_no_space, no_room
 
@@ -71,6 +72,7 @@ class Reporter:
         the sender, which must not send them."""
         last_step = keep_steps_up_to(self.run_dir / METRICS_FILE, resumed_from)
         keep_steps_up_to(self.run_dir / VALIDATION_FILE, resumed_from)
+        keep_steps_up_to(self.run_dir / HEALTH_FILE, resumed_from)
         self.steps_redone = max(0, last_step - resumed_from)
         self.sender = Sender(self.run_dir) if self.sends else None
 
@@ -97,6 +99,14 @@ class Reporter:
                 flush=True,
             )
         self._append(VALIDATION_FILE, {"step": step, "loss": losses, **({"bpb": bpb} if bpb else {})})
+
+    def health(self, step: int, verdict: Verdict) -> None:
+        """Called on every rank, as `step`: the health check after the checkpoint of `step`."""
+        if self.writes and (slowest := verdict.slowest()):
+            print(
+                f"health after step {step}: slowest node {slowest[0]}, {slowest[1]:.2f}x the fastest rank", flush=True
+            )
+        self._append(HEALTH_FILE, {"step": step, **verdict.record()})
 
     def _append(self, series: str, record: dict) -> None:
         """Rank 0 appends the record; every rank raises NoSpace if its filesystem had no room for it."""

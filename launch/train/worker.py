@@ -147,10 +147,9 @@ def _starting_weights(engine, job: TrainJob, plan: RunPlan, directory: Path, fir
     return layout
 
 
-def _gives_way(health: HealthCheck, rank: int, faults: Faults, mid_run: bool = False) -> bool:
-    """The health check, before the start trains or (`mid_run`) after each checkpoint it saves: whether the start
-    gives way to a job without the nodes it found unfit (rank 0 decides, and every rank follows)."""
-    unfit = check(health, faults.self_test(health.node, mid_run), mid_run)
+def _gives_way(health: HealthCheck, rank: int, unfit: dict[str, str]) -> bool:
+    """After a health check: whether the start gives way to a job without the nodes it found unfit (rank 0 decides,
+    and every rank follows)."""
     if not unfit:
         return False
     decision = [health.on_unfit(unfit) if rank == 0 else None]
@@ -201,7 +200,7 @@ def main(
     rank = torch.distributed.get_rank()
     plan = read_plan(run_dir, torch.distributed.get_world_size())
     start = RankStart(run_dir, job, plan, rank, Faults.from_environment(rank), watchdog, stop)
-    if health is not None and _gives_way(health, rank, start.faults):
+    if health is not None and _gives_way(health, rank, check(health, start.faults.self_test(health.node)).unfit):
         watchdog.stop()
         # Every rank leaves the group before any exits: a process ending with the group's threads alive aborts.
         torch.distributed.barrier()
@@ -279,9 +278,13 @@ def _train(
         )
         watchdog.progress()
 
-    def gives_way() -> bool:
+    def gives_way(step: int) -> bool:
+        """The health check after the checkpoint of `step`, in the run's health series: whether the start gives way."""
         nonlocal gave_way
-        gave_way = health is not None and _gives_way(health, start.rank, faults, mid_run=True)
+        if health is not None:
+            verdict = check(health, faults.self_test(health.node, mid_run=True), mid_run=True)
+            reporter.health(step, verdict)
+            gave_way = _gives_way(health, start.rank, verdict.unfit)
         watchdog.progress()
         return gave_way
 

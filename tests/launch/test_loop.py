@@ -79,9 +79,9 @@ class Recorder:
         asked = self.stop_after is not None and self.steps[-1].step >= self.stop_after
         return asked or (self.stop_in_save is not None and self.stop_in_save in self.saves)
 
-    def gives_way(self) -> bool:
-        self.asked_to_give_way.append(self.saves[-1])
-        return self.gives_way_after is not None and self.saves[-1] >= self.gives_way_after
+    def gives_way(self, step: int) -> bool:
+        self.asked_to_give_way.append(step)
+        return self.gives_way_after is not None and step >= self.gives_way_after
 
 
 def run(

@@ -170,6 +170,21 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "state      held by process 7 on elsewhere (since " in status_of(run_dir, capsys)
 
 
+def test_status_shows_the_last_health_check_after_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = make_trained_run(tmp_path / "run")
+    checks = [
+        {"step": 5, "seconds": {"n1": 0.0100, "n2": 0.0101}, "slowdown": 1.01},
+        {"step": 10, "seconds": {"n1": 0.0100, "n3": 0.0105, "n2": 0.0102}, "slowdown": 1.05},
+    ]
+    write_jsonl(run_dir / "health.jsonl", checks)
+    lines = status_of(run_dir, capsys).splitlines()
+    assert lines[lines.index("validation step 10, loss 5.2500 (mean of 2 languages)") + 1] == (
+        "health     after step 10: slowest node n3, 1.05x the fastest rank's self-test time"
+    )
+
+
 def test_status_of_a_run_that_has_not_started(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = make_run(tmp_path / "run", cluster="testcluster", dp=0)
     output = status_of(run_dir, capsys)

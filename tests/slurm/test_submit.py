@@ -593,7 +593,7 @@ def test_a_node_found_unfit_after_a_checkpoint_is_left_out_by_a_job_that_resumes
 
 
 def test_a_node_found_unfit_after_a_checkpoint_with_no_other_to_take_over_is_trained_on_and_said_once(
-    slurm_cluster, tokens, local_losses, tmp_path, monkeypatch
+    slurm_cluster, tokens, local_losses, tmp_path, monkeypatch, capsys
 ) -> None:
     # n3 left out: a job of two nodes has no other once one of its own is unfit.
     job, run_dir, marked = submit_breaking_mid_run(tmp_path, tokens, monkeypatch, "cluster.exclude=[n3]")
@@ -605,6 +605,19 @@ def test_a_node_found_unfit_after_a_checkpoint_with_no_other_to_take_over_is_tra
     assert events[1]["nodes"] == {marked.read_text(): ANY} and not events[1]["left_out"]
     log = (run_dir / "slurm" / f"{job}_0_log.err").read_text()
     assert log.count("corolla: unfit: ") == 1 and "the partition has no other nodes for the run's 2" in log, log
+    # Each check is in the run's health series, the node that failed it left out, and in MLflow and status.
+    unfit = marked.read_text()
+    (fit,) = {"n1", "n2"} - {unfit}
+    checks = [json.loads(line) for line in (run_dir / "health.jsonl").read_text().splitlines()]
+    assert [check["step"] for check in checks] == [2, 4, 6, 8, 10]
+    assert all(list(check["seconds"]) == [fit] and check["slowdown"] == 1.0 for check in checks), checks
+    tracked = recorded_run(run_dir)
+    history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, "health_slowdown")
+    assert sorted(metric.step for metric in history) == [2, 4, 6, 8, 10]
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    expected = f"health     after step 10: slowest node {fit}, 1.00x the fastest rank's self-test time"
+    assert f"{expected} (cluster.health_slowdown=100)" in capsys.readouterr().out
 
 
 def test_a_job_without_the_unfit_node_that_slurm_refuses_is_asked_for_again_at_the_next_checkpoint(
