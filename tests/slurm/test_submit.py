@@ -94,7 +94,12 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 def submit(run_dir: Path, tokens: Path, *overrides: str, shape: list[str] = TWO_RANKS) -> str:
     assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir='{run_dir}'", *RUN, *shape, *overrides]) == 0
-    return json.loads((run_dir / JOBS_FILE).read_text())[-1]
+    return submitted(run_dir)[-1]
+
+
+def submitted(run_dir: Path) -> list[str]:
+    """The run's Slurm jobs, in the order they were queued."""
+    return json.loads((run_dir / JOBS_FILE).read_text())
 
 
 def job_state(cluster: TestCluster, job_id: str) -> str:
@@ -158,6 +163,23 @@ def subprocess_hostnames(cluster: TestCluster, node_list: str) -> list[str]:
     return cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()
 
 
+ELASTIC = ["parallel.elastic=true", "cluster.min_nodes=1"]
+
+
+def replaced(cluster: TestCluster, run_dir: Path, elastic: bool, marked: Path) -> tuple[str, str, str]:
+    """(the first job, the one that took over without the node `marked` names, that node), once the first job gave
+    way: the job after it, or for an elastic run the one after the next job it had queued."""
+    replaced_at = 2 if elastic else 1
+    assert wait_for(lambda: len(submitted(run_dir)) > replaced_at, timeout=240), logs(run_dir)
+    first_job, replacement, unfit = submitted(run_dir)[0], submitted(run_dir)[replaced_at], marked.read_text()
+    assert f"ExcNodeList={unfit}" in cluster.run("scontrol", "show", "job", replacement).stdout
+    wait_finished(cluster, run_dir, replacement)
+    assert job_state(cluster, first_job) in ("COMPLETED", "GONE")
+    if elastic:  # the next job the first had queued, cancelled for the one without the node
+        assert job_state(cluster, submitted(run_dir)[1]) in ("CANCELLED", "GONE")
+    return first_job, replacement, unfit
+
+
 @pytest.mark.parametrize("elastic", [False, True], ids=["requeued", "elastic"])
 def test_a_node_that_fails_its_health_check_is_left_out_by_a_job_that_takes_over(
     slurm_cluster, tokens, local_losses, tmp_path, capsys, monkeypatch, elastic
@@ -167,16 +189,8 @@ def test_a_node_that_fails_its_health_check_is_left_out_by_a_job_that_takes_over
     marked = tmp_path / "unfit-node"
     monkeypatch.setenv(UNFIT_NODE_FILE, str(marked))
     run_dir = tmp_path / "run"
-    chain = ["parallel.elastic=true", "cluster.min_nodes=1"] if elastic else []
-    submit(run_dir, tokens, "cluster.health_slowdown=100", *chain)  # only failures count on shared cores
-    replaced_at = 2 if elastic else 1
-    jobs = lambda: json.loads((run_dir / JOBS_FILE).read_text())  # noqa: E731
-    first_job = jobs()[0]
-    assert wait_for(lambda: len(jobs()) > replaced_at, timeout=180), logs(run_dir)
-    replacement, unfit = jobs()[replaced_at], marked.read_text()
-    assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", replacement).stdout
-    wait_finished(slurm_cluster, run_dir, replacement)
-    assert job_state(slurm_cluster, first_job) in ("COMPLETED", "GONE")
+    submit(run_dir, tokens, "cluster.health_slowdown=100", *(ELASTIC if elastic else []))  # only failures count
+    first_job, replacement, unfit = replaced(slurm_cluster, run_dir, elastic, marked)
     assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
     [event] = [event for event in RunHistory(run_dir).events() if event["event"] == "unfit"]
     why = f"rank 0 failed its self-test (RuntimeError: injected: the device of {unfit} fails)"
@@ -184,13 +198,14 @@ def test_a_node_that_fails_its_health_check_is_left_out_by_a_job_that_takes_over
     [start] = RunHistory(run_dir).starts()  # the first job trained nothing
     assert start["slurm_job"] == replacement and unfit not in subprocess_hostnames(slurm_cluster, start["nodes"])
     assert RunHistory(run_dir).failures() == 0
+    jobs = submitted(run_dir)
     if elastic:  # the first next job gave way; the replacement's own next job left the node out too, and was cancelled
-        first_next, last_next = jobs()[1], jobs()[3]
-        assert job_state(slurm_cluster, first_next) in ("CANCELLED", "GONE") and len(jobs()) == 4
+        last_next = jobs[3]
+        assert len(jobs) == 4
         assert wait_for(lambda: job_state(slurm_cluster, last_next) in ("CANCELLED", "GONE"), timeout=30)
         assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", last_next).stdout
     else:
-        assert len(jobs()) == 2
+        assert len(jobs) == 2
     one_mlflow_value_per_step(run_dir, local_losses)
     assert main(["status", f"run_dir={run_dir}"]) == 0
     assert f"unfit     job {first_job}: {unfit}: {why} (left out from then on)" in capsys.readouterr().out
@@ -206,7 +221,7 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
     monkeypatch.setenv(STEP_SECONDS, "2.5")
     run_dir, elastic = tmp_path / "run", ["parallel.elastic=true", "cluster.min_nodes=1"]
     submit(run_dir, tokens, *elastic, shape=THREE_D)
-    first_job, next_job = json.loads((run_dir / JOBS_FILE).read_text())
+    first_job, next_job = submitted(run_dir)
     # What is checked of the running job is checked while it trains to step 4, so that the node dies soon after that
     # checkpoint: these commands take seconds on loaded cores, and the 8 steps left take 20 s.
     wait_checkpoint(run_dir, 2)
@@ -234,7 +249,7 @@ def test_an_elastic_run_that_loses_a_node_goes_on_by_itself_on_the_node_left(
     assert second["resharded_from"] == "tp2-pp2-dp2" and second["resumed_from_step"] >= 4
     assert RunHistory(run_dir).failures() == 1
     # The job the second start queued behind itself was cancelled when the run finished.
-    jobs = json.loads((run_dir / JOBS_FILE).read_text())
+    jobs = submitted(run_dir)
     assert len(jobs) == 3 and wait_for(lambda: job_state(slurm_cluster, jobs[2]) in ("CANCELLED", "GONE"), timeout=30)
     tracked = asdict(recorded_run(run_dir))
     tags = MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).data.tags
@@ -372,7 +387,7 @@ def test_every_srun_asks_again_for_the_cores_its_job_asked_for(tokens, capsys, t
 def test_cancelling_an_elastic_run_cancels_the_job_queued_behind_it_too(slurm_cluster, tokens, tmp_path, capsys):
     run_dir = tmp_path / "run"
     submit(run_dir, tokens, "parallel.elastic=true", "cluster.min_nodes=1")
-    jobs = json.loads((run_dir / JOBS_FILE).read_text())
+    jobs = submitted(run_dir)
     assert len(jobs) == 2
     assert main(["cancel", f"run_dir={run_dir}"]) == 0
     out = capsys.readouterr().out
@@ -389,7 +404,7 @@ def test_an_elastic_run_refused_at_a_start_cancels_the_job_that_start_queued(
     monkeypatch.setenv(STEP_SECONDS, "1")
     run_dir = tmp_path / "run"
     submit(run_dir, tokens, "parallel.elastic=true", "cluster.min_nodes=1", "train.steps=300")
-    first = json.loads((run_dir / JOBS_FILE).read_text())[0]  # submit's is the job queued behind it
+    first = submitted(run_dir)[0]  # submit's is the job queued behind it
     assert wait_for(lambda: (run_dir / "metrics.jsonl").is_file(), timeout=180, interval=0.2), logs(run_dir)
     plan = json.loads((run_dir / PLAN_FILE).read_text())
     for each in plan["plans"]:
@@ -399,7 +414,7 @@ def test_an_elastic_run_refused_at_a_start_cancels_the_job_that_start_queued(
         os.kill(pid, signal.SIGUSR2)  # as the time limit's: the job queued behind this one takes over
     refused = lambda: RunHistory(run_dir).events()[-1]["event"] == "refused"  # noqa: E731
     assert wait_for(refused, timeout=180, interval=0.5), logs(run_dir)
-    jobs = json.loads((run_dir / JOBS_FILE).read_text())
+    jobs = submitted(run_dir)
     assert len(jobs) == 3  # the first, the one that refused, the one it queued
     cancelled = lambda: job_state(slurm_cluster, jobs[-1]) == "CANCELLED"  # noqa: E731
     assert wait_for(cancelled, timeout=60, interval=0.5), (job_state(slurm_cluster, jobs[-1]), logs(run_dir))
@@ -441,7 +456,7 @@ def test_an_elastic_submission_that_slurm_cuts_off_names_the_held_job_it_leaves(
     finally:
         os.environ["PATH"] = path
         slurm_cluster.start_controller()
-    held = json.loads((run_dir / JOBS_FILE).read_text())[-1]
+    held = submitted(run_dir)[-1]
     assert capsys.readouterr().err == (
         "corolla: error: Slurm did not take the job (sbatch: Batch job submission failed: Unable to contact slurm "
         f"controller (connect failure)): {UNREACHABLE_HINT}; and Slurm job {held}, held until then, could not be "
@@ -475,7 +490,7 @@ def test_a_job_queued_though_sbatchs_answer_was_lost_is_found_by_the_next_submis
         )
         assert main(arguments) == 2
         out, err = capsys.readouterr()
-        lost = json.loads((run_dir / JOBS_FILE).read_text())
+        lost = submitted(run_dir)
         assert len(lost) == 1
         assert f"Slurm job {lost[0]} of {run_dir} was queued though sbatch's answer was lost: recorded" in out
         assert f"has Slurm job {lost[0]} queued or running: let it run" in err
@@ -564,19 +579,8 @@ def events_after_launch(run_dir: Path) -> list[dict]:
 def test_a_node_found_unfit_after_a_checkpoint_is_left_out_by_a_job_that_resumes_from_that_checkpoint(
     slurm_cluster, tokens, local_losses, tmp_path, monkeypatch, elastic
 ) -> None:
-    # An elastic run's first job has its next job queued already: it is cancelled for the one without the node.
-    chain = ["parallel.elastic=true", "cluster.min_nodes=1"] if elastic else []
-    _, run_dir, marked = submit_breaking_mid_run(tmp_path, tokens, monkeypatch, *chain)
-    replaced_at = 2 if elastic else 1
-    jobs = lambda: json.loads((run_dir / JOBS_FILE).read_text())  # noqa: E731
-    first_job = jobs()[0]
-    assert wait_for(lambda: len(jobs()) > replaced_at, timeout=240), logs(run_dir)
-    replacement, unfit = jobs()[replaced_at], marked.read_text()
-    assert f"ExcNodeList={unfit}" in slurm_cluster.run("scontrol", "show", "job", replacement).stdout
-    wait_finished(slurm_cluster, run_dir, replacement)
-    assert job_state(slurm_cluster, first_job) in ("COMPLETED", "GONE")
-    if elastic:
-        assert job_state(slurm_cluster, jobs()[1]) in ("CANCELLED", "GONE")
+    _, run_dir, marked = submit_breaking_mid_run(tmp_path, tokens, monkeypatch, *(ELASTIC if elastic else []))
+    first_job, replacement, unfit = replaced(slurm_cluster, run_dir, elastic, marked)
     assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
     events = events_after_launch(run_dir)
     assert [(event["event"], event.get("slurm_job")) for event in events] == [
@@ -626,9 +630,8 @@ def test_a_job_without_the_unfit_node_that_slurm_refuses_is_asked_for_again_at_t
     # The first sbatch is the submission's; the second, the job's first try at a replacement (the jobs inherit PATH).
     monkeypatch.setenv("PATH", f"{sbatch_that_refuses(tmp_path / 'bin', call=2)}:{os.environ['PATH']}")
     first_job, run_dir, _ = submit_breaking_mid_run(tmp_path, tokens, monkeypatch)
-    jobs = lambda: json.loads((run_dir / JOBS_FILE).read_text())  # noqa: E731
-    assert wait_for(lambda: len(jobs()) > 1, timeout=240), logs(run_dir)
-    wait_finished(slurm_cluster, run_dir, jobs()[1])
+    assert wait_for(lambda: len(submitted(run_dir)) > 1, timeout=240), logs(run_dir)
+    wait_finished(slurm_cluster, run_dir, submitted(run_dir)[1])
     assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
     events = events_after_launch(run_dir)
     assert [(event["event"], event.get("left_out")) for event in events] == [
@@ -691,7 +694,7 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
     asked = Counter(calls.read_text().splitlines())
     assert asked and set(asked.values()) == {2}, asked  # each point's partition checked once, not again as submitted
     runs = {steps: tmp_path / f"train.steps={steps}" for steps in (2, 3)}
-    jobs = {steps: json.loads((run_dir / JOBS_FILE).read_text())[-1] for steps, run_dir in runs.items()}
+    jobs = {steps: submitted(run_dir)[-1] for steps, run_dir in runs.items()}
     assert len(set(jobs.values())) == 2
     # Every point was checked first, as a dry run that printed its sbatch script under "dry run: ... not submitted".
     out = capsys.readouterr().out
@@ -716,9 +719,9 @@ def test_a_sweep_submitted_again_skips_the_points_still_queued_or_running_and_su
     try:
         assert main(["submit", "--multirun", *args]) == 0
         out = capsys.readouterr().out
-        assert json.loads((runs[2] / JOBS_FILE).read_text()) == [live]
+        assert submitted(runs[2]) == [live]
         assert len(RunHistory(runs[2]).launches()) == 1
-        jobs = {seed: json.loads((runs[seed] / JOBS_FILE).read_text()) for seed in (1, 3)}
+        jobs = {seed: submitted(runs[seed]) for seed in (1, 3)}
         assert all(
             len(ids) == 1 and f"submitted Slurm job {ids[0]}: {runs[seed]}\n" in out for seed, ids in jobs.items()
         )
@@ -741,7 +744,7 @@ def test_two_submissions_of_one_run_at_once_submit_one_job(slurm_cluster, tokens
         assert sorted(status for status, _ in ends) == [0, 2], ends
         refused = next(err for status, err in ends if status).strip().splitlines()[-1]
         assert f"{run_dir} is being written by process " in refused or f"{run_dir} has Slurm job " in refused
-        assert len(json.loads((run_dir / JOBS_FILE).read_text())) == 1
+        assert len(submitted(run_dir)) == 1
         assert len(RunHistory(run_dir).launches()) == 1
     finally:
         main(["cancel", f"run_dir={run_dir}"])
