@@ -193,16 +193,23 @@ def validation_lines(run: RunDirectory) -> list[str]:
 
 
 def health_lines(run: RunDirectory) -> list[str]:
-    """The last health check after a checkpoint that timed a node: the slowest node against the fastest rank (a
-    slowdown too small for cluster.health_slowdown shows here first; nodes that failed it are the history's)."""
-    records = last_records(run.path / HEALTH_FILE, 1)
-    if not records or "slowdown" not in records[-1]:
+    """The last of the recent health checks after a checkpoint that timed a node: the slowest node against the
+    fastest rank (a slowdown too small for cluster.health_slowdown shows here first; nodes that failed it are the
+    history's)."""
+    timed = [
+        record
+        for record in last_records(run.path / HEALTH_FILE, SPEED_WINDOW)
+        if isinstance(record.get("seconds"), dict)
+        and record["seconds"]
+        and isinstance(record.get("slowdown"), int | float)
+    ]
+    if not timed:
         return []
-    seconds, bound = records[-1]["seconds"], run.setting("cluster.health_slowdown")
+    seconds, bound = timed[-1]["seconds"], run.setting("cluster.health_slowdown")
     slowest = max(seconds, key=seconds.__getitem__)
-    text = f"slowest node {slowest}, {records[-1]['slowdown']:.2f}x the fastest rank's self-test time"
+    text = f"slowest node {slowest}, {timed[-1]['slowdown']:.2f}x the fastest rank's self-test time"
     text += f" (cluster.health_slowdown={bound:g})" if isinstance(bound, int | float) else ""
-    return [line("health", f"after step {records[-1]['step']}: {text}")]
+    return [line("health", f"after step {timed[-1]['step']}: {text}")]
 
 
 def checkpoint_lines(run: RunDirectory) -> list[str]:

@@ -163,6 +163,26 @@ def test_a_run_whose_run_json_was_lost_goes_on_in_its_own_mlflow_run(tokens, tmp
     assert [run.info.status for run in client.search_runs([tracked.experiment_id])] == ["FINISHED"]
 
 
+def test_the_health_checks_after_checkpoints_go_to_mlflow_as_the_slowest_nodes_slowdown(tokens, tmp_path) -> None:
+    # Written by a cluster run's ranks after each checkpoint (tests/slurm/test_submit.py); here, by hand, to a local
+    # run's directory: a check that timed no node (every rank failed, or had no room) has no slowdown to send.
+    run_dir = tmp_path / "run"
+    assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN]) == 0
+    checks = [
+        {"step": 2, "seconds": {"n1": 0.0100, "n2": 0.0103}, "slowdown": 1.03},
+        {"step": 3, "seconds": {}},
+        {"step": 4, "seconds": {"n1": 0.0100, "n2": 0.0121}, "slowdown": 1.21},
+    ]
+    (run_dir / "health.jsonl").write_text("".join(json.dumps(check) + "\n" for check in checks))
+    assert main(["tracking", "sync", str(run_dir)]) == 0
+    tracked = recorded_run(run_dir)
+    history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, tracking.HEALTH_METRIC)
+    assert {entry.step: entry.value for entry in history} == {2: 1.03, 4: 1.21}
+    assert json.loads((run_dir / "tracking.json").read_text())["sent"]["health.jsonl"] == 4
+    assert main(["tracking", "sync", str(run_dir)]) == 0  # nothing twice
+    assert len(MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, tracking.HEALTH_METRIC)) == 2
+
+
 def test_a_damaged_embedded_store_is_rebuilt_from_the_runs_records_as_the_error_says(tokens, tmp_path, capsys) -> None:
     # SQLite on a shared filesystem is easily damaged: training goes on, and what MLflow held is in the run's records.
     run_dir = tmp_path / "run"
