@@ -92,43 +92,39 @@ def unfit_nodes(results: list[SelfTest], slowdown: float) -> dict[str, str]:
     return unfit
 
 
-def node_seconds(results: list[SelfTest]) -> dict[str, float | None]:
-    """Each node's self-test seconds: its slowest rank's, None where one failed (ranks that gave no verdict aside)."""
-    seconds: dict[str, float | None] = {}
-    for result in results:
-        if result.inconclusive:
-            continue
-        before = seconds.get(result.node, 0.0)
-        seconds[result.node] = None if None in (before, result.seconds) else max(before, result.seconds)
+def node_seconds(results: list[SelfTest]) -> dict[str, float]:
+    """The self-test seconds of each node whose ranks all finished it: its slowest rank's (ranks that gave no
+    verdict aside; nodes that failed it are the history's unfit events)."""
+    finished = [result for result in results if not result.inconclusive]
+    failed = {result.node for result in finished if result.seconds is None}
+    seconds: dict[str, float] = {}
+    for result in finished:
+        if result.node not in failed:
+            seconds[result.node] = max(seconds.get(result.node, 0.0), result.seconds)
     return seconds
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a check found: the unfit nodes and why, each node's seconds (node_seconds), and the fastest rank's."""
+    """What a check found: the unfit nodes and why, the nodes' seconds (node_seconds), and the fastest rank's."""
 
     unfit: dict[str, str]
-    seconds: dict[str, float | None]
+    seconds: dict[str, float]
     fastest: float | None
-
-    def timed(self) -> dict[str, float]:
-        return {node: seconds for node, seconds in self.seconds.items() if seconds is not None}
 
     def slowest(self) -> tuple[str, float] | None:
         """The slowest node that finished its self-test, and its time against the fastest rank's (what
         cluster.health_slowdown bounds); None where none did."""
-        timed = self.timed()
-        if not (timed and self.fastest):
+        if not (self.seconds and self.fastest):
             return None
-        node = max(timed, key=timed.__getitem__)
-        return node, timed[node] / self.fastest
+        node = max(self.seconds, key=self.seconds.__getitem__)
+        return node, self.seconds[node] / self.fastest
 
     def record(self) -> dict[str, object]:
-        """What the run's health series holds of it (figures only, records.py): the seconds of each node that
-        finished its self-test (those that failed it are the history's unfit events), and the slowest one's
+        """What the run's health series holds of it (figures only, records.py): the seconds, and the slowest node's
         slowdown."""
         slowest = self.slowest()
-        return {"seconds": self.timed(), **({"slowdown": round(slowest[1], 4)} if slowest else {})}
+        return {"seconds": self.seconds, **({"slowdown": round(slowest[1], 4)} if slowest else {})}
 
 
 def check(health: HealthCheck, injected: Callable[[float], float] = float, mid_run: bool = False) -> Verdict:
