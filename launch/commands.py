@@ -18,7 +18,7 @@ from launch.config.schemas import (
 )
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
-from launch.jobs.monitor import status_lines
+from launch.jobs.monitor import run_row, runs_lines, status_lines
 from launch.rundir.checkpoints import (
     CheckpointError,
     CheckpointRemoved,
@@ -29,7 +29,7 @@ from launch.rundir.checkpoints import (
     step_record,
     verify,
 )
-from launch.rundir.directory import RunDirectory
+from launch.rundir.directory import RunDirectory, runs_in
 from launch.rundir.files import (
     CHAIN_FILE,
     CHECKPOINTS,
@@ -98,9 +98,20 @@ def is_chain(run_dir: str) -> bool:
     return (Path(run_dir) / CHAIN_FILE).is_file()
 
 
+def _row(run_dir: Path) -> list[str]:
+    try:
+        run = RunDirectory.open(str(run_dir))
+    except ValueError as error:
+        return [run_dir.name, f"cannot be read: {error}"]
+    return run_row(run, backend_of(run))
+
+
 def show_status(job: StatusJob) -> None:
     lines = []
     run_dir = Path(job.run_dir)
+    if not is_chain(job.run_dir) and (runs := runs_in(run_dir)):  # a sweep's points
+        print("\n".join(runs_lines(run_dir, [_row(run) for run in runs])))
+        return
     if is_chain(job.run_dir):
         lines = chain_lines(run_dir)
         if not (run_dir / TRAIN_DIR / JOB_FILE).is_file():  # the training run is not prepared yet
@@ -126,8 +137,28 @@ def cancel(job: CancelJob) -> None:
     if is_chain(job.run_dir):
         cancel_chain(Path(job.run_dir))
         return
+    if runs := runs_in(Path(job.run_dir)):  # a sweep's points
+        _cancel_each(Path(job.run_dir), runs)
+        return
     run = RunDirectory.open(job.run_dir)
     backend_of(run).cancel(run)
+
+
+def _cancel_each(directory: Path, runs: list[Path]) -> None:
+    """Every run's jobs, each run in turn whatever the one before said; an error naming those not cancelled."""
+    failed = []
+    for run_dir in runs:
+        print(f"{run_dir}:")
+        try:
+            run = RunDirectory.open(str(run_dir))
+            backend_of(run).cancel(run)
+        except (ValueError, RuntimeError, OSError) as error:
+            print(f"  not cancelled: {error}")
+            failed.append(run_dir.name)
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(runs)} runs in {directory} not cancelled ({', '.join(failed)}): see why above each"
+        )
 
 
 def sync_tracking(job: TrackingSyncJob) -> None:

@@ -139,6 +139,19 @@ class SlurmBackend(Backend):
         running = f"job {current.job_id}: {current.state}, {current.summary} (from {current.source})"
         return [line("slurm", running), line("", f"next: {latest[LABEL_WIDTH:]}")]
 
+    def state_word(self, run: RunDirectory) -> str:
+        """The latest job's state; for an elastic run whose latest job waits for the one before, that one's."""
+        jobs = recorded_jobs(run.path)
+        if not jobs:
+            return "no Slurm job"
+        try:
+            state = slurm_state(jobs[-1])
+            if len(jobs) > 1 and state.waits_for_another:
+                state = slurm_state(jobs[-2])
+        except SlurmError:
+            return f"job {jobs[-1]}: Slurm does not answer"
+        return f"{state.state} (job {state.job_id})"
+
     def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:
         jobs = _jobs(run)
         # The latest job that has started: an elastic run's latest may be its next job, queued behind the running one.

@@ -56,6 +56,8 @@ LOGS = ".venv/bin/corolla logs runs/slurm [rank=N]"
 CANCEL = ".venv/bin/corolla cancel runs/slurm"
 DRY_RUN = ".venv/bin/corolla submit --dry-run experiment=bloom-176b"
 SWEEP = ".venv/bin/corolla submit --multirun cluster=testcluster parallel=3d train.lr=3e-4,1e-3 run_dir=runs/sweep"
+SWEEP_STATUS = ".venv/bin/corolla status runs/sweep"
+SWEEP_CANCEL = ".venv/bin/corolla cancel runs/sweep"
 PIPELINE_SLURM = ".venv/bin/corolla pipeline cluster=testcluster run_dir=runs/chain"
 PIPELINE_STATUS = ".venv/bin/corolla status runs/chain"
 PIPELINE_LOGS = ".venv/bin/corolla logs runs/chain stage=encode"
@@ -72,6 +74,7 @@ GPU_CHECK = "bash benchmarks/gpu_check.sh OUT_DIR"
 RUN_HERE = [MAIN, COROLLA, MAIN_OVERRIDES, TOKENIZER_TRAIN, TOKENIZER_EVALUATE, TOKENIZER_ENCODE, TOKENIZER_EXTEND]
 RUN_HERE += [TOKENIZER_CFG]
 RUN_HERE += [TRAIN, TRAIN_3D, TRAIN_TOKENS, MLFLOW_UI, IMPORT, INIT_FROM, SUBMIT, STATUS, LOGS, CANCEL, DRY_RUN, SWEEP]
+RUN_HERE += [SWEEP_STATUS, SWEEP_CANCEL]
 RUN_HERE += [PIPELINE_SLURM, PIPELINE_STATUS, PIPELINE_LOGS, PIPELINE_DRY_RUN, SETUP_SLURM]
 RUN_HERE += [CLUSTER_START, PLAN, PLAN_JSON, GPU_BUNDLE]
 # Not run by this module, and why: the test command is what CI runs (its first test below holds .ci/run to it); the
@@ -289,9 +292,11 @@ def test_the_slurm_lines(shell: Shell, workspace: Path, cluster: TestCluster) ->
     shell(SWEEP, *sample(workspace))
     points = sorted((workspace / "runs" / "sweep").iterdir())
     assert [point.name for point in points] == ["train.lr=0.0003", "train.lr=0.001"]
-    for point in points:
-        assert (point / JOBS_FILE).is_file()
-        shell(CANCEL.replace("runs/slurm", shlex.quote(str(point))))
+    assert all((point / JOBS_FILE).is_file() for point in points)
+    rows = shell(SWEEP_STATUS).splitlines()[2:-1]
+    assert [row.split()[0] for row in rows] == ["train.lr=0.0003", "train.lr=0.001"], rows
+    cancelled = shell(SWEEP_CANCEL)
+    assert cancelled.count(":\ncancelled Slurm job ") == 2, cancelled
 
 
 def test_the_pipeline_lines(shell: Shell, workspace: Path, cluster: TestCluster) -> None:

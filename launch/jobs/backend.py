@@ -20,6 +20,10 @@ class Backend(ABC):
         than the run directory)."""
 
     @abstractmethod
+    def state_word(self, run: RunDirectory) -> str:
+        """The run's state in a few words, for its row among other runs (`corolla status` of a sweep)."""
+
+    @abstractmethod
     def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:
         """The last `lines` lines of the log of every rank, or of `rank`."""
 

@@ -287,6 +287,12 @@ class LocalBackend(Backend):
             )
         ]
 
+    def state_word(self, run: RunDirectory) -> str:
+        held = writer(run.path)
+        if held and held[1]:
+            return "running here"
+        return "held on another host" if held and held[1] is None else "not running"
+
     def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:
         raise _not_here(run, "logs", "a local run's ranks print to the terminal of `corolla train`")
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from launch.config.cluster import ClusterConfig
 from launch.config.job_file import changes_text, section
@@ -157,39 +159,84 @@ def whole_setting(run: RunDirectory, key: str) -> int:
     return value
 
 
-def progress_lines(run: RunDirectory) -> list[str]:
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands by its metrics: its last step logged and its pace over the steps before it."""
+
+    step: int
+    total: int
+    loss: float
+    tokens_per_second: float
+    seconds_per_step: float
+    window: int  # the steps the pace is the median of
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.step)
+
+    def time_left(self) -> str:
+        """The training time left, at this pace (a job that waits in the queue adds its wait)."""
+        return duration(self.remaining * self.seconds_per_step) if self.remaining else "done"
+
+    def eta(self) -> str:
+        return f"{self.time_left()} of training ({plural(self.remaining, 'step')} left)" if self.remaining else "done"
+
+
+def progress(run: RunDirectory) -> Progress | None:
+    """None before a step is logged."""
     recent = last_records(run.path / METRICS_FILE, SPEED_WINDOW)
     total = whole_setting(run, "train.steps")
     if not recent:
-        return [line("progress", f"no step logged yet, {total} to do")]
-    last = recent[-1]
-    lines = [line("progress", f"step {last['step']} of {total}, loss {last['loss']:.4f}")]
-    tokens_per_second = statistics.median(record["tokens_per_second"] for record in recent)
+        return None
     seq_length = whole_setting(run, "model.seq_length")
     # tokens_per_second is batch_size x seq_length / the step's seconds.
-    seconds_per_step = statistics.median(
-        record["batch_size"] * seq_length / record["tokens_per_second"] for record in recent
+    return Progress(
+        step=recent[-1]["step"],
+        total=total,
+        loss=recent[-1]["loss"],
+        tokens_per_second=statistics.median(record["tokens_per_second"] for record in recent),
+        seconds_per_step=statistics.median(
+            record["batch_size"] * seq_length / record["tokens_per_second"] for record in recent
+        ),
+        window=len(recent),
     )
-    speed = f"{tokens_per_second:,.0f} tokens/s, {seconds_per_step:.2f} s a step"
-    lines.append(line("speed", f"{speed} (median of the last {plural(len(recent), 'step')})"))
-    remaining = max(0, total - last["step"])
-    # The training time left, at this speed: a job that waits in the queue adds its wait.
-    eta = (
-        f"{duration(remaining * seconds_per_step)} of training ({plural(remaining, 'step')} left)"
-        if remaining
-        else "done"
-    )
-    return [*lines, line("eta", eta)]
+
+
+def progress_lines(run: RunDirectory) -> list[str]:
+    current = progress(run)
+    if current is None:
+        return [line("progress", f"no step logged yet, {whole_setting(run, 'train.steps')} to do")]
+    speed = f"{current.tokens_per_second:,.0f} tokens/s, {current.seconds_per_step:.2f} s a step"
+    return [
+        line("progress", f"step {current.step} of {current.total}, loss {current.loss:.4f}"),
+        line("speed", f"{speed} (median of the last {plural(current.window, 'step')})"),
+        line("eta", current.eta()),
+    ]
+
+
+@dataclass(frozen=True)
+class Validation:
+    step: int
+    loss: float  # the languages' mean
+    languages: int
+    bits_per_byte: float | None  # the languages' mean, where recorded
+
+
+def last_validation(run: RunDirectory) -> Validation | None:
+    records = last_records(run.path / VALIDATION_FILE, 1)
+    if not records or not records[-1].get("loss"):
+        return None
+    losses, bpb = records[-1]["loss"], records[-1].get("bpb")
+    mean_bpb = statistics.fmean(bpb.values()) if bpb else None
+    return Validation(records[-1]["step"], statistics.fmean(losses.values()), len(losses), mean_bpb)
 
 
 def validation_lines(run: RunDirectory) -> list[str]:
-    records = last_records(run.path / VALIDATION_FILE, 1)
-    if not records or not records[-1].get("loss"):
+    if (last := last_validation(run)) is None:
         return []
-    step, losses, bpb = records[-1]["step"], records[-1]["loss"], records[-1].get("bpb")
-    in_bits = f", {statistics.fmean(bpb.values()):.4f} bits per byte" if bpb else ""
-    mean = f"loss {statistics.fmean(losses.values()):.4f}{in_bits}"
-    return [line("validation", f"step {step}, {mean} (mean of {plural(len(losses), 'language')})")]
+    in_bits = f", {last.bits_per_byte:.4f} bits per byte" if last.bits_per_byte is not None else ""
+    mean = f"loss {last.loss:.4f}{in_bits}"
+    return [line("validation", f"step {last.step}, {mean} (mean of {plural(last.languages, 'language')})")]
 
 
 def health_lines(run: RunDirectory) -> list[str]:
@@ -266,3 +313,42 @@ def status_lines(run: RunDirectory, backend: Backend) -> list[str]:
         *checkpoint_lines(run),
         *tracking_lines(run),
     ]
+
+
+RUNS_HEADER = ["run", "state", "last event", "step", "loss", "validation", "training left"]
+
+
+def run_row(run: RunDirectory, backend: Backend) -> list[str]:
+    """A run's line in the status of a directory of runs: a sweep's point beside the others."""
+    events = RunHistory(run.path).events()
+    last = events[-1] if events else {"event": "not launched"}
+    event = str(last["event"]) + (f" at {last['step']}" if "step" in last else "")
+    try:
+        current, validation = progress(run), last_validation(run)
+        total = whole_setting(run, "train.steps")
+    except ValueError as error:
+        return [run.path.name, backend.state_word(run), event, str(error)]
+    if current is None:
+        return [run.path.name, backend.state_word(run), event, f"0/{total}"]
+    return [
+        run.path.name,
+        backend.state_word(run),
+        event,
+        f"{current.step}/{current.total}",
+        f"{current.loss:.4f}",
+        f"{validation.loss:.4f} at {validation.step}" if validation else "-",
+        current.time_left(),
+    ]
+
+
+def runs_lines(directory: Path, rows: list[list[str]]) -> list[str]:
+    """The status of a directory of runs (a sweep's): a row a run under RUNS_HEADER, each column as wide as its
+    widest cell; a row cut short (a run that cannot be read says why in its last cell) leaves the widths be."""
+    table = [RUNS_HEADER, *rows]
+    widths = [
+        max(len(row[column]) for row in table if column < len(row) - 1 or len(row) == len(RUNS_HEADER))
+        for column in range(len(RUNS_HEADER))
+    ]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in table]
+    heading = line("runs", f"{directory}: {plural(len(rows), 'run')}")
+    return [heading, *lines, f"a run's own status: corolla status {directory}/RUN"]

@@ -30,6 +30,11 @@ class RunDirectory:
                 f"as it is; train from it with init_from={run_dir} run_dir=NEW"
             )
         if not (path / JOB_FILE).is_file():
+            if runs := runs_in(path):
+                raise ValueError(
+                    f"run_dir={run_dir} holds {len(runs)} runs (a sweep's), it is not one: name one, such as "
+                    f"{runs[0]}; `corolla status` and `corolla cancel` take the whole directory"
+                )
             raise ValueError(f"run_dir={run_dir} is not a corolla run directory (it has no {JOB_FILE}): {hint}")
         return cls(path, job_config(path / JOB_FILE))
 
@@ -39,3 +44,11 @@ class RunDirectory:
     def train_job(self) -> TrainJob:
         """The job, typed and validated."""
         return read_job(self.path / JOB_FILE)
+
+
+def runs_in(directory: Path) -> list[Path]:
+    """The run directories directly in `directory` (a sweep's points, `RUN_DIR/<swept values>`), by name; none when
+    it is a run itself."""
+    if (directory / JOB_FILE).is_file() or not directory.is_dir():
+        return []
+    return sorted(child for child in directory.iterdir() if (child / JOB_FILE).is_file())

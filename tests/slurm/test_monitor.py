@@ -255,6 +255,50 @@ def test_a_run_sent_to_slurm_then_trained_locally_is_followed_as_the_local_run_i
         )
 
 
+def test_status_of_a_sweep_is_a_row_a_point_and_its_points_are_named_to_the_other_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = tmp_path / "sweep"
+    trained = make_trained_run(sweep / "train.lr=0.001")  # step 12 of 20 at 2 s a step, validated at 10
+    make_run(sweep / "train.lr=0.003")  # submitted, nothing trained yet
+    broken = make_run(sweep / "train.lr=0.01")
+    (broken / "job.yaml").write_text((broken / "job.yaml").read_text().replace("  steps: 20\n", "  steps: abc\n"))
+    (sweep / "notes").mkdir()  # not a run: left out
+    with holding(trained):
+        lines = status_of(sweep, capsys).splitlines()
+    assert lines == [
+        f"runs       {sweep}: 3 runs",
+        "run             state         last event    step   loss    validation    training left",
+        "train.lr=0.001  running here  start         12/20  4.2500  5.2500 at 10  16s",
+        "train.lr=0.003  not running   not launched  0/20",
+        f"train.lr=0.01   not running   not launched  {broken}/job.yaml says train.steps=abc, not a whole number: fix "
+        "it, or launch the run again, which rewrites it",
+        f"a run's own status: corolla status {sweep}/RUN",
+    ]
+    with pytest.raises(ValueError) as refused:
+        show_logs(LogsJob(run_dir=str(sweep)))
+    assert str(refused.value) == (
+        f"run_dir={sweep} holds 3 runs (a sweep's), it is not one: name one, such as {trained}; `corolla status` "
+        "and `corolla cancel` take the whole directory"
+    )
+    assert main(["export", "hf", f"run_dir={sweep}", f"output_dir={tmp_path / 'hf'}"]) == 2
+    assert f"{sweep} holds 3 runs (a sweep's), it is not one: pass one of them, such as {trained}\n" in (
+        capsys.readouterr().err
+    )
+    # A run of its own there would be a run holding the sweep's: refused, and the directory left as it was.
+    assert main(["train", f"run_dir={sweep}"]) == 2
+    assert capsys.readouterr().err == (
+        f"corolla: error: run_dir={sweep} holds 3 runs (a sweep's, such as train.lr=0.001): give this run a directory "
+        "of its own, or submit the sweep again with `corolla submit --multirun`\n"
+    )
+    points = [f"train.lr={lr}" for lr in (0.001, 0.003, 0.01)]
+    assert sorted(path.name for path in sweep.iterdir()) == ["notes", *points]
+    # Cancel goes through every point, whatever the one before said: these are local runs, none is cancelled.
+    with pytest.raises(RuntimeError, match=r"^3 of 3 runs in .* not cancelled \(train.lr=0.001, train.lr=0.003, "):
+        cancel(CancelJob(run_dir=str(sweep)))
+    assert capsys.readouterr().out.count("is a local run (no slurm-jobs.json): `corolla cancel` is for runs") == 3
+
+
 @pytest.mark.parametrize(
     ("layout", "command", "message"),
     [

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -705,6 +706,20 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
         wait_finished(slurm_cluster, run_dir, jobs[steps])
     two, three = losses(runs[2]), losses(runs[3])
     assert sorted(two) == [1, 2] and sorted(three) == [1, 2, 3] and two[1] == pytest.approx(three[1], abs=1e-6)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:-1]  # run, state, last event, step, loss, validation, time left
+    last_validations = {n: json.loads((runs[n] / "validation.jsonl").read_text().splitlines()[-1]) for n in (2, 3)}
+    validated = {
+        n: f"{statistics.fmean(record['loss'].values()):.4f} at {record['step']}"
+        for n, record in last_validations.items()
+    }
+    expected = [
+        rf"train\.steps={n} +COMPLETED \(job {jobs[n]}\) +finished at {n} +{n}/{n} +{losses(runs[n])[n]:.4f} +"
+        rf"{validated[n]} +done"
+        for n in (2, 3)
+    ]
+    assert len(rows) == 2 and all(map(re.fullmatch, expected, rows)), rows
 
 
 def test_a_sweep_submitted_again_skips_the_points_still_queued_or_running_and_submits_the_rest(
@@ -726,6 +741,17 @@ def test_a_sweep_submitted_again_skips_the_points_still_queued_or_running_and_su
             len(ids) == 1 and f"submitted Slurm job {ids[0]}: {runs[seed]}\n" in out for seed, ids in jobs.items()
         )
         assert f"skipped {runs[2]}: Slurm job {live} " in out and "`corolla cancel" in out, out
+        # The sweep's directory: a row a point, and one cancel for every point's job.
+        assert main(["status", str(tmp_path)]) == 0
+        rows = capsys.readouterr().out.splitlines()[2:-1]
+        jobs[2] = [live]
+        assert len(rows) == 3 and all(
+            re.match(rf"seed={seed} +(RUNNING|PENDING) \(job {jobs[seed][0]}\) ", row)
+            for seed, row in zip((1, 2, 3), rows, strict=True)
+        ), rows
+        assert main(["cancel", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert all(f"{runs[seed]}:\ncancelled Slurm job {jobs[seed][0]} " in out for seed in (1, 2, 3)), out
     finally:
         for run_dir in runs.values():
             main(["cancel", str(run_dir)])
