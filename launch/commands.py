@@ -46,6 +46,7 @@ from slurm.backend import SlurmBackend
 from slurm.chain import cancel_chain, chain_lines, show_stage_logs, submit_pipeline
 from slurm.commands import UNREACHABLE_HINT, SlurmError
 from slurm.jobs import live_jobs
+from tokenizer.files import first_line
 
 
 def live_slurm_job(run_dir: Path) -> str | None:
@@ -59,13 +60,13 @@ def live_slurm_job(run_dir: Path) -> str | None:
         return None
 
 
-def backend_of(run: RunDirectory) -> Backend:
+def backend_of(run: RunDirectory, slurm: SlurmBackend | None = None) -> Backend:
     """The backend of the run's latest launch, whose job.yaml names its cluster: Slurm for `corolla submit` (a
     submission sbatch refused records no job), local for `corolla train`, also on a run whose earlier jobs went to
     Slurm. A job.yaml of an older corolla, without the scheduler: Slurm when the run recorded jobs."""
     scheduler = run.setting("cluster.scheduler")
     submitted = scheduler == Scheduler.slurm.value or (scheduler is None and (run.path / JOBS_FILE).is_file())
-    return SlurmBackend() if submitted else LocalBackend(live_slurm_job)
+    return (slurm or SlurmBackend()) if submitted else LocalBackend(live_slurm_job)
 
 
 def train(job: TrainJob, dry_run: bool = False) -> None:
@@ -98,19 +99,24 @@ def is_chain(run_dir: str) -> bool:
     return (Path(run_dir) / CHAIN_FILE).is_file()
 
 
-def _row(run_dir: Path) -> list[str]:
+def _row(run_dir: Path, slurm: SlurmBackend) -> list[str]:
+    """The run's row in the status of a directory of runs; a run damaged in any way says so there, and the rows of
+    the others are still shown."""
     try:
         run = RunDirectory.open(str(run_dir))
-    except ValueError as error:
-        return [run_dir.name, f"cannot be read: {error}"]
-    return run_row(run, backend_of(run))
+        return run_row(run, backend_of(run, slurm))
+    except (ValueError, OSError) as error:
+        return [run_dir.name, f"cannot be read: {first_line(error)}"]
+    except (KeyError, TypeError, AttributeError, ArithmeticError) as error:  # a record of another shape
+        return [run_dir.name, f"cannot be read: its records are not corolla's ({type(error).__name__}: {error})"]
 
 
 def show_status(job: StatusJob) -> None:
     lines = []
     run_dir = Path(job.run_dir)
     if not is_chain(job.run_dir) and (runs := runs_in(run_dir)):  # a sweep's points
-        print("\n".join(runs_lines(run_dir, [_row(run) for run in runs])))
+        slurm = SlurmBackend()  # one for every run: once its controller does not answer, it is not asked again
+        print("\n".join(runs_lines(run_dir, [_row(run, slurm) for run in runs])))
         return
     if is_chain(job.run_dir):
         lines = chain_lines(run_dir)
@@ -146,12 +152,12 @@ def cancel(job: CancelJob) -> None:
 
 def _cancel_each(directory: Path, runs: list[Path]) -> None:
     """Every run's jobs, each run in turn whatever the one before said; an error naming those not cancelled."""
-    failed = []
+    failed, slurm = [], SlurmBackend()
     for run_dir in runs:
         print(f"{run_dir}:")
         try:
             run = RunDirectory.open(str(run_dir))
-            backend_of(run).cancel(run)
+            backend_of(run, slurm).cancel(run)
         except (ValueError, RuntimeError, OSError) as error:
             print(f"  not cancelled: {error}")
             failed.append(run_dir.name)

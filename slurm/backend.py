@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 from launch.config.schemas import TrainJob
 from launch.jobs.backend import Backend
@@ -14,11 +16,12 @@ from launch.jobs.monitor import LABEL_WIDTH, line
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import JOBS_FILE, STOP_FILE, SUBMITIT_DIR
 from slurm.client import SlurmState, latest_states, out_of_service, slurm_state
-from slurm.commands import SlurmError, run_slurm
+from slurm.commands import UNREACHABLE_HINT, SlurmError, run_slurm
 from slurm.jobs import excluded_nodes, recorded_jobs, unrecorded_jobs, written_elsewhere
 from tokenizer.files import lines_from_end
 
 CANCEL_WAIT_S = 10
+T = TypeVar("T")
 
 
 def _jobs(run: RunDirectory) -> list[str]:
@@ -119,6 +122,27 @@ class SlurmBackend(Backend):
 
         submit_training(job, dry_run)
 
+    def __init__(self) -> None:
+        # Once Slurm's controller did not answer, not asked again: each question waits for it (a sweep has a dozen).
+        self.unreachable: SlurmError | None = None
+
+    def _asked(self, question: Callable[[], T]) -> T:
+        if self.unreachable is not None:
+            raise self.unreachable
+        try:
+            return question()
+        except SlurmError as error:
+            if error.hint == UNREACHABLE_HINT:
+                self.unreachable = error
+            raise
+
+    def _reported(self, jobs: list[str]) -> tuple[SlurmState, SlurmState | None]:
+        """What Slurm says of the latest job and, for an elastic run whose latest job waits for the one before to
+        end, of that one (else None)."""
+        state = self._asked(lambda: slurm_state(jobs[-1]))
+        waited_for = len(jobs) > 1 and state.waits_for_another
+        return state, self._asked(lambda: slurm_state(jobs[-2])) if waited_for else None
+
     def state_lines(self, run: RunDirectory) -> list[str]:
         """The latest job; for an elastic run whose latest job waits for the one before to end, that one first."""
         jobs = recorded_jobs(run.path)
@@ -127,8 +151,7 @@ class SlurmBackend(Backend):
         before = f" (latest of {len(jobs)}: {', '.join(jobs[:-1])} before)" if len(jobs) > 1 else ""
         which = f"job {jobs[-1]}{before}"
         try:
-            state = slurm_state(jobs[-1])
-            current = slurm_state(jobs[-2]) if len(jobs) > 1 and state.waits_for_another else None
+            state, current = self._reported(jobs)
         except SlurmError as error:
             return [line("slurm", f"{which}: cannot ask Slurm ({error}): {error.hint}")]
         if (other := written_elsewhere(run.path, state)) is not None:
@@ -140,17 +163,18 @@ class SlurmBackend(Backend):
         return [line("slurm", running), line("", f"next: {latest[LABEL_WIDTH:]}")]
 
     def state_word(self, run: RunDirectory) -> str:
-        """The latest job's state; for an elastic run whose latest job waits for the one before, that one's."""
+        """The state of the job state_lines shows first."""
         jobs = recorded_jobs(run.path)
         if not jobs:
             return "no Slurm job"
         try:
-            state = slurm_state(jobs[-1])
-            if len(jobs) > 1 and state.waits_for_another:
-                state = slurm_state(jobs[-2])
-        except SlurmError:
-            return f"job {jobs[-1]}: Slurm does not answer"
-        return f"{state.state} (job {state.job_id})"
+            state, current = self._reported(jobs)
+        except SlurmError as error:
+            return f"job {jobs[-1]}: cannot ask Slurm ({error})"
+        if (other := written_elsewhere(run.path, state)) is not None:
+            return f"job {jobs[-1]} is the run's in {other}"
+        shown = current or state
+        return f"{shown.state} (job {shown.job_id})"
 
     def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:
         jobs = _jobs(run)
@@ -171,7 +195,7 @@ class SlurmBackend(Backend):
         is what preemption sends too, and would otherwise have the job save and requeue itself."""
         jobs = _jobs(run)
         try:
-            states = latest_states(jobs)
+            states = self._asked(lambda: latest_states(jobs))
         except SlurmError as error:
             raise RuntimeError(f"cannot ask Slurm about job {jobs[-1]} ({error}): {error.hint}") from None
         live = [state for state in states if state.live]

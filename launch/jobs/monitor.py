@@ -322,18 +322,20 @@ def run_row(run: RunDirectory, backend: Backend) -> list[str]:
     """A run's line in the status of a directory of runs: a sweep's point beside the others."""
     events = RunHistory(run.path).events()
     last = events[-1] if events else {"event": "not launched"}
-    event = str(last["event"]) + (f" at {last['step']}" if "step" in last else "")
+    shown = [
+        run.path.name,
+        backend.state_word(run),
+        str(last["event"]) + (f" at {last['step']}" if "step" in last else ""),
+    ]
     try:
         current, validation = progress(run), last_validation(run)
         total = whole_setting(run, "train.steps")
     except ValueError as error:
-        return [run.path.name, backend.state_word(run), event, str(error)]
+        return [*shown, str(error)]
     if current is None:
-        return [run.path.name, backend.state_word(run), event, f"0/{total}"]
+        return [*shown, f"0/{total}"]
     return [
-        run.path.name,
-        backend.state_word(run),
-        event,
+        *shown,
         f"{current.step}/{current.total}",
         f"{current.loss:.4f}",
         f"{validation.loss:.4f} at {validation.step}" if validation else "-",

@@ -29,7 +29,7 @@ from launch.plan.weights import (
 )
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
-from launch.rundir.directory import runs_in
+from launch.rundir.directory import holds_runs, runs_in
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
 from launch.rundir.run_record import as_recorded, masked_setting, record_run, tracked_run
@@ -65,8 +65,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         )
     if runs := runs_in(run_dir):
         raise ValueError(
-            f"run_dir={run_dir} holds {len(runs)} runs (a sweep's, such as {runs[0].name}): give this run a directory "
-            "of its own, or submit the sweep again with `corolla submit --multirun`"
+            f"run_dir={run_dir} {holds_runs(runs)} ({runs[0].name}...): give this run a directory of its own"
         )
     lost = None if (run_dir / RUN_FILE).is_file() else RunHistory(run_dir).mlflow_run()
     new_run = not (run_dir / RUN_FILE).is_file() and lost is None

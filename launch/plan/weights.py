@@ -15,7 +15,7 @@ from launch.config.job_file import read_job
 from launch.data.corpus import TokenCorpus
 from launch.plan.layout import ParallelLayout
 from launch.rundir.checkpoints import CheckpointError, latest_step, reading, step_record
-from launch.rundir.directory import runs_in
+from launch.rundir.directory import holds_runs, runs_in
 from launch.rundir.files import CHECKPOINTS, IMPORT_FILE, JOB_FILE, TOKENIZER_DIR, checkpoint_tag
 from launch.rundir.history import RunHistory
 from model.config import ModelConfig
@@ -104,7 +104,7 @@ def _not_weights(path: Path) -> str:
     if holds_hf_weights(path):
         return f"{path} holds Hugging Face weights but no {HF_CONFIG_FILE}: restore it from the model's source"
     if runs := runs_in(path):
-        return f"{path} holds {len(runs)} runs (a sweep's), it is not one: pass one of them, such as {runs[0]}"
+        return f"{path} {holds_runs(runs)}: pass one of them, such as {runs[0]}"
     return (
         f"{path} is neither a corolla run directory (no {JOB_FILE}) nor an imported model (no {IMPORT_FILE}): "
         "pass a run directory, or a Hugging Face model directory where init_from takes one"

@@ -32,8 +32,8 @@ class RunDirectory:
         if not (path / JOB_FILE).is_file():
             if runs := runs_in(path):
                 raise ValueError(
-                    f"run_dir={run_dir} holds {len(runs)} runs (a sweep's), it is not one: name one, such as "
-                    f"{runs[0]}; `corolla status` and `corolla cancel` take the whole directory"
+                    f"run_dir={run_dir} {holds_runs(runs)}: name one, such as {runs[0]}; `corolla status` and "
+                    "`corolla cancel` also take the whole directory"
                 )
             raise ValueError(f"run_dir={run_dir} is not a corolla run directory (it has no {JOB_FILE}): {hint}")
         return cls(path, job_config(path / JOB_FILE))
@@ -48,7 +48,25 @@ class RunDirectory:
 
 def runs_in(directory: Path) -> list[Path]:
     """The run directories directly in `directory` (a sweep's points, `RUN_DIR/<swept values>`), by name; none when
-    it is a run itself."""
-    if (directory / JOB_FILE).is_file() or not directory.is_dir():
+    it is a run itself. A folder this user cannot read is passed over (what else is there is listed)."""
+    directory = directory.expanduser()
+    try:
+        if (directory / JOB_FILE).is_file() or not directory.is_dir():
+            return []
+        children = list(directory.iterdir())
+    except OSError:
         return []
-    return sorted(child for child in directory.iterdir() if (child / JOB_FILE).is_file())
+    return sorted(child for child in children if _is_run(child))
+
+
+def _is_run(path: Path) -> bool:
+    try:
+        return (path / JOB_FILE).is_file()
+    except OSError:
+        return False
+
+
+def holds_runs(runs: list[Path]) -> str:
+    """What a directory of runs is, where one run was asked for."""
+    count = f"{len(runs)} runs" if len(runs) > 1 else "1 run"
+    return f"holds {count} (a sweep's points, or a pipeline's training run), it is not one"

@@ -256,47 +256,74 @@ def test_a_run_sent_to_slurm_then_trained_locally_is_followed_as_the_local_run_i
 
 
 def test_status_of_a_sweep_is_a_row_a_point_and_its_points_are_named_to_the_other_commands(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sweep = tmp_path / "sweep"
     trained = make_trained_run(sweep / "train.lr=0.001")  # step 12 of 20 at 2 s a step, validated at 10
     make_run(sweep / "train.lr=0.003")  # submitted, nothing trained yet
     broken = make_run(sweep / "train.lr=0.01")
     (broken / "job.yaml").write_text((broken / "job.yaml").read_text().replace("  steps: 20\n", "  steps: abc\n"))
+    (make_run(sweep / "train.lr=0.03") / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')  # of another shape
+    (make_run(sweep / "train.lr=0.1") / "history.jsonl").write_text('{"not": "an event"}\n')
     (sweep / "notes").mkdir()  # not a run: left out
+    monkeypatch.setenv("HOME", str(tmp_path))
     with holding(trained):
-        lines = status_of(sweep, capsys).splitlines()
+        lines = status_of(Path("~/sweep"), capsys).splitlines()
     assert lines == [
-        f"runs       {sweep}: 3 runs",
+        "runs       ~/sweep: 5 runs",
         "run             state         last event    step   loss    validation    training left",
         "train.lr=0.001  running here  start         12/20  4.2500  5.2500 at 10  16s",
         "train.lr=0.003  not running   not launched  0/20",
         f"train.lr=0.01   not running   not launched  {broken}/job.yaml says train.steps=abc, not a whole number: fix "
         "it, or launch the run again, which rewrites it",
-        f"a run's own status: corolla status {sweep}/RUN",
+        "train.lr=0.03   cannot be read: its records are not corolla's (KeyError: 'tokens_per_second')",
+        f"train.lr=0.1    cannot be read: {sweep}/train.lr=0.1/history.jsonl holds a line that is not an event corolla "
+        'wrote ({"not": "an event"}): remove that line',
+        "a run's own status: corolla status ~/sweep/RUN",
     ]
+    holds = "holds 5 runs (a sweep's points, or a pipeline's training run), it is not one"
     with pytest.raises(ValueError) as refused:
         show_logs(LogsJob(run_dir=str(sweep)))
     assert str(refused.value) == (
-        f"run_dir={sweep} holds 3 runs (a sweep's), it is not one: name one, such as {trained}; `corolla status` "
-        "and `corolla cancel` take the whole directory"
+        f"run_dir={sweep} {holds}: name one, such as {trained}; `corolla status` and `corolla cancel` also take the "
+        "whole directory"
     )
     assert main(["export", "hf", f"run_dir={sweep}", f"output_dir={tmp_path / 'hf'}"]) == 2
-    assert f"{sweep} holds 3 runs (a sweep's), it is not one: pass one of them, such as {trained}\n" in (
-        capsys.readouterr().err
-    )
+    assert f"{sweep} {holds}: pass one of them, such as {trained}\n" in capsys.readouterr().err
     # A run of its own there would be a run holding the sweep's: refused, and the directory left as it was.
     assert main(["train", f"run_dir={sweep}"]) == 2
     assert capsys.readouterr().err == (
-        f"corolla: error: run_dir={sweep} holds 3 runs (a sweep's, such as train.lr=0.001): give this run a directory "
-        "of its own, or submit the sweep again with `corolla submit --multirun`\n"
+        f"corolla: error: run_dir={sweep} {holds} (train.lr=0.001...): give this run a directory of its own\n"
     )
-    points = [f"train.lr={lr}" for lr in (0.001, 0.003, 0.01)]
+    points = [f"train.lr={lr}" for lr in (0.001, 0.003, 0.01, 0.03, 0.1)]
     assert sorted(path.name for path in sweep.iterdir()) == ["notes", *points]
     # Cancel goes through every point, whatever the one before said: these are local runs, none is cancelled.
-    with pytest.raises(RuntimeError, match=r"^3 of 3 runs in .* not cancelled \(train.lr=0.001, train.lr=0.003, "):
+    with pytest.raises(RuntimeError, match=r"^5 of 5 runs in .* not cancelled \(train.lr=0.001, train.lr=0.003, "):
         cancel(CancelJob(run_dir=str(sweep)))
-    assert capsys.readouterr().out.count("is a local run (no slurm-jobs.json): `corolla cancel` is for runs") == 3
+    assert capsys.readouterr().out.count("is a local run (no slurm-jobs.json): `corolla cancel` is for runs") == 5
+
+
+def test_a_sweep_asks_a_controller_that_does_not_answer_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each point asked on its own, and each question waits for the controller (30 s): a sweep of a dozen points took
+    minutes to say that Slurm does not answer, as did cancelling it."""
+    sweep = tmp_path / "sweep"
+    for seed in (1, 2, 3):
+        (make_run(sweep / f"seed={seed}", cluster="testcluster") / "slurm-jobs.json").write_text(f'["4{seed}"]\n')
+    clients = tmp_path / "controller-away"
+    clients.mkdir()
+    said = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)"
+    (clients / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {clients}/calls\necho "{said}" >&2\nexit 1\n')
+    (clients / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", str(clients))
+    rows = status_of(sweep, capsys).splitlines()[2:-1]
+    assert [row.split("  ")[0:2] for row in rows] == [
+        [f"seed={seed}", f"job 4{seed}: cannot ask Slurm (scontrol: {said})"] for seed in (1, 2, 3)
+    ], rows
+    with pytest.raises(RuntimeError, match=r"^3 of 3 runs in .* not cancelled"):
+        cancel(CancelJob(run_dir=str(sweep)))
+    assert (clients / "calls").read_text().splitlines() == ["show job 41", "show job 41"]  # once each command
 
 
 @pytest.mark.parametrize(
