@@ -40,6 +40,7 @@ from slurm.executor import (
     job_name,
     make_executor,
     run_executor,
+    sbatch_options,
     srun_arguments,
     submit_elastic,
     submit_job,
@@ -176,11 +177,12 @@ def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency
     cores = cluster.node_cores
     parameters.update(nodes=1, ntasks_per_node=1, cpus_per_task=cores, srun_args=srun_arguments(cores))
     parameters.pop("gpus_per_node", None)
+    parameters["additional_parameters"] = {**sbatch_options(cluster), "requeue": True}
     if cluster.cpu_partition:
         parameters["partition"] = cluster.cpu_partition
         for key in ("qos", "constraint", "exclusive"):
             parameters.pop(key, None)
-    parameters["additional_parameters"] = {"requeue": True}
+        parameters["additional_parameters"] = {"requeue": True}
     executor.update_parameters(**parameters)
     return _after(executor, dependency)
 

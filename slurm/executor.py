@@ -63,6 +63,53 @@ def srun_arguments(cpus_per_task: int) -> list[str]:
     return [f"--cpus-per-task={cpus_per_task}", "--kill-on-bad-exit=0", f"--wait={STEP_WAIT_S}"]
 
 
+# The sbatch options corolla sets itself, and what sets each: cluster.sbatch cannot give them.
+OWN_OPTIONS = {
+    "job-name": "the run directory's name",
+    "nodes": "cluster.nodes (and cluster.min_nodes)",
+    "ntasks": "cluster.nodes and the ranks a node",
+    "ntasks-per-node": "cluster.tasks_per_node (CPU nodes) or cluster.gpus_per_node",
+    "cpus-per-task": "cluster.cpus_per_task",
+    "gpus-per-node": "cluster.gpus_per_node",
+    "time": "cluster.time_limit_min",
+    "signal": "cluster.signal_delay_s",
+    "partition": "cluster.partition",
+    "account": "cluster.account",
+    "qos": "cluster.qos",
+    "constraint": "cluster.constraint",
+    "mem": "cluster.mem_per_node_gb",
+    "exclusive": "cluster.exclusive",
+    "exclude": "cluster.exclude",
+    "requeue": "parallel.elastic (off: one job, requeued; on: a chain of jobs)",
+    "no-requeue": "parallel.elastic (off: one job, requeued; on: a chain of jobs)",
+    "dependency": "corolla, which chains an elastic run's jobs and a pipeline's stages",
+    "kill-on-invalid-dep": "corolla, which chains an elastic run's jobs and a pipeline's stages",
+    "hold": "corolla, which holds an elastic run's first job until its next is queued",
+    "array": "corolla, for the pipeline's encoding tasks",
+    "output": "submitit, which logs to RUN_DIR/slurm",
+    "error": "submitit, which logs to RUN_DIR/slurm",
+    "open-mode": "submitit, which logs to RUN_DIR/slurm",
+    "wckey": "submitit",
+}
+_OPTION_NAME = re.compile(r"[a-z][a-z0-9-]+")
+
+
+def sbatch_options(cluster: ClusterConfig) -> dict[str, str | bool]:
+    """cluster.sbatch as submitit's additional parameters (a flag: True); a one-line ValueError for an option that is
+    not sbatch's long form, that corolla sets itself, or that holds a line break."""
+    options: dict[str, str | bool] = {}
+    for key, value in cluster.sbatch.items():
+        name = str(key).replace("_", "-")
+        if not _OPTION_NAME.fullmatch(name):
+            raise ValueError(
+                f"cluster.sbatch.{key}: give an sbatch option by its long name without dashes (mail-type, reservation)"
+            )
+        if name in OWN_OPTIONS:
+            raise ValueError(f"cluster.sbatch.{key}: corolla sets --{name} itself, from {OWN_OPTIONS[name]}")
+        options[name] = _single_line(f"cluster.sbatch.{key}", str(value)) if str(value) else True
+    return options
+
+
 def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     """submitit's SlurmExecutor parameters for a job of this cluster (every value a single line)."""
     optional = {
@@ -83,7 +130,10 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
         "signal_delay_s": cluster.signal_delay_s,
         "setup": _setup_lines(cluster),
         "srun_args": srun_arguments(cluster.cpus_per_task),
-        "additional_parameters": {"no_requeue": True} if cluster.chained else {"requeue": True},
+        "additional_parameters": {
+            **sbatch_options(cluster),
+            **({"no_requeue": True} if cluster.chained else {"requeue": True}),
+        },
     }
     if cluster.chained:  # a range for sbatch; submitit keeps counting tasks from `nodes`, an int
         parameters["additional_parameters"]["nodes"] = f"{cluster.min_nodes}-{cluster.nodes}"

@@ -48,6 +48,10 @@ class ClusterConfig:
     time_limit_min: int = 60
     constraint: str | None = None
     exclusive: bool = False
+    # More sbatch options, for what a site asks of its jobs and corolla has no setting for: {reservation: big_run,
+    # hint: nomultithread, mail-type: "END,FAIL", mail-user: me@lab.org}; an empty value is a flag. Every training job
+    # of the run takes them, and the pipeline's data stages too unless they go to cluster.cpu_partition.
+    sbatch: dict[str, str] = field(default_factory=dict)
     # Shell lines run before the ranks start (module load ..., source ...), and environment variables (NCCL_...).
     setup: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)

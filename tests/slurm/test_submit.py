@@ -366,6 +366,42 @@ def test_a_dry_run_prints_the_sbatch_scripts_with_their_secrets_masked(tokens, c
     assert out.count("export HF_TOKEN=***\n") == 7 and out.count("export WANDB_API_KEY=***\n") == 7, out
 
 
+def test_sbatch_options_of_the_cluster_go_to_every_job_but_data_stages_on_a_cpu_partition(tokens, capsys, tmp_path):
+    # Beside jean-zay-a100's own, hint=nomultithread; testcluster has none of its own.
+    options = [
+        "+cluster.sbatch.reservation=big",
+        "+cluster.sbatch.mail_type='END,FAIL'",
+        "+cluster.sbatch.overcommit=''",
+    ]
+    small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
+    args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, *options, f"run_dir={tmp_path / 'run'}"]
+    assert main(args) == 0
+    flags = ["#SBATCH --reservation=big\n", "#SBATCH --mail-type=END,FAIL\n", "#SBATCH --overcommit\n"]
+    out = capsys.readouterr().out
+    assert all(out.count(flag) == 1 for flag in [*flags, "#SBATCH --hint=nomultithread\n"]), out
+    for cluster, jobs in (("experiment=bloom-176b", 1), ("cluster=testcluster", 6)):  # data stages on cpu_p1, or not
+        stages = ["pipeline", "--dry-run", cluster, f"data.corpus={MULTILINGUAL}", *options, f"run_dir={tmp_path}/p"]
+        assert main(stages) == 0
+        out = capsys.readouterr().out
+        assert all(out.count(flag) == jobs for flag in flags), (cluster, out)
+
+
+@pytest.mark.parametrize(
+    ("option", "refusal"),
+    [
+        ("+cluster.sbatch.time=10", "cluster.sbatch.time: corolla sets --time itself, from cluster.time_limit_min"),
+        ("+cluster.sbatch.no_requeue=''", "cluster.sbatch.no_requeue: corolla sets --no-requeue itself, from parallel"),
+        ("+cluster.sbatch.A=six", "cluster.sbatch.A: give an sbatch option by its long name without dashes"),
+        ("+cluster.sbatch.comment='a\nb'", "cluster.sbatch.comment='a\\nb' contains a line break: write it on one"),
+    ],
+)
+def test_an_sbatch_option_corolla_sets_or_cannot_write_is_refused(tokens, capsys, tmp_path, option, refusal) -> None:
+    small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
+    args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, option, f"run_dir={tmp_path / 'run'}"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(f"corolla: error: {refusal}")
+
+
 def cores_asked(script: str) -> list[tuple[str, str]]:
     """Each job's cores, as its sbatch and its srun ask for them."""
     asked = re.findall(r"#SBATCH --cpus-per-task=(\d+)\n.*?\nsrun ([^\n]*)", script, re.DOTALL)
@@ -730,7 +766,9 @@ def test_a_sweep_submitted_again_skips_the_points_still_queued_or_running_and_su
     runs = {seed: tmp_path / f"seed={seed}" for seed in (1, 2, 3)}
     live = submit(runs[2], tokens, "seed=2", shape=ONE_NODE)
     capsys.readouterr()
-    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *ONE_NODE, "seed=1,2,3"]
+    # With an sbatch option of the cluster's, which Slurm then holds for each job it queued.
+    comment = "+cluster.sbatch.comment='lr sweep'"
+    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *ONE_NODE, "seed=1,2,3", comment]
     try:
         assert main(["submit", "--multirun", *args]) == 0
         out = capsys.readouterr().out
@@ -741,6 +779,8 @@ def test_a_sweep_submitted_again_skips_the_points_still_queued_or_running_and_su
             len(ids) == 1 and f"submitted Slurm job {ids[0]}: {runs[seed]}\n" in out for seed, ids in jobs.items()
         )
         assert f"skipped {runs[2]}: Slurm job {live} " in out and "`corolla cancel" in out, out
+        shown = {seed: slurm_cluster.run("scontrol", "show", "job", jobs[seed][0]).stdout for seed in (1, 3)}
+        assert all(" Comment=lr sweep " in job for job in shown.values()), shown
         # The sweep's directory: a row a point, and one cancel for every point's job.
         assert main(["status", str(tmp_path)]) == 0
         rows = capsys.readouterr().out.splitlines()[2:-1]
