@@ -28,6 +28,7 @@ import submitit
 
 from launch.config.cluster import ClusterConfig
 from launch.config.job_file import job_yaml, read_job
+from launch.config.sbatch import sbatch_options
 from launch.config.schemas import MainJob
 from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
@@ -40,7 +41,6 @@ from slurm.executor import (
     job_name,
     make_executor,
     run_executor,
-    sbatch_options,
     srun_arguments,
     submit_elastic,
     submit_job,
@@ -171,18 +171,20 @@ def _replace_job(run_dir: Path, stage: str, job_id: str) -> None:
 
 def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency: str | None) -> submitit.SlurmExecutor:
     """A data stage's job: one task on one node, all its cores, no GPU; on cluster.cpu_partition where there is one
-    (the GPU partition's QOS, constraint and exclusivity then stay with the training job)."""
+    (the GPU partition's QOS, constraint, exclusivity and cluster.sbatch then stay with the training job, and
+    cluster.cpu_sbatch is the stage's)."""
     executor = run_executor(run_dir)
     parameters = executor_parameters(cluster, job_name(run_dir, stage))
     cores = cluster.node_cores
     parameters.update(nodes=1, ntasks_per_node=1, cpus_per_task=cores, srun_args=srun_arguments(cores))
     parameters.pop("gpus_per_node", None)
-    parameters["additional_parameters"] = {**sbatch_options(cluster), "requeue": True}
+    options = sbatch_options(cluster.sbatch, "cluster.sbatch")
     if cluster.cpu_partition:
         parameters["partition"] = cluster.cpu_partition
         for key in ("qos", "constraint", "exclusive"):
             parameters.pop(key, None)
-        parameters["additional_parameters"] = {"requeue": True}
+        options = sbatch_options(cluster.cpu_sbatch, "cluster.cpu_sbatch")
+    parameters["additional_parameters"] = {**options, "requeue": True}
     executor.update_parameters(**parameters)
     return _after(executor, dependency)
 

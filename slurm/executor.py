@@ -24,6 +24,7 @@ import submitit
 
 from launch import compat
 from launch.config.cluster import ClusterConfig
+from launch.config.sbatch import sbatch_options
 from launch.rundir.files import SUBMITIT_DIR
 from slurm.client import partition_nodes
 from slurm.commands import HINT, SlurmError, request, run_slurm
@@ -63,53 +64,6 @@ def srun_arguments(cpus_per_task: int) -> list[str]:
     return [f"--cpus-per-task={cpus_per_task}", "--kill-on-bad-exit=0", f"--wait={STEP_WAIT_S}"]
 
 
-# The sbatch options corolla sets itself, and what sets each: cluster.sbatch cannot give them.
-OWN_OPTIONS = {
-    "job-name": "the run directory's name",
-    "nodes": "cluster.nodes (and cluster.min_nodes)",
-    "ntasks": "cluster.nodes and the ranks a node",
-    "ntasks-per-node": "cluster.tasks_per_node (CPU nodes) or cluster.gpus_per_node",
-    "cpus-per-task": "cluster.cpus_per_task",
-    "gpus-per-node": "cluster.gpus_per_node",
-    "time": "cluster.time_limit_min",
-    "signal": "cluster.signal_delay_s",
-    "partition": "cluster.partition",
-    "account": "cluster.account",
-    "qos": "cluster.qos",
-    "constraint": "cluster.constraint",
-    "mem": "cluster.mem_per_node_gb",
-    "exclusive": "cluster.exclusive",
-    "exclude": "cluster.exclude",
-    "requeue": "parallel.elastic (off: one job, requeued; on: a chain of jobs)",
-    "no-requeue": "parallel.elastic (off: one job, requeued; on: a chain of jobs)",
-    "dependency": "corolla, which chains an elastic run's jobs and a pipeline's stages",
-    "kill-on-invalid-dep": "corolla, which chains an elastic run's jobs and a pipeline's stages",
-    "hold": "corolla, which holds an elastic run's first job until its next is queued",
-    "array": "corolla, for the pipeline's encoding tasks",
-    "output": "submitit, which logs to RUN_DIR/slurm",
-    "error": "submitit, which logs to RUN_DIR/slurm",
-    "open-mode": "submitit, which logs to RUN_DIR/slurm",
-    "wckey": "submitit",
-}
-_OPTION_NAME = re.compile(r"[a-z][a-z0-9-]+")
-
-
-def sbatch_options(cluster: ClusterConfig) -> dict[str, str | bool]:
-    """cluster.sbatch as submitit's additional parameters (a flag: True); a one-line ValueError for an option that is
-    not sbatch's long form, that corolla sets itself, or that holds a line break."""
-    options: dict[str, str | bool] = {}
-    for key, value in cluster.sbatch.items():
-        name = str(key).replace("_", "-")
-        if not _OPTION_NAME.fullmatch(name):
-            raise ValueError(
-                f"cluster.sbatch.{key}: give an sbatch option by its long name without dashes (mail-type, reservation)"
-            )
-        if name in OWN_OPTIONS:
-            raise ValueError(f"cluster.sbatch.{key}: corolla sets --{name} itself, from {OWN_OPTIONS[name]}")
-        options[name] = _single_line(f"cluster.sbatch.{key}", str(value)) if str(value) else True
-    return options
-
-
 def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
     """submitit's SlurmExecutor parameters for a job of this cluster (every value a single line)."""
     optional = {
@@ -131,7 +85,7 @@ def executor_parameters(cluster: ClusterConfig, job_name: str) -> dict:
         "setup": _setup_lines(cluster),
         "srun_args": srun_arguments(cluster.cpus_per_task),
         "additional_parameters": {
-            **sbatch_options(cluster),
+            **sbatch_options(cluster.sbatch, "cluster.sbatch"),
             **({"no_requeue": True} if cluster.chained else {"requeue": True}),
         },
     }
@@ -183,7 +137,7 @@ def make_executor(
 
 # What mends a job sbatch refuses: what its words name is a setting of the cluster's config.
 REFUSED_FIX = (
-    "change the setting it names (cluster.partition, account, qos, time_limit_min, nodes, ...; conf/cluster/) "
+    "change the setting it names (cluster.partition, account, qos, time_limit_min, nodes, sbatch, ...; conf/cluster/) "
     "and submit again"
 )
 

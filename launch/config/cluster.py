@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from typing import Any
+
+from launch.config.sbatch import sbatch_options
 
 
 class Scheduler(Enum):
@@ -49,9 +52,10 @@ class ClusterConfig:
     constraint: str | None = None
     exclusive: bool = False
     # More sbatch options, for what a site asks of its jobs and corolla has no setting for: {reservation: big_run,
-    # hint: nomultithread, mail-type: "END,FAIL", mail-user: me@lab.org}; an empty value is a flag. Every training job
-    # of the run takes them, and the pipeline's data stages too unless they go to cluster.cpu_partition.
-    sbatch: dict[str, str] = field(default_factory=dict)
+    # hint: nomultithread, mail-type: "END,FAIL", mail-user: me@lab.org, overcommit: true}, true or null a flag, false
+    # none (launch/config/sbatch.py). Every training job takes them, and so do the pipeline's data stages, which take
+    # cpu_sbatch instead where they go to cpu_partition.
+    sbatch: dict[str, Any] = field(default_factory=dict)
     # Shell lines run before the ranks start (module load ..., source ...), and environment variables (NCCL_...).
     setup: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -72,6 +76,7 @@ class ClusterConfig:
     # partition (None: the training one), with this many cores (0: a training node's, cpus_per_task x ranks).
     cpu_partition: str | None = None
     cpu_cores: int = 0
+    cpu_sbatch: dict[str, Any] = field(default_factory=dict)
     # Encoding tasks of a pipeline's job array running at once.
     array_parallelism: int = 16
     # The hardware, for `corolla plan` and the memory check of `corolla submit` (0: unknown): one GPU's memory (GiB),
@@ -137,6 +142,8 @@ class ClusterConfig:
                 f"{self.mem_per_node_gb} (0: Slurm's default) must not be negative, array_parallelism="
                 f"{self.array_parallelism} at least 1"
             )
+        sbatch_options(self.sbatch, "cluster.sbatch")
+        sbatch_options(self.cpu_sbatch, "cluster.cpu_sbatch")
         if self.time_limit_min < 1 or not 0 <= self.signal_delay_s < self.time_limit_min * 60 or self.max_restarts < 0:
             raise ValueError(
                 f"cluster {self.name}: time_limit_min={self.time_limit_min} must be at least 1, signal_delay_s="

@@ -366,40 +366,62 @@ def test_a_dry_run_prints_the_sbatch_scripts_with_their_secrets_masked(tokens, c
     assert out.count("export HF_TOKEN=***\n") == 7 and out.count("export WANDB_API_KEY=***\n") == 7, out
 
 
-def test_sbatch_options_of_the_cluster_go_to_every_job_but_data_stages_on_a_cpu_partition(tokens, capsys, tmp_path):
-    # Beside jean-zay-a100's own, hint=nomultithread; testcluster has none of its own.
+def test_sbatch_options_of_the_cluster_go_to_every_job_and_cpu_sbatch_to_data_stages_on_a_cpu_partition(
+    tokens, capsys, tmp_path
+) -> None:
+    # jean-zay-a100 gives hint=nomultithread to both; testcluster gives none and has no cpu_partition.
     options = [
         "+cluster.sbatch.reservation=big",
         "+cluster.sbatch.mail_type='END,FAIL'",
-        "+cluster.sbatch.overcommit=''",
+        "+cluster.sbatch.overcommit=true",
+        "+cluster.sbatch.comment=false",  # left out
+        "+cluster.cpu_sbatch.reservation=cpus",
     ]
+    flags = ["#SBATCH --reservation=big\n", "#SBATCH --mail-type=END,FAIL\n", "#SBATCH --overcommit\n"]
     small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
     args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, *options, f"run_dir={tmp_path / 'run'}"]
     assert main(args) == 0
-    flags = ["#SBATCH --reservation=big\n", "#SBATCH --mail-type=END,FAIL\n", "#SBATCH --overcommit\n"]
     out = capsys.readouterr().out
     assert all(out.count(flag) == 1 for flag in [*flags, "#SBATCH --hint=nomultithread\n"]), out
-    for cluster, jobs in (("experiment=bloom-176b", 1), ("cluster=testcluster", 6)):  # data stages on cpu_p1, or not
+    assert "--comment" not in out and "--reservation=cpus" not in out
+    # The pipeline: training and export, then the training job alone, on the cluster's partition; the four other
+    # stages on cpu_p1, or not.
+    for cluster, jobs, cpu_jobs in (("experiment=bloom-176b", 1, 5), ("cluster=testcluster", 6, 0)):
         stages = ["pipeline", "--dry-run", cluster, f"data.corpus={MULTILINGUAL}", *options, f"run_dir={tmp_path}/p"]
         assert main(stages) == 0
         out = capsys.readouterr().out
         assert all(out.count(flag) == jobs for flag in flags), (cluster, out)
+        assert out.count("#SBATCH --reservation=cpus\n") == cpu_jobs, (cluster, out)
+    # One of the cluster's own is changed with ++ (+ would add it, and it is there).
+    args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, "++cluster.sbatch.hint=multithread"]
+    assert main([*args, f"run_dir={tmp_path / 'run'}"]) == 0
+    assert "#SBATCH --hint=multithread\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("option", "refusal"),
     [
-        ("+cluster.sbatch.time=10", "cluster.sbatch.time: corolla sets --time itself, from cluster.time_limit_min"),
-        ("+cluster.sbatch.no_requeue=''", "cluster.sbatch.no_requeue: corolla sets --no-requeue itself, from parallel"),
+        ("+cluster.sbatch.time=10", "cluster.sbatch.time: --time is not for this setting: set cluster.time_limit_min"),
+        ("+cluster.sbatch.no_requ=true", "cluster.sbatch.no_requ: --no-requeue is not for this setting (sbatch may"),
+        ("+cluster.sbatch.tasks_per_node=1", "cluster.sbatch.tasks_per_node: --tasks-per-node is not for this setting"),
+        (
+            "+cluster.sbatch.parsable=true",
+            "cluster.sbatch.parsable: --parsable is not for this setting: submitit reads",
+        ),
+        ("+cluster.cpu_sbatch.export=NONE", "cluster.cpu_sbatch.export: --export is not for this setting: the ranks"),
         ("+cluster.sbatch.A=six", "cluster.sbatch.A: give an sbatch option by its long name without dashes"),
-        ("+cluster.sbatch.comment='a\nb'", "cluster.sbatch.comment='a\\nb' contains a line break: write it on one"),
+        ("+cluster.sbatch.comment='a\nb'", "cluster.sbatch.comment='a\\nb': give one value on one line, without back"),
+        (r"+cluster.sbatch.comment=a\b", r"cluster.sbatch.comment='a\\b': give one value on one line, without"),
+        ("+cluster.sbatch.comment=[a,b]", "cluster.sbatch.comment=['a', 'b']: give one value on one line"),
     ],
 )
-def test_an_sbatch_option_corolla_sets_or_cannot_write_is_refused(tokens, capsys, tmp_path, option, refusal) -> None:
-    small_data = [f"data.tokens_dir={tokens}", "model.seq_length=32", "train.eval_interval=0"]
-    args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, option, f"run_dir={tmp_path / 'run'}"]
-    assert main(args) == 2
+def test_an_sbatch_option_corolla_sets_or_cannot_write_is_refused_before_anything_is_written(
+    capsys, tmp_path, option, refusal
+) -> None:
+    run_dir = tmp_path / "run"
+    assert main(["submit", "cluster=testcluster", option, f"run_dir={run_dir}"]) == 2
     assert capsys.readouterr().err.startswith(f"corolla: error: {refusal}")
+    assert not run_dir.exists()
 
 
 def cores_asked(script: str) -> list[tuple[str, str]]:
