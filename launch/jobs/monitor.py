@@ -30,7 +30,7 @@ from launch.rundir.files import (
     VALIDATION_FILE,
 )
 from launch.rundir.history import BEFORE_TRAINING, CHANGED_RECORD, Event, RunHistory
-from launch.rundir.records import last_records
+from launch.rundir.records import last_records, record_of_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import read_state, store_fix
 
@@ -316,9 +316,17 @@ def status_lines(run: RunDirectory, backend: Backend) -> list[str]:
 
 
 RUNS_HEADER = ["run", "state", "last event", "step", "loss", "validation", "training left"]
+COMPARED_COLUMN = 5  # where the loss of every run at one step goes, after each one's last
 
 
-def run_row(run: RunDirectory, backend: Backend) -> list[str]:
+def compared_step(runs: list[Path]) -> int | None:
+    """The last step that every run of a directory which logged any has logged, where two or more have: their losses
+    compare there, where the last losses of runs at different steps do not."""
+    last = [records[-1]["step"] for run in runs if (records := last_records(run / METRICS_FILE, 1))]
+    return min(last) if len(last) > 1 else None
+
+
+def run_row(run: RunDirectory, backend: Backend, compared_at: int | None) -> list[str]:
     """A run's line in the status of a directory of runs: a sweep's point beside the others."""
     events = RunHistory(run.path).events()
     last = events[-1] if events else {"event": "not launched"}
@@ -334,22 +342,30 @@ def run_row(run: RunDirectory, backend: Backend) -> list[str]:
         return [*shown, str(error)]
     if current is None:
         return [*shown, f"0/{total}"]
-    return [
+    row = [
         *shown,
         f"{current.step}/{current.total}",
         f"{current.loss:.4f}",
         f"{validation.loss:.4f} at {validation.step}" if validation else "-",
         current.time_left(),
     ]
+    if compared_at is not None:
+        compared = record_of_step(run.path / METRICS_FILE, compared_at)
+        row.insert(COMPARED_COLUMN, f"{compared['loss']:.4f}" if compared and "loss" in compared else "-")
+    return row
 
 
-def runs_lines(directory: Path, rows: list[list[str]]) -> list[str]:
-    """The status of a directory of runs (a sweep's): a row a run under RUNS_HEADER, each column as wide as its
-    widest cell; a row cut short (a run that cannot be read says why in its last cell) leaves the widths be."""
-    table = [RUNS_HEADER, *rows]
+def runs_lines(directory: Path, rows: list[list[str]], compared_at: int | None) -> list[str]:
+    """The status of a directory of runs (a sweep's): a row a run under RUNS_HEADER (and the loss at `compared_at`),
+    each column as wide as its widest cell; a row cut short (a run that cannot be read says why in its last cell)
+    leaves the widths be."""
+    header = list(RUNS_HEADER)
+    if compared_at is not None:
+        header.insert(COMPARED_COLUMN, f"loss at {compared_at}")
+    table = [header, *rows]
     widths = [
-        max(len(row[column]) for row in table if column < len(row) - 1 or len(row) == len(RUNS_HEADER))
-        for column in range(len(RUNS_HEADER))
+        max(len(row[column]) for row in table if column < len(row) - 1 or len(row) == len(header))
+        for column in range(len(header))
     ]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in table]
     heading = line("runs", f"{directory}: {plural(len(rows), 'run')}")

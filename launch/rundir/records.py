@@ -103,6 +103,15 @@ def last_records(path: Path, count: int) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def record_of_step(path: Path, step: int) -> dict | None:
+    """The last record of `step`, the file read from its end as far as that step; None where it holds none."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as file:
+        found = next((record for _, record in _from_end(file) if record["step"] <= step), None)
+    return found if found is not None and found["step"] == step else None
+
+
 def offset_after(file: BinaryIO, step: int) -> int:
     """Where the lines after the last record of a step up to `step` start (0 where none is), read from the file's
     end: the records of the steps after `step` follow."""

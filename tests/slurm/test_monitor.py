@@ -269,10 +269,11 @@ def test_status_of_a_sweep_is_a_row_a_point_and_its_points_are_named_to_the_othe
     monkeypatch.setenv("HOME", str(tmp_path))
     with holding(trained):
         lines = status_of(Path("~/sweep"), capsys).splitlines()
+    # Runs at steps 12 and 1 (the one whose records are not corolla's): their losses compare at step 1.
     assert lines == [
         "runs       ~/sweep: 5 runs",
-        "run             state         last event    step   loss    validation    training left",
-        "train.lr=0.001  running here  start         12/20  4.2500  5.2500 at 10  16s",
+        "run             state         last event    step   loss    loss at 1  validation    training left",
+        "train.lr=0.001  running here  start         12/20  4.2500  8.9000     5.2500 at 10  16s",
         "train.lr=0.003  not running   not launched  0/20",
         f"train.lr=0.01   not running   not launched  {broken}/job.yaml says train.steps=abc, not a whole number: fix "
         "it, or launch the run again, which rewrites it",
@@ -301,6 +302,24 @@ def test_status_of_a_sweep_is_a_row_a_point_and_its_points_are_named_to_the_othe
     with pytest.raises(RuntimeError, match=r"^5 of 5 runs in .* not cancelled \(train.lr=0.001, train.lr=0.003, "):
         cancel(CancelJob(run_dir=str(sweep)))
     assert capsys.readouterr().out.count("is a local run (no slurm-jobs.json): `corolla cancel` is for runs") == 5
+
+
+def test_the_runs_of_a_sweep_compare_at_the_last_step_they_all_logged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = tmp_path / "sweep"
+    make_trained_run(sweep / "train.lr=0.001")  # at step 12; step 8 logged twice, the later 7.2
+    behind = make_run(sweep / "train.lr=0.0003")
+    write_jsonl(behind / "metrics.jsonl", [step(n, 3.0 + n / 100, 2048) for n in range(1, 9)])
+    make_run(sweep / "train.lr=0.003")  # nothing logged: not waited for
+    assert status_of(sweep, capsys).splitlines()[1:5] == [
+        "run              state        last event    step   loss    loss at 8  validation    training left",
+        "train.lr=0.0003  not running  not launched  8/20   3.0800  3.0800     -             6s",
+        "train.lr=0.001   not running  start         12/20  4.2500  7.2000     5.2500 at 10  16s",
+        "train.lr=0.003   not running  not launched  0/20",
+    ]
+    (behind / "metrics.jsonl").unlink()  # one run that logged steps: nothing to compare it with
+    assert "loss at" not in status_of(sweep, capsys)
 
 
 def test_a_sweep_asks_a_controller_that_does_not_answer_once(

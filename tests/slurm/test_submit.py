@@ -772,9 +772,9 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
         n: f"{statistics.fmean(record['loss'].values()):.4f} at {record['step']}"
         for n, record in last_validations.items()
     }
-    expected = [
+    expected = [  # and the loss at step 2, the last both logged
         rf"train\.steps={n} +COMPLETED \(job {jobs[n]}\) +finished at {n} +{n}/{n} +{losses(runs[n])[n]:.4f} +"
-        rf"{validated[n]} +done"
+        rf"{losses(runs[n])[2]:.4f} +{validated[n]} +done"
         for n in (2, 3)
     ]
     assert len(rows) == 2 and all(map(re.fullmatch, expected, rows)), rows
