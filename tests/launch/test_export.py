@@ -80,10 +80,10 @@ def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, 
     checkpoints = run_dir / "checkpoints"
     assert main(["export", "hf", f"run_dir={run_dir}", f"output_dir={tmp_path / 'hf1'}", "step=1"]) == 2
     assert f"{checkpoints} has no complete checkpoint of step 1: choose one of 2, 3" in capsys.readouterr().err
-    assert main(["export", "hf", f"run_dir={tmp_path}", f"output_dir={tmp_path / 'hf2'}"]) == 2
-    assert (
-        f"{tmp_path} is neither a corolla run directory (no job.yaml) nor an imported model" in capsys.readouterr().err
-    )
+    no_run = tmp_path / "not-a-run"
+    no_run.mkdir()
+    assert main(["export", "hf", f"run_dir={no_run}", f"output_dir={tmp_path / 'hf2'}"]) == 2
+    assert f"{no_run} is neither a corolla run directory (no job.yaml) nor an imported model" in capsys.readouterr().err
 
 
 def test_reading_the_checkpoints_of_a_run_that_trains_meets_no_missing_file(

@@ -74,8 +74,11 @@ def wait_chain(run_dir: Path, timeout: float = 300) -> dict[str, str]:
     states: dict[str, str] = {}
 
     def ended() -> bool:
-        states.update({job.stage: stage_state(job) for job in chain_jobs(run_dir)})
-        return not any(state.live for state in states.values())
+        jobs = chain_jobs(run_dir)
+        states.update({job.stage: stage_state(job) for job in jobs})
+        # A stage's job that hands over to one it queued (an export that follows the training's next job) records
+        # that job before it ends: the jobs read before its end may be those before the handover.
+        return not any(state.live for state in states.values()) and chain_jobs(run_dir) == jobs
 
     assert wait_for(ended, timeout=timeout, interval=1.0), (states, stage_logs(run_dir))
     return {stage: state.state for stage, state in states.items()}
