@@ -3,6 +3,7 @@ run's backend (local processes, or Slurm) is chosen."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from launch.config.cluster import Scheduler
@@ -145,36 +146,43 @@ def cancel(job: CancelJob) -> None:
         cancel_chain(Path(job.run_dir))
         return
     if runs := runs_in(Path(job.run_dir)):  # a sweep's points
-        _cancel_each(Path(job.run_dir), runs)
+        slurm = SlurmBackend()  # one for every run, as for their status
+        _each_run(Path(job.run_dir), runs, "cancelled", lambda run: backend_of(run, slurm).cancel(run))
         return
     run = RunDirectory.open(job.run_dir)
     backend_of(run).cancel(run)
 
 
-def _cancel_each(directory: Path, runs: list[Path]) -> None:
-    """Every run's jobs, each run in turn whatever the one before said; an error naming those not cancelled."""
-    failed, slurm = [], SlurmBackend()
+def _each_run(directory: Path, runs: list[Path], done: str, act: Callable[[RunDirectory], None]) -> None:
+    """`act` on every run, each in turn whatever the one before said; an error naming those it failed on."""
+    failed = []
     for run_dir in runs:
         print(f"{run_dir}:")
         try:
-            run = RunDirectory.open(str(run_dir))
-            backend_of(run, slurm).cancel(run)
+            act(RunDirectory.open(str(run_dir)))
         except (ValueError, RuntimeError, OSError) as error:
-            print(f"  not cancelled: {error}")
+            print(f"  not {done}: {first_line(error)}")
             failed.append(run_dir.name)
     if failed:
         raise RuntimeError(
-            f"{len(failed)} of {len(runs)} runs in {directory} not cancelled ({', '.join(failed)}): see why above each"
+            f"{len(failed)} of {len(runs)} runs in {directory} not {done} ({', '.join(failed)}): see why above each"
         )
 
 
 def sync_tracking(job: TrackingSyncJob) -> None:
-    """Sends MLflow what it lacks of a run (or all of it, to a new run on another server), as the run's one writer."""
+    """Sends MLflow what it lacks of a run (or all of it, to a new run on another server), as the run's one writer;
+    of every run, each to its own MLflow run, for a sweep's directory."""
+    if runs := runs_in(Path(job.run_dir)):
+        _each_run(Path(job.run_dir), runs, "synced", lambda run: _sync(run, job.uri))
+        return
+    _sync(RunDirectory.open(job.run_dir), job.uri)
+
+
+def _sync(run: RunDirectory, uri: str) -> None:
     from launch.rundir import outbox  # MLflow: only for this command
 
-    run = RunDirectory.open(job.run_dir)
     with holding(run.path, live_slurm_job):
-        state = outbox.sync(run.path, job.uri or None)
+        state = outbox.sync(run.path, uri or None)
     tracked = recorded_run(run.path)
     print(
         f"MLflow run {tracked.run_id} at {masked(tracked.tracking_uri)} holds steps to {state.sent_up_to()} "

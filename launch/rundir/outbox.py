@@ -21,7 +21,15 @@ from pathlib import Path
 
 from launch.config.job_file import read_job
 from launch.rundir import tracking
-from launch.rundir.files import HEALTH_FILE, JOB_FILE, JOBS_FILE, METRICS_FILE, TRACKING_STATE, VALIDATION_FILE
+from launch.rundir.files import (
+    HEALTH_FILE,
+    JOB_FILE,
+    JOBS_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    TRACKING_STATE,
+    VALIDATION_FILE,
+)
 from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches
 from launch.rundir.records import last_records, offset_after, step_record
 from launch.rundir.run_record import masked, recorded_run
@@ -221,7 +229,12 @@ END_STATUS = {
 def sync(run_dir: Path, uri: str | None = None, status: str | None = None) -> TrackingState:
     """Sends what MLflow lacks of the run, after its last step of each series, and how it ended where no one said (or
     `status`, what the caller knows it ended as); with `uri`, everything, to a new run there, which the run directory
-    continues from then on. A one-line ValueError if MLflow does not take it."""
+    continues from then on. A one-line ValueError if MLflow does not take it, or the run has none."""
+    if not (run_dir / RUN_FILE).is_file():
+        raise ValueError(
+            f"{run_dir} records no MLflow run ({RUN_FILE}): its launch did not open one, or the file was lost; "
+            "launching it again (corolla train or submit) opens it, or takes up the one its history names"
+        )
     if uri:
         _move(run_dir, uri)
     state = read_state(run_dir)

@@ -112,13 +112,24 @@ def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_serve
     assert recorded_run(moved).run_id == run_id and steps_logged(moved) == [1, 2, 3, 4]
     assert not first.exists()
 
-    # The same run, tracked in its embedded store so far, sent to a server.
+    # The same run, tracked in its embedded store so far, sent to a server: with the other runs of its directory (a
+    # sweep's points), one of which has no MLflow run to send, and is said to be passed over.
     embedded = recorded_run(moved)
     (tmp_path / "server").mkdir()
     server = MlflowServer(tmp_path / "server")
+    launched_only = moved.parent / "launched-only"
+    launched_only.mkdir()
+    (launched_only / "job.yaml").write_text((moved / "job.yaml").read_text())
+    capsys.readouterr()
     try:
         uri = server.start()
-        assert main(["tracking", "sync", str(moved), f"uri={uri}"]) == 0
+        assert main(["tracking", "sync", str(moved.parent), f"uri={uri}"]) == 2
+        said = capsys.readouterr()
+        assert said.err == (
+            f"corolla: error: 1 of 2 runs in {moved.parent} not synced (launched-only): see why above each\n"
+        )
+        assert said.out.startswith(f"{launched_only}:\n  not synced: {launched_only} records no MLflow run (run.json)")
+        assert f"\n{moved}:\nMLflow run " in said.out and not (launched_only / "tracking.json").exists()
         sent = recorded_run(moved)
         assert sent.tracking_uri == uri and sent.run_id != embedded.run_id
         assert steps_logged(moved) == [1, 2, 3, 4]
