@@ -115,11 +115,6 @@ def _row(run_dir: Path, slurm: SlurmBackend, compared_at: int | None) -> list[st
 def show_status(job: StatusJob) -> None:
     lines = []
     run_dir = Path(job.run_dir)
-    if not is_chain(job.run_dir) and (runs := runs_in(run_dir)):  # a sweep's points
-        slurm = SlurmBackend()  # one for every run: once its controller does not answer, it is not asked again
-        compared_at = compared_step(runs)
-        print("\n".join(runs_lines(run_dir, [_row(run, slurm, compared_at) for run in runs], compared_at)))
-        return
     if is_chain(job.run_dir):
         lines = chain_lines(run_dir)
         if not (run_dir / TRAIN_DIR / JOB_FILE).is_file():  # the training run is not prepared yet
@@ -127,6 +122,11 @@ def show_status(job: StatusJob) -> None:
             return
         lines.append("")
         run_dir = run_dir / TRAIN_DIR
+    elif runs := runs_in(run_dir):  # a sweep's points
+        slurm = SlurmBackend()  # one for every run: once its controller does not answer, it is not asked again
+        compared_at = compared_step(runs)
+        print("\n".join(runs_lines(run_dir, [_row(run, slurm, compared_at) for run in runs], compared_at)))
+        return
     run = RunDirectory.open(str(run_dir))
     print("\n".join([*lines, *status_lines(run, backend_of(run))]))
 

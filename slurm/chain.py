@@ -178,12 +178,13 @@ def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency
     cores = cluster.node_cores
     parameters.update(nodes=1, ntasks_per_node=1, cpus_per_task=cores, srun_args=srun_arguments(cores))
     parameters.pop("gpus_per_node", None)
-    options = sbatch_options(cluster.sbatch, "cluster.sbatch")
     if cluster.cpu_partition:
         parameters["partition"] = cluster.cpu_partition
         for key in ("qos", "constraint", "exclusive"):
             parameters.pop(key, None)
         options = sbatch_options(cluster.cpu_sbatch, "cluster.cpu_sbatch")
+    else:
+        options = sbatch_options(cluster.sbatch, "cluster.sbatch")
     parameters["additional_parameters"] = {**options, "requeue": True}
     executor.update_parameters(**parameters)
     return _after(executor, dependency)

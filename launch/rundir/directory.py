@@ -50,11 +50,11 @@ def runs_in(directory: Path) -> list[Path]:
     """The run directories directly in `directory` (a sweep's points, `RUN_DIR/<swept values>`), by name; none when
     it is a run itself. A folder this user cannot read is passed over (what else is there is listed)."""
     directory = directory.expanduser()
+    if _is_run(directory):
+        return []
     try:
-        if (directory / JOB_FILE).is_file() or not directory.is_dir():
-            return []
         children = list(directory.iterdir())
-    except OSError:
+    except OSError:  # not a directory, or not one this user reads
         return []
     return sorted(child for child in children if _is_run(child))
 
