@@ -27,12 +27,12 @@ from pathlib import Path
 import submitit
 
 from launch.config.cluster import ClusterConfig
-from launch.config.job_file import job_yaml, read_job
+from launch.config.job_file import job_settings, job_yaml, read_job
 from launch.config.sbatch import sbatch_options
 from launch.config.schemas import MainJob
 from launch.jobs.monitor import line, local_time
 from launch.rundir.files import CHAIN_FILE, JOB_FILE, PIPELINE_JOB, STAGE_ERRORS, STOP_FILE, SUBMITIT_DIR, TRAIN_DIR
-from launch.rundir.run_record import masked
+from launch.rundir.run_record import keep_private, masked
 from slurm.backend import job_logs, logs_by_rank, print_tails
 from slurm.client import ENDED_STATES, SlurmState, slurm_state
 from slurm.commands import SlurmError, request, requeue, run_slurm
@@ -252,6 +252,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     with one_pipeline(paths.run_dir):
         check_no_live_chain(paths.run_dir)
         check_unheld(paths.train, live_job_id)
+        keep_private(paths.run_dir, job_settings(job))
         write_atomically(paths.run_dir / PIPELINE_JOB, job_yaml(job))
         for error in (paths.run_dir / STAGE_ERRORS).glob("*.txt"):
             error.unlink()

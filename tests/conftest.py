@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -184,6 +185,14 @@ def train_job(model: ModelConfig, **sections: object) -> TrainJob:
         "cluster": ClusterConfig(),
     }
     return TrainJob(model=model, **{**defaults, **sections})
+
+
+@pytest.fixture
+def group_umask() -> Iterator[None]:
+    """The umask a group's shared project directory is usually written under (022), whatever the tests run under."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from launch.config.data import DataConfig
-from launch.config.job_file import changed_settings, changes_text, job_yaml, read_job
+from launch.config.job_file import changed_settings, changes_text, job_settings, job_yaml, read_job
 from launch.config.schemas import JOB_MODEL_SETTINGS, ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.facts import DataFacts, TokenizerChanged
@@ -32,7 +32,7 @@ from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import holds_runs, runs_in
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
-from launch.rundir.run_record import as_recorded, masked_setting, record_run, tracked_run
+from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
@@ -111,6 +111,7 @@ def _write_job(run_dir: Path, job: TrainJob, plans: list[RunPlan], lost: object 
     """The run directory, with the job and its plans, the previous launch's STOP file removed and a run.json that
     went missing written back from the history (`lost`, its record there)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    keep_private(run_dir, job_settings(job))
     if (run_dir / STOP_FILE).exists():
         (run_dir / STOP_FILE).unlink()
         print(f"removed {run_dir / STOP_FILE}, which stopped the previous launch")

@@ -16,6 +16,10 @@ _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 # A name that says its value is a secret: HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_PASSWORD, a URI's ?token= or ?sig=.
 _SECRET_NAME = r"[\w.-]*(?:token|secret|password|passwd|pass|key|credentials?|auth|signature|sig)"
 _SECRET = re.compile(_SECRET_NAME, re.IGNORECASE)
+SECRETS_FROM_ENVIRONMENT = (
+    "give the secrets in your environment instead (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+    "MLFLOW_TRACKING_TOKEN; a token the job reads, such as HF_TOKEN), which its jobs inherit and corolla never records"
+)
 _ASSIGNED_SECRET = re.compile(rf"\b({_SECRET_NAME})=(\"[^\"]*\"|'[^']*'|[^\s&;'\",\]]+)", re.IGNORECASE)
 
 
@@ -29,6 +33,22 @@ def masked_setting(name: str, value: str) -> str:
     """A setting as corolla prints it or records it outside the run directory: *** for one whose name says it is a
     secret (`cluster.env.HF_TOKEN`), any other masked."""
     return "***" if value and _SECRET.fullmatch(name.rpartition(".")[2]) else masked(value)
+
+
+def keep_private(directory: Path, settings: dict[str, str]) -> None:
+    """`directory` made readable by its owner alone, whatever the umask, where `settings` (by dotted name) hold a
+    secret that it keeps in plain text; said when that changes its mode, or cannot."""
+    secrets = [name for name, value in settings.items() if masked_setting(name, value) != value]
+    mode = directory.stat().st_mode & 0o777
+    if not secrets or not mode & 0o077:
+        return
+    said = f"{directory} keeps {', '.join(secrets)} in plain text"
+    try:
+        directory.chmod(mode & 0o700)
+    except OSError as error:
+        print(f"{said}, and could not be made private ({error.strerror}): whoever can read it can read them")
+        return
+    print(f"{said}: made readable by you alone (chmod go-rwx); to share it, {SECRETS_FROM_ENVIRONMENT}")
 
 
 @dataclass(frozen=True)
@@ -91,4 +111,5 @@ def as_recorded(run_dir: Path, tracked: TrackedRun) -> dict[str, str]:
 
 
 def record_run(run_dir: Path, tracked: TrackedRun) -> None:
+    keep_private(run_dir, {"tracking.uri": tracked.tracking_uri})
     write_atomically(run_dir / RUN_FILE, json.dumps(as_recorded(run_dir, tracked), indent=2) + "\n")

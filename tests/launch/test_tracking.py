@@ -122,14 +122,18 @@ def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_serve
     (launched_only / "job.yaml").write_text((moved / "job.yaml").read_text())
     capsys.readouterr()
     try:
-        uri = server.start()
+        # With a password in its URI, which run.json then keeps: the run directory is made readable by its owner alone.
+        uri = server.start().replace("http://", "http://corolla:s3cret@")
+        moved.chmod(0o755)
         assert main(["tracking", "sync", str(moved.parent), f"uri={uri}"]) == 2
         said = capsys.readouterr()
         assert said.err == (
             f"corolla: error: 1 of 2 runs in {moved.parent} not synced (launched-only): see why above each\n"
         )
         assert said.out.startswith(f"{launched_only}:\n  not synced: {launched_only} records no MLflow run (run.json)")
-        assert f"\n{moved}:\nMLflow run " in said.out and not (launched_only / "tracking.json").exists()
+        assert f"\n{moved}:\n{moved} keeps tracking.uri in plain text: made readable by you alone" in said.out
+        assert "\nMLflow run " in said.out and "s3cret" not in said.out
+        assert moved.stat().st_mode & 0o777 == 0o700 and not (launched_only / "tracking.json").exists()
         sent = recorded_run(moved)
         assert sent.tracking_uri == uri and sent.run_id != embedded.run_id
         assert steps_logged(moved) == [1, 2, 3, 4]

@@ -113,7 +113,7 @@ class Finished:
 @pytest.fixture(scope="module")
 def chain(slurm_cluster: TestCluster, corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Finished:
     run_dir = tmp_path_factory.mktemp("chain") / "run"
-    assert pipeline(run_dir, corpus, *ON_SLURM) == 0
+    assert pipeline(run_dir, corpus, *ON_SLURM, "+cluster.env.HF_TOKEN=hf_s3cret") == 0  # as a group's site gives it
     stages = ["tokenizer", "evaluate", "encode", "prepare", "train", "export"]
     assert wait_chain(run_dir) == dict.fromkeys(stages, "COMPLETED")
     return Finished(run_dir, token_bytes(run_dir / "tokens"), losses(run_dir / "train"))
@@ -128,6 +128,9 @@ def test_the_chain_ends_with_the_local_pipelines_token_files_and_losses(chain, c
     assert len(manifests[1]["languages"]["eng_Latn"]["shards"]) == 4
     assert chain.losses == pytest.approx(losses(local / "train"), abs=1e-5)  # DP2 over two nodes, as one process
     assert (chain.run_dir / "hf" / "config.json").is_file() and (chain.run_dir / "tokenizer-eval").is_dir()
+    # Its pipeline.yaml, training job.yaml and sbatch scripts keep the token: readable by their owner alone.
+    assert all(path.stat().st_mode & 0o777 == 0o700 for path in (chain.run_dir, chain.run_dir / "train"))
+    assert (local / "train").stat().st_mode == (local / "tokens").stat().st_mode  # as the umask makes them
     (encode,) = [job for job in chain_jobs(chain.run_dir) if job.stage == "encode"]
     assert encode.tasks == 5  # eng_Latn's small shards, its big one, fra_Latn's two groups, then the other four
 

@@ -742,12 +742,13 @@ ONE_NODE = ["cluster=testcluster", "cluster.nodes=1", "cluster.tasks_per_node=1"
 
 
 def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
-    slurm_cluster, tokens, tmp_path, monkeypatch, capsys
+    slurm_cluster, tokens, tmp_path, monkeypatch, capsys, group_umask
 ) -> None:
     # Steps of 5 s: the first point's job cannot finish before the second point is submitted, however loaded the
     # machine (the first step could: its job once logged it before `submit` returned).
     monkeypatch.setenv(STEP_SECONDS, "5")
-    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *ONE_NODE, "train.steps=2,3"]
+    token = "+cluster.env.HF_TOKEN=hf_s3cret"  # which each point's job.yaml keeps: readable by its owner alone
+    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path}", *RUN, *ONE_NODE, "train.steps=2,3", token]
     calls = counting(("sinfo",), tmp_path / "bin", monkeypatch)
     assert main(["submit", "--multirun", *args]) == 0
     asked = Counter(calls.read_text().splitlines())
@@ -759,6 +760,8 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
     out = capsys.readouterr().out
     assert "dry run" not in out and "not submitted" not in out and "#SBATCH" not in out, out
     assert all(f"submitted Slurm job {jobs[steps]}: {run_dir}\n" in out for steps, run_dir in runs.items()), out
+    assert all(f"{run_dir} keeps cluster.env.HF_TOKEN in plain text: made readable" in out for run_dir in runs.values())
+    assert [run_dir.stat().st_mode & 0o777 for run_dir in runs.values()] == [0o700, 0o700] and "s3cret" not in out
     assert not any(event["event"] == "finished" for run_dir in runs.values() for event in RunHistory(run_dir).events())
     for steps, run_dir in runs.items():
         wait_finished(slurm_cluster, run_dir, jobs[steps])
