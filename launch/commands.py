@@ -38,6 +38,7 @@ from launch.rundir.files import (
     JOB_FILE,
     JOBS_FILE,
     LATEST,
+    RUN_FILE,
     TRAIN_DIR,
     VALIDATION_FILE,
 )
@@ -173,16 +174,27 @@ def sync_tracking(job: TrackingSyncJob) -> None:
     """Sends MLflow what it lacks of a run (or all of it, to a new run on another server), as the run's one writer;
     of every run, each to its own MLflow run, for a sweep's directory."""
     if runs := runs_in(Path(job.run_dir)):
-        _each_run(Path(job.run_dir), runs, "synced", lambda run: _sync(run, job.uri))
+        away: dict[str, str] = {}  # a server that did not answer for one run is not waited on again for the next
+        _each_run(Path(job.run_dir), runs, "synced", lambda run: _sync(run, job.uri, away))
         return
-    _sync(RunDirectory.open(job.run_dir), job.uri)
+    _sync(RunDirectory.open(job.run_dir), job.uri, {})
 
 
-def _sync(run: RunDirectory, uri: str) -> None:
-    from launch.rundir import outbox  # MLflow: only for this command
+def _sync(run: RunDirectory, uri: str, away: dict[str, str]) -> None:
+    """Sends MLflow what it lacks of `run`, unless its server is one of those `away` (by URI: the run it did not
+    answer for), where one it does not answer for now goes."""
+    from launch.rundir import outbox, tracking  # MLflow: only for this command
 
-    with holding(run.path, live_slurm_job):
-        state = outbox.sync(run.path, uri or None)
+    server = uri or (recorded_run(run.path).tracking_uri if (run.path / RUN_FILE).is_file() else "")
+    if server in away:
+        raise ValueError(f"MLflow at {masked(server)} did not answer for {away[server]}: try again when it answers")
+    try:
+        with holding(run.path, live_slurm_job):
+            state = outbox.sync(run.path, uri or None)
+    except ValueError:
+        if server and not tracking.answers(server):
+            away[server] = run.path.name
+        raise
     tracked = recorded_run(run.path)
     print(
         f"MLflow run {tracked.run_id} at {masked(tracked.tracking_uri)} holds steps to {state.sent_up_to()} "

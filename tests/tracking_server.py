@@ -10,16 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launch.rundir.tracking import check_reachable
+from launch.rundir.tracking import answers
 from slurm.testcluster import wait_for
-
-
-def _answers(uri: str) -> bool:
-    try:
-        check_reachable(uri)
-        return True
-    except ValueError:
-        return False
 
 
 class MlflowServer:
@@ -41,7 +33,7 @@ class MlflowServer:
         ]
         with (self.root / "server.log").open("a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        assert wait_for(lambda: _answers(self.uri), timeout=90, interval=0.5), (self.root / "server.log").read_text()
+        assert wait_for(lambda: answers(self.uri), timeout=90, interval=0.5), (self.root / "server.log").read_text()
         return self.uri
 
     def kill(self) -> None:

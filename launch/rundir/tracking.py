@@ -230,6 +230,14 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
+def answers(uri: str) -> bool:
+    try:
+        check_reachable(uri)
+    except ValueError:
+        return False
+    return True
+
+
 def _without_credentials(uri: str) -> str:
     """The URI without its user and password, which urllib would take for part of the host (MLflow's requests sends
     them as Basic authentication; a server's /health asks for none)."""

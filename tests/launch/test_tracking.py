@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -83,6 +84,15 @@ def test_a_run_trains_on_while_its_server_is_away_and_a_sync_sends_the_rest_once
         assert state["sent"]["metrics.jsonl"] == 2 and state["status"] == "FINISHED" and state["error"]
         status = corolla("status", str(run_dir)).stdout
         assert "MLflow holds steps to 2, 4 steps behind, tags and end status to send; not reached since" in status
+        # Its directory synced whole, as a sweep's, with a copy of the run beside it tracked at the same server: the
+        # server is waited on for the first, not again for the second.
+        shutil.copytree(run_dir, tmp_path / "the copy")
+        both = corolla("tracking", "sync", str(tmp_path))
+        assert both.returncode == 2 and "1 of 2" not in both.stderr and "2 of 2 runs" in both.stderr
+        assert both.stdout.startswith(f"{run_dir}:\n  not synced: MLflow did not take the run's records")
+        said = f"{tmp_path / 'the copy'}:\n  not synced: MLflow at {uri} did not answer for run: try again when it "
+        assert said in both.stdout
+        shutil.rmtree(tmp_path / "the copy")
 
         server.start()
         synced = corolla("tracking", "sync", str(run_dir))
