@@ -140,33 +140,43 @@ class StageJob:
 
 def chain_jobs(run_dir: Path) -> list[StageJob]:
     """The latest submission's stage jobs, in chain order; empty when the run was never submitted as a chain."""
+    submissions = _submissions(run_dir)
+    return [StageJob(**stage) for stage in submissions[-1]["jobs"]] if submissions else []
+
+
+def _submissions(run_dir: Path) -> list[dict]:
+    """Every submission chain.json records, the latest last (none when the run was never submitted as a chain); a
+    one-line ValueError when the latest is not one corolla wrote."""
     path = run_dir / CHAIN_FILE
     if not path.is_file():
         return []
     try:
         submissions = json.loads(path.read_text())
-        return [StageJob(**stage) for stage in submissions[-1]["jobs"]]
-    except (ValueError, KeyError, TypeError, IndexError):
-        raise ValueError(
-            f"{path} is not a chain record corolla wrote: remove it and submit the pipeline again"
-        ) from None
+        if _is_submission(submissions[-1]):
+            return submissions
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        pass
+    raise ValueError(f"{path} is not a chain record corolla wrote: remove it and submit the pipeline again")
+
+
+def _is_submission(record: dict) -> bool:
+    for stage in record["jobs"]:
+        StageJob(**stage)  # a TypeError for a stage of another shape
+    return isinstance(record["time"], int | float) and isinstance(record.get("skipped", []), list)
 
 
 def _record(run_dir: Path, jobs: list[StageJob], skipped: list[str]) -> None:
-    path = run_dir / CHAIN_FILE
-    submissions = json.loads(path.read_text()) if path.is_file() else []
     submission = {"time": time.time(), "jobs": [job.__dict__ for job in jobs], "skipped": skipped}
-    write_atomically(path, json.dumps([*submissions, submission], indent=1) + "\n")
+    write_atomically(run_dir / CHAIN_FILE, json.dumps([*_submissions(run_dir), submission], indent=1) + "\n")
 
 
 def _replace_job(run_dir: Path, stage: str, job_id: str) -> None:
     """The stage's job in the latest submission is now `job_id` (an elastic run's export, following its training)."""
-    path = run_dir / CHAIN_FILE
-    submissions = json.loads(path.read_text())
+    submissions = _submissions(run_dir)
     for stage_job in submissions[-1]["jobs"]:
         if stage_job["stage"] == stage:
             stage_job["job_id"] = job_id
-    write_atomically(path, json.dumps(submissions, indent=1) + "\n")
+    write_atomically(run_dir / CHAIN_FILE, json.dumps(submissions, indent=1) + "\n")
 
 
 def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency: str | None) -> submitit.SlurmExecutor:
@@ -428,9 +438,8 @@ def _why(run_dir: Path, stage_job: StageJob, state: StageState) -> str:
 
 def chain_lines(run_dir: Path) -> list[str]:
     """The latest submission's stages, what Slurm says of each, and the first that failed, in one line."""
-    submissions = json.loads((run_dir / CHAIN_FILE).read_text())
-    latest = submissions[-1]
-    skipped = f"; current, not submitted: {', '.join(latest['skipped'])}" if latest["skipped"] else ""
+    latest = _submissions(run_dir)[-1]
+    skipped = f"; current, not submitted: {', '.join(latest['skipped'])}" if latest.get("skipped") else ""
     lines: list[str] = []
     failure, elsewhere = None, None
     for stage_job in chain_jobs(run_dir):

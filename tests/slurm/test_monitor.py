@@ -623,6 +623,33 @@ def test_logs_of_a_pipeline_take_the_rank_of_its_train_stage(
         show_logs(LogsJob(run_dir=str(run_dir), stage="tokenizer", rank=1))
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        "[{",
+        "[]",
+        '{"jobs": []}',
+        json.dumps([{"time": T0, "jobs": [{"stage": "train"}], "skipped": []}]),
+        json.dumps([{"time": T0, "jobs": [{"stage": "train", "job_id": "41"}], "skipped": "export"}]),
+        json.dumps([{"jobs": [{"stage": "train", "job_id": "41"}]}]),
+    ],
+)
+def test_a_damaged_chain_record_is_named_in_one_line_by_every_command_that_reads_it(
+    record: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status read chain.json itself, and said a bare JSON error or a KeyError's traceback; logs and cancel read it
+    as one reader, which named it."""
+    run_dir = tmp_path / "chain"
+    run_dir.mkdir()
+    (run_dir / "chain.json").write_text(record)
+    for command in (["status"], ["logs"], ["cancel"]):
+        assert main([*command, str(run_dir)]) == 2
+        assert capsys.readouterr().err == (
+            f"corolla: error: {run_dir / 'chain.json'} is not a chain record corolla wrote: remove it and submit the "
+            "pipeline again\n"
+        )
+
+
 def counting(commands: tuple[str, ...], bin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The `commands` first on PATH, each logging its call (a line: the command and its arguments) before it runs the
     real one; the log's path."""
