@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from abc import ABC, abstractmethod
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import sentencepiece as spm
@@ -78,6 +78,36 @@ def _pair(merge: str | list[str]) -> list[str]:
     return merge.split(" ", 1) if isinstance(merge, str) else list(merge)
 
 
+ADDED_PIECES_FIX = "extend the base tokenizer again (corolla tokenizer extend)"
+
+
+@dataclass(frozen=True)
+class AddedPieces:
+    """An extended tokenizer's record of its base (added_pieces.json): whose extension it is, and each added id's
+    text as the base encodes it (where a grown embedding's new row starts)."""
+
+    base_fingerprint: str
+    base_vocab_size: int
+    decompositions: dict[int, list[int]]
+
+    def write(self, directory: Path) -> None:
+        record = {**asdict(self), "decompositions": {str(i): pieces for i, pieces in self.decompositions.items()}}
+        (directory / ADDED_PIECES_FILE).write_text(json.dumps(record) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> AddedPieces:
+        """A one-line ValueError naming the file when it is missing or not one corolla wrote."""
+        path = directory / ADDED_PIECES_FILE
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: {ADDED_PIECES_FIX}")
+        record = read_json(path, ADDED_PIECES_FIX)
+        try:
+            decompositions = {int(i): [int(piece) for piece in ids] for i, ids in record["decompositions"].items()}
+            return cls(str(record["base_fingerprint"]), int(record["base_vocab_size"]), decompositions)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError(f"{path} is not the record of an extension corolla wrote: {ADDED_PIECES_FIX}") from None
+
+
 class ExtensibleBase(ABC):
     """A base tokenizer of one kind: how pieces are trained for it, appended to it and written."""
 
@@ -100,13 +130,8 @@ class ExtensibleBase(ABC):
 
     def write(self, extended: bytes, directory: Path) -> None:
         (directory / self.model_file).write_bytes(extended)
-        ids = self.decompositions(extended)
-        record = {
-            "base_fingerprint": self.tokenizer.fingerprint,
-            "base_vocab_size": self.tokenizer.vocab_size,
-            "decompositions": {str(index): pieces for index, pieces in ids.items()},
-        }
-        (directory / ADDED_PIECES_FILE).write_text(json.dumps(record) + "\n")
+        added = AddedPieces(self.tokenizer.fingerprint, self.tokenizer.vocab_size, self.decompositions(extended))
+        added.write(directory)
 
 
 class SentencePieceBase(ExtensibleBase):

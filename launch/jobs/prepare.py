@@ -35,6 +35,7 @@ from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_R
 from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
+from tokenizer.extend import AddedPieces
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE
@@ -358,8 +359,8 @@ def _vocabulary_growth(weights: Weights, data: DataConfig) -> tuple[int, int]:
         fingerprint, vocab_size, used = theirs.fingerprint, theirs.vocab_size, f"data.tokenizer_dir={tokenizer_dir} is"
     if fingerprint == ours.fingerprint:
         return 0, 0
-    added = tokenizer_dir / ADDED_PIECES_FILE
-    if added.is_file() and json.loads(added.read_text())["base_fingerprint"] == ours.fingerprint:
+    extended = (tokenizer_dir / ADDED_PIECES_FILE).is_file()
+    if extended and AddedPieces.read(tokenizer_dir).base_fingerprint == ours.fingerprint:
         return ours.vocab_size, vocab_size
     raise ValueError(
         f"{used} with another tokenizer than that of init_from's weights ({ours.path}), and not one extended from "

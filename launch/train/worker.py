@@ -39,7 +39,8 @@ from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter, written_by_rank_0
 from launch.train.shards import EmbeddingGrowth
 from launch.train.stopping import RANK_ERROR, REFUSED_EXIT, StopSignals, Watchdog
-from tokenizer.files import ADDED_PIECES_FILE, is_no_space, read_json
+from tokenizer.extend import AddedPieces
+from tokenizer.files import is_no_space
 
 EXIT_STATUS = {Event.diverged: 3, Event.no_space: 4}
 
@@ -130,8 +131,7 @@ def _growth(job: TrainJob, plan: RunPlan) -> EmbeddingGrowth | None:
     if job.init_new_rows == NewRows.random:
         return EmbeddingGrowth(plan.grown_from_vocab, None)
     tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
-    record = read_json(tokenizer_dir / ADDED_PIECES_FILE, "extend the base tokenizer again (corolla tokenizer extend)")
-    return EmbeddingGrowth(plan.grown_from_vocab, {int(i): ids for i, ids in record["decompositions"].items()})
+    return EmbeddingGrowth(plan.grown_from_vocab, AddedPieces.read(tokenizer_dir).decompositions)
 
 
 def _starting_weights(engine, job: TrainJob, plan: RunPlan, directory: Path, first_step: int) -> ParallelLayout:

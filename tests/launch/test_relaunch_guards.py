@@ -23,6 +23,7 @@ from launch.jobs.monitor import describe_event
 from launch.plan.run_plan import read_plans
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.run_record import recorded_run
+from tokenizer.extend import ADDED_PIECES_FIX
 
 RUN = [*SHORT_RUN, "train.steps=1", "train.eval_interval=0"]
 
@@ -281,7 +282,7 @@ def test_init_from_is_refused_on_a_run_with_checkpoints_of_its_own_and_the_same_
     assert f"run_dir=continued started from init_from={source}, whose model it trains: give it again" in err
 
 
-def test_an_init_from_run_whose_vocabulary_grew_resumes(workspace: Path, tokens: Path) -> None:
+def test_an_init_from_run_whose_vocabulary_grew_resumes(workspace: Path, tokens: Path, capsys) -> None:
     """Its data's tokenizer extends that of the weights (`corolla tokenizer extend`): neither its vocabulary nor its
     tokenizer is the weights', and a relaunch resumes all the same."""
     corpus = cut_corpus(workspace / "corpus", ["eng_Latn", "ell_Grek", "amh_Ethi"], 300)
@@ -290,6 +291,13 @@ def test_an_init_from_run_whose_vocabulary_grew_resumes(workspace: Path, tokens:
     assert main([*extend, f"tokenizer.parity_set={SHARED_DATA / 'parallel-dev'}"]) == 0
     grown = ["run_dir=grown", "init_from=run", "data.tokenizer_dir=extended", f"data.corpus={corpus}"]
     grown += ["data.tokens_dir=null", "data.cache_dir=cache", "train.steps=2", "train.exit_after=1"]
+    # Its record of the base damaged: named, with the fix, before anything is written.
+    record = workspace / "extended" / "added_pieces.json"
+    kept = record.read_text()
+    record.write_text('{"decompositions": {}}')
+    err = refused(capsys, Path("grown"), *grown[1:])
+    assert err == f"corolla: error: {record.relative_to(workspace)} is not the record of an extension corolla wrote: {ADDED_PIECES_FIX}\n"
+    record.write_text(kept)
     assert train(*grown) == 0
     assert read_job(workspace / "grown" / "job.yaml").model.vocab_size > 2000
     assert train(*grown) == 0
