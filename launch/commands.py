@@ -36,7 +36,6 @@ from launch.rundir.files import (
     CHECKPOINTS,
     IMPORT_FILE,
     JOB_FILE,
-    JOBS_FILE,
     LATEST,
     RUN_FILE,
     TRAIN_DIR,
@@ -63,12 +62,8 @@ def live_slurm_job(run_dir: Path) -> str | None:
 
 
 def backend_of(run: RunDirectory, slurm: SlurmBackend | None = None) -> Backend:
-    """The backend of the run's latest launch, whose job.yaml names its cluster: Slurm for `corolla submit` (a
-    submission sbatch refused records no job), local for `corolla train`, also on a run whose earlier jobs went to
-    Slurm. A job.yaml of an older corolla, without the scheduler: Slurm when the run recorded jobs."""
-    scheduler = run.setting("cluster.scheduler")
-    submitted = scheduler == Scheduler.slurm.value or (scheduler is None and (run.path / JOBS_FILE).is_file())
-    return (slurm or SlurmBackend()) if submitted else LocalBackend(live_slurm_job)
+    """The backend of the run's latest launch: Slurm for `corolla submit`, local for `corolla train`."""
+    return (slurm or SlurmBackend()) if run.sent_to_slurm else LocalBackend(live_slurm_job)
 
 
 def train(job: TrainJob, dry_run: bool = False) -> None:

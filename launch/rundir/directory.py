@@ -7,9 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from launch.config.cluster import Scheduler
 from launch.config.job_file import job_config, read_job
 from launch.config.schemas import TrainJob
-from launch.rundir.files import IMPORT_FILE, JOB_FILE
+from launch.rundir.files import IMPORT_FILE, JOB_FILE, JOBS_FILE
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ class RunDirectory:
 
     def setting(self, key: str, default: object = None) -> object:
         return OmegaConf.select(self.job, key, default=default)
+
+    @property
+    def sent_to_slurm(self) -> bool:
+        """Whether its latest launch was `corolla submit` (a submission sbatch refused records no job), not `corolla
+        train`, also on a run whose earlier jobs went to Slurm. A job.yaml of an older corolla, without the
+        scheduler: whether the run recorded Slurm jobs."""
+        scheduler = self.setting("cluster.scheduler")
+        return scheduler == Scheduler.slurm.value or (scheduler is None and (self.path / JOBS_FILE).is_file())
 
     def train_job(self) -> TrainJob:
         """The job, typed and validated."""

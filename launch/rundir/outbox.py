@@ -21,10 +21,10 @@ from pathlib import Path
 
 from launch.config.job_file import read_job
 from launch.rundir import tracking
+from launch.rundir.directory import RunDirectory
 from launch.rundir.files import (
     HEALTH_FILE,
     JOB_FILE,
-    JOBS_FILE,
     METRICS_FILE,
     RUN_FILE,
     TRACKING_STATE,
@@ -254,7 +254,7 @@ def _untold_end(run_dir: Path) -> str | None:
     (which tells it) was killed. Nothing else is inferred: a Slurm run's stop is followed by a requeue, and a last
     start with no end may still be training."""
     events = RunHistory(run_dir).events()
-    if (run_dir / JOBS_FILE).exists() or not events or events[-1]["event"] not in END_STATUS:
+    if RunDirectory.open(str(run_dir)).sent_to_slurm or not events or events[-1]["event"] not in END_STATUS:
         return None
     return END_STATUS[events[-1]["event"]] if tracking.run_status(recorded_run(run_dir)) == "RUNNING" else None
 

@@ -241,8 +241,11 @@ def test_a_damaged_embedded_store_is_rebuilt_from_the_runs_records_as_the_error_
 
 def test_a_run_whose_launcher_was_killed_outright_is_told_to_mlflow_whole_by_a_sync(tokens, tmp_path) -> None:
     """The ranks stop with a checkpoint (torchrun ends with its parent, and stops them), but the launcher that sends
-    MLflow their records and the end is gone: a sync sends the rest, and the stop."""
+    MLflow their records and the end is gone: a sync sends the rest, and the stop. Also for a run whose earlier jobs
+    went to Slurm, which was taken as a Slurm run's stop, followed by a requeue."""
     run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "slurm-jobs.json").write_text('["41"]\n')
     train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *SHORT_RUN, "train.steps=30"]
     command = [sys.executable, "-m", "launch.cli", *train, "parallel.dp=2"]
     launcher = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, STEP_SECONDS: "1"})
