@@ -14,19 +14,19 @@ from __future__ import annotations
 import json
 import shutil
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 
+from tokenizer.added_pieces import AddedPieces
 from tokenizer.config import REFERENCE_KEY, Sampling, TokenizerConfig, TokenizerExtendJob
 from tokenizer.corpus import LanguageSize
 from tokenizer.corpus_scan import CorpusScan, scan_corpus
 from tokenizer.evaluate import language_stats, load_parallel, split_parallel
 from tokenizer.files import (
-    ADDED_PIECES_FILE,
     HF_CONFIG_FILES,
     HF_TOKENIZER_FILE,
     SPM_MODEL_FILE,
@@ -76,36 +76,6 @@ def append_merges(base: dict, trained: dict) -> dict:
 
 def _pair(merge: str | list[str]) -> list[str]:
     return merge.split(" ", 1) if isinstance(merge, str) else list(merge)
-
-
-ADDED_PIECES_FIX = "extend the base tokenizer again (corolla tokenizer extend)"
-
-
-@dataclass(frozen=True)
-class AddedPieces:
-    """An extended tokenizer's record of its base (added_pieces.json): whose extension it is, and each added id's
-    text as the base encodes it (where a grown embedding's new row starts)."""
-
-    base_fingerprint: str
-    base_vocab_size: int
-    decompositions: dict[int, list[int]]
-
-    def write(self, directory: Path) -> None:
-        record = {**asdict(self), "decompositions": {str(i): pieces for i, pieces in self.decompositions.items()}}
-        (directory / ADDED_PIECES_FILE).write_text(json.dumps(record) + "\n")
-
-    @classmethod
-    def read(cls, directory: Path) -> AddedPieces:
-        """A one-line ValueError naming the file when it is missing or not one corolla wrote."""
-        path = directory / ADDED_PIECES_FILE
-        if not path.is_file():
-            raise ValueError(f"{path} is missing: {ADDED_PIECES_FIX}")
-        record = read_json(path, ADDED_PIECES_FIX)
-        try:
-            decompositions = {int(i): [int(piece) for piece in ids] for i, ids in record["decompositions"].items()}
-            return cls(str(record["base_fingerprint"]), int(record["base_vocab_size"]), decompositions)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise ValueError(f"{path} is not the record of an extension corolla wrote: {ADDED_PIECES_FIX}") from None
 
 
 class ExtensibleBase(ABC):

@@ -35,7 +35,7 @@ from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_R
 from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
-from tokenizer.extend import AddedPieces
+from tokenizer.added_pieces import AddedPieces
 from tokenizer.files import ADDED_PIECES_FILE, write_atomically
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE

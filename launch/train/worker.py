@@ -38,8 +38,8 @@ from launch.train.health import HealthCheck, check
 from launch.train.loop import Callbacks, DataShard, NonFiniteStep, train_steps
 from launch.train.reporter import Reporter, written_by_rank_0
 from launch.train.shards import EmbeddingGrowth
-from launch.train.stopping import RANK_ERROR, REFUSED_EXIT, StopSignals, Watchdog
-from tokenizer.extend import AddedPieces
+from launch.train.stopping import ERROR_PREFIX, REFUSED_EXIT, StopSignals, Watchdog
+from tokenizer.added_pieces import AddedPieces
 from tokenizer.files import is_no_space
 
 EXIT_STATUS = {Event.diverged: 3, Event.no_space: 4}
@@ -84,7 +84,7 @@ def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: li
     where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else "non-finite loss"
     _record_if_room(run_dir, Event.diverged, step=record.step, loss=str(record.loss), ranks=ranks)
     print(
-        f"{RANK_ERROR}{error} ({where}): stopped without saving it; the weights are those before it. Lower "
+        f"{ERROR_PREFIX}{error} ({where}): stopped without saving it; the weights are those before it. Lower "
         "train.lr, or let steps pass with train.skip_nonfinite=N, and launch again to resume from the last checkpoint",
         file=sys.stderr,
         flush=True,
@@ -96,7 +96,7 @@ def _refuse(run_dir: Path, error: ValueError, says: bool) -> NoReturn:
     (rank 0, of what every rank meets), and exit status REFUSED_EXIT. The history is what keeps a Slurm job from being
     requeued: a refusal that some ranks alone meet leaves the others to be killed, and srun ends with their signal."""
     if says:
-        print(f"{RANK_ERROR}{error}", file=sys.stderr, flush=True)
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr, flush=True)
         _record_if_room(run_dir, Event.refused, reason=str(error))
     raise SystemExit(REFUSED_EXIT) from None
 
@@ -105,7 +105,7 @@ def _record_no_space(run_dir: Path, rank: int, error: checkpoint.NoSpace) -> Non
     """One line and, where the full filesystem leaves room for it, the history's no_space (MLflow: failed)."""
     if rank != 0:
         return
-    print(f"{RANK_ERROR}{error}", file=sys.stderr, flush=True)
+    print(f"{ERROR_PREFIX}{error}", file=sys.stderr, flush=True)
     _record_if_room(run_dir, Event.no_space, reason=str(error))
 
 

@@ -23,7 +23,7 @@ from launch.jobs.monitor import describe_event
 from launch.plan.run_plan import read_plans
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.run_record import recorded_run
-from tokenizer.extend import ADDED_PIECES_FIX
+from tokenizer.added_pieces import ADDED_PIECES_FIX
 
 RUN = [*SHORT_RUN, "train.steps=1", "train.eval_interval=0"]
 
@@ -296,7 +296,8 @@ def test_an_init_from_run_whose_vocabulary_grew_resumes(workspace: Path, tokens:
     kept = record.read_text()
     record.write_text('{"decompositions": {}}')
     err = refused(capsys, Path("grown"), *grown[1:])
-    assert err == f"corolla: error: {record.relative_to(workspace)} is not the record of an extension corolla wrote: {ADDED_PIECES_FIX}\n"
+    said = f"{record.relative_to(workspace)} is not the record of an extension corolla wrote: {ADDED_PIECES_FIX}"
+    assert err == f"corolla: error: {said}\n"
     record.write_text(kept)
     assert train(*grown) == 0
     assert read_job(workspace / "grown" / "job.yaml").model.vocab_size > 2000
