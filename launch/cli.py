@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launch import compat
 from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
+from launch.train.stopping import ERROR_PREFIX
 from tokenizer.files import NO_SPACE, first_line, is_no_space, no_room
 
 
@@ -273,7 +274,7 @@ def _run(command: Command, args: argparse.Namespace) -> int:
         said = _said(error)
         if said is None or os.environ.get("COROLLA_DEBUG"):
             raise
-        print(f"corolla: error: {_error_line(said)}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{_error_line(said)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("corolla: interrupted: run the same command again to go on", file=sys.stderr)

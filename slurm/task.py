@@ -119,7 +119,7 @@ class JobStart:
         latest = history.events()
         if self.task.local_rank == 0 and (not latest or latest[-1]["event"] != Event.gave_up):
             history.record(Event.gave_up, failures=spent, max_restarts=self.budget)
-            outbox.update(self.run_dir, status="FAILED")
+            outbox.update(self.run_dir, status=outbox.END_STATUS[Event.gave_up])
         if self.chained and self.task.local_rank == 0:
             cancel_next_jobs(self.run_dir, self.task.job_id)
         print(
@@ -204,7 +204,7 @@ class TrainingTask:
         stop = StopSignals(run_dir / STOP_FILE)
         task = SlurmTask.from_environment()
         # torch, DeepSpeed, megatron: seconds to import, after the handlers.
-        from launch.compat import import_training_libraries
+        from launch.compat import exit_skipping_teardown, import_training_libraries
 
         import_training_libraries(first_on_node=task.local_rank == 0)
         from launch.config.job_file import read_job
@@ -219,12 +219,7 @@ class TrainingTask:
         # The work is done; a stop signal now (the time limit's USR2 may come as the ranks exit, when Python no
         # longer runs handlers) must not kill a task and fail the finished job.
         stop.ignore_from_now_on()
-        # Nor may the interpreter's teardown of torch's process group and store: under load their threads can abort
-        # the process ("terminate called without an active exception"), and Slurm marks the job FAILED. Everything
-        # the task writes is closed by now; `python -m launch.train` ends its ranks the same way.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_skipping_teardown(0)
 
     def _begins(self, start: JobStart, cluster: ClusterConfig) -> bool:
         """Whether the start trains: not when the run has ended, nor past its budget (it gives up, and the task

@@ -36,7 +36,7 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, JOBS_FILE, LOSS_CHART
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
-from launch.train.stopping import RANK_ERROR, STACKS_FOLLOW, WATCHDOG
+from launch.train.stopping import ERROR_PREFIX, STACKS_FOLLOW, WATCHDOG
 from tokenizer.children import ended_with_parent
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class _FirstCause:
                 except OSError:  # the terminal or pipe corolla writes to is gone
                     passing_on = False
             if match := CAUSE.match(text.rstrip()):
-                cause = match[2].removeprefix(RANK_ERROR).split(STACKS_FOLLOW)[0]
+                cause = match[2].removeprefix(ERROR_PREFIX).split(STACKS_FOLLOW)[0]
                 self.causes.setdefault(
                     match[2].startswith("corolla"), f"rank {match[1]}: {cause}" if match[1] else cause
                 )
@@ -189,7 +189,7 @@ def _finish_the_end(run_dir: Path, step: int) -> None:
     history, status = RunHistory(run_dir), None
     if [event["event"] for event in history.events()[-1:]] != [Event.finished]:
         history.record(Event.finished, step=step)
-        status = "FINISHED"  # over the FAILED its launcher told MLflow when the ranks could not record it
+        status = outbox.END_STATUS[Event.finished]  # over the FAILED told when the ranks could not record it
     if not (run_dir / LOSS_CHART).is_file():
         print(f"loss curve {write_loss_chart(run_dir, read_job(run_dir / JOB_FILE).model.vocab_size)}")
     outbox.sync(run_dir, status=status)

@@ -13,14 +13,9 @@ run_dir = Path(sys.argv[1])
 # checkpoint, rather than killing it halfway through an import.
 stop = StopSignals(run_dir / STOP_FILE)
 
-from launch.compat import import_training_libraries  # noqa: E402
+from launch.compat import exit_skipping_teardown, import_training_libraries  # noqa: E402
 
 import_training_libraries(first_on_node=os.environ.get("LOCAL_RANK", "0") == "0")  # torchrun sets it
 from launch.train.worker import EXIT_STATUS, main  # noqa: E402  (after the import above, which must come first)
 
-status = EXIT_STATUS.get(main(run_dir, stop=stop, sends=False), 0)
-# Everything the rank writes is closed by now: the interpreter's teardown of torch, DeepSpeed and megatron (a second
-# or two of each rank's end, for nothing) is skipped.
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(status)
+exit_skipping_teardown(EXIT_STATUS.get(main(run_dir, stop=stop, sends=False), 0))

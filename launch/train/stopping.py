@@ -33,9 +33,9 @@ STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STALLED_EXIT = 75
 # The exit status of a start refused for what no restart would mend (a Slurm job is not requeued after it).
 REFUSED_EXIT = 2
-# How a rank's last words begin, which the local launcher reads for the cause of a failure (launch/jobs/local.py):
-# corolla's one-line error, and the watchdog's line, which the stacks follow.
-RANK_ERROR = "corolla: error: "
+# How corolla's one-line errors begin, the command line's and a rank's last words, which the local launcher reads
+# for the cause of a failure (launch/jobs/local.py), as it reads the watchdog's line, which the stacks follow.
+ERROR_PREFIX = "corolla: error: "
 WATCHDOG = "corolla watchdog: "
 STACKS_FOLLOW = "; stacks of every thread follow"
 
