@@ -277,7 +277,9 @@ def complete_steps(directory: Path) -> list[int]:
 
 
 def complete_tags(directory: Path) -> tuple[list[str], list[str]]:
-    """The checkpoint tags in `directory`, oldest first: those complete, and those a crashed save left incomplete."""
-    tags = sorted(path.name for path in directory.glob("step-*") if path.is_dir())
+    """The checkpoint tags in `directory`, oldest first: those complete, and those a crashed save left incomplete.
+    Nothing else is one: a folder of the user's (`step-best`, a copy `step-00000400.bak`) is neither resumed from nor
+    removed."""
+    tags = sorted(path.name for path in directory.glob("step-*") if is_checkpoint_tag(path.name) and path.is_dir())
     complete = [tag for tag in tags if (directory / tag / COMPLETE).is_file()]
     return complete, [tag for tag in tags if tag not in complete]

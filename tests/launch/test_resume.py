@@ -197,6 +197,24 @@ def test_checkpoints_newer_than_the_one_resumed_from_are_set_aside_never_overwri
     assert sorted(path.name for path in aside.iterdir()) == ["step-00000004", "step-00000004.2", "step-00000006"]
 
 
+def test_a_users_own_folders_beside_the_checkpoints_are_neither_resumed_from_nor_removed(
+    tokens: Path, uninterrupted_run: Path, uninterrupted, tmp_path: Path
+) -> None:
+    """A copy kept by hand (`step-00000004.bak`, complete) and a folder of notes (`step-best`) were taken for
+    checkpoints: the copy for the newest, its step unreadable, and the folder for a save cut off, which the next
+    save removed."""
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 4)  # checkpoints at steps 2 and 4
+    checkpoints = run_dir / "checkpoints"
+    shutil.copytree(checkpoints / "step-00000004", checkpoints / "step-00000004.bak")
+    (checkpoints / "step-best").mkdir()
+    (checkpoints / "step-best" / "why.txt").write_text("the lowest validation loss so far\n")
+    assert train(run_dir, tokens, "train.keep_checkpoints=1") == 0
+    assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == 4 and losses(run_dir) == uninterrupted
+    kept = sorted(path.name for path in checkpoints.iterdir() if path.is_dir())
+    assert kept == ["step-00000004.bak", "step-00000006", "step-best"]
+    assert (checkpoints / "step-best" / "why.txt").is_file()
+
+
 def test_a_save_cut_off_between_its_record_and_latest_is_resumed_from(
     capfd, tokens: Path, uninterrupted_run: Path, uninterrupted, tmp_path: Path
 ) -> None:
