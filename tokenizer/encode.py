@@ -40,7 +40,7 @@ from tqdm import tqdm
 from tokenizer.children import worker_of
 from tokenizer.corpus import CorpusError, Source, discover_sources, read_documents
 from tokenizer.corpus_scan import corpus_fingerprint, source_facts
-from tokenizer.files import exclusively, write_atomically
+from tokenizer.files import Log, exclusively, write_atomically
 from tokenizer.hygiene import HygieneStats
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.token_files import (
@@ -263,7 +263,7 @@ def _start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _scan(sources: list[Source], pool: Executor | None, in_flight: int, log: Callable[[str], None]) -> list[SourceScan]:
+def _scan(sources: list[Source], pool: Executor | None, in_flight: int, log: Log) -> list[SourceScan]:
     results = _ordered_map(pool, scan_source, sources, in_flight)
     scans = list(tqdm(results, total=len(sources), unit="file", desc="scanning corpus", disable=None, leave=False))
     hygiene = HygieneStats()
@@ -274,7 +274,7 @@ def _scan(sources: list[Source], pool: Executor | None, in_flight: int, log: Cal
     return scans
 
 
-def _open_output(output: Path, log: Callable[[str], None]) -> None:
+def _open_output(output: Path, log: Log) -> None:
     """Creates output_dir or checks it is one corolla writes; the pairs of an older layout go."""
     manifest = output / MANIFEST_NAME
     if not manifest.is_file() and not (output / RECORDS_DIR).is_dir() and output.is_dir() and any(output.iterdir()):
@@ -353,7 +353,7 @@ def _encode(
     tokenizer: TextTokenizer,
     append_eos: bool,
     workers: int,
-    log: Callable[[str], None],
+    log: Log,
     alone: bool = False,
 ) -> list[SourceScan]:
     """Encodes the files among `sources` whose pairs are not current; the scans of all of them. `alone`: refused
@@ -467,7 +467,7 @@ def write_manifest(
     corpus_dir: str | Path,
     output_dir: str | Path,
     append_eos: bool = True,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> dict:
     """Once every corpus file's pairs are current: the manifest, written (left untouched when identical, so that
     current token files keep their times) and returned; a one-line ValueError naming what is missing otherwise."""
@@ -500,7 +500,7 @@ def encode_corpus(
     output_dir: str | Path,
     append_eos: bool = True,
     workers: int = 0,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     overwrite: bool = False,
 ) -> dict:
     """Encodes every file of `corpus_dir` whose pairs are not current into `output_dir`, and writes the manifest,

@@ -30,6 +30,7 @@ from tokenizer.files import (
     HF_CONFIG_FILES,
     HF_TOKENIZER_FILE,
     SPM_MODEL_FILE,
+    Log,
     publish,
     read_json,
     staging_area,
@@ -37,7 +38,7 @@ from tokenizer.files import (
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.parity import parity_search
-from tokenizer.sampling import budgets, format_budget_table, sample_sentences
+from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
 from tokenizer.train import METADATA_FILE, check_output_dir, config_record, train_on_plan, versions
 
 NORMAL = pb.ModelProto.SentencePiece.NORMAL
@@ -88,7 +89,9 @@ class ExtensibleBase(ABC):
         self.tokenizer = load_tokenizer(path)
 
     @abstractmethod
-    def train(self, scan: CorpusScan, plan: list, cfg, seed: int, workdir: Path, log) -> tuple[bytes, dict[str, int]]:
+    def train(
+        self, scan: CorpusScan, plan: list[LanguageBudget], cfg: TokenizerConfig, seed: int, workdir: Path, log: Log
+    ) -> tuple[bytes, dict[str, int]]:
         """A model of the languages' sample, serialized, and the bytes sampled per language."""
 
     @abstractmethod
@@ -113,7 +116,9 @@ class SentencePieceBase(ExtensibleBase):
         if self.proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
             raise ValueError(f"base={path.parent} is a unigram model: extension appends BPE pieces, train it with BPE")
 
-    def train(self, scan, plan, cfg, seed, workdir, log):
+    def train(
+        self, scan: CorpusScan, plan: list[LanguageBudget], cfg: TokenizerConfig, seed: int, workdir: Path, log: Log
+    ) -> tuple[bytes, dict[str, int]]:
         return train_on_plan(scan, plan, cfg, seed, workdir, log)
 
     def append(self, trained: bytes) -> bytes:
@@ -149,7 +154,9 @@ class ByteLevelBase(ExtensibleBase):
                 "SentencePiece BPE tokenizer.model or a byte-level BPE tokenizer.json (as BLOOM's)"
             )
 
-    def train(self, scan, plan, cfg, seed, workdir, log):
+    def train(
+        self, scan: CorpusScan, plan: list[LanguageBudget], cfg: TokenizerConfig, seed: int, workdir: Path, log: Log
+    ) -> tuple[bytes, dict[str, int]]:
         sample = workdir / "sample.txt"
         sampled = sample_sentences(scan, plan, seed, sample)
         tokenizer = Tokenizer.from_file(str(self.path))
@@ -212,7 +219,7 @@ def _languages(job: TokenizerExtendJob, scan: CorpusScan, premiums: dict[str, fl
     return chosen
 
 
-def extend_tokenizer(job: TokenizerExtendJob, log=print) -> Path:
+def extend_tokenizer(job: TokenizerExtendJob, log: Log = print) -> Path:
     cfg = replace(job.tokenizer, vocab_size=job.added_pieces)
     if not cfg.parity_set:
         raise ValueError("tokenizer extend measures premiums on a parallel set: pass tokenizer.parity_set=DIR")
@@ -255,7 +262,7 @@ def _extended_model(
     cfg: TokenizerConfig,
     seed: int,
     workdir: Path,
-    log,
+    log: Log,
 ) -> tuple[bytes, dict]:
     """The base with the pieces trained on the languages of `sizes` appended, sampled as `cfg` says (parity: over
     rounds, each measured against the reference language); and the parity search's history, if any."""
@@ -277,7 +284,15 @@ def _extended_model(
     return train_round(plan)[0], {}
 
 
-def _metadata(job, base, extended, languages, chosen_by, premiums, history) -> dict:
+def _metadata(
+    job: TokenizerExtendJob,
+    base: TextTokenizer,
+    extended: TextTokenizer,
+    languages: list[str],
+    chosen_by: dict[str, float],
+    premiums: dict[str, dict[str, float]],
+    history: dict,
+) -> dict:
     base_metadata = Path(job.base) / METADATA_FILE
     recorded = read_json(base_metadata, "restore the base tokenizer's metadata") if base_metadata.is_file() else {}
     base_languages = recorded.get("languages", [])

@@ -14,11 +14,13 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+# What a step says its progress through: print, or a caller's own (a test's, a launcher's).
+Log = Callable[[str], None]
 RETIRED = "retired"  # in a staging area: the output `publish` replaced
 ADDED_PIECES_FILE = "added_pieces.json"  # in an extended tokenizer (tokenizer/extend.py): how an embedding grows
 SPM_MODEL_FILE = "tokenizer.model"  # a SentencePiece tokenizer's model (tokenizer/train.py)

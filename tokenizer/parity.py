@@ -18,6 +18,7 @@ from pathlib import Path
 from tokenizer.config import REFERENCE_KEY, TokenizerConfig
 from tokenizer.corpus import CorpusError
 from tokenizer.evaluate import Parallel, language_stats, load_parallel, split_parallel, summarize
+from tokenizer.files import Log
 from tokenizer.loading import load_tokenizer
 from tokenizer.sampling import LanguageBudget, LanguageSize, budgets, content_shares, format_budget_table
 
@@ -84,7 +85,7 @@ def parity_search(
     cfg: TokenizerConfig,
     train_round: TrainRound,
     workdir: Path,
-    log=print,
+    log: Log = print,
     measured: frozenset[str] | None = None,
     suffix: str = ".model",
 ) -> ParityResult:

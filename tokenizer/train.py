@@ -19,7 +19,7 @@ from tqdm import tqdm
 from tokenizer.config import DEFAULT_SAMPLE_BYTES, ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
-from tokenizer.files import SPM_MODEL_FILE, publish, read_json, staging_area
+from tokenizer.files import SPM_MODEL_FILE, Log, publish, read_json, staging_area
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
@@ -43,7 +43,7 @@ def _read_sentences(path: Path) -> Iterator[str]:
 
 
 def train_on_plan(
-    scan: CorpusScan, plan: list[LanguageBudget], cfg: TokenizerConfig, seed: int, workdir: Path, log=print
+    scan: CorpusScan, plan: list[LanguageBudget], cfg: TokenizerConfig, seed: int, workdir: Path, log: Log = print
 ) -> tuple[bytes, dict[str, int]]:
     """Samples by `plan` and trains; returns the serialized model and the bytes sampled per language."""
     sample_path = workdir / "sample.txt"
@@ -154,7 +154,7 @@ def check_output_dir(output_dir: str, overwrite: bool) -> Path:
     return out
 
 
-def train_tokenizer(job: TokenizerTrainJob, log=print) -> Path:
+def train_tokenizer(job: TokenizerTrainJob, log: Log = print) -> Path:
     cfg = job.tokenizer
     out = check_output_dir(job.output_dir, job.overwrite)
     scan = scan_corpus(job.corpus)

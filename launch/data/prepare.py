@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import corpus_fingerprint, measured_fingerprint
 from tokenizer.encode import encode_corpus
-from tokenizer.files import directory_lock, first_line
+from tokenizer.files import Log, directory_lock, first_line
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
 
@@ -52,7 +51,7 @@ def _cache_entry(job: TrainJob, contents: str) -> Path:
     return Path(data.cache_dir) / cache_key(tokenizer, data.corpus, job.seed, contents)
 
 
-def cached_token_files(job: TrainJob, log: Callable[[str], None] = print) -> Path:
+def cached_token_files(job: TrainJob, log: Log = print) -> Path:
     """The token files of data.corpus under data.tokenizer_dir or the job's tokenizer config (trained first), built
     or refreshed in the cache as needed."""
     entry = _cache_entry(job, corpus_fingerprint(discover_sources(job.data.corpus)))
@@ -64,7 +63,7 @@ def cached_token_files(job: TrainJob, log: Callable[[str], None] = print) -> Pat
     return entry / "tokens"
 
 
-def _cached_tokenizer(job: TrainJob, entry: Path, log: Callable[[str], None]) -> Path:
+def _cached_tokenizer(job: TrainJob, entry: Path, log: Log) -> Path:
     tokenizer = TokenizerTrainJob(job.tokenizer, str(job.data.corpus), str(entry / "tokenizer"), job.seed, True)
     if is_current(tokenizer) and _loads(entry / "tokenizer", log):
         log(f"tokenizer: cached in {entry / 'tokenizer'}")
@@ -74,7 +73,7 @@ def _cached_tokenizer(job: TrainJob, entry: Path, log: Callable[[str], None]) ->
     return entry / "tokenizer"
 
 
-def _loads(tokenizer_dir: Path, log: Callable[[str], None]) -> bool:
+def _loads(tokenizer_dir: Path, log: Log) -> bool:
     """Whether a cached tokenizer loads; one that does not is the cache's to make again, not the user's to fix."""
     try:
         load_tokenizer(tokenizer_dir)

@@ -92,7 +92,7 @@ def writer(run_dir: Path) -> tuple[str, bool | None] | None:
     return (describe(holder), _alive(holder)) if holder else None
 
 
-def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
+def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None]) -> None:
     """A RunLocked error when a live process, or a Slurm job (`slurm_job` says which is), writes the run directory."""
     _refuse_if_held(run_dir / LOCK_FILE, slurm_job)
 

@@ -30,9 +30,9 @@ def _training_curve(run_dir: Path) -> tuple[list[float], list[float], str]:
     return _means(steps, group), _means(losses, group), f"train (mean of each {group:,} steps)"
 
 
-def render_loss_chart(run_dir: Path, vocab_size: int | None = None) -> bytes:
-    """Training loss per step, validation loss per language (dashed, its mean bold) and, given the vocabulary,
-    ln(vocab): what a model that learnt nothing scores."""
+def render_loss_chart(run_dir: Path, vocab_size: int) -> bytes:
+    """Training loss per step, validation loss per language (dashed, its mean bold) and ln(vocab_size): what a model
+    that learnt nothing scores."""
     steps, losses, train_label = _training_curve(run_dir)
     validations = last_record_per_step(run_dir / VALIDATION_FILE)
     figure = Figure(figsize=(12, 6), layout="constrained")
@@ -45,8 +45,7 @@ def render_loss_chart(run_dir: Path, vocab_size: int | None = None) -> bytes:
     if validations:
         means = [sum(r["loss"].values()) / len(r["loss"]) for r in validations]
         axes.plot([r["step"] for r in validations], means, color="tab:red", linewidth=2, marker="o", label="val mean")
-    if vocab_size:
-        axes.axhline(math.log(vocab_size), color="grey", linewidth=1, label=f"ln(vocabulary {vocab_size:,})")
+    axes.axhline(math.log(vocab_size), color="grey", linewidth=1, label=f"ln(vocabulary {vocab_size:,})")
     axes.set_xlabel("step")
     axes.set_ylabel("loss (nats per token)")
     axes.set_title(f"Loss of {run_dir}")
@@ -57,7 +56,7 @@ def render_loss_chart(run_dir: Path, vocab_size: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def write_loss_chart(run_dir: Path, vocab_size: int | None = None) -> Path:
+def write_loss_chart(run_dir: Path, vocab_size: int) -> Path:
     """RUN_DIR/loss.png, replaced whole."""
     path = run_dir / LOSS_CHART
     write_atomically(path, render_loss_chart(run_dir, vocab_size))
