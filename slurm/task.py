@@ -29,7 +29,7 @@ from pathlib import Path
 from launch.config.cluster import ClusterConfig
 from launch.rundir.files import HISTORY_FILE, JOB_FILE, STOP_FILE
 from launch.rundir.history import BEFORE_TRAINING, Event, RunHistory, failures, has_ended
-from launch.train.stopping import REFUSED_EXIT, StopSignals
+from launch.train.stopping import ENDED_EXIT, REFUSED_EXIT, StopSignals
 from slurm.client import was_cancelled
 from slurm.commands import UNREACHABLE_HINT, requeue
 from slurm.environment import SlurmTask
@@ -159,14 +159,15 @@ def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) 
     for the restart itself (JobStart.failed), and a requeue ends the batch script before this runs; but ranks that die
     outright ask nothing, and on GPUs one rank's death takes every other down so: NCCL's watchdog ends a process whose
     collective fails or times out without running any more Python (TORCH_NCCL_ASYNC_ERROR_HANDLING). What a rank
-    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT) or the run has ended."""
+    would have asked is asked here, unless the step succeeded, was refused (REFUSED_EXIT), ended the run (ENDED_EXIT:
+    diverged, or out of space, which the history may have had no room to say) or the run has ended."""
     if status == 0:
         return
     events = RunHistory(run_dir).events()
     if events and events[-1]["event"] == Event.refused:
         _refused(run_dir, env)
         return
-    if status == REFUSED_EXIT or has_ended(events):
+    if status in (REFUSED_EXIT, *ENDED_EXIT.values()) or has_ended(events):
         return
     from launch.config.job_file import read_job
 
@@ -215,11 +216,12 @@ class TrainingTask:
         start = JobStart(run_dir, task, RunHistory(run_dir).events(), job.cluster.max_restarts, job.cluster.chained)
         if not self._begins(start, job.cluster):
             return
-        self._train(start, job.cluster, stop)
+        outcome = self._train(start, job.cluster, stop)
         # The work is done; a stop signal now (the time limit's USR2 may come as the ranks exit, when Python no
-        # longer runs handlers) must not kill a task and fail the finished job.
+        # longer runs handlers) must not kill a task and fail the finished job. A run that diverged or filled its
+        # disk fails it, as Slurm's accounting and its mail (`mail-type=FAIL`) then say.
         stop.ignore_from_now_on()
-        exit_skipping_teardown(0)
+        exit_skipping_teardown(ENDED_EXIT.get(outcome, 0))
 
     def _begins(self, start: JobStart, cluster: ClusterConfig) -> bool:
         """Whether the start trains: not when the run has ended, nor past its budget (it gives up, and the task
@@ -237,9 +239,9 @@ class TrainingTask:
             self._queue_next(cluster, start.run_dir, start.task)
         return True
 
-    def _train(self, start: JobStart, cluster: ClusterConfig, stop: StopSignals) -> None:
-        """This task's rank, and on rank 0 what follows how it ended; a rank that failed or hung asks for a restart
-        (or gives up) from every rank, since rank 0 may be the one that died."""
+    def _train(self, start: JobStart, cluster: ClusterConfig, stop: StopSignals) -> Event:
+        """This task's rank, and on rank 0 what follows how it ended (returned); a rank that failed or hung asks for a
+        restart (or gives up) from every rank, since rank 0 may be the one that died."""
         from launch.train import worker
         from launch.train.health import HealthCheck
 
@@ -261,6 +263,7 @@ class TrainingTask:
             # does, and a requeue would undo the cancel.
             kill_switch = (run_dir / STOP_FILE).exists() or (outcome == Event.stopped and was_cancelled(task.job_id))
             start.follow(after(outcome, start.events, start.budget, start.chained, kill_switch=kill_switch))
+        return outcome
 
     def _give_way(
         self, cluster: ClusterConfig, run_dir: Path, task: SlurmTask, trained_on: set[str], unfit: dict[str, str]

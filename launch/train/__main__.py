@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from launch.rundir.files import STOP_FILE
-from launch.train.stopping import StopSignals
+from launch.train.stopping import ENDED_EXIT, StopSignals
 
 run_dir = Path(sys.argv[1])
 # First of all: a Ctrl-C while the libraries load (seconds) stops the rank at its first step boundary, with a
@@ -16,6 +16,6 @@ stop = StopSignals(run_dir / STOP_FILE)
 from launch.compat import exit_skipping_teardown, import_training_libraries  # noqa: E402
 
 import_training_libraries(first_on_node=os.environ.get("LOCAL_RANK", "0") == "0")  # torchrun sets it
-from launch.train.worker import EXIT_STATUS, main  # noqa: E402  (after the import above, which must come first)
+from launch.train.worker import main  # noqa: E402  (after the import above, which must come first)
 
-exit_skipping_teardown(EXIT_STATUS.get(main(run_dir, stop=stop, sends=False), 0))
+exit_skipping_teardown(ENDED_EXIT.get(main(run_dir, stop=stop, sends=False), 0))

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from launch.rundir.history import Event
+
 if TYPE_CHECKING:
     import torch
 
@@ -33,6 +35,8 @@ STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STALLED_EXIT = 75
 # The exit status of a start refused for what no restart would mend (a Slurm job is not requeued after it).
 REFUSED_EXIT = 2
+# The exit status of a rank whose start ended with a diverged loss or a full disk, as the README says.
+ENDED_EXIT = {Event.diverged: 3, Event.no_space: 4}
 # How corolla's one-line errors begin, the command line's and a rank's last words, which the local launcher reads
 # for the cause of a failure (launch/jobs/local.py), as it reads the watchdog's line, which the stacks follow.
 ERROR_PREFIX = "corolla: error: "

@@ -42,8 +42,6 @@ from launch.train.stopping import ERROR_PREFIX, REFUSED_EXIT, StopSignals, Watch
 from tokenizer.added_pieces import AddedPieces
 from tokenizer.files import is_no_space
 
-EXIT_STATUS = {Event.diverged: 3, Event.no_space: 4}
-
 
 def _record_start(
     reporter: Reporter,

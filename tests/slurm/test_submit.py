@@ -41,6 +41,7 @@ from launch.train.faults import (
     ABORT_AT_STEP,
     CRASH_DURING_SAVE,
     FAIL_BEFORE_TRAINING,
+    NAN_AT_STEP,
     STEP_SECONDS,
     UNFIT_MID_RUN,
     UNFIT_NODE_FILE,
@@ -739,6 +740,21 @@ def test_a_users_own_scancel_ends_the_job_without_requeue(slurm_cluster, tokens,
 
 
 ONE_NODE = ["cluster=testcluster", "cluster.nodes=1", "cluster.tasks_per_node=1"]
+
+
+def test_a_run_that_diverges_fails_its_job_and_is_not_requeued(slurm_cluster, tokens, tmp_path, monkeypatch) -> None:
+    """Its job ended COMPLETED with exit code 0: Slurm's accounting, and its mail to a user who asked for it on
+    failure (`+cluster.sbatch.mail-type=FAIL`), said the run had done well."""
+    monkeypatch.setenv(NAN_AT_STEP, "2")
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, "train.steps=4", shape=ONE_NODE)
+    assert wait_for(lambda: job_state(slurm_cluster, job_id) in ("FAILED", "GONE"), timeout=180), logs(run_dir)
+    accounted = slurm_cluster.run("sacct", "-j", job_id, "-X", "-n", "-P", "--format=State,ExitCode").stdout
+    assert accounted.split() == ["FAILED|3:0"], accounted
+    events = [event["event"] for event in RunHistory(run_dir).events()]
+    assert events == ["launch", "start", "diverged"] and len(submitted(run_dir)) == 1
+    tracked = recorded_run(run_dir)
+    assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.status == "FAILED"
 
 
 def test_a_sweep_submits_a_job_per_point_and_returns_at_once(

@@ -14,7 +14,7 @@ from launch.config.job_file import job_yaml
 from launch.jobs.monitor import describe_event
 from launch.rundir import tracking
 from launch.rundir.history import BEFORE_TRAINING, Event, RunHistory
-from launch.train.stopping import REFUSED_EXIT
+from launch.train.stopping import ENDED_EXIT, REFUSED_EXIT
 from model.config import ModelConfig
 from slurm.environment import SlurmTask
 from slurm.task import JobStart, Next, after, after_start, after_step, own_start
@@ -73,8 +73,9 @@ def test_the_batch_script_counts_a_silent_failure_against_the_history_its_start_
     assert own_start(events[:1], task) is None  # it died before it recorded its start
 
 
-@pytest.mark.parametrize("status", [0, REFUSED_EXIT])
-def test_the_batch_script_leaves_a_step_that_succeeded_or_was_refused_alone(status, tmp_path) -> None:
+@pytest.mark.parametrize("status", [0, REFUSED_EXIT, *ENDED_EXIT.values()])
+def test_the_batch_script_leaves_a_step_that_succeeded_was_refused_or_ended_the_run_alone(status, tmp_path) -> None:
+    # Ended the run: diverged, or out of space, where the history may have had no room to say so.
     after_step(tmp_path, status, env={})  # outside a job: it would fail, were it to ask Slurm anything
 
 
