@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from launch import compat
 from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
 from launch.train.stopping import ERROR_PREFIX
-from tokenizer.files import NO_SPACE, first_line, is_no_space, no_room
+from tokenizer.files import NO_SPACE, first_line, is_no_space, no_room, written_for
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ def _error_line(error: Exception) -> str:
     if isinstance(error, OSError) and error.errno in FILESYSTEM_ERRORS:
         # A copy or a rename names the file it writes second (shutil.copy2's error names the source first).
         if path := error.filename2 or error.filename:
-            return FILESYSTEM_ERRORS[error.errno].format(path=path)
+            return FILESYSTEM_ERRORS[error.errno].format(path=written_for(str(path)))
         if is_no_space(error):  # a write() or close() names no file: the paths the command was given say where
             full = no_room(error.errno, "a filesystem this command writes to")
             return f"{full}: free some there, or give its output paths on another one"

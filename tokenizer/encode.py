@@ -454,7 +454,8 @@ def _remove_leftovers(output: Path, kept: set[str]) -> None:
         for directory in language_dirs:
             if directory.name not in languages:
                 for pair in token_file_paths(directory / record.stem):
-                    pair.unlink(missing_ok=True)
+                    if pair.exists():  # not unlink(missing_ok): a read-only filesystem refuses even what is not there
+                        pair.unlink()
         if record.stem not in kept:
             record.unlink()
     for directory in language_dirs:

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -121,6 +122,13 @@ def naming(path: Path) -> Iterator[None]:
 def temporary_of(path: Path) -> Path:
     """Where this process writes `path` before it takes its place: a hidden sibling, its own."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def written_for(path: str) -> str:
+    """The path a temporary of temporary_of or a staging_area is written for (the one a user gave, or knows), in
+    place of its hidden name; any other path itself."""
+    match = re.fullmatch(r"\.(.+)\.(?:\d+\.tmp|staging-.+-\d+)", Path(path).name)
+    return str(Path(path).with_name(match[1])) if match else path
 
 
 def temporaries_of(directory: Path, name: str = "*") -> list[Path]:

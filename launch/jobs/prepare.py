@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -30,13 +31,13 @@ from launch.plan.weights import (
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import holds_runs, runs_in
-from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE
+from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE, TOKENIZER_DIR
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
 from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.added_pieces import AddedPieces
-from tokenizer.files import ADDED_PIECES_FILE, write_atomically
+from tokenizer.files import ADDED_PIECES_FILE, TOKENIZER_FILES, publish, staging_area, write_atomically
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE
 
@@ -91,6 +92,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     if dry_run:
         return PreparedRun(job, plans, run_dir, None)
     _write_job(run_dir, job, plans, lost)
+    _keep_tokenizer(run_dir, data)
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
     if start:
         tags |= start.tags()
@@ -120,6 +122,21 @@ def _write_job(run_dir: Path, job: TrainJob, plans: list[RunPlan], lost: object 
     write_plans(run_dir, plans)
     if lost is not None:
         _restore_run_record(run_dir, lost)
+
+
+def _keep_tokenizer(run_dir: Path, data: DataFacts) -> None:
+    """The run's tokenizer, copied into RUN_DIR/tokenizer/, where export and init_from read it: token files on a
+    scratch filesystem that purges them, or in a cache, may be gone long before the run."""
+    kept = run_dir / TOKENIZER_DIR
+    if data.tokenizer_dir is None or (kept.is_dir() and load_tokenizer(kept).fingerprint == data.tokenizer_fingerprint):
+        return
+    with staging_area(kept) as area:
+        staging = area / "out"
+        staging.mkdir()
+        for name in (*TOKENIZER_FILES, METADATA_FILE):
+            if (Path(data.tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(data.tokenizer_dir) / name, staging / name)
+        publish(staging, kept, replace=True)
 
 
 def _record_launch(

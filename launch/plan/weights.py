@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from launch.config.job_file import read_job
+from launch.config.schemas import TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.plan.layout import ParallelLayout
 from launch.rundir.checkpoints import CheckpointError, latest_step, reading, step_record
@@ -85,6 +86,15 @@ def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
         layout = checkpoint_layout(path / CHECKPOINTS, step)
     job = read_job(path / JOB_FILE)
     model = replace(job.model, embedding_rows=job.model.padded_vocab_size(layout.tp))
+    tokenizer_dir = path / TOKENIZER_DIR  # the run's copy; a run of an older corolla has none
+    if not tokenizer_dir.is_dir():
+        tokenizer_dir = _tokenizer_of_tokens(path, job)
+    _check_tokenizer(path, tokenizer_dir)
+    return Weights(path, step, model, tokenizer_dir, None)
+
+
+def _tokenizer_of_tokens(path: Path, job: TrainJob) -> Path:
+    """Where the run's token files say their tokenizer is."""
     tokens_dir = Path(job.data.tokens_dir)
     if not tokens_dir.is_absolute() and not tokens_dir.exists():
         raise ValueError(
@@ -92,9 +102,7 @@ def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
             f"(data.tokens_dir: {tokens_dir}, as an older corolla wrote it): run this from there, or write their "
             "absolute path into it"
         )
-    tokenizer_dir = TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
-    _check_tokenizer(path, tokenizer_dir)
-    return Weights(path, step, model, tokenizer_dir, None)
+    return TokenCorpus(job.data.tokens_dir, job.data.validation_documents).tokenizer_dir
 
 
 def _not_weights(path: Path) -> str:

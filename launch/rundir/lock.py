@@ -9,6 +9,7 @@ Slurm jobs is held by them: the caller says whether one is live.)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from launch.rundir.files import LOCK_FILE
 from tokenizer.files import directory_lock, process_exists, temporaries_of, temporary_of, write_atomically
+
+_CANNOT_WRITE = {errno.EROFS: "a read-only filesystem", errno.EACCES: "permissions", errno.EPERM: "permissions"}
 
 
 class RunLocked(RuntimeError):
@@ -110,6 +113,21 @@ def _create(path: Path, mine: str) -> None:
 
 
 @contextmanager
+def _writable(run_dir: Path) -> Iterator[None]:
+    """A run directory this user cannot write (an archive on read-only storage, another's) said as such, where the
+    filesystem's error would name the lock's temporary and ask for another path."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _CANNOT_WRITE:
+            raise
+        raise ValueError(
+            f"{run_dir} cannot be written ({_CANNOT_WRITE[error.errno]}), which this command does: run it on a copy "
+            f"you can write (cp -a {run_dir} DIR)"
+        ) from None
+
+
+@contextmanager
 def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> Iterator[None]:
     """This process writes the run directory while the context lasts; a RunLocked error when another does. A
     directory made for the lock alone (a job refused before it wrote anything) is removed with it."""
@@ -120,7 +138,7 @@ def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_
         # One process after the other: between reading a lock and writing its own, another could judge the same
         # stale lock, or a lock not yet written, as ended, and both would hold it. Where the filesystem has no
         # flock, a new lock is still made whole at once (_create), and only two takeovers of one stale lock can meet.
-        with directory_lock(run_dir):
+        with directory_lock(run_dir), _writable(run_dir):
             stale = _refuse_if_held(path, slurm_job)
             if stale is None:
                 _create(path, mine)

@@ -24,6 +24,7 @@ from launch.plan.run_plan import read_plans
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.run_record import recorded_run
 from tokenizer.added_pieces import ADDED_PIECES_FIX
+from tokenizer.loading import load_tokenizer
 
 RUN = [*SHORT_RUN, "train.steps=1", "train.eval_interval=0"]
 
@@ -133,23 +134,31 @@ def test_a_start_without_a_launch_refuses_the_runs_token_files_encoded_again_sin
     assert describe_event(refusal) == f"refused   {refusal['reason']}"
 
 
-def test_an_export_refuses_a_tokenizer_other_than_the_one_the_checkpoints_learnt(
+def test_an_export_ships_the_tokenizer_the_checkpoints_learnt_whatever_the_token_files_now_hold(
     capsys, workspace: Path, other_tokenizer: Path, tokens: Path
 ) -> None:
     """The token files encoded again in place with another tokenizer (by hand, or by a second pipeline on the same
-    run_dir): an export would ship the run's weights with that tokenizer, whose ids mean other pieces."""
+    run_dir), or purged: the run keeps its own tokenizer, which an export ships with its weights. A run of an older
+    corolla keeps none: its export refuses the other tokenizer, whose ids mean other pieces."""
     ours = fingerprint(workspace / "tokens")
     encode = ["tokenizer", "encode", f"tokenizer={other_tokenizer}", f"corpus={tokens.parent / 'corpus'}", "workers=1"]
     assert main([*encode, "output_dir=tokens", "overwrite=true"]) == 0
+    assert main(["export", "hf", "run_dir=run", "output_dir=hf"]) == 0
+    assert load_tokenizer(Path("hf")).fingerprint == ours != fingerprint(workspace / "tokens")
+    shutil.rmtree("tokens")
+    assert main(["export", "hf", "run_dir=run", "output_dir=hf", "overwrite=true"]) == 0
+
+    assert main([*encode, "output_dir=tokens"]) == 0
+    shutil.rmtree("run/tokenizer")  # as an older corolla left it
     capsys.readouterr()
-    assert main(["export", "hf", "run_dir=run", "output_dir=hf"]) == 2
+    assert main(["export", "hf", "run_dir=run", "output_dir=hf2"]) == 2
     theirs = fingerprint(workspace / "tokens")
     assert capsys.readouterr().err.strip() == (
         f"corolla: error: run was trained on tokenizer {ours[:8]}, but {other_tokenizer.parent} now holds tokenizer "
         f"{theirs[:8]} (trained again since): its weights do not go with it; put the run's tokenizer back there, or "
         "use a run trained on this one"
     )
-    assert not Path("hf").exists()
+    assert not Path("hf2").exists()
 
 
 def test_a_run_of_an_older_corolla_without_the_record_resumes_and_a_launch_records_it(workspace: Path) -> None:
