@@ -22,6 +22,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import submitit
@@ -49,7 +50,22 @@ from slurm.executor import (
 from slurm.jobs import excluded_nodes, live_jobs, written_elsewhere
 from tokenizer.files import first_line, write_atomically
 
-STAGES = ("tokenizer", "evaluate", "encode", "prepare", "train", "export")
+
+class Stage(StrEnum):
+    """The pipeline's stages, in chain order."""
+
+    tokenizer = "tokenizer"
+    evaluate = "evaluate"
+    encode = "encode"
+    prepare = "prepare"
+    train = "train"  # its job writes in PIPELINE_DIR/train (stage_dir)
+    export = "export"
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    """Where the stage's job writes (its submitit folder): the training run's directory for the train stage, the
+    pipeline's for the others."""
+    return run_dir / TRAIN_DIR if stage == Stage.train else run_dir
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ class StageTask:
 
     @property
     def name(self) -> str:
-        return f"{self.stage}-{self.group}" if self.stage == "encode" else self.stage
+        return f"{self.stage}-{self.group}" if self.stage == Stage.encode else self.stage
 
     def __call__(self) -> None:
         from launch import compat
@@ -82,15 +98,15 @@ class StageTask:
     def _run(self, job: MainJob) -> None:
         from launch.jobs import stages  # the stages' libraries: only in the stage's job
 
-        if self.stage == "tokenizer":
+        if self.stage == Stage.tokenizer:
             stages.train_tokenizer_stage(job)
-        elif self.stage == "evaluate":
+        elif self.stage == Stage.evaluate:
             stages.evaluate_stage(job)
-        elif self.stage == "encode":
+        elif self.stage == Stage.encode:
             stages.encode_stage(job, list(self.files))
-        elif self.stage == "prepare":
+        elif self.stage == Stage.prepare:
             stages.prepare_training_stage(job)
-        elif self.stage == "export":
+        elif self.stage == Stage.export:
             self._export(job)
         else:
             raise ValueError(f"{self.stage} is not a data stage of the pipeline")
@@ -217,7 +233,7 @@ class ChainPlan:
 
     @property
     def skipped(self) -> list[str]:
-        return [stage for stage in STAGES if stage not in self.stages]
+        return [stage for stage in Stage if stage not in self.stages]
 
 
 def plan_chain(job: MainJob) -> ChainPlan:
@@ -228,15 +244,15 @@ def plan_chain(job: MainJob) -> ChainPlan:
     todo = stages.groups_to_encode(job, groups)
     train = not stages.training_is_finished(job)
     wanted = {
-        "tokenizer": tokenizer,
-        "evaluate": tokenizer or not stages.evaluation_is_current(job),
-        "encode": bool(todo),
-        "prepare": train or bool(todo),
-        "train": train,
-        "export": train or not stages.export_is_current(job),
+        Stage.tokenizer: tokenizer,
+        Stage.evaluate: tokenizer or not stages.evaluation_is_current(job),
+        Stage.encode: bool(todo),
+        Stage.prepare: train or bool(todo),
+        Stage.train: train,
+        Stage.export: train or not stages.export_is_current(job),
     }
     files = {index: tuple(source.label for source in groups[index]) for index in todo}
-    return ChainPlan([stage for stage in STAGES if wanted[stage]], files)
+    return ChainPlan([stage for stage in Stage if wanted[stage]], files)
 
 
 def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
@@ -279,11 +295,11 @@ def _executors(job: MainJob, plan: ChainPlan, dependency_of) -> Iterator[tuple[s
     run_dir, cluster, previous = Path(job.run_dir), job.cluster, None
     for stage in plan.stages:
         dependency = dependency_of(previous)
-        if stage == "train":
-            executor = _after(make_executor(cluster, run_dir / TRAIN_DIR), dependency)
+        if stage == Stage.train:
+            executor = _after(make_executor(cluster, stage_dir(run_dir, stage)), dependency)
         else:
             executor = stage_executor(cluster, run_dir, stage, dependency)
-        if stage == "encode":
+        if stage == Stage.encode:
             executor.update_parameters(array_parallelism=cluster.array_parallelism)
         yield stage, executor
         previous = stage
@@ -292,7 +308,7 @@ def _executors(job: MainJob, plan: ChainPlan, dependency_of) -> Iterator[tuple[s
 def _dependency_kind(job: MainJob, previous: str) -> str:
     """afterok; but an elastic run's training may go on in later jobs, which its first job's end starts: the export
     waits for that end, whatever it was, and then for the run's newest job if there is one (StageTask)."""
-    return "afterany" if previous == "train" and job.cluster.chained else "afterok"
+    return "afterany" if previous == Stage.train and job.cluster.chained else "afterok"
 
 
 def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
@@ -304,7 +320,7 @@ def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
     )
     dependency_of = lambda before: before and f"{_dependency_kind(job, before)}:<{before} job>"  # noqa: E731
     for stage, executor in _executors(job, plan, dependency_of):
-        tasks = len(plan.groups) if stage == "encode" else 1
+        tasks = len(plan.groups) if stage == Stage.encode else 1
         where = f", {tasks} tasks of about {job.encode_task_mb:g} MB of corpus each" if tasks > 1 else ""
         print(f"\n# {stage}{where}\n{masked(compat.sbatch_script(executor, tasks))}")
 
@@ -336,13 +352,14 @@ def _submit_stage(job: MainJob, plan: ChainPlan, stage: str, executor: submitit.
     from slurm.task import TrainingTask
 
     run_dir = Path(job.run_dir).resolve()
-    if stage == "train":
-        task = TrainingTask(str(run_dir / TRAIN_DIR))
+    if stage == Stage.train:
+        train_dir = stage_dir(run_dir, stage)
+        task = TrainingTask(str(train_dir))
         if job.cluster.chained:
-            return StageJob(stage, submit_elastic(executor, job.cluster, run_dir / TRAIN_DIR, task)[0])
-        return StageJob(stage, submit_job(executor, task, run_dir / TRAIN_DIR))
+            return StageJob(stage, submit_elastic(executor, job.cluster, train_dir, task)[0])
+        return StageJob(stage, submit_job(executor, task, train_dir))
     with submitting():
-        if stage != "encode":
+        if stage != Stage.encode:
             return StageJob(stage, executor.submit(StageTask(str(run_dir), stage)).job_id)
         with executor.batch():
             tasks = [
@@ -431,7 +448,7 @@ def _why(run_dir: Path, stage_job: StageJob, state: StageState) -> str:
     errors = sorted((run_dir / STAGE_ERRORS).glob(f"{stage_job.stage}*.txt"))
     if errors:
         return errors[0].read_text().strip()
-    if stage_job.stage == "train":
+    if stage_job.stage == Stage.train:
         return f"{state.state}: see the training's lines below and `corolla logs {run_dir / TRAIN_DIR}`"
     return f"Slurm says {state.summary}"
 
@@ -474,7 +491,7 @@ def show_stage_logs(run_dir: Path, stage: str, lines: int, rank: int = -1) -> No
         if stage
         else next((job for job in reversed(list(jobs.values())) if _logs(run_dir, job)), next(iter(jobs.values())))
     )
-    if rank != -1 and chosen.stage != "train":
+    if rank != -1 and chosen.stage != Stage.train:
         raise ValueError(
             f"rank={rank}: the {chosen.stage} stage has no ranks; the train stage's are shown with stage=train rank=N"
         )
@@ -492,7 +509,7 @@ def show_stage_logs(run_dir: Path, stage: str, lines: int, rank: int = -1) -> No
 
 
 def _logs(run_dir: Path, stage_job: StageJob) -> list[Path]:
-    return job_logs(run_dir / (TRAIN_DIR if stage_job.stage == "train" else "") / SUBMITIT_DIR, stage_job.job_id)
+    return job_logs(stage_dir(run_dir, stage_job.stage) / SUBMITIT_DIR, stage_job.job_id)
 
 
 def _chain_elsewhere(
@@ -510,9 +527,8 @@ def _chain_elsewhere(
 def _written_elsewhere(run_dir: Path, stage_job: StageJob, state: SlurmState) -> Path | None:
     """The pipeline directory the one-task stage's job writes to, where it is not `run_dir` (None where Slurm no
     longer says)."""
-    folder = run_dir / TRAIN_DIR if stage_job.stage == "train" else run_dir
-    other = written_elsewhere(folder, state)
-    return other.parent if other is not None and stage_job.stage == "train" else other
+    other = written_elsewhere(stage_dir(run_dir, stage_job.stage), state)
+    return other.parent if other is not None and stage_job.stage == Stage.train else other
 
 
 def _check_own_chain(run_dir: Path, asked: list[tuple[StageJob, SlurmState | None]]) -> None:
