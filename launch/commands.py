@@ -172,22 +172,22 @@ def sync_tracking(job: TrackingSyncJob) -> None:
         away: dict[str, str] = {}  # a server that did not answer for one run is not waited on again for the next
         _each_run(Path(job.run_dir), runs, "synced", lambda run: _sync(run, job.uri, away))
         return
-    _sync(RunDirectory.open(job.run_dir), job.uri, {})
+    _sync(RunDirectory.open(job.run_dir), job.uri)
 
 
-def _sync(run: RunDirectory, uri: str, away: dict[str, str]) -> None:
-    """Sends MLflow what it lacks of `run`, unless its server is one of those `away` (by URI: the run it did not
-    answer for), where one it does not answer for now goes."""
+def _sync(run: RunDirectory, uri: str, away: dict[str, str] | None = None) -> None:
+    """Sends MLflow what it lacks of `run`; one of several runs, unless its server is one of those `away` (by URI:
+    the run it did not answer for), where one that does not answer now goes."""
     from launch.rundir import outbox, tracking  # MLflow: only for this command
 
     server = uri or (recorded_run(run.path).tracking_uri if (run.path / RUN_FILE).is_file() else "")
-    if server in away:
+    if away is not None and server in away:
         raise ValueError(f"MLflow at {masked(server)} did not answer for {away[server]}: try again when it answers")
     try:
         with holding(run.path, live_slurm_job):
             state = outbox.sync(run.path, uri or None)
     except ValueError:
-        if server and not tracking.answers(server):
+        if away is not None and server and not tracking.answers(server):
             away[server] = run.path.name
         raise
     tracked = recorded_run(run.path)

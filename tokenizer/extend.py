@@ -30,6 +30,7 @@ from tokenizer.files import (
     HF_CONFIG_FILES,
     HF_TOKENIZER_FILE,
     SPM_MODEL_FILE,
+    STAGED,
     Log,
     publish,
     read_json,
@@ -234,7 +235,7 @@ def extend_tokenizer(job: TokenizerExtendJob, log: Log = print) -> Path:
     sizes = {lang: scan.sizes[lang] for lang in languages}
     with staging_area(out) as workdir:
         model, history = _extended_model(base, scan, sizes, cfg, job.seed, workdir, log)
-        staging = workdir / "out"
+        staging = workdir / STAGED
         staging.mkdir()
         base.write(model, staging)
         extended = load_tokenizer(staging / base.model_file)

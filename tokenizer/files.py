@@ -23,6 +23,7 @@ from typing import BinaryIO
 # What a step says its progress through: print, or a caller's own (a test's, a launcher's).
 Log = Callable[[str], None]
 RETIRED = "retired"  # in a staging area: the output `publish` replaced
+STAGED = "out"  # in a staging area: the output being built, which `publish` puts in place
 ADDED_PIECES_FILE = "added_pieces.json"  # in an extended tokenizer (tokenizer/extend.py): how an embedding grows
 SPM_MODEL_FILE = "tokenizer.model"  # a SentencePiece tokenizer's model (tokenizer/train.py)
 HF_TOKENIZER_FILE = "tokenizer.json"  # Hugging Face's form of it (tokenizer/hf_export.py), a byte-level BPE's own
@@ -46,6 +47,12 @@ def not_a_directory(path: Path) -> str | None:
     if path.is_dir():
         return None
     return "is a file, not a directory" if path.exists() else "does not exist"
+
+
+def tokenizer_file(directory: Path, fingerprint: str) -> Path | None:
+    """The tokenizer model in `directory` whose SHA-256 is `fingerprint` (a .model or a .json, by any name), if any."""
+    found = sorted(directory.glob("*.model")) + sorted(directory.glob("*.json")) if directory.is_dir() else []
+    return next((path for path in found if path.is_file() and sha256_of(path) == fingerprint), None)
 
 
 def sha256_of(path: Path) -> str:
@@ -125,10 +132,15 @@ def temporary_of(path: Path) -> Path:
 
 
 def written_for(path: str) -> str:
-    """The path a temporary of temporary_of or a staging_area is written for (the one a user gave, or knows), in
-    place of its hidden name; any other path itself."""
-    match = re.fullmatch(r"\.(.+)\.(?:\d+\.tmp|staging-.+-\d+)", Path(path).name)
-    return str(Path(path).with_name(match[1])) if match else path
+    """`path` with this process's temporaries named by what they are written for, the path a user gave or knows: a
+    temporary_of by its file, a staging_area by its output (what is built there by its place in the output); any
+    other path as it is."""
+    pid, parts = os.getpid(), Path(path).parts
+    for index, part in enumerate(parts):
+        if match := re.fullmatch(rf"\.(.+)\.(?:{pid}\.tmp|staging-.+-{pid})", part):
+            built = parts[index + 2 :] if parts[index + 1 : index + 2] == (STAGED,) else ()
+            return str(Path(*parts[:index], match[1], *built))
+    return path
 
 
 def temporaries_of(directory: Path, name: str = "*") -> list[Path]:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from tokenizer.config import DEFAULT_SAMPLE_BYTES, ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
-from tokenizer.files import SPM_MODEL_FILE, Log, publish, read_json, staging_area
+from tokenizer.files import SPM_MODEL_FILE, STAGED, Log, publish, read_json, staging_area
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
@@ -171,7 +171,7 @@ def train_tokenizer(job: TokenizerTrainJob, log: Log = print) -> Path:
             log("sampling budget per language (before training):\n" + format_budget_table(plan))
             model, sampled = train_on_plan(scan, plan, cfg, job.seed, workdir, log)
             extra = {}
-        staging = workdir / "out"
+        staging = workdir / STAGED
         staging.mkdir()
         (staging / SPM_MODEL_FILE).write_bytes(model)
         write_hf_tokenizer(model, staging)

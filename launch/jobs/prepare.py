@@ -33,11 +33,21 @@ from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import holds_runs, runs_in
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE, TOKENIZER_DIR
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
-from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, tracked_run
+from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, recorded_uri, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
 from tokenizer.added_pieces import AddedPieces
-from tokenizer.files import ADDED_PIECES_FILE, TOKENIZER_FILES, publish, staging_area, write_atomically
+from tokenizer.files import (
+    ADDED_PIECES_FILE,
+    HF_CONFIG_FILES,
+    HF_TOKENIZER_FILE,
+    SPM_MODEL_FILE,
+    STAGED,
+    publish,
+    staging_area,
+    tokenizer_file,
+    write_atomically,
+)
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import METADATA_FILE
 
@@ -91,8 +101,8 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
         print(_changes_line(saved, changed, dry_run))
     if dry_run:
         return PreparedRun(job, plans, run_dir, None)
-    _write_job(run_dir, job, plans, lost)
     _keep_tokenizer(run_dir, data)
+    _write_job(run_dir, job, plans, lost)
     tags = {"layout": plans[0].layout.name, "model": job.model.name, "cluster": job.cluster.name}
     if start:
         tags |= start.tags()
@@ -114,7 +124,7 @@ def _write_job(run_dir: Path, job: TrainJob, plans: list[RunPlan], lost: object 
     """The run directory, with the job and its plans, the previous launch's STOP file removed and a run.json that
     went missing written back from the history (`lost`, its record there)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    keep_private(run_dir, job_settings(job))
+    keep_private(run_dir, job_settings(job) | recorded_uri(run_dir))
     if (run_dir / STOP_FILE).exists():
         (run_dir / STOP_FILE).unlink()
         print(f"removed {run_dir / STOP_FILE}, which stopped the previous launch")
@@ -125,17 +135,22 @@ def _write_job(run_dir: Path, job: TrainJob, plans: list[RunPlan], lost: object 
 
 
 def _keep_tokenizer(run_dir: Path, data: DataFacts) -> None:
-    """The run's tokenizer, copied into RUN_DIR/tokenizer/, where export and init_from read it: token files on a
-    scratch filesystem that purges them, or in a cache, may be gone long before the run."""
-    kept = run_dir / TOKENIZER_DIR
-    if data.tokenizer_dir is None or (kept.is_dir() and load_tokenizer(kept).fingerprint == data.tokenizer_fingerprint):
+    """The run's tokenizer, copied into RUN_DIR/tokenizer/ under its usual name, where export and init_from find it
+    once its token files are gone (a scratch filesystem's purge) or encoded again in place with another. Only the very
+    tokenizer the token files were encoded with (their manifest's fingerprint) is copied: none of one trained again in
+    place since."""
+    kept, fingerprint = run_dir / TOKENIZER_DIR, data.tokenizer_fingerprint
+    if data.tokenizer_dir is None or fingerprint is None or tokenizer_file(kept, fingerprint):
+        return
+    if (model := tokenizer_file(source := Path(data.tokenizer_dir), fingerprint)) is None:
         return
     with staging_area(kept) as area:
-        staging = area / "out"
+        staging = area / STAGED
         staging.mkdir()
-        for name in (*TOKENIZER_FILES, METADATA_FILE):
-            if (Path(data.tokenizer_dir) / name).is_file():
-                shutil.copy2(Path(data.tokenizer_dir) / name, staging / name)
+        shutil.copy2(model, staging / (SPM_MODEL_FILE if model.suffix == ".model" else HF_TOKENIZER_FILE))
+        for name in (*HF_CONFIG_FILES, METADATA_FILE):
+            if (source / name).is_file():
+                shutil.copy2(source / name, staging / name)
         publish(staging, kept, replace=True)
 
 

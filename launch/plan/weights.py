@@ -86,11 +86,22 @@ def weights_of(run_dir: str | Path, step: int = 0) -> Weights:
         layout = checkpoint_layout(path / CHECKPOINTS, step)
     job = read_job(path / JOB_FILE)
     model = replace(job.model, embedding_rows=job.model.padded_vocab_size(layout.tp))
-    tokenizer_dir = path / TOKENIZER_DIR  # the run's copy; a run of an older corolla has none
-    if not tokenizer_dir.is_dir():
-        tokenizer_dir = _tokenizer_of_tokens(path, job)
-    _check_tokenizer(path, tokenizer_dir)
-    return Weights(path, step, model, tokenizer_dir, None)
+    return Weights(path, step, model, _learnt_tokenizer(path, job), None)
+
+
+def _learnt_tokenizer(path: Path, job: TrainJob) -> Path:
+    """The tokenizer the run's checkpoints learnt: the one its token files name while it is that one (the folder its
+    launches gave), else the run's own copy (the token files purged, or encoded again in place with another); the
+    first one's ValueError when neither is (a run of an older corolla keeps no copy)."""
+    try:
+        named = _tokenizer_of_tokens(path, job)
+        _check_tokenizer(path, named)
+        return named
+    except ValueError:
+        if not (path / TOKENIZER_DIR).is_dir():
+            raise
+    _check_tokenizer(path, path / TOKENIZER_DIR)
+    return path / TOKENIZER_DIR
 
 
 def _tokenizer_of_tokens(path: Path, job: TrainJob) -> Path:

@@ -16,9 +16,10 @@ _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 # A name that says its value is a secret: HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_PASSWORD, a URI's ?token= or ?sig=.
 _SECRET_NAME = r"[\w.-]*(?:token|secret|password|passwd|pass|key|credentials?|auth|signature|sig)"
 _SECRET = re.compile(_SECRET_NAME, re.IGNORECASE)
-SECRETS_FROM_ENVIRONMENT = (
+_SHARING = (
     "give the secrets in your environment instead (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
-    "MLFLOW_TRACKING_TOKEN; a token the job reads, such as HF_TOKEN), which its jobs inherit and corolla never records"
+    "MLFLOW_TRACKING_TOKEN; a token the job reads, such as HF_TOKEN), which its jobs inherit and corolla never "
+    "records, in a new run directory: this one keeps those it has recorded"
 )
 _ASSIGNED_SECRET = re.compile(rf"\b({_SECRET_NAME})=(\"[^\"]*\"|'[^']*'|[^\s&;'\",\]]+)", re.IGNORECASE)
 
@@ -45,10 +46,22 @@ def keep_private(directory: Path, settings: dict[str, str]) -> None:
     said = f"{directory} keeps {', '.join(secrets)} in plain text"
     try:
         directory.chmod(mode & 0o700)
+        problem = "its filesystem keeps modes of its own" if directory.stat().st_mode & 0o077 else None
     except OSError as error:
-        print(f"{said}, and could not be made private ({error.strerror}): whoever can read it can read them")
-        return
-    print(f"{said}: made readable by you alone (chmod go-rwx); to share it, {SECRETS_FROM_ENVIRONMENT}")
+        problem = error.strerror
+    if problem:
+        print(f"{said}, and could not be made private ({problem}): whoever can read it can read them")
+    else:
+        print(f"{said}: made readable by you alone (chmod go-rwx); to share a run, {_SHARING}")
+
+
+def recorded_uri(run_dir: Path) -> dict[str, str]:
+    """The tracking URI its run.json records, by a name keep_private says (none where there is no run.json it reads):
+    a launch that no longer gives the password keeps the run it opened with it."""
+    try:
+        return {"run.json's tracking_uri": recorded_run(run_dir).tracking_uri}
+    except (OSError, ValueError):
+        return {}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from launch.train.shards import ShardReader
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict
 from model.layers import EMBEDDING, model_name
-from tokenizer.files import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILES, publish, staging_area
+from tokenizer.files import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, STAGED, TOKENIZER_FILES, publish, staging_area
 from tokenizer.hf_export import set_model_max_length
 
 
@@ -96,7 +96,7 @@ def export_hf_model(job: ExportJob) -> None:
     model = BloomForCausalLM(BloomConfig(**hf_config(weights.model, vocab)))
     model.load_state_dict(to_hf_state_dict(state), strict=True)
     with staging_area(output) as area:  # an export stopped halfway leaves the directory as it was
-        staging = area / "out"
+        staging = area / STAGED
         model.save_pretrained(staging)
         for name in TOKENIZER_FILES:
             if (weights.tokenizer_dir / name).is_file():

@@ -33,7 +33,7 @@ from launch.train.hashed_save import save_hashed
 from model.config import ModelConfig
 from model.hf import corolla_name, model_config, parameter_shapes
 from model.layers import holds, model_name, pipeline_name
-from tokenizer.files import TOKENIZER_FILES, OutputTaken, first_line, publish, read_json, staging_area
+from tokenizer.files import STAGED, TOKENIZER_FILES, OutputTaken, first_line, publish, read_json, staging_area
 from tokenizer.loading import load_tokenizer
 
 STAGE_BYTES = 16 * 2**30
@@ -224,7 +224,7 @@ def import_hf_model(job: ImportJob) -> None:
     weights = HFWeights(hf_dir)
     _check_shapes(hf_dir, model, weights)
     with staging_area(run_dir) as area:
-        staging = area / "out"
+        staging = area / STAGED
         staging.mkdir()
         parameters = _write_checkpoint(staging / CHECKPOINTS, model, weights)
         _copy_tokenizer(hf_dir, staging / TOKENIZER_DIR)

@@ -28,12 +28,16 @@ def test_an_archived_run_whose_data_was_purged_is_read_exported_and_continued_fr
     tokens: Path, tmp_path: Path, capsys
 ) -> None:
     scratch, archive = tmp_path / "scratch", tmp_path / "archive"
-    shutil.copytree(tokens.parent / "tokenizer", scratch / "tokenizer")
-    data = [f"data.corpus={tokens.parent / 'corpus'}", f"data.tokenizer_dir={scratch / 'tokenizer'}"]
+    scratch.mkdir()
+    # A SentencePiece model by a name of its own, as one made elsewhere is: the run keeps it as tokenizer.model.
+    shutil.copy2(tokens.parent / "tokenizer" / "tokenizer.model", scratch / "spm-2k.model")
+    data = [f"data.corpus={tokens.parent / 'corpus'}", f"data.tokenizer_dir={scratch / 'spm-2k.model'}"]
     data += [f"data.cache_dir={scratch / 'cache'}", "data.tokens_dir=null"]
     run = archive / "run"
-    assert main(["train", *data, f"run_dir={run}", *SHORT_RUN, "train.steps=2"]) == 0
-    trained_on = load_tokenizer(scratch / "tokenizer").fingerprint
+    assert main(["train", *data, f"run_dir={run}", *SHORT_RUN, "train.steps=2", "train.exit_after=1"]) == 0
+    assert main(["train", *data, f"run_dir={run}", *SHORT_RUN, "train.steps=2"]) == 0  # resumed
+    trained_on = load_tokenizer(scratch / "spm-2k.model").fingerprint
+    assert load_tokenizer(run / "tokenizer").fingerprint == trained_on
     shutil.rmtree(scratch)  # the scratch filesystem's purge: the token files and their tokenizer are gone
     capsys.readouterr()
     with read_only(archive):

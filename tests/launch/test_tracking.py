@@ -151,6 +151,13 @@ def test_a_moved_run_directory_keeps_its_mlflow_run_and_is_sent_whole_to_a_serve
         run = MlflowClient(uri).get_run(sent.run_id)
         assert run.info.status == "FINISHED"
         assert run.data.tags["corolla.moved_from"] == f"{embedded.tracking_uri} run {embedded.run_id}"
+        # Opened to the group by hand, and trained on by a job that gives no password: run.json still keeps it.
+        moved.chmod(0o755)
+        assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={moved}", *SHORT_RUN, "train.steps=5"]) == 0
+        out = capsys.readouterr().out
+        assert f"{moved} keeps run.json's tracking_uri in plain text: made readable by you alone" in out
+        assert "in a new run directory: this one keeps those it has recorded\n" in out
+        assert moved.stat().st_mode & 0o777 == 0o700 and steps_logged(moved) == [1, 2, 3, 4, 5]
     finally:
         server.kill()
 
