@@ -121,16 +121,8 @@ def _one_line(error: Exception, command: str = "") -> str:
         ]
         return f"{key}={value} holds a comma: give {', '.join(forms[:-1])} or {forms[-1]}"
     if match := re.search(r"Could not find '([^']+)/([^']*)'", text):
-        options = (
-            [
-                line
-                for line in lines[lines.index(next(x for x in lines if x.startswith("Available"))) + 1 :]
-                if not line.startswith(("Config search path", "provider="))
-            ]
-            if "Available" in text
-            else []
-        )
-        return f"unknown {match[1]} option '{match[2]}': choose one of {', '.join(options) or 'the files in conf/'}"
+        options = ", ".join(_available_options(lines)) or "the files in conf/"
+        return f"unknown {match[1]} option '{match[2]}': choose one of {options}"
     if match := re.search(r"Error merging override (\S+)", text):
         reason = next((line for line in lines[1:] if "Error merging" not in line), "")
         key, _, value = match[1].partition("=")
@@ -143,6 +135,14 @@ def _one_line(error: Exception, command: str = "") -> str:
             )
         return f"invalid value in {match[1]}: {reason}"
     return "; ".join(dict.fromkeys(lines)) or type(error).__name__
+
+
+def _available_options(lines: list[str]) -> list[str]:
+    """The options Hydra lists under "Available options" when a group's option is not found."""
+    start = next((index for index, line in enumerate(lines) if line.startswith("Available")), None)
+    if start is None:
+        return []
+    return [line for line in lines[start + 1 :] if not line.startswith(("Config search path", "provider="))]
 
 
 def quoted(value: str) -> str:
