@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
@@ -13,7 +12,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Tokenizer
 
-from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, first_line
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, first_line, sha256_of
 from tokenizer.vocab import SPECIAL_IDS
 
 BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
@@ -25,7 +24,7 @@ class TextTokenizer(ABC):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.fingerprint = sha256_of(path)  # what tokenizer_file finds a tokenizer by
 
     @abstractmethod
     def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
