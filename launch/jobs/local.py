@@ -229,6 +229,16 @@ def _train(run_dir: Path, prepared: PreparedRun) -> None:
     )
 
 
+def _holder(run: RunDirectory) -> tuple[str, str] | None:
+    """(a few words, a status line) on the `corolla train` that holds the run, if one does."""
+    held = writer(run.path)
+    if held and held[1]:
+        return "running here", f"running: {held[0]}"
+    if held and held[1] is None:
+        return "held on another host", f"held by {held[0]}, on another host: whether it runs cannot be seen from here"
+    return None  # no lock, or a dead process's
+
+
 class LocalBackend(Backend):
     def __init__(self, live_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
         self.live_job = live_job  # a Slurm job of the run that is queued or running, if any: it holds the run
@@ -269,11 +279,8 @@ class LocalBackend(Backend):
 
     def state_lines(self, run: RunDirectory) -> list[str]:
         """Whether a `corolla train` runs it now; if none does, whether its last launch ended without a word."""
-        held = writer(run.path)
-        if held and held[1]:
-            return [line("state", f"running: {held[0]}")]
-        if held and held[1] is None:
-            return [line("state", f"held by {held[0]}, on another host: whether it runs cannot be seen from here")]
+        if holder := _holder(run):
+            return [line("state", holder[1])]
         events = RunHistory(run.path).events()
         last = events[-1]["event"] if events else None
         if last not in (Event.start, Event.launch):
@@ -288,10 +295,8 @@ class LocalBackend(Backend):
         ]
 
     def state_word(self, run: RunDirectory) -> str:
-        held = writer(run.path)
-        if held and held[1]:
-            return "running here"
-        return "held on another host" if held and held[1] is None else "not running"
+        holder = _holder(run)
+        return holder[0] if holder else "not running"
 
     def show_logs(self, run: RunDirectory, rank: int, lines: int) -> None:
         raise _not_here(run, "logs", "a local run's ranks print to the terminal of `corolla train`")
