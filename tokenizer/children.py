@@ -20,9 +20,16 @@ def ended_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+# What a pool worker leaves to its parent: a terminal's Ctrl-C, which corolla ends the work on in one line, and the USR2
+# Slurm sends every process of a job step before its time limit (cluster.signal_delay_s), which a stage job's handler
+# (submitit's) answers by requeueing it; a worker it killed would break the pool under that handler.
+LEFT_TO_PARENT = {signal.SIGINT, signal.SIGUSR2}
+
+
 def worker_of(parent: int) -> None:
-    """A pool worker's start: it ends with its parent, and leaves a terminal's Ctrl-C to it (which stops the work in
-    one line) instead of printing a traceback of its own."""
+    """A pool worker's start: it ends with its parent, and leaves the signals above to it (a Ctrl-C would print a
+    traceback of its own)."""
     ended_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while it started (tokenizer/encode.py)
+    for number in LEFT_TO_PARENT:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_PARENT)  # blocked while it started (tokenizer/encode.py)

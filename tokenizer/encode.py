@@ -37,7 +37,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from tokenizer.children import worker_of
+from tokenizer.children import LEFT_TO_PARENT, worker_of
 from tokenizer.corpus import CorpusError, Source, discover_sources, read_documents
 from tokenizer.corpus_scan import corpus_fingerprint, source_facts
 from tokenizer.files import Log, exclusively, write_atomically
@@ -252,10 +252,11 @@ def _worker_pool(workers: int) -> Iterator[Executor | None]:
 
 
 def _start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
-    """Starts every worker now (the pool starts one a task) with SIGINT blocked, a mask a child keeps across exec: a
-    terminal's Ctrl-C while a worker still imports what it needs would print its traceback (worker_of, once it runs,
-    ignores SIGINT). A Ctrl-C meanwhile reaches this process as soon as they are started."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    """Starts every worker now (the pool starts one a task) with the signals it leaves to this process blocked, a mask
+    a child keeps across exec: a terminal's Ctrl-C while a worker still imports what it needs would print its traceback,
+    a time limit's USR2 would kill it (worker_of, once it runs, ignores both). Either reaches this process as soon as
+    they are started."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, LEFT_TO_PARENT)
     try:
         for _ in range(workers):
             pool.submit(os.getpid)

@@ -354,6 +354,35 @@ def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(
     assert not psutil.wait_procs(workers, timeout=30)[1]
 
 
+@pytest.mark.parametrize("worked", [0.0, 0.3], ids=["starting", "encoding"])
+def test_a_time_limits_warning_to_every_process_of_a_job_leaves_the_workers_encoding(
+    model: Path, tmp_path: Path, worked: float
+) -> None:
+    """Slurm sends USR2 to every process of a job's step before its time limit, the pool's workers too: they leave it
+    to their parent, whose handler (submitit's, in a stage job) decides what follows. This one notes it and lets the
+    encoding go on, which ends whole (a worker killed by it broke the pool)."""
+    corpus, out, noted = long_corpus(tmp_path / "corpus"), tmp_path / "out", tmp_path / "noted"
+    handler = f"signal.signal(signal.SIGUSR2, lambda *_: open({str(noted)!r}, 'a').write('USR2\\n'))"
+    call = f"encode_corpus({str(model)!r}, {str(corpus)!r}, {str(out)!r}, workers=2)"
+    command = [sys.executable, "-c", f"import signal; {handler}; from tokenizer.encode import encode_corpus; {call}"]
+    warned = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while not (len(workers) == 2 and all(cpu_seconds(worker) > worked for worker in workers)):
+            assert warned.poll() is None and time.monotonic() < deadline, "the encoding ended before its warning"
+            workers = pool_workers(warned.pid)
+            time.sleep(0.05)
+        for process in (psutil.Process(warned.pid), *workers):
+            process.send_signal(signal.SIGUSR2)
+        err = warned.communicate(timeout=120)[1]
+    finally:
+        warned.kill()
+    assert warned.returncode == 0, err
+    assert noted.read_text() == "USR2\n"
+    assert sorted(json.loads((out / "manifest.json").read_text())["languages"]) == ["ell_Grek", "eng_Latn", "fra_Latn"]
+
+
 def test_a_second_encoding_into_the_same_output_is_refused_while_the_first_runs(
     capsys, model: Path, tmp_path: Path
 ) -> None:
