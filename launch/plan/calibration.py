@@ -49,6 +49,7 @@ MEGATRON_LM_2021 = replace(
     flat_gradient_copy=False,
     step_temporary=0,
     fused_loss=False,
+    bf16_optimizer=False,
 )
 
 

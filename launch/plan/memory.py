@@ -2,8 +2,8 @@
 
 A stage holds, per rank:
 - per parameter (its blocks, plus the padded embedding on the first and last stage): the weights, the gradients
-  (fp32; in bf16 DeepSpeed's optimizer also accumulates bf16 ones) and AdamW's fp32 master copy and two moments,
-  divided over data-parallel ranks under ZeRO-1;
+  (summed in fp32, in bf16 at ZeRO stage 0; in bf16 DeepSpeed's optimizer also keeps bf16 ones) and AdamW's fp32
+  master copy and two moments, divided over data-parallel ranks under ZeRO-1, and in bf16 at stage 0 too;
 - per micro-batch in flight: what each block keeps for backward, in units of one s x b x h activation: the inputs of
   its LayerNorms and of the QKV and first MLP layers (whole on every TP rank), Q/K/V, the attention output and the
   MLP's 4h activations (split over TP ranks); attention scores [b, heads, s, s] where the kernel materialises them;
@@ -72,7 +72,7 @@ class Implementation:
     score_copies: float  # attention-score tensors [b, heads/tp, s, s] a block keeps (0: a fused kernel)
     alibi_bias: bool  # each block caches its ALiBi + causal bias [heads/tp, s, s]
     low_precision_grads: bool  # in bf16, gradients accumulate in bf16 before the fp32 copy (DeepSpeed's optimizer)
-    gathers_weights: bool  # ZeRO-1 all-gathers the updated weights over data-parallel ranks after the step
+    gathers_weights: bool  # a split optimizer all-gathers the updated weights over data-parallel ranks after the step
     flat_gradient_copy: bool  # the data-parallel reduction flattens the gradients into a bucket first
     # Bytes a parameter the optimizer step allocates beside its state: corolla's finiteness check a bool (1), and
     # torch's foreach AdamW, which corolla used before its fused one, an fp32 copy (4, the larger of the two).
@@ -83,6 +83,10 @@ class Implementation:
     # In bf16 the loss keeps the logits as they are and writes their gradient in bf16 (model/fused.py), rather than
     # working on an fp32 copy and keeping the fp32 softmax (megatron's vocab_parallel_cross_entropy, which fp32 runs).
     fused_loss: bool = True
+    # In bf16, DeepSpeed's bf16 optimizer runs at ZeRO stage 0 as at 1 (launch/train/engine.py): it splits the fp32
+    # masters and moments over the data-parallel ranks and all-gathers the updated weights; at 0 it sums a step's
+    # micro-batches' gradients in bf16. Megatron-LM's optimizer keeps them whole.
+    bf16_optimizer: bool = True
 
 
 # corolla on GPUs: flex attention (model/attention.py) keeps Q, K, V (views of the QKV output) and its output (copied
@@ -227,18 +231,24 @@ def _parameter_state(
     candidate: Candidate, parameters: int, implementation: Implementation
 ) -> tuple[float, float, float]:
     """Weights, gradients and optimizer states (bytes) of `parameters` parameters."""
-    bf16 = candidate.precision == Precision.bf16
-    zero = candidate.effective_zero_stage
-    gradients = parameters * (4 + (2 if bf16 and implementation.low_precision_grads else 0))
+    bf16, zero = candidate.precision == Precision.bf16, candidate.effective_zero_stage
+    sums = 2 if bf16 and implementation.bf16_optimizer and not zero else 4
+    gradients = parameters * (sums + (2 if bf16 and implementation.low_precision_grads else 0))
     master = 4 if bf16 or zero else 0
-    optimizer = parameters * (master + 8) / (candidate.layout.dp if zero else 1)
+    optimizer = parameters * (master + 8) / optimizer_shards(candidate, implementation)
     return parameters * candidate.activation_bytes, gradients, optimizer
+
+
+def optimizer_shards(candidate: Candidate, implementation: Implementation) -> int:
+    """Over how many data-parallel ranks the optimizer's states are split, each all-gathering the updated weights after
+    the step: ZeRO-1's, and in bf16 DeepSpeed's bf16 optimizer's (Implementation.bf16_optimizer)."""
+    bf16_optimizer = candidate.precision == Precision.bf16 and implementation.bf16_optimizer
+    return candidate.layout.dp if candidate.effective_zero_stage or bf16_optimizer else 1
 
 
 def _step_transient(candidate: Candidate, parameters: int, implementation: Implementation) -> float:
     bucket = 4 * min(parameters, REDUCE_BUCKET) if implementation.flat_gradient_copy else 0
-    shards = candidate.layout.dp if candidate.effective_zero_stage else 1
-    return bucket + implementation.step_temporary * parameters / shards
+    return bucket + implementation.step_temporary * parameters / optimizer_shards(candidate, implementation)
 
 
 def stage_memory(

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from launch.config.schemas import PLANNED_MICRO_BATCHES, TrainConfig
+from launch.config.schemas import PLANNED_MICRO_BATCHES, Precision, TrainConfig
 from launch.plan.arithmetic import hardware_flops_per_step
 from launch.plan.hardware import GIB, Hardware
 from launch.plan.layout import ParallelLayout
@@ -90,7 +90,9 @@ def _divisors(number: int) -> list[int]:
 def candidates(
     model: ModelConfig, train: TrainConfig, gpus: int, gpus_per_node: int, micro_batches: list[int], zero_stage: int
 ) -> Iterator[Candidate]:
-    """Every valid candidate on `gpus` GPUs; ZeRO 0 and 1 where DP > 1 (with one DP rank, `zero_stage` as given)."""
+    """Every valid candidate on `gpus` GPUs; ZeRO 0 and 1 where DP > 1 in fp32, else `zero_stage` as given: in bf16
+    the stages take the same time, stage 0 a sixth less gradient memory for sums in bf16 (launch/plan/memory.py),
+    which is the user's to choose, not the ranking's."""
     for tp in _divisors(math.gcd(gpus, gpus_per_node)):
         for pp in [pp for pp in _divisors(gpus // tp) if pp <= model.num_layers]:
             layout = ParallelLayout(tp, pp, gpus // (tp * pp))
@@ -99,7 +101,7 @@ def candidates(
                 # has never excluded (BLOOM-176B's PP=48 layouts rank 8th and 9th).
                 if layout.shape_problems(model, replace(train, micro_batch=micro_batch)):
                     continue
-                for zero in (0, 1) if layout.dp > 1 else (zero_stage,):
+                for zero in (0, 1) if layout.dp > 1 and train.precision == Precision.fp32 else (zero_stage,):
                     for checkpointing in (False, True):
                         yield Candidate(layout, micro_batch, train.global_batch, checkpointing, zero, train.precision)
 

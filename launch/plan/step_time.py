@@ -8,8 +8,8 @@ all-reduces of an s x b x h activation (2 in forward and 2 in backward per block
 for the embedding, one for the output projection), and the sends to and from its neighbours (DeepSpeed splits them
 over the TP ranks). Under 1F1B the slowest stage sets the pace: (micro-batches - 1) x its time plus every stage's
 time once (the pipeline filling and draining: the bubble). Then the data-parallel reduction of the gradients (fp32),
-the all-gather of the updated weights under ZeRO-1 (bf16), the tied embedding's reduction between the first and last
-stage, and the AdamW update, bound by memory bandwidth.
+the all-gather of the updated weights (bf16) where the optimizer is split over DP (ZeRO-1; in bf16, stage 0 too), the
+tied embedding's reduction between the first and last stage, and the AdamW update, bound by memory bandwidth.
 
 Collectives are rings: an all-reduce moves 2 (n-1)/n of the tensor through each rank's link, an all-gather (n-1)/n.
 Within a node the link is NVLink; across nodes, the node's network bandwidth is shared by its GPUs talking at once,
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from launch.config.schemas import Precision
 from launch.plan.arithmetic import attention_flops, block_flops, logits_flops
 from launch.plan.hardware import Hardware
-from launch.plan.memory import COROLLA_GPU, Candidate, Implementation, stage_parameters
+from launch.plan.memory import COROLLA_GPU, Candidate, Implementation, optimizer_shards, stage_parameters
 from launch.plan.stages import Stage, pipeline_stages
 from model.config import ModelConfig
 
@@ -116,17 +116,20 @@ def _data_parallel_s(
     per_node = max(1, min(layout.dp, hardware.gpus_per_node // layout.tp))
     link = _bandwidth(hardware, layout.dp, per_node)
     seconds = all_reduce_s(4 * parameters, layout.dp, link)
-    if candidate.effective_zero_stage and implementation.gathers_weights:
-        seconds += all_gather_s(candidate.activation_bytes * parameters, layout.dp, link)
+    if implementation.gathers_weights:
+        shards = optimizer_shards(candidate, implementation)
+        seconds += all_gather_s(candidate.activation_bytes * parameters, shards, link)
     if stage.tied_copy and layout.pp > 1:
         embedding = model.padded_vocab_size(layout.tp) * model.hidden_size // layout.tp
         seconds += all_reduce_s(4 * embedding, 2, _bandwidth(hardware, 2, 1))
     return seconds
 
 
-def _optimizer_s(model: ModelConfig, candidate: Candidate, stage: Stage, hardware: Hardware) -> float:
+def _optimizer_s(
+    model: ModelConfig, candidate: Candidate, stage: Stage, hardware: Hardware, implementation: Implementation
+) -> float:
     parameters = stage_parameters(model, stage, candidate.layout.tp)
-    shards = candidate.layout.dp if candidate.effective_zero_stage else 1
+    shards = optimizer_shards(candidate, implementation)
     touched = parameters / shards * ADAMW_BYTES + parameters * (8 if candidate.precision == Precision.bf16 else 4)
     return touched / (hardware.memory_bandwidth_gbps * 1e9)
 
@@ -144,7 +147,7 @@ def estimate_step_time(
         tensor_parallel=micro_batches * slowest.tensor_parallel,
         pipeline_sends=micro_batches * slowest.sends,
         data_parallel=max(_data_parallel_s(model, candidate, stage, hardware, implementation) for stage in stages),
-        optimizer=max(_optimizer_s(model, candidate, stage, hardware) for stage in stages),
+        optimizer=max(_optimizer_s(model, candidate, stage, hardware, implementation) for stage in stages),
     )
 
 

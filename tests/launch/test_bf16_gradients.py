@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 
+import pytest
 import torch
 from deepspeed.utils import safe_get_full_optimizer_state
 from distributed import run_ranks
@@ -18,6 +19,7 @@ from launch.config.cluster import ClusterConfig
 from launch.config.data import DataConfig
 from launch.config.schemas import ParallelConfig, Precision, TrackingConfig, TrainConfig, TrainJob
 from launch.data.facts import DataFacts
+from launch.plan.memory import COROLLA_CPU, Candidate, estimate_memory
 from launch.plan.run_plan import make_plan
 from launch.train.device import init_distributed, seed_everything
 from launch.train.engine import build_engine
@@ -83,3 +85,44 @@ def test_a_bf16_step_sums_its_micro_batches_gradients_in_fp32() -> None:
     difference = torch.cat([(stepped[name] - by_hand[name]).flatten() for name in by_hand])
     whole = torch.cat([gradient.flatten() for gradient in by_hand.values()])
     assert (difference.norm() / whole.norm()).item() < 1e-4
+
+
+def _optimizer_bytes(zero_stage: int) -> dict:
+    """On one of two DP ranks, after a step: the bytes of the engine's optimizer state (fp32 masters and both moments)
+    and of its micro-batches' gradient sums, and what the planner counts for them."""
+    parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
+    os.environ["LOCAL_RANK"] = os.environ["RANK"]
+    init_distributed(60)
+    seed_everything(1)
+    train = TrainConfig(micro_batch=1, global_batch=4, precision=Precision.bf16, warmup_steps=0)
+    parallel = ParallelConfig(zero_stage=zero_stage)
+    job = TrainJob(
+        SHAPE, TokenizerConfig(), parallel, DataConfig(tokens_dir="-"), train, TrackingConfig(), ClusterConfig()
+    )
+    plan = make_plan(job, world_size=2, data=DataFacts(SHAPE.vocab_size, None))
+    engine = build_engine(SHAPE, plan, train, activation_checkpointing=False, seed=1)
+    tokens = torch.randint(0, SHAPE.vocab_size, (2, SHAPE.seq_length + 1), generator=torch.Generator().manual_seed(5))
+    engine.train_batch(data_iter=pairs(tokens.split(1)))
+    adam = compat.adam_optimizer(engine)
+    masters = [flat for _, flat in compat.master_groups(engine)]
+    moments = [adam.state[flat][name] for flat in masters for name in ("exp_avg", "exp_avg_sq")]
+    sums = engine.optimizer.fp32_groups_gradients_flat
+    planned = estimate_memory(SHAPE, Candidate.of(plan.layout, train, parallel), COROLLA_CPU)
+    parameters = sum(parameter.numel() for parameter in engine.module.parameters())
+    return {
+        "optimizer": sum(tensor.numel() * tensor.element_size() for tensor in masters + moments),
+        "sums": sum(tensor.numel() * tensor.element_size() for tensor in sums),
+        "planned_optimizer": planned.optimizer,
+        # The planner's gradients: the sums, and the bf16 gradients autograd writes beside them.
+        "planned_sums": planned.gradients - 2 * parameters,
+    }
+
+
+def test_the_planner_counts_the_optimizer_deepspeed_keeps_in_bf16_at_either_zero_stage() -> None:
+    """At ZeRO stage 0 as at 1, DeepSpeed's bf16 optimizer splits the fp32 masters and moments over the DP ranks; at 0
+    it sums the micro-batches' gradients in bf16. The planner counted stage 0's optimizer whole on every rank: BLOOM's
+    own layout did not fit at parallel.zero_stage=0 (95 of 80 GiB), and submit refused it."""
+    for zero_stage in (0, 1):
+        result = run_ranks(2, _optimizer_bytes, zero_stage)[1]
+        assert result["optimizer"] == pytest.approx(result["planned_optimizer"], rel=0.02), (zero_stage, result)
+        assert result["sums"] == pytest.approx(result["planned_sums"], rel=0.02), (zero_stage, result)

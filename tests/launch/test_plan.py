@@ -221,18 +221,19 @@ def test_submit_leaves_out_the_nodes_cluster_exclude_names(tokens, capsys, tmp_p
 
 
 def test_submit_refuses_a_layout_that_will_not_fit_and_names_the_nearest(tokens, capsys, tmp_path) -> None:
-    # 12 nodes of 70 GiB GPUs: BLOOM's TP4 x PP12 leaves DP2; without ZeRO each GPU keeps its stage's whole optimizer.
-    squeezed = ["cluster.nodes=12", "cluster.gpu_memory_gib=70", "parallel.zero_stage=0"]
+    # 12 nodes of 50 GiB GPUs: BLOOM's TP4 x PP12 leaves DP2, each GPU with half its stage's optimizer states (~59 GiB
+    # in all); twice the stages, on one DP rank, halve the stage.
+    squeezed = ["cluster.nodes=12", "cluster.gpu_memory_gib=50"]
     code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", *squeezed))
     assert code == 2 and "#SBATCH" not in out and "\n" not in err
-    assert re.search(r"TP4 x PP12 x DP2, micro-batch 2, activation checkpointing, ZeRO-0 needs ~\d+\.\d GiB a GPU", err)
-    assert "more than the 70 GiB of jean-zay-a100's GPUs" in err
+    assert re.search(r"TP4 x PP12 x DP2, micro-batch 2, activation checkpointing, ZeRO-1 needs ~\d+\.\d GiB a GPU", err)
+    assert "more than the 50 GiB of jean-zay-a100's GPUs" in err
     nearest = re.search(r"the nearest layout that fits: ((?:\S+=\S+ ?)+) \(", err)
     assert nearest, err
     assert nearest[1].split() == [
         "parallel.tp=4",
-        "parallel.pp=12",
-        "parallel.dp=2",
+        "parallel.pp=24",
+        "parallel.dp=1",
         "train.micro_batch=2",
         "parallel.activation_checkpointing=true",
         "parallel.zero_stage=1",
