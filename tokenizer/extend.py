@@ -225,7 +225,8 @@ def extend_tokenizer(job: TokenizerExtendJob, log: Log = print) -> Path:
     if not cfg.parity_set:
         raise ValueError("tokenizer extend measures premiums on a parallel set: pass tokenizer.parity_set=DIR")
     base = _base(Path(job.base))
-    out = check_output_dir(job.output_dir, job.overwrite)
+    inputs = {"base": job.base, "corpus": job.corpus, "tokenizer.parity_set": cfg.parity_set}
+    out = check_output_dir(job.output_dir, job.overwrite, inputs)
     reference = cfg.reference_language
     tune, held_out = split_parallel(load_parallel(cfg.parity_set, reference, REFERENCE_KEY), cfg.parity_tune_fraction)
     scan = scan_corpus(job.corpus)

@@ -19,7 +19,16 @@ from tqdm import tqdm
 from tokenizer.config import DEFAULT_SAMPLE_BYTES, ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
-from tokenizer.files import SPM_MODEL_FILE, STAGED, Log, publish, read_json, staging_area
+from tokenizer.files import (
+    ADDED_PIECES_FILE,
+    SPM_MODEL_FILE,
+    STAGED,
+    TOKENIZER_FILES,
+    Log,
+    publish,
+    read_json,
+    staging_area,
+)
 from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
@@ -144,19 +153,41 @@ def is_current(job: TokenizerTrainJob) -> bool:
     )
 
 
-def check_output_dir(output_dir: str, overwrite: bool) -> Path:
+# What a tokenizer's output_dir holds: train and extend replace it whole, and only when it holds nothing else.
+OUTPUT_FILES = frozenset({*TOKENIZER_FILES, METADATA_FILE, ADDED_PIECES_FILE})
+
+
+def check_output_dir(output_dir: str, overwrite: bool, inputs: dict[str, str]) -> Path:
+    """Before anything is read: a directory of its own, outside every input (`inputs`: setting, path), holding nothing
+    or an earlier tokenizer, which only overwrite=true replaces."""
     out = Path(output_dir)
     nearest = next(path for path in (out, *out.parents) if path.exists())
     if not nearest.is_dir():
         raise ValueError(f"output_dir {out} is, or lies under, the file {nearest}: give a directory's path")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"output_dir {out} already exists and is not empty: choose another or pass overwrite=true")
+    for setting, given in inputs.items():
+        if given and Path(given).resolve().is_relative_to(out.resolve()):
+            raise ValueError(
+                f"output_dir {out} holds {setting}={given}, which the tokenizer would replace: choose an output_dir "
+                "outside it"
+            )
+    held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if foreign := [name for name in held if name not in OUTPUT_FILES]:
+        raise ValueError(
+            f"output_dir {out} holds files that are not a tokenizer's ({', '.join(foreign[:3])}): the tokenizer "
+            "replaces the directory whole, so choose an empty or new one"
+        )
+    if held and not overwrite:
+        raise ValueError(f"output_dir {out} already holds a tokenizer: choose another, or pass overwrite=true")
     return out
 
 
 def train_tokenizer(job: TokenizerTrainJob, log: Log = print) -> Path:
     cfg = job.tokenizer
-    out = check_output_dir(job.output_dir, job.overwrite)
+    if not job.overwrite and is_current(job):
+        log(f"{job.output_dir} already holds this tokenizer (the same settings, seed and corpus): nothing to do")
+        return Path(job.output_dir)
+    inputs = {"corpus": job.corpus, "tokenizer.parity_set": cfg.parity_set}
+    out = check_output_dir(job.output_dir, job.overwrite, inputs)
     scan = scan_corpus(job.corpus)
     for warning in scan.hygiene.warnings():
         log(f"corpus: {warning}")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -264,13 +265,40 @@ def test_a_sample_too_small_to_hold_a_sentence_is_said_in_one_line(
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_an_existing_output_is_kept_unless_overwrite_is_asked(capsys, small_corpus: Path, tmp_path: Path) -> None:
+def test_overwrite_replaces_an_earlier_tokenizer_and_nothing_else(capsys, small_corpus: Path, tmp_path: Path) -> None:
+    """overwrite=true replaces the output directory whole: it deleted a user's files there, and the corpus itself
+    when output_dir was the corpus or a folder above it."""
     out = tmp_path / "tok"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, err = run_cli(capsys, "tokenizer", "train", f"corpus={small_corpus}", f"output_dir={out}")
-    assert code == 2 and "overwrite=true" in err
+    for overwrite in ("false", "true"):
+        arguments = [f"corpus={small_corpus}", f"output_dir={out}", f"overwrite={overwrite}"]
+        code, err = run_cli(capsys, "tokenizer", "train", *arguments)
+        assert code == 2 and "holds files that are not a tokenizer's (keep.txt)" in err, err
     assert (out / "keep.txt").read_text() == "mine"
+    corpus = sorted(path.relative_to(small_corpus) for path in small_corpus.rglob("*"))
+    for around in (small_corpus, small_corpus.parent):
+        arguments = [f"corpus={small_corpus}", f"output_dir={around}", "overwrite=true"]
+        code, err = run_cli(capsys, "tokenizer", "train", *arguments)
+        assert code == 2 and f"holds corpus={small_corpus}, which the tokenizer would replace" in err, err
+    assert sorted(path.relative_to(small_corpus) for path in small_corpus.rglob("*")) == corpus
+
+
+def test_a_tokenizer_is_trained_again_only_when_asked_or_when_its_job_changed(
+    small_corpus: Path, tmp_path: Path
+) -> None:
+    out, messages = tmp_path / "tok", []
+    cfg = TokenizerConfig(vocab_size=2000, character_coverage=0.99, sample_bytes=400_000)
+    job = TokenizerTrainJob(cfg, str(small_corpus), str(out), 5)
+    train_tokenizer(job, log=lambda *_: None)
+    trained = (out / "tokenizer.model").stat().st_mtime_ns
+    train_tokenizer(job, log=messages.append)  # the same job: its output is current
+    assert messages == [f"{out} already holds this tokenizer (the same settings, seed and corpus): nothing to do"]
+    assert (out / "tokenizer.model").stat().st_mtime_ns == trained
+    with pytest.raises(ValueError, match="already holds a tokenizer: choose another, or pass overwrite=true"):
+        train_tokenizer(replace(job, seed=6), log=lambda *_: None)
+    train_tokenizer(replace(job, seed=6, overwrite=True), log=lambda *_: None)
+    assert json.loads((out / "metadata.json").read_text())["seed"] == 6
 
 
 def test_a_language_written_as_one_huge_line_is_cut_into_pieces_and_sampled(small_corpus: Path, tmp_path: Path) -> None:
