@@ -55,13 +55,13 @@ class CorpusError(ValueError):
 
 
 @functools.cache
-def _known_code(code: str) -> bool:
+def is_language_code(code: str) -> bool:
     match = LANGUAGE_CODE.match(code)
     return bool(match and pycountry.languages.get(alpha_3=match[1]) and pycountry.scripts.get(alpha_4=match[2]))
 
 
 def check_language_code(code: str, where: str) -> str:
-    if not _known_code(code):
+    if not is_language_code(code):
         raise CorpusError(
             f"unknown language code {code!r} in {where}: name languages FLORES-200 style, ISO 639-3 + ISO 15924 "
             "script (e.g. fra_Latn.txt)"

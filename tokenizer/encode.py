@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tokenizer.children import LEFT_TO_PARENT, worker_of
-from tokenizer.corpus import CorpusError, Source, discover_sources, read_documents
+from tokenizer.corpus import CorpusError, Source, discover_sources, is_language_code, read_documents
 from tokenizer.corpus_scan import corpus_fingerprint, source_facts
 from tokenizer.files import Log, exclusively, write_atomically
 from tokenizer.hygiene import HygieneStats
@@ -446,10 +446,11 @@ def _check_no_other_tokenizer(output: Path, fingerprint: str) -> None:
 def _remove_leftovers(output: Path, kept: set[str]) -> None:
     """The pairs and records of corpus files no longer in the corpus, the pairs of languages a file no longer holds
     (a JSONL file's records of one language removed), temporaries of writes that were killed, and the language
-    directories this leaves empty."""
-    for temporary in output.glob("*/.*.tmp"):
-        temporary.unlink(missing_ok=True)
-    language_dirs = [path for path in output.iterdir() if path.is_dir() and path.name != RECORDS_DIR]
+    directories this leaves empty. A folder that is not named as a language is a user's, and left alone."""
+    language_dirs = [path for path in output.iterdir() if path.is_dir() and is_language_code(path.name)]
+    for directory in [*language_dirs, output / RECORDS_DIR]:
+        for temporary in directory.glob(".*.tmp"):
+            temporary.unlink(missing_ok=True)
     for record in (output / RECORDS_DIR).glob("*.json"):
         languages = json.loads(record.read_text(encoding="utf-8")).get("languages", {}) if record.stem in kept else {}
         for directory in language_dirs:

@@ -186,11 +186,16 @@ def test_rerun_encodes_only_the_file_that_changed(corpus, model: Path, tmp_path:
     shutil.copytree(corpus[0], source)
     output = tmp_path / "out"
     encode_corpus(model, source, output, workers=1, log=quiet)
+    # A user's folders beside the token files, one holding a file named as a token file: the rerun deleted both.
+    (output / "my_analysis").mkdir()
+    (output / "my_analysis" / "rus_Cyrl.txt.bin").write_bytes(b"mine")
+    (output / "empty").mkdir()
     before = file_identities(output)
     messages: list[str] = []
     encode_corpus(model, source, output, workers=1, log=messages.append)
     assert file_identities(output) == {**before, MANIFEST_NAME: file_identities(output)[MANIFEST_NAME]}
     assert "6 of 6 corpus files already encoded" in messages[0]
+    assert (output / "empty").is_dir()
 
     russian = source / "rus_Cyrl.txt"
     russian.write_bytes(russian.read_bytes() + "Ещё одна строка.\n".encode())
