@@ -179,11 +179,14 @@ def _raw_lines(path: Path) -> Iterator[bytes]:
 def _line_records(source: Source, stats: HygieneStats) -> Iterator[tuple[str, str]]:
     """(language, text) per line of a text or JSONL file; lines that are not UTF-8 are counted and skipped."""
     invalid = lines = 0
-    encoding = "<encoding>"
     for line_number, raw in enumerate(_raw_lines(source.path), start=1):
         lines += 1
         if line_number == 1 and raw[:2] in UTF16_MARKS:
-            encoding = "UTF-16"
+            # Not UTF-8, though text in ASCII letters is UTF-8 byte for byte (its NULs too): no share of lines tells.
+            raise CorpusError(
+                f"corpus file {source.path} is UTF-16 (it begins with UTF-16's byte-order mark): convert it, e.g. "
+                "iconv -f UTF-16 -t UTF-8"
+            )
         try:
             record = _decode_record(source, raw, line_number)
         except UnicodeDecodeError:
@@ -195,7 +198,7 @@ def _line_records(source: Source, stats: HygieneStats) -> Iterator[tuple[str, st
     if lines and invalid > MAX_INVALID_SHARE * lines:
         raise CorpusError(
             f"corpus file {source.path} is not UTF-8 ({invalid} of {lines} lines invalid): convert it, "
-            f"e.g. iconv -f {encoding} -t UTF-8"
+            "e.g. iconv -f <encoding> -t UTF-8"
         )
 
 

@@ -439,7 +439,7 @@ def make_unknown_language_record(corpus: Path) -> None:
         (make_unknown_language_record, 1, "unknown language code 'english'"),
         (make_latin1_file, 1, "is not UTF-8.*iconv -f <encoding> -t UTF-8"),
         (make_latin1_file, 2, "is not UTF-8"),
-        (make_utf16_file, 1, "is not UTF-8.*iconv -f UTF-16 -t UTF-8"),
+        (make_utf16_file, 1, "is UTF-16.*iconv -f UTF-16 -t UTF-8"),
     ],
     ids=[
         "missing-corpus",

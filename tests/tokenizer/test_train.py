@@ -200,6 +200,10 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err.strip()
 
 
+def utf16_file(path: Path) -> None:
+    path.write_bytes("".join(f"नमस्ते दुनिया {i}\n" for i in range(50)).encode("utf-16"))
+
+
 def latin1_file(path: Path) -> None:
     path.write_bytes("\n".join(f"été numéro {i}, déjà là" for i in range(50)).encode("latin-1"))
 
@@ -211,6 +215,8 @@ def latin1_file(path: Path) -> None:
         (lambda d: d.write_text("hello\n"), "corpus directory {} is a file, not a directory: pass corpus=DIR"),
         (lambda d: (d.mkdir(), (d / "fra_Latn.txt").write_text("")), "is empty"),
         (lambda d: (d.mkdir(), latin1_file(d / "fra_Latn.txt")), "is not UTF-8"),
+        # Most of its lines read as UTF-8: a tokenizer of NULs and control characters was trained on it.
+        (lambda d: (d.mkdir(), utf16_file(d / "hin_Deva.txt")), "is UTF-16 (it begins with UTF-16's byte-order mark)"),
         (lambda d: (d.mkdir(), (d / "xx_Latn.txt").write_text("hello\n")), "unknown language code 'xx_Latn'"),
         (lambda d: (d.mkdir(), (d / "english.txt").write_text("hello\n")), "unknown language code 'english'"),
         (lambda d: cut_corpus(d, ["eng_Latn", "fra_Latn"], 30), "more than this corpus sample allows"),
@@ -223,6 +229,7 @@ def latin1_file(path: Path) -> None:
         "a-file",
         "empty",
         "latin1",
+        "utf16",
         "unknown-code",
         "bad-name",
         "vocab-too-big",
