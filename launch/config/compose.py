@@ -232,6 +232,16 @@ def compose_config(command: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(_unreadable(overrides) or _one_line(error, command)) from None
 
 
+def _home_written_out(override: str) -> str:
+    """`key=~/path`, quoted or not, with the home directory written out, as a shell does where it expands `~` after
+    `=`: where it does not, Hydra could not read it, and quoted it named a folder `~` in the working directory."""
+    key, equals, value = override.partition("=")
+    bare = value.strip("'\"")
+    if not equals or not (bare == "~" or bare.startswith("~/")):
+        return override
+    return f"{key}={quoted(str(Path(bare).expanduser()))}"
+
+
 def _unreadable(overrides: list[str]) -> str | None:
     """The first override Hydra's grammar cannot read (a path with spaces and brackets, a quote, an `=`), and how to
     write it so that it can."""
@@ -386,6 +396,7 @@ def _check_switches(cfg: DictConfig, overrides: list[str]) -> None:
 
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
     """The resolved config (for printing and recording) and its typed, validated object."""
+    overrides = [_home_written_out(override) for override in overrides]
     cfg = compose_config(command, overrides)
     _check_switches(cfg, overrides)
     try:
