@@ -7,7 +7,8 @@ A corpus directory holds, in any mix:
   every `.txt`, `.jsonl` and `.parquet` file under a directory named with a language code is of that language
   (JSONL records then need `text` only, parquet files a `text` column);
 - parquet files elsewhere, whose rows name their language in a `lang` or `language` column.
-Text files may be `.gz` or `.zst` compressed. Every file is read streaming, never whole. Language codes are
+Text files may be `.gz` or `.zst` compressed; links to directories are followed. Every file is read streaming, never
+whole. Language codes are
 FLORES-200 style: ISO 639-3 + ISO 15924 (`fra_Latn`).
 """
 
@@ -17,6 +18,7 @@ import functools
 import gzip
 import io
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from tokenizer.hygiene import HygieneStats, clean_text
 
 LANGUAGE_CODE = re.compile(r"^([a-z]{3})_([A-Z][a-z]{3})$")
 COMPRESSIONS = (".gz", ".zst")
+# Compressions corolla does not read: a file of a corpus format compressed with one is refused, not passed over.
+OTHER_COMPRESSIONS = (".bz2", ".xz", ".lzma", ".lz4", ".br", ".zip", ".7z", ".Z")
 # A file where more than this share of lines is not UTF-8 is in another encoding, not merely damaged.
 MAX_INVALID_SHARE = 0.1
 
@@ -101,12 +105,32 @@ def _language_directory(relative: Path) -> str | None:
     return next((part for part in reversed(relative.parts[:-1]) if LANGUAGE_CODE.match(part)), None)
 
 
+def _unread_format(path: Path) -> str | None:
+    """Why a file named as a corpus format is not read as one (compressed as corolla does not read it, the format's
+    suffix in capitals), and what to do; None for one that is read, or is no corpus file at all."""
+    name = path.name
+    bare = next((name.removesuffix(suffix) for suffix in OTHER_COMPRESSIONS if name.endswith(suffix)), name)
+    fmt = Path(_strip_compression(bare)).suffix
+    if fmt.lower() not in (TEXT, JSONL, PARQUET):
+        return None
+    if fmt.lower() == PARQUET and _strip_compression(bare) != name:
+        return "is a compressed parquet file, which corolla reads as it is (parquet compresses itself): decompress it"
+    if bare != name:
+        compression = name.removeprefix(bare)
+        return f"is compressed with {compression}, which corolla does not read: recompress it with gzip or zstd"
+    if fmt not in (TEXT, JSONL, PARQUET):
+        return f"ends in {fmt}, which corolla reads in lower case only: rename it to end in {fmt.lower()}"
+    return None
+
+
 def _source(corpus: Path, path: Path) -> Source | None:
     """The source a corpus file is, None for a file that is not text (a README, a checksum list)."""
     relative = path.relative_to(corpus)
     name, where = relative.as_posix(), str(path)
+    if problem := _unread_format(path):
+        raise CorpusError(f"corpus file {path} {problem}")
     fmt = Path(_strip_compression(path.name)).suffix
-    if fmt not in (TEXT, JSONL, PARQUET) or (fmt == PARQUET and path.name != _strip_compression(path.name)):
+    if fmt not in (TEXT, JSONL, PARQUET):
         return None
     directory = _language_directory(relative)
     if directory:
@@ -128,8 +152,9 @@ def discover_sources(corpus_dir: str | Path) -> list[Source]:
             f"corpus directory {corpus} {problem}: pass corpus=DIR with <lang>.txt or .jsonl files, or "
             "per-language directories of shards"
         )
-    found = (_source(corpus, path) for path in sorted(corpus.rglob("*")) if path.is_file())
+    found = (_source(corpus, path) for path in _corpus_files(corpus))
     sources = [source for source in found if source is not None]
+    _check_no_twins(sources)
     if not sources:
         raise CorpusError(
             f"corpus directory {corpus} has no <lang>.txt[.gz|.zst], .jsonl or .parquet files, nor per-language "
@@ -139,6 +164,31 @@ def discover_sources(corpus_dir: str | Path) -> list[Source]:
         if source.path.stat().st_size == 0:
             raise CorpusError(f"corpus file {source.path} is empty: remove it or fill it")
     return sources
+
+
+def _corpus_files(corpus: Path) -> list[Path]:
+    """Every file under `corpus`, in path order, through links to directories too (shards linked in from another
+    filesystem), each directory once however many links lead to it."""
+    files, seen = [], set()
+    for directory, subdirectories, names in os.walk(corpus, followlinks=True):
+        if (real := os.path.realpath(directory)) in seen:
+            subdirectories.clear()
+            continue
+        seen.add(real)
+        subdirectories.sort()  # the same path for a directory two links lead to, run after run
+        files += [path for name in names if (path := Path(directory, name)).is_file()]
+    return sorted(files)
+
+
+def _check_no_twins(sources: list[Source]) -> None:
+    """Two files of one name but for their compression (fra_Latn.txt and fra_Latn.txt.gz) are one text twice."""
+    by_name: dict[Path, Source] = {}
+    for source in sources:
+        bare = source.path.with_name(_strip_compression(source.path.name))
+        if (twin := by_name.setdefault(bare, source)) is not source:
+            raise CorpusError(
+                f"corpus files {twin.path} and {source.path} differ only in their compression: keep one of them"
+            )
 
 
 def open_binary(path: Path) -> BinaryIO:

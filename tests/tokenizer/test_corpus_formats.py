@@ -116,6 +116,12 @@ def language_stream(tokens_dir: Path, language: str) -> tuple[bytes, list[int]]:
         ({"fra_Latn/x.parquet": {"content": ["a"]}}, "has columns content, not a 'text' column"),
         ({"x.parquet": {"text": ["a"], "lang": ["french"]}}, "unknown language code 'french' in"),
         ({"fra_Latn/x.parquet": b"PAR1 not really"}, "cannot be read as parquet"),
+        # Passed over without a word, the corpus then one language short.
+        ({"fra_Latn.txt.bz2": b"BZh9", "eng_Latn.txt": "text\n"}, "is compressed with .bz2, which corolla does not"),
+        ({"fra_Latn.TXT": "text\n", "eng_Latn.txt": "text\n"}, "ends in .TXT, which corolla reads in lower case"),
+        ({"fra_Latn/x.parquet.gz": b"\x1f\x8b", "eng_Latn.txt": "text\n"}, "is a compressed parquet file"),
+        # Read twice, the language's share doubled.
+        ({"fra_Latn.txt": "a\n", "fra_Latn.txt.gz": gzip.compress(b"a\n")}, "differ only in their compression"),
     ],
 )
 def test_bad_shards_are_refused_in_one_line(tmp_path: Path, layout: dict, expected: str) -> None:
@@ -155,3 +161,21 @@ def test_a_cache_that_cannot_be_written_costs_only_time(tmp_path: Path, monkeypa
     monkeypatch.setenv("COROLLA_CACHE", str(tmp_path / "not-a-directory"))
     corpus = cut_corpus(tmp_path / "corpus", ["fra_Latn"], 50)
     assert scan_corpus(str(corpus)).sizes["fra_Latn"].documents == 50
+
+
+def test_language_directories_linked_in_are_read_and_checksums_passed_over(tmp_path: Path) -> None:
+    """Shards linked in from another filesystem (scratch storage): rglob did not follow the link, and the language
+    was left out without a word."""
+    store, corpus = tmp_path / "store", tmp_path / "corpus"
+    (store / "hin_Deva").mkdir(parents=True)
+    (store / "hin_Deva" / "part-0.txt").write_text("नमस्ते दुनिया\n")
+    corpus.mkdir()
+    (corpus / "eng_Latn.txt").write_text("hello world\n")
+    (corpus / "eng_Latn.txt.md5").write_text("0123456789abcdef  eng_Latn.txt\n")
+    (corpus / "hin_Deva").symlink_to(store / "hin_Deva")
+    (corpus / "again").symlink_to(corpus)  # a link back up is followed once, not for ever
+    sources = discover_sources(corpus)
+    assert [(source.name, source.language) for source in sources] == [
+        ("eng_Latn.txt", "eng_Latn"),
+        ("hin_Deva/part-0.txt", "hin_Deva"),
+    ]
