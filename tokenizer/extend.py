@@ -202,7 +202,7 @@ def _premiums(tokenizer: TextTokenizer, parallel: dict[str, list[str]], referenc
     return {language: row["premium"] for language, row in language_stats(tokenizer, parallel, reference).items()}
 
 
-def _languages(job: TokenizerExtendJob, scan: CorpusScan, premiums: dict[str, float]) -> list[str]:
+def _languages(job: TokenizerExtendJob, scan: CorpusScan, premiums: dict[str, float], log: Log) -> list[str]:
     """The languages to add: those named, else those of the corpus above the threshold."""
     if job.languages:
         unknown = sorted(set(job.languages) - set(scan.sizes))
@@ -210,13 +210,17 @@ def _languages(job: TokenizerExtendJob, scan: CorpusScan, premiums: dict[str, fl
             raise ValueError(f"languages={unknown} are not in corpus={job.corpus}: name languages it has")
         return sorted(job.languages)
     chosen = sorted(lang for lang in scan.sizes if premiums.get(lang, 0.0) > job.premium_threshold)
+    unmeasured = sorted(set(scan.sizes) - set(premiums))
+    untold = f"; {', '.join(unmeasured)} have none (the parallel set has no sentences of them)" if unmeasured else ""
     if not chosen:
         worst = max((lang for lang in scan.sizes if lang in premiums), key=premiums.get, default=None)
         highest = f" (the highest: {worst}, {premiums[worst]:.2f})" if worst else ""
         raise ValueError(
             f"no language of corpus={job.corpus} has a premium above premium_threshold={job.premium_threshold} under "
-            f"base={job.base}{highest}: nothing to add; lower the threshold or name languages=[...]"
+            f"base={job.base}{highest}{untold}: nothing to add; lower the threshold or name languages=[...]"
         )
+    if unmeasured:
+        log(f"premiums of the corpus's languages{untold}: name them in languages=[...] to add them")
     return chosen
 
 
@@ -231,7 +235,7 @@ def extend_tokenizer(job: TokenizerExtendJob, log: Log = print) -> Path:
     tune, held_out = split_parallel(load_parallel(cfg.parity_set, reference, REFERENCE_KEY), cfg.parity_tune_fraction)
     scan = scan_corpus(job.corpus)
     before = _premiums(base.tokenizer, tune, reference)
-    languages = _languages(job, scan, before)
+    languages = _languages(job, scan, before, log)
     log("extending for " + ", ".join(f"{lang} (premium {before.get(lang, float('nan')):.2f})" for lang in languages))
     sizes = {lang: scan.sizes[lang] for lang in languages}
     with staging_area(out) as workdir:

@@ -94,6 +94,8 @@ def parity_search(
     reference = cfg.reference_language
     tune, held_out = _parallel_halves(cfg, frozenset(sizes) if measured is None else measured)
     log(f"parity: tuning on {len(tune)} languages x {len(tune[reference])} sentences of {cfg.parity_set}")
+    if untuned := sorted(set(sizes) - set(tune)):
+        log(f"parity: {cfg.parity_set} has no sentences of {', '.join(untuned)}: their shares are sampled, not tuned")
     best: ParityRound | None = None
     token_limit = 0.0  # from round 1's total (temperature sampling): later rounds may not compress worse overall
     step, halvings = cfg.parity_strength, 0

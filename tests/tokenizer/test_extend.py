@@ -104,6 +104,21 @@ def test_what_cannot_be_extended_is_said_in_one_line(capsys, base: Path, tmp_pat
     assert "holds a tokenizer.json that is no byte-level BPE: extension appends to a" in capsys.readouterr().err
     assert main(["tokenizer", "extend", f"base={base}", *common, "premium_threshold=9"]) == 2
     assert "has a premium above premium_threshold=9.0 under" in capsys.readouterr().err
+    # A parallel set of two of the corpus's languages: the others were not said to be unmeasured, but under the bar.
+    two = tmp_path / "two"
+    two.mkdir()
+    for language in ("eng_Latn", "fra_Latn"):
+        (two / f"{language}.txt").symlink_to(PARALLEL / f"{language}.txt")
+    arguments = [
+        f"base={base}",
+        f"corpus={MULTILINGUAL}",
+        f"output_dir={tmp_path / 'out'}",
+        f"tokenizer.parity_set={two}",
+    ]
+    assert main(["tokenizer", "extend", *arguments]) == 2
+    err = capsys.readouterr().err
+    assert "(the highest: fra_Latn" in err and "amh_Ethi, arb_Arab, " in err, err
+    assert "have none (the parallel set has no sentences of them): nothing to add" in err
     assert not (tmp_path / "out").exists()
 
 
