@@ -157,7 +157,7 @@ def is_current(job: TokenizerTrainJob) -> bool:
 OUTPUT_FILES = frozenset({*TOKENIZER_FILES, METADATA_FILE, ADDED_PIECES_FILE})
 
 
-def check_output_dir(output_dir: str, overwrite: bool, inputs: dict[str, str]) -> Path:
+def check_output_dir(output_dir: str, overwrite: bool, inputs: dict[str, str | None]) -> Path:
     """Before anything is read: a directory of its own, outside every input (`inputs`: setting, path), holding nothing
     or an earlier tokenizer, which only overwrite=true replaces."""
     out = Path(output_dir)

@@ -2,8 +2,9 @@
 
 A stage holds, per rank:
 - per parameter (its blocks, plus the padded embedding on the first and last stage): the weights, the gradients
-  (summed in fp32, in bf16 at ZeRO stage 0; in bf16 DeepSpeed's optimizer also keeps bf16 ones) and AdamW's fp32
-  master copy and two moments, divided over data-parallel ranks under ZeRO-1, and in bf16 at stage 0 too;
+  (summed in fp32, but in a bf16 run at ZeRO stage 0 in bf16; in bf16 DeepSpeed's optimizer also keeps bf16 ones)
+  and AdamW's fp32 master copy and two moments, divided over data-parallel ranks under ZeRO-1, and in bf16 at stage
+  0 too;
 - per micro-batch in flight: what each block keeps for backward, in units of one s x b x h activation: the inputs of
   its LayerNorms and of the QKV and first MLP layers (whole on every TP rank), Q/K/V, the attention output and the
   MLP's 4h activations (split over TP ranks); attention scores [b, heads, s, s] where the kernel materialises them;
@@ -232,7 +233,7 @@ def _parameter_state(
 ) -> tuple[float, float, float]:
     """Weights, gradients and optimizer states (bytes) of `parameters` parameters."""
     bf16, zero = candidate.precision == Precision.bf16, candidate.effective_zero_stage
-    sums = 2 if bf16 and implementation.bf16_optimizer and not zero else 4
+    sums = 2 if _sums_in_bf16(candidate, implementation) else 4
     gradients = parameters * (sums + (2 if bf16 and implementation.low_precision_grads else 0))
     master = 4 if bf16 or zero else 0
     optimizer = parameters * (master + 8) / optimizer_shards(candidate, implementation)
@@ -246,9 +247,22 @@ def optimizer_shards(candidate: Candidate, implementation: Implementation) -> in
     return candidate.layout.dp if candidate.effective_zero_stage or bf16_optimizer else 1
 
 
+def _sums_in_bf16(candidate: Candidate, implementation: Implementation) -> bool:
+    """Whether a step's micro-batches' gradients are summed in bf16: DeepSpeed's bf16 optimizer at ZeRO stage 0."""
+    bf16 = candidate.precision == Precision.bf16
+    return bf16 and implementation.bf16_optimizer and not candidate.effective_zero_stage
+
+
 def _step_transient(candidate: Candidate, parameters: int, implementation: Implementation) -> float:
-    bucket = 4 * min(parameters, REDUCE_BUCKET) if implementation.flat_gradient_copy else 0
-    return bucket + implementation.step_temporary * parameters / optimizer_shards(candidate, implementation)
+    shards = optimizer_shards(candidate, implementation)
+    step = implementation.step_temporary * parameters / shards
+    if _sums_in_bf16(candidate, implementation):
+        # Reduced over DP in fp32 (launch/train/engine.py): a fp32 copy of every sum, of their flattened bf16 bucket
+        # where one holds them all (a group over REDUCE_BUCKET goes alone, flattened as a view), and the optimizer's
+        # fp32 copy of its partition.
+        flattened = 2 * parameters if parameters <= REDUCE_BUCKET else 0
+        return 4 * parameters + flattened + 4 * parameters / shards + step
+    return (4 * min(parameters, REDUCE_BUCKET) if implementation.flat_gradient_copy else 0) + step
 
 
 def stage_memory(

@@ -91,7 +91,7 @@ def candidates(
     model: ModelConfig, train: TrainConfig, gpus: int, gpus_per_node: int, micro_batches: list[int], zero_stage: int
 ) -> Iterator[Candidate]:
     """Every valid candidate on `gpus` GPUs; ZeRO 0 and 1 where DP > 1 in fp32, else `zero_stage` as given: in bf16
-    the stages take the same time, stage 0 a sixth less gradient memory for sums in bf16 (launch/plan/memory.py),
+    the stages take the same time, stage 0 a third less gradient memory for sums in bf16 (launch/plan/memory.py),
     which is the user's to choose, not the ranking's."""
     for tp in _divisors(math.gcd(gpus, gpus_per_node)):
         for pp in [pp for pp in _divisors(gpus // tp) if pp <= model.num_layers]:
