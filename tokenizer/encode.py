@@ -245,23 +245,27 @@ def _worker_pool(workers: int) -> Iterator[Executor | None]:
     if workers == 1:
         yield None
         return
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=worker_of, initargs=(os.getpid(),)) as pool:
-        _start_workers(pool, workers)
+    with _started_pool(workers) as pool:
         yield pool
 
 
-def _start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
-    """Starts every worker now (the pool starts one a task) with the signals it leaves to this process blocked, a mask
-    a child keeps across exec: a terminal's Ctrl-C while a worker still imports what it needs would print its traceback,
-    a time limit's USR2 would kill it (worker_of, once it runs, ignores both). Either reaches this process as soon as
-    they are started."""
+def _started_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool with every worker started now (the pool starts one a task), and multiprocessing's resource tracker
+    before them, each with the signals a worker leaves to this process blocked, a mask a child keeps across exec: a
+    terminal's Ctrl-C while a worker still imports what it needs would print its traceback, and a time limit's USR2,
+    which Slurm sends every process of the job step, would kill it (worker_of ignores both once it runs; the tracker
+    keeps them blocked). Either reaches this process as soon as they are started."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, LEFT_TO_PARENT)
     try:
+        spawn = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=worker_of, initargs=(os.getpid(),))
+        # Having started its resource tracker, multiprocessing unblocks SIGINT and SIGTERM in this thread (Python 3.11).
+        signal.pthread_sigmask(signal.SIG_BLOCK, LEFT_TO_PARENT)
         for _ in range(workers):
             pool.submit(os.getpid)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return pool
 
 
 def _scan(sources: list[Source], pool: Executor | None, in_flight: int, log: Log) -> list[SourceScan]:
