@@ -209,4 +209,4 @@ class TokenizerEncodeJob:
     output_dir: str = MISSING
     append_eos: bool = True
     workers: int = 0  # 0: every core
-    overwrite: bool = False  # token files of another tokenizer in output_dir are encoded anew
+    overwrite: bool = False  # token files of another tokenizer (or append_eos) in output_dir are encoded anew

@@ -432,18 +432,25 @@ def manifest_of(records: list[dict], settings: EncoderSettings, corpus_dir: str 
     }
 
 
-def _check_no_other_tokenizer(output: Path, fingerprint: str) -> None:
-    """Token files of another tokenizer are another dataset, one a training run may read (and resume on): encoding
-    anew over them is refused."""
-    others = set()
+def _check_same_encoding(output: Path, fingerprint: str, append_eos: bool) -> None:
+    """Token files of another tokenizer, or without the EOS these would have (or with the one they would not), are
+    another dataset, one a training run may read (and resume on): encoding anew over them is refused."""
+    others, eos = set(), set()
     for path in (output / RECORDS_DIR).glob("*.json"):
         with suppress(OSError, ValueError, TypeError, KeyError):
-            others.add(json.loads(path.read_text(encoding="utf-8"))["tokenizer"])
+            record = json.loads(path.read_text(encoding="utf-8"))
+            others.add(record["tokenizer"])
+            eos.add(record["append_eos"])
     others.discard(fingerprint)
     if others:
         raise ValueError(
             f"output_dir {output} holds token files of another tokenizer ({min(others)[:8]}), which a training run may "
             "read: choose another output_dir, or pass overwrite=true to encode them anew with this one"
+        )
+    if eos - {append_eos}:
+        raise ValueError(
+            f"output_dir {output} holds token files encoded with append_eos={str(not append_eos).lower()}, which a "
+            f"training run may read: choose another output_dir, or pass overwrite=true to encode them anew"
         )
 
 
@@ -511,14 +518,14 @@ def encode_corpus(
     overwrite: bool = False,
 ) -> dict:
     """Encodes every file of `corpus_dir` whose pairs are not current into `output_dir`, and writes the manifest,
-    which it returns. workers=0 uses every core; workers=1 runs in this process. Token files of another tokenizer
-    there are replaced only when `overwrite`."""
+    which it returns. workers=0 uses every core; workers=1 runs in this process. Token files of another tokenizer, or
+    another append_eos, there are replaced only when `overwrite`."""
     if workers < 0:
         raise ValueError(f"workers={workers} must be 0 (every core) or more")
     text_tokenizer = load_tokenizer(tokenizer)
     sources = discover_sources(corpus_dir)  # bad input fails here, before output_dir is touched
     if not overwrite:
-        _check_no_other_tokenizer(Path(output_dir), text_tokenizer.fingerprint)
+        _check_same_encoding(Path(output_dir), text_tokenizer.fingerprint, append_eos)
     _encode(sources, Path(output_dir), text_tokenizer, append_eos, workers, log, alone=True)
     with _alone(Path(output_dir)):
         return write_manifest(tokenizer, corpus_dir, output_dir, append_eos, log)

@@ -179,6 +179,10 @@ def test_without_eos_documents_are_the_bare_tokens(encoded, corpus, model: Path,
     assert manifest["totals"]["tokens"] == encoded[1]["totals"]["tokens"] - encoded[1]["totals"]["documents"]
     with_eos = documents(encoded[0], encoded[1], "kor_Hang")[3]
     assert np.array_equal(documents(tmp_path / "out", manifest, "kor_Hang")[3], with_eos[:-1])
+    # Another dataset, which a training may read: encoded anew over it (it was) only when asked.
+    with pytest.raises(ValueError, match="holds token files encoded with append_eos=false, which a training run may"):
+        encode_corpus(model, corpus[0], tmp_path / "out", workers=1, log=quiet)
+    assert encode_corpus(model, corpus[0], tmp_path / "out", workers=1, log=quiet, overwrite=True)["eos_id"] is not None
 
 
 def test_rerun_encodes_only_the_file_that_changed(corpus, model: Path, tmp_path: Path) -> None:
