@@ -180,14 +180,26 @@ def _corpus_files(corpus: Path) -> list[Path]:
     return sorted(files)
 
 
+def shard_name(label: str) -> str:
+    """A corpus file's name among the token files: its path inside the corpus (Source.label), `/` written `~`."""
+    return label.replace("/", "~")
+
+
 def _check_no_twins(sources: list[Source]) -> None:
-    """Two files of one name but for their compression (fra_Latn.txt and fra_Latn.txt.gz) are one text twice."""
+    """Two files of one name but for their compression (fra_Latn.txt and fra_Latn.txt.gz) are one text twice; two
+    whose paths differ only where one has `/` and the other `~` would write the same token files."""
     by_name: dict[Path, Source] = {}
+    by_shard: dict[str, Source] = {}
     for source in sources:
         bare = source.path.with_name(_strip_compression(source.path.name))
         if (twin := by_name.setdefault(bare, source)) is not source:
             raise CorpusError(
                 f"corpus files {twin.path} and {source.path} differ only in their compression: keep one of them"
+            )
+        if (twin := by_shard.setdefault(shard_name(source.label), source)) is not source:
+            raise CorpusError(
+                f"corpus files {twin.path} and {source.path} would be encoded into the same token files "
+                f"({shard_name(source.label)}): rename one of them"
             )
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tokenizer.children import LEFT_TO_PARENT, worker_of
-from tokenizer.corpus import CorpusError, Source, discover_sources, is_language_code, read_documents
+from tokenizer.corpus import CorpusError, Source, discover_sources, is_language_code, read_documents, shard_name
 from tokenizer.corpus_scan import corpus_fingerprint, source_facts
 from tokenizer.files import Log, exclusively, write_atomically
 from tokenizer.hygiene import HygieneStats
@@ -62,11 +62,6 @@ CHUNKS_IN_FLIGHT_PER_WORKER = 4
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-def shard_name(label: str) -> str:
-    """A corpus file's name among the token files: its path inside the corpus (Source.label), `/` written `~`."""
-    return label.replace("/", "~")
 
 
 def pair_prefix(output: Path, language: str, source: Source) -> Path:

@@ -122,6 +122,8 @@ def language_stream(tokens_dir: Path, language: str) -> tuple[bytes, list[int]]:
         ({"fra_Latn/x.parquet.gz": b"\x1f\x8b", "eng_Latn.txt": "text\n"}, "is a compressed parquet file"),
         # Read twice, the language's share doubled.
         ({"fra_Latn.txt": "a\n", "fra_Latn.txt.gz": gzip.compress(b"a\n")}, "differ only in their compression"),
+        # Each encoding wrote the other's token files, and found its own not current.
+        ({"hin_Deva/a/b.txt": "a\n", "hin_Deva/a~b.txt": "b\n"}, "into the same token files (hin_Deva~a~b.txt)"),
     ],
 )
 def test_bad_shards_are_refused_in_one_line(tmp_path: Path, layout: dict, expected: str) -> None:
