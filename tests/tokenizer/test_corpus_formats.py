@@ -181,3 +181,10 @@ def test_language_directories_linked_in_are_read_and_checksums_passed_over(tmp_p
         ("eng_Latn.txt", "eng_Latn"),
         ("hin_Deva/part-0.txt", "hin_Deva"),
     ]
+
+
+def test_a_flores_200_code_iso_639_3_has_since_retired_names_a_language(tmp_path: Path) -> None:
+    """South Levantine Arabic, ajp_Arab in FLORES-200: pycountry no longer knows ajp, and a whole FLORES-200 parallel
+    set was refused."""
+    (tmp_path / "ajp_Arab.txt").write_text("كيفك اليوم؟\n")
+    assert [source.language for source in discover_sources(tmp_path)] == ["ajp_Arab"]
