@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from launch import compat
-from launch.config.compose import ConfigError, compose_job, quoted, sweep_points
+from launch.config.compose import ConfigError, compose_job, quoted, shown_config, sweep_points
 from launch.train.stopping import ERROR_PREFIX
 from tokenizer.files import NO_SPACE, first_line, is_no_space, no_room, written_for
 
@@ -262,11 +262,10 @@ def _run(command: Command, args: argparse.Namespace) -> int:
                 return 0
             command.run_sweep([job for _, job in points], **flags)
             return 0
-        cfg, job = compose_job(command.config, overrides)
         if args.cfg:
-            print(OmegaConf.to_yaml(cfg), end="")
+            print(OmegaConf.to_yaml(shown_config(command.config, overrides)), end="")
             return 0
-        command.run(job, **flags)
+        command.run(compose_job(command.config, overrides)[1], **flags)
     except Exception as error:
         if isinstance(error, BrokenPipeError) and _reader_gone():  # `corolla plan --json | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere

@@ -30,6 +30,17 @@ def test_cfg_prints_the_resolved_config_with_the_sample_corpus(capsys) -> None:
     assert "vocab_size: 64000" in out and "sampling: temperature" in out and "alpha: 0.3" in out
 
 
+@pytest.mark.parametrize("command", ["tokenizer evaluate", "tokenizer encode", "tokenizer extend", "export hf"])
+def test_cfg_shows_the_settings_still_to_give_as_such(capsys, command: str) -> None:
+    """It refused with "missing value for ..." until they were all given; a bad setting is still refused."""
+    code, out, err = run(capsys, *command.split(), "--cfg")
+    assert code == 0 and "output_dir: ???" in out, err
+    code, _, err = run(capsys, *command.split(), "--cfg", "no_such_key=1")
+    assert code == 2 and "no_such_key" in err
+    code, _, err = run(capsys, *command.split(), "output_dir=o")
+    assert code == 2 and "missing value for " in err
+
+
 def test_a_group_option_and_a_value_override_compose(capsys) -> None:
     code, out, _ = run(capsys, "tokenizer", "train", "--cfg", "tokenizer=tiny", "tokenizer.alpha=0.5", "seed=9")
     assert code == 0

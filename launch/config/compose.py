@@ -76,6 +76,10 @@ class ConfigError(ValueError):
     """An invalid command line or config; the message is one line."""
 
 
+class MissingValues(ConfigError):
+    """A command line that leaves settings without a value, which the command needs (`--cfg` shows them as ???)."""
+
+
 def shared_data_dir() -> Path:
     """`../shared/data` beside the repository, unless COROLLA_SHARED_DATA points elsewhere."""
     return Path(os.environ.get("COROLLA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
@@ -394,6 +398,17 @@ def _check_switches(cfg: DictConfig, overrides: list[str]) -> None:
             raise ConfigError(f"{key}={value} is not a switch's value: write {key}=true or {key}=false")
 
 
+def shown_config(command: str, overrides: list[str]) -> DictConfig:
+    """What `--cfg` prints: the job's config, resolved and checked; one that leaves settings to give, with them as
+    ???, so that a command's settings can be seen before they are all given."""
+    try:
+        return compose_job(command, overrides)[0]
+    except MissingValues:
+        cfg = compose_config(command, [_home_written_out(override) for override in overrides])
+        OmegaConf.resolve(cfg)
+        return cfg
+
+
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
     """The resolved config (for printing and recording) and its typed, validated object."""
     overrides = [_home_written_out(override) for override in overrides]
@@ -401,9 +416,11 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
     _check_switches(cfg, overrides)
     try:
         OmegaConf.resolve(cfg)
-        missing = sorted({*OmegaConf.missing_keys(cfg), *_deleted_required(cfg)})
+        deleted = _deleted_required(cfg)
+        missing = sorted({*OmegaConf.missing_keys(cfg), *deleted})
         if missing:
-            raise ConfigError(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
+            refusal = ConfigError if deleted else MissingValues  # a deleted setting is not shown as one to give
+            raise refusal(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
         _check_no_empty_directory(cfg)
         _check_known_keys(cfg)
         job = OmegaConf.to_object(cfg)
