@@ -14,6 +14,7 @@ FLORES-200 style: ISO 639-3 + ISO 15924 (`fra_Latn`).
 
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import io
@@ -255,6 +256,8 @@ def _line_records(source: Source, stats: HygieneStats) -> Iterator[tuple[str, st
                 f"corpus file {source.path} is UTF-16 (it begins with UTF-16's byte-order mark): convert it, e.g. "
                 "iconv -f UTF-16 -t UTF-8"
             )
+        if line_number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)  # which JSON refuses, and is no text of a document
         try:
             record = _decode_record(source, raw, line_number)
         except UnicodeDecodeError:

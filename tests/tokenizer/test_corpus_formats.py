@@ -18,9 +18,10 @@ import zstandard
 
 from conftest import cut_corpus
 from tokenizer.config import TokenizerConfig, TokenizerTrainJob
-from tokenizer.corpus import CorpusError, discover_sources
+from tokenizer.corpus import CorpusError, discover_sources, read_documents
 from tokenizer.corpus_scan import measured_fingerprint, scan_corpus
 from tokenizer.encode import encode_corpus
+from tokenizer.hygiene import HygieneStats
 from tokenizer.token_files import MANIFEST_NAME, TokenFile
 from tokenizer.train import train_tokenizer
 
@@ -188,3 +189,12 @@ def test_a_flores_200_code_iso_639_3_has_since_retired_names_a_language(tmp_path
     set was refused."""
     (tmp_path / "ajp_Arab.txt").write_text("كيفك اليوم؟\n")
     assert [source.language for source in discover_sources(tmp_path)] == ["ajp_Arab"]
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_no_part_of_its_first_record(tmp_path: Path) -> None:
+    """JSON refused it: the file was said not to be JSON lines, though Windows tools write UTF-8 so."""
+    (tmp_path / "web.jsonl").write_bytes('\ufeff{"text": "bonjour", "lang": "fra_Latn"}\n'.encode())
+    (tmp_path / "eng_Latn.txt").write_bytes("\ufeffhello\n".encode())
+    [english, web] = discover_sources(tmp_path)
+    documents = [list(read_documents(source, HygieneStats())) for source in (english, web)]
+    assert documents == [[("eng_Latn", "hello")], [("fra_Latn", "bonjour")]]
