@@ -43,6 +43,11 @@ def load_parallel(parallel_dir: str | Path, reference: str = "eng_Latn", referen
             "where line i is the same sentence in every file"
         )
     paths = sorted(p for p in directory.glob("*.txt") if p.is_file())
+    if unread := sorted(p.name for p in directory.iterdir() if ".txt" in p.name.lower() and p not in paths):
+        raise ParallelError(
+            f"parallel directory {directory} holds {', '.join(unread[:3])}, which is read as plain <lang>.txt only: "
+            "decompress or rename it"
+        )
     if not paths:
         raise ParallelError(
             f"parallel directory {directory} has no <lang>.txt files: add one per language, "

@@ -192,6 +192,8 @@ ENG = "a cat\nthe dog\n"
         ({"eng_Latn.txt": ENG, "fra_Latn.txt": ""}, "fra_Latn.txt is empty"),
         ({"eng_Latn.txt": ENG, "fra_Latn.txt": "\n\n"}, "fra_Latn.txt is empty"),
         ({"eng_Latn.txt": ENG, "fra_Latn.txt": b"le ch\xe2t\n"}, "fra_Latn.txt is not UTF-8"),
+        # Passed over, its language left unmeasured without a word.
+        ({"eng_Latn.txt": ENG, "fra_Latn.txt.gz": b"\x1f\x8b"}, "holds fra_Latn.txt.gz, which is read as plain"),
     ],
 )
 def test_bad_parallel_dir(tmp_path: Path, files: dict[str, str | bytes], problem: str) -> None:
