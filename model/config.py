@@ -47,11 +47,16 @@ class ModelConfig:
     compile: bool | None = None
 
     def __post_init__(self) -> None:
-        if (
-            min(self.num_layers, self.hidden_size, self.num_heads, self.seq_length) < 1
-            or min(self.vocab_size, self.embedding_rows) < 0
-        ):
-            raise ValueError(f"model {self.name}: layers, hidden size, heads and sequence must be positive")
+        shape = {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "num_heads": self.num_heads}
+        shape |= {"seq_length": self.seq_length}
+        rows = {"vocab_size": self.vocab_size, "embedding_rows": self.embedding_rows}
+        wrong = [f"model.{key}={value}" for key, value in shape.items() if value < 1]
+        wrong += [f"model.{key}={value}" for key, value in rows.items() if value < 0]
+        if wrong:
+            raise ValueError(
+                f"model {self.name}: {', '.join(wrong)}: layers, hidden size, heads and sequence length are at least "
+                "1, the vocabulary and embedding rows 0 (the tokenizer's, padded) or more"
+            )
         if self.ffn_multiplier < 1 or not self.layernorm_epsilon > 0:
             raise ValueError(
                 f"model.ffn_multiplier={self.ffn_multiplier} must be at least 1 and model.layernorm_epsilon="

@@ -95,11 +95,12 @@ class ClusterConfig:
     fp32_peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.nodes < 1 or self.gpus_per_node < 0 or self.tasks_per_node < 0 or self.cpus_per_task < 1:
-            raise ValueError(
-                f"cluster {self.name}: nodes={self.nodes} and cpus_per_task={self.cpus_per_task} must be at least 1, "
-                f"gpus_per_node={self.gpus_per_node} and tasks_per_node={self.tasks_per_node} not negative"
-            )
+        counts = {"nodes": (self.nodes, 1), "cpus_per_task": (self.cpus_per_task, 1)}
+        counts |= {"gpus_per_node": (self.gpus_per_node, 0), "tasks_per_node": (self.tasks_per_node, 0)}
+        if wrong := [
+            f"cluster.{key}={value} (at least {least})" for key, (value, least) in counts.items() if value < least
+        ]:
+            raise ValueError(f"cluster {self.name}: {', '.join(wrong)}: give each at least that")
         if not 0 <= self.min_nodes <= self.nodes:
             raise ValueError(
                 f"cluster {self.name}: min_nodes={self.min_nodes} must lie between 0 (always `nodes`) and "

@@ -40,7 +40,11 @@ class ParallelLayout:
             dp = world_size // (tp * pp)
         layout = cls(tp, pp, dp)
         if world_size is not None and layout.world_size != world_size:
-            raise ValueError(f"tp={tp} x pp={pp} x dp={dp} = {layout.world_size} ranks, but {world_size} processes")
+            fits = f"parallel.dp={world_size // (tp * pp)} or " if world_size % (tp * pp) == 0 else ""
+            raise ValueError(
+                f"tp={tp} x pp={pp} x dp={dp} = {layout.world_size} ranks, but {world_size} processes: set {fits}"
+                "parallel.dp=0 (DP from the processes), or change the process count"
+            )
         return layout
 
     def problems(self, model: ModelConfig, train: TrainConfig) -> list[str]:

@@ -89,12 +89,27 @@ def test_plan_takes_a_smaller_model_and_cluster(capsys) -> None:
         (["cluster.filesystem_gbps=-57"], "filesystem_gbps=-57.0 must not be negative (0: unknown)"),
         (["cluster.kernel_efficiency=0"], "kernel_efficiency=0.0 must lie in (0, 2]: 1 for A100s, or what"),
         (["cluster.health_slowdown=0.5"], "health_slowdown=0.5 must be above 1 (a rank slower than that many times"),
+        # Each named alone: the line listed every count of the cluster, and the model's said nothing of a vocabulary.
+        (["cluster.nodes=0"], "cluster jean-zay-a100: cluster.nodes=0 (at least 1): give each at least that"),
+        (["model.vocab_size=-1"], "model bloom-176b: model.vocab_size=-1: layers, hidden size, heads and sequence"),
     ],
 )
 def test_plan_refuses_bad_cluster_descriptions(capsys, overrides: list[str], expected: str) -> None:
     code, out, err = run(capsys, "plan", "experiment=bloom-176b", *overrides)
     assert code == 2 and out == ""
     assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
+
+
+def test_plan_says_how_to_make_a_configured_layout_take_the_clusters_gpus(capsys) -> None:
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.dp=8", "cluster.nodes=24")
+    assert (
+        code == 0
+        and (
+            "configured layout: tp=4 x pp=12 x dp=8 = 384 ranks, but 192 processes: set parallel.dp=4 or parallel.dp=0 "
+            "(DP from the processes), or change the process count"
+        )
+        in out
+    )
 
 
 @pytest.mark.parametrize("axis", ["parallel.tp=0", "parallel.pp=0", "parallel.tp=-4", "parallel.dp=-1"])
