@@ -9,7 +9,7 @@ from dataclasses import replace
 from json import dumps
 
 from launch.config.cluster import ClusterConfig, Scheduler
-from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainJob
+from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainConfig, TrainJob
 from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER, parameter_count
 from launch.plan.hardware import GIB, Hardware
 from launch.plan.layout import ParallelLayout
@@ -17,6 +17,7 @@ from launch.plan.memory import Candidate, stage_parameters
 from launch.plan.ranking import (
     Plan,
     best_per_layout,
+    candidates,
     describe,
     evaluate,
     nearest_fitting,
@@ -88,6 +89,38 @@ def _configured(job: PlanJob, model: ModelConfig, hardware: Hardware, gpus: int,
     )
 
 
+def _left_out_by_batches(
+    model: ModelConfig, train: TrainConfig, gpus: int, hardware: Hardware, micro_batches: list[int], planned: list[Plan]
+) -> list[str]:
+    """The layouts the ramp-up's batches, or validation's, leave out (not multiples of any of their micro-batches x DP),
+    each said with the setting that would take them in: the fastest layout may be among them."""
+    kept = {plan.candidate.layout for plan in planned}
+    constraints = []
+    if train.rampup.start:
+        constraints.append(
+            (
+                "the ramp-up's batches are not all multiples",
+                "train.rampup.start=0",
+                replace(train, rampup=replace(train.rampup, start=0)),
+            )
+        )
+    if train.eval_interval:
+        constraints.append(
+            (
+                f"train.eval_samples={train.eval_samples} is no multiple",
+                "another train.eval_samples",
+                replace(train, eval_interval=0),
+            )
+        )
+    lines = []
+    for what, setting, freed in constraints:
+        found = candidates(model, freed, gpus, hardware.gpus_per_node, micro_batches, zero_stage=1)
+        if left := sorted({candidate.layout for candidate in found} - kept, key=lambda layout: (layout.tp, layout.pp)):
+            names = ", ".join(f"TP{layout.tp} x PP{layout.pp} x DP{layout.dp}" for layout in left)
+            lines.append(f"left out, as {what} of their micro-batch x DP: {names} ({setting} plans them)")
+    return lines
+
+
 def show_plan(job: PlanJob, json: bool = False) -> None:
     hardware = Hardware.of(job.cluster)
     check_tensor_parallel(job.parallel.tp, hardware)
@@ -119,6 +152,8 @@ def show_plan(job: PlanJob, json: bool = False) -> None:
     print(HEADER)
     for rank, plan in enumerate(layouts[: job.plan.top], 1):
         print(_row(rank, plan))
+    for line in _left_out_by_batches(model, train, gpus, hardware, micro_batches, layouts):
+        print(line)
     if best := recommended(plans):
         print(f"recommended: {best.overrides()}  ({_summary(best, hardware)})")
     elif plans[0].fits:

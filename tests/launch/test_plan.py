@@ -100,6 +100,24 @@ def test_plan_refuses_bad_cluster_descriptions(capsys, overrides: list[str], exp
     assert err.startswith("corolla: error: ") and expected in err and "\n" not in err
 
 
+def test_plan_names_the_layouts_the_ramp_up_or_validation_leave_out(capsys) -> None:
+    """BLOOM-1b7 on 128 GPUs: DP128 is its fastest layout, and validation's 64 samples left it out without a word."""
+    small = ["model=bloom-1b7", "train.global_batch=512", "train.rampup.start=0", "cluster.nodes=16"]
+    code, out, _ = run(capsys, "plan", *small)
+    assert (
+        code == 0
+        and (
+            "left out, as train.eval_samples=64 is no multiple of their micro-batch x DP: TP1 x PP1 x DP128 (another "
+            "train.eval_samples plans them)"
+        )
+        in out
+    )
+    code, out, _ = run(capsys, "plan", *small, "train.eval_samples=128")
+    assert code == 0 and "left out" not in out and "recommended: parallel.tp=1 parallel.pp=1 parallel.dp=128" in out
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b")
+    assert "left out, as the ramp-up's batches are not all multiples of their micro-batch x DP: TP1 x PP6 x DP64" in out
+
+
 def test_plan_says_how_to_make_a_configured_layout_take_the_clusters_gpus(capsys) -> None:
     code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.dp=8", "cluster.nodes=24")
     assert (
