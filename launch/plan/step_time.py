@@ -6,10 +6,11 @@ measured kernel_efficiency (launch/plan/hardware.py), the attention's share weig
 (launch/plan/memory.py's Implementation: SDPA's kernel is slower than flex attention's); the tensor-parallel
 all-reduces of an s x b x h activation (2 in forward and 2 in backward per block, 2 more when it is recomputed; one
 for the embedding, one for the output projection), and the sends to and from its neighbours (DeepSpeed splits them
-over the TP ranks). Under 1F1B the slowest stage sets the pace: (micro-batches - 1) x its time plus every stage's
-time once (the pipeline filling and draining: the bubble). Then the data-parallel reduction of the gradients (fp32),
-the all-gather of the updated weights (bf16) where the optimizer is split over DP (ZeRO-1; in bf16, stage 0 too), the
-tied embedding's reduction between the first and last stage, and the AdamW update, bound by memory bandwidth.
+over the TP ranks; over the network where a neighbour is on another node). Under 1F1B the slowest stage sets the
+pace: (micro-batches - 1) x its time plus every stage's time once (the pipeline filling and draining: the bubble).
+Then the data-parallel reduction of the gradients (fp32), the all-gather of the updated weights (bf16) where the
+optimizer is split over DP (ZeRO-1; in bf16, stage 0 too), the tied embedding's reduction between the first and last
+stage, and the AdamW update, bound by memory bandwidth.
 
 Collectives are rings: an all-reduce moves 2 (n-1)/n of the tensor through each rank's link, an all-gather (n-1)/n.
 Within a node the link is NVLink; across nodes, the node's network bandwidth is shared by its GPUs talking at once,
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from launch.config.schemas import Precision
 from launch.plan.arithmetic import attention_flops, block_flops, logits_flops
 from launch.plan.hardware import Hardware
+from launch.plan.layout import ParallelLayout
 from launch.plan.memory import COROLLA_GPU, Candidate, Implementation, optimizer_shards, stage_parameters
 from launch.plan.stages import Stage, pipeline_stages
 from model.config import ModelConfig
@@ -100,11 +102,18 @@ def _stage_time(
     all_reduces = stage.blocks * (6 if candidate.activation_checkpointing else 4) + stage.embedding + stage.logits
     intra = _bandwidth(hardware, layout.tp, hardware.gpus_per_node)
     tensor_parallel = all_reduces * all_reduce_s(activation, layout.tp, intra)
-    neighbours = (stage.index > 0) + (stage.index < layout.pp - 1)
-    apart = layout.tp * layout.dp  # ranks between a rank and its peer on the next stage
-    link = _bandwidth(hardware, 2, 2 if apart < hardware.gpus_per_node else 1)
-    send = activation / layout.tp / link + LATENCY_S + all_gather_s(activation, layout.tp, intra)
-    return _StageTime(compute, tensor_parallel, 2 * neighbours * send)
+    sends = 0.0
+    for boundary in (index for index in (stage.index - 1, stage.index) if 0 <= index < layout.pp - 1):
+        link = _bandwidth(hardware, 2, 2 if _within_a_node(layout, hardware.gpus_per_node, boundary) else 1)
+        sends += activation / layout.tp / link + LATENCY_S + all_gather_s(activation, layout.tp, intra)
+    return _StageTime(compute, tensor_parallel, 2 * sends)
+
+
+def _within_a_node(layout: ParallelLayout, gpus_per_node: int, boundary: int) -> bool:
+    """Whether pipeline stage `boundary` and the next lie on one node (a stage's TP x DP ranks are consecutive): where
+    a node holds several stages, the sends between its last and the next node's first still cross the network."""
+    width = layout.tp * layout.dp
+    return boundary * width // gpus_per_node == ((boundary + 2) * width - 1) // gpus_per_node
 
 
 def _data_parallel_s(

@@ -93,6 +93,17 @@ def test_an_fp32_run_is_timed_at_the_gpus_fp32_peak() -> None:
     assert evaluate(SMALL, candidate(precision=Precision.bf16), unknown).time == bf16.time
 
 
+def test_pipeline_sends_between_nodes_cross_the_network_though_a_node_holds_several_stages() -> None:
+    """TP1 x PP4 x DP4 on nodes of 8 GPUs: stages 0-1 on one node, 2-3 on the next. The sends between stages 1 and 2
+    were costed at NVLink's speed, as on one node of 16 GPUs, because a stage's ranks are fewer than a node's GPUs."""
+    model = replace(SMALL, hidden_size=2048, num_heads=16, seq_length=2048)  # sends of 8 MiB: not their latency
+    layout = candidate(pp=4, dp=4, micro_batch=1, global_batch=16)
+    one_node = estimate_step_time(model, layout, replace(NODE, gpus_per_node=16))
+    two_nodes = estimate_step_time(model, layout, NODE)
+    assert two_nodes.pipeline_sends > 2 * one_node.pipeline_sends
+    assert two_nodes.compute == one_node.compute
+
+
 def test_the_bubble_is_the_pipeline_filling_and_draining() -> None:
     # 6 blocks + 2 embeddings over 4 stages: 2 items each; each stage's time once, less the slowest's.
     model = replace(SMALL, num_layers=6)
