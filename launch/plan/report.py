@@ -58,6 +58,9 @@ def memory_parts(plan: Plan) -> str:
     )
 
 
+UNTRAINABLE = "(*)"  # beside a layout of the table that `corolla train` refuses
+
+
 def _row(rank: int, plan: Plan) -> str:
     c, t = plan.candidate, plan.time
     communication = t.tensor_parallel + t.pipeline_sends + t.data_parallel
@@ -65,7 +68,7 @@ def _row(rank: int, plan: Plan) -> str:
         f"{rank:>5} {c.layout.tp:>3} {c.layout.pp:>3} {c.layout.dp:>3} {c.micro_batch:>6} "
         f"{'yes' if c.activation_checkpointing else 'no':>10} {c.effective_zero_stage:>5} {plan.memory_gib:>8.1f} "
         f"{'yes' if plan.fits else 'no':>5} {t.total:>7.1f} {plan.tflops_per_gpu:>8.1f} {t.compute:>8.1f} "
-        f"{t.bubble:>7.1f} {communication:>5.1f}"
+        f"{t.bubble:>7.1f} {communication:>5.1f}{'' if plan.trainable else f'  {UNTRAINABLE}'}"
     )
 
 
@@ -152,6 +155,8 @@ def show_plan(job: PlanJob, json: bool = False) -> None:
     print(HEADER)
     for rank, plan in enumerate(layouts[: job.plan.top], 1):
         print(_row(rank, plan))
+    if not all(plan.trainable for plan in layouts[: job.plan.top]):
+        print(f"{UNTRAINABLE} its last stage would hold the output embedding alone, which corolla train refuses")
     for line in _left_out_by_batches(model, train, gpus, hardware, micro_batches, layouts):
         print(line)
     if best := recommended(plans):

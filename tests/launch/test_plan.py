@@ -29,6 +29,9 @@ def test_plan_ranks_bloom_176b_layouts_with_bloom_s_own_first(capsys) -> None:
     assert ["4", "12", "8"] in [row[1:4] for row in rows[:5]]
     steps = [float(row[9]) for row in rows]
     assert steps == sorted(steps)
+    # PP=48 leaves the output embedding a stage of its own: marked as the layouts corolla train refuses.
+    assert [row[1:4] for row in rows if row[-1] == "(*)"] == [["4", "48", "2"], ["8", "48", "1"]]
+    assert "(*) its last stage would hold the output embedding alone, which corolla train refuses" in out
     assert "recommended: parallel.tp=" in out
     configured = next(line for line in out.splitlines() if line.startswith("configured:"))
     assert "TP4 x PP12 x DP8, micro-batch 2, activation checkpointing, ZeRO-1" in configured
