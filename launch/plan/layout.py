@@ -14,6 +14,14 @@ from launch.plan.stages import stage_problems
 from model.config import ModelConfig
 
 
+def too_many_stages(pp: int, model: ModelConfig) -> str | None:
+    return (
+        f"parallel.pp={pp} stages for {model.num_layers} layers: use at most one per layer"
+        if pp > model.num_layers
+        else None
+    )
+
+
 @dataclass(frozen=True)
 class ParallelLayout:
     tp: int = 1
@@ -63,8 +71,8 @@ class ParallelLayout:
             problems.append(f"the MLP width {model.ffn_hidden_size} is not divisible by parallel.tp={self.tp}")
         if model.embedding_rows % self.tp:
             problems.append(f"the embedding's {model.embedding_rows} rows are not divisible by parallel.tp={self.tp}")
-        if self.pp > model.num_layers:
-            problems.append(f"parallel.pp={self.pp} stages for {model.num_layers} layers: use at most one per layer")
+        if problem := too_many_stages(self.pp, model):
+            problems.append(problem)
         per_step = train.micro_batch * self.dp
         if train.global_batch % per_step:
             problems.append(

@@ -12,7 +12,7 @@ from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainConfig, TrainJob
 from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER, parameter_count
 from launch.plan.hardware import GIB, Hardware
-from launch.plan.layout import ParallelLayout
+from launch.plan.layout import ParallelLayout, too_many_stages
 from launch.plan.memory import Candidate, stage_parameters
 from launch.plan.ranking import (
     Plan,
@@ -75,6 +75,8 @@ def _row(rank: int, plan: Plan) -> str:
 def _configured(job: PlanJob, model: ModelConfig, hardware: Hardware, gpus: int, plans: list[Plan]) -> str:
     """Where the configured layout (parallel.*, train.*) stands, or why it cannot run."""
     parallel, train = job.parallel, job.train
+    if problem := too_many_stages(parallel.pp, model):  # before the GPUs: no count of them makes it a layout
+        return f"configured layout: {problem}"
     try:
         layout = ParallelLayout.for_world(parallel.tp, parallel.pp, parallel.dp, gpus)
     except ValueError as error:

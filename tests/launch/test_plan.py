@@ -131,6 +131,9 @@ def test_plan_says_how_to_make_a_configured_layout_take_the_clusters_gpus(capsys
         )
         in out
     )
+    # More stages than layers, which no count of GPUs mends: it said 384 processes do not split into tp=4 x pp=80.
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.pp=80")
+    assert code == 0 and "configured layout: parallel.pp=80 stages for 70 layers: use at most one per layer" in out
 
 
 @pytest.mark.parametrize("axis", ["parallel.tp=0", "parallel.pp=0", "parallel.tp=-4", "parallel.dp=-1"])
