@@ -19,7 +19,7 @@ from launch.config.schemas import (
 )
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
-from launch.jobs.monitor import compared_step, run_row, runs_lines, status_lines
+from launch.jobs.monitor import compare_rows, run_row, runs_lines, status_lines
 from launch.rundir.checkpoints import (
     CheckpointError,
     CheckpointRemoved,
@@ -96,12 +96,12 @@ def is_chain(run_dir: str) -> bool:
     return (Path(run_dir) / CHAIN_FILE).is_file()
 
 
-def _row(run_dir: Path, slurm: SlurmBackend, compared_at: int | None) -> list[str]:
+def _row(run_dir: Path, slurm: SlurmBackend) -> list[str]:
     """The run's row in the status of a directory of runs; a run damaged in any way says so there, and the rows of
     the others are still shown."""
     try:
         run = RunDirectory.open(str(run_dir))
-        return run_row(run, backend_of(run, slurm), compared_at)
+        return run_row(run, backend_of(run, slurm))
     except (ValueError, OSError) as error:
         return [run_dir.name, f"cannot be read: {first_line(error)}"]
     except (KeyError, TypeError, AttributeError, ArithmeticError) as error:  # a record of another shape
@@ -120,8 +120,8 @@ def show_status(job: StatusJob) -> None:
         run_dir = run_dir / TRAIN_DIR
     elif runs := runs_in(run_dir):  # a sweep's points
         slurm = SlurmBackend()  # one for every run: once its controller does not answer, it is not asked again
-        compared_at = compared_step(runs)
-        print("\n".join(runs_lines(run_dir, [_row(run, slurm, compared_at) for run in runs], compared_at)))
+        rows = [_row(run, slurm) for run in runs]
+        print("\n".join(runs_lines(run_dir, rows, compare_rows(runs, rows))))
         return
     run = RunDirectory.open(str(run_dir))
     print("\n".join([*lines, *status_lines(run, backend_of(run))]))

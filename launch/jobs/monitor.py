@@ -319,14 +319,21 @@ RUNS_HEADER = ["run", "state", "last event", "step", "loss", "validation", "trai
 COMPARED_COLUMN = 5  # where the loss of every run at one step goes, after each one's last
 
 
-def compared_step(runs: list[Path]) -> int | None:
-    """The last step that every run of a directory which logged any has logged, where two or more have: their losses
-    compare there, where the last losses of runs at different steps do not."""
-    last = [records[-1]["step"] for run in runs if (records := last_records(run / METRICS_FILE, 1))]
-    return min(last) if len(last) > 1 else None
+def compare_rows(runs: list[Path], rows: list[list[str]]) -> int | None:
+    """The last step that every run which logged any has logged, where two or more have, their rows given each one's
+    loss there: their losses compare there, where their last losses at different steps do not. A run that cannot be
+    read (its row cut short) is not counted."""
+    logged = [(run, row) for run, row in zip(runs, rows, strict=True) if len(row) == len(RUNS_HEADER)]
+    last = [records[-1]["step"] for run, _ in logged if (records := last_records(run / METRICS_FILE, 1))]
+    if len(last) < 2:
+        return None
+    for run, row in logged:
+        compared = record_of_step(run / METRICS_FILE, min(last))
+        row.insert(COMPARED_COLUMN, f"{compared['loss']:.4f}" if compared and "loss" in compared else "-")
+    return min(last)
 
 
-def run_row(run: RunDirectory, backend: Backend, compared_at: int | None) -> list[str]:
+def run_row(run: RunDirectory, backend: Backend) -> list[str]:
     """A run's line in the status of a directory of runs: a sweep's point beside the others."""
     events = RunHistory(run.path).events()
     last = events[-1] if events else {"event": "not launched"}
@@ -342,17 +349,13 @@ def run_row(run: RunDirectory, backend: Backend, compared_at: int | None) -> lis
         return [*shown, str(error)]
     if current is None:
         return [*shown, f"0/{total}"]
-    row = [
+    return [
         *shown,
         f"{current.step}/{current.total}",
         f"{current.loss:.4f}",
         f"{validation.loss:.4f} at {validation.step}" if validation else "-",
         current.time_left(),
     ]
-    if compared_at is not None:
-        compared = record_of_step(run.path / METRICS_FILE, compared_at)
-        row.insert(COMPARED_COLUMN, f"{compared['loss']:.4f}" if compared and "loss" in compared else "-")
-    return row
 
 
 def runs_lines(directory: Path, rows: list[list[str]], compared_at: int | None) -> list[str]:
