@@ -269,7 +269,7 @@ PATH_KEYS = frozenset({"corpus", "parallel", "parallel_set", "parity_set", "base
 def _check_no_empty_directory(cfg: DictConfig, prefix: str = "") -> None:
     """A path given as "" would be the working directory: `run_dir=` would write a run among whatever is there, and
     `corpus=` would encode whatever text is there."""
-    for key, value in cfg.items():
+    for key, value in _given(cfg):
         if isinstance(value, DictConfig):
             _check_no_empty_directory(value, f"{prefix}{key}.")
         elif (str(key).endswith("_dir") or key in PATH_KEYS) and value == "":
@@ -281,13 +281,19 @@ def _check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
     one (`+data.weight.fra_Latn=2`) without a word. Mappings (`data.weights`) take any key."""
     schema = OmegaConf.get_type(cfg)
     fields = [field.name for field in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
-    for key, value in cfg.items():
+    for key in cfg:
         if fields is not None and key not in fields:
             near = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}: `--cfg` prints every valid key")
+    for key, value in _given(cfg):
         if isinstance(value, DictConfig):
             _check_known_keys(value, f"{prefix}{key}.")
+
+
+def _given(cfg: DictConfig) -> Iterator[tuple[object, object]]:
+    """The node's keys and values, those still to give (???) left out."""
+    return ((key, cfg[key]) for key in cfg if not OmegaConf.is_missing(cfg, key))
 
 
 def _deleted_required(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -370,9 +376,10 @@ def _check_slurm_settings_not_set(command: str, overrides: list[str]) -> None:
             )
 
 
-def _check_sampling_knobs(cfg: DictConfig, overrides: list[str], read_anyway: frozenset[str] = frozenset()) -> None:
+def _check_sampling_knobs(cfg: DictConfig, overrides: list[str]) -> None:
     """A tokenizer knob given where the sampling method does not read it (`tokenizer.alpha` with sampling=unimax)
-    would be dropped without a word; `read_anyway`: the command's knobs that it reads whatever the sampling."""
+    would be dropped without a word; `tokenizer extend` reads some whatever the sampling."""
+    read_anyway = EXTEND_READS if OmegaConf.get_type(cfg) is TokenizerExtendJob else frozenset()
     for override in overrides:
         key = _key_of(override)
         node, _, knob = key.rpartition(".")
@@ -403,9 +410,11 @@ def shown_config(command: str, overrides: list[str]) -> DictConfig:
     ???, so that a command's settings can be seen before they are all given."""
     try:
         return compose_job(command, overrides)[0]
-    except MissingValues:
-        cfg = compose_config(command, [_home_written_out(override) for override in overrides])
+    except MissingValues:  # raised once the checks that need no value were passed, but for this one
+        overrides = [_home_written_out(override) for override in overrides]
+        cfg = compose_config(command, overrides)
         OmegaConf.resolve(cfg)
+        _check_sampling_knobs(cfg, overrides)
         return cfg
 
 
@@ -416,13 +425,13 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
     _check_switches(cfg, overrides)
     try:
         OmegaConf.resolve(cfg)
+        _check_no_empty_directory(cfg)
+        _check_known_keys(cfg)
         deleted = _deleted_required(cfg)
         missing = sorted({*OmegaConf.missing_keys(cfg), *deleted})
         if missing:
             refusal = ConfigError if deleted else MissingValues  # a deleted setting is not shown as one to give
             raise refusal(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
-        _check_no_empty_directory(cfg)
-        _check_known_keys(cfg)
         job = OmegaConf.to_object(cfg)
         if getattr(job, "init_from", None):
             _check_shape_not_set(overrides)
@@ -432,7 +441,7 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
             _check_tokenizer_not_set(job, overrides)
         if isinstance(job, TrainJob) and command != "submit" and job.cluster.scheduler == Scheduler.local:
             _check_slurm_settings_not_set(command, overrides)
-        _check_sampling_knobs(cfg, overrides, EXTEND_READS if isinstance(job, TokenizerExtendJob) else frozenset())
+        _check_sampling_knobs(cfg, overrides)
         return cfg, job
     except (OmegaConfBaseException, ValueError) as error:
         if isinstance(error, ConfigError):
