@@ -48,10 +48,13 @@ class ParallelLayout:
             dp = world_size // (tp * pp)
         layout = cls(tp, pp, dp)
         if world_size is not None and layout.world_size != world_size:
-            fits = f"parallel.dp={world_size // (tp * pp)} or " if world_size % (tp * pp) == 0 else ""
+            fix = (
+                f"set parallel.dp={world_size // (tp * pp)} or parallel.dp=0 (DP from the processes)"
+                if world_size % (tp * pp) == 0
+                else "change parallel.tp or parallel.pp to split them, or the process count"
+            )
             raise ValueError(
-                f"tp={tp} x pp={pp} x dp={dp} = {layout.world_size} ranks, but {world_size} processes: set {fits}"
-                "parallel.dp=0 (DP from the processes), or change the process count"
+                f"tp={tp} x pp={pp} x dp={dp} = {layout.world_size} ranks, but {world_size} processes: {fix}"
             )
         return layout
 

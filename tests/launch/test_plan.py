@@ -127,7 +127,17 @@ def test_plan_says_how_to_make_a_configured_layout_take_the_clusters_gpus(capsys
         code == 0
         and (
             "configured layout: tp=4 x pp=12 x dp=8 = 384 ranks, but 192 processes: set parallel.dp=4 or parallel.dp=0 "
-            "(DP from the processes), or change the process count"
+            "(DP from the processes)"
+        )
+        in out
+    )
+    # 384 GPUs split into no tp=4 x pp=10 x DP: parallel.dp=0 is no way out.
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.pp=10", "parallel.dp=8")
+    assert (
+        code == 0
+        and (
+            "tp=4 x pp=10 x dp=8 = 320 ranks, but 384 processes: change parallel.tp or parallel.pp to split "
+            "them, or the process count"
         )
         in out
     )
