@@ -97,32 +97,28 @@ def _configured(job: PlanJob, model: ModelConfig, hardware: Hardware, gpus: int,
 def _left_out_by_batches(
     model: ModelConfig, train: TrainConfig, gpus: int, hardware: Hardware, micro_batches: list[int], planned: list[Plan]
 ) -> list[str]:
-    """The layouts the ramp-up's batches, or validation's, leave out (not multiples of any of their micro-batches x DP),
-    each said with the setting that would take them in: the fastest layout may be among them."""
-    kept = {plan.candidate.layout for plan in planned}
-    constraints = []
-    if train.rampup.start:
-        constraints.append(
-            (
-                "the ramp-up's batches are not all multiples",
-                "train.rampup.start=0",
-                replace(train, rampup=replace(train.rampup, start=0)),
-            )
-        )
-    if train.eval_interval:
-        constraints.append(
-            (
-                f"train.eval_samples={train.eval_samples} is no multiple",
-                "another train.eval_samples",
-                replace(train, eval_interval=0),
-            )
-        )
+    """The layouts the ramp-up's batches or validation's, or both, leave out (not multiples of any of their
+    micro-batches x DP), said with the settings that would take them in: the fastest layout may be among them."""
+    rampup = replace(train, rampup=replace(train.rampup, start=0)) if train.rampup.start else None
+    validation = replace(train, eval_interval=0) if train.eval_interval else None
+    both = replace(rampup, eval_interval=0) if rampup and validation else None
+    ramp_up_said = "the ramp-up's batches are not all multiples"
+    eval_said = f"train.eval_samples={train.eval_samples} is no multiple"
+    constraints = [
+        (rampup, ramp_up_said, "train.rampup.start=0 plans them"),
+        (validation, eval_said, "another train.eval_samples plans them"),
+        (both, f"{ramp_up_said}, and {eval_said}", "train.rampup.start=0 and another train.eval_samples plan them"),
+    ]
+    said = {plan.candidate.layout for plan in planned}
     lines = []
-    for what, setting, freed in constraints:
+    for freed, what, fix in constraints:
+        if freed is None:
+            continue
         found = candidates(model, freed, gpus, hardware.gpus_per_node, micro_batches, zero_stage=1)
-        if left := sorted({candidate.layout for candidate in found} - kept, key=lambda layout: (layout.tp, layout.pp)):
+        if left := sorted({candidate.layout for candidate in found} - said, key=lambda layout: (layout.tp, layout.pp)):
             names = ", ".join(f"TP{layout.tp} x PP{layout.pp} x DP{layout.dp}" for layout in left)
-            lines.append(f"left out, as {what} of their micro-batch x DP: {names} ({setting} plans them)")
+            lines.append(f"left out, as {what} of their micro-batch x DP: {names} ({fix})")
+            said |= set(left)
     return lines
 
 

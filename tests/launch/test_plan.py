@@ -119,6 +119,16 @@ def test_plan_names_the_layouts_the_ramp_up_or_validation_leave_out(capsys) -> N
     assert code == 0 and "left out" not in out and "recommended: parallel.tp=1 parallel.pp=1 parallel.dp=128" in out
     code, out, _ = run(capsys, "plan", "experiment=bloom-176b")
     assert "left out, as the ramp-up's batches are not all multiples of their micro-batch x DP: TP1 x PP6 x DP64" in out
+    # With BLOOM's ramp-up too (model=bloom-1b7 keeps it), DP128 needs both settings: it was in neither line.
+    code, out, _ = run(capsys, "plan", *small[:2], *small[3:])
+    assert (
+        code == 0
+        and (
+            "left out, as the ramp-up's batches are not all multiples, and train.eval_samples=64 is no multiple of their "
+            "micro-batch x DP: TP1 x PP1 x DP128 (train.rampup.start=0 and another train.eval_samples plan them)"
+        )
+        in out
+    )
 
 
 def test_plan_says_how_to_make_a_configured_layout_take_the_clusters_gpus(capsys) -> None:
