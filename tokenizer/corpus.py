@@ -112,21 +112,24 @@ def _language_directory(relative: Path) -> str | None:
     return next((part for part in reversed(relative.parts[:-1]) if LANGUAGE_CODE.match(part)), None)
 
 
-def _unread_format(path: Path) -> str | None:
-    """Why a file named as a corpus format is not read as one (compressed as corolla does not read it, the format's
-    suffix in capitals), and what to do; None for one that is read, or is no corpus file at all."""
-    name = path.name
-    bare = next((name.removesuffix(suffix) for suffix in OTHER_COMPRESSIONS if name.endswith(suffix)), name)
-    fmt = Path(_strip_compression(bare)).suffix
-    if fmt.lower() not in (TEXT, JSONL, PARQUET):
-        return None
-    if fmt.lower() == PARQUET and _strip_compression(bare) != name:
-        return "is a compressed parquet file, which corolla reads as it is (parquet compresses itself): decompress it"
-    if bare != name:
-        compression = name.removeprefix(bare)
-        return f"is compressed with {compression}, which corolla does not read: recompress it with gzip or zstd"
+def unread_format(path: Path, compressions: tuple[str, ...] = COMPRESSIONS) -> str | None:
+    """Why a file named as a corpus format is not read as one (compressed otherwise than `compressions`, named in
+    capitals), and what to do; None for one that is read, or is no corpus file at all (a checksum list)."""
+    name, lower = path.name, path.name.lower()
+    other = next((suffix for suffix in OTHER_COMPRESSIONS + COMPRESSIONS if lower.endswith(suffix.lower())), "")
+    bare = lower.removesuffix(other.lower())
+    fmt = Path(bare).suffix
     if fmt not in (TEXT, JSONL, PARQUET):
-        return f"ends in {fmt}, which corolla reads in lower case only: rename it to end in {fmt.lower()}"
+        return None
+    if fmt == PARQUET and other:
+        return "is a compressed parquet file, which corolla reads as it is (parquet compresses itself): decompress it"
+    if other and other not in compressions:
+        known = " or ".join(compressions)
+        return f"is compressed with {other}, which corolla does not read here: " + (
+            f"recompress it ({known})" if compressions else "decompress it"
+        )
+    if not name.endswith(fmt + other):
+        return f"is named in capitals, which corolla does not read: rename it to end in {fmt + other}"
     return None
 
 
@@ -134,7 +137,7 @@ def _source(corpus: Path, path: Path) -> Source | None:
     """The source a corpus file is, None for a file that is not text (a README, a checksum list)."""
     relative = path.relative_to(corpus)
     name, where = relative.as_posix(), str(path)
-    if problem := _unread_format(path):
+    if problem := unread_format(path):
         raise CorpusError(f"corpus file {path} {problem}")
     fmt = Path(_strip_compression(path.name)).suffix
     if fmt not in (TEXT, JSONL, PARQUET):
@@ -183,7 +186,12 @@ def _corpus_files(corpus: Path) -> list[Path]:
             continue
         seen.add(real)
         subdirectories.sort()  # the same path for a directory two links lead to, run after run
-        files += [path for name in names if (path := Path(directory, name)).is_file()]
+        for path in (Path(directory, name) for name in names):
+            if path.is_symlink() and not path.exists():  # the shards it linked to purged, as scratch storage is
+                raise CorpusError(
+                    f"corpus entry {path} links to {os.readlink(path)}, which is gone: restore it or remove the link"
+                )
+            files += [path] if path.is_file() else []
     return sorted(files)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from tokenizer.corpus import check_language_code
+from tokenizer.corpus import check_language_code, unread_format
 from tokenizer.files import not_a_directory, write_atomically
 from tokenizer.loading import TextTokenizer, load_tokenizer
 
@@ -43,11 +43,9 @@ def load_parallel(parallel_dir: str | Path, reference: str = "eng_Latn", referen
             "where line i is the same sentence in every file"
         )
     paths = sorted(p for p in directory.glob("*.txt") if p.is_file())
-    if unread := sorted(p.name for p in directory.iterdir() if ".txt" in p.name.lower() and p not in paths):
-        raise ParallelError(
-            f"parallel directory {directory} holds {', '.join(unread[:3])}, which is read as plain <lang>.txt only: "
-            "decompress or rename it"
-        )
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and (problem := unread_format(path, compressions=())):  # a parallel set is plain text
+            raise ParallelError(f"parallel file {path} {problem}")
     if not paths:
         raise ParallelError(
             f"parallel directory {directory} has no <lang>.txt files: add one per language, "

@@ -124,8 +124,8 @@ def test_plan_names_the_layouts_the_ramp_up_or_validation_leave_out(capsys) -> N
     assert (
         code == 0
         and (
-            "left out, as the ramp-up's batches are not all multiples, and train.eval_samples=64 is no multiple of their "
-            "micro-batch x DP: TP1 x PP1 x DP128 (train.rampup.start=0 and another train.eval_samples plan them)"
+            "left out, as the ramp-up's batches are not all multiples, and train.eval_samples=64 is no multiple of "
+            "their micro-batch x DP: TP1 x PP1 x DP128 (train.rampup.start=0 and another train.eval_samples plan them)"
         )
         in out
     )

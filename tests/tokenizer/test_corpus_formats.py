@@ -119,7 +119,8 @@ def language_stream(tokens_dir: Path, language: str) -> tuple[bytes, list[int]]:
         ({"fra_Latn/x.parquet": b"PAR1 not really"}, "cannot be read as parquet"),
         # Passed over without a word, the corpus then one language short.
         ({"fra_Latn.txt.bz2": b"BZh9", "eng_Latn.txt": "text\n"}, "is compressed with .bz2, which corolla does not"),
-        ({"fra_Latn.TXT": "text\n", "eng_Latn.txt": "text\n"}, "ends in .TXT, which corolla reads in lower case"),
+        ({"fra_Latn.TXT": "text\n", "eng_Latn.txt": "text\n"}, "is named in capitals, which corolla does not read"),
+        ({"fra_Latn.TXT.GZ": b"\x1f\x8b", "eng_Latn.txt": "text\n"}, "rename it to end in .txt.gz"),
         ({"fra_Latn/x.parquet.gz": b"\x1f\x8b", "eng_Latn.txt": "text\n"}, "is a compressed parquet file"),
         # Read twice, the language's share doubled.
         ({"fra_Latn.txt": "a\n", "fra_Latn.txt.gz": gzip.compress(b"a\n")}, "differ only in their compression"),
@@ -182,6 +183,9 @@ def test_language_directories_linked_in_are_read_and_checksums_passed_over(tmp_p
         ("eng_Latn.txt", "eng_Latn"),
         ("hin_Deva/part-0.txt", "hin_Deva"),
     ]
+    (corpus / "tha_Thai").symlink_to(store / "tha_Thai")  # purged, as scratch storage is: the language was left out
+    with pytest.raises(CorpusError, match=r"tha_Thai links to .*/store/tha_Thai, which is gone: restore it or remove"):
+        discover_sources(corpus)
 
 
 def test_a_flores_200_code_iso_639_3_has_since_retired_names_a_language(tmp_path: Path) -> None:

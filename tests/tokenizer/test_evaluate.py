@@ -59,6 +59,10 @@ def wide_tokenizer(tmp_path: Path) -> Path:
 
 
 def test_load_parallel_reads_lang_files_and_ignores_others(parallel_dir: Path) -> None:
+    # A checksum, an editor's backup and swap file, a folder: none is a language's file, all passed over.
+    write_parallel(parallel_dir, {"eng_Latn.txt.md5": "0123  eng_Latn.txt\n", "fra_Latn.txt~": "x\n"})
+    write_parallel(parallel_dir, {".eng_Latn.txt.swp": b"\x00", "MANIFEST.tsv": "file\n"})
+    (parallel_dir / "old.txt.d").mkdir()
     assert load_parallel(parallel_dir) == PARALLEL
 
 
@@ -193,7 +197,11 @@ ENG = "a cat\nthe dog\n"
         ({"eng_Latn.txt": ENG, "fra_Latn.txt": "\n\n"}, "fra_Latn.txt is empty"),
         ({"eng_Latn.txt": ENG, "fra_Latn.txt": b"le ch\xe2t\n"}, "fra_Latn.txt is not UTF-8"),
         # Passed over, its language left unmeasured without a word.
-        ({"eng_Latn.txt": ENG, "fra_Latn.txt.gz": b"\x1f\x8b"}, "holds fra_Latn.txt.gz, which is read as plain"),
+        (
+            {"eng_Latn.txt": ENG, "fra_Latn.txt.gz": b"\x1f\x8b"},
+            "fra_Latn.txt.gz is compressed with .gz, which corolla",
+        ),
+        ({"eng_Latn.txt": ENG, "fra_Latn.TXT": "le chat\n"}, "fra_Latn.TXT is named in capitals"),
     ],
 )
 def test_bad_parallel_dir(tmp_path: Path, files: dict[str, str | bytes], problem: str) -> None:
