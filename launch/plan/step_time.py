@@ -104,9 +104,18 @@ def _stage_time(
     tensor_parallel = all_reduces * all_reduce_s(activation, layout.tp, intra)
     sends = 0.0
     for boundary in (index for index in (stage.index - 1, stage.index) if 0 <= index < layout.pp - 1):
-        link = _bandwidth(hardware, 2, 2 if _within_a_node(layout, hardware.gpus_per_node, boundary) else 1)
+        link = _send_bandwidth(hardware, layout, boundary)
         sends += activation / layout.tp / link + LATENCY_S + all_gather_s(activation, layout.tp, intra)
     return _StageTime(compute, tensor_parallel, 2 * sends)
+
+
+def _send_bandwidth(hardware: Hardware, layout: ParallelLayout, boundary: int) -> float:
+    """Bytes/s of a pipeline send across `boundary`: NVLink within a node; across nodes, the node's network shared by
+    its ranks that send across at once, those of its last stage (activations on) and of its first (gradients back)."""
+    if _within_a_node(layout, hardware.gpus_per_node, boundary):
+        return _bandwidth(hardware, 2, 2)
+    senders = min(hardware.gpus_per_node, 2 * layout.tp * layout.dp)
+    return min(hardware.intra_node_gbps, hardware.inter_node_gbps / senders) * 1e9 * LINK_EFFICIENCY
 
 
 def _within_a_node(layout: ParallelLayout, gpus_per_node: int, boundary: int) -> bool:
