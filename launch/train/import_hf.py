@@ -34,7 +34,8 @@ from model.config import ModelConfig
 from model.hf import corolla_name, model_config, parameter_shapes
 from model.layers import holds, model_name, pipeline_name
 from tokenizer.files import STAGED, TOKENIZER_FILES, OutputTaken, first_line, publish, read_json, staging_area
-from tokenizer.loading import load_tokenizer
+from tokenizer.loading import TextTokenizer, load_tokenizer
+from tokenizer.vocab import BOS, EOS, PAD, SPECIAL_IDS
 
 STAGE_BYTES = 16 * 2**30
 
@@ -122,6 +123,7 @@ def read_hf_model(hf_dir: Path) -> ModelConfig:
         raise ValueError(f"hf_dir={hf_dir} has no config.json: pass a Hugging Face model directory")
     config = read_json(hf_dir / HF_CONFIG_FILE, "restore it from the model's source")
     tokenizer = load_tokenizer(hf_dir)
+    _check_special_ids(hf_dir, tokenizer)
     try:
         model = model_config(config, hf_dir.resolve().name, tokenizer.vocab_size)
     except ValueError as error:
@@ -132,6 +134,18 @@ def read_hf_model(hf_dir: Path) -> ModelConfig:
             f"{model.embedding_rows} rows (config.json vocab_size): the tokenizer is not the model's"
         )
     return model
+
+
+def _check_special_ids(hf_dir: Path, tokenizer: TextTokenizer) -> None:
+    """Token files end each document with </s> at its id, and an export writes these ids into config.json: a model
+    whose tokenizer keeps them elsewhere would train on another token, and generate past its end."""
+    for token in (BOS, EOS, PAD):
+        if (piece := tokenizer.piece(SPECIAL_IDS[token])) != token:
+            layout = ", ".join(f"{name} {number}" for name, number in SPECIAL_IDS.items())
+            raise ValueError(
+                f"hf_dir={hf_dir}: its tokenizer has {piece!r} at id {SPECIAL_IDS[token]}, where corolla keeps {token} "
+                f"({layout}, as BLOOM's): corolla trains and exports models whose tokenizer has these ids only"
+            )
 
 
 def _check_shapes(hf_dir: Path, model: ModelConfig, weights: HFWeights) -> None:

@@ -240,6 +240,15 @@ def _broken_copy(source: Path, target: Path) -> Path:
     return target
 
 
+def _swap_tokens(tokenizer_json: Path, first: str, second: str) -> None:
+    tokenizer = json.loads(tokenizer_json.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    for added in tokenizer["added_tokens"]:
+        added["id"] = vocab[added["content"]]
+    tokenizer_json.write_text(json.dumps(tokenizer))
+
+
 def _config(hf_dir: Path, **changes: object) -> None:
     config = json.loads((hf_dir / "config.json").read_text())
     (hf_dir / "config.json").write_text(json.dumps({**config, **changes}))
@@ -265,6 +274,8 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     cut = _broken_copy(corolla_bloom, tmp_path / "cut")
     weights = next(cut.glob("model-00001-of-*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])
+    swapped = _broken_copy(bpe_bloom, tmp_path / "swapped")  # <s> and </s> at each other's ids: exported wrong
+    _swap_tokens(swapped / "tokenizer.json", "<s>", "</s>")
     narrow = _broken_copy(bpe_bloom, tmp_path / "narrow")
     (narrow / "tokenizer.json").unlink()
     shutil.copy2(tokens.parent / "tokenizer" / "tokenizer.model", narrow)  # 2,000 tokens, 1,000 rows
@@ -273,6 +284,7 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
         other: "holds a gpt2 model (config.json model_type), not BLOOM",
         mismatched: "its weights do not match its config.json (5 layers): the model lacks blocks.4.",
         narrow: "its tokenizer has 2000 tokens but the embedding only 1000 rows",
+        swapped: "its tokenizer has '</s>' at id 1, where corolla keeps <s> (<unk> 0, <s> 1, </s> 2, <pad> 3",
         garbled: f"{garbled / 'config.json'} is not valid JSON (Expecting property name enclosed in double quotes",
         cut: f"weight file {weights} cannot be read (",
         listed: "its config.json holds list, not a JSON object: restore config.json from the model's source",
