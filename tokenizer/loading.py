@@ -161,7 +161,10 @@ def _load(path: Path) -> TextTokenizer:
         for name, kind in ((SPM_MODEL_FILE, SentencePieceTokenizer), (HF_TOKENIZER_FILE, HFTokenizer)):
             if (path / name).is_file():
                 return kind(path / name)
-        raise ValueError(f"tokenizer directory {path} holds neither tokenizer.model nor tokenizer.json")
+        raise ValueError(
+            f"tokenizer directory {path} holds neither tokenizer.model nor tokenizer.json: give a tokenizer's "
+            "directory, or copy its tokenizer files into this one"
+        )
     if not path.is_file():
         raise ValueError(f"tokenizer {path} does not exist: pass a corolla tokenizer directory, a .model or a .json")
     if path.suffix == ".model":

@@ -11,6 +11,7 @@ leaves no run directory.
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -246,8 +247,9 @@ def import_hf_model(job: ImportJob) -> None:
         if not _move_into_place(staging, run_dir, hf_dir):
             print(f"{run_dir} was given this import of {hf_dir} by another corolla meanwhile: nothing to do")
             return
+    init_from = shlex.quote(f"init_from={run_dir}")
     print(
         f"imported {hf_dir} into {run_dir}: BLOOM of {model.num_layers} layers, hidden {model.hidden_size}, "
         f"{model.num_heads} heads, {parameters:,} parameters, a {model.vocab_size}-token tokenizer "
-        f"({model.embedding_rows} embedding rows); train from it with `corolla train init_from={run_dir}`"
+        f"({model.embedding_rows} embedding rows); train from it with `corolla train {init_from}`"
     )

@@ -5,6 +5,7 @@ BLOOM's, imported exactly, trained on as `transformers` trains it, and refused i
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -299,8 +300,11 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
         assert not run_dir.exists() and not list(tmp_path.glob("*.importing"))
 
     # An imported model is trained from, not in; and only on token files of its own tokenizer.
-    imported = tmp_path / "imported"
+    imported = tmp_path / "an import"
     assert main(["import", "hf", f"hf_dir={bpe_bloom}", f"run_dir={imported}"]) == 0
+    # The line to paste, as a shell reads it: the path's space split it in two.
+    pasted = shlex.split(capsys.readouterr().out.split("train from it with `corolla ")[1].split("`")[0])
+    assert pasted == ["train", f"init_from={imported}"]
     assert main(["train", f"run_dir={imported}", f"data.tokens_dir={tokens}"]) == 2
     assert f"init_from={imported} run_dir=NEW" in capsys.readouterr().err
     new_run = tmp_path / "new"
