@@ -33,6 +33,7 @@ from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import holds_runs, runs_in
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE, TOKENIZER_DIR
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
+from launch.rundir.lock import writer
 from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, recorded_uri, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
@@ -359,6 +360,17 @@ def _source_weights(job: TrainJob, dry_run: bool) -> Weights:
     return weights_of(target)
 
 
+def _check_not_training(weights: Weights) -> None:
+    """The checkpoint a new run starts from is read as its ranks start, seconds later (hours, for a job queued in
+    Slurm): a run that still trains removes it meanwhile, as it saves newer ones."""
+    held = writer(weights.run_dir)
+    if held and held[1] is not False:
+        raise ValueError(
+            f"init_from={weights.run_dir} is being trained ({held[0]}): its checkpoint of step {weights.step}, which "
+            "this run would start from, goes as it saves newer ones; start from it once it has stopped"
+        )
+
+
 def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, StartingWeights | None]:
     """With init_from: the job with the weights' model shape (its sequence length, kernels and dropout stay the
     job's) and, unless data.tokens_dir or data.tokenizer_dir says otherwise, their tokenizer for data.corpus; the
@@ -367,6 +379,8 @@ def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, Sta
     if not job.init_from:
         return job, None
     weights = _source_weights(job, dry_run)
+    if not newest_intact(Path(job.run_dir) / CHECKPOINTS):  # the ranks will read the weights' checkpoint
+        _check_not_training(weights)
     data = job.data
     if data.tokens_dir is None and data.tokenizer_dir is None:
         data = replace(data, tokenizer_dir=str(weights.tokenizer_dir))

@@ -43,7 +43,7 @@ from launch.rundir.checkpoints import (
     unverified,
     write_complete,
 )
-from launch.rundir.files import TRAINER_FILE, checkpoint_tag, rng_file
+from launch.rundir.files import COMPLETE, TRAINER_FILE, checkpoint_tag, rng_file
 from launch.train import shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
@@ -314,7 +314,14 @@ def load_weights(engine, checkpoint_dir: Path, growth: shards.EmbeddingGrowth | 
         shards.restore_weights(engine, shards.ShardReader(checkpoint_dir, layout), growth)
     except shards.ShardError as error:
         raise CheckpointError(f"init_from's checkpoint {checkpoint_dir} does not fit this model: {error}") from None
-    except (RuntimeError, OSError, EOFError, KeyError) as error:
+    except (RuntimeError, OSError, EOFError, KeyError, CheckpointError) as error:
+        if not (checkpoint_dir / COMPLETE).is_file():  # its run, training on, saved newer ones since the launch
+            raise CheckpointError(
+                f"init_from's checkpoint {checkpoint_dir} is gone (its run removes older checkpoints as it saves): "
+                "launch again once that run has stopped, to start from its newest; nothing was trained"
+            ) from None
+        if isinstance(error, CheckpointError):
+            raise
         raise CheckpointError(
             f"init_from's checkpoint {checkpoint_dir} cannot be loaded ({first_line(error)}): restore its "
             "files, or import the model again"

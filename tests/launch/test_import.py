@@ -36,8 +36,11 @@ from launch.data.blend import BlendedDataset
 from launch.data.corpus import TokenCorpus
 from launch.plan.schedules import lr_at
 from launch.plan.weights import import_record, weights_of, write_import_record
+from launch.rundir.checkpoints import CheckpointError
+from launch.rundir.lock import holding
 from launch.rundir.run_record import recorded_run
 from launch.train import import_hf
+from launch.train.checkpoint import load_weights
 from launch.train.export import full_state_dict
 from model.bloom import BloomModel, parallel_config
 
@@ -312,6 +315,12 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     assert f"the token files in {tokens} were encoded with another tokenizer than that of init_from's weights" in (
         capsys.readouterr().err
     )
+    # Weights a live process writes (a run that trains): the checkpoint a new run would start from goes meanwhile.
+    with holding(imported):
+        assert main(["train", f"init_from={imported}", f"run_dir={new_run}", f"data.tokens_dir={tokens}"]) == 2
+    assert f"init_from={imported} is being trained (" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=r"step-00000018 is gone \(its run removes older checkpoints as it saves"):
+        load_weights(None, imported / "checkpoints" / "step-00000018")  # as the ranks found it, launched before
     configless = _broken_copy(bpe_bloom, tmp_path / "configless")
     (configless / "config.json").unlink()
     for source, reason in {
