@@ -38,9 +38,15 @@ def test_cfg_shows_the_settings_still_to_give_as_such(capsys, command: str) -> N
     for bad in ("no_such_key=1", "+no_such_key=1", "output_dir="):
         code, _, err = run(capsys, *command.split(), "--cfg", bad)
         assert code == 2 and ("no_such_key" in err or "output_dir is empty" in err), (bad, err)
-    if command == "tokenizer extend":  # a knob its sampling does not read
+    if command == "tokenizer extend":  # a knob its sampling does not read, values out of range
         code, _, err = run(capsys, *command.split(), "--cfg", "tokenizer.sampling=unimax", "tokenizer.alpha=0.5")
         assert code == 2 and "tokenizer.alpha is read by tokenizer.sampling=temperature" in err
+        for bad, said in (("added_pieces=10", "is too small"), ("tokenizer.alpha=1.5", "must be within [0, 1]")):
+            code, _, err = run(capsys, *command.split(), "--cfg", bad)
+            assert code == 2 and said in err, (bad, err)
+    if command == "export hf":
+        code, _, err = run(capsys, *command.split(), "--cfg", "step=-1")
+        assert code == 2 and "give a checkpoint's step" in err
     code, _, err = run(capsys, *command.split(), "output_dir=o")
     assert code == 2 and "missing value for " in err
 

@@ -76,10 +76,6 @@ class ConfigError(ValueError):
     """An invalid command line or config; the message is one line."""
 
 
-class MissingValues(ConfigError):
-    """A command line that leaves settings without a value, which the command needs (`--cfg` shows them as ???)."""
-
-
 def shared_data_dir() -> Path:
     """`../shared/data` beside the repository, unless COROLLA_SHARED_DATA points elsewhere."""
     return Path(os.environ.get("COROLLA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
@@ -406,20 +402,26 @@ def _check_switches(cfg: DictConfig, overrides: list[str]) -> None:
 
 
 def shown_config(command: str, overrides: list[str]) -> DictConfig:
-    """What `--cfg` prints: the job's config, resolved and checked; one that leaves settings to give, with them as
-    ???, so that a command's settings can be seen before they are all given."""
-    try:
-        return compose_job(command, overrides)[0]
-    except MissingValues:  # raised once the checks that need no value were passed, but for this one
-        overrides = [_home_written_out(override) for override in overrides]
-        cfg = compose_config(command, overrides)
-        OmegaConf.resolve(cfg)
-        _check_sampling_knobs(cfg, overrides)
-        return cfg
+    """What `--cfg` prints: the job's config, resolved and checked, the settings still to give as ???, so that a
+    command's settings can be seen before they are all given."""
+    return _composed(command, overrides)[0]
 
 
 def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]:
     """The resolved config (for printing and recording) and its typed, validated object."""
+    cfg, job, missing = _composed(command, overrides)
+    if missing:
+        raise ConfigError(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
+    return cfg, job
+
+
+# What stands for a setting still to give while the rest of its job is checked.
+PLACEHOLDER = "(to give)"
+
+
+def _composed(command: str, overrides: list[str]) -> tuple[DictConfig, object, list[str]]:
+    """The resolved config, its typed and validated object and the settings it still leaves to give, which are
+    checked as placeholders meanwhile."""
     overrides = [_home_written_out(override) for override in overrides]
     cfg = compose_config(command, overrides)
     _check_switches(cfg, overrides)
@@ -427,12 +429,14 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
         OmegaConf.resolve(cfg)
         _check_no_empty_directory(cfg)
         _check_known_keys(cfg)
-        deleted = _deleted_required(cfg)
-        missing = sorted({*OmegaConf.missing_keys(cfg), *deleted})
-        if missing:
-            refusal = ConfigError if deleted else MissingValues  # a deleted setting is not shown as one to give
-            raise refusal(f"missing value for {', '.join(missing)}: pass {missing[0]}=...")
-        job = OmegaConf.to_object(cfg)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if deleted := _deleted_required(cfg):  # not shown as settings to give: refused
+            given = sorted({*missing, *deleted})
+            raise ConfigError(f"missing value for {', '.join(given)}: pass {given[0]}=...")
+        filled = cfg.copy()
+        for key in missing:
+            OmegaConf.update(filled, key, PLACEHOLDER)
+        job = OmegaConf.to_object(filled)
         if getattr(job, "init_from", None):
             _check_shape_not_set(overrides)
         if isinstance(job, TokenizerExtendJob):
@@ -442,7 +446,7 @@ def compose_job(command: str, overrides: list[str]) -> tuple[DictConfig, object]
         if isinstance(job, TrainJob) and command != "submit" and job.cluster.scheduler == Scheduler.local:
             _check_slurm_settings_not_set(command, overrides)
         _check_sampling_knobs(cfg, overrides)
-        return cfg, job
+        return cfg, job, missing
     except (OmegaConfBaseException, ValueError) as error:
         if isinstance(error, ConfigError):
             raise
