@@ -265,7 +265,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     check_inputs(job)
     plan = plan_chain(job)
     # A bad training job fails now, not after hours of data preparation.
-    prepare_run(checkable_training_job(job, data_is_current(job, list(plan.groups))), dry_run=True)
+    prepare_run(checkable_training_job(job, data_is_current(job, list(plan.groups))), True, live_job_id)
     if not plan.stages:
         print(
             f"{paths.run_dir}: every stage is current (trained to step {job.train.steps} and exported): nothing to do"

@@ -175,7 +175,7 @@ def _check_slurm_cluster(cluster: ClusterConfig) -> None:
 
 def _submit_training(job: TrainJob, dry_run: bool) -> None:
     cluster = job.cluster
-    prepared = prepare_run(job, dry_run)
+    prepared = prepare_run(job, dry_run, live_job_id)
     executor = make_executor(cluster, prepared.run_dir)
     plan, train = prepared.plan, prepared.job.train
     print(

@@ -187,7 +187,7 @@ def _corpus_files(corpus: Path) -> list[Path]:
         seen.add(real)
         subdirectories.sort()  # the same path for a directory two links lead to, run after run
         for path in (Path(directory, name) for name in names):
-            if path.is_symlink() and not path.exists():  # the shards it linked to purged, as scratch storage is
+            if path.is_symlink() and not path.exists() and _named_as_corpus(path.name):  # its target purged
                 raise CorpusError(
                     f"corpus entry {path} links to {os.readlink(path)}, which is gone: restore it or remove the link"
                 )
@@ -198,6 +198,13 @@ def _corpus_files(corpus: Path) -> list[Path]:
 def shard_name(label: str) -> str:
     """A corpus file's name among the token files: its path inside the corpus (Source.label), `/` written `~`."""
     return label.replace("/", "~")
+
+
+def _named_as_corpus(name: str) -> bool:
+    """A language directory's name or a corpus file's: an editor's lock link (.#fra_Latn.txt) is neither."""
+    return is_language_code(name) or (
+        not name.startswith(".") and Path(_strip_compression(name)).suffix in (TEXT, JSONL, PARQUET)
+    )
 
 
 def _check_no_twins(sources: list[Source]) -> None:

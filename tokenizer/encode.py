@@ -104,7 +104,7 @@ class EncoderSettings:
     def of(cls, tokenizer: TextTokenizer, append_eos: bool) -> EncoderSettings:
         """A one-line ValueError for a tokenizer whose EOS_ID is another piece (a tokenizer.json whose special tokens
         are elsewhere, as GPT-2's): the documents would be joined by that piece, running together."""
-        if append_eos and (piece := tokenizer.piece(EOS_ID)) != EOS:
+        if append_eos and (piece := tokenizer.misplaced(EOS)):
             raise ValueError(
                 f"tokenizer {tokenizer.path} has {piece!r} at id {EOS_ID}, where token files put {EOS} after each "
                 f"document: they would run together; encode with a tokenizer whose id {EOS_ID} is {EOS} (a corolla "

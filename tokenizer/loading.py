@@ -39,6 +39,11 @@ class TextTokenizer(ABC):
     @abstractmethod
     def piece(self, token_id: int) -> str: ...
 
+    def misplaced(self, token: str) -> str | None:
+        """The piece at the special `token`'s id (tokenizer/vocab.py) where that is another one; None where it is it."""
+        piece = self.piece(SPECIAL_IDS[token])
+        return None if piece == token else piece
+
     def byte_piece_ids(self) -> frozenset[int]:
         return frozenset(i for i in range(self.vocab_size) if BYTE_PIECE.match(self.piece(i)))
 

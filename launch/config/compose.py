@@ -12,6 +12,7 @@ import difflib
 import itertools
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,6 +144,13 @@ def _available_options(lines: list[str]) -> list[str]:
     if start is None:
         return []
     return [line for line in lines[start + 1 :] if not line.startswith(("Config search path", "provider="))]
+
+
+def pasted(key: str, value: str) -> str:
+    """`key=value` to paste into a shell, which Hydra reads back: quoted for Hydra where the value holds more than
+    letters, digits and `_./-`, and then for the shell."""
+    plain = re.fullmatch(r"[\w./-]+", value, re.ASCII)
+    return shlex.quote(f"{key}={value if plain else quoted(value)}")
 
 
 def quoted(value: str) -> str:

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -35,7 +34,7 @@ from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import RunDirectory
 from launch.rundir.files import CHECKPOINTS, JOB_FILE, JOBS_FILE, LOSS_CHART
 from launch.rundir.history import Event, RunHistory
-from launch.rundir.lock import holding, writer
+from launch.rundir.lock import LiveJob, holding, writer
 from launch.train.stopping import ERROR_PREFIX, STACKS_FOLLOW, WATCHDOG
 from tokenizer.children import ended_with_parent
 
@@ -240,7 +239,7 @@ def _holder(run: RunDirectory) -> tuple[str, str] | None:
 
 
 class LocalBackend(Backend):
-    def __init__(self, live_job: Callable[[Path], str | None] = lambda run_dir: None) -> None:
+    def __init__(self, live_job: LiveJob = lambda run_dir: None) -> None:
         self.live_job = live_job  # a Slurm job of the run that is queued or running, if any: it holds the run
 
     def start(self, job: TrainJob, dry_run: bool = False) -> None:
@@ -263,7 +262,7 @@ class LocalBackend(Backend):
                 _finish_the_end(run_dir, resume_step)
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
             return
-        prepared = prepare_run(job, dry_run)
+        prepared = prepare_run(job, dry_run, self.live_job)
         if dry_run:
             plan = prepared.plan
             layout = plan.layout

@@ -33,7 +33,7 @@ from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import holds_runs, runs_in
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE, TOKENIZER_DIR
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
-from launch.rundir.lock import writer
+from launch.rundir.lock import LiveJob, RunLocked, check_unheld
 from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, recorded_uri, tracked_run
 from launch.rundir.tracking_state import TrackingState, write_state
 from model.config import ModelConfig
@@ -67,9 +67,9 @@ class PreparedRun:
         return self.plans[0]
 
 
-def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
+def prepare_run(job: TrainJob, dry_run: bool = False, live_job: LiveJob = lambda run_dir: None) -> PreparedRun:
     """Validates the job (a one-line ValueError otherwise); unless a dry run, writes its run directory and opens (or
-    continues) its MLflow run."""
+    continues) its MLflow run. `live_job`: a Slurm job queued or running in a run directory, if any (init_from's)."""
     run_dir = Path(job.run_dir)
     if (run_dir / IMPORT_FILE).is_file():
         raise ValueError(
@@ -85,7 +85,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False) -> PreparedRun:
     if job.tracking.uri and new_run:  # a run already open waits for a server that is away (launch/rundir/outbox.py)
         tracking.check_reachable(job.tracking.uri)
     saved = saved_run(run_dir)
-    job, start = initial_weights(job, dry_run)
+    job, start = initial_weights(job, dry_run, None if saved else live_job)
     job = matched_to(job, saved)  # before the data, which may take minutes to build; again with it
     check_layouts(job)
     job, data = inspect_data(job) if dry_run else prepare_data(job)
@@ -360,27 +360,31 @@ def _source_weights(job: TrainJob, dry_run: bool) -> Weights:
     return weights_of(target)
 
 
-def _check_not_training(weights: Weights) -> None:
+def _check_not_training(weights: Weights, live_job: LiveJob) -> None:
     """The checkpoint a new run starts from is read as its ranks start, seconds later (hours, for a job queued in
     Slurm): a run that still trains removes it meanwhile, as it saves newer ones."""
-    held = writer(weights.run_dir)
-    if held and held[1] is not False:
+    try:
+        check_unheld(weights.run_dir, live_job)
+    except RunLocked as error:
         raise ValueError(
-            f"init_from={weights.run_dir} is being trained ({held[0]}): its checkpoint of step {weights.step}, which "
-            "this run would start from, goes as it saves newer ones; start from it once it has stopped"
-        )
+            f"init_from: {error}; its checkpoint of step {weights.step}, which this run would start from, goes as it "
+            "saves newer ones"
+        ) from None
 
 
-def initial_weights(job: TrainJob, dry_run: bool = False) -> tuple[TrainJob, StartingWeights | None]:
+def initial_weights(
+    job: TrainJob, dry_run: bool = False, live_job: LiveJob | None = None
+) -> tuple[TrainJob, StartingWeights | None]:
     """With init_from: the job with the weights' model shape (its sequence length, kernels and dropout stay the
     job's) and, unless data.tokens_dir or data.tokenizer_dir says otherwise, their tokenizer for data.corpus; the
-    weights' checkpoint becomes init_from, which every rank reads. Data of a tokenizer that extends the weights'
-    grows the vocabulary (the embedding padded for TP again)."""
+    weights' checkpoint becomes init_from, which every rank reads (`live_job` given: it must not be a run that trains
+    on, which would remove it). Data of a tokenizer that extends the weights' grows the vocabulary (the embedding
+    padded for TP again)."""
     if not job.init_from:
         return job, None
     weights = _source_weights(job, dry_run)
-    if not newest_intact(Path(job.run_dir) / CHECKPOINTS):  # the ranks will read the weights' checkpoint
-        _check_not_training(weights)
+    if live_job:  # the run starts from the weights: its ranks will read their checkpoint
+        _check_not_training(weights, live_job)
     data = job.data
     if data.tokens_dir is None and data.tokenizer_dir is None:
         data = replace(data, tokenizer_dir=str(weights.tokenizer_dir))

@@ -43,7 +43,7 @@ class ParallelLayout:
             if world_size is None or world_size % (tp * pp):
                 raise ValueError(
                     f"parallel.dp=0 derives DP from the world size, but {world_size} processes do not split into "
-                    f"tp={tp} x pp={pp}: set parallel.dp or change the process count"
+                    f"tp={tp} x pp={pp}: change parallel.tp or parallel.pp to split them, or the process count"
                 )
             dp = world_size // (tp * pp)
         layout = cls(tp, pp, dp)

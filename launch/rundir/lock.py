@@ -68,7 +68,11 @@ def _read(path: Path) -> dict | None:
     return holder if readable else None
 
 
-def _refuse_if_held(path: Path, slurm_job: Callable[[Path], str | None]) -> dict | None:
+# A run directory's Slurm job that is queued or running, if any: the Slurm backend's answer, none without Slurm.
+LiveJob = Callable[[Path], str | None]
+
+
+def _refuse_if_held(path: Path, slurm_job: LiveJob) -> dict | None:
     """The lock's holder, when it has ended (stale); a RunLocked error when a writer may still run."""
     run_dir = path.parent
     job = slurm_job(run_dir)
@@ -95,7 +99,7 @@ def writer(run_dir: Path) -> tuple[str, bool | None] | None:
     return (describe(holder), _alive(holder)) if holder else None
 
 
-def check_unheld(run_dir: Path, slurm_job: Callable[[Path], str | None]) -> None:
+def check_unheld(run_dir: Path, slurm_job: LiveJob) -> None:
     """A RunLocked error when a live process, or a Slurm job (`slurm_job` says which is), writes the run directory."""
     _refuse_if_held(run_dir / LOCK_FILE, slurm_job)
 
@@ -128,7 +132,7 @@ def _writable(run_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def holding(run_dir: Path, slurm_job: Callable[[Path], str | None] = lambda run_dir: None) -> Iterator[None]:
+def holding(run_dir: Path, slurm_job: LiveJob = lambda run_dir: None) -> Iterator[None]:
     """This process writes the run directory while the context lasts; a RunLocked error when another does. A
     directory made for the lock alone (a job refused before it wrote anything) is removed with it."""
     path, mine = run_dir / LOCK_FILE, json.dumps(_holder())

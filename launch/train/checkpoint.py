@@ -317,8 +317,8 @@ def load_weights(engine, checkpoint_dir: Path, growth: shards.EmbeddingGrowth | 
     except (RuntimeError, OSError, EOFError, KeyError, CheckpointError) as error:
         if not (checkpoint_dir / COMPLETE).is_file():  # its run, training on, saved newer ones since the launch
             raise CheckpointError(
-                f"init_from's checkpoint {checkpoint_dir} is gone (its run removes older checkpoints as it saves): "
-                "launch again once that run has stopped, to start from its newest; nothing was trained"
+                f"init_from's checkpoint {checkpoint_dir} is gone (its run saved newer ones, or it was deleted): "
+                "launch again, to start from what is there now; nothing was trained"
             ) from None
         if isinstance(error, CheckpointError):
             raise

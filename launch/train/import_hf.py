@@ -11,13 +11,13 @@ leaves no run directory.
 from __future__ import annotations
 
 import math
-import shlex
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from launch.config.compose import pasted
 from launch.config.schemas import ImportJob
 from launch.plan.layout import ParallelLayout
 from launch.plan.stages import stage_cut
@@ -141,7 +141,7 @@ def _check_special_ids(hf_dir: Path, tokenizer: TextTokenizer) -> None:
     """Token files end each document with </s> at its id, and an export writes these ids into config.json: a model
     whose tokenizer keeps them elsewhere would train on another token, and generate past its end."""
     for token in (BOS, EOS, PAD):
-        if (piece := tokenizer.piece(SPECIAL_IDS[token])) != token:
+        if piece := tokenizer.misplaced(token):
             layout = ", ".join(f"{name} {number}" for name, number in SPECIAL_IDS.items())
             raise ValueError(
                 f"hf_dir={hf_dir}: its tokenizer has {piece!r} at id {SPECIAL_IDS[token]}, where corolla keeps {token} "
@@ -247,7 +247,7 @@ def import_hf_model(job: ImportJob) -> None:
         if not _move_into_place(staging, run_dir, hf_dir):
             print(f"{run_dir} was given this import of {hf_dir} by another corolla meanwhile: nothing to do")
             return
-    init_from = shlex.quote(f"init_from={run_dir}")
+    init_from = pasted("init_from", str(run_dir))
     print(
         f"imported {hf_dir} into {run_dir}: BLOOM of {model.num_layers} layers, hidden {model.hidden_size}, "
         f"{model.num_heads} heads, {parameters:,} parameters, a {model.vocab_size}-token tokenizer "

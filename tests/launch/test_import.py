@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from distributed import run_ranks
 from megatron.core import parallel_state
 from mlflow.tracking import MlflowClient
@@ -307,7 +308,8 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     assert main(["import", "hf", f"hf_dir={bpe_bloom}", f"run_dir={imported}"]) == 0
     # The line to paste, as a shell reads it: the path's space split it in two.
     pasted = shlex.split(capsys.readouterr().out.split("train from it with `corolla ")[1].split("`")[0])
-    assert pasted == ["train", f"init_from={imported}"]
+    assert pasted[0] == "train" and main([*pasted, "--cfg"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["init_from"] == str(imported)
     assert main(["train", f"run_dir={imported}", f"data.tokens_dir={tokens}"]) == 2
     assert f"init_from={imported} run_dir=NEW" in capsys.readouterr().err
     new_run = tmp_path / "new"
@@ -318,8 +320,8 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     # Weights a live process writes (a run that trains): the checkpoint a new run would start from goes meanwhile.
     with holding(imported):
         assert main(["train", f"init_from={imported}", f"run_dir={new_run}", f"data.tokens_dir={tokens}"]) == 2
-    assert f"init_from={imported} is being trained (" in capsys.readouterr().err
-    with pytest.raises(CheckpointError, match=r"step-00000018 is gone \(its run removes older checkpoints as it saves"):
+    assert f"init_from: {imported} is being written by " in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=r"step-00000018 is gone \(its run saved newer ones, or it was deleted\)"):
         load_weights(None, imported / "checkpoints" / "step-00000018")  # as the ranks found it, launched before
     configless = _broken_copy(bpe_bloom, tmp_path / "configless")
     (configless / "config.json").unlink()

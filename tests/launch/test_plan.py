@@ -151,6 +151,8 @@ def test_plan_says_how_to_make_a_configured_layout_take_the_clusters_gpus(capsys
         )
         in out
     )
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.pp=10")  # DP from the GPUs: none
+    assert "do not split into tp=4 x pp=10: change parallel.tp or parallel.pp to split them, or the process" in out
     # More stages than layers, which no count of GPUs mends: it said 384 processes do not split into tp=4 x pp=80.
     code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.pp=80")
     assert code == 0 and "configured layout: parallel.pp=80 stages for 70 layers: use at most one per layer" in out

@@ -178,6 +178,7 @@ def test_language_directories_linked_in_are_read_and_checksums_passed_over(tmp_p
     (corpus / "eng_Latn.txt.md5").write_text("0123456789abcdef  eng_Latn.txt\n")
     (corpus / "hin_Deva").symlink_to(store / "hin_Deva")
     (corpus / "again").symlink_to(corpus)  # a link back up is followed once, not for ever
+    (corpus / ".#eng_Latn.txt").symlink_to("user@host.4242:1700000000")  # Emacs's lock on a file it edits
     sources = discover_sources(corpus)
     assert [(source.name, source.language) for source in sources] == [
         ("eng_Latn.txt", "eng_Latn"),
