@@ -87,12 +87,16 @@ def test_a_bf16_step_sums_its_micro_batches_gradients_in_fp32() -> None:
     assert (difference.norm() / whole.norm()).item() < 1e-4
 
 
-def _optimizer_bytes(zero_stage: int) -> dict:
-    """On one of two DP ranks, after a step: the bytes of the engine's optimizer state (fp32 masters and both moments)
-    and of its micro-batches' gradient sums, and what the planner counts for them."""
+def _optimizer_bytes() -> dict[int, dict]:
+    """On one of two DP ranks, after a step at each ZeRO stage: the bytes of the engine's optimizer state (fp32
+    masters and both moments) and of its micro-batches' gradient sums, and what the planner counts for them."""
     parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
     os.environ["LOCAL_RANK"] = os.environ["RANK"]
     init_distributed(60)
+    return {zero_stage: _bytes_at(zero_stage) for zero_stage in (0, 1)}
+
+
+def _bytes_at(zero_stage: int) -> dict:
     seed_everything(1)
     train = TrainConfig(micro_batch=1, global_batch=4, precision=Precision.bf16, warmup_steps=0)
     parallel = ParallelConfig(zero_stage=zero_stage)
@@ -122,7 +126,6 @@ def test_the_planner_counts_the_optimizer_deepspeed_keeps_in_bf16_at_either_zero
     """At ZeRO stage 0 as at 1, DeepSpeed's bf16 optimizer splits the fp32 masters and moments over the DP ranks; at 0
     it sums the micro-batches' gradients in bf16. The planner counted stage 0's optimizer whole on every rank: BLOOM's
     own layout did not fit at parallel.zero_stage=0 (95 of 80 GiB), and submit refused it."""
-    for zero_stage in (0, 1):
-        result = run_ranks(2, _optimizer_bytes, zero_stage)[1]
+    for zero_stage, result in run_ranks(2, _optimizer_bytes)[1].items():
         assert result["optimizer"] == pytest.approx(result["planned_optimizer"], rel=0.02), (zero_stage, result)
         assert result["sums"] == pytest.approx(result["planned_sums"], rel=0.02), (zero_stage, result)
