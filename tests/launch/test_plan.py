@@ -131,31 +131,29 @@ def test_plan_names_the_layouts_the_ramp_up_or_validation_leave_out(capsys) -> N
     )
 
 
+def configured_line(capsys: pytest.CaptureFixture[str], *overrides: str) -> str:
+    code, out, err = run(capsys, "plan", "experiment=bloom-176b", *overrides)
+    assert code == 0, err
+    return next(line for line in out.splitlines() if line.startswith("configured"))
+
+
 def test_plan_says_how_to_make_a_configured_layout_take_the_clusters_gpus(capsys) -> None:
-    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.dp=8", "cluster.nodes=24")
-    assert (
-        code == 0
-        and (
-            "configured layout: tp=4 x pp=12 x dp=8 = 384 ranks, but 192 processes: set parallel.dp=4 or parallel.dp=0 "
-            "(DP from the processes)"
-        )
-        in out
+    assert configured_line(capsys, "parallel.dp=8", "cluster.nodes=24") == (
+        "configured layout: tp=4 x pp=12 x dp=8 = 384 ranks, but 192 processes: set parallel.dp=4 or parallel.dp=0 "
+        "(DP from the processes)"
     )
     # 384 GPUs split into no tp=4 x pp=10 x DP: parallel.dp=0 is no way out.
-    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.pp=10", "parallel.dp=8")
-    assert (
-        code == 0
-        and (
-            "tp=4 x pp=10 x dp=8 = 320 ranks, but 384 processes: change parallel.tp or parallel.pp to split "
-            "them, or the process count"
-        )
-        in out
+    assert configured_line(capsys, "parallel.pp=10", "parallel.dp=8").endswith(
+        "tp=4 x pp=10 x dp=8 = 320 ranks, but 384 processes: change parallel.tp or parallel.pp to split them, or the "
+        "process count"
     )
-    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.pp=10")  # DP from the GPUs: none
-    assert "do not split into tp=4 x pp=10: change parallel.tp or parallel.pp to split them, or the process" in out
+    assert configured_line(capsys, "parallel.pp=10").endswith(  # DP from the GPUs: none
+        "do not split into tp=4 x pp=10: change parallel.tp or parallel.pp to split them, or the process count"
+    )
     # More stages than layers, which no count of GPUs mends: it said 384 processes do not split into tp=4 x pp=80.
-    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "parallel.pp=80")
-    assert code == 0 and "configured layout: parallel.pp=80 stages for 70 layers: use at most one per layer" in out
+    assert configured_line(capsys, "parallel.pp=80") == (
+        "configured layout: parallel.pp=80 stages for 70 layers: use at most one per layer"
+    )
 
 
 @pytest.mark.parametrize("axis", ["parallel.tp=0", "parallel.pp=0", "parallel.tp=-4", "parallel.dp=-1"])

@@ -337,6 +337,17 @@ def test_the_workers_end_with_an_encoding_killed_outright(model: Path, tmp_path:
     assert not psutil.wait_procs(workers, timeout=30)[1]
 
 
+def working_workers(encoding: subprocess.Popen, worked: float) -> list[psutil.Process]:
+    """The encoding's two pool workers, once each has worked `worked` CPU seconds (0: they may still import)."""
+    deadline = time.monotonic() + 60
+    workers: list[psutil.Process] = []
+    while not (len(workers) == 2 and all(cpu_seconds(worker) > worked for worker in workers)):
+        assert encoding.poll() is None and time.monotonic() < deadline, "the encoding ended before its signal"
+        workers = pool_workers(encoding.pid)
+        time.sleep(0.05)
+    return workers
+
+
 @pytest.mark.parametrize("worked", [0.0, 0.3], ids=["starting", "encoding"])
 def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(
     model: Path, tmp_path: Path, worked: float
@@ -348,12 +359,7 @@ def test_a_ctrl_c_in_the_terminal_ends_an_encoding_and_its_workers_in_one_line(
     command = [sys.executable, "-m", "launch.cli", "tokenizer", "encode", *arguments]
     stopped = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        workers: list[psutil.Process] = []
-        while not (len(workers) == 2 and all(cpu_seconds(worker) > worked for worker in workers)):
-            assert stopped.poll() is None and time.monotonic() < deadline, "the encoding ended before its Ctrl-C"
-            workers = pool_workers(stopped.pid)
-            time.sleep(0.05)
+        workers = working_workers(stopped, worked)
         os.killpg(stopped.pid, signal.SIGINT)
         err = stopped.communicate(timeout=120)[1]
     finally:
@@ -376,12 +382,7 @@ def test_a_time_limits_warning_to_every_process_of_a_job_leaves_the_workers_enco
     command = [sys.executable, "-c", f"import signal; {handler}; from tokenizer.encode import encode_corpus; {call}"]
     warned = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        workers: list[psutil.Process] = []
-        while not (len(workers) == 2 and all(cpu_seconds(worker) > worked for worker in workers)):
-            assert warned.poll() is None and time.monotonic() < deadline, "the encoding ended before its warning"
-            workers = pool_workers(warned.pid)
-            time.sleep(0.05)
+        working_workers(warned, worked)
         encoding = psutil.Process(warned.pid)
         for process in (encoding, *encoding.children(recursive=True)):  # multiprocessing's resource tracker too
             process.send_signal(signal.SIGUSR2)
