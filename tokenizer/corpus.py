@@ -81,6 +81,7 @@ def check_language_code(code: str, where: str) -> str:
 
 
 TEXT, JSONL, PARQUET = ".txt", ".jsonl", ".parquet"
+FORMATS = (TEXT, JSONL, PARQUET)
 LANGUAGE_COLUMNS = ("lang", "language")  # a parquet file outside a language directory: where rows name theirs
 PARQUET_ROWS_PER_BATCH = 1024
 
@@ -93,11 +94,16 @@ class Source:
 
     @property
     def format(self) -> str:
-        return Path(_strip_compression(self.path.name)).suffix
+        return _format_of(self.path.name)
 
     @property
     def label(self) -> str:
         return self.name or self.path.name
+
+
+def _format_of(name: str) -> str:
+    """The suffix a file's name gives its format, past a compression corolla reads (`.txt` of `x.txt.gz`)."""
+    return Path(_strip_compression(name)).suffix
 
 
 def _strip_compression(name: str) -> str:
@@ -119,7 +125,7 @@ def unread_format(path: Path, compressions: tuple[str, ...] = COMPRESSIONS) -> s
     other = next((suffix for suffix in OTHER_COMPRESSIONS + COMPRESSIONS if lower.endswith(suffix.lower())), "")
     bare = lower.removesuffix(other.lower())
     fmt = Path(bare).suffix
-    if fmt not in (TEXT, JSONL, PARQUET):
+    if fmt not in FORMATS:
         return None
     if fmt == PARQUET and other:
         return "is a compressed parquet file, which corolla reads as it is (parquet compresses itself): decompress it"
@@ -139,8 +145,8 @@ def _source(corpus: Path, path: Path) -> Source | None:
     name, where = relative.as_posix(), str(path)
     if problem := unread_format(path):
         raise CorpusError(f"corpus file {path} {problem}")
-    fmt = Path(_strip_compression(path.name)).suffix
-    if fmt not in (TEXT, JSONL, PARQUET):
+    fmt = _format_of(path.name)
+    if fmt not in FORMATS:
         return None
     directory = _language_directory(relative)
     if directory:
@@ -202,9 +208,7 @@ def shard_name(label: str) -> str:
 
 def _named_as_corpus(name: str) -> bool:
     """A language directory's name or a corpus file's: an editor's lock link (.#fra_Latn.txt) is neither."""
-    return is_language_code(name) or (
-        not name.startswith(".") and Path(_strip_compression(name)).suffix in (TEXT, JSONL, PARQUET)
-    )
+    return is_language_code(name) or (not name.startswith(".") and _format_of(name) in FORMATS)
 
 
 def _check_no_twins(sources: list[Source]) -> None:

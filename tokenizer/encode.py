@@ -445,7 +445,7 @@ def _check_same_encoding(output: Path, fingerprint: str, append_eos: bool) -> No
     if eos - {append_eos}:
         raise ValueError(
             f"output_dir {output} holds token files encoded with append_eos={str(not append_eos).lower()}, which a "
-            f"training run may read: choose another output_dir, or pass overwrite=true to encode them anew"
+            "training run may read: choose another output_dir, or pass overwrite=true to encode them anew"
         )
 
 
