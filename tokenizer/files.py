@@ -209,6 +209,34 @@ def exclusively(directory: Path, refusal: str) -> Iterator[None]:
         yield
 
 
+def check_replaceable(
+    out: Path, what: str, owned: Callable[[str], bool], inputs: dict[str, str | None], overwrite: bool
+) -> None:
+    """Before anything is read, for a command that replaces output_dir=`out` whole with `what` ("a tokenizer"): a
+    directory, neither inside an input (`inputs`: setting, path) nor holding one, holding only the files of an earlier
+    `what` (`owned`, of a file's name), which only overwrite=true replaces."""
+    nearest = next(path for path in (out, *out.parents) if path.exists())
+    if not nearest.is_dir():
+        raise ValueError(f"output_dir={out} is, or lies under, the file {nearest}: give a directory's path")
+    for setting, given in inputs.items():
+        if given and _nested(Path(given).resolve(), out.resolve()):
+            raise ValueError(
+                f"output_dir={out} and {setting}={given} lie one inside the other: give {what} a directory of its own"
+            )
+    held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if foreign := [name for name in held if not owned(name)]:
+        raise ValueError(
+            f"output_dir={out} holds files that are not {what}'s ({', '.join(foreign[:3])}): the directory is "
+            "replaced whole, so choose an empty or new one"
+        )
+    if held and not overwrite:
+        raise ValueError(f"output_dir={out} already holds {what}: choose another, or pass overwrite=true")
+
+
+def _nested(one: Path, other: Path) -> bool:
+    return one.is_relative_to(other) or other.is_relative_to(one)
+
+
 @contextmanager
 def staging_area(out: Path) -> Iterator[Path]:
     """A fresh working directory beside `out` (on its filesystem, so that what is built there is renamed to `out`

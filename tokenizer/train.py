@@ -25,6 +25,7 @@ from tokenizer.files import (
     STAGED,
     TOKENIZER_FILES,
     Log,
+    check_replaceable,
     publish,
     read_json,
     staging_area,
@@ -158,26 +159,9 @@ OUTPUT_FILES = frozenset({*TOKENIZER_FILES, METADATA_FILE, ADDED_PIECES_FILE})
 
 
 def check_output_dir(output_dir: str, overwrite: bool, inputs: dict[str, str | None]) -> Path:
-    """Before anything is read: a directory of its own, outside every input (`inputs`: setting, path), holding nothing
-    or an earlier tokenizer, which only overwrite=true replaces."""
+    """train's and extend's output_dir, checked before anything is read."""
     out = Path(output_dir)
-    nearest = next(path for path in (out, *out.parents) if path.exists())
-    if not nearest.is_dir():
-        raise ValueError(f"output_dir {out} is, or lies under, the file {nearest}: give a directory's path")
-    for setting, given in inputs.items():
-        if given and Path(given).resolve().is_relative_to(out.resolve()):
-            raise ValueError(
-                f"output_dir {out} holds {setting}={given}, which the tokenizer would replace: choose an output_dir "
-                "outside it"
-            )
-    held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
-    if foreign := [name for name in held if name not in OUTPUT_FILES]:
-        raise ValueError(
-            f"output_dir {out} holds files that are not a tokenizer's ({', '.join(foreign[:3])}): the tokenizer "
-            "replaces the directory whole, so choose an empty or new one"
-        )
-    if held and not overwrite:
-        raise ValueError(f"output_dir {out} already holds a tokenizer: choose another, or pass overwrite=true")
+    check_replaceable(out, "a tokenizer", lambda name: name in OUTPUT_FILES, inputs, overwrite)
     return out
 
 

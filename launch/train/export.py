@@ -23,7 +23,15 @@ from launch.train.shards import ShardReader
 from model.config import ModelConfig
 from model.hf import hf_config, to_hf_state_dict
 from model.layers import EMBEDDING, model_name
-from tokenizer.files import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, STAGED, TOKENIZER_FILES, publish, staging_area
+from tokenizer.files import (
+    HF_TOKENIZER_CONFIG,
+    HF_TOKENIZER_FILE,
+    STAGED,
+    TOKENIZER_FILES,
+    check_replaceable,
+    publish,
+    staging_area,
+)
 from tokenizer.hf_export import set_model_max_length
 
 
@@ -31,26 +39,6 @@ def full_state_dict(directory: Path, step: int, model: ModelConfig) -> dict[str,
     """Every weight of the checkpoint of `step` in `directory`, whole, named as in `BloomModel`."""
     reader = ShardReader(directory / checkpoint_tag(step), checkpoint_layout(directory, step))
     return {model_name(name, model.num_layers): reader.full(name).clone() for name in reader.names()}
-
-
-def check_output_dir(output: Path, run_dir: Path, overwrite: bool) -> None:
-    """Before the weights are read: a directory of its own (the export replaces it whole), and over an earlier export
-    only when asked to."""
-    if output.resolve().is_relative_to(run_dir.resolve()) or run_dir.resolve().is_relative_to(output.resolve()):
-        raise ValueError(
-            f"output_dir={output} and run_dir={run_dir} lie one inside the other: export to a directory of its own"
-        )
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output_dir={output} is a file: choose a directory")
-    held = sorted(path.name for path in output.iterdir()) if output.is_dir() else []
-    foreign = [name for name in held if not any(fnmatch(name, pattern) for pattern in EXPORT_FILES)]
-    if foreign:
-        raise ValueError(
-            f"output_dir={output} holds files that are not an export's ({', '.join(foreign[:3])}): the export replaces "
-            "the directory whole, so choose an empty or new one"
-        )
-    if held and not overwrite:
-        raise ValueError(f"output_dir={output} already holds an export: choose another, or pass overwrite=true")
 
 
 def _read_weights(job: ExportJob, weights: Weights, tries: int = 3) -> tuple[Weights, dict[str, torch.Tensor]]:
@@ -83,6 +71,10 @@ EXPORT_FILES = (
 )
 
 
+def _is_exported(name: str) -> bool:
+    return any(fnmatch(name, pattern) for pattern in EXPORT_FILES)
+
+
 def export_hf_model(job: ExportJob) -> None:
     from transformers import BloomConfig, BloomForCausalLM
 
@@ -90,7 +82,7 @@ def export_hf_model(job: ExportJob) -> None:
     if not Path(job.run_dir).is_dir():
         raise ValueError(f"run_dir={job.run_dir} is not a directory: pass a run directory or an imported model")
     weights = weights_of(job.run_dir, job.step)
-    check_output_dir(output, Path(job.run_dir), job.overwrite)
+    check_replaceable(output, "an export", _is_exported, {"run_dir": job.run_dir}, job.overwrite)
     weights, state = _read_weights(job, weights)
     vocab = state[EMBEDDING].shape[0]
     model = BloomForCausalLM(BloomConfig(**hf_config(weights.model, vocab)))

@@ -243,7 +243,7 @@ def test_a_failed_stage_stops_the_chain_and_a_resubmission_resumes_it(
     capsys.readouterr()
     assert main(["status", str(chain.run_dir)]) == 0
     status = capsys.readouterr().out
-    assert "failed     stage export (job" in status and "is a file: choose a directory" in status, status
+    assert "failed     stage export (job" in status and "is, or lies under, the file" in status, status
     assert "progress   step 6 of 6" in status
     # ... and once the file is gone, submitting again runs the export alone.
     os.remove(chain.run_dir / "hf")
