@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from launch.config.cluster import Scheduler
+from launch.config.compose import pasted
 from launch.config.job_file import job_config, read_job
 from launch.config.schemas import TrainJob
 from launch.rundir.files import IMPORT_FILE, JOB_FILE, JOBS_FILE
@@ -25,11 +26,7 @@ class RunDirectory:
         hint = "pass the run directory that `corolla train` or `corolla submit` printed"
         if not path.is_dir():
             raise ValueError(f"run_dir={run_dir} is not a directory: {hint}")
-        if (path / IMPORT_FILE).is_file():
-            raise ValueError(
-                f"run_dir={run_dir} holds a model imported from Hugging Face, not a training run: any layout reads it "
-                f"as it is; train from it with init_from={run_dir} run_dir=NEW"
-            )
+        check_not_imported(path)
         if not (path / JOB_FILE).is_file():
             if runs := runs_in(path):
                 raise ValueError(
@@ -53,6 +50,15 @@ class RunDirectory:
     def train_job(self) -> TrainJob:
         """The job, typed and validated."""
         return read_job(self.path / JOB_FILE)
+
+
+def check_not_imported(run_dir: Path) -> None:
+    """A model imported from Hugging Face is trained from, never in: a one-line ValueError for one."""
+    if (run_dir / IMPORT_FILE).is_file():
+        raise ValueError(
+            f"run_dir={run_dir} holds a model imported from Hugging Face, not a training run (any layout reads it as "
+            f"it is): train from it with {pasted('init_from', str(run_dir))} run_dir=NEW"
+        )
 
 
 def runs_in(directory: Path) -> list[Path]:

@@ -34,16 +34,18 @@ from launch.plan.layout import ParallelLayout
 from launch.plan.weights import checkpoint_layout
 from launch.rundir.checkpoints import (
     CheckpointError,
+    CheckpointRemoved,
     complete_record,
     complete_tags,
     file_entries,
     newest_intact,
     point_latest,
+    reading,
     remove_checkpoints,
     unverified,
     write_complete,
 )
-from launch.rundir.files import COMPLETE, TRAINER_FILE, checkpoint_tag, rng_file
+from launch.rundir.files import TRAINER_FILE, checkpoint_step, checkpoint_tag, rng_file
 from launch.train import shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
@@ -304,24 +306,23 @@ def load_weights(engine, checkpoint_dir: Path, growth: shards.EmbeddingGrowth | 
     embedding grows. Returns its layout."""
     directory, tag = checkpoint_dir.parent, checkpoint_dir.name
     try:
-        step = complete_record(directory, tag)["step"]
-        if bad := changed_files(directory, tag):  # what the run learns from must be what was saved
-            raise CheckpointError(
-                f"init_from's checkpoint {checkpoint_dir} fails its checksums ({', '.join(bad)}): restore its files "
-                "from a copy (an imported model: import it again); nothing was trained"
-            )
-        layout = checkpoint_layout(directory, step)
-        shards.restore_weights(engine, shards.ShardReader(checkpoint_dir, layout), growth)
+        with reading(directory, checkpoint_step(tag)):  # found there at the launch (initial_weights)
+            step = complete_record(directory, tag)["step"]
+            if bad := changed_files(directory, tag):  # what the run learns from must be what was saved
+                raise CheckpointError(
+                    f"init_from's checkpoint {checkpoint_dir} fails its checksums ({', '.join(bad)}): restore its "
+                    "files from a copy (an imported model: import it again); nothing was trained"
+                )
+            layout = checkpoint_layout(directory, step)
+            shards.restore_weights(engine, shards.ShardReader(checkpoint_dir, layout), growth)
+    except CheckpointRemoved:  # its run, training on, saved newer ones since the launch
+        raise CheckpointError(
+            f"init_from's checkpoint {checkpoint_dir} is gone (its run saved newer ones, or it was deleted): launch "
+            "again, to start from what is there now; nothing was trained"
+        ) from None
     except shards.ShardError as error:
         raise CheckpointError(f"init_from's checkpoint {checkpoint_dir} does not fit this model: {error}") from None
-    except (RuntimeError, OSError, EOFError, KeyError, CheckpointError) as error:
-        if not (checkpoint_dir / COMPLETE).is_file():  # its run, training on, saved newer ones since the launch
-            raise CheckpointError(
-                f"init_from's checkpoint {checkpoint_dir} is gone (its run saved newer ones, or it was deleted): "
-                "launch again, to start from what is there now; nothing was trained"
-            ) from None
-        if isinstance(error, CheckpointError):
-            raise
+    except (RuntimeError, OSError, EOFError, KeyError) as error:
         raise CheckpointError(
             f"init_from's checkpoint {checkpoint_dir} cannot be loaded ({first_line(error)}): restore its "
             "files, or import the model again"

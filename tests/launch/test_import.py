@@ -311,7 +311,8 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     assert pasted[0] == "train" and main([*pasted, "--cfg"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["init_from"] == str(imported)
     assert main(["train", f"run_dir={imported}", f"data.tokens_dir={tokens}"]) == 2
-    assert f"init_from={imported} run_dir=NEW" in capsys.readouterr().err
+    said = capsys.readouterr().err.split("train from it with ")[1].split(" run_dir=NEW")[0]
+    assert shlex.split(said) == [f"init_from='{imported}'"]  # quoted for the shell and for Hydra: it holds a space
     new_run = tmp_path / "new"
     assert main(["train", f"init_from={imported}", f"run_dir={new_run}", f"data.tokens_dir={tokens}"]) == 2
     assert f"the token files in {tokens} were encoded with another tokenizer than that of init_from's weights" in (
@@ -364,8 +365,8 @@ def test_init_from_weights_whose_bytes_changed_trains_nothing_until_they_are_res
     assert main(["checkpoint", "verify", str(imported)]) == 0
     assert main(["checkpoint", "reshard", str(imported), "tp=2"]) == 2  # nothing to reshard: any layout reads it
     assert capsys.readouterr().err == (
-        f"corolla: error: run_dir={imported} holds a model imported from Hugging Face, not a training run: any layout "
-        f"reads it as it is; train from it with init_from={imported} run_dir=NEW\n"
+        f"corolla: error: run_dir={imported} holds a model imported from Hugging Face, not a training run (any layout "
+        f"reads it as it is): train from it with init_from={imported} run_dir=NEW\n"
     )
     assert main(arguments) == 0  # the same command, once the files are restored
     assert [record["step"] for record in records(run_dir)] == [1]
