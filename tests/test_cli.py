@@ -315,7 +315,7 @@ def test_a_file_where_a_directory_belongs_is_said_so(capsys, tmp_path: Path, out
     (tmp_path / "a-file").write_text("notes")
     code, _, err = run(capsys, "tokenizer", "train", f"output_dir={tmp_path / output}", "corpus=x")
     assert code == 2 and err.strip() == (
-        f"corolla: error: output_dir {tmp_path / output} is, or lies under, the file {tmp_path / 'a-file'}: give a "
+        f"corolla: error: output_dir={tmp_path / output} is, or lies under, the file {tmp_path / 'a-file'}: give a "
         "directory's path"
     )
     assert (tmp_path / "a-file").read_text() == "notes"
@@ -356,6 +356,14 @@ def test_a_dry_run_finds_a_missing_corpus_or_parallel_set(capsys, tmp_path: Path
     code, _, err = run(capsys, *arguments, f"run_dir={tmp_path / 'run'}")
     assert code == 2 and err.startswith(f"corolla: error: {expected.replace('MISSING', missing)}: pass ")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pipeline_without_a_corpus_is_told_to_give_one(capsys, tmp_path: Path) -> None:
+    """Its training job reads the pipeline's token files instead, so nothing else asked for one: a TypeError."""
+    code, _, err = run(capsys, "pipeline", "--dry-run", "data.corpus=null", f"run_dir={tmp_path / 'run'}")
+    assert code == 2 and err == (
+        "corolla: error: data.corpus is not set: the pipeline trains its tokenizer on it; give data.corpus=DIR"
+    )
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,25 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell,
         ["bash", "-c", " ".join([MAIN, *map(shlex.quote, changed)])], cwd=workspace, text=True, capture_output=True
     )
     assert result.returncode == 2 and "which this pipeline would train anew" in result.stderr.strip().splitlines()[-1]
+    # Another model, on the run trained already, was "nothing to do"; another tokenizer given for the run's token files
+    # had them encoded anew in place. Both are refused before any stage runs.
+    tokens = {path: path.stat().st_mtime_ns for path in (demo / "tokens").rglob("*")}
+    other = workspace / "other-tokenizer"
+    other.mkdir()
+    byte_level_bpe(other / "tokenizer.json", [path.read_text() for path in sorted((data / "parallel").rglob("*.txt"))])
+    for change, refusal in {
+        "model.num_layers=3": "holds checkpoints of model.num_layers=2, this job has model.num_layers=3",
+        f"data.tokenizer_dir={other}": "holds checkpoints trained on another tokenizer than",
+    }.items():
+        result = subprocess.run(
+            ["bash", "-c", " ".join([MAIN, *map(shlex.quote, [*small, change])])],
+            cwd=workspace,
+            text=True,
+            capture_output=True,
+        )
+        assert result.returncode == 2 and refusal in result.stderr.strip().splitlines()[-1], result.stderr
+        assert "[1/5]" not in result.stdout
+    assert {path: path.stat().st_mtime_ns for path in (demo / "tokens").rglob("*")} == tokens
 
 
 def test_the_corolla_command_and_the_main_job_with_overrides(shell: Shell) -> None:

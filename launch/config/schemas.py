@@ -301,6 +301,8 @@ class MainJob(TrainJob):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.data.corpus:  # data.tokens_dir, the pipeline's own, stands in for it in a training job
+            raise ValueError("data.corpus is not set: the pipeline trains its tokenizer on it; give data.corpus=DIR")
         if not self.encode_task_mb > 0:
             raise ValueError(f"encode_task_mb={self.encode_task_mb} must be positive")
 

@@ -258,6 +258,7 @@ class LocalBackend(Backend):
         run_dir = Path(job.run_dir)
         resume_step = newest_intact(run_dir / CHECKPOINTS)
         if resume_step and resume_step >= job.train.steps:
+            prepare_run(job, True, self.live_job)  # still this run's job: another model or tokenizer is refused
             if not dry_run:
                 _finish_the_end(run_dir, resume_step)
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from launch.config.schemas import MainJob
 from launch.jobs.local import LocalBackend
+from launch.jobs.prepare import prepare_run
 from launch.jobs.stages import (
     PipelinePaths,
     check_inputs,
@@ -34,10 +35,12 @@ from tokenizer.train import METADATA_FILE
 def run_main_job(job: MainJob, dry_run: bool = False) -> None:
     paths = PipelinePaths.of(job)
     check_inputs(job)
+    training = checkable_training_job(job, data_is_current(job))
     if dry_run:
-        LocalBackend().start(checkable_training_job(job, data_is_current(job)), dry_run=True)
+        LocalBackend().start(training, dry_run=True)
         print(f"dry run: the stages would run here, in {paths.run_dir}")
         return
+    prepare_run(training, dry_run=True)  # a bad training job fails now, not after the data stages' minutes
     with one_pipeline(paths.run_dir):
         _run_stages(job)
 

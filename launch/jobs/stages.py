@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from launch.config.compose import pasted
 from launch.config.schemas import ExportJob, MainJob, TrainJob
 from launch.jobs.prepare import PreparedRun, prepare_run
 from launch.plan.weights import HF_CONFIG_FILE, holds_hf_weights, tokenizer_of
@@ -29,12 +30,13 @@ from launch.rundir.files import (
     TRAIN_DIR,
     checkpoint_tag,
 )
+from launch.rundir.history import RunHistory
 from launch.rundir.lock import writer
 from tokenizer.config import REFERENCE_KEY, TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
 from tokenizer.evaluate import evaluate, format_summary, load_parallel, report_paths, write_report
-from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, exclusively
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, exclusively, tokenizer_file
 from tokenizer.loading import load_tokenizer
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
@@ -133,12 +135,19 @@ def check_inputs(job: MainJob) -> None:
     tokenizer does not see it trained anew (the training's relaunch would then be refused, hours later)."""
     discover_sources(job.data.corpus)
     load_parallel(job.parallel_set, job.tokenizer.reference_language, REFERENCE_KEY)
-    paths = PipelinePaths.of(job)
-    if trained_steps(job) and not tokenizer_is_current(job):
+    paths, trained = PipelinePaths.of(job), trained_steps(job)
+    if trained and not tokenizer_is_current(job):
         raise ValueError(
             f"{paths.train} holds checkpoints trained on the tokenizer in {paths.tokenizer}, which this pipeline would "
             "train anew (its corpus or tokenizer settings changed, or it is gone): give a new run_dir, or the run's "
             "corpus and settings"
+        )
+    learnt = RunHistory(paths.train).tokenizer_fingerprint() if trained else None
+    if learnt and given_tokenizer(job) and tokenizer_file(paths.tokenizer, learnt) is None:
+        kept = pasted("data.tokenizer_dir", str(paths.train / TOKENIZER_DIR))
+        raise ValueError(
+            f"{paths.train} holds checkpoints trained on another tokenizer than {paths.tokenizer}, whose token files "
+            f"this pipeline would encode in place of theirs: give {kept} (a copy of the one it learnt) or a new run_dir"
         )
     held = writer(paths.train)
     if held and held[1] is not False and not (tokenizer_is_current(job) and data_is_current(job)):
