@@ -29,9 +29,9 @@ from launch.plan.weights import (
     weights_of,
 )
 from launch.rundir import outbox, tracking
-from launch.rundir.checkpoints import newest_intact
-from launch.rundir.directory import holds_runs, runs_in
-from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, IMPORT_FILE, JOB_FILE, RUN_FILE, STOP_FILE, TOKENIZER_DIR
+from launch.rundir.checkpoints import check_not_lost, newest_intact
+from launch.rundir.directory import check_not_imported, holds_runs, runs_in
+from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, JOB_FILE, RUN_FILE, STOP_FILE, TOKENIZER_DIR
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
 from launch.rundir.lock import LiveJob, RunLocked, check_unheld
 from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, recorded_uri, tracked_run
@@ -71,11 +71,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False, live_job: LiveJob = lambda
     """Validates the job (a one-line ValueError otherwise); unless a dry run, writes its run directory and opens (or
     continues) its MLflow run. `live_job`: a Slurm job queued or running in a run directory, if any (init_from's)."""
     run_dir = Path(job.run_dir)
-    if (run_dir / IMPORT_FILE).is_file():
-        raise ValueError(
-            f"run_dir={run_dir} holds a model imported from Hugging Face: train from it in a new run directory, "
-            f"with init_from={run_dir} run_dir=NEW"
-        )
+    check_not_imported(run_dir)
     if runs := runs_in(run_dir):
         raise ValueError(
             f"run_dir={run_dir} {holds_runs(runs)} ({runs[0].name}...): give this run a directory of its own"
@@ -213,6 +209,7 @@ class SavedRun:
 def saved_run(run_dir: Path) -> SavedRun | None:
     """None where run_dir holds no checkpoint of its own: a launch there starts afresh (or from init_from)."""
     step = newest_intact(run_dir / CHECKPOINTS, log=lambda line: None)  # the start names those it passes over
+    check_not_lost(run_dir / CHECKPOINTS, step or 0)
     if not step or not (run_dir / JOB_FILE).is_file():
         return None
     return SavedRun(run_dir, step, read_job(run_dir / JOB_FILE), RunHistory(run_dir).tokenizer_fingerprint())

@@ -16,7 +16,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from launch.rundir.files import COMPLETE, LATEST, SET_ASIDE, checkpoint_step, checkpoint_tag, is_checkpoint_tag
+from launch.rundir.files import (
+    COMPLETE,
+    LAST_SAVED,
+    LATEST,
+    SET_ASIDE,
+    checkpoint_step,
+    checkpoint_tag,
+    is_checkpoint_tag,
+)
 from tokenizer.files import sha256_of, sync_directory, temporaries_of, write_atomically
 
 
@@ -152,6 +160,12 @@ def newest_intact(directory: Path, log: Callable[[str], None] = print, below: st
     raise errors[0]
 
 
+def first_candidate(directory: Path) -> int | None:
+    """The step a start would try first to resume from, its files unchecked; None where there is no checkpoint."""
+    tags = [tag for tag in _candidates(directory) if is_checkpoint_tag(tag)]
+    return checkpoint_step(tags[0]) if tags else None
+
+
 def _candidates(directory: Path, below: str | None = None) -> list[str]:
     """The checkpoint tags a start may resume from, the one to take first first: those a save cut off before `latest`
     named them, `latest`'s, then the older complete ones (or those older than `below`, alone, when given)."""
@@ -269,6 +283,21 @@ def point_latest(directory: Path, tag: str) -> None:
     for left in temporaries_of(directory, LATEST):  # by a writer killed halfway; the run has one writer (its lock)
         left.unlink(missing_ok=True)
     write_atomically(directory / LATEST, tag + "\n")
+    write_atomically(directory.parent / LAST_SAVED, tag + "\n")
+
+
+def check_not_lost(directory: Path, step: int) -> None:
+    """A start that resumes from no checkpoint in `directory` (`step` 0) where the run saved some would train from
+    scratch and drop the records of every step since: a CheckpointError. A scratch filesystem's purge, checkpoints
+    deleted, or a `checkpoints` link to storage that is not mounted."""
+    marker = directory.parent / LAST_SAVED
+    if step or not marker.is_file():
+        return
+    raise CheckpointError(
+        f"{directory} holds no complete checkpoint, yet the run saved {marker.read_text().strip()[:40]} there: restore "
+        f"its checkpoints (from a copy, or mount the storage it links to), or remove {marker} to train from scratch "
+        "there; nothing was trained"
+    )
 
 
 def complete_steps(directory: Path) -> list[int]:

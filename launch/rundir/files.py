@@ -21,6 +21,8 @@ MLFLOW_DB = "mlflow.db"  # the embedded MLflow store, when there is no tracking 
 MLFLOW_ARTIFACTS = "mlartifacts"  # ... and its artifacts
 CHECKPOINTS = "checkpoints"  # step-XXXXXXXX/ directories
 LATEST = "latest"  # in CHECKPOINTS: the tag of the newest complete checkpoint
+# Beside CHECKPOINTS, LATEST's copy: a start that finds no checkpoint where the run saved some knows they were lost.
+LAST_SAVED = "last-saved"
 # In CHECKPOINTS: complete checkpoints newer than the one a start resumed from (damaged, or `latest` was pointed back
 # past them), moved here rather than overwritten when their steps are trained again.
 SET_ASIDE = "set-aside"

@@ -26,9 +26,9 @@ from launch.data.corpus import TokenCorpus
 from launch.data.facts import TokenizerChanged
 from launch.plan.layout import ParallelLayout
 from launch.plan.run_plan import RunPlan, read_plan
-from launch.rundir.checkpoints import CheckpointError, set_aside_newer
+from launch.rundir.checkpoints import CheckpointError, check_not_lost, set_aside_newer
 from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, JOB_FILE, STOP_FILE, checkpoint_tag
-from launch.rundir.history import UNFIT_NODES, Event, RunHistory
+from launch.rundir.history import RESUMED_FROM, UNFIT_NODES, Event, RunHistory
 from launch.train import checkpoint
 from launch.train.batches import validation_batches
 from launch.train.device import device, init_distributed, seed_everything
@@ -61,7 +61,7 @@ def _record_start(
         change["resharded_from"] = saved_layout.name
         print(f"resharded the step-{resumed_from} checkpoint from {saved_layout.name} to {layout.name}", flush=True)
     redone = reporter.steps_redone
-    history.record(Event.start, **origin, resumed_from_step=resumed_from, steps_redone=redone, **change)
+    history.record(Event.start, **origin, **{RESUMED_FROM: resumed_from}, steps_redone=redone, **change)
 
 
 def _record_if_room(run_dir: Path, event: Event, **details: object) -> None:
@@ -237,6 +237,7 @@ def _set_up(start: RankStart) -> tuple[DataShard, PipelineEngine, int, ParallelL
     try:
         checkpoint.check_writable(start.checkpoints)
         first_step = checkpoint.verified_step(start.checkpoints)
+        check_not_lost(start.checkpoints, first_step)
         saved_layout = _starting_weights(engine, job, plan, start.checkpoints, first_step)
     except CheckpointError as error:
         _refuse(start.run_dir, error, says=start.rank == 0)

@@ -303,6 +303,27 @@ def test_when_no_checkpoint_verifies_the_run_refuses_to_start_again(capfd, token
     assert sorted(losses(run_dir)) == [1, 2]
 
 
+def test_a_run_whose_checkpoints_were_lost_is_not_trained_from_scratch(capfd, tokens, uninterrupted_run, tmp_path):
+    """A scratch purge, or `checkpoints` linked to storage not mounted: the start trained from step 0 without a word,
+    dropped the records of every step, and MLflow, which held them, was never sent the new ones."""
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 4)
+    (run_dir / "checkpoints").rename(tmp_path / "elsewhere")
+    (run_dir / "checkpoints").mkdir()
+    records = (run_dir / "metrics.jsonl").read_bytes()
+    assert main(["train", "--dry-run", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 2
+    assert train(run_dir, tokens) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[0] == err[-1] == (
+        f"corolla: error: {run_dir / 'checkpoints'} holds no complete checkpoint, yet the run saved step-00000004 "
+        f"there: restore its checkpoints (from a copy, or mount the storage it links to), or remove "
+        f"{run_dir / 'last-saved'} to train from scratch there; nothing was trained"
+    )
+    assert (run_dir / "metrics.jsonl").read_bytes() == records
+    (run_dir / "checkpoints").rmdir()
+    (tmp_path / "elsewhere").rename(run_dir / "checkpoints")
+    assert train(run_dir, tokens) == 0 and sorted(losses(run_dir)) == list(range(1, 7))
+
+
 def test_non_finite_steps_can_be_let_pass_and_leave_the_weights_as_they_were(
     tokens: Path, uninterrupted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
