@@ -10,9 +10,9 @@ The job comes back by itself (`scontrol requeue`, or Slurm's own requeue of a jo
   job that leaves it out takes over, queued behind this one, which ends.
 An elastic run (`cluster.min_nodes`) is not requeued: rank 0 of each start queues the run's next job behind this one,
 which takes over whenever and however this one ends, on the nodes that are free then (slurm/executor.py).
-A restart resumes from the last complete checkpoint. Failures (all but clean stops) count against
-cluster.max_restarts; past it, the job ends failed and says so. What follows a start is `after_start` and `after`:
-pure functions of the run's history, how the start ended and the budget.
+A restart resumes from the last complete checkpoint. Failures (all but clean stops) in a row without a newer checkpoint
+count against cluster.max_restarts; past it, the job ends failed and says so. What follows a start is `after_start`,
+`after` and `after_failure`: pure functions of the run's history, how the start ended and the budget.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from enum import Enum
 from pathlib import Path
 
 from launch.config.cluster import ClusterConfig
-from launch.rundir.files import HISTORY_FILE, JOB_FILE, STOP_FILE
-from launch.rundir.history import BEFORE_TRAINING, Event, RunHistory, failures, has_ended
+from launch.rundir.checkpoints import first_candidate
+from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, JOB_FILE, STOP_FILE
+from launch.rundir.history import BEFORE_TRAINING, RESUMED_FROM, Event, RunHistory, failures, has_ended
 from launch.train.stopping import ENDED_EXIT, REFUSED_EXIT, StopSignals
 from slurm.client import was_cancelled
 from slurm.commands import UNREACHABLE_HINT, requeue
@@ -53,18 +54,22 @@ def after_start(events: list[dict], budget: int) -> Next:
     return Next.give_up if failures(events) > budget else Next.train
 
 
-def after(ending: Event | None, events: list[dict], budget: int, chained: bool, kill_switch: bool = False) -> Next:
-    """What follows a start that ended as `ending` (None: it failed: a crash, a dead node, a hung rank), given the
-    history it found when it began (`events`), the restart budget, whether the run is a chain of jobs and whether a
-    STOP file is there. A diverged run would diverge again from the same checkpoint, one out of space would fill its
-    disk again: they end. One that found unfit nodes has given way to a job without them."""
+def after(ending: Event, chained: bool, kill_switch: bool = False) -> Next:
+    """What follows a start that ended as `ending`, given whether the run is a chain of jobs and whether a STOP file is
+    there. A diverged run would diverge again from the same checkpoint, one out of space would fill its disk again:
+    they end. One that found unfit nodes has given way to a job without them."""
     if ending == Event.unfit:
         return Next.replaced
-    if ending is None and failures(events) >= budget:
-        return Next.give_up
-    if ending is None or (ending == Event.stopped and not kill_switch):
+    if ending == Event.stopped and not kill_switch:
         return Next.next_job if chained else Next.requeue
     return Next.end
+
+
+def after_failure(spent: int, budget: int, chained: bool) -> Next:
+    """What follows a start that failed (a crash, a dead node, a hung rank), `spent` failures counted with its own."""
+    if spent > budget:
+        return Next.give_up
+    return Next.next_job if chained else Next.requeue
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,9 @@ class JobStart:
     budget: int
     chained: bool
 
-    def follow(self, decision: Next) -> None:
+    def follow(self, decision: Next, spent: int = 0) -> None:
         if decision == Next.give_up:
-            self.give_up()
+            self.give_up(spent)
         elif decision == Next.requeue:
             self.requeue()
         elif decision == Next.end and self.chained:
@@ -104,18 +109,29 @@ class JobStart:
         it, and so does a rank that gives up (rank 0 may be dead, or may come too late: it leaves an ended run alone).
         Not where the run has ended meanwhile: a rank without a GPU of its own refuses alone (refused), and its peers,
         waiting for it, fail on their rendezvous's timeout (train.hang_timeout_s) if srun has not killed them first."""
-        if has_ended(RunHistory(self.run_dir).events()):
+        events = RunHistory(self.run_dir).events()
+        if has_ended(events):
             return
-        decision = after(None, self.events, self.budget, self.chained)
+        spent = self.spent(events)
+        decision = after_failure(spent, self.budget, self.chained)
         if self.task.rank == 0 or (decision == Next.give_up and self.task.local_rank == 0):
             record_unrecorded_start(self.run_dir, self.task)
-        self.follow(decision)
+        self.follow(decision, spent)
 
-    def give_up(self) -> None:
+    def spent(self, events: list[dict]) -> int:
+        """The failures that count against the budget, this start's among them: the history `events` to this start's
+        line (one standing in for it where its ranks never got to write it), then the start that would follow it,
+        which says whether this one saved a newer checkpoint before it failed."""
+        own = own_start(events, self.task)
+        so_far = events[: own + 1] if own is not None else [*self.events, {"event": Event.start}]
+        resumable = first_candidate(self.run_dir / CHECKPOINTS)
+        return failures([*so_far, {"event": Event.start, RESUMED_FROM: resumable}])
+
+    def give_up(self, spent: int) -> None:
         from launch.rundir import outbox
 
         # One rank a node says so (rank 0 may be the one that died); the first to write it is enough.
-        history, spent = RunHistory(self.run_dir), failures(self.events)
+        history = RunHistory(self.run_dir)
         latest = history.events()
         if self.task.local_rank == 0 and (not latest or latest[-1]["event"] != Event.gave_up):
             history.record(Event.gave_up, failures=spent, max_restarts=self.budget)
@@ -123,8 +139,8 @@ class JobStart:
         if self.chained and self.task.local_rank == 0:
             cancel_next_jobs(self.run_dir, self.task.job_id)
         print(
-            f"corolla: giving up after {spent} failed restarts (cluster.max_restarts={self.budget}); see "
-            f"{self.run_dir / HISTORY_FILE}",
+            f"corolla: giving up after {spent} failed starts with no newer checkpoint "
+            f"(cluster.max_restarts={self.budget}); see {self.run_dir / HISTORY_FILE}",
             file=sys.stderr,
             flush=True,
         )
@@ -233,7 +249,7 @@ class TrainingTask:
             )
             return False
         if decision == Next.give_up:
-            start.give_up()
+            start.give_up(failures(start.events))
             sys.exit(1)
         if start.chained and start.task.rank == 0:
             self._queue_next(cluster, start.run_dir, start.task)
@@ -262,7 +278,7 @@ class TrainingTask:
             # The STOP file (`corolla cancel`), or a user's own scancel: its SIGTERM stopped the ranks as a preemption's
             # does, and a requeue would undo the cancel.
             kill_switch = (run_dir / STOP_FILE).exists() or (outcome == Event.stopped and was_cancelled(task.job_id))
-            start.follow(after(outcome, start.events, start.budget, start.chained, kill_switch=kill_switch))
+            start.follow(after(outcome, start.chained, kill_switch=kill_switch))
         return outcome
 
     def _give_way(

@@ -29,7 +29,7 @@ from launch.rundir.files import (
     SET_ASIDE,
     VALIDATION_FILE,
 )
-from launch.rundir.history import BEFORE_TRAINING, CHANGED_RECORD, Event, RunHistory
+from launch.rundir.history import BEFORE_TRAINING, CHANGED_RECORD, RESUMED_FROM, Event, RunHistory
 from launch.rundir.records import last_records, record_of_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import read_state, store_fix
@@ -87,11 +87,12 @@ def history_lines(run: RunDirectory) -> list[str]:
     events = history.events()
     if not events:
         return [line("history", "no start recorded yet")]
-    # Restarts and failures over the run's life, as MLflow's tags count them; the budget counts since the last launch.
+    # Restarts and failures over the run's life, as MLflow's tags count them; a Slurm job's budget counts them in a row
+    # from the newest checkpoint (a local run is not restarted).
     restarts = max(0, len(history.starts()) - 1)
     budget = run.setting("cluster.max_restarts")
-    spent = f" ({history.failures()} of cluster.max_restarts={budget} spent since the last launch)"
-    spent = spent if budget is not None else ""
+    spent = f" ({history.failures()} of cluster.max_restarts={budget} spent from the newest checkpoint)"
+    spent = spent if budget is not None and run.sent_to_slurm else ""
     lines = [line("history", f"{plural(restarts, 'restart')}, {plural(history.crashes(), 'failure')}{spent}")]
     if len(events) > EVENTS_SHOWN:  # a run resumed for weeks has hundreds
         earlier = len(events) - EVENTS_SHOWN
@@ -138,7 +139,7 @@ def _describe_start(event: dict) -> str:
         where = f"on {event.get('host', '?')}"
     if event.get(BEFORE_TRAINING):
         return f"start     {where}, failed before it trained"
-    resumed = event.get("resumed_from_step", 0)
+    resumed = event.get(RESUMED_FROM, 0)
     origin = f"resumed from step {resumed}" if resumed else "from scratch"
     layout = f", {event['layout']}" if "layout" in event else ""
     if "resharded_from" in event:

@@ -57,7 +57,9 @@ class Event(StrEnum):
 TOKENIZER_RECORD = "tokenizer_fingerprint"
 MLFLOW_RUN_RECORD = "mlflow_run"
 CHANGED_RECORD = "changed"
-# In a start: it failed before it trained, recorded by what asked for the restart.
+# In a start: the step of the checkpoint it resumed from (0: none); that it failed before it trained, recorded by what
+# asked for the restart.
+RESUMED_FROM = "resumed_from_step"
 BEFORE_TRAINING = "before_training"
 # A stopped start's signal when it gave way after a checkpoint to a job without the nodes found unfit.
 UNFIT_NODES = "unfit nodes"
@@ -70,12 +72,21 @@ def launches(events: list[dict]) -> list[dict]:
 
 
 def failures(events: list[dict]) -> int:
-    """Starts since the last launch that directly followed another start (a health check's verdict between them
-    aside)."""
+    """Failed starts (another start directly followed, a health check's verdict between them aside) since the last
+    launch and since the last start that saved a newer checkpoint than the one it resumed from, which counts alone if
+    it failed: a run that goes on making progress is never given up, one that fails from the same checkpoint again and
+    again is."""
     events = [event for event in events if event["event"] != Event.unfit]
     launches = [index for index, event in enumerate(events) if event["event"] == Event.launch]
-    since_launch = events[launches[-1] :] if launches else events
-    return sum(1 for previous, event in pairwise(since_launch) if event["event"] == previous["event"] == Event.start)
+    count, furthest = 0, None
+    for previous, event in pairwise(events[launches[-1] :] if launches else events):
+        step = event.get(RESUMED_FROM) if event["event"] == Event.start else None
+        if step is not None and furthest is not None and step > furthest:
+            count = 0
+        if event["event"] == previous["event"] == Event.start:
+            count += 1
+        furthest = step if step is not None and (furthest is None or step > furthest) else furthest
+    return count
 
 
 def crashes(events: list[dict]) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.rundir.history import RunHistory
+from launch.rundir.history import Event, RunHistory
 from launch.rundir.records import append_record, last_record_per_step
 from launch.rundir.run_record import recorded_run
 
@@ -24,6 +24,16 @@ def history_of(tmp_path: Path, *events: str) -> RunHistory:
 def test_a_start_right_after_a_start_is_a_failure_a_start_after_a_clean_stop_is_not(tmp_path: Path) -> None:
     history = history_of(tmp_path, "launch", "start", "stopped", "start", "start", "start", "finished")
     assert history.failures() == 2 and len(history.starts()) == 4
+
+
+def test_a_start_that_saved_a_newer_checkpoint_before_it_failed_counts_alone(tmp_path: Path) -> None:
+    history = RunHistory(tmp_path)
+    history.record(Event.launch)
+    for step in (0, 0, 0, 10, 10):  # two failures from step 0, then one after saving step 10, then one from it
+        history.record(Event.start, resumed_from_step=step)
+    assert history.failures() == 2
+    history.record(Event.start, before_training=True)  # where it resumed from is not known: no progress
+    assert history.failures() == 3
 
 
 def test_a_new_launch_restores_the_budget(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "model      bloom-test, TP 2 x PP 1 x DP 2, 8 sequences x 128 tokens a step",
         "cluster    local",
         f"state      running: {holder}",
-        "history    2 restarts, 1 failure (1 of cluster.max_restarts=3 spent since the last launch)",
+        "history    2 restarts, 1 failure",  # a local run has no restart budget: it is never restarted
         f"           {at[0]}  start     on gpu-box, from scratch, 0 steps redone",
         f"           {at[1]}  start     on gpu-box, resumed from step 5, 3 steps redone",
         f"           {at[2]}  stopped   at step 10 (SIGTERM)",
@@ -200,11 +200,11 @@ def test_failures_are_counted_over_the_runs_life_and_the_budget_since_its_last_l
     # Four starts that failed, the last of them past the budget of 3 (it gave up), a launch by hand that restores the
     # budget, and one more failure: counted as MLflow's tags count them (corolla.restarts, corolla.failures), and the
     # budget as the job spends it.
-    run_dir = make_run(tmp_path / "run")
+    run_dir = make_run(tmp_path / "run", cluster="testcluster")
     kinds = ["launch", "start", "start", "start", "start", "gave_up", "launch", "start", "start"]
     write_jsonl(run_dir / "history.jsonl", [{"event": kind, "time": T0 + index} for index, kind in enumerate(kinds)])
     history = status_of(run_dir, capsys).splitlines()[4]
-    assert history == "history    5 restarts, 5 failures (1 of cluster.max_restarts=3 spent since the last launch)"
+    assert history == "history    5 restarts, 5 failures (1 of cluster.max_restarts=3 spent from the newest checkpoint)"
 
 
 def test_status_lists_the_last_twenty_events_and_what_each_launch_changed(

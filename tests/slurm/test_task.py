@@ -17,7 +17,7 @@ from launch.rundir.history import BEFORE_TRAINING, Event, RunHistory
 from launch.train.stopping import ENDED_EXIT, REFUSED_EXIT
 from model.config import ModelConfig
 from slurm.environment import SlurmTask
-from slurm.task import JobStart, Next, after, after_start, after_step, own_start
+from slurm.task import JobStart, Next, after, after_failure, after_start, after_step, own_start
 
 
 def history(*kinds: str) -> list[dict]:
@@ -41,23 +41,55 @@ def test_a_start_trains_unless_the_run_ended_or_spent_its_budget(events, budget,
 
 
 @pytest.mark.parametrize(
-    ("ending", "events", "budget", "chained", "kill_switch", "expected"),
+    ("ending", "chained", "kill_switch", "expected"),
     [
-        (None, history("launch"), 1, False, False, Next.requeue),
-        (None, history("launch"), 1, True, False, Next.next_job),
-        (None, history("launch"), 0, False, False, Next.give_up),  # max_restarts=0: the first failure ends it
-        (None, history("launch", "start", "start", "start"), 2, True, False, Next.give_up),
-        (None, history("launch", "start", "stopped", "start", "stopped"), 1, False, False, Next.requeue),
-        (Event.stopped, history("launch"), 0, False, False, Next.requeue),  # a time limit costs no restart
-        (Event.stopped, history("launch"), 0, True, False, Next.next_job),
-        (Event.stopped, history("launch"), 3, False, True, Next.end),  # the STOP file: no coming back
-        (Event.stopped, history("launch"), 3, True, True, Next.end),
-        (Event.finished, history("launch", "start", "start"), 3, False, False, Next.end),
-        (Event.finished, history("launch"), 3, True, False, Next.end),
+        (Event.stopped, False, False, Next.requeue),  # a time limit costs no restart
+        (Event.stopped, True, False, Next.next_job),
+        (Event.stopped, False, True, Next.end),  # the STOP file: no coming back
+        (Event.stopped, True, True, Next.end),
+        (Event.finished, False, False, Next.end),
+        (Event.finished, True, False, Next.end),
+        (Event.unfit, False, False, Next.replaced),
     ],
 )
-def test_what_follows_a_start(ending, events, budget, chained, kill_switch, expected) -> None:
-    assert after(ending, events, budget, chained, kill_switch) == expected
+def test_what_follows_a_start_that_ended(ending, chained, kill_switch, expected) -> None:
+    assert after(ending, chained, kill_switch) == expected
+
+
+@pytest.mark.parametrize(
+    ("spent", "budget", "chained", "expected"),
+    [
+        (1, 1, False, Next.requeue),
+        (1, 1, True, Next.next_job),
+        (1, 0, False, Next.give_up),  # max_restarts=0: the first failure ends it
+        (3, 2, True, Next.give_up),
+    ],
+)
+def test_what_follows_a_start_that_failed(spent, budget, chained, expected) -> None:
+    assert after_failure(spent, budget, chained) == expected
+
+
+def test_a_failure_counts_against_the_budget_unless_a_newer_checkpoint_was_saved_first(tmp_path) -> None:
+    """The budget was spent over the run's life: a run of months gave up after its eleventh dead node, however far
+    it had trained between them. Now failures count in a row from the same checkpoint; the failing start's own
+    progress is read from the checkpoints there now."""
+    env = {"SLURM_JOB_ID": "41", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"}
+    env |= {"SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "n1"}
+    history = RunHistory(tmp_path)
+    history.record(Event.launch, cluster="testcluster")
+    for restart, step in enumerate((0, 10, 20, 20, 20)):
+        history.record(Event.start, slurm_job="41", restart=restart, resumed_from_step=step)
+    task = SlurmTask.from_environment({**env, "SLURM_RESTART_COUNT": "4"})
+    found = history.events()[:-1]
+    (tmp_path / "checkpoints" / "step-00000020").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-00000020" / "COMPLETE").write_text("{}")
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000020")
+    # The start that saved step 20 failed after it, and three more from it: four since the newest checkpoint.
+    assert JobStart(tmp_path, task, found, budget=3, chained=False).spent(history.events()) == 4
+    (tmp_path / "checkpoints" / "step-00000030").mkdir()
+    (tmp_path / "checkpoints" / "step-00000030" / "COMPLETE").write_text("{}")
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000030")
+    assert JobStart(tmp_path, task, found, budget=3, chained=False).spent(history.events()) == 1  # it saved step 30
 
 
 def test_the_batch_script_counts_a_silent_failure_against_the_history_its_start_found() -> None:
@@ -95,7 +127,8 @@ def test_a_start_that_failed_before_it_trained_is_recorded_and_spends_the_budget
     events = RunHistory(tmp_path).events()
     assert [event["event"] for event in events] == ["launch", "start", "start", "start", "gave_up"]
     assert {key: events[3][key] for key in start} == start and events[3]["restart"] == 2
-    assert "giving up after 1 failed restarts (cluster.max_restarts=1)" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "giving up after 3 failed starts with no newer checkpoint (cluster.max_restarts=1)" in said
     assert describe_event(events[3]) == "start     job 41 restart 2 on n[1-2], failed before it trained"
 
 
@@ -118,7 +151,7 @@ def test_a_rank_that_gives_up_before_rank_0_records_the_start_it_gives_up_on(tmp
         (Event.start, 2),
         (Event.gave_up, None),
     ]
-    assert events[3][BEFORE_TRAINING] and "giving up after 1 failed restarts" in capsys.readouterr().err
+    assert events[3][BEFORE_TRAINING] and "giving up after 3 failed starts" in capsys.readouterr().err
 
 
 def test_the_batch_script_leaves_a_run_that_has_ended_alone(tmp_path) -> None:
