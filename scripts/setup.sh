@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
-# Creates .venv/ with corolla and its pinned dependencies; a no-op when they are already installed.
+# Creates .venv/ with corolla and its pinned dependencies; a no-op when they are already installed. Needs Python 3.11
+# with venv (Debian's python3-venv, installed here when missing and run as root).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.corolla-installed"
 wanted="$(cat "$root/pyproject.toml" "$root/requirements.lock" | sha256sum | cut -d' ' -f1)"
-if [[ -x "$venv/bin/corolla" && -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
-    exit 0
+installed() { [[ -x "$venv/bin/corolla" && -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; }
+installed && exit 0
+# One set-up at a time (the main job and the tests started together on a fresh clone): the second waits, then finds
+# the venv installed.
+exec 9<"${BASH_SOURCE[0]}"
+flock 9
+installed && exit 0
+python="$(command -v python3.11 || command -v python3 || true)"
+if [[ -z "$python" ]] || ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup.sh: corolla needs Python 3.11 or newer as python3.11 or python3: install it (apt-get install python3)" >&2
+    exit 1
 fi
-python="$(command -v python3.11 || command -v python3)"
+if ! "$python" -c 'import ensurepip' 2>/dev/null; then  # Debian's python3 without python3-venv
+    if [[ $EUID -ne 0 ]]; then
+        echo "setup.sh: $python cannot make a venv: install Debian's python3-venv (as root), then run this again" >&2
+        exit 1
+    fi
+    echo "installing python3-venv (a Debian package, once) ..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
 echo "setting up $venv (pinned dependencies, once) ..." >&2
-[[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
+# A venv made without pip (python3-venv missing then) is made again.
+"$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$python" -m venv --clear "$venv"
 # torch==2.13.0 is pinned in requirements.lock: the CPU wheel here, the CUDA build on a GPU cluster.
 # (This machine's pip config names local package folders that may be absent; its warnings about them are noise.)
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$root/requirements.lock" -e "$root[test]" \
