@@ -313,11 +313,12 @@ def test_a_run_whose_checkpoints_were_lost_is_not_trained_from_scratch(capfd, to
     assert main(["train", "--dry-run", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 2
     assert train(run_dir, tokens) == 2
     err = capfd.readouterr().err.strip().splitlines()
-    assert err[0] == err[-1] == (
+    lost = (
         f"corolla: error: {run_dir / 'checkpoints'} holds no complete checkpoint, yet the run saved step-00000004 "
         f"there: restore its checkpoints (from a copy, or mount the storage it links to), or remove "
         f"{run_dir / 'last-saved'} to train from scratch there; nothing was trained"
     )
+    assert err[0] == err[-1] == lost
     assert (run_dir / "metrics.jsonl").read_bytes() == records
     (run_dir / "checkpoints").rmdir()
     (tmp_path / "elsewhere").rename(run_dir / "checkpoints")
