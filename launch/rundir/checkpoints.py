@@ -97,7 +97,7 @@ def complete_record(directory: Path, tag: str) -> dict:
         )
     try:
         record = json.loads((directory / tag / COMPLETE).read_text())
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):  # another error (EIO, a timeout) is the storage's: no damage
         raise CheckpointError(f"{directory / LATEST} names {tag}, which is not a complete checkpoint: {fix}") from None
     except ValueError:
         record = None

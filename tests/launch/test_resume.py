@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -323,6 +324,24 @@ def test_a_run_whose_checkpoints_were_lost_is_not_trained_from_scratch(capfd, to
     (run_dir / "checkpoints").rmdir()
     (tmp_path / "elsewhere").rename(run_dir / "checkpoints")
     assert train(run_dir, tokens) == 0 and sorted(losses(run_dir)) == list(range(1, 7))
+
+
+def test_a_checkpoint_record_the_storage_fails_to_read_is_not_taken_for_damage(uninterrupted_run, monkeypatch) -> None:
+    """An I/O error (a Lustre eviction, a soft NFS mount's timeout) passed the newest checkpoint over for an older one,
+    a checkpoint interval lost; now the start fails, to be restarted. The error is injected: no storage here fails."""
+    checkpoints = uninterrupted_run / "checkpoints"
+    read_text = Path.read_text
+
+    def failing(path: Path, *arguments, **keywords) -> str:
+        if path.name == COMPLETE and path.parent.name == "step-00000006":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return read_text(path, *arguments, **keywords)
+
+    monkeypatch.setattr(Path, "read_text", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        newest_intact(checkpoints, log=pytest.fail)
+    monkeypatch.undo()
+    assert newest_intact(checkpoints) == 6
 
 
 def test_non_finite_steps_can_be_let_pass_and_leave_the_weights_as_they_were(
