@@ -23,7 +23,7 @@ from launch.train.hashed_save import save_hashed
 from launch.train.shards import KEYS, ShardError, ShardReader, shard_files
 from model.config import ModelConfig
 from model.layers import EMBEDDING, TIED_PREFIX, holds
-from tokenizer.files import is_no_space
+from tokenizer.files import is_no_space, sha256_of
 
 TIED_EMBEDDING = TIED_PREFIX + EMBEDDING
 
@@ -35,7 +35,9 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
     reader = ShardReader(directory, saved)
     if problem := embedding_rows_problem(model, reader.full_size(TIED_EMBEDDING, 0), saved.tp, target.tp):
         raise ShardError(problem)
-    checksums = {name: sha for name, (_, sha) in file_entries(step_record(checkpoints, step)).items()}
+    # Those an older corolla recorded by size alone are hashed as they are: COMPLETE's form now has a hash for each.
+    entries = file_entries(step_record(checkpoints, step))
+    checksums = {name: sha or sha256_of(directory / name) for name, (_, sha) in entries.items()}
     for path in directory.rglob("*"):  # written by a reshard stopped halfway: no layout's, whatever it was for
         if path.is_file() and str(path.relative_to(directory)) not in {*checksums, COMPLETE}:
             path.unlink()
