@@ -46,6 +46,7 @@ from slurm.executor import (
     submit_elastic,
     submit_job,
     submitting,
+    waiting_for,
 )
 from slurm.jobs import excluded_nodes, live_jobs, written_elsewhere
 from tokenizer.files import first_line, write_atomically
@@ -68,7 +69,11 @@ def stage_dir(run_dir: Path, stage: str) -> Path:
     return run_dir / TRAIN_DIR if stage == Stage.train else run_dir
 
 
-@dataclass(frozen=True)
+# Slurm sends the signal before the time limit up to a minute off; the task began some seconds after its job.
+SIGNAL_SLACK_S = 120
+
+
+@dataclass
 class StageTask:
     """What a data stage's job runs (the train stage runs slurm.task.TrainingTask)."""
 
@@ -88,11 +93,14 @@ class StageTask:
         run_dir = Path(self.run_dir)
         error_file = run_dir / STAGE_ERRORS / f"{self.name}.txt"
         error_file.unlink(missing_ok=True)
+        self._given_up = ""
         try:
-            self._run(read_job(run_dir / PIPELINE_JOB, MainJob))
+            job = read_job(run_dir / PIPELINE_JOB, MainJob)
+            self._began = (time.time(), self._kept(job))
+            self._run(job)
         except Exception as error:
             error_file.parent.mkdir(exist_ok=True)
-            error_file.write_text(first_line(error) + "\n")
+            error_file.write_text((self._given_up or first_line(error)) + "\n")
             raise
 
     def _run(self, job: MainJob) -> None:
@@ -138,9 +146,28 @@ class StageTask:
         _replace_job(run_dir, self.stage, follower)
         print(f"the training goes on in Slurm job {training_job}: the export follows it, as job {follower}")
 
-    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
-        """submitit's question on USR2: what to requeue. The same task: it skips what it had finished."""
-        return submitit.helpers.DelayedSubmission(self)
+    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission | None:
+        """submitit's question on USR2: what to requeue. The same task: it skips what it had finished. None (the job
+        fails, saying why) where the signal came as the time limit neared and the task finished nothing a restart
+        keeps since it began: it would run so again and again, the stages after it pending for ever."""
+        job = read_job(Path(self.run_dir) / PIPELINE_JOB, MainJob)
+        began, kept = getattr(self, "_began", (time.time(), 0))  # the signal may come before the task began
+        limit = job.cluster.time_limit_min * 60 - job.cluster.signal_delay_s - SIGNAL_SLACK_S
+        if time.time() - began < limit or self._kept(job) > kept:
+            return submitit.helpers.DelayedSubmission(self)
+        encoding = self.stage == Stage.encode
+        what = "any of its corpus files" if encoding else "the stage, which starts again from nothing"
+        self._given_up = (
+            f"the {self.stage} stage met cluster.time_limit_min={job.cluster.time_limit_min} before it finished "
+            f"{what}: raise cluster.time_limit_min" + (" or split the largest corpus files" if encoding else "")
+        )
+        return None
+
+    def _kept(self, job: MainJob) -> int:
+        """What a restart of this task would not do again: an encoding task's corpus files encoded."""
+        from launch.jobs import stages
+
+        return stages.encoded_files(job, list(self.files)) if self.stage == Stage.encode else 0
 
 
 @dataclass(frozen=True)
@@ -213,15 +240,7 @@ def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency
         options = sbatch_options(cluster.sbatch, "cluster.sbatch")
     parameters["additional_parameters"] = {**options, "requeue": True}
     executor.update_parameters(**parameters)
-    return _after(executor, dependency)
-
-
-def _after(executor: submitit.SlurmExecutor, dependency: str | None) -> submitit.SlurmExecutor:
-    """Waits for `dependency`; should that fail, Slurm cancels the job rather than leaving it pending for ever."""
-    if dependency:
-        extra = {**executor.parameters.get("additional_parameters", {}), "kill_on_invalid_dep": "yes"}
-        executor.update_parameters(dependency=dependency, additional_parameters=extra)
-    return executor
+    return waiting_for(executor, dependency)
 
 
 @dataclass(frozen=True)
@@ -292,11 +311,13 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
 def _executors(job: MainJob, plan: ChainPlan, dependency_of) -> Iterator[tuple[str, submitit.SlurmExecutor]]:
     """Each stage's executor, made when the one before has been submitted: `dependency_of(previous stage)` may name
     its job then."""
-    run_dir, cluster, previous = Path(job.run_dir), job.cluster, None
+    run_dir, cluster, previous, training_waits = Path(job.run_dir), job.cluster, None, None
     for stage in plan.stages:
         dependency = dependency_of(previous)
+        if previous == Stage.train and cluster.chained and training_waits:
+            dependency += f",{training_waits}"  # the first training job's afterany: cancelled, it is satisfied
         if stage == Stage.train:
-            executor = _after(make_executor(cluster, stage_dir(run_dir, stage)), dependency)
+            executor, training_waits = make_executor(cluster, stage_dir(run_dir, stage), dependency), dependency
         else:
             executor = stage_executor(cluster, run_dir, stage, dependency)
         if stage == Stage.encode:

@@ -127,11 +127,18 @@ def make_executor(
     nodes to leave out beside those the run leaves out already."""
     executor = run_executor(run_dir)
     executor.update_parameters(**executor_parameters(cluster, job_name(run_dir)), teardown=[after_step_line(run_dir)])
-    if dependency is not None:
-        executor.update_parameters(dependency=dependency)
+    waiting_for(executor, dependency)
     excluded = excluded_nodes(cluster.exclude, run_dir) | unfit
     if excluded:
         executor.update_parameters(exclude=_single_line("cluster.exclude", ",".join(sorted(excluded))))
+    return executor
+
+
+def waiting_for(executor: submitit.SlurmExecutor, dependency: str | None) -> submitit.SlurmExecutor:
+    """Waits for `dependency`; should that fail, Slurm cancels the job rather than leaving it pending for ever."""
+    if dependency:
+        extra = {**executor.parameters.get("additional_parameters", {}), "kill_on_invalid_dep": "yes"}
+        executor.update_parameters(dependency=dependency, additional_parameters=extra)
     return executor
 
 
@@ -163,11 +170,15 @@ def submit_job(executor: submitit.SlurmExecutor, task: Callable[[], None], run_d
     return job_id
 
 
-def queue_next_job(cluster: ClusterConfig, run_dir: Path, task: Callable[[], None], job_id: str) -> str | None:
-    """An elastic run's next job, pending until this one ends, unless the run already has one; its id (None then)."""
+def queue_next_job(
+    cluster: ClusterConfig, run_dir: Path, task: Callable[[], None], job_id: str, upstream: str | None = None
+) -> str | None:
+    """An elastic run's next job, pending until this one ends (and what this one waits for, `upstream`: a pipeline's
+    stage before, whose failure cancels both), unless the run already has one; its id (None then)."""
     if jobs_after(run_dir, job_id):
         return None
-    return submit_job(make_executor(cluster, run_dir, f"afterany:{job_id}"), task, run_dir)
+    dependency = ",".join(filter(None, [f"afterany:{job_id}", upstream]))
+    return submit_job(make_executor(cluster, run_dir, dependency), task, run_dir)
 
 
 def submit_elastic(
@@ -179,7 +190,7 @@ def submit_elastic(
     executor.update_parameters(additional_parameters=held)
     job_id = submit_job(executor, task, run_dir)
     try:
-        next_job = queue_next_job(cluster, run_dir, task, job_id)
+        next_job = queue_next_job(cluster, run_dir, task, job_id, executor.parameters.get("dependency"))
     except Exception as error:  # a held job nothing would release
         if request("scancel", job_id):
             raise

@@ -198,6 +198,14 @@ def groups_to_encode(job: MainJob, groups: list[list[Source]]) -> list[int]:
     ]
 
 
+def encoded_files(job: MainJob, names: list[str]) -> int:
+    """How many of the corpus files named (Source.label) have current token files."""
+    paths = PipelinePaths.of(job)
+    settings = EncoderSettings.of(load_tokenizer(paths.tokenizer), append_eos=True)
+    sources = [source for source in discover_sources(job.data.corpus) if source.label in names]
+    return sum(current_record(paths.tokens, source, settings, None) is not None for source in sources)
+
+
 def encode_stage(job: MainJob, names: list[str]) -> None:
     """Encodes the corpus files named (Source.label) whose token files are not current."""
     paths = PipelinePaths.of(job)

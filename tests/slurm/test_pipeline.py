@@ -20,9 +20,9 @@ from conftest import MULTILINGUAL, cluster_in_environment, sbatch_that_stops_the
 from launch.cli import main
 from launch.rundir.files import STAGE_ERRORS
 from launch.rundir.history import RunHistory
-from slurm.chain import StageTask, chain_jobs, stage_state
+from slurm.chain import StageJob, StageTask, chain_jobs, stage_state
 from slurm.commands import UNREACHABLE_HINT
-from slurm.jobs import record_job
+from slurm.jobs import record_job, recorded_jobs
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "rus_Cyrl", "swh_Latn", "zho_Hans"]
@@ -224,6 +224,18 @@ def test_a_failed_stage_stops_the_chain_and_a_resubmission_resumes_it(
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("failed")]
     assert len(failed) == 1 and "stage tokenizer (job" in failed[0], failed
     assert "cannot hold the corpus's characters" in failed[0] and "raise the vocabulary" in failed[0]
+    # Elastic: the training's next job, queued behind its first, waited on that job's end alone, which the tokenizer's
+    # failure brought about by cancelling it: it then took the nodes, as the export did. Both wait on the
+    # preparation now, and go with it.
+    elastic = tmp_path / "elastic"
+    failing = ["tokenizer.character_coverage=0.9995", "parallel.elastic=true", "cluster.min_nodes=1"]
+    assert pipeline(elastic, corpus, *ON_SLURM, *failing) == 0
+    states = wait_chain(elastic)
+    assert states["tokenizer"] == "FAILED" and all(states[stage] == "CANCELLED" for stage in list(states)[1:])
+    first, following = recorded_jobs(elastic / "train")
+    assert first == chain_jobs(elastic)[-2].job_id
+    assert wait_for(lambda: not stage_state(StageJob("train", following)).live, timeout=60)
+    assert stage_state(StageJob("train", following)).state == "CANCELLED"
 
     # The trained run taken two steps further, elastic now and a step a job (as if each met its time limit): the
     # training goes on in the job its first queued behind itself, and the export follows it there. It meets a file

@@ -3,19 +3,23 @@ budget: train or not, requeue, leave it to an elastic run's next job, give up, o
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
+import submitit
 from mlflow.tracking import MlflowClient
 
 from conftest import train_job
 from launch.config.cluster import ClusterConfig, Scheduler
+from launch.config.compose import compose_job
 from launch.config.job_file import job_yaml
 from launch.jobs.monitor import describe_event
 from launch.rundir import tracking
 from launch.rundir.history import BEFORE_TRAINING, Event, RunHistory
 from launch.train.stopping import ENDED_EXIT, REFUSED_EXIT
 from model.config import ModelConfig
+from slurm.chain import StageTask
 from slurm.environment import SlurmTask
 from slurm.task import JobStart, Next, after, after_failure, after_start, after_step, own_start
 
@@ -185,3 +189,23 @@ def test_a_peer_that_fails_after_a_refusal_asks_for_no_restart(tmp_path) -> None
     RunHistory(tmp_path).record(Event.refused, reason="local rank 4 has no GPU of its own")
     JobStart(tmp_path, task, found, budget=3, chained=False).failed()  # outside a job: a requeue would fail
     assert [event["event"] for event in RunHistory(tmp_path).events()] == [Event.launch, Event.refused]
+
+
+@pytest.mark.parametrize("limit_min", [1, 60])
+def test_a_data_stage_that_meets_its_time_limit_having_kept_nothing_fails_rather_than_coming_back(limit_min, tmp_path):
+    """A tokenizer (an evaluation, an export, a corpus file larger than a job encodes) that outlasts its job was
+    requeued for ever, each restart beginning again from nothing, the stages after it pending. A signal long before
+    the time limit (a preemption) still requeues it. The task's start is set as its call sets it: no Slurm job here."""
+    overrides = ["cluster=testcluster", f"cluster.time_limit_min={limit_min}", "cluster.signal_delay_s=30"]
+    _, job = compose_job("pipeline", [f"run_dir={tmp_path}", *overrides])
+    (tmp_path / "pipeline.yaml").write_text(job_yaml(job))
+    task = StageTask(str(tmp_path), "tokenizer")
+    task._began = (time.time(), 0)
+    if limit_min == 60:
+        assert isinstance(task.checkpoint(), submitit.helpers.DelayedSubmission)
+        return
+    assert task.checkpoint() is None
+    assert task._given_up == (
+        "the tokenizer stage met cluster.time_limit_min=1 before it finished the stage, which starts again from "
+        "nothing: raise cluster.time_limit_min"
+    )
