@@ -3,6 +3,7 @@ have forgotten it)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from slurm.commands import SlurmError, run_slurm
@@ -30,12 +31,18 @@ def controller_record(job_id: str) -> dict[str, str] | None:
         if "Invalid job id" in str(error):
             return None
         raise
-    fields = (token.partition("=") for token in output.split())
-    record = {key: value for key, separator, value in fields if separator}
+    record = scontrol_fields(output)
     if "JobId" not in record or "JobState" not in record:  # no state to act on: an answer, not a record
         said = output.strip().splitlines()[0][:80] if output.strip() else "nothing"
         raise SlurmError(f"scontrol show job {job_id} answered no record of the job ({said})")
     return record
+
+
+def scontrol_fields(output: str) -> dict[str, str]:
+    """`scontrol show`'s Key=Value fields. A value runs to the next field's key: a path with a space (StdOut=/x/my
+    runs/...) is one value."""
+    fields = (field.partition("=") for field in re.split(r"\s+(?=[A-Za-z][\w:/.\[\]-]*=)", output.strip()))
+    return {key: value for key, separator, value in fields if separator}
 
 
 def accounting_record(job_id: str) -> dict[str, str] | None:

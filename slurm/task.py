@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -47,11 +48,25 @@ class Next(Enum):
     replaced = "replaced"  # unfit nodes: the job queued behind this one, without them, takes over
 
 
-def after_start(events: list[dict], budget: int) -> Next:
-    """Whether a start trains, given the history it finds."""
+def after_start(events: list[dict], budget: int, resumable: int | None) -> Next:
+    """Whether a start trains, given the history it finds and the step it resumes from (`resumable`; None: none):
+    not past the budget, which a start before it whose batch script died with its node could not judge."""
     if has_ended(events):
         return Next.nothing
-    return Next.give_up if failures(events) > budget else Next.train
+    return Next.give_up if failures([*events, start_at(resumable)]) > budget else Next.train
+
+
+def start_at(resumable: int | None) -> dict:
+    """A start's line as failures() reads it, where its ranks did not write one: it resumes from `resumable`."""
+    return {"event": Event.start, RESUMED_FROM: resumable}
+
+
+def resumable_step(run_dir: Path) -> int | None:
+    """The step a start would resume from now; None where there is none, or the storage does not say (a checkpoint
+    removed as it is read, EIO): then no progress is seen."""
+    with suppress(OSError):
+        return first_candidate(run_dir / CHECKPOINTS)
+    return None
 
 
 def after(ending: Event, chained: bool, kill_switch: bool = False) -> Next:
@@ -115,17 +130,16 @@ class JobStart:
         spent = self.spent(events)
         decision = after_failure(spent, self.budget, self.chained)
         if self.task.rank == 0 or (decision == Next.give_up and self.task.local_rank == 0):
-            record_unrecorded_start(self.run_dir, self.task)
+            record_unrecorded_start(self.run_dir, self.task, resumable_step(self.run_dir))
         self.follow(decision, spent)
 
     def spent(self, events: list[dict]) -> int:
         """The failures that count against the budget, this start's among them: the history `events` to this start's
         line (one standing in for it where its ranks never got to write it), then the start that would follow it,
         which says whether this one saved a newer checkpoint before it failed."""
-        own = own_start(events, self.task)
-        so_far = events[: own + 1] if own is not None else [*self.events, {"event": Event.start}]
-        resumable = first_candidate(self.run_dir / CHECKPOINTS)
-        return failures([*so_far, {"event": Event.start, RESUMED_FROM: resumable}])
+        own, resumable = own_start(events, self.task), resumable_step(self.run_dir)
+        so_far = events[: own + 1] if own is not None else [*self.events, start_at(resumable)]
+        return failures([*so_far, start_at(resumable)])
 
     def give_up(self, spent: int) -> None:
         from launch.rundir import outbox
@@ -139,7 +153,7 @@ class JobStart:
         if self.chained and self.task.local_rank == 0:
             cancel_next_jobs(self.run_dir, self.task.job_id)
         print(
-            f"corolla: giving up after {spent} failed starts with no newer checkpoint "
+            f"corolla: giving up after {spent} failures since the newest checkpoint "
             f"(cluster.max_restarts={self.budget}); see {self.run_dir / HISTORY_FILE}",
             file=sys.stderr,
             flush=True,
@@ -163,11 +177,12 @@ def own_start(events: list[dict], task: SlurmTask) -> int | None:
     return own[-1] if own else None
 
 
-def record_unrecorded_start(run_dir: Path, task: SlurmTask) -> None:
-    """This start in the history, as one that failed before it trained, unless its rank 0 recorded it."""
+def record_unrecorded_start(run_dir: Path, task: SlurmTask, resumable: int | None) -> None:
+    """This start in the history, as one that failed before it trained from `resumable`, unless its rank 0 recorded
+    it."""
     history = RunHistory(run_dir)
     if own_start(history.events(), task) is None:
-        history.record(Event.start, **start_origin(task), **{BEFORE_TRAINING: True})
+        history.record(Event.start, **start_origin(task), **{BEFORE_TRAINING: True, RESUMED_FROM: resumable})
 
 
 def after_step(run_dir: Path, status: int, env: Mapping[str, str] = os.environ) -> None:
@@ -242,14 +257,15 @@ class TrainingTask:
     def _begins(self, start: JobStart, cluster: ClusterConfig) -> bool:
         """Whether the start trains: not when the run has ended, nor past its budget (it gives up, and the task
         fails). An elastic run's first rank queues the run's next job first."""
-        decision = after_start(start.events, start.budget)
+        resumable = resumable_step(start.run_dir)
+        decision = after_start(start.events, start.budget, resumable)
         if decision == Next.nothing:
             print(
                 f"corolla: {start.run_dir} has {start.events[-1]['event']}; nothing to do", file=sys.stderr, flush=True
             )
             return False
         if decision == Next.give_up:
-            start.give_up(failures(start.events))
+            start.give_up(failures([*start.events, start_at(resumable)]))
             sys.exit(1)
         if start.chained and start.task.rank == 0:
             self._queue_next(cluster, start.run_dir, start.task)

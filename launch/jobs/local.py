@@ -251,14 +251,14 @@ class LocalBackend(Backend):
 
     def _start(self, job: TrainJob, dry_run: bool) -> None:
         # Here rather than above: the data preparation takes seconds to import, status and logs need none of it.
-        from launch.jobs.prepare import prepare_run
+        from launch.jobs.prepare import matched_to, prepare_run, saved_run
 
         if job.cluster.scheduler != Scheduler.local:
             raise ValueError(f"cluster={job.cluster.name} is a Slurm cluster: submit to it with `corolla submit`")
         run_dir = Path(job.run_dir)
         resume_step = newest_intact(run_dir / CHECKPOINTS)
         if resume_step and resume_step >= job.train.steps:
-            prepare_run(job, True, self.live_job)  # still this run's job: another model or tokenizer is refused
+            matched_to(job, saved_run(run_dir))  # still this run's job: another model is refused
             if not dry_run:
                 _finish_the_end(run_dir, resume_step)
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")

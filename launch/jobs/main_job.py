@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from launch.config.schemas import MainJob
 from launch.jobs.local import LocalBackend
-from launch.jobs.prepare import prepare_run
+from launch.jobs.prepare import check_launch
 from launch.jobs.stages import (
     PipelinePaths,
     check_inputs,
@@ -40,7 +40,7 @@ def run_main_job(job: MainJob, dry_run: bool = False) -> None:
         LocalBackend().start(training, dry_run=True)
         print(f"dry run: the stages would run here, in {paths.run_dir}")
         return
-    prepare_run(training, dry_run=True)  # a bad training job fails now, not after the data stages' minutes
+    check_launch(training)  # a bad training job fails now, not after the data stages' minutes
     with one_pipeline(paths.run_dir):
         _run_stages(job)
 

@@ -7,8 +7,10 @@ passed every check; a dry run writes nothing and builds no data.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+from contextlib import redirect_stdout
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -204,6 +206,18 @@ class SavedRun:
     step: int  # its newest intact checkpoint's
     job: TrainJob  # as its job.yaml says
     tokenizer_fingerprint: str | None  # of its token files, as its launches recorded it (None: an older corolla's)
+
+
+def check_launch(job: TrainJob) -> None:
+    """What a launch of `job` would refuse, said now (a pipeline's, before its data stages): its whole preparation as a
+    dry run, quietly (its notes are said when it is prepared); for a run trained to its end, that it is still the
+    run's model."""
+    saved = saved_run(Path(job.run_dir))
+    if saved is not None and saved.step >= job.train.steps:
+        matched_to(job, saved)
+        return
+    with redirect_stdout(io.StringIO()):
+        prepare_run(job, dry_run=True)
 
 
 def saved_run(run_dir: Path) -> SavedRun | None:

@@ -36,7 +36,7 @@ from tokenizer.config import REFERENCE_KEY, TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
 from tokenizer.evaluate import evaluate, format_summary, load_parallel, report_paths, write_report
-from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, exclusively, tokenizer_file
+from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, exclusively, sha256_of, tokenizer_file
 from tokenizer.loading import load_tokenizer
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
@@ -102,6 +102,11 @@ def train_tokenizer_stage(job: MainJob) -> None:
         )
 
 
+def _is_tokenizer(path: Path, fingerprint: str) -> bool:
+    """Whether `path` is, or is a directory that holds, the tokenizer whose SHA-256 is `fingerprint`."""
+    return sha256_of(path) == fingerprint if path.is_file() else tokenizer_file(path, fingerprint) is not None
+
+
 def evaluation_is_current(job: MainJob) -> bool:
     """The report is of this tokenizer on this parallel set and reference language, and newer than the tokenizer
     (its metadata, or its model where it has none)."""
@@ -143,11 +148,12 @@ def check_inputs(job: MainJob) -> None:
             "corpus and settings"
         )
     learnt = RunHistory(paths.train).tokenizer_fingerprint() if trained else None
-    if learnt and given_tokenizer(job) and tokenizer_file(paths.tokenizer, learnt) is None:
-        kept = pasted("data.tokenizer_dir", str(paths.train / TOKENIZER_DIR))
+    if learnt and not _is_tokenizer(paths.tokenizer, learnt):
+        copy = paths.train / TOKENIZER_DIR
+        fix = f"{pasted('data.tokenizer_dir', str(copy))} (a copy of it)" if _is_tokenizer(copy, learnt) else "it"
         raise ValueError(
             f"{paths.train} holds checkpoints trained on another tokenizer than {paths.tokenizer}, whose token files "
-            f"this pipeline would encode in place of theirs: give {kept} (a copy of the one it learnt) or a new run_dir"
+            f"this pipeline would encode in place of theirs: give {fix}, or a new run_dir"
         )
     held = writer(paths.train)
     if held and held[1] is not False and not (tokenizer_is_current(job) and data_is_current(job)):

@@ -283,7 +283,8 @@ def point_latest(directory: Path, tag: str) -> None:
     for left in temporaries_of(directory, LATEST):  # by a writer killed halfway; the run has one writer (its lock)
         left.unlink(missing_ok=True)
     write_atomically(directory / LATEST, tag + "\n")
-    write_atomically(directory.parent / LAST_SAVED, tag + "\n")
+    with suppress(OSError):  # the run directory full where the checkpoints are not: no reason to fail the save
+        write_atomically(directory.parent / LAST_SAVED, tag + "\n")
 
 
 def check_not_lost(directory: Path, step: int) -> None:

@@ -348,6 +348,17 @@ def test_a_checkpoint_record_the_storage_fails_to_read_is_not_taken_for_damage(u
     assert newest_intact(checkpoints) == 6
 
 
+def test_a_finished_run_launched_as_another_model_is_refused_not_told_there_is_nothing_to_do(
+    capsys, tokens, uninterrupted_run, tmp_path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted_run, run_dir)
+    assert train(run_dir, tokens, "model.num_layers=3") == 2
+    assert "this job has model.num_layers=3: use the run's model settings" in capsys.readouterr().err
+    assert train(run_dir, tokens) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{run_dir} is already trained to step 6 of 6: nothing to do")
+
+
 def test_non_finite_steps_can_be_let_pass_and_leave_the_weights_as_they_were(
     tokens: Path, uninterrupted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

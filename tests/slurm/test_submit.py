@@ -46,6 +46,7 @@ from launch.train.faults import (
     UNFIT_MID_RUN,
     UNFIT_NODE_FILE,
 )
+from slurm.client import slurm_state
 from slurm.commands import UNREACHABLE_HINT
 from slurm.executor import REFUSED_FIX
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
@@ -957,3 +958,15 @@ def test_past_its_restart_budget_a_failing_job_gives_up(slurm_cluster, tokens, t
     assert len(RunHistory(run_dir).starts()) == 1
     tracked = asdict(recorded_run(run_dir))
     assert MlflowClient(tracked["tracking_uri"]).get_run(tracked["run_id"]).info.status == "FAILED"
+
+
+def test_a_jobs_output_path_with_a_space_is_read_whole(slurm_cluster: TestCluster, tmp_path: Path) -> None:
+    """scontrol's fields were split at every space: a run directory `my runs/r` was read as `my`, taken for another
+    run's, and `corolla cancel` and `status` said the job trained a copy."""
+    output = tmp_path / "my runs" / "r" / "slurm" / "41_0_log.out"
+    output.parent.mkdir(parents=True)
+    job = slurm_cluster.run("sbatch", "--parsable", f"--output={output}", "--wrap", "sleep 300").stdout.strip()
+    try:
+        assert slurm_state(job).output == str(output)
+    finally:
+        slurm_cluster.run("scancel", job)

@@ -21,7 +21,16 @@ from launch.train.stopping import ENDED_EXIT, REFUSED_EXIT
 from model.config import ModelConfig
 from slurm.chain import StageTask
 from slurm.environment import SlurmTask
-from slurm.task import JobStart, Next, after, after_failure, after_start, after_step, own_start
+from slurm.task import (
+    JobStart,
+    Next,
+    after,
+    after_failure,
+    after_start,
+    after_step,
+    own_start,
+    record_unrecorded_start,
+)
 
 
 def history(*kinds: str) -> list[dict]:
@@ -33,15 +42,15 @@ def history(*kinds: str) -> list[dict]:
     [
         (history("launch"), 0, Next.train),
         (history("launch", "start", "stopped"), 0, Next.train),  # a clean stop is no failure
-        (history("launch", "start", "start"), 1, Next.train),  # one failure, one restart allowed
-        (history("launch", "start", "start"), 0, Next.give_up),
-        (history("launch", "start", "start", "start", "launch", "start"), 0, Next.train),  # a launch starts again
+        (history("launch", "start", "start"), 2, Next.train),  # two failures (this start follows the second)
+        (history("launch", "start", "start"), 1, Next.give_up),
+        (history("launch", "start", "start", "start", "launch", "start"), 1, Next.train),  # a launch starts again
         (history("launch", "start", "finished"), 5, Next.nothing),
         (history("launch", "start", "start", "gave_up"), 5, Next.nothing),
     ],
 )
 def test_a_start_trains_unless_the_run_ended_or_spent_its_budget(events, budget, expected) -> None:
-    assert after_start(events, budget) == expected
+    assert after_start(events, budget, None) == expected
 
 
 @pytest.mark.parametrize(
@@ -94,6 +103,15 @@ def test_a_failure_counts_against_the_budget_unless_a_newer_checkpoint_was_saved
     (tmp_path / "checkpoints" / "step-00000030" / "COMPLETE").write_text("{}")
     (tmp_path / "checkpoints" / "latest").write_text("step-00000030")
     assert JobStart(tmp_path, task, found, budget=3, chained=False).spent(history.events()) == 1  # it saved step 30
+    # Starts that fail before their ranks record them (a node that kills them as they load step 30) each spend one:
+    # recorded from step 30, where they would have resumed, they made no progress past the one that saved it.
+    spent = []
+    for restart in (5, 6, 7):
+        unrecorded = SlurmTask.from_environment({**env, "SLURM_RESTART_COUNT": str(restart)})
+        start = JobStart(tmp_path, unrecorded, history.events(), budget=3, chained=False)
+        spent.append(start.spent(history.events()))
+        record_unrecorded_start(tmp_path, unrecorded, 30)
+    assert spent == [2, 3, 4]
 
 
 def test_the_batch_script_counts_a_silent_failure_against_the_history_its_start_found() -> None:
@@ -132,7 +150,7 @@ def test_a_start_that_failed_before_it_trained_is_recorded_and_spends_the_budget
     assert [event["event"] for event in events] == ["launch", "start", "start", "start", "gave_up"]
     assert {key: events[3][key] for key in start} == start and events[3]["restart"] == 2
     said = capsys.readouterr().err
-    assert "giving up after 3 failed starts with no newer checkpoint (cluster.max_restarts=1)" in said
+    assert "giving up after 3 failures since the newest checkpoint (cluster.max_restarts=1)" in said
     assert describe_event(events[3]) == "start     job 41 restart 2 on n[1-2], failed before it trained"
 
 
@@ -155,7 +173,7 @@ def test_a_rank_that_gives_up_before_rank_0_records_the_start_it_gives_up_on(tmp
         (Event.start, 2),
         (Event.gave_up, None),
     ]
-    assert events[3][BEFORE_TRAINING] and "giving up after 3 failed starts" in capsys.readouterr().err
+    assert events[3][BEFORE_TRAINING] and "giving up after 3 failures since" in capsys.readouterr().err
 
 
 def test_the_batch_script_leaves_a_run_that_has_ended_alone(tmp_path) -> None:
