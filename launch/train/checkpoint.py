@@ -45,7 +45,7 @@ from launch.rundir.checkpoints import (
     unverified,
     write_complete,
 )
-from launch.rundir.files import TRAINER_FILE, checkpoint_step, checkpoint_tag, rng_file
+from launch.rundir.files import COMPLETE, TRAINER_FILE, checkpoint_step, checkpoint_tag, rng_file
 from launch.train import shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
@@ -202,10 +202,19 @@ def save(
             problem = no_space_message(directory, step, needed, number=errno.EDQUOT if errno.EDQUOT in full else None)
         raise NoSpace(from_rank_0(problem))  # once the partial checkpoint is gone
     if rank == 0:
-        mark_complete(
-            directory, step, layout, layout, {name: sha for files in every_rank for name, sha in files.items()}
-        )
-        point_latest(directory, tag)
+        try:
+            checksums = {name: sha for files in every_rank for name, sha in files.items()}
+            mark_complete(directory, step, layout, layout, checksums)
+            point_latest(directory, tag)
+        except OSError as error:  # its record, or `latest`, the last bytes the filesystem had room for
+            if not is_no_space(error):
+                raise
+            if not (directory / tag / COMPLETE).is_file():  # complete, a start resumes from it with `latest` or not
+                shutil.rmtree(directory / tag, ignore_errors=True)
+            problem = no_space_message(directory, step, needed, number=error.errno)
+    if problem := from_rank_0(problem):
+        raise NoSpace(problem)
+    if rank == 0:
         _remove_old(directory, keep, current=tag)
     dist.barrier()
 

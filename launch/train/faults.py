@@ -39,6 +39,8 @@ HANG_AT_STEP = "COROLLA_TEST_HANG_AT_STEP"
 HANG_RANK = "COROLLA_TEST_HANG_RANK"
 ABORT_AT_STEP = "COROLLA_TEST_ABORT_AT_STEP"
 CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
+# "STEP:FILE": rank 0's save of that step, its files written, grows FILE until that filesystem is full.
+FILL_AT_COMMIT = "COROLLA_TEST_FILL_AT_COMMIT"
 FAIL_BEFORE_TRAINING = "COROLLA_TEST_FAIL_BEFORE_TRAINING"
 NAN_AT_STEP = "COROLLA_TEST_NAN_AT_STEP"
 STEP_SECONDS = "COROLLA_TEST_STEP_SECONDS"
@@ -58,6 +60,7 @@ class Faults:
     hang_at_step: int | None = None
     abort_at_step: int | None = None
     crash_during_save: int | None = None
+    fill_at_commit: tuple[int, Path] | None = None
     nan_at_step: int | None = None
     fail_before_training: bool = False
     step_seconds: float = 0.0
@@ -75,6 +78,7 @@ class Faults:
             hang_at_step=_step(os.environ.get(HANG_AT_STEP)) if first_launch and rank == hang_rank else None,
             abort_at_step=_step(os.environ.get(ABORT_AT_STEP)) if first_launch else None,
             crash_during_save=_step(os.environ.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
+            fill_at_commit=_step_and_file(os.environ.get(FILL_AT_COMMIT)) if first_launch and rank == 0 else None,
             nan_at_step=_step(os.environ.get(NAN_AT_STEP)) if first_launch else None,
             fail_before_training=os.environ.get(FAIL_BEFORE_TRAINING) == "1",
             step_seconds=float(os.environ.get(STEP_SECONDS, "0")),
@@ -139,3 +143,24 @@ class Faults:
         """Called by a checkpoint save on every rank once its files are written, before the checkpoint is marked."""
         if step == self.crash_during_save:
             os._exit(CRASHED_EXIT)
+        if self.fill_at_commit and step == self.fill_at_commit[0]:
+            _fill(self.fill_at_commit[1])
+
+
+def _step_and_file(value: str | None) -> tuple[int, Path] | None:
+    if not value:
+        return None
+    step, file = value.split(":", 1)
+    return int(step), Path(file)
+
+
+def _fill(file: Path) -> None:
+    """Grows `file` until its filesystem has not a byte left."""
+    descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (2**20, 2**12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(descriptor, b"\0" * size)
+    finally:
+        os.close(descriptor)

@@ -30,6 +30,7 @@ from launch.rundir.checkpoints import latest_step, write_complete
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
 from launch.train import checkpoint
+from launch.train.faults import FILL_AT_COMMIT
 from launch.train.hashed_save import save_hashed
 
 RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "train.keep_checkpoints=2"]
@@ -148,6 +149,29 @@ def test_a_first_checkpoint_that_fills_the_disk_is_removed_and_said(capsys, toke
         assert [event["event"] for event in RunHistory(run_dir).events()][-1] == "no_space"
         free, needed = figures(err)
         assert abs(free - shutil.disk_usage(disk).free / 2**20) < 0.2 and needed > free
+
+
+def test_a_disk_that_fills_as_a_checkpoint_is_marked_complete_ends_the_run_as_out_of_space(
+    capsys, monkeypatch, tokens: Path, tmp_path: Path
+) -> None:
+    """The files written, the record that says the checkpoint is whole found no room: a traceback on rank 0, the
+    other ranks waiting at the barrier for train.hang_timeout_s, and a failure that was restarted."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with small_filesystem(tmp_path / "disk", size="16M") as disk:
+        (run_dir / "checkpoints").symlink_to(disk)
+        monkeypatch.setenv(FILL_AT_COMMIT, f"4:{disk / 'filler'}")
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]
+        assert main(train) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"corolla: error: no space on {disk} for the step-4 checkpoint: ")
+        assert "Traceback" not in "\n".join(err)
+        assert sorted(path.name for path in disk.iterdir()) == ["filler", "latest", "step-00000002"]
+        assert RunHistory(run_dir).events()[-1]["event"] == "no_space"
+        monkeypatch.delenv(FILL_AT_COMMIT)
+        (disk / "filler").unlink()
+        assert main(train) == 0, capsys.readouterr().err
+        assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == 2
 
 
 def test_the_space_a_checkpoint_needs_is_its_own_on_another_layout(capsys, tokens: Path, tmp_path: Path) -> None:
