@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,15 +17,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tokenizer.corpus import CorpusError, LanguageSize, Source, discover_sources, read_documents
-from tokenizer.files import sha256_of, write_atomically
+from tokenizer.files import sha256_of, user_cache, write_atomically
 from tokenizer.hygiene import HygieneStats
 
 CACHE_VERSION = 1  # raised whenever what a scan counts changes: older entries are then measured again
 
 
 def cache_directory() -> Path:
-    home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("COROLLA_CACHE") or Path(home) / "corolla") / "corpus-scans"
+    return user_cache("corpus-scans")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,13 @@ HF_CONFIG_FILES = (HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS)
 TOKENIZER_FILES = (HF_TOKENIZER_FILE, *HF_CONFIG_FILES, SPM_MODEL_FILE)  # what a model directory carries of one
 
 
+def user_cache(name: str) -> Path:
+    """A folder of corolla's cache for this user: COROLLA_CACHE, else $XDG_CACHE_HOME/corolla, else ~/.cache/corolla.
+    What is kept there is rebuilt when missing."""
+    home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("COROLLA_CACHE") or Path(home) / "corolla") / name
+
+
 def read_json(path: Path, fix: str) -> object:
     """A JSON file's contents, or a one-line ValueError that names the file and `fix`."""
     try:

@@ -12,6 +12,7 @@ import errno
 import http.client
 import os
 import shlex
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -39,7 +40,7 @@ from launch.rundir.run_record import (
     record_run,
     recorded_run,
 )
-from tokenizer.files import staging_area, write_atomically
+from tokenizer.files import is_no_space, staging_area, user_cache, write_atomically
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -182,12 +183,10 @@ def _create_store(path: Path) -> None:
     try:
         with staging_area(path) as area:
             building = area / f"{uuid.uuid4().hex}.db"
-            try:
-                _client(f"{SQLITE}{building.resolve()}")  # creates the database and its tables
-            except Exception as error:
-                if _disk_full(error):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
-                raise
+            if (empty := _empty_store()) is None:
+                _migrated(building, path)
+            else:
+                _copied(empty, building, path)
             with suppress(FileExistsError):  # made meanwhile by a launch of another run: kept, not replaced
                 os.link(building, path)
     except OSError as error:
@@ -197,6 +196,44 @@ def _create_store(path: Path) -> None:
             f"MLflow store {path} cannot be made ({error.strerror}): give tracking.uri an SQLite file in a folder "
             "corolla can write, or no tracking.uri for the run directory's own store"
         ) from None
+
+
+def _migrated(building: Path, named: Path) -> None:
+    """MLflow's schema made in the new SQLite file `building`; an OSError naming the store (`named`) when the disk
+    fills."""
+    try:
+        _client(f"{SQLITE}{building.resolve()}")  # creates the database and its tables
+    except Exception as error:
+        if _disk_full(error):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(named)) from None
+        raise
+
+
+def _copied(empty: Path, building: Path, named: Path) -> None:
+    try:
+        shutil.copyfile(empty, building)
+    except OSError as error:
+        if is_no_space(error):  # said of the store, not of its staging area
+            raise OSError(error.errno, os.strerror(error.errno), str(named)) from None
+        raise
+
+
+def _empty_store() -> Path | None:
+    """A store with MLflow's schema and nothing else, made once per MLflow version in the user's cache: a new store is
+    a copy of it, where MLflow's migrations take seconds. None where the cache cannot hold it."""
+    from mlflow.version import VERSION
+
+    empty = user_cache("mlflow") / f"empty-store-{VERSION}.db"
+    if empty.is_file():
+        return empty
+    try:
+        with staging_area(empty) as area:
+            _migrated(area / "store.db", empty)
+            with suppress(FileExistsError):
+                os.link(area / "store.db", empty)
+    except OSError:
+        return None
+    return empty
 
 
 def _disk_full(error: BaseException | None) -> bool:

@@ -13,13 +13,14 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import mlflow
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from test_training import SHORT_RUN
 from tracking_server import MlflowServer
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, train_job
 from launch.cli import main
 from launch.config.compose import compose_job
 from launch.rundir import tracking
@@ -27,6 +28,7 @@ from launch.rundir.history import RunHistory
 from launch.rundir.records import read_jsonl
 from launch.rundir.run_record import recorded_run
 from launch.train.faults import STEP_SECONDS
+from model.config import ModelConfig
 from slurm.testcluster import wait_for
 
 
@@ -515,3 +517,18 @@ def test_a_resume_given_another_tracking_uri_says_where_the_run_is_tracked_and_h
         f"`corolla tracking sync {run_dir} uri={other}` moves it there"
     ) in capsys.readouterr().out
     assert recorded_run(run_dir) == embedded and steps_logged(run_dir) == [1, 2, 3, 4]
+
+
+def test_a_new_store_is_a_copy_of_an_empty_one_kept_in_the_cache_or_made_whole_without_one(tmp_path, monkeypatch):
+    """MLflow makes an SQLite store's schema in a series of migrations, seconds a run; corolla makes it once per MLflow
+    version in the user's cache and copies it. A cache that cannot be written costs the migrations, nothing more."""
+    monkeypatch.setenv("COROLLA_CACHE", str(tmp_path / "cache"))
+    job = train_job(ModelConfig())
+    first = tracking.create_run(tmp_path / "a", "corolla", job, {}, None)
+    second = tracking.create_run(tmp_path / "b", "corolla", job, {}, None)
+    assert [path.name for path in (tmp_path / "cache" / "mlflow").iterdir()] == [f"empty-store-{mlflow.__version__}.db"]
+    (tmp_path / "unwritable").write_text("a file where the cache would go")
+    monkeypatch.setenv("COROLLA_CACHE", str(tmp_path / "unwritable"))
+    third = tracking.create_run(tmp_path / "c", "corolla", job, {}, None)
+    for tracked in (first, second, third):
+        assert MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).data.tags["corolla.launches"] == "1"
