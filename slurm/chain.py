@@ -278,7 +278,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     from launch.jobs.prepare import prepare_run
     from launch.jobs.stages import PipelinePaths, check_inputs, checkable_training_job, data_is_current, one_pipeline
     from launch.rundir.lock import check_unheld
-    from slurm.submit import check_partition, live_job_id
+    from slurm.submit import check_cpu_partition, check_partition, live_job_id
 
     cluster, paths = job.cluster, PipelinePaths.of(job)
     check_inputs(job)
@@ -294,6 +294,8 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
         _print_scripts(job, plan)
         return
     check_partition(cluster, excluded_nodes(cluster.exclude, paths.train))
+    if cluster.cpu_partition and set(plan.stages) != {Stage.train}:
+        check_cpu_partition(cluster)
     with one_pipeline(paths.run_dir):
         check_no_live_chain(paths.run_dir)
         check_unheld(paths.train, live_job_id)

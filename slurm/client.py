@@ -65,11 +65,14 @@ def was_cancelled(job_id: str) -> bool:
 
 
 def partition_nodes() -> dict[str, set[str]]:
-    """Every partition's nodes by name, the partitions in sinfo's order; a SlurmError when Slurm cannot be asked."""
+    """Every partition's nodes by name, hidden ones too (a user may be let use one), Slurm's default partition
+    first (where a job that names none goes; sinfo marks it `*`), then in sinfo's order; a SlurmError when Slurm
+    cannot be asked."""
     nodes: dict[str, set[str]] = {}
-    output = run_slurm("sinfo", "--noheader", "--Node", "--format=%R %N")
-    for partition, node in (line.split() for line in output.splitlines()):
-        nodes.setdefault(partition, set()).add(node)
+    output = run_slurm("sinfo", "--all", "--noheader", "--Node", "--format=%P %N")
+    lines = [line.split() for line in output.splitlines()]
+    for partition, node in sorted(lines, key=lambda line: not line[0].endswith("*")):
+        nodes.setdefault(partition.removesuffix("*"), set()).add(node)
     return nodes
 
 

@@ -26,7 +26,7 @@ from launch import compat
 from launch.config.cluster import ClusterConfig
 from launch.config.sbatch import sbatch_options
 from launch.rundir.files import SUBMITIT_DIR
-from slurm.client import partition_nodes
+from slurm.client import out_of_service, partition_nodes
 from slurm.commands import HINT, SlurmError, request, run_slurm
 from slurm.jobs import excluded_nodes, jobs_after, record_job
 from tokenizer.files import first_line
@@ -210,15 +210,19 @@ def submit_elastic(
     return job_id, next_job
 
 
-def job_partition(cluster: ClusterConfig, nodes: dict[str, set[str]]) -> str:
-    """The partition the cluster's jobs run in, of those sinfo lists (`partition_nodes`): the first, unless named."""
-    return cluster.partition or next(iter(nodes), "")
+def job_partition(named: str | None, nodes: dict[str, set[str]]) -> str:
+    """The partition a job that asks for `named` runs in, of those sinfo lists (`partition_nodes`): Slurm's default
+    where it names none."""
+    return named or next(iter(nodes), "")
 
 
 def usable_nodes(cluster: ClusterConfig, run_dir: Path, unfit: frozenset[str]) -> int:
-    """How many nodes of the partition the run's jobs could use, `unfit` ones left out too."""
+    """How many nodes of the partition the run's jobs could use: those in service, but the ones the run leaves out
+    and `unfit`."""
     nodes = partition_nodes()
-    return len(nodes.get(job_partition(cluster, nodes), set()) - excluded_nodes(cluster.exclude, run_dir) - unfit)
+    partition = job_partition(cluster.partition, nodes)
+    out = set(out_of_service(partition)) if partition in nodes else set()
+    return len(nodes.get(partition, set()) - excluded_nodes(cluster.exclude, run_dir) - unfit - out)
 
 
 def replace_job(

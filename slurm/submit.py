@@ -31,20 +31,8 @@ from slurm.task import TrainingTask
 
 def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
     """The partition exists and has the nodes the job asks for, the `excluded` ones left out (asks sinfo)."""
-    try:
-        nodes = partition_nodes()
-        partition = job_partition(cluster, nodes)
-        available, limit = partition_limits(partition) if partition in nodes else ("up", None)
-        unavailable = out_of_service(partition) if partition in nodes else {}
-    except SlurmError as error:
-        if error.hint != HINT:
-            raise RuntimeError(f"cannot reach Slurm ({error}): {error.hint}") from None
-        raise RuntimeError(f"cannot reach Slurm ({error}): is this a login node of {cluster.name}?") from None
-    if partition not in nodes:
-        raise ValueError(
-            f"cluster.partition={partition} does not exist on this cluster: choose one of {', '.join(sorted(nodes))}"
-        )
-    _check_takes(cluster, partition, available, limit)
+    nodes, partition, available, limit, unavailable = _asked(cluster, "cluster.partition", cluster.partition)
+    _check_takes(cluster, "cluster.partition", partition, available, limit)
     usable = nodes[partition] - excluded
     if len(usable) < cluster.nodes:
         left_out = nodes[partition] & excluded
@@ -58,13 +46,39 @@ def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
     _check_in_service(cluster, partition, usable, unavailable)
 
 
-def _check_takes(cluster: ClusterConfig, partition: str, available: str, limit: int | None) -> None:
+def check_cpu_partition(cluster: ClusterConfig) -> None:
+    """cluster.cpu_partition, where a pipeline's data stages run, exists and takes their jobs (asks sinfo)."""
+    _, partition, available, limit, _ = _asked(cluster, "cluster.cpu_partition", cluster.cpu_partition)
+    _check_takes(cluster, "cluster.cpu_partition", partition, available, limit)
+
+
+def _asked(
+    cluster: ClusterConfig, setting: str, named: str | None
+) -> tuple[dict[str, set[str]], str, str, int | None, dict[str, str]]:
+    """sinfo's answers for the partition a job asking for `named` (`setting`) runs in: every partition's nodes, the
+    partition, whether it takes jobs, its time limit, its nodes out of service. A ValueError where there is none."""
+    try:
+        nodes = partition_nodes()
+        partition = job_partition(named, nodes)
+        available, limit = partition_limits(partition) if partition in nodes else ("up", None)
+        unavailable = out_of_service(partition) if partition in nodes else {}
+    except SlurmError as error:
+        if error.hint != HINT:
+            raise RuntimeError(f"cannot reach Slurm ({error}): {error.hint}") from None
+        raise RuntimeError(f"cannot reach Slurm ({error}): is this a login node of {cluster.name}?") from None
+    if partition not in nodes:
+        choices = ", ".join(sorted(nodes))
+        raise ValueError(f"{setting}={partition} does not exist on this cluster: choose one of {choices}")
+    return nodes, partition, available, limit, unavailable
+
+
+def _check_takes(cluster: ClusterConfig, setting: str, partition: str, available: str, limit: int | None) -> None:
     """sbatch queues a job that the partition's state (`available`, sinfo's word) or its time `limit` (minutes, None:
     none) forbids, where it waits for good."""
     if available != "up":
         raise ValueError(
             f"partition {partition} is {available} (sinfo): a job would wait in the queue until an admin brings it up; "
-            "choose another with cluster.partition=NAME, or submit once it is up"
+            f"choose another with {setting}=NAME, or submit once it is up"
         )
     if limit is not None and cluster.time_limit_min > limit:
         raise ValueError(

@@ -348,3 +348,14 @@ def test_cancel_of_a_copied_pipeline_leaves_the_original_chain_alone(slurm_clust
         assert main(["cancel", str(run_dir)]) == 0
     assert capsys.readouterr().out.count("cancelled the") == 6
     assert set(wait_chain(run_dir).values()) == {"CANCELLED"}
+
+
+def test_a_cpu_partition_the_cluster_lacks_is_refused_before_anything_is_submitted(
+    slurm_cluster, corpus, tmp_path, capsys
+) -> None:
+    """The data stages' partition was never asked about: sbatch queued them there, and the chain pended for good."""
+    run_dir = tmp_path / "run"
+    assert pipeline(run_dir, corpus, *ON_SLURM, "cluster.cpu_partition=cpu_p1") == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == "corolla: error: cluster.cpu_partition=cpu_p1 does not exist on this cluster: choose one of debug"
+    assert not (run_dir / "chain.json").exists()

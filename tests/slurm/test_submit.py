@@ -34,6 +34,7 @@ from conftest import (
     sbatch_whose_answer_is_lost,
 )
 from launch.cli import main
+from launch.config.cluster import ClusterConfig, Scheduler
 from launch.rundir.files import JOBS_FILE, PLAN_FILE
 from launch.rundir.history import UNFIT_NODES, Event, RunHistory
 from launch.rundir.run_record import recorded_run
@@ -48,7 +49,7 @@ from launch.train.faults import (
 )
 from slurm.client import slurm_state
 from slurm.commands import UNREACHABLE_HINT
-from slurm.executor import REFUSED_FIX
+from slurm.executor import REFUSED_FIX, usable_nodes
 from slurm.testcluster import ClusterSpec, TestCluster, wait_for
 
 # A tiny BLOOM for 12 steps, a checkpoint every 2: long enough to kill a node or signal the job while it trains.
@@ -333,6 +334,18 @@ def test_a_partition_without_the_nodes_in_service_is_refused_before_anything_is_
         capsys.readouterr().err,
     )
     assert not run_dir.exists() and queued(slurm_cluster) <= queued_before  # none new
+
+
+def test_a_job_that_gives_way_counts_only_the_nodes_in_service(slurm_cluster, tmp_path) -> None:
+    """Giving way to a job without unfit nodes counted drained ones: the job ended, and its replacement waited for an
+    admin."""
+    cluster = ClusterConfig(name="testcluster", scheduler=Scheduler.slurm, nodes=2, tasks_per_node=1)
+    assert usable_nodes(cluster, tmp_path, frozenset({"n1"})) == 2
+    slurm_cluster.run("scontrol", "update", "nodename=n3", "state=drain", "reason=bad link")
+    try:
+        assert usable_nodes(cluster, tmp_path, frozenset({"n1"})) == 1
+    finally:
+        slurm_cluster.run("scontrol", "update", "nodename=n3", "state=resume")
 
 
 def test_dry_run_shows_bloom_176b_on_48_nodes_and_submits_nothing(tokens, capsys, tmp_path) -> None:
