@@ -340,9 +340,11 @@ def _write_files(
 
 
 @contextmanager
-def _alone(output: Path) -> Iterator[None]:
+def encoding_alone(output: Path) -> Iterator[None]:
     """No other encoding into `output` meanwhile: two would write the same token files (each removing the other's
-    temporary ones). The tasks of a pipeline's encoding stage, which write files of their own, go without."""
+    temporary ones). The tasks of a pipeline's encoding stage on a cluster, which write files of their own, go without;
+    the local pipeline holds it over its encoding and manifest."""
+    output.mkdir(parents=True, exist_ok=True)
     with exclusively(output, f"output_dir {output} is being encoded by another command: wait for it to end"):
         yield
 
@@ -364,7 +366,7 @@ def _encode(
     with _worker_pool(workers) as pool:
         scans = _scan(sources, pool, in_flight, log)
         output.mkdir(parents=True, exist_ok=True)
-        with _alone(output) if alone else nullcontext():
+        with encoding_alone(output) if alone else nullcontext():
             _open_output(output, log)
             todo = [scan for scan in scans if current_record(output, scan.source, settings, scan.fingerprint) is None]
             if len(todo) < len(scans):
@@ -522,5 +524,5 @@ def encode_corpus(
     if not overwrite:
         _check_same_encoding(Path(output_dir), text_tokenizer.fingerprint, append_eos)
     _encode(sources, Path(output_dir), text_tokenizer, append_eos, workers, log, alone=True)
-    with _alone(Path(output_dir)):
+    with encoding_alone(Path(output_dir)):
         return write_manifest(tokenizer, corpus_dir, output_dir, append_eos, log)

@@ -27,6 +27,7 @@ from launch.jobs.stages import (
 from launch.rundir.files import CHECKPOINTS, LOSS_CHART, METRICS_FILE
 from launch.rundir.run_record import recorded_run
 from launch.rundir.tracking import ui_command
+from tokenizer.encode import encoding_alone
 from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE
 from tokenizer.token_files import MANIFEST_NAME
 from tokenizer.train import METADATA_FILE
@@ -56,8 +57,9 @@ def _run_stages(job: MainJob) -> None:
     print(f"[2/5] evaluation on {job.parallel_set}")
     reports = evaluate_stage(job)
     print(f"[3/5] token files for training in {paths.tokens}")
-    encode_stage(job, [source.label for group in encoding_groups(job) for source in group])
-    manifest_stage(job)
+    with encoding_alone(paths.tokens):  # a training on them is told to wait, another encoding is refused
+        encode_stage(job, [source.label for group in encoding_groups(job) for source in group])
+        manifest_stage(job)
     print(f"[4/5] training {job.model.name}, {job.train.steps} steps")
     LocalBackend().start(training_job(job))
     print(f"[5/5] Hugging Face export to {paths.hf}")

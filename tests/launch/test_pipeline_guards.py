@@ -15,6 +15,7 @@ from pathlib import Path
 from conftest import REPO_ROOT, cut_corpus
 from launch.cli import main
 from launch.train.faults import STEP_SECONDS
+from tokenizer.encode import encoding_alone
 
 PIPELINE = [
     "tokenizer=tiny",
@@ -61,3 +62,16 @@ def test_a_second_pipeline_on_a_running_one_changes_nothing_under_it(capsys, tmp
     finally:
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
+
+
+def test_a_pipelines_encoding_holds_its_token_files_against_another_one(capsys, tmp_path: Path) -> None:
+    """The local pipeline encoded without the token files' lock: an encoding into them meanwhile wrote the same files,
+    and a training on them was told they had no manifest rather than to wait."""
+    corpus = cut_corpus(tmp_path / "corpus", ["eng_Latn", "fra_Latn"], 100)
+    run_dir = tmp_path / "run"
+    with encoding_alone(run_dir / "tokens"):  # as `corolla tokenizer encode output_dir=RUN_DIR/tokens` holds them
+        assert main(["pipeline", *PIPELINE, f"data.corpus={corpus}", f"run_dir={run_dir}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"corolla: error: output_dir {run_dir / 'tokens'} is being encoded by another command: wait for it to end"
+    )
+    assert list((run_dir / "tokens").iterdir()) == []
