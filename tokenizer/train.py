@@ -9,14 +9,21 @@ import json
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from enum import Enum
 from importlib.metadata import version
 from pathlib import Path
 
 from tqdm import tqdm
 
-from tokenizer.config import DEFAULT_SAMPLE_BYTES, ModelType, Sampling, TokenizerConfig, TokenizerTrainJob
+from tokenizer.config import (
+    DEFAULT_SAMPLE_BYTES,
+    SAMPLING_KNOBS,
+    ModelType,
+    Sampling,
+    TokenizerConfig,
+    TokenizerTrainJob,
+)
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
 from tokenizer.files import (
@@ -101,14 +108,22 @@ def config_record(cfg: TokenizerConfig) -> dict:
 
 def tokenizer_identity(record: dict) -> dict:
     """What in a config record decides the trained tokenizer: two configs with the same identity train the same. The
-    thread count decides a unigram model (0 trains it on one), not a BPE one (training_threads): each is counted as
-    the default, 0, where it trains the same, so that the identity of a default config, a cache entry's key
-    (launch/data/prepare.py), stays what it was."""
+    thread count decides a unigram model (0 trains it on one), not a BPE one (training_threads), and a knob its
+    sampling does not read (the reference language, which the evaluation reads too, only parity's) decides nothing:
+    each is counted as its default where it trains the same, so that the identity of a default config, a cache
+    entry's key (launch/data/prepare.py), stays what it was."""
     identity = {key: value for key, value in record.items() if key not in DESCRIPTIVE_KEYS}
     bpe = identity.get("model_type") == ModelType.bpe.value
     if "threads" in identity and (bpe or identity["threads"] == 1):
         identity["threads"] = 0
+    readers = {**SAMPLING_KNOBS, "reference_language": (Sampling.parity,)}
+    for knob, samplings in readers.items():
+        if knob in identity and identity.get("sampling") not in {sampling.value for sampling in samplings}:
+            identity[knob] = KNOB_DEFAULTS[knob]
     return identity
+
+
+KNOB_DEFAULTS = {field.name: field.default for field in fields(TokenizerConfig)}
 
 
 def versions() -> dict[str, str]:

@@ -311,6 +311,10 @@ def test_a_tokenizer_is_trained_again_only_when_asked_or_when_its_job_changed(
         train_tokenizer(replace(job, seed=6), log=lambda *_: None)
     train_tokenizer(replace(job, seed=6, overwrite=True), log=lambda *_: None)
     assert json.loads((out / "metadata.json").read_text())["seed"] == 6
+    # The reference language decides parity sampling alone: another, for this temperature-sampled tokenizer (the
+    # pipeline's evaluation reads it), trains the same one.
+    assert is_current(replace(job, seed=6, tokenizer=replace(cfg, reference_language="fra_Latn")))
+    assert not is_current(replace(job, seed=6, tokenizer=replace(cfg, alpha=0.5)))
 
 
 def test_a_language_written_as_one_huge_line_is_cut_into_pieces_and_sampled(small_corpus: Path, tmp_path: Path) -> None:
