@@ -106,7 +106,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False, live_job: LiveJob = lambda
     if start:
         tags |= start.tags()
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
-    _record_launch(run_dir, job, data, tracked, changed, new_run, saved.step if saved else 0)
+    _record_launch(run_dir, job, data, tracked, changed, new_run)
     return PreparedRun(job, plans, run_dir, tracked)
 
 
@@ -160,11 +160,9 @@ def _record_launch(
     tracked: tracking.TrackedRun,
     changed: dict[str, tuple[str, str]],
     new_run: bool,
-    resumes: int,
 ) -> None:
     """The history's launch (its tokenizer, MLflow run and changed settings), and what MLflow is to be sent of it: the
-    launch count, the changes, the job file and the tokenizer's metadata; with changes, the new values of the steps
-    after the checkpoint it resumes (`resumes`)."""
+    launch count, the changes, the job file and the tokenizer's metadata."""
     history = RunHistory(run_dir)
     records = {TOKENIZER_RECORD: data.tokenizer_fingerprint, MLFLOW_RUN_RECORD: as_recorded(run_dir, tracked)}
     if changed:
@@ -179,8 +177,6 @@ def _record_launch(
     launch_tags = {tracking.LAUNCHES_TAG: launch_count}
     if changed:  # MLflow keeps the params the run was created with: the tag says what later launches changed
         launch_tags[f"{tracking.CHANGED_TAG}.{launch_count}"] = changes_text(changed)[:5000]
-        if outbox.send_again_after(run_dir, resumes):  # the steps after it come out otherwise now
-            launch_tags[tracking.RETRAINED_TAG] = str(resumes)
     outbox.update(run_dir, launch_tags, "RUNNING", artifacts)
 
 

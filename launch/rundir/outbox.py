@@ -31,7 +31,7 @@ from launch.rundir.files import (
     VALIDATION_FILE,
 )
 from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches
-from launch.rundir.records import keep_steps_up_to, last_records, offset_after, step_record
+from launch.rundir.records import last_records, offset_after, step_record
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
     TrackingState,
@@ -213,20 +213,6 @@ def update(
             flush=True,
         )
         return False
-    return True
-
-
-def send_again_after(run_dir: Path, step: int) -> bool:
-    """For a launch that trains the steps after `step` again with other settings: their records here dropped now,
-    before anything sends them, and MLflow, which holds their first values, sent the new ones as they come (it keeps
-    both: a metric's history is never rewritten). Whether MLflow held steps after `step` (not known: not sent again)."""
-    for series in SERIES:
-        keep_steps_up_to(run_dir / series, step)
-    state = read_state(run_dir)
-    if not state.sent or max(state.sent.values()) <= step:
-        return False
-    state.sent = {series: min(sent, step) for series, sent in state.sent.items()}
-    _keep(run_dir, state)
     return True
 
 
