@@ -20,7 +20,9 @@ from launch.config.schemas import JOB_MODEL_SETTINGS, ImportJob, TrainJob
 from launch.data.corpus import TokenCorpus
 from launch.data.facts import DataFacts, TokenizerChanged
 from launch.data.prepare import inspect_data, prepare_data
-from launch.plan.report import signal_shortfall
+from launch.plan.hardware import bytes_text
+from launch.plan.layout import ParallelLayout
+from launch.plan.report import checkpoint_bytes, signal_shortfall
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
 from launch.plan.weights import (
     Weights,
@@ -92,7 +94,8 @@ def prepare_run(job: TrainJob, dry_run: bool = False, live_job: LiveJob = lambda
         data = replace(data, grown_from_vocab=start.grown_from_vocab)
     plans = make_plans(job, data)
     _check_embedding_rows(plans, saved)
-    for warning in (validation_shortfall(plans, job), signal_shortfall(job, [plan.layout for plan in plans])):
+    layouts = [plan.layout for plan in plans]
+    for warning in (validation_shortfall(plans, job), signal_shortfall(job, layouts), _disk_shortfall(job, layouts)):
         if warning:
             print(warning)
     changed = _changed_since(saved, job)
@@ -108,6 +111,28 @@ def prepare_run(job: TrainJob, dry_run: bool = False, live_job: LiveJob = lambda
     tracked = tracking.open_run(run_dir, job.tracking.experiment, job, tags, job.tracking.uri)
     _record_launch(run_dir, job, data, tracked, changed, new_run)
     return PreparedRun(job, plans, run_dir, tracked)
+
+
+def _disk_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None:
+    """A warning where the checkpoints' filesystem cannot hold train.keep_checkpoints of them and the one being saved
+    (which goes before the oldest does): the run would end out of space at a later checkpoint, hours in."""
+    directory = Path(job.run_dir) / CHECKPOINTS
+    existing = next((path for path in (directory, *directory.parents) if path.exists()), None)
+    if existing is None:  # a link to storage not mounted: the start says so
+        return None
+    size = max(checkpoint_bytes(job.model, layout) for layout in layouts)
+    needed = (job.train.keep_checkpoints + 1) * size
+    held = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) if directory.is_dir() else 0
+    room = shutil.disk_usage(existing).free + held
+    if room >= needed:
+        return None
+    return (
+        f"corolla: warning: the filesystem of {directory} has room for {bytes_text(room)} of checkpoints (what is "
+        f"free, and the run's own), and the run needs about {bytes_text(needed)}: train.keep_checkpoints="
+        f"{job.train.keep_checkpoints} of about {bytes_text(size)} each and the one being saved; it would end "
+        "out of space at a later checkpoint: free some, lower train.keep_checkpoints, or link checkpoints/ to larger "
+        "storage"
+    )
 
 
 def _changed_since(saved: SavedRun | None, job: TrainJob) -> dict[str, tuple[str, str]]:

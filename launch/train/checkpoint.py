@@ -29,7 +29,7 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from launch import compat
-from launch.plan.hardware import GIB
+from launch.plan.hardware import bytes_text
 from launch.plan.layout import ParallelLayout
 from launch.plan.weights import checkpoint_layout
 from launch.rundir.checkpoints import (
@@ -119,11 +119,6 @@ def filesystem(path: Path) -> Path:
     return path
 
 
-def _size(size: float) -> str:
-    """A size in bytes, in GiB, or in MiB below a tenth of one."""
-    return f"{size / GIB:.2f} GiB" if size >= GIB / 10 else f"{size / 2**20:.1f} MiB"
-
-
 def no_space_message(
     directory: Path, step: int, needed: int, then: str = "launch again to resume", number: int | None = None
 ) -> str:
@@ -134,12 +129,12 @@ def no_space_message(
     keeps = f"the step-{kept} checkpoint is kept" if kept else "there is no checkpoint yet"
     if number == errno.EDQUOT:  # what the filesystem has free says nothing of the quota's
         full = over_quota(filesystem(directory))
-        return f"{full} for the step-{step} checkpoint of about {_size(needed)} ({keeps}): free some, then {then}"
+        return f"{full} for the step-{step} checkpoint of about {bytes_text(needed)} ({keeps}): free some, then {then}"
     free = shutil.disk_usage(directory).free
-    needs = f"about {_size(needed)}" if needed > free else f"more than {_size(free)}"
+    needs = f"about {bytes_text(needed)}" if needed > free else f"more than {bytes_text(free)}"
     return (
-        f"no space on {filesystem(directory)} for the step-{step} checkpoint: {_size(free)} free, it needs {needs} "
-        f"({keeps}); free space there or move run_dir, then {then}"
+        f"no space on {filesystem(directory)} for the step-{step} checkpoint: {bytes_text(free)} free, it needs "
+        f"{needs} ({keeps}); free space there or move run_dir, then {then}"
     )
 
 

@@ -138,6 +138,19 @@ def test_a_checkpoint_with_no_room_keeps_the_last_one_and_stops_until_space_is_f
         assert latest_step(run_dir / "checkpoints") == 6 and mlflow_status(run_dir) == "FINISHED"
 
 
+@pytest.mark.parametrize(("size", "warned"), [("5M", True), ("32M", False)])
+def test_a_launch_warns_of_a_disk_without_room_for_the_checkpoints_kept_and_the_one_saved(
+    capsys, tokens: Path, tmp_path: Path, size: str, warned: bool
+) -> None:
+    """A run that needs train.keep_checkpoints of them and one more found it out hours in, at a later checkpoint."""
+    with small_filesystem(tmp_path / "disk", size=size) as disk:
+        run_dir = disk / "run"
+        assert main(["train", "--dry-run", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]) == 0
+        out = capsys.readouterr().out
+        assert (f"corolla: warning: the filesystem of {run_dir / 'checkpoints'} has room for " in out) == warned
+        assert ("MiB each and the one being saved; it would end out of space at a later checkpoint" in out) == warned
+
+
 def test_a_first_checkpoint_that_fills_the_disk_is_removed_and_said(capsys, tokens: Path, tmp_path: Path) -> None:
     with small_filesystem(tmp_path / "disk", size="3M") as disk:
         run_dir = disk / "run"
