@@ -258,7 +258,8 @@ class LocalBackend(Backend):
         run_dir = Path(job.run_dir)
         resume_step = newest_intact(run_dir / CHECKPOINTS)
         if resume_step and resume_step >= job.train.steps:
-            matched_to(job, saved_run(run_dir))  # still this run's job: another model is refused
+            if not job.init_from:  # still this run's job: another model is refused (init_from's is the weights')
+                matched_to(job, saved_run(run_dir))
             if not dry_run:
                 _finish_the_end(run_dir, resume_step)
             print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")

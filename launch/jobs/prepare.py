@@ -239,7 +239,8 @@ def check_launch(job: TrainJob) -> None:
     run's model."""
     saved = saved_run(Path(job.run_dir))
     if saved is not None and saved.step >= job.train.steps:
-        matched_to(job, saved)
+        if not job.init_from:  # init_from's model is the weights'
+            matched_to(job, saved)
         return
     with redirect_stdout(io.StringIO()):
         prepare_run(job, dry_run=True)

@@ -357,6 +357,11 @@ def test_a_finished_run_launched_as_another_model_is_refused_not_told_there_is_n
     assert "this job has model.num_layers=3: use the run's model settings" in capsys.readouterr().err
     assert train(run_dir, tokens) == 0
     assert capsys.readouterr().out.strip().endswith(f"{run_dir} is already trained to step 6 of 6: nothing to do")
+    # One that started from another's weights, launched as it was, is still finished (init_from names the weights).
+    forked = tmp_path / "forked"
+    for _ in range(2):
+        assert train(forked, tokens, f"init_from={uninterrupted_run}", "train.steps=1") == 0
+    assert capsys.readouterr().out.strip().endswith(f"{forked} is already trained to step 1 of 1: nothing to do")
 
 
 def test_non_finite_steps_can_be_let_pass_and_leave_the_weights_as_they_were(
