@@ -93,7 +93,7 @@ class StageTask:
         run_dir = Path(self.run_dir)
         error_file = run_dir / STAGE_ERRORS / f"{self.name}.txt"
         error_file.unlink(missing_ok=True)
-        self._given_up = ""
+        self._given_up, self._began = "", None  # a requeued job's task carries the last job's
         try:
             job = read_job(run_dir / PIPELINE_JOB, MainJob)
             self._began = (time.time(), self._kept(job))
@@ -151,7 +151,7 @@ class StageTask:
         fails, saying why) where the signal came as the time limit neared and the task finished nothing a restart
         keeps since it began: it would run so again and again, the stages after it pending for ever."""
         job = read_job(Path(self.run_dir) / PIPELINE_JOB, MainJob)
-        began, kept = getattr(self, "_began", (time.time(), 0))  # the signal may come before the task began
+        began, kept = getattr(self, "_began", None) or (time.time(), 0)  # the signal may come before the task began
         limit = job.cluster.time_limit_min * 60 - job.cluster.signal_delay_s - SIGNAL_SLACK_S
         if time.time() - began < limit or self._kept(job) > kept:
             return submitit.helpers.DelayedSubmission(self)
@@ -275,7 +275,7 @@ def plan_chain(job: MainJob) -> ChainPlan:
 
 
 def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
-    from launch.jobs.prepare import prepare_run
+    from launch.jobs.prepare import check_launch
     from launch.jobs.stages import PipelinePaths, check_inputs, checkable_training_job, data_is_current, one_pipeline
     from launch.rundir.lock import check_unheld
     from slurm.submit import check_cpu_partition, check_partition, live_job_id
@@ -284,7 +284,7 @@ def submit_pipeline(job: MainJob, dry_run: bool = False) -> None:
     check_inputs(job)
     plan = plan_chain(job)
     # A bad training job fails now, not after hours of data preparation.
-    prepare_run(checkable_training_job(job, data_is_current(job, list(plan.groups))), True, live_job_id)
+    check_launch(checkable_training_job(job, data_is_current(job, list(plan.groups))), live_job_id, quiet=False)
     if not plan.stages:
         print(
             f"{paths.run_dir}: every stage is current (trained to step {job.train.steps} and exported): nothing to do"

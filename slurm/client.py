@@ -39,9 +39,9 @@ def controller_record(job_id: str) -> dict[str, str] | None:
 
 
 def scontrol_fields(output: str) -> dict[str, str]:
-    """`scontrol show`'s Key=Value fields. A value runs to the next field's key: a path with a space (StdOut=/x/my
-    runs/...) is one value."""
-    fields = (field.partition("=") for field in re.split(r"\s+(?=[A-Za-z][\w:/.\[\]-]*=)", output.strip()))
+    """`scontrol show`'s Key=Value fields. A value runs to the next field's key, a capitalised word (Socks/Node,
+    NtasksPerN:B:S:C): a path with a space (StdOut=/x/my runs/lr=3e-4/...) is one value."""
+    fields = (field.partition("=") for field in re.split(r"\s+(?=[A-Z][\w:]*(?:/[A-Z]\w*)?=)", output.strip()))
     return {key: value for key, separator, value in fields if separator}
 
 

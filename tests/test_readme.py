@@ -194,7 +194,7 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell,
     byte_level_bpe(other / "tokenizer.json", [path.read_text() for path in sorted((data / "parallel").rglob("*.txt"))])
     for change, refusal in {
         "model.num_layers=3": "holds checkpoints of model.num_layers=2, this job has model.num_layers=3",
-        f"data.tokenizer_dir={other}": "holds checkpoints trained on another tokenizer than",
+        f"data.tokenizer_dir={other}": "holds checkpoints trained on a tokenizer that is not in",
     }.items():
         result = subprocess.run(
             ["bash", "-c", " ".join([MAIN, *map(shlex.quote, [*small, change])])],

@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 import shutil
-from contextlib import redirect_stdout
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -233,17 +233,16 @@ class SavedRun:
     tokenizer_fingerprint: str | None  # of its token files, as its launches recorded it (None: an older corolla's)
 
 
-def check_launch(job: TrainJob) -> None:
+def check_launch(job: TrainJob, live_job: LiveJob = lambda run_dir: None, quiet: bool = True) -> None:
     """What a launch of `job` would refuse, said now (a pipeline's, before its data stages): its whole preparation as a
-    dry run, quietly (its notes are said when it is prepared); for a run trained to its end, that it is still the
-    run's model."""
+    dry run (`quiet`: its notes left to the launch); for a run trained to its end, that it is still the run's model."""
     saved = saved_run(Path(job.run_dir))
     if saved is not None and saved.step >= job.train.steps:
         if not job.init_from:  # init_from's model is the weights'
             matched_to(job, saved)
         return
-    with redirect_stdout(io.StringIO()):
-        prepare_run(job, dry_run=True)
+    with redirect_stdout(io.StringIO()) if quiet else nullcontext():
+        prepare_run(job, True, live_job)
 
 
 def saved_run(run_dir: Path) -> SavedRun | None:

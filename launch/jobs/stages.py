@@ -10,7 +10,7 @@ Every stage skips what is current, so running one again, or resubmitting a chain
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -150,10 +150,14 @@ def check_inputs(job: MainJob) -> None:
     learnt = RunHistory(paths.train).tokenizer_fingerprint() if trained else None
     if learnt and not _is_tokenizer(paths.tokenizer, learnt):
         copy = paths.train / TOKENIZER_DIR
-        fix = f"{pasted('data.tokenizer_dir', str(copy))} (a copy of it)" if _is_tokenizer(copy, learnt) else "it"
+        given = (
+            f"{pasted('data.tokenizer_dir', str(copy))} (a copy of it)"
+            if _is_tokenizer(copy, learnt)
+            else f"data.tokenizer_dir=DIR, DIR the tokenizer whose SHA-256 is {learnt[:12]}..."
+        )
         raise ValueError(
-            f"{paths.train} holds checkpoints trained on another tokenizer than {paths.tokenizer}, whose token files "
-            f"this pipeline would encode in place of theirs: give {fix}, or a new run_dir"
+            f"{paths.train} holds checkpoints trained on a tokenizer that is not in {paths.tokenizer}, whose token "
+            f"files this pipeline would encode in place of theirs: give the run's, {given}, or a new run_dir"
         )
     held = writer(paths.train)
     if held and held[1] is not False and not (tokenizer_is_current(job) and data_is_current(job)):
@@ -193,23 +197,24 @@ def encoding_groups(job: MainJob) -> list[list[Source]]:
 def groups_to_encode(job: MainJob, groups: list[list[Source]]) -> list[int]:
     """The groups with a file whose token files are not current (every group without a tokenizer yet). Judged by
     the files' sizes and times, not their contents: a login node does not read the corpus; the task checks more."""
-    paths = PipelinePaths.of(job)
     if not tokenizer_is_current(job):
         return list(range(len(groups)))
-    settings = EncoderSettings.of(load_tokenizer(paths.tokenizer), append_eos=True)
-    return [
-        index
-        for index, group in enumerate(groups)
-        if any(current_record(paths.tokens, source, settings, None) is None for source in group)
-    ]
+    encoded = _is_encoded(job)
+    return [index for index, group in enumerate(groups) if not all(map(encoded, group))]
 
 
 def encoded_files(job: MainJob, names: list[str]) -> int:
     """How many of the corpus files named (Source.label) have current token files."""
+    encoded = _is_encoded(job)
+    return sum(encoded(source) for source in discover_sources(job.data.corpus) if source.label in names)
+
+
+def _is_encoded(job: MainJob) -> Callable[[Source], bool]:
+    """Whether a corpus file's token files are current, with the pipeline's tokenizer (judged by the files' sizes and
+    times)."""
     paths = PipelinePaths.of(job)
     settings = EncoderSettings.of(load_tokenizer(paths.tokenizer), append_eos=True)
-    sources = [source for source in discover_sources(job.data.corpus) if source.label in names]
-    return sum(current_record(paths.tokens, source, settings, None) is not None for source in sources)
+    return lambda source: current_record(paths.tokens, source, settings, None) is not None
 
 
 def encode_stage(job: MainJob, names: list[str]) -> None:

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from contextlib import suppress
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse, urlsplit, urlunsplit
@@ -208,11 +208,16 @@ def _migrated(building: Path, named: Path) -> None:
 
 
 def _copied(empty: Path, building: Path, named: Path) -> None:
+    """`empty` copied to `building`, its Default experiment's artifacts beside the store (`named`) as corolla's are,
+    not where the copied store was made."""
     try:
         shutil.copyfile(empty, building)
-    except OSError as error:
-        if is_no_space(error):  # said of the store, not of its staging area
-            raise OSError(error.errno, os.strerror(error.errno), str(named)) from None
+        with closing(sqlite3.connect(building)) as store, store:
+            artifacts = (named.parent / MLFLOW_ARTIFACTS).as_uri()
+            store.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (artifacts,))
+    except (OSError, sqlite3.Error) as error:
+        if is_no_space(error) if isinstance(error, OSError) else _disk_full(error):  # said of the store
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(named)) from None
         raise
 
 
@@ -229,7 +234,7 @@ def _empty_store() -> Path | None:
             _migrated(area / "store.db", empty)
             with suppress(FileExistsError):
                 os.link(area / "store.db", empty)
-    except OSError:
+    except Exception:  # a cache that cannot hold it: a read-only home, SQLite's locks over NFS
         return None
     return empty
 

@@ -35,14 +35,15 @@ def reshard_checkpoint(checkpoints: Path, step: int, target: ParallelLayout, mod
     reader = ShardReader(directory, saved)
     if problem := embedding_rows_problem(model, reader.full_size(TIED_EMBEDDING, 0), saved.tp, target.tp):
         raise ShardError(problem)
-    # Those an older corolla recorded by size alone are hashed as they are: COMPLETE's form now has a hash for each.
-    entries = file_entries(step_record(checkpoints, step))
-    checksums = {name: sha or sha256_of(directory / name) for name, (_, sha) in entries.items()}
-    for path in directory.rglob("*"):  # written by a reshard stopped halfway: no layout's, whatever it was for
-        if path.is_file() and str(path.relative_to(directory)) not in {*checksums, COMPLETE}:
-            path.unlink()
-    new = [name for name in shard_files(target) if name not in checksums]
     old = frozenset(shard_files(saved)) - frozenset(shard_files(target))
+    # Those an older corolla recorded by size alone, and the reshard keeps, are hashed as they are: COMPLETE's form
+    # now has a hash for each.
+    entries = file_entries(step_record(checkpoints, step))
+    checksums = {name: sha or sha256_of(directory / name) for name, (_, sha) in entries.items() if name not in old}
+    for path in directory.rglob("*"):  # written by a reshard stopped halfway: no layout's, whatever it was for
+        if path.is_file() and str(path.relative_to(directory)) not in {*entries, COMPLETE}:
+            path.unlink()
+    new = [name for name in shard_files(target) if name not in entries]
     try:
         checksums |= _write_shards(reader, directory, target, model)
         rngs = checkpoint.rng_layout(checkpoints, step)

@@ -527,6 +527,9 @@ def test_a_new_store_is_a_copy_of_an_empty_one_kept_in_the_cache_or_made_whole_w
     first = tracking.create_run(tmp_path / "a", "corolla", job, {}, None)
     second = tracking.create_run(tmp_path / "b", "corolla", job, {}, None)
     assert [path.name for path in (tmp_path / "cache" / "mlflow").iterdir()] == [f"empty-store-{mlflow.__version__}.db"]
+    for tracked, run_dir in ((first, tmp_path / "a"), (second, tmp_path / "b")):  # not where the empty one was made
+        default = MlflowClient(tracked.tracking_uri).get_experiment("0")
+        assert default.artifact_location == (run_dir / "mlartifacts").as_uri()
     (tmp_path / "unwritable").write_text("a file where the cache would go")
     monkeypatch.setenv("COROLLA_CACHE", str(tmp_path / "unwritable"))
     third = tracking.create_run(tmp_path / "c", "corolla", job, {}, None)
