@@ -31,7 +31,7 @@ from launch.rundir.files import (
     VALIDATION_FILE,
 )
 from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches
-from launch.rundir.records import last_records, offset_after, step_record
+from launch.rundir.records import RETRAINED, offset_after, step_record
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
     TrackingState,
@@ -85,21 +85,20 @@ SERIES_METRIC = {
 }
 
 
-# (series, the last step sent) -> the records after it, in step order, UNSENT_RECORDS at most: asked again until none
-Unsent = Callable[[str, int], list[dict]]
-
-
-class _Tail:
+class Tail:
     """A series file as the sender follows it, by where its first record MLflow lacks starts: found from the file's
     end at the first look, and again once the file was replaced (a resumed launch drops the steps it redoes,
     records.keep_steps_up_to); each look reads on from there, UNSENT_RECORDS at most, all that the sender holds
-    however long MLflow is away."""
+    however long MLflow is away. MLflow lacks the records after the last step it holds, and those a resumed launch
+    trained anew (RETRAINED) of steps it holds the first values of: sent again, MLflow keeps both, the new last."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.inode = self.offset = 0
+        self.inode = self.offset = self.looked_to = 0
 
     def unsent(self, after: int) -> list[dict]:
+        """The records MLflow lacks of the steps after `after` and of those trained anew, in step order; read again
+        until taken()."""
         if not self.path.is_file():
             return []
         by_step: dict[int, dict] = {}
@@ -107,22 +106,27 @@ class _Tail:
             inode = os.fstat(file.fileno()).st_ino
             if inode != self.inode:
                 self.inode, self.offset = inode, offset_after(file, after)
+            self.looked_to = self.offset
             file.seek(self.offset)
             for line in file:
                 if not line.endswith(b"\n") or len(by_step) == UNSENT_RECORDS:
                     break  # a line still being written waits for the next look
+                self.looked_to += len(line)
                 record = step_record(line)
-                if record is not None and record["step"] > after:
+                if record is not None and (record["step"] > after or RETRAINED in record):
                     by_step[record["step"]] = record
                 elif not by_step:
-                    self.offset += len(line)  # sent, or cut short by a crash mid-write: not read again
+                    self.offset = self.looked_to  # sent, or cut short by a crash mid-write: not read again
         return [by_step[step] for step in sorted(by_step)]
 
+    def taken(self) -> None:
+        """MLflow took what the last look found: the next reads on after it."""
+        self.offset = self.looked_to
 
-def read_unsent(run_dir: Path) -> Unsent:
+
+def follow(run_dir: Path) -> dict[str, Tail]:
     """The run's series files, followed from a first look at their ends."""
-    tails = {series: _Tail(run_dir / series) for series in SERIES}
-    return lambda series, after: tails[series].unsent(after)
+    return {series: Tail(run_dir / series) for series in SERIES}
 
 
 def start_tags(events: list[dict]) -> dict[str, str]:
@@ -149,7 +153,9 @@ def from_history(events: list[dict], seen: int) -> tuple[dict[str, str], str | N
     return tags, status
 
 
-def send_pending(run_dir: Path, state: TrackingState, unsent: Unsent, guard: threading.Lock | None = None) -> None:
+def send_pending(
+    run_dir: Path, state: TrackingState, tails: dict[str, Tail], guard: threading.Lock | None = None
+) -> None:
     """Every unsent record, then the tags, then the status; `state` (and tracking.json) follow what got through.
     Raises what MLflow raised, once the state says how far it got."""
     guard = guard or threading.Lock()
@@ -160,14 +166,17 @@ def send_pending(run_dir: Path, state: TrackingState, unsent: Unsent, guard: thr
         with guard:
             state.sent = last
     for series, metrics_of in SERIES.items():
-        while records := unsent(series, state.sent_up_to(series)):
+        while records := tails[series].unsent(state.sent_up_to(series)):
             for start in range(0, len(records), BATCH_RECORDS):
                 batch = records[start : start + BATCH_RECORDS]
                 sent = [(record["step"], record.get("time"), metrics_of(record)) for record in batch]
                 tracking.log_records(tracked, sent)
+                retrained = [str(record[RETRAINED]) for record in batch if RETRAINED in record]
                 with guard:
-                    state.sent = {**state.sent, series: batch[-1]["step"]}
+                    state.sent = {**state.sent, series: max(batch[-1]["step"], state.sent_up_to(series))}
+                    state.tags.update({tracking.RETRAINED_TAG: retrained[-1]} if retrained else {})
                     _keep(run_dir, state)
+            tails[series].taken()
     with guard:
         tags, artifacts, status = dict(state.tags), list(state.artifacts), state.status
     if tags:
@@ -204,7 +213,7 @@ def update(
     state.status = status or state.status
     _keep(run_dir, state)
     try:
-        send_pending(run_dir, state, read_unsent(run_dir))
+        send_pending(run_dir, state, follow(run_dir))
     except Exception as error:  # whatever MLflow raises, the run goes on and says so
         _failed(run_dir, state, error, threading.Lock())
         print(
@@ -241,7 +250,7 @@ def sync(run_dir: Path, uri: str | None = None, status: str | None = None) -> Tr
     state.sent = None  # asked of MLflow: a store that lost the run (or steps of it) says so here
     try:
         state.status = status or state.status or _untold_end(run_dir)
-        send_pending(run_dir, state, read_unsent(run_dir))
+        send_pending(run_dir, state, follow(run_dir))
     except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
         _failed(run_dir, state, error, threading.Lock())
         fix = store_fix(run_dir, str(error)) or "try again when it answers"
@@ -285,7 +294,7 @@ class Sender:
         self.guard = threading.Lock()
         self.wake = threading.Event()
         self.closing = False
-        self.unsent = read_unsent(run_dir)
+        self.tails = follow(run_dir)
         self.thread = threading.Thread(target=self._run, name="corolla-tracking", daemon=True)
         self.thread.start()
 
@@ -298,10 +307,7 @@ class Sender:
     def caught_up(self) -> bool:
         with self.guard:
             pending = self.state.tags or self.state.status
-        last = {series: last_records(self.run_dir / series, 1) for series in SERIES}
-        return not pending and not any(
-            ends and ends[0]["step"] > self.state.sent_up_to(series) for series, ends in last.items()
-        )
+        return not pending and not any(tail.unsent(self.state.sent_up_to(name)) for name, tail in self.tails.items())
 
     def _take_history(self) -> None:
         events = RunHistory(self.run_dir).events()
@@ -321,7 +327,7 @@ class Sender:
             last_attempt = self.closing
             try:
                 self._take_history()
-                send_pending(self.run_dir, self.state, self.unsent, self.guard)
+                send_pending(self.run_dir, self.state, self.tails, self.guard)
                 failures = 0
             except Exception as error:  # a tracking failure must never reach training
                 _failed(self.run_dir, self.state, error, self.guard)

@@ -16,6 +16,10 @@ from typing import BinaryIO
 
 from tokenizer.files import lines_from_end, write_atomically
 
+# The key of a record of a step a resumed launch trained again with other figures than the record it dropped (the
+# step resumed from): MLflow, which may hold the dropped one, is sent it anyway (launch/rundir/outbox.py).
+RETRAINED = "retrained_after"
+
 
 def append_record(path: Path, record: dict) -> None:
     """Appends a line; after a line cut short by a crash mid-write, on a line of its own."""
@@ -114,18 +118,20 @@ def record_of_step(path: Path, step: int) -> dict | None:
 
 def offset_after(file: BinaryIO, step: int) -> int:
     """Where the lines after the last record of a step up to `step` start (0 where none is), read from the file's
-    end: the records of the steps after `step` follow."""
-    return next((end for end, record in _from_end(file) if record["step"] <= step), 0)
+    end: the records of the steps after `step` follow. Records trained again (RETRAINED) that end there are kept
+    after it: MLflow, which held their steps, may lack them."""
+    return next((end for end, record in _from_end(file) if record["step"] <= step and RETRAINED not in record), 0)
 
 
-def keep_steps_up_to(path: Path, step: int) -> int:
+def keep_steps_up_to(path: Path, step: int) -> list[dict]:
     """Drops the records after `step` (those a resumed launch is about to redo), keeping the last of each step;
-    returns the last step the file held. Whole or not at all: the file is replaced, never cut mid-way; and only
+    returns those dropped, in step order. Whole or not at all: the file is replaced, never cut mid-way; and only
     where a record is to go (after a crash between checkpoints): a resume from the step a launch stopped at with a
     checkpoint reads the last line alone."""
     last = last_records(path, 1)
     if not last or last[0]["step"] <= step:
-        return last[0]["step"] if last else 0
-    kept = [record for record in last_record_per_step(path) if record["step"] <= step]
+        return []
+    records = last_record_per_step(path)
+    kept = [record for record in records if record["step"] <= step]
     write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
-    return last[0]["step"]
+    return records[len(kept) :]

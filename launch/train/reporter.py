@@ -14,7 +14,7 @@ from statistics import mean
 
 from launch.rundir.files import HEALTH_FILE, METRICS_FILE, VALIDATION_FILE
 from launch.rundir.outbox import Sender
-from launch.rundir.records import append_record, keep_steps_up_to
+from launch.rundir.records import RETRAINED, append_record, keep_steps_up_to
 from launch.train.checkpoint import NoSpace, filesystem, from_rank_0
 from launch.train.health import Verdict
 from launch.train.loop import StepRecord
@@ -28,6 +28,25 @@ def bits_per_byte(losses: dict[str, float], bytes_per_token: dict[str, float]) -
         for language, loss in losses.items()
         if bytes_per_token.get(language)
     }
+
+
+# The figures of a step or validation record that its training decides (not its speed): a step redone with any of
+# them otherwise than the record it replaces was trained anew (another train.lr, another batch ramp), and MLflow is
+# sent it again. Relative: a margin for a GPU's nondeterministic sums, which move a step redone alike a little.
+TRAINED_FIGURES = {METRICS_FILE: ("loss", "lr", "batch_size"), VALIDATION_FILE: ("loss",)}
+RETRAINED_TOLERANCE = 1e-3
+
+
+def _alike(old: object, new: object) -> bool:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return old.keys() == new.keys() and all(_alike(old[key], new[key]) for key in old)
+    numbers = all(type(value) in (int, float) for value in (old, new))
+    return numbers and math.isclose(old, new, rel_tol=RETRAINED_TOLERANCE)  # type: ignore[arg-type]
+
+
+def trained_alike(series: str, old: dict, new: dict) -> bool:
+    """Whether a redone step's record holds the figures of the one it replaces, as TRAINED_FIGURES says."""
+    return all(_alike(old.get(key), new.get(key)) for key in TRAINED_FIGURES[series])
 
 
 def written_by_rank_0(writes: bool, run_dir: Path, written: Path, write: Callable[[], None]) -> None:
@@ -66,14 +85,19 @@ class Reporter:
         self.sends = sends
         self.sender: Sender | None = None
         self.steps_redone = 0
+        self.resumed_from = 0
+        self.replaced: dict[str, dict[int, dict]] = {}  # series -> step -> the trained figures of a dropped record
 
     def begin(self, resumed_from: int) -> None:
-        """Rank 0: drops the records after `resumed_from` (this launch redoes those steps), then, if it sends, starts
-        the sender, which must not send them."""
-        last_step = keep_steps_up_to(self.run_dir / METRICS_FILE, resumed_from)
-        keep_steps_up_to(self.run_dir / VALIDATION_FILE, resumed_from)
+        """Rank 0: drops the records after `resumed_from` (this launch redoes those steps), keeping their trained
+        figures to tell the steps trained alike from those trained anew; then, if it sends, starts the sender."""
+        self.resumed_from = resumed_from
+        for series in (METRICS_FILE, VALIDATION_FILE):
+            dropped = keep_steps_up_to(self.run_dir / series, resumed_from)
+            figures = TRAINED_FIGURES[series]
+            self.replaced[series] = {old["step"]: {key: old.get(key) for key in figures} for old in dropped}
         keep_steps_up_to(self.run_dir / HEALTH_FILE, resumed_from)
-        self.steps_redone = max(0, last_step - resumed_from)
+        self.steps_redone = max(self.replaced[METRICS_FILE], default=resumed_from) - resumed_from
         self.sender = Sender(self.run_dir) if self.sends else None
 
     def step(self, record: StepRecord) -> None:
@@ -111,6 +135,9 @@ class Reporter:
     def _append(self, series: str, record: dict) -> None:
         """Rank 0 appends the record; every rank raises NoSpace if its filesystem had no room for it."""
         path, stamped = self.run_dir / series, {**record, "time": int(time.time() * 1000)}
+        replaced = self.replaced.get(series, {}).pop(record["step"], None)
+        if replaced is not None and not trained_alike(series, replaced, record):
+            stamped[RETRAINED] = self.resumed_from
         written_by_rank_0(self.writes, self.run_dir, path, lambda: append_record(path, stamped))
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from launch.cli import main
 from launch.rundir import outbox, tracking
 from launch.rundir.files import JOB_FILE, METRICS_FILE, RUN_FILE, TRACKING_STATE, VALIDATION_FILE
 from launch.rundir.loss_chart import render_loss_chart
-from launch.rundir.records import append_record, keep_steps_up_to, last_value_per_step, read_jsonl
+from launch.rundir.records import RETRAINED, append_record, keep_steps_up_to, last_value_per_step, read_jsonl
 from launch.rundir.run_record import TrackedRun, default_uri, record_run
 
 STEPS = 200_000  # 30 MB of step records
@@ -64,7 +64,7 @@ def test_a_resume_that_redoes_no_step_leaves_the_records_as_they_are_and_reads_t
     # A clean stop (a time limit, a preemption, train.exit_after) saves the step it stopped at: nothing to drop.
     metrics = long_run(tmp_path / "run") / METRICS_FILE
     file_before, before = metrics.stat(), bytes_read()
-    assert keep_steps_up_to(metrics, STEPS) == STEPS
+    assert keep_steps_up_to(metrics, STEPS) == []
     assert bytes_read() - before < metrics.stat().st_size / 50
     assert (metrics.stat().st_ino, metrics.stat().st_mtime_ns) == (file_before.st_ino, file_before.st_mtime_ns)
 
@@ -74,9 +74,9 @@ def test_a_resume_after_a_crash_drops_the_steps_it_redoes(tmp_path: Path) -> Non
     for step in [1, 2, 3, 2, 3, 4, 5]:  # the steps an older corolla appended again after a crash
         append_record(metrics, {"step": step, "loss": float(step)})
     metrics.write_text(metrics.read_text() + '{"step": 6, "lo')  # cut short by the crash
-    assert keep_steps_up_to(metrics, 3) == 5
+    assert keep_steps_up_to(metrics, 3) == [{"step": 4, "loss": 4.0}, {"step": 5, "loss": 5.0}]  # those it dropped
     assert [record["step"] for record in read_jsonl(metrics)] == [1, 2, 3]
-    assert keep_steps_up_to(metrics, 3) == 3
+    assert keep_steps_up_to(metrics, 3) == []
 
 
 def tracked_long_run(run_dir: Path, sent: int, uri: str | None = None, steps: int = STEPS) -> TrackedRun:
@@ -105,6 +105,33 @@ def test_mlflow_is_sent_what_it_lacks_of_a_long_run_from_the_end_of_its_records(
     sender.close()
     assert bytes_read() - before < (run_dir / METRICS_FILE).stat().st_size / 10
     assert tracking.last_step(tracked, tracking.STEP_METRICS["loss"]) == STEPS + 10
+
+
+def test_steps_trained_anew_reach_mlflow_once_each_even_where_a_launch_died_before_sending_them(tmp_path) -> None:
+    """A launch resumed from step 10 of a run MLflow held to step 20 and trained steps 13-20 otherwise (another lr):
+    MLflow is sent those again, the new values last, once each; steps 11-12, trained alike, it is not. A launch that
+    wrote some before it died without sending them leaves them to the next, which finds them from the file's end."""
+    run_dir = tmp_path / "run"
+    tracked = tracked_long_run(run_dir, sent=20, steps=20)  # MLflow holds steps 1 and 20
+    metrics = run_dir / METRICS_FILE
+    keep_steps_up_to(metrics, 10)
+
+    def trained(steps: range) -> None:
+        for step in steps:
+            anew = {"loss": 5.0, RETRAINED: 10} if 13 <= step <= 20 else {"loss": 2 + 1 / step}
+            append_record(metrics, {"step": step, **anew, "time": 1000 + step})
+
+    trained(range(11, 17))
+    assert outbox.update(run_dir)  # the launch that died: it sent them, MLflow took them
+    trained(range(17, 23))
+    sender = outbox.Sender(run_dir)  # the next launch: it finds 13-16 again, and MLflow stores them once
+    sender.close()
+    history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, tracking.STEP_METRICS["loss"])
+    assert sorted(entry.step for entry in history) == [1, *range(13, 20), 20, 20, 21, 22]
+    last = {entry.step: entry.value for entry in sorted(history, key=lambda entry: entry.timestamp)}
+    assert [last[step] for step in range(13, 21)] == [5.0] * 8
+    run = MlflowClient(tracked.tracking_uri).get_run(tracked.run_id)
+    assert run.data.tags[tracking.RETRAINED_TAG] == "10" and sender.caught_up()
 
 
 def test_a_sync_asks_mlflow_for_the_run_not_for_every_step_it_holds(tmp_path: Path) -> None:

@@ -364,6 +364,24 @@ def test_a_finished_run_launched_as_another_model_is_refused_not_told_there_is_n
     assert capsys.readouterr().out.strip().endswith(f"{forked} is already trained to step 1 of 1: nothing to do")
 
 
+def test_steps_trained_again_with_other_settings_are_sent_to_mlflow_again(
+    tokens, uninterrupted_run, uninterrupted, tmp_path
+):
+    """Its latest checkpoint pointed back to step 2 (past a loss spike) and relaunched with another learning rate, the
+    run trained steps 3-6 anew, and MLflow kept their first values alone: it was never sent the new ones. It holds
+    both now, the new last (step 3's loss, of the step-2 weights, is as it was, its learning rate is not)."""
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 6)
+    (run_dir / "checkpoints" / LATEST).write_text("step-00000002\n")
+    assert train(run_dir, tokens, "train.lr=3e-4") == 0
+    tracked = asdict(recorded_run(run_dir))
+    client = MlflowClient(tracked["tracking_uri"])
+    history = client.get_metric_history(tracked["run_id"], "train_loss")
+    last = {point.step: point.value for point in sorted(history, key=lambda point: point.timestamp)}
+    assert last == pytest.approx(losses(run_dir), abs=1e-6) and last[4] != pytest.approx(uninterrupted[4], abs=1e-6)
+    assert sorted(point.step for point in history) == [1, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    assert client.get_run(tracked["run_id"]).data.tags["corolla.retrained_after_step"] == "2"
+
+
 def test_non_finite_steps_can_be_let_pass_and_leave_the_weights_as_they_were(
     tokens: Path, uninterrupted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
