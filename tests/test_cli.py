@@ -467,6 +467,11 @@ def test_train_evaluate_encode_through_the_cli(capsys, tmp_path: Path) -> None:
             ["tokenizer", "evaluate", "tokenizer={d}/bad.model", "output_dir={d}/r"],
             "cannot be loaded",
         ),
+        (  # SentencePiece takes an empty file for a model without a word, whose encodings then raise
+            lambda d: (d / "tokenizer.model").write_bytes(b""),
+            ["tokenizer", "encode", "tokenizer={d}", f"corpus={MULTILINGUAL}", "output_dir={d}/t"],
+            "tokenizer.model holds no vocabulary: an empty or cut file): retrain or re-export it",
+        ),
         (
             lambda d: (d / "out").write_text("a file"),
             ["tokenizer", "train", f"corpus={MULTILINGUAL}", "output_dir={d}/out/tok"],
@@ -478,7 +483,13 @@ def test_train_evaluate_encode_through_the_cli(capsys, tmp_path: Path) -> None:
             "does not exist",
         ),
     ],
-    ids=["evaluate-missing-tokenizer", "evaluate-garbage-model", "train-output-under-a-file", "encode-no-tokenizer"],
+    ids=[
+        "evaluate-missing-tokenizer",
+        "evaluate-garbage-model",
+        "encode-empty-model",
+        "train-output-under-a-file",
+        "encode-no-tokenizer",
+    ],
 )
 def test_bad_paths_give_one_line(capsys, tmp_path: Path, make, command: list[str], expected: str) -> None:
     make(tmp_path)

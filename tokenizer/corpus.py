@@ -113,9 +113,22 @@ def _strip_compression(name: str) -> str:
     return name
 
 
-def _language_directory(relative: Path) -> str | None:
-    """The language of the nearest enclosing directory named with a language code, if any."""
-    return next((part for part in reversed(relative.parts[:-1]) if LANGUAGE_CODE.match(part)), None)
+def _language_directory(relative: Path) -> Path | None:
+    """The nearest enclosing directory named with a language code, if any."""
+    return next((parent for parent in relative.parents if LANGUAGE_CODE.match(parent.name)), None)
+
+
+CHECKSUMS = (".md5", ".sha1", ".sha256", ".sha512")
+READ = ".txt, .jsonl (each also .gz or .zst) and .parquet"
+
+
+def _unread_data(relative: Path) -> str | None:
+    """Why a file corolla does not read would leave a language out without a word: at the top, it is named for one
+    (fra_Latn.json); None where it is no language's (a README, a checksum list)."""
+    language, _, suffixes = relative.name.partition(".")
+    if len(relative.parts) > 1 or not is_language_code(language) or ("." + suffixes).endswith(CHECKSUMS):
+        return None
+    return f"is named for {language} but is no format corolla reads ({READ}): convert it, or move it out of the corpus"
 
 
 def unread_format(path: Path, compressions: tuple[str, ...] = COMPRESSIONS) -> str | None:
@@ -147,10 +160,12 @@ def _source(corpus: Path, path: Path) -> Source | None:
         raise CorpusError(f"corpus file {path} {problem}")
     fmt = _format_of(path.name)
     if fmt not in FORMATS:
+        if problem := _unread_data(relative):
+            raise CorpusError(f"corpus file {path} {problem}")
         return None
     directory = _language_directory(relative)
     if directory:
-        return Source(path, check_language_code(directory, where), name)
+        return Source(path, check_language_code(directory.name, where), name)
     if fmt == TEXT and len(relative.parts) == 1:
         return Source(path, check_language_code(_strip_compression(path.name)[: -len(TEXT)], where), name)
     if fmt == TEXT:
@@ -168,9 +183,10 @@ def discover_sources(corpus_dir: str | Path) -> list[Source]:
             f"corpus directory {corpus} {problem}: pass corpus=DIR with <lang>.txt or .jsonl files, or "
             "per-language directories of shards"
         )
-    found = (_source(corpus, path) for path in _corpus_files(corpus))
-    sources = [source for source in found if source is not None]
+    files = _corpus_files(corpus)
+    sources = [source for source in (_source(corpus, path) for path in files) if source is not None]
     _check_no_twins(sources)
+    _check_language_directories_read(corpus, files, sources)
     if not sources:
         raise CorpusError(
             f"corpus directory {corpus} has no <lang>.txt[.gz|.zst], .jsonl or .parquet files, nor per-language "
@@ -209,6 +225,18 @@ def shard_name(label: str) -> str:
 def _named_as_corpus(name: str) -> bool:
     """A language directory's name or a corpus file's: an editor's lock link (.#fra_Latn.txt) is neither."""
     return is_language_code(name) or (not name.startswith(".") and _format_of(name) in FORMATS)
+
+
+def _check_language_directories_read(corpus: Path, files: list[Path], sources: list[Source]) -> None:
+    """A language directory none of whose files corolla reads (mC4's c4-fr.*.json.gz) leaves the language out."""
+    read = {_language_directory(source.path.relative_to(corpus)) for source in sources}
+    for path in files:
+        directory = _language_directory(path.relative_to(corpus))
+        if directory is not None and directory not in read:
+            raise CorpusError(
+                f"corpus directory {corpus / directory} holds no file corolla reads ({READ}; e.g. {path.name}): "
+                "convert its files (JSON lines are read as .jsonl), or move it out of the corpus"
+            )
 
 
 def _check_no_twins(sources: list[Source]) -> None:
@@ -310,6 +338,12 @@ def _parquet_records(source: Source) -> Iterator[tuple[str, str]]:
         raise CorpusError(
             f"{source.path} has columns {', '.join(columns)}, not {needed}: rename them, or put the file in a "
             "directory named with its language code (e.g. fra_Latn/)"
+        )
+    text_type = table.schema_arrow.field("text").type
+    if not (pyarrow.types.is_string(text_type) or pyarrow.types.is_large_string(text_type)):
+        raise CorpusError(
+            f"{source.path}: its 'text' column holds {text_type}, not strings: write it as UTF-8 strings (pyarrow's "
+            "string type; bytes decoded), or leave the file out of the corpus"
         )
     wanted = ["text"] if source.language else ["text", language_column]
     for number, batch in enumerate(table.iter_batches(PARQUET_ROWS_PER_BATCH, columns=wanted)):

@@ -40,7 +40,14 @@ from tokenizer.hf_export import write_hf_tokenizer
 from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
-from tokenizer.train import METADATA_FILE, check_output_dir, config_record, train_on_plan, versions
+from tokenizer.train import (
+    METADATA_FILE,
+    check_output_dir,
+    config_record,
+    record_files,
+    train_on_plan,
+    versions,
+)
 
 NORMAL = pb.ModelProto.SentencePiece.NORMAL
 
@@ -249,7 +256,7 @@ def extend_tokenizer(job: TokenizerExtendJob, log: Log = print) -> Path:
             "before": _premiums(base.tokenizer, held_out, reference),
             "after": _premiums(extended, held_out, reference),
         }
-        metadata = _metadata(job, base.tokenizer, extended, languages, before, premiums, history)
+        metadata = record_files(staging, _metadata(job, base.tokenizer, extended, languages, before, premiums, history))
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
         publish(staging, out, job.overwrite)
     added = extended.vocab_size - base.tokenizer.vocab_size

@@ -71,6 +71,8 @@ class SentencePieceTokenizer(TextTokenizer):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.processor = spm.SentencePieceProcessor(model_proto=path.read_bytes())
+        if not self.processor.get_piece_size():  # what SentencePiece makes of an empty file, without a word
+            raise RuntimeError(f"{path.name} holds no vocabulary: an empty or cut file")
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.processor.encode(texts)

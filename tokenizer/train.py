@@ -9,7 +9,7 @@ import json
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from enum import Enum
 from importlib.metadata import version
 from pathlib import Path
@@ -35,15 +35,18 @@ from tokenizer.files import (
     check_replaceable,
     publish,
     read_json,
+    sha256_of,
     staging_area,
 )
 from tokenizer.hf_export import write_hf_tokenizer
+from tokenizer.loading import load_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
 from tokenizer.spm import train_sentencepiece, training_threads
 from tokenizer.vocab import padded_vocab_size
 
 METADATA_FILE = "metadata.json"  # beside tokenizer.model: how it was trained, on what
+FILES_RECORD = "files"  # metadata's: the SHA-256 of each file beside it, which a tokenizer current holds as written
 
 
 def _read_sentences(path: Path) -> Iterator[str]:
@@ -153,20 +156,45 @@ def _metadata(job: TokenizerTrainJob, scan: CorpusScan, plan, sampled: dict[str,
     }
 
 
-def is_current(job: TokenizerTrainJob) -> bool:
-    """Whether `job.output_dir` already holds what `job` would train: same config, seed and corpus."""
+def _metadata_of_job(job: TokenizerTrainJob) -> dict | None:
+    """`job.output_dir`'s metadata where it records `job`: same config, seed and corpus; else None."""
     metadata_path = Path(job.output_dir) / METADATA_FILE
     if not metadata_path.is_file():
-        return False
+        return None
     try:
         metadata = read_json(metadata_path, "train the tokenizer again")
     except ValueError:  # damaged: what it holds is not known to be current
-        return False
-    return (
+        return None
+    same = (
         tokenizer_identity(metadata.get("tokenizer_config", {})) == tokenizer_identity(config_record(job.tokenizer))
         and metadata.get("seed") == job.seed
         and metadata.get("corpus_fingerprint") == corpus_fingerprint(discover_sources(job.corpus))
     )
+    return metadata if same else None
+
+
+def is_current(job: TokenizerTrainJob) -> bool:
+    """Whether `job.output_dir` already holds what `job` would train, its files as written."""
+    metadata = _metadata_of_job(job)
+    return metadata is not None and _files_intact(Path(job.output_dir), metadata)
+
+
+def _files_intact(out: Path, metadata: dict) -> bool:
+    """Whether the tokenizer's files are those its metadata records the SHA-256 of (FILES_RECORD); where it records
+    none (an older corolla's), whether the tokenizer loads."""
+    recorded = metadata.get(FILES_RECORD)
+    if not isinstance(recorded, dict):
+        try:
+            load_tokenizer(out)
+        except ValueError:
+            return False
+        return True
+    return all((out / name).is_file() and sha256_of(out / name) == digest for name, digest in recorded.items())
+
+
+def record_files(staging: Path, metadata: dict) -> dict:
+    """`metadata` with the SHA-256 of each tokenizer file in `staging`, written before it."""
+    return {**metadata, FILES_RECORD: {path.name: sha256_of(path) for path in sorted(staging.iterdir())}}
 
 
 # What a tokenizer's output_dir holds: train and extend replace it whole, and only when it holds nothing else.
@@ -182,9 +210,12 @@ def check_output_dir(output_dir: str, overwrite: bool, inputs: dict[str, str | N
 
 def train_tokenizer(job: TokenizerTrainJob, log: Log = print) -> Path:
     cfg = job.tokenizer
-    if not job.overwrite and is_current(job):
-        log(f"{job.output_dir} already holds this tokenizer (the same settings, seed and corpus): nothing to do")
-        return Path(job.output_dir)
+    if not job.overwrite and (metadata := _metadata_of_job(job)) is not None:
+        if _files_intact(Path(job.output_dir), metadata):
+            log(f"{job.output_dir} already holds this tokenizer (the same settings, seed and corpus): nothing to do")
+            return Path(job.output_dir)
+        log(f"{job.output_dir} holds this tokenizer, its files missing or changed since written: training it again")
+        job = replace(job, overwrite=True)
     inputs = {"corpus": job.corpus, "tokenizer.parity_set": cfg.parity_set}
     out = check_output_dir(job.output_dir, job.overwrite, inputs)
     scan = scan_corpus(job.corpus)
@@ -205,7 +236,7 @@ def train_tokenizer(job: TokenizerTrainJob, log: Log = print) -> Path:
         staging.mkdir()
         (staging / SPM_MODEL_FILE).write_bytes(model)
         write_hf_tokenizer(model, staging)
-        metadata = _metadata(job, scan, plan, sampled, extra)
+        metadata = record_files(staging, _metadata(job, scan, plan, sampled, extra))
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
         publish(staging, out, job.overwrite)
     log(f"tokenizer written to {out} (vocab {cfg.vocab_size}, padded {metadata['padded_vocab_size']})")

@@ -27,7 +27,7 @@ from tokenizer.config import TokenizerConfig, TokenizerTrainJob
 from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import corpus_fingerprint, measured_fingerprint
 from tokenizer.encode import encode_corpus
-from tokenizer.files import Log, directory_lock, first_line
+from tokenizer.files import Log, directory_lock
 from tokenizer.loading import load_tokenizer
 from tokenizer.train import config_record, is_current, tokenizer_identity, train_tokenizer
 
@@ -65,22 +65,12 @@ def cached_token_files(job: TrainJob, log: Log = print) -> Path:
 
 def _cached_tokenizer(job: TrainJob, entry: Path, log: Log) -> Path:
     tokenizer = TokenizerTrainJob(job.tokenizer, str(job.data.corpus), str(entry / "tokenizer"), job.seed, True)
-    if is_current(tokenizer) and _loads(entry / "tokenizer", log):
+    if is_current(tokenizer):  # its files too, as written: a damaged one is the cache's to make again
         log(f"tokenizer: cached in {entry / 'tokenizer'}")
     else:
         log(f"tokenizer: training on {job.data.corpus} into {entry / 'tokenizer'} (once; cached for later runs)")
         train_tokenizer(tokenizer, log=log)
     return entry / "tokenizer"
-
-
-def _loads(tokenizer_dir: Path, log: Log) -> bool:
-    """Whether a cached tokenizer loads; one that does not is the cache's to make again, not the user's to fix."""
-    try:
-        load_tokenizer(tokenizer_dir)
-    except ValueError as error:
-        log(f"tokenizer: the cached one cannot be loaded ({first_line(error)}): training it again")
-        return False
-    return True
 
 
 def prepare_data(job: TrainJob) -> tuple[TrainJob, DataFacts]:

@@ -206,7 +206,7 @@ def test_token_files_are_built_on_first_use_cached_and_built_anew_when_the_corpu
     [model] = (tmp_path / "cache").glob("*/tokenizer/tokenizer.model")
     model.write_bytes(b"damaged")  # the cache's to make again: the same tokenizer, whose token files stay current
     out = train_from_corpus(tmp_path / "damaged")
-    assert "tokenizer: the cached one cannot be loaded" in out and "training it again" in out
+    assert "tokenizer: training on" in out
     assert {path: path.stat().st_mtime_ns for path in tokens_dir.iterdir()} == built
     [cut] = tokens_dir.glob("eng_Latn/*.bin")
     cut.write_bytes(cut.read_bytes()[:100])  # the cache's too: a dry run says the job is valid, a run encodes again

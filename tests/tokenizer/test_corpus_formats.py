@@ -117,11 +117,14 @@ def language_stream(tokens_dir: Path, language: str) -> tuple[bytes, list[int]]:
         ({"fra_Latn/x.parquet": {"content": ["a"]}}, "has columns content, not a 'text' column"),
         ({"x.parquet": {"text": ["a"], "lang": ["french"]}}, "unknown language code 'french' in"),
         ({"fra_Latn/x.parquet": b"PAR1 not really"}, "cannot be read as parquet"),
+        ({"fra_Latn/x.parquet": {"text": [b"bonjour"]}}, "its 'text' column holds binary, not strings"),
         # Passed over without a word, the corpus then one language short.
         ({"fra_Latn.txt.bz2": b"BZh9", "eng_Latn.txt": "text\n"}, "is compressed with .bz2, which corolla does not"),
         ({"fra_Latn.TXT": "text\n", "eng_Latn.txt": "text\n"}, "is named in capitals, which corolla does not read"),
         ({"fra_Latn.TXT.GZ": b"\x1f\x8b", "eng_Latn.txt": "text\n"}, "rename it to end in .txt.gz"),
         ({"fra_Latn/x.parquet.gz": b"\x1f\x8b", "eng_Latn.txt": "text\n"}, "is a compressed parquet file"),
+        ({"fra_Latn.json": '{"text": "a"}\n', "eng_Latn.txt": "a\n"}, "is named for fra_Latn but is no format corolla"),
+        ({"fra_Latn/c4-fr.json.gz": b"\x1f\x8b", "eng_Latn.txt": "a\n"}, "fra_Latn holds no file corolla reads"),
         # Read twice, the language's share doubled.
         ({"fra_Latn.txt": "a\n", "fra_Latn.txt.gz": gzip.compress(b"a\n")}, "differ only in their compression"),
         # Each encoding wrote the other's token files, and found its own not current.

@@ -307,6 +307,14 @@ def test_a_tokenizer_is_trained_again_only_when_asked_or_when_its_job_changed(
     train_tokenizer(job, log=messages.append)  # the same job: its output is current
     assert messages == [f"{out} already holds this tokenizer (the same settings, seed and corpus): nothing to do"]
     assert (out / "tokenizer.model").stat().st_mtime_ns == trained
+    # Its files lost or cut, the same job was told there was nothing to do, and its evaluation then failed.
+    model = (out / "tokenizer.model").read_bytes()
+    for damage in (lambda: (out / "tokenizer.model").unlink(), lambda: (out / "tokenizer.json").write_text("{")):
+        damage()
+        messages.clear()
+        train_tokenizer(job, log=messages.append)
+        assert f"{out} holds this tokenizer, its files missing or changed since written: training it again" in messages
+        assert (out / "tokenizer.model").read_bytes() == model and is_current(job)
     with pytest.raises(ValueError, match="already holds a tokenizer: choose another, or pass overwrite=true"):
         train_tokenizer(replace(job, seed=6), log=lambda *_: None)
     train_tokenizer(replace(job, seed=6, overwrite=True), log=lambda *_: None)
