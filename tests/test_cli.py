@@ -477,6 +477,11 @@ def test_train_evaluate_encode_through_the_cli(capsys, tmp_path: Path) -> None:
             ["tokenizer", "train", f"corpus={MULTILINGUAL}", "output_dir={d}/out/tok"],
             "out",
         ),
+        (  # its report written among the tokenizer's files, which a training with overwrite=true then refused
+            lambda d: (d / "tokenizer.model").write_bytes(b"garbage"),
+            ["tokenizer", "evaluate", "tokenizer={d}", "output_dir={d}/report"],
+            "output_dir={d}/report and tokenizer={d} lie one inside the other: give the report a directory of its own",
+        ),
         (
             lambda d: None,
             ["tokenizer", "encode", "tokenizer={d}/none", f"corpus={MULTILINGUAL}", "output_dir={d}/t"],
@@ -488,13 +493,14 @@ def test_train_evaluate_encode_through_the_cli(capsys, tmp_path: Path) -> None:
         "evaluate-garbage-model",
         "encode-empty-model",
         "train-output-under-a-file",
+        "evaluate-report-inside-the-tokenizer",
         "encode-no-tokenizer",
     ],
 )
 def test_bad_paths_give_one_line(capsys, tmp_path: Path, make, command: list[str], expected: str) -> None:
     make(tmp_path)
     code, _, err = run(capsys, *(arg.format(d=tmp_path) for arg in command))
-    assert code == 2 and err.startswith("corolla: error: ") and expected in err and "\n" not in err
+    assert code == 2 and err.startswith("corolla: error: ") and expected.format(d=tmp_path) in err and "\n" not in err
 
 
 def test_encode_refuses_a_directory_it_did_not_write(capsys, tmp_path: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tokenizer.config import TokenizerEncodeJob, TokenizerEvaluateJob, TokenizerExtendJob, TokenizerTrainJob
 from tokenizer.encode import encode_corpus
 from tokenizer.evaluate import check_report_dir, format_summary, write_report
 from tokenizer.evaluate import evaluate as evaluate_tokenizers
 from tokenizer.extend import extend_tokenizer
+from tokenizer.files import check_apart
 from tokenizer.train import train_tokenizer
 
 
@@ -15,6 +18,9 @@ def train(job: TokenizerTrainJob) -> None:
 
 
 def evaluate(job: TokenizerEvaluateJob) -> None:
+    several = len(job.tokenizer) > 1
+    tokenizers = {f"tokenizer[{index}]" if several else "tokenizer": path for index, path in enumerate(job.tokenizer)}
+    check_apart(Path(job.output_dir), "the report", {"parallel": job.parallel, **tokenizers})
     if not job.overwrite:
         check_report_dir(job.output_dir, job.tokenizer)
     report = evaluate_tokenizers(job.tokenizer, job.parallel, job.reference, job.names or None)

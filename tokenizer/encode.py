@@ -429,9 +429,17 @@ def manifest_of(records: list[dict], settings: EncoderSettings, corpus_dir: str 
     }
 
 
-def _check_same_encoding(output: Path, fingerprint: str, append_eos: bool) -> None:
-    """Token files of another tokenizer, or without the EOS these would have (or with the one they would not), are
-    another dataset, one a training run may read (and resume on): encoding anew over them is refused."""
+def _check_same_encoding(output: Path, fingerprint: str, append_eos: bool, corpus: Path) -> None:
+    """Token files of another corpus or tokenizer, or without the EOS these would have (or with the one they would
+    not), are another dataset, one a training run may read (and resume on): encoding anew over them is refused."""
+    encoded_corpus = None
+    with suppress(OSError, ValueError, TypeError, KeyError):
+        encoded_corpus = json.loads((output / MANIFEST_NAME).read_text(encoding="utf-8"))["corpus"]
+    if encoded_corpus not in (None, str(corpus.resolve())):
+        raise ValueError(
+            f"output_dir {output} holds the token files of corpus {encoded_corpus}, which a training run may read: "
+            f"choose another output_dir, or pass overwrite=true to make them {corpus}'s (files alike are kept)"
+        )
     others, eos = set(), set()
     for path in (output / RECORDS_DIR).glob("*.json"):
         with suppress(OSError, ValueError, TypeError, KeyError):
@@ -522,7 +530,7 @@ def encode_corpus(
     text_tokenizer = load_tokenizer(tokenizer)
     sources = discover_sources(corpus_dir)  # bad input fails here, before output_dir is touched
     if not overwrite:
-        _check_same_encoding(Path(output_dir), text_tokenizer.fingerprint, append_eos)
+        _check_same_encoding(Path(output_dir), text_tokenizer.fingerprint, append_eos, Path(corpus_dir))
     _encode(sources, Path(output_dir), text_tokenizer, append_eos, workers, log, alone=True)
     with encoding_alone(Path(output_dir)):
         return write_manifest(tokenizer, corpus_dir, output_dir, append_eos, log)

@@ -63,7 +63,7 @@ def load_parallel(parallel_dir: str | Path, reference: str = "eng_Latn", referen
 
 def _read_lines(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows tools) is no part of the first line
     except UnicodeDecodeError as error:
         raise ParallelError(
             f"parallel file {path} is not UTF-8 ({error.reason} at byte {error.start}): re-encode it"

@@ -222,14 +222,7 @@ def check_replaceable(
     """Before anything is read, for a command that replaces output_dir=`out` whole with `what` ("a tokenizer"): a
     directory, neither inside an input (`inputs`: setting, path) nor holding one, holding only the files of an earlier
     `what` (`owned`, of a file's name), which only overwrite=true replaces."""
-    nearest = next(path for path in (out, *out.parents) if path.exists())
-    if not nearest.is_dir():
-        raise ValueError(f"output_dir={out} is, or lies under, the file {nearest}: give a directory's path")
-    for setting, given in inputs.items():
-        if given and _nested(Path(given).resolve(), out.resolve()):
-            raise ValueError(
-                f"output_dir={out} and {setting}={given} lie one inside the other: give {what} a directory of its own"
-            )
+    check_apart(out, what, inputs)
     held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
     if foreign := [name for name in held if not owned(name)]:
         raise ValueError(
@@ -238,6 +231,19 @@ def check_replaceable(
         )
     if held and not overwrite:
         raise ValueError(f"output_dir={out} already holds {what}: choose another, or pass overwrite=true")
+
+
+def check_apart(out: Path, what: str, inputs: dict[str, str | None]) -> None:
+    """output_dir=`out` for `what` ("a tokenizer"): a directory, or a path one can be made at, neither inside an input
+    (`inputs`: setting, path) nor holding one."""
+    nearest = next(path for path in (out, *out.parents) if path.exists())
+    if not nearest.is_dir():
+        raise ValueError(f"output_dir={out} is, or lies under, the file {nearest}: give a directory's path")
+    for setting, given in inputs.items():
+        if given and _nested(Path(given).resolve(), out.resolve()):
+            raise ValueError(
+                f"output_dir={out} and {setting}={given} lie one inside the other: give {what} a directory of its own"
+            )
 
 
 def _nested(one: Path, other: Path) -> bool:

@@ -564,6 +564,26 @@ def test_token_file_writer_leaves_nothing_when_interrupted(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
+def test_encoding_another_corpus_over_token_files_needs_overwrite(capsys, encoded, corpus, model, tmp_path) -> None:
+    """Another corpus's token files were replaced without a word: the files it lacks removed, those of its names
+    encoded anew from it, and a training run reading them lost its data."""
+    output, other = tmp_path / "out", tmp_path / "other"
+    shutil.copytree(encoded[0], output)
+    other.mkdir()
+    shutil.copy(corpus[0] / "eng_Latn.txt", other / "eng_Latn.txt")
+    before = file_identities(output)
+    arguments = ["tokenizer", "encode", f"tokenizer={model}", f"corpus={other}", f"output_dir={output}", "workers=1"]
+    assert main(arguments) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"corolla: error: output_dir {output} holds the token files of corpus {corpus[0].resolve()}, which a training "
+        f"run may read: choose another output_dir, or pass overwrite=true to make them {other}'s (files alike are kept)"
+    )
+    assert file_identities(output) == before
+    assert main([*arguments, "overwrite=true"]) == 0
+    assert set(json.loads((output / MANIFEST_NAME).read_text())["languages"]) == {"eng_Latn"}
+    assert main(arguments) == 0  # its own corpus again: current
+
+
 def test_encoding_with_another_tokenizer_over_token_files_needs_overwrite(capsys, encoded, corpus, tmp_path) -> None:
     """Another tokenizer's token files are another dataset, one a training run may be reading."""
     output = tmp_path / "out"

@@ -66,6 +66,13 @@ def test_load_parallel_reads_lang_files_and_ignores_others(parallel_dir: Path) -
     assert load_parallel(parallel_dir) == PARALLEL
 
 
+def test_a_byte_order_mark_is_no_part_of_a_parallel_files_first_line(parallel_dir: Path) -> None:
+    """It was counted as text: three byte-fallback tokens more for the language whose file a Windows tool wrote."""
+    english = parallel_dir / "eng_Latn.txt"
+    english.write_bytes("\ufeff".encode() + english.read_bytes())
+    assert load_parallel(parallel_dir) == PARALLEL
+
+
 def test_split_parallel_cuts_every_language_at_the_same_line() -> None:
     tune, held_out = split_parallel(PARALLEL, 0.5)
     assert tune == {code: lines[:1] for code, lines in PARALLEL.items()}
