@@ -5,7 +5,8 @@ The job comes back by itself (`scontrol requeue`, or Slurm's own requeue of a jo
   the checkpoint is saved, rank 0 requeues;
 - a rank that crashed: its peers' collectives fail, and they requeue (ranks that all died outright, as NCCL's
   watchdog takes them down, leave it to the batch script: after_step);
-- a rank that hangs: every rank's watchdog requeues and ends its process;
+- a rank that hangs: every rank's watchdog requeues and ends its process; so it does when the time limit is near
+  and the ranks have not stopped (launch/train/stopping.py): Slurm never requeues a job it ended at its limit;
 - a node its health check finds unfit (launch/train/health.py), before the start trains or after a checkpoint: a
   job that leaves it out takes over, queued behind this one, which ends.
 An elastic run (`cluster.min_nodes`) is not requeued: rank 0 of each start queues the run's next job behind this one,
@@ -243,6 +244,7 @@ class TrainingTask:
 
         os.environ.update(task.rendezvous())
         job = read_job(run_dir / JOB_FILE)
+        stop.watch_time_limit(job.cluster.signal_delay_s)
         # Every rank reads the history before any writes to it (joining the process group is a barrier).
         start = JobStart(run_dir, task, RunHistory(run_dir).events(), job.cluster.max_restarts, job.cluster.chained)
         if not self._begins(start, job.cluster):

@@ -189,7 +189,7 @@ def main(
     checkpoint: a GPU may break at any time, and a synchronous job goes at its slowest GPU's pace)."""
     stop = stop or StopSignals(run_dir / STOP_FILE)
     job = read_job(run_dir / JOB_FILE)
-    watchdog = Watchdog(job.train.hang_timeout_s, on_stall)
+    watchdog = Watchdog(job.train.hang_timeout_s, on_stall, stop)
     compat.check_versions()
     try:
         init_distributed(job.train.hang_timeout_s, gpu_per_task)
@@ -218,8 +218,8 @@ def main(
         _record_no_space(start.run_dir, start.rank, error)
         return Event.no_space
     finally:
+        watchdog.stop()  # a stop that came in time is not to be taken for one that did not while MLflow lags
         reporter.close()
-        watchdog.stop()
 
 
 def _set_up(start: RankStart) -> tuple[DataShard, PipelineEngine, int, ParallelLayout]:

@@ -37,11 +37,13 @@ from launch.cli import main
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.rundir.files import JOBS_FILE, PLAN_FILE
 from launch.rundir.history import UNFIT_NODES, Event, RunHistory
+from launch.rundir.records import last_records
 from launch.rundir.run_record import recorded_run
 from launch.train.faults import (
     ABORT_AT_STEP,
     CRASH_DURING_SAVE,
     FAIL_BEFORE_TRAINING,
+    HANG_AT_STEP,
     NAN_AT_STEP,
     STEP_SECONDS,
     UNFIT_MID_RUN,
@@ -547,7 +549,8 @@ def test_a_job_queued_though_sbatchs_answer_was_lost_is_found_by_the_next_submis
     slurm_cluster, tokens, tmp_path, capsys
 ):
     """A busy controller can time out sbatch's answer after it queued the job: the submission fails, and submitting
-    the run again must not queue a second job training into the same checkpoints."""
+    the run again must not queue a second job training into the same checkpoints. The job found trains the run (it
+    failed at every start: submitit had left its task unnamed), and cancel finds it before it is recorded."""
     bin_dir, run_dir = sbatch_whose_answer_is_lost(tmp_path / "bin"), tmp_path / "run"
     arguments = ["submit", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, *TWO_RANKS]
     path = os.environ["PATH"]
@@ -568,9 +571,25 @@ def test_a_job_queued_though_sbatchs_answer_was_lost_is_found_by_the_next_submis
         assert len(lost) == 1
         assert f"Slurm job {lost[0]} of {run_dir} was queued though sbatch's answer was lost: recorded" in out
         assert f"has Slurm job {lost[0]} queued or running: let it run" in err
+        wait_finished(slurm_cluster, run_dir, lost[0])
+        assert RunHistory(run_dir).failures() == 0
+        # Trained to its end, submitted again: a job took nodes to say so, and counted a restart.
+        capsys.readouterr()
+        assert main(arguments) == 0 and submitted(run_dir) == lost
+        assert capsys.readouterr().out.strip() == f"{run_dir} is already trained to step 12 of 12: nothing to do"
     finally:
         assert main(["cancel", str(run_dir)]) == 0
     assert wait_for(lambda: not slurm_cluster.run("squeue", "--noheader").stdout.strip(), timeout=60)
+    another = tmp_path / "another"  # lost too, and cancelled before any submission recorded it
+    os.environ["PATH"] = f"{bin_dir}:{path}"
+    try:
+        assert main(["submit", f"data.tokens_dir={tokens}", f"run_dir={another}", *RUN, *TWO_RANKS]) == 2
+    finally:
+        os.environ["PATH"] = path
+    [lost_again] = queued(slurm_cluster)
+    capsys.readouterr()
+    assert main(["cancel", str(another)]) == 0
+    assert f"cancelled Slurm job {lost_again}" in capsys.readouterr().out
 
 
 def test_an_elastic_job_asks_for_a_node_range_and_is_not_requeued_by_slurm(tokens, capsys, tmp_path) -> None:
@@ -904,8 +923,8 @@ def test_a_failed_start_resumes_from_the_last_checkpoint(
     one_mlflow_value_per_step(run_dir, local_losses)
 
 
-def job_ranks(job_id: str) -> list[int]:
-    """The pids of the job's ranks: every node's processes are this machine's."""
+def job_ranks(job_id: str, rank: int | None = None) -> list[int]:
+    """The pids of the job's ranks (or of one): every node's processes are this machine's."""
     ranks = []
     for entry in Path("/proc").iterdir():
         try:
@@ -913,7 +932,8 @@ def job_ranks(job_id: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # not a process, or one that ended
             continue
-        if f"SLURM_JOB_ID={job_id}".encode() in environ and b"submitit.core._submit" in argv and b"python" in argv[0]:
+        ours = f"SLURM_JOB_ID={job_id}".encode() in environ and b"submitit.core._submit" in argv
+        if ours and b"python" in argv[0] and (rank is None or f"SLURM_PROCID={rank}".encode() in environ):
             ranks.append(int(entry.name))
     return ranks
 
@@ -947,6 +967,29 @@ def test_a_requeue_asked_while_the_controller_is_away_is_taken_once_it_is_back(
     assert second["slurm_job"] == job_id and second["resumed_from_step"] == stop["step"]
     assert second["steps_redone"] == 0 and RunHistory(run_dir).failures() == 0
     one_mlflow_value_per_step(run_dir, local_losses)  # the same MLflow run, each step once
+
+
+def test_ranks_that_have_not_stopped_as_the_time_limit_nears_fail_the_start_and_it_is_requeued(
+    slurm_cluster, tokens, local_losses, tmp_path
+) -> None:
+    """The time limit's USR2 came while a rank hung (or while a step and its save outlasted cluster.signal_delay_s):
+    Slurm ended the job at its limit, TIMEOUT, which it never requeues, and the run stayed stopped until resubmitted.
+    Now the start fails before the limit, the job is requeued and resumes from the last checkpoint."""
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, tokens, f"+cluster.env.{HANG_AT_STEP}=5", "cluster.signal_delay_s=40")
+    step_5 = lambda: [record["step"] for record in last_records(run_dir / "metrics.jsonl", 1)] == [5]  # noqa: E731
+    assert wait_for(step_5, timeout=180, interval=0.2), logs(run_dir)  # rank 1 hangs from now on
+    # As Slurm does 40 s before the limit, to rank 0 alone: it waits in a collective, where no Python signal handler
+    # runs, and rank 1, which would see the signal, never does.
+    [rank_0] = job_ranks(job_id, rank=0)
+    os.kill(rank_0, signal.SIGUSR2)
+    wait_finished(slurm_cluster, run_dir, job_id)
+    said = "".join(path.read_text() for path in (run_dir / "slurm").glob("*.err"))  # the stacks follow the line
+    assert "rank 0 has not stopped" in said and "cluster.signal_delay_s=40 s before it" in said
+    assert "no progress" not in said
+    _, second = RunHistory(run_dir).starts()
+    assert second["slurm_job"] == job_id and second["resumed_from_step"] == 4 and RunHistory(run_dir).failures() == 1
+    assert losses(run_dir) == pytest.approx(local_losses, abs=1e-5)
 
 
 def test_a_start_that_fails_before_it_trains_at_every_restart_spends_the_budget_and_gives_up(
