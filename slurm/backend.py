@@ -193,11 +193,15 @@ class SlurmBackend(Backend):
         """Every job of the run that is queued or running, newest first (an elastic run's next job waits for the one
         before it to end, and would start when that one is cancelled). The STOP file goes first: scancel's SIGTERM
         is what preemption sends too, and would otherwise have the job save and requeue itself."""
-        jobs = _jobs(run)
-        try:
-            states = self._asked(lambda: latest_states(jobs))
+        jobs = recorded_jobs(run.path)
+        try:  # with those queued though sbatch's answer was lost, which the record lacks
+            jobs += self._asked(lambda: unrecorded_jobs(run.path))
+            states = self._asked(lambda: latest_states(jobs)) if jobs else []
         except SlurmError as error:
-            raise RuntimeError(f"cannot ask Slurm about job {jobs[-1]} ({error}): {error.hint}") from None
+            raise RuntimeError(f"cannot ask Slurm about the run's jobs ({error}): {error.hint}") from None
+        if not jobs:
+            print(f"{run.path} has no Slurm job (its submission did not go through): nothing to cancel")
+            return
         live = [state for state in states if state.live]
         for state in live:
             if (other := written_elsewhere(run.path, state)) is not None:

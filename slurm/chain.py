@@ -575,8 +575,6 @@ def cancel_chain(run_dir: Path) -> None:
     except SlurmError as error:
         raise RuntimeError(f"cannot ask Slurm about the chain's jobs ({error}): {error.hint}") from None
     _check_own_chain(run_dir, asked)
-    if (train_dir / JOB_FILE).is_file():
-        (train_dir / STOP_FILE).touch()
     try:
         live = {
             job.job_id: f"the {job.stage} stage's Slurm {job.label}"
@@ -585,6 +583,8 @@ def cancel_chain(run_dir: Path) -> None:
         }
         for state in live_jobs(train_dir):
             live.setdefault(state.job_id, f"the training's next Slurm job {state.job_id}")
+        if live and (train_dir / JOB_FILE).is_file():  # only then: a relaunch would take it for this cancel's
+            (train_dir / STOP_FILE).touch()
         if live:
             run_slurm("scancel", *live)
     except SlurmError as error:

@@ -4,6 +4,7 @@ submits, and an elastic run adds the next job each start queues behind itself (s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,6 +32,22 @@ def recorded_jobs(run_dir: Path) -> list[str]:
 def record_job(run_dir: Path, job_id: str) -> None:
     # Replaced whole: `corolla status` and a job's own start read it while it is rewritten.
     write_atomically(run_dir / JOBS_FILE, json.dumps([*recorded_jobs(run_dir), job_id]) + "\n")
+
+
+# What submitit names the job's pickled task until sbatch answers with the job's id (then `<id>_submitted.pkl`).
+UNNAMED_PICKLE = re.compile(r"[0-9a-f]{32}\.pkl")
+
+
+def record_lost_job(run_dir: Path, job_id: str) -> None:
+    """Records a job queued though sbatch's answer was lost, and gives it its task: submitit, which took the
+    submission for failed, left the task's pickle unnamed, and the job, which waits for `<id>_submitted.pkl`, would
+    fail at every start. Any unnamed pickle of the run's is this job's task: every one holds the same."""
+    folder = run_dir.resolve() / SUBMITIT_DIR
+    named = folder / f"{job_id}_submitted.pkl"
+    unnamed = sorted(path for path in folder.glob("*.pkl") if UNNAMED_PICKLE.fullmatch(path.name))
+    if unnamed and not named.exists():
+        unnamed[-1].rename(named)
+    record_job(run_dir, job_id)
 
 
 def written_elsewhere(run_dir: Path, state: SlurmState) -> Path | None:

@@ -19,13 +19,15 @@ from launch import compat
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import TrainJob
 from launch.jobs.monitor import plural
-from launch.jobs.prepare import prepare_run
+from launch.jobs.prepare import prepare_run, trained_to_the_end
+from launch.rundir.checkpoints import newest_intact
+from launch.rundir.files import CHECKPOINTS
 from launch.rundir.lock import holding
 from launch.rundir.run_record import masked
 from slurm.client import SlurmState, out_of_service, partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
 from slurm.executor import job_partition, make_executor, submit_elastic, submit_job
-from slurm.jobs import excluded_nodes, live_jobs, record_job, unrecorded_jobs
+from slurm.jobs import excluded_nodes, live_jobs, record_lost_job, unrecorded_jobs
 from slurm.task import TrainingTask
 
 
@@ -114,7 +116,7 @@ def live_job(run_dir: Path) -> SlurmState | None:
     first, then counted like any other; one held, which nothing will release (a submission cut off halfway), is
     refused."""
     for job_id in unrecorded_jobs(run_dir):
-        record_job(run_dir, job_id)
+        record_lost_job(run_dir, job_id)
         print(f"corolla: Slurm job {job_id} of {run_dir} was queued though sbatch's answer was lost: recorded")
     live = live_jobs(run_dir)
     if held := [state for state in live if state.reason == "JobHeldUser"]:
@@ -173,8 +175,12 @@ def submit_training(job: TrainJob, dry_run: bool = False) -> None:
 
 
 def _submit_checked(job: TrainJob) -> None:
-    """Submits a job whose cluster and partition were checked. As the run's one writer until its job is recorded: a
-    second submission (or a `corolla train`) meanwhile is refused, and one after it finds the job."""
+    """Submits a job whose cluster and partition were checked, unless its run is trained to its last step. As the
+    run's one writer until its job is recorded: a second submission (or a `corolla train`) meanwhile is refused, and
+    one after it finds the job."""
+    if said := trained_to_the_end(job, newest_intact(Path(job.run_dir) / CHECKPOINTS)):
+        print(said)  # a job would only take nodes, and count a restart, to say so
+        return
     with holding(Path(job.run_dir), live_job_id):
         _submit_training(job, dry_run=False)
 

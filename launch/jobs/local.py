@@ -251,18 +251,16 @@ class LocalBackend(Backend):
 
     def _start(self, job: TrainJob, dry_run: bool) -> None:
         # Here rather than above: the data preparation takes seconds to import, status and logs need none of it.
-        from launch.jobs.prepare import matched_to, prepare_run, saved_run
+        from launch.jobs.prepare import prepare_run, trained_to_the_end
 
         if job.cluster.scheduler != Scheduler.local:
             raise ValueError(f"cluster={job.cluster.name} is a Slurm cluster: submit to it with `corolla submit`")
         run_dir = Path(job.run_dir)
         resume_step = newest_intact(run_dir / CHECKPOINTS)
-        if resume_step and resume_step >= job.train.steps:
-            if not job.init_from:  # still this run's job: another model is refused (init_from's is the weights')
-                matched_to(job, saved_run(run_dir))
+        if said := trained_to_the_end(job, resume_step):
             if not dry_run:
                 _finish_the_end(run_dir, resume_step)
-            print(f"{run_dir} is already trained to step {resume_step} of {job.train.steps}: nothing to do")
+            print(said)
             return
         prepared = prepare_run(job, dry_run, self.live_job)
         if dry_run:

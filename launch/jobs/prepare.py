@@ -245,6 +245,17 @@ def check_launch(job: TrainJob, live_job: LiveJob = lambda run_dir: None, quiet:
         prepare_run(job, True, live_job)
 
 
+def trained_to_the_end(job: TrainJob, step: int | None) -> str | None:
+    """Where the run directory's newest checkpoint (`step`) is the job's last step, what says its launch has nothing
+    to do, the job checked to be still this run's (another model is refused; init_from's is the weights'); None
+    where it has steps left."""
+    if not step or step < job.train.steps:
+        return None
+    if not job.init_from:
+        matched_to(job, saved_run(Path(job.run_dir)))
+    return f"{job.run_dir} is already trained to step {step} of {job.train.steps}: nothing to do"
+
+
 def saved_run(run_dir: Path) -> SavedRun | None:
     """None where run_dir holds no checkpoint of its own: a launch there starts afresh (or from init_from)."""
     step = newest_intact(run_dir / CHECKPOINTS, log=lambda line: None)  # the start names those it passes over

@@ -393,7 +393,7 @@ def test_status_says_when_slurm_cannot_be_asked(
     output = status_of(run_dir, capsys)
     assert "slurm      job 42 (latest of 2: 41 before): cannot ask Slurm (scontrol not found)" in output
     assert "progress   step 12 of 20" in output  # the rest is still there
-    with pytest.raises(RuntimeError, match="cannot ask Slurm about job 42 \\(scontrol not found\\)"):
+    with pytest.raises(RuntimeError, match="cannot ask Slurm about the run's jobs \\(scontrol not found\\)"):
         cancel(CancelJob(run_dir=str(run_dir)))
 
     # An scontrol that answers nothing (or not a job's record) says nothing of the job: not a live job in state
@@ -405,7 +405,7 @@ def test_status_says_when_slurm_cannot_be_asked(
     monkeypatch.setenv("PATH", str(clients))
     answer = "scontrol show job 42 answered no record of the job (nothing)"
     assert f"slurm      job 42 (latest of 2: 41 before): cannot ask Slurm ({answer})" in status_of(run_dir, capsys)
-    nothing = f"cannot ask Slurm about job 42 ({answer})"
+    nothing = f"cannot ask Slurm about the run's jobs ({answer})"
     with pytest.raises(RuntimeError, match=re.escape(nothing)):
         cancel(CancelJob(run_dir=str(run_dir)))
     assert not (run_dir / "STOP").exists()
@@ -513,7 +513,7 @@ def test_status_and_cancel_say_when_slurms_controller_does_not_answer(
         assert f"Unable to contact slurm controller (connect failure)): {UNREACHABLE_HINT}" in status
         with pytest.raises(RuntimeError) as refused:
             cancel(CancelJob(run_dir=str(run_dir)))
-        assert str(refused.value).startswith(f"cannot ask Slurm about job {job_id} (scontrol: ")
+        assert str(refused.value).startswith("cannot ask Slurm about the run's jobs (squeue: ")
         assert str(refused.value).endswith(f"Unable to contact slurm controller (connect failure)): {UNREACHABLE_HINT}")
         assert "login node" not in status + str(refused.value)
         # Nor is the run written meanwhile as if no job held it (its job may be training it).
@@ -686,8 +686,11 @@ def test_status_of_a_pipeline_asks_slurm_once_a_job(
     assert len([call for call in logged if call.startswith("sacct")]) == len(jobs)
     # Cancel likewise: whether the jobs write this directory, and whether they are live, from one answer a job.
     calls.write_text("")
+    (run_dir / "train").mkdir()
+    (run_dir / "train" / "job.yaml").write_text("{}\n")  # a training that has ended
     cancel(CancelJob(run_dir=str(run_dir)))
     assert capsys.readouterr().out == f"no stage of {run_dir} is queued or running: nothing to cancel\n"
+    assert not (run_dir / "train" / "STOP").exists()  # which a relaunch then said had stopped the last
     logged = calls.read_text().splitlines()
     assert sorted(call for call in logged if call.startswith("scontrol")) == [
         f"scontrol show job {job}" for job in jobs
