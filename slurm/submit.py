@@ -29,6 +29,7 @@ from slurm.commands import HINT, SlurmError
 from slurm.executor import job_partition, make_executor, submit_elastic, submit_job
 from slurm.jobs import excluded_nodes, live_jobs, record_lost_job, unrecorded_jobs
 from slurm.task import TrainingTask
+from tokenizer.files import first_line
 
 
 def check_partition(cluster: ClusterConfig, excluded: set[str]) -> None:
@@ -147,8 +148,18 @@ def submit_sweep(jobs: list[TrainJob], dry_run: bool = False) -> None:
                 f"submitted (corolla status {run_dir}); to submit it anew with these settings, `corolla cancel "
                 f"{run_dir}` first"
             )
-    for job in to_submit:
-        _submit_checked(job)
+    failed = []
+    for job in to_submit:  # each point in turn, whatever Slurm said of the one before
+        try:
+            _submit_checked(job)
+        except (ValueError, RuntimeError, OSError) as error:
+            print(f"not submitted: {job.run_dir}: {first_line(error)}")
+            failed.append(Path(job.run_dir).name)
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(jobs)} points not submitted ({', '.join(failed)}): see why above each; the same "
+            "`corolla submit --multirun` again submits them, and skips the points queued or running"
+        )
 
 
 def check_training(job: TrainJob) -> SlurmState | None:

@@ -4,6 +4,7 @@ answers at once."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -29,12 +30,13 @@ from launch.rundir.files import (
     SET_ASIDE,
     VALIDATION_FILE,
 )
-from launch.rundir.history import BEFORE_TRAINING, CHANGED_RECORD, RESUMED_FROM, Event, RunHistory
+from launch.rundir.history import BEFORE_TRAINING, CHANGED_RECORD, RESUMED_FROM, Event, RunHistory, has_ended
 from launch.rundir.records import last_records, record_of_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import read_state, store_fix
 
-SPEED_WINDOW = 10  # steps the speed and the ETA are the median of
+SPEED_WINDOW = 10  # steps the speed is the median of
+PACE_WINDOW = 200  # the last steps of a start the time left is paced by, its validations and checkpoints among them
 EVENTS_SHOWN = 20  # the history's last events, which status lists
 LABEL_WIDTH = 11
 
@@ -116,7 +118,8 @@ def describe_event(event: dict) -> str:
     if kind == Event.diverged:
         ranks = event.get("ranks") or []
         where = f", non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else ""
-        return f"diverged  at step {event.get('step', '?')}, loss {event.get('loss', '?')}{where}"
+        norm = f", gradient norm {event['grad_norm']}" if "grad_norm" in event else ""
+        return f"diverged  at step {event.get('step', '?')}, loss {event.get('loss', '?')}{norm}{where}"
     if kind == Event.no_space:
         return f"no space  {event.get('reason', '')}"
     if kind == Event.refused:
@@ -167,9 +170,10 @@ class Progress:
     step: int
     total: int
     loss: float
-    tokens_per_second: float
-    seconds_per_step: float
-    window: int  # the steps the pace is the median of
+    tokens_per_second: float | None  # the median of the last steps' (None where they record none)
+    window: int  # the steps the speed is the median of
+    seconds_per_step: float | None  # the pace, validations and checkpoints included where the records say when
+    ended: bool  # the run finished, or ended otherwise (its history says): no time is left
 
     @property
     def remaining(self) -> int:
@@ -177,41 +181,72 @@ class Progress:
 
     def time_left(self) -> str:
         """The training time left, at this pace (a job that waits in the queue adds its wait)."""
-        return duration(self.remaining * self.seconds_per_step) if self.remaining else "done"
+        if self.ended or not self.remaining:
+            return "-" if self.remaining else "done"
+        return duration(self.remaining * self.seconds_per_step) if self.seconds_per_step else "?"
 
-    def eta(self) -> str:
-        return f"{self.time_left()} of training ({plural(self.remaining, 'step')} left)" if self.remaining else "done"
+    def eta(self) -> str | None:
+        if self.ended or not self.remaining:
+            return None if self.remaining else "done"
+        return f"{self.time_left()} of training ({plural(self.remaining, 'step')} left)"
 
 
 def progress(run: RunDirectory) -> Progress | None:
     """None before a step is logged."""
-    recent = last_records(run.path / METRICS_FILE, SPEED_WINDOW)
+    paced = last_records(run.path / METRICS_FILE, PACE_WINDOW)
     total = whole_setting(run, "train.steps")
-    if not recent:
+    if not paced:
         return None
-    seq_length = whole_setting(run, "model.seq_length")
-    # tokens_per_second is batch_size x seq_length / the step's seconds.
+    recent = [record for record in paced[-SPEED_WINDOW:] if _positive(record.get("tokens_per_second"))]
+    events = RunHistory(run.path).events()
     return Progress(
-        step=recent[-1]["step"],
+        step=paced[-1]["step"],
         total=total,
-        loss=recent[-1]["loss"],
-        tokens_per_second=statistics.median(record["tokens_per_second"] for record in recent),
-        seconds_per_step=statistics.median(
-            record["batch_size"] * seq_length / record["tokens_per_second"] for record in recent
-        ),
+        loss=paced[-1].get("loss", math.nan),
+        tokens_per_second=statistics.median(record["tokens_per_second"] for record in recent) if recent else None,
         window=len(recent),
+        seconds_per_step=_pace(run, paced, events),
+        ended=has_ended(events),
     )
+
+
+def _positive(value: object) -> bool:
+    return type(value) in (int, float) and value > 0  # type: ignore[operator]
+
+
+def _pace(run: RunDirectory, records: list[dict], events: list[dict]) -> float | None:
+    """Seconds a step: the time between the first and last records of the latest start's last steps (its
+    validations and checkpoints between them), where records say when they were written; else the median of the
+    steps' own seconds (tokens_per_second is batch_size x seq_length / the step's seconds)."""
+    starts = [event for event in events if event["event"] == Event.start]
+    since = starts[-1].get(RESUMED_FROM, 0) if starts else 0
+    timed = [record for record in records if record["step"] > since and _positive(record.get("time"))]
+    if len(timed) > 1 and timed[-1]["step"] > timed[0]["step"]:
+        return (timed[-1]["time"] - timed[0]["time"]) / 1000 / (timed[-1]["step"] - timed[0]["step"])
+    seq_length = whole_setting(run, "model.seq_length")
+    steps = [
+        record["batch_size"] * seq_length / record["tokens_per_second"]
+        for record in records[-SPEED_WINDOW:]
+        if _positive(record.get("tokens_per_second")) and _positive(record.get("batch_size"))
+    ]
+    return statistics.median(steps) if steps else None
 
 
 def progress_lines(run: RunDirectory) -> list[str]:
     current = progress(run)
     if current is None:
         return [line("progress", f"no step logged yet, {whole_setting(run, 'train.steps')} to do")]
-    speed = f"{current.tokens_per_second:,.0f} tokens/s, {current.seconds_per_step:.2f} s a step"
+    speeds = []
+    if current.tokens_per_second is not None:
+        window = plural(current.window, "step")
+        speeds.append(f"{current.tokens_per_second:,.0f} tokens/s (median of the last {window})")
+    if current.seconds_per_step is not None:
+        speeds.append(f"{current.seconds_per_step:.2f} s a step")
+    eta = current.eta()
     return [
         line("progress", f"step {current.step} of {current.total}, loss {current.loss:.4f}"),
-        line("speed", f"{speed} (median of the last {plural(current.window, 'step')})"),
-        line("eta", current.eta()),
+        *([line("speed", ", ".join(speeds))] if speeds else []),
+        *([line("eta", eta)] if eta else []),
     ]
 
 

@@ -113,6 +113,12 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def run_name(run_dir: Path) -> str:
+    """The run directory's name; a sweep's point's (train.lr=0.001) with its sweep's, which another sweep's shares."""
+    path = run_dir.resolve()
+    return f"{path.parent.name}/{path.name}" if "=" in path.name else path.name
+
+
 def create_run(run_dir: Path, experiment: str, job: object, tags: dict[str, str], uri: str | None) -> TrackedRun:
     """A new MLflow run with the job's parameters, recorded in RUN_DIR/run.json as the run's. A launch stopped while
     it did so leaves no second run in MLflow, nor a store that cannot be opened."""
@@ -164,7 +170,7 @@ def _new_run(
     write_atomically(run_dir / RUN_CREATION, creation + "\n")
     all_tags = {"git_revision": _git_revision(), "host": socket.gethostname(), LAUNCHES_TAG: "1", **tags}
     all_tags[CREATION_TAG] = creation
-    run = client.create_run(experiment_id, tags=all_tags, run_name=run_dir.resolve().name)
+    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name(run_dir))
     params = sorted(job_settings(job).items())
     client.log_batch(run.info.run_id, params=[Param(k, masked_setting(k, v)[:6000]) for k, v in params])
     tracked = TrackedRun(uri, run.info.run_id, experiment_id)

@@ -7,6 +7,7 @@ the process group, checks that the libraries lay the ranks out as planned, and t
 
 from __future__ import annotations
 
+import math
 import socket
 import sys
 from collections.abc import Callable
@@ -79,8 +80,14 @@ def _record_divergence(run_dir: Path, rank: int, error: NonFiniteStep, ranks: li
     if rank != 0:
         return
     record = error.record
-    where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}" if ranks else "non-finite loss"
-    _record_if_room(run_dir, Event.diverged, step=record.step, loss=str(record.loss), ranks=ranks)
+    if ranks:
+        where = f"non-finite gradients on ranks {', '.join(map(str, ranks))}"
+    elif not math.isfinite(record.loss):
+        where = "non-finite loss"
+    else:  # each rank's gradients finite, their norm past what a float holds
+        where = "gradients too large for their norm to be held"
+    diverged = {"step": record.step, "loss": str(record.loss), "grad_norm": str(record.grad_norm), "ranks": ranks}
+    _record_if_room(run_dir, Event.diverged, **diverged)
     print(
         f"{ERROR_PREFIX}{error} ({where}): stopped without saving it; the weights are those before it. Lower "
         "train.lr, or let steps pass with train.skip_nonfinite=N, and launch again to resume from the last checkpoint",

@@ -158,7 +158,7 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
         f"           {at[3]}  start     on gpu-box, tp2-pp1-dp2 (resharded from tp2-pp1-dp4), resumed from step 10, "
         "0 steps redone",
         "progress   step 12 of 20, loss 4.2500",
-        "speed      512 tokens/s, 2.00 s a step (median of the last 10 steps)",
+        "speed      512 tokens/s (median of the last 10 steps), 2.00 s a step",
         "eta        16s of training (8 steps left)",
         "validation step 10, loss 5.2500 (mean of 2 languages)",
         f"checkpoint step 10: {run_dir}/checkpoints/step-00000010",
@@ -168,6 +168,24 @@ def test_status_of_a_local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "state      not running, and its last start recorded no end: it failed" in status_of(run_dir, capsys)
     (run_dir / "LOCK").write_text(json.dumps({"host": "elsewhere", "pid": 7, "started": "1", "since": T0}))
     assert "state      held by process 7 on elsewhere (since " in status_of(run_dir, capsys)
+
+
+def test_the_time_left_counts_the_validations_and_checkpoints_between_steps(tmp_path, capsys) -> None:
+    """Paced by its steps' own seconds alone (1 s each), a run that validates every 5 steps for 4 s was said to have
+    half its time left: 100 steps then take 180 s, not 100. An ended run has none left."""
+    run_dir = make_run(tmp_path / "run")
+    written, records = 1_000_000, []
+    for number in range(1, 21):
+        written += 1000 + (4000 if number % 5 == 1 and number > 1 else 0)  # the validation after steps 5, 10, 15
+        records.append({**step(number, 3.0, 1024), "time": written})
+    write_jsonl(run_dir / "metrics.jsonl", records)
+    write_jsonl(run_dir / "history.jsonl", [{"event": "start", "time": T0, "resumed_from_step": 0}])
+    (run_dir / "job.yaml").write_text((run_dir / "job.yaml").read_text().replace("  steps: 20\n", "  steps: 120\n"))
+    output = status_of(run_dir, capsys)
+    assert "speed      1,024 tokens/s (median of the last 10 steps), 1.63 s a step" in output  # 31 s for 19 steps
+    assert "eta        2m 43s of training (100 steps left)" in output
+    write_jsonl(run_dir / "history.jsonl", [{"event": "diverged", "time": T0 + 60, "step": 20}])
+    assert "eta" not in status_of(run_dir, capsys)
 
 
 def test_status_shows_the_last_health_check_after_a_checkpoint(
@@ -263,22 +281,22 @@ def test_status_of_a_sweep_is_a_row_a_point_and_its_points_are_named_to_the_othe
     make_run(sweep / "train.lr=0.003")  # submitted, nothing trained yet
     broken = make_run(sweep / "train.lr=0.01")
     (broken / "job.yaml").write_text((broken / "job.yaml").read_text().replace("  steps: 20\n", "  steps: abc\n"))
-    (make_run(sweep / "train.lr=0.03") / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')  # of another shape
+    (make_run(sweep / "train.lr=0.03") / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')  # no speed: old
     (make_run(sweep / "train.lr=0.1") / "history.jsonl").write_text('{"not": "an event"}\n')
     (sweep / "notes").mkdir()  # not a run: left out
     monkeypatch.setenv("HOME", str(tmp_path))
     with holding(trained):
         lines = status_of(Path("~/sweep"), capsys).splitlines()
-    # Runs at steps 12 and 1, the one whose records are not corolla's, which cannot be read: no loss compares (at
-    # step 1, they did).
+    # Runs at steps 12 and 1, compared at step 1; the one whose records say nothing of its speed (an older corolla
+    # recorded no batch size) has a time left no one knows, where it raised a KeyError.
     assert lines == [
         "runs       ~/sweep: 5 runs",
-        "run             state         last event    step   loss    validation    training left",
-        "train.lr=0.001  running here  start         12/20  4.2500  5.2500 at 10  16s",
+        "run             state         last event    step   loss    loss at 1  validation    training left",
+        "train.lr=0.001  running here  start         12/20  4.2500  8.9000     5.2500 at 10  16s",
         "train.lr=0.003  not running   not launched  0/20",
         f"train.lr=0.01   not running   not launched  {broken}/job.yaml says train.steps=abc, not a whole number: fix "
         "it, or launch the run again, which rewrites it",
-        "train.lr=0.03   cannot be read: its records are not corolla's (KeyError: 'tokens_per_second')",
+        "train.lr=0.03   not running   not launched  1/20   2.0000  2.0000     -             ?",
         f"train.lr=0.1    cannot be read: {sweep}/train.lr=0.1/history.jsonl holds a line that is not an event corolla "
         'wrote ({"not": "an event"}): remove that line',
         "a run's own status: corolla status ~/sweep/RUN",

@@ -835,6 +835,29 @@ def test_a_sweep_submits_a_job_per_point_and_returns_at_once(
         for n in (2, 3)
     ]
     assert len(rows) == 2 and all(map(re.fullmatch, expected, rows)), rows
+    # Named with their sweep in MLflow: another sweep's points, in the same store, have the same directories' names.
+    for run_dir in runs.values():
+        tracked = recorded_run(run_dir)
+        name = MlflowClient(tracked.tracking_uri).get_run(tracked.run_id).info.run_name
+        assert name == f"{tmp_path.name}/{run_dir.name}"
+
+
+def test_a_sweep_point_slurm_refuses_leaves_the_points_after_it_submitted(
+    slurm_cluster, tokens, tmp_path, monkeypatch, capsys
+) -> None:
+    """The sweep stopped at the refused point: the points after it were never prepared nor submitted, and its error
+    named none of them."""
+    monkeypatch.setenv("PATH", f"{sbatch_that_refuses(tmp_path / 'bin', 2)}:{os.environ['PATH']}")
+    args = [f"data.tokens_dir={tokens}", f"run_dir={tmp_path / 'sweep'}", *RUN, *ONE_NODE, "seed=1,2,3"]
+    try:
+        assert main(["submit", "--multirun", *args]) == 2
+        out, err = capsys.readouterr()
+        runs = {seed: tmp_path / "sweep" / f"seed={seed}" for seed in (1, 2, 3)}
+        assert [len(submitted(runs[seed])) for seed in (1, 3)] == [1, 1] and not (runs[2] / JOBS_FILE).exists()
+        assert f"not submitted: {runs[2]}: Slurm did not take the job (sbatch: " in out
+        assert err.startswith("corolla: error: 1 of 3 points not submitted (seed=2): see why above each; the same ")
+    finally:
+        assert main(["cancel", str(tmp_path / "sweep")]) == 0
 
 
 def test_a_sweep_submitted_again_skips_the_points_still_queued_or_running_and_submits_the_rest(
