@@ -19,7 +19,7 @@ from launch.config.schemas import (
 )
 from launch.jobs.backend import Backend
 from launch.jobs.local import LocalBackend
-from launch.jobs.monitor import compare_rows, run_row, runs_lines, status_lines
+from launch.jobs.monitor import compare_rows, is_local_pipeline, pipeline_lines, run_row, runs_lines, status_lines
 from launch.rundir.checkpoints import (
     CheckpointError,
     CheckpointRemoved,
@@ -111,8 +111,8 @@ def _row(run_dir: Path, slurm: SlurmBackend) -> list[str]:
 def show_status(job: StatusJob) -> None:
     lines = []
     run_dir = Path(job.run_dir)
-    if is_chain(job.run_dir):
-        lines = chain_lines(run_dir)
+    if is_chain(job.run_dir) or is_local_pipeline(run_dir):  # its stages, then its training run's status
+        lines = chain_lines(run_dir) if is_chain(job.run_dir) else pipeline_lines(run_dir)
         if not (run_dir / TRAIN_DIR / JOB_FILE).is_file():  # the training run is not prepared yet
             print("\n".join(lines))
             return

@@ -169,6 +169,10 @@ def test_the_main_job_runs_every_stage_and_then_finds_them_current(shell: Shell,
     }
     second = shell(MAIN, *small)
     assert "up to date" in second and "already trained to step 2 of 2" in second
+    # Its status: each stage, then the training's (it said the directory was no run, or showed a sweep of one).
+    status = shell(".venv/bin/corolla status runs/demo")
+    assert "tokenizer  written (tokenizer/)" in status and "export     written (hf/)" in status, status
+    assert "training   prepared: its status follows (train/)" in status and "progress   step 2 of 2" in status, status
     # The evaluation and the export are current too: neither is done again.
     assert {path: path.stat().st_mtime_ns for path in written} == written
     # Another parallel set: the evaluation, and it alone, is done again.

@@ -22,12 +22,17 @@ from launch.rundir.directory import RunDirectory
 from launch.rundir.files import (
     CHECKPOINTS,
     HEALTH_FILE,
+    HF_DIR,
     HISTORY_FILE,
     JOB_FILE,
     METRICS_FILE,
     PLAN_FILE,
+    REPORT_DIR,
     RUN_FILE,
     SET_ASIDE,
+    TOKENIZER_DIR,
+    TOKENS_DIR,
+    TRAIN_DIR,
     VALIDATION_FILE,
 )
 from launch.rundir.history import BEFORE_TRAINING, CHANGED_RECORD, RESUMED_FROM, Event, RunHistory, has_ended
@@ -91,7 +96,7 @@ def history_lines(run: RunDirectory) -> list[str]:
         return [line("history", "no start recorded yet")]
     # Restarts and failures over the run's life, as MLflow's tags count them; a Slurm job's budget counts them in a row
     # from the newest checkpoint (a local run is not restarted).
-    restarts = max(0, len(history.starts()) - 1)
+    restarts = history.restarts()
     budget = run.setting("cluster.max_restarts")
     spent = f" ({history.failures()} of cluster.max_restarts={budget} spent from the newest checkpoint)"
     spent = spent if budget is not None and run.sent_to_slurm else ""
@@ -409,3 +414,31 @@ def runs_lines(directory: Path, rows: list[list[str]], compared_at: int | None) 
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in table]
     heading = line("runs", f"{directory}: {plural(len(rows), 'run')}")
     return [heading, *lines, f"a run's own status: corolla status {directory}/RUN"]
+
+
+# A local `corolla pipeline`'s stages: their folder in its run directory, the file each writes last, what it is.
+PIPELINE_STAGES = (
+    (TOKENIZER_DIR, "metadata.json", "tokenizer"),
+    (REPORT_DIR, "report.json", "evaluation"),
+    (TOKENS_DIR, "manifest.json", "tokens"),
+    (TRAIN_DIR, JOB_FILE, "training"),
+    (HF_DIR, "config.json", "export"),
+)
+
+
+def is_local_pipeline(run_dir: Path) -> bool:
+    """A directory a local `corolla pipeline` writes: no run of its own, a stage's folder (a Slurm pipeline's has its
+    chain.json)."""
+    return not (run_dir / JOB_FILE).exists() and any((run_dir / folder).is_dir() for folder, _, _ in PIPELINE_STAGES)
+
+
+def pipeline_lines(run_dir: Path) -> list[str]:
+    """What each stage of a local pipeline left in `run_dir`, by the file it writes last."""
+    lines = [line("pipeline", f"{run_dir}: a local `corolla pipeline`, a stage a line (its folder)")]
+    for folder, last, stage in PIPELINE_STAGES:
+        if (run_dir / folder / last).is_file():
+            state = "written" if stage != "training" else "prepared: its status follows"
+        else:
+            state = "begun, not finished" if (run_dir / folder).is_dir() else "not begun, or made elsewhere"
+        lines.append(line(stage, f"{state} ({folder}/)"))
+    return lines

@@ -89,6 +89,21 @@ def failures(events: list[dict]) -> int:
     return count
 
 
+def restarts(events: list[dict]) -> int:
+    """Starts that came back after another of the same launch (a requeue, a restart after a failure), not a launch's
+    first; where the history records no launch (an older corolla's), every start after the first."""
+    if not any(event["event"] == Event.launch for event in events):
+        return max(0, sum(event["event"] == Event.start for event in events) - 1)
+    count, first = 0, False
+    for event in events:
+        if event["event"] == Event.launch:
+            first = True
+        elif event["event"] == Event.start:
+            count += not first
+            first = False
+    return count
+
+
 def crashes(events: list[dict]) -> int:
     """Starts that ended without a word: another start or launch came next."""
     kinds = [event["event"] for event in events if event["event"] not in (Event.gave_up, Event.unfit)]
@@ -143,6 +158,9 @@ class RunHistory:
 
     def failures(self) -> int:
         return failures(self.events())
+
+    def restarts(self) -> int:
+        return restarts(self.events())
 
     def crashes(self) -> int:
         return crashes(self.events())

@@ -30,7 +30,7 @@ from launch.rundir.files import (
     TRACKING_STATE,
     VALIDATION_FILE,
 )
-from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches
+from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches, restarts
 from launch.rundir.records import RETRAINED, offset_after, step_record
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
@@ -137,8 +137,8 @@ def start_tags(events: list[dict]) -> dict[str, str]:
     if "resharded_from" in start:
         tags["corolla.resharded_from"] = start["resharded_from"]
     starts = sum(1 for event in events if event["event"] == Event.start)
-    if starts > 1:
-        tags |= {"corolla.restarts": str(starts - 1), "corolla.failures": str(crashes(events))}
+    if starts > 1:  # not a launch's only start
+        tags |= {"corolla.restarts": str(restarts(events)), "corolla.failures": str(crashes(events))}
     return tags
 
 

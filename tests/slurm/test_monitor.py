@@ -222,7 +222,8 @@ def test_failures_are_counted_over_the_runs_life_and_the_budget_since_its_last_l
     kinds = ["launch", "start", "start", "start", "start", "gave_up", "launch", "start", "start"]
     write_jsonl(run_dir / "history.jsonl", [{"event": kind, "time": T0 + index} for index, kind in enumerate(kinds)])
     history = status_of(run_dir, capsys).splitlines()[4]
-    assert history == "history    5 restarts, 5 failures (1 of cluster.max_restarts=3 spent from the newest checkpoint)"
+    # A launch's first start is no restart: 3 restarts, then 1 (it said 5, counting the second launch's start).
+    assert history == "history    4 restarts, 5 failures (1 of cluster.max_restarts=3 spent from the newest checkpoint)"
 
 
 def test_status_lists_the_last_twenty_events_and_what_each_launch_changed(
