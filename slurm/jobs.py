@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 
 from launch.rundir.files import JOBS_FILE, SUBMITIT_DIR
@@ -38,15 +39,19 @@ def record_job(run_dir: Path, job_id: str) -> None:
 UNNAMED_PICKLE = re.compile(r"[0-9a-f]{32}\.pkl")
 
 
-def record_lost_job(run_dir: Path, job_id: str) -> None:
+def record_lost_job(run_dir: Path, job_id: str, script: Path) -> None:
     """Records a job queued though sbatch's answer was lost, and gives it its task: submitit, which took the
     submission for failed, left the task's pickle unnamed, and the job, which waits for `<id>_submitted.pkl`, would
-    fail at every start. Any unnamed pickle of the run's is this job's task: every one holds the same."""
+    fail at every start. Its pickle is the last written before its batch `script` (every one of the run's holds the
+    same task; one written since is a submission's under way, an elastic run's next job)."""
     folder = run_dir.resolve() / SUBMITIT_DIR
     named = folder / f"{job_id}_submitted.pkl"
-    unnamed = sorted(path for path in folder.glob("*.pkl") if UNNAMED_PICKLE.fullmatch(path.name))
-    if unnamed and not named.exists():
-        unnamed[-1].rename(named)
+    with suppress(OSError):
+        written = script.stat().st_mtime
+        before = [path for path in folder.glob("*.pkl") if UNNAMED_PICKLE.fullmatch(path.name)]
+        before = [path for path in before if path.stat().st_mtime <= written]
+        if before and not named.exists():
+            max(before, key=lambda path: path.stat().st_mtime).rename(named)
     record_job(run_dir, job_id)
 
 
@@ -78,13 +83,19 @@ def live_jobs(run_dir: Path) -> list[SlurmState]:
 
 
 def unrecorded_jobs(run_dir: Path) -> list[str]:
-    """The run's queued or running jobs that its record lacks: sbatch's answer lost (a controller that timed out
-    after it had queued the job), the job queued all the same. Told by their batch script, which submitit writes in the
-    run's own submitit folder; a SlurmError when Slurm cannot be asked."""
+    """The run's queued or running jobs that its record lacks (lost_submissions)."""
+    return list(lost_submissions(run_dir))
+
+
+def lost_submissions(run_dir: Path) -> dict[str, Path]:
+    """The run's queued or running jobs that its record lacks, with their batch scripts: sbatch's answer lost (a
+    controller that timed out after it had queued the job), the job queued all the same. Told by the script, which
+    submitit writes in the run's own submitit folder; a SlurmError when Slurm cannot be asked."""
     folder = run_dir.resolve() / SUBMITIT_DIR
     if not folder.is_dir():  # nothing was ever submitted for it: Slurm need not be asked (nor be here)
-        return []
+        return {}
     recorded = set(recorded_jobs(run_dir))
     queued = (row.split("|", 1) for row in run_slurm("squeue", "--me", "--noheader", "--format=%i|%o").splitlines())
     inside = f"{folder}/"
-    return [job for job, *script in queued if script and script[0].startswith(inside) and job not in recorded]
+    ours = ((job, script[0]) for job, *script in queued if script and script[0].startswith(inside))
+    return {job: Path(script) for job, script in ours if job not in recorded}

@@ -19,7 +19,7 @@ from launch import compat
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import TrainJob
 from launch.jobs.monitor import plural
-from launch.jobs.prepare import prepare_run, trained_to_the_end
+from launch.jobs.prepare import finish_the_end, prepare_run, trained_to_the_end
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS
 from launch.rundir.lock import holding
@@ -27,7 +27,7 @@ from launch.rundir.run_record import masked
 from slurm.client import SlurmState, out_of_service, partition_limits, partition_nodes
 from slurm.commands import HINT, SlurmError
 from slurm.executor import job_partition, make_executor, submit_elastic, submit_job
-from slurm.jobs import excluded_nodes, live_jobs, record_lost_job, unrecorded_jobs
+from slurm.jobs import excluded_nodes, live_jobs, lost_submissions, record_lost_job
 from slurm.task import TrainingTask
 from tokenizer.files import first_line
 
@@ -116,8 +116,8 @@ def live_job(run_dir: Path) -> SlurmState | None:
     """The run's job queued or running, if any. A job a submission queued though its answer was lost is recorded
     first, then counted like any other; one held, which nothing will release (a submission cut off halfway), is
     refused."""
-    for job_id in unrecorded_jobs(run_dir):
-        record_lost_job(run_dir, job_id)
+    for job_id, script in lost_submissions(run_dir).items():
+        record_lost_job(run_dir, job_id, script)
         print(f"corolla: Slurm job {job_id} of {run_dir} was queued though sbatch's answer was lost: recorded")
     live = live_jobs(run_dir)
     if held := [state for state in live if state.reason == "JobHeldUser"]:
@@ -189,10 +189,13 @@ def _submit_checked(job: TrainJob) -> None:
     """Submits a job whose cluster and partition were checked, unless its run is trained to its last step. As the
     run's one writer until its job is recorded: a second submission (or a `corolla train`) meanwhile is refused, and
     one after it finds the job."""
-    if said := trained_to_the_end(job, newest_intact(Path(job.run_dir) / CHECKPOINTS)):
-        print(said)  # a job would only take nodes, and count a restart, to say so
-        return
-    with holding(Path(job.run_dir), live_job_id):
+    run_dir = Path(job.run_dir)
+    with holding(run_dir, live_job_id):
+        last = newest_intact(run_dir / CHECKPOINTS)
+        if said := trained_to_the_end(job, last):  # a job would only take nodes, and count a restart, to say so
+            finish_the_end(run_dir, last)
+            print(said)
+            return
         _submit_training(job, dry_run=False)
 
 

@@ -244,7 +244,7 @@ class TrainingTask:
 
         os.environ.update(task.rendezvous())
         job = read_job(run_dir / JOB_FILE)
-        stop.watch_time_limit(job.cluster.signal_delay_s)
+        stop.watch_time_limit(job.cluster.signal_delay_s, job.cluster.stop_window_s)
         # Every rank reads the history before any writes to it (joining the process group is a barrier).
         start = JobStart(run_dir, task, RunHistory(run_dir).events(), job.cluster.max_restarts, job.cluster.chained)
         if not self._begins(start, job.cluster):

@@ -20,7 +20,7 @@ def train(job: TokenizerTrainJob) -> None:
 def evaluate(job: TokenizerEvaluateJob) -> None:
     several = len(job.tokenizer) > 1
     tokenizers = {f"tokenizer[{index}]" if several else "tokenizer": path for index, path in enumerate(job.tokenizer)}
-    check_apart(Path(job.output_dir), "the report", {"parallel": job.parallel, **tokenizers})
+    check_apart(Path(job.output_dir), "the report", {"parallel": job.parallel, **tokenizers}, replaced_whole=False)
     if not job.overwrite:
         check_report_dir(job.output_dir, job.tokenizer)
     report = evaluate_tokenizers(job.tokenizer, job.parallel, job.reference, job.names or None)

@@ -200,14 +200,16 @@ def discover_sources(corpus_dir: str | Path) -> list[Source]:
 
 def _corpus_files(corpus: Path) -> list[Path]:
     """Every file under `corpus`, in path order, through links to directories too (shards linked in from another
-    filesystem), each directory once however many links lead to it."""
+    filesystem), each directory once however many links lead to it, hidden directories aside."""
     files, seen = [], set()
     for directory, subdirectories, names in os.walk(corpus, followlinks=True):
         if (real := os.path.realpath(directory)) in seen:
             subdirectories.clear()
             continue
         seen.add(real)
-        subdirectories.sort()  # the same path for a directory two links lead to, run after run
+        # Hidden ones are a tool's (Hugging Face's .cache/ of a download, holding its files' .lock and .metadata);
+        # sorted: the same path for a directory two links lead to, run after run.
+        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
         for path in (Path(directory, name) for name in names):
             if path.is_symlink() and not path.exists() and _named_as_corpus(path.name):  # its target purged
                 raise CorpusError(

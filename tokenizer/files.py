@@ -233,21 +233,18 @@ def check_replaceable(
         raise ValueError(f"output_dir={out} already holds {what}: choose another, or pass overwrite=true")
 
 
-def check_apart(out: Path, what: str, inputs: dict[str, str | None]) -> None:
-    """output_dir=`out` for `what` ("a tokenizer"): a directory, or a path one can be made at, neither inside an input
-    (`inputs`: setting, path) nor holding one."""
+def check_apart(out: Path, what: str, inputs: dict[str, str | None], replaced_whole: bool = True) -> None:
+    """output_dir=`out` for `what` ("a tokenizer"): a directory, or a path one can be made at, not inside an input
+    (`inputs`: setting, path), nor holding one where it is `replaced_whole`."""
     nearest = next(path for path in (out, *out.parents) if path.exists())
     if not nearest.is_dir():
         raise ValueError(f"output_dir={out} is, or lies under, the file {nearest}: give a directory's path")
     for setting, given in inputs.items():
-        if given and _nested(Path(given).resolve(), out.resolve()):
+        inside = given and out.resolve().is_relative_to(Path(given).resolve())
+        if inside or (given and replaced_whole and Path(given).resolve().is_relative_to(out.resolve())):
             raise ValueError(
                 f"output_dir={out} and {setting}={given} lie one inside the other: give {what} a directory of its own"
             )
-
-
-def _nested(one: Path, other: Path) -> bool:
-    return one.is_relative_to(other) or other.is_relative_to(one)
 
 
 @contextmanager

@@ -31,6 +31,10 @@ READ_HERE = (
 )
 
 
+# What a fixed-size job keeps, of the time between the time limit's warning and the limit, to fail and be requeued.
+REQUEUE_MARGIN_S = 30
+
+
 @dataclass
 class ClusterConfig:
     """A cluster and what a job asks of it. A job gets `nodes` whole nodes and runs one rank per GPU on each
@@ -59,7 +63,8 @@ class ClusterConfig:
     # Shell lines run before the ranks start (module load ..., source ...), and environment variables (NCCL_...).
     setup: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    # Slurm sends USR2 this long before the time limit: enough for every rank to finish a step and save.
+    # Slurm sends USR2 this long before the time limit: enough for every rank to finish a step and save within
+    # stop_window_s of it (a fixed-size job's ranks that have not stopped by then fail the start, to be requeued).
     signal_delay_s: int = 120
     # GB/s that a job's nodes write to the run directory's filesystem together: what a checkpoint's save takes, which
     # signal_delay_s must leave time for (0: unknown).
@@ -165,6 +170,16 @@ class ClusterConfig:
         """Slurm may start the job on fewer than `nodes` nodes, and a requeue would keep the count it first got, so
         each start is a job of its own, queued by the one before (slurm/executor.py)."""
         return self.min_nodes > 0
+
+    @property
+    def stop_window_s(self) -> float:
+        """How long after the time limit's USR2 a fixed-size job's ranks have to stop, before they fail the start to be
+        requeued (Slurm never requeues a job it ends at its limit): the warning less REQUEUE_MARGIN_S for the failure
+        and scontrol's requeue, or half of it where it is under twice that. An elastic run's next job takes over
+        however this one ends: its ranks have the whole warning. 0: no warning is asked for."""
+        if self.chained or self.signal_delay_s <= 0:
+            return float(self.signal_delay_s)
+        return max(self.signal_delay_s - REQUEUE_MARGIN_S, self.signal_delay_s / 2)
 
     @property
     def node_counts(self) -> range:

@@ -26,13 +26,12 @@ import psutil
 
 from launch.compat import torchrun
 from launch.config.cluster import Scheduler
-from launch.config.job_file import read_job
 from launch.config.schemas import TrainJob
 from launch.jobs.backend import Backend
 from launch.jobs.monitor import line
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.directory import RunDirectory
-from launch.rundir.files import CHECKPOINTS, JOB_FILE, JOBS_FILE, LOSS_CHART
+from launch.rundir.files import CHECKPOINTS, JOBS_FILE
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import LiveJob, holding, writer
 from launch.train.stopping import ERROR_PREFIX, STACKS_FOLLOW, WATCHDOG
@@ -178,22 +177,6 @@ def _why_ended(run_dir: Path, end: RanksEnd, last: dict, stopped: bool) -> str:
     return f"training failed, {end.cause or f'a rank exited with status {end.status}'}: see the log above"
 
 
-def _finish_the_end(run_dir: Path, step: int) -> None:
-    """What the end of a run trained to `step`, its last, may have left undone (its disk full, MLflow away): the
-    history's end (its ranks found no room to record it), the loss chart drawn if it is missing, MLflow sent the
-    records and the end it lacks (a one-line ValueError if it does not take them)."""
-    from launch.rundir import outbox
-    from launch.rundir.loss_chart import write_loss_chart
-
-    history, status = RunHistory(run_dir), None
-    if [event["event"] for event in history.events()[-1:]] != [Event.finished]:
-        history.record(Event.finished, step=step)
-        status = outbox.END_STATUS[Event.finished]  # over the FAILED told when the ranks could not record it
-    if not (run_dir / LOSS_CHART).is_file():
-        print(f"loss curve {write_loss_chart(run_dir, read_job(run_dir / JOB_FILE).model.vocab_size)}")
-    outbox.sync(run_dir, status=status)
-
-
 def _train(run_dir: Path, prepared: PreparedRun) -> None:
     """Runs the prepared run's ranks to their end, this process sending MLflow what they write and how the launch
     ended; a one-line RuntimeError where they did not train to the end."""
@@ -251,7 +234,7 @@ class LocalBackend(Backend):
 
     def _start(self, job: TrainJob, dry_run: bool) -> None:
         # Here rather than above: the data preparation takes seconds to import, status and logs need none of it.
-        from launch.jobs.prepare import prepare_run, trained_to_the_end
+        from launch.jobs.prepare import finish_the_end, prepare_run, trained_to_the_end
 
         if job.cluster.scheduler != Scheduler.local:
             raise ValueError(f"cluster={job.cluster.name} is a Slurm cluster: submit to it with `corolla submit`")
@@ -259,7 +242,7 @@ class LocalBackend(Backend):
         resume_step = newest_intact(run_dir / CHECKPOINTS)
         if said := trained_to_the_end(job, resume_step):
             if not dry_run:
-                _finish_the_end(run_dir, resume_step)
+                finish_the_end(run_dir, resume_step)
             print(said)
             return
         prepared = prepare_run(job, dry_run, self.live_job)

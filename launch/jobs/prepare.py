@@ -35,7 +35,7 @@ from launch.plan.weights import (
 from launch.rundir import outbox, tracking
 from launch.rundir.checkpoints import check_not_lost, newest_intact
 from launch.rundir.directory import check_not_imported, holds_runs, runs_in
-from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, JOB_FILE, RUN_FILE, STOP_FILE, TOKENIZER_DIR
+from launch.rundir.files import CHECKPOINTS, HISTORY_FILE, JOB_FILE, LOSS_CHART, RUN_FILE, STOP_FILE, TOKENIZER_DIR
 from launch.rundir.history import CHANGED_RECORD, MLFLOW_RUN_RECORD, TOKENIZER_RECORD, Event, RunHistory
 from launch.rundir.lock import LiveJob, RunLocked, check_unheld
 from launch.rundir.run_record import as_recorded, keep_private, masked_setting, record_run, recorded_uri, tracked_run
@@ -254,6 +254,21 @@ def trained_to_the_end(job: TrainJob, step: int | None) -> str | None:
     if not job.init_from:
         matched_to(job, saved_run(Path(job.run_dir)))
     return f"{job.run_dir} is already trained to step {step} of {job.train.steps}: nothing to do"
+
+
+def finish_the_end(run_dir: Path, step: int) -> None:
+    """What the end of a run trained to `step`, its last, may have left undone (its disk full, MLflow away): the
+    history's end (its ranks found no room to record it), the loss chart drawn if it is missing, MLflow sent the
+    records and the end it lacks (a one-line ValueError if it does not take them)."""
+    from launch.rundir.loss_chart import write_loss_chart  # matplotlib: only here
+
+    history, status = RunHistory(run_dir), None
+    if [event["event"] for event in history.events()[-1:]] != [Event.finished]:
+        history.record(Event.finished, step=step)
+        status = outbox.END_STATUS[Event.finished]  # over the FAILED told when the ranks could not record it
+    if not (run_dir / LOSS_CHART).is_file():
+        print(f"loss curve {write_loss_chart(run_dir, read_job(run_dir / JOB_FILE).model.vocab_size)}")
+    outbox.sync(run_dir, status=status)
 
 
 def saved_run(run_dir: Path) -> SavedRun | None:

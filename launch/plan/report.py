@@ -8,7 +8,7 @@ import math
 from dataclasses import replace
 from json import dumps
 
-from launch.config.cluster import ClusterConfig, Scheduler
+from launch.config.cluster import REQUEUE_MARGIN_S, ClusterConfig, Scheduler
 from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainConfig, TrainJob
 from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER, parameter_count
 from launch.plan.hardware import GIB, Hardware
@@ -237,7 +237,7 @@ def signal_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None
     )
     size = max(checkpoint_bytes(job.model, layout) for layout in layouts)
     save = size / (cluster.filesystem_gbps * 1e9) if cluster.filesystem_gbps else 0.0
-    if cluster.signal_delay_s >= step + save:
+    if cluster.stop_window_s >= step + save:
         return None
     size_tb, gbps = size / 1e12, cluster.filesystem_gbps
     saving = (
@@ -245,7 +245,7 @@ def signal_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None
         if save
         else f"its checkpoint's save ({size_tb:.2f} TB; set cluster.filesystem_gbps to count its time)"
     )
-    enough = 60 * math.ceil(1.5 * (step + save) / 60)
+    enough = 60 * math.ceil((1.5 * (step + save) + (0 if cluster.chained else REQUEUE_MARGIN_S)) / 60)
     return (
         f"corolla: warning: cluster.signal_delay_s={cluster.signal_delay_s} leaves the ranks less than a step "
         f"(~{step:.0f} s) and {saving} before the time limit kills them: each job that reaches it would redo the "

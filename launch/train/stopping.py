@@ -44,9 +44,6 @@ ENDED_EXIT = {Event.diverged: 3, Event.no_space: 4}
 ERROR_PREFIX = "corolla: error: "
 WATCHDOG = "corolla watchdog: "
 STACKS_FOLLOW = "; stacks of every thread follow"
-# What a start leaves itself, of the time between the time limit's warning (USR2) and the limit, to fail and be
-# requeued before Slurm ends the job: the watchdog's look, scontrol's requeue.
-REQUEUE_MARGIN_S = 30
 
 
 class StopSignals:
@@ -54,7 +51,8 @@ class StopSignals:
         self.stop_file = stop_file
         self.received: signal.Signals | None = None
         self.warned_at: float | None = None  # when the time limit's warning came (time.monotonic())
-        self.warning_s = 0.0  # how long before the limit it comes; 0: no limit watched
+        self.warning_s = 0.0  # how long before the limit it comes
+        self.window_s = math.inf  # how long after it the start must have ended (ClusterConfig.stop_window_s)
         for number in signals:
             signal.signal(number, self._receive)
 
@@ -66,13 +64,13 @@ class StopSignals:
         if number == signal.SIGUSR2 and self.warned_at is None:
             self.warned_at = time.monotonic()
 
-    def watch_time_limit(self, warning_s: float) -> None:
-        """On Slurm: USR2 warns of the time limit `warning_s` ahead (cluster.signal_delay_s). Its time is taken by a
-        thread as the signal comes, and by the handler: a handler runs only once the main thread is back in Python,
-        which a rank stuck in a collective never is."""
-        if warning_s <= 0:
+    def watch_time_limit(self, warning_s: float, window_s: float) -> None:
+        """On Slurm: USR2 warns of the time limit `warning_s` ahead (cluster.signal_delay_s), and the start must have
+        ended `window_s` after it. Its time is taken by a thread as the signal comes, and by the handler: a handler
+        runs only once the main thread is back in Python, which a rank stuck in a collective never is."""
+        if window_s >= warning_s:  # an elastic run's next job takes over however this one ends
             return
-        self.warning_s = warning_s
+        self.warning_s, self.window_s = warning_s, window_s
         read, write = os.pipe()
         os.set_blocking(write, False)
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)  # where the signal's number goes as it comes
@@ -86,9 +84,7 @@ class StopSignals:
     def must_end_by(self) -> float:
         """When (time.monotonic()) this start must have ended to be requeued before the time limit; math.inf until its
         warning came, or where no limit is watched."""
-        if self.warned_at is None or not self.warning_s:
-            return math.inf
-        return self.warned_at + max(self.warning_s - REQUEUE_MARGIN_S, self.warning_s / 2)
+        return math.inf if self.warned_at is None else self.warned_at + self.window_s
 
     def ignore_from_now_on(self) -> None:
         for number in STOP_SIGNALS:

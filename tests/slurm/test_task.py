@@ -227,3 +227,17 @@ def test_a_data_stage_that_meets_its_time_limit_having_kept_nothing_fails_rather
         "the tokenizer stage met cluster.time_limit_min=10 before it finished the stage, which starts again from "
         "nothing: raise cluster.time_limit_min"
     )
+
+
+@pytest.mark.parametrize(
+    ("signal_delay_s", "min_nodes", "window_s"),
+    [(600, 0, 570), (120, 0, 90), (40, 0, 20), (120, 1, 120), (0, 0, 0)],
+    ids=["jean-zay", "default", "short-warning", "elastic", "no-warning"],
+)
+def test_the_ranks_of_a_fixed_size_job_have_the_warning_less_the_requeue_margin_to_stop(
+    signal_delay_s: int, min_nodes: int, window_s: float
+) -> None:
+    """The window the watchdog ends a start after (a fixed-size job's: Slurm never requeues one it ends at its limit)
+    and the one `corolla submit` checks the planner's step and save against; an elastic run's next job takes over."""
+    cluster = ClusterConfig("x", scheduler=Scheduler.slurm, nodes=2, tasks_per_node=1, signal_delay_s=signal_delay_s)
+    assert replace(cluster, min_nodes=min_nodes).stop_window_s == window_s

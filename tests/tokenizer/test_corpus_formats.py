@@ -182,6 +182,9 @@ def test_language_directories_linked_in_are_read_and_checksums_passed_over(tmp_p
     (corpus / "hin_Deva").symlink_to(store / "hin_Deva")
     (corpus / "again").symlink_to(corpus)  # a link back up is followed once, not for ever
     (corpus / ".#eng_Latn.txt").symlink_to("user@host.4242:1700000000")  # Emacs's lock on a file it edits
+    hub_cache = corpus / ".cache" / "huggingface" / "download" / "hin_Deva"  # `huggingface-cli download`'s
+    hub_cache.mkdir(parents=True)
+    (hub_cache / "part-0.txt.metadata").write_text("0123\n")
     sources = discover_sources(corpus)
     assert [(source.name, source.language) for source in sources] == [
         ("eng_Latn.txt", "eng_Latn"),
