@@ -10,6 +10,8 @@ RUN_FILE = "run.json"  # the MLflow run: tracking URI, run id
 # While a launch creates the MLflow run, until RUN_FILE names it: the tag the creation gives it (rundir/tracking.py)
 RUN_CREATION = "run-creation"
 TRACKING_STATE = "tracking.json"  # how far MLflow holds the records, what is left to send (launch/rundir/outbox.py)
+# Records of steps a resumed launch trained anew, of which MLflow holds other figures: sent again, in order.
+RETRAINED_FILE = "retrained.jsonl"
 METRICS_FILE = "metrics.jsonl"  # one record per optimizer step (the last, if a resumed launch redid it)
 VALIDATION_FILE = "validation.jsonl"  # one record per validation
 HEALTH_FILE = "health.jsonl"  # on a cluster, one record per health check after a checkpoint (launch/train/health.py)

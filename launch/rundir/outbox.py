@@ -7,16 +7,20 @@ order and in batches, with each start's tags and the run's end status, and retri
 one that is away makes tracking lag, never a step wait. It runs on rank 0 on a cluster, and in `corolla train`
 while its local ranks train (a rank then spends no time on MLflow). What a launch leaves unsent goes at the next
 start, or with `corolla tracking sync RUN_DIR`. A record carries the time it was written as its MLflow timestamp, so
-a batch sent twice (a reply lost after the server stored it) is stored once.
+a batch sent twice (a reply lost after the server stored it) is stored once. A resumed launch that trains steps MLflow
+holds with other figures (another train.lr after `latest` was pointed back) queues their records in retrained.jsonl,
+sent in turn (`resent`, how far): MLflow, whose histories are never rewritten, then holds both, the new last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from launch.config.job_file import read_job
@@ -26,12 +30,13 @@ from launch.rundir.files import (
     HEALTH_FILE,
     JOB_FILE,
     METRICS_FILE,
+    RETRAINED_FILE,
     RUN_FILE,
     TRACKING_STATE,
     VALIDATION_FILE,
 )
 from launch.rundir.history import ENDED, Event, RunHistory, crashes, launches, restarts
-from launch.rundir.records import RETRAINED, offset_after, step_record
+from launch.rundir.records import append_record, last_records, offset_after, step_record
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import (
     TrackingState,
@@ -85,20 +90,21 @@ SERIES_METRIC = {
 }
 
 
-class Tail:
+# (series, the last step sent) -> the records after it, in step order, UNSENT_RECORDS at most: asked again until none
+Unsent = Callable[[str, int], list[dict]]
+
+
+class _Tail:
     """A series file as the sender follows it, by where its first record MLflow lacks starts: found from the file's
     end at the first look, and again once the file was replaced (a resumed launch drops the steps it redoes,
     records.keep_steps_up_to); each look reads on from there, UNSENT_RECORDS at most, all that the sender holds
-    however long MLflow is away. MLflow lacks the records after the last step it holds, and those a resumed launch
-    trained anew (RETRAINED) of steps it holds the first values of: sent again, MLflow keeps both, the new last."""
+    however long MLflow is away."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.inode = self.offset = self.looked_to = 0
+        self.inode = self.offset = 0
 
     def unsent(self, after: int) -> list[dict]:
-        """The records MLflow lacks of the steps after `after` and of those trained anew, in step order; read again
-        until taken()."""
         if not self.path.is_file():
             return []
         by_step: dict[int, dict] = {}
@@ -106,27 +112,22 @@ class Tail:
             inode = os.fstat(file.fileno()).st_ino
             if inode != self.inode:
                 self.inode, self.offset = inode, offset_after(file, after)
-            self.looked_to = self.offset
             file.seek(self.offset)
             for line in file:
                 if not line.endswith(b"\n") or len(by_step) == UNSENT_RECORDS:
                     break  # a line still being written waits for the next look
-                self.looked_to += len(line)
                 record = step_record(line)
-                if record is not None and (record["step"] > after or RETRAINED in record):
+                if record is not None and record["step"] > after:
                     by_step[record["step"]] = record
                 elif not by_step:
-                    self.offset = self.looked_to  # sent, or cut short by a crash mid-write: not read again
+                    self.offset += len(line)  # sent, or cut short by a crash mid-write: not read again
         return [by_step[step] for step in sorted(by_step)]
 
-    def taken(self) -> None:
-        """MLflow took what the last look found: the next reads on after it."""
-        self.offset = self.looked_to
 
-
-def follow(run_dir: Path) -> dict[str, Tail]:
+def read_unsent(run_dir: Path) -> Unsent:
     """The run's series files, followed from a first look at their ends."""
-    return {series: Tail(run_dir / series) for series in SERIES}
+    tails = {series: _Tail(run_dir / series) for series in SERIES}
+    return lambda series, after: tails[series].unsent(after)
 
 
 def start_tags(events: list[dict]) -> dict[str, str]:
@@ -153,11 +154,9 @@ def from_history(events: list[dict], seen: int) -> tuple[dict[str, str], str | N
     return tags, status
 
 
-def send_pending(
-    run_dir: Path, state: TrackingState, tails: dict[str, Tail], guard: threading.Lock | None = None
-) -> None:
-    """Every unsent record, then the tags, then the status; `state` (and tracking.json) follow what got through.
-    Raises what MLflow raised, once the state says how far it got."""
+def send_pending(run_dir: Path, state: TrackingState, unsent: Unsent, guard: threading.Lock | None = None) -> None:
+    """Every unsent record, those of steps trained anew, then the tags, then the status; `state` (and tracking.json)
+    follow what got through. Raises what MLflow raised, once the state says how far it got."""
     guard = guard or threading.Lock()
     tracked = recorded_run(run_dir)
     asked = state.sent is None
@@ -166,17 +165,22 @@ def send_pending(
         with guard:
             state.sent = last
     for series, metrics_of in SERIES.items():
-        while records := tails[series].unsent(state.sent_up_to(series)):
+        while records := unsent(series, state.sent_up_to(series)):
             for start in range(0, len(records), BATCH_RECORDS):
                 batch = records[start : start + BATCH_RECORDS]
                 sent = [(record["step"], record.get("time"), metrics_of(record)) for record in batch]
                 tracking.log_records(tracked, sent)
-                retrained = [str(record[RETRAINED]) for record in batch if RETRAINED in record]
                 with guard:
-                    state.sent = {**state.sent, series: max(batch[-1]["step"], state.sent_up_to(series))}
-                    state.tags.update({tracking.RETRAINED_TAG: retrained[-1]} if retrained else {})
+                    state.sent = {**state.sent, series: batch[-1]["step"]}
                     _keep(run_dir, state)
-            tails[series].taken()
+    while retrained := retrained_after(run_dir, state.resent):
+        entries, end = retrained
+        if entries:
+            tracking.log_records(tracked, [(entry.step, entry.time, entry.metrics) for entry in entries])
+        with guard:
+            state.resent = end
+            state.tags |= {tracking.RETRAINED_TAG: str(entries[-1].after)} if entries else {}
+            _keep(run_dir, state)
     with guard:
         tags, artifacts, status = dict(state.tags), list(state.artifacts), state.status
     if tags:
@@ -193,6 +197,44 @@ def send_pending(
             state.status = None if state.status == status else state.status
             state.error = state.failing_since = None
             _keep(run_dir, state)
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A record of RETRAINED_FILE: a step a launch that resumed from step `after` trained anew, its figures as its
+    series sends them."""
+
+    step: int
+    time: int | None
+    metrics: dict[str, float]
+    after: int
+
+
+def retrained_after(run_dir: Path, offset: int) -> tuple[list[Retrained], int] | None:
+    """RETRAINED_FILE's records after byte `offset`, a batch at most, and where the next starts; None where there is
+    none (a line still being written waits, one cut short by a crash is passed over)."""
+    path = run_dir / RETRAINED_FILE
+    if not path.is_file() or path.stat().st_size <= offset:
+        return None
+    entries, end = [], offset
+    with path.open("rb") as file:
+        file.seek(offset)
+        for line in file:
+            if not line.endswith(b"\n") or len(entries) == BATCH_RECORDS:
+                break
+            end += len(line)
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):  # one corolla did not write
+                entry = json.loads(line)
+                record, metrics_of = entry["record"], SERIES[entry["series"]]
+                entries.append(
+                    Retrained(int(record["step"]), record.get("time"), metrics_of(record), int(entry["after"]))
+                )
+    return (entries, end) if end > offset else None
+
+
+def resend(run_dir: Path, series: str, record: dict, after: int) -> None:
+    """Queues `record`, of a step a launch that resumed from step `after` trained anew, to be sent to MLflow again."""
+    append_record(run_dir / RETRAINED_FILE, {"series": series, "after": after, "record": record})
 
 
 def _failed(run_dir: Path, state: TrackingState, error: Exception, guard: threading.Lock) -> None:
@@ -213,7 +255,7 @@ def update(
     state.status = status or state.status
     _keep(run_dir, state)
     try:
-        send_pending(run_dir, state, follow(run_dir))
+        send_pending(run_dir, state, read_unsent(run_dir))
     except Exception as error:  # whatever MLflow raises, the run goes on and says so
         _failed(run_dir, state, error, threading.Lock())
         print(
@@ -250,7 +292,7 @@ def sync(run_dir: Path, uri: str | None = None, status: str | None = None) -> Tr
     state.sent = None  # asked of MLflow: a store that lost the run (or steps of it) says so here
     try:
         state.status = status or state.status or _untold_end(run_dir)
-        send_pending(run_dir, state, follow(run_dir))
+        send_pending(run_dir, state, read_unsent(run_dir))
     except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
         _failed(run_dir, state, error, threading.Lock())
         fix = store_fix(run_dir, str(error)) or "try again when it answers"
@@ -277,7 +319,10 @@ def _move(run_dir: Path, uri: str) -> None:
     events = RunHistory(run_dir).events()
     status = END_STATUS.get(events[-1]["event"]) if events else None
     tags = {tracking.LAUNCHES_TAG: str(len(launches(events)))}
-    moved = TrackingState(sent={}, tags=tags, artifacts=[str(run_dir / JOB_FILE)])
+    # The new run takes each step's last record alone: the records of steps trained anew are in them already.
+    retrained = run_dir / RETRAINED_FILE
+    resent = retrained.stat().st_size if retrained.is_file() else 0
+    moved = TrackingState(sent={}, tags=tags, artifacts=[str(run_dir / JOB_FILE)], resent=resent)
     moved.status = status
     write_state(run_dir, moved)
 
@@ -294,7 +339,7 @@ class Sender:
         self.guard = threading.Lock()
         self.wake = threading.Event()
         self.closing = False
-        self.tails = follow(run_dir)
+        self.unsent = read_unsent(run_dir)
         self.thread = threading.Thread(target=self._run, name="corolla-tracking", daemon=True)
         self.thread.start()
 
@@ -307,7 +352,12 @@ class Sender:
     def caught_up(self) -> bool:
         with self.guard:
             pending = self.state.tags or self.state.status
-        return not pending and not any(tail.unsent(self.state.sent_up_to(name)) for name, tail in self.tails.items())
+        last = {series: last_records(self.run_dir / series, 1) for series in SERIES}
+        return (
+            not pending
+            and not retrained_after(self.run_dir, self.state.resent)
+            and not any(ends and ends[0]["step"] > self.state.sent_up_to(series) for series, ends in last.items())
+        )
 
     def _take_history(self) -> None:
         events = RunHistory(self.run_dir).events()
@@ -327,7 +377,7 @@ class Sender:
             last_attempt = self.closing
             try:
                 self._take_history()
-                send_pending(self.run_dir, self.state, self.tails, self.guard)
+                send_pending(self.run_dir, self.state, self.unsent, self.guard)
                 failures = 0
             except Exception as error:  # a tracking failure must never reach training
                 _failed(self.run_dir, self.state, error, self.guard)

@@ -16,10 +16,6 @@ from typing import BinaryIO
 
 from tokenizer.files import lines_from_end, write_atomically
 
-# The key of a record of a step a resumed launch trained again with other figures than the record it dropped (the
-# step resumed from): MLflow, which may hold the dropped one, is sent it anyway (launch/rundir/outbox.py).
-RETRAINED = "retrained_after"
-
 
 def append_record(path: Path, record: dict) -> None:
     """Appends a line; after a line cut short by a crash mid-write, on a line of its own."""
@@ -118,9 +114,8 @@ def record_of_step(path: Path, step: int) -> dict | None:
 
 def offset_after(file: BinaryIO, step: int) -> int:
     """Where the lines after the last record of a step up to `step` start (0 where none is), read from the file's
-    end: the records of the steps after `step` follow. Records trained again (RETRAINED) that end there are kept
-    after it: MLflow, which held their steps, may lack them."""
-    return next((end for end, record in _from_end(file) if record["step"] <= step and RETRAINED not in record), 0)
+    end: the records of the steps after `step` follow."""
+    return next((end for end, record in _from_end(file) if record["step"] <= step), 0)
 
 
 def keep_steps_up_to(path: Path, step: int) -> list[dict]:

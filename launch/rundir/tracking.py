@@ -58,7 +58,8 @@ VALIDATION_METRIC, BITS_PER_BYTE_METRIC = "val_loss", "val_bpb"
 HEALTH_METRIC = "health_slowdown"
 LAUNCHES_TAG = "corolla.launches"  # how many times the run was launched (corolla train or submit), restarts aside
 CHANGED_TAG = "corolla.changed_at_launch"  # .N: the settings launch N changed (the params are the first launch's)
-# The step a launch resumed from that trained steps after it anew, with other figures than MLflow held: it holds both.
+# The step the latest launch that trained steps anew, with other figures than MLflow held, resumed from: the steps
+# after it MLflow holds twice (or more), the new last.
 RETRAINED_TAG = "corolla.retrained_after_step"
 CREATION_TAG = "corolla.creation"  # RUN_CREATION's token: which launch created the run
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

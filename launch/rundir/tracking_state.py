@@ -20,6 +20,7 @@ class TrackingState:
     # tracking.json, or one that lost it), asked of MLflow before anything is sent
     sent: dict[str, int] | None = None
     tags: dict[str, str] = field(default_factory=dict)  # to set
+    resent: int = 0  # how far (bytes) MLflow was sent RETRAINED_FILE, the records of steps trained anew
     artifacts: list[str] = field(default_factory=list)  # files to log
     status: str | None = None  # to set once the metrics are in: FINISHED, FAILED or KILLED
     error: str | None = None  # why the last attempt failed; None once one succeeds

@@ -13,8 +13,9 @@ from pathlib import Path
 from statistics import mean
 
 from launch.rundir.files import HEALTH_FILE, METRICS_FILE, VALIDATION_FILE
-from launch.rundir.outbox import Sender
-from launch.rundir.records import RETRAINED, append_record, keep_steps_up_to
+from launch.rundir.outbox import Sender, resend
+from launch.rundir.records import append_record, keep_steps_up_to
+from launch.rundir.tracking_state import read_state
 from launch.train.checkpoint import NoSpace, filesystem, from_rank_0
 from launch.train.health import Verdict
 from launch.train.loop import StepRecord
@@ -41,12 +42,11 @@ def _alike(old: object, new: object) -> bool:
     if isinstance(old, dict) and isinstance(new, dict):
         return old.keys() == new.keys() and all(_alike(old[key], new[key]) for key in old)
     numbers = all(type(value) in (int, float) for value in (old, new))
-    return numbers and math.isclose(old, new, rel_tol=RETRAINED_TOLERANCE)  # type: ignore[arg-type]
+    return old == new or (numbers and math.isclose(old, new, rel_tol=RETRAINED_TOLERANCE))  # type: ignore[arg-type]
 
 
-def trained_alike(series: str, old: dict, new: dict) -> bool:
-    """Whether a redone step's record holds the figures of the one it replaces, as TRAINED_FIGURES says."""
-    return all(_alike(old.get(key), new.get(key)) for key in TRAINED_FIGURES[series])
+def trained_figures(series: str, record: dict) -> tuple:
+    return tuple(record.get(key) for key in TRAINED_FIGURES[series])
 
 
 def written_by_rank_0(writes: bool, run_dir: Path, written: Path, write: Callable[[], None]) -> None:
@@ -86,19 +86,31 @@ class Reporter:
         self.sender: Sender | None = None
         self.steps_redone = 0
         self.resumed_from = 0
-        self.replaced: dict[str, dict[int, dict]] = {}  # series -> step -> the trained figures of a dropped record
+        self.held: dict[str, int] = {}  # series -> the last step MLflow held when this launch began
+        self.replaced: dict[str, dict[int, tuple]] = {}  # series -> step MLflow holds -> a dropped record's figures
 
     def begin(self, resumed_from: int) -> None:
-        """Rank 0: drops the records after `resumed_from` (this launch redoes those steps), keeping their trained
-        figures to tell the steps trained alike from those trained anew; then, if it sends, starts the sender."""
+        """Rank 0: drops the records after `resumed_from` (this launch redoes those steps), keeping the trained
+        figures of those of steps MLflow holds, to tell the steps trained alike from those trained anew; then, if it
+        sends, starts the sender."""
         self.resumed_from = resumed_from
+        self.held = read_state(self.run_dir).sent or {}  # not known (tracking.json lost): none is sent again
         for series in (METRICS_FILE, VALIDATION_FILE):
             dropped = keep_steps_up_to(self.run_dir / series, resumed_from)
-            figures = TRAINED_FIGURES[series]
-            self.replaced[series] = {old["step"]: {key: old.get(key) for key in figures} for old in dropped}
+            held = [old for old in dropped if old["step"] <= self.held.get(series, 0)]
+            self.replaced[series] = {old["step"]: trained_figures(series, old) for old in held}
+            if series == METRICS_FILE:
+                self.steps_redone = dropped[-1]["step"] - resumed_from if dropped else 0
         keep_steps_up_to(self.run_dir / HEALTH_FILE, resumed_from)
-        self.steps_redone = max(self.replaced[METRICS_FILE], default=resumed_from) - resumed_from
         self.sender = Sender(self.run_dir) if self.sends else None
+
+    def _trained_anew(self, series: str, record: dict) -> bool:
+        """Whether MLflow holds other figures of the record's step: it held the step when this launch began, and this
+        launch dropped no record of it (a launch before it did, and trained no further) or one with other figures."""
+        if series not in self.replaced or record["step"] > self.held.get(series, 0):
+            return False
+        old = self.replaced[series].pop(record["step"], None)
+        return old is None or not _alike(old, trained_figures(series, record))
 
     def step(self, record: StepRecord) -> None:
         """Called on every rank (a collective): NoSpace on every rank where rank 0 found no room for the record."""
@@ -135,10 +147,14 @@ class Reporter:
     def _append(self, series: str, record: dict) -> None:
         """Rank 0 appends the record; every rank raises NoSpace if its filesystem had no room for it."""
         path, stamped = self.run_dir / series, {**record, "time": int(time.time() * 1000)}
-        replaced = self.replaced.get(series, {}).pop(record["step"], None)
-        if replaced is not None and not trained_alike(series, replaced, record):
-            stamped[RETRAINED] = self.resumed_from
-        written_by_rank_0(self.writes, self.run_dir, path, lambda: append_record(path, stamped))
+        anew = self._trained_anew(series, stamped)
+
+        def write() -> None:
+            append_record(path, stamped)
+            if anew:
+                resend(self.run_dir, series, stamped, self.resumed_from)
+
+        written_by_rank_0(self.writes, self.run_dir, path, write)
 
     def close(self) -> None:
         """Gives MLflow a bounded time to take the rest, the run's start and end included (its history says them);

@@ -16,7 +16,7 @@ from launch.cli import main
 from launch.rundir import outbox, tracking
 from launch.rundir.files import JOB_FILE, METRICS_FILE, RUN_FILE, TRACKING_STATE, VALIDATION_FILE
 from launch.rundir.loss_chart import render_loss_chart
-from launch.rundir.records import RETRAINED, append_record, keep_steps_up_to, last_value_per_step, read_jsonl
+from launch.rundir.records import append_record, keep_steps_up_to, last_value_per_step, read_jsonl
 from launch.rundir.run_record import TrackedRun, default_uri, record_run
 
 STEPS = 200_000  # 30 MB of step records
@@ -107,10 +107,10 @@ def test_mlflow_is_sent_what_it_lacks_of_a_long_run_from_the_end_of_its_records(
     assert tracking.last_step(tracked, tracking.STEP_METRICS["loss"]) == STEPS + 10
 
 
-def test_steps_trained_anew_reach_mlflow_once_each_even_where_a_launch_died_before_sending_them(tmp_path) -> None:
-    """A launch resumed from step 10 of a run MLflow held to step 20 and trained steps 13-20 otherwise (another lr):
-    MLflow is sent those again, the new values last, once each; steps 11-12, trained alike, it is not. A launch that
-    wrote some before it died without sending them leaves them to the next, which finds them from the file's end."""
+def test_steps_trained_anew_reach_mlflow_once_each_by_every_launch_after_the_one_that_wrote_them(tmp_path) -> None:
+    """Launches resumed from step 10 of a run MLflow held to step 20 trained steps 13-20 otherwise (another lr), and
+    queued them to be sent again (retrained.jsonl); MLflow holds both values, the new last, each sent once, whichever
+    launch sends them: the one that wrote some died before it sent them all."""
     run_dir = tmp_path / "run"
     tracked = tracked_long_run(run_dir, sent=20, steps=20)  # MLflow holds steps 1 and 20
     metrics = run_dir / METRICS_FILE
@@ -118,14 +118,17 @@ def test_steps_trained_anew_reach_mlflow_once_each_even_where_a_launch_died_befo
 
     def trained(steps: range) -> None:
         for step in steps:
-            anew = {"loss": 5.0, RETRAINED: 10} if 13 <= step <= 20 else {"loss": 2 + 1 / step}
-            append_record(metrics, {"step": step, **anew, "time": 1000 + step})
+            record = {"step": step, "loss": 5.0 if step >= 13 else 2 + 1 / step, "time": 1000 + step}
+            append_record(metrics, record)
+            if 13 <= step <= 20:
+                outbox.resend(run_dir, METRICS_FILE, record, 10)
 
     trained(range(11, 17))
-    assert outbox.update(run_dir)  # the launch that died: it sent them, MLflow took them
+    assert outbox.update(run_dir)  # the launch that died: it sent those
     trained(range(17, 23))
-    sender = outbox.Sender(run_dir)  # the next launch: it finds 13-16 again, and MLflow stores them once
+    sender = outbox.Sender(run_dir)  # the next launch's
     sender.close()
+    outbox.sync(run_dir)  # and a sync: nothing twice
     history = MlflowClient(tracked.tracking_uri).get_metric_history(tracked.run_id, tracking.STEP_METRICS["loss"])
     assert sorted(entry.step for entry in history) == [1, *range(13, 20), 20, 20, 21, 22]
     last = {entry.step: entry.value for entry in sorted(history, key=lambda entry: entry.timestamp)}

@@ -373,6 +373,8 @@ def test_steps_trained_again_with_other_settings_are_sent_to_mlflow_again(
     both now, the new last (step 3's loss, of the step-2 weights, is as it was, its learning rate is not)."""
     run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 6)
     (run_dir / "checkpoints" / LATEST).write_text("step-00000002\n")
+    # Stopped at step 4 (a time limit), then on: the next launch has no records of 5-6 to compare, MLflow has.
+    assert train(run_dir, tokens, "train.lr=3e-4", "train.exit_after=2") == 0
     assert train(run_dir, tokens, "train.lr=3e-4") == 0
     tracked = asdict(recorded_run(run_dir))
     client = MlflowClient(tracked["tracking_uri"])
@@ -380,7 +382,7 @@ def test_steps_trained_again_with_other_settings_are_sent_to_mlflow_again(
     last = {point.step: point.value for point in sorted(history, key=lambda point: point.timestamp)}
     assert last == pytest.approx(losses(run_dir), abs=1e-6) and last[4] != pytest.approx(uninterrupted[4], abs=1e-6)
     assert sorted(point.step for point in history) == [1, 2, 3, 3, 4, 4, 5, 5, 6, 6]
-    assert client.get_run(tracked["run_id"]).data.tags["corolla.retrained_after_step"] == "2"
+    assert client.get_run(tracked["run_id"]).data.tags["corolla.retrained_after_step"] == "4"  # the latest launch's
 
 
 def test_non_finite_steps_can_be_let_pass_and_leave_the_weights_as_they_were(
