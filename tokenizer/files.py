@@ -247,11 +247,17 @@ def check_apart(out: Path, what: str, inputs: dict[str, str | None], replaced_wh
             )
 
 
+def _linked(out: Path) -> Path:
+    """What a link at `out` leads to (an output kept on scratch storage, linked in): replaced there, the link kept."""
+    return out.resolve() if out.is_symlink() else out
+
+
 @contextmanager
 def staging_area(out: Path) -> Iterator[Path]:
     """A fresh working directory beside `out` (on its filesystem, so that what is built there is renamed to `out`
     whole, by `publish`), removed when the context ends, however it ends. Those that processes killed outright left
     (no `finally` runs then) are removed first, or named when their host is another."""
+    out = _linked(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for left in out.parent.glob(f".{out.name}.staging-*"):
         _sweep(left, out)
@@ -274,6 +280,7 @@ def publish(staging: Path, out: Path, replace: bool) -> None:
     anything now (another command wrote it meanwhile) is kept, and this one refused. A Ctrl-C or SIGTERM waits for
     both renames (the old one is removed with the staging area); a SIGKILL between them leaves the old one for the
     next staging area to give back."""
+    out = _linked(out)
     if not replace:
         try:
             staging.rename(out)  # over nothing, or an empty directory; never over one that holds files

@@ -63,6 +63,10 @@ class HygieneStats:
             for lang, n in self.zawgyi_converted.items()
         ]
         lines += [
+            f"{lang}: {n} documents were not in Unicode's composed form (NFC) and were normalized to it"
+            for lang, n in self.nfc_changed.items()
+        ]
+        lines += [
             f"{lang}: {n} documents over {MAX_PIECE_CHARS:,} characters were cut into pieces of at most that to be "
             "sampled"
             for lang, n in self.long_documents.items()

@@ -73,7 +73,11 @@ def _unimax_content(sizes: dict[str, LanguageSize], cfg: TokenizerConfig) -> dic
         fair_level = remaining_bytes / sum(sizes[other].bytes_per_unit(measure) for other in order[index:])
         content[lang] = min(fair_level, epochs * sizes[lang].content(measure))
         remaining_bytes -= content[lang] * sizes[lang].bytes_per_unit(measure)
-    return content
+    # Every language repeated (a small corpus, every one at its cap): as for the other samplings, repeating them all
+    # gains nothing, and the least repeated is used once.
+    repeats = [content[lang] / sizes[lang].content(measure) for lang in order if sizes[lang].content(measure)]
+    least = min(repeats, default=1.0)
+    return {lang: level / least for lang, level in content.items()} if least > 1 else content
 
 
 def _content_for_budget(shares: dict[str, float], sizes: dict[str, LanguageSize], cfg: TokenizerConfig):

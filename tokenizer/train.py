@@ -232,6 +232,11 @@ def train_tokenizer(job: TokenizerTrainJob, log: Log = print) -> Path:
             log("sampling budget per language (before training):\n" + format_budget_table(plan))
             model, sampled = train_on_plan(scan, plan, cfg, job.seed, workdir, log)
             extra = {}
+        if unsampled := [language for language in scan.languages if not sampled.get(language)]:
+            log(
+                f"corpus: {', '.join(unsampled)} got no text into the sample: the tokenizer learns nothing of them; "
+                f"raise tokenizer.sample_bytes (now {cfg.sample_bytes:,}), or their weight"
+            )
         staging = workdir / STAGED
         staging.mkdir()
         (staging / SPM_MODEL_FILE).write_bytes(model)

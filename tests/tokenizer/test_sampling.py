@@ -47,8 +47,9 @@ def test_budgets_add_up_to_the_byte_budget(sampling: Sampling) -> None:
     assert sum(row.share for row in plan) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("sampling", [Sampling.natural, Sampling.temperature, Sampling.uniform])
+@pytest.mark.parametrize("sampling", [Sampling.natural, Sampling.temperature, Sampling.uniform, Sampling.unimax])
 def test_a_budget_beyond_the_corpus_never_repeats_every_language(sampling: Sampling) -> None:
+    # unimax repeated every language its unimax_max_epochs times (4) on a small corpus.
     plan = budgets(SIZES, config(sampling=sampling, sample_bytes=10**9))
     assert min(row.ratio for row in plan) == pytest.approx(1.0)
     if sampling == Sampling.natural:

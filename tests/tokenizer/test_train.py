@@ -159,6 +159,9 @@ def test_decomposed_text_is_normalised_to_nfc(tmp_path: Path) -> None:
     stats = HygieneStats()
     assert [text for _, text in read_documents(Source(path, "fra_Latn"), stats)] == ["caf\u00e9 au lait"]
     assert stats.nfc_changed["fra_Latn"] == 1
+    # Said, as every repair is (it was recorded in metadata.json alone).
+    said = "fra_Latn: 1 documents were not in Unicode's composed form (NFC) and were normalized to it"
+    assert stats.warnings() == [said]
 
 
 def test_a_few_invalid_utf8_lines_are_counted_and_skipped(tmp_path: Path) -> None:
@@ -399,3 +402,29 @@ def test_a_disk_that_fills_under_a_write_that_names_no_file_is_said_in_one_line(
             "corolla: error: no space left on a filesystem this command writes to: free some there, or give its "
             "output paths on another one",
         )
+
+
+def test_a_language_the_sample_has_no_room_for_is_said_to_be_left_out(small_corpus: Path, tmp_path: Path) -> None:
+    """Natural sampling of a small sample gave a language no text at all, and the tokenizer nothing of it, unsaid."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(small_corpus, corpus)
+    (corpus / "lao_Laoo.txt").write_text((MULTILINGUAL / "lao_Laoo.txt").read_text().splitlines()[0] + "\n")
+    cfg = TokenizerConfig(vocab_size=1000, character_coverage=0.99, sample_bytes=100_000, sampling=Sampling.natural)
+    said: list[str] = []
+    out = train_tokenizer(TokenizerTrainJob(cfg, str(corpus), str(tmp_path / "out"), 5), log=said.append)
+    assert json.loads((out / "metadata.json").read_text())["bytes_sampled"].get("lao_Laoo", 0) == 0
+    assert "corpus: lao_Laoo got no text into the sample: the tokenizer learns nothing of them" in "\n".join(said)
+
+
+def test_an_output_dir_that_links_to_scratch_storage_is_written_there_and_stays_a_link(
+    small_corpus: Path, tmp_path: Path
+) -> None:
+    """The link was replaced by a directory, the tokenizer it led to kept old; one to an empty directory failed after
+    the whole training, saying the output was a file."""
+    scratch, link = tmp_path / "scratch" / "tok", tmp_path / "tok"
+    scratch.mkdir(parents=True)
+    link.symlink_to(scratch)
+    assert train(small_corpus, link) == link and link.is_symlink() and (scratch / "tokenizer.model").is_file()
+    cfg = TokenizerConfig(vocab_size=2000, character_coverage=0.99, sample_bytes=400_000)
+    train_tokenizer(TokenizerTrainJob(cfg, str(small_corpus), str(link), 6, True), log=lambda *_: None)
+    assert link.is_symlink() and json.loads((scratch / "metadata.json").read_text())["seed"] == 6
