@@ -133,19 +133,25 @@ def show_logs(job: LogsJob) -> None:
         return
     if job.stage:
         raise ValueError(f"stage={job.stage}: {job.run_dir} is not a pipeline submitted to Slurm, it has no stages")
-    run = RunDirectory.open(job.run_dir)
+    run = RunDirectory.open(str(_training_of(Path(job.run_dir))))
     backend_of(run).show_logs(run, job.rank, job.lines)
+
+
+def _training_of(run_dir: Path) -> Path:
+    """The run directory a command on `run_dir` means: a local pipeline's training run, where it has one."""
+    return run_dir / TRAIN_DIR if is_local_pipeline(run_dir) and (run_dir / TRAIN_DIR / JOB_FILE).is_file() else run_dir
 
 
 def cancel(job: CancelJob) -> None:
     if is_chain(job.run_dir):
         cancel_chain(Path(job.run_dir))
         return
-    if runs := runs_in(Path(job.run_dir)):  # a sweep's points
+    run_dir = _training_of(Path(job.run_dir))
+    if runs := runs_in(run_dir):  # a sweep's points
         slurm = SlurmBackend()  # one for every run, as for their status
-        _each_run(Path(job.run_dir), runs, "cancelled", lambda run: backend_of(run, slurm).cancel(run))
+        _each_run(run_dir, runs, "cancelled", lambda run: backend_of(run, slurm).cancel(run))
         return
-    run = RunDirectory.open(job.run_dir)
+    run = RunDirectory.open(str(run_dir))
     backend_of(run).cancel(run)
 
 

@@ -714,3 +714,29 @@ def test_status_of_a_pipeline_asks_slurm_once_a_job(
     assert sorted(call for call in logged if call.startswith("scontrol")) == [
         f"scontrol show job {job}" for job in jobs
     ]
+
+
+def test_a_local_pipelines_directory_is_shown_stage_by_stage_and_its_commands_go_to_its_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status said it was no run directory until its training began, then a sweep of one run; logs and cancel said
+    it was no run directory."""
+    pipeline = tmp_path / "demo"
+    (pipeline / "tokenizer").mkdir(parents=True)
+    (pipeline / "tokenizer" / "metadata.json").write_text("{}\n")
+    (pipeline / "tokens").mkdir()  # being encoded
+    assert status_of(pipeline, capsys).splitlines() == [
+        f"pipeline   {pipeline}: a local `corolla pipeline`, a stage a line (its folder)",
+        "tokenizer  written (tokenizer/)",
+        "evaluation not begun, or made elsewhere (tokenizer-eval/)",
+        "tokens     begun, not finished (tokens/)",
+        "training   not begun, or made elsewhere (train/)",
+        "export     not begun, or made elsewhere (hf/)",
+    ]
+    make_trained_run(pipeline / "train")
+    shown = status_of(pipeline, capsys)
+    assert "training   prepared: its status follows (train/)\n" in shown
+    assert f"\n\nrun        {pipeline}/train\n" in shown
+    for command in (LogsJob, CancelJob):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(pipeline / 'train'))} is a local run"):
+            {LogsJob: show_logs, CancelJob: cancel}[command](command(run_dir=str(pipeline)))
