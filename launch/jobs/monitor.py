@@ -18,12 +18,13 @@ from launch.jobs.backend import Backend
 from launch.plan.policy import configured_layout
 from launch.plan.run_plan import planned_layout
 from launch.rundir.checkpoints import CheckpointError, complete_record, latest_tag
-from launch.rundir.directory import RunDirectory
+from launch.rundir.directory import RunDirectory, runs_in
 from launch.rundir.files import (
     CHECKPOINTS,
     HEALTH_FILE,
     HF_DIR,
     HISTORY_FILE,
+    IMPORT_FILE,
     JOB_FILE,
     METRICS_FILE,
     PLAN_FILE,
@@ -224,7 +225,7 @@ def _pace(run: RunDirectory, records: list[dict], events: list[dict]) -> float |
     validations and checkpoints between them), where records say when they were written; else the median of the
     steps' own seconds (tokens_per_second is batch_size x seq_length / the step's seconds)."""
     starts = [event for event in events if event["event"] == Event.start]
-    since = starts[-1].get(RESUMED_FROM, 0) if starts else 0
+    since = (starts[-1].get(RESUMED_FROM) or 0) if starts else 0  # null: a start recorded for one that never trained
     timed = [record for record in records if record["step"] > since and _positive(record.get("time"))]
     if len(timed) > 1 and timed[-1]["step"] > timed[0]["step"]:
         return (timed[-1]["time"] - timed[0]["time"]) / 1000 / (timed[-1]["step"] - timed[0]["step"])
@@ -427,9 +428,13 @@ PIPELINE_STAGES = (
 
 
 def is_local_pipeline(run_dir: Path) -> bool:
-    """A directory a local `corolla pipeline` writes: no run of its own, a stage's folder (a Slurm pipeline's has its
-    chain.json)."""
-    return not (run_dir / JOB_FILE).exists() and any((run_dir / folder).is_dir() for folder, _, _ in PIPELINE_STAGES)
+    """A directory a local `corolla pipeline` writes: a stage's folder, no run of its own, nor an imported model's
+    (tokenizer/ too), nor other runs than its training (a Slurm pipeline's has its chain.json)."""
+    if (run_dir / JOB_FILE).exists() or (run_dir / IMPORT_FILE).exists():
+        return False
+    return any((run_dir / folder).is_dir() for folder, _, _ in PIPELINE_STAGES) and all(
+        run.name == TRAIN_DIR for run in runs_in(run_dir)
+    )
 
 
 def pipeline_lines(run_dir: Path) -> list[str]:

@@ -259,7 +259,7 @@ def trained_to_the_end(job: TrainJob, step: int | None) -> str | None:
 def finish_the_end(run_dir: Path, step: int) -> None:
     """What the end of a run trained to `step`, its last, may have left undone (its disk full, MLflow away): the
     history's end (its ranks found no room to record it), the loss chart drawn if it is missing, MLflow sent the
-    records and the end it lacks (a one-line ValueError if it does not take them)."""
+    records and the end it lacks (a warning if it does not take them: `corolla tracking sync` sends them later)."""
     from launch.rundir.loss_chart import write_loss_chart  # matplotlib: only here
 
     history, status = RunHistory(run_dir), None
@@ -268,7 +268,10 @@ def finish_the_end(run_dir: Path, step: int) -> None:
         status = outbox.END_STATUS[Event.finished]  # over the FAILED told when the ranks could not record it
     if not (run_dir / LOSS_CHART).is_file():
         print(f"loss curve {write_loss_chart(run_dir, read_job(run_dir / JOB_FILE).model.vocab_size)}")
-    outbox.sync(run_dir, status=status)
+    try:
+        outbox.sync(run_dir, status=status)
+    except ValueError as error:  # kept for the next sync: the run itself has nothing left to do
+        print(f"corolla: warning: {error}")
 
 
 def saved_run(run_dir: Path) -> SavedRun | None:

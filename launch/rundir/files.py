@@ -12,6 +12,9 @@ RUN_CREATION = "run-creation"
 TRACKING_STATE = "tracking.json"  # how far MLflow holds the records, what is left to send (launch/rundir/outbox.py)
 # Records of steps a resumed launch trained anew, of which MLflow holds other figures: sent again, in order.
 RETRAINED_FILE = "retrained.jsonl"
+# The trained figures of the records resumed launches dropped, of steps not trained again since: what a later launch
+# that trains them tells a step trained anew by (launch/train/reporter.py).
+DROPPED_FIGURES = "dropped-figures.json"
 METRICS_FILE = "metrics.jsonl"  # one record per optimizer step (the last, if a resumed launch redid it)
 VALIDATION_FILE = "validation.jsonl"  # one record per validation
 HEALTH_FILE = "health.jsonl"  # on a cluster, one record per health check after a checkpoint (launch/train/health.py)

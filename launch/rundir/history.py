@@ -94,7 +94,7 @@ def restarts(events: list[dict]) -> int:
     first; where the history records no launch (an older corolla's), every start after the first."""
     if not any(event["event"] == Event.launch for event in events):
         return max(0, sum(event["event"] == Event.start for event in events) - 1)
-    count, first = 0, False
+    count, first = 0, True
     for event in events:
         if event["event"] == Event.launch:
             first = True

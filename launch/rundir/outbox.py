@@ -214,8 +214,9 @@ def retrained_after(run_dir: Path, offset: int) -> tuple[list[Retrained], int] |
     """RETRAINED_FILE's records after byte `offset`, a batch at most, and where the next starts; None where there is
     none (a line still being written waits, one cut short by a crash is passed over)."""
     path = run_dir / RETRAINED_FILE
-    if not path.is_file() or path.stat().st_size <= offset:
+    if not path.is_file() or path.stat().st_size == offset:
         return None
+    offset = 0 if path.stat().st_size < offset else offset  # cut or made anew: sent again, MLflow keeps one of each
     entries, end = [], offset
     with path.open("rb") as file:
         file.seek(offset)
@@ -289,11 +290,12 @@ def sync(run_dir: Path, uri: str | None = None, status: str | None = None) -> Tr
     if uri:
         _move(run_dir, uri)
     state = read_state(run_dir)
-    state.sent = None  # asked of MLflow: a store that lost the run (or steps of it) says so here
+    known, state.sent = state.sent, None  # asked of MLflow: a store that lost the run (or steps of it) says so here
     try:
         state.status = status or state.status or _untold_end(run_dir)
         send_pending(run_dir, state, read_unsent(run_dir))
     except Exception as error:  # whatever MLflow raises: said in one line, the state kept for the next try
+        state.sent = state.sent if state.sent is not None else known  # what a launch compares its steps with
         _failed(run_dir, state, error, threading.Lock())
         fix = store_fix(run_dir, str(error)) or "try again when it answers"
         raise ValueError(f"MLflow did not take the run's records ({state.error}): {fix}") from None

@@ -5,6 +5,7 @@ found no room for a record: every rank then stops, as on a checkpoint with no ro
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -12,14 +13,14 @@ from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
 
-from launch.rundir.files import HEALTH_FILE, METRICS_FILE, VALIDATION_FILE
+from launch.rundir.files import DROPPED_FIGURES, HEALTH_FILE, METRICS_FILE, VALIDATION_FILE
 from launch.rundir.outbox import Sender, resend
 from launch.rundir.records import append_record, keep_steps_up_to
 from launch.rundir.tracking_state import read_state
 from launch.train.checkpoint import NoSpace, filesystem, from_rank_0
 from launch.train.health import Verdict
 from launch.train.loop import StepRecord
-from tokenizer.files import is_no_space, no_room
+from tokenizer.files import is_no_space, no_room, write_atomically
 
 
 def bits_per_byte(losses: dict[str, float], bytes_per_token: dict[str, float]) -> dict[str, float]:
@@ -41,12 +42,24 @@ RETRAINED_TOLERANCE = 1e-3
 def _alike(old: object, new: object) -> bool:
     if isinstance(old, dict) and isinstance(new, dict):
         return old.keys() == new.keys() and all(_alike(old[key], new[key]) for key in old)
+    if isinstance(old, tuple | list) and isinstance(new, tuple | list):
+        return len(old) == len(new) and all(map(_alike, old, new))
     numbers = all(type(value) in (int, float) for value in (old, new))
     return old == new or (numbers and math.isclose(old, new, rel_tol=RETRAINED_TOLERANCE))  # type: ignore[arg-type]
 
 
 def trained_figures(series: str, record: dict) -> tuple:
     return tuple(record.get(key) for key in TRAINED_FIGURES[series])
+
+
+def _read_dropped(run_dir: Path) -> dict[str, dict[int, tuple]]:
+    """DROPPED_FIGURES as written; none where it is missing or not what corolla wrote (steps then compare with
+    nothing)."""
+    try:
+        kept = json.loads((run_dir / DROPPED_FIGURES).read_text())
+        return {series: {int(step): tuple(each) for step, each in steps.items()} for series, steps in kept.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 def written_by_rank_0(writes: bool, run_dir: Path, written: Path, write: Callable[[], None]) -> None:
@@ -87,30 +100,34 @@ class Reporter:
         self.steps_redone = 0
         self.resumed_from = 0
         self.held: dict[str, int] = {}  # series -> the last step MLflow held when this launch began
-        self.replaced: dict[str, dict[int, tuple]] = {}  # series -> step MLflow holds -> a dropped record's figures
+        self.replaced: dict[str, dict[int, tuple]] = {}  # series -> step -> the figures of its dropped record
 
     def begin(self, resumed_from: int) -> None:
-        """Rank 0: drops the records after `resumed_from` (this launch redoes those steps), keeping the trained
-        figures of those of steps MLflow holds, to tell the steps trained alike from those trained anew; then, if it
-        sends, starts the sender."""
+        """Rank 0: drops the records after `resumed_from` (this launch redoes those steps), keeping their trained
+        figures, with those launches before it dropped of steps not trained since (DROPPED_FIGURES), to tell the
+        steps trained alike from those trained anew; then, if it sends, starts the sender."""
         self.resumed_from = resumed_from
-        self.held = read_state(self.run_dir).sent or {}  # not known (tracking.json lost): none is sent again
+        self.held = read_state(self.run_dir).sent or {}  # not known (tracking.json lost): as if none
+        earlier = _read_dropped(self.run_dir)
         for series in (METRICS_FILE, VALIDATION_FILE):
             dropped = keep_steps_up_to(self.run_dir / series, resumed_from)
-            held = [old for old in dropped if old["step"] <= self.held.get(series, 0)]
-            self.replaced[series] = {old["step"]: trained_figures(series, old) for old in held}
+            before = {step: figures for step, figures in earlier.get(series, {}).items() if step > resumed_from}
+            self.replaced[series] = before | {old["step"]: trained_figures(series, old) for old in dropped}
             if series == METRICS_FILE:
                 self.steps_redone = dropped[-1]["step"] - resumed_from if dropped else 0
         keep_steps_up_to(self.run_dir / HEALTH_FILE, resumed_from)
+        write_atomically(self.run_dir / DROPPED_FIGURES, json.dumps(self.replaced))
         self.sender = Sender(self.run_dir) if self.sends else None
 
     def _trained_anew(self, series: str, record: dict) -> bool:
-        """Whether MLflow holds other figures of the record's step: it held the step when this launch began, and this
-        launch dropped no record of it (a launch before it did, and trained no further) or one with other figures."""
-        if series not in self.replaced or record["step"] > self.held.get(series, 0):
+        """Whether MLflow holds, or is to be sent, other figures of the record's step: those of the record a launch
+        dropped of it, or, where none is known, any (it held the step when this launch began)."""
+        if series not in self.replaced:
             return False
         old = self.replaced[series].pop(record["step"], None)
-        return old is None or not _alike(old, trained_figures(series, record))
+        if old is not None:
+            return not _alike(old, trained_figures(series, record))
+        return record["step"] <= self.held.get(series, 0)
 
     def step(self, record: StepRecord) -> None:
         """Called on every rank (a collective): NoSpace on every rank where rank 0 found no room for the record."""
@@ -150,9 +167,9 @@ class Reporter:
         anew = self._trained_anew(series, stamped)
 
         def write() -> None:
-            append_record(path, stamped)
-            if anew:
+            if anew:  # first: a record written alone, it would be taken for MLflow's by the next launch
                 resend(self.run_dir, series, stamped, self.resumed_from)
+            append_record(path, stamped)
 
         written_by_rank_0(self.writes, self.run_dir, path, write)
 

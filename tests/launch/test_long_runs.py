@@ -8,6 +8,7 @@ import socket
 import tracemalloc
 from pathlib import Path
 
+from distributed import run_ranks
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tracking_server import MlflowServer
@@ -135,6 +136,40 @@ def test_steps_trained_anew_reach_mlflow_once_each_by_every_launch_after_the_one
     assert [last[step] for step in range(13, 21)] == [5.0] * 8
     run = MlflowClient(tracked.tracking_uri).get_run(tracked.run_id)
     assert run.data.tags[tracking.RETRAINED_TAG] == "10" and sender.caught_up()
+
+
+def relaunched(run_dir: Path) -> list[list[int]]:
+    """On a rank of a process group of one: a run MLflow holds to step 20, then launches that resume from step 10 (a
+    rank 0 each); the steps each queued to be sent again."""
+    from launch.train.loop import StepRecord
+    from launch.train.reporter import Reporter
+
+    def launch(lr: float, steps: range, noise: float = 1e-6) -> list[int]:
+        reporter = Reporter(run_dir, 0, 30, sends=False)
+        reporter.begin(10)
+        for step in steps:
+            reporter.step(StepRecord(step, (2 + 1 / step) * (1 + noise), lr, 0.8, 8, 4096.0))
+        queued = read_jsonl(run_dir / "retrained.jsonl")
+        return [entry["record"]["step"] for entry in queued]
+
+    # GPU-like noise, within the tolerance: a launch that died at step 12, one that went on, its restart.
+    return [
+        launch(3e-4, range(11, 13)),
+        launch(3e-4, range(11, 22)),
+        launch(3e-4, range(11, 13), noise=-1e-6),
+        launch(1e-4, range(11, 16)),
+    ]  # then another learning rate
+
+
+def test_steps_redone_alike_are_not_sent_again_however_many_launches_redo_them(tmp_path: Path) -> None:
+    """Figures that differed by a GPU's rounding were exact-compared, and steps a launch before had dropped, which
+    this one could not compare, were taken for trained anew: every crash-restart sent its redone steps again."""
+    run_dir = long_run(tmp_path / "run", steps=20, sent=20)
+    (run_dir / METRICS_FILE).write_text(
+        "".join(json.dumps({"step": n, "loss": 2 + 1 / n, "lr": 3e-4, "batch_size": 8}) + "\n" for n in range(1, 21))
+    )
+    [queued_after] = run_ranks(1, relaunched, run_dir)
+    assert queued_after == [[], [], [], list(range(11, 16))]
 
 
 def test_a_sync_asks_mlflow_for_the_run_not_for_every_step_it_holds(tmp_path: Path) -> None:

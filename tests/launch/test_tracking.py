@@ -92,6 +92,8 @@ def test_a_run_trains_on_while_its_server_is_away_and_a_sync_sends_the_rest_once
         both = corolla("tracking", "sync", str(tmp_path))
         assert both.returncode == 2 and "1 of 2" not in both.stderr and "2 of 2 runs" in both.stderr
         assert both.stdout.startswith(f"{run_dir}:\n  not synced: MLflow did not take the run's records")
+        # What MLflow held stays said, where a failed sync wrote it unknown: a launch compares its steps with it.
+        assert json.loads((run_dir / "tracking.json").read_text())["sent"]["metrics.jsonl"] == 2
         said = f"{tmp_path / 'the copy'}:\n  not synced: MLflow at {uri} did not answer for run: try again when it "
         assert said in both.stdout
         shutil.rmtree(tmp_path / "the copy")

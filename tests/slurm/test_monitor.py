@@ -17,6 +17,7 @@ from conftest import cluster_in_environment
 from launch.cli import main
 from launch.commands import cancel, show_logs, show_status
 from launch.config.schemas import CancelJob, LogsJob, StatusJob
+from launch.jobs.monitor import is_local_pipeline
 from launch.rundir.history import Event, RunHistory
 from launch.rundir.lock import holding, writer
 from slurm.commands import UNREACHABLE_HINT
@@ -740,3 +741,9 @@ def test_a_local_pipelines_directory_is_shown_stage_by_stage_and_its_commands_go
     for command in (LogsJob, CancelJob):
         with pytest.raises(ValueError, match=f"^{re.escape(str(pipeline / 'train'))} is a local run"):
             {LogsJob: show_logs, CancelJob: cancel}[command](command(run_dir=str(pipeline)))
+    # Neither an imported model (its tokenizer/ beside imported.json) nor a directory of runs that holds a tokenizer.
+    (tmp_path / "imported" / "tokenizer").mkdir(parents=True)
+    (tmp_path / "imported" / "imported.json").write_text("{}\n")
+    make_trained_run(tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "tokenizer").mkdir()
+    assert not is_local_pipeline(tmp_path / "imported") and not is_local_pipeline(tmp_path / "runs")
