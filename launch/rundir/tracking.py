@@ -193,7 +193,12 @@ def _create_store(path: Path) -> None:
             if (empty := _empty_store()) is None:
                 _migrated(building, path)
             else:
-                _copied(empty, building, path)
+                try:
+                    _copied(empty, building, path)
+                except sqlite3.DatabaseError:  # the cache's copy damaged: this store migrated, the copy made again
+                    empty.unlink(missing_ok=True)
+                    building.unlink(missing_ok=True)
+                    _migrated(building, path)
             with suppress(FileExistsError):  # made meanwhile by a launch of another run: kept, not replaced
                 os.link(building, path)
     except OSError as error:
@@ -240,9 +245,10 @@ def _empty_store() -> Path | None:
         return empty
     try:
         with staging_area(empty) as area:
-            _migrated(area / "store.db", empty)
+            building = area / f"{uuid.uuid4().hex}.db"  # a name of its own: MLflow keeps a store open per URI
+            _migrated(building, empty)
             with suppress(FileExistsError):
-                os.link(area / "store.db", empty)
+                os.link(building, empty)
     except Exception:  # a cache that cannot hold it: a read-only home, SQLite's locks over NFS
         return None
     return empty

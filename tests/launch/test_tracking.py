@@ -532,6 +532,12 @@ def test_a_new_store_is_a_copy_of_an_empty_one_kept_in_the_cache_or_made_whole_w
     for tracked, run_dir in ((first, tmp_path / "a"), (second, tmp_path / "b")):  # not where the empty one was made
         default = MlflowClient(tracked.tracking_uri).get_experiment("0")
         assert default.artifact_location == (run_dir / "mlartifacts").as_uri()
+    empty = tmp_path / "cache" / "mlflow" / f"empty-store-{mlflow.__version__}.db"
+    empty.write_bytes(b"not a database")  # damaged: it failed every new store until removed by hand
+    damaged = tracking.create_run(tmp_path / "d", "corolla", job, {}, None)
+    assert MlflowClient(damaged.tracking_uri).get_run(damaged.run_id).info.status == "RUNNING"
+    tracking.create_run(tmp_path / "e", "corolla", job, {}, None)
+    assert sqlite3.connect(empty).execute("SELECT COUNT(*) FROM experiments").fetchone() == (1,)  # made again
     (tmp_path / "unwritable").write_text("a file where the cache would go")
     monkeypatch.setenv("COROLLA_CACHE", str(tmp_path / "unwritable"))
     third = tracking.create_run(tmp_path / "c", "corolla", job, {}, None)
