@@ -45,7 +45,7 @@ from launch.rundir.checkpoints import (
     unverified,
     write_complete,
 )
-from launch.rundir.files import COMPLETE, TRAINER_FILE, checkpoint_step, checkpoint_tag, rng_file
+from launch.rundir.files import COMPLETE, LATEST, TRAINER_FILE, checkpoint_step, checkpoint_tag, rng_file
 from launch.train import shards
 from launch.train.device import seed_tensor_parallel
 from launch.train.hashed_save import save_hashed
@@ -204,9 +204,14 @@ def save(
         except OSError as error:  # its record, or `latest`, the last bytes the filesystem had room for
             if not is_no_space(error):
                 raise
-            if not (directory / tag / COMPLETE).is_file():  # complete, a start resumes from it with `latest` or not
+            if (directory / tag / COMPLETE).is_file():  # a start resumes from it with `latest` or not
+                problem = (
+                    f"no space on {filesystem(directory)} to point {LATEST} at the step-{step} checkpoint, which is "
+                    "complete and kept: free space there or move run_dir, then launch again to resume from it"
+                )
+            else:
                 shutil.rmtree(directory / tag, ignore_errors=True)
-            problem = no_space_message(directory, step, needed, number=error.errno)
+                problem = no_space_message(directory, step, needed, number=error.errno)
     if problem := from_rank_0(problem):
         raise NoSpace(problem)
     if rank == 0:
