@@ -43,23 +43,31 @@ SMALL_LANGUAGES = [
 TRAINING_LANGUAGES = ["eng_Latn", "fra_Latn", "hin_Deva", "rus_Cyrl"]
 
 
-# The modules that start a Slurm cluster on this machine: one runs at a time (slurm/testcluster.py), so with pytest's
-# workers (`-n 2`, scripts/test.sh) they all go to one worker, first, as they take longest.
+# The modules that start a Slurm cluster on this machine, and the tests that do in a module that mostly does not: one
+# cluster runs at a time (slurm/testcluster.py), so with pytest's workers (scripts/test.sh) they all go to one worker,
+# first, as they take longest.
 CLUSTER_MODULES = {
-    "tests/test_readme.py",
     "tests/slurm/test_pipeline.py",
     "tests/slurm/test_monitor.py",
     "tests/slurm/test_submit.py",
     "tests/slurm/test_testcluster.py",
 }
+CLUSTER_TESTS = {"tests/test_readme.py::test_the_slurm_lines", "tests/test_readme.py::test_the_pipeline_lines"}
+CLUSTER_FIXTURES = {"slurm_cluster", "cluster"}  # what starts one
 
 
 def _work_unit(nodeid: str) -> str:
     module = nodeid.split("::")[0]
-    return "slurm-cluster" if module in CLUSTER_MODULES else module
+    return "slurm-cluster" if module in CLUSTER_MODULES or nodeid.split("[")[0] in CLUSTER_TESTS else module
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())) and _work_unit(item.nodeid) != "slurm-cluster":
+            raise pytest.UsageError(
+                f"{item.nodeid} starts a Slurm cluster, which may then run beside another worker's: add it to "
+                "CLUSTER_TESTS, or its module to CLUSTER_MODULES (tests/conftest.py)"
+            )
     items.sort(key=lambda item: _work_unit(item.nodeid) != "slurm-cluster")
 
 
