@@ -576,14 +576,13 @@ def cancel_chain(run_dir: Path) -> None:
         raise RuntimeError(f"cannot ask Slurm about the chain's jobs ({error}): {error.hint}") from None
     _check_own_chain(run_dir, asked)
     try:
-        live = {
-            job.job_id: f"the {job.stage} stage's Slurm {job.label}"
-            for job, state in asked
-            if stage_state(job, state).live
-        }
-        for state in live_jobs(train_dir):
+        live_stages = [job for job, state in asked if stage_state(job, state).live]
+        live = {job.job_id: f"the {job.stage} stage's Slurm {job.label}" for job in live_stages}
+        training = live_jobs(train_dir)
+        for state in training:
             live.setdefault(state.job_id, f"the training's next Slurm job {state.job_id}")
-        if live and (train_dir / JOB_FILE).is_file():  # only then: a relaunch would take it for this cancel's
+        training_live = training or any(job.stage == Stage.train for job in live_stages)
+        if training_live and (train_dir / JOB_FILE).is_file():  # only then: a relaunch would find it, and be told so
             (train_dir / STOP_FILE).touch()
         if live:
             run_slurm("scancel", *live)

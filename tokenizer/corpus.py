@@ -118,7 +118,8 @@ def _language_directory(relative: Path) -> Path | None:
     return next((parent for parent in relative.parents if LANGUAGE_CODE.match(parent.name)), None)
 
 
-CHECKSUMS = (".md5", ".sha1", ".sha256", ".sha512")
+# What a file beside the data may be named for its language without being data: a checksum list, a description.
+CHECKSUMS = (".md5", ".sha1", ".sha256", ".sha512", ".md5sum", ".sha1sum", ".sha256sum", ".sha512sum", ".md")
 READ = ".txt, .jsonl (each also .gz or .zst) and .parquet"
 
 

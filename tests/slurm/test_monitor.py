@@ -715,6 +715,13 @@ def test_status_of_a_pipeline_asks_slurm_once_a_job(
     assert sorted(call for call in logged if call.startswith("scontrol")) == [
         f"scontrol show job {job}" for job in jobs
     ]
+    # A stage after the training live alone (the export): cancelled, and no STOP left for the next launch either.
+    export = sbatch(slurm_cluster, run_dir, "--wrap=sleep 60")
+    chain.append({"stage": "export", "job_id": export})
+    (run_dir / "chain.json").write_text(json.dumps([{"time": T0, "jobs": chain, "skipped": []}]))
+    cancel(CancelJob(run_dir=str(run_dir)))
+    assert f"cancelled the export stage's Slurm job {export}" in capsys.readouterr().out
+    assert not (run_dir / "train" / "STOP").exists()
 
 
 def test_a_local_pipelines_directory_is_shown_stage_by_stage_and_its_commands_go_to_its_training(

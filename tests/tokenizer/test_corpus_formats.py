@@ -179,6 +179,8 @@ def test_language_directories_linked_in_are_read_and_checksums_passed_over(tmp_p
     corpus.mkdir()
     (corpus / "eng_Latn.txt").write_text("hello world\n")
     (corpus / "eng_Latn.txt.md5").write_text("0123456789abcdef  eng_Latn.txt\n")
+    (corpus / "eng_Latn.txt.sha256sum").write_text("0123456789abcdef  eng_Latn.txt\n")  # refused as data in another
+    (corpus / "hin_Deva.md").write_text("# Hindi: where it comes from\n")  # format, as these two were
     (corpus / "hin_Deva").symlink_to(store / "hin_Deva")
     (corpus / "again").symlink_to(corpus)  # a link back up is followed once, not for ever
     (corpus / ".#eng_Latn.txt").symlink_to("user@host.4242:1700000000")  # Emacs's lock on a file it edits
