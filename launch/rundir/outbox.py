@@ -214,9 +214,10 @@ def retrained_after(run_dir: Path, offset: int) -> tuple[list[Retrained], int] |
     """RETRAINED_FILE's records after byte `offset`, a batch at most, and where the next starts; None where there is
     none (a line still being written waits, one cut short by a crash is passed over)."""
     path = run_dir / RETRAINED_FILE
-    if not path.is_file() or path.stat().st_size == offset:
+    size = path.stat().st_size if path.is_file() else offset
+    if size == offset:
         return None
-    offset = 0 if path.stat().st_size < offset else offset  # cut or made anew: sent again, MLflow keeps one of each
+    offset = 0 if size < offset else offset  # cut or made anew: sent again, MLflow keeps one of each
     entries, end = [], offset
     with path.open("rb") as file:
         file.seek(offset)
