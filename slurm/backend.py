@@ -40,8 +40,8 @@ def last_lines(path: Path, count: int) -> list[str]:
 
 
 def job_logs(folder: Path, job_id: str) -> list[Path]:
-    """submitit's `<job>_<task>_log.out` and `.err` of the job, in its `folder`."""
-    return sorted(folder.glob(f"{job_id}_*_log.*"))
+    """submitit's `<job>_<task>_log.out` and `.err` of the job, in its `folder`: each task's `.out` first."""
+    return sorted(folder.glob(f"{job_id}_*_log.*"), key=lambda path: (path.stem, path.suffix != ".out"))
 
 
 def print_tails(paths: list[Path], lines: int) -> None:
@@ -61,7 +61,7 @@ def logs_by_rank(folder: Path, job_id: str) -> dict[int, list[Path]]:
         rank = path.name.removeprefix(f"{job_id}_").split("_")[0]
         if rank.isdigit() and path.suffix in (".out", ".err"):
             logs.setdefault(int(rank), []).append(path)
-    return {rank: sorted(paths, key=lambda path: path.suffix != ".out") for rank, paths in sorted(logs.items())}
+    return dict(sorted(logs.items()))
 
 
 def state_once_ended(job_id: str) -> SlurmState:

@@ -158,7 +158,7 @@ def slurm_state(job_id: str) -> SlurmState:
     if record is not None:
         source = f"scontrol; {sacct_problem}" if sacct_problem else "scontrol; sacct has not caught up"
         return SlurmState(job_id, record["JobState"], False, ended_summary(record), source, output=output)
-    return SlurmState(job_id, "UNKNOWN", False, "the controller no longer knows the job", sacct_problem)
+    return SlurmState(job_id, "UNKNOWN", False, "the controller no longer knows the job", f"scontrol; {sacct_problem}")
 
 
 def latest_states(jobs: list[str]) -> list[SlurmState]:
