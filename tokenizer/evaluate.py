@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from tokenizer.corpus import check_language_code, unread_format
-from tokenizer.files import not_a_directory, write_atomically
+from tokenizer.files import REPORT_FILE, not_a_directory, write_atomically
 from tokenizer.loading import TextTokenizer, load_tokenizer
 
 Parallel = dict[str, list[str]]
@@ -230,7 +230,7 @@ def _evaluate_one(path: Path, parallel: Parallel, reference: str) -> dict[str, A
 def report_paths(output_dir: str | Path) -> dict[str, Path]:
     """Where write_report writes each form of the report."""
     directory = Path(output_dir)
-    return {"json": directory / "report.json", "markdown": directory / "report.md", "chart": directory / "premium.png"}
+    return {"json": directory / REPORT_FILE, "markdown": directory / "report.md", "chart": directory / "premium.png"}
 
 
 def check_report_dir(output_dir: str | Path, tokenizers: list[str]) -> None:

@@ -29,6 +29,7 @@ from tokenizer.evaluate import language_stats, load_parallel, split_parallel
 from tokenizer.files import (
     HF_CONFIG_FILES,
     HF_TOKENIZER_FILE,
+    METADATA_FILE,
     SPM_MODEL_FILE,
     STAGED,
     Log,
@@ -41,7 +42,6 @@ from tokenizer.loading import TextTokenizer, load_tokenizer
 from tokenizer.parity import parity_search
 from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sample_sentences
 from tokenizer.train import (
-    METADATA_FILE,
     check_output_dir,
     config_record,
     record_files,

@@ -30,6 +30,8 @@ HF_TOKENIZER_FILE = "tokenizer.json"  # Hugging Face's form of it (tokenizer/hf_
 HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS = "tokenizer_config.json", "special_tokens_map.json"  # for transformers
 HF_CONFIG_FILES = (HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS)
 TOKENIZER_FILES = (HF_TOKENIZER_FILE, *HF_CONFIG_FILES, SPM_MODEL_FILE)  # what a model directory carries of one
+METADATA_FILE = "metadata.json"  # beside tokenizer.model: how it was trained, on what (written last)
+REPORT_FILE = "report.json"  # an evaluation's figures, written after its markdown and chart (tokenizer/evaluate.py)
 
 
 def user_cache(name: str) -> Path:

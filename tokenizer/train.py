@@ -28,6 +28,7 @@ from tokenizer.corpus import discover_sources
 from tokenizer.corpus_scan import CorpusScan, corpus_fingerprint, scan_corpus
 from tokenizer.files import (
     ADDED_PIECES_FILE,
+    METADATA_FILE,
     SPM_MODEL_FILE,
     STAGED,
     TOKENIZER_FILES,
@@ -45,7 +46,6 @@ from tokenizer.sampling import LanguageBudget, budgets, format_budget_table, sam
 from tokenizer.spm import train_sentencepiece, training_threads
 from tokenizer.vocab import padded_vocab_size
 
-METADATA_FILE = "metadata.json"  # beside tokenizer.model: how it was trained, on what
 FILES_RECORD = "files"  # metadata's: the SHA-256 of each file beside it, which a tokenizer current holds as written
 
 

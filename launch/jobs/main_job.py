@@ -28,9 +28,8 @@ from launch.rundir.files import CHECKPOINTS, LOSS_CHART, METRICS_FILE
 from launch.rundir.run_record import recorded_run
 from launch.rundir.tracking import ui_command
 from tokenizer.encode import encoding_alone
-from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE
+from tokenizer.files import HF_TOKENIZER_FILE, METADATA_FILE, SPM_MODEL_FILE
 from tokenizer.token_files import MANIFEST_NAME
-from tokenizer.train import METADATA_FILE
 
 
 def run_main_job(job: MainJob, dry_run: bool = False) -> None:

@@ -17,6 +17,7 @@ from launch.config.schemas import ParallelConfig
 from launch.jobs.backend import Backend
 from launch.plan.policy import configured_layout
 from launch.plan.run_plan import planned_layout
+from launch.plan.weights import HF_CONFIG_FILE
 from launch.rundir.checkpoints import CheckpointError, complete_record, latest_tag
 from launch.rundir.directory import RunDirectory, runs_in
 from launch.rundir.files import (
@@ -40,6 +41,8 @@ from launch.rundir.history import BEFORE_TRAINING, CHANGED_RECORD, RESUMED_FROM,
 from launch.rundir.records import last_records, record_of_step
 from launch.rundir.run_record import masked, recorded_run
 from launch.rundir.tracking_state import read_state, store_fix
+from tokenizer.files import METADATA_FILE, REPORT_FILE
+from tokenizer.token_files import MANIFEST_NAME
 
 SPEED_WINDOW = 10  # steps the speed is the median of
 PACE_WINDOW = 200  # the last steps of a start the time left is paced by, its validations and checkpoints among them
@@ -419,11 +422,11 @@ def runs_lines(directory: Path, rows: list[list[str]], compared_at: int | None) 
 
 # A local `corolla pipeline`'s stages: their folder in its run directory, the file each writes last, what it is.
 PIPELINE_STAGES = (
-    (TOKENIZER_DIR, "metadata.json", "tokenizer"),
-    (REPORT_DIR, "report.json", "evaluation"),
-    (TOKENS_DIR, "manifest.json", "tokens"),
+    (TOKENIZER_DIR, METADATA_FILE, "tokenizer"),
+    (REPORT_DIR, REPORT_FILE, "evaluation"),
+    (TOKENS_DIR, MANIFEST_NAME, "tokens"),
     (TRAIN_DIR, JOB_FILE, "training"),
-    (HF_DIR, "config.json", "export"),
+    (HF_DIR, HF_CONFIG_FILE, "export"),
 )
 
 

@@ -46,6 +46,7 @@ from tokenizer.files import (
     ADDED_PIECES_FILE,
     HF_CONFIG_FILES,
     HF_TOKENIZER_FILE,
+    METADATA_FILE,
     SPM_MODEL_FILE,
     STAGED,
     publish,
@@ -54,7 +55,6 @@ from tokenizer.files import (
     write_atomically,
 )
 from tokenizer.loading import load_tokenizer
-from tokenizer.train import METADATA_FILE
 
 WEIGHTS_MODEL_SETTINGS = tuple(f.name for f in fields(ModelConfig) if f.name not in (*JOB_MODEL_SETTINGS, "name"))
 

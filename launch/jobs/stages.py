@@ -36,10 +36,10 @@ from tokenizer.config import REFERENCE_KEY, TokenizerTrainJob
 from tokenizer.corpus import Source, discover_sources
 from tokenizer.encode import EncoderSettings, current_record, encode_sources, write_manifest
 from tokenizer.evaluate import evaluate, format_summary, load_parallel, report_paths, write_report
-from tokenizer.files import HF_TOKENIZER_FILE, SPM_MODEL_FILE, exclusively, sha256_of, tokenizer_file
+from tokenizer.files import HF_TOKENIZER_FILE, METADATA_FILE, SPM_MODEL_FILE, exclusively, sha256_of, tokenizer_file
 from tokenizer.loading import load_tokenizer
 from tokenizer.token_files import MANIFEST_NAME
-from tokenizer.train import METADATA_FILE, is_current, train_tokenizer
+from tokenizer.train import is_current, train_tokenizer
 
 
 @dataclass(frozen=True)
