@@ -10,6 +10,8 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
 - COROLLA_TEST_FAIL_BEFORE_TRAINING=1: every rank raises once its model is built, before the start is recorded, at
   every start, as a set-up that fails so at every restart would (a checkpoint too large for the node's memory);
 - COROLLA_TEST_NAN_AT_STEP=N: step N's forward passes give NaN (every rank), as a numerical blow-up would;
+- COROLLA_TEST_HUGE_GRADIENTS_AT_STEP=N: step N's backward passes scale the gradients by 1e25 (every rank): each one
+  finite, with the loss, and their norm past what a float holds;
 - COROLLA_TEST_STEP_SECONDS=S: steps follow each other no faster than every S seconds, as a bigger model's would, so
   that a job's share of a run does not depend on how fast these cores happen to be;
 - COROLLA_TEST_UNFIT_NODE_FILE=PATH: the node of the first rank 0 to run a health check (launch/train/health.py) is
@@ -18,8 +20,9 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
 - COROLLA_TEST_UNFIT_MID_RUN=1: that node is the one of the first rank 0 to run a health check after a checkpoint
   (a GPU that breaks while the run trains), not before;
 - COROLLA_TEST_SLOW_NODE=NODE: ranks on NODE take 10 times as long for their self-test, as on a throttled GPU.
-A hang, an abort, a crash or a NaN is injected on a first launch only: a requeued Slurm job keeps its environment, and
-must recover. A node stays unfit whichever job lands on it, and a failing set-up fails at every start.
+A hang, an abort, a crash, a NaN or huge gradients are injected on a first launch only: a requeued Slurm job keeps
+its environment, and must recover. A node stays unfit whichever job lands on it, and a failing set-up fails at every
+start.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
 FILL_AT_COMMIT = "COROLLA_TEST_FILL_AT_COMMIT"
 FAIL_BEFORE_TRAINING = "COROLLA_TEST_FAIL_BEFORE_TRAINING"
 NAN_AT_STEP = "COROLLA_TEST_NAN_AT_STEP"
+HUGE_GRADIENTS_AT_STEP = "COROLLA_TEST_HUGE_GRADIENTS_AT_STEP"
+HUGE_GRADIENT_SCALE = 1e25  # a gradient of 1e-3 becomes 1e22, its square past float32's 3.4e38
 STEP_SECONDS = "COROLLA_TEST_STEP_SECONDS"
 UNFIT_NODE_FILE = "COROLLA_TEST_UNFIT_NODE_FILE"
 SLOW_NODE = "COROLLA_TEST_SLOW_NODE"
@@ -62,12 +67,13 @@ class Faults:
     crash_during_save: int | None = None
     fill_at_commit: tuple[int, Path] | None = None
     nan_at_step: int | None = None
+    huge_gradients_at_step: int | None = None
     fail_before_training: bool = False
     step_seconds: float = 0.0
     unfit_node_file: Path | None = None
     unfit_mid_run: bool = False
     slow_node: str | None = None
-    training_step: int = 0  # the step being trained, for the NaN hook
+    training_step: int = 0  # the step being trained, for the model's hook
 
     @classmethod
     def from_environment(cls, rank: int) -> Faults:
@@ -80,6 +86,7 @@ class Faults:
             crash_during_save=_step(os.environ.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
             fill_at_commit=_step_and_file(os.environ.get(FILL_AT_COMMIT)) if first_launch and rank == 0 else None,
             nan_at_step=_step(os.environ.get(NAN_AT_STEP)) if first_launch else None,
+            huge_gradients_at_step=_step(os.environ.get(HUGE_GRADIENTS_AT_STEP)) if first_launch else None,
             fail_before_training=os.environ.get(FAIL_BEFORE_TRAINING) == "1",
             step_seconds=float(os.environ.get(STEP_SECONDS, "0")),
             unfit_node_file=Path(os.environ[UNFIT_NODE_FILE]) if os.environ.get(UNFIT_NODE_FILE) else None,
@@ -103,21 +110,25 @@ class Faults:
         return injected
 
     def install(self, module: torch.nn.Module, first_step: int) -> None:
-        """The failed set-up, if one is asked for; the NaN, if one is: a hook on the rank's model that spoils its
-        outputs during that step."""
+        """The failed set-up, if one is asked for; the NaN or huge gradients, if asked for: a hook on the rank's model
+        that spoils its outputs, or their gradients, during that step."""
         if self.fail_before_training:
             raise RuntimeError("injected: the start fails before it trains")
-        if self.nan_at_step is None:
+        if self.nan_at_step is None and self.huge_gradients_at_step is None:
             return
         self.training_step = first_step + 1
 
         def spoil(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor | None:
-            return output * float("nan") if self.training_step == self.nan_at_step else None
+            if self.training_step == self.nan_at_step:
+                return output * float("nan")
+            if self.training_step == self.huge_gradients_at_step and output.requires_grad:
+                output.register_hook(lambda gradient: gradient * HUGE_GRADIENT_SCALE)
+            return None
 
         module.register_forward_hook(spoil)
 
     def wrap(self, callbacks: Callbacks) -> Callbacks:
-        steps = (self.hang_at_step, self.abort_at_step, self.nan_at_step)
+        steps = (self.hang_at_step, self.abort_at_step, self.nan_at_step, self.huge_gradients_at_step)
         if all(step is None for step in steps) and not self.step_seconds:
             return callbacks
         return replace(callbacks, on_step=self._on_step(callbacks.on_step))

@@ -21,7 +21,7 @@ from launch.rundir.files import COMPLETE, LATEST, RUN_FILE
 from launch.rundir.history import RunHistory
 from launch.rundir.records import read_jsonl
 from launch.rundir.run_record import recorded_run
-from launch.train.faults import CRASH_DURING_SAVE, NAN_AT_STEP
+from launch.train.faults import CRASH_DURING_SAVE, HUGE_GRADIENTS_AT_STEP, NAN_AT_STEP
 
 # Dropout on everywhere: resuming must restore every rank's RNG states, not only weights and optimizer.
 RUN = [
@@ -76,6 +76,21 @@ def test_a_parallel_run_stopped_by_a_non_finite_step_then_on_request_resumes_bit
     whole = tmp_path / "whole"
     assert train(whole, tokens, *TP_DP) == 0
     assert losses(run_dir) == losses(whole)  # steps 4-6 included: same data order, dropout masks and optimizer
+
+
+def test_gradients_whose_norm_overflows_with_a_finite_loss_are_said_to_be_so(
+    capfd, tokens: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every gradient finite, and the loss, their norm past a float: not a "non-finite loss", as it was called."""
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv(HUGE_GRADIENTS_AT_STEP, "3")
+    assert train(run_dir, tokens) == 2
+    err = capfd.readouterr().err
+    assert "corolla: error: step 3: loss " in err and ", gradient norm inf (gradients too large for their norm" in err
+    diverged = RunHistory(run_dir).events()[-1]
+    assert diverged["event"] == "diverged" and diverged["grad_norm"] == "inf" and math.isfinite(float(diverged["loss"]))
+    assert main(["status", str(run_dir)]) == 0
+    assert f"diverged  at step 3, loss {diverged['loss']}, gradient norm inf" in capfd.readouterr().out
 
 
 def test_a_crash_during_a_save_keeps_the_previous_checkpoint_and_validation_leaves_training_as_it_was(
