@@ -42,8 +42,10 @@ HANG_AT_STEP = "COROLLA_TEST_HANG_AT_STEP"
 HANG_RANK = "COROLLA_TEST_HANG_RANK"
 ABORT_AT_STEP = "COROLLA_TEST_ABORT_AT_STEP"
 CRASH_DURING_SAVE = "COROLLA_TEST_CRASH_DURING_SAVE"
-# "STEP:FILE": rank 0's save of that step, its files written, grows FILE until that filesystem is full.
+# "STEP:FILE": rank 0's save of that step, its files written, grows FILE until that filesystem is full, then gives
+# back FILL_LEAVES_BYTES (rounded to the filesystem's blocks): room for the checkpoint's record, not for `latest`.
 FILL_AT_COMMIT = "COROLLA_TEST_FILL_AT_COMMIT"
+FILL_LEAVES_BYTES = "COROLLA_TEST_FILL_LEAVES_BYTES"
 FAIL_BEFORE_TRAINING = "COROLLA_TEST_FAIL_BEFORE_TRAINING"
 NAN_AT_STEP = "COROLLA_TEST_NAN_AT_STEP"
 HUGE_GRADIENTS_AT_STEP = "COROLLA_TEST_HUGE_GRADIENTS_AT_STEP"
@@ -66,6 +68,7 @@ class Faults:
     abort_at_step: int | None = None
     crash_during_save: int | None = None
     fill_at_commit: tuple[int, Path] | None = None
+    fill_leaves_bytes: int = 0
     nan_at_step: int | None = None
     huge_gradients_at_step: int | None = None
     fail_before_training: bool = False
@@ -85,6 +88,7 @@ class Faults:
             abort_at_step=_step(os.environ.get(ABORT_AT_STEP)) if first_launch else None,
             crash_during_save=_step(os.environ.get(CRASH_DURING_SAVE)) if first_launch and rank == 0 else None,
             fill_at_commit=_step_and_file(os.environ.get(FILL_AT_COMMIT)) if first_launch and rank == 0 else None,
+            fill_leaves_bytes=int(os.environ.get(FILL_LEAVES_BYTES, "0")),
             nan_at_step=_step(os.environ.get(NAN_AT_STEP)) if first_launch else None,
             huge_gradients_at_step=_step(os.environ.get(HUGE_GRADIENTS_AT_STEP)) if first_launch else None,
             fail_before_training=os.environ.get(FAIL_BEFORE_TRAINING) == "1",
@@ -155,7 +159,7 @@ class Faults:
         if step == self.crash_during_save:
             os._exit(CRASHED_EXIT)
         if self.fill_at_commit and step == self.fill_at_commit[0]:
-            _fill(self.fill_at_commit[1])
+            _fill(self.fill_at_commit[1], self.fill_leaves_bytes)
 
 
 def _step_and_file(value: str | None) -> tuple[int, Path] | None:
@@ -165,13 +169,14 @@ def _step_and_file(value: str | None) -> tuple[int, Path] | None:
     return int(step), Path(file)
 
 
-def _fill(file: Path) -> None:
-    """Grows `file` until its filesystem has not a byte left."""
+def _fill(file: Path, leaves: int) -> None:
+    """Grows `file` until its filesystem has not a byte left, then shrinks it by `leaves` bytes."""
     descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         for size in (2**20, 2**12, 1):
             with contextlib.suppress(OSError):
                 while True:
                     os.write(descriptor, b"\0" * size)
+        os.ftruncate(descriptor, max(0, os.fstat(descriptor).st_size - leaves))
     finally:
         os.close(descriptor)

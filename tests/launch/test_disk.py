@@ -30,7 +30,7 @@ from launch.rundir.checkpoints import latest_step, write_complete
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
 from launch.train import checkpoint
-from launch.train.faults import FILL_AT_COMMIT
+from launch.train.faults import FILL_AT_COMMIT, FILL_LEAVES_BYTES
 from launch.train.hashed_save import save_hashed
 
 RUN = [*SHORT_RUN, "train.steps=6", "train.checkpoint_interval=2", "train.keep_checkpoints=2"]
@@ -185,6 +185,30 @@ def test_a_disk_that_fills_as_a_checkpoint_is_marked_complete_ends_the_run_as_ou
         (disk / "filler").unlink()
         assert main(train) == 0, capsys.readouterr().err
         assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == 2
+
+
+def test_a_disk_that_fills_as_latest_is_pointed_keeps_the_complete_checkpoint_and_the_next_launch_resumes_from_it(
+    capsys, monkeypatch, tokens: Path, tmp_path: Path
+) -> None:
+    """Room for the checkpoint's record, a page, and none for `latest`'s: the line says the checkpoint is complete and
+    kept (it said there was no room for the checkpoint), and the next launch, with room, resumes from it."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with small_filesystem(tmp_path / "disk", size="16M") as disk:
+        (run_dir / "checkpoints").symlink_to(disk)
+        monkeypatch.setenv(FILL_AT_COMMIT, f"4:{disk / 'filler'}")
+        monkeypatch.setenv(FILL_LEAVES_BYTES, str(os.sysconf("SC_PAGESIZE")))
+        train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN]
+        assert main(train) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"corolla: error: no space on {disk} to point latest at the step-4 checkpoint, which is complete and kept: "
+            "free space there or move run_dir, then launch again to resume from it"
+        )
+        assert (disk / "latest").read_text() == "step-00000002\n" and (disk / "step-00000004" / "COMPLETE").is_file()
+        monkeypatch.delenv(FILL_AT_COMMIT)
+        (disk / "filler").unlink()
+        assert main(train) == 0, capsys.readouterr().err
+        assert RunHistory(run_dir).starts()[-1]["resumed_from_step"] == 4
 
 
 def test_the_space_a_checkpoint_needs_is_its_own_on_another_layout(capsys, tokens: Path, tmp_path: Path) -> None:
