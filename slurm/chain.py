@@ -225,7 +225,7 @@ def _replace_job(run_dir: Path, stage: str, job_id: str) -> None:
 def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency: str | None) -> submitit.SlurmExecutor:
     """A data stage's job: one task on one node, all its cores, no GPU; on cluster.cpu_partition where there is one
     (the GPU partition's QOS, constraint, exclusivity and cluster.sbatch then stay with the training job, and
-    cluster.cpu_sbatch is the stage's)."""
+    cluster.cpu_sbatch is the stage's), charged to cluster.cpu_account where given."""
     executor = run_executor(run_dir)
     parameters = executor_parameters(cluster, job_name(run_dir, stage))
     cores = cluster.node_cores
@@ -235,6 +235,8 @@ def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency
         parameters["partition"] = cluster.cpu_partition
         for key in ("qos", "constraint", "exclusive"):
             parameters.pop(key, None)
+    if cluster.cpu_account:
+        parameters["account"] = cluster.cpu_account
         options = sbatch_options(cluster.cpu_sbatch, "cluster.cpu_sbatch")
     else:
         options = sbatch_options(cluster.sbatch, "cluster.sbatch")
@@ -344,7 +346,8 @@ def _print_scripts(job: MainJob, plan: ChainPlan) -> None:
     dependency_of = lambda before: before and f"{_dependency_kind(job, before)}:<{before} job>"  # noqa: E731
     for stage, executor in _executors(job, plan, dependency_of):
         tasks = len(plan.groups) if stage == Stage.encode else 1
-        where = f", {tasks} tasks of about {job.encode_task_mb:g} MB of corpus each" if tasks > 1 else ""
+        each = f"corpus files of about encode_task_mb={job.encode_task_mb:g} MB a task, or one larger file"
+        where = f", {tasks} tasks ({each})" if tasks > 1 else ""
         print(f"\n# {stage}{where}\n{masked(compat.sbatch_script(executor, tasks))}")
 
 

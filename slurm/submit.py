@@ -18,8 +18,9 @@ from pathlib import Path
 from launch import compat
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import TrainJob
-from launch.jobs.monitor import plural
 from launch.jobs.prepare import finish_the_end, prepare_run, trained_to_the_end
+from launch.plan.hardware import plural
+from launch.plan.report import job_estimates
 from launch.rundir.checkpoints import newest_intact
 from launch.rundir.files import CHECKPOINTS
 from launch.rundir.lock import holding
@@ -217,6 +218,8 @@ def _submit_training(job: TrainJob, dry_run: bool) -> None:
         f"{cluster.name}: TP {plan.layout.tp} x PP {plan.layout.pp} x DP {plan.layout.dp}, {train.micro_batch} "
         f"sequences a micro-batch, {plan.micro_batches} micro-batches a step"
     )
+    for line in job_estimates(prepared.job, plan.layout):
+        print(line)
     if dry_run:
         script = masked(compat.sbatch_script(executor))  # its secrets as MLflow's params say them
         print(f"dry run: the job is valid; this is the sbatch script, not submitted:\n\n{script}")

@@ -37,8 +37,8 @@ TESTS = "bash scripts/test.sh"
 COROLLA = ".venv/bin/corolla"
 MAIN_OVERRIDES = "bash scripts/main.sh tokenizer=bpe-64k parallel=single run_dir=runs/alpha"
 TOKENIZER_TRAIN = (
-    ".venv/bin/corolla tokenizer train corpus=DIR output_dir=DIR [tokenizer=bpe-64k|parity-64k|unigram-64k|tiny] "
-    "[tokenizer.KEY=VALUE ...]"
+    ".venv/bin/corolla tokenizer train corpus=DIR output_dir=DIR "
+    "[tokenizer=bpe-64k|parity-64k|parity-250k|unigram-64k|tiny] [tokenizer.KEY=VALUE ...]"
 )
 TOKENIZER_EVALUATE = ".venv/bin/corolla tokenizer evaluate tokenizer=DIR parallel=DIR output_dir=DIR"
 TOKENIZER_ENCODE = ".venv/bin/corolla tokenizer encode tokenizer=DIR corpus=DIR output_dir=DIR"

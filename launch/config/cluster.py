@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -14,21 +15,19 @@ class Scheduler(Enum):
     slurm = "slurm"
 
 
-# What a run on this machine (cluster.scheduler=local) reads of a cluster: the hardware, to check that the layout fits.
-# Everything else only Slurm reads (SLURM_SETTINGS, below the schema): a local run takes its world size from the
-# layout, its environment from the command's, and restarts nothing.
-READ_HERE = (
-    "name",
-    "scheduler",
-    "gpus_per_node",
+# A GPU's and its node's figures, for the planner (launch/plan/hardware.py), as conf/cluster/*.yaml gives them.
+HARDWARE_FIGURES = (
     "gpu_memory_gib",
     "peak_tflops",
     "memory_bandwidth_gbps",
     "intra_node_gbps",
     "inter_node_gbps",
-    "kernel_efficiency",
     "fp32_peak_tflops",
 )
+# What a run on this machine (cluster.scheduler=local) reads of a cluster: the hardware, to check that the layout fits.
+# Everything else only Slurm reads (SLURM_SETTINGS, below the schema): a local run takes its world size from the
+# layout, its environment from the command's, and restarts nothing.
+READ_HERE = ("name", "scheduler", "gpus_per_node", *HARDWARE_FIGURES, "kernel_efficiency")
 
 
 # What a fixed-size job keeps, of the time between the time limit's warning and the limit, to fail and be requeued.
@@ -80,6 +79,9 @@ class ClusterConfig:
     # `corolla pipeline`'s data stages (tokenizer, evaluation, encoding, export) take one node each, no GPU: of this
     # partition (None: the training one), with this many cores (0: a training node's, cpus_per_task x ranks).
     cpu_partition: str | None = None
+    # The account they are charged to there, where the site keeps CPU hours apart (Jean Zay's six@cpu beside
+    # six@a100); None: `account`.
+    cpu_account: str | None = None
     cpu_cores: int = 0
     cpu_sbatch: dict[str, Any] = field(default_factory=dict)
     # Encoding tasks of a pipeline's job array running at once.
@@ -115,20 +117,11 @@ class ClusterConfig:
             raise ValueError(
                 f"cluster {self.name}: set cluster.gpus_per_node (GPU nodes) or cluster.tasks_per_node (CPU nodes)"
             )
-        hardware = [
-            self.gpu_memory_gib,
-            self.peak_tflops,
-            self.memory_bandwidth_gbps,
-            self.intra_node_gbps,
-            self.inter_node_gbps,
-            self.fp32_peak_tflops,
-        ]
-        if min(hardware) < 0:
-            raise ValueError(
-                f"cluster {self.name}: gpu_memory_gib, peak_tflops, memory_bandwidth_gbps, intra_node_gbps, "
-                "inter_node_gbps and fp32_peak_tflops must not be negative (0: unknown)"
-            )
-        if self.health_slowdown and self.health_slowdown <= 1:
+        figures = (*HARDWARE_FIGURES, "filesystem_gbps")
+        # NaN compares as neither negative nor positive
+        if wrong := [f"{key}={getattr(self, key)}" for key in figures if not 0 <= getattr(self, key) < math.inf]:
+            raise ValueError(f"cluster {self.name}: {', '.join(wrong)}: give finite figures, not negative (0: unknown)")
+        if self.health_slowdown and not self.health_slowdown > 1:
             raise ValueError(
                 f"cluster {self.name}: health_slowdown={self.health_slowdown} must be above 1 (a rank slower than that "
                 "many times the fastest is unfit) or 0 (no health check)"
@@ -137,10 +130,6 @@ class ClusterConfig:
             raise ValueError(
                 f"cluster {self.name}: kernel_efficiency={self.kernel_efficiency} must lie in (0, 2]: 1 for A100s, or "
                 "what benchmarks/gpu_check.sh prints for your GPU"
-            )
-        if self.filesystem_gbps < 0:
-            raise ValueError(
-                f"cluster {self.name}: filesystem_gbps={self.filesystem_gbps} must not be negative (0: unknown)"
             )
         if self.cpu_cores < 0 or self.mem_per_node_gb < 0 or self.array_parallelism < 1:
             raise ValueError(

@@ -24,7 +24,7 @@ OWN_OPTIONS = {
     "time": "set cluster.time_limit_min",
     "signal": "set cluster.signal_delay_s",
     "partition": "set cluster.partition (cluster.cpu_partition for the data stages)",
-    "account": "set cluster.account",
+    "account": "set cluster.account (cluster.cpu_account for the data stages)",
     "qos": "set cluster.qos",
     "constraint": "set cluster.constraint",
     "mem": "set cluster.mem_per_node_gb",

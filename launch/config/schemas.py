@@ -12,7 +12,7 @@ from omegaconf import MISSING
 
 from launch.config.cluster import ClusterConfig
 from launch.config.data import DataConfig
-from model.config import BLOOM_VOCABULARY, ModelConfig
+from model.config import ModelConfig
 from tokenizer.config import DEFAULT_SEED, TokenizerConfig, check_seed
 
 # What MLflow tracks to: a server, a database through SQLAlchemy (`postgresql+psycopg2://` too), a file store.
@@ -263,25 +263,25 @@ class ImportJob:
 class PlanConfig:
     """`corolla plan`'s own knobs."""
 
-    # The vocabulary when model.vocab_size is 0 (training takes it from the tokenizer's token files): BLOOM's.
-    vocab_size: int = BLOOM_VOCABULARY
     micro_batches: list[int] = field(default_factory=lambda: list(PLANNED_MICRO_BATCHES))  # and train.micro_batch
     top: int = 10  # table rows: the best configuration of each of the `top` best TP x PP x DP layouts
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 1 or not self.micro_batches or min(self.micro_batches) < 1 or self.top < 1:
-            raise ValueError("plan.vocab_size, plan.top and every plan.micro_batches entry must be at least 1")
+        if not self.micro_batches or min(self.micro_batches) < 1 or self.top < 1:
+            raise ValueError("plan.top and every plan.micro_batches entry must be at least 1")
 
 
 @dataclass
 class PlanJob:
     """A model and its training recipe on a cluster's GPUs; `parallel` and train.micro_batch are the layout the user
-    has in mind, placed among the others."""
+    has in mind, placed among the others. The vocabulary is model.vocab_size, else that of the tokenizer a job of
+    these settings would train (`tokenizer`)."""
 
     model: ModelConfig = MISSING
     train: TrainConfig = MISSING
     parallel: ParallelConfig = MISSING
     cluster: ClusterConfig = MISSING
+    tokenizer: TokenizerConfig = MISSING
     plan: PlanConfig = field(default_factory=PlanConfig)
 
 

@@ -15,6 +15,7 @@ from launch.config.cluster import ClusterConfig
 from launch.config.job_file import changes_text, section
 from launch.config.schemas import ParallelConfig
 from launch.jobs.backend import Backend
+from launch.plan.hardware import plural
 from launch.plan.policy import configured_layout
 from launch.plan.run_plan import planned_layout
 from launch.plan.weights import HF_CONFIG_FILE
@@ -68,10 +69,6 @@ def duration(seconds: float) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def layout_text(run: RunDirectory) -> str:

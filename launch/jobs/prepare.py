@@ -22,7 +22,7 @@ from launch.data.facts import DataFacts, TokenizerChanged
 from launch.data.prepare import inspect_data, prepare_data
 from launch.plan.hardware import bytes_text
 from launch.plan.layout import ParallelLayout
-from launch.plan.report import checkpoint_bytes, signal_shortfall
+from launch.plan.report import check_time_to_train, checkpoint_bytes, signal_shortfall
 from launch.plan.run_plan import RunPlan, check_layouts, make_plans, validation_shortfall, write_plans
 from launch.plan.weights import (
     Weights,
@@ -95,6 +95,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False, live_job: LiveJob = lambda
     plans = make_plans(job, data)
     _check_embedding_rows(plans, saved)
     layouts = [plan.layout for plan in plans]
+    check_time_to_train(job, layouts)
     for warning in (validation_shortfall(plans, job), signal_shortfall(job, layouts), _disk_shortfall(job, layouts)):
         if warning:
             print(warning)

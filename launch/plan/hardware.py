@@ -14,6 +14,10 @@ from launch.config.schemas import Precision
 GIB = 1024**3
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def bytes_text(size: float) -> str:
     """A size in bytes, in GiB, or in MiB below a tenth of one."""
     return f"{size / GIB:.2f} GiB" if size >= GIB / 10 else f"{size / 2**20:.1f} MiB"

@@ -14,6 +14,16 @@ from launch.plan.stages import stage_problems
 from model.config import ModelConfig
 
 
+def tensor_parallel_problem(tp: int, gpus_per_node: int, cluster: str) -> str | None:
+    """Tensor parallelism stays within a node: a TP that does not divide a node's GPUs, said with what to do."""
+    if gpus_per_node % tp == 0:
+        return None
+    return (
+        f"parallel.tp={tp} does not fit the {gpus_per_node} GPUs of a node of cluster {cluster}: tensor "
+        f"parallelism stays within a node; choose a TP that divides {gpus_per_node}"
+    )
+
+
 def too_many_stages(pp: int, model: ModelConfig) -> str | None:
     return (
         f"parallel.pp={pp} stages for {model.num_layers} layers: use at most one per layer"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from launch.config.cluster import ClusterConfig, Scheduler
 from launch.config.schemas import ParallelConfig, TrainJob
-from launch.plan.layout import ParallelLayout
+from launch.plan.layout import ParallelLayout, tensor_parallel_problem
 
 
 def elastic_layout(job: TrainJob, world_size: int) -> ParallelLayout:
@@ -50,6 +50,8 @@ def world_sizes(parallel: ParallelConfig, cluster: ClusterConfig) -> dict[int, i
             f"cluster.min_nodes={cluster.min_nodes} lets Slurm run the job on fewer than {cluster.nodes} nodes: set "
             "parallel.elastic=true to let it change layout, or cluster.min_nodes=0"
         )
+    if cluster.gpus_per_node and (problem := tensor_parallel_problem(parallel.tp, cluster.gpus_per_node, cluster.name)):
+        raise ValueError(problem)  # before the node count: no count of nodes mends it
     needed = parallel.tp * parallel.pp * parallel.dp
     world_size = cluster.nodes * cluster.ranks_per_node
     # An elastic job's starts take DP from the ranks they get: a dp given must at least be the configured nodes' one.

@@ -115,12 +115,26 @@ def describe(candidate: Candidate) -> str:
     )
 
 
+# Step times of one layout this close are within the estimate's error: the configuration with more memory to spare
+# is the better one (BLOOM-176B's best layout in fp32 at ZeRO-0 took 78.6 of 80 GiB, at ZeRO-1 69.1, 0.1% slower).
+SAME_TIME = 0.01
+
+
+def _preferred(plans: list[Plan]) -> Plan:
+    """Of a layout's ranked plans, the one with the least memory among those that fit and take at most SAME_TIME
+    more than the fastest; the first where none fits."""
+    if not plans[0].fits:
+        return plans[0]
+    close = [plan for plan in plans if plan.fits and plan.time.total <= plans[0].time.total * (1 + SAME_TIME)]
+    return min(close, key=lambda plan: plan.memory.total)
+
+
 def best_per_layout(plans: list[Plan]) -> list[Plan]:
-    """The best-ranked configuration of each TP x PP x DP layout, in rank order."""
-    best: dict[ParallelLayout, Plan] = {}
+    """The preferred configuration of each TP x PP x DP layout, in rank order."""
+    by_layout: dict[ParallelLayout, list[Plan]] = {}
     for plan in plans:
-        best.setdefault(plan.candidate.layout, plan)
-    return list(best.values())
+        by_layout.setdefault(plan.candidate.layout, []).append(plan)
+    return [_preferred(layout_plans) for layout_plans in by_layout.values()]
 
 
 def rank(plans: list[Plan]) -> list[Plan]:
@@ -142,12 +156,14 @@ def plan_layouts(
 
 
 def recommended(plans: list[Plan]) -> Plan | None:
-    """The fastest plan that fits and that `corolla train` takes; None if none does."""
-    return next((plan for plan in plans if plan.fits and plan.trainable), None)
+    """The preferred configuration of the fastest layout that fits and that `corolla train` takes; None if none
+    does."""
+    return next((plan for plan in best_per_layout(plans) if plan.fits and plan.trainable), None)
 
 
 def _distance(plan: Plan, wanted: Candidate) -> tuple:
-    """How far a plan is from the wanted candidate: layout axes changed, other knobs changed, how much, speed."""
+    """How far a plan is from the wanted candidate: layout axes changed, other knobs changed, speed, then how much
+    the sizes change."""
     have = plan.candidate
     axes = [(have.layout.tp, wanted.layout.tp), (have.layout.pp, wanted.layout.pp), (have.layout.dp, wanted.layout.dp)]
     knobs = [
@@ -159,13 +175,13 @@ def _distance(plan: Plan, wanted: Candidate) -> tuple:
     return (
         sum(a != b for a, b in axes),
         sum(a != b for a, b in knobs),
-        sum(abs(math.log2(a / b)) for a, b in sizes),
         plan.time.total,
+        sum(abs(math.log2(a / b)) for a, b in sizes),
     )
 
 
 def nearest_fitting(plans: list[Plan], wanted: Candidate) -> Plan | None:
     """The fitting plan `corolla train` takes that changes the fewest things about `wanted` (the layout last), the
-    fastest of equals."""
+    fastest of those."""
     fitting = [plan for plan in plans if plan.fits and plan.trainable]
     return min(fitting, key=lambda plan: _distance(plan, wanted)) if fitting else None

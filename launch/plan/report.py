@@ -11,8 +11,8 @@ from json import dumps
 from launch.config.cluster import REQUEUE_MARGIN_S, ClusterConfig, Scheduler
 from launch.config.schemas import PLANNED_MICRO_BATCHES, PlanJob, TrainConfig, TrainJob
 from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER, parameter_count
-from launch.plan.hardware import GIB, Hardware
-from launch.plan.layout import ParallelLayout, too_many_stages
+from launch.plan.hardware import A100_80GB, GIB, H200, Hardware, plural
+from launch.plan.layout import ParallelLayout, tensor_parallel_problem, too_many_stages
 from launch.plan.memory import Candidate, stage_parameters
 from launch.plan.ranking import (
     Plan,
@@ -24,6 +24,7 @@ from launch.plan.ranking import (
     plan_layouts,
     recommended,
 )
+from launch.plan.schedules import samples_before
 from launch.plan.stages import pipeline_stages
 from model.config import ModelConfig
 
@@ -31,11 +32,8 @@ HEADER = " rank  TP  PP  DP  micro  recompute  ZeRO  GiB/GPU  fits  s/step  TFLO
 
 
 def check_tensor_parallel(tp: int, hardware: Hardware) -> None:
-    if hardware.gpus_per_node % tp:
-        raise ValueError(
-            f"parallel.tp={tp} does not fit the {hardware.gpus_per_node} GPUs of a node of cluster {hardware.name}: "
-            f"tensor parallelism stays within a node; choose a TP that divides {hardware.gpus_per_node}"
-        )
+    if problem := tensor_parallel_problem(tp, hardware.gpus_per_node, hardware.name):
+        raise ValueError(problem)
 
 
 def _summary(plan: Plan, hardware: Hardware) -> str:
@@ -43,6 +41,55 @@ def _summary(plan: Plan, hardware: Hardware) -> str:
         f"{plan.memory_gib:.1f} of {hardware.gpu_memory_gib:g} GiB, {'fits' if plan.fits else 'does not fit'}, "
         f"{plan.time.total:.1f} s a step, {plan.tflops_per_gpu:.0f} TFLOP/s a GPU"
     )
+
+
+def size_text(count: float) -> str:
+    """A count of parameters or tokens as BLOOM's names say it: 176.2B, 559.2M, 98,304."""
+    if count >= 1e9:
+        return f"{count / 1e9:.1f}B"
+    return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,.0f}"
+
+
+def steps_text(model: ModelConfig, train: TrainConfig) -> str:
+    return f"train.steps={train.steps:,} ({size_text(samples_before(train.steps, train) * model.seq_length)} tokens)"
+
+
+def training_days(train: TrainConfig, step_s: float) -> float:
+    """train.steps at `step_s` a step of the full global batch, a ramp-up's smaller batches taking their share."""
+    return samples_before(train.steps, train) / train.global_batch * step_s / 86400
+
+
+def calibration_note(hardware: Hardware) -> str | None:
+    """A warning where the GPUs are not the A100s the step times were calibrated on and the cluster does not say how
+    fast corolla's kernels run on them."""
+    if hardware.kernel_efficiency != 1.0 or hardware.peak_tflops == A100_80GB["peak_tflops"]:
+        return None
+    return (
+        f"note: {hardware.name}'s GPUs ({hardware.peak_tflops:g} TFLOP/s) are not the A100s the step times were "
+        "calibrated on, and cluster.kernel_efficiency=1 takes corolla's kernels to run as fast on them (they ran at "
+        f"{H200['kernel_efficiency']:g} of it on an H200): measure it with benchmarks/gpu_check.sh and set it"
+    )
+
+
+def job_estimates(job: TrainJob, layout: ParallelLayout) -> list[str]:
+    """What a job's summary says of its model and, on a Slurm cluster that gives its GPUs' figures, the planner's
+    memory a GPU, time a step, and time to train.steps in jobs of the time limit."""
+    model, cluster = job.model, job.cluster
+    size = f"{size_text(parameter_count(model, layout.tp))} parameters, vocabulary {model.vocab_size:,}"
+    try:
+        hardware = Hardware.of(cluster) if cluster.scheduler == Scheduler.slurm and cluster.gpu_memory_gib else None
+    except ValueError:  # figures unknown: no estimates
+        hardware = None
+    if hardware is None:
+        return [size]
+    plan = evaluate(model, Candidate.of(layout, job.train, job.parallel), hardware)
+    days = training_days(job.train, plan.time.total)
+    jobs = math.ceil(days * 86400 / max(60, cluster.time_limit_min * 60 - cluster.signal_delay_s))
+    lines = [
+        f"{size}; estimated {_summary(plan, hardware)}; {steps_text(model, job.train)} in ~{days:.1f} days, "
+        f"~{plural(jobs, 'job')} of cluster.time_limit_min={cluster.time_limit_min}"
+    ]
+    return [*lines, note] if (note := calibration_note(hardware)) else lines
 
 
 def memory_parts(plan: Plan) -> str:
@@ -72,26 +119,29 @@ def _row(rank: int, plan: Plan) -> str:
     )
 
 
-def _configured(job: PlanJob, model: ModelConfig, hardware: Hardware, gpus: int, plans: list[Plan]) -> str:
-    """Where the configured layout (parallel.*, train.*) stands, or why it cannot run."""
+def _configured(
+    job: PlanJob, model: ModelConfig, hardware: Hardware, gpus: int, plans: list[Plan]
+) -> tuple[str, Plan | None]:
+    """Where the configured layout (parallel.*, train.*) stands, and its plan; or why it cannot run."""
     parallel, train = job.parallel, job.train
     if problem := too_many_stages(parallel.pp, model):  # before the GPUs: no count of them makes it a layout
-        return f"configured layout: {problem}"
+        return f"configured layout: {problem}", None
     try:
         layout = ParallelLayout.for_world(parallel.tp, parallel.pp, parallel.dp, gpus)
     except ValueError as error:
-        return f"configured layout: {error}"
+        return f"configured layout: {error}", None
     problems = layout.problems(model, train)
     if problems:
-        return "configured layout: impossible: " + "; ".join(problems)
+        return "configured layout: impossible: " + "; ".join(problems), None
     candidate = Candidate.of(layout, train, parallel)
     plan = evaluate(model, candidate, hardware)
     position = next(index for index, other in enumerate(plans, 1) if other.candidate == candidate)
     layouts = [other.candidate.layout for other in best_per_layout(plans)]
-    return (
+    said = (
         f"configured: {describe(candidate)}: {_summary(plan, hardware)} (configuration {position} of {len(plans)}; "
         f"its layout ranks {layouts.index(layout) + 1})"
     )
+    return said, plan
 
 
 def _left_out_by_batches(
@@ -125,7 +175,7 @@ def _left_out_by_batches(
 def show_plan(job: PlanJob, json: bool = False) -> None:
     hardware = Hardware.of(job.cluster)
     check_tensor_parallel(job.parallel.tp, hardware)
-    model = job.model if job.model.vocab_size else replace(job.model, vocab_size=job.plan.vocab_size)
+    model = job.model if job.model.vocab_size else replace(job.model, vocab_size=job.tokenizer.vocab_size)
     gpus = job.cluster.nodes * hardware.gpus_per_node
     micro_batches = sorted({*job.plan.micro_batches, job.train.micro_batch})
     plans = plan_layouts(model, job.train, hardware, gpus, micro_batches, job.parallel.zero_stage)
@@ -139,11 +189,13 @@ def show_plan(job: PlanJob, json: bool = False) -> None:
         return
     train = job.train
     print(
-        f"{model.name}: {parameter_count(model) / 1e9:.1f}B parameters, vocabulary {model.vocab_size:,}, global "
+        f"{model.name}: {size_text(parameter_count(model))} parameters, vocabulary {model.vocab_size:,}, global "
         f"batch {train.global_batch} x {model.seq_length} tokens, {train.precision.value}; on {gpus} GPUs of "
-        f"{hardware.name} ({job.cluster.nodes} nodes x {hardware.gpus_per_node}, {hardware.gpu_memory_gib:g} GiB "
-        f"and {hardware.peak_tflops:g} TFLOP/s each)"
+        f"{hardware.name} ({plural(job.cluster.nodes, 'node')} x {hardware.gpus_per_node}, "
+        f"{hardware.gpu_memory_gib:g} GiB and {hardware.peak(train.precision):g} TFLOP/s {train.precision.value} each)"
     )
+    if note := calibration_note(hardware):
+        print(note)
     layouts = best_per_layout(plans)
     fitting = sum(plan.fits for plan in plans)
     print(
@@ -167,7 +219,12 @@ def show_plan(job: PlanJob, json: bool = False) -> None:
         )
     else:
         print(f"nothing fits in {hardware.gpu_memory_gib:g} GiB a GPU: add nodes (cluster.nodes)")
-    print(_configured(job, model, hardware, gpus, plans))
+    configured, configured_plan = _configured(job, model, hardware, gpus, plans)
+    print(configured)
+    timed = [(name, plan) for name, plan in (("recommended", best), ("configured", configured_plan)) if plan]
+    if timed:
+        times = [f"~{training_days(train, plan.time.total):.1f} days {name}" for name, plan in timed]
+        print(f"{steps_text(model, train)}: {', '.join(times)}")
     print("estimates: launch/plan/memory.py and launch/plan/step_time.py, checked by benchmarks/plan_vs_published.py")
 
 
@@ -220,11 +277,10 @@ def checkpoint_bytes(model: ModelConfig, layout: ParallelLayout) -> int:
     return CHECKPOINT_BYTES_PER_PARAMETER * parameters
 
 
-def signal_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None:
-    """On a Slurm cluster whose GPUs' figures give a step's time: a warning when cluster.signal_delay_s leaves the
-    ranks less than the step under way and the checkpoint's save (at cluster.filesystem_gbps, where given) before the
-    time limit kills them, and each job that reaches it redoes the steps since its last checkpoint. `layouts`: one for
-    each node count the job may get (an elastic run's), whose slowest step counts."""
+def _step_and_checkpoint(job: TrainJob, layouts: list[ParallelLayout]) -> tuple[float, int, float] | None:
+    """On a Slurm cluster whose GPUs' figures give a step's time: the slowest step of `layouts` (one for each node
+    count the job may get), the largest checkpoint's bytes, and its seconds to save or load at
+    cluster.filesystem_gbps (0 where not given). None elsewhere."""
     cluster = job.cluster
     if cluster.scheduler != Scheduler.slurm or not cluster.gpus_per_node:
         return None
@@ -236,7 +292,35 @@ def signal_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None
         evaluate(job.model, Candidate.of(layout, job.train, job.parallel), hardware).time.total for layout in layouts
     )
     size = max(checkpoint_bytes(job.model, layout) for layout in layouts)
-    save = size / (cluster.filesystem_gbps * 1e9) if cluster.filesystem_gbps else 0.0
+    return step, size, size / (cluster.filesystem_gbps * 1e9) if cluster.filesystem_gbps else 0.0
+
+
+def check_time_to_train(job: TrainJob, layouts: list[ParallelLayout]) -> None:
+    """A one-line ValueError where a job's time before Slurm's warning cannot hold loading a checkpoint and a step:
+    no job would get past its first step, and each clean stop is requeued, for ever."""
+    if (timing := _step_and_checkpoint(job, layouts)) is None:
+        return
+    step, _, load = timing
+    cluster = job.cluster
+    before_warning = cluster.time_limit_min * 60 - cluster.signal_delay_s
+    if before_warning >= step + load:
+        return
+    loading = f" and loading its checkpoint (~{load:.0f} s)" if load else ""
+    raise ValueError(
+        f"cluster.time_limit_min={cluster.time_limit_min} leaves a job {before_warning} s before Slurm's warning "
+        f"(cluster.signal_delay_s={cluster.signal_delay_s}), less than a step (~{step:.0f} s){loading}: no job would "
+        "train a step; raise cluster.time_limit_min or lower cluster.signal_delay_s"
+    )
+
+
+def signal_shortfall(job: TrainJob, layouts: list[ParallelLayout]) -> str | None:
+    """A warning when cluster.signal_delay_s leaves the ranks less than the step under way and the checkpoint's save
+    (at cluster.filesystem_gbps, where given) before the time limit kills them, and each job that reaches it redoes
+    the steps since its last checkpoint (on a Slurm cluster whose GPUs' figures give a step's time)."""
+    if (timing := _step_and_checkpoint(job, layouts)) is None:
+        return None
+    step, size, save = timing
+    cluster = job.cluster
     if cluster.stop_window_s >= step + save:
         return None
     size_tb, gbps = size / 1e12, cluster.filesystem_gbps

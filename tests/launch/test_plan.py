@@ -88,8 +88,11 @@ def test_plan_takes_a_smaller_model_and_cluster(capsys) -> None:
         (["cluster=testcluster"], "cluster testcluster has no GPUs"),
         (["parallel.tp=16"], "parallel.tp=16 does not fit the 8 GPUs of a node of cluster jean-zay-a100"),
         (["cluster.peak_tflops=0"], "cluster jean-zay-a100 does not say its peak_tflops: set cluster.peak_tflops=..."),
-        (["cluster.gpu_memory_gib=-1"], "must not be negative (0: unknown)"),
-        (["cluster.filesystem_gbps=-57"], "filesystem_gbps=-57.0 must not be negative (0: unknown)"),
+        (["cluster.gpu_memory_gib=-1"], "gpu_memory_gib=-1.0: give finite figures, not negative (0: unknown)"),
+        (["cluster.filesystem_gbps=-57"], "filesystem_gbps=-57.0: give finite figures, not negative (0: unknown)"),
+        # NaN compared as neither negative nor positive: "nothing fits in nan GiB a GPU", and a ranking changed
+        (["cluster.gpu_memory_gib=nan", "cluster.peak_tflops=inf"], "gpu_memory_gib=nan, peak_tflops=inf: give"),
+        (["cluster.health_slowdown=nan"], "health_slowdown=nan must be above 1"),
         (["cluster.kernel_efficiency=0"], "kernel_efficiency=0.0 must lie in (0, 2]: 1 for A100s, or what"),
         (["cluster.health_slowdown=0.5"], "health_slowdown=0.5 must be above 1 (a rank slower than that many times"),
         # Each named alone: the line listed every count of the cluster, and the model's said nothing of a vocabulary.
@@ -340,3 +343,75 @@ def test_train_here_says_how_to_get_more_gpus_when_no_layout_of_its_gpus_fits(
 def test_submit_refuses_tensor_parallelism_across_nodes(tokens, capsys, tmp_path) -> None:
     code, _, err = run(capsys, *dry_run(tokens, tmp_path / "run", "parallel.tp=16", "parallel.pp=6", "parallel.dp=4"))
     assert code == 2 and "parallel.tp=16 does not fit the 8 GPUs of a node of cluster jean-zay-a100" in err
+
+
+def test_submit_and_plan_count_bloom_176b_alike(capsys, tmp_path) -> None:
+    """The experiment kept train.yaml's 64k tokenizer: a dry run checked a model of 174.5B parameters against memory
+    where `corolla plan experiment=bloom-176b` counted BLOOM's 176.2B (its 250,680-token vocabulary), and said
+    neither. Both now count BLOOM's, and say its size, memory, step time and time to train."""
+    code, planned, err = run(capsys, "plan", "experiment=bloom-176b")
+    assert code == 0, err
+    configured = re.search(r"^configured: .*: (\d+\.\d of 80 GiB, fits, \d+\.\d s a step)", planned, re.MULTILINE)
+    days = re.search(r"^train\.steps=95,000 \(365\.4B tokens\): .*~(\d+\.\d) days configured$", planned, re.MULTILINE)
+    assert configured and days, planned
+    code, out, err = run(capsys, "submit", "--dry-run", "experiment=bloom-176b", f"run_dir={tmp_path / 'run'}")
+    assert code == 0, err
+    assert (
+        f"176.2B parameters, vocabulary 250,680; estimated {configured[1]}, 158 TFLOP/s a GPU; train.steps=95,000 "
+        f"(365.4B tokens) in ~{days[1]} days, ~121 jobs of cluster.time_limit_min=1200\n"
+    ) in out
+
+
+def test_plan_prefers_memory_to_spare_where_a_layout_s_times_are_alike(capsys) -> None:
+    """In fp32 BLOOM-176B's fastest layout at ZeRO-0 took 78.6 of 80 GiB, at ZeRO-1 69.1 for 0.1% more time: the
+    first was recommended, within the estimate's error of the GPUs' memory."""
+    code, out, err = run(capsys, "plan", "experiment=bloom-176b", "train.precision=fp32")
+    assert code == 0, err
+    assert "recommended: parallel.tp=8 parallel.pp=12 parallel.dp=4 train.micro_batch=1" in out
+    assert "parallel.zero_stage=1  (69.1 of 80 GiB" in out
+    # A 312 TFLOP/s bf16 peak, fp32 planned at the A100's 19.5: the header said the bf16 one.
+    assert "80 GiB and 19.5 TFLOP/s fp32 each)" in out
+
+
+def test_plan_says_when_the_gpus_are_not_those_the_step_times_were_calibrated_on(capsys) -> None:
+    h100 = ["cluster.peak_tflops=989", "cluster.memory_bandwidth_gbps=3350", "cluster.intra_node_gbps=450"]
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", *h100)
+    assert code == 0 and "note: jean-zay-a100's GPUs (989 TFLOP/s) are not the A100s the step times were" in out
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", *h100, "cluster.kernel_efficiency=0.77")
+    assert code == 0 and "note:" not in out
+
+
+def test_the_nearest_layout_that_fits_is_the_fastest_of_those_changing_as_little(capsys, tmp_path) -> None:
+    """Activation checkpointing off at micro-batch 2 does not fit: micro-batch 1 without it (~76 s a step) and
+    micro-batch 2 with it (~99 s) each change one setting; the slower was named."""
+    bloom = ["submit", "--dry-run", "experiment=bloom-176b", f"run_dir={tmp_path / 'run'}"]
+    code, _, err = run(capsys, *bloom, "parallel.activation_checkpointing=false")
+    assert code == 2
+    assert (
+        "the nearest layout that fits: parallel.tp=4 parallel.pp=12 parallel.dp=8 train.micro_batch=1 "
+        "parallel.activation_checkpointing=false parallel.zero_stage=1" in err
+    )
+
+
+def test_a_tensor_parallelism_no_node_count_can_hold_is_refused_as_such(capsys, tmp_path) -> None:
+    """TP=3 was told to take 54 nodes, and there told that 112 heads do not split in 3."""
+    corpus = ["data.corpus=../shared/data/multilingual", f"run_dir={tmp_path / 'p'}"]
+    code, _, err = run(capsys, "pipeline", "--dry-run", "experiment=bloom-176b", "parallel.tp=3", *corpus)
+    assert code == 2 and err == (
+        "corolla: error: parallel.tp=3 does not fit the 8 GPUs of a node of cluster jean-zay-a100: tensor parallelism "
+        "stays within a node; choose a TP that divides 8"
+    )
+
+
+def test_a_time_limit_that_leaves_no_time_for_a_step_is_refused(tokens, capsys, tmp_path) -> None:
+    """USR2 10 s into a 3-minute job, a step ~5 s and a checkpoint's load ~36 s: every job stopped before its first
+    step, cleanly, and was requeued for ever."""
+    short = ["cluster.time_limit_min=3", "cluster.signal_delay_s=170"]
+    code, out, err = run(capsys, *dry_run(tokens, tmp_path / "run", *short))
+    assert code == 2 and "#SBATCH" not in out
+    assert re.fullmatch(
+        r"corolla: error: cluster\.time_limit_min=3 leaves a job 10 s before Slurm's warning \(cluster\.signal_delay_s"
+        r"=170\), less than a step \(~\d+ s\) and loading its checkpoint \(~36 s\): no job would train a step; raise "
+        r"cluster\.time_limit_min or lower cluster\.signal_delay_s",
+        err,
+    ), err

@@ -409,6 +409,11 @@ def test_sbatch_options_of_the_cluster_go_to_every_job_and_cpu_sbatch_to_data_st
         out = capsys.readouterr().out
         assert all(out.count(flag) == jobs for flag in flags), (cluster, out)
         assert out.count("#SBATCH --reservation=cpus\n") == cpu_jobs, (cluster, out)
+    # Jean Zay's CPU hours are an account of their own (cluster.cpu_account): a GPU account's was refused there.
+    assert out.count("#SBATCH --account") == 0  # testcluster's, the loop's last
+    assert main([*stages[:2], "experiment=bloom-176b", *stages[3:]]) == 0
+    out = capsys.readouterr().out
+    assert out.count("#SBATCH --account=six@cpu\n") == 5 and out.count("#SBATCH --account=six@a100\n") == 1
     # One of the cluster's own is changed with ++ (+ would add it, and it is there).
     args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, "++cluster.sbatch.hint=multithread"]
     assert main([*args, f"run_dir={tmp_path / 'run'}"]) == 0
