@@ -155,21 +155,29 @@ def _left_out_by_batches(
     ramp_up_said = "the ramp-up's batches are not all multiples"
     eval_said = f"train.eval_samples={train.eval_samples} is no multiple"
     constraints = [
-        (rampup, ramp_up_said, "train.rampup.start=0 plans them"),
-        (validation, eval_said, "another train.eval_samples plans them"),
-        (both, f"{ramp_up_said}, and {eval_said}", "train.rampup.start=0 and another train.eval_samples plan them"),
+        (rampup, ramp_up_said, "train.rampup.start=0 plans them", False),
+        (validation, eval_said, "{} plans them", True),
+        (both, f"{ramp_up_said}, and {eval_said}", "train.rampup.start=0 and {} plan them", True),
     ]
     said = {plan.candidate.layout for plan in planned}
     lines = []
-    for freed, what, fix in constraints:
+    for freed, what, fix, samples in constraints:
         if freed is None:
             continue
         found = candidates(model, freed, gpus, hardware.gpus_per_node, micro_batches, zero_stage=1)
         if left := sorted({candidate.layout for candidate in found} - said, key=lambda layout: (layout.tp, layout.pp)):
             names = ", ".join(f"TP{layout.tp} x PP{layout.pp} x DP{layout.dp}" for layout in left)
+            fix = fix.format(_eval_samples_for(left, train.eval_samples)) if samples else fix
             lines.append(f"left out, as {what} of their micro-batch x DP: {names} ({fix})")
             said |= set(left)
     return lines
+
+
+def _eval_samples_for(layouts: list[ParallelLayout], eval_samples: int) -> str:
+    """The setting that lets every layout of `layouts` validate at micro-batch 1: the least multiple of their DPs
+    from train.eval_samples up."""
+    step = math.lcm(*(layout.dp for layout in layouts))
+    return f"train.eval_samples={-(-eval_samples // step) * step}"
 
 
 def show_plan(job: PlanJob, json: bool = False) -> None:
@@ -207,15 +215,17 @@ def show_plan(job: PlanJob, json: bool = False) -> None:
         print(_row(rank, plan))
     if not all(plan.trainable for plan in layouts[: job.plan.top]):
         print(f"{UNTRAINABLE} its last stage would hold the output embedding alone, which corolla train refuses")
-    for line in _left_out_by_batches(model, train, gpus, hardware, micro_batches, layouts):
+    left_out = _left_out_by_batches(model, train, gpus, hardware, micro_batches, layouts)
+    for line in left_out:
         print(line)
     if best := recommended(plans):
         print(f"recommended: {best.overrides()}  ({_summary(best, hardware)})")
     elif plans[0].fits:
+        also = ", or take in the layouts left out (above)," if left_out else ""
         print(
-            "only layouts that leave a pipeline stage with the output embedding alone fit in "
+            "only layouts that leave a pipeline stage with the output embedding alone are valid and fit in "
             f"{hardware.gpu_memory_gib:g} GiB a GPU, and corolla train refuses those: change cluster.nodes or "
-            "train.global_batch for a layout it trains"
+            f"train.global_batch{also} for a layout it trains"
         )
     else:
         print(f"nothing fits in {hardware.gpu_memory_gib:g} GiB a GPU: add nodes (cluster.nodes)")

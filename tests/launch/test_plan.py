@@ -81,6 +81,16 @@ def test_plan_takes_a_smaller_model_and_cluster(capsys) -> None:
     assert 0 < float(re.search(r"recommended: .*, ([\d.]+) TFLOP/s a GPU\)", out)[1]) < 19.5
 
 
+def test_plan_names_the_validation_samples_that_take_in_the_layouts_they_leave_out(capsys) -> None:
+    """Three validation samples left BLOOM-176B one layout, which no run trains: it said that only such layouts fit
+    in 80 GiB and to change the nodes or the batch, and named no train.eval_samples that plans the others."""
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "train.eval_samples=3")
+    assert code == 0 and "TP8 x PP24 x DP2 (train.eval_samples=16 plans them)" in out
+    assert "change cluster.nodes or train.global_batch, or take in the layouts left out (above), for a layout" in out
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "train.eval_samples=16")
+    assert code == 0 and "recommended: parallel.tp=4 parallel.pp=12 parallel.dp=8" in out
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -113,8 +123,8 @@ def test_plan_names_the_layouts_the_ramp_up_or_validation_leave_out(capsys) -> N
     assert (
         code == 0
         and (
-            "left out, as train.eval_samples=64 is no multiple of their micro-batch x DP: TP1 x PP1 x DP128 (another "
-            "train.eval_samples plans them)"
+            "left out, as train.eval_samples=64 is no multiple of their micro-batch x DP: TP1 x PP1 x DP128 "
+            "(train.eval_samples=128 plans them)"
         )
         in out
     )
@@ -128,7 +138,7 @@ def test_plan_names_the_layouts_the_ramp_up_or_validation_leave_out(capsys) -> N
         code == 0
         and (
             "left out, as the ramp-up's batches are not all multiples, and train.eval_samples=64 is no multiple of "
-            "their micro-batch x DP: TP1 x PP1 x DP128 (train.rampup.start=0 and another train.eval_samples plan them)"
+            "their micro-batch x DP: TP1 x PP1 x DP128 (train.rampup.start=0 and train.eval_samples=128 plan them)"
         )
         in out
     )
@@ -189,8 +199,8 @@ def test_plan_never_recommends_a_layout_corolla_train_refuses(capsys) -> None:
     code, out, _ = run(capsys, "plan", *LONE_EMBEDDING)
     assert code == 0 and "recommended:" not in out
     assert (
-        "only layouts that leave a pipeline stage with the output embedding alone fit in 12 GiB a GPU, and corolla "
-        "train refuses those: change cluster.nodes or train.global_batch for a layout it trains"
+        "only layouts that leave a pipeline stage with the output embedding alone are valid and fit in 12 GiB a GPU, "
+        "and corolla train refuses those: change cluster.nodes or train.global_batch for a layout it trains"
     ) in out
     code, out, _ = run(capsys, "plan", "--json", *LONE_EMBEDDING)
     assert {(layout["pp"], layout["fits"], layout["trainable"]) for layout in json.loads(out)} == {
