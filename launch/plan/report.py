@@ -193,7 +193,9 @@ def show_plan(job: PlanJob, json: bool = False) -> None:
             f"ramp-up) with micro-batches {micro_batches}: change the batch, plan.micro_batches or cluster.nodes"
         )
     if json:
-        print(dumps([plan.record() for plan in plans], indent=1))
+        best, (_, configured) = recommended(plans), _configured(job, model, hardware, gpus, plans)
+        records = [{**plan.record(), "recommended": plan is best, "configured": plan == configured} for plan in plans]
+        print(dumps(records, indent=1))
         return
     train = job.train
     print(

@@ -42,6 +42,12 @@ def test_plan_json_lists_every_layout(capsys) -> None:
     code, out, _ = run(capsys, "plan", "--json", "experiment=bloom-176b")
     assert code == 0
     layouts = json.loads(out)
+    # Which entry the table recommends and which is configured: the JSON did not say.
+    marked = {
+        key: [(e["tp"], e["pp"], e["dp"], e["micro_batch"]) for e in layouts if e[key]]
+        for key in ("recommended", "configured")
+    }
+    assert marked == {"recommended": [(4, 12, 8, 1)], "configured": [(4, 12, 8, 2)]}
     keys = {
         "tp",
         "pp",
