@@ -155,19 +155,19 @@ def _left_out_by_batches(
     ramp_up_said = "the ramp-up's batches are not all multiples"
     eval_said = f"train.eval_samples={train.eval_samples} is no multiple"
     constraints = [
-        (rampup, ramp_up_said, "train.rampup.start=0 plans them", False),
-        (validation, eval_said, "{} plans them", True),
-        (both, f"{ramp_up_said}, and {eval_said}", "train.rampup.start=0 and {} plan them", True),
+        (rampup, ramp_up_said, "train.rampup.start=0 plans them"),  # {}: the train.eval_samples that does
+        (validation, eval_said, "{} plans them"),
+        (both, f"{ramp_up_said}, and {eval_said}", "train.rampup.start=0 and {} plan them"),
     ]
     said = {plan.candidate.layout for plan in planned}
     lines = []
-    for freed, what, fix, samples in constraints:
+    for freed, what, fix in constraints:
         if freed is None:
             continue
         found = candidates(model, freed, gpus, hardware.gpus_per_node, micro_batches, zero_stage=1)
         if left := sorted({candidate.layout for candidate in found} - said, key=lambda layout: (layout.tp, layout.pp)):
             names = ", ".join(f"TP{layout.tp} x PP{layout.pp} x DP{layout.dp}" for layout in left)
-            fix = fix.format(_eval_samples_for(left, train.eval_samples)) if samples else fix
+            fix = fix.format(_eval_samples_for(left, train.eval_samples))
             lines.append(f"left out, as {what} of their micro-batch x DP: {names} ({fix})")
             said |= set(left)
     return lines
