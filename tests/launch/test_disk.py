@@ -212,13 +212,13 @@ def test_a_disk_that_fills_as_latest_is_pointed_keeps_the_complete_checkpoint_an
 
 
 def test_the_space_a_checkpoint_needs_is_its_own_on_another_layout(capsys, tokens: Path, tmp_path: Path) -> None:
-    """A one-process run's checkpoint (2.7 MiB) resumed on TP=2 x PP=2 x DP=2, whose checkpoint is bigger (both
-    pipeline stages hold the tied embedding): refused before writing, with what the new layout's checkpoint needs."""
+    """A one-process run's checkpoint (2.7 MiB) resumed on PP=2, whose checkpoint is bigger (both pipeline stages
+    hold the tied embedding): refused before writing, with what the new layout's checkpoint needs."""
     with small_filesystem(tmp_path / "disk", size="7M") as disk:
         run_dir = disk / "run"
         train = ["train", f"data.tokens_dir={tokens}", f"run_dir={run_dir}", *RUN, "train.steps=4"]
         assert main([*train, "train.exit_after=2"]) == 0
-        assert main([*train, "parallel=3d"]) == 2
+        assert main([*train, "parallel.pp=2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"corolla: error: no space on {disk} for the step-4 checkpoint: ")
         assert "(the step-2 checkpoint is kept)" in err
@@ -226,13 +226,13 @@ def test_the_space_a_checkpoint_needs_is_its_own_on_another_layout(capsys, token
         assert abs(free - shutil.disk_usage(disk).free / 2**20) < 0.2 and needed > free
 
         resize(disk, "16M")
-        assert main([*train, "parallel=3d"]) == 0
+        assert main([*train, "parallel.pp=2"]) == 0
         written = mib_of(run_dir / "checkpoints" / "step-00000004")
         assert written > 1.5 * mib_of(run_dir / "checkpoints" / "step-00000002")
         assert abs(needed - written) < 0.05 * written
         # The planner's figure (corolla submit's signal_delay_s warning) likewise, for both layouts.
         model = read_job(run_dir / "job.yaml").model
-        for layout, step in ((ParallelLayout(1, 1, 1), 2), (ParallelLayout(2, 2, 2), 4)):
+        for layout, step in ((ParallelLayout(1, 1, 1), 2), (ParallelLayout(1, 2, 1), 4)):
             written = mib_of(run_dir / "checkpoints" / f"step-{step:08d}")
             assert abs(checkpoint_bytes(model, layout) / 2**20 - written) < 0.05 * written, layout
 
