@@ -624,12 +624,12 @@ def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(
     # Two-minute jobs, USR2 60 s before the end (Slurm checks time limits every 30 s or so, so it may come that much
     # earlier), two ranks that take 5-30 s to start on these two cores: each job trains 0-55 s. Steps of at least
     # 1.5 s (their pace on these cores varies twofold; a fast machine trained 55 steps of 1 s in one job) make that
-    # at most 37 of 55 steps, so two jobs or more. How many more depends on how fast ranks start (ranks that take
+    # at most 37 of 40 steps, so two jobs or more. How many more depends on how fast ranks start (ranks that take
     # 30 s leave a job 0-30 s, six jobs or seven), so no count of stops is asserted: each job trains on from where
     # the one before stopped, at least a step. The losses are those of the same steps trained locally.
     # Tracked on a server: every rank 0, before and after each requeue, logs to the same run there. And a run
     # directory whose name would run a command if it reached the sbatch script unquoted.
-    long_run = ["train.steps=55", "train.checkpoint_interval=20"]
+    long_run = ["train.steps=40", "train.checkpoint_interval=20"]
     local = tmp_path / "local"
     assert main(["train", f"data.tokens_dir={tokens}", f"run_dir={local}", *RUN, *long_run]) == 0
     expected = losses(local)
