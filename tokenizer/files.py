@@ -152,6 +152,16 @@ def written_for(path: str) -> str:
     return path
 
 
+def with_umask_permissions(directory: Path) -> None:
+    """The files in `directory` given the permissions the user's umask gives new files: a library may write its own
+    0600 (safetensors does), readable by no one else of a group that shares the output."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
+
+
 def temporaries_of(directory: Path, name: str = "*") -> list[Path]:
     """The temporaries of the file `name` in `directory` (of any file there by default) that writers killed halfway
     left, any process's."""

@@ -31,6 +31,7 @@ from tokenizer.files import (
     check_replaceable,
     publish,
     staging_area,
+    with_umask_permissions,
 )
 from tokenizer.hf_export import set_model_max_length
 
@@ -95,6 +96,7 @@ def export_hf_model(job: ExportJob) -> None:
                 shutil.copy2(weights.tokenizer_dir / name, staging / name)
         if any((staging / name).is_file() for name in (HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE)):
             set_model_max_length(staging, weights.model.seq_length)
+        with_umask_permissions(staging)
         publish(staging, output, job.overwrite)
     parameters = sum(tensor.numel() for tensor in state.values())
     print(

@@ -35,7 +35,9 @@ from launch.rundir.files import checkpoint_tag
 from tokenizer.files import sha256_of
 
 
-def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, tmp_path: Path, monkeypatch) -> None:
+def test_exported_model_reproduces_the_next_training_loss(
+    capsys, tokens: Path, tmp_path: Path, monkeypatch, group_umask
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run_dir, exported = tmp_path / "run", tmp_path / "hf"
     layout = ["parallel.tp=2", "parallel.pp=2", "train.steps=3", "train.checkpoint_interval=2"]
@@ -57,6 +59,8 @@ def test_exported_model_reproduces_the_next_training_loss(capsys, tokens: Path, 
     assert tokenizer("Bonjour", add_special_tokens=False)["input_ids"]
     assert tokenizer.model_max_length == 32  # the model's sequence length, not the standalone tokenizer's 2048
     assert model.config.vocab_size == 2048 and model.config.n_layer == 2
+    # Readable by the group, as the umask has it: safetensors wrote the weights 0600.
+    assert {oct(path.stat().st_mode & 0o777) for path in exported.iterdir()} == {"0o644"}
 
     # An export is kept as it is unless overwrite=true, which replaces it whole; a directory that holds anything else,
     # the run directory or one that holds it, never is an export's.
