@@ -301,10 +301,11 @@ def torchrun() -> list[str]:
     return [sys.executable, "-c", quiet]
 
 
-def torch_save_os_error(error: RuntimeError) -> OSError | None:
-    """The OSError under torch.save's own RuntimeError for a write that failed ("[enforce fail at
-    inline_container.cc] unexpected pos"), which names neither the file nor the cause (a full disk)."""
-    return error.__context__ if isinstance(error.__context__, OSError) else None
+def torch_save_cause(error: RuntimeError) -> OSError | KeyboardInterrupt | None:
+    """What torch.save's own RuntimeError ("[enforce fail at inline_container.cc] unexpected pos") hides, which names
+    neither the file nor the cause: the OSError of a write that failed (a full disk), or a Ctrl-C that came as the
+    zip writer called back into Python."""
+    return error.__context__ if isinstance(error.__context__, OSError | KeyboardInterrupt) else None
 
 
 # submitit 1.5.4

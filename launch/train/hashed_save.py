@@ -33,7 +33,7 @@ def save_hashed(value: object, path: Path) -> str:
     """Writes `value` to `path` as torch.save does, and onto its disk before it returns: a checkpoint is marked complete
     (by rank 0, on another node) once every rank has returned, and what a node's page cache still held when it crashed
     would be lost (Lustre and GPFS clients cache writes as a local disk does). The SHA-256 of the file's bytes (hex). A
-    write that fails (a full disk) raises its OSError, naming `path`."""
+    write that fails (a full disk) raises its OSError, naming `path`; a Ctrl-C meanwhile, its KeyboardInterrupt."""
     with naming(path):
         try:
             with path.open("wb") as file:
@@ -42,7 +42,7 @@ def save_hashed(value: object, path: Path) -> str:
                 file.flush()
                 os.fsync(file.fileno())
         except RuntimeError as error:
-            if underneath := compat.torch_save_os_error(error):
+            if underneath := compat.torch_save_cause(error):
                 raise underneath from None
             raise
     return writer.digest.hexdigest()

@@ -29,7 +29,7 @@ from launch.plan.report import checkpoint_bytes
 from launch.rundir.checkpoints import latest_step, write_complete
 from launch.rundir.history import RunHistory
 from launch.rundir.run_record import recorded_run
-from launch.train import checkpoint
+from launch.train import checkpoint, hashed_save
 from launch.train.faults import FILL_AT_COMMIT, FILL_LEAVES_BYTES
 from launch.train.hashed_save import save_hashed
 
@@ -99,6 +99,25 @@ def test_a_checkpoint_file_is_on_its_disk_before_its_rank_reports_it_written(tmp
     path = tmp_path / "shard.pt"
     save_hashed({"weight": torch.ones(4)}, path)
     assert synced == [str(path)]
+
+
+def test_a_ctrl_c_as_a_checkpoint_file_is_written_is_an_interrupt_not_a_torch_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that came as torch.save's zip writer called back into Python surfaced as torch's "[enforce fail at
+    inline_container.cc] unexpected pos", and `corolla checkpoint reshard` or `import hf` said that in place of
+    "interrupted". A signal cannot be timed to land there: the writer's third write raises as its handler would."""
+    write, calls = hashed_save._HashingWriter.write, []
+
+    def interrupted(self, data) -> int:
+        calls.append(len(data))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return write(self, data)
+
+    monkeypatch.setattr(hashed_save._HashingWriter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_hashed({"weight": torch.ones(1024)}, tmp_path / "shard.pt")
 
 
 def test_a_checkpoints_names_are_on_disk_before_complete_says_it_is_whole(tmp_path: Path, synced) -> None:
