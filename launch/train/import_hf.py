@@ -69,9 +69,16 @@ class HFWeights:
         return tuple(opened.get_slice(key).get_shape() if path.suffix == ".safetensors" else opened[key].shape)
 
     def tensor(self, name: str) -> torch.Tensor:
+        """The tensor, finite: a NaN imported would make the first step's loss NaN, blamed on the learning rate."""
         path, key = self.file_of[name]
         opened = self._open(path)
-        return opened.get_tensor(key) if path.suffix == ".safetensors" else opened[key]
+        tensor = opened.get_tensor(key) if path.suffix == ".safetensors" else opened[key]
+        if not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"weight {key} in {path} holds NaN or infinite values: no run can start from it; restore the file "
+                "from the model's source, or import another checkpoint of the model"
+            )
+        return tensor
 
     def stamp(self) -> list[list]:
         return stamp_of(self.files)

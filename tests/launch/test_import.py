@@ -19,6 +19,7 @@ import yaml
 from distributed import run_ranks
 from megatron.core import parallel_state
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file, save_file
 from test_training import records
 from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
 
@@ -281,6 +282,12 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
     weights.write_bytes(weights.read_bytes()[:100])
     swapped = _broken_copy(bpe_bloom, tmp_path / "swapped")  # <s> and </s> at each other's ids: exported wrong
     _swap_tokens(swapped / "tokenizer.json", "<s>", "</s>")
+    poisoned = _broken_copy(corolla_bloom, tmp_path / "poisoned")  # imported, its first step's loss NaN
+    shard = next(poisoned.glob("model-00001-of-*.safetensors"))
+    tensors = load_file(shard)
+    spoiled = sorted(tensors)[0]
+    tensors[spoiled].view(-1)[0] = float("nan")
+    save_file(tensors, shard, metadata={"format": "pt"})
     narrow = _broken_copy(bpe_bloom, tmp_path / "narrow")
     (narrow / "tokenizer.json").unlink()
     shutil.copy2(tokens.parent / "tokenizer" / "tokenizer.model", narrow)  # 2,000 tokens, 1,000 rows
@@ -292,6 +299,7 @@ def test_an_import_that_cannot_be_says_why_in_one_line_and_leaves_no_run_directo
         swapped: "its tokenizer has '</s>' at id 1, where corolla keeps <s> (<unk> 0, <s> 1, </s> 2, <pad> 3",
         garbled: f"{garbled / 'config.json'} is not valid JSON (Expecting property name enclosed in double quotes",
         cut: f"weight file {weights} cannot be read (",
+        poisoned: f"weight {spoiled} in {shard} holds NaN or infinite values: no run can start from it;",
         listed: "its config.json holds list, not a JSON object: restore config.json from the model's source",
         shapeless: "its config.json gives hidden_size=None, not a positive integer: restore config.json from the",
         worded: "its config.json gives n_layer='four', not a positive integer",
