@@ -24,6 +24,7 @@ from launch.rundir.files import (
     checkpoint_step,
     checkpoint_tag,
     is_checkpoint_tag,
+    shard_file,
 )
 from tokenizer.files import sha256_of, sync_directory, temporaries_of, write_atomically
 
@@ -86,6 +87,19 @@ def _lists_files(record: dict) -> bool:
     return isinstance(files, dict) and all(entry_ok(entry) for entry in files.values())
 
 
+def _unlisted_shards(record: dict) -> list[str]:
+    """The parameter files of the record's layout (one per TP x PP rank) that its files leave out; none for a record
+    of DeepSpeed's format, which has no layout."""
+    layout = record.get("layout")
+    if not isinstance(layout, dict):
+        return []
+    tp, pp = layout.get("tp"), layout.get("pp")
+    if not (isinstance(tp, int) and isinstance(pp, int) and tp > 0 and pp > 0):
+        return ["its layout's parameter files (the layout is not one)"]
+    shards = [shard_file(tp_rank, tp, pp_rank, pp) for pp_rank in range(pp) for tp_rank in range(tp)]
+    return [name for name in shards if name not in record["files"]]
+
+
 def complete_record(directory: Path, tag: str) -> dict:
     """What COMPLETE says of checkpoint `tag` (step, layouts, files), its files checked to be all there."""
     fix = f"restore its files, or write the tag of an older complete checkpoint into {directory / LATEST}"
@@ -103,6 +117,12 @@ def complete_record(directory: Path, tag: str) -> dict:
         record = None
     if not (isinstance(record, dict) and isinstance(record.get("step"), int) and _lists_files(record)):
         raise CheckpointError(f"{directory / tag / COMPLETE} is not a checkpoint record: {fix}")
+    if unlisted := _unlisted_shards(record):  # verified by nobody: a shard the record leaves out is never hashed
+        more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
+        raise CheckpointError(
+            f"{directory / tag / COMPLETE} does not list {unlisted[0]}{more}, which its layout's ranks write: it is "
+            f"not a checkpoint record: {fix}"
+        )
     for name, (size, _) in file_entries(record).items():
         path = directory / tag / name
         if not path.is_file() or path.stat().st_size != size:

@@ -315,6 +315,27 @@ def test_a_checkpoint_record_whose_files_are_not_a_listing_is_passed_over(uninte
     )
 
 
+def test_a_checkpoint_record_that_leaves_out_a_file_of_its_layout_is_no_record(
+    capsys, uninterrupted_run, tmp_path
+) -> None:
+    """COMPLETE with a shard's entry dropped (or every entry): `checkpoint verify` hashed what it listed and said
+    "verified", and a resume loaded the shard unhashed, damaged, its loss NaN two steps later."""
+    run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 4)
+    checkpoints = run_dir / "checkpoints"
+    record_file = checkpoints / "step-00000004" / COMPLETE
+    record = json.loads(record_file.read_text())
+    shard = next(name for name in record["files"] if name.startswith("model-"))
+    del record["files"][shard]
+    record_file.write_text(json.dumps(record))
+    assert main(["checkpoint", "verify", str(run_dir), "step=4"]) == 2
+    assert capsys.readouterr().err == (
+        f"corolla: error: {record_file} does not list {shard}, which its layout's ranks write: it is not a checkpoint "
+        f"record: restore its files, or write the tag of an older complete checkpoint into {checkpoints / LATEST}\n"
+    )
+    passed_over: list[str] = []
+    assert newest_intact(checkpoints, passed_over.append) == 2 and len(passed_over) == 1
+
+
 def test_when_no_checkpoint_verifies_the_run_refuses_to_start_again(capfd, tokens, uninterrupted_run, tmp_path) -> None:
     run_dir = stopped_copy(uninterrupted_run, tmp_path / "run", 2)
     flip_bytes(run_dir / "checkpoints" / "step-00000002" / "trainer.pt", offset_share=0.5, count=4)
