@@ -85,7 +85,7 @@ def prepare_run(job: TrainJob, dry_run: bool = False, live_job: LiveJob = lambda
     if job.tracking.uri and new_run:  # a run already open waits for a server that is away (launch/rundir/outbox.py)
         tracking.check_reachable(job.tracking.uri)
     saved = saved_run(run_dir)
-    job, start = initial_weights(job, dry_run, None if saved else live_job)
+    job, start = initial_weights(job, dry_run, None if saved else live_job, saved)
     job = matched_to(job, saved)  # before the data, which may take minutes to build; again with it
     check_layouts(job)
     job, data = inspect_data(job) if dry_run else prepare_data(job)
@@ -414,16 +414,34 @@ class StartingWeights:
         return tags
 
 
-def _source_weights(job: TrainJob, dry_run: bool) -> Weights:
+def _source_weights(job: TrainJob, dry_run: bool, saved: SavedRun | None) -> Weights:
     source = Path(job.init_from)
     if not is_hf_directory(source):
         return weights_of(source)
+    if (resumed := _import_resumed_from(source, saved)) is not None:
+        return resumed
     target = _imported(source, job, dry_run)
     if dry_run and not target.is_dir():  # not imported yet, and a dry run imports nothing: its config says enough
         from launch.train.import_hf import read_hf_model
 
         return Weights(target, 0, read_hf_model(source), source, str(source))
     return weights_of(target)
+
+
+def _import_resumed_from(source: Path, saved: SavedRun | None) -> Weights | None:
+    """The import of Hugging Face directory `source` that a run with checkpoints of its own started from, where it is
+    still in the cache: a resume takes the model's shape and tokenizer from it, whatever the directory's files' times
+    became since (copied without them, each launch imported the model again, a copy of its size each time)."""
+    if saved is None or not saved.job.init_from:
+        return None
+    imported = Path(saved.job.init_from).parent.parent  # IMPORT/checkpoints/step-00000000
+    try:
+        record = import_record(imported)
+    except ValueError:  # damaged: imported again, as a first launch would
+        return None
+    if record is None or record["source"]["hf_dir"] != str(source.resolve()):
+        return None
+    return weights_of(imported)
 
 
 def _check_not_training(weights: Weights, live_job: LiveJob) -> None:
@@ -439,16 +457,16 @@ def _check_not_training(weights: Weights, live_job: LiveJob) -> None:
 
 
 def initial_weights(
-    job: TrainJob, dry_run: bool = False, live_job: LiveJob | None = None
+    job: TrainJob, dry_run: bool = False, live_job: LiveJob | None = None, saved: SavedRun | None = None
 ) -> tuple[TrainJob, StartingWeights | None]:
     """With init_from: the job with the weights' model shape (its sequence length, kernels and dropout stay the
     job's) and, unless data.tokens_dir or data.tokenizer_dir says otherwise, their tokenizer for data.corpus; the
     weights' checkpoint becomes init_from, which every rank reads (`live_job` given: it must not be a run that trains
     on, which would remove it). Data of a tokenizer that extends the weights' grows the vocabulary (the embedding
-    padded for TP again)."""
+    padded for TP again). `saved`: the run's own checkpoints, whose resume reuses the import it started from."""
     if not job.init_from:
         return job, None
-    weights = _source_weights(job, dry_run)
+    weights = _source_weights(job, dry_run, saved)
     if live_job:  # the run starts from the weights: its ranks will read their checkpoint
         _check_not_training(weights, live_job)
     data = job.data

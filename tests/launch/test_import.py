@@ -5,6 +5,7 @@ BLOOM's, imported exactly, trained on as `transformers` trains it, and refused i
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -402,6 +403,13 @@ def test_init_from_a_hugging_face_directory_whose_weights_changed_imports_them_a
         capsys.readouterr().err
     )
     assert [record["step"] for record in records(first)] == [1, 2]
+    assert len(list((tmp_path / "cache" / "imports").iterdir())) == 2
+    # Its files copied without their times: each resume imported the model again (BLOOM-176B's, 700 GB a copy).
+    for path in hf_dir.iterdir():
+        os.utime(path)
+    capsys.readouterr()
+    assert main(["train", f"init_from={hf_dir}", f"run_dir={first}", *data, "train.steps=3"]) == 0
+    assert "imported" not in capsys.readouterr().out
     assert len(list((tmp_path / "cache" / "imports").iterdir())) == 2
 
 
