@@ -116,7 +116,11 @@ COMMANDS = [
     ),
     Command(("cancel",), "cancel", "launch.commands:cancel", "cancel a run's Slurm jobs", positional="run_dir"),
     Command(
-        ("export", "hf"), "export_hf", "launch.train.export:export_hf_model", "a checkpoint as a HF BloomForCausalLM"
+        ("export", "hf"),
+        "export_hf",
+        "launch.train.export:export_hf_model",
+        "a checkpoint as a HF BloomForCausalLM",
+        positional="run_dir",
     ),
     Command(
         ("import", "hf"),

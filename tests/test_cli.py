@@ -519,7 +519,7 @@ def test_encode_refuses_a_directory_it_did_not_write(capsys, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    "command", ["status", "logs", "cancel", "tracking sync", "checkpoint verify", "checkpoint reshard"]
+    "command", ["status", "logs", "cancel", "tracking sync", "checkpoint verify", "checkpoint reshard", "export hf"]
 )
 def test_a_run_directory_may_be_given_as_the_first_argument(capsys, command: str) -> None:
     weird = 'runs/a "run" $(touch x) it\'s\\'
