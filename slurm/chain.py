@@ -235,11 +235,11 @@ def stage_executor(cluster: ClusterConfig, run_dir: Path, stage: str, dependency
         parameters["partition"] = cluster.cpu_partition
         for key in ("qos", "constraint", "exclusive"):
             parameters.pop(key, None)
-    if cluster.cpu_account:
-        parameters["account"] = cluster.cpu_account
         options = sbatch_options(cluster.cpu_sbatch, "cluster.cpu_sbatch")
     else:
         options = sbatch_options(cluster.sbatch, "cluster.sbatch")
+    if cluster.cpu_account:
+        parameters["account"] = cluster.cpu_account
     parameters["additional_parameters"] = {**options, "requeue": True}
     executor.update_parameters(**parameters)
     return waiting_for(executor, dependency)

@@ -414,6 +414,14 @@ def test_sbatch_options_of_the_cluster_go_to_every_job_and_cpu_sbatch_to_data_st
     assert main([*stages[:2], "experiment=bloom-176b", *stages[3:]]) == 0
     out = capsys.readouterr().out
     assert out.count("#SBATCH --account=six@cpu\n") == 5 and out.count("#SBATCH --account=six@a100\n") == 1
+    # A CPU partition without an account of its own, and an account without a partition: cpu_sbatch goes with the
+    # partition, the account with the stages (the first took cpu_sbatch from cpu_account).
+    for cpu, cpu_options, accounts in (("cluster.cpu_partition=cpuq", 5, 0), ("cluster.cpu_account=lab@cpu", 0, 5)):
+        assert main([*stages[:2], "cluster=testcluster", *stages[3:], cpu]) == 0
+        out = capsys.readouterr().out
+        assert out.count("#SBATCH --reservation=cpus\n") == cpu_options, (cpu, out)
+        assert out.count("#SBATCH --reservation=big\n") == 6 - cpu_options, (cpu, out)
+        assert out.count("#SBATCH --account=lab@cpu\n") == accounts, (cpu, out)
     # One of the cluster's own is changed with ++ (+ would add it, and it is there).
     args = ["submit", "--dry-run", "experiment=bloom-176b", *small_data, "++cluster.sbatch.hint=multithread"]
     assert main([*args, f"run_dir={tmp_path / 'run'}"]) == 0
