@@ -164,19 +164,22 @@ def _left_out_by_batches(
     for freed, what, fix in constraints:
         if freed is None:
             continue
-        found = candidates(model, freed, gpus, hardware.gpus_per_node, micro_batches, zero_stage=1)
+        found = list(candidates(model, freed, gpus, hardware.gpus_per_node, micro_batches, zero_stage=1))
         if left := sorted({candidate.layout for candidate in found} - said, key=lambda layout: (layout.tp, layout.pp)):
             names = ", ".join(f"TP{layout.tp} x PP{layout.pp} x DP{layout.dp}" for layout in left)
-            fix = fix.format(_eval_samples_for(left, train.eval_samples))
+            fix = fix.format(_eval_samples_for([c for c in found if c.layout in left], train.eval_samples))
             lines.append(f"left out, as {what} of their micro-batch x DP: {names} ({fix})")
             said |= set(left)
     return lines
 
 
-def _eval_samples_for(layouts: list[ParallelLayout], eval_samples: int) -> str:
-    """The setting that lets every layout of `layouts` validate at micro-batch 1: the least multiple of their DPs
-    from train.eval_samples up."""
-    step = math.lcm(*(layout.dp for layout in layouts))
+def _eval_samples_for(found: list[Candidate], eval_samples: int) -> str:
+    """The setting that lets each layout of `found` validate at its smallest micro-batch planned: the least multiple
+    of their micro-batch x DP from train.eval_samples up."""
+    smallest: dict[ParallelLayout, int] = {}
+    for candidate in found:
+        smallest[candidate.layout] = min(smallest.get(candidate.layout, candidate.micro_batch), candidate.micro_batch)
+    step = math.lcm(*(micro_batch * layout.dp for layout, micro_batch in smallest.items()))
     return f"train.eval_samples={-(-eval_samples // step) * step}"
 
 

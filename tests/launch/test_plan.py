@@ -95,6 +95,9 @@ def test_plan_names_the_validation_samples_that_take_in_the_layouts_they_leave_o
     assert "change cluster.nodes or train.global_batch, or take in the layouts left out (above), for a layout" in out
     code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "train.eval_samples=16")
     assert code == 0 and "recommended: parallel.tp=4 parallel.pp=12 parallel.dp=8" in out
+    # Micro-batches of 2 alone: 8 samples are no multiple of 2 x DP8, and were named as the fix.
+    code, out, _ = run(capsys, "plan", "experiment=bloom-176b", "plan.micro_batches=[2]", "train.eval_samples=8")
+    assert code == 0 and "(train.eval_samples=16 plans them)" in out
 
 
 @pytest.mark.parametrize(
