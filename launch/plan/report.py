@@ -321,10 +321,12 @@ def check_time_to_train(job: TrainJob, layouts: list[ParallelLayout]) -> None:
     if before_warning >= step + load:
         return
     loading = f" and loading its checkpoint (~{load:.0f} s)" if load else ""
+    elastic = len(layouts) > 1
+    slowest, fewer = (" on the node counts it may get", ", or raise cluster.min_nodes") if elastic else ("", "")
     raise ValueError(
         f"cluster.time_limit_min={cluster.time_limit_min} leaves a job {before_warning} s before Slurm's warning "
-        f"(cluster.signal_delay_s={cluster.signal_delay_s}), less than a step (~{step:.0f} s){loading}: no job would "
-        "train a step; raise cluster.time_limit_min or lower cluster.signal_delay_s"
+        f"(cluster.signal_delay_s={cluster.signal_delay_s}), less than a step (~{step:.0f} s{slowest}){loading}: no "
+        f"job would train a step; raise cluster.time_limit_min or lower cluster.signal_delay_s{fewer}"
     )
 
 

@@ -434,3 +434,10 @@ def test_a_time_limit_that_leaves_no_time_for_a_step_is_refused(tokens, capsys, 
         r"cluster\.time_limit_min or lower cluster\.signal_delay_s",
         err,
     ), err
+    # An elastic job's slowest node count is the one counted, and fewer nodes are a fix.
+    elastic = ["parallel.elastic=true", "cluster.nodes=35", "cluster.min_nodes=30", "cluster.filesystem_gbps=0"]
+    code, _, err = run(
+        capsys, *dry_run(tokens, tmp_path / "run", *elastic, "cluster.time_limit_min=1", "cluster.signal_delay_s=58")
+    )
+    assert code == 2 and re.search(r"less than a step \(~5 s on the node counts it may get\): no job", err), err
+    assert err.endswith("lower cluster.signal_delay_s, or raise cluster.min_nodes"), err
