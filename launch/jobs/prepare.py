@@ -434,14 +434,10 @@ def _import_resumed_from(source: Path, saved: SavedRun | None) -> Weights | None
     became since (copied without them, each launch imported the model again, a copy of its size each time)."""
     if saved is None or not saved.job.init_from:
         return None
-    imported = Path(saved.job.init_from).parent.parent  # IMPORT/checkpoints/step-00000000
-    try:
-        record = import_record(imported)
-    except ValueError:  # damaged: imported again, as a first launch would
+    started = Path(saved.job.init_from)  # IMPORT/checkpoints/step-00000000
+    if _source(started) != source.resolve():  # another source (refused as the job is matched), or an import purged
         return None
-    if record is None or record["source"]["hf_dir"] != str(source.resolve()):
-        return None
-    return weights_of(imported)
+    return weights_of(started.resolve().parent.parent)
 
 
 def _check_not_training(weights: Weights, live_job: LiveJob) -> None:
