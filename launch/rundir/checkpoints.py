@@ -87,15 +87,18 @@ def _lists_files(record: dict) -> bool:
     return isinstance(files, dict) and all(entry_ok(entry) for entry in files.values())
 
 
-def _unlisted_shards(record: dict) -> list[str]:
-    """The parameter files of the record's layout (one per TP x PP rank) that its files leave out; none for a record
-    of DeepSpeed's format, which has no layout."""
+def _layout_sizes(record: dict) -> tuple[int, int] | None:
+    """TP and PP of the record's layout; None for a record of DeepSpeed's format, which has none."""
     layout = record.get("layout")
-    if not isinstance(layout, dict):
-        return []
-    tp, pp = layout.get("tp"), layout.get("pp")
-    if not (isinstance(tp, int) and isinstance(pp, int) and tp > 0 and pp > 0):
-        return ["its layout's parameter files (the layout is not one)"]
+    if layout is None:
+        return None
+    tp, pp = (layout.get("tp"), layout.get("pp")) if isinstance(layout, dict) else (None, None)
+    return (tp, pp) if isinstance(tp, int) and isinstance(pp, int) and tp > 0 and pp > 0 else (0, 0)
+
+
+def _unlisted_shards(record: dict) -> list[str]:
+    """The parameter files of the record's layout (one per TP x PP rank) that its files leave out."""
+    tp, pp = _layout_sizes(record) or (0, 0)
     shards = [shard_file(tp_rank, tp, pp_rank, pp) for pp_rank in range(pp) for tp_rank in range(tp)]
     return [name for name in shards if name not in record["files"]]
 
@@ -117,11 +120,13 @@ def complete_record(directory: Path, tag: str) -> dict:
         record = None
     if not (isinstance(record, dict) and isinstance(record.get("step"), int) and _lists_files(record)):
         raise CheckpointError(f"{directory / tag / COMPLETE} is not a checkpoint record: {fix}")
+    if _layout_sizes(record) == (0, 0):
+        raise CheckpointError(f"{directory / tag / COMPLETE} holds no layout of TP x PP ranks: {fix}")
     if unlisted := _unlisted_shards(record):  # verified by nobody: a shard the record leaves out is never hashed
         more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
         raise CheckpointError(
-            f"{directory / tag / COMPLETE} does not list {unlisted[0]}{more}, which its layout's ranks write: it is "
-            f"not a checkpoint record: {fix}"
+            f"{directory / tag / COMPLETE} does not list {unlisted[0]}{more}, which its layout's ranks write, and no "
+            f"hash vouches for it: write the tag of an older complete checkpoint into {directory / LATEST}"
         )
     for name, (size, _) in file_entries(record).items():
         path = directory / tag / name

@@ -11,7 +11,8 @@ back (and, for a NaN, by a hook on the model); the loop itself never looks.
   every start, as a set-up that fails so at every restart would (a checkpoint too large for the node's memory);
 - COROLLA_TEST_NAN_AT_STEP=N: step N's forward passes give NaN (every rank), as a numerical blow-up would;
 - COROLLA_TEST_HUGE_GRADIENTS_AT_STEP=N: step N's backward passes scale the gradients by 1e25 (every rank): each one
-  finite, with the loss, and their norm past what a float holds;
+  finite, with the loss, and their norm past what a float holds (with one pipeline stage; with more, each stage's
+  hook scales again what flows back to the stages before it, until it is infinite);
 - COROLLA_TEST_STEP_SECONDS=S: steps follow each other no faster than every S seconds, as a bigger model's would, so
   that a job's share of a run does not depend on how fast these cores happen to be;
 - COROLLA_TEST_UNFIT_NODE_FILE=PATH: the node of the first rank 0 to run a health check (launch/train/health.py) is

@@ -329,8 +329,8 @@ def test_a_checkpoint_record_that_leaves_out_a_file_of_its_layout_is_no_record(
     record_file.write_text(json.dumps(record))
     assert main(["checkpoint", "verify", str(run_dir), "step=4"]) == 2
     assert capsys.readouterr().err == (
-        f"corolla: error: {record_file} does not list {shard}, which its layout's ranks write: it is not a checkpoint "
-        f"record: restore its files, or write the tag of an older complete checkpoint into {checkpoints / LATEST}\n"
+        f"corolla: error: {record_file} does not list {shard}, which its layout's ranks write, and no hash vouches "
+        f"for it: write the tag of an older complete checkpoint into {checkpoints / LATEST}\n"
     )
     passed_over: list[str] = []
     assert newest_intact(checkpoints, passed_over.append) == 2 and len(passed_over) == 1
