@@ -40,8 +40,14 @@ def last_lines(path: Path, count: int) -> list[str]:
 
 
 def job_logs(folder: Path, job_id: str) -> list[Path]:
-    """submitit's `<job>_<task>_log.out` and `.err` of the job, in its `folder`: each task's `.out` first."""
-    return sorted(folder.glob(f"{job_id}_*_log.*"), key=lambda path: (path.stem, path.suffix != ".out"))
+    """submitit's `<job>_<task>_log.out` and `.err` of the job, in its `folder`: by task (2 before 10), each one's
+    `.out` first."""
+    return sorted(folder.glob(f"{job_id}_*_log.*"), key=lambda path: (_numbers(path), path.suffix != ".out"))
+
+
+def _numbers(log: Path) -> tuple[int, ...]:
+    """<job>_<task>_log.out's numbers (a job array's <job> is <id>_<index>), for an order of numbers, not text."""
+    return tuple(int(part) for part in log.stem.split("_") if part.isdigit())
 
 
 def print_tails(paths: list[Path], lines: int) -> None:

@@ -44,7 +44,7 @@ def _summary(plan: Plan, hardware: Hardware) -> str:
 
 
 def size_text(count: float) -> str:
-    """A count of parameters or tokens as BLOOM's names say it: 176.2B, 559.2M, 98,304."""
+    """A count of parameters or tokens as BLOOM's names say it: 176.2B, 559.1M, 98,304."""
     if count >= 1e9:
         return f"{count / 1e9:.1f}B"
     return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,.0f}"

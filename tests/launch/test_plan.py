@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MULTILINGUAL
 from launch.cli import main
 from launch.data.corpus import TokenCorpus
 from launch.plan.arithmetic import CHECKPOINT_BYTES_PER_PARAMETER
@@ -414,7 +415,7 @@ def test_the_nearest_layout_that_fits_is_the_fastest_of_those_changing_as_little
 
 def test_a_tensor_parallelism_no_node_count_can_hold_is_refused_as_such(capsys, tmp_path) -> None:
     """TP=3 was told to take 54 nodes, and there told that 112 heads do not split in 3."""
-    corpus = ["data.corpus=../shared/data/multilingual", f"run_dir={tmp_path / 'p'}"]
+    corpus = [f"data.corpus={MULTILINGUAL}", f"run_dir={tmp_path / 'p'}"]
     code, _, err = run(capsys, "pipeline", "--dry-run", "experiment=bloom-176b", "parallel.tp=3", *corpus)
     assert code == 2 and err == (
         "corolla: error: parallel.tp=3 does not fit the 8 GPUs of a node of cluster jean-zay-a100: tensor parallelism "

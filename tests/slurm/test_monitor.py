@@ -647,17 +647,19 @@ def test_logs_of_a_pipeline_take_the_rank_of_its_train_stage(
 def test_logs_of_a_stage_print_each_task_s_output_before_its_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A stage's logs came in name order, each task's `.err` above its `.out`, as a run's do not."""
+    """A stage's logs came in name order: each task's `.err` above its `.out`, an array's task 10 above its task 2."""
     run_dir = tmp_path / "chain"
     (run_dir / "slurm").mkdir(parents=True)
     (run_dir / "chain.json").write_text(
         json.dumps([{"time": T0, "jobs": [{"stage": "encode", "job_id": "40"}], "skipped": []}])
     )
-    for suffix in ("err", "out"):
-        (run_dir / "slurm" / f"40_0_log.{suffix}").write_text(f"the {suffix} lines\n")
+    for task in (10, 2):  # an encoding array's tasks: 10 came before 2
+        for suffix in ("err", "out"):
+            (run_dir / "slurm" / f"40_{task}_0_log.{suffix}").write_text(f"task {task}'s {suffix} lines\n")
     show_logs(LogsJob(run_dir=str(run_dir), stage="encode"))
     output = capsys.readouterr().out
-    assert output.index("40_0_log.out") < output.index("the out lines") < output.index("40_0_log.err")
+    order = ["40_2_0_log.out", "task 2's out lines", "40_2_0_log.err", "40_10_0_log.out", "40_10_0_log.err"]
+    assert [output.index(said) for said in order] == sorted(output.index(said) for said in order), output
 
 
 @pytest.mark.parametrize(

@@ -633,7 +633,7 @@ def test_time_limits_stop_requeue_and_resume_until_the_run_is_done(
     # earlier), two ranks that take 5-30 s to start on these two cores: each job trains 0-55 s. Steps of at least
     # 1.5 s (their pace on these cores varies twofold; a fast machine trained 55 steps of 1 s in one job) make that
     # at most 37 of 40 steps, so two jobs or more. How many more depends on how fast ranks start (ranks that take
-    # 30 s leave a job 0-30 s, six jobs or seven), so no count of stops is asserted: each job trains on from where
+    # 30 s leave a job 0-30 s, four jobs or five), so no count of stops is asserted: each job trains on from where
     # the one before stopped, at least a step. The losses are those of the same steps trained locally.
     # Tracked on a server: every rank 0, before and after each requeue, logs to the same run there. And a run
     # directory whose name would run a command if it reached the sbatch script unquoted.
