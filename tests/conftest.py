@@ -54,19 +54,6 @@ CLUSTER_MODULES = {
 }
 CLUSTER_TESTS = {"tests/test_readme.py::test_the_slurm_lines", "tests/test_readme.py::test_the_pipeline_lines"}
 CLUSTER_FIXTURES = {"slurm_cluster", "cluster"}  # what starts one
-# The modules that take longest without a cluster (2-5 minutes each on CI's cores), handed to the workers first after
-# the cluster's: one of them left for last ran on while the other workers idled.
-LONGEST_MODULES = (
-    "tests/launch/test_tracking.py",
-    "tests/launch/test_training.py",
-    "tests/test_readme.py",
-    "tests/launch/test_lock.py",
-    "tests/launch/test_import.py",
-    "tests/launch/test_relaunch_guards.py",
-    "tests/launch/test_reshard.py",
-    "tests/launch/test_disk.py",
-    "tests/launch/test_resume.py",
-)
 
 
 def _work_unit(nodeid: str) -> str:
@@ -81,14 +68,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 f"{item.nodeid} starts a Slurm cluster, which may then run beside another worker's: add it to "
                 "CLUSTER_TESTS, or its module to CLUSTER_MODULES (tests/conftest.py)"
             )
-    items.sort(key=lambda item: _handed_out(_work_unit(item.nodeid)))
-
-
-def _handed_out(unit: str) -> int:
-    """Where a work unit goes in the order the workers take them: the cluster's, then the longest, then the rest."""
-    if unit == "slurm-cluster":
-        return -1
-    return LONGEST_MODULES.index(unit) if unit in LONGEST_MODULES else len(LONGEST_MODULES)
+    items.sort(key=lambda item: _work_unit(item.nodeid) != "slurm-cluster")
 
 
 @pytest.hookimpl(tryfirst=True)
